@@ -1,0 +1,90 @@
+use std::fs::File;
+use std::io;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapOptions, UncheckedAdvice};
+
+/// Why a database file cannot be opened; each case is something the user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenFileError {
+    #[error("{}: no such file", .0.display())]
+    NotFound(PathBuf),
+    #[error("{}: permission denied (run as a user that can read it, e.g. root on a control-plane node)", .0.display())]
+    PermissionDenied(PathBuf),
+    #[error("{}: is a directory, not a snapshot file (for a data dir, pass <data-dir>/member/snap/db)", .0.display())]
+    IsDirectory(PathBuf),
+    #[error("{}: locked by another process (a running etcd?); stop it or copy the file first", .0.display())]
+    Locked(PathBuf),
+    #[error("{}: {}", .0.display(), .1)]
+    Io(PathBuf, io::Error),
+}
+
+impl OpenFileError {
+    fn from_io(path: &Path, e: io::Error) -> OpenFileError {
+        let path = path.to_path_buf();
+        match e.kind() {
+            io::ErrorKind::NotFound => OpenFileError::NotFound(path),
+            io::ErrorKind::PermissionDenied => OpenFileError::PermissionDenied(path),
+            _ if e.raw_os_error() == Some(libc::EISDIR) => OpenFileError::IsDirectory(path),
+            _ => OpenFileError::Io(path, e),
+        }
+    }
+}
+
+/// A read-only memory map of a database file, with a shared lock held like bbolt's
+/// read-only open (so a running etcd, which holds an exclusive lock, is detected instead of
+/// waited for).
+///
+/// Pages of the map count towards the process's resident memory once touched;
+/// [`MappedFile::release_resident`] drops them again so that walking a multi-GiB file keeps
+/// memory flat. The kernel's page cache keeps the data, so re-reading is cheap.
+pub struct MappedFile {
+    path: PathBuf,
+    _file: File,
+    map: Option<Mmap>,
+}
+
+impl MappedFile {
+    pub fn open(path: &Path) -> Result<MappedFile, OpenFileError> {
+        let meta = std::fs::metadata(path).map_err(|e| OpenFileError::from_io(path, e))?;
+        if meta.is_dir() {
+            return Err(OpenFileError::IsDirectory(path.to_path_buf()));
+        }
+        let file = File::open(path).map_err(|e| OpenFileError::from_io(path, e))?;
+        // SAFETY: flock on an fd we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(OpenFileError::Locked(path.to_path_buf()));
+            }
+        }
+        let len = file.metadata().map_err(|e| OpenFileError::from_io(path, e))?.len();
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: the map is read-only and we hold a shared lock; a writer that ignores
+            // the lock and truncates the file could still fault us, as it would bbolt.
+            Some(unsafe { MmapOptions::new().map(&file) }.map_err(|e| OpenFileError::from_io(path, e))?)
+        };
+        Ok(MappedFile { path: path.to_path_buf(), _file: file, map })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    /// Drops this process's resident copies of the mapped pages (not the page cache).
+    pub fn release_resident(&self) {
+        if let Some(map) = &self.map {
+            // SAFETY: a private read-only file mapping; dropped pages are re-read from the
+            // file on the next access, and no reference into the map is invalidated.
+            let _ = unsafe { map.unchecked_advise(UncheckedAdvice::DontNeed) };
+        }
+    }
+}
