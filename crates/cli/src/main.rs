@@ -6,13 +6,24 @@ mod exit;
 
 use clap::{Parser, Subcommand};
 
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0 success            1 other failure        2 wrong flags or arguments
+  3 file not found     4 permission denied    5 is a directory
+  6 empty file         7 not an etcd snapshot 8 truncated file
+  9 sha256 mismatch   10 corrupt (integrity)  11 file locked by a running etcd
+ 12 endpoint unreachable                      13 TLS or authentication failure
+ 14 destination exists (nothing was overwritten)
+
+Environment: ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY … as etcdctl reads them.";
+
 #[derive(Parser)]
 #[command(
     name = "etcdguard",
     version,
     about = "Keeps Kubernetes control planes recoverable: etcd snapshots you can trust, verified and restorable",
     long_about = None,
-    after_help = "Exit codes: see `etcdguard help exit-codes` or README.md."
+    after_help = EXIT_CODES_HELP
 )]
 struct Cli {
     #[command(subcommand)]

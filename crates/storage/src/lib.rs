@@ -1,1 +1,12 @@
+//! etcd's storage schema on top of the bbolt reader: what the buckets mean, how
+//! `snapshot status` numbers are computed, deep verification, and (in `restore`) writing
+//! data directories etcd boots from.
 
+pub mod proto;
+pub mod snapshot_file;
+pub mod status;
+pub mod verify;
+
+pub use snapshot_file::{Layout, SnapshotFile, TrailerCheck};
+pub use status::{status, Format, Status, StatusError};
+pub use verify::{verify, VerifyReport};
