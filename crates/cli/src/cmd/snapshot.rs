@@ -107,6 +107,16 @@ pub fn open_snapshot(path: &Path) -> Result<SnapshotFile, Failure> {
 }
 
 fn open_file_failure(e: OpenFileError) -> Failure {
+    if let OpenFileError::IsDirectory(dir) = &e {
+        for candidate in [dir.join("member/snap/db"), dir.join("snap/db")] {
+            if candidate.is_file() {
+                return Failure::new(
+                    Code::IsDirectory,
+                    format!("{}: is a directory; its database is {} (stop etcd before reading it)", dir.display(), candidate.display()),
+                );
+            }
+        }
+    }
     let code = match &e {
         OpenFileError::NotFound(_) => Code::NotFound,
         OpenFileError::PermissionDenied(_) => Code::PermissionDenied,
