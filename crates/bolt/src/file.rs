@@ -14,6 +14,8 @@ pub enum OpenFileError {
     PermissionDenied(PathBuf),
     #[error("{}: is a directory, not a snapshot file (for a data dir, pass <data-dir>/member/snap/db)", .0.display())]
     IsDirectory(PathBuf),
+    #[error("{}: not a regular file (a pipe, device or socket); pass a snapshot file or member/snap/db", .0.display())]
+    NotRegularFile(PathBuf),
     #[error("{}: locked by another process (a running etcd?); stop it or copy the file first", .0.display())]
     Locked(PathBuf),
     #[error("{}: {}", .0.display(), .1)]
@@ -50,6 +52,10 @@ impl MappedFile {
         let meta = std::fs::metadata(path).map_err(|e| OpenFileError::from_io(path, e))?;
         if meta.is_dir() {
             return Err(OpenFileError::IsDirectory(path.to_path_buf()));
+        }
+        // Opening a FIFO would block until a writer appears; a device has no usable length.
+        if !meta.is_file() {
+            return Err(OpenFileError::NotRegularFile(path.to_path_buf()));
         }
         let file = File::open(path).map_err(|e| OpenFileError::from_io(path, e))?;
         // SAFETY: flock on an fd we own.

@@ -12,6 +12,7 @@ mod file;
 mod meta;
 pub mod page;
 pub mod walk;
+pub mod write;
 
 pub use file::{MappedFile, OpenFileError};
 pub use meta::{Meta, MetaError, MAGIC, VERSION};

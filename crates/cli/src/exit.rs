@@ -31,6 +31,8 @@ pub enum Code {
     TlsOrAuth = 13,
     /// The destination already exists and would be overwritten.
     DestinationExists = 14,
+    /// The backup repository is locked by another etcdguard (e.g. a prune while a create runs).
+    RepositoryBusy = 15,
 }
 
 /// An error that carries its exit code. Library errors are mapped to this in `cmd/`.

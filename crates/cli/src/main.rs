@@ -14,6 +14,7 @@ Exit codes:
   9 sha256 mismatch   10 corrupt (integrity)  11 file locked by a running etcd
  12 endpoint unreachable                      13 TLS or authentication failure
  14 destination exists (nothing was overwritten)
+ 15 backup repository in use by another etcdguard (locked)
 
 Environment: ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY … as etcdctl reads them.";
 
@@ -35,12 +36,20 @@ enum Command {
     /// Work with etcd snapshot files: status, verify, restore, save.
     #[command(subcommand)]
     Snapshot(cmd::snapshot::SnapshotCommand),
+    /// Live cluster checks: endpoint health, members with leader, DB size, revision, raft index.
+    #[command(subcommand)]
+    Cluster(cmd::cluster::ClusterCommand),
+    /// Backups in a deduplicated repository (local dir, S3, GCS, Azure): create, list, show, verify, restore, prune.
+    #[command(subcommand)]
+    Backup(cmd::backup::BackupCommand),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Snapshot(c) => cmd::snapshot::run(c),
+        Command::Cluster(c) => cmd::cluster::run(c),
+        Command::Backup(c) => cmd::backup::run(c),
     };
     if let Err(err) = result {
         let code = exit::report(&err);

@@ -3,6 +3,7 @@
 //! data directories etcd boots from.
 
 pub mod proto;
+pub mod restore;
 pub mod snapshot_file;
 pub mod status;
 pub mod verify;

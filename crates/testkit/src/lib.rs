@@ -13,7 +13,7 @@ mod load;
 mod server;
 
 pub use load::{load_kubernetes_shaped, LoadSpec, LoadSummary};
-pub use server::{free_port, EtcdServer, EtcdServerBuilder, KeyValue};
+pub use server::{free_port, ClientTls, EtcdServer, EtcdServerBuilder, KeyValue};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

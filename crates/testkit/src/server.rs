@@ -36,6 +36,21 @@ pub struct EtcdServerBuilder {
     data_dir: Option<PathBuf>,
     extra_args: Vec<String>,
     quota_bytes: u64,
+    client_tls: Option<ClientTls>,
+}
+
+/// TLS for the client URL (`--cert-file`, `--key-file`, `--trusted-ca-file`,
+/// `--client-cert-auth`). The server then advertises an https client URL; the JSON-gateway
+/// helpers (`put`, `get_all`, …) keep working through a second, plain-http listener on
+/// loopback, and [`EtcdServer::etcdctl`] passes the client files below.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub trusted_ca_file: PathBuf,
+    pub client_cert_auth: bool,
+    /// Files `etcdctl` uses: (CA, client cert, client key).
+    pub etcdctl_files: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl EtcdServerBuilder {
@@ -52,6 +67,12 @@ impl EtcdServerBuilder {
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.extra_args.push(arg.into());
+        self
+    }
+
+    /// Serves clients over https (see [`ClientTls`]).
+    pub fn client_tls(mut self, tls: ClientTls) -> Self {
+        self.client_tls = Some(tls);
         self
     }
 
@@ -87,7 +108,14 @@ impl EtcdServerBuilder {
         let data_dir = self.data_dir.clone().unwrap_or_else(|| temp.path().join("data"));
         let client_port = free_port();
         let peer_port = peer_port.unwrap_or_else(free_port);
-        let client_url = format!("http://127.0.0.1:{client_port}");
+        let gateway_url = format!("http://127.0.0.1:{client_port}");
+        let (client_url, listen_urls) = match &self.client_tls {
+            None => (gateway_url.clone(), gateway_url.clone()),
+            Some(_) => {
+                let https = format!("https://127.0.0.1:{}", free_port());
+                (https.clone(), format!("{gateway_url},{https}"))
+            }
+        };
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let log_path = temp.path().join("etcd.log");
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
@@ -97,7 +125,7 @@ impl EtcdServerBuilder {
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--listen-client-urls")
-            .arg(&client_url)
+            .arg(&listen_urls)
             .arg("--advertise-client-urls")
             .arg(&client_url)
             .arg("--listen-peer-urls")
@@ -113,6 +141,13 @@ impl EtcdServerBuilder {
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
+        if let Some(tls) = &self.client_tls {
+            cmd.arg("--cert-file").arg(&tls.cert_file).arg("--key-file").arg(&tls.key_file);
+            cmd.arg("--trusted-ca-file").arg(&tls.trusted_ca_file);
+            if tls.client_cert_auth {
+                cmd.arg("--client-cert-auth");
+            }
+        }
         // Debian's etcd reads defaults from ETCD_* variables; keep the environment clean.
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("ETCD_") {
@@ -125,6 +160,8 @@ impl EtcdServerBuilder {
             child: Some(child),
             name: self.name.clone(),
             client_url,
+            gateway_url,
+            client_tls: self.client_tls.clone(),
             peer_url,
             data_dir,
             log_path,
@@ -142,6 +179,9 @@ pub struct EtcdServer {
     child: Option<Child>,
     name: String,
     client_url: String,
+    /// Plain-http URL for the JSON gateway (equal to `client_url` without TLS).
+    gateway_url: String,
+    client_tls: Option<ClientTls>,
     peer_url: String,
     data_dir: PathBuf,
     log_path: PathBuf,
@@ -161,6 +201,7 @@ impl EtcdServer {
             data_dir: None,
             extra_args: Vec::new(),
             quota_bytes: 8 << 30,
+            client_tls: None,
         }
     }
 
@@ -202,7 +243,7 @@ impl EtcdServer {
             }
             let ok = self
                 .http
-                .get(&format!("{}/health", self.client_url))
+                .get(&format!("{}/health", self.gateway_url))
                 .timeout(Duration::from_secs(2))
                 .call()
                 .ok()
@@ -221,7 +262,7 @@ impl EtcdServer {
     }
 
     fn call(&self, path: &str, body: Value) -> Value {
-        let url = format!("{}{}", self.client_url, path);
+        let url = format!("{}{}", self.gateway_url, path);
         match self.http.post(&url).send_json(body) {
             Ok(resp) => resp.into_json().expect("etcd gateway returned non-JSON"),
             Err(e) => panic!("etcd gateway call {url} failed: {e}"),
@@ -298,6 +339,9 @@ impl EtcdServer {
     pub fn etcdctl(&self) -> Command {
         let mut cmd = self.bins.etcdctl();
         cmd.arg("--endpoints").arg(&self.client_url);
+        if let Some((ca, cert, key)) = self.client_tls.as_ref().and_then(|t| t.etcdctl_files.as_ref()) {
+            cmd.arg("--cacert").arg(ca).arg("--cert").arg(cert).arg("--key").arg(key);
+        }
         cmd
     }
 
@@ -352,4 +396,46 @@ fn header_revision(v: &Value) -> i64 {
 
 fn b64_field(v: &Value) -> Vec<u8> {
     v.as_str().map(|s| B64.decode(s).expect("gateway base64")).unwrap_or_default()
+}
+
+impl EtcdServer {
+    /// Starts the members of a restored cluster at the same time (a member of a multi-member
+    /// cluster is only healthy once a quorum is up, so they cannot be started one by one).
+    /// Each entry is (member name, restored data dir, the peer port its restored peer URL
+    /// `http://127.0.0.1:<port>` uses). Panics, after stopping the others, if any fails.
+    pub fn start_members(version: EtcdVersion, members: &[(&str, &Path, u16)]) -> Vec<EtcdServer> {
+        let results: Vec<std::thread::Result<Result<EtcdServer, String>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = members
+                .iter()
+                .map(|(name, dir, port)| {
+                    s.spawn(move || {
+                        // A fresh client port per attempt: another test may have taken the last one.
+                        let mut last = String::new();
+                        for _ in 0..3 {
+                            match EtcdServer::builder(version).name(name).data_dir(*dir).try_start(Some(*port)) {
+                                Ok(server) => return Ok(server),
+                                Err(e) => last = e,
+                            }
+                        }
+                        Err(last)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join()).collect()
+        });
+        let mut servers = Vec::new();
+        let mut errors = Vec::new();
+        for (r, (name, _, _)) in results.into_iter().zip(members) {
+            match r {
+                Ok(Ok(server)) => servers.push(server),
+                Ok(Err(e)) => errors.push(format!("{name}: {e}")),
+                Err(_) => errors.push(format!("{name}: start panicked")),
+            }
+        }
+        if !errors.is_empty() {
+            drop(servers);
+            panic!("restored cluster did not start:\n{}", errors.join("\n"));
+        }
+        servers
+    }
 }

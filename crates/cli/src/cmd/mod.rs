@@ -1,1 +1,5 @@
 pub mod snapshot;
+pub mod save;
+pub mod cluster;
+pub mod restore;
+pub mod backup;

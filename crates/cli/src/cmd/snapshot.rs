@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
-use etcdguard_bolt::{OpenError, OpenFileError};
+use etcdguard_bolt::{Db, OpenError, OpenFileError};
 use etcdguard_storage::snapshot_file::hex;
 use etcdguard_storage::{Format, Layout, SnapshotFile, StatusError, TrailerCheck, VerifyReport};
 use serde_json::json;
@@ -31,6 +31,14 @@ pub enum SnapshotCommand {
     ///
     /// Example: etcdguard snapshot verify /backup/snapshot.db
     Verify(VerifyArgs),
+    /// Restore a snapshot into new data dirs that etcd 3.4/3.5 start from (as `etcdutl snapshot restore`).
+    #[command(long_about = crate::cmd::restore::RESTORE_LONG_HELP, after_help = crate::cmd::restore::RESTORE_EXAMPLES)]
+    Restore(crate::cmd::restore::RestoreArgs),
+    /// Save a snapshot of a live etcd member (v3 gRPC), as `etcdctl snapshot save`: written to
+    /// FILE.part, sha256 trailer checked while streaming, fsynced, renamed; removed on failure.
+    ///
+    /// Example: etcdguard snapshot save /backup/etcd.db --endpoints https://127.0.0.1:2379 --cacert ca.crt --cert c.crt --key c.key
+    Save(crate::cmd::save::SaveArgs),
 }
 
 #[derive(Args)]
@@ -83,6 +91,8 @@ pub fn run(cmd: SnapshotCommand) -> Result<()> {
     match cmd {
         SnapshotCommand::Status(args) => status(args),
         SnapshotCommand::Verify(args) => verify(args),
+        SnapshotCommand::Restore(args) => crate::cmd::restore::run(args),
+        SnapshotCommand::Save(args) => crate::cmd::save::run(args),
     }
 }
 
@@ -92,15 +102,34 @@ pub fn open_snapshot(path: &Path) -> Result<SnapshotFile, Failure> {
     if file.is_empty() {
         return Err(Failure::new(Code::EmptyFile, format!("{}: the file is empty", path.display())));
     }
-    if let Layout::Ragged { remainder } = file.layout() {
+    // Exactly 32 bytes is "a trailer and no image": nothing a snapshot can be.
+    let cut_short = match file.layout() {
+        Layout::Ragged { remainder } => Some(remainder),
+        Layout::WithTrailer { .. } if file.len() == etcdguard_storage::snapshot_file::TRAILER_LEN => Some(32),
+        _ => None,
+    };
+    if let Some(remainder) = cut_short {
+        // A text file, a gzip, a PNG … has a ragged length too: say what it is, not "truncated".
+        let looks = if file.image().is_empty() {
+            Db::open(&std::fs::read(path).unwrap_or_default()).map(|_| ())
+        } else {
+            file.db().map(|_| ())
+        };
+        if let Err(e @ (OpenError::NotBolt | OpenError::ForeignByteOrder | OpenError::UnsupportedVersion(_))) = looks {
+            return Err(db_failure(path, e));
+        }
+        let why = if file.image().is_empty() {
+            "only 32 bytes long, no database at all".to_string()
+        } else {
+            format!(
+                "{} bytes long, which is neither whole pages nor whole pages plus a 32-byte sha256 trailer \
+                 ({remainder} bytes past a 512-byte boundary)",
+                file.len()
+            )
+        };
         return Err(Failure::new(
             Code::Truncated,
-            format!(
-                "{}: truncated: {} bytes long, which is neither whole pages nor whole pages plus a 32-byte \
-                 sha256 trailer ({remainder} bytes past a 512-byte boundary); the copy was cut short",
-                path.display(),
-                file.len()
-            ),
+            format!("{}: truncated: {why}; the copy was cut short", path.display()),
         ));
     }
     Ok(file)
@@ -122,6 +151,7 @@ fn open_file_failure(e: OpenFileError) -> Failure {
         OpenFileError::PermissionDenied(_) => Code::PermissionDenied,
         OpenFileError::IsDirectory(_) => Code::IsDirectory,
         OpenFileError::Locked(_) => Code::Locked,
+        OpenFileError::NotRegularFile(_) => Code::NotSnapshot,
         OpenFileError::Io(..) => Code::Failure,
     };
     Failure::new(code, e.to_string())

@@ -1,0 +1,311 @@
+//! The benchmark cases: each is one etcdguard command and the real etcd command that does the
+//! same job, on the same input. To add one, implement [`Case`] and list it in [`all`]
+//! (see bench/README.md, "Adding a case").
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{bail, ensure, Context, Result};
+use etcdguard_testkit::{EtcdBinaries, EtcdServer, EtcdVersion};
+use serde_json::Value;
+
+use crate::dataset::Dataset;
+use crate::measure::Measured;
+
+/// Which side of a case a command is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tool {
+    /// The real etcd tool (`etcdutl` / `etcdctl` 3.5.1).
+    Reference,
+    Etcdguard,
+}
+
+/// What a case must achieve: etcdguard's median wall time at most `1/min_speedup` of the
+/// reference's, and (if set) etcdguard's peak RSS at most `max_rss` bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub min_speedup: Option<f64>,
+    pub max_rss: Option<u64>,
+}
+
+impl Target {
+    pub const NONE: Target = Target { min_speedup: None, max_rss: None };
+    pub const fn speedup(x: f64) -> Target {
+        Target { min_speedup: Some(x), max_rss: None }
+    }
+    pub const fn rss_mib(self, mib: u64) -> Target {
+        Target { max_rss: Some(mib << 20), ..self }
+    }
+}
+
+/// One benchmark case. The runner calls [`Case::command`] once per run with a fresh empty
+/// `scratch` directory (the run's own: write outputs there), runs the two tools alternately,
+/// and calls [`Case::check`] on one pair of runs (the warm-up pair, or the first measured
+/// pair) so that a fast but wrong etcdguard fails the benchmark. Non-zero exits always fail.
+pub trait Case: Sync {
+    /// Short name used on the command line (`--case NAME`) and in the table.
+    fn name(&self) -> &'static str;
+    /// One line: what is compared.
+    fn about(&self) -> &'static str;
+    /// Label of the reference tool, e.g. "etcdutl".
+    fn reference(&self) -> &'static str;
+    fn target(&self) -> Target;
+    /// Set for cases that talk to a running etcd holding the dataset ([`Env::live_server`]).
+    fn needs_live_server(&self) -> bool {
+        false
+    }
+    /// Whether `--case all` (the default) includes this case.
+    fn default_on(&self) -> bool {
+        true
+    }
+    fn command(&self, tool: Tool, env: &Env, scratch: &Path) -> Result<Command>;
+    /// Fails when the two runs' results differ where they must not.
+    fn check(&self, env: &Env, reference: &Measured, etcdguard: &Measured) -> Result<()>;
+}
+
+/// Every case, in table order. Add new cases here.
+pub fn all() -> Vec<Box<dyn Case>> {
+    vec![
+        Box::new(Status { skip_hash_check: false }),
+        Box::new(Status { skip_hash_check: true }),
+        Box::new(Save { skip_status: false }),
+        Box::new(Save { skip_status: true }),
+        Box::new(Restore),
+    ]
+}
+
+/// What cases run against: the binaries, the dataset, and a live server when needed.
+pub struct Env {
+    pub etcdguard: PathBuf,
+    pub etcd: EtcdBinaries,
+    pub dataset: Dataset,
+    server: OnceLock<EtcdServer>,
+}
+
+impl Env {
+    pub fn new(etcdguard: PathBuf, etcd: EtcdBinaries, dataset: Dataset) -> Env {
+        Env { etcdguard, etcd, dataset, server: OnceLock::new() }
+    }
+
+    /// The snapshot file every offline case reads.
+    pub fn snapshot(&self) -> &Path {
+        &self.dataset.snapshot
+    }
+
+    /// `etcdguard` (the binary under test).
+    pub fn etcdguard(&self) -> Command {
+        Command::new(&self.etcdguard)
+    }
+
+    /// `etcdutl` 3.5.1.
+    pub fn etcdutl(&self) -> Result<Command> {
+        let path = self.etcd.etcdutl.as_ref().context("etcd 3.5 has no etcdutl binary")?;
+        Ok(Command::new(path))
+    }
+
+    /// `etcdctl` 3.5.1 with the v3 API.
+    pub fn etcdctl(&self) -> Command {
+        self.etcd.etcdctl()
+    }
+
+    /// A real etcd 3.5.1 serving the dataset (started on first use on the generating server's
+    /// data dir, in place; stopped when the benchmark ends).
+    pub fn live_server(&self) -> Result<&EtcdServer> {
+        if let Some(server) = self.server.get() {
+            return Ok(server);
+        }
+        let Some(data_dir) = &self.dataset.data_dir else {
+            bail!("this case needs a live etcd with the dataset; use a generated dataset (not --snapshot FILE)");
+        };
+        let builder = EtcdServer::builder(EtcdVersion::V3_5).name("bench").data_dir(data_dir).quota_bytes(64 << 30);
+        let port = self.dataset.meta.as_ref().map(|m| m.peer_port).unwrap_or(0);
+        eprintln!("live server: starting etcd 3.5.1 on {}", data_dir.display());
+        let server = if port != 0 { builder.start_with_peer_port(port) } else { builder.start() };
+        let _ = self.server.set(server);
+        Ok(self.server.get().expect("just set"))
+    }
+
+    /// Parsed `etcdutl snapshot status -w json` of any db file (e.g. for checking outputs).
+    #[allow(dead_code)] // for cases to come (restore, save)
+    pub fn reference_status(&self, file: &Path) -> Result<Value> {
+        let out = self.etcdutl()?.args(["snapshot", "status", "-w", "json"]).arg(file).output()?;
+        ensure!(out.status.success(), "etcdutl snapshot status {} failed: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+        parse_json(&out.stdout, "etcdutl snapshot status")
+    }
+}
+
+pub fn parse_json(bytes: &[u8], what: &str) -> Result<Value> {
+    serde_json::from_slice(bytes)
+        .with_context(|| format!("{what} did not print JSON: {:?}", String::from_utf8_lossy(bytes)))
+}
+
+/// `snapshot status -w json`: etcdutl vs etcdguard, outputs must be equal.
+struct Status {
+    /// etcdguard checks the sha256 trailer by default (etcdutl does not); this variant turns
+    /// the check off to show what the tree walk alone costs.
+    skip_hash_check: bool,
+}
+
+impl Case for Status {
+    fn name(&self) -> &'static str {
+        if self.skip_hash_check { "status-skip-hash" } else { "status" }
+    }
+    fn about(&self) -> &'static str {
+        if self.skip_hash_check {
+            "snapshot status -w json, etcdguard with --skip-hash-check (no sha256 pass)"
+        } else {
+            "snapshot status -w json (etcdguard also checks the sha256 trailer)"
+        }
+    }
+    fn reference(&self) -> &'static str {
+        "etcdutl"
+    }
+    fn target(&self) -> Target {
+        if self.skip_hash_check { Target::NONE } else { Target::speedup(3.0).rss_mib(64) }
+    }
+    fn command(&self, tool: Tool, env: &Env, _scratch: &Path) -> Result<Command> {
+        let mut cmd = match tool {
+            Tool::Reference => env.etcdutl()?,
+            Tool::Etcdguard => env.etcdguard(),
+        };
+        cmd.args(["snapshot", "status", "-w", "json"]).arg(env.snapshot());
+        if self.skip_hash_check && tool == Tool::Etcdguard {
+            cmd.arg("--skip-hash-check");
+        }
+        Ok(cmd)
+    }
+    fn check(&self, _env: &Env, reference: &Measured, etcdguard: &Measured) -> Result<()> {
+        let want = parse_json(&reference.stdout, "etcdutl")?;
+        let got = parse_json(&etcdguard.stdout, "etcdguard")?;
+        ensure!(want == got, "status differs: etcdutl {want}, etcdguard {got}");
+        Ok(())
+    }
+}
+
+/// `snapshot save FILE` from the live etcd 3.5.1 holding the dataset: etcdctl vs etcdguard,
+/// same server, alternately. etcdguard also checks the sha256 trailer while streaming and,
+/// unless `--skip-status`, prints the saved file's status (a full walk of the file).
+struct Save {
+    skip_status: bool,
+}
+
+impl Case for Save {
+    fn name(&self) -> &'static str {
+        if self.skip_status { "save-skip-status" } else { "save" }
+    }
+    fn about(&self) -> &'static str {
+        if self.skip_status {
+            "snapshot save FILE from a live etcd, etcdguard with --skip-status"
+        } else {
+            "snapshot save FILE from a live etcd (etcdguard also prints the file's status)"
+        }
+    }
+    fn reference(&self) -> &'static str {
+        "etcdctl"
+    }
+    fn target(&self) -> Target {
+        if self.skip_status { Target::NONE } else { Target::speedup(1.5).rss_mib(64) }
+    }
+    fn needs_live_server(&self) -> bool {
+        true
+    }
+    fn command(&self, tool: Tool, env: &Env, scratch: &Path) -> Result<Command> {
+        let endpoint = env.live_server()?.endpoint().to_string();
+        let dest = scratch.join("snapshot.db");
+        let mut cmd = match tool {
+            Tool::Reference => {
+                let mut c = env.etcdctl();
+                c.args(["--endpoints", &endpoint, "snapshot", "save"]).arg(&dest);
+                c
+            }
+            Tool::Etcdguard => {
+                let mut c = env.etcdguard();
+                c.args(["snapshot", "save"]).arg(&dest).args(["--endpoints", &endpoint]);
+                if self.skip_status {
+                    c.arg("--skip-status");
+                }
+                c
+            }
+        };
+        cmd.env_remove("ETCDCTL_ENDPOINTS");
+        Ok(cmd)
+    }
+    fn check(&self, _env: &Env, reference: &Measured, etcdguard: &Measured) -> Result<()> {
+        use std::io::Read;
+        let a = reference.scratch.join("snapshot.db");
+        let b = etcdguard.scratch.join("snapshot.db");
+        let (la, lb) = (std::fs::metadata(&a)?.len(), std::fs::metadata(&b)?.len());
+        ensure!(la == lb, "snapshot sizes differ: etcdctl {la}, etcdguard {lb}");
+        // Nothing writes to the server between the two runs: the files must be identical.
+        let (mut fa, mut fb) = (std::fs::File::open(&a)?, std::fs::File::open(&b)?);
+        let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        loop {
+            let n = fa.read(&mut ba)?;
+            if n == 0 {
+                break;
+            }
+            fb.read_exact(&mut bb[..n])?;
+            ensure!(ba[..n] == bb[..n], "the two snapshots differ");
+        }
+        ensure!(
+            String::from_utf8_lossy(&etcdguard.stdout).starts_with("Snapshot saved at "),
+            "etcdguard did not print etcdctl's line"
+        );
+        Ok(())
+    }
+}
+
+/// `snapshot restore FILE --data-dir DIR` (one member, default flags): etcdutl vs etcdguard.
+/// Both write and fsync a full copy of the database, so the disk's write speed is a floor for
+/// both. Checked: WAL and raft snap byte-identical, db with the same status hash/revision/keys.
+struct Restore;
+
+impl Case for Restore {
+    fn name(&self) -> &'static str {
+        "restore"
+    }
+    fn about(&self) -> &'static str {
+        "snapshot restore FILE --data-dir DIR (one member, default flags)"
+    }
+    fn reference(&self) -> &'static str {
+        "etcdutl"
+    }
+    fn target(&self) -> Target {
+        Target::speedup(3.0).rss_mib(128)
+    }
+    fn command(&self, tool: Tool, env: &Env, scratch: &Path) -> Result<Command> {
+        let mut cmd = match tool {
+            Tool::Reference => env.etcdutl()?,
+            Tool::Etcdguard => env.etcdguard(),
+        };
+        cmd.args(["snapshot", "restore"]).arg(env.snapshot()).arg("--data-dir").arg(scratch.join("data"));
+        Ok(cmd)
+    }
+    fn check(&self, env: &Env, reference: &Measured, etcdguard: &Measured) -> Result<()> {
+        let (a, b) = (reference.scratch.join("data/member"), etcdguard.scratch.join("data/member"));
+        for file in ["wal/0000000000000000-0000000000000000.wal", "snap/0000000000000001-0000000000000001.snap"] {
+            // Compared in chunks: holding the 64 MB WALs would raise this process's RSS, which
+            // the next child inherits as its starting peak (Linux keeps maxrss across exec).
+            use std::io::Read;
+            let (pa, pb) = (a.join(file), b.join(file));
+            ensure!(std::fs::metadata(&pa)?.len() == std::fs::metadata(&pb)?.len(), "{file}: sizes differ");
+            let (mut fa, mut fb) = (std::fs::File::open(&pa)?, std::fs::File::open(&pb)?);
+            let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+            loop {
+                let n = fa.read(&mut ba)?;
+                if n == 0 {
+                    break;
+                }
+                fb.read_exact(&mut bb[..n])?;
+                ensure!(ba[..n] == bb[..n], "{file} differs between etcdutl and etcdguard");
+            }
+        }
+        let want = env.reference_status(&a.join("snap/db"))?;
+        let got = env.reference_status(&b.join("snap/db"))?;
+        for field in ["hash", "revision", "totalKey"] {
+            ensure!(want[field] == got[field], "restored db {field} differs: etcdutl {want}, etcdguard {got}");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! `etcdguard snapshot restore`: flags as `etcdutl snapshot restore` 3.5 has them, plus
+//! `--cluster-out` to write every member's data dir in one run. The work is in
+//! `etcdguard_storage::restore`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use etcdguard_storage::restore::{self, membership, Cluster, Destination, Flavor, Options, RestoreError};
+use etcdguard_storage::TrailerCheck;
+
+use crate::cmd::snapshot::open_snapshot;
+use crate::exit::{Code, Failure};
+
+pub const RESTORE_LONG_HELP: &str = "\
+Restore a snapshot into new etcd data directories.
+
+Writes, for the member named by --name, a data dir that etcd starts from: member/snap/db (the \
+snapshot's database with the new cluster's membership, consistent index and term), \
+member/snap/0000000000000001-<N>.snap and member/wal/0000000000000000-0000000000000000.wal. \
+Same flags and same result as `etcdutl snapshot restore` (etcd 3.5); the data dirs boot etcd \
+3.4 and 3.5. Member and cluster IDs are derived from --initial-cluster and \
+--initial-cluster-token exactly as etcd derives them, so run the restore once per member with \
+identical --initial-cluster and --initial-cluster-token (or once with --cluster-out).
+
+Safety: an existing non-empty --data-dir or an existing --wal-dir is refused before anything \
+is written. Everything is built in a hidden temporary directory next to the destination: the \
+snapshot's sha256 trailer and database structure are checked while it is copied there (a bad \
+snapshot is refused and the temporary directory removed), the result is fsynced, checked \
+again and renamed into place at the end, so an interrupted restore never leaves a data dir \
+that etcd would start from (at most a hidden .<name>.etcdguard-restore-* directory).";
+
+pub const RESTORE_EXAMPLES: &str = "\
+Examples:
+  # One member (etcd then starts with --name default --data-dir /var/lib/etcd-restored):
+  etcdguard snapshot restore snapshot.db --data-dir /var/lib/etcd-restored
+
+  # A 3-member cluster: run on each node with its own --name, --initial-advertise-peer-urls
+  # and --data-dir, and the same --initial-cluster and --initial-cluster-token everywhere:
+  etcdguard snapshot restore snapshot.db \\
+      --name m1 --data-dir /var/lib/etcd-restored \\
+      --initial-cluster m1=https://10.0.0.1:2380,m2=https://10.0.0.2:2380,m3=https://10.0.0.3:2380 \\
+      --initial-cluster-token prod-restore-1 \\
+      --initial-advertise-peer-urls https://10.0.0.1:2380
+
+  # The same cluster in one run: writes restored/m1, restored/m2, restored/m3; copy each to
+  # its node and start etcd there with --name <m> --data-dir <copied dir>:
+  etcdguard snapshot restore snapshot.db --cluster-out restored \\
+      --initial-cluster m1=https://10.0.0.1:2380,m2=https://10.0.0.2:2380,m3=https://10.0.0.3:2380 \\
+      --initial-cluster-token prod-restore-1
+
+  # Kubernetes: make every revision newer than anything clients (informers) have seen, and
+  # mark older revisions compacted so watches re-list instead of missing changes:
+  etcdguard snapshot restore snapshot.db --data-dir /var/lib/etcd-restored \\
+      --bump-revision 1000000000 --mark-compacted
+
+  # A member/snap/db copied from a stopped etcd has no sha256 trailer:
+  etcdguard snapshot restore db --data-dir /var/lib/etcd-restored --skip-hash-check
+
+After starting the restored members, `etcdctl endpoint status` shows the new member and
+cluster IDs; the old cluster's members are gone from `etcdctl member list`.";
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot file from `snapshot save` (or a copied member/snap/db with --skip-hash-check).
+    pub file: PathBuf,
+    /// Data dir to create for the member named by --name (must not exist, or be empty).
+    #[arg(long, value_name = "DIR", required_unless_present = "cluster_out")]
+    pub data_dir: Option<PathBuf>,
+    /// Put the WAL here instead of <data-dir>/member/wal (must not exist; start etcd with the same --wal-dir).
+    #[arg(long, value_name = "DIR", conflicts_with = "cluster_out")]
+    pub wal_dir: Option<PathBuf>,
+    /// Name of the member being restored; must appear in --initial-cluster.
+    #[arg(long, default_value = "default", conflicts_with = "cluster_out")]
+    pub name: String,
+    /// Every member of the new cluster as name=peer-url[,name=peer-url…]
+    /// [default: <name>=http://localhost:2380]
+    #[arg(long, value_name = "NAME=URL,…")]
+    pub initial_cluster: Option<String>,
+    /// Token for the new cluster; it goes into every member ID. Use a new one per restore.
+    #[arg(long, default_value = "etcd-cluster", value_name = "TOKEN")]
+    pub initial_cluster_token: String,
+    /// This member's peer URLs (comma-separated); must equal its entry in --initial-cluster.
+    #[arg(long, default_value = "http://localhost:2380", value_name = "URLS", conflicts_with = "cluster_out")]
+    pub initial_advertise_peer_urls: String,
+    /// Do not compare the sha256 trailer (needed for a copied member/snap/db). The database
+    /// structure is still checked.
+    #[arg(long)]
+    pub skip_hash_check: bool,
+    /// Raise the revision by this much above the snapshot's newest revision (needs --mark-compacted).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub bump_revision: u64,
+    /// Mark every revision up to the bumped one compacted (needs --bump-revision).
+    #[arg(long)]
+    pub mark_compacted: bool,
+    /// Write one data dir per member of --initial-cluster, as DIR/<name>, in one run
+    /// (instead of --data-dir/--name).
+    #[arg(long, value_name = "DIR")]
+    pub cluster_out: Option<PathBuf>,
+    /// Accepted for compatibility with etcdutl; has no effect on the files written.
+    #[arg(long, value_name = "BYTES", hide = true)]
+    pub initial_memory_map_size: Option<u64>,
+}
+
+fn usage(msg: impl Into<String>) -> Failure {
+    Failure::new(Code::Usage, msg)
+}
+
+pub fn run(args: RestoreArgs) -> Result<()> {
+    if (args.bump_revision > 0) != args.mark_compacted {
+        return Err(usage(
+            "--mark-compacted required if --bump-revision > 0 (and --mark-compacted needs --bump-revision); \
+             e.g. --bump-revision 1000000000 --mark-compacted",
+        )
+        .into());
+    }
+    let initial_cluster =
+        args.initial_cluster.clone().unwrap_or_else(|| format!("{}=http://localhost:2380", args.name));
+    let cluster = Cluster::new(&initial_cluster, &args.initial_cluster_token).map_err(|e| usage(e.0))?;
+    let dest = match (&args.cluster_out, &args.data_dir) {
+        (Some(dir), None) => Destination::Cluster { dir: dir.clone() },
+        (Some(_), Some(_)) => {
+            return Err(usage("give either --data-dir (one member) or --cluster-out (all members), not both").into())
+        }
+        (None, Some(data_dir)) => {
+            let advertise = membership::parse_url_list(&args.initial_advertise_peer_urls).map_err(|e| usage(e.0))?;
+            cluster.verify_local(&args.name, &advertise).map_err(|e| usage(e.0))?;
+            Destination::Member { name: args.name.clone(), data_dir: data_dir.clone(), wal_dir: args.wal_dir.clone() }
+        }
+        (None, None) => return Err(usage("--data-dir is required (or --cluster-out to restore every member)").into()),
+    };
+    let snapshot = open_snapshot(&args.file)?;
+    let opts = Options {
+        skip_hash_check: args.skip_hash_check,
+        bump_revision: args.bump_revision,
+        mark_compacted: args.mark_compacted,
+        flavor: Flavor::V3_5,
+    };
+    let started = std::time::Instant::now();
+    let report = restore::restore(&snapshot, &cluster, &dest, &opts).map_err(failure)?;
+    let trailer = match report.trailer {
+        TrailerCheck::Verified => "sha256 verified",
+        _ => "sha256 not checked",
+    };
+    println!(
+        "Restored {} ({trailer}, revision {}) in {:.1}s",
+        args.file.display(),
+        report.source_revision,
+        started.elapsed().as_secs_f64()
+    );
+    let phases: Vec<String> = report.timings.iter().map(|(n, d)| format!("{n} {:.1}s", d.as_secs_f64())).collect();
+    eprintln!("phases: {}", phases.join(", "));
+    if report.revision != report.source_revision {
+        println!("  revision bumped to {} (older revisions marked compacted)", report.revision);
+    }
+    println!(
+        "  cluster id {:x}, {} member{}",
+        report.cluster.id,
+        report.cluster.members.len(),
+        if report.cluster.members.len() == 1 { "" } else { "s" }
+    );
+    for m in &report.members {
+        println!(
+            "  member {} (id {}) peer {}: {}",
+            m.member.name,
+            m.member.hex_id(),
+            m.member.peer_urls.join(","),
+            m.data_dir.display()
+        );
+    }
+    println!("Next, on each member's node: stop any etcd using the old data, then start etcd with");
+    for m in &report.members {
+        let mut cmd = format!("  etcd --name {} --data-dir {}", m.member.name, m.data_dir.display());
+        if m.wal_dir != m.data_dir.join("member").join("wal") {
+            cmd.push_str(&format!(" --wal-dir {}", m.wal_dir.display()));
+        }
+        cmd.push_str(&format!(
+            " --listen-peer-urls {} --initial-advertise-peer-urls {} …",
+            m.member.peer_urls.join(","),
+            m.member.peer_urls.join(",")
+        ));
+        println!("{cmd}");
+    }
+    println!("(the membership comes from the restored WAL; --initial-cluster flags are ignored on this start)");
+    Ok(())
+}
+
+fn failure(e: RestoreError) -> anyhow::Error {
+    let code = match &e {
+        RestoreError::Config(_) => Code::Usage,
+        RestoreError::DestinationExists(_) => Code::DestinationExists,
+        RestoreError::MissingHash(_) | RestoreError::HashMismatch { .. } => Code::ChecksumMismatch,
+        RestoreError::Truncated { .. } => Code::Truncated,
+        RestoreError::Open { path, err } => return crate::cmd::snapshot::db_failure(path, err.clone()).into(),
+        RestoreError::Corrupt { .. } => Code::Corrupt,
+        RestoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            Code::PermissionDenied
+        }
+        RestoreError::Io { .. } | RestoreError::Rewrite(_) | RestoreError::SelfCheck(_) => Code::Failure,
+    };
+    Failure::new(code, e.to_string()).into()
+}

@@ -1,0 +1,337 @@
+//! `etcdguard backup …` on a local-directory repository, with real snapshots from a real
+//! etcd 3.5: round trip byte for byte, deduplication after churn, control-plane files with
+//! their modes, verify catching damage, delete/prune with retention, locks and exit codes.
+
+mod backup_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use backup_support::*;
+
+fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        out.push(p.clone());
+        if p.is_dir() && !p.is_symlink() {
+            walk(&p, out);
+        }
+    }
+}
+
+#[test]
+fn round_trip_with_control_plane_files() {
+    let snaps = snapshots();
+    let work = scratch("round-trip");
+    let (pki, manifests, enc) = control_plane(&work);
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let out = ok(&[
+        "backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap(),
+        "--pki-dir", pki.to_str().unwrap(), "--manifests-dir", manifests.to_str().unwrap(),
+        "--encryption-config", enc.to_str().unwrap(), "--label", "env=test", "--cluster", "kind-1",
+    ]);
+    let id = created_id(&out);
+
+    // Everything in the repository is private: files 0600, directories 0700.
+    let mut all = Vec::new();
+    walk(&repo, &mut all);
+    assert!(all.len() >= 5, "{all:?}");
+    for p in &all {
+        let mode = std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        if p.is_dir() {
+            assert_eq!(mode, 0o700, "{}", p.display());
+        } else {
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+    }
+    // The CA key is not stored in clear text... it is zstd-framed at least, and never in a manifest.
+    let manifest = std::fs::read_to_string(repo.join(format!("backups/{id}.json"))).unwrap();
+    assert!(!manifest.contains("PRIVATE KEY"));
+
+    let list = list_json(repo_s);
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["cluster"], "kind-1");
+    assert_eq!(list[0]["labels"]["env"], "test");
+    assert!(list[0]["revision"].as_i64().unwrap() > 1000);
+    let table = ok(&["backup", "list", "--repo", repo_s]);
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(table.contains(&id) && table.contains("kind-1") && table.contains("env=test"), "{table}");
+
+    let show = ok(&["backup", "show", &id[..6], "--repo", repo_s]);
+    assert!(show.contains(&format!("backup              {id}")), "{show}");
+    assert!(show.contains("0600") && show.contains("pki/pki/ca.key"), "{show}");
+    assert!(show.contains("encryption-config/encryption-config.yaml"), "{show}");
+    let shown: serde_json::Value = serde_json::from_str(&ok(&["backup", "show", "latest", "--repo", repo_s, "-w", "json"])).unwrap();
+    assert_eq!(shown["id"], id.as_str());
+    assert_eq!(shown["etcd"]["verified"], true);
+    assert_eq!(shown["etcd"]["trailer"], "verified");
+    assert_eq!(shown["snapshot"]["size"].as_u64().unwrap(), std::fs::metadata(&snaps.first).unwrap().len());
+
+    // Restore: byte-identical snapshot, files with their modes and the symlink.
+    let restored = work.join("restored.db");
+    let files = work.join("files");
+    ok(&["backup", "restore", &id, "--repo", repo_s, "--to-file", restored.to_str().unwrap(), "--files-to", files.to_str().unwrap()]);
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&snaps.first).unwrap(), "restored snapshot differs");
+    assert_eq!(std::fs::metadata(&restored).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(files.join("pki/pki/ca.key")).unwrap(), std::fs::read(pki.join("ca.key")).unwrap());
+    assert_eq!(std::fs::metadata(files.join("pki/pki/ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(files.join("pki/pki/ca.crt")).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(pki.join("ca.crt")).unwrap().permissions().mode() & 0o777
+    );
+    assert_eq!(std::fs::read_link(files.join("pki/pki/ca-link.crt")).unwrap(), Path::new("ca.crt"));
+    assert_eq!(std::fs::read(files.join("pki/pki/etcd/server.key")).unwrap(), b"etcd key");
+    assert_eq!(std::fs::read(files.join("manifests/manifests/etcd.yaml")).unwrap(), std::fs::read(manifests.join("etcd.yaml")).unwrap());
+    assert_eq!(std::fs::read(files.join("encryption-config/encryption-config.yaml")).unwrap(), std::fs::read(&enc).unwrap());
+    // The restored snapshot passes the real etcdutl.
+    let status = run(etcdguard_testkit::EtcdVersion::V3_5.binaries().snapshot_tool().args(["snapshot", "status"]).arg(&restored));
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+
+    // Nothing is overwritten.
+    let err = fails(&["backup", "restore", &id, "--repo", repo_s, "--to-file", restored.to_str().unwrap()], 14);
+    assert!(err.contains("already exists"), "{err}");
+}
+
+#[test]
+fn churn_costs_little_and_every_backup_restores() {
+    let snaps = snapshots();
+    let work = scratch("churn");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let mut ids = Vec::new();
+    for s in [&snaps.first, &snaps.second, &snaps.third] {
+        ids.push(created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", s.to_str().unwrap()])));
+    }
+    let list = list_json(repo_s);
+    assert_eq!(list.iter().map(|b| b["id"].as_str().unwrap().to_string()).collect::<Vec<_>>(), ids);
+    let added: Vec<u64> = list.iter().map(|b| b["added"].as_u64().unwrap()).collect();
+    let size = list[0]["snapshotSize"].as_u64().unwrap();
+    eprintln!("snapshot {size} bytes; stored per backup: {added:?}");
+    assert!(added[0] < size, "the first backup is compressed");
+    for a in &added[1..] {
+        assert!(*a * 10 < added[0], "a backup after ~1% churn stores under a tenth of the first: {added:?}");
+    }
+    for (id, s) in ids.iter().zip([&snaps.first, &snaps.second, &snaps.third]) {
+        let dest = work.join(format!("{id}.db"));
+        ok(&["backup", "restore", id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
+        assert!(std::fs::read(&dest).unwrap() == std::fs::read(s).unwrap(), "backup {id} did not restore byte-identical");
+    }
+}
+
+#[test]
+fn verify_passes_then_catches_a_damaged_pack() {
+    let snaps = snapshots();
+    let work = scratch("verify");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let id = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()]));
+    let out = ok(&["backup", "verify", &id, "--repo", repo_s, "--packs", "--scratch-dir", work.to_str().unwrap()]);
+    assert!(out.contains(&format!("backup {id}: OK")), "{out}");
+    assert!(ok(&["backup", "show", &id, "--repo", repo_s]).contains("backup verified"));
+
+    // Flip one byte in the middle of the largest pack.
+    let mut packs = Vec::new();
+    walk(&repo.join("packs"), &mut packs);
+    let pack = packs.into_iter().filter(|p| p.is_file()).max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&pack, &bytes).unwrap();
+
+    let err = fails(&["backup", "verify", &id, "--repo", repo_s, "--scratch-dir", work.to_str().unwrap()], 10);
+    assert!(err.contains("damaged") && err.contains(&pack.file_name().unwrap().to_string_lossy()[..16]), "{err}");
+    let dest = work.join("out.db");
+    fails(&["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()], 10);
+    assert!(!dest.exists(), "a failed restore leaves no file");
+    let leftovers: Vec<_> = std::fs::read_dir(&work).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with('.')).collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn damaged_snapshot_is_refused_and_nothing_is_listed() {
+    let snaps = snapshots();
+    let work = scratch("refuse");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let mut bytes = std::fs::read(&snaps.first).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x01;
+    let bad = work.join("bad.db");
+    std::fs::write(&bad, &bytes).unwrap();
+    let err = fails(&["backup", "create", "--repo", repo_s, "--from-file", bad.to_str().unwrap()], 9);
+    assert!(err.contains("not backing it up"), "{err}");
+    fails(&["backup", "create", "--repo", repo_s, "--from-file", work.join("missing.db").to_str().unwrap()], 3);
+    // The repository was never created.
+    fails(&["backup", "list", "--repo", repo_s], 3);
+}
+
+#[test]
+fn delete_and_prune_with_retention() {
+    let snaps = snapshots();
+    let work = scratch("prune");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let mut ids = Vec::new();
+    for s in [&snaps.first, &snaps.second, &snaps.third] {
+        ids.push(created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", s.to_str().unwrap()])));
+    }
+    let size = |dir: &Path| {
+        let mut v = Vec::new();
+        walk(dir, &mut v);
+        v.iter().filter(|p| p.is_file()).map(|p| std::fs::metadata(p).unwrap().len()).sum::<u64>()
+    };
+    let before = size(&repo.join("packs"));
+
+    // Dry run: says what and why, changes nothing.
+    let plan = ok(&["backup", "prune", "--repo", repo_s, "--keep-last", "1", "--dry-run"]);
+    assert!(plan.contains("would remove") && plan.contains("last 1"), "{plan}");
+    assert_eq!(list_json(repo_s).len(), 3);
+    assert_eq!(size(&repo.join("packs")), before);
+    let plan: serde_json::Value = serde_json::from_str(&ok(&["backup", "prune", "--repo", repo_s, "--keep-last", "1", "-n", "-w", "json"])).unwrap();
+    let keep: Vec<bool> = plan["backups"].as_array().unwrap().iter().map(|b| b["keep"].as_bool().unwrap()).collect();
+    // All three were verified at create, so the newest verified (the newest) is kept anyway.
+    assert_eq!(keep, vec![true, false, false]);
+
+    // Deleting the newest verified backup needs --force; deleting another does not.
+    let err = fails(&["backup", "delete", &ids[2], "--repo", repo_s], 2);
+    assert!(err.contains("--force"), "{err}");
+    ok(&["backup", "delete", &ids[0], "--repo", repo_s]);
+    assert_eq!(list_json(repo_s).len(), 2);
+    fails(&["backup", "show", &ids[0], "--repo", repo_s], 3);
+
+    // Prune with a policy: only the newest stays; its data is intact, the rest freed.
+    let out = ok(&["backup", "prune", "--repo", repo_s, "--keep-last", "1"]);
+    assert!(out.contains("removed"), "{out}");
+    let left = list_json(repo_s);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["id"], ids[2].as_str());
+    let after = size(&repo.join("packs"));
+    assert!(after < before, "prune freed nothing: {before} -> {after}");
+    let dest = work.join("third.db");
+    ok(&["backup", "restore", "latest", "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
+    assert!(std::fs::read(&dest).unwrap() == std::fs::read(&snaps.third).unwrap());
+    ok(&["backup", "verify", "latest", "--repo", repo_s, "--packs", "--scratch-dir", work.to_str().unwrap()]);
+    // Nothing left to do.
+    let out = ok(&["backup", "prune", "--repo", repo_s]);
+    assert!(out.contains("0 pack(s) deleted"), "{out}");
+}
+
+#[test]
+fn errors_say_what_and_exit_with_their_code() {
+    let snaps = snapshots();
+    let work = scratch("errors");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let err = fails(&["backup", "list", "--repo", work.join("nothing").to_str().unwrap()], 3);
+    assert!(err.contains("not found") || err.contains("no etcdguard repository"), "{err}");
+    std::fs::create_dir_all(work.join("empty")).unwrap();
+    let err = fails(&["backup", "list", "--repo", work.join("empty").to_str().unwrap()], 3);
+    assert!(err.contains("no etcdguard repository"), "{err}");
+    let id = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()]));
+    let err = fails(&["backup", "show", "ffffffff", "--repo", repo_s], 3);
+    assert!(err.contains("backup list"), "{err}");
+    fails(&["backup", "show", &id[..2], "--repo", repo_s], 2);
+    fails(&["backup", "list", "--repo", "ftp://x/y"], 2);
+    fails(&["backup", "prune", "--repo", repo_s, "--keep-within", "soon"], 2);
+
+    // A running create (its lock, from a live process on this host) makes prune fail at once.
+    let lock = serde_json::json!({
+        "exclusive": false, "purpose": "backup create", "hostname": hostname(), "pid": std::process::id(),
+        "created": chrono_now(), "refreshed": chrono_now(),
+    });
+    std::fs::create_dir_all(repo.join("locks")).unwrap();
+    std::fs::write(repo.join("locks/aaaa.json"), lock.to_string()).unwrap();
+    let err = fails(&["backup", "prune", "--repo", repo_s], 15);
+    assert!(err.contains("in use") && err.contains("backup create"), "{err}");
+    // A lock whose process is gone is ignored.
+    let mut dead = lock.clone();
+    dead["pid"] = serde_json::json!(dead_pid());
+    std::fs::write(repo.join("locks/aaaa.json"), dead.to_string()).unwrap();
+    ok(&["backup", "prune", "--repo", repo_s]);
+    assert!(!repo.join("locks/aaaa.json").exists(), "the stale lock is cleaned up");
+    // ETCDGUARD_REPO works in place of --repo.
+    let out = run(etcdguard().args(["backup", "list", "-w", "json"]).env("ETCDGUARD_REPO", repo_s));
+    assert!(out.status.success());
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string()
+}
+
+fn chrono_now() -> String {
+    let out = std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The PID of a process that has exited.
+fn dead_pid() -> u32 {
+    let mut c = std::process::Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
+
+#[test]
+fn restore_into_a_data_dir_boots_etcd() {
+    let snaps = snapshots();
+    let work = scratch("data-dir");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let id = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()]));
+    let port = etcdguard_testkit::free_port();
+    let peer = format!("http://127.0.0.1:{port}");
+    let data_dir = work.join("restored/m1.etcd");
+    std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
+    ok(&[
+        "backup", "restore", &id[..8], "--repo", repo_s, "--data-dir", data_dir.to_str().unwrap(), "--name", "m1",
+        "--initial-cluster", &format!("m1={peer}"), "--initial-cluster-token", "backup-restore",
+        "--initial-advertise-peer-urls", &peer,
+    ]);
+    // Only the data dir: the downloaded snapshot was a temporary file.
+    let names: Vec<_> = std::fs::read_dir(data_dir.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec!["m1.etcd"]);
+    let server = etcdguard_testkit::EtcdServer::builder(etcdguard_testkit::EtcdVersion::V3_5)
+        .name("m1")
+        .data_dir(&data_dir)
+        .start_with_peer_port(port);
+    let shown: serde_json::Value = serde_json::from_str(&ok(&["backup", "show", &id, "--repo", repo_s, "-w", "json"])).unwrap();
+    assert_eq!(server.revision(), shown["etcd"]["revision"].as_i64().unwrap());
+    assert!(server.get_all().len() > 1000);
+    // A non-empty data dir is refused before anything is downloaded.
+    let err = fails(&["backup", "restore", &id, "--repo", repo_s, "--data-dir", data_dir.to_str().unwrap()], 14);
+    assert!(err.contains("not empty"), "{err}");
+}
+
+#[test]
+fn create_from_a_live_cluster() {
+    let server = etcdguard_testkit::EtcdServer::start(etcdguard_testkit::EtcdVersion::V3_5);
+    for i in 0..50 {
+        server.put(format!("/registry/secrets/default/s{i}").as_bytes(), format!("value {i}").as_bytes());
+    }
+    let work = scratch("live");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let out = ok(&[
+        "backup", "create", "--repo", repo_s, "--endpoints", server.endpoint(), "--scratch-dir", work.to_str().unwrap(), "--label", "from=live",
+    ]);
+    let id = created_id(&out);
+    let shown: serde_json::Value = serde_json::from_str(&ok(&["backup", "show", &id, "--repo", repo_s, "-w", "json"])).unwrap();
+    assert_eq!(shown["source"]["kind"], "cluster");
+    assert_eq!(shown["etcd"]["revision"].as_i64().unwrap(), server.revision());
+    assert_eq!(shown["etcd"]["trailer"], "verified");
+    assert!(shown["etcd"]["member_id"].as_str().is_some_and(|m| !m.is_empty()), "{shown}");
+    // The spooled snapshot is gone; the backup restores to a file the real etcdutl reads.
+    let left: Vec<_> = std::fs::read_dir(&work).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with('.')).collect();
+    assert!(left.is_empty(), "{left:?}");
+    let dest = work.join("live.db");
+    ok(&["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
+    let status = run(etcdguard_testkit::EtcdVersion::V3_5.binaries().snapshot_tool().args(["snapshot", "status", "-w", "json"]).arg(&dest));
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    // An unreachable cluster is a clear error, and nothing is listed.
+    let port = etcdguard_testkit::free_port();
+    let out = run(etcdguard().args(["backup", "create", "--repo", repo_s, "--endpoints", &format!("127.0.0.1:{port}"), "--dial-timeout", "1s"]));
+    assert_eq!(out.status.code(), Some(12), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(list_json(repo_s).len(), 1);
+}

@@ -1,0 +1,345 @@
+//! Shared by the `backup_*` tests: real snapshots from a real etcd, the etcdguard binary, and a
+//! real S3-compatible server (moto) on a free loopback port.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use etcdguard_testkit::{free_port, load_kubernetes_shaped, EtcdServer, EtcdVersion, LoadSpec};
+
+/// Snapshots of one real etcd 3.5 server: `first`, then `second` after ~1% of the keys were
+/// rewritten, and `third` after more churn.
+pub struct Snapshots {
+    pub dir: PathBuf,
+    pub first: PathBuf,
+    pub second: PathBuf,
+    pub third: PathBuf,
+}
+
+pub fn snapshots() -> &'static Snapshots {
+    static CELL: OnceLock<Snapshots> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("backup-snapshots-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let server = EtcdServer::start(EtcdVersion::V3_5);
+        let spec = LoadSpec { objects: 1500, updates: 200, deletes: 50, ..LoadSpec::default() };
+        load_kubernetes_shaped(&server, &spec);
+        let first = dir.join("first.db");
+        server.snapshot_save(&first);
+        for i in 0..15 {
+            server.put(format!("/registry/pods/default/object-{:06}", i * 97).as_bytes(), format!("churn {i} {}", "x".repeat(700)).as_bytes());
+        }
+        let second = dir.join("second.db");
+        server.snapshot_save(&second);
+        for i in 0..15 {
+            server.put(format!("/registry/configmaps/team-a/object-{:06}", i * 89 + 3).as_bytes(), format!("more {i} {}", "y".repeat(900)).as_bytes());
+        }
+        let third = dir.join("third.db");
+        server.snapshot_save(&third);
+        Snapshots { dir, first, second, third }
+    })
+}
+
+pub fn etcdguard() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_etcdguard"));
+    c.env_remove("ETCDGUARD_REPO").stdin(Stdio::null());
+    c
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "etcdguard panicked: {stderr}");
+    out
+}
+
+/// Runs etcdguard with `args` and asserts success; returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(etcdguard().args(args));
+    assert!(
+        out.status.success(),
+        "etcdguard {args:?} failed with {}:\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs etcdguard with `args`, asserts exit `code`, returns stderr.
+pub fn fails(args: &[&str], code: i32) -> String {
+    let out = run(etcdguard().args(args));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "etcdguard {args:?}: expected exit {code}, got {}:\n{stderr}", out.status);
+    stderr
+}
+
+pub fn created_id(stdout: &str) -> String {
+    let id = stdout.split_whitespace().nth(1).unwrap_or_default().to_string();
+    assert_eq!(id.len(), 16, "no backup id in {stdout:?}");
+    id
+}
+
+pub fn list_json(repo: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(&ok(&["backup", "list", "--repo", repo, "-w", "json"])).unwrap().as_array().unwrap().clone()
+}
+
+pub fn scratch(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("backup-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A fake control plane's files: PKI with a private key, a manifest, an encryption config.
+pub fn control_plane(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(pki.join("etcd")).unwrap();
+    std::fs::write(pki.join("ca.crt"), "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(pki.join("ca.key"), "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::set_permissions(pki.join("ca.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(pki.join("etcd/server.key"), "etcd key").unwrap();
+    std::fs::set_permissions(pki.join("etcd/server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("ca.crt", pki.join("ca-link.crt")).unwrap();
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(manifests.join("etcd.yaml"), "apiVersion: v1\nkind: Pod\n").unwrap();
+    let enc = dir.join("encryption-config.yaml");
+    std::fs::write(&enc, "kind: EncryptionConfiguration\nsecret: c2VjcmV0\n").unwrap();
+    std::fs::set_permissions(&enc, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (pki, manifests, enc)
+}
+
+/// moto's S3 server on a free loopback port, stopped by PID on drop.
+pub struct Moto {
+    child: Option<Child>,
+    pub port: u16,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        Moto::start_env(&[])
+    }
+
+    /// A server that checks credentials against its (empty) IAM: every key is wrong.
+    pub fn start_with_auth() -> Moto {
+        Moto::start_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")])
+    }
+
+    fn start_env(env: &[(&str, &str)]) -> Moto {
+        let port = free_port();
+        let log = std::fs::File::create(scratch(&format!("moto-{port}")).join("moto.log")).unwrap();
+        let child = Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .envs(env.iter().copied())
+            .spawn()
+            .expect("python3 -m moto.server (install with `bash .ci/install-deps`)");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let m = Moto { child: Some(child), port, endpoint };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(60), "moto did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        m
+    }
+
+    /// Creates a bucket with a plain S3 PUT (moto accepts any credentials).
+    pub fn create_bucket(&self, name: &str) {
+        let resp = ureq_put(&format!("{}/{name}", self.endpoint));
+        assert!(resp, "creating bucket {name}");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) of the child we started, by its PID.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A bare HTTP PUT with an empty body over a TcpStream (moto ignores signatures).
+fn ureq_put(url: &str) -> bool {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "PUT /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200")
+}
+
+/// Environment for S3 access to moto.
+pub fn s3_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_SESSION_TOKEN")
+}
+
+/// A TCP proxy in front of a server on loopback that forwards until `budget` bytes went from
+/// clients to the server, then cuts every connection and refuses new ones: a server dying in
+/// the middle of an upload, as the client sees it.
+pub struct CuttingProxy {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CuttingProxy {
+    pub fn start(upstream: u16, budget: u64) -> CuttingProxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let stop2 = stop.clone();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !stop2.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                if sent.load(Ordering::SeqCst) >= budget {
+                    drop(client); // dead: refuse
+                    continue;
+                }
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let sent = sent.clone();
+                let stop = stop2.clone();
+                // client -> server, counting; cut both ends when over budget.
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let (mut c, mut s) = (client, server);
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        let n = match c.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let total = sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+                        if total >= budget || stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        if s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let (mut s, mut c) = (s2, c2);
+                    let _ = std::io::copy(&mut s, &mut c);
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        CuttingProxy { port, stop }
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Azurite's blob service on a free loopback port (`azurite-blob` from npm), stopped by PID on
+/// drop. Uses the emulator's well-known account `devstoreaccount1`.
+pub struct Azurite {
+    child: Option<Child>,
+    pub port: u16,
+    pub url: String,
+}
+
+const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+impl Azurite {
+    pub fn start() -> Azurite {
+        let port = free_port();
+        let dir = scratch(&format!("azurite-{port}"));
+        let log = std::fs::File::create(dir.join("azurite.log")).unwrap();
+        let child = Command::new("azurite-blob")
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--location"])
+            .arg(&dir)
+            .args(["--skipApiVersionCheck", "--silent"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("azurite-blob (install with `bash .ci/install-deps`)");
+        let a = Azurite { child: Some(child), port, url: format!("http://127.0.0.1:{port}") };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(60), "azurite did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        a
+    }
+
+    /// Creates a container with a SharedKey-signed request (python3's hmac, no SDK).
+    pub fn create_container(&self, name: &str) {
+        let script = r#"
+import base64, hashlib, hmac, sys, urllib.request, email.utils
+url, name, key = sys.argv[1], sys.argv[2], sys.argv[3]
+date = email.utils.formatdate(usegmt=True)
+headers = {"x-ms-date": date, "x-ms-version": "2021-08-06", "Content-Type": "application/octet-stream"}
+canon_headers = "".join(f"{k}:{v}\n" for k, v in sorted((k, v) for k, v in headers.items() if k.startswith("x-ms-")))
+canon_res = f"/devstoreaccount1/devstoreaccount1/{name}\nrestype:container"
+# VERB, Content-Encoding, -Language, -Length (empty for 0), -MD5, -Type, Date, 5 conditionals
+to_sign = "PUT\n\n\n\n\napplication/octet-stream\n" + "\n" * 6 + canon_headers + canon_res
+sig = base64.b64encode(hmac.new(base64.b64decode(key), to_sign.encode(), hashlib.sha256).digest()).decode()
+headers["Authorization"] = f"SharedKey devstoreaccount1:{sig}"
+req = urllib.request.Request(f"{url}/devstoreaccount1/{name}?restype=container", method="PUT", headers=headers, data=b"")
+print(urllib.request.urlopen(req).status)
+"#;
+        let out = Command::new("python3").args(["-c", script, &self.url, name, AZURITE_KEY]).output().unwrap();
+        assert!(out.status.success(), "creating container {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) of the child we started, by its PID.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Environment for the Azure emulator.
+pub fn azure_env<'c>(cmd: &'c mut Command, azurite: &Azurite) -> &'c mut Command {
+    cmd.env("AZURE_STORAGE_USE_EMULATOR", "true").env("AZURITE_BLOB_STORAGE_URL", &azurite.url)
+}

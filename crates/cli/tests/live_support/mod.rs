@@ -1,0 +1,141 @@
+//! Shared by the save_* and cluster_* tests: the binary under test with a clean environment,
+//! and a throwaway PKI made with rcgen for TLS servers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use etcdguard_testkit::{ClientTls, EtcdServer, EtcdVersion};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// `etcdguard` with no ETCDCTL_* variables from the caller's environment.
+pub fn etcdguard() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdguard"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("ETCDCTL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Panics with both streams unless the command exited with `code`.
+pub fn expect_code(out: &Output, code: i32, what: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{what}: expected exit {code}\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// Neither FILE nor FILE.part exists.
+pub fn assert_no_file(dest: &Path) {
+    let part = PathBuf::from(format!("{}.part", dest.display()));
+    assert!(!dest.exists(), "{} must not exist after a failed save", dest.display());
+    assert!(!part.exists(), "{} must be removed after a failed save", part.display());
+}
+
+/// A CA, a server certificate for 127.0.0.1/localhost, and client certificates: one good,
+/// one expired, one from a different CA; plus that other CA.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub expired_cert: PathBuf,
+    pub expired_key: PathBuf,
+    /// A key that does not belong to `client_cert`.
+    pub wrong_key: PathBuf,
+}
+
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, pem: String| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, pem).unwrap();
+            p
+        };
+        let ca1 = ca("etcdguard test CA");
+        let ca2 = ca("some other CA");
+        let leaf = |cn: &str, sans: Vec<String>, expired: bool| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(sans).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+            if expired {
+                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            let cert = p.signed_by(&key, &ca1).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf("etcd", vec!["127.0.0.1".into(), "localhost".into()], false);
+        let (client_cert, client_key) = leaf("root", vec![], false);
+        let (expired_cert, expired_key) = leaf("root", vec![], true);
+        Pki {
+            ca: write("ca.crt", ca1.pem()),
+            other_ca: write("other-ca.crt", ca2.pem()),
+            server_cert: write("server.crt", server_cert),
+            server_key: write("server.key", server_key),
+            client_cert: write("client.crt", client_cert),
+            client_key: write("client.key", client_key),
+            expired_cert: write("expired.crt", expired_cert),
+            expired_key: write("expired.key", expired_key),
+            wrong_key: write("wrong.key", KeyPair::generate().unwrap().serialize_pem()),
+            dir,
+        }
+    }
+
+    /// An etcd requiring client certificates signed by this CA.
+    pub fn server(&self, version: EtcdVersion) -> EtcdServer {
+        EtcdServer::builder(version)
+            .client_tls(ClientTls {
+                cert_file: self.server_cert.clone(),
+                key_file: self.server_key.clone(),
+                trusted_ca_file: self.ca.clone(),
+                client_cert_auth: true,
+                etcdctl_files: Some((self.ca.clone(), self.client_cert.clone(), self.client_key.clone())),
+            })
+            .start()
+    }
+
+    /// `--endpoints … --cacert … --cert … --key …` with the good files.
+    pub fn args(&self, endpoint: &str) -> Vec<String> {
+        self.args_with(endpoint, &self.ca, &self.client_cert, &self.client_key)
+    }
+
+    pub fn args_with(&self, endpoint: &str, ca: &Path, cert: &Path, key: &Path) -> Vec<String> {
+        vec![
+            "--endpoints".into(),
+            endpoint.into(),
+            "--cacert".into(),
+            ca.display().to_string(),
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ]
+    }
+}

@@ -1,0 +1,197 @@
+//! etcdguard's client for live etcd (v3 gRPC API, etcd 3.4 – 3.6).
+//!
+//! - [`ConnectConfig`]: endpoints, TLS files, user, timeouts — flags first, then `ETCDCTL_*`
+//!   environment variables, then etcdctl's defaults.
+//! - [`Session`]: a small runtime plus the connection settings; blocking methods for the CLI:
+//!   status of every endpoint ([`Session::probe_all`]), health, member list, and
+//!   [`Session::save`], which streams a snapshot to a file (`FILE.part`, 0600, fsync, rename)
+//!   or to stdout while checking the server's sha256 trailer.
+//! - [`choose_member`]: which member to snapshot (a caught-up follower unless told otherwise).
+//!
+//! Nothing here prints; errors are [`ClientError`]s with an [`ErrorKind`] for exit codes.
+
+mod cluster;
+mod config;
+mod conn;
+mod error;
+mod snapshot;
+
+use std::io::Write;
+
+pub use cluster::{all_failed, choose_member, Choice, Health, Member, MemberStatus, Probe, SnapshotFrom, MAX_FOLLOWER_LAG};
+pub use config::{normalize_endpoint, parse_go_duration, ConnectConfig, ConnectFlags, Secret, ENV_VARS};
+pub use conn::{connect, Connection, MAX_MESSAGE_BYTES};
+pub use error::{ClientError, ErrorKind};
+pub use snapshot::{
+    stream_snapshot, Destination, NoProgress, PartFile, Progress, SnapshotSummary, TrailerHasher, TrailerVerdict,
+};
+
+use conn::{connect_with, TlsMaterial};
+
+/// Connection settings plus a single-threaded runtime; every method blocks.
+pub struct Session {
+    rt: tokio::runtime::Runtime,
+    cfg: ConnectConfig,
+    tls: Option<TlsMaterial>,
+}
+
+/// `cluster members`: the list as one endpoint knows it and each member's own status.
+#[derive(Debug)]
+pub struct MembersReport {
+    /// The endpoint that answered the member list.
+    pub from: String,
+    pub members: Vec<Member>,
+    /// One entry per member, same order: its status asked on its first client URL.
+    pub statuses: Vec<Result<MemberStatus, ClientError>>,
+}
+
+impl Session {
+    /// Reads the TLS files now, so a wrong path is reported before anything is contacted.
+    pub fn new(cfg: ConnectConfig) -> Result<Session, ClientError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Config(format!("cannot start the async runtime: {e}")))?;
+        let tls = TlsMaterial::load(&cfg)?;
+        Ok(Session { rt, cfg, tls })
+    }
+
+    pub fn config(&self) -> &ConnectConfig {
+        &self.cfg
+    }
+
+    /// Status of each of `endpoints` (all at once; each bounded by the dial and command timeouts).
+    pub fn probe(&self, endpoints: &[String]) -> Vec<Probe> {
+        let results = self.for_each(endpoints, |mut conn| async move { conn.status().await });
+        endpoints
+            .iter()
+            .zip(results)
+            .map(|(e, (result, _))| Probe { endpoint: e.clone(), result })
+            .collect()
+    }
+
+    /// Status of every configured endpoint.
+    pub fn probe_all(&self) -> Vec<Probe> {
+        self.probe(&self.cfg.endpoints.clone())
+    }
+
+    /// Health of each of `endpoints`.
+    pub fn health(&self, endpoints: &[String]) -> Vec<Health> {
+        let results = self.for_each(endpoints, |mut conn| async move { conn.health().await });
+        endpoints
+            .iter()
+            .zip(results)
+            .map(|(e, (result, took))| Health { endpoint: e.clone(), took, result })
+            .collect()
+    }
+
+    /// The member list from the first endpoint that answers, and every member's status.
+    pub fn members(&self) -> Result<MembersReport, ClientError> {
+        let mut failures = Vec::new();
+        let mut found = None;
+        for endpoint in &self.cfg.endpoints {
+            let r = self.rt.block_on(async {
+                let mut conn = connect_with(&self.cfg, self.tls.as_ref(), endpoint).await?;
+                conn.members().await
+            });
+            match r {
+                Ok(members) => {
+                    found = Some((endpoint.clone(), members));
+                    break;
+                }
+                Err(e) => failures.push(Probe { endpoint: endpoint.clone(), result: Err(e) }),
+            }
+        }
+        let Some((from, members)) = found else { return Err(all_failed(&failures)) };
+        let urls: Vec<String> = members
+            .iter()
+            .map(|m| {
+                m.client_urls
+                    .first()
+                    .map(|u| normalize_endpoint(u, self.tls.is_some()).unwrap_or_else(|_| u.clone()))
+                    .unwrap_or_default()
+            })
+            .collect();
+        let statuses = self
+            .probe(&urls)
+            .into_iter()
+            .zip(&members)
+            .map(|(p, m)| {
+                if p.endpoint.is_empty() {
+                    Err(ClientError::Unreachable {
+                        endpoint: format!("member {:x}", m.id),
+                        detail: "no client URL (not started yet?)".into(),
+                    })
+                } else {
+                    p.result
+                }
+            })
+            .collect();
+        Ok(MembersReport { from, members, statuses })
+    }
+
+    /// Streams a snapshot from `endpoint` into `dest`. For a file: `FILE.part` (0600), fsync,
+    /// rename; on any failure the partial file is removed. Verifies the sha256 trailer.
+    pub fn save(&self, endpoint: &str, dest: &Destination, progress: &mut dyn Progress) -> Result<SnapshotSummary, ClientError> {
+        dest.preflight()?;
+        self.rt.block_on(async {
+            let mut conn = connect_with(&self.cfg, self.tls.as_ref(), endpoint).await?;
+            match dest {
+                Destination::File(path) => {
+                    let mut part = PartFile::create(path)?;
+                    let target = PartFile::part_path(path).display().to_string();
+                    let summary = stream_snapshot(&mut conn, part.file(), &target, progress).await?;
+                    part.commit()?;
+                    Ok(summary)
+                }
+                Destination::Stdout => {
+                    let stdout = std::io::stdout();
+                    let mut lock = stdout.lock();
+                    let summary = stream_snapshot(&mut conn, &mut lock, "stdout", progress).await?;
+                    lock.flush().map_err(|source| ClientError::Write { target: "stdout".into(), source })?;
+                    Ok(summary)
+                }
+            }
+        })
+    }
+
+    /// Runs `f` on a fresh connection to each endpoint concurrently; results in input order
+    /// with the time each took (connecting included).
+    fn for_each<T, F, Fut>(&self, endpoints: &[String], f: F) -> Vec<(Result<T, ClientError>, std::time::Duration)>
+    where
+        T: Send + 'static,
+        F: Fn(Connection) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, ClientError>> + Send + 'static,
+    {
+        self.rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, endpoint) in endpoints.iter().enumerate() {
+                let cfg = self.cfg.clone();
+                let tls = self.tls.clone();
+                let endpoint = endpoint.clone();
+                let f = f.clone();
+                set.spawn(async move {
+                    let started = std::time::Instant::now();
+                    if endpoint.is_empty() {
+                        return (i, Err(ClientError::Config("empty endpoint".into())), started.elapsed());
+                    }
+                    let r = match connect_with(&cfg, tls.as_ref(), &endpoint).await {
+                        Ok(conn) => f(conn).await,
+                        Err(e) => Err(e),
+                    };
+                    (i, r, started.elapsed())
+                });
+            }
+            let mut out: Vec<Option<(Result<T, ClientError>, std::time::Duration)>> =
+                (0..endpoints.len()).map(|_| None).collect();
+            while let Some(joined) = set.join_next().await {
+                if let Ok((i, r, took)) = joined {
+                    out[i] = Some((r, took));
+                }
+            }
+            out.into_iter()
+                .map(|o| o.unwrap_or_else(|| (Err(ClientError::Config("internal: task failed".into())), Default::default())))
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,516 @@
+//! Blobs, packs and index files: the binary parts of the repository format
+//! (`docs/formats/repository.md`).
+//!
+//! A blob is one chunk of content (a slice of a snapshot, of a control-plane file, or of a
+//! chunk list), named by the sha256 of its plain bytes and stored encoded (zstd, or raw when
+//! zstd does not make it smaller). A pack is several blobs back to back followed by a header
+//! that lists them, the header's length and a magic, so it is written in one pass and can be
+//! read without the index. A pack's object name is the sha256 of the whole pack, so
+//! `sha256sum` checks it. Index files list, per pack, where each blob is; they can be
+//! rebuilt from the pack headers.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+/// sha256 of a blob's plain content (or of a whole pack / index file).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(pub [u8; 32]);
+
+impl Id {
+    pub fn of(bytes: &[u8]) -> Id {
+        Id(Sha256::digest(bytes).into())
+    }
+
+    pub fn hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    pub fn parse(s: &str) -> Option<Id> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Id(out))
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", &self.hex()[..16])
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
+
+impl serde::Serialize for Id {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
+        let s = String::deserialize(d)?;
+        Id::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("not a sha256 hex id: {s:?}")))
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// What a blob holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BlobKind {
+    /// A slice of a snapshot or of a file.
+    Data = 0,
+    /// A piece of a chunk list: concatenated 32-byte blob ids.
+    List = 1,
+}
+
+impl BlobKind {
+    fn from_u8(v: u8) -> Option<BlobKind> {
+        match v {
+            0 => Some(BlobKind::Data),
+            1 => Some(BlobKind::List),
+            _ => None,
+        }
+    }
+}
+
+/// How a blob's bytes are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Encoding {
+    Raw = 0,
+    Zstd = 1,
+}
+
+impl Encoding {
+    fn from_u8(v: u8) -> Option<Encoding> {
+        match v {
+            0 => Some(Encoding::Raw),
+            1 => Some(Encoding::Zstd),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FormatError {
+    #[error("pack is too short to hold a header ({0} bytes)")]
+    PackTooShort(u64),
+    #[error("pack does not end with the pack magic")]
+    BadPackMagic,
+    #[error("pack header length {0} is impossible")]
+    BadHeaderLength(u64),
+    #[error("pack header is damaged: {0}")]
+    BadHeader(String),
+    #[error("index file is damaged: {0}")]
+    BadIndex(String),
+    #[error("blob {id:?}: {reason}")]
+    BadBlob { id: Id, reason: String },
+}
+
+pub const PACK_MAGIC: &[u8; 8] = b"EGPACK01";
+const HEADER_ENTRY: usize = 1 + 1 + 4 + 4 + 32;
+/// Bytes after the header: header length (u32 LE) and the magic.
+pub const PACK_TAIL: usize = 4 + 8;
+
+/// One blob in a pack header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: Id,
+    pub kind: BlobKind,
+    pub encoding: Encoding,
+    /// Offset of the stored bytes in the pack.
+    pub offset: u32,
+    pub stored_len: u32,
+    pub raw_len: u32,
+}
+
+/// Encodes one blob: zstd when that is smaller, otherwise raw.
+pub fn encode_blob(raw: &[u8], level: i32) -> (Encoding, Vec<u8>) {
+    match zstd::bulk::compress(raw, level) {
+        Ok(z) if z.len() < raw.len() => (Encoding::Zstd, z),
+        _ => (Encoding::Raw, raw.to_vec()),
+    }
+}
+
+/// Decodes a stored blob and checks that its content hashes to `id`.
+pub fn decode_blob(id: Id, encoding: Encoding, raw_len: u32, stored: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let bad = |reason: String| FormatError::BadBlob { id, reason };
+    let raw = match encoding {
+        Encoding::Raw => stored.to_vec(),
+        Encoding::Zstd => {
+            let out = zstd::bulk::decompress(stored, raw_len as usize).map_err(|e| bad(format!("zstd: {e}")))?;
+            out
+        }
+    };
+    if raw.len() != raw_len as usize {
+        return Err(bad(format!("{} bytes, expected {raw_len}", raw.len())));
+    }
+    if Id::of(&raw) != id {
+        return Err(bad("content does not match its sha256 (damaged)".into()));
+    }
+    Ok(raw)
+}
+
+/// Builds a pack in memory (packs are a few MiB).
+pub struct PackBuilder {
+    data: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl Default for PackBuilder {
+    fn default() -> Self {
+        PackBuilder::new()
+    }
+}
+
+impl PackBuilder {
+    pub fn new() -> PackBuilder {
+        PackBuilder { data: Vec::new(), entries: Vec::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn add(&mut self, id: Id, kind: BlobKind, encoding: Encoding, raw_len: u32, stored: &[u8]) {
+        let offset = self.data.len() as u32;
+        self.data.extend_from_slice(stored);
+        self.entries.push(PackEntry { id, kind, encoding, offset, stored_len: stored.len() as u32, raw_len });
+    }
+
+    /// The finished pack, its name and what it holds.
+    pub fn finish(mut self) -> (Id, Vec<u8>, Vec<PackEntry>) {
+        let header = encode_header(&self.entries);
+        self.data.extend_from_slice(&header);
+        self.data.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        self.data.extend_from_slice(PACK_MAGIC);
+        (Id::of(&self.data), self.data, self.entries)
+    }
+}
+
+fn encode_header(entries: &[PackEntry]) -> Vec<u8> {
+    let mut h = Vec::with_capacity(4 + entries.len() * HEADER_ENTRY);
+    h.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        h.push(e.kind as u8);
+        h.push(e.encoding as u8);
+        h.extend_from_slice(&e.stored_len.to_le_bytes());
+        h.extend_from_slice(&e.raw_len.to_le_bytes());
+        h.extend_from_slice(&e.id.0);
+    }
+    h
+}
+
+/// Reads the length of the header from a pack's last [`PACK_TAIL`] bytes.
+pub fn parse_pack_tail(tail: &[u8], pack_len: u64) -> Result<u64, FormatError> {
+    if pack_len < PACK_TAIL as u64 + 4 || tail.len() != PACK_TAIL {
+        return Err(FormatError::PackTooShort(pack_len));
+    }
+    if &tail[4..] != PACK_MAGIC {
+        return Err(FormatError::BadPackMagic);
+    }
+    let len = u32::from_le_bytes(tail[..4].try_into().unwrap()) as u64;
+    if len < 4 || len + PACK_TAIL as u64 > pack_len {
+        return Err(FormatError::BadHeaderLength(len));
+    }
+    Ok(len)
+}
+
+/// Parses a pack header; `data_len` is the length of the blob area before it.
+pub fn parse_pack_header(header: &[u8], data_len: u64) -> Result<Vec<PackEntry>, FormatError> {
+    let bad = |s: &str| FormatError::BadHeader(s.to_string());
+    if header.len() < 4 {
+        return Err(bad("shorter than its count"));
+    }
+    let count = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+    if header.len() != 4 + count * HEADER_ENTRY {
+        return Err(bad(&format!("{} bytes for {count} entries", header.len())));
+    }
+    let mut entries = Vec::with_capacity(count);
+    let mut offset = 0u64;
+    for raw in header[4..].chunks_exact(HEADER_ENTRY) {
+        let kind = BlobKind::from_u8(raw[0]).ok_or_else(|| bad(&format!("unknown blob kind {}", raw[0])))?;
+        let encoding = Encoding::from_u8(raw[1]).ok_or_else(|| bad(&format!("unknown encoding {}", raw[1])))?;
+        let stored_len = u32::from_le_bytes(raw[2..6].try_into().unwrap());
+        let raw_len = u32::from_le_bytes(raw[6..10].try_into().unwrap());
+        let id = Id(raw[10..42].try_into().unwrap());
+        if offset + stored_len as u64 > data_len {
+            return Err(bad("entries run past the blob area"));
+        }
+        entries.push(PackEntry { id, kind, encoding, offset: offset as u32, stored_len, raw_len });
+        offset += stored_len as u64;
+    }
+    if offset != data_len {
+        return Err(bad("entries do not cover the blob area"));
+    }
+    Ok(entries)
+}
+
+/// Parses a whole pack held in memory.
+pub fn parse_pack(pack: &[u8]) -> Result<Vec<PackEntry>, FormatError> {
+    let n = pack.len() as u64;
+    if pack.len() < PACK_TAIL {
+        return Err(FormatError::PackTooShort(n));
+    }
+    let hlen = parse_pack_tail(&pack[pack.len() - PACK_TAIL..], n)?;
+    let hstart = pack.len() - PACK_TAIL - hlen as usize;
+    parse_pack_header(&pack[hstart..pack.len() - PACK_TAIL], hstart as u64)
+}
+
+// ---------------------------------------------------------------------------------------
+// Index
+
+pub const INDEX_MAGIC: &[u8; 8] = b"EGINDX01";
+const INDEX_ENTRY: usize = 1 + 1 + 4 + 4 + 4 + 32;
+
+/// Where a blob is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub pack: Id,
+    pub kind: BlobKind,
+    pub encoding: Encoding,
+    pub offset: u32,
+    pub stored_len: u32,
+    pub raw_len: u32,
+}
+
+/// The blobs of some packs: what an index file holds, and (merged) the whole repository's.
+#[derive(Default, Clone, Debug)]
+pub struct Index {
+    blobs: HashMap<Id, Location>,
+    packs: HashMap<Id, Vec<Id>>,
+}
+
+impl Index {
+    pub fn new() -> Index {
+        Index::default()
+    }
+
+    pub fn add_pack(&mut self, pack: Id, entries: &[PackEntry]) {
+        let ids = self.packs.entry(pack).or_default();
+        for e in entries {
+            ids.push(e.id);
+            self.blobs.entry(e.id).or_insert(Location {
+                pack,
+                kind: e.kind,
+                encoding: e.encoding,
+                offset: e.offset,
+                stored_len: e.stored_len,
+                raw_len: e.raw_len,
+            });
+        }
+    }
+
+    pub fn merge(&mut self, other: &Index) {
+        for (pack, ids) in &other.packs {
+            let entries: Vec<PackEntry> = ids
+                .iter()
+                .filter_map(|id| other.blobs.get(id).filter(|l| l.pack == *pack).map(|l| (id, l)))
+                .map(|(id, l)| PackEntry {
+                    id: *id,
+                    kind: l.kind,
+                    encoding: l.encoding,
+                    offset: l.offset,
+                    stored_len: l.stored_len,
+                    raw_len: l.raw_len,
+                })
+                .collect();
+            self.add_pack(*pack, &entries);
+        }
+    }
+
+    pub fn get(&self, id: &Id) -> Option<&Location> {
+        self.blobs.get(id)
+    }
+
+    pub fn contains(&self, id: &Id) -> bool {
+        self.blobs.contains_key(id)
+    }
+
+    pub fn blob_count(&self) -> usize {
+        self.blobs.len()
+    }
+
+    pub fn packs(&self) -> impl Iterator<Item = &Id> {
+        self.packs.keys()
+    }
+
+    /// Every blob located in `pack`, as the pack header lists them.
+    pub fn pack_entries(&self, pack: &Id) -> Vec<PackEntry> {
+        let Some(ids) = self.packs.get(pack) else { return Vec::new() };
+        let mut out: Vec<PackEntry> = ids
+            .iter()
+            .filter_map(|id| {
+                self.blobs.get(id).filter(|l| l.pack == *pack).map(|l| PackEntry {
+                    id: *id,
+                    kind: l.kind,
+                    encoding: l.encoding,
+                    offset: l.offset,
+                    stored_len: l.stored_len,
+                    raw_len: l.raw_len,
+                })
+            })
+            .collect();
+        out.sort_by_key(|e| e.offset);
+        out
+    }
+
+    /// Stored bytes of every blob in `pack` (including those indexed elsewhere too).
+    pub fn pack_stored_bytes(&self, pack: &Id) -> u64 {
+        self.pack_entries(pack).iter().map(|e| e.stored_len as u64).sum()
+    }
+
+    /// Binary form, written as `index/<sha256>`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.blobs.len() * INDEX_ENTRY + self.packs.len() * 36);
+        out.extend_from_slice(INDEX_MAGIC);
+        let mut packs: Vec<&Id> = self.packs.keys().collect();
+        packs.sort();
+        for pack in packs {
+            let entries = self.pack_entries(pack);
+            out.extend_from_slice(&pack.0);
+            out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+            for e in entries {
+                out.push(e.kind as u8);
+                out.push(e.encoding as u8);
+                out.extend_from_slice(&e.offset.to_le_bytes());
+                out.extend_from_slice(&e.stored_len.to_le_bytes());
+                out.extend_from_slice(&e.raw_len.to_le_bytes());
+                out.extend_from_slice(&e.id.0);
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Index, FormatError> {
+        let bad = |s: &str| FormatError::BadIndex(s.to_string());
+        if bytes.len() < 8 || &bytes[..8] != INDEX_MAGIC {
+            return Err(bad("does not start with the index magic"));
+        }
+        let mut index = Index::new();
+        let mut rest = &bytes[8..];
+        while !rest.is_empty() {
+            if rest.len() < 36 {
+                return Err(bad("truncated pack record"));
+            }
+            let pack = Id(rest[..32].try_into().unwrap());
+            let count = u32::from_le_bytes(rest[32..36].try_into().unwrap()) as usize;
+            rest = &rest[36..];
+            let need = count.checked_mul(INDEX_ENTRY).ok_or_else(|| bad("entry count overflows"))?;
+            if rest.len() < need {
+                return Err(bad("truncated entries"));
+            }
+            let mut entries = Vec::with_capacity(count);
+            for raw in rest[..need].chunks_exact(INDEX_ENTRY) {
+                entries.push(PackEntry {
+                    kind: BlobKind::from_u8(raw[0]).ok_or_else(|| bad("unknown blob kind"))?,
+                    encoding: Encoding::from_u8(raw[1]).ok_or_else(|| bad("unknown encoding"))?,
+                    offset: u32::from_le_bytes(raw[2..6].try_into().unwrap()),
+                    stored_len: u32::from_le_bytes(raw[6..10].try_into().unwrap()),
+                    raw_len: u32::from_le_bytes(raw[10..14].try_into().unwrap()),
+                    id: Id(raw[14..46].try_into().unwrap()),
+                });
+            }
+            rest = &rest[need..];
+            index.add_pack(pack, &entries);
+        }
+        Ok(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_round_trip_and_damage() {
+        let blobs: Vec<Vec<u8>> = vec![vec![0u8; 4096], b"hello world".to_vec(), (0..5000u32).map(|i| (i * 7) as u8).collect()];
+        let mut b = PackBuilder::new();
+        for raw in &blobs {
+            let (enc, stored) = encode_blob(raw, 3);
+            b.add(Id::of(raw), BlobKind::Data, enc, raw.len() as u32, &stored);
+        }
+        let (id, pack, entries) = b.finish();
+        assert_eq!(id, Id::of(&pack));
+        assert_eq!(parse_pack(&pack).unwrap(), entries);
+        assert_eq!(entries[0].encoding, Encoding::Zstd);
+        assert_eq!(entries[1].encoding, Encoding::Raw, "tiny blobs stay raw");
+        for (raw, e) in blobs.iter().zip(&entries) {
+            let stored = &pack[e.offset as usize..(e.offset + e.stored_len) as usize];
+            assert_eq!(&decode_blob(e.id, e.encoding, e.raw_len, stored).unwrap(), raw);
+        }
+        // A flipped bit in a blob is caught by its hash.
+        let e = entries[1];
+        let mut stored = pack[e.offset as usize..(e.offset + e.stored_len) as usize].to_vec();
+        stored[0] ^= 1;
+        assert!(matches!(decode_blob(e.id, e.encoding, e.raw_len, &stored), Err(FormatError::BadBlob { .. })));
+        // Damaged tails are errors, never panics.
+        assert_eq!(parse_pack(&pack[..pack.len() - 1]), Err(FormatError::BadPackMagic));
+        assert!(parse_pack(b"short").is_err());
+        for cut in 0..pack.len().min(64) {
+            let _ = parse_pack(&pack[cut..]);
+        }
+        let mut bad_len = pack.clone();
+        let n = bad_len.len();
+        bad_len[n - 12..n - 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(parse_pack(&bad_len).is_err());
+    }
+
+    #[test]
+    fn index_round_trip() {
+        let mut idx = Index::new();
+        let p1 = Id::of(b"p1");
+        let p2 = Id::of(b"p2");
+        let e = |n: &[u8], off| PackEntry {
+            id: Id::of(n),
+            kind: BlobKind::Data,
+            encoding: Encoding::Zstd,
+            offset: off,
+            stored_len: 10,
+            raw_len: 20,
+        };
+        idx.add_pack(p1, &[e(b"a", 0), e(b"b", 10)]);
+        idx.add_pack(p2, &[e(b"c", 0)]);
+        let bytes = idx.encode();
+        let back = Index::decode(&bytes).unwrap();
+        assert_eq!(back.blob_count(), 3);
+        assert_eq!(back.get(&Id::of(b"b")).unwrap().offset, 10);
+        assert_eq!(back.get(&Id::of(b"c")).unwrap().pack, p2);
+        assert_eq!(back.encode(), bytes);
+        assert!(Index::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(Index::decode(b"nope").is_err());
+    }
+
+    #[test]
+    fn id_hex() {
+        let id = Id::of(b"x");
+        assert_eq!(Id::parse(&id.hex()), Some(id));
+        assert_eq!(Id::parse("zz"), None);
+        assert_eq!(Id::parse(&"g".repeat(64)), None);
+    }
+}

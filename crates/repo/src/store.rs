@@ -1,0 +1,602 @@
+//! Where a repository's objects live: a local directory or an object store bucket.
+//!
+//! [`Store`] is the small, synchronous interface the rest of the crate uses: whole-object
+//! put/get, ranged get, list by prefix, delete and (object stores only) presigned URLs.
+//! Every `put` is atomic: a reader sees the old object, or none, or the whole new one.
+//!
+//! The local backend is our own rather than `object_store`'s `LocalFileSystem`: that one
+//! stages and renames, but neither fsyncs the file and its directory nor makes files private,
+//! and backups hold cluster CA keys. Here every file is written 0600 under a temporary name
+//! in its final directory, fsynced, renamed into place, and the directory fsynced.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::Range;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer;
+use object_store::{ObjectStore, PutPayload};
+
+/// What went wrong talking to the storage, sorted by what a user does about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}: not found")]
+    NotFound(String),
+    #[error("access denied: {0}")]
+    Auth(String),
+    #[error("bucket or container does not exist: {0}")]
+    BucketMissing(String),
+    #[error("storage unreachable: {0}")]
+    Unreachable(String),
+    #[error("{0}: not supported by this kind of repository")]
+    Unsupported(String),
+    #[error("invalid repository URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// One object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the repository root, `/`-separated.
+    pub key: String,
+    pub size: u64,
+    /// Last modification, seconds since the epoch (0 when unknown).
+    pub modified: i64,
+}
+
+/// The storage interface of a repository. Keys are `/`-separated and relative to the
+/// repository root (the local directory, or bucket + prefix).
+pub trait Store: Send + Sync {
+    /// Human-readable location, for messages (no credentials).
+    fn location(&self) -> String;
+    /// Writes a whole object atomically, replacing any existing one.
+    fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
+    fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError>;
+    /// Every object whose key starts with `prefix` (a directory-like prefix ending in `/`).
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+    /// Removes an object; removing one that is already gone is not an error.
+    fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Whether the repository location itself exists (directory, bucket).
+    fn check_reachable(&self) -> Result<(), StoreError>;
+    /// A URL anyone holding it can GET the object from until it expires.
+    fn presigned_url(&self, key: &str, expires: Duration) -> Result<String, StoreError> {
+        let _ = expires;
+        Err(StoreError::Unsupported(format!("presigned URLs for {key} in {}", self.location())))
+    }
+}
+
+/// Opens the store a repository URL names: a path or `file://` URL (local directory),
+/// `s3://bucket[/prefix]`, `gs://bucket[/prefix]` or `az://container[/prefix]`.
+///
+/// Object store options come from the environment as the cloud SDKs read it
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
+/// `AWS_PROFILE` and `~/.aws/credentials`; `GOOGLE_APPLICATION_CREDENTIALS`;
+/// `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_USE_EMULATOR` …)
+/// and from query parameters on the URL: `endpoint=`, `region=`, `path-style=true|false`
+/// (S3), `account=` (Azure), `retries=`.
+pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    let invalid = |reason: &str| StoreError::InvalidUrl { url: url.to_string(), reason: reason.to_string() };
+    let Some((scheme, _)) = url.split_once("://") else {
+        return Ok(Arc::new(LocalDir::new(PathBuf::from(url))));
+    };
+    if scheme == "file" {
+        let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+        let path = parsed.to_file_path().map_err(|_| invalid("not an absolute local path"))?;
+        return Ok(Arc::new(LocalDir::new(path)));
+    }
+    let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+    let bucket = parsed.host_str().filter(|h| !h.is_empty()).ok_or_else(|| invalid("no bucket name"))?.to_string();
+    let prefix = parsed.path().trim_matches('/').to_string();
+    let opts: Vec<(String, String)> = parsed.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let opt = |name: &str| opts.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    for (k, _) in &opts {
+        if !["endpoint", "region", "path-style", "account", "retries", "timeout"].contains(&k.as_str()) {
+            return Err(invalid(&format!("unknown option {k:?} (known: endpoint, region, path-style, account, retries, timeout)")));
+        }
+    }
+    let retries: usize = match opt("retries") {
+        Some(v) => v.parse().map_err(|_| invalid("retries must be a number"))?,
+        None => std::env::var("ETCDGUARD_STORE_RETRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(4),
+    };
+    let timeout = match opt("timeout") {
+        Some(v) => humantime::parse_duration(&v).map_err(|e| invalid(&format!("timeout: {e}")))?,
+        None => Duration::from_secs(120),
+    };
+    let retry = object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            base: 2.0,
+        },
+        max_retries: retries,
+        retry_timeout: Duration::from_secs(120),
+    };
+    let endpoint_opt = opt("endpoint");
+    let client = object_store::ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(10))
+        .with_timeout(timeout)
+        .with_allow_http(endpoint_opt.as_deref().is_some_and(|e| e.starts_with("http://")));
+    let build_err = |e: object_store::Error| invalid(&e.to_string());
+    let (store, signer, kind): (Arc<dyn ObjectStore>, Option<Arc<dyn Signer>>, &str) = match scheme {
+        "s3" => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&bucket);
+            let endpoint = opt("endpoint").or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok()).or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+            let mut client = client;
+            if let Some(e) = &endpoint {
+                b = b.with_endpoint(e);
+                client = client.with_allow_http(e.starts_with("http://"));
+            }
+            let region = opt("region")
+                .or_else(|| std::env::var("AWS_REGION").ok())
+                .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+                .or_else(|| aws_profile_value("region", true));
+            if let Some(r) = region {
+                b = b.with_region(r);
+            }
+            // Path-style is what S3-compatible servers (MinIO, Ceph, moto) expect; AWS takes both.
+            let path_style = match opt("path-style").as_deref() {
+                None => endpoint.is_some(),
+                Some("true") | Some("1") => true,
+                Some("false") | Some("0") => false,
+                Some(_) => return Err(invalid("path-style must be true or false")),
+            };
+            b = b.with_virtual_hosted_style_request(!path_style);
+            if std::env::var("AWS_ACCESS_KEY_ID").is_err() {
+                if let (Some(id), Some(secret)) =
+                    (aws_profile_value("aws_access_key_id", false), aws_profile_value("aws_secret_access_key", false))
+                {
+                    b = b.with_access_key_id(id).with_secret_access_key(secret);
+                    if let Some(token) = aws_profile_value("aws_session_token", false) {
+                        b = b.with_token(token);
+                    }
+                }
+            }
+            let s3 = Arc::new(b.with_retry(retry).with_client_options(client).build().map_err(build_err)?);
+            (s3.clone(), Some(s3), "s3")
+        }
+        "gs" => {
+            let g = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(&bucket)
+                .with_retry(retry)
+                .with_client_options(client)
+                .build()
+                .map_err(build_err)?;
+            let g = Arc::new(g);
+            (g.clone(), Some(g), "gs")
+        }
+        "az" | "azure" => {
+            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(&bucket);
+            if let Some(a) = opt("account") {
+                b = b.with_account(a);
+            }
+            if let Some(e) = opt("endpoint") {
+                b = b.with_endpoint(e.clone());
+            }
+            if std::env::var("AZURE_STORAGE_USE_EMULATOR").is_ok_and(|v| v == "true" || v == "1") {
+                b = b.with_use_emulator(true);
+            }
+            let a = Arc::new(b.with_retry(retry).with_client_options(client).build().map_err(build_err)?);
+            (a.clone(), Some(a), "az")
+        }
+        other => return Err(invalid(&format!("unknown scheme {other:?} (use a path, file://, s3://, gs:// or az://)"))),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("etcdguard-store")
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Other(format!("starting the I/O runtime: {e}")))?;
+    Ok(Arc::new(ObjectStoreBackend {
+        store,
+        signer,
+        runtime,
+        location: format!("{kind}://{bucket}{}{prefix}", if prefix.is_empty() { "" } else { "/" }),
+        bucket,
+        prefix,
+    }))
+}
+
+/// Reads one value from the AWS shared config files, as the SDKs do: `AWS_PROFILE` (or
+/// `default`) in `AWS_SHARED_CREDENTIALS_FILE` (or `~/.aws/credentials`), or in
+/// `AWS_CONFIG_FILE` (or `~/.aws/config`, where sections are `[profile NAME]`).
+fn aws_profile_value(key: &str, config_file: bool) -> Option<String> {
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    let home = std::env::var_os("HOME").map(PathBuf::from)?;
+    let (path, section) = if config_file {
+        let p = std::env::var_os("AWS_CONFIG_FILE").map(PathBuf::from).unwrap_or_else(|| home.join(".aws/config"));
+        (p, if profile == "default" { "default".to_string() } else { format!("profile {profile}") })
+    } else {
+        let p = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".aws/credentials"));
+        (p, profile)
+    };
+    let text = fs::read_to_string(path).ok()?;
+    ini_value(&text, &section, key)
+}
+
+fn ini_value(text: &str, section: &str, key: &str) -> Option<String> {
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.trim().to_string();
+            continue;
+        }
+        if current == section {
+            if let Some((k, v)) = line.split_once('=') {
+                if k.trim() == key {
+                    return Some(v.trim().to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------
+// Local directory
+
+/// A repository in a local directory. Directories are created 0700, files 0600.
+pub struct LocalDir {
+    root: PathBuf,
+}
+
+const TEMP_PREFIX: &str = ".tmp-";
+
+impl LocalDir {
+    pub fn new(root: PathBuf) -> LocalDir {
+        LocalDir { root }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn io_err(&self, key: &str, e: io::Error) -> StoreError {
+        let what = self.path(key).display().to_string();
+        match e.kind() {
+            io::ErrorKind::NotFound => StoreError::NotFound(what),
+            io::ErrorKind::PermissionDenied => StoreError::Auth(format!("{what}: permission denied")),
+            _ => StoreError::Other(format!("{what}: {e}")),
+        }
+    }
+
+    fn list_into(&self, dir: &Path, rel: &str, out: &mut Vec<ObjectInfo>) -> io::Result<()> {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TEMP_PREFIX) {
+                continue;
+            }
+            let ty = entry.file_type()?;
+            let key = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            if ty.is_dir() {
+                self.list_into(&entry.path(), &key, out)?;
+            } else if ty.is_file() {
+                let meta = entry.metadata()?;
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                out.push(ObjectInfo { key, size: meta.len(), modified });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates `dir` and its missing parents with mode 0700.
+fn create_private_dirs(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Writes `data` to `path` atomically: a private temporary file in the same directory,
+/// fsynced, renamed over `path`, then the directory fsynced.
+pub fn write_file_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!("{TEMP_PREFIX}{name}-{:016x}", rand::random::<u64>()));
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+impl Store for LocalDir {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        let path = self.path(key);
+        if let Some(dir) = path.parent() {
+            create_private_dirs(dir).map_err(|e| self.io_err(key, e))?;
+        }
+        write_file_atomic(&path, &data).map_err(|e| self.io_err(key, e))
+    }
+
+    fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        fs::read(self.path(key)).map(Bytes::from).map_err(|e| self.io_err(key, e))
+    }
+
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let f = File::open(self.path(key)).map_err(|e| self.io_err(key, e))?;
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        f.read_exact_at(&mut buf, range.start).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                StoreError::Other(format!("{}: shorter than expected (wanted bytes {range:?})", self.path(key).display()))
+            } else {
+                self.io_err(key, e)
+            }
+        })?;
+        Ok(Bytes::from(buf))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let rel = prefix.trim_end_matches('/');
+        let mut out = Vec::new();
+        self.list_into(&self.path(rel), rel, &mut out).map_err(|e| self.io_err(prefix, e))?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match fs::remove_file(self.path(key)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io_err(key, e)),
+        }
+    }
+
+    fn check_reachable(&self) -> Result<(), StoreError> {
+        match fs::metadata(&self.root) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(StoreError::Other(format!("{}: not a directory", self.root.display()))),
+            Err(e) => Err(self.io_err("", e)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Object stores
+
+/// S3, GCS or Azure through the `object_store` crate, driven by a small private runtime.
+pub struct ObjectStoreBackend {
+    store: Arc<dyn ObjectStore>,
+    signer: Option<Arc<dyn Signer>>,
+    runtime: tokio::runtime::Runtime,
+    location: String,
+    bucket: String,
+    prefix: String,
+}
+
+/// Objects larger than this are uploaded in parts.
+const MULTIPART_THRESHOLD: usize = 16 << 20;
+const MULTIPART_PART: usize = 8 << 20;
+
+impl ObjectStoreBackend {
+    fn path(&self, key: &str) -> ObjectPath {
+        if self.prefix.is_empty() {
+            ObjectPath::from(key)
+        } else {
+            ObjectPath::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    fn map_err(&self, key: &str, e: object_store::Error) -> StoreError {
+        let text = error_chain(&e);
+        match e {
+            object_store::Error::NotFound { .. } => {
+                if text.contains("NoSuchBucket") || text.contains("ContainerNotFound") || text.contains("bucket does not exist") {
+                    StoreError::BucketMissing(format!("{} ({text})", self.bucket))
+                } else {
+                    StoreError::NotFound(format!("{}/{key}", self.location))
+                }
+            }
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+                StoreError::Auth(format!("{}: {text}", self.location))
+            }
+            _ => classify_text(&self.location, &self.bucket, &text),
+        }
+    }
+}
+
+fn classify_text(location: &str, bucket: &str, text: &str) -> StoreError {
+    let lower = text.to_ascii_lowercase();
+    if text.contains("NoSuchBucket") || text.contains("ContainerNotFound") || lower.contains("specified bucket does not exist") {
+        StoreError::BucketMissing(format!("{bucket} ({text})"))
+    } else if text.contains("InvalidAccessKeyId")
+        || text.contains("SignatureDoesNotMatch")
+        || text.contains("AccessDenied")
+        || text.contains("AuthenticationFailed")
+        || text.contains("AuthorizationFailure")
+        || lower.contains("403 forbidden")
+        || lower.contains("401 unauthorized")
+    {
+        StoreError::Auth(format!("{location}: {text}"))
+    } else if lower.contains("error sending request")
+        || lower.contains("connection refused")
+        || lower.contains("connect error")
+        || lower.contains("dns error")
+        || lower.contains("timed out")
+        || lower.contains("connection reset")
+    {
+        StoreError::Unreachable(format!("{location}: {text}"))
+    } else {
+        StoreError::Other(format!("{location}: {text}"))
+    }
+}
+
+/// The error and its sources on one line (object_store nests the HTTP status and body).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+impl Store for ObjectStoreBackend {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        let path = self.path(key);
+        self.runtime.block_on(async {
+            if data.len() <= MULTIPART_THRESHOLD {
+                self.store.put(&path, PutPayload::from(data)).await.map(|_| ())
+            } else {
+                // Large objects go in parts; a failed upload is aborted so nothing partial remains.
+                let upload = self.store.put_multipart(&path).await?;
+                let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
+                writer.write(&data);
+                writer.finish().await.map(|_| ())
+            }
+        })
+        .map_err(|e| self.map_err(key, e))
+    }
+
+    fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let path = self.path(key);
+        self.runtime
+            .block_on(async { self.store.get(&path).await?.bytes().await })
+            .map_err(|e| self.map_err(key, e))
+    }
+
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let path = self.path(key);
+        let want = range.end - range.start;
+        let got = self.runtime.block_on(self.store.get_range(&path, range.clone())).map_err(|e| self.map_err(key, e))?;
+        if got.len() as u64 != want {
+            return Err(StoreError::Other(format!("{}/{key}: wanted {want} bytes at {}, got {}", self.location, range.start, got.len())));
+        }
+        Ok(got)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let full = self.path(prefix.trim_end_matches('/'));
+        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        let mut out: Vec<ObjectInfo> = self
+            .runtime
+            .block_on(async { self.store.list(Some(&full)).try_collect::<Vec<_>>().await })
+            .map_err(|e| self.map_err(prefix, e))?
+            .into_iter()
+            .map(|m| ObjectInfo {
+                key: m.location.as_ref().strip_prefix(strip.as_str()).unwrap_or(m.location.as_ref()).to_string(),
+                size: m.size,
+                modified: m.last_modified.timestamp(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key);
+        match self.runtime.block_on(self.store.delete(&path)) {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.map_err(key, e)),
+        }
+    }
+
+    fn check_reachable(&self) -> Result<(), StoreError> {
+        // Listing a prefix that need not exist tells a missing bucket and bad credentials
+        // apart from an empty repository.
+        let path = self.path("config");
+        match self.runtime.block_on(async { self.store.list_with_delimiter(Some(&path)).await }) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.map_err("", e)),
+        }
+    }
+
+    fn presigned_url(&self, key: &str, expires: Duration) -> Result<String, StoreError> {
+        let Some(signer) = &self.signer else {
+            return Err(StoreError::Unsupported(format!("presigned URLs in {}", self.location)));
+        };
+        let path = self.path(key);
+        self.runtime
+            .block_on(signer.signed_url(http::Method::GET, &path, expires))
+            .map(|u| u.to_string())
+            .map_err(|e| self.map_err(key, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn local_put_is_private_and_listable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDir::new(dir.path().join("repo"));
+        store.put("packs/ab/abcd", Bytes::from_static(b"hello")).unwrap();
+        store.put("config", Bytes::from_static(b"{}")).unwrap();
+        let mode = fs::metadata(dir.path().join("repo/packs/ab/abcd")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let dmode = fs::metadata(dir.path().join("repo/packs/ab")).unwrap().permissions().mode();
+        assert_eq!(dmode & 0o777, 0o700);
+        let keys: Vec<_> = store.list("packs/").unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(keys, vec!["packs/ab/abcd"]);
+        assert_eq!(&store.get_range("packs/ab/abcd", 1..4).unwrap()[..], b"ell");
+        assert!(matches!(store.get("nope"), Err(StoreError::NotFound(_))));
+        store.delete("packs/ab/abcd").unwrap();
+        store.delete("packs/ab/abcd").unwrap();
+        assert!(store.list("packs/").unwrap().is_empty());
+        assert!(store.list("missing/").unwrap().is_empty());
+    }
+
+    #[test]
+    fn ini_profiles() {
+        let text = "[default]\naws_access_key_id = A\n\n[profile x]\nregion=eu-west-1\n[other]\naws_access_key_id=B\n";
+        assert_eq!(ini_value(text, "default", "aws_access_key_id").as_deref(), Some("A"));
+        assert_eq!(ini_value(text, "other", "aws_access_key_id").as_deref(), Some("B"));
+        assert_eq!(ini_value(text, "profile x", "region").as_deref(), Some("eu-west-1"));
+        assert_eq!(ini_value(text, "nope", "region"), None);
+    }
+
+    #[test]
+    fn urls() {
+        assert!(open_url("/tmp/x").unwrap().location().ends_with("/tmp/x"));
+        assert!(matches!(open_url("ftp://x/y"), Err(StoreError::InvalidUrl { .. })));
+        assert!(matches!(open_url("s3://b/p?bogus=1"), Err(StoreError::InvalidUrl { .. })));
+        let s = open_url("s3://bucket/some/prefix?endpoint=http://127.0.0.1:9&region=us-east-1").unwrap();
+        assert_eq!(s.location(), "s3://bucket/some/prefix");
+    }
+}
