@@ -11,22 +11,11 @@ fn s3(args: &[&str]) -> std::process::Output {
 }
 
 fn s3_ok(args: &[&str]) -> String {
-    let out = s3(args);
-    assert!(
-        out.status.success(),
-        "etcdguard {args:?} failed with {}:\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    ok_with(s3_env(&mut etcdguard()), args)
 }
 
 fn s3_fails(args: &[&str], code: i32) -> String {
-    let out = s3(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "etcdguard {args:?}: expected exit {code}, got {}:\n{stderr}", out.status);
-    stderr
+    fails_with(s3_env(&mut etcdguard()), args, code)
 }
 
 fn ids(repo: &str) -> Vec<String> {

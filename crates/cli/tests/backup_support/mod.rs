@@ -59,7 +59,17 @@ pub fn run(cmd: &mut Command) -> Output {
 
 /// Runs etcdguard with `args` and asserts success; returns stdout.
 pub fn ok(args: &[&str]) -> String {
-    let out = run(etcdguard().args(args));
+    ok_with(&mut etcdguard(), args)
+}
+
+/// Runs etcdguard with `args`, asserts exit `code`, returns stderr.
+pub fn fails(args: &[&str], code: i32) -> String {
+    fails_with(&mut etcdguard(), args, code)
+}
+
+/// As [`ok`], on a prepared command (e.g. with S3 or Azure credentials in its environment).
+pub fn ok_with(cmd: &mut Command, args: &[&str]) -> String {
+    let out = run(cmd.args(args));
     assert!(
         out.status.success(),
         "etcdguard {args:?} failed with {}:\n{}{}",
@@ -70,9 +80,9 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Runs etcdguard with `args`, asserts exit `code`, returns stderr.
-pub fn fails(args: &[&str], code: i32) -> String {
-    let out = run(etcdguard().args(args));
+/// As [`fails`], on a prepared command.
+pub fn fails_with(cmd: &mut Command, args: &[&str], code: i32) -> String {
+    let out = run(cmd.args(args));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(code), "etcdguard {args:?}: expected exit {code}, got {}:\n{stderr}", out.status);
     stderr
