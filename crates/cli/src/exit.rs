@@ -33,6 +33,8 @@ pub enum Code {
     DestinationExists = 14,
     /// The backup repository is locked by another etcdguard (e.g. a prune while a create runs).
     RepositoryBusy = 15,
+    /// An encrypted backup repository needs its passphrase, and none (or a wrong one) was given.
+    KeyRequired = 16,
 }
 
 /// An error that carries its exit code. Library errors are mapped to this in `cmd/`.

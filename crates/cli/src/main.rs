@@ -15,8 +15,10 @@ Exit codes:
  12 endpoint unreachable                      13 TLS or authentication failure
  14 destination exists (nothing was overwritten)
  15 backup repository in use by another etcdguard (locked)
+ 16 encrypted backup repository: passphrase missing or wrong
 
-Environment: ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY … as etcdctl reads them.";
+Environment: ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY … as etcdctl reads them;
+ETCDGUARD_REPO, ETCDGUARD_PASSPHRASE, ETCDGUARD_PASSPHRASE_FILE for `backup`.";
 
 #[derive(Parser)]
 #[command(

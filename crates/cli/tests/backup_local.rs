@@ -61,7 +61,7 @@ fn round_trip_with_control_plane_files() {
 
     let show = ok(&["backup", "show", &id[..6], "--repo", repo_s]);
     assert!(show.contains(&format!("backup              {id}")), "{show}");
-    assert!(show.contains("0600") && show.contains("pki/pki/ca.key"), "{show}");
+    assert!(show.contains("0600") && show.contains("pki/ca.key"), "{show}");
     assert!(show.contains("encryption-config/encryption-config.yaml"), "{show}");
     let shown: serde_json::Value = serde_json::from_str(&ok(&["backup", "show", "latest", "--repo", repo_s, "-w", "json"])).unwrap();
     assert_eq!(shown["id"], id.as_str());
@@ -75,15 +75,15 @@ fn round_trip_with_control_plane_files() {
     ok(&["backup", "restore", &id, "--repo", repo_s, "--to-file", restored.to_str().unwrap(), "--files-to", files.to_str().unwrap()]);
     assert!(std::fs::read(&restored).unwrap() == std::fs::read(&snaps.first).unwrap(), "restored snapshot differs");
     assert_eq!(std::fs::metadata(&restored).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::read(files.join("pki/pki/ca.key")).unwrap(), std::fs::read(pki.join("ca.key")).unwrap());
-    assert_eq!(std::fs::metadata(files.join("pki/pki/ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(files.join("pki/ca.key")).unwrap(), std::fs::read(pki.join("ca.key")).unwrap());
+    assert_eq!(std::fs::metadata(files.join("pki/ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(
-        std::fs::metadata(files.join("pki/pki/ca.crt")).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(files.join("pki/ca.crt")).unwrap().permissions().mode() & 0o777,
         std::fs::metadata(pki.join("ca.crt")).unwrap().permissions().mode() & 0o777
     );
-    assert_eq!(std::fs::read_link(files.join("pki/pki/ca-link.crt")).unwrap(), Path::new("ca.crt"));
-    assert_eq!(std::fs::read(files.join("pki/pki/etcd/server.key")).unwrap(), b"etcd key");
-    assert_eq!(std::fs::read(files.join("manifests/manifests/etcd.yaml")).unwrap(), std::fs::read(manifests.join("etcd.yaml")).unwrap());
+    assert_eq!(std::fs::read_link(files.join("pki/ca-link.crt")).unwrap(), Path::new("ca.crt"));
+    assert_eq!(std::fs::read(files.join("pki/etcd/server.key")).unwrap(), b"etcd key");
+    assert_eq!(std::fs::read(files.join("manifests/etcd.yaml")).unwrap(), std::fs::read(manifests.join("etcd.yaml")).unwrap());
     assert_eq!(std::fs::read(files.join("encryption-config/encryption-config.yaml")).unwrap(), std::fs::read(&enc).unwrap());
     // The restored snapshot passes the real etcdutl.
     let status = run(etcdguard_testkit::EtcdVersion::V3_5.binaries().snapshot_tool().args(["snapshot", "status"]).arg(&restored));
@@ -322,6 +322,12 @@ fn create_from_a_live_cluster() {
     assert_eq!(shown["etcd"]["revision"].as_i64().unwrap(), server.revision());
     assert_eq!(shown["etcd"]["trailer"], "verified");
     assert!(shown["etcd"]["member_id"].as_str().is_some_and(|m| !m.is_empty()), "{shown}");
+    // The cluster id is the one etcd reports, and names the cluster in `backup list`.
+    let st = run(server.etcdctl().args(["endpoint", "status", "-w", "json"]));
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let cluster_id = format!("{:x}", st[0]["Status"]["header"]["cluster_id"].as_u64().expect("etcdctl reports a cluster id"));
+    assert_eq!(shown["etcd"]["cluster_id"], cluster_id.as_str(), "{shown}");
+    assert_eq!(list_json(repo_s)[0]["cluster"], cluster_id.as_str());
     // The spooled snapshot is gone; the backup restores to a file the real etcdutl reads.
     let left: Vec<_> = std::fs::read_dir(&work).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with('.')).collect();
     assert!(left.is_empty(), "{left:?}");
@@ -334,4 +340,76 @@ fn create_from_a_live_cluster() {
     let out = run(etcdguard().args(["backup", "create", "--repo", repo_s, "--endpoints", &format!("127.0.0.1:{port}"), "--dial-timeout", "1s"]));
     assert_eq!(out.status.code(), Some(12), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(list_json(repo_s).len(), 1);
+}
+
+#[test]
+fn encrypted_repository_seals_ca_keys_and_needs_the_passphrase() {
+    let snaps = snapshots();
+    let work = scratch("encrypted");
+    let (pki, manifests, _) = control_plane(&work);
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let with_pass = |p: &str| {
+        let mut c = etcdguard();
+        c.env("ETCDGUARD_PASSPHRASE", p);
+        c
+    };
+    let out = run(with_pass("correct horse battery").args([
+        "backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap(),
+        "--pki-dir", pki.to_str().unwrap(), "--manifests-dir", manifests.to_str().unwrap(),
+    ]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("encrypted with the passphrase"), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = created_id(&String::from_utf8_lossy(&out.stdout));
+
+    // Neither the CA key nor the snapshot's content is anywhere in the repository in clear.
+    let stored = all_bytes_under(&repo);
+    assert!(!contains(&stored, b"PRIVATE KEY"), "a private key is stored in clear");
+    let snapshot = std::fs::read(&snaps.first).unwrap();
+    let sample = &snapshot[snapshot.len() / 2..snapshot.len() / 2 + 64];
+    assert!(!contains(&stored, sample), "snapshot bytes are stored in clear");
+
+    // Metadata needs no passphrase; content does, and a wrong one is refused.
+    assert_eq!(list_json(repo_s).len(), 1);
+    let show = ok(&["backup", "show", &id, "--repo", repo_s]);
+    assert!(show.contains("encryption xchacha20poly1305"), "{show}");
+    let dest = work.join("restored.db");
+    let files = work.join("files");
+    let restore = ["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap(), "--files-to", files.to_str().unwrap()];
+    let err = fails(&restore, 16);
+    assert!(err.contains("ETCDGUARD_PASSPHRASE"), "{err}");
+    let err = fails_with(&mut with_pass("wrong"), &restore, 16);
+    assert!(err.contains("wrong passphrase"), "{err}");
+    assert!(!dest.exists() && !files.exists(), "a refused restore wrote something");
+    fails(&["backup", "verify", &id, "--repo", repo_s], 16);
+    fails(&["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()], 16);
+
+    // The right passphrase from a file (with the newline `echo` adds) opens everything.
+    let pass_file = work.join("passphrase");
+    std::fs::write(&pass_file, "correct horse battery\n").unwrap();
+    std::fs::set_permissions(&pass_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pf = pass_file.to_str().unwrap();
+    let mut with_file: Vec<&str> = restore.to_vec();
+    with_file.extend(["--passphrase-file", pf]);
+    ok(&with_file);
+    assert!(std::fs::read(&dest).unwrap() == snapshot, "restored snapshot differs");
+    assert_eq!(std::fs::read(files.join("pki/ca.key")).unwrap(), std::fs::read(pki.join("ca.key")).unwrap());
+    assert_eq!(std::fs::metadata(files.join("pki/ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    ok(&["backup", "verify", &id, "--repo", repo_s, "--passphrase-file", pf]);
+
+    // Later backups deduplicate under the same key; prune needs the key too.
+    let out = ok_with(&mut with_pass("correct horse battery"), &["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap(), "-w", "json"]);
+    let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (added, total) = (m["sizes"]["blobs_added"].as_u64().unwrap(), m["sizes"]["blobs_total"].as_u64().unwrap());
+    assert!(added * 5 < total, "only {added} of {total} chunks should be new: {out}");
+    fails(&["backup", "prune", "--repo", repo_s, "--keep-last", "1"], 16);
+    ok_with(&mut with_pass("correct horse battery"), &["backup", "prune", "--repo", repo_s, "--keep-last", "1"]);
+    assert_eq!(list_json(repo_s).len(), 1);
+
+    // A passphrase given for a plain repository is refused, not silently ignored.
+    let plain = work.join("plain");
+    ok(&["backup", "create", "--repo", plain.to_str().unwrap(), "--from-file", snaps.first.to_str().unwrap()]);
+    let err = fails_with(&mut with_pass("x"), &["backup", "create", "--repo", plain.to_str().unwrap(), "--from-file", snaps.first.to_str().unwrap()], 2);
+    assert!(err.contains("not encrypted"), "{err}");
+    assert_eq!(list_json(plain.to_str().unwrap()).len(), 1);
 }

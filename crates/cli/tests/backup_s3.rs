@@ -46,7 +46,7 @@ fn s3_round_trip_dedup_prune_and_urls() {
         s3_ok(&["backup", "restore", id, "--repo", &repo, "--to-file", dest.to_str().unwrap(), "--files-to", work.join(format!("files-{id}")).to_str().unwrap()]);
         assert!(std::fs::read(&dest).unwrap() == std::fs::read(file).unwrap(), "backup {id} not byte-identical");
     }
-    assert_eq!(std::fs::read(work.join(format!("files-{first}/pki/pki/ca.key"))).unwrap(), std::fs::read(pki.join("ca.key")).unwrap());
+    assert_eq!(std::fs::read(work.join(format!("files-{first}/pki/ca.key"))).unwrap(), std::fs::read(pki.join("ca.key")).unwrap());
     let out = s3_ok(&["backup", "verify", &second, "--repo", &repo, "--packs", "--scratch-dir", work.to_str().unwrap()]);
     assert!(out.contains("OK"), "{out}");
 

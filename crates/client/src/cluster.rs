@@ -9,6 +9,8 @@ use crate::error::ClientError;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberStatus {
     pub endpoint: String,
+    /// The cluster's id, as every response header carries it.
+    pub cluster_id: u64,
     pub member_id: u64,
     pub leader: u64,
     pub version: String,
@@ -88,6 +90,7 @@ impl Connection {
         let header = st.header();
         Ok(MemberStatus {
             endpoint: self.endpoint.clone(),
+            cluster_id: header.map(|h| h.cluster_id()).unwrap_or(0),
             member_id: header.map(|h| h.member_id()).unwrap_or(0),
             leader: st.leader(),
             version: st.version().to_string(),

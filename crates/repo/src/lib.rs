@@ -12,6 +12,7 @@
 //! backup's manifest is written only after all its packs and their index; only `prune`
 //! deletes data, under an exclusive lock no `create` can hold at the same time.
 
+pub mod crypto;
 pub mod lock;
 pub mod manifest;
 pub mod pack;
@@ -42,6 +43,10 @@ pub enum RepoError {
     ChecksumMismatch(String),
     #[error("{0}")]
     Locked(String),
+    #[error("{0} is encrypted: give its passphrase in ETCDGUARD_PASSPHRASE or with --passphrase-file")]
+    KeyRequired(String),
+    #[error("{0}: wrong passphrase (it opens none of the repository's keys)")]
+    WrongPassphrase(String),
     #[error("{0}: already exists; nothing was overwritten")]
     DestinationExists(String),
     #[error("{0}")]

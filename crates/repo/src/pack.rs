@@ -14,6 +14,8 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
+use crate::crypto::Keys;
+
 /// sha256 of a blob's plain content (or of a whole pack / index file).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Id(pub [u8; 32]);
@@ -100,6 +102,10 @@ impl BlobKind {
 pub enum Encoding {
     Raw = 0,
     Zstd = 1,
+    /// Raw, then sealed with the repository key (encrypted repositories).
+    SealedRaw = 2,
+    /// zstd, then sealed with the repository key.
+    SealedZstd = 3,
 }
 
 impl Encoding {
@@ -107,8 +113,18 @@ impl Encoding {
         match v {
             0 => Some(Encoding::Raw),
             1 => Some(Encoding::Zstd),
+            2 => Some(Encoding::SealedRaw),
+            3 => Some(Encoding::SealedZstd),
             _ => None,
         }
+    }
+
+    pub fn is_sealed(self) -> bool {
+        matches!(self, Encoding::SealedRaw | Encoding::SealedZstd)
+    }
+
+    fn is_zstd(self) -> bool {
+        matches!(self, Encoding::Zstd | Encoding::SealedZstd)
     }
 }
 
@@ -145,29 +161,56 @@ pub struct PackEntry {
     pub raw_len: u32,
 }
 
-/// Encodes one blob: zstd when that is smaller, otherwise raw.
-pub fn encode_blob(raw: &[u8], level: i32) -> (Encoding, Vec<u8>) {
-    match zstd::bulk::compress(raw, level) {
-        Ok(z) if z.len() < raw.len() => (Encoding::Zstd, z),
-        _ => (Encoding::Raw, raw.to_vec()),
+/// The id of a blob: sha256 of its content, or the keyed hash of an encrypted repository.
+pub fn blob_id(keys: Option<&Keys>, raw: &[u8]) -> Id {
+    match keys {
+        Some(k) => k.blob_id(raw),
+        None => Id::of(raw),
     }
 }
 
-/// Decodes a stored blob and checks that its content hashes to `id`.
-pub fn decode_blob(id: Id, encoding: Encoding, raw_len: u32, stored: &[u8]) -> Result<Vec<u8>, FormatError> {
-    let bad = |reason: String| FormatError::BadBlob { id, reason };
-    let raw = match encoding {
-        Encoding::Raw => stored.to_vec(),
-        Encoding::Zstd => {
-            let out = zstd::bulk::decompress(stored, raw_len as usize).map_err(|e| bad(format!("zstd: {e}")))?;
-            out
+/// Encodes one blob: zstd when that is smaller, otherwise raw; then sealed when the
+/// repository is encrypted. Returns the blob's id with its stored form.
+pub fn encode_blob(raw: &[u8], level: i32, keys: Option<&Keys>) -> (Id, Encoding, Vec<u8>) {
+    let id = blob_id(keys, raw);
+    let (encoding, plain) = match zstd::bulk::compress(raw, level) {
+        Ok(z) if z.len() < raw.len() => (Encoding::Zstd, z),
+        _ => (Encoding::Raw, raw.to_vec()),
+    };
+    match keys {
+        None => (id, encoding, plain),
+        Some(k) => {
+            let sealed_as = if encoding == Encoding::Zstd { Encoding::SealedZstd } else { Encoding::SealedRaw };
+            (id, sealed_as, k.seal(&id, sealed_as as u8, &plain))
         }
+    }
+}
+
+/// Decodes a stored blob and checks that its content hashes to `id`. `keys` are the
+/// repository's when it is encrypted; a plain blob in an encrypted repository fails the id
+/// check, so nothing unsealed can be slipped in.
+pub fn decode_blob(keys: Option<&Keys>, id: Id, encoding: Encoding, raw_len: u32, stored: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let bad = |reason: String| FormatError::BadBlob { id, reason };
+    let opened;
+    let plain = if encoding.is_sealed() {
+        let k = keys.ok_or_else(|| bad("blob is encrypted and no key was given".into()))?;
+        opened = k
+            .open(&id, encoding as u8, stored)
+            .ok_or_else(|| bad("does not decrypt with the repository key (damaged or altered)".into()))?;
+        &opened[..]
+    } else {
+        stored
+    };
+    let raw = if encoding.is_zstd() {
+        zstd::bulk::decompress(plain, raw_len as usize).map_err(|e| bad(format!("zstd: {e}")))?
+    } else {
+        plain.to_vec()
     };
     if raw.len() != raw_len as usize {
         return Err(bad(format!("{} bytes, expected {raw_len}", raw.len())));
     }
-    if Id::of(&raw) != id {
-        return Err(bad("content does not match its sha256 (damaged)".into()));
+    if blob_id(keys, &raw) != id {
+        return Err(bad("content does not match its hash (damaged)".into()));
     }
     Ok(raw)
 }
@@ -452,8 +495,9 @@ mod tests {
         let blobs: Vec<Vec<u8>> = vec![vec![0u8; 4096], b"hello world".to_vec(), (0..5000u32).map(|i| (i * 7) as u8).collect()];
         let mut b = PackBuilder::new();
         for raw in &blobs {
-            let (enc, stored) = encode_blob(raw, 3);
-            b.add(Id::of(raw), BlobKind::Data, enc, raw.len() as u32, &stored);
+            let (id, enc, stored) = encode_blob(raw, 3, None);
+            assert_eq!(id, Id::of(raw));
+            b.add(id, BlobKind::Data, enc, raw.len() as u32, &stored);
         }
         let (id, pack, entries) = b.finish();
         assert_eq!(id, Id::of(&pack));
@@ -462,13 +506,13 @@ mod tests {
         assert_eq!(entries[1].encoding, Encoding::Raw, "tiny blobs stay raw");
         for (raw, e) in blobs.iter().zip(&entries) {
             let stored = &pack[e.offset as usize..(e.offset + e.stored_len) as usize];
-            assert_eq!(&decode_blob(e.id, e.encoding, e.raw_len, stored).unwrap(), raw);
+            assert_eq!(&decode_blob(None, e.id, e.encoding, e.raw_len, stored).unwrap(), raw);
         }
         // A flipped bit in a blob is caught by its hash.
         let e = entries[1];
         let mut stored = pack[e.offset as usize..(e.offset + e.stored_len) as usize].to_vec();
         stored[0] ^= 1;
-        assert!(matches!(decode_blob(e.id, e.encoding, e.raw_len, &stored), Err(FormatError::BadBlob { .. })));
+        assert!(matches!(decode_blob(None, e.id, e.encoding, e.raw_len, &stored), Err(FormatError::BadBlob { .. })));
         // Damaged tails are errors, never panics.
         assert_eq!(parse_pack(&pack[..pack.len() - 1]), Err(FormatError::BadPackMagic));
         assert!(parse_pack(b"short").is_err());
@@ -479,6 +523,26 @@ mod tests {
         let n = bad_len.len();
         bad_len[n - 12..n - 8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(parse_pack(&bad_len).is_err());
+    }
+
+    #[test]
+    fn sealed_blobs_need_the_key_and_hide_content() {
+        let keys = Keys::generate();
+        let raw = b"-----BEGIN EC PRIVATE KEY----- secret secret secret secret".repeat(20);
+        let (id, enc, stored) = encode_blob(&raw, 3, Some(&keys));
+        assert_eq!(enc, Encoding::SealedZstd);
+        assert!(!stored.windows(16).any(|w| w == &raw[..16]));
+        assert_eq!(decode_blob(Some(&keys), id, enc, raw.len() as u32, &stored).unwrap(), raw);
+        assert!(decode_blob(None, id, enc, raw.len() as u32, &stored).is_err(), "no key");
+        assert!(decode_blob(Some(&Keys::generate()), id, enc, raw.len() as u32, &stored).is_err(), "wrong key");
+        // A plain blob planted in an encrypted repository fails the keyed id check.
+        let (plain_id, plain_enc, plain_stored) = encode_blob(&raw, 3, None);
+        assert!(decode_blob(Some(&keys), plain_id, plain_enc, raw.len() as u32, &plain_stored).is_err());
+        // Incompressible content is sealed raw.
+        let noise: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
+        let (id, enc, stored) = encode_blob(&noise, 3, Some(&keys));
+        assert_eq!(enc, Encoding::SealedRaw);
+        assert_eq!(decode_blob(Some(&keys), id, enc, noise.len() as u32, &stored).unwrap(), noise);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
+use crate::crypto::{self, KdfParams, KeyFile, Keys, Passphrase};
 use crate::lock::{hostname, Lock};
 use crate::manifest::*;
 use crate::pack::{decode_blob, encode_blob, hex, BlobKind, Id, Index, Location, PackBuilder};
@@ -36,17 +37,22 @@ const MAX_READ_SPAN: u64 = 16 << 20;
 pub struct InitOptions {
     pub chunk_size: u32,
     pub pack_size: u64,
+    /// Encrypt the new repository under this passphrase.
+    pub passphrase: Option<Passphrase>,
+    pub kdf: KdfParams,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions { chunk_size: DEFAULT_CHUNK_SIZE, pack_size: DEFAULT_PACK_SIZE }
+        InitOptions { chunk_size: DEFAULT_CHUNK_SIZE, pack_size: DEFAULT_PACK_SIZE, passphrase: None, kdf: KdfParams::default() }
     }
 }
 
 pub struct Repository {
     store: Arc<dyn Store>,
     config: Config,
+    /// The master key, once an encrypted repository is unlocked.
+    keys: Option<Keys>,
 }
 
 pub fn pack_key(id: &Id) -> String {
@@ -89,14 +95,14 @@ impl Repository {
                 config.version
             )));
         }
-        if config.encryption != "none" {
-            return Err(RepoError::Unsupported(format!("encryption {:?}", config.encryption)));
+        if config.encryption != crypto::NONE && config.encryption != crypto::SCHEME {
+            return Err(RepoError::Unsupported(format!("encryption {:?}; upgrade etcdguard", config.encryption)));
         }
         let c = &config.chunking;
         if c.kind != "fixed-page-multiple" || c.chunk_size < 512 || c.chunk_size & 511 != 0 || c.list_fanout == 0 {
             return Err(RepoError::Damaged(format!("{}/config: unsupported chunking {c:?}", store.location())));
         }
-        Ok(Repository { store, config })
+        Ok(Repository { store, config, keys: None })
     }
 
     /// Creates a repository (the location must hold none yet).
@@ -121,10 +127,66 @@ impl Repository {
             },
             pack_size: opts.pack_size,
             compression_level: COMPRESSION_LEVEL,
-            encryption: "none".into(),
+            encryption: if opts.passphrase.is_some() { crypto::SCHEME } else { crypto::NONE }.into(),
         };
+        let mut keys = None;
+        if let Some(passphrase) = &opts.passphrase {
+            let k = Keys::generate();
+            let file = KeyFile::wrap(&k, passphrase.bytes(), opts.kdf, hostname()).map_err(|e| RepoError::Invalid(e.to_string()))?;
+            let name = format!("keys/{:016x}.json", rand::random::<u64>());
+            store.put(&name, Bytes::from(serde_json::to_vec_pretty(&file).expect("key file serializes")))?;
+            keys = Some(k);
+        }
+        // The config last: a location is a repository only once its key is stored.
         store.put("config", Bytes::from(serde_json::to_vec_pretty(&config).expect("config serializes")))?;
-        Ok(Repository { store, config })
+        Ok(Repository { store, config, keys })
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.config.encryption != crypto::NONE
+    }
+
+    /// Unwraps the master key of an encrypted repository with `passphrase` (no-op for a
+    /// plain one).
+    pub fn unlock(&mut self, passphrase: &Passphrase) -> Result<(), RepoError> {
+        if !self.is_encrypted() || self.keys.is_some() {
+            return Ok(());
+        }
+        let key_files = self.store.list("keys/")?;
+        if key_files.is_empty() {
+            return Err(RepoError::Damaged(format!("{} is encrypted but holds no keys/ (the key was lost)", self.location())));
+        }
+        let mut problems = Vec::new();
+        for obj in key_files {
+            let bytes = self.store.get(&obj.key)?;
+            let file: KeyFile = match serde_json::from_slice(&bytes) {
+                Ok(f) => f,
+                Err(e) => {
+                    problems.push(format!("{}: {e}", obj.key));
+                    continue;
+                }
+            };
+            match file.unwrap(passphrase.bytes()) {
+                Ok(k) => {
+                    self.keys = Some(k);
+                    return Ok(());
+                }
+                Err(crypto::KeyError::WrongPassphrase) => {}
+                Err(e) => problems.push(format!("{}: {e}", obj.key)),
+            }
+        }
+        let extra = if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) };
+        Err(RepoError::WrongPassphrase(format!("{}{extra}", self.location())))
+    }
+
+    /// The master key when the repository is encrypted; an error when it is and the
+    /// repository was not unlocked.
+    fn keys(&self) -> Result<Option<&Keys>, RepoError> {
+        match (&self.keys, self.is_encrypted()) {
+            (Some(k), _) => Ok(Some(k)),
+            (None, false) => Ok(None),
+            (None, true) => Err(RepoError::KeyRequired(self.location())),
+        }
     }
 
     /// Opens the repository, creating it first when the location holds none.
@@ -248,6 +310,7 @@ impl Repository {
 
     /// Starts a backup. Takes a shared lock held until the writer is committed or dropped.
     pub fn begin_backup(&self) -> Result<BackupWriter<'_>, RepoError> {
+        self.keys()?;
         let lock = Lock::acquire(self.store.clone(), false, "backup create")?;
         let index = self.load_index()?;
         Ok(BackupWriter {
@@ -303,13 +366,14 @@ impl Repository {
     pub fn read_blob(&self, index: &Index, id: &Id) -> Result<Vec<u8>, RepoError> {
         let loc = *self.locate(index, id)?;
         let stored = self.pack_range(&loc.pack, loc.offset as u64..loc.offset as u64 + loc.stored_len as u64)?;
-        decode_blob(*id, loc.encoding, loc.raw_len, &stored)
+        decode_blob(self.keys()?, *id, loc.encoding, loc.raw_len, &stored)
             .map_err(|e| RepoError::Damaged(format!("pack {}: {e}", loc.pack.hex())))
     }
 
     /// Writes a part's content to `out`, checking every chunk's hash and the whole part's
     /// sha256. Consecutive chunks stored next to each other are fetched in one range read.
     pub fn read_part(&self, index: &Index, part: &Part, out: &mut dyn Write) -> Result<(), RepoError> {
+        let keys = self.keys()?;
         let ids = self.chunk_ids(index, part)?;
         let mut hasher = Sha256::new();
         let mut written = 0u64;
@@ -333,7 +397,7 @@ impl Repository {
             let bytes = self.pack_range(&first.pack, start..end)?;
             for (id, loc) in run {
                 let off = (loc.offset as u64 - start) as usize;
-                let raw = decode_blob(id, loc.encoding, loc.raw_len, &bytes[off..off + loc.stored_len as usize])
+                let raw = decode_blob(keys, id, loc.encoding, loc.raw_len, &bytes[off..off + loc.stored_len as usize])
                     .map_err(|e| RepoError::Damaged(format!("pack {}: {e}", loc.pack.hex())))?;
                 hasher.update(&raw);
                 written += raw.len() as u64;
@@ -457,6 +521,8 @@ impl Repository {
     /// Plans (and unless `dry_run`, carries out) a prune: the policy's decisions, then
     /// removal of everything no remaining backup references.
     pub fn prune(&self, policy: Option<&Policy>, dry_run: bool) -> Result<PruneReport, RepoError> {
+        // Used backups are found by reading their chunk lists, which needs the key.
+        let keys = self.keys()?;
         let _lock = Lock::acquire(self.store.clone(), true, if dry_run { "backup prune --dry-run" } else { "backup prune" })?;
         let (backups, bad) = self.list_backups()?;
         if !bad.is_empty() {
@@ -563,7 +629,7 @@ impl Repository {
                     continue;
                 }
                 let stored = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
-                decode_blob(e.id, e.encoding, e.raw_len, stored)
+                decode_blob(keys, e.id, e.encoding, e.raw_len, stored)
                     .map_err(|err| RepoError::Damaged(format!("pack {} while repacking: {err}", pack.hex())))?;
                 builder.add(e.id, e.kind, e.encoding, e.raw_len, stored);
                 copied.insert(e.id);
@@ -807,12 +873,13 @@ pub struct BackupWriter<'r> {
 
 impl<'r> BackupWriter<'r> {
     fn add_blob(&mut self, kind: BlobKind, raw: &[u8]) -> Result<Id, RepoError> {
-        let id = Id::of(raw);
+        let keys = self.repo.keys()?;
+        let id = crate::pack::blob_id(keys, raw);
         self.stats.blobs_total += 1;
         if self.index.contains(&id) || self.pending.contains(&id) {
             return Ok(id);
         }
-        let (encoding, stored) = encode_blob(raw, self.repo.config.compression_level);
+        let (_, encoding, stored) = encode_blob(raw, self.repo.config.compression_level, keys);
         self.pack.add(id, kind, encoding, raw.len() as u32, &stored);
         self.pending.insert(id);
         self.stats.added += stored.len() as u64;
@@ -877,16 +944,25 @@ impl<'r> BackupWriter<'r> {
         self.add_stream(reader, cs)
     }
 
-    /// Adds a file, or a directory with everything under it, as `<group>/…`.
+    /// Adds a file, or a directory with everything under it, as `<group>/<its name>…`
+    /// (several `--file` paths side by side).
     pub fn add_path(&mut self, group: &str, path: &Path) -> Result<(), RepoError> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
+        self.add_path_as(&format!("{group}/{name}"), path)
+    }
+
+    /// Adds a file or a directory tree so that it restores at `dest` under `--files-to`
+    /// (the PKI directory becomes `pki/`, ready to copy back as /etc/kubernetes/pki).
+    pub fn add_path_as(&mut self, dest: &str, path: &Path) -> Result<(), RepoError> {
         let io_err = |p: &Path, e: io::Error| RepoError::Io(format!("{}: {e}", p.display()));
         let meta = fs::symlink_metadata(path).map_err(|e| io_err(path, e))?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
-        let dest = format!("{group}/{name}");
-        if safe_relative(&dest).is_none() {
+        if safe_relative(dest).is_none() {
             return Err(RepoError::Invalid(format!("{dest:?}: not a usable name under --files-to")));
         }
-        self.add_entry(&dest, path, &meta)
+        if self.files.iter().any(|f| f.path == dest || f.path.starts_with(&format!("{dest}/")) || dest.starts_with(&format!("{}/", f.path))) {
+            return Err(RepoError::Invalid(format!("{} would restore as {dest:?}, which another path of this backup already uses", path.display())));
+        }
+        self.add_entry(dest, path, &meta)
     }
 
     fn add_entry(&mut self, dest: &str, path: &Path, meta: &fs::Metadata) -> Result<(), RepoError> {
@@ -954,7 +1030,7 @@ impl<'r> BackupWriter<'r> {
             etcd: meta.etcd,
             snapshot,
             files: std::mem::take(&mut self.files),
-            encoding: PartEncoding { compression: "zstd".into(), encryption: "none".into() },
+            encoding: PartEncoding { compression: "zstd".into(), encryption: self.repo.config.encryption.clone() },
             sizes,
         };
         let body = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
@@ -997,7 +1073,7 @@ mod tests {
 
     fn repo(dir: &Path, pack_size: u64) -> Repository {
         let store: Arc<dyn Store> = Arc::new(LocalDir::new(dir.to_path_buf()));
-        Repository::init(store, &InitOptions { chunk_size: 4096, pack_size }).unwrap()
+        Repository::init(store, &InitOptions { chunk_size: 4096, pack_size, ..Default::default() }).unwrap()
     }
 
     fn meta() -> BackupMeta {
@@ -1031,6 +1107,76 @@ mod tests {
             rng.fill_bytes(&mut page[..half]);
         }
         v
+    }
+
+    fn cheap_kdf() -> KdfParams {
+        KdfParams { memory_kib: 256, iterations: 1, parallelism: 1 }
+    }
+
+    /// Every byte of every object under `dir`.
+    fn all_stored_bytes(dir: &Path) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.extend(fs::read(&p).unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn encrypted_repository_round_trip_hides_content_and_needs_the_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalDir::new(dir.path().to_path_buf()));
+        let pass = Passphrase::new(b"s3cret passphrase\n".to_vec());
+        let opts = InitOptions { chunk_size: 4096, pack_size: 64 * 1024, passphrase: Some(pass.clone()), kdf: cheap_kdf() };
+        let r = Repository::init(store.clone(), &opts).unwrap();
+        assert!(r.is_encrypted());
+        // A recognisable secret, as a CA key would be, in a snapshot and in a file.
+        let marker = b"-----BEGIN RSA PRIVATE KEY----- MIIEpAIBAAKCAQEA7marker";
+        let mut data = db(5);
+        data[4096..4096 + marker.len()].copy_from_slice(marker);
+        let key_file = dir.path().join("..").join(format!("ca-{}.key", rand::random::<u32>()));
+        fs::write(&key_file, marker.repeat(10)).unwrap();
+        let mut w = r.begin_backup().unwrap();
+        let part = w.add_snapshot(&mut &data[..], 4096).unwrap();
+        w.add_path("pki", &key_file).unwrap();
+        let m = w.commit(part, meta()).unwrap();
+        fs::remove_file(&key_file).unwrap();
+        assert_eq!(m.encoding.encryption, crypto::SCHEME);
+        assert_eq!(restore(&r, &m), data);
+        let stored = all_stored_bytes(dir.path());
+        assert!(!stored.windows(24).any(|w| w == &marker[..24]), "the secret is stored in clear");
+
+        // A second handle: metadata without the passphrase, content only with the right one.
+        let mut other = Repository::open(store.clone()).unwrap();
+        assert_eq!(other.list_backups().unwrap().0.len(), 1);
+        let index = other.load_index().unwrap();
+        let err = other.read_part(&index, &m.snapshot, &mut io::sink()).unwrap_err();
+        assert!(matches!(err, RepoError::KeyRequired(_)), "{err}");
+        assert!(matches!(other.begin_backup().map(|_| ()).unwrap_err(), RepoError::KeyRequired(_)));
+        let err = other.unlock(&Passphrase::new(b"wrong".to_vec())).unwrap_err();
+        assert!(matches!(err, RepoError::WrongPassphrase(_)), "{err}");
+        other.unlock(&Passphrase::new(b"s3cret passphrase".to_vec())).unwrap();
+        assert_eq!(restore(&other, &m), data);
+        let mut out = Vec::new();
+        other.read_part(&index, m.files[0].content.as_ref().unwrap(), &mut out).unwrap();
+        assert_eq!(out, marker.repeat(10));
+
+        // A second backup of the same data dedups under the keyed ids.
+        let m2 = backup(&other, &data);
+        assert_eq!(m2.sizes.blobs_added, 0);
+        // Prune works on sealed blobs (and needs the key).
+        other.delete_backup(&m.id).unwrap();
+        other.prune(None, false).unwrap();
+        assert_eq!(restore(&other, &m2), data);
+        assert!(matches!(Repository::open(store).unwrap().prune(None, true), Err(RepoError::KeyRequired(_))));
     }
 
     #[test]
@@ -1172,16 +1318,18 @@ mod tests {
         let r = repo(&dir.path().join("repo"), 1 << 20);
         let mut w = r.begin_backup().unwrap();
         let part = w.add_snapshot(&mut &db(5)[..], 4096).unwrap();
-        w.add_path("pki", &src).unwrap();
+        w.add_path_as("pki", &src).unwrap();
+        assert!(w.add_path("files", &src).is_ok(), "the same tree elsewhere is fine");
+        assert!(matches!(w.add_path_as("pki/etcd", &src), Err(RepoError::Invalid(_))), "overlap");
         let m = w.commit(part, meta()).unwrap();
         let out = dir.path().join("out");
         let index = r.load_index().unwrap();
-        assert_eq!(r.restore_files(&index, &m, &out).unwrap(), 5);
-        assert_eq!(fs::read(out.join("pki/pki/ca.key")).unwrap(), b"secret key");
-        assert_eq!(fs::metadata(out.join("pki/pki/ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::read(out.join("pki/pki/etcd/big.crt")).unwrap(), big);
-        assert_eq!(fs::metadata(out.join("pki/pki/etcd/big.crt")).unwrap().permissions().mode() & 0o777, 0o644);
-        assert_eq!(fs::read_link(out.join("pki/pki/link")).unwrap(), Path::new("ca.key"));
+        assert_eq!(r.restore_files(&index, &m, &out).unwrap(), 10);
+        assert_eq!(fs::read(out.join("pki/ca.key")).unwrap(), b"secret key");
+        assert_eq!(fs::metadata(out.join("pki/ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read(out.join("pki/etcd/big.crt")).unwrap(), big);
+        assert_eq!(fs::metadata(out.join("pki/etcd/big.crt")).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(fs::read_link(out.join("pki/link")).unwrap(), Path::new("ca.key"));
         // A second restore into the same place refuses to overwrite.
         assert!(matches!(r.restore_files(&index, &m, &out), Err(RepoError::DestinationExists(_))));
     }

@@ -10,6 +10,7 @@ use chrono::Utc;
 use clap::{Args, Subcommand, ValueEnum};
 use etcdguard_repo::manifest::{EtcdInfo, FileKind, Manifest, Source};
 use etcdguard_repo::retention::{parse_duration, Policy};
+use etcdguard_repo::crypto::Passphrase;
 use etcdguard_repo::{open_url, BackupMeta, InitOptions, RepoError, Repository, StoreError};
 use etcdguard_storage::{Layout, TrailerCheck};
 use serde_json::json;
@@ -109,6 +110,43 @@ pub enum BackupCommand {
 pub struct RepoArg {
     #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL", help = REPO_HELP)]
     pub repo: String,
+    /// File holding the passphrase of an encrypted repository (or put the passphrase itself in
+    /// ETCDGUARD_PASSPHRASE). A repository that `backup create` makes while a passphrase is
+    /// given is encrypted with it: chunks and files (CA keys included) are sealed with
+    /// XChaCha20-Poly1305 under a key only the passphrase opens. Lose it and the backups are lost.
+    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl RepoArg {
+    /// The passphrase from --passphrase-file or ETCDGUARD_PASSPHRASE, if any.
+    fn passphrase(&self) -> Result<Option<Passphrase>, Failure> {
+        if let Some(path) = &self.passphrase_file {
+            use std::os::unix::fs::PermissionsExt;
+            let bytes = std::fs::read(path).map_err(|e| {
+                let code = match e.kind() {
+                    std::io::ErrorKind::NotFound => Code::NotFound,
+                    std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
+                    _ => Code::Failure,
+                };
+                Failure::new(code, format!("--passphrase-file {}: {e}", path.display()))
+            })?;
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    eprintln!("warning: {} can be read by other users; chmod 600 it", path.display());
+                }
+            }
+            let p = Passphrase::new(bytes);
+            if p.bytes().is_empty() {
+                return Err(Failure::new(Code::Usage, format!("--passphrase-file {}: the file is empty", path.display())));
+            }
+            return Ok(Some(p));
+        }
+        match std::env::var_os("ETCDGUARD_PASSPHRASE") {
+            Some(v) if !v.is_empty() => Ok(Some(Passphrase::new(std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec()))),
+            _ => Ok(None),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -332,6 +370,7 @@ fn failure(e: RepoError) -> Failure {
         RepoError::ChecksumMismatch(_) => Code::ChecksumMismatch,
         RepoError::Locked(_) => Code::RepositoryBusy,
         RepoError::DestinationExists(_) => Code::DestinationExists,
+        RepoError::KeyRequired(_) | RepoError::WrongPassphrase(_) => Code::KeyRequired,
         RepoError::Io(_) | RepoError::Unsupported(_) => Code::Failure,
     };
     let hint = match &e {
@@ -345,9 +384,27 @@ fn failure(e: RepoError) -> Failure {
     Failure::new(code, format!("{e}{hint}"))
 }
 
+/// Opens the repository for reading metadata (manifests, index): no passphrase needed.
 fn open_repo(repo: &RepoArg) -> Result<Repository, Failure> {
     let store = open_url(&repo.repo).map_err(|e| failure(e.into()))?;
     Repository::open(store).map_err(failure)
+}
+
+/// Opens the repository for reading or writing content: an encrypted one is unlocked.
+fn open_repo_unlocked(repo: &RepoArg) -> Result<Repository, Failure> {
+    let mut r = open_repo(repo)?;
+    unlock(&mut r, repo)?;
+    Ok(r)
+}
+
+fn unlock(r: &mut Repository, repo: &RepoArg) -> Result<(), Failure> {
+    if !r.is_encrypted() {
+        return Ok(());
+    }
+    match repo.passphrase()? {
+        Some(p) => r.unlock(&p).map_err(failure),
+        None => Err(failure(RepoError::KeyRequired(r.location()))),
+    }
 }
 
 fn resolve(repo: &Repository, id: &str) -> Result<Manifest, Failure> {
@@ -375,6 +432,7 @@ fn create_live(args: CreateArgs) -> Result<()> {
     let path = scratch.path().join("snapshot.db");
     session.save(&st.endpoint, &Destination::File(path.clone()), &mut NoProgress).map_err(crate::cmd::cluster::client_failure)?;
     let known = EtcdInfo {
+        cluster_id: (st.cluster_id != 0).then(|| format!("{:x}", st.cluster_id)),
         member_id: Some(format!("{:x}", st.member_id)),
         version: (!st.version.is_empty()).then(|| st.version.clone()),
         ..Default::default()
@@ -440,31 +498,48 @@ fn create_from(args: &CreateArgs, path: &Path, source: Source, known: EtcdInfo) 
     drop(file);
 
     let store = open_url(&args.repo.repo).map_err(|e| failure(e.into()))?;
-    let opts = InitOptions { chunk_size: args.chunk_size, ..Default::default() };
-    let (repo, created) = Repository::open_or_init(store, &opts).map_err(failure)?;
+    let passphrase = args.repo.passphrase()?;
+    let opts = InitOptions { chunk_size: args.chunk_size, passphrase: passphrase.clone(), ..Default::default() };
+    let (mut repo, created) = Repository::open_or_init(store, &opts).map_err(failure)?;
     if created {
-        eprintln!("created repository {}", repo.location());
+        let how = if repo.is_encrypted() { "encrypted with the passphrase given" } else { "not encrypted (give ETCDGUARD_PASSPHRASE or --passphrase-file to encrypt a new one)" };
+        eprintln!("created repository {}, {how}", repo.location());
+    } else if repo.is_encrypted() {
+        unlock(&mut repo, &args.repo)?;
+    } else if passphrase.is_some() {
+        // Never let a passphrase suggest the CA keys are sealed when they would not be.
+        return Err(Failure::new(
+            Code::Usage,
+            format!(
+                "{} is not encrypted, but a passphrase was given; its backups would be stored in clear.\n  \
+                 Use a new repository location (it is created encrypted), or unset ETCDGUARD_PASSPHRASE/--passphrase-file",
+                repo.location()
+            ),
+        )
+        .into());
     }
     let mut writer = repo.begin_backup().map_err(failure)?;
     let mut input = std::fs::File::open(path).map_err(|e| Failure::new(Code::Failure, format!("{}: {e}", path.display())))?;
     let snapshot = writer.add_snapshot(&mut input, page_size).map_err(failure)?;
-    let groups: Vec<(&str, &PathBuf)> = args
+    // The PKI and manifests directories restore as pki/ and manifests/ themselves; single
+    // files go under their group with their own name.
+    let paths: Vec<(String, &PathBuf)> = args
         .pki_dir
         .iter()
-        .map(|p| ("pki", p))
-        .chain(args.manifests_dir.iter().map(|p| ("manifests", p)))
-        .chain(args.encryption_config.iter().map(|p| ("encryption-config", p)))
-        .chain(args.files.iter().map(|p| ("files", p)))
+        .map(|p| ("pki".to_string(), p))
+        .chain(args.manifests_dir.iter().map(|p| ("manifests".to_string(), p)))
+        .chain(args.encryption_config.iter().map(|p| (group_path("encryption-config", p), p)))
+        .chain(args.files.iter().map(|p| (group_path("files", p), p)))
         .collect();
-    for (group, p) in groups {
-        writer.add_path(group, p).map_err(|e| match e {
+    for (dest, p) in paths {
+        writer.add_path_as(&dest, p).map_err(|e| match e {
             RepoError::Io(m) if m.contains("No such file") => Failure::new(Code::NotFound, m),
             RepoError::Io(m) if m.contains("ermission denied") => Failure::new(Code::PermissionDenied, m),
             other => failure(other),
         })?;
     }
     let labels: BTreeMap<String, String> = args.labels.iter().cloned().collect();
-    let cluster = args.cluster.clone().or_else(|| labels.get("cluster").cloned());
+    let cluster = args.cluster.clone().or_else(|| labels.get("cluster").cloned()).or_else(|| etcd.cluster_id.clone());
     let manifest = writer.commit(snapshot, BackupMeta { source, etcd, labels, cluster }).map_err(failure)?;
     match args.write_out {
         TextJson::Json => println!("{}", serde_json::to_string_pretty(&manifest)?),
@@ -482,6 +557,11 @@ fn create_from(args: &CreateArgs, path: &Path, source: Source, known: EtcdInfo) 
         }
     }
     Ok(())
+}
+
+fn group_path(group: &str, p: &Path) -> String {
+    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
+    format!("{group}/{name}")
 }
 
 fn human(n: u64) -> String {
@@ -640,7 +720,7 @@ fn show(args: ShowArgs) -> Result<()> {
 }
 
 fn verify(args: VerifyArgs) -> Result<()> {
-    let repo = open_repo(&args.repo)?;
+    let repo = open_repo_unlocked(&args.repo)?;
     let m = resolve(&repo, &args.id)?;
     let index = repo.load_index().map_err(failure)?;
     let scratch = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -740,7 +820,7 @@ fn rand_u64() -> u64 {
 }
 
 fn restore(args: RestoreArgs) -> Result<()> {
-    let repo = open_repo(&args.repo)?;
+    let repo = open_repo_unlocked(&args.repo)?;
     let m = resolve(&repo, &args.id)?;
     let exists = |p: &Path| Failure::new(Code::DestinationExists, format!("{}: already exists; nothing was overwritten", p.display()));
     // Refuse before downloading anything.
@@ -840,7 +920,7 @@ fn prune(args: PruneArgs) -> Result<()> {
         keep_yearly: args.keep_yearly,
         keep_within: args.keep_within,
     };
-    let repo = open_repo(&args.repo)?;
+    let repo = open_repo_unlocked(&args.repo)?;
     let report = repo.prune((!policy.is_empty()).then_some(&policy), args.dry_run).map_err(failure)?;
     if args.write_out == TextJson::Json {
         let v = json!({

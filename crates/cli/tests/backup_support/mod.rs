@@ -46,7 +46,7 @@ pub fn snapshots() -> &'static Snapshots {
 
 pub fn etcdguard() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_etcdguard"));
-    c.env_remove("ETCDGUARD_REPO").stdin(Stdio::null());
+    c.env_remove("ETCDGUARD_REPO").env_remove("ETCDGUARD_PASSPHRASE").env_remove("ETCDGUARD_PASSPHRASE_FILE").stdin(Stdio::null());
     c
 }
 
@@ -92,6 +92,24 @@ pub fn created_id(stdout: &str) -> String {
     let id = stdout.split_whitespace().nth(1).unwrap_or_default().to_string();
     assert_eq!(id.len(), 16, "no backup id in {stdout:?}");
     id
+}
+
+/// Every byte stored under `dir`, for "this must not appear in clear" checks.
+pub fn all_bytes_under(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(all_bytes_under(&p));
+        } else {
+            out.extend(std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 pub fn list_json(repo: &str) -> Vec<serde_json::Value> {
