@@ -51,13 +51,24 @@ fn s3_round_trip_dedup_prune_and_urls() {
     assert!(out.contains("OK"), "{out}");
 
     // Presigned URLs: fetchable without credentials, and the manifest they give is the one shown.
-    let urls = s3_ok(&["backup", "url", &second, "--repo", &repo, "--expires", "10m"]);
+    let urls = s3_ok(&["backup", "url", &second, "--repo", &repo, "--expires", "10m", "--objects"]);
     let manifest_url = urls.lines().find(|l| l.starts_with("backups/")).unwrap().split('\t').nth(1).unwrap();
     assert!(manifest_url.contains("X-Amz-Signature") && manifest_url.contains("X-Amz-Expires=600"), "{manifest_url}");
     let body = http_get(manifest_url);
-    let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(m["id"], second.as_str());
     assert!(urls.lines().any(|l| l.starts_with("packs/")), "{urls}");
+
+    // The default: the snapshot reassembled as one object (multipart), byte-identical
+    // through its URL, as a restore flow that only takes a URL needs it.
+    let out = s3_ok(&["backup", "url", &first, "--repo", &repo, "--expires", "10m", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["object"], format!("exports/{first}/snapshot.db"));
+    let url = v["url"].as_str().unwrap();
+    assert!(url.contains("X-Amz-Signature"), "{url}");
+    assert!(http_get(url) == std::fs::read(&snaps.first).unwrap(), "exported snapshot differs");
+    let again = s3_ok(&["backup", "url", &first, "--repo", &repo]);
+    assert!(again.trim().starts_with("http://") && again.contains(&format!("exports/{first}/snapshot.db")), "{again}");
 
     // Prune keeps the newest; what it needs still restores.
     s3_ok(&["backup", "prune", "--repo", &repo, "--keep-last", "1"]);
@@ -140,30 +151,3 @@ fn s3_wrong_credentials() {
     assert!(!err.contains("testing-secret"), "the secret must not be printed: {err}");
 }
 
-fn http_get(url: &str) -> String {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap();
-    let resp = String::from_utf8_lossy(&resp).into_owned();
-    assert!(resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200"), "{}", &resp[..resp.len().min(500)]);
-    let body = resp.split_once("\r\n\r\n").unwrap().1.to_string();
-    if resp.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        // De-chunk.
-        let mut out = String::new();
-        let mut rest = body.as_str();
-        while let Some((len, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            out.push_str(&tail[..n]);
-            rest = &tail[n + 2..];
-        }
-        return out;
-    }
-    body
-}

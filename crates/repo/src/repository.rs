@@ -68,6 +68,11 @@ fn verified_key(id: &str) -> String {
     format!("verified/{id}.json")
 }
 
+/// Where `backup url` puts a backup's snapshot reassembled as one plain object.
+pub fn export_key(id: &str) -> String {
+    format!("exports/{id}/snapshot.db")
+}
+
 impl Repository {
     /// Opens an existing repository.
     pub fn open(store: Arc<dyn Store>) -> Result<Repository, RepoError> {
@@ -515,6 +520,7 @@ impl Repository {
         self.manifest(id)?;
         self.store.delete(&manifest_key(id))?;
         self.store.delete(&verified_key(id))?;
+        self.store.delete(&export_key(id))?;
         Ok(())
     }
 
@@ -665,6 +671,13 @@ impl Repository {
                 self.store.delete(&v.key)?;
             }
         }
+        // 5. Exported snapshots of backups that are gone.
+        for e in self.store.list("exports/")? {
+            let id = e.key.trim_start_matches("exports/").split('/').next().unwrap_or_default();
+            if !remaining.contains(&manifest_key(id)) {
+                self.store.delete(&e.key)?;
+            }
+        }
         report.bytes_after = self.store.list("packs/")?.iter().map(|o| o.size).sum();
         report.bytes_deleted = report.bytes_before.saturating_sub(report.bytes_after);
         Ok(report)
@@ -719,6 +732,45 @@ impl Repository {
     }
 
     /// Presigned GET URLs for the objects of a backup.
+    /// Reassembles a backup's snapshot into one object, `exports/<id>/snapshot.db`, streamed
+    /// (multipart) and checked against the manifest's sha256 before the upload completes, so
+    /// restore flows that only take a URL can fetch it. Refused for an encrypted repository:
+    /// the export would put the cluster's data in the bucket in clear. An earlier export of
+    /// the right size is reused (backups never change). Returns the object's key.
+    pub fn export_snapshot(&self, manifest: &Manifest) -> Result<String, RepoError> {
+        if self.is_encrypted() {
+            return Err(RepoError::Invalid(format!(
+                "{} is encrypted; exporting the snapshot would store it in the bucket in clear.\n  \
+                 Use `backup url --objects` (sealed objects, for etcdguard), or `backup restore --to-file` and upload the file yourself",
+                self.location()
+            )));
+        }
+        let key = export_key(&manifest.id);
+        let existing = self.store.list(&format!("exports/{}/", manifest.id))?;
+        if existing.iter().any(|o| o.key == key && o.size == manifest.snapshot.size) {
+            return Ok(key);
+        }
+        let index = self.load_index()?;
+        let mut failure = None;
+        let put = self.store.put_streaming(&key, &mut |w: &mut dyn Write| {
+            self.read_part(&index, &manifest.snapshot, w).map_err(|e| {
+                let m = e.to_string();
+                failure = Some(e);
+                io::Error::other(m)
+            })
+        });
+        match (put, failure) {
+            (_, Some(e)) => Err(e.context(&format!("exporting backup {}", manifest.id))),
+            (Err(e), None) => Err(e.into()),
+            (Ok(()), None) => Ok(key),
+        }
+    }
+
+    /// A presigned GET URL for one object of the repository.
+    pub fn presigned_url(&self, key: &str, expires: std::time::Duration) -> Result<String, RepoError> {
+        Ok(self.store.presigned_url(key, expires)?)
+    }
+
     pub fn presigned_urls(&self, manifest: &Manifest, expires: std::time::Duration) -> Result<Vec<(String, String)>, RepoError> {
         let index = self.load_index()?;
         let mut packs: Vec<Id> = Vec::new();
@@ -1177,6 +1229,38 @@ mod tests {
         other.prune(None, false).unwrap();
         assert_eq!(restore(&other, &m2), data);
         assert!(matches!(Repository::open(store).unwrap().prune(None, true), Err(RepoError::KeyRequired(_))));
+    }
+
+    #[test]
+    fn export_streams_the_snapshot_whole_and_prune_removes_it_with_its_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path(), 64 * 1024);
+        let first = db(7);
+        let m1 = backup(&r, &first);
+        let m2 = backup(&r, &db(8));
+        let key = r.export_snapshot(&m1).unwrap();
+        assert_eq!(key, format!("exports/{}/snapshot.db", m1.id));
+        assert!(fs::read(dir.path().join(&key)).unwrap() == first);
+        assert_eq!(r.export_snapshot(&m1).unwrap(), key, "an export is reused");
+        // A damaged chunk fails the export and leaves no object.
+        let index = r.load_index().unwrap();
+        let loc = *index.get(&r.chunk_ids(&index, &m2.snapshot).unwrap()[3]).unwrap();
+        let pack = dir.path().join(pack_key(&loc.pack));
+        let mut bytes = fs::read(&pack).unwrap();
+        bytes[loc.offset as usize + 2] ^= 0x55;
+        fs::write(&pack, bytes).unwrap();
+        assert!(r.export_snapshot(&m2).is_err());
+        assert!(r.store.list(&format!("exports/{}/", m2.id)).unwrap().is_empty(), "a failed export left an object");
+        // Forgetting the backup removes its export.
+        r.delete_backup(&m1.id).unwrap();
+        assert!(r.store.list("exports/").unwrap().is_empty());
+        // An encrypted repository never exports in clear.
+        let edir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalDir::new(edir.path().to_path_buf()));
+        let opts = InitOptions { chunk_size: 4096, pack_size: 64 * 1024, passphrase: Some(Passphrase::new(b"p".to_vec())), kdf: cheap_kdf() };
+        let er = Repository::init(store, &opts).unwrap();
+        let em = backup(&er, &first);
+        assert!(matches!(er.export_snapshot(&em), Err(RepoError::Invalid(_))));
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub trait Store: Send + Sync {
     fn location(&self) -> String;
     /// Writes a whole object atomically, replacing any existing one.
     fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
+    /// Writes an object as `produce` streams it, without holding it in memory (multipart
+    /// upload, or a temporary file renamed at the end). When `produce` fails nothing is left
+    /// under `key`.
+    fn put_streaming(&self, key: &str, produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> Result<(), StoreError>;
     fn get(&self, key: &str) -> Result<Bytes, StoreError>;
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError>;
     /// Every object whose key starts with `prefix` (a directory-like prefix ending in `/`).
@@ -331,6 +335,28 @@ pub fn write_file_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 }
 
 impl Store for LocalDir {
+    fn put_streaming(&self, key: &str, produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> Result<(), StoreError> {
+        let path = self.path(key);
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        create_private_dirs(&dir).map_err(|e| self.io_err(key, e))?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dir.join(format!("{TEMP_PREFIX}{name}-{:016x}", rand::random::<u64>()));
+        let result = (|| {
+            let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            let mut w = io::BufWriter::with_capacity(1 << 20, f);
+            produce(&mut w)?;
+            let f = w.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp, &path)?;
+            File::open(&dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(|e| self.io_err(key, e))
+    }
+
     fn location(&self) -> String {
         self.root.display().to_string()
     }
@@ -470,7 +496,51 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Feeds a multipart upload from synchronous writes, with at most a few parts in flight.
+struct MultipartWriter<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    writer: Option<object_store::WriteMultipart>,
+}
+
+impl Write for MultipartWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let w = self.writer.as_mut().expect("writer open until finished");
+        self.runtime.block_on(w.wait_for_capacity(UPLOAD_PARTS_IN_FLIGHT)).map_err(io::Error::other)?;
+        w.write(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+const UPLOAD_PARTS_IN_FLIGHT: usize = 4;
+
 impl Store for ObjectStoreBackend {
+    fn put_streaming(&self, key: &str, produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> Result<(), StoreError> {
+        let path = self.path(key);
+        let upload = self.runtime.block_on(self.store.put_multipart(&path)).map_err(|e| self.map_err(key, e))?;
+        let mut w = MultipartWriter {
+            runtime: &self.runtime,
+            writer: Some(object_store::WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART)),
+        };
+        // WriteMultipart spawns its part uploads on the runtime of the calling context.
+        let produced = {
+            let _in_runtime = self.runtime.enter();
+            produce(&mut w)
+        };
+        let writer = w.writer.take().expect("writer open until finished");
+        match produced {
+            Ok(()) => self.runtime.block_on(writer.finish()).map(|_| ()).map_err(|e| self.map_err(key, e)),
+            Err(e) => {
+                // Abort so no part lingers (and nothing appears under the key).
+                let _ = self.runtime.block_on(writer.abort());
+                Err(StoreError::Other(format!("{}/{key}: {e}", self.location)))
+            }
+        }
+    }
+
     fn location(&self) -> String {
         self.location.clone()
     }

@@ -337,6 +337,10 @@ pub struct UrlArgs {
     /// How long the URLs stay valid (e.g. 15m, 1h, 7d; S3 allows at most 7d).
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub expires: Duration,
+    /// Print URLs of the backup's repository objects (manifest, index, packs) instead of
+    /// exporting its snapshot: for a restore that runs etcdguard on the far side.
+    #[arg(long)]
+    pub objects: bool,
     #[arg(short = 'w', long = "write-out", value_enum, default_value_t = TextJson::Text)]
     pub write_out: TextJson,
 }
@@ -972,18 +976,56 @@ fn prune(args: PruneArgs) -> Result<()> {
 fn url(args: UrlArgs) -> Result<()> {
     let repo = open_repo(&args.repo)?;
     let m = resolve(&repo, &args.id)?;
-    let urls = repo.presigned_urls(&m, args.expires).map_err(failure)?;
-    match args.write_out {
-        TextJson::Json => {
-            let v: Vec<_> = urls.iter().map(|(k, u)| json!({"object": k, "url": u})).collect();
-            println!("{}", serde_json::to_string_pretty(&json!({"backup": m.id, "expiresInSeconds": args.expires.as_secs(), "objects": v}))?);
-        }
-        TextJson::Text => {
-            for (k, u) in &urls {
-                println!("{k}\t{u}");
+    if args.objects {
+        let urls = repo.presigned_urls(&m, args.expires).map_err(failure)?;
+        match args.write_out {
+            TextJson::Json => {
+                let v: Vec<_> = urls.iter().map(|(k, u)| json!({"object": k, "url": u})).collect();
+                println!("{}", serde_json::to_string_pretty(&json!({"backup": m.id, "expiresInSeconds": args.expires.as_secs(), "objects": v}))?);
+            }
+            TextJson::Text => {
+                for (k, u) in &urls {
+                    println!("{k}\t{u}");
+                }
             }
         }
+        let _ = std::io::stdout().flush();
+        return Ok(());
+    }
+    // Fail on a store that cannot presign (a local directory) before uploading anything.
+    repo.presigned_url(&format!("backups/{}.json", m.id), args.expires).map_err(|e| {
+        let f = failure(e);
+        Failure::new(f.code, format!("{}\n  a local repository has no URLs: use `etcdguard backup restore {} --to-file FILE`", f.message, m.id))
+    })?;
+    let key = repo.export_snapshot(&m).map_err(failure)?;
+    let url = repo.presigned_url(&key, args.expires).map_err(failure)?;
+    eprintln!(
+        "backup {}: snapshot ({}, sha256 {}) is {key} in {}; the URL is valid for {}",
+        m.id,
+        human(m.snapshot.size),
+        m.snapshot.sha256,
+        repo.location(),
+        humantime_secs(args.expires)
+    );
+    match args.write_out {
+        TextJson::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "backup": m.id, "object": key, "url": url, "size": m.snapshot.size,
+                "sha256": m.snapshot.sha256, "expiresInSeconds": args.expires.as_secs(),
+            }))?
+        ),
+        TextJson::Text => println!("{url}"),
     }
     let _ = std::io::stdout().flush();
     Ok(())
+}
+
+fn humantime_secs(d: Duration) -> String {
+    match d.as_secs() {
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }

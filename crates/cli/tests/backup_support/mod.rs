@@ -371,3 +371,32 @@ impl Drop for Azurite {
 pub fn azure_env<'c>(cmd: &'c mut Command, azurite: &Azurite) -> &'c mut Command {
     cmd.env("AZURE_STORAGE_USE_EMULATOR", "true").env("AZURITE_BLOB_STORAGE_URL", &azurite.url)
 }
+
+/// GETs a plain-http URL (a presigned one) and returns the body; asserts 200.
+pub fn http_get(url: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap_or_else(|| panic!("not an http URL: {url}"));
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("no end of headers");
+    let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
+    let body = resp[split + 4..].to_vec();
+    assert!(head.starts_with("http/1.1 200") || head.starts_with("http/1.0 200"), "{head}\n{}", String::from_utf8_lossy(&body[..body.len().min(300)]));
+    if !head.contains("transfer-encoding: chunked") {
+        return body;
+    }
+    let mut out = Vec::new();
+    let mut rest = &body[..];
+    loop {
+        let eol = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+        let n = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16).unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&rest[eol + 2..eol + 2 + n]);
+        rest = &rest[eol + 2 + n + 2..];
+    }
+}
