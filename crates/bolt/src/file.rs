@@ -45,7 +45,14 @@ pub struct MappedFile {
     path: PathBuf,
     _file: File,
     map: Option<Mmap>,
+    /// `/proc/self/statm`, kept open: reading it tells how much of the map is resident.
+    statm: Option<File>,
 }
+
+/// Resident memory above which [`MappedFile::release_resident`] drops the mapped pages.
+/// Well under the 64 MiB a status or restore may use, and large enough that a walk over a
+/// file whose pages map one at a time rarely pays for re-faulting them.
+const RESIDENT_LIMIT: u64 = 24 << 20;
 
 impl MappedFile {
     pub fn open(path: &Path) -> Result<MappedFile, OpenFileError> {
@@ -72,9 +79,10 @@ impl MappedFile {
         } else {
             // SAFETY: the map is read-only and we hold a shared lock; a writer that ignores
             // the lock and truncates the file could still fault us, as it would bbolt.
-            Some(unsafe { MmapOptions::new().map(&file) }.map_err(|e| OpenFileError::from_io(path, e))?)
+            let map = unsafe { MmapOptions::new().map(&file) }.map_err(|e| OpenFileError::from_io(path, e))?;
+            Some(map)
         };
-        Ok(MappedFile { path: path.to_path_buf(), _file: file, map })
+        Ok(MappedFile { path: path.to_path_buf(), _file: file, map, statm: File::open("/proc/self/statm").ok() })
     }
 
     pub fn path(&self) -> &Path {
@@ -85,8 +93,27 @@ impl MappedFile {
         self.map.as_deref().unwrap_or(&[])
     }
 
-    /// Drops this process's resident copies of the mapped pages (not the page cache).
+    /// Resident set of this process in bytes, when the system says (Linux).
+    fn resident_bytes(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 128];
+        let n = self.statm.as_ref()?.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
+        let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        Some(pages * page.max(4096) as u64)
+    }
+
+    /// Drops this process's resident copies of the mapped pages (not the page cache) once
+    /// the resident set passes a few tens of MiB. A file that was just written sits in the
+    /// page cache as large folios, and touching one page maps its whole folio (up to 2 MiB),
+    /// so how fast the map grows depends on the file's history, not on how much was read:
+    /// measuring beats guessing. Without a readable `/proc/self/statm`, it always drops.
     pub fn release_resident(&self) {
+        if self.resident_bytes().is_some_and(|r| r < RESIDENT_LIMIT) {
+            return;
+        }
         if let Some(map) = &self.map {
             // SAFETY: a private read-only file mapping; dropped pages are re-read from the
             // file on the next access, and no reference into the map is invalidated.

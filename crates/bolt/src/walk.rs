@@ -31,17 +31,18 @@ impl Visitor for () {}
 pub struct WalkOptions<'r> {
     /// Problems kept in the report; later ones are only counted.
     pub max_problems: usize,
-    /// Called after every `release_every` bytes of pages visited (e.g. to drop resident
-    /// pages of a memory map). Small steps keep RSS low: each fault can map a whole large
-    /// page-cache folio (a file just written with big writes has them), so far more than N
-    /// bytes can be resident after N bytes of pages; the calls are cheap.
+    /// Called after every `release_every` bytes of pages visited, to drop resident pages of
+    /// a memory map when they have grown ([`crate::MappedFile::release_resident`] checks the
+    /// resident set first, so frequent calls are cheap). Small steps matter: each fault can
+    /// map a whole large page-cache folio (a file just written has them), so far more than N
+    /// bytes can be resident after N bytes of pages.
     pub release: Option<&'r dyn Fn()>,
     pub release_every: u64,
 }
 
 impl Default for WalkOptions<'_> {
     fn default() -> Self {
-        WalkOptions { max_problems: 100, release: None, release_every: 1 << 20 }
+        WalkOptions { max_problems: 100, release: None, release_every: 1 << 16 }
     }
 }
 

@@ -358,6 +358,7 @@ mod tests {
     fn st(endpoint: &str, id: u64, leader: u64, applied: u64) -> MemberStatus {
         MemberStatus {
             endpoint: endpoint.into(),
+            cluster_id: 1,
             member_id: id,
             leader,
             version: "3.5.1".into(),

@@ -317,12 +317,20 @@ fn create_private_dirs(dir: &Path) -> io::Result<()> {
 /// Writes `data` to `path` atomically: a private temporary file in the same directory,
 /// fsynced, renamed over `path`, then the directory fsynced.
 pub fn write_file_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    write_file_atomic_with(path, &mut |w: &mut dyn Write| w.write_all(data))
+}
+
+/// As [`write_file_atomic`], with the content streamed by `produce`; when it fails the
+/// temporary file is removed and `path` is untouched.
+pub fn write_file_atomic_with(path: &Path, produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!("{TEMP_PREFIX}{name}-{:016x}", rand::random::<u64>()));
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        f.write_all(data)?;
+        let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let mut w = io::BufWriter::with_capacity(1 << 20, f);
+        produce(&mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, path)?;
@@ -337,24 +345,10 @@ pub fn write_file_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 impl Store for LocalDir {
     fn put_streaming(&self, key: &str, produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> Result<(), StoreError> {
         let path = self.path(key);
-        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        create_private_dirs(&dir).map_err(|e| self.io_err(key, e))?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = dir.join(format!("{TEMP_PREFIX}{name}-{:016x}", rand::random::<u64>()));
-        let result = (|| {
-            let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-            let mut w = io::BufWriter::with_capacity(1 << 20, f);
-            produce(&mut w)?;
-            let f = w.into_inner().map_err(|e| e.into_error())?;
-            f.sync_all()?;
-            drop(f);
-            fs::rename(&tmp, &path)?;
-            File::open(&dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        if let Some(dir) = path.parent() {
+            create_private_dirs(dir).map_err(|e| self.io_err(key, e))?;
         }
-        result.map_err(|e| self.io_err(key, e))
+        write_file_atomic_with(&path, produce).map_err(|e| self.io_err(key, e))
     }
 
     fn location(&self) -> String {
