@@ -169,19 +169,18 @@ pub fn blob_id(keys: Option<&Keys>, raw: &[u8]) -> Id {
     }
 }
 
-/// Encodes one blob: zstd when that is smaller, otherwise raw; then sealed when the
-/// repository is encrypted. Returns the blob's id with its stored form.
-pub fn encode_blob(raw: &[u8], level: i32, keys: Option<&Keys>) -> (Id, Encoding, Vec<u8>) {
-    let id = blob_id(keys, raw);
+/// Encodes one blob (`id` from [`blob_id`]): zstd when that is smaller, otherwise raw; then
+/// sealed, bound to its id, when the repository is encrypted.
+pub fn encode_blob(id: &Id, raw: &[u8], level: i32, keys: Option<&Keys>) -> (Encoding, Vec<u8>) {
     let (encoding, plain) = match zstd::bulk::compress(raw, level) {
         Ok(z) if z.len() < raw.len() => (Encoding::Zstd, z),
         _ => (Encoding::Raw, raw.to_vec()),
     };
     match keys {
-        None => (id, encoding, plain),
+        None => (encoding, plain),
         Some(k) => {
             let sealed_as = if encoding == Encoding::Zstd { Encoding::SealedZstd } else { Encoding::SealedRaw };
-            (id, sealed_as, k.seal(&id, sealed_as as u8, &plain))
+            (sealed_as, k.seal(id, sealed_as as u8, &plain))
         }
     }
 }
@@ -495,8 +494,9 @@ mod tests {
         let blobs: Vec<Vec<u8>> = vec![vec![0u8; 4096], b"hello world".to_vec(), (0..5000u32).map(|i| (i * 7) as u8).collect()];
         let mut b = PackBuilder::new();
         for raw in &blobs {
-            let (id, enc, stored) = encode_blob(raw, 3, None);
+            let id = blob_id(None, raw);
             assert_eq!(id, Id::of(raw));
+            let (enc, stored) = encode_blob(&id, raw, 3, None);
             b.add(id, BlobKind::Data, enc, raw.len() as u32, &stored);
         }
         let (id, pack, entries) = b.finish();
@@ -529,18 +529,21 @@ mod tests {
     fn sealed_blobs_need_the_key_and_hide_content() {
         let keys = Keys::generate();
         let raw = b"-----BEGIN EC PRIVATE KEY----- secret secret secret secret".repeat(20);
-        let (id, enc, stored) = encode_blob(&raw, 3, Some(&keys));
+        let id = blob_id(Some(&keys), &raw);
+        let (enc, stored) = encode_blob(&id, &raw, 3, Some(&keys));
         assert_eq!(enc, Encoding::SealedZstd);
         assert!(!stored.windows(16).any(|w| w == &raw[..16]));
         assert_eq!(decode_blob(Some(&keys), id, enc, raw.len() as u32, &stored).unwrap(), raw);
         assert!(decode_blob(None, id, enc, raw.len() as u32, &stored).is_err(), "no key");
         assert!(decode_blob(Some(&Keys::generate()), id, enc, raw.len() as u32, &stored).is_err(), "wrong key");
         // A plain blob planted in an encrypted repository fails the keyed id check.
-        let (plain_id, plain_enc, plain_stored) = encode_blob(&raw, 3, None);
+        let plain_id = blob_id(None, &raw);
+        let (plain_enc, plain_stored) = encode_blob(&plain_id, &raw, 3, None);
         assert!(decode_blob(Some(&keys), plain_id, plain_enc, raw.len() as u32, &plain_stored).is_err());
         // Incompressible content is sealed raw.
         let noise: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
-        let (id, enc, stored) = encode_blob(&noise, 3, Some(&keys));
+        let id = blob_id(Some(&keys), &noise);
+        let (enc, stored) = encode_blob(&id, &noise, 3, Some(&keys));
         assert_eq!(enc, Encoding::SealedRaw);
         assert_eq!(decode_blob(Some(&keys), id, enc, noise.len() as u32, &stored).unwrap(), noise);
     }

@@ -60,7 +60,7 @@ pub fn pack_key(id: &Id) -> String {
     format!("packs/{}/{h}", &h[..2])
 }
 
-fn manifest_key(id: &str) -> String {
+pub fn manifest_key(id: &str) -> String {
     format!("backups/{id}.json")
 }
 
@@ -931,7 +931,7 @@ impl<'r> BackupWriter<'r> {
         if self.index.contains(&id) || self.pending.contains(&id) {
             return Ok(id);
         }
-        let (_, encoding, stored) = encode_blob(raw, self.repo.config.compression_level, keys);
+        let (encoding, stored) = encode_blob(&id, raw, self.repo.config.compression_level, keys);
         self.pack.add(id, kind, encoding, raw.len() as u32, &stored);
         self.pending.insert(id);
         self.stats.added += stored.len() as u64;

@@ -540,19 +540,15 @@ impl Store for ObjectStoreBackend {
     }
 
     fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        if data.len() > MULTIPART_THRESHOLD {
+            // Large objects go in parts; a failed upload is aborted so nothing partial remains.
+            return self.put_streaming(key, &mut |w: &mut dyn Write| w.write_all(&data));
+        }
         let path = self.path(key);
-        self.runtime.block_on(async {
-            if data.len() <= MULTIPART_THRESHOLD {
-                self.store.put(&path, PutPayload::from(data)).await.map(|_| ())
-            } else {
-                // Large objects go in parts; a failed upload is aborted so nothing partial remains.
-                let upload = self.store.put_multipart(&path).await?;
-                let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
-                writer.write(&data);
-                writer.finish().await.map(|_| ())
-            }
-        })
-        .map_err(|e| self.map_err(key, e))
+        self.runtime
+            .block_on(self.store.put(&path, PutPayload::from(data)))
+            .map(|_| ())
+            .map_err(|e| self.map_err(key, e))
     }
 
     fn get(&self, key: &str) -> Result<Bytes, StoreError> {

@@ -525,18 +525,19 @@ fn create_from(args: &CreateArgs, path: &Path, source: Source, known: EtcdInfo) 
     let mut writer = repo.begin_backup().map_err(failure)?;
     let mut input = std::fs::File::open(path).map_err(|e| Failure::new(Code::Failure, format!("{}: {e}", path.display())))?;
     let snapshot = writer.add_snapshot(&mut input, page_size).map_err(failure)?;
-    // The PKI and manifests directories restore as pki/ and manifests/ themselves; single
-    // files go under their group with their own name.
-    let paths: Vec<(String, &PathBuf)> = args
+    // The PKI and manifests directories restore as pki/ and manifests/ themselves; other
+    // paths go under their group with their own name.
+    let paths: Vec<(&str, bool, &PathBuf)> = args
         .pki_dir
         .iter()
-        .map(|p| ("pki".to_string(), p))
-        .chain(args.manifests_dir.iter().map(|p| ("manifests".to_string(), p)))
-        .chain(args.encryption_config.iter().map(|p| (group_path("encryption-config", p), p)))
-        .chain(args.files.iter().map(|p| (group_path("files", p), p)))
+        .map(|p| ("pki", true, p))
+        .chain(args.manifests_dir.iter().map(|p| ("manifests", true, p)))
+        .chain(args.encryption_config.iter().map(|p| ("encryption-config", false, p)))
+        .chain(args.files.iter().map(|p| ("files", false, p)))
         .collect();
-    for (dest, p) in paths {
-        writer.add_path_as(&dest, p).map_err(|e| match e {
+    for (group, as_group, p) in paths {
+        let added = if as_group { writer.add_path_as(group, p) } else { writer.add_path(group, p) };
+        added.map_err(|e| match e {
             RepoError::Io(m) if m.contains("No such file") => Failure::new(Code::NotFound, m),
             RepoError::Io(m) if m.contains("ermission denied") => Failure::new(Code::PermissionDenied, m),
             other => failure(other),
@@ -561,11 +562,6 @@ fn create_from(args: &CreateArgs, path: &Path, source: Source, known: EtcdInfo) 
         }
     }
     Ok(())
-}
-
-fn group_path(group: &str, p: &Path) -> String {
-    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
-    format!("{group}/{name}")
 }
 
 fn human(n: u64) -> String {
@@ -993,7 +989,7 @@ fn url(args: UrlArgs) -> Result<()> {
         return Ok(());
     }
     // Fail on a store that cannot presign (a local directory) before uploading anything.
-    repo.presigned_url(&format!("backups/{}.json", m.id), args.expires).map_err(|e| {
+    repo.presigned_url(&etcdguard_repo::repository::manifest_key(&m.id), args.expires).map_err(|e| {
         let f = failure(e);
         Failure::new(f.code, format!("{}\n  a local repository has no URLs: use `etcdguard backup restore {} --to-file FILE`", f.message, m.id))
     })?;
