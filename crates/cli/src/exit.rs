@@ -25,7 +25,7 @@ pub enum Code {
     Corrupt = 10,
     /// The file is locked by another process (a running etcd).
     Locked = 11,
-    /// No endpoint could be reached.
+    /// No endpoint could be reached, or a storage server kept failing.
     Unreachable = 12,
     /// TLS or authentication failed.
     TlsOrAuth = 13,

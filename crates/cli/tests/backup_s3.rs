@@ -1,6 +1,7 @@
 //! `etcdguard backup …` against a real S3-compatible server (moto, started here on a free
 //! loopback port and stopped by PID): round trip, dedup, prune, presigned URLs, and faults —
-//! a server that dies mid-upload, wrong credentials, a missing bucket.
+//! a server that dies mid-upload, one that answers with errors, wrong credentials, a missing
+//! bucket.
 
 mod backup_support;
 
@@ -109,6 +110,33 @@ fn s3_server_dying_mid_upload_leaves_no_half_backup() {
     // With the server back, the same backup goes through.
     s3_ok(&["backup", "create", "--repo", &direct, "--from-file", other.to_str().unwrap(), "--pki-dir", big_dir().to_str().unwrap()]);
     assert_eq!(ids(&direct).len(), 2);
+}
+
+#[test]
+fn s3_server_errors_are_retried_then_reported() {
+    let snaps = snapshots();
+    let moto = Moto::start();
+    moto.create_bucket("bkt");
+    let direct = format!("s3://bkt/r?endpoint={}", moto.endpoint);
+    // Every third request answered with 503: the retries carry the backup through, whole.
+    let flaky = FlakyProxy::start(moto.port, 3, usize::MAX);
+    let through = format!("s3://bkt/r?endpoint=http://127.0.0.1:{}", flaky.port);
+    let id = created_id(&s3_ok(&["backup", "create", "--repo", &through, "--from-file", snaps.first.to_str().unwrap()]));
+    assert!(flaky.failed() >= 3, "only {} requests failed: the proxy did not get in the way", flaky.failed());
+    let dest = scratch("s3-flaky-restore").join("r.db");
+    s3_ok(&["backup", "restore", &id, "--repo", &through, "--to-file", dest.to_str().unwrap()]);
+    assert!(std::fs::read(&dest).unwrap() == std::fs::read(&snaps.first).unwrap());
+    drop(flaky);
+    // A server that answers every request with 503: a clear error once the retries are spent,
+    // and no backup listed.
+    let down = FlakyProxy::start(moto.port, 1, usize::MAX);
+    let through = format!("s3://bkt/r?endpoint=http://127.0.0.1:{}&retries=2", down.port);
+    let start = std::time::Instant::now();
+    let err = s3_fails(&["backup", "create", "--repo", &through, "--from-file", snaps.second.to_str().unwrap()], 12);
+    assert!(start.elapsed() < std::time::Duration::from_secs(60), "gave up too slowly");
+    assert!(err.contains("503") && err.contains("retr"), "{err}");
+    assert!(down.failed() >= 3, "{} failures: no retries", down.failed());
+    assert_eq!(ids(&direct), vec![id]);
 }
 
 /// A directory with 2 MiB of incompressible data, so an upload is big enough to be cut.

@@ -34,6 +34,9 @@ pub enum StoreError {
     BucketMissing(String),
     #[error("storage unreachable: {0}")]
     Unreachable(String),
+    /// The server answered with 5xx errors until the retries ran out.
+    #[error("the storage server kept failing: {0}")]
+    ServerFailing(String),
     #[error("{0}: not supported by this kind of repository")]
     Unsupported(String),
     #[error("invalid repository URL {url:?}: {reason}")]
@@ -470,6 +473,8 @@ fn classify_text(location: &str, bucket: &str, text: &str) -> StoreError {
         || lower.contains("connection reset")
     {
         StoreError::Unreachable(format!("{location}: {text}"))
+    } else if lower.contains("status code: 5") {
+        StoreError::ServerFailing(format!("{location}: {text}"))
     } else {
         StoreError::Other(format!("{location}: {text}"))
     }

@@ -364,7 +364,7 @@ fn failure(e: RepoError) -> Failure {
         RepoError::Store(s) => match s {
             StoreError::NotFound(_) | StoreError::BucketMissing(_) => Code::NotFound,
             StoreError::Auth(_) => Code::TlsOrAuth,
-            StoreError::Unreachable(_) => Code::Unreachable,
+            StoreError::Unreachable(_) | StoreError::ServerFailing(_) => Code::Unreachable,
             StoreError::InvalidUrl { .. } => Code::Usage,
             StoreError::Unsupported(_) | StoreError::Other(_) => Code::Failure,
         },
@@ -383,6 +383,9 @@ fn failure(e: RepoError) -> Failure {
         }
         RepoError::Store(StoreError::BucketMissing(_)) => "\n  create the bucket first; etcdguard does not create buckets",
         RepoError::Store(StoreError::Unreachable(_)) => "\n  check the endpoint (?endpoint=… or AWS_ENDPOINT_URL) and the network",
+        RepoError::Store(StoreError::ServerFailing(_)) => {
+            "\n  the server answered every retry with an error; it may be overloaded or down: try again later, or allow more retries with ?retries=N (or ETCDGUARD_STORE_RETRIES)"
+        }
         _ => "",
     };
     Failure::new(code, format!("{e}{hint}"))

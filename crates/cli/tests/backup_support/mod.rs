@@ -301,6 +301,115 @@ impl Drop for CuttingProxy {
     }
 }
 
+/// An HTTP/1.1 proxy in front of a server on loopback that answers some requests itself with
+/// `503 Slow Down`, as an overloaded S3 does, and forwards the others: a flaky server. Requests
+/// are numbered across connections from 0; request `n` fails when `n % every == 0`, until
+/// `max_failures` have failed. Forwarded requests go over a new upstream connection each.
+pub struct FlakyProxy {
+    pub port: u16,
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FlakyProxy {
+    pub fn start(upstream: u16, every: usize, max_failures: usize) -> FlakyProxy {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let (stop2, failed2) = (stop.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !stop2.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let (seen, failed) = (seen.clone(), failed2.clone());
+                std::thread::spawn(move || {
+                    let _ = serve_flaky(client, upstream, &|| {
+                        let n = seen.fetch_add(1, Ordering::SeqCst);
+                        n % every == 0
+                            && failed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| (f < max_failures).then_some(f + 1)).is_ok()
+                    });
+                });
+            }
+        });
+        FlakyProxy { port, failed, stop }
+    }
+
+    /// How many requests were answered with 503 so far.
+    pub fn failed(&self) -> usize {
+        self.failed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for FlakyProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// One client connection of a [`FlakyProxy`]: requests in turn, each failed or forwarded.
+fn serve_flaky(client: std::net::TcpStream, upstream: u16, fail_this_one: &dyn Fn() -> bool) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut client = client;
+    loop {
+        let mut head = Vec::new();
+        loop {
+            let n = reader.read_until(b'\n', &mut head)?;
+            if n == 0 {
+                return Ok(()); // the client closed the connection
+            }
+            if head.ends_with(b"\r\n\r\n") {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(!text.contains("transfer-encoding: chunked"), "FlakyProxy handles Content-Length bodies only");
+        let length: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body)?;
+        if fail_this_one() {
+            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+            write!(client, "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{xml}", xml.len())?;
+            continue;
+        }
+        // Forward with `Connection: close`, so the upstream response ends at EOF; the client
+        // is told the same and reconnects for its next request.
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let mut forwarded: String = head
+            .trim_end_matches("\r\n")
+            .split("\r\n")
+            .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+            .map(|l| format!("{l}\r\n"))
+            .collect();
+        forwarded.push_str("Connection: close\r\n\r\n");
+        let mut up = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
+        up.write_all(forwarded.as_bytes())?;
+        up.write_all(&body)?;
+        let mut response = Vec::new();
+        up.read_to_end(&mut response)?;
+        let split = response.windows(4).position(|w| w == b"\r\n\r\n").map_or(response.len(), |p| p + 2);
+        let (resp_head, rest) = response.split_at(split);
+        client.write_all(resp_head)?;
+        if !String::from_utf8_lossy(resp_head).to_ascii_lowercase().contains("connection: close") {
+            client.write_all(b"Connection: close\r\n")?;
+        }
+        client.write_all(rest)?;
+        return Ok(());
+    }
+}
+
 /// Azurite's blob service on a free loopback port (`azurite-blob` from npm), stopped by PID on
 /// drop. Uses the emulator's well-known account `devstoreaccount1`.
 pub struct Azurite {
