@@ -413,3 +413,90 @@ fn encrypted_repository_seals_ca_keys_and_needs_the_passphrase() {
     assert!(err.contains("not encrypted"), "{err}");
     assert_eq!(list_json(plain.to_str().unwrap()).len(), 1);
 }
+
+#[test]
+fn passphrases_are_added_changed_and_removed_without_locking_anyone_out() {
+    let snaps = snapshots();
+    let work = scratch("keys");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let as_user = |current: &str, new: Option<&str>| {
+        let mut c = etcdguard();
+        c.env("ETCDGUARD_PASSPHRASE", current);
+        if let Some(n) = new {
+            c.env("ETCDGUARD_NEW_PASSPHRASE", n);
+        }
+        c
+    };
+    let id = created_id(&ok_with(&mut as_user("alice's passphrase", None), &["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()]));
+    let restore_as = |who: &str, code: i32| {
+        let dest = work.join(format!("restored-{}.db", rand_suffix()));
+        let args = ["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()];
+        if code == 0 {
+            ok_with(&mut as_user(who, None), &args);
+            assert!(std::fs::read(&dest).unwrap() == std::fs::read(&snaps.first).unwrap(), "restored snapshot differs");
+        } else {
+            fails_with(&mut as_user(who, None), &args, code);
+            assert!(!dest.exists(), "a refused restore wrote {}", dest.display());
+        }
+    };
+    let keys = |who: Option<&str>| -> Vec<serde_json::Value> {
+        let mut c = match who {
+            Some(w) => as_user(w, None),
+            None => etcdguard(),
+        };
+        serde_json::from_str::<serde_json::Value>(&ok_with(&mut c, &["backup", "key", "list", "--repo", repo_s, "-w", "json"])).unwrap().as_array().unwrap().clone()
+    };
+    // One key; listing needs no passphrase, and marks the current key only when given one.
+    let first = keys(None);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["current"], false);
+    assert_eq!(keys(Some("alice's passphrase"))[0]["current"], true);
+    let alice_key = first[0]["id"].as_str().unwrap().to_string();
+
+    // Bob gets a passphrase of his own; both open the repository.
+    fails_with(&mut as_user("alice's passphrase", None), &["backup", "key", "add", "--repo", repo_s], 2);
+    fails_with(&mut as_user("not alice", Some("bob's passphrase")), &["backup", "key", "add", "--repo", repo_s], 16);
+    let out = ok_with(&mut as_user("alice's passphrase", Some("bob's passphrase")), &["backup", "key", "add", "--repo", repo_s]);
+    assert!(out.starts_with("Added key "), "{out}");
+    assert_eq!(keys(None).len(), 2);
+    restore_as("alice's passphrase", 0);
+    restore_as("bob's passphrase", 0);
+    restore_as("carol's guess", 16);
+    let bob_key = keys(Some("bob's passphrase")).into_iter().find(|k| k["current"] == true).unwrap()["id"].as_str().unwrap().to_string();
+    assert_ne!(bob_key, alice_key);
+
+    // Nobody removes the key they came in with; Bob removes Alice's.
+    let err = fails_with(&mut as_user("alice's passphrase", None), &["backup", "key", "remove", &alice_key, "--repo", repo_s], 2);
+    assert!(err.contains("passphrase given opens"), "{err}");
+    fails_with(&mut as_user("bob's passphrase", None), &["backup", "key", "remove", "0123456789abcdef", "--repo", repo_s], 2);
+    ok_with(&mut as_user("bob's passphrase", None), &["backup", "key", "remove", &alice_key, "--repo", repo_s]);
+    restore_as("alice's passphrase", 16);
+    restore_as("bob's passphrase", 0);
+
+    // Bob changes his passphrase: the old one stops working, the new one works, one key left,
+    // and the last key cannot be removed.
+    fails_with(&mut as_user("bob's passphrase", Some("bob's passphrase")), &["backup", "key", "passwd", "--repo", repo_s], 2);
+    let out = ok_with(&mut as_user("bob's passphrase", Some("bob's new passphrase")), &["backup", "key", "passwd", "--repo", repo_s]);
+    assert!(out.contains("old passphrase no longer opens"), "{out}");
+    restore_as("bob's passphrase", 16);
+    restore_as("bob's new passphrase", 0);
+    let left = keys(Some("bob's new passphrase"));
+    assert_eq!(left.len(), 1);
+    let err = fails_with(&mut as_user("bob's new passphrase", None), &["backup", "key", "remove", left[0]["id"].as_str().unwrap(), "--repo", repo_s], 2);
+    assert!(err.contains("passphrase given opens") || err.contains("last key"), "{err}");
+    // New backups still go in, and dedupe against the old ones.
+    ok_with(&mut as_user("bob's new passphrase", None), &["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()]);
+
+    // A plain repository has no keys.
+    let plain = work.join("plain");
+    ok(&["backup", "create", "--repo", plain.to_str().unwrap(), "--from-file", snaps.first.to_str().unwrap()]);
+    let err = fails(&["backup", "key", "list", "--repo", plain.to_str().unwrap()], 2);
+    assert!(err.contains("not encrypted"), "{err}");
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::SeqCst).to_string()
+}

@@ -53,6 +53,26 @@ pub struct Repository {
     config: Config,
     /// The master key, once an encrypted repository is unlocked.
     keys: Option<Keys>,
+    /// Which `keys/<id>.json` the passphrase opened.
+    unlocked_by: Option<String>,
+}
+
+/// One key of an encrypted repository: the master key wrapped under one passphrase.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub created: DateTime<Utc>,
+    pub hostname: String,
+    /// Opened by the passphrase this repository was unlocked with.
+    pub current: bool,
+}
+
+fn key_object(id: &str) -> String {
+    format!("keys/{id}.json")
+}
+
+fn key_id_of(object: &str) -> Option<String> {
+    object.strip_prefix("keys/")?.strip_suffix(".json").map(str::to_string)
 }
 
 pub fn pack_key(id: &Id) -> String {
@@ -107,7 +127,7 @@ impl Repository {
         if c.kind != "fixed-page-multiple" || c.chunk_size < 512 || c.chunk_size & 511 != 0 || c.list_fanout == 0 {
             return Err(RepoError::Damaged(format!("{}/config: unsupported chunking {c:?}", store.location())));
         }
-        Ok(Repository { store, config, keys: None })
+        Ok(Repository { store, config, keys: None, unlocked_by: None })
     }
 
     /// Creates a repository (the location must hold none yet).
@@ -138,13 +158,14 @@ impl Repository {
         if let Some(passphrase) = &opts.passphrase {
             let k = Keys::generate();
             let file = KeyFile::wrap(&k, passphrase.bytes(), opts.kdf, hostname()).map_err(|e| RepoError::Invalid(e.to_string()))?;
-            let name = format!("keys/{:016x}.json", rand::random::<u64>());
-            store.put(&name, Bytes::from(serde_json::to_vec_pretty(&file).expect("key file serializes")))?;
-            keys = Some(k);
+            let id = format!("{:016x}", rand::random::<u64>());
+            store.put(&key_object(&id), Bytes::from(serde_json::to_vec_pretty(&file).expect("key file serializes")))?;
+            keys = Some((k, id));
         }
         // The config last: a location is a repository only once its key is stored.
         store.put("config", Bytes::from(serde_json::to_vec_pretty(&config).expect("config serializes")))?;
-        Ok(Repository { store, config, keys })
+        let (keys, unlocked_by) = keys.map_or((None, None), |(k, id)| (Some(k), Some(id)));
+        Ok(Repository { store, config, keys, unlocked_by })
     }
 
     pub fn is_encrypted(&self) -> bool {
@@ -174,6 +195,7 @@ impl Repository {
             match file.unwrap(passphrase.bytes()) {
                 Ok(k) => {
                     self.keys = Some(k);
+                    self.unlocked_by = key_id_of(&obj.key);
                     return Ok(());
                 }
                 Err(crypto::KeyError::WrongPassphrase) => {}
@@ -182,6 +204,69 @@ impl Repository {
         }
         let extra = if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) };
         Err(RepoError::WrongPassphrase(format!("{}{extra}", self.location())))
+    }
+
+    /// The keys of an encrypted repository, oldest first (needs no passphrase).
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>, RepoError> {
+        self.require_encrypted()?;
+        let mut out = Vec::new();
+        for obj in self.store.list("keys/")? {
+            let Some(id) = key_id_of(&obj.key) else { continue };
+            let file: KeyFile = serde_json::from_slice(&self.store.get(&obj.key)?)
+                .map_err(|e| RepoError::Damaged(format!("{}/{}: {e}", self.location(), obj.key)))?;
+            let current = self.unlocked_by.as_deref() == Some(id.as_str());
+            out.push(KeyInfo { id, created: file.created, hostname: file.hostname, current });
+        }
+        out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(out)
+    }
+
+    /// Wraps the master key under one more passphrase; the others keep working. Needs the
+    /// repository unlocked. Returns the new key's id.
+    pub fn add_key(&self, passphrase: &Passphrase, kdf: KdfParams) -> Result<String, RepoError> {
+        self.require_encrypted()?;
+        let keys = self.keys()?.expect("an encrypted repository's keys");
+        let file = KeyFile::wrap(keys, passphrase.bytes(), kdf, hostname()).map_err(|e| RepoError::Invalid(e.to_string()))?;
+        // Proves the new file opens before anyone relies on it.
+        file.unwrap(passphrase.bytes()).map_err(|e| RepoError::Invalid(format!("the new key does not open: {e}")))?;
+        let id = format!("{:016x}", rand::random::<u64>());
+        self.store.put(&key_object(&id), Bytes::from(serde_json::to_vec_pretty(&file).expect("key file serializes")))?;
+        Ok(id)
+    }
+
+    /// Removes a key. Refuses the key the repository was unlocked with and the last key, so
+    /// a mistake cannot lock everyone out. Needs the repository unlocked.
+    pub fn remove_key(&self, id: &str) -> Result<(), RepoError> {
+        self.require_encrypted()?;
+        self.keys()?;
+        let all = self.list_keys()?;
+        let Some(key) = all.iter().find(|k| k.id == id) else {
+            let known: Vec<&str> = all.iter().map(|k| k.id.as_str()).collect();
+            return Err(RepoError::Invalid(format!("{} has no key {id:?} (keys: {})", self.location(), known.join(", "))));
+        };
+        if key.current {
+            return Err(RepoError::Invalid(format!(
+                "key {id} is the one the passphrase given opens; remove it with another passphrase (or use `backup key passwd`)"
+            )));
+        }
+        if all.len() == 1 {
+            return Err(RepoError::Invalid(format!("key {id} is the last key of {}", self.location())));
+        }
+        self.store.delete(&key_object(id))?;
+        Ok(())
+    }
+
+    /// The id of the key the repository was unlocked with.
+    pub fn current_key(&self) -> Option<&str> {
+        self.unlocked_by.as_deref()
+    }
+
+    fn require_encrypted(&self) -> Result<(), RepoError> {
+        if self.is_encrypted() {
+            Ok(())
+        } else {
+            Err(RepoError::Invalid(format!("{} is not encrypted: it has no keys", self.location())))
+        }
     }
 
     /// The master key when the repository is encrypted; an error when it is and the

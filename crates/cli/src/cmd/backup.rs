@@ -104,6 +104,63 @@ pub enum BackupCommand {
     ///
     /// Example: etcdguard backup url latest --repo s3://etcd-backups/prod-eu --expires 1h
     Url(UrlArgs),
+    /// The passphrases of an encrypted repository: list, add, remove, passwd.
+    ///
+    /// Each passphrase opens its own key file (`keys/<id>.json`) holding the one master key,
+    /// so a passphrase can be added for a colleague or a vault and removed later without
+    /// re-encrypting anything. The current passphrase comes as for every command
+    /// (ETCDGUARD_PASSPHRASE or --passphrase-file), a new one from ETCDGUARD_NEW_PASSPHRASE or
+    /// --new-passphrase-file.
+    ///
+    /// Examples:
+    ///   etcdguard backup key list --repo s3://etcd-backups/prod-eu
+    ///   etcdguard backup key passwd --repo /var/backups/etcd \
+    ///       --passphrase-file /root/old-pass --new-passphrase-file /root/new-pass
+    #[command(verbatim_doc_comment)]
+    Key(KeyArgs),
+}
+
+#[derive(Args)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    pub command: KeyCommand,
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// List the keys, oldest first; with the passphrase given, marks the key it opens.
+    List(KeyListArgs),
+    /// Add a passphrase. The ones already there keep working.
+    Add(KeyNewArgs),
+    /// Remove a key by id. Refuses the key the given passphrase opens, and the last key.
+    Remove(KeyRemoveArgs),
+    /// Change the passphrase: add a key for the new one, then remove the key of the current one.
+    Passwd(KeyNewArgs),
+}
+
+#[derive(Args)]
+pub struct KeyListArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = TableJson::Table)]
+    pub write_out: TableJson,
+}
+
+#[derive(Args)]
+pub struct KeyNewArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// File holding the new passphrase (or put it in ETCDGUARD_NEW_PASSPHRASE).
+    #[arg(long, env = "ETCDGUARD_NEW_PASSPHRASE_FILE", value_name = "FILE")]
+    pub new_passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct KeyRemoveArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Key id, as `backup key list` shows it.
+    pub id: String,
 }
 
 #[derive(Args, Clone)]
@@ -121,31 +178,36 @@ pub struct RepoArg {
 impl RepoArg {
     /// The passphrase from --passphrase-file or ETCDGUARD_PASSPHRASE, if any.
     fn passphrase(&self) -> Result<Option<Passphrase>, Failure> {
-        if let Some(path) = &self.passphrase_file {
-            use std::os::unix::fs::PermissionsExt;
-            let bytes = std::fs::read(path).map_err(|e| {
-                let code = match e.kind() {
-                    std::io::ErrorKind::NotFound => Code::NotFound,
-                    std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
-                    _ => Code::Failure,
-                };
-                Failure::new(code, format!("--passphrase-file {}: {e}", path.display()))
-            })?;
-            if let Ok(meta) = std::fs::metadata(path) {
-                if meta.permissions().mode() & 0o077 != 0 {
-                    eprintln!("warning: {} can be read by other users; chmod 600 it", path.display());
-                }
+        read_passphrase(self.passphrase_file.as_deref(), "--passphrase-file", "ETCDGUARD_PASSPHRASE")
+    }
+}
+
+/// A passphrase from a file (trailing newline dropped) or else from an environment variable.
+fn read_passphrase(file: Option<&Path>, flag: &str, env: &str) -> Result<Option<Passphrase>, Failure> {
+    if let Some(path) = file {
+        use std::os::unix::fs::PermissionsExt;
+        let bytes = std::fs::read(path).map_err(|e| {
+            let code = match e.kind() {
+                std::io::ErrorKind::NotFound => Code::NotFound,
+                std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
+                _ => Code::Failure,
+            };
+            Failure::new(code, format!("{flag} {}: {e}", path.display()))
+        })?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                eprintln!("warning: {} can be read by other users; chmod 600 it", path.display());
             }
-            let p = Passphrase::new(bytes);
-            if p.bytes().is_empty() {
-                return Err(Failure::new(Code::Usage, format!("--passphrase-file {}: the file is empty", path.display())));
-            }
-            return Ok(Some(p));
         }
-        match std::env::var_os("ETCDGUARD_PASSPHRASE") {
-            Some(v) if !v.is_empty() => Ok(Some(Passphrase::new(std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec()))),
-            _ => Ok(None),
+        let p = Passphrase::new(bytes);
+        if p.bytes().is_empty() {
+            return Err(Failure::new(Code::Usage, format!("{flag} {}: the file is empty", path.display())));
         }
+        return Ok(Some(p));
+    }
+    match std::env::var_os(env) {
+        Some(v) if !v.is_empty() => Ok(Some(Passphrase::new(std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec()))),
+        _ => Ok(None),
     }
 }
 
@@ -355,6 +417,7 @@ pub fn run(cmd: BackupCommand) -> Result<()> {
         BackupCommand::Delete(a) => delete(a),
         BackupCommand::Prune(a) => prune(a),
         BackupCommand::Url(a) => url(a),
+        BackupCommand::Key(a) => key(a),
     }
 }
 
@@ -1027,4 +1090,63 @@ fn humantime_secs(d: Duration) -> String {
         s if s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
     }
+}
+
+fn key(args: KeyArgs) -> Result<()> {
+    match args.command {
+        KeyCommand::List(a) => key_list(a),
+        KeyCommand::Add(a) => key_add(a, false),
+        KeyCommand::Passwd(a) => key_add(a, true),
+        KeyCommand::Remove(a) => {
+            let repo = open_repo_unlocked(&a.repo)?;
+            repo.remove_key(&a.id).map_err(failure)?;
+            println!("Removed key {} from {}", a.id, repo.location());
+            Ok(())
+        }
+    }
+}
+
+fn key_list(args: KeyListArgs) -> Result<()> {
+    let mut repo = open_repo(&args.repo)?;
+    // Marking the current key needs the passphrase; listing does not.
+    if let Some(p) = args.repo.passphrase()? {
+        if repo.is_encrypted() {
+            repo.unlock(&p).map_err(failure)?;
+        }
+    }
+    let keys = repo.list_keys().map_err(failure)?;
+    match args.write_out {
+        TableJson::Json => println!("{}", serde_json::to_string_pretty(&keys)?),
+        TableJson::Table => {
+            let mut rows = vec![["ID", "CREATED (UTC)", "HOST", ""].map(String::from).to_vec()];
+            for k in &keys {
+                let current = if k.current { "(the passphrase given)" } else { "" };
+                rows.push(vec![k.id.clone(), k.created.format("%Y-%m-%d %H:%M:%S").to_string(), k.hostname.clone(), current.into()]);
+            }
+            print!("{}", table(&rows));
+        }
+    }
+    Ok(())
+}
+
+/// `key add`, and `key passwd` (`replace`): the new key is stored and proven to open before
+/// the old one goes.
+fn key_add(args: KeyNewArgs, replace: bool) -> Result<()> {
+    let repo = open_repo_unlocked(&args.repo)?;
+    let Some(new) = read_passphrase(args.new_passphrase_file.as_deref(), "--new-passphrase-file", "ETCDGUARD_NEW_PASSPHRASE")? else {
+        return Err(Failure::new(Code::Usage, "no new passphrase: give --new-passphrase-file FILE or set ETCDGUARD_NEW_PASSPHRASE").into());
+    };
+    if args.repo.passphrase()?.is_some_and(|current| current.bytes() == new.bytes()) {
+        return Err(Failure::new(Code::Usage, "the new passphrase is the current one").into());
+    }
+    let id = repo.add_key(&new, Default::default()).map_err(failure)?;
+    println!("Added key {id} to {}", repo.location());
+    if replace {
+        let old = repo.current_key().expect("an unlocked repository knows its key").to_string();
+        let mut reopened = open_repo(&args.repo)?;
+        reopened.unlock(&new).map_err(failure)?;
+        reopened.remove_key(&old).map_err(failure)?;
+        println!("Removed key {old}: the old passphrase no longer opens {}", repo.location());
+    }
+    Ok(())
 }

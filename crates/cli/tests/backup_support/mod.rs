@@ -46,7 +46,12 @@ pub fn snapshots() -> &'static Snapshots {
 
 pub fn etcdguard() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_etcdguard"));
-    c.env_remove("ETCDGUARD_REPO").env_remove("ETCDGUARD_PASSPHRASE").env_remove("ETCDGUARD_PASSPHRASE_FILE").stdin(Stdio::null());
+    c.env_remove("ETCDGUARD_REPO")
+        .env_remove("ETCDGUARD_PASSPHRASE")
+        .env_remove("ETCDGUARD_PASSPHRASE_FILE")
+        .env_remove("ETCDGUARD_NEW_PASSPHRASE")
+        .env_remove("ETCDGUARD_NEW_PASSPHRASE_FILE")
+        .stdin(Stdio::null());
     c
 }
 
