@@ -12,13 +12,15 @@ Exit codes:
   3 file not found     4 permission denied    5 is a directory
   6 empty file         7 not an etcd snapshot 8 truncated file
   9 sha256 mismatch   10 corrupt (integrity)  11 file locked by a running etcd
- 12 endpoint unreachable                      13 TLS or authentication failure
+ 12 endpoint or storage unreachable, or storage kept failing
+ 13 TLS or authentication failure
  14 destination exists (nothing was overwritten)
  15 backup repository in use by another etcdguard (locked)
  16 encrypted backup repository: passphrase missing or wrong
 
 Environment: ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY … as etcdctl reads them;
-ETCDGUARD_REPO, ETCDGUARD_PASSPHRASE, ETCDGUARD_PASSPHRASE_FILE for `backup`.";
+ETCDGUARD_REPO, ETCDGUARD_PASSPHRASE, ETCDGUARD_PASSPHRASE_FILE for `backup` and `agent`;
+ETCDGUARD_NEW_PASSPHRASE(_FILE) for `backup key`; ETCDGUARD_LISTEN for `agent`.";
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +46,22 @@ enum Command {
     /// Backups in a deduplicated repository (local dir, S3, GCS, Azure): create, list, show, verify, restore, prune.
     #[command(subcommand)]
     Backup(cmd::backup::BackupCommand),
+    /// Take backups on a schedule, apply retention, serve /healthz and Prometheus /metrics.
+    ///
+    /// Runs `backup create` (same flags: --repo, connection flags or --from-file, --pki-dir,
+    /// --manifests-dir, …) every --every, then, when any --keep-* rule is given, `backup
+    /// prune` with those rules. A failed backup is logged and counted, and the next one runs
+    /// on time. /healthz answers 503 while the last backup failed or the last success is
+    /// older than twice --every. To run it in a cluster, see deploy/kubernetes/.
+    ///
+    /// Example:
+    ///   etcdguard agent --repo s3://etcd-backups/prod-eu --every 1h \
+    ///       --keep-hourly 24 --keep-daily 7 --keep-weekly 4 \
+    ///       --endpoints https://127.0.0.1:2379 --cacert /etc/kubernetes/pki/etcd/ca.crt \
+    ///       --cert /etc/kubernetes/pki/etcd/healthcheck-client.crt \
+    ///       --key /etc/kubernetes/pki/etcd/healthcheck-client.key --pki-dir /etc/kubernetes/pki
+    #[command(verbatim_doc_comment)]
+    Agent(cmd::agent::AgentArgs),
 }
 
 fn main() {
@@ -52,6 +70,7 @@ fn main() {
         Command::Snapshot(c) => cmd::snapshot::run(c),
         Command::Cluster(c) => cmd::cluster::run(c),
         Command::Backup(c) => cmd::backup::run(c),
+        Command::Agent(a) => cmd::agent::run(a),
     };
     if let Err(err) = result {
         let code = exit::report(&err);

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use etcdguard_repo::manifest::{EtcdInfo, FileKind, Manifest, Source};
 use etcdguard_repo::retention::{parse_duration, Policy};
 use etcdguard_repo::crypto::Passphrase;
-use etcdguard_repo::{open_url, BackupMeta, InitOptions, RepoError, Repository, StoreError};
+use etcdguard_repo::{open_url, BackupMeta, InitOptions, PruneReport, RepoError, Repository, StoreError};
 use etcdguard_storage::{Layout, TrailerCheck};
 use serde_json::json;
 
@@ -211,7 +211,7 @@ fn read_passphrase(file: Option<&Path>, flag: &str, env: &str) -> Result<Option<
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct CreateArgs {
     #[command(flatten)]
     pub repo: RepoArg,
@@ -358,10 +358,9 @@ pub struct DeleteArgs {
     pub force: bool,
 }
 
-#[derive(Args)]
-pub struct PruneArgs {
-    #[command(flatten)]
-    pub repo: RepoArg,
+/// Retention rules, as restic's `forget` has them.
+#[derive(Args, Clone)]
+pub struct KeepArgs {
     /// Keep the N newest backups.
     #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
     pub keep_last: usize,
@@ -383,6 +382,30 @@ pub struct PruneArgs {
     /// Keep every backup taken within this long of the newest (e.g. 36h, 7d, 2w).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub keep_within: Option<Duration>,
+}
+
+impl KeepArgs {
+    /// The policy, or `None` when no rule was given.
+    pub fn policy(&self) -> Option<Policy> {
+        let policy = Policy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self.keep_within,
+        };
+        (!policy.is_empty()).then_some(policy)
+    }
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    #[command(flatten)]
+    pub keep: KeepArgs,
     /// Show what would be removed and why; change nothing.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
@@ -483,15 +506,39 @@ fn resolve(repo: &Repository, id: &str) -> Result<Manifest, Failure> {
 }
 
 fn create(args: CreateArgs) -> Result<()> {
+    let manifest = create_backup(&args)?;
+    match args.write_out {
+        TextJson::Json => println!("{}", serde_json::to_string_pretty(&manifest)?),
+        TextJson::Text => println!("{}", created_line(&manifest)),
+    }
+    Ok(())
+}
+
+/// One line saying what a new backup holds and cost.
+pub(crate) fn created_line(manifest: &Manifest) -> String {
+    let s = &manifest.sizes;
+    let reused = 100.0 * (s.blobs_total - s.blobs_added) as f64 / s.blobs_total.max(1) as f64;
+    format!(
+        "backup {} created: snapshot {} (revision {}), {} files; {} new in the repository ({reused:.1}% of chunks already there)",
+        manifest.id,
+        human(manifest.snapshot.size),
+        manifest.etcd.revision,
+        manifest.files.iter().filter(|f| f.kind == FileKind::File).count(),
+        human(s.added),
+    )
+}
+
+/// Takes one backup as `backup create` describes it: from --from-file, or from the live cluster.
+pub(crate) fn create_backup(args: &CreateArgs) -> Result<Manifest> {
     let Some(path) = args.from_file.clone() else {
         return create_live(args);
     };
-    create_from(&args, &path, Source::File { path: std::fs::canonicalize(&path).unwrap_or(path.clone()).display().to_string() }, EtcdInfo::default())
+    create_from(args, &path, Source::File { path: std::fs::canonicalize(&path).unwrap_or(path.clone()).display().to_string() }, EtcdInfo::default())
 }
 
 /// Takes a snapshot from the live cluster into a private scratch file, then backs it up as a
 /// file: the snapshot is checked before anything reaches the repository.
-fn create_live(args: CreateArgs) -> Result<()> {
+fn create_live(args: &CreateArgs) -> Result<Manifest> {
     use etcdguard_client::{choose_member, Destination, NoProgress};
     let session = args.conn.session()?;
     let probes = session.probe_all();
@@ -507,10 +554,10 @@ fn create_live(args: CreateArgs) -> Result<()> {
         version: (!st.version.is_empty()).then(|| st.version.clone()),
         ..Default::default()
     };
-    create_from(&args, &path, Source::Cluster { endpoint: st.endpoint.clone() }, known)
+    create_from(args, &path, Source::Cluster { endpoint: st.endpoint.clone() }, known)
 }
 
-fn create_from(args: &CreateArgs, path: &Path, source: Source, known: EtcdInfo) -> Result<()> {
+fn create_from(args: &CreateArgs, path: &Path, source: Source, known: EtcdInfo) -> Result<Manifest> {
     let file = open_snapshot(path)?;
     let db = file.db().map_err(|e| db_failure(path, e))?;
     let page_size = db.page_size();
@@ -611,23 +658,7 @@ fn create_from(args: &CreateArgs, path: &Path, source: Source, known: EtcdInfo) 
     }
     let labels: BTreeMap<String, String> = args.labels.iter().cloned().collect();
     let cluster = args.cluster.clone().or_else(|| labels.get("cluster").cloned()).or_else(|| etcd.cluster_id.clone());
-    let manifest = writer.commit(snapshot, BackupMeta { source, etcd, labels, cluster }).map_err(failure)?;
-    match args.write_out {
-        TextJson::Json => println!("{}", serde_json::to_string_pretty(&manifest)?),
-        TextJson::Text => {
-            let s = &manifest.sizes;
-            let reused = 100.0 * (s.blobs_total - s.blobs_added) as f64 / s.blobs_total.max(1) as f64;
-            println!(
-                "backup {} created: snapshot {} (revision {}), {} files; {} new in the repository ({reused:.1}% of chunks already there)",
-                manifest.id,
-                human(manifest.snapshot.size),
-                manifest.etcd.revision,
-                manifest.files.iter().filter(|f| f.kind == FileKind::File).count(),
-                human(s.added),
-            );
-        }
-    }
-    Ok(())
+    Ok(writer.commit(snapshot, BackupMeta { source, etcd, labels, cluster }).map_err(failure)?)
 }
 
 fn human(n: u64) -> String {
@@ -976,18 +1007,14 @@ fn delete(args: DeleteArgs) -> Result<()> {
     Ok(())
 }
 
+/// Applies `policy` (if any) and frees unused data.
+pub(crate) fn prune_repo(repo: &RepoArg, policy: Option<&Policy>, dry_run: bool) -> Result<PruneReport, Failure> {
+    let repo = open_repo_unlocked(repo)?;
+    repo.prune(policy, dry_run).map_err(failure)
+}
+
 fn prune(args: PruneArgs) -> Result<()> {
-    let policy = Policy {
-        keep_last: args.keep_last,
-        keep_hourly: args.keep_hourly,
-        keep_daily: args.keep_daily,
-        keep_weekly: args.keep_weekly,
-        keep_monthly: args.keep_monthly,
-        keep_yearly: args.keep_yearly,
-        keep_within: args.keep_within,
-    };
-    let repo = open_repo_unlocked(&args.repo)?;
-    let report = repo.prune((!policy.is_empty()).then_some(&policy), args.dry_run).map_err(failure)?;
+    let report = prune_repo(&args.repo, args.keep.policy().as_ref(), args.dry_run)?;
     if args.write_out == TextJson::Json {
         let v = json!({
             "dryRun": report.dry_run,
@@ -1149,4 +1176,9 @@ fn key_add(args: KeyNewArgs, replace: bool) -> Result<()> {
         println!("Removed key {old}: the old passphrase no longer opens {}", repo.location());
     }
     Ok(())
+}
+
+/// How many backups the repository lists, when it can be read.
+pub(crate) fn count_backups(repo: &RepoArg) -> Option<usize> {
+    open_repo(repo).ok()?.list_backups().ok().map(|(backups, _)| backups.len())
 }

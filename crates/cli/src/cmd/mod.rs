@@ -3,3 +3,4 @@ pub mod save;
 pub mod cluster;
 pub mod restore;
 pub mod backup;
+pub mod agent;

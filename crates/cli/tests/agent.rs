@@ -1,0 +1,179 @@
+//! `etcdguard agent` against a real etcd 3.5 with client-certificate TLS: scheduled backups
+//! into a local repository, retention after each, /healthz and /metrics; a dead server turns
+//! /healthz to 503 and the agent keeps going. Also: the shipped Kubernetes manifests name only
+//! flags etcdguard has.
+
+mod live_support;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use etcdguard_testkit::{free_port, EtcdVersion};
+use live_support::*;
+
+/// The agent process, killed by PID when dropped.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// GET `path` on 127.0.0.1:`port`: (status, body), or None while nothing listens.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// The value of one sample line of the Prometheus text (`name{labels}` exactly).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn list_ids(repo: &Path) -> Vec<String> {
+    let out = etcdguard().args(["backup", "list", "--repo"]).arg(repo).args(["-w", "json"]).output().unwrap();
+    expect_code(&out, 0, "backup list");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn agent_backs_up_on_schedule_applies_retention_and_reports_health() {
+    let pki = Pki::new();
+    let mut server = pki.server(EtcdVersion::V3_5);
+    server.put(b"/registry/configmaps/default/first", b"one");
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    let files = work.path().join("pki");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("ca.key"), "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n").unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(work.path().join("agent.log")).unwrap();
+    let mut cmd = etcdguard();
+    cmd.arg("agent")
+        .arg("--repo")
+        .arg(&repo)
+        .args(pki.args(server.endpoint()))
+        .arg("--pki-dir")
+        .arg(&files)
+        .args(["--every", "2s", "--keep-last", "2", "--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    let agent = Agent(cmd.spawn().unwrap());
+    let agent_log = || std::fs::read_to_string(work.path().join("agent.log")).unwrap_or_default();
+
+    // Three backups succeed; each run writes a key first so the revisions move.
+    let mut metrics = String::new();
+    wait_for("three successful backups", Duration::from_secs(90), || {
+        server.put(b"/registry/configmaps/default/tick", Instant::now().elapsed().as_nanos().to_string().as_bytes());
+        metrics = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        sample(&metrics, "etcdguard_backup_runs_total{result=\"success\"}").unwrap_or(0.0) >= 3.0
+    });
+    assert_eq!(sample(&metrics, "etcdguard_backup_runs_total{result=\"failure\"}"), Some(0.0), "{}", agent_log());
+    assert!(sample(&metrics, "etcdguard_prune_runs_total{result=\"success\"}").unwrap() >= 3.0, "{metrics}");
+    assert_eq!(sample(&metrics, "etcdguard_agent_healthy"), Some(1.0));
+    assert!(sample(&metrics, "etcdguard_backup_last_snapshot_bytes").unwrap() > 10_000.0, "{metrics}");
+    let last_success = sample(&metrics, "etcdguard_backup_last_success_timestamp_seconds").unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!((now - last_success).abs() < 30.0, "last success {last_success}, now {now}");
+    let (status, body) = get(port, "/healthz").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("ok: last backup "), "{body}");
+    assert_eq!(get(port, "/nope").unwrap().0, 404);
+
+    // Retention keeps two; the newest restores, with the PKI file, at the revision reported.
+    let ids = list_ids(&repo);
+    assert_eq!(ids.len(), 2, "--keep-last 2 after {} runs: {ids:?}\n{}", sample(&metrics, "etcdguard_backup_runs_total{result=\"success\"}").unwrap(), agent_log());
+    let show = etcdguard().args(["backup", "show", ids.last().unwrap(), "--repo"]).arg(&repo).args(["-w", "json"]).output().unwrap();
+    expect_code(&show, 0, "backup show");
+    let manifest: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert!(manifest["etcd"]["revision"].as_i64().unwrap() > 1);
+    assert!(manifest["files"].to_string().contains("ca.key"), "{manifest}");
+    assert!(!agent_log().contains("secret"), "the agent logged a secret:\n{}", agent_log());
+
+    // The server dies: the next run fails, /healthz says so with 503, and the agent goes on.
+    server.kill();
+    wait_for("a failed run", Duration::from_secs(90), || {
+        let m = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        sample(&m, "etcdguard_backup_runs_total{result=\"failure\"}").unwrap_or(0.0) >= 1.0
+    });
+    let (status, body) = get(port, "/healthz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("the last backup failed"), "{body}");
+    assert!(agent_log().contains("backup failed"), "{}", agent_log());
+    wait_for("a second failed run (the agent keeps its schedule)", Duration::from_secs(90), || {
+        let m = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        sample(&m, "etcdguard_backup_runs_total{result=\"failure\"}").unwrap_or(0.0) >= 2.0
+    });
+    assert_eq!(list_ids(&repo), ids, "a failed run must not change the repository's list");
+    drop(agent);
+}
+
+#[test]
+fn agent_refuses_bad_arguments() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    let out = etcdguard().args(["agent", "--repo", repo, "--every", "0s", "--runs", "0"]).output().unwrap();
+    expect_code(&out, 2, "--every 0s");
+    let out = etcdguard().args(["agent", "--repo", repo, "--listen", "not-an-address", "--runs", "0"]).output().unwrap();
+    expect_code(&out, 2, "--listen not-an-address");
+    assert!(text(&out.stderr).contains("--listen"), "{}", text(&out.stderr));
+    let out = etcdguard().args(["agent", "--repo", repo, "--keep-daily", "x"]).output().unwrap();
+    expect_code(&out, 2, "--keep-daily x");
+    let out = etcdguard().args(["agent", "--repo", repo, "--listen", "127.0.0.1:0", "--runs", "0"]).output().unwrap();
+    expect_code(&out, 0, "--runs 0");
+    assert!(!repo_exists(repo), "--runs 0 must not touch the repository");
+}
+
+fn repo_exists(repo: &str) -> bool {
+    Path::new(repo).exists()
+}
+
+/// Every container of the shipped manifests runs an etcdguard command whose flags all exist
+/// and whose values parse (`--help` at the end: clap reads everything before it first).
+#[test]
+fn shipped_kubernetes_manifests_use_real_flags() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let kind = doc["kind"].as_str().unwrap().to_string();
+        let pod = match kind.as_str() {
+            "Deployment" => &doc["spec"]["template"]["spec"],
+            "CronJob" => &doc["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+            other => panic!("{}: unexpected kind {other}", path.display()),
+        };
+        let containers = ["initContainers", "containers"].iter().filter_map(|k| pod[*k].as_sequence()).flatten();
+        for c in containers {
+            let args: Vec<String> = c["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+            let out = etcdguard().args(&args).arg("--help").output().unwrap();
+            expect_code(&out, 0, &format!("{} container {}: etcdguard {args:?}", path.display(), c["name"].as_str().unwrap()));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "only {checked} containers found under {}", dir.display());
+}
