@@ -145,6 +145,10 @@ pub enum FormatError {
 }
 
 pub const PACK_MAGIC: &[u8; 8] = b"EGPACK01";
+/// No blob is larger: chunks are at most 16 MiB and chunk lists at most `2^20` ids of 32
+/// bytes. A larger length in a pack header or index is damage, and is refused before any
+/// buffer is sized from it.
+pub const MAX_BLOB_LEN: u32 = 32 << 20;
 const HEADER_ENTRY: usize = 1 + 1 + 4 + 4 + 32;
 /// Bytes after the header: header length (u32 LE) and the magic.
 pub const PACK_TAIL: usize = 4 + 8;
@@ -190,6 +194,9 @@ pub fn encode_blob(id: &Id, raw: &[u8], level: i32, keys: Option<&Keys>) -> (Enc
 /// check, so nothing unsealed can be slipped in.
 pub fn decode_blob(keys: Option<&Keys>, id: Id, encoding: Encoding, raw_len: u32, stored: &[u8]) -> Result<Vec<u8>, FormatError> {
     let bad = |reason: String| FormatError::BadBlob { id, reason };
+    if raw_len > MAX_BLOB_LEN {
+        return Err(bad(format!("length {raw_len} is over the largest blob ({MAX_BLOB_LEN} bytes): damaged")));
+    }
     let opened;
     let plain = if encoding.is_sealed() {
         let k = keys.ok_or_else(|| bad("blob is encrypted and no key was given".into()))?;
@@ -488,6 +495,14 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn implausible_blob_length_is_refused_before_allocating() {
+        let stored = zstd::bulk::compress(b"tiny", 3).unwrap();
+        let err = decode_blob(None, Id::of(b"tiny"), Encoding::Zstd, u32::MAX, &stored).unwrap_err();
+        assert!(err.to_string().contains("largest blob"), "{err}");
+        assert_eq!(decode_blob(None, Id::of(b"tiny"), Encoding::Zstd, 4, &stored).unwrap(), b"tiny");
+    }
 
     #[test]
     fn pack_round_trip_and_damage() {

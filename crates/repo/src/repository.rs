@@ -124,7 +124,7 @@ impl Repository {
             return Err(RepoError::Unsupported(format!("encryption {:?}; upgrade etcdguard", config.encryption)));
         }
         let c = &config.chunking;
-        if c.kind != "fixed-page-multiple" || c.chunk_size < 512 || c.chunk_size & 511 != 0 || c.list_fanout == 0 {
+        if c.kind != "fixed-page-multiple" || c.chunk_size < 512 || c.chunk_size & 511 != 0 || c.chunk_size > (16 << 20) || c.list_fanout == 0 || c.list_fanout > (1 << 20) {
             return Err(RepoError::Damaged(format!("{}/config: unsupported chunking {c:?}", store.location())));
         }
         Ok(Repository { store, config, keys: None, unlocked_by: None })
