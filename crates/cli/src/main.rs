@@ -62,6 +62,10 @@ enum Command {
     ///       --key /etc/kubernetes/pki/etcd/healthcheck-client.key --pki-dir /etc/kubernetes/pki
     #[command(verbatim_doc_comment)]
     Agent(cmd::agent::AgentArgs),
+    /// On a control-plane node: restore etcd in place (stop the static pods, move the data
+    /// dir aside, restore, start again), with a --dry-run plan.
+    #[command(subcommand)]
+    Node(cmd::node::NodeCommand),
 }
 
 fn main() {
@@ -71,6 +75,7 @@ fn main() {
         Command::Cluster(c) => cmd::cluster::run(c),
         Command::Backup(c) => cmd::backup::run(c),
         Command::Agent(a) => cmd::agent::run(a),
+        Command::Node(c) => cmd::node::run(c),
     };
     if let Err(err) = result {
         let code = exit::report(&err);

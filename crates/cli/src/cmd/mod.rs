@@ -4,3 +4,4 @@ pub mod cluster;
 pub mod restore;
 pub mod backup;
 pub mod agent;
+pub mod node;

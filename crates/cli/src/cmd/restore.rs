@@ -185,7 +185,7 @@ pub fn run(args: RestoreArgs) -> Result<()> {
     Ok(())
 }
 
-fn failure(e: RestoreError) -> anyhow::Error {
+pub(crate) fn failure(e: RestoreError) -> anyhow::Error {
     let code = match &e {
         RestoreError::Config(_) => Code::Usage,
         RestoreError::DestinationExists(_) => Code::DestinationExists,

@@ -198,17 +198,23 @@ fn with_trailer_check<T>(file: &SnapshotFile, skip: bool, work: impl FnOnce() ->
     })
 }
 
-fn status(args: StatusArgs) -> Result<()> {
-    let path = &args.file;
+/// What `snapshot status` checks (the sha256 trailer unless skipped, and the structure it
+/// walks), without printing: commands that must refuse a bad snapshot before they change
+/// anything call it first.
+pub fn check_snapshot(path: &Path, skip_hash_check: bool) -> Result<(etcdguard_storage::Status, TrailerCheck), Failure> {
     let file = open_snapshot(path)?;
     let db = file.db().map_err(|e| db_failure(path, e))?;
     let release = || file.release_resident();
-    let (trailer, status) = with_trailer_check(&file, args.skip_hash_check, || etcdguard_storage::status(&db, Some(&release)));
+    let (trailer, status) = with_trailer_check(&file, skip_hash_check, || etcdguard_storage::status(&db, Some(&release)));
     let trailer = trailer.map_err(|e| Failure::new(Code::Failure, format!("{}: reading for sha256: {e}", path.display())))?;
     if let TrailerCheck::Mismatch { expected, actual } = trailer {
-        return Err(trailer_failure(path, &expected, &actual).into());
+        return Err(trailer_failure(path, &expected, &actual));
     }
-    let status = status.map_err(|e| status_failure(path, e))?;
+    Ok((status.map_err(|e| status_failure(path, e))?, trailer))
+}
+
+fn status(args: StatusArgs) -> Result<()> {
+    let (status, trailer) = check_snapshot(&args.file, args.skip_hash_check)?;
     print!("{}", status.render(args.write_out.into()));
     match trailer {
         TrailerCheck::Verified => eprintln!("sha256 trailer verified"),
