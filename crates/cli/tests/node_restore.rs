@@ -291,3 +291,60 @@ fn node_restore_gives_the_node_back_when_a_pod_does_not_stop() {
     assert_eq!(get(&n.endpoint, "/registry/pods/default/later").as_deref(), Some("y"));
     drop(kubelet);
 }
+
+#[test]
+fn node_restore_from_a_backup_puts_the_pki_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let n = node();
+    let pki = n.kubernetes.join("pki");
+    std::fs::create_dir_all(pki.join("etcd")).unwrap();
+    std::fs::write(pki.join("ca.crt"), "the cluster CA\n").unwrap();
+    std::fs::write(pki.join("etcd/ca.key"), "etcd CA key\n").unwrap();
+    std::fs::set_permissions(pki.join("etcd/ca.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let kubelet = Kubelet::start(n.kubernetes.join("manifests"), n.root.clone());
+    wait_serving(&n.endpoint);
+    assert!(etcdctl(&n.endpoint, &["put", "/registry/secrets/kube-system/bootstrap", "s1"]).status.success());
+    let repo = n.root.join("backups");
+    let repo_s = repo.to_str().unwrap();
+    let out = etcdguard()
+        .args(["backup", "create", "--repo", repo_s, "--endpoints", &n.endpoint, "--pki-dir", pki.to_str().unwrap()])
+        .env_remove("ETCDGUARD_REPO")
+        .output()
+        .unwrap();
+    expect_code(&out, 0, "backup create");
+    let backed_up_revision = revision(&n.endpoint);
+    // The node loses its data and its PKI is replaced by something else.
+    assert!(etcdctl(&n.endpoint, &["del", "/registry/secrets/kube-system/bootstrap"]).status.success());
+    std::fs::write(pki.join("ca.crt"), "a wrong CA\n").unwrap();
+    std::fs::remove_file(pki.join("etcd/ca.key")).unwrap();
+
+    let kdir = n.kubernetes.to_str().unwrap();
+    let restore = |extra: &[&str]| {
+        let mut c = etcdguard();
+        c.env_remove("ETCDGUARD_REPO").args(["node", "restore", "--backup", "latest", "--repo", repo_s, "--kubernetes-dir", kdir, "--wait-timeout", "60s"]).args(extra);
+        c.output().unwrap()
+    };
+    let out = restore(&["--restore-pki", "--dry-run"]);
+    expect_code(&out, 0, "node restore --backup --restore-pki --dry-run");
+    assert!(text(&out.stdout).contains("put the backup's PKI files in place"), "{}", text(&out.stdout));
+    assert_eq!(std::fs::read_to_string(pki.join("ca.crt")).unwrap(), "a wrong CA\n", "the dry run changed the PKI");
+    assert!(aside_dirs(&n.kubernetes, ".etcdguard-restore-").is_empty(), "the dry run left its download behind");
+
+    let out = restore(&["--restore-pki"]);
+    expect_code(&out, 0, "node restore --backup --restore-pki");
+    wait_serving(&n.endpoint);
+    assert_eq!(get(&n.endpoint, "/registry/secrets/kube-system/bootstrap").as_deref(), Some("s1"));
+    assert_eq!(revision(&n.endpoint), backed_up_revision);
+    assert_eq!(std::fs::read_to_string(pki.join("ca.crt")).unwrap(), "the cluster CA\n");
+    assert_eq!(std::fs::read_to_string(pki.join("etcd/ca.key")).unwrap(), "etcd CA key\n");
+    assert_eq!(std::fs::metadata(pki.join("etcd/ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    let old_pki = aside_dirs(&n.kubernetes, "pki.etcdguard-");
+    assert_eq!(old_pki.len(), 1);
+    assert_eq!(std::fs::read_to_string(old_pki[0].join("ca.crt")).unwrap(), "a wrong CA\n", "the replaced PKI is kept");
+    assert!(aside_dirs(&n.kubernetes, ".etcdguard-restore-").is_empty(), "the downloaded backup (with CA keys) was left behind");
+
+    // --restore-pki needs a backup.
+    let out = etcdguard().args(["node", "restore", "x.db", "--kubernetes-dir", kdir, "--restore-pki"]).output().unwrap();
+    expect_code(&out, 2, "--restore-pki without --backup");
+    drop(kubelet);
+}

@@ -51,6 +51,17 @@ pub struct Request {
     pub initial_advertise_peer_urls: Option<String>,
     /// How long to wait for the static pods to stop, and for the new etcd to start.
     pub wait_timeout: Duration,
+    /// A PKI directory (from a backup) to put in place of `<kubernetes_dir>/pki` while the
+    /// control plane is down. Same filesystem as the kubernetes dir, so it is moved, not copied.
+    pub pki_from: Option<PathBuf>,
+}
+
+/// Replacing the PKI directory: `current` moves to `aside`, `staged` moves to `current`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiSwap {
+    pub current: PathBuf,
+    pub aside: PathBuf,
+    pub staged: PathBuf,
 }
 
 /// The `snapshot restore` to run: where, and as which member of which cluster.
@@ -76,6 +87,7 @@ pub struct Plan {
     pub old_data_dir: Option<PathBuf>,
     pub old_wal_dir: Option<PathBuf>,
     pub restore: RestoreSpec,
+    pub pki: Option<PkiSwap>,
     pub wait_timeout: Duration,
 }
 
@@ -113,7 +125,17 @@ impl Plan {
         let data_dir = etcd.data_dir.clone();
         let old_data_dir = data_dir.exists().then(|| aside(&data_dir, &req.stamp));
         let old_wal_dir = etcd.wal_dir.as_ref().filter(|w| w.exists()).map(|w| aside(w, &req.stamp));
-        for p in [Some(&parked_dir), old_data_dir.as_ref(), old_wal_dir.as_ref()].into_iter().flatten() {
+        let pki = match &req.pki_from {
+            Some(staged) => {
+                if !staged.is_dir() {
+                    return Err(NodeError::Preflight(format!("{} is not a directory of PKI files", staged.display())));
+                }
+                let current = req.kubernetes_dir.join("pki");
+                Some(PkiSwap { aside: aside(&current, &req.stamp), current, staged: staged.clone() })
+            }
+            None => None,
+        };
+        for p in [Some(&parked_dir), old_data_dir.as_ref(), old_wal_dir.as_ref(), pki.as_ref().map(|p| &p.aside)].into_iter().flatten() {
             if p.exists() {
                 return Err(NodeError::Preflight(format!("{} already exists; use another time stamp", p.display())));
             }
@@ -141,7 +163,7 @@ impl Plan {
                 .unwrap_or_else(|| "etcd-cluster".into()),
             initial_advertise_peer_urls: peer_urls,
         };
-        Ok(Plan { manifests_dir, parked_dir, manifests, etcd, apiserver, old_data_dir, old_wal_dir, restore, wait_timeout: req.wait_timeout })
+        Ok(Plan { manifests_dir, parked_dir, manifests, etcd, apiserver, old_data_dir, old_wal_dir, restore, pki, wait_timeout: req.wait_timeout })
     }
 
     /// The steps, in words, as `--dry-run` prints them.
@@ -167,6 +189,14 @@ impl Plan {
         }
         if let (Some(w), Some(old)) = (&self.etcd.wal_dir, &self.old_wal_dir) {
             s.push(format!("move the WAL dir {} to {}", w.display(), old.display()));
+        }
+        if let Some(p) = &self.pki {
+            s.push(format!(
+                "put the backup's PKI files in place: {} moves to {}, the backup's to {}",
+                p.current.display(),
+                p.aside.display(),
+                p.current.display()
+            ));
         }
         let r = &self.restore;
         s.push(format!(
@@ -245,6 +275,25 @@ impl Plan {
         if self.old_wal_dir.is_some() {
             say(log);
         }
+        if let Some(p) = &self.pki {
+            say(log);
+            let had_current = p.current.exists();
+            let mut swapped = !had_current || std::fs::rename(&p.current, &p.aside).is_ok();
+            if swapped && std::fs::rename(&p.staged, &p.current).is_err() {
+                if had_current {
+                    let _ = std::fs::rename(&p.aside, &p.current);
+                }
+                swapped = false;
+            }
+            if !swapped {
+                self.undo_aside(&set_aside);
+                self.put_back(&moved);
+                return Err(NodeError::Io(format!("could not put {} in place of {}; nothing was changed", p.staged.display(), p.current.display())));
+            }
+            if had_current {
+                set_aside.push((p.current.clone(), p.aside.clone()));
+            }
+        }
 
         say(log);
         if let Err(e) = restore(&self.restore) {
@@ -285,8 +334,13 @@ impl Plan {
         let _ = std::fs::remove_dir(&self.parked_dir);
     }
 
+    /// Moves back what was moved aside; a swapped-in PKI dir first goes back to its staging
+    /// place, so the original can return.
     fn undo_aside(&self, set_aside: &[(PathBuf, PathBuf)]) {
         for (from, to) in set_aside.iter().rev() {
+            if let Some(p) = self.pki.as_ref().filter(|p| &p.current == from) {
+                let _ = std::fs::rename(&p.current, &p.staged);
+            }
             let _ = std::fs::rename(to, from);
         }
     }
@@ -342,6 +396,7 @@ mod tests {
             initial_cluster_token: Some("tok".into()),
             initial_advertise_peer_urls: None,
             wait_timeout: Duration::from_secs(2),
+            pki_from: None,
         }
     }
 
@@ -381,6 +436,32 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("var-lib-etcd/member/snap/db")).unwrap(), b"old");
         assert!(req.kubernetes_dir.join("manifests/etcd.yaml").exists() && req.kubernetes_dir.join("manifests/kube-scheduler.yaml").exists());
         assert!(!plan.parked_dir.exists() && !dir.path().join("var-lib-etcd.etcdguard-T1").exists());
+    }
+
+    #[test]
+    fn a_failed_restore_puts_the_old_pki_back_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut req = node(dir.path(), true);
+        std::fs::create_dir_all(req.kubernetes_dir.join("pki")).unwrap();
+        std::fs::write(req.kubernetes_dir.join("pki/ca.crt"), "current").unwrap();
+        let staged = req.kubernetes_dir.join(".staged-pki");
+        std::fs::create_dir_all(&staged).unwrap();
+        std::fs::write(staged.join("ca.crt"), "from backup").unwrap();
+        req.pki_from = Some(staged.clone());
+        let plan = Plan::build(&req).unwrap();
+        let mut during = String::new();
+        plan.execute(
+            &mut |_| {
+                during = std::fs::read_to_string(req.kubernetes_dir.join("pki/ca.crt")).unwrap();
+                Err("no".into())
+            },
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert_eq!(during, "from backup", "the backup's PKI is in place while restoring");
+        assert_eq!(std::fs::read_to_string(req.kubernetes_dir.join("pki/ca.crt")).unwrap(), "current");
+        assert_eq!(std::fs::read_to_string(staged.join("ca.crt")).unwrap(), "from backup");
+        assert!(!req.kubernetes_dir.join("pki.etcdguard-T1").exists());
     }
 
     #[test]

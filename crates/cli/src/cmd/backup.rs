@@ -445,7 +445,7 @@ pub fn run(cmd: BackupCommand) -> Result<()> {
 }
 
 /// Maps a repository error to its exit code; the message is the library's.
-fn failure(e: RepoError) -> Failure {
+pub(crate) fn failure(e: RepoError) -> Failure {
     let code = match &e {
         RepoError::Store(s) => match s {
             StoreError::NotFound(_) | StoreError::BucketMissing(_) => Code::NotFound,
@@ -484,7 +484,7 @@ fn open_repo(repo: &RepoArg) -> Result<Repository, Failure> {
 }
 
 /// Opens the repository for reading or writing content: an encrypted one is unlocked.
-fn open_repo_unlocked(repo: &RepoArg) -> Result<Repository, Failure> {
+pub(crate) fn open_repo_unlocked(repo: &RepoArg) -> Result<Repository, Failure> {
     let mut r = open_repo(repo)?;
     unlock(&mut r, repo)?;
     Ok(r)

@@ -44,8 +44,24 @@ pub enum NodeCommand {
 
 #[derive(Args)]
 pub struct NodeRestoreArgs {
-    /// Snapshot file (from `snapshot save`, `backup restore --to-file` or etcdctl).
-    pub snapshot: PathBuf,
+    /// Snapshot file (from `snapshot save`, `backup restore --to-file` or etcdctl); or give
+    /// --backup instead.
+    #[arg(required_unless_present = "backup", conflicts_with = "backup")]
+    pub snapshot: Option<PathBuf>,
+    /// Restore this backup (id, unique prefix or `latest`) of --repo: its snapshot is
+    /// downloaded and checked before anything on the node is touched.
+    #[arg(long, value_name = "ID", requires = "repo")]
+    pub backup: Option<String>,
+    /// The backup repository of --backup.
+    #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL")]
+    pub repo: Option<String>,
+    /// Passphrase file of an encrypted repository (or ETCDGUARD_PASSPHRASE).
+    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Also put the backup's PKI directory in place of <kubernetes-dir>/pki (the current one
+    /// is kept as pki.etcdguard-<time>): for a node rebuilt without its certificates.
+    #[arg(long, requires = "backup")]
+    pub restore_pki: bool,
     /// Kubernetes configuration directory; the static pod manifests are in its manifests/.
     #[arg(long, value_name = "DIR", default_value = "/etc/kubernetes")]
     pub kubernetes_dir: PathBuf,
@@ -92,9 +108,22 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
     if (args.bump_revision > 0) != args.mark_compacted {
         return Err(usage("--bump-revision and --mark-compacted go together (e.g. --bump-revision 1000000000 --mark-compacted)").into());
     }
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    // A backup is fetched first, into a private dir beside the PKI (same filesystem, so the
+    // PKI is moved into place, not copied), and removed at the end whatever happens.
+    let staging = match &args.backup {
+        Some(id) => Some(fetch_backup(&args, id, &stamp)?),
+        None => None,
+    };
+    let snapshot = match (&staging, &args.snapshot) {
+        (Some(s), _) => s.snapshot.clone(),
+        (None, Some(p)) => p.clone(),
+        (None, None) => return Err(usage("give a snapshot file or --backup ID").into()),
+    };
     let request = Request {
         kubernetes_dir: args.kubernetes_dir.clone(),
-        stamp: chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string(),
+        pki_from: staging.as_ref().and_then(|s| s.pki.clone()),
+        stamp,
         name: args.name.clone(),
         initial_cluster: args.initial_cluster.clone(),
         initial_cluster_token: args.initial_cluster_token.clone(),
@@ -106,10 +135,11 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
     let cluster = Cluster::new(&plan.restore.initial_cluster, &plan.restore.initial_cluster_token).map_err(|e| usage(e.0))?;
     let advertise = membership::parse_url_list(&plan.restore.initial_advertise_peer_urls).map_err(|e| usage(e.0))?;
     cluster.verify_local(&plan.restore.name, &advertise).map_err(|e| usage(e.0))?;
-    let (status, _) = check_snapshot(&args.snapshot, args.skip_hash_check)?;
+    let skip_hash_check = args.skip_hash_check || staging.as_ref().is_some_and(|s| s.no_trailer);
+    let (status, _) = check_snapshot(&snapshot, skip_hash_check)?;
     println!(
         "snapshot {}: revision {}, {} keys; restoring member {:?} ({} member{} in the new cluster)",
-        args.snapshot.display(),
+        snapshot.display(),
         status.revision,
         status.total_key,
         plan.restore.name,
@@ -125,7 +155,7 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
         return Ok(());
     }
     let opts = Options {
-        skip_hash_check: args.skip_hash_check,
+        skip_hash_check,
         bump_revision: args.bump_revision,
         mark_compacted: args.mark_compacted,
         flavor: Flavor::V3_5,
@@ -133,7 +163,7 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
     let mut restore_error = None;
     let mut do_restore = |spec: &RestoreSpec| -> Result<(), String> {
         let dest = Destination::Member { name: spec.name.clone(), data_dir: spec.data_dir.clone(), wal_dir: spec.wal_dir.clone() };
-        let result = open_snapshot(&args.snapshot)
+        let result = open_snapshot(&snapshot)
             .map_err(anyhow::Error::from)
             .and_then(|snapshot| restore::restore(&snapshot, &cluster, &dest, &opts).map_err(crate::cmd::restore::failure));
         match result {
@@ -177,4 +207,46 @@ fn node_failure(e: NodeError) -> Failure {
         NodeError::Restore(_) | NodeError::Io(_) => Code::Failure,
     };
     Failure::new(code, e.to_string())
+}
+
+/// A backup fetched for a node restore; the directory goes when this is dropped.
+struct Staging {
+    dir: PathBuf,
+    snapshot: PathBuf,
+    pki: Option<PathBuf>,
+    /// The backed-up file had no sha256 trailer (a copied member/snap/db).
+    no_trailer: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fetch_backup(args: &NodeRestoreArgs, id: &str, stamp: &str) -> Result<Staging> {
+    use std::os::unix::fs::DirBuilderExt;
+    let repo_arg = crate::cmd::backup::RepoArg { repo: args.repo.clone().unwrap_or_default(), passphrase_file: args.passphrase_file.clone() };
+    let repo = crate::cmd::backup::open_repo_unlocked(&repo_arg)?;
+    let id = repo.resolve(id).map_err(crate::cmd::backup::failure)?;
+    let m = repo.manifest(&id).map_err(crate::cmd::backup::failure)?;
+    let dir = args.kubernetes_dir.join(format!(".etcdguard-restore-{stamp}"));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| Failure::new(Code::Failure, format!("{}: {e}", dir.display())))?;
+    let mut staging = Staging { snapshot: dir.join("snapshot.db"), dir, pki: None, no_trailer: m.etcd.trailer == "absent" };
+    eprintln!("fetching backup {} ({}, revision {}) from {}", m.id, m.created.format("%Y-%m-%d %H:%M:%S UTC"), m.etcd.revision, repo.location());
+    let index = repo.load_index().map_err(crate::cmd::backup::failure)?;
+    repo.restore_part_to_file(&index, &m.snapshot, &staging.snapshot, 0o600).map_err(crate::cmd::backup::failure)?;
+    if args.restore_pki {
+        let files = staging.dir.join("files");
+        repo.restore_files(&index, &m, &files).map_err(crate::cmd::backup::failure)?;
+        let pki = files.join("pki");
+        if !pki.is_dir() {
+            return Err(usage(format!("backup {} holds no PKI directory (it was taken without --pki-dir)", m.id)).into());
+        }
+        staging.pki = Some(pki);
+    }
+    Ok(staging)
 }
