@@ -27,6 +27,7 @@ pub enum NodeCommand {
     ///   2. etcd's client port must close, its database lock go, and the API server's port
     ///      close (at most --wait-timeout);
     ///   3. the data dir is moved aside to <data-dir>.etcdguard-<time> (kept, never deleted);
+    ///      with --restore-pki the PKI dir is swapped for the backup's the same way;
     ///   4. the snapshot is restored into the data dir (as `snapshot restore`);
     ///   5. the manifests go back and etcdguard waits until the new etcd serves.
     ///
@@ -38,6 +39,7 @@ pub enum NodeCommand {
     /// Examples:
     ///   etcdguard node restore /root/snapshot.db --dry-run
     ///   etcdguard node restore /root/snapshot.db --bump-revision 1000000000 --mark-compacted
+    ///   etcdguard node restore --backup latest --repo s3://etcd-backups/prod --restore-pki
     #[command(verbatim_doc_comment)]
     Restore(NodeRestoreArgs),
 }
