@@ -1,5 +1,6 @@
 //! The hand-written protobuf decoders and the revision-key parser on arbitrary bytes: every
-//! value stored in a snapshot's `key` and `lease` buckets goes through them during verify.
+//! value stored in a snapshot's `key` and `lease` buckets goes through them during verify,
+//! and every Kubernetes value through `etcdguard_kube::decode` during `inspect`.
 #![no_main]
 
 use etcdguard_storage::proto::{for_each_field, KeyValue, Lease};
@@ -20,6 +21,8 @@ fuzz_target!(|data: &[u8]| {
     });
     // Every field takes at least one byte.
     assert!(fields <= data.len());
+    let object = etcdguard_kube::decode(data);
+    let _ = std::hint::black_box(etcdguard_kube::key_path(data, object.metadata.as_ref()));
     if let Ok((main, sub, _)) = parse_revision(data) {
         assert!(main >= 0 && sub >= 0);
         assert!(data.len() == 17 || data.len() == 18);

@@ -66,6 +66,10 @@ enum Command {
     /// dir aside, restore, start again), with a --dry-run plan.
     #[command(subcommand)]
     Node(cmd::node::NodeCommand),
+    /// Kubernetes objects in a snapshot, offline: list (filter by resource, namespace, name,
+    /// labels), get one, diff two snapshots.
+    #[command(subcommand)]
+    Inspect(cmd::inspect::InspectCommand),
 }
 
 fn main() {
@@ -76,6 +80,7 @@ fn main() {
         Command::Backup(c) => cmd::backup::run(c),
         Command::Agent(a) => cmd::agent::run(a),
         Command::Node(c) => cmd::node::run(c),
+        Command::Inspect(c) => cmd::inspect::run(c),
     };
     if let Err(err) = result {
         let code = exit::report(&err);

@@ -2,6 +2,7 @@
 //! `snapshot status` numbers are computed, deep verification, and (in `restore`) writing
 //! data directories etcd boots from.
 
+pub mod keys;
 pub mod proto;
 pub mod restore;
 pub mod snapshot_file;

@@ -5,3 +5,4 @@ pub mod restore;
 pub mod backup;
 pub mod agent;
 pub mod node;
+pub mod inspect;

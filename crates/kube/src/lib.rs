@@ -1,0 +1,282 @@
+//! Kubernetes objects as the API server stores them in etcd.
+//!
+//! A value under `/registry/…` is one of:
+//! - protobuf: the magic `k8s\0`, then a `runtime.Unknown` message — field 1 `typeMeta`
+//!   {1 apiVersion, 2 kind}, field 2 `raw` (the object's own message), 3 contentEncoding,
+//!   4 contentType. Every top-level object carries its `ObjectMeta` as field 1 of `raw`;
+//! - JSON (custom resources, and servers configured for it);
+//! - encrypted at rest: `k8s:enc:<provider>:v1:<key name>:` then ciphertext.
+//!
+//! [`decode`] reads what every object has — apiVersion, kind and metadata — from all three
+//! without a schema per type; the full protobuf body of built-in types is not decoded here.
+
+use std::collections::BTreeMap;
+
+use etcdguard_storage::proto::{for_each_field, Value};
+use serde::Serialize;
+
+pub const PROTOBUF_MAGIC: &[u8; 4] = b"k8s\0";
+pub const ENCRYPTED_PREFIX: &[u8] = b"k8s:enc:";
+
+/// How a value is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    Protobuf,
+    Json,
+    /// Encrypted at rest by this provider (`aescbc`, `aesgcm`, `secretbox`, `kms`, …).
+    Encrypted(String),
+    /// Not a Kubernetes object (e.g. a plain etcd key).
+    Other,
+}
+
+/// The fields of `ObjectMeta` a listing or a diff needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Meta {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub generate_name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub resource_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion_timestamp: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub finalizers: Vec<String>,
+}
+
+/// What [`decode`] finds in a value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Object {
+    pub encoding: Encoding,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub api_version: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// `None` when the value is encrypted, not an object, or its metadata does not decode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Meta>,
+}
+
+fn text(b: &[u8]) -> Result<String, String> {
+    String::from_utf8(b.to_vec()).map_err(|_| "a string field is not UTF-8".to_string())
+}
+
+/// `metav1.Time` {1 seconds, 2 nanos} as the API's JSON writes it (RFC 3339, seconds).
+fn time(b: &[u8]) -> Result<String, String> {
+    let mut seconds = 0i64;
+    for_each_field(b, |f, v| {
+        if let (1, Value::Varint(s)) = (f, v) {
+            seconds = s as i64;
+        }
+        Ok(())
+    })?;
+    chrono::DateTime::from_timestamp(seconds, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .ok_or_else(|| format!("time {seconds} is out of range"))
+}
+
+/// A `map<string, string>` entry {1 key, 2 value}.
+fn map_entry(b: &[u8]) -> Result<(String, String), String> {
+    let (mut k, mut v) = (String::new(), String::new());
+    for_each_field(b, |f, val| {
+        match (f, val) {
+            (1, Value::Bytes(x)) => k = text(x)?,
+            (2, Value::Bytes(x)) => v = text(x)?,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok((k, v))
+}
+
+/// Decodes a protobuf `ObjectMeta`.
+pub fn decode_meta(b: &[u8]) -> Result<Meta, String> {
+    let mut m = Meta::default();
+    for_each_field(b, |f, v| {
+        match (f, v) {
+            (1, Value::Bytes(x)) => m.name = text(x)?,
+            (2, Value::Bytes(x)) => m.generate_name = text(x)?,
+            (3, Value::Bytes(x)) => m.namespace = text(x)?,
+            (5, Value::Bytes(x)) => m.uid = text(x)?,
+            (6, Value::Bytes(x)) => m.resource_version = text(x)?,
+            (7, Value::Varint(x)) => m.generation = Some(x as i64),
+            (8, Value::Bytes(x)) => m.creation_timestamp = Some(time(x)?),
+            (9, Value::Bytes(x)) => m.deletion_timestamp = Some(time(x)?),
+            (11, Value::Bytes(x)) => {
+                let (k, v) = map_entry(x)?;
+                m.labels.insert(k, v);
+            }
+            (12, Value::Bytes(x)) => {
+                let (k, v) = map_entry(x)?;
+                m.annotations.insert(k, v);
+            }
+            (14, Value::Bytes(x)) => m.finalizers.push(text(x)?),
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok(m)
+}
+
+/// The JSON form of the same fields.
+fn meta_from_json(v: &serde_json::Value) -> Meta {
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+    let map = |k: &str| -> BTreeMap<String, String> {
+        v.get(k)
+            .and_then(|x| x.as_object())
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+            .unwrap_or_default()
+    };
+    Meta {
+        name: s("name"),
+        generate_name: s("generateName"),
+        namespace: s("namespace"),
+        uid: s("uid"),
+        resource_version: s("resourceVersion"),
+        generation: v.get("generation").and_then(|x| x.as_i64()),
+        creation_timestamp: v.get("creationTimestamp").and_then(|x| x.as_str()).map(str::to_string),
+        deletion_timestamp: v.get("deletionTimestamp").and_then(|x| x.as_str()).map(str::to_string),
+        labels: map("labels"),
+        annotations: map("annotations"),
+        finalizers: v
+            .get("finalizers")
+            .and_then(|x| x.as_array())
+            .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// The protobuf envelope: (apiVersion, kind, raw object bytes).
+pub fn unwrap_envelope(value: &[u8]) -> Result<(String, String, &[u8]), String> {
+    let body = value.strip_prefix(PROTOBUF_MAGIC).ok_or("no k8s protobuf magic")?;
+    let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &[][..]);
+    for_each_field(body, |f, v| {
+        match (f, v) {
+            (1, Value::Bytes(tm)) => for_each_field(tm, |f, v| {
+                match (f, v) {
+                    (1, Value::Bytes(x)) => api_version = text(x)?,
+                    (2, Value::Bytes(x)) => kind = text(x)?,
+                    _ => {}
+                }
+                Ok(())
+            })?,
+            (2, Value::Bytes(x)) => raw = x,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok((api_version, kind, raw))
+}
+
+/// Reads what every stored object has, whatever its encoding. Never fails: a value that does
+/// not decode as what it claims to be comes back without metadata.
+pub fn decode(value: &[u8]) -> Object {
+    if value.starts_with(PROTOBUF_MAGIC) {
+        return match unwrap_envelope(value) {
+            Ok((api_version, kind, raw)) => {
+                let mut metadata = None;
+                let _ = for_each_field(raw, |f, v| {
+                    if let (1, Value::Bytes(m)) = (f, v) {
+                        metadata = decode_meta(m).ok();
+                    }
+                    Ok(())
+                });
+                Object { encoding: Encoding::Protobuf, api_version, kind, metadata }
+            }
+            Err(_) => Object { encoding: Encoding::Protobuf, api_version: String::new(), kind: String::new(), metadata: None },
+        };
+    }
+    if let Some(rest) = value.strip_prefix(ENCRYPTED_PREFIX) {
+        let provider = rest.split(|&b| b == b':').next().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+        return Object { encoding: Encoding::Encrypted(provider), api_version: String::new(), kind: String::new(), metadata: None };
+    }
+    if value.first() == Some(&b'{') {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(value) {
+            let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+            return Object { encoding: Encoding::Json, api_version: s("apiVersion"), kind: s("kind"), metadata: v.get("metadata").map(meta_from_json) };
+        }
+    }
+    Object { encoding: Encoding::Other, api_version: String::new(), kind: String::new(), metadata: None }
+}
+
+/// A `/registry/…` key split as the API server builds it: `<prefix>/<resource>[/<namespace>]/<name>`,
+/// where the resource may carry its group (`apiregistration.k8s.io/apiservices`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyPath {
+    pub resource: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Splits `key` using the object's own namespace and name when known (the key alone cannot
+/// tell `group/resource/name` from `resource/namespace/name`).
+pub fn key_path(key: &[u8], meta: Option<&Meta>) -> Option<KeyPath> {
+    let key = std::str::from_utf8(key).ok()?;
+    let rest = key.strip_prefix("/registry/").or_else(|| key.strip_prefix('/').and_then(|k| k.split_once('/').map(|(_, r)| r)))?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (name, before) = parts.split_last()?;
+    match meta {
+        Some(m) if !m.namespace.is_empty() && before.last() == Some(&m.namespace.as_str()) && before.len() >= 2 => Some(KeyPath {
+            resource: before[..before.len() - 1].join("/"),
+            namespace: m.namespace.clone(),
+            name: name.to_string(),
+        }),
+        Some(_) | None if !before.is_empty() => {
+            // Without metadata, assume core-style `resource/namespace/name` for three parts.
+            if meta.is_none() && before.len() == 2 && !before[0].contains('.') {
+                Some(KeyPath { resource: before[0].into(), namespace: before[1].into(), name: name.to_string() })
+            } else {
+                Some(KeyPath { resource: before.join("/"), namespace: String::new(), name: name.to_string() })
+            }
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encrypted_and_foreign_values() {
+        let o = decode(b"k8s:enc:aescbc:v1:key1:\x00\x01garbage");
+        assert_eq!(o.encoding, Encoding::Encrypted("aescbc".into()));
+        assert_eq!(o.metadata, None);
+        assert_eq!(decode(b"plain value").encoding, Encoding::Other);
+        let broken = decode(b"k8s\0\x0a\xff\xff");
+        assert_eq!(broken.encoding, Encoding::Protobuf);
+        assert_eq!(broken.metadata, None);
+    }
+
+    #[test]
+    fn key_paths() {
+        let m = Meta { namespace: "kube-system".into(), name: "coredns".into(), ..Meta::default() };
+        assert_eq!(
+            key_path(b"/registry/configmaps/kube-system/coredns", Some(&m)),
+            Some(KeyPath { resource: "configmaps".into(), namespace: "kube-system".into(), name: "coredns".into() })
+        );
+        let cr = Meta { namespace: "team-a".into(), name: "w1".into(), ..Meta::default() };
+        assert_eq!(key_path(b"/registry/example.com/widgets/team-a/w1", Some(&cr)).unwrap().resource, "example.com/widgets");
+        let cluster = Meta { name: "v1.apps".into(), ..Meta::default() };
+        let p = key_path(b"/registry/apiregistration.k8s.io/apiservices/v1.apps", Some(&cluster)).unwrap();
+        assert_eq!((p.resource.as_str(), p.namespace.as_str()), ("apiregistration.k8s.io/apiservices", ""));
+        assert_eq!(key_path(b"/registry/secrets/default/s1", None).unwrap().namespace, "default");
+        assert_eq!(key_path(b"not-a-registry-key", None), None);
+    }
+}
