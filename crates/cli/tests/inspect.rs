@@ -102,6 +102,18 @@ fn list_get_and_diff_real_kubernetes_values() {
     assert!(out.lines().nth(1).unwrap().starts_with("-  secrets"), "{out}");
     assert!(err.contains("0 added, 1 deleted, 0 modified"), "{err}");
 
+    // The same diff between two backups of a repository.
+    let repo = dir.path().join("repo");
+    let mut ids = Vec::new();
+    for snap in [&first, &second] {
+        let out = etcdguard().env_remove("ETCDGUARD_REPO").args(["backup", "create", "--repo"]).arg(&repo).arg("--from-file").arg(snap).output().unwrap();
+        expect_code(&out, 0, "backup create");
+        ids.push(text(&out.stdout).split_whitespace().nth(1).unwrap().to_string());
+    }
+    let from_backups = json_list(&["diff", &ids[0], "latest", "--repo", repo.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(from_backups, changes, "diffing backups differs from diffing their snapshot files");
+    assert_eq!(inspect(&["diff", "nosuchid", "latest", "--repo", repo.to_str().unwrap()]).0, 3);
+
     // Not a snapshot: a clear error.
     std::fs::write(dir.path().join("junk.db"), vec![7u8; 8192]).unwrap();
     assert_eq!(inspect(&["list", dir.path().join("junk.db").to_str().unwrap()]).0, 7);

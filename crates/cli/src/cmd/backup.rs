@@ -885,10 +885,10 @@ fn verify(args: VerifyArgs) -> Result<()> {
 }
 
 /// A private scratch directory removed on drop.
-struct ScratchDir(PathBuf);
+pub(crate) struct ScratchDir(PathBuf);
 
 impl ScratchDir {
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -899,7 +899,7 @@ impl Drop for ScratchDir {
     }
 }
 
-fn tempfile_in(dir: &Path) -> Result<ScratchDir, Failure> {
+pub(crate) fn tempfile_in(dir: &Path) -> Result<ScratchDir, Failure> {
     use std::os::unix::fs::DirBuilderExt;
     let p = dir.join(format!(".etcdguard-verify-{:016x}", rand_u64()));
     std::fs::DirBuilder::new()
@@ -1181,4 +1181,14 @@ fn key_add(args: KeyNewArgs, replace: bool) -> Result<()> {
 /// How many backups the repository lists, when it can be read.
 pub(crate) fn count_backups(repo: &RepoArg) -> Option<usize> {
     open_repo(repo).ok()?.list_backups().ok().map(|(backups, _)| backups.len())
+}
+
+/// Writes the snapshot of backup `id` (id, prefix or `latest`) into `dir`; returns its path.
+pub(crate) fn fetch_snapshot(repo: &RepoArg, id: &str, dir: &Path) -> Result<PathBuf, Failure> {
+    let r = open_repo_unlocked(repo)?;
+    let m = resolve(&r, id)?;
+    let path = dir.join(format!("{}.db", m.id));
+    let index = r.load_index().map_err(failure)?;
+    r.restore_part_to_file(&index, &m.snapshot, &path, 0o600).map_err(failure)?;
+    Ok(path)
 }

@@ -32,9 +32,12 @@ pub enum InspectCommand {
     /// Example: etcdguard inspect get snapshot.db /registry/configmaps/default/app-config
     #[command(verbatim_doc_comment)]
     Get(GetArgs),
-    /// What changed between two snapshots: objects added (+), deleted (-) and modified (~).
+    /// What changed between two snapshots, or two backups of a repository: objects added
+    /// (+), deleted (-) and modified (~).
     ///
-    /// Example: etcdguard inspect diff yesterday.db today.db --resource deployments
+    /// Examples:
+    ///   etcdguard inspect diff yesterday.db today.db --resource deployments
+    ///   etcdguard inspect diff 3f9a1c2b latest --repo s3://etcd-backups/prod
     #[command(verbatim_doc_comment)]
     Diff(DiffArgs),
 }
@@ -90,10 +93,20 @@ pub struct GetArgs {
 
 #[derive(Args)]
 pub struct DiffArgs {
-    /// The older snapshot.
+    /// The older snapshot (a backup id with --repo).
     pub old: PathBuf,
-    /// The newer snapshot.
+    /// The newer snapshot (a backup id, or `latest`, with --repo).
     pub new: PathBuf,
+    /// OLD and NEW are backups of this repository; their snapshots are fetched (sha256
+    /// checked) into a private scratch dir and removed after.
+    #[arg(long, value_name = "URL")]
+    pub repo: Option<String>,
+    /// Passphrase file of an encrypted repository (or ETCDGUARD_PASSPHRASE).
+    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", requires = "repo")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Where --repo snapshots are fetched to [default: the system temp dir].
+    #[arg(long, value_name = "DIR", requires = "repo")]
+    pub scratch_dir: Option<PathBuf>,
     #[command(flatten)]
     pub filter: Filter,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = TableJson::Table)]
@@ -290,8 +303,21 @@ fn get(args: GetArgs) -> Result<()> {
 
 fn diff(args: DiffArgs) -> Result<()> {
     let prefix = args.filter.prefix.as_bytes();
-    let (old, _) = load(&args.old, prefix, &|_| false)?;
-    let (new, _) = load(&args.new, prefix, &|_| false)?;
+    let mut _scratch = None;
+    let (old_path, new_path) = match &args.repo {
+        None => (args.old.clone(), args.new.clone()),
+        Some(url) => {
+            use crate::cmd::backup::{fetch_snapshot, tempfile_in, RepoArg};
+            let repo = RepoArg { repo: url.clone(), passphrase_file: args.passphrase_file.clone() };
+            let scratch = tempfile_in(&args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir))?;
+            let old = fetch_snapshot(&repo, &args.old.to_string_lossy(), scratch.path())?;
+            let new = fetch_snapshot(&repo, &args.new.to_string_lossy(), scratch.path())?;
+            _scratch = Some(scratch);
+            (old, new)
+        }
+    };
+    let (old, _) = load(&old_path, prefix, &|_| false)?;
+    let (new, _) = load(&new_path, prefix, &|_| false)?;
     let mut changes: Vec<(char, &Vec<u8>, &Entry, Option<&Entry>)> = Vec::new();
     for (k, n) in &new {
         match old.get(k) {
