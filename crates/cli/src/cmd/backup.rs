@@ -16,6 +16,7 @@ use etcdguard_storage::{Layout, TrailerCheck};
 use serde_json::json;
 
 use crate::cmd::snapshot::{db_failure, open_snapshot};
+use crate::cmd::table;
 use crate::exit::{Code, Failure};
 
 const REPO_HELP: &str = "Repository: a local directory (the default), s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or \
@@ -742,18 +743,6 @@ fn list(args: ListArgs) -> Result<()> {
         return Err(Failure::new(Code::Corrupt, format!("{} manifest(s) could not be read", bad.len())).into());
     }
     Ok(())
-}
-
-fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, s)| format!("{s:<w$}", w = widths[i])).collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 fn show(args: ShowArgs) -> Result<()> {

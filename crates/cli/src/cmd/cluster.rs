@@ -8,6 +8,7 @@ use etcdguard_client::{ClientError, ConnectConfig, ConnectFlags, ErrorKind, Memb
 use etcdguard_storage::status::humanize_bytes;
 use serde_json::json;
 
+use crate::cmd::table;
 use crate::exit::{Code, Failure};
 
 /// etcdctl's connection flags. Each falls back to the `ETCDCTL_*` variable etcdctl reads.
@@ -282,15 +283,3 @@ fn status_cells(s: &MemberStatus) -> Vec<String> {
     ]
 }
 
-fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..cols).map(|c| rows.iter().map(|r| r.get(c).map(|s| s.chars().count()).unwrap_or(0)).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, cell)| format!("{cell:<w$}", w = widths[i])).collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}

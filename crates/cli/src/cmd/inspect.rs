@@ -10,6 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use etcdguard_kube::{decode, key_path, Encoding, KeyPath, Object};
 use serde_json::json;
 
+use crate::cmd::backup::TableJson;
 use crate::cmd::snapshot::{db_failure, open_snapshot};
 use crate::exit::{Code, Failure};
 
@@ -59,12 +60,6 @@ pub struct Filter {
     /// Only objects with these labels (key=value[,key=value…]; encrypted objects never match).
     #[arg(long = "selector", short = 'l', value_name = "KEY=VALUE,…")]
     pub selector: Option<String>,
-}
-
-#[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
-pub enum TableJson {
-    Table,
-    Json,
 }
 
 #[derive(Args)]
@@ -246,15 +241,6 @@ fn row(key: &[u8], e: &Entry) -> Vec<String> {
     ]
 }
 
-fn print_table(rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..rows.first().map_or(0, |r| r.len())).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = std::io::stdout().lock();
-    for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, s)| format!("{s:<w$}", w = widths[i])).collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
-}
-
 const HEADER: [&str; 7] = ["RESOURCE", "NAMESPACE", "NAME", "KIND", "ENCODING", "REVISION", "CREATED"];
 
 fn list(args: ListArgs) -> Result<()> {
@@ -270,7 +256,7 @@ fn list(args: ListArgs) -> Result<()> {
         TableJson::Table => {
             let mut rows = vec![HEADER.map(String::from).to_vec()];
             rows.extend(selected.iter().map(|(k, e)| row(k, e)));
-            print_table(&rows);
+            print!("{}", crate::cmd::table(&rows));
         }
     }
     eprintln!("{} object(s) of {} under {}", selected.len(), entries.len(), args.filter.prefix);
@@ -367,7 +353,7 @@ fn diff(args: DiffArgs) -> Result<()> {
                 r.extend(row(k, e));
                 rows.push(r);
             }
-            print_table(&rows);
+            print!("{}", crate::cmd::table(&rows));
         }
     }
     eprintln!("{} added, {} deleted, {} modified", count('+'), count('-'), count('~'));
