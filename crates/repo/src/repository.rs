@@ -738,6 +738,11 @@ impl Repository {
             uploader.send(pack_key(&id), data)?;
         }
         uploader.finish()?;
+        // A pack the new index names is never deleted, whatever put it on the list: pack
+        // names are the sha256 of their content, so a repack can recreate, under the same
+        // name, a pack an interrupted prune left behind (and this prune listed as orphan).
+        let kept_packs: HashSet<Id> = keep_index.packs().copied().collect();
+        delete_packs.retain(|(pack, _)| !kept_packs.contains(pack));
         // 3. One new index for everything kept, then the old index files, then the packs.
         let data = keep_index.encode();
         let new_key = format!("index/{}", Id::of(&data).hex());
@@ -1445,6 +1450,53 @@ mod tests {
         let rep = r.prune(None, false).unwrap();
         assert!(rep.orphan_packs > 0, "{rep:?}");
         assert_eq!(restore(&r, &m), db(3));
+    }
+
+    /// The state a prune killed between "upload repacked pack" and "write index" leaves:
+    /// the repacked pack is stored but no index names it. The next prune recreates the same
+    /// pack (same content, same name) and must not delete it as an orphan.
+    #[test]
+    fn a_prune_after_an_interrupted_prune_keeps_the_repacked_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let r = repo(dir.path(), 8 << 20);
+        let mut first = db(21);
+        first.extend_from_slice(&db(22)); // blobs only the first backup has, in the same pack
+        let mut w = r.begin_backup().unwrap();
+        let part = w.add_snapshot(&mut &first[..], 4096).unwrap();
+        w.commit(part, meta()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let newest = backup(&r, &db(21));
+        copy_tree(dir.path(), copy.path());
+        let r2 = Repository::open(Arc::new(LocalDir::new(copy.path().to_path_buf()))).unwrap();
+        let policy = Policy { keep_last: 1, ..Default::default() };
+        let rep = r2.prune(Some(&policy), false).unwrap();
+        assert!(rep.packs_repacked > 0, "the setup needs a repack: {rep:?}");
+        // The killed prune's leftover: the repacked pack, in no index of the original.
+        let before: HashSet<String> = r.store.list("packs/").unwrap().into_iter().map(|o| o.key).collect();
+        let leftovers: Vec<String> =
+            r2.store.list("packs/").unwrap().into_iter().map(|o| o.key).filter(|k| !before.contains(k)).collect();
+        assert!(!leftovers.is_empty());
+        for k in &leftovers {
+            r.store.put(k, r2.store.get(k).unwrap()).unwrap();
+        }
+        r.prune(Some(&policy), false).unwrap();
+        assert_eq!(restore(&r, &newest), db(21));
+        let (n, problems) = r.check_packs().unwrap();
+        assert!(n > 0 && problems.is_empty(), "{problems:?}");
+    }
+
+    fn copy_tree(from: &Path, to: &Path) {
+        for e in fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let dest = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                fs::create_dir_all(&dest).unwrap();
+                copy_tree(&e.path(), &dest);
+            } else {
+                fs::copy(e.path(), &dest).unwrap();
+            }
+        }
     }
 
     #[test]
