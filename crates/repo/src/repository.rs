@@ -402,7 +402,11 @@ impl Repository {
     pub fn begin_backup(&self) -> Result<BackupWriter<'_>, RepoError> {
         self.keys()?;
         let lock = Lock::acquire(self.store.clone(), false, "backup create")?;
-        let index = self.load_index()?;
+        // Dedup only against packs that exist: a blob whose pack is gone (damage, or a
+        // prune that ran while this host's lock had expired) is stored again.
+        let stored: HashSet<Id> =
+            self.store.list("packs/")?.into_iter().filter_map(|o| o.key.rsplit('/').next().and_then(Id::parse)).collect();
+        let index = self.load_index()?.retain_packs(|p| stored.contains(p));
         Ok(BackupWriter {
             repo: self,
             _lock: lock,
@@ -636,7 +640,16 @@ impl Repository {
         };
         let remove: HashSet<String> = decisions.iter().filter(|d| !d.keep).map(|d| d.id.clone()).collect();
 
-        let (index_keys, index) = self.load_index_files()?;
+        let (index_keys, full_index) = self.load_index_files()?;
+        let stored_packs: HashMap<Id, u64> = self
+            .store
+            .list("packs/")?
+            .into_iter()
+            .filter_map(|o| o.key.rsplit('/').next().and_then(Id::parse).map(|id| (id, o.size)))
+            .collect();
+        // Only copies that exist count: a blob whose indexed pack is gone but which another
+        // stored pack also holds is still kept (and indexed there).
+        let index = full_index.retain_packs(|p| stored_packs.contains_key(p));
         // Everything the remaining backups reference.
         let mut used: HashSet<Id> = HashSet::new();
         for m in backups.iter().filter(|m| !remove.contains(&m.id)) {
@@ -648,30 +661,26 @@ impl Repository {
                 }
             }
         }
+        // Checked before anything is written or deleted: a prune of a repository that lost
+        // data a kept backup needs would hide the loss (the new index would not name it).
         for id in &used {
             if !index.contains(id) {
                 return Err(RepoError::Damaged(format!(
-                    "blob {} used by a remaining backup is in no index; not pruning (run `backup verify`)",
+                    "blob {} used by a remaining backup is in no stored pack; not pruning (run `backup verify`)",
                     id.hex()
                 )));
             }
         }
 
-        let stored_packs: HashMap<Id, u64> = self
-            .store
-            .list("packs/")?
-            .into_iter()
-            .filter_map(|o| o.key.rsplit('/').next().and_then(Id::parse).map(|id| (id, o.size)))
-            .collect();
         let mut report = PruneReport { decisions, dry_run, ..Default::default() };
+        report.missing_packs = full_index.packs().filter(|p| !stored_packs.contains_key(p)).count();
         let mut delete_packs = Vec::new();
         let mut repack = Vec::new();
         let mut keep_index = Index::new();
-        for pack in index.packs().copied().collect::<Vec<_>>() {
-            let Some(&size) = stored_packs.get(&pack) else {
-                report.missing_packs += 1;
-                continue;
-            };
+        let mut packs: Vec<Id> = index.packs().copied().collect();
+        packs.sort();
+        for pack in packs {
+            let size = stored_packs[&pack];
             let entries = index.pack_entries(&pack);
             let used_bytes: u64 = entries.iter().filter(|e| used.contains(&e.id)).map(|e| e.stored_len as u64).sum();
             let total: u64 = entries.iter().map(|e| e.stored_len as u64).sum();
@@ -684,7 +693,7 @@ impl Repository {
                 keep_index.add_pack(pack, &entries);
             }
         }
-        let indexed: HashSet<Id> = index.packs().copied().collect();
+        let indexed: HashSet<Id> = full_index.packs().copied().collect();
         for (pack, size) in &stored_packs {
             if !indexed.contains(pack) {
                 // Left by a create that did not finish (no index names it, and the exclusive
@@ -716,7 +725,8 @@ impl Repository {
         for (pack, size, entries) in &repack {
             let bytes = self.store.get(&pack_key(pack))?;
             for e in entries.iter().filter(|e| used.contains(&e.id)) {
-                if copied.contains(&e.id) {
+                // Already in a kept pack or copied: one copy is enough.
+                if copied.contains(&e.id) || keep_index.contains(&e.id) {
                     continue;
                 }
                 let stored = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
@@ -743,6 +753,14 @@ impl Repository {
         // name, a pack an interrupted prune left behind (and this prune listed as orphan).
         let kept_packs: HashSet<Id> = keep_index.packs().copied().collect();
         delete_packs.retain(|(pack, _)| !kept_packs.contains(pack));
+        // Never write an index that loses a blob a kept backup needs.
+        if let Some(id) = used.iter().find(|id| !keep_index.contains(id)) {
+            return Err(RepoError::Damaged(format!(
+                "blob {} would be missing from the new index; not pruning further (nothing was deleted but the \
+                 removed backups' manifests)",
+                id.hex()
+            )));
+        }
         // 3. One new index for everything kept, then the old index files, then the packs.
         let data = keep_index.encode();
         let new_key = format!("index/{}", Id::of(&data).hex());
@@ -1484,6 +1502,54 @@ mod tests {
         assert_eq!(restore(&r, &newest), db(21));
         let (n, problems) = r.check_packs().unwrap();
         assert!(n > 0 && problems.is_empty(), "{problems:?}");
+    }
+
+    /// Two creates that ran side by side stored the same blobs in two packs. When the
+    /// copy the index prefers is lost, prune must keep (and index) the other one.
+    #[test]
+    fn a_blob_stored_twice_survives_the_loss_of_one_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path(), 8 << 20);
+        let data = db(31);
+        let extra = dir.path().join("extra.txt");
+        fs::write(&extra, b"only in the second pack").unwrap();
+        let mut wa = r.begin_backup().unwrap();
+        let mut wb = r.begin_backup().unwrap();
+        let pa = wa.add_snapshot(&mut &data[..], 4096).unwrap();
+        let pb = wb.add_snapshot(&mut &data[..], 4096).unwrap();
+        wb.add_path("files", &extra).unwrap();
+        let ma = wa.commit(pa, meta()).unwrap();
+        let pack_a = Id::parse(r.store.list("packs/").unwrap()[0].key.rsplit('/').next().unwrap()).unwrap();
+        let mb = wb.commit(pb, meta()).unwrap();
+        assert_eq!(r.store.list("packs/").unwrap().len(), 2, "the setup needs two copies");
+        // Lose the copy the index prefers, keeping a backup the other copy serves.
+        let preferred = r.load_index().unwrap().get(&ma.snapshot.chunk_lists[0]).unwrap().pack;
+        r.store.delete(&pack_key(&preferred)).unwrap();
+        let survivor = if preferred == pack_a {
+            mb
+        } else {
+            r.delete_backup(&mb.id).unwrap();
+            ma
+        };
+        r.prune(None, false).unwrap();
+        assert_eq!(restore(&r, &survivor), data);
+        let (n, problems) = r.check_packs().unwrap();
+        assert!(n == 1 && problems.is_empty(), "{n} {problems:?}");
+    }
+
+    /// A create never deduplicates against a blob whose pack is gone: it stores it again.
+    #[test]
+    fn a_create_stores_again_what_a_lost_pack_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path(), 8 << 20);
+        let data = db(32);
+        backup(&r, &data);
+        for p in r.store.list("packs/").unwrap() {
+            r.store.delete(&p.key).unwrap();
+        }
+        let m = backup(&r, &data);
+        assert!(m.sizes.blobs_added > 0);
+        assert_eq!(restore(&r, &m), data);
     }
 
     fn copy_tree(from: &Path, to: &Path) {
