@@ -31,6 +31,12 @@ const COMPRESSION_LEVEL: i32 = 3;
 const UPLOADS_IN_FLIGHT: usize = 2;
 /// A range read covers at most this many bytes of one pack.
 const MAX_READ_SPAN: u64 = 16 << 20;
+/// A temporary file (`.tmp-*`, local directories) this old belongs to a killed writer: no
+/// write of one object takes this long, and a lock's lifetime is far shorter.
+pub const TEMPORARY_FILE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+/// What only `create`/`prune` write: under prune's exclusive lock, their temporaries of
+/// any age are a dead writer's.
+const DATA_PREFIXES: [&str; 3] = ["packs/", "index/", "backups/"];
 
 /// Options for a new repository.
 #[derive(Clone, Debug)]
@@ -402,6 +408,8 @@ impl Repository {
     pub fn begin_backup(&self) -> Result<BackupWriter<'_>, RepoError> {
         self.keys()?;
         let lock = Lock::acquire(self.store.clone(), false, "backup create")?;
+        // Cheap housekeeping (local directories only): temporaries of killed writers.
+        let _ = self.store.sweep_temporaries("", TEMPORARY_FILE_MAX_AGE);
         // Dedup only against packs that exist: a blob whose pack is gone (damage, or a
         // prune that ran while this host's lock had expired) is stored again.
         let stored: HashSet<Id> =
@@ -713,6 +721,13 @@ impl Repository {
             return Ok(report);
         }
 
+        // Temporaries of killed writers: any age where only create and prune write (none
+        // runs beside this exclusive lock), old ones elsewhere (`verify` and lock refreshes
+        // write without it).
+        for prefix in DATA_PREFIXES {
+            self.store.sweep_temporaries(prefix, std::time::Duration::ZERO)?;
+        }
+        self.store.sweep_temporaries("", TEMPORARY_FILE_MAX_AGE)?;
         // 1. Forget the backups the policy removes.
         for id in &remove {
             self.store.delete(&manifest_key(id))?;
@@ -1550,6 +1565,39 @@ mod tests {
         let m = backup(&r, &data);
         assert!(m.sizes.blobs_added > 0);
         assert_eq!(restore(&r, &m), data);
+    }
+
+    fn plant_temporary(path: &Path, age: std::time::Duration) {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let f = fs::File::create(path).unwrap();
+        f.set_modified(std::time::SystemTime::now() - age).unwrap();
+    }
+
+    #[test]
+    fn temporaries_of_killed_writers_are_swept_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path(), 64 * 1024);
+        let hour = std::time::Duration::from_secs(3700);
+        let fresh = std::time::Duration::ZERO;
+        let old_pack = dir.path().join("packs/ab/.tmp-ab12-0000000000000001");
+        let old_lock = dir.path().join("locks/.tmp-1234.json-0000000000000002");
+        let new_pack = dir.path().join("packs/cd/.tmp-cd34-0000000000000003");
+        let new_lock = dir.path().join("locks/.tmp-5678.json-0000000000000004");
+        let new_verified = dir.path().join("verified/.tmp-0011.json-0000000000000005");
+        plant_temporary(&old_pack, hour);
+        plant_temporary(&old_lock, hour);
+        plant_temporary(&new_pack, fresh);
+        plant_temporary(&new_lock, fresh);
+        plant_temporary(&new_verified, fresh);
+        // A create sweeps only what is old.
+        let m = backup(&r, &db(12));
+        assert!(!old_pack.exists() && !old_lock.exists());
+        assert!(new_pack.exists() && new_lock.exists() && new_verified.exists());
+        // A prune (exclusive lock) also sweeps fresh ones where only create and prune write.
+        r.prune(None, false).unwrap();
+        assert!(!new_pack.exists());
+        assert!(new_lock.exists() && new_verified.exists(), "a live lock refresh or verify record was swept");
+        assert_eq!(restore(&r, &m), db(12));
     }
 
     fn copy_tree(from: &Path, to: &Path) {
