@@ -417,7 +417,7 @@ impl Repository {
         let index = self.load_index()?.retain_packs(|p| stored.contains(p));
         Ok(BackupWriter {
             repo: self,
-            _lock: lock,
+            lock,
             index,
             written: Index::new(),
             pending: HashSet::new(),
@@ -626,7 +626,7 @@ impl Repository {
     pub fn prune(&self, policy: Option<&Policy>, dry_run: bool) -> Result<PruneReport, RepoError> {
         // Used backups are found by reading their chunk lists, which needs the key.
         let keys = self.keys()?;
-        let _lock = Lock::acquire(self.store.clone(), true, if dry_run { "backup prune --dry-run" } else { "backup prune" })?;
+        let lock = Lock::acquire(self.store.clone(), true, if dry_run { "backup prune --dry-run" } else { "backup prune" })?;
         let (backups, bad) = self.list_backups()?;
         if !bad.is_empty() {
             return Err(RepoError::Damaged(format!(
@@ -728,6 +728,8 @@ impl Repository {
             self.store.sweep_temporaries(prefix, std::time::Duration::ZERO)?;
         }
         self.store.sweep_temporaries("", TEMPORARY_FILE_MAX_AGE)?;
+        // Deletions rely on no create running: only while the lock is surely valid.
+        lock.check_held()?;
         // 1. Forget the backups the policy removes.
         for id in &remove {
             self.store.delete(&manifest_key(id))?;
@@ -780,6 +782,7 @@ impl Repository {
         let data = keep_index.encode();
         let new_key = format!("index/{}", Id::of(&data).hex());
         self.store.put(&new_key, Bytes::from(data))?;
+        lock.check_held()?;
         for key in index_keys.iter().filter(|k| **k != new_key) {
             self.store.delete(key)?;
         }
@@ -1033,7 +1036,7 @@ pub struct BackupMeta {
 
 pub struct BackupWriter<'r> {
     repo: &'r Repository,
-    _lock: Lock,
+    lock: Lock,
     /// The repository's index when the backup started.
     index: Index,
     /// Packs written by this backup.
@@ -1209,6 +1212,9 @@ impl<'r> BackupWriter<'r> {
             sizes,
         };
         let body = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+        // Once the lock expired a prune may have run and deleted packs this backup dedups
+        // against: record nothing then.
+        self.lock.check_held()?;
         self.repo.store.put(&manifest_key(&id), Bytes::from(body))?;
         Ok(manifest)
     }
