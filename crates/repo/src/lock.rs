@@ -11,8 +11,8 @@
 //! so it is only used as a shortcut when host, boot and PID namespace are all ours and the
 //! process is gone. A holder that could not refresh in time knows its lock may have been
 //! judged stale and stops before it writes anything that relies on it ([`Lock::check_held`]).
-//! Lock files of older versions (no expiry) are stale [`LEGACY_STALE_AFTER`] after their
-//! last refresh.
+//! Lock files of older versions (no expiry) keep their rule: stale [`LEGACY_STALE_AFTER`]
+//! after their last refresh, or when their process is gone on a host of this name.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -70,21 +70,29 @@ fn to_chrono(d: Duration) -> chrono::TimeDelta {
 
 impl LockInfo {
     pub fn is_stale(&self, now: DateTime<Utc>) -> bool {
-        let Some(expires) = self.expires else {
-            // An older etcdguard's lock: only its age tells.
-            return now - self.refreshed > to_chrono(LEGACY_STALE_AFTER);
+        let comparable = match self.expires {
+            // An older etcdguard's lock, judged by its rule: 30 minutes, or its process gone
+            // on a host of this name.
+            None => {
+                if now - self.refreshed > to_chrono(LEGACY_STALE_AFTER) {
+                    return true;
+                }
+                self.hostname == hostname() && self.pid != std::process::id()
+            }
+            Some(expires) => {
+                if now > expires {
+                    return true;
+                }
+                // Shortcut for a holder killed on this very host: only when the process id
+                // is comparable (same host, same boot, same PID namespace).
+                self.hostname == hostname()
+                    && self.boot_id.is_some()
+                    && self.boot_id == boot_id()
+                    && self.pid_namespace.is_some()
+                    && self.pid_namespace == pid_namespace()
+                    && self.pid != std::process::id()
+            }
         };
-        if now > expires {
-            return true;
-        }
-        // Shortcut for a holder killed on this very host: only when the process id is
-        // comparable (same host, same boot, same PID namespace).
-        let comparable = self.hostname == hostname()
-            && self.boot_id.is_some()
-            && self.boot_id == boot_id()
-            && self.pid_namespace.is_some()
-            && self.pid_namespace == pid_namespace()
-            && self.pid != std::process::id();
         if comparable {
             // SAFETY: kill with signal 0 only checks whether the process exists.
             let alive = unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0
@@ -290,6 +298,7 @@ mod tests {
                                "created": refreshed, "refreshed": refreshed})
             .to_string()
         };
+        // (Another host's lock: the old rule's pid check does not apply.)
         let recent: LockInfo = serde_json::from_str(&json(now - chrono::TimeDelta::minutes(10))).unwrap();
         assert!(recent.expires.is_none());
         assert!(!recent.is_stale(now));

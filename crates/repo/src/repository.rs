@@ -86,6 +86,17 @@ pub fn pack_key(id: &Id) -> String {
     format!("packs/{}/{h}", &h[..2])
 }
 
+/// Magic of an authenticated index file (format 2); format 1 starts with `EGINDX01`.
+const INDEX_MAGIC_SEALED: &[u8; 8] = b"EGINDX02";
+
+/// What a sealed manifest is bound to: its purpose and its backup id (a manifest copied
+/// under another id does not open).
+fn manifest_aad(id: &str) -> Vec<u8> {
+    let mut aad = crypto::MANIFEST_CONTEXT.to_vec();
+    aad.extend_from_slice(id.as_bytes());
+    aad
+}
+
 pub fn manifest_key(id: &str) -> String {
     format!("backups/{id}.json")
 }
@@ -120,9 +131,9 @@ impl Repository {
         if config.format != FORMAT_NAME {
             return Err(RepoError::NotARepository(store.location()));
         }
-        if config.version != FORMAT_VERSION {
+        if config.version != FORMAT_VERSION && config.version != SEALED_FORMAT_VERSION {
             return Err(RepoError::Unsupported(format!(
-                "repository format version {} (this etcdguard reads version {FORMAT_VERSION}); upgrade etcdguard",
+                "repository format version {} (this etcdguard reads versions {FORMAT_VERSION} and {SEALED_FORMAT_VERSION}); upgrade etcdguard",
                 config.version
             )));
         }
@@ -132,6 +143,14 @@ impl Repository {
         let c = &config.chunking;
         if c.kind != "fixed-page-multiple" || c.chunk_size < 512 || c.chunk_size & 511 != 0 || c.chunk_size > (16 << 20) || c.list_fanout == 0 || c.list_fanout > (1 << 20) {
             return Err(RepoError::Damaged(format!("{}/config: unsupported chunking {c:?}", store.location())));
+        }
+        // The config is not authenticated: one that says "not encrypted" beside key files
+        // was edited (to make a passphrase-holder read planted plain data).
+        if config.encryption == crypto::NONE && !store.list("keys/")?.is_empty() {
+            return Err(RepoError::Damaged(format!(
+                "{}/config says the repository is not encrypted, but it holds keys/: the config was modified",
+                store.location()
+            )));
         }
         Ok(Repository { store, config, keys: None, unlocked_by: None })
     }
@@ -148,7 +167,7 @@ impl Repository {
         }
         let config = Config {
             format: FORMAT_NAME.into(),
-            version: FORMAT_VERSION,
+            version: if opts.passphrase.is_some() { SEALED_FORMAT_VERSION } else { FORMAT_VERSION },
             id: format!("{:032x}", rand::random::<u128>()),
             created: Utc::now(),
             chunking: Chunking {
@@ -324,11 +343,59 @@ impl Repository {
             if Id::parse(name) != Some(Id::of(&bytes)) {
                 return Err(RepoError::Damaged(format!("{}: content does not match its name (damaged)", obj.key)));
             }
-            let part = Index::decode(&bytes).map_err(|e| RepoError::Damaged(format!("{}: {e}", obj.key)))?;
+            let part = self.decode_index(&obj.key, &bytes)?;
             index.merge(&part);
             keys.push(obj.key);
         }
         Ok((keys, index))
+    }
+
+    /// Whether the config says manifests and index files are sealed (format 2; checked
+    /// against the key, which cannot be edited, once the repository is unlocked).
+    fn seals_metadata(&self) -> bool {
+        self.is_encrypted() && self.config.version >= SEALED_FORMAT_VERSION
+    }
+
+    /// The keys when manifests and index files are sealed/authenticated under them.
+    fn metadata_keys(&self) -> Option<&Keys> {
+        self.keys.as_ref().filter(|k| k.authenticates_metadata())
+    }
+
+    /// An index file as stored: in format 2, `EGINDX02`, the entries, then an HMAC of all
+    /// that under the master key.
+    fn encode_index(&self, index: &Index) -> Vec<u8> {
+        let mut data = index.encode();
+        if let Some(keys) = self.metadata_keys() {
+            data[..8].copy_from_slice(INDEX_MAGIC_SEALED);
+            let tag = keys.mac(crypto::INDEX_CONTEXT, &data);
+            data.extend_from_slice(&tag);
+        }
+        data
+    }
+
+    fn decode_index(&self, key: &str, bytes: &[u8]) -> Result<Index, RepoError> {
+        let damaged = |m: &str| RepoError::Damaged(format!("{key}: {m}"));
+        let mut body;
+        if bytes.starts_with(INDEX_MAGIC_SEALED) {
+            if bytes.len() < 8 + 32 {
+                return Err(damaged("truncated index (no MAC)"));
+            }
+            let (data, tag) = bytes.split_at(bytes.len() - 32);
+            // Without the key (list/show) it cannot be checked; every content operation has it.
+            if let Some(keys) = &self.keys {
+                if !keys.verify_mac(crypto::INDEX_CONTEXT, data, tag) {
+                    return Err(damaged("the index was modified (its MAC does not match the repository key)"));
+                }
+            }
+            body = data.to_vec();
+            body[..8].copy_from_slice(crate::pack::INDEX_MAGIC);
+        } else {
+            if self.metadata_keys().is_some() || self.seals_metadata() {
+                return Err(damaged("index file without a MAC in a repository whose index files all have one: it was planted or modified"));
+            }
+            body = bytes.to_vec();
+        }
+        Index::decode(&body).map_err(|e| damaged(&e.to_string()))
     }
 
     /// Every backup, oldest first. Manifests that cannot be read are returned as errors
@@ -354,10 +421,33 @@ impl Repository {
             Err(StoreError::NotFound(_)) => return Err(RepoError::BackupNotFound(id.to_string())),
             Err(e) => return Err(e.into()),
         };
-        let m: Manifest = serde_json::from_slice(&bytes)
+        let mut m: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| RepoError::Damaged(format!("backups/{id}.json: not a backup manifest: {e}")))?;
         if m.id != id {
             return Err(RepoError::Damaged(format!("backups/{id}.json names itself {:?}", m.id)));
+        }
+        let modified = |why: &str| {
+            RepoError::Damaged(format!(
+                "backups/{id}.json: the manifest was modified ({why}); do not restore from it, and check who can write to the repository"
+            ))
+        };
+        match (self.metadata_keys(), m.sealed.take()) {
+            (Some(keys), Some(sealed)) => {
+                let sealed = crypto::unhex(&sealed).ok_or_else(|| modified("its sealed part is not hex"))?;
+                let plain = keys.open_document(&manifest_aad(id), &sealed).ok_or_else(|| {
+                    modified("its sealed part does not open under the repository key for this backup id")
+                })?;
+                let full: Manifest = serde_json::from_slice(&plain).map_err(|e| modified(&format!("sealed part: {e}")))?;
+                if full.id != id || full.public_part() != m {
+                    return Err(modified("its public part differs from the sealed one"));
+                }
+                return Ok(full);
+            }
+            (Some(_), None) => return Err(modified("it is not sealed, but every manifest of this repository is")),
+            (None, None) if self.seals_metadata() => {
+                return Err(modified("it is not sealed, but every manifest of this repository is"))
+            }
+            (None, sealed) => m.sealed = sealed,
         }
         Ok(m)
     }
@@ -475,6 +565,12 @@ impl Repository {
     /// Writes a part's content to `out`, checking every chunk's hash and the whole part's
     /// sha256. Consecutive chunks stored next to each other are fetched in one range read.
     pub fn read_part(&self, index: &Index, part: &Part, out: &mut dyn Write) -> Result<(), RepoError> {
+        self.read_part_to(index, part, out, None)
+    }
+
+    /// As [`Repository::read_part`]; a failed write names `dest` ("writing /x: No space left
+    /// on device").
+    fn read_part_to(&self, index: &Index, part: &Part, out: &mut dyn Write, dest: Option<&Path>) -> Result<(), RepoError> {
         let keys = self.keys()?;
         let ids = self.chunk_ids(index, part)?;
         let mut hasher = Sha256::new();
@@ -503,7 +599,10 @@ impl Repository {
                     .map_err(|e| RepoError::Damaged(format!("pack {}: {e}", loc.pack.hex())))?;
                 hasher.update(&raw);
                 written += raw.len() as u64;
-                out.write_all(&raw).map_err(|e| RepoError::Io(format!("writing: {e}")))?;
+                out.write_all(&raw).map_err(|e| match dest {
+                    Some(d) => RepoError::Io(format!("writing {}: {e}", d.display())),
+                    None => RepoError::Io(format!("writing: {e}")),
+                })?;
             }
             i = j;
         }
@@ -527,13 +626,14 @@ impl Repository {
             rand::random::<u32>()
         ));
         let io_err = |what: &Path, e: io::Error| RepoError::Io(format!("{}: {e}", what.display()));
+        let write_err = |e: io::Error| RepoError::Io(format!("writing {}: {e}", dest.display()));
         let result = (|| {
             use std::os::unix::fs::OpenOptionsExt;
             let f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(|e| io_err(&tmp, e))?;
             let mut w = io::BufWriter::with_capacity(1 << 20, f);
-            self.read_part(index, part, &mut w)?;
-            let f = w.into_inner().map_err(|e| io_err(&tmp, e.into_error()))?;
-            f.sync_all().map_err(|e| io_err(&tmp, e))?;
+            self.read_part_to(index, part, &mut w, Some(dest))?;
+            let f = w.into_inner().map_err(|e| write_err(e.into_error()))?;
+            f.sync_all().map_err(write_err)?;
             if mode != 0o600 {
                 fs::set_permissions(&tmp, fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| io_err(&tmp, e))?;
             }
@@ -554,45 +654,93 @@ impl Repository {
     }
 
     /// Unpacks the control-plane files of a backup under `dir` with their modes. Existing
-    /// files are not overwritten.
+    /// files are not overwritten, nothing is written through a symlink (one the backup
+    /// names or one already in `dir`), and private keys are written 0600 whatever the
+    /// manifest says (see `beneath`: the manifest of an unencrypted repository is not
+    /// authenticated).
     pub fn restore_files(&self, index: &Index, manifest: &Manifest, dir: &Path) -> Result<usize, RepoError> {
+        use crate::beneath::{mkdir_at, mkdirs_beneath, open_beneath, symlink_at};
         let io_err = |what: &Path, e: io::Error| RepoError::Io(format!("{}: {e}", what.display()));
+        let entries = restore_plan(manifest)?;
         fs::DirBuilder::new().recursive(true).mode_private().create(dir).map_err(|e| io_err(dir, e))?;
+        let root = fs::File::open(dir).map_err(|e| io_err(dir, e))?;
         let mut n = 0;
         let mut dir_modes = Vec::new();
-        for f in &manifest.files {
-            let rel = safe_relative(&f.path).ok_or_else(|| RepoError::Damaged(format!("file path {:?} escapes the target", f.path)))?;
+        let mut private_dirs: HashSet<&Path> = HashSet::new();
+        for (f, rel) in entries {
             let dest = dir.join(rel);
-            if let Some(parent) = dest.parent() {
-                fs::DirBuilder::new().recursive(true).mode_private().create(parent).map_err(|e| io_err(parent, e))?;
-            }
+            let name = rel.file_name().expect("a planned path has a name");
+            let parent_rel = rel.parent().unwrap_or(Path::new(""));
+            let parent = mkdirs_beneath(&root, parent_rel).map_err(|e| beneath_error(&dest, e))?;
             match f.kind {
                 FileKind::Dir => {
-                    fs::DirBuilder::new().recursive(true).mode_private().create(&dest).map_err(|e| io_err(&dest, e))?;
-                    dir_modes.push((dest, f.mode));
+                    mkdir_at(&parent, name).map_err(|e| beneath_error(&dest, e))?;
+                    dir_modes.push((rel, f.mode));
                 }
                 FileKind::Symlink => {
                     let target = f.target.as_deref().unwrap_or_default();
-                    std::os::unix::fs::symlink(target, &dest).map_err(|e| {
-                        if e.kind() == io::ErrorKind::AlreadyExists {
-                            RepoError::DestinationExists(dest.display().to_string())
-                        } else {
-                            io_err(&dest, e)
-                        }
-                    })?;
+                    symlink_at(std::ffi::OsStr::new(target), &parent, name).map_err(|e| beneath_error(&dest, e))?;
                 }
                 FileKind::File => {
                     let part = f.content.as_ref().ok_or_else(|| RepoError::Damaged(format!("file {:?} has no content", f.path)))?;
-                    self.restore_part_to_file(index, part, &dest, f.mode)?;
+                    let private = self.restore_part_at(index, part, &parent, name, &dest, &f.path, f.mode)?;
+                    if private {
+                        private_dirs.extend(rel.ancestors().skip(1));
+                    }
                 }
             }
             n += 1;
         }
-        // Directory modes last, so a read-only directory does not stop its own restore.
-        for (d, mode) in dir_modes.into_iter().rev() {
-            fs::set_permissions(&d, fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| io_err(&d, e))?;
+        // Directory modes last, so a read-only directory does not stop its own restore; a
+        // directory holding a private key is never group- or world-writable.
+        for (rel, mode) in dir_modes.into_iter().rev() {
+            let d = dir.join(rel);
+            let mut mode = mode & 0o777;
+            if private_dirs.contains(rel) {
+                mode &= !0o022;
+            }
+            let handle = open_beneath(&root, rel).map_err(|e| beneath_error(&d, e))?;
+            handle.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| io_err(&d, e))?;
         }
         Ok(n)
+    }
+
+    /// Reassembles a part as `name` in the directory `parent` (a private temporary file
+    /// created there without following symlinks, linked into place only once complete).
+    /// Returns whether it holds a private key (then it is 0600 whatever `mode` says).
+    #[allow(clippy::too_many_arguments)]
+    fn restore_part_at(
+        &self,
+        index: &Index,
+        part: &Part,
+        parent: &fs::File,
+        name: &std::ffi::OsStr,
+        dest: &Path,
+        manifest_path: &str,
+        mode: u32,
+    ) -> Result<bool, RepoError> {
+        use crate::beneath::{create_file_at, link_at, unlink_at, BeneathError};
+        let tmp_name = std::ffi::OsString::from(format!(".{}.etcdguard-{:08x}", name.to_string_lossy(), rand::random::<u32>()));
+        let write_err = |e: io::Error| RepoError::Io(format!("writing {}: {e}", dest.display()));
+        let f = create_file_at(parent, &tmp_name).map_err(|e| beneath_error(dest, e))?;
+        let result = (|| {
+            let mut scan = PrivateKeyScan::new(io::BufWriter::with_capacity(1 << 20, f));
+            self.read_part_to(index, part, &mut scan, Some(dest))?;
+            let private = scan.found || is_private_key_path(manifest_path);
+            let f = scan.inner.into_inner().map_err(|e| write_err(e.into_error()))?;
+            let mode = if private { 0o600 } else { mode & 0o777 };
+            f.set_permissions(fs::Permissions::from_mode(mode)).map_err(write_err)?;
+            f.sync_all().map_err(write_err)?;
+            drop(f);
+            link_at(parent, &tmp_name, name).map_err(|e| match e {
+                BeneathError::Exists => RepoError::DestinationExists(dest.display().to_string()),
+                other => beneath_error(dest, other),
+            })?;
+            parent.sync_all().map_err(write_err)?;
+            Ok(private)
+        })();
+        let _ = unlink_at(parent, &tmp_name);
+        result
     }
 
     /// Reads every part of a backup back (without writing it anywhere but `snapshot_out`)
@@ -779,7 +927,7 @@ impl Repository {
             )));
         }
         // 3. One new index for everything kept, then the old index files, then the packs.
-        let data = keep_index.encode();
+        let data = self.encode_index(&keep_index);
         let new_key = format!("index/{}", Id::of(&data).hex());
         self.store.put(&new_key, Bytes::from(data))?;
         lock.check_held()?;
@@ -812,6 +960,8 @@ impl Repository {
     /// Rebuilds the index from the pack headers (for a repository whose index files were
     /// lost or damaged). Replaces all index files with one.
     pub fn rebuild_index(&self) -> Result<usize, RepoError> {
+        // The new index is authenticated under the key in an encrypted repository.
+        self.keys()?;
         let _lock = Lock::acquire(self.store.clone(), true, "index rebuild")?;
         let mut index = Index::new();
         let mut n = 0;
@@ -826,7 +976,7 @@ impl Repository {
             n += 1;
         }
         let old: Vec<String> = self.store.list("index/")?.into_iter().map(|o| o.key).collect();
-        let data = index.encode();
+        let data = self.encode_index(&index);
         let key = format!("index/{}", Id::of(&data).hex());
         self.store.put(&key, Bytes::from(data))?;
         for k in old.iter().filter(|k| **k != key) {
@@ -929,6 +1079,89 @@ impl PrivateDirs for fs::DirBuilder {
     fn mode_private(&mut self) -> &mut Self {
         use std::os::unix::fs::DirBuilderExt;
         self.mode(0o700)
+    }
+}
+
+/// The files of a manifest to restore, checked as a whole before anything is written:
+/// plain relative paths, each once, and none below a symlink or a file of the same backup
+/// (`add_path` never descends into either, so such a manifest was made by hand).
+fn restore_plan(manifest: &Manifest) -> Result<Vec<(&FileEntry, &Path)>, RepoError> {
+    let mut seen = HashSet::new();
+    let mut not_dirs = HashSet::new();
+    let mut out = Vec::new();
+    for f in &manifest.files {
+        let rel = safe_relative(&f.path).ok_or_else(|| RepoError::Damaged(format!("file path {:?} escapes the target", f.path)))?;
+        if !seen.insert(rel) {
+            return Err(RepoError::Damaged(format!("file path {:?} appears twice in backup {}", f.path, manifest.id)));
+        }
+        if f.kind != FileKind::Dir {
+            not_dirs.insert(rel);
+        }
+        out.push((f, rel));
+    }
+    for (f, rel) in &out {
+        if let Some(p) = rel.ancestors().skip(1).find(|a| not_dirs.contains(a)) {
+            return Err(RepoError::Damaged(format!(
+                "backup {}: {:?} lies below {:?}, which the backup holds as a symlink or file; refusing to write \
+                 through it (was the manifest modified?); nothing was restored",
+                manifest.id,
+                f.path,
+                p.display()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn beneath_error(dest: &Path, e: crate::beneath::BeneathError) -> RepoError {
+    use crate::beneath::BeneathError;
+    match e {
+        BeneathError::Exists => RepoError::DestinationExists(dest.display().to_string()),
+        BeneathError::Symlink(c) => RepoError::Io(format!(
+            "{}: {c:?} on the way is a symlink or not a directory; refusing to write through it (restore into an empty directory)",
+            dest.display()
+        )),
+        BeneathError::Io(e) => RepoError::Io(format!("writing {}: {e}", dest.display())),
+    }
+}
+
+/// Files restored 0600 by name: `*.key`, and the API server's encryption config.
+fn is_private_key_path(path: &str) -> bool {
+    path.ends_with(".key") || path.starts_with("encryption-config/")
+}
+
+/// Passes bytes through and notes whether they contain a private key: a PEM private key
+/// (`-----BEGIN … PRIVATE KEY-----`) or a kubeconfig's embedded client key.
+struct PrivateKeyScan<W: Write> {
+    inner: W,
+    /// The last bytes seen, so a marker split across writes is still found.
+    tail: Vec<u8>,
+    found: bool,
+}
+
+const PRIVATE_KEY_MARKERS: [&[u8]; 2] = [b"PRIVATE KEY-----", b"client-key-data:"];
+
+impl<W: Write> PrivateKeyScan<W> {
+    fn new(inner: W) -> Self {
+        PrivateKeyScan { inner, tail: Vec::new(), found: false }
+    }
+}
+
+impl<W: Write> Write for PrivateKeyScan<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if !self.found {
+            let mut window = std::mem::take(&mut self.tail);
+            window.extend_from_slice(&buf[..n]);
+            self.found = PRIVATE_KEY_MARKERS.iter().any(|m| window.windows(m.len()).any(|w| w == *m));
+            let keep = window.len().saturating_sub(32);
+            self.tail = window.split_off(keep);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -1188,7 +1421,7 @@ impl<'r> BackupWriter<'r> {
         let uploader = std::mem::replace(&mut self.uploader, Uploader { tx: None, threads: Vec::new(), error: Arc::default() });
         uploader.finish()?;
         if self.written.blob_count() > 0 {
-            let data = self.written.encode();
+            let data = self.repo.encode_index(&self.written);
             self.repo.store.put(&format!("index/{}", Id::of(&data).hex()), Bytes::from(data))?;
         }
         let created = Utc::now();
@@ -1210,8 +1443,23 @@ impl<'r> BackupWriter<'r> {
             files: std::mem::take(&mut self.files),
             encoding: PartEncoding { compression: "zstd".into(), encryption: self.repo.config.encryption.clone() },
             sizes,
+            sealed: None,
         };
-        let body = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+        let manifest = match self.repo.metadata_keys() {
+            Some(_) => Manifest { version: SEALED_FORMAT_VERSION, ..manifest },
+            None => manifest,
+        };
+        let body = match self.repo.metadata_keys() {
+            // Format 2: the whole manifest sealed, beside the public part list/show read.
+            Some(keys) => {
+                let full = Manifest { version: SEALED_FORMAT_VERSION, ..manifest.clone() };
+                let plain = serde_json::to_vec(&full).expect("manifest serializes");
+                let sealed = keys.seal_document(&manifest_aad(&id), &plain);
+                let public = Manifest { sealed: Some(hex(&sealed)), ..full.public_part() };
+                serde_json::to_vec_pretty(&public).expect("manifest serializes")
+            }
+            None => serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
+        };
         // Once the lock expired a prune may have run and deleted packs this backup dedups
         // against: record nothing then.
         self.lock.check_held()?;
@@ -1358,6 +1606,111 @@ mod tests {
         other.prune(None, false).unwrap();
         assert_eq!(restore(&other, &m2), data);
         assert!(matches!(Repository::open(store).unwrap().prune(None, true), Err(RepoError::KeyRequired(_))));
+    }
+
+    fn encrypted_repo(dir: &Path) -> (Repository, Arc<dyn Store>) {
+        let store: Arc<dyn Store> = Arc::new(LocalDir::new(dir.to_path_buf()));
+        let opts = InitOptions { chunk_size: 4096, pack_size: 64 * 1024, passphrase: Some(Passphrase::new(b"pw".to_vec())), kdf: cheap_kdf() };
+        (Repository::init(store.clone(), &opts).unwrap(), store)
+    }
+
+    #[test]
+    fn encrypted_manifests_are_sealed_and_any_edit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, store) = encrypted_repo(dir.path());
+        assert_eq!(r.config().version, SEALED_FORMAT_VERSION);
+        let src = dir.path().join("secret-names");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("very-secret-ca.key"), b"key").unwrap();
+        let mut w = r.begin_backup().unwrap();
+        let part = w.add_snapshot(&mut &db(41)[..], 4096).unwrap();
+        w.add_path_as("pki", &src).unwrap();
+        let mut labels = BTreeMap::new();
+        labels.insert("env".to_string(), "prod".to_string());
+        let m = w.commit(part, BackupMeta { labels, ..meta() }).unwrap();
+        assert_eq!(m.files.len(), 2);
+        let key = manifest_key(&m.id);
+        let stored = String::from_utf8(store.get(&key).unwrap().to_vec()).unwrap();
+        for secret in ["very-secret-ca.key", &src.display().to_string(), &m.snapshot.sha256] {
+            assert!(!stored.contains(secret), "{secret} is in the manifest in clear");
+        }
+        // Without the key: the public part, marked as sealed.
+        let locked = Repository::open(store.clone()).unwrap();
+        let public = locked.manifest(&m.id).unwrap();
+        assert!(public.contents_sealed() && public.files.is_empty());
+        assert_eq!((public.labels.clone(), public.etcd.clone(), public.snapshot.size), (m.labels.clone(), m.etcd.clone(), m.snapshot.size));
+        // With the key: the whole manifest, checked.
+        assert_eq!(r.manifest(&m.id).unwrap(), m);
+
+        let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_str(&stored).unwrap();
+            f(&mut v);
+            store.put(&key, Bytes::from(serde_json::to_vec(&v).unwrap())).unwrap();
+            let err = r.manifest(&m.id).unwrap_err();
+            assert!(matches!(err, RepoError::Damaged(ref s) if s.contains("was modified")), "{err}");
+        };
+        edit(&|v| v["labels"]["env"] = "dev".into());
+        edit(&|v| v["etcd"]["revision"] = 1.into());
+        edit(&|v| v["snapshot"]["chunk_lists"] = serde_json::json!([]));
+        edit(&|v| {
+            let s = v["sealed"].as_str().unwrap().to_string();
+            let mut b = s.into_bytes();
+            b[100] = if b[100] == b'0' { b'1' } else { b'0' };
+            v["sealed"] = String::from_utf8(b).unwrap().into();
+        });
+        edit(&|v| {
+            v.as_object_mut().unwrap().remove("sealed");
+        });
+        // A manifest written as format 1 (a plain one planted by hand) is refused too.
+        edit(&|v| {
+            v.as_object_mut().unwrap().remove("sealed");
+            v["version"] = 1.into();
+            v["files"] = serde_json::json!([{"path": "pki/evil", "source": "x", "kind": "symlink", "mode": 511, "target": "/tmp"}]);
+        });
+        // A sealed part moved to another backup id does not open.
+        let m2 = backup(&r, &db(42));
+        let mut v: serde_json::Value = serde_json::from_str(&stored).unwrap();
+        let other: serde_json::Value = serde_json::from_slice(&store.get(&manifest_key(&m2.id)).unwrap()).unwrap();
+        v["sealed"] = other["sealed"].clone();
+        store.put(&key, Bytes::from(serde_json::to_vec(&v).unwrap())).unwrap();
+        assert!(matches!(r.manifest(&m.id), Err(RepoError::Damaged(_))));
+        store.put(&key, Bytes::from(stored.clone())).unwrap();
+        assert_eq!(r.manifest(&m.id).unwrap(), m);
+    }
+
+    #[test]
+    fn encrypted_index_files_are_authenticated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, store) = encrypted_repo(dir.path());
+        let m = backup(&r, &db(43));
+        let index_key = store.list("index/").unwrap()[0].key.clone();
+        let bytes = store.get(&index_key).unwrap().to_vec();
+        assert_eq!(&bytes[..8], b"EGINDX02");
+        assert!(r.load_index().is_ok());
+        // An entry changed (and the file renamed to its new sha256, as an attacker would).
+        let mut forged = bytes.clone();
+        forged[8 + 36 + 2] ^= 1;
+        store.delete(&index_key).unwrap();
+        store.put(&format!("index/{}", Id::of(&forged).hex()), Bytes::from(forged.clone())).unwrap();
+        let err = r.load_index().unwrap_err();
+        assert!(matches!(err, RepoError::Damaged(ref s) if s.contains("modified")), "{err}");
+        // Without its MAC, as a format 1 file.
+        store.delete(&format!("index/{}", Id::of(&forged).hex())).unwrap();
+        let mut plain = bytes[..bytes.len() - 32].to_vec();
+        plain[..8].copy_from_slice(crate::pack::INDEX_MAGIC);
+        store.put(&format!("index/{}", Id::of(&plain).hex()), Bytes::from(plain.clone())).unwrap();
+        assert!(matches!(r.load_index(), Err(RepoError::Damaged(_))));
+        // Without the key the index is read unchecked (metadata only); rebuilt, all is well.
+        assert!(Repository::open(store.clone()).unwrap().load_index().is_err(), "a plain index in a sealed repository");
+        store.delete(&format!("index/{}", Id::of(&plain).hex())).unwrap();
+        r.rebuild_index().unwrap();
+        assert_eq!(restore(&r, &m), db(43));
+        // A config edited to say "not encrypted" is refused.
+        let mut config: serde_json::Value = serde_json::from_slice(&store.get("config").unwrap()).unwrap();
+        config["encryption"] = "none".into();
+        config["version"] = 1.into();
+        store.put("config", Bytes::from(serde_json::to_vec(&config).unwrap())).unwrap();
+        assert!(matches!(Repository::open(store), Err(RepoError::Damaged(_))));
     }
 
     #[test]
@@ -1643,6 +1996,56 @@ mod tests {
         assert!(matches!(err, RepoError::Locked(_)), "{err}");
         drop(w);
         r.prune(None, false).unwrap();
+    }
+
+    #[test]
+    fn restore_never_writes_through_symlinks_and_keeps_keys_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let src = dir.path().join("pki");
+        fs::create_dir_all(&src).unwrap();
+        fs::set_permissions(&src, fs::Permissions::from_mode(0o777)).unwrap();
+        fs::write(src.join("ca.key"), b"secret key").unwrap();
+        fs::write(src.join("bundle.pem"), b"cert\n-----BEGIN EC PRIVATE KEY-----\nxyz\n").unwrap();
+        fs::write(src.join("ca.crt"), b"cert").unwrap();
+        for f in ["ca.key", "bundle.pem", "ca.crt"] {
+            fs::set_permissions(src.join(f), fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let r = repo(&dir.path().join("repo"), 1 << 20);
+        let mut w = r.begin_backup().unwrap();
+        let part = w.add_snapshot(&mut &db(5)[..], 4096).unwrap();
+        w.add_path_as("pki", &src).unwrap();
+        let m = w.commit(part, meta()).unwrap();
+        let index = r.load_index().unwrap();
+        let out = dir.path().join("out");
+        r.restore_files(&index, &m, &out).unwrap();
+        let mode = |p: &str| fs::symlink_metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("pki/ca.key"), 0o600, "a key by name");
+        assert_eq!(mode("pki/bundle.pem"), 0o600, "a key by content");
+        assert_eq!(mode("pki/ca.crt"), 0o644);
+        assert_eq!(mode("pki"), 0o755, "a directory holding keys is not group/world-writable");
+
+        // A hand-made symlink entry, then a file below it: refused before anything is written.
+        let mut evil = m.clone();
+        let file = evil.files.iter().find(|f| f.path == "pki/ca.crt").unwrap().clone();
+        evil.files.push(FileEntry {
+            path: "pki/evil".into(),
+            kind: FileKind::Symlink,
+            target: Some(outside.path().display().to_string()),
+            content: None,
+            ..file.clone()
+        });
+        evil.files.push(FileEntry { path: "pki/evil/x".into(), ..file.clone() });
+        let out2 = dir.path().join("out2");
+        let err = r.restore_files(&index, &evil, &out2).unwrap_err();
+        assert!(matches!(err, RepoError::Damaged(ref s) if s.contains("symlink")), "{err}");
+        assert!(!out2.join("pki").exists(), "something was restored");
+        // A symlink already in the target is not followed either.
+        let out3 = dir.path().join("out3");
+        fs::create_dir_all(&out3).unwrap();
+        std::os::unix::fs::symlink(outside.path(), out3.join("pki")).unwrap();
+        assert!(r.restore_files(&index, &m, &out3).is_err());
+        assert!(fs::read_dir(outside.path()).unwrap().next().is_none(), "written outside the target");
     }
 
     #[test]
