@@ -180,3 +180,40 @@ fn encrypted_manifest_edits_are_refused() {
     write_manifest(&repo, &id, &original);
     ok_with(&mut with_pass(), &["backup", "verify", &id, "--repo", repo_s]);
 }
+
+/// `backup verify` (without `--packs`) checks the framing of every pack it reads: a
+/// damaged trailer or header fails it (exit 10) and nothing is recorded, although each
+/// blob alone would still read back.
+#[test]
+fn verify_fails_on_a_damaged_pack_trailer_or_header_and_records_nothing() {
+    let snaps = snapshots();
+    let work = scratch("tamper-framing");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let id = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()]));
+    let mut packs = Vec::new();
+    for sub in std::fs::read_dir(repo.join("packs")).unwrap() {
+        for p in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            packs.push(p.unwrap().path());
+        }
+    }
+    packs.sort();
+    let pack = &packs[0];
+    let good = std::fs::read(pack).unwrap();
+    let n = good.len();
+    let header_len = u32::from_le_bytes(good[n - 12..n - 8].try_into().unwrap()) as usize;
+    let header_start = n - 12 - header_len;
+    let verified = repo.join("verified").join(format!("{id}.json"));
+    for (what, at) in [("the magic", n - 1), ("the header's first entry", header_start + 4 + 3)] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x40;
+        std::fs::write(pack, &bad).unwrap();
+        let _ = std::fs::remove_file(&verified);
+        let err = fails(&["backup", "verify", &id, "--repo", repo_s], 10);
+        assert!(err.contains("pack"), "{what}: {err}");
+        assert!(!verified.exists(), "{what}: a verification was recorded");
+    }
+    std::fs::write(pack, &good).unwrap();
+    ok(&["backup", "verify", &id, "--repo", repo_s]);
+    assert!(verified.exists());
+}

@@ -488,7 +488,14 @@ impl Repository {
         }
     }
 
+    /// Records a successful `backup verify`. What it records must mean a restore will work,
+    /// so the framing of every pack the backup reads (trailer, header, header covering the
+    /// blob area, entries as the index says) is checked first; a damaged one fails
+    /// (`Damaged`) and nothing is recorded.
     pub fn record_verification(&self, id: &str) -> Result<(), RepoError> {
+        let manifest = self.manifest(id)?;
+        let index = self.load_index()?;
+        self.check_framing(&index, &manifest)?;
         let v = serde_json::json!({"backup": id, "verified": Utc::now(), "tool_version": env!("CARGO_PKG_VERSION")});
         self.store.put(&verified_key(id), Bytes::from(v.to_string()))?;
         Ok(())
@@ -983,6 +990,44 @@ impl Repository {
             self.store.delete(k)?;
         }
         Ok(n)
+    }
+
+    /// Checks the framing of every pack a backup reads: its trailer and magic, a header that
+    /// covers the blob area exactly, and header entries equal to the index's entries for
+    /// that pack. Two small range reads per pack. Returns how many packs were checked.
+    pub fn check_framing(&self, index: &Index, manifest: &Manifest) -> Result<usize, RepoError> {
+        let mut packs: Vec<Id> = Vec::new();
+        let mut seen = HashSet::new();
+        let parts = std::iter::once(&manifest.snapshot).chain(manifest.files.iter().filter_map(|f| f.content.as_ref()));
+        for part in parts {
+            for id in part.chunk_lists.iter().copied().chain(self.chunk_ids(index, part)?) {
+                let loc = self.locate(index, &id)?;
+                if seen.insert(loc.pack) {
+                    packs.push(loc.pack);
+                }
+            }
+        }
+        let sizes: HashMap<String, u64> = self.store.list("packs/")?.into_iter().map(|o| (o.key, o.size)).collect();
+        for pack in &packs {
+            let key = pack_key(pack);
+            let damaged = |m: String| RepoError::Damaged(format!("pack {}: {m}", pack.hex()));
+            let Some(&size) = sizes.get(&key) else {
+                return Err(damaged("in the index but missing from the repository".into()));
+            };
+            if size < crate::pack::PACK_TAIL as u64 {
+                return Err(damaged(format!("{size} bytes, too short to be a pack")));
+            }
+            let tail = self.pack_range(pack, size - crate::pack::PACK_TAIL as u64..size)?;
+            let header_len = crate::pack::parse_pack_tail(&tail, size).map_err(|e| damaged(e.to_string()))?;
+            let header_start = size - crate::pack::PACK_TAIL as u64 - header_len;
+            let header = self.pack_range(pack, header_start..size - crate::pack::PACK_TAIL as u64)?;
+            let mut entries = crate::pack::parse_pack_header(&header, header_start).map_err(|e| damaged(e.to_string()))?;
+            entries.sort_by_key(|e| e.offset);
+            if entries != index.pack_entries(pack) {
+                return Err(damaged("its header does not list what the index says it holds".into()));
+            }
+        }
+        Ok(packs.len())
     }
 
     /// Checks every pack's name against its content and header (`backup verify --packs`).
@@ -1823,6 +1868,36 @@ mod tests {
         let (n, problems) = r.check_packs().unwrap();
         assert_eq!(n, packs.len());
         assert_eq!(problems.len(), 1, "{problems:?}");
+    }
+
+    #[test]
+    fn a_verification_is_recorded_only_when_every_pack_is_framed_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path(), 1 << 20);
+        let m = backup(&r, &db(51));
+        r.record_verification(&m.id).unwrap();
+        assert!(r.verification(&m.id).unwrap().is_some());
+        let pack = dir.path().join(&r.store.list("packs/").unwrap()[0].key);
+        let good = fs::read(&pack).unwrap();
+        let n = good.len();
+        let count_pos = n - crate::pack::PACK_TAIL - u32::from_le_bytes(good[n - 12..n - 8].try_into().unwrap()) as usize;
+        let damages: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+            ("magic", Box::new(|b: &mut Vec<u8>| *b.last_mut().unwrap() ^= 0x20)),
+            ("header length", Box::new(|b: &mut Vec<u8>| b[n - 12] ^= 0x01)),
+            ("header entry", Box::new(move |b: &mut Vec<u8>| b[count_pos + 4 + 2] ^= 0x01)),
+        ];
+        for (what, damage) in damages {
+            r.store.delete(&verified_key(&m.id)).unwrap();
+            let mut bytes = good.clone();
+            damage(&mut bytes);
+            fs::write(&pack, &bytes).unwrap();
+            // The blobs themselves still read back: only the framing is damaged.
+            let err = r.record_verification(&m.id).unwrap_err();
+            assert!(matches!(err, RepoError::Damaged(_)), "{what}: {err}");
+            assert!(r.verification(&m.id).unwrap().is_none(), "{what}: recorded");
+        }
+        fs::write(&pack, &good).unwrap();
+        r.record_verification(&m.id).unwrap();
     }
 
     #[test]
