@@ -525,6 +525,27 @@ mod tests {
         assert!(fs::read_dir(outside.path()).unwrap().next().is_none(), "written outside the target");
     }
 
+    /// A full disk names the file being written.
+    #[test]
+    fn a_failed_write_names_the_file() {
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::from_raw_os_error(libc::ENOSPC))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path(), 1 << 20);
+        let m = backup(&r, &db(61));
+        let index = r.load_index().unwrap();
+        let dest = Path::new("/srv/restore/pki/ca.key");
+        let err = r.read_part_to(&index, &m.snapshot, &mut Full, Some(dest)).unwrap_err();
+        assert_eq!(err.to_string(), "writing /srv/restore/pki/ca.key: No space left on device (os error 28)");
+    }
+
     #[test]
     fn files_round_trip_with_modes() {
         let dir = tempfile::tempdir().unwrap();
