@@ -410,7 +410,8 @@ mod tests {
         let good = fs::read(&pack).unwrap();
         let n = good.len();
         let count_pos = n - crate::pack::PACK_TAIL - u32::from_le_bytes(good[n - 12..n - 8].try_into().unwrap()) as usize;
-        let damages: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+        type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+        let damages: Vec<(&str, Damage)> = vec![
             ("magic", Box::new(|b: &mut Vec<u8>| *b.last_mut().unwrap() ^= 0x20)),
             ("header length", Box::new(|b: &mut Vec<u8>| b[n - 12] ^= 0x01)),
             ("header entry", Box::new(move |b: &mut Vec<u8>| b[count_pos + 4 + 2] ^= 0x01)),
