@@ -174,6 +174,14 @@ impl Session {
         })
     }
 
+    /// Every lease on `endpoint` with its granted TTL (see [`Connection::leases`]).
+    pub fn leases(&self, endpoint: &str, known: &std::collections::HashMap<i64, i64>) -> Result<Vec<(i64, i64)>, ClientError> {
+        self.rt.block_on(async {
+            let mut conn = connect_with(&self.cfg, self.tls.as_ref(), endpoint).await?;
+            conn.leases(known).await
+        })
+    }
+
     /// Runs `f` on a fresh connection to each endpoint concurrently; results in input order
     /// with the time each took (connecting included).
     fn for_each<T, F, Fut>(&self, endpoints: &[String], f: F) -> Vec<(Result<T, ClientError>, std::time::Duration)>
