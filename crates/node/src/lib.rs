@@ -563,6 +563,40 @@ impl Plan {
     }
 }
 
+/// `3.5.0` / `3.6` → (3, 5) / (3, 6).
+fn major_minor(v: &str) -> Option<(u32, u32)> {
+    let mut parts = v.trim().trim_start_matches('v').split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Refuses a snapshot written by a newer etcd minor than the one the manifest's image runs
+/// (etcd refuses, or panics on, a data dir from a newer minor). `storage_version` is the
+/// snapshot's `meta/storageVersion` (3.6+), `cluster_version` its `cluster/clusterVersion`.
+/// `Ok(Some(warning))` when either side cannot be told.
+pub fn check_snapshot_version(etcd: &EtcdPod, storage_version: Option<&str>, cluster_version: Option<&str>) -> Result<Option<String>, NodeError> {
+    let image = etcd.image.as_deref().unwrap_or("(no image)");
+    let snapshot = match (storage_version.filter(|v| !v.is_empty()), cluster_version.filter(|v| !v.is_empty())) {
+        (Some(v), _) => major_minor(v).map(|mm| (mm, format!("storage version {v}"))),
+        (None, Some(v)) => major_minor(v).map(|mm| (mm, format!("cluster version {v}"))),
+        (None, None) => None,
+    };
+    let Some(((s_major, s_minor), what)) = snapshot else {
+        return Ok(Some("the snapshot records no storage or cluster version, so it cannot be checked against the etcd on this node".into()));
+    };
+    let Some((b_major, b_minor)) = etcd.image_version else {
+        return Ok(Some(format!(
+            "cannot tell which etcd the image {image} runs (a digest, or not an etcd image name); the snapshot has {what}: the etcd on this node must be {s_major}.{s_minor} or newer"
+        )));
+    };
+    if (s_major, s_minor) > (b_major, b_minor) {
+        return Err(NodeError::Preflight(format!(
+            "the snapshot has {what}, newer than the etcd {b_major}.{b_minor} this node runs (image {image} in {}): etcd {b_major}.{b_minor} cannot open it. Restore it where etcd {s_major}.{s_minor} or newer runs, or upgrade the image in the manifest first",
+            etcd.manifest.display()
+        )));
+    }
+    Ok(None)
+}
+
 /// Something accepts TCP connections at `addr` (`host:port`).
 pub fn port_open(addr: &str) -> bool {
     use std::net::ToSocketAddrs;
@@ -756,6 +790,23 @@ mod tests {
         let m = std::fs::metadata(&data).unwrap();
         assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (uid, uid, 0o750));
         assert_eq!(std::fs::metadata(data.join("member/snap/db")).unwrap().uid(), uid);
+    }
+
+    #[test]
+    fn a_snapshot_from_a_newer_minor_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = node(dir.path(), true);
+        let mut etcd = Plan::build(&req).unwrap().etcd;
+        etcd.image = Some("registry.k8s.io/etcd:3.5.9-0".into());
+        etcd.image_version = Some((3, 5));
+        let err = check_snapshot_version(&etcd, Some("3.6.0"), Some("3.6.0")).unwrap_err().to_string();
+        assert!(err.contains("storage version 3.6.0") && err.contains("etcd 3.5"), "{err}");
+        assert!(check_snapshot_version(&etcd, None, Some("3.6.0")).is_err(), "cluster version when there is no storage version");
+        assert_eq!(check_snapshot_version(&etcd, Some(""), Some("3.5.0")).unwrap(), None, "an empty storageVersion (mid-migration) falls back");
+        assert_eq!(check_snapshot_version(&etcd, None, Some("3.4.0")).unwrap(), None);
+        assert!(check_snapshot_version(&etcd, None, None).unwrap().unwrap().contains("no storage or cluster version"));
+        etcd.image_version = None;
+        assert!(check_snapshot_version(&etcd, None, Some("3.6.0")).unwrap().unwrap().contains("cannot tell"));
     }
 
     #[test]
