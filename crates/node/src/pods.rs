@@ -290,7 +290,10 @@ fn find_program(words: &[String], program: &str) -> Option<Vec<String>> {
             return Some(words[i + 1..].to_vec());
         }
         if !is_prefix_word(w) {
-            return None;
+            // `watch-termination --flags -- hyperkube kube-apiserver …`: a wrapper we do not
+            // know, running the program after `--`.
+            let dashes = words[i..].iter().position(|w| w == "--")?;
+            return find_program(&words[i + dashes + 1..], program);
         }
     }
     None
@@ -666,6 +669,8 @@ spec:
         assert_eq!(find_program(&c[1], "etcd").unwrap()[0], "/usr/bin/etcd");
         assert_eq!(find_program(&s(&["hyperkube", "kube-apiserver", "--secure-port=1"]), "kube-apiserver").unwrap()[0], "kube-apiserver");
         assert_eq!(find_program(&s(&["cp", "etcd", "/x"]), "etcd"), None);
+        let wrapped = s(&["exec", "watch-termination", "--termination-touch-file=/t", "--", "hyperkube", "kube-apiserver", "--secure-port=6443"]);
+        assert_eq!(find_program(&wrapped, "kube-apiserver").unwrap(), s(&["kube-apiserver", "--secure-port=6443"]));
         assert!(shell_commands("echo 'open").is_err() && shell_commands("echo $(x").is_err());
     }
 
