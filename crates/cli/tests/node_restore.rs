@@ -224,7 +224,19 @@ fn run_pod(manifest: &Path, log: &Path) -> Child {
         .collect();
     let words = |key: &str| -> Vec<String> { c[key].as_sequence().map(|s| s.iter().map(|a| a.as_str().unwrap().to_string()).collect()).unwrap_or_default() };
     let argv: Vec<String> = words("command").into_iter().chain(words("args")).map(|a| map_paths(&a, &mounts)).collect();
-    let etcd35 = EtcdVersion::V3_5.binaries().etcd;
+    let run_as = |key: &str| c["securityContext"][key].as_u64().or(pod["spec"]["securityContext"][key].as_u64());
+    let mut etcd35 = EtcdVersion::V3_5.binaries().etcd;
+    if run_as("runAsUser").is_some() {
+        // The installed binary may sit under a dir only root can enter: run a copy.
+        use std::os::unix::fs::PermissionsExt;
+        let copy = log.parent().unwrap().join("bin/etcd");
+        if !copy.exists() {
+            std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+            std::fs::copy(&etcd35, &copy).unwrap();
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        etcd35 = copy;
+    }
     let mut cmd = if argv[0].ends_with("sh") {
         let mut cmd = Command::new(&argv[0]);
         let path = format!("{}:{}", etcd35.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
@@ -241,7 +253,6 @@ fn run_pod(manifest: &Path, log: &Path) -> Child {
             cmd.env(e["name"].as_str().unwrap(), map_paths(v, &mounts));
         }
     }
-    let run_as = |key: &str| c["securityContext"][key].as_u64().or(pod["spec"]["securityContext"][key].as_u64());
     if let Some(uid) = run_as("runAsUser") {
         cmd.gid(run_as("runAsGroup").unwrap_or(uid) as u32).uid(uid as u32);
     }
