@@ -1,19 +1,19 @@
-//! `etcdguard node restore`: the control-plane runbook as one command. The steps and their
-//! rollback are `etcdguard_node::Plan`; this module checks the snapshot first, prints the plan
-//! and runs the restore step with `snapshot restore`'s code.
+//! `etcdguard node restore`: the control-plane runbook as one command. The work (fetch and
+//! check, plan, steps with rollback) is `etcdguard_workflow::node`; this prints the plan and
+//! the outcome.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use etcdguard_node::park::{Park, ParkRequest, Unpark};
-use etcdguard_node::{check_snapshot_version, NodeError, Plan, Request, RestoreSpec, Timings};
 use etcdguard_repo::retention::parse_duration;
-use etcdguard_storage::restore::{self, membership, Cluster, Destination, Flavor, Options};
+use etcdguard_node::park::{Park, ParkRequest, Unpark};
+use etcdguard_node::Timings;
+use etcdguard_workflow::error::node_error;
+use etcdguard_workflow::node::{restore_node, NodeEvent, NodeOutcome, NodeRestoreOptions};
 
-use crate::cmd::snapshot::{check_snapshot, open_snapshot};
-use crate::exit::{Code, Failure};
+use crate::cmd::backup::RepoArg;
 
 #[derive(Subcommand)]
 pub enum NodeCommand {
@@ -166,109 +166,53 @@ pub fn run(cmd: NodeCommand) -> Result<()> {
     }
 }
 
-fn usage(msg: impl Into<String>) -> Failure {
-    Failure::new(Code::Usage, msg)
-}
-
 fn node_restore(args: NodeRestoreArgs) -> Result<()> {
-    if (args.bump_revision > 0) != args.mark_compacted {
-        return Err(usage("--bump-revision and --mark-compacted go together (e.g. --bump-revision 1000000000 --mark-compacted)").into());
-    }
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
-    // A backup is fetched first, into a private dir beside the PKI (same filesystem, so the
-    // PKI is moved into place, not copied), and removed at the end whatever happens.
-    let staging = match &args.backup {
-        Some(id) => Some(fetch_backup(&args, id, &stamp)?),
-        None => None,
-    };
-    let snapshot = match (&staging, &args.snapshot) {
-        (Some(s), _) => s.snapshot.clone(),
-        (None, Some(p)) => p.clone(),
-        (None, None) => return Err(usage("give a snapshot file or --backup ID").into()),
-    };
-    let request = Request {
+    let repo = args.repo.clone().map(|url| RepoArg { repo: url, passphrase_file: args.passphrase_file.clone() }.spec());
+    let opts = NodeRestoreOptions {
+        snapshot: args.snapshot.clone(),
+        backup: args.backup.clone(),
+        repo,
+        restore_pki: args.restore_pki,
         kubernetes_dir: args.kubernetes_dir.clone(),
         manifests_dir: args.manifests_dir.clone(),
         etcd_manifest: args.etcd_manifest.clone(),
-        pki_from: staging.as_ref().and_then(|s| s.pki.clone()),
-        stamp,
+        dry_run: args.dry_run,
         name: args.name.clone(),
         initial_cluster: args.initial_cluster.clone(),
         initial_cluster_token: args.initial_cluster_token.clone(),
         initial_advertise_peer_urls: args.initial_advertise_peer_urls.clone(),
-        wait_timeout: args.wait_timeout,
-    };
-    let plan = Plan::build(&request).map_err(node_failure)?;
-    // The restore's own flags must hold before the control plane is stopped.
-    let cluster = Cluster::new(&plan.restore.initial_cluster, &plan.restore.initial_cluster_token).map_err(|e| usage(e.0))?;
-    let advertise = membership::parse_url_list(&plan.restore.initial_advertise_peer_urls).map_err(|e| usage(e.0))?;
-    cluster.verify_local(&plan.restore.name, &advertise).map_err(|e| usage(e.0))?;
-    let skip_hash_check = args.skip_hash_check || staging.as_ref().is_some_and(|s| s.no_trailer);
-    let (status, _) = check_snapshot(&snapshot, skip_hash_check)?;
-    if let Some(warning) = check_snapshot_version(&plan.etcd, status.storage_version.as_deref(), status.cluster_version.as_deref()).map_err(node_failure)? {
-        eprintln!("warning: {warning}");
-    }
-    println!(
-        "snapshot {}: revision {}, {} keys; restoring member {:?} ({} member{} in the new cluster)",
-        snapshot.display(),
-        status.revision,
-        status.total_key,
-        plan.restore.name,
-        cluster.members.len(),
-        if cluster.members.len() == 1 { "" } else { "s" }
-    );
-    println!("Plan:");
-    for (i, step) in plan.steps().iter().enumerate() {
-        println!("  {}. {step}", i + 1);
-    }
-    if args.dry_run {
-        println!("Dry run: nothing was changed.");
-        return Ok(());
-    }
-    let opts = Options {
-        skip_hash_check,
         bump_revision: args.bump_revision,
         mark_compacted: args.mark_compacted,
-        flavor: Flavor::V3_5,
+        skip_hash_check: args.skip_hash_check,
+        wait_timeout: args.wait_timeout,
     };
-    let mut restore_error = None;
-    let mut do_restore = |spec: &RestoreSpec| -> Result<(), String> {
-        let dest = Destination::Member { name: spec.name.clone(), data_dir: spec.data_dir.clone(), wal_dir: spec.wal_dir.clone() };
-        let result = open_snapshot(&snapshot)
-            .map_err(anyhow::Error::from)
-            .and_then(|snapshot| restore::restore(&snapshot, &cluster, &dest, &opts).map_err(crate::cmd::restore::failure));
-        match result {
-            Ok(report) => {
-                eprintln!("      restored revision {} (cluster id {:x})", report.revision, report.cluster.id);
-                Ok(())
-            }
-            Err(e) => {
-                let text = format!("{e:#}");
-                restore_error = Some(e);
-                Err(text)
-            }
+    let outcome = restore_node(&opts, &mut |event| match event {
+        NodeEvent::Note(line) => eprintln!("{line}"),
+        NodeEvent::Planned { snapshot, status, plan, members } => {
+            println!(
+                "snapshot {}: revision {}, {} keys; restoring member {:?} ({} member{} in the new cluster)",
+                snapshot.display(),
+                status.revision,
+                status.total_key,
+                plan.restore.name,
+                members,
+                if members == 1 { "" } else { "s" }
+            );
+            print_steps(&plan.steps(), false);
         }
-    };
-    let outcome = plan.execute(&mut do_restore, &mut |line| eprintln!("{line}"));
+    })?;
     match outcome {
-        Ok(timings) => {
+        NodeOutcome::DryRun => println!("Dry run: nothing was changed."),
+        NodeOutcome::Restored(plan, timings) => {
             println!("etcd is serving again on {} with the restored data.", plan.etcd.client_addrs.join(", "));
             print_timings(&timings);
             if let Some(old) = &plan.old_data_dir {
                 println!("The old data dir is kept in {}; remove it once the cluster is healthy.", old.display());
             }
             println!("Next: `etcdguard cluster health` (with the healthcheck client certificate), then `kubectl get nodes`.");
-            Ok(())
         }
-        Err(NodeError::Restore(text)) => {
-            let rolled_back = "the old data directory and the manifests were put back";
-            match restore_error {
-                Some(e) => Err(e.context(format!("restore failed; {rolled_back}"))),
-                None => Err(node_failure(NodeError::Restore(text)).into()),
-            }
-        }
-        Err(e) => Err(node_failure(e).into()),
     }
+    Ok(())
 }
 
 fn print_timings(t: &Timings) {
@@ -280,12 +224,12 @@ fn print_timings(t: &Timings) {
 }
 
 fn node_park(args: NodeParkArgs) -> Result<()> {
-    let park = Park::build(&park_request(&args)).map_err(node_failure)?;
+    let park = Park::build(&park_request(&args)).map_err(node_error)?;
     print_steps(&park.steps(), args.dry_run);
     if args.dry_run {
         return Ok(());
     }
-    let timings = park.execute(&mut |line| eprintln!("{line}")).map_err(node_failure)?;
+    let timings = park.execute(&mut |line| eprintln!("{line}")).map_err(node_error)?;
     println!("Parked: etcd and the API server are down on this node; their manifests are in {}.", park.parked_dir.display());
     print_timings(&timings);
     println!("Next: park the other control-plane nodes, then `etcdguard node restore SNAPSHOT` here (or `etcdguard node unpark` to bring this node back as it was).");
@@ -293,7 +237,7 @@ fn node_park(args: NodeParkArgs) -> Result<()> {
 }
 
 fn node_unpark(args: NodeParkArgs) -> Result<()> {
-    let Some(unpark) = Unpark::build(&park_request(&args)).map_err(node_failure)? else {
+    let Some(unpark) = Unpark::build(&park_request(&args)).map_err(node_error)? else {
         println!("Nothing is parked: etcd's manifest is in {}.", args.manifests_dir.display());
         return Ok(());
     };
@@ -301,7 +245,7 @@ fn node_unpark(args: NodeParkArgs) -> Result<()> {
     if args.dry_run {
         return Ok(());
     }
-    let timings = unpark.execute(&mut |line| eprintln!("{line}")).map_err(node_failure)?;
+    let timings = unpark.execute(&mut |line| eprintln!("{line}")).map_err(node_error)?;
     println!("Unparked: etcd serves on {} again.", unpark.etcd.client_addrs.join(", "));
     print_timings(&timings);
     Ok(())
@@ -324,56 +268,4 @@ fn print_steps(steps: &[String], dry_run: bool) {
     if dry_run {
         println!("Dry run: nothing was changed.");
     }
-}
-
-fn node_failure(e: NodeError) -> Failure {
-    let code = match &e {
-        NodeError::Manifest(..) | NodeError::Preflight(_) => Code::Usage,
-        NodeError::StillRunning { .. } => Code::Locked,
-        NodeError::NotStarted { .. } | NodeError::NotReady { .. } => Code::Unreachable,
-        NodeError::Restore(_) | NodeError::Io(_) => Code::Failure,
-    };
-    Failure::new(code, e.to_string())
-}
-
-/// A backup fetched for a node restore; the directory goes when this is dropped.
-struct Staging {
-    dir: PathBuf,
-    snapshot: PathBuf,
-    pki: Option<PathBuf>,
-    /// The backed-up file had no sha256 trailer (a copied member/snap/db).
-    no_trailer: bool,
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn fetch_backup(args: &NodeRestoreArgs, id: &str, stamp: &str) -> Result<Staging> {
-    use std::os::unix::fs::DirBuilderExt;
-    let repo_arg = crate::cmd::backup::RepoArg { repo: args.repo.clone().unwrap_or_default(), passphrase_file: args.passphrase_file.clone() };
-    let repo = crate::cmd::backup::open_repo_unlocked(&repo_arg)?;
-    let id = repo.resolve(id).map_err(crate::cmd::backup::failure)?;
-    let m = repo.manifest(&id).map_err(crate::cmd::backup::failure)?;
-    let dir = args.kubernetes_dir.join(format!(".etcdguard-restore-{stamp}"));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| Failure::new(Code::Failure, format!("{}: {e}", dir.display())))?;
-    let mut staging = Staging { snapshot: dir.join("snapshot.db"), dir, pki: None, no_trailer: m.etcd.trailer == "absent" };
-    eprintln!("fetching backup {} ({}, revision {}) from {}", m.id, m.created.format("%Y-%m-%d %H:%M:%S UTC"), m.etcd.revision, repo.location());
-    let index = repo.load_index().map_err(crate::cmd::backup::failure)?;
-    repo.restore_part_to_file(&index, &m.snapshot, &staging.snapshot, 0o600).map_err(crate::cmd::backup::failure)?;
-    if args.restore_pki {
-        let files = staging.dir.join("files");
-        repo.restore_files(&index, &m, &files).map_err(crate::cmd::backup::failure)?;
-        let pki = files.join("pki");
-        if !pki.is_dir() {
-            return Err(usage(format!("backup {} holds no PKI directory (it was taken without --pki-dir)", m.id)).into());
-        }
-        staging.pki = Some(pki);
-    }
-    Ok(staging)
 }
