@@ -214,7 +214,7 @@ pub fn node_error(e: NodeError) -> Error {
     let kind = match &e {
         NodeError::Manifest(..) | NodeError::Preflight(_) => Kind::Usage,
         NodeError::StillRunning { .. } => Kind::Locked,
-        NodeError::NotStarted { .. } => Kind::Unreachable,
+        NodeError::NotStarted { .. } | NodeError::NotReady { .. } => Kind::Unreachable,
         NodeError::Restore(_) | NodeError::Io(_) => Kind::Failure,
     };
     Error::new(kind, e.to_string())
