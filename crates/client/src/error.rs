@@ -23,6 +23,9 @@ pub enum ErrorKind {
     Interrupted,
     /// The server answered with an error.
     Server,
+    /// A safety check refused the operation (quorum, a healthy member, a lagging learner);
+    /// nothing was changed.
+    Refused,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,8 @@ pub enum ClientError {
     Interrupted(&'static str),
     #[error("{0}")]
     NoEndpoint(String),
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 impl ClientError {
@@ -78,6 +83,7 @@ impl ClientError {
             ClientError::Write { source, .. } => ErrorKind::LocalIo(source.kind()),
             ClientError::Interrupted(_) => ErrorKind::Interrupted,
             ClientError::NoEndpoint(_) => ErrorKind::Unreachable,
+            ClientError::Refused(_) => ErrorKind::Refused,
         }
     }
 }
