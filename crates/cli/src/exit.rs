@@ -35,6 +35,9 @@ pub enum Code {
     RepositoryBusy = 15,
     /// An encrypted backup repository needs its passphrase, and none (or a wrong one) was given.
     KeyRequired = 16,
+    /// A safety check refused a cluster change (quorum, a healthy member, a lagging learner);
+    /// nothing was changed.
+    Refused = 17,
 }
 
 /// An error that carries its exit code. Library errors are mapped to this in `cmd/`.

@@ -278,7 +278,55 @@ fn alarm_name(t: AlarmType) -> String {
     }
 }
 
+/// etcd's own reconfiguration checks (`--strict-reconfig-check`, on by default) answer
+/// "unhealthy cluster" until every voting member has been connected for 5 s, e.g. just after
+/// another change; that passes, so it is retried for a while.
+const RECONFIG_RETRY: Duration = Duration::from_secs(12);
+
+fn etcd_detail(e: &ClientError) -> Option<&str> {
+    match e {
+        ClientError::Server { detail, .. } | ClientError::Unreachable { detail, .. } => Some(detail),
+        _ => None,
+    }
+}
+
 impl Session {
+    /// Runs one membership change against `endpoint`, retrying etcd's transient "unhealthy
+    /// cluster" answer, and turning its own quorum refusal into [`ClientError::Refused`].
+    fn reconfigure<T, F, Fut>(&self, endpoint: &str, what: &'static str, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(etcd_client::ClusterClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let started = Instant::now();
+        loop {
+            let r = self.rt.block_on(async {
+                let conn = self.conn(endpoint).await?;
+                let c = conn.client.cluster_client();
+                conn.unary(what, f(c)).await
+            });
+            let e = match r {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let detail = etcd_detail(&e).unwrap_or("").to_string();
+            if detail.contains("unhealthy cluster") {
+                if started.elapsed() < RECONFIG_RETRY {
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+                return Err(refused(format!(
+                    "{endpoint}: etcd refused {what}: {detail} (it accepts membership changes once every voting \
+                     member has been connected for 5 s); check `cluster health --cluster` and retry"
+                )));
+            }
+            if detail.contains("not enough started members") {
+                return Err(refused(format!("{endpoint}: etcd refused {what}: {detail}; nothing was changed")));
+            }
+            return Err(e);
+        }
+    }
+
     fn leader_endpoint(&self, report: &MembersReport) -> String {
         leader_status(report).map(|s| s.endpoint.clone()).unwrap_or_else(|| report.from.clone())
     }
@@ -292,11 +340,7 @@ impl Session {
         let report = self.members()?;
         let plan = check_remove(&report, id, force)?;
         let endpoint = self.leader_endpoint(&report);
-        self.rt.block_on(async {
-            let conn = self.conn(&endpoint).await?;
-            let mut c = conn.client.cluster_client();
-            conn.unary("removing the member", c.member_remove(id)).await
-        })?;
+        self.reconfigure(&endpoint, "removing the member", |mut c| async move { c.member_remove(id).await })?;
         Ok(plan)
     }
 
@@ -317,11 +361,13 @@ impl Session {
         }
         let endpoint = self.leader_endpoint(&report);
         let version = leader.map(|l| l.version.clone()).unwrap_or_default();
-        let resp = self.rt.block_on(async {
-            let conn = self.conn(&endpoint).await?;
-            let mut c = conn.client.cluster_client();
-            let options = if learner { Some(MemberAddOptions::new().with_is_learner()) } else { None };
-            conn.unary("adding the member", c.member_add(peer_urls.to_vec(), options)).await
+        let urls = peer_urls.to_vec();
+        let resp = self.reconfigure(&endpoint, "adding the member", |mut c| {
+            let urls = urls.clone();
+            async move {
+                let options = if learner { Some(MemberAddOptions::new().with_is_learner()) } else { None };
+                c.member_add(urls, options).await
+            }
         });
         let resp = match resp {
             Ok(r) => r,
@@ -356,18 +402,14 @@ impl Session {
         let report = self.members()?;
         let plan = check_promote(&report, id)?;
         let endpoint = self.leader_endpoint(&report);
-        self.rt.block_on(async {
-            let conn = self.conn(&endpoint).await?;
-            let mut c = conn.client.cluster_client();
-            match conn.unary("promoting the learner", c.member_promote(id)).await {
-                Ok(_) => Ok(()),
-                // etcd's own readiness check (learner within 90 % of the leader).
-                Err(ClientError::Server { endpoint, detail }) if detail.contains("not ready") || detail.contains("in sync") => {
-                    Err(refused(format!("{endpoint}: etcd refused: {detail}; wait until the learner has caught up and promote again")))
-                }
-                Err(e) => Err(e),
+        match self.reconfigure(&endpoint, "promoting the learner", |mut c| async move { c.member_promote(id).await }) {
+            Ok(_) => {}
+            // etcd's own readiness check (learner within 90 % of the leader).
+            Err(ClientError::Server { endpoint, detail }) if detail.contains("not ready") || detail.contains("in sync") => {
+                return Err(refused(format!("{endpoint}: etcd refused: {detail}; wait until the learner has caught up and promote again")))
             }
-        })?;
+            Err(e) => return Err(e),
+        }
         Ok(plan)
     }
 
