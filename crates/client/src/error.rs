@@ -64,6 +64,8 @@ pub enum ClientError {
     NoEndpoint(String),
     #[error("refused: {0}")]
     Refused(String),
+    #[error("{endpoint}: revision {requested} is compacted (the oldest kept is {compact_revision}); the changes before it are gone, a new full snapshot is needed")]
+    Compacted { endpoint: String, requested: i64, compact_revision: i64 },
 }
 
 impl ClientError {
@@ -84,6 +86,7 @@ impl ClientError {
             ClientError::Interrupted(_) => ErrorKind::Interrupted,
             ClientError::NoEndpoint(_) => ErrorKind::Unreachable,
             ClientError::Refused(_) => ErrorKind::Refused,
+            ClientError::Compacted { .. } => ErrorKind::Server,
         }
     }
 }
