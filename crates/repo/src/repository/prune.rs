@@ -413,7 +413,7 @@ mod tests {
         type Damage = Box<dyn Fn(&mut Vec<u8>)>;
         let damages: Vec<(&str, Damage)> = vec![
             ("magic", Box::new(|b: &mut Vec<u8>| *b.last_mut().unwrap() ^= 0x20)),
-            ("header length", Box::new(|b: &mut Vec<u8>| b[n - 12] ^= 0x01)),
+            ("header length", Box::new(move |b: &mut Vec<u8>| b[n - 12] ^= 0x01)),
             ("header entry", Box::new(move |b: &mut Vec<u8>| b[count_pos + 4 + 2] ^= 0x01)),
         ];
         for (what, damage) in damages {
