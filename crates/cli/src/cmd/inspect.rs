@@ -2,7 +2,6 @@
 //! every key comes from `etcdguard_storage::keys`; what each value is from `etcdguard_kube`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -270,7 +269,7 @@ fn get(args: GetArgs) -> Result<()> {
         return Err(Failure::new(Code::NotFound, format!("{}: no key {} (deleted, or never there); `inspect list` shows what is", args.snapshot.display(), args.key)).into());
     };
     match args.output {
-        GetFormat::Raw => std::io::stdout().write_all(value)?,
+        GetFormat::Raw => crate::output::stdout_write(value),
         GetFormat::Json => match entry.object.encoding {
             Encoding::Json => {
                 let v: serde_json::Value = serde_json::from_slice(value)?;
