@@ -4,6 +4,7 @@
 // First: its print!/println!/eprint!/eprintln! replace std's in every module below.
 #[macro_use]
 mod output;
+mod args;
 mod cmd;
 mod exit;
 

@@ -102,3 +102,98 @@ fn output_into_a_closed_pipe_ends_quietly() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("writing to stdout: No space left"), "{}", text(&out.stderr));
 }
+
+/// A usage error: exit 2, clap's `error: …` naming `flag`, nothing on stdout, no panic.
+fn check_usage_error(out: &Output, flag: &str, what: &str) -> Option<String> {
+    let stderr = text(&out.stderr);
+    let ok = out.status.code() == Some(USAGE) && stderr.starts_with("error: ") && stderr.contains(flag) && out.stdout.is_empty();
+    (!ok || stderr.contains("panicked")).then(|| format!("{what}: expected exit 2 with an error naming {flag}\nstatus: {:?}\nstdout: {}\nstderr: {stderr}", out.status, text(&out.stdout)))
+}
+
+/// Nothing was written into `dir` (the working directory of a refused command).
+fn assert_empty_dir(dir: &Path, what: &str) {
+    let left: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "{what}: wrote {left:?} into the working directory");
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. An empty --repo.
+
+/// `--repo ""` and `ETCDGUARD_REPO=""` used to make a repository in the current directory.
+/// Every command that takes a repository refuses an empty one before doing anything.
+#[test]
+fn empty_repo_is_a_usage_error_for_every_command() {
+    let cwd = tempfile::tempdir().unwrap();
+    let snapshot = cwd.path().join("..").join("no-snapshot.db"); // never opened: refused first
+    let snap = snapshot.to_str().unwrap();
+    // Each command with its other required arguments; `--repo` is added below.
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["backup", "create", "--from-file", snap],
+        vec!["backup", "list"],
+        vec!["backup", "show", "latest"],
+        vec!["backup", "verify", "latest"],
+        vec!["backup", "restore", "latest", "--to-file", "out.db"],
+        vec!["backup", "delete", "0123abcd"],
+        vec!["backup", "prune", "--keep-last", "1"],
+        vec!["backup", "url", "latest"],
+        vec!["backup", "key", "list"],
+        vec!["backup", "key", "add"],
+        vec!["backup", "key", "remove", "0123abcd"],
+        vec!["backup", "key", "passwd"],
+        vec!["agent", "--from-file", snap, "--runs", "1", "--listen", "off"],
+        vec!["node", "restore", "--backup", "latest", "--dry-run"],
+        vec!["inspect", "diff", "a", "b"],
+    ];
+    let mut failures = Vec::new();
+    for args in &commands {
+        for empty in ["", " "] {
+            let out = etcdguard().current_dir(cwd.path()).args(args).arg("--repo").arg(empty).env_remove("ETCDGUARD_REPO").output().unwrap();
+            failures.extend(check_usage_error(&out, "--repo", &format!("{args:?} --repo {empty:?}")));
+        }
+        if args[0] == "inspect" {
+            continue; // inspect diff reads --repo only from the flag
+        }
+        let out = etcdguard().current_dir(cwd.path()).args(args).env("ETCDGUARD_REPO", "").output().unwrap();
+        failures.extend(check_usage_error(&out, "--repo", &format!("{args:?} with ETCDGUARD_REPO=\"\"")));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert_empty_dir(cwd.path(), "empty --repo");
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Empty restore arguments.
+
+/// An empty --name used to be accepted; an empty --data-dir would build the member's dirs
+/// in the working directory; an empty token gives member ids that collide with every other
+/// tokenless restore of the same URLs. All are refused with exit 2, in `snapshot restore`,
+/// `backup restore` and `node restore`, before the snapshot or repository is opened.
+#[test]
+fn empty_restore_arguments_are_usage_errors() {
+    let cwd = tempfile::tempdir().unwrap();
+    let snap = "../no-snapshot.db";
+    let mut failures = Vec::new();
+    let snapshot_restore: Vec<(&str, Vec<&str>)> = vec![
+        ("--name", vec!["--data-dir", "restored", "--name", ""]),
+        ("--name", vec!["--data-dir", "restored", "--name", " "]),
+        ("--initial-cluster-token", vec!["--data-dir", "restored", "--initial-cluster-token", ""]),
+        ("--data-dir", vec!["--data-dir", ""]),
+        ("--wal-dir", vec!["--data-dir", "restored", "--wal-dir", ""]),
+        ("--cluster-out", vec!["--cluster-out", ""]),
+    ];
+    for (flag, extra) in &snapshot_restore {
+        let out = etcdguard().current_dir(cwd.path()).args(["snapshot", "restore", snap]).args(extra).output().unwrap();
+        failures.extend(check_usage_error(&out, flag, &format!("snapshot restore {extra:?}")));
+        let out = etcdguard().current_dir(cwd.path()).args(["backup", "restore", "latest", "--repo", "../no-repo"]).args(extra).output().unwrap();
+        failures.extend(check_usage_error(&out, flag, &format!("backup restore {extra:?}")));
+    }
+    for (flag, extra) in [("--to-file", vec!["--to-file", ""]), ("--files-to", vec!["--to-file", "x.db", "--files-to", ""])] {
+        let out = etcdguard().current_dir(cwd.path()).args(["backup", "restore", "latest", "--repo", "../no-repo"]).args(&extra).output().unwrap();
+        failures.extend(check_usage_error(&out, flag, &format!("backup restore {extra:?}")));
+    }
+    for (flag, extra) in [("--name", vec!["--name", ""]), ("--initial-cluster-token", vec!["--initial-cluster-token", ""])] {
+        let out = etcdguard().current_dir(cwd.path()).args(["node", "restore", snap, "--dry-run", "--kubernetes-dir", "../no-kube"]).args(&extra).output().unwrap();
+        failures.extend(check_usage_error(&out, flag, &format!("node restore {extra:?}")));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert_empty_dir(cwd.path(), "empty restore arguments");
+}

@@ -166,7 +166,7 @@ pub struct KeyRemoveArgs {
 
 #[derive(Args, Clone)]
 pub struct RepoArg {
-    #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL", help = REPO_HELP)]
+    #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL", help = REPO_HELP, value_parser = crate::args::repo)]
     pub repo: String,
     /// File holding the passphrase of an encrypted repository (or put the passphrase itself in
     /// ETCDGUARD_PASSPHRASE). A repository that `backup create` makes while a passphrase is
@@ -314,25 +314,25 @@ pub struct RestoreArgs {
     /// Backup id, unique prefix, or `latest`.
     pub id: String,
     /// Write the snapshot file here (must not exist); byte-identical to the file backed up.
-    #[arg(long, value_name = "PATH", required_unless_present_any = ["data_dir", "cluster_out"])]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["data_dir", "cluster_out"], value_parser = crate::args::path)]
     pub to_file: Option<PathBuf>,
     /// Also unpack the control-plane files under DIR (pki/, manifests/, …) with their modes.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::args::path)]
     pub files_to: Option<PathBuf>,
     /// Restore into this new data dir (as `snapshot restore --data-dir`).
-    #[arg(long, value_name = "DIR", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(long, value_name = "DIR", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::path)]
     pub data_dir: Option<PathBuf>,
     /// Put the WAL here instead of <data-dir>/member/wal.
-    #[arg(long, value_name = "DIR", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(long, value_name = "DIR", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::path)]
     pub wal_dir: Option<PathBuf>,
     /// Name of the member being restored; must appear in --initial-cluster.
-    #[arg(long, default_value = "default", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(long, default_value = "default", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::non_empty)]
     pub name: String,
     /// Every member of the new cluster as name=peer-url[,name=peer-url…] [default: <name>=http://localhost:2380]
     #[arg(long, value_name = "NAME=URL,…", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
     pub initial_cluster: Option<String>,
     /// Token for the new cluster; use a new one per restore.
-    #[arg(long, default_value = "etcd-cluster", value_name = "TOKEN", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(long, default_value = "etcd-cluster", value_name = "TOKEN", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::non_empty)]
     pub initial_cluster_token: String,
     /// This member's peer URLs (comma-separated); must equal its entry in --initial-cluster.
     #[arg(long, default_value = "http://localhost:2380", value_name = "URLS", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
@@ -344,7 +344,7 @@ pub struct RestoreArgs {
     #[arg(long, help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
     pub mark_compacted: bool,
     /// Write one data dir per member of --initial-cluster, as DIR/<name>.
-    #[arg(long, value_name = "DIR", conflicts_with = "data_dir", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(long, value_name = "DIR", conflicts_with = "data_dir", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::path)]
     pub cluster_out: Option<PathBuf>,
 }
 

@@ -93,7 +93,7 @@ pub struct DiffArgs {
     pub new: PathBuf,
     /// OLD and NEW are backups of this repository; their snapshots are fetched (sha256
     /// checked) into a private scratch dir and removed after.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = crate::args::repo)]
     pub repo: Option<String>,
     /// Passphrase file of an encrypted repository (or ETCDGUARD_PASSPHRASE).
     #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", requires = "repo")]

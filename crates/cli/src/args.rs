@@ -1,0 +1,31 @@
+//! Value parsers shared by the subcommands' flags: values that would parse but mean nothing
+//! (an empty --repo, an empty member name) are usage errors (exit 2), caught by clap before
+//! anything runs.
+
+use std::path::PathBuf;
+
+/// `--repo` (and ETCDGUARD_REPO): an empty value would make a repository in the current
+/// directory, which nobody means.
+pub fn repo(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("empty; give a directory or an s3://, gs:// or az:// URL (`.` for the current directory)".into());
+    }
+    Ok(s.to_string())
+}
+
+/// A name or token that must not be empty (--name, --initial-cluster-token, …).
+pub fn non_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(s.to_string())
+}
+
+/// A path that must not be empty: "" is not the current directory to open(2), and a restore
+/// into it would put its temporary and final directories somewhere no one asked for.
+pub fn path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("empty path; give a directory or file name (`.` for the current directory)".into());
+    }
+    Ok(PathBuf::from(s))
+}
