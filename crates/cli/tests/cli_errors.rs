@@ -197,3 +197,64 @@ fn empty_restore_arguments_are_usage_errors() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     assert_empty_dir(cwd.path(), "empty restore arguments");
 }
+
+// ---------------------------------------------------------------------------------------
+// 4. Restoring a file that is not a database.
+
+/// A file of zeros (as a 10 GB one in the field; a few MB here), random bytes or text given to
+/// `snapshot restore` is "not a bbolt database" (exit 7), as `snapshot status` and `verify`
+/// say, not "no sha256 trailer" (9); a real database without its trailer still gets exit 9
+/// and the --skip-hash-check hint.
+#[test]
+fn restore_of_a_non_database_says_not_bbolt() {
+    const NOT_SNAPSHOT: i32 = 7;
+    const SHA256: i32 = 9;
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = 0x5eed_u64;
+    let random: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as u8
+        })
+        .collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("zeros-4MiB.db", vec![0; 4 << 20]),
+        ("zeros-4MiB-plus-32.db", vec![0; (4 << 20) + 32]),
+        ("random-1MiB.db", random),
+        ("text.yaml", b"apiVersion: v1\nkind: Secret\n".repeat(2048)),
+    ];
+    let mut failures = Vec::new();
+    for (name, bytes) in &cases {
+        let file = dir.path().join(name);
+        std::fs::write(&file, bytes).unwrap();
+        for skip in [false, true] {
+            let data_dir = dir.path().join(format!("restored-{name}-{skip}"));
+            let mut cmd = etcdguard();
+            cmd.args(["snapshot", "restore"]).arg(&file).arg("--data-dir").arg(&data_dir);
+            if skip {
+                cmd.arg("--skip-hash-check");
+            }
+            let out = cmd.output().unwrap();
+            let stderr = text(&out.stderr);
+            if out.status.code() != Some(NOT_SNAPSHOT) || !stderr.contains("not a bbolt database") || data_dir.exists() {
+                failures.push(format!("{name} (skip-hash-check {skip}): expected exit 7, \"not a bbolt database\", no data dir\nstatus: {:?}\nstderr: {stderr}", out.status));
+            }
+            let status = etcdguard().args(["snapshot", "status"]).arg(&file).output().unwrap();
+            assert_eq!(status.status.code(), Some(NOT_SNAPSHOT), "snapshot status agrees: {}", text(&status.stderr));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+    // A real database without its trailer: still exit 9 with the hint.
+    let server = EtcdServer::start(EtcdVersion::V3_5);
+    server.put(b"/registry/configmaps/default/one", b"1");
+    let snapshot = dir.path().join("snapshot.db");
+    server.snapshot_save(&snapshot);
+    drop(server);
+    let bytes = std::fs::read(&snapshot).unwrap();
+    let plain = dir.path().join("no-trailer.db");
+    std::fs::write(&plain, &bytes[..bytes.len() - 32]).unwrap();
+    let out = etcdguard().args(["snapshot", "restore"]).arg(&plain).arg("--data-dir").arg(dir.path().join("r")).output().unwrap();
+    expect_code(&out, SHA256, "a database without its trailer");
+    assert!(text(&out.stderr).contains("--skip-hash-check"), "{}", text(&out.stderr));
+}
