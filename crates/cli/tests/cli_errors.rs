@@ -258,3 +258,38 @@ fn restore_of_a_non_database_says_not_bbolt() {
     expect_code(&out, SHA256, "a database without its trailer");
     assert!(text(&out.stderr).contains("--skip-hash-check"), "{}", text(&out.stderr));
 }
+
+// ---------------------------------------------------------------------------------------
+// 5. --user against an etcd without authentication.
+
+/// etcd without auth answers Authenticate with "authentication is not enabled". That is a
+/// credentials problem: exit 13 (TLS or authentication) with what to do, not exit 1.
+#[test]
+fn user_against_etcd_without_auth_exits_13_with_a_hint() {
+    const TLS_OR_AUTH: i32 = 13;
+    let dir = tempfile::tempdir().unwrap();
+    for version in [EtcdVersion::V3_5, EtcdVersion::V3_4] {
+        let server = EtcdServer::start(version);
+        let ep = server.endpoint().to_string();
+        let dest = dir.path().join(format!("snap-{}.db", version.label()));
+        let repo = dir.path().join(format!("repo-{}", version.label()));
+        let runs: Vec<(&str, Vec<String>)> = vec![
+            ("cluster health", vec!["cluster".into(), "health".into()]),
+            ("snapshot save", vec!["snapshot".into(), "save".into(), dest.display().to_string()]),
+            ("backup create", vec!["backup".into(), "create".into(), "--repo".into(), repo.display().to_string()]),
+        ];
+        for (what, args) in &runs {
+            let out = etcdguard().args(args).args(["--endpoints", &ep, "--user", "root", "--password", "not-a-real-password"]).output().unwrap();
+            let what = format!("{what} --user on etcd {} without auth", version.label());
+            assert_no_panic(&out, &what);
+            expect_code(&out, TLS_OR_AUTH, &what);
+            // (`cluster health` reports each endpoint on stdout, the summary on stderr.)
+            let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+            assert!(said.contains("authentication is not enabled on this cluster; drop --user"), "{what}: {said}");
+            assert!(!said.contains("not-a-real-password"), "{what}: the password was printed: {said}");
+            // The same command without --user works, so the code is about the credentials.
+            let out = etcdguard().args(args).args(["--endpoints", &ep]).output().unwrap();
+            expect_code(&out, 0, &format!("{what}, without --user"));
+        }
+    }
+}
