@@ -29,3 +29,27 @@ pub fn path(s: &str) -> Result<PathBuf, String> {
     }
     Ok(PathBuf::from(s))
 }
+
+/// `--passphrase-file`, `--new-passphrase-file` (and their environment variables): a file
+/// other users can read leaks the passphrase, one they can write lets them choose it. As
+/// ssh does for private keys, say so (at parse time, so every command warns once, whether or
+/// not it ends up reading the file). Never prints the content. A missing file is left to
+/// the read, which names it with its exit code.
+pub fn passphrase_file(s: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = self::path(s)?;
+    if let Ok(meta) = std::fs::metadata(&path) {
+        let mode = meta.permissions().mode() & 0o777;
+        let what = if mode & 0o044 != 0 {
+            "is readable by other users"
+        } else if mode & 0o022 != 0 {
+            "is writable by other users (they could choose the passphrase)"
+        } else if mode & 0o011 != 0 {
+            "is accessible by other users"
+        } else {
+            return Ok(path);
+        };
+        eprintln!("warning: passphrase file {} {what} (mode {mode:04o}); chmod 600 it", path.display());
+    }
+    Ok(path)
+}

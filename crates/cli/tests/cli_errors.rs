@@ -293,3 +293,77 @@ fn user_against_etcd_without_auth_exits_13_with_a_hint() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// 6. Passphrase files other users can read or write.
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// As ssh does for private keys: a passphrase file (--passphrase-file,
+/// ETCDGUARD_PASSPHRASE_FILE, --new-passphrase-file) that group or others can read or write
+/// is used, with one warning on stderr naming it; a private one gives no warning; the
+/// passphrase itself is never printed.
+#[test]
+fn passphrase_file_open_to_others_is_used_with_a_warning() {
+    const PASS: &str = "correct-horse-battery-staple-7f3a";
+    const NEW_PASS: &str = "second-passphrase-0c41b9";
+    let dir = tempfile::tempdir().unwrap();
+    let server = EtcdServer::start(EtcdVersion::V3_5);
+    server.put(b"/registry/secrets/default/s", b"not-a-real-secret");
+    let snapshot = dir.path().join("snapshot.db");
+    server.snapshot_save(&snapshot);
+    drop(server);
+    let pass_file = dir.path().join("pass");
+    std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
+    let new_file = dir.path().join("new-pass");
+    std::fs::write(&new_file, format!("{NEW_PASS}\n")).unwrap();
+    let repo = dir.path().join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let pass_s = pass_file.to_str().unwrap();
+    let warned = |out: &Output, file: &Path| {
+        let stderr = text(&out.stderr);
+        let warnings = stderr.lines().filter(|l| l.starts_with("warning:") && l.contains(&file.display().to_string()) && l.contains("chmod 600")).count();
+        assert!(!stderr.contains(PASS) && !stderr.contains(NEW_PASS) && !text(&out.stdout).contains(PASS), "a passphrase was printed: {stderr}");
+        warnings
+    };
+
+    chmod(&pass_file, 0o600);
+    let out = etcdguard().args(["backup", "create", "--repo", repo_s, "--passphrase-file", pass_s, "--from-file"]).arg(&snapshot).output().unwrap();
+    expect_code(&out, 0, "create with a private passphrase file");
+    assert_eq!(warned(&out, &pass_file), 0, "no warning for mode 0600: {}", text(&out.stderr));
+
+    let mut failures = Vec::new();
+    for (mode, word) in [(0o644, "readable"), (0o640, "readable"), (0o604, "readable"), (0o620, "writable"), (0o602, "writable")] {
+        chmod(&pass_file, mode);
+        let runs: Vec<(&str, Output)> = vec![
+            ("verify --passphrase-file", etcdguard().args(["backup", "verify", "latest", "--repo", repo_s, "--passphrase-file", pass_s]).output().unwrap()),
+            ("list --passphrase-file (not read)", etcdguard().args(["backup", "list", "--repo", repo_s, "--passphrase-file", pass_s]).output().unwrap()),
+            ("show with ETCDGUARD_PASSPHRASE_FILE", etcdguard().args(["backup", "show", "latest", "--repo", repo_s]).env("ETCDGUARD_PASSPHRASE_FILE", pass_s).output().unwrap()),
+        ];
+        for (what, out) in runs {
+            let stderr = text(&out.stderr);
+            if out.status.code() != Some(0) || warned(&out, &pass_file) != 1 || !stderr.contains(word) {
+                failures.push(format!("mode {mode:o}, {what}: expected success with one warning saying {word}\nstatus: {:?}\nstderr: {stderr}", out.status));
+            }
+        }
+    }
+    chmod(&pass_file, 0o400);
+    let out = etcdguard().args(["backup", "verify", "latest", "--repo", repo_s, "--passphrase-file", pass_s]).output().unwrap();
+    expect_code(&out, 0, "verify with a read-only private passphrase file");
+    assert_eq!(warned(&out, &pass_file), 0, "no warning for mode 0400: {}", text(&out.stderr));
+
+    // The new passphrase of `backup key add`, from a file others can read.
+    chmod(&new_file, 0o644);
+    let out = etcdguard().args(["backup", "key", "add", "--repo", repo_s, "--passphrase-file", pass_s, "--new-passphrase-file"]).arg(&new_file).output().unwrap();
+    expect_code(&out, 0, "key add");
+    if warned(&out, &new_file) != 1 || warned(&out, &pass_file) != 0 {
+        failures.push(format!("key add: expected one warning, for the new passphrase file only: {}", text(&out.stderr)));
+    }
+    // It works: the new passphrase opens the repository.
+    let out = etcdguard().args(["backup", "verify", "latest", "--repo", repo_s]).env("ETCDGUARD_PASSPHRASE", NEW_PASS).output().unwrap();
+    expect_code(&out, 0, "verify with the added passphrase");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

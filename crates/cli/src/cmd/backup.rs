@@ -152,7 +152,7 @@ pub struct KeyNewArgs {
     #[command(flatten)]
     pub repo: RepoArg,
     /// File holding the new passphrase (or put it in ETCDGUARD_NEW_PASSPHRASE).
-    #[arg(long, env = "ETCDGUARD_NEW_PASSPHRASE_FILE", value_name = "FILE")]
+    #[arg(long, env = "ETCDGUARD_NEW_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
     pub new_passphrase_file: Option<PathBuf>,
 }
 
@@ -172,7 +172,7 @@ pub struct RepoArg {
     /// ETCDGUARD_PASSPHRASE). A repository that `backup create` makes while a passphrase is
     /// given is encrypted with it: chunks and files (CA keys included) are sealed with
     /// XChaCha20-Poly1305 under a key only the passphrase opens. Lose it and the backups are lost.
-    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE")]
+    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
     pub passphrase_file: Option<PathBuf>,
 }
 
@@ -186,7 +186,7 @@ impl RepoArg {
 /// A passphrase from a file (trailing newline dropped) or else from an environment variable.
 fn read_passphrase(file: Option<&Path>, flag: &str, env: &str) -> Result<Option<Passphrase>, Failure> {
     if let Some(path) = file {
-        use std::os::unix::fs::PermissionsExt;
+        // Its mode was checked (with a warning) when the flag was parsed: crate::args.
         let bytes = std::fs::read(path).map_err(|e| {
             let code = match e.kind() {
                 std::io::ErrorKind::NotFound => Code::NotFound,
@@ -195,11 +195,6 @@ fn read_passphrase(file: Option<&Path>, flag: &str, env: &str) -> Result<Option<
             };
             Failure::new(code, format!("{flag} {}: {e}", path.display()))
         })?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                eprintln!("warning: {} can be read by other users; chmod 600 it", path.display());
-            }
-        }
         let p = Passphrase::new(bytes);
         if p.bytes().is_empty() {
             return Err(Failure::new(Code::Usage, format!("{flag} {}: the file is empty", path.display())));

@@ -96,7 +96,7 @@ pub struct DiffArgs {
     #[arg(long, value_name = "URL", value_parser = crate::args::repo)]
     pub repo: Option<String>,
     /// Passphrase file of an encrypted repository (or ETCDGUARD_PASSPHRASE).
-    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", requires = "repo")]
+    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file, requires = "repo")]
     pub passphrase_file: Option<PathBuf>,
     /// Where --repo snapshots are fetched to [default: the system temp dir].
     #[arg(long, value_name = "DIR", requires = "repo")]

@@ -58,7 +58,7 @@ pub struct NodeRestoreArgs {
     #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL", value_parser = crate::args::repo)]
     pub repo: Option<String>,
     /// Passphrase file of an encrypted repository (or ETCDGUARD_PASSPHRASE).
-    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE")]
+    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
     pub passphrase_file: Option<PathBuf>,
     /// Also put the backup's PKI directory in place of <kubernetes-dir>/pki (the current one
     /// is kept as pki.etcdguard-<time>): for a node rebuilt without its certificates.
