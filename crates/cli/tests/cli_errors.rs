@@ -56,6 +56,22 @@ fn into_closed_pipe(args: &[&str]) -> Output {
     etcdguard().args(args).stdin(Stdio::null()).stdout(writer).stderr(Stdio::piped()).output().unwrap()
 }
 
+/// Runs `cmd` with stdout and stderr captured; kills it (and says so in stderr) after `limit`.
+fn output_within(cmd: &mut std::process::Command, limit: std::time::Duration) -> Output {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let mut out = child.wait_with_output().unwrap();
+            out.stderr.extend_from_slice(format!("\n(killed by the test after {limit:?})").as_bytes());
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 // ---------------------------------------------------------------------------------------
 // 1. Output into a closed pipe.
 
@@ -366,4 +382,60 @@ fn passphrase_file_open_to_others_is_used_with_a_warning() {
     let out = etcdguard().args(["backup", "verify", "latest", "--repo", repo_s]).env("ETCDGUARD_PASSPHRASE", NEW_PASS).output().unwrap();
     expect_code(&out, 0, "verify with the added passphrase");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. Out-of-range values.
+
+/// Huge durations (the agent's `--every 99999999999h` panicked: `DateTime + TimeDelta
+/// overflowed`), huge and zero sizes, an empty cluster name, a revision bump past etcd's
+/// largest revision: each is a clean usage error (exit 2), never a panic. Durations are
+/// refused by the one shared parser (at most 100 years) before any command runs.
+#[test]
+fn out_of_range_values_are_usage_errors() {
+    let s = setup();
+    let snap = s.snapshot.to_str().unwrap();
+    let repo = s.repo.to_str().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let new_repo = scratch.path().join("new-repo");
+    let new_repo = new_repo.to_str().unwrap();
+    let data_dir = scratch.path().join("restored");
+    let data_dir = data_dir.to_str().unwrap();
+    let ep = s.server.endpoint();
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("--every", vec!["agent", "--repo", new_repo, "--from-file", snap, "--every", "99999999999h", "--runs", "2", "--listen", "off"]),
+        ("--every", vec!["agent", "--repo", new_repo, "--from-file", snap, "--every", "101y", "--runs", "2", "--listen", "off"]),
+        ("--every", vec!["agent", "--repo", new_repo, "--from-file", snap, "--every", "0s", "--runs", "2", "--listen", "off"]),
+        ("--keep-within", vec!["agent", "--repo", new_repo, "--from-file", snap, "--keep-within", "18446744073709551615s", "--runs", "1", "--listen", "off"]),
+        ("--keep-within", vec!["backup", "prune", "--repo", repo, "--keep-within", "99999999999h", "--dry-run"]),
+        ("--expires", vec!["backup", "url", "latest", "--repo", repo, "--expires", "99999999999h"]),
+        ("--wait-timeout", vec!["node", "restore", snap, "--dry-run", "--wait-timeout", "99999999999h"]),
+        ("--dial-timeout", vec!["cluster", "health", "--endpoints", ep, "--dial-timeout", "99999999999h"]),
+        ("--command-timeout", vec!["snapshot", "save", "-", "--endpoints", ep, "--command-timeout", "99999999999999999999s"]),
+        ("chunk size", vec!["backup", "create", "--repo", new_repo, "--from-file", snap, "--chunk-size", "0"]),
+        ("chunk size", vec!["backup", "create", "--repo", new_repo, "--from-file", snap, "--chunk-size", "4294967295"]),
+        ("--chunk-size", vec!["backup", "create", "--repo", new_repo, "--from-file", snap, "--chunk-size", "99999999999"]),
+        ("--keep-last", vec!["backup", "prune", "--repo", repo, "--keep-last=-1", "--dry-run"]),
+        ("--keep-daily", vec!["backup", "prune", "--repo", repo, "--keep-daily", "99999999999999999999", "--dry-run"]),
+        ("--runs", vec!["agent", "--repo", new_repo, "--from-file", snap, "--runs", "18446744073709551616"]),
+        ("--cluster", vec!["backup", "create", "--repo", new_repo, "--from-file", snap, "--cluster", ""]),
+        ("--bump-revision", vec!["snapshot", "restore", snap, "--data-dir", data_dir, "--bump-revision", "18446744073709551615", "--mark-compacted"]),
+        ("--bump-revision", vec!["snapshot", "restore", snap, "--data-dir", data_dir, "--bump-revision", "9223372036854775807", "--mark-compacted"]),
+        ("--bump-revision", vec!["backup", "restore", "latest", "--repo", repo, "--data-dir", data_dir, "--bump-revision", "9223372036854775800", "--mark-compacted"]),
+    ];
+    let mut failures = Vec::new();
+    for (flag, args) in &cases {
+        // (Before the bound, `--every 101y` parsed, and the agent slept for a century.)
+        let out = output_within(etcdguard().args(args), std::time::Duration::from_secs(60));
+        let stderr = text(&out.stderr);
+        if out.status.code() != Some(USAGE) || stderr.contains("panicked") || !stderr.contains(flag) {
+            failures.push(format!("{args:?}: expected exit 2 naming {flag}\nstatus: {:?}\nstderr: {stderr}", out.status));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert!(!Path::new(new_repo).exists(), "a refused command created the repository");
+    assert!(!Path::new(data_dir).exists(), "a refused restore left a data dir");
+    // The limit itself is accepted.
+    let out = etcdguard().args(["backup", "prune", "--repo", repo, "--keep-within", "100y", "--dry-run"]).output().unwrap();
+    expect_code(&out, 0, "--keep-within 100y");
 }

@@ -239,7 +239,7 @@ pub struct CreateArgs {
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
     /// Cluster name shown in `backup list`.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = crate::args::non_empty)]
     pub cluster: Option<String>,
     /// Skip the structural and schema check of the snapshot (the sha256 trailer is still checked).
     #[arg(long)]

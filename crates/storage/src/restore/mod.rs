@@ -401,7 +401,10 @@ pub fn restore(
         *source_facts.borrow_mut() = Some(checked?);
         copied.map_err(io_err(format!("copying the snapshot to {}", db_path.display())))?;
         let copied = t.elapsed();
-        let committed = db::commit(&db_path, &edit).map_err(|e| RestoreError::Rewrite(e.to_string()))?;
+        let committed = db::commit(&db_path, &edit).map_err(|e| match e {
+            e @ db::DbError::BumpTooLarge { .. } => RestoreError::Config(e.to_string()),
+            e => RestoreError::Rewrite(e.to_string()),
+        })?;
         let committed_at = t.elapsed();
         let facts = self_check(&db_path, cluster, committed.bumped_to)?;
         timings.borrow_mut().extend([
