@@ -124,7 +124,7 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         None => std::env::var("ETCDGUARD_STORE_RETRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(4),
     };
     let timeout = match opt("timeout") {
-        Some(v) => humantime::parse_duration(&v).map_err(|e| invalid(&format!("timeout: {e}")))?,
+        Some(v) => crate::retention::parse_duration(&v).map_err(|e| invalid(&format!("timeout: {e}")))?,
         None => Duration::from_secs(120),
     };
     let retry = object_store::RetryConfig {
