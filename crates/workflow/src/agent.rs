@@ -397,3 +397,66 @@ fn serve(server: tiny_http::Server, state: Arc<Mutex<State>>) {
         let _ = request.respond(response);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The abandon path of a stop: this process's locks go, another process's stay.
+    #[test]
+    fn release_our_locks_removes_only_this_process_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = etcdguard_repo::open_url(dir.path().to_str().unwrap()).unwrap();
+        let ours = etcdguard_repo::lock::Lock::acquire(store.clone(), false, "backup").unwrap();
+        // Another process on this host (only the fields the release looks at matter).
+        let theirs = serde_json::json!({
+            "exclusive": false, "purpose": "backup", "hostname": etcdguard_repo::lock::hostname(),
+            "pid": std::process::id().wrapping_add(1), "created": Utc::now().to_rfc3339(), "refreshed": Utc::now().to_rfc3339(),
+        });
+        store.put("locks/theirs.json", serde_json::to_vec(&theirs).unwrap().into()).unwrap();
+        let before: Vec<String> = store.list("locks/").unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(before.len(), 2, "{before:?}");
+        release_our_locks(store.as_ref());
+        let after: Vec<String> = store.list("locks/").unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(after, vec!["locks/theirs.json".to_string()]);
+        drop(ours);
+    }
+
+    #[test]
+    fn prune_failures_turn_health_red_at_the_threshold() {
+        let now = Utc::now();
+        let mut s = State {
+            every: Duration::from_secs(3600),
+            role: "active",
+            started: now,
+            running_since: None,
+            next_run: now,
+            backups_ok: 1,
+            backups_failed: 0,
+            prunes_ok: 0,
+            prunes_failed: 0,
+            prune_failures_unhealthy: 3,
+            prunes_failed_in_a_row: 0,
+            last_prune_error: None,
+            last_result: Some(Ok(())),
+            last_finished: Some(now),
+            last_success: Some((now, "abc".into())),
+            last_duration: 1.0,
+            last_snapshot_bytes: 1,
+            last_added_bytes: 1,
+            last_revision: 1,
+            backups_in_repository: Some(1),
+        };
+        for n in 1..=3 {
+            s.prunes_failed += 1;
+            s.prunes_failed_in_a_row = n;
+            s.last_prune_error = Some((now, "the repository is in use".into()));
+            let (ok, text) = s.health(now);
+            assert_eq!(ok, n < 3, "{n}: {text}");
+        }
+        let metrics = s.metrics(now);
+        assert!(metrics.contains("etcdguard_prune_runs_total{result=\"failure\"} 3"), "{metrics}");
+        assert!(metrics.contains("etcdguard_agent_healthy 0"), "{metrics}");
+        assert!(metrics.contains("etcdguard_agent_role{role=\"active\"} 1"), "{metrics}");
+    }
+}
