@@ -55,7 +55,7 @@ enum Command {
     /// Take backups on a schedule, apply retention, serve /healthz and Prometheus /metrics.
     ///
     /// Runs `backup create` (same flags: --repo, connection flags or --from-file, --pki-dir,
-    /// --manifests-dir, …) every --every, then, when any --keep-* rule is given, `backup
+    /// --manifests-dir, …) every --every (or on --schedule CRON), then, when any --keep-* rule is given, `backup
     /// prune` with those rules. A failed backup is logged and counted, and the next one runs
     /// on time. /healthz answers 503 while the last backup failed or the last success is
     /// older than twice --every, or once retention failed --prune-failures-unhealthy times in

@@ -8,7 +8,7 @@
 //!   passphrase keys, fetch a backup's snapshot;
 //! - [`restore`]: `snapshot restore` (new data dirs from a snapshot file);
 //! - [`node`]: `node restore` (fetch and check, then the control-plane runbook);
-//! - [`agent`]: the scheduler, its state, `/healthz` and `/metrics`;
+//! - [`agent`]: the loop, its state, `/healthz` and `/metrics`; [`schedule`]: when it runs;
 //! - [`snapshot`], [`repo`], [`spool`], [`stop`]: what they share.
 
 pub mod agent;
@@ -18,6 +18,7 @@ pub mod error;
 pub mod node;
 pub mod repo;
 pub mod restore;
+pub mod schedule;
 pub mod snapshot;
 pub mod spool;
 pub mod stop;
