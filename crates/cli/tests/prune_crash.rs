@@ -71,16 +71,54 @@ fn prune_after_an_interrupted_prune_keeps_the_recreated_pack() {
     }
 }
 
+/// A `backup create` killed while it creates an encrypted repository, after storing the key
+/// file and before the config (written last), leaves a key file that seals no data. The next
+/// create makes the repository anew; the same passphrase must not then open that leftover's
+/// master key instead of the one the data is sealed with.
+#[test]
+fn create_after_an_interrupted_encrypted_init_uses_the_right_key() {
+    use std::os::unix::fs::DirBuilderExt;
+    let snaps = snapshots();
+    let work = scratch("crash-init");
+    let with_pass = || {
+        let mut c = etcdguard();
+        c.env("ETCDGUARD_PASSPHRASE", PASSPHRASE);
+        c
+    };
+    let (first, second) = (snaps.first.to_str().unwrap(), snaps.second.to_str().unwrap());
+    // The killed init's leftover: a key file wrapping a random master key under the passphrase
+    // (taken from another repository made with it), and nothing else. Key ids are random; this
+    // one sorts before the next create's, as half of them would.
+    let other = work.join("other");
+    ok_with(&mut with_pass(), &["backup", "create", "--repo", other.to_str().unwrap(), "--from-file", first]);
+    let leftover = std::fs::read_dir(other.join("keys")).unwrap().next().unwrap().unwrap().path();
+    let repo = work.join("repo");
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(repo.join("keys")).unwrap();
+    std::fs::copy(&leftover, repo.join("keys/0000000000000000.json")).unwrap();
+    let repo_s = repo.to_str().unwrap();
+    let scratch_dir = work.to_str().unwrap();
+
+    let id = created_id(&ok_with(&mut with_pass(), &["backup", "create", "--repo", repo_s, "--from-file", first]));
+    ok_with(&mut with_pass(), &["backup", "verify", &id, "--repo", repo_s, "--packs", "--scratch-dir", scratch_dir]);
+    // A later create unlocks the repository rather than creating it; both backups restore.
+    let id2 = created_id(&ok_with(&mut with_pass(), &["backup", "create", "--repo", repo_s, "--from-file", second]));
+    for (id, snap) in [(&id, &snaps.first), (&id2, &snaps.second)] {
+        let dest = work.join(format!("{id}.db"));
+        ok_with(&mut with_pass(), &["backup", "restore", id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
+        assert!(std::fs::read(&dest).unwrap() == std::fs::read(snap).unwrap(), "backup {id} did not restore byte-identical");
+    }
+}
+
 #[test]
 fn random_kills_of_create_and_prune_leave_a_usable_repository() {
-    crash_trials(SUITE_TRIALS);
+    crash_trials("suite", SUITE_TRIALS);
 }
 
 /// The long run: `CRASH_TRIALS=200 cargo test --release -p etcdguard --test prune_crash -- --ignored`.
 #[test]
 #[ignore]
 fn random_kills_long_run() {
-    crash_trials(LONG_TRIALS);
+    crash_trials("long", LONG_TRIALS);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -161,35 +199,47 @@ impl TrialRepo {
     }
 }
 
-/// The command a trial kills, as arguments after `--repo REPO`.
-fn pick_action(rng: &mut Rng, snaps: &Snapshots, files_dir: &Path) -> Vec<String> {
+/// The command a trial kills, as arguments after `backup`, and a short description of it.
+fn pick_action(rng: &mut Rng, snaps: &Snapshots, files_dir: &Path) -> (Vec<String>, String) {
     if rng.percent(60) {
-        let snapshot = [&snaps.first, &snaps.second, &snaps.third][rng.below(3) as usize];
-        let mut args = vec!["create".into(), "--from-file".into(), snapshot.display().to_string()];
-        if rng.percent(50) {
-            // Files no later backup has: their blobs become garbage and their packs get repacked.
-            for i in 0..=rng.below(2) {
-                let mut data = vec![0u8; 200_000 + rng.below(2_800_000) as usize];
-                rng.fill(&mut data);
-                let path = files_dir.join(format!("extra-{i}.bin"));
-                std::fs::write(&path, &data).unwrap();
-                args.extend(["--file".into(), path.display().to_string()]);
-            }
-        }
-        if rng.percent(30) {
-            // The structural check dominates a create; without it more kills land in uploads.
-            args.push("--skip-verify".into());
-        }
-        args
+        pick_create(rng, snaps, files_dir)
     } else {
+        // Rules that remove backups, mostly: a removed backup's packs hold blobs the kept ones
+        // share, so the prune repacks them.
         let mut args = vec!["prune".to_string()];
-        match rng.below(4) {
-            0 | 1 => args.extend(["--keep-last".into(), (1 + rng.below(3)).to_string()]),
-            2 => args.extend(["--keep-within".into(), format!("{}s", 1 + rng.below(5))]),
+        match rng.below(20) {
+            0..=7 => args.extend(["--keep-last".into(), "1".into()]),
+            8..=10 => args.extend(["--keep-last".into(), "2".into()]),
+            11..=15 => args.extend(["--keep-within".into(), format!("{}s", 1 + rng.below(5))]),
             _ => {} // no policy: only data no backup uses
         }
-        args
+        let about = args.join(" ");
+        (args, about)
     }
+}
+
+/// A `backup create` of one of the snapshots, sometimes with files of random bytes.
+fn pick_create(rng: &mut Rng, snaps: &Snapshots, files_dir: &Path) -> (Vec<String>, String) {
+    let snapshot = [&snaps.first, &snaps.second, &snaps.third][rng.below(3) as usize];
+    let mut args = vec!["create".into(), "--from-file".into(), snapshot.display().to_string()];
+    let mut about = format!("create --from-file {}", snapshot.file_name().unwrap().to_string_lossy());
+    if rng.percent(60) {
+        // Files no later backup has: their blobs become garbage and their packs get repacked.
+        for i in 0..=rng.below(2) {
+            let mut data = vec![0u8; 200_000 + rng.below(2_800_000) as usize];
+            rng.fill(&mut data);
+            let path = files_dir.join(format!("extra-{i}.bin"));
+            std::fs::write(&path, &data).unwrap();
+            args.extend(["--file".into(), path.display().to_string()]);
+            about.push_str(&format!(" --file <{} random bytes>", data.len()));
+        }
+    }
+    if rng.percent(30) {
+        // The structural check dominates a create; without it more kills land in uploads.
+        args.push("--skip-verify".into());
+        about.push_str(" --skip-verify");
+    }
+    (args, about)
 }
 
 /// `backup ARGS…` with `--repo` inserted after the subcommand.
@@ -199,12 +249,12 @@ fn backup_args(repo: &str, action: &[String]) -> Vec<String> {
     v
 }
 
-fn crash_trials(default_trials: u64) {
+fn crash_trials(name: &str, default_trials: u64) {
     let seed = env_u64("CRASH_SEED", DEFAULT_SEED);
     let trials = env_u64("CRASH_TRIALS", default_trials);
     eprintln!("crash trials: seed {seed}, {trials} trials (replay with CRASH_SEED={seed} CRASH_TRIALS={trials})");
     let snaps = snapshots();
-    let work = scratch(&format!("crash-trials-{seed}"));
+    let work = scratch(&format!("crash-{name}-{seed}"));
     let files_dir = work.join("files");
     std::fs::create_dir_all(&files_dir).unwrap();
     let mut rng = Rng(seed);
@@ -216,12 +266,15 @@ fn crash_trials(default_trials: u64) {
     let mut failures = Vec::new();
     for trial in 1..=trials {
         let which = usize::from(rng.percent(35));
-        let action = pick_action(&mut rng, snaps, &files_dir);
+        // Now and then the create that makes a new repository is the one killed.
+        let new_repo = rng.percent(10);
+        let (action, about) = if new_repo { pick_create(&mut rng, snaps, &files_dir) } else { pick_action(&mut rng, snaps, &files_dir) };
         let fraction = rng.fraction();
         let fresh_snapshot = [&snaps.first, &snaps.second, &snaps.third][rng.below(3) as usize].clone();
-        let fresh_keep = (2 + rng.below(2)).to_string();
-        let repo = &mut repos[which];
-        let what = format!("trial {trial}: {} repository, `{}`", repo.label(), action.join(" "));
+        let fresh_keep = (3 + rng.below(2)).to_string();
+        let mut fresh = TrialRepo { dir: work.join(format!("new-{trial}")), encrypted: repos[which].encrypted };
+        let repo = if new_repo { &mut fresh } else { &mut repos[which] };
+        let what = format!("trial {trial}: {} {}repository, `backup {about}`", repo.label(), if new_repo { "new " } else { "" });
         match run_trial(repo, &action, fraction, &fresh_snapshot, &fresh_keep, &work) {
             Ok(outcome) => eprintln!("{what}: {outcome}: OK"),
             Err(e) => {
@@ -232,10 +285,13 @@ fn crash_trials(default_trials: u64) {
                 let _ = std::fs::rename(&repo.dir, &kept);
                 let _ = std::fs::rename(work.join("before"), work.join(format!("failed-trial-{trial}-before")));
                 failures.push(format!("{what}: {e}\n  (repository kept in {}, its state before the trial in {}-before)", kept.display(), kept.display()));
-                let encrypted = repo.encrypted;
-                *repo = TrialRepo::new(work.join(format!("{}-{trial}", repo.label())), encrypted, &snaps.first);
+                if !new_repo {
+                    let encrypted = repo.encrypted;
+                    *repo = TrialRepo::new(work.join(format!("{}-{trial}", repo.label())), encrypted, &snaps.first);
+                }
             }
         }
+        let _ = std::fs::remove_dir_all(&fresh.dir);
         for e in std::fs::read_dir(&files_dir).unwrap() {
             let _ = std::fs::remove_file(e.unwrap().path());
         }
@@ -259,8 +315,11 @@ fn run_trial(repo: &TrialRepo, action: &[String], fraction: f64, fresh_snapshot:
     for d in [&before, &measure] {
         let _ = std::fs::remove_dir_all(d);
     }
-    cp_a(&repo.dir, &before);
-    cp_a(&repo.dir, &measure);
+    // A new repository has no directory yet: the copies have none either.
+    if repo.dir.exists() {
+        cp_a(&repo.dir, &before);
+        cp_a(&repo.dir, &measure);
+    }
     let started = Instant::now();
     let out = run(repo.cmd().args(backup_args(measure.to_str().unwrap(), action)));
     let full = started.elapsed();
@@ -268,9 +327,14 @@ fn run_trial(repo: &TrialRepo, action: &[String], fraction: f64, fresh_snapshot:
         return Err(format!("the uninterrupted run on a copy failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr)));
     }
     let _ = std::fs::remove_dir_all(&measure);
+    // What an uninterrupted prune did ("… N repacked …"): whether this kill could land in a repack.
+    let summary = match action[0].as_str() {
+        "prune" => format!(" (uninterrupted: {})", String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default()),
+        _ => String::new(),
+    };
 
     let delay = full.mul_f64(fraction);
-    let mut child = repo
+    let child = repo
         .cmd()
         .args(backup_args(repo.path(), action))
         .stdout(Stdio::null())
@@ -284,7 +348,7 @@ fn run_trial(repo: &TrialRepo, action: &[String], fraction: f64, fresh_snapshot:
         libc::kill(pid as libc::pid_t, libc::SIGKILL);
     }
     let out = child.wait_with_output().map_err(|e| format!("waiting for etcdguard: {e}"))?;
-    let when = format!("killed at {:.0?} of {:.0?} ({:.1}%)", delay, full, fraction * 100.0);
+    let when = format!("killed at {} ms of {} ms ({:.1}%){summary}", delay.as_millis(), full.as_millis(), fraction * 100.0);
     let outcome = match (out.status.signal(), out.status.code()) {
         (Some(libc::SIGKILL), _) => format!("{when}, pid {pid}"),
         (_, Some(0)) => format!("{when}: it had finished"),
@@ -294,11 +358,22 @@ fn run_trial(repo: &TrialRepo, action: &[String], fraction: f64, fresh_snapshot:
     };
     let leftovers = temp_files(&repo.dir);
 
-    let listed = check_every_backup(repo, work, pid).map_err(|e| format!("{outcome}: after the kill: {e}"))?;
+    // A create killed before it wrote the config of a new repository leaves no repository.
+    let listed = if repo.dir.join("config").exists() {
+        check_every_backup(repo, work, pid).map_err(|e| format!("{outcome}: after the kill: {e}"))?
+    } else {
+        0
+    };
     let snapshot = fresh_snapshot.to_str().unwrap();
     run_checked(repo, &["backup", "create", "--repo", repo.path(), "--from-file", snapshot], pid)
         .map_err(|e| format!("{outcome}: the next create: {e}"))?;
-    run_checked(repo, &["backup", "prune", "--repo", repo.path(), "--keep-last", fresh_keep], pid)
+    // A killed prune is run again as it was (as a user or the agent would): the same
+    // decisions repack the same blobs into packs of the same names as the killed run's.
+    let prune_again = match action[0].as_str() {
+        "prune" => backup_args(repo.path(), action),
+        _ => backup_args(repo.path(), &["prune".into(), "--keep-last".into(), fresh_keep.into()]),
+    };
+    run_checked(repo, &prune_again.iter().map(String::as_str).collect::<Vec<_>>(), pid)
         .map_err(|e| format!("{outcome}: the next prune: {e}"))?;
     let after = check_every_backup(repo, work, pid).map_err(|e| format!("{outcome}: after the next create and prune: {e}"))?;
     Ok(format!("{outcome}; {listed} backup(s) verified, then {after}; {leftovers} temporary file(s) left by the kill"))
