@@ -17,6 +17,7 @@ Exit codes:
  14 destination exists (nothing was overwritten)
  15 backup repository in use by another etcdguard (locked)
  16 encrypted backup repository: passphrase missing or wrong
+ 17 refused by a safety check (quorum, healthy member, lagging learner); nothing changed
 
 Environment: ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY … as etcdctl reads them;
 ETCDGUARD_REPO, ETCDGUARD_PASSPHRASE, ETCDGUARD_PASSPHRASE_FILE for `backup` and `agent`;
@@ -40,7 +41,8 @@ enum Command {
     /// Work with etcd snapshot files: status, verify, restore, save.
     #[command(subcommand)]
     Snapshot(cmd::snapshot::SnapshotCommand),
-    /// Live cluster checks: endpoint health, members with leader, DB size, revision, raft index.
+    /// Live cluster checks and changes: health, members, guarded member remove/add/promote,
+    /// defrag, alarms.
     #[command(subcommand)]
     Cluster(cmd::cluster::ClusterCommand),
     /// Backups in a deduplicated repository (local dir, S3, GCS, Azure): create, list, show, verify, restore, prune.

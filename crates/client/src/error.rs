@@ -23,6 +23,9 @@ pub enum ErrorKind {
     Interrupted,
     /// The server answered with an error.
     Server,
+    /// A safety check refused the operation (quorum, a healthy member, a lagging learner);
+    /// nothing was changed.
+    Refused,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,8 @@ pub enum ClientError {
     Interrupted(&'static str),
     #[error("{0}")]
     NoEndpoint(String),
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("{endpoint}: revision {requested} is compacted (the oldest kept is {compact_revision}); the changes before it are gone, a new full snapshot is needed")]
     Compacted { endpoint: String, requested: i64, compact_revision: i64 },
 }
@@ -80,6 +85,7 @@ impl ClientError {
             ClientError::Write { source, .. } => ErrorKind::LocalIo(source.kind()),
             ClientError::Interrupted(_) => ErrorKind::Interrupted,
             ClientError::NoEndpoint(_) => ErrorKind::Unreachable,
+            ClientError::Refused(_) => ErrorKind::Refused,
             ClientError::Compacted { .. } => ErrorKind::Server,
         }
     }

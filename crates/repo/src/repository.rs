@@ -296,7 +296,7 @@ impl Repository {
 
     /// The master key when the repository is encrypted; an error when it is and the
     /// repository was not unlocked.
-    fn keys(&self) -> Result<Option<&Keys>, RepoError> {
+    pub(crate) fn keys(&self) -> Result<Option<&Keys>, RepoError> {
         match (&self.keys, self.is_encrypted()) {
             (Some(k), _) => Ok(Some(k)),
             (None, false) => Ok(None),

@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod backup;
+pub mod capture;
 pub mod error;
 pub mod node;
 pub mod repo;
