@@ -36,7 +36,7 @@ fn cron_schedule_runs_on_its_matches_with_json_logs() {
     let repo = work.path().join("repo");
     let port = free_port();
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    let mut child = etcdguard()
+    let child = etcdguard()
         .arg("agent")
         .arg("--repo")
         .arg(&repo)

@@ -85,6 +85,30 @@ fn key_id_of(object: &str) -> Option<String> {
     object.strip_prefix("keys/")?.strip_suffix(".json").map(str::to_string)
 }
 
+/// Before an init: key files without a config were left by an init that was interrupted (the
+/// config is written last), so no data is sealed under them; kept, the same passphrase would
+/// also open their master key, and unlock could pick it instead of the one the data uses.
+/// With data beside them the config was lost some other way: refuse, so those keys survive.
+fn remove_keys_of_an_interrupted_init(store: &dyn Store) -> Result<(), RepoError> {
+    let leftovers = store.list("keys/")?;
+    if leftovers.is_empty() {
+        return Ok(());
+    }
+    for prefix in ["backups/", "index/", "packs/"] {
+        if !store.list(prefix)?.is_empty() {
+            return Err(RepoError::Damaged(format!(
+                "{} holds keys/ and {prefix} but no config file: the config was lost; restore it from a copy \
+                 of the repository (a new repository here would leave that data unreadable)",
+                store.location()
+            )));
+        }
+    }
+    for obj in leftovers {
+        store.delete(&obj.key)?;
+    }
+    Ok(())
+}
+
 pub fn pack_key(id: &Id) -> String {
     let h = id.hex();
     format!("packs/{}/{h}", &h[..2])
@@ -183,6 +207,7 @@ impl Repository {
             compression_level: COMPRESSION_LEVEL,
             encryption: if opts.passphrase.is_some() { crypto::SCHEME } else { crypto::NONE }.into(),
         };
+        remove_keys_of_an_interrupted_init(&*store)?;
         let mut keys = None;
         if let Some(passphrase) = &opts.passphrase {
             let k = Keys::generate();
