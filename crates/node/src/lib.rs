@@ -16,6 +16,7 @@
 //! beside the new one.
 
 pub mod pods;
+pub mod pki;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
