@@ -35,6 +35,8 @@ pub enum Code {
     RepositoryBusy = 15,
     /// An encrypted backup repository needs its passphrase, and none (or a wrong one) was given.
     KeyRequired = 16,
+    /// `pki check`: a certificate has expired, expires within --warn, or is not yet valid.
+    CertificateExpiry = 17,
 }
 
 /// An error that carries its exit code. Library errors are mapped to this in `cmd/`.

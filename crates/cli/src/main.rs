@@ -17,6 +17,7 @@ Exit codes:
  14 destination exists (nothing was overwritten)
  15 backup repository in use by another etcdguard (locked)
  16 encrypted backup repository: passphrase missing or wrong
+ 17 a certificate expired, expires within --warn, or is not yet valid (pki check)
 
 Environment: ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY … as etcdctl reads them;
 ETCDGUARD_REPO, ETCDGUARD_PASSPHRASE, ETCDGUARD_PASSPHRASE_FILE for `backup` and `agent`;
@@ -70,6 +71,10 @@ enum Command {
     /// labels), get one, diff two snapshots.
     #[command(subcommand)]
     Inspect(cmd::inspect::InspectCommand),
+    /// The node's certificates: check when they expire (exit 17 when one has expired or
+    /// expires within --warn).
+    #[command(subcommand)]
+    Pki(cmd::pki::PkiCommand),
 }
 
 fn main() {
@@ -81,6 +86,7 @@ fn main() {
         Command::Agent(a) => cmd::agent::run(a),
         Command::Node(c) => cmd::node::run(c),
         Command::Inspect(c) => cmd::inspect::run(c),
+        Command::Pki(c) => cmd::pki::run(c),
     };
     if let Err(err) = result {
         let code = exit::report(&err);

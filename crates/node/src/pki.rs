@@ -31,7 +31,8 @@ pub struct Certificate {
     pub path: String,
     /// Position among the certificates of the file (0 for the first; bundles have more).
     pub index: u32,
-    /// RFC 4514-style distinguished names, e.g. `CN=kube-apiserver`.
+    /// Distinguished names in the certificate's order, as `openssl x509 -subject` prints
+    /// them, e.g. `O=system:masters, CN=kube-apiserver-etcd-client`.
     pub subject: String,
     pub issuer: String,
     /// Upper-case hex without separators, as `openssl x509 -serial` prints it.
