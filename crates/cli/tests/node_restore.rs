@@ -82,7 +82,7 @@ fn terminate(c: &mut Child) {
 /// Runs the etcd container of a static pod manifest as the kubelet would: its command line,
 /// with container paths under a hostPath mount turned into host paths.
 fn run_pod(manifest: &Path, log: &Path) -> Child {
-    let pod: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+    let pod: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
     let c = &pod["spec"]["containers"][0];
     let mounts: Vec<(String, String)> = c["volumeMounts"]
         .as_sequence()

@@ -98,7 +98,7 @@ fn flags(argv: &[String]) -> BTreeMap<String, String> {
 /// The container of `pod` whose command starts with `program`, with its flags.
 fn read_container(path: &Path, program: &str) -> Result<(Pod, usize, BTreeMap<String, String>), NodeError> {
     let text = std::fs::read_to_string(path).map_err(|e| NodeError::Manifest(path.to_path_buf(), e.to_string()))?;
-    let pod: Pod = serde_yaml::from_str(&text).map_err(|e| NodeError::Manifest(path.to_path_buf(), e.to_string()))?;
+    let pod: Pod = serde_norway::from_str(&text).map_err(|e| NodeError::Manifest(path.to_path_buf(), e.to_string()))?;
     let index = pod
         .spec
         .containers
