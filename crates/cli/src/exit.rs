@@ -102,6 +102,8 @@ fn kind_of(code: Code) -> Kind {
         Code::DestinationExists => Kind::DestinationExists,
         Code::RepositoryBusy => Kind::RepositoryBusy,
         Code::KeyRequired => Kind::KeyRequired,
+        // Only `pki check` uses it, and it never hands its failure to a workflow.
+        Code::CertificateExpiry => Kind::Failure,
     }
 }
 
