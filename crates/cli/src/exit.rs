@@ -40,6 +40,8 @@ pub enum Code {
     /// A safety check refused a cluster change (quorum, a healthy member, a lagging learner);
     /// nothing was changed.
     Refused = 17,
+    /// `pki check`: a certificate has expired, expires within --warn, or is not yet valid.
+    CertificateExpiry = 18,
 }
 
 /// An error that carries its exit code. Library errors are mapped to this in `cmd/`.
@@ -105,6 +107,8 @@ fn kind_of(code: Code) -> Kind {
         Code::RepositoryBusy => Kind::RepositoryBusy,
         Code::KeyRequired => Kind::KeyRequired,
         Code::Refused => Kind::Refused,
+        // Only `pki check` uses it, and it never hands its failure to a workflow.
+        Code::CertificateExpiry => Kind::Failure,
     }
 }
 

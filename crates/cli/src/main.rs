@@ -22,6 +22,7 @@ Exit codes:
  15 backup repository in use by another etcdguard (locked)
  16 encrypted backup repository: passphrase missing or wrong
  17 refused by a safety check (quorum, healthy member, lagging learner); nothing changed
+ 18 a certificate expired, expires within --warn, or is not yet valid (pki check)
 
 Environment: ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY … as etcdctl reads them;
 ETCDGUARD_REPO, ETCDGUARD_PASSPHRASE, ETCDGUARD_PASSPHRASE_FILE for `backup` and `agent`;
@@ -79,6 +80,10 @@ enum Command {
     /// labels), get one, diff two snapshots.
     #[command(subcommand)]
     Inspect(cmd::inspect::InspectCommand),
+    /// The node's certificates: check when they expire (exit 18 when one has expired or
+    /// expires within --warn).
+    #[command(subcommand)]
+    Pki(cmd::pki::PkiCommand),
 }
 
 fn main() {
@@ -90,6 +95,7 @@ fn main() {
         Command::Agent(a) => cmd::agent::run(a),
         Command::Node(c) => cmd::node::run(c),
         Command::Inspect(c) => cmd::inspect::run(c),
+        Command::Pki(c) => cmd::pki::run(c),
     };
     if let Err(err) = result {
         let code = exit::report(&err);

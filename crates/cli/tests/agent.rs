@@ -81,12 +81,14 @@ fn agent_backs_up_on_schedule_applies_retention_and_reports_health() {
     let agent = Agent(cmd.spawn().unwrap());
     let agent_log = || std::fs::read_to_string(work.path().join("agent.log")).unwrap_or_default();
 
-    // Three backups succeed; each run writes a key first so the revisions move.
+    // Three backups succeed; each run writes a key first so the revisions move. A run's prune
+    // follows its backup, so wait for both counters (on a busy machine a poll can fall between).
     let mut metrics = String::new();
-    wait_for("three successful backups", Duration::from_secs(90), || {
+    wait_for("three successful backups and prunes", Duration::from_secs(90), || {
         server.put(b"/registry/configmaps/default/tick", Instant::now().elapsed().as_nanos().to_string().as_bytes());
         metrics = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
         sample(&metrics, "etcdguard_backup_runs_total{result=\"success\"}").unwrap_or(0.0) >= 3.0
+            && sample(&metrics, "etcdguard_prune_runs_total{result=\"success\"}").unwrap_or(0.0) >= 3.0
     });
     assert_eq!(sample(&metrics, "etcdguard_backup_runs_total{result=\"failure\"}"), Some(0.0), "{}", agent_log());
     assert!(sample(&metrics, "etcdguard_prune_runs_total{result=\"success\"}").unwrap() >= 3.0, "{metrics}");
@@ -160,7 +162,7 @@ fn shipped_kubernetes_manifests_use_real_flags() {
         if path.extension().is_none_or(|e| e != "yaml") {
             continue;
         }
-        let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let doc: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let kind = doc["kind"].as_str().unwrap().to_string();
         let pod = match kind.as_str() {
             "Deployment" => &doc["spec"]["template"]["spec"],

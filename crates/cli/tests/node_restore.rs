@@ -209,7 +209,7 @@ fn map_paths(text: &str, mounts: &[(String, String)]) -> String {
 /// as its runAsUser, with container paths under a hostPath mount turned into host paths.
 fn run_pod(manifest: &Path, log: &Path) -> Child {
     use std::os::unix::process::CommandExt;
-    let pod: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+    let pod: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
     let containers = pod["spec"]["containers"].as_sequence().unwrap();
     let c = containers.iter().find(|c| c["name"].as_str() == Some("etcd")).unwrap_or(&containers[0]);
     let mounts: Vec<(String, String)> = c["volumeMounts"]

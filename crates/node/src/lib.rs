@@ -21,6 +21,7 @@ pub mod owner;
 pub mod park;
 pub mod pods;
 pub mod ready;
+pub mod pki;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

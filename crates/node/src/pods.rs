@@ -325,7 +325,7 @@ fn container_argv(c: &Container, program: &str) -> Result<Option<Vec<String>>, S
 fn read_container(path: &Path, program: &str) -> Result<(Pod, usize, BTreeMap<String, String>), NodeError> {
     let bad = |m: String| NodeError::Manifest(path.to_path_buf(), m);
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let pod: Pod = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let pod: Pod = serde_norway::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let mut found = Vec::new();
     for (i, c) in pod.spec.containers.iter().enumerate() {
         if let Some(argv) = container_argv(c, program).map_err(bad)? {
