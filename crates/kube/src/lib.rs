@@ -10,6 +10,8 @@
 //! [`decode`] reads what every object has — apiVersion, kind and metadata — from all three
 //! without a schema per type; the full protobuf body of built-in types is not decoded here.
 
+pub mod encryption;
+
 use std::collections::BTreeMap;
 
 use etcdguard_storage::proto::{for_each_field, Value};
