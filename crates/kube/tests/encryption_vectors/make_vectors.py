@@ -27,8 +27,8 @@ plain = {
     "configmap": open(os.path.join(fixtures, "core.v1.ConfigMap.pb"), "rb").read(),
 }
 etcd_key = {
-    "secret": b"/registry/secrets/default/db-pass",
-    "configmap": b"/registry/configmaps/default/app-config",
+    "secret": b"/registry/secrets/namespaceValue/nameValue",  # where the fixture object lives
+    "configmap": b"/registry/configmaps/namespaceValue/nameValue",
 }
 fixture_file = {"secret": "core.v1.Secret.pb", "configmap": "core.v1.ConfigMap.pb"}
 
