@@ -649,6 +649,32 @@ resources:
     }
 
     #[test]
+    fn key_names_of_live_values() {
+        use etcdguard_storage::proto::KeyValue;
+        let mut tally = KeyNameTally::default();
+        let mut rev = 0;
+        let mut step = |t: &mut KeyNameTally, key: &[u8], value: &[u8], tombstone: bool| {
+            rev += 1;
+            t.observe(&Revision { main: rev, sub: 0, tombstone, kv: KeyValue { key, create_revision: 1, mod_revision: rev, version: 1, value, lease: 0 } });
+        };
+        // A rotation: /a moves from old to new; /b keeps old then is deleted; /c keeps old.
+        step(&mut tally, b"/a", b"k8s:enc:aesgcm:v1:old:xxxx", false);
+        step(&mut tally, b"/b", b"k8s:enc:aesgcm:v1:old:yyyy", false);
+        step(&mut tally, b"/c", b"k8s:enc:aesgcm:v1:old:zzzz", false);
+        step(&mut tally, b"/a", b"k8s:enc:aesgcm:v1:new:xxxx", false);
+        step(&mut tally, b"/b", b"", true);
+        step(&mut tally, b"/d", b"k8s:enc:secretbox:v1:gone:1", false);
+        step(&mut tally, b"/d", b"{\"plain\":1}", false);
+        step(&mut tally, b"/e", b"k8s:enc:aescbc:v1:", false);
+        let (uses, unreadable) = tally.finish();
+        let names: Vec<_> = uses.iter().map(|u| (u.provider, u.key_name.as_str(), u.values)).collect();
+        assert_eq!(names, vec![(ProviderKind::AesGcm, "new", 1), (ProviderKind::AesGcm, "old", 1)]);
+        assert_eq!(unreadable, 1);
+        // The sample of "old" is the newest value written with it (here /c), with its etcd key.
+        assert_eq!(uses[1].sample, (b"/c".to_vec(), b"k8s:enc:aesgcm:v1:old:zzzz".to_vec()));
+    }
+
+    #[test]
     fn resources_of_keys() {
         assert_eq!(resource_of_key(b"/registry/secrets/default/a"), "secrets");
         assert_eq!(resource_of_key(b"/registry/example.com/widgets/ns/w"), "widgets.example.com");

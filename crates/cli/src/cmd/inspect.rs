@@ -19,13 +19,15 @@ use crate::exit::{Code, Failure};
 pub enum InspectCommand {
     /// List the objects a snapshot holds (newest value of each key; deleted keys are gone).
     ///
-    /// Reads apiVersion, kind and metadata from protobuf, JSON and (as far as the marker
-    /// goes) encrypted-at-rest values. No server needed; works on `snapshot save` files,
-    /// restored files and copied member/snap/db files.
+    /// Reads apiVersion, kind and metadata from protobuf and JSON values. Encrypted-at-rest
+    /// values show their provider and key name, or, with --encryption-config, are decrypted
+    /// (values that do not decrypt are named on stderr; the exit code is then 1). No server
+    /// needed; works on `snapshot save` files, restored files and copied member/snap/db files.
     ///
     /// Examples:
     ///   etcdguard inspect list snapshot.db --resource secrets -n kube-system
     ///   etcdguard inspect list snapshot.db -l app=web -o json
+    ///   etcdguard inspect list snapshot.db -r secrets --encryption-config /etc/kubernetes/enc/enc.yaml
     #[command(verbatim_doc_comment)]
     List(ListArgs),
     /// Print one key's stored value: JSON objects as JSON; for protobuf objects their
@@ -366,7 +368,7 @@ fn get(args: GetArgs) -> Result<()> {
             _ => {
                 println!("{}", serde_json::to_string_pretty(&entry.json(&key))?);
                 if entry.object.encoding == Encoding::Protobuf {
-                    eprintln!("note: a protobuf object; its apiVersion, kind and metadata are shown, not its body (-o raw gives the stored bytes)");
+                    eprintln!("note: a protobuf object; its apiVersion, kind and metadata are shown, not its body (-o raw gives the stored bytes; decrypted with --encryption-config)");
                 }
                 if matches!(entry.object.encoding, Encoding::Encrypted(_)) {
                     eprintln!("note: encrypted at rest; --encryption-config FILE (the API server's EncryptionConfiguration) decrypts it");
