@@ -179,13 +179,38 @@ pub struct Appender {
     page_size: u32,
     start: u64,
     next: u64,
+    /// Page id of `bytes[0]`: pages before it were handed out by [`Appender::take_pending`].
+    pending_start: u64,
     bytes: Vec<u8>,
 }
+
+/// Receives appended pages as they are made: `(first page id, whole pages)`.
+pub type PageSink<'s> = dyn FnMut(u64, &[u8]) -> Result<(), WriteError> + 's;
+
+/// Pages are handed to the sink of [`Appender::append_sorted`] once this many bytes are pending.
+const SPILL_BYTES: usize = 8 << 20;
 
 impl Appender {
     /// Starts appending at page `pgid` (the current high-water mark).
     pub fn new(page_size: u32, pgid: u64) -> Appender {
-        Appender { page_size, start: pgid, next: pgid, bytes: Vec::new() }
+        Appender { page_size, start: pgid, next: pgid, pending_start: pgid, bytes: Vec::new() }
+    }
+
+    /// Page id where the bytes of [`Appender::bytes`] belong (equal to [`Appender::start`]
+    /// unless pages were already taken).
+    pub fn pending_start(&self) -> u64 {
+        self.pending_start
+    }
+
+    /// Hands the pending pages to `sink` and forgets them (memory stays bounded while a large
+    /// tree is appended).
+    fn spill(&mut self, sink: &mut PageSink<'_>) -> Result<(), WriteError> {
+        if !self.bytes.is_empty() {
+            sink(self.pending_start, &self.bytes)?;
+            self.bytes.clear();
+            self.pending_start = self.next;
+        }
+        Ok(())
     }
 
     pub fn page_size(&self) -> u32 {
@@ -277,6 +302,115 @@ impl Appender {
             let root = self.tree(entries)?;
             Ok(bucket_value(root, sequence, None))
         }
+    }
+
+    /// Appends `entries` (keys strictly increasing, all after the last key of the tree at
+    /// `root`) by rewriting the tree's right edge only: the rightmost leaf is refilled and
+    /// followed by new full leaves, then each branch of the rightmost path is rewritten with
+    /// its new children (split over as many pages as needed), and new levels are added on
+    /// top while more than one node remains. Pages nobody else reaches are never read, so a
+    /// million appended keys cost the new pages plus one path. Pages go to `sink` whenever
+    /// [`SPILL_BYTES`] are pending; the rest stay pending. Returns the new root page id
+    /// (`root` itself when `entries` is empty) and the number of entries appended.
+    pub fn append_sorted(
+        &mut self,
+        db: &Db<'_>,
+        root: u64,
+        entries: &mut dyn Iterator<Item = Entry>,
+        sink: &mut PageSink<'_>,
+    ) -> Result<(u64, u64), WriteError> {
+        let mut entries = entries.peekable();
+        if entries.peek().is_none() {
+            return Ok((root, 0));
+        }
+        // The rightmost path: every branch's children (root first), then the leaf.
+        let mut spine: Vec<Vec<(Vec<u8>, u64)>> = Vec::new();
+        let mut id = root;
+        let leaf = loop {
+            if spine.len() > MAX_DEPTH {
+                return Err(read_err(root, "tree too deep"));
+            }
+            let page = tree_page(db, id)?;
+            match page.kind {
+                PageKind::Leaf => break leaf_entries(&page, id)?,
+                PageKind::Branch => {
+                    let children = branch_children(&page, id)?;
+                    id = children.last().ok_or_else(|| read_err(id, "branch without elements"))?.1;
+                    spine.push(children);
+                }
+                kind => return Err(read_err(id, format!("{} page in a bucket tree", kind.name()))),
+            }
+        };
+        let p = self.page_size as usize;
+        let mut last_key = leaf.last().map(|e| e.key.clone());
+        let mut level: Vec<(Vec<u8>, u64)> = Vec::new();
+        let mut current = leaf;
+        let mut size = leaf_node_size(&current);
+        let mut appended = 0u64;
+        for e in entries {
+            if e.key.is_empty() || last_key.as_ref().is_some_and(|k| *k >= e.key) {
+                return Err(WriteError::Invalid("appended keys must be increasing and sort after the tree's last key".into()));
+            }
+            last_key = Some(e.key.clone());
+            if !current.is_empty() && (size + e.leaf_size() > p || current.len() >= 0xFFFE) {
+                let first = current[0].key.clone();
+                let id = self.leaf(&current)?;
+                level.push((first, id));
+                current.clear();
+                size = PAGE_HEADER_SIZE;
+                if self.bytes.len() >= SPILL_BYTES {
+                    self.spill(sink)?;
+                }
+            }
+            size += e.leaf_size();
+            current.push(e);
+            appended += 1;
+        }
+        let first = current[0].key.clone();
+        let id = self.leaf(&current)?;
+        level.push((first, id));
+        // Up the rightmost path: the replaced child keeps the key that led to it (it may be
+        // below the child's first key, which keeps the ancestors' bounds valid).
+        while let Some(mut children) = spine.pop() {
+            let (old_key, _) = children.pop().ok_or_else(|| read_err(root, "branch without elements"))?;
+            let mut replaced = level.into_iter();
+            let (_, first_id) = replaced.next().expect("a level has at least one node");
+            children.push((old_key, first_id));
+            children.extend(replaced);
+            level = self.branch_level(&children)?;
+        }
+        while level.len() > 1 {
+            level = self.branch_level(&level)?;
+        }
+        self.spill(sink)?;
+        Ok((level[0].1, appended))
+    }
+
+    /// Packs `children` into as few branch pages as fit (at least two children per page),
+    /// returning each page's (first key, page id).
+    fn branch_level(&mut self, children: &[(Vec<u8>, u64)]) -> Result<Vec<(Vec<u8>, u64)>, WriteError> {
+        let p = self.page_size as usize;
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < children.len() {
+            let mut end = start;
+            let mut size = PAGE_HEADER_SIZE;
+            while end < children.len()
+                && (end - start < 2 || size + ELEMENT_SIZE + children[end].0.len() <= p)
+                && end - start < 0xFFFE
+            {
+                size += ELEMENT_SIZE + children[end].0.len();
+                end += 1;
+            }
+            // Never leave a last page with a single child when it can borrow one.
+            if end == children.len() - 1 && end - start > 2 {
+                end -= 1;
+            }
+            let id = self.branch(&children[start..end])?;
+            out.push((children[start].0.clone(), id));
+            start = end;
+        }
+        Ok(out)
     }
 
     /// Appends `entry`, whose key must sort after every key of the tree at `root`, by writing
@@ -541,6 +675,75 @@ mod tests {
         assert!(app.next_pgid() - db.meta().pgid <= 4, "{} new pages", app.next_pgid() - db.meta().pgid);
         // the old pages are unreachable now, hence implicitly free
         assert!(report.free_pages >= 2);
+    }
+
+    /// Appends `extra` entries after `base` ones in bucket `key` with `append_sorted`, pages
+    /// spilled through the sink into the file, and returns the new file.
+    fn append_many(base: usize, extra: usize, value: usize) -> (Vec<u8>, u64, u64) {
+        let file = build(&[("key", keys(base, 100))]);
+        let db = Db::open(&file).unwrap();
+        let root_entries = collect_entries(&db, db.meta().root, 10).unwrap();
+        let header = BucketHeader::parse(&root_entries[0].value).unwrap();
+        let mut app = Appender::new(P, db.meta().pgid);
+        let mut spilled: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut new = (0..extra).map(|i| Entry::new(format!("l{i:08}").into_bytes(), vec![(i % 251) as u8; value]));
+        let mut sink = |at: u64, pages: &[u8]| {
+            spilled.push((at, pages.to_vec()));
+            Ok(())
+        };
+        let (new_root, n) = app.append_sorted(&db, header.root, &mut new, &mut sink).unwrap();
+        assert_eq!(n, extra as u64);
+        let new_root_bucket = app.tree(&[Entry::bucket(b"key".to_vec(), bucket_value(new_root, 0, None))]).unwrap();
+        let mut file2 = file.clone();
+        file2.resize(app.next_pgid() as usize * P as usize, 0);
+        spilled.push((app.pending_start(), app.bytes().to_vec()));
+        for (at, pages) in spilled {
+            let off = at as usize * P as usize;
+            file2[off..off + pages.len()].copy_from_slice(&pages);
+        }
+        let meta = Meta { root: new_root_bucket, pgid: app.next_pgid(), txid: 2, ..*db.meta() };
+        file2[..P as usize].copy_from_slice(&encode_meta_page(0, &meta));
+        (file2, db.meta().pgid, app.next_pgid())
+    }
+
+    #[test]
+    fn append_sorted_adds_many_keys_along_the_right_edge() {
+        for (base, extra, value) in [(5000, 20_000, 300), (41, 2, 10), (41, 5000, 10), (2000, 1, 5000), (700, 40, 9000)] {
+            let (file, old_pgid, new_pgid) = append_many(base, extra, value);
+            let db = Db::open(&file).unwrap();
+            let mut c = Collect::default();
+            let report = walk(&db, &mut c, &WalkOptions::default());
+            assert!(report.is_ok(), "{base}+{extra}: {:?}", report.problems);
+            let in_bucket: Vec<&Vec<u8>> = c.0.iter().filter(|(d, _, _)| *d == 1).map(|(_, k, _)| k).collect();
+            assert_eq!(in_bucket.len(), base + extra, "{base}+{extra}");
+            assert!(in_bucket.windows(2).all(|w| w[0] < w[1]));
+            assert_eq!(*in_bucket.last().unwrap(), &format!("l{:08}", extra - 1).into_bytes());
+            // New pages: about the appended bytes, not a copy of the old tree.
+            let entry_size = value + 9 + ELEMENT_SIZE;
+            let appended_pages = if entry_size + PAGE_HEADER_SIZE > P as usize {
+                (extra * (entry_size + PAGE_HEADER_SIZE).div_ceil(P as usize)) as u64
+            } else {
+                (extra * entry_size).div_ceil(P as usize) as u64
+            };
+            assert!(new_pgid - old_pgid <= appended_pages * 12 / 10 + 8,
+                "{base}+{extra}: {} new pages for {appended_pages} pages of entries", new_pgid - old_pgid);
+        }
+    }
+
+    #[test]
+    fn append_sorted_refuses_keys_out_of_order() {
+        let file = build(&[("key", keys(50, 100))]);
+        let db = Db::open(&file).unwrap();
+        let root_entries = collect_entries(&db, db.meta().root, 10).unwrap();
+        let header = BucketHeader::parse(&root_entries[0].value).unwrap();
+        let mut app = Appender::new(P, db.meta().pgid);
+        let mut sink = |_: u64, _: &[u8]| Ok(());
+        let mut before = std::iter::once(Entry::new(b"a".to_vec(), vec![]));
+        assert!(app.append_sorted(&db, header.root, &mut before, &mut sink).is_err());
+        let mut unsorted = [Entry::new(b"x2".to_vec(), vec![]), Entry::new(b"x1".to_vec(), vec![])].into_iter();
+        assert!(app.append_sorted(&db, header.root, &mut unsorted, &mut sink).is_err());
+        let mut none = std::iter::empty();
+        assert_eq!(app.append_sorted(&db, header.root, &mut none, &mut sink).unwrap(), (header.root, 0));
     }
 
     #[test]

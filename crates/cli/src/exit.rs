@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use etcdguard_workflow::{Error as WorkflowError, Kind};
+
 /// Process exit codes. 0 is success; clap's usage errors exit with 2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i32)]
@@ -58,11 +60,67 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// The exit code of each kind of workflow failure.
+pub fn code_of(kind: Kind) -> Code {
+    match kind {
+        Kind::Failure | Kind::Interrupted => Code::Failure,
+        Kind::Usage => Code::Usage,
+        Kind::NotFound => Code::NotFound,
+        Kind::PermissionDenied => Code::PermissionDenied,
+        Kind::IsDirectory => Code::IsDirectory,
+        Kind::EmptyFile => Code::EmptyFile,
+        Kind::NotSnapshot => Code::NotSnapshot,
+        Kind::Truncated => Code::Truncated,
+        Kind::ChecksumMismatch => Code::ChecksumMismatch,
+        Kind::Corrupt => Code::Corrupt,
+        Kind::Locked => Code::Locked,
+        Kind::Unreachable => Code::Unreachable,
+        Kind::TlsOrAuth => Code::TlsOrAuth,
+        Kind::DestinationExists => Code::DestinationExists,
+        Kind::RepositoryBusy => Code::RepositoryBusy,
+        Kind::KeyRequired => Code::KeyRequired,
+    }
+}
+
+fn kind_of(code: Code) -> Kind {
+    match code {
+        Code::Failure => Kind::Failure,
+        Code::Usage => Kind::Usage,
+        Code::NotFound => Kind::NotFound,
+        Code::PermissionDenied => Kind::PermissionDenied,
+        Code::IsDirectory => Kind::IsDirectory,
+        Code::EmptyFile => Kind::EmptyFile,
+        Code::NotSnapshot => Kind::NotSnapshot,
+        Code::Truncated => Kind::Truncated,
+        Code::ChecksumMismatch => Kind::ChecksumMismatch,
+        Code::Corrupt => Kind::Corrupt,
+        Code::Locked => Kind::Locked,
+        Code::Unreachable => Kind::Unreachable,
+        Code::TlsOrAuth => Kind::TlsOrAuth,
+        Code::DestinationExists => Kind::DestinationExists,
+        Code::RepositoryBusy => Kind::RepositoryBusy,
+        Code::KeyRequired => Kind::KeyRequired,
+    }
+}
+
+impl From<WorkflowError> for Failure {
+    fn from(e: WorkflowError) -> Failure {
+        Failure::new(code_of(e.kind), e.to_string())
+    }
+}
+
+/// A CLI failure handed to a workflow (e.g. from reading a passphrase file).
+impl From<Failure> for WorkflowError {
+    fn from(f: Failure) -> WorkflowError {
+        WorkflowError::new(kind_of(f.code), f.message)
+    }
+}
+
 /// Prints `Error: …` (with the cause chain) on stderr and returns the exit code.
 pub fn report(err: &anyhow::Error) -> i32 {
     eprintln!("Error: {err:#}");
     err.chain()
-        .find_map(|e| e.downcast_ref::<Failure>())
-        .map(|f| f.code as i32)
+        .find_map(|e| e.downcast_ref::<Failure>().map(|f| f.code).or_else(|| e.downcast_ref::<WorkflowError>().map(|w| code_of(w.kind))))
+        .map(|c| c as i32)
         .unwrap_or(Code::Failure as i32)
 }

@@ -52,7 +52,10 @@ enum Command {
     /// --manifests-dir, …) every --every, then, when any --keep-* rule is given, `backup
     /// prune` with those rules. A failed backup is logged and counted, and the next one runs
     /// on time. /healthz answers 503 while the last backup failed or the last success is
-    /// older than twice --every. To run it in a cluster, see deploy/kubernetes/.
+    /// older than twice --every, or once retention failed --prune-failures-unhealthy times in
+    /// a row. SIGTERM/SIGINT stop it within 10 s with exit 0, abandoning a running backup
+    /// (nothing is listed, the scratch file goes, the repository lock is released).
+    /// To run it in a cluster, see deploy/kubernetes/.
     ///
     /// Example:
     ///   etcdguard agent --repo s3://etcd-backups/prod-eu --every 1h \

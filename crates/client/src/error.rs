@@ -59,6 +59,8 @@ pub enum ClientError {
     Interrupted(&'static str),
     #[error("{0}")]
     NoEndpoint(String),
+    #[error("{endpoint}: revision {requested} is compacted (the oldest kept is {compact_revision}); the changes before it are gone, a new full snapshot is needed")]
+    Compacted { endpoint: String, requested: i64, compact_revision: i64 },
 }
 
 impl ClientError {
@@ -78,6 +80,7 @@ impl ClientError {
             ClientError::Write { source, .. } => ErrorKind::LocalIo(source.kind()),
             ClientError::Interrupted(_) => ErrorKind::Interrupted,
             ClientError::NoEndpoint(_) => ErrorKind::Unreachable,
+            ClientError::Compacted { .. } => ErrorKind::Server,
         }
     }
 }

@@ -15,8 +15,10 @@ mod config;
 mod conn;
 mod error;
 mod snapshot;
+mod watch;
 
 use std::io::Write;
+use std::ops::ControlFlow;
 
 pub use cluster::{all_failed, choose_member, Choice, Health, Member, MemberStatus, Probe, SnapshotFrom, MAX_FOLLOWER_LAG};
 pub use config::{normalize_endpoint, parse_go_duration, ConnectConfig, ConnectFlags, Secret, ENV_VARS};
@@ -25,6 +27,8 @@ pub use error::{ClientError, ErrorKind};
 pub use snapshot::{
     stream_snapshot, Destination, NoProgress, PartFile, Progress, SnapshotSummary, TrailerHasher, TrailerVerdict,
 };
+
+pub use watch::{Change, WatchUpdate};
 
 use conn::{connect_with, TlsMaterial};
 
@@ -152,6 +156,21 @@ impl Session {
                     Ok(summary)
                 }
             }
+        })
+    }
+
+    /// Follows every change from `start_revision` on `endpoint` (see [`Connection::follow`]),
+    /// blocking until `f` breaks or the watch fails.
+    pub fn follow(
+        &self,
+        endpoint: &str,
+        start_revision: i64,
+        tick: std::time::Duration,
+        f: &mut dyn FnMut(WatchUpdate) -> ControlFlow<()>,
+    ) -> Result<(), ClientError> {
+        self.rt.block_on(async {
+            let mut conn = connect_with(&self.cfg, self.tls.as_ref(), endpoint).await?;
+            conn.follow(start_revision, tick, f).await
         })
     }
 

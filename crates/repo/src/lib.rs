@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod pack;
 pub mod repository;
 pub mod retention;
+pub mod segment;
 pub mod store;
 
 pub use manifest::Manifest;

@@ -109,7 +109,7 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    fn from_u8(v: u8) -> Option<Encoding> {
+    pub fn from_u8(v: u8) -> Option<Encoding> {
         match v {
             0 => Some(Encoding::Raw),
             1 => Some(Encoding::Zstd),

@@ -4,6 +4,7 @@
 
 pub mod keys;
 pub mod proto;
+pub mod replay;
 pub mod restore;
 pub mod snapshot_file;
 pub mod status;

@@ -1,23 +1,27 @@
 //! `etcdguard backup …`: snapshots and control-plane files in a deduplicated repository.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use chrono::Utc;
 use clap::{Args, Subcommand, ValueEnum};
-use etcdguard_repo::manifest::{EtcdInfo, FileKind, Manifest, Source};
-use etcdguard_repo::retention::{parse_duration, Policy};
 use etcdguard_repo::crypto::Passphrase;
-use etcdguard_repo::{open_url, BackupMeta, InitOptions, PruneReport, RepoError, Repository, StoreError};
-use etcdguard_storage::{Layout, TrailerCheck};
+use etcdguard_repo::manifest::{FileKind, Manifest, Source};
+use etcdguard_repo::retention::{parse_duration, Policy};
+use etcdguard_repo::{RepoError, Repository};
+use etcdguard_storage::TrailerCheck;
+use etcdguard_workflow::backup::{self, CreateOptions, KeyEvent, RestoreEvent};
+use etcdguard_workflow::restore::SnapshotRestoreOptions;
+use etcdguard_workflow::{PassphraseSource, RepoSpec};
 use serde_json::json;
 
-use crate::cmd::snapshot::{db_failure, open_snapshot};
 use crate::cmd::table;
 use crate::exit::{Code, Failure};
+
+pub(crate) use etcdguard_workflow::text::{created_line, duration_short, human};
 
 const REPO_HELP: &str = "Repository: a local directory (the default), s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or \
 az://CONTAINER[/PREFIX]. Options go in the query: ?endpoint=http://host:9000&region=us-east-1&path-style=true \
@@ -181,6 +185,12 @@ impl RepoArg {
     fn passphrase(&self) -> Result<Option<Passphrase>, Failure> {
         read_passphrase(self.passphrase_file.as_deref(), "--passphrase-file", "ETCDGUARD_PASSPHRASE")
     }
+
+    /// The repository as the workflows take it; the passphrase is read when one is needed.
+    pub fn spec(&self) -> RepoSpec {
+        let arg = self.clone();
+        RepoSpec { url: self.repo.clone(), passphrase: Arc::new(move || Ok(arg.passphrase()?)) }
+    }
 }
 
 /// A passphrase from a file (trailing newline dropped) or else from an environment variable.
@@ -254,6 +264,27 @@ pub struct CreateArgs {
     pub chunk_size: u32,
     #[arg(short = 'w', long = "write-out", value_enum, default_value_t = TextJson::Text)]
     pub write_out: TextJson,
+}
+
+impl CreateArgs {
+    /// The library's options from the flags.
+    pub fn options(&self) -> CreateOptions {
+        CreateOptions {
+            repo: self.repo.spec(),
+            from_file: self.from_file.clone(),
+            snapshot_from: self.snapshot_from.clone(),
+            scratch_dir: self.scratch_dir.clone(),
+            conn: self.conn.flags(),
+            pki_dir: self.pki_dir.clone(),
+            manifests_dir: self.manifests_dir.clone(),
+            encryption_config: self.encryption_config.clone(),
+            files: self.files.clone(),
+            labels: self.labels.clone(),
+            cluster: self.cluster.clone(),
+            skip_verify: self.skip_verify,
+            chunk_size: self.chunk_size,
+        }
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -447,234 +478,25 @@ pub fn run(cmd: BackupCommand) -> Result<()> {
 
 /// Maps a repository error to its exit code; the message is the library's.
 pub(crate) fn failure(e: RepoError) -> Failure {
-    let code = match &e {
-        RepoError::Store(s) => match s {
-            StoreError::NotFound(_) | StoreError::BucketMissing(_) => Code::NotFound,
-            StoreError::Auth(_) => Code::TlsOrAuth,
-            StoreError::Unreachable(_) | StoreError::ServerFailing(_) => Code::Unreachable,
-            StoreError::InvalidUrl { .. } => Code::Usage,
-            StoreError::Unsupported(_) | StoreError::Other(_) => Code::Failure,
-        },
-        RepoError::NotARepository(_) | RepoError::BackupNotFound(_) => Code::NotFound,
-        RepoError::AmbiguousId { .. } | RepoError::Invalid(_) => Code::Usage,
-        RepoError::Damaged(_) => Code::Corrupt,
-        RepoError::ChecksumMismatch(_) => Code::ChecksumMismatch,
-        RepoError::Locked(_) => Code::RepositoryBusy,
-        RepoError::DestinationExists(_) => Code::DestinationExists,
-        RepoError::KeyRequired(_) | RepoError::WrongPassphrase(_) => Code::KeyRequired,
-        RepoError::Io(_) | RepoError::Unsupported(_) => Code::Failure,
-    };
-    let hint = match &e {
-        RepoError::Store(StoreError::Auth(_)) => {
-            "\n  check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials, …) and the bucket policy"
-        }
-        RepoError::Store(StoreError::BucketMissing(_)) => "\n  create the bucket first; etcdguard does not create buckets",
-        RepoError::Store(StoreError::Unreachable(_)) => "\n  check the endpoint (?endpoint=… or AWS_ENDPOINT_URL) and the network",
-        RepoError::Store(StoreError::ServerFailing(_)) => {
-            "\n  the server answered every retry with an error; it may be overloaded or down: try again later, or allow more retries with ?retries=N (or ETCDGUARD_STORE_RETRIES)"
-        }
-        _ => "",
-    };
-    Failure::new(code, format!("{e}{hint}"))
+    etcdguard_workflow::error::repo_error(e).into()
 }
 
 /// Opens the repository for reading metadata (manifests, index): no passphrase needed.
 fn open_repo(repo: &RepoArg) -> Result<Repository, Failure> {
-    let store = open_url(&repo.repo).map_err(|e| failure(e.into()))?;
-    Repository::open(store).map_err(failure)
-}
-
-/// Opens the repository for reading or writing content: an encrypted one is unlocked.
-pub(crate) fn open_repo_unlocked(repo: &RepoArg) -> Result<Repository, Failure> {
-    let mut r = open_repo(repo)?;
-    unlock(&mut r, repo)?;
-    Ok(r)
-}
-
-fn unlock(r: &mut Repository, repo: &RepoArg) -> Result<(), Failure> {
-    if !r.is_encrypted() {
-        return Ok(());
-    }
-    match repo.passphrase()? {
-        Some(p) => r.unlock(&p).map_err(failure),
-        None => Err(failure(RepoError::KeyRequired(r.location()))),
-    }
+    Ok(repo.spec().open()?)
 }
 
 fn resolve(repo: &Repository, id: &str) -> Result<Manifest, Failure> {
-    let id = repo.resolve(id).map_err(failure)?;
-    repo.manifest(&id).map_err(failure)
+    Ok(etcdguard_workflow::repo::resolve(repo, id)?)
 }
 
 fn create(args: CreateArgs) -> Result<()> {
-    let manifest = create_backup(&args)?;
+    let manifest = backup::create(&args.options(), &mut |note| eprintln!("{note}"))?;
     match args.write_out {
         TextJson::Json => println!("{}", serde_json::to_string_pretty(&manifest)?),
         TextJson::Text => println!("{}", created_line(&manifest)),
     }
     Ok(())
-}
-
-/// One line saying what a new backup holds and cost.
-pub(crate) fn created_line(manifest: &Manifest) -> String {
-    let s = &manifest.sizes;
-    let reused = 100.0 * (s.blobs_total - s.blobs_added) as f64 / s.blobs_total.max(1) as f64;
-    format!(
-        "backup {} created: snapshot {} (revision {}), {} files; {} new in the repository ({reused:.1}% of chunks already there)",
-        manifest.id,
-        human(manifest.snapshot.size),
-        manifest.etcd.revision,
-        manifest.files.iter().filter(|f| f.kind == FileKind::File).count(),
-        human(s.added),
-    )
-}
-
-/// Takes one backup as `backup create` describes it: from --from-file, or from the live cluster.
-pub(crate) fn create_backup(args: &CreateArgs) -> Result<Manifest> {
-    let Some(path) = args.from_file.clone() else {
-        return create_live(args);
-    };
-    create_from(args, &path, Source::File { path: std::fs::canonicalize(&path).unwrap_or(path.clone()).display().to_string() }, EtcdInfo::default())
-}
-
-/// Takes a snapshot from the live cluster into a private scratch file, then backs it up as a
-/// file: the snapshot is checked before anything reaches the repository.
-fn create_live(args: &CreateArgs) -> Result<Manifest> {
-    use etcdguard_client::{choose_member, Destination, NoProgress};
-    let session = args.conn.session()?;
-    let probes = session.probe_all();
-    let choice = choose_member(&probes, &args.snapshot_from).map_err(crate::cmd::cluster::client_failure)?;
-    let st = &choice.status;
-    eprintln!("snapshot from {} (member {:x}, revision {}): {}", st.endpoint, st.member_id, st.revision, choice.reason);
-    let scratch = tempfile_in(&args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir))?;
-    let path = scratch.path().join("snapshot.db");
-    session.save(&st.endpoint, &Destination::File(path.clone()), &mut NoProgress).map_err(crate::cmd::cluster::client_failure)?;
-    let known = EtcdInfo {
-        cluster_id: (st.cluster_id != 0).then(|| format!("{:x}", st.cluster_id)),
-        member_id: Some(format!("{:x}", st.member_id)),
-        version: (!st.version.is_empty()).then(|| st.version.clone()),
-        ..Default::default()
-    };
-    create_from(args, &path, Source::Cluster { endpoint: st.endpoint.clone() }, known)
-}
-
-fn create_from(args: &CreateArgs, path: &Path, source: Source, known: EtcdInfo) -> Result<Manifest> {
-    let file = open_snapshot(path)?;
-    let db = file.db().map_err(|e| db_failure(path, e))?;
-    let page_size = db.page_size();
-    let release = || file.release_resident();
-    // The trailer hash and the walk are independent: run them side by side.
-    let (trailer, report) = std::thread::scope(|s| {
-        let hashing = s.spawn(|| file.check_trailer());
-        let report = if args.skip_verify { None } else { Some(etcdguard_storage::verify(&db, Some(&release))) };
-        (hashing.join().expect("trailer thread panicked"), report)
-    });
-    let trailer =
-        trailer.map_err(|e| Failure::new(Code::Failure, format!("{}: reading for sha256: {e}", path.display())))?;
-    if let TrailerCheck::Mismatch { .. } = trailer {
-        return Err(Failure::new(
-            Code::ChecksumMismatch,
-            format!("{}: sha256 trailer mismatch: the snapshot is damaged; not backing it up", path.display()),
-        )
-        .into());
-    }
-    let status = match &report {
-        Some(r) if !r.is_ok() => {
-            return Err(Failure::new(
-                Code::Corrupt,
-                format!(
-                    "{}: the snapshot is damaged ({} problems); not backing it up. Run `etcdguard snapshot verify {}` for details",
-                    path.display(),
-                    r.structure.problem_count + r.schema_problem_count + r.metas.iter().filter(|m| m.is_err()).count(),
-                    path.display()
-                ),
-            )
-            .into())
-        }
-        Some(r) => r.status.clone(),
-        None => etcdguard_storage::status(&db, Some(&release)).ok(),
-    };
-    let Some(status) = status else {
-        return Err(Failure::new(Code::Corrupt, format!("{}: cannot compute the snapshot's status; not backing it up", path.display())).into());
-    };
-    let etcd = EtcdInfo {
-        revision: status.revision,
-        hash: status.hash,
-        total_key: status.total_key,
-        total_size: status.total_size,
-        page_size,
-        compacted_revision: report.as_ref().and_then(|r| r.stats.compacted_revision),
-        consistent_index: report.as_ref().and_then(|r| r.stats.consistent_index),
-        term: report.as_ref().and_then(|r| r.stats.term),
-        trailer: match file.layout() {
-            Layout::WithTrailer { .. } => "verified".into(),
-            _ => "absent".into(),
-        },
-        verified: report.is_some(),
-        ..known
-    };
-    drop(file);
-
-    let store = open_url(&args.repo.repo).map_err(|e| failure(e.into()))?;
-    let passphrase = args.repo.passphrase()?;
-    let opts = InitOptions { chunk_size: args.chunk_size, passphrase: passphrase.clone(), ..Default::default() };
-    let (mut repo, created) = Repository::open_or_init(store, &opts).map_err(failure)?;
-    if created {
-        let how = if repo.is_encrypted() { "encrypted with the passphrase given" } else { "not encrypted (give ETCDGUARD_PASSPHRASE or --passphrase-file to encrypt a new one)" };
-        eprintln!("created repository {}, {how}", repo.location());
-    } else if repo.is_encrypted() {
-        unlock(&mut repo, &args.repo)?;
-    } else if passphrase.is_some() {
-        // Never let a passphrase suggest the CA keys are sealed when they would not be.
-        return Err(Failure::new(
-            Code::Usage,
-            format!(
-                "{} is not encrypted, but a passphrase was given; its backups would be stored in clear.\n  \
-                 Use a new repository location (it is created encrypted), or unset ETCDGUARD_PASSPHRASE/--passphrase-file",
-                repo.location()
-            ),
-        )
-        .into());
-    }
-    let mut writer = repo.begin_backup().map_err(failure)?;
-    let mut input = std::fs::File::open(path).map_err(|e| Failure::new(Code::Failure, format!("{}: {e}", path.display())))?;
-    let snapshot = writer.add_snapshot(&mut input, page_size).map_err(failure)?;
-    // The PKI and manifests directories restore as pki/ and manifests/ themselves; other
-    // paths go under their group with their own name.
-    let paths: Vec<(&str, bool, &PathBuf)> = args
-        .pki_dir
-        .iter()
-        .map(|p| ("pki", true, p))
-        .chain(args.manifests_dir.iter().map(|p| ("manifests", true, p)))
-        .chain(args.encryption_config.iter().map(|p| ("encryption-config", false, p)))
-        .chain(args.files.iter().map(|p| ("files", false, p)))
-        .collect();
-    for (group, as_group, p) in paths {
-        let added = if as_group { writer.add_path_as(group, p) } else { writer.add_path(group, p) };
-        added.map_err(|e| match e {
-            RepoError::Io(m) if m.contains("No such file") => Failure::new(Code::NotFound, m),
-            RepoError::Io(m) if m.contains("ermission denied") => Failure::new(Code::PermissionDenied, m),
-            other => failure(other),
-        })?;
-    }
-    let labels: BTreeMap<String, String> = args.labels.iter().cloned().collect();
-    let cluster = args.cluster.clone().or_else(|| labels.get("cluster").cloned()).or_else(|| etcd.cluster_id.clone());
-    Ok(writer.commit(snapshot, BackupMeta { source, etcd, labels, cluster }).map_err(failure)?)
-}
-
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 fn age(created: chrono::DateTime<Utc>) -> String {
@@ -806,204 +628,66 @@ fn show(args: ShowArgs) -> Result<()> {
 }
 
 fn verify(args: VerifyArgs) -> Result<()> {
-    let repo = open_repo_unlocked(&args.repo)?;
-    let m = resolve(&repo, &args.id)?;
-    let index = repo.load_index().map_err(failure)?;
-    let scratch = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let tmp = tempfile_in(&scratch)?;
-    let snap_path = tmp.path().join("snapshot.db");
-    eprintln!("reading backup {} from {} …", m.id, repo.location());
-    repo.restore_part_to_file(&index, &m.snapshot, &snap_path, 0o600).map_err(failure)?;
-    for f in &m.files {
-        if let Some(part) = &f.content {
-            repo.read_part(&index, part, &mut std::io::sink())
-                .map_err(|e| failure(e.context(&format!("file {}", f.path))))?;
-        }
-    }
-    // The reassembled snapshot is the original byte for byte; check it as `snapshot verify` does.
-    let file = open_snapshot(&snap_path)?;
-    let db = file.db().map_err(|e| db_failure(&snap_path, e))?;
-    let release = || file.release_resident();
-    let (trailer, report) = std::thread::scope(|s| {
-        let h = s.spawn(|| file.check_trailer());
-        let r = etcdguard_storage::verify(&db, Some(&release));
-        (h.join().expect("trailer thread panicked"), r)
-    });
-    let trailer = trailer.map_err(|e| Failure::new(Code::Failure, format!("reading the reassembled snapshot: {e}")))?;
-    if let TrailerCheck::Mismatch { .. } = trailer {
-        return Err(Failure::new(Code::ChecksumMismatch, format!("backup {}: the snapshot's sha256 trailer does not match its content", m.id)).into());
-    }
-    if !report.is_ok() {
-        let n = report.structure.problem_count + report.schema_problem_count;
-        return Err(Failure::new(Code::Corrupt, format!("backup {}: the snapshot has {n} problems (bbolt structure or etcd schema)", m.id)).into());
-    }
-    if let Some(st) = &report.status {
-        if st.revision != m.etcd.revision || st.hash != m.etcd.hash {
-            return Err(Failure::new(
-                Code::Corrupt,
-                format!("backup {}: status differs from the manifest (revision {} vs {}, hash {:x} vs {:x})", m.id, st.revision, m.etcd.revision, st.hash, m.etcd.hash),
-            )
-            .into());
-        }
-    }
-    if args.packs {
-        let (n, problems) = repo.check_packs().map_err(failure)?;
-        if !problems.is_empty() {
-            for p in &problems {
-                eprintln!("  {p}");
-            }
-            return Err(Failure::new(Code::Corrupt, format!("{} of {n} packs damaged", problems.len())).into());
-        }
-        eprintln!("{n} packs checked");
-    }
-    drop(file);
-    repo.record_verification(&m.id).map_err(failure)?;
+    let opts = backup::VerifyOptions { repo: args.repo.spec(), id: args.id.clone(), scratch_dir: args.scratch_dir.clone(), packs: args.packs };
+    let v = backup::verify(&opts, &mut |note| eprintln!("{note}"))?;
+    let m = &v.manifest;
     println!(
         "backup {}: OK (snapshot {} sha256 {}, trailer {}, revision {}, {} files)",
         m.id,
         human(m.snapshot.size),
         m.snapshot.sha256,
-        match trailer {
+        match v.trailer {
             TrailerCheck::Verified => "verified",
             _ => "absent",
         },
         m.etcd.revision,
-        m.files.iter().filter(|f| f.kind == FileKind::File).count()
+        backup::file_count(m)
     );
     Ok(())
 }
 
-/// A private scratch directory removed on drop.
-pub(crate) struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-pub(crate) fn tempfile_in(dir: &Path) -> Result<ScratchDir, Failure> {
-    use std::os::unix::fs::DirBuilderExt;
-    let p = dir.join(format!(".etcdguard-verify-{:016x}", rand_u64()));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&p)
-        .map_err(|e| Failure::new(Code::Failure, format!("{}: cannot create a scratch directory: {e}", p.display())))?;
-    Ok(ScratchDir(p))
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
-    h.finish()
+/// A private scratch directory (locked while it lives, removed on drop); dead ones beside it are swept.
+pub(crate) fn tempfile_in(dir: &Path) -> Result<etcdguard_workflow::spool::Spool, Failure> {
+    Ok(etcdguard_workflow::spool::create(dir)?.0)
 }
 
 fn restore(args: RestoreArgs) -> Result<()> {
-    let repo = open_repo_unlocked(&args.repo)?;
-    let m = resolve(&repo, &args.id)?;
-    let exists = |p: &Path| Failure::new(Code::DestinationExists, format!("{}: already exists; nothing was overwritten", p.display()));
-    // Refuse before downloading anything.
-    if let Some(p) = &args.to_file {
-        if p.exists() {
-            return Err(exists(p).into());
-        }
-    }
-    for dir in args.data_dir.iter().chain(args.cluster_out.iter()) {
-        if std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
-            return Err(Failure::new(Code::DestinationExists, format!("{}: exists and is not empty; nothing was overwritten", dir.display())).into());
-        }
-    }
     let into_data_dir = args.data_dir.is_some() || args.cluster_out.is_some();
-    // Without --to-file the snapshot goes to a hidden file next to the data dir, removed after.
-    let (snapshot_path, temporary) = match (&args.to_file, args.data_dir.as_ref().or(args.cluster_out.as_ref())) {
-        (Some(p), _) => (p.clone(), false),
-        (None, Some(dir)) => {
-            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            (parent.join(format!(".etcdguard-backup-{}-{:08x}.db", m.id, rand_u64() as u32)), true)
+    let data_dir = into_data_dir.then(|| SnapshotRestoreOptions {
+        file: PathBuf::new(),
+        data_dir: args.data_dir.clone(),
+        wal_dir: args.wal_dir.clone(),
+        name: args.name.clone(),
+        initial_cluster: args.initial_cluster.clone(),
+        initial_cluster_token: args.initial_cluster_token.clone(),
+        initial_advertise_peer_urls: args.initial_advertise_peer_urls.clone(),
+        skip_hash_check: false,
+        bump_revision: args.bump_revision,
+        mark_compacted: args.mark_compacted,
+        cluster_out: args.cluster_out.clone(),
+    });
+    let opts = backup::RestoreOptions { repo: args.repo.spec(), id: args.id.clone(), to_file: args.to_file.clone(), files_to: args.files_to.clone(), data_dir };
+    let kept = backup::restore(&opts, &mut |event| match event {
+        RestoreEvent::SnapshotWritten { manifest, path } => {
+            eprintln!("snapshot of backup {} written to {} (sha256 {} verified)", manifest.id, path.display(), manifest.snapshot.sha256)
         }
-        (None, None) => return Err(Failure::new(Code::Usage, "give --to-file, --data-dir or --cluster-out").into()),
-    };
-    struct Cleanup(Option<PathBuf>);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            if let Some(p) = self.0.take() {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    }
-    let _cleanup = Cleanup(temporary.then(|| snapshot_path.clone()));
-    let index = repo.load_index().map_err(failure)?;
-    repo.restore_part_to_file(&index, &m.snapshot, &snapshot_path, 0o600).map_err(failure)?;
-    if !temporary {
-        eprintln!("snapshot of backup {} written to {} (sha256 {} verified)", m.id, snapshot_path.display(), m.snapshot.sha256);
-    }
-    if into_data_dir {
-        crate::cmd::restore::run(crate::cmd::restore::RestoreArgs {
-            file: snapshot_path.clone(),
-            data_dir: args.data_dir.clone(),
-            wal_dir: args.wal_dir.clone(),
-            name: args.name.clone(),
-            initial_cluster: args.initial_cluster.clone(),
-            initial_cluster_token: args.initial_cluster_token.clone(),
-            initial_advertise_peer_urls: args.initial_advertise_peer_urls.clone(),
-            // A backup of a plain member/snap/db has no trailer; its sha256 was checked above.
-            skip_hash_check: m.etcd.trailer == "absent",
-            bump_revision: args.bump_revision,
-            mark_compacted: args.mark_compacted,
-            cluster_out: args.cluster_out.clone(),
-            initial_memory_map_size: None,
-        })?;
-    }
-    if let Some(dir) = &args.files_to {
-        let n = repo.restore_files(&index, &m, dir).map_err(failure)?;
-        eprintln!("{n} control-plane entries written under {}", dir.display());
-    }
-    if !into_data_dir {
-        println!("{}", snapshot_path.display());
+        RestoreEvent::DataDirRestored(restored) => crate::cmd::restore::print_restored(restored),
+        RestoreEvent::FilesWritten { count, dir } => eprintln!("{count} control-plane entries written under {}", dir.display()),
+    })?;
+    if let (false, Some(path)) = (into_data_dir, kept) {
+        println!("{}", path.display());
     }
     Ok(())
 }
 
 fn delete(args: DeleteArgs) -> Result<()> {
-    let repo = open_repo(&args.repo)?;
-    let m = resolve(&repo, &args.id)?;
-    if !args.force {
-        let (all, _) = repo.list_backups().map_err(failure)?;
-        let mut newest_verified = None;
-        for b in all.iter().rev() {
-            if b.etcd.verified || repo.verification(&b.id).map_err(failure)?.is_some() {
-                newest_verified = Some(b.id.clone());
-                break;
-            }
-        }
-        if newest_verified.as_deref() == Some(m.id.as_str()) {
-            return Err(Failure::new(
-                Code::Usage,
-                format!("backup {} is the newest verified backup; pass --force to delete it anyway", m.id),
-            )
-            .into());
-        }
-    }
-    repo.delete_backup(&m.id).map_err(failure)?;
-    println!("backup {} deleted; run `etcdguard backup prune` to free its space", m.id);
+    let id = backup::delete(&args.repo.spec(), &args.id, args.force)?;
+    println!("backup {id} deleted; run `etcdguard backup prune` to free its space");
     Ok(())
 }
 
-/// Applies `policy` (if any) and frees unused data.
-pub(crate) fn prune_repo(repo: &RepoArg, policy: Option<&Policy>, dry_run: bool) -> Result<PruneReport, Failure> {
-    let repo = open_repo_unlocked(repo)?;
-    repo.prune(policy, dry_run).map_err(failure)
-}
-
 fn prune(args: PruneArgs) -> Result<()> {
-    let report = prune_repo(&args.repo, args.keep.policy().as_ref(), args.dry_run)?;
+    let report = backup::prune(&args.repo.spec(), args.keep.policy().as_ref(), args.dry_run)?;
     if args.write_out == TextJson::Json {
         let v = json!({
             "dryRun": report.dry_run,
@@ -1052,10 +736,8 @@ fn prune(args: PruneArgs) -> Result<()> {
 }
 
 fn url(args: UrlArgs) -> Result<()> {
-    let repo = open_repo(&args.repo)?;
-    let m = resolve(&repo, &args.id)?;
     if args.objects {
-        let urls = repo.presigned_urls(&m, args.expires).map_err(failure)?;
+        let (m, urls) = backup::object_urls(&args.repo.spec(), &args.id, args.expires)?;
         match args.write_out {
             TextJson::Json => {
                 let v: Vec<_> = urls.iter().map(|(k, u)| json!({"object": k, "url": u})).collect();
@@ -1070,42 +752,29 @@ fn url(args: UrlArgs) -> Result<()> {
         let _ = std::io::stdout().flush();
         return Ok(());
     }
-    // Fail on a store that cannot presign (a local directory) before uploading anything.
-    repo.presigned_url(&etcdguard_repo::repository::manifest_key(&m.id), args.expires).map_err(|e| {
-        let f = failure(e);
-        Failure::new(f.code, format!("{}\n  a local repository has no URLs: use `etcdguard backup restore {} --to-file FILE`", f.message, m.id))
-    })?;
-    let key = repo.export_snapshot(&m).map_err(failure)?;
-    let url = repo.presigned_url(&key, args.expires).map_err(failure)?;
+    let e = backup::export_url(&args.repo.spec(), &args.id, args.expires)?;
+    let m = &e.manifest;
     eprintln!(
-        "backup {}: snapshot ({}, sha256 {}) is {key} in {}; the URL is valid for {}",
+        "backup {}: snapshot ({}, sha256 {}) is {} in {}; the URL is valid for {}",
         m.id,
         human(m.snapshot.size),
         m.snapshot.sha256,
-        repo.location(),
-        humantime_secs(args.expires)
+        e.key,
+        e.location,
+        duration_short(args.expires)
     );
     match args.write_out {
         TextJson::Json => println!(
             "{}",
             serde_json::to_string_pretty(&json!({
-                "backup": m.id, "object": key, "url": url, "size": m.snapshot.size,
+                "backup": m.id, "object": e.key, "url": e.url, "size": m.snapshot.size,
                 "sha256": m.snapshot.sha256, "expiresInSeconds": args.expires.as_secs(),
             }))?
         ),
-        TextJson::Text => println!("{url}"),
+        TextJson::Text => println!("{}", e.url),
     }
     let _ = std::io::stdout().flush();
     Ok(())
-}
-
-fn humantime_secs(d: Duration) -> String {
-    match d.as_secs() {
-        s if s % 86400 == 0 => format!("{}d", s / 86400),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
 }
 
 fn key(args: KeyArgs) -> Result<()> {
@@ -1114,23 +783,15 @@ fn key(args: KeyArgs) -> Result<()> {
         KeyCommand::Add(a) => key_add(a, false),
         KeyCommand::Passwd(a) => key_add(a, true),
         KeyCommand::Remove(a) => {
-            let repo = open_repo_unlocked(&a.repo)?;
-            repo.remove_key(&a.id).map_err(failure)?;
-            println!("Removed key {} from {}", a.id, repo.location());
+            let location = backup::key_remove(&a.repo.spec(), &a.id)?;
+            println!("Removed key {} from {location}", a.id);
             Ok(())
         }
     }
 }
 
 fn key_list(args: KeyListArgs) -> Result<()> {
-    let mut repo = open_repo(&args.repo)?;
-    // Marking the current key needs the passphrase; listing does not.
-    if let Some(p) = args.repo.passphrase()? {
-        if repo.is_encrypted() {
-            repo.unlock(&p).map_err(failure)?;
-        }
-    }
-    let keys = repo.list_keys().map_err(failure)?;
+    let keys = backup::key_list(&args.repo.spec())?;
     match args.write_out {
         TableJson::Json => println!("{}", serde_json::to_string_pretty(&keys)?),
         TableJson::Table => {
@@ -1145,39 +806,18 @@ fn key_list(args: KeyListArgs) -> Result<()> {
     Ok(())
 }
 
-/// `key add`, and `key passwd` (`replace`): the new key is stored and proven to open before
-/// the old one goes.
+/// `key add`, and `key passwd` (`replace`).
 fn key_add(args: KeyNewArgs, replace: bool) -> Result<()> {
-    let repo = open_repo_unlocked(&args.repo)?;
-    let Some(new) = read_passphrase(args.new_passphrase_file.as_deref(), "--new-passphrase-file", "ETCDGUARD_NEW_PASSPHRASE")? else {
-        return Err(Failure::new(Code::Usage, "no new passphrase: give --new-passphrase-file FILE or set ETCDGUARD_NEW_PASSPHRASE").into());
-    };
-    if args.repo.passphrase()?.is_some_and(|current| current.bytes() == new.bytes()) {
-        return Err(Failure::new(Code::Usage, "the new passphrase is the current one").into());
-    }
-    let id = repo.add_key(&new, Default::default()).map_err(failure)?;
-    println!("Added key {id} to {}", repo.location());
-    if replace {
-        let old = repo.current_key().expect("an unlocked repository knows its key").to_string();
-        let mut reopened = open_repo(&args.repo)?;
-        reopened.unlock(&new).map_err(failure)?;
-        reopened.remove_key(&old).map_err(failure)?;
-        println!("Removed key {old}: the old passphrase no longer opens {}", repo.location());
-    }
+    let file = args.new_passphrase_file.clone();
+    let new: PassphraseSource = Arc::new(move || Ok(read_passphrase(file.as_deref(), "--new-passphrase-file", "ETCDGUARD_NEW_PASSPHRASE")?));
+    backup::key_add(&args.repo.spec(), &new, replace, &mut |event| match event {
+        KeyEvent::Added { id, location } => println!("Added key {id} to {location}"),
+        KeyEvent::Removed { id, location } => println!("Removed key {id}: the old passphrase no longer opens {location}"),
+    })?;
     Ok(())
-}
-
-/// How many backups the repository lists, when it can be read.
-pub(crate) fn count_backups(repo: &RepoArg) -> Option<usize> {
-    open_repo(repo).ok()?.list_backups().ok().map(|(backups, _)| backups.len())
 }
 
 /// Writes the snapshot of backup `id` (id, prefix or `latest`) into `dir`; returns its path.
 pub(crate) fn fetch_snapshot(repo: &RepoArg, id: &str, dir: &Path) -> Result<PathBuf, Failure> {
-    let r = open_repo_unlocked(repo)?;
-    let m = resolve(&r, id)?;
-    let path = dir.join(format!("{}.db", m.id));
-    let index = r.load_index().map_err(failure)?;
-    r.restore_part_to_file(&index, &m.snapshot, &path, 0o600).map_err(failure)?;
-    Ok(path)
+    Ok(backup::fetch_snapshot(&repo.spec(), id, dir)?)
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
-use etcdguard_client::{ClientError, ConnectConfig, ConnectFlags, ErrorKind, MemberStatus, Secret, Session};
+use etcdguard_client::{ClientError, ConnectFlags, ErrorKind, MemberStatus, Secret, Session};
 use etcdguard_storage::status::humanize_bytes;
 use serde_json::json;
 
@@ -44,7 +44,12 @@ pub struct ConnArgs {
 impl ConnArgs {
     /// Resolves flags and environment, prints the notes, and opens a session.
     pub fn session(&self) -> Result<Session> {
-        let flags = ConnectFlags {
+        Ok(etcdguard_workflow::backup::connect(&self.flags(), &mut |note| eprintln!("{note}"))?)
+    }
+
+    /// The flags as the client library takes them.
+    pub fn flags(&self) -> ConnectFlags {
+        ConnectFlags {
             endpoints: self.endpoints.clone(),
             cacert: self.cacert.clone(),
             cert: self.cert.clone(),
@@ -53,31 +58,13 @@ impl ConnArgs {
             password: self.password.clone().map(Secret::new),
             dial_timeout: self.dial_timeout.clone(),
             command_timeout: self.command_timeout.clone(),
-        };
-        let (cfg, notes) = ConnectConfig::resolve(flags).map_err(client_failure)?;
-        for n in notes {
-            eprintln!("note: {n}");
         }
-        Ok(Session::new(cfg).map_err(client_failure)?)
     }
 }
 
 /// Maps a client error to its exit code; the message is the error's own sentence.
 pub fn client_failure(e: ClientError) -> Failure {
-    let code = match e.kind() {
-        ErrorKind::Config => Code::Usage,
-        ErrorKind::LocalIo(k) => match k {
-            std::io::ErrorKind::NotFound => Code::NotFound,
-            std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
-            std::io::ErrorKind::IsADirectory => Code::IsDirectory,
-            _ => Code::Failure,
-        },
-        ErrorKind::Unreachable => Code::Unreachable,
-        ErrorKind::TlsOrAuth => Code::TlsOrAuth,
-        ErrorKind::Checksum => Code::ChecksumMismatch,
-        ErrorKind::Interrupted | ErrorKind::Server => Code::Failure,
-    };
-    Failure::new(code, e.to_string())
+    etcdguard_workflow::error::client_error(e).into()
 }
 
 #[derive(Subcommand)]

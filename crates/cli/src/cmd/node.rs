@@ -1,18 +1,16 @@
-//! `etcdguard node restore`: the control-plane runbook as one command. The steps and their
-//! rollback are `etcdguard_node::Plan`; this module checks the snapshot first, prints the plan
-//! and runs the restore step with `snapshot restore`'s code.
+//! `etcdguard node restore`: the control-plane runbook as one command. The work (fetch and
+//! check, plan, steps with rollback) is `etcdguard_workflow::node`; this prints the plan and
+//! the outcome.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use etcdguard_node::{NodeError, Plan, Request, RestoreSpec};
 use etcdguard_repo::retention::parse_duration;
-use etcdguard_storage::restore::{self, membership, Cluster, Destination, Flavor, Options};
+use etcdguard_workflow::node::{restore_node, NodeEvent, NodeOutcome, NodeRestoreOptions};
 
-use crate::cmd::snapshot::{check_snapshot, open_snapshot};
-use crate::exit::{Code, Failure};
+use crate::cmd::backup::RepoArg;
 
 #[derive(Subcommand)]
 pub enum NodeCommand {
@@ -102,153 +100,51 @@ pub fn run(cmd: NodeCommand) -> Result<()> {
     }
 }
 
-fn usage(msg: impl Into<String>) -> Failure {
-    Failure::new(Code::Usage, msg)
-}
-
 fn node_restore(args: NodeRestoreArgs) -> Result<()> {
-    if (args.bump_revision > 0) != args.mark_compacted {
-        return Err(usage("--bump-revision and --mark-compacted go together (e.g. --bump-revision 1000000000 --mark-compacted)").into());
-    }
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
-    // A backup is fetched first, into a private dir beside the PKI (same filesystem, so the
-    // PKI is moved into place, not copied), and removed at the end whatever happens.
-    let staging = match &args.backup {
-        Some(id) => Some(fetch_backup(&args, id, &stamp)?),
-        None => None,
-    };
-    let snapshot = match (&staging, &args.snapshot) {
-        (Some(s), _) => s.snapshot.clone(),
-        (None, Some(p)) => p.clone(),
-        (None, None) => return Err(usage("give a snapshot file or --backup ID").into()),
-    };
-    let request = Request {
+    let repo = args.repo.clone().map(|url| RepoArg { repo: url, passphrase_file: args.passphrase_file.clone() }.spec());
+    let opts = NodeRestoreOptions {
+        snapshot: args.snapshot.clone(),
+        backup: args.backup.clone(),
+        repo,
+        restore_pki: args.restore_pki,
         kubernetes_dir: args.kubernetes_dir.clone(),
-        pki_from: staging.as_ref().and_then(|s| s.pki.clone()),
-        stamp,
+        dry_run: args.dry_run,
         name: args.name.clone(),
         initial_cluster: args.initial_cluster.clone(),
         initial_cluster_token: args.initial_cluster_token.clone(),
         initial_advertise_peer_urls: args.initial_advertise_peer_urls.clone(),
-        wait_timeout: args.wait_timeout,
-    };
-    let plan = Plan::build(&request).map_err(node_failure)?;
-    // The restore's own flags must hold before the control plane is stopped.
-    let cluster = Cluster::new(&plan.restore.initial_cluster, &plan.restore.initial_cluster_token).map_err(|e| usage(e.0))?;
-    let advertise = membership::parse_url_list(&plan.restore.initial_advertise_peer_urls).map_err(|e| usage(e.0))?;
-    cluster.verify_local(&plan.restore.name, &advertise).map_err(|e| usage(e.0))?;
-    let skip_hash_check = args.skip_hash_check || staging.as_ref().is_some_and(|s| s.no_trailer);
-    let (status, _) = check_snapshot(&snapshot, skip_hash_check)?;
-    println!(
-        "snapshot {}: revision {}, {} keys; restoring member {:?} ({} member{} in the new cluster)",
-        snapshot.display(),
-        status.revision,
-        status.total_key,
-        plan.restore.name,
-        cluster.members.len(),
-        if cluster.members.len() == 1 { "" } else { "s" }
-    );
-    println!("Plan:");
-    for (i, step) in plan.steps().iter().enumerate() {
-        println!("  {}. {step}", i + 1);
-    }
-    if args.dry_run {
-        println!("Dry run: nothing was changed.");
-        return Ok(());
-    }
-    let opts = Options {
-        skip_hash_check,
         bump_revision: args.bump_revision,
         mark_compacted: args.mark_compacted,
-        flavor: Flavor::V3_5,
+        skip_hash_check: args.skip_hash_check,
+        wait_timeout: args.wait_timeout,
     };
-    let mut restore_error = None;
-    let mut do_restore = |spec: &RestoreSpec| -> Result<(), String> {
-        let dest = Destination::Member { name: spec.name.clone(), data_dir: spec.data_dir.clone(), wal_dir: spec.wal_dir.clone() };
-        let result = open_snapshot(&snapshot)
-            .map_err(anyhow::Error::from)
-            .and_then(|snapshot| restore::restore(&snapshot, &cluster, &dest, &opts).map_err(crate::cmd::restore::failure));
-        match result {
-            Ok(report) => {
-                eprintln!("      restored revision {} (cluster id {:x})", report.revision, report.cluster.id);
-                Ok(())
-            }
-            Err(e) => {
-                let text = format!("{e:#}");
-                restore_error = Some(e);
-                Err(text)
+    let outcome = restore_node(&opts, &mut |event| match event {
+        NodeEvent::Note(line) => eprintln!("{line}"),
+        NodeEvent::Planned { snapshot, status, plan, members } => {
+            println!(
+                "snapshot {}: revision {}, {} keys; restoring member {:?} ({} member{} in the new cluster)",
+                snapshot.display(),
+                status.revision,
+                status.total_key,
+                plan.restore.name,
+                members,
+                if members == 1 { "" } else { "s" }
+            );
+            println!("Plan:");
+            for (i, step) in plan.steps().iter().enumerate() {
+                println!("  {}. {step}", i + 1);
             }
         }
-    };
-    let outcome = plan.execute(&mut do_restore, &mut |line| eprintln!("{line}"));
+    })?;
     match outcome {
-        Ok(()) => {
+        NodeOutcome::DryRun => println!("Dry run: nothing was changed."),
+        NodeOutcome::Restored(plan) => {
             println!("etcd is serving again on {} with the restored data.", plan.etcd.client_addrs.join(", "));
             if let Some(old) = &plan.old_data_dir {
                 println!("The old data dir is kept in {}; remove it once the cluster is healthy.", old.display());
             }
             println!("Next: `etcdguard cluster health` (with the healthcheck client certificate), then `kubectl get nodes`.");
-            Ok(())
         }
-        Err(NodeError::Restore(text)) => {
-            let rolled_back = "the old data directory and the manifests were put back";
-            match restore_error {
-                Some(e) => Err(e.context(format!("restore failed; {rolled_back}"))),
-                None => Err(node_failure(NodeError::Restore(text)).into()),
-            }
-        }
-        Err(e) => Err(node_failure(e).into()),
     }
-}
-
-fn node_failure(e: NodeError) -> Failure {
-    let code = match &e {
-        NodeError::Manifest(..) | NodeError::Preflight(_) => Code::Usage,
-        NodeError::StillRunning { .. } => Code::Locked,
-        NodeError::NotStarted { .. } => Code::Unreachable,
-        NodeError::Restore(_) | NodeError::Io(_) => Code::Failure,
-    };
-    Failure::new(code, e.to_string())
-}
-
-/// A backup fetched for a node restore; the directory goes when this is dropped.
-struct Staging {
-    dir: PathBuf,
-    snapshot: PathBuf,
-    pki: Option<PathBuf>,
-    /// The backed-up file had no sha256 trailer (a copied member/snap/db).
-    no_trailer: bool,
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn fetch_backup(args: &NodeRestoreArgs, id: &str, stamp: &str) -> Result<Staging> {
-    use std::os::unix::fs::DirBuilderExt;
-    let repo_arg = crate::cmd::backup::RepoArg { repo: args.repo.clone().unwrap_or_default(), passphrase_file: args.passphrase_file.clone() };
-    let repo = crate::cmd::backup::open_repo_unlocked(&repo_arg)?;
-    let id = repo.resolve(id).map_err(crate::cmd::backup::failure)?;
-    let m = repo.manifest(&id).map_err(crate::cmd::backup::failure)?;
-    let dir = args.kubernetes_dir.join(format!(".etcdguard-restore-{stamp}"));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| Failure::new(Code::Failure, format!("{}: {e}", dir.display())))?;
-    let mut staging = Staging { snapshot: dir.join("snapshot.db"), dir, pki: None, no_trailer: m.etcd.trailer == "absent" };
-    eprintln!("fetching backup {} ({}, revision {}) from {}", m.id, m.created.format("%Y-%m-%d %H:%M:%S UTC"), m.etcd.revision, repo.location());
-    let index = repo.load_index().map_err(crate::cmd::backup::failure)?;
-    repo.restore_part_to_file(&index, &m.snapshot, &staging.snapshot, 0o600).map_err(crate::cmd::backup::failure)?;
-    if args.restore_pki {
-        let files = staging.dir.join("files");
-        repo.restore_files(&index, &m, &files).map_err(crate::cmd::backup::failure)?;
-        let pki = files.join("pki");
-        if !pki.is_dir() {
-            return Err(usage(format!("backup {} holds no PKI directory (it was taken without --pki-dir)", m.id)).into());
-        }
-        staging.pki = Some(pki);
-    }
-    Ok(staging)
+    Ok(())
 }

@@ -6,11 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use etcdguard_storage::restore::{self, membership, Cluster, Destination, Flavor, Options, RestoreError};
 use etcdguard_storage::TrailerCheck;
-
-use crate::cmd::snapshot::open_snapshot;
-use crate::exit::{Code, Failure};
+use etcdguard_workflow::restore::{Restored, SnapshotRestoreOptions};
 
 pub const RESTORE_LONG_HELP: &str = "\
 Restore a snapshot into new etcd data directories.
@@ -102,51 +99,41 @@ pub struct RestoreArgs {
     pub initial_memory_map_size: Option<u64>,
 }
 
-fn usage(msg: impl Into<String>) -> Failure {
-    Failure::new(Code::Usage, msg)
+pub fn run(args: RestoreArgs) -> Result<()> {
+    let restored = etcdguard_workflow::restore::snapshot_restore(&options(&args))?;
+    print_restored(&restored);
+    Ok(())
 }
 
-pub fn run(args: RestoreArgs) -> Result<()> {
-    if (args.bump_revision > 0) != args.mark_compacted {
-        return Err(usage(
-            "--mark-compacted required if --bump-revision > 0 (and --mark-compacted needs --bump-revision); \
-             e.g. --bump-revision 1000000000 --mark-compacted",
-        )
-        .into());
-    }
-    let initial_cluster =
-        args.initial_cluster.clone().unwrap_or_else(|| format!("{}=http://localhost:2380", args.name));
-    let cluster = Cluster::new(&initial_cluster, &args.initial_cluster_token).map_err(|e| usage(e.0))?;
-    let dest = match (&args.cluster_out, &args.data_dir) {
-        (Some(dir), None) => Destination::Cluster { dir: dir.clone() },
-        (Some(_), Some(_)) => {
-            return Err(usage("give either --data-dir (one member) or --cluster-out (all members), not both").into())
-        }
-        (None, Some(data_dir)) => {
-            let advertise = membership::parse_url_list(&args.initial_advertise_peer_urls).map_err(|e| usage(e.0))?;
-            cluster.verify_local(&args.name, &advertise).map_err(|e| usage(e.0))?;
-            Destination::Member { name: args.name.clone(), data_dir: data_dir.clone(), wal_dir: args.wal_dir.clone() }
-        }
-        (None, None) => return Err(usage("--data-dir is required (or --cluster-out to restore every member)").into()),
-    };
-    let snapshot = open_snapshot(&args.file)?;
-    let opts = Options {
+/// The library's options from the flags.
+pub(crate) fn options(args: &RestoreArgs) -> SnapshotRestoreOptions {
+    SnapshotRestoreOptions {
+        file: args.file.clone(),
+        data_dir: args.data_dir.clone(),
+        wal_dir: args.wal_dir.clone(),
+        name: args.name.clone(),
+        initial_cluster: args.initial_cluster.clone(),
+        initial_cluster_token: args.initial_cluster_token.clone(),
+        initial_advertise_peer_urls: args.initial_advertise_peer_urls.clone(),
         skip_hash_check: args.skip_hash_check,
         bump_revision: args.bump_revision,
         mark_compacted: args.mark_compacted,
-        flavor: Flavor::V3_5,
-    };
-    let started = std::time::Instant::now();
-    let report = restore::restore(&snapshot, &cluster, &dest, &opts).map_err(failure)?;
+        cluster_out: args.cluster_out.clone(),
+    }
+}
+
+/// What was restored and how to start it: results on stdout, timings on stderr.
+pub(crate) fn print_restored(restored: &Restored) {
+    let report = &restored.report;
     let trailer = match report.trailer {
         TrailerCheck::Verified => "sha256 verified",
         _ => "sha256 not checked",
     };
     println!(
         "Restored {} ({trailer}, revision {}) in {:.1}s",
-        args.file.display(),
+        restored.file.display(),
         report.source_revision,
-        started.elapsed().as_secs_f64()
+        restored.elapsed.as_secs_f64()
     );
     let phases: Vec<String> = report.timings.iter().map(|(n, d)| format!("{n} {:.1}s", d.as_secs_f64())).collect();
     eprintln!("phases: {}", phases.join(", "));
@@ -182,21 +169,4 @@ pub fn run(args: RestoreArgs) -> Result<()> {
         println!("{cmd}");
     }
     println!("(the membership comes from the restored WAL; --initial-cluster flags are ignored on this start)");
-    Ok(())
-}
-
-pub(crate) fn failure(e: RestoreError) -> anyhow::Error {
-    let code = match &e {
-        RestoreError::Config(_) => Code::Usage,
-        RestoreError::DestinationExists(_) => Code::DestinationExists,
-        RestoreError::MissingHash(_) | RestoreError::HashMismatch { .. } => Code::ChecksumMismatch,
-        RestoreError::Truncated { .. } => Code::Truncated,
-        RestoreError::Open { path, err } => return crate::cmd::snapshot::db_failure(path, err.clone()).into(),
-        RestoreError::Corrupt { .. } => Code::Corrupt,
-        RestoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
-            Code::PermissionDenied
-        }
-        RestoreError::Io { .. } | RestoreError::Rewrite(_) | RestoreError::SelfCheck(_) => Code::Failure,
-    };
-    Failure::new(code, e.to_string()).into()
 }

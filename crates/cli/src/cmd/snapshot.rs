@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
-use etcdguard_bolt::{Db, OpenError, OpenFileError};
+use etcdguard_bolt::OpenError;
 use etcdguard_storage::snapshot_file::hex;
-use etcdguard_storage::{Format, Layout, SnapshotFile, StatusError, TrailerCheck, VerifyReport};
+use etcdguard_storage::{Format, SnapshotFile, TrailerCheck, VerifyReport};
+use etcdguard_workflow::snapshot as workflow;
 use serde_json::json;
 
 use crate::exit::{Code, Failure};
@@ -98,123 +99,16 @@ pub fn run(cmd: SnapshotCommand) -> Result<()> {
 
 /// Opens a snapshot and maps every way it can be unusable to a message and exit code.
 pub fn open_snapshot(path: &Path) -> Result<SnapshotFile, Failure> {
-    let file = SnapshotFile::open(path).map_err(open_file_failure)?;
-    if file.is_empty() {
-        return Err(Failure::new(Code::EmptyFile, format!("{}: the file is empty", path.display())));
-    }
-    // Exactly 32 bytes is "a trailer and no image": nothing a snapshot can be.
-    let cut_short = match file.layout() {
-        Layout::Ragged { remainder } => Some(remainder),
-        Layout::WithTrailer { .. } if file.len() == etcdguard_storage::snapshot_file::TRAILER_LEN => Some(32),
-        _ => None,
-    };
-    if let Some(remainder) = cut_short {
-        // A text file, a gzip, a PNG … has a ragged length too: say what it is, not "truncated".
-        let looks = if file.image().is_empty() {
-            Db::open(&std::fs::read(path).unwrap_or_default()).map(|_| ())
-        } else {
-            file.db().map(|_| ())
-        };
-        if let Err(e @ (OpenError::NotBolt | OpenError::ForeignByteOrder | OpenError::UnsupportedVersion(_))) = looks {
-            return Err(db_failure(path, e));
-        }
-        let why = if file.image().is_empty() {
-            "only 32 bytes long, no database at all".to_string()
-        } else {
-            format!(
-                "{} bytes long, which is neither whole pages nor whole pages plus a 32-byte sha256 trailer \
-                 ({remainder} bytes past a 512-byte boundary)",
-                file.len()
-            )
-        };
-        return Err(Failure::new(
-            Code::Truncated,
-            format!("{}: truncated: {why}; the copy was cut short", path.display()),
-        ));
-    }
-    Ok(file)
-}
-
-fn open_file_failure(e: OpenFileError) -> Failure {
-    if let OpenFileError::IsDirectory(dir) = &e {
-        for candidate in [dir.join("member/snap/db"), dir.join("snap/db")] {
-            if candidate.is_file() {
-                return Failure::new(
-                    Code::IsDirectory,
-                    format!("{}: is a directory; its database is {} (stop etcd before reading it)", dir.display(), candidate.display()),
-                );
-            }
-        }
-    }
-    let code = match &e {
-        OpenFileError::NotFound(_) => Code::NotFound,
-        OpenFileError::PermissionDenied(_) => Code::PermissionDenied,
-        OpenFileError::IsDirectory(_) => Code::IsDirectory,
-        OpenFileError::Locked(_) => Code::Locked,
-        OpenFileError::NotRegularFile(_) => Code::NotSnapshot,
-        OpenFileError::Io(..) => Code::Failure,
-    };
-    Failure::new(code, e.to_string())
+    Ok(workflow::open_snapshot(path)?)
 }
 
 /// Maps a bbolt open error to a user-facing failure.
 pub fn db_failure(path: &Path, e: OpenError) -> Failure {
-    let code = match &e {
-        OpenError::Empty => Code::EmptyFile,
-        OpenError::NotBolt | OpenError::ForeignByteOrder | OpenError::UnsupportedVersion(_) => Code::NotSnapshot,
-        OpenError::Truncated { .. } => Code::Truncated,
-        OpenError::BothMetasInvalid(_) | OpenError::BadPageSize(_) | OpenError::BadMeta(_) => Code::Corrupt,
-    };
-    let hint = match code {
-        Code::NotSnapshot => " (expected an etcd snapshot or member/snap/db)",
-        _ => "",
-    };
-    Failure::new(code, format!("{}: {e}{hint}", path.display()))
-}
-
-fn trailer_failure(path: &Path, expected: &[u8; 32], actual: &[u8; 32]) -> Failure {
-    Failure::new(
-        Code::ChecksumMismatch,
-        format!(
-            "{}: sha256 trailer mismatch: the content was changed or damaged after the snapshot was taken \
-             (trailer {}, content {})",
-            path.display(),
-            hex(expected),
-            hex(actual)
-        ),
-    )
-}
-
-/// Runs `work` while the trailer is hashed on another thread (the two are independent and
-/// each takes about as long on a large file).
-fn with_trailer_check<T>(file: &SnapshotFile, skip: bool, work: impl FnOnce() -> T) -> (std::io::Result<TrailerCheck>, T) {
-    if skip {
-        return (Ok(TrailerCheck::Skipped), work());
-    }
-    std::thread::scope(|s| {
-        let hashing = s.spawn(|| file.check_trailer());
-        let out = work();
-        (hashing.join().expect("trailer thread panicked"), out)
-    })
-}
-
-/// What `snapshot status` checks (the sha256 trailer unless skipped, and the structure it
-/// walks), without printing: commands that must refuse a bad snapshot before they change
-/// anything call it first.
-pub fn check_snapshot(path: &Path, skip_hash_check: bool) -> Result<(etcdguard_storage::Status, TrailerCheck), Failure> {
-    let file = open_snapshot(path)?;
-    let db = file.db().map_err(|e| db_failure(path, e))?;
-    let release = || file.release_resident();
-    let (trailer, status) = with_trailer_check(&file, skip_hash_check, || etcdguard_storage::status(&db, Some(&release)));
-    let trailer = trailer.map_err(|e| Failure::new(Code::Failure, format!("{}: reading for sha256: {e}", path.display())))?;
-    if let TrailerCheck::Mismatch { expected, actual } = trailer {
-        return Err(trailer_failure(path, &expected, &actual));
-    }
-    Ok((status.map_err(|e| status_failure(path, e))?, trailer))
+    etcdguard_workflow::error::db_error(path, e).into()
 }
 
 fn status(args: StatusArgs) -> Result<()> {
-    let (status, trailer) = check_snapshot(&args.file, args.skip_hash_check)?;
+    let (status, trailer) = workflow::check_snapshot(&args.file, args.skip_hash_check)?;
     print!("{}", status.render(args.write_out.into()));
     match trailer {
         TrailerCheck::Verified => eprintln!("sha256 trailer verified"),
@@ -224,35 +118,19 @@ fn status(args: StatusArgs) -> Result<()> {
     Ok(())
 }
 
-fn status_failure(path: &Path, e: StatusError) -> Failure {
-    match e {
-        StatusError::Integrity(report) => {
-            let mut msg = format!("{}: {}", path.display(), StatusError::Integrity(report.clone()));
-            for p in report.problems.iter().take(10) {
-                msg.push_str(&format!("\n  {p}"));
-            }
-            if report.problem_count > 10 {
-                msg.push_str(&format!("\n  … and {} more; run `etcdguard snapshot verify` for the full list", report.problem_count - 10));
-            }
-            Failure::new(Code::Corrupt, msg)
-        }
-        other => Failure::new(Code::NotSnapshot, format!("{}: {other}", path.display())),
-    }
-}
-
 fn verify(args: VerifyArgs) -> Result<()> {
     let path = &args.file;
     let file = open_snapshot(path)?;
     let db = file.db().map_err(|e| db_failure(path, e))?;
     let release = || file.release_resident();
-    let (trailer, report) = with_trailer_check(&file, false, || etcdguard_storage::verify(&db, Some(&release)));
+    let (trailer, report) = workflow::with_trailer_check(&file, false, || etcdguard_storage::verify(&db, Some(&release)));
     let trailer = trailer.map_err(|e| Failure::new(Code::Failure, format!("{}: reading for sha256: {e}", path.display())))?;
     match args.write_out {
         VerifyFormat::Text => print!("{}", verify_text(path, &trailer, &report, db.page_size())),
         VerifyFormat::Json => println!("{}", verify_json(path, &trailer, &report, db.page_size())),
     }
     if let TrailerCheck::Mismatch { expected, actual } = trailer {
-        return Err(trailer_failure(path, &expected, &actual).into());
+        return Err(workflow::trailer_error(path, &expected, &actual).into());
     }
     if !report.is_ok() {
         let n = report.structure.problem_count

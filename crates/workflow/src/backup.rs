@@ -1,0 +1,483 @@
+//! The backup workflows: create (from a file or the live cluster), verify, restore, delete,
+//! prune, export URLs and the passphrase keys of a repository. Each takes plain options and
+//! returns what it did; lines for the operator go through the `note` callback.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use etcdguard_client::{choose_member, ConnectConfig, ConnectFlags, Destination, NoProgress, Session, SnapshotFrom};
+use etcdguard_repo::manifest::{EtcdInfo, FileKind, Manifest, Source};
+use etcdguard_repo::repository::KeyInfo;
+use etcdguard_repo::retention::Policy;
+use etcdguard_repo::{open_url, BackupMeta, InitOptions, PruneReport, RepoError, Repository};
+use etcdguard_storage::{Layout, TrailerCheck};
+
+use crate::error::{client_error, db_error, repo_error, Error, Kind, Result};
+use crate::repo::{resolve, PassphraseSource, RepoSpec};
+use crate::snapshot::open_snapshot;
+use crate::spool;
+use crate::stop::Stop;
+
+/// Resolves connection flags and environment as etcdctl does and opens a session; the notes
+/// (e.g. a variable ignored) go to `note`.
+pub fn connect(flags: &ConnectFlags, note: &mut dyn FnMut(&str)) -> Result<Session> {
+    let (cfg, notes) = ConnectConfig::resolve(flags.clone()).map_err(client_error)?;
+    for n in notes {
+        note(&format!("note: {n}"));
+    }
+    Session::new(cfg).map_err(client_error)
+}
+
+/// What `backup create` stores, and where from.
+#[derive(Clone)]
+pub struct CreateOptions {
+    pub repo: RepoSpec,
+    /// Back up this snapshot file; `None` takes one from the live cluster (`conn`).
+    pub from_file: Option<PathBuf>,
+    /// Live cluster: which member to take the snapshot from.
+    pub snapshot_from: SnapshotFrom,
+    /// Live cluster: where the snapshot is spooled (default: the system temp dir).
+    pub scratch_dir: Option<PathBuf>,
+    pub conn: ConnectFlags,
+    pub pki_dir: Option<PathBuf>,
+    pub manifests_dir: Option<PathBuf>,
+    pub encryption_config: Option<PathBuf>,
+    pub files: Vec<PathBuf>,
+    pub labels: Vec<(String, String)>,
+    pub cluster: Option<String>,
+    /// Skip the structural and schema check (the sha256 trailer is still checked).
+    pub skip_verify: bool,
+    /// Chunk size of a new repository.
+    pub chunk_size: u32,
+}
+
+/// Takes one backup: from `from_file`, or from the live cluster.
+pub fn create(opts: &CreateOptions, note: &mut dyn FnMut(&str)) -> Result<Manifest> {
+    create_stoppable(opts, note, &Stop::never())
+}
+
+/// [`create`], abandoned cleanly (spool removed, repository lock released, nothing listed)
+/// soon after `stop` is raised: the snapshot stream and the upload check it as they go.
+pub fn create_stoppable(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
+    let Some(path) = opts.from_file.clone() else {
+        return create_live(opts, note, stop);
+    };
+    let source = Source::File { path: std::fs::canonicalize(&path).unwrap_or(path.clone()).display().to_string() };
+    create_from(opts, &path, source, EtcdInfo::default(), note, stop)
+}
+
+/// Takes a snapshot from the live cluster into a private spool, then backs it up as a file:
+/// the snapshot is checked before anything reaches the repository.
+fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
+    let session = connect(&opts.conn, note)?;
+    let probes = session.probe_all();
+    let choice = choose_member(&probes, &opts.snapshot_from).map_err(client_error)?;
+    let st = &choice.status;
+    note(&format!("snapshot from {} (member {:x}, revision {}): {}", st.endpoint, st.member_id, st.revision, choice.reason));
+    let parent = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let (spool, swept) = spool::create(&parent)?;
+    if !swept.is_empty() {
+        note(&format!("removed {} scratch dir(s) of killed runs from {}", swept.len(), parent.display()));
+    }
+    stop.check()?;
+    let path = spool.path().join("snapshot.db");
+    session.save(&st.endpoint, &Destination::File(path.clone()), &mut NoProgress).map_err(client_error)?;
+    stop.check()?;
+    let known = EtcdInfo {
+        cluster_id: (st.cluster_id != 0).then(|| format!("{:x}", st.cluster_id)),
+        member_id: Some(format!("{:x}", st.member_id)),
+        version: (!st.version.is_empty()).then(|| st.version.clone()),
+        ..Default::default()
+    };
+    create_from(opts, &path, Source::Cluster { endpoint: st.endpoint.clone() }, known, note, stop)
+}
+
+fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInfo, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
+    let file = open_snapshot(path)?;
+    let db = file.db().map_err(|e| db_error(path, e))?;
+    let page_size = db.page_size();
+    let release = || file.release_resident();
+    // The trailer hash and the walk are independent: run them side by side.
+    let (trailer, report) = std::thread::scope(|s| {
+        let hashing = s.spawn(|| file.check_trailer());
+        let report = if opts.skip_verify { None } else { Some(etcdguard_storage::verify(&db, Some(&release))) };
+        (hashing.join().unwrap_or_else(|_| Err(std::io::Error::other("the trailer check panicked"))), report)
+    });
+    let trailer = trailer.map_err(|e| Error::failure(format!("{}: reading for sha256: {e}", path.display())))?;
+    if let TrailerCheck::Mismatch { .. } = trailer {
+        return Err(Error::new(
+            Kind::ChecksumMismatch,
+            format!("{}: sha256 trailer mismatch: the snapshot is damaged; not backing it up", path.display()),
+        ));
+    }
+    let status = match &report {
+        Some(r) if !r.is_ok() => {
+            return Err(Error::new(
+                Kind::Corrupt,
+                format!(
+                    "{}: the snapshot is damaged ({} problems); not backing it up. Run `etcdguard snapshot verify {}` for details",
+                    path.display(),
+                    r.structure.problem_count + r.schema_problem_count + r.metas.iter().filter(|m| m.is_err()).count(),
+                    path.display()
+                ),
+            ))
+        }
+        Some(r) => r.status.clone(),
+        None => etcdguard_storage::status(&db, Some(&release)).ok(),
+    };
+    let Some(status) = status else {
+        return Err(Error::new(Kind::Corrupt, format!("{}: cannot compute the snapshot's status; not backing it up", path.display())));
+    };
+    let etcd = EtcdInfo {
+        revision: status.revision,
+        hash: status.hash,
+        total_key: status.total_key,
+        total_size: status.total_size,
+        page_size,
+        compacted_revision: report.as_ref().and_then(|r| r.stats.compacted_revision),
+        consistent_index: report.as_ref().and_then(|r| r.stats.consistent_index),
+        term: report.as_ref().and_then(|r| r.stats.term),
+        trailer: match file.layout() {
+            Layout::WithTrailer { .. } => "verified".into(),
+            _ => "absent".into(),
+        },
+        verified: report.is_some(),
+        ..known
+    };
+    drop(file);
+    stop.check()?;
+
+    let store = open_url(&opts.repo.url).map_err(|e| repo_error(e.into()))?;
+    let passphrase = opts.repo.passphrase()?;
+    let init = InitOptions { chunk_size: opts.chunk_size, passphrase: passphrase.clone(), ..Default::default() };
+    let (mut repo, created) = Repository::open_or_init(store, &init)?;
+    if created {
+        let how = if repo.is_encrypted() { "encrypted with the passphrase given" } else { "not encrypted (give ETCDGUARD_PASSPHRASE or --passphrase-file to encrypt a new one)" };
+        note(&format!("created repository {}, {how}", repo.location()));
+    } else if repo.is_encrypted() {
+        opts.repo.unlock(&mut repo)?;
+    } else if passphrase.is_some() {
+        // Never let a passphrase suggest the CA keys are sealed when they would not be.
+        return Err(Error::usage(format!(
+            "{} is not encrypted, but a passphrase was given; its backups would be stored in clear.\n  \
+             Use a new repository location (it is created encrypted), or unset ETCDGUARD_PASSPHRASE/--passphrase-file",
+            repo.location()
+        )));
+    }
+    let mut writer = repo.begin_backup()?;
+    let input = std::fs::File::open(path).map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
+    let mut input = stop.reader(input);
+    let snapshot = writer.add_snapshot(&mut input, page_size).map_err(|e| stop.error_or(repo_error(e)))?;
+    stop.check()?;
+    // The PKI and manifests directories restore as pki/ and manifests/ themselves; other
+    // paths go under their group with their own name.
+    let paths: Vec<(&str, bool, &PathBuf)> = opts
+        .pki_dir
+        .iter()
+        .map(|p| ("pki", true, p))
+        .chain(opts.manifests_dir.iter().map(|p| ("manifests", true, p)))
+        .chain(opts.encryption_config.iter().map(|p| ("encryption-config", false, p)))
+        .chain(opts.files.iter().map(|p| ("files", false, p)))
+        .collect();
+    for (group, as_group, p) in paths {
+        let added = if as_group { writer.add_path_as(group, p) } else { writer.add_path(group, p) };
+        added.map_err(|e| match e {
+            RepoError::Io(m) if m.contains("No such file") => Error::new(Kind::NotFound, m),
+            RepoError::Io(m) if m.contains("ermission denied") => Error::new(Kind::PermissionDenied, m),
+            other => repo_error(other),
+        })?;
+    }
+    stop.check()?;
+    let labels: BTreeMap<String, String> = opts.labels.iter().cloned().collect();
+    let cluster = opts.cluster.clone().or_else(|| labels.get("cluster").cloned()).or_else(|| etcd.cluster_id.clone());
+    Ok(writer.commit(snapshot, BackupMeta { source, etcd, labels, cluster })?)
+}
+
+/// What `backup verify` checks.
+pub struct VerifyOptions {
+    pub repo: RepoSpec,
+    /// Backup id, unique prefix, or `latest`.
+    pub id: String,
+    /// Where the snapshot is reassembled (default: the system temp dir).
+    pub scratch_dir: Option<PathBuf>,
+    /// Also read every pack of the repository.
+    pub packs: bool,
+}
+
+/// A backup that passed `verify` (and is now recorded as verified).
+pub struct Verified {
+    pub manifest: Manifest,
+    pub trailer: TrailerCheck,
+    /// Packs read with `packs`.
+    pub packs_checked: Option<usize>,
+}
+
+/// Downloads a backup and checks it completely: every chunk's sha256, the snapshot's sha256,
+/// trailer, bbolt structure and etcd schema, every file; records it as verified.
+pub fn verify(opts: &VerifyOptions, note: &mut dyn FnMut(&str)) -> Result<Verified> {
+    let repo = opts.repo.open_unlocked()?;
+    let m = resolve(&repo, &opts.id)?;
+    let index = repo.load_index()?;
+    let parent = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let (tmp, _) = spool::create(&parent)?;
+    let snap_path = tmp.path().join("snapshot.db");
+    note(&format!("reading backup {} from {} …", m.id, repo.location()));
+    repo.restore_part_to_file(&index, &m.snapshot, &snap_path, 0o600)?;
+    for f in &m.files {
+        if let Some(part) = &f.content {
+            repo.read_part(&index, part, &mut std::io::sink()).map_err(|e| repo_error(e.context(&format!("file {}", f.path))))?;
+        }
+    }
+    // The reassembled snapshot is the original byte for byte; check it as `snapshot verify` does.
+    let file = open_snapshot(&snap_path)?;
+    let db = file.db().map_err(|e| db_error(&snap_path, e))?;
+    let release = || file.release_resident();
+    let (trailer, report) = std::thread::scope(|s| {
+        let h = s.spawn(|| file.check_trailer());
+        let r = etcdguard_storage::verify(&db, Some(&release));
+        (h.join().unwrap_or_else(|_| Err(std::io::Error::other("the trailer check panicked"))), r)
+    });
+    let trailer = trailer.map_err(|e| Error::failure(format!("reading the reassembled snapshot: {e}")))?;
+    if let TrailerCheck::Mismatch { .. } = trailer {
+        return Err(Error::new(Kind::ChecksumMismatch, format!("backup {}: the snapshot's sha256 trailer does not match its content", m.id)));
+    }
+    if !report.is_ok() {
+        let n = report.structure.problem_count + report.schema_problem_count;
+        return Err(Error::new(Kind::Corrupt, format!("backup {}: the snapshot has {n} problems (bbolt structure or etcd schema)", m.id)));
+    }
+    if let Some(st) = &report.status {
+        if st.revision != m.etcd.revision || st.hash != m.etcd.hash {
+            return Err(Error::new(
+                Kind::Corrupt,
+                format!("backup {}: status differs from the manifest (revision {} vs {}, hash {:x} vs {:x})", m.id, st.revision, m.etcd.revision, st.hash, m.etcd.hash),
+            ));
+        }
+    }
+    let mut packs_checked = None;
+    if opts.packs {
+        let (n, problems) = repo.check_packs()?;
+        if !problems.is_empty() {
+            for p in &problems {
+                note(&format!("  {p}"));
+            }
+            return Err(Error::new(Kind::Corrupt, format!("{} of {n} packs damaged", problems.len())));
+        }
+        note(&format!("{n} packs checked"));
+        packs_checked = Some(n);
+    }
+    drop(file);
+    repo.record_verification(&m.id)?;
+    Ok(Verified { manifest: m, trailer, packs_checked })
+}
+
+/// What `backup restore` brings back, and where.
+pub struct RestoreOptions {
+    pub repo: RepoSpec,
+    /// Backup id, unique prefix, or `latest`.
+    pub id: String,
+    /// Write the snapshot file here (must not exist).
+    pub to_file: Option<PathBuf>,
+    /// Unpack the control-plane files under this directory.
+    pub files_to: Option<PathBuf>,
+    /// Restore into a new data dir (or one per member) as `snapshot restore` does; the
+    /// snapshot path and the hash check are filled in here.
+    pub data_dir: Option<crate::restore::SnapshotRestoreOptions>,
+}
+
+/// What `backup restore` did, as it happens.
+pub enum RestoreEvent<'a> {
+    /// The snapshot file was written where the user asked (`to_file`), its sha256 checked.
+    SnapshotWritten { manifest: &'a Manifest, path: &'a Path },
+    /// The data dir(s) were restored from it.
+    DataDirRestored(&'a crate::restore::Restored),
+    /// The control-plane files were unpacked.
+    FilesWritten { count: usize, dir: &'a Path },
+}
+
+/// Brings a backup back: the snapshot file, data dirs built from it, and the files.
+/// Returns the snapshot file kept (`to_file`), if any.
+pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> Result<Option<PathBuf>> {
+    let repo = opts.repo.open_unlocked()?;
+    let m = resolve(&repo, &opts.id)?;
+    let exists = |p: &Path| Error::new(Kind::DestinationExists, format!("{}: already exists; nothing was overwritten", p.display()));
+    // Refuse before downloading anything.
+    if let Some(p) = &opts.to_file {
+        if p.exists() {
+            return Err(exists(p));
+        }
+    }
+    let (data_dir, cluster_out) = match &opts.data_dir {
+        Some(d) => (d.data_dir.as_ref(), d.cluster_out.as_ref()),
+        None => (None, None),
+    };
+    for dir in data_dir.iter().chain(cluster_out.iter()) {
+        if std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+            return Err(Error::new(Kind::DestinationExists, format!("{}: exists and is not empty; nothing was overwritten", dir.display())));
+        }
+    }
+    // Without `to_file` the snapshot goes to a hidden file next to the data dir, removed after.
+    let (snapshot_path, temporary) = match (&opts.to_file, data_dir.or(cluster_out)) {
+        (Some(p), _) => (p.clone(), false),
+        (None, Some(dir)) => {
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            (parent.join(format!(".etcdguard-backup-{}-{:08x}.db", m.id, spool::rand_u64() as u32)), true)
+        }
+        (None, None) => return Err(Error::usage("give --to-file, --data-dir or --cluster-out")),
+    };
+    struct Cleanup(Option<PathBuf>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if let Some(p) = self.0.take() {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let _cleanup = Cleanup(temporary.then(|| snapshot_path.clone()));
+    let index = repo.load_index()?;
+    repo.restore_part_to_file(&index, &m.snapshot, &snapshot_path, 0o600)?;
+    if !temporary {
+        on(RestoreEvent::SnapshotWritten { manifest: &m, path: &snapshot_path });
+    }
+    if let Some(d) = &opts.data_dir {
+        let mut d = d.clone();
+        d.file = snapshot_path.clone();
+        // A backup of a plain member/snap/db has no trailer; its sha256 was checked above.
+        d.skip_hash_check = m.etcd.trailer == "absent";
+        let restored = crate::restore::snapshot_restore(&d)?;
+        on(RestoreEvent::DataDirRestored(&restored));
+    }
+    if let Some(dir) = &opts.files_to {
+        let count = repo.restore_files(&index, &m, dir)?;
+        on(RestoreEvent::FilesWritten { count, dir });
+    }
+    Ok((!temporary).then_some(snapshot_path))
+}
+
+/// Removes backup `id` from the list (its data goes at the next prune); refuses the newest
+/// verified backup unless `force`. Returns the id removed.
+pub fn delete(repo: &RepoSpec, id: &str, force: bool) -> Result<String> {
+    let repo = repo.open()?;
+    let m = resolve(&repo, id)?;
+    if !force {
+        let (all, _) = repo.list_backups()?;
+        let mut newest_verified = None;
+        for b in all.iter().rev() {
+            if b.etcd.verified || repo.verification(&b.id)?.is_some() {
+                newest_verified = Some(b.id.clone());
+                break;
+            }
+        }
+        if newest_verified.as_deref() == Some(m.id.as_str()) {
+            return Err(Error::usage(format!("backup {} is the newest verified backup; pass --force to delete it anyway", m.id)));
+        }
+    }
+    repo.delete_backup(&m.id)?;
+    Ok(m.id)
+}
+
+/// Applies `policy` (if any) and frees unused data.
+pub fn prune(repo: &RepoSpec, policy: Option<&Policy>, dry_run: bool) -> Result<PruneReport> {
+    let repo = repo.open_unlocked()?;
+    Ok(repo.prune(policy, dry_run)?)
+}
+
+/// A backup's snapshot exported as one object, and its presigned URL.
+pub struct ExportedUrl {
+    pub manifest: Manifest,
+    /// The object's key and the repository it is in.
+    pub key: String,
+    pub location: String,
+    pub url: String,
+}
+
+/// Exports backup `id`'s snapshot as one object and presigns it for `expires`. A store that
+/// cannot presign (a local directory) is refused before anything is uploaded.
+pub fn export_url(repo: &RepoSpec, id: &str, expires: Duration) -> Result<ExportedUrl> {
+    let repo = repo.open()?;
+    let m = resolve(&repo, id)?;
+    repo.presigned_url(&etcdguard_repo::repository::manifest_key(&m.id), expires).map_err(|e| {
+        let mut f = repo_error(e);
+        // The hint of a local repository: how to get the snapshot without a URL.
+        f.hint = Some(format!("a local repository has no URLs: use `etcdguard backup restore {} --to-file FILE`", m.id));
+        f
+    })?;
+    let key = repo.export_snapshot(&m)?;
+    let url = repo.presigned_url(&key, expires)?;
+    Ok(ExportedUrl { location: repo.location(), manifest: m, key, url })
+}
+
+/// Presigned URLs of every object backup `id` needs (manifest, index, packs).
+pub fn object_urls(repo: &RepoSpec, id: &str, expires: Duration) -> Result<(Manifest, Vec<(String, String)>)> {
+    let repo = repo.open()?;
+    let m = resolve(&repo, id)?;
+    let urls = repo.presigned_urls(&m, expires)?;
+    Ok((m, urls))
+}
+
+/// The keys of a repository; with the passphrase given (and the repository encrypted) the one
+/// it opens is marked current.
+pub fn key_list(repo: &RepoSpec) -> Result<Vec<KeyInfo>> {
+    let mut r = repo.open()?;
+    // Marking the current key needs the passphrase; listing does not.
+    if let Some(p) = repo.passphrase()? {
+        if r.is_encrypted() {
+            r.unlock(&p)?;
+        }
+    }
+    Ok(r.list_keys()?)
+}
+
+/// Removes key `id`; returns the repository's location.
+pub fn key_remove(repo: &RepoSpec, id: &str) -> Result<String> {
+    let r = repo.open_unlocked()?;
+    r.remove_key(id)?;
+    Ok(r.location())
+}
+
+/// What `key add` and `key passwd` did, as it happens.
+pub enum KeyEvent<'a> {
+    Added { id: &'a str, location: &'a str },
+    /// The key of the old passphrase (`passwd`).
+    Removed { id: &'a str, location: &'a str },
+}
+
+/// `key add`, and `key passwd` (`replace`): the new key is stored and proven to open before
+/// the old one goes.
+pub fn key_add(repo: &RepoSpec, new_passphrase: &PassphraseSource, replace: bool, on: &mut dyn FnMut(KeyEvent<'_>)) -> Result<()> {
+    let r = repo.open_unlocked()?;
+    let Some(new) = new_passphrase()? else {
+        return Err(Error::usage("no new passphrase: give --new-passphrase-file FILE or set ETCDGUARD_NEW_PASSPHRASE"));
+    };
+    if repo.passphrase()?.is_some_and(|current| current.bytes() == new.bytes()) {
+        return Err(Error::usage("the new passphrase is the current one"));
+    }
+    let id = r.add_key(&new, Default::default())?;
+    let location = r.location();
+    on(KeyEvent::Added { id: &id, location: &location });
+    if replace {
+        let Some(old) = r.current_key().map(str::to_string) else {
+            return Err(Error::failure(format!("{location}: not encrypted, so it has no passphrase to change")));
+        };
+        let mut reopened = repo.open()?;
+        reopened.unlock(&new)?;
+        reopened.remove_key(&old)?;
+        on(KeyEvent::Removed { id: &old, location: &location });
+    }
+    Ok(())
+}
+
+/// Writes the snapshot of backup `id` (id, prefix or `latest`) into `dir`; returns its path.
+pub fn fetch_snapshot(repo: &RepoSpec, id: &str, dir: &Path) -> Result<PathBuf> {
+    let r = repo.open_unlocked()?;
+    let m = resolve(&r, id)?;
+    let path = dir.join(format!("{}.db", m.id));
+    let index = r.load_index()?;
+    r.restore_part_to_file(&index, &m.snapshot, &path, 0o600)?;
+    Ok(path)
+}
+
+/// Manifest helpers the command line shows.
+pub fn file_count(m: &Manifest) -> usize {
+    m.files.iter().filter(|f| f.kind == FileKind::File).count()
+}

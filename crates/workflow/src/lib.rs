@@ -1,0 +1,27 @@
+//! The operations of etcdguard below the command line.
+//!
+//! Every workflow takes plain option structs, returns typed results, and reports failures
+//! as one [`Error`] whose [`Kind`] the command line maps to an exit code. Nothing here
+//! prints: lines meant for the operator go through the callback each workflow takes.
+//!
+//! - [`backup`]: create (live or from a file), verify, restore, delete, prune, export URLs,
+//!   passphrase keys, fetch a backup's snapshot;
+//! - [`restore`]: `snapshot restore` (new data dirs from a snapshot file);
+//! - [`node`]: `node restore` (fetch and check, then the control-plane runbook);
+//! - [`agent`]: the scheduler, its state, `/healthz` and `/metrics`;
+//! - [`snapshot`], [`repo`], [`spool`], [`stop`]: what they share.
+
+pub mod agent;
+pub mod backup;
+pub mod error;
+pub mod node;
+pub mod repo;
+pub mod restore;
+pub mod snapshot;
+pub mod spool;
+pub mod stop;
+pub mod text;
+
+pub use error::{Error, Kind, Result};
+pub use repo::{PassphraseSource, RepoSpec};
+pub use stop::Stop;

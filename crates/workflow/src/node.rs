@@ -1,0 +1,168 @@
+//! `node restore`: a backup fetched and checked (or a snapshot file checked) before anything
+//! on the node is touched, then `etcdguard_node::Plan` carried out with `snapshot restore`'s
+//! code as its restore step.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use etcdguard_node::{NodeError, Plan, Request, RestoreSpec};
+use etcdguard_storage::restore::{self, membership, Cluster, Destination, Flavor, Options};
+use etcdguard_storage::Status;
+
+use crate::error::{node_error, restore_error, Error, Result};
+use crate::repo::{resolve, RepoSpec};
+use crate::snapshot::{check_snapshot, open_snapshot};
+
+/// The flags of `node restore`.
+pub struct NodeRestoreOptions {
+    /// A snapshot file, or `backup` from `repo`.
+    pub snapshot: Option<PathBuf>,
+    /// Backup id, unique prefix or `latest` of `repo`.
+    pub backup: Option<String>,
+    pub repo: Option<RepoSpec>,
+    /// Put the backup's PKI directory in place too.
+    pub restore_pki: bool,
+    pub kubernetes_dir: PathBuf,
+    pub dry_run: bool,
+    pub name: Option<String>,
+    pub initial_cluster: Option<String>,
+    pub initial_cluster_token: Option<String>,
+    pub initial_advertise_peer_urls: Option<String>,
+    pub bump_revision: u64,
+    pub mark_compacted: bool,
+    pub skip_hash_check: bool,
+    pub wait_timeout: Duration,
+}
+
+/// What `node restore` does, as it happens.
+pub enum NodeEvent<'a> {
+    /// A line for the operator (fetching, each step as it is taken).
+    Note(&'a str),
+    /// The snapshot is checked and the plan built; nothing is changed yet.
+    Planned { snapshot: &'a Path, status: &'a Status, plan: &'a Plan, members: usize },
+}
+
+/// How a `node restore` that did not fail ended.
+pub enum NodeOutcome {
+    DryRun,
+    /// etcd serves again with the restored data.
+    Restored(Box<Plan>),
+}
+
+/// Runs `node restore`. On failure before the manifests are back, the node is left as it was.
+pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)) -> Result<NodeOutcome> {
+    if (opts.bump_revision > 0) != opts.mark_compacted {
+        return Err(Error::usage("--bump-revision and --mark-compacted go together (e.g. --bump-revision 1000000000 --mark-compacted)"));
+    }
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    // A backup is fetched first, into a private dir beside the PKI (same filesystem, so the
+    // PKI is moved into place, not copied), and removed at the end whatever happens.
+    let staging = match &opts.backup {
+        Some(id) => Some(fetch_backup(opts, id, &stamp, on)?),
+        None => None,
+    };
+    let snapshot = match (&staging, &opts.snapshot) {
+        (Some(s), _) => s.snapshot.clone(),
+        (None, Some(p)) => p.clone(),
+        (None, None) => return Err(Error::usage("give a snapshot file or --backup ID")),
+    };
+    let request = Request {
+        kubernetes_dir: opts.kubernetes_dir.clone(),
+        pki_from: staging.as_ref().and_then(|s| s.pki.clone()),
+        stamp,
+        name: opts.name.clone(),
+        initial_cluster: opts.initial_cluster.clone(),
+        initial_cluster_token: opts.initial_cluster_token.clone(),
+        initial_advertise_peer_urls: opts.initial_advertise_peer_urls.clone(),
+        wait_timeout: opts.wait_timeout,
+    };
+    let plan = Plan::build(&request).map_err(node_error)?;
+    // The restore's own flags must hold before the control plane is stopped.
+    let cluster = Cluster::new(&plan.restore.initial_cluster, &plan.restore.initial_cluster_token).map_err(|e| Error::usage(e.0))?;
+    let advertise = membership::parse_url_list(&plan.restore.initial_advertise_peer_urls).map_err(|e| Error::usage(e.0))?;
+    cluster.verify_local(&plan.restore.name, &advertise).map_err(|e| Error::usage(e.0))?;
+    let skip_hash_check = opts.skip_hash_check || staging.as_ref().is_some_and(|s| s.no_trailer);
+    let (status, _) = check_snapshot(&snapshot, skip_hash_check)?;
+    on(NodeEvent::Planned { snapshot: &snapshot, status: &status, plan: &plan, members: cluster.members.len() });
+    if opts.dry_run {
+        return Ok(NodeOutcome::DryRun);
+    }
+    let options = Options { skip_hash_check, bump_revision: opts.bump_revision, mark_compacted: opts.mark_compacted, flavor: Flavor::V3_5 };
+    let mut restore_error_seen: Option<Error> = None;
+    // The step lines and the restore's own line go out in the order they happen.
+    let outcome = {
+        let on_cell = std::cell::RefCell::new(&mut *on);
+        let mut restore_step = |spec: &RestoreSpec| -> Result<(), String> {
+            let dest = Destination::Member { name: spec.name.clone(), data_dir: spec.data_dir.clone(), wal_dir: spec.wal_dir.clone() };
+            let result = open_snapshot(&snapshot).and_then(|snapshot| restore::restore(&snapshot, &cluster, &dest, &options).map_err(restore_error));
+            match result {
+                Ok(report) => {
+                    let line = format!("      restored revision {} (cluster id {:x})", report.revision, report.cluster.id);
+                    (on_cell.borrow_mut())(NodeEvent::Note(&line));
+                    Ok(())
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    restore_error_seen = Some(e);
+                    Err(text)
+                }
+            }
+        };
+        plan.execute(&mut restore_step, &mut |line| (on_cell.borrow_mut())(NodeEvent::Note(line)))
+    };
+    match outcome {
+        Ok(()) => Ok(NodeOutcome::Restored(Box::new(plan))),
+        Err(NodeError::Restore(text)) => {
+            let rolled_back = "the old data directory and the manifests were put back";
+            match restore_error_seen {
+                Some(e) => Err(e.context(format!("restore failed; {rolled_back}"))),
+                None => Err(node_error(NodeError::Restore(text))),
+            }
+        }
+        Err(e) => Err(node_error(e)),
+    }
+}
+
+/// A backup fetched for a node restore; the directory goes when this is dropped.
+struct Staging {
+    dir: PathBuf,
+    snapshot: PathBuf,
+    pki: Option<PathBuf>,
+    /// The backed-up file had no sha256 trailer (a copied member/snap/db).
+    no_trailer: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fetch_backup(opts: &NodeRestoreOptions, id: &str, stamp: &str, on: &mut dyn FnMut(NodeEvent<'_>)) -> Result<Staging> {
+    use std::os::unix::fs::DirBuilderExt;
+    let spec = opts.repo.clone().unwrap_or_else(|| RepoSpec::new(""));
+    let repo = spec.open_unlocked()?;
+    let m = resolve(&repo, id)?;
+    let dir = opts.kubernetes_dir.join(format!(".etcdguard-restore-{stamp}"));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| Error::failure(format!("{}: {e}", dir.display())))?;
+    let mut staging = Staging { snapshot: dir.join("snapshot.db"), dir, pki: None, no_trailer: m.etcd.trailer == "absent" };
+    on(NodeEvent::Note(&format!(
+        "fetching backup {} ({}, revision {}) from {}",
+        m.id,
+        m.created.format("%Y-%m-%d %H:%M:%S UTC"),
+        m.etcd.revision,
+        repo.location()
+    )));
+    let index = repo.load_index()?;
+    repo.restore_part_to_file(&index, &m.snapshot, &staging.snapshot, 0o600)?;
+    if opts.restore_pki {
+        let files = staging.dir.join("files");
+        repo.restore_files(&index, &m, &files)?;
+        let pki = files.join("pki");
+        if !pki.is_dir() {
+            return Err(Error::usage(format!("backup {} holds no PKI directory (it was taken without --pki-dir)", m.id)));
+        }
+        staging.pki = Some(pki);
+    }
+    Ok(staging)
+}

@@ -1,0 +1,68 @@
+//! Opening a repository from what the user gave: its URL and, for an encrypted one, a
+//! passphrase, read only when it is needed (a metadata-only command never reads the file).
+
+use std::sync::Arc;
+
+use etcdguard_repo::crypto::Passphrase;
+use etcdguard_repo::{open_url, Manifest, RepoError, Repository};
+
+use crate::error::{repo_error, Result};
+
+/// Where the passphrase comes from; called at most when an encrypted repository is unlocked
+/// (and when a new one may be created encrypted). The command line reads its flag or
+/// environment variable here.
+pub type PassphraseSource = Arc<dyn Fn() -> Result<Option<Passphrase>> + Send + Sync>;
+
+/// A repository as the user named it.
+#[derive(Clone)]
+pub struct RepoSpec {
+    /// A local directory, s3://, gs:// or az:// URL.
+    pub url: String,
+    pub passphrase: PassphraseSource,
+}
+
+impl RepoSpec {
+    /// A repository without a passphrase.
+    pub fn new(url: impl Into<String>) -> RepoSpec {
+        RepoSpec { url: url.into(), passphrase: Arc::new(|| Ok(None)) }
+    }
+
+    pub fn passphrase(&self) -> Result<Option<Passphrase>> {
+        (self.passphrase)()
+    }
+
+    /// Opens the repository for reading metadata (manifests, index): no passphrase needed.
+    pub fn open(&self) -> Result<Repository> {
+        let store = open_url(&self.url).map_err(|e| repo_error(e.into()))?;
+        Ok(Repository::open(store)?)
+    }
+
+    /// Opens the repository for reading or writing content: an encrypted one is unlocked.
+    pub fn open_unlocked(&self) -> Result<Repository> {
+        let mut r = self.open()?;
+        self.unlock(&mut r)?;
+        Ok(r)
+    }
+
+    /// Unlocks `r` with the passphrase when it is encrypted.
+    pub fn unlock(&self, r: &mut Repository) -> Result<()> {
+        if !r.is_encrypted() {
+            return Ok(());
+        }
+        match self.passphrase()? {
+            Some(p) => Ok(r.unlock(&p)?),
+            None => Err(repo_error(RepoError::KeyRequired(r.location()))),
+        }
+    }
+}
+
+/// The manifest of backup `id` (an id, a unique prefix or `latest`).
+pub fn resolve(repo: &Repository, id: &str) -> Result<Manifest> {
+    let id = repo.resolve(id)?;
+    Ok(repo.manifest(&id)?)
+}
+
+/// How many backups the repository lists, when it can be read.
+pub fn count_backups(repo: &RepoSpec) -> Option<usize> {
+    repo.open().ok()?.list_backups().ok().map(|(backups, _)| backups.len())
+}
