@@ -428,6 +428,7 @@ fn looks_like_object(plain: &[u8]) -> bool {
     plain.starts_with(crate::PROTOBUF_MAGIC) || plain.first() == Some(&b'{') || plain.starts_with(&[0xd9, 0xd9, 0xf7])
 }
 
+#[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; rust-version is 1.80
 fn open(provider: ProviderKind, key: &Key, data: &[u8], etcd_key: &[u8]) -> Result<Vec<u8>, DecryptError> {
     let truncated = |expected: &str| DecryptError::Truncated { provider, key_name: key.name.clone(), len: data.len(), expected: expected.to_string() };
     let rejected = |reason: &str| DecryptError::Rejected { provider, key_name: key.name.clone(), reason: reason.to_string() };

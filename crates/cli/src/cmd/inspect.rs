@@ -481,7 +481,7 @@ fn stats(args: StatsArgs) -> Result<()> {
             };
             print!("{}\n{}\n", usage_rows("RESOURCE", &stats.by_resource), usage_rows("NAMESPACE", &stats.by_namespace));
             println!("Largest objects:");
-            print!("{}\n", key_rows(&stats.largest));
+            println!("{}", key_rows(&stats.largest));
             println!("Most revisions in the file:");
             print!("{}", key_rows(&stats.most_revisions));
         }
