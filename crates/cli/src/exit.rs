@@ -37,6 +37,9 @@ pub enum Code {
     RepositoryBusy = 15,
     /// An encrypted backup repository needs its passphrase, and none (or a wrong one) was given.
     KeyRequired = 16,
+    /// A safety check refused a cluster change (quorum, a healthy member, a lagging learner);
+    /// nothing was changed.
+    Refused = 17,
 }
 
 /// An error that carries its exit code. Library errors are mapped to this in `cmd/`.
@@ -79,6 +82,7 @@ pub fn code_of(kind: Kind) -> Code {
         Kind::DestinationExists => Code::DestinationExists,
         Kind::RepositoryBusy => Code::RepositoryBusy,
         Kind::KeyRequired => Code::KeyRequired,
+        Kind::Refused => Code::Refused,
     }
 }
 
@@ -100,6 +104,7 @@ fn kind_of(code: Code) -> Kind {
         Code::DestinationExists => Kind::DestinationExists,
         Code::RepositoryBusy => Kind::RepositoryBusy,
         Code::KeyRequired => Kind::KeyRequired,
+        Code::Refused => Kind::Refused,
     }
 }
 

@@ -1,6 +1,10 @@
 //! `etcdguard`: a thin command line over the etcdguard library crates.
 //! Each subcommand lives in `cmd/`; this file only parses arguments and maps errors to exit codes.
 
+// First: its print!/println!/eprint!/eprintln! replace std's in every module below.
+#[macro_use]
+mod output;
+mod args;
 mod cmd;
 mod exit;
 
@@ -17,6 +21,7 @@ Exit codes:
  14 destination exists (nothing was overwritten)
  15 backup repository in use by another etcdguard (locked)
  16 encrypted backup repository: passphrase missing or wrong
+ 17 refused by a safety check (quorum, healthy member, lagging learner); nothing changed
 
 Environment: ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY … as etcdctl reads them;
 ETCDGUARD_REPO, ETCDGUARD_PASSPHRASE, ETCDGUARD_PASSPHRASE_FILE for `backup` and `agent`;
@@ -40,7 +45,8 @@ enum Command {
     /// Work with etcd snapshot files: status, verify, restore, save.
     #[command(subcommand)]
     Snapshot(cmd::snapshot::SnapshotCommand),
-    /// Live cluster checks: endpoint health, members with leader, DB size, revision, raft index.
+    /// Live cluster checks and changes: health, members, guarded member remove/add/promote,
+    /// defrag, alarms.
     #[command(subcommand)]
     Cluster(cmd::cluster::ClusterCommand),
     /// Backups in a deduplicated repository (local dir, S3, GCS, Azure): create, list, show, verify, restore, prune.
@@ -49,7 +55,7 @@ enum Command {
     /// Take backups on a schedule, apply retention, serve /healthz and Prometheus /metrics.
     ///
     /// Runs `backup create` (same flags: --repo, connection flags or --from-file, --pki-dir,
-    /// --manifests-dir, …) every --every, then, when any --keep-* rule is given, `backup
+    /// --manifests-dir, …) every --every (or on --schedule CRON), then, when any --keep-* rule is given, `backup
     /// prune` with those rules. A failed backup is logged and counted, and the next one runs
     /// on time. /healthz answers 503 while the last backup failed or the last success is
     /// older than twice --every, or once retention failed --prune-failures-unhealthy times in
@@ -88,5 +94,13 @@ fn main() {
     if let Err(err) = result {
         let code = exit::report(&err);
         std::process::exit(code);
+    }
+    match output::finish_stdout() {
+        None => {}
+        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => output::exit_by_sigpipe(),
+        Some(e) => {
+            eprintln!("Error: writing to stdout: {e}");
+            std::process::exit(exit::Code::Failure as i32);
+        }
     }
 }

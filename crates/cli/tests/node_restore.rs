@@ -16,45 +16,86 @@ use std::time::{Duration, Instant};
 use etcdguard_testkit::{free_port, EtcdVersion};
 use live_support::*;
 
-/// The kubelet stand-in: polls the manifests dir and starts/stops etcd by PID.
+/// The kubelet stand-in: polls the manifests dir and starts/stops, by manifest file, the
+/// etcd pods (a real etcd, by PID) and, when asked, the API server pods (a stand-in: a TLS
+/// listener whose /readyz answers 200 once etcd's port is open).
 struct Kubelet {
     stop: Arc<AtomicBool>,
     starts: Arc<Mutex<u32>>,
+    apiserver: Arc<ApiStats>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the API server stand-ins answered on /readyz.
+#[derive(Default)]
+struct ApiStats {
+    not_ready: std::sync::atomic::AtomicU32,
+    ready: std::sync::atomic::AtomicU32,
+}
+
+enum Running {
+    Etcd(Child),
+    ApiServer(Arc<AtomicBool>, std::thread::JoinHandle<()>),
+}
+
+impl Running {
+    fn stop(self) {
+        match self {
+            Running::Etcd(mut c) => terminate(&mut c),
+            Running::ApiServer(stop, t) => {
+                stop.store(true, Ordering::SeqCst);
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 impl Kubelet {
     fn start(manifests: PathBuf, log_dir: PathBuf) -> Kubelet {
+        Kubelet::start_with(manifests, log_dir, true)
+    }
+
+    /// `run_apiserver`: start the API server stand-in for manifests that run kube-apiserver.
+    fn start_with(manifests: PathBuf, log_dir: PathBuf, run_apiserver: bool) -> Kubelet {
         let stop = Arc::new(AtomicBool::new(false));
         let starts = Arc::new(Mutex::new(0));
-        let (stop2, starts2) = (stop.clone(), starts.clone());
+        let apiserver = Arc::new(ApiStats::default());
+        let (stop2, starts2, api2) = (stop.clone(), starts.clone(), apiserver.clone());
         let thread = std::thread::spawn(move || {
-            let mut child: Option<Child> = None;
+            let mut pods: std::collections::BTreeMap<PathBuf, Running> = Default::default();
             let deadline = Instant::now() + Duration::from_secs(600);
             while !stop2.load(Ordering::SeqCst) && Instant::now() < deadline {
-                let manifest = manifests.join("etcd.yaml");
-                match (&mut child, manifest.exists()) {
-                    (None, true) => {
+                let present: Vec<PathBuf> = std::fs::read_dir(&manifests).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
+                for gone in pods.keys().filter(|p| !present.contains(p)).cloned().collect::<Vec<_>>() {
+                    pods.remove(&gone).unwrap().stop();
+                }
+                // An etcd that exited is started again on the next round, as the kubelet does.
+                pods.retain(|_, r| match r {
+                    Running::Etcd(c) => c.try_wait().unwrap().is_none(),
+                    Running::ApiServer(..) => true,
+                });
+                for m in present {
+                    if pods.contains_key(&m) {
+                        continue;
+                    }
+                    let text = std::fs::read_to_string(&m).unwrap_or_default();
+                    if text.contains("kube-apiserver") {
+                        if run_apiserver {
+                            pods.insert(m, start_apiserver(&text, api2.clone()));
+                        }
+                    } else if text.contains("etcd") && text.contains("data-dir") {
                         let mut n = starts2.lock().unwrap();
                         *n += 1;
-                        child = Some(run_pod(&manifest, &log_dir.join(format!("etcd-{n}.log"))));
+                        pods.insert(m.clone(), Running::Etcd(run_pod(&m, &log_dir.join(format!("etcd-{n}.log")))));
                     }
-                    (Some(c), false) => {
-                        terminate(c);
-                        child = None;
-                    }
-                    _ => {}
-                }
-                if child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_some()) {
-                    child = None; // exited: started again on the next round, as the kubelet does
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            if let Some(c) = &mut child {
-                terminate(c);
+            for (_, r) in pods {
+                r.stop();
             }
         });
-        Kubelet { stop, starts, thread: Some(thread) }
+        Kubelet { stop, starts, apiserver, thread: Some(thread) }
     }
 
     fn starts(&self) -> u32 {
@@ -79,11 +120,98 @@ fn terminate(c: &mut Child) {
     let _ = c.wait();
 }
 
-/// Runs the etcd container of a static pod manifest as the kubelet would: its command line,
-/// with container paths under a hostPath mount turned into host paths.
+/// The value of `--flag=VALUE` in a manifest's text.
+fn flag_in(text: &str, flag: &str) -> Option<String> {
+    let at = text.find(&format!("--{flag}="))? + flag.len() + 3;
+    Some(text[at..].chars().take_while(|c| !c.is_whitespace() && *c != '"' && *c != '\'' && *c != ',').collect())
+}
+
+/// The API server stand-in: HTTPS on 127.0.0.1:<--secure-port> with a throwaway
+/// certificate; /readyz is 503 until etcd (the first of --etcd-servers) accepts connections
+/// and a second has passed, then 200.
+fn start_apiserver(manifest: &str, stats: Arc<ApiStats>) -> Running {
+    use std::io::{Read, Write};
+    let port: u16 = flag_in(manifest, "secure-port").unwrap().parse().unwrap();
+    let etcd = flag_in(manifest, "etcd-servers").unwrap();
+    let etcd_addr = etcd.split_once("://").unwrap().1.to_string();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()))
+            .unwrap(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let started = Instant::now();
+    let t = std::thread::spawn(move || {
+        while !stop2.load(Ordering::SeqCst) {
+            let Ok((tcp, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            tcp.set_nonblocking(false).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            if !req.starts_with(b"GET /readyz ") {
+                continue;
+            }
+            let ready = started.elapsed() > Duration::from_secs(1) && std::net::TcpStream::connect(&etcd_addr).is_ok();
+            let status = if ready { "200 OK" } else { "503 Service Unavailable" };
+            let counter = if ready { &stats.ready } else { &stats.not_ready };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = tls.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").as_bytes());
+            let _ = tls.flush();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    Running::ApiServer(stop, t)
+}
+
+/// Replaces every container path under a mount with its host path, in one pass (a host path
+/// may contain a mount path).
+fn map_paths(text: &str, mounts: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < text.len() {
+        match mounts.iter().filter(|(m, _)| text[i..].starts_with(m.as_str())).max_by_key(|(m, _)| m.len()) {
+            Some((m, host)) => {
+                out.push_str(host);
+                i += m.len();
+            }
+            None => {
+                let c = text[i..].chars().next().unwrap();
+                out.push(c);
+                i += c.len_utf8();
+            }
+        }
+    }
+    out
+}
+
+/// Runs the etcd container of a static pod manifest as the kubelet would: its command line
+/// (a `sh -c` script is run by sh, with etcd 3.5 first on PATH), its literal env values,
+/// as its runAsUser, with container paths under a hostPath mount turned into host paths.
 fn run_pod(manifest: &Path, log: &Path) -> Child {
+    use std::os::unix::process::CommandExt;
     let pod: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
-    let c = &pod["spec"]["containers"][0];
+    let containers = pod["spec"]["containers"].as_sequence().unwrap();
+    let c = containers.iter().find(|c| c["name"].as_str() == Some("etcd")).unwrap_or(&containers[0]);
     let mounts: Vec<(String, String)> = c["volumeMounts"]
         .as_sequence()
         .unwrap()
@@ -91,33 +219,45 @@ fn run_pod(manifest: &Path, log: &Path) -> Child {
         .map(|m| {
             let name = m["name"].as_str().unwrap();
             let vol = pod["spec"]["volumes"].as_sequence().unwrap().iter().find(|v| v["name"].as_str() == Some(name)).unwrap();
-            (m["mountPath"].as_str().unwrap().to_string(), vol["hostPath"]["path"].as_str().unwrap().to_string())
+            (m["mountPath"].as_str().unwrap().trim_end_matches('/').to_string(), vol["hostPath"]["path"].as_str().unwrap().to_string())
         })
         .collect();
-    let argv: Vec<String> = c["command"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            let a = a.as_str().unwrap().to_string();
-            match a.split_once('=') {
-                Some((flag, path)) => match mounts.iter().find(|(m, _)| path.starts_with(m.as_str())) {
-                    Some((m, host)) => format!("{flag}={host}{}", &path[m.len()..]),
-                    None => a,
-                },
-                None => a,
-            }
-        })
-        .collect();
-    assert_eq!(argv[0], "etcd");
+    let words = |key: &str| -> Vec<String> { c[key].as_sequence().map(|s| s.iter().map(|a| a.as_str().unwrap().to_string()).collect()).unwrap_or_default() };
+    let argv: Vec<String> = words("command").into_iter().chain(words("args")).map(|a| map_paths(&a, &mounts)).collect();
+    let run_as = |key: &str| c["securityContext"][key].as_u64().or(pod["spec"]["securityContext"][key].as_u64());
+    let mut etcd35 = EtcdVersion::V3_5.binaries().etcd;
+    if run_as("runAsUser").is_some() {
+        // The installed binary may sit under a dir only root can enter: run a copy.
+        use std::os::unix::fs::PermissionsExt;
+        let copy = log.parent().unwrap().join("bin/etcd");
+        if !copy.exists() {
+            std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+            std::fs::copy(&etcd35, &copy).unwrap();
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        etcd35 = copy;
+    }
+    let mut cmd = if argv[0].ends_with("sh") {
+        let mut cmd = Command::new(&argv[0]);
+        let path = format!("{}:{}", etcd35.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+        cmd.args(&argv[1..]).env("PATH", path);
+        cmd
+    } else {
+        assert!(argv[0].ends_with("etcd"), "{argv:?}");
+        let mut cmd = Command::new(&etcd35);
+        cmd.args(&argv[1..]);
+        cmd
+    };
+    for e in c["env"].as_sequence().cloned().unwrap_or_default() {
+        if let Some(v) = e["value"].as_str() {
+            cmd.env(e["name"].as_str().unwrap(), map_paths(v, &mounts));
+        }
+    }
+    if let Some(uid) = run_as("runAsUser") {
+        cmd.gid(run_as("runAsGroup").unwrap_or(uid) as u32).uid(uid as u32);
+    }
     let log = std::fs::File::create(log).unwrap();
-    Command::new(EtcdVersion::V3_5.binaries().etcd)
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap()
 }
 
 struct Node {
@@ -252,7 +392,13 @@ fn node_restore_brings_the_static_pod_etcd_back_at_the_snapshot() {
     // The real thing.
     let out = etcdguard().args(["node", "restore", snap.to_str().unwrap(), "--kubernetes-dir", kdir, "--wait-timeout", "60s"]).output().unwrap();
     expect_code(&out, 0, "node restore");
-    assert!(text(&out.stdout).contains("serving again"), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("serving again"), "{stdout}");
+    // It waited for the API server stand-in's /readyz to say 200, and reports each wait.
+    assert!(kubelet.apiserver.ready.load(Ordering::SeqCst) >= 1, "nobody asked the API server for /readyz\n{stdout}");
+    assert!(stdout.contains(&format!("API server: /readyz on 127.0.0.1:{} answered 200", n.apiserver_port)), "{stdout}");
+    assert!(stdout.contains("etcd serving ") && stdout.contains("API server ready ") && stdout.contains("control plane stopped "), "{stdout}");
+    assert!(text(&out.stderr).contains("etcd serving after "), "{}", text(&out.stderr));
     assert_eq!(kubelet.starts(), 2, "etcd was stopped and started once");
     wait_serving(&n.endpoint);
     assert_eq!(get(&n.endpoint, "/registry/configmaps/default/keep").as_deref(), Some("v1"));
@@ -271,11 +417,12 @@ fn node_restore_brings_the_static_pod_etcd_back_at_the_snapshot() {
 #[test]
 fn node_restore_gives_the_node_back_when_a_pod_does_not_stop() {
     let n = node();
-    let kubelet = Kubelet::start(n.kubernetes.join("manifests"), n.root.clone());
+    let kubelet = Kubelet::start_with(n.kubernetes.join("manifests"), n.root.clone(), false);
     wait_serving(&n.endpoint);
     let snap = n.root.join("snapshot.db");
     assert!(etcdctl(&n.endpoint, &["snapshot", "save", snap.to_str().unwrap()]).status.success());
     assert!(etcdctl(&n.endpoint, &["put", "/registry/pods/default/later", "y"]).status.success());
+
     // Something keeps the API server's port open (as a container the kubelet failed to stop).
     let _stuck = std::net::TcpListener::bind(("127.0.0.1", n.apiserver_port)).unwrap();
     let out = etcdguard()
@@ -346,5 +493,288 @@ fn node_restore_from_a_backup_puts_the_pki_back() {
     // --restore-pki needs a backup.
     let out = etcdguard().args(["node", "restore", "x.db", "--kubernetes-dir", kdir, "--restore-pki"]).output().unwrap();
     expect_code(&out, 2, "--restore-pki without --backup");
+    drop(kubelet);
+}
+
+/// An OpenShift-shaped node: etcd-pod.yaml whose etcd container is a `/bin/sh -c` script
+/// ending in `exec nice … ionice … etcd \` (the member name a variable from the pod's env,
+/// the data dir from ETCD_DATA_DIR on a hostPath mounted at another path), a release image
+/// by digest, static-pod-resources volumes, an etcdctl sidecar; and kube-apiserver-pod.yaml
+/// running `hyperkube kube-apiserver` behind a wrapper in a `bash -ec` script.
+struct OpenShiftNode {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    kubernetes: PathBuf,
+    manifests: PathBuf,
+    data: PathBuf,
+    endpoint: String,
+    peer: u16,
+    apiserver_port: u16,
+}
+
+fn openshift_node() -> OpenShiftNode {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let kubernetes = root.join("etc/kubernetes");
+    let manifests = kubernetes.join("manifests");
+    let resources = kubernetes.join("static-pod-resources");
+    for d in [manifests.clone(), resources.join("etcd-pod-3/configmaps"), resources.join("etcd-certs")] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let data = root.join("var/lib/etcd");
+    let (client, peer, apiserver_port) = (free_port(), free_port(), free_port());
+    let endpoint = format!("http://127.0.0.1:{client}");
+    let image = "quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:5c1f6c6d0e1b1f0e1a3f0f2b4c1d7e9a8b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e";
+    let etcd_pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: etcd
+  namespace: openshift-etcd
+  labels: {{app: etcd, etcd: "true"}}
+spec:
+  containers:
+  - name: etcdctl
+    image: {image}
+    command: [/bin/bash, -c, "trap TERM INT; sleep infinity & wait"]
+  - name: etcd
+    image: {image}
+    command:
+    - /bin/sh
+    - -c
+    - |
+      #!/bin/sh
+      set -eu
+      # the operator's revisioned resources must be in place
+      [ -d /etc/kubernetes/static-pod-resources/configmaps ] || exit 3
+      exec nice -n -5 ionice -c2 -n0 etcd \
+        --logger=zap --log-level="warn" \
+        --initial-advertise-peer-urls=http://127.0.0.1:{peer} \
+        --listen-client-urls={endpoint} \
+        --advertise-client-urls='{endpoint}' \
+        --listen-peer-urls=http://127.0.0.1:{peer} \
+        --name "${{NODE_ETCD_NAME}}" \
+        --initial-cluster="${{NODE_ETCD_NAME}}=http://127.0.0.1:{peer}"
+    env:
+    - name: ETCD_DATA_DIR
+      value: /var/lib/etcd-data
+    - name: NODE_ETCD_NAME
+      value: cp1
+    - name: NODE_IP
+      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+    volumeMounts:
+    - {{mountPath: /etc/kubernetes/static-pod-resources, name: resource-dir}}
+    - {{mountPath: /etc/kubernetes/static-pod-certs, name: cert-dir}}
+    - {{mountPath: /var/lib/etcd-data/, name: data-dir}}
+  hostNetwork: true
+  priorityClassName: system-node-critical
+  volumes:
+  - {{hostPath: {{path: {res}/etcd-pod-3}}, name: resource-dir}}
+  - {{hostPath: {{path: {res}/etcd-certs}}, name: cert-dir}}
+  - {{hostPath: {{path: {data}}}, name: data-dir}}
+"#,
+        res = resources.display(),
+        data = data.display()
+    );
+    std::fs::write(manifests.join("etcd-pod.yaml"), etcd_pod).unwrap();
+    let apiserver_pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: kube-apiserver, namespace: openshift-kube-apiserver}}
+spec:
+  containers:
+  - name: kube-apiserver
+    image: {image}
+    command: ["/bin/bash", "-ec"]
+    args:
+    - |
+      echo "waiting for port 6443 to be released"
+      exec watch-termination --termination-touch-file=/var/log/kube-apiserver/.terminating -- hyperkube kube-apiserver --openshift-config=/etc/kubernetes/static-pod-resources/configmaps/config/config.yaml --etcd-servers={endpoint} --secure-port={apiserver_port}
+"#
+    );
+    std::fs::write(manifests.join("kube-apiserver-pod.yaml"), apiserver_pod).unwrap();
+    std::fs::write(manifests.join("kube-scheduler-pod.yaml"), "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - command: [hyperkube, kube-scheduler]\n    name: kube-scheduler\n").unwrap();
+    OpenShiftNode { _dir: dir, root, kubernetes, manifests, data, endpoint, peer, apiserver_port }
+}
+
+#[test]
+fn openshift_layout_park_restore_unpark() {
+    let n = openshift_node();
+    let kubelet = Kubelet::start(n.manifests.clone(), n.root.clone());
+    wait_serving(&n.endpoint);
+    assert!(etcdctl(&n.endpoint, &["put", "/kubernetes.io/configmaps/openshift-etcd/keep", "v1"]).status.success());
+    let snap = n.root.join("snapshot.db");
+    assert!(etcdctl(&n.endpoint, &["snapshot", "save", snap.to_str().unwrap()]).status.success());
+    let snap_revision = revision(&n.endpoint);
+    assert!(etcdctl(&n.endpoint, &["del", "/kubernetes.io/configmaps/openshift-etcd/keep"]).status.success());
+    let mdir = n.manifests.to_str().unwrap();
+    let park = |extra: &[&str]| etcdguard().args(["node", "park", "--manifests-dir", mdir, "--timeout", "60s"]).args(extra).output().unwrap();
+
+    // Park: etcd and the API server stop; the scheduler's manifest stays.
+    let out = park(&["--dry-run"]);
+    expect_code(&out, 0, "node park --dry-run");
+    assert!(text(&out.stdout).contains("etcd-pod.yaml and kube-apiserver-pod.yaml"), "{}", text(&out.stdout));
+    assert!(n.manifests.join("etcd-pod.yaml").exists() && etcdctl(&n.endpoint, &["endpoint", "health"]).status.success());
+    let out = park(&[]);
+    expect_code(&out, 0, "node park");
+    assert!(text(&out.stdout).contains("Parked"), "{}", text(&out.stdout));
+    assert!(!etcdguard_testkit_port_open(&n.endpoint) && !etcdguard_testkit_port_open(&format!("https://127.0.0.1:{}", n.apiserver_port)));
+    assert!(!n.manifests.join("etcd-pod.yaml").exists() && !n.manifests.join("kube-apiserver-pod.yaml").exists());
+    assert!(n.manifests.join("kube-scheduler-pod.yaml").exists());
+    let out = park(&[]);
+    expect_code(&out, 0, "node park, again");
+    assert!(text(&out.stdout).contains("already parked"), "{}", text(&out.stdout));
+    assert_eq!(aside_dirs(&n.kubernetes, "manifests.etcdguard-").len(), 1);
+
+    // Restore on the parked node: the member name is a shell variable, so it must be given.
+    let kdir = n.kubernetes.to_str().unwrap();
+    let restore = |extra: &[&str]| etcdguard().args(["node", "restore", snap.to_str().unwrap(), "--kubernetes-dir", kdir, "--wait-timeout", "60s"]).args(extra).output().unwrap();
+    let out = restore(&[]);
+    expect_code(&out, 2, "node restore without --name on a manifest whose --name is a variable");
+    let err = text(&out.stderr);
+    assert!(err.contains("${NODE_ETCD_NAME}") && err.contains("--name"), "{err}");
+    let cluster = format!("cp1=http://127.0.0.1:{}", n.peer);
+    let out = restore(&["--name", "cp1", "--initial-cluster", &cluster]);
+    expect_code(&out, 0, "node restore on an OpenShift-shaped, parked node");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stderr.contains("warning: cannot tell which etcd the image"), "a digest image gives a warning\n{stderr}");
+    assert!(stdout.contains("already parked") && stdout.contains(&n.data.display().to_string()), "{stdout}");
+    assert!(stdout.contains("/readyz on 127.0.0.1:") && kubelet.apiserver.ready.load(Ordering::SeqCst) >= 1, "{stdout}");
+    wait_serving(&n.endpoint);
+    assert_eq!(get(&n.endpoint, "/kubernetes.io/configmaps/openshift-etcd/keep").as_deref(), Some("v1"));
+    assert_eq!(revision(&n.endpoint), snap_revision);
+    assert!(n.manifests.join("etcd-pod.yaml").exists() && n.manifests.join("kube-apiserver-pod.yaml").exists());
+    assert!(aside_dirs(&n.kubernetes, "manifests.etcdguard-").is_empty());
+    assert_eq!(aside_dirs(&n.root.join("var/lib"), "etcd.etcdguard-").len(), 1, "the old data dir is kept");
+
+    // Nothing parked any more.
+    let out = etcdguard().args(["node", "unpark", "--manifests-dir", mdir]).output().unwrap();
+    expect_code(&out, 0, "node unpark with nothing parked");
+    assert!(text(&out.stdout).contains("Nothing is parked"), "{}", text(&out.stdout));
+    drop(kubelet);
+}
+
+#[test]
+fn park_then_unpark_brings_etcd_and_the_apiserver_back() {
+    let n = node();
+    let kubelet = Kubelet::start(n.kubernetes.join("manifests"), n.root.clone());
+    wait_serving(&n.endpoint);
+    assert!(etcdctl(&n.endpoint, &["put", "/registry/pods/default/p", "1"]).status.success());
+    let mdir = n.kubernetes.join("manifests");
+    let out = etcdguard().args(["node", "park", "--manifests-dir", mdir.to_str().unwrap(), "--timeout", "60s"]).output().unwrap();
+    expect_code(&out, 0, "node park");
+    assert!(!etcdguard_testkit_port_open(&n.endpoint));
+    let before = kubelet.apiserver.ready.load(Ordering::SeqCst);
+    let out = etcdguard().args(["node", "unpark", "--manifests-dir", mdir.to_str().unwrap(), "--timeout", "60s"]).output().unwrap();
+    expect_code(&out, 0, "node unpark");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Unparked") && stdout.contains("API server: /readyz"), "{stdout}");
+    assert!(kubelet.apiserver.ready.load(Ordering::SeqCst) > before);
+    assert_eq!(get(&n.endpoint, "/registry/pods/default/p").as_deref(), Some("1"), "the data dir was not touched");
+    assert_eq!(kubelet.starts(), 2);
+    drop(kubelet);
+}
+
+fn etcdguard_testkit_port_open(url: &str) -> bool {
+    let addr = url.split_once("://").map_or(url, |(_, r)| r);
+    std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(500)).is_ok()
+}
+
+/// GKE on-prem's shape: etcd runs as uid 2001 (the pod's runAsUser), the flags in `args:`
+/// with `--flag value` spelling, a `v`-prefixed image tag.
+#[test]
+fn node_restore_keeps_a_uid_2001_data_dir_owned_by_2001() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let have_user = Command::new("getent").args(["passwd", "2001"]).output().is_ok_and(|o| o.status.success())
+        || Command::new("useradd").args(["-u", "2001", "-M", "-N", "-s", "/usr/sbin/nologin", "etcdguard-test-2001"]).status().is_ok_and(|s| s.success());
+    if !have_user {
+        eprintln!("SKIPPED: uid 2001 does not exist and `useradd -u 2001` failed (not root?)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap(); // uid 2001 must reach its data dir
+    let kubernetes = root.join("etc/kubernetes");
+    let manifests = kubernetes.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let data = root.join("opt/data/var/lib/etcd");
+    std::fs::create_dir_all(&data).unwrap();
+    std::os::unix::fs::chown(&data, Some(2001), Some(2001)).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (client, peer) = (free_port(), free_port());
+    let endpoint = format!("http://127.0.0.1:{client}");
+    let manifest = |image: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: etcd, namespace: kube-system}}
+spec:
+  securityContext: {{runAsUser: 2001, runAsGroup: 2001, fsGroup: 2001}}
+  containers:
+  - name: etcd
+    image: {image}
+    command: [/usr/local/bin/etcd]
+    args:
+    - --name
+    - admin-cp-1
+    - --data-dir
+    - /var/lib/etcd
+    - --listen-client-urls
+    - {endpoint}
+    - --advertise-client-urls
+    - {endpoint}
+    - --listen-peer-urls
+    - http://127.0.0.1:{peer}
+    - --initial-advertise-peer-urls
+    - http://127.0.0.1:{peer}
+    - --initial-cluster
+    - admin-cp-1=http://127.0.0.1:{peer}
+    volumeMounts:
+    - {{mountPath: /var/lib/etcd, name: data}}
+  hostNetwork: true
+  volumes:
+  - {{hostPath: {{path: {}, type: DirectoryOrCreate}}, name: data}}
+"#,
+            data.display()
+        )
+    };
+    std::fs::write(manifests.join("etcd.yaml"), manifest("gcr.io/gke-on-prem-release/etcd:v3.4.13-1-gke.3")).unwrap();
+    let kubelet = Kubelet::start(manifests.clone(), root.clone());
+    wait_serving(&endpoint);
+    assert_eq!(std::fs::metadata(data.join("member/snap/db")).unwrap().uid(), 2001, "the stand-in runs etcd as 2001");
+    assert!(etcdctl(&endpoint, &["put", "/registry/secrets/kube-system/k", "v"]).status.success());
+    let snap = root.join("snapshot.db");
+    assert!(etcdctl(&endpoint, &["snapshot", "save", snap.to_str().unwrap()]).status.success());
+    let kdir = kubernetes.to_str().unwrap();
+    let restore = |extra: &[&str]| etcdguard().args(["node", "restore", snap.to_str().unwrap(), "--kubernetes-dir", kdir, "--wait-timeout", "60s"]).args(extra).output().unwrap();
+
+    // The manifest says etcd 3.4; the snapshot comes from 3.5: refused before anything moves.
+    let out = restore(&[]);
+    expect_code(&out, 2, "node restore of a 3.5 snapshot onto a 3.4 image");
+    assert!(text(&out.stderr).contains("cluster version 3.5") && text(&out.stderr).contains("etcd 3.4"), "{}", text(&out.stderr));
+    assert!(manifests.join("etcd.yaml").exists() && kubelet.starts() == 1);
+
+    std::fs::write(manifests.join("etcd.yaml"), manifest("gcr.io/gke-on-prem-release/etcd:v3.5.1-0-gke.0")).unwrap();
+    let out = restore(&["--dry-run"]);
+    expect_code(&out, 0, "node restore --dry-run");
+    assert!(text(&out.stdout).contains("owner 2001:2001, mode 0700"), "{}", text(&out.stdout));
+    let out = restore(&[]);
+    expect_code(&out, 0, "node restore of a uid-2001 data dir");
+    wait_serving(&endpoint);
+    assert_eq!(get(&endpoint, "/registry/secrets/kube-system/k").as_deref(), Some("v"));
+    let m = std::fs::metadata(&data).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (2001, 2001, 0o700));
+    let mut stack = vec![data.clone()];
+    let mut seen = 0;
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (2001, 2001), "{}", p.display());
+        seen += 1;
+        if m.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(seen >= 5, "the restored tree has its dirs, db, WAL and snap files");
+    assert_eq!(kubelet.starts(), 2);
     drop(kubelet);
 }

@@ -23,6 +23,9 @@ pub enum ErrorKind {
     Interrupted,
     /// The server answered with an error.
     Server,
+    /// A safety check refused the operation (quorum, a healthy member, a lagging learner);
+    /// nothing was changed.
+    Refused,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,8 @@ pub enum ClientError {
     Interrupted(&'static str),
     #[error("{0}")]
     NoEndpoint(String),
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("{endpoint}: revision {requested} is compacted (the oldest kept is {compact_revision}); the changes before it are gone, a new full snapshot is needed")]
     Compacted { endpoint: String, requested: i64, compact_revision: i64 },
 }
@@ -80,6 +85,7 @@ impl ClientError {
             ClientError::Write { source, .. } => ErrorKind::LocalIo(source.kind()),
             ClientError::Interrupted(_) => ErrorKind::Interrupted,
             ClientError::NoEndpoint(_) => ErrorKind::Unreachable,
+            ClientError::Refused(_) => ErrorKind::Refused,
             ClientError::Compacted { .. } => ErrorKind::Server,
         }
     }
@@ -119,6 +125,12 @@ pub(crate) fn classify(ctx: &Context<'_>, err: etcd_client::Error) -> ClientErro
             let lower = msg.to_ascii_lowercase();
             let auth_words = ["authentication failed", "user name", "invalid auth token", "auth: ", "permission denied"];
             match status.code() {
+                // etcd answers Authenticate with this when auth is off; the credentials are
+                // the problem to fix, so it is an authentication failure, with what to do.
+                _ if lower.contains("authentication is not enabled") => ClientError::Auth {
+                    endpoint,
+                    detail: "authentication is not enabled on this cluster; drop --user/--password (and ETCDCTL_USER/ETCDCTL_PASSWORD), or enable auth (etcdctl auth enable)".into(),
+                },
                 Code::Unauthenticated | Code::PermissionDenied => ClientError::Auth { endpoint, detail: msg },
                 Code::InvalidArgument | Code::FailedPrecondition if auth_words.iter().any(|w| lower.contains(w)) => {
                     ClientError::Auth { endpoint, detail: msg }

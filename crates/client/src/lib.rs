@@ -6,6 +6,11 @@
 //!   status of every endpoint ([`Session::probe_all`]), health, member list, and
 //!   [`Session::save`], which streams a snapshot to a file (`FILE.part`, 0600, fsync, rename)
 //!   or to stdout while checking the server's sha256 trailer.
+//! - [`election::Election`]: campaign for leadership among several agents (etcd's election API,
+//!   a lease kept alive by the handle's own thread); `is_leader()` before acting.
+//! - Member replacement with guards ([`Session::member_remove`], [`Session::member_add`],
+//!   [`Session::member_promote`]; the pure checks [`check_remove`], [`check_add`],
+//!   [`check_promote`]) and maintenance ([`Session::defrag`], [`Session::alarms`]).
 //! - [`choose_member`]: which member to snapshot (a caught-up follower unless told otherwise).
 //!
 //! Nothing here prints; errors are [`ClientError`]s with an [`ErrorKind`] for exit codes.
@@ -13,6 +18,8 @@
 mod cluster;
 mod config;
 mod conn;
+pub mod election;
+mod members;
 mod error;
 mod snapshot;
 mod watch;
@@ -24,6 +31,10 @@ pub use cluster::{all_failed, choose_member, Choice, Health, Member, MemberStatu
 pub use config::{normalize_endpoint, parse_go_duration, ConnectConfig, ConnectFlags, Secret, ENV_VARS};
 pub use conn::{connect, Connection, MAX_MESSAGE_BYTES};
 pub use error::{ClientError, ErrorKind};
+pub use members::{
+    check_add, check_promote, check_remove, defrag_order, parse_member_id, AddPlan, Added, Alarm, Defragmented, PromotePlan,
+    RemovePlan, PROMOTE_MAX_LAG,
+};
 pub use snapshot::{
     stream_snapshot, Destination, NoProgress, PartFile, Progress, SnapshotSummary, TrailerHasher, TrailerVerdict,
 };
@@ -171,6 +182,14 @@ impl Session {
         self.rt.block_on(async {
             let mut conn = connect_with(&self.cfg, self.tls.as_ref(), endpoint).await?;
             conn.follow(start_revision, tick, f).await
+        })
+    }
+
+    /// Every lease on `endpoint` with its granted TTL (see [`Connection::leases`]).
+    pub fn leases(&self, endpoint: &str, known: &std::collections::HashMap<i64, i64>) -> Result<Vec<(i64, i64)>, ClientError> {
+        self.rt.block_on(async {
+            let mut conn = connect_with(&self.cfg, self.tls.as_ref(), endpoint).await?;
+            conn.leases(known).await
         })
     }
 

@@ -117,3 +117,28 @@ impl Connection {
         }
     }
 }
+
+impl Connection {
+    /// Every lease the server holds, with its granted TTL. `known` supplies TTLs already
+    /// asked for (a lease's granted TTL never changes), so only new leases cost a call.
+    pub async fn leases(&mut self, known: &std::collections::HashMap<i64, i64>) -> Result<Vec<(i64, i64)>, ClientError> {
+        let listed = self.unary("listing leases", self.client.clone().leases()).await?;
+        let mut out = Vec::with_capacity(listed.leases().len());
+        for l in listed.leases() {
+            let id = l.id();
+            let ttl = match known.get(&id) {
+                Some(&ttl) => ttl,
+                None => {
+                    let t = self.unary("reading a lease", self.client.clone().lease_time_to_live(id, None)).await?;
+                    if t.ttl() < 0 {
+                        continue; // expired between the list and the question
+                    }
+                    t.granted_ttl()
+                }
+            };
+            out.push((id, ttl));
+        }
+        out.sort();
+        Ok(out)
+    }
+}

@@ -1,5 +1,10 @@
 //! The static pod manifests a kubeadm-style control plane keeps in `/etc/kubernetes/manifests`:
 //! what etcdguard needs from them to restore etcd where the kubelet will start it again.
+//!
+//! Layouts seen in the field: kubeadm (`etcd.yaml`, the flags in `command:`), the same with
+//! the flags in `args:` and `--flag value` spelling (GKE on-prem, etcd as uid 2001), and
+//! OpenShift (`etcd-pod.yaml`, a `/bin/sh -c` script ending in `exec etcd …`, flags partly
+//! from `ETCD_*` environment variables, static-pod-resources hostPath volumes).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,16 +24,42 @@ struct PodSpec {
     containers: Vec<Container>,
     #[serde(default)]
     volumes: Vec<Volume>,
+    #[serde(default, rename = "securityContext")]
+    security_context: Option<SecurityContext>,
 }
 
 #[derive(Deserialize)]
 struct Container {
     #[serde(default)]
+    name: String,
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
     command: Vec<String>,
     #[serde(default)]
     args: Vec<String>,
+    #[serde(default)]
+    env: Vec<EnvVar>,
     #[serde(default, rename = "volumeMounts")]
     volume_mounts: Vec<VolumeMount>,
+    #[serde(default, rename = "securityContext")]
+    security_context: Option<SecurityContext>,
+}
+
+#[derive(Deserialize)]
+struct EnvVar {
+    name: String,
+    /// `None` for `valueFrom` (known only when the pod starts).
+    #[serde(default)]
+    value: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy, Default)]
+struct SecurityContext {
+    #[serde(default, rename = "runAsUser")]
+    run_as_user: Option<u32>,
+    #[serde(default, rename = "runAsGroup")]
+    run_as_group: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -54,7 +85,8 @@ struct HostPath {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdPod {
     pub manifest: PathBuf,
-    /// `--name` (etcd's default: `default`).
+    /// `--name` (etcd's default: `default`). May hold a shell variable (`${NODE_NAME}`):
+    /// see [`EtcdPod::resolved`].
     pub name: String,
     /// `--data-dir` on the host (through the pod's hostPath volume).
     pub data_dir: PathBuf,
@@ -65,6 +97,14 @@ pub struct EtcdPod {
     pub initial_advertise_peer_urls: Option<String>,
     /// `host:port` of each `--listen-client-urls` entry, `0.0.0.0`/`[::]` as loopback.
     pub client_addrs: Vec<String>,
+    /// The container image, e.g. `registry.k8s.io/etcd:3.5.9-0`.
+    pub image: Option<String>,
+    /// etcd's major.minor read from the image tag; `None` when the tag does not tell (a
+    /// digest, or an image that is not named etcd).
+    pub image_version: Option<(u32, u32)>,
+    /// `runAsUser` / `runAsGroup` of the container (or the pod).
+    pub run_as_user: Option<u32>,
+    pub run_as_group: Option<u32>,
 }
 
 /// The API server of a static pod manifest: where it listens.
@@ -73,6 +113,24 @@ pub struct ApiServerPod {
     pub manifest: PathBuf,
     /// `127.0.0.1:<--secure-port>` (6443 by default).
     pub addr: String,
+}
+
+/// A value the shell (or the kubelet) fills in when the pod starts: `${VAR}`, `$VAR`, `$(VAR)`.
+pub fn is_variable(value: &str) -> bool {
+    value.contains('$')
+}
+
+impl EtcdPod {
+    /// `value` of flag `flag`, refused when it is a variable only known when the pod starts.
+    pub fn resolved<'a>(&self, flag: &str, value: &'a str, override_flag: &str) -> Result<&'a str, NodeError> {
+        if is_variable(value) {
+            return Err(NodeError::Manifest(
+                self.manifest.clone(),
+                format!("--{flag} is {value:?}, a variable set when the pod starts; give its value with {override_flag}"),
+            ));
+        }
+        Ok(value)
+    }
 }
 
 /// `--flag=value` and `--flag value` arguments of a container's command line.
@@ -95,18 +153,191 @@ fn flags(argv: &[String]) -> BTreeMap<String, String> {
     out
 }
 
-/// The container of `pod` whose command starts with `program`, with its flags.
+/// Splits a shell script into its simple commands' words, as far as a manifest needs:
+/// quotes (single, double), backslash escapes and line continuations, comments, and the
+/// separators `;` `&&` `||` `|` `&` and newlines. `$VAR`, `${…}` and `$(…)` stay as
+/// written (their values are known only when the script runs).
+pub fn shell_commands(script: &str) -> Result<Vec<Vec<String>>, String> {
+    let mut commands = Vec::new();
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = script.chars().peekable();
+    let end_word = |words: &mut Vec<String>, word: &mut String, in_word: &mut bool| {
+        if *in_word {
+            words.push(std::mem::take(word));
+            *in_word = false;
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some('\n') => {}
+                Some(n) => {
+                    word.push(n);
+                    in_word = true;
+                }
+                None => return Err("the script ends in a lone backslash".into()),
+            },
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(n) => word.push(n),
+                        None => return Err("a single quote is not closed".into()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some('\n') => {}
+                            Some(n @ ('"' | '\\' | '$' | '`')) => word.push(n),
+                            Some(n) => {
+                                word.push('\\');
+                                word.push(n);
+                            }
+                            None => return Err("a double quote is not closed".into()),
+                        },
+                        Some(n) => word.push(n),
+                        None => return Err("a double quote is not closed".into()),
+                    }
+                }
+            }
+            '$' if matches!(chars.peek(), Some('(') | Some('{')) => {
+                // Kept whole, spaces and all, up to the matching bracket.
+                let open = chars.next().unwrap_or('(');
+                let close = if open == '(' { ')' } else { '}' };
+                word.push('$');
+                word.push(open);
+                in_word = true;
+                let mut depth = 1;
+                loop {
+                    match chars.next() {
+                        Some(n) => {
+                            word.push(n);
+                            if n == open {
+                                depth += 1;
+                            } else if n == close {
+                                depth -= 1;
+                                if depth == 0 {
+                                    break;
+                                }
+                            }
+                        }
+                        None => return Err(format!("a \"${open}\" is not closed")),
+                    }
+                }
+            }
+            '#' if !in_word => {
+                while chars.peek().is_some_and(|&n| n != '\n') {
+                    chars.next();
+                }
+            }
+            ' ' | '\t' | '\r' => end_word(&mut words, &mut word, &mut in_word),
+            '\n' | ';' | '&' | '|' => {
+                end_word(&mut words, &mut word, &mut in_word);
+                if !words.is_empty() {
+                    commands.push(std::mem::take(&mut words));
+                }
+            }
+            c => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    end_word(&mut words, &mut word, &mut in_word);
+    if !words.is_empty() {
+        commands.push(words);
+    }
+    Ok(commands)
+}
+
+fn basename(word: &str) -> &str {
+    word.rsplit('/').next().unwrap_or(word)
+}
+
+/// Words that may come before the program in a command line: `exec`, shell keywords,
+/// variable assignments, and wrappers with their options (`nice -n -19 ionice -c2 -n0 etcd`).
+fn is_prefix_word(word: &str) -> bool {
+    matches!(
+        word,
+        "exec" | "then" | "do" | "else" | "{" | "(" | "!" | "env" | "nice" | "ionice" | "chrt" | "taskset" | "nohup" | "setpriv" | "tini" | "dumb-init" | "--"
+    ) || word.starts_with('-')
+        || word.parse::<i64>().is_ok()
+        || word.starts_with("0x")
+        || (word.contains('=') && !word.starts_with('$'))
+}
+
+/// The argv of `program` in `words`, from the program on (`hyperkube kube-apiserver` as
+/// well as `kube-apiserver`).
+fn find_program(words: &[String], program: &str) -> Option<Vec<String>> {
+    for (i, w) in words.iter().enumerate() {
+        if basename(w) == program {
+            let argv = words[i..].to_vec();
+            // `etcd grpc-proxy …` (OpenShift's metrics container) is not the server.
+            if argv.get(1).is_some_and(|a| !a.starts_with('-')) {
+                return None;
+            }
+            return Some(argv);
+        }
+        if basename(w) == "hyperkube" && words.get(i + 1).is_some_and(|n| n == program) {
+            return Some(words[i + 1..].to_vec());
+        }
+        if !is_prefix_word(w) {
+            // `watch-termination --flags -- hyperkube kube-apiserver …`: a wrapper we do not
+            // know, running the program after `--`.
+            let dashes = words[i..].iter().position(|w| w == "--")?;
+            return find_program(&words[i + dashes + 1..], program);
+        }
+    }
+    None
+}
+
+fn is_shell(word: &str) -> bool {
+    matches!(basename(word), "sh" | "bash" | "dash" | "ash" | "zsh")
+}
+
+/// The command line of `program` in a container: its `command` + `args`, or, when those
+/// run a shell with `-c SCRIPT`, the command in the script that runs `program`.
+fn container_argv(c: &Container, program: &str) -> Result<Option<Vec<String>>, String> {
+    let full: Vec<String> = c.command.iter().chain(&c.args).cloned().collect();
+    let Some(first) = full.first() else { return Ok(None) };
+    if is_shell(first) {
+        // `sh -c SCRIPT`, `bash -ec SCRIPT`, `sh -x -c SCRIPT`: the first word after an
+        // option with a `c` in it.
+        let Some(c_at) = full.iter().skip(1).position(|w| w.starts_with('-') && !w.starts_with("--") && w.contains('c')) else {
+            return Ok(None);
+        };
+        let Some(script) = full.get(c_at + 2) else { return Ok(None) };
+        let commands = shell_commands(script).map_err(|e| format!("container {:?}: cannot read its shell script: {e}", c.name))?;
+        return Ok(commands.iter().find_map(|words| find_program(words, program)));
+    }
+    Ok(find_program(&full, program))
+}
+
+/// The container of `pod` that runs `program`, with its argv and flags.
 fn read_container(path: &Path, program: &str) -> Result<(Pod, usize, BTreeMap<String, String>), NodeError> {
-    let text = std::fs::read_to_string(path).map_err(|e| NodeError::Manifest(path.to_path_buf(), e.to_string()))?;
-    let pod: Pod = serde_yaml::from_str(&text).map_err(|e| NodeError::Manifest(path.to_path_buf(), e.to_string()))?;
-    let index = pod
-        .spec
-        .containers
-        .iter()
-        .position(|c| c.command.first().or(c.args.first()).is_some_and(|p| Path::new(p).file_name().is_some_and(|n| n == program)))
-        .ok_or_else(|| NodeError::Manifest(path.to_path_buf(), format!("no container runs {program}")))?;
-    let c = &pod.spec.containers[index];
-    let argv: Vec<String> = c.command.iter().chain(&c.args).cloned().collect();
+    let bad = |m: String| NodeError::Manifest(path.to_path_buf(), m);
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let pod: Pod = serde_yaml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let mut found = Vec::new();
+    for (i, c) in pod.spec.containers.iter().enumerate() {
+        if let Some(argv) = container_argv(c, program).map_err(bad)? {
+            found.push((i, argv));
+        }
+    }
+    // Several (a sidecar running the same binary): the one named after the program.
+    let pick = found.iter().position(|(i, _)| pod.spec.containers[*i].name == program).unwrap_or(0);
+    if found.is_empty() {
+        return Err(bad(format!("no container runs {program} (looked at command, args and `sh -c` scripts)")));
+    }
+    let (index, argv) = found.swap_remove(pick);
     let flags = flags(&argv);
     Ok((pod, index, flags))
 }
@@ -130,7 +361,10 @@ fn host_path(pod: &Pod, container: usize, path: &str) -> Option<PathBuf> {
 fn probe_addrs(urls: &str) -> Vec<String> {
     urls.split(',')
         .filter_map(|u| {
-            let rest = u.trim().split_once("://")?.1;
+            let (scheme, rest) = u.trim().split_once("://")?;
+            if !matches!(scheme, "http" | "https") {
+                return None; // unix sockets are not probed
+            }
             let hostport = rest.split('/').next()?;
             let (host, port) = hostport.rsplit_once(':')?;
             let host = match host {
@@ -143,20 +377,62 @@ fn probe_addrs(urls: &str) -> Vec<String> {
         .collect()
 }
 
+/// etcd's major.minor from an image reference: `registry.k8s.io/etcd:3.5.9-0` → 3.5,
+/// `gke.gcr.io/etcd:v3.4.13-1-gke.3` → 3.4. A digest without a tag, or an image whose name
+/// is not etcd's (a release image whose tag is the product's version), tells nothing.
+pub fn image_etcd_version(image: &str) -> Option<(u32, u32)> {
+    let without_digest = image.split('@').next()?;
+    let last = without_digest.rsplit('/').next()?;
+    let (name, tag) = last.split_once(':')?;
+    if !name.contains("etcd") {
+        return None;
+    }
+    let tag = tag.strip_prefix('v').unwrap_or(tag);
+    let mut parts = tag.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 pub fn read_etcd_pod(path: &Path) -> Result<EtcdPod, NodeError> {
-    let (pod, c, f) = read_container(path, "etcd")?;
+    let (pod, c, mut f) = read_container(path, "etcd")?;
     let bad = |m: String| NodeError::Manifest(path.to_path_buf(), m);
+    let container = &pod.spec.containers[c];
+    // etcd takes every flag from ETCD_<FLAG> too; the command line wins.
+    for e in &container.env {
+        if let (Some(flag), Some(value)) = (e.name.strip_prefix("ETCD_"), &e.value) {
+            let flag = flag.to_ascii_lowercase().replace('_', "-");
+            f.entry(flag).or_insert_with(|| value.clone());
+        }
+    }
+    let needed = |flag: &str, value: &str| -> Result<(), NodeError> {
+        if is_variable(value) {
+            return Err(bad(format!(
+                "--{flag} is {value:?}, a variable set only when the pod starts; etcdguard needs its value here (edit a copy of the manifest with the value written out and pass it with --etcd-manifest)"
+            )));
+        }
+        Ok(())
+    };
     let data_dir = f.get("data-dir").cloned().unwrap_or_else(|| "default.etcd".into());
+    needed("data-dir", &data_dir)?;
     let data_dir = host_path(&pod, c, &data_dir)
         .ok_or_else(|| bad(format!("--data-dir {data_dir} is not on a hostPath volume: the data would not survive the pod")))?;
     let wal_dir = match f.get("wal-dir") {
-        Some(w) => Some(host_path(&pod, c, w).ok_or_else(|| bad(format!("--wal-dir {w} is not on a hostPath volume")))?),
+        Some(w) => {
+            needed("wal-dir", w)?;
+            Some(host_path(&pod, c, w).ok_or_else(|| bad(format!("--wal-dir {w} is not on a hostPath volume")))?)
+        }
         None => None,
     };
-    let client_addrs = probe_addrs(f.get("listen-client-urls").map_or("http://localhost:2379", |s| s.as_str()));
+    let listen = f.get("listen-client-urls").map_or("http://localhost:2379", |s| s.as_str());
+    needed("listen-client-urls", listen)?;
+    let client_addrs = probe_addrs(listen);
     if client_addrs.is_empty() {
         return Err(bad("cannot read --listen-client-urls".into()));
     }
+    let security = |pick: fn(&SecurityContext) -> Option<u32>| {
+        container.security_context.as_ref().and_then(pick).or_else(|| pod.spec.security_context.as_ref().and_then(pick))
+    };
     Ok(EtcdPod {
         manifest: path.to_path_buf(),
         name: f.get("name").cloned().unwrap_or_else(|| "default".into()),
@@ -166,6 +442,10 @@ pub fn read_etcd_pod(path: &Path) -> Result<EtcdPod, NodeError> {
         initial_cluster_token: f.get("initial-cluster-token").cloned(),
         initial_advertise_peer_urls: f.get("initial-advertise-peer-urls").cloned(),
         client_addrs,
+        image: container.image.clone(),
+        image_version: container.image.as_deref().and_then(image_etcd_version),
+        run_as_user: security(|s| s.run_as_user),
+        run_as_group: security(|s| s.run_as_group),
     })
 }
 
@@ -244,6 +524,165 @@ spec:
         assert!(read_etcd_pod(&p).unwrap_err().to_string().contains("no container runs etcd"));
         std::fs::write(&p, "{{{ not yaml").unwrap();
         assert!(read_etcd_pod(&p).is_err());
+    }
+
+    /// OpenShift's shape: etcd-pod.yaml, a `/bin/sh -c` script that ends in `exec … etcd \`
+    /// with continuation lines and quoted values, the data dir from `ETCD_DATA_DIR`, a
+    /// release image by digest, static-pod-resources volumes, and sidecars that run
+    /// etcdctl and `etcd grpc-proxy`.
+    pub(crate) const OPENSHIFT_ETCD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: etcd
+  namespace: openshift-etcd
+spec:
+  containers:
+  - name: etcdctl
+    image: quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:0123
+    command: [/bin/bash, -c, "trap TERM INT; sleep infinity & wait"]
+  - name: etcd
+    image: quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:0123
+    command:
+    - /bin/sh
+    - -c
+    - |
+      #!/bin/sh
+      set -euo pipefail
+      # the member's certificates were written by the operator
+      [ -f /etc/kubernetes/static-pod-certs/secrets/etcd-all-certs/etcd-serving-cp1.crt ] || exit 1
+      exec nice -n -19 ionice -c2 -n0 etcd \
+        --logger=zap --log-level="info" \
+        --initial-advertise-peer-urls=https://10.0.0.1:2380 \
+        --cert-file=/etc/kubernetes/static-pod-certs/secrets/etcd-all-certs/etcd-serving-cp1.crt \
+        --listen-client-urls=https://0.0.0.0:2379,unixs://10.0.0.1:0 \
+        --listen-peer-urls=https://0.0.0.0:2380 \
+        --name "cp1" \
+        --initial-cluster='cp1=https://10.0.0.1:2380' \
+        --metrics=extensive
+    env:
+    - name: ETCD_DATA_DIR
+      value: /var/lib/etcd
+    - name: ETCD_INITIAL_CLUSTER_STATE
+      value: existing
+    - name: NODE_NAME
+      valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+    volumeMounts:
+    - {mountPath: /etc/kubernetes/static-pod-resources, name: resource-dir}
+    - {mountPath: /etc/kubernetes/static-pod-certs, name: cert-dir}
+    - {mountPath: /var/lib/etcd, name: data-dir}
+  - name: etcd-metrics
+    image: quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:0123
+    command: [/bin/sh, -c, "exec nice -n -18 etcd grpc-proxy start --endpoints https://10.0.0.1:9978"]
+  hostNetwork: true
+  volumes:
+  - {hostPath: {path: /etc/kubernetes/static-pod-resources/etcd-pod-4}, name: resource-dir}
+  - {hostPath: {path: /etc/kubernetes/static-pod-resources/etcd-certs}, name: cert-dir}
+  - {hostPath: {path: /sysroot/var/lib/etcd}, name: data-dir}
+"#;
+
+    /// GKE on-prem's shape: the flags in `args:` with `--flag value` spelling, etcd as
+    /// uid 2001, a `v`-prefixed image tag.
+    const GKE_ONPREM_ETCD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: etcd, namespace: kube-system}
+spec:
+  securityContext: {runAsUser: 2001, runAsGroup: 2001, fsGroup: 2001}
+  containers:
+  - name: etcd
+    image: gcr.io/gke-on-prem-release/etcd:v3.4.13-1-gke.3
+    command: [/usr/local/bin/etcd]
+    args:
+    - --name
+    - admin-cp-1
+    - --data-dir
+    - /var/lib/etcd
+    - --listen-client-urls
+    - https://127.0.0.1:2379,https://10.1.0.5:2379
+    - --initial-advertise-peer-urls
+    - https://10.1.0.5:2380
+    - --initial-cluster
+    - admin-cp-1=https://10.1.0.5:2380
+    - --initial-cluster-token
+    - etcd-cluster-1
+    volumeMounts:
+    - {mountPath: /var/lib/etcd, name: data}
+  volumes:
+  - {hostPath: {path: /opt/data/var/lib/etcd, type: DirectoryOrCreate}, name: data}
+"#;
+
+    fn read(text: &str) -> Result<EtcdPod, NodeError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("etcd-pod.yaml");
+        std::fs::write(&p, text).unwrap();
+        read_etcd_pod(&p)
+    }
+
+    #[test]
+    fn reads_an_openshift_etcd_pod() {
+        let pod = read(OPENSHIFT_ETCD).unwrap();
+        assert_eq!(pod.name, "cp1", "quoted --name value");
+        assert_eq!(pod.data_dir, PathBuf::from("/sysroot/var/lib/etcd"), "ETCD_DATA_DIR through the data-dir hostPath");
+        assert_eq!(pod.initial_cluster.as_deref(), Some("cp1=https://10.0.0.1:2380"), "single-quoted value");
+        assert_eq!(pod.initial_advertise_peer_urls.as_deref(), Some("https://10.0.0.1:2380"));
+        assert_eq!(pod.client_addrs, vec!["127.0.0.1:2379"], "the unix socket is not probed");
+        assert_eq!(pod.image_version, None, "a release image by digest does not tell etcd's version");
+        assert_eq!((pod.run_as_user, pod.run_as_group), (None, None));
+    }
+
+    #[test]
+    fn reads_a_gke_on_prem_etcd_pod() {
+        let pod = read(GKE_ONPREM_ETCD).unwrap();
+        assert_eq!(pod.name, "admin-cp-1");
+        assert_eq!(pod.data_dir, PathBuf::from("/opt/data/var/lib/etcd"));
+        assert_eq!(pod.initial_cluster_token.as_deref(), Some("etcd-cluster-1"));
+        assert_eq!(pod.client_addrs, vec!["127.0.0.1:2379", "10.1.0.5:2379"]);
+        assert_eq!(pod.image_version, Some((3, 4)));
+        assert_eq!((pod.run_as_user, pod.run_as_group), (Some(2001), Some(2001)));
+    }
+
+    #[test]
+    fn a_needed_flag_set_by_a_variable_is_refused_clearly() {
+        let text = OPENSHIFT_ETCD.replace("--listen-client-urls=https://0.0.0.0:2379", "--listen-client-urls=https://${LISTEN_ON}:2379");
+        let err = read(&text).unwrap_err().to_string();
+        assert!(err.contains("--listen-client-urls") && err.contains("${LISTEN_ON}") && err.contains("variable"), "{err}");
+        // A variable in a flag the user can give (--name) is kept for the plan to refuse.
+        let pod = read(&OPENSHIFT_ETCD.replace("--name \"cp1\"", "--name \"${NODE_NAME}\"")).unwrap();
+        assert_eq!(pod.name, "${NODE_NAME}");
+        assert!(pod.resolved("name", &pod.name, "--name").unwrap_err().to_string().contains("give its value with --name"));
+        // A script that never runs etcd itself.
+        let only_proxy = OPENSHIFT_ETCD.replace("exec nice -n -19 ionice -c2 -n0 etcd", "exec etcd grpc-proxy start");
+        assert!(read(&only_proxy).unwrap_err().to_string().contains("no container runs etcd"));
+        assert!(read(&OPENSHIFT_ETCD.replace("--name \"cp1\"", "--name \"cp1")).unwrap_err().to_string().contains("not closed"));
+    }
+
+    #[test]
+    fn shell_scripts_split_into_commands() {
+        let script = "set -e\nA=1 B='x y' exec /usr/bin/etcd --a=\"q \\\"r\\\"\" \\\n  --b $(hostname -f) ${X:-d} # comment\necho 'done'; true && false";
+        let c = shell_commands(script).unwrap();
+        let s = |v: &[&str]| v.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        assert_eq!(c[0], s(&["set", "-e"]));
+        assert_eq!(c[1], s(&["A=1", "B=x y", "exec", "/usr/bin/etcd", "--a=q \"r\"", "--b", "$(hostname -f)", "${X:-d}"]));
+        assert_eq!(c[2], s(&["echo", "done"]));
+        assert_eq!(c[3..], [s(&["true"]), s(&["false"])]);
+        assert_eq!(find_program(&c[1], "etcd").unwrap()[0], "/usr/bin/etcd");
+        assert_eq!(find_program(&s(&["hyperkube", "kube-apiserver", "--secure-port=1"]), "kube-apiserver").unwrap()[0], "kube-apiserver");
+        assert_eq!(find_program(&s(&["cp", "etcd", "/x"]), "etcd"), None);
+        let wrapped = s(&["exec", "watch-termination", "--termination-touch-file=/t", "--", "hyperkube", "kube-apiserver", "--secure-port=6443"]);
+        assert_eq!(find_program(&wrapped, "kube-apiserver").unwrap(), s(&["kube-apiserver", "--secure-port=6443"]));
+        assert!(shell_commands("echo 'open").is_err() && shell_commands("echo $(x").is_err());
+    }
+
+    #[test]
+    fn etcd_version_from_the_image() {
+        assert_eq!(image_etcd_version("registry.k8s.io/etcd:3.5.9-0"), Some((3, 5)));
+        assert_eq!(image_etcd_version("localhost:5000/etcd:3.6.0"), Some((3, 6)), "a registry with a port");
+        assert_eq!(image_etcd_version("gcr.io/etcd-development/etcd:v3.4.27"), Some((3, 4)));
+        assert_eq!(image_etcd_version("registry.k8s.io/etcd:3.5.9-0@sha256:abc"), Some((3, 5)));
+        assert_eq!(image_etcd_version("registry.k8s.io/etcd@sha256:abc"), None);
+        assert_eq!(image_etcd_version("quay.io/openshift/origin:4.14"), None, "not etcd's own version");
+        assert_eq!(image_etcd_version("registry.k8s.io/etcd:latest"), None);
     }
 
     #[test]

@@ -340,3 +340,69 @@ mod tests {
         assert_eq!(chain(30, &[(11, 20)]), (vec![], None), "nothing newer");
     }
 }
+
+use crate::repository::Repository;
+use crate::store::StoreError;
+use crate::RepoError;
+
+/// A stored segment's place: its key and the range its name gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub key: String,
+    pub base: String,
+    pub first: i64,
+    pub last: i64,
+    pub size: u64,
+}
+
+impl Repository {
+    /// Stores one segment (complete or not at all, like every object). Needs the key in an
+    /// encrypted repository.
+    pub fn put_segment(&self, segment: &Segment) -> Result<SegmentInfo, RepoError> {
+        let keys = self.keys()?;
+        let data = segment.encode(self.config().compression_level, keys);
+        let key = segment_key(&segment.base, segment.first, segment.last);
+        let size = data.len() as u64;
+        self.store().put(&key, bytes::Bytes::from(data))?;
+        Ok(SegmentInfo { key, base: segment.base.clone(), first: segment.first, last: segment.last, size })
+    }
+
+    /// The segments stored for full backup `base` (all bases when `None`), by revision.
+    pub fn list_segments(&self, base: Option<&str>) -> Result<Vec<SegmentInfo>, RepoError> {
+        let prefix = base.map_or_else(|| "segments/".to_string(), segment_prefix);
+        let mut out: Vec<SegmentInfo> = self
+            .store()
+            .list(&prefix)?
+            .into_iter()
+            .filter_map(|o| {
+                let (base, first, last) = parse_segment_key(&o.key)?;
+                Some(SegmentInfo { key: o.key, base, first, last, size: o.size })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.base, a.first, a.last).cmp(&(&b.base, b.first, b.last)));
+        Ok(out)
+    }
+
+    /// Reads and checks one segment; its content must match its name.
+    pub fn read_segment(&self, info: &SegmentInfo) -> Result<Segment, RepoError> {
+        let keys = self.keys()?;
+        let data = self.store().get(&info.key).map_err(|e| match e {
+            StoreError::NotFound(_) => RepoError::Damaged(format!("{}: listed but missing", info.key)),
+            other => other.into(),
+        })?;
+        let s = Segment::decode(&data, keys).map_err(|e| RepoError::Damaged(format!("{}: {e}", info.key)))?;
+        if (s.base.as_str(), s.first, s.last) != (info.base.as_str(), info.first, info.last) {
+            return Err(RepoError::Damaged(format!("{}: holds {} {}..{} (moved or renamed)", info.key, s.base, s.first, s.last)));
+        }
+        Ok(s)
+    }
+
+    /// Removes the segments of full backup `base` (prune, after its manifest is gone).
+    pub fn delete_segments(&self, base: &str) -> Result<usize, RepoError> {
+        let list = self.list_segments(Some(base))?;
+        for s in &list {
+            self.store().delete(&s.key)?;
+        }
+        Ok(list.len())
+    }
+}

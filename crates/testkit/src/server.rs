@@ -12,10 +12,15 @@ use crate::{run_checked, EtcdBinaries, EtcdVersion};
 /// Asks the kernel for a free TCP port on 127.0.0.1. Another process could take it before
 /// etcd binds it, so [`EtcdServerBuilder::start`] retries with fresh ports.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    free_port_on("127.0.0.1")
+}
+
+/// A free TCP port on another loopback address (e.g. `127.0.0.12` for a second "node").
+pub fn free_port_on(host: &str) -> u16 {
+    TcpListener::bind((host, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+        .unwrap_or_else(|e| panic!("bind {host}:0: {e}"))
 }
 
 /// One key as etcd reports it.
@@ -37,6 +42,12 @@ pub struct EtcdServerBuilder {
     extra_args: Vec<String>,
     quota_bytes: u64,
     client_tls: Option<ClientTls>,
+    host: String,
+    client_port: Option<u16>,
+    peer_port: Option<u16>,
+    initial_cluster: Option<String>,
+    join_existing: bool,
+    wait_healthy: bool,
 }
 
 /// TLS for the client URL (`--cert-file`, `--key-file`, `--trusted-ca-file`,
@@ -76,6 +87,38 @@ impl EtcdServerBuilder {
         self
     }
 
+    /// Listens on this loopback address instead of 127.0.0.1 (one address per simulated node).
+    pub fn host(mut self, ip: &str) -> Self {
+        self.host = ip.to_string();
+        self
+    }
+
+    /// Fixed client and peer ports (e.g. to restart a member where its peers expect it).
+    pub fn ports(mut self, client: u16, peer: u16) -> Self {
+        self.client_port = Some(client);
+        self.peer_port = Some(peer);
+        self
+    }
+
+    /// `--initial-cluster` for a member of a multi-member cluster (default: just this one).
+    pub fn initial_cluster(mut self, spec: &str) -> Self {
+        self.initial_cluster = Some(spec.to_string());
+        self
+    }
+
+    /// Joins a running cluster (`--initial-cluster-state existing`) after `member add`.
+    pub fn join_existing(mut self) -> Self {
+        self.join_existing = true;
+        self
+    }
+
+    /// Returns once the client port answers `/version` instead of waiting for `/health`:
+    /// for a member that cannot be healthy alone (a learner, or the first of a cluster).
+    pub fn no_health_wait(mut self) -> Self {
+        self.wait_healthy = false;
+        self
+    }
+
     /// Backend quota; the default (8 GiB) leaves room for benchmark-sized data.
     pub fn quota_bytes(mut self, bytes: u64) -> Self {
         self.quota_bytes = bytes;
@@ -86,6 +129,11 @@ impl EtcdServerBuilder {
     /// restored data dir fixes the peer URL.
     pub fn start_with_peer_port(self, peer_port: u16) -> EtcdServer {
         self.try_start(Some(peer_port)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// One attempt, no retry: for ports fixed by the caller (a cluster member).
+    pub fn try_start_once(self) -> Result<EtcdServer, String> {
+        self.try_start(None)
     }
 
     pub fn start(self) -> EtcdServer {
@@ -106,17 +154,18 @@ impl EtcdServerBuilder {
             .tempdir()
             .map_err(|e| e.to_string())?;
         let data_dir = self.data_dir.clone().unwrap_or_else(|| temp.path().join("data"));
-        let client_port = free_port();
-        let peer_port = peer_port.unwrap_or_else(free_port);
-        let gateway_url = format!("http://127.0.0.1:{client_port}");
+        let host = self.host.as_str();
+        let client_port = self.client_port.unwrap_or_else(|| free_port_on(host));
+        let peer_port = peer_port.or(self.peer_port).unwrap_or_else(|| free_port_on(host));
+        let gateway_url = format!("http://{host}:{client_port}");
         let (client_url, listen_urls) = match &self.client_tls {
             None => (gateway_url.clone(), gateway_url.clone()),
             Some(_) => {
-                let https = format!("https://127.0.0.1:{}", free_port());
+                let https = format!("https://{host}:{}", free_port_on(host));
                 (https.clone(), format!("{gateway_url},{https}"))
             }
         };
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let peer_url = format!("http://{host}:{peer_port}");
         let log_path = temp.path().join("etcd.log");
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(&bins.etcd);
@@ -133,7 +182,7 @@ impl EtcdServerBuilder {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer_url)
             .arg("--initial-cluster")
-            .arg(format!("{}={}", self.name, peer_url))
+            .arg(self.initial_cluster.clone().unwrap_or_else(|| format!("{}={}", self.name, peer_url)))
             .arg("--quota-backend-bytes")
             .arg(self.quota_bytes.to_string())
             .args(&self.extra_args)
@@ -141,6 +190,9 @@ impl EtcdServerBuilder {
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
+        if self.join_existing {
+            cmd.arg("--initial-cluster-state").arg("existing");
+        }
         if let Some(tls) = &self.client_tls {
             cmd.arg("--cert-file").arg(&tls.cert_file).arg("--key-file").arg(&tls.key_file);
             cmd.arg("--trusted-ca-file").arg(&tls.trusted_ca_file);
@@ -168,7 +220,11 @@ impl EtcdServerBuilder {
             http: ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build(),
             _temp: temp,
         };
-        server.wait_healthy(Duration::from_secs(30))?;
+        if self.wait_healthy {
+            server.wait_healthy(Duration::from_secs(30))?;
+        } else {
+            server.wait_listening(Duration::from_secs(30))?;
+        }
         Ok(server)
     }
 }
@@ -202,6 +258,12 @@ impl EtcdServer {
             extra_args: Vec::new(),
             quota_bytes: 8 << 30,
             client_tls: None,
+            host: "127.0.0.1".to_string(),
+            client_port: None,
+            peer_port: None,
+            initial_cluster: None,
+            join_existing: false,
+            wait_healthy: true,
         }
     }
 
@@ -258,6 +320,35 @@ impl EtcdServer {
                 return Err(format!("etcd not healthy after {limit:?}; log:\n{}", self.log()));
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_listening(&mut self, limit: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(format!("etcd exited early with {status}; log:\n{}", self.log()));
+                }
+            }
+            let url = format!("{}/version", self.gateway_url);
+            if self.http.get(&url).timeout(Duration::from_secs(2)).call().is_ok() {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                self.kill();
+                return Err(format!("etcd not listening after {limit:?}; log:\n{}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `/health` says true (e.g. after the cluster regained quorum); panics with
+    /// the log after `limit`.
+    pub fn wait_until_healthy(&mut self, limit: Duration) {
+        if let Err(e) = self.wait_healthy(limit) {
+            panic!("{}: {e}", self.name);
         }
     }
 

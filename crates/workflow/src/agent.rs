@@ -12,17 +12,23 @@
 //! leaves exactly what a kill would, minus the leftovers. Either way `run` returns `Ok`
 //! well within [`STOP_BOUND`].
 
-use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use etcdguard_repo::retention::Policy;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
 
 use crate::backup::{create_stoppable, prune, CreateOptions};
 use crate::error::{Error, Result};
 use crate::repo::{count_backups, RepoSpec};
+use crate::schedule::{with_jitter, Schedule};
 use crate::stop::Stop;
 use crate::text::created_line;
 
@@ -31,16 +37,15 @@ pub const STOP_GRACE: Duration = Duration::from_secs(8);
 /// The documented bound: a stop returns from [`run`] within this.
 pub const STOP_BOUND: Duration = Duration::from_secs(10);
 
-/// Where the agent's log lines go (the command line adds time stamps, or JSON).
-pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
-
 /// What the agent does.
 pub struct AgentOptions {
     pub create: CreateOptions,
     /// Retention after each successful backup; `None` for none.
     pub policy: Option<Policy>,
-    /// Time from the start of one backup to the start of the next.
-    pub every: Duration,
+    /// When backups start.
+    pub schedule: Schedule,
+    /// Each start is delayed by a random part of this.
+    pub jitter: Duration,
     /// Address of the HTTP endpoint, or `off`.
     pub listen: String,
     /// Stop after this many runs.
@@ -51,7 +56,10 @@ pub struct AgentOptions {
 
 /// What the agent has done, for /healthz and /metrics.
 struct State {
+    /// Time between runs; a last success older than twice this is stale.
     every: Duration,
+    /// "active" (takes the backups) or, with leader election, "standby".
+    role: &'static str,
     started: DateTime<Utc>,
     running_since: Option<DateTime<Utc>>,
     next_run: DateTime<Utc>,
@@ -76,7 +84,7 @@ impl State {
     /// Healthy while the last run succeeded (or none has finished yet), the last success is
     /// not older than two periods, and retention has not failed too often in a row.
     fn health(&self, now: DateTime<Utc>) -> (bool, String) {
-        let stale_after = chrono::Duration::from_std(self.every * 2).unwrap_or(chrono::Duration::MAX);
+        let stale_after = self.every.checked_mul(2).and_then(|d| chrono::Duration::from_std(d).ok()).unwrap_or(chrono::Duration::MAX);
         if self.prunes_failed_in_a_row >= self.prune_failures_unhealthy {
             if let Some((at, e)) = &self.last_prune_error {
                 return (false, format!("retention (prune) failed {} times in a row, last at {}: {e}", self.prunes_failed_in_a_row, fmt_time(Some(*at))));
@@ -85,7 +93,7 @@ impl State {
         match (&self.last_result, &self.last_success) {
             (Some(Err(e)), _) => (false, format!("the last backup failed at {}: {e}", fmt_time(self.last_finished))),
             (_, Some((at, id))) if now.signed_duration_since(*at) > stale_after => {
-                (false, format!("stale: the last successful backup ({id}) was at {}, over twice --every ago", fmt_time(Some(*at))))
+                (false, format!("stale: the last successful backup ({id}) was at {}, over twice the schedule's period ago", fmt_time(Some(*at))))
             }
             (_, Some((at, id))) => (true, format!("ok: last backup {id} at {}", fmt_time(Some(*at)))),
             (_, None) if now.signed_duration_since(self.started) > stale_after => (false, "no backup has succeeded since the agent started".into()),
@@ -93,57 +101,57 @@ impl State {
         }
     }
 
-    /// The Prometheus text exposition format.
+    /// The metrics in the OpenMetrics text format (what Prometheus scrapes), through
+    /// `prometheus-client`: a registry filled from the state at each scrape.
     fn metrics(&self, now: DateTime<Utc>) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in samples {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
+        let mut registry = Registry::default();
+        let by_result = |ok: u64, failed: u64| {
+            let family = Family::<Vec<(String, String)>, Counter>::default();
+            family.get_or_create(&vec![("result".to_string(), "success".to_string())]).inc_by(ok);
+            family.get_or_create(&vec![("result".to_string(), "failure".to_string())]).inc_by(failed);
+            family
+        };
+        let gauge = |v: f64| {
+            let g = Gauge::<f64, AtomicU64>::default();
+            g.set(v);
+            g
         };
         let ts = |t: Option<DateTime<Utc>>| t.map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
-        metric(
-            "etcdguard_backup_runs_total",
-            "counter",
-            "Backups the agent attempted, by result.",
-            &[("{result=\"success\"}", self.backups_ok as f64), ("{result=\"failure\"}", self.backups_failed as f64)],
-        );
-        metric(
-            "etcdguard_prune_runs_total",
-            "counter",
-            "Retention runs (prune) after a backup, by result.",
-            &[("{result=\"success\"}", self.prunes_ok as f64), ("{result=\"failure\"}", self.prunes_failed as f64)],
-        );
-        metric(
+        // Counters are named without `_total`; the encoder adds it.
+        registry.register("etcdguard_backup_runs", "Backups the agent attempted, by result", by_result(self.backups_ok, self.backups_failed));
+        registry.register("etcdguard_prune_runs", "Retention runs (prune) after a backup, by result", by_result(self.prunes_ok, self.prunes_failed));
+        registry.register(
             "etcdguard_prune_consecutive_failures",
-            "gauge",
-            "Retention runs that failed in a row (unhealthy at --prune-failures-unhealthy).",
-            &[("", self.prunes_failed_in_a_row as f64)],
+            "Retention runs that failed in a row (unhealthy at --prune-failures-unhealthy)",
+            gauge(self.prunes_failed_in_a_row as f64),
         );
-        metric(
+        registry.register(
             "etcdguard_backup_last_success_timestamp_seconds",
-            "gauge",
-            "When the last successful backup finished (0: none yet).",
-            &[("", ts(self.last_success.as_ref().map(|s| s.0)))],
+            "When the last successful backup finished (0: none yet)",
+            gauge(ts(self.last_success.as_ref().map(|s| s.0))),
         );
-        metric("etcdguard_backup_last_run_timestamp_seconds", "gauge", "When the last backup run finished, whatever its result.", &[("", ts(self.last_finished))]);
-        metric("etcdguard_backup_last_duration_seconds", "gauge", "How long the last backup run took.", &[("", self.last_duration)]);
-        metric("etcdguard_backup_last_snapshot_bytes", "gauge", "Size of the last backed-up snapshot.", &[("", self.last_snapshot_bytes as f64)]);
-        metric(
+        registry.register("etcdguard_backup_last_run_timestamp_seconds", "When the last backup run finished, whatever its result", gauge(ts(self.last_finished)));
+        registry.register("etcdguard_backup_last_duration_seconds", "How long the last backup run took", gauge(self.last_duration));
+        registry.register("etcdguard_backup_last_snapshot_bytes", "Size of the last backed-up snapshot", gauge(self.last_snapshot_bytes as f64));
+        registry.register(
             "etcdguard_backup_last_added_bytes",
-            "gauge",
-            "Bytes the last backup added to the repository (after deduplication and compression).",
-            &[("", self.last_added_bytes as f64)],
+            "Bytes the last backup added to the repository (after deduplication and compression)",
+            gauge(self.last_added_bytes as f64),
         );
-        metric("etcdguard_backup_last_revision", "gauge", "etcd revision of the last backup.", &[("", self.last_revision as f64)]);
+        registry.register("etcdguard_backup_last_revision", "etcd revision of the last backup", gauge(self.last_revision as f64));
         if let Some(n) = self.backups_in_repository {
-            metric("etcdguard_repository_backups", "gauge", "Backups listed in the repository after the last run.", &[("", n as f64)]);
+            registry.register("etcdguard_repository_backups", "Backups listed in the repository after the last run", gauge(n as f64));
         }
-        metric("etcdguard_backup_next_run_timestamp_seconds", "gauge", "When the next backup is due.", &[("", ts(Some(self.next_run)))]);
-        metric("etcdguard_backup_running", "gauge", "1 while a backup runs.", &[("", if self.running_since.is_some() { 1.0 } else { 0.0 })]);
+        registry.register("etcdguard_backup_next_run_timestamp_seconds", "When the next backup is due", gauge(ts(Some(self.next_run))));
+        registry.register("etcdguard_backup_running", "1 while a backup runs", gauge(if self.running_since.is_some() { 1.0 } else { 0.0 }));
         let healthy = self.health(now).0;
-        metric("etcdguard_agent_healthy", "gauge", "1 when /healthz answers 200.", &[("", if healthy { 1.0 } else { 0.0 })]);
+        registry.register("etcdguard_agent_healthy", "1 when /healthz answers 200", gauge(if healthy { 1.0 } else { 0.0 }));
+        // One agent takes the backups; with leader election the others will be standby.
+        let role = Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
+        role.get_or_create(&vec![("role".to_string(), self.role.to_string())]).set(1.0);
+        registry.register("etcdguard_agent_role", "The agent's role: active takes the backups, standby waits", role);
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 }
@@ -165,19 +173,30 @@ pub fn stop_on_signals(stop: &Stop) -> Result<()> {
 }
 
 /// Runs the agent until `opts.runs` runs are done or `stop` is raised; `Ok` either way.
-pub fn run(opts: AgentOptions, log: Log, stop: Stop) -> Result<()> {
-    if opts.every < Duration::from_secs(1) {
-        return Err(Error::usage("--every must be at least 1s"));
+/// Log lines go to `tracing` (the command line picks text or JSON).
+pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
+    if let Schedule::Every(every) = &opts.schedule {
+        if *every < Duration::from_secs(1) {
+            return Err(Error::usage("--every must be at least 1s"));
+        }
+        if chrono::Duration::from_std(*every).ok().and_then(|d| Utc::now().checked_add_signed(d)).is_none() {
+            return Err(Error::usage(format!("--every {}: too long", humantime::format_duration(*every))));
+        }
     }
-    if chrono::Duration::from_std(opts.every).ok().and_then(|d| Utc::now().checked_add_signed(d)).is_none() {
-        return Err(Error::usage(format!("--every {}: too long", humantime::format_duration(opts.every))));
+    if chrono::Duration::from_std(opts.jitter).ok().and_then(|d| Utc::now().checked_add_signed(d)).is_none() {
+        return Err(Error::usage(format!("--jitter {}: too long", humantime::format_duration(opts.jitter))));
     }
     let now = Utc::now();
+    // `planned` is the schedule's time, `next` the same with jitter: the schedule goes on
+    // from the planned times, so jitter never accumulates.
+    let mut planned = opts.schedule.next(now, None).ok_or_else(|| Error::usage(format!("the schedule {} never runs", opts.schedule.describe())))?;
+    let first = with_jitter(planned, opts.jitter, crate::spool::rand_u64());
     let state = Arc::new(Mutex::new(State {
-        every: opts.every,
+        every: opts.schedule.period(now).saturating_add(opts.jitter),
+        role: "active",
         started: now,
         running_since: None,
-        next_run: now,
+        next_run: first,
         backups_ok: 0,
         backups_failed: 0,
         prunes_ok: 0,
@@ -196,36 +215,44 @@ pub fn run(opts: AgentOptions, log: Log, stop: Stop) -> Result<()> {
     }));
     if opts.listen != "off" {
         let server = tiny_http::Server::http(&opts.listen).map_err(|e| Error::usage(format!("--listen {}: {e}", opts.listen)))?;
-        log(&format!("serving /healthz and /metrics on http://{}", server.server_addr()));
+        info!("serving /healthz and /metrics on http://{}", server.server_addr());
         let state = state.clone();
         std::thread::spawn(move || serve(server, state));
     }
-    log(&format!(
-        "backing up to {} every {}{}",
+    info!(
+        "backing up to {} {}{}{}",
         opts.create.repo.url,
-        humantime::format_duration(opts.every),
+        opts.schedule.describe(),
+        if opts.jitter.is_zero() { String::new() } else { format!(" (each start delayed by up to {})", humantime::format_duration(opts.jitter)) },
         if opts.policy.is_some() { ", applying retention after each backup" } else { "" }
-    ));
+    );
     let opts = Arc::new(opts);
-    let mut next = Instant::now();
+    let mut next = first;
     let mut runs = 0u64;
     while opts.runs.is_none_or(|n| runs < n) {
         if sleep_until(next, &stop) {
-            log("stopping on request (idle)");
+            info!("stopping on request (idle)");
             return Ok(());
         }
         let started = Instant::now();
-        next = started + opts.every;
-        state.lock().unwrap_or_else(|p| p.into_inner()).running_since = Some(Utc::now());
+        let started_at = Utc::now();
+        let Some(following) = opts.schedule.next(started_at, Some(planned)) else {
+            info!("the schedule has no further run; stopping");
+            return Ok(());
+        };
+        planned = following;
+        let following = with_jitter(following, opts.jitter, crate::spool::rand_u64());
+        next = following;
+        state.lock().unwrap_or_else(|p| p.into_inner()).running_since = Some(started_at);
         // The run goes on a worker thread so a stop is answered within the bound even when
         // the step does not give up.
         let (done_tx, done_rx) = mpsc::channel();
         {
-            let (opts, state, log, stop) = (opts.clone(), state.clone(), log.clone(), stop.clone());
+            let (opts, state, stop) = (opts.clone(), state.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("etcdguard-run".into())
                 .spawn(move || {
-                    one_run(&opts, &state, &log, &stop, started, next);
+                    one_run(&opts, &state, &stop, started, following);
                     let _ = done_tx.send(());
                 })
                 .map_err(|e| Error::failure(format!("starting a run: {e}")))?;
@@ -235,10 +262,10 @@ pub fn run(opts: AgentOptions, log: Log, stop: Stop) -> Result<()> {
                 Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) if stop.is_raised() => {
                     if done_rx.recv_timeout(STOP_GRACE).is_err() {
-                        log("stopping on request: abandoning the running step (the repository is crash-safe)");
+                        warn!("stopping on request: abandoning the running step (the repository is crash-safe)");
                         abandon(&opts.create.repo);
                     }
-                    log("stopped on request");
+                    info!("stopped on request");
                     return Ok(());
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -246,20 +273,21 @@ pub fn run(opts: AgentOptions, log: Log, stop: Stop) -> Result<()> {
         }
         runs += 1;
         if stop.is_raised() {
-            log("stopped on request");
+            info!("stopped on request");
             return Ok(());
         }
     }
     Ok(())
 }
 
-/// Sleeps until `deadline`; true when a stop came first.
-fn sleep_until(deadline: Instant, stop: &Stop) -> bool {
+/// Sleeps until `deadline` (wall clock, so a cron time is met after a suspend or a clock
+/// step); true when a stop came first.
+fn sleep_until(deadline: DateTime<Utc>, stop: &Stop) -> bool {
     loop {
         if stop.is_raised() {
             return true;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         if left.is_zero() {
             return false;
         }
@@ -268,16 +296,16 @@ fn sleep_until(deadline: Instant, stop: &Stop) -> bool {
 }
 
 /// One backup, then retention when it succeeded; the state is updated as it goes.
-fn one_run(opts: &AgentOptions, state: &Mutex<State>, log: &Log, stop: &Stop, started: Instant, next: Instant) {
+fn one_run(opts: &AgentOptions, state: &Mutex<State>, stop: &Stop, started: Instant, next: DateTime<Utc>) {
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
-    let result = create_stoppable(&opts.create, &mut |line| log(line), stop);
+    let result = create_stoppable(&opts.create, &mut |line| info!("{line}"), stop);
     let finished = Utc::now();
     {
         let mut s = lock();
         s.running_since = None;
         s.last_finished = Some(finished);
         s.last_duration = started.elapsed().as_secs_f64();
-        s.next_run = finished + chrono::Duration::from_std(next.saturating_duration_since(Instant::now())).unwrap_or_default();
+        s.next_run = next.max(finished);
         match &result {
             Ok(m) => {
                 s.backups_ok += 1;
@@ -295,9 +323,9 @@ fn one_run(opts: &AgentOptions, state: &Mutex<State>, log: &Log, stop: &Stop, st
         }
     }
     match &result {
-        Ok(m) => log(&created_line(m)),
-        Err(e) if stop.is_raised() => log(&format!("backup abandoned: {e}")),
-        Err(e) => log(&format!("backup failed: {e}")),
+        Ok(m) => info!(backup = %m.id, revision = m.etcd.revision, added_bytes = m.sizes.added, "{}", created_line(m)),
+        Err(e) if stop.is_raised() => info!("backup abandoned: {e}"),
+        Err(e) => warn!(kind = ?e.kind, "backup failed: {e}"),
     }
     if result.is_ok() && !stop.is_raised() {
         if let Some(policy) = &opts.policy {
@@ -307,13 +335,13 @@ fn one_run(opts: &AgentOptions, state: &Mutex<State>, log: &Log, stop: &Stop, st
                 Ok(r) => {
                     s.prunes_ok += 1;
                     s.prunes_failed_in_a_row = 0;
-                    log(&format!("retention: {} backup(s) removed, {} pack(s) deleted", r.manifests_removed, r.packs_deleted));
+                    info!("retention: {} backup(s) removed, {} pack(s) deleted", r.manifests_removed, r.packs_deleted);
                 }
                 Err(e) => {
                     s.prunes_failed += 1;
                     s.prunes_failed_in_a_row += 1;
                     s.last_prune_error = Some((Utc::now(), e.to_string()));
-                    log(&format!("retention failed: {e}"));
+                    warn!(kind = ?e.kind, in_a_row = s.prunes_failed_in_a_row, "retention failed: {e}");
                 }
             }
         }
@@ -358,7 +386,7 @@ fn serve(server: tiny_http::Server, state: Arc<Mutex<State>>) {
                     let (ok, text) = s.health(now);
                     (if ok { 200 } else { 503 }, text + "\n", "text/plain; charset=utf-8")
                 }
-                "/metrics" => (200, s.metrics(now), "text/plain; version=0.0.4; charset=utf-8"),
+                "/metrics" => (200, s.metrics(now), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
                 _ => (404, "not found: try /healthz or /metrics\n".into(), "text/plain; charset=utf-8"),
             }
         };
@@ -367,5 +395,68 @@ fn serve(server: tiny_http::Server, state: Arc<Mutex<State>>) {
             response = response.with_header(header);
         }
         let _ = request.respond(response);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The abandon path of a stop: this process's locks go, another process's stay.
+    #[test]
+    fn release_our_locks_removes_only_this_process_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = etcdguard_repo::open_url(dir.path().to_str().unwrap()).unwrap();
+        let ours = etcdguard_repo::lock::Lock::acquire(store.clone(), false, "backup").unwrap();
+        // Another process on this host (only the fields the release looks at matter).
+        let theirs = serde_json::json!({
+            "exclusive": false, "purpose": "backup", "hostname": etcdguard_repo::lock::hostname(),
+            "pid": std::process::id().wrapping_add(1), "created": Utc::now().to_rfc3339(), "refreshed": Utc::now().to_rfc3339(),
+        });
+        store.put("locks/theirs.json", serde_json::to_vec(&theirs).unwrap().into()).unwrap();
+        let before: Vec<String> = store.list("locks/").unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(before.len(), 2, "{before:?}");
+        release_our_locks(store.as_ref());
+        let after: Vec<String> = store.list("locks/").unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(after, vec!["locks/theirs.json".to_string()]);
+        drop(ours);
+    }
+
+    #[test]
+    fn prune_failures_turn_health_red_at_the_threshold() {
+        let now = Utc::now();
+        let mut s = State {
+            every: Duration::from_secs(3600),
+            role: "active",
+            started: now,
+            running_since: None,
+            next_run: now,
+            backups_ok: 1,
+            backups_failed: 0,
+            prunes_ok: 0,
+            prunes_failed: 0,
+            prune_failures_unhealthy: 3,
+            prunes_failed_in_a_row: 0,
+            last_prune_error: None,
+            last_result: Some(Ok(())),
+            last_finished: Some(now),
+            last_success: Some((now, "abc".into())),
+            last_duration: 1.0,
+            last_snapshot_bytes: 1,
+            last_added_bytes: 1,
+            last_revision: 1,
+            backups_in_repository: Some(1),
+        };
+        for n in 1..=3 {
+            s.prunes_failed += 1;
+            s.prunes_failed_in_a_row = n;
+            s.last_prune_error = Some((now, "the repository is in use".into()));
+            let (ok, text) = s.health(now);
+            assert_eq!(ok, n < 3, "{n}: {text}");
+        }
+        let metrics = s.metrics(now);
+        assert!(metrics.contains("etcdguard_prune_runs_total{result=\"failure\"} 3"), "{metrics}");
+        assert!(metrics.contains("etcdguard_agent_healthy 0"), "{metrics}");
+        assert!(metrics.contains("etcdguard_agent_role{role=\"active\"} 1"), "{metrics}");
     }
 }

@@ -283,6 +283,9 @@ pub struct RestoreOptions {
     /// Restore into a new data dir (or one per member) as `snapshot restore` does; the
     /// snapshot path and the hash check are filled in here.
     pub data_dir: Option<crate::restore::SnapshotRestoreOptions>,
+    /// Point in time: the database as it was at this revision or time, built from the newest
+    /// full backup before it and its continuous changes (`id` is then ignored).
+    pub at: Option<crate::capture::At>,
 }
 
 /// What `backup restore` did, as it happens.
@@ -293,13 +296,27 @@ pub enum RestoreEvent<'a> {
     DataDirRestored(&'a crate::restore::Restored),
     /// The control-plane files were unpacked.
     FilesWritten { count: usize, dir: &'a Path },
+    /// The full backup's changes were replayed up to the point in time.
+    Replayed { plan: &'a crate::capture::AtPlan, replayed: &'a etcdguard_storage::replay::Replayed },
 }
 
 /// Brings a backup back: the snapshot file, data dirs built from it, and the files.
 /// Returns the snapshot file kept (`to_file`), if any.
 pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> Result<Option<PathBuf>> {
-    let repo = opts.repo.open_unlocked()?;
-    let m = resolve(&repo, &opts.id)?;
+    let mut repo = opts.repo.open_unlocked()?;
+    let plan = match opts.at {
+        Some(at) => {
+            if repo.is_encrypted() {
+                opts.repo.unlock(&mut repo)?;
+            }
+            Some(crate::capture::plan_at(&repo, at)?)
+        }
+        None => None,
+    };
+    let m = match &plan {
+        Some(p) => p.base.clone(),
+        None => resolve(&repo, &opts.id)?,
+    };
     let exists = |p: &Path| Error::new(Kind::DestinationExists, format!("{}: already exists; nothing was overwritten", p.display()));
     // Refuse before downloading anything.
     if let Some(p) = &opts.to_file {
@@ -335,7 +352,14 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
     }
     let _cleanup = Cleanup(temporary.then(|| snapshot_path.clone()));
     let index = repo.load_index()?;
-    repo.restore_part_to_file(&index, &m.snapshot, &snapshot_path, 0o600)?;
+    match &plan {
+        Some(plan) => {
+            let scratch = snapshot_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let replayed = crate::capture::materialize(&repo, plan, &snapshot_path, scratch)?;
+            on(RestoreEvent::Replayed { plan, replayed: &replayed });
+        }
+        None => repo.restore_part_to_file(&index, &m.snapshot, &snapshot_path, 0o600)?,
+    }
     if !temporary {
         on(RestoreEvent::SnapshotWritten { manifest: &m, path: &snapshot_path });
     }
@@ -343,7 +367,8 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
         let mut d = d.clone();
         d.file = snapshot_path.clone();
         // A backup of a plain member/snap/db has no trailer; its sha256 was checked above.
-        d.skip_hash_check = m.etcd.trailer == "absent";
+        // A point-in-time file always gets one.
+        d.skip_hash_check = plan.is_none() && m.etcd.trailer == "absent";
         let restored = crate::restore::snapshot_restore(&d)?;
         on(RestoreEvent::DataDirRestored(&restored));
     }

@@ -44,6 +44,9 @@ pub enum Kind {
     KeyRequired,
     /// Stopped on request (SIGINT/SIGTERM).
     Interrupted,
+    /// A safety check refused a cluster change (quorum, a healthy member, a lagging
+    /// learner); nothing was changed.
+    Refused,
 }
 
 /// A failure of a workflow: its kind, the message (the whole sentence, with the paths and
@@ -146,6 +149,7 @@ pub fn client_error(e: ClientError) -> Error {
         ClientKind::Checksum => Kind::ChecksumMismatch,
         ClientKind::Interrupted => Kind::Interrupted,
         ClientKind::Server => Kind::Failure,
+        ClientKind::Refused => Kind::Refused,
     };
     Error::new(kind, e.to_string())
 }
@@ -214,7 +218,7 @@ pub fn node_error(e: NodeError) -> Error {
     let kind = match &e {
         NodeError::Manifest(..) | NodeError::Preflight(_) => Kind::Usage,
         NodeError::StillRunning { .. } => Kind::Locked,
-        NodeError::NotStarted { .. } => Kind::Unreachable,
+        NodeError::NotStarted { .. } | NodeError::NotReady { .. } => Kind::Unreachable,
         NodeError::Restore(_) | NodeError::Io(_) => Kind::Failure,
     };
     Error::new(kind, e.to_string())

@@ -8,15 +8,17 @@
 //!   passphrase keys, fetch a backup's snapshot;
 //! - [`restore`]: `snapshot restore` (new data dirs from a snapshot file);
 //! - [`node`]: `node restore` (fetch and check, then the control-plane runbook);
-//! - [`agent`]: the scheduler, its state, `/healthz` and `/metrics`;
+//! - [`agent`]: the loop, its state, `/healthz` and `/metrics`; [`schedule`]: when it runs;
 //! - [`snapshot`], [`repo`], [`spool`], [`stop`]: what they share.
 
 pub mod agent;
 pub mod backup;
+pub mod capture;
 pub mod error;
 pub mod node;
 pub mod repo;
 pub mod restore;
+pub mod schedule;
 pub mod snapshot;
 pub mod spool;
 pub mod stop;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use etcdguard_node::{NodeError, Plan, Request, RestoreSpec};
+use etcdguard_node::{check_snapshot_version, NodeError, Plan, Request, RestoreSpec, Timings};
 use etcdguard_storage::restore::{self, membership, Cluster, Destination, Flavor, Options};
 use etcdguard_storage::Status;
 
@@ -23,6 +23,10 @@ pub struct NodeRestoreOptions {
     /// Put the backup's PKI directory in place too.
     pub restore_pki: bool,
     pub kubernetes_dir: PathBuf,
+    /// The static pod manifests [default: `etcd_manifest`'s dir, else `<kubernetes_dir>/manifests`].
+    pub manifests_dir: Option<PathBuf>,
+    /// etcd's manifest [default: `etcd.yaml`, else `etcd-pod.yaml`].
+    pub etcd_manifest: Option<PathBuf>,
     pub dry_run: bool,
     pub name: Option<String>,
     pub initial_cluster: Option<String>,
@@ -45,8 +49,8 @@ pub enum NodeEvent<'a> {
 /// How a `node restore` that did not fail ended.
 pub enum NodeOutcome {
     DryRun,
-    /// etcd serves again with the restored data.
-    Restored(Box<Plan>),
+    /// etcd (and the API server) serve again with the restored data; how long each wait took.
+    Restored(Box<Plan>, Timings),
 }
 
 /// Runs `node restore`. On failure before the manifests are back, the node is left as it was.
@@ -68,6 +72,8 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
     };
     let request = Request {
         kubernetes_dir: opts.kubernetes_dir.clone(),
+        manifests_dir: opts.manifests_dir.clone(),
+        etcd_manifest: opts.etcd_manifest.clone(),
         pki_from: staging.as_ref().and_then(|s| s.pki.clone()),
         stamp,
         name: opts.name.clone(),
@@ -83,6 +89,10 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
     cluster.verify_local(&plan.restore.name, &advertise).map_err(|e| Error::usage(e.0))?;
     let skip_hash_check = opts.skip_hash_check || staging.as_ref().is_some_and(|s| s.no_trailer);
     let (status, _) = check_snapshot(&snapshot, skip_hash_check)?;
+    // A snapshot of a newer etcd minor than the manifest's image is refused before anything moves.
+    if let Some(warning) = check_snapshot_version(&plan.etcd, status.storage_version.as_deref(), status.cluster_version.as_deref()).map_err(node_error)? {
+        on(NodeEvent::Note(&format!("warning: {warning}")));
+    }
     on(NodeEvent::Planned { snapshot: &snapshot, status: &status, plan: &plan, members: cluster.members.len() });
     if opts.dry_run {
         return Ok(NodeOutcome::DryRun);
@@ -111,7 +121,7 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
         plan.execute(&mut restore_step, &mut |line| (on_cell.borrow_mut())(NodeEvent::Note(line)))
     };
     match outcome {
-        Ok(()) => Ok(NodeOutcome::Restored(Box::new(plan))),
+        Ok(timings) => Ok(NodeOutcome::Restored(Box::new(plan), timings)),
         Err(NodeError::Restore(text)) => {
             let rolled_back = "the old data directory and the manifests were put back";
             match restore_error_seen {

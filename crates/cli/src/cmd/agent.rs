@@ -1,17 +1,22 @@
 //! `etcdguard agent`: flags in, `etcdguard_workflow::agent::run` (backup create on a schedule,
 //! retention, /healthz and /metrics), log lines with a time stamp on stderr.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use chrono::Utc;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use etcdguard_repo::retention::parse_duration;
 use etcdguard_workflow::agent::{self, AgentOptions};
+use etcdguard_workflow::schedule::Schedule;
 use etcdguard_workflow::Stop;
 
 use crate::cmd::backup::{CreateArgs, KeepArgs};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 #[derive(Args)]
 pub struct AgentArgs {
@@ -21,8 +26,20 @@ pub struct AgentArgs {
     pub keep: KeepArgs,
     /// Time from the start of one backup to the start of the next (e.g. 30m, 1h, 6h). The
     /// first backup is taken at start; a backup that overruns starts the next one at once.
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration, conflicts_with = "schedule")]
     pub every: Duration,
+    /// Back up on a cron schedule instead of --every: five fields in UTC (minute hour
+    /// day-of-month month day-of-week; an optional leading sixth field gives seconds), e.g.
+    /// "0 */6 * * *". The first backup waits for the first match.
+    #[arg(long, value_name = "CRON")]
+    pub schedule: Option<String>,
+    /// Delay each start by a random time up to this (e.g. 5m), so agents of many clusters do
+    /// not hit one bucket at the same second.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub jitter: Duration,
+    /// Log lines as text or as one JSON object per line.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Address of the HTTP endpoint (/healthz, /metrics), or `off`.
     #[arg(long, value_name = "ADDR", env = "ETCDGUARD_LISTEN", default_value = "127.0.0.1:9464")]
     pub listen: String,
@@ -36,16 +53,30 @@ pub struct AgentArgs {
 }
 
 pub fn run(args: AgentArgs) -> Result<()> {
+    let schedule = match &args.schedule {
+        Some(expression) => Schedule::cron(expression)?,
+        None => Schedule::Every(args.every),
+    };
     let opts = AgentOptions {
         create: args.create.options(),
         policy: args.keep.policy(),
-        every: args.every,
+        schedule,
+        jitter: args.jitter,
         listen: args.listen.clone(),
         runs: args.runs,
         prune_failures_unhealthy: args.prune_failures_unhealthy,
     };
+    init_logging(args.log_format);
     let stop = Stop::new();
     agent::stop_on_signals(&stop)?;
-    let log: agent::Log = Arc::new(|message: &str| eprintln!("{} {message}", Utc::now().format("%Y-%m-%dT%H:%M:%SZ")));
-    Ok(agent::run(opts, log, stop)?)
+    Ok(agent::run(opts, stop)?)
+}
+
+/// Log lines on stderr: `TIME LEVEL message fields` (UTC), or one JSON object per line.
+fn init_logging(format: LogFormat) {
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    };
 }

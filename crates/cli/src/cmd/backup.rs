@@ -123,6 +123,31 @@ pub enum BackupCommand {
     ///       --passphrase-file /root/old-pass --new-passphrase-file /root/new-pass
     #[command(verbatim_doc_comment)]
     Key(KeyArgs),
+    /// Continuous capture: store every change after the newest full backup, as it happens.
+    ///
+    /// Takes a full backup first when the repository has none (same flags as `backup
+    /// create`), then watches the whole keyspace from the revision after it and stores the
+    /// changes as segments every --segment-interval: a disaster loses at most that much. A
+    /// restart resumes after the last stored revision, with no gap and no duplicate. When
+    /// etcd has compacted past that point the lost range is recorded and a new full backup
+    /// is taken. Auth and membership changes are not in the watch stream: the next full
+    /// backup carries them. `backup restore --at` builds the database at any revision or
+    /// time from a full backup and these changes; `backup log` lists them.
+    ///
+    /// Examples:
+    ///   etcdguard backup follow --repo s3://etcd-backups/prod-eu --full-every 24h \
+    ///       --endpoints https://10.0.0.1:2379,https://10.0.0.2:2379 --cacert … --cert … --key …
+    ///   etcdguard backup follow --repo /var/backups/etcd --until-revision 120345   # scripts, tests
+    #[command(verbatim_doc_comment)]
+    Follow(crate::cmd::capture::FollowArgs),
+    /// The changes stored by continuous capture: revision, time, put or delete, object kind,
+    /// namespace and name. Finds the moment to restore to.
+    ///
+    /// Example — when was namespace prod deleted?
+    ///   etcdguard backup log --repo /var/backups/etcd --key /registry/namespaces/prod
+    ///   etcdguard backup restore --repo /var/backups/etcd --at <that revision - 1> --to-file before.db
+    #[command(verbatim_doc_comment)]
+    Log(crate::cmd::capture::LogArgs),
 }
 
 #[derive(Args)]
@@ -156,7 +181,7 @@ pub struct KeyNewArgs {
     #[command(flatten)]
     pub repo: RepoArg,
     /// File holding the new passphrase (or put it in ETCDGUARD_NEW_PASSPHRASE).
-    #[arg(long, env = "ETCDGUARD_NEW_PASSPHRASE_FILE", value_name = "FILE")]
+    #[arg(long, env = "ETCDGUARD_NEW_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
     pub new_passphrase_file: Option<PathBuf>,
 }
 
@@ -170,13 +195,13 @@ pub struct KeyRemoveArgs {
 
 #[derive(Args, Clone)]
 pub struct RepoArg {
-    #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL", help = REPO_HELP)]
+    #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL", help = REPO_HELP, value_parser = crate::args::repo)]
     pub repo: String,
     /// File holding the passphrase of an encrypted repository (or put the passphrase itself in
     /// ETCDGUARD_PASSPHRASE). A repository that `backup create` makes while a passphrase is
     /// given is encrypted with it: chunks and files (CA keys included) are sealed with
     /// XChaCha20-Poly1305 under a key only the passphrase opens. Lose it and the backups are lost.
-    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE")]
+    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
     pub passphrase_file: Option<PathBuf>,
 }
 
@@ -196,7 +221,7 @@ impl RepoArg {
 /// A passphrase from a file (trailing newline dropped) or else from an environment variable.
 fn read_passphrase(file: Option<&Path>, flag: &str, env: &str) -> Result<Option<Passphrase>, Failure> {
     if let Some(path) = file {
-        use std::os::unix::fs::PermissionsExt;
+        // Its mode was checked (with a warning) when the flag was parsed: crate::args.
         let bytes = std::fs::read(path).map_err(|e| {
             let code = match e.kind() {
                 std::io::ErrorKind::NotFound => Code::NotFound,
@@ -205,11 +230,6 @@ fn read_passphrase(file: Option<&Path>, flag: &str, env: &str) -> Result<Option<
             };
             Failure::new(code, format!("{flag} {}: {e}", path.display()))
         })?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                eprintln!("warning: {} can be read by other users; chmod 600 it", path.display());
-            }
-        }
         let p = Passphrase::new(bytes);
         if p.bytes().is_empty() {
             return Err(Failure::new(Code::Usage, format!("{flag} {}: the file is empty", path.display())));
@@ -254,7 +274,7 @@ pub struct CreateArgs {
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
     /// Cluster name shown in `backup list`.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = crate::args::non_empty)]
     pub cluster: Option<String>,
     /// Skip the structural and schema check of the snapshot (the sha256 trailer is still checked).
     #[arg(long)]
@@ -342,28 +362,37 @@ pub struct VerifyArgs {
 pub struct RestoreArgs {
     #[command(flatten)]
     pub repo: RepoArg,
-    /// Backup id, unique prefix, or `latest`.
-    pub id: String,
+    /// Backup id, unique prefix, or `latest` (with --at: optional, the right full backup is found).
+    #[arg(required_unless_present = "at")]
+    pub id: Option<String>,
+    /// Point in time: the database exactly as it was at this revision, or at the last revision
+    /// seen at or before this time (RFC 3339), from the newest full backup before it plus the
+    /// changes `backup follow` stored (see `backup log` to find the moment).
+    #[arg(long, value_name = "REV|TIME", value_parser = crate::cmd::capture::parse_at)]
+    pub at: Option<etcdguard_workflow::capture::At>,
+    /// With --at: say which full backup and changes would be used, and the resulting revision; change nothing.
+    #[arg(long, requires = "at")]
+    pub dry_run: bool,
     /// Write the snapshot file here (must not exist); byte-identical to the file backed up.
-    #[arg(long, value_name = "PATH", required_unless_present_any = ["data_dir", "cluster_out"])]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["data_dir", "cluster_out"], value_parser = crate::args::path)]
     pub to_file: Option<PathBuf>,
     /// Also unpack the control-plane files under DIR (pki/, manifests/, …) with their modes.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::args::path)]
     pub files_to: Option<PathBuf>,
     /// Restore into this new data dir (as `snapshot restore --data-dir`).
-    #[arg(long, value_name = "DIR", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(long, value_name = "DIR", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::path)]
     pub data_dir: Option<PathBuf>,
     /// Put the WAL here instead of <data-dir>/member/wal.
-    #[arg(long, value_name = "DIR", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(long, value_name = "DIR", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::path)]
     pub wal_dir: Option<PathBuf>,
     /// Name of the member being restored; must appear in --initial-cluster.
-    #[arg(long, default_value = "default", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(long, default_value = "default", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::non_empty)]
     pub name: String,
     /// Every member of the new cluster as name=peer-url[,name=peer-url…] [default: <name>=http://localhost:2380]
     #[arg(long, value_name = "NAME=URL,…", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
     pub initial_cluster: Option<String>,
     /// Token for the new cluster; use a new one per restore.
-    #[arg(long, default_value = "etcd-cluster", value_name = "TOKEN", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(long, default_value = "etcd-cluster", value_name = "TOKEN", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::non_empty)]
     pub initial_cluster_token: String,
     /// This member's peer URLs (comma-separated); must equal its entry in --initial-cluster.
     #[arg(long, default_value = "http://localhost:2380", value_name = "URLS", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
@@ -375,7 +404,7 @@ pub struct RestoreArgs {
     #[arg(long, help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
     pub mark_compacted: bool,
     /// Write one data dir per member of --initial-cluster, as DIR/<name>.
-    #[arg(long, value_name = "DIR", conflicts_with = "data_dir", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(long, value_name = "DIR", conflicts_with = "data_dir", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::path)]
     pub cluster_out: Option<PathBuf>,
 }
 
@@ -473,6 +502,8 @@ pub fn run(cmd: BackupCommand) -> Result<()> {
         BackupCommand::Prune(a) => prune(a),
         BackupCommand::Url(a) => url(a),
         BackupCommand::Key(a) => key(a),
+        BackupCommand::Follow(a) => crate::cmd::capture::follow(a),
+        BackupCommand::Log(a) => crate::cmd::capture::log(a),
     }
 }
 
@@ -666,8 +697,25 @@ fn restore(args: RestoreArgs) -> Result<()> {
         mark_compacted: args.mark_compacted,
         cluster_out: args.cluster_out.clone(),
     });
-    let opts = backup::RestoreOptions { repo: args.repo.spec(), id: args.id.clone(), to_file: args.to_file.clone(), files_to: args.files_to.clone(), data_dir };
+    if args.dry_run {
+        let at = args.at.expect("clap: --dry-run requires --at");
+        let plan = etcdguard_workflow::capture::plan(&args.repo.spec(), at)?;
+        print!("{}", crate::cmd::capture::plan_text(&plan));
+        return Ok(());
+    }
+    let opts = backup::RestoreOptions {
+        repo: args.repo.spec(),
+        id: args.id.clone().unwrap_or_else(|| "latest".into()),
+        to_file: args.to_file.clone(),
+        files_to: args.files_to.clone(),
+        data_dir,
+        at: args.at,
+    };
     let kept = backup::restore(&opts, &mut |event| match event {
+        RestoreEvent::Replayed { plan, replayed } => eprintln!(
+            "full backup {} (revision {}) plus {} changes in {} revisions: revision {}",
+            plan.base.id, plan.base.etcd.revision, replayed.events, replayed.revisions, replayed.to_revision
+        ),
         RestoreEvent::SnapshotWritten { manifest, path } => {
             eprintln!("snapshot of backup {} written to {} (sha256 {} verified)", manifest.id, path.display(), manifest.snapshot.sha256)
         }

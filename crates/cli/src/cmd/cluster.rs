@@ -1,4 +1,5 @@
-//! `etcdguard cluster health|members`, and the connection flags every live command shares.
+//! `etcdguard cluster health|members|member|defrag|alarm`, and the connection flags every
+//! live command shares.
 
 use std::path::PathBuf;
 
@@ -80,6 +81,134 @@ pub enum ClusterCommand {
     ///
     /// Example: etcdguard cluster members -w json
     Members(MembersArgs),
+    /// Replace a member safely: remove, add (as a learner), promote — etcdctl's arguments,
+    /// with guards against losing quorum.
+    ///
+    /// Replacing a failed member, in this order:
+    ///   1. etcdguard cluster members              note the failed member's hex ID
+    ///   2. etcdguard cluster member remove ID     refused while it is healthy, or when the
+    ///                                             others would not keep a quorum
+    ///   3. etcdguard cluster member add NAME --peer-urls https://NEW:2380 --learner
+    ///   4. on the new node: empty data dir, start etcd with the printed ETCD_INITIAL_*
+    ///      values (--initial-cluster-state existing)
+    ///   5. etcdguard cluster members              wait until its applied index is close
+    ///                                             to the leader's
+    ///   6. etcdguard cluster member promote ID
+    ///
+    /// Refusals change nothing and exit with 17.
+    #[command(subcommand, verbatim_doc_comment)]
+    Member(MemberCommand),
+    /// Defragment every member, one at a time: followers first, the leader last, the
+    /// cluster's health checked between members, freed space reported per member.
+    ///
+    /// Defragmenting blocks reads and writes on that member while it runs (seconds per GiB),
+    /// so the leader goes last and the next member waits until all are healthy again. Refused
+    /// when a member is down or unhealthy. After a NOSPACE alarm: compact, defrag, then
+    /// `cluster alarm disarm`.
+    ///
+    /// Example: etcdguard cluster defrag --endpoints https://10.0.0.1:2379 --cacert ca.crt --cert c.crt --key c.key
+    Defrag(DefragArgs),
+    /// List or disarm alarms (NOSPACE, CORRUPT).
+    ///
+    /// A NOSPACE alarm makes etcd refuse writes. Free space first (compact old revisions,
+    /// `cluster defrag`, or raise --quota-backend-bytes), then `cluster alarm disarm`; disarming
+    /// without freeing space raises it again at the next write.
+    #[command(subcommand)]
+    Alarm(AlarmCommand),
+}
+
+#[derive(Subcommand)]
+pub enum MemberCommand {
+    /// Remove a member by its hex ID (as `cluster members` prints it).
+    ///
+    /// Refused, changing nothing, when the cluster has no quorum now, when the healthy voting
+    /// members left would be fewer than the quorum of the smaller cluster, or when the member
+    /// itself is healthy (stop it first when you replace a working node). --force overrides
+    /// the last two.
+    ///
+    /// Next step of a replacement: `cluster member add NAME --peer-urls URL --learner`.
+    Remove(MemberRemoveArgs),
+    /// Add a member; print the ETCD_INITIAL_* settings the new member must start with.
+    ///
+    /// Prefer --learner: a learner does not count for quorum until it is promoted, so the
+    /// cluster keeps accepting writes while the new member starts and catches up. Adding a
+    /// voting member that the healthy members could not out-vote is refused (--force
+    /// overrides). Learners need etcd 3.4 or newer.
+    ///
+    /// Next steps: start etcd on the new node with an empty data dir and the printed values,
+    /// then `cluster member promote ID` once it has caught up.
+    Add(MemberAddArgs),
+    /// Promote a learner to a voting member once it has caught up.
+    ///
+    /// Refused, changing nothing, when the learner does not answer (not started yet) or its
+    /// applied raft index is more than 1000 entries behind the leader's; check with `cluster
+    /// members` and retry.
+    Promote(MemberPromoteArgs),
+}
+
+#[derive(Args)]
+pub struct MemberRemoveArgs {
+    /// Member ID in hex
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Remove even when the member is healthy or the removal leaves no quorum
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Args)]
+pub struct MemberAddArgs {
+    /// The new member's name (its --name)
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The new member's peer URLs, comma-separated (its --initial-advertise-peer-urls)
+    #[arg(long, value_delimiter = ',', value_name = "URLS", required = true)]
+    pub peer_urls: Vec<String>,
+    /// Add as a learner (non-voting until promoted)
+    #[arg(long)]
+    pub learner: bool,
+    /// Add a voting member even when the cluster cannot keep its quorum until it starts
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Args)]
+pub struct MemberPromoteArgs {
+    /// Learner ID in hex
+    #[arg(value_name = "ID")]
+    pub id: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Args)]
+pub struct DefragArgs {
+    /// Every member of the cluster (the default; accepted for etcdctl compatibility)
+    #[arg(long)]
+    pub cluster: bool,
+    /// Time allowed for one member's defragmentation, Go syntax
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub member_timeout: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Subcommand)]
+pub enum AlarmCommand {
+    /// List raised alarms (prints nothing when there are none).
+    List(AlarmArgs),
+    /// Disarm every raised alarm; prints the ones disarmed.
+    Disarm(AlarmArgs),
+}
+
+#[derive(Args)]
+pub struct AlarmArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -111,7 +240,106 @@ pub fn run(cmd: ClusterCommand) -> Result<()> {
     match cmd {
         ClusterCommand::Health(a) => health(a),
         ClusterCommand::Members(a) => members(a),
+        ClusterCommand::Member(MemberCommand::Remove(a)) => member_remove(a),
+        ClusterCommand::Member(MemberCommand::Add(a)) => member_add(a),
+        ClusterCommand::Member(MemberCommand::Promote(a)) => member_promote(a),
+        ClusterCommand::Defrag(a) => defrag(a),
+        ClusterCommand::Alarm(AlarmCommand::List(a)) => alarm_list(a),
+        ClusterCommand::Alarm(AlarmCommand::Disarm(a)) => alarm_disarm(a),
     }
+}
+
+fn member_remove(args: MemberRemoveArgs) -> Result<()> {
+    let id = etcdguard_client::parse_member_id(&args.id).map_err(client_failure)?;
+    let session = args.conn.session()?;
+    let plan = session.member_remove(id, args.force).map_err(client_failure)?;
+    for w in &plan.warnings {
+        eprintln!("warning (--force): {w}");
+    }
+    println!(
+        "Member {:x} ({}) removed; {} voting members left, {} healthy, quorum {}",
+        plan.member.id,
+        if plan.member.name.is_empty() { "unstarted" } else { &plan.member.name },
+        plan.voters_after,
+        plan.healthy_voters_after,
+        plan.quorum_after
+    );
+    eprintln!("next: etcdguard cluster member add NAME --peer-urls URL --learner");
+    Ok(())
+}
+
+fn member_add(args: MemberAddArgs) -> Result<()> {
+    let session = args.conn.session()?;
+    let added = session.member_add(&args.name, &args.peer_urls, args.learner, args.force).map_err(client_failure)?;
+    for w in &added.warnings {
+        eprintln!("warning (--force): {w}");
+    }
+    println!("Member {:x} added{}", added.id, if added.learner { " as a learner" } else { "" });
+    println!();
+    println!("ETCD_NAME=\"{}\"", added.name);
+    println!("ETCD_INITIAL_CLUSTER=\"{}\"", added.initial_cluster);
+    println!("ETCD_INITIAL_ADVERTISE_PEER_URLS=\"{}\"", added.peer_urls.join(","));
+    println!("ETCD_INITIAL_CLUSTER_STATE=\"existing\"");
+    if added.learner {
+        eprintln!("next: start etcd on the new node (empty data dir, the values above), wait until it has caught up, then: etcdguard cluster member promote {:x}", added.id);
+    } else {
+        eprintln!("next: start etcd on the new node now (empty data dir, the values above): the cluster counts it for quorum");
+    }
+    Ok(())
+}
+
+fn member_promote(args: MemberPromoteArgs) -> Result<()> {
+    let id = etcdguard_client::parse_member_id(&args.id).map_err(client_failure)?;
+    let session = args.conn.session()?;
+    let plan = session.member_promote(id).map_err(client_failure)?;
+    println!(
+        "Member {:x} ({}) promoted to a voting member (applied index {} of the leader's {})",
+        plan.member.id, plan.member.name, plan.learner_applied, plan.leader_applied
+    );
+    Ok(())
+}
+
+fn defrag(args: DefragArgs) -> Result<()> {
+    let limit = etcdguard_client::parse_go_duration(&args.member_timeout)
+        .map_err(|e| Failure::new(Code::Usage, format!("--member-timeout: {e}")))?;
+    let session = args.conn.session()?;
+    let mut on_member = |m: &etcdguard_client::Member, done: Option<&etcdguard_client::Defragmented>| match done {
+        None => eprintln!("defragmenting {:x} ({}) …", m.id, m.name),
+        Some(d) => println!(
+            "Defragmented {:x} ({}, {}) in {:.1}s: {} -> {}, freed {}",
+            d.id,
+            d.name,
+            d.role,
+            d.took.as_secs_f64(),
+            humanize_bytes(d.size_before.max(0) as u64),
+            humanize_bytes(d.size_after.max(0) as u64),
+            humanize_bytes(d.freed().max(0) as u64),
+        ),
+    };
+    let done = session.defrag(limit, &mut on_member).map_err(client_failure)?;
+    let freed: i64 = done.iter().map(|d| d.freed().max(0)).sum();
+    println!("{} members defragmented, {} freed in total; cluster healthy", done.len(), humanize_bytes(freed as u64));
+    Ok(())
+}
+
+fn alarm_list(args: AlarmArgs) -> Result<()> {
+    let session = args.conn.session()?;
+    for a in session.alarms().map_err(client_failure)? {
+        println!("memberID:{:x} alarm:{}", a.member_id, a.kind);
+    }
+    Ok(())
+}
+
+fn alarm_disarm(args: AlarmArgs) -> Result<()> {
+    let session = args.conn.session()?;
+    let disarmed = session.disarm_alarms().map_err(client_failure)?;
+    for a in &disarmed {
+        println!("memberID:{:x} alarm:{} disarmed", a.member_id, a.kind);
+    }
+    if disarmed.is_empty() {
+        eprintln!("no alarm was raised");
+    }
+    Ok(())
 }
 
 fn ms(d: std::time::Duration) -> String {

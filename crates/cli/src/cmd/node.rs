@@ -8,6 +8,9 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use etcdguard_repo::retention::parse_duration;
+use etcdguard_node::park::{Park, ParkRequest, Unpark};
+use etcdguard_node::Timings;
+use etcdguard_workflow::error::node_error;
 use etcdguard_workflow::node::{restore_node, NodeEvent, NodeOutcome, NodeRestoreOptions};
 
 use crate::cmd::backup::RepoArg;
@@ -16,23 +19,30 @@ use crate::cmd::backup::RepoArg;
 pub enum NodeCommand {
     /// Restore etcd on this control-plane node from a snapshot, as the runbooks do by hand.
     ///
-    /// For nodes whose etcd runs as a static pod (kubeadm and the like). The member name,
-    /// data dir (through the pod's hostPath volume), peer URLs and --initial-cluster come from
-    /// <kubernetes-dir>/manifests/etcd.yaml; flags override them. The snapshot is checked
-    /// before anything is touched. Then:
+    /// For nodes whose etcd runs as a static pod (kubeadm, OpenShift, GKE on-prem and the
+    /// like). The member name, data dir (through the pod's hostPath volume), peer URLs and
+    /// --initial-cluster come from etcd's manifest (etcd.yaml, else OpenShift's etcd-pod.yaml,
+    /// in --manifests-dir; or --etcd-manifest), also when its command is a `sh -c` script;
+    /// flags override them. The snapshot is checked before anything is touched, and refused
+    /// when it comes from a newer etcd minor than the manifest's image runs. Then:
     ///   1. every static pod manifest is moved to <kubernetes-dir>/manifests.etcdguard-<time>,
     ///      so the kubelet stops etcd, the API server and the rest of the control plane;
     ///   2. etcd's client port must close, its database lock go, and the API server's port
     ///      close (at most --wait-timeout);
     ///   3. the data dir is moved aside to <data-dir>.etcdguard-<time> (kept, never deleted);
     ///      with --restore-pki the PKI dir is swapped for the backup's the same way;
-    ///   4. the snapshot is restored into the data dir (as `snapshot restore`);
-    ///   5. the manifests go back and etcdguard waits until the new etcd serves.
+    ///   4. the snapshot is restored into the data dir (as `snapshot restore`), which then
+    ///      gets the old data dir's owner, group, mode and SELinux context;
+    ///   5. the manifests go back and etcdguard waits until the new etcd serves, then until
+    ///      the API server is ready (its /readyz, or its port); each wait's time is reported.
     ///
     /// If a step before 5 fails, what was done is undone: the node is left as it was.
+    /// On a node parked with `node park`, step 1 is already done, and a failure leaves the
+    /// manifests parked.
     ///
-    /// On a multi-member cluster, run it on every control-plane node with the same snapshot,
-    /// the same --initial-cluster (all members) and the same new --initial-cluster-token.
+    /// On a multi-member cluster, run `node park` on every control-plane node first, then
+    /// this on every node with the same snapshot, the same --initial-cluster (all members)
+    /// and the same new --initial-cluster-token.
     ///
     /// Examples:
     ///   etcdguard node restore /root/snapshot.db --dry-run
@@ -40,6 +50,52 @@ pub enum NodeCommand {
     ///   etcdguard node restore --backup latest --repo s3://etcd-backups/prod --restore-pki
     #[command(verbatim_doc_comment)]
     Restore(NodeRestoreArgs),
+    /// Stop etcd and the API server on this node, and wait until they are down.
+    ///
+    /// Moves etcd's and the API server's static pod manifests out of --manifests-dir, to
+    /// <manifests-dir>.etcdguard-<time> (where `node restore` parks them), so the kubelet stops
+    /// both pods; then waits until etcd's client ports are closed, its database lock is gone
+    /// and the API server's port is closed. Running it again is fine: what is parked stays.
+    ///
+    /// Where it fits: recovering a cluster that lost quorum. Park every control-plane node
+    /// first, so no old member or API server is running when the restored data comes back;
+    /// then `node restore` each node (it uses the parked manifests and puts them back); a
+    /// node you decide not to restore gets `node unpark`.
+    ///
+    /// Examples:
+    ///   etcdguard node park --dry-run
+    ///   etcdguard node park                      # on every control-plane node, first
+    ///   etcdguard node restore /root/snapshot.db # then on each node
+    #[command(verbatim_doc_comment)]
+    Park(NodeParkArgs),
+    /// Put manifests parked by `node park` back, and wait until etcd and the API server serve.
+    ///
+    /// Moves every file of <manifests-dir>.etcdguard-<time> back into --manifests-dir (and
+    /// refuses if a file of that name is there already), then waits until etcd serves and
+    /// the API server is ready (/readyz, or its port when /readyz cannot be read). With
+    /// nothing parked it says so and changes nothing.
+    ///
+    /// Examples:
+    ///   etcdguard node unpark --dry-run
+    ///   etcdguard node unpark --timeout 10m
+    #[command(verbatim_doc_comment)]
+    Unpark(NodeParkArgs),
+}
+
+#[derive(Args)]
+pub struct NodeParkArgs {
+    /// The kubelet's static pod manifests dir (its staticPodPath).
+    #[arg(long, value_name = "DIR", default_value = "/etc/kubernetes/manifests")]
+    pub manifests_dir: PathBuf,
+    /// etcd's manifest, when it is neither etcd.yaml nor etcd-pod.yaml.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_manifest: Option<PathBuf>,
+    /// How long to wait for the pods to stop (park) or serve (unpark).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print what would be moved and waited for, and stop.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }
 
 #[derive(Args)]
@@ -53,29 +109,37 @@ pub struct NodeRestoreArgs {
     #[arg(long, value_name = "ID", requires = "repo")]
     pub backup: Option<String>,
     /// The backup repository of --backup.
-    #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL")]
+    #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL", value_parser = crate::args::repo)]
     pub repo: Option<String>,
     /// Passphrase file of an encrypted repository (or ETCDGUARD_PASSPHRASE).
-    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE")]
+    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
     pub passphrase_file: Option<PathBuf>,
     /// Also put the backup's PKI directory in place of <kubernetes-dir>/pki (the current one
     /// is kept as pki.etcdguard-<time>): for a node rebuilt without its certificates.
     #[arg(long, requires = "backup")]
     pub restore_pki: bool,
-    /// Kubernetes configuration directory; the static pod manifests are in its manifests/.
+    /// Kubernetes configuration directory; the PKI is its pki/.
     #[arg(long, value_name = "DIR", default_value = "/etc/kubernetes")]
     pub kubernetes_dir: PathBuf,
+    /// The kubelet's static pod manifests dir [default: --etcd-manifest's dir, else
+    /// <kubernetes-dir>/manifests].
+    #[arg(long, value_name = "DIR")]
+    pub manifests_dir: Option<PathBuf>,
+    /// etcd's static pod manifest, any name [default: etcd.yaml, else etcd-pod.yaml, in
+    /// --manifests-dir].
+    #[arg(long, value_name = "FILE")]
+    pub etcd_manifest: Option<PathBuf>,
     /// Print the plan (what would be moved, waited for and restored, and where) and stop.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
     /// Member name [default: --name of etcd.yaml].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::non_empty)]
     pub name: Option<String>,
     /// Every member of the restored cluster [default: --initial-cluster of etcd.yaml].
     #[arg(long, value_name = "NAME=URL,…")]
     pub initial_cluster: Option<String>,
     /// Token of the restored cluster [default: etcd.yaml's, else etcd-cluster].
-    #[arg(long, value_name = "TOKEN")]
+    #[arg(long, value_name = "TOKEN", value_parser = crate::args::non_empty)]
     pub initial_cluster_token: Option<String>,
     /// This member's peer URLs [default: etcd.yaml's].
     #[arg(long, value_name = "URLS")]
@@ -97,6 +161,8 @@ pub struct NodeRestoreArgs {
 pub fn run(cmd: NodeCommand) -> Result<()> {
     match cmd {
         NodeCommand::Restore(a) => node_restore(a),
+        NodeCommand::Park(a) => node_park(a),
+        NodeCommand::Unpark(a) => node_unpark(a),
     }
 }
 
@@ -108,6 +174,8 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
         repo,
         restore_pki: args.restore_pki,
         kubernetes_dir: args.kubernetes_dir.clone(),
+        manifests_dir: args.manifests_dir.clone(),
+        etcd_manifest: args.etcd_manifest.clone(),
         dry_run: args.dry_run,
         name: args.name.clone(),
         initial_cluster: args.initial_cluster.clone(),
@@ -130,16 +198,14 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
                 members,
                 if members == 1 { "" } else { "s" }
             );
-            println!("Plan:");
-            for (i, step) in plan.steps().iter().enumerate() {
-                println!("  {}. {step}", i + 1);
-            }
+            print_steps(&plan.steps(), false);
         }
     })?;
     match outcome {
         NodeOutcome::DryRun => println!("Dry run: nothing was changed."),
-        NodeOutcome::Restored(plan) => {
+        NodeOutcome::Restored(plan, timings) => {
             println!("etcd is serving again on {} with the restored data.", plan.etcd.client_addrs.join(", "));
+            print_timings(&timings);
             if let Some(old) = &plan.old_data_dir {
                 println!("The old data dir is kept in {}; remove it once the cluster is healthy.", old.display());
             }
@@ -147,4 +213,59 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_timings(t: &Timings) {
+    let steps: Vec<String> = t.steps.iter().map(|(what, d)| format!("{what} {:.1} s", d.as_secs_f64())).collect();
+    println!("Times: {}.", steps.join(", "));
+    if let Some(how) = &t.apiserver {
+        println!("API server: {how}.");
+    }
+}
+
+fn node_park(args: NodeParkArgs) -> Result<()> {
+    let park = Park::build(&park_request(&args)).map_err(node_error)?;
+    print_steps(&park.steps(), args.dry_run);
+    if args.dry_run {
+        return Ok(());
+    }
+    let timings = park.execute(&mut |line| eprintln!("{line}")).map_err(node_error)?;
+    println!("Parked: etcd and the API server are down on this node; their manifests are in {}.", park.parked_dir.display());
+    print_timings(&timings);
+    println!("Next: park the other control-plane nodes, then `etcdguard node restore SNAPSHOT` here (or `etcdguard node unpark` to bring this node back as it was).");
+    Ok(())
+}
+
+fn node_unpark(args: NodeParkArgs) -> Result<()> {
+    let Some(unpark) = Unpark::build(&park_request(&args)).map_err(node_error)? else {
+        println!("Nothing is parked: etcd's manifest is in {}.", args.manifests_dir.display());
+        return Ok(());
+    };
+    print_steps(&unpark.steps(), args.dry_run);
+    if args.dry_run {
+        return Ok(());
+    }
+    let timings = unpark.execute(&mut |line| eprintln!("{line}")).map_err(node_error)?;
+    println!("Unparked: etcd serves on {} again.", unpark.etcd.client_addrs.join(", "));
+    print_timings(&timings);
+    Ok(())
+}
+
+fn park_request(args: &NodeParkArgs) -> ParkRequest {
+    ParkRequest {
+        manifests_dir: args.manifests_dir.clone(),
+        etcd_manifest: args.etcd_manifest.clone(),
+        stamp: chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string(),
+        wait_timeout: args.timeout,
+    }
+}
+
+fn print_steps(steps: &[String], dry_run: bool) {
+    println!("Plan:");
+    for (i, step) in steps.iter().enumerate() {
+        println!("  {}. {step}", i + 1);
+    }
+    if dry_run {
+        println!("Dry run: nothing was changed.");
+    }
 }
