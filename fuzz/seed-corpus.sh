@@ -51,3 +51,19 @@ done
 size=$(stat -c %s "$work/seed.db")
 head -c $((size - 32)) "$work/seed.db" >"$corpus/real-snapshot-no-trailer"
 echo "seed corpus: $(ls "$corpus" | wc -l) files in $corpus (snapshot of $size bytes from $("$bindir/etcd" --version | head -1))"
+
+# The encryption target: values made by the independent test-vector script (mode byte 1,
+# etcd key, newline, value) and its EncryptionConfiguration (mode byte 0).
+enc_corpus=$here/corpus/encryption
+if python3 "$here/../crates/kube/tests/encryption_vectors/make_vectors.py" "$here/../crates/kube/tests/fixtures" "$work/vectors" >/dev/null; then
+  mkdir -p "$enc_corpus"
+  { printf '\0'; cat "$work/vectors/config.yaml"; } >"$enc_corpus/config"
+  python3 - "$work/vectors/vectors.json" "$enc_corpus" <<'PY'
+import base64, json, sys
+for i, c in enumerate(json.load(open(sys.argv[1]))):
+    open(f"{sys.argv[2]}/vector-{i}", "wb").write(b"\x01" + c["etcdKey"].encode() + b"\n" + base64.b64decode(c["value"]))
+PY
+  echo "seed corpus: $(ls "$enc_corpus" | wc -l) files in $enc_corpus"
+else
+  echo "seed-corpus: no encryption seeds (make_vectors.py needs cryptography and PyNaCl)" >&2
+fi

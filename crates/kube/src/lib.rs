@@ -10,6 +10,9 @@
 //! [`decode`] reads what every object has — apiVersion, kind and metadata — from all three
 //! without a schema per type; the full protobuf body of built-in types is not decoded here.
 
+pub mod encryption;
+pub mod stats;
+
 use std::collections::BTreeMap;
 
 use etcdguard_storage::proto::{for_each_field, Value};
@@ -70,6 +73,51 @@ pub struct Object {
     /// `None` when the value is encrypted, not an object, or its metadata does not decode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Meta>,
+    /// Set when the value is encrypted at rest (see [`decode_stored`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionState>,
+}
+
+/// How an encrypted-at-rest value was read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptionState {
+    /// Provider and key name from the value's marker; `None` when the marker does not read.
+    #[serde(flatten)]
+    pub marker: Option<encryption::Marker>,
+    /// The object fields were read from the decrypted value.
+    pub decrypted: bool,
+    /// Why it was not decrypted (absent when no encryption config was given and the marker reads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<encryption::DecryptError>,
+}
+
+/// Like [`decode`], and with `config` decrypts an encrypted-at-rest value read under
+/// `etcd_key` first. A value that does not decrypt comes back as `Encoding::Encrypted` with
+/// the reason in `encryption.error`; it never fails as a whole.
+pub fn decode_stored(etcd_key: &[u8], value: &[u8], config: Option<&encryption::EncryptionConfig>) -> Object {
+    let marker = match config {
+        Some(c) => c.marker(value),
+        None => encryption::marker(value),
+    };
+    let Some(marker) = marker else {
+        return decode(value);
+    };
+    let (marker, error) = match marker {
+        Err(e) => (None, Some(e)),
+        Ok(m) => match config.map(|c| c.decrypt(etcd_key, value)) {
+            Some(Ok(plain)) => {
+                let mut object = decode(&plain);
+                object.encryption = Some(EncryptionState { marker: Some(m), decrypted: true, error: None });
+                return object;
+            }
+            Some(Err(e)) => (Some(m), Some(e)),
+            None => (Some(m), None),
+        },
+    };
+    let mut object = decode(value);
+    object.encryption = Some(EncryptionState { marker, decrypted: false, error });
+    object
 }
 
 fn text(b: &[u8]) -> Result<String, String> {
@@ -196,22 +244,22 @@ pub fn decode(value: &[u8]) -> Object {
                     }
                     Ok(())
                 });
-                Object { encoding: Encoding::Protobuf, api_version, kind, metadata }
+                Object { encoding: Encoding::Protobuf, api_version, kind, metadata, encryption: None }
             }
-            Err(_) => Object { encoding: Encoding::Protobuf, api_version: String::new(), kind: String::new(), metadata: None },
+            Err(_) => Object { encoding: Encoding::Protobuf, api_version: String::new(), kind: String::new(), metadata: None, encryption: None },
         };
     }
     if let Some(rest) = value.strip_prefix(ENCRYPTED_PREFIX) {
         let provider = rest.split(|&b| b == b':').next().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
-        return Object { encoding: Encoding::Encrypted(provider), api_version: String::new(), kind: String::new(), metadata: None };
+        return Object { encoding: Encoding::Encrypted(provider), api_version: String::new(), kind: String::new(), metadata: None, encryption: None };
     }
     if value.first() == Some(&b'{') {
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(value) {
             let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
-            return Object { encoding: Encoding::Json, api_version: s("apiVersion"), kind: s("kind"), metadata: v.get("metadata").map(meta_from_json) };
+            return Object { encoding: Encoding::Json, api_version: s("apiVersion"), kind: s("kind"), metadata: v.get("metadata").map(meta_from_json), encryption: None };
         }
     }
-    Object { encoding: Encoding::Other, api_version: String::new(), kind: String::new(), metadata: None }
+    Object { encoding: Encoding::Other, api_version: String::new(), kind: String::new(), metadata: None, encryption: None }
 }
 
 /// A `/registry/…` key split as the API server builds it: `<prefix>/<resource>[/<namespace>]/<name>`,

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
-use etcdguard_kube::{decode, key_path, Encoding, KeyPath, Object};
+use etcdguard_kube::encryption::{ConfigError, EncryptionConfig};
+use etcdguard_kube::{decode_stored, key_path, Encoding, KeyPath, Object};
 use serde_json::json;
 
 use crate::cmd::backup::TableJson;
@@ -17,13 +18,15 @@ use crate::exit::{Code, Failure};
 pub enum InspectCommand {
     /// List the objects a snapshot holds (newest value of each key; deleted keys are gone).
     ///
-    /// Reads apiVersion, kind and metadata from protobuf, JSON and (as far as the marker
-    /// goes) encrypted-at-rest values. No server needed; works on `snapshot save` files,
-    /// restored files and copied member/snap/db files.
+    /// Reads apiVersion, kind and metadata from protobuf and JSON values. Encrypted-at-rest
+    /// values show their provider and key name, or, with --encryption-config, are decrypted
+    /// (values that do not decrypt are named on stderr; the exit code is then 1). No server
+    /// needed; works on `snapshot save` files, restored files and copied member/snap/db files.
     ///
     /// Examples:
     ///   etcdguard inspect list snapshot.db --resource secrets -n kube-system
     ///   etcdguard inspect list snapshot.db -l app=web -o json
+    ///   etcdguard inspect list snapshot.db -r secrets --encryption-config /etc/kubernetes/enc/enc.yaml
     #[command(verbatim_doc_comment)]
     List(ListArgs),
     /// Print one key's stored value: JSON objects as JSON; for protobuf objects their
@@ -40,6 +43,15 @@ pub enum InspectCommand {
     ///   etcdguard inspect diff 3f9a1c2b latest --repo s3://etcd-backups/prod
     #[command(verbatim_doc_comment)]
     Diff(DiffArgs),
+    /// What takes the space: objects and bytes per resource and per namespace (newest values,
+    /// and all revisions still in the file), the largest objects, the keys with the most
+    /// revisions. Keys are read from the file in one pass; values are not decoded.
+    ///
+    /// Examples:
+    ///   etcdguard inspect stats snapshot.db
+    ///   etcdguard inspect stats snapshot.db --top 25 -o json
+    #[command(verbatim_doc_comment)]
+    Stats(StatsArgs),
 }
 
 #[derive(Args, Clone)]
@@ -56,9 +68,34 @@ pub struct Filter {
     /// Only objects with this name.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Only objects with these labels (key=value[,key=value…]; encrypted objects never match).
+    /// Only objects with these labels (key=value[,key=value…]; encrypted objects match only
+    /// when decrypted with --encryption-config).
     #[arg(long = "selector", short = 'l', value_name = "KEY=VALUE,…")]
     pub selector: Option<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct Decryption {
+    /// The API server's EncryptionConfiguration (its --encryption-provider-config file):
+    /// aescbc, aesgcm and secretbox values are decrypted and decoded as usual; values it
+    /// cannot decrypt (KMS, unknown key, wrong key, damage) are listed with the reason.
+    /// Without it, encrypted values show their provider and key name only.
+    #[arg(long, value_name = "FILE")]
+    pub encryption_config: Option<PathBuf>,
+}
+
+impl Decryption {
+    fn load(&self) -> Result<Option<EncryptionConfig>, Failure> {
+        let Some(path) = &self.encryption_config else { return Ok(None) };
+        EncryptionConfig::load(path).map(Some).map_err(|e| {
+            let code = match &e {
+                ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Code::NotFound,
+                ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
+                _ => Code::Usage,
+            };
+            Failure::new(code, format!("--encryption-config {}: {e}", path.display()))
+        })
+    }
 }
 
 #[derive(Args)]
@@ -66,6 +103,8 @@ pub struct ListArgs {
     pub snapshot: PathBuf,
     #[command(flatten)]
     pub filter: Filter,
+    #[command(flatten)]
+    pub decryption: Decryption,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = TableJson::Table)]
     pub output: TableJson,
 }
@@ -81,6 +120,9 @@ pub struct GetArgs {
     pub snapshot: PathBuf,
     /// The etcd key, e.g. /registry/secrets/default/db-password.
     pub key: String,
+    #[command(flatten)]
+    pub decryption: Decryption,
+    /// json, or raw: the stored bytes (decrypted when --encryption-config is given).
     #[arg(short = 'o', long = "output", value_enum, default_value_t = GetFormat::Json)]
     pub output: GetFormat,
 }
@@ -103,6 +145,18 @@ pub struct DiffArgs {
     pub scratch_dir: Option<PathBuf>,
     #[command(flatten)]
     pub filter: Filter,
+    #[command(flatten)]
+    pub decryption: Decryption,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = TableJson::Table)]
+    pub output: TableJson,
+}
+
+#[derive(Args)]
+pub struct StatsArgs {
+    pub snapshot: PathBuf,
+    /// How many of the largest objects and most-revised keys to show.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub top: usize,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = TableJson::Table)]
     pub output: TableJson,
 }
@@ -112,6 +166,7 @@ pub fn run(cmd: InspectCommand) -> Result<()> {
         InspectCommand::List(a) => list(a),
         InspectCommand::Get(a) => get(a),
         InspectCommand::Diff(a) => diff(a),
+        InspectCommand::Stats(a) => stats(a),
     }
 }
 
@@ -148,7 +203,7 @@ type Loaded = (BTreeMap<Vec<u8>, Entry>, BTreeMap<Vec<u8>, Vec<u8>>);
 
 /// Every live key under `prefix` with its newest value decoded (and, with `keep`, the value
 /// of the keys it accepts).
-fn load(path: &Path, prefix: &[u8], keep: &dyn Fn(&[u8]) -> bool) -> Result<Loaded, Failure> {
+fn load(path: &Path, prefix: &[u8], keep: &dyn Fn(&[u8]) -> bool, config: Option<&EncryptionConfig>) -> Result<Loaded, Failure> {
     let file = open_snapshot(path)?;
     let db = file.db().map_err(|e| db_failure(path, e))?;
     let release = || file.release_resident();
@@ -163,7 +218,7 @@ fn load(path: &Path, prefix: &[u8], keep: &dyn Fn(&[u8]) -> bool) -> Result<Load
             values.remove(r.kv.key);
             return;
         }
-        let object = decode(r.kv.value);
+        let object = decode_stored(r.kv.key, r.kv.value, config);
         let path = key_path(r.kv.key, object.metadata.as_ref());
         entries.insert(
             r.kv.key.to_vec(),
@@ -217,13 +272,34 @@ fn matches(f: &Filter, e: &Entry) -> Result<bool, Failure> {
     Ok(true)
 }
 
-fn encoding_text(e: &Encoding) -> String {
-    match e {
+fn encoding_text(o: &Object) -> String {
+    let base = match &o.encoding {
         Encoding::Protobuf => "protobuf".into(),
         Encoding::Json => "json".into(),
-        Encoding::Encrypted(p) => format!("encrypted ({p})"),
+        Encoding::Encrypted(_) => "encrypted".to_string(),
         Encoding::Other => "other".into(),
+    };
+    match (&o.encoding, o.encryption.as_ref().and_then(|s| s.marker.as_ref())) {
+        (_, Some(m)) => format!("{base} ({}:{})", m.provider, m.key_name),
+        (Encoding::Encrypted(p), None) => format!("{base} ({p}?)"),
+        _ => base,
     }
+}
+
+/// The objects whose encrypted value did not decrypt although keys were given, on stderr
+/// after the listing; an error when there are any, so that scripts notice.
+fn decryption_failures<'a>(config: Option<&EncryptionConfig>, entries: impl Iterator<Item = (&'a Vec<u8>, &'a Entry)>) -> Result<(), Failure> {
+    if config.is_none() {
+        return Ok(());
+    }
+    let failed: Vec<_> = entries.filter_map(|(k, e)| e.object.encryption.as_ref()?.error.as_ref().map(|err| (k, err))).collect();
+    for (k, err) in &failed {
+        eprintln!("not decrypted: {}: {err}", String::from_utf8_lossy(k));
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::new(Code::Failure, format!("{} object(s) could not be decrypted (listed above; the others are shown)", failed.len())))
 }
 
 fn row(key: &[u8], e: &Entry) -> Vec<String> {
@@ -234,7 +310,7 @@ fn row(key: &[u8], e: &Entry) -> Vec<String> {
         dash(p.map(|p| p.namespace.clone()).unwrap_or_default()),
         dash(p.map(|p| p.name.clone()).unwrap_or_default()),
         dash(e.object.kind.clone()),
-        encoding_text(&e.object.encoding),
+        encoding_text(&e.object),
         e.mod_revision.to_string(),
         dash(e.object.metadata.as_ref().and_then(|m| m.creation_timestamp.clone()).unwrap_or_default()),
     ]
@@ -243,7 +319,8 @@ fn row(key: &[u8], e: &Entry) -> Vec<String> {
 const HEADER: [&str; 7] = ["RESOURCE", "NAMESPACE", "NAME", "KIND", "ENCODING", "REVISION", "CREATED"];
 
 fn list(args: ListArgs) -> Result<()> {
-    let (entries, _) = load(&args.snapshot, args.filter.prefix.as_bytes(), &|_| false)?;
+    let config = args.decryption.load()?;
+    let (entries, _) = load(&args.snapshot, args.filter.prefix.as_bytes(), &|_| false, config.as_ref())?;
     let mut selected = Vec::new();
     for (k, e) in &entries {
         if matches(&args.filter, e)? {
@@ -259,26 +336,41 @@ fn list(args: ListArgs) -> Result<()> {
         }
     }
     eprintln!("{} object(s) of {} under {}", selected.len(), entries.len(), args.filter.prefix);
+    decryption_failures(config.as_ref(), selected.into_iter())?;
     Ok(())
 }
 
 fn get(args: GetArgs) -> Result<()> {
     let key = args.key.as_bytes().to_vec();
-    let (entries, values) = load(&args.snapshot, &key, &|k| k == key.as_slice())?;
+    let config = args.decryption.load()?;
+    let (entries, values) = load(&args.snapshot, &key, &|k| k == key.as_slice(), config.as_ref())?;
     let (Some(entry), Some(value)) = (entries.get(&key), values.get(&key)) else {
         return Err(Failure::new(Code::NotFound, format!("{}: no key {} (deleted, or never there); `inspect list` shows what is", args.snapshot.display(), args.key)).into());
     };
+    // What a decrypted object's encoding describes is its plaintext.
+    let plain = match (&config, entry.object.encryption.as_ref()) {
+        (Some(c), Some(state)) if state.decrypted => c.decrypt(&key, value).map_err(|e| Failure::new(Code::Failure, format!("{}: {e}", args.key)))?,
+        _ => std::borrow::Cow::Borrowed(value.as_slice()),
+    };
+    if let Some(err) = entry.object.encryption.as_ref().and_then(|s| s.error.as_ref()) {
+        if config.is_some() {
+            return Err(Failure::new(Code::Failure, format!("{}: not decrypted: {err}", args.key)).into());
+        }
+    }
     match args.output {
-        GetFormat::Raw => crate::output::stdout_write(value),
+        GetFormat::Raw => crate::output::stdout_write(&plain),
         GetFormat::Json => match entry.object.encoding {
             Encoding::Json => {
-                let v: serde_json::Value = serde_json::from_slice(value)?;
+                let v: serde_json::Value = serde_json::from_slice(&plain)?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
             }
             _ => {
                 println!("{}", serde_json::to_string_pretty(&entry.json(&key))?);
                 if entry.object.encoding == Encoding::Protobuf {
-                    eprintln!("note: a protobuf object; its apiVersion, kind and metadata are shown, not its body (-o raw gives the stored bytes)");
+                    eprintln!("note: a protobuf object; its apiVersion, kind and metadata are shown, not its body (-o raw gives the stored bytes; decrypted with --encryption-config)");
+                }
+                if matches!(entry.object.encoding, Encoding::Encrypted(_)) {
+                    eprintln!("note: encrypted at rest; --encryption-config FILE (the API server's EncryptionConfiguration) decrypts it");
                 }
             }
         },
@@ -301,8 +393,9 @@ fn diff(args: DiffArgs) -> Result<()> {
             (old, new)
         }
     };
-    let (old, _) = load(&old_path, prefix, &|_| false)?;
-    let (new, _) = load(&new_path, prefix, &|_| false)?;
+    let config = args.decryption.load()?;
+    let (old, _) = load(&old_path, prefix, &|_| false, config.as_ref())?;
+    let (new, _) = load(&new_path, prefix, &|_| false, config.as_ref())?;
     let mut changes: Vec<(char, &Vec<u8>, &Entry, Option<&Entry>)> = Vec::new();
     for (k, n) in &new {
         match old.get(k) {
@@ -356,5 +449,45 @@ fn diff(args: DiffArgs) -> Result<()> {
         }
     }
     eprintln!("{} added, {} deleted, {} modified", count('+'), count('-'), count('~'));
+    decryption_failures(config.as_ref(), selected.iter().map(|(_, k, e, _)| (*k, *e)))?;
+    Ok(())
+}
+
+fn stats(args: StatsArgs) -> Result<()> {
+    let file = open_snapshot(&args.snapshot)?;
+    let db = file.db().map_err(|e| db_failure(&args.snapshot, e))?;
+    let release = || file.release_resident();
+    let stats = etcdguard_kube::stats::snapshot_stats(&db, Some(&release), args.top)
+        .map_err(|e| Failure::new(Code::Corrupt, format!("{}: {e}", args.snapshot.display())))?;
+    match args.output {
+        TableJson::Json => println!("{}", serde_json::to_string_pretty(&stats)?),
+        TableJson::Table => {
+            use etcdguard_kube::stats::{KeyUsage, Usage};
+            let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+            let usage_rows = |title: &str, groups: &BTreeMap<String, Usage>| {
+                let mut sorted: Vec<_> = groups.iter().collect();
+                sorted.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(b.1.all_revision_bytes.cmp(&a.1.all_revision_bytes)).then(a.0.cmp(b.0)));
+                let mut rows = vec![[title, "OBJECTS", "BYTES", "REVISIONS", "ALL-REVISION BYTES"].map(String::from).to_vec()];
+                let line = |name: String, u: &Usage| vec![name, u.objects.to_string(), u.bytes.to_string(), u.revisions.to_string(), u.all_revision_bytes.to_string()];
+                rows.extend(sorted.into_iter().map(|(name, u)| line(dash(name), u)));
+                rows.push(line("(total)".into(), &stats.total));
+                crate::cmd::table(&rows)
+            };
+            let key_rows = |keys: &[KeyUsage]| {
+                let mut rows = vec![["KEY", "BYTES", "REVISIONS", "VERSION", "LIVE"].map(String::from).to_vec()];
+                rows.extend(keys.iter().map(|k| vec![k.key.clone(), k.bytes.to_string(), k.revisions.to_string(), k.version.to_string(), if k.live { "yes" } else { "deleted" }.to_string()]));
+                crate::cmd::table(&rows)
+            };
+            print!("{}\n{}\n", usage_rows("RESOURCE", &stats.by_resource), usage_rows("NAMESPACE", &stats.by_namespace));
+            println!("Largest objects:");
+            println!("{}", key_rows(&stats.largest));
+            println!("Most revisions in the file:");
+            print!("{}", key_rows(&stats.most_revisions));
+        }
+    }
+    eprintln!(
+        "{} live object(s), {} bytes; {} revision(s) in the file, {} bytes (the difference is history a compaction + defrag frees)",
+        stats.total.objects, stats.total.bytes, stats.total.revisions, stats.total.all_revision_bytes
+    );
     Ok(())
 }
