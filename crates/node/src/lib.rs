@@ -20,6 +20,7 @@
 pub mod owner;
 pub mod park;
 pub mod pods;
+pub mod quorum;
 pub mod ready;
 
 use std::path::{Path, PathBuf};
@@ -68,6 +69,9 @@ pub struct Request {
     /// A PKI directory (from a backup) to put in place of `<kubernetes_dir>/pki` while the
     /// control plane is down. Same filesystem as the kubernetes dir, so it is moved, not copied.
     pub pki_from: Option<PathBuf>,
+    /// Restore a one-member cluster (this member only), whatever the manifest's
+    /// `--initial-cluster` lists: the first step of recovering from quorum loss.
+    pub new_cluster: bool,
 }
 
 /// Replacing the PKI directory: `current` moves to `aside`, `staged` moves to `current`.
@@ -320,6 +324,7 @@ impl Plan {
         };
         let initial_cluster = match (&req.initial_cluster, &etcd.initial_cluster) {
             (Some(c), _) => c.clone(),
+            (None, _) if req.new_cluster => peer_urls.split(',').map(|u| format!("{name}={}", u.trim())).collect::<Vec<_>>().join(","),
             (None, Some(c)) => etcd.resolved("initial-cluster", c, "--initial-cluster")?.to_string(),
             (None, None) => format!("{name}={peer_urls}"),
         };
@@ -650,6 +655,7 @@ mod tests {
             initial_advertise_peer_urls: None,
             wait_timeout: Duration::from_secs(2),
             pki_from: None,
+            new_cluster: false,
         }
     }
 

@@ -7,7 +7,8 @@
 //! - [`backup`]: create (live or from a file), verify, restore, delete, prune, export URLs,
 //!   passphrase keys, fetch a backup's snapshot;
 //! - [`restore`]: `snapshot restore` (new data dirs from a snapshot file);
-//! - [`node`]: `node restore` (fetch and check, then the control-plane runbook);
+//! - [`node`]: `node restore` (fetch and check, then the control-plane runbook; `--new-cluster`);
+//! - [`join`]: `node join` (a node's etcd joins the restored cluster as a learner, promoted);
 //! - [`agent`]: the scheduler, its state, `/healthz` and `/metrics`;
 //! - [`snapshot`], [`repo`], [`spool`], [`stop`]: what they share.
 
@@ -15,6 +16,7 @@ pub mod agent;
 pub mod backup;
 pub mod capture;
 pub mod error;
+pub mod join;
 pub mod node;
 pub mod repo;
 pub mod restore;
