@@ -218,7 +218,7 @@ fn quorum_loss_restore_one_then_join_two() {
     expect_code(&out, 17, "restore --new-cluster --dry-run while m2 and m3 run");
     let stdout = text(&out.stdout);
     assert!(stdout.contains(&format!("m2 peer URL {} (from the manifest): ANSWERS", m2.peer)), "{stdout}");
-    assert!(stdout.contains(&format!("m3 client URL {} (from the snapshot): ANSWERS", m3.client)), "{stdout}");
+    assert!(stdout.contains(&format!("m3 peer URL {} (from the manifest): ANSWERS", m3.peer)), "{stdout}");
     let out = restore(&[]);
     expect_code(&out, 17, "restore --new-cluster while m2 and m3 run");
     assert!(text(&out.stderr).contains("node park"), "{}", text(&out.stderr));

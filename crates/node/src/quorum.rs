@@ -52,7 +52,8 @@ pub fn parse_initial_cluster(s: &str) -> Vec<(String, String)> {
 }
 
 /// The URLs of every member but this one (`own_name`, `own_peer_urls`), from the manifest's
-/// `--initial-cluster` (peer URLs) and the snapshot's member list (peer and client URLs).
+/// `--initial-cluster` (peer URLs) and the snapshot's member list (peer URLs, and client URLs
+/// where the record has them: etcd 3.5 keeps only id, name and peer URLs in its database).
 pub fn probe_targets(etcd: &EtcdPod, own_name: &str, own_peer_urls: &[String], snapshot: &[KnownMember]) -> Vec<ProbeTarget> {
     let own = |name: &str, peers: &[String]| (!name.is_empty() && name == own_name) || peers.iter().any(|p| own_peer_urls.iter().any(|o| same_url(p, o)));
     let mut out: Vec<ProbeTarget> = Vec::new();
