@@ -42,3 +42,26 @@ pub fn stored_members(db: &Db<'_>) -> Result<Vec<StoredMember>, String> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_member_list_of_an_etcd_3_5_snapshot() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../bolt/tests/data/etcd-3.5.1-k8s-small.db");
+        let bytes = std::fs::read(path).unwrap();
+        let db = Db::open(&bytes[..bytes.len() - 32]).unwrap();
+        let members = stored_members(&db).unwrap();
+        assert_eq!(
+            members,
+            vec![StoredMember {
+                id: 3594421348685379207,
+                name: "default".into(),
+                peer_urls: vec!["http://127.0.0.1:36851".into()],
+                client_urls: vec![],
+                is_learner: false
+            }]
+        );
+    }
+}
