@@ -680,7 +680,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut req = node(dir.path(), true);
         let m = req.kubernetes_dir.join("manifests/etcd.yaml");
-        std::fs::write(&m, std::fs::read_to_string(&m).unwrap().replace("--initial-cluster=n1=http://127.0.0.1:2", "--initial-cluster=n1=http://127.0.0.1:2,n2=http://127.0.0.2:2")).unwrap();
+        std::fs::write(&m, std::fs::read_to_string(&m).unwrap().replace("--initial-cluster=n1=http://127.0.0.1:2", "\"--initial-cluster=n1=http://127.0.0.1:2,n2=http://127.0.0.2:2\"")).unwrap();
         assert_eq!(Plan::build(&req).unwrap().restore.initial_cluster, "n1=http://127.0.0.1:2,n2=http://127.0.0.2:2");
         req.new_cluster = true;
         assert_eq!(Plan::build(&req).unwrap().restore.initial_cluster, "n1=http://127.0.0.1:2");
