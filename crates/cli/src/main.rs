@@ -1,6 +1,10 @@
 //! `etcdguard`: a thin command line over the etcdguard library crates.
 //! Each subcommand lives in `cmd/`; this file only parses arguments and maps errors to exit codes.
 
+// First: its print!/println!/eprint!/eprintln! replace std's in every module below.
+#[macro_use]
+mod output;
+mod args;
 mod cmd;
 mod exit;
 
@@ -90,5 +94,13 @@ fn main() {
     if let Err(err) = result {
         let code = exit::report(&err);
         std::process::exit(code);
+    }
+    match output::finish_stdout() {
+        None => {}
+        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => output::exit_by_sigpipe(),
+        Some(e) => {
+            eprintln!("Error: writing to stdout: {e}");
+            std::process::exit(exit::Code::Failure as i32);
+        }
     }
 }

@@ -125,6 +125,12 @@ pub(crate) fn classify(ctx: &Context<'_>, err: etcd_client::Error) -> ClientErro
             let lower = msg.to_ascii_lowercase();
             let auth_words = ["authentication failed", "user name", "invalid auth token", "auth: ", "permission denied"];
             match status.code() {
+                // etcd answers Authenticate with this when auth is off; the credentials are
+                // the problem to fix, so it is an authentication failure, with what to do.
+                _ if lower.contains("authentication is not enabled") => ClientError::Auth {
+                    endpoint,
+                    detail: "authentication is not enabled on this cluster; drop --user/--password (and ETCDCTL_USER/ETCDCTL_PASSWORD), or enable auth (etcdctl auth enable)".into(),
+                },
                 Code::Unauthenticated | Code::PermissionDenied => ClientError::Auth { endpoint, detail: msg },
                 Code::InvalidArgument | Code::FailedPrecondition if auth_words.iter().any(|w| lower.contains(w)) => {
                     ClientError::Auth { endpoint, detail: msg }

@@ -8,9 +8,11 @@
 //! `keys/<id>.json`, under a key derived from a passphrase with Argon2id; losing every
 //! passphrase loses the backups.
 //!
-//! Manifests stay readable (names, sizes, modes, hashes, etcd status), so `backup list` and
-//! `backup show` work without the passphrase; contents (snapshot chunks, CA keys) never
-//! leave the machine in clear.
+//! Manifests (format 2) keep a public part readable (id, time, labels, cluster, etcd status,
+//! sizes), so `backup list` and `backup show` work without the passphrase; the whole
+//! manifest, with file names, modes, hashes and source paths, is sealed beside it, and
+//! index files carry a MAC. Contents (snapshot chunks, CA keys) never leave the machine in
+//! clear.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -36,11 +38,73 @@ pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 pub struct Keys {
     seal: [u8; 32],
     name: [u8; 32],
+    /// Manifests and index files are sealed / authenticated under this key (repository
+    /// format 2). Stored inside the wrapped key, where nobody without a passphrase can
+    /// change it, so a config edited back to format 1 cannot turn authentication off.
+    #[zeroize(skip)]
+    authenticated: bool,
 }
+
+/// Context strings: what a sealed document or a MAC is for, so one can never pass for another.
+pub const MANIFEST_CONTEXT: &[u8] = b"etcdguard manifest v2\0";
+pub const INDEX_CONTEXT: &[u8] = b"etcdguard index v2\0";
 
 impl Keys {
     pub fn generate() -> Keys {
-        Keys { seal: rand::random(), name: rand::random() }
+        Keys { seal: rand::random(), name: rand::random(), authenticated: true }
+    }
+
+    /// Whether manifests and index files of this repository are sealed and authenticated.
+    pub fn authenticates_metadata(&self) -> bool {
+        self.authenticated
+    }
+
+    /// `nonce || XChaCha20-Poly1305(seal key, plain) || tag`, bound to `aad` (a context string
+    /// and, for a manifest, its backup id).
+    pub fn seal_document(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+        let cipher = XChaCha20Poly1305::new((&self.seal).into());
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let sealed = cipher
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad })
+            .expect("XChaCha20-Poly1305 encrypts any length a manifest has");
+        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// The plain bytes of a sealed document, or `None` when it was altered, sealed for
+    /// another `aad` or under another key.
+    pub fn open_document(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return None;
+        }
+        let cipher = XChaCha20Poly1305::new((&self.seal).into());
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad }).ok()
+    }
+
+    /// HMAC-SHA256 of `context || data` under a key derived from the master key (distinct
+    /// from the blob-naming key, so a MAC is never a blob id).
+    pub fn mac(&self, context: &[u8], data: &[u8]) -> [u8; 32] {
+        let mut derive = <Hmac<Sha256> as Mac>::new_from_slice(&self.seal).expect("HMAC takes any key length");
+        derive.update(b"etcdguard metadata mac key");
+        let key = Zeroizing::new(<[u8; 32]>::from(derive.finalize().into_bytes()));
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref()).expect("HMAC takes any key length");
+        mac.update(context);
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Checks a MAC in constant time.
+    pub fn verify_mac(&self, context: &[u8], data: &[u8], tag: &[u8]) -> bool {
+        let mut derive = <Hmac<Sha256> as Mac>::new_from_slice(&self.seal).expect("HMAC takes any key length");
+        derive.update(b"etcdguard metadata mac key");
+        let key = Zeroizing::new(<[u8; 32]>::from(derive.finalize().into_bytes()));
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref()).expect("HMAC takes any key length");
+        mac.update(context);
+        mac.update(data);
+        mac.verify_slice(tag).is_ok()
     }
 
     /// The id of a blob with this plain content.
@@ -83,20 +147,26 @@ impl Keys {
         cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad: &aad }).ok()
     }
 
-    fn to_bytes(&self) -> Zeroizing<[u8; 64]> {
-        let mut b = Zeroizing::new([0u8; 64]);
-        b[..32].copy_from_slice(&self.seal);
-        b[32..].copy_from_slice(&self.name);
+    /// The wrapped form: 64 key bytes, then (format 2) one byte `2`.
+    fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let mut b = Zeroizing::new(Vec::with_capacity(65));
+        b.extend_from_slice(&self.seal);
+        b.extend_from_slice(&self.name);
+        if self.authenticated {
+            b.push(2);
+        }
         b
     }
 
     fn from_bytes(b: &[u8]) -> Option<Keys> {
-        if b.len() != 64 {
-            return None;
-        }
-        let mut k = Keys { seal: [0; 32], name: [0; 32] };
+        let authenticated = match b.len() {
+            64 => false,
+            65 if b[64] == 2 => true,
+            _ => return None,
+        };
+        let mut k = Keys { seal: [0; 32], name: [0; 32], authenticated };
         k.seal.copy_from_slice(&b[..32]);
-        k.name.copy_from_slice(&b[32..]);
+        k.name.copy_from_slice(&b[32..64]);
         Some(k)
     }
 }
@@ -191,8 +261,8 @@ impl KeyFile {
         }
         let salt: [u8; 16] = rand::random();
         let kek = derive(passphrase, &salt, params)?;
-        let wrapper = Keys { seal: *kek, name: [0; 32] };
-        let sealed = wrapper.seal(&KEY_FILE_AAD, 0, keys.to_bytes().as_ref());
+        let wrapper = Keys { seal: *kek, name: [0; 32], authenticated: false };
+        let sealed = wrapper.seal(&KEY_FILE_AAD, 0, &keys.to_bytes()[..]);
         Ok(KeyFile { kdf: "argon2id".into(), params, salt: hex(&salt), sealed: hex(&sealed), created: Utc::now(), hostname })
     }
 
@@ -207,13 +277,13 @@ impl KeyFile {
             return Err(KeyError::BadKeyFile(format!("implausible key derivation cost {:?}", self.params)));
         }
         let kek = derive(passphrase, &salt, self.params)?;
-        let wrapper = Keys { seal: *kek, name: [0; 32] };
+        let wrapper = Keys { seal: *kek, name: [0; 32], authenticated: false };
         let plain = Zeroizing::new(wrapper.open(&KEY_FILE_AAD, 0, &sealed).ok_or(KeyError::WrongPassphrase)?);
         Keys::from_bytes(&plain).ok_or_else(|| KeyError::BadKeyFile("master key has the wrong length".into()))
     }
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }

@@ -12,6 +12,7 @@
 //! backup's manifest is written only after all its packs and their index; only `prune`
 //! deletes data, under an exclusive lock no `create` can hold at the same time.
 
+mod beneath;
 pub mod crypto;
 pub mod lock;
 pub mod manifest;

@@ -8,7 +8,13 @@ use serde::{Deserialize, Serialize};
 use crate::pack::Id;
 
 pub const FORMAT_NAME: &str = "etcdguard-repository";
+/// Format of unencrypted repositories and their manifests (and of encrypted repositories
+/// made before manifests were sealed).
 pub const FORMAT_VERSION: u32 = 1;
+/// Format of encrypted repositories whose manifests are sealed and index files authenticated.
+pub const SEALED_FORMAT_VERSION: u32 = 2;
+/// What the public part of a sealed manifest says in place of a sealed value.
+pub const SEALED_PLACEHOLDER: &str = "(encrypted)";
 
 /// `config`: written once when the repository is created.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -63,6 +69,33 @@ pub struct Manifest {
     /// How every blob of this backup is encoded (per blob in the pack header).
     pub encoding: PartEncoding,
     pub sizes: Sizes,
+    /// Format 2 (encrypted repositories), as stored: the whole manifest sealed under the
+    /// master key (hex). Present only while the manifest was read without the key: then
+    /// `files` is empty and the snapshot's sha256 and the source path are
+    /// [`SEALED_PLACEHOLDER`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
+}
+
+impl Manifest {
+    /// Whether the file list, hashes and source are sealed (read without the passphrase).
+    pub fn contents_sealed(&self) -> bool {
+        self.sealed.is_some()
+    }
+
+    /// What a sealed manifest shows in clear: everything `backup list`/`show` need without
+    /// the passphrase, nothing that reveals content.
+    pub fn public_part(&self) -> Manifest {
+        let mut m = self.clone();
+        m.source = match &m.source {
+            Source::File { .. } => Source::File { path: SEALED_PLACEHOLDER.into() },
+            Source::Cluster { .. } => Source::Cluster { endpoint: SEALED_PLACEHOLDER.into() },
+        };
+        m.snapshot.sha256 = SEALED_PLACEHOLDER.into();
+        m.files = Vec::new();
+        m.sealed = None;
+        m
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

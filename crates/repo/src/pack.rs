@@ -349,10 +349,14 @@ pub struct Location {
 }
 
 /// The blobs of some packs: what an index file holds, and (merged) the whole repository's.
+///
+/// A blob may be stored in more than one pack (two creates racing before either wrote its
+/// index, or a repack whose old pack is still indexed). Every pack keeps all its entries, so
+/// dropping one copy never hides the other; [`Index::get`] answers with one of them.
 #[derive(Default, Clone, Debug)]
 pub struct Index {
     blobs: HashMap<Id, Location>,
-    packs: HashMap<Id, Vec<Id>>,
+    packs: HashMap<Id, Vec<PackEntry>>,
 }
 
 impl Index {
@@ -360,10 +364,13 @@ impl Index {
         Index::default()
     }
 
+    /// Adds a pack and its blobs. A pack already known is left as it is: its name is the
+    /// sha256 of its content, so two index files naming it describe the same bytes.
     pub fn add_pack(&mut self, pack: Id, entries: &[PackEntry]) {
-        let ids = self.packs.entry(pack).or_default();
+        if self.packs.contains_key(&pack) {
+            return;
+        }
         for e in entries {
-            ids.push(e.id);
             self.blobs.entry(e.id).or_insert(Location {
                 pack,
                 kind: e.kind,
@@ -373,24 +380,33 @@ impl Index {
                 raw_len: e.raw_len,
             });
         }
+        let mut sorted = entries.to_vec();
+        sorted.sort_by_key(|e| e.offset);
+        self.packs.insert(pack, sorted);
     }
 
     pub fn merge(&mut self, other: &Index) {
-        for (pack, ids) in &other.packs {
-            let entries: Vec<PackEntry> = ids
-                .iter()
-                .filter_map(|id| other.blobs.get(id).filter(|l| l.pack == *pack).map(|l| (id, l)))
-                .map(|(id, l)| PackEntry {
-                    id: *id,
-                    kind: l.kind,
-                    encoding: l.encoding,
-                    offset: l.offset,
-                    stored_len: l.stored_len,
-                    raw_len: l.raw_len,
-                })
-                .collect();
-            self.add_pack(*pack, &entries);
+        let mut packs: Vec<&Id> = other.packs.keys().collect();
+        packs.sort();
+        for pack in packs {
+            self.add_pack(*pack, &other.packs[pack]);
         }
+    }
+
+    /// The same index without the packs `keep` rejects (for instance packs missing from
+    /// the store); a blob also stored in a remaining pack stays findable there.
+    pub fn retain_packs(&self, keep: impl Fn(&Id) -> bool) -> Index {
+        let mut out = Index::new();
+        let mut packs: Vec<&Id> = self.packs.keys().filter(|p| keep(p)).collect();
+        packs.sort();
+        for pack in packs {
+            out.add_pack(*pack, &self.packs[pack]);
+        }
+        out
+    }
+
+    pub fn contains_pack(&self, pack: &Id) -> bool {
+        self.packs.contains_key(pack)
     }
 
     pub fn get(&self, id: &Id) -> Option<&Location> {
@@ -409,24 +425,10 @@ impl Index {
         self.packs.keys()
     }
 
-    /// Every blob located in `pack`, as the pack header lists them.
+    /// Every blob stored in `pack`, as the pack header lists them (in offset order),
+    /// including blobs the index also finds in another pack.
     pub fn pack_entries(&self, pack: &Id) -> Vec<PackEntry> {
-        let Some(ids) = self.packs.get(pack) else { return Vec::new() };
-        let mut out: Vec<PackEntry> = ids
-            .iter()
-            .filter_map(|id| {
-                self.blobs.get(id).filter(|l| l.pack == *pack).map(|l| PackEntry {
-                    id: *id,
-                    kind: l.kind,
-                    encoding: l.encoding,
-                    offset: l.offset,
-                    stored_len: l.stored_len,
-                    raw_len: l.raw_len,
-                })
-            })
-            .collect();
-        out.sort_by_key(|e| e.offset);
-        out
+        self.packs.get(pack).cloned().unwrap_or_default()
     }
 
     /// Stored bytes of every blob in `pack` (including those indexed elsewhere too).

@@ -141,10 +141,18 @@ pub fn apply(policy: &Policy, backups: &[Candidate]) -> Vec<Decision> {
     out
 }
 
+/// The longest duration a flag takes: 100 years. Anything longer is a typo, and would
+/// overflow date arithmetic (the agent's next run, a retention window, a deadline).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
 /// Parses durations such as `36h`, `7d`, `2w`, `1y6M` (humantime's units; `d` days,
-/// `w` weeks, `M` months of 30.44 days, `y` years of 365.25 days).
+/// `w` weeks, `M` months of 30.44 days, `y` years of 365.25 days), at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 36h, 7d, 2w, 6months, 1y)"))
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 36h, 7d, 2w, 6months, 1y)"))?;
+    if d > MAX_DURATION {
+        return Err(format!("{s:?}: longer than 100 years"));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -252,5 +260,10 @@ mod tests {
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
         assert_eq!(parse_duration("2w").unwrap(), Duration::from_secs(14 * 86400));
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_duration("100y").unwrap(), MAX_DURATION);
+        for too_long in ["101y", "99999999999h", "18446744073709551615s"] {
+            assert!(parse_duration(too_long).unwrap_err().contains("longer than 100 years"), "{too_long}");
+        }
+        assert!(parse_duration("99999999999999999999999h").is_err());
     }
 }

@@ -74,6 +74,15 @@ pub trait Store: Send + Sync {
     fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Whether the repository location itself exists (directory, bucket).
     fn check_reachable(&self) -> Result<(), StoreError>;
+    /// Removes what killed writers left under `prefix`: in a local directory, `.tmp-*`
+    /// files whose last change is at least `older_than` ago (a live writer's temporary file
+    /// is younger, or protected by a lock the caller holds). Object stores leave nothing
+    /// visible (an unfinished multipart upload is not an object; a bucket lifecycle rule
+    /// aborts those). Returns how many were removed.
+    fn sweep_temporaries(&self, prefix: &str, older_than: Duration) -> Result<usize, StoreError> {
+        let _ = (prefix, older_than);
+        Ok(0)
+    }
     /// A URL anyone holding it can GET the object from until it expires.
     fn presigned_url(&self, key: &str, expires: Duration) -> Result<String, StoreError> {
         let _ = expires;
@@ -115,7 +124,7 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         None => std::env::var("ETCDGUARD_STORE_RETRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(4),
     };
     let timeout = match opt("timeout") {
-        Some(v) => humantime::parse_duration(&v).map_err(|e| invalid(&format!("timeout: {e}")))?,
+        Some(v) => crate::retention::parse_duration(&v).map_err(|e| invalid(&format!("timeout: {e}")))?,
         None => Duration::from_secs(120),
     };
     let retry = object_store::RetryConfig {
@@ -312,6 +321,33 @@ impl LocalDir {
     }
 }
 
+/// Removes `.tmp-*` files under `dir` last modified before `cutoff` (symlinks and
+/// directories of that name are left alone; nothing etcdguard writes is one).
+fn sweep_dir(dir: &Path, cutoff: std::time::SystemTime, removed: &mut usize) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            sweep_dir(&entry.path(), cutoff, removed)?;
+        } else if ty.is_file() && entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            let old = entry.metadata()?.modified().map(|m| m <= cutoff).unwrap_or(false);
+            if old {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => *removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Creates `dir` and its missing parents with mode 0700.
 fn create_private_dirs(dir: &Path) -> io::Result<()> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
@@ -397,6 +433,14 @@ impl Store for LocalDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.io_err(key, e)),
         }
+    }
+
+    fn sweep_temporaries(&self, prefix: &str, older_than: Duration) -> Result<usize, StoreError> {
+        let rel = prefix.trim_end_matches('/');
+        let cutoff = std::time::SystemTime::now().checked_sub(older_than).unwrap_or(std::time::UNIX_EPOCH);
+        let mut removed = 0;
+        sweep_dir(&self.path(rel), cutoff, &mut removed).map_err(|e| self.io_err(prefix, e))?;
+        Ok(removed)
     }
 
     fn check_reachable(&self) -> Result<(), StoreError> {

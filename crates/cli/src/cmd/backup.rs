@@ -181,7 +181,7 @@ pub struct KeyNewArgs {
     #[command(flatten)]
     pub repo: RepoArg,
     /// File holding the new passphrase (or put it in ETCDGUARD_NEW_PASSPHRASE).
-    #[arg(long, env = "ETCDGUARD_NEW_PASSPHRASE_FILE", value_name = "FILE")]
+    #[arg(long, env = "ETCDGUARD_NEW_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
     pub new_passphrase_file: Option<PathBuf>,
 }
 
@@ -195,13 +195,13 @@ pub struct KeyRemoveArgs {
 
 #[derive(Args, Clone)]
 pub struct RepoArg {
-    #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL", help = REPO_HELP)]
+    #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL", help = REPO_HELP, value_parser = crate::args::repo)]
     pub repo: String,
     /// File holding the passphrase of an encrypted repository (or put the passphrase itself in
     /// ETCDGUARD_PASSPHRASE). A repository that `backup create` makes while a passphrase is
     /// given is encrypted with it: chunks and files (CA keys included) are sealed with
     /// XChaCha20-Poly1305 under a key only the passphrase opens. Lose it and the backups are lost.
-    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE")]
+    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
     pub passphrase_file: Option<PathBuf>,
 }
 
@@ -221,7 +221,7 @@ impl RepoArg {
 /// A passphrase from a file (trailing newline dropped) or else from an environment variable.
 fn read_passphrase(file: Option<&Path>, flag: &str, env: &str) -> Result<Option<Passphrase>, Failure> {
     if let Some(path) = file {
-        use std::os::unix::fs::PermissionsExt;
+        // Its mode was checked (with a warning) when the flag was parsed: crate::args.
         let bytes = std::fs::read(path).map_err(|e| {
             let code = match e.kind() {
                 std::io::ErrorKind::NotFound => Code::NotFound,
@@ -230,11 +230,6 @@ fn read_passphrase(file: Option<&Path>, flag: &str, env: &str) -> Result<Option<
             };
             Failure::new(code, format!("{flag} {}: {e}", path.display()))
         })?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                eprintln!("warning: {} can be read by other users; chmod 600 it", path.display());
-            }
-        }
         let p = Passphrase::new(bytes);
         if p.bytes().is_empty() {
             return Err(Failure::new(Code::Usage, format!("{flag} {}: the file is empty", path.display())));
@@ -279,7 +274,7 @@ pub struct CreateArgs {
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
     /// Cluster name shown in `backup list`.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = crate::args::non_empty)]
     pub cluster: Option<String>,
     /// Skip the structural and schema check of the snapshot (the sha256 trailer is still checked).
     #[arg(long)]
@@ -379,25 +374,25 @@ pub struct RestoreArgs {
     #[arg(long, requires = "at")]
     pub dry_run: bool,
     /// Write the snapshot file here (must not exist); byte-identical to the file backed up.
-    #[arg(long, value_name = "PATH", required_unless_present_any = ["data_dir", "cluster_out"])]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["data_dir", "cluster_out"], value_parser = crate::args::path)]
     pub to_file: Option<PathBuf>,
     /// Also unpack the control-plane files under DIR (pki/, manifests/, …) with their modes.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::args::path)]
     pub files_to: Option<PathBuf>,
     /// Restore into this new data dir (as `snapshot restore --data-dir`).
-    #[arg(long, value_name = "DIR", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(long, value_name = "DIR", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::path)]
     pub data_dir: Option<PathBuf>,
     /// Put the WAL here instead of <data-dir>/member/wal.
-    #[arg(long, value_name = "DIR", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(long, value_name = "DIR", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::path)]
     pub wal_dir: Option<PathBuf>,
     /// Name of the member being restored; must appear in --initial-cluster.
-    #[arg(long, default_value = "default", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(long, default_value = "default", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::non_empty)]
     pub name: String,
     /// Every member of the new cluster as name=peer-url[,name=peer-url…] [default: <name>=http://localhost:2380]
     #[arg(long, value_name = "NAME=URL,…", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
     pub initial_cluster: Option<String>,
     /// Token for the new cluster; use a new one per restore.
-    #[arg(long, default_value = "etcd-cluster", value_name = "TOKEN", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(long, default_value = "etcd-cluster", value_name = "TOKEN", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::non_empty)]
     pub initial_cluster_token: String,
     /// This member's peer URLs (comma-separated); must equal its entry in --initial-cluster.
     #[arg(long, default_value = "http://localhost:2380", value_name = "URLS", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
@@ -409,7 +404,7 @@ pub struct RestoreArgs {
     #[arg(long, help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
     pub mark_compacted: bool,
     /// Write one data dir per member of --initial-cluster, as DIR/<name>.
-    #[arg(long, value_name = "DIR", conflicts_with = "data_dir", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(long, value_name = "DIR", conflicts_with = "data_dir", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::path)]
     pub cluster_out: Option<PathBuf>,
 }
 

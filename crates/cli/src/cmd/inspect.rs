@@ -2,7 +2,6 @@
 //! every key comes from `etcdguard_storage::keys`; what each value is from `etcdguard_kube`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -94,10 +93,10 @@ pub struct DiffArgs {
     pub new: PathBuf,
     /// OLD and NEW are backups of this repository; their snapshots are fetched (sha256
     /// checked) into a private scratch dir and removed after.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = crate::args::repo)]
     pub repo: Option<String>,
     /// Passphrase file of an encrypted repository (or ETCDGUARD_PASSPHRASE).
-    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", requires = "repo")]
+    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file, requires = "repo")]
     pub passphrase_file: Option<PathBuf>,
     /// Where --repo snapshots are fetched to [default: the system temp dir].
     #[arg(long, value_name = "DIR", requires = "repo")]
@@ -270,7 +269,7 @@ fn get(args: GetArgs) -> Result<()> {
         return Err(Failure::new(Code::NotFound, format!("{}: no key {} (deleted, or never there); `inspect list` shows what is", args.snapshot.display(), args.key)).into());
     };
     match args.output {
-        GetFormat::Raw => std::io::stdout().write_all(value)?,
+        GetFormat::Raw => crate::output::stdout_write(value),
         GetFormat::Json => match entry.object.encoding {
             Encoding::Json => {
                 let v: serde_json::Value = serde_json::from_slice(value)?;

@@ -176,10 +176,10 @@ pub struct NodeRestoreArgs {
     #[arg(long, value_name = "ID", requires = "repo")]
     pub backup: Option<String>,
     /// The backup repository of --backup.
-    #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL")]
+    #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL", value_parser = crate::args::repo)]
     pub repo: Option<String>,
     /// Passphrase file of an encrypted repository (or ETCDGUARD_PASSPHRASE).
-    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE")]
+    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
     pub passphrase_file: Option<PathBuf>,
     /// Also put the backup's PKI directory in place of <kubernetes-dir>/pki (the current one
     /// is kept as pki.etcdguard-<time>): for a node rebuilt without its certificates.
@@ -200,13 +200,13 @@ pub struct NodeRestoreArgs {
     #[arg(long, short = 'n')]
     pub dry_run: bool,
     /// Member name [default: --name of etcd.yaml].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::non_empty)]
     pub name: Option<String>,
     /// Every member of the restored cluster [default: --initial-cluster of etcd.yaml].
     #[arg(long, value_name = "NAME=URL,…")]
     pub initial_cluster: Option<String>,
     /// Token of the restored cluster [default: etcd.yaml's, else etcd-cluster].
-    #[arg(long, value_name = "TOKEN")]
+    #[arg(long, value_name = "TOKEN", value_parser = crate::args::non_empty)]
     pub initial_cluster_token: Option<String>,
     /// This member's peer URLs [default: etcd.yaml's].
     #[arg(long, value_name = "URLS")]

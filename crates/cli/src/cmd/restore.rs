@@ -62,20 +62,20 @@ pub struct RestoreArgs {
     /// Snapshot file from `snapshot save` (or a copied member/snap/db with --skip-hash-check).
     pub file: PathBuf,
     /// Data dir to create for the member named by --name (must not exist, or be empty).
-    #[arg(long, value_name = "DIR", required_unless_present = "cluster_out")]
+    #[arg(long, value_name = "DIR", required_unless_present = "cluster_out", value_parser = crate::args::path)]
     pub data_dir: Option<PathBuf>,
     /// Put the WAL here instead of <data-dir>/member/wal (must not exist; start etcd with the same --wal-dir).
-    #[arg(long, value_name = "DIR", conflicts_with = "cluster_out")]
+    #[arg(long, value_name = "DIR", conflicts_with = "cluster_out", value_parser = crate::args::path)]
     pub wal_dir: Option<PathBuf>,
     /// Name of the member being restored; must appear in --initial-cluster.
-    #[arg(long, default_value = "default", conflicts_with = "cluster_out")]
+    #[arg(long, default_value = "default", conflicts_with = "cluster_out", value_parser = crate::args::non_empty)]
     pub name: String,
     /// Every member of the new cluster as name=peer-url[,name=peer-url…]
     /// [default: <name>=http://localhost:2380]
     #[arg(long, value_name = "NAME=URL,…")]
     pub initial_cluster: Option<String>,
     /// Token for the new cluster; it goes into every member ID. Use a new one per restore.
-    #[arg(long, default_value = "etcd-cluster", value_name = "TOKEN")]
+    #[arg(long, default_value = "etcd-cluster", value_name = "TOKEN", value_parser = crate::args::non_empty)]
     pub initial_cluster_token: String,
     /// This member's peer URLs (comma-separated); must equal its entry in --initial-cluster.
     #[arg(long, default_value = "http://localhost:2380", value_name = "URLS", conflicts_with = "cluster_out")]
@@ -92,7 +92,7 @@ pub struct RestoreArgs {
     pub mark_compacted: bool,
     /// Write one data dir per member of --initial-cluster, as DIR/<name>, in one run
     /// (instead of --data-dir/--name).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = crate::args::path)]
     pub cluster_out: Option<PathBuf>,
     /// Accepted for compatibility with etcdutl; has no effect on the files written.
     #[arg(long, value_name = "BYTES", hide = true)]

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use etcdguard_client::{choose_member, Destination, Progress, SnapshotFrom};
+use etcdguard_client::{choose_member, ClientError, Destination, Progress, SnapshotFrom};
 use etcdguard_storage::status::humanize_bytes;
 use etcdguard_storage::Format;
 
@@ -88,7 +88,13 @@ pub fn run(args: SaveArgs) -> Result<()> {
     );
 
     let started = Instant::now();
-    let summary = session.save(&st.endpoint, &dest, &mut Bar(None)).map_err(client_failure)?;
+    let summary = match session.save(&st.endpoint, &dest, &mut Bar(None)) {
+        // `snapshot save - | …` whose reader went away: end quietly, as `cat` would.
+        Err(ClientError::Write { target, source }) if matches!(dest, Destination::Stdout) && target == "stdout" && source.kind() == std::io::ErrorKind::BrokenPipe => {
+            crate::output::exit_by_sigpipe()
+        }
+        other => other.map_err(client_failure)?,
+    };
     let secs = started.elapsed().as_secs_f64().max(1e-6);
     eprintln!(
         "received {} in {:.1}s ({}/s); server sha256 trailer verified ({}…)",

@@ -46,6 +46,9 @@ pub enum DbError {
     Format(#[from] WriteError),
     #[error("cannot rewrite the database: {0}")]
     Schema(String),
+    /// The requested bump takes the revision past etcd's largest (i64::MAX): a wrong flag.
+    #[error("--bump-revision {bump} takes the snapshot's revision {latest} past etcd's largest revision ({}); use a smaller bump, e.g. 1000000000", i64::MAX)]
+    BumpTooLarge { bump: u64, latest: u64 },
 }
 
 /// An etcd revision key: main and sub revision, big-endian, joined by `_`.
@@ -148,7 +151,7 @@ pub fn commit(path: &Path, edit: &Edit<'_>) -> Result<Committed, DbError> {
         let target = latest
             .checked_add(bump)
             .filter(|&t| t <= i64::MAX as u64)
-            .ok_or_else(|| DbError::Schema(format!("--bump-revision {bump} overflows the revision {latest}")))?;
+            .ok_or(DbError::BumpTooLarge { bump, latest })?;
         let marker = Entry::new(revision_key(target, 0), Vec::new());
         let v = match value {
             None => app.bucket(&[marker], 0)?,

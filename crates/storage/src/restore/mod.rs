@@ -196,7 +196,7 @@ fn put_in_place(from: &Path, to: &Path) -> Result<(), RestoreError> {
 }
 
 /// Validates the snapshot: trailer (unless skipped) and bbolt structure, in parallel.
-/// The checks that need no reading of the whole file: length, trailer presence, meta pages.
+/// The checks that need no reading of the whole file: length, meta pages, trailer presence.
 fn precheck(snapshot: &SnapshotFile, opts: &Options) -> Result<(), RestoreError> {
     let path = snapshot.path().to_path_buf();
     match snapshot.layout() {
@@ -210,10 +210,15 @@ fn precheck(snapshot: &SnapshotFile, opts: &Options) -> Result<(), RestoreError>
                 ),
             })
         }
-        Layout::Plain if !opts.skip_hash_check => return Err(RestoreError::MissingHash(path)),
         _ => {}
     }
-    snapshot.db().map(|_| ()).map_err(|err| RestoreError::Open { path, err })
+    // What the file is comes before what it lacks: a file of zeros or a tarball is "not a
+    // bbolt database", as `snapshot status` says, not "no sha256 trailer".
+    snapshot.db().map_err(|err| RestoreError::Open { path: path.clone(), err })?;
+    if snapshot.layout() == Layout::Plain && !opts.skip_hash_check {
+        return Err(RestoreError::MissingHash(path));
+    }
+    Ok(())
 }
 
 /// Checks the whole snapshot: sha256 trailer (unless skipped) and bbolt structure, in
@@ -396,7 +401,10 @@ pub fn restore(
         *source_facts.borrow_mut() = Some(checked?);
         copied.map_err(io_err(format!("copying the snapshot to {}", db_path.display())))?;
         let copied = t.elapsed();
-        let committed = db::commit(&db_path, &edit).map_err(|e| RestoreError::Rewrite(e.to_string()))?;
+        let committed = db::commit(&db_path, &edit).map_err(|e| match e {
+            e @ db::DbError::BumpTooLarge { .. } => RestoreError::Config(e.to_string()),
+            e => RestoreError::Rewrite(e.to_string()),
+        })?;
         let committed_at = t.elapsed();
         let facts = self_check(&db_path, cluster, committed.bumped_to)?;
         timings.borrow_mut().extend([

@@ -1,0 +1,219 @@
+//! An attacker with write access to the repository but without the passphrase edits
+//! manifests by hand. In an unencrypted repository `backup restore --files-to` must still
+//! write nothing outside its target and keep private keys 0600; in an encrypted one every
+//! edit is refused with "the manifest was modified" (exit 10).
+
+mod backup_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use backup_support::*;
+
+fn manifest_path(repo: &Path, id: &str) -> PathBuf {
+    repo.join("backups").join(format!("{id}.json"))
+}
+
+fn read_manifest(repo: &Path, id: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(manifest_path(repo, id)).unwrap()).unwrap()
+}
+
+/// Writes a manifest back as an attacker would (the repository's files are 0600).
+fn write_manifest(repo: &Path, id: &str, v: &serde_json::Value) {
+    std::fs::write(manifest_path(repo, id), serde_json::to_vec_pretty(v).unwrap()).unwrap();
+}
+
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().next().is_none()
+}
+
+#[test]
+fn unencrypted_manifest_edits_cannot_write_outside_the_target_or_expose_keys() {
+    let snaps = snapshots();
+    let work = scratch("tamper-plain");
+    let (pki, manifests, enc) = control_plane(&work);
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let id = created_id(&ok(&[
+        "backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap(),
+        "--pki-dir", pki.to_str().unwrap(), "--manifests-dir", manifests.to_str().unwrap(),
+        "--encryption-config", enc.to_str().unwrap(),
+    ]));
+    let original = read_manifest(&repo, &id);
+    let outside = work.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+
+    // 1. A symlink entry pointing outside, then a file "inside" it.
+    let mut evil = original.clone();
+    let files = evil["files"].as_array_mut().unwrap();
+    let crt = files.iter().find(|f| f["path"] == "pki/ca.crt").expect("pki/ca.crt in the backup").clone();
+    let mut link = crt.clone();
+    link["path"] = "pki/evil".into();
+    link["kind"] = "symlink".into();
+    link["target"] = outside.to_str().unwrap().into();
+    link.as_object_mut().unwrap().remove("content");
+    let mut through = crt.clone();
+    through["path"] = "pki/evil/x".into();
+    files.push(link);
+    files.push(through);
+    write_manifest(&repo, &id, &evil);
+    let target = work.join("target-1");
+    let err = fails(
+        &["backup", "restore", &id, "--repo", repo_s, "--to-file", work.join("s1.db").to_str().unwrap(), "--files-to", target.to_str().unwrap()],
+        10,
+    );
+    assert!(err.contains("symlink"), "{err}");
+    assert!(is_empty_dir(&outside), "restore wrote outside its target");
+
+    // The same through a symlink that points at an absolute directory, with the file
+    // first in the list (order must not matter).
+    let mut evil2 = original.clone();
+    let files = evil2["files"].as_array_mut().unwrap();
+    let mut through = crt.clone();
+    through["path"] = "files/escape/x".into();
+    let mut link = crt.clone();
+    link["path"] = "files/escape".into();
+    link["kind"] = "symlink".into();
+    link["target"] = outside.to_str().unwrap().into();
+    link.as_object_mut().unwrap().remove("content");
+    files.insert(0, through);
+    files.push(link);
+    write_manifest(&repo, &id, &evil2);
+    let target = work.join("target-2");
+    fails(
+        &["backup", "restore", &id, "--repo", repo_s, "--to-file", work.join("s2.db").to_str().unwrap(), "--files-to", target.to_str().unwrap()],
+        10,
+    );
+    assert!(is_empty_dir(&outside), "restore wrote outside its target");
+
+    // 2. The CA key's (and the encryption config's) mode changed to 0644: restored 0600
+    //    anyway, and `verify` has nothing to say against it.
+    let mut loose = original.clone();
+    for f in loose["files"].as_array_mut().unwrap() {
+        if f["kind"] == "file" || f["kind"] == "dir" {
+            f["mode"] = if f["kind"] == "dir" { 0o777 } else { 0o644 }.into();
+        }
+    }
+    write_manifest(&repo, &id, &loose);
+    let target = work.join("target-3");
+    ok(&["backup", "restore", &id, "--repo", repo_s, "--to-file", work.join("s3.db").to_str().unwrap(), "--files-to", target.to_str().unwrap()]);
+    let mode = |p: &str| std::fs::symlink_metadata(target.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(std::fs::read(target.join("pki/ca.key")).unwrap(), std::fs::read(pki.join("ca.key")).unwrap());
+    assert_eq!(mode("pki/ca.key"), 0o600, "ca.key restored with the manifest's 0644");
+    assert_eq!(mode("pki/etcd/server.key"), 0o600);
+    let enc_restored = std::fs::read_dir(target.join("encryption-config")).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(std::fs::metadata(&enc_restored).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(mode("pki/ca.crt"), 0o644, "a certificate keeps its mode");
+    assert_eq!(mode("pki") & 0o022, 0, "a directory holding keys is group/world-writable");
+    assert_eq!(mode("pki/etcd") & 0o022, 0);
+    assert!(is_empty_dir(&outside));
+
+    // 3. A symlink already in the target directory is not followed.
+    write_manifest(&repo, &id, &original);
+    let target = work.join("target-4");
+    std::fs::create_dir_all(&target).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("pki")).unwrap();
+    let out = run(etcdguard().args([
+        "backup", "restore", &id, "--repo", repo_s, "--to-file", work.join("s4.db").to_str().unwrap(), "--files-to", target.to_str().unwrap(),
+    ]));
+    assert!(!out.status.success());
+    assert!(is_empty_dir(&outside), "restore followed a symlink in the target");
+}
+
+#[test]
+fn encrypted_manifest_edits_are_refused() {
+    let snaps = snapshots();
+    let work = scratch("tamper-encrypted");
+    let (pki, manifests, _) = control_plane(&work);
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let with_pass = || {
+        let mut c = etcdguard();
+        c.env("ETCDGUARD_PASSPHRASE", "tamper test passphrase");
+        c
+    };
+    let id = created_id(&ok_with(
+        &mut with_pass(),
+        &["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap(),
+          "--pki-dir", pki.to_str().unwrap(), "--manifests-dir", manifests.to_str().unwrap(), "--label", "env=prod"],
+    ));
+    let original = read_manifest(&repo, &id);
+    let stored = std::fs::read_to_string(manifest_path(&repo, &id)).unwrap();
+    for secret in ["ca.key", "etcd.yaml", pki.to_str().unwrap(), snaps.first.to_str().unwrap()] {
+        assert!(!stored.contains(secret), "{secret:?} is in the manifest in clear");
+    }
+    // Without the passphrase: the public part.
+    let listed = list_json(repo_s);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["labels"]["env"], "prod");
+    ok(&["backup", "show", &id, "--repo", repo_s]);
+    // With it: everything, checked.
+    ok_with(&mut with_pass(), &["backup", "verify", &id, "--repo", repo_s]);
+
+    let edits: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        ("a label", Box::new(|v| v["labels"]["env"] = "dev".into())),
+        ("the revision", Box::new(|v| v["etcd"]["revision"] = 1.into())),
+        ("the seal", Box::new(|v| {
+            let s = v["sealed"].as_str().unwrap();
+            let flipped = if s.as_bytes()[80] == b'0' { '1' } else { '0' };
+            v["sealed"] = format!("{}{flipped}{}", &s[..80], &s[81..]).into();
+        })),
+        ("a planted file list", Box::new(|v| {
+            v.as_object_mut().unwrap().remove("sealed");
+            v["files"] = serde_json::json!([{"path": "pki/evil", "source": "x", "kind": "symlink", "mode": 511, "target": "/tmp"}]);
+        })),
+    ];
+    for (what, edit) in edits {
+        let mut v = original.clone();
+        edit(&mut v);
+        write_manifest(&repo, &id, &v);
+        let target = work.join(format!("files-{}", what.replace(' ', "-")));
+        for args in [
+            vec!["backup", "verify", &id, "--repo", repo_s],
+            vec!["backup", "restore", &id, "--repo", repo_s, "--to-file", "/nonexistent/never-written.db", "--files-to", target.to_str().unwrap()],
+        ] {
+            let err = fails_with(&mut with_pass(), &args, 10);
+            assert!(err.contains("manifest was modified"), "{what}: {err}");
+        }
+        assert!(!target.exists(), "{what}: a refused restore wrote files");
+    }
+    write_manifest(&repo, &id, &original);
+    ok_with(&mut with_pass(), &["backup", "verify", &id, "--repo", repo_s]);
+}
+
+/// `backup verify` (without `--packs`) checks the framing of every pack it reads: a
+/// damaged trailer or header fails it (exit 10) and nothing is recorded, although each
+/// blob alone would still read back.
+#[test]
+fn verify_fails_on_a_damaged_pack_trailer_or_header_and_records_nothing() {
+    let snaps = snapshots();
+    let work = scratch("tamper-framing");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let id = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()]));
+    let mut packs = Vec::new();
+    for sub in std::fs::read_dir(repo.join("packs")).unwrap() {
+        for p in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            packs.push(p.unwrap().path());
+        }
+    }
+    packs.sort();
+    let pack = &packs[0];
+    let good = std::fs::read(pack).unwrap();
+    let n = good.len();
+    let header_len = u32::from_le_bytes(good[n - 12..n - 8].try_into().unwrap()) as usize;
+    let header_start = n - 12 - header_len;
+    let verified = repo.join("verified").join(format!("{id}.json"));
+    for (what, at) in [("the magic", n - 1), ("the header's first entry", header_start + 4 + 3)] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x40;
+        std::fs::write(pack, &bad).unwrap();
+        let _ = std::fs::remove_file(&verified);
+        let err = fails(&["backup", "verify", &id, "--repo", repo_s], 10);
+        assert!(err.contains("pack"), "{what}: {err}");
+        assert!(!verified.exists(), "{what}: a verification was recorded");
+    }
+    std::fs::write(pack, &good).unwrap();
+    ok(&["backup", "verify", &id, "--repo", repo_s]);
+    assert!(verified.exists());
+}

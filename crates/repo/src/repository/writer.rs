@@ -1,0 +1,366 @@
+//! Writing a backup: chunks are cut, deduplicated against the index, packed and uploaded
+//! (a few packs in flight); `commit` writes the index for the new packs, then the manifest.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::lock::{hostname, Lock};
+use crate::manifest::*;
+use crate::pack::{encode_blob, hex, BlobKind, Id, Index, PackBuilder};
+use crate::store::{Store, StoreError};
+use crate::RepoError;
+
+impl Repository {
+    /// Starts a backup. Takes a shared lock held until the writer is committed or dropped.
+    pub fn begin_backup(&self) -> Result<BackupWriter<'_>, RepoError> {
+        self.keys()?;
+        let lock = Lock::acquire(self.store.clone(), false, "backup create")?;
+        // Cheap housekeeping (local directories only): temporaries of killed writers.
+        let _ = self.store.sweep_temporaries("", TEMPORARY_FILE_MAX_AGE);
+        // Dedup only against packs that exist: a blob whose pack is gone (damage, or a
+        // prune that ran while this host's lock had expired) is stored again.
+        let stored: HashSet<Id> =
+            self.store.list("packs/")?.into_iter().filter_map(|o| o.key.rsplit('/').next().and_then(Id::parse)).collect();
+        let index = self.load_index()?.retain_packs(|p| stored.contains(p));
+        Ok(BackupWriter {
+            repo: self,
+            lock,
+            index,
+            written: Index::new(),
+            pending: HashSet::new(),
+            pack: PackBuilder::new(),
+            uploader: Uploader::start(self.store.clone()),
+            files: Vec::new(),
+            stats: Sizes::default(),
+        })
+    }
+
+}
+
+// -------------------------------------------------------------------------------------
+// Uploads
+
+/// A few threads putting finished packs; at most `UPLOADS_IN_FLIGHT` queued.
+pub(crate) struct Uploader {
+    tx: Option<SyncSender<(String, Vec<u8>)>>,
+    threads: Vec<JoinHandle<()>>,
+    error: Arc<Mutex<Option<StoreError>>>,
+}
+
+impl Uploader {
+    pub(crate) fn start(store: Arc<dyn Store>) -> Uploader {
+        let (tx, rx) = sync_channel::<(String, Vec<u8>)>(UPLOADS_IN_FLIGHT);
+        let rx = Arc::new(Mutex::new(rx));
+        let error: Arc<Mutex<Option<StoreError>>> = Arc::new(Mutex::new(None));
+        let threads = (0..UPLOADS_IN_FLIGHT)
+            .map(|i| {
+                let rx = rx.clone();
+                let store = store.clone();
+                let error = error.clone();
+                std::thread::Builder::new()
+                    .name(format!("etcdguard-upload-{i}"))
+                    .spawn(move || loop {
+                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((key, data)) = job else { return };
+                        if error.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                            continue; // drain: a failed backup uploads nothing more
+                        }
+                        if let Err(e) = store.put(&key, Bytes::from(data)) {
+                            error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        }
+                    })
+                    .expect("spawning an upload thread")
+            })
+            .collect();
+        Uploader { tx: Some(tx), threads, error }
+    }
+
+    pub(crate) fn check(&self) -> Result<(), RepoError> {
+        match self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn send(&self, key: String, data: Vec<u8>) -> Result<(), RepoError> {
+        self.check()?;
+        self.tx.as_ref().expect("uploader open").send((key, data)).map_err(|_| RepoError::Io("upload threads stopped".into()))
+    }
+
+    pub(crate) fn finish(mut self) -> Result<(), RepoError> {
+        self.tx.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.check()
+    }
+}
+
+impl Drop for Uploader {
+    fn drop(&mut self) {
+        self.tx.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------
+// Writing a backup
+
+/// Metadata for [`BackupWriter::commit`].
+#[derive(Clone, Debug)]
+pub struct BackupMeta {
+    pub source: Source,
+    pub etcd: EtcdInfo,
+    pub labels: BTreeMap<String, String>,
+    pub cluster: Option<String>,
+}
+
+pub struct BackupWriter<'r> {
+    repo: &'r Repository,
+    lock: Lock,
+    /// The repository's index when the backup started.
+    index: Index,
+    /// Packs written by this backup.
+    written: Index,
+    /// Blobs added by this backup so far (written or in the open pack).
+    pending: HashSet<Id>,
+    pack: PackBuilder,
+    uploader: Uploader,
+    files: Vec<FileEntry>,
+    stats: Sizes,
+}
+
+impl<'r> BackupWriter<'r> {
+    fn add_blob(&mut self, kind: BlobKind, raw: &[u8]) -> Result<Id, RepoError> {
+        let keys = self.repo.keys()?;
+        let id = crate::pack::blob_id(keys, raw);
+        self.stats.blobs_total += 1;
+        if self.index.contains(&id) || self.pending.contains(&id) {
+            return Ok(id);
+        }
+        let (encoding, stored) = encode_blob(&id, raw, self.repo.config.compression_level, keys);
+        self.pack.add(id, kind, encoding, raw.len() as u32, &stored);
+        self.pending.insert(id);
+        self.stats.added += stored.len() as u64;
+        self.stats.blobs_added += 1;
+        if self.pack.len() as u64 >= self.repo.config.pack_size {
+            self.flush_pack()?;
+        }
+        Ok(id)
+    }
+
+    pub(crate) fn flush_pack(&mut self) -> Result<(), RepoError> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let (id, data, entries) = std::mem::take(&mut self.pack).finish();
+        self.written.add_pack(id, &entries);
+        self.uploader.send(pack_key(&id), data)
+    }
+
+    /// Chunks `reader` at `chunk_size` boundaries and stores what is new.
+    fn add_stream(&mut self, reader: &mut dyn Read, chunk_size: u32) -> Result<Part, RepoError> {
+        let mut buf = vec![0u8; chunk_size as usize];
+        let mut hasher = Sha256::new();
+        let mut ids: Vec<u8> = Vec::new();
+        let mut size = 0u64;
+        let mut chunks = 0u64;
+        loop {
+            let n = read_full(reader, &mut buf).map_err(|e| RepoError::Io(format!("reading: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            let id = self.add_blob(BlobKind::Data, &buf[..n])?;
+            ids.extend_from_slice(&id.0);
+            size += n as u64;
+            chunks += 1;
+            if n < buf.len() {
+                break;
+            }
+        }
+        let fanout = self.repo.config.chunking.list_fanout as usize * 32;
+        let mut lists = Vec::new();
+        for piece in ids.chunks(fanout) {
+            lists.push(self.add_blob(BlobKind::List, piece)?);
+        }
+        Ok(Part { size, sha256: hex(&hasher.finalize()), chunk_size, chunks, chunk_lists: lists })
+    }
+
+    /// The chunk size used for a database with `page_size`: the repository's, rounded up to
+    /// a multiple of the page size.
+    pub fn chunk_size_for(&self, page_size: u32) -> u32 {
+        let base = self.repo.config.chunking.chunk_size.max(1);
+        if page_size == 0 {
+            return base;
+        }
+        base.div_ceil(page_size) * page_size
+    }
+
+    /// Stores the snapshot (the whole file, trailer included, so it comes back byte-identical).
+    pub fn add_snapshot(&mut self, reader: &mut dyn Read, page_size: u32) -> Result<Part, RepoError> {
+        let cs = self.chunk_size_for(page_size);
+        self.add_stream(reader, cs)
+    }
+
+    /// Adds a file, or a directory with everything under it, as `<group>/<its name>…`
+    /// (several `--file` paths side by side).
+    pub fn add_path(&mut self, group: &str, path: &Path) -> Result<(), RepoError> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
+        self.add_path_as(&format!("{group}/{name}"), path)
+    }
+
+    /// Adds a file or a directory tree so that it restores at `dest` under `--files-to`
+    /// (the PKI directory becomes `pki/`, ready to copy back as /etc/kubernetes/pki).
+    pub fn add_path_as(&mut self, dest: &str, path: &Path) -> Result<(), RepoError> {
+        let io_err = |p: &Path, e: io::Error| RepoError::Io(format!("{}: {e}", p.display()));
+        let meta = fs::symlink_metadata(path).map_err(|e| io_err(path, e))?;
+        if safe_relative(dest).is_none() {
+            return Err(RepoError::Invalid(format!("{dest:?}: not a usable name under --files-to")));
+        }
+        if self.files.iter().any(|f| f.path == dest || f.path.starts_with(&format!("{dest}/")) || dest.starts_with(&format!("{}/", f.path))) {
+            return Err(RepoError::Invalid(format!("{} would restore as {dest:?}, which another path of this backup already uses", path.display())));
+        }
+        self.add_entry(dest, path, &meta)
+    }
+
+    fn add_entry(&mut self, dest: &str, path: &Path, meta: &fs::Metadata) -> Result<(), RepoError> {
+        let io_err = |p: &Path, e: io::Error| RepoError::Io(format!("{}: {e}", p.display()));
+        let base = FileEntry {
+            path: dest.to_string(),
+            source: path.display().to_string(),
+            kind: FileKind::File,
+            mode: meta.mode() & 0o7777,
+            mtime: meta.mtime(),
+            target: None,
+            content: None,
+        };
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = fs::read_link(path).map_err(|e| io_err(path, e))?;
+            self.files.push(FileEntry { kind: FileKind::Symlink, target: Some(target.to_string_lossy().into_owned()), ..base });
+        } else if ft.is_dir() {
+            self.files.push(FileEntry { kind: FileKind::Dir, ..base });
+            let mut entries: Vec<_> = fs::read_dir(path)
+                .map_err(|e| io_err(path, e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| io_err(path, e))?;
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
+                let p = e.path();
+                let m = fs::symlink_metadata(&p).map_err(|e| io_err(&p, e))?;
+                let child = format!("{dest}/{}", e.file_name().to_string_lossy());
+                self.add_entry(&child, &p, &m)?;
+            }
+        } else if ft.is_file() {
+            let mut f = fs::File::open(path).map_err(|e| io_err(path, e))?;
+            let cs = self.repo.config.chunking.chunk_size;
+            let part = self.add_stream(&mut f, cs).map_err(|e| e.context(&path.display().to_string()))?;
+            self.stats.original += part.size;
+            self.files.push(FileEntry { content: Some(part), ..base });
+        }
+        // Sockets, fifos and devices are skipped: nothing in a control plane's files needs them.
+        Ok(())
+    }
+
+    /// Writes the last pack, the index for this backup's packs and, last, the manifest.
+    pub fn commit(mut self, snapshot: Part, meta: BackupMeta) -> Result<Manifest, RepoError> {
+        self.flush_pack()?;
+        let uploader = std::mem::replace(&mut self.uploader, Uploader { tx: None, threads: Vec::new(), error: Arc::default() });
+        uploader.finish()?;
+        if self.written.blob_count() > 0 {
+            let data = self.repo.encode_index(&self.written);
+            self.repo.store.put(&format!("index/{}", Id::of(&data).hex()), Bytes::from(data))?;
+        }
+        let created = Utc::now();
+        let id = format!("{:016x}", rand::random::<u64>());
+        let mut sizes = self.stats.clone();
+        sizes.original += snapshot.size;
+        let manifest = Manifest {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            id: id.clone(),
+            created,
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            hostname: hostname(),
+            labels: meta.labels,
+            cluster: meta.cluster,
+            source: meta.source,
+            etcd: meta.etcd,
+            snapshot,
+            files: std::mem::take(&mut self.files),
+            encoding: PartEncoding { compression: "zstd".into(), encryption: self.repo.config.encryption.clone() },
+            sizes,
+            sealed: None,
+        };
+        let manifest = match self.repo.metadata_keys() {
+            Some(_) => Manifest { version: SEALED_FORMAT_VERSION, ..manifest },
+            None => manifest,
+        };
+        let body = match self.repo.metadata_keys() {
+            // Format 2: the whole manifest sealed, beside the public part list/show read.
+            Some(keys) => {
+                let full = Manifest { version: SEALED_FORMAT_VERSION, ..manifest.clone() };
+                let plain = serde_json::to_vec(&full).expect("manifest serializes");
+                let sealed = keys.seal_document(&manifest_aad(&id), &plain);
+                let public = Manifest { sealed: Some(hex(&sealed)), ..full.public_part() };
+                serde_json::to_vec_pretty(&public).expect("manifest serializes")
+            }
+            None => serde_json::to_vec_pretty(&manifest).expect("manifest serializes"),
+        };
+        // Once the lock expired a prune may have run and deleted packs this backup dedups
+        // against: record nothing then.
+        self.lock.check_held()?;
+        self.repo.store.put(&manifest_key(&id), Bytes::from(body))?;
+        Ok(manifest)
+    }
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+
+#[cfg(test)]
+mod tests {
+    use crate::repository::test_support::*;
+    #[allow(unused_imports)]
+    use rand::{Rng, RngCore, SeedableRng};
+
+    /// A create never deduplicates against a blob whose pack is gone: it stores it again.
+    #[test]
+    fn a_create_stores_again_what_a_lost_pack_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path(), 8 << 20);
+        let data = db(32);
+        backup(&r, &data);
+        for p in r.store.list("packs/").unwrap() {
+            r.store.delete(&p.key).unwrap();
+        }
+        let m = backup(&r, &data);
+        assert!(m.sizes.blobs_added > 0);
+        assert_eq!(restore(&r, &m), data);
+    }
+}
