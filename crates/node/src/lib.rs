@@ -20,6 +20,7 @@
 pub mod owner;
 pub mod park;
 pub mod pods;
+pub mod quorum;
 pub mod ready;
 pub mod pki;
 
@@ -69,6 +70,9 @@ pub struct Request {
     /// A PKI directory (from a backup) to put in place of `<kubernetes_dir>/pki` while the
     /// control plane is down. Same filesystem as the kubernetes dir, so it is moved, not copied.
     pub pki_from: Option<PathBuf>,
+    /// Restore a one-member cluster (this member only), whatever the manifest's
+    /// `--initial-cluster` lists: the first step of recovering from quorum loss.
+    pub new_cluster: bool,
 }
 
 /// Replacing the PKI directory: `current` moves to `aside`, `staged` moves to `current`.
@@ -321,6 +325,7 @@ impl Plan {
         };
         let initial_cluster = match (&req.initial_cluster, &etcd.initial_cluster) {
             (Some(c), _) => c.clone(),
+            (None, _) if req.new_cluster => peer_urls.split(',').map(|u| format!("{name}={}", u.trim())).collect::<Vec<_>>().join(","),
             (None, Some(c)) => etcd.resolved("initial-cluster", c, "--initial-cluster")?.to_string(),
             (None, None) => format!("{name}={peer_urls}"),
         };
@@ -651,6 +656,7 @@ mod tests {
             initial_advertise_peer_urls: None,
             wait_timeout: Duration::from_secs(2),
             pki_from: None,
+            new_cluster: false,
         }
     }
 
@@ -668,6 +674,17 @@ mod tests {
         assert!(plan.steps().len() >= 6);
         assert!(req.kubernetes_dir.join("manifests/etcd.yaml").exists());
         assert!(!plan.parked_dir.exists());
+    }
+
+    #[test]
+    fn new_cluster_restores_this_member_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut req = node(dir.path(), true);
+        let m = req.kubernetes_dir.join("manifests/etcd.yaml");
+        std::fs::write(&m, std::fs::read_to_string(&m).unwrap().replace("--initial-cluster=n1=http://127.0.0.1:2", "\"--initial-cluster=n1=http://127.0.0.1:2,n2=http://127.0.0.2:2\"")).unwrap();
+        assert_eq!(Plan::build(&req).unwrap().restore.initial_cluster, "n1=http://127.0.0.1:2,n2=http://127.0.0.2:2");
+        req.new_cluster = true;
+        assert_eq!(Plan::build(&req).unwrap().restore.initial_cluster, "n1=http://127.0.0.1:2");
     }
 
     #[test]

@@ -167,29 +167,48 @@ impl Unpark {
     pub fn execute(&self, log: &mut dyn FnMut(&str)) -> Result<Timings, NodeError> {
         let steps = self.steps();
         log(&format!("[1/2] {}", steps[0]));
+        self.move_back()?;
+        log(&format!("[2/2] {}", steps[1]));
+        let t = Instant::now();
+        let deadline = t + self.wait_timeout;
+        let mut timings = Timings::default();
+        self.wait_etcd(deadline)?;
+        timings.steps.push(("etcd serving".into(), t.elapsed()));
+        log(&format!("      etcd serving after {}", secs(t.elapsed())));
+        if let Some(how) = self.wait_apiserver(deadline)? {
+            timings.steps.push(("API server ready".into(), t.elapsed()));
+            log(&format!("      API server ready after {} ({how})", secs(t.elapsed())));
+            timings.apiserver = Some(how);
+        }
+        Ok(timings)
+    }
+
+    /// Moves the parked files back into the manifests dir (the kubelet starts them).
+    pub fn move_back(&self) -> Result<(), NodeError> {
         for f in &self.files {
             let to = self.manifests_dir.join(f.file_name().unwrap_or_default());
             std::fs::rename(f, &to).map_err(|e| io("moving back", f, e))?;
         }
         let _ = std::fs::remove_dir(&self.parked_dir);
-        log(&format!("[2/2] {}", steps[1]));
-        let t = Instant::now();
-        let deadline = t + self.wait_timeout;
-        let mut timings = Timings::default();
+        Ok(())
+    }
+
+    /// Waits until etcd listens on its client port and holds its database lock.
+    pub fn wait_etcd(&self, deadline: Instant) -> Result<(), NodeError> {
         while !etcd_up(&self.etcd) {
             if Instant::now() > deadline {
                 return Err(NodeError::NotReady { what: "etcd".into(), secs: self.wait_timeout.as_secs(), last: "its client port is closed or its database unlocked".into() });
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        timings.steps.push(("etcd serving".into(), t.elapsed()));
-        log(&format!("      etcd serving after {}", secs(t.elapsed())));
-        if let Some(a) = &self.apiserver {
-            let how = wait_apiserver(a, deadline).map_err(|last| NodeError::NotReady { what: format!("etcd serves, but the API server ({})", a.manifest.display()), secs: self.wait_timeout.as_secs(), last })?;
-            timings.steps.push(("API server ready".into(), t.elapsed()));
-            log(&format!("      API server ready after {} ({how})", secs(t.elapsed())));
-            timings.apiserver = Some(how);
-        }
-        Ok(timings)
+        Ok(())
+    }
+
+    /// Waits until the API server (when there is one) is ready; how it was seen.
+    pub fn wait_apiserver(&self, deadline: Instant) -> Result<Option<String>, NodeError> {
+        let Some(a) = &self.apiserver else { return Ok(None) };
+        wait_apiserver(a, deadline)
+            .map(Some)
+            .map_err(|last| NodeError::NotReady { what: format!("etcd serves, but the API server ({})", a.manifest.display()), secs: self.wait_timeout.as_secs(), last })
     }
 }

@@ -3,6 +3,7 @@
 //! data directories etcd boots from.
 
 pub mod keys;
+pub mod members;
 pub mod proto;
 pub mod replay;
 pub mod restore;

@@ -7,14 +7,17 @@
 //! - [`backup`]: create (live or from a file), verify, restore, delete, prune, export URLs,
 //!   passphrase keys, fetch a backup's snapshot;
 //! - [`restore`]: `snapshot restore` (new data dirs from a snapshot file);
-//! - [`node`]: `node restore` (fetch and check, then the control-plane runbook);
+//! - [`node`]: `node restore` (fetch and check, then the control-plane runbook; `--new-cluster`);
+//! - [`join`]: `node join` (a node's etcd joins the restored cluster as a learner, promoted);
 //! - [`agent`]: the loop, its state, `/healthz` and `/metrics`; [`schedule`]: when it runs;
+//! - [`capture`]: continuous capture (`backup follow`), point-in-time plans and replay, the change log;
 //! - [`snapshot`], [`repo`], [`spool`], [`stop`]: what they share.
 
 pub mod agent;
 pub mod backup;
 pub mod capture;
 pub mod error;
+pub mod join;
 pub mod node;
 pub mod repo;
 pub mod restore;

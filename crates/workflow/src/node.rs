@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use etcdguard_node::quorum::{probe, probe_targets, KnownMember, ProbeResult};
 use etcdguard_node::{check_snapshot_version, NodeError, Plan, Request, RestoreSpec, Timings};
 use etcdguard_storage::restore::{self, membership, Cluster, Destination, Flavor, Options};
 use etcdguard_storage::Status;
 
-use crate::error::{node_error, restore_error, Error, Result};
+use crate::error::{node_error, restore_error, Error, Kind, Result};
 use crate::repo::{resolve, RepoSpec};
 use crate::snapshot::{check_snapshot, open_snapshot};
 
@@ -36,6 +37,11 @@ pub struct NodeRestoreOptions {
     pub mark_compacted: bool,
     pub skip_hash_check: bool,
     pub wait_timeout: Duration,
+    /// Restore a one-member cluster of this member only, with a fresh cluster token: the
+    /// first step of recovering from quorum loss (then `node join` on the other nodes).
+    pub new_cluster: bool,
+    /// With `new_cluster`: go on although an old member still answers.
+    pub force: bool,
 }
 
 /// What `node restore` does, as it happens.
@@ -43,7 +49,7 @@ pub enum NodeEvent<'a> {
     /// A line for the operator (fetching, each step as it is taken).
     Note(&'a str),
     /// The snapshot is checked and the plan built; nothing is changed yet.
-    Planned { snapshot: &'a Path, status: &'a Status, plan: &'a Plan, members: usize },
+    Planned { snapshot: &'a Path, status: &'a Status, plan: &'a Plan, members: usize, probes: &'a [ProbeResult] },
 }
 
 /// How a `node restore` that did not fail ended.
@@ -59,6 +65,19 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
         return Err(Error::usage("--bump-revision and --mark-compacted go together (e.g. --bump-revision 1000000000 --mark-compacted)"));
     }
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    if opts.force && !opts.new_cluster {
+        return Err(Error::usage("--force goes with --new-cluster (it overrides the check that no old member still runs)"));
+    }
+    if opts.new_cluster && opts.initial_cluster.is_some() {
+        return Err(Error::usage("--new-cluster restores a cluster of this member only; leave out --initial-cluster"));
+    }
+    // A fresh token: the new cluster's id must differ from the old one's, so an old member
+    // that comes back by mistake is refused by the new members instead of joining them.
+    let token = match (&opts.initial_cluster_token, opts.new_cluster) {
+        (Some(t), _) => Some(t.clone()),
+        (None, true) => Some(format!("etcdguard-{}-{}", stamp.to_lowercase(), std::process::id())),
+        (None, false) => None,
+    };
     // A backup is fetched first, into a private dir beside the PKI (same filesystem, so the
     // PKI is moved into place, not copied), and removed at the end whatever happens.
     let staging = match &opts.backup {
@@ -78,9 +97,10 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
         stamp,
         name: opts.name.clone(),
         initial_cluster: opts.initial_cluster.clone(),
-        initial_cluster_token: opts.initial_cluster_token.clone(),
+        initial_cluster_token: token,
         initial_advertise_peer_urls: opts.initial_advertise_peer_urls.clone(),
         wait_timeout: opts.wait_timeout,
+        new_cluster: opts.new_cluster,
     };
     let plan = Plan::build(&request).map_err(node_error)?;
     // The restore's own flags must hold before the control plane is stopped.
@@ -93,7 +113,29 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
     if let Some(warning) = check_snapshot_version(&plan.etcd, status.storage_version.as_deref(), status.cluster_version.as_deref()).map_err(node_error)? {
         on(NodeEvent::Note(&format!("warning: {warning}")));
     }
-    on(NodeEvent::Planned { snapshot: &snapshot, status: &status, plan: &plan, members: cluster.members.len() });
+    let probes = match opts.new_cluster {
+        true => probe_old_members(&plan, &snapshot, &advertise)?,
+        false => Vec::new(),
+    };
+    on(NodeEvent::Planned { snapshot: &snapshot, status: &status, plan: &plan, members: cluster.members.len(), probes: &probes });
+    let answering: Vec<String> = probes.iter().filter(|p| p.answered).map(|p| format!("{} ({} URL {})", p.target.member, p.target.kind, p.target.url)).collect();
+    if !answering.is_empty() {
+        if !opts.force {
+            return Err(Error::new(
+                Kind::Refused,
+                format!(
+                    "not restoring a new one-member cluster: old member{} still answer{}: {}; nothing was changed",
+                    if answering.len() == 1 { "" } else { "s" },
+                    if answering.len() == 1 { "s" } else { "" },
+                    answering.join(", ")
+                ),
+            )
+            .with_hint(
+                "run `etcdguard node park` on every other control-plane node first (a running old member would go on with its own copy of the data); --force if those URLs belong to something else",
+            ));
+        }
+        on(NodeEvent::Note(&format!("warning: --force: going on although {} answer", answering.join(", "))));
+    }
     if opts.dry_run {
         return Ok(NodeOutcome::DryRun);
     }
@@ -131,6 +173,21 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
         }
         Err(e) => Err(node_error(e)),
     }
+}
+
+/// The old cluster's other members (the manifest's `--initial-cluster`, the snapshot's
+/// member list), each URL tried once.
+fn probe_old_members(plan: &Plan, snapshot: &Path, own_peer_urls: &[String]) -> Result<Vec<ProbeResult>> {
+    let file = open_snapshot(snapshot)?;
+    let db = file.db().map_err(|e| crate::error::db_error(snapshot, e))?;
+    let known: Vec<KnownMember> = etcdguard_storage::members::stored_members(&db)
+        .map_err(|e| Error::new(Kind::Corrupt, format!("{}: {e}", snapshot.display())))?
+        .into_iter()
+        .map(|m| KnownMember { id: m.id, name: m.name, peer_urls: m.peer_urls, client_urls: m.client_urls })
+        .collect();
+    let own: Vec<String> = own_peer_urls.iter().map(|u| u.to_string()).collect();
+    let targets = probe_targets(&plan.etcd, &plan.restore.name, &own, &known);
+    Ok(probe(&targets, Duration::from_secs(1)))
 }
 
 /// A backup fetched for a node restore; the directory goes when this is dropped.

@@ -11,9 +11,11 @@ use etcdguard_repo::retention::parse_duration;
 use etcdguard_node::park::{Park, ParkRequest, Unpark};
 use etcdguard_node::Timings;
 use etcdguard_workflow::error::node_error;
+use etcdguard_workflow::join::{join_node, JoinEvent, JoinOptions, JoinOutcome};
 use etcdguard_workflow::node::{restore_node, NodeEvent, NodeOutcome, NodeRestoreOptions};
 
 use crate::cmd::backup::RepoArg;
+use crate::cmd::cluster::ConnArgs;
 
 #[derive(Subcommand)]
 pub enum NodeCommand {
@@ -40,12 +42,20 @@ pub enum NodeCommand {
     /// On a node parked with `node park`, step 1 is already done, and a failure leaves the
     /// manifests parked.
     ///
-    /// On a multi-member cluster, run `node park` on every control-plane node first, then
-    /// this on every node with the same snapshot, the same --initial-cluster (all members)
-    /// and the same new --initial-cluster-token.
+    /// A cluster that lost quorum ("restore one, grow back"):
+    ///   1. `etcdguard node park` on every control-plane node;
+    ///   2. `etcdguard node restore SNAPSHOT --new-cluster` on one of them: a cluster of this
+    ///      member only, with a fresh cluster token. Before anything is touched it checks
+    ///      that no other member of the old cluster (the manifest's --initial-cluster, the
+    ///      snapshot's member list) answers on its peer or client URL, and refuses (exit 17)
+    ///      while one does; --force overrides. --dry-run shows each URL probed;
+    ///   3. `etcdguard node join --endpoints <this member's client URL>` on each other node.
+    /// (Restoring every node with the same snapshot, the same --initial-cluster of all
+    /// members and one new --initial-cluster-token also works, but needs all nodes at once.)
     ///
     /// Examples:
     ///   etcdguard node restore /root/snapshot.db --dry-run
+    ///   etcdguard node restore /root/snapshot.db --new-cluster
     ///   etcdguard node restore /root/snapshot.db --bump-revision 1000000000 --mark-compacted
     ///   etcdguard node restore --backup latest --repo s3://etcd-backups/prod --restore-pki
     #[command(verbatim_doc_comment)]
@@ -80,6 +90,63 @@ pub enum NodeCommand {
     ///   etcdguard node unpark --timeout 10m
     #[command(verbatim_doc_comment)]
     Unpark(NodeParkArgs),
+    /// Make this node's etcd a member of a running cluster: the "grow back" step after
+    /// `node restore --new-cluster`, and the on-node half of a member replacement.
+    ///
+    /// The order of a quorum-loss recovery:
+    ///   1. `etcdguard node park` on every control-plane node (all old members down);
+    ///   2. `etcdguard node restore SNAPSHOT --new-cluster` on one node;
+    ///   3. `etcdguard node join --endpoints <that node's etcd client URL>` on each other
+    ///      node, one node at a time.
+    /// For a member replacement: `etcdguard cluster member remove ID` of the broken member,
+    /// then this on the node that gets the new member.
+    ///
+    /// What it does, each step skipped when it is done already (so after a crash or a
+    /// timeout, running it again goes on where it stopped):
+    ///   1. park etcd and the API server on this node (as `node park`) and move the old data
+    ///      dir aside to <data-dir>.etcdguard-<time> (kept, never deleted);
+    ///   2. add this member (--name and peer URLs from the manifest) as a learner through
+    ///      --endpoints; a member with these peer URLs is reused. Where the server refuses
+    ///      learners, it is added as a voting member, and etcdguard says so;
+    ///   3. rewrite etcd's manifest atomically (the previous version kept in
+    ///      <manifests-dir>/../etcdguard-manifest-copies/) with --initial-cluster-state=existing
+    ///      and --initial-cluster listing every member;
+    ///   4. unpark: the kubelet starts etcd, which fetches the data from the leader;
+    ///   5. wait until the learner's applied index has caught up with the leader's, then
+    ///      promote it;
+    ///   6. wait until every member is healthy (`cluster health --cluster`), then until this
+    ///      node's API server is ready.
+    /// An unreachable cluster, or a refused add (quorum, a name in use), changes nothing.
+    ///
+    /// Examples:
+    ///   etcdguard node join --endpoints https://10.0.0.1:2379 --cacert /etc/kubernetes/pki/etcd/ca.crt \
+    ///     --cert /etc/kubernetes/pki/etcd/healthcheck-client.crt --key /etc/kubernetes/pki/etcd/healthcheck-client.key --dry-run
+    #[command(verbatim_doc_comment)]
+    Join(NodeJoinArgs),
+}
+
+#[derive(Args)]
+pub struct NodeJoinArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// The kubelet's static pod manifests dir (its staticPodPath).
+    #[arg(long, value_name = "DIR", default_value = "/etc/kubernetes/manifests")]
+    pub manifests_dir: PathBuf,
+    /// etcd's manifest, when it is neither etcd.yaml nor etcd-pod.yaml.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_manifest: Option<PathBuf>,
+    /// This member's name [default: the manifest's --name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// This member's peer URLs [default: the manifest's --initial-advertise-peer-urls].
+    #[arg(long, value_name = "URLS")]
+    pub peer_urls: Option<String>,
+    /// Bound for each wait (pods down, etcd up, learner caught up, cluster healthy).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub wait_timeout: Duration,
+    /// Print the plan and stop (the cluster is asked for its member list; nothing changes).
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }
 
 #[derive(Args)]
@@ -156,6 +223,13 @@ pub struct NodeRestoreArgs {
     /// How long to wait for the pods to stop, and for the restored etcd to serve.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub wait_timeout: Duration,
+    /// Restore a one-member cluster (this member only, a fresh cluster token), refusing
+    /// while another member of the old cluster answers; then `node join` the other nodes.
+    #[arg(long, conflicts_with = "initial_cluster")]
+    pub new_cluster: bool,
+    /// With --new-cluster: restore although an old member still answers.
+    #[arg(long, requires = "new_cluster")]
+    pub force: bool,
 }
 
 pub fn run(cmd: NodeCommand) -> Result<()> {
@@ -163,6 +237,7 @@ pub fn run(cmd: NodeCommand) -> Result<()> {
         NodeCommand::Restore(a) => node_restore(a),
         NodeCommand::Park(a) => node_park(a),
         NodeCommand::Unpark(a) => node_unpark(a),
+        NodeCommand::Join(a) => node_join(a),
     }
 }
 
@@ -185,10 +260,12 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
         mark_compacted: args.mark_compacted,
         skip_hash_check: args.skip_hash_check,
         wait_timeout: args.wait_timeout,
+        new_cluster: args.new_cluster,
+        force: args.force,
     };
     let outcome = restore_node(&opts, &mut |event| match event {
         NodeEvent::Note(line) => eprintln!("{line}"),
-        NodeEvent::Planned { snapshot, status, plan, members } => {
+        NodeEvent::Planned { snapshot, status, plan, members, probes } => {
             println!(
                 "snapshot {}: revision {}, {} keys; restoring member {:?} ({} member{} in the new cluster)",
                 snapshot.display(),
@@ -198,6 +275,16 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
                 members,
                 if members == 1 { "" } else { "s" }
             );
+            if args.new_cluster {
+                println!("Old members probed (none may answer before a new one-member cluster starts):");
+                if probes.is_empty() {
+                    println!("  (the manifest and the snapshot name no other member)");
+                }
+                for p in probes {
+                    let t = &p.target;
+                    println!("  {} {} URL {} (from the {}): {}", t.member, t.kind, t.url, t.source, if p.answered { "ANSWERS" } else { "no answer" });
+                }
+            }
             print_steps(&plan.steps(), false);
         }
     })?;
@@ -210,6 +297,38 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
                 println!("The old data dir is kept in {}; remove it once the cluster is healthy.", old.display());
             }
             println!("Next: `etcdguard cluster health` (with the healthcheck client certificate), then `kubectl get nodes`.");
+        }
+    }
+    Ok(())
+}
+
+fn node_join(args: NodeJoinArgs) -> Result<()> {
+    let opts = JoinOptions {
+        connect: args.conn.flags(),
+        manifests_dir: args.manifests_dir.clone(),
+        etcd_manifest: args.etcd_manifest.clone(),
+        name: args.name.clone(),
+        peer_urls: args.peer_urls.clone(),
+        dry_run: args.dry_run,
+        wait_timeout: args.wait_timeout,
+    };
+    let outcome = join_node(&opts, &mut |event| match event {
+        JoinEvent::Note(line) => eprintln!("{line}"),
+        JoinEvent::Planned { name, peer_urls, steps } => {
+            println!("joining member {name:?} ({}) to the cluster", peer_urls.join(","));
+            print_steps(steps, false);
+        }
+    })?;
+    match outcome {
+        JoinOutcome::DryRun => println!("Dry run: nothing was changed."),
+        JoinOutcome::Joined(j) => {
+            let how = if j.without_learner { "a voting member (the server refused learners)" } else { "a learner, then promoted" };
+            println!("Joined: {} (member {:x}) is {how}; {} healthy members: {}.", j.name, j.id, j.members, j.endpoints.join(", "));
+            let steps: Vec<String> = j.steps.iter().map(|(what, d)| format!("{what} at {:.1} s", d.as_secs_f64())).collect();
+            println!("Times: {}.", steps.join(", "));
+            if let Some(old) = &j.old_data_dir {
+                println!("The old data dir is kept in {}; remove it once the cluster is healthy.", old.display());
+            }
         }
     }
     Ok(())
