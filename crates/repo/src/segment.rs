@@ -331,6 +331,41 @@ mod tests {
     }
 
     #[test]
+    fn segments_are_stored_listed_and_go_with_their_full_backup() {
+        use crate::repository::test_support::{backup, db, encrypted_repo, repo};
+        use crate::retention::Policy;
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path(), 1 << 20);
+        let old = backup(&r, &db(1));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let new = backup(&r, &db(2));
+        let mut s = sample();
+        s.base = old.id.clone();
+        r.put_segment(&s).unwrap();
+        s.base = new.id.clone();
+        let info = r.put_segment(&s).unwrap();
+        assert_eq!(r.list_segments(Some(&new.id)).unwrap(), vec![info.clone()]);
+        assert_eq!(r.read_segment(&info).unwrap(), s);
+        // A segment moved under another name is refused.
+        let moved = SegmentInfo { key: segment_key(&new.id, 11, 12), last: 12, ..info.clone() };
+        r.store().put(&moved.key, r.store().get(&info.key).unwrap()).unwrap();
+        assert!(matches!(r.read_segment(&moved), Err(RepoError::Damaged(_))));
+        r.store().delete(&moved.key).unwrap();
+        r.prune(Some(&Policy { keep_last: 1, ..Default::default() }), false).unwrap();
+        assert!(r.list_segments(Some(&old.id)).unwrap().is_empty(), "the removed full's segments go with it");
+        assert_eq!(r.list_segments(None).unwrap(), vec![info]);
+        // Encrypted: sealed, and unreadable without the key.
+        let edir = tempfile::tempdir().unwrap();
+        let (er, _) = encrypted_repo(edir.path());
+        let mut e = sample();
+        e.base = "0123456789abcdef".into();
+        let einfo = er.put_segment(&e).unwrap();
+        let raw = std::fs::read(edir.path().join(&einfo.key)).unwrap();
+        assert!(!raw.windows(3).any(|w| w == b"v11"), "values are sealed");
+        assert_eq!(er.read_segment(&einfo).unwrap(), e);
+    }
+
+    #[test]
     fn chain_proves_coverage_or_names_the_gap() {
         assert_eq!(chain(10, &[(11, 20), (21, 30)]), (vec![(11, 20), (21, 30)], None));
         assert_eq!(chain(10, &[(21, 30), (11, 25)]), (vec![(11, 25), (21, 30)], None), "overlap is fine");

@@ -5,7 +5,7 @@
 mod prune;
 mod reader;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 mod writer;
 
 pub use prune::{part_blob_ids, stored_bytes, PruneReport};

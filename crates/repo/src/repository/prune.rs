@@ -208,6 +208,18 @@ impl Repository {
                 self.store.delete(&e.key)?;
             }
         }
+        // 6. Continuous changes (segments, gap records) of full backups that are gone: they
+        // continue nothing any more. Capture writes a full's segments only after its
+        // manifest, so a segment without one is a removed full's.
+        for prefix in ["segments/", "gaps/"] {
+            for o in self.store.list(prefix)? {
+                let rest = o.key.trim_start_matches(prefix);
+                let id = if prefix == "gaps/" { rest.split('-').next() } else { rest.split('/').next() }.unwrap_or_default();
+                if !remaining.contains(&manifest_key(id)) {
+                    self.store.delete(&o.key)?;
+                }
+            }
+        }
         report.bytes_after = self.store.list("packs/")?.iter().map(|o| o.size).sum();
         report.bytes_deleted = report.bytes_before.saturating_sub(report.bytes_after);
         Ok(report)
