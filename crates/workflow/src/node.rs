@@ -21,6 +21,9 @@ pub struct NodeRestoreOptions {
     /// Backup id, unique prefix or `latest` of `repo`.
     pub backup: Option<String>,
     pub repo: Option<RepoSpec>,
+    /// Point in time: the database at this revision or time, from `repo`'s newest full
+    /// backup before it and its continuous changes (instead of `backup`).
+    pub at: Option<crate::capture::At>,
     /// Put the backup's PKI directory in place too.
     pub restore_pki: bool,
     pub kubernetes_dir: PathBuf,
@@ -80,9 +83,10 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
     };
     // A backup is fetched first, into a private dir beside the PKI (same filesystem, so the
     // PKI is moved into place, not copied), and removed at the end whatever happens.
-    let staging = match &opts.backup {
-        Some(id) => Some(fetch_backup(opts, id, &stamp, on)?),
-        None => None,
+    let staging = match (&opts.backup, opts.at) {
+        (_, Some(_)) => Some(fetch_backup(opts, "", &stamp, on)?),
+        (Some(id), None) => Some(fetch_backup(opts, id, &stamp, on)?),
+        (None, None) => None,
     };
     let snapshot = match (&staging, &opts.snapshot) {
         (Some(s), _) => s.snapshot.clone(),
@@ -208,8 +212,20 @@ impl Drop for Staging {
 fn fetch_backup(opts: &NodeRestoreOptions, id: &str, stamp: &str, on: &mut dyn FnMut(NodeEvent<'_>)) -> Result<Staging> {
     use std::os::unix::fs::DirBuilderExt;
     let spec = opts.repo.clone().unwrap_or_else(|| RepoSpec::new(""));
-    let repo = spec.open_unlocked()?;
-    let m = resolve(&repo, id)?;
+    let mut repo = spec.open_unlocked()?;
+    let plan = match opts.at {
+        Some(at) => {
+            if repo.is_encrypted() {
+                spec.unlock(&mut repo)?;
+            }
+            Some(crate::capture::plan_at(&repo, at)?)
+        }
+        None => None,
+    };
+    let m = match &plan {
+        Some(p) => p.base.clone(),
+        None => resolve(&repo, id)?,
+    };
     let dir = opts.kubernetes_dir.join(format!(".etcdguard-restore-{stamp}"));
     std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| Error::failure(format!("{}: {e}", dir.display())))?;
     let mut staging = Staging { snapshot: dir.join("snapshot.db"), dir, pki: None, no_trailer: m.etcd.trailer == "absent" };
@@ -221,7 +237,18 @@ fn fetch_backup(opts: &NodeRestoreOptions, id: &str, stamp: &str, on: &mut dyn F
         repo.location()
     )));
     let index = repo.load_index()?;
-    repo.restore_part_to_file(&index, &m.snapshot, &staging.snapshot, 0o600)?;
+    match &plan {
+        Some(plan) => {
+            let r = crate::capture::materialize(&repo, plan, &staging.snapshot, &staging.dir)?;
+            // The point-in-time file gets a fresh trailer.
+            staging.no_trailer = false;
+            on(NodeEvent::Note(&format!(
+                "point in time: {} changes in {} revisions replayed after revision {}: revision {}",
+                r.events, r.revisions, r.from_revision, r.to_revision
+            )));
+        }
+        None => repo.restore_part_to_file(&index, &m.snapshot, &staging.snapshot, 0o600)?,
+    }
     if opts.restore_pki {
         let files = staging.dir.join("files");
         repo.restore_files(&index, &m, &files)?;

@@ -169,12 +169,17 @@ pub struct NodeParkArgs {
 pub struct NodeRestoreArgs {
     /// Snapshot file (from `snapshot save`, `backup restore --to-file` or etcdctl); or give
     /// --backup instead.
-    #[arg(required_unless_present = "backup", conflicts_with = "backup")]
+    #[arg(required_unless_present_any = ["backup", "at"], conflicts_with = "backup")]
     pub snapshot: Option<PathBuf>,
     /// Restore this backup (id, unique prefix or `latest`) of --repo: its snapshot is
     /// downloaded and checked before anything on the node is touched.
     #[arg(long, value_name = "ID", requires = "repo")]
     pub backup: Option<String>,
+    /// Point in time: restore the database as it was at this revision, or at the last revision
+    /// seen at or before this time (RFC 3339), built from --repo's newest full backup before it
+    /// and the changes `backup follow` stored (find the moment with `backup log`).
+    #[arg(long, value_name = "REV|TIME", value_parser = crate::cmd::capture::parse_at, requires = "repo", conflicts_with_all = ["backup", "snapshot"])]
+    pub at: Option<etcdguard_workflow::capture::At>,
     /// The backup repository of --backup.
     #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL", value_parser = crate::args::repo)]
     pub repo: Option<String>,
@@ -245,6 +250,7 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
     let repo = args.repo.clone().map(|url| RepoArg { repo: url, passphrase_file: args.passphrase_file.clone() }.spec());
     let opts = NodeRestoreOptions {
         snapshot: args.snapshot.clone(),
+        at: args.at,
         backup: args.backup.clone(),
         repo,
         restore_pki: args.restore_pki,
