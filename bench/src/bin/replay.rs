@@ -85,7 +85,8 @@ fn through_etcd(no_fsync: bool, n: i64, value_bytes: usize) -> f64 {
 fn revision_of(path: &std::path::Path) -> anyhow::Result<i64> {
     let f = etcdguard_storage::SnapshotFile::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let db = f.db().map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
-    Ok(etcdguard_storage::status(&db, None).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?.revision)
+    let release = || f.release_resident();
+    Ok(etcdguard_storage::status(&db, Some(&release)).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?.revision)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -112,6 +113,8 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let r = replay_snapshot(&base, &out, &mut events, None, None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let secs = started.elapsed().as_secs_f64();
+    // Before the check below maps and walks the result.
+    let replay_rss = rss_peak_mib();
     let rate = r.revisions as f64 / secs;
     let size = std::fs::metadata(&out)?.len();
     let check = revision_of(&out)?;
@@ -122,7 +125,7 @@ fn main() -> anyhow::Result<()> {
         r.events,
         std::fs::metadata(&base)?.len() as f64 / 1048576.0,
         size as f64 / 1048576.0,
-        rss_peak_mib()
+        replay_rss
     );
     if opts.reference_revisions > 0 {
         let fsync = through_etcd(false, opts.reference_revisions, opts.value_bytes);

@@ -217,3 +217,36 @@ fn verify_fails_on_a_damaged_pack_trailer_or_header_and_records_nothing() {
     ok(&["backup", "verify", &id, "--repo", repo_s]);
     assert!(verified.exists());
 }
+
+/// An attacker removes `keys/` and rewrites `config` as unencrypted, then replaces the
+/// backups with plain ones of their own. A user who gives the passphrase expects sealed,
+/// authenticated content: every content command refuses the repository (exit 16).
+#[test]
+fn an_encrypted_repository_turned_plain_is_refused_when_a_passphrase_is_given() {
+    let snaps = snapshots();
+    let work = scratch("tamper-downgrade");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let with_pass = || {
+        let mut c = etcdguard();
+        c.env("ETCDGUARD_PASSPHRASE", "downgrade test passphrase");
+        c
+    };
+    ok_with(&mut with_pass(), &["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()]);
+    // The attacker's plain repository in its place: a new unencrypted one, moved over.
+    let planted = work.join("planted");
+    let id = created_id(&ok(&["backup", "create", "--repo", planted.to_str().unwrap(), "--from-file", snaps.second.to_str().unwrap()]));
+    std::fs::remove_dir_all(&repo).unwrap();
+    std::fs::rename(&planted, &repo).unwrap();
+    for args in [
+        vec!["backup", "verify", "latest", "--repo", repo_s],
+        vec!["backup", "restore", "latest", "--repo", repo_s, "--to-file", work.join("out.db").to_str().unwrap()],
+        vec!["backup", "prune", "--repo", repo_s, "--keep-last", "1"],
+    ] {
+        let err = fails_with(&mut with_pass(), &args, 16);
+        assert!(err.contains("is not encrypted, but a passphrase was given") && err.contains("do not trust"), "{args:?}: {err}");
+    }
+    assert!(!work.join("out.db").exists());
+    // Without the passphrase the user asked for nothing sealed: it works as a plain repository.
+    ok(&["backup", "verify", &id, "--repo", repo_s]);
+}

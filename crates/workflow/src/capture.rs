@@ -109,6 +109,20 @@ enum Message {
     Failed(ClientError),
 }
 
+/// A change as the watch reports it, as a segment stores it (the two crates do not share
+/// types: the client knows etcd, the repository does not).
+fn stored(c: etcdguard_client::Change) -> Change {
+    Change {
+        put: c.put,
+        key: c.key,
+        value: c.value,
+        create_revision: c.create_revision,
+        mod_revision: c.mod_revision,
+        version: c.version,
+        lease: c.lease,
+    }
+}
+
 /// The newest full backup of the repository (of `cluster` when given).
 pub fn newest_full(repo: &Repository, cluster: Option<&str>) -> Result<Option<Manifest>> {
     let (mut list, _) = repo.list_backups()?;
@@ -220,15 +234,7 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
                             times.push((c.mod_revision, seen.timestamp_millis()));
                         }
                         pending_bytes += c.key.len() + c.value.len() + 32;
-                        pending.push(Change {
-                            put: c.put,
-                            key: c.key,
-                            value: c.value,
-                            create_revision: c.create_revision,
-                            mod_revision: c.mod_revision,
-                            version: c.version,
-                            lease: c.lease,
-                        });
+                        pending.push(stored(c));
                     }
                     set(&|s| s.server_revision = s.server_revision.max(header_revision));
                     let last = pending.last().map_or(covered, |c| c.mod_revision);
@@ -401,7 +407,7 @@ fn opts_flush_until(
                     if times.last().is_none_or(|t: &(i64, i64)| t.0 != c.mod_revision) {
                         times.push((c.mod_revision, seen.timestamp_millis()));
                     }
-                    changes.push(Change { put: c.put, key: c.key, value: c.value, create_revision: c.create_revision, mod_revision: c.mod_revision, version: c.version, lease: c.lease });
+                    changes.push(stored(c));
                 }
             }
             Ok(Message::Failed(e)) => return Err(client_error(e)),

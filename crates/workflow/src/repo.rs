@@ -44,9 +44,23 @@ impl RepoSpec {
         Ok(r)
     }
 
-    /// Unlocks `r` with the passphrase when it is encrypted.
+    /// Unlocks `r` with the passphrase when it is encrypted. A passphrase given for a
+    /// repository that is not encrypted is refused: someone who can write to the bucket can
+    /// turn an encrypted repository into a plain one (remove `keys/`, rewrite `config`) and
+    /// plant content; with the passphrase in hand the user expected sealed, authenticated
+    /// content, so nothing from such a repository is used.
     pub fn unlock(&self, r: &mut Repository) -> Result<()> {
         if !r.is_encrypted() {
+            if self.passphrase()?.is_some() {
+                return Err(crate::error::Error::new(
+                    crate::error::Kind::KeyRequired,
+                    format!("{} is not encrypted, but a passphrase was given", r.location()),
+                )
+                .with_hint(
+                    "if this repository was created encrypted, its keys were removed and its config rewritten: do not \
+                     trust its content. Otherwise unset ETCDGUARD_PASSPHRASE/--passphrase-file for it",
+                ));
+            }
             return Ok(());
         }
         match self.passphrase()? {
