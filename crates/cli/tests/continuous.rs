@@ -14,7 +14,7 @@ mod backup_support;
 use std::io::Write;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backup_support::{etcdguard, run};
 use etcdguard_testkit::{free_port, EtcdServer, EtcdVersion};
@@ -233,9 +233,4 @@ fn capture_and_restore_at_revision_etcd_3_4() {
 #[ignore]
 fn capture_survives_many_kills() {
     capture_and_restore(EtcdVersion::V3_5, 20, 20);
-}
-
-#[allow(dead_code)]
-fn elapsed(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64()
 }

@@ -582,9 +582,6 @@ struct SegmentEvents<'r> {
     repo: &'r Repository,
     segments: std::vec::IntoIter<etcdguard_repo::segment::SegmentInfo>,
     current: std::vec::IntoIter<Change>,
-    /// The lease set of the segment that holds `until`.
-    leases: Arc<Mutex<Option<Vec<(i64, i64)>>>>,
-    until: i64,
     failed: bool,
 }
 
@@ -609,12 +606,7 @@ impl Iterator for SegmentEvents<'_> {
             }
             let info = self.segments.next()?;
             match self.repo.read_segment(&info) {
-                Ok(s) => {
-                    if s.first <= self.until && self.until <= s.last || self.segments.len() == 0 {
-                        *self.leases.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.leases.clone());
-                    }
-                    self.current = s.changes.into_iter();
-                }
+                Ok(s) => self.current = s.changes.into_iter(),
                 Err(e) => {
                     self.failed = true;
                     return Some(Err(e.to_string()));
@@ -631,10 +623,8 @@ pub fn materialize(repo: &Repository, plan: &AtPlan, out: &Path, scratch: &Path)
     let base_file = scratch.join(format!("full-{}.db", plan.base.id));
     let index = repo.load_index()?;
     repo.restore_part_to_file(&index, &plan.base.snapshot, &base_file, 0o600)?;
-    let leases = Arc::new(Mutex::new(None));
-    // The lease set is known once the segment holding the revision is read; the replay
-    // asks for it only at the end, so read the chain first when it is short, else
-    // replay with the set of the last segment (the one that holds the revision).
+    // The lease set at the planned revision: the one stored with the last segment (the one
+    // that holds the revision); the replay needs it before it reads the segments.
     let lease_set: Option<Vec<etcdguard_storage::replay::LeaseGrant>> = match plan.segments.last() {
         Some(last) => Some(
             repo.read_segment(last)?
@@ -649,8 +639,6 @@ pub fn materialize(repo: &Repository, plan: &AtPlan, out: &Path, scratch: &Path)
         repo,
         segments: plan.segments.clone().into_iter(),
         current: Vec::new().into_iter(),
-        leases,
-        until: plan.revision,
         failed: false,
     };
     let result = etcdguard_storage::replay::replay_snapshot(&base_file, out, &mut events, Some(plan.revision), lease_set.as_deref());
