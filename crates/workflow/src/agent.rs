@@ -296,7 +296,7 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
     let mut next = first;
     let mut runs = 0u64;
     while opts.runs.is_none_or(|n| runs < n) {
-        if sleep_until(next, &stop) {
+        if sleep_until(next, &stop, election.as_ref()) {
             info!("stopping on request (idle)");
             return Ok(());
         }
@@ -415,11 +415,20 @@ fn wait_as_standby(election: &Election, repo: &RepoSpec, state: &Mutex<State>, s
 }
 
 /// Sleeps until `deadline` (wall clock, so a cron time is met after a suspend or a clock
-/// step); true when a stop came first.
-fn sleep_until(deadline: DateTime<Utc>, stop: &Stop) -> bool {
+/// step); true when a stop came first. With `election`, also returns (false) as soon as this
+/// agent no longer leads, so it reports standby at once rather than at its next run.
+fn sleep_until(deadline: DateTime<Utc>, stop: &Stop, election: Option<&Election>) -> bool {
+    let mut led = election.is_some_and(|e| e.is_leader());
     loop {
         if stop.is_raised() {
             return true;
+        }
+        if let Some(e) = election {
+            let leads = e.is_leader();
+            if led && !leads {
+                return false;
+            }
+            led = leads;
         }
         let left = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         if left.is_zero() {
