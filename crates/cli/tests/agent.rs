@@ -156,7 +156,7 @@ fn repo_exists(repo: &str) -> bool {
 #[test]
 fn shipped_kubernetes_manifests_use_real_flags() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes");
-    let mut checked = 0;
+    let (mut checked, mut daemonsets) = (0, 0);
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_none_or(|e| e != "yaml") {
@@ -165,10 +165,27 @@ fn shipped_kubernetes_manifests_use_real_flags() {
         let doc: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let kind = doc["kind"].as_str().unwrap().to_string();
         let pod = match kind.as_str() {
-            "Deployment" => &doc["spec"]["template"]["spec"],
+            "Deployment" | "DaemonSet" => &doc["spec"]["template"]["spec"],
             "CronJob" => &doc["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+            "Service" | "ServiceMonitor" => {
+                assert_eq!(doc["metadata"]["labels"]["app.kubernetes.io/name"].as_str(), Some("etcdguard-agent"), "{}", path.display());
+                continue;
+            }
+            "PrometheusRule" => {
+                // Every alert queries a metric the agent exports.
+                let rules: Vec<&serde_norway::Value> = doc["spec"]["groups"].as_sequence().unwrap().iter().flat_map(|g| g["rules"].as_sequence().unwrap()).collect();
+                assert!(rules.len() >= 4, "{}: {} rules", path.display(), rules.len());
+                for r in rules {
+                    let (alert, expr) = (r["alert"].as_str().unwrap(), r["expr"].as_str().unwrap());
+                    assert!(expr.contains("etcdguard_"), "{}: alert {alert}: {expr}", path.display());
+                }
+                continue;
+            }
             other => panic!("{}: unexpected kind {other}", path.display()),
         };
+        if kind == "DaemonSet" {
+            daemonsets += 1;
+        }
         let containers = ["initContainers", "containers"].iter().filter_map(|k| pod[*k].as_sequence()).flatten();
         for c in containers {
             let args: Vec<String> = c["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
@@ -177,5 +194,6 @@ fn shipped_kubernetes_manifests_use_real_flags() {
             checked += 1;
         }
     }
-    assert!(checked >= 3, "only {checked} containers found under {}", dir.display());
+    assert!(checked >= 4, "only {checked} containers found under {}", dir.display());
+    assert_eq!(daemonsets, 1, "the DaemonSet variant under {}", dir.display());
 }

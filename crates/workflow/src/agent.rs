@@ -11,6 +11,15 @@
 //! process after its spool and locks are removed: the repository is crash-safe, so that
 //! leaves exactly what a kill would, minus the leftovers. Either way `run` returns `Ok`
 //! well within [`STOP_BOUND`].
+//!
+//! Several agents for one cluster (one per control-plane node) elect one of themselves with
+//! etcd's election API ([`Election`]), under a name derived from the repository (and
+//! `--cluster`), so only the leader takes backups. Before each run the agent checks that it
+//! still leads; a standby waits, serves `/healthz` from the repository's newest backup, and
+//! once elected plans its next run from that backup's time (no extra backup when the last
+//! one is recent, none skipped when one is due). A leader that loses its lease during a run
+//! lets the run finish: the repository is crash-safe and locked, so a second backup taken
+//! meanwhile by the new leader is harmless, while stopping midway would only waste the work.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;
@@ -18,7 +27,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use etcdguard_client::election::{Election, ElectionOptions};
+use etcdguard_client::ConnectConfig;
 use etcdguard_repo::retention::Policy;
+use sha2::{Digest, Sha256};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -52,6 +64,39 @@ pub struct AgentOptions {
     pub runs: Option<u64>,
     /// Unhealthy after this many retention runs failed in a row (at least 1).
     pub prune_failures_unhealthy: u32,
+    /// Leader election among the agents of one cluster; `None` runs every schedule alone.
+    pub election: Option<ElectionSettings>,
+}
+
+/// How the agent campaigns.
+#[derive(Clone, Debug)]
+pub struct ElectionSettings {
+    /// etcd key prefix shared by the agents that back up to the same repository.
+    pub name: String,
+    /// Who this agent is (host name and PID), shown to the others.
+    pub value: String,
+    /// Lease TTL: a dead leader's turn passes on within about this long.
+    pub ttl: Duration,
+}
+
+impl ElectionSettings {
+    /// `/etcdguard/agent/<first 16 hex digits of sha256(repository URL, cluster name)>`:
+    /// agents writing to one repository (for one cluster) share it, no secret is in the key.
+    pub fn for_repository(repo_url: &str, cluster: Option<&str>, ttl: Duration) -> ElectionSettings {
+        let mut hash = Sha256::new();
+        hash.update(repo_url.trim_end_matches('/').as_bytes());
+        if let Some(c) = cluster {
+            hash.update(b"\n");
+            hash.update(c.as_bytes());
+        }
+        let digest = hash.finalize();
+        let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        ElectionSettings {
+            name: format!("/etcdguard/agent/{hex}"),
+            value: format!("{}/{}", etcdguard_repo::lock::hostname(), std::process::id()),
+            ttl,
+        }
+    }
 }
 
 /// What the agent has done, for /healthz and /metrics.
@@ -78,6 +123,8 @@ struct State {
     last_added_bytes: u64,
     last_revision: i64,
     backups_in_repository: Option<usize>,
+    /// The newest backup in the repository (time, id), read by a standby.
+    repository_newest: Option<(DateTime<Utc>, String)>,
 }
 
 impl State {
@@ -85,6 +132,17 @@ impl State {
     /// not older than two periods, and retention has not failed too often in a row.
     fn health(&self, now: DateTime<Utc>) -> (bool, String) {
         let stale_after = self.every.checked_mul(2).and_then(|d| chrono::Duration::from_std(d).ok()).unwrap_or(chrono::Duration::MAX);
+        // A standby takes no backups: it is healthy while the leader keeps the repository fresh.
+        if self.role == "standby" {
+            return match &self.repository_newest {
+                Some((at, id)) if now.signed_duration_since(*at) > stale_after => {
+                    (false, format!("standby; stale: the newest backup in the repository ({id}) was at {}, over twice the schedule's period ago", fmt_time(Some(*at))))
+                }
+                Some((at, id)) => (true, format!("ok: standby; newest backup in the repository {id} at {}", fmt_time(Some(*at)))),
+                None if now.signed_duration_since(self.started) > stale_after => (false, "standby; the repository has no backup (or cannot be read)".into()),
+                None => (true, "ok: standby; no backup in the repository yet".into()),
+            };
+        }
         if self.prunes_failed_in_a_row >= self.prune_failures_unhealthy {
             if let Some((at, e)) = &self.last_prune_error {
                 return (false, format!("retention (prune) failed {} times in a row, last at {}: {e}", self.prunes_failed_in_a_row, fmt_time(Some(*at))));
@@ -148,7 +206,9 @@ impl State {
         registry.register("etcdguard_agent_healthy", "1 when /healthz answers 200", gauge(if healthy { 1.0 } else { 0.0 }));
         // One agent takes the backups; with leader election the others will be standby.
         let role = Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
-        role.get_or_create(&vec![("role".to_string(), self.role.to_string())]).set(1.0);
+        for r in ["active", "standby"] {
+            role.get_or_create(&vec![("role".to_string(), r.to_string())]).set(if self.role == r { 1.0 } else { 0.0 });
+        }
         registry.register("etcdguard_agent_role", "The agent's role: active takes the backups, standby waits", role);
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -193,7 +253,8 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
     let first = with_jitter(planned, opts.jitter, crate::spool::rand_u64());
     let state = Arc::new(Mutex::new(State {
         every: opts.schedule.period(now).saturating_add(opts.jitter),
-        role: "active",
+        // With an election, standby until elected.
+        role: if opts.election.is_some() && opts.runs != Some(0) { "standby" } else { "active" },
         started: now,
         running_since: None,
         next_run: first,
@@ -212,6 +273,7 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
         last_added_bytes: 0,
         last_revision: 0,
         backups_in_repository: None,
+        repository_newest: None,
     }));
     if opts.listen != "off" {
         let server = tiny_http::Server::http(&opts.listen).map_err(|e| Error::usage(format!("--listen {}: {e}", opts.listen)))?;
@@ -226,13 +288,33 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
         if opts.jitter.is_zero() { String::new() } else { format!(" (each start delayed by up to {})", humantime::format_duration(opts.jitter)) },
         if opts.policy.is_some() { ", applying retention after each backup" } else { "" }
     );
+    let election = match &opts.election {
+        Some(settings) if opts.runs != Some(0) => Some(start_election(&opts, settings)?),
+        _ => None,
+    };
     let opts = Arc::new(opts);
     let mut next = first;
     let mut runs = 0u64;
     while opts.runs.is_none_or(|n| runs < n) {
-        if sleep_until(next, &stop) {
+        if sleep_until(next, &stop, election.as_ref()) {
             info!("stopping on request (idle)");
             return Ok(());
+        }
+        if let Some(election) = &election {
+            if !election.is_leader() {
+                let Some(newest) = wait_as_standby(election, &opts.create.repo, &state, &stop) else {
+                    info!("stopping on request (standby)");
+                    return Ok(());
+                };
+                // Go on from the repository's newest backup, not from when we were elected.
+                let now = Utc::now();
+                // The schedule's first time after that backup; when it has passed, run now.
+                planned = newest.and_then(|at| opts.schedule.next(at, Some(at))).unwrap_or(now).max(now);
+                next = if planned <= now { now } else { with_jitter(planned, opts.jitter, crate::spool::rand_u64()) };
+                state.lock().unwrap_or_else(|p| p.into_inner()).next_run = next;
+                info!(next = %fmt_time(Some(next)), "elected: this agent takes the backups now");
+                continue;
+            }
         }
         let started = Instant::now();
         let started_at = Utc::now();
@@ -280,12 +362,73 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
     Ok(())
 }
 
+fn start_election(opts: &AgentOptions, settings: &ElectionSettings) -> Result<Election> {
+    let (cfg, _notes) = ConnectConfig::resolve(opts.create.conn.clone()).map_err(crate::error::client_error)?;
+    let options = ElectionOptions { name: settings.name.clone(), value: settings.value.clone(), ttl: settings.ttl };
+    let election = Election::start(cfg, options).map_err(|e| Error::usage(format!("leader election: {e}")))?;
+    info!(election = %settings.name, ttl = %humantime::format_duration(settings.ttl), "campaigning: only the elected agent takes backups");
+    Ok(election)
+}
+
+/// The newest backup the repository lists (time, id), when it can be read.
+fn newest_backup(repo: &RepoSpec) -> Option<Option<(DateTime<Utc>, String)>> {
+    let (backups, _) = repo.open().ok()?.list_backups().ok()?;
+    Some(backups.into_iter().max_by_key(|m| m.created).map(|m| (m.created, m.id)))
+}
+
+/// Waits as a standby until elected; `None` when a stop came first, else the newest backup's
+/// time in the repository (read right after the election, `None` inside when there is none).
+fn wait_as_standby(election: &Election, repo: &RepoSpec, state: &Mutex<State>, stop: &Stop) -> Option<Option<DateTime<Utc>>> {
+    let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
+    let every = lock().every;
+    let refresh_every = (every / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    lock().role = "standby";
+    info!("standby: another agent takes the backups");
+    let mut refreshed: Option<Instant> = None;
+    loop {
+        if stop.is_raised() {
+            return None;
+        }
+        if election.wait_for_leadership(Duration::from_millis(100)) {
+            break;
+        }
+        if refreshed.is_none_or(|t| t.elapsed() >= refresh_every) {
+            refreshed = Some(Instant::now());
+            if let Some(newest) = newest_backup(repo) {
+                lock().repository_newest = newest;
+            }
+        }
+    }
+    let newest = newest_backup(repo);
+    let mut s = lock();
+    s.role = "active";
+    if let Some(n) = &newest {
+        s.repository_newest = n.clone();
+        // The active agent's health goes on from the repository's newest backup.
+        if let Some((at, id)) = n {
+            if s.last_success.as_ref().is_none_or(|(t, _)| t < at) {
+                s.last_success = Some((*at, id.clone()));
+            }
+        }
+    }
+    Some(newest.flatten().map(|(at, _)| at))
+}
+
 /// Sleeps until `deadline` (wall clock, so a cron time is met after a suspend or a clock
-/// step); true when a stop came first.
-fn sleep_until(deadline: DateTime<Utc>, stop: &Stop) -> bool {
+/// step); true when a stop came first. With `election`, also returns (false) as soon as this
+/// agent no longer leads, so it reports standby at once rather than at its next run.
+fn sleep_until(deadline: DateTime<Utc>, stop: &Stop, election: Option<&Election>) -> bool {
+    let mut led = election.is_some_and(|e| e.is_leader());
     loop {
         if stop.is_raised() {
             return true;
+        }
+        if let Some(e) = election {
+            let leads = e.is_leader();
+            if led && !leads {
+                return false;
+            }
+            led = leads;
         }
         let left = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         if left.is_zero() {
@@ -446,6 +589,7 @@ mod tests {
             last_added_bytes: 1,
             last_revision: 1,
             backups_in_repository: Some(1),
+            repository_newest: None,
         };
         for n in 1..=3 {
             s.prunes_failed += 1;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use etcdguard_repo::retention::parse_duration;
-use etcdguard_workflow::agent::{self, AgentOptions};
+use etcdguard_workflow::agent::{self, AgentOptions, ElectionSettings};
 use etcdguard_workflow::schedule::Schedule;
 use etcdguard_workflow::Stop;
 
@@ -50,6 +50,19 @@ pub struct AgentArgs {
     /// /healthz answers 503 once this many retention runs (prune) failed in a row.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub prune_failures_unhealthy: u32,
+    /// Leader election (the default with a live cluster): agents for the same repository
+    /// (and --cluster) elect one of themselves through etcd's election API, and only that
+    /// one takes backups; the others stand by and take over when it is gone. Off with
+    /// --from-file.
+    #[arg(long, overrides_with = "no_elect")]
+    pub elect: bool,
+    /// Do not elect: this agent takes every scheduled backup, whatever other agents do.
+    #[arg(long, overrides_with = "elect")]
+    pub no_elect: bool,
+    /// Lease TTL of the election (whole seconds, at least 2s): a dead leader's turn passes
+    /// to a standby within about this long.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub elect_ttl: Duration,
 }
 
 pub fn run(args: AgentArgs) -> Result<()> {
@@ -57,14 +70,18 @@ pub fn run(args: AgentArgs) -> Result<()> {
         Some(expression) => Schedule::cron(expression)?,
         None => Schedule::Every(args.every),
     };
+    let create = args.create.options();
+    let election = (!args.no_elect && create.from_file.is_none())
+        .then(|| ElectionSettings::for_repository(&create.repo.url, create.cluster.as_deref(), args.elect_ttl));
     let opts = AgentOptions {
-        create: args.create.options(),
+        create,
         policy: args.keep.policy(),
         schedule,
         jitter: args.jitter,
         listen: args.listen.clone(),
         runs: args.runs,
         prune_failures_unhealthy: args.prune_failures_unhealthy,
+        election,
     };
     init_logging(args.log_format);
     let stop = Stop::new();
