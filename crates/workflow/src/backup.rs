@@ -93,82 +93,30 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
     create_from(opts, &path, Source::Cluster { endpoint: st.endpoint.clone() }, known, note, stop)
 }
 
+/// Stores the snapshot at `path` while it is checked (sha256 trailer, bbolt structure, etcd
+/// schema) on another thread; the backup is committed only when the check passed. Packs
+/// stored for a snapshot that fails its check are listed by no backup: `prune` removes them.
 fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInfo, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
     let file = open_snapshot(path)?;
     let db = file.db().map_err(|e| db_error(path, e))?;
     let page_size = db.page_size();
-    let release = || file.release_resident();
-    // The trailer hash and the walk are independent: run them side by side.
-    let (trailer, report) = std::thread::scope(|s| {
-        let hashing = s.spawn(|| file.check_trailer());
-        let report = if opts.skip_verify { None } else { Some(etcdguard_storage::verify(&db, Some(&release))) };
-        (hashing.join().unwrap_or_else(|_| Err(std::io::Error::other("the trailer check panicked"))), report)
-    });
-    let trailer = trailer.map_err(|e| Error::failure(format!("{}: reading for sha256: {e}", path.display())))?;
-    if let TrailerCheck::Mismatch { .. } = trailer {
-        return Err(Error::new(
-            Kind::ChecksumMismatch,
-            format!("{}: sha256 trailer mismatch: the snapshot is damaged; not backing it up", path.display()),
-        ));
-    }
-    let status = match &report {
-        Some(r) if !r.is_ok() => {
-            return Err(Error::new(
-                Kind::Corrupt,
-                format!(
-                    "{}: the snapshot is damaged ({} problems); not backing it up. Run `etcdguard snapshot verify {}` for details",
-                    path.display(),
-                    r.structure.problem_count + r.schema_problem_count + r.metas.iter().filter(|m| m.is_err()).count(),
-                    path.display()
-                ),
-            ))
-        }
-        Some(r) => r.status.clone(),
-        None => etcdguard_storage::status(&db, Some(&release)).ok(),
-    };
-    let Some(status) = status else {
-        return Err(Error::new(Kind::Corrupt, format!("{}: cannot compute the snapshot's status; not backing it up", path.display())));
-    };
-    let etcd = EtcdInfo {
-        revision: status.revision,
-        hash: status.hash,
-        total_key: status.total_key,
-        total_size: status.total_size,
-        page_size,
-        compacted_revision: report.as_ref().and_then(|r| r.stats.compacted_revision),
-        consistent_index: report.as_ref().and_then(|r| r.stats.consistent_index),
-        term: report.as_ref().and_then(|r| r.stats.term),
-        trailer: match file.layout() {
-            Layout::WithTrailer { .. } => "verified".into(),
-            _ => "absent".into(),
-        },
-        verified: report.is_some(),
-        ..known
-    };
-    drop(file);
-    stop.check()?;
-
-    let store = open_url(&opts.repo.url).map_err(|e| repo_error(e.into()))?;
-    let passphrase = opts.repo.passphrase()?;
-    let init = InitOptions { chunk_size: opts.chunk_size, passphrase: passphrase.clone(), ..Default::default() };
-    let (mut repo, created) = Repository::open_or_init(store, &init)?;
-    if created {
-        let how = if repo.is_encrypted() { "encrypted with the passphrase given" } else { "not encrypted (give ETCDGUARD_PASSPHRASE or --passphrase-file to encrypt a new one)" };
-        note(&format!("created repository {}, {how}", repo.location()));
-    } else if repo.is_encrypted() {
-        opts.repo.unlock(&mut repo)?;
-    } else if passphrase.is_some() {
-        // Never let a passphrase suggest the CA keys are sealed when they would not be.
-        return Err(Error::usage(format!(
-            "{} is not encrypted, but a passphrase was given; its backups would be stored in clear.\n  \
-             Use a new repository location (it is created encrypted), or unset ETCDGUARD_PASSPHRASE/--passphrase-file",
-            repo.location()
-        )));
-    }
+    let size = std::fs::metadata(path).map(|m| m.len()).ok();
+    let repo = open_for_create(opts, note)?;
     let mut writer = repo.begin_backup()?;
-    let input = std::fs::File::open(path).map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
-    let mut input = stop.reader(input);
-    let snapshot = writer.add_snapshot(&mut input, page_size).map_err(|e| stop.error_or(repo_error(e)))?;
+    let (checked, stored) = std::thread::scope(|s| {
+        let checking = s.spawn(|| check_snapshot(opts, path, &file, &db, known));
+        let stored = (|| {
+            let input = std::fs::File::open(path).map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
+            let mut input = stop.reader(input);
+            writer.add_snapshot_sized(&mut input, page_size, size).map_err(|e| stop.error_or(repo_error(e)))
+        })();
+        (checking.join().unwrap_or_else(|_| Err(Error::failure("the snapshot check panicked"))), stored)
+    });
+    // A damaged snapshot is reported as such, whatever happened to the upload meanwhile.
+    let etcd = checked?;
+    let snapshot = stored?;
+    drop(db);
+    drop(file);
     stop.check()?;
     // The PKI and manifests directories restore as pki/ and manifests/ themselves; other
     // paths go under their group with their own name.
@@ -192,6 +140,84 @@ fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInf
     let labels: BTreeMap<String, String> = opts.labels.iter().cloned().collect();
     let cluster = opts.cluster.clone().or_else(|| labels.get("cluster").cloned()).or_else(|| etcd.cluster_id.clone());
     Ok(writer.commit(snapshot, BackupMeta { source, etcd, labels, cluster })?)
+}
+
+/// Checks a snapshot as `snapshot verify` does (unless `skip_verify`: then the trailer
+/// only) and returns what the manifest records of it.
+fn check_snapshot(opts: &CreateOptions, path: &Path, file: &etcdguard_storage::SnapshotFile, db: &etcdguard_bolt::Db<'_>, known: EtcdInfo) -> Result<EtcdInfo> {
+    let page_size = db.page_size();
+    let release = || file.release_resident();
+    // The trailer hash and the walk are independent: run them side by side.
+    let (trailer, report) = std::thread::scope(|s| {
+        let hashing = s.spawn(|| file.check_trailer());
+        let report = if opts.skip_verify { None } else { Some(etcdguard_storage::verify(db, Some(&release))) };
+        (hashing.join().unwrap_or_else(|_| Err(std::io::Error::other("the trailer check panicked"))), report)
+    });
+    let trailer = trailer.map_err(|e| Error::failure(format!("{}: reading for sha256: {e}", path.display())))?;
+    if let TrailerCheck::Mismatch { .. } = trailer {
+        return Err(Error::new(
+            Kind::ChecksumMismatch,
+            format!("{}: sha256 trailer mismatch: the snapshot is damaged; not backing it up", path.display()),
+        ));
+    }
+    let status = match &report {
+        Some(r) if !r.is_ok() => {
+            return Err(Error::new(
+                Kind::Corrupt,
+                format!(
+                    "{}: the snapshot is damaged ({} problems); not backing it up. Run `etcdguard snapshot verify {}` for details",
+                    path.display(),
+                    r.structure.problem_count + r.schema_problem_count + r.metas.iter().filter(|m| m.is_err()).count(),
+                    path.display()
+                ),
+            ))
+        }
+        Some(r) => r.status.clone(),
+        None => etcdguard_storage::status(db, Some(&release)).ok(),
+    };
+    let Some(status) = status else {
+        return Err(Error::new(Kind::Corrupt, format!("{}: cannot compute the snapshot's status; not backing it up", path.display())));
+    };
+    let etcd = EtcdInfo {
+        revision: status.revision,
+        hash: status.hash,
+        total_key: status.total_key,
+        total_size: status.total_size,
+        page_size,
+        compacted_revision: report.as_ref().and_then(|r| r.stats.compacted_revision),
+        consistent_index: report.as_ref().and_then(|r| r.stats.consistent_index),
+        term: report.as_ref().and_then(|r| r.stats.term),
+        trailer: match file.layout() {
+            Layout::WithTrailer { .. } => "verified".into(),
+            _ => "absent".into(),
+        },
+        verified: report.is_some(),
+        ..known
+    };
+    Ok(etcd)
+}
+
+/// Opens (or creates) the repository of a backup and unlocks it.
+fn open_for_create(opts: &CreateOptions, note: &mut dyn FnMut(&str)) -> Result<Repository> {
+    let store = open_url(&opts.repo.url).map_err(|e| repo_error(e.into()))?;
+    let passphrase = opts.repo.passphrase()?;
+    let init = InitOptions { chunk_size: opts.chunk_size, passphrase: passphrase.clone(), ..Default::default() };
+    let (mut repo, created) = Repository::open_or_init(store, &init)?;
+    repo.set_transfer(opts.repo.transfer.clone());
+    if created {
+        let how = if repo.is_encrypted() { "encrypted with the passphrase given" } else { "not encrypted (give ETCDGUARD_PASSPHRASE or --passphrase-file to encrypt a new one)" };
+        note(&format!("created repository {}, {how}", repo.location()));
+    } else if repo.is_encrypted() {
+        opts.repo.unlock(&mut repo)?;
+    } else if passphrase.is_some() {
+        // Never let a passphrase suggest the CA keys are sealed when they would not be.
+        return Err(Error::usage(format!(
+            "{} is not encrypted, but a passphrase was given; its backups would be stored in clear.\n  \
+             Use a new repository location (it is created encrypted), or unset ETCDGUARD_PASSPHRASE/--passphrase-file",
+            repo.location()
+        )));
+    }
+    Ok(repo)
 }
 
 /// What `backup verify` checks.
