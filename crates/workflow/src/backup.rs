@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use etcdguard_client::{choose_member, ConnectConfig, ConnectFlags, Destination, NoProgress, Session, SnapshotFrom};
+use etcdguard_client::{choose_member, ConnectConfig, ConnectFlags, NoProgress, Session, SnapshotFrom};
 use etcdguard_repo::manifest::{EtcdInfo, FileKind, Manifest, Source};
 use etcdguard_repo::repository::KeyInfo;
 use etcdguard_repo::retention::Policy;
@@ -67,8 +67,11 @@ pub fn create_stoppable(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: 
     create_from(opts, &path, source, EtcdInfo::default(), note, stop)
 }
 
-/// Takes a snapshot from the live cluster into a private spool, then backs it up as a file:
-/// the snapshot is checked before anything reaches the repository.
+/// Takes a snapshot from the live cluster and stores it while it streams in: every byte
+/// goes to a private spool file and to the chunker at once. When the stream has ended (its
+/// sha256 trailer checked) the spooled file is checked as `snapshot verify` does, and the
+/// backup is committed only if that passed; packs stored for a snapshot that failed are
+/// listed by no backup (`prune` removes them).
 fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
     let session = connect(&opts.conn, note)?;
     let probes = session.probe_all();
@@ -81,16 +84,116 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
         note(&format!("removed {} scratch dir(s) of killed runs from {}", swept.len(), parent.display()));
     }
     stop.check()?;
+    let repo = open_for_create(opts, note)?;
+    let mut writer = repo.begin_backup()?;
     let path = spool.path().join("snapshot.db");
-    session.save(&st.endpoint, &Destination::File(path.clone()), &mut NoProgress).map_err(client_error)?;
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)
+    }
+    .map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
+    // A few stream messages in flight between the stream and the chunker.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let endpoint = st.endpoint.clone();
+    let target = path.display().to_string();
+    let (saved, stored) = std::thread::scope(|s| {
+        let saving = s.spawn(move || {
+            let mut tee = Tee { file, tx };
+            session.save_into(&endpoint, &mut tee, &target, &mut NoProgress)
+        });
+        let stored = (|| {
+            let mut input = ChannelReader { rx, buf: Vec::new(), pos: 0 };
+            // The chunk size follows the page size, which the first page names.
+            let mut head = vec![0u8; 4096];
+            let n = read_full(&mut input, &mut head).map_err(|e| Error::failure(format!("reading the snapshot stream: {e}")))?;
+            head.truncate(n);
+            let page_size = bolt_page_size(&head).unwrap_or(4096);
+            let mut input = stop.reader(std::io::Read::chain(std::io::Cursor::new(head), input));
+            writer.add_snapshot_sized(&mut input, page_size, None).map_err(|e| stop.error_or(repo_error(e)))
+        })();
+        // Whatever happened to the chunker, the stream ends (its sends fail once `rx` is gone).
+        (saving.join().unwrap_or_else(|_| Err(etcdguard_client::ClientError::Interrupted("a panic"))), stored)
+    });
+    saved.map_err(|e| stop.error_or(client_error(e)))?;
+    let snapshot = stored?;
     stop.check()?;
+    let file = open_snapshot(&path)?;
+    if file.len() != snapshot.size {
+        return Err(Error::failure(format!("{}: {} bytes spooled but {} stored; not backing it up", path.display(), file.len(), snapshot.size)));
+    }
+    let db = file.db().map_err(|e| db_error(&path, e))?;
     let known = EtcdInfo {
         cluster_id: (st.cluster_id != 0).then(|| format!("{:x}", st.cluster_id)),
         member_id: Some(format!("{:x}", st.member_id)),
         version: (!st.version.is_empty()).then(|| st.version.clone()),
         ..Default::default()
     };
-    create_from(opts, &path, Source::Cluster { endpoint: st.endpoint.clone() }, known, note, stop)
+    let etcd = check_snapshot(opts, &path, &file, &db, known)?;
+    drop(db);
+    drop(file);
+    drop(spool);
+    finish(opts, writer, snapshot, Source::Cluster { endpoint: st.endpoint.clone() }, etcd, stop)
+}
+
+/// The page size a bbolt file's first meta page names, if it is one.
+fn bolt_page_size(head: &[u8]) -> Option<u32> {
+    let word = |at: usize| head.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    (word(16)? == 0xED0C_DAED).then(|| word(24)).flatten().filter(|p| p.is_power_of_two() && (512..=65536).contains(p))
+}
+
+/// Writes the stream to the spool file and hands a copy to the chunker.
+struct Tee {
+    file: std::fs::File,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl std::io::Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write_all(buf)?;
+        self.tx.send(buf.to_vec()).map_err(|_| std::io::Error::other("the backup stopped storing the snapshot"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Reads what a [`Tee`] sends; the end of the stream is the end of the input.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.recv() {
+                Ok(b) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Stores the snapshot at `path` while it is checked (sha256 trailer, bbolt structure, etcd
@@ -117,6 +220,11 @@ fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInf
     let snapshot = stored?;
     drop(db);
     drop(file);
+    finish(opts, writer, snapshot, source, etcd, stop)
+}
+
+/// Adds the control-plane files and commits the backup.
+fn finish(opts: &CreateOptions, mut writer: etcdguard_repo::BackupWriter<'_>, snapshot: etcdguard_repo::manifest::Part, source: Source, etcd: EtcdInfo, stop: &Stop) -> Result<Manifest> {
     stop.check()?;
     // The PKI and manifests directories restore as pki/ and manifests/ themselves; other
     // paths go under their group with their own name.
