@@ -503,7 +503,8 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
         // A backup of a plain member/snap/db has no trailer; its sha256 was checked above.
         // A point-in-time file always gets one.
         d.skip_hash_check = plan.is_none() && m.etcd.trailer == "absent";
-        let restored = crate::restore::snapshot_restore(&d)?;
+        // A temporary reassembly is moved into the data dir, not copied again.
+        let restored = if temporary { crate::restore::snapshot_restore_consuming(&d)? } else { crate::restore::snapshot_restore(&d)? };
         on(RestoreEvent::DataDirRestored(&restored));
     }
     if let Some(dir) = &opts.files_to {
