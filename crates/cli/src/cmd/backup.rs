@@ -669,10 +669,13 @@ fn show(args: ShowArgs) -> Result<()> {
         println!("  {:04o} {kind}  {}{target}", f.mode, f.path);
     }
     if !m.certificates.is_empty() {
-        println!("{:<20}{} (notAfter, at backup time: days left)", "certificates", m.certificates.len());
+        println!("{:<20}{} (notAfter; time left when the backup was taken)", "certificates", m.certificates.len());
         for c in &m.certificates {
-            let days = (c.not_after - m.created).num_days();
-            println!("  {}  {:>5}d  {}  {}", c.not_after.format("%Y-%m-%d %H:%M:%S UTC"), days, c.path, c.subject);
+            let left = match (c.not_after - m.created).to_std() {
+                Ok(d) if !d.is_zero() => etcdguard_workflow::certs::rough(d),
+                _ => "expired".into(),
+            };
+            println!("  {}  {left:>9}  {}  {}", c.not_after.format("%Y-%m-%d %H:%M:%S UTC"), c.path, c.subject);
         }
     }
     Ok(())
