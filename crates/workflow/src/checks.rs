@@ -216,12 +216,17 @@ impl Checks {
     }
 }
 
+/// How long a check under way gets to give up when the agent returns (the agent's own stop
+/// bound has already been spent on its backup run).
+const CHECKS_GRACE: Duration = Duration::from_secs(1);
+
 impl Drop for Checks {
-    /// The agent is returning: a check under way gets [`crate::agent::STOP_GRACE`] to give up,
-    /// else its spool is removed and it dies with the process (its etcd with it).
+    /// The agent is returning: a check under way gets [`CHECKS_GRACE`] to give up, else its
+    /// spool is removed and it dies with the process (a drill's etcd with it: it was started
+    /// with a parent-death signal).
     fn drop(&mut self) {
         self.stop.raise();
-        let deadline = Instant::now() + crate::agent::STOP_GRACE;
+        let deadline = Instant::now() + CHECKS_GRACE;
         while self.threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -369,7 +374,9 @@ fn cert_loop(repo: &RepoSpec, pki_dir: Option<PathBuf>, state: &Mutex<CheckState
                     s.cert_error = None;
                 }
                 // Keep the last list: a passing read error does not hide an expiring certificate.
-                Err(e) => s.cert_error = Some(e),
+                // A repository that cannot be read is reported by the backups themselves.
+                Err(e) if pki_dir.is_some() => s.cert_error = Some(e),
+                Err(_) => {}
             }
         }
         if nap(if pki_dir.is_some() { PKI_DIR_REFRESH } else { MANIFEST_REFRESH }, stop) {
