@@ -37,6 +37,9 @@ pub const PKI_DIR_REFRESH: Duration = Duration::from_secs(60);
 /// every manifest of the repository, so not every minute).
 pub const MANIFEST_REFRESH: Duration = Duration::from_secs(600);
 
+/// A scrub or drill that found no backup looks again after this (or its period, if shorter).
+const NOTHING_YET_RETRY: Duration = Duration::from_secs(10);
+
 /// The agent's checks; all off by default.
 #[derive(Clone, Debug)]
 pub struct ChecksOptions {
@@ -260,10 +263,11 @@ fn check_loop(opts: &ChecksOptions, scrub_opts: &ScrubOptions, drill_opts: &Dril
         if !leading() {
             continue;
         }
+        // With nothing to check yet (no backup), look again soon rather than a period later.
         if let (Some(due), Some(every)) = (next_scrub, opts.verify_every) {
             if Instant::now() >= due {
-                run_scrub(scrub_opts, &mut cursor, &lock, stop);
-                next_scrub = Some(due + every).map(|n| n.max(Instant::now()));
+                let checked = run_scrub(scrub_opts, &mut cursor, &lock, stop);
+                next_scrub = Some(if checked { (due + every).max(Instant::now()) } else { Instant::now() + NOTHING_YET_RETRY.min(every) });
             }
         }
         if stop.is_raised() {
@@ -271,18 +275,25 @@ fn check_loop(opts: &ChecksOptions, scrub_opts: &ScrubOptions, drill_opts: &Dril
         }
         if let (Some(due), Some(every)) = (next_drill, opts.drill_every) {
             if Instant::now() >= due && leading() {
-                run_drill(drill_opts, &lock, stop);
-                next_drill = Some(due + every).map(|n| n.max(Instant::now()));
+                let drilled = run_drill(drill_opts, &lock, stop);
+                next_drill = Some(if drilled { (due + every).max(Instant::now()) } else { Instant::now() + NOTHING_YET_RETRY.min(every) });
             }
         }
     }
 }
 
-fn run_scrub<'s>(opts: &ScrubOptions, cursor: &mut Cursor, lock: &dyn Fn() -> std::sync::MutexGuard<'s, CheckState>, stop: &Stop) {
+/// One scrub, its result recorded; false when there was nothing to check (no backup yet).
+fn run_scrub<'s>(opts: &ScrubOptions, cursor: &mut Cursor, lock: &dyn Fn() -> std::sync::MutexGuard<'s, CheckState>, stop: &Stop) -> bool {
     let result = scrub(opts, cursor, stop, &mut |line| info!("scrub: {line}"));
     let now = Utc::now();
     if stop.is_raised() {
-        return;
+        return true;
+    }
+    if let Ok(r) = &result {
+        if r.checked.is_empty() && r.backups == 0 {
+            info!("scrub: the repository has no backup yet");
+            return false;
+        }
     }
     let mut s = lock();
     s.scrub_last_run = Some(now);
@@ -322,13 +333,15 @@ fn run_scrub<'s>(opts: &ScrubOptions, cursor: &mut Cursor, lock: &dyn Fn() -> st
             warn!(kind = ?e.kind, "scrub failed: {e}");
         }
     }
+    true
 }
 
-fn run_drill<'s>(opts: &DrillOptions, lock: &dyn Fn() -> std::sync::MutexGuard<'s, CheckState>, stop: &Stop) {
+/// One drill, its result recorded; false when there was nothing to restore (no backup yet).
+fn run_drill<'s>(opts: &DrillOptions, lock: &dyn Fn() -> std::sync::MutexGuard<'s, CheckState>, stop: &Stop) -> bool {
     let result = drill(opts, stop, &mut |line| info!("{line}"));
     let now = Utc::now();
     if stop.is_raised() {
-        return;
+        return true;
     }
     let mut s = lock();
     match result {
@@ -348,13 +361,17 @@ fn run_drill<'s>(opts: &DrillOptions, lock: &dyn Fn() -> std::sync::MutexGuard<'
                 if d.booted { ", etcd booted on it and answered" } else { "" }
             );
         }
-        Ok(None) => info!("drill: the repository has no backup yet"),
+        Ok(None) => {
+            info!("drill: the repository has no backup yet");
+            return false;
+        }
         Err(e) => {
             s.drills_failed += 1;
             s.drill_error = Some((now, e.to_string()));
             warn!(kind = ?e.kind, "drill failed: {e}");
         }
     }
+    true
 }
 
 /// Re-reads the watched certificates now and then.

@@ -52,10 +52,14 @@ pub struct Drilled {
     pub elapsed: Duration,
 }
 
-/// Runs one drill on the newest backup; `Ok(None)` when the repository has no backup.
+/// Runs one drill on the newest backup; `Ok(None)` when the repository has no backup (or
+/// does not exist yet: the agent's first backup creates it).
 pub fn drill(opts: &DrillOptions, stop: &Stop, note: &mut dyn FnMut(&str)) -> Result<Option<Drilled>> {
     let started = Instant::now();
-    let repo = opts.repo.open_unlocked()?;
+    let repo = match opts.repo.open_unlocked() {
+        Err(e) if e.kind == Kind::NotFound => return Ok(None),
+        other => other?,
+    };
     let (backups, _) = repo.list_backups()?;
     let Some(m) = backups.last() else { return Ok(None) };
     let parent = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);

@@ -75,10 +75,14 @@ impl ScrubReport {
 }
 
 /// Runs one scrub. `Err` only when the repository cannot be opened or listed; damage found in
-/// a backup is in the report. Lines for the operator go to `note`.
+/// a backup is in the report. A repository that does not exist yet (the agent's first backup
+/// creates it) is an empty report. Lines for the operator go to `note`.
 pub fn scrub(opts: &ScrubOptions, cursor: &mut Cursor, stop: &Stop, note: &mut dyn FnMut(&str)) -> Result<ScrubReport> {
     let started = Instant::now();
-    let repo = opts.repo.open_unlocked()?;
+    let repo = match opts.repo.open_unlocked() {
+        Err(e) if e.kind == crate::Kind::NotFound => return Ok(ScrubReport::default()),
+        other => other?,
+    };
     let (backups, unreadable) = repo.list_backups()?;
     let mut report = ScrubReport { backups: backups.len() + unreadable.len(), ..ScrubReport::default() };
     // A manifest that does not read is damage too (its backup cannot be restored).

@@ -28,14 +28,20 @@ impl Agent {
 
 /// GET `path` on 127.0.0.1:`port`: (status, body), or None while nothing listens.
 pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let (status, resp) = get_raw(port, path)?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// GET `path`: (status, the whole response with its headers).
+pub fn get_raw(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((status, body))
+    Some((status, resp))
 }
 
 /// The body of /metrics, empty while nothing answers.
@@ -48,11 +54,22 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Polls `check` every 200 ms until it holds; panics after `timeout`.
 pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    wait_for_or(what, timeout, String::new, &mut check)
+}
+
+/// Like [`wait_for`], and a timeout shows `log()` (the agent's own account of what it did).
+pub fn wait_for_or(what: &str, timeout: Duration, log: impl Fn() -> String, check: &mut dyn FnMut() -> bool) {
+    poll(what, timeout, Duration::from_millis(200), log, check)
+}
+
+/// Polls `check` every `every` (short, to catch a brief state such as a backup running).
+pub fn poll(what: &str, timeout: Duration, every: Duration, log: impl Fn() -> String, check: &mut dyn FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}\n{}", log());
+        std::thread::sleep(every);
     }
 }
 
