@@ -248,17 +248,28 @@ impl Member {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return Err(Error::failure(format!("drill: the booted etcd exited ({status}): {}", self.log_tail())));
             }
-            match session.first_key(&self.endpoint) {
+            let e = match session.first_key(&self.endpoint) {
                 Ok(first) => return Ok(first),
-                Err(e) if started.elapsed() > BOOT_TIMEOUT => {
-                    return Err(Error::failure(format!(
-                        "drill: the booted etcd did not answer within {}s: {e}; its log: {}",
-                        BOOT_TIMEOUT.as_secs(),
-                        self.log_tail()
-                    )))
+                // The backed-up cluster had etcd's own auth on: the read is refused, which still
+                // proves the member serves (as `endpoint health` counts it). Its revision comes
+                // from the status call, which needs no user.
+                Err(e @ etcdguard_client::ClientError::Auth { .. }) => {
+                    let probe = session.probe(std::slice::from_ref(&self.endpoint)).pop();
+                    match probe.map(|p| p.result) {
+                        Some(Ok(st)) => return Ok(etcdguard_client::FirstKey { header_revision: st.revision, kv: None }),
+                        _ => e,
+                    }
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                Err(e) => e,
+            };
+            if started.elapsed() > BOOT_TIMEOUT {
+                return Err(Error::failure(format!(
+                    "drill: the booted etcd did not answer within {}s: {e}; its log: {}",
+                    BOOT_TIMEOUT.as_secs(),
+                    self.log_tail()
+                )));
             }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
