@@ -216,3 +216,27 @@ fn certificate_expiry_in_metrics_health_and_backup_show() {
     expect_code(&show, 0, "backup show with the passphrase");
     assert!(text(&show.stdout).contains("CN=etcd-server"), "{}", text(&show.stdout));
 }
+
+#[test]
+fn check_flags_are_validated() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    for (args, what) in [
+        (vec!["--verify-every", "0s"], "--verify-every 0s"),
+        (vec!["--drill-every", "soon"], "--drill-every soon"),
+        (vec!["--drill-etcd", "/usr/bin/etcd"], "--drill-etcd without --drill-every"),
+        (vec!["--verify-budget", "5m"], "--verify-budget without --verify-every"),
+        (vec!["--cert-warn", "x"], "--cert-warn x"),
+    ] {
+        let out = etcdguard().args(["agent", "--repo", repo, "--runs", "0", "--listen", "127.0.0.1:0"]).args(&args).output().unwrap();
+        expect_code(&out, 2, what);
+    }
+    let out = etcdguard()
+        .args(["agent", "--repo", repo, "--runs", "0", "--listen", "127.0.0.1:0", "--verify-every", "24h", "--verify-budget", "30m", "--drill-every", "24h"])
+        .args(["--drill-etcd", "/usr/bin/etcd", "--cert-warn", "14d"])
+        .output()
+        .unwrap();
+    expect_code(&out, 0, "valid check flags with --runs 0");
+    assert!(!Path::new(repo).exists(), "--runs 0 must not touch the repository");
+}
