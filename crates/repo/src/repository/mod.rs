@@ -5,6 +5,7 @@
 mod pipeline;
 mod prune;
 mod reader;
+mod scrub;
 #[cfg(test)]
 pub(crate) mod test_support;
 mod writer;

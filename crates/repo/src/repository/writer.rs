@@ -42,6 +42,7 @@ impl Repository {
             pack: PackBuilder::new(),
             uploader: Uploader::start_n(self.store.clone(), self.transfer.workers().min(UPLOADS_MAX)),
             files: Vec::new(),
+            certificates: Vec::new(),
             stats: Sizes::default(),
         })
     }
@@ -148,6 +149,7 @@ pub struct BackupWriter<'r> {
     pack: PackBuilder,
     uploader: Uploader,
     files: Vec<FileEntry>,
+    certificates: Vec<CertificateRecord>,
     stats: Sizes,
 }
 
@@ -261,6 +263,11 @@ impl<'r> BackupWriter<'r> {
         base.div_ceil(page_size) * page_size
     }
 
+    /// Records the certificates of the PKI directory in the manifest.
+    pub fn set_certificates(&mut self, certificates: Vec<CertificateRecord>) {
+        self.certificates = certificates;
+    }
+
     /// Stores the snapshot (the whole file, trailer included, so it comes back byte-identical).
     pub fn add_snapshot(&mut self, reader: &mut dyn Read, page_size: u32) -> Result<Part, RepoError> {
         self.add_snapshot_sized(reader, page_size, None)
@@ -360,6 +367,7 @@ impl<'r> BackupWriter<'r> {
             files: std::mem::take(&mut self.files),
             encoding: PartEncoding { compression: "zstd".into(), encryption: self.repo.config.encryption.clone() },
             sizes,
+            certificates: std::mem::take(&mut self.certificates),
             sealed: None,
         };
         let manifest = match self.repo.metadata_keys() {
