@@ -132,7 +132,7 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
     drop(db);
     drop(file);
     drop(spool);
-    finish(opts, writer, snapshot, Source::Cluster { endpoint: st.endpoint.clone() }, etcd, stop)
+    finish(opts, writer, snapshot, Source::Cluster { endpoint: st.endpoint.clone() }, etcd, note, stop)
 }
 
 /// The page size a bbolt file's first meta page names, if it is one.
@@ -220,11 +220,11 @@ fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInf
     let snapshot = stored?;
     drop(db);
     drop(file);
-    finish(opts, writer, snapshot, source, etcd, stop)
+    finish(opts, writer, snapshot, source, etcd, note, stop)
 }
 
 /// Adds the control-plane files and commits the backup.
-fn finish(opts: &CreateOptions, mut writer: etcdguard_repo::BackupWriter<'_>, snapshot: etcdguard_repo::manifest::Part, source: Source, etcd: EtcdInfo, stop: &Stop) -> Result<Manifest> {
+fn finish(opts: &CreateOptions, mut writer: etcdguard_repo::BackupWriter<'_>, snapshot: etcdguard_repo::manifest::Part, source: Source, etcd: EtcdInfo, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
     stop.check()?;
     // The PKI and manifests directories restore as pki/ and manifests/ themselves; other
     // paths go under their group with their own name.
