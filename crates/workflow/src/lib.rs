@@ -18,6 +18,7 @@ pub mod backup;
 pub mod capture;
 pub mod error;
 pub mod join;
+pub mod keycheck;
 pub mod node;
 pub mod repo;
 pub mod restore;
