@@ -56,17 +56,14 @@ pub fn history(db: &etcdguard_bolt::Db<'_>, release: Option<&dyn Fn()>, key: &[u
                     v.time = Some(t.to_string());
                     v.time_source = Some("deletionTimestamp");
                 }
-                v.changes = diff(prev, &Json::Null);
+                v.changes = vec![Op { op: "remove", path: String::new(), value: None, old_value: Some(prev.clone()) }];
             }
             previous = None;
         } else {
             match read(key, &value, revision, config) {
                 Ok(mut object) => {
                     (v.time, v.time_source) = time_of(&object, version);
-                    if let Some(Json::Object(meta)) = object.get_mut("metadata") {
-                        meta.remove("managedFields");
-                        meta.remove("resourceVersion");
-                    }
+                    drop_write_bookkeeping(&mut object);
                     // A re-creation after a deletion starts from nothing.
                     if !first {
                         v.changes = diff(previous.as_ref().unwrap_or(&Json::Null), &object);
@@ -84,6 +81,22 @@ pub fn history(db: &etcdguard_bolt::Db<'_>, release: Option<&dyn Fn()>, key: &[u
         versions.push(v);
     }
     Ok((versions, compacted))
+}
+
+/// Removes what changes on every write (managedFields, resourceVersion), so a diff shows
+/// what the writer changed.
+pub fn drop_write_bookkeeping(object: &mut Json) {
+    if let Some(Json::Object(meta)) = object.get_mut("metadata") {
+        meta.remove("managedFields");
+        meta.remove("resourceVersion");
+    }
+}
+
+/// A stored value as the object to compare: decrypted, rendered, without write bookkeeping.
+pub fn comparable(key: &[u8], value: &[u8], config: Option<&EncryptionConfig>) -> Result<Json, String> {
+    let mut object = read(key, value, 0, config)?;
+    drop_write_bookkeeping(&mut object);
+    Ok(object)
 }
 
 fn read(key: &[u8], value: &[u8], revision: i64, config: Option<&EncryptionConfig>) -> Result<Json, String> {

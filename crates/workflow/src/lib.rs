@@ -17,6 +17,7 @@ pub mod agent;
 pub mod backup;
 pub mod capture;
 pub mod error;
+pub mod inspect;
 pub mod join;
 pub mod keycheck;
 pub mod node;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use etcdguard_kube::encryption::{ConfigError, EncryptionConfig};
+use etcdguard_kube::selector::Selector;
 use etcdguard_kube::{decode_stored, key_path, Encoding, KeyPath, Object};
 use serde_json::json;
 
@@ -52,6 +53,30 @@ pub enum InspectCommand {
     ///   etcdguard inspect stats snapshot.db --top 25 -o json
     #[command(verbatim_doc_comment)]
     Stats(StatsArgs),
+    /// Write objects as YAML ready for `kubectl apply`: the newest value of each selected key,
+    /// decrypted, without what the API server sets (resourceVersion, uid, creationTimestamp,
+    /// generation, managedFields, selfLink, status), CustomResourceDefinitions first, then
+    /// Namespaces, then the rest. `-n NS` includes the Namespace object NS itself.
+    ///
+    /// Left out: objects a controller owns (their controller makes them again; --include-owned
+    /// keeps them), and events, leases and the API server's own ranges/masterleases unless
+    /// --resource names them. Secrets that cannot be decrypted are skipped with a warning.
+    /// With --repo, the backup's snapshot is fetched and the EncryptionConfiguration stored in
+    /// the backup (backup create --encryption-config or --manifests-dir) decrypts it.
+    ///
+    /// Examples:
+    ///   etcdguard inspect extract --repo s3://etcd-backups/prod latest -n payments > payments.yaml
+    ///   etcdguard inspect extract snapshot.db --all-namespaces --output-dir restored/
+    ///   etcdguard inspect extract snapshot.db -r configmaps -n default --name app-config
+    #[command(verbatim_doc_comment)]
+    Extract(ExtractArgs),
+    /// Every revision of one key still in the snapshot (etcd keeps them until a compaction),
+    /// with its time (the newest managedFields time, or creationTimestamp for a creation) and
+    /// the fields changed from the version before, including the deletion.
+    ///
+    /// Example: etcdguard inspect history snapshot.db /registry/configmaps/default/app-config
+    #[command(verbatim_doc_comment)]
+    History(HistoryArgs),
 }
 
 #[derive(Args, Clone)]
@@ -68,8 +93,9 @@ pub struct Filter {
     /// Only objects with this name.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Only objects with these labels (key=value[,key=value…]; encrypted objects match only
-    /// when decrypted with --encryption-config).
+    /// Only objects with these labels, as kubectl -l: key=value, key!=value, key, !key,
+    /// key in (a,b), key notin (a,b); a comma means AND (encrypted objects match only when
+    /// decrypted with --encryption-config).
     #[arg(long = "selector", short = 'l', value_name = "KEY=VALUE,…")]
     pub selector: Option<String>,
 }
@@ -147,8 +173,67 @@ pub struct DiffArgs {
     pub filter: Filter,
     #[command(flatten)]
     pub decryption: Decryption,
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = TableJson::Table)]
-    pub output: TableJson,
+    /// table or json: the objects added, deleted and modified; yaml: also the fields changed
+    /// in each, unified style (`@@ /spec/replicas @@`, `- 2`, `+ 3`); json-patch: per object,
+    /// RFC 6902 operations that turn the old object into the new one.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = DiffFormat::Table)]
+    pub output: DiffFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum DiffFormat {
+    Table,
+    Json,
+    Yaml,
+    JsonPatch,
+}
+
+#[derive(Args)]
+pub struct ExtractArgs {
+    /// The snapshot file; with --repo, the backup (id, unique prefix or `latest`) [default: latest].
+    #[arg(value_name = "SNAPSHOT|BACKUP")]
+    pub source: Option<String>,
+    /// Read the backup from this repository; its snapshot is fetched (sha256 checked) into a
+    /// private scratch dir and removed after.
+    #[arg(long, value_name = "URL", value_parser = crate::args::repo)]
+    pub repo: Option<String>,
+    /// Passphrase file of an encrypted repository (or ETCDGUARD_PASSPHRASE).
+    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file, requires = "repo")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Where --repo snapshots are fetched to [default: the system temp dir].
+    #[arg(long, value_name = "DIR", requires = "repo")]
+    pub scratch_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub filter: Filter,
+    /// Objects of every namespace (and cluster-scoped ones).
+    #[arg(long, short = 'A', conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// Keep objects a controller owns (pods of a ReplicaSet, …).
+    #[arg(long)]
+    pub include_owned: bool,
+    #[command(flatten)]
+    pub decryption: Decryption,
+    /// One file per object under DIR (must not exist, or be empty), in apply order:
+    /// `kubectl apply -R -f DIR`. Files are 0600 (Secrets are among them). Default: stdout.
+    #[arg(long, value_name = "DIR", value_parser = crate::args::path)]
+    pub output_dir: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+pub struct HistoryArgs {
+    pub snapshot: PathBuf,
+    /// The etcd key, e.g. /registry/configmaps/default/app-config.
+    pub key: String,
+    #[command(flatten)]
+    pub decryption: Decryption,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = HistoryFormat::Text)]
+    pub output: HistoryFormat,
 }
 
 #[derive(Args)]
@@ -167,6 +252,8 @@ pub fn run(cmd: InspectCommand) -> Result<()> {
         InspectCommand::Get(a) => get(a),
         InspectCommand::Diff(a) => diff(a),
         InspectCommand::Stats(a) => stats(a),
+        InspectCommand::Extract(a) => extract(a),
+        InspectCommand::History(a) => history(a),
     }
 }
 
@@ -259,17 +346,17 @@ fn matches(f: &Filter, e: &Entry) -> Result<bool, Failure> {
         }
     }
     if let Some(sel) = &f.selector {
-        let labels = e.object.metadata.as_ref().map(|m| &m.labels);
-        for term in sel.split(',').filter(|t| !t.is_empty()) {
-            let (k, v) = term
-                .split_once('=')
-                .ok_or_else(|| Failure::new(Code::Usage, format!("--selector {term:?}: use key=value")))?;
-            if labels.and_then(|l| l.get(k.trim())) != Some(&v.trim().to_string()) {
-                return Ok(false);
-            }
+        let sel = parse_selector(sel)?;
+        let empty = BTreeMap::new();
+        if !sel.matches(e.object.metadata.as_ref().map_or(&empty, |m| &m.labels)) {
+            return Ok(false);
         }
     }
     Ok(true)
+}
+
+fn parse_selector(text: &str) -> Result<Selector, Failure> {
+    Selector::parse(text).map_err(|e| Failure::new(Code::Usage, format!("--selector {text:?}: {e} (use key=value, key!=value, key, !key, key in (a,b))")))
 }
 
 fn encoding_text(o: &Object) -> String {
@@ -394,8 +481,9 @@ fn diff(args: DiffArgs) -> Result<()> {
         }
     };
     let config = args.decryption.load()?;
-    let (old, _) = load(&old_path, prefix, &|_| false, config.as_ref())?;
-    let (new, _) = load(&new_path, prefix, &|_| false, config.as_ref())?;
+    let fields = matches!(args.output, DiffFormat::Yaml | DiffFormat::JsonPatch);
+    let (old, old_values) = load(&old_path, prefix, &|_| fields, config.as_ref())?;
+    let (new, new_values) = load(&new_path, prefix, &|_| fields, config.as_ref())?;
     let mut changes: Vec<(char, &Vec<u8>, &Entry, Option<&Entry>)> = Vec::new();
     for (k, n) in &new {
         match old.get(k) {
@@ -419,7 +507,52 @@ fn diff(args: DiffArgs) -> Result<()> {
     selected.sort_by(|a, b| a.1.cmp(b.1));
     let count = |c: char| selected.iter().filter(|s| s.0 == c).count();
     match args.output {
-        TableJson::Json => {
+        DiffFormat::Yaml | DiffFormat::JsonPatch => {
+            use etcdguard_kube::history::comparable;
+            use etcdguard_kube::jsondiff::{diff as field_diff, to_json_patch, to_unified};
+            let side = |values: &BTreeMap<Vec<u8>, Vec<u8>>, k: &[u8]| -> Result<serde_json::Value, String> {
+                match values.get(k) {
+                    Some(v) => comparable(k, v, config.as_ref()),
+                    None => Ok(serde_json::Value::Null),
+                }
+            };
+            let mut patches = Vec::new();
+            for (c, k, e, o) in &selected {
+                let key = String::from_utf8_lossy(k);
+                let (before, after) = match c {
+                    '+' => (Ok(serde_json::Value::Null), side(&new_values, k)),
+                    '-' => (side(&old_values, k), Ok(serde_json::Value::Null)),
+                    _ => (side(&old_values, k), side(&new_values, k)),
+                };
+                let ops = match (before, after) {
+                    (Ok(b), Ok(a)) => Ok(field_diff(&b, &a)),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                };
+                if args.output == DiffFormat::JsonPatch {
+                    let mut v = json!({"key": key, "change": match c { '+' => "added", '-' => "deleted", _ => "modified" }});
+                    match &ops {
+                        Ok(ops) => v["patch"] = to_json_patch(ops),
+                        Err(err) => v["error"] = json!(err),
+                    }
+                    patches.push(v);
+                    continue;
+                }
+                let revisions = match o {
+                    Some(o) => format!(" (revision {} -> {})", o.mod_revision, e.mod_revision),
+                    None => format!(" (revision {})", e.mod_revision),
+                };
+                println!("{c} {key}{revisions}");
+                match ops {
+                    Ok(ops) if *c == '~' => print!("{}", to_unified(&ops)),
+                    Ok(_) => {}
+                    Err(err) => println!("  (fields not shown: {err})"),
+                }
+            }
+            if args.output == DiffFormat::JsonPatch {
+                println!("{}", serde_json::to_string_pretty(&patches)?);
+            }
+        }
+        DiffFormat::Json => {
             let rows: Vec<_> = selected
                 .iter()
                 .map(|(c, k, e, o)| {
@@ -438,7 +571,7 @@ fn diff(args: DiffArgs) -> Result<()> {
                 .collect();
             println!("{}", serde_json::to_string_pretty(&rows)?);
         }
-        TableJson::Table => {
+        DiffFormat::Table => {
             let mut rows = vec![std::iter::once("").chain(HEADER).map(String::from).collect::<Vec<_>>()];
             for (c, k, e, _) in &selected {
                 let mut r = vec![c.to_string()];
@@ -489,5 +622,121 @@ fn stats(args: StatsArgs) -> Result<()> {
         "{} live object(s), {} bytes; {} revision(s) in the file, {} bytes (the difference is history a compaction + defrag frees)",
         stats.total.objects, stats.total.bytes, stats.total.revisions, stats.total.all_revision_bytes
     );
+    Ok(())
+}
+
+fn extract(args: ExtractArgs) -> Result<()> {
+    use etcdguard_workflow::inspect::{self as wf, Origin};
+    let f = &args.filter;
+    if !args.all_namespaces && f.namespace.is_none() && f.resource.is_none() && f.name.is_none() && f.selector.is_none() {
+        return Err(Failure::new(Code::Usage, "say what to extract: -n NAMESPACE, --resource, --name, -l SELECTOR, or --all-namespaces for everything").into());
+    }
+    let filter = etcdguard_kube::extract::Filter {
+        resource: f.resource.clone(),
+        namespace: f.namespace.clone(),
+        name: f.name.clone(),
+        selector: f.selector.as_deref().map(parse_selector).transpose()?,
+        include_owned: args.include_owned,
+    };
+    let config = args.decryption.load()?;
+    let repo = args.repo.as_ref().map(|url| crate::cmd::backup::RepoArg { repo: url.clone(), passphrase_file: args.passphrase_file.clone() }.spec());
+    let snapshot_path;
+    let origin = match &repo {
+        Some(repo) => Origin::Backup { repo, id: args.source.as_deref().unwrap_or("latest"), scratch: args.scratch_dir.as_deref() },
+        None => {
+            let Some(source) = &args.source else {
+                return Err(Failure::new(Code::Usage, "give a snapshot file, or --repo URL [BACKUP]").into());
+            };
+            snapshot_path = PathBuf::from(source);
+            Origin::File(&snapshot_path)
+        }
+    };
+    let opened = wf::open(&origin, config, &mut |line| eprintln!("{line}"))?;
+    if let Some(source) = &opened.config_source {
+        eprintln!("decrypting with {source}");
+    }
+    let extraction = wf::extract(&opened, &args.filter.prefix, &filter)?;
+    for o in &extraction.objects {
+        for path in &o.unknown_fields {
+            eprintln!(
+                "note: {} has fields the schema does not know at {path} (kept under {}; remove them before applying to an older cluster)",
+                o.key,
+                etcdguard_kube::render::UNKNOWN_FIELDS_KEY
+            );
+        }
+    }
+    match &args.output_dir {
+        Some(dir) => {
+            let written = etcdguard_kube::extract::write_dir(dir, &extraction.objects).map_err(|e| {
+                let code = match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => Code::DestinationExists,
+                    std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
+                    _ => Code::Failure,
+                };
+                Failure::new(code, format!("--output-dir {}: {e}", dir.display()))
+            })?;
+            println!("{} object(s) written under {} (apply with: kubectl apply -R -f {})", written.len(), dir.display(), dir.display());
+        }
+        None => crate::output::stdout_write(etcdguard_kube::extract::to_yaml_stream(&extraction.objects).as_bytes()),
+    }
+    for s in &extraction.skipped {
+        eprintln!("warning: skipped {}: {}", s.key, s.reason);
+    }
+    let secrets = extraction.objects.iter().filter(|o| o.is_secret()).count();
+    eprintln!(
+        "{} object(s) extracted ({} secret(s)); {} skipped; {} left out as owned by a controller{}",
+        extraction.objects.len(),
+        secrets,
+        extraction.skipped.len(),
+        extraction.owned,
+        if extraction.owned > 0 { " (--include-owned keeps them)" } else { "" }
+    );
+    Ok(())
+}
+
+fn history(args: HistoryArgs) -> Result<()> {
+    use etcdguard_workflow::inspect::{self as wf, Origin};
+    let config = args.decryption.load()?;
+    let opened = wf::open(&Origin::File(&args.snapshot), config, &mut |line| eprintln!("{line}"))?;
+    let (versions, compacted) = wf::history(&opened, &args.key)?;
+    if versions.is_empty() {
+        return Err(Failure::new(Code::NotFound, format!("{}: no revision of {} (never written, or compacted away)", args.snapshot.display(), args.key)).into());
+    }
+    match args.output {
+        HistoryFormat::Json => println!("{}", serde_json::to_string_pretty(&json!({"key": args.key, "compactedVersions": compacted, "versions": versions}))?),
+        HistoryFormat::Text => {
+            for v in &versions {
+                let what = if v.deleted {
+                    "deleted".to_string()
+                } else if v.version == 1 {
+                    "created".to_string()
+                } else {
+                    format!("version {}", v.version)
+                };
+                let time = match (&v.time, v.time_source) {
+                    (Some(t), Some(src)) => format!("{t} ({src})"),
+                    _ => "time not recorded".to_string(),
+                };
+                println!("revision {}: {what}, {time}", v.revision);
+                if let Some(e) = &v.error {
+                    println!("  (not shown: {e})");
+                }
+                for line in etcdguard_kube::jsondiff::to_unified(&v.changes).lines() {
+                    println!("  {line}");
+                }
+            }
+        }
+    }
+    let created_in_file = versions.first().is_some_and(|v| v.version == 1);
+    eprintln!(
+        "{} revision(s) of {}{}",
+        versions.len(),
+        args.key,
+        if compacted > 0 && !created_in_file { format!("; {compacted} older version(s) were compacted away") } else { String::new() }
+    );
+    let failed = versions.iter().filter(|v| v.error.is_some()).count();
+    if failed > 0 && opened.config.is_some() {
+        return Err(Failure::new(Code::Failure, format!("{failed} version(s) could not be read (shown above)")).into());
+    }
     Ok(())
 }
