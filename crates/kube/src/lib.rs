@@ -12,6 +12,7 @@
 
 pub mod encryption;
 pub mod render;
+pub mod schema;
 pub mod stats;
 
 use std::collections::BTreeMap;
