@@ -15,6 +15,7 @@ pub mod extract;
 pub mod history;
 pub mod jsondiff;
 pub mod render;
+pub mod schema;
 pub mod selector;
 pub mod stats;
 
