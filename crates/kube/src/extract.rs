@@ -237,7 +237,11 @@ pub fn extract(db: &etcdguard_bolt::Db<'_>, release: Option<&dyn Fn()>, prefix: 
             namespace: rendered.object.pointer("/metadata/namespace").and_then(Json::as_str).unwrap_or_default().to_string(),
             ..Meta::default()
         };
-        let Some(path) = key_path(&key, Some(&meta)) else { continue };
+        let Some(mut path) = key_path(&key, Some(&meta)) else { continue };
+        // Services and their endpoints share one key prefix.
+        if let Some(r) = path.resource.strip_prefix("services/") {
+            path.resource = if r == "specs" { "services".into() } else { r.to_string() };
+        }
         if !object_selected(&path, &rendered.object, filter) {
             continue;
         }
