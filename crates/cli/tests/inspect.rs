@@ -71,7 +71,10 @@ fn list_get_and_diff_real_kubernetes_values() {
     let (code, table, _) = inspect(&["list", f, "-n", "namespaceValue"]);
     assert_eq!(code, 0);
     assert!(table.lines().next().unwrap().starts_with("RESOURCE") && table.contains("Deployment") && table.contains("2008-01-01T01:01:01Z"), "{table}");
-    assert_eq!(inspect(&["list", f, "-l", "novalue"]).0, 2, "a selector term without '='");
+    // kubectl's selector forms: `key` (exists), `!key`, `in`; a malformed one is a usage error.
+    assert_eq!(json_list(&["list", f, "-l", "app", "-o", "json"]).len(), 1);
+    assert_eq!(json_list(&["list", f, "-l", "labelsKey,!app", "-o", "json"]).len(), 4);
+    assert_eq!(inspect(&["list", f, "-l", "app in (web"]).0, 2, "an unclosed set");
 
     // get: the JSON object as stored; the stored bytes of a protobuf one with -o raw.
     let (code, out, _) = inspect(&["get", f, "/registry/example.com/widgets/team-a/w1"]);
