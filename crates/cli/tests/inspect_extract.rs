@@ -192,6 +192,26 @@ fn extract_decrypts_secrets_or_skips_them_with_a_warning() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("stored in backup"), "{err}");
     assert_eq!(yaml_docs(&out), vec![stripped(twin("core.v1.Secret.json"))]);
+
+    // --manifests-dir: the API server's --encryption-provider-config is found (through its
+    // hostPath volume) and stored, so the backup decrypts without being told.
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("kube-apiserver.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: kube-apiserver\n    command: [kube-apiserver, --encryption-provider-config=/etc/kubernetes/enc/config.yaml]\n    volumeMounts:\n    - {{name: enc, mountPath: /etc/kubernetes/enc}}\n  volumes:\n  - name: enc\n    hostPath: {{path: {}}}\n",
+            config.parent().unwrap().display()
+        ),
+    )
+    .unwrap();
+    let repo2 = dir.path().join("repo2");
+    let (code, _, err) = run(&["backup", "create", "--repo", repo2.to_str().unwrap(), "--from-file", s, "--manifests-dir", manifests.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("storing the API server's EncryptionConfiguration"), "{err}");
+    let (code, out, err) = run(&["inspect", "extract", "--repo", repo2.to_str().unwrap(), "-r", "secrets", "-A", "--include-owned"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(yaml_docs(&out), vec![stripped(twin("core.v1.Secret.json"))]);
 }
 
 #[test]
