@@ -11,6 +11,7 @@
 //! without a schema per type; the full protobuf body of built-in types is not decoded here.
 
 pub mod encryption;
+pub mod inspect;
 pub mod render;
 pub mod schema;
 pub mod stats;
