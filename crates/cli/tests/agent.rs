@@ -3,57 +3,16 @@
 //! /healthz to 503 and the agent keeps going. Also: the shipped Kubernetes manifests name only
 //! flags etcdguard has.
 
+mod agent_support;
 mod live_support;
 
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use etcdguard_testkit::{free_port, EtcdVersion};
+use agent_support::*;
 use live_support::*;
-
-/// The agent process, killed by PID when dropped.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// GET `path` on 127.0.0.1:`port`: (status, body), or None while nothing listens.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((status, body))
-}
-
-/// The value of one sample line of the Prometheus text (`name{labels}` exactly).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn list_ids(repo: &Path) -> Vec<String> {
-    let out = etcdguard().args(["backup", "list", "--repo"]).arg(repo).args(["-w", "json"]).output().unwrap();
-    expect_code(&out, 0, "backup list");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect()
-}
 
 #[test]
 fn agent_backs_up_on_schedule_applies_retention_and_reports_health() {
@@ -75,6 +34,9 @@ fn agent_backs_up_on_schedule_applies_retention_and_reports_health() {
         .arg("--pki-dir")
         .arg(&files)
         .args(["--every", "2s", "--keep-last", "2", "--listen", &format!("127.0.0.1:{port}")])
+        // One agent: its failed runs are counted (with an election, an agent that cannot reach
+        // etcd stands by instead: `agent_without_etcd_stands_by_and_is_unhealthy`).
+        .arg("--no-elect")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
@@ -84,7 +46,7 @@ fn agent_backs_up_on_schedule_applies_retention_and_reports_health() {
     // Three backups succeed; each run writes a key first so the revisions move. A run's prune
     // follows its backup, so wait for both counters (on a busy machine a poll can fall between).
     let mut metrics = String::new();
-    wait_for("three successful backups and prunes", Duration::from_secs(90), || {
+    wait_for_or("three successful backups and prunes", Duration::from_secs(90), agent_log, &mut || {
         server.put(b"/registry/configmaps/default/tick", Instant::now().elapsed().as_nanos().to_string().as_bytes());
         metrics = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
         sample(&metrics, "etcdguard_backup_runs_total{result=\"success\"}").unwrap_or(0.0) >= 3.0
@@ -127,6 +89,35 @@ fn agent_backs_up_on_schedule_applies_retention_and_reports_health() {
         sample(&m, "etcdguard_backup_runs_total{result=\"failure\"}").unwrap_or(0.0) >= 2.0
     });
     assert_eq!(list_ids(&repo), ids, "a failed run must not change the repository's list");
+    drop(agent);
+}
+
+/// With the election on (the default), an agent whose etcd is gone cannot be elected, and
+/// nobody can back up: /healthz turns 503 and says why instead of trusting the repository.
+#[test]
+fn agent_without_etcd_stands_by_and_is_unhealthy() {
+    let mut server = etcdguard_testkit::EtcdServer::start(EtcdVersion::V3_5);
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(work.path().join("agent.log")).unwrap();
+    let mut cmd = etcdguard();
+    cmd.arg("agent").arg("--repo").arg(work.path().join("repo")).args(["--endpoints", server.endpoint()]);
+    cmd.args(["--every", "2s", "--elect-ttl", "2s", "--listen", &format!("127.0.0.1:{port}")]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    let agent = Agent(cmd.spawn().unwrap());
+    let agent_log = || std::fs::read_to_string(work.path().join("agent.log")).unwrap_or_default();
+    wait_for_or("a first backup by the elected agent", Duration::from_secs(60), agent_log, &mut || {
+        get(port, "/metrics").is_some_and(|(_, m)| sample(&m, "etcdguard_backup_runs_total{result=\"success\"}").unwrap_or(0.0) >= 1.0)
+    });
+    server.kill();
+    let mut body = String::new();
+    wait_for_or("/healthz 503 once etcd is gone", Duration::from_secs(60), agent_log, &mut || {
+        let Some((status, b)) = get(port, "/healthz") else { return false };
+        body = b;
+        status == 503
+    });
+    assert!(body.contains("cannot reach etcd"), "{body}");
+    let metrics = get(port, "/metrics").unwrap().1;
+    assert_eq!(sample(&metrics, "etcdguard_agent_role{role=\"standby\"}"), Some(1.0), "{metrics}");
     drop(agent);
 }
 

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use etcdguard_client::election::{Election, ElectionOptions};
+use etcdguard_client::election::{Election, ElectionOptions, Role};
 use etcdguard_client::ConnectConfig;
 use etcdguard_repo::retention::Policy;
 use sha2::{Digest, Sha256};
@@ -66,6 +66,8 @@ pub struct AgentOptions {
     pub prune_failures_unhealthy: u32,
     /// Leader election among the agents of one cluster; `None` runs every schedule alone.
     pub election: Option<ElectionSettings>,
+    /// Scrub, restore drill and certificate expiry ([`crate::checks`]).
+    pub checks: crate::checks::ChecksOptions,
 }
 
 /// How the agent campaigns.
@@ -125,15 +127,30 @@ struct State {
     backups_in_repository: Option<usize>,
     /// The newest backup in the repository (time, id), read by a standby.
     repository_newest: Option<(DateTime<Utc>, String)>,
+    /// While a standby cannot reach etcd to campaign: why (nobody can be elected then, so
+    /// nobody backs up, and /healthz says so rather than trusting the repository's age).
+    election_unreachable: Option<String>,
+    /// Scrub, drill and certificate results.
+    checks: Arc<Mutex<crate::checks::CheckState>>,
 }
 
 impl State {
+    /// Healthy while [`State::backup_health`] is and no scrub or drill has failed since the last
+    /// good one; certificate warnings are extra lines.
+    fn health(&self, now: DateTime<Utc>) -> (bool, String) {
+        let (ok, text) = self.backup_health(now);
+        self.checks.lock().unwrap_or_else(|p| p.into_inner()).judge(ok, text, now)
+    }
+
     /// Healthy while the last run succeeded (or none has finished yet), the last success is
     /// not older than two periods, and retention has not failed too often in a row.
-    fn health(&self, now: DateTime<Utc>) -> (bool, String) {
+    fn backup_health(&self, now: DateTime<Utc>) -> (bool, String) {
         let stale_after = self.every.checked_mul(2).and_then(|d| chrono::Duration::from_std(d).ok()).unwrap_or(chrono::Duration::MAX);
         // A standby takes no backups: it is healthy while the leader keeps the repository fresh.
         if self.role == "standby" {
+            if let Some(e) = &self.election_unreachable {
+                return (false, format!("standby; cannot reach etcd to take part in the election, so no agent can back up: {e}"));
+            }
             return match &self.repository_newest {
                 Some((at, id)) if now.signed_duration_since(*at) > stale_after => {
                     (false, format!("standby; stale: the newest backup in the repository ({id}) was at {}, over twice the schedule's period ago", fmt_time(Some(*at))))
@@ -210,6 +227,7 @@ impl State {
             role.get_or_create(&vec![("role".to_string(), r.to_string())]).set(if self.role == r { 1.0 } else { 0.0 });
         }
         registry.register("etcdguard_agent_role", "The agent's role: active takes the backups, standby waits", role);
+        self.checks.lock().unwrap_or_else(|p| p.into_inner()).register(&mut registry, now);
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
@@ -274,6 +292,8 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
         last_revision: 0,
         backups_in_repository: None,
         repository_newest: None,
+        election_unreachable: None,
+        checks: Arc::default(),
     }));
     if opts.listen != "off" {
         let server = tiny_http::Server::http(&opts.listen).map_err(|e| Error::usage(format!("--listen {}: {e}", opts.listen)))?;
@@ -292,6 +312,13 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
         Some(settings) if opts.runs != Some(0) => Some(start_election(&opts, settings)?),
         _ => None,
     };
+    // Scrub, drill and certificates on threads of their own; dropped (stopped) when `run` returns.
+    let _checks = (opts.runs != Some(0)).then(|| {
+        let checks_state = state.lock().unwrap_or_else(|p| p.into_inner()).checks.clone();
+        let role = state.clone();
+        let leading = Arc::new(move || role.lock().unwrap_or_else(|p| p.into_inner()).role == "active");
+        crate::checks::Checks::start(&opts.checks, &opts.create, checks_state, leading, stop.clone())
+    });
     let opts = Arc::new(opts);
     let mut next = first;
     let mut runs = 0u64;
@@ -392,6 +419,12 @@ fn wait_as_standby(election: &Election, repo: &RepoSpec, state: &Mutex<State>, s
         if election.wait_for_leadership(Duration::from_millis(100)) {
             break;
         }
+        let status = election.status();
+        lock().election_unreachable = match status.role {
+            // Before the first round has failed, it is just starting.
+            Role::Connecting => status.last_error,
+            _ => None,
+        };
         if refreshed.is_none_or(|t| t.elapsed() >= refresh_every) {
             refreshed = Some(Instant::now());
             if let Some(newest) = newest_backup(repo) {
@@ -402,6 +435,7 @@ fn wait_as_standby(election: &Election, repo: &RepoSpec, state: &Mutex<State>, s
     let newest = newest_backup(repo);
     let mut s = lock();
     s.role = "active";
+    s.election_unreachable = None;
     if let Some(n) = &newest {
         s.repository_newest = n.clone();
         // The active agent's health goes on from the repository's newest backup.
@@ -590,6 +624,8 @@ mod tests {
             last_revision: 1,
             backups_in_repository: Some(1),
             repository_newest: None,
+            election_unreachable: None,
+            checks: Arc::default(),
         };
         for n in 1..=3 {
             s.prunes_failed += 1;
