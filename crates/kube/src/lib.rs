@@ -13,6 +13,7 @@
 pub mod encryption;
 pub mod extract;
 pub mod history;
+pub mod inspect;
 pub mod jsondiff;
 pub mod render;
 pub mod schema;

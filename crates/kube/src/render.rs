@@ -148,7 +148,10 @@ fn render_protobuf(plain: &[u8]) -> Result<(Map<String, Json>, Vec<String>), Ren
     let mut m = walker.message(&message, raw, "", 0).map_err(RenderError::Malformed)?;
     m.insert("apiVersion".into(), Json::String(api_version));
     m.insert("kind".into(), Json::String(kind));
-    Ok((m, walker.unknown))
+    // An inline struct reports its parent's path, which the parent may report too.
+    let mut seen = std::collections::HashSet::new();
+    let unknown = walker.unknown.into_iter().filter(|p| seen.insert(p.clone())).collect();
+    Ok((m, unknown))
 }
 
 /// Deeper nesting than this is not a real object (and would exhaust the stack).

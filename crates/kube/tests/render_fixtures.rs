@@ -133,3 +133,44 @@ fn unknown_fields_are_kept_under_the_marker() {
     assert_eq!(r.object["metadata"]["resourceVersion"], "7");
     assert!(r.object["metadata"].get("managedFields").is_none());
 }
+
+#[test]
+fn encrypted_values_render_after_decryption() {
+    use base64::Engine as _;
+    use etcdguard_kube::encryption::EncryptionConfig;
+    use etcdguard_kube::inspect::{get_object, GetError, StoredValue};
+    // Vectors made by PyPI cryptography / PyNaCl, not by our code (see encryption.rs).
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let out = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new("python3")
+        .arg(here.join("encryption_vectors/make_vectors.py"))
+        .arg(here.join("fixtures"))
+        .arg(out.path())
+        .output()
+        .expect("python3");
+    assert!(run.status.success(), "make_vectors.py: {}", String::from_utf8_lossy(&run.stderr));
+    let config = EncryptionConfig::load(&out.path().join("config.yaml")).unwrap();
+    let cases: Vec<Value> = serde_json::from_slice(&std::fs::read(out.path().join("vectors.json")).unwrap()).unwrap();
+    let mut rendered = 0;
+    for c in cases.iter().filter(|c| c["expect"] == "ok") {
+        let stored = StoredValue {
+            key: c["etcdKey"].as_str().unwrap().as_bytes().to_vec(),
+            create_revision: 5,
+            mod_revision: 9,
+            version: 2,
+            value: base64::engine::general_purpose::STANDARD.decode(c["value"].as_str().unwrap()).unwrap(),
+        };
+        let twin = here.join("fixtures").join(c["plaintext"].as_str().unwrap()).with_extension("json");
+        let mut want: Value = serde_json::from_slice(&std::fs::read(twin).unwrap()).unwrap();
+        want["metadata"]["resourceVersion"] = Value::String("9".into());
+        want["metadata"].as_object_mut().unwrap().remove("managedFields");
+        let (r, info) = get_object(&stored, Some(&config), &RenderOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", c["name"]));
+        assert_eq!(r.object, want, "{}", c["name"]);
+        assert!(info.encoding.starts_with("protobuf, encrypted (") && info.encoding.contains(c["keyName"].as_str().unwrap()), "{}", info.encoding);
+        assert_eq!((info.mod_revision, info.size), (9, stored.value.len()));
+        // Without keys: named, not rendered.
+        assert!(matches!(get_object(&stored, None, &RenderOptions::default()), Err(GetError::NeedsKeys { .. })));
+        rendered += 1;
+    }
+    assert!(rendered >= 5, "{rendered} vectors rendered");
+}

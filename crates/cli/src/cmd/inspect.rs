@@ -30,10 +30,19 @@ pub enum InspectCommand {
     ///   etcdguard inspect list snapshot.db -r secrets --encryption-config /etc/kubernetes/enc/enc.yaml
     #[command(verbatim_doc_comment)]
     List(ListArgs),
-    /// Print one key's stored value: JSON objects as JSON; for protobuf objects their
-    /// apiVersion, kind and metadata (-o raw writes the stored bytes, e.g. for other tools).
+    /// Print one object as `kubectl get -o json|yaml` would: every built-in type and version
+    /// decoded from protobuf, custom resources as stored, metadata.resourceVersion = the key's
+    /// mod revision, managedFields hidden unless --show-managed-fields. Encrypted values are
+    /// decrypted with --encryption-config. Shown as stored: no defaults are applied and the
+    /// version is the one etcd holds. Fields newer than the built-in schema (Kubernetes
+    /// 1.30-1.35) are kept under "x-etcdguard-unknown-fields" and named on stderr.
+    /// -o raw writes the stored bytes (decrypted with --encryption-config), e.g. for values
+    /// that do not render (CBOR).
     ///
-    /// Example: etcdguard inspect get snapshot.db /registry/configmaps/default/app-config
+    /// Examples:
+    ///   etcdguard inspect get snapshot.db /registry/configmaps/default/app-config -o yaml
+    ///   etcdguard inspect get snapshot.db /registry/secrets/default/db --encryption-config enc.yaml
+    ///   etcdguard inspect get snapshot.db /registry/deployments/default/web -o wide
     #[command(verbatim_doc_comment)]
     Get(GetArgs),
     /// What changed between two snapshots, or two backups of a repository: objects added
@@ -138,6 +147,9 @@ pub struct ListArgs {
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
 pub enum GetFormat {
     Json,
+    Yaml,
+    /// YAML with the etcd facts (key, revisions, encoding, size) as leading comments.
+    Wide,
     Raw,
 }
 
@@ -148,9 +160,17 @@ pub struct GetArgs {
     pub key: String,
     #[command(flatten)]
     pub decryption: Decryption,
-    /// json, or raw: the stored bytes (decrypted when --encryption-config is given).
+    /// json, yaml, wide (yaml with etcd facts as comments), or raw: the stored bytes
+    /// (decrypted when --encryption-config is given).
     #[arg(short = 'o', long = "output", value_enum, default_value_t = GetFormat::Json)]
     pub output: GetFormat,
+    /// Also show the etcd facts: key, create/mod revision, version, encoding, size (on
+    /// stderr with -o json, as comments with -o yaml; the object itself stays as is).
+    #[arg(long)]
+    pub with_etcd_info: bool,
+    /// Keep metadata.managedFields (hidden by default, as kubectl does).
+    #[arg(long)]
+    pub show_managed_fields: bool,
 }
 
 #[derive(Args)]
@@ -428,39 +448,54 @@ fn list(args: ListArgs) -> Result<()> {
 }
 
 fn get(args: GetArgs) -> Result<()> {
-    let key = args.key.as_bytes().to_vec();
+    use etcdguard_kube::inspect::{get_object, newest_value, GetError};
+    let key = args.key.as_bytes();
     let config = args.decryption.load()?;
-    let (entries, values) = load(&args.snapshot, &key, &|k| k == key.as_slice(), config.as_ref())?;
-    let (Some(entry), Some(value)) = (entries.get(&key), values.get(&key)) else {
-        return Err(Failure::new(Code::NotFound, format!("{}: no key {} (deleted, or never there); `inspect list` shows what is", args.snapshot.display(), args.key)).into());
-    };
-    // What a decrypted object's encoding describes is its plaintext.
-    let plain = match (&config, entry.object.encryption.as_ref()) {
-        (Some(c), Some(state)) if state.decrypted => c.decrypt(&key, value).map_err(|e| Failure::new(Code::Failure, format!("{}: {e}", args.key)))?,
-        _ => std::borrow::Cow::Borrowed(value.as_slice()),
-    };
-    if let Some(err) = entry.object.encryption.as_ref().and_then(|s| s.error.as_ref()) {
-        if config.is_some() {
-            return Err(Failure::new(Code::Failure, format!("{}: not decrypted: {err}", args.key)).into());
+    let file = open_snapshot(&args.snapshot)?;
+    let db = file.db().map_err(|e| db_failure(&args.snapshot, e))?;
+    let release = || file.release_resident();
+    let stored = newest_value(&db, key, Some(&release))
+        .map_err(|e| Failure::new(Code::Corrupt, format!("{}: {e}", args.snapshot.display())))?
+        .ok_or_else(|| Failure::new(Code::NotFound, format!("{}: no key {} (deleted, or never there); `inspect list` shows what is", args.snapshot.display(), args.key)))?;
+    if args.output == GetFormat::Raw {
+        let plain = etcdguard_kube::render::plain_value(key, &stored.value, config.as_ref()).map_err(|e| Failure::new(Code::Failure, format!("{}: {e}", args.key)))?;
+        crate::output::stdout_write(&plain);
+        return Ok(());
+    }
+    let opts = etcdguard_kube::render::RenderOptions { show_managed_fields: args.show_managed_fields };
+    let (rendered, info) = get_object(&stored, config.as_ref(), &opts).map_err(|e| {
+        let code = if matches!(e, GetError::NeedsKeys { .. }) { Code::Usage } else { Code::Failure };
+        Failure::new(code, format!("{}: {e}", args.key))
+    })?;
+    let info_lines = [
+        format!("key: {}", info.key),
+        format!("createRevision: {}", info.create_revision),
+        format!("modRevision: {}", info.mod_revision),
+        format!("version: {}", info.version),
+        format!("encoding: {}", info.encoding),
+        format!("size: {} bytes", info.size),
+    ];
+    let show_info = args.with_etcd_info || args.output == GetFormat::Wide;
+    match args.output {
+        GetFormat::Json => {
+            println!("{}", rendered.to_json_pretty());
+            if show_info {
+                info_lines.iter().for_each(|l| eprintln!("{l}"));
+            }
+        }
+        _ => {
+            if show_info {
+                info_lines.iter().for_each(|l| println!("# {l}"));
+            }
+            print!("{}", rendered.to_yaml());
         }
     }
-    match args.output {
-        GetFormat::Raw => crate::output::stdout_write(&plain),
-        GetFormat::Json => match entry.object.encoding {
-            Encoding::Json => {
-                let v: serde_json::Value = serde_json::from_slice(&plain)?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            }
-            _ => {
-                println!("{}", serde_json::to_string_pretty(&entry.json(&key))?);
-                if entry.object.encoding == Encoding::Protobuf {
-                    eprintln!("note: a protobuf object; its apiVersion, kind and metadata are shown, not its body (-o raw gives the stored bytes; decrypted with --encryption-config)");
-                }
-                if matches!(entry.object.encoding, Encoding::Encrypted(_)) {
-                    eprintln!("note: encrypted at rest; --encryption-config FILE (the API server's EncryptionConfiguration) decrypts it");
-                }
-            }
-        },
+    if !rendered.unknown_fields.is_empty() {
+        eprintln!(
+            "note: fields unknown to the built-in schema (Kubernetes 1.30-1.35; a newer cluster?) are kept under \"{}\" at: {}",
+            etcdguard_kube::render::UNKNOWN_FIELDS_KEY,
+            rendered.unknown_fields.join(", ")
+        );
     }
     Ok(())
 }
