@@ -76,3 +76,16 @@ pub fn history(opened: &Opened, key: &str) -> Result<(Vec<Version>, i64)> {
     etcdguard_kube::history::history(&db, Some(&release), key.as_bytes(), opened.config.as_ref())
         .map_err(|e| Error::new(Kind::Corrupt, format!("{}: {e}", opened.snapshot.display())))
 }
+
+/// The EncryptionConfiguration stored in backup `id` of `repo`, and where it came from.
+pub fn stored_config(repo: &RepoSpec, id: &str) -> Result<Option<(EncryptionConfig, String)>> {
+    let r = repo.open_unlocked()?;
+    let m = resolve(&r, id)?;
+    match crate::keycheck::stored_config(&r, &m)? {
+        Some((path, bytes)) => {
+            let c = EncryptionConfig::parse(&bytes).map_err(|e| Error::new(Kind::Corrupt, format!("backup {}: {path}: {e}", m.id)))?;
+            Ok(Some((c, format!("the EncryptionConfiguration stored in backup {} ({path})", m.id))))
+        }
+        None => Ok(None),
+    }
+}

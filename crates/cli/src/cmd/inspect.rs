@@ -515,7 +515,15 @@ fn diff(args: DiffArgs) -> Result<()> {
             (old, new)
         }
     };
-    let config = args.decryption.load()?;
+    let mut config = args.decryption.load()?;
+    // Backups: the newer one's stored EncryptionConfiguration decrypts when none is given.
+    if let (None, Some(url)) = (&config, &args.repo) {
+        let repo = crate::cmd::backup::RepoArg { repo: url.clone(), passphrase_file: args.passphrase_file.clone() }.spec();
+        if let Some((c, source)) = etcdguard_workflow::inspect::stored_config(&repo, &args.new.to_string_lossy())? {
+            eprintln!("decrypting with {source}");
+            config = Some(c);
+        }
+    }
     let fields = matches!(args.output, DiffFormat::Yaml | DiffFormat::JsonPatch);
     let (old, old_values) = load(&old_path, prefix, &|_| fields, config.as_ref())?;
     let (new, new_values) = load(&new_path, prefix, &|_| fields, config.as_ref())?;
