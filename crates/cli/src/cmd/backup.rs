@@ -262,6 +262,8 @@ pub struct CreateArgs {
     #[arg(long, value_name = "DIR")]
     pub pki_dir: Option<PathBuf>,
     /// Static pod manifests directory (e.g. /etc/kubernetes/manifests); stored as manifests/…
+    /// The file kube-apiserver.yaml names with --encryption-provider-config (on the host,
+    /// through its hostPath volume) is stored too, unless --encryption-config is given.
     #[arg(long, value_name = "DIR")]
     pub manifests_dir: Option<PathBuf>,
     /// Encryption-at-rest configuration (kube-apiserver --encryption-provider-config); stored as encryption-config/…
