@@ -513,6 +513,13 @@ fn resume_point(repo: &Repository, base: &Manifest, note: &mut dyn FnMut(&str), 
     let ranges: Vec<(i64, i64)> = segments.iter().map(|s| (s.first, s.last)).collect();
     let (used, gap) = chain(base.etcd.revision, &ranges);
     let covered = used.last().map_or(base.etcd.revision, |r| r.1);
+    // The RPO goes on from when the newest stored change was seen (by this or another writer).
+    if let Some(info) = used.last().and_then(|(f, l)| segments.iter().find(|s| s.first == *f && s.last == *l)) {
+        if let Some(seen) = repo.read_segment(info).ok().and_then(|s| s.times.last().and_then(|t| millis(t.1))) {
+            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+            s.durable_at = s.durable_at.max(Some(seen));
+        }
+    }
     if let Some((to, next)) = gap {
         note(&format!("warning: full backup {} has segments after revision {next} but none for {}..{}; continuing from {to}", base.id, to + 1, next - 1));
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -648,6 +655,10 @@ struct SegmentEvents<'r> {
     repo: &'r Repository,
     segments: std::vec::IntoIter<etcdguard_repo::segment::SegmentInfo>,
     current: std::vec::IntoIter<Change>,
+    /// The last revision of the segments read before the current one: two writers (a leader
+    /// that lost its lease and its successor) may store overlapping ranges, read once.
+    done_through: i64,
+    current_last: i64,
     failed: bool,
 }
 
@@ -660,6 +671,9 @@ impl Iterator for SegmentEvents<'_> {
                 return None;
             }
             if let Some(c) = self.current.next() {
+                if c.mod_revision <= self.done_through {
+                    continue;
+                }
                 return Some(Ok(Event {
                     kind: if c.put { EventKind::Put } else { EventKind::Delete },
                     key: c.key,
@@ -671,6 +685,8 @@ impl Iterator for SegmentEvents<'_> {
                 }));
             }
             let info = self.segments.next()?;
+            self.done_through = self.done_through.max(self.current_last);
+            self.current_last = info.last;
             match self.repo.read_segment(&info) {
                 Ok(s) => self.current = s.changes.into_iter(),
                 Err(e) => {
@@ -705,6 +721,8 @@ pub fn materialize(repo: &Repository, plan: &AtPlan, out: &Path, scratch: &Path)
         repo,
         segments: plan.segments.clone().into_iter(),
         current: Vec::new().into_iter(),
+        done_through: i64::MIN,
+        current_last: i64::MIN,
         failed: false,
     };
     let result = etcdguard_storage::replay::replay_snapshot(&base_file, out, &mut events, Some(plan.revision), lease_set.as_deref());
@@ -750,10 +768,19 @@ pub struct LogFilter {
 /// The changes stored in the repository's segments, oldest first, filtered.
 pub fn log(repo: &Repository, filter: &LogFilter, each: &mut dyn FnMut(LogEntry)) -> Result<usize> {
     let mut n = 0;
+    // Per full backup, the last revision listed: overlapping segments (two writers around a
+    // change of leader) are listed once.
+    let mut listed_through: HashMap<String, i64> = HashMap::new();
     for info in repo.list_segments(None)? {
         let s = repo.read_segment(&info)?;
         let times: HashMap<i64, i64> = s.times.iter().copied().collect();
+        let through = listed_through.entry(info.base.clone()).or_insert(i64::MIN);
+        let skip_through = *through;
+        *through = (*through).max(info.last);
         for c in s.changes {
+            if c.mod_revision <= skip_through {
+                continue;
+            }
             if filter.key.as_ref().is_some_and(|k| *k != c.key) || filter.prefix.as_ref().is_some_and(|p| !c.key.starts_with(p)) {
                 continue;
             }
