@@ -421,3 +421,50 @@ fn s3_outage_segments_catch_up_and_rpo_shows_it() {
     assert_history_matches(&repo, &server, last);
     assert_restore_matches(&repo, &server, last, dir.path());
 }
+
+/// Two agents: the active one is killed (-9) during writes; the standby is elected within the
+/// lease TTL and resumes from the last revision stored: no gap, no duplicate.
+#[test]
+fn standby_takes_over_capture_without_gap() {
+    let server = EtcdServer::start(EtcdVersion::V3_5);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    for i in 0..30 {
+        server.put(format!("/registry/configmaps/ns0/before{i}").as_bytes(), b"before");
+    }
+    let mut agents = vec![Agent::start(repo, server.endpoint(), dir.path(), &[]), Agent::start(repo, server.endpoint(), dir.path(), &[])];
+    let active = |agents: &[Agent]| agents.iter().position(|a| a.metric("etcdguard_agent_role{role=\"active\"}") == Some(1.0));
+    let start = Instant::now();
+    let first = loop {
+        if let Some(i) = active(&agents) {
+            if agents[i].metric("etcdguard_capture_durable_revision").is_some_and(|d| d >= 1.0) {
+                break i;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no agent started capturing");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stop = AtomicBool::new(false);
+    let killed_at = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| write_load(&[&server], &stop));
+        std::thread::sleep(Duration::from_secs(3));
+        let killed = agents.remove(first);
+        let at = killed.metric("etcdguard_capture_durable_revision").unwrap_or(0.0) as i64;
+        drop(killed); // SIGKILL
+        // The standby takes over within the TTL (3 s) and catches up.
+        std::thread::sleep(Duration::from_secs(8));
+        stop.store(true, Ordering::Relaxed);
+        assert!(writer.join().unwrap() > 30);
+        at
+    });
+    let survivor = agents.pop().unwrap();
+    let last = server.revision();
+    survivor.wait_durable(last, Duration::from_secs(30));
+    assert!(last > killed_at + 20, "too few changes after the kill ({killed_at}..{last})");
+    assert!(survivor.log().contains("elected: this agent captures every change now"), "{}", survivor.log());
+    assert_eq!(survivor.metric("etcdguard_capture_gaps_total"), Some(0.0));
+    survivor.stop();
+    assert_history_matches(repo, &server, last);
+    assert_restore_matches(repo, &server, last, dir.path());
+}

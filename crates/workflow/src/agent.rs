@@ -783,6 +783,27 @@ mod tests {
     }
 
     #[test]
+    fn continuous_health_follows_the_rpo_bound_and_gaps() {
+        let now = Utc::now();
+        let capture = Arc::new(Mutex::new(CaptureState { durable_revision: 10, ..Default::default() }));
+        let view = CaptureView { state: capture.clone(), rpo_bound: Duration::from_secs(60), since: Some(now - chrono::Duration::seconds(5)), last_failure: None };
+        // Nothing known yet: the RPO counts from the start of capture.
+        assert_eq!(view.rpo_seconds(now), 5.0);
+        assert!(view.health(now).0);
+        // A change waiting for 61 s: over the bound.
+        capture.lock().unwrap().durable_at = Some(now - chrono::Duration::seconds(1));
+        assert_eq!(view.rpo_seconds(now), 1.0);
+        capture.lock().unwrap().pending_since = Some(now - chrono::Duration::seconds(61));
+        let (ok, text) = view.health(now);
+        assert!(!ok && text.contains("RPO 61.0s"), "{text}");
+        capture.lock().unwrap().pending_since = None;
+        assert!(view.health(now).0);
+        capture.lock().unwrap().gap_open = true;
+        let (ok, text) = view.health(now);
+        assert!(!ok && text.contains("gap"), "{text}");
+    }
+
+    #[test]
     fn prune_failures_turn_health_red_at_the_threshold() {
         let now = Utc::now();
         let mut s = State {
