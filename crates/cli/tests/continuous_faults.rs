@@ -21,6 +21,14 @@ use backup_support::{etcdguard, run, s3_env, Moto};
 use etcdguard_testkit::{free_port, EtcdCluster, EtcdServer, EtcdVersion};
 use serde_json::Value;
 
+/// One test at a time: each runs clusters, agents and a write load whose timing (RPO) the
+/// assertions measure, on a 2-core machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn ok(cmd: &mut Command) -> String {
     let out = run(cmd);
     assert!(out.status.success(), "{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
@@ -218,6 +226,7 @@ fn leader_index(cluster: &EtcdCluster) -> (usize, Vec<u64>) {
 
 #[test]
 fn leader_change_during_capture_loses_nothing() {
+    let _serial = serial();
     let cluster = EtcdCluster::start(EtcdVersion::V3_5, 3);
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
@@ -260,6 +269,7 @@ fn leader_change_during_capture_loses_nothing() {
 
 #[test]
 fn killed_watched_member_capture_moves_to_another_endpoint() {
+    let _serial = serial();
     let mut cluster = EtcdCluster::start(EtcdVersion::V3_5, 3);
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
@@ -364,6 +374,7 @@ impl Drop for OutageProxy {
 
 #[test]
 fn s3_outage_segments_catch_up_and_rpo_shows_it() {
+    let _serial = serial();
     let server = EtcdServer::start(EtcdVersion::V3_5);
     let moto = Moto::start();
     moto.create_bucket("etcd-continuous");
@@ -426,6 +437,7 @@ fn s3_outage_segments_catch_up_and_rpo_shows_it() {
 /// lease TTL and resumes from the last revision stored: no gap, no duplicate.
 #[test]
 fn standby_takes_over_capture_without_gap() {
+    let _serial = serial();
     let server = EtcdServer::start(EtcdVersion::V3_5);
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
