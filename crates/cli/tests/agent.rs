@@ -41,9 +41,14 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 }
 
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    wait_for_or(what, timeout, String::new, &mut check)
+}
+
+/// Like [`wait_for`], and a timeout shows `log()` (the agent's own account of what it did).
+fn wait_for_or(what: &str, timeout: Duration, log: impl Fn() -> String, check: &mut dyn FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}\n{}", log());
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -75,6 +80,9 @@ fn agent_backs_up_on_schedule_applies_retention_and_reports_health() {
         .arg("--pki-dir")
         .arg(&files)
         .args(["--every", "2s", "--keep-last", "2", "--listen", &format!("127.0.0.1:{port}")])
+        // One agent: its failed runs are counted (with an election, an agent that cannot reach
+        // etcd stands by instead: `agent_without_etcd_stands_by_and_is_unhealthy`).
+        .arg("--no-elect")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
@@ -84,7 +92,7 @@ fn agent_backs_up_on_schedule_applies_retention_and_reports_health() {
     // Three backups succeed; each run writes a key first so the revisions move. A run's prune
     // follows its backup, so wait for both counters (on a busy machine a poll can fall between).
     let mut metrics = String::new();
-    wait_for("three successful backups and prunes", Duration::from_secs(90), || {
+    wait_for_or("three successful backups and prunes", Duration::from_secs(90), agent_log, &mut || {
         server.put(b"/registry/configmaps/default/tick", Instant::now().elapsed().as_nanos().to_string().as_bytes());
         metrics = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
         sample(&metrics, "etcdguard_backup_runs_total{result=\"success\"}").unwrap_or(0.0) >= 3.0
@@ -127,6 +135,35 @@ fn agent_backs_up_on_schedule_applies_retention_and_reports_health() {
         sample(&m, "etcdguard_backup_runs_total{result=\"failure\"}").unwrap_or(0.0) >= 2.0
     });
     assert_eq!(list_ids(&repo), ids, "a failed run must not change the repository's list");
+    drop(agent);
+}
+
+/// With the election on (the default), an agent whose etcd is gone cannot be elected, and
+/// nobody can back up: /healthz turns 503 and says why instead of trusting the repository.
+#[test]
+fn agent_without_etcd_stands_by_and_is_unhealthy() {
+    let mut server = etcdguard_testkit::EtcdServer::start(EtcdVersion::V3_5);
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(work.path().join("agent.log")).unwrap();
+    let mut cmd = etcdguard();
+    cmd.arg("agent").arg("--repo").arg(work.path().join("repo")).args(["--endpoints", server.endpoint()]);
+    cmd.args(["--every", "2s", "--elect-ttl", "2s", "--listen", &format!("127.0.0.1:{port}")]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    let agent = Agent(cmd.spawn().unwrap());
+    let agent_log = || std::fs::read_to_string(work.path().join("agent.log")).unwrap_or_default();
+    wait_for_or("a first backup by the elected agent", Duration::from_secs(60), agent_log, &mut || {
+        get(port, "/metrics").is_some_and(|(_, m)| sample(&m, "etcdguard_backup_runs_total{result=\"success\"}").unwrap_or(0.0) >= 1.0)
+    });
+    server.kill();
+    let mut body = String::new();
+    wait_for_or("/healthz 503 once etcd is gone", Duration::from_secs(60), agent_log, &mut || {
+        let Some((status, b)) = get(port, "/healthz") else { return false };
+        body = b;
+        status == 503
+    });
+    assert!(body.contains("cannot reach etcd"), "{body}");
+    let metrics = get(port, "/metrics").unwrap().1;
+    assert_eq!(sample(&metrics, "etcdguard_agent_role{role=\"standby\"}"), Some(1.0), "{metrics}");
     drop(agent);
 }
 

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use etcdguard_client::election::{Election, ElectionOptions};
+use etcdguard_client::election::{Election, ElectionOptions, Role};
 use etcdguard_client::ConnectConfig;
 use etcdguard_repo::retention::Policy;
 use sha2::{Digest, Sha256};
@@ -138,6 +138,9 @@ struct State {
     backups_in_repository: Option<usize>,
     /// The newest backup in the repository (time, id), read by a standby.
     repository_newest: Option<(DateTime<Utc>, String)>,
+    /// While a standby cannot reach etcd to campaign: why (nobody can be elected then, so
+    /// nobody backs up, and /healthz says so rather than trusting the repository's age).
+    election_unreachable: Option<String>,
     /// With --continuous: what capture has done, and its health bound.
     capture: Option<CaptureView>,
 }
@@ -185,6 +188,9 @@ impl State {
         let stale_after = self.every.checked_mul(2).and_then(|d| chrono::Duration::from_std(d).ok()).unwrap_or(chrono::Duration::MAX);
         // A standby takes no backups: it is healthy while the leader keeps the repository fresh.
         if self.role == "standby" {
+            if let Some(e) = &self.election_unreachable {
+                return (false, format!("standby; cannot reach etcd to take part in the election, so no agent can back up: {e}"));
+            }
             return match &self.repository_newest {
                 Some((at, id)) if now.signed_duration_since(*at) > stale_after => {
                     (false, format!("standby; stale: the newest backup in the repository ({id}) was at {}, over twice the schedule's period ago", fmt_time(Some(*at))))
@@ -347,6 +353,7 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
         last_revision: 0,
         backups_in_repository: None,
         repository_newest: None,
+        election_unreachable: None,
         capture: opts.continuous.as_ref().map(|c| CaptureView { state: Arc::new(Mutex::new(CaptureState::default())), rpo_bound: c.rpo_bound, since: None, last_failure: None }),
     }));
     if opts.listen != "off" {
@@ -609,6 +616,12 @@ fn wait_as_standby(election: &Election, repo: &RepoSpec, state: &Mutex<State>, s
         if election.wait_for_leadership(Duration::from_millis(100)) {
             break;
         }
+        let status = election.status();
+        lock().election_unreachable = match status.role {
+            // Before the first round has failed, it is just starting.
+            Role::Connecting => status.last_error,
+            _ => None,
+        };
         if refreshed.is_none_or(|t| t.elapsed() >= refresh_every) {
             refreshed = Some(Instant::now());
             if let Some(newest) = newest_backup(repo) {
@@ -619,6 +632,7 @@ fn wait_as_standby(election: &Election, repo: &RepoSpec, state: &Mutex<State>, s
     let newest = newest_backup(repo);
     let mut s = lock();
     s.role = "active";
+    s.election_unreachable = None;
     if let Some(n) = &newest {
         s.repository_newest = n.clone();
         // The active agent's health goes on from the repository's newest backup.
@@ -828,6 +842,7 @@ mod tests {
             last_revision: 1,
             backups_in_repository: Some(1),
             repository_newest: None,
+            election_unreachable: None,
             capture: None,
         };
         for n in 1..=3 {
