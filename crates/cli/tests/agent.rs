@@ -3,62 +3,16 @@
 //! /healthz to 503 and the agent keeps going. Also: the shipped Kubernetes manifests name only
 //! flags etcdguard has.
 
+mod agent_support;
 mod live_support;
 
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use etcdguard_testkit::{free_port, EtcdVersion};
+use agent_support::*;
 use live_support::*;
-
-/// The agent process, killed by PID when dropped.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// GET `path` on 127.0.0.1:`port`: (status, body), or None while nothing listens.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((status, body))
-}
-
-/// The value of one sample line of the Prometheus text (`name{labels}` exactly).
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    wait_for_or(what, timeout, String::new, &mut check)
-}
-
-/// Like [`wait_for`], and a timeout shows `log()` (the agent's own account of what it did).
-fn wait_for_or(what: &str, timeout: Duration, log: impl Fn() -> String, check: &mut dyn FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}\n{}", log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn list_ids(repo: &Path) -> Vec<String> {
-    let out = etcdguard().args(["backup", "list", "--repo"]).arg(repo).args(["-w", "json"]).output().unwrap();
-    expect_code(&out, 0, "backup list");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect()
-}
 
 #[test]
 fn agent_backs_up_on_schedule_applies_retention_and_reports_health() {

@@ -2,28 +2,15 @@
 //! follow the schedule, logs come as JSON lines with `--log-format json`, and /metrics is
 //! OpenMetrics with the agent's role. Bad expressions exit 2. Real etcd 3.5 snapshot.
 
+mod agent_support;
 mod live_support;
 
-use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use etcdguard_testkit::{free_port, EtcdServer, EtcdVersion};
+use agent_support::{get_raw as get, sample};
 use live_support::*;
-
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, resp))
-}
-
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
 
 #[test]
 fn cron_schedule_runs_on_its_matches_with_json_logs() {

@@ -3,28 +3,20 @@
 //! a retention run that keeps failing turns /healthz to 503; a new create sweeps the spools
 //! of killed runs and keeps live ones (judged by their flock, not a PID). Real etcd 3.5.
 
+mod agent_support;
 mod live_support;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use etcdguard_testkit::{free_port, EtcdServer, EtcdVersion};
+use agent_support::*;
 use live_support::*;
 
 const STOP_BOUND: Duration = Duration::from_secs(10);
-
-/// The agent process, killed by PID when dropped.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 impl Agent {
     /// Sends `signal` and waits for the exit: (exit code, time it took).
@@ -44,27 +36,9 @@ impl Agent {
     }
 }
 
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Some((status, body))
-}
-
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
+/// [`agent_support::poll`] every 20 ms: the tests catch brief states (a backup running).
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll(what, timeout, Duration::from_millis(20), String::new, &mut check)
 }
 
 fn spools(dir: &Path) -> Vec<PathBuf> {

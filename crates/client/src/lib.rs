@@ -19,6 +19,7 @@ mod cluster;
 mod config;
 mod conn;
 pub mod election;
+mod kv;
 mod members;
 mod error;
 mod snapshot;
@@ -39,6 +40,7 @@ pub use snapshot::{
     stream_snapshot, Destination, NoProgress, PartFile, Progress, SnapshotSummary, TrailerHasher, TrailerVerdict,
 };
 
+pub use kv::FirstKey;
 pub use watch::{Change, WatchUpdate};
 
 use conn::{connect_with, TlsMaterial};

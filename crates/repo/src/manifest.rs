@@ -69,6 +69,11 @@ pub struct Manifest {
     /// How every blob of this backup is encoded (per blob in the pack header).
     pub encoding: PartEncoding,
     pub sizes: Sizes,
+    /// The certificates found under `--pki-dir` when the backup was taken (absent in
+    /// manifests written before this field existed, or without `--pki-dir`). Sealed with the
+    /// file list in an encrypted repository.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateRecord>,
     /// Format 2 (encrypted repositories), as stored: the whole manifest sealed under the
     /// master key (hex). Present only while the manifest was read without the key: then
     /// `files` is empty and the snapshot's sha256 and the source path are
@@ -93,9 +98,29 @@ impl Manifest {
         };
         m.snapshot.sha256 = SEALED_PLACEHOLDER.into();
         m.files = Vec::new();
+        m.certificates = Vec::new();
         m.sealed = None;
         m
     }
+}
+
+/// One certificate of the PKI directory, as recorded in a manifest: enough to tell which
+/// certificate expires when, nothing secret. Fields may be added, never renamed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CertificateRecord {
+    /// Relative to the PKI directory, `/`-separated; `path#N` for the N-th certificate of a
+    /// bundle (counting from 0).
+    pub path: String,
+    /// As `openssl x509 -subject` prints it, e.g. `CN=etcd-ca`.
+    pub subject: String,
+    pub not_after: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+    /// Upper-case hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub serial: String,
+    #[serde(default)]
+    pub is_ca: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -67,6 +67,8 @@ pub struct AgentOptions {
     pub prune_failures_unhealthy: u32,
     /// Leader election among the agents of one cluster; `None` runs every schedule alone.
     pub election: Option<ElectionSettings>,
+    /// Scrub, restore drill and certificate expiry ([`crate::checks`]).
+    pub checks: crate::checks::ChecksOptions,
     /// Continuous capture instead of scheduled backups: the leader follows every change.
     pub continuous: Option<ContinuousSettings>,
 }
@@ -141,6 +143,8 @@ struct State {
     /// While a standby cannot reach etcd to campaign: why (nobody can be elected then, so
     /// nobody backs up, and /healthz says so rather than trusting the repository's age).
     election_unreachable: Option<String>,
+    /// Scrub, drill and certificate results.
+    checks: Arc<Mutex<crate::checks::CheckState>>,
     /// With --continuous: what capture has done, and its health bound.
     capture: Option<CaptureView>,
 }
@@ -182,9 +186,16 @@ impl CaptureView {
 }
 
 impl State {
+    /// Healthy while [`State::backup_health`] is and no scrub or drill has failed since the last
+    /// good one; certificate warnings are extra lines.
+    fn health(&self, now: DateTime<Utc>) -> (bool, String) {
+        let (ok, text) = self.backup_health(now);
+        self.checks.lock().unwrap_or_else(|p| p.into_inner()).judge(ok, text, now)
+    }
+
     /// Healthy while the last run succeeded (or none has finished yet), the last success is
     /// not older than two periods, and retention has not failed too often in a row.
-    fn health(&self, now: DateTime<Utc>) -> (bool, String) {
+    fn backup_health(&self, now: DateTime<Utc>) -> (bool, String) {
         let stale_after = self.every.checked_mul(2).and_then(|d| chrono::Duration::from_std(d).ok()).unwrap_or(chrono::Duration::MAX);
         // A standby takes no backups: it is healthy while the leader keeps the repository fresh.
         if self.role == "standby" {
@@ -289,6 +300,7 @@ impl State {
             registry.register("etcdguard_capture_durable_revision", "Every change up to this revision is stored", gauge(c.durable_revision as f64));
             registry.register("etcdguard_capture_store_failures", "Failed attempts to store a segment (retried)", counter(c.store_failures));
         }
+        self.checks.lock().unwrap_or_else(|p| p.into_inner()).register(&mut registry, now);
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
@@ -355,6 +367,7 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
         repository_newest: None,
         election_unreachable: None,
         capture: opts.continuous.as_ref().map(|c| CaptureView { state: Arc::new(Mutex::new(CaptureState::default())), rpo_bound: c.rpo_bound, since: None, last_failure: None }),
+        checks: Arc::default(),
     }));
     if opts.listen != "off" {
         let server = tiny_http::Server::http(&opts.listen).map_err(|e| Error::usage(format!("--listen {}: {e}", opts.listen)))?;
@@ -383,6 +396,13 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
         Some(settings) if opts.runs != Some(0) => Some(start_election(&opts, settings)?),
         _ => None,
     };
+    // Scrub, drill and certificates on threads of their own; dropped (stopped) when `run` returns.
+    let _checks = (opts.runs != Some(0)).then(|| {
+        let checks_state = state.lock().unwrap_or_else(|p| p.into_inner()).checks.clone();
+        let role = state.clone();
+        let leading = Arc::new(move || role.lock().unwrap_or_else(|p| p.into_inner()).role == "active");
+        crate::checks::Checks::start(&opts.checks, &opts.create, checks_state, leading, stop.clone())
+    });
     let opts = Arc::new(opts);
     if let Some(settings) = opts.continuous.clone() {
         return run_continuous(&opts, &settings, &state, &stop, election.as_ref());
@@ -844,6 +864,7 @@ mod tests {
             repository_newest: None,
             election_unreachable: None,
             capture: None,
+            checks: Arc::default(),
         };
         for n in 1..=3 {
             s.prunes_failed += 1;

@@ -188,6 +188,9 @@ fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInf
             other => repo_error(other),
         })?;
     }
+    if let Some(dir) = &opts.pki_dir {
+        writer.set_certificates(crate::certs::records_of_dir(dir, note));
+    }
     stop.check()?;
     let labels: BTreeMap<String, String> = opts.labels.iter().cloned().collect();
     let cluster = opts.cluster.clone().or_else(|| labels.get("cluster").cloned()).or_else(|| etcd.cluster_id.clone());
@@ -219,14 +222,36 @@ pub fn verify(opts: &VerifyOptions, note: &mut dyn FnMut(&str)) -> Result<Verifi
     let repo = opts.repo.open_unlocked()?;
     let m = resolve(&repo, &opts.id)?;
     let index = repo.load_index()?;
-    let parent = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let trailer = check_stored(&repo, &index, &m, opts.scratch_dir.as_deref(), note)?;
+    let mut packs_checked = None;
+    if opts.packs {
+        let (n, problems) = repo.check_packs()?;
+        if !problems.is_empty() {
+            for p in &problems {
+                note(&format!("  {p}"));
+            }
+            return Err(Error::new(Kind::Corrupt, format!("{} of {n} packs damaged", problems.len())));
+        }
+        note(&format!("{n} packs checked"));
+        packs_checked = Some(n);
+    }
+    repo.record_verification(&m.id)?;
+    Ok(Verified { manifest: m, trailer, packs_checked })
+}
+
+/// The checks of `backup verify` on one backup, without recording anything: reassembles the
+/// snapshot into a private spool under `scratch_dir` (every chunk's hash and the whole
+/// sha256), reads every file, then checks the trailer, bbolt structure, etcd schema and the
+/// status against the manifest. The agent's scrub uses it too.
+pub(crate) fn check_stored(repo: &Repository, index: &etcdguard_repo::pack::Index, m: &Manifest, scratch_dir: Option<&Path>, note: &mut dyn FnMut(&str)) -> Result<TrailerCheck> {
+    let parent = scratch_dir.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
     let (tmp, _) = spool::create(&parent)?;
     let snap_path = tmp.path().join("snapshot.db");
     note(&format!("reading backup {} from {} …", m.id, repo.location()));
-    repo.restore_part_to_file(&index, &m.snapshot, &snap_path, 0o600)?;
+    repo.restore_part_to_file(index, &m.snapshot, &snap_path, 0o600)?;
     for f in &m.files {
         if let Some(part) = &f.content {
-            repo.read_part(&index, part, &mut std::io::sink()).map_err(|e| repo_error(e.context(&format!("file {}", f.path))))?;
+            repo.read_part(index, part, &mut std::io::sink()).map_err(|e| repo_error(e.context(&format!("file {}", f.path))))?;
         }
     }
     // The reassembled snapshot is the original byte for byte; check it as `snapshot verify` does.
@@ -254,21 +279,9 @@ pub fn verify(opts: &VerifyOptions, note: &mut dyn FnMut(&str)) -> Result<Verifi
             ));
         }
     }
-    let mut packs_checked = None;
-    if opts.packs {
-        let (n, problems) = repo.check_packs()?;
-        if !problems.is_empty() {
-            for p in &problems {
-                note(&format!("  {p}"));
-            }
-            return Err(Error::new(Kind::Corrupt, format!("{} of {n} packs damaged", problems.len())));
-        }
-        note(&format!("{n} packs checked"));
-        packs_checked = Some(n);
-    }
     drop(file);
-    repo.record_verification(&m.id)?;
-    Ok(Verified { manifest: m, trailer, packs_checked })
+    drop(tmp);
+    Ok(trailer)
 }
 
 /// What `backup restore` brings back, and where.

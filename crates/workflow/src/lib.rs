@@ -10,18 +10,24 @@
 //! - [`node`]: `node restore` (fetch and check, then the control-plane runbook; `--new-cluster`);
 //! - [`join`]: `node join` (a node's etcd joins the restored cluster as a learner, promoted);
 //! - [`agent`]: the loop, its state, `/healthz` and `/metrics`; [`schedule`]: when it runs;
+//!   [`checks`]: what it checks besides backing up: [`scrub`] (re-read stored backups),
+//!   [`drill`] (restore the newest, optionally boot etcd on it), [`certs`] (expiry);
 //! - [`capture`]: continuous capture (`backup follow`), point-in-time plans and replay, the change log;
 //! - [`snapshot`], [`repo`], [`spool`], [`stop`]: what they share.
 
 pub mod agent;
 pub mod backup;
 pub mod capture;
+pub mod certs;
+pub mod checks;
+pub mod drill;
 pub mod error;
 pub mod join;
 pub mod node;
 pub mod repo;
 pub mod restore;
 pub mod schedule;
+pub mod scrub;
 pub mod snapshot;
 pub mod spool;
 pub mod stop;

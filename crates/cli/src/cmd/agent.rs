@@ -1,12 +1,14 @@
 //! `etcdguard agent`: flags in, `etcdguard_workflow::agent::run` (backup create on a schedule,
 //! retention, /healthz and /metrics), log lines with a time stamp on stderr.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use etcdguard_repo::retention::parse_duration;
 use etcdguard_workflow::agent::{self, AgentOptions, ContinuousSettings, ElectionSettings};
+use etcdguard_workflow::checks::ChecksOptions;
 use etcdguard_workflow::schedule::Schedule;
 use etcdguard_workflow::Stop;
 
@@ -78,6 +80,36 @@ pub struct AgentArgs {
     /// stored) exceeds this.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration, requires = "continuous")]
     pub rpo_bound: Duration,
+    /// Scrub this often (e.g. 24h; the first at start): re-read stored backups with the
+    /// checks of `backup verify` and every pack they use, the newest backup first, then older
+    /// ones in rotation until --verify-budget is spent. Only the active agent scrubs; damage
+    /// turns /healthz red until a scrub passes again.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub verify_every: Option<Duration>,
+    /// A scrub starts no further backup after this long (the newest is always checked).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration, requires = "verify_every")]
+    pub verify_budget: Duration,
+    /// Restore drill this often (e.g. 24h; the first at start): restore the newest backup into
+    /// a scratch data dir (under --scratch-dir, removed afterwards) and check its revision,
+    /// key count and hash against the manifest. Only the active agent drills.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub drill_every: Option<Duration>,
+    /// With --drill-every: also boot this etcd binary on the restored data dir (loopback,
+    /// free ports) and read a key through it. Use the cluster's etcd version.
+    #[arg(long, value_name = "PATH", requires = "drill_every")]
+    pub drill_etcd: Option<PathBuf>,
+    /// /healthz warns (in its body; it stays 200) when a certificate of --pki-dir (else of the
+    /// newest backup's manifest) expires within this. The expiry of each is in /metrics.
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
+    pub cert_warn: Duration,
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
 }
 
 pub fn run(args: AgentArgs) -> Result<()> {
@@ -105,6 +137,14 @@ pub fn run(args: AgentArgs) -> Result<()> {
         prune_failures_unhealthy: args.prune_failures_unhealthy,
         election,
         continuous,
+        checks: ChecksOptions {
+            verify_every: args.verify_every,
+            verify_budget: args.verify_budget,
+            drill_every: args.drill_every,
+            drill_etcd: args.drill_etcd.clone(),
+            certificates: true,
+            cert_warn: args.cert_warn,
+        },
     };
     init_logging(args.log_format);
     let stop = Stop::new();

@@ -599,7 +599,13 @@ fn list(args: ListArgs) -> Result<()> {
 }
 
 fn show(args: ShowArgs) -> Result<()> {
-    let repo = open_repo(&args.repo)?;
+    let mut repo = open_repo(&args.repo)?;
+    // The file list and certificates of an encrypted repository's manifests are sealed: open
+    // them when a passphrase is given, else say where they went.
+    let spec = args.repo.spec();
+    if repo.is_encrypted() && spec.passphrase()?.is_some() {
+        spec.unlock(&mut repo)?;
+    }
     let m = resolve(&repo, &args.id)?;
     if args.write_out == TextJson::Json {
         println!("{}", serde_json::to_string_pretty(&m)?);
@@ -644,6 +650,13 @@ fn show(args: ShowArgs) -> Result<()> {
     line("chunks", format!("{} of {} ({} chunk lists)", m.snapshot.chunks, human(m.snapshot.chunk_size as u64), m.snapshot.chunk_lists.len()));
     line("encoding", format!("compression {}, encryption {}", m.encoding.compression, m.encoding.encryption));
     line("size", format!("{} original, {} added to the repository", human(m.sizes.original), human(m.sizes.added)));
+    if m.contents_sealed() {
+        // Files and certificates are in the sealed part of an encrypted repository's manifest.
+        line("files", "file list is encrypted, give the passphrase (ETCDGUARD_PASSPHRASE or --passphrase-file) to list it".into());
+        line("certificates", "encrypted with the file list".into());
+        print!("{out}");
+        return Ok(());
+    }
     line("files", m.files.len().to_string());
     print!("{out}");
     for f in &m.files {
@@ -654,6 +667,16 @@ fn show(args: ShowArgs) -> Result<()> {
         };
         let target = f.target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default();
         println!("  {:04o} {kind}  {}{target}", f.mode, f.path);
+    }
+    if !m.certificates.is_empty() {
+        println!("{:<20}{} (notAfter; time left when the backup was taken)", "certificates", m.certificates.len());
+        for c in &m.certificates {
+            let left = match (c.not_after - m.created).to_std() {
+                Ok(d) if !d.is_zero() => etcdguard_workflow::certs::rough(d),
+                _ => "expired".into(),
+            };
+            println!("  {}  {left:>9}  {}  {}", c.not_after.format("%Y-%m-%d %H:%M:%S UTC"), c.path, c.subject);
+        }
     }
     Ok(())
 }

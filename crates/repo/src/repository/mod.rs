@@ -4,6 +4,7 @@
 
 mod prune;
 mod reader;
+mod scrub;
 #[cfg(test)]
 pub(crate) mod test_support;
 mod writer;

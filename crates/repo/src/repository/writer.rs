@@ -42,6 +42,7 @@ impl Repository {
             pack: PackBuilder::new(),
             uploader: Uploader::start(self.store.clone()),
             files: Vec::new(),
+            certificates: Vec::new(),
             stats: Sizes::default(),
         })
     }
@@ -140,6 +141,7 @@ pub struct BackupWriter<'r> {
     pack: PackBuilder,
     uploader: Uploader,
     files: Vec<FileEntry>,
+    certificates: Vec<CertificateRecord>,
     stats: Sizes,
 }
 
@@ -208,6 +210,11 @@ impl<'r> BackupWriter<'r> {
             return base;
         }
         base.div_ceil(page_size) * page_size
+    }
+
+    /// Records the certificates of the PKI directory in the manifest.
+    pub fn set_certificates(&mut self, certificates: Vec<CertificateRecord>) {
+        self.certificates = certificates;
     }
 
     /// Stores the snapshot (the whole file, trailer included, so it comes back byte-identical).
@@ -304,6 +311,7 @@ impl<'r> BackupWriter<'r> {
             files: std::mem::take(&mut self.files),
             encoding: PartEncoding { compression: "zstd".into(), encryption: self.repo.config.encryption.clone() },
             sizes,
+            certificates: std::mem::take(&mut self.certificates),
             sealed: None,
         };
         let manifest = match self.repo.metadata_keys() {
