@@ -76,6 +76,7 @@ pub fn all() -> Vec<Box<dyn Case>> {
         Box::new(BackupRestoreLocal { repo: OnceLock::new() }),
         Box::new(BackupRestoreS3 { repo: OnceLock::new() }),
         Box::new(BackupCreateLive),
+        Box::new(InspectList),
     ]
 }
 
@@ -642,6 +643,44 @@ impl Case for BackupCreateLive {
         let size = m["snapshot"]["size"].as_u64().context("no snapshot.size")?;
         ensure!(size == saved, "etcdguard backed up {size} bytes, etcdctl saved {saved}");
         ensure!(m["etcd"]["verified"].as_bool() == Some(true), "the backup was not verified");
+        Ok(())
+    }
+}
+
+/// `inspect list -o json` (every key's newest value decoded: apiVersion, kind, metadata)
+/// against the tree walk alone, `snapshot status --skip-hash-check`, on the same file: the
+/// reference here is etcdguard's own walk, so the speedup column reads "walk / list".
+struct InspectList;
+
+impl Case for InspectList {
+    fn name(&self) -> &'static str {
+        "inspect-list"
+    }
+    fn about(&self) -> &'static str {
+        "inspect list -o json vs snapshot status --skip-hash-check (both etcdguard; list within 3x of the walk)"
+    }
+    fn reference(&self) -> &'static str {
+        "eg-status"
+    }
+    fn target(&self) -> Target {
+        Target::speedup(1.0 / 3.0).rss_mib(256)
+    }
+    fn command(&self, tool: Tool, env: &Env, _scratch: &Path) -> Result<Command> {
+        let mut cmd = env.etcdguard();
+        match tool {
+            Tool::Reference => cmd.args(["snapshot", "status", "-w", "json", "--skip-hash-check"]).arg(env.snapshot()),
+            Tool::Etcdguard => cmd.args(["inspect", "list", "-o", "json"]).arg(env.snapshot()),
+        };
+        Ok(cmd)
+    }
+    fn check(&self, _env: &Env, reference: &Measured, etcdguard: &Measured) -> Result<()> {
+        let status = parse_json(&reference.stdout, "snapshot status")?;
+        let listed = parse_json(&etcdguard.stdout, "inspect list")?;
+        let listed = listed.as_array().context("inspect list -o json is not an array")?;
+        let total = status["totalKey"].as_u64().context("status has no totalKey")?;
+        // Every live key is one entry of the key bucket, which totalKey counts with history.
+        ensure!(!listed.is_empty() && listed.len() as u64 <= total, "inspect list found {} objects, status counts {total} keys", listed.len());
+        ensure!(listed.iter().all(|o| o["key"].as_str().is_some_and(|k| k.starts_with("/registry/"))), "a listed object has no /registry/ key");
         Ok(())
     }
 }

@@ -71,12 +71,19 @@ fn list_get_and_diff_real_kubernetes_values() {
     let (code, table, _) = inspect(&["list", f, "-n", "namespaceValue"]);
     assert_eq!(code, 0);
     assert!(table.lines().next().unwrap().starts_with("RESOURCE") && table.contains("Deployment") && table.contains("2008-01-01T01:01:01Z"), "{table}");
-    assert_eq!(inspect(&["list", f, "-l", "novalue"]).0, 2, "a selector term without '='");
+    // kubectl's selector forms: `key` (exists), `!key`, `in`; a malformed one is a usage error.
+    assert_eq!(json_list(&["list", f, "-l", "app", "-o", "json"]).len(), 1);
+    assert_eq!(json_list(&["list", f, "-l", "labelsKey,!app", "-o", "json"]).len(), 4);
+    assert_eq!(inspect(&["list", f, "-l", "app in (web"]).0, 2, "an unclosed set");
 
     // get: the JSON object as stored; the stored bytes of a protobuf one with -o raw.
     let (code, out, _) = inspect(&["get", f, "/registry/example.com/widgets/team-a/w1"]);
     assert_eq!(code, 0);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), serde_json::from_slice::<serde_json::Value>(cr).unwrap());
+    // As stored, with the key's mod revision as resourceVersion (as the API server shows it).
+    let mut got = serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    assert!(got["metadata"]["resourceVersion"].as_str().is_some_and(|r| r.parse::<i64>().is_ok()), "{out}");
+    got["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+    assert_eq!(got, serde_json::from_slice::<serde_json::Value>(cr).unwrap());
     let out = etcdguard().args(["inspect", "get", f, "/registry/pods/namespaceValue/nameValue", "-o", "raw"]).output().unwrap();
     assert!(out.stdout == fixture("core.v1.Pod.pb"), "raw bytes differ");
     assert_eq!(inspect(&["get", f, "/registry/pods/namespaceValue/missing"]).0, 3);

@@ -535,3 +535,55 @@ spec:
     assert_eq!(kubelet.starts(), 2);
     drop(kubelet);
 }
+
+/// A snapshot whose Secret is encrypted with key `gcm-key` (PyPI `cryptography`, via
+/// make_vectors.py) is refused while the node's API server configuration lacks that key, before
+/// the control plane is touched; with the key configured (or --force) the plan goes on.
+#[test]
+fn node_restore_refuses_a_snapshot_whose_encryption_keys_the_node_lacks() {
+    use base64::Engine;
+    let n = node();
+    let kubelet = Kubelet::start(n.kubernetes.join("manifests"), n.root.clone());
+    wait_serving(&n.endpoint);
+    let kube_tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kube/tests");
+    let vectors = n.root.join("vectors");
+    let made = Command::new("python3").arg(kube_tests.join("encryption_vectors/make_vectors.py")).arg(kube_tests.join("fixtures")).arg(&vectors).output().unwrap();
+    assert!(made.status.success(), "make_vectors.py: {}", text(&made.stderr));
+    let cases: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(vectors.join("vectors.json")).unwrap()).unwrap();
+    let c = cases.iter().find(|c| c["name"] == "aesgcm gcm-key secret").unwrap();
+    let other = etcdguard_testkit::EtcdServer::start(EtcdVersion::V3_5);
+    other.put(c["etcdKey"].as_str().unwrap().as_bytes(), &base64::engine::general_purpose::STANDARD.decode(c["value"].as_str().unwrap()).unwrap());
+    let snap = n.root.join("encrypted.db");
+    other.snapshot_save(&snap);
+    drop(other);
+    let kdir = n.kubernetes.to_str().unwrap();
+    let restore = |extra: &[&str]| etcdguard().args(["node", "restore", snap.to_str().unwrap(), "--kubernetes-dir", kdir, "--wait-timeout", "60s"]).args(extra).output().unwrap();
+
+    // The API server manifest sets no --encryption-provider-config: refused, nothing touched.
+    let out = restore(&[]);
+    expect_code(&out, 17, "node restore without the encryption key");
+    let err = text(&out.stderr);
+    assert!(err.contains("refused by safety check") && err.contains("aesgcm:gcm-key") && err.contains("kube-apiserver.yaml"), "{err}");
+    assert_eq!(kubelet.starts(), 1, "the control plane was stopped");
+    assert!(n.kubernetes.join("manifests/etcd.yaml").exists());
+    assert!(aside_dirs(&n.root.join("var/lib"), "etcd.etcdguard-").is_empty(), "the data dir was moved");
+
+    // The API server's configuration (through its hostPath volume) holds the key: the check passes.
+    let apiserver = std::fs::read_to_string(n.kubernetes.join("manifests/kube-apiserver.yaml")).unwrap();
+    let with_config = apiserver.replace("    name: kube-apiserver\n", "    - --encryption-provider-config=/etc/kubernetes/enc/config.yaml\n    name: kube-apiserver\n    volumeMounts:\n    - {name: enc, mountPath: /etc/kubernetes/enc}\n")
+        + &format!("  volumes:\n  - name: enc\n    hostPath: {{path: {}}}\n", vectors.display());
+    std::fs::write(n.kubernetes.join("manifests/kube-apiserver.yaml"), with_config).unwrap();
+    let out = restore(&["--dry-run"]);
+    expect_code(&out, 0, "node restore --dry-run with the key configured");
+    assert!(text(&out.stderr).contains("encryption keys checked: aesgcm:gcm-key"), "{}", text(&out.stderr));
+    // --encryption-config names another file, without the key: refused; --force goes on.
+    let missing = n.root.join("missing.yaml");
+    std::fs::write(&missing, "kind: EncryptionConfiguration\napiVersion: apiserver.config.k8s.io/v1\nresources:\n- resources: [secrets]\n  providers:\n  - identity: {}\n").unwrap();
+    let out = restore(&["--dry-run", "--encryption-config", missing.to_str().unwrap()]);
+    expect_code(&out, 17, "node restore --encryption-config without the key");
+    let out = restore(&["--dry-run", "--encryption-config", missing.to_str().unwrap(), "--force"]);
+    expect_code(&out, 0, "node restore --force");
+    assert!(text(&out.stderr).contains("warning: --force"), "{}", text(&out.stderr));
+    assert_eq!(kubelet.starts(), 1);
+    drop(kubelet);
+}

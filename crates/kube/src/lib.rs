@@ -11,6 +11,13 @@
 //! without a schema per type; the full protobuf body of built-in types is not decoded here.
 
 pub mod encryption;
+pub mod extract;
+pub mod history;
+pub mod inspect;
+pub mod jsondiff;
+pub mod render;
+pub mod schema;
+pub mod selector;
 pub mod stats;
 
 use std::collections::BTreeMap;

@@ -456,6 +456,19 @@ pub fn read_apiserver_pod(path: &Path) -> Result<ApiServerPod, NodeError> {
     Ok(ApiServerPod { manifest: path.to_path_buf(), addr: format!("127.0.0.1:{port}") })
 }
 
+/// The API server's `--encryption-provider-config` as a path on the host (through the
+/// hostPath volume that holds it); `None` when the flag is not set.
+pub fn read_apiserver_encryption_config(path: &Path) -> Result<Option<PathBuf>, NodeError> {
+    let (pod, c, f) = read_container(path, "kube-apiserver")?;
+    let Some(value) = f.get("encryption-provider-config") else { return Ok(None) };
+    if is_variable(value) {
+        return Err(NodeError::Manifest(path.to_path_buf(), format!("--encryption-provider-config is {value:?}, a variable set when the pod starts")));
+    }
+    host_path(&pod, c, value).map(Some).ok_or_else(|| {
+        NodeError::Manifest(path.to_path_buf(), format!("--encryption-provider-config {value} is not on a hostPath volume of the pod"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,6 +696,19 @@ spec:
         assert_eq!(image_etcd_version("registry.k8s.io/etcd@sha256:abc"), None);
         assert_eq!(image_etcd_version("quay.io/openshift/origin:4.14"), None, "not etcd's own version");
         assert_eq!(image_etcd_version("registry.k8s.io/etcd:latest"), None);
+    }
+
+    #[test]
+    fn apiserver_encryption_config_on_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("kube-apiserver.yaml");
+        let pod = |flag: &str| format!("apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: kube-apiserver\n    command: [kube-apiserver, --secure-port=6443{flag}]\n    volumeMounts:\n    - {{name: enc, mountPath: /etc/kubernetes/enc}}\n  volumes:\n  - {{name: enc, hostPath: {{path: /srv/enc}}}}\n");
+        std::fs::write(&m, pod(", --encryption-provider-config=/etc/kubernetes/enc/config.yaml")).unwrap();
+        assert_eq!(read_apiserver_encryption_config(&m).unwrap(), Some(PathBuf::from("/srv/enc/config.yaml")));
+        std::fs::write(&m, pod("")).unwrap();
+        assert_eq!(read_apiserver_encryption_config(&m).unwrap(), None);
+        std::fs::write(&m, pod(", --encryption-provider-config=/elsewhere/c.yaml")).unwrap();
+        assert!(read_apiserver_encryption_config(&m).unwrap_err().to_string().contains("hostPath"));
     }
 
     #[test]

@@ -132,7 +132,7 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
     drop(db);
     drop(file);
     drop(spool);
-    finish(opts, writer, snapshot, Source::Cluster { endpoint: st.endpoint.clone() }, etcd, note, stop)
+    finish(opts, &repo, writer, snapshot, Source::Cluster { endpoint: st.endpoint.clone() }, etcd, note, stop)
 }
 
 /// The page size a bbolt file's first meta page names, if it is one.
@@ -220,20 +220,31 @@ fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInf
     let snapshot = stored?;
     drop(db);
     drop(file);
-    finish(opts, writer, snapshot, source, etcd, note, stop)
+    finish(opts, &repo, writer, snapshot, source, etcd, note, stop)
 }
 
 /// Adds the control-plane files and commits the backup.
-fn finish(opts: &CreateOptions, mut writer: etcdguard_repo::BackupWriter<'_>, snapshot: etcdguard_repo::manifest::Part, source: Source, etcd: EtcdInfo, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
+fn finish(opts: &CreateOptions, repo: &Repository, mut writer: etcdguard_repo::BackupWriter<'_>, snapshot: etcdguard_repo::manifest::Part, source: Source, etcd: EtcdInfo, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
     stop.check()?;
     // The PKI and manifests directories restore as pki/ and manifests/ themselves; other
     // paths go under their group with their own name.
+    let found_config = match (&opts.encryption_config, &opts.manifests_dir) {
+        (None, Some(dir)) => apiserver_encryption_config(dir, note),
+        _ => None,
+    };
+    let encryption_config = opts.encryption_config.as_ref().or(found_config.as_ref());
+    if encryption_config.is_some() && !repo.is_encrypted() {
+        note(&format!(
+            "warning: this backup holds the encryption-at-rest keys (EncryptionConfiguration) and {} is not encrypted: anyone who can read it can decrypt the cluster's Secrets. Prefer an encrypted repository (ETCDGUARD_PASSPHRASE or --passphrase-file when it is created)",
+            repo.location()
+        ));
+    }
     let paths: Vec<(&str, bool, &PathBuf)> = opts
         .pki_dir
         .iter()
         .map(|p| ("pki", true, p))
         .chain(opts.manifests_dir.iter().map(|p| ("manifests", true, p)))
-        .chain(opts.encryption_config.iter().map(|p| ("encryption-config", false, p)))
+        .chain(encryption_config.into_iter().map(|p| ("encryption-config", false, p)))
         .chain(opts.files.iter().map(|p| ("files", false, p)))
         .collect();
     for (group, as_group, p) in paths {
@@ -329,6 +340,34 @@ fn open_for_create(opts: &CreateOptions, note: &mut dyn FnMut(&str)) -> Result<R
         )));
     }
     Ok(repo)
+}
+
+/// The API server's `--encryption-provider-config` (on the host) from its manifest in
+/// `manifests_dir`, when it sets one and the file is there; what was found goes to `note`.
+fn apiserver_encryption_config(manifests_dir: &Path, note: &mut dyn FnMut(&str)) -> Option<PathBuf> {
+    let manifest = manifests_dir.join("kube-apiserver.yaml");
+    if !manifest.is_file() {
+        return None;
+    }
+    match etcdguard_node::pods::read_apiserver_encryption_config(&manifest) {
+        Ok(Some(path)) if path.is_file() => {
+            note(&format!("storing the API server's EncryptionConfiguration {} (its --encryption-provider-config)", path.display()));
+            Some(path)
+        }
+        Ok(Some(path)) => {
+            note(&format!(
+                "warning: {} names --encryption-provider-config {}, which is not readable here; the backup holds no encryption keys (give --encryption-config FILE)",
+                manifest.display(),
+                path.display()
+            ));
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            note(&format!("warning: {e}; the backup holds no encryption keys (give --encryption-config FILE)"));
+            None
+        }
+    }
 }
 
 /// What `backup verify` checks.
@@ -443,6 +482,8 @@ pub enum RestoreEvent<'a> {
     DataDirRestored(&'a crate::restore::Restored),
     /// The control-plane files were unpacked.
     FilesWritten { count: usize, dir: &'a Path },
+    /// A line for the operator (the encryption key check before a data dir is restored).
+    Note(&'a str),
     /// The full backup's changes were replayed up to the point in time.
     Replayed { plan: &'a crate::capture::AtPlan, replayed: &'a etcdguard_storage::replay::Replayed },
 }
@@ -516,6 +557,14 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
         // A backup of a plain member/snap/db has no trailer; its sha256 was checked above.
         // A point-in-time file always gets one.
         d.skip_hash_check = plan.is_none() && m.etcd.trailer == "absent";
+        // The keys the restored cluster will have: --encryption-config, else the backup's own.
+        let in_place = match &d.encryption_config {
+            Some(p) => crate::keycheck::InPlace::file(p)?,
+            None => crate::keycheck::InPlace::from_backup(&repo, &m)?,
+        };
+        let check = crate::keycheck::check(&snapshot_path, &in_place)?;
+        crate::keycheck::enforce(&check, d.force, &mut |n| on(RestoreEvent::Note(n)))?;
+        d.key_checked = true;
         // A temporary reassembly is moved into the data dir, not copied again.
         let restored = if temporary { crate::restore::snapshot_restore_consuming(&d)? } else { crate::restore::snapshot_restore(&d)? };
         on(RestoreEvent::DataDirRestored(&restored));

@@ -43,8 +43,12 @@ pub struct NodeRestoreOptions {
     /// Restore a one-member cluster of this member only, with a fresh cluster token: the
     /// first step of recovering from quorum loss (then `node join` on the other nodes).
     pub new_cluster: bool,
-    /// With `new_cluster`: go on although an old member still answers.
+    /// Go on although a safety check refuses: an old member still answers (`new_cluster`),
+    /// or the snapshot's encryption keys are not in the configuration that will be in place.
     pub force: bool,
+    /// The EncryptionConfiguration to check the snapshot's key names against [default: the
+    /// one the API server manifest names with `--encryption-provider-config`].
+    pub encryption_config: Option<PathBuf>,
 }
 
 /// What `node restore` does, as it happens.
@@ -68,9 +72,6 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
         return Err(Error::usage("--bump-revision and --mark-compacted go together (e.g. --bump-revision 1000000000 --mark-compacted)"));
     }
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
-    if opts.force && !opts.new_cluster {
-        return Err(Error::usage("--force goes with --new-cluster (it overrides the check that no old member still runs)"));
-    }
     if opts.new_cluster && opts.initial_cluster.is_some() {
         return Err(Error::usage("--new-cluster restores a cluster of this member only; leave out --initial-cluster"));
     }
@@ -117,6 +118,7 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
     if let Some(warning) = check_snapshot_version(&plan.etcd, status.storage_version.as_deref(), status.cluster_version.as_deref()).map_err(node_error)? {
         on(NodeEvent::Note(&format!("warning: {warning}")));
     }
+    check_encryption_keys(opts, &plan, &snapshot, on)?;
     let probes = match opts.new_cluster {
         true => probe_old_members(&plan, &snapshot, &advertise)?,
         false => Vec::new(),
@@ -177,6 +179,21 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
         }
         Err(e) => Err(node_error(e)),
     }
+}
+
+/// The snapshot's encryption key names against the configuration the node's API server
+/// will use (`--encryption-config`, else its manifest's `--encryption-provider-config`).
+fn check_encryption_keys(opts: &NodeRestoreOptions, plan: &Plan, snapshot: &Path, on: &mut dyn FnMut(NodeEvent<'_>)) -> Result<()> {
+    let in_place = match (&opts.encryption_config, &plan.apiserver) {
+        (Some(p), _) => crate::keycheck::InPlace::file(p)?,
+        (None, Some(api)) => crate::keycheck::InPlace::from_apiserver_manifest(&api.manifest)?,
+        (None, None) => {
+            on(NodeEvent::Note("note: no kube-apiserver manifest on this node: encryption keys not checked (--encryption-config FILE checks them)"));
+            return Ok(());
+        }
+    };
+    let check = crate::keycheck::check(snapshot, &in_place)?;
+    crate::keycheck::enforce(&check, opts.force, &mut |n| on(NodeEvent::Note(n)))
 }
 
 /// The old cluster's other members (the manifest's `--initial-cluster`, the snapshot's

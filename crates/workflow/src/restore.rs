@@ -25,6 +25,13 @@ pub struct SnapshotRestoreOptions {
     pub mark_compacted: bool,
     /// One data dir per member under this directory, instead of `data_dir`.
     pub cluster_out: Option<PathBuf>,
+    /// The EncryptionConfiguration the restored cluster will use: every key name the
+    /// snapshot's encrypted values use must be in it (see [`crate::keycheck`]).
+    pub encryption_config: Option<PathBuf>,
+    /// Restore although the encryption key check refuses.
+    pub force: bool,
+    /// The caller ran the key check already (`backup restore`, with the backup's config).
+    pub key_checked: bool,
 }
 
 /// A finished restore: what was written, and how long it took.
@@ -32,6 +39,8 @@ pub struct Restored {
     pub file: PathBuf,
     pub report: Report,
     pub elapsed: Duration,
+    /// Lines for the operator from the checks before the restore (keys checked, warnings).
+    pub notes: Vec<String>,
 }
 
 /// Restores `opts.file` into new data dirs. Flags are checked before anything is written.
@@ -65,6 +74,17 @@ fn snapshot_restore_impl(opts: &SnapshotRestoreOptions, consume: bool) -> Result
         }
         (None, None) => return Err(Error::usage("--data-dir is required (or --cluster-out to restore every member)")),
     };
+    let mut notes = Vec::new();
+    if !opts.key_checked {
+        let in_place = match &opts.encryption_config {
+            Some(p) => crate::keycheck::InPlace::file(p)?,
+            None => crate::keycheck::InPlace { config: None, source: "none given (--encryption-config FILE names the one the cluster will use)".into() },
+        };
+        // A snapshot that cannot be walked is refused by the restore itself, with its own error.
+        if let Ok(check) = crate::keycheck::check(&opts.file, &in_place) {
+            crate::keycheck::enforce(&check, opts.force, &mut |n| notes.push(n.to_string()))?;
+        }
+    }
     let snapshot = open_snapshot(&opts.file)?;
     let options = Options {
         skip_hash_check: opts.skip_hash_check,
@@ -75,5 +95,5 @@ fn snapshot_restore_impl(opts: &SnapshotRestoreOptions, consume: bool) -> Result
     let started = Instant::now();
     let report = if consume { restore::restore_consuming(&snapshot, &cluster, &dest, &options) } else { restore::restore(&snapshot, &cluster, &dest, &options) }
         .map_err(restore_error)?;
-    Ok(Restored { file: opts.file.clone(), report, elapsed: started.elapsed() })
+    Ok(Restored { file: opts.file.clone(), report, elapsed: started.elapsed(), notes })
 }

@@ -319,6 +319,8 @@ pub struct CreateArgs {
     #[arg(long, value_name = "DIR")]
     pub pki_dir: Option<PathBuf>,
     /// Static pod manifests directory (e.g. /etc/kubernetes/manifests); stored as manifests/…
+    /// The file kube-apiserver.yaml names with --encryption-provider-config (on the host,
+    /// through its hostPath volume) is stored too, unless --encryption-config is given.
     #[arg(long, value_name = "DIR")]
     pub manifests_dir: Option<PathBuf>,
     /// Encryption-at-rest configuration (kube-apiserver --encryption-provider-config); stored as encryption-config/…
@@ -473,6 +475,14 @@ pub struct RestoreArgs {
     /// Write one data dir per member of --initial-cluster, as DIR/<name>.
     #[arg(long, value_name = "DIR", conflicts_with = "data_dir", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::path)]
     pub cluster_out: Option<PathBuf>,
+    /// The EncryptionConfiguration the restored cluster will use [default: the one stored in
+    /// the backup]. Every key name the snapshot's encrypted values use must be in it and one
+    /// value per key must decrypt, or the restore is refused (exit 17) before the data dir is made.
+    #[arg(long, value_name = "FILE", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::path)]
+    pub encryption_config: Option<PathBuf>,
+    /// Restore into a data dir although the encryption key check refuses.
+    #[arg(long, help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    pub force: bool,
 }
 
 #[derive(Args)]
@@ -786,6 +796,9 @@ fn restore(args: RestoreArgs) -> Result<()> {
         bump_revision: args.bump_revision,
         mark_compacted: args.mark_compacted,
         cluster_out: args.cluster_out.clone(),
+        encryption_config: args.encryption_config.clone(),
+        force: args.force,
+        key_checked: false,
     });
     if args.dry_run {
         let at = args.at.expect("clap: --dry-run requires --at");
@@ -811,6 +824,7 @@ fn restore(args: RestoreArgs) -> Result<()> {
         }
         RestoreEvent::DataDirRestored(restored) => crate::cmd::restore::print_restored(restored),
         RestoreEvent::FilesWritten { count, dir } => eprintln!("{count} control-plane entries written under {}", dir.display()),
+        RestoreEvent::Note(line) => eprintln!("{line}"),
     })?;
     if let (false, Some(path)) = (into_data_dir, kept) {
         println!("{}", path.display());

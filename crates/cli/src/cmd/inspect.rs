@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use etcdguard_kube::encryption::{ConfigError, EncryptionConfig};
+use etcdguard_kube::selector::Selector;
 use etcdguard_kube::{decode_stored, key_path, Encoding, KeyPath, Object};
 use serde_json::json;
 
@@ -29,10 +30,19 @@ pub enum InspectCommand {
     ///   etcdguard inspect list snapshot.db -r secrets --encryption-config /etc/kubernetes/enc/enc.yaml
     #[command(verbatim_doc_comment)]
     List(ListArgs),
-    /// Print one key's stored value: JSON objects as JSON; for protobuf objects their
-    /// apiVersion, kind and metadata (-o raw writes the stored bytes, e.g. for other tools).
+    /// Print one object as `kubectl get -o json|yaml` would: every built-in type and version
+    /// decoded from protobuf, custom resources as stored, metadata.resourceVersion = the key's
+    /// mod revision, managedFields hidden unless --show-managed-fields. Encrypted values are
+    /// decrypted with --encryption-config. Shown as stored: no defaults are applied and the
+    /// version is the one etcd holds. Fields newer than the built-in schema (Kubernetes
+    /// 1.30-1.35) are kept under "x-etcdguard-unknown-fields" and named on stderr.
+    /// -o raw writes the stored bytes (decrypted with --encryption-config), e.g. for values
+    /// that do not render (CBOR).
     ///
-    /// Example: etcdguard inspect get snapshot.db /registry/configmaps/default/app-config
+    /// Examples:
+    ///   etcdguard inspect get snapshot.db /registry/configmaps/default/app-config -o yaml
+    ///   etcdguard inspect get snapshot.db /registry/secrets/default/db --encryption-config enc.yaml
+    ///   etcdguard inspect get snapshot.db /registry/deployments/default/web -o wide
     #[command(verbatim_doc_comment)]
     Get(GetArgs),
     /// What changed between two snapshots, or two backups of a repository: objects added
@@ -52,6 +62,30 @@ pub enum InspectCommand {
     ///   etcdguard inspect stats snapshot.db --top 25 -o json
     #[command(verbatim_doc_comment)]
     Stats(StatsArgs),
+    /// Write objects as YAML ready for `kubectl apply`: the newest value of each selected key,
+    /// decrypted, without what the API server sets (resourceVersion, uid, creationTimestamp,
+    /// generation, managedFields, selfLink, status), CustomResourceDefinitions first, then
+    /// Namespaces, then the rest. `-n NS` includes the Namespace object NS itself.
+    ///
+    /// Left out: objects a controller owns (their controller makes them again; --include-owned
+    /// keeps them), and events, leases and the API server's own ranges/masterleases unless
+    /// --resource names them. Secrets that cannot be decrypted are skipped with a warning.
+    /// With --repo, the backup's snapshot is fetched and the EncryptionConfiguration stored in
+    /// the backup (backup create --encryption-config or --manifests-dir) decrypts it.
+    ///
+    /// Examples:
+    ///   etcdguard inspect extract --repo s3://etcd-backups/prod latest -n payments > payments.yaml
+    ///   etcdguard inspect extract snapshot.db --all-namespaces --output-dir restored/
+    ///   etcdguard inspect extract snapshot.db -r configmaps -n default --name app-config
+    #[command(verbatim_doc_comment)]
+    Extract(ExtractArgs),
+    /// Every revision of one key still in the snapshot (etcd keeps them until a compaction),
+    /// with its time (the newest managedFields time, or creationTimestamp for a creation) and
+    /// the fields changed from the version before, including the deletion.
+    ///
+    /// Example: etcdguard inspect history snapshot.db /registry/configmaps/default/app-config
+    #[command(verbatim_doc_comment)]
+    History(HistoryArgs),
 }
 
 #[derive(Args, Clone)]
@@ -68,8 +102,9 @@ pub struct Filter {
     /// Only objects with this name.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Only objects with these labels (key=value[,key=value…]; encrypted objects match only
-    /// when decrypted with --encryption-config).
+    /// Only objects with these labels, as kubectl -l: key=value, key!=value, key, !key,
+    /// key in (a,b), key notin (a,b); a comma means AND (encrypted objects match only when
+    /// decrypted with --encryption-config).
     #[arg(long = "selector", short = 'l', value_name = "KEY=VALUE,…")]
     pub selector: Option<String>,
 }
@@ -112,6 +147,9 @@ pub struct ListArgs {
 #[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
 pub enum GetFormat {
     Json,
+    Yaml,
+    /// YAML with the etcd facts (key, revisions, encoding, size) as leading comments.
+    Wide,
     Raw,
 }
 
@@ -122,9 +160,17 @@ pub struct GetArgs {
     pub key: String,
     #[command(flatten)]
     pub decryption: Decryption,
-    /// json, or raw: the stored bytes (decrypted when --encryption-config is given).
+    /// json, yaml, wide (yaml with etcd facts as comments), or raw: the stored bytes
+    /// (decrypted when --encryption-config is given).
     #[arg(short = 'o', long = "output", value_enum, default_value_t = GetFormat::Json)]
     pub output: GetFormat,
+    /// Also show the etcd facts: key, create/mod revision, version, encoding, size (on
+    /// stderr with -o json, as comments with -o yaml; the object itself stays as is).
+    #[arg(long)]
+    pub with_etcd_info: bool,
+    /// Keep metadata.managedFields (hidden by default, as kubectl does).
+    #[arg(long)]
+    pub show_managed_fields: bool,
 }
 
 #[derive(Args)]
@@ -147,8 +193,67 @@ pub struct DiffArgs {
     pub filter: Filter,
     #[command(flatten)]
     pub decryption: Decryption,
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = TableJson::Table)]
-    pub output: TableJson,
+    /// table or json: the objects added, deleted and modified; yaml: also the fields changed
+    /// in each, unified style (`@@ /spec/replicas @@`, `- 2`, `+ 3`); json-patch: per object,
+    /// RFC 6902 operations that turn the old object into the new one.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = DiffFormat::Table)]
+    pub output: DiffFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum DiffFormat {
+    Table,
+    Json,
+    Yaml,
+    JsonPatch,
+}
+
+#[derive(Args)]
+pub struct ExtractArgs {
+    /// The snapshot file; with --repo, the backup (id, unique prefix or `latest`) [default: latest].
+    #[arg(value_name = "SNAPSHOT|BACKUP")]
+    pub source: Option<String>,
+    /// Read the backup from this repository; its snapshot is fetched (sha256 checked) into a
+    /// private scratch dir and removed after.
+    #[arg(long, value_name = "URL", value_parser = crate::args::repo)]
+    pub repo: Option<String>,
+    /// Passphrase file of an encrypted repository (or ETCDGUARD_PASSPHRASE).
+    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file, requires = "repo")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Where --repo snapshots are fetched to [default: the system temp dir].
+    #[arg(long, value_name = "DIR", requires = "repo")]
+    pub scratch_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub filter: Filter,
+    /// Objects of every namespace (and cluster-scoped ones).
+    #[arg(long, short = 'A', conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// Keep objects a controller owns (pods of a ReplicaSet, …).
+    #[arg(long)]
+    pub include_owned: bool,
+    #[command(flatten)]
+    pub decryption: Decryption,
+    /// One file per object under DIR (must not exist, or be empty), in apply order:
+    /// `kubectl apply -R -f DIR`. Files are 0600 (Secrets are among them). Default: stdout.
+    #[arg(long, value_name = "DIR", value_parser = crate::args::path)]
+    pub output_dir: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+pub struct HistoryArgs {
+    pub snapshot: PathBuf,
+    /// The etcd key, e.g. /registry/configmaps/default/app-config.
+    pub key: String,
+    #[command(flatten)]
+    pub decryption: Decryption,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = HistoryFormat::Text)]
+    pub output: HistoryFormat,
 }
 
 #[derive(Args)]
@@ -167,6 +272,8 @@ pub fn run(cmd: InspectCommand) -> Result<()> {
         InspectCommand::Get(a) => get(a),
         InspectCommand::Diff(a) => diff(a),
         InspectCommand::Stats(a) => stats(a),
+        InspectCommand::Extract(a) => extract(a),
+        InspectCommand::History(a) => history(a),
     }
 }
 
@@ -259,17 +366,17 @@ fn matches(f: &Filter, e: &Entry) -> Result<bool, Failure> {
         }
     }
     if let Some(sel) = &f.selector {
-        let labels = e.object.metadata.as_ref().map(|m| &m.labels);
-        for term in sel.split(',').filter(|t| !t.is_empty()) {
-            let (k, v) = term
-                .split_once('=')
-                .ok_or_else(|| Failure::new(Code::Usage, format!("--selector {term:?}: use key=value")))?;
-            if labels.and_then(|l| l.get(k.trim())) != Some(&v.trim().to_string()) {
-                return Ok(false);
-            }
+        let sel = parse_selector(sel)?;
+        let empty = BTreeMap::new();
+        if !sel.matches(e.object.metadata.as_ref().map_or(&empty, |m| &m.labels)) {
+            return Ok(false);
         }
     }
     Ok(true)
+}
+
+fn parse_selector(text: &str) -> Result<Selector, Failure> {
+    Selector::parse(text).map_err(|e| Failure::new(Code::Usage, format!("--selector {text:?}: {e} (use key=value, key!=value, key, !key, key in (a,b))")))
 }
 
 fn encoding_text(o: &Object) -> String {
@@ -341,39 +448,54 @@ fn list(args: ListArgs) -> Result<()> {
 }
 
 fn get(args: GetArgs) -> Result<()> {
-    let key = args.key.as_bytes().to_vec();
+    use etcdguard_kube::inspect::{get_object, newest_value, GetError};
+    let key = args.key.as_bytes();
     let config = args.decryption.load()?;
-    let (entries, values) = load(&args.snapshot, &key, &|k| k == key.as_slice(), config.as_ref())?;
-    let (Some(entry), Some(value)) = (entries.get(&key), values.get(&key)) else {
-        return Err(Failure::new(Code::NotFound, format!("{}: no key {} (deleted, or never there); `inspect list` shows what is", args.snapshot.display(), args.key)).into());
-    };
-    // What a decrypted object's encoding describes is its plaintext.
-    let plain = match (&config, entry.object.encryption.as_ref()) {
-        (Some(c), Some(state)) if state.decrypted => c.decrypt(&key, value).map_err(|e| Failure::new(Code::Failure, format!("{}: {e}", args.key)))?,
-        _ => std::borrow::Cow::Borrowed(value.as_slice()),
-    };
-    if let Some(err) = entry.object.encryption.as_ref().and_then(|s| s.error.as_ref()) {
-        if config.is_some() {
-            return Err(Failure::new(Code::Failure, format!("{}: not decrypted: {err}", args.key)).into());
+    let file = open_snapshot(&args.snapshot)?;
+    let db = file.db().map_err(|e| db_failure(&args.snapshot, e))?;
+    let release = || file.release_resident();
+    let stored = newest_value(&db, key, Some(&release))
+        .map_err(|e| Failure::new(Code::Corrupt, format!("{}: {e}", args.snapshot.display())))?
+        .ok_or_else(|| Failure::new(Code::NotFound, format!("{}: no key {} (deleted, or never there); `inspect list` shows what is", args.snapshot.display(), args.key)))?;
+    if args.output == GetFormat::Raw {
+        let plain = etcdguard_kube::render::plain_value(key, &stored.value, config.as_ref()).map_err(|e| Failure::new(Code::Failure, format!("{}: {e}", args.key)))?;
+        crate::output::stdout_write(&plain);
+        return Ok(());
+    }
+    let opts = etcdguard_kube::render::RenderOptions { show_managed_fields: args.show_managed_fields };
+    let (rendered, info) = get_object(&stored, config.as_ref(), &opts).map_err(|e| {
+        let code = if matches!(e, GetError::NeedsKeys { .. }) { Code::Usage } else { Code::Failure };
+        Failure::new(code, format!("{}: {e}", args.key))
+    })?;
+    let info_lines = [
+        format!("key: {}", info.key),
+        format!("createRevision: {}", info.create_revision),
+        format!("modRevision: {}", info.mod_revision),
+        format!("version: {}", info.version),
+        format!("encoding: {}", info.encoding),
+        format!("size: {} bytes", info.size),
+    ];
+    let show_info = args.with_etcd_info || args.output == GetFormat::Wide;
+    match args.output {
+        GetFormat::Json => {
+            println!("{}", rendered.to_json_pretty());
+            if show_info {
+                info_lines.iter().for_each(|l| eprintln!("{l}"));
+            }
+        }
+        _ => {
+            if show_info {
+                info_lines.iter().for_each(|l| println!("# {l}"));
+            }
+            print!("{}", rendered.to_yaml());
         }
     }
-    match args.output {
-        GetFormat::Raw => crate::output::stdout_write(&plain),
-        GetFormat::Json => match entry.object.encoding {
-            Encoding::Json => {
-                let v: serde_json::Value = serde_json::from_slice(&plain)?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            }
-            _ => {
-                println!("{}", serde_json::to_string_pretty(&entry.json(&key))?);
-                if entry.object.encoding == Encoding::Protobuf {
-                    eprintln!("note: a protobuf object; its apiVersion, kind and metadata are shown, not its body (-o raw gives the stored bytes; decrypted with --encryption-config)");
-                }
-                if matches!(entry.object.encoding, Encoding::Encrypted(_)) {
-                    eprintln!("note: encrypted at rest; --encryption-config FILE (the API server's EncryptionConfiguration) decrypts it");
-                }
-            }
-        },
+    if !rendered.unknown_fields.is_empty() {
+        eprintln!(
+            "note: fields unknown to the built-in schema (Kubernetes 1.30-1.35; a newer cluster?) are kept under \"{}\" at: {}",
+            etcdguard_kube::render::UNKNOWN_FIELDS_KEY,
+            rendered.unknown_fields.join(", ")
+        );
     }
     Ok(())
 }
@@ -393,9 +515,18 @@ fn diff(args: DiffArgs) -> Result<()> {
             (old, new)
         }
     };
-    let config = args.decryption.load()?;
-    let (old, _) = load(&old_path, prefix, &|_| false, config.as_ref())?;
-    let (new, _) = load(&new_path, prefix, &|_| false, config.as_ref())?;
+    let mut config = args.decryption.load()?;
+    // Backups: the newer one's stored EncryptionConfiguration decrypts when none is given.
+    if let (None, Some(url)) = (&config, &args.repo) {
+        let repo = crate::cmd::backup::RepoArg { repo: url.clone(), passphrase_file: args.passphrase_file.clone() }.spec();
+        if let Some((c, source)) = etcdguard_workflow::inspect::stored_config(&repo, &args.new.to_string_lossy())? {
+            eprintln!("decrypting with {source}");
+            config = Some(c);
+        }
+    }
+    let fields = matches!(args.output, DiffFormat::Yaml | DiffFormat::JsonPatch);
+    let (old, old_values) = load(&old_path, prefix, &|_| fields, config.as_ref())?;
+    let (new, new_values) = load(&new_path, prefix, &|_| fields, config.as_ref())?;
     let mut changes: Vec<(char, &Vec<u8>, &Entry, Option<&Entry>)> = Vec::new();
     for (k, n) in &new {
         match old.get(k) {
@@ -419,7 +550,52 @@ fn diff(args: DiffArgs) -> Result<()> {
     selected.sort_by(|a, b| a.1.cmp(b.1));
     let count = |c: char| selected.iter().filter(|s| s.0 == c).count();
     match args.output {
-        TableJson::Json => {
+        DiffFormat::Yaml | DiffFormat::JsonPatch => {
+            use etcdguard_kube::history::comparable;
+            use etcdguard_kube::jsondiff::{diff as field_diff, to_json_patch, to_unified};
+            let side = |values: &BTreeMap<Vec<u8>, Vec<u8>>, k: &[u8]| -> Result<serde_json::Value, String> {
+                match values.get(k) {
+                    Some(v) => comparable(k, v, config.as_ref()),
+                    None => Ok(serde_json::Value::Null),
+                }
+            };
+            let mut patches = Vec::new();
+            for (c, k, e, o) in &selected {
+                let key = String::from_utf8_lossy(k);
+                let (before, after) = match c {
+                    '+' => (Ok(serde_json::Value::Null), side(&new_values, k)),
+                    '-' => (side(&old_values, k), Ok(serde_json::Value::Null)),
+                    _ => (side(&old_values, k), side(&new_values, k)),
+                };
+                let ops = match (before, after) {
+                    (Ok(b), Ok(a)) => Ok(field_diff(&b, &a)),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                };
+                if args.output == DiffFormat::JsonPatch {
+                    let mut v = json!({"key": key, "change": match c { '+' => "added", '-' => "deleted", _ => "modified" }});
+                    match &ops {
+                        Ok(ops) => v["patch"] = to_json_patch(ops),
+                        Err(err) => v["error"] = json!(err),
+                    }
+                    patches.push(v);
+                    continue;
+                }
+                let revisions = match o {
+                    Some(o) => format!(" (revision {} -> {})", o.mod_revision, e.mod_revision),
+                    None => format!(" (revision {})", e.mod_revision),
+                };
+                println!("{c} {key}{revisions}");
+                match ops {
+                    Ok(ops) if *c == '~' => print!("{}", to_unified(&ops)),
+                    Ok(_) => {}
+                    Err(err) => println!("  (fields not shown: {err})"),
+                }
+            }
+            if args.output == DiffFormat::JsonPatch {
+                println!("{}", serde_json::to_string_pretty(&patches)?);
+            }
+        }
+        DiffFormat::Json => {
             let rows: Vec<_> = selected
                 .iter()
                 .map(|(c, k, e, o)| {
@@ -438,7 +614,7 @@ fn diff(args: DiffArgs) -> Result<()> {
                 .collect();
             println!("{}", serde_json::to_string_pretty(&rows)?);
         }
-        TableJson::Table => {
+        DiffFormat::Table => {
             let mut rows = vec![std::iter::once("").chain(HEADER).map(String::from).collect::<Vec<_>>()];
             for (c, k, e, _) in &selected {
                 let mut r = vec![c.to_string()];
@@ -489,5 +665,121 @@ fn stats(args: StatsArgs) -> Result<()> {
         "{} live object(s), {} bytes; {} revision(s) in the file, {} bytes (the difference is history a compaction + defrag frees)",
         stats.total.objects, stats.total.bytes, stats.total.revisions, stats.total.all_revision_bytes
     );
+    Ok(())
+}
+
+fn extract(args: ExtractArgs) -> Result<()> {
+    use etcdguard_workflow::inspect::{self as wf, Origin};
+    let f = &args.filter;
+    if !args.all_namespaces && f.namespace.is_none() && f.resource.is_none() && f.name.is_none() && f.selector.is_none() {
+        return Err(Failure::new(Code::Usage, "say what to extract: -n NAMESPACE, --resource, --name, -l SELECTOR, or --all-namespaces for everything").into());
+    }
+    let filter = etcdguard_kube::extract::Filter {
+        resource: f.resource.clone(),
+        namespace: f.namespace.clone(),
+        name: f.name.clone(),
+        selector: f.selector.as_deref().map(parse_selector).transpose()?,
+        include_owned: args.include_owned,
+    };
+    let config = args.decryption.load()?;
+    let repo = args.repo.as_ref().map(|url| crate::cmd::backup::RepoArg { repo: url.clone(), passphrase_file: args.passphrase_file.clone() }.spec());
+    let snapshot_path;
+    let origin = match &repo {
+        Some(repo) => Origin::Backup { repo, id: args.source.as_deref().unwrap_or("latest"), scratch: args.scratch_dir.as_deref() },
+        None => {
+            let Some(source) = &args.source else {
+                return Err(Failure::new(Code::Usage, "give a snapshot file, or --repo URL [BACKUP]").into());
+            };
+            snapshot_path = PathBuf::from(source);
+            Origin::File(&snapshot_path)
+        }
+    };
+    let opened = wf::open(&origin, config, &mut |line| eprintln!("{line}"))?;
+    if let Some(source) = &opened.config_source {
+        eprintln!("decrypting with {source}");
+    }
+    let extraction = wf::extract(&opened, &args.filter.prefix, &filter)?;
+    for o in &extraction.objects {
+        for path in &o.unknown_fields {
+            eprintln!(
+                "note: {} has fields the schema does not know at {path} (kept under {}; remove them before applying to an older cluster)",
+                o.key,
+                etcdguard_kube::render::UNKNOWN_FIELDS_KEY
+            );
+        }
+    }
+    match &args.output_dir {
+        Some(dir) => {
+            let written = etcdguard_kube::extract::write_dir(dir, &extraction.objects).map_err(|e| {
+                let code = match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => Code::DestinationExists,
+                    std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
+                    _ => Code::Failure,
+                };
+                Failure::new(code, format!("--output-dir {}: {e}", dir.display()))
+            })?;
+            println!("{} object(s) written under {} (apply with: kubectl apply -R -f {})", written.len(), dir.display(), dir.display());
+        }
+        None => crate::output::stdout_write(etcdguard_kube::extract::to_yaml_stream(&extraction.objects).as_bytes()),
+    }
+    for s in &extraction.skipped {
+        eprintln!("warning: skipped {}: {}", s.key, s.reason);
+    }
+    let secrets = extraction.objects.iter().filter(|o| o.is_secret()).count();
+    eprintln!(
+        "{} object(s) extracted ({} secret(s)); {} skipped; {} left out as owned by a controller{}",
+        extraction.objects.len(),
+        secrets,
+        extraction.skipped.len(),
+        extraction.owned,
+        if extraction.owned > 0 { " (--include-owned keeps them)" } else { "" }
+    );
+    Ok(())
+}
+
+fn history(args: HistoryArgs) -> Result<()> {
+    use etcdguard_workflow::inspect::{self as wf, Origin};
+    let config = args.decryption.load()?;
+    let opened = wf::open(&Origin::File(&args.snapshot), config, &mut |line| eprintln!("{line}"))?;
+    let (versions, compacted) = wf::history(&opened, &args.key)?;
+    if versions.is_empty() {
+        return Err(Failure::new(Code::NotFound, format!("{}: no revision of {} (never written, or compacted away)", args.snapshot.display(), args.key)).into());
+    }
+    match args.output {
+        HistoryFormat::Json => println!("{}", serde_json::to_string_pretty(&json!({"key": args.key, "compactedVersions": compacted, "versions": versions}))?),
+        HistoryFormat::Text => {
+            for v in &versions {
+                let what = if v.deleted {
+                    "deleted".to_string()
+                } else if v.version == 1 {
+                    "created".to_string()
+                } else {
+                    format!("version {}", v.version)
+                };
+                let time = match (&v.time, v.time_source) {
+                    (Some(t), Some(src)) => format!("{t} ({src})"),
+                    _ => "time not recorded".to_string(),
+                };
+                println!("revision {}: {what}, {time}", v.revision);
+                if let Some(e) = &v.error {
+                    println!("  (not shown: {e})");
+                }
+                for line in etcdguard_kube::jsondiff::to_unified(&v.changes).lines() {
+                    println!("  {line}");
+                }
+            }
+        }
+    }
+    let created_in_file = versions.first().is_some_and(|v| v.version == 1);
+    eprintln!(
+        "{} revision(s) of {}{}",
+        versions.len(),
+        args.key,
+        if compacted > 0 && !created_in_file { format!("; {compacted} older version(s) were compacted away") } else { String::new() }
+    );
+    let failed = versions.iter().filter(|v| v.error.is_some()).count();
+    if failed > 0 && opened.config.is_some() {
+        return Err(Failure::new(Code::Failure, format!("{failed} version(s) could not be read (shown above)")).into());
+    }
     Ok(())
 }

@@ -50,6 +50,11 @@ pub enum NodeCommand {
     ///      snapshot's member list) answers on its peer or client URL, and refuses (exit 17)
     ///      while one does; --force overrides. --dry-run shows each URL probed;
     ///   3. `etcdguard node join --endpoints <this member's client URL>` on each other node.
+    ///
+    /// Encryption at rest: before anything is touched, every key name the snapshot's
+    /// encrypted values use (k8s:enc:<provider>:v1:<name>:) must be in the API server's
+    /// EncryptionConfiguration (its --encryption-provider-config, or --encryption-config) and
+    /// one value per key must decrypt; otherwise it refuses (exit 17); --force goes on.
     /// (Restoring every node with the same snapshot, the same --initial-cluster of all
     /// members and one new --initial-cluster-token also works, but needs all nodes at once.)
     ///
@@ -234,8 +239,14 @@ pub struct NodeRestoreArgs {
     /// while another member of the old cluster answers; then `node join` the other nodes.
     #[arg(long, conflicts_with = "initial_cluster")]
     pub new_cluster: bool,
-    /// With --new-cluster: restore although an old member still answers.
-    #[arg(long, requires = "new_cluster")]
+    /// The EncryptionConfiguration to check the snapshot's encryption key names against
+    /// [default: the file the kube-apiserver manifest names with --encryption-provider-config].
+    #[arg(long, value_name = "FILE", value_parser = crate::args::path)]
+    pub encryption_config: Option<PathBuf>,
+    /// Restore although a safety check refuses: an old member still answers (--new-cluster),
+    /// or a key name the snapshot's encrypted values use is missing from, or does not decrypt
+    /// with, the EncryptionConfiguration (those objects stay unreadable until it has the key).
+    #[arg(long)]
     pub force: bool,
 }
 
@@ -273,6 +284,7 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
         wait_timeout: args.wait_timeout,
         new_cluster: args.new_cluster,
         force: args.force,
+        encryption_config: args.encryption_config.clone(),
     };
     let outcome = restore_node(&opts, &mut |event| match event {
         NodeEvent::Note(line) => eprintln!("{line}"),

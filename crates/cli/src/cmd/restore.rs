@@ -94,6 +94,14 @@ pub struct RestoreArgs {
     /// (instead of --data-dir/--name).
     #[arg(long, value_name = "DIR", value_parser = crate::args::path)]
     pub cluster_out: Option<PathBuf>,
+    /// The EncryptionConfiguration the restored cluster's API server will use. Before
+    /// anything is written, every key name the snapshot's encrypted values use must be in it
+    /// and one value per key must decrypt; otherwise the restore is refused (exit 17).
+    #[arg(long, value_name = "FILE", value_parser = crate::args::path)]
+    pub encryption_config: Option<PathBuf>,
+    /// Restore although the encryption key check refuses.
+    #[arg(long)]
+    pub force: bool,
     /// Accepted for compatibility with etcdutl; has no effect on the files written.
     #[arg(long, value_name = "BYTES", hide = true)]
     pub initial_memory_map_size: Option<u64>,
@@ -119,11 +127,17 @@ pub(crate) fn options(args: &RestoreArgs) -> SnapshotRestoreOptions {
         bump_revision: args.bump_revision,
         mark_compacted: args.mark_compacted,
         cluster_out: args.cluster_out.clone(),
+        encryption_config: args.encryption_config.clone(),
+        force: args.force,
+        key_checked: false,
     }
 }
 
 /// What was restored and how to start it: results on stdout, timings on stderr.
 pub(crate) fn print_restored(restored: &Restored) {
+    for n in &restored.notes {
+        eprintln!("{n}");
+    }
     let report = &restored.report;
     let trailer = match report.trailer {
         TrailerCheck::Verified => "sha256 verified",

@@ -1,0 +1,381 @@
+//! `inspect extract`: the objects of a snapshot as YAML that `kubectl apply` takes back.
+//!
+//! The newest value of every selected key is decrypted (when a config is given), rendered as
+//! the API server would show it ([`crate::render`]), stripped of what the server owns
+//! (`resourceVersion`, `uid`, `creationTimestamp`, `generation`, `managedFields`, `selfLink`,
+//! `status`) and ordered so that an apply succeeds in one pass: CustomResourceDefinitions,
+//! then Namespaces, then the rest.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+
+use crate::encryption::EncryptionConfig;
+use crate::render::{plain_value, render, KubectlOrder, RenderOptions};
+use crate::selector::{labels_of, Selector};
+use crate::{key_path, KeyPath, Meta, ENCRYPTED_PREFIX};
+
+/// Metadata fields the API server sets; an apply must not carry them.
+pub const STRIPPED_METADATA: [&str; 6] = ["resourceVersion", "uid", "creationTimestamp", "generation", "managedFields", "selfLink"];
+
+/// Resources left out unless `--resource` names them: history (events), heartbeats and
+/// leader locks (leases), and the API server's own bookkeeping.
+pub const LEFT_OUT: [&str; 5] = ["events", "events.k8s.io/events", "leases", "ranges", "masterleases"];
+
+const CRDS: &str = "apiextensions.k8s.io/customresourcedefinitions";
+
+/// What to extract. Every set field must match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// `secrets`, `deployments`, `example.com/widgets`, `widgets.example.com` or `widgets`.
+    pub resource: Option<String>,
+    /// Objects of this namespace, and the Namespace object itself.
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub selector: Option<Selector>,
+    /// Keep objects a controller owns (`ownerReferences` with `controller: true`); by default
+    /// they are left out, since their controller makes them again (and the garbage collector
+    /// removes copies that name an owner uid that no longer exists).
+    pub include_owned: bool,
+}
+
+impl Filter {
+    fn resource_matches(&self, resource: &str) -> bool {
+        match &self.resource {
+            None => !LEFT_OUT.contains(&resource),
+            Some(r) => resource_is(resource, r),
+        }
+    }
+
+    /// A necessary condition from the key alone, so that only candidates' values are kept.
+    fn may_match_key(&self, key: &str) -> bool {
+        let segments: Vec<&str> = key.split('/').collect();
+        if let Some(name) = &self.name {
+            if segments.last() != Some(&name.as_str()) {
+                return false;
+            }
+        }
+        if let Some(ns) = &self.namespace {
+            if !segments.iter().any(|s| s == ns) {
+                return false;
+            }
+        }
+        if let Some(r) = &self.resource {
+            let last = r.split('/').next_back().unwrap_or(r);
+            let short = last.split('.').next().unwrap_or(last);
+            if !segments.iter().any(|s| *s == short) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// `group/resource` as stored in a key, matched against what a user types.
+pub fn resource_is(resource: &str, wanted: &str) -> bool {
+    if resource == wanted || resource.rsplit('/').next() == Some(wanted) {
+        return true;
+    }
+    // `widgets.example.com` for `example.com/widgets`.
+    match resource.split_once('/') {
+        Some((group, name)) => wanted == format!("{name}.{group}"),
+        None => false,
+    }
+}
+
+/// Where an object goes in the apply order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    CustomResourceDefinitions,
+    Namespaces,
+    Objects,
+}
+
+/// One object ready for `kubectl apply`.
+#[derive(Debug, Clone)]
+pub struct Extracted {
+    pub key: String,
+    pub path: KeyPath,
+    pub stage: Stage,
+    pub mod_revision: i64,
+    /// The object, stripped (see [`strip_for_apply`]).
+    pub object: Json,
+    /// Paths of objects holding fields the schema did not know (kept in the output).
+    pub unknown_fields: Vec<String>,
+}
+
+impl Extracted {
+    pub fn is_secret(&self) -> bool {
+        self.path.resource == "secrets"
+    }
+
+    /// The object as one YAML document (apiVersion and kind first).
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(&KubectlOrder(&self.object)).unwrap_or_default()
+    }
+
+    /// Its file under an `--output-dir`, in apply order when the directory is applied
+    /// recursively (`kubectl apply -R -f DIR` reads files in lexical order).
+    pub fn relative_path(&self) -> PathBuf {
+        let file = format!("{}.yaml", safe_segment(&self.path.name));
+        match self.stage {
+            Stage::CustomResourceDefinitions => Path::new("1-customresourcedefinitions").join(file),
+            Stage::Namespaces => Path::new("2-namespaces").join(file),
+            Stage::Objects => {
+                let ns = if self.path.namespace.is_empty() { "_cluster".to_string() } else { safe_segment(&self.path.namespace) };
+                let resource = match self.path.resource.split_once('/') {
+                    Some((group, name)) => format!("{name}.{group}"),
+                    None => self.path.resource.clone(),
+                };
+                Path::new("3-objects").join(ns).join(safe_segment(&resource.replace('/', "."))).join(file)
+            }
+        }
+    }
+}
+
+/// A path segment from a name read out of the snapshot: never empty, `.`, `..` or hidden.
+fn safe_segment(s: &str) -> String {
+    let s = s.replace(['/', '\0'], "_");
+    if s.is_empty() || s.starts_with('.') {
+        format!("_{s}")
+    } else {
+        s
+    }
+}
+
+/// A selected object that is not in the output, and why.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    pub key: String,
+    pub reason: String,
+    /// Encrypted at rest and not decrypted (no config, no key, wrong key, KMS).
+    pub encrypted: bool,
+}
+
+/// The result of [`extract`].
+#[derive(Debug, Default)]
+pub struct Extraction {
+    /// In apply order.
+    pub objects: Vec<Extracted>,
+    pub skipped: Vec<Skipped>,
+    /// Objects left out because a controller owns them.
+    pub owned: usize,
+}
+
+/// Removes what the API server owns from an object, keeping the rest.
+pub fn strip_for_apply(object: &mut Json) {
+    if let Some(Json::Object(meta)) = object.get_mut("metadata") {
+        for f in STRIPPED_METADATA {
+            meta.remove(f);
+        }
+    }
+    if let Json::Object(o) = object {
+        o.remove("status");
+    }
+}
+
+fn controller_owned(object: &Json) -> bool {
+    object
+        .pointer("/metadata/ownerReferences")
+        .and_then(|r| r.as_array())
+        .is_some_and(|refs| refs.iter().any(|r| r.get("controller").and_then(Json::as_bool) == Some(true)))
+}
+
+/// The selected live objects of a snapshot, in apply order. Objects that cannot be rendered
+/// (not decrypted, an encoding not understood) are listed in `skipped`, never fatal.
+pub fn extract(db: &etcdguard_bolt::Db<'_>, release: Option<&dyn Fn()>, prefix: &str, filter: &Filter, config: Option<&EncryptionConfig>) -> Result<Extraction, String> {
+    // The newest value of each candidate key; a deletion drops it.
+    let mut newest: HashMap<Vec<u8>, (i64, Vec<u8>)> = HashMap::new();
+    etcdguard_storage::keys::for_each_revision(db, release, &mut |r| {
+        let Ok(key) = std::str::from_utf8(r.kv.key) else { return };
+        if !key.starts_with(prefix) || !filter.may_match_key(key) {
+            return;
+        }
+        if r.tombstone {
+            newest.remove(r.kv.key);
+        } else {
+            newest.insert(r.kv.key.to_vec(), (r.kv.mod_revision, r.kv.value.to_vec()));
+        }
+    })?;
+    let mut keys: Vec<Vec<u8>> = newest.keys().cloned().collect();
+    keys.sort();
+    let mut out = Extraction::default();
+    for key in keys {
+        let Some((mod_revision, value)) = newest.remove(&key) else { continue };
+        let key_text = String::from_utf8_lossy(&key).into_owned();
+        let encrypted = value.starts_with(ENCRYPTED_PREFIX);
+        let skip = |reason: String| Skipped { key: key_text.clone(), reason, encrypted };
+        let plain = match plain_value(&key, &value, config) {
+            Ok(p) => p,
+            Err(e) => {
+                // The key alone decides whether an undecryptable value was selected.
+                if key_selected(&key, filter) {
+                    out.skipped.push(skip(format!("not decrypted: {e}")));
+                }
+                continue;
+            }
+        };
+        if plain.starts_with(ENCRYPTED_PREFIX) {
+            if key_selected(&key, filter) {
+                out.skipped.push(skip("encrypted at rest; give --encryption-config (the API server's EncryptionConfiguration) to decrypt it".into()));
+            }
+            continue;
+        }
+        let rendered = match render(&plain, Some(mod_revision), &RenderOptions::default()) {
+            Ok(r) => r,
+            Err(e) => {
+                if key_selected(&key, filter) {
+                    out.skipped.push(skip(e.to_string()));
+                }
+                continue;
+            }
+        };
+        let meta = Meta {
+            name: rendered.object.pointer("/metadata/name").and_then(Json::as_str).unwrap_or_default().to_string(),
+            namespace: rendered.object.pointer("/metadata/namespace").and_then(Json::as_str).unwrap_or_default().to_string(),
+            ..Meta::default()
+        };
+        let Some(mut path) = key_path(&key, Some(&meta)) else { continue };
+        // Services and their endpoints share one key prefix.
+        if let Some(r) = path.resource.strip_prefix("services/") {
+            path.resource = if r == "specs" { "services".into() } else { r.to_string() };
+        }
+        if !object_selected(&path, &rendered.object, filter) {
+            continue;
+        }
+        if !filter.include_owned && controller_owned(&rendered.object) {
+            out.owned += 1;
+            continue;
+        }
+        let stage = match path.resource.as_str() {
+            CRDS => Stage::CustomResourceDefinitions,
+            "namespaces" => Stage::Namespaces,
+            _ => Stage::Objects,
+        };
+        let mut object = rendered.object;
+        strip_for_apply(&mut object);
+        out.objects.push(Extracted { key: key_text, path, stage, mod_revision, object, unknown_fields: rendered.unknown_fields });
+    }
+    // Stable: keys stay in order within a stage.
+    out.objects.sort_by_key(|o| o.stage);
+    Ok(out)
+}
+
+/// Whether an object at `path` passes the filter (labels are checked on `object`).
+fn object_selected(path: &KeyPath, object: &Json, filter: &Filter) -> bool {
+    if !filter.resource_matches(&path.resource) {
+        return false;
+    }
+    if let Some(ns) = &filter.namespace {
+        let the_namespace_itself = path.resource == "namespaces" && &path.name == ns;
+        if &path.namespace != ns && !the_namespace_itself {
+            return false;
+        }
+    }
+    if filter.name.as_ref().is_some_and(|n| n != &path.name) {
+        return false;
+    }
+    filter.selector.as_ref().is_none_or(|s| s.matches(&labels_of(object)))
+}
+
+/// For a value that could not be read: selected judging by its key alone (labels unknown).
+fn key_selected(key: &[u8], filter: &Filter) -> bool {
+    let Some(path) = key_path(key, None) else { return false };
+    let mut f = filter.clone();
+    f.selector = None;
+    object_selected(&path, &Json::Null, &f)
+}
+
+/// All objects as one multi-document YAML stream.
+pub fn to_yaml_stream(objects: &[Extracted]) -> String {
+    let mut out = String::new();
+    for o in objects {
+        out.push_str("---\n");
+        out.push_str(&o.to_yaml());
+    }
+    out
+}
+
+/// Writes each object to its own file under `dir` (see [`Extracted::relative_path`]):
+/// `dir` must not exist or be empty; each file is written to a temporary name, fsynced and
+/// renamed, private (0600: Secrets are among them). Returns the files written.
+pub fn write_dir(dir: &Path, objects: &[Extracted]) -> std::io::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{}: exists and is not empty; nothing was written", dir.display())));
+    }
+    std::fs::DirBuilder::new().mode(0o700).recursive(true).create(dir)?;
+    let mut written = Vec::with_capacity(objects.len());
+    for o in objects {
+        let path = dir.join(o.relative_path());
+        let parent = path.parent().unwrap_or(dir);
+        std::fs::DirBuilder::new().mode(0o700).recursive(true).create(parent)?;
+        if path.exists() {
+            return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{}: two objects map to this file ({})", path.display(), o.key)));
+        }
+        let tmp = parent.join(format!(".{}.tmp-{}", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        f.write_all(o.to_yaml().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(parent)?.sync_all()?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn strips_what_the_server_owns() {
+        let mut o = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "namespace": "n", "uid": "u", "resourceVersion": "5", "creationTimestamp": "t",
+                         "generation": 2, "managedFields": [], "selfLink": "/x", "labels": {"k": "v"}, "annotations": {"a": "b"}},
+            "data": {"x": "y"}, "status": {"phase": "Active"}
+        });
+        strip_for_apply(&mut o);
+        assert_eq!(o, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "n", "labels": {"k": "v"}, "annotations": {"a": "b"}}, "data": {"x": "y"}}));
+    }
+
+    #[test]
+    fn selection() {
+        let f = Filter { namespace: Some("payments".into()), ..Filter::default() };
+        let p = |r: &str, ns: &str, n: &str| KeyPath { resource: r.into(), namespace: ns.into(), name: n.into() };
+        assert!(object_selected(&p("configmaps", "payments", "a"), &Json::Null, &f));
+        assert!(object_selected(&p("namespaces", "", "payments"), &Json::Null, &f));
+        assert!(!object_selected(&p("namespaces", "", "other"), &Json::Null, &f));
+        assert!(!object_selected(&p("configmaps", "other", "a"), &Json::Null, &f));
+        assert!(!object_selected(&p("events", "payments", "e"), &Json::Null, &f), "events are left out by default");
+        let ev = Filter { resource: Some("events".into()), ..f.clone() };
+        assert!(object_selected(&p("events", "payments", "e"), &Json::Null, &ev));
+        assert!(resource_is("example.com/widgets", "widgets.example.com") && resource_is("example.com/widgets", "widgets"));
+        assert!(f.may_match_key("/registry/namespaces/payments") && !f.may_match_key("/registry/configmaps/other/a"));
+        let sel = Filter { selector: Some(Selector::parse("app=web").unwrap()), ..Filter::default() };
+        assert!(object_selected(&p("pods", "x", "a"), &json!({"metadata": {"labels": {"app": "web"}}}), &sel));
+        assert!(!object_selected(&p("pods", "x", "a"), &json!({"metadata": {"labels": {"app": "db"}}}), &sel));
+    }
+
+    #[test]
+    fn file_layout() {
+        let e = |r: &str, ns: &str, n: &str, stage| Extracted {
+            key: String::new(),
+            path: KeyPath { resource: r.into(), namespace: ns.into(), name: n.into() },
+            stage,
+            mod_revision: 1,
+            object: Json::Null,
+            unknown_fields: Vec::new(),
+        };
+        assert_eq!(e(CRDS, "", "widgets.example.com", Stage::CustomResourceDefinitions).relative_path(), Path::new("1-customresourcedefinitions/widgets.example.com.yaml"));
+        assert_eq!(e("namespaces", "", "payments", Stage::Namespaces).relative_path(), Path::new("2-namespaces/payments.yaml"));
+        assert_eq!(e("example.com/widgets", "payments", "w", Stage::Objects).relative_path(), Path::new("3-objects/payments/widgets.example.com/w.yaml"));
+        assert_eq!(e("clusterroles", "", "..", Stage::Objects).relative_path(), Path::new("3-objects/_cluster/clusterroles/_...yaml"));
+        assert!(controller_owned(&json!({"metadata": {"ownerReferences": [{"controller": true}]}})));
+        assert!(!controller_owned(&json!({"metadata": {"ownerReferences": [{"kind": "X"}]}})));
+    }
+}

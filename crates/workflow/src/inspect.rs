@@ -1,0 +1,91 @@
+//! Object-level reads of a snapshot for `inspect extract` and `inspect history`: from a
+//! snapshot file, or from a backup of a repository (fetched, sha256 checked, into a private
+//! spool removed afterwards) together with the EncryptionConfiguration the backup holds.
+
+use std::path::{Path, PathBuf};
+
+use etcdguard_kube::encryption::EncryptionConfig;
+use etcdguard_kube::extract::{Extraction, Filter};
+use etcdguard_kube::history::Version;
+
+use crate::error::{db_error, Error, Kind, Result};
+use crate::repo::{resolve, RepoSpec};
+use crate::snapshot::open_snapshot;
+use crate::spool::{self, Spool};
+
+/// Where the objects come from.
+pub enum Origin<'a> {
+    File(&'a Path),
+    /// Backup id, unique prefix or `latest` of a repository; fetched under `scratch`.
+    Backup { repo: &'a RepoSpec, id: &'a str, scratch: Option<&'a Path> },
+}
+
+/// A snapshot ready to read, and the keys to decrypt it with.
+pub struct Opened {
+    pub snapshot: PathBuf,
+    pub config: Option<EncryptionConfig>,
+    /// Where `config` came from, for the operator (`None` with no config).
+    pub config_source: Option<String>,
+    _spool: Option<Spool>,
+}
+
+/// Opens `origin`. `config` (from `--encryption-config`) wins; else a backup's stored
+/// EncryptionConfiguration is used when it has one.
+pub fn open(origin: &Origin<'_>, config: Option<EncryptionConfig>, note: &mut dyn FnMut(&str)) -> Result<Opened> {
+    let given = config.is_some().then(|| "--encryption-config".to_string());
+    match origin {
+        Origin::File(path) => Ok(Opened { snapshot: path.to_path_buf(), config, config_source: given, _spool: None }),
+        Origin::Backup { repo, id, scratch } => {
+            let r = repo.open_unlocked()?;
+            let m = resolve(&r, id)?;
+            let parent = scratch.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+            let (spool, _) = spool::create(&parent)?;
+            let snapshot = spool.path().join("snapshot.db");
+            note(&format!("fetching backup {} ({}, revision {}) from {}", m.id, m.created.format("%Y-%m-%d %H:%M:%S UTC"), m.etcd.revision, r.location()));
+            let index = r.load_index()?;
+            r.restore_part_to_file(&index, &m.snapshot, &snapshot, 0o600)?;
+            let (config, config_source) = match config {
+                Some(c) => (Some(c), given),
+                None => match crate::keycheck::stored_config(&r, &m)? {
+                    Some((path, bytes)) => {
+                        let c = EncryptionConfig::parse(&bytes).map_err(|e| Error::new(Kind::Corrupt, format!("backup {}: {path}: {e}", m.id)))?;
+                        (Some(c), Some(format!("the EncryptionConfiguration stored in backup {} ({path})", m.id)))
+                    }
+                    None => (None, None),
+                },
+            };
+            Ok(Opened { snapshot, config, config_source, _spool: Some(spool) })
+        }
+    }
+}
+
+/// The selected objects of the snapshot, ready for `kubectl apply` (see `etcdguard_kube::extract`).
+pub fn extract(opened: &Opened, prefix: &str, filter: &Filter) -> Result<Extraction> {
+    let file = open_snapshot(&opened.snapshot)?;
+    let db = file.db().map_err(|e| db_error(&opened.snapshot, e))?;
+    let release = || file.release_resident();
+    etcdguard_kube::extract::extract(&db, Some(&release), prefix, filter, opened.config.as_ref())
+        .map_err(|e| Error::new(Kind::Corrupt, format!("{}: {e}", opened.snapshot.display())))
+}
+
+/// Every revision of `key` still in the snapshot, and how many older versions were compacted.
+pub fn history(opened: &Opened, key: &str) -> Result<(Vec<Version>, i64)> {
+    let file = open_snapshot(&opened.snapshot)?;
+    let db = file.db().map_err(|e| db_error(&opened.snapshot, e))?;
+    let release = || file.release_resident();
+    etcdguard_kube::history::history(&db, Some(&release), key.as_bytes(), opened.config.as_ref())
+        .map_err(|e| Error::new(Kind::Corrupt, format!("{}: {e}", opened.snapshot.display())))
+}
+
+/// The EncryptionConfiguration stored in backup `id` of `repo`, and where it came from.
+pub fn stored_config(repo: &RepoSpec, id: &str) -> Result<Option<(EncryptionConfig, String)>> {
+    let r = repo.open_unlocked()?;
+    let m = resolve(&r, id)?;
+    match crate::keycheck::stored_config(&r, &m)? {
+        Some((path, bytes)) => {
+            let c = EncryptionConfig::parse(&bytes).map_err(|e| Error::new(Kind::Corrupt, format!("backup {}: {path}: {e}", m.id)))?;
+            Ok(Some((c, format!("the EncryptionConfiguration stored in backup {} ({path})", m.id))))
+        }
+        None => Ok(None),
+    }
+}
