@@ -69,7 +69,9 @@ pub struct StopReader<R> {
 impl<R: Read> Read for StopReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.stop.is_raised() {
-            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "stopped on request"));
+            // Not `ErrorKind::Interrupted`: by std's convention that means "retry the read",
+            // and read loops (`read_exact`, the chunker's) would spin on it forever.
+            return Err(std::io::Error::other("stopped on request"));
         }
         self.inner.read(buf)
     }

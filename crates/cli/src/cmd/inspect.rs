@@ -425,6 +425,31 @@ fn row(key: &[u8], e: &Entry) -> Vec<String> {
 
 const HEADER: [&str; 7] = ["RESOURCE", "NAMESPACE", "NAME", "KIND", "ENCODING", "REVISION", "CREATED"];
 
+/// Prints the items as one pretty JSON array, as `serde_json::to_string_pretty` of the whole
+/// would, but an item at a time: a listing of a large snapshot never exists twice in memory.
+fn print_json_array(items: impl Iterator<Item = serde_json::Value>) -> Result<()> {
+    let mut buf = String::new();
+    let mut first = true;
+    for item in items {
+        buf.push_str(if first { "[\n" } else { ",\n" });
+        first = false;
+        for (i, line) in serde_json::to_string_pretty(&item)?.lines().enumerate() {
+            if i > 0 {
+                buf.push('\n');
+            }
+            buf.push_str("  ");
+            buf.push_str(line);
+        }
+        if buf.len() >= 1 << 16 {
+            crate::output::stdout_write(buf.as_bytes());
+            buf.clear();
+        }
+    }
+    buf.push_str(if first { "[]\n" } else { "\n]\n" });
+    crate::output::stdout_write(buf.as_bytes());
+    Ok(())
+}
+
 fn list(args: ListArgs) -> Result<()> {
     let config = args.decryption.load()?;
     let (entries, _) = load(&args.snapshot, args.filter.prefix.as_bytes(), &|_| false, config.as_ref())?;
@@ -435,7 +460,7 @@ fn list(args: ListArgs) -> Result<()> {
         }
     }
     match args.output {
-        TableJson::Json => println!("{}", serde_json::to_string_pretty(&selected.iter().map(|(k, e)| e.json(k)).collect::<Vec<_>>())?),
+        TableJson::Json => print_json_array(selected.iter().map(|(k, e)| e.json(k)))?,
         TableJson::Table => {
             let mut rows = vec![HEADER.map(String::from).to_vec()];
             rows.extend(selected.iter().map(|(k, e)| row(k, e)));
