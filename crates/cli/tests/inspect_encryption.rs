@@ -89,14 +89,15 @@ fn encrypted_values_round_trip_through_etcd() {
     let (code, out, err) = inspect(&["get", s, &gcm_key, "--encryption-config", config]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((v["object"]["kind"].as_str(), v["object"]["metadata"]["name"].as_str()), (Some("Secret"), Some("nameValue")));
+    // The object itself, as kubectl prints it (no wrapper of inspect's own).
+    assert_eq!((v["kind"].as_str(), v["metadata"]["name"].as_str()), (Some("Secret"), Some("nameValue")));
     let raw = etcdguard().args(["inspect", "get", s, &cbc_key, "-o", "raw", "--encryption-config", config]).output().unwrap();
     assert!(raw.stdout == std::fs::read(kube_tests.join("fixtures/core.v1.ConfigMap.pb")).unwrap(), "decrypted bytes differ");
     let raw = etcdguard().args(["inspect", "get", s, &cbc_key, "-o", "raw"]).output().unwrap();
     assert!(raw.stdout == cbc, "without keys, -o raw writes the stored bytes");
     let (code, _, err) = inspect(&["get", s, "/registry/secrets/team-a/wrong", "--encryption-config", config]);
     assert_eq!(code, 1);
-    assert!(err.contains("not decrypted") && err.contains("box-key"), "{err}");
+    assert!(err.contains("does not decrypt") && err.contains("box-key"), "{err}");
 
     // diff: modified objects are decrypted on both sides.
     server.put(b"/registry/secrets/team-a/boxed", &case("secretbox box-key configmap").1);
