@@ -172,6 +172,16 @@ impl Session {
         })
     }
 
+    /// Streams the snapshot of `endpoint` into `sink` (every byte, trailer included, as
+    /// [`Session::save`] writes a file), checking the trailer; `target` names the sink in
+    /// errors. For a caller that consumes the snapshot while it arrives.
+    pub fn save_into(&self, endpoint: &str, sink: &mut dyn Write, target: &str, progress: &mut dyn Progress) -> Result<SnapshotSummary, ClientError> {
+        self.rt.block_on(async {
+            let mut conn = connect_with(&self.cfg, self.tls.as_ref(), endpoint).await?;
+            stream_snapshot(&mut conn, sink, target, progress).await
+        })
+    }
+
     /// Follows every change from `start_revision` on `endpoint` (see [`Connection::follow`]),
     /// blocking until `f` breaks or the watch fails.
     pub fn follow(

@@ -38,6 +38,7 @@ use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
 use crate::backup::{create_stoppable, prune, CreateOptions};
+use crate::capture::{CaptureState, FollowOptions};
 use crate::error::{Error, Result};
 use crate::repo::{count_backups, RepoSpec};
 use crate::schedule::{with_jitter, Schedule};
@@ -68,6 +69,18 @@ pub struct AgentOptions {
     pub election: Option<ElectionSettings>,
     /// Scrub, restore drill and certificate expiry ([`crate::checks`]).
     pub checks: crate::checks::ChecksOptions,
+    /// Continuous capture instead of scheduled backups: the leader follows every change.
+    pub continuous: Option<ContinuousSettings>,
+}
+
+/// `agent --continuous`: the leader runs [`crate::capture::follow`] (fulls every
+/// `full_every`, segments every `segment_interval`) until it stops leading or is stopped.
+#[derive(Clone, Debug)]
+pub struct ContinuousSettings {
+    pub segment_interval: Duration,
+    pub full_every: Option<Duration>,
+    /// /healthz fails when the RPO exceeds this.
+    pub rpo_bound: Duration,
 }
 
 /// How the agent campaigns.
@@ -132,6 +145,44 @@ struct State {
     election_unreachable: Option<String>,
     /// Scrub, drill and certificate results.
     checks: Arc<Mutex<crate::checks::CheckState>>,
+    /// With --continuous: what capture has done, and its health bound.
+    capture: Option<CaptureView>,
+}
+
+/// The capture side of the agent's state.
+struct CaptureView {
+    state: Arc<Mutex<CaptureState>>,
+    rpo_bound: Duration,
+    /// When this agent began to capture (the RPO counts from here until capture knows better).
+    since: Option<DateTime<Utc>>,
+    /// Why the last capture run ended, when it failed.
+    last_failure: Option<String>,
+}
+
+impl CaptureView {
+    fn rpo_seconds(&self, now: DateTime<Utc>) -> f64 {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.rpo_seconds(now)
+            .or_else(|| self.since.map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0))
+            .unwrap_or(0.0)
+    }
+
+    /// Unhealthy while a recorded gap waits for the next full backup, or the RPO is over the bound.
+    fn health(&self, now: DateTime<Utc>) -> (bool, String) {
+        let rpo = self.rpo_seconds(now);
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let error = s.last_error.clone().or_else(|| self.last_failure.clone()).map_or(String::new(), |e| format!("; last error: {e}"));
+        if s.gap_open {
+            return (false, format!("continuous capture recorded a gap (changes lost, see gaps/ in the repository): healthy again after the next full backup{error}"));
+        }
+        if rpo > self.rpo_bound.as_secs_f64() {
+            return (
+                false,
+                format!("RPO {rpo:.1}s is over the bound of {}: every change is stored only up to revision {} (the server is at {}){error}", humantime::format_duration(self.rpo_bound), s.durable_revision, s.server_revision),
+            );
+        }
+        (true, format!("ok: continuous capture, every change up to revision {} stored (RPO {rpo:.1}s, full backup {})", s.durable_revision, s.base.as_deref().unwrap_or("-")))
+    }
 }
 
 impl State {
@@ -164,6 +215,9 @@ impl State {
             if let Some((at, e)) = &self.last_prune_error {
                 return (false, format!("retention (prune) failed {} times in a row, last at {}: {e}", self.prunes_failed_in_a_row, fmt_time(Some(*at))));
             }
+        }
+        if let Some(capture) = &self.capture {
+            return capture.health(now);
         }
         match (&self.last_result, &self.last_success) {
             (Some(Err(e)), _) => (false, format!("the last backup failed at {}: {e}", fmt_time(self.last_finished))),
@@ -227,6 +281,25 @@ impl State {
             role.get_or_create(&vec![("role".to_string(), r.to_string())]).set(if self.role == r { 1.0 } else { 0.0 });
         }
         registry.register("etcdguard_agent_role", "The agent's role: active takes the backups, standby waits", role);
+        if let Some(capture) = self.capture.as_ref().filter(|_| self.role == "active") {
+            let c = capture.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let counter = |v: u64| {
+                let c = Counter::<u64>::default();
+                c.inc_by(v);
+                c
+            };
+            registry.register(
+                "etcdguard_rpo_seconds",
+                "Seconds of changes a disaster now would lose: since the oldest change not yet stored by continuous capture",
+                gauge(capture.rpo_seconds(now)),
+            );
+            registry.register("etcdguard_segments", "Segments of changes stored by continuous capture", counter(c.segments_written));
+            registry.register("etcdguard_segment_bytes", "Bytes of segments stored by continuous capture", counter(c.segment_bytes));
+            registry.register("etcdguard_capture_lag_revisions", "Revisions the server has that are not stored yet", gauge(c.lag_revisions() as f64));
+            registry.register("etcdguard_capture_gaps", "Gaps recorded by continuous capture (changes lost; a new full backup follows)", counter(c.gaps));
+            registry.register("etcdguard_capture_durable_revision", "Every change up to this revision is stored", gauge(c.durable_revision as f64));
+            registry.register("etcdguard_capture_store_failures", "Failed attempts to store a segment (retried)", counter(c.store_failures));
+        }
         self.checks.lock().unwrap_or_else(|p| p.into_inner()).register(&mut registry, now);
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -293,6 +366,7 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
         backups_in_repository: None,
         repository_newest: None,
         election_unreachable: None,
+        capture: opts.continuous.as_ref().map(|c| CaptureView { state: Arc::new(Mutex::new(CaptureState::default())), rpo_bound: c.rpo_bound, since: None, last_failure: None }),
         checks: Arc::default(),
     }));
     if opts.listen != "off" {
@@ -301,6 +375,15 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
         let state = state.clone();
         std::thread::spawn(move || serve(server, state));
     }
+    if let Some(c) = &opts.continuous {
+        info!(
+            "capturing every change to {} (segments every {}, a full backup every {}, /healthz fails at an RPO over {})",
+            opts.create.repo.url,
+            humantime::format_duration(c.segment_interval),
+            c.full_every.map_or("-".into(), |d| humantime::format_duration(d).to_string()),
+            humantime::format_duration(c.rpo_bound)
+        );
+    } else {
     info!(
         "backing up to {} {}{}{}",
         opts.create.repo.url,
@@ -308,6 +391,7 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
         if opts.jitter.is_zero() { String::new() } else { format!(" (each start delayed by up to {})", humantime::format_duration(opts.jitter)) },
         if opts.policy.is_some() { ", applying retention after each backup" } else { "" }
     );
+    }
     let election = match &opts.election {
         Some(settings) if opts.runs != Some(0) => Some(start_election(&opts, settings)?),
         _ => None,
@@ -320,6 +404,9 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
         crate::checks::Checks::start(&opts.checks, &opts.create, checks_state, leading, stop.clone())
     });
     let opts = Arc::new(opts);
+    if let Some(settings) = opts.continuous.clone() {
+        return run_continuous(&opts, &settings, &state, &stop, election.as_ref());
+    }
     let mut next = first;
     let mut runs = 0u64;
     while opts.runs.is_none_or(|n| runs < n) {
@@ -384,6 +471,136 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
         if stop.is_raised() {
             info!("stopped on request");
             return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// `agent --continuous`: while this agent leads, capture runs on a worker thread; it is
+/// stopped (at its next safe point: a segment is complete or absent) when leadership is lost
+/// or a stop comes, and restarted after a failure. A new leader resumes from the last revision
+/// stored in the repository, so a change of leader loses nothing; an old leader still storing
+/// its last segment only repeats revisions, which readers take once. Retention runs after
+/// each full backup capture takes.
+fn run_continuous(opts: &Arc<AgentOptions>, settings: &ContinuousSettings, state: &Arc<Mutex<State>>, stop: &Stop, election: Option<&Election>) -> Result<()> {
+    let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
+    let capture_state = match &lock().capture {
+        Some(c) => c.state.clone(),
+        None => return Ok(()),
+    };
+    let follow_options = FollowOptions {
+        segment_interval: settings.segment_interval,
+        full_every: settings.full_every,
+        ..FollowOptions::new(opts.create.clone())
+    };
+    let mut retry_delay = Duration::from_secs(1);
+    let mut runs = 0u64;
+    while opts.runs.is_none_or(|n| runs < n) {
+        if stop.is_raised() {
+            info!("stopping on request (idle)");
+            return Ok(());
+        }
+        if let Some(election) = election {
+            if !election.is_leader() {
+                if wait_as_standby(election, &opts.create.repo, state, stop).is_none() {
+                    info!("stopping on request (standby)");
+                    return Ok(());
+                }
+                info!("elected: this agent captures every change now");
+            }
+        }
+        lock().role = "active";
+        runs += 1;
+        if let Some(c) = lock().capture.as_mut() {
+            c.since.get_or_insert(Utc::now());
+        }
+        let leading = Stop::new();
+        let (done_tx, done_rx) = mpsc::channel();
+        {
+            let (options, capture_state, leading) = (follow_options.clone(), capture_state.clone(), leading.clone());
+            std::thread::Builder::new()
+                .name("etcdguard-capture".into())
+                .spawn(move || {
+                    let result = crate::capture::follow(&options, &capture_state, &mut |line| info!("{line}"), &leading);
+                    let _ = done_tx.send(result);
+                })
+                .map_err(|e| Error::failure(format!("starting capture: {e}")))?;
+        }
+        let mut fulls_seen = capture_state.lock().unwrap_or_else(|p| p.into_inner()).fulls_taken;
+        let mut pruning: Option<std::thread::JoinHandle<()>> = None;
+        let ended = loop {
+            match done_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(result) => break Some(result),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break Some(Err(Error::failure("capture ended without a result"))),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            let lost = election.is_some_and(|e| !e.is_leader());
+            if stop.is_raised() || lost {
+                leading.raise();
+                if done_rx.recv_timeout(STOP_GRACE).is_err() {
+                    warn!("capture did not stop in time: abandoning it (the repository is crash-safe)");
+                    abandon(&opts.create.repo);
+                }
+                if stop.is_raised() {
+                    info!("stopped on request");
+                    return Ok(());
+                }
+                warn!("lost leadership: capture stopped; another agent goes on from the last revision stored");
+                break None;
+            }
+            // A full backup taken by capture counts as a backup: health, metrics, retention.
+            let c = capture_state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if c.fulls_taken > fulls_seen {
+                fulls_seen = c.fulls_taken;
+                {
+                    let mut s = lock();
+                    s.backups_ok += 1;
+                    let now = Utc::now();
+                    s.last_result = Some(Ok(()));
+                    s.last_finished = Some(now);
+                    s.last_success = Some((now, c.base.clone().unwrap_or_default()));
+                    s.last_revision = c.base_revision;
+                }
+                if let Some(policy) = opts.policy.clone() {
+                    if pruning.as_ref().is_none_or(|p| p.is_finished()) {
+                        let (repo, state) = (opts.create.repo.clone(), state.clone());
+                        pruning = Some(std::thread::spawn(move || {
+                            let pruned = prune(&repo, Some(&policy), false);
+                            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+                            match pruned {
+                                Ok(r) => {
+                                    s.prunes_ok += 1;
+                                    s.prunes_failed_in_a_row = 0;
+                                    info!("retention: {} backup(s) removed, {} pack(s) deleted", r.manifests_removed, r.packs_deleted);
+                                }
+                                Err(e) => {
+                                    s.prunes_failed += 1;
+                                    s.prunes_failed_in_a_row += 1;
+                                    s.last_prune_error = Some((Utc::now(), e.to_string()));
+                                    warn!(kind = ?e.kind, "retention failed: {e}");
+                                }
+                            }
+                        }));
+                    }
+                }
+            }
+        };
+        match ended {
+            Some(Ok(_)) => {
+                retry_delay = Duration::from_secs(1);
+            }
+            Some(Err(e)) => {
+                warn!(kind = ?e.kind, "capture failed: {e}; retrying in {}", humantime::format_duration(retry_delay));
+                if let Some(c) = lock().capture.as_mut() {
+                    c.last_failure = Some(e.to_string());
+                }
+                let until = Instant::now() + retry_delay;
+                while Instant::now() < until && !stop.is_raised() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                retry_delay = (retry_delay * 2).min(Duration::from_secs(30));
+            }
+            None => {}
         }
     }
     Ok(())
@@ -600,6 +817,27 @@ mod tests {
     }
 
     #[test]
+    fn continuous_health_follows_the_rpo_bound_and_gaps() {
+        let now = Utc::now();
+        let capture = Arc::new(Mutex::new(CaptureState { durable_revision: 10, ..Default::default() }));
+        let view = CaptureView { state: capture.clone(), rpo_bound: Duration::from_secs(60), since: Some(now - chrono::Duration::seconds(5)), last_failure: None };
+        // Nothing known yet: the RPO counts from the start of capture.
+        assert_eq!(view.rpo_seconds(now), 5.0);
+        assert!(view.health(now).0);
+        // A change waiting for 61 s: over the bound.
+        capture.lock().unwrap().durable_at = Some(now - chrono::Duration::seconds(1));
+        assert_eq!(view.rpo_seconds(now), 1.0);
+        capture.lock().unwrap().pending_since = Some(now - chrono::Duration::seconds(61));
+        let (ok, text) = view.health(now);
+        assert!(!ok && text.contains("RPO 61.0s"), "{text}");
+        capture.lock().unwrap().pending_since = None;
+        assert!(view.health(now).0);
+        capture.lock().unwrap().gap_open = true;
+        let (ok, text) = view.health(now);
+        assert!(!ok && text.contains("gap"), "{text}");
+    }
+
+    #[test]
     fn prune_failures_turn_health_red_at_the_threshold() {
         let now = Utc::now();
         let mut s = State {
@@ -625,6 +863,7 @@ mod tests {
             backups_in_repository: Some(1),
             repository_newest: None,
             election_unreachable: None,
+            capture: None,
             checks: Arc::default(),
         };
         for n in 1..=3 {

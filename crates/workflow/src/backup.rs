@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use etcdguard_client::{choose_member, ConnectConfig, ConnectFlags, Destination, NoProgress, Session, SnapshotFrom};
+use etcdguard_client::{choose_member, ConnectConfig, ConnectFlags, NoProgress, Session, SnapshotFrom};
 use etcdguard_repo::manifest::{EtcdInfo, FileKind, Manifest, Source};
 use etcdguard_repo::repository::KeyInfo;
 use etcdguard_repo::retention::Policy;
@@ -67,8 +67,11 @@ pub fn create_stoppable(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: 
     create_from(opts, &path, source, EtcdInfo::default(), note, stop)
 }
 
-/// Takes a snapshot from the live cluster into a private spool, then backs it up as a file:
-/// the snapshot is checked before anything reaches the repository.
+/// Takes a snapshot from the live cluster and stores it while it streams in: every byte
+/// goes to a private spool file and to the chunker at once. When the stream has ended (its
+/// sha256 trailer checked) the spooled file is checked as `snapshot verify` does, and the
+/// backup is committed only if that passed; packs stored for a snapshot that failed are
+/// listed by no backup (`prune` removes them).
 fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
     let session = connect(&opts.conn, note)?;
     let probes = session.probe_all();
@@ -81,94 +84,147 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
         note(&format!("removed {} scratch dir(s) of killed runs from {}", swept.len(), parent.display()));
     }
     stop.check()?;
+    let repo = open_for_create(opts, note)?;
+    let mut writer = repo.begin_backup()?;
     let path = spool.path().join("snapshot.db");
-    session.save(&st.endpoint, &Destination::File(path.clone()), &mut NoProgress).map_err(client_error)?;
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)
+    }
+    .map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
+    // A few stream messages in flight between the stream and the chunker.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let endpoint = st.endpoint.clone();
+    let target = path.display().to_string();
+    let (saved, stored) = std::thread::scope(|s| {
+        let saving = s.spawn(move || {
+            let mut tee = Tee { file, tx };
+            session.save_into(&endpoint, &mut tee, &target, &mut NoProgress)
+        });
+        let stored = (|| {
+            let mut input = ChannelReader { rx, buf: Vec::new(), pos: 0 };
+            // The chunk size follows the page size, which the first page names.
+            let mut head = vec![0u8; 4096];
+            let n = read_full(&mut input, &mut head).map_err(|e| Error::failure(format!("reading the snapshot stream: {e}")))?;
+            head.truncate(n);
+            let page_size = bolt_page_size(&head).unwrap_or(4096);
+            let mut input = stop.reader(std::io::Read::chain(std::io::Cursor::new(head), input));
+            writer.add_snapshot_sized(&mut input, page_size, None).map_err(|e| stop.error_or(repo_error(e)))
+        })();
+        // Whatever happened to the chunker, the stream ends (its sends fail once `rx` is gone).
+        (saving.join().unwrap_or_else(|_| Err(etcdguard_client::ClientError::Interrupted("a panic"))), stored)
+    });
+    saved.map_err(|e| stop.error_or(client_error(e)))?;
+    let snapshot = stored?;
     stop.check()?;
+    let file = open_snapshot(&path)?;
+    if file.len() != snapshot.size {
+        return Err(Error::failure(format!("{}: {} bytes spooled but {} stored; not backing it up", path.display(), file.len(), snapshot.size)));
+    }
+    let db = file.db().map_err(|e| db_error(&path, e))?;
     let known = EtcdInfo {
         cluster_id: (st.cluster_id != 0).then(|| format!("{:x}", st.cluster_id)),
         member_id: Some(format!("{:x}", st.member_id)),
         version: (!st.version.is_empty()).then(|| st.version.clone()),
         ..Default::default()
     };
-    create_from(opts, &path, Source::Cluster { endpoint: st.endpoint.clone() }, known, note, stop)
+    let etcd = check_snapshot(opts, &path, &file, &db, known)?;
+    drop(db);
+    drop(file);
+    drop(spool);
+    finish(opts, &repo, writer, snapshot, Source::Cluster { endpoint: st.endpoint.clone() }, etcd, note, stop)
 }
 
+/// The page size a bbolt file's first meta page names, if it is one.
+fn bolt_page_size(head: &[u8]) -> Option<u32> {
+    let word = |at: usize| head.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    (word(16)? == 0xED0C_DAED).then(|| word(24)).flatten().filter(|p| p.is_power_of_two() && (512..=65536).contains(p))
+}
+
+/// Writes the stream to the spool file and hands a copy to the chunker.
+struct Tee {
+    file: std::fs::File,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl std::io::Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write_all(buf)?;
+        self.tx.send(buf.to_vec()).map_err(|_| std::io::Error::other("the backup stopped storing the snapshot"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Reads what a [`Tee`] sends; the end of the stream is the end of the input.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.recv() {
+                Ok(b) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Stores the snapshot at `path` while it is checked (sha256 trailer, bbolt structure, etcd
+/// schema) on another thread; the backup is committed only when the check passed. Packs
+/// stored for a snapshot that fails its check are listed by no backup: `prune` removes them.
 fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInfo, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
     let file = open_snapshot(path)?;
     let db = file.db().map_err(|e| db_error(path, e))?;
     let page_size = db.page_size();
-    let release = || file.release_resident();
-    // The trailer hash and the walk are independent: run them side by side.
-    let (trailer, report) = std::thread::scope(|s| {
-        let hashing = s.spawn(|| file.check_trailer());
-        let report = if opts.skip_verify { None } else { Some(etcdguard_storage::verify(&db, Some(&release))) };
-        (hashing.join().unwrap_or_else(|_| Err(std::io::Error::other("the trailer check panicked"))), report)
-    });
-    let trailer = trailer.map_err(|e| Error::failure(format!("{}: reading for sha256: {e}", path.display())))?;
-    if let TrailerCheck::Mismatch { .. } = trailer {
-        return Err(Error::new(
-            Kind::ChecksumMismatch,
-            format!("{}: sha256 trailer mismatch: the snapshot is damaged; not backing it up", path.display()),
-        ));
-    }
-    let status = match &report {
-        Some(r) if !r.is_ok() => {
-            return Err(Error::new(
-                Kind::Corrupt,
-                format!(
-                    "{}: the snapshot is damaged ({} problems); not backing it up. Run `etcdguard snapshot verify {}` for details",
-                    path.display(),
-                    r.structure.problem_count + r.schema_problem_count + r.metas.iter().filter(|m| m.is_err()).count(),
-                    path.display()
-                ),
-            ))
-        }
-        Some(r) => r.status.clone(),
-        None => etcdguard_storage::status(&db, Some(&release)).ok(),
-    };
-    let Some(status) = status else {
-        return Err(Error::new(Kind::Corrupt, format!("{}: cannot compute the snapshot's status; not backing it up", path.display())));
-    };
-    let etcd = EtcdInfo {
-        revision: status.revision,
-        hash: status.hash,
-        total_key: status.total_key,
-        total_size: status.total_size,
-        page_size,
-        compacted_revision: report.as_ref().and_then(|r| r.stats.compacted_revision),
-        consistent_index: report.as_ref().and_then(|r| r.stats.consistent_index),
-        term: report.as_ref().and_then(|r| r.stats.term),
-        trailer: match file.layout() {
-            Layout::WithTrailer { .. } => "verified".into(),
-            _ => "absent".into(),
-        },
-        verified: report.is_some(),
-        ..known
-    };
-    drop(file);
-    stop.check()?;
-
-    let store = open_url(&opts.repo.url).map_err(|e| repo_error(e.into()))?;
-    let passphrase = opts.repo.passphrase()?;
-    let init = InitOptions { chunk_size: opts.chunk_size, passphrase: passphrase.clone(), ..Default::default() };
-    let (mut repo, created) = Repository::open_or_init(store, &init)?;
-    if created {
-        let how = if repo.is_encrypted() { "encrypted with the passphrase given" } else { "not encrypted (give ETCDGUARD_PASSPHRASE or --passphrase-file to encrypt a new one)" };
-        note(&format!("created repository {}, {how}", repo.location()));
-    } else if repo.is_encrypted() {
-        opts.repo.unlock(&mut repo)?;
-    } else if passphrase.is_some() {
-        // Never let a passphrase suggest the CA keys are sealed when they would not be.
-        return Err(Error::usage(format!(
-            "{} is not encrypted, but a passphrase was given; its backups would be stored in clear.\n  \
-             Use a new repository location (it is created encrypted), or unset ETCDGUARD_PASSPHRASE/--passphrase-file",
-            repo.location()
-        )));
-    }
+    let size = std::fs::metadata(path).map(|m| m.len()).ok();
+    let repo = open_for_create(opts, note)?;
     let mut writer = repo.begin_backup()?;
-    let input = std::fs::File::open(path).map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
-    let mut input = stop.reader(input);
-    let snapshot = writer.add_snapshot(&mut input, page_size).map_err(|e| stop.error_or(repo_error(e)))?;
+    let (checked, stored) = std::thread::scope(|s| {
+        let checking = s.spawn(|| check_snapshot(opts, path, &file, &db, known));
+        let stored = (|| {
+            let input = std::fs::File::open(path).map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
+            let mut input = stop.reader(input);
+            writer.add_snapshot_sized(&mut input, page_size, size).map_err(|e| stop.error_or(repo_error(e)))
+        })();
+        (checking.join().unwrap_or_else(|_| Err(Error::failure("the snapshot check panicked"))), stored)
+    });
+    // A damaged snapshot is reported as such, whatever happened to the upload meanwhile.
+    let etcd = checked?;
+    let snapshot = stored?;
+    drop(db);
+    drop(file);
+    finish(opts, &repo, writer, snapshot, source, etcd, note, stop)
+}
+
+/// Adds the control-plane files and commits the backup.
+fn finish(opts: &CreateOptions, repo: &Repository, mut writer: etcdguard_repo::BackupWriter<'_>, snapshot: etcdguard_repo::manifest::Part, source: Source, etcd: EtcdInfo, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
     stop.check()?;
     // The PKI and manifests directories restore as pki/ and manifests/ themselves; other
     // paths go under their group with their own name.
@@ -206,6 +262,84 @@ fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInf
     let labels: BTreeMap<String, String> = opts.labels.iter().cloned().collect();
     let cluster = opts.cluster.clone().or_else(|| labels.get("cluster").cloned()).or_else(|| etcd.cluster_id.clone());
     Ok(writer.commit(snapshot, BackupMeta { source, etcd, labels, cluster })?)
+}
+
+/// Checks a snapshot as `snapshot verify` does (unless `skip_verify`: then the trailer
+/// only) and returns what the manifest records of it.
+fn check_snapshot(opts: &CreateOptions, path: &Path, file: &etcdguard_storage::SnapshotFile, db: &etcdguard_bolt::Db<'_>, known: EtcdInfo) -> Result<EtcdInfo> {
+    let page_size = db.page_size();
+    let release = || file.release_resident();
+    // The trailer hash and the walk are independent: run them side by side.
+    let (trailer, report) = std::thread::scope(|s| {
+        let hashing = s.spawn(|| file.check_trailer());
+        let report = if opts.skip_verify { None } else { Some(etcdguard_storage::verify(db, Some(&release))) };
+        (hashing.join().unwrap_or_else(|_| Err(std::io::Error::other("the trailer check panicked"))), report)
+    });
+    let trailer = trailer.map_err(|e| Error::failure(format!("{}: reading for sha256: {e}", path.display())))?;
+    if let TrailerCheck::Mismatch { .. } = trailer {
+        return Err(Error::new(
+            Kind::ChecksumMismatch,
+            format!("{}: sha256 trailer mismatch: the snapshot is damaged; not backing it up", path.display()),
+        ));
+    }
+    let status = match &report {
+        Some(r) if !r.is_ok() => {
+            return Err(Error::new(
+                Kind::Corrupt,
+                format!(
+                    "{}: the snapshot is damaged ({} problems); not backing it up. Run `etcdguard snapshot verify {}` for details",
+                    path.display(),
+                    r.structure.problem_count + r.schema_problem_count + r.metas.iter().filter(|m| m.is_err()).count(),
+                    path.display()
+                ),
+            ))
+        }
+        Some(r) => r.status.clone(),
+        None => etcdguard_storage::status(db, Some(&release)).ok(),
+    };
+    let Some(status) = status else {
+        return Err(Error::new(Kind::Corrupt, format!("{}: cannot compute the snapshot's status; not backing it up", path.display())));
+    };
+    let etcd = EtcdInfo {
+        revision: status.revision,
+        hash: status.hash,
+        total_key: status.total_key,
+        total_size: status.total_size,
+        page_size,
+        compacted_revision: report.as_ref().and_then(|r| r.stats.compacted_revision),
+        consistent_index: report.as_ref().and_then(|r| r.stats.consistent_index),
+        term: report.as_ref().and_then(|r| r.stats.term),
+        trailer: match file.layout() {
+            Layout::WithTrailer { .. } => "verified".into(),
+            _ => "absent".into(),
+        },
+        verified: report.is_some(),
+        ..known
+    };
+    Ok(etcd)
+}
+
+/// Opens (or creates) the repository of a backup and unlocks it.
+fn open_for_create(opts: &CreateOptions, note: &mut dyn FnMut(&str)) -> Result<Repository> {
+    let store = open_url(&opts.repo.url).map_err(|e| repo_error(e.into()))?;
+    let passphrase = opts.repo.passphrase()?;
+    let init = InitOptions { chunk_size: opts.chunk_size, passphrase: passphrase.clone(), ..Default::default() };
+    let (mut repo, created) = Repository::open_or_init(store, &init)?;
+    repo.set_transfer(opts.repo.transfer.clone());
+    if created {
+        let how = if repo.is_encrypted() { "encrypted with the passphrase given" } else { "not encrypted (give ETCDGUARD_PASSPHRASE or --passphrase-file to encrypt a new one)" };
+        note(&format!("created repository {}, {how}", repo.location()));
+    } else if repo.is_encrypted() {
+        opts.repo.unlock(&mut repo)?;
+    } else if passphrase.is_some() {
+        // Never let a passphrase suggest the CA keys are sealed when they would not be.
+        return Err(Error::usage(format!(
+            "{} is not encrypted, but a passphrase was given; its backups would be stored in clear.\n  \
+             Use a new repository location (it is created encrypted), or unset ETCDGUARD_PASSPHRASE/--passphrase-file",
+            repo.location()
+        )));
+    }
+    Ok(repo)
 }
 
 /// The API server's `--encryption-provider-config` (on the host) from its manifest in
@@ -431,7 +565,8 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
         let check = crate::keycheck::check(&snapshot_path, &in_place)?;
         crate::keycheck::enforce(&check, d.force, &mut |n| on(RestoreEvent::Note(n)))?;
         d.key_checked = true;
-        let restored = crate::restore::snapshot_restore(&d)?;
+        // A temporary reassembly is moved into the data dir, not copied again.
+        let restored = if temporary { crate::restore::snapshot_restore_consuming(&d)? } else { crate::restore::snapshot_restore(&d)? };
         on(RestoreEvent::DataDirRestored(&restored));
     }
     if let Some(dir) = &opts.files_to {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use etcdguard_client::{ClientError, WatchUpdate};
 use etcdguard_repo::manifest::Manifest;
-use etcdguard_repo::segment::{chain, Change, Segment};
+use etcdguard_repo::segment::{chain, Change, Segment, SegmentInfo};
 use etcdguard_repo::Repository;
 
 use crate::backup::{connect, create_stoppable, CreateOptions};
@@ -74,22 +74,28 @@ pub struct CaptureState {
     pub base_revision: i64,
     /// Every revision up to this one is stored.
     pub durable_revision: i64,
-    /// When the store last held everything the server had: the RPO is now minus this.
+    /// When the store was last known to hold everything the server had.
     pub durable_at: Option<DateTime<Utc>>,
+    /// When the oldest change not stored yet was seen (None: nothing waits).
+    pub pending_since: Option<DateTime<Utc>>,
     /// The server's revision last heard of.
     pub server_revision: i64,
     pub segments_written: u64,
     pub segment_bytes: u64,
     pub fulls_taken: u64,
     pub gaps: u64,
+    /// A gap was recorded (or found on resume) and no full backup was taken on schedule since.
+    pub gap_open: bool,
     pub store_failures: u64,
     pub last_error: Option<String>,
 }
 
 impl CaptureState {
-    /// Seconds of changes that a disaster now would lose (None before the first segment).
+    /// Seconds of changes that a disaster now would lose: since the oldest change not stored
+    /// yet, or, when none waits, since the store was last known to hold everything (so it
+    /// keeps growing while the watch is down). None before capture knew either.
     pub fn rpo_seconds(&self, now: DateTime<Utc>) -> Option<f64> {
-        self.durable_at.map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+        self.pending_since.or(self.durable_at).map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
     }
     pub fn lag_revisions(&self) -> i64 {
         (self.server_revision - self.durable_revision).max(0)
@@ -162,7 +168,7 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
     };
     let mut covered = resume_point(&repo, &base, note, state)?;
     let mut endpoint_at = 0usize;
-    let mut leases_known: HashMap<i64, i64> = HashMap::new();
+    let mut writer = SegmentWriter { session: &session, leases_known: HashMap::new(), state, stop };
     let mut base_at = Instant::now();
     let mut bytes_since_full = 0u64;
     set(&|s| {
@@ -225,6 +231,7 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
             };
             match message {
                 Some(Message::Changes { changes, header_revision, seen }) => {
+                    let waiting_before = !pending.is_empty();
                     for c in changes {
                         // Already stored (a watch never repeats, but a resumed one must not either).
                         if c.mod_revision <= covered {
@@ -237,6 +244,10 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
                         pending.push(stored(c));
                     }
                     set(&|s| s.server_revision = s.server_revision.max(header_revision));
+                    if !waiting_before && !pending.is_empty() {
+                        // The oldest change not stored yet: what a disaster now would lose starts here.
+                        set(&|s| s.pending_since = s.pending_since.or(Some(seen)));
+                    }
                     let last = pending.last().map_or(covered, |c| c.mod_revision);
                     if header_revision <= last {
                         caught_up_at = Some((last, seen));
@@ -248,6 +259,10 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
                     if header_revision <= last {
                         caught_up_at = Some((last, seen));
                     }
+                    if header_revision <= covered {
+                        // Everything the server has is stored.
+                        set(&|s| s.durable_at = s.durable_at.max(Some(seen)));
+                    }
                 }
                 Some(Message::Tick) | None => {}
                 Some(Message::Failed(e)) => failure = Some(e),
@@ -258,58 +273,22 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
                 || opts.duration.is_some_and(|d| started.elapsed() >= d)
                 || opts.until_revision.is_some_and(|u| pending.last().map_or(covered, |c| c.mod_revision) >= u);
             if (due || ending) && !pending.is_empty() {
-                let leases = session.leases(&endpoint, &leases_known).unwrap_or_else(|e| {
-                    note(&format!("warning: listing leases: {e}; the segment keeps the previous lease set"));
-                    leases_known.iter().map(|(a, b)| (*a, *b)).collect()
-                });
-                leases_known = leases.iter().copied().collect();
-                let segment = Segment {
-                    base: base.id.clone(),
-                    first: covered + 1,
-                    last: pending.last().map(|c| c.mod_revision).unwrap_or(covered),
-                    times: std::mem::take(&mut times),
-                    leases,
-                    changes: std::mem::take(&mut pending),
-                };
-                // The store may fail for a while: keep the changes and try again.
-                let mut delay = Duration::from_millis(200);
-                let info = loop {
-                    match repo.put_segment(&segment) {
-                        Ok(info) => break info,
-                        Err(e) => {
-                            set(&|s| {
-                                s.store_failures += 1;
-                                s.last_error = Some(e.to_string());
-                            });
-                            note(&format!("storing segment {}..{} failed, retrying: {e}", segment.first, segment.last));
-                            if stop.is_raised() {
-                                return Err(Error::new(Kind::Interrupted, "stopped while the store was failing; the changes since the last segment were not stored"));
-                            }
-                            std::thread::sleep(delay);
-                            delay = (delay * 2).min(Duration::from_secs(10));
-                        }
-                    }
-                };
-                covered = segment.last;
+                let changes = std::mem::take(&mut pending);
+                let info = writer.store(&repo, &base, covered, changes, std::mem::take(&mut times), &endpoint, note)?;
+                covered = info.last;
                 pending_bytes = 0;
                 bytes_since_full += info.size;
                 last_flush = Instant::now();
                 let durable_at = caught_up_at.filter(|(rev, _)| *rev <= covered).map(|(_, t)| t);
-                set(&|s| {
-                    s.durable_revision = covered;
-                    s.segments_written += 1;
-                    s.segment_bytes += info.size;
-                    s.last_error = None;
-                    if let Some(t) = durable_at {
-                        s.durable_at = Some(t);
-                    }
-                });
+                if let Some(t) = durable_at {
+                    set(&|s| s.durable_at = s.durable_at.max(Some(t)));
+                }
             } else if due && pending.is_empty() {
                 last_flush = Instant::now();
                 // Nothing to store: caught up as of the last progress answer.
                 if let Some((rev, t)) = caught_up_at {
                     if rev <= covered {
-                        set(&|s| s.durable_at = Some(t));
+                        set(&|s| s.durable_at = s.durable_at.max(Some(t)));
                     }
                 }
             }
@@ -324,7 +303,7 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
                 let rev = new_base.etcd.revision;
                 note(&format!("full backup {} at revision {rev}; changes after it follow it", new_base.id));
                 // Store the old full's changes up to the new revision before switching.
-                opts_flush_until(&rx, &mut repo, &base, &mut covered, rev, &session, &endpoint, &mut leases_known, state, note, stop)?;
+                covered = store_old_full_tail(&rx, &repo, &base, covered, rev, &mut writer, &endpoint, note, stop)?;
                 base = new_base;
                 covered = covered.max(rev);
                 base_at = Instant::now();
@@ -333,6 +312,8 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
                     s.base = Some(base.id.clone());
                     s.base_revision = rev;
                     s.durable_revision = covered;
+                    // A scheduled full after a gap: the history is whole again from here.
+                    s.gap_open = false;
                 });
                 drop(rx);
                 let _ = watcher.join();
@@ -348,7 +329,10 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
                 note(&format!("the server compacted past revision {covered} (oldest kept {compact_revision}): changes from {lost_from} on are gone; taking a new full backup"));
                 let new_base = take_full(opts, &mut repo, note, stop, state)?;
                 record_gap(&repo, &base, lost_from, &new_base, "compacted")?;
-                set(&|s| s.gaps += 1);
+                set(&|s| {
+                    s.gaps += 1;
+                    s.gap_open = true;
+                });
                 covered = new_base.etcd.revision;
                 base = new_base;
                 base_at = Instant::now();
@@ -379,31 +363,31 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
     Ok(FollowReport { state })
 }
 
-/// Changes queued in `rx` up to `until` go to `base`'s segments (before a switch to a new full).
+/// Before capture switches to a new full backup at revision `until`: the changes up to it
+/// that the watch delivered, or still delivers, go to `base`'s segments (the old full keeps
+/// its own tail). Returns the revision stored up to.
 #[allow(clippy::too_many_arguments)]
-fn opts_flush_until(
+fn store_old_full_tail(
     rx: &mpsc::Receiver<Message>,
-    repo: &mut Repository,
+    repo: &Repository,
     base: &Manifest,
-    covered: &mut i64,
+    covered: i64,
     until: i64,
-    session: &etcdguard_client::Session,
+    writer: &mut SegmentWriter<'_>,
     endpoint: &str,
-    leases_known: &mut HashMap<i64, i64>,
-    state: &Arc<Mutex<CaptureState>>,
     note: &mut dyn FnMut(&str),
     stop: &Stop,
-) -> Result<()> {
+) -> Result<i64> {
     let mut changes: Vec<Change> = Vec::new();
     let mut times = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while *covered + (changes.last().map_or(0, |c: &Change| c.mod_revision - *covered)) < until {
+    while changes.last().map_or(covered, |c: &Change| c.mod_revision) < until {
         if stop.is_raised() || Instant::now() > deadline {
             return Err(Error::failure(format!("the watch did not deliver revisions up to {until} in time; restart follow (it resumes without a gap)")));
         }
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(Message::Changes { changes: cs, seen, .. }) => {
-                for c in cs.into_iter().filter(|c| c.mod_revision <= until) {
+                for c in cs.into_iter().filter(|c| c.mod_revision > covered && c.mod_revision <= until) {
                     if times.last().is_none_or(|t: &(i64, i64)| t.0 != c.mod_revision) {
                         times.push((c.mod_revision, seen.timestamp_millis()));
                     }
@@ -416,18 +400,98 @@ fn opts_flush_until(
         }
     }
     if changes.is_empty() {
-        return Ok(());
+        return Ok(covered);
     }
-    let leases = session.leases(endpoint, leases_known).unwrap_or_default();
-    *leases_known = leases.iter().copied().collect();
-    let segment = Segment { base: base.id.clone(), first: *covered + 1, last: changes.last().unwrap().mod_revision, times, leases, changes };
-    let info = repo.put_segment(&segment)?;
-    *covered = segment.last;
-    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-    s.segments_written += 1;
-    s.segment_bytes += info.size;
-    note(&format!("segment {}..{} closes full backup {}", segment.first, segment.last, base.id));
-    Ok(())
+    let info = writer.store(repo, base, covered, changes, times, endpoint, note)?;
+    note(&format!("segment {}..{} closes full backup {}", info.first, info.last, base.id));
+    Ok(info.last)
+}
+
+/// Turns waiting changes into stored segments: each gets the lease set listed at the time,
+/// and a store that fails is retried with backoff (the changes wait in memory) until it
+/// answers or capture is stopped.
+struct SegmentWriter<'a> {
+    session: &'a etcdguard_client::Session,
+    /// Granted TTLs of the leases seen so far (a TTL never changes: only new leases cost a call).
+    leases_known: HashMap<i64, i64>,
+    state: &'a Arc<Mutex<CaptureState>>,
+    stop: &'a Stop,
+}
+
+impl SegmentWriter<'_> {
+    /// Stores `changes` (the revisions after `covered`, whole) as the next segment of `base`.
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &mut self,
+        repo: &Repository,
+        base: &Manifest,
+        covered: i64,
+        changes: Vec<Change>,
+        times: Vec<(i64, i64)>,
+        endpoint: &str,
+        note: &mut dyn FnMut(&str),
+    ) -> Result<SegmentInfo> {
+        let leases = self.session.leases(endpoint, &self.leases_known).unwrap_or_else(|e| {
+            note(&format!("warning: listing leases: {e}; the segment keeps the previous lease set"));
+            let mut known: Vec<(i64, i64)> = self.leases_known.iter().map(|(a, b)| (*a, *b)).collect();
+            known.sort();
+            known
+        });
+        self.leases_known = leases.iter().copied().collect();
+        let segment = Segment {
+            base: base.id.clone(),
+            first: covered + 1,
+            last: changes.last().map_or(covered, |c| c.mod_revision),
+            times,
+            leases,
+            changes,
+        };
+        let lock = || self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut delay = Duration::from_millis(200);
+        let info = loop {
+            match repo.put_segment(&segment) {
+                Ok(info) => break info,
+                Err(e) => {
+                    {
+                        let mut s = lock();
+                        s.store_failures += 1;
+                        s.last_error = Some(e.to_string());
+                    }
+                    note(&format!("storing segment {}..{} failed, retrying in {}: {e}", segment.first, segment.last, humantime::format_duration(delay)));
+                    if !sleep_unless_stopped(delay, self.stop) {
+                        return Err(Error::new(
+                            Kind::Interrupted,
+                            format!("stopped while the store was failing; the changes after revision {covered} were not stored (the next run resumes from there)"),
+                        ));
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let mut s = lock();
+        s.durable_revision = info.last;
+        s.segments_written += 1;
+        s.segment_bytes += info.size;
+        s.last_error = None;
+        s.pending_since = None;
+        // Stored up to the newest change seen: from then on only later changes are at risk.
+        if let Some(seen) = segment.times.last().and_then(|t| millis(t.1)) {
+            s.durable_at = s.durable_at.max(Some(seen));
+        }
+        Ok(info)
+    }
+}
+
+/// Sleeps `total` in short steps; false when a stop came first.
+fn sleep_unless_stopped(total: Duration, stop: &Stop) -> bool {
+    let until = Instant::now() + total;
+    while Instant::now() < until {
+        if stop.is_raised() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
+    }
+    !stop.is_raised()
 }
 
 fn take_full(opts: &FollowOptions, repo: &mut Repository, note: &mut dyn FnMut(&str), stop: &Stop, state: &Arc<Mutex<CaptureState>>) -> Result<Manifest> {
@@ -449,9 +513,18 @@ fn resume_point(repo: &Repository, base: &Manifest, note: &mut dyn FnMut(&str), 
     let ranges: Vec<(i64, i64)> = segments.iter().map(|s| (s.first, s.last)).collect();
     let (used, gap) = chain(base.etcd.revision, &ranges);
     let covered = used.last().map_or(base.etcd.revision, |r| r.1);
+    // The RPO goes on from when the newest stored change was seen (by this or another writer).
+    if let Some(info) = used.last().and_then(|(f, l)| segments.iter().find(|s| s.first == *f && s.last == *l)) {
+        if let Some(seen) = repo.read_segment(info).ok().and_then(|s| s.times.last().and_then(|t| millis(t.1))) {
+            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+            s.durable_at = s.durable_at.max(Some(seen));
+        }
+    }
     if let Some((to, next)) = gap {
         note(&format!("warning: full backup {} has segments after revision {next} but none for {}..{}; continuing from {to}", base.id, to + 1, next - 1));
-        state.lock().unwrap_or_else(|p| p.into_inner()).gaps += 1;
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        s.gaps += 1;
+        s.gap_open = true;
     }
     Ok(covered)
 }
@@ -582,6 +655,10 @@ struct SegmentEvents<'r> {
     repo: &'r Repository,
     segments: std::vec::IntoIter<etcdguard_repo::segment::SegmentInfo>,
     current: std::vec::IntoIter<Change>,
+    /// The last revision of the segments read before the current one: two writers (a leader
+    /// that lost its lease and its successor) may store overlapping ranges, read once.
+    done_through: i64,
+    current_last: i64,
     failed: bool,
 }
 
@@ -594,6 +671,9 @@ impl Iterator for SegmentEvents<'_> {
                 return None;
             }
             if let Some(c) = self.current.next() {
+                if c.mod_revision <= self.done_through {
+                    continue;
+                }
                 return Some(Ok(Event {
                     kind: if c.put { EventKind::Put } else { EventKind::Delete },
                     key: c.key,
@@ -605,6 +685,8 @@ impl Iterator for SegmentEvents<'_> {
                 }));
             }
             let info = self.segments.next()?;
+            self.done_through = self.done_through.max(self.current_last);
+            self.current_last = info.last;
             match self.repo.read_segment(&info) {
                 Ok(s) => self.current = s.changes.into_iter(),
                 Err(e) => {
@@ -639,6 +721,8 @@ pub fn materialize(repo: &Repository, plan: &AtPlan, out: &Path, scratch: &Path)
         repo,
         segments: plan.segments.clone().into_iter(),
         current: Vec::new().into_iter(),
+        done_through: i64::MIN,
+        current_last: i64::MIN,
         failed: false,
     };
     let result = etcdguard_storage::replay::replay_snapshot(&base_file, out, &mut events, Some(plan.revision), lease_set.as_deref());
@@ -684,10 +768,19 @@ pub struct LogFilter {
 /// The changes stored in the repository's segments, oldest first, filtered.
 pub fn log(repo: &Repository, filter: &LogFilter, each: &mut dyn FnMut(LogEntry)) -> Result<usize> {
     let mut n = 0;
+    // Per full backup, the last revision listed: overlapping segments (two writers around a
+    // change of leader) are listed once.
+    let mut listed_through: HashMap<String, i64> = HashMap::new();
     for info in repo.list_segments(None)? {
         let s = repo.read_segment(&info)?;
         let times: HashMap<i64, i64> = s.times.iter().copied().collect();
+        let through = listed_through.entry(info.base.clone()).or_insert(i64::MIN);
+        let skip_through = *through;
+        *through = (*through).max(info.last);
         for c in s.changes {
+            if c.mod_revision <= skip_through {
+                continue;
+            }
             if filter.key.as_ref().is_some_and(|k| *k != c.key) || filter.prefix.as_ref().is_some_and(|p| !c.key.starts_with(p)) {
                 continue;
             }

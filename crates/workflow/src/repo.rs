@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use etcdguard_repo::crypto::Passphrase;
+use etcdguard_repo::repository::Transfer;
 use etcdguard_repo::{open_url, Manifest, RepoError, Repository};
 
 use crate::error::{repo_error, Result};
@@ -19,12 +20,14 @@ pub struct RepoSpec {
     /// A local directory, s3://, gs:// or az:// URL.
     pub url: String,
     pub passphrase: PassphraseSource,
+    /// Parallelism, rate limit and progress of the backups and restores it runs.
+    pub transfer: Transfer,
 }
 
 impl RepoSpec {
     /// A repository without a passphrase.
     pub fn new(url: impl Into<String>) -> RepoSpec {
-        RepoSpec { url: url.into(), passphrase: Arc::new(|| Ok(None)) }
+        RepoSpec { url: url.into(), passphrase: Arc::new(|| Ok(None)), transfer: Transfer::default() }
     }
 
     pub fn passphrase(&self) -> Result<Option<Passphrase>> {
@@ -34,7 +37,9 @@ impl RepoSpec {
     /// Opens the repository for reading metadata (manifests, index): no passphrase needed.
     pub fn open(&self) -> Result<Repository> {
         let store = open_url(&self.url).map_err(|e| repo_error(e.into()))?;
-        Ok(Repository::open(store)?)
+        let mut r = Repository::open(store)?;
+        r.set_transfer(self.transfer.clone());
+        Ok(r)
     }
 
     /// Opens the repository for reading or writing content: an encrypted one is unlocked.

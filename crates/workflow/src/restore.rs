@@ -45,6 +45,17 @@ pub struct Restored {
 
 /// Restores `opts.file` into new data dirs. Flags are checked before anything is written.
 pub fn snapshot_restore(opts: &SnapshotRestoreOptions) -> Result<Restored> {
+    snapshot_restore_impl(opts, false)
+}
+
+/// [`snapshot_restore`] of a private temporary snapshot file (reassembled from a backup next
+/// to the destination): it is moved into the data dir as its db instead of copied, and is
+/// gone afterwards (see `storage::restore::restore_consuming`).
+pub fn snapshot_restore_consuming(opts: &SnapshotRestoreOptions) -> Result<Restored> {
+    snapshot_restore_impl(opts, true)
+}
+
+fn snapshot_restore_impl(opts: &SnapshotRestoreOptions, consume: bool) -> Result<Restored> {
     if (opts.bump_revision > 0) != opts.mark_compacted {
         return Err(Error::usage(
             "--mark-compacted required if --bump-revision > 0 (and --mark-compacted needs --bump-revision); \
@@ -82,6 +93,7 @@ pub fn snapshot_restore(opts: &SnapshotRestoreOptions) -> Result<Restored> {
         flavor: Flavor::V3_5,
     };
     let started = Instant::now();
-    let report = restore::restore(&snapshot, &cluster, &dest, &options).map_err(restore_error)?;
+    let report = if consume { restore::restore_consuming(&snapshot, &cluster, &dest, &options) } else { restore::restore(&snapshot, &cluster, &dest, &options) }
+        .map_err(restore_error)?;
     Ok(Restored { file: opts.file.clone(), report, elapsed: started.elapsed(), notes })
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use etcdguard_repo::retention::parse_duration;
-use etcdguard_workflow::agent::{self, AgentOptions, ElectionSettings};
+use etcdguard_workflow::agent::{self, AgentOptions, ContinuousSettings, ElectionSettings};
 use etcdguard_workflow::checks::ChecksOptions;
 use etcdguard_workflow::schedule::Schedule;
 use etcdguard_workflow::Stop;
@@ -65,6 +65,21 @@ pub struct AgentArgs {
     /// to a standby within about this long.
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     pub elect_ttl: Duration,
+    /// Continuous capture: the (elected) agent stores every change as segments after a full
+    /// backup, and takes a new full every --full-every; restore any revision with `backup
+    /// restore --at`. Replaces the backup schedule (--every/--schedule).
+    #[arg(long, conflicts_with_all = ["schedule", "from_file"])]
+    pub continuous: bool,
+    /// With --continuous: store the changes seen so far at least this often.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, requires = "continuous")]
+    pub segment_interval: Duration,
+    /// With --continuous: take a new full backup this long after the last one (default: --every).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "continuous")]
+    pub full_every: Option<Duration>,
+    /// With --continuous: /healthz answers 503 when the RPO (seconds of changes not yet
+    /// stored) exceeds this.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration, requires = "continuous")]
+    pub rpo_bound: Duration,
     /// Scrub this often (e.g. 24h; the first at start): re-read stored backups with the
     /// checks of `backup verify` and every pack they use, the newest backup first, then older
     /// ones in rotation until --verify-budget is spent. Only the active agent scrubs; damage
@@ -98,9 +113,16 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: AgentArgs) -> Result<()> {
-    let schedule = match &args.schedule {
-        Some(expression) => Schedule::cron(expression)?,
-        None => Schedule::Every(args.every),
+    let continuous = args.continuous.then(|| ContinuousSettings {
+        segment_interval: args.segment_interval.max(Duration::from_millis(100)),
+        full_every: Some(args.full_every.unwrap_or(args.every)),
+        rpo_bound: args.rpo_bound,
+    });
+    let schedule = match (&args.schedule, &continuous) {
+        (Some(expression), _) => Schedule::cron(expression)?,
+        // A standby judges the leader by the age of the newest full backup.
+        (None, Some(c)) => Schedule::Every(c.full_every.unwrap_or(args.every)),
+        (None, None) => Schedule::Every(args.every),
     };
     let create = args.create.options();
     let election = (!args.no_elect && create.from_file.is_none())
@@ -114,6 +136,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         runs: args.runs,
         prune_failures_unhealthy: args.prune_failures_unhealthy,
         election,
+        continuous,
         checks: ChecksOptions {
             verify_every: args.verify_every,
             verify_budget: args.verify_budget,

@@ -214,8 +214,65 @@ impl RepoArg {
     /// The repository as the workflows take it; the passphrase is read when one is needed.
     pub fn spec(&self) -> RepoSpec {
         let arg = self.clone();
-        RepoSpec { url: self.repo.clone(), passphrase: Arc::new(move || Ok(arg.passphrase()?)) }
+        RepoSpec { url: self.repo.clone(), passphrase: Arc::new(move || Ok(arg.passphrase()?)), transfer: Default::default() }
     }
+}
+
+/// `--parallel`: how many packs are fetched (restore, verify) or chunks compressed and
+/// packs uploaded (create) at once.
+#[derive(Args, Clone, Default)]
+pub struct ParallelArg {
+    /// Range reads of packs (restore, verify) or compression threads and uploads (create) at
+    /// once [default: the number of cores, 2 to 8]. More helps against a distant bucket;
+    /// memory grows by about 8 MiB each.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: Option<u16>,
+}
+
+impl ParallelArg {
+    /// The transfer settings, with a progress bar on stderr when it is a terminal.
+    pub fn transfer(&self, limit_rate: Option<u64>) -> etcdguard_repo::repository::Transfer {
+        use std::io::IsTerminal;
+        etcdguard_repo::repository::Transfer {
+            parallel: self.parallel.map(usize::from).unwrap_or(0),
+            limit_rate,
+            progress: std::io::stderr().is_terminal().then(|| Arc::new(Bar::default()) as Arc<dyn etcdguard_repo::repository::Progress>),
+        }
+    }
+}
+
+/// A progress bar on stderr (bytes, rate, ETA); only made when stderr is a terminal.
+#[derive(Default)]
+struct Bar(std::sync::Mutex<Option<indicatif::ProgressBar>>);
+
+impl etcdguard_repo::repository::Progress for Bar {
+    fn begin(&self, total: Option<u64>) {
+        let bar = indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr_with_hz(5));
+        let template = match total {
+            Some(_) => "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            None => "{spinner} {bytes} {binary_bytes_per_sec}",
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style);
+        }
+        if let Some(old) = self.0.lock().unwrap_or_else(|p| p.into_inner()).replace(bar) {
+            old.finish_and_clear();
+        }
+    }
+    fn advance(&self, bytes: u64) {
+        if let Some(b) = &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            b.inc(bytes);
+        }
+    }
+    fn end(&self) {
+        if let Some(b) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn parse_limit_rate(s: &str) -> Result<u64, String> {
+    etcdguard_repo::repository::parse_rate(s)
 }
 
 /// A passphrase from a file (trailing newline dropped) or else from an environment variable.
@@ -281,6 +338,12 @@ pub struct CreateArgs {
     /// Skip the structural and schema check of the snapshot (the sha256 trailer is still checked).
     #[arg(long)]
     pub skip_verify: bool,
+    #[command(flatten)]
+    pub parallel: ParallelArg,
+    /// Read the snapshot at most this fast (e.g. 50MiB/s, 800k), so a backup does not
+    /// saturate the node's disk or network; compression and uploads follow.
+    #[arg(long, value_name = "RATE", value_parser = parse_limit_rate)]
+    pub limit_rate: Option<u64>,
     /// Chunk size of a new repository (a multiple of the bbolt page size; ignored for an existing one).
     #[arg(long, value_name = "BYTES", default_value_t = etcdguard_repo::repository::DEFAULT_CHUNK_SIZE, hide = true)]
     pub chunk_size: u32,
@@ -292,7 +355,7 @@ impl CreateArgs {
     /// The library's options from the flags.
     pub fn options(&self) -> CreateOptions {
         CreateOptions {
-            repo: self.repo.spec(),
+            repo: RepoSpec { transfer: self.parallel.transfer(self.limit_rate), ..self.repo.spec() },
             from_file: self.from_file.clone(),
             snapshot_from: self.snapshot_from.clone(),
             scratch_dir: self.scratch_dir.clone(),
@@ -358,6 +421,8 @@ pub struct VerifyArgs {
     /// Also read every pack of the repository and check it against its name and header.
     #[arg(long)]
     pub packs: bool,
+    #[command(flatten)]
+    pub parallel: ParallelArg,
 }
 
 #[derive(Args)]
@@ -381,6 +446,8 @@ pub struct RestoreArgs {
     /// Also unpack the control-plane files under DIR (pki/, manifests/, …) with their modes.
     #[arg(long, value_name = "DIR", value_parser = crate::args::path)]
     pub files_to: Option<PathBuf>,
+    #[command(flatten)]
+    pub parallel: ParallelArg,
     /// Restore into this new data dir (as `snapshot restore --data-dir`).
     #[arg(long, value_name = "DIR", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::path)]
     pub data_dir: Option<PathBuf>,
@@ -692,7 +759,7 @@ fn show(args: ShowArgs) -> Result<()> {
 }
 
 fn verify(args: VerifyArgs) -> Result<()> {
-    let opts = backup::VerifyOptions { repo: args.repo.spec(), id: args.id.clone(), scratch_dir: args.scratch_dir.clone(), packs: args.packs };
+    let opts = backup::VerifyOptions { repo: RepoSpec { transfer: args.parallel.transfer(None), ..args.repo.spec() }, id: args.id.clone(), scratch_dir: args.scratch_dir.clone(), packs: args.packs };
     let v = backup::verify(&opts, &mut |note| eprintln!("{note}"))?;
     let m = &v.manifest;
     println!(
@@ -740,7 +807,7 @@ fn restore(args: RestoreArgs) -> Result<()> {
         return Ok(());
     }
     let opts = backup::RestoreOptions {
-        repo: args.repo.spec(),
+        repo: RepoSpec { transfer: args.parallel.transfer(None), ..args.repo.spec() },
         id: args.id.clone().unwrap_or_else(|| "latest".into()),
         to_file: args.to_file.clone(),
         files_to: args.files_to.clone(),

@@ -195,6 +195,8 @@ pub struct NodeRestoreArgs {
     /// is kept as pki.etcdguard-<time>): for a node rebuilt without its certificates.
     #[arg(long, requires = "backup")]
     pub restore_pki: bool,
+    #[command(flatten)]
+    pub parallel: crate::cmd::backup::ParallelArg,
     /// Kubernetes configuration directory; the PKI is its pki/.
     #[arg(long, value_name = "DIR", default_value = "/etc/kubernetes")]
     pub kubernetes_dir: PathBuf,
@@ -258,7 +260,10 @@ pub fn run(cmd: NodeCommand) -> Result<()> {
 }
 
 fn node_restore(args: NodeRestoreArgs) -> Result<()> {
-    let repo = args.repo.clone().map(|url| RepoArg { repo: url, passphrase_file: args.passphrase_file.clone() }.spec());
+    let repo = args.repo.clone().map(|url| etcdguard_workflow::RepoSpec {
+        transfer: args.parallel.transfer(None),
+        ..RepoArg { repo: url, passphrase_file: args.passphrase_file.clone() }.spec()
+    });
     let opts = NodeRestoreOptions {
         snapshot: args.snapshot.clone(),
         at: args.at,

@@ -2,6 +2,7 @@
 //! Writing a backup is in `writer`, reading one back in `reader`, deleting and pruning (and
 //! index maintenance) in `prune`.
 
+mod pipeline;
 mod prune;
 mod reader;
 mod scrub;
@@ -9,6 +10,7 @@ mod scrub;
 pub(crate) mod test_support;
 mod writer;
 
+pub use pipeline::{parse_rate, Progress, Transfer};
 pub use prune::{part_blob_ids, stored_bytes, PruneReport};
 pub use writer::{BackupMeta, BackupWriter};
 
@@ -66,6 +68,8 @@ pub struct Repository {
     keys: Option<Keys>,
     /// Which `keys/<id>.json` the passphrase opened.
     unlocked_by: Option<String>,
+    /// Parallelism, rate limit and progress of backups and restores.
+    transfer: Transfer,
 }
 
 /// One key of an encrypted repository: the master key wrapped under one passphrase.
@@ -181,7 +185,7 @@ impl Repository {
                 store.location()
             )));
         }
-        Ok(Repository { store, config, keys: None, unlocked_by: None })
+        Ok(Repository { store, config, keys: None, unlocked_by: None, transfer: Transfer::default() })
     }
 
     /// Creates a repository (the location must hold none yet).
@@ -220,7 +224,7 @@ impl Repository {
         // The config last: a location is a repository only once its key is stored.
         store.put("config", Bytes::from(serde_json::to_vec_pretty(&config).expect("config serializes")))?;
         let (keys, unlocked_by) = keys.map_or((None, None), |(k, id)| (Some(k), Some(id)));
-        Ok(Repository { store, config, keys, unlocked_by })
+        Ok(Repository { store, config, keys, unlocked_by, transfer: Transfer::default() })
     }
 
     pub fn is_encrypted(&self) -> bool {
@@ -322,6 +326,11 @@ impl Repository {
         } else {
             Err(RepoError::Invalid(format!("{} is not encrypted: it has no keys", self.location())))
         }
+    }
+
+    /// How backups and restores move data from now on (`--parallel`, `--limit-rate`, progress).
+    pub fn set_transfer(&mut self, transfer: Transfer) {
+        self.transfer = transfer;
     }
 
     /// The master key when the repository is encrypted; an error when it is and the

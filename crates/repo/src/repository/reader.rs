@@ -17,6 +17,9 @@ use crate::RepoError;
 
 use sha2::{Digest, Sha256};
 
+/// Parts smaller than this restore or back up without progress reports.
+pub(crate) const PROGRESS_MIN: u64 = 4 << 20;
+
 impl Repository {
     /// Every chunk id of a part, in order.
     pub fn chunk_ids(&self, index: &Index, part: &Part) -> Result<Vec<Id>, RepoError> {
@@ -68,40 +71,29 @@ impl Repository {
     /// As [`Repository::read_part`]; a failed write names `dest` ("writing /x: No space left
     /// on device").
     pub(crate) fn read_part_to(&self, index: &Index, part: &Part, out: &mut dyn Write, dest: Option<&Path>) -> Result<(), RepoError> {
-        let keys = self.keys()?;
         let ids = self.chunk_ids(index, part)?;
+        let runs = self.plan_runs(index, &ids)?;
         let mut hasher = Sha256::new();
         let mut written = 0u64;
-        let mut i = 0;
-        while i < ids.len() {
-            let first = *self.locate(index, &ids[i])?;
-            let start = first.offset as u64;
-            let mut end = start + first.stored_len as u64;
-            let mut run = vec![(ids[i], first)];
-            let mut j = i + 1;
-            while j < ids.len() {
-                let loc = *self.locate(index, &ids[j])?;
-                let contiguous = loc.pack == first.pack && loc.offset as u64 == end;
-                if !contiguous || end + loc.stored_len as u64 - start > MAX_READ_SPAN {
-                    break;
-                }
-                end += loc.stored_len as u64;
-                run.push((ids[j], loc));
-                j += 1;
+        // Progress is about the snapshot; control-plane files are a few KiB each.
+        let progress = self.transfer.progress.clone().filter(|_| part.size >= PROGRESS_MIN);
+        if let Some(p) = &progress {
+            p.begin(Some(part.size));
+        }
+        self.read_runs(&runs, &mut |raw: &[u8]| {
+            hasher.update(raw);
+            written += raw.len() as u64;
+            out.write_all(raw).map_err(|e| match dest {
+                Some(d) => RepoError::Io(format!("writing {}: {e}", d.display())),
+                None => RepoError::Io(format!("writing: {e}")),
+            })?;
+            if let Some(p) = &progress {
+                p.advance(raw.len() as u64);
             }
-            let bytes = self.pack_range(&first.pack, start..end)?;
-            for (id, loc) in run {
-                let off = (loc.offset as u64 - start) as usize;
-                let raw = decode_blob(keys, id, loc.encoding, loc.raw_len, &bytes[off..off + loc.stored_len as usize])
-                    .map_err(|e| RepoError::Damaged(format!("pack {}: {e}", loc.pack.hex())))?;
-                hasher.update(&raw);
-                written += raw.len() as u64;
-                out.write_all(&raw).map_err(|e| match dest {
-                    Some(d) => RepoError::Io(format!("writing {}: {e}", d.display())),
-                    None => RepoError::Io(format!("writing: {e}")),
-                })?;
-            }
-            i = j;
+            Ok(())
+        })?;
+        if let Some(p) = &progress {
+            p.end();
         }
         let actual = hex(&hasher.finalize());
         if written != part.size || actual != part.sha256 {

@@ -40,7 +40,7 @@ impl Repository {
             written: Index::new(),
             pending: HashSet::new(),
             pack: PackBuilder::new(),
-            uploader: Uploader::start(self.store.clone()),
+            uploader: Uploader::start_n(self.store.clone(), self.transfer.workers().min(UPLOADS_MAX)),
             files: Vec::new(),
             certificates: Vec::new(),
             stats: Sizes::default(),
@@ -52,7 +52,10 @@ impl Repository {
 // -------------------------------------------------------------------------------------
 // Uploads
 
-/// A few threads putting finished packs; at most `UPLOADS_IN_FLIGHT` queued.
+/// Uploads of one backup at once, at most (each holds a pack in memory).
+const UPLOADS_MAX: usize = 8;
+
+/// A few threads putting finished packs; at most as many queued as there are threads.
 pub(crate) struct Uploader {
     tx: Option<SyncSender<(String, Vec<u8>)>>,
     threads: Vec<JoinHandle<()>>,
@@ -61,10 +64,15 @@ pub(crate) struct Uploader {
 
 impl Uploader {
     pub(crate) fn start(store: Arc<dyn Store>) -> Uploader {
-        let (tx, rx) = sync_channel::<(String, Vec<u8>)>(UPLOADS_IN_FLIGHT);
+        Self::start_n(store, UPLOADS_IN_FLIGHT)
+    }
+
+    pub(crate) fn start_n(store: Arc<dyn Store>, threads: usize) -> Uploader {
+        let threads_n = threads.max(1);
+        let (tx, rx) = sync_channel::<(String, Vec<u8>)>(threads_n);
         let rx = Arc::new(Mutex::new(rx));
         let error: Arc<Mutex<Option<StoreError>>> = Arc::new(Mutex::new(None));
-        let threads = (0..UPLOADS_IN_FLIGHT)
+        let threads = (0..threads_n)
             .map(|i| {
                 let rx = rx.clone();
                 let store = store.clone();
@@ -164,6 +172,23 @@ impl<'r> BackupWriter<'r> {
         Ok(id)
     }
 
+    /// Adds a chunk hashed and compressed by a worker ([`super::pipeline::encode_stream`]).
+    fn add_encoded(&mut self, kind: BlobKind, enc: super::pipeline::Encoded) -> Result<(), RepoError> {
+        self.stats.blobs_total += 1;
+        let Some((encoding, stored)) = enc.stored else { return Ok(()) };
+        if self.pending.contains(&enc.id) {
+            return Ok(());
+        }
+        self.pack.add(enc.id, kind, encoding, enc.raw_len, &stored);
+        self.pending.insert(enc.id);
+        self.stats.added += stored.len() as u64;
+        self.stats.blobs_added += 1;
+        if self.pack.len() as u64 >= self.repo.config.pack_size {
+            self.flush_pack()?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn flush_pack(&mut self) -> Result<(), RepoError> {
         if self.pack.is_empty() {
             return Ok(());
@@ -175,25 +200,51 @@ impl<'r> BackupWriter<'r> {
 
     /// Chunks `reader` at `chunk_size` boundaries and stores what is new.
     fn add_stream(&mut self, reader: &mut dyn Read, chunk_size: u32) -> Result<Part, RepoError> {
-        let mut buf = vec![0u8; chunk_size as usize];
+        self.add_stream_sized(reader, chunk_size, None)
+    }
+
+    /// [`Self::add_stream`] with the input's size when known (for progress). Chunks are
+    /// hashed and compressed on worker threads and packed in input order.
+    fn add_stream_sized(&mut self, reader: &mut dyn Read, chunk_size: u32, size_hint: Option<u64>) -> Result<Part, RepoError> {
         let mut hasher = Sha256::new();
         let mut ids: Vec<u8> = Vec::new();
-        let mut size = 0u64;
         let mut chunks = 0u64;
-        loop {
-            let n = read_full(reader, &mut buf).map_err(|e| RepoError::Io(format!("reading: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            let id = self.add_blob(BlobKind::Data, &buf[..n])?;
-            ids.extend_from_slice(&id.0);
-            size += n as u64;
-            chunks += 1;
-            if n < buf.len() {
-                break;
-            }
+        let transfer = self.repo.transfer.clone();
+        let progress = transfer.progress.clone().filter(|_| size_hint.is_none_or(|n| n >= super::reader::PROGRESS_MIN));
+        if let Some(p) = &progress {
+            p.begin(size_hint);
         }
+        let mut throttle = transfer.limit_rate.map(super::pipeline::Throttle::new);
+        // The workers check the index the backup started with; this backup's own new blobs
+        // (`pending`) are checked here, in order.
+        let index = std::mem::take(&mut self.index);
+        let keys = self.repo.keys()?;
+        let level = self.repo.config.compression_level;
+        let result = super::pipeline::encode_stream(
+            reader,
+            chunk_size as usize,
+            transfer.workers(),
+            &index,
+            keys,
+            level,
+            &mut throttle,
+            &mut |bytes| {
+                hasher.update(bytes);
+                if let Some(p) = &progress {
+                    p.advance(bytes.len() as u64);
+                }
+            },
+            &mut |enc| {
+                ids.extend_from_slice(&enc.id.0);
+                chunks += 1;
+                self.add_encoded(BlobKind::Data, enc)
+            },
+        );
+        self.index = index;
+        if let Some(p) = &progress {
+            p.end();
+        }
+        let size = result?;
         let fanout = self.repo.config.chunking.list_fanout as usize * 32;
         let mut lists = Vec::new();
         for piece in ids.chunks(fanout) {
@@ -219,8 +270,13 @@ impl<'r> BackupWriter<'r> {
 
     /// Stores the snapshot (the whole file, trailer included, so it comes back byte-identical).
     pub fn add_snapshot(&mut self, reader: &mut dyn Read, page_size: u32) -> Result<Part, RepoError> {
+        self.add_snapshot_sized(reader, page_size, None)
+    }
+
+    /// [`Self::add_snapshot`] of an input of `size` bytes, when known (for progress).
+    pub fn add_snapshot_sized(&mut self, reader: &mut dyn Read, page_size: u32, size: Option<u64>) -> Result<Part, RepoError> {
         let cs = self.chunk_size_for(page_size);
-        self.add_stream(reader, cs)
+        self.add_stream_sized(reader, cs, size)
     }
 
     /// Adds a file, or a directory with everything under it, as `<group>/<its name>…`
@@ -336,20 +392,6 @@ impl<'r> BackupWriter<'r> {
         Ok(manifest)
     }
 }
-
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 
 #[cfg(test)]
 mod tests {

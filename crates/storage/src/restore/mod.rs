@@ -318,6 +318,20 @@ fn self_check(path: &Path, cluster: &Cluster, bumped_to: Option<u64>) -> Result<
     Ok(facts)
 }
 
+/// Renames `src` to `dst` and cuts it to the image (`len` bytes, the trailer dropped),
+/// fsynced; copies when the two are on different filesystems.
+fn move_image(src: &Path, len: u64, dst: &Path) -> io::Result<()> {
+    match fs::rename(src, dst) {
+        Ok(()) => {
+            let f = OpenOptions::new().write(true).open(dst)?;
+            f.set_len(len)?;
+            f.sync_all()
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => db::copy_image(src, len, dst),
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes the `.snap` and WAL of one member into an (unpublished) member dir.
 fn write_raft_files(
     member_dir: &Path,
@@ -349,6 +363,29 @@ pub fn restore(
     cluster: &Cluster,
     dest: &Destination,
     opts: &Options,
+) -> Result<Report, RestoreError> {
+    restore_impl(snapshot, cluster, dest, opts, false)
+}
+
+/// [`restore`] of a snapshot file that is a private temporary copy (a restore from a backup
+/// repository, reassembled next to the destination): once checked, the file is moved into
+/// place as the first member's db and its trailer cut off, instead of being copied. It is
+/// gone afterwards whatever the outcome. On another filesystem it is copied as usual.
+pub fn restore_consuming(
+    snapshot: &SnapshotFile,
+    cluster: &Cluster,
+    dest: &Destination,
+    opts: &Options,
+) -> Result<Report, RestoreError> {
+    restore_impl(snapshot, cluster, dest, opts, true)
+}
+
+fn restore_impl(
+    snapshot: &SnapshotFile,
+    cluster: &Cluster,
+    dest: &Destination,
+    opts: &Options,
+    consume: bool,
 ) -> Result<Report, RestoreError> {
     if (opts.bump_revision > 0) != opts.mark_compacted {
         return Err(RestoreError::Config(
@@ -397,9 +434,16 @@ pub fn restore(
         mkdir_private(&snap_dir)?;
         let db_path = snap_dir.join("db");
         let t = std::time::Instant::now();
-        let (checked, copied) = check_source(snapshot, opts, || db::copy_image(snapshot.path(), image_len, &db_path));
-        *source_facts.borrow_mut() = Some(checked?);
-        copied.map_err(io_err(format!("copying the snapshot to {}", db_path.display())))?;
+        if consume {
+            let (checked, ()) = check_source(snapshot, opts, || ());
+            *source_facts.borrow_mut() = Some(checked?);
+            move_image(snapshot.path(), image_len, &db_path)
+                .map_err(io_err(format!("moving the snapshot to {}", db_path.display())))?;
+        } else {
+            let (checked, copied) = check_source(snapshot, opts, || db::copy_image(snapshot.path(), image_len, &db_path));
+            *source_facts.borrow_mut() = Some(checked?);
+            copied.map_err(io_err(format!("copying the snapshot to {}", db_path.display())))?;
+        }
         let copied = t.elapsed();
         let committed = db::commit(&db_path, &edit).map_err(|e| match e {
             e @ db::DbError::BumpTooLarge { .. } => RestoreError::Config(e.to_string()),
