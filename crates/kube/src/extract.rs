@@ -183,84 +183,178 @@ fn controller_owned(object: &Json) -> bool {
         .is_some_and(|refs| refs.iter().any(|r| r.get("controller").and_then(Json::as_bool) == Some(true)))
 }
 
-/// The selected live objects of a snapshot, in apply order. Objects that cannot be rendered
-/// (not decrypted, an encoding not understood) are listed in `skipped`, never fatal.
+/// The selected live objects of a snapshot, in apply order, collected in memory (see
+/// [`extract_to`], which streams them instead). Objects that cannot be rendered (not
+/// decrypted, an encoding not understood) are listed in `skipped`, never fatal.
 pub fn extract(db: &etcdguard_bolt::Db<'_>, release: Option<&dyn Fn()>, prefix: &str, filter: &Filter, config: Option<&EncryptionConfig>) -> Result<Extraction, String> {
-    // The newest value of each candidate key; a deletion drops it.
-    let mut newest: HashMap<Vec<u8>, (i64, Vec<u8>)> = HashMap::new();
+    let mut objects = Vec::new();
+    let summary = extract_to(db, release, prefix, filter, config, &mut |o| {
+        objects.push(o);
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(Extraction { objects, skipped: summary.skipped, owned: summary.owned })
+}
+
+/// What [`extract_to`] handed to its sink, and what it left out.
+#[derive(Debug, Default)]
+pub struct ExtractSummary {
+    /// Objects handed to the sink.
+    pub extracted: usize,
+    /// Of which Secrets.
+    pub secrets: usize,
+    pub skipped: Vec<Skipped>,
+    /// Objects left out because a controller owns them.
+    pub owned: usize,
+}
+
+/// Why [`extract_to`] stopped.
+#[derive(Debug)]
+pub enum ExtractError {
+    /// The snapshot could not be read.
+    Read(String),
+    /// The sink refused an object (its own error, unchanged).
+    Sink(std::io::Error),
+}
+
+impl std::fmt::Display for ExtractError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExtractError::Read(e) => f.write_str(e),
+            ExtractError::Sink(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ExtractError {}
+
+/// The apply stage an object is in, judged from its key alone (as [`extract_to`] orders its
+/// walks; the rendered object's own path gives the same answer for every well-formed key).
+fn key_stage(key: &[u8]) -> Stage {
+    match key_path(key, None) {
+        Some(p) if p.resource == CRDS => Stage::CustomResourceDefinitions,
+        Some(p) if p.resource == "namespaces" => Stage::Namespaces,
+        _ => Stage::Objects,
+    }
+}
+
+/// The selected live objects of a snapshot, handed to `sink` one at a time as soon as each
+/// is rendered, so memory does not grow with the data: values are never collected.
+///
+/// A first walk of the key bucket keeps, per candidate key, only its newest mod revision
+/// (none once the newest revision is a deletion). Then one walk per apply stage that has
+/// candidates (CustomResourceDefinitions, then Namespaces, then the rest) renders each
+/// live key when its newest revision comes by. Within a stage objects therefore come in
+/// **revision order** (of their newest version), not key order: sorting by key would mean
+/// holding them all. Objects that cannot be rendered (not decrypted, an encoding not
+/// understood) are listed in `skipped`, never fatal; a sink error stops the extraction.
+pub fn extract_to(
+    db: &etcdguard_bolt::Db<'_>,
+    release: Option<&dyn Fn()>,
+    prefix: &str,
+    filter: &Filter,
+    config: Option<&EncryptionConfig>,
+    sink: &mut dyn FnMut(Extracted) -> std::io::Result<()>,
+) -> Result<ExtractSummary, ExtractError> {
+    let candidate = |key: &[u8]| std::str::from_utf8(key).ok().filter(|k| k.starts_with(prefix) && filter.may_match_key(k)).is_some();
+    // Pass 1: each candidate key's newest mod revision; a deletion leaves `None`.
+    let mut newest: HashMap<Vec<u8>, Option<i64>> = HashMap::new();
     etcdguard_storage::keys::for_each_revision(db, release, &mut |r| {
-        let Ok(key) = std::str::from_utf8(r.kv.key) else { return };
-        if !key.starts_with(prefix) || !filter.may_match_key(key) {
+        if !candidate(r.kv.key) {
             return;
         }
-        if r.tombstone {
-            newest.remove(r.kv.key);
-        } else {
-            newest.insert(r.kv.key.to_vec(), (r.kv.mod_revision, r.kv.value.to_vec()));
+        let revision = (!r.tombstone).then_some(r.kv.mod_revision);
+        match newest.get_mut(r.kv.key) {
+            Some(v) => *v = revision,
+            None => {
+                newest.insert(r.kv.key.to_vec(), revision);
+            }
         }
-    })?;
-    let mut keys: Vec<Vec<u8>> = newest.keys().cloned().collect();
-    keys.sort();
-    let mut out = Extraction::default();
-    for key in keys {
-        let Some((mod_revision, value)) = newest.remove(&key) else { continue };
-        let key_text = String::from_utf8_lossy(&key).into_owned();
-        let encrypted = value.starts_with(ENCRYPTED_PREFIX);
-        let skip = |reason: String| Skipped { key: key_text.clone(), reason, encrypted };
-        let plain = match plain_value(&key, &value, config) {
-            Ok(p) => p,
-            Err(e) => {
-                // The key alone decides whether an undecryptable value was selected.
-                if key_selected(&key, filter) {
-                    out.skipped.push(skip(format!("not decrypted: {e}")));
+    })
+    .map_err(ExtractError::Read)?;
+    newest.retain(|_, v| v.is_some());
+    let mut stages: Vec<Stage> = newest.keys().map(|k| key_stage(k)).collect();
+    stages.sort();
+    stages.dedup();
+
+    let mut out = ExtractSummary::default();
+    let mut sink_error: Option<std::io::Error> = None;
+    for stage in stages {
+        etcdguard_storage::keys::for_each_revision(db, release, &mut |r| {
+            if sink_error.is_some() || r.tombstone || newest.get(r.kv.key) != Some(&Some(r.kv.mod_revision)) || key_stage(r.kv.key) != stage {
+                return;
+            }
+            if let Some(o) = extract_one(r.kv.key, r.kv.value, r.kv.mod_revision, filter, config, &mut out) {
+                out.extracted += 1;
+                out.secrets += usize::from(o.is_secret());
+                if let Err(e) = sink(o) {
+                    sink_error = Some(e);
                 }
-                continue;
             }
-        };
-        if plain.starts_with(ENCRYPTED_PREFIX) {
-            if key_selected(&key, filter) {
-                out.skipped.push(skip("encrypted at rest; give --encryption-config (the API server's EncryptionConfiguration) to decrypt it".into()));
-            }
-            continue;
+        })
+        .map_err(ExtractError::Read)?;
+        if let Some(e) = sink_error.take() {
+            return Err(ExtractError::Sink(e));
         }
-        let rendered = match render(&plain, Some(mod_revision), &RenderOptions::default()) {
-            Ok(r) => r,
-            Err(e) => {
-                if key_selected(&key, filter) {
-                    out.skipped.push(skip(e.to_string()));
-                }
-                continue;
-            }
-        };
-        let meta = Meta {
-            name: rendered.object.pointer("/metadata/name").and_then(Json::as_str).unwrap_or_default().to_string(),
-            namespace: rendered.object.pointer("/metadata/namespace").and_then(Json::as_str).unwrap_or_default().to_string(),
-            ..Meta::default()
-        };
-        let Some(mut path) = key_path(&key, Some(&meta)) else { continue };
-        // Services and their endpoints share one key prefix.
-        if let Some(r) = path.resource.strip_prefix("services/") {
-            path.resource = if r == "specs" { "services".into() } else { r.to_string() };
-        }
-        if !object_selected(&path, &rendered.object, filter) {
-            continue;
-        }
-        if !filter.include_owned && controller_owned(&rendered.object) {
-            out.owned += 1;
-            continue;
-        }
-        let stage = match path.resource.as_str() {
-            CRDS => Stage::CustomResourceDefinitions,
-            "namespaces" => Stage::Namespaces,
-            _ => Stage::Objects,
-        };
-        let mut object = rendered.object;
-        strip_for_apply(&mut object);
-        out.objects.push(Extracted { key: key_text, path, stage, mod_revision, object, unknown_fields: rendered.unknown_fields });
     }
-    // Stable: keys stay in order within a stage.
-    out.objects.sort_by_key(|o| o.stage);
     Ok(out)
+}
+
+/// Renders one live value for apply, or records in `out` why it is left out (`None`).
+fn extract_one(key: &[u8], value: &[u8], mod_revision: i64, filter: &Filter, config: Option<&EncryptionConfig>, out: &mut ExtractSummary) -> Option<Extracted> {
+    let key_text = String::from_utf8_lossy(key).into_owned();
+    let encrypted = value.starts_with(ENCRYPTED_PREFIX);
+    let skip = |reason: String| Skipped { key: key_text.clone(), reason, encrypted };
+    let plain = match plain_value(key, value, config) {
+        Ok(p) => p,
+        Err(e) => {
+            // The key alone decides whether an undecryptable value was selected.
+            if key_selected(key, filter) {
+                out.skipped.push(skip(format!("not decrypted: {e}")));
+            }
+            return None;
+        }
+    };
+    if plain.starts_with(ENCRYPTED_PREFIX) {
+        if key_selected(key, filter) {
+            out.skipped.push(skip("encrypted at rest; give --encryption-config (the API server's EncryptionConfiguration) to decrypt it".into()));
+        }
+        return None;
+    }
+    let rendered = match render(&plain, Some(mod_revision), &RenderOptions::default()) {
+        Ok(r) => r,
+        Err(e) => {
+            if key_selected(key, filter) {
+                out.skipped.push(skip(e.to_string()));
+            }
+            return None;
+        }
+    };
+    let meta = Meta {
+        name: rendered.object.pointer("/metadata/name").and_then(Json::as_str).unwrap_or_default().to_string(),
+        namespace: rendered.object.pointer("/metadata/namespace").and_then(Json::as_str).unwrap_or_default().to_string(),
+        ..Meta::default()
+    };
+    let mut path = key_path(key, Some(&meta))?;
+    // Services and their endpoints share one key prefix.
+    if let Some(r) = path.resource.strip_prefix("services/") {
+        path.resource = if r == "specs" { "services".into() } else { r.to_string() };
+    }
+    if !object_selected(&path, &rendered.object, filter) {
+        return None;
+    }
+    if !filter.include_owned && controller_owned(&rendered.object) {
+        out.owned += 1;
+        return None;
+    }
+    let stage = match path.resource.as_str() {
+        CRDS => Stage::CustomResourceDefinitions,
+        "namespaces" => Stage::Namespaces,
+        _ => Stage::Objects,
+    };
+    let mut object = rendered.object;
+    strip_for_apply(&mut object);
+    Some(Extracted { key: key_text, path, stage, mod_revision, object, unknown_fields: rendered.unknown_fields })
 }
 
 /// Whether an object at `path` passes the filter (labels are checked on `object`).
@@ -298,19 +392,48 @@ pub fn to_yaml_stream(objects: &[Extracted]) -> String {
     out
 }
 
-/// Writes each object to its own file under `dir` (see [`Extracted::relative_path`]):
-/// `dir` must not exist or be empty; each file is written to a temporary name, fsynced and
-/// renamed, private (0600: Secrets are among them). Returns the files written.
+/// Writes each object to its own file under `dir` (see [`DirWriter`]). Returns the files written.
 pub fn write_dir(dir: &Path, objects: &[Extracted]) -> std::io::Result<Vec<PathBuf>> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-        return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{}: exists and is not empty; nothing was written", dir.display())));
+    let mut writer = DirWriter::new(dir)?;
+    let written = objects.iter().map(|o| writer.write(o)).collect::<std::io::Result<Vec<_>>>()?;
+    writer.finish()?;
+    Ok(written)
+}
+
+/// One file per object under a directory (see [`Extracted::relative_path`]), written as the
+/// objects come: the directory must not exist or be empty, which [`DirWriter::new`] checks
+/// before anything is written; each file is written to a temporary name, fsynced and
+/// renamed, private (0600: Secrets are among them).
+pub struct DirWriter {
+    dir: PathBuf,
+    created: bool,
+    written: usize,
+}
+
+impl DirWriter {
+    /// Refuses a `dir` that exists and is not empty. Nothing is created yet.
+    pub fn new(dir: &Path) -> std::io::Result<DirWriter> {
+        if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+            return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{}: exists and is not empty; nothing was written", dir.display())));
+        }
+        Ok(DirWriter { dir: dir.to_path_buf(), created: false, written: 0 })
     }
-    std::fs::DirBuilder::new().mode(0o700).recursive(true).create(dir)?;
-    let mut written = Vec::with_capacity(objects.len());
-    for o in objects {
-        let path = dir.join(o.relative_path());
-        let parent = path.parent().unwrap_or(dir);
+
+    fn create_dir(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        if !self.created {
+            std::fs::DirBuilder::new().mode(0o700).recursive(true).create(&self.dir)?;
+            self.created = true;
+        }
+        Ok(())
+    }
+
+    /// Writes one object to its file; returns the file.
+    pub fn write(&mut self, o: &Extracted) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        self.create_dir()?;
+        let path = self.dir.join(o.relative_path());
+        let parent = path.parent().unwrap_or(&self.dir);
         std::fs::DirBuilder::new().mode(0o700).recursive(true).create(parent)?;
         if path.exists() {
             return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{}: two objects map to this file ({})", path.display(), o.key)));
@@ -321,9 +444,20 @@ pub fn write_dir(dir: &Path, objects: &[Extracted]) -> std::io::Result<Vec<PathB
         f.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         std::fs::File::open(parent)?.sync_all()?;
-        written.push(path);
+        self.written += 1;
+        Ok(path)
     }
-    Ok(written)
+
+    /// How many files were written so far.
+    pub fn count(&self) -> usize {
+        self.written
+    }
+
+    /// Creates the directory even when no object was written; returns how many files were.
+    pub fn finish(mut self) -> std::io::Result<usize> {
+        self.create_dir()?;
+        Ok(self.written)
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use etcdguard_kube::encryption::EncryptionConfig;
-use etcdguard_kube::extract::{Extraction, Filter};
+use etcdguard_kube::extract::{ExtractError, ExtractSummary, Extracted, Extraction, Filter};
 use etcdguard_kube::history::Version;
 
 use crate::error::{db_error, Error, Kind, Result};
@@ -66,6 +66,20 @@ pub fn extract(opened: &Opened, prefix: &str, filter: &Filter) -> Result<Extract
     let release = || file.release_resident();
     etcdguard_kube::extract::extract(&db, Some(&release), prefix, filter, opened.config.as_ref())
         .map_err(|e| Error::new(Kind::Corrupt, format!("{}: {e}", opened.snapshot.display())))
+}
+
+/// The selected objects of the snapshot, handed to `sink` one at a time in apply order as
+/// they are rendered, with memory that does not grow with the data (see
+/// `etcdguard_kube::extract::extract_to`). A sink error stops it and is returned as
+/// `Kind::Failure` with the sink's message; a caller that needs the error itself keeps it.
+pub fn extract_to(opened: &Opened, prefix: &str, filter: &Filter, sink: &mut dyn FnMut(Extracted) -> std::io::Result<()>) -> Result<ExtractSummary> {
+    let file = open_snapshot(&opened.snapshot)?;
+    let db = file.db().map_err(|e| db_error(&opened.snapshot, e))?;
+    let release = || file.release_resident();
+    etcdguard_kube::extract::extract_to(&db, Some(&release), prefix, filter, opened.config.as_ref(), sink).map_err(|e| match e {
+        ExtractError::Read(e) => Error::new(Kind::Corrupt, format!("{}: {e}", opened.snapshot.display())),
+        ExtractError::Sink(e) => Error::new(Kind::Failure, e.to_string()),
+    })
 }
 
 /// Every revision of `key` still in the snapshot, and how many older versions were compacted.

@@ -723,8 +723,7 @@ fn extract(args: ExtractArgs) -> Result<()> {
     if let Some(source) = &opened.config_source {
         eprintln!("decrypting with {source}");
     }
-    let extraction = wf::extract(&opened, &args.filter.prefix, &filter)?;
-    for o in &extraction.objects {
+    let note_unknown = |o: &etcdguard_kube::extract::Extracted| {
         for path in &o.unknown_fields {
             eprintln!(
                 "note: {} has fields the schema does not know at {path} (kept under {}; remove them before applying to an older cluster)",
@@ -732,32 +731,55 @@ fn extract(args: ExtractArgs) -> Result<()> {
                 etcdguard_kube::render::UNKNOWN_FIELDS_KEY
             );
         }
-    }
-    match &args.output_dir {
+    };
+    // Each object is written as soon as it is rendered: memory does not grow with the data.
+    let summary = match &args.output_dir {
         Some(dir) => {
-            let written = etcdguard_kube::extract::write_dir(dir, &extraction.objects).map_err(|e| {
+            let dir_failure = |e: std::io::Error| {
                 let code = match e.kind() {
                     std::io::ErrorKind::AlreadyExists => Code::DestinationExists,
                     std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
                     _ => Code::Failure,
                 };
                 Failure::new(code, format!("--output-dir {}: {e}", dir.display()))
-            })?;
-            println!("{} object(s) written under {} (apply with: kubectl apply -R -f {})", written.len(), dir.display(), dir.display());
+            };
+            // Refused before anything is read or written when not empty.
+            let mut writer = etcdguard_kube::extract::DirWriter::new(dir).map_err(dir_failure)?;
+            let mut write_error = None;
+            let result = wf::extract_to(&opened, &args.filter.prefix, &filter, &mut |o| {
+                note_unknown(&o);
+                writer.write(&o).map(drop).map_err(|e| {
+                    let kept = std::io::Error::new(e.kind(), e.to_string());
+                    write_error = Some(e);
+                    kept
+                })
+            });
+            if let Some(e) = write_error {
+                return Err(dir_failure(e).into());
+            }
+            let summary = result?;
+            let written = writer.finish().map_err(dir_failure)?;
+            println!("{} object(s) written under {} (apply with: kubectl apply -R -f {})", written, dir.display(), dir.display());
+            summary
         }
-        None => crate::output::stdout_write(etcdguard_kube::extract::to_yaml_stream(&extraction.objects).as_bytes()),
-    }
-    for s in &extraction.skipped {
+        None => wf::extract_to(&opened, &args.filter.prefix, &filter, &mut |o| {
+            note_unknown(&o);
+            let mut doc = String::from("---\n");
+            doc.push_str(&o.to_yaml());
+            crate::output::stdout_write(doc.as_bytes());
+            Ok(())
+        })?,
+    };
+    for s in &summary.skipped {
         eprintln!("warning: skipped {}: {}", s.key, s.reason);
     }
-    let secrets = extraction.objects.iter().filter(|o| o.is_secret()).count();
     eprintln!(
         "{} object(s) extracted ({} secret(s)); {} skipped; {} left out as owned by a controller{}",
-        extraction.objects.len(),
-        secrets,
-        extraction.skipped.len(),
-        extraction.owned,
-        if extraction.owned > 0 { " (--include-owned keeps them)" } else { "" }
+        summary.extracted,
+        summary.secrets,
+        summary.skipped.len(),
+        summary.owned,
+        if summary.owned > 0 { " (--include-owned keeps them)" } else { "" }
     );
     Ok(())
 }
