@@ -408,7 +408,7 @@ fn quorum_loss_by_hand_for_comparison() {
             .collect();
         std::fs::write(&manifest, edited.join("\n") + "\n").unwrap();
         unpark(n);
-        wait_until(Duration::from_secs(90), "promote", || etcdctl(&m1.client, &["member", "promote", &id]).status.success());
+        wait_until(Duration::from_secs(240), "promote", || etcdctl(&m1.client, &["member", "promote", &id]).status.success());
         wait_until(Duration::from_secs(60), "member healthy", || healthy(&n.client));
     }
     let took = started.elapsed();
