@@ -186,6 +186,23 @@ impl CaptureView {
 }
 
 impl State {
+    /// Counts a retention run and logs it; failures in a row turn /healthz red.
+    fn record_prune(&mut self, pruned: Result<etcdguard_repo::PruneReport>) {
+        match pruned {
+            Ok(r) => {
+                self.prunes_ok += 1;
+                self.prunes_failed_in_a_row = 0;
+                info!("retention: {} backup(s) removed, {} pack(s) deleted", r.manifests_removed, r.packs_deleted);
+            }
+            Err(e) => {
+                self.prunes_failed += 1;
+                self.prunes_failed_in_a_row += 1;
+                self.last_prune_error = Some((Utc::now(), e.to_string()));
+                warn!(kind = ?e.kind, in_a_row = self.prunes_failed_in_a_row, "retention failed: {e}");
+            }
+        }
+    }
+
     /// Healthy while [`State::backup_health`] is and no scrub or drill has failed since the last
     /// good one; certificate warnings are extra lines.
     fn health(&self, now: DateTime<Utc>) -> (bool, String) {
@@ -566,20 +583,7 @@ fn run_continuous(opts: &Arc<AgentOptions>, settings: &ContinuousSettings, state
                         let (repo, state) = (opts.create.repo.clone(), state.clone());
                         pruning = Some(std::thread::spawn(move || {
                             let pruned = prune(&repo, Some(&policy), false);
-                            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-                            match pruned {
-                                Ok(r) => {
-                                    s.prunes_ok += 1;
-                                    s.prunes_failed_in_a_row = 0;
-                                    info!("retention: {} backup(s) removed, {} pack(s) deleted", r.manifests_removed, r.packs_deleted);
-                                }
-                                Err(e) => {
-                                    s.prunes_failed += 1;
-                                    s.prunes_failed_in_a_row += 1;
-                                    s.last_prune_error = Some((Utc::now(), e.to_string()));
-                                    warn!(kind = ?e.kind, "retention failed: {e}");
-                                }
-                            }
+                            state.lock().unwrap_or_else(|p| p.into_inner()).record_prune(pruned);
                         }));
                     }
                 }
@@ -724,20 +728,7 @@ fn one_run(opts: &AgentOptions, state: &Mutex<State>, stop: &Stop, started: Inst
     if result.is_ok() && !stop.is_raised() {
         if let Some(policy) = &opts.policy {
             let pruned = prune(&opts.create.repo, Some(policy), false);
-            let mut s = lock();
-            match pruned {
-                Ok(r) => {
-                    s.prunes_ok += 1;
-                    s.prunes_failed_in_a_row = 0;
-                    info!("retention: {} backup(s) removed, {} pack(s) deleted", r.manifests_removed, r.packs_deleted);
-                }
-                Err(e) => {
-                    s.prunes_failed += 1;
-                    s.prunes_failed_in_a_row += 1;
-                    s.last_prune_error = Some((Utc::now(), e.to_string()));
-                    warn!(kind = ?e.kind, in_a_row = s.prunes_failed_in_a_row, "retention failed: {e}");
-                }
-            }
+            lock().record_prune(pruned);
         }
     }
     if !stop.is_raised() {
