@@ -142,7 +142,17 @@ fn start_apiserver(manifest: &str, stats: Arc<ApiStats>) -> Running {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    // The previous stand-in (before a park) may still hold the port for a moment.
+    let bind_started = Instant::now();
+    let listener = loop {
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => break l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && bind_started.elapsed() < Duration::from_secs(20) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => panic!("API server stand-in: bind 127.0.0.1:{port}: {e}"),
+        }
+    };
     listener.set_nonblocking(true).unwrap();
     let started = Instant::now();
     let t = std::thread::spawn(move || {
