@@ -257,17 +257,7 @@ impl Repository {
     /// covers the blob area exactly, and header entries equal to the index's entries for
     /// that pack. Two small range reads per pack. Returns how many packs were checked.
     pub fn check_framing(&self, index: &Index, manifest: &Manifest) -> Result<usize, RepoError> {
-        let mut packs: Vec<Id> = Vec::new();
-        let mut seen = HashSet::new();
-        let parts = std::iter::once(&manifest.snapshot).chain(manifest.files.iter().filter_map(|f| f.content.as_ref()));
-        for part in parts {
-            for id in part.chunk_lists.iter().copied().chain(self.chunk_ids(index, part)?) {
-                let loc = self.locate(index, &id)?;
-                if seen.insert(loc.pack) {
-                    packs.push(loc.pack);
-                }
-            }
-        }
+        let packs = self.packs_of(index, manifest)?;
         let sizes: HashMap<String, u64> = self.store.list("packs/")?.into_iter().map(|o| (o.key, o.size)).collect();
         for pack in &packs {
             let key = pack_key(pack);
