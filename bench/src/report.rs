@@ -113,7 +113,12 @@ impl CaseReport {
     fn target_text(&self) -> String {
         let mut parts = Vec::new();
         if let Some(x) = self.target.min_speedup {
-            parts.push(format!("≥ {x}×"));
+            // A "no slower than k×" target is stored as the speedup 1/k: say it as the issue does.
+            if x < 1.0 {
+                parts.push(format!("≥ {x:.2}× (etcdguard ≤ {:.2}× the reference's time)", 1.0 / x));
+            } else {
+                parts.push(format!("≥ {x:.2}×"));
+            }
         }
         if let Some(m) = self.target.max_rss {
             parts.push(format!("etcdguard RSS ≤ {:.0} MiB", mib(m)));

@@ -176,7 +176,7 @@ pub fn blob_id(keys: Option<&Keys>, raw: &[u8]) -> Id {
 /// Encodes one blob (`id` from [`blob_id`]): zstd when that is smaller, otherwise raw; then
 /// sealed, bound to its id, when the repository is encrypted.
 pub fn encode_blob(id: &Id, raw: &[u8], level: i32, keys: Option<&Keys>) -> (Encoding, Vec<u8>) {
-    let (encoding, plain) = match zstd::bulk::compress(raw, level) {
+    let (encoding, plain) = match compress(raw, level) {
         Ok(z) if z.len() < raw.len() => (Encoding::Zstd, z),
         _ => (Encoding::Raw, raw.to_vec()),
     };
@@ -187,6 +187,33 @@ pub fn encode_blob(id: &Id, raw: &[u8], level: i32, keys: Option<&Keys>) -> (Enc
             (sealed_as, k.seal(id, sealed_as as u8, &plain))
         }
     }
+}
+
+thread_local! {
+    // A zstd context per thread and level: making one per 16 KiB chunk cost more than
+    // compressing it at level 1 (a compression context is a few hundred KiB to set up).
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn compress(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().map(|(l, _)| *l) != Some(level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        slot.as_mut().expect("set above").1.compress(raw)
+    })
+}
+
+fn decompress(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        slot.as_mut().expect("set above").decompress(stored, capacity)
+    })
 }
 
 /// Decodes a stored blob and checks that its content hashes to `id`. `keys` are the
@@ -208,7 +235,7 @@ pub fn decode_blob(keys: Option<&Keys>, id: Id, encoding: Encoding, raw_len: u32
         stored
     };
     let raw = if encoding.is_zstd() {
-        zstd::bulk::decompress(plain, raw_len as usize).map_err(|e| bad(format!("zstd: {e}")))?
+        decompress(plain, raw_len as usize).map_err(|e| bad(format!("zstd: {e}")))?
     } else {
         plain.to_vec()
     };

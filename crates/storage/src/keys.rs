@@ -14,10 +14,23 @@ pub struct Revision<'a> {
     pub kv: KeyValue<'a>,
 }
 
-struct RevisionVisitor<'f> {
+/// A walk [`Visitor`] that decodes the `key` bucket's entries and hands each to `f`; for a
+/// walk that does other work too (a restore's self-check).
+pub struct RevisionVisitor<'f> {
     in_key_bucket: bool,
     f: &'f mut dyn FnMut(Revision<'_>),
     first_error: Option<String>,
+}
+
+impl<'f> RevisionVisitor<'f> {
+    pub fn new(f: &'f mut dyn FnMut(Revision<'_>)) -> Self {
+        RevisionVisitor { in_key_bucket: false, f, first_error: None }
+    }
+
+    /// The first entry that did not decode; no revision after it was handed on.
+    pub fn first_error(&self) -> Option<&str> {
+        self.first_error.as_deref()
+    }
 }
 
 impl Visitor for RevisionVisitor<'_> {
@@ -47,7 +60,7 @@ impl Visitor for RevisionVisitor<'_> {
 /// Calls `f` for every revision in the `key` bucket, oldest first. Fails on the first entry
 /// that does not decode, or when the tree walk finds damage.
 pub fn for_each_revision(db: &Db<'_>, release: Option<&dyn Fn()>, f: &mut dyn FnMut(Revision<'_>)) -> Result<(), String> {
-    let mut v = RevisionVisitor { in_key_bucket: false, f, first_error: None };
+    let mut v = RevisionVisitor::new(f);
     let opts = WalkOptions { release, ..WalkOptions::default() };
     let report = walk(db, &mut v, &opts);
     if let Some(e) = v.first_error {

@@ -128,7 +128,8 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
         version: (!st.version.is_empty()).then(|| st.version.clone()),
         ..Default::default()
     };
-    let etcd = check_snapshot(opts, &path, &file, &db, known)?;
+    // The stream's sha256 trailer was checked as it arrived, over the very bytes spooled.
+    let etcd = check_snapshot(opts, &path, &file, &db, known, Some(TrailerCheck::Verified))?;
     drop(db);
     drop(file);
     drop(spool);
@@ -207,7 +208,7 @@ fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInf
     let repo = open_for_create(opts, note)?;
     let mut writer = repo.begin_backup()?;
     let (checked, stored) = std::thread::scope(|s| {
-        let checking = s.spawn(|| check_snapshot(opts, path, &file, &db, known));
+        let checking = s.spawn(|| check_snapshot(opts, path, &file, &db, known, None));
         let stored = (|| {
             let input = std::fs::File::open(path).map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
             let mut input = stop.reader(input);
@@ -265,13 +266,21 @@ fn finish(opts: &CreateOptions, repo: &Repository, mut writer: etcdguard_repo::B
 }
 
 /// Checks a snapshot as `snapshot verify` does (unless `skip_verify`: then the trailer
-/// only) and returns what the manifest records of it.
-fn check_snapshot(opts: &CreateOptions, path: &Path, file: &etcdguard_storage::SnapshotFile, db: &etcdguard_bolt::Db<'_>, known: EtcdInfo) -> Result<EtcdInfo> {
+/// only) and returns what the manifest records of it. `trailer` is the verdict on the
+/// sha256 trailer when it is known already (checked while the snapshot streamed in).
+fn check_snapshot(
+    opts: &CreateOptions,
+    path: &Path,
+    file: &etcdguard_storage::SnapshotFile,
+    db: &etcdguard_bolt::Db<'_>,
+    known: EtcdInfo,
+    trailer: Option<TrailerCheck>,
+) -> Result<EtcdInfo> {
     let page_size = db.page_size();
     let release = || file.release_resident();
     // The trailer hash and the walk are independent: run them side by side.
     let (trailer, report) = std::thread::scope(|s| {
-        let hashing = s.spawn(|| file.check_trailer());
+        let hashing = s.spawn(|| trailer.map_or_else(|| file.check_trailer(), Ok));
         let report = if opts.skip_verify { None } else { Some(etcdguard_storage::verify(db, Some(&release))) };
         (hashing.join().unwrap_or_else(|_| Err(std::io::Error::other("the trailer check panicked"))), report)
     });
@@ -546,6 +555,7 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
             let replayed = crate::capture::materialize(&repo, plan, &snapshot_path, scratch)?;
             on(RestoreEvent::Replayed { plan, replayed: &replayed });
         }
+        None if temporary => repo.restore_part_to_scratch(&index, &m.snapshot, &snapshot_path)?,
         None => repo.restore_part_to_file(&index, &m.snapshot, &snapshot_path, 0o600)?,
     }
     if !temporary {
@@ -554,19 +564,19 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
     if let Some(d) = &opts.data_dir {
         let mut d = d.clone();
         d.file = snapshot_path.clone();
-        // A backup of a plain member/snap/db has no trailer; its sha256 was checked above.
-        // A point-in-time file always gets one.
-        d.skip_hash_check = plan.is_none() && m.etcd.trailer == "absent";
+        // The reassembly checked every chunk and the file's sha256 against the backup, which
+        // was verified when it was made. A point-in-time file is new: it is checked in full.
+        d.skip_hash_check = plan.is_none();
         // The keys the restored cluster will have: --encryption-config, else the backup's own.
         let in_place = match &d.encryption_config {
             Some(p) => crate::keycheck::InPlace::file(p)?,
             None => crate::keycheck::InPlace::from_backup(&repo, &m)?,
         };
-        let check = crate::keycheck::check(&snapshot_path, &in_place)?;
-        crate::keycheck::enforce(&check, d.force, &mut |n| on(RestoreEvent::Note(n)))?;
-        d.key_checked = true;
-        // A temporary reassembly is moved into the data dir, not copied again.
-        let restored = if temporary { crate::restore::snapshot_restore_consuming(&d)? } else { crate::restore::snapshot_restore(&d)? };
+        let source = crate::restore::Source { verified: plan.is_none() && m.etcd.verified, temporary };
+        let restored = crate::restore::restore_reassembled(&d, in_place, source)?;
+        for n in &restored.notes {
+            on(RestoreEvent::Note(n));
+        }
         on(RestoreEvent::DataDirRestored(&restored));
     }
     if let Some(dir) = &opts.files_to {

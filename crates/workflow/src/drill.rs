@@ -20,7 +20,7 @@ use etcdguard_repo::manifest::Manifest;
 
 use crate::error::{Error, Kind, Result};
 use crate::repo::RepoSpec;
-use crate::restore::{snapshot_restore, SnapshotRestoreOptions};
+use crate::restore::{restore_reassembled, SnapshotRestoreOptions, Source};
 use crate::snapshot::open_snapshot;
 use crate::spool;
 use crate::stop::Stop;
@@ -74,7 +74,9 @@ pub fn drill(opts: &DrillOptions, stop: &Stop, note: &mut dyn FnMut(&str)) -> Re
     let data_dir = spool.path().join("data");
     let (client_port, peer_port) = (free_port()?, free_port()?);
     let peer_url = format!("http://127.0.0.1:{peer_port}");
-    snapshot_restore(&SnapshotRestoreOptions {
+    // A drill checks the backup's own keys too: its EncryptionConfiguration must decrypt it.
+    let in_place = crate::keycheck::InPlace::from_backup(&repo, m)?;
+    restore_reassembled(&SnapshotRestoreOptions {
         file: snapshot.clone(),
         data_dir: Some(data_dir.clone()),
         name: MEMBER.into(),
@@ -83,7 +85,7 @@ pub fn drill(opts: &DrillOptions, stop: &Stop, note: &mut dyn FnMut(&str)) -> Re
         initial_advertise_peer_urls: peer_url.clone(),
         skip_hash_check: m.etcd.trailer == "absent",
         ..Default::default()
-    })
+    }, in_place, Source { verified: m.etcd.verified, temporary: false })
     .map_err(|e| e.context("drill: restoring the snapshot into a scratch data dir"))?;
     let restored = status_of(&data_dir.join("member/snap/db"))?;
     if restored.revision != m.etcd.revision {

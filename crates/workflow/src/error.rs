@@ -207,6 +207,7 @@ pub fn restore_error(e: RestoreError) -> Error {
         RestoreError::Truncated { .. } => Kind::Truncated,
         RestoreError::Open { path, err } => return db_error(path, err.clone()),
         RestoreError::Corrupt { .. } => Kind::Corrupt,
+        RestoreError::Refused(_) => Kind::Refused,
         RestoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => Kind::PermissionDenied,
         RestoreError::Io { .. } | RestoreError::Rewrite(_) | RestoreError::SelfCheck(_) => Kind::Failure,
     };

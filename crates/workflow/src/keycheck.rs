@@ -6,9 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
-use etcdguard_kube::encryption::{EncryptionConfig, KeyUse};
+use etcdguard_kube::encryption::{EncryptionConfig, KeyNameTally, KeyUse};
 use etcdguard_repo::manifest::{FileKind, Manifest};
 use etcdguard_repo::Repository;
+use etcdguard_storage::keys::Revision;
+use etcdguard_storage::restore::Gate;
 
 use crate::error::{Error, Kind, Result};
 use crate::snapshot::open_snapshot;
@@ -76,12 +78,18 @@ pub struct KeyCheck {
     pub notes: Vec<String>,
 }
 
-/// Checks the snapshot's key names against `in_place`.
+/// Checks the snapshot's key names against `in_place`, with a walk of its own (the check
+/// before a `node restore` stops anything; a restore into a new data dir uses [`KeyGate`]).
 pub fn check(snapshot: &Path, in_place: &InPlace) -> Result<KeyCheck> {
     let file = open_snapshot(snapshot)?;
     let db = file.db().map_err(|e| crate::error::db_error(snapshot, e))?;
     let release = || file.release_resident();
     let (uses, _unreadable) = etcdguard_kube::encryption::key_names_used(&db, Some(&release)).map_err(|e| Error::new(Kind::Corrupt, format!("{}: {e}", snapshot.display())))?;
+    Ok(judge(uses, in_place))
+}
+
+/// Holds each key name in use against the configuration that will be in place.
+fn judge(uses: Vec<KeyUse>, in_place: &InPlace) -> KeyCheck {
     let mut problems = Vec::new();
     let mut notes = Vec::new();
     for u in &uses {
@@ -102,7 +110,51 @@ pub fn check(snapshot: &Path, in_place: &InPlace) -> Result<KeyCheck> {
             problems.push(format!("key {name} of {} does not decrypt {}: {e}", in_place.source, String::from_utf8_lossy(&u.sample.0)));
         }
     }
-    Ok(KeyCheck { uses, problems, notes })
+    KeyCheck { uses, problems, notes }
+}
+
+/// The key check as a restore [`Gate`]: it tallies the key names during the restore's own
+/// walk of the restored database (no pass of its own) and refuses before the data dir is
+/// put in place. Read its outcome with [`KeyGate::take`] after the restore.
+pub struct KeyGate {
+    tally: KeyNameTally,
+    in_place: InPlace,
+    force: bool,
+    undecodable: Option<String>,
+    outcome: Option<KeyCheck>,
+}
+
+impl KeyGate {
+    pub fn new(in_place: InPlace, force: bool) -> KeyGate {
+        KeyGate { tally: KeyNameTally::default(), in_place, force, undecodable: None, outcome: None }
+    }
+
+    /// What the check found, once the restore has asked for the verdict.
+    pub fn take(&mut self) -> Option<KeyCheck> {
+        self.outcome.take()
+    }
+}
+
+impl Gate for KeyGate {
+    fn observe(&mut self, revision: &Revision<'_>) {
+        self.tally.observe(revision);
+    }
+
+    fn undecodable(&mut self, why: &str) {
+        self.undecodable = Some(why.to_string());
+    }
+
+    fn verdict(&mut self) -> std::result::Result<(), String> {
+        let (uses, _unreadable) = std::mem::take(&mut self.tally).finish();
+        let mut check = judge(uses, &self.in_place);
+        if let Some(why) = &self.undecodable {
+            check.problems.push(format!("an entry of the key bucket does not decode ({why}), so the keys of the values after it were not checked"));
+        }
+        let refused = !check.problems.is_empty() && !self.force;
+        let reason = refused.then(|| format!("refused by safety check: {}", check.problems.join("; ")));
+        self.outcome = Some(check);
+        reason.map_or(Ok(()), Err)
+    }
 }
 
 /// Refuses (exit 17) when the check found problems, unless `force`; `note` gets the

@@ -4,9 +4,12 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex};
+
 use etcdguard_storage::restore::{self, membership, Cluster, Destination, Flavor, Options, Report};
 
 use crate::error::{restore_error, Error, Result};
+use crate::keycheck::KeyGate;
 use crate::snapshot::open_snapshot;
 
 /// The flags of `snapshot restore`.
@@ -30,8 +33,6 @@ pub struct SnapshotRestoreOptions {
     pub encryption_config: Option<PathBuf>,
     /// Restore although the encryption key check refuses.
     pub force: bool,
-    /// The caller ran the key check already (`backup restore`, with the backup's config).
-    pub key_checked: bool,
 }
 
 /// A finished restore: what was written, and how long it took.
@@ -43,19 +44,37 @@ pub struct Restored {
     pub notes: Vec<String>,
 }
 
-/// Restores `opts.file` into new data dirs. Flags are checked before anything is written.
+/// Restores `opts.file` into new data dirs. Flags are checked before anything is written;
+/// the encryption key check (against `--encryption-config`) runs during the restore's
+/// self-check and refuses before the data dir is put in place.
 pub fn snapshot_restore(opts: &SnapshotRestoreOptions) -> Result<Restored> {
-    snapshot_restore_impl(opts, false)
+    let in_place = match &opts.encryption_config {
+        Some(p) => crate::keycheck::InPlace::file(p)?,
+        None => crate::keycheck::InPlace { config: None, source: "none given (--encryption-config FILE names the one the cluster will use)".into() },
+    };
+    snapshot_restore_impl(opts, in_place, Source::default())
 }
 
-/// [`snapshot_restore`] of a private temporary snapshot file (reassembled from a backup next
-/// to the destination): it is moved into the data dir as its db instead of copied, and is
-/// gone afterwards (see `storage::restore::restore_consuming`).
-pub fn snapshot_restore_consuming(opts: &SnapshotRestoreOptions) -> Result<Restored> {
-    snapshot_restore_impl(opts, true)
+/// What the caller knows of the snapshot file of a restore.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Source {
+    /// Reassembled from a verified backup, every chunk hash and its sha256 checked: its
+    /// trailer and structure are not checked again before use (the self-check walks the
+    /// result all the same).
+    pub verified: bool,
+    /// A private temporary file next to the destination: it is moved into the data dir as
+    /// its db instead of copied, and is gone afterwards (see
+    /// `storage::restore::restore_consuming`).
+    pub temporary: bool,
 }
 
-fn snapshot_restore_impl(opts: &SnapshotRestoreOptions, consume: bool) -> Result<Restored> {
+/// [`snapshot_restore`] of a snapshot brought back from a backup, checked against the keys
+/// `in_place` (the backup's own EncryptionConfiguration, or `--encryption-config`).
+pub fn restore_reassembled(opts: &SnapshotRestoreOptions, in_place: crate::keycheck::InPlace, source: Source) -> Result<Restored> {
+    snapshot_restore_impl(opts, in_place, source)
+}
+
+fn snapshot_restore_impl(opts: &SnapshotRestoreOptions, in_place: crate::keycheck::InPlace, source: Source) -> Result<Restored> {
     if (opts.bump_revision > 0) != opts.mark_compacted {
         return Err(Error::usage(
             "--mark-compacted required if --bump-revision > 0 (and --mark-compacted needs --bump-revision); \
@@ -74,26 +93,28 @@ fn snapshot_restore_impl(opts: &SnapshotRestoreOptions, consume: bool) -> Result
         }
         (None, None) => return Err(Error::usage("--data-dir is required (or --cluster-out to restore every member)")),
     };
-    let mut notes = Vec::new();
-    if !opts.key_checked {
-        let in_place = match &opts.encryption_config {
-            Some(p) => crate::keycheck::InPlace::file(p)?,
-            None => crate::keycheck::InPlace { config: None, source: "none given (--encryption-config FILE names the one the cluster will use)".into() },
-        };
-        // A snapshot that cannot be walked is refused by the restore itself, with its own error.
-        if let Ok(check) = crate::keycheck::check(&opts.file, &in_place) {
-            crate::keycheck::enforce(&check, opts.force, &mut |n| notes.push(n.to_string()))?;
-        }
-    }
     let snapshot = open_snapshot(&opts.file)?;
+    let gate = Arc::new(Mutex::new(KeyGate::new(in_place, opts.force)));
     let options = Options {
         skip_hash_check: opts.skip_hash_check,
         bump_revision: opts.bump_revision,
         mark_compacted: opts.mark_compacted,
         flavor: Flavor::V3_5,
+        source_verified: source.verified,
+        gate: Some(gate.clone()),
     };
     let started = Instant::now();
-    let report = if consume { restore::restore_consuming(&snapshot, &cluster, &dest, &options) } else { restore::restore(&snapshot, &cluster, &dest, &options) }
-        .map_err(restore_error)?;
+    let result = if source.temporary {
+        restore::restore_consuming(&snapshot, &cluster, &dest, &options)
+    } else {
+        restore::restore(&snapshot, &cluster, &dest, &options)
+    };
+    let check = gate.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let mut notes = Vec::new();
+    if let Some(check) = &check {
+        // Refuses with the full explanation when the gate refused; otherwise notes only.
+        crate::keycheck::enforce(check, opts.force, &mut |n| notes.push(n.to_string()))?;
+    }
+    let report = result.map_err(restore_error)?;
     Ok(Restored { file: opts.file.clone(), report, elapsed: started.elapsed(), notes })
 }

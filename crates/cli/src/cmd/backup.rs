@@ -798,7 +798,6 @@ fn restore(args: RestoreArgs) -> Result<()> {
         cluster_out: args.cluster_out.clone(),
         encryption_config: args.encryption_config.clone(),
         force: args.force,
-        key_checked: false,
     });
     if args.dry_run {
         let at = args.at.expect("clap: --dry-run requires --at");

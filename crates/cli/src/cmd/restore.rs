@@ -129,7 +129,6 @@ pub(crate) fn options(args: &RestoreArgs) -> SnapshotRestoreOptions {
         cluster_out: args.cluster_out.clone(),
         encryption_config: args.encryption_config.clone(),
         force: args.force,
-        key_checked: false,
     }
 }
 

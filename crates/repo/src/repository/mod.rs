@@ -33,7 +33,7 @@ use crate::RepoError;
 pub const DEFAULT_CHUNK_SIZE: u32 = 16 * 1024;
 pub const DEFAULT_PACK_SIZE: u64 = 8 << 20;
 pub const DEFAULT_LIST_FANOUT: u32 = 1024;
-const COMPRESSION_LEVEL: i32 = 3;
+const COMPRESSION_LEVEL: i32 = 1;
 /// Packs uploading or queued at once (each is at most a pack size plus one blob).
 const UPLOADS_IN_FLIGHT: usize = 2;
 /// A range read covers at most this many bytes of one pack.

@@ -63,6 +63,12 @@ pub fn revision_key(main: u64, sub: u64) -> Vec<u8> {
 /// Copies the first `len` bytes of `src` (the image without its trailer) into a new file
 /// `dst` (mode 0600) with the kernel's copy path, and fsyncs it.
 pub fn copy_image(src: &Path, len: u64, dst: &Path) -> io::Result<()> {
+    copy_image_unsynced(src, len, dst)?;
+    File::open(dst)?.sync_all()
+}
+
+/// [`copy_image`] without the fsync, for a copy that its caller makes durable later.
+pub fn copy_image_unsynced(src: &Path, len: u64, dst: &Path) -> io::Result<()> {
     let mut input = File::open(src)?.take(len);
     let mut out = OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst)?;
     let n = io::copy(&mut input, &mut out)?;
@@ -72,7 +78,7 @@ pub fn copy_image(src: &Path, len: u64, dst: &Path) -> io::Result<()> {
             format!("copied {n} of {len} bytes: the snapshot shrank"),
         ));
     }
-    out.sync_all()
+    Ok(())
 }
 
 /// What the commit did.
@@ -85,8 +91,21 @@ pub struct Committed {
     pub bumped_to: Option<u64>,
 }
 
-/// Applies `edit` to the database file at `path` (a private copy) as one bbolt commit.
+/// Applies `edit` to the database file at `path` (a private copy) as one bbolt commit: the
+/// new pages made durable before the meta page that points at them, as bbolt does.
 pub fn commit(path: &Path, edit: &Edit<'_>) -> Result<Committed, DbError> {
+    commit_with(path, edit, true)
+}
+
+/// [`commit`] with no fsync, for a file that is not in use until its caller has made it
+/// durable as a whole (a restore's unpublished data dir: a crash leaves it unpublished, so
+/// the order of its writes does not matter, only that all are on disk before it is put in
+/// place).
+pub fn commit_unsynced(path: &Path, edit: &Edit<'_>) -> Result<Committed, DbError> {
+    commit_with(path, edit, false)
+}
+
+fn commit_with(path: &Path, edit: &Edit<'_>, sync: bool) -> Result<Committed, DbError> {
     let map = MappedFile::open(path).map_err(|e| io::Error::other(e.to_string()))?;
     let db = Db::open(map.bytes()).map_err(|e| DbError::Schema(e.to_string()))?;
     let old = *db.meta();
@@ -195,10 +214,14 @@ pub fn commit(path: &Path, edit: &Edit<'_>) -> Result<Committed, DbError> {
 
     let file = OpenOptions::new().write(true).open(path)?;
     file.write_all_at(&appended, start)?;
-    file.sync_all()?;
+    if sync {
+        file.sync_all()?;
+    }
     let meta_page = txid % 2;
     file.write_all_at(&write::encode_meta_page(meta_page, &new_meta), meta_page * old.page_size as u64)?;
-    file.sync_all()?;
+    if sync {
+        file.sync_all()?;
+    }
     Ok(Committed { txid, pages_before: old.pgid, pages_after: new_meta.pgid, bumped_to })
 }
 
@@ -261,10 +284,39 @@ impl Facts {
 
 /// Walks a whole database (structure checks included), keeping memory flat on large files.
 pub fn walk_facts(db: &Db<'_>, release: Option<&dyn Fn()>) -> (Facts, WalkReport) {
-    let mut facts = Facts::default();
+    walk_facts_and(db, release, None)
+}
+
+/// [`walk_facts`], showing every entry to `also` in the same pass.
+pub fn walk_facts_and(db: &Db<'_>, release: Option<&dyn Fn()>, also: Option<&mut dyn Visitor>) -> (Facts, WalkReport) {
+    struct Both<'v> {
+        facts: Facts,
+        also: Option<&'v mut dyn Visitor>,
+    }
+    impl Visitor for Both<'_> {
+        fn entry(&mut self, depth: usize, key: &[u8], value: &[u8], is_bucket: bool) {
+            self.facts.entry(depth, key, value, is_bucket);
+            if let Some(v) = self.also.as_mut() {
+                v.entry(depth, key, value, is_bucket);
+            }
+        }
+        fn enter_bucket(&mut self, depth: usize, name: &[u8]) {
+            self.facts.enter_bucket(depth, name);
+            if let Some(v) = self.also.as_mut() {
+                v.enter_bucket(depth, name);
+            }
+        }
+        fn leave_bucket(&mut self, depth: usize, name: &[u8]) {
+            self.facts.leave_bucket(depth, name);
+            if let Some(v) = self.also.as_mut() {
+                v.leave_bucket(depth, name);
+            }
+        }
+    }
+    let mut both = Both { facts: Facts::default(), also };
     let opts = WalkOptions { release, ..WalkOptions::default() };
-    let report = walk(db, &mut facts, &opts);
-    (facts, report)
+    let report = walk(db, &mut both, &opts);
+    (both.facts, report)
 }
 
 #[cfg(test)]

@@ -24,28 +24,62 @@ use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use etcdguard_bolt::{Db, OpenError, WalkReport};
 
 pub use membership::{Cluster, ConfigError, Member};
 pub use wal::Flavor;
 
+use crate::keys::Revision;
 use crate::snapshot_file::{Layout, SnapshotFile, TrailerCheck};
 
 /// Restore options besides the cluster and the destination.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     pub skip_hash_check: bool,
     /// `--bump-revision` (0 = none).
     pub bump_revision: u64,
     pub mark_compacted: bool,
     pub flavor: Flavor,
+    /// The caller proved the snapshot's bytes equal a snapshot that passed the full check
+    /// (a backup reassembled with every chunk hash and the file's sha256 matching a verified
+    /// backup): the source's trailer hash and walk are not repeated. The self-check still
+    /// walks the result.
+    pub source_verified: bool,
+    /// A check that may refuse the restore before it is published (see [`Gate`]).
+    pub gate: Option<Arc<Mutex<dyn Gate>>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { skip_hash_check: false, bump_revision: 0, mark_compacted: false, flavor: Flavor::V3_5 }
+        Options { skip_hash_check: false, bump_revision: 0, mark_compacted: false, flavor: Flavor::V3_5, source_verified: false, gate: None }
     }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("skip_hash_check", &self.skip_hash_check)
+            .field("bump_revision", &self.bump_revision)
+            .field("mark_compacted", &self.mark_compacted)
+            .field("flavor", &self.flavor)
+            .field("source_verified", &self.source_verified)
+            .field("gate", &self.gate.is_some())
+            .finish()
+    }
+}
+
+/// A check of the snapshot's data that can refuse a restore (the encryption key check). It
+/// is fed every revision of the restored `key` bucket during the self-check's walk, so it
+/// costs no pass of its own, and asked for its verdict before anything is put in place: a
+/// refusal leaves the destination as it was.
+pub trait Gate: Send {
+    fn observe(&mut self, revision: &Revision<'_>);
+    /// An entry of the `key` bucket does not decode; no revision after it is observed.
+    fn undecodable(&mut self, why: &str);
+    /// `Err(reason)` refuses the restore.
+    fn verdict(&mut self) -> Result<(), String>;
 }
 
 /// Where the result goes.
@@ -103,6 +137,8 @@ pub enum RestoreError {
     Rewrite(String),
     #[error("self-check of the restored data dir failed (nothing was put in place): {0}")]
     SelfCheck(String),
+    #[error("{0}; nothing was put in place")]
+    Refused(String),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RestoreError {
@@ -282,11 +318,25 @@ fn corrupt(path: PathBuf, report: &WalkReport) -> RestoreError {
 /// Re-reads the committed db and runs the checks etcd (and `ETCD_VERIFY=all` etcdutl) would:
 /// sound bbolt structure, consistent index = WAL commit = N, term = WAL term = 1, members as
 /// written, bump marker and scheduled compaction as asked.
-fn self_check(path: &Path, cluster: &Cluster, bumped_to: Option<u64>) -> Result<db::Facts, RestoreError> {
+/// `gate` sees every revision in the same walk; its refusal comes after the checks.
+fn self_check(path: &Path, cluster: &Cluster, bumped_to: Option<u64>, gate: Option<&Mutex<dyn Gate>>) -> Result<db::Facts, RestoreError> {
     let map = etcdguard_bolt::MappedFile::open(path).map_err(|e| RestoreError::SelfCheck(e.to_string()))?;
     let database = Db::open(map.bytes()).map_err(|e| RestoreError::SelfCheck(format!("{}: {e}", path.display())))?;
     let release = || map.release_resident();
-    let (facts, report) = db::walk_facts(&database, Some(&release));
+    let mut gate = gate.map(|g| g.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+    let gated = gate.is_some();
+    let (facts, report, undecodable) = {
+        let mut feed = |r: Revision<'_>| {
+            if let Some(g) = gate.as_mut() {
+                g.observe(&r);
+            }
+        };
+        let mut revisions = crate::keys::RevisionVisitor::new(&mut feed);
+        let also: Option<&mut dyn etcdguard_bolt::Visitor> = if gated { Some(&mut revisions) } else { None };
+        let (facts, report) = db::walk_facts_and(&database, Some(&release), also);
+        let undecodable = revisions.first_error().map(str::to_string);
+        (facts, report, undecodable)
+    };
     let fail = |m: String| Err(RestoreError::SelfCheck(m));
     if !report.is_ok() {
         let first: Vec<String> = report.problems.iter().take(5).map(|p| p.to_string()).collect();
@@ -315,19 +365,25 @@ fn self_check(path: &Path, cluster: &Cluster, bumped_to: Option<u64>) -> Result<
             return fail(format!("revision bump to {target} not found (newest revision {})", facts.revision));
         }
     }
+    if let Some(g) = gate.as_mut() {
+        if let Some(why) = &undecodable {
+            g.undecodable(why);
+        }
+        g.verdict().map_err(RestoreError::Refused)?;
+    }
     Ok(facts)
 }
 
-/// Renames `src` to `dst` and cuts it to the image (`len` bytes, the trailer dropped),
-/// fsynced; copies when the two are on different filesystems.
+/// Renames `src` to `dst` and cuts it to the image (`len` bytes, the trailer dropped);
+/// copies when the two are on different filesystems. Not fsynced: see `build_db`.
 fn move_image(src: &Path, len: u64, dst: &Path) -> io::Result<()> {
     match fs::rename(src, dst) {
-        Ok(()) => {
-            let f = OpenOptions::new().write(true).open(dst)?;
-            f.set_len(len)?;
-            f.sync_all()
+        Ok(()) => OpenOptions::new().write(true).open(dst)?.set_len(len),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            db::copy_image_unsynced(src, len, dst)?;
+            let _ = fs::remove_file(src);
+            Ok(())
         }
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => db::copy_image(src, len, dst),
         Err(e) => Err(e),
     }
 }
@@ -429,28 +485,54 @@ fn restore_impl(
     // The snapshot is checked (sha256, structure) while it is copied into the unpublished
     // temp dir; a bad snapshot makes the temp dir go away and nothing is published.
     let source_facts = std::cell::RefCell::new(None);
+    // A verified source needs no second look, unless a bump is to change its key bucket.
+    let trust_source = opts.source_verified && bump.is_none();
     let build_db = |member_dir: &Path| -> Result<(db::Committed, db::Facts), RestoreError> {
         let snap_dir = member_dir.join("snap");
         mkdir_private(&snap_dir)?;
         let db_path = snap_dir.join("db");
         let t = std::time::Instant::now();
         if consume {
-            let (checked, ()) = check_source(snapshot, opts, || ());
-            *source_facts.borrow_mut() = Some(checked?);
+            if !trust_source {
+                let (checked, ()) = check_source(snapshot, opts, || ());
+                *source_facts.borrow_mut() = Some(checked?);
+            }
             move_image(snapshot.path(), image_len, &db_path)
                 .map_err(io_err(format!("moving the snapshot to {}", db_path.display())))?;
         } else {
-            let (checked, copied) = check_source(snapshot, opts, || db::copy_image(snapshot.path(), image_len, &db_path));
-            *source_facts.borrow_mut() = Some(checked?);
+            let copy = || db::copy_image_unsynced(snapshot.path(), image_len, &db_path);
+            let copied = if trust_source {
+                copy()
+            } else {
+                let (checked, copied) = check_source(snapshot, opts, copy);
+                *source_facts.borrow_mut() = Some(checked?);
+                copied
+            };
             copied.map_err(io_err(format!("copying the snapshot to {}", db_path.display())))?;
         }
         let copied = t.elapsed();
-        let committed = db::commit(&db_path, &edit).map_err(|e| match e {
+        let committed = db::commit_unsynced(&db_path, &edit).map_err(|e| match e {
             e @ db::DbError::BumpTooLarge { .. } => RestoreError::Config(e.to_string()),
             e => RestoreError::Rewrite(e.to_string()),
         })?;
         let committed_at = t.elapsed();
-        let facts = self_check(&db_path, cluster, committed.bumped_to)?;
+        // The db is written to disk while the self-check reads it back from the page cache;
+        // it is put in place only once both are done (nothing before is in use).
+        let (synced, facts) = std::thread::scope(|s| {
+            let syncing = s.spawn(|| File::open(&db_path).and_then(|f| f.sync_all()));
+            let facts = self_check(&db_path, cluster, committed.bumped_to, opts.gate.as_deref());
+            (syncing.join().unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked"))), facts)
+        });
+        let facts = facts?;
+        synced.map_err(io_err(format!("writing {} to disk", db_path.display())))?;
+        if trust_source {
+            // Nothing but the members and meta buckets changed: the key bucket is the source's.
+            let trailer = match snapshot.layout() {
+                Layout::WithTrailer { .. } => TrailerCheck::Verified,
+                _ => TrailerCheck::Absent,
+            };
+            *source_facts.borrow_mut() = Some((trailer, facts.clone()));
+        }
         timings.borrow_mut().extend([
             ("check and copy snapshot", copied),
             ("commit", committed_at - copied),
