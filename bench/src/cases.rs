@@ -77,6 +77,7 @@ pub fn all() -> Vec<Box<dyn Case>> {
         Box::new(BackupRestoreS3 { repo: OnceLock::new() }),
         Box::new(BackupCreateLive),
         Box::new(InspectList),
+        Box::new(InspectExtract),
     ]
 }
 
@@ -681,6 +682,56 @@ impl Case for InspectList {
         // Every live key is one entry of the key bucket, which totalKey counts with history.
         ensure!(!listed.is_empty() && listed.len() as u64 <= total, "inspect list found {} objects, status counts {total} keys", listed.len());
         ensure!(listed.iter().all(|o| o["key"].as_str().is_some_and(|k| k.starts_with("/registry/"))), "a listed object has no /registry/ key");
+        Ok(())
+    }
+}
+
+/// `inspect extract --all-namespaces` of the whole snapshot, one YAML file per object (the
+/// owned ones too, so every Pod and ReplicaSet is rendered), next to the same walk as
+/// `inspect-list`. Its cost over the walk is rendering every object and writing the files.
+struct InspectExtract;
+
+impl Case for InspectExtract {
+    fn name(&self) -> &'static str {
+        "inspect-extract"
+    }
+    fn about(&self) -> &'static str {
+        "inspect extract -A --include-owned --output-dir vs snapshot status --skip-hash-check (both etcdguard; RSS under 256 MiB)"
+    }
+    fn reference(&self) -> &'static str {
+        "eg-status"
+    }
+    fn target(&self) -> Target {
+        Target::NONE.rss_mib(256)
+    }
+    fn command(&self, tool: Tool, env: &Env, scratch: &Path) -> Result<Command> {
+        let mut cmd = env.etcdguard();
+        match tool {
+            Tool::Reference => cmd.args(["snapshot", "status", "-w", "json", "--skip-hash-check"]).arg(env.snapshot()),
+            Tool::Etcdguard => cmd.args(["inspect", "extract", "--all-namespaces", "--include-owned", "--output-dir"]).arg(scratch.join("extracted")).arg(env.snapshot()),
+        };
+        Ok(cmd)
+    }
+    fn check(&self, _env: &Env, _reference: &Measured, etcdguard: &Measured) -> Result<()> {
+        let err = String::from_utf8_lossy(&etcdguard.stderr);
+        let extracted: u64 = err
+            .lines()
+            .find_map(|l| l.split_once(" object(s) extracted").and_then(|(n, _)| n.rsplit(' ').next()?.parse().ok()))
+            .with_context(|| format!("inspect extract did not say how many objects it wrote: {err}"))?;
+        let mut files = 0u64;
+        let mut stack = vec![etcdguard.scratch.join("extracted")];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+                let e = e?;
+                if e.file_type()?.is_dir() {
+                    stack.push(e.path());
+                } else {
+                    files += 1;
+                }
+            }
+        }
+        ensure!(extracted > 1000 && files == extracted, "inspect extract says {extracted} objects but wrote {files} files");
+        ensure!(!err.contains("unknown"), "objects with fields unknown to the schema: {err}");
         Ok(())
     }
 }

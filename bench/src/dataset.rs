@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// Bump when the generator changes what it writes, so old caches are not reused.
-const GENERATOR: u32 = 1;
+const GENERATOR: u32 = 2;
 
 #[derive(Clone, Debug)]
 pub struct DatasetSpec {
@@ -333,27 +333,15 @@ fn object_key(seed: u64, object: u64) -> (Vec<u8>, Kind) {
     (key.into_bytes(), kind)
 }
 
-/// A value shaped like a stored Kubernetes object: protobuf envelope magic, a readable
-/// header, then alternating YAML-ish text and random bytes (so it neither compresses to
-/// nothing nor is pure noise).
+/// The value of one put: a real stored object (see [`crate::objects`]) of a size drawn
+/// log-uniformly from the kind's range (most small, a few large).
 fn object_value(rng: &mut StdRng, key: &[u8], kind: Kind) -> Vec<u8> {
     let (lo, hi) = (kind.bytes.0 as f64, kind.bytes.1 as f64);
     let len = (lo * (hi / lo).powf(rng.gen::<f64>())) as usize;
-    let mut v = Vec::with_capacity(len + 64);
-    v.extend_from_slice(b"k8s\0\n\x0b\n\x02v1\x12\x05Thing\x12");
-    v.extend_from_slice(key);
-    let mut noise = [0u8; 256];
-    while v.len() < len {
-        if rng.gen_bool(0.5) {
-            v.extend_from_slice(b"metadata:{labels:{app:web,tier:frontend},annotations:{kubectl.kubernetes.io/last-applied-configuration:{}}} ");
-        } else {
-            let n = rng.gen_range(32..256);
-            rng.fill(&mut noise[..n]);
-            v.extend_from_slice(&noise[..n]);
-        }
-    }
-    v.truncate(len.max(16));
-    v
+    let key = String::from_utf8_lossy(key);
+    let name = key.rsplit('/').next().unwrap_or_default();
+    let app = APPS.iter().find(|a| name.starts_with(*a)).copied().unwrap_or("app");
+    crate::objects::stored_object(rng, &key, kind.resource, app, len)
 }
 
 pub fn mib(bytes: u64) -> f64 {

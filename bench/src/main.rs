@@ -5,6 +5,7 @@
 mod cases;
 mod dataset;
 mod measure;
+mod objects;
 mod report;
 
 use std::path::{Path, PathBuf};

@@ -10,6 +10,7 @@
 //! [`decode`] reads what every object has — apiVersion, kind and metadata — from all three
 //! without a schema per type; the full protobuf body of built-in types is not decoded here.
 
+pub mod encode;
 pub mod encryption;
 pub mod extract;
 pub mod history;

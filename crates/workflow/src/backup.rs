@@ -95,6 +95,7 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
     // A few stream messages in flight between the stream and the chunker.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
     let endpoint = st.endpoint.clone();
+    let db_size = st.db_size;
     let target = path.display().to_string();
     let (saved, stored) = std::thread::scope(|s| {
         let saving = s.spawn(move || {
@@ -109,7 +110,9 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
             head.truncate(n);
             let page_size = bolt_page_size(&head).unwrap_or(4096);
             let mut input = stop.reader(std::io::Read::chain(std::io::Cursor::new(head), input));
-            writer.add_snapshot_sized(&mut input, page_size, None).map_err(|e| stop.error_or(repo_error(e)))
+            // The member's db size is the snapshot's size but for the trailer: enough for an ETA.
+            let expected = u64::try_from(db_size).ok().filter(|n| *n > 0).map(|n| n + 32);
+            writer.add_snapshot_sized(&mut input, page_size, expected).map_err(|e| stop.error_or(repo_error(e)))
         })();
         // Whatever happened to the chunker, the stream ends (its sends fail once `rx` is gone).
         (saving.join().unwrap_or_else(|_| Err(etcdguard_client::ClientError::Interrupted("a panic"))), stored)
