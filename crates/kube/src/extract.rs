@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as Json;
 
 use crate::encryption::EncryptionConfig;
-use crate::render::{plain_value, render, KubectlOrder, RenderOptions};
+use crate::render::{plain_value, render, KubectlOrder, RenderOptions, UNKNOWN_FIELDS_KEY};
 use crate::selector::{labels_of, Selector};
 use crate::{key_path, KeyPath, Meta, ENCRYPTED_PREFIX};
 
@@ -111,9 +111,23 @@ impl Extracted {
         self.path.resource == "secrets"
     }
 
-    /// The object as one YAML document (apiVersion and kind first).
+    /// The object as one YAML document (apiVersion and kind first). Fields the schema did
+    /// not know cannot be applied (they have no names, only protobuf field numbers, and a
+    /// strict `kubectl apply` refuses the marker), so they move out of the object into a
+    /// comment at the top of the document: the file applies as it is, and nothing is lost.
     pub fn to_yaml(&self) -> String {
-        serde_norway::to_string(&KubectlOrder(&self.object)).unwrap_or_default()
+        if self.unknown_fields.is_empty() {
+            return serde_norway::to_string(&KubectlOrder(&self.object)).unwrap_or_default();
+        }
+        let mut object = self.object.clone();
+        let mut moved = Vec::new();
+        take_unknown(&mut object, "", &mut moved);
+        let mut out = String::from("# etcdguard: fields unknown to its schema (written by a newer Kubernetes), by protobuf field\n# number; they are not in the object below:\n");
+        for (path, fields) in moved {
+            out.push_str(&format!("#   {}: {}\n", if path.is_empty() { "." } else { &path }, fields));
+        }
+        out.push_str(&serde_norway::to_string(&KubectlOrder(&object)).unwrap_or_default());
+        out
     }
 
     /// Its file under an `--output-dir`, in apply order when the directory is applied
@@ -132,6 +146,26 @@ impl Extracted {
                 Path::new("3-objects").join(ns).join(safe_segment(&resource.replace('/', "."))).join(file)
             }
         }
+    }
+}
+
+/// Removes every [`UNKNOWN_FIELDS_KEY`] object under `value`, with its path.
+fn take_unknown(value: &mut Json, path: &str, out: &mut Vec<(String, String)>) {
+    match value {
+        Json::Object(m) => {
+            if let Some(u) = m.remove(UNKNOWN_FIELDS_KEY) {
+                out.push((path.to_string(), u.to_string()));
+            }
+            for (k, v) in m.iter_mut() {
+                take_unknown(v, &format!("{path}.{k}"), out);
+            }
+        }
+        Json::Array(a) => {
+            for (i, v) in a.iter_mut().enumerate() {
+                take_unknown(v, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -464,6 +498,28 @@ impl DirWriter {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn unknown_fields_go_to_a_comment_and_the_object_applies() {
+        let object = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"},
+            "data": {"k": "v"}, "x-etcdguard-unknown-fields": {"99": [{"bytes": "bmV3"}]},
+            "spec": {"list": [{"x-etcdguard-unknown-fields": {"7": [{"varint": 1}]}, "n": 1}]}});
+        let e = Extracted {
+            key: "/registry/configmaps/d/a".into(),
+            path: key_path(b"/registry/configmaps/d/a", None).unwrap(),
+            stage: Stage::Objects,
+            mod_revision: 1,
+            object,
+            unknown_fields: vec![".".into(), ".spec.list[0]".into()],
+        };
+        let yaml = e.to_yaml();
+        assert!(yaml.starts_with("# etcdguard: fields unknown"), "{yaml}");
+        assert!(yaml.contains("#   .: {\"99\":[{\"bytes\":\"bmV3\"}]}") && yaml.contains("#   .spec.list[0]: {\"7\""), "{yaml}");
+        let parsed: Json = serde_norway::from_str(&yaml).unwrap();
+        assert!(!parsed.to_string().contains(UNKNOWN_FIELDS_KEY), "{yaml}");
+        assert_eq!(parsed["data"]["k"], "v");
+        assert_eq!(parsed["spec"]["list"][0]["n"], 1);
+    }
 
     #[test]
     fn strips_what_the_server_owns() {

@@ -726,9 +726,8 @@ fn extract(args: ExtractArgs) -> Result<()> {
     let note_unknown = |o: &etcdguard_kube::extract::Extracted| {
         for path in &o.unknown_fields {
             eprintln!(
-                "note: {} has fields the schema does not know at {path} (kept under {}; remove them before applying to an older cluster)",
-                o.key,
-                etcdguard_kube::render::UNKNOWN_FIELDS_KEY
+                "note: {} has fields the schema does not know at {path} (written by a newer Kubernetes; they are kept in a comment at the top of its YAML, not in the object, which applies without them)",
+                o.key
             );
         }
     };
