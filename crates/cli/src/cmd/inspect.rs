@@ -173,14 +173,11 @@ pub struct GetArgs {
     pub show_managed_fields: bool,
 }
 
+/// Where `inspect` reads backups instead of snapshot files.
 #[derive(Args)]
-pub struct DiffArgs {
-    /// The older snapshot (a backup id with --repo).
-    pub old: PathBuf,
-    /// The newer snapshot (a backup id, or `latest`, with --repo).
-    pub new: PathBuf,
-    /// OLD and NEW are backups of this repository; their snapshots are fetched (sha256
-    /// checked) into a private scratch dir and removed after.
+pub struct FromBackups {
+    /// Read backups of this repository instead of snapshot files: their snapshots are
+    /// fetched (sha256 checked) into a private scratch dir and removed after.
     #[arg(long, value_name = "URL", value_parser = crate::args::repo)]
     pub repo: Option<String>,
     /// Passphrase file of an encrypted repository (or ETCDGUARD_PASSPHRASE).
@@ -189,6 +186,23 @@ pub struct DiffArgs {
     /// Where --repo snapshots are fetched to [default: the system temp dir].
     #[arg(long, value_name = "DIR", requires = "repo")]
     pub scratch_dir: Option<PathBuf>,
+}
+
+impl FromBackups {
+    /// The repository, when one was given.
+    fn spec(&self) -> Option<etcdguard_workflow::repo::RepoSpec> {
+        self.repo.as_ref().map(|url| crate::cmd::backup::RepoArg { repo: url.clone(), passphrase_file: self.passphrase_file.clone() }.spec())
+    }
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    /// The older snapshot (a backup id with --repo).
+    pub old: PathBuf,
+    /// The newer snapshot (a backup id, or `latest`, with --repo).
+    pub new: PathBuf,
+    #[command(flatten)]
+    pub backups: FromBackups,
     #[command(flatten)]
     pub filter: Filter,
     #[command(flatten)]
@@ -213,16 +227,8 @@ pub struct ExtractArgs {
     /// The snapshot file; with --repo, the backup (id, unique prefix or `latest`) [default: latest].
     #[arg(value_name = "SNAPSHOT|BACKUP")]
     pub source: Option<String>,
-    /// Read the backup from this repository; its snapshot is fetched (sha256 checked) into a
-    /// private scratch dir and removed after.
-    #[arg(long, value_name = "URL", value_parser = crate::args::repo)]
-    pub repo: Option<String>,
-    /// Passphrase file of an encrypted repository (or ETCDGUARD_PASSPHRASE).
-    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file, requires = "repo")]
-    pub passphrase_file: Option<PathBuf>,
-    /// Where --repo snapshots are fetched to [default: the system temp dir].
-    #[arg(long, value_name = "DIR", requires = "repo")]
-    pub scratch_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub backups: FromBackups,
     #[command(flatten)]
     pub filter: Filter,
     /// Objects of every namespace (and cluster-scoped ones).
@@ -528,12 +534,12 @@ fn get(args: GetArgs) -> Result<()> {
 fn diff(args: DiffArgs) -> Result<()> {
     let prefix = args.filter.prefix.as_bytes();
     let mut _scratch = None;
-    let (old_path, new_path) = match &args.repo {
+    let (old_path, new_path) = match &args.backups.repo {
         None => (args.old.clone(), args.new.clone()),
         Some(url) => {
             use crate::cmd::backup::{fetch_snapshot, tempfile_in, RepoArg};
-            let repo = RepoArg { repo: url.clone(), passphrase_file: args.passphrase_file.clone() };
-            let scratch = tempfile_in(&args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir))?;
+            let repo = RepoArg { repo: url.clone(), passphrase_file: args.backups.passphrase_file.clone() };
+            let scratch = tempfile_in(&args.backups.scratch_dir.clone().unwrap_or_else(std::env::temp_dir))?;
             let old = fetch_snapshot(&repo, &args.old.to_string_lossy(), scratch.path())?;
             let new = fetch_snapshot(&repo, &args.new.to_string_lossy(), scratch.path())?;
             _scratch = Some(scratch);
@@ -542,8 +548,7 @@ fn diff(args: DiffArgs) -> Result<()> {
     };
     let mut config = args.decryption.load()?;
     // Backups: the newer one's stored EncryptionConfiguration decrypts when none is given.
-    if let (None, Some(url)) = (&config, &args.repo) {
-        let repo = crate::cmd::backup::RepoArg { repo: url.clone(), passphrase_file: args.passphrase_file.clone() }.spec();
+    if let (None, Some(repo)) = (&config, args.backups.spec()) {
         if let Some((c, source)) = etcdguard_workflow::inspect::stored_config(&repo, &args.new.to_string_lossy())? {
             eprintln!("decrypting with {source}");
             config = Some(c);
@@ -707,10 +712,10 @@ fn extract(args: ExtractArgs) -> Result<()> {
         include_owned: args.include_owned,
     };
     let config = args.decryption.load()?;
-    let repo = args.repo.as_ref().map(|url| crate::cmd::backup::RepoArg { repo: url.clone(), passphrase_file: args.passphrase_file.clone() }.spec());
+    let repo = args.backups.spec();
     let snapshot_path;
     let origin = match &repo {
-        Some(repo) => Origin::Backup { repo, id: args.source.as_deref().unwrap_or("latest"), scratch: args.scratch_dir.as_deref() },
+        Some(repo) => Origin::Backup { repo, id: args.source.as_deref().unwrap_or("latest"), scratch: args.backups.scratch_dir.as_deref() },
         None => {
             let Some(source) = &args.source else {
                 return Err(Failure::new(Code::Usage, "give a snapshot file, or --repo URL [BACKUP]").into());
