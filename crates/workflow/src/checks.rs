@@ -101,6 +101,12 @@ fn fmt_time(t: DateTime<Utc>) -> String {
 }
 
 impl CheckState {
+    /// Drops the failures found while leading (see `check_loop`).
+    fn forget_findings(&mut self) {
+        self.scrub_error = None;
+        self.drill_error = None;
+    }
+
     /// Folds the checks into the backup health (`ok`, `text`): a failed scrub or drill makes
     /// it red with its reason first; certificate warnings are added as lines.
     pub(crate) fn judge(&self, ok: bool, text: String, now: DateTime<Utc>) -> (bool, String) {
@@ -256,13 +262,21 @@ fn check_loop(opts: &ChecksOptions, scrub_opts: &ScrubOptions, drill_opts: &Dril
     let mut cursor = Cursor::default();
     let start = Instant::now();
     let (mut next_scrub, mut next_drill) = (opts.verify_every.map(|_| start), opts.drill_every.map(|_| start));
+    let mut was_leading = false;
     loop {
         if nap(Duration::from_millis(200), stop) {
             return;
         }
         if !leading() {
+            if std::mem::take(&mut was_leading) {
+                // Only the leader checks; its findings, not this agent's old ones, speak for
+                // the repository now (else a standby stays red after the damage is mended).
+                lock().forget_findings();
+                info!("no longer leading: scrub and drill results are the new leader's to report");
+            }
             continue;
         }
+        was_leading = true;
         // With nothing to check yet (no backup), look again soon rather than a period later.
         if let (Some(due), Some(every)) = (next_scrub, opts.verify_every) {
             if Instant::now() >= due {
@@ -447,5 +461,9 @@ mod tests {
         assert!((v - 5.0 * 86_400.0).abs() < 2.0, "{line}");
         assert!(out.contains("etcdguard_scrub_failures_total 0"), "{out}");
         assert!(out.contains("etcdguard_drill_last_success_timestamp_seconds 0"), "{out}");
+        // Losing the leadership drops this agent's findings: the new leader reports now.
+        s.scrub_error = Some((now, "backup b1: pack 00: damaged".into()));
+        s.forget_findings();
+        assert!(s.judge(true, "ok".into(), now).0);
     }
 }
