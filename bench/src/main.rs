@@ -74,6 +74,9 @@ fn workspace_root() -> PathBuf {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some(measure::LAUNCHER_ARG) {
+        std::process::exit(measure::launcher(std::env::args_os().skip(2).collect()));
+    }
     let opts = Opts::parse();
     match run(&opts) {
         Ok(code) => std::process::exit(code),

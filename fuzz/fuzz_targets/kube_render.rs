@@ -1,6 +1,7 @@
 //! The schema-driven protobuf walker behind `inspect get` on arbitrary bytes. The first byte
 //! picks a built-in type, so that the rest is walked as that type's message (not only
-//! rejected at the envelope); the same bytes are also rendered as a whole stored value.
+//! rejected at the envelope); the same bytes are also rendered as a whole stored value. What
+//! renders must also come back from its YAML and encode without a panic.
 #![no_main]
 
 use etcdguard_kube::render::{render, RenderOptions};
@@ -46,7 +47,14 @@ fuzz_target!(|data: &[u8]| {
     field(2, raw, &mut value);
     if let Ok(r) = render(&value, None, &opts) {
         assert_eq!(r.object["kind"], kind);
-        // Whatever rendered prints.
+        // Whatever rendered prints, and its YAML reads back as the same object (the YAML
+        // writer quotes whatever a reader could take for something else).
         assert!(!r.to_json_pretty().is_empty());
+        let back: serde_json::Value = serde_norway::from_str(&r.to_yaml()).expect("our YAML parses");
+        assert_eq!(back, r.object, "YAML round trip");
+        // An object the renderer made encodes again (unknown fields aside, which it refuses).
+        if r.unknown_fields.is_empty() {
+            let _ = etcdguard_kube::encode::encode_object(&r.object);
+        }
     }
 });

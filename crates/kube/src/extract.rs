@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as Json;
 
 use crate::encryption::EncryptionConfig;
-use crate::render::{plain_value, render, KubectlOrder, RenderOptions, UNKNOWN_FIELDS_KEY};
+use crate::render::{plain_value, render, RenderOptions, UNKNOWN_FIELDS_KEY};
 use crate::selector::{labels_of, Selector};
 use crate::{key_path, KeyPath, Meta, ENCRYPTED_PREFIX};
 
@@ -117,7 +117,7 @@ impl Extracted {
     /// comment at the top of the document: the file applies as it is, and nothing is lost.
     pub fn to_yaml(&self) -> String {
         if self.unknown_fields.is_empty() {
-            return serde_norway::to_string(&KubectlOrder(&self.object)).unwrap_or_default();
+            return crate::yaml::to_yaml(&self.object);
         }
         let mut object = self.object.clone();
         let mut moved = Vec::new();
@@ -126,7 +126,7 @@ impl Extracted {
         for (path, fields) in moved {
             out.push_str(&format!("#   {}: {}\n", if path.is_empty() { "." } else { &path }, fields));
         }
-        out.push_str(&serde_norway::to_string(&KubectlOrder(&object)).unwrap_or_default());
+        out.push_str(&crate::yaml::to_yaml(&object));
         out
     }
 
@@ -436,8 +436,10 @@ pub fn write_dir(dir: &Path, objects: &[Extracted]) -> std::io::Result<Vec<PathB
 
 /// One file per object under a directory (see [`Extracted::relative_path`]), written as the
 /// objects come: the directory must not exist or be empty, which [`DirWriter::new`] checks
-/// before anything is written; each file is written to a temporary name, fsynced and
-/// renamed, private (0600: Secrets are among them).
+/// before anything is written; each file is written to a temporary name and renamed, private
+/// (0600: Secrets are among them), so no file is ever seen half-written. [`DirWriter::finish`]
+/// makes them all durable at once (`syncfs`): two fsyncs per file made an extract of 60,000
+/// objects wait on the disk for over a minute.
 pub struct DirWriter {
     dir: PathBuf,
     created: bool,
@@ -475,9 +477,7 @@ impl DirWriter {
         let tmp = parent.join(format!(".{}.tmp-{}", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         f.write_all(o.to_yaml().as_bytes())?;
-        f.sync_all()?;
         std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(parent)?.sync_all()?;
         self.written += 1;
         Ok(path)
     }
@@ -487,9 +487,16 @@ impl DirWriter {
         self.written
     }
 
-    /// Creates the directory even when no object was written; returns how many files were.
+    /// Creates the directory even when no object was written, and puts every file on disk;
+    /// returns how many files were written.
     pub fn finish(mut self) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
         self.create_dir()?;
+        let dir = std::fs::File::open(&self.dir)?;
+        // SAFETY: a plain syscall on an open descriptor.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         Ok(self.written)
     }
 }

@@ -20,6 +20,7 @@ pub mod render;
 pub mod schema;
 pub mod selector;
 pub mod stats;
+pub mod yaml;
 
 use std::collections::BTreeMap;
 

@@ -134,7 +134,7 @@ impl Rendered {
 
     /// YAML, apiVersion and kind first.
     pub fn to_yaml(&self) -> String {
-        serde_norway::to_string(&KubectlOrder(&self.object)).unwrap_or_default()
+        crate::yaml::to_yaml(&self.object)
     }
 }
 

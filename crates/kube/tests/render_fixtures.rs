@@ -144,6 +144,25 @@ fn every_known_fixture_encodes_back_to_itself() {
     assert_eq!(round_tripped, names.len() - NEWER_THAN_SCHEMA.len());
 }
 
+/// The YAML writer gives back every fixture's JSON twin when a YAML reader parses it.
+#[test]
+fn every_fixture_reads_back_from_its_yaml() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let want: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        let text = etcdguard_kube::yaml::to_yaml(&want);
+        let back: Value = serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(first_difference("", &back, &want), None, "{}", p.display());
+        n += 1;
+    }
+    assert_eq!(n, 130);
+}
+
 #[test]
 fn unknown_fields_are_kept_under_the_marker() {
     // A ConfigMap with a field number no release has (99, a string) at top level.

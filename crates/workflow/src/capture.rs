@@ -36,6 +36,9 @@ use crate::backup::{connect, create_stoppable, CreateOptions};
 use crate::error::{client_error, Error, Kind, Result};
 use crate::stop::Stop;
 
+/// Watch responses held between the watch and the segment writer, at most.
+const WATCH_BACKLOG: usize = 64;
+
 /// What `backup follow` (and `agent --continuous`) does.
 #[derive(Clone)]
 pub struct FollowOptions {
@@ -183,7 +186,10 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
             break;
         }
         let endpoint = endpoints[endpoint_at % endpoints.len()].clone();
-        let (tx, rx) = mpsc::channel::<Message>();
+        // Bounded: while a segment's store is retried (an object store outage) the watch
+        // waits instead of piling changes up in memory; etcd keeps them in its history,
+        // and a compaction meanwhile is a gap the reader reports, as for any watch loss.
+        let (tx, rx) = mpsc::sync_channel::<Message>(WATCH_BACKLOG);
         let watcher = {
             let (session_flags, stop, endpoint) = (opts.create.conn.clone(), stop.clone(), endpoint.clone());
             let tick = opts.segment_interval.min(Duration::from_secs(1));
