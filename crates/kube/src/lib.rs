@@ -263,9 +263,19 @@ pub fn decode(value: &[u8]) -> Object {
         return Object { encoding: Encoding::Encrypted(provider), api_version: String::new(), kind: String::new(), metadata: None, encryption: None };
     }
     if value.first() == Some(&b'{') {
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(value) {
-            let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
-            return Object { encoding: Encoding::Json, api_version: s("apiVersion"), kind: s("kind"), metadata: v.get("metadata").map(meta_from_json), encryption: None };
+        // Only the head is built; the rest (a CRD's schema can be hundreds of KiB) is skipped.
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(default, rename = "apiVersion")]
+            api_version: Option<serde_json::Value>,
+            #[serde(default)]
+            kind: Option<serde_json::Value>,
+            #[serde(default)]
+            metadata: Option<serde_json::Value>,
+        }
+        if let Ok(h) = serde_json::from_slice::<Head>(value) {
+            let s = |v: Option<serde_json::Value>| v.as_ref().and_then(|x| x.as_str()).unwrap_or_default().to_string();
+            return Object { encoding: Encoding::Json, api_version: s(h.api_version), kind: s(h.kind), metadata: h.metadata.as_ref().map(meta_from_json), encryption: None };
         }
     }
     Object { encoding: Encoding::Other, api_version: String::new(), kind: String::new(), metadata: None, encryption: None }
