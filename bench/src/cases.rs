@@ -501,7 +501,10 @@ impl Case for BackupRestoreLocal {
             }
             Tool::Etcdguard => {
                 if self.repo.get().is_none() {
-                    let repo = scratch.parent().context("scratch has a parent")?.join("repo");
+                    // One repository per dataset: a repository of another dataset's backup
+                    // would restore something else.
+                    let dataset = env.snapshot().parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let repo = scratch.parent().context("scratch has a parent")?.join(format!("repo-{dataset}"));
                     if !repo.exists() {
                         eprintln!("setup: backing up the dataset into {}", repo.display());
                         setup(env.etcdguard().args(["backup", "create", "--repo"]).arg(&repo).arg("--from-file").arg(env.snapshot()), "backup create")?;

@@ -465,52 +465,104 @@ const HEADER: [&str; 7] = ["RESOURCE", "NAMESPACE", "NAME", "KIND", "ENCODING", 
 
 /// Prints the items as one pretty JSON array, as `serde_json::to_string_pretty` of the whole
 /// would, but an item at a time: a listing of a large snapshot never exists twice in memory.
-/// Prints `items` as one pretty JSON array, streamed: each item is serialized into the
-/// output buffer as it comes, which goes out every 64 KiB.
-fn print_json_array<T: serde::Serialize>(items: impl Iterator<Item = T>) -> Result<()> {
-    struct Chunks(Vec<u8>);
-    impl std::io::Write for Chunks {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.extend_from_slice(b);
-            if self.0.len() >= 1 << 16 {
-                crate::output::stdout_write(&self.0);
-                self.0.clear();
-            }
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut out = Chunks(Vec::with_capacity(1 << 17));
-    {
-        let mut ser = serde_json::Serializer::pretty(&mut out);
-        serde::Serializer::collect_seq(&mut ser, items)?;
-    }
-    out.0.push(b'\n');
-    crate::output::stdout_write(&out.0);
-    Ok(())
-}
-
+/// Two walks of the `key` bucket, so that memory holds rows of text, not decoded objects:
+/// the first finds each live key's newest revision from the keys alone; the second decodes
+/// just those values, in the file's order, and renders each row at once into its place in
+/// key order. (Point lookups in key order were tried: they read the file out of order, so
+/// the mapped pages either piled up to the file's size or were dropped and read again.)
 fn list(args: ListArgs) -> Result<()> {
     let config = args.decryption.load()?;
-    let (entries, _) = load(&args.snapshot, args.filter.prefix.as_bytes(), &|_| false, config.as_ref(), false)?;
-    let mut selected = Vec::new();
-    for (k, e) in &entries {
-        if matches(&args.filter, e)? {
-            selected.push((k, e));
+    let file = open_snapshot(&args.snapshot)?;
+    let db = file.db().map_err(|e| db_failure(&args.snapshot, e))?;
+    let release = || file.release_resident();
+    let corrupt = |e: String| Failure::new(Code::Corrupt, format!("{}: {e}", args.snapshot.display()));
+    let prefix = args.filter.prefix.as_bytes();
+    let mut newest: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::new();
+    etcdguard_storage::keys::for_each_revision(&db, Some(&release), &mut |r| {
+        if !r.kv.key.starts_with(prefix) {
+            return;
         }
-    }
-    match args.output {
-        TableJson::Json => print_json_array(selected.iter().map(|(k, e)| e.row(k)))?,
-        TableJson::Table => {
-            let mut rows = vec![HEADER.map(String::from).to_vec()];
-            rows.extend(selected.iter().map(|(k, e)| row(k, e)));
-            print!("{}", crate::cmd::table(&rows));
+        if r.tombstone {
+            newest.remove(r.kv.key);
+        } else {
+            newest.insert(r.kv.key.to_vec(), r.kv.mod_revision);
         }
+    })
+    .map_err(corrupt)?;
+    let total = newest.len();
+    let mut keys: Vec<Vec<u8>> = newest.keys().cloned().collect();
+    keys.sort_unstable();
+    // Each key's place in the output, and the newest revision it waits for.
+    let slots: std::collections::HashMap<Vec<u8>, (usize, i64)> = keys.into_iter().enumerate().map(|(i, k)| {
+        let rev = newest[&k];
+        (k, (i, rev))
+    }).collect();
+    drop(newest);
+    let json = args.output == TableJson::Json;
+    let mut rows: Vec<Option<String>> = vec![None; total];
+    let mut table_rows: Vec<Option<Vec<String>>> = if json { Vec::new() } else { vec![None; total] };
+    let mut failed: Vec<(String, String)> = Vec::new();
+    let mut first_error: Option<Failure> = None;
+    etcdguard_storage::keys::for_each_revision(&db, Some(&release), &mut |r| {
+        let Some(&(slot, rev)) = slots.get(r.kv.key) else { return };
+        if r.kv.mod_revision != rev || r.tombstone || first_error.is_some() {
+            return;
+        }
+        let object = decode_stored(r.kv.key, r.kv.value, config.as_ref());
+        let path = key_path(r.kv.key, object.metadata.as_ref());
+        let e = Entry { mod_revision: r.kv.mod_revision, create_revision: r.kv.create_revision, version: r.kv.version, value_len: r.kv.value.len(), value_crc: 0, object, path };
+        match matches(&args.filter, &e) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(err) => {
+                first_error = Some(err);
+                return;
+            }
+        }
+        if let Some(err) = e.object.encryption.as_ref().and_then(|s| s.error.as_ref()) {
+            failed.push((String::from_utf8_lossy(r.kv.key).into_owned(), err.to_string()));
+        }
+        if json {
+            // An element of a pretty array, indented as one: `[row]` without its brackets.
+            let text = serde_json::to_string_pretty(&[e.row(r.kv.key)]).unwrap_or_default();
+            rows[slot] = Some(text[2..text.len() - 2].to_string());
+        } else {
+            table_rows[slot] = Some(row(r.kv.key, &e));
+        }
+    })
+    .map_err(corrupt)?;
+    if let Some(e) = first_error {
+        return Err(e.into());
     }
-    eprintln!("{} object(s) of {} under {}", selected.len(), entries.len(), args.filter.prefix);
-    decryption_failures(config.as_ref(), selected.into_iter())?;
+    let selected;
+    if json {
+        let mut out = String::with_capacity(1 << 17);
+        let mut n = 0;
+        for text in rows.into_iter().flatten() {
+            out.push_str(if n == 0 { "[\n" } else { ",\n" });
+            out.push_str(&text);
+            n += 1;
+            if out.len() >= 1 << 16 {
+                crate::output::stdout_write(out.as_bytes());
+                out.clear();
+            }
+        }
+        out.push_str(if n == 0 { "[]\n" } else { "\n]\n" });
+        crate::output::stdout_write(out.as_bytes());
+        selected = n;
+    } else {
+        let mut all = vec![HEADER.map(String::from).to_vec()];
+        all.extend(table_rows.into_iter().flatten());
+        selected = all.len() - 1;
+        print!("{}", crate::cmd::table(&all));
+    }
+    eprintln!("{selected} object(s) of {total} under {}", args.filter.prefix);
+    if config.is_some() && !failed.is_empty() {
+        for (k, err) in &failed {
+            eprintln!("not decrypted: {k}: {err}");
+        }
+        return Err(Failure::new(Code::Failure, format!("{} object(s) could not be decrypted (listed above; the others are shown)", failed.len())).into());
+    }
     Ok(())
 }
 
