@@ -210,6 +210,7 @@ mod tests {
             {"name": "d", "resources": {"limits": {"cpu": "100m"}}}
         ], "n": [[1, 2], [], [{"a": null}]], "f": 1.5, "t": true, "z": null}}));
         assert!(to_yaml(&json!({"metadata": 1, "kind": "K", "apiVersion": "v"})).starts_with("apiVersion: v\nkind: K\nmetadata: 1\n"));
+        round_trip(&json!({"big": 1e100, "small": 1.5e-7, "neg": -2.5, "zero": 0.0, "u": 18446744073709551615u64, "i": -9223372036854775808i64}));
         round_trip(&json!("just a string"));
         round_trip(&json!(["a", {"b": 1}]));
     }
