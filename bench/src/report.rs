@@ -83,7 +83,7 @@ impl CaseReport {
         let speedup = r.median.as_secs_f64() / g.median.as_secs_f64().max(1e-9);
         let target = case.target();
         let target_met = (target.min_speedup.is_some() || target.max_rss.is_some()).then(|| {
-            target.min_speedup.map_or(true, |x| speedup >= x) && target.max_rss.map_or(true, |m| g.peak_rss <= m)
+            target.min_speedup.is_none_or(|x| speedup >= x) && target.max_rss.is_none_or(|m| g.peak_rss <= m)
         });
         CaseReport {
             case: case.name().into(),

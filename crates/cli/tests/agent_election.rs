@@ -104,7 +104,7 @@ fn three_agents_elect_one_and_a_standby_takes_over_when_it_dies() {
     let mut active = None;
     wait_for("an elected agent and a first backup", Duration::from_secs(60), || {
         active = agents.iter().position(|a| a.as_ref().is_some_and(|a| a.role() == Some("active")));
-        active.is_some() && created_times(&repo).len() >= 1
+        active.is_some() && !created_times(&repo).is_empty()
     });
     let first_active = active.unwrap();
     let roles: Vec<_> = agents.iter().flatten().map(|a| a.role()).collect();
@@ -147,7 +147,7 @@ fn three_agents_elect_one_and_a_standby_takes_over_when_it_dies() {
     assert!(times.len() + 1 >= expected && times.len() <= expected + 1, "{report}");
     assert!(gaps.iter().all(|g| *g >= every / 2.0), "two backups closer than half an interval: {report}");
     // Across the kill: the gap from the last backup before it to the first after it.
-    let before = times.iter().filter(|t| **t <= killed_at).last().copied().expect("a backup before the kill");
+    let before = times.iter().rfind(|t| **t <= killed_at).copied().expect("a backup before the kill");
     let after = times.iter().find(|t| **t > killed_at).copied().expect("a backup after the kill");
     let failover_gap = secs(after - before);
     assert!(failover_gap <= every + TTL.as_secs_f64() + 4.0, "failover gap {failover_gap:.1}s: {report}");

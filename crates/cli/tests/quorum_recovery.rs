@@ -110,7 +110,7 @@ fn load(endpoint: &str, keys: usize, value_bytes: usize) {
     while i < keys {
         let mut script = String::from("\n");
         for k in i..(i + 100).min(keys) {
-            let fill: String = std::iter::repeat(char::from(b'a' + (k % 26) as u8)).take(value_bytes).collect();
+            let fill: String = std::iter::repeat_n(char::from(b'a' + (k % 26) as u8), value_bytes).collect();
             script.push_str(&format!("put /registry/configmaps/ns{}/cm{k} {fill}\n", k % 7));
         }
         script.push_str("\n\n");

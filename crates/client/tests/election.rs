@@ -249,7 +249,7 @@ fn stopped_etcd_makes_the_leader_step_down(version: EtcdVersion) {
     let took = stepped_down.expect("the leader never stepped down while etcd was stopped");
     eprintln!("etcd {}: leader stepped down {took:?} after etcd stopped (TTL {TTL:?})", version.label());
     assert!(took <= TTL, "leader believed it led {took:?} after etcd stopped, past the TTL {TTL:?}");
-    assert_eq!(a.status().role == Role::Leader, false);
+    assert!(!(a.status().role == Role::Leader));
     assert!(a.status().last_error.is_some() || a.status().role != Role::Leader, "{:?}", a.status());
 
     // etcd back: the old lease expires (or was revoked), somebody leads again, only one.

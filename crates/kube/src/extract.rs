@@ -65,7 +65,7 @@ impl Filter {
         if let Some(r) = &self.resource {
             let last = r.split('/').next_back().unwrap_or(r);
             let short = last.split('.').next().unwrap_or(last);
-            if !segments.iter().any(|s| *s == short) {
+            if !segments.contains(&short) {
                 return false;
             }
         }

@@ -1,8 +1,6 @@
 //! One key of a snapshot as `inspect get` shows it: its newest value, decrypted and rendered
 //! as the object kubectl would print, with the etcd facts kept apart.
 
-use std::borrow::Cow;
-
 use etcdguard_bolt::Db;
 use serde::Serialize;
 
@@ -84,7 +82,7 @@ pub fn get_object(stored: &StoredValue, config: Option<&EncryptionConfig>, opts:
     Ok((rendered, info))
 }
 
-fn etcd_info(stored: &StoredValue, plain: &Cow<'_, [u8]>, encrypted: Option<String>) -> EtcdInfo {
+fn etcd_info(stored: &StoredValue, plain: &[u8], encrypted: Option<String>) -> EtcdInfo {
     let base = if plain.starts_with(PROTOBUF_MAGIC) {
         "protobuf"
     } else if plain.starts_with(&[0xd9, 0xd9, 0xf7]) {

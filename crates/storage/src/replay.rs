@@ -320,8 +320,8 @@ fn check_event(e: &Event) -> Result<(), String> {
     if e.key.is_empty() {
         return Err(format!("revision {}: empty key", e.mod_revision));
     }
-    if e.kind == EventKind::Put {
-        if e.version < 1 || e.create_revision < 1 || e.create_revision > e.mod_revision {
+    if e.kind == EventKind::Put
+        && (e.version < 1 || e.create_revision < 1 || e.create_revision > e.mod_revision) {
             return Err(format!(
                 "revision {}: put of {:?} with version {} and create revision {}",
                 e.mod_revision,
@@ -330,7 +330,6 @@ fn check_event(e: &Event) -> Result<(), String> {
                 e.create_revision
             ));
         }
-    }
     Ok(())
 }
 

@@ -115,7 +115,7 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
             writer.add_snapshot_sized(&mut input, page_size, expected).map_err(|e| stop.error_or(repo_error(e)))
         })();
         // Whatever happened to the chunker, the stream ends (its sends fail once `rx` is gone).
-        (saving.join().unwrap_or_else(|_| Err(etcdguard_client::ClientError::Interrupted("a panic"))), stored)
+        (saving.join().unwrap_or(Err(etcdguard_client::ClientError::Interrupted("a panic"))), stored)
     });
     saved.map_err(|e| stop.error_or(client_error(e)))?;
     let snapshot = stored?;
@@ -133,7 +133,6 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
     };
     // The stream's sha256 trailer was checked as it arrived, over the very bytes spooled.
     let etcd = check_snapshot(opts, &path, &file, &db, known, Some(TrailerCheck::Verified))?;
-    drop(db);
     drop(file);
     drop(spool);
     finish(opts, &repo, writer, snapshot, Source::Cluster { endpoint: st.endpoint.clone() }, etcd, note, stop)
@@ -222,7 +221,6 @@ fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInf
     // A damaged snapshot is reported as such, whatever happened to the upload meanwhile.
     let etcd = checked?;
     let snapshot = stored?;
-    drop(db);
     drop(file);
     finish(opts, &repo, writer, snapshot, source, etcd, note, stop)
 }

@@ -235,18 +235,15 @@ fn put_in_place(from: &Path, to: &Path) -> Result<(), RestoreError> {
 /// The checks that need no reading of the whole file: length, meta pages, trailer presence.
 fn precheck(snapshot: &SnapshotFile, opts: &Options) -> Result<(), RestoreError> {
     let path = snapshot.path().to_path_buf();
-    match snapshot.layout() {
-        Layout::Ragged { remainder } => {
-            return Err(RestoreError::Truncated {
-                path,
-                why: format!(
-                    "truncated: {} bytes long, {remainder} bytes past a 512-byte boundary (neither whole pages nor \
-                     pages plus a sha256 trailer)",
-                    snapshot.len()
-                ),
-            })
-        }
-        _ => {}
+    if let Layout::Ragged { remainder } = snapshot.layout() {
+        return Err(RestoreError::Truncated {
+            path,
+            why: format!(
+                "truncated: {} bytes long, {remainder} bytes past a 512-byte boundary (neither whole pages nor \
+                 pages plus a sha256 trailer)",
+                snapshot.len()
+            ),
+        })
     }
     // What the file is comes before what it lacks: a file of zeros or a tarball is "not a
     // bbolt database", as `snapshot status` says, not "no sha256 trailer".
