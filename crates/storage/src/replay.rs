@@ -320,16 +320,15 @@ fn check_event(e: &Event) -> Result<(), String> {
     if e.key.is_empty() {
         return Err(format!("revision {}: empty key", e.mod_revision));
     }
-    if e.kind == EventKind::Put
-        && (e.version < 1 || e.create_revision < 1 || e.create_revision > e.mod_revision) {
-            return Err(format!(
-                "revision {}: put of {:?} with version {} and create revision {}",
-                e.mod_revision,
-                String::from_utf8_lossy(&e.key),
-                e.version,
-                e.create_revision
-            ));
-        }
+    if e.kind == EventKind::Put && (e.version < 1 || e.create_revision < 1 || e.create_revision > e.mod_revision) {
+        return Err(format!(
+            "revision {}: put of {:?} with version {} and create revision {}",
+            e.mod_revision,
+            String::from_utf8_lossy(&e.key),
+            e.version,
+            e.create_revision
+        ));
+    }
     Ok(())
 }
 

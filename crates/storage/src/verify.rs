@@ -151,10 +151,9 @@ impl SchemaVisitor {
                 Ok(_) => self.problem(Some(name), "compaction revision marked as tombstone".into()),
                 Err(why) => self.problem(Some(name), why),
             },
-            b"confState"
-                if serde_json::from_slice::<serde_json::Value>(value).is_err() => {
-                    self.problem(Some(name), "not valid JSON".into());
-                }
+            b"confState" if serde_json::from_slice::<serde_json::Value>(value).is_err() => {
+                self.problem(Some(name), "not valid JSON".into());
+            }
             _ => {}
         }
     }

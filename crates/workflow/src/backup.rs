@@ -574,7 +574,7 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
             None => crate::keycheck::InPlace::from_backup(&repo, &m)?,
         };
         let source = crate::restore::Source { verified: plan.is_none() && m.etcd.verified, temporary };
-        let restored = crate::restore::restore_reassembled(&d, in_place, source)?;
+        let restored = crate::restore::snapshot_restore_with(&d, in_place, source)?;
         for n in &restored.notes {
             on(RestoreEvent::Note(n));
         }

@@ -20,7 +20,7 @@ use etcdguard_repo::manifest::Manifest;
 
 use crate::error::{Error, Kind, Result};
 use crate::repo::RepoSpec;
-use crate::restore::{restore_reassembled, SnapshotRestoreOptions, Source};
+use crate::restore::{snapshot_restore_with, SnapshotRestoreOptions, Source};
 use crate::snapshot::open_snapshot;
 use crate::spool;
 use crate::stop::Stop;
@@ -76,7 +76,7 @@ pub fn drill(opts: &DrillOptions, stop: &Stop, note: &mut dyn FnMut(&str)) -> Re
     let peer_url = format!("http://127.0.0.1:{peer_port}");
     // A drill checks the backup's own keys too: its EncryptionConfiguration must decrypt it.
     let in_place = crate::keycheck::InPlace::from_backup(&repo, m)?;
-    restore_reassembled(&SnapshotRestoreOptions {
+    snapshot_restore_with(&SnapshotRestoreOptions {
         file: snapshot.clone(),
         data_dir: Some(data_dir.clone()),
         name: MEMBER.into(),

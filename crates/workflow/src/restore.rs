@@ -52,7 +52,7 @@ pub fn snapshot_restore(opts: &SnapshotRestoreOptions) -> Result<Restored> {
         Some(p) => crate::keycheck::InPlace::file(p)?,
         None => crate::keycheck::InPlace { config: None, source: "none given (--encryption-config FILE names the one the cluster will use)".into() },
     };
-    snapshot_restore_impl(opts, in_place, Source::default())
+    snapshot_restore_with(opts, in_place, Source::default())
 }
 
 /// What the caller knows of the snapshot file of a restore.
@@ -68,13 +68,10 @@ pub struct Source {
     pub temporary: bool,
 }
 
-/// [`snapshot_restore`] of a snapshot brought back from a backup, checked against the keys
-/// `in_place` (the backup's own EncryptionConfiguration, or `--encryption-config`).
-pub fn restore_reassembled(opts: &SnapshotRestoreOptions, in_place: crate::keycheck::InPlace, source: Source) -> Result<Restored> {
-    snapshot_restore_impl(opts, in_place, source)
-}
-
-fn snapshot_restore_impl(opts: &SnapshotRestoreOptions, in_place: crate::keycheck::InPlace, source: Source) -> Result<Restored> {
+/// [`snapshot_restore`] checked against the keys `in_place` (for a backup: its own
+/// EncryptionConfiguration, or `--encryption-config`), with what the caller knows of the
+/// file (`source`: a backup's verified reassembly, a private temporary).
+pub fn snapshot_restore_with(opts: &SnapshotRestoreOptions, in_place: crate::keycheck::InPlace, source: Source) -> Result<Restored> {
     if (opts.bump_revision > 0) != opts.mark_compacted {
         return Err(Error::usage(
             "--mark-compacted required if --bump-revision > 0 (and --mark-compacted needs --bump-revision); \

@@ -326,19 +326,9 @@ impl Entry {
         }
     }
 
+    /// The row as a JSON value (for `diff`, which adds its own fields).
     fn json(&self, key: &[u8]) -> serde_json::Value {
-        let p = self.path.as_ref();
-        json!({
-            "key": String::from_utf8_lossy(key),
-            "resource": p.map(|p| p.resource.clone()),
-            "namespace": p.map(|p| p.namespace.clone()).filter(|n| !n.is_empty()),
-            "name": p.map(|p| p.name.clone()),
-            "modRevision": self.mod_revision,
-            "createRevision": self.create_revision,
-            "version": self.version,
-            "size": self.value_len,
-            "object": self.object,
-        })
+        serde_json::to_value(self.row(key)).unwrap_or_default()
     }
 }
 
@@ -434,15 +424,18 @@ fn encoding_text(o: &Object) -> String {
 /// The objects whose encrypted value did not decrypt although keys were given, on stderr
 /// after the listing; an error when there are any, so that scripts notice.
 fn decryption_failures<'a>(config: Option<&EncryptionConfig>, entries: impl Iterator<Item = (&'a Vec<u8>, &'a Entry)>) -> Result<(), Failure> {
-    if config.is_none() {
+    let failed: Vec<(Vec<u8>, String)> = entries.filter_map(|(k, e)| Some((k.clone(), e.object.encryption.as_ref()?.error.as_ref()?.to_string()))).collect();
+    report_undecrypted(config, &failed)
+}
+
+/// Lists the values that did not decrypt (key, why) and fails when a config was given; the
+/// objects that did are shown all the same.
+fn report_undecrypted(config: Option<&EncryptionConfig>, failed: &[(Vec<u8>, String)]) -> Result<(), Failure> {
+    if config.is_none() || failed.is_empty() {
         return Ok(());
     }
-    let failed: Vec<_> = entries.filter_map(|(k, e)| e.object.encryption.as_ref()?.error.as_ref().map(|err| (k, err))).collect();
-    for (k, err) in &failed {
+    for (k, err) in failed {
         eprintln!("not decrypted: {}: {err}", String::from_utf8_lossy(k));
-    }
-    if failed.is_empty() {
-        return Ok(());
     }
     Err(Failure::new(Code::Failure, format!("{} object(s) could not be decrypted (listed above; the others are shown)", failed.len())))
 }
@@ -463,8 +456,6 @@ fn row(key: &[u8], e: &Entry) -> Vec<String> {
 
 const HEADER: [&str; 7] = ["RESOURCE", "NAMESPACE", "NAME", "KIND", "ENCODING", "REVISION", "CREATED"];
 
-/// Prints the items as one pretty JSON array, as `serde_json::to_string_pretty` of the whole
-/// would, but an item at a time: a listing of a large snapshot never exists twice in memory.
 /// Two walks of the `key` bucket, so that memory holds rows of text, not decoded objects:
 /// the first finds each live key's newest revision from the keys alone; the second decodes
 /// just those values, in the file's order, and renders each row at once into its place in
@@ -490,18 +481,14 @@ fn list(args: ListArgs) -> Result<()> {
     })
     .map_err(corrupt)?;
     let total = newest.len();
-    let mut keys: Vec<Vec<u8>> = newest.keys().cloned().collect();
+    let mut keys: Vec<(Vec<u8>, i64)> = newest.into_iter().collect();
     keys.sort_unstable();
     // Each key's place in the output, and the newest revision it waits for.
-    let slots: std::collections::HashMap<Vec<u8>, (usize, i64)> = keys.into_iter().enumerate().map(|(i, k)| {
-        let rev = newest[&k];
-        (k, (i, rev))
-    }).collect();
-    drop(newest);
+    let slots: std::collections::HashMap<Vec<u8>, (usize, i64)> = keys.into_iter().enumerate().map(|(i, (k, rev))| (k, (i, rev))).collect();
     let json = args.output == TableJson::Json;
-    let mut rows: Vec<Option<String>> = vec![None; total];
+    let mut rows: Vec<Option<String>> = if json { vec![None; total] } else { Vec::new() };
     let mut table_rows: Vec<Option<Vec<String>>> = if json { Vec::new() } else { vec![None; total] };
-    let mut failed: Vec<(String, String)> = Vec::new();
+    let mut failed: Vec<(Vec<u8>, String)> = Vec::new();
     let mut first_error: Option<Failure> = None;
     etcdguard_storage::keys::for_each_revision(&db, Some(&release), &mut |r| {
         let Some(&(slot, rev)) = slots.get(r.kv.key) else { return };
@@ -520,7 +507,7 @@ fn list(args: ListArgs) -> Result<()> {
             }
         }
         if let Some(err) = e.object.encryption.as_ref().and_then(|s| s.error.as_ref()) {
-            failed.push((String::from_utf8_lossy(r.kv.key).into_owned(), err.to_string()));
+            failed.push((r.kv.key.to_vec(), err.to_string()));
         }
         if json {
             // An element of a pretty array, indented as one: `[row]` without its brackets.
@@ -557,12 +544,7 @@ fn list(args: ListArgs) -> Result<()> {
         print!("{}", crate::cmd::table(&all));
     }
     eprintln!("{selected} object(s) of {total} under {}", args.filter.prefix);
-    if config.is_some() && !failed.is_empty() {
-        for (k, err) in &failed {
-            eprintln!("not decrypted: {k}: {err}");
-        }
-        return Err(Failure::new(Code::Failure, format!("{} object(s) could not be decrypted (listed above; the others are shown)", failed.len())).into());
-    }
+    report_undecrypted(config.as_ref(), &failed)?;
     Ok(())
 }
 

@@ -243,7 +243,7 @@ fn precheck(snapshot: &SnapshotFile, opts: &Options) -> Result<(), RestoreError>
                  pages plus a sha256 trailer)",
                 snapshot.len()
             ),
-        })
+        });
     }
     // What the file is comes before what it lacks: a file of zeros or a tarball is "not a
     // bbolt database", as `snapshot status` says, not "no sha256 trailer".
