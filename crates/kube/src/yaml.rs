@@ -125,8 +125,42 @@ fn scalar_string(out: &mut String, s: &str, depth: usize, block: bool) {
     } else if block && literal_block_fits(s) {
         literal_block(out, s, depth + 2);
     } else {
-        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+        double_quoted(out, s);
     }
+}
+
+/// A double-quoted scalar. YAML admits fewer characters in a stream than JSON does in a
+/// string (no DEL, no C1 controls, no U+FFFE/FFFF), and readers take NEL, LS and PS for line
+/// breaks: everything outside the printable set goes as an escape.
+fn double_quoted(out: &mut String, s: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            ' '..='~' => out.push(c),
+            c if yaml_printable(c) => out.push(c),
+            c if (c as u32) <= 0xff => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if (c as u32) <= 0xffff => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => {
+                let _ = write!(out, "\\U{:08x}", c as u32);
+            }
+        }
+    }
+    out.push('"');
+}
+
+/// Characters outside ASCII that a YAML stream carries as they are.
+fn yaml_printable(c: char) -> bool {
+    matches!(c as u32, 0xa0..=0xd7ff | 0xe000..=0xfffd | 0x10000..) && !matches!(c, '\u{feff}' | '\u{2028}' | '\u{2029}')
 }
 
 /// Plain scalars: letters, digits and a few marks, not starting like a number, date or
@@ -147,17 +181,19 @@ fn is_plain(s: &str) -> bool {
     !KEYWORDS.contains(&lower.as_str()) && !matches!(lower.as_str(), ".inf" | ".nan") && !s.contains("  ")
 }
 
-/// A literal block keeps text exactly when it is printable (tabs allowed) and has a line.
+/// A literal block keeps text exactly when it is printable (tabs allowed), has a line and is
+/// not only line breaks (a block of empty lines reads back as "").
 fn literal_block_fits(s: &str) -> bool {
-    s.contains('\n') && s.chars().all(|c| c == '\n' || c == '\t' || !(c.is_control() || c == '\u{feff}' || c == '\u{85}' || c == '\u{2028}' || c == '\u{2029}'))
+    s.contains('\n') && s.contains(|c| c != '\n') && s.chars().all(|c| matches!(c, '\n' | '\t' | ' '..='~') || yaml_printable(c))
 }
 
 /// `|` with the chomping that gives back the trailing newlines exactly, and an indentation
-/// indicator when the text starts with a space.
+/// indicator when the first line with text starts with a blank (a reader would otherwise take
+/// the blank for indentation).
 fn literal_block(out: &mut String, s: &str, depth: usize) {
     let trailing = s.len() - s.trim_end_matches('\n').len();
     out.push('|');
-    if s.starts_with(' ') {
+    if s.trim_start_matches('\n').starts_with([' ', '\t']) {
         out.push('2');
     }
     match trailing {
@@ -196,10 +232,28 @@ mod tests {
             "", "true", "False", "yes", "NO", "on", "y", "null", "~", "1", "-1", "0x1f", "1e3", ".5", ".inf", "2024-01-02", "12:30",
             "a: b", "a #b", "#x", "- x", "[x]", "{x}", "*x", "&x", "!x", "%x", "@x", "`x", "'x", "\"x", "x ", " x", "a  b", "?", ":", ",",
             "é", "tab\there", "cr\rlf", "\u{feff}bom", "nul\0", "line\n", "two\nlines", "\nlead", "trail\n\n\n", "  indented\nx", "x\n  y\n",
-            "a\n\nb", "ends with space \nnext", "=", "100m", "v1", "apps/v1", "kube-system", "k8s.io/x", "Always", "a b c",
+            "a\n\nb", "ends with space \nnext", "del\u{7f}", "c1\u{80}\u{9f}", "nel\u{85}x", "ls\u{2028}ps\u{2029}", "nb\u{a0}sp", "\u{fffe}\u{ffff}",
+            "lines\nwith\u{7f}del\n", "astral 😀", "bell\u{7}\u{1b}[0m", "\u{e000}\u{fffd}", "=", "100m", "v1", "apps/v1", "kube-system", "k8s.io/x", "Always", "a b c",
         ] {
             round_trip(&json!({ "k": s, s: 1 }));
             round_trip(&json!([s]));
+        }
+    }
+
+    /// Every short string over the characters that steer a YAML reader (blanks, breaks,
+    /// indicators), as a value, a key and a list item.
+    #[test]
+    fn every_short_string_of_tricky_characters_round_trips() {
+        const ALPHABET: [char; 8] = [' ', '\n', 'a', '\t', '#', ':', '-', '\r'];
+        for len in 0..=5u32 {
+            for mut n in 0..ALPHABET.len().pow(len) {
+                let mut s = String::new();
+                for _ in 0..len {
+                    s.push(ALPHABET[n % ALPHABET.len()]);
+                    n /= ALPHABET.len();
+                }
+                round_trip(&json!({ "k": s, s.clone(): [s.clone()], "m": {"n": [{"o": s}]} }));
+            }
         }
     }
 
