@@ -43,13 +43,13 @@ impl OpenFileError {
 /// memory flat. The kernel's page cache keeps the data, so re-reading is cheap.
 pub struct MappedFile {
     path: PathBuf,
-    _file: File,
+    file: File,
     map: Option<Mmap>,
     /// `/proc/self/statm`, kept open: reading it tells how much of the map is resident.
     statm: Option<File>,
 }
 
-/// Resident memory above which [`MappedFile::release_resident`] drops the mapped pages.
+/// File-backed resident memory above which [`MappedFile::release_resident`] drops the mapped pages.
 /// Well under the 64 MiB a status or restore may use, and large enough that a walk over a
 /// file whose pages map one at a time rarely pays for re-faulting them.
 const RESIDENT_LIMIT: u64 = 24 << 20;
@@ -82,7 +82,7 @@ impl MappedFile {
             let map = unsafe { MmapOptions::new().map(&file) }.map_err(|e| OpenFileError::from_io(path, e))?;
             Some(map)
         };
-        Ok(MappedFile { path: path.to_path_buf(), _file: file, map, statm: File::open("/proc/self/statm").ok() })
+        Ok(MappedFile { path: path.to_path_buf(), file, map, statm: File::open("/proc/self/statm").ok() })
     }
 
     pub fn path(&self) -> &Path {
@@ -93,25 +93,44 @@ impl MappedFile {
         self.map.as_deref().unwrap_or(&[])
     }
 
-    /// Resident set of this process in bytes, when the system says (Linux).
-    fn resident_bytes(&self) -> Option<u64> {
+    /// Copies `part`, a slice of [`MappedFile::bytes`], into `buf` with a positioned read of
+    /// the file instead of through the map: the kernel copies from its page cache and no page
+    /// gets mapped, so a pass over many scattered values neither faults pages in nor has to
+    /// drop them again. Fails when `part` is not inside the map.
+    pub fn copy_out(&self, part: &[u8], buf: &mut Vec<u8>) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let base = self.bytes().as_ptr() as usize;
+        let offset = (part.as_ptr() as usize).wrapping_sub(base);
+        if offset > self.bytes().len() || part.len() > self.bytes().len() - offset {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the slice is not part of this map"));
+        }
+        // Zero only what the buffer grows by: it is reused for value after value.
+        buf.resize(part.len(), 0);
+        self.file.read_exact_at(buf, offset as u64)
+    }
+
+    /// File-backed resident memory of this process in bytes (statm's `shared`: mapped files,
+    /// this map's pages among them, not the heap), when the system says (Linux). The heap is
+    /// left out so that a caller holding results in memory does not make every call drop the
+    /// whole map.
+    fn resident_file_bytes(&self) -> Option<u64> {
         use std::os::unix::fs::FileExt;
         let mut buf = [0u8; 128];
         let n = self.statm.as_ref()?.read_at(&mut buf, 0).ok()?;
         let text = std::str::from_utf8(&buf[..n]).ok()?;
-        let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+        let pages: u64 = text.split_whitespace().nth(2)?.parse().ok()?;
         // SAFETY: sysconf has no memory-safety preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         Some(pages * page.max(4096) as u64)
     }
 
     /// Drops this process's resident copies of the mapped pages (not the page cache) once
-    /// the resident set passes a few tens of MiB. A file that was just written sits in the
+    /// the map's resident pages pass a few tens of MiB. A file that was just written sits in the
     /// page cache as large folios, and touching one page maps its whole folio (up to 2 MiB),
     /// so how fast the map grows depends on the file's history, not on how much was read:
     /// measuring beats guessing. Without a readable `/proc/self/statm`, it always drops.
     pub fn release_resident(&self) {
-        if self.resident_bytes().is_some_and(|r| r < RESIDENT_LIMIT) {
+        if self.resident_file_bytes().is_some_and(|r| r < RESIDENT_LIMIT) {
             return;
         }
         if let Some(map) = &self.map {

@@ -18,14 +18,15 @@ const MAX_BUCKET_DEPTH: usize = 64;
 /// `depth` is the depth of the bucket the entry belongs to: 0 for the root bucket (whose
 /// entries are the top-level bucket names), 1 for entries of a top-level bucket, and so on.
 /// A sub-bucket entry is reported with `is_bucket = true` and its header bytes as `value`,
-/// then its contents follow between `enter_bucket` and `leave_bucket`.
-pub trait Visitor {
-    fn entry(&mut self, _depth: usize, _key: &[u8], _value: &[u8], _is_bucket: bool) {}
-    fn enter_bucket(&mut self, _depth: usize, _name: &[u8]) {}
+/// then its contents follow between `enter_bucket` and `leave_bucket`. Keys and values borrow
+/// the database's bytes (`'a`), so a visitor may keep them past the walk without copying.
+pub trait Visitor<'a> {
+    fn entry(&mut self, _depth: usize, _key: &'a [u8], _value: &'a [u8], _is_bucket: bool) {}
+    fn enter_bucket(&mut self, _depth: usize, _name: &'a [u8]) {}
     fn leave_bucket(&mut self, _depth: usize, _name: &[u8]) {}
 }
 
-impl Visitor for () {}
+impl Visitor<'_> for () {}
 
 /// Knobs for [`walk`].
 pub struct WalkOptions<'r> {
@@ -192,7 +193,7 @@ impl Bits {
     }
 }
 
-struct Walker<'a, 'd, 'v, 'r, V: Visitor> {
+struct Walker<'a, 'd, 'v, 'r, V: Visitor<'a>> {
     db: &'d Db<'a>,
     visitor: &'v mut V,
     opts: &'d WalkOptions<'r>,
@@ -204,7 +205,7 @@ struct Walker<'a, 'd, 'v, 'r, V: Visitor> {
 }
 
 /// Walks the whole database: the freelist, then the root bucket and every bucket below it.
-pub fn walk<V: Visitor>(db: &Db<'_>, visitor: &mut V, opts: &WalkOptions<'_>) -> WalkReport {
+pub fn walk<'a, V: Visitor<'a>>(db: &Db<'a>, visitor: &mut V, opts: &WalkOptions<'_>) -> WalkReport {
     let pgid = db.meta().pgid;
     let mut w = Walker {
         db,
@@ -225,7 +226,7 @@ pub fn walk<V: Visitor>(db: &Db<'_>, visitor: &mut V, opts: &WalkOptions<'_>) ->
     w.finish()
 }
 
-impl<'a, V: Visitor> Walker<'a, '_, '_, '_, V> {
+impl<'a, V: Visitor<'a>> Walker<'a, '_, '_, '_, V> {
     fn problem(&mut self, page: Option<u64>, key: Option<&[u8]>, kind: ProblemKind) {
         self.report.problem_count += 1;
         if self.report.problems.len() < self.opts.max_problems {

@@ -621,7 +621,7 @@ mod tests {
 
     #[derive(Default)]
     struct Collect(Vec<(usize, Vec<u8>, Vec<u8>)>);
-    impl Visitor for Collect {
+    impl Visitor<'_> for Collect {
         fn entry(&mut self, depth: usize, key: &[u8], value: &[u8], is_bucket: bool) {
             self.0.push((depth, key.to_vec(), if is_bucket { vec![] } else { value.to_vec() }));
         }

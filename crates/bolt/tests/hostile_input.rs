@@ -13,7 +13,7 @@ struct Count {
     bytes: u64,
 }
 
-impl Visitor for Count {
+impl Visitor<'_> for Count {
     fn entry(&mut self, _depth: usize, key: &[u8], value: &[u8], _is_bucket: bool) {
         self.entries += 1;
         self.bytes += (key.len() + value.len()) as u64;

@@ -687,7 +687,7 @@ struct FindFirstKeyValue {
     found: Option<KeyEntry>,
 }
 
-impl Visitor for FindFirstKeyValue {
+impl Visitor<'_> for FindFirstKeyValue {
     fn entry(&mut self, depth: usize, key: &[u8], value: &[u8], is_bucket: bool) {
         if depth == 1 && !is_bucket && self.bucket == b"key" && self.found.is_none() && value.len() > 4 {
             self.found = Some(KeyEntry { value_offset: value.as_ptr() as usize - self.base, revision_key: key.to_vec() });

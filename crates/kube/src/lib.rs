@@ -263,22 +263,72 @@ pub fn decode(value: &[u8]) -> Object {
         return Object { encoding: Encoding::Encrypted(provider), api_version: String::new(), kind: String::new(), metadata: None, encryption: None };
     }
     if value.first() == Some(&b'{') {
-        // Only the head is built; the rest (a CRD's schema can be hundreds of KiB) is skipped.
-        #[derive(serde::Deserialize)]
-        struct Head {
-            #[serde(default, rename = "apiVersion")]
-            api_version: Option<serde_json::Value>,
-            #[serde(default)]
-            kind: Option<serde_json::Value>,
-            #[serde(default)]
-            metadata: Option<serde_json::Value>,
-        }
-        if let Ok(h) = serde_json::from_slice::<Head>(value) {
+        if let Some(h) = json_head(value) {
             let s = |v: Option<serde_json::Value>| v.as_ref().and_then(|x| x.as_str()).unwrap_or_default().to_string();
             return Object { encoding: Encoding::Json, api_version: s(h.api_version), kind: s(h.kind), metadata: h.metadata.as_ref().map(meta_from_json), encryption: None };
         }
     }
     Object { encoding: Encoding::Other, api_version: String::new(), kind: String::new(), metadata: None, encryption: None }
+}
+
+/// The fields of a JSON object that [`decode`] reads.
+#[derive(Default)]
+struct JsonHead {
+    api_version: Option<serde_json::Value>,
+    kind: Option<serde_json::Value>,
+    metadata: Option<serde_json::Value>,
+}
+
+/// apiVersion, kind and metadata of a JSON object, read up to where all three have been
+/// seen: the API server writes them first, and the rest (a CRD's schema can be hundreds of
+/// KiB) is then neither parsed nor read from the file. `None` when the value is not a JSON
+/// object, or breaks off before the three were found.
+fn json_head(value: &[u8]) -> Option<JsonHead> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    #[derive(serde::Deserialize)]
+    #[serde(field_identifier)]
+    enum Field {
+        #[serde(rename = "apiVersion")]
+        ApiVersion,
+        #[serde(rename = "kind")]
+        Kind,
+        #[serde(rename = "metadata")]
+        Metadata,
+        #[serde(other)]
+        Other,
+    }
+    /// Fills the head; sets the flag when it stops before the object's end.
+    struct HeadVisitor<'h>(&'h mut JsonHead, &'h mut bool);
+    impl<'de> Visitor<'de> for HeadVisitor<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let head = self.0;
+            while let Some(field) = map.next_key::<Field>()? {
+                match field {
+                    Field::ApiVersion => head.api_version = Some(map.next_value()?),
+                    Field::Kind => head.kind = Some(map.next_value()?),
+                    Field::Metadata => head.metadata = Some(map.next_value()?),
+                    Field::Other => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                if head.api_version.is_some() && head.kind.is_some() && head.metadata.is_some() {
+                    // Stop here: the parser then reports the unread rest, which is ignored.
+                    *self.1 = true;
+                    return Ok(());
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut head = JsonHead::default();
+    let mut stopped_early = false;
+    let mut de = serde_json::Deserializer::from_slice(value);
+    let whole = de.deserialize_map(HeadVisitor(&mut head, &mut stopped_early)).and_then(|()| de.end());
+    (whole.is_ok() || stopped_early).then_some(head)
 }
 
 /// A `/registry/…` key split as the API server builds it: `<prefix>/<resource>[/<namespace>]/<name>`,
@@ -329,6 +379,25 @@ mod tests {
         let broken = decode(b"k8s\0\x0a\xff\xff");
         assert_eq!(broken.encoding, Encoding::Protobuf);
         assert_eq!(broken.metadata, None);
+    }
+
+    #[test]
+    fn json_objects_are_read_up_to_their_head() {
+        let whole = decode(br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"n","labels":{"x":"y"}},"data":{"k":"v"}}"#);
+        assert_eq!((whole.encoding, whole.api_version.as_str(), whole.kind.as_str()), (Encoding::Json, "v1", "ConfigMap"));
+        assert_eq!(whole.metadata.as_ref().map(|m| (m.name.as_str(), m.namespace.as_str(), m.labels["x"].as_str())), Some(("a", "n", "y")));
+        // Once the head is read, the rest is not: a body cut short still lists.
+        let cut = decode(br#"{"kind":"Widget","apiVersion":"example.com/v1","metadata":{"name":"w"},"spec":{"size": [1, 2"#);
+        assert_eq!((cut.encoding, cut.kind.as_str(), cut.metadata.map(|m| m.name)), (Encoding::Json, "Widget", Some("w".to_string())));
+        // Keys in any order, escaped, or before the head.
+        let late = decode(br#"{"spec":{"a":[{"b":"}"}]},"metadat\u0061":{"name":"m"},"kind":"K","apiVersion":"v"}"#);
+        assert_eq!((late.encoding, late.metadata.map(|m| m.name)), (Encoding::Json, Some("m".to_string())));
+        // Without all three the whole object must parse.
+        let no_meta = decode(br#"{"apiVersion":"v1","kind":"K"}"#);
+        assert_eq!((no_meta.encoding, no_meta.metadata), (Encoding::Json, None));
+        assert_eq!(decode(br#"{"apiVersion":"v1","kind":"K","spec":"#).encoding, Encoding::Other);
+        assert_eq!(decode(br#"{"apiVersion":"v1"} trailing"#).encoding, Encoding::Other);
+        assert_eq!(decode(b"{not json").encoding, Encoding::Other);
     }
 
     #[test]

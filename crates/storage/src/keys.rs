@@ -1,8 +1,12 @@
 //! The `key` bucket in revision order: what `inspect` reads to find each key's newest value.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use etcdguard_bolt::{walk, Db, Visitor, WalkOptions};
 
 use crate::proto::KeyValue;
+use crate::snapshot_file::SnapshotFile;
 use crate::verify::parse_revision;
 
 /// One entry of the `key` bucket.
@@ -16,14 +20,14 @@ pub struct Revision<'a> {
 
 /// A walk [`Visitor`] that decodes the `key` bucket's entries and hands each to `f`; for a
 /// walk that does other work too (a restore's self-check).
-pub struct RevisionVisitor<'f> {
+pub struct RevisionVisitor<'f, 'a> {
     in_key_bucket: bool,
-    f: &'f mut dyn FnMut(Revision<'_>),
+    f: &'f mut dyn FnMut(Revision<'a>),
     first_error: Option<String>,
 }
 
-impl<'f> RevisionVisitor<'f> {
-    pub fn new(f: &'f mut dyn FnMut(Revision<'_>)) -> Self {
+impl<'f, 'a> RevisionVisitor<'f, 'a> {
+    pub fn new(f: &'f mut dyn FnMut(Revision<'a>)) -> Self {
         RevisionVisitor { in_key_bucket: false, f, first_error: None }
     }
 
@@ -33,8 +37,8 @@ impl<'f> RevisionVisitor<'f> {
     }
 }
 
-impl Visitor for RevisionVisitor<'_> {
-    fn entry(&mut self, depth: usize, key: &[u8], value: &[u8], is_bucket: bool) {
+impl<'a> Visitor<'a> for RevisionVisitor<'_, 'a> {
+    fn entry(&mut self, depth: usize, key: &'a [u8], value: &'a [u8], is_bucket: bool) {
         if depth != 1 || !self.in_key_bucket || is_bucket || self.first_error.is_some() {
             return;
         }
@@ -44,7 +48,7 @@ impl Visitor for RevisionVisitor<'_> {
         }
     }
 
-    fn enter_bucket(&mut self, depth: usize, name: &[u8]) {
+    fn enter_bucket(&mut self, depth: usize, name: &'a [u8]) {
         if depth == 1 {
             self.in_key_bucket = name == b"key";
         }
@@ -57,9 +61,89 @@ impl Visitor for RevisionVisitor<'_> {
     }
 }
 
+/// A live key's newest revision. The key is copied (it is small, and sorting or hashing keys
+/// left in the file would map pages from all over it); the value stays in the file.
+#[derive(Debug, Clone)]
+pub struct Newest<'a> {
+    pub key: Box<[u8]>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    pub value: &'a [u8],
+}
+
+/// Each live key's newest revision, for the keys `want` accepts, from one walk; sorted by
+/// key. Memory grows with the number of live keys, not with their values.
+pub fn newest_live<'a>(db: &Db<'a>, release: Option<&dyn Fn()>, want: &dyn Fn(&[u8]) -> bool) -> Result<Vec<Newest<'a>>, String> {
+    let mut newest: HashMap<Box<[u8]>, Newest<'a>> = HashMap::new();
+    for_each_revision(db, release, &mut |r| {
+        if !want(r.kv.key) {
+            return;
+        }
+        if r.tombstone {
+            newest.remove(r.kv.key);
+            return;
+        }
+        let revision = |key: Box<[u8]>| Newest { key, create_revision: r.kv.create_revision, mod_revision: r.kv.mod_revision, version: r.kv.version, value: r.kv.value };
+        match newest.get_mut(r.kv.key) {
+            Some(n) => *n = revision(std::mem::take(&mut n.key)),
+            None => {
+                newest.insert(r.kv.key.into(), revision(r.kv.key.into()));
+            }
+        }
+    })?;
+    let mut live: Vec<Newest<'a>> = newest.into_values().collect();
+    live.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    Ok(live)
+}
+
+/// `f(item, value)` for every item of `file`'s database, on all cores; the results come back
+/// in the items' order. The values are visited in the order they lie in the file (so the
+/// kernel reads ahead), and copied out with positioned reads rather than read through the map
+/// ([`SnapshotFile::copy_out`]): mapping and dropping each page cost more than the copy.
+pub fn map_in_file_order<'a, T: Send>(file: &SnapshotFile, items: &[Newest<'a>], f: &(dyn Fn(&Newest<'a>, &[u8]) -> T + Sync)) -> Vec<T> {
+    // Small enough that both cores stay busy to the end, large enough to read ahead.
+    const CHUNK: usize = 64;
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_unstable_by_key(|&i| items[i].value.as_ptr() as usize);
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).min(order.len().div_ceil(CHUNK).max(1));
+    let work = || {
+        let mut done: Vec<(usize, T)> = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            let start = next.fetch_add(CHUNK, Ordering::Relaxed);
+            if start >= order.len() {
+                break;
+            }
+            for &i in &order[start..(start + CHUNK).min(order.len())] {
+                let kv = &items[i];
+                // A read that fails (it cannot, for a slice of the map) falls back to the map.
+                let value = match file.copy_out(kv.value, &mut buf) {
+                    Ok(()) => &buf[..],
+                    Err(_) => kv.value,
+                };
+                done.push((i, f(kv, value)));
+            }
+        }
+        done
+    };
+    let parts: Vec<Vec<(usize, T)>> = if threads == 1 {
+        vec![work()]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads).map(|_| s.spawn(&work)).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        })
+    };
+    let mut all: Vec<(usize, T)> = parts.into_iter().flatten().collect();
+    all.sort_unstable_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, t)| t).collect()
+}
+
 /// Calls `f` for every revision in the `key` bucket, oldest first. Fails on the first entry
 /// that does not decode, or when the tree walk finds damage.
-pub fn for_each_revision(db: &Db<'_>, release: Option<&dyn Fn()>, f: &mut dyn FnMut(Revision<'_>)) -> Result<(), String> {
+pub fn for_each_revision<'a>(db: &Db<'a>, release: Option<&dyn Fn()>, f: &mut dyn FnMut(Revision<'a>)) -> Result<(), String> {
     let mut v = RevisionVisitor::new(f);
     let opts = WalkOptions { release, ..WalkOptions::default() };
     let report = walk(db, &mut v, &opts);

@@ -84,6 +84,12 @@ impl SnapshotFile {
         self.map.release_resident()
     }
 
+    /// Copies `part` of [`SnapshotFile::image`] into `buf` without mapping its pages
+    /// ([`MappedFile::copy_out`]).
+    pub fn copy_out(&self, part: &[u8], buf: &mut Vec<u8>) -> io::Result<()> {
+        self.map.copy_out(part, buf)
+    }
+
     /// Hashes the image with positioned reads into a small buffer (so a multi-GiB file does
     /// not become resident) and compares it with the trailer.
     pub fn check_trailer(&self) -> io::Result<TrailerCheck> {

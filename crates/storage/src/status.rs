@@ -54,7 +54,7 @@ struct StatusVisitor {
     cluster_version: Option<String>,
 }
 
-impl Visitor for StatusVisitor {
+impl Visitor<'_> for StatusVisitor {
     fn entry(&mut self, depth: usize, key: &[u8], value: &[u8], is_bucket: bool) {
         match depth {
             0 => {

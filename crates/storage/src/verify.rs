@@ -184,7 +184,7 @@ impl SchemaVisitor {
     }
 }
 
-impl Visitor for SchemaVisitor {
+impl Visitor<'_> for SchemaVisitor {
     fn entry(&mut self, depth: usize, key: &[u8], value: &[u8], is_bucket: bool) {
         match depth {
             0 => {

@@ -375,32 +375,38 @@ fn load(path: &Path, prefix: &[u8], keep: &dyn Fn(&[u8]) -> bool, config: Option
     Ok((entries, values))
 }
 
-fn matches(f: &Filter, e: &Entry) -> Result<bool, Failure> {
+impl Filter {
+    /// The parsed `--selector`, checked once before any work.
+    fn parsed_selector(&self) -> Result<Option<Selector>, Failure> {
+        self.selector.as_deref().map(parse_selector).transpose()
+    }
+}
+
+fn matches(f: &Filter, selector: Option<&Selector>, e: &Entry) -> bool {
     let p = e.path.as_ref();
     if let Some(r) = &f.resource {
         let ok = p.is_some_and(|p| &p.resource == r || p.resource.rsplit('/').next() == Some(r.as_str()));
         if !ok {
-            return Ok(false);
+            return false;
         }
     }
     if let Some(ns) = &f.namespace {
         if p.is_none_or(|p| &p.namespace != ns) {
-            return Ok(false);
+            return false;
         }
     }
     if let Some(name) = &f.name {
         if p.is_none_or(|p| &p.name != name) {
-            return Ok(false);
+            return false;
         }
     }
-    if let Some(sel) = &f.selector {
-        let sel = parse_selector(sel)?;
+    if let Some(sel) = selector {
         let empty = BTreeMap::new();
         if !sel.matches(e.object.metadata.as_ref().map_or(&empty, |m| &m.labels)) {
-            return Ok(false);
+            return false;
         }
     }
-    Ok(true)
+    true
 }
 
 fn parse_selector(text: &str) -> Result<Selector, Failure> {
@@ -456,92 +462,66 @@ fn row(key: &[u8], e: &Entry) -> Vec<String> {
 
 const HEADER: [&str; 7] = ["RESOURCE", "NAMESPACE", "NAME", "KIND", "ENCODING", "REVISION", "CREATED"];
 
-/// Two walks of the `key` bucket, so that memory holds rows of text, not decoded objects:
-/// the first finds each live key's newest revision from the keys alone; the second decodes
-/// just those values, in the file's order, and renders each row at once into its place in
-/// key order. (Point lookups in key order were tried: they read the file out of order, so
-/// the mapped pages either piled up to the file's size or were dropped and read again.)
+/// One walk of the `key` bucket finds each live key's newest revision (keys and values stay
+/// in the file's map); the values are then decoded on all cores in the order they lie in the
+/// file, each rendered at once as the row of text the output needs, and printed in key order.
 fn list(args: ListArgs) -> Result<()> {
     let config = args.decryption.load()?;
+    let selector = args.filter.parsed_selector()?;
     let file = open_snapshot(&args.snapshot)?;
     let db = file.db().map_err(|e| db_failure(&args.snapshot, e))?;
     let release = || file.release_resident();
-    let corrupt = |e: String| Failure::new(Code::Corrupt, format!("{}: {e}", args.snapshot.display()));
     let prefix = args.filter.prefix.as_bytes();
-    let mut newest: std::collections::HashMap<Vec<u8>, i64> = std::collections::HashMap::new();
-    etcdguard_storage::keys::for_each_revision(&db, Some(&release), &mut |r| {
-        if !r.kv.key.starts_with(prefix) {
-            return;
-        }
-        if r.tombstone {
-            newest.remove(r.kv.key);
-        } else {
-            newest.insert(r.kv.key.to_vec(), r.kv.mod_revision);
-        }
-    })
-    .map_err(corrupt)?;
-    let total = newest.len();
-    let mut keys: Vec<(Vec<u8>, i64)> = newest.into_iter().collect();
-    keys.sort_unstable();
-    // Each key's place in the output, and the newest revision it waits for.
-    let slots: std::collections::HashMap<Vec<u8>, (usize, i64)> = keys.into_iter().enumerate().map(|(i, (k, rev))| (k, (i, rev))).collect();
+    let live = etcdguard_storage::keys::newest_live(&db, Some(&release), &|key| key.starts_with(prefix))
+        .map_err(|e| Failure::new(Code::Corrupt, format!("{}: {e}", args.snapshot.display())))?;
     let json = args.output == TableJson::Json;
-    let mut rows: Vec<Option<String>> = if json { vec![None; total] } else { Vec::new() };
-    let mut table_rows: Vec<Option<Vec<String>>> = if json { Vec::new() } else { vec![None; total] };
-    let mut failed: Vec<(Vec<u8>, String)> = Vec::new();
-    let mut first_error: Option<Failure> = None;
-    etcdguard_storage::keys::for_each_revision(&db, Some(&release), &mut |r| {
-        let Some(&(slot, rev)) = slots.get(r.kv.key) else { return };
-        if r.kv.mod_revision != rev || r.tombstone || first_error.is_some() {
-            return;
+    /// A selected object: its row (pretty JSON, or table cells) and why it did not decrypt.
+    type Listed = Option<(Result<String, Vec<String>>, Option<String>)>;
+    let rows: Vec<Listed> = etcdguard_storage::keys::map_in_file_order(&file, &live, &|kv, value| {
+        let object = decode_stored(&kv.key, value, config.as_ref());
+        let path = key_path(&kv.key, object.metadata.as_ref());
+        let e = Entry { mod_revision: kv.mod_revision, create_revision: kv.create_revision, version: kv.version, value_len: value.len(), value_crc: 0, object, path };
+        if !matches(&args.filter, selector.as_ref(), &e) {
+            return None;
         }
-        let object = decode_stored(r.kv.key, r.kv.value, config.as_ref());
-        let path = key_path(r.kv.key, object.metadata.as_ref());
-        let e = Entry { mod_revision: r.kv.mod_revision, create_revision: r.kv.create_revision, version: r.kv.version, value_len: r.kv.value.len(), value_crc: 0, object, path };
-        match matches(&args.filter, &e) {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(err) => {
-                first_error = Some(err);
-                return;
-            }
-        }
-        if let Some(err) = e.object.encryption.as_ref().and_then(|s| s.error.as_ref()) {
-            failed.push((r.kv.key.to_vec(), err.to_string()));
-        }
-        if json {
+        let undecrypted = e.object.encryption.as_ref().and_then(|s| s.error.as_ref()).map(|err| err.to_string());
+        let row = if json {
             // An element of a pretty array, indented as one: `[row]` without its brackets.
-            let text = serde_json::to_string_pretty(&[e.row(r.kv.key)]).unwrap_or_default();
-            rows[slot] = Some(text[2..text.len() - 2].to_string());
+            let text = serde_json::to_string_pretty(&[e.row(&kv.key)]).unwrap_or_default();
+            Ok(text[2..text.len() - 2].to_string())
         } else {
-            table_rows[slot] = Some(row(r.kv.key, &e));
+            Err(row(&kv.key, &e))
+        };
+        Some((row, undecrypted))
+    });
+    let total = live.len();
+    let mut failed: Vec<(Vec<u8>, String)> = Vec::new();
+    let mut out = String::with_capacity(1 << 17);
+    let mut table = vec![HEADER.map(String::from).to_vec()];
+    let mut selected = 0;
+    for (kv, listed) in live.iter().zip(rows) {
+        let Some((row, undecrypted)) = listed else { continue };
+        if let Some(err) = undecrypted {
+            failed.push((kv.key.to_vec(), err));
         }
-    })
-    .map_err(corrupt)?;
-    if let Some(e) = first_error {
-        return Err(e.into());
-    }
-    let selected;
-    if json {
-        let mut out = String::with_capacity(1 << 17);
-        let mut n = 0;
-        for text in rows.into_iter().flatten() {
-            out.push_str(if n == 0 { "[\n" } else { ",\n" });
-            out.push_str(&text);
-            n += 1;
-            if out.len() >= 1 << 16 {
-                crate::output::stdout_write(out.as_bytes());
-                out.clear();
+        match row {
+            Ok(text) => {
+                out.push_str(if selected == 0 { "[\n" } else { ",\n" });
+                out.push_str(&text);
+                if out.len() >= 1 << 16 {
+                    crate::output::stdout_write(out.as_bytes());
+                    out.clear();
+                }
             }
+            Err(cells) => table.push(cells),
         }
-        out.push_str(if n == 0 { "[]\n" } else { "\n]\n" });
+        selected += 1;
+    }
+    if json {
+        out.push_str(if selected == 0 { "[]\n" } else { "\n]\n" });
         crate::output::stdout_write(out.as_bytes());
-        selected = n;
     } else {
-        let mut all = vec![HEADER.map(String::from).to_vec()];
-        all.extend(table_rows.into_iter().flatten());
-        selected = all.len() - 1;
-        print!("{}", crate::cmd::table(&all));
+        print!("{}", crate::cmd::table(&table));
     }
     eprintln!("{selected} object(s) of {total} under {}", args.filter.prefix);
     report_undecrypted(config.as_ref(), &failed)?;
@@ -603,6 +583,7 @@ fn get(args: GetArgs) -> Result<()> {
 
 fn diff(args: DiffArgs) -> Result<()> {
     let prefix = args.filter.prefix.as_bytes();
+    let selector = args.filter.parsed_selector()?;
     let mut _scratch = None;
     let (old_path, new_path) = match &args.backups.repo {
         None => (args.old.clone(), args.new.clone()),
@@ -643,7 +624,7 @@ fn diff(args: DiffArgs) -> Result<()> {
     let mut selected = Vec::new();
     for c in changes {
         // An object matches when either side does (a relabelled object still shows).
-        if matches(&args.filter, c.2)? || c.3.map(|o| matches(&args.filter, o)).transpose()?.unwrap_or(false) {
+        if matches(&args.filter, selector.as_ref(), c.2) || c.3.is_some_and(|o| matches(&args.filter, selector.as_ref(), o)) {
             selected.push(c);
         }
     }

@@ -238,7 +238,7 @@ pub struct Facts {
     bucket: Vec<u8>,
 }
 
-impl Visitor for Facts {
+impl Visitor<'_> for Facts {
     fn entry(&mut self, depth: usize, key: &[u8], value: &[u8], is_bucket: bool) {
         if depth == 0 {
             self.buckets.push(String::from_utf8_lossy(key).into_owned());
@@ -288,19 +288,19 @@ pub fn walk_facts(db: &Db<'_>, release: Option<&dyn Fn()>) -> (Facts, WalkReport
 }
 
 /// [`walk_facts`], showing every entry to `also` in the same pass.
-pub fn walk_facts_and(db: &Db<'_>, release: Option<&dyn Fn()>, also: Option<&mut dyn Visitor>) -> (Facts, WalkReport) {
-    struct Both<'v> {
+pub fn walk_facts_and<'a>(db: &Db<'a>, release: Option<&dyn Fn()>, also: Option<&mut dyn Visitor<'a>>) -> (Facts, WalkReport) {
+    struct Both<'v, 'a> {
         facts: Facts,
-        also: Option<&'v mut dyn Visitor>,
+        also: Option<&'v mut dyn Visitor<'a>>,
     }
-    impl Visitor for Both<'_> {
-        fn entry(&mut self, depth: usize, key: &[u8], value: &[u8], is_bucket: bool) {
+    impl<'a> Visitor<'a> for Both<'_, 'a> {
+        fn entry(&mut self, depth: usize, key: &'a [u8], value: &'a [u8], is_bucket: bool) {
             self.facts.entry(depth, key, value, is_bucket);
             if let Some(v) = self.also.as_mut() {
                 v.entry(depth, key, value, is_bucket);
             }
         }
-        fn enter_bucket(&mut self, depth: usize, name: &[u8]) {
+        fn enter_bucket(&mut self, depth: usize, name: &'a [u8]) {
             self.facts.enter_bucket(depth, name);
             if let Some(v) = self.also.as_mut() {
                 v.enter_bucket(depth, name);

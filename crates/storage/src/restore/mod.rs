@@ -329,7 +329,7 @@ fn self_check(path: &Path, cluster: &Cluster, bumped_to: Option<u64>, gate: Opti
             }
         };
         let mut revisions = crate::keys::RevisionVisitor::new(&mut feed);
-        let also: Option<&mut dyn etcdguard_bolt::Visitor> = if gated { Some(&mut revisions) } else { None };
+        let also: Option<&mut dyn etcdguard_bolt::Visitor<'_>> = if gated { Some(&mut revisions) } else { None };
         let (facts, report) = db::walk_facts_and(&database, Some(&release), also);
         let undecodable = revisions.first_error().map(str::to_string);
         (facts, report, undecodable)
