@@ -16,6 +16,7 @@ pub mod extract;
 pub mod history;
 pub mod inspect;
 pub mod jsondiff;
+pub mod listing;
 pub mod render;
 pub mod schema;
 pub mod selector;

@@ -8,7 +8,8 @@ use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use etcdguard_kube::encryption::{ConfigError, EncryptionConfig};
 use etcdguard_kube::selector::Selector;
-use etcdguard_kube::{decode_stored, key_path, Encoding, KeyPath, Object};
+use etcdguard_kube::listing::{self, ChangeKind, Entry};
+use etcdguard_kube::{Encoding, Object};
 use serde_json::json;
 
 use crate::cmd::backup::TableJson;
@@ -283,130 +284,16 @@ pub fn run(cmd: InspectCommand) -> Result<()> {
     }
 }
 
-/// The newest value of one key.
-struct Entry {
-    mod_revision: i64,
-    create_revision: i64,
-    version: i64,
-    value_len: usize,
-    value_crc: u32,
-    object: Object,
-    path: Option<KeyPath>,
-}
-
-/// One row of `inspect list -o json`, serialized straight from the entry (no JSON tree built
-/// first: a list of 80,000 objects spent more time building trees than decoding).
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Row<'a> {
-    create_revision: i64,
-    key: std::borrow::Cow<'a, str>,
-    mod_revision: i64,
-    name: Option<&'a str>,
-    namespace: Option<&'a str>,
-    object: &'a Object,
-    resource: Option<&'a str>,
-    size: usize,
-    version: i64,
-}
-
-impl Entry {
-    fn row<'a>(&'a self, key: &'a [u8]) -> Row<'a> {
-        let p = self.path.as_ref();
-        Row {
-            create_revision: self.create_revision,
-            key: String::from_utf8_lossy(key),
-            mod_revision: self.mod_revision,
-            name: p.map(|p| p.name.as_str()),
-            namespace: p.map(|p| p.namespace.as_str()).filter(|n| !n.is_empty()),
-            object: &self.object,
-            resource: p.map(|p| p.resource.as_str()),
-            size: self.value_len,
-            version: self.version,
-        }
-    }
-
-    /// The row as a JSON value (for `diff`, which adds its own fields).
-    fn json(&self, key: &[u8]) -> serde_json::Value {
-        serde_json::to_value(self.row(key)).unwrap_or_default()
-    }
-}
-
-/// Live keys with their newest value decoded, and the raw values `load` was asked to keep.
-type Loaded = (BTreeMap<Vec<u8>, Entry>, BTreeMap<Vec<u8>, Vec<u8>>);
-
-/// Every live key under `prefix` with its newest value decoded (and, with `keep`, the value
-/// of the keys it accepts), in one walk of the `key` bucket. `crc`: compute each value's
-/// checksum (what `diff` compares).
-fn load(path: &Path, prefix: &[u8], keep: &dyn Fn(&[u8]) -> bool, config: Option<&EncryptionConfig>, crc: bool) -> Result<Loaded, Failure> {
-    let file = open_snapshot(path)?;
-    let db = file.db().map_err(|e| db_failure(path, e))?;
-    let release = || file.release_resident();
-    let mut entries = BTreeMap::new();
-    let mut values = BTreeMap::new();
-    etcdguard_storage::keys::for_each_revision(&db, Some(&release), &mut |r| {
-        if !r.kv.key.starts_with(prefix) {
-            return;
-        }
-        if r.tombstone {
-            entries.remove(r.kv.key);
-            values.remove(r.kv.key);
-            return;
-        }
-        let object = decode_stored(r.kv.key, r.kv.value, config);
-        let path = key_path(r.kv.key, object.metadata.as_ref());
-        entries.insert(
-            r.kv.key.to_vec(),
-            Entry {
-                mod_revision: r.kv.mod_revision,
-                create_revision: r.kv.create_revision,
-                version: r.kv.version,
-                value_len: r.kv.value.len(),
-                value_crc: if crc { crc32c::crc32c(r.kv.value) } else { 0 },
-                object,
-                path,
-            },
-        );
-        if keep(r.kv.key) {
-            values.insert(r.kv.key.to_vec(), r.kv.value.to_vec());
-        }
-    })
-    .map_err(|e| Failure::new(Code::Corrupt, format!("{}: {e}", path.display())))?;
-    Ok((entries, values))
-}
-
 impl Filter {
-    /// The parsed `--selector`, checked once before any work.
-    fn parsed_selector(&self) -> Result<Option<Selector>, Failure> {
-        self.selector.as_deref().map(parse_selector).transpose()
+    /// The library's filter, with `--selector` parsed (once, before any work).
+    fn parsed(&self) -> Result<listing::Filter, Failure> {
+        Ok(listing::Filter {
+            resource: self.resource.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            selector: self.selector.as_deref().map(parse_selector).transpose()?,
+        })
     }
-}
-
-fn matches(f: &Filter, selector: Option<&Selector>, e: &Entry) -> bool {
-    let p = e.path.as_ref();
-    if let Some(r) = &f.resource {
-        let ok = p.is_some_and(|p| &p.resource == r || p.resource.rsplit('/').next() == Some(r.as_str()));
-        if !ok {
-            return false;
-        }
-    }
-    if let Some(ns) = &f.namespace {
-        if p.is_none_or(|p| &p.namespace != ns) {
-            return false;
-        }
-    }
-    if let Some(name) = &f.name {
-        if p.is_none_or(|p| &p.name != name) {
-            return false;
-        }
-    }
-    if let Some(sel) = selector {
-        let empty = BTreeMap::new();
-        if !sel.matches(e.object.metadata.as_ref().map_or(&empty, |m| &m.labels)) {
-            return false;
-        }
-    }
-    true
 }
 
 fn parse_selector(text: &str) -> Result<Selector, Failure> {
@@ -425,13 +312,6 @@ fn encoding_text(o: &Object) -> String {
         (Encoding::Encrypted(p), None) => format!("{base} ({p}?)"),
         _ => base,
     }
-}
-
-/// The objects whose encrypted value did not decrypt although keys were given, on stderr
-/// after the listing; an error when there are any, so that scripts notice.
-fn decryption_failures<'a>(config: Option<&EncryptionConfig>, entries: impl Iterator<Item = (&'a Vec<u8>, &'a Entry)>) -> Result<(), Failure> {
-    let failed: Vec<(Vec<u8>, String)> = entries.filter_map(|(k, e)| Some((k.clone(), e.object.encryption.as_ref()?.error.as_ref()?.to_string()))).collect();
-    report_undecrypted(config, &failed)
 }
 
 /// Lists the values that did not decrypt (key, why) and fails when a config was given; the
@@ -462,69 +342,44 @@ fn row(key: &[u8], e: &Entry) -> Vec<String> {
 
 const HEADER: [&str; 7] = ["RESOURCE", "NAMESPACE", "NAME", "KIND", "ENCODING", "REVISION", "CREATED"];
 
-/// One walk of the `key` bucket finds each live key's newest revision (keys and values stay
-/// in the file's map); the values are then decoded on all cores in the order they lie in the
-/// file, each rendered at once as the row of text the output needs, and printed in key order.
+/// Rows are rendered as text on the decoding threads ([`listing::list`]) and printed in key
+/// order, so memory holds text, not decoded objects.
 fn list(args: ListArgs) -> Result<()> {
     let config = args.decryption.load()?;
-    let selector = args.filter.parsed_selector()?;
+    let filter = args.filter.parsed()?;
     let file = open_snapshot(&args.snapshot)?;
     let db = file.db().map_err(|e| db_failure(&args.snapshot, e))?;
-    let release = || file.release_resident();
-    let prefix = args.filter.prefix.as_bytes();
-    let live = etcdguard_storage::keys::newest_live(&db, Some(&release), &|key| key.starts_with(prefix))
-        .map_err(|e| Failure::new(Code::Corrupt, format!("{}: {e}", args.snapshot.display())))?;
     let json = args.output == TableJson::Json;
-    /// A selected object: its row (pretty JSON, or table cells) and why it did not decrypt.
-    type Listed = Option<(Result<String, Vec<String>>, Option<String>)>;
-    let rows: Vec<Listed> = etcdguard_storage::keys::map_in_file_order(&file, &live, &|kv, value| {
-        let object = decode_stored(&kv.key, value, config.as_ref());
-        let path = key_path(&kv.key, object.metadata.as_ref());
-        let e = Entry { mod_revision: kv.mod_revision, create_revision: kv.create_revision, version: kv.version, value_len: value.len(), value_crc: 0, object, path };
-        if !matches(&args.filter, selector.as_ref(), &e) {
-            return None;
-        }
-        let undecrypted = e.object.encryption.as_ref().and_then(|s| s.error.as_ref()).map(|err| err.to_string());
-        let row = if json {
-            // An element of a pretty array, indented as one: `[row]` without its brackets.
-            let text = serde_json::to_string_pretty(&[e.row(&kv.key)]).unwrap_or_default();
+    // A JSON row is an element of a pretty array, indented as one: `[row]` without brackets.
+    let listed = listing::list(&file, &db, args.filter.prefix.as_bytes(), &filter, config.as_ref(), &|key, e| {
+        if json {
+            let text = serde_json::to_string_pretty(&[e.row(key)]).unwrap_or_default();
             Ok(text[2..text.len() - 2].to_string())
         } else {
-            Err(row(&kv.key, &e))
-        };
-        Some((row, undecrypted))
-    });
-    let total = live.len();
-    let mut failed: Vec<(Vec<u8>, String)> = Vec::new();
-    let mut out = String::with_capacity(1 << 17);
-    let mut table = vec![HEADER.map(String::from).to_vec()];
-    let mut selected = 0;
-    for (kv, listed) in live.iter().zip(rows) {
-        let Some((row, undecrypted)) = listed else { continue };
-        if let Some(err) = undecrypted {
-            failed.push((kv.key.to_vec(), err));
+            Err(row(key, e))
         }
-        match row {
-            Ok(text) => {
-                out.push_str(if selected == 0 { "[\n" } else { ",\n" });
-                out.push_str(&text);
-                if out.len() >= 1 << 16 {
-                    crate::output::stdout_write(out.as_bytes());
-                    out.clear();
-                }
-            }
-            Err(cells) => table.push(cells),
-        }
-        selected += 1;
-    }
+    })
+    .map_err(|e| Failure::new(Code::Corrupt, format!("{}: {e}", args.snapshot.display())))?;
+    let selected = listed.rows.len();
     if json {
+        let mut out = String::with_capacity(1 << 17);
+        for (i, text) in listed.rows.into_iter().flat_map(Result::ok).enumerate() {
+            out.push_str(if i == 0 { "[\n" } else { ",\n" });
+            out.push_str(&text);
+            if out.len() >= 1 << 16 {
+                crate::output::stdout_write(out.as_bytes());
+                out.clear();
+            }
+        }
         out.push_str(if selected == 0 { "[]\n" } else { "\n]\n" });
         crate::output::stdout_write(out.as_bytes());
     } else {
+        let mut table = vec![HEADER.map(String::from).to_vec()];
+        table.extend(listed.rows.into_iter().filter_map(Result::err));
         print!("{}", crate::cmd::table(&table));
     }
-    eprintln!("{selected} object(s) of {total} under {}", args.filter.prefix);
-    report_undecrypted(config.as_ref(), &failed)?;
+    eprintln!("{selected} object(s) of {} under {}", listed.total, args.filter.prefix);
+    report_undecrypted(config.as_ref(), &listed.undecrypted)?;
     Ok(())
 }
 
@@ -583,7 +438,7 @@ fn get(args: GetArgs) -> Result<()> {
 
 fn diff(args: DiffArgs) -> Result<()> {
     let prefix = args.filter.prefix.as_bytes();
-    let selector = args.filter.parsed_selector()?;
+    let filter = args.filter.parsed()?;
     let mut _scratch = None;
     let (old_path, new_path) = match &args.backups.repo {
         None => (args.old.clone(), args.new.clone()),
@@ -606,54 +461,38 @@ fn diff(args: DiffArgs) -> Result<()> {
         }
     }
     let fields = matches!(args.output, DiffFormat::Yaml | DiffFormat::JsonPatch);
-    let (old, old_values) = load(&old_path, prefix, &|_| fields, config.as_ref(), true)?;
-    let (new, new_values) = load(&new_path, prefix, &|_| fields, config.as_ref(), true)?;
-    let mut changes: Vec<(char, &Vec<u8>, &Entry, Option<&Entry>)> = Vec::new();
-    for (k, n) in &new {
-        match old.get(k) {
-            None => changes.push(('+', k, n, None)),
-            Some(o) if o.mod_revision != n.mod_revision || o.value_crc != n.value_crc || o.value_len != n.value_len => changes.push(('~', k, n, Some(o))),
-            Some(_) => {}
-        }
-    }
-    for (k, o) in &old {
-        if !new.contains_key(k) {
-            changes.push(('-', k, o, None));
-        }
-    }
-    let mut selected = Vec::new();
-    for c in changes {
-        // An object matches when either side does (a relabelled object still shows).
-        if matches(&args.filter, selector.as_ref(), c.2) || c.3.is_some_and(|o| matches(&args.filter, selector.as_ref(), o)) {
-            selected.push(c);
-        }
-    }
-    selected.sort_by(|a, b| a.1.cmp(b.1));
-    let count = |c: char| selected.iter().filter(|s| s.0 == c).count();
+    let load = |path: &Path| -> Result<listing::Loaded, Failure> {
+        let file = open_snapshot(path)?;
+        let db = file.db().map_err(|e| db_failure(path, e))?;
+        listing::load(&file, &db, prefix, config.as_ref(), fields).map_err(|e| Failure::new(Code::Corrupt, format!("{}: {e}", path.display())))
+    };
+    let (old, new) = (load(&old_path)?, load(&new_path)?);
+    let selected = listing::changes(&old, &new, &filter);
+    let count = |kind: ChangeKind| selected.iter().filter(|c| c.kind == kind).count();
     match args.output {
         DiffFormat::Yaml | DiffFormat::JsonPatch => {
             use etcdguard_kube::history::comparable;
             use etcdguard_kube::jsondiff::{diff as field_diff, to_json_patch, to_unified};
-            let side = |values: &BTreeMap<Vec<u8>, Vec<u8>>, k: &[u8]| -> Result<serde_json::Value, String> {
-                match values.get(k) {
+            let side = |loaded: &listing::Loaded, k: &[u8]| -> Result<serde_json::Value, String> {
+                match loaded.values.get(k) {
                     Some(v) => comparable(k, v, config.as_ref()),
                     None => Ok(serde_json::Value::Null),
                 }
             };
             let mut patches = Vec::new();
-            for (c, k, e, o) in &selected {
-                let key = String::from_utf8_lossy(k);
-                let (before, after) = match c {
-                    '+' => (Ok(serde_json::Value::Null), side(&new_values, k)),
-                    '-' => (side(&old_values, k), Ok(serde_json::Value::Null)),
-                    _ => (side(&old_values, k), side(&new_values, k)),
+            for c in &selected {
+                let key = String::from_utf8_lossy(c.key);
+                let (before, after) = match c.kind {
+                    ChangeKind::Added => (Ok(serde_json::Value::Null), side(&new, c.key)),
+                    ChangeKind::Deleted => (side(&old, c.key), Ok(serde_json::Value::Null)),
+                    ChangeKind::Modified => (side(&old, c.key), side(&new, c.key)),
                 };
                 let ops = match (before, after) {
                     (Ok(b), Ok(a)) => Ok(field_diff(&b, &a)),
                     (Err(e), _) | (_, Err(e)) => Err(e),
                 };
                 if args.output == DiffFormat::JsonPatch {
-                    let mut v = json!({"key": key, "change": match c { '+' => "added", '-' => "deleted", _ => "modified" }});
+                    let mut v = json!({"key": key, "change": c.kind.word()});
                     match &ops {
                         Ok(ops) => v["patch"] = to_json_patch(ops),
                         Err(err) => v["error"] = json!(err),
@@ -661,13 +500,13 @@ fn diff(args: DiffArgs) -> Result<()> {
                     patches.push(v);
                     continue;
                 }
-                let revisions = match o {
-                    Some(o) => format!(" (revision {} -> {})", o.mod_revision, e.mod_revision),
-                    None => format!(" (revision {})", e.mod_revision),
+                let revisions = match c.old {
+                    Some(o) => format!(" (revision {} -> {})", o.mod_revision, c.entry.mod_revision),
+                    None => format!(" (revision {})", c.entry.mod_revision),
                 };
-                println!("{c} {key}{revisions}");
+                println!("{} {key}{revisions}", c.kind.sign());
                 match ops {
-                    Ok(ops) if *c == '~' => print!("{}", to_unified(&ops)),
+                    Ok(ops) if c.kind == ChangeKind::Modified => print!("{}", to_unified(&ops)),
                     Ok(_) => {}
                     Err(err) => println!("  (fields not shown: {err})"),
                 }
@@ -679,15 +518,10 @@ fn diff(args: DiffArgs) -> Result<()> {
         DiffFormat::Json => {
             let rows: Vec<_> = selected
                 .iter()
-                .map(|(c, k, e, o)| {
-                    let change = match c {
-                        '+' => "added",
-                        '-' => "deleted",
-                        _ => "modified",
-                    };
-                    let mut v = e.json(k);
-                    v["change"] = json!(change);
-                    if let Some(o) = o {
+                .map(|c| {
+                    let mut v = c.entry.json(c.key);
+                    v["change"] = json!(c.kind.word());
+                    if let Some(o) = c.old {
                         v["oldModRevision"] = json!(o.mod_revision);
                     }
                     v
@@ -697,16 +531,18 @@ fn diff(args: DiffArgs) -> Result<()> {
         }
         DiffFormat::Table => {
             let mut rows = vec![std::iter::once("").chain(HEADER).map(String::from).collect::<Vec<_>>()];
-            for (c, k, e, _) in &selected {
-                let mut r = vec![c.to_string()];
-                r.extend(row(k, e));
+            for c in &selected {
+                let mut r = vec![c.kind.sign().to_string()];
+                r.extend(row(c.key, c.entry));
                 rows.push(r);
             }
             print!("{}", crate::cmd::table(&rows));
         }
     }
-    eprintln!("{} added, {} deleted, {} modified", count('+'), count('-'), count('~'));
-    decryption_failures(config.as_ref(), selected.iter().map(|(_, k, e, _)| (*k, *e)))?;
+    eprintln!("{} added, {} deleted, {} modified", count(ChangeKind::Added), count(ChangeKind::Deleted), count(ChangeKind::Modified));
+    // Values that did not decrypt although keys were given: listed, and an error for scripts.
+    let undecrypted: Vec<(Vec<u8>, String)> = selected.iter().filter_map(|c| Some((c.key.to_vec(), c.entry.undecrypted()?))).collect();
+    report_undecrypted(config.as_ref(), &undecrypted)?;
     Ok(())
 }
 
