@@ -15,7 +15,7 @@ struct Touch {
     depth: usize,
 }
 
-impl Visitor for Touch {
+impl Visitor<'_> for Touch {
     fn entry(&mut self, depth: usize, key: &[u8], value: &[u8], _is_bucket: bool) {
         self.entries += 1;
         self.sum = key.iter().chain(value).fold(self.sum ^ depth as u64, |s, &b| s.rotate_left(5) ^ b as u64);
