@@ -6,10 +6,11 @@
 //! `status`) and ordered so that an apply succeeds in one pass: CustomResourceDefinitions,
 //! then Namespaces, then the rest.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use etcdguard_storage::keys::{map_in_file_order, newest_live};
+use etcdguard_storage::SnapshotFile;
 use serde_json::Value as Json;
 
 use crate::encryption::EncryptionConfig;
@@ -220,9 +221,9 @@ fn controller_owned(object: &Json) -> bool {
 /// The selected live objects of a snapshot, in apply order, collected in memory (see
 /// [`extract_to`], which streams them instead). Objects that cannot be rendered (not
 /// decrypted, an encoding not understood) are listed in `skipped`, never fatal.
-pub fn extract(db: &etcdguard_bolt::Db<'_>, release: Option<&dyn Fn()>, prefix: &str, filter: &Filter, config: Option<&EncryptionConfig>) -> Result<Extraction, String> {
+pub fn extract(file: &SnapshotFile, db: &etcdguard_bolt::Db<'_>, prefix: &str, filter: &Filter, config: Option<&EncryptionConfig>) -> Result<Extraction, String> {
     let mut objects = Vec::new();
-    let summary = extract_to(db, release, prefix, filter, config, &mut |o| {
+    let summary = extract_to(file, db, prefix, filter, config, &mut |o| {
         objects.push(o);
         Ok(())
     })
@@ -262,8 +263,8 @@ impl std::fmt::Display for ExtractError {
 
 impl std::error::Error for ExtractError {}
 
-/// The apply stage an object is in, judged from its key alone (as [`extract_to`] orders its
-/// walks; the rendered object's own path gives the same answer for every well-formed key).
+/// The apply stage an object is in, judged from its key alone (as [`extract_to`] orders the
+/// keys; the rendered object's own path gives the same answer for every well-formed key).
 fn key_stage(key: &[u8]) -> Stage {
     match key_path(key, None) {
         Some(p) if p.resource == CRDS => Stage::CustomResourceDefinitions,
@@ -272,63 +273,45 @@ fn key_stage(key: &[u8]) -> Stage {
     }
 }
 
-/// The selected live objects of a snapshot, handed to `sink` one at a time as soon as each
-/// is rendered, so memory does not grow with the data: values are never collected.
+/// The selected live objects of a snapshot, handed to `sink` one at a time in apply order, so
+/// memory does not grow with the data.
 ///
-/// A first walk of the key bucket keeps, per candidate key, only its newest mod revision
-/// (none once the newest revision is a deletion). Then one walk per apply stage that has
-/// candidates (CustomResourceDefinitions, then Namespaces, then the rest) renders each
-/// live key when its newest revision comes by. Within a stage objects therefore come in
-/// **revision order** (of their newest version), not key order: sorting by key would mean
-/// holding them all. Objects that cannot be rendered (not decrypted, an encoding not
-/// understood) are listed in `skipped`, never fatal; a sink error stops the extraction.
+/// One walk of the key bucket finds each candidate key's newest revision (a test on the key
+/// alone; values stay in the file). The live keys are put in apply order: by stage
+/// (CustomResourceDefinitions, then Namespaces, then the rest), then by key. They are rendered
+/// in batches on all cores ([`map_in_file_order`]) and each batch goes to the sink in that
+/// order before the next is rendered. Objects that cannot be rendered (not decrypted, an
+/// encoding not understood) are listed in `skipped`, never fatal; a sink error stops the
+/// extraction.
 pub fn extract_to(
+    file: &SnapshotFile,
     db: &etcdguard_bolt::Db<'_>,
-    release: Option<&dyn Fn()>,
     prefix: &str,
     filter: &Filter,
     config: Option<&EncryptionConfig>,
     sink: &mut dyn FnMut(Extracted) -> std::io::Result<()>,
 ) -> Result<ExtractSummary, ExtractError> {
+    // Rendered objects held at once: a few MiB of JSON trees, enough to keep every core busy.
+    const BATCH: usize = 256;
     let candidate = |key: &[u8]| std::str::from_utf8(key).ok().filter(|k| k.starts_with(prefix) && filter.may_match_key(k)).is_some();
-    // Pass 1: each candidate key's newest mod revision; a deletion leaves `None`.
-    let mut newest: HashMap<Vec<u8>, Option<i64>> = HashMap::new();
-    etcdguard_storage::keys::for_each_revision(db, release, &mut |r| {
-        if !candidate(r.kv.key) {
-            return;
-        }
-        let revision = (!r.tombstone).then_some(r.kv.mod_revision);
-        match newest.get_mut(r.kv.key) {
-            Some(v) => *v = revision,
-            None => {
-                newest.insert(r.kv.key.to_vec(), revision);
-            }
-        }
-    })
-    .map_err(ExtractError::Read)?;
-    newest.retain(|_, v| v.is_some());
-    let mut stages: Vec<Stage> = newest.keys().map(|k| key_stage(k)).collect();
-    stages.sort();
-    stages.dedup();
-
+    let release = || file.release_resident();
+    let mut live = newest_live(db, Some(&release), &candidate).map_err(ExtractError::Read)?;
+    // A stable sort: keys stay in order within a stage.
+    live.sort_by_cached_key(|n| key_stage(&n.key));
     let mut out = ExtractSummary::default();
-    let mut sink_error: Option<std::io::Error> = None;
-    for stage in stages {
-        etcdguard_storage::keys::for_each_revision(db, release, &mut |r| {
-            if sink_error.is_some() || r.tombstone || newest.get(r.kv.key) != Some(&Some(r.kv.mod_revision)) || key_stage(r.kv.key) != stage {
-                return;
-            }
-            if let Some(o) = extract_one(r.kv.key, r.kv.value, r.kv.mod_revision, filter, config, &mut out) {
-                out.extracted += 1;
-                out.secrets += usize::from(o.is_secret());
-                if let Err(e) = sink(o) {
-                    sink_error = Some(e);
-                }
-            }
-        })
-        .map_err(ExtractError::Read)?;
-        if let Some(e) = sink_error.take() {
-            return Err(ExtractError::Sink(e));
+    for batch in live.chunks(BATCH) {
+        let rendered = map_in_file_order(file, batch, &|n, value| {
+            let mut why = ExtractSummary::default();
+            let object = extract_one(&n.key, value, n.mod_revision, filter, config, &mut why);
+            (object, why)
+        });
+        for (object, why) in rendered {
+            out.skipped.extend(why.skipped);
+            out.owned += why.owned;
+            let Some(o) = object else { continue };
+            out.extracted += 1;
+            out.secrets += usize::from(o.is_secret());
+            sink(o).map_err(ExtractError::Sink)?;
         }
     }
     Ok(out)

@@ -63,8 +63,7 @@ pub fn open(origin: &Origin<'_>, config: Option<EncryptionConfig>, note: &mut dy
 pub fn extract(opened: &Opened, prefix: &str, filter: &Filter) -> Result<Extraction> {
     let file = open_snapshot(&opened.snapshot)?;
     let db = file.db().map_err(|e| db_error(&opened.snapshot, e))?;
-    let release = || file.release_resident();
-    etcdguard_kube::extract::extract(&db, Some(&release), prefix, filter, opened.config.as_ref())
+    etcdguard_kube::extract::extract(&file, &db, prefix, filter, opened.config.as_ref())
         .map_err(|e| Error::new(Kind::Corrupt, format!("{}: {e}", opened.snapshot.display())))
 }
 
@@ -75,8 +74,7 @@ pub fn extract(opened: &Opened, prefix: &str, filter: &Filter) -> Result<Extract
 pub fn extract_to(opened: &Opened, prefix: &str, filter: &Filter, sink: &mut dyn FnMut(Extracted) -> std::io::Result<()>) -> Result<ExtractSummary> {
     let file = open_snapshot(&opened.snapshot)?;
     let db = file.db().map_err(|e| db_error(&opened.snapshot, e))?;
-    let release = || file.release_resident();
-    etcdguard_kube::extract::extract_to(&db, Some(&release), prefix, filter, opened.config.as_ref(), sink).map_err(|e| match e {
+    etcdguard_kube::extract::extract_to(&file, &db, prefix, filter, opened.config.as_ref(), sink).map_err(|e| match e {
         ExtractError::Read(e) => Error::new(Kind::Corrupt, format!("{}: {e}", opened.snapshot.display())),
         ExtractError::Sink(e) => Error::new(Kind::Failure, e.to_string()),
     })
