@@ -31,6 +31,12 @@ pub fn stdout_write(bytes: &[u8]) {
     }
 }
 
+/// The first error writing to stdout so far: a command whose whole job is output (an
+/// extraction) stops on it instead of rendering for nobody.
+pub fn stdout_error() -> Option<&'static std::io::Error> {
+    STDOUT_ERROR.get()
+}
+
 /// Flushes a partial last line; returns the first error writing to stdout, if any.
 pub fn finish_stdout() -> Option<&'static std::io::Error> {
     if STDOUT_ERROR.get().is_none() {

@@ -355,4 +355,13 @@ fn extract_streams_each_keys_newest_version_in_stage_then_key_order() {
     let want = [("a", ""), ("back", "2"), ("first", "new"), ("zz", "1")];
     assert_eq!(got, want.map(|(n, v)| (n.to_string(), v.to_string())), "{out}");
     assert!(err.contains("4 object(s) extracted (0 secret(s)); 0 skipped"), "{err}");
+
+    // Into a pipe whose reader has gone: it stops at the first object, as `cat` would.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = etcdguard().args(["inspect", "extract", snapshot.to_str().unwrap(), "-n", "a"]).stdout(writer).stderr(std::process::Stdio::piped()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{err}");
+    assert!(!err.contains("extracted") && !err.contains("Error") && !err.contains("panicked"), "{err}");
 }

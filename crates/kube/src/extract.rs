@@ -101,34 +101,35 @@ pub struct Extracted {
     pub path: KeyPath,
     pub stage: Stage,
     pub mod_revision: i64,
-    /// The object, stripped (see [`strip_for_apply`]).
-    pub object: Json,
     /// Paths of objects holding fields the schema did not know (kept in the output).
     pub unknown_fields: Vec<String>,
+    /// The object, stripped (see [`strip_for_apply`]), as one YAML document ([`document`]).
+    /// Written by the thread that rendered it, so the object's tree never leaves that thread.
+    pub yaml: String,
+}
+
+/// An object as one YAML document (apiVersion and kind first). Fields the schema did not know
+/// cannot be applied (they have no names, only protobuf field numbers, and a strict `kubectl
+/// apply` refuses the marker), so they move out of the object into a comment at the top of
+/// the document: the file applies as it is, and nothing is lost.
+pub fn document(object: &Json, unknown_fields: &[String]) -> String {
+    if unknown_fields.is_empty() {
+        return crate::yaml::to_yaml(object);
+    }
+    let mut object = object.clone();
+    let mut moved = Vec::new();
+    take_unknown(&mut object, "", &mut moved);
+    let mut out = String::from("# etcdguard: fields unknown to its schema (written by a newer Kubernetes), by protobuf field\n# number; they are not in the object below:\n");
+    for (path, fields) in moved {
+        out.push_str(&format!("#   {}: {}\n", if path.is_empty() { "." } else { &path }, fields));
+    }
+    out.push_str(&crate::yaml::to_yaml(&object));
+    out
 }
 
 impl Extracted {
     pub fn is_secret(&self) -> bool {
         self.path.resource == "secrets"
-    }
-
-    /// The object as one YAML document (apiVersion and kind first). Fields the schema did
-    /// not know cannot be applied (they have no names, only protobuf field numbers, and a
-    /// strict `kubectl apply` refuses the marker), so they move out of the object into a
-    /// comment at the top of the document: the file applies as it is, and nothing is lost.
-    pub fn to_yaml(&self) -> String {
-        if self.unknown_fields.is_empty() {
-            return crate::yaml::to_yaml(&self.object);
-        }
-        let mut object = self.object.clone();
-        let mut moved = Vec::new();
-        take_unknown(&mut object, "", &mut moved);
-        let mut out = String::from("# etcdguard: fields unknown to its schema (written by a newer Kubernetes), by protobuf field\n# number; they are not in the object below:\n");
-        for (path, fields) in moved {
-            out.push_str(&format!("#   {}: {}\n", if path.is_empty() { "." } else { &path }, fields));
-        }
-        out.push_str(&crate::yaml::to_yaml(&object));
-        out
     }
 
     /// Its file under an `--output-dir`, in apply order when the directory is applied
@@ -189,16 +190,6 @@ pub struct Skipped {
     pub encrypted: bool,
 }
 
-/// The result of [`extract`].
-#[derive(Debug, Default)]
-pub struct Extraction {
-    /// In apply order.
-    pub objects: Vec<Extracted>,
-    pub skipped: Vec<Skipped>,
-    /// Objects left out because a controller owns them.
-    pub owned: usize,
-}
-
 /// Removes what the API server owns from an object, keeping the rest.
 pub fn strip_for_apply(object: &mut Json) {
     if let Some(Json::Object(meta)) = object.get_mut("metadata") {
@@ -216,19 +207,6 @@ fn controller_owned(object: &Json) -> bool {
         .pointer("/metadata/ownerReferences")
         .and_then(|r| r.as_array())
         .is_some_and(|refs| refs.iter().any(|r| r.get("controller").and_then(Json::as_bool) == Some(true)))
-}
-
-/// The selected live objects of a snapshot, in apply order, collected in memory (see
-/// [`extract_to`], which streams them instead). Objects that cannot be rendered (not
-/// decrypted, an encoding not understood) are listed in `skipped`, never fatal.
-pub fn extract(file: &SnapshotFile, db: &etcdguard_bolt::Db<'_>, prefix: &str, filter: &Filter, config: Option<&EncryptionConfig>) -> Result<Extraction, String> {
-    let mut objects = Vec::new();
-    let summary = extract_to(file, db, prefix, filter, config, &mut |o| {
-        objects.push(o);
-        Ok(())
-    })
-    .map_err(|e| e.to_string())?;
-    Ok(Extraction { objects, skipped: summary.skipped, owned: summary.owned })
 }
 
 /// What [`extract_to`] handed to its sink, and what it left out.
@@ -291,29 +269,54 @@ pub fn extract_to(
     config: Option<&EncryptionConfig>,
     sink: &mut dyn FnMut(Extracted) -> std::io::Result<()>,
 ) -> Result<ExtractSummary, ExtractError> {
-    // Rendered objects held at once: a few MiB of JSON trees, enough to keep every core busy.
-    const BATCH: usize = 256;
+    // A batch: enough objects to keep every core busy, few enough stored bytes that the
+    // rendered trees (several times the stored size; a CRD's schema is large) stay small.
+    const BATCH_OBJECTS: usize = 256;
+    const BATCH_BYTES: usize = 4 << 20;
     let candidate = |key: &[u8]| std::str::from_utf8(key).ok().filter(|k| k.starts_with(prefix) && filter.may_match_key(k)).is_some();
     let release = || file.release_resident();
     let mut live = newest_live(db, Some(&release), &candidate).map_err(ExtractError::Read)?;
     // A stable sort: keys stay in order within a stage.
     live.sort_by_cached_key(|n| key_stage(&n.key));
-    let mut out = ExtractSummary::default();
-    for batch in live.chunks(BATCH) {
-        let rendered = map_in_file_order(file, batch, &|n, value| {
-            let mut why = ExtractSummary::default();
-            let object = extract_one(&n.key, value, n.mod_revision, filter, config, &mut why);
-            (object, why)
-        });
-        for (object, why) in rendered {
-            out.skipped.extend(why.skipped);
-            out.owned += why.owned;
-            let Some(o) = object else { continue };
-            out.extracted += 1;
-            out.secrets += usize::from(o.is_secret());
-            sink(o).map_err(ExtractError::Sink)?;
+    let mut batches = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, n) in live.iter().enumerate() {
+        bytes += n.value.len();
+        if i + 1 - start == BATCH_OBJECTS || bytes >= BATCH_BYTES || i + 1 == live.len() {
+            batches.push(&live[start..=i]);
+            (start, bytes) = (i + 1, 0);
         }
     }
+    // One thread renders batch after batch (on all cores) while this one hands the previous
+    // batch to the sink: writing files overlaps rendering. One batch waits at most.
+    let mut out = ExtractSummary::default();
+    std::thread::scope(|scope| {
+        let (ready, rendered) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for batch in batches {
+                let done = map_in_file_order(file, batch, &|n, value| {
+                    let mut why = ExtractSummary::default();
+                    let object = extract_one(&n.key, value, n.mod_revision, filter, config, &mut why);
+                    (object, why)
+                });
+                // The sink failed when nobody receives: stop.
+                if ready.send(done).is_err() {
+                    return;
+                }
+            }
+        });
+        for done in rendered {
+            for (object, why) in done {
+                out.skipped.extend(why.skipped);
+                out.owned += why.owned;
+                let Some(o) = object else { continue };
+                out.extracted += 1;
+                out.secrets += usize::from(o.is_secret());
+                sink(o).map_err(ExtractError::Sink)?;
+            }
+        }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -371,7 +374,8 @@ fn extract_one(key: &[u8], value: &[u8], mod_revision: i64, filter: &Filter, con
     };
     let mut object = rendered.object;
     strip_for_apply(&mut object);
-    Some(Extracted { key: key_text, path, stage, mod_revision, object, unknown_fields: rendered.unknown_fields })
+    let yaml = document(&object, &rendered.unknown_fields);
+    Some(Extracted { key: key_text, path, stage, mod_revision, unknown_fields: rendered.unknown_fields, yaml })
 }
 
 /// Whether an object at `path` passes the filter (labels are checked on `object`).
@@ -397,24 +401,6 @@ fn key_selected(key: &[u8], filter: &Filter) -> bool {
     let mut f = filter.clone();
     f.selector = None;
     object_selected(&path, &Json::Null, &f)
-}
-
-/// All objects as one multi-document YAML stream.
-pub fn to_yaml_stream(objects: &[Extracted]) -> String {
-    let mut out = String::new();
-    for o in objects {
-        out.push_str("---\n");
-        out.push_str(&o.to_yaml());
-    }
-    out
-}
-
-/// Writes each object to its own file under `dir` (see [`DirWriter`]). Returns the files written.
-pub fn write_dir(dir: &Path, objects: &[Extracted]) -> std::io::Result<Vec<PathBuf>> {
-    let mut writer = DirWriter::new(dir)?;
-    let written = objects.iter().map(|o| writer.write(o)).collect::<std::io::Result<Vec<_>>>()?;
-    writer.finish()?;
-    Ok(written)
 }
 
 /// One file per object under a directory (see [`Extracted::relative_path`]), written as the
@@ -459,7 +445,7 @@ impl DirWriter {
         }
         let tmp = parent.join(format!(".{}.tmp-{}", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        f.write_all(o.to_yaml().as_bytes())?;
+        f.write_all(o.yaml.as_bytes())?;
         std::fs::rename(&tmp, &path)?;
         self.written += 1;
         Ok(path)
@@ -494,15 +480,7 @@ mod tests {
         let object = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"},
             "data": {"k": "v"}, "x-etcdguard-unknown-fields": {"99": [{"bytes": "bmV3"}]},
             "spec": {"list": [{"x-etcdguard-unknown-fields": {"7": [{"varint": 1}]}, "n": 1}]}});
-        let e = Extracted {
-            key: "/registry/configmaps/d/a".into(),
-            path: key_path(b"/registry/configmaps/d/a", None).unwrap(),
-            stage: Stage::Objects,
-            mod_revision: 1,
-            object,
-            unknown_fields: vec![".".into(), ".spec.list[0]".into()],
-        };
-        let yaml = e.to_yaml();
+        let yaml = document(&object, &[".".into(), ".spec.list[0]".into()]);
         assert!(yaml.starts_with("# etcdguard: fields unknown"), "{yaml}");
         assert!(yaml.contains("#   .: {\"99\":[{\"bytes\":\"bmV3\"}]}") && yaml.contains("#   .spec.list[0]: {\"7\""), "{yaml}");
         let parsed: Json = serde_norway::from_str(&yaml).unwrap();
@@ -548,8 +526,8 @@ mod tests {
             path: KeyPath { resource: r.into(), namespace: ns.into(), name: n.into() },
             stage,
             mod_revision: 1,
-            object: Json::Null,
             unknown_fields: Vec::new(),
+            yaml: String::new(),
         };
         assert_eq!(e(CRDS, "", "widgets.example.com", Stage::CustomResourceDefinitions).relative_path(), Path::new("1-customresourcedefinitions/widgets.example.com.yaml"));
         assert_eq!(e("namespaces", "", "payments", Stage::Namespaces).relative_path(), Path::new("2-namespaces/payments.yaml"));

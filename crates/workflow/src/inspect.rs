@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use etcdguard_kube::encryption::EncryptionConfig;
-use etcdguard_kube::extract::{ExtractError, ExtractSummary, Extracted, Extraction, Filter};
+use etcdguard_kube::extract::{ExtractError, ExtractSummary, Extracted, Filter};
 use etcdguard_kube::history::Version;
 
 use crate::error::{db_error, Error, Kind, Result};
@@ -57,14 +57,6 @@ pub fn open(origin: &Origin<'_>, config: Option<EncryptionConfig>, note: &mut dy
             Ok(Opened { snapshot, config, config_source, _spool: Some(spool) })
         }
     }
-}
-
-/// The selected objects of the snapshot, ready for `kubectl apply` (see `etcdguard_kube::extract`).
-pub fn extract(opened: &Opened, prefix: &str, filter: &Filter) -> Result<Extraction> {
-    let file = open_snapshot(&opened.snapshot)?;
-    let db = file.db().map_err(|e| db_error(&opened.snapshot, e))?;
-    etcdguard_kube::extract::extract(&file, &db, prefix, filter, opened.config.as_ref())
-        .map_err(|e| Error::new(Kind::Corrupt, format!("{}: {e}", opened.snapshot.display())))
 }
 
 /// The selected objects of the snapshot, handed to `sink` one at a time in apply order as

@@ -653,13 +653,23 @@ fn extract(args: ExtractArgs) -> Result<()> {
             println!("{} object(s) written under {} (apply with: kubectl apply -R -f {})", written, dir.display(), dir.display());
             summary
         }
-        None => wf::extract_to(&opened, &args.filter.prefix, &filter, &mut |o| {
-            note_unknown(&o);
-            let mut doc = String::from("---\n");
-            doc.push_str(&o.to_yaml());
-            crate::output::stdout_write(doc.as_bytes());
-            Ok(())
-        })?,
+        None => {
+            // Stops at the first failed write: the whole job is output.
+            let streamed = wf::extract_to(&opened, &args.filter.prefix, &filter, &mut |o| {
+                note_unknown(&o);
+                let mut doc = String::from("---\n");
+                doc.push_str(&o.yaml);
+                crate::output::stdout_write(doc.as_bytes());
+                match crate::output::stdout_error() {
+                    Some(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                    None => Ok(()),
+                }
+            });
+            if streamed.is_err() && crate::output::stdout_error().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+                crate::output::exit_by_sigpipe();
+            }
+            streamed?
+        }
     };
     for s in &summary.skipped {
         eprintln!("warning: skipped {}: {}", s.key, s.reason);
