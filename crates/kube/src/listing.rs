@@ -2,15 +2,16 @@
 //! key's newest value decoded (decrypted when keys are given) next to its etcd facts, chosen
 //! with kubectl-like filters, and the changes between two snapshots.
 //!
-//! Both read the snapshot the same way: one walk of the `key` bucket finds each live key's
-//! newest revision ([`etcdguard_storage::keys::newest_live`]), then the values are decoded on
-//! all cores in the order they lie in the file ([`etcdguard_storage::keys::map_in_file_order`]).
+//! Both read the snapshot the same way ([`etcdguard_storage::keys::map_newest_live`]): one
+//! walk of the `key` bucket finds each live key's newest revision while a second core already
+//! decodes the revisions as they come; the rest is decoded afterwards on all cores, in the
+//! order the values lie in the file.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use etcdguard_bolt::Db;
-use etcdguard_storage::keys::{map_in_file_order, newest_live};
+use etcdguard_storage::keys::map_newest_live;
 use etcdguard_storage::SnapshotFile;
 use serde::Serialize;
 
@@ -136,14 +137,12 @@ pub fn list<T: Send>(
     config: Option<&EncryptionConfig>,
     row: &(dyn Fn(&[u8], &Entry) -> T + Sync),
 ) -> Result<Listing<T>, String> {
-    let release = || file.release_resident();
-    let live = newest_live(db, Some(&release), &|key| key.starts_with(prefix))?;
-    let made = map_in_file_order(file, &live, &|n, value| {
+    let live = map_newest_live(file, db, &|key| key.starts_with(prefix), &|n, value| {
         let e = Entry::decode(&n.key, value, (n.create_revision, n.mod_revision, n.version), config, false);
         filter.matches(&e).then(|| (row(&n.key, &e), e.undecrypted()))
-    });
+    })?;
     let mut listing = Listing { total: live.len(), rows: Vec::new(), undecrypted: Vec::new() };
-    for (n, made) in live.iter().zip(made) {
+    for (n, made) in live {
         let Some((row, undecrypted)) = made else {
             continue;
         };
@@ -165,14 +164,12 @@ pub struct Loaded {
 /// Every live key under `prefix`, decoded, with each value's checksum (and the values, with
 /// `keep_values`).
 pub fn load(file: &SnapshotFile, db: &Db<'_>, prefix: &[u8], config: Option<&EncryptionConfig>, keep_values: bool) -> Result<Loaded, String> {
-    let release = || file.release_resident();
-    let live = newest_live(db, Some(&release), &|key| key.starts_with(prefix))?;
-    let decoded = map_in_file_order(file, &live, &|n, value| {
+    let live = map_newest_live(file, db, &|key| key.starts_with(prefix), &|n, value| {
         let e = Entry::decode(&n.key, value, (n.create_revision, n.mod_revision, n.version), config, true);
         (e, keep_values.then(|| value.to_vec()))
-    });
+    })?;
     let mut loaded = Loaded { entries: BTreeMap::new(), values: BTreeMap::new() };
-    for (n, (e, value)) in live.into_iter().zip(decoded) {
+    for (n, (e, value)) in live {
         let key = n.key.into_vec();
         if let Some(v) = value {
             loaded.values.insert(key.clone(), v);

@@ -1,7 +1,7 @@
 //! The `key` bucket in revision order: what `inspect` reads to find each key's newest value.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use etcdguard_bolt::{walk, Db, Visitor, WalkOptions};
 
@@ -95,6 +95,89 @@ pub fn newest_live<'a>(db: &Db<'a>, release: Option<&dyn Fn()>, want: &dyn Fn(&[
     let mut live: Vec<Newest<'a>> = newest.into_values().collect();
     live.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     Ok(live)
+}
+
+/// [`newest_live`] and [`map_in_file_order`] in one: each live key's newest revision (for the
+/// keys `want` accepts), sorted by key, with `f` of it. While the walk runs on this thread,
+/// another core already applies `f` to the revisions as they come (most are their key's
+/// newest); what it did not reach, or did for a revision that a later one replaced, is done
+/// afterwards on all cores. The extra work is bounded by the walk's time, on a core that
+/// would otherwise wait.
+pub fn map_newest_live<'a, T: Send>(
+    file: &SnapshotFile,
+    db: &Db<'a>,
+    want: &dyn Fn(&[u8]) -> bool,
+    f: &(dyn Fn(&Newest<'a>, &[u8]) -> T + Sync),
+) -> Result<Vec<(Newest<'a>, T)>, String> {
+    // Revisions handed to the other core at a time.
+    const BATCH: usize = 64;
+    let release = || file.release_resident();
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        let live = newest_live(db, Some(&release), want)?;
+        let made = map_in_file_order(file, &live, f);
+        return Ok(live.into_iter().zip(made).collect());
+    }
+    let walk_done = AtomicBool::new(false);
+    let (live, mut early) = std::thread::scope(|scope| {
+        let (send, batches) = std::sync::mpsc::channel::<Vec<Newest<'a>>>();
+        let walk_done = &walk_done;
+        let early = scope.spawn(move || {
+            // Per key, the newest revision done so far (revisions come in order).
+            let mut done: HashMap<Box<[u8]>, (i64, T)> = HashMap::new();
+            let mut buf = Vec::new();
+            for batch in batches {
+                for n in batch {
+                    if walk_done.load(Ordering::Relaxed) {
+                        return done;
+                    }
+                    let value = match file.copy_out(n.value, &mut buf) {
+                        Ok(()) => &buf[..],
+                        Err(_) => n.value,
+                    };
+                    let made = f(&n, value);
+                    done.insert(n.key, (n.mod_revision, made));
+                }
+            }
+            done
+        });
+        let mut newest: HashMap<Box<[u8]>, Newest<'a>> = HashMap::new();
+        let mut batch = Vec::with_capacity(BATCH);
+        let walked = for_each_revision(db, Some(&release), &mut |r| {
+            if !want(r.kv.key) {
+                return;
+            }
+            if r.tombstone {
+                newest.remove(r.kv.key);
+                return;
+            }
+            let n = Newest { key: r.kv.key.into(), create_revision: r.kv.create_revision, mod_revision: r.kv.mod_revision, version: r.kv.version, value: r.kv.value };
+            batch.push(n.clone());
+            if batch.len() == BATCH {
+                let _ = send.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+            }
+            match newest.get_mut(r.kv.key) {
+                Some(slot) => *slot = n,
+                None => {
+                    newest.insert(r.kv.key.into(), n);
+                }
+            }
+        });
+        walk_done.store(true, Ordering::Relaxed);
+        drop(send);
+        let early = early.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let mut live: Vec<Newest<'a>> = newest.into_values().collect();
+        live.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        walked.map(|()| (live, early))
+    })?;
+    // What the other core did for each key's newest revision is kept; the rest is done now.
+    let mut made: Vec<Option<T>> = live.iter().map(|n| early.remove(&n.key).filter(|(rev, _)| *rev == n.mod_revision).map(|(_, t)| t)).collect();
+    drop(early);
+    let missing: Vec<usize> = (0..live.len()).filter(|&i| made[i].is_none()).collect();
+    let rest_items: Vec<Newest<'a>> = missing.iter().map(|&i| live[i].clone()).collect();
+    for (i, t) in missing.into_iter().zip(map_in_file_order(file, &rest_items, f)) {
+        made[i] = Some(t);
+    }
+    Ok(live.into_iter().zip(made).filter_map(|(n, t)| Some((n, t?))).collect())
 }
 
 /// `f(item, value)` for every item of `file`'s database, on all cores; the results come back

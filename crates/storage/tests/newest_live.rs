@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use etcdguard_storage::keys::{for_each_revision, map_in_file_order, newest_live};
+use etcdguard_storage::keys::{for_each_revision, map_in_file_order, map_newest_live, newest_live};
 use etcdguard_storage::SnapshotFile;
 
 fn fixture(name: &str) -> PathBuf {
@@ -46,6 +46,13 @@ fn newest_live_agrees_with_a_replay_of_every_revision() {
         assert_eq!(mapped.len(), live.len());
         for (n, (key, value)) in live.iter().zip(&mapped) {
             assert_eq!((&n.key, value.as_slice()), (key, n.value), "{name}");
+        }
+
+        // Both at once (part of the work done during the walk): the same pairs.
+        let both = map_newest_live(&file, &db, &|_| true, &|n, value| (n.mod_revision, value.to_vec())).unwrap();
+        assert_eq!(both.len(), live.len(), "{name}");
+        for ((n, (rev, value)), expected) in both.iter().zip(&live) {
+            assert_eq!((&n.key, n.mod_revision, *rev, value.as_slice()), (&expected.key, expected.mod_revision, expected.mod_revision, expected.value), "{name}");
         }
     }
 }
