@@ -75,26 +75,39 @@ pub struct Newest<'a> {
 /// Each live key's newest revision, for the keys `want` accepts, from one walk; sorted by
 /// key. Memory grows with the number of live keys, not with their values.
 pub fn newest_live<'a>(db: &Db<'a>, release: Option<&dyn Fn()>, want: &dyn Fn(&[u8]) -> bool) -> Result<Vec<Newest<'a>>, String> {
-    let mut newest: HashMap<Box<[u8]>, Newest<'a>> = HashMap::new();
+    let mut tracker = Tracker::default();
     for_each_revision(db, release, &mut |r| {
-        if !want(r.kv.key) {
-            return;
-        }
-        if r.tombstone {
-            newest.remove(r.kv.key);
-            return;
-        }
-        let revision = |key: Box<[u8]>| Newest { key, create_revision: r.kv.create_revision, mod_revision: r.kv.mod_revision, version: r.kv.version, value: r.kv.value };
-        match newest.get_mut(r.kv.key) {
-            Some(n) => *n = revision(std::mem::take(&mut n.key)),
-            None => {
-                newest.insert(r.kv.key.into(), revision(r.kv.key.into()));
-            }
+        if want(r.kv.key) {
+            tracker.observe(&r);
         }
     })?;
-    let mut live: Vec<Newest<'a>> = newest.into_values().collect();
-    live.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-    Ok(live)
+    Ok(tracker.into_sorted())
+}
+
+/// Each key's newest revision so far, over revisions seen oldest first.
+#[derive(Default)]
+struct Tracker<'a> {
+    newest: HashMap<Box<[u8]>, Newest<'a>>,
+}
+
+impl<'a> Tracker<'a> {
+    /// Takes `r` into account; the key's new newest revision, unless `r` deleted it.
+    fn observe(&mut self, r: &Revision<'a>) -> Option<&Newest<'a>> {
+        if r.tombstone {
+            self.newest.remove(r.kv.key);
+            return None;
+        }
+        let kv = &r.kv;
+        let n = Newest { key: kv.key.into(), create_revision: kv.create_revision, mod_revision: kv.mod_revision, version: kv.version, value: kv.value };
+        let slot = self.newest.entry(kv.key.into()).insert_entry(n);
+        Some(slot.into_mut())
+    }
+
+    fn into_sorted(self) -> Vec<Newest<'a>> {
+        let mut live: Vec<Newest<'a>> = self.newest.into_values().collect();
+        live.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        live
+    }
 }
 
 /// [`newest_live`] and [`map_in_file_order`] in one: each live key's newest revision (for the
@@ -140,34 +153,22 @@ pub fn map_newest_live<'a, T: Send>(
             }
             done
         });
-        let mut newest: HashMap<Box<[u8]>, Newest<'a>> = HashMap::new();
+        let mut tracker = Tracker::default();
         let mut batch = Vec::with_capacity(BATCH);
         let walked = for_each_revision(db, Some(&release), &mut |r| {
             if !want(r.kv.key) {
                 return;
             }
-            if r.tombstone {
-                newest.remove(r.kv.key);
-                return;
-            }
-            let n = Newest { key: r.kv.key.into(), create_revision: r.kv.create_revision, mod_revision: r.kv.mod_revision, version: r.kv.version, value: r.kv.value };
+            let Some(n) = tracker.observe(&r) else { return };
             batch.push(n.clone());
             if batch.len() == BATCH {
                 let _ = send.send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
-            }
-            match newest.get_mut(r.kv.key) {
-                Some(slot) => *slot = n,
-                None => {
-                    newest.insert(r.kv.key.into(), n);
-                }
             }
         });
         walk_done.store(true, Ordering::Relaxed);
         drop(send);
         let early = early.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        let mut live: Vec<Newest<'a>> = newest.into_values().collect();
-        live.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        walked.map(|()| (live, early))
+        walked.map(|()| (tracker.into_sorted(), early))
     })?;
     // What the other core did for each key's newest revision is kept; the rest is done now.
     let mut made: Vec<Option<T>> = live.iter().map(|n| early.remove(&n.key).filter(|(rev, _)| *rev == n.mod_revision).map(|(_, t)| t)).collect();
