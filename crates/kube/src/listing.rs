@@ -83,7 +83,8 @@ impl Entry {
     }
 }
 
-/// kubectl-like selection: resource (with or without its group), namespace, name, labels.
+/// kubectl-like selection: resource (as `extract` reads it: `widgets`, `example.com/widgets`
+/// or `widgets.example.com`), namespace, name, labels.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub resource: Option<String>,
@@ -97,7 +98,7 @@ impl Filter {
     pub fn matches(&self, e: &Entry) -> bool {
         let p = e.path.as_ref();
         if let Some(r) = &self.resource {
-            if !p.is_some_and(|p| &p.resource == r || p.resource.rsplit('/').next() == Some(r.as_str())) {
+            if !p.is_some_and(|p| crate::extract::resource_is(&p.resource, r)) {
                 return false;
             }
         }
@@ -282,6 +283,13 @@ mod tests {
         let was_x = Filter { selector: Some(Selector::parse("app=x").unwrap()), ..Filter::default() };
         let picked: Vec<&[u8]> = changes(&old, &new, &was_x).iter().map(|c| c.key).collect();
         assert_eq!(picked, vec![&b"/registry/configmaps/a/edited"[..]]);
+        let grouped = Filter { resource: Some("widgets.example.com".into()), ..Filter::default() };
+        let at = |resource: &str| {
+            let mut e = entry("/registry/x", 1, 1, &[]).1;
+            e.path = Some(KeyPath { resource: resource.into(), namespace: "a".into(), name: "w".into() });
+            e
+        };
+        assert!(grouped.matches(&at("example.com/widgets")) && !grouped.matches(&at("widgets")) && !grouped.matches(&at("other.io/widgets")));
         let secrets = Filter { resource: Some("secrets".into()), namespace: Some("b".into()), ..Filter::default() };
         assert_eq!(changes(&old, &new, &secrets).len(), 1);
         let other_ns = Filter { resource: Some("secrets".into()), namespace: Some("a".into()), ..Filter::default() };

@@ -216,7 +216,7 @@ pub fn map_in_file_order<'a, T: Send>(file: &SnapshotFile, items: &[Newest<'a>],
         vec![work()]
     } else {
         std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads).map(|_| s.spawn(&work)).collect();
+            let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
             handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
         })
     };

@@ -94,7 +94,8 @@ pub struct Filter {
     /// Only keys under this prefix.
     #[arg(long, default_value = "/registry/", value_name = "PREFIX")]
     pub prefix: String,
-    /// Only this resource (`secrets`, `deployments`, `example.com/widgets` or just `widgets`).
+    /// Only this resource (`secrets`, `deployments`, `example.com/widgets`, `widgets.example.com`
+    /// or just `widgets`).
     #[arg(long, short = 'r', value_name = "RESOURCE")]
     pub resource: Option<String>,
     /// Only this namespace.
