@@ -59,6 +59,14 @@ impl TrailerHasher {
         self.total
     }
 
+    /// sha256 of every byte seen, trailer included: what a repository records for the file,
+    /// from the same pass over the bytes as the trailer check.
+    pub fn file_sha256(&self) -> [u8; 32] {
+        let mut whole = self.hasher.clone();
+        whole.update(&self.tail);
+        whole.finalize().into()
+    }
+
     pub fn finish(self) -> TrailerVerdict {
         if self.total % 512 != 32 || self.tail.len() != 32 {
             return TrailerVerdict::Missing { total: self.total };
@@ -94,6 +102,8 @@ pub struct SnapshotSummary {
     pub bytes: u64,
     /// sha256 of the image, equal to the server's trailer.
     pub sha256: [u8; 32],
+    /// sha256 of all the bytes written (image and trailer).
+    pub file_sha256: [u8; 32],
     /// The server's storage version (etcd 3.6+; empty before).
     pub server_version: String,
     pub elapsed: Duration,
@@ -288,11 +298,13 @@ pub async fn stream_snapshot(
             return Err(ClientError::ShortStream { endpoint: conn.endpoint.clone(), received: total, expected });
         }
     }
+    let file_sha256 = hasher.file_sha256();
     match hasher.finish() {
         TrailerVerdict::Verified(sha256) => Ok(SnapshotSummary {
             endpoint: conn.endpoint.clone(),
             bytes: total,
             sha256,
+            file_sha256,
             server_version,
             elapsed: started.elapsed(),
         }),
@@ -323,6 +335,7 @@ mod tests {
             for c in all.chunks(chunk) {
                 h.update(c);
             }
+            assert_eq!(h.file_sha256(), <[u8; 32]>::from(Sha256::digest(&all)), "chunk {chunk}");
             assert_eq!(h.finish(), TrailerVerdict::Verified(digest), "chunk {chunk}");
         }
     }

@@ -23,7 +23,7 @@ pub mod segment;
 pub mod store;
 
 pub use manifest::Manifest;
-pub use repository::{BackupMeta, BackupWriter, InitOptions, PruneReport, Repository};
+pub use repository::{BackupMeta, BackupWriter, InitOptions, PruneReport, Repository, UnhashedPart};
 pub use store::{open_url, Store, StoreError};
 
 /// What can go wrong with a repository, by what the user does about it.

@@ -112,13 +112,19 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
             let mut input = stop.reader(std::io::Read::chain(std::io::Cursor::new(head), input));
             // The member's db size is the snapshot's size but for the trailer: enough for an ETA.
             let expected = u64::try_from(db_size).ok().filter(|n| *n > 0).map(|n| n + 32);
-            writer.add_snapshot_sized(&mut input, page_size, expected).map_err(|e| stop.error_or(repo_error(e)))
+            // The stream's own pass over these bytes (its trailer check) gives their sha256.
+            writer.add_snapshot_unhashed(&mut input, page_size, expected).map_err(|e| stop.error_or(repo_error(e)))
         })();
         // Whatever happened to the chunker, the stream ends (its sends fail once `rx` is gone).
         (saving.join().unwrap_or(Err(etcdguard_client::ClientError::Interrupted("a panic"))), stored)
     });
-    saved.map_err(|e| stop.error_or(client_error(e)))?;
-    let snapshot = stored?;
+    let saved = saved.map_err(|e| stop.error_or(client_error(e)))?;
+    let stored = stored?;
+    // The chunker read what the tee sent: the bytes the stream hashed, all of them.
+    if stored.size() != saved.bytes {
+        return Err(Error::failure(format!("{}: {} bytes streamed but {} stored; not backing it up", path.display(), saved.bytes, stored.size())));
+    }
+    let snapshot = stored.with_sha256(saved.file_sha256);
     stop.check()?;
     let file = open_snapshot(&path)?;
     if file.len() != snapshot.size {

@@ -12,7 +12,7 @@ mod writer;
 
 pub use pipeline::{parse_rate, Progress, Transfer};
 pub use prune::{part_blob_ids, stored_bytes, PruneReport};
-pub use writer::{BackupMeta, BackupWriter};
+pub use writer::{BackupMeta, BackupWriter, UnhashedPart};
 
 use std::fs;
 use std::path::Path;

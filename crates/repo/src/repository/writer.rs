@@ -200,13 +200,15 @@ impl<'r> BackupWriter<'r> {
 
     /// Chunks `reader` at `chunk_size` boundaries and stores what is new.
     fn add_stream(&mut self, reader: &mut dyn Read, chunk_size: u32) -> Result<Part, RepoError> {
-        self.add_stream_sized(reader, chunk_size, None)
+        let mut hasher = Sha256::new();
+        let part = self.add_stream_sized(reader, chunk_size, None, Some(&mut hasher))?;
+        Ok(part.with_sha256(hasher.finalize().into()))
     }
 
     /// [`Self::add_stream`] with the input's size when known (for progress). Chunks are
     /// hashed and compressed on worker threads and packed in input order.
-    fn add_stream_sized(&mut self, reader: &mut dyn Read, chunk_size: u32, size_hint: Option<u64>) -> Result<Part, RepoError> {
-        let mut hasher = Sha256::new();
+    /// `hasher`, when given, sees every byte read (for the part's sha256).
+    fn add_stream_sized(&mut self, reader: &mut dyn Read, chunk_size: u32, size_hint: Option<u64>, mut hasher: Option<&mut Sha256>) -> Result<UnhashedPart, RepoError> {
         let mut ids: Vec<u8> = Vec::new();
         let mut chunks = 0u64;
         let transfer = self.repo.transfer.clone();
@@ -229,7 +231,9 @@ impl<'r> BackupWriter<'r> {
             level,
             &mut throttle,
             &mut |bytes| {
-                hasher.update(bytes);
+                if let Some(h) = hasher.as_mut() {
+                    h.update(bytes);
+                }
                 if let Some(p) = &progress {
                     p.advance(bytes.len() as u64);
                 }
@@ -250,7 +254,7 @@ impl<'r> BackupWriter<'r> {
         for piece in ids.chunks(fanout) {
             lists.push(self.add_blob(BlobKind::List, piece)?);
         }
-        Ok(Part { size, sha256: hex(&hasher.finalize()), chunk_size, chunks, chunk_lists: lists })
+        Ok(UnhashedPart(Part { size, sha256: String::new(), chunk_size, chunks, chunk_lists: lists }))
     }
 
     /// The chunk size used for a database with `page_size`: the repository's, rounded up to
@@ -276,7 +280,17 @@ impl<'r> BackupWriter<'r> {
     /// [`Self::add_snapshot`] of an input of `size` bytes, when known (for progress).
     pub fn add_snapshot_sized(&mut self, reader: &mut dyn Read, page_size: u32, size: Option<u64>) -> Result<Part, RepoError> {
         let cs = self.chunk_size_for(page_size);
-        self.add_stream_sized(reader, cs, size)
+        let mut hasher = Sha256::new();
+        let part = self.add_stream_sized(reader, cs, size, Some(&mut hasher))?;
+        Ok(part.with_sha256(hasher.finalize().into()))
+    }
+
+    /// [`Self::add_snapshot_sized`] for a caller that hashes the same bytes already (a live
+    /// backup checks the stream's trailer with one pass that also yields the file's sha256):
+    /// the part is complete once it is given that digest.
+    pub fn add_snapshot_unhashed(&mut self, reader: &mut dyn Read, page_size: u32, size: Option<u64>) -> Result<UnhashedPart, RepoError> {
+        let cs = self.chunk_size_for(page_size);
+        self.add_stream_sized(reader, cs, size, None)
     }
 
     /// Adds a file, or a directory with everything under it, as `<group>/<its name>…`
@@ -390,6 +404,22 @@ impl<'r> BackupWriter<'r> {
         self.lock.check_held()?;
         self.repo.store.put(&manifest_key(&id), Bytes::from(body))?;
         Ok(manifest)
+    }
+}
+
+
+/// A stored part whose sha256 the caller computes ([`BackupWriter::add_snapshot_unhashed`]).
+#[must_use = "a part needs its sha256 before it goes into a manifest"]
+pub struct UnhashedPart(Part);
+
+impl UnhashedPart {
+    pub fn size(&self) -> u64 {
+        self.0.size
+    }
+
+    /// The part, with the sha256 of exactly the bytes that were stored.
+    pub fn with_sha256(self, digest: [u8; 32]) -> Part {
+        Part { sha256: hex(&digest), ..self.0 }
     }
 }
 
