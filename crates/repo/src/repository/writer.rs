@@ -407,7 +407,6 @@ impl<'r> BackupWriter<'r> {
     }
 }
 
-
 /// A stored part whose sha256 the caller computes ([`BackupWriter::add_snapshot_unhashed`]).
 #[must_use = "a part needs its sha256 before it goes into a manifest"]
 pub struct UnhashedPart(Part);
