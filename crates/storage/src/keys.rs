@@ -143,11 +143,7 @@ pub fn map_newest_live<'a, T: Send>(
                     if walk_done.load(Ordering::Relaxed) {
                         return done;
                     }
-                    let value = match file.copy_out(n.value, &mut buf) {
-                        Ok(()) => &buf[..],
-                        Err(_) => n.value,
-                    };
-                    let made = f(&n, value);
+                    let made = f(&n, value_of(file, n.value, &mut buf));
                     done.insert(n.key, (n.mod_revision, made));
                 }
             }
@@ -202,12 +198,7 @@ pub fn map_in_file_order<'a, T: Send>(file: &SnapshotFile, items: &[Newest<'a>],
             }
             for &i in &order[start..(start + CHUNK).min(order.len())] {
                 let kv = &items[i];
-                // A read that fails (it cannot, for a slice of the map) falls back to the map.
-                let value = match file.copy_out(kv.value, &mut buf) {
-                    Ok(()) => &buf[..],
-                    Err(_) => kv.value,
-                };
-                done.push((i, f(kv, value)));
+                done.push((i, f(kv, value_of(file, kv.value, &mut buf))));
             }
         }
         done
@@ -223,6 +214,16 @@ pub fn map_in_file_order<'a, T: Send>(file: &SnapshotFile, items: &[Newest<'a>],
     let mut all: Vec<(usize, T)> = parts.into_iter().flatten().collect();
     all.sort_unstable_by_key(|(i, _)| *i);
     all.into_iter().map(|(_, t)| t).collect()
+}
+
+/// `value`, a slice of `file`'s map, copied into `buf` with a positioned read
+/// ([`SnapshotFile::copy_out`]); a read that fails (it cannot, for a slice of the map) falls
+/// back to the map itself.
+fn value_of<'b>(file: &SnapshotFile, value: &'b [u8], buf: &'b mut Vec<u8>) -> &'b [u8] {
+    match file.copy_out(value, buf) {
+        Ok(()) => &buf[..],
+        Err(_) => value,
+    }
 }
 
 /// Calls `f` for every revision in the `key` bucket, oldest first. Fails on the first entry

@@ -351,20 +351,29 @@ fn list(args: ListArgs) -> Result<()> {
     let file = open_snapshot(&args.snapshot)?;
     let db = file.db().map_err(|e| db_failure(&args.snapshot, e))?;
     let json = args.output == TableJson::Json;
-    // A JSON row is an element of a pretty array, indented as one: `[row]` without brackets.
+    /// A row as the chosen output prints it.
+    enum Line {
+        /// An element of a pretty JSON array, indented as one (`[row]` without its brackets).
+        Json(String),
+        Table(Vec<String>),
+    }
     let listed = listing::list(&file, &db, args.filter.prefix.as_bytes(), &filter, config.as_ref(), &|key, e| {
         if json {
             let text = serde_json::to_string_pretty(&[e.row(key)]).unwrap_or_default();
-            Ok(text[2..text.len() - 2].to_string())
+            Line::Json(text[2..text.len() - 2].to_string())
         } else {
-            Err(row(key, e))
+            Line::Table(row(key, e))
         }
     })
     .map_err(|e| Failure::new(Code::Corrupt, format!("{}: {e}", args.snapshot.display())))?;
     let selected = listed.rows.len();
     if json {
         let mut out = String::with_capacity(1 << 17);
-        for (i, text) in listed.rows.into_iter().flat_map(Result::ok).enumerate() {
+        let texts = listed.rows.into_iter().filter_map(|l| match l {
+            Line::Json(text) => Some(text),
+            Line::Table(_) => None,
+        });
+        for (i, text) in texts.enumerate() {
             out.push_str(if i == 0 { "[\n" } else { ",\n" });
             out.push_str(&text);
             if out.len() >= 1 << 16 {
@@ -376,7 +385,10 @@ fn list(args: ListArgs) -> Result<()> {
         crate::output::stdout_write(out.as_bytes());
     } else {
         let mut table = vec![HEADER.map(String::from).to_vec()];
-        table.extend(listed.rows.into_iter().filter_map(Result::err));
+        table.extend(listed.rows.into_iter().filter_map(|l| match l {
+            Line::Table(cells) => Some(cells),
+            Line::Json(_) => None,
+        }));
         print!("{}", crate::cmd::table(&table));
     }
     eprintln!("{selected} object(s) of {} under {}", listed.total, args.filter.prefix);

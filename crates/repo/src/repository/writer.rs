@@ -198,17 +198,17 @@ impl<'r> BackupWriter<'r> {
         self.uploader.send(pack_key(&id), data)
     }
 
-    /// Chunks `reader` at `chunk_size` boundaries and stores what is new.
-    fn add_stream(&mut self, reader: &mut dyn Read, chunk_size: u32) -> Result<Part, RepoError> {
+    /// Chunks `reader` at `chunk_size` boundaries and stores what is new; the part's sha256
+    /// is computed on the way. `size_hint`: the input's size when known (for progress).
+    fn add_stream(&mut self, reader: &mut dyn Read, chunk_size: u32, size_hint: Option<u64>) -> Result<Part, RepoError> {
         let mut hasher = Sha256::new();
-        let part = self.add_stream_sized(reader, chunk_size, None, Some(&mut hasher))?;
+        let part = self.store_stream(reader, chunk_size, size_hint, Some(&mut hasher))?;
         Ok(part.with_sha256(hasher.finalize().into()))
     }
 
-    /// [`Self::add_stream`] with the input's size when known (for progress). Chunks are
-    /// hashed and compressed on worker threads and packed in input order.
-    /// `hasher`, when given, sees every byte read (for the part's sha256).
-    fn add_stream_sized(&mut self, reader: &mut dyn Read, chunk_size: u32, size_hint: Option<u64>, mut hasher: Option<&mut Sha256>) -> Result<UnhashedPart, RepoError> {
+    /// [`Self::add_stream`] without the sha256 unless `hasher` is given (it then sees every
+    /// byte read). Chunks are hashed and compressed on worker threads and packed in input order.
+    fn store_stream(&mut self, reader: &mut dyn Read, chunk_size: u32, size_hint: Option<u64>, mut hasher: Option<&mut Sha256>) -> Result<UnhashedPart, RepoError> {
         let mut ids: Vec<u8> = Vec::new();
         let mut chunks = 0u64;
         let transfer = self.repo.transfer.clone();
@@ -280,9 +280,7 @@ impl<'r> BackupWriter<'r> {
     /// [`Self::add_snapshot`] of an input of `size` bytes, when known (for progress).
     pub fn add_snapshot_sized(&mut self, reader: &mut dyn Read, page_size: u32, size: Option<u64>) -> Result<Part, RepoError> {
         let cs = self.chunk_size_for(page_size);
-        let mut hasher = Sha256::new();
-        let part = self.add_stream_sized(reader, cs, size, Some(&mut hasher))?;
-        Ok(part.with_sha256(hasher.finalize().into()))
+        self.add_stream(reader, cs, size)
     }
 
     /// [`Self::add_snapshot_sized`] for a caller that hashes the same bytes already (a live
@@ -290,7 +288,7 @@ impl<'r> BackupWriter<'r> {
     /// the part is complete once it is given that digest.
     pub fn add_snapshot_unhashed(&mut self, reader: &mut dyn Read, page_size: u32, size: Option<u64>) -> Result<UnhashedPart, RepoError> {
         let cs = self.chunk_size_for(page_size);
-        self.add_stream_sized(reader, cs, size, None)
+        self.store_stream(reader, cs, size, None)
     }
 
     /// Adds a file, or a directory with everything under it, as `<group>/<its name>…`
@@ -345,7 +343,7 @@ impl<'r> BackupWriter<'r> {
         } else if ft.is_file() {
             let mut f = fs::File::open(path).map_err(|e| io_err(path, e))?;
             let cs = self.repo.config.chunking.chunk_size;
-            let part = self.add_stream(&mut f, cs).map_err(|e| e.context(&path.display().to_string()))?;
+            let part = self.add_stream(&mut f, cs, None).map_err(|e| e.context(&path.display().to_string()))?;
             self.stats.original += part.size;
             self.files.push(FileEntry { content: Some(part), ..base });
         }
