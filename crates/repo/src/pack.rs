@@ -217,9 +217,21 @@ fn decompress(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
 }
 
 /// Decodes a stored blob and checks that its content hashes to `id`. `keys` are the
-/// repository's when it is encrypted; a plain blob in an encrypted repository fails the id
-/// check, so nothing unsealed can be slipped in.
+/// repository's when it is encrypted; a plain blob in an encrypted repository is refused,
+/// so nothing unsealed can be slipped in.
 pub fn decode_blob(keys: Option<&Keys>, id: Id, encoding: Encoding, raw_len: u32, stored: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let raw = open_blob(keys, id, encoding, raw_len, stored)?;
+    if blob_id(keys, &raw) != id {
+        return Err(FormatError::BadBlob { id, reason: "content does not match its hash (damaged)".into() });
+    }
+    Ok(raw)
+}
+
+/// [`decode_blob`] without the check of the content against its id: decrypted (which
+/// authenticates a sealed blob) and decompressed to its recorded length. For readers that
+/// check one hash over many blobs instead (a part's sha256, see `Repository::read_part`),
+/// and name a damaged blob with [`decode_blob`] only when that hash fails.
+pub fn open_blob(keys: Option<&Keys>, id: Id, encoding: Encoding, raw_len: u32, stored: &[u8]) -> Result<Vec<u8>, FormatError> {
     let bad = |reason: String| FormatError::BadBlob { id, reason };
     if raw_len > MAX_BLOB_LEN {
         return Err(bad(format!("length {raw_len} is over the largest blob ({MAX_BLOB_LEN} bytes): damaged")));
@@ -231,6 +243,9 @@ pub fn decode_blob(keys: Option<&Keys>, id: Id, encoding: Encoding, raw_len: u32
             .open(&id, encoding as u8, stored)
             .ok_or_else(|| bad("does not decrypt with the repository key (damaged or altered)".into()))?;
         &opened[..]
+    } else if keys.is_some() {
+        // An encrypted repository stores every blob sealed: a plain one was slipped in.
+        return Err(bad("blob is not encrypted in an encrypted repository (altered)".into()));
     } else {
         stored
     };
@@ -241,9 +256,6 @@ pub fn decode_blob(keys: Option<&Keys>, id: Id, encoding: Encoding, raw_len: u32
     };
     if raw.len() != raw_len as usize {
         return Err(bad(format!("{} bytes, expected {raw_len}", raw.len())));
-    }
-    if blob_id(keys, &raw) != id {
-        return Err(bad("content does not match its hash (damaged)".into()));
     }
     Ok(raw)
 }

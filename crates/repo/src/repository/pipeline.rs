@@ -1,8 +1,9 @@
 //! The parallel paths of a backup and a restore.
 //!
 //! Restore: a part's chunks are grouped into runs (neighbours in one pack, one range read
-//! each); `parallel` worker threads fetch and decode runs (zstd, decryption, each chunk's
-//! hash) while the calling thread writes them in order and hashes the whole part. At most
+//! each); `parallel` worker threads fetch and decode runs (decryption, zstd) while the
+//! calling thread writes them in order and hashes the whole part. That sha256 covers every
+//! chunk, so the chunks' own hashes are checked only to name the damage when it fails. At most
 //! `parallel + 2` runs are fetched ahead of the writer, so memory stays bounded whatever the
 //! part's size.
 //!
@@ -18,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::crypto::Keys;
-use crate::pack::{decode_blob, Encoding, Id, Index, Location};
+use crate::pack::{decode_blob, open_blob, Encoding, Id, Index, Location};
 use crate::RepoError;
 
 use super::Repository;
@@ -148,8 +149,9 @@ impl Repository {
         Ok(runs)
     }
 
-    /// Fetches and decodes one run: its chunks' content, each checked against its id.
-    fn fetch_run(&self, keys: Option<&Keys>, run: &Run) -> Result<Vec<Vec<u8>>, RepoError> {
+    /// Fetches and decodes one run: its chunks' content, each checked against its id when
+    /// `check_each`.
+    fn fetch_run(&self, keys: Option<&Keys>, run: &Run, check_each: bool) -> Result<Vec<Vec<u8>>, RepoError> {
         let bytes = self.pack_range(&run.pack, run.start..run.end)?;
         if (bytes.len() as u64) < run.end - run.start {
             return Err(RepoError::Damaged(format!("pack {} is shorter than its index says", run.pack.hex())));
@@ -158,26 +160,30 @@ impl Repository {
             .iter()
             .map(|(id, loc)| {
                 let off = (loc.offset as u64 - run.start) as usize;
-                decode_blob(keys, *id, loc.encoding, loc.raw_len, &bytes[off..off + loc.stored_len as usize])
-                    .map_err(|e| RepoError::Damaged(format!("pack {}: {e}", loc.pack.hex())))
+                let stored = &bytes[off..off + loc.stored_len as usize];
+                match check_each {
+                    true => decode_blob(keys, *id, loc.encoding, loc.raw_len, stored),
+                    false => open_blob(keys, *id, loc.encoding, loc.raw_len, stored),
+                }
+                .map_err(|e| RepoError::Damaged(format!("pack {}: {e}", loc.pack.hex())))
             })
             .collect()
     }
 
-    /// Fetches and decodes `runs` on worker threads and hands every chunk to `write`, in
-    /// order. The first error (a damaged pack, a failed write) stops the workers.
+    /// Fetches and decodes `runs` on worker threads and hands each run's chunks to `write`,
+    /// in order. The first error (a damaged pack, a failed write) stops the workers.
+    /// `check_each`: see [`Repository::fetch_run`].
     pub(crate) fn read_runs(
         &self,
         runs: &[Run],
-        write: &mut dyn FnMut(&[u8]) -> Result<(), RepoError>,
+        check_each: bool,
+        write: &mut dyn FnMut(&[Vec<u8>]) -> Result<(), RepoError>,
     ) -> Result<(), RepoError> {
         let keys = self.keys()?;
         let workers = self.transfer.workers().min(runs.len());
         if workers <= 1 {
             for run in runs {
-                for chunk in self.fetch_run(keys, run)? {
-                    write(&chunk)?;
-                }
+                write(&self.fetch_run(keys, run, check_each)?)?;
             }
             return Ok(());
         }
@@ -205,7 +211,7 @@ impl Repository {
                             return;
                         }
                     }
-                    let result = self.fetch_run(keys, &runs[i]);
+                    let result = self.fetch_run(keys, &runs[i], check_each);
                     let failed = result.is_err();
                     if tx.send((i, result)).is_err() || failed {
                         return;
@@ -237,11 +243,9 @@ impl Repository {
                         }
                     }
                 };
-                for chunk in &chunks {
-                    if let Err(e) = write(chunk) {
-                        stop();
-                        return Err(e);
-                    }
+                if let Err(e) = write(&chunks) {
+                    stop();
+                    return Err(e);
                 }
                 state.lock().unwrap_or_else(|p| p.into_inner()).0 = want + 1;
                 wake.notify_all();
@@ -412,6 +416,30 @@ mod tests {
         }
         assert!(parts.windows(2).all(|w| w[0].chunk_lists == w[1].chunk_lists && w[0].sha256 == w[1].sha256));
         assert!(sizes.windows(2).all(|w| w[0].added == w[1].added && w[0].blobs_added == w[1].blobs_added));
+    }
+
+    /// A chunk stored raw (incompressible) decodes whatever its bytes: the part's sha256
+    /// catches a flipped bit in it, and the second pass names the pack, as for any damage.
+    #[test]
+    fn damage_in_a_raw_chunk_is_named() {
+        use crate::pack::Encoding;
+        use rand::{RngCore, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = repo(dir.path(), 64 * 1024);
+        r.set_transfer(Transfer { parallel: 3, ..Default::default() });
+        let mut data = vec![0u8; 64 * 4096 + 32];
+        rand::rngs::StdRng::seed_from_u64(7).fill_bytes(&mut data);
+        let m = backup(&r, &data);
+        let index = r.load_index().unwrap();
+        let ids = r.chunk_ids(&index, &m.snapshot).unwrap();
+        let loc = *index.get(&ids[ids.len() / 2]).unwrap();
+        assert_eq!(loc.encoding, Encoding::Raw, "random bytes are stored raw");
+        let pack = dir.path().join(super::super::pack_key(&loc.pack));
+        let mut bytes = std::fs::read(&pack).unwrap();
+        bytes[loc.offset as usize + 100] ^= 0x01;
+        std::fs::write(&pack, bytes).unwrap();
+        let err = r.read_part(&index, &m.snapshot, &mut io::sink()).unwrap_err();
+        assert!(matches!(err, RepoError::Damaged(ref s) if s.contains(&loc.pack.hex()) && s.contains("does not match")), "{err}");
     }
 
     /// A write that fails stops the workers and names the error.
