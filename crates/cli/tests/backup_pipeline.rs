@@ -33,7 +33,8 @@ fn parallel_restore_round_trips_and_a_damaged_pack_leaves_no_data_dir() {
         ok(&["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap(), "--parallel", parallel]);
         assert!(std::fs::read(&dest).unwrap() == original, "--parallel {parallel}: the restored file differs");
     }
-    let data = work.join("data");
+    // A data dir whose parent does not exist yet is made, as `snapshot restore` (and etcdutl) do.
+    let data = work.join("new-parent/data");
     ok(&["backup", "restore", &id, "--repo", repo_s, "--data-dir", data.to_str().unwrap(), "--parallel", "4"]);
     assert!(data.join("member/snap/db").is_file());
 

@@ -405,7 +405,7 @@ pub struct Verified {
     pub packs_checked: Option<usize>,
 }
 
-/// Downloads a backup and checks it completely: every chunk's sha256, the snapshot's sha256,
+/// Downloads a backup and checks it completely: the snapshot's sha256 (over every chunk),
 /// trailer, bbolt structure and etcd schema, every file; records it as verified.
 pub fn verify(opts: &VerifyOptions, note: &mut dyn FnMut(&str)) -> Result<Verified> {
     let repo = opts.repo.open_unlocked()?;
@@ -429,8 +429,7 @@ pub fn verify(opts: &VerifyOptions, note: &mut dyn FnMut(&str)) -> Result<Verifi
 }
 
 /// The checks of `backup verify` on one backup, without recording anything: reassembles the
-/// snapshot into a private spool under `scratch_dir` (every chunk's hash and the whole
-/// sha256), reads every file, then checks the trailer, bbolt structure, etcd schema and the
+/// snapshot into a private spool under `scratch_dir` (checked against the whole sha256), reads every file, then checks the trailer, bbolt structure, etcd schema and the
 /// status against the manifest. The agent's scrub uses it too.
 pub(crate) fn check_stored(repo: &Repository, index: &etcdguard_repo::pack::Index, m: &Manifest, scratch_dir: Option<&Path>, note: &mut dyn FnMut(&str)) -> Result<TrailerCheck> {
     let parent = scratch_dir.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
@@ -542,6 +541,16 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
         (Some(p), _) => (p.clone(), false),
         (None, Some(dir)) => {
             let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            // The data dir's parent is made as `snapshot restore` makes it (private), now
+            // because the snapshot is reassembled next to it.
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)
+                    .map_err(|e| Error::failure(format!("creating {}: {e}", parent.display())))?;
+            }
             (parent.join(format!(".etcdguard-backup-{}-{:08x}.db", m.id, spool::rand_u64() as u32)), true)
         }
         (None, None) => return Err(Error::usage("give --to-file, --data-dir or --cluster-out")),
@@ -571,7 +580,7 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
     if let Some(d) = &opts.data_dir {
         let mut d = d.clone();
         d.file = snapshot_path.clone();
-        // The reassembly checked every chunk and the file's sha256 against the backup, which
+        // The reassembly checked the file's sha256 against the backup, which
         // was verified when it was made. A point-in-time file is new: it is checked in full.
         d.skip_hash_check = plan.is_none();
         // The keys the restored cluster will have: --encryption-config, else the backup's own.

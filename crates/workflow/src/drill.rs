@@ -3,7 +3,7 @@
 //! quiet afternoon instead.
 //!
 //! In a private spool (0700, removed afterwards; a killed agent's is swept by the next
-//! spool): fetch the snapshot (every chunk's hash and the whole sha256), check its status
+//! spool): fetch the snapshot (checked against its sha256), check its status
 //! (revision, key count, hash) against the manifest, restore it into a scratch data dir as
 //! `snapshot restore` does, and check the restored database's revision. With an etcd binary
 //! (`--drill-etcd`) the drill also boots it on the restored data dir (loopback only, free

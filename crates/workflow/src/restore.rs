@@ -58,7 +58,7 @@ pub fn snapshot_restore(opts: &SnapshotRestoreOptions) -> Result<Restored> {
 /// What the caller knows of the snapshot file of a restore.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Source {
-    /// Reassembled from a verified backup, every chunk hash and its sha256 checked: its
+    /// Reassembled from a verified backup, its sha256 checked: its
     /// trailer and structure are not checked again before use (the self-check walks the
     /// result all the same).
     pub verified: bool,

@@ -1,5 +1,5 @@
 //! Scrub: the agent's `--verify-every`. Re-reads stored backups with the checks of `backup
-//! verify` (every chunk's hash, the snapshot's sha256 and trailer, bbolt structure and etcd
+//! verify` (the snapshot's sha256, which covers every chunk, and trailer, bbolt structure and etcd
 //! schema, the status against the manifest, every file) and reads every pack a checked
 //! backup draws on whole (its content against its sha256 name, then its framing), so a
 //! flipped bit anywhere in those packs is found, not only in the chunks of that backup.

@@ -43,7 +43,7 @@ pub struct Options {
     pub mark_compacted: bool,
     pub flavor: Flavor,
     /// The caller proved the snapshot's bytes equal a snapshot that passed the full check
-    /// (a backup reassembled with every chunk hash and the file's sha256 matching a verified
+    /// (a backup reassembled with the file's sha256, which covers every chunk, matching a verified
     /// backup): the source's trailer hash and walk are not repeated. The self-check still
     /// walks the result.
     pub source_verified: bool,
