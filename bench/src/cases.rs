@@ -274,11 +274,7 @@ impl Case for Save {
         let endpoint = env.live_server()?.endpoint().to_string();
         let dest = scratch.join("snapshot.db");
         let mut cmd = match tool {
-            Tool::Reference => {
-                let mut c = env.etcdctl();
-                c.args(["--endpoints", &endpoint, "snapshot", "save"]).arg(&dest);
-                c
-            }
+            Tool::Reference => etcdctl_save(env, &endpoint, &dest),
             Tool::Etcdguard => {
                 let mut c = env.etcdguard();
                 c.args(["snapshot", "save"]).arg(&dest).args(["--endpoints", &endpoint]);
@@ -624,11 +620,7 @@ impl Case for BackupCreateLive {
     fn command(&self, tool: Tool, env: &Env, scratch: &Path) -> Result<Command> {
         let endpoint = env.live_server()?.endpoint().to_string();
         let mut cmd = match tool {
-            Tool::Reference => {
-                let mut c = env.etcdctl();
-                c.args(["--endpoints", &endpoint, "snapshot", "save"]).arg(scratch.join("snapshot.db"));
-                c
-            }
+            Tool::Reference => etcdctl_save(env, &endpoint, &scratch.join("snapshot.db")),
             Tool::Etcdguard => {
                 let mut c = env.etcdguard();
                 c.args(["backup", "create", "--repo"])
@@ -650,6 +642,13 @@ impl Case for BackupCreateLive {
         ensure!(m["etcd"]["verified"].as_bool() == Some(true), "the backup was not verified");
         Ok(())
     }
+}
+
+/// `etcdctl snapshot save` of the live server into `path`: what a runbook does.
+fn etcdctl_save(env: &Env, endpoint: &str, path: &Path) -> Command {
+    let mut c = env.etcdctl();
+    c.args(["--endpoints", endpoint, "snapshot", "save"]).arg(path);
+    c
 }
 
 /// The floor of `backup-create-live` on this machine, from other tools: `etcdguard snapshot
@@ -684,11 +683,7 @@ impl Case for BackupCreateLiveFloor {
     fn command(&self, tool: Tool, env: &Env, scratch: &Path) -> Result<Command> {
         let endpoint = env.live_server()?.endpoint().to_string();
         let mut cmd = match tool {
-            Tool::Reference => {
-                let mut c = env.etcdctl();
-                c.args(["--endpoints", &endpoint, "snapshot", "save"]).arg(scratch.join("snapshot.db"));
-                c
-            }
+            Tool::Reference => etcdctl_save(env, &endpoint, &scratch.join("snapshot.db")),
             Tool::Etcdguard => {
                 ensure!(
                     ["zstd", "openssl"].iter().all(|t| Command::new(t).arg("version").output().is_ok()),

@@ -16,7 +16,7 @@ use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use backup_support::{etcdguard, run};
+use backup_support::{etcdguard, live_history, run};
 use etcdguard_testkit::{free_port, EtcdServer, EtcdVersion};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -49,31 +49,6 @@ fn dump(server: &EtcdServer, rev: i64) -> Vec<(Value, Value, Value, Value, Value
         .collect()
 }
 
-/// The live cluster's own history after `from`: (revision, put?, key) per change, in order.
-fn live_history(server: &EtcdServer, from: i64) -> Vec<(i64, bool, String)> {
-    let flags = etcdguard_client::ConnectFlags { endpoints: Some(vec![server.endpoint().to_string()]), ..Default::default() };
-    let (cfg, _) = etcdguard_client::ConnectConfig::resolve_with(flags, |_| None).unwrap();
-    let session = etcdguard_client::Session::new(cfg).unwrap();
-    let last = server.revision();
-    let mut out = Vec::new();
-    let mut idle = 0;
-    session
-        .follow(server.endpoint(), from + 1, Duration::from_millis(200), &mut |u| {
-            match u {
-                etcdguard_client::WatchUpdate::Changes { changes, .. } => {
-                    out.extend(changes.into_iter().map(|c| (c.mod_revision, c.put, String::from_utf8_lossy(&c.key).into_owned())))
-                }
-                _ => idle += 1,
-            }
-            if out.last().is_some_and(|c: &(i64, bool, String)| c.0 >= last) || idle > 50 {
-                std::ops::ControlFlow::Break(())
-            } else {
-                std::ops::ControlFlow::Continue(())
-            }
-        })
-        .unwrap();
-    out
-}
 
 fn txn(server: &EtcdServer, ops: &str) {
     let mut child = server.etcdctl().args(["txn"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
@@ -178,7 +153,7 @@ fn capture_and_restore(version: EtcdVersion, kills: usize, samples: usize) {
         .iter()
         .map(|e| (e["revision"].as_i64().unwrap(), e["op"] == "put", e["key"].as_str().unwrap().to_string()))
         .collect();
-    let live = live_history(&server, base_rev);
+    let live = live_history(&server, base_rev, server.revision());
     assert_eq!(stored.len(), live.len(), "changes stored vs the cluster's history after revision {base_rev}");
     assert!(stored == live, "stored changes differ from the cluster's history");
 

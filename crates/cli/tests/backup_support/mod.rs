@@ -514,3 +514,31 @@ pub fn http_get(url: &str) -> Vec<u8> {
         rest = &rest[eol + 2 + n + 2..];
     }
 }
+
+/// The live cluster's own history after `from` up to `last`: (revision, put?, key).
+pub fn live_history(server: &EtcdServer, from: i64, last: i64) -> Vec<(i64, bool, String)> {
+    let flags = etcdguard_client::ConnectFlags { endpoints: Some(vec![server.endpoint().to_string()]), ..Default::default() };
+    let (cfg, _) = etcdguard_client::ConnectConfig::resolve_with(flags, |_| None).unwrap();
+    let session = etcdguard_client::Session::new(cfg).unwrap();
+    let mut out = Vec::new();
+    let mut idle = 0;
+    session
+        .follow(server.endpoint(), from + 1, Duration::from_millis(200), &mut |u| {
+            match u {
+                etcdguard_client::WatchUpdate::Changes { changes, .. } => {
+                    // Idle means no change for a while, not a slow replay of a long history.
+                    idle = 0;
+                    out.extend(changes.into_iter().map(|c| (c.mod_revision, c.put, String::from_utf8_lossy(&c.key).into_owned())))
+                }
+                _ => idle += 1,
+            }
+            if out.last().is_some_and(|c: &(i64, bool, String)| c.0 >= last) || idle > 50 {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    out.retain(|c| c.0 <= last);
+    out
+}
