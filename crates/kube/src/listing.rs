@@ -4,14 +4,16 @@
 //!
 //! Both read the snapshot the same way ([`etcdguard_storage::keys::map_newest_live`]): one
 //! walk of the `key` bucket finds each live key's newest revision while a second core already
-//! decodes the revisions as they come; the rest is decoded afterwards on all cores, in the
-//! order the values lie in the file.
+//! works on the revisions as they come; the rest is done afterwards on all cores, in the
+//! order the values lie in the file. `list` decodes every value there; `diff` only takes a
+//! checksum of each, merges the two key-sorted lists, and decodes just the keys that
+//! changed, a batch at a time, so neither holds a snapshot's values.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use etcdguard_bolt::Db;
-use etcdguard_storage::keys::map_newest_live;
+use etcdguard_storage::keys::{map_in_file_order, map_newest_live, Newest};
 use etcdguard_storage::SnapshotFile;
 use serde::Serialize;
 
@@ -27,8 +29,6 @@ pub struct Entry {
     pub version: i64,
     /// Bytes as stored (encrypted, when it is).
     pub value_len: usize,
-    /// crc32c of the stored bytes, when asked for (what `diff` compares); 0 otherwise.
-    pub value_crc: u32,
     pub object: Object,
     pub path: Option<KeyPath>,
 }
@@ -50,11 +50,11 @@ pub struct Row<'a> {
 }
 
 impl Entry {
-    fn decode(key: &[u8], value: &[u8], revisions: (i64, i64, i64), config: Option<&EncryptionConfig>, crc: bool) -> Entry {
+    fn decode(key: &[u8], value: &[u8], revisions: (i64, i64, i64), config: Option<&EncryptionConfig>) -> Entry {
         let object = decode_stored(key, value, config);
         let path = key_path(key, object.metadata.as_ref());
         let (create_revision, mod_revision, version) = revisions;
-        Entry { mod_revision, create_revision, version, value_len: value.len(), value_crc: if crc { crc32c::crc32c(value) } else { 0 }, object, path }
+        Entry { mod_revision, create_revision, version, value_len: value.len(), object, path }
     }
 
     pub fn row<'a>(&'a self, key: &'a [u8]) -> Row<'a> {
@@ -139,7 +139,7 @@ pub fn list<T: Send>(
     row: &(dyn Fn(&[u8], &Entry) -> T + Sync),
 ) -> Result<Listing<T>, String> {
     let live = map_newest_live(file, db, &|key| key.starts_with(prefix), &|n, value| {
-        let e = Entry::decode(&n.key, value, (n.create_revision, n.mod_revision, n.version), config, false);
+        let e = Entry::decode(&n.key, value, (n.create_revision, n.mod_revision, n.version), config);
         filter.matches(&e).then(|| (row(&n.key, &e), e.undecrypted()))
     })?;
     let mut listing = Listing { total: live.len(), rows: Vec::new(), undecrypted: Vec::new() };
@@ -155,30 +155,44 @@ pub fn list<T: Send>(
     Ok(listing)
 }
 
-/// One snapshot's live keys under a prefix, for [`changes`].
-pub struct Loaded {
-    pub entries: BTreeMap<Vec<u8>, Entry>,
-    /// The stored value of every entry, when [`load`] was asked to keep them.
-    pub values: BTreeMap<Vec<u8>, Vec<u8>>,
+/// One snapshot's live keys under a prefix as [`diff`] compares them: each key's newest
+/// revision and a checksum of its value. The values stay in the file, so this grows with the
+/// number of keys, not with their size.
+pub struct LiveKeys<'f, 'a> {
+    file: &'f SnapshotFile,
+    live: Vec<Newest<'a>>,
+    crcs: Vec<u32>,
 }
 
-/// Every live key under `prefix`, decoded, with each value's checksum (and the values, with
-/// `keep_values`).
-pub fn load(file: &SnapshotFile, db: &Db<'_>, prefix: &[u8], config: Option<&EncryptionConfig>, keep_values: bool) -> Result<Loaded, String> {
-    let live = map_newest_live(file, db, &|key| key.starts_with(prefix), &|n, value| {
-        let e = Entry::decode(&n.key, value, (n.create_revision, n.mod_revision, n.version), config, true);
-        (e, keep_values.then(|| value.to_vec()))
-    })?;
-    let mut loaded = Loaded { entries: BTreeMap::new(), values: BTreeMap::new() };
-    for (n, (e, value)) in live {
-        let key = n.key.into_vec();
-        if let Some(v) = value {
-            loaded.values.insert(key.clone(), v);
-        }
-        loaded.entries.insert(key, e);
+impl<'f, 'a> LiveKeys<'f, 'a> {
+    pub fn load(file: &'f SnapshotFile, db: &Db<'a>, prefix: &[u8]) -> Result<LiveKeys<'f, 'a>, String> {
+        let (live, crcs) = map_newest_live(file, db, &|key| key.starts_with(prefix), &|_, value| crc32c::crc32c(value))?.into_iter().unzip();
+        Ok(LiveKeys { file, live, crcs })
     }
-    Ok(loaded)
+
+    /// The live keys found.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// The entries at `at` (indices into `live`), decoded, with their stored values when
+    /// `with_values`; read in file order on all cores.
+    fn decode(&self, at: &[usize], config: Option<&EncryptionConfig>, with_values: bool) -> Vec<(Entry, Option<Vec<u8>>)> {
+        let items: Vec<Newest<'a>> = at.iter().map(|&i| self.live[i].clone()).collect();
+        map_in_file_order(self.file, &items, &|n, value| {
+            (Entry::decode(&n.key, value, (n.create_revision, n.mod_revision, n.version), config), with_values.then(|| value.to_vec()))
+        })
+    }
 }
+
+/// Changed keys decoded at a time by [`diff`], at most, and their stored bytes at most: what
+/// bounds its memory (values go up to etcd's request limit, 1.5 MiB by default).
+const DIFF_BATCH: usize = 1024;
+const DIFF_BATCH_BYTES: usize = 32 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
@@ -207,36 +221,115 @@ impl ChangeKind {
 }
 
 /// One key that differs between two snapshots.
-pub struct Change<'l> {
+pub struct Change<'c> {
     pub kind: ChangeKind,
-    pub key: &'l [u8],
+    pub key: &'c [u8],
     /// The newer entry, or the deleted one.
-    pub entry: &'l Entry,
+    pub entry: &'c Entry,
     /// The older entry of a modified key.
-    pub old: Option<&'l Entry>,
+    pub old: Option<&'c Entry>,
+    /// The stored values (older, newer) when [`diff`] was asked for them; `None` on the side
+    /// that does not have the key.
+    pub values: (Option<&'c [u8]>, Option<&'c [u8]>),
 }
 
-/// The keys added, deleted or modified (another revision, or other bytes) from `old` to `new`
-/// that `filter` selects on either side (a relabelled object still shows), in key order.
-pub fn changes<'l>(old: &'l Loaded, new: &'l Loaded, filter: &Filter) -> Vec<Change<'l>> {
-    let mut out = Vec::new();
-    for (k, n) in &new.entries {
-        match old.entries.get(k) {
-            None => out.push(Change { kind: ChangeKind::Added, key: k, entry: n, old: None }),
-            Some(o) if o.mod_revision != n.mod_revision || o.value_crc != n.value_crc || o.value_len != n.value_len => {
-                out.push(Change { kind: ChangeKind::Modified, key: k, entry: n, old: Some(o) })
+impl Change<'_> {
+    /// Whether `filter` selects the key on either side (a relabelled object still shows).
+    pub fn selected_by(&self, filter: &Filter) -> bool {
+        filter.matches(self.entry) || self.old.is_some_and(|o| filter.matches(o))
+    }
+}
+
+/// Which keys differ: (kind, index in `old`, index in `new`), in key order. A key differs
+/// when it is on one side only, or has another revision or other bytes.
+fn key_changes<'k>(
+    (old, old_crcs): (&'k [Newest<'_>], &'k [u32]),
+    (new, new_crcs): (&'k [Newest<'_>], &'k [u32]),
+) -> impl Iterator<Item = (ChangeKind, Option<usize>, Option<usize>)> + 'k {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || loop {
+        let (o, n) = (old.get(i), new.get(j));
+        let (o, n) = match (o, n) {
+            (None, None) => return None,
+            (Some(_), None) => {
+                i += 1;
+                return Some((ChangeKind::Deleted, Some(i - 1), None));
             }
-            Some(_) => {}
+            (None, Some(_)) => {
+                j += 1;
+                return Some((ChangeKind::Added, None, Some(j - 1)));
+            }
+            (Some(o), Some(n)) => (o, n),
+        };
+        match o.key.cmp(&n.key) {
+            std::cmp::Ordering::Less => {
+                i += 1;
+                return Some((ChangeKind::Deleted, Some(i - 1), None));
+            }
+            std::cmp::Ordering::Greater => {
+                j += 1;
+                return Some((ChangeKind::Added, None, Some(j - 1)));
+            }
+            std::cmp::Ordering::Equal => {
+                let same = o.mod_revision == n.mod_revision && o.value.len() == n.value.len() && old_crcs[i] == new_crcs[j];
+                i += 1;
+                j += 1;
+                if !same {
+                    return Some((ChangeKind::Modified, Some(i - 1), Some(j - 1)));
+                }
+            }
+        }
+    })
+}
+
+/// The keys added, deleted or modified from `old` to `new` that `filter` selects on either
+/// side, handed to `each` in key order, decoded (with their stored values when
+/// `with_values`). Only the changed keys are decoded, a batch at a time ([`DIFF_BATCH`] keys
+/// or [`DIFF_BATCH_BYTES`] of values), so memory stays bounded whatever the snapshots' size. The first error of `each` stops it.
+pub fn diff<E>(
+    old: &LiveKeys<'_, '_>,
+    new: &LiveKeys<'_, '_>,
+    filter: &Filter,
+    config: Option<&EncryptionConfig>,
+    with_values: bool,
+    each: &mut dyn FnMut(&Change<'_>) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut changes = key_changes((&old.live, &old.crcs), (&new.live, &new.crcs)).peekable();
+    let stored = |c: &(ChangeKind, Option<usize>, Option<usize>)| {
+        c.1.map_or(0, |i| old.live[i].value.len()) + c.2.map_or(0, |j| new.live[j].value.len())
+    };
+    while changes.peek().is_some() {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(c) = changes.next_if(|c| batch.is_empty() || (batch.len() < DIFF_BATCH && bytes + stored(c) <= DIFF_BATCH_BYTES)) {
+            bytes += stored(&c);
+            batch.push(c);
+        }
+        let old_at: Vec<usize> = batch.iter().filter_map(|c| c.1).collect();
+        let new_at: Vec<usize> = batch.iter().filter_map(|c| c.2).collect();
+        let (mut olds, mut news) = (old.decode(&old_at, config, with_values).into_iter(), new.decode(&new_at, config, with_values).into_iter());
+        for (kind, o, n) in batch {
+            let o = o.map(|i| (i, olds.next().expect("one decoded entry per index")));
+            let n = n.map(|i| (i, news.next().expect("one decoded entry per index")));
+            let (key, entry, older) = match (&o, &n) {
+                (Some(_), Some((i, (e, _)))) => (&new.live[*i].key, e, o.as_ref().map(|(_, (e, _))| e)),
+                (None, Some((i, (e, _)))) => (&new.live[*i].key, e, None),
+                (Some((i, (e, _))), None) => (&old.live[*i].key, e, None),
+                (None, None) => unreachable!("a change has a side"),
+            };
+            let change = Change {
+                kind,
+                key,
+                entry,
+                old: older,
+                values: (o.as_ref().and_then(|(_, (_, v))| v.as_deref()), n.as_ref().and_then(|(_, (_, v))| v.as_deref())),
+            };
+            if change.selected_by(filter) {
+                each(&change)?;
+            }
         }
     }
-    for (k, o) in &old.entries {
-        if !new.entries.contains_key(k) {
-            out.push(Change { kind: ChangeKind::Deleted, key: k, entry: o, old: None });
-        }
-    }
-    out.retain(|c| filter.matches(c.entry) || c.old.is_some_and(|o| filter.matches(o)));
-    out.sort_by(|a, b| a.key.cmp(b.key));
-    out
+    Ok(())
 }
 
 #[cfg(test)]
@@ -244,55 +337,72 @@ mod tests {
     use super::*;
     use crate::{Encoding, Meta};
 
-    fn entry(key: &str, mod_revision: i64, crc: u32, labels: &[(&str, &str)]) -> (Vec<u8>, Entry) {
+    fn entry(key: &str, labels: &[(&str, &str)]) -> Entry {
         let meta = Meta { labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Meta::default() };
         let object = Object { encoding: Encoding::Protobuf, api_version: "v1".into(), kind: "ConfigMap".into(), metadata: Some(meta), encryption: None };
         let path = key_path(key.as_bytes(), None);
-        (key.as_bytes().to_vec(), Entry { mod_revision, create_revision: 1, version: 1, value_len: 10, value_crc: crc, object, path })
+        Entry { mod_revision: 1, create_revision: 1, version: 1, value_len: 10, object, path }
     }
 
-    fn loaded(entries: Vec<(Vec<u8>, Entry)>) -> Loaded {
-        Loaded { entries: entries.into_iter().collect(), values: BTreeMap::new() }
+    /// (key, mod revision, value, crc) per live key, sorted by key.
+    fn side(keys: &[(&'static str, i64, &'static [u8], u32)]) -> (Vec<Newest<'static>>, Vec<u32>) {
+        keys.iter()
+            .map(|(k, rev, value, crc)| (Newest { key: k.as_bytes().into(), create_revision: 1, mod_revision: *rev, version: 1, value }, *crc))
+            .unzip()
     }
 
     #[test]
     fn changes_between_two_snapshots() {
-        let old = loaded(vec![
-            entry("/registry/configmaps/a/same", 5, 1, &[]),
-            entry("/registry/configmaps/a/gone", 6, 1, &[]),
-            entry("/registry/configmaps/a/edited", 7, 1, &[("app", "x")]),
-            entry("/registry/configmaps/a/rewritten", 8, 1, &[]),
+        let old = side(&[
+            ("/registry/configmaps/a/edited", 7, b"v1", 1),
+            ("/registry/configmaps/a/gone", 6, b"v1", 1),
+            ("/registry/configmaps/a/rewritten", 8, b"v1", 1),
+            ("/registry/configmaps/a/same", 5, b"v1", 1),
+            ("/registry/configmaps/a/z-resized", 9, b"v1", 1),
         ]);
-        let new = loaded(vec![
-            entry("/registry/configmaps/a/same", 5, 1, &[]),
-            entry("/registry/configmaps/a/edited", 9, 2, &[("app", "y")]),
-            entry("/registry/configmaps/a/rewritten", 8, 2, &[]),
-            entry("/registry/secrets/b/new", 10, 1, &[]),
+        let new = side(&[
+            ("/registry/configmaps/a/edited", 9, b"v2", 2),
+            ("/registry/configmaps/a/rewritten", 8, b"v2", 2),
+            ("/registry/configmaps/a/same", 5, b"v1", 1),
+            ("/registry/configmaps/a/z-resized", 9, b"v1 ", 1),
+            ("/registry/secrets/b/new", 10, b"v1", 1),
         ]);
-        let all: Vec<(ChangeKind, &[u8])> = changes(&old, &new, &Filter::default()).iter().map(|c| (c.kind, c.key)).collect();
+        let all: Vec<_> = key_changes((&old.0, &old.1), (&new.0, &new.1)).collect();
         assert_eq!(
             all,
             vec![
-                (ChangeKind::Modified, &b"/registry/configmaps/a/edited"[..]),
-                (ChangeKind::Deleted, b"/registry/configmaps/a/gone"),
-                (ChangeKind::Modified, b"/registry/configmaps/a/rewritten"),
-                (ChangeKind::Added, b"/registry/secrets/b/new"),
+                (ChangeKind::Modified, Some(0), Some(0)),
+                (ChangeKind::Deleted, Some(1), None),
+                (ChangeKind::Modified, Some(2), Some(1)),
+                (ChangeKind::Modified, Some(4), Some(3)),
+                (ChangeKind::Added, None, Some(4)),
             ]
         );
+        // Either side empty: everything added, or everything deleted.
+        let none = side(&[]);
+        assert!(key_changes((&none.0, &none.1), (&new.0, &new.1)).all(|c| c.0 == ChangeKind::Added));
+        assert_eq!(key_changes((&old.0, &old.1), (&none.0, &none.1)).filter(|c| c.0 == ChangeKind::Deleted).count(), 5);
+    }
+
+    #[test]
+    fn a_filter_selects_a_change_on_either_side() {
+        let key = "/registry/configmaps/a/edited";
+        let (before, after) = (entry(key, &[("app", "x")]), entry(key, &[("app", "y")]));
+        let change = Change { kind: ChangeKind::Modified, key: key.as_bytes(), entry: &after, old: Some(&before), values: (None, None) };
         // A label selector matches either side: the relabelled object still shows.
         let was_x = Filter { selector: Some(Selector::parse("app=x").unwrap()), ..Filter::default() };
-        let picked: Vec<&[u8]> = changes(&old, &new, &was_x).iter().map(|c| c.key).collect();
-        assert_eq!(picked, vec![&b"/registry/configmaps/a/edited"[..]]);
+        let is_z = Filter { selector: Some(Selector::parse("app=z").unwrap()), ..Filter::default() };
+        assert!(change.selected_by(&was_x) && !change.selected_by(&is_z));
         let grouped = Filter { resource: Some("widgets.example.com".into()), ..Filter::default() };
         let at = |resource: &str| {
-            let mut e = entry("/registry/x", 1, 1, &[]).1;
+            let mut e = entry("/registry/x", &[]);
             e.path = Some(KeyPath { resource: resource.into(), namespace: "a".into(), name: "w".into() });
             e
         };
         assert!(grouped.matches(&at("example.com/widgets")) && !grouped.matches(&at("widgets")) && !grouped.matches(&at("other.io/widgets")));
-        let secrets = Filter { resource: Some("secrets".into()), namespace: Some("b".into()), ..Filter::default() };
-        assert_eq!(changes(&old, &new, &secrets).len(), 1);
-        let other_ns = Filter { resource: Some("secrets".into()), namespace: Some("a".into()), ..Filter::default() };
-        assert!(changes(&old, &new, &other_ns).is_empty());
+        let secret = entry("/registry/secrets/b/new", &[]);
+        let secrets_in_b = Filter { resource: Some("secrets".into()), namespace: Some("b".into()), ..Filter::default() };
+        let secrets_in_a = Filter { resource: Some("secrets".into()), namespace: Some("a".into()), ..Filter::default() };
+        assert!(secrets_in_b.matches(&secret) && !secrets_in_a.matches(&secret));
     }
 }

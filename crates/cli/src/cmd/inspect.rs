@@ -449,6 +449,35 @@ fn get(args: GetArgs) -> Result<()> {
     Ok(())
 }
 
+/// A JSON array printed an element at a time, as `serde_json::to_string_pretty` prints the
+/// whole array (two more spaces of indent per element; strings never hold a raw newline).
+#[derive(Default)]
+struct JsonArray {
+    started: bool,
+}
+
+impl JsonArray {
+    fn push(&mut self, v: &serde_json::Value) -> Result<()> {
+        use std::io::Write;
+        let text = serde_json::to_string_pretty(v)?;
+        let mut out = std::io::stdout().lock();
+        out.write_all(if self.started { b",\n" } else { b"[\n" })?;
+        for (i, line) in text.lines().enumerate() {
+            if i > 0 {
+                out.write_all(b"\n")?;
+            }
+            write!(out, "  {line}")?;
+        }
+        self.started = true;
+        Ok(())
+    }
+
+    fn end(self) -> Result<()> {
+        println!("{}", if self.started { "\n]" } else { "[]" });
+        Ok(())
+    }
+}
+
 fn diff(args: DiffArgs) -> Result<()> {
     let prefix = args.filter.prefix.as_bytes();
     let filter = args.filter.parsed()?;
@@ -474,33 +503,30 @@ fn diff(args: DiffArgs) -> Result<()> {
         }
     }
     let fields = matches!(args.output, DiffFormat::Yaml | DiffFormat::JsonPatch);
-    let load = |path: &Path| -> Result<listing::Loaded, Failure> {
-        let file = open_snapshot(path)?;
-        let db = file.db().map_err(|e| db_failure(path, e))?;
-        listing::load(&file, &db, prefix, config.as_ref(), fields).map_err(|e| Failure::new(Code::Corrupt, format!("{}: {e}", path.display())))
-    };
-    let (old, new) = (load(&old_path)?, load(&new_path)?);
-    let selected = listing::changes(&old, &new, &filter);
-    let count = |kind: ChangeKind| selected.iter().filter(|c| c.kind == kind).count();
-    match args.output {
-        DiffFormat::Yaml | DiffFormat::JsonPatch => {
-            use etcdguard_kube::history::comparable;
-            use etcdguard_kube::jsondiff::{diff as field_diff, to_json_patch, to_unified};
-            let side = |loaded: &listing::Loaded, k: &[u8]| -> Result<serde_json::Value, String> {
-                match loaded.values.get(k) {
-                    Some(v) => comparable(k, v, config.as_ref()),
-                    None => Ok(serde_json::Value::Null),
-                }
-            };
-            let mut patches = Vec::new();
-            for c in &selected {
-                let key = String::from_utf8_lossy(c.key);
-                let (before, after) = match c.kind {
-                    ChangeKind::Added => (Ok(serde_json::Value::Null), side(&new, c.key)),
-                    ChangeKind::Deleted => (side(&old, c.key), Ok(serde_json::Value::Null)),
-                    ChangeKind::Modified => (side(&old, c.key), side(&new, c.key)),
-                };
-                let ops = match (before, after) {
+    let (old_file, new_file) = (open_snapshot(&old_path)?, open_snapshot(&new_path)?);
+    let old_db = old_file.db().map_err(|e| db_failure(&old_path, e))?;
+    let new_db = new_file.db().map_err(|e| db_failure(&new_path, e))?;
+    let corrupt = |path: &Path, e: String| Failure::new(Code::Corrupt, format!("{}: {e}", path.display()));
+    let old = listing::LiveKeys::load(&old_file, &old_db, prefix).map_err(|e| corrupt(&old_path, e))?;
+    let new = listing::LiveKeys::load(&new_file, &new_db, prefix).map_err(|e| corrupt(&new_path, e))?;
+    let mut counts = [0usize; 3];
+    let mut undecrypted: Vec<(Vec<u8>, String)> = Vec::new();
+    let mut array = JsonArray::default();
+    let mut table = vec![std::iter::once("").chain(HEADER).map(String::from).collect::<Vec<_>>()];
+    // Changes come in key order, a batch decoded at a time: each is printed (or, for the
+    // table, kept as its row) and dropped.
+    listing::diff(&old, &new, &filter, config.as_ref(), fields, &mut |c| -> Result<()> {
+        counts[c.kind as usize] += 1;
+        if let Some(why) = c.entry.undecrypted() {
+            undecrypted.push((c.key.to_vec(), why));
+        }
+        let key = String::from_utf8_lossy(c.key);
+        match args.output {
+            DiffFormat::Yaml | DiffFormat::JsonPatch => {
+                use etcdguard_kube::history::comparable;
+                use etcdguard_kube::jsondiff::{diff as field_diff, to_json_patch, to_unified};
+                let side = |value: Option<&[u8]>| value.map_or(Ok(serde_json::Value::Null), |v| comparable(c.key, v, config.as_ref()));
+                let ops = match (side(c.values.0), side(c.values.1)) {
                     (Ok(b), Ok(a)) => Ok(field_diff(&b, &a)),
                     (Err(e), _) | (_, Err(e)) => Err(e),
                 };
@@ -510,8 +536,7 @@ fn diff(args: DiffArgs) -> Result<()> {
                         Ok(ops) => v["patch"] = to_json_patch(ops),
                         Err(err) => v["error"] = json!(err),
                     }
-                    patches.push(v);
-                    continue;
+                    return array.push(&v);
                 }
                 let revisions = match c.old {
                     Some(o) => format!(" (revision {} -> {})", o.mod_revision, c.entry.mod_revision),
@@ -524,37 +549,30 @@ fn diff(args: DiffArgs) -> Result<()> {
                     Err(err) => println!("  (fields not shown: {err})"),
                 }
             }
-            if args.output == DiffFormat::JsonPatch {
-                println!("{}", serde_json::to_string_pretty(&patches)?);
+            DiffFormat::Json => {
+                let mut v = c.entry.json(c.key);
+                v["change"] = json!(c.kind.word());
+                if let Some(o) = c.old {
+                    v["oldModRevision"] = json!(o.mod_revision);
+                }
+                array.push(&v)?;
             }
-        }
-        DiffFormat::Json => {
-            let rows: Vec<_> = selected
-                .iter()
-                .map(|c| {
-                    let mut v = c.entry.json(c.key);
-                    v["change"] = json!(c.kind.word());
-                    if let Some(o) = c.old {
-                        v["oldModRevision"] = json!(o.mod_revision);
-                    }
-                    v
-                })
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&rows)?);
-        }
-        DiffFormat::Table => {
-            let mut rows = vec![std::iter::once("").chain(HEADER).map(String::from).collect::<Vec<_>>()];
-            for c in &selected {
+            DiffFormat::Table => {
                 let mut r = vec![c.kind.sign().to_string()];
                 r.extend(row(c.key, c.entry));
-                rows.push(r);
+                table.push(r);
             }
-            print!("{}", crate::cmd::table(&rows));
         }
+        Ok(())
+    })?;
+    match args.output {
+        DiffFormat::Json | DiffFormat::JsonPatch => array.end()?,
+        DiffFormat::Table => print!("{}", crate::cmd::table(&table)),
+        DiffFormat::Yaml => {}
     }
+    let count = |kind: ChangeKind| counts[kind as usize];
     eprintln!("{} added, {} deleted, {} modified", count(ChangeKind::Added), count(ChangeKind::Deleted), count(ChangeKind::Modified));
     // Values that did not decrypt although keys were given: listed, and an error for scripts.
-    let undecrypted: Vec<(Vec<u8>, String)> = selected.iter().filter_map(|c| Some((c.key.to_vec(), c.entry.undecrypted()?))).collect();
     report_undecrypted(config.as_ref(), &undecrypted)?;
     Ok(())
 }

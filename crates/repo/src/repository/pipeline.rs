@@ -114,6 +114,9 @@ impl Throttle {
     }
 }
 
+/// What a restore does with each run's decoded chunks, in order.
+pub(crate) type WriteRun<'w> = dyn FnMut(&[Vec<u8>]) -> Result<(), RepoError> + 'w;
+
 /// One range read: neighbouring chunks of one pack, in part order.
 pub(crate) struct Run {
     pack: Id,
@@ -177,7 +180,7 @@ impl Repository {
         &self,
         runs: &[Run],
         check_each: bool,
-        write: &mut dyn FnMut(&[Vec<u8>]) -> Result<(), RepoError>,
+        write: &mut WriteRun<'_>,
     ) -> Result<(), RepoError> {
         let keys = self.keys()?;
         let workers = self.transfer.workers().min(runs.len());
