@@ -580,7 +580,7 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
     if let Some(d) = &opts.data_dir {
         let mut d = d.clone();
         d.file = snapshot_path.clone();
-        // The reassembly checked the file's sha256 against the backup, which
+        // The reassembly checked the file's sha256 (and trailer) against the backup, which
         // was verified when it was made. A point-in-time file is new: it is checked in full.
         d.skip_hash_check = plan.is_none();
         // The keys the restored cluster will have: --encryption-config, else the backup's own.
