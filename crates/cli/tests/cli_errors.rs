@@ -83,7 +83,18 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let s = setup();
     let snap = s.snapshot.to_str().unwrap();
     let repo = s.repo.to_str().unwrap();
+    // A second snapshot with every key rewritten, for `inspect diff`'s streamed output.
+    for i in 0..300 {
+        s.server.put(format!("/registry/configmaps/default/cm-{i:04}").as_bytes(), format!("changed {i}").as_bytes());
+    }
+    let changed = s.snapshot.with_file_name("changed.db");
+    s.server.snapshot_save(&changed);
+    let changed = changed.to_str().unwrap();
     let cases: Vec<Vec<&str>> = vec![
+        vec!["inspect", "diff", snap, changed],
+        vec!["inspect", "diff", snap, changed, "-o", "json"],
+        vec!["inspect", "diff", snap, changed, "-o", "yaml"],
+        vec!["inspect", "diff", snap, changed, "-o", "json-patch"],
         vec!["backup", "show", "latest", "--repo", repo, "-w", "json"],
         vec!["backup", "show", "latest", "--repo", repo],
         vec!["backup", "list", "--repo", repo],

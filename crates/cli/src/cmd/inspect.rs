@@ -458,23 +458,23 @@ struct JsonArray {
 
 impl JsonArray {
     fn push(&mut self, v: &serde_json::Value) -> Result<()> {
-        use std::io::Write;
         let text = serde_json::to_string_pretty(v)?;
-        let mut out = std::io::stdout().lock();
-        out.write_all(if self.started { b",\n" } else { b"[\n" })?;
+        let mut out = String::with_capacity(text.len() + text.len() / 8 + 4);
+        out.push_str(if self.started { ",\n" } else { "[\n" });
         for (i, line) in text.lines().enumerate() {
             if i > 0 {
-                out.write_all(b"\n")?;
+                out.push('\n');
             }
-            write!(out, "  {line}")?;
+            out.push_str("  ");
+            out.push_str(line);
         }
+        crate::output::stdout_write(out.as_bytes());
         self.started = true;
         Ok(())
     }
 
-    fn end(self) -> Result<()> {
+    fn end(self) {
         println!("{}", if self.started { "\n]" } else { "[]" });
-        Ok(())
     }
 }
 
@@ -515,7 +515,11 @@ fn diff(args: DiffArgs) -> Result<()> {
     let mut table = vec![std::iter::once("").chain(HEADER).map(String::from).collect::<Vec<_>>()];
     // Changes come in key order, a batch decoded at a time: each is printed (or, for the
     // table, kept as its row) and dropped.
-    listing::diff(&old, &new, &filter, config.as_ref(), fields, &mut |c| -> Result<()> {
+    let streamed = listing::diff(&old, &new, &filter, config.as_ref(), fields, &mut |c| -> Result<()> {
+        // Stops at the first failed write (a closed pipe): the whole job is output.
+        if let Some(e) = crate::output::stdout_error() {
+            return Err(std::io::Error::new(e.kind(), e.to_string()).into());
+        }
         counts[c.kind as usize] += 1;
         if let Some(why) = c.entry.undecrypted() {
             undecrypted.push((c.key.to_vec(), why));
@@ -564,9 +568,13 @@ fn diff(args: DiffArgs) -> Result<()> {
             }
         }
         Ok(())
-    })?;
+    });
+    if streamed.is_err() && crate::output::stdout_error().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+        crate::output::exit_by_sigpipe();
+    }
+    streamed?;
     match args.output {
-        DiffFormat::Json | DiffFormat::JsonPatch => array.end()?,
+        DiffFormat::Json | DiffFormat::JsonPatch => array.end(),
         DiffFormat::Table => print!("{}", crate::cmd::table(&table)),
         DiffFormat::Yaml => {}
     }
