@@ -1,7 +1,7 @@
 //! The parallel restore and the pipelined create: a pack damaged in the repository stops a
 //! `--parallel` restore into a data dir with the usual error and leaves nothing behind; the
 //! same backup restores byte for byte whatever `--parallel`; `--limit-rate` holds a create
-//! to its rate.
+//! to its rate; `--compression-level` changes the stored size, not the restored bytes.
 
 mod backup_support;
 
@@ -74,4 +74,38 @@ fn limit_rate_holds_a_create_to_its_rate() {
     assert!(took >= 1.1, "{size} bytes at {rate} B/s took {took:.2} s");
     let err = fails(&["backup", "create", "--repo", work.join("repo2").to_str().unwrap(), "--from-file", snaps.first.to_str().unwrap(), "--limit-rate", "fast"], 2);
     assert!(err.contains("not a rate"), "{err}");
+}
+
+/// `--compression-level` changes what a backup stores, not what it restores: level 19 stores
+/// the same snapshot in fewer bytes than the repository's level, and both come back byte for
+/// byte; a level zstd does not have is a usage error.
+#[test]
+fn compression_level_trades_size_and_restores_the_same() {
+    let snaps = snapshots();
+    let work = scratch("compression-level");
+    let original = std::fs::read(&snaps.second).unwrap();
+    let stored = |repo: &Path| {
+        let mut packs = Vec::new();
+        files_under(&repo.join("packs"), &mut packs);
+        packs.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum::<u64>()
+    };
+    let mut sizes = Vec::new();
+    for level in [None, Some("19"), Some("-5")] {
+        let repo = work.join(format!("repo{}", level.unwrap_or("")));
+        let repo_s = repo.to_str().unwrap();
+        let mut args = vec!["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()];
+        if let Some(l) = level {
+            args.extend(["--compression-level", l]);
+        }
+        let id = created_id(&ok(&args));
+        let dest = work.join(format!("out{}.db", level.unwrap_or("")));
+        ok(&["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
+        assert!(std::fs::read(&dest).unwrap() == original, "level {level:?}: the restored file differs");
+        sizes.push(stored(&repo));
+    }
+    assert!(sizes[1] < sizes[0] && sizes[0] < sizes[2], "stored bytes at the default, 19 and -5: {sizes:?}");
+    for bad in ["0", "20", "-21", "max"] {
+        let err = fails(&["backup", "create", "--repo", work.join("bad").to_str().unwrap(), "--from-file", snaps.second.to_str().unwrap(), "--compression-level", bad], 2);
+        assert!(err.contains("zstd level"), "{bad}: {err}");
+    }
 }

@@ -199,8 +199,13 @@ thread_local! {
 fn compress(raw: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.as_ref().map(|(l, _)| *l) != Some(level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        match slot.as_mut() {
+            None => *slot = Some((level, zstd::bulk::Compressor::new(level)?)),
+            Some((l, c)) if *l != level => {
+                c.set_compression_level(level)?;
+                *l = level;
+            }
+            Some(_) => {}
         }
         slot.as_mut().expect("set above").1.compress(raw)
     })

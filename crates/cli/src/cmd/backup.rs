@@ -236,6 +236,7 @@ impl ParallelArg {
         etcdguard_repo::repository::Transfer {
             parallel: self.parallel.map(usize::from).unwrap_or(0),
             limit_rate,
+            compression_level: None,
             progress: std::io::stderr().is_terminal().then(|| Arc::new(Bar::default()) as Arc<dyn etcdguard_repo::repository::Progress>),
         }
     }
@@ -268,6 +269,13 @@ impl etcdguard_repo::repository::Progress for Bar {
         if let Some(b) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
             b.finish_and_clear();
         }
+    }
+}
+
+fn parse_compression_level(s: &str) -> Result<i32, String> {
+    match s.parse::<i32>() {
+        Ok(level) if (-20..=19).contains(&level) && level != 0 => Ok(level),
+        _ => Err(format!("{s:?}: give a zstd level from -20 (fastest, largest) to 19 (smallest, slowest), not 0")),
     }
 }
 
@@ -344,6 +352,11 @@ pub struct CreateArgs {
     /// saturate the node's disk or network; compression and uploads follow.
     #[arg(long, value_name = "RATE", value_parser = parse_limit_rate)]
     pub limit_rate: Option<u64>,
+    /// zstd level of the chunks this backup adds [default: the repository's, 1]. Higher is
+    /// smaller and slower (up to 19, e.g. for long-term storage); negative is faster and
+    /// larger (down to -20). Restores read any level; chunks already stored are not redone.
+    #[arg(long, value_name = "LEVEL", allow_negative_numbers = true, value_parser = parse_compression_level)]
+    pub compression_level: Option<i32>,
     /// Chunk size of a new repository (a multiple of the bbolt page size; ignored for an existing one).
     #[arg(long, value_name = "BYTES", default_value_t = etcdguard_repo::repository::DEFAULT_CHUNK_SIZE, hide = true)]
     pub chunk_size: u32,
@@ -355,7 +368,13 @@ impl CreateArgs {
     /// The library's options from the flags.
     pub fn options(&self) -> CreateOptions {
         CreateOptions {
-            repo: RepoSpec { transfer: self.parallel.transfer(self.limit_rate), ..self.repo.spec() },
+            repo: RepoSpec {
+                transfer: etcdguard_repo::repository::Transfer {
+                    compression_level: self.compression_level,
+                    ..self.parallel.transfer(self.limit_rate)
+                },
+                ..self.repo.spec()
+            },
             from_file: self.from_file.clone(),
             snapshot_from: self.snapshot_from.clone(),
             scratch_dir: self.scratch_dir.clone(),

@@ -47,11 +47,18 @@ pub struct Transfer {
     /// Bytes per second a backup reads its input at, at most (`--limit-rate`).
     pub limit_rate: Option<u64>,
     pub progress: Option<Arc<dyn Progress>>,
+    /// The zstd level of the chunks a backup stores instead of the repository's
+    /// (`--compression-level`); any level reads back the same way.
+    pub compression_level: Option<i32>,
 }
 
 impl std::fmt::Debug for Transfer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transfer").field("parallel", &self.parallel).field("limit_rate", &self.limit_rate).finish()
+        f.debug_struct("Transfer")
+            .field("parallel", &self.parallel)
+            .field("limit_rate", &self.limit_rate)
+            .field("compression_level", &self.compression_level)
+            .finish()
     }
 }
 

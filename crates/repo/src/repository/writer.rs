@@ -154,6 +154,11 @@ pub struct BackupWriter<'r> {
 }
 
 impl<'r> BackupWriter<'r> {
+    /// The zstd level of this backup's new blobs: `--compression-level`, else the repository's.
+    fn compression_level(&self) -> i32 {
+        self.repo.transfer.compression_level.unwrap_or(self.repo.config.compression_level)
+    }
+
     fn add_blob(&mut self, kind: BlobKind, raw: &[u8]) -> Result<Id, RepoError> {
         let keys = self.repo.keys()?;
         let id = crate::pack::blob_id(keys, raw);
@@ -161,7 +166,7 @@ impl<'r> BackupWriter<'r> {
         if self.index.contains(&id) || self.pending.contains(&id) {
             return Ok(id);
         }
-        let (encoding, stored) = encode_blob(&id, raw, self.repo.config.compression_level, keys);
+        let (encoding, stored) = encode_blob(&id, raw, self.compression_level(), keys);
         self.pack.add(id, kind, encoding, raw.len() as u32, &stored);
         self.pending.insert(id);
         self.stats.added += stored.len() as u64;
@@ -221,7 +226,7 @@ impl<'r> BackupWriter<'r> {
         // (`pending`) are checked here, in order.
         let index = std::mem::take(&mut self.index);
         let keys = self.repo.keys()?;
-        let level = self.repo.config.compression_level;
+        let level = self.compression_level();
         let result = super::pipeline::encode_stream(
             reader,
             chunk_size as usize,
