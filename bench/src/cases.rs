@@ -716,6 +716,12 @@ impl Case for BackupCreateLiveFloor {
     }
 }
 
+/// The inspect cases' reference: etcdguard's own tree walk of the snapshot, without the
+/// sha256 pass (`snapshot status -w json --skip-hash-check`).
+fn walk_only<'c>(cmd: &'c mut Command, env: &Env) -> &'c mut Command {
+    cmd.args(["snapshot", "status", "-w", "json", "--skip-hash-check"]).arg(env.snapshot())
+}
+
 /// `inspect list -o json` (every key's newest value decoded: apiVersion, kind, metadata)
 /// against the tree walk alone, `snapshot status --skip-hash-check`, on the same file: the
 /// reference here is etcdguard's own walk, so the speedup column reads "walk / list".
@@ -737,7 +743,7 @@ impl Case for InspectList {
     fn command(&self, tool: Tool, env: &Env, _scratch: &Path) -> Result<Command> {
         let mut cmd = env.etcdguard();
         match tool {
-            Tool::Reference => cmd.args(["snapshot", "status", "-w", "json", "--skip-hash-check"]).arg(env.snapshot()),
+            Tool::Reference => walk_only(&mut cmd, env),
             Tool::Etcdguard => cmd.args(["inspect", "list", "-o", "json"]).arg(env.snapshot()),
         };
         Ok(cmd)
@@ -776,7 +782,7 @@ impl Case for InspectDiff {
     fn command(&self, tool: Tool, env: &Env, _scratch: &Path) -> Result<Command> {
         let mut cmd = env.etcdguard();
         match tool {
-            Tool::Reference => cmd.args(["snapshot", "status", "-w", "json", "--skip-hash-check"]).arg(env.snapshot()),
+            Tool::Reference => walk_only(&mut cmd, env),
             Tool::Etcdguard => cmd.args(["inspect", "diff", "-o", "json-patch"]).arg(env.snapshot()).arg(env.snapshot()),
         };
         Ok(cmd)
@@ -809,7 +815,7 @@ impl Case for InspectExtract {
     fn command(&self, tool: Tool, env: &Env, scratch: &Path) -> Result<Command> {
         let mut cmd = env.etcdguard();
         match tool {
-            Tool::Reference => cmd.args(["snapshot", "status", "-w", "json", "--skip-hash-check"]).arg(env.snapshot()),
+            Tool::Reference => walk_only(&mut cmd, env),
             Tool::Etcdguard => cmd.args(["inspect", "extract", "--all-namespaces", "--include-owned", "--output-dir"]).arg(scratch.join("extracted")).arg(env.snapshot()),
         };
         Ok(cmd)
