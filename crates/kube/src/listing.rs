@@ -170,15 +170,6 @@ impl<'f, 'a> LiveKeys<'f, 'a> {
         Ok(LiveKeys { file, live, crcs })
     }
 
-    /// The live keys found.
-    pub fn len(&self) -> usize {
-        self.live.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
-    }
-
     /// The entries at `at` (indices into `live`), decoded, with their stored values when
     /// `with_values`; read in file order on all cores.
     fn decode(&self, at: &[usize], config: Option<&EncryptionConfig>, with_values: bool) -> Vec<(Entry, Option<Vec<u8>>)> {
@@ -248,20 +239,14 @@ fn key_changes<'k>(
 ) -> impl Iterator<Item = (ChangeKind, Option<usize>, Option<usize>)> + 'k {
     let (mut i, mut j) = (0, 0);
     std::iter::from_fn(move || loop {
-        let (o, n) = (old.get(i), new.get(j));
-        let (o, n) = match (o, n) {
+        // A side that has ended sorts after every key of the other.
+        let order = match (old.get(i), new.get(j)) {
             (None, None) => return None,
-            (Some(_), None) => {
-                i += 1;
-                return Some((ChangeKind::Deleted, Some(i - 1), None));
-            }
-            (None, Some(_)) => {
-                j += 1;
-                return Some((ChangeKind::Added, None, Some(j - 1)));
-            }
-            (Some(o), Some(n)) => (o, n),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(o), Some(n)) => o.key.cmp(&n.key),
         };
-        match o.key.cmp(&n.key) {
+        match order {
             std::cmp::Ordering::Less => {
                 i += 1;
                 return Some((ChangeKind::Deleted, Some(i - 1), None));
@@ -271,6 +256,7 @@ fn key_changes<'k>(
                 return Some((ChangeKind::Added, None, Some(j - 1)));
             }
             std::cmp::Ordering::Equal => {
+                let (o, n) = (&old[i], &new[j]);
                 let same = o.mod_revision == n.mod_revision && o.value.len() == n.value.len() && old_crcs[i] == new_crcs[j];
                 i += 1;
                 j += 1;
@@ -285,7 +271,8 @@ fn key_changes<'k>(
 /// The keys added, deleted or modified from `old` to `new` that `filter` selects on either
 /// side, handed to `each` in key order, decoded (with their stored values when
 /// `with_values`). Only the changed keys are decoded, a batch at a time ([`DIFF_BATCH`] keys
-/// or [`DIFF_BATCH_BYTES`] of values), so memory stays bounded whatever the snapshots' size. The first error of `each` stops it.
+/// or [`DIFF_BATCH_BYTES`] of values), so memory stays bounded whatever the snapshots' size.
+/// The first error of `each` stops it.
 pub fn diff<E>(
     old: &LiveKeys<'_, '_>,
     new: &LiveKeys<'_, '_>,

@@ -429,14 +429,15 @@ pub fn verify(opts: &VerifyOptions, note: &mut dyn FnMut(&str)) -> Result<Verifi
 }
 
 /// The checks of `backup verify` on one backup, without recording anything: reassembles the
-/// snapshot into a private spool under `scratch_dir` (checked against the whole sha256), reads every file, then checks the trailer, bbolt structure, etcd schema and the
-/// status against the manifest. The agent's scrub uses it too.
+/// snapshot into a private spool under `scratch_dir` (checked against the whole sha256),
+/// reads every file, then checks the trailer, bbolt structure, etcd schema and the status
+/// against the manifest. The agent's scrub uses it too.
 pub(crate) fn check_stored(repo: &Repository, index: &etcdguard_repo::pack::Index, m: &Manifest, scratch_dir: Option<&Path>, note: &mut dyn FnMut(&str)) -> Result<TrailerCheck> {
     let parent = scratch_dir.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
     let (tmp, _) = spool::create(&parent)?;
     let snap_path = tmp.path().join("snapshot.db");
     note(&format!("reading backup {} from {} …", m.id, repo.location()));
-    repo.restore_part_to_file(index, &m.snapshot, &snap_path, 0o600)?;
+    repo.restore_snapshot_to_file(index, &m.snapshot, &snap_path, 0o600)?;
     for f in &m.files {
         if let Some(part) = &f.content {
             repo.read_part(index, part, &mut std::io::sink()).map_err(|e| repo_error(e.context(&format!("file {}", f.path))))?;
@@ -571,8 +572,8 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
             let replayed = crate::capture::materialize(&repo, plan, &snapshot_path, scratch)?;
             on(RestoreEvent::Replayed { plan, replayed: &replayed });
         }
-        None if temporary => repo.restore_part_to_scratch(&index, &m.snapshot, &snapshot_path)?,
-        None => repo.restore_part_to_file(&index, &m.snapshot, &snapshot_path, 0o600)?,
+        None if temporary => repo.restore_snapshot_to_scratch(&index, &m.snapshot, &snapshot_path)?,
+        None => repo.restore_snapshot_to_file(&index, &m.snapshot, &snapshot_path, 0o600)?,
     }
     if !temporary {
         on(RestoreEvent::SnapshotWritten { manifest: &m, path: &snapshot_path });
@@ -721,7 +722,7 @@ pub fn fetch_snapshot(repo: &RepoSpec, id: &str, dir: &Path) -> Result<PathBuf> 
     let m = resolve(&r, id)?;
     let path = dir.join(format!("{}.db", m.id));
     let index = r.load_index()?;
-    r.restore_part_to_file(&index, &m.snapshot, &path, 0o600)?;
+    r.restore_snapshot_to_file(&index, &m.snapshot, &path, 0o600)?;
     Ok(path)
 }
 

@@ -710,7 +710,7 @@ impl Iterator for SegmentEvents<'_> {
 pub fn materialize(repo: &Repository, plan: &AtPlan, out: &Path, scratch: &Path) -> Result<etcdguard_storage::replay::Replayed> {
     let base_file = scratch.join(format!("full-{}.db", plan.base.id));
     let index = repo.load_index()?;
-    repo.restore_part_to_file(&index, &plan.base.snapshot, &base_file, 0o600)?;
+    repo.restore_snapshot_to_file(&index, &plan.base.snapshot, &base_file, 0o600)?;
     // The lease set at the planned revision: the one stored with the last segment (the one
     // that holds the revision); the replay needs it before it reads the segments.
     let lease_set: Option<Vec<etcdguard_storage::replay::LeaseGrant>> = match plan.segments.last() {

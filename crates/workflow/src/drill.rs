@@ -67,7 +67,7 @@ pub fn drill(opts: &DrillOptions, stop: &Stop, note: &mut dyn FnMut(&str)) -> Re
     let snapshot = spool.path().join("snapshot.db");
     note(&format!("drill: restoring backup {} (revision {})", m.id, m.etcd.revision));
     let index = repo.load_index()?;
-    repo.restore_part_to_file(&index, &m.snapshot, &snapshot, 0o600)?;
+    repo.restore_snapshot_to_file(&index, &m.snapshot, &snapshot, 0o600)?;
     stop.check()?;
     check_status(m, &snapshot)?;
     stop.check()?;

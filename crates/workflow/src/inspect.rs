@@ -43,7 +43,7 @@ pub fn open(origin: &Origin<'_>, config: Option<EncryptionConfig>, note: &mut dy
             let snapshot = spool.path().join("snapshot.db");
             note(&format!("fetching backup {} ({}, revision {}) from {}", m.id, m.created.format("%Y-%m-%d %H:%M:%S UTC"), m.etcd.revision, r.location()));
             let index = r.load_index()?;
-            r.restore_part_to_file(&index, &m.snapshot, &snapshot, 0o600)?;
+            r.restore_snapshot_to_file(&index, &m.snapshot, &snapshot, 0o600)?;
             let (config, config_source) = match config {
                 Some(c) => (Some(c), given),
                 None => match crate::keycheck::stored_config(&r, &m)? {

@@ -264,7 +264,7 @@ fn fetch_backup(opts: &NodeRestoreOptions, id: &str, stamp: &str, on: &mut dyn F
                 r.events, r.revisions, r.from_revision, r.to_revision
             )));
         }
-        None => repo.restore_part_to_file(&index, &m.snapshot, &staging.snapshot, 0o600)?,
+        None => repo.restore_snapshot_to_file(&index, &m.snapshot, &staging.snapshot, 0o600)?,
     }
     if opts.restore_pki {
         let files = staging.dir.join("files");

@@ -63,7 +63,8 @@ pub enum BackupCommand {
     /// Example: etcdguard backup show latest --repo /var/backups/etcd
     Show(ShowArgs),
     /// Download a backup and check it completely: the snapshot's sha256 (which covers every
-    /// chunk; a damaged one is named), its trailer, bbolt structure and etcd schema (as `snapshot verify`), and every file.
+    /// chunk; a damaged one is named), its trailer, bbolt structure and etcd schema (as
+    /// `snapshot verify`), and every file.
     ///
     /// A backup that passes is recorded as verified (prune never removes the newest verified
     /// backup). Exits non-zero when anything is wrong (9 checksum mismatch, 10 damaged).

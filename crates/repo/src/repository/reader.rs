@@ -21,27 +21,16 @@ use sha2::{Digest, Sha256};
 /// (`sync_file_range` without waiting) instead of piling up dirty in memory: the fsync at the
 /// end, by whoever makes the file durable, then has little left to do, and the disk works
 /// while the restore still decompresses.
-///
-/// Small writes are gathered in a buffer; a large vectored write (a run of decoded chunks)
-/// goes to the file as it is, in one `writev`, without a copy into the buffer.
 struct EarlyWriteback {
     file: fs::File,
-    buf: Vec<u8>,
     written: u64,
     kicked: u64,
 }
 
 impl EarlyWriteback {
     const WINDOW: u64 = 32 << 20;
-    const BUFFER: usize = 1 << 20;
-    /// Vectored writes at least this large bypass the buffer.
-    const DIRECT: usize = 256 << 10;
 
-    fn new(file: fs::File) -> Self {
-        EarlyWriteback { file, buf: Vec::with_capacity(Self::BUFFER), written: 0, kicked: 0 }
-    }
-
-    fn wrote(&mut self, n: usize) {
+    fn wrote(&mut self, n: usize) -> usize {
         self.written += n as u64;
         if self.written - self.kicked >= Self::WINDOW {
             use std::os::fd::AsRawFd;
@@ -52,55 +41,56 @@ impl EarlyWriteback {
             }
             self.kicked = self.written;
         }
-    }
-
-    fn flush_buf(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.file.write_all(&self.buf)?;
-            let n = self.buf.len();
-            self.buf.clear();
-            self.wrote(n);
-        }
-        Ok(())
-    }
-
-    /// The file, everything written to it.
-    fn into_file(mut self) -> io::Result<fs::File> {
-        self.flush_buf()?;
-        Ok(self.file)
+        n
     }
 }
 
 impl Write for EarlyWriteback {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.buf.len() + buf.len() > Self::BUFFER {
-            self.flush_buf()?;
-        }
-        if buf.len() >= Self::BUFFER {
-            let n = self.file.write(buf)?;
-            self.wrote(n);
-            return Ok(n);
-        }
-        self.buf.extend_from_slice(buf);
-        Ok(buf.len())
+        let n = self.file.write(buf)?;
+        Ok(self.wrote(n))
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let n = self.file.write_vectored(bufs)?;
+        Ok(self.wrote(n))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// A reassembly's file behind a `BufWriter` for small writes, where a large vectored write
+/// (a run of decoded chunks) goes to the file in one `writev`, past the buffer: `BufWriter`
+/// copies each slice into its buffer unless it knows its writer takes vectored writes, which
+/// a writer cannot tell it on stable Rust.
+struct RunWriter(io::BufWriter<EarlyWriteback>);
+
+impl RunWriter {
+    /// Vectored writes at least this large bypass the buffer.
+    const DIRECT: usize = 256 << 10;
+}
+
+impl Write for RunWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if total < Self::DIRECT {
             for b in bufs {
-                self.write_all(b)?;
+                self.0.write_all(b)?;
             }
             return Ok(total);
         }
-        self.flush_buf()?;
-        let n = self.file.write_vectored(bufs)?;
-        self.wrote(n);
-        Ok(n)
+        self.0.flush()?;
+        self.0.get_mut().write_vectored(bufs)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.flush_buf()
+        self.0.flush()
     }
 }
 
@@ -121,7 +111,8 @@ fn write_chunks(out: &mut dyn Write, chunks: &[Vec<u8>]) -> io::Result<()> {
 }
 
 /// An etcd snapshot ends with the sha256 of what comes before it when its size is 32 over a
-/// multiple of 512 (a bbolt file is a whole number of pages), as etcd's restore decides.
+/// multiple of 512 (a bbolt file is a whole number of pages), as etcd's restore decides and
+/// `etcdguard_storage::SnapshotFile::open` reads it (this crate does not depend on that one).
 const TRAILER_LEN: u64 = 32;
 
 /// The trailer check of a snapshot reassembled front to back: the part's hasher is cloned
@@ -265,21 +256,22 @@ impl Repository {
         Ok(())
     }
 
-    /// Reassembles a part into `dest` (must not exist): a private temporary file next to it,
-    /// fsynced and renamed only once the sha256 matches.
-    pub fn restore_part_to_file(&self, index: &Index, part: &Part, dest: &Path, mode: u32) -> Result<(), RepoError> {
-        self.write_part_file(index, part, dest, mode, true)
+    /// Reassembles a backup's snapshot into `dest` (must not exist): a private temporary file
+    /// next to it, fsynced and renamed only once the sha256 and the snapshot's own trailer (when
+    /// it has one) match.
+    pub fn restore_snapshot_to_file(&self, index: &Index, part: &Part, dest: &Path, mode: u32) -> Result<(), RepoError> {
+        self.write_snapshot_file(index, part, dest, mode, true)
     }
 
-    /// [`Repository::restore_part_to_file`] for a private scratch file that its caller makes
+    /// [`Repository::restore_snapshot_to_file`] for a private scratch file that its caller makes
     /// durable itself, if at all (a restore moves it into a data dir and fsyncs it there):
     /// the same checks, without the fsync of the whole file here, which would write it to
     /// the disk twice over.
-    pub fn restore_part_to_scratch(&self, index: &Index, part: &Part, dest: &Path) -> Result<(), RepoError> {
-        self.write_part_file(index, part, dest, 0o600, false)
+    pub fn restore_snapshot_to_scratch(&self, index: &Index, part: &Part, dest: &Path) -> Result<(), RepoError> {
+        self.write_snapshot_file(index, part, dest, 0o600, false)
     }
 
-    fn write_part_file(&self, index: &Index, part: &Part, dest: &Path, mode: u32, durable: bool) -> Result<(), RepoError> {
+    fn write_snapshot_file(&self, index: &Index, part: &Part, dest: &Path, mode: u32, durable: bool) -> Result<(), RepoError> {
         let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let tmp = dir.join(format!(
             ".{}.etcdguard-{:08x}",
@@ -291,9 +283,9 @@ impl Repository {
         let result = (|| {
             use std::os::unix::fs::OpenOptionsExt;
             let f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(|e| io_err(&tmp, e))?;
-            let mut w = EarlyWriteback::new(f);
+            let mut w = RunWriter(io::BufWriter::with_capacity(1 << 20, EarlyWriteback { file: f, written: 0, kicked: 0 }));
             self.read_part_to(index, part, &mut w, Some(dest), true)?;
-            let f = w.into_file().map_err(write_err)?;
+            let f = w.0.into_inner().map_err(|e| write_err(e.into_error()))?.file;
             if durable {
                 f.sync_all().map_err(write_err)?;
             }
@@ -728,13 +720,13 @@ mod tests {
             data[len - 32..].copy_from_slice(&digest);
             let m = backup(&r, &data);
             let dest = dir.path().join(format!("good-{len}.db"));
-            r.restore_part_to_file(&index(&r), &m.snapshot, &dest, 0o600).unwrap();
+            r.restore_snapshot_to_file(&index(&r), &m.snapshot, &dest, 0o600).unwrap();
             assert_eq!(fs::read(&dest).unwrap(), data);
             // The same bytes but a wrong trailer: the part's sha256 matches, the trailer does not.
             data[len - 1] ^= 1;
             let m = backup(&r, &data);
             let dest = dir.path().join(format!("bad-{len}.db"));
-            let err = r.restore_part_to_file(&index(&r), &m.snapshot, &dest, 0o600).unwrap_err();
+            let err = r.restore_snapshot_to_file(&index(&r), &m.snapshot, &dest, 0o600).unwrap_err();
             assert!(matches!(err, RepoError::ChecksumMismatch(ref s) if s.contains("trailer")), "{err}");
             assert!(!dest.exists());
         }
@@ -742,7 +734,7 @@ mod tests {
         let mut plain = vec![0u8; 16 * 4096];
         rand::rngs::StdRng::seed_from_u64(3).fill_bytes(&mut plain);
         let m = backup(&r, &plain);
-        r.restore_part_to_file(&index(&r), &m.snapshot, &dir.path().join("plain.db"), 0o600).unwrap();
+        r.restore_snapshot_to_file(&index(&r), &m.snapshot, &dir.path().join("plain.db"), 0o600).unwrap();
     }
 
     #[test]
