@@ -449,6 +449,40 @@ impl Index {
         out
     }
 
+    /// Moves every blob whose location `avoid` rejects to another pack that holds it, where
+    /// one does (packs in name order, so the choice does not depend on load order).
+    pub fn prefer_locations(&mut self, avoid: impl Fn(&Id, &Id) -> bool) {
+        let mut packs: Vec<&Id> = self.packs.keys().collect();
+        packs.sort();
+        for pack in packs {
+            for e in &self.packs[pack] {
+                let Some(loc) = self.blobs.get_mut(&e.id) else { continue };
+                if loc.pack != *pack && avoid(&loc.pack, &e.id) && !avoid(pack, &e.id) {
+                    *loc = Location {
+                        pack: *pack,
+                        kind: e.kind,
+                        encoding: e.encoding,
+                        offset: e.offset,
+                        stored_len: e.stored_len,
+                        raw_len: e.raw_len,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Forgets the blobs whose location `avoid` rejects (pack entries stay as they are).
+    pub fn forget_blobs_located(&mut self, avoid: impl Fn(&Id, &Id) -> bool) {
+        self.blobs.retain(|id, loc| !avoid(&loc.pack, id));
+    }
+
+    /// Every pack that holds `id`.
+    pub fn packs_holding(&self, id: &Id) -> Vec<Id> {
+        let mut out: Vec<Id> = self.packs.iter().filter(|(_, es)| es.iter().any(|e| e.id == *id)).map(|(p, _)| *p).collect();
+        out.sort();
+        out
+    }
+
     pub fn contains_pack(&self, pack: &Id) -> bool {
         self.packs.contains_key(pack)
     }

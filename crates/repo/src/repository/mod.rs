@@ -2,16 +2,20 @@
 //! Writing a backup is in `writer`, reading one back in `reader`, deleting and pruning (and
 //! index maintenance) in `prune`.
 
+mod damage;
 mod pipeline;
 mod prune;
 mod reader;
+mod repair;
 mod scrub;
 #[cfg(test)]
 pub(crate) mod test_support;
 mod writer;
 
+pub use damage::{Damage, DamageRecord, PackCheck};
 pub use pipeline::{parse_rate, Progress, Transfer};
 pub use prune::{part_blob_ids, stored_bytes, PruneReport};
+pub use repair::{RepairReport, RepairSource, UnrestorableBackup};
 pub use writer::{BackupMeta, BackupWriter, UnhashedPart};
 
 use std::fs;
@@ -364,9 +368,12 @@ impl Repository {
         self.store.location()
     }
 
-    /// Reads and merges every index file.
+    /// Reads and merges every index file; a blob with a damage record in one pack is found
+    /// in another copy where there is one (`damaged/`).
     pub fn load_index(&self) -> Result<Index, RepoError> {
-        Ok(self.load_index_files()?.1)
+        let mut index = self.load_index_files()?.1;
+        self.damage()?.prefer_good_copies(&mut index);
+        Ok(index)
     }
 
     fn load_index_files(&self) -> Result<(Vec<String>, Index), RepoError> {

@@ -50,6 +50,13 @@ pub struct Transfer {
     /// The zstd level of the chunks a backup stores instead of the repository's
     /// (`--compression-level`); any level reads back the same way.
     pub compression_level: Option<i32>,
+    /// Skip reading back the stored packs a backup reuses (`--trust-stored`): faster on a
+    /// distant bucket, but a damaged chunk then spreads into the new backup until a scrub or
+    /// a verify finds it.
+    pub trust_stored: bool,
+    /// Where a workflow hears what the user should know but is not an error (damage found
+    /// and healed on the way).
+    pub notes: Option<Arc<dyn Fn(&str) + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Transfer {
@@ -58,11 +65,18 @@ impl std::fmt::Debug for Transfer {
             .field("parallel", &self.parallel)
             .field("limit_rate", &self.limit_rate)
             .field("compression_level", &self.compression_level)
+            .field("trust_stored", &self.trust_stored)
             .finish()
     }
 }
 
 impl Transfer {
+    pub(crate) fn note(&self, text: &str) {
+        if let Some(n) = &self.notes {
+            n(text);
+        }
+    }
+
     /// Worker threads: `parallel`, or the number of cores (at least 2, at most 8).
     pub fn workers(&self) -> usize {
         match self.parallel {
@@ -126,10 +140,10 @@ pub(crate) type WriteRun<'w> = dyn FnMut(&[Vec<u8>]) -> Result<(), RepoError> + 
 
 /// One range read: neighbouring chunks of one pack, in part order.
 pub(crate) struct Run {
-    pack: Id,
-    start: u64,
-    end: u64,
-    blobs: Vec<(Id, Location)>,
+    pub(crate) pack: Id,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) blobs: Vec<(Id, Location)>,
 }
 
 impl Repository {

@@ -61,7 +61,11 @@ impl Repository {
             .collect();
         // Only copies that exist count: a blob whose indexed pack is gone but which another
         // stored pack also holds is still kept (and indexed there).
-        let index = full_index.retain_packs(|p| stored_packs.contains_key(p));
+        let mut index = full_index.retain_packs(|p| stored_packs.contains_key(p));
+        // Damaged packs are always rewritten: their sound blobs are copied, their damaged
+        // ones dropped where another copy is kept (else the prune stops: `backup repair`).
+        let damage = self.damage()?;
+        damage.prefer_good_copies(&mut index);
         // Everything the remaining backups reference.
         let mut used: HashSet<Id> = HashSet::new();
         for m in backups.iter().filter(|m| !remove.contains(&m.id)) {
@@ -76,11 +80,23 @@ impl Repository {
         // Checked before anything is written or deleted: a prune of a repository that lost
         // data a kept backup needs would hide the loss (the new index would not name it).
         for id in &used {
-            if !index.contains(id) {
-                return Err(RepoError::Damaged(format!(
-                    "blob {} used by a remaining backup is in no stored pack; not pruning (run `backup verify`)",
-                    id.hex()
-                )));
+            match index.get(id) {
+                None => {
+                    return Err(RepoError::Damaged(format!(
+                        "blob {} used by a remaining backup is in no stored pack; not pruning (run `backup verify`)",
+                        id.hex()
+                    )))
+                }
+                Some(loc) if damage.is_bad(&loc.pack, id) => {
+                    return Err(RepoError::Damaged(format!(
+                        "blob {} used by a remaining backup is stored only in pack {}, which is recorded as damaged; not \
+                         pruning: run `etcdguard backup repair` (it stores fresh copies from the data at hand and names the \
+                         backups that stay unrestorable)",
+                        id.hex(),
+                        loc.pack.hex()
+                    )))
+                }
+                Some(_) => {}
             }
         }
 
@@ -98,6 +114,8 @@ impl Repository {
             let total: u64 = entries.iter().map(|e| e.stored_len as u64).sum();
             if used_bytes == 0 {
                 delete_packs.push((pack, size));
+            } else if damage.has_pack(&pack) {
+                repack.push((pack, size, entries));
             } else if used_bytes < total && (total - used_bytes) * 5 >= total {
                 // More than a fifth unused: rewrite the used blobs into new packs.
                 repack.push((pack, size, entries));
@@ -143,16 +161,35 @@ impl Repository {
         let uploader = Uploader::start(self.store.clone());
         let mut builder = PackBuilder::new();
         let mut copied: HashSet<Id> = HashSet::new();
-        for (pack, size, entries) in &repack {
-            let bytes = self.store.get(&pack_key(pack))?;
-            for e in entries.iter().filter(|e| used.contains(&e.id)) {
-                // Already in a kept pack or copied: one copy is enough.
-                if copied.contains(&e.id) || keep_index.contains(&e.id) {
-                    continue;
+        // Sound copies first, so a damaged copy is needed only where no other exists.
+        let mut repack_order: Vec<(&Id, &crate::pack::PackEntry)> = repack.iter().flat_map(|(p, _, es)| es.iter().map(move |e| (p, e))).collect();
+        repack_order.sort_by_key(|(p, e)| damage.is_bad(p, &e.id));
+        // One pack in memory at a time (the order keeps each pack's entries together, the
+        // damaged ones last).
+        let mut cached: Option<(Id, Bytes)> = None;
+        for (pack, e) in repack_order.into_iter().filter(|(_, e)| used.contains(&e.id)) {
+            // Already in a kept pack or copied: one copy is enough.
+            if copied.contains(&e.id) || keep_index.contains(&e.id) {
+                continue;
+            }
+            let bytes = match &cached {
+                Some((p, b)) if p == pack => b.clone(),
+                _ => {
+                    let b = self.store.get(&pack_key(pack))?;
+                    cached = Some((*pack, b.clone()));
+                    b
                 }
-                let stored = &bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
-                decode_blob(keys, e.id, e.encoding, e.raw_len, stored)
-                    .map_err(|err| RepoError::Damaged(format!("pack {} while repacking: {err}", pack.hex())))?;
+            };
+            {
+                let stored = bytes.get(e.offset as usize..(e.offset + e.stored_len) as usize).unwrap_or_default();
+                decode_blob(keys, e.id, e.encoding, e.raw_len, stored).map_err(|err| {
+                    self.note_damage(pack, Some(&[e.id]), "backup prune", &err.to_string());
+                    RepoError::Damaged(format!(
+                        "pack {} while repacking: {err}; no other copy of blob {} is stored (run `etcdguard backup repair`)",
+                        pack.hex(),
+                        e.id.hex()
+                    ))
+                })?;
                 builder.add(e.id, e.kind, e.encoding, e.raw_len, stored);
                 copied.insert(e.id);
                 if builder.len() as u64 >= self.config.pack_size {
@@ -161,8 +198,9 @@ impl Repository {
                     uploader.send(pack_key(&id), data)?;
                 }
             }
-            delete_packs.push((*pack, *size));
         }
+        drop(cached);
+        delete_packs.extend(repack.iter().map(|(pack, size, _)| (*pack, *size)));
         if !builder.is_empty() {
             let (id, data, entries) = builder.finish();
             keep_index.add_pack(id, &entries);
@@ -192,6 +230,12 @@ impl Repository {
         }
         for (pack, _) in &delete_packs {
             self.store.delete(&pack_key(pack))?;
+        }
+        // Damage records of packs that are gone.
+        let packs_left: HashSet<Id> =
+            self.store.list("packs/")?.into_iter().filter_map(|o| o.key.rsplit('/').next().and_then(Id::parse)).collect();
+        for pack in damage.packs().iter().filter(|p| !packs_left.contains(p)) {
+            self.store.delete(&super::damage::damage_key(pack))?;
         }
         // 4. Verification records of backups that are gone.
         let remaining: HashSet<String> = self.store.list("backups/")?.into_iter().map(|o| o.key).collect();
@@ -261,7 +305,10 @@ impl Repository {
         let sizes: HashMap<String, u64> = self.store.list("packs/")?.into_iter().map(|o| (o.key, o.size)).collect();
         for pack in &packs {
             let key = pack_key(pack);
-            let damaged = |m: String| RepoError::Damaged(format!("pack {}: {m}", pack.hex()));
+            let damaged = |m: String| {
+                self.note_damage(pack, None, "framing check", &m);
+                RepoError::Damaged(format!("pack {}: {m} (recorded under damaged/)", pack.hex()))
+            };
             let Some(&size) = sizes.get(&key) else {
                 return Err(damaged("in the index but missing from the repository".into()));
             };
@@ -292,11 +339,13 @@ impl Repository {
                 continue;
             };
             let bytes = self.store.get(&obj.key)?;
-            if Id::of(&bytes) != id {
-                problems.push(format!("{}: content does not match its sha256 name (damaged)", obj.key));
+            let check = self.check_pack_bytes(&id, &bytes, &[])?;
+            if !check.intact {
+                problems.push(self.record_pack_check(&id, &check, "backup verify --packs").to_string());
                 continue;
             }
             if let Err(e) = crate::pack::parse_pack(&bytes) {
+                self.note_damage(&id, None, "backup verify --packs", &e.to_string());
                 problems.push(format!("{}: {e}", obj.key));
             }
         }

@@ -2,7 +2,7 @@
 //! restored under a directory without following symlinks, the check of a whole backup, and
 //! exports / presigned URLs for restore flows that only take a URL.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -171,6 +171,56 @@ impl Repository {
         Ok(ids)
     }
 
+    /// Checks every chunk of `runs` against its id, records the damaged ones (`damaged/`, so
+    /// no later backup reuses them) and returns an error naming them; `None` when every
+    /// chunk is sound.
+    pub(crate) fn find_damage(&self, runs: &[super::pipeline::Run]) -> Option<RepoError> {
+        let keys = self.keys().ok()?;
+        let mut bad: BTreeMap<Id, (Vec<Id>, String)> = BTreeMap::new();
+        let mut missing = Vec::new();
+        for run in runs {
+            let bytes = match self.pack_range(&run.pack, run.start..run.end) {
+                Ok(b) => b,
+                Err(RepoError::Damaged(_)) => {
+                    missing.push(run.pack);
+                    continue;
+                }
+                Err(e) => return Some(e),
+            };
+            for (id, loc) in &run.blobs {
+                let off = (loc.offset as u64 - run.start) as usize;
+                let stored = bytes.get(off..off + loc.stored_len as usize);
+                let verdict = match stored {
+                    Some(stored) => decode_blob(keys, *id, loc.encoding, loc.raw_len, stored).err().map(|e| e.to_string()),
+                    None => Some("the pack is shorter than its index says".into()),
+                };
+                if let Some(why) = verdict {
+                    let entry = bad.entry(loc.pack).or_insert_with(|| (Vec::new(), why));
+                    entry.0.push(*id);
+                }
+            }
+        }
+        missing.dedup();
+        if bad.is_empty() && missing.is_empty() {
+            return None;
+        }
+        let mut named = Vec::new();
+        for (pack, (blobs, why)) in &bad {
+            self.note_damage(pack, Some(blobs), "read", why);
+            named.push(format!("pack {}: {} damaged chunk(s), first {} ({why})", pack.hex(), blobs.len(), blobs[0].hex()));
+        }
+        for pack in &missing {
+            named.push(format!("pack {} is in the index but missing from the repository", pack.hex()));
+        }
+        let advice = if bad.is_empty() {
+            "run `etcdguard backup repair`"
+        } else {
+            "recorded under damaged/: the next backup stores fresh copies, and `etcdguard backup repair` salvages \
+             what the damaged packs still hold"
+        };
+        Some(RepoError::Damaged(format!("{}; {advice}", named.join("; "))))
+    }
+
     pub(crate) fn locate<'i>(&self, index: &'i Index, id: &Id) -> Result<&'i Location, RepoError> {
         index.get(id).ok_or_else(|| {
             RepoError::Damaged(format!("blob {} is in no index: the repository lost data (run `backup verify`)", id.hex()))
@@ -192,8 +242,10 @@ impl Repository {
     pub fn read_blob(&self, index: &Index, id: &Id) -> Result<Vec<u8>, RepoError> {
         let loc = *self.locate(index, id)?;
         let stored = self.pack_range(&loc.pack, loc.offset as u64..loc.offset as u64 + loc.stored_len as u64)?;
-        decode_blob(self.keys()?, *id, loc.encoding, loc.raw_len, &stored)
-            .map_err(|e| RepoError::Damaged(format!("pack {}: {e}", loc.pack.hex())))
+        decode_blob(self.keys()?, *id, loc.encoding, loc.raw_len, &stored).map_err(|e| {
+            self.note_damage(&loc.pack, Some(&[*id]), "read", &e.to_string());
+            RepoError::Damaged(format!("pack {}: {e} (recorded under damaged/)", loc.pack.hex()))
+        })
     }
 
     /// Writes a part's content to `out`, checking the whole part's sha256 (which covers
@@ -217,7 +269,7 @@ impl Repository {
         if let Some(p) = &progress {
             p.begin(Some(part.size));
         }
-        self.read_runs(&runs, false, &mut |chunks: &[Vec<u8>]| {
+        let first = self.read_runs(&runs, false, &mut |chunks: &[Vec<u8>]| {
             let mut bytes = 0;
             for c in chunks {
                 match trailer.as_mut() {
@@ -235,14 +287,22 @@ impl Repository {
                 p.advance(bytes);
             }
             Ok(())
-        })?;
+        });
         if let Some(p) = &progress {
             p.end();
+        }
+        match first {
+            // A chunk that did not open or decompress: find every damaged one and record it.
+            Err(RepoError::Damaged(e)) => return Err(self.find_damage(&runs).unwrap_or(RepoError::Damaged(e))),
+            Err(e) => return Err(e),
+            Ok(()) => {}
         }
         let actual = hex(&hasher.finalize());
         if written != part.size || actual != part.sha256 {
             // Name the damaged chunk's pack when one is (the usual error of a damaged pack).
-            self.read_runs(&runs, true, &mut |_| Ok(()))?;
+            if let Some(e) = self.find_damage(&runs) {
+                return Err(e);
+            }
             return Err(RepoError::ChecksumMismatch(format!(
                 "reassembled content is {written} bytes with sha256 {actual}; the manifest says {} bytes with sha256 {}",
                 part.size, part.sha256

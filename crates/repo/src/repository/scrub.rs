@@ -35,11 +35,33 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         };
-        if Id::of(&bytes) != *pack {
-            return Err(RepoError::Damaged(format!("pack {}: its content does not match its sha256 name (damaged)", pack.hex())));
+        let check = self.check_pack_bytes(pack, &bytes, &[])?;
+        if check.intact {
+            crate::pack::parse_pack(&bytes).map_err(|e| {
+                self.note_damage(pack, None, "pack check", &e.to_string());
+                RepoError::Damaged(format!("pack {}: {e} (recorded under damaged/)", pack.hex()))
+            })?;
+            return Ok(());
         }
-        crate::pack::parse_pack(&bytes).map_err(|e| RepoError::Damaged(format!("pack {}: {e}", pack.hex())))?;
-        Ok(())
+        Err(self.record_pack_check(pack, &check, "pack check"))
+    }
+
+    /// Records what [`Repository::check_pack_bytes`] found wrong with a pack and words it.
+    pub(crate) fn record_pack_check(&self, pack: &Id, check: &PackCheck, by: &str) -> RepoError {
+        let bad: Vec<Id> = check.bad.iter().map(|e| e.id).collect();
+        let whole = check.whole && check.good.is_empty();
+        self.note_damage(pack, if whole { None } else { Some(&bad) }, by, &check.reason);
+        let what = if whole {
+            "the whole pack is unusable".to_string()
+        } else {
+            format!("{} of its {} blobs are damaged", bad.len(), bad.len() + check.good.len())
+        };
+        RepoError::Damaged(format!(
+            "pack {}: {} ({what}); recorded under damaged/: the next backup stores fresh copies, and `etcdguard \
+             backup repair` salvages the rest",
+            pack.hex(),
+            check.reason
+        ))
     }
 
     /// The names of the index files: a prune that rewrote the index changes them.

@@ -1,11 +1,11 @@
 //! Writing a backup: chunks are cut, deduplicated against the index, packed and uploaded
 //! (a few packs in flight); `commit` writes the index for the new packs, then the manifest.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -32,7 +32,9 @@ impl Repository {
         // prune that ran while this host's lock had expired) is stored again.
         let stored: HashSet<Id> =
             self.store.list("packs/")?.into_iter().filter_map(|o| o.key.rsplit('/').next().and_then(Id::parse)).collect();
-        let index = self.load_index()?.retain_packs(|p| stored.contains(p));
+        let mut index = self.load_index_files()?.1.retain_packs(|p| stored.contains(p));
+        // Nor against a blob whose only copies are known to be damaged (`damaged/`).
+        self.damage()?.without_damaged(&mut index);
         Ok(BackupWriter {
             repo: self,
             lock,
@@ -44,6 +46,8 @@ impl Repository {
             files: Vec::new(),
             certificates: Vec::new(),
             stats: Sizes::default(),
+            reused: HashMap::new(),
+            snapshot_source: None,
         })
     }
 
@@ -151,6 +155,28 @@ pub struct BackupWriter<'r> {
     files: Vec<FileEntry>,
     certificates: Vec<CertificateRecord>,
     stats: Sizes,
+    /// Blobs this backup reuses from stored packs, by pack, with where their content can
+    /// be read again: `commit` reads those packs back and stores a fresh copy of any
+    /// damaged one, so a new backup is never made of damaged blobs.
+    reused: HashMap<Id, Vec<Reuse>>,
+    /// The snapshot as a file, when the caller has one (see [`BackupWriter::snapshot_source`]).
+    snapshot_source: Option<Arc<PathBuf>>,
+}
+
+/// A reused blob and where this backup read its content.
+struct Reuse {
+    id: Id,
+    kind: BlobKind,
+    origin: Origin,
+}
+
+enum Origin {
+    /// `len` bytes at `offset` of a file.
+    File { path: Arc<PathBuf>, offset: u64, len: u32 },
+    /// Content built in memory (chunk lists).
+    Bytes(Vec<u8>),
+    /// A stream that cannot be read again.
+    Gone,
 }
 
 impl<'r> BackupWriter<'r> {
@@ -163,7 +189,12 @@ impl<'r> BackupWriter<'r> {
         let keys = self.repo.keys()?;
         let id = crate::pack::blob_id(keys, raw);
         self.stats.blobs_total += 1;
-        if self.index.contains(&id) || self.pending.contains(&id) {
+        if self.pending.contains(&id) {
+            return Ok(id);
+        }
+        if let Some(loc) = self.index.get(&id) {
+            let pack = loc.pack;
+            self.reuse(pack, Reuse { id, kind, origin: Origin::Bytes(raw.to_vec()) });
             return Ok(id);
         }
         let (encoding, stored) = encode_blob(&id, raw, self.compression_level(), keys);
@@ -178,14 +209,118 @@ impl<'r> BackupWriter<'r> {
     }
 
     /// Adds a chunk hashed and compressed by a worker ([`super::pipeline::encode_stream`]).
-    fn add_encoded(&mut self, kind: BlobKind, enc: super::pipeline::Encoded) -> Result<(), RepoError> {
+    /// `reused_from`: the pack holding the blob when the workers skipped it as stored.
+    fn add_encoded(&mut self, kind: BlobKind, enc: super::pipeline::Encoded, reused_from: Option<Id>, origin: Origin) -> Result<(), RepoError> {
         self.stats.blobs_total += 1;
-        let Some((encoding, stored)) = enc.stored else { return Ok(()) };
+        let Some((encoding, stored)) = enc.stored else {
+            if let Some(pack) = reused_from {
+                self.reuse(pack, Reuse { id: enc.id, kind, origin });
+            }
+            return Ok(());
+        };
         if self.pending.contains(&enc.id) {
             return Ok(());
         }
         self.pack.add(enc.id, kind, encoding, enc.raw_len, &stored);
         self.pending.insert(enc.id);
+        self.stats.added += stored.len() as u64;
+        self.stats.blobs_added += 1;
+        if self.pack.len() as u64 >= self.repo.config.pack_size {
+            self.flush_pack()?;
+        }
+        Ok(())
+    }
+
+    fn reuse(&mut self, pack: Id, blob: Reuse) {
+        self.reused.entry(pack).or_default().push(blob);
+    }
+
+    /// Reads back every stored pack this backup reuses (whole, against its sha256 name; on
+    /// several threads). A blob found damaged is recorded (`damaged/`) and stored again from
+    /// the content this backup read; when that content is not at hand (a stream), the backup
+    /// fails: it would depend on damaged data.
+    fn check_reused(&mut self) -> Result<(), RepoError> {
+        let reused = std::mem::take(&mut self.reused);
+        if reused.is_empty() {
+            return Ok(());
+        }
+        let mut packs: Vec<Id> = reused.keys().copied().collect();
+        packs.sort();
+        let queue = Mutex::new(packs.clone());
+        let results = Mutex::new(Vec::new());
+        let workers = self.repo.transfer.workers().min(packs.len());
+        let (repo, index) = (self.repo, &self.index);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    let Some(pack) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else { return };
+                    let checked = match repo.store.get(&pack_key(&pack)) {
+                        Ok(bytes) => repo.check_pack_bytes(&pack, &bytes, &index.pack_entries(&pack)),
+                        Err(StoreError::NotFound(_)) => Ok(PackCheck {
+                            whole: true,
+                            reason: "it is missing from the repository".into(),
+                            ..Default::default()
+                        }),
+                        Err(e) => Err(e.into()),
+                    };
+                    let failed = checked.is_err();
+                    results.lock().unwrap_or_else(|p| p.into_inner()).push((pack, checked));
+                    if failed {
+                        return;
+                    }
+                });
+            }
+        });
+        let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+        results.sort_by_key(|(p, _)| *p);
+        let keys = self.repo.keys()?;
+        for (pack, checked) in results {
+            let check = checked?;
+            if check.intact {
+                continue;
+            }
+            let good: HashSet<Id> = check.good.iter().map(|e| e.id).collect();
+            let bad_ids: Vec<Id> = check.bad.iter().map(|e| e.id).collect();
+            let whole = check.whole && good.is_empty();
+            self.repo.note_damage(&pack, if whole { None } else { Some(&bad_ids) }, "backup create", &check.reason);
+            let blobs = &reused[&pack];
+            let damaged: Vec<&Reuse> = blobs.iter().filter(|b| !good.contains(&b.id)).collect();
+            self.repo.transfer.note(&format!(
+                "pack {} is damaged ({}); {} of the blobs this backup reuses from it are stored again, the damage is recorded \
+                 under damaged/ (run `etcdguard backup repair` to salvage the pack)",
+                pack.hex(),
+                check.reason,
+                damaged.len()
+            ));
+            for blob in damaged {
+                let raw = match &blob.origin {
+                    Origin::Bytes(b) => Some(b.clone()),
+                    Origin::File { path, offset, len } => read_at(path, *offset, *len).ok(),
+                    Origin::Gone => None,
+                };
+                let raw = raw.filter(|r| crate::pack::blob_id(keys, r) == blob.id).ok_or_else(|| {
+                    RepoError::Damaged(format!(
+                        "blob {} that this backup reuses is damaged in pack {} ({}), and its content is not at hand to \
+                         store again; nothing was recorded. The damage is now recorded, so the next backup stores a \
+                         fresh copy; or run `etcdguard backup repair`",
+                        blob.id.hex(),
+                        pack.hex(),
+                        check.reason
+                    ))
+                })?;
+                self.add_fresh(blob.kind, blob.id, &raw)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores `raw` (whose id is `id`) in a new pack even though the index holds it.
+    fn add_fresh(&mut self, kind: BlobKind, id: Id, raw: &[u8]) -> Result<(), RepoError> {
+        if !self.pending.insert(id) {
+            return Ok(());
+        }
+        let (encoding, stored) = encode_blob(&id, raw, self.compression_level(), self.repo.keys()?);
+        self.pack.add(id, kind, encoding, raw.len() as u32, &stored);
         self.stats.added += stored.len() as u64;
         self.stats.blobs_added += 1;
         if self.pack.len() as u64 >= self.repo.config.pack_size {
@@ -205,15 +340,24 @@ impl<'r> BackupWriter<'r> {
 
     /// Chunks `reader` at `chunk_size` boundaries and stores what is new; the part's sha256
     /// is computed on the way. `size_hint`: the input's size when known (for progress).
-    fn add_stream(&mut self, reader: &mut dyn Read, chunk_size: u32, size_hint: Option<u64>) -> Result<Part, RepoError> {
+    fn add_stream(&mut self, reader: &mut dyn Read, chunk_size: u32, size_hint: Option<u64>, source: Option<Arc<PathBuf>>) -> Result<Part, RepoError> {
         let mut hasher = Sha256::new();
-        let part = self.store_stream(reader, chunk_size, size_hint, Some(&mut hasher))?;
+        let part = self.store_stream(reader, chunk_size, size_hint, Some(&mut hasher), source)?;
         Ok(part.with_sha256(hasher.finalize().into()))
     }
 
     /// [`Self::add_stream`] without the sha256 unless `hasher` is given (it then sees every
     /// byte read). Chunks are hashed and compressed on worker threads and packed in input order.
-    fn store_stream(&mut self, reader: &mut dyn Read, chunk_size: u32, size_hint: Option<u64>, mut hasher: Option<&mut Sha256>) -> Result<UnhashedPart, RepoError> {
+    /// `source`: the same bytes as a file, to read a reused chunk again if its stored copy
+    /// turns out damaged.
+    fn store_stream(
+        &mut self,
+        reader: &mut dyn Read,
+        chunk_size: u32,
+        size_hint: Option<u64>,
+        mut hasher: Option<&mut Sha256>,
+        source: Option<Arc<PathBuf>>,
+    ) -> Result<UnhashedPart, RepoError> {
         let mut ids: Vec<u8> = Vec::new();
         let mut chunks = 0u64;
         let transfer = self.repo.transfer.clone();
@@ -245,8 +389,13 @@ impl<'r> BackupWriter<'r> {
             },
             &mut |enc| {
                 ids.extend_from_slice(&enc.id.0);
+                let origin = match &source {
+                    Some(path) => Origin::File { path: path.clone(), offset: chunks * chunk_size as u64, len: enc.raw_len },
+                    None => Origin::Gone,
+                };
                 chunks += 1;
-                self.add_encoded(BlobKind::Data, enc)
+                let reused_from = enc.stored.is_none().then(|| index.get(&enc.id).map(|l| l.pack)).flatten();
+                self.add_encoded(BlobKind::Data, enc, reused_from, origin)
             },
         );
         self.index = index;
@@ -285,7 +434,8 @@ impl<'r> BackupWriter<'r> {
     /// [`Self::add_snapshot`] of an input of `size` bytes, when known (for progress).
     pub fn add_snapshot_sized(&mut self, reader: &mut dyn Read, page_size: u32, size: Option<u64>) -> Result<Part, RepoError> {
         let cs = self.chunk_size_for(page_size);
-        self.add_stream(reader, cs, size)
+        let source = self.snapshot_source.clone();
+        self.add_stream(reader, cs, size, source)
     }
 
     /// [`Self::add_snapshot_sized`] for a caller that hashes the same bytes already (a live
@@ -293,7 +443,15 @@ impl<'r> BackupWriter<'r> {
     /// the part is complete once it is given that digest.
     pub fn add_snapshot_unhashed(&mut self, reader: &mut dyn Read, page_size: u32, size: Option<u64>) -> Result<UnhashedPart, RepoError> {
         let cs = self.chunk_size_for(page_size);
-        self.store_stream(reader, cs, size, None)
+        let source = self.snapshot_source.clone();
+        self.store_stream(reader, cs, size, None, source)
+    }
+
+    /// Names the file the snapshot is read from (a `--from-file` snapshot, a live backup's
+    /// spool copy), so that a reused chunk whose stored copy turns out damaged is stored
+    /// again from it. Without it such a backup fails instead.
+    pub fn snapshot_source(&mut self, path: &Path) {
+        self.snapshot_source = Some(Arc::new(path.to_path_buf()));
     }
 
     /// Adds a file, or a directory with everything under it, as `<group>/<its name>…`
@@ -348,7 +506,8 @@ impl<'r> BackupWriter<'r> {
         } else if ft.is_file() {
             let mut f = fs::File::open(path).map_err(|e| io_err(path, e))?;
             let cs = self.repo.config.chunking.chunk_size;
-            let part = self.add_stream(&mut f, cs, None).map_err(|e| e.context(&path.display().to_string()))?;
+            let source = Some(Arc::new(path.to_path_buf()));
+            let part = self.add_stream(&mut f, cs, None, source).map_err(|e| e.context(&path.display().to_string()))?;
             self.stats.original += part.size;
             self.files.push(FileEntry { content: Some(part), ..base });
         }
@@ -358,6 +517,9 @@ impl<'r> BackupWriter<'r> {
 
     /// Writes the last pack, the index for this backup's packs and, last, the manifest.
     pub fn commit(mut self, snapshot: Part, meta: BackupMeta) -> Result<Manifest, RepoError> {
+        if !self.repo.transfer.trust_stored {
+            self.check_reused()?;
+        }
         self.flush_pack()?;
         let uploader = std::mem::replace(&mut self.uploader, Uploader { tx: None, threads: Vec::new(), error: Arc::default() });
         uploader.finish()?;
@@ -408,6 +570,15 @@ impl<'r> BackupWriter<'r> {
         self.repo.store.put(&manifest_key(&id), Bytes::from(body))?;
         Ok(manifest)
     }
+}
+
+/// `len` bytes of `path` at `offset`.
+fn read_at(path: &Path, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(path)?;
+    let mut buf = vec![0; len as usize];
+    f.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
 }
 
 /// A stored part whose sha256 the caller computes ([`BackupWriter::add_snapshot_unhashed`]).
