@@ -707,6 +707,7 @@ fn one_run(opts: &AgentOptions, state: &Mutex<State>, stop: &Stop, started: Inst
         match &result {
             Ok(m) => {
                 s.backups_ok += 1;
+                s.checks.lock().unwrap_or_else(|p| p.into_inner()).backup_succeeded();
                 s.last_result = Some(Ok(()));
                 s.last_success = Some((finished, m.id.clone()));
                 s.last_snapshot_bytes = m.snapshot.size;

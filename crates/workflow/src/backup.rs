@@ -87,6 +87,8 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
     let repo = open_for_create(opts, note)?;
     let mut writer = repo.begin_backup()?;
     let path = spool.path().join("snapshot.db");
+    // Complete by the time the backup commits; see `finish`.
+    writer.snapshot_source(&path);
     let file = {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)
@@ -140,8 +142,10 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
     // The stream's sha256 trailer was checked as it arrived, over the very bytes spooled.
     let etcd = check_snapshot(opts, &path, &file, &db, known, Some(TrailerCheck::Verified))?;
     drop(file);
+    // The spool outlives the commit: a reused chunk found damaged is stored again from it.
+    let result = finish(opts, &repo, writer, snapshot, Source::Cluster { endpoint: st.endpoint.clone() }, etcd, note, stop);
     drop(spool);
-    finish(opts, &repo, writer, snapshot, Source::Cluster { endpoint: st.endpoint.clone() }, etcd, note, stop)
+    result
 }
 
 /// The page size a bbolt file's first meta page names, if it is one.
@@ -215,6 +219,7 @@ fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInf
     let size = std::fs::metadata(path).map(|m| m.len()).ok();
     let repo = open_for_create(opts, note)?;
     let mut writer = repo.begin_backup()?;
+    writer.snapshot_source(path);
     let (checked, stored) = std::thread::scope(|s| {
         let checking = s.spawn(|| check_snapshot(opts, path, &file, &db, known, None));
         let stored = (|| {
@@ -269,7 +274,11 @@ fn finish(opts: &CreateOptions, repo: &Repository, mut writer: etcdguard_repo::B
     stop.check()?;
     let labels: BTreeMap<String, String> = opts.labels.iter().cloned().collect();
     let cluster = opts.cluster.clone().or_else(|| labels.get("cluster").cloned()).or_else(|| etcd.cluster_id.clone());
-    Ok(writer.commit(snapshot, BackupMeta { source, etcd, labels, cluster })?)
+    let committed = writer.commit(snapshot, BackupMeta { source, etcd, labels, cluster });
+    for line in repo.take_notes() {
+        note(&line);
+    }
+    Ok(committed?)
 }
 
 /// Checks a snapshot as `snapshot verify` does (unless `skip_verify`: then the trailer

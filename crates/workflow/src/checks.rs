@@ -80,6 +80,9 @@ pub(crate) struct CheckState {
     scrub_last_run: Option<DateTime<Utc>>,
     /// Set by a failed scrub, cleared by the next good one.
     scrub_error: Option<(DateTime<Utc>, String)>,
+    /// A backup succeeded after a failed scrub: scrub again now rather than a period later
+    /// (the backup stored fresh copies of what the scrub found damaged).
+    rescrub: bool,
     backups_checked_ok: u64,
     backups_checked_damaged: u64,
     packs_checked: u64,
@@ -101,6 +104,13 @@ fn fmt_time(t: DateTime<Utc>) -> String {
 }
 
 impl CheckState {
+    /// Called when a backup succeeded.
+    pub(crate) fn backup_succeeded(&mut self) {
+        if self.scrub_error.is_some() {
+            self.rescrub = true;
+        }
+    }
+
     /// Drops the failures found while leading (see `check_loop`).
     fn forget_findings(&mut self) {
         self.scrub_error = None;
@@ -278,6 +288,11 @@ fn check_loop(opts: &ChecksOptions, scrub_opts: &ScrubOptions, drill_opts: &Dril
         }
         was_leading = true;
         // With nothing to check yet (no backup), look again soon rather than a period later.
+        if std::mem::take(&mut lock().rescrub) && next_scrub.is_some() {
+            info!("scrub: a backup succeeded since the last scrub found damage; scrubbing again from the newest backup");
+            cursor = Cursor::default();
+            next_scrub = Some(Instant::now());
+        }
         if let (Some(due), Some(every)) = (next_scrub, opts.verify_every) {
             if Instant::now() >= due {
                 let checked = run_scrub(scrub_opts, &mut cursor, &lock, stop);

@@ -26,6 +26,7 @@ pub mod inspect;
 pub mod join;
 pub mod keycheck;
 pub mod node;
+pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod schedule;

@@ -105,6 +105,26 @@ pub enum BackupCommand {
     ///   etcdguard backup prune --repo s3://etcd-backups/prod-eu --keep-within 72h --keep-monthly 12
     #[command(verbatim_doc_comment)]
     Prune(PruneArgs),
+    /// Read every pack and mend a damaged repository: salvage what damaged packs still hold,
+    /// store lost chunks again from the data at hand, rebuild the index, and name the backups
+    /// that stay unrestorable.
+    ///
+    /// Damage found by `backup verify`, a restore, the agent's scrub or `backup create` is
+    /// recorded in the repository; a create already stores fresh copies of what it reuses.
+    /// Repair goes further: every pack is read whole (a pack is intact when it hashes to its
+    /// name), the sound blobs of damaged packs are copied into new packs, lost chunks are
+    /// looked for in --from-file snapshots, --from-repo repositories and, with --from-live,
+    /// a fresh snapshot of the cluster; then one new index replaces the old ones and the
+    /// damaged packs are removed. Takes the exclusive lock (as prune). Exits 10 while any
+    /// backup stays unrestorable. Run it with --dry-run first.
+    ///
+    /// Examples:
+    ///   etcdguard backup repair --repo /var/backups/etcd --dry-run
+    ///   etcdguard backup repair --repo s3://etcd-backups/prod-eu --from-file /root/snapshot-monday.db
+    ///   etcdguard backup repair --repo /var/backups/etcd --from-live --endpoints https://10.0.0.1:2379 \
+    ///       --cacert ca.crt --cert client.crt --key client.key
+    #[command(verbatim_doc_comment)]
+    Repair(crate::cmd::repair::RepairArgs),
     /// Print presigned download URLs (S3, GCS, Azure) of a backup's objects, for restore flows
     /// that fetch from a URL without credentials.
     ///
@@ -239,6 +259,7 @@ impl ParallelArg {
             limit_rate,
             compression_level: None,
             progress: std::io::stderr().is_terminal().then(|| Arc::new(Bar::default()) as Arc<dyn etcdguard_repo::repository::Progress>),
+            ..Default::default()
         }
     }
 }
@@ -358,6 +379,13 @@ pub struct CreateArgs {
     /// larger (down to -20). Restores read any level; chunks already stored are not redone.
     #[arg(long, value_name = "LEVEL", allow_negative_numbers = true, value_parser = parse_compression_level)]
     pub compression_level: Option<i32>,
+    /// Do not read back the stored chunks this backup reuses. By default every pack a backup
+    /// reuses is read whole and checked, and a damaged chunk is stored again from this
+    /// snapshot (and recorded as damaged), so a new backup never depends on damaged data.
+    /// Skipping it saves reading the previous backup's packs (for a distant bucket); a
+    /// damaged chunk then spreads into this backup until a scrub or verify finds it.
+    #[arg(long)]
+    pub trust_stored: bool,
     /// Chunk size of a new repository (a multiple of the bbolt page size; ignored for an existing one).
     #[arg(long, value_name = "BYTES", default_value_t = etcdguard_repo::repository::DEFAULT_CHUNK_SIZE, hide = true)]
     pub chunk_size: u32,
@@ -372,6 +400,7 @@ impl CreateArgs {
             repo: RepoSpec {
                 transfer: etcdguard_repo::repository::Transfer {
                     compression_level: self.compression_level,
+                    trust_stored: self.trust_stored,
                     ..self.parallel.transfer(self.limit_rate)
                 },
                 ..self.repo.spec()
@@ -597,6 +626,7 @@ pub fn run(cmd: BackupCommand) -> Result<()> {
         BackupCommand::Restore(a) => restore(a),
         BackupCommand::Delete(a) => delete(a),
         BackupCommand::Prune(a) => prune(a),
+        BackupCommand::Repair(a) => crate::cmd::repair::repair(a),
         BackupCommand::Url(a) => url(a),
         BackupCommand::Key(a) => key(a),
         BackupCommand::Follow(a) => crate::cmd::capture::follow(a),

@@ -13,7 +13,7 @@ pub(crate) mod test_support;
 mod writer;
 
 pub use damage::{Damage, DamageRecord, PackCheck};
-pub use pipeline::{parse_rate, Progress, Transfer};
+pub use pipeline::{parse_rate, Notes, Progress, Transfer};
 pub use prune::{part_blob_ids, stored_bytes, PruneReport};
 pub use repair::{RepairReport, RepairSource, UnrestorableBackup};
 pub use writer::{BackupMeta, BackupWriter, UnhashedPart};
@@ -335,6 +335,11 @@ impl Repository {
     /// How backups and restores move data from now on (`--parallel`, `--limit-rate`, progress).
     pub fn set_transfer(&mut self, transfer: Transfer) {
         self.transfer = transfer;
+    }
+
+    /// Lines left for the caller by what ran so far (see [`Transfer::notes`]).
+    pub fn take_notes(&self) -> Vec<String> {
+        self.transfer.notes.drain()
     }
 
     /// The master key when the repository is encrypted; an error when it is and the

@@ -54,9 +54,23 @@ pub struct Transfer {
     /// distant bucket, but a damaged chunk then spreads into the new backup until a scrub or
     /// a verify finds it.
     pub trust_stored: bool,
-    /// Where a workflow hears what the user should know but is not an error (damage found
-    /// and healed on the way).
-    pub notes: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    /// What the user should know but is not an error (damage found and healed on the way),
+    /// for the workflow to pass on ([`Notes::drain`]).
+    pub notes: Notes,
+}
+
+/// Lines a repository operation leaves for its caller; clones share them.
+#[derive(Clone, Default)]
+pub struct Notes(Arc<Mutex<Vec<String>>>);
+
+impl Notes {
+    pub fn push(&self, line: String) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+    }
+
+    pub fn drain(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 impl std::fmt::Debug for Transfer {
@@ -72,9 +86,7 @@ impl std::fmt::Debug for Transfer {
 
 impl Transfer {
     pub(crate) fn note(&self, text: &str) {
-        if let Some(n) = &self.notes {
-            n(text);
-        }
+        self.notes.push(text.to_string());
     }
 
     /// Worker threads: `parallel`, or the number of cores (at least 2, at most 8).

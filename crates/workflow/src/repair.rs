@@ -1,0 +1,61 @@
+//! `backup repair`: check every pack of a repository and mend what the data at hand allows
+//! (see `etcdguard_repo::repository::repair`). Sources of lost content: snapshot files, other
+//! repositories, and a fresh snapshot of the live cluster.
+
+use std::path::PathBuf;
+
+use etcdguard_client::{choose_member, ConnectFlags, NoProgress, SnapshotFrom};
+use etcdguard_repo::repository::{RepairReport, RepairSource};
+
+use crate::backup::connect;
+use crate::error::{client_error, Error, Result};
+use crate::repo::RepoSpec;
+use crate::spool;
+
+pub struct RepairOptions {
+    pub repo: RepoSpec,
+    /// Snapshot (or other) files that may hold lost chunks.
+    pub files: Vec<PathBuf>,
+    /// Other repositories whose blob ids agree with this one's (a plain repository, or one
+    /// with the same key).
+    pub repos: Vec<RepoSpec>,
+    /// Take a snapshot of the live cluster first and use it as a source.
+    pub live: Option<ConnectFlags>,
+    /// Where the live snapshot is spooled (default: the system temp dir).
+    pub scratch_dir: Option<PathBuf>,
+    pub dry_run: bool,
+}
+
+pub fn repair(opts: &RepairOptions, note: &mut dyn FnMut(&str)) -> Result<RepairReport> {
+    let repo = opts.repo.open_unlocked()?;
+    let others = opts.repos.iter().map(|r| r.open_unlocked()).collect::<Result<Vec<_>>>()?;
+    let mut files = opts.files.clone();
+    for f in &files {
+        std::fs::metadata(f).map_err(|e| Error::usage(format!("--from-file {}: {e}", f.display())))?;
+    }
+    // The spool lives until the repair is done.
+    let mut spool_dir = None;
+    if let Some(flags) = &opts.live {
+        let session = connect(flags, note)?;
+        let probes = session.probe_all();
+        let choice = choose_member(&probes, &SnapshotFrom::Follower).map_err(client_error)?;
+        let parent = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let (dir, _) = spool::create(&parent)?;
+        let path = dir.path().join("snapshot.db");
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)
+        }
+        .map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
+        note(&format!("taking a snapshot of {} (revision {}) to look for lost chunks in", choice.status.endpoint, choice.status.revision));
+        session.save_into(&choice.status.endpoint, &mut file, &path.display().to_string(), &mut NoProgress).map_err(client_error)?;
+        files.push(path);
+        spool_dir = Some(dir);
+    }
+    let mut sources: Vec<RepairSource<'_>> = files.into_iter().map(RepairSource::File).collect();
+    sources.extend(others.iter().map(RepairSource::Repository));
+    note(&format!("reading every pack of {}{}", repo.location(), if opts.dry_run { " (dry run: nothing is changed)" } else { "" }));
+    let report = repo.repair(&sources, opts.dry_run)?;
+    drop(spool_dir);
+    Ok(report)
+}
