@@ -240,3 +240,46 @@ fn check_flags_are_validated() {
     expect_code(&out, 0, "valid check flags with --runs 0");
     assert!(!Path::new(repo).exists(), "--runs 0 must not touch the repository");
 }
+
+/// A byte flipped in a stored pack: the scrub turns /healthz red; the agent's next backup
+/// reads back the packs it reuses, stores the damaged content again and records the damage,
+/// and the scrub after it is green again, without anyone undoing the damage.
+#[test]
+fn damage_found_by_the_scrub_is_healed_by_the_next_backup() {
+    let server = EtcdServer::start(EtcdVersion::V3_5);
+    for i in 0..200 {
+        server.put(format!("/registry/configmaps/default/cm-{i:03}").as_bytes(), "v".repeat(300).as_bytes());
+    }
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    let port = free_port();
+    let log = work.path().join("agent.log");
+    let args: Vec<String> = [
+        "--repo", repo.to_str().unwrap(), "--endpoints", server.endpoint(), "--every", "6s", "--verify-every", "1s",
+        "--listen", &format!("127.0.0.1:{port}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut agent = spawn_agent(&log, &args);
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("a backup and a good scrub", Duration::from_secs(60), || {
+        let m = metrics(port);
+        sample(&m, "etcdguard_backup_runs_total{result=\"success\"}").unwrap_or(0.0) >= 1.0
+            && sample(&m, "etcdguard_scrub_backups_checked_total{result=\"success\"}").unwrap_or(0.0) >= 1.0
+    });
+    let pack = packs(&repo).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let at = std::fs::metadata(&pack).unwrap().len() as usize / 2;
+    flip_byte(&pack, at);
+    wait_for("/healthz red", Duration::from_secs(30), || get(port, "/healthz").is_some_and(|(s, _)| s == 503));
+    let backups_before = sample(&metrics(port), "etcdguard_backup_runs_total{result=\"success\"}").unwrap();
+    wait_for_or("/healthz green after the next backup", Duration::from_secs(60), agent_log, &mut || {
+        get(port, "/healthz").is_some_and(|(s, _)| s == 200)
+    });
+    let m = metrics(port);
+    assert!(sample(&m, "etcdguard_backup_runs_total{result=\"success\"}").unwrap() > backups_before, "{m}");
+    assert!(agent_log().contains("is damaged"), "the backup says what it found:\n{}", agent_log());
+    let name = pack.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(repo.join("damaged").join(format!("{name}.json")).exists(), "the damage is recorded");
+    assert!(agent.is_running());
+}

@@ -162,11 +162,15 @@ fn check_one(
     note: &mut dyn FnMut(&str),
 ) -> Result<()> {
     check_stored(repo, index, m, opts.scratch_dir.as_deref(), note)?;
+    let needed = repo.blobs_of(index, m)?;
     for pack in repo.packs_of(index, m)? {
         if cursor.packs_checked.contains(&pack) {
             continue;
         }
-        repo.check_pack(&pack).map_err(|e| Error::from(e.context(&format!("backup {}", m.id))))?;
+        let checked = repo.check_pack_for(&pack, index, &needed).map_err(|e| Error::from(e.context(&format!("backup {}", m.id))))?;
+        if let Some(line) = checked {
+            note(&line);
+        }
         cursor.packs_checked.insert(pack);
         *packs_checked += 1;
     }

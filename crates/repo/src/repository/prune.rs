@@ -87,7 +87,10 @@ impl Repository {
                         id.hex()
                     )))
                 }
-                Some(loc) if damage.is_bad(&loc.pack, id) => {
+                // Recorded as damaged, no other copy: read it (a record is a hint, and the
+                // pack may have been mended since); refuse before deleting anything if it
+                // is damaged indeed.
+                Some(loc) if damage.is_bad(&loc.pack, id) && self.read_blob(&index, id).is_err() => {
                     return Err(RepoError::Damaged(format!(
                         "blob {} used by a remaining backup is stored only in pack {}, which is recorded as damaged; not \
                          pruning: run `etcdguard backup repair` (it stores fresh copies from the data at hand and names the \

@@ -46,6 +46,53 @@ impl Repository {
         Err(self.record_pack_check(pack, &check, "pack check"))
     }
 
+    /// Every blob `manifest` reads (chunk lists and chunks of every part).
+    pub fn blobs_of(&self, index: &Index, manifest: &Manifest) -> Result<HashSet<Id>, RepoError> {
+        let mut out = HashSet::new();
+        let parts = std::iter::once(&manifest.snapshot).chain(manifest.files.iter().filter_map(|f| f.content.as_ref()));
+        for part in parts {
+            out.extend(part.chunk_lists.iter().copied());
+            out.extend(self.chunk_ids(index, part)?);
+        }
+        Ok(out)
+    }
+
+    /// [`Repository::check_pack`] for one backup that draws on the pack: damage in blobs the
+    /// backup does not need from this pack (another sound copy is stored, or the backup does
+    /// not use them) is recorded and returned as a note, not an error: the backup restores.
+    pub fn check_pack_for(&self, pack: &Id, index: &Index, needed: &HashSet<Id>) -> Result<Option<String>, RepoError> {
+        let bytes = match self.store.get(&pack_key(pack)) {
+            Ok(b) => b,
+            Err(StoreError::NotFound(_)) => {
+                return Err(RepoError::Damaged(format!("pack {} is in the index but missing from the repository", pack.hex())))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let check = self.check_pack_bytes(pack, &bytes, &index.pack_entries(pack))?;
+        if check.intact {
+            return match crate::pack::parse_pack(&bytes) {
+                Ok(_) => Ok(None),
+                Err(e) => {
+                    self.note_damage(pack, None, "pack check", &e.to_string());
+                    Err(RepoError::Damaged(format!("pack {}: {e} (recorded under damaged/)", pack.hex())))
+                }
+            };
+        }
+        let error = self.record_pack_check(pack, &check, "pack check");
+        let damage = self.damage()?;
+        let lost = |id: &Id| !index.packs_holding(id).iter().any(|p| p != pack && !damage.is_bad(p, id));
+        if check.whole || check.bad.iter().any(|e| needed.contains(&e.id) && lost(&e.id)) {
+            return Err(error);
+        }
+        Ok(Some(format!(
+            "pack {} is damaged ({}; {} blob(s), recorded): this backup reads sound copies or does not need them; \
+             `etcdguard backup repair` (or the next prune) rewrites the pack",
+            pack.hex(),
+            check.reason,
+            check.bad.len()
+        )))
+    }
+
     /// Records what [`Repository::check_pack_bytes`] found wrong with a pack and words it.
     pub(crate) fn record_pack_check(&self, pack: &Id, check: &PackCheck, by: &str) -> RepoError {
         let bad: Vec<Id> = check.bad.iter().map(|e| e.id).collect();
