@@ -3,6 +3,7 @@
 //! - `backup create` and `backup prune` killed with SIGKILL at random points (seeded), after
 //!   which every listed backup must verify, and a new create and a new prune must succeed.
 //!
+//! `backup repair` is killed too (its index replacement follows prune's order).
 //! `CRASH_SEED` and `CRASH_TRIALS` choose the run; every trial prints what it did and when it
 //! killed, so a failure can be replayed. The long version is ignored:
 //! `CRASH_TRIALS=200 cargo test --release -p etcdguard --test prune_crash -- --ignored --nocapture`
@@ -210,6 +211,10 @@ impl TrialRepo {
 fn pick_action(rng: &mut Rng, snaps: &Snapshots, files_dir: &Path) -> (Vec<String>, String) {
     if rng.percent(60) {
         pick_create(rng, snaps, files_dir, "killed")
+    } else if rng.percent(15) {
+        // A repair of a sound repository still replaces every index file: killed anywhere,
+        // it must leave every backup readable.
+        (vec!["repair".to_string()], "repair".to_string())
     } else {
         // Rules that remove backups, mostly: a removed backup's packs hold blobs the kept ones
         // share, so the prune repacks them.
