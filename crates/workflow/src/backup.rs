@@ -631,6 +631,13 @@ pub fn prune(repo: &RepoSpec, policy: Option<&Policy>, dry_run: bool) -> Result<
     Ok(repo.prune(policy, dry_run)?)
 }
 
+/// Removes stale locks (every lock with `remove_all`), unreadable lock files and leftover
+/// temporary files of `locks/`; needs no passphrase.
+pub fn unlock(repo: &RepoSpec, remove_all: bool) -> Result<etcdguard_repo::lock::UnlockReport> {
+    let r = repo.open()?;
+    Ok(etcdguard_repo::lock::unlock(r.store().as_ref(), remove_all)?)
+}
+
 /// A backup's snapshot exported as one object, and its presigned URL.
 pub struct ExportedUrl {
     pub manifest: Manifest,

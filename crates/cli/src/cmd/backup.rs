@@ -105,6 +105,17 @@ pub enum BackupCommand {
     ///   etcdguard backup prune --repo s3://etcd-backups/prod-eu --keep-within 72h --keep-monthly 12
     #[command(verbatim_doc_comment)]
     Prune(PruneArgs),
+    /// Remove stale repository locks: those whose holder has not rewritten them for 5 minutes
+    /// by the storage's clock (a killed or disconnected etcdguard), unreadable lock files and
+    /// leftover temporary files. Live locks are kept and listed.
+    ///
+    /// With --remove-all every lock goes, live ones too: only when you know no etcdguard is
+    /// running against the repository (a prune running beside a create can delete data the
+    /// create is about to reference). `backup prune` removes stale locks by itself.
+    ///
+    /// Example: etcdguard backup unlock --repo s3://etcd-backups/prod-eu
+    #[command(verbatim_doc_comment)]
+    Unlock(UnlockArgs),
     /// Print presigned download URLs (S3, GCS, Azure) of a backup's objects, for restore flows
     /// that fetch from a URL without credentials.
     ///
@@ -572,6 +583,15 @@ pub struct PruneArgs {
 }
 
 #[derive(Args)]
+pub struct UnlockArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Remove live locks too (make sure no etcdguard uses the repository first).
+    #[arg(long)]
+    pub remove_all: bool,
+}
+
+#[derive(Args)]
 pub struct UrlArgs {
     #[command(flatten)]
     pub repo: RepoArg,
@@ -597,6 +617,7 @@ pub fn run(cmd: BackupCommand) -> Result<()> {
         BackupCommand::Restore(a) => restore(a),
         BackupCommand::Delete(a) => delete(a),
         BackupCommand::Prune(a) => prune(a),
+        BackupCommand::Unlock(a) => unlock(a),
         BackupCommand::Url(a) => url(a),
         BackupCommand::Key(a) => key(a),
         BackupCommand::Follow(a) => crate::cmd::capture::follow(a),
@@ -903,6 +924,41 @@ fn prune(args: PruneArgs) -> Result<()> {
     if report.missing_packs > 0 {
         eprintln!("warning: {} pack(s) named in the index are missing; run `etcdguard backup verify`", report.missing_packs);
     }
+    Ok(())
+}
+
+fn unlock(args: UnlockArgs) -> Result<()> {
+    let report = backup::unlock(&args.repo.spec(), args.remove_all)?;
+    let (mut removed, mut kept) = (0, 0);
+    for l in &report.locks {
+        let what = match &l.info {
+            Some(i) => i.describe(),
+            None => "not a readable lock file".into(),
+        };
+        let written = l.written.format("%Y-%m-%d %H:%M:%S UTC");
+        match (l.removed, l.stale) {
+            (true, true) => println!("removed stale lock {}: {what}, last written {written}", l.key),
+            (true, false) => eprintln!(
+                "warning: removed live lock {}: {what}, last written {written}; if its holder still runs it keeps \
+                 going unprotected until its next refresh rewrites the lock",
+                l.key
+            ),
+            (false, _) => {
+                let stale_at = l.info.as_ref().map(|i| i.stale_after(l.written).format("%Y-%m-%d %H:%M:%S UTC").to_string());
+                println!(
+                    "kept live lock {}: {what}, last written {written}; stale at {} unless its holder refreshes it (--remove-all removes it)",
+                    l.key,
+                    stale_at.unwrap_or_else(|| "-".into())
+                )
+            }
+        }
+        if l.removed {
+            removed += 1;
+        } else {
+            kept += 1;
+        }
+    }
+    println!("{removed} lock(s) removed, {kept} live lock(s) kept, {} temporary file(s) removed", report.temporaries_removed);
     Ok(())
 }
 
