@@ -250,3 +250,46 @@ fn an_encrypted_repository_turned_plain_is_refused_when_a_passphrase_is_given() 
     // Without the passphrase the user asked for nothing sealed: it works as a plain repository.
     ok(&["backup", "verify", &id, "--repo", repo_s]);
 }
+
+/// Sets a manifest's last-modified time, as the storage would have stamped it `secs_ago`.
+fn stamp_manifest(repo: &Path, id: &str, secs_ago: u64) {
+    let when = std::time::SystemTime::now() - std::time::Duration::from_secs(secs_ago);
+    std::fs::File::options().write(true).open(manifest_path(repo, id)).unwrap().set_modified(when).unwrap();
+}
+
+/// Anyone who can write to the bucket truncates the newest manifest: `latest` must not
+/// quietly become the backup before it. Every command that takes `latest` fails (exit 10),
+/// naming the damaged manifest and the newest good backup.
+#[test]
+fn a_damaged_newest_manifest_makes_latest_fail_instead_of_rolling_back() {
+    let snaps = snapshots();
+    let work = scratch("tamper-latest");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let older = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()]));
+    let newest = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()]));
+    stamp_manifest(&repo, &older, 60);
+    let bytes = std::fs::read(manifest_path(&repo, &newest)).unwrap();
+    std::fs::write(manifest_path(&repo, &newest), &bytes[..bytes.len() / 2]).unwrap();
+
+    let out_file = work.join("restored.db");
+    let scratch_dir = work.join("scratch");
+    std::fs::create_dir_all(&scratch_dir).unwrap();
+    for args in [
+        vec!["backup", "restore", "latest", "--repo", repo_s, "--to-file", out_file.to_str().unwrap()],
+        vec!["backup", "verify", "latest", "--repo", repo_s, "--scratch-dir", scratch_dir.to_str().unwrap()],
+        vec!["backup", "show", "latest", "--repo", repo_s],
+        vec!["backup", "url", "latest", "--repo", repo_s],
+        vec!["inspect", "extract", "--repo", repo_s, "latest", "-A"],
+    ] {
+        let err = fails(&args, 10);
+        assert!(err.contains(&newest) && err.contains(&older) && err.contains("newest good backup"), "{args:?}: {err}");
+    }
+    assert!(!out_file.exists(), "a restore of an older backup was written");
+    // The good backup by its id still works.
+    ok(&["backup", "restore", &older, "--repo", repo_s, "--to-file", out_file.to_str().unwrap()]);
+    // Repaired, `latest` is the newest again.
+    std::fs::write(manifest_path(&repo, &newest), &bytes).unwrap();
+    let shown: serde_json::Value = serde_json::from_str(&ok(&["backup", "show", "latest", "--repo", repo_s, "-w", "json"])).unwrap();
+    assert_eq!(shown["id"], newest.as_str());
+}

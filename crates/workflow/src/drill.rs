@@ -60,8 +60,13 @@ pub fn drill(opts: &DrillOptions, stop: &Stop, note: &mut dyn FnMut(&str)) -> Re
         Err(e) if e.kind == Kind::NotFound => return Ok(None),
         other => other?,
     };
-    let (backups, _) = repo.list_backups()?;
-    let Some(m) = backups.last() else { return Ok(None) };
+    // As `latest` means it: a damaged newest manifest fails the drill, not an older backup.
+    let m = match repo.latest() {
+        Ok(m) => m,
+        Err(etcdguard_repo::RepoError::BackupNotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let m = &m;
     let parent = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
     let (spool, _) = spool::create(&parent)?;
     let snapshot = spool.path().join("snapshot.db");
