@@ -293,3 +293,47 @@ fn a_damaged_newest_manifest_makes_latest_fail_instead_of_rolling_back() {
     let shown: serde_json::Value = serde_json::from_str(&ok(&["backup", "show", "latest", "--repo", repo_s, "-w", "json"])).unwrap();
     assert_eq!(shown["id"], newest.as_str());
 }
+
+/// The clear fields of an encrypted repository's manifests (labels, time, status) cannot be
+/// authenticated without the passphrase: `list` and `show` say so; with it, a forged field
+/// is flagged (exit 10).
+#[test]
+fn list_and_show_mark_unauthenticated_manifests_and_flag_forgeries_with_the_passphrase() {
+    let snaps = snapshots();
+    let work = scratch("tamper-list");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let with_pass = || {
+        let mut c = etcdguard();
+        c.env("ETCDGUARD_PASSPHRASE", "list test passphrase");
+        c
+    };
+    let id = created_id(&ok_with(
+        &mut with_pass(),
+        &["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap(), "--label", "env=prod"],
+    ));
+    let list = |c: &mut std::process::Command| -> serde_json::Value {
+        serde_json::from_str(&ok_with(c, &["backup", "list", "--repo", repo_s, "-w", "json"])).unwrap()
+    };
+    assert_eq!(list(&mut etcdguard())[0]["authenticated"], false);
+    assert_eq!(list(&mut with_pass())[0]["authenticated"], true);
+
+    let mut forged = read_manifest(&repo, &id);
+    forged["labels"]["env"] = "dev".into();
+    write_manifest(&repo, &id, &forged);
+    // Without the passphrase: shown as stored, marked unauthenticated.
+    let rows = list(&mut etcdguard());
+    assert_eq!((rows[0]["labels"]["env"].as_str(), rows[0]["authenticated"].as_bool()), (Some("dev"), Some(false)));
+    let out = run(etcdguard().args(["backup", "list", "--repo", repo_s]));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be authenticated"), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = ok(&["backup", "show", &id, "--repo", repo_s]);
+    assert!(shown.contains("authenticated") && shown.contains("no: the passphrase was not given"), "{shown}");
+    let shown: serde_json::Value = serde_json::from_str(&ok(&["backup", "show", &id, "--repo", repo_s, "-w", "json"])).unwrap();
+    assert_eq!(shown["authenticated"], false);
+    // With it: the forgery is named.
+    let err = fails_with(&mut with_pass(), &["backup", "list", "--repo", repo_s], 10);
+    assert!(err.contains(&id) && err.contains("manifest was modified"), "{err}");
+    let err = fails_with(&mut with_pass(), &["backup", "show", &id, "--repo", repo_s], 10);
+    assert!(err.contains("manifest was modified"), "{err}");
+}

@@ -662,8 +662,24 @@ fn labels_text(m: &Manifest) -> String {
     m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
+/// Unlocks an encrypted repository when a passphrase is given, so its manifests are
+/// checked; says whether they are (see `Repository::authenticates_manifests`).
+fn unlock_if_given(repo: &mut Repository, arg: &RepoArg) -> Result<bool, Failure> {
+    let spec = arg.spec();
+    if repo.is_encrypted() && spec.passphrase()?.is_some() {
+        spec.unlock(repo)?;
+    }
+    Ok(repo.authenticates_manifests())
+}
+
+/// What `list` and `show` say when an encrypted repository's manifests were not checked.
+const UNAUTHENTICATED_NOTE: &str = "note: without the passphrase the clear fields of these manifests (time, labels, \
+cluster, etcd status) cannot be authenticated: anyone who can write to the repository could have changed them. Give \
+the passphrase (ETCDGUARD_PASSPHRASE or --passphrase-file) to check them";
+
 fn list(args: ListArgs) -> Result<()> {
-    let repo = open_repo(&args.repo)?;
+    let mut repo = open_repo(&args.repo)?;
+    let authenticated = unlock_if_given(&mut repo, &args.repo)?;
     let (backups, bad) = repo.list_backups().map_err(failure)?;
     for b in &bad {
         eprintln!("warning: unreadable manifest {b}");
@@ -685,6 +701,7 @@ fn list(args: ListArgs) -> Result<()> {
                         "verified": m.etcd.verified,
                         "labels": m.labels,
                         "hostname": m.hostname,
+                        "authenticated": authenticated,
                     })
                 })
                 .collect();
@@ -707,6 +724,8 @@ fn list(args: ListArgs) -> Result<()> {
             print!("{}", table(&rows));
             if backups.is_empty() {
                 eprintln!("no backups in {}", repo.location());
+            } else if repo.is_encrypted() && !authenticated {
+                eprintln!("{UNAUTHENTICATED_NOTE}");
             }
         }
     }
@@ -719,14 +738,15 @@ fn list(args: ListArgs) -> Result<()> {
 fn show(args: ShowArgs) -> Result<()> {
     let mut repo = open_repo(&args.repo)?;
     // The file list and certificates of an encrypted repository's manifests are sealed: open
-    // them when a passphrase is given, else say where they went.
-    let spec = args.repo.spec();
-    if repo.is_encrypted() && spec.passphrase()?.is_some() {
-        spec.unlock(&mut repo)?;
-    }
+    // them (and check the clear part) when a passphrase is given, else say where they went.
+    let authenticated = unlock_if_given(&mut repo, &args.repo)?;
     let m = resolve(&repo, &args.id)?;
     if args.write_out == TextJson::Json {
-        println!("{}", serde_json::to_string_pretty(&m)?);
+        let mut v = serde_json::to_value(&m)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("authenticated".into(), authenticated.into());
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let verified_at = repo.verification(&m.id).map_err(failure)?;
@@ -768,6 +788,9 @@ fn show(args: ShowArgs) -> Result<()> {
     line("chunks", format!("{} of {} ({} chunk lists)", m.snapshot.chunks, human(m.snapshot.chunk_size as u64), m.snapshot.chunk_lists.len()));
     line("encoding", format!("compression {}, encryption {}", m.encoding.compression, m.encoding.encryption));
     line("size", format!("{} original, {} added to the repository", human(m.sizes.original), human(m.sizes.added)));
+    if repo.is_encrypted() && !authenticated {
+        line("authenticated", "no: the passphrase was not given, so the fields above are as stored, unchecked".into());
+    }
     if m.contents_sealed() {
         // Files and certificates are in the sealed part of an encrypted repository's manifest.
         line("files", "file list is encrypted, give the passphrase (ETCDGUARD_PASSPHRASE or --passphrase-file) to list it".into());

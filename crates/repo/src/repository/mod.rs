@@ -395,6 +395,13 @@ impl Repository {
         self.is_encrypted() && self.config.version >= SEALED_FORMAT_VERSION
     }
 
+    /// Whether the manifests read are checked against the key: an encrypted repository of
+    /// format 2, unlocked. Otherwise their clear fields (time, labels, cluster, status) are
+    /// whatever the stored file says: anyone who can write to the storage can change them.
+    pub fn authenticates_manifests(&self) -> bool {
+        self.metadata_keys().is_some()
+    }
+
     /// The keys when manifests and index files are sealed/authenticated under them.
     fn metadata_keys(&self) -> Option<&Keys> {
         self.keys.as_ref().filter(|k| k.authenticates_metadata())
