@@ -347,6 +347,7 @@ pub struct CreateArgs {
     #[arg(long, value_name = "FILE")]
     pub encryption_config: Option<PathBuf>,
     /// Any other file or directory to keep with the backup (repeatable); stored as files/…
+    /// (FIFOs, sockets and devices are refused; inside a directory they are skipped, with a note).
     #[arg(long = "file", value_name = "PATH")]
     pub files: Vec<PathBuf>,
     /// KEY=VALUE label to attach (repeatable).
