@@ -528,7 +528,8 @@ pub(crate) fn check_stored(repo: &Repository, index: &etcdguard_repo::pack::Inde
 /// What `backup restore` brings back, and where.
 pub struct RestoreOptions {
     pub repo: RepoSpec,
-    /// Backup id, unique prefix, or `latest`.
+    /// Backup id, unique prefix, or `latest`; with `at`, the full backup to start from, or
+    /// empty to find the newest one before the point.
     pub id: String,
     /// Write the snapshot file here (must not exist).
     pub to_file: Option<PathBuf>,
@@ -538,7 +539,7 @@ pub struct RestoreOptions {
     /// snapshot path and the hash check are filled in here.
     pub data_dir: Option<crate::restore::SnapshotRestoreOptions>,
     /// Point in time: the database as it was at this revision or time, built from the newest
-    /// full backup before it and its continuous changes (`id` is then ignored).
+    /// full backup before it (or `id`) and its continuous changes.
     pub at: Option<crate::capture::At>,
 }
 
@@ -565,7 +566,7 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
             if repo.is_encrypted() {
                 opts.repo.unlock(&mut repo)?;
             }
-            Some(crate::capture::plan_at(&repo, at)?)
+            Some(crate::capture::plan_at(&repo, at, (!opts.id.is_empty()).then_some(opts.id.as_str()))?)
         }
         None => None,
     };

@@ -461,7 +461,8 @@ pub struct VerifyArgs {
 pub struct RestoreArgs {
     #[command(flatten)]
     pub repo: RepoArg,
-    /// Backup id, unique prefix, or `latest` (with --at: optional, the right full backup is found).
+    /// Backup id, unique prefix, or `latest`. With --at: the full backup to start from (the
+    /// point must be at or after it); without, the newest full backup before the point.
     #[arg(required_unless_present = "at")]
     pub id: Option<String>,
     /// Point in time: the database exactly as it was at this revision, or at the last revision
@@ -866,13 +867,14 @@ fn restore(args: RestoreArgs) -> Result<()> {
     });
     if args.dry_run {
         let at = args.at.expect("clap: --dry-run requires --at");
-        let plan = etcdguard_workflow::capture::plan(&args.repo.spec(), at)?;
+        let plan = etcdguard_workflow::capture::plan(&args.repo.spec(), at, args.id.as_deref())?;
         print!("{}", crate::cmd::capture::plan_text(&plan));
         return Ok(());
     }
     let opts = backup::RestoreOptions {
         repo: RepoSpec { transfer: args.parallel.transfer(None), ..args.repo.spec() },
-        id: args.id.clone().unwrap_or_else(|| "latest".into()),
+        // With --at and no ID the right full backup is found.
+        id: args.id.clone().unwrap_or_default(),
         to_file: args.to_file.clone(),
         files_to: args.files_to.clone(),
         data_dir,
