@@ -27,7 +27,9 @@ const REPO_HELP: &str = "Repository: a local directory (the default), s3://BUCKE
 az://CONTAINER[/PREFIX]. Options go in the query: ?endpoint=http://host:9000&region=us-east-1&path-style=true \
 (S3-compatible servers), ?account=NAME (Azure), ?retries=N. Credentials come from the environment and files as \
 the cloud SDKs read them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_PROFILE and ~/.aws/credentials, \
-GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_NAME/AZURE_STORAGE_ACCOUNT_KEY).";
+GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_NAME/AZURE_STORAGE_ACCOUNT_KEY). Without S3 credentials \
+the EC2 instance metadata address is asked for them only for AWS itself and unless AWS_EC2_METADATA_DISABLED=true; \
+requests to another endpoint go unsigned.";
 
 #[derive(Subcommand)]
 pub enum BackupCommand {
