@@ -337,3 +337,38 @@ fn list_and_show_mark_unauthenticated_manifests_and_flag_forgeries_with_the_pass
     let err = fails_with(&mut with_pass(), &["backup", "show", &id, "--repo", repo_s], 10);
     assert!(err.contains("manifest was modified"), "{err}");
 }
+
+/// Damage is exit 10, not the generic 1: a pack cut short, and key files that are not key
+/// files (not a wrong passphrase, 16).
+#[test]
+fn a_truncated_pack_or_unreadable_key_files_are_damage() {
+    let snaps = snapshots();
+    let work = scratch("tamper-exit-codes");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()]);
+    let mut packs = Vec::new();
+    for sub in std::fs::read_dir(repo.join("packs")).unwrap() {
+        for p in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            packs.push(p.unwrap().path());
+        }
+    }
+    for p in &packs {
+        std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(100).unwrap();
+    }
+    let err = fails(&["backup", "restore", "latest", "--repo", repo_s, "--to-file", work.join("out.db").to_str().unwrap()], 10);
+    assert!(err.contains("truncated"), "{err}");
+
+    let sealed = work.join("sealed");
+    let sealed_s = sealed.to_str().unwrap();
+    let mut with_pass = etcdguard();
+    with_pass.env("ETCDGUARD_PASSPHRASE", "exit code passphrase");
+    ok_with(&mut with_pass, &["backup", "create", "--repo", sealed_s, "--from-file", snaps.first.to_str().unwrap()]);
+    for key in std::fs::read_dir(sealed.join("keys")).unwrap() {
+        std::fs::write(key.unwrap().path(), b"{ not a key").unwrap();
+    }
+    let mut with_pass = etcdguard();
+    with_pass.env("ETCDGUARD_PASSPHRASE", "exit code passphrase");
+    let err = fails_with(&mut with_pass, &["backup", "verify", "latest", "--repo", sealed_s], 10);
+    assert!(err.contains("no key file is readable"), "{err}");
+}

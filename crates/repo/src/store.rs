@@ -41,6 +41,9 @@ pub enum StoreError {
     Unsupported(String),
     #[error("invalid repository URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
+    /// An object is shorter than what is read of it: it was truncated (damage).
+    #[error("{0}: shorter than expected; the object was truncated (damaged)")]
+    Truncated(String),
     #[error("{0}")]
     Other(String),
 }
@@ -437,7 +440,7 @@ impl Store for LocalDir {
         let mut buf = vec![0u8; (range.end - range.start) as usize];
         f.read_exact_at(&mut buf, range.start).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                StoreError::Other(format!("{}: shorter than expected (wanted bytes {range:?})", self.path(key).display()))
+                StoreError::Truncated(format!("{} (wanted bytes {range:?})", self.path(key).display()))
             } else {
                 self.io_err(key, e)
             }
@@ -638,7 +641,7 @@ impl Store for ObjectStoreBackend {
         let want = range.end - range.start;
         let got = self.runtime.block_on(self.store.get_range(&path, range.clone())).map_err(|e| self.map_err(key, e))?;
         if got.len() as u64 != want {
-            return Err(StoreError::Other(format!("{}/{key}: wanted {want} bytes at {}, got {}", self.location, range.start, got.len())));
+            return Err(StoreError::Truncated(format!("{}/{key} (wanted {want} bytes at {}, got {})", self.location, range.start, got.len())));
         }
         Ok(got)
     }

@@ -757,6 +757,7 @@ pub fn materialize(repo: &Repository, plan: &AtPlan, out: &Path, scratch: &Path)
     let replayed = result.map_err(|e| match e {
         etcdguard_storage::replay::ReplayError::Gap(m) => Error::new(Kind::Corrupt, format!("the continuous changes have a gap: {m}")),
         etcdguard_storage::replay::ReplayError::Source(m) => Error::new(Kind::Corrupt, format!("reading the continuous changes: {m}")),
+        etcdguard_storage::replay::ReplayError::BadEvent(m) => Error::new(Kind::Corrupt, format!("a damaged change record: {m}")),
         other => Error::failure(format!("building the database at revision {}: {other}", plan.revision)),
     })?;
     if replayed.to_revision != plan.revision {

@@ -242,6 +242,7 @@ impl Repository {
             return Err(RepoError::Damaged(format!("{} is encrypted but holds no keys/ (the key was lost)", self.location())));
         }
         let mut problems = Vec::new();
+        let key_count = key_files.len();
         for obj in key_files {
             let bytes = self.store.get(&obj.key)?;
             let file: KeyFile = match serde_json::from_slice(&bytes) {
@@ -260,6 +261,10 @@ impl Repository {
                 Err(crypto::KeyError::WrongPassphrase) => {}
                 Err(e) => problems.push(format!("{}: {e}", obj.key)),
             }
+        }
+        if problems.len() == key_count {
+            // No key file could even be tried: that is damage, not a wrong passphrase.
+            return Err(RepoError::Damaged(format!("{}: no key file is readable ({})", self.location(), problems.join("; "))));
         }
         let extra = if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) };
         Err(RepoError::WrongPassphrase(format!("{}{extra}", self.location())))
