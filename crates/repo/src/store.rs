@@ -187,7 +187,7 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
                 || (std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() && std::env::var_os("AWS_ROLE_ARN").is_some())
                 || aws_profile_value("aws_access_key_id", false).is_some();
             let metadata_disabled = std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-            if !may_ask_instance_metadata(endpoint.as_deref(), has_credentials, metadata_disabled) {
+            if !has_credentials && !may_ask_instance_metadata(endpoint.as_deref(), metadata_disabled) {
                 // No credentials to sign with: requests go unsigned (a server that wants
                 // them answers 403), and nothing asks the cloud metadata address.
                 b = b.with_skip_signature(true);
@@ -241,13 +241,13 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 /// address (169.254.169.254), as the AWS SDKs do: not when `AWS_EC2_METADATA_DISABLED=true`,
 /// and not for an endpoint outside AWS (MinIO, Ceph, a test server), whose credentials no
 /// instance role provides.
-fn may_ask_instance_metadata(endpoint: Option<&str>, has_credentials: bool, disabled: bool) -> bool {
+fn may_ask_instance_metadata(endpoint: Option<&str>, disabled: bool) -> bool {
     let aws_endpoint = |e: &str| {
         url::Url::parse(e).ok().and_then(|u| u.host_str().map(str::to_ascii_lowercase)).is_some_and(|h| {
             h.ends_with(".amazonaws.com") || h.ends_with(".amazonaws.com.cn")
         })
     };
-    !has_credentials && !disabled && endpoint.is_none_or(aws_endpoint)
+    !disabled && endpoint.is_none_or(aws_endpoint)
 }
 
 /// Reads one value from the AWS shared config files, as the SDKs do: `AWS_PROFILE` (or
@@ -731,13 +731,12 @@ mod tests {
 
     #[test]
     fn instance_metadata_is_asked_only_on_aws_without_credentials() {
-        assert!(may_ask_instance_metadata(None, false, false));
-        assert!(may_ask_instance_metadata(Some("https://bucket.vpce-1a2b.s3.us-east-1.vpce.amazonaws.com"), false, false));
-        assert!(!may_ask_instance_metadata(None, true, false));
-        assert!(!may_ask_instance_metadata(None, false, true));
-        assert!(!may_ask_instance_metadata(Some("http://127.0.0.1:9000"), false, false));
-        assert!(!may_ask_instance_metadata(Some("https://minio.example.com"), false, false));
-        assert!(!may_ask_instance_metadata(Some("not a url"), false, false));
+        assert!(may_ask_instance_metadata(None, false));
+        assert!(may_ask_instance_metadata(Some("https://bucket.vpce-1a2b.s3.us-east-1.vpce.amazonaws.com"), false));
+        assert!(!may_ask_instance_metadata(None, true));
+        assert!(!may_ask_instance_metadata(Some("http://127.0.0.1:9000"), false));
+        assert!(!may_ask_instance_metadata(Some("https://minio.example.com"), false));
+        assert!(!may_ask_instance_metadata(Some("not a url"), false));
     }
 
     #[test]
