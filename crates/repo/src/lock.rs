@@ -182,6 +182,8 @@ pub struct FoundLock {
     pub info: Option<LockInfo>,
     /// Last written, by the storage's clock.
     pub written: DateTime<Utc>,
+    /// When it is (or was) stale, by the storage's clock, unless rewritten.
+    pub stale_at: DateTime<Utc>,
     pub stale: bool,
     pub removed: bool,
 }
@@ -215,9 +217,10 @@ pub fn unlock(store: &dyn Store, remove_all: bool) -> Result<UnlockReport, RepoE
             Err(StoreError::NotFound(_)) => continue,
             Err(e) => return Err(e.into()),
         };
+        let stale_at = info.as_ref().map_or(when + to_chrono(LOCK_TTL), |i| i.stale_after(when));
         let stale = match &info {
             Some(i) => i.is_stale(when, now),
-            None => now > when + to_chrono(LOCK_TTL),
+            None => now > stale_at,
         };
         let removed = if stale || remove_all {
             store.delete(&object.key)?;
@@ -225,7 +228,7 @@ pub fn unlock(store: &dyn Store, remove_all: bool) -> Result<UnlockReport, RepoE
         } else {
             false
         };
-        report.locks.push(FoundLock { key: object.key.clone(), info, written: when, stale, removed });
+        report.locks.push(FoundLock { key: object.key.clone(), info, written: when, stale_at, stale, removed });
     }
     report.temporaries_removed = store.sweep_temporaries("locks/", LOCK_TTL)?;
     Ok(report)

@@ -971,14 +971,12 @@ fn unlock(args: UnlockArgs) -> Result<()> {
                  going unprotected until its next refresh rewrites the lock",
                 l.key
             ),
-            (false, _) => {
-                let stale_at = l.info.as_ref().map(|i| i.stale_after(l.written).format("%Y-%m-%d %H:%M:%S UTC").to_string());
-                println!(
-                    "kept live lock {}: {what}, last written {written}; stale at {} unless its holder refreshes it (--remove-all removes it)",
-                    l.key,
-                    stale_at.unwrap_or_else(|| "-".into())
-                )
-            }
+            (false, _) => println!(
+                "kept {} {}: {what}, last written {written}; stale at {} unless its holder refreshes it (--remove-all removes it)",
+                if l.info.is_some() { "live lock" } else { "young lock object" },
+                l.key,
+                l.stale_at.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
         }
         if l.removed {
             removed += 1;
