@@ -230,7 +230,7 @@ pub fn unlock(store: &dyn Store, remove_all: bool) -> Result<UnlockReport, RepoE
         };
         report.locks.push(FoundLock { key: object.key.clone(), info, written: when, stale_at, stale, removed });
     }
-    report.temporaries_removed = store.sweep_temporaries("locks/", LOCK_TTL)?;
+    report.temporaries_removed = store.sweep_temporaries("locks/", crate::repository::TEMPORARY_FILE_MAX_AGE)?;
     Ok(report)
 }
 
@@ -249,8 +249,9 @@ pub fn hostname() -> String {
 pub struct Lock {
     store: Arc<dyn Store>,
     key: String,
-    /// When the last successful write of the lock object began, and the lifetime it asked for.
+    /// When the last successful write of the lock object began.
     written: Arc<Mutex<Instant>>,
+    /// The lifetime it asks for.
     ttl: Duration,
     refresher: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
@@ -324,7 +325,7 @@ impl Lock {
             }
         }
         if exclusive {
-            let _ = store.sweep_temporaries("locks/", LOCK_TTL);
+            let _ = store.sweep_temporaries("locks/", crate::repository::TEMPORARY_FILE_MAX_AGE);
         }
         let (tx, rx) = mpsc::channel::<()>();
         let refresh_store = store.clone();
