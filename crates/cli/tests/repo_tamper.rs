@@ -275,7 +275,11 @@ fn a_damaged_newest_manifest_makes_latest_fail_instead_of_rolling_back() {
     let out_file = work.join("restored.db");
     let scratch_dir = work.join("scratch");
     std::fs::create_dir_all(&scratch_dir).unwrap();
+    let kubernetes_dir = work.join("kubernetes");
+    std::fs::create_dir_all(kubernetes_dir.join("manifests")).unwrap();
     for args in [
+        vec!["node", "restore", "--backup", "latest", "--repo", repo_s, "--kubernetes-dir", kubernetes_dir.to_str().unwrap(), "--dry-run"],
+        vec!["inspect", "diff", &older, "latest", "--repo", repo_s],
         vec!["backup", "restore", "latest", "--repo", repo_s, "--to-file", out_file.to_str().unwrap()],
         vec!["backup", "verify", "latest", "--repo", repo_s, "--scratch-dir", scratch_dir.to_str().unwrap()],
         vec!["backup", "show", "latest", "--repo", repo_s],
