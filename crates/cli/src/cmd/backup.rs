@@ -100,7 +100,8 @@ pub enum BackupCommand {
     /// that have one; --keep-within D keeps all taken within D of the newest. A backup kept by
     /// any rule stays; the newest verified backup always stays. Without rules only unused data
     /// is removed (after `backup delete`, or left by an interrupted create). Waits for no one:
-    /// fails at once (exit 15) while another etcdguard writes to the repository.
+    /// fails at once (exit 15) while another etcdguard writes to the repository; locks left
+    /// unrefreshed for 5 minutes (by the storage's clock) are stale and removed.
     ///
     /// Examples:
     ///   etcdguard backup prune --repo /var/backups/etcd --keep-hourly 24 --keep-daily 7 --keep-weekly 4 --dry-run
