@@ -500,3 +500,34 @@ fn rand_suffix() -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     N.fetch_add(1, Ordering::SeqCst).to_string()
 }
+
+/// `--file /dev/zero`, a FIFO or a socket given to back up is refused (exit 2) before anything
+/// is stored; one found inside a directory is skipped, and stderr says so.
+#[test]
+fn devices_fifos_and_sockets_are_refused_or_skipped_out_loud() {
+    let snaps = snapshots();
+    let work = scratch("special-files");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let first = snaps.first.to_str().unwrap();
+    let fifo = work.join("a-fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let socket_dir = work.join("sock");
+    std::fs::create_dir_all(&socket_dir).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(socket_dir.join("s.sock")).unwrap();
+    for (flag, path) in [("--file", "/dev/zero"), ("--file", fifo.to_str().unwrap()), ("--file", socket_dir.join("s.sock").to_str().unwrap()), ("--encryption-config", "/dev/null")] {
+        let err = fails(&["backup", "create", "--repo", repo_s, "--from-file", first, flag, path], 2);
+        assert!(err.contains(path) && err.contains("only files, directories and symlinks"), "{path}: {err}");
+    }
+    assert!(!repo.join("backups").exists() || std::fs::read_dir(repo.join("backups")).unwrap().next().is_none(), "a backup was stored");
+
+    // Inside a directory: skipped, and said.
+    let (pki, _, _) = control_plane(&work);
+    assert!(std::process::Command::new("mkfifo").arg(pki.join("etcd/pipe")).status().unwrap().success());
+    let _inner = std::os::unix::net::UnixListener::bind(pki.join("agent.sock")).unwrap();
+    let out = run(etcdguard().args(["backup", "create", "--repo", repo_s, "--from-file", first, "--pki-dir", pki.to_str().unwrap()]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("skipped {} (a FIFO)", pki.join("etcd/pipe").display())), "{stderr}");
+    assert!(stderr.contains(&format!("skipped {} (a socket)", pki.join("agent.sock").display())), "{stderr}");
+}

@@ -450,3 +450,36 @@ fn out_of_range_values_are_usage_errors() {
     let out = etcdguard().args(["backup", "prune", "--repo", repo, "--keep-within", "100y", "--dry-run"]).output().unwrap();
     expect_code(&out, 0, "--keep-within 100y");
 }
+
+/// An S3 repository without credentials whose endpoint is down: "unreachable" (exit 12),
+/// not "access denied", and no request to a cloud instance metadata address (a stand-in
+/// for it listens on loopback, named by AWS_METADATA_ENDPOINT, and must see no connection),
+/// even with AWS_EC2_METADATA_DISABLED unset.
+#[test]
+fn s3_without_credentials_and_a_dead_endpoint_is_unreachable_and_asks_no_metadata() {
+    let home = tempfile::tempdir().unwrap();
+    let metadata = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    metadata.set_nonblocking(true).unwrap();
+    let metadata_url = format!("http://{}", metadata.local_addr().unwrap());
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let repo = format!("s3://etcd-backups/p?endpoint=http://127.0.0.1:{dead_port}&retries=0&timeout=5s");
+    let mut cmd = etcdguard();
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env_remove("AWS_EC2_METADATA_DISABLED")
+        .env("HOME", home.path())
+        .env("AWS_METADATA_ENDPOINT", &metadata_url)
+        .env("AWS_REGION", "us-east-1")
+        .args(["backup", "list", "--repo", &repo]);
+    let out = output_within(&mut cmd, std::time::Duration::from_secs(60));
+    assert_no_panic(&out, "backup list");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(12), "{stderr}");
+    assert!(stderr.contains("unreachable") && !stderr.contains("access denied"), "{stderr}");
+    assert!(metadata.accept().is_err(), "the metadata address was asked");
+}

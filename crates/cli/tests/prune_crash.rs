@@ -417,9 +417,8 @@ fn check_every_backup(repo: &TrialRepo, work: &Path, killed: u32, may_be_empty: 
 }
 
 /// Runs etcdguard; Ok(stdout) on exit 0. A lock left by the killed process may make a command
-/// exit 15 (locked): etcdguard has no user-facing way to clear a lock (its message says to
-/// wait until it is stale), so the test removes that process's lock file, as a user would
-/// have to, and runs the command once more.
+/// exit 15 (locked): rather than wait until the lock is stale (or run `backup unlock
+/// --remove-all`), the test removes that process's lock file and runs the command once more.
 fn run_checked(repo: &TrialRepo, args: &[&str], killed: u32) -> Result<String, String> {
     let mut retried = false;
     loop {

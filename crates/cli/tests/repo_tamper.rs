@@ -250,3 +250,129 @@ fn an_encrypted_repository_turned_plain_is_refused_when_a_passphrase_is_given() 
     // Without the passphrase the user asked for nothing sealed: it works as a plain repository.
     ok(&["backup", "verify", &id, "--repo", repo_s]);
 }
+
+/// Sets a manifest's last-modified time, as the storage would have stamped it `secs_ago`.
+fn stamp_manifest(repo: &Path, id: &str, secs_ago: u64) {
+    let when = std::time::SystemTime::now() - std::time::Duration::from_secs(secs_ago);
+    std::fs::File::options().write(true).open(manifest_path(repo, id)).unwrap().set_modified(when).unwrap();
+}
+
+/// Anyone who can write to the bucket truncates the newest manifest: `latest` must not
+/// quietly become the backup before it. Every command that takes `latest` fails (exit 10),
+/// naming the damaged manifest and the newest good backup.
+#[test]
+fn a_damaged_newest_manifest_makes_latest_fail_instead_of_rolling_back() {
+    let snaps = snapshots();
+    let work = scratch("tamper-latest");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let older = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()]));
+    let newest = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()]));
+    stamp_manifest(&repo, &older, 60);
+    let bytes = std::fs::read(manifest_path(&repo, &newest)).unwrap();
+    std::fs::write(manifest_path(&repo, &newest), &bytes[..bytes.len() / 2]).unwrap();
+
+    let out_file = work.join("restored.db");
+    let scratch_dir = work.join("scratch");
+    std::fs::create_dir_all(&scratch_dir).unwrap();
+    let kubernetes_dir = work.join("kubernetes");
+    std::fs::create_dir_all(kubernetes_dir.join("manifests")).unwrap();
+    for args in [
+        vec!["node", "restore", "--backup", "latest", "--repo", repo_s, "--kubernetes-dir", kubernetes_dir.to_str().unwrap(), "--dry-run"],
+        vec!["inspect", "diff", &older, "latest", "--repo", repo_s],
+        vec!["backup", "restore", "latest", "--repo", repo_s, "--to-file", out_file.to_str().unwrap()],
+        vec!["backup", "verify", "latest", "--repo", repo_s, "--scratch-dir", scratch_dir.to_str().unwrap()],
+        vec!["backup", "show", "latest", "--repo", repo_s],
+        vec!["backup", "url", "latest", "--repo", repo_s],
+        vec!["inspect", "extract", "--repo", repo_s, "latest", "-A"],
+    ] {
+        let err = fails(&args, 10);
+        assert!(err.contains(&newest) && err.contains(&older) && err.contains("newest good backup"), "{args:?}: {err}");
+    }
+    assert!(!out_file.exists(), "a restore of an older backup was written");
+    // The good backup by its id still works.
+    ok(&["backup", "restore", &older, "--repo", repo_s, "--to-file", out_file.to_str().unwrap()]);
+    // Repaired, `latest` is the newest again.
+    std::fs::write(manifest_path(&repo, &newest), &bytes).unwrap();
+    let shown: serde_json::Value = serde_json::from_str(&ok(&["backup", "show", "latest", "--repo", repo_s, "-w", "json"])).unwrap();
+    assert_eq!(shown["id"], newest.as_str());
+}
+
+/// The clear fields of an encrypted repository's manifests (labels, time, status) cannot be
+/// authenticated without the passphrase: `list` and `show` say so; with it, a forged field
+/// is flagged (exit 10).
+#[test]
+fn list_and_show_mark_unauthenticated_manifests_and_flag_forgeries_with_the_passphrase() {
+    let snaps = snapshots();
+    let work = scratch("tamper-list");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let with_pass = || {
+        let mut c = etcdguard();
+        c.env("ETCDGUARD_PASSPHRASE", "list test passphrase");
+        c
+    };
+    let id = created_id(&ok_with(
+        &mut with_pass(),
+        &["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap(), "--label", "env=prod"],
+    ));
+    let list = |c: &mut std::process::Command| -> serde_json::Value {
+        serde_json::from_str(&ok_with(c, &["backup", "list", "--repo", repo_s, "-w", "json"])).unwrap()
+    };
+    assert_eq!(list(&mut etcdguard())[0]["authenticated"], false);
+    assert_eq!(list(&mut with_pass())[0]["authenticated"], true);
+
+    let mut forged = read_manifest(&repo, &id);
+    forged["labels"]["env"] = "dev".into();
+    write_manifest(&repo, &id, &forged);
+    // Without the passphrase: shown as stored, marked unauthenticated.
+    let rows = list(&mut etcdguard());
+    assert_eq!((rows[0]["labels"]["env"].as_str(), rows[0]["authenticated"].as_bool()), (Some("dev"), Some(false)));
+    let out = run(etcdguard().args(["backup", "list", "--repo", repo_s]));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be authenticated"), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = ok(&["backup", "show", &id, "--repo", repo_s]);
+    assert!(shown.contains("authenticated") && shown.contains("no: the passphrase was not given"), "{shown}");
+    let shown: serde_json::Value = serde_json::from_str(&ok(&["backup", "show", &id, "--repo", repo_s, "-w", "json"])).unwrap();
+    assert_eq!(shown["authenticated"], false);
+    // With it: the forgery is named.
+    let err = fails_with(&mut with_pass(), &["backup", "list", "--repo", repo_s], 10);
+    assert!(err.contains(&id) && err.contains("manifest was modified"), "{err}");
+    let err = fails_with(&mut with_pass(), &["backup", "show", &id, "--repo", repo_s], 10);
+    assert!(err.contains("manifest was modified"), "{err}");
+}
+
+/// Damage is exit 10, not the generic 1: a pack cut short, and key files that are not key
+/// files (not a wrong passphrase, 16).
+#[test]
+fn a_truncated_pack_or_unreadable_key_files_are_damage() {
+    let snaps = snapshots();
+    let work = scratch("tamper-exit-codes");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()]);
+    let mut packs = Vec::new();
+    for sub in std::fs::read_dir(repo.join("packs")).unwrap() {
+        for p in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            packs.push(p.unwrap().path());
+        }
+    }
+    for p in &packs {
+        std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(100).unwrap();
+    }
+    let err = fails(&["backup", "restore", "latest", "--repo", repo_s, "--to-file", work.join("out.db").to_str().unwrap()], 10);
+    assert!(err.contains("truncated"), "{err}");
+
+    let sealed = work.join("sealed");
+    let sealed_s = sealed.to_str().unwrap();
+    let mut with_pass = etcdguard();
+    with_pass.env("ETCDGUARD_PASSPHRASE", "exit code passphrase");
+    ok_with(&mut with_pass, &["backup", "create", "--repo", sealed_s, "--from-file", snaps.first.to_str().unwrap()]);
+    for key in std::fs::read_dir(sealed.join("keys")).unwrap() {
+        std::fs::write(key.unwrap().path(), b"{ not a key").unwrap();
+    }
+    let mut with_pass = etcdguard();
+    with_pass.env("ETCDGUARD_PASSPHRASE", "exit code passphrase");
+    let err = fails_with(&mut with_pass, &["backup", "verify", "latest", "--repo", sealed_s], 10);
+    assert!(err.contains("no key file is readable"), "{err}");
+}

@@ -41,6 +41,9 @@ pub enum StoreError {
     Unsupported(String),
     #[error("invalid repository URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
+    /// An object is shorter than what is read of it: it was truncated (damage).
+    #[error("{0}: shorter than expected; the object was truncated (damaged)")]
+    Truncated(String),
     #[error("{0}")]
     Other(String),
 }
@@ -98,7 +101,9 @@ pub trait Store: Send + Sync {
 /// `AWS_PROFILE` and `~/.aws/credentials`; `GOOGLE_APPLICATION_CREDENTIALS`;
 /// `AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_USE_EMULATOR` …)
 /// and from query parameters on the URL: `endpoint=`, `region=`, `path-style=true|false`
-/// (S3), `account=` (Azure), `retries=`.
+/// (S3), `account=` (Azure), `retries=`. Without S3 credentials, the instance metadata
+/// address is asked only for AWS itself and unless `AWS_EC2_METADATA_DISABLED=true`;
+/// otherwise requests go unsigned.
 pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     let invalid = |reason: &str| StoreError::InvalidUrl { url: url.to_string(), reason: reason.to_string() };
     let Some((scheme, _)) = url.split_once("://") else {
@@ -176,6 +181,17 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
                     }
                 }
             }
+            let has_credentials = ["AWS_ACCESS_KEY_ID", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"]
+                .iter()
+                .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()))
+                || (std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() && std::env::var_os("AWS_ROLE_ARN").is_some())
+                || aws_profile_value("aws_access_key_id", false).is_some();
+            let metadata_disabled = std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+            if !has_credentials && !may_ask_instance_metadata(endpoint.as_deref(), metadata_disabled) {
+                // No credentials to sign with: requests go unsigned (a server that wants
+                // them answers 403), and nothing asks the cloud metadata address.
+                b = b.with_skip_signature(true);
+            }
             let s3 = Arc::new(b.with_retry(retry).with_client_options(client).build().map_err(build_err)?);
             (s3.clone(), Some(s3), "s3")
         }
@@ -219,6 +235,19 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         bucket,
         prefix,
     }))
+}
+
+/// Whether an S3 client without credentials may fetch them from the EC2 instance metadata
+/// address (169.254.169.254), as the AWS SDKs do: not when `AWS_EC2_METADATA_DISABLED=true`,
+/// and not for an endpoint outside AWS (MinIO, Ceph, a test server), whose credentials no
+/// instance role provides.
+fn may_ask_instance_metadata(endpoint: Option<&str>, disabled: bool) -> bool {
+    let aws_endpoint = |e: &str| {
+        url::Url::parse(e).ok().and_then(|u| u.host_str().map(str::to_ascii_lowercase)).is_some_and(|h| {
+            h.ends_with(".amazonaws.com") || h.ends_with(".amazonaws.com.cn")
+        })
+    };
+    !disabled && endpoint.is_none_or(aws_endpoint)
 }
 
 /// Reads one value from the AWS shared config files, as the SDKs do: `AWS_PROFILE` (or
@@ -411,7 +440,7 @@ impl Store for LocalDir {
         let mut buf = vec![0u8; (range.end - range.start) as usize];
         f.read_exact_at(&mut buf, range.start).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                StoreError::Other(format!("{}: shorter than expected (wanted bytes {range:?})", self.path(key).display()))
+                StoreError::Truncated(format!("{} (wanted bytes {range:?})", self.path(key).display()))
             } else {
                 self.io_err(key, e)
             }
@@ -612,7 +641,7 @@ impl Store for ObjectStoreBackend {
         let want = range.end - range.start;
         let got = self.runtime.block_on(self.store.get_range(&path, range.clone())).map_err(|e| self.map_err(key, e))?;
         if got.len() as u64 != want {
-            return Err(StoreError::Other(format!("{}/{key}: wanted {want} bytes at {}, got {}", self.location, range.start, got.len())));
+            return Err(StoreError::Truncated(format!("{}/{key} (wanted {want} bytes at {}, got {})", self.location, range.start, got.len())));
         }
         Ok(got)
     }
@@ -698,6 +727,16 @@ mod tests {
         assert_eq!(ini_value(text, "other", "aws_access_key_id").as_deref(), Some("B"));
         assert_eq!(ini_value(text, "profile x", "region").as_deref(), Some("eu-west-1"));
         assert_eq!(ini_value(text, "nope", "region"), None);
+    }
+
+    #[test]
+    fn instance_metadata_is_asked_only_on_aws_without_credentials() {
+        assert!(may_ask_instance_metadata(None, false));
+        assert!(may_ask_instance_metadata(Some("https://bucket.vpce-1a2b.s3.us-east-1.vpce.amazonaws.com"), false));
+        assert!(!may_ask_instance_metadata(None, true));
+        assert!(!may_ask_instance_metadata(Some("http://127.0.0.1:9000"), false));
+        assert!(!may_ask_instance_metadata(Some("https://minio.example.com"), false));
+        assert!(!may_ask_instance_metadata(Some("not a url"), false));
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub fn create(opts: &CreateOptions, note: &mut dyn FnMut(&str)) -> Result<Manife
 /// [`create`], abandoned cleanly (spool removed, repository lock released, nothing listed)
 /// soon after `stop` is raised: the snapshot stream and the upload check it as they go.
 pub fn create_stoppable(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
+    refuse_special_paths(opts)?;
     let Some(path) = opts.from_file.clone() else {
         return create_live(opts, note, stop);
     };
@@ -261,6 +262,12 @@ fn finish(opts: &CreateOptions, repo: &Repository, mut writer: etcdguard_repo::B
         .chain(opts.files.iter().map(|p| ("files", false, p)))
         .collect();
     for (group, as_group, p) in paths {
+        // The writer skips these; the operator hears of it.
+        let mut skipped = Vec::new();
+        special_files_under(p, &mut skipped);
+        for (path, kind) in skipped {
+            note(&format!("note: skipped {} ({kind}): only files, directories and symlinks are backed up", path.display()));
+        }
         let added = if as_group { writer.add_path_as(group, p) } else { writer.add_path(group, p) };
         added.map_err(|e| match e {
             RepoError::Io(m) if m.contains("No such file") => Error::new(Kind::NotFound, m),
@@ -279,6 +286,51 @@ fn finish(opts: &CreateOptions, repo: &Repository, mut writer: etcdguard_repo::B
         note(&line);
     }
     Ok(committed?)
+}
+
+/// What a path is when it is none of a file, a directory or a symlink.
+fn special_kind(ft: &std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        Some("a FIFO")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else if ft.is_char_device() {
+        Some("a character device")
+    } else if ft.is_block_device() {
+        Some("a block device")
+    } else {
+        None
+    }
+}
+
+/// Refuses, before anything is read or stored, a path given to back up that is a FIFO, a
+/// socket or a device (`--file /dev/zero`): nothing of it could be stored.
+fn refuse_special_paths(opts: &CreateOptions) -> Result<()> {
+    let given = [("--pki-dir", &opts.pki_dir), ("--manifests-dir", &opts.manifests_dir), ("--encryption-config", &opts.encryption_config)];
+    let given = given.iter().filter_map(|(flag, p)| p.as_ref().map(|p| (*flag, p))).chain(opts.files.iter().map(|p| ("--file", p)));
+    for (flag, path) in given {
+        if let Some(kind) = std::fs::symlink_metadata(path).ok().and_then(|m| special_kind(&m.file_type())) {
+            return Err(Error::usage(format!(
+                "{flag} {}: is {kind}; only files, directories and symlinks can be backed up",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The FIFOs, sockets and devices under directory `dir` (symlinks are not followed).
+fn special_files_under(dir: &Path, out: &mut Vec<(PathBuf, &'static str)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            special_files_under(&e.path(), out);
+        } else if let Some(kind) = special_kind(&ft) {
+            out.push((e.path(), kind));
+        }
+    }
 }
 
 /// Checks a snapshot as `snapshot verify` does (unless `skip_verify`: then the trailer
@@ -485,7 +537,8 @@ pub(crate) fn check_stored(repo: &Repository, index: &etcdguard_repo::pack::Inde
 /// What `backup restore` brings back, and where.
 pub struct RestoreOptions {
     pub repo: RepoSpec,
-    /// Backup id, unique prefix, or `latest`.
+    /// Backup id, unique prefix, or `latest`; with `at`, the full backup to start from, or
+    /// empty to find the newest one before the point.
     pub id: String,
     /// Write the snapshot file here (must not exist).
     pub to_file: Option<PathBuf>,
@@ -495,7 +548,7 @@ pub struct RestoreOptions {
     /// snapshot path and the hash check are filled in here.
     pub data_dir: Option<crate::restore::SnapshotRestoreOptions>,
     /// Point in time: the database as it was at this revision or time, built from the newest
-    /// full backup before it and its continuous changes (`id` is then ignored).
+    /// full backup before it (or `id`) and its continuous changes.
     pub at: Option<crate::capture::At>,
 }
 
@@ -522,7 +575,7 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
             if repo.is_encrypted() {
                 opts.repo.unlock(&mut repo)?;
             }
-            Some(crate::capture::plan_at(&repo, at)?)
+            Some(crate::capture::plan_at(&repo, at, (!opts.id.is_empty()).then_some(opts.id.as_str()))?)
         }
         None => None,
     };
@@ -638,6 +691,13 @@ pub fn delete(repo: &RepoSpec, id: &str, force: bool) -> Result<String> {
 pub fn prune(repo: &RepoSpec, policy: Option<&Policy>, dry_run: bool) -> Result<PruneReport> {
     let repo = repo.open_unlocked()?;
     Ok(repo.prune(policy, dry_run)?)
+}
+
+/// Removes stale locks (every lock with `remove_all`), unreadable lock files and leftover
+/// temporary files of `locks/`; needs no passphrase.
+pub fn unlock(repo: &RepoSpec, remove_all: bool) -> Result<etcdguard_repo::lock::UnlockReport> {
+    let r = repo.open()?;
+    Ok(etcdguard_repo::lock::unlock(r.store().as_ref(), remove_all)?)
 }
 
 /// A backup's snapshot exported as one object, and its presigned URL.

@@ -593,17 +593,41 @@ fn millis(ms: i64) -> Option<DateTime<Utc>> {
 }
 
 /// [`plan_at`] on a repository given by its location (unlocked when encrypted).
-pub fn plan(spec: &crate::repo::RepoSpec, at: At) -> Result<AtPlan> {
+pub fn plan(spec: &crate::repo::RepoSpec, at: At, base: Option<&str>) -> Result<AtPlan> {
     let mut repo = spec.open_unlocked()?;
     if repo.is_encrypted() {
         spec.unlock(&mut repo)?;
     }
-    plan_at(&repo, at)
+    plan_at(&repo, at, base)
 }
 
-/// Plans a restore at `at`: the newest full at or before it, then its segments up to it.
-pub fn plan_at(repo: &Repository, at: At) -> Result<AtPlan> {
-    let (mut fulls, _) = repo.list_backups()?;
+/// Plans a restore at `at`: the newest full at or before it (or `base`, a backup id, prefix
+/// or `latest`, which must be at or before it), then its segments up to it.
+pub fn plan_at(repo: &Repository, at: At, base: Option<&str>) -> Result<AtPlan> {
+    let what = match at {
+        At::Revision(r) => format!("revision {r}"),
+        At::Time(t) => t.to_rfc3339(),
+    };
+    let mut fulls = match base {
+        Some(id) => {
+            let m = crate::repo::resolve(repo, id)?;
+            let after = match at {
+                At::Revision(r) => r < m.etcd.revision,
+                At::Time(t) => m.created > t,
+            };
+            if after {
+                return Err(Error::usage(format!(
+                    "{what} is before backup {} (revision {}, taken {}): a restore starts from a full backup at or before the point",
+                    m.id,
+                    m.etcd.revision,
+                    m.created.format("%Y-%m-%d %H:%M:%S UTC")
+                ))
+                .with_hint("give an older backup's id, or none to have the right one found"));
+            }
+            vec![m]
+        }
+        None => repo.list_backups()?.0,
+    };
     fulls.sort_by_key(|m| std::cmp::Reverse((m.etcd.revision, m.created)));
     let all = repo.list_segments(None)?;
     let mut newest_reachable: Option<(String, i64)> = None;
@@ -644,11 +668,8 @@ pub fn plan_at(repo: &Repository, at: At) -> Result<AtPlan> {
         let segments = segs.into_iter().filter(|s| s.first <= revision).collect();
         return Ok(AtPlan { base: base.clone(), segments, revision, seen });
     }
-    let what = match at {
-        At::Revision(r) => format!("revision {r}"),
-        At::Time(t) => t.to_rfc3339(),
-    };
     let reach = match newest_reachable {
+        Some((id, r)) if base.is_some() => format!("; full backup {id} and its segments reach revision {r}"),
         Some((id, r)) => format!("; the repository reaches revision {r} (full backup {id} and its segments)"),
         None => "; the repository has no full backup".into(),
     };
@@ -736,6 +757,7 @@ pub fn materialize(repo: &Repository, plan: &AtPlan, out: &Path, scratch: &Path)
     let replayed = result.map_err(|e| match e {
         etcdguard_storage::replay::ReplayError::Gap(m) => Error::new(Kind::Corrupt, format!("the continuous changes have a gap: {m}")),
         etcdguard_storage::replay::ReplayError::Source(m) => Error::new(Kind::Corrupt, format!("reading the continuous changes: {m}")),
+        etcdguard_storage::replay::ReplayError::BadEvent(m) => Error::new(Kind::Corrupt, format!("a damaged change record: {m}")),
         other => Error::failure(format!("building the database at revision {}: {other}", plan.revision)),
     })?;
     if replayed.to_revision != plan.revision {
@@ -762,6 +784,23 @@ pub struct LogEntry {
     pub name: Option<String>,
 }
 
+/// Revisions `first..=last` after full backup `base` are in no stored segment (one was lost
+/// or deleted): `restore --at` cannot cross them.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogGap {
+    pub full_backup: String,
+    pub first_revision: i64,
+    pub last_revision: i64,
+}
+
+/// One line of `backup log`: a change, or a gap where changes are missing.
+#[derive(Debug, Clone)]
+pub enum LogItem {
+    Change(LogEntry),
+    Gap(LogGap),
+}
+
 /// What `backup log` lists.
 #[derive(Debug, Clone, Default)]
 pub struct LogFilter {
@@ -771,16 +810,22 @@ pub struct LogFilter {
     pub limit: Option<usize>,
 }
 
-/// The changes stored in the repository's segments, oldest first, filtered.
-pub fn log(repo: &Repository, filter: &LogFilter, each: &mut dyn FnMut(LogEntry)) -> Result<usize> {
+/// The changes stored in the repository's segments, oldest first, filtered, and the gaps
+/// between them (whatever the filter: a missing change may be the one looked for).
+pub fn log(repo: &Repository, filter: &LogFilter, each: &mut dyn FnMut(LogItem)) -> Result<usize> {
     let mut n = 0;
     // Per full backup, the last revision listed: overlapping segments (two writers around a
-    // change of leader) are listed once.
+    // change of leader) are listed once. Changes start right after the full backup's revision.
     let mut listed_through: HashMap<String, i64> = HashMap::new();
     for info in repo.list_segments(None)? {
+        let through = listed_through
+            .entry(info.base.clone())
+            .or_insert_with(|| repo.manifest(&info.base).map_or(info.first - 1, |m| m.etcd.revision));
+        if info.first > *through + 1 {
+            each(LogItem::Gap(LogGap { full_backup: info.base.clone(), first_revision: *through + 1, last_revision: info.first - 1 }));
+        }
         let s = repo.read_segment(&info)?;
         let times: HashMap<i64, i64> = s.times.iter().copied().collect();
-        let through = listed_through.entry(info.base.clone()).or_insert(i64::MIN);
         let skip_through = *through;
         *through = (*through).max(info.last);
         for c in s.changes {
@@ -798,7 +843,7 @@ pub fn log(repo: &Repository, filter: &LogFilter, each: &mut dyn FnMut(LogEntry)
             let meta = object.as_ref().and_then(|o| o.metadata.clone());
             let path = etcdguard_kube::key_path(&c.key, meta.as_ref());
             n += 1;
-            each(LogEntry {
+            each(LogItem::Change(LogEntry {
                 revision: c.mod_revision,
                 time,
                 key: String::from_utf8_lossy(&c.key).into_owned(),
@@ -806,7 +851,7 @@ pub fn log(repo: &Repository, filter: &LogFilter, each: &mut dyn FnMut(LogEntry)
                 kind: object.as_ref().map(|o| o.kind.clone()).filter(|k| !k.is_empty()),
                 namespace: path.as_ref().map(|p| p.namespace.clone()).filter(|n| !n.is_empty()),
                 name: path.map(|p| p.name),
-            });
+            }));
             if filter.limit.is_some_and(|l| n >= l) {
                 return Ok(n);
             }

@@ -60,8 +60,13 @@ pub fn drill(opts: &DrillOptions, stop: &Stop, note: &mut dyn FnMut(&str)) -> Re
         Err(e) if e.kind == Kind::NotFound => return Ok(None),
         other => other?,
     };
-    let (backups, _) = repo.list_backups()?;
-    let Some(m) = backups.last() else { return Ok(None) };
+    // As `latest` means it: a damaged newest manifest fails the drill, not an older backup.
+    let m = match repo.latest() {
+        Ok(m) => m,
+        Err(etcdguard_repo::RepoError::BackupNotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let m = &m;
     let parent = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
     let (spool, _) = spool::create(&parent)?;
     let snapshot = spool.path().join("snapshot.db");
@@ -292,5 +297,42 @@ impl Member {
 impl Drop for Member {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcdguard_repo::manifest::{EtcdInfo, Source as BackupSource};
+    use etcdguard_repo::{BackupMeta, InitOptions, Repository};
+
+    /// The drill restores what `latest` names: a damaged newest manifest fails it (exit 10)
+    /// rather than drilling the backup before it.
+    #[test]
+    fn a_damaged_newest_manifest_fails_the_drill() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo_dir = dir.path().join("repo");
+        let store = etcdguard_repo::open_url(repo_dir.to_str().unwrap()).unwrap();
+        let repo = Repository::init(store, &InitOptions { chunk_size: 4096, ..Default::default() }).unwrap();
+        let mut ids = Vec::new();
+        for seed in 0..2u8 {
+            let mut w = repo.begin_backup().unwrap();
+            let part = w.add_snapshot(&mut &vec![seed; 8192][..], 4096).unwrap();
+            let meta = BackupMeta {
+                source: BackupSource::File { path: "test".into() },
+                etcd: EtcdInfo { page_size: 4096, ..Default::default() },
+                labels: Default::default(),
+                cluster: None,
+            };
+            ids.push(w.commit(part, meta).unwrap().id);
+        }
+        let manifest = |id: &str| repo_dir.join("backups").join(format!("{id}.json"));
+        let older = std::time::SystemTime::now() - Duration::from_secs(60);
+        std::fs::File::options().write(true).open(manifest(&ids[0])).unwrap().set_modified(older).unwrap();
+        std::fs::write(manifest(&ids[1]), b"{\"id\":").unwrap();
+        let opts = DrillOptions { repo: RepoSpec::new(repo_dir.to_str().unwrap()), scratch_dir: Some(dir.path().to_path_buf()), etcd: None };
+        let err = drill(&opts, &Stop::never(), &mut |_| {}).unwrap_err();
+        assert_eq!(err.kind, Kind::Corrupt, "{err}");
+        assert!(err.message.contains(&ids[1]) && err.message.contains(&ids[0]), "{err}");
     }
 }

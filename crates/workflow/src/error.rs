@@ -103,6 +103,7 @@ pub fn repo_error(e: RepoError) -> Error {
             StoreError::Auth(_) => Kind::TlsOrAuth,
             StoreError::Unreachable(_) | StoreError::ServerFailing(_) => Kind::Unreachable,
             StoreError::InvalidUrl { .. } => Kind::Usage,
+            StoreError::Truncated(_) => Kind::Corrupt,
             StoreError::Unsupported(_) | StoreError::Other(_) => Kind::Failure,
         },
         RepoError::NotARepository(_) | RepoError::BackupNotFound(_) => Kind::NotFound,

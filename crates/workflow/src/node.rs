@@ -235,7 +235,7 @@ fn fetch_backup(opts: &NodeRestoreOptions, id: &str, stamp: &str, on: &mut dyn F
             if repo.is_encrypted() {
                 spec.unlock(&mut repo)?;
             }
-            Some(crate::capture::plan_at(&repo, at)?)
+            Some(crate::capture::plan_at(&repo, at, None)?)
         }
         None => None,
     };

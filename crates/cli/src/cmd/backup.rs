@@ -27,7 +27,9 @@ const REPO_HELP: &str = "Repository: a local directory (the default), s3://BUCKE
 az://CONTAINER[/PREFIX]. Options go in the query: ?endpoint=http://host:9000&region=us-east-1&path-style=true \
 (S3-compatible servers), ?account=NAME (Azure), ?retries=N. Credentials come from the environment and files as \
 the cloud SDKs read them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_PROFILE and ~/.aws/credentials, \
-GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_NAME/AZURE_STORAGE_ACCOUNT_KEY).";
+GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_NAME/AZURE_STORAGE_ACCOUNT_KEY). Without S3 credentials \
+the EC2 instance metadata address is asked for them only for AWS itself and unless AWS_EC2_METADATA_DISABLED=true; \
+requests to another endpoint go unsigned.";
 
 #[derive(Subcommand)]
 pub enum BackupCommand {
@@ -98,7 +100,8 @@ pub enum BackupCommand {
     /// that have one; --keep-within D keeps all taken within D of the newest. A backup kept by
     /// any rule stays; the newest verified backup always stays. Without rules only unused data
     /// is removed (after `backup delete`, or left by an interrupted create). Waits for no one:
-    /// fails at once (exit 15) while another etcdguard writes to the repository.
+    /// fails at once (exit 15) while another etcdguard writes to the repository; locks left
+    /// unrefreshed for 5 minutes (by the storage's clock) are stale and removed.
     ///
     /// Examples:
     ///   etcdguard backup prune --repo /var/backups/etcd --keep-hourly 24 --keep-daily 7 --keep-weekly 4 --dry-run
@@ -125,6 +128,17 @@ pub enum BackupCommand {
     ///       --cacert ca.crt --cert client.crt --key client.key
     #[command(verbatim_doc_comment)]
     Repair(crate::cmd::repair::RepairArgs),
+    /// Remove stale repository locks: those whose holder has not rewritten them for 5 minutes
+    /// by the storage's clock (a killed or disconnected etcdguard), unreadable lock files and
+    /// leftover temporary files. Live locks are kept and listed.
+    ///
+    /// With --remove-all every lock goes, live ones too: only when you know no etcdguard is
+    /// running against the repository (a prune running beside a create can delete data the
+    /// create is about to reference). `backup prune` removes stale locks by itself.
+    ///
+    /// Example: etcdguard backup unlock --repo s3://etcd-backups/prod-eu
+    #[command(verbatim_doc_comment)]
+    Unlock(UnlockArgs),
     /// Print presigned download URLs (S3, GCS, Azure) of a backup's objects, for restore flows
     /// that fetch from a URL without credentials.
     ///
@@ -357,6 +371,7 @@ pub struct CreateArgs {
     #[arg(long, value_name = "FILE")]
     pub encryption_config: Option<PathBuf>,
     /// Any other file or directory to keep with the backup (repeatable); stored as files/…
+    /// (FIFOs, sockets and devices are refused; inside a directory they are skipped, with a note).
     #[arg(long = "file", value_name = "PATH")]
     pub files: Vec<PathBuf>,
     /// KEY=VALUE label to attach (repeatable).
@@ -478,7 +493,8 @@ pub struct VerifyArgs {
 pub struct RestoreArgs {
     #[command(flatten)]
     pub repo: RepoArg,
-    /// Backup id, unique prefix, or `latest` (with --at: optional, the right full backup is found).
+    /// Backup id, unique prefix, or `latest`. With --at: the full backup to start from (the
+    /// point must be at or after it); without, the newest full backup before the point.
     #[arg(required_unless_present = "at")]
     pub id: Option<String>,
     /// Point in time: the database exactly as it was at this revision, or at the last revision
@@ -601,6 +617,15 @@ pub struct PruneArgs {
 }
 
 #[derive(Args)]
+pub struct UnlockArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Remove live locks too (make sure no etcdguard uses the repository first).
+    #[arg(long)]
+    pub remove_all: bool,
+}
+
+#[derive(Args)]
 pub struct UrlArgs {
     #[command(flatten)]
     pub repo: RepoArg,
@@ -627,6 +652,7 @@ pub fn run(cmd: BackupCommand) -> Result<()> {
         BackupCommand::Delete(a) => delete(a),
         BackupCommand::Prune(a) => prune(a),
         BackupCommand::Repair(a) => crate::cmd::repair::repair(a),
+        BackupCommand::Unlock(a) => unlock(a),
         BackupCommand::Url(a) => url(a),
         BackupCommand::Key(a) => key(a),
         BackupCommand::Follow(a) => crate::cmd::capture::follow(a),
@@ -671,8 +697,24 @@ fn labels_text(m: &Manifest) -> String {
     m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
+/// Unlocks an encrypted repository when a passphrase is given, so its manifests are
+/// checked; says whether they are (see `Repository::authenticates_manifests`).
+fn unlock_if_given(repo: &mut Repository, arg: &RepoArg) -> Result<bool, Failure> {
+    let spec = arg.spec();
+    if repo.is_encrypted() && spec.passphrase()?.is_some() {
+        spec.unlock(repo)?;
+    }
+    Ok(repo.authenticates_manifests())
+}
+
+/// What `list` and `show` say when an encrypted repository's manifests were not checked.
+const UNAUTHENTICATED_NOTE: &str = "note: without the passphrase the clear fields of these manifests (time, labels, \
+cluster, etcd status) cannot be authenticated: anyone who can write to the repository could have changed them. Give \
+the passphrase (ETCDGUARD_PASSPHRASE or --passphrase-file) to check them";
+
 fn list(args: ListArgs) -> Result<()> {
-    let repo = open_repo(&args.repo)?;
+    let mut repo = open_repo(&args.repo)?;
+    let authenticated = unlock_if_given(&mut repo, &args.repo)?;
     let (backups, bad) = repo.list_backups().map_err(failure)?;
     for b in &bad {
         eprintln!("warning: unreadable manifest {b}");
@@ -694,6 +736,7 @@ fn list(args: ListArgs) -> Result<()> {
                         "verified": m.etcd.verified,
                         "labels": m.labels,
                         "hostname": m.hostname,
+                        "authenticated": authenticated,
                     })
                 })
                 .collect();
@@ -716,6 +759,8 @@ fn list(args: ListArgs) -> Result<()> {
             print!("{}", table(&rows));
             if backups.is_empty() {
                 eprintln!("no backups in {}", repo.location());
+            } else if repo.is_encrypted() && !authenticated {
+                eprintln!("{UNAUTHENTICATED_NOTE}");
             }
         }
     }
@@ -728,14 +773,15 @@ fn list(args: ListArgs) -> Result<()> {
 fn show(args: ShowArgs) -> Result<()> {
     let mut repo = open_repo(&args.repo)?;
     // The file list and certificates of an encrypted repository's manifests are sealed: open
-    // them when a passphrase is given, else say where they went.
-    let spec = args.repo.spec();
-    if repo.is_encrypted() && spec.passphrase()?.is_some() {
-        spec.unlock(&mut repo)?;
-    }
+    // them (and check the clear part) when a passphrase is given, else say where they went.
+    let authenticated = unlock_if_given(&mut repo, &args.repo)?;
     let m = resolve(&repo, &args.id)?;
     if args.write_out == TextJson::Json {
-        println!("{}", serde_json::to_string_pretty(&m)?);
+        let mut v = serde_json::to_value(&m)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("authenticated".into(), authenticated.into());
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let verified_at = repo.verification(&m.id).map_err(failure)?;
@@ -777,6 +823,9 @@ fn show(args: ShowArgs) -> Result<()> {
     line("chunks", format!("{} of {} ({} chunk lists)", m.snapshot.chunks, human(m.snapshot.chunk_size as u64), m.snapshot.chunk_lists.len()));
     line("encoding", format!("compression {}, encryption {}", m.encoding.compression, m.encoding.encryption));
     line("size", format!("{} original, {} added to the repository", human(m.sizes.original), human(m.sizes.added)));
+    if repo.is_encrypted() && !authenticated {
+        line("authenticated", "no: the passphrase was not given, so the fields above are as stored, unchecked".into());
+    }
     if m.contents_sealed() {
         // Files and certificates are in the sealed part of an encrypted repository's manifest.
         line("files", "file list is encrypted, give the passphrase (ETCDGUARD_PASSPHRASE or --passphrase-file) to list it".into());
@@ -851,13 +900,14 @@ fn restore(args: RestoreArgs) -> Result<()> {
     });
     if args.dry_run {
         let at = args.at.expect("clap: --dry-run requires --at");
-        let plan = etcdguard_workflow::capture::plan(&args.repo.spec(), at)?;
+        let plan = etcdguard_workflow::capture::plan(&args.repo.spec(), at, args.id.as_deref())?;
         print!("{}", crate::cmd::capture::plan_text(&plan));
         return Ok(());
     }
     let opts = backup::RestoreOptions {
         repo: RepoSpec { transfer: args.parallel.transfer(None), ..args.repo.spec() },
-        id: args.id.clone().unwrap_or_else(|| "latest".into()),
+        // With --at and no ID the right full backup is found.
+        id: args.id.clone().unwrap_or_default(),
         to_file: args.to_file.clone(),
         files_to: args.files_to.clone(),
         data_dir,
@@ -933,6 +983,39 @@ fn prune(args: PruneArgs) -> Result<()> {
     if report.missing_packs > 0 {
         eprintln!("warning: {} pack(s) named in the index are missing; run `etcdguard backup verify`", report.missing_packs);
     }
+    Ok(())
+}
+
+fn unlock(args: UnlockArgs) -> Result<()> {
+    let report = backup::unlock(&args.repo.spec(), args.remove_all)?;
+    let (mut removed, mut kept) = (0, 0);
+    for l in &report.locks {
+        let what = match &l.info {
+            Some(i) => i.describe(),
+            None => "not a readable lock file".into(),
+        };
+        let written = l.written.format("%Y-%m-%d %H:%M:%S UTC");
+        match (l.removed, l.stale) {
+            (true, true) => println!("removed stale lock {}: {what}, last written {written}", l.key),
+            (true, false) => eprintln!(
+                "warning: removed live lock {}: {what}, last written {written}; if its holder still runs it keeps \
+                 going unprotected until its next refresh rewrites the lock",
+                l.key
+            ),
+            (false, _) => println!(
+                "kept {} {}: {what}, last written {written}; stale at {} unless its holder refreshes it (--remove-all removes it)",
+                if l.info.is_some() { "live lock" } else { "young lock object" },
+                l.key,
+                l.stale_at.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+        }
+        if l.removed {
+            removed += 1;
+        } else {
+            kept += 1;
+        }
+    }
+    println!("{removed} lock(s) removed, {kept} live lock(s) kept, {} temporary file(s) removed", report.temporaries_removed);
     Ok(())
 }
 

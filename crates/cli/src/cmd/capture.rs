@@ -8,7 +8,7 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use etcdguard_repo::retention::parse_duration;
-use etcdguard_workflow::capture::{self, At, AtPlan, CaptureState, FollowOptions, LogFilter};
+use etcdguard_workflow::capture::{self, At, AtPlan, CaptureState, FollowOptions, LogFilter, LogItem};
 use etcdguard_workflow::Stop;
 
 use crate::cmd::backup::{human, CreateArgs, RepoArg, TableJson};
@@ -116,9 +116,10 @@ pub fn log(args: LogArgs) -> Result<()> {
     };
     let mut rows = vec![["REVISION", "TIME (UTC)", "OP", "KIND", "NAMESPACE", "NAME", "KEY"].map(String::from).to_vec()];
     let mut json_rows = Vec::new();
-    capture::log(&repo, &filter, &mut |e| match args.write_out {
-        TableJson::Json => json_rows.push(serde_json::to_value(&e).unwrap_or_default()),
-        TableJson::Table => rows.push(vec![
+    let mut gaps = Vec::new();
+    capture::log(&repo, &filter, &mut |item| match (item, args.write_out) {
+        (LogItem::Change(e), TableJson::Json) => json_rows.push(serde_json::to_value(&e).unwrap_or_default()),
+        (LogItem::Change(e), TableJson::Table) => rows.push(vec![
             e.revision.to_string(),
             e.time.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()),
             e.op.to_string(),
@@ -127,10 +128,23 @@ pub fn log(args: LogArgs) -> Result<()> {
             e.name.unwrap_or_else(|| "-".into()),
             e.key,
         ]),
+        (LogItem::Gap(g), write_out) => {
+            let range = format!("{}..{}", g.first_revision, g.last_revision);
+            match write_out {
+                TableJson::Json => json_rows.push(serde_json::json!({ "gap": g })),
+                TableJson::Table => rows.push(
+                    [range.as_str(), "-", "MISSING", "-", "-", "-", "(no stored segment holds these changes)"].map(String::from).to_vec(),
+                ),
+            }
+            gaps.push(format!("revisions {range} after full backup {}", g.full_backup));
+        }
     })?;
     match args.write_out {
         TableJson::Json => println!("{}", serde_json::to_string_pretty(&json_rows)?),
         TableJson::Table => print!("{}", table(&rows)),
+    }
+    for g in &gaps {
+        eprintln!("warning: changes missing: {g} are in no stored segment (one was lost or deleted); `backup restore --at` cannot reach past them");
     }
     Ok(())
 }

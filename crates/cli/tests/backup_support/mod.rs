@@ -51,6 +51,8 @@ pub fn etcdguard() -> Command {
         .env_remove("ETCDGUARD_PASSPHRASE_FILE")
         .env_remove("ETCDGUARD_NEW_PASSPHRASE")
         .env_remove("ETCDGUARD_NEW_PASSPHRASE_FILE")
+        // No test asks a cloud metadata address (S3 without credentials would).
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdin(Stdio::null());
     c
 }

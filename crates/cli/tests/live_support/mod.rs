@@ -11,7 +11,8 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-/// `etcdguard` with no ETCDCTL_* variables from the caller's environment.
+/// `etcdguard` with no ETCDCTL_* variables from the caller's environment, and no cloud
+/// instance metadata lookups.
 pub fn etcdguard() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdguard"));
     for (k, _) in std::env::vars_os() {
@@ -19,6 +20,8 @@ pub fn etcdguard() -> Command {
             cmd.env_remove(k);
         }
     }
+    // No test asks a cloud metadata address (S3 without credentials would).
+    cmd.env("AWS_EC2_METADATA_DISABLED", "true");
     cmd
 }
 

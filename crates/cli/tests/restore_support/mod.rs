@@ -45,7 +45,10 @@ pub fn make_source(version: EtcdVersion) -> Source {
 }
 
 pub fn etcdguard() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_etcdguard"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdguard"));
+    // No test asks a cloud metadata address.
+    cmd.env("AWS_EC2_METADATA_DISABLED", "true");
+    cmd
 }
 
 /// Runs `etcdguard snapshot restore <args>`.

@@ -246,6 +246,7 @@ impl Repository {
             return Err(RepoError::Damaged(format!("{} is encrypted but holds no keys/ (the key was lost)", self.location())));
         }
         let mut problems = Vec::new();
+        let key_count = key_files.len();
         for obj in key_files {
             let bytes = self.store.get(&obj.key)?;
             let file: KeyFile = match serde_json::from_slice(&bytes) {
@@ -264,6 +265,10 @@ impl Repository {
                 Err(crypto::KeyError::WrongPassphrase) => {}
                 Err(e) => problems.push(format!("{}: {e}", obj.key)),
             }
+        }
+        if problems.len() == key_count {
+            // No key file could even be tried: that is damage, not a wrong passphrase.
+            return Err(RepoError::Damaged(format!("{}: no key file is readable ({})", self.location(), problems.join("; "))));
         }
         let extra = if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) };
         Err(RepoError::WrongPassphrase(format!("{}{extra}", self.location())))
@@ -407,6 +412,13 @@ impl Repository {
         self.is_encrypted() && self.config.version >= SEALED_FORMAT_VERSION
     }
 
+    /// Whether the manifests read are checked against the key: an encrypted repository of
+    /// format 2, unlocked. Otherwise their clear fields (time, labels, cluster, status) are
+    /// whatever the stored file says: anyone who can write to the storage can change them.
+    pub fn authenticates_manifests(&self) -> bool {
+        self.metadata_keys().is_some()
+    }
+
     /// The keys when manifests and index files are sealed/authenticated under them.
     fn metadata_keys(&self) -> Option<&Keys> {
         self.keys.as_ref().filter(|k| k.authenticates_metadata())
@@ -503,18 +515,61 @@ impl Repository {
         Ok(m)
     }
 
+    /// The newest backup, which `latest` names. The newest readable manifest by its
+    /// `created` time, unless a manifest that fails its checks was written (by the
+    /// storage's clock, as listed) at or after it: that one may be the newest backup,
+    /// truncated or tampered with, so `latest` refuses (`Damaged`, naming it and the newest
+    /// good backup) rather than quietly meaning an older backup.
+    pub fn latest(&self) -> Result<Manifest, RepoError> {
+        let mut good: Vec<(Manifest, i64)> = Vec::new();
+        let mut bad: Vec<(String, i64, RepoError)> = Vec::new();
+        for obj in self.store.list("backups/")? {
+            let Some(id) = obj.key.strip_prefix("backups/").and_then(|k| k.strip_suffix(".json")) else { continue };
+            match self.manifest(id) {
+                Ok(m) => good.push((m, obj.modified)),
+                Err(RepoError::BackupNotFound(_)) => {}
+                Err(e @ RepoError::Damaged(_)) => bad.push((id.to_string(), obj.modified, e)),
+                Err(e) => return Err(e),
+            }
+        }
+        let newest = good.into_iter().max_by(|(a, _), (b, _)| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        let newest_written = newest.as_ref().map_or(i64::MIN, |(_, t)| *t);
+        let damaged = bad.into_iter().filter(|(_, t, _)| *t >= newest_written).max_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        match (damaged, newest) {
+            (None, Some((m, _))) => Ok(m),
+            (None, None) => Err(RepoError::BackupNotFound("latest (the repository has no backups)".into())),
+            (Some((id, written, e)), good) => {
+                let when = DateTime::from_timestamp(written, 0).map(|t| format!(", written {}", t.format("%Y-%m-%d %H:%M:%S UTC"))).unwrap_or_default();
+                let instead = match good {
+                    Some((m, _)) => format!(
+                        "the newest good backup is {} (created {}); give its id to use it",
+                        m.id,
+                        m.created.format("%Y-%m-%d %H:%M:%S UTC")
+                    ),
+                    None => "no other backup is readable".into(),
+                };
+                let why = match e {
+                    RepoError::Damaged(m) => m,
+                    other => other.to_string(),
+                };
+                Err(RepoError::Damaged(format!(
+                    "`latest` is backup {id}{when}, the newest manifest, and it fails its checks ({why}); {instead}"
+                )))
+            }
+        }
+    }
+
     /// Turns what a user typed (a full id, a unique prefix, or `latest`) into an id.
     pub fn resolve(&self, wanted: &str) -> Result<String, RepoError> {
+        if wanted == "latest" {
+            return self.latest().map(|m| m.id);
+        }
         let ids: Vec<String> = self
             .store
             .list("backups/")?
             .into_iter()
             .filter_map(|o| o.key.strip_prefix("backups/").and_then(|k| k.strip_suffix(".json")).map(str::to_string))
             .collect();
-        if wanted == "latest" {
-            let (all, _) = self.list_backups()?;
-            return all.last().map(|m| m.id.clone()).ok_or_else(|| RepoError::BackupNotFound("latest (the repository has no backups)".into()));
-        }
         if ids.iter().any(|i| i == wanted) {
             return Ok(wanted.to_string());
         }
@@ -694,6 +749,41 @@ mod tests {
         assert!(matches!(r.manifest(&m.id), Err(RepoError::Damaged(_))));
         store.put(&key, Bytes::from(stored.clone())).unwrap();
         assert_eq!(r.manifest(&m.id).unwrap(), m);
+    }
+
+    #[test]
+    fn latest_never_quietly_means_an_older_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo(dir.path(), 64 * 1024);
+        let stamp = |id: &str, secs_ago: u64| {
+            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(secs_ago);
+            fs::File::options().write(true).open(dir.path().join(manifest_key(id))).unwrap().set_modified(when).unwrap();
+        };
+        let old = backup(&r, &db(51));
+        let new = backup(&r, &db(52));
+        stamp(&old.id, 20);
+        stamp(&new.id, 10);
+        assert_eq!(r.resolve("latest").unwrap(), new.id);
+        // The newest manifest truncated: `latest` refuses, naming it and the good one.
+        let path = dir.path().join(manifest_key(&new.id));
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        stamp(&new.id, 10);
+        let err = r.resolve("latest").unwrap_err();
+        assert!(matches!(err, RepoError::Damaged(ref m) if m.contains(&new.id) && m.contains(&old.id)), "{err}");
+        assert!(r.latest().is_err());
+        // Its id still works for what can be read; the older one by its id.
+        assert_eq!(r.resolve(&old.id).unwrap(), old.id);
+        // A damaged manifest written before the newest good one does not hide it.
+        fs::write(&path, &bytes).unwrap();
+        let oldest_path = dir.path().join(manifest_key(&old.id));
+        fs::write(&oldest_path, b"{").unwrap();
+        stamp(&old.id, 20);
+        stamp(&new.id, 10);
+        assert_eq!(r.resolve("latest").unwrap(), new.id);
+        // Rewritten (tampered) later than the newest: it may be the newest, so refused.
+        stamp(&old.id, 0);
+        assert!(matches!(r.resolve("latest"), Err(RepoError::Damaged(_))));
     }
 
     #[test]
