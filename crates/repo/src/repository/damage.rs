@@ -143,7 +143,7 @@ impl Repository {
             out.packs.insert(pack, record.blobs.as_ref().map(|b| b.iter().copied().collect()));
             out.records.push(record);
         }
-        out.records.sort_by(|a, b| a.pack.cmp(&b.pack));
+        out.records.sort_by_key(|r| r.pack);
         Ok(out)
     }
 
