@@ -121,3 +121,30 @@ fn repair_names_what_stays_unrestorable_and_refills_from_the_snapshot() {
     ok(&["backup", "prune", "--repo", r]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--from-live`: chunks lost from a backup of a live cluster come back from a fresh
+/// snapshot of it (pages that did not change since match).
+#[test]
+fn repair_refills_from_a_fresh_snapshot_of_the_live_cluster() {
+    use etcdguard_testkit::{EtcdServer, EtcdVersion};
+    let server = EtcdServer::start(EtcdVersion::V3_5);
+    for i in 0..300 {
+        server.put(format!("/registry/configmaps/default/cm-{i:03}").as_bytes(), format!("{i} {}", "v".repeat(400)).as_bytes());
+    }
+    let dir = scratch("heal-live");
+    let repo = dir.join("repo");
+    let r = repo.to_str().unwrap();
+    let id = created_id(&ok(&["backup", "create", "--repo", r, "--endpoints", server.endpoint()]));
+    let before = dir.join("before.db");
+    ok(&["backup", "restore", "--repo", r, &id, "--to-file", before.to_str().unwrap()]);
+    for p in packs(&repo) {
+        flip_middle(&p);
+    }
+    fails(&["backup", "verify", "--repo", r, &id], 10);
+    let report = ok(&["backup", "repair", "--repo", r, "--from-live", "--endpoints", server.endpoint()]);
+    assert!(report.contains("stored again from") && report.contains("every backup is restorable"), "{report}");
+    let after = dir.join("after.db");
+    ok(&["backup", "restore", "--repo", r, &id, "--to-file", after.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&after).unwrap(), std::fs::read(&before).unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
