@@ -28,10 +28,21 @@ Environment: ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY … as
 ETCDGUARD_REPO, ETCDGUARD_PASSPHRASE, ETCDGUARD_PASSPHRASE_FILE for `backup` and `agent`;
 ETCDGUARD_NEW_PASSPHRASE(_FILE) for `backup key`; ETCDGUARD_LISTEN for `agent`.";
 
+/// `--version`: what was built, from which commit and when, and what it is tested against.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ncommit: ",
+    env!("ETCDGUARD_COMMIT"),
+    "\nbuilt: ",
+    env!("ETCDGUARD_BUILD_DATE"),
+    "\ntested against: etcd 3.4, 3.5, 3.6, 3.7; Kubernetes API objects up to 1.35 built in (newer with --schema-dir)"
+);
+
 #[derive(Parser)]
 #[command(
     name = "etcdguard",
     version,
+    long_version = LONG_VERSION,
     about = "Keeps Kubernetes control planes recoverable: etcd snapshots you can trust, verified and restorable",
     long_about = None,
     after_help = EXIT_CODES_HELP
@@ -84,6 +95,17 @@ enum Command {
     /// expires within --warn).
     #[command(subcommand)]
     Pki(cmd::pki::PkiCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// Examples:
+    ///   etcdguard completion bash > /etc/bash_completion.d/etcdguard
+    ///   etcdguard completion zsh > "${fpath[1]}/_etcdguard"
+    #[command(verbatim_doc_comment)]
+    Completion(cmd::shell::CompletionArgs),
+    /// Print the man page, or write one per command into --dir.
+    ///
+    /// Example: etcdguard man --dir /usr/local/share/man/man1
+    Man(cmd::shell::ManArgs),
 }
 
 fn main() {
@@ -96,6 +118,8 @@ fn main() {
         Command::Node(c) => cmd::node::run(c),
         Command::Inspect(c) => cmd::inspect::run(c),
         Command::Pki(c) => cmd::pki::run(c),
+        Command::Completion(a) => cmd::shell::completion::<Cli>(a),
+        Command::Man(a) => cmd::shell::man::<Cli>(a),
     };
     if let Err(err) = result {
         let code = exit::report(&err);

@@ -9,6 +9,7 @@ pub mod node;
 pub mod inspect;
 pub mod pki;
 pub mod repair;
+pub mod shell;
 
 /// Rows as a left-aligned text table, two spaces between columns (the first row is the header).
 pub fn table(rows: &[Vec<String>]) -> String {
