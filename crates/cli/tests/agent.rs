@@ -83,6 +83,8 @@ fn agent_backs_up_on_schedule_applies_retention_and_reports_health() {
     let (status, body) = get(port, "/healthz").unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("the last backup failed"), "{body}");
+    // Liveness is not backup health: a failing etcd or store must not get the agent restarted.
+    assert_eq!(get(port, "/livez").map(|(s, _)| s), Some(200));
     assert!(agent_log().contains("backup failed"), "{}", agent_log());
     wait_for("a second failed run (the agent keeps its schedule)", Duration::from_secs(90), || {
         let m = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
@@ -166,9 +168,15 @@ fn shipped_kubernetes_manifests_use_real_flags() {
                 // Every alert queries a metric the agent exports.
                 let rules: Vec<&serde_norway::Value> = doc["spec"]["groups"].as_sequence().unwrap().iter().flat_map(|g| g["rules"].as_sequence().unwrap()).collect();
                 assert!(rules.len() >= 4, "{}: {} rules", path.display(), rules.len());
-                for r in rules {
+                for r in &rules {
                     let (alert, expr) = (r["alert"].as_str().unwrap(), r["expr"].as_str().unwrap());
                     assert!(expr.contains("etcdguard_"), "{}: alert {alert}: {expr}", path.display());
+                }
+                // With every agent gone there are no series: the alerts that matter most must
+                // still fire.
+                for alert in ["EtcdguardBackupTooOld", "EtcdguardNoActiveAgent"] {
+                    let r = rules.iter().find(|r| r["alert"].as_str() == Some(alert)).unwrap_or_else(|| panic!("no {alert}"));
+                    assert!(r["expr"].as_str().unwrap().contains("absent("), "{alert} does not fire without agents");
                 }
                 continue;
             }
@@ -179,6 +187,10 @@ fn shipped_kubernetes_manifests_use_real_flags() {
         }
         let containers = ["initContainers", "containers"].iter().filter_map(|k| pod[*k].as_sequence()).flatten();
         for c in containers {
+            // Liveness is /livez: a storage outage must not restart the agents (/healthz is for alerts).
+            if let Some(path_probed) = c["livenessProbe"]["httpGet"]["path"].as_str() {
+                assert_eq!(path_probed, "/livez", "{}", path.display());
+            }
             let args: Vec<String> = c["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
             let out = etcdguard().args(&args).arg("--help").output().unwrap();
             expect_code(&out, 0, &format!("{} container {}: etcdguard {args:?}", path.display(), c["name"].as_str().unwrap()));

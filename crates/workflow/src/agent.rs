@@ -762,9 +762,32 @@ fn release_our_locks(store: &dyn etcdguard_repo::Store) {
     }
 }
 
+/// Whether `state` can be locked within `bound` (a poisoned lock still counts: the data is
+/// there, a panicking thread left it).
+fn lock_within<T>(state: &Mutex<T>, bound: Duration) -> bool {
+    let until = std::time::Instant::now() + bound;
+    loop {
+        match state.try_lock() {
+            Ok(_) | Err(std::sync::TryLockError::Poisoned(_)) => return true,
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < until => std::thread::sleep(Duration::from_millis(10)),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        }
+    }
+}
+
 fn serve(server: tiny_http::Server, state: Arc<Mutex<State>>) {
     for request in server.incoming_requests() {
         let now = Utc::now();
+        // Liveness: the process answers and its state is not wedged. It says nothing about
+        // backups (a long storage outage must not get every agent restarted: /healthz).
+        if request.url() == "/livez" {
+            let (status, body) = match lock_within(&state, Duration::from_secs(2)) {
+                true => (200, "alive\n"),
+                false => (503, "the agent's state has been locked for over 2 s: it looks wedged\n"),
+            };
+            let _ = request.respond(tiny_http::Response::from_string(body).with_status_code(status));
+            continue;
+        }
         let (status, body, content_type) = {
             let s = state.lock().unwrap_or_else(|p| p.into_inner());
             match request.url() {
@@ -773,7 +796,7 @@ fn serve(server: tiny_http::Server, state: Arc<Mutex<State>>) {
                     (if ok { 200 } else { 503 }, text + "\n", "text/plain; charset=utf-8")
                 }
                 "/metrics" => (200, s.metrics(now), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
-                _ => (404, "not found: try /healthz or /metrics\n".into(), "text/plain; charset=utf-8"),
+                _ => (404, "not found: try /livez, /healthz or /metrics\n".into(), "text/plain; charset=utf-8"),
             }
         };
         let mut response = tiny_http::Response::from_string(body).with_status_code(status);
