@@ -166,6 +166,9 @@ fn check_table_lists_every_certificate_and_exits_18() {
     let f = kubeadm_pki();
     let out = etcdguard().args(["pki", "check", "--pki-dir"]).arg(f.pki()).output().unwrap();
     expect_code(&out, 18, "expired and expiring certificates");
+    // The help says the code it exits with.
+    let help = text(&etcdguard().args(["pki", "check", "--help"]).output().unwrap().stdout);
+    assert!(help.contains("18 one or more expired"), "{help}");
     let stdout = text(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines[0].starts_with("PATH") && lines[0].contains("NOT AFTER (UTC)") && lines[0].contains("DAYS LEFT"), "{stdout}");

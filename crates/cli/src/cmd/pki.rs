@@ -30,7 +30,7 @@ pub enum PkiCommand {
     /// days left and status: valid, expiring (notAfter within --warn), expired, or not yet
     /// valid (notBefore ahead: check the node's clock).
     ///
-    /// Exit codes: 0 all certificates valid beyond --warn; 17 one or more expired, expiring
+    /// Exit codes: 0 all certificates valid beyond --warn; 18 one or more expired, expiring
     /// or not yet valid; 1 a file that should hold a certificate could not be read or parsed
     /// (listed under "problems"); 3 no such directory, or no certificate in it.
     ///
