@@ -50,6 +50,19 @@ fn member_replacement(version: EtcdVersion) {
     assert_eq!(before.len(), 3);
     let (m1, m3) = (id_of(&before, "m1"), id_of(&before, "m3"));
 
+    // Dry runs: the checks and the plan, no change.
+    let out = run(&["cluster", "defrag", "--endpoints", &all, "--dry-run"]);
+    expect_code(&out, 0, "defrag --dry-run");
+    let plan = text(&out.stdout);
+    assert_eq!(plan.lines().filter(|l| l.starts_with("  ")).count(), 3, "{plan}");
+    assert!(plan.lines().last().unwrap().contains("leader"), "the leader goes last: {plan}");
+    let out = run(&["cluster", "member", "remove", &m3, "--endpoints", &all, "--dry-run", "--force"]);
+    expect_code(&out, 0, "member remove --dry-run --force");
+    assert!(text(&out.stdout).starts_with("Would remove member"), "{}", text(&out.stdout));
+    let out = run(&["cluster", "member", "add", "m9", "--peer-urls", "http://127.0.0.99:2380", "--learner", "--endpoints", &all, "-n"]);
+    expect_code(&out, 0, "member add --dry-run");
+    assert_eq!(etcdctl_members(&cluster, cluster.member(0).endpoint()).len(), 3, "a dry run changes nothing");
+
     // A healthy member is not removed without --force.
     let out = run(&["cluster", "member", "remove", &m3, "--endpoints", &all]);
     expect_code(&out, 17, "remove a healthy member");

@@ -154,6 +154,9 @@ pub struct MemberRemoveArgs {
     /// Remove even when the member is healthy or the removal leaves no quorum
     #[arg(long)]
     pub force: bool,
+    /// Run the safety checks and print what would be done; change nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -172,6 +175,9 @@ pub struct MemberAddArgs {
     /// Add a voting member even when the cluster cannot keep its quorum until it starts
     #[arg(long)]
     pub force: bool,
+    /// Run the safety checks and print what would be done; change nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -181,6 +187,9 @@ pub struct MemberPromoteArgs {
     /// Learner ID in hex
     #[arg(value_name = "ID")]
     pub id: String,
+    /// Run the safety checks and print what would be done; change nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -193,6 +202,9 @@ pub struct DefragArgs {
     /// Time allowed for one member's defragmentation, Go syntax
     #[arg(long, value_name = "DURATION", default_value = "5m")]
     pub member_timeout: String,
+    /// Run the safety checks and print what would be done; change nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -252,6 +264,22 @@ pub fn run(cmd: ClusterCommand) -> Result<()> {
 fn member_remove(args: MemberRemoveArgs) -> Result<()> {
     let id = etcdguard_client::parse_member_id(&args.id).map_err(client_failure)?;
     let session = args.conn.session()?;
+    if args.dry_run {
+        let report = session.members().map_err(client_failure)?;
+        let plan = etcdguard_client::check_remove(&report, id, args.force).map_err(client_failure)?;
+        for w in &plan.warnings {
+            eprintln!("warning (--force): {w}");
+        }
+        println!(
+            "Would remove member {:x} ({}): {} voting members left, {} healthy, quorum {} (dry run: nothing changed)",
+            plan.member.id,
+            if plan.member.name.is_empty() { "unstarted" } else { &plan.member.name },
+            plan.voters_after,
+            plan.healthy_voters_after,
+            plan.quorum_after
+        );
+        return Ok(());
+    }
     let plan = session.member_remove(id, args.force).map_err(client_failure)?;
     for w in &plan.warnings {
         eprintln!("warning (--force): {w}");
@@ -270,6 +298,20 @@ fn member_remove(args: MemberRemoveArgs) -> Result<()> {
 
 fn member_add(args: MemberAddArgs) -> Result<()> {
     let session = args.conn.session()?;
+    if args.dry_run {
+        let report = session.members().map_err(client_failure)?;
+        let plan = etcdguard_client::check_add(&report, &args.name, &args.peer_urls, args.learner, args.force).map_err(client_failure)?;
+        for w in &plan.warnings {
+            eprintln!("warning (--force): {w}");
+        }
+        println!(
+            "Would add member {} with peer URLs {}{} (dry run: nothing changed)",
+            args.name,
+            args.peer_urls.join(","),
+            if args.learner { " as a learner" } else { " as a voting member" }
+        );
+        return Ok(());
+    }
     let added = session.member_add(&args.name, &args.peer_urls, args.learner, args.force).map_err(client_failure)?;
     for w in &added.warnings {
         eprintln!("warning (--force): {w}");
@@ -291,6 +333,15 @@ fn member_add(args: MemberAddArgs) -> Result<()> {
 fn member_promote(args: MemberPromoteArgs) -> Result<()> {
     let id = etcdguard_client::parse_member_id(&args.id).map_err(client_failure)?;
     let session = args.conn.session()?;
+    if args.dry_run {
+        let report = session.members().map_err(client_failure)?;
+        let plan = etcdguard_client::check_promote(&report, id).map_err(client_failure)?;
+        println!(
+            "Would promote member {:x} ({}) to a voting member (applied index {} of the leader's {}; dry run: nothing changed)",
+            plan.member.id, plan.member.name, plan.learner_applied, plan.leader_applied
+        );
+        return Ok(());
+    }
     let plan = session.member_promote(id).map_err(client_failure)?;
     println!(
         "Member {:x} ({}) promoted to a voting member (applied index {} of the leader's {})",
@@ -303,6 +354,20 @@ fn defrag(args: DefragArgs) -> Result<()> {
     let limit = etcdguard_client::parse_go_duration(&args.member_timeout)
         .map_err(|e| Failure::new(Code::Usage, format!("--member-timeout: {e}")))?;
     let session = args.conn.session()?;
+    if args.dry_run {
+        let report = session.members().map_err(client_failure)?;
+        let order = etcdguard_client::defrag_order(&report).map_err(client_failure)?;
+        println!("Would defragment, one at a time with a health check after each (dry run: nothing changed):");
+        for i in order {
+            let m = &report.members[i];
+            let (role, size) = match &report.statuses[i] {
+                Ok(st) => (st.role(), humanize_bytes(st.db_size.max(0) as u64)),
+                Err(_) => ("unknown", "?".into()),
+            };
+            println!("  {:x} ({}, {role}, db {size})", m.id, m.name);
+        }
+        return Ok(());
+    }
     let mut on_member = |m: &etcdguard_client::Member, done: Option<&etcdguard_client::Defragmented>| match done {
         None => eprintln!("defragmenting {:x} ({}) …", m.id, m.name),
         Some(d) => println!(
