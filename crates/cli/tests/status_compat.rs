@@ -28,13 +28,9 @@ struct Fixture {
 }
 
 fn fixture(version: EtcdVersion) -> &'static Fixture {
-    static V34: OnceLock<Fixture> = OnceLock::new();
-    static V35: OnceLock<Fixture> = OnceLock::new();
-    let cell = match version {
-        EtcdVersion::V3_4 => &V34,
-        EtcdVersion::V3_5 => &V35,
-    };
-    cell.get_or_init(|| build_fixture(version))
+    static FIXTURES: [OnceLock<Fixture>; 4] = [const { OnceLock::new() }; 4];
+    let index = EtcdVersion::ALL.iter().position(|v| *v == version).unwrap();
+    FIXTURES[index].get_or_init(|| build_fixture(version))
 }
 
 fn build_fixture(version: EtcdVersion) -> Fixture {
