@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use etcdguard_storage::restore::{self, membership, Cluster, Destination, Flavor, Options, Report};
 
-use crate::error::{restore_error, Error, Result};
+use etcdguard_storage::{Evidence, Provenance, Release, SnapshotFile};
+
+use crate::error::{db_error, restore_error, Error, Kind, Result};
 use crate::keycheck::KeyGate;
 use crate::snapshot::open_snapshot;
 
@@ -33,6 +35,9 @@ pub struct SnapshotRestoreOptions {
     pub encryption_config: Option<PathBuf>,
     /// Restore although the encryption key check refuses.
     pub force: bool,
+    /// The etcd release that will run the restored members: a snapshot written by a newer
+    /// release is refused (etcd does not downgrade a data dir).
+    pub etcd_version: Option<Release>,
 }
 
 /// A finished restore: what was written, and how long it took.
@@ -53,6 +58,37 @@ pub fn snapshot_restore(opts: &SnapshotRestoreOptions) -> Result<Restored> {
         None => crate::keycheck::InPlace { config: None, source: "none given (--encryption-config FILE names the one the cluster will use)".into() },
     };
     snapshot_restore_with(opts, in_place, Source::default())
+}
+
+/// Refuses a snapshot that a newer etcd release than `target` wrote: etcd 3.6+ refuse a data
+/// dir whose storage version is newer than theirs, and 3.5 and older would run a newer
+/// release's data unchecked. A file that records no version gets a note.
+fn check_release(path: &std::path::Path, snapshot: &SnapshotFile, target: Release, notes: &mut Vec<String>) -> Result<()> {
+    let db = snapshot.db().map_err(|e| db_error(path, e))?;
+    let (writer, evidence) = Provenance::read(&db).writer();
+    if evidence == Evidence::Nothing {
+        notes.push(format!(
+            "note: the snapshot records neither a storage nor a cluster version, so it cannot be checked against etcd {target}"
+        ));
+        return Ok(());
+    }
+    if writer > target {
+        return Err(Error::new(
+            Kind::Refused,
+            format!(
+                "{}: written by etcd {writer} ({evidence}), newer than the etcd {target} given with --etcd-version: etcd does \
+                 not downgrade a data dir ({}). Restore it where etcd {writer} or newer runs; to go back to {target}, \
+                 downgrade the cluster first (etcdctl downgrade, 3.6+) and take a new snapshot",
+                path.display(),
+                if target >= Release::V3_6 {
+                    format!("etcd {target} refuses to start on it: version \"{writer}.0\" is not supported")
+                } else {
+                    format!("etcd {target} would run it without knowing the newer release's schema")
+                }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What the caller knows of the snapshot file of a restore.
@@ -91,6 +127,10 @@ pub fn snapshot_restore_with(opts: &SnapshotRestoreOptions, in_place: crate::key
         (None, None) => return Err(Error::usage("--data-dir is required (or --cluster-out to restore every member)")),
     };
     let snapshot = open_snapshot(&opts.file)?;
+    let mut notes = Vec::new();
+    if let Some(target) = opts.etcd_version {
+        check_release(&opts.file, &snapshot, target, &mut notes)?;
+    }
     let gate = Arc::new(Mutex::new(KeyGate::new(in_place, opts.force)));
     let options = Options {
         skip_hash_check: opts.skip_hash_check,
@@ -107,7 +147,6 @@ pub fn snapshot_restore_with(opts: &SnapshotRestoreOptions, in_place: crate::key
         restore::restore(&snapshot, &cluster, &dest, &options)
     };
     let check = gate.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let mut notes = Vec::new();
     if let Some(check) = &check {
         // Refuses with the full explanation when the gate refused; otherwise notes only.
         crate::keycheck::enforce(check, opts.force, &mut |n| notes.push(n.to_string()))?;

@@ -37,7 +37,7 @@ pub enum SnapshotCommand {
     ///
     /// Example: etcdguard snapshot verify /backup/snapshot.db
     Verify(VerifyArgs),
-    /// Restore a snapshot into new data dirs that etcd 3.4/3.5 start from (as `etcdutl snapshot restore`).
+    /// Restore a snapshot into new data dirs that etcd 3.4–3.7 start from (as `etcdutl snapshot restore`).
     #[command(long_about = crate::cmd::restore::RESTORE_LONG_HELP, after_help = crate::cmd::restore::RESTORE_EXAMPLES)]
     Restore(crate::cmd::restore::RestoreArgs),
     /// Save a snapshot of a live etcd member (v3 gRPC), as `etcdctl snapshot save`: written to

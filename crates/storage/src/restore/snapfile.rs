@@ -1,6 +1,7 @@
 //! The raft snapshot file (`member/snap/<term>-<index>.snap`) of a restored member: raft
 //! snapshot metadata (index N, term 1, every member a voter) around the v2 store's JSON, which
-//! is where etcd 3.4 and 3.5 read the cluster membership from. Format notes:
+//! is where etcd 3.4 and 3.5 read the cluster membership from (3.6+ read the db's `members`
+//! bucket instead). Format notes:
 //! `docs/formats/wal-and-snap.md`.
 
 use std::fmt::Write as _;
