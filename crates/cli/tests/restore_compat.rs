@@ -34,11 +34,18 @@ fn only_file(dir: &Path, ext: &str) -> std::path::PathBuf {
 }
 
 fn compare(version: EtcdVersion, extra: &[&str]) {
-    let src = make_source(version);
+    compare_release(version, version, &[], extra);
+}
+
+/// A snapshot of `writer` restored by etcdguard (with `ours_only` too) and by `version`'s
+/// own tool, with the same `extra` flags.
+fn compare_release(writer: EtcdVersion, version: EtcdVersion, ours_only: &[&str], extra: &[&str]) {
+    let src = make_source(writer);
     let out = tempfile::tempdir().unwrap();
     let ours = out.path().join("ours");
     let theirs = out.path().join("theirs");
     let mut args = vec![s(&src.snapshot), "--data-dir", s(&ours)];
+    args.extend_from_slice(ours_only);
     args.extend_from_slice(extra);
     restore_ok(&args);
     tool_restore(version, &src.snapshot, &theirs, extra);
@@ -83,6 +90,13 @@ fn single_member_restore_equals_etcdutl_3_6() {
 #[test]
 fn single_member_restore_equals_etcdutl_3_7() {
     compare(EtcdVersion::V3_7, &[]);
+}
+
+/// A 3.5 snapshot restored for 3.6 (`--etcd-version 3.6`) and by etcdutl 3.6: the upgrade
+/// path writes the same files.
+#[test]
+fn restore_of_a_3_5_snapshot_for_3_6_equals_etcdutl_3_6() {
+    compare_release(EtcdVersion::V3_5, EtcdVersion::V3_6, &["--etcd-version", "3.6"], &[]);
 }
 
 /// etcdutl 3.6+ have `--bump-revision` and `--mark-compacted`: the same db as ours.
