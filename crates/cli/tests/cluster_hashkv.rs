@@ -1,4 +1,4 @@
-//! `etcdguard cluster hashkv` against real 3-member clusters of etcd 3.5, 3.6 and 3.7: its
+//! `etcdguard cluster hashkv` against real 3-member clusters of etcd 3.4, 3.5, 3.6 and 3.7: its
 //! lines equal `etcdctl endpoint hashkv --cluster` (latest revision and `--rev`), the members
 //! agree, a compacted revision is refused as etcd refuses it, and a member whose db was
 //! changed behind etcd's back is found.
@@ -76,6 +76,11 @@ fn hashkv_matches_etcdctl(version: EtcdVersion) {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("compacted"), "{}", text(&o.stderr));
     assert!(!text(&o.stderr).contains("panicked"));
+}
+
+#[test]
+fn hashkv_matches_etcdctl_3_4() {
+    hashkv_matches_etcdctl(EtcdVersion::V3_4);
 }
 
 #[test]
