@@ -1,5 +1,5 @@
 //! Continuous capture and point-in-time restore, end to end through the binary, against a
-//! real etcd under a write load (puts, overwrites, deletes, multi-key txns, range deletes,
+//! real etcd (3.4, 3.5, 3.6, 3.7) under a write load (puts, overwrites, deletes, multi-key txns, range deletes,
 //! leased keys):
 //! - `backup follow` is killed with SIGKILL at seeded random moments and restarted; the
 //!   stored changes must then equal, change for change, what the live cluster's own history
@@ -196,6 +196,16 @@ fn capture_and_restore(version: EtcdVersion, kills: usize, samples: usize) {
 fn capture_survives_kills_and_restores_any_revision_etcd_3_5() {
     let kills = std::env::var("CAPTURE_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     capture_and_restore(EtcdVersion::V3_5, kills, 8);
+}
+
+#[test]
+fn capture_and_restore_at_revision_etcd_3_6() {
+    capture_and_restore(EtcdVersion::V3_6, 2, 6);
+}
+
+#[test]
+fn capture_and_restore_at_revision_etcd_3_7() {
+    capture_and_restore(EtcdVersion::V3_7, 2, 6);
 }
 
 #[test]

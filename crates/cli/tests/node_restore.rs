@@ -1,6 +1,6 @@
 //! `etcdguard node restore` on a control-plane node laid out as kubeadm lays it out (a
 //! kubernetes dir with static pod manifests, etcd's data on a hostPath volume), with real etcd
-//! 3.5.1. There is no kubelet here, so the test runs a stand-in for the one kubelet behaviour
+//! 3.5.1 (and 3.6/3.7 where the manifest's image names them). There is no kubelet here, so the test runs a stand-in for the one kubelet behaviour
 //! the runbook relies on: while `manifests/etcd.yaml` exists, the etcd it describes runs (its
 //! command line, with the pod's hostPath mounts applied); when the file goes, that etcd is
 //! stopped. Everything else — the etcd, etcdctl, the data on disk — is real.
@@ -30,6 +30,11 @@ struct Node {
 /// hostPath), kube-apiserver.yaml and kube-scheduler.yaml (nothing runs those two here, so
 /// their ports are simply closed).
 fn node() -> Node {
+    node_with_image("registry.k8s.io/etcd:3.5.1-0")
+}
+
+/// [`node`] with another etcd image in the manifest (the kubelet stand-in runs that release).
+fn node_with_image(image: &str) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     let kubernetes = root.join("etc/kubernetes");
@@ -55,7 +60,7 @@ spec:
     - --listen-peer-urls=http://127.0.0.1:{peer}
     - --name=cp1
     - --snapshot-count=10000
-    image: registry.k8s.io/etcd:3.5.1-0
+    image: {image}
     name: etcd
     volumeMounts:
     - mountPath: /var/lib/etcd
@@ -585,5 +590,50 @@ fn node_restore_refuses_a_snapshot_whose_encryption_keys_the_node_lacks() {
     expect_code(&out, 0, "node restore --force");
     assert!(text(&out.stderr).contains("warning: --force"), "{}", text(&out.stderr));
     assert_eq!(kubelet.starts(), 1);
+    drop(kubelet);
+}
+
+/// On nodes whose manifest runs etcd 3.6 and 3.7, `node restore` brings etcd back at the
+/// snapshot (its membership now only in the db); a 3.7 snapshot is refused on the 3.6 node
+/// before anything is stopped (etcd 3.6 would not start on it).
+#[test]
+fn node_restore_on_etcd_3_6_and_3_7_nodes() {
+    let kept = tempfile::tempdir().unwrap();
+    let mut snapshots = Vec::new();
+    for (version, image) in [(EtcdVersion::V3_6, "registry.k8s.io/etcd:3.6.17-0"), (EtcdVersion::V3_7, "registry.k8s.io/etcd:3.7.4-0")] {
+        let n = node_with_image(image);
+        let kubelet = Kubelet::start(n.kubernetes.join("manifests"), n.root.clone());
+        wait_serving(&n.endpoint);
+        let served = etcdctl(&n.endpoint, &["endpoint", "status", "-w", "json"]);
+        assert!(text(&served.stdout).contains(&format!("\"version\":\"{}.", version.label())), "{}", text(&served.stdout));
+        assert!(etcdctl(&n.endpoint, &["put", "/registry/configmaps/default/keep", "v1"]).status.success());
+        let snap = n.root.join("snapshot.db");
+        let out = etcdguard().args(["snapshot", "save", snap.to_str().unwrap(), "--endpoints", &n.endpoint]).output().unwrap();
+        expect_code(&out, 0, "snapshot save");
+        let snap_revision = revision(&n.endpoint);
+        assert!(etcdctl(&n.endpoint, &["put", "/registry/configmaps/default/after", "x"]).status.success());
+        let kdir = n.kubernetes.to_str().unwrap();
+        let out = etcdguard().args(["node", "restore", snap.to_str().unwrap(), "--kubernetes-dir", kdir, "--wait-timeout", "60s"]).output().unwrap();
+        expect_code(&out, 0, &format!("node restore on a {} node", version.label()));
+        wait_serving(&n.endpoint);
+        assert_eq!(get(&n.endpoint, "/registry/configmaps/default/keep").as_deref(), Some("v1"));
+        assert_eq!(get(&n.endpoint, "/registry/configmaps/default/after"), None);
+        assert_eq!(revision(&n.endpoint), snap_revision);
+        let copy = kept.path().join(format!("{}.db", version.label()));
+        std::fs::copy(&snap, &copy).unwrap();
+        snapshots.push((version, copy));
+        drop(kubelet);
+    }
+
+    // The 3.7 snapshot on a 3.6 node: refused, the control plane left running.
+    let n = node_with_image("registry.k8s.io/etcd:3.6.17-0");
+    let kubelet = Kubelet::start(n.kubernetes.join("manifests"), n.root.clone());
+    wait_serving(&n.endpoint);
+    let newer = &snapshots.iter().find(|(v, _)| *v == EtcdVersion::V3_7).unwrap().1;
+    let out = etcdguard().args(["node", "restore", newer.to_str().unwrap(), "--kubernetes-dir", n.kubernetes.to_str().unwrap()]).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("storage version 3.7.0") && stderr.contains("etcd 3.6"), "{stderr}");
+    assert_eq!(kubelet.starts(), 1, "the control plane was stopped for a snapshot it cannot run");
     drop(kubelet);
 }

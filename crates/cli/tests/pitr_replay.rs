@@ -4,7 +4,7 @@
 //! watch (`Session::follow`), replayed offline into the snapshot up to sampled revisions,
 //! restored with `etcdguard snapshot restore`, and booted with real etcd. Each restored
 //! member must answer `endpoint hashkv --rev REV` and `get "" --prefix` exactly as the
-//! source cluster answers them at REV.
+//! source cluster answers them at REV — on etcd 3.4, 3.5, 3.6 and 3.7.
 
 mod restore_support;
 
@@ -181,4 +181,14 @@ fn point_in_time_restores_equal_etcd_3_5() {
 #[test]
 fn point_in_time_restores_equal_etcd_3_4() {
     point_in_time_restores_equal_the_live_cluster(EtcdVersion::V3_4, 20);
+}
+
+#[test]
+fn point_in_time_restores_equal_etcd_3_6() {
+    point_in_time_restores_equal_the_live_cluster(EtcdVersion::V3_6, 20);
+}
+
+#[test]
+fn point_in_time_restores_equal_etcd_3_7() {
+    point_in_time_restores_equal_the_live_cluster(EtcdVersion::V3_7, 20);
 }

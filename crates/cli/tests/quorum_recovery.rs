@@ -42,6 +42,11 @@ impl SimNode {
 /// Three kubeadm-shaped nodes bootstrapping one cluster; the first node's manifest has no
 /// --initial-cluster-state (kubeadm's first control-plane node), the others say `new`.
 fn start_nodes(root: &Path) -> Vec<SimNode> {
+    start_nodes_with_image(root, "registry.k8s.io/etcd:3.5.1-0")
+}
+
+/// [`start_nodes`] with another etcd image in the manifests (the kubelet stand-in runs that release).
+fn start_nodes_with_image(root: &Path, image: &str) -> Vec<SimNode> {
     let specs: Vec<(String, String, String)> = (0..3)
         .map(|i| {
             let host = node_host(i);
@@ -59,7 +64,7 @@ fn start_nodes(root: &Path) -> Vec<SimNode> {
         let data = root.join("var/lib/etcd");
         let state = if i == 0 { String::new() } else { "    - --initial-cluster-state=new\n".into() };
         let etcd_yaml = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: etcd\n  namespace: kube-system\nspec:\n  containers:\n  - command:\n    - etcd\n    - --advertise-client-urls={client}\n    - --data-dir=/var/lib/etcd\n    - --initial-advertise-peer-urls={peer}\n    - --initial-cluster={}\n{state}    - --initial-cluster-token=old-cluster\n    - --listen-client-urls={client}\n    - --listen-peer-urls={peer}\n    - --name={name}\n    - --quota-backend-bytes=4294967296\n    image: registry.k8s.io/etcd:3.5.1-0\n    name: etcd\n    volumeMounts:\n    - mountPath: /var/lib/etcd\n      name: etcd-data\n  hostNetwork: true\n  volumes:\n  - hostPath:\n      path: {}\n      type: DirectoryOrCreate\n    name: etcd-data\n",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: etcd\n  namespace: kube-system\nspec:\n  containers:\n  - command:\n    - etcd\n    - --advertise-client-urls={client}\n    - --data-dir=/var/lib/etcd\n    - --initial-advertise-peer-urls={peer}\n    - --initial-cluster={}\n{state}    - --initial-cluster-token=old-cluster\n    - --listen-client-urls={client}\n    - --listen-peer-urls={peer}\n    - --name={name}\n    - --quota-backend-bytes=4294967296\n    image: {image}\n    name: etcd\n    volumeMounts:\n    - mountPath: /var/lib/etcd\n      name: etcd-data\n  hostNetwork: true\n  volumes:\n  - hostPath:\n      path: {}\n      type: DirectoryOrCreate\n    name: etcd-data\n",
             initial.join(","),
             data.display()
         );
@@ -200,8 +205,22 @@ fn megabytes() -> usize {
 
 #[test]
 fn quorum_loss_restore_one_then_join_two() {
+    quorum_loss_restore_one_then_join_two_on("registry.k8s.io/etcd:3.5.1-0");
+}
+
+/// The same recovery on etcd 3.6 (membership only in the db, no v2 store) and 3.7.
+#[test]
+fn quorum_loss_restore_one_then_join_two_etcd_3_6_and_3_7() {
+    quorum_loss_restore_one_then_join_two_on("registry.k8s.io/etcd:3.6.17-0");
+    quorum_loss_restore_one_then_join_two_on("registry.k8s.io/etcd:3.7.4-0");
+}
+
+fn quorum_loss_restore_one_then_join_two_on(image: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let nodes = start_nodes(tmp.path());
+    let nodes = start_nodes_with_image(tmp.path(), image);
+    let served = json(&nodes[0].client, &["endpoint", "status"]);
+    let tag = image.rsplit(':').next().unwrap();
+    assert!(tag.starts_with(served[0]["Status"]["version"].as_str().unwrap()), "{image} runs {served}");
     let (m1, m2, m3) = (&nodes[0], &nodes[1], &nodes[2]);
     let value_bytes = 4096;
     load(&m1.client, megabytes() * 1024 * 1024 / value_bytes, value_bytes);

@@ -1,4 +1,5 @@
-//! `etcdguard snapshot restore` output booted by real etcd 3.4 and 3.5: the data is intact
+//! `etcdguard snapshot restore` output booted by real etcd 3.4, 3.5, 3.6 and 3.7 (each on a
+//! snapshot its own release wrote): the data is intact
 //! (every key, value, create/mod revision and version), the member is who the flags say, a
 //! 3-member restore forms a quorum and serves reads and writes, and `--bump-revision
 //! --mark-compacted` moves the revision and compacts the old ones.
@@ -73,6 +74,16 @@ fn restore_boots_etcd_3_5_with_identical_data() {
     single_member_boots(EtcdVersion::V3_5);
 }
 
+#[test]
+fn restore_boots_etcd_3_6_with_identical_data() {
+    single_member_boots(EtcdVersion::V3_6);
+}
+
+#[test]
+fn restore_boots_etcd_3_7_with_identical_data() {
+    single_member_boots(EtcdVersion::V3_7);
+}
+
 fn three_members_form_quorum(version: EtcdVersion) {
     let src = make_source(version);
     let out = tempfile::tempdir().unwrap();
@@ -135,6 +146,16 @@ fn three_member_restore_forms_quorum_on_etcd_3_5() {
     three_members_form_quorum(EtcdVersion::V3_5);
 }
 
+#[test]
+fn three_member_restore_forms_quorum_on_etcd_3_6() {
+    three_members_form_quorum(EtcdVersion::V3_6);
+}
+
+#[test]
+fn three_member_restore_forms_quorum_on_etcd_3_7() {
+    three_members_form_quorum(EtcdVersion::V3_7);
+}
+
 fn bump_and_mark_compacted(version: EtcdVersion) {
     let src = make_source(version);
     let out = tempfile::tempdir().unwrap();
@@ -178,4 +199,135 @@ fn bump_revision_and_mark_compacted_on_etcd_3_4() {
 #[test]
 fn bump_revision_and_mark_compacted_on_etcd_3_5() {
     bump_and_mark_compacted(EtcdVersion::V3_5);
+}
+
+#[test]
+fn bump_revision_and_mark_compacted_on_etcd_3_6() {
+    bump_and_mark_compacted(EtcdVersion::V3_6);
+}
+
+#[test]
+fn bump_revision_and_mark_compacted_on_etcd_3_7() {
+    bump_and_mark_compacted(EtcdVersion::V3_7);
+}
+
+/// Boots `version` on a data dir restored (by etcdguard, or by `tool` when given) from `snapshot`
+/// and checks that every key, value and revision of `src` is there and the member is who the
+/// flags say.
+fn boot_restored(version: EtcdVersion, snapshot: &std::path::Path, src: &Source, tool: Option<EtcdVersion>) {
+    let out_dir = tempfile::tempdir().unwrap();
+    let data_dir = out_dir.path().join("x.etcd");
+    let port = free_port();
+    let peer = format!("http://127.0.0.1:{port}");
+    let cluster = format!("x={peer}");
+    let args = [
+        "--data-dir",
+        s(&data_dir),
+        "--name",
+        "x",
+        "--initial-cluster",
+        &cluster,
+        "--initial-cluster-token",
+        "cross",
+        "--initial-advertise-peer-urls",
+        &peer,
+    ];
+    match tool {
+        None => {
+            let mut all = vec![s(snapshot)];
+            all.extend_from_slice(&args);
+            restore_ok(&all);
+        }
+        Some(t) => {
+            run_ok(t.binaries().snapshot_tool().args(["snapshot", "restore"]).arg(snapshot).args(args));
+        }
+    }
+    let server = EtcdServer::builder(version).name("x").data_dir(&data_dir).start_with_peer_port(port);
+    assert_eq!(server.get_all(), src.kvs, "etcd {} on a restore of a {} snapshot", version.label(), src_label(src));
+    assert_eq!(server.revision(), src.revision);
+    let members = member_list(&server);
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert_eq!(members[0]["ID"].as_u64(), Some(member_id(std::slice::from_ref(&peer), "cross")));
+    assert_eq!(server.put(b"/after", b"ok"), src.revision + 1);
+}
+
+fn src_label(src: &Source) -> String {
+    src.snapshot.display().to_string()
+}
+
+/// A snapshot taken by `etcdguard snapshot save` from a live `version` server, restored by
+/// that release's own etcdutl, boots that release with all data (their restore of ours);
+/// the other direction (ours of theirs) is every test above.
+fn etcdutl_restores_our_snapshot(version: EtcdVersion) {
+    let src = make_source_with(version, |server, dir| {
+        let file = dir.join("ours.db");
+        run_ok(etcdguard().args(["snapshot", "save"]).arg(&file).args(["--endpoints", server.endpoint()]));
+        file
+    });
+    boot_restored(version, &src.snapshot, &src, Some(version));
+}
+
+#[test]
+fn etcdutl_3_6_restores_an_etcdguard_snapshot() {
+    etcdutl_restores_our_snapshot(EtcdVersion::V3_6);
+}
+
+#[test]
+fn etcdutl_3_7_restores_an_etcdguard_snapshot() {
+    etcdutl_restores_our_snapshot(EtcdVersion::V3_7);
+}
+
+/// The upgrade path etcd supports, one minor at a time: a snapshot of the older release,
+/// restored by etcdguard, boots the next release with every key and revision.
+#[test]
+fn restore_of_an_older_snapshot_boots_the_next_release() {
+    for (writer, runner) in [(EtcdVersion::V3_5, EtcdVersion::V3_6), (EtcdVersion::V3_6, EtcdVersion::V3_7)] {
+        let src = make_source(writer);
+        boot_restored(runner, &src.snapshot, &src, None);
+    }
+}
+
+/// `--etcd-version X.Y` names the release that will run the restore: a snapshot of a newer
+/// release is refused before anything is written (exit 17), and rightly — etcd 3.6 will not
+/// start on a 3.7 restore. The same release, or a newer one, is accepted.
+#[test]
+fn etcd_version_refuses_a_downgrade() {
+    let v37 = make_source(EtcdVersion::V3_7);
+    let v36 = make_source(EtcdVersion::V3_6);
+    let out_dir = tempfile::tempdir().unwrap();
+    for (src, target, writer) in [(&v37, "3.6", "3.7"), (&v36, "3.5", "3.6"), (&v37, "3.4", "3.7")] {
+        let data_dir = out_dir.path().join(format!("refused-{target}"));
+        let out = restore(&[s(&src.snapshot), "--data-dir", s(&data_dir), "--etcd-version", target]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(17), "{target}: {stderr}");
+        assert!(stderr.starts_with("Error: ") && stderr.contains(&format!("written by etcd {writer}")), "{stderr}");
+        assert!(stderr.contains("meta/storageVersion"), "the evidence is named: {stderr}");
+        assert!(!data_dir.exists(), "nothing may be written");
+    }
+    for (src, target) in [(&v36, "3.6"), (&v36, "3.7.4")] {
+        let data_dir = out_dir.path().join(format!("accepted-{target}"));
+        restore_ok(&[s(&src.snapshot), "--data-dir", s(&data_dir), "--etcd-version", target]);
+    }
+
+    // Without the guard, etcd 3.6 refuses the 3.7 restore at start-up.
+    let data_dir = out_dir.path().join("unguarded");
+    let port = free_port();
+    let peer = format!("http://127.0.0.1:{port}");
+    restore_ok(&[
+        s(&v37.snapshot),
+        "--data-dir",
+        s(&data_dir),
+        "--name",
+        "u",
+        "--initial-cluster",
+        &format!("u={peer}"),
+        "--initial-advertise-peer-urls",
+        &peer,
+    ]);
+    let started =
+        EtcdServer::builder(EtcdVersion::V3_6).name("u").data_dir(&data_dir).ports(free_port(), port).try_start_once();
+    match started {
+        Ok(_) => panic!("etcd 3.6 started on a 3.7 data dir; the guard would be needless"),
+        Err(e) => assert!(e.contains("not supported"), "{e}"),
+    }
 }

@@ -2,6 +2,11 @@
 //! flags: WAL and raft `.snap` byte for byte (etcdutl 3.5.1; etcdctl 3.4 differs only in the
 //! last WAL record, which 3.5 extends with the ConfState), and `snap/db` with the same
 //! `snapshot status` hash, revision and total keys — also with `--bump-revision`.
+//!
+//! etcdguard writes the layout of the release that wrote the snapshot (or `--etcd-version`):
+//! byte for byte etcdutl 3.6's (3.5's WAL; a `.snap` whose v2-store JSON counts one failed
+//! get) and 3.7's (protobuf-go leaves out ConfChange.ID and ConfState.auto_leave, which
+//! gogo-protobuf wrote as zeros). (Booting them is in restore_boot.rs.)
 
 mod restore_support;
 
@@ -29,11 +34,18 @@ fn only_file(dir: &Path, ext: &str) -> std::path::PathBuf {
 }
 
 fn compare(version: EtcdVersion, extra: &[&str]) {
-    let src = make_source(version);
+    compare_release(version, version, &[], extra);
+}
+
+/// A snapshot of `writer` restored by etcdguard (with `ours_only` too) and by `version`'s
+/// own tool, with the same `extra` flags.
+fn compare_release(writer: EtcdVersion, version: EtcdVersion, ours_only: &[&str], extra: &[&str]) {
+    let src = make_source(writer);
     let out = tempfile::tempdir().unwrap();
     let ours = out.path().join("ours");
     let theirs = out.path().join("theirs");
     let mut args = vec![s(&src.snapshot), "--data-dir", s(&ours)];
+    args.extend_from_slice(ours_only);
     args.extend_from_slice(extra);
     restore_ok(&args);
     tool_restore(version, &src.snapshot, &theirs, extra);
@@ -45,27 +57,54 @@ fn compare(version: EtcdVersion, extra: &[&str]) {
     let (of, tf) = (wal_frames(&ob), wal_frames(&tb));
     assert_eq!(of.len(), tf.len());
     match version {
-        EtcdVersion::V3_5 => assert!(ob == tb, "WAL differs from etcdutl's"),
         // 3.4's last record (snapshot) lacks the ConfState; every record before it is identical.
         EtcdVersion::V3_4 => assert_eq!(of[..of.len() - 1], tf[..tf.len() - 1]),
+        _ => assert!(ob == tb, "WAL differs from etcdutl {}'s", version.label()),
     }
 
     let (os, ts) = (only_file(&ours.join("member/snap"), "snap"), only_file(&theirs.join("member/snap"), "snap"));
     assert_eq!(os.file_name(), ts.file_name());
-    assert!(std::fs::read(&os).unwrap() == std::fs::read(&ts).unwrap(), ".snap differs");
+    assert!(std::fs::read(&os).unwrap() == std::fs::read(&ts).unwrap(), ".snap differs from etcdutl {}'s", version.label());
 
-    let o = tool_status(EtcdVersion::V3_5, &ours.join("member/snap/db"));
-    let t = tool_status(EtcdVersion::V3_5, &theirs.join("member/snap/db"));
+    let tool = if version == EtcdVersion::V3_4 { EtcdVersion::V3_5 } else { version };
+    let o = tool_status(tool, &ours.join("member/snap/db"));
+    let t = tool_status(tool, &theirs.join("member/snap/db"));
     assert_eq!(o["revision"], t["revision"]);
-    if version == EtcdVersion::V3_5 {
+    if version != EtcdVersion::V3_4 {
         assert_eq!(o["hash"], t["hash"], "ours {o} theirs {t}");
         assert_eq!(o["totalKey"], t["totalKey"]);
+        assert_eq!(o["version"], t["version"]);
     }
 }
 
 #[test]
 fn single_member_restore_equals_etcdutl_3_5() {
     compare(EtcdVersion::V3_5, &[]);
+}
+
+#[test]
+fn single_member_restore_equals_etcdutl_3_6() {
+    compare(EtcdVersion::V3_6, &[]);
+}
+
+#[test]
+fn single_member_restore_equals_etcdutl_3_7() {
+    compare(EtcdVersion::V3_7, &[]);
+}
+
+/// A 3.5 snapshot restored for 3.6 (`--etcd-version 3.6`) and by etcdutl 3.6: the upgrade
+/// path writes the same files.
+#[test]
+fn restore_of_a_3_5_snapshot_for_3_6_equals_etcdutl_3_6() {
+    compare_release(EtcdVersion::V3_5, EtcdVersion::V3_6, &["--etcd-version", "3.6"], &[]);
+}
+
+/// etcdutl 3.6+ have `--bump-revision` and `--mark-compacted`: the same db as ours.
+#[test]
+fn bump_revision_equals_etcdutl_3_6_and_3_7() {
+    for version in [EtcdVersion::V3_6, EtcdVersion::V3_7] {
+        compare(version, &["--bump-revision", "1000000", "--mark-compacted"]);
+    }
 }
 
 #[test]
@@ -81,6 +120,23 @@ fn three_member_restore_equals_etcdutl_3_5() {
             "t-3",
             "--initial-advertise-peer-urls",
             "http://127.0.0.1:22380",
+        ],
+    );
+}
+
+#[test]
+fn three_member_restore_equals_etcdutl_3_7() {
+    compare(
+        EtcdVersion::V3_7,
+        &[
+            "--name",
+            "m1",
+            "--initial-cluster",
+            CLUSTER,
+            "--initial-cluster-token",
+            "t-3",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:12380",
         ],
     );
 }

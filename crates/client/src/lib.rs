@@ -1,4 +1,4 @@
-//! etcdguard's client for live etcd (v3 gRPC API, etcd 3.4 – 3.6).
+//! etcdguard's client for live etcd (v3 gRPC API, etcd 3.4 – 3.7).
 //!
 //! - [`ConnectConfig`]: endpoints, TLS files, user, timeouts — flags first, then `ETCDCTL_*`
 //!   environment variables, then etcdctl's defaults.
@@ -12,6 +12,8 @@
 //!   [`Session::member_promote`]; the pure checks [`check_remove`], [`check_add`],
 //!   [`check_promote`]) and maintenance ([`Session::defrag`], [`Session::alarms`]).
 //! - [`choose_member`]: which member to snapshot (a caught-up follower unless told otherwise).
+//! - [`Session::cluster_hash_kv`]: `Maintenance.HashKV` on every member at one revision, and
+//!   [`agreement`] over the answers (the check etcd's corruption detection makes).
 //!
 //! Nothing here prints; errors are [`ClientError`]s with an [`ErrorKind`] for exit codes.
 
@@ -19,6 +21,7 @@ mod cluster;
 mod config;
 mod conn;
 pub mod election;
+mod hashkv;
 mod kv;
 mod members;
 mod error;
@@ -32,6 +35,7 @@ pub use cluster::{all_failed, choose_member, Choice, Health, Member, MemberStatu
 pub use config::{normalize_endpoint, parse_go_duration, ConnectConfig, ConnectFlags, Secret, ENV_VARS};
 pub use conn::{connect, Connection, MAX_MESSAGE_BYTES};
 pub use error::{ClientError, ErrorKind};
+pub use hashkv::{agreement, Agreement, ClusterHashes, KvHash};
 pub use members::{
     check_add, check_promote, check_remove, defrag_order, parse_member_id, AddPlan, Added, Alarm, Defragmented, PromotePlan,
     RemovePlan, PROMOTE_MAX_LAG,
@@ -104,22 +108,7 @@ impl Session {
 
     /// The member list from the first endpoint that answers, and every member's status.
     pub fn members(&self) -> Result<MembersReport, ClientError> {
-        let mut failures = Vec::new();
-        let mut found = None;
-        for endpoint in &self.cfg.endpoints {
-            let r = self.rt.block_on(async {
-                let mut conn = connect_with(&self.cfg, self.tls.as_ref(), endpoint).await?;
-                conn.members().await
-            });
-            match r {
-                Ok(members) => {
-                    found = Some((endpoint.clone(), members));
-                    break;
-                }
-                Err(e) => failures.push(Probe { endpoint: endpoint.clone(), result: Err(e) }),
-            }
-        }
-        let Some((from, members)) = found else { return Err(all_failed(&failures)) };
+        let (from, members) = self.member_list()?;
         let urls: Vec<String> = members
             .iter()
             .map(|m| {
@@ -145,6 +134,47 @@ impl Session {
             })
             .collect();
         Ok(MembersReport { from, members, statuses })
+    }
+
+    /// The member list from the first configured endpoint that answers.
+    fn member_list(&self) -> Result<(String, Vec<Member>), ClientError> {
+        let mut failures = Vec::new();
+        for endpoint in &self.cfg.endpoints {
+            let r = self.rt.block_on(async {
+                let mut conn = connect_with(&self.cfg, self.tls.as_ref(), endpoint).await?;
+                conn.members().await
+            });
+            match r {
+                Ok(members) => return Ok((endpoint.clone(), members)),
+                Err(e) => failures.push(Probe { endpoint: endpoint.clone(), result: Err(e) }),
+            }
+        }
+        Err(all_failed(&failures))
+    }
+
+    /// `HashKV` at `revision` (`None`: each member's current one) on every client URL of every
+    /// member, as `etcdctl endpoint hashkv --cluster` asks. Without a revision, members that
+    /// answered at different revisions (writes in flight) are asked again at the smallest, so
+    /// the answers can be compared.
+    pub fn cluster_hash_kv(&self, revision: Option<i64>) -> Result<ClusterHashes, ClientError> {
+        let (from, members) = self.member_list()?;
+        let urls: Vec<String> = members.iter().flat_map(|m| m.client_urls.iter().cloned()).collect();
+        let dial: Vec<String> =
+            urls.iter().map(|u| normalize_endpoint(u, self.tls.is_some()).unwrap_or_else(|_| u.clone())).collect();
+        let ask = |rev: i64| -> Vec<Result<KvHash, ClientError>> {
+            self.for_each(&dial, move |mut conn| async move { conn.hash_kv(rev).await }).into_iter().map(|(r, _)| r).collect()
+        };
+        let mut answers = ask(revision.unwrap_or(0));
+        let mut rehashed_at = None;
+        if revision.is_none() {
+            let revs: std::collections::BTreeSet<i64> = answers.iter().filter_map(|r| r.as_ref().ok()).map(|h| h.hash_revision).collect();
+            if revs.len() > 1 {
+                let lowest = *revs.iter().next().unwrap();
+                answers = ask(lowest);
+                rehashed_at = Some(lowest);
+            }
+        }
+        Ok(ClusterHashes { from, members, hashes: urls.into_iter().zip(answers).collect(), rehashed_at })
     }
 
     /// Streams a snapshot from `endpoint` into `dest`. For a file: `FILE.part` (0600), fsync,

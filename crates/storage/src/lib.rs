@@ -5,6 +5,7 @@
 pub mod keys;
 pub mod members;
 pub mod proto;
+pub mod release;
 pub mod replay;
 pub mod restore;
 pub mod snapshot_file;
@@ -12,5 +13,6 @@ pub mod status;
 pub mod verify;
 
 pub use snapshot_file::{Layout, SnapshotFile, TrailerCheck};
-pub use status::{status, Format, Status, StatusError};
+pub use release::{Evidence, Provenance, Release};
+pub use status::{status, status_as, Format, Status, StatusError};
 pub use verify::{verify, VerifyReport};

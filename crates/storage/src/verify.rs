@@ -285,6 +285,7 @@ pub fn verify(db: &Db<'_>, release: Option<&dyn Fn()>) -> VerifyReport {
         // Not collected by the verify walk; `status` has them.
         storage_version: None,
         cluster_version: None,
+        release: crate::Release::V3_5,
     });
     VerifyReport {
         metas: db.metas().clone(),

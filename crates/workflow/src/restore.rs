@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use etcdguard_storage::restore::{self, membership, Cluster, Destination, Flavor, Options, Report};
 
-use crate::error::{restore_error, Error, Result};
+use etcdguard_storage::{Evidence, Provenance, Release, SnapshotFile};
+
+use crate::error::{restore_error, Error, Kind, Result};
 use crate::keycheck::KeyGate;
 use crate::snapshot::open_snapshot;
 
@@ -33,6 +35,10 @@ pub struct SnapshotRestoreOptions {
     pub encryption_config: Option<PathBuf>,
     /// Restore although the encryption key check refuses.
     pub force: bool,
+    /// The etcd release that will run the restored members: its etcdutl's file layout is
+    /// written (default: the snapshot's writer's), and a snapshot written by a newer release
+    /// is refused (etcd does not downgrade a data dir).
+    pub etcd_version: Option<Release>,
 }
 
 /// A finished restore: what was written, and how long it took.
@@ -53,6 +59,48 @@ pub fn snapshot_restore(opts: &SnapshotRestoreOptions) -> Result<Restored> {
         None => crate::keycheck::InPlace { config: None, source: "none given (--encryption-config FILE names the one the cluster will use)".into() },
     };
     snapshot_restore_with(opts, in_place, Source::default())
+}
+
+/// The release that wrote a snapshot and why, when its database opens (a file that does not
+/// is left to the restore to report).
+pub(crate) fn writer_of(snapshot: &SnapshotFile) -> Option<(Release, Evidence)> {
+    snapshot.db().ok().map(|db| Provenance::read(&db).writer())
+}
+
+/// The WAL/.snap layout of the release that will run the restore: `target` when given, else
+/// the release that wrote the snapshot; 3.5's (which every release reads) when neither is known.
+pub(crate) fn flavor_for(writer: Option<&(Release, Evidence)>, target: Option<Release>) -> Flavor {
+    let known_writer = writer.filter(|(_, evidence)| *evidence != Evidence::Nothing).map(|(r, _)| *r);
+    target.or(known_writer).map(Flavor::for_release).unwrap_or(Flavor::V3_5)
+}
+
+/// Refuses a snapshot that a newer etcd release than `target` wrote: etcd 3.6+ refuse a data
+/// dir whose storage version is newer than theirs, and 3.5 and older would run a newer
+/// release's data unchecked. A file that records no version gets a note.
+fn check_release(path: &std::path::Path, writer: Release, evidence: &Evidence, target: Release, notes: &mut Vec<String>) -> Result<()> {
+    if *evidence == Evidence::Nothing {
+        notes.push(format!(
+            "note: the snapshot records neither a storage nor a cluster version, so it cannot be checked against etcd {target}"
+        ));
+        return Ok(());
+    }
+    if writer > target {
+        return Err(Error::new(
+            Kind::Refused,
+            format!(
+                "{}: written by etcd {writer} ({evidence}), newer than the etcd {target} given with --etcd-version: etcd does \
+                 not downgrade a data dir ({}). Restore it where etcd {writer} or newer runs; to go back to {target}, \
+                 downgrade the cluster first (etcdctl downgrade, 3.6+) and take a new snapshot",
+                path.display(),
+                if target >= Release::V3_6 {
+                    format!("etcd {target} refuses to start on it: version \"{writer}.0\" is not supported")
+                } else {
+                    format!("etcd {target} would run it without knowing the newer release's schema")
+                }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What the caller knows of the snapshot file of a restore.
@@ -91,12 +139,17 @@ pub fn snapshot_restore_with(opts: &SnapshotRestoreOptions, in_place: crate::key
         (None, None) => return Err(Error::usage("--data-dir is required (or --cluster-out to restore every member)")),
     };
     let snapshot = open_snapshot(&opts.file)?;
+    let mut notes = Vec::new();
+    let writer = writer_of(&snapshot);
+    if let (Some(target), Some((release, evidence))) = (opts.etcd_version, &writer) {
+        check_release(&opts.file, *release, evidence, target, &mut notes)?;
+    }
     let gate = Arc::new(Mutex::new(KeyGate::new(in_place, opts.force)));
     let options = Options {
         skip_hash_check: opts.skip_hash_check,
         bump_revision: opts.bump_revision,
         mark_compacted: opts.mark_compacted,
-        flavor: Flavor::V3_5,
+        flavor: flavor_for(writer.as_ref(), opts.etcd_version),
         source_verified: source.verified,
         gate: Some(gate.clone()),
     };
@@ -107,7 +160,6 @@ pub fn snapshot_restore_with(opts: &SnapshotRestoreOptions, in_place: crate::key
         restore::restore(&snapshot, &cluster, &dest, &options)
     };
     let check = gate.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let mut notes = Vec::new();
     if let Some(check) = &check {
         // Refuses with the full explanation when the gate refused; otherwise notes only.
         crate::keycheck::enforce(check, opts.force, &mut |n| notes.push(n.to_string()))?;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use etcdguard_bolt::{Db, OpenError};
 use etcdguard_storage::snapshot_file::hex;
-use etcdguard_storage::{Layout, SnapshotFile, Status, StatusError, TrailerCheck};
+use etcdguard_storage::{Evidence, Layout, Provenance, Release, SnapshotFile, Status, StatusError, TrailerCheck};
 
 use crate::error::{db_error, open_file_error, Error, Kind, Result};
 
@@ -71,6 +71,7 @@ pub fn status_error(path: &Path, e: StatusError) -> Error {
             }
             Error::new(Kind::Corrupt, msg)
         }
+        e @ StatusError::BadKeyValue { .. } => Error::new(Kind::Corrupt, format!("{}: {e}", path.display())),
         other => Error::new(Kind::NotSnapshot, format!("{}: {other}", path.display())),
     }
 }
@@ -91,13 +92,37 @@ pub fn with_trailer_check<T>(file: &SnapshotFile, skip: bool, work: impl FnOnce(
 /// What `snapshot status` checks (the sha256 trailer unless skipped, and the structure it
 /// walks): commands that must refuse a bad snapshot before they change anything call it first.
 pub fn check_snapshot(path: &Path, skip_hash_check: bool) -> Result<(Status, TrailerCheck)> {
+    let checked = snapshot_status(path, skip_hash_check, Some(Release::V3_5))?;
+    Ok((checked.status, checked.trailer))
+}
+
+/// What `snapshot status` found.
+pub struct CheckedStatus {
+    /// The numbers as `etcdutl snapshot status` of `status.release` computes them.
+    pub status: Status,
+    pub trailer: TrailerCheck,
+    /// Why `status.release` was chosen when the caller left it to the file.
+    pub detected: Option<Evidence>,
+}
+
+/// `snapshot status` as etcdutl of release line `as_of` computes it; `None` takes the line
+/// that wrote the file (its storage version, else its cluster version, else the newest line).
+pub fn snapshot_status(path: &Path, skip_hash_check: bool, as_of: Option<Release>) -> Result<CheckedStatus> {
     let file = open_snapshot(path)?;
     let db = file.db().map_err(|e| db_error(path, e))?;
+    let (as_of, detected) = match as_of {
+        Some(r) => (r, None),
+        None => {
+            let (r, evidence) = Provenance::read(&db).writer();
+            (r, Some(evidence))
+        }
+    };
     let release = || file.release_resident();
-    let (trailer, status) = with_trailer_check(&file, skip_hash_check, || etcdguard_storage::status(&db, Some(&release)));
+    let (trailer, status) =
+        with_trailer_check(&file, skip_hash_check, || etcdguard_storage::status_as(&db, as_of, Some(&release)));
     let trailer = trailer.map_err(|e| Error::failure(format!("{}: reading for sha256: {e}", path.display())))?;
     if let TrailerCheck::Mismatch { expected, actual } = trailer {
         return Err(trailer_error(path, &expected, &actual));
     }
-    Ok((status.map_err(|e| status_error(path, e))?, trailer))
+    Ok(CheckedStatus { status: status.map_err(|e| status_error(path, e))?, trailer, detected })
 }

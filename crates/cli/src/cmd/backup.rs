@@ -548,6 +548,10 @@ pub struct RestoreArgs {
     /// Restore into a data dir although the encryption key check refuses.
     #[arg(long, help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
     pub force: bool,
+    /// The etcd release (X.Y) that will run the restored members; a backup written by a
+    /// newer release is refused (exit 17).
+    #[arg(long, value_name = "X.Y", value_parser = crate::cmd::snapshot::parse_release, help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    pub etcd_version: Option<etcdguard_storage::Release>,
 }
 
 #[derive(Args)]
@@ -897,6 +901,7 @@ fn restore(args: RestoreArgs) -> Result<()> {
         cluster_out: args.cluster_out.clone(),
         encryption_config: args.encryption_config.clone(),
         force: args.force,
+        etcd_version: args.etcd_version,
     });
     if args.dry_run {
         let at = args.at.expect("clap: --dry-run requires --at");

@@ -15,8 +15,10 @@ Restore a snapshot into new etcd data directories.
 Writes, for the member named by --name, a data dir that etcd starts from: member/snap/db (the \
 snapshot's database with the new cluster's membership, consistent index and term), \
 member/snap/0000000000000001-<N>.snap and member/wal/0000000000000000-0000000000000000.wal. \
-Same flags and same result as `etcdutl snapshot restore` (etcd 3.5); the data dirs boot etcd \
-3.4 and 3.5. Member and cluster IDs are derived from --initial-cluster and \
+Same flags and byte for byte the same WAL and .snap as `etcdutl snapshot restore` of the etcd \
+release that wrote the snapshot (3.5, 3.6 or 3.7; 3.4 snapshots get 3.5's layout), or of \
+--etcd-version X.Y, which also refuses a snapshot of a newer release than X.Y. The data dirs \
+boot etcd 3.4, 3.5, 3.6 and 3.7 (a snapshot of that release or the one before it). Member and cluster IDs are derived from --initial-cluster and \
 --initial-cluster-token exactly as etcd derives them, so run the restore once per member with \
 identical --initial-cluster and --initial-cluster-token (or once with --cluster-out).
 
@@ -102,6 +104,11 @@ pub struct RestoreArgs {
     /// Restore although the encryption key check refuses.
     #[arg(long)]
     pub force: bool,
+    /// The etcd release (X.Y) that will run the restored members: its etcdutl's file layout
+    /// is written, and a snapshot written by a newer release (its storage or cluster
+    /// version) is refused with exit 17, since etcd does not downgrade a data dir.
+    #[arg(long, value_name = "X.Y", value_parser = crate::cmd::snapshot::parse_release)]
+    pub etcd_version: Option<etcdguard_storage::Release>,
     /// Accepted for compatibility with etcdutl; has no effect on the files written.
     #[arg(long, value_name = "BYTES", hide = true)]
     pub initial_memory_map_size: Option<u64>,
@@ -129,6 +136,7 @@ pub(crate) fn options(args: &RestoreArgs) -> SnapshotRestoreOptions {
         cluster_out: args.cluster_out.clone(),
         encryption_config: args.encryption_config.clone(),
         force: args.force,
+        etcd_version: args.etcd_version,
     }
 }
 

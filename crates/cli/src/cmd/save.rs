@@ -116,12 +116,14 @@ pub fn run(args: SaveArgs) -> Result<()> {
     Ok(())
 }
 
-/// `etcdguard snapshot status FILE` (simple format) of the file just written.
+/// `etcdguard snapshot status FILE` (simple format, as the release that wrote it) of the file just written.
 fn file_status(path: &Path) -> Result<String> {
     let file = crate::cmd::snapshot::open_snapshot(path)?;
     let db = file.db().map_err(|e| crate::cmd::snapshot::db_failure(path, e))?;
     let release = || file.release_resident();
-    let status = etcdguard_storage::status(&db, Some(&release))
+    // As the release that wrote it (a live 3.6 cluster's file prints 3.6's five columns).
+    let (as_of, _) = etcdguard_storage::Provenance::read(&db).writer();
+    let status = etcdguard_storage::status_as(&db, as_of, Some(&release))
         .map_err(|e| Failure::new(Code::Corrupt, format!("{}: saved, but its status cannot be read: {e}", path.display())))?;
     Ok(status.render(Format::Simple))
 }

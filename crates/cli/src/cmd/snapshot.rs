@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use etcdguard_bolt::OpenError;
 use etcdguard_storage::snapshot_file::hex;
-use etcdguard_storage::{Format, SnapshotFile, TrailerCheck, VerifyReport};
+use etcdguard_storage::{Format, Release, SnapshotFile, TrailerCheck, VerifyReport};
 use etcdguard_workflow::snapshot as workflow;
 use serde_json::json;
 
@@ -20,7 +20,12 @@ pub enum SnapshotCommand {
     /// the result noted on stderr) and on a data dir's `member/snap/db` copied from a stopped
     /// etcd. The bbolt structure is checked first; a damaged file is an error, not a number.
     ///
-    /// Example: etcdguard snapshot status /backup/snapshot.db -w table
+    /// etcdutl 3.6+ prints a fifth column, the storage version, and counts live keys where
+    /// 3.4/3.5 count every stored entry; 3.7 draws its table with box-drawing characters. The
+    /// output is that of the etcd that wrote the file (its meta/storageVersion, else its
+    /// cluster/clusterVersion, else the newest line; noted on stderr), or of --etcd-version.
+    ///
+    /// Example: etcdguard snapshot status /backup/snapshot.db -w table --etcd-version 3.6
     Status(StatusArgs),
     /// Check a snapshot thoroughly and say what, if anything, is broken.
     ///
@@ -32,7 +37,7 @@ pub enum SnapshotCommand {
     ///
     /// Example: etcdguard snapshot verify /backup/snapshot.db
     Verify(VerifyArgs),
-    /// Restore a snapshot into new data dirs that etcd 3.4/3.5 start from (as `etcdutl snapshot restore`).
+    /// Restore a snapshot into new data dirs that etcd 3.4–3.7 start from (as `etcdutl snapshot restore`).
     #[command(long_about = crate::cmd::restore::RESTORE_LONG_HELP, after_help = crate::cmd::restore::RESTORE_EXAMPLES)]
     Restore(crate::cmd::restore::RestoreArgs),
     /// Save a snapshot of a live etcd member (v3 gRPC), as `etcdctl snapshot save`: written to
@@ -52,6 +57,18 @@ pub struct StatusArgs {
     /// Do not compare the sha256 trailer with the content (faster on very large files).
     #[arg(long)]
     pub skip_hash_check: bool,
+    /// Print as etcdutl of this release line does (3.4, 3.5, 3.6 or 3.7; a patch part such
+    /// as 3.6.17 is ignored). Default: the line that wrote the snapshot.
+    #[arg(long, value_name = "X.Y", value_parser = parse_release)]
+    pub etcd_version: Option<Release>,
+}
+
+/// `--etcd-version`: a release line etcdguard knows.
+pub fn parse_release(text: &str) -> std::result::Result<Release, String> {
+    Release::parse(text).ok_or_else(|| {
+        let known: Vec<&str> = Release::ALL.iter().map(|r| r.label()).collect();
+        format!("unknown etcd release line {text:?}; known: {}", known.join(", "))
+    })
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -108,9 +125,15 @@ pub fn db_failure(path: &Path, e: OpenError) -> Failure {
 }
 
 fn status(args: StatusArgs) -> Result<()> {
-    let (status, trailer) = workflow::check_snapshot(&args.file, args.skip_hash_check)?;
-    print!("{}", status.render(args.write_out.into()));
-    match trailer {
+    let checked = workflow::snapshot_status(&args.file, args.skip_hash_check, args.etcd_version)?;
+    print!("{}", checked.status.render(args.write_out.into()));
+    if let Some(evidence) = &checked.detected {
+        eprintln!(
+            "printed as etcdutl {} prints it: {evidence} (--etcd-version picks another)",
+            checked.status.release
+        );
+    }
+    match checked.trailer {
         TrailerCheck::Verified => eprintln!("sha256 trailer verified"),
         TrailerCheck::Absent => eprintln!("no sha256 trailer (a plain bbolt file such as member/snap/db); content not checksummed"),
         _ => {}

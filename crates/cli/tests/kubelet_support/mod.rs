@@ -231,26 +231,32 @@ pub fn run_pod(manifest: &Path, log: &Path) -> Child {
     let words = |key: &str| -> Vec<String> { c[key].as_sequence().map(|s| s.iter().map(|a| a.as_str().unwrap().to_string()).collect()).unwrap_or_default() };
     let argv: Vec<String> = words("command").into_iter().chain(words("args")).map(|a| map_paths(&a, &mounts)).collect();
     let run_as = |key: &str| c["securityContext"][key].as_u64().or(pod["spec"]["securityContext"][key].as_u64());
-    let mut etcd35 = EtcdVersion::V3_5.binaries().etcd;
+    // The etcd release the pod's image names (registry.k8s.io/etcd:3.6.17-0 → 3.6), 3.5 otherwise.
+    let release = c["image"]
+        .as_str()
+        .and_then(|image| image.rsplit_once(':'))
+        .and_then(|(_, tag)| EtcdVersion::from_label(tag))
+        .unwrap_or(EtcdVersion::V3_5);
+    let mut etcd_bin = release.binaries().etcd;
     if run_as("runAsUser").is_some() {
         // The installed binary may sit under a dir only root can enter: run a copy.
         use std::os::unix::fs::PermissionsExt;
         let copy = log.parent().unwrap().join("bin/etcd");
         if !copy.exists() {
             std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
-            std::fs::copy(&etcd35, &copy).unwrap();
+            std::fs::copy(&etcd_bin, &copy).unwrap();
             std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        etcd35 = copy;
+        etcd_bin = copy;
     }
     let mut cmd = if argv[0].ends_with("sh") {
         let mut cmd = Command::new(&argv[0]);
-        let path = format!("{}:{}", etcd35.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!("{}:{}", etcd_bin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
         cmd.args(&argv[1..]).env("PATH", path);
         cmd
     } else {
         assert!(argv[0].ends_with("etcd"), "{argv:?}");
-        let mut cmd = Command::new(&etcd35);
+        let mut cmd = Command::new(&etcd_bin);
         cmd.args(&argv[1..]);
         cmd
     };

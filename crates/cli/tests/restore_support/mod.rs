@@ -19,6 +19,15 @@ pub struct Source {
 /// A few hundred keys with history: overwrites, deletes, a leased key, a value large enough
 /// for overflow pages, and old members in the source cluster's db (named `src`).
 pub fn make_source(version: EtcdVersion) -> Source {
+    make_source_with(version, |server, dir| {
+        let snapshot = dir.join("snapshot.db");
+        server.snapshot_save(&snapshot);
+        snapshot
+    })
+}
+
+/// As [`make_source`], with the snapshot taken by `save` (which returns the file it wrote).
+pub fn make_source_with(version: EtcdVersion, save: impl FnOnce(&EtcdServer, &Path) -> PathBuf) -> Source {
     let dir = tempfile::tempdir().unwrap();
     let server = EtcdServer::builder(version).name("src").start();
     for i in 0..300 {
@@ -36,8 +45,7 @@ pub fn make_source(version: EtcdVersion) -> Source {
     let lease = server.grant_lease(3600);
     server.put_with_lease(b"/registry/leases/kube-system/leader", b"holder", lease);
     server.put(b"/registry/configmaps/big", &vec![b'B'; 30_000]);
-    let snapshot = dir.path().join("snapshot.db");
-    server.snapshot_save(&snapshot);
+    let snapshot = save(&server, dir.path());
     let kvs = server.get_all();
     let revision = server.revision();
     drop(server);

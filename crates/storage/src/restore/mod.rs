@@ -394,7 +394,7 @@ fn write_raft_files(
     flavor: Flavor,
 ) -> Result<(), RestoreError> {
     let snap_dir = member_dir.join("snap");
-    write_private(&snap_dir.join(snapfile::file_name(cluster)), &snapfile::encode(cluster))?;
+    write_private(&snap_dir.join(snapfile::file_name(cluster)), &snapfile::encode(cluster, flavor))?;
     sync_dir(&snap_dir)?;
     mkdir_private(wal_dir)?;
     let wal_path = wal_dir.join(wal::FIRST_SEGMENT_NAME);

@@ -1,12 +1,13 @@
 //! The raft snapshot file (`member/snap/<term>-<index>.snap`) of a restored member: raft
 //! snapshot metadata (index N, term 1, every member a voter) around the v2 store's JSON, which
-//! is where etcd 3.4 and 3.5 read the cluster membership from. Format notes:
+//! is where etcd 3.4 and 3.5 read the cluster membership from (3.6+ read the db's `members`
+//! bucket instead). Format notes:
 //! `docs/formats/wal-and-snap.md`.
 
 use std::fmt::Write as _;
 
 use super::membership::{go_json_string, Cluster};
-use super::wal::{conf_state, field_bytes, field_varint};
+use super::wal::{conf_state, field_bytes, field_varint, Flavor};
 
 /// The v2 store holds a ring of this many events; unused slots serialize as `null`.
 const EVENT_HISTORY_CAPACITY: usize = 1000;
@@ -27,8 +28,10 @@ fn node(out: &mut String, path: &str, index: usize, value: &str) {
 }
 
 /// The v2 store after creating `/0/members/<hex id>/raftAttributes` for each member in
-/// ascending id order (member i at index i), serialized as etcd 3.4/3.5 do.
-pub fn v2_store_json(cluster: &Cluster) -> String {
+/// ascending id order (member i at index i), serialized as etcd 3.4/3.5 do (3.6+ look each
+/// member up before creating it, which counts one failed get).
+pub fn v2_store_json(cluster: &Cluster, flavor: Flavor) -> String {
+    let gets_fail = u32::from(flavor >= Flavor::V3_6);
     let n = cluster.members.len();
     let mut s = String::with_capacity(6000 + 400 * n);
     s.push_str("{\"Root\":{");
@@ -74,7 +77,7 @@ pub fn v2_store_json(cluster: &Cluster) -> String {
     let _ = write!(
         s,
         "],\"Size\":{n},\"Front\":0,\"Back\":{n},\"Capacity\":{EVENT_HISTORY_CAPACITY}}},\"StartIndex\":1,\"LastIndex\":{n}}}}},\
-         \"CurrentIndex\":{n},\"Stats\":{{\"getsSuccess\":0,\"getsFail\":0,\"setsSuccess\":0,\"setsFail\":0,\
+         \"CurrentIndex\":{n},\"Stats\":{{\"getsSuccess\":0,\"getsFail\":{gets_fail},\"setsSuccess\":0,\"setsFail\":0,\
          \"deleteSuccess\":0,\"deleteFail\":0,\"updateSuccess\":0,\"updateFail\":0,\"createSuccess\":{n},\
          \"createFail\":0,\"compareAndSwapSuccess\":0,\"compareAndSwapFail\":0,\"compareAndDeleteSuccess\":0,\
          \"compareAndDeleteFail\":0,\"expireCount\":0,\"watchers\":0}},\"CurrentVersion\":2}}"
@@ -84,10 +87,10 @@ pub fn v2_store_json(cluster: &Cluster) -> String {
 
 /// The whole `.snap` file: `snappb.Snapshot{crc, data = raftpb.Snapshot{store JSON,
 /// metadata{conf state, index N, term 1}}}`, crc = CRC-32C of `data`.
-pub fn encode(cluster: &Cluster) -> Vec<u8> {
-    let json = v2_store_json(cluster);
+pub fn encode(cluster: &Cluster, flavor: Flavor) -> Vec<u8> {
+    let json = v2_store_json(cluster, flavor);
     let mut metadata = Vec::new();
-    field_bytes(&mut metadata, 1, &conf_state(cluster));
+    field_bytes(&mut metadata, 1, &conf_state(cluster, flavor));
     field_varint(&mut metadata, 2, cluster.members.len() as u64);
     field_varint(&mut metadata, 3, 1);
     let mut raft_snapshot = Vec::with_capacity(json.len() + 64);
@@ -106,14 +109,14 @@ mod tests {
     #[test]
     fn single_member_snap_matches_etcdutl_bytes() {
         let c = Cluster::new("default=http://localhost:2380", "etcd-cluster").unwrap();
-        let json = v2_store_json(&c);
+        let json = v2_store_json(&c, Flavor::V3_5);
         assert_eq!(json.len(), 6457);
         assert!(json.starts_with(r#"{"Root":{"Path":"/","CreatedIndex":0,"ModifiedIndex":0,"ExpireTime":"0001-01-01T00:00:00Z","Value":"","Children":{"0":{"Path":"/0""#));
         assert!(json.contains(r#""Value":"{\"peerURLs\":[\"http://localhost:2380\"]}","Children":null}"#));
         assert!(json.ends_with(r#""expireCount":0,"watchers":0},"CurrentVersion":2}"#));
         assert_eq!(json.matches("null").count(), 999 + 1);
         serde_json::from_str::<serde_json::Value>(&json).unwrap();
-        let snap = encode(&c);
+        let snap = encode(&c, Flavor::V3_5);
         assert_eq!(snap.len(), 6490);
         assert_eq!(&snap[..12], &[0x08, 0xb6, 0xf8, 0x81, 0x8f, 0x01, 0x12, 0xd1, 0x32, 0x0a, 0xb9, 0x32]);
         assert_eq!(&snap[12..20], b"{\"Root\":");
@@ -128,7 +131,7 @@ mod tests {
     #[test]
     fn members_keyed_by_hex_string_order_indexed_by_id_order() {
         let c = Cluster::new("a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3", "t").unwrap();
-        let json = v2_store_json(&c);
+        let json = v2_store_json(&c, Flavor::V3_5);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         let members = &v["Root"]["Children"]["0"]["Children"]["members"]["Children"];
         for (i, m) in c.members.iter().enumerate() {

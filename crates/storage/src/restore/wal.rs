@@ -20,12 +20,34 @@ const REC_STATE: u64 = 3;
 const REC_CRC: u64 = 4;
 const REC_SNAPSHOT: u64 = 5;
 
-/// Which etcd release's record layout to write. 3.5 adds the ConfState to the WAL snapshot
-/// record; 3.4 servers read it fine (unknown to them, skipped), so 3.5 is the default.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which etcd release's record layout to write (each release reads every layout; the
+/// choice only makes the files byte-identical to that release's `etcdutl snapshot restore`).
+/// 3.5 adds the ConfState to the WAL snapshot record (3.4 servers skip it, so 3.5 serves
+/// 3.4 too); 3.6 writes the 3.5 WAL but its `.snap` counts one failed v2 lookup; 3.7
+/// encodes with protobuf-go, which leaves out fields never set (ConfChange.ID,
+/// ConfState.auto_leave) where gogo-protobuf wrote zeros.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Flavor {
     V3_4,
     V3_5,
+    V3_6,
+    V3_7,
+}
+
+impl Flavor {
+    /// The layout for data dirs that `release` will run (3.4 gets 3.5's, which it reads).
+    pub fn for_release(release: crate::Release) -> Flavor {
+        match release {
+            crate::Release::V3_4 | crate::Release::V3_5 => Flavor::V3_5,
+            crate::Release::V3_6 => Flavor::V3_6,
+            crate::Release::V3_7 => Flavor::V3_7,
+        }
+    }
+
+    /// gogo-protobuf (up to 3.6) writes unset proto2 scalars as explicit zeros.
+    fn explicit_zeros(self) -> bool {
+        self <= Flavor::V3_6
+    }
 }
 
 // --- protobuf encoding (just what these messages need) ---
@@ -51,12 +73,14 @@ pub(crate) fn field_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
 
 /// `raftpb.ConfState` with every member a voter: each voter as its own field 1, then
 /// `auto_leave` (field 5), always written.
-pub fn conf_state(cluster: &Cluster) -> Vec<u8> {
+pub fn conf_state(cluster: &Cluster, flavor: Flavor) -> Vec<u8> {
     let mut out = Vec::new();
     for m in &cluster.members {
         field_varint(&mut out, 1, m.id);
     }
-    field_varint(&mut out, 5, 0);
+    if flavor.explicit_zeros() {
+        field_varint(&mut out, 5, 0); // auto_leave
+    }
     out
 }
 
@@ -98,7 +122,7 @@ impl Encoder {
 /// The record bytes of the restored member's WAL (without the zero preallocation):
 /// crc record, metadata, empty snapshot, one AddNode ConfChange entry per member (ascending
 /// id, term 1, index 1…N), hard state {term 1, vote = first member, commit N}, snapshot
-/// {index N, term 1 (+ ConfState for 3.5)}.
+/// {index N, term 1 (+ ConfState from 3.5 on)}.
 pub fn encode(cluster: &Cluster, local_id: u64, flavor: Flavor) -> Vec<u8> {
     let mut enc = Encoder { out: Vec::new(), crc: 0 };
     frame(&mut enc.out, &record(REC_CRC, 0, None));
@@ -112,7 +136,9 @@ pub fn encode(cluster: &Cluster, local_id: u64, flavor: Flavor) -> Vec<u8> {
 
     for (i, m) in cluster.members.iter().enumerate() {
         let mut cc = Vec::new();
-        field_varint(&mut cc, 1, 0); // ConfChange ID
+        if flavor.explicit_zeros() {
+            field_varint(&mut cc, 1, 0); // ConfChange ID
+        }
         field_varint(&mut cc, 2, 0); // AddNode
         field_varint(&mut cc, 3, m.id);
         field_bytes(&mut cc, 4, m.json().as_bytes());
@@ -131,7 +157,7 @@ pub fn encode(cluster: &Cluster, local_id: u64, flavor: Flavor) -> Vec<u8> {
     field_varint(&mut hs, 3, n); // commit
     enc.data_record(REC_STATE, &hs);
 
-    let cs = (flavor == Flavor::V3_5).then(|| conf_state(cluster));
+    let cs = (flavor >= Flavor::V3_5).then(|| conf_state(cluster, flavor));
     enc.data_record(REC_SNAPSHOT, &snapshot_record(n, 1, cs.as_deref()));
     enc.out
 }
@@ -207,6 +233,21 @@ mod tests {
         let cluster = Cluster::new("default=http://localhost:2380", "etcd-cluster").unwrap();
         let wal = encode(&cluster, cluster.members[0].id, Flavor::V3_4);
         assert_eq!(&wal[248..], &hex("0e 00 00 00 00 00 00 82 08 05 10 b8 e0 e0 e1 06 1a 04 08 01 10 01 00 00")[..]);
+    }
+
+    #[test]
+    fn flavors_differ_only_where_their_etcdutl_does() {
+        let cluster = Cluster::new("default=http://localhost:2380", "etcd-cluster").unwrap();
+        let id = cluster.members[0].id;
+        assert_eq!(encode(&cluster, id, Flavor::V3_6), encode(&cluster, id, Flavor::V3_5));
+        // protobuf-go (3.7) leaves out ConfChange.ID (2 bytes) and ConfState.auto_leave (2 bytes).
+        let v37 = encode(&cluster, id, Flavor::V3_7);
+        assert_eq!(conf_state(&cluster, Flavor::V3_5).len(), conf_state(&cluster, Flavor::V3_7).len() + 2);
+        assert!(v37.windows(4).any(|w| w == [0x22, 0x60, 0x10, 0x00]), "ConfChange starts at Type");
+        assert_eq!(Flavor::for_release(crate::Release::V3_4), Flavor::V3_5);
+        assert_eq!(Flavor::for_release(crate::Release::V3_7), Flavor::V3_7);
+        let snap = |f| String::from_utf8_lossy(&crate::restore::snapfile::encode(&cluster, f)).into_owned();
+        assert!(snap(Flavor::V3_5).contains("\"getsFail\":0") && snap(Flavor::V3_6).contains("\"getsFail\":1"));
     }
 
     #[test]
