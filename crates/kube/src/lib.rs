@@ -17,6 +17,7 @@ pub mod history;
 pub mod inspect;
 pub mod jsondiff;
 pub mod listing;
+mod proto_table;
 pub mod render;
 pub mod schema;
 pub mod selector;

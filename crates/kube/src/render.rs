@@ -55,7 +55,7 @@ impl fmt::Display for RenderError {
             RenderError::Cbor => write!(f, "the value is stored as CBOR, which inspect cannot render yet; use -o raw to see the stored bytes"),
             RenderError::UnknownType { api_version, kind } => write!(
                 f,
-                "no schema for {kind} in {} (a type newer than the built-in schema); use -o raw to see the stored bytes",
+                "no schema for {kind} in {} (a type newer than the schema; --schema-dir loads a newer release's); use -o raw to see the stored bytes",
                 if api_version.is_empty() { "an empty apiVersion" } else { api_version }
             ),
             RenderError::Malformed(why) => write!(f, "the value does not decode: {why}; use -o raw to see the stored bytes"),
