@@ -13,6 +13,7 @@
 pub mod encode;
 pub mod encryption;
 pub mod extract;
+pub mod go_types;
 pub mod history;
 pub mod inspect;
 pub mod jsondiff;

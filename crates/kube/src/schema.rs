@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::go_types::GoField;
 use crate::proto_table;
 
 static SCHEMA_TEXT: &str = include_str!(concat!(env!("OUT_DIR"), "/schema.txt"));
@@ -46,6 +47,9 @@ pub struct Field {
     pub message: Option<String>,
     /// An embedded Go struct: JSON puts its fields into the parent.
     pub inline: bool,
+    /// What the Go type says of the field's zero value in JSON; only for `--schema-dir`
+    /// releases, whose modules ship their Go types (see [`crate::go_types`]).
+    pub go: Option<GoField>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -170,6 +174,7 @@ impl Schema {
             return Err(SchemaDirError::Empty(dirs.first().cloned().unwrap_or_default()));
         }
         let sources = resolver.sources();
+        let proto_dirs: Vec<PathBuf> = files.iter().filter_map(|f| resolver.path_of(f)).collect();
         let mut chain = protox::file::ChainFileResolver::new();
         chain.add(resolver);
         chain.add(protox::file::GoogleFileResolver::new());
@@ -185,7 +190,28 @@ impl Schema {
             m.map_entry = over.map_entry;
             m.fields.extend(over.fields);
         }
+        for proto in &proto_dirs {
+            schema.add_go_facts(proto)?;
+        }
         Ok(Loaded { schema, sources, messages })
+    }
+
+    /// The Go struct facts of the package of `generated_proto` (its folder's .go files).
+    fn add_go_facts(&mut self, generated_proto: &Path) -> Result<(), SchemaDirError> {
+        let read = |path: &Path, e: std::io::Error| SchemaDirError::Read { path: path.to_path_buf(), source: e };
+        let text = std::fs::read_to_string(generated_proto).map_err(|e| read(generated_proto, e))?;
+        let Some(package) = text.lines().find_map(|l| l.trim().strip_prefix("package ")).map(|p| p.trim_end_matches(';').trim()) else { return Ok(()) };
+        let package = package.strip_prefix("k8s.io.").unwrap_or(package);
+        let dir = generated_proto.parent().unwrap_or(Path::new("."));
+        for (name, fields) in crate::go_types::scan_dir(dir).map_err(|e| read(dir, e))? {
+            let Some(message) = self.messages.get_mut(&format!("{package}.{name}")) else { continue };
+            for (number, go) in fields {
+                if let Some(f) = message.fields.get_mut(&number) {
+                    f.go = Some(go);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn parse(text: &str) -> Schema {
@@ -205,7 +231,7 @@ impl Schema {
                     let simple = msg_name.rsplit('.').next().unwrap_or_default();
                     let json_name = RENAMED.iter().find(|(p, _)| p == name).map(|(_, j)| j.to_string()).unwrap_or_else(|| name.to_string());
                     let inline = kind == Kind::Message && INLINE.iter().any(|(m, f)| *m == simple && f == name);
-                    msg.fields.insert(number, Field { json_name, repeated: *rep == "r", kind, message: rest.first().map(|s| s.to_string()), inline });
+                    msg.fields.insert(number, Field { json_name, repeated: *rep == "r", kind, message: rest.first().map(|s| s.to_string()), inline, go: None });
                 }
                 _ => {}
             }
