@@ -69,9 +69,12 @@ pub enum InspectCommand {
     /// decrypted, without what the API server sets (resourceVersion, uid, creationTimestamp,
     /// generation, managedFields, selfLink, status), CustomResourceDefinitions first, then
     /// Namespaces, then the rest. `-n NS` includes the Namespace object NS itself.
+    /// CustomResourceDefinitions (stored as v1beta1) are written as apiextensions.k8s.io/v1;
+    /// a Job's generated selector and controller-uid template labels are left out (the API
+    /// server makes them anew for the re-created Job).
     ///
     /// Left out: objects a controller owns (their controller makes them again; --include-owned
-    /// keeps them), and events, leases and the API server's own ranges/masterleases unless
+    /// keeps them), and events, leases and the API server's own ranges/masterleases/peerserverleases unless
     /// --resource names them. Secrets that cannot be decrypted are skipped with a warning.
     /// With --repo, the backup's snapshot is fetched and the EncryptionConfiguration stored in
     /// the backup (backup create --encryption-config or --manifests-dir) decrypts it.
