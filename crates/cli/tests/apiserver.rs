@@ -81,7 +81,7 @@ fn snapshot(etcd: &EtcdServer, path: &Path) -> i64 {
     serde_json::from_slice::<Value>(&out.stdout).unwrap()["revision"].as_i64().unwrap()
 }
 
-/// Every kind the server serves: (apiVersion, kind) → (plural resource, namespaced).
+/// Every kind the server serves: (apiVersion, kind) → (plural resource, stored: listable).
 fn discovery(api: &ApiServer) -> HashMap<(String, String), (String, bool)> {
     let mut group_versions = vec!["v1".to_string()];
     for g in api.get_raw("/apis")["groups"].as_array().unwrap() {
@@ -95,7 +95,8 @@ fn discovery(api: &ApiServer) -> HashMap<(String, String), (String, bool)> {
         for r in api.get_raw(&path)["resources"].as_array().unwrap() {
             let name = r["name"].as_str().unwrap();
             if !name.contains('/') {
-                out.insert((gv.clone(), r["kind"].as_str().unwrap().to_string()), (name.to_string(), r["namespaced"].as_bool().unwrap()));
+                let listable = r["verbs"].as_array().is_some_and(|v| v.iter().any(|v| v == "list"));
+                out.insert((gv.clone(), r["kind"].as_str().unwrap().to_string()), (name.to_string(), listable));
             }
         }
     }
@@ -190,6 +191,18 @@ fn create_objects(api: &ApiServer) {
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), csr_json.to_string().as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "creating the CSR: {}", text(&out.stderr));
+    // A ClusterTrustBundle (certificates.k8s.io/v1: a type of 1.36+) with a real certificate.
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "etcdguard test trust anchor");
+    let anchor = ca.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem();
+    let bundle = serde_json::json!({"apiVersion": "certificates.k8s.io/v1", "kind": "ClusterTrustBundle", "metadata": {"name": "test-anchors"}, "spec": {"trustBundle": anchor}});
+    let mut create = api.kubectl();
+    create.args(["create", "-f", "-"]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = create.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), bundle.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "creating the ClusterTrustBundle: {}", text(&out.stderr));
 }
 
 /// Keys in the snapshot that the API serves under no kind (the API server's own bookkeeping).
@@ -215,7 +228,7 @@ fn inspect_agrees_with_the_api_server_on_every_object() {
 
     let rows = listed(snap, &config);
     let mut api_objects: HashMap<(String, String), HashMap<(String, String), Value>> = HashMap::new();
-    let (mut compared, mut not_served, mut failures) = (BTreeMap::<String, usize>::new(), Vec::new(), Vec::new());
+    let (mut compared, mut not_served, mut failures, mut stored_older) = (BTreeMap::<String, usize>::new(), Vec::new(), Vec::new(), Vec::new());
     let mut encodings = BTreeMap::<String, usize>::new();
     for row in &rows {
         let key = row["key"].as_str().unwrap();
@@ -223,17 +236,34 @@ fn inspect_agrees_with_the_api_server_on_every_object() {
         let (api_version, kind) = (object["apiVersion"].as_str().unwrap_or_default().to_string(), object["kind"].as_str().unwrap_or_default().to_string());
         let encryption = object.get("encryption").map(|e| format!(" {}:{}", e["provider"].as_str().unwrap_or("?"), e["keyName"].as_str().unwrap_or("?"))).unwrap_or_default();
         *encodings.entry(format!("{}{encryption}", object["encoding"].as_str().unwrap_or("?"))).or_default() += 1;
-        let Some((plural, _)) = kinds.get(&(api_version.clone(), kind.clone())) else {
+        // Stored in a version the server no longer serves (a promoted type's old version):
+        // compared with the served version of the same group and kind, of the same fields.
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        // (Not CustomResourceDefinitions: v1beta1 has another shape; extract's v1 is compared.)
+        let other_shape = kind == "CustomResourceDefinition";
+        let served = kinds.get(&(api_version.clone(), kind.clone())).map(|(plural, _)| (api_version.clone(), plural.clone())).or_else(|| {
+            if other_shape {
+                return None;
+            }
+            kinds.iter().find(|((gv, k), _)| *k == kind && !group.is_empty() && gv.rsplit_once('/').map_or("", |(g, _)| g) == group).map(|((gv, _), (plural, _))| (gv.clone(), plural.clone()))
+        });
+        let Some((served_version, plural)) = served else {
             not_served.push(format!("{key} ({api_version} {kind})"));
             continue;
         };
-        let by_id = api_objects.entry((api_version.clone(), kind.clone())).or_insert_with(|| api_objects_at(&api, &api_version, &kind, plural, revision));
+        if served_version != api_version {
+            stored_older.push(format!("{kind} stored as {api_version}, served as {served_version}"));
+        }
+        let by_id = api_objects.entry((served_version.clone(), kind.clone())).or_insert_with(|| api_objects_at(&api, &served_version, &kind, &plural, revision));
         let meta = &object["metadata"];
         let id = (meta["namespace"].as_str().unwrap_or_default().to_string(), meta["name"].as_str().unwrap_or_default().to_string());
         let Some(want) = by_id.get(&id) else {
             not_served.push(format!("{key} ({api_version} {kind}, not in the API's list)"));
             continue;
         };
+        let mut want = want.clone();
+        want["apiVersion"] = Value::String(api_version.clone());
+        let want = &want;
         // list: the row's metadata and revision.
         if row["modRevision"].as_i64().map(|r| r.to_string()).as_deref() != want["metadata"]["resourceVersion"].as_str() || meta["uid"] != want["metadata"]["uid"] {
             failures.push(format!("list {key}: modRevision {} uid {} vs API {}", row["modRevision"], meta["uid"], want["metadata"]));
@@ -264,6 +294,14 @@ fn inspect_agrees_with_the_api_server_on_every_object() {
     eprintln!("snapshot at revision {revision}: {} keys; compared {} objects of {} kinds: {compared:?}", rows.len(), compared.values().sum::<usize>(), compared.len());
     eprintln!("encodings: {encodings:?}");
     eprintln!("not served by the API: {not_served:?}");
+    eprintln!("stored in an older version: {stored_older:?}");
+    let mut uncovered: Vec<String> = kinds
+        .iter()
+        .filter(|((_, kind), (_, listable))| *listable && !compared.keys().any(|k| k.ends_with(&format!(" {kind}"))))
+        .map(|((gv, kind), _)| format!("{gv} {kind}"))
+        .collect();
+    uncovered.sort();
+    eprintln!("stored kinds the server serves with no object in the snapshot: {uncovered:?}");
 
     // extract: every object, as the API has it less what the API server sets.
     let (code, out, err) = inspect(&["extract", snap, "-A", "--include-owned", "--encryption-config", config_arg]);
@@ -310,8 +348,8 @@ fn inspect_agrees_with_the_api_server_on_every_object() {
     }
     assert!(failures.is_empty(), "{} differences between inspect and the API server (listed above)", failures.len());
     assert!(not_served.iter().all(|k| unserved(k)), "keys the API does not serve: {not_served:?}");
-    assert!(compared.len() >= 45, "only {} kinds compared", compared.len());
-    for kind in ["v1 Secret", "v1 ConfigMap", "v1 Pod", "apps/v1 Deployment", "example.invalid/v1 Widget", "certificates.k8s.io/v1 CertificateSigningRequest"] {
+    assert!(compared.len() >= 60, "only {} kinds compared", compared.len());
+    for kind in ["v1 Secret", "v1 ConfigMap", "v1 Pod", "apps/v1 Deployment", "example.invalid/v1 Widget", "certificates.k8s.io/v1 CertificateSigningRequest", "certificates.k8s.io/v1beta1 ClusterTrustBundle", "resource.k8s.io/v1beta2 DeviceTaintRule", "admissionregistration.k8s.io/v1 MutatingAdmissionPolicy"] {
         assert!(compared.contains_key(kind), "{kind} not compared");
     }
     for marker in ["aescbc", "aesgcm", "secretbox"] {

@@ -256,6 +256,17 @@ pub fn crd_to_v1(object: &mut Json) {
     }
 }
 
+/// An object stored in a version that a newer one took over unchanged is written in the
+/// newer one: after a promotion the API server still stores the old version for a release
+/// but serves only the new one (ClusterTrustBundle, DeviceTaintRule and
+/// StorageVersionMigration of 1.37 are stored as beta, served as v1).
+pub fn newest_same_shape_version(object: &mut Json) {
+    let (Some(api_version), Some(kind)) = (object.get("apiVersion").and_then(Json::as_str), object.get("kind").and_then(Json::as_str)) else { return };
+    if let Some(newer) = crate::schema::Schema::get().same_shape_newer_version(api_version, kind) {
+        object["apiVersion"] = Json::String(newer);
+    }
+}
+
 /// Labels the Job controller's admission puts on a Job's pod template, naming the Job's uid.
 const JOB_UID_LABELS: [&str; 2] = ["controller-uid", "batch.kubernetes.io/controller-uid"];
 
@@ -453,6 +464,7 @@ fn extract_one(key: &[u8], value: &[u8], mod_revision: i64, filter: &Filter, con
     strip_for_apply(&mut object);
     crd_to_v1(&mut object);
     drop_generated_job_selector(&mut object);
+    newest_same_shape_version(&mut object);
     let yaml = document(&object, &rendered.unknown_fields);
     Some(Extracted { key: key_text, path, stage, mod_revision, unknown_fields: rendered.unknown_fields, yaml })
 }

@@ -277,6 +277,73 @@ impl Schema {
         let meta = format!("apimachinery.pkg.apis.meta.v1.{kind}");
         self.messages.contains_key(&meta).then_some(meta)
     }
+
+    /// A newer version of `api_version`'s group whose message for `kind` has the same shape
+    /// (the same fields by number, JSON name, kind and repetition, recursively through the
+    /// group's own types): the newest such stable, else beta, version. When a version is
+    /// promoted unchanged, the API server goes on storing its objects in the old version for a
+    /// release and serves only the new one, so an object read as stored can be written in it.
+    pub fn same_shape_newer_version(&self, api_version: &str, kind: &str) -> Option<String> {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let stored = self.type_of(api_version, kind)?;
+        let base = stored.strip_suffix(&format!("{version}.{kind}"))?;
+        let mut newer: Vec<&str> = self
+            .messages
+            .keys()
+            .filter_map(|n| n.strip_prefix(base)?.strip_suffix(kind)?.strip_suffix('.'))
+            .filter(|v| !v.contains('.') && version_rank(v) > version_rank(version))
+            .collect();
+        newer.sort_by_key(|v| std::cmp::Reverse(version_rank(v)));
+        let found = newer.into_iter().find(|v| {
+            let mut seen = std::collections::HashSet::new();
+            self.same_shape(&stored, &format!("{base}{v}.{kind}"), &format!("{base}{version}."), &format!("{base}{v}."), &mut seen)
+        })?;
+        Some(if group.is_empty() { found.to_string() } else { format!("{group}/{found}") })
+    }
+
+    fn same_shape(&self, a: &str, b: &str, package_a: &str, package_b: &str, seen: &mut std::collections::HashSet<String>) -> bool {
+        if !seen.insert(a.to_string()) {
+            return true;
+        }
+        let (Some(ma), Some(mb)) = (self.messages.get(a), self.messages.get(b)) else { return false };
+        if ma.map_entry != mb.map_entry || ma.fields.len() != mb.fields.len() {
+            return false;
+        }
+        ma.fields.iter().all(|(number, fa)| {
+            let Some(fb) = mb.fields.get(number) else { return false };
+            if fa.json_name != fb.json_name || fa.kind != fb.kind || fa.repeated != fb.repeated || fa.inline != fb.inline {
+                return false;
+            }
+            match (&fa.message, &fb.message) {
+                (Some(ta), Some(tb)) => match ta.strip_prefix(package_a) {
+                    // The group's own type: the same type of the other version, same shape.
+                    Some(rest) => tb.strip_prefix(package_b) == Some(rest) && self.same_shape(ta, tb, package_a, package_b, seen),
+                    None => ta == tb,
+                },
+                (None, None) => true,
+                _ => false,
+            }
+        })
+    }
+}
+
+/// Kubernetes' version order: stable above beta above alpha, then by number (`v2` > `v1` >
+/// `v1beta2` > `v1beta1` > `v1alpha1`); names of another form rank lowest.
+fn version_rank(v: &str) -> (u8, u32, u32) {
+    let Some(rest) = v.strip_prefix('v') else { return (0, 0, 0) };
+    let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let Ok(major) = rest[..digits].parse::<u32>() else { return (0, 0, 0) };
+    let (stability, minor) = match &rest[digits..] {
+        "" => (3, 0),
+        s => match s.strip_prefix("beta").map(|m| (2, m)).or_else(|| s.strip_prefix("alpha").map(|m| (1, m))) {
+            Some((st, m)) => match m.parse::<u32>() {
+                Ok(n) => (st, n),
+                Err(_) => return (0, 0, 0),
+            },
+            None => return (0, 0, 0),
+        },
+    };
+    (stability, major, minor)
 }
 
 /// Says which module to add when an import is missing (the usual mistake: k8s.io/api alone,
@@ -436,5 +503,12 @@ mod tests {
         let wh = s.message("api.admissionregistration.v1.ValidatingWebhookConfiguration").unwrap();
         assert_eq!(wh.fields[&2].json_name, "webhooks");
         assert!(s.message("api.core.v1.ConfigMap.DataEntry").unwrap().map_entry);
+        // Promoted unchanged: IngressClass v1beta1 → v1; PriorityLevelConfiguration v1beta1 only
+        // to v1beta2 (v1beta3 renamed a field).
+        assert_eq!(s.same_shape_newer_version("networking.k8s.io/v1beta1", "IngressClass").as_deref(), Some("networking.k8s.io/v1"));
+        assert_eq!(s.same_shape_newer_version("networking.k8s.io/v1", "IngressClass"), None);
+        assert_eq!(s.same_shape_newer_version("flowcontrol.apiserver.k8s.io/v1beta1", "PriorityLevelConfiguration").as_deref(), Some("flowcontrol.apiserver.k8s.io/v1beta2"));
+        assert!(version_rank("v1") > version_rank("v1beta2") && version_rank("v1beta2") > version_rank("v1beta1") && version_rank("v1beta1") > version_rank("v1alpha3"));
+        assert!(version_rank("v2") > version_rank("v1") && version_rank("v2beta1") < version_rank("v1") && version_rank("x") < version_rank("v1alpha1"));
     }
 }

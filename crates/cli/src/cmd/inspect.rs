@@ -69,7 +69,9 @@ pub enum InspectCommand {
     /// decrypted, without what the API server sets (resourceVersion, uid, creationTimestamp,
     /// generation, managedFields, selfLink, status), CustomResourceDefinitions first, then
     /// Namespaces, then the rest. `-n NS` includes the Namespace object NS itself.
-    /// CustomResourceDefinitions (stored as v1beta1) are written as apiextensions.k8s.io/v1;
+    /// CustomResourceDefinitions (stored as v1beta1) are written as apiextensions.k8s.io/v1,
+    /// and objects stored in a version that a newer one of the schema took over unchanged (a
+    /// promotion: stored as beta for a release, served only as v1) in that newer version;
     /// a Job's generated selector and controller-uid template labels are left out (the API
     /// server makes them anew for the re-created Job).
     ///
