@@ -11,6 +11,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+/// Struct name → proto field number → (field, its JSON name).
+pub type Fields = HashMap<String, HashMap<u32, (GoField, String)>>;
+
 /// One Go struct field, as JSON treats its zero value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GoField {
@@ -19,13 +22,15 @@ pub struct GoField {
     pub collection: bool,
     pub omitempty: bool,
     pub omitzero: bool,
-    /// Embedded (`json:",inline"`) or not in JSON at all (`json:"-"`).
-    pub not_a_json_field: bool,
+    /// Embedded without a name, or `json:",inline"`: its fields go into the parent.
+    pub inline: bool,
+    /// `json:"-"`: not in JSON at all (types that print as a scalar).
+    pub hidden: bool,
 }
 
-/// Struct name → proto field number → field, for the Go files of `dir` (tests and generated
-/// code left out).
-pub fn scan_dir(dir: &Path) -> std::io::Result<HashMap<String, HashMap<u32, GoField>>> {
+/// Struct name → proto field number → (field, its JSON name), for the Go files of `dir`
+/// (tests and generated code left out).
+pub fn scan_dir(dir: &Path) -> std::io::Result<Fields> {
     let mut out = HashMap::new();
     for e in std::fs::read_dir(dir)? {
         let path = e?.path();
@@ -38,7 +43,7 @@ pub fn scan_dir(dir: &Path) -> std::io::Result<HashMap<String, HashMap<u32, GoFi
     Ok(out)
 }
 
-fn scan_source(source: &str, out: &mut HashMap<String, HashMap<u32, GoField>>) {
+fn scan_source(source: &str, out: &mut Fields) {
     let mut current: Option<String> = None;
     let mut depth = 0usize;
     for line in source.lines() {
@@ -70,7 +75,7 @@ fn scan_source(source: &str, out: &mut HashMap<String, HashMap<u32, GoField>>) {
 }
 
 /// `Name Type `json:"name,omitempty" protobuf:"varint,3,opt,name=name"``
-fn field_of(line: &str) -> Option<(u32, GoField)> {
+fn field_of(line: &str) -> Option<(u32, (GoField, String))> {
     let (decl, rest) = line.split_once('`')?;
     let tag = rest.split('`').next()?;
     let number: u32 = tag_value(tag, "protobuf")?.split(',').nth(1)?.parse().ok()?;
@@ -84,16 +89,17 @@ fn field_of(line: &str) -> Option<(u32, GoField)> {
     let mut options = json.split(',');
     let json_name = options.next().unwrap_or_default();
     let options: Vec<&str> = options.collect();
-    Some((
-        number,
-        GoField {
-            pointer: ty.starts_with('*'),
-            collection: ty.starts_with("[]") || ty.starts_with("map["),
-            omitempty: options.contains(&"omitempty"),
-            omitzero: options.contains(&"omitzero"),
-            not_a_json_field: words.len() == 1 || json_name == "-" || options.contains(&"inline"),
-        },
-    ))
+    let field = GoField {
+        pointer: ty.starts_with('*'),
+        collection: ty.starts_with("[]") || ty.starts_with("map["),
+        omitempty: options.contains(&"omitempty"),
+        omitzero: options.contains(&"omitzero"),
+        // An embedded struct with a name in its tag (`metav1.ObjectMeta `json:"metadata"``)
+        // is an ordinary field; without one, or `,inline`, its fields go into the parent.
+        inline: (words.len() == 1 && json_name.is_empty()) || options.contains(&"inline"),
+        hidden: json_name == "-",
+    };
+    Some((number, (field, json_name.to_string())))
 }
 
 /// The value of `key:"…"` in a struct tag.
@@ -119,13 +125,14 @@ mod tests {
                    type Other struct {\n\tName string `json:\"name\" protobuf:\"bytes,1,opt,name=name\"`\n}\n";
         let mut out = HashMap::new();
         scan_source(src, &mut out);
-        let thing = &out["Thing"];
-        assert!(thing[&1].not_a_json_field && thing[&1].omitempty);
+        let thing: HashMap<u32, GoField> = out["Thing"].iter().map(|(n, (f, _))| (*n, *f)).collect();
+        assert_eq!(out["Thing"][&2].1, "replicas");
+        assert!(!thing[&1].inline && thing[&1].omitempty, "embedded with a name: a field");
         assert!(thing[&2].pointer && thing[&2].omitempty);
         assert!(!thing[&3].pointer && thing[&3].omitempty);
         assert!(thing[&4].collection && !thing[&4].omitempty);
         assert!(thing[&5].omitzero);
         assert!(!thing.contains_key(&9), "a nested struct's fields are not the outer one's");
-        assert_eq!(out["Other"][&1], GoField::default());
+        assert_eq!(out["Other"][&1], (GoField::default(), "name".to_string()));
     }
 }

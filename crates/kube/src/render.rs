@@ -459,7 +459,7 @@ impl Walker<'_> {
         // A nil slice, map or pointer without omitempty prints as null (only the Go types tell).
         for field in message.fields.values() {
             if let Some(g) = field.go {
-                if !g.not_a_json_field && !g.omitempty && !g.omitzero && (g.collection || g.pointer) && !out.contains_key(&field.json_name) {
+                if !g.inline && !g.hidden && !g.omitempty && !g.omitzero && (g.collection || g.pointer) && !out.contains_key(&field.json_name) {
                     out.insert(field.json_name.clone(), Json::Null);
                 }
             }

@@ -47,7 +47,8 @@ pub struct Field {
     pub message: Option<String>,
     /// An embedded Go struct: JSON puts its fields into the parent.
     pub inline: bool,
-    /// What the Go type says of the field's zero value in JSON; only for `--schema-dir`
+    /// What the Go type says of the field's zero value in JSON (and then `json_name` is its
+    /// tag's); only for `--schema-dir`
     /// releases, whose modules ship their Go types (see [`crate::go_types`]).
     pub go: Option<GoField>,
 }
@@ -205,8 +206,12 @@ impl Schema {
         let dir = generated_proto.parent().unwrap_or(Path::new("."));
         for (name, fields) in crate::go_types::scan_dir(dir).map_err(|e| read(dir, e))? {
             let Some(message) = self.messages.get_mut(&format!("{package}.{name}")) else { continue };
-            for (number, go) in fields {
+            for (number, (go, json_name)) in fields {
                 if let Some(f) = message.fields.get_mut(&number) {
+                    // The Go tag is what JSON calls the field.
+                    if !go.inline && !go.hidden && !json_name.is_empty() {
+                        f.json_name = json_name;
+                    }
                     f.go = Some(go);
                 }
             }
@@ -244,6 +249,11 @@ impl Schema {
 
     pub fn message(&self, full_name: &str) -> Option<&Message> {
         self.messages.get(full_name)
+    }
+
+    /// The full names of every message.
+    pub fn message_names(&self) -> impl Iterator<Item = &str> {
+        self.messages.keys().map(String::as_str)
     }
 
     pub fn len(&self) -> usize {

@@ -39,6 +39,29 @@ fn the_newest_release_renders_every_fixture_in_full() {
     // Kept from the built-in schema: a version the newer release no longer has.
     assert!(loaded.schema.type_of("flowcontrol.apiserver.k8s.io/v1beta1", "FlowSchema").is_some());
 
+    // The hand-written facts of the built-in schema (JSON names that differ from proto names,
+    // embedded structs) agree with the release's Go types wherever both have a field.
+    let mut disagree = Vec::new();
+    let mut checked = 0;
+    for name in loaded.schema.message_names() {
+        let (Some(go_side), Some(ours)) = (loaded.schema.message(name), built_in.message(name)) else { continue };
+        for (number, f) in &go_side.fields {
+            let (Some(go), Some(b)) = (f.go, ours.fields.get(number)) else { continue };
+            // Types printed as a scalar (Duration, RawExtension, …) or read as the envelope.
+            if go.hidden || ["apimachinery.pkg.apis.meta.v1.Duration", "apimachinery.pkg.runtime.Unknown"].contains(&name) {
+                continue;
+            }
+            checked += 1;
+            if b.inline != go.inline || (!go.inline && b.json_name != f.json_name) {
+                disagree.push(format!("{name} field {number}: built-in {:?} inline={} / Go {:?} inline={}", b.json_name, b.inline, f.json_name, go.inline));
+            }
+        }
+    }
+    disagree.sort();
+    eprintln!("{checked} fields checked against the Go types");
+    assert!(checked > 3000, "{checked}");
+    assert!(disagree.is_empty(), "the built-in schema disagrees with the Go types:\n{}", disagree.join("\n"));
+
     schema::activate(loaded.schema).expect("nothing rendered before");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let opts = RenderOptions { show_managed_fields: true };
