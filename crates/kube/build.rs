@@ -1,25 +1,22 @@
 //! Builds the protobuf schema of every built-in Kubernetes type from the `generated.proto`
 //! files that the registry crate `k8s-rs-pb` ships in its source (Kubernetes 1.30 to 1.35),
 //! compiled with protox. Nothing of them is kept in this repository: the result is a compact
-//! table in OUT_DIR (`schema.txt`, read by `src/schema.rs`):
-//!
-//! ```text
-//! M <message full name> [map]
-//! F <number> <proto field name> <r|s> <kind> [<message full name>]
-//! ```
+//! table in OUT_DIR (`schema.txt`, read by `src/schema.rs`; its format is in
+//! `src/proto_table.rs`, which `--schema-dir` shares at run time).
 //!
 //! The schema is the union over releases: a message of a removed API version is kept, and a
 //! field number keeps the newest release's name and type.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use protox::prost_reflect::{Cardinality, Kind};
+#[path = "src/proto_table.rs"]
+mod proto_table;
 
 const K8S_RS_PB: &str = "k8s-rs-pb-0.5.0";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/proto_table.rs");
     println!("cargo:rerun-if-env-changed=ETCDGUARD_K8S_PROTO_DIR");
     let src = proto_root();
     let mut releases: Vec<PathBuf> = std::fs::read_dir(&src)
@@ -31,8 +28,7 @@ fn main() {
     releases.sort_by_key(|p| p.file_name().and_then(|n| n.to_str()).and_then(|n| n[3..].parse::<u32>().ok()).unwrap_or(0));
     assert!(!releases.is_empty(), "no v1_* release folders under {}", src.display());
 
-    // message → (is map entry, field number → line)
-    let mut schema: BTreeMap<String, (bool, BTreeMap<u32, String>)> = BTreeMap::new();
+    let mut schema = proto_table::Table::new();
     for release in &releases {
         let mut files = Vec::new();
         find_protos(release, release, &mut files);
@@ -40,52 +36,10 @@ fn main() {
         let mut compiler = protox::Compiler::new([release]).unwrap_or_else(|e| panic!("{}: {e}", release.display()));
         compiler.include_imports(true);
         compiler.open_files(&files).unwrap_or_else(|e| panic!("compiling the protos of {}: {e}", release.display()));
-        let pool = compiler.descriptor_pool();
-        for m in pool.all_messages() {
-            let entry = schema.entry(m.full_name().to_string()).or_default();
-            entry.0 = m.is_map_entry();
-            for f in m.fields() {
-                let (kind, target) = match f.kind() {
-                    Kind::Message(t) => ("message", t.full_name().to_string()),
-                    Kind::Enum(_) => ("enum", String::new()),
-                    k => (scalar(&k), String::new()),
-                };
-                let rep = if f.cardinality() == Cardinality::Repeated { "r" } else { "s" };
-                entry.1.insert(f.number(), format!("F {} {} {rep} {kind} {target}", f.number(), f.name()).trim_end().to_string());
-            }
-        }
-    }
-    let mut out = String::new();
-    for (name, (map, fields)) in &schema {
-        out.push_str(&format!("M {name}{}\n", if *map { " map" } else { "" }));
-        for line in fields.values() {
-            out.push_str(line);
-            out.push('\n');
-        }
+        proto_table::add_pool(&compiler.descriptor_pool(), &mut schema);
     }
     let dest = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("schema.txt");
-    std::fs::write(&dest, out).unwrap();
-}
-
-fn scalar(k: &Kind) -> &'static str {
-    match k {
-        Kind::Double => "double",
-        Kind::Float => "float",
-        Kind::Int32 => "int32",
-        Kind::Int64 => "int64",
-        Kind::Uint32 => "uint32",
-        Kind::Uint64 => "uint64",
-        Kind::Sint32 => "sint32",
-        Kind::Sint64 => "sint64",
-        Kind::Fixed32 => "fixed32",
-        Kind::Fixed64 => "fixed64",
-        Kind::Sfixed32 => "sfixed32",
-        Kind::Sfixed64 => "sfixed64",
-        Kind::Bool => "bool",
-        Kind::String => "string",
-        Kind::Bytes => "bytes",
-        Kind::Message(_) | Kind::Enum(_) => unreachable!(),
-    }
+    std::fs::write(&dest, proto_table::to_text(&schema)).unwrap();
 }
 
 fn find_protos(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {

@@ -22,8 +22,10 @@ use crate::{key_path, KeyPath, Meta, ENCRYPTED_PREFIX};
 pub const STRIPPED_METADATA: [&str; 6] = ["resourceVersion", "uid", "creationTimestamp", "generation", "managedFields", "selfLink"];
 
 /// Resources left out unless `--resource` names them: history (events), heartbeats and
-/// leader locks (leases), and the API server's own bookkeeping.
-pub const LEFT_OUT: [&str; 5] = ["events", "events.k8s.io/events", "leases", "ranges", "masterleases"];
+/// leader locks (leases), and the API server's own bookkeeping (service IP and port ranges,
+/// its endpoints as a master lease, and, since 1.33, as a peer server lease: Endpoints with
+/// no name that no API serves).
+pub const LEFT_OUT: [&str; 6] = ["events", "events.k8s.io/events", "leases", "ranges", "masterleases", "peerserverleases"];
 
 const CRDS: &str = "apiextensions.k8s.io/customresourcedefinitions";
 
@@ -202,6 +204,92 @@ pub fn strip_for_apply(object: &mut Json) {
     }
 }
 
+/// The API server stores CustomResourceDefinitions as apiextensions.k8s.io/v1beta1 (JSON),
+/// which no API server serves since 1.22, so they are written as v1, as the API server itself
+/// converts them: the per-CRD `validation`, `subresources`, `additionalPrinterColumns` and
+/// `selectableFields` go into each version that has none of its own, printer columns'
+/// `JSONPath` becomes `jsonPath`, the webhook's settings move under `conversion.webhook`, and
+/// `version` and a false `preserveUnknownFields` (v1 omits it) are dropped.
+pub fn crd_to_v1(object: &mut Json) {
+    if object.get("apiVersion").and_then(Json::as_str) != Some("apiextensions.k8s.io/v1beta1") || object.get("kind").and_then(Json::as_str) != Some("CustomResourceDefinition") {
+        return;
+    }
+    object["apiVersion"] = Json::String("apiextensions.k8s.io/v1".into());
+    let Some(spec) = object.get_mut("spec").and_then(Json::as_object_mut) else { return };
+    spec.remove("version");
+    let shared: Vec<(&str, Json)> = [("validation", "schema"), ("subresources", "subresources"), ("additionalPrinterColumns", "additionalPrinterColumns"), ("selectableFields", "selectableFields")]
+        .into_iter()
+        .filter_map(|(from, to)| spec.remove(from).map(|v| (to, v)))
+        .collect();
+    if let Some(Json::Array(versions)) = spec.get_mut("versions") {
+        for v in versions.iter_mut().filter_map(Json::as_object_mut) {
+            for (field, value) in &shared {
+                if v.get(*field).is_none_or(Json::is_null) {
+                    v.insert(field.to_string(), value.clone());
+                }
+            }
+            if let Some(Json::Array(columns)) = v.get_mut("additionalPrinterColumns") {
+                for c in columns.iter_mut().filter_map(Json::as_object_mut) {
+                    if let Some(path) = c.remove("JSONPath") {
+                        c.insert("jsonPath".into(), path);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(Json::Object(conversion)) = spec.get_mut("conversion") {
+        let client = conversion.remove("webhookClientConfig");
+        let reviews = conversion.remove("conversionReviewVersions");
+        if conversion.get("strategy").and_then(Json::as_str) == Some("Webhook") {
+            let mut webhook = serde_json::Map::new();
+            if let Some(c) = client {
+                webhook.insert("clientConfig".into(), c);
+            }
+            if let Some(r) = reviews {
+                webhook.insert("conversionReviewVersions".into(), r);
+            }
+            conversion.insert("webhook".into(), Json::Object(webhook));
+        }
+    }
+    if spec.get("preserveUnknownFields") == Some(&Json::Bool(false)) {
+        spec.remove("preserveUnknownFields");
+    }
+}
+
+/// An object stored in a version that a newer one took over unchanged is written in the
+/// newer one: after a promotion the API server still stores the old version for a release
+/// but serves only the new one (ClusterTrustBundle, DeviceTaintRule and
+/// StorageVersionMigration of 1.37 are stored as beta, served as v1).
+pub fn newest_same_shape_version(object: &mut Json) {
+    let (Some(api_version), Some(kind)) = (object.get("apiVersion").and_then(Json::as_str), object.get("kind").and_then(Json::as_str)) else { return };
+    if let Some(newer) = crate::schema::Schema::get().same_shape_newer_version(api_version, kind) {
+        object["apiVersion"] = Json::String(newer);
+    }
+}
+
+/// Labels the Job controller's admission puts on a Job's pod template, naming the Job's uid.
+const JOB_UID_LABELS: [&str; 2] = ["controller-uid", "batch.kubernetes.io/controller-uid"];
+
+/// A Job's generated selector names its uid, which a re-created Job does not have: the API
+/// server refuses it (`selector` not auto-generated). Unless the selector was set by hand
+/// (`manualSelector`), it and the uid labels of the pod template are left out, and the API
+/// server generates them anew.
+pub fn drop_generated_job_selector(object: &mut Json) {
+    if object.get("kind").and_then(Json::as_str) != Some("Job") || !object.get("apiVersion").and_then(Json::as_str).is_some_and(|v| v.starts_with("batch/")) {
+        return;
+    }
+    let Some(spec) = object.get_mut("spec").and_then(Json::as_object_mut) else { return };
+    if spec.get("manualSelector") == Some(&Json::Bool(true)) {
+        return;
+    }
+    spec.remove("selector");
+    if let Some(Json::Object(labels)) = spec.get_mut("template").and_then(|t| t.get_mut("metadata")).and_then(|m| m.get_mut("labels")) {
+        for l in JOB_UID_LABELS {
+            labels.remove(l);
+        }
+    }
+}
+
 fn controller_owned(object: &Json) -> bool {
     object
         .pointer("/metadata/ownerReferences")
@@ -374,6 +462,9 @@ fn extract_one(key: &[u8], value: &[u8], mod_revision: i64, filter: &Filter, con
     };
     let mut object = rendered.object;
     strip_for_apply(&mut object);
+    crd_to_v1(&mut object);
+    drop_generated_job_selector(&mut object);
+    newest_same_shape_version(&mut object);
     let yaml = document(&object, &rendered.unknown_fields);
     Some(Extracted { key: key_text, path, stage, mod_revision, unknown_fields: rendered.unknown_fields, yaml })
 }
@@ -474,6 +565,51 @@ impl DirWriter {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn generated_job_selectors_are_left_out() {
+        let labels = json!({"controller-uid": "u1", "batch.kubernetes.io/controller-uid": "u1", "job-name": "j", "app": "x"});
+        let mut job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
+            "spec": {"selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "u1"}}, "template": {"metadata": {"labels": labels}}}});
+        drop_generated_job_selector(&mut job);
+        assert_eq!(job["spec"], json!({"template": {"metadata": {"labels": {"job-name": "j", "app": "x"}}}}));
+        let mut manual = json!({"apiVersion": "batch/v1", "kind": "Job", "spec": {"manualSelector": true, "selector": {"matchLabels": {"app": "x"}}, "template": {"metadata": {"labels": labels}}}});
+        let before = manual.clone();
+        drop_generated_job_selector(&mut manual);
+        assert_eq!(manual, before);
+    }
+
+    #[test]
+    fn stored_crds_are_written_as_v1() {
+        let mut crd = json!({
+            "apiVersion": "apiextensions.k8s.io/v1beta1", "kind": "CustomResourceDefinition", "metadata": {"name": "widgets.example.invalid"},
+            "spec": {
+                "group": "example.invalid", "version": "v1", "names": {"plural": "widgets", "kind": "Widget"}, "scope": "Namespaced",
+                "validation": {"openAPIV3Schema": {"type": "object"}}, "subresources": {"status": {}},
+                "versions": [{"name": "v1", "served": true, "storage": true}, {"name": "v2", "served": true, "storage": false, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}],
+                "additionalPrinterColumns": [{"name": "Size", "type": "integer", "JSONPath": ".spec.size"}],
+                "conversion": {"strategy": "Webhook", "webhookClientConfig": {"url": "https://127.0.0.1:9/convert"}, "conversionReviewVersions": ["v1"]},
+                "preserveUnknownFields": false
+            }
+        });
+        crd_to_v1(&mut crd);
+        let columns = json!([{"name": "Size", "type": "integer", "jsonPath": ".spec.size"}]);
+        assert_eq!(crd, json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "widgets.example.invalid"},
+            "spec": {
+                "group": "example.invalid", "names": {"plural": "widgets", "kind": "Widget"}, "scope": "Namespaced",
+                "versions": [
+                    {"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object"}}, "subresources": {"status": {}}, "additionalPrinterColumns": columns},
+                    {"name": "v2", "served": true, "storage": false, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}, "subresources": {"status": {}}, "additionalPrinterColumns": columns}
+                ],
+                "conversion": {"strategy": "Webhook", "webhook": {"clientConfig": {"url": "https://127.0.0.1:9/convert"}, "conversionReviewVersions": ["v1"]}}
+            }
+        }));
+        let mut again = crd.clone();
+        crd_to_v1(&mut again);
+        assert_eq!(again, crd, "v1 objects are left alone");
+    }
+
 
     #[test]
     fn unknown_fields_go_to_a_comment_and_the_object_applies() {

@@ -13,10 +13,12 @@
 pub mod encode;
 pub mod encryption;
 pub mod extract;
+pub mod go_types;
 pub mod history;
 pub mod inspect;
 pub mod jsondiff;
 pub mod listing;
+mod proto_table;
 pub mod render;
 pub mod schema;
 pub mod selector;

@@ -55,7 +55,7 @@ impl fmt::Display for RenderError {
             RenderError::Cbor => write!(f, "the value is stored as CBOR, which inspect cannot render yet; use -o raw to see the stored bytes"),
             RenderError::UnknownType { api_version, kind } => write!(
                 f,
-                "no schema for {kind} in {} (a type newer than the built-in schema); use -o raw to see the stored bytes",
+                "no schema for {kind} in {} (a type newer than the schema; --schema-dir loads a newer release's); use -o raw to see the stored bytes",
                 if api_version.is_empty() { "an empty apiVersion" } else { api_version }
             ),
             RenderError::Malformed(why) => write!(f, "the value does not decode: {why}; use -o raw to see the stored bytes"),
@@ -449,13 +449,19 @@ impl Walker<'_> {
                     a.extend(values);
                 }
             } else if let Some(val) = values.into_iter().next() {
-                // Go omits most empty strings (omitempty); the wire cannot tell which, and an
-                // empty string is what an unset field looks like.
-                if val.as_str() == Some("") && field.kind == Kind::String {
+                if omitted(field, &val) {
                     out.remove(&field.json_name);
                     continue;
                 }
                 out.insert(field.json_name.clone(), val);
+            }
+        }
+        // A nil slice, map or pointer without omitempty prints as null (only the Go types tell).
+        for field in message.fields.values() {
+            if let Some(g) = field.go {
+                if !g.inline && !g.hidden && !g.omitempty && !g.omitzero && (g.collection || g.pointer) && !out.contains_key(&field.json_name) {
+                    out.insert(field.json_name.clone(), Json::Null);
+                }
             }
         }
         for m in inline {
@@ -510,6 +516,26 @@ impl Walker<'_> {
             _ => Json::from(0),
         });
         Ok((key, value))
+    }
+}
+
+/// Whether kubectl's JSON leaves out this value of a singular field. With the Go types
+/// (`--schema-dir`): a zero of a plain (non-pointer) field tagged omitempty (scalars) or
+/// omitzero (structs; omitempty does not drop those). Without them the wire cannot tell a
+/// plain zero from a pointer set to zero, so zeros are shown, except empty strings: Go omits
+/// most of them, and one is what an unset field looks like.
+fn omitted(field: &crate::schema::Field, val: &Json) -> bool {
+    let zero = match val {
+        Json::Null => true,
+        Json::Bool(b) => !b,
+        Json::Number(n) => n.as_f64() == Some(0.0),
+        Json::String(s) => s.is_empty(),
+        Json::Array(a) => a.is_empty(),
+        Json::Object(m) => m.is_empty(),
+    };
+    match field.go {
+        Some(g) => zero && !g.pointer && if field.kind == Kind::Message { g.omitzero } else { g.omitempty || g.omitzero },
+        None => field.kind == Kind::String && val.as_str() == Some(""),
     }
 }
 

@@ -24,6 +24,7 @@
 mod cluster;
 mod load;
 mod server;
+pub mod apiserver;
 
 pub use cluster::{node_host, EtcdCluster, MemberSpec};
 pub use load::{load_kubernetes_shaped, LoadSpec, LoadSummary};

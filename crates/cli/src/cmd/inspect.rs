@@ -36,7 +36,8 @@ pub enum InspectCommand {
     /// mod revision, managedFields hidden unless --show-managed-fields. Encrypted values are
     /// decrypted with --encryption-config. Shown as stored: no defaults are applied and the
     /// version is the one etcd holds. Fields newer than the built-in schema (Kubernetes
-    /// 1.30-1.35) are kept under "x-etcdguard-unknown-fields" and named on stderr.
+    /// 1.30-1.35) are kept under "x-etcdguard-unknown-fields" and named on stderr;
+    /// --schema-dir loads a newer release's schema so that they render.
     /// -o raw writes the stored bytes (decrypted with --encryption-config), e.g. for values
     /// that do not render (CBOR).
     ///
@@ -44,6 +45,7 @@ pub enum InspectCommand {
     ///   etcdguard inspect get snapshot.db /registry/configmaps/default/app-config -o yaml
     ///   etcdguard inspect get snapshot.db /registry/secrets/default/db --encryption-config enc.yaml
     ///   etcdguard inspect get snapshot.db /registry/deployments/default/web -o wide
+    ///   etcdguard inspect get snapshot.db /registry/pods/default/web-0 --schema-dir ~/go/pkg/mod/k8s.io/api@v0.37.2
     #[command(verbatim_doc_comment)]
     Get(GetArgs),
     /// What changed between two snapshots, or two backups of a repository: objects added
@@ -67,9 +69,14 @@ pub enum InspectCommand {
     /// decrypted, without what the API server sets (resourceVersion, uid, creationTimestamp,
     /// generation, managedFields, selfLink, status), CustomResourceDefinitions first, then
     /// Namespaces, then the rest. `-n NS` includes the Namespace object NS itself.
+    /// CustomResourceDefinitions (stored as v1beta1) are written as apiextensions.k8s.io/v1,
+    /// and objects stored in a version that a newer one of the schema took over unchanged (a
+    /// promotion: stored as beta for a release, served only as v1) in that newer version;
+    /// a Job's generated selector and controller-uid template labels are left out (the API
+    /// server makes them anew for the re-created Job).
     ///
     /// Left out: objects a controller owns (their controller makes them again; --include-owned
-    /// keeps them), and events, leases and the API server's own ranges/masterleases unless
+    /// keeps them), and events, leases and the API server's own ranges/masterleases/peerserverleases unless
     /// --resource names them. Secrets that cannot be decrypted are skipped with a warning.
     /// With --repo, the backup's snapshot is fetched and the EncryptionConfiguration stored in
     /// the backup (backup create --encryption-config or --manifests-dir) decrypts it.
@@ -135,6 +142,34 @@ impl Decryption {
     }
 }
 
+#[derive(Args, Clone)]
+pub struct SchemaDir {
+    /// Render with the types and fields of a newer Kubernetes release: the folder of its
+    /// k8s.io/api Go module, whose generated.proto files are loaded over the built-in schema
+    /// (Kubernetes 1.30-1.35); k8s.io/apimachinery is found beside it in the module cache, or
+    /// give its folder too (repeat the flag). Get it with
+    /// `go mod download -json k8s.io/api@v0.37.2 k8s.io/apimachinery@v0.37.2` (prints each Dir).
+    #[arg(long, env = "ETCDGUARD_SCHEMA_DIR", value_name = "DIR")]
+    pub schema_dir: Vec<PathBuf>,
+}
+
+impl SchemaDir {
+    /// Loads and activates the schema, before anything is rendered.
+    fn activate(&self) -> Result<(), Failure> {
+        if self.schema_dir.is_empty() {
+            return Ok(());
+        }
+        use etcdguard_kube::schema::{activate, Schema};
+        let shown = self.schema_dir.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+        let loaded = Schema::load_dirs(&self.schema_dir).map_err(|e| {
+            let code = if e.is_not_found() { Code::NotFound } else { Code::Usage };
+            Failure::new(code, format!("--schema-dir {shown}: {e}"))
+        })?;
+        eprintln!("schema: {} messages from {} over the built-in schema", loaded.messages, loaded.sources.join(", "));
+        activate(loaded.schema).map_err(|_| Failure::new(Code::Failure, "the schema was already in use"))
+    }
+}
+
 #[derive(Args)]
 pub struct ListArgs {
     pub snapshot: PathBuf,
@@ -162,6 +197,8 @@ pub struct GetArgs {
     pub key: String,
     #[command(flatten)]
     pub decryption: Decryption,
+    #[command(flatten)]
+    pub schema: SchemaDir,
     /// json, yaml, wide (yaml with etcd facts as comments), or raw: the stored bytes
     /// (decrypted when --encryption-config is given).
     #[arg(short = 'o', long = "output", value_enum, default_value_t = GetFormat::Json)]
@@ -209,6 +246,8 @@ pub struct DiffArgs {
     pub filter: Filter,
     #[command(flatten)]
     pub decryption: Decryption,
+    #[command(flatten)]
+    pub schema: SchemaDir,
     /// table or json: the objects added, deleted and modified; yaml: also the fields changed
     /// in each, unified style (`@@ /spec/replicas @@`, `- 2`, `+ 3`); json-patch: per object,
     /// RFC 6902 operations that turn the old object into the new one.
@@ -241,6 +280,8 @@ pub struct ExtractArgs {
     pub include_owned: bool,
     #[command(flatten)]
     pub decryption: Decryption,
+    #[command(flatten)]
+    pub schema: SchemaDir,
     /// One file per object under DIR (must not exist, or be empty), in apply order:
     /// `kubectl apply -R -f DIR`. Files are 0600 (Secrets are among them). Default: stdout.
     #[arg(long, value_name = "DIR", value_parser = crate::args::path)]
@@ -260,6 +301,8 @@ pub struct HistoryArgs {
     pub key: String,
     #[command(flatten)]
     pub decryption: Decryption,
+    #[command(flatten)]
+    pub schema: SchemaDir,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = HistoryFormat::Text)]
     pub output: HistoryFormat,
 }
@@ -400,6 +443,7 @@ fn get(args: GetArgs) -> Result<()> {
     use etcdguard_kube::inspect::{get_object, newest_value, GetError};
     let key = args.key.as_bytes();
     let config = args.decryption.load()?;
+    args.schema.activate()?;
     let file = open_snapshot(&args.snapshot)?;
     let db = file.db().map_err(|e| db_failure(&args.snapshot, e))?;
     let release = || file.release_resident();
@@ -441,7 +485,7 @@ fn get(args: GetArgs) -> Result<()> {
     }
     if !rendered.unknown_fields.is_empty() {
         eprintln!(
-            "note: fields unknown to the built-in schema (Kubernetes 1.30-1.35; a newer cluster?) are kept under \"{}\" at: {}",
+            "note: fields unknown to the schema (built-in: Kubernetes 1.30-1.35; a newer cluster? see --schema-dir) are kept under \"{}\" at: {}",
             etcdguard_kube::render::UNKNOWN_FIELDS_KEY,
             rendered.unknown_fields.join(", ")
         );
@@ -495,6 +539,7 @@ fn diff(args: DiffArgs) -> Result<()> {
         }
     };
     let mut config = args.decryption.load()?;
+    args.schema.activate()?;
     // Backups: the newer one's stored EncryptionConfiguration decrypts when none is given.
     if let (None, Some(repo)) = (&config, args.backups.spec()) {
         if let Some((c, source)) = etcdguard_workflow::inspect::stored_config(&repo, &args.new.to_string_lossy())? {
@@ -638,6 +683,7 @@ fn extract(args: ExtractArgs) -> Result<()> {
         include_owned: args.include_owned,
     };
     let config = args.decryption.load()?;
+    args.schema.activate()?;
     let repo = args.backups.spec();
     let snapshot_path;
     let origin = match &repo {
@@ -657,7 +703,7 @@ fn extract(args: ExtractArgs) -> Result<()> {
     let note_unknown = |o: &etcdguard_kube::extract::Extracted| {
         for path in &o.unknown_fields {
             eprintln!(
-                "note: {} has fields the schema does not know at {path} (written by a newer Kubernetes; they are kept in a comment at the top of its YAML, not in the object, which applies without them)",
+                "note: {} has fields the schema does not know at {path} (written by a newer Kubernetes; they are kept in a comment at the top of its YAML, not in the object, which applies without them; --schema-dir renders them)",
                 o.key
             );
         }
@@ -727,6 +773,7 @@ fn extract(args: ExtractArgs) -> Result<()> {
 fn history(args: HistoryArgs) -> Result<()> {
     use etcdguard_workflow::inspect::{self as wf, Origin};
     let config = args.decryption.load()?;
+    args.schema.activate()?;
     let opened = wf::open(&Origin::File(&args.snapshot), config, &mut |line| eprintln!("{line}"))?;
     let (versions, compacted) = wf::history(&opened, &args.key)?;
     if versions.is_empty() {
