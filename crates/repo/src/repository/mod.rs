@@ -2,6 +2,7 @@
 //! Writing a backup is in `writer`, reading one back in `reader`, deleting and pruning (and
 //! index maintenance) in `prune`.
 
+mod copy;
 mod pipeline;
 mod prune;
 mod reader;
@@ -10,6 +11,7 @@ mod scrub;
 pub(crate) mod test_support;
 mod writer;
 
+pub use copy::CopyOutcome;
 pub use pipeline::{parse_rate, Progress, Transfer};
 pub use prune::{part_blob_ids, stored_bytes, PruneReport};
 pub use writer::{BackupMeta, BackupWriter, UnhashedPart};

@@ -358,13 +358,6 @@ impl<'r> BackupWriter<'r> {
 
     /// Writes the last pack, the index for this backup's packs and, last, the manifest.
     pub fn commit(mut self, snapshot: Part, meta: BackupMeta) -> Result<Manifest, RepoError> {
-        self.flush_pack()?;
-        let uploader = std::mem::replace(&mut self.uploader, Uploader { tx: None, threads: Vec::new(), error: Arc::default() });
-        uploader.finish()?;
-        if self.written.blob_count() > 0 {
-            let data = self.repo.encode_index(&self.written);
-            self.repo.store.put(&format!("index/{}", Id::of(&data).hex()), Bytes::from(data))?;
-        }
         let created = Utc::now();
         let id = format!("{:016x}", rand::random::<u64>());
         let mut sizes = self.stats.clone();
@@ -387,6 +380,20 @@ impl<'r> BackupWriter<'r> {
             certificates: std::mem::take(&mut self.certificates),
             sealed: None,
         };
+        self.finish(manifest)
+    }
+
+    /// Stores the last pack and the index of this backup's packs, then `manifest` (its
+    /// `version` set as the repository writes them).
+    fn finish(&mut self, manifest: Manifest) -> Result<Manifest, RepoError> {
+        self.flush_pack()?;
+        let uploader = std::mem::replace(&mut self.uploader, Uploader { tx: None, threads: Vec::new(), error: Arc::default() });
+        uploader.finish()?;
+        if self.written.blob_count() > 0 {
+            let data = self.repo.encode_index(&self.written);
+            self.repo.store.put(&format!("index/{}", Id::of(&data).hex()), Bytes::from(data))?;
+        }
+        let id = manifest.id.clone();
         let manifest = match self.repo.metadata_keys() {
             Some(_) => Manifest { version: SEALED_FORMAT_VERSION, ..manifest },
             None => manifest,
@@ -407,6 +414,29 @@ impl<'r> BackupWriter<'r> {
         self.lock.check_held()?;
         self.repo.store.put(&manifest_key(&id), Bytes::from(body))?;
         Ok(manifest)
+    }
+
+    /// A backup copied from another repository ([`super::copy`]): `source`'s manifest under
+    /// its own id and times, with the parts stored here (the `files` entries' `content` too).
+    pub(super) fn commit_copy(mut self, source: &Manifest, snapshot: Part, files: Vec<FileEntry>) -> Result<Manifest, RepoError> {
+        let mut sizes = self.stats.clone();
+        sizes.original = snapshot.size + files.iter().filter_map(|f| f.content.as_ref()).map(|c| c.size).sum::<u64>();
+        let manifest = Manifest {
+            version: FORMAT_VERSION,
+            snapshot,
+            files,
+            encoding: PartEncoding { compression: "zstd".into(), encryption: self.repo.config.encryption.clone() },
+            sizes,
+            sealed: None,
+            ..source.clone()
+        };
+        self.finish(manifest)
+    }
+
+    /// Stores one part read from `reader`, cut every `chunk_size` bytes (a copied part keeps
+    /// its chunk size, so its chunks dedup against earlier copies).
+    pub(super) fn add_copied_part(&mut self, reader: &mut dyn Read, chunk_size: u32, size: u64) -> Result<Part, RepoError> {
+        self.add_stream(reader, chunk_size, Some(size))
     }
 }
 
