@@ -23,7 +23,7 @@ use crate::exit::{Code, Failure};
 
 pub(crate) use etcdguard_workflow::text::{created_line, duration_short, human};
 
-const REPO_HELP: &str = "Repository: a local directory (the default), s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or \
+pub(crate) const REPO_HELP: &str = "Repository: a local directory (the default), s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or \
 az://CONTAINER[/PREFIX]. Options go in the query: ?endpoint=http://host:9000&region=us-east-1&path-style=true \
 (S3-compatible servers), ?account=NAME (Azure), ?retries=N. Credentials come from the environment and files as \
 the cloud SDKs read them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_PROFILE and ~/.aws/credentials, \
@@ -149,6 +149,26 @@ pub enum BackupCommand {
     ///   etcdguard backup restore --repo /var/backups/etcd --at <that revision - 1> --to-file before.db
     #[command(verbatim_doc_comment)]
     Log(crate::cmd::capture::LogArgs),
+    /// Copy backups into a second repository (another bucket, region, cloud or directory),
+    /// with their continuous-capture changes.
+    ///
+    /// Each backup keeps its id and creation time, so both sites list it the same way. Its
+    /// snapshot and files are read from the source (sha256 checked, as `verify` checks them)
+    /// and stored as `backup create` stores them: only chunks the destination lacks are
+    /// uploaded, sealed under the destination's own key, and a backup is listed there only
+    /// once complete, so a copy that was stopped is simply run again. Backups already there
+    /// are skipped; another backup under the same id is refused (exit 14). A backup whose
+    /// source data is damaged is not copied (exit 10 at the end), the others are. The
+    /// destination is created when missing, chunked as the source (encrypted when
+    /// ETCDGUARD_TO_PASSPHRASE or --to-passphrase-file is given; required when the source
+    /// is encrypted). The source is only read.
+    ///
+    /// Examples:
+    ///   etcdguard backup copy --from /var/backups/etcd --to s3://etcd-backups-dr/prod-eu
+    ///   ETCDGUARD_PASSPHRASE=… ETCDGUARD_TO_PASSPHRASE=… etcdguard backup copy \
+    ///       --from s3://etcd-backups/prod-eu --to az://dr/prod-eu?account=drbackups latest
+    #[command(verbatim_doc_comment)]
+    Copy(crate::cmd::copy::CopyArgs),
 }
 
 #[derive(Args)]
@@ -285,7 +305,7 @@ fn parse_limit_rate(s: &str) -> Result<u64, String> {
 }
 
 /// A passphrase from a file (trailing newline dropped) or else from an environment variable.
-fn read_passphrase(file: Option<&Path>, flag: &str, env: &str) -> Result<Option<Passphrase>, Failure> {
+pub(crate) fn read_passphrase(file: Option<&Path>, flag: &str, env: &str) -> Result<Option<Passphrase>, Failure> {
     if let Some(path) = file {
         // Its mode was checked (with a warning) when the flag was parsed: crate::args.
         let bytes = std::fs::read(path).map_err(|e| {
@@ -601,6 +621,7 @@ pub fn run(cmd: BackupCommand) -> Result<()> {
         BackupCommand::Key(a) => key(a),
         BackupCommand::Follow(a) => crate::cmd::capture::follow(a),
         BackupCommand::Log(a) => crate::cmd::capture::log(a),
+        BackupCommand::Copy(a) => crate::cmd::copy::run(a),
     }
 }
 
