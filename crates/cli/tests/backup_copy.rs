@@ -215,3 +215,36 @@ fn big_dir() -> std::path::PathBuf {
     std::fs::write(dir.join("blob.bin"), &data).unwrap();
     dir
 }
+
+#[test]
+fn the_agent_copies_each_backup_to_a_second_repository_in_s3() {
+    let snaps = snapshots();
+    let moto = Moto::start();
+    moto.create_bucket("etcd-dr");
+    let work = scratch("copy-agent");
+    let local = work.join("repo").to_str().unwrap().to_string();
+    let s3 = format!("s3://etcd-dr/agent?endpoint={}", moto.endpoint);
+    let pass_file = work.join("dr-pass");
+    std::fs::write(&pass_file, "dr pass\n").unwrap();
+    std::fs::set_permissions(&pass_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // A backup the agent did not take, older than anything at the destination: the agent
+    // copies from the destination's newest on, so it comes along only while the destination is empty.
+    let earlier = created_id(&ok(&["backup", "create", "--repo", &local, "--from-file", snaps.first.to_str().unwrap()]));
+    let out = run(cmd(None).args([
+        "agent", "--repo", &local, "--from-file", snaps.second.to_str().unwrap(), "--runs", "2", "--every", "1s", "--listen", "off",
+        "--copy-to", &s3, "--copy-to-passphrase-file", pass_file.to_str().unwrap(),
+    ]));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let source = ids_of(&list_json(&local));
+    assert_eq!(source.len(), 3, "{log}");
+    assert_eq!(source[0], earlier);
+    assert_eq!(ids_of(&list(cmd(None), &s3)), source, "{log}");
+    assert!(!log.contains("copy failed"), "{log}");
+    let restored = work.join("r.db");
+    ok_with(
+        cmd(None).env("ETCDGUARD_TO_PASSPHRASE", "ignored").env("ETCDGUARD_PASSPHRASE", "dr pass"),
+        &["backup", "restore", "latest", "--repo", &s3, "--to-file", restored.to_str().unwrap()],
+    );
+    assert!(same_file(&restored, &snaps.second));
+}

@@ -20,6 +20,10 @@ pub struct CopyOptions {
     pub to: RepoSpec,
     /// Ids, unique prefixes or `latest`; empty: every backup of the source.
     pub backups: Vec<String>,
+    /// Only those at least as new as the destination's newest backup (the agent: a copy
+    /// that failed is caught up by the next, the newest one's new segments follow, and what
+    /// the destination's own retention removed is not brought back).
+    pub from_destination_newest: bool,
 }
 
 /// What a copy did, as it goes.
@@ -58,8 +62,13 @@ fn concerns_one_backup(kind: Kind) -> bool {
 /// after trying every backup.
 pub fn copy(opts: &CopyOptions, on: &mut dyn FnMut(CopyEvent)) -> Result<CopyReport> {
     let source = opts.from.open_unlocked()?;
-    let chosen = choose(&source, &opts.backups)?;
+    let mut chosen = choose(&source, &opts.backups)?;
     let dest = open_destination(&source, &opts.to, on)?;
+    if opts.from_destination_newest {
+        if let Some(newest) = dest.list_backups()?.0.last() {
+            chosen.retain(|m| m.created >= newest.created);
+        }
+    }
     let index = source.load_index()?;
     let mut report = CopyReport::default();
     let mut failures: Vec<(String, Error)> = Vec::new();

@@ -52,6 +52,7 @@ pub fn run(args: CopyArgs) -> Result<()> {
             transfer: etcdguard_repo::repository::Transfer { progress: None, ..transfer },
         },
         backups: args.backups.clone(),
+        from_destination_newest: false,
     };
     let text = args.write_out == TextJson::Text;
     let mut rows = Vec::new();
