@@ -117,3 +117,29 @@ fn object_lock_keeps_backups_from_prune_and_from_deletes_through_the_s3_api() {
     assert!(std::fs::read(&restored).unwrap() == std::fs::read(&snaps.first).unwrap(), "the recovered backup differs");
     ok_with(&mut cmd(), &["backup", "verify", &first, "--repo", &admin, "--scratch-dir", work.to_str().unwrap()]);
 }
+
+#[test]
+fn server_side_encryption_options_reach_every_upload() {
+    let snaps = snapshots();
+    let moto = Moto::start();
+    moto.create_bucket("etcd-sse");
+    let repo = format!("s3://etcd-sse/etcd?endpoint={}&sse=aws:kms&sse-kms-key-id=alias/etcd-backups", moto.endpoint);
+    created_id(&ok_with(&mut cmd(), &["backup", "create", "--repo", &repo, "--from-file", snaps.first.to_str().unwrap()]));
+    let out = boto3(
+        &moto,
+        "keys = [o['Key'] for o in s3.list_objects_v2(Bucket='etcd-sse', Prefix='etcd/')['Contents']]\n\
+         kinds = set()\n\
+         for k in keys:\n\
+         \x20   h = s3.head_object(Bucket='etcd-sse', Key=k)\n\
+         \x20   kinds.add((h.get('ServerSideEncryption'), h.get('SSEKMSKeyId', '').split('/')[-1]))\n\
+         print(len(keys), sorted(kinds))\n",
+    );
+    assert!(out.contains("[('aws:kms', 'etcd-backups')]"), "every object SSE-KMS with the key given: {out}");
+    for (bad, why) in [("sse=bogus", "sse must be"), ("sse-kms-key-id=k", "needs sse=aws:kms"), ("sse=AES256&sse-kms-key-id=k", "needs sse=aws:kms")] {
+        let url = format!("s3://etcd-sse/etcd?endpoint={}&{bad}", moto.endpoint);
+        let err = fails_with(&mut cmd(), &["backup", "list", "--repo", &url], 2);
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+    let err = fails_with(&mut cmd(), &["backup", "list", "--repo", "az://c/p?checksum=sha256"], 2);
+    assert!(err.contains("s3://"), "{err}");
+}
