@@ -248,3 +248,51 @@ fn the_agent_copies_each_backup_to_a_second_repository_in_s3() {
     );
     assert!(same_file(&restored, &snaps.second));
 }
+
+#[test]
+fn continuous_capture_changes_follow_their_backup_and_restore_at_a_revision_at_the_destination() {
+    use etcdguard_testkit::{EtcdServer, EtcdVersion};
+    let server = EtcdServer::start(EtcdVersion::V3_5);
+    for i in 0..20 {
+        server.put(format!("/registry/configmaps/default/cm{i}").as_bytes(), b"before");
+    }
+    let work = scratch("copy-changes");
+    let src = work.join("src").to_str().unwrap().to_string();
+    let dest = work.join("dest").to_str().unwrap().to_string();
+    let follow = |until: i64| {
+        ok(&["backup", "follow", "--repo", &src, "--endpoints", server.endpoint(), "--segment-interval", "300ms", "--until-revision", &until.to_string()]);
+    };
+    follow(server.revision());
+    let mut middle = 0;
+    for i in 0..30 {
+        let rev = server.put(format!("/registry/configmaps/default/cm{}", i % 7).as_bytes(), format!("change {i}").as_bytes());
+        if i == 14 {
+            middle = rev;
+        }
+    }
+    follow(server.revision());
+    let out = ok_with(cmd(None).env("ETCDGUARD_TO_PASSPHRASE", "dest pass"), &["backup", "copy", "--from", &src, "--to", &dest]);
+    assert!(out.contains("change segment(s)"), "{out}");
+    // More changes captured at the source: the next copy brings only them.
+    for i in 0..5 {
+        server.put(format!("/registry/configmaps/default/late{i}").as_bytes(), b"late");
+    }
+    let last = server.revision();
+    follow(last);
+    let out = ok_with(cmd(None).env("ETCDGUARD_TO_PASSPHRASE", "dest pass"), &["backup", "copy", "--from", &src, "--to", &dest]);
+    assert!(out.contains("already in the destination") && out.contains("change segment(s)"), "{out}");
+    let log = |repo: &str, pass: Option<&str>| {
+        let mut c = cmd(None);
+        if let Some(p) = pass {
+            c.env("ETCDGUARD_PASSPHRASE", p);
+        }
+        ok_with(&mut c, &["backup", "log", "--repo", repo, "-w", "json"])
+    };
+    assert_eq!(log(&src, None), log(&dest, Some("dest pass")));
+    for at in [middle, last] {
+        let (a, b) = (work.join(format!("src-{at}.db")), work.join(format!("dest-{at}.db")));
+        ok(&["backup", "restore", "--repo", &src, "--at", &at.to_string(), "--to-file", a.to_str().unwrap()]);
+        ok_with(cmd(None).env("ETCDGUARD_PASSPHRASE", "dest pass"), &["backup", "restore", "--repo", &dest, "--at", &at.to_string(), "--to-file", b.to_str().unwrap()]);
+        assert!(same_file(&a, &b), "restore --at {at} differs between the two sites");
+    }
+}
