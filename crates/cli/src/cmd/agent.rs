@@ -145,6 +145,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
                 Ok(crate::cmd::backup::read_passphrase(file.as_deref(), "--copy-to-passphrase-file", "ETCDGUARD_TO_PASSPHRASE")?)
             }),
             transfer: Default::default(),
+            kms: None,
         }
     });
     let opts = AgentOptions {

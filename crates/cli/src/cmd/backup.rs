@@ -205,6 +205,10 @@ pub struct KeyNewArgs {
     /// File holding the new passphrase (or put it in ETCDGUARD_NEW_PASSPHRASE).
     #[arg(long, env = "ETCDGUARD_NEW_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
     pub new_passphrase_file: Option<PathBuf>,
+    /// `key add`: wrap the master key with this key management service key instead of a
+    /// passphrase (aws-kms:KEY[?region=R&endpoint=URL]); unlock with --kms-key then.
+    #[arg(long, value_name = "KMS", conflicts_with = "new_passphrase_file")]
+    pub new_kms_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -225,6 +229,11 @@ pub struct RepoArg {
     /// XChaCha20-Poly1305 under a key only the passphrase opens. Lose it and the backups are lost.
     #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
     pub passphrase_file: Option<PathBuf>,
+    /// Unlock an encrypted repository with a key management service instead of a passphrase:
+    /// aws-kms:KEY[?region=R&endpoint=URL] (KEY: key id, alias/NAME or ARN; AWS credentials
+    /// from the environment), for a key file `backup key add --new-kms-key` wrote.
+    #[arg(long, env = "ETCDGUARD_KMS_KEY", value_name = "KMS")]
+    pub kms_key: Option<String>,
 }
 
 impl RepoArg {
@@ -236,7 +245,12 @@ impl RepoArg {
     /// The repository as the workflows take it; the passphrase is read when one is needed.
     pub fn spec(&self) -> RepoSpec {
         let arg = self.clone();
-        RepoSpec { url: self.repo.clone(), passphrase: Arc::new(move || Ok(arg.passphrase()?)), transfer: Default::default() }
+        RepoSpec {
+            url: self.repo.clone(),
+            passphrase: Arc::new(move || Ok(arg.passphrase()?)),
+            transfer: Default::default(),
+            kms: self.kms_key.clone(),
+        }
     }
 }
 
@@ -990,8 +1004,13 @@ fn key_list(args: KeyListArgs) -> Result<()> {
         TableJson::Table => {
             let mut rows = vec![["ID", "CREATED (UTC)", "HOST", ""].map(String::from).to_vec()];
             for k in &keys {
-                let current = if k.current { "(the passphrase given)" } else { "" };
-                rows.push(vec![k.id.clone(), k.created.format("%Y-%m-%d %H:%M:%S").to_string(), k.hostname.clone(), current.into()]);
+                let current = match (&k.kms, k.current) {
+                    (Some(kms), true) => format!("{kms} (the key given)"),
+                    (Some(kms), false) => kms.clone(),
+                    (None, true) => "(the passphrase given)".into(),
+                    (None, false) => String::new(),
+                };
+                rows.push(vec![k.id.clone(), k.created.format("%Y-%m-%d %H:%M:%S").to_string(), k.hostname.clone(), current]);
             }
             print!("{}", table(&rows));
         }
@@ -1001,6 +1020,14 @@ fn key_list(args: KeyListArgs) -> Result<()> {
 
 /// `key add`, and `key passwd` (`replace`).
 fn key_add(args: KeyNewArgs, replace: bool) -> Result<()> {
+    if let Some(kms) = &args.new_kms_key {
+        if replace {
+            return Err(Failure::new(Code::Usage, "--new-kms-key: use `backup key add`, then `backup key remove` the old key").into());
+        }
+        let (id, location) = etcdguard_workflow::repo::add_kms_key(&args.repo.spec(), kms)?;
+        println!("Added key {id} ({kms}) to {location}");
+        return Ok(());
+    }
     let file = args.new_passphrase_file.clone();
     let new: PassphraseSource = Arc::new(move || Ok(read_passphrase(file.as_deref(), "--new-passphrase-file", "ETCDGUARD_NEW_PASSPHRASE")?));
     backup::key_add(&args.repo.spec(), &new, replace, &mut |event| match event {

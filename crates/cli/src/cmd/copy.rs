@@ -45,11 +45,13 @@ pub fn run(args: CopyArgs) -> Result<()> {
             url: args.from.clone(),
             passphrase: Arc::new(move || Ok(read_passphrase(from_file.as_deref(), "--passphrase-file", "ETCDGUARD_PASSPHRASE")?)),
             transfer: transfer.clone(),
+            kms: None,
         },
         to: RepoSpec {
             url: args.to.clone(),
             passphrase: Arc::new(move || Ok(read_passphrase(to_file.as_deref(), "--to-passphrase-file", "ETCDGUARD_TO_PASSPHRASE")?)),
             transfer: etcdguard_repo::repository::Transfer { progress: None, ..transfer },
+            kms: None,
         },
         backups: args.backups.clone(),
         from_destination_newest: false,

@@ -165,6 +165,12 @@ impl Moto {
         Moto::start_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")])
     }
 
+    /// A server that checks credentials (and request signatures) once `setup` requests
+    /// went through unchecked (to create IAM users and their keys).
+    pub fn start_with_auth_after(setup: u32) -> Moto {
+        Moto::start_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", &setup.to_string())])
+    }
+
     fn start_env(env: &[(&str, &str)]) -> Moto {
         let port = free_port();
         let log = std::fs::File::create(scratch(&format!("moto-{port}")).join("moto.log")).unwrap();

@@ -3,6 +3,7 @@
 //! index maintenance) in `prune`.
 
 mod copy;
+mod kms_keys;
 mod pipeline;
 mod prune;
 mod reader;
@@ -82,6 +83,9 @@ pub struct KeyInfo {
     pub hostname: String,
     /// Opened by the passphrase this repository was unlocked with.
     pub current: bool,
+    /// The key management service key that wraps it; `None` for a passphrase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kms: Option<String>,
 }
 
 fn key_object(id: &str) -> String {
@@ -276,7 +280,7 @@ impl Repository {
             let file: KeyFile = serde_json::from_slice(&self.store.get(&obj.key)?)
                 .map_err(|e| RepoError::Damaged(format!("{}/{}: {e}", self.location(), obj.key)))?;
             let current = self.unlocked_by.as_deref() == Some(id.as_str());
-            out.push(KeyInfo { id, created: file.created, hostname: file.hostname, current });
+            out.push(KeyInfo { id, created: file.created, hostname: file.hostname, current, kms: file.kms });
         }
         out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         Ok(out)
