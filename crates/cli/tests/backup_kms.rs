@@ -89,6 +89,14 @@ fn a_kms_wrapped_key_unlocks_the_repository_without_the_passphrase() {
     assert!(err.contains("wrong passphrase"), "{err}");
     created_id(&ok_with(&mut kms.cmd(), &["backup", "create", "--repo", &repo, "--kms-key", &alias, "--from-file", snaps.second.to_str().unwrap()]));
 
+    // A copy out of the KMS-only repository into a new one that gets the KMS key too.
+    let copy = work.join("copy").to_str().unwrap().to_string();
+    ok_with(
+        kms.cmd().env("ETCDGUARD_TO_PASSPHRASE", "copy pass"),
+        &["backup", "copy", "--from", &repo, "--kms-key", &alias, "--to", &copy, "--to-kms-key", &alias],
+    );
+    ok_with(&mut kms.cmd(), &["backup", "verify", &id, "--repo", &copy, "--kms-key", &alias, "--scratch-dir", work.to_str().unwrap()]);
+
     // The key by its id works as by its alias only when it is the name the file records.
     let by_id = kms.spec(&kms.key_id);
     let err = fails_with(&mut kms.cmd(), &["backup", "verify", &id, "--repo", &repo, "--kms-key", &by_id], 16);

@@ -155,7 +155,16 @@ fn open_destination(source: &Repository, to: &RepoSpec, on: &mut dyn FnMut(CopyE
             if source.is_encrypted() && passphrase.is_none() {
                 return Err(plain_from_sealed(location));
             }
+            if passphrase.is_none() && to.kms.is_some() {
+                return Err(Error::usage(format!(
+                    "{location} holds no repository yet: a new one is created encrypted with a passphrase; give \
+                     ETCDGUARD_TO_PASSPHRASE or --to-passphrase-file as well and the KMS key is added as a second key"
+                )));
+            }
             let r = Repository::init(store, &InitOptions::like(source.config(), passphrase.clone()))?;
+            if let Some(kms) = &to.kms {
+                r.add_kms_key(etcdguard_repo::kms::open_kms(kms)?.as_ref())?;
+            }
             on(CopyEvent::Created { location: r.location(), encrypted: r.is_encrypted() });
             r
         }

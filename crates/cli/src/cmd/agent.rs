@@ -108,6 +108,9 @@ pub struct AgentArgs {
     /// File holding the passphrase of the --copy-to repository (or put it in ETCDGUARD_TO_PASSPHRASE).
     #[arg(long, env = "ETCDGUARD_TO_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file, requires = "copy_to")]
     pub copy_to_passphrase_file: Option<PathBuf>,
+    /// Unlock the --copy-to repository with this KMS key (aws-kms:KEY[?region=R&endpoint=URL]).
+    #[arg(long, env = "ETCDGUARD_TO_KMS_KEY", value_name = "KMS", requires = "copy_to")]
+    pub copy_to_kms_key: Option<String>,
     /// /healthz warns (in its body; it stays 200) when a certificate of --pki-dir (else of the
     /// newest backup's manifest) expires within this. The expiry of each is in /metrics.
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
@@ -145,7 +148,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
                 Ok(crate::cmd::backup::read_passphrase(file.as_deref(), "--copy-to-passphrase-file", "ETCDGUARD_TO_PASSPHRASE")?)
             }),
             transfer: Default::default(),
-            kms: None,
+            kms: args.copy_to_kms_key.clone(),
         }
     });
     let opts = AgentOptions {

@@ -20,8 +20,15 @@ pub struct CopyArgs {
     /// File holding the source's passphrase (or put it in ETCDGUARD_PASSPHRASE).
     #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
     pub passphrase_file: Option<PathBuf>,
+    /// Unlock the source with this KMS key instead of a passphrase (as --kms-key of the other commands).
+    #[arg(long, env = "ETCDGUARD_KMS_KEY", value_name = "KMS")]
+    pub kms_key: Option<String>,
     #[arg(long, env = "ETCDGUARD_TO_REPO", value_name = "URL", help = REPO_HELP, value_parser = crate::args::repo)]
     pub to: String,
+    /// Unlock the destination with this KMS key (a destination the copy creates gets it as a
+    /// second key, beside the passphrase, which is still needed to create it).
+    #[arg(long, env = "ETCDGUARD_TO_KMS_KEY", value_name = "KMS")]
+    pub to_kms_key: Option<String>,
     /// File holding the destination's passphrase (or put it in ETCDGUARD_TO_PASSPHRASE). A
     /// destination created by the copy is encrypted with it; an encrypted source needs one.
     #[arg(long, env = "ETCDGUARD_TO_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
@@ -45,13 +52,13 @@ pub fn run(args: CopyArgs) -> Result<()> {
             url: args.from.clone(),
             passphrase: Arc::new(move || Ok(read_passphrase(from_file.as_deref(), "--passphrase-file", "ETCDGUARD_PASSPHRASE")?)),
             transfer: transfer.clone(),
-            kms: None,
+            kms: args.kms_key.clone(),
         },
         to: RepoSpec {
             url: args.to.clone(),
             passphrase: Arc::new(move || Ok(read_passphrase(to_file.as_deref(), "--to-passphrase-file", "ETCDGUARD_TO_PASSPHRASE")?)),
             transfer: etcdguard_repo::repository::Transfer { progress: None, ..transfer },
-            kms: None,
+            kms: args.to_kms_key.clone(),
         },
         backups: args.backups.clone(),
         from_destination_newest: false,
