@@ -25,7 +25,7 @@ use crate::RepoError;
 #[derive(Debug, Clone)]
 pub enum CopyOutcome {
     /// Stored here now: the manifest as written here.
-    Copied(Manifest),
+    Copied(Box<Manifest>),
     /// The destination already holds this backup (same id, same content).
     AlreadyThere,
 }
@@ -33,6 +33,9 @@ pub enum CopyOutcome {
 /// Chunks of a part in flight between the source's reader and this repository's writer, at
 /// most (each is one chunk, a few KiB to a few MiB).
 const PIPE_DEPTH: usize = 256;
+/// A copy indexes what it stored every this many packs (256 MiB at the default pack
+/// size), so a copy of a large backup that was stopped resumes near where it was.
+const CHECKPOINT_PACKS: usize = 32;
 
 impl InitOptions {
     /// A new repository chunked as `source` is (so copies of its backups deduplicate as they
@@ -67,6 +70,10 @@ impl Repository {
     /// pack) before anything is listed here; a copy killed midway leaves only what a killed
     /// create leaves, and the next copy stores what is missing.
     pub fn copy_backup_from(&self, source: &Repository, source_index: &Index, manifest: &Manifest) -> Result<CopyOutcome, RepoError> {
+        self.copy_backup_checkpointed(source, source_index, manifest, CHECKPOINT_PACKS)
+    }
+
+    fn copy_backup_checkpointed(&self, source: &Repository, source_index: &Index, manifest: &Manifest, checkpoint_packs: usize) -> Result<CopyOutcome, RepoError> {
         if manifest.contents_sealed() {
             return Err(RepoError::KeyRequired(source.location()));
         }
@@ -74,6 +81,7 @@ impl Repository {
             return Ok(CopyOutcome::AlreadyThere);
         }
         let mut writer = self.begin_backup()?;
+        writer.checkpoint_every(checkpoint_packs);
         let snapshot = copy_part(source, source_index, &manifest.snapshot, &mut writer)
             .map_err(|e| e.context(&format!("backup {}: snapshot", manifest.id)))?;
         let mut files = Vec::with_capacity(manifest.files.len());
@@ -92,7 +100,7 @@ impl Repository {
         if self.already_holds(manifest)? {
             return Ok(CopyOutcome::AlreadyThere);
         }
-        Ok(CopyOutcome::Copied(writer.commit_copy(manifest, snapshot, files)?))
+        Ok(CopyOutcome::Copied(Box::new(writer.commit_copy(manifest, snapshot, files)?)))
     }
 
     /// Whether `backups/<id>.json` here is this backup already; another backup under that id
@@ -157,23 +165,27 @@ fn copy_part(source: &Repository, index: &Index, part: &Part, writer: &mut Backu
     let (read, stored) = std::thread::scope(|s| {
         let reader = s.spawn(move || {
             let mut out = PipeWriter(tx);
-            let result = source.read_part(index, part, &mut out);
-            if result.is_err() {
-                // The writer must not take a truncated part for a whole one.
-                let _ = out.0.send(Err(()));
-            }
-            result
+            // On an error the writer must not take a truncated part for a whole one: it is
+            // told so, unless it is gone already (the destination failed first).
+            source.read_part(index, part, &mut out).map_err(|e| (e, out.0.send(Err(())).is_err()))
         });
         let stored = {
             let mut input = PipeReader { rx, current: Vec::new(), at: 0 };
             writer.add_copied_part(&mut input, part.chunk_size, part.size)
         };
-        (reader.join().unwrap_or_else(|_| Err(RepoError::Io("the source reader panicked".into()))), stored)
+        (reader.join().unwrap_or_else(|_| Err((RepoError::Io("the source reader panicked".into()), false))), stored)
     });
-    // The source's error says what is wrong (a damaged pack); the writer's then only says
-    // that its input stopped.
-    read?;
-    let stored = stored?;
+    match (read, stored) {
+        // The destination stopped first (its error says why); the source only saw it go.
+        (Err((_, true)), Err(e)) => Err(e),
+        // Else the source's error says what is wrong (a damaged pack); the writer's then
+        // only says that its input stopped.
+        (Err((e, _)), _) | (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(stored)) => check_stored(part, stored),
+    }
+}
+
+fn check_stored(part: &Part, stored: Part) -> Result<Part, RepoError> {
     if stored.size != part.size || stored.sha256 != part.sha256 {
         return Err(RepoError::ChecksumMismatch(format!(
             "stored {} bytes with sha256 {}; the source's manifest says {} bytes with sha256 {}",
@@ -224,7 +236,7 @@ mod tests {
     use super::*;
     use crate::repository::test_support::*;
     use crate::segment::{Change, Segment};
-    use crate::store::LocalDir;
+    use crate::store::{LocalDir, StoreError};
 
     fn copy_all(to: &Repository, from: &Repository) -> Vec<CopyOutcome> {
         let index = from.load_index().unwrap();
@@ -288,6 +300,65 @@ mod tests {
         // One changed chunk, and the list blob naming it.
         assert_eq!(m.sizes.blobs_added, 2, "{:?}", m.sizes);
         assert_eq!(restore(&dest, m), changed);
+    }
+
+    /// Puts of packs fail after `budget` of them: a destination that goes away midway.
+    struct Failing {
+        inner: LocalDir,
+        budget: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Store for Failing {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+            use std::sync::atomic::Ordering;
+            if key.starts_with("packs/") && self.budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1)).is_err() {
+                return Err(StoreError::Unreachable("gone".into()));
+            }
+            self.inner.put(key, data)
+        }
+        fn put_streaming(&self, key: &str, produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> Result<(), StoreError> {
+            self.inner.put_streaming(key, produce)
+        }
+        fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+            self.inner.get(key)
+        }
+        fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes, StoreError> {
+            self.inner.get_range(key, range)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<crate::store::ObjectInfo>, StoreError> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key)
+        }
+        fn check_reachable(&self) -> Result<(), StoreError> {
+            self.inner.check_reachable()
+        }
+    }
+
+    #[test]
+    fn a_stopped_copy_resumes_from_its_last_checkpoint() {
+        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let source = repo(dirs.0.path(), 16 * 1024);
+        let data: Vec<u8> = (0..4).flat_map(db).collect();
+        let m = backup(&source, &data);
+        let index = source.load_index().unwrap();
+        let failing: Arc<dyn Store> =
+            Arc::new(Failing { inner: LocalDir::new(dirs.1.path().to_path_buf()), budget: std::sync::atomic::AtomicUsize::new(30) });
+        let dest = Repository::init(failing, &InitOptions::like(source.config(), None)).unwrap();
+        let err = dest.copy_backup_checkpointed(&source, &index, &m, 4).unwrap_err();
+        assert!(matches!(err, RepoError::Store(StoreError::Unreachable(_))), "{err}");
+        assert!(dest.list_backups().unwrap().0.is_empty());
+        let checkpointed = dest.load_index().unwrap().blob_count();
+        assert!(checkpointed > 20, "only {checkpointed} blobs indexed before the failure");
+        // Run again: only what was not indexed is stored.
+        let dest = Repository::open(Arc::new(LocalDir::new(dirs.1.path().to_path_buf()))).unwrap();
+        let c = copied(&dest.copy_backup_checkpointed(&source, &index, &m, 4).unwrap()).clone();
+        assert!(c.sizes.blobs_added < c.sizes.blobs_total - checkpointed as u64 + 2, "{:?}, {checkpointed} indexed", c.sizes);
+        assert_eq!(restore(&dest, &c), data);
     }
 
     #[test]

@@ -44,6 +44,7 @@ impl Repository {
             files: Vec::new(),
             certificates: Vec::new(),
             stats: Sizes::default(),
+            checkpoint_every: 0,
         })
     }
 
@@ -151,6 +152,8 @@ pub struct BackupWriter<'r> {
     files: Vec<FileEntry>,
     certificates: Vec<CertificateRecord>,
     stats: Sizes,
+    /// Write an index file every this many packs (0: only at the end); see `checkpoint`.
+    checkpoint_every: usize,
 }
 
 impl<'r> BackupWriter<'r> {
@@ -200,7 +203,11 @@ impl<'r> BackupWriter<'r> {
         }
         let (id, data, entries) = std::mem::take(&mut self.pack).finish();
         self.written.add_pack(id, &entries);
-        self.uploader.send(pack_key(&id), data)
+        self.uploader.send(pack_key(&id), data)?;
+        if self.checkpoint_every > 0 && self.written.packs().count() >= self.checkpoint_every {
+            self.checkpoint()?;
+        }
+        Ok(())
     }
 
     /// Chunks `reader` at `chunk_size` boundaries and stores what is new; the part's sha256
@@ -431,6 +438,28 @@ impl<'r> BackupWriter<'r> {
             ..source.clone()
         };
         self.finish(manifest)
+    }
+
+    /// From now on, index the packs written so far every `packs` packs, so that a run
+    /// killed midway leaves them for the next one to deduplicate against (a copy of a
+    /// large backup need not start over).
+    pub(super) fn checkpoint_every(&mut self, packs: usize) {
+        self.checkpoint_every = packs;
+    }
+
+    /// Waits until every pack sent is stored, then writes the index file of those packs
+    /// (as `commit` does, before any manifest): indexed packs no manifest uses yet, which
+    /// the invariants allow and the next prune frees if no backup comes to use them.
+    fn checkpoint(&mut self) -> Result<(), RepoError> {
+        let threads = self.repo.transfer.workers().min(UPLOADS_MAX);
+        let uploader = std::mem::replace(&mut self.uploader, Uploader::start_n(self.repo.store.clone(), threads));
+        uploader.finish()?;
+        // With the lock lost a prune may have deleted these packs: index nothing then.
+        self.lock.check_held()?;
+        let data = self.repo.encode_index(&self.written);
+        self.repo.store.put(&format!("index/{}", Id::of(&data).hex()), Bytes::from(data))?;
+        self.written = Index::new();
+        Ok(())
     }
 
     /// Stores one part read from `reader`, cut every `chunk_size` bytes (a copied part keeps
