@@ -13,7 +13,7 @@ impl Repository {
         let keys = self.keys()?.expect("an encrypted repository's keys");
         let wrapped = kms.wrap(&keys.export(), &self.config.id)?;
         // Proves the service gives it back before anyone relies on it.
-        let back = kms.unwrap(&wrapped, &self.config.id)?;
+        let back = zeroize::Zeroizing::new(kms.unwrap(&wrapped, &self.config.id)?);
         if back[..] != keys.export()[..] {
             return Err(RepoError::Invalid(format!("{}: the key service returned another key than it was given", kms.name())));
         }
