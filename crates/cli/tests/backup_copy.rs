@@ -296,3 +296,52 @@ fn continuous_capture_changes_follow_their_backup_and_restore_at_a_revision_at_t
         assert!(same_file(&a, &b), "restore --at {at} differs between the two sites");
     }
 }
+
+#[test]
+fn the_continuous_agent_copies_the_changes_as_it_captures_them() {
+    use etcdguard_testkit::{free_port, EtcdServer, EtcdVersion};
+    use std::time::{Duration, Instant};
+    let server = EtcdServer::start(EtcdVersion::V3_5);
+    server.put(b"/registry/configmaps/default/first", b"one");
+    let work = scratch("copy-continuous-agent");
+    let src = work.join("src").to_str().unwrap().to_string();
+    let dest = work.join("dest").to_str().unwrap().to_string();
+    let port = free_port();
+    let log_path = work.join("agent.log");
+    let mut child = cmd(None)
+        .args(["agent", "--continuous", "--no-elect", "--repo", &src, "--endpoints", server.endpoint(), "--segment-interval", "300ms"])
+        .args(["--full-every", "1h", "--listen", &format!("127.0.0.1:{port}"), "--copy-to", &dest])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    // Changes after the full backup reach the destination within a few copy rounds (every 5 s here).
+    let start = Instant::now();
+    while !std::path::Path::new(&src).join("backups").read_dir().is_ok_and(|mut d| d.next().is_some()) {
+        assert!(start.elapsed() < Duration::from_secs(60), "no full backup:\n{}", log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut last = 0;
+    for i in 0..10 {
+        last = server.put(format!("/registry/configmaps/default/k{i}").as_bytes(), b"v");
+    }
+    let start = Instant::now();
+    let covered = |repo: &str| -> i64 {
+        let out = run(cmd(None).args(["backup", "log", "--repo", repo, "-w", "json"]));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.as_array().map_or(0, |a| a.iter().filter_map(|c| c["revision"].as_i64()).max().unwrap_or(0))
+    };
+    while covered(&dest) < last {
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("revision {last} not copied within 60 s (source has {}):\n{}", covered(&src), log());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(ids_of(&list_json(&src)), ids_of(&list_json(&dest)), "{}", log());
+    assert!(!log().contains("copy failed"), "{}", log());
+}

@@ -71,8 +71,8 @@ pub struct AgentOptions {
     pub checks: crate::checks::ChecksOptions,
     /// Continuous capture instead of scheduled backups: the leader follows every change.
     pub continuous: Option<ContinuousSettings>,
-    /// `--copy-to`: after each backup (and, with continuous capture, every minute), copy
-    /// what the second repository lacks ([`crate::copy`]).
+    /// `--copy-to`: after each backup (and, with continuous capture, every ten segment
+    /// intervals, 5 s to 1 min), copy what the second repository lacks ([`crate::copy`]).
     pub copy_to: Option<RepoSpec>,
 }
 
@@ -541,8 +541,10 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
 /// stored in the repository, so a change of leader loses nothing; an old leader still storing
 /// its last segment only repeats revisions, which readers take once. Retention runs after
 /// each full backup capture takes.
-/// With continuous capture and `--copy-to`: how often the segments stored since are copied.
-const CONTINUOUS_COPY_EVERY: Duration = Duration::from_secs(60);
+/// With continuous capture and `--copy-to`: the segments stored since the last copy are
+/// copied every ten segment intervals, within these bounds (each copy lists both
+/// repositories' backups, so not at every segment).
+const CONTINUOUS_COPY_BOUNDS: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(60));
 
 fn run_continuous(opts: &Arc<AgentOptions>, settings: &ContinuousSettings, state: &Arc<Mutex<State>>, stop: &Stop, election: Option<&Election>) -> Result<()> {
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
@@ -614,9 +616,10 @@ fn run_continuous(opts: &Arc<AgentOptions>, settings: &ContinuousSettings, state
             }
             // A full backup taken by capture counts as a backup: health, metrics, retention.
             let c = capture_state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            // The copy follows new fulls and, every minute, the segments stored since.
+            // The copy follows new fulls and, now and then, the segments stored since.
             if let Some(to) = &opts.copy_to {
-                let due = c.fulls_taken > fulls_seen || last_copy.is_none_or(|t| t.elapsed() >= CONTINUOUS_COPY_EVERY);
+                let every = (settings.segment_interval * 10).clamp(CONTINUOUS_COPY_BOUNDS.0, CONTINUOUS_COPY_BOUNDS.1);
+                let due = c.fulls_taken > fulls_seen || last_copy.is_none_or(|t| t.elapsed() >= every);
                 if due && c.base.is_some() && copying.as_ref().is_none_or(|h| h.is_finished()) {
                     last_copy = Some(Instant::now());
                     let (from, to, state) = (opts.create.repo.clone(), to.clone(), state.clone());

@@ -100,7 +100,7 @@ pub struct AgentArgs {
     pub drill_etcd: Option<PathBuf>,
     /// After each backup, copy it to this second repository (as `backup copy`, e.g. another
     /// region or cloud), with any earlier backup a failed copy missed; with --continuous,
-    /// the changes too, every minute. A new repository there is chunked as --repo and
+    /// the changes too, every ten --segment-interval (5s to 1m). A new repository there is chunked as --repo and
     /// encrypted with ETCDGUARD_TO_PASSPHRASE / --copy-to-passphrase-file. /healthz turns
     /// red after --prune-failures-unhealthy failed copies in a row.
     #[arg(long, env = "ETCDGUARD_COPY_TO", value_name = "URL", value_parser = crate::args::repo)]
