@@ -61,7 +61,7 @@ enum Command {
     /// defrag, alarms.
     #[command(subcommand)]
     Cluster(cmd::cluster::ClusterCommand),
-    /// Backups in a deduplicated repository (local dir, S3, GCS, Azure): create, list, show, verify, restore, prune.
+    /// Backups in a deduplicated repository (local dir, S3, GCS, Azure): create, list, show, verify, restore, prune, copy.
     #[command(subcommand)]
     Backup(cmd::backup::BackupCommand),
     /// Take backups on a schedule, apply retention, serve /healthz and Prometheus /metrics.

@@ -231,6 +231,10 @@ pub struct KeyFile {
     pub sealed: String,
     pub created: DateTime<Utc>,
     pub hostname: String,
+    /// A key wrapped by a key management service instead of a passphrase (`kdf` is `kms`):
+    /// which one ([`crate::kms::KeyWrapper::name`]); `sealed` is what it returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -263,10 +267,13 @@ impl KeyFile {
         let kek = derive(passphrase, &salt, params)?;
         let wrapper = Keys { seal: *kek, name: [0; 32], authenticated: false };
         let sealed = wrapper.seal(&KEY_FILE_AAD, 0, &keys.to_bytes()[..]);
-        Ok(KeyFile { kdf: "argon2id".into(), params, salt: hex(&salt), sealed: hex(&sealed), created: Utc::now(), hostname })
+        Ok(KeyFile { kdf: "argon2id".into(), params, salt: hex(&salt), sealed: hex(&sealed), created: Utc::now(), hostname, kms: None })
     }
 
     pub fn unwrap(&self, passphrase: &[u8]) -> Result<Keys, KeyError> {
+        if self.kdf == KMS_KDF {
+            return Err(KeyError::WrongPassphrase); // no passphrase opens it
+        }
         if self.kdf != "argon2id" {
             return Err(KeyError::BadKeyFile(format!("unknown key derivation {:?}", self.kdf)));
         }
@@ -280,6 +287,35 @@ impl KeyFile {
         let wrapper = Keys { seal: *kek, name: [0; 32], authenticated: false };
         let plain = Zeroizing::new(wrapper.open(&KEY_FILE_AAD, 0, &sealed).ok_or(KeyError::WrongPassphrase)?);
         Keys::from_bytes(&plain).ok_or_else(|| KeyError::BadKeyFile("master key has the wrong length".into()))
+    }
+}
+
+/// `kdf` of a key file a key management service wraps.
+pub const KMS_KDF: &str = "kms";
+
+impl KeyFile {
+    /// The master key as `kms` wrapped it ([`crate::kms`]).
+    pub(crate) fn kms(kms: String, wrapped: &[u8], hostname: String) -> KeyFile {
+        KeyFile {
+            kdf: KMS_KDF.into(),
+            params: KdfParams { memory_kib: 0, iterations: 0, parallelism: 0 },
+            salt: String::new(),
+            sealed: hex(wrapped),
+            created: Utc::now(),
+            hostname,
+            kms: Some(kms),
+        }
+    }
+}
+
+impl Keys {
+    /// The master key as a key management service wraps it (wiped when dropped).
+    pub(crate) fn export(&self) -> Zeroizing<Vec<u8>> {
+        self.to_bytes()
+    }
+
+    pub(crate) fn import(bytes: &[u8]) -> Option<Keys> {
+        Keys::from_bytes(bytes)
     }
 }
 

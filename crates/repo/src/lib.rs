@@ -14,6 +14,7 @@
 
 mod beneath;
 pub mod crypto;
+pub mod kms;
 pub mod lock;
 pub mod manifest;
 pub mod pack;

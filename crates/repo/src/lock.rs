@@ -380,8 +380,20 @@ impl Drop for Lock {
             drop(tx);
             let _ = handle.join();
         }
-        let _ = self.store.delete(&self.key);
+        if self.store.delete(&self.key).is_err() {
+            expire_instead(&*self.store, &self.key);
+        }
     }
+}
+
+/// Releases a lock that could not be deleted (write-only credentials, e.g. on a bucket with
+/// Object Lock where only the privileged prune may delete) by rewriting it expired: every
+/// other process then takes it as stale at once, and the next prune removes it.
+fn expire_instead(store: &dyn Store, key: &str) {
+    let Ok(body) = store.get(key) else { return };
+    let Ok(mut info) = serde_json::from_slice::<LockInfo>(&body) else { return };
+    info.expires = Some(Utc::now() - chrono::TimeDelta::seconds(1));
+    let _ = store.put(key, Bytes::from(serde_json::to_vec_pretty(&info).expect("lock serializes")));
 }
 
 #[cfg(test)]

@@ -120,8 +120,11 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     let opts: Vec<(String, String)> = parsed.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     let opt = |name: &str| opts.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     for (k, _) in &opts {
-        if !["endpoint", "region", "path-style", "account", "retries", "timeout"].contains(&k.as_str()) {
-            return Err(invalid(&format!("unknown option {k:?} (known: endpoint, region, path-style, account, retries, timeout)")));
+        if !KNOWN_OPTIONS.contains(&k.as_str()) {
+            return Err(invalid(&format!("unknown option {k:?} (known: {})", KNOWN_OPTIONS.join(", "))));
+        }
+        if S3_ONLY_OPTIONS.contains(&k.as_str()) && scheme != "s3" {
+            return Err(invalid(&format!("{k} is an option of s3:// repositories")));
         }
     }
     let retries: usize = match opt("retries") {
@@ -171,6 +174,40 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
                 Some(_) => return Err(invalid("path-style must be true or false")),
             };
             b = b.with_virtual_hosted_style_request(!path_style);
+            // Server-side encryption of every object etcdguard writes (on top of its own,
+            // when the repository is encrypted): SSE-S3, or SSE-KMS with the bucket's or a given key.
+            match (opt("sse"), opt("sse-kms-key-id")) {
+                (None, None) => {}
+                (Some(kind), key) => {
+                    use object_store::aws::AmazonS3ConfigKey;
+                    let config = |k: &str| k.parse::<AmazonS3ConfigKey>().expect("an object_store S3 option");
+                    if !["AES256", "aws:kms", "aws:kms:dsse"].contains(&kind.as_str()) {
+                        return Err(invalid("sse must be AES256, aws:kms or aws:kms:dsse"));
+                    }
+                    if key.is_some() && kind == "AES256" {
+                        return Err(invalid("sse-kms-key-id needs sse=aws:kms or aws:kms:dsse"));
+                    }
+                    b = b.with_config(config("aws_server_side_encryption"), kind);
+                    if let Some(key) = key {
+                        b = b.with_config(config("aws_sse_kms_key_id"), key);
+                    }
+                }
+                (None, Some(_)) => return Err(invalid("sse-kms-key-id needs sse=aws:kms or aws:kms:dsse")),
+            }
+            // A SHA-256 of every upload, checked by the server before it stores the object.
+            // Buckets with S3 Object Lock (a default retention) refuse uploads without one.
+            match opt("checksum").as_deref() {
+                None => {}
+                Some("sha256") => {
+                    b = b.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+                    let mut headers = http::HeaderMap::new();
+                    // What the AWS SDKs send along with the checksum; S3-compatible servers
+                    // (moto) look for it on uploads into an Object Lock bucket.
+                    headers.insert("x-amz-sdk-checksum-algorithm", http::HeaderValue::from_static("SHA256"));
+                    client = client.with_default_headers(headers);
+                }
+                Some(_) => return Err(invalid("checksum must be sha256")),
+            }
             if std::env::var("AWS_ACCESS_KEY_ID").is_err() {
                 if let (Some(id), Some(secret)) =
                     (aws_profile_value("aws_access_key_id", false), aws_profile_value("aws_secret_access_key", false))
@@ -249,6 +286,10 @@ fn may_ask_instance_metadata(endpoint: Option<&str>, disabled: bool) -> bool {
     };
     !disabled && endpoint.is_none_or(aws_endpoint)
 }
+
+/// Query options of a repository URL.
+const KNOWN_OPTIONS: [&str; 9] = ["endpoint", "region", "path-style", "account", "retries", "timeout", "sse", "sse-kms-key-id", "checksum"];
+const S3_ONLY_OPTIONS: [&str; 3] = ["sse", "sse-kms-key-id", "checksum"];
 
 /// Reads one value from the AWS shared config files, as the SDKs do: `AWS_PROFILE` (or
 /// `default`) in `AWS_SHARED_CREDENTIALS_FILE` (or `~/.aws/credentials`), or in

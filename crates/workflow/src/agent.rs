@@ -71,6 +71,9 @@ pub struct AgentOptions {
     pub checks: crate::checks::ChecksOptions,
     /// Continuous capture instead of scheduled backups: the leader follows every change.
     pub continuous: Option<ContinuousSettings>,
+    /// `--copy-to`: after each backup (and, with continuous capture, every ten segment
+    /// intervals, 5 s to 1 min), copy what the second repository lacks ([`crate::copy`]).
+    pub copy_to: Option<RepoSpec>,
 }
 
 /// `agent --continuous`: the leader runs [`crate::capture::follow`] (fulls every
@@ -130,6 +133,10 @@ struct State {
     prune_failures_unhealthy: u32,
     prunes_failed_in_a_row: u32,
     last_prune_error: Option<(DateTime<Utc>, String)>,
+    copies_ok: u64,
+    copies_failed: u64,
+    copies_failed_in_a_row: u32,
+    last_copy_error: Option<(DateTime<Utc>, String)>,
     last_result: Option<Result<(), String>>,
     last_finished: Option<DateTime<Utc>>,
     last_success: Option<(DateTime<Utc>, String)>,
@@ -203,6 +210,26 @@ impl State {
         }
     }
 
+    /// Counts a `--copy-to` run and logs it; failures in a row turn /healthz red as
+    /// retention failures do.
+    fn record_copy(&mut self, copied: Result<crate::copy::CopyReport>) {
+        match copied {
+            Ok(r) => {
+                self.copies_ok += 1;
+                self.copies_failed_in_a_row = 0;
+                if !r.copied.is_empty() || r.segments > 0 {
+                    info!("copy: {} backup(s) and {} change segment(s) copied", r.copied.len(), r.segments);
+                }
+            }
+            Err(e) => {
+                self.copies_failed += 1;
+                self.copies_failed_in_a_row += 1;
+                self.last_copy_error = Some((Utc::now(), e.to_string()));
+                warn!(kind = ?e.kind, in_a_row = self.copies_failed_in_a_row, "copy failed: {e}");
+            }
+        }
+    }
+
     /// Healthy while [`State::backup_health`] is and no scrub or drill has failed since the last
     /// good one; certificate warnings are extra lines.
     fn health(&self, now: DateTime<Utc>) -> (bool, String) {
@@ -231,6 +258,11 @@ impl State {
         if self.prunes_failed_in_a_row >= self.prune_failures_unhealthy {
             if let Some((at, e)) = &self.last_prune_error {
                 return (false, format!("retention (prune) failed {} times in a row, last at {}: {e}", self.prunes_failed_in_a_row, fmt_time(Some(*at))));
+            }
+        }
+        if self.copies_failed_in_a_row >= self.prune_failures_unhealthy {
+            if let Some((at, e)) = &self.last_copy_error {
+                return (false, format!("copy to the second repository failed {} times in a row, last at {}: {e}", self.copies_failed_in_a_row, fmt_time(Some(*at))));
             }
         }
         if let Some(capture) = &self.capture {
@@ -270,6 +302,12 @@ impl State {
             "etcdguard_prune_consecutive_failures",
             "Retention runs that failed in a row (unhealthy at --prune-failures-unhealthy)",
             gauge(self.prunes_failed_in_a_row as f64),
+        );
+        registry.register("etcdguard_copy_runs", "Copies to the --copy-to repository, by result", by_result(self.copies_ok, self.copies_failed));
+        registry.register(
+            "etcdguard_copy_consecutive_failures",
+            "Copies to the --copy-to repository that failed in a row (unhealthy at --prune-failures-unhealthy)",
+            gauge(self.copies_failed_in_a_row as f64),
         );
         registry.register(
             "etcdguard_backup_last_success_timestamp_seconds",
@@ -373,6 +411,10 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
         prune_failures_unhealthy: opts.prune_failures_unhealthy.max(1),
         prunes_failed_in_a_row: 0,
         last_prune_error: None,
+        copies_ok: 0,
+        copies_failed: 0,
+        copies_failed_in_a_row: 0,
+        last_copy_error: None,
         last_result: None,
         last_finished: None,
         last_success: None,
@@ -499,6 +541,11 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
 /// stored in the repository, so a change of leader loses nothing; an old leader still storing
 /// its last segment only repeats revisions, which readers take once. Retention runs after
 /// each full backup capture takes.
+/// With continuous capture and `--copy-to`: the segments stored since the last copy are
+/// copied every ten segment intervals, within these bounds (each copy lists both
+/// repositories' backups, so not at every segment).
+const CONTINUOUS_COPY_BOUNDS: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(60));
+
 fn run_continuous(opts: &Arc<AgentOptions>, settings: &ContinuousSettings, state: &Arc<Mutex<State>>, stop: &Stop, election: Option<&Election>) -> Result<()> {
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     let capture_state = match &lock().capture {
@@ -545,6 +592,8 @@ fn run_continuous(opts: &Arc<AgentOptions>, settings: &ContinuousSettings, state
         }
         let mut fulls_seen = capture_state.lock().unwrap_or_else(|p| p.into_inner()).fulls_taken;
         let mut pruning: Option<std::thread::JoinHandle<()>> = None;
+        let mut copying: Option<std::thread::JoinHandle<()>> = None;
+        let mut last_copy: Option<Instant> = None;
         let ended = loop {
             match done_rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(result) => break Some(result),
@@ -567,6 +616,19 @@ fn run_continuous(opts: &Arc<AgentOptions>, settings: &ContinuousSettings, state
             }
             // A full backup taken by capture counts as a backup: health, metrics, retention.
             let c = capture_state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            // The copy follows new fulls and, now and then, the segments stored since.
+            if let Some(to) = &opts.copy_to {
+                let every = (settings.segment_interval * 10).clamp(CONTINUOUS_COPY_BOUNDS.0, CONTINUOUS_COPY_BOUNDS.1);
+                let due = c.fulls_taken > fulls_seen || last_copy.is_none_or(|t| t.elapsed() >= every);
+                if due && c.base.is_some() && copying.as_ref().is_none_or(|h| h.is_finished()) {
+                    last_copy = Some(Instant::now());
+                    let (from, to, state) = (opts.create.repo.clone(), to.clone(), state.clone());
+                    copying = Some(std::thread::spawn(move || {
+                        let copied = copy_to(&from, &to);
+                        state.lock().unwrap_or_else(|p| p.into_inner()).record_copy(copied);
+                    }));
+                }
+            }
             if c.fulls_taken > fulls_seen {
                 fulls_seen = c.fulls_taken;
                 {
@@ -727,6 +789,10 @@ fn one_run(opts: &AgentOptions, state: &Mutex<State>, stop: &Stop, started: Inst
         Err(e) => warn!(kind = ?e.kind, "backup failed: {e}"),
     }
     if result.is_ok() && !stop.is_raised() {
+        if let Some(to) = &opts.copy_to {
+            let copied = copy_to(&opts.create.repo, to);
+            lock().record_copy(copied);
+        }
         if let Some(policy) = &opts.policy {
             let pruned = prune(&opts.create.repo, Some(policy), false);
             lock().record_prune(pruned);
@@ -736,6 +802,21 @@ fn one_run(opts: &AgentOptions, state: &Mutex<State>, stop: &Stop, started: Inst
         let count = count_backups(&opts.create.repo);
         lock().backups_in_repository = count;
     }
+}
+
+/// `--copy-to`: what the second repository lacks, from its newest backup on.
+fn copy_to(from: &RepoSpec, to: &RepoSpec) -> Result<crate::copy::CopyReport> {
+    let opts = crate::copy::CopyOptions {
+        from: RepoSpec { transfer: Default::default(), ..from.clone() },
+        to: to.clone(),
+        backups: Vec::new(),
+        from_destination_newest: true,
+    };
+    crate::copy::copy(&opts, &mut |event| {
+        if let crate::copy::CopyEvent::Failed { error, .. } = event {
+            warn!("not copied: {error}");
+        }
+    })
 }
 
 /// What a stop leaves of a step that did not give up: its spools and this process's
@@ -868,6 +949,10 @@ mod tests {
             prune_failures_unhealthy: 3,
             prunes_failed_in_a_row: 0,
             last_prune_error: None,
+            copies_ok: 0,
+            copies_failed: 0,
+            copies_failed_in_a_row: 0,
+            last_copy_error: None,
             last_result: Some(Ok(())),
             last_finished: Some(now),
             last_success: Some((now, "abc".into())),

@@ -401,8 +401,23 @@ fn open_for_create(opts: &CreateOptions, note: &mut dyn FnMut(&str)) -> Result<R
     let store = open_url(&opts.repo.url).map_err(|e| repo_error(e.into()))?;
     let passphrase = opts.repo.passphrase()?;
     let init = InitOptions { chunk_size: opts.chunk_size, passphrase: passphrase.clone(), ..Default::default() };
+    if let (Some(kms), None) = (&opts.repo.kms, &passphrase) {
+        if matches!(Repository::open(store.clone()), Err(RepoError::NotARepository(_))) {
+            // Created without a passphrase it would not be encrypted at all.
+            return Err(Error::usage(format!(
+                "{} holds no repository yet: a new one is created encrypted with a passphrase; give ETCDGUARD_PASSPHRASE or \
+                 --passphrase-file as well and {kms} is added as a second key",
+                opts.repo.url
+            )));
+        }
+    }
     let (mut repo, created) = Repository::open_or_init(store, &init)?;
     repo.set_transfer(opts.repo.transfer.clone());
+    if let (true, Some(kms)) = (created, &opts.repo.kms) {
+        let wrapper = etcdguard_repo::kms::open_kms(kms)?;
+        let id = repo.add_kms_key(wrapper.as_ref())?;
+        note(&format!("added key {id}, wrapped by {kms}"));
+    }
     if created {
         let how = if repo.is_encrypted() { "encrypted with the passphrase given" } else { "not encrypted (give ETCDGUARD_PASSPHRASE or --passphrase-file to encrypt a new one)" };
         note(&format!("created repository {}, {how}", repo.location()));

@@ -120,6 +120,9 @@ pub fn repo_error(e: RepoError) -> Error {
             Some("check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials, …) and the bucket policy")
         }
         RepoError::Store(StoreError::BucketMissing(_)) => Some("create the bucket first; etcdguard does not create buckets"),
+        RepoError::Store(StoreError::Other(m)) if m.contains("Object Lock") => {
+            Some("the bucket has S3 Object Lock, which takes only uploads with a checksum: add &checksum=sha256 to the repository URL")
+        }
         RepoError::Store(StoreError::Unreachable(_)) => Some("check the endpoint (?endpoint=… or AWS_ENDPOINT_URL) and the network"),
         RepoError::Store(StoreError::ServerFailing(_)) => Some(
             "the server answered every retry with an error; it may be overloaded or down: try again later, or allow more retries with ?retries=N (or ETCDGUARD_STORE_RETRIES)",

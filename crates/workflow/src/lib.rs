@@ -12,6 +12,7 @@
 //! - [`agent`]: the loop, its state, `/healthz` and `/metrics`; [`schedule`]: when it runs;
 //!   [`checks`]: what it checks besides backing up: [`scrub`] (re-read stored backups),
 //!   [`drill`] (restore the newest, optionally boot etcd on it), [`certs`] (expiry);
+//! - [`copy`]: `backup copy`, backups into a second repository (another store, another key);
 //! - [`capture`]: continuous capture (`backup follow`), point-in-time plans and replay, the change log;
 //! - [`snapshot`], [`repo`], [`spool`], [`stop`]: what they share.
 
@@ -20,6 +21,7 @@ pub mod backup;
 pub mod capture;
 pub mod certs;
 pub mod checks;
+pub mod copy;
 pub mod drill;
 pub mod error;
 pub mod inspect;

@@ -22,12 +22,15 @@ pub struct RepoSpec {
     pub passphrase: PassphraseSource,
     /// Parallelism, rate limit and progress of the backups and restores it runs.
     pub transfer: Transfer,
+    /// A key management service key that unwraps one of the repository's key files
+    /// (`--kms-key`, [`etcdguard_repo::kms::open_kms`]); tried before the passphrase.
+    pub kms: Option<String>,
 }
 
 impl RepoSpec {
     /// A repository without a passphrase.
     pub fn new(url: impl Into<String>) -> RepoSpec {
-        RepoSpec { url: url.into(), passphrase: Arc::new(|| Ok(None)), transfer: Transfer::default() }
+        RepoSpec { url: url.into(), passphrase: Arc::new(|| Ok(None)), transfer: Transfer::default(), kms: None }
     }
 
     pub fn passphrase(&self) -> Result<Option<Passphrase>> {
@@ -56,7 +59,7 @@ impl RepoSpec {
     /// content, so nothing from such a repository is used.
     pub fn unlock(&self, r: &mut Repository) -> Result<()> {
         if !r.is_encrypted() {
-            if self.passphrase()?.is_some() {
+            if self.passphrase()?.is_some() || self.kms.is_some() {
                 return Err(crate::error::Error::new(
                     crate::error::Kind::KeyRequired,
                     format!("{} is not encrypted, but a passphrase was given", r.location()),
@@ -68,11 +71,29 @@ impl RepoSpec {
             }
             return Ok(());
         }
+        if let Some(spec) = &self.kms {
+            let kms = etcdguard_repo::kms::open_kms(spec)?;
+            match (r.unlock_with_kms(kms.as_ref()), self.passphrase()?) {
+                (Ok(()), _) => return Ok(()),
+                // A passphrase given as well may still open the repository.
+                (Err(_), Some(p)) => return Ok(r.unlock(&p)?),
+                (Err(e), None) => return Err(e.into()),
+            }
+        }
         match self.passphrase()? {
             Some(p) => Ok(r.unlock(&p)?),
             None => Err(repo_error(RepoError::KeyRequired(r.location()))),
         }
     }
+}
+
+/// Adds a key file wrapped by the key management service key `kms_spec` to the (unlocked)
+/// repository; returns its id and the repository's location.
+pub fn add_kms_key(repo: &RepoSpec, kms_spec: &str) -> Result<(String, String)> {
+    let r = repo.open_unlocked()?;
+    let kms = etcdguard_repo::kms::open_kms(kms_spec)?;
+    let id = r.add_kms_key(kms.as_ref())?;
+    Ok((id, r.location()))
 }
 
 /// The manifest of backup `id` (an id, a unique prefix or `latest`).

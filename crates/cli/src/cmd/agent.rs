@@ -98,6 +98,19 @@ pub struct AgentArgs {
     /// free ports) and read a key through it. Use the cluster's etcd version.
     #[arg(long, value_name = "PATH", requires = "drill_every")]
     pub drill_etcd: Option<PathBuf>,
+    /// After each backup, copy it to this second repository (as `backup copy`, e.g. another
+    /// region or cloud), with any earlier backup a failed copy missed; with --continuous,
+    /// the changes too, every ten --segment-interval (5s to 1m). A new repository there is chunked as --repo and
+    /// encrypted with ETCDGUARD_TO_PASSPHRASE / --copy-to-passphrase-file. /healthz turns
+    /// red after --prune-failures-unhealthy failed copies in a row.
+    #[arg(long, env = "ETCDGUARD_COPY_TO", value_name = "URL", value_parser = crate::args::repo)]
+    pub copy_to: Option<String>,
+    /// File holding the passphrase of the --copy-to repository (or put it in ETCDGUARD_TO_PASSPHRASE).
+    #[arg(long, env = "ETCDGUARD_TO_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file, requires = "copy_to")]
+    pub copy_to_passphrase_file: Option<PathBuf>,
+    /// Unlock the --copy-to repository with this KMS key (aws-kms:KEY[?region=R&endpoint=URL]).
+    #[arg(long, env = "ETCDGUARD_TO_KMS_KEY", value_name = "KMS", requires = "copy_to")]
+    pub copy_to_kms_key: Option<String>,
     /// /healthz warns (in its body; it stays 200) when a certificate of --pki-dir (else of the
     /// newest backup's manifest) expires within this. The expiry of each is in /metrics.
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
@@ -127,7 +140,19 @@ pub fn run(args: AgentArgs) -> Result<()> {
     let create = args.create.options();
     let election = (!args.no_elect && create.from_file.is_none())
         .then(|| ElectionSettings::for_repository(&create.repo.url, create.cluster.as_deref(), args.elect_ttl));
+    let copy_to = args.copy_to.clone().map(|url| {
+        let file = args.copy_to_passphrase_file.clone();
+        etcdguard_workflow::RepoSpec {
+            url,
+            passphrase: std::sync::Arc::new(move || {
+                Ok(crate::cmd::backup::read_passphrase(file.as_deref(), "--copy-to-passphrase-file", "ETCDGUARD_TO_PASSPHRASE")?)
+            }),
+            transfer: Default::default(),
+            kms: args.copy_to_kms_key.clone(),
+        }
+    });
     let opts = AgentOptions {
+        copy_to,
         create,
         policy: args.keep.policy(),
         schedule,

@@ -23,9 +23,10 @@ use crate::exit::{Code, Failure};
 
 pub(crate) use etcdguard_workflow::text::{created_line, duration_short, human};
 
-const REPO_HELP: &str = "Repository: a local directory (the default), s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or \
+pub(crate) const REPO_HELP: &str = "Repository: a local directory (the default), s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or \
 az://CONTAINER[/PREFIX]. Options go in the query: ?endpoint=http://host:9000&region=us-east-1&path-style=true \
-(S3-compatible servers), ?account=NAME (Azure), ?retries=N. Credentials come from the environment and files as \
+(S3-compatible servers), ?account=NAME (Azure), ?retries=N; S3 also ?checksum=sha256 (needed by a bucket with \
+Object Lock) and ?sse=AES256|aws:kms[&sse-kms-key-id=KEY] (server-side encryption). Credentials come from the environment and files as \
 the cloud SDKs read them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_PROFILE and ~/.aws/credentials, \
 GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_NAME/AZURE_STORAGE_ACCOUNT_KEY). Without S3 credentials \
 the EC2 instance metadata address is asked for them only for AWS itself and unless AWS_EC2_METADATA_DISABLED=true; \
@@ -183,6 +184,26 @@ pub enum BackupCommand {
     ///   etcdguard backup restore --repo /var/backups/etcd --at <that revision - 1> --to-file before.db
     #[command(verbatim_doc_comment)]
     Log(crate::cmd::capture::LogArgs),
+    /// Copy backups into a second repository (another bucket, region, cloud or directory),
+    /// with their continuous-capture changes.
+    ///
+    /// Each backup keeps its id and creation time, so both sites list it the same way. Its
+    /// snapshot and files are read from the source (sha256 checked, as `verify` checks them)
+    /// and stored as `backup create` stores them: only chunks the destination lacks are
+    /// uploaded, sealed under the destination's own key, and a backup is listed there only
+    /// once complete, so a copy that was stopped is simply run again. Backups already there
+    /// are skipped; another backup under the same id is refused (exit 14). A backup whose
+    /// source data is damaged is not copied (exit 10 at the end), the others are. The
+    /// destination is created when missing, chunked as the source (encrypted when
+    /// ETCDGUARD_TO_PASSPHRASE or --to-passphrase-file is given; required when the source
+    /// is encrypted). The source is only read.
+    ///
+    /// Examples:
+    ///   etcdguard backup copy --from /var/backups/etcd --to s3://etcd-backups-dr/prod-eu
+    ///   ETCDGUARD_PASSPHRASE=… ETCDGUARD_TO_PASSPHRASE=… etcdguard backup copy \
+    ///       --from s3://etcd-backups/prod-eu --to az://dr/prod-eu?account=drbackups latest
+    #[command(verbatim_doc_comment)]
+    Copy(crate::cmd::copy::CopyArgs),
 }
 
 #[derive(Args)]
@@ -218,6 +239,10 @@ pub struct KeyNewArgs {
     /// File holding the new passphrase (or put it in ETCDGUARD_NEW_PASSPHRASE).
     #[arg(long, env = "ETCDGUARD_NEW_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
     pub new_passphrase_file: Option<PathBuf>,
+    /// `key add`: wrap the master key with this key management service key instead of a
+    /// passphrase (aws-kms:KEY[?region=R&endpoint=URL]); unlock with --kms-key then.
+    #[arg(long, value_name = "KMS", conflicts_with = "new_passphrase_file")]
+    pub new_kms_key: Option<String>,
 }
 
 #[derive(Args)]
@@ -238,6 +263,11 @@ pub struct RepoArg {
     /// XChaCha20-Poly1305 under a key only the passphrase opens. Lose it and the backups are lost.
     #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
     pub passphrase_file: Option<PathBuf>,
+    /// Unlock an encrypted repository with a key management service instead of a passphrase:
+    /// aws-kms:KEY[?region=R&endpoint=URL] (KEY: key id, alias/NAME or ARN; AWS credentials
+    /// from the environment), for a key file `backup key add --new-kms-key` wrote.
+    #[arg(long, env = "ETCDGUARD_KMS_KEY", value_name = "KMS")]
+    pub kms_key: Option<String>,
 }
 
 impl RepoArg {
@@ -249,7 +279,12 @@ impl RepoArg {
     /// The repository as the workflows take it; the passphrase is read when one is needed.
     pub fn spec(&self) -> RepoSpec {
         let arg = self.clone();
-        RepoSpec { url: self.repo.clone(), passphrase: Arc::new(move || Ok(arg.passphrase()?)), transfer: Default::default() }
+        RepoSpec {
+            url: self.repo.clone(),
+            passphrase: Arc::new(move || Ok(arg.passphrase()?)),
+            transfer: Default::default(),
+            kms: self.kms_key.clone(),
+        }
     }
 }
 
@@ -320,7 +355,7 @@ fn parse_limit_rate(s: &str) -> Result<u64, String> {
 }
 
 /// A passphrase from a file (trailing newline dropped) or else from an environment variable.
-fn read_passphrase(file: Option<&Path>, flag: &str, env: &str) -> Result<Option<Passphrase>, Failure> {
+pub(crate) fn read_passphrase(file: Option<&Path>, flag: &str, env: &str) -> Result<Option<Passphrase>, Failure> {
     if let Some(path) = file {
         // Its mode was checked (with a warning) when the flag was parsed: crate::args.
         let bytes = std::fs::read(path).map_err(|e| {
@@ -661,6 +696,7 @@ pub fn run(cmd: BackupCommand) -> Result<()> {
         BackupCommand::Key(a) => key(a),
         BackupCommand::Follow(a) => crate::cmd::capture::follow(a),
         BackupCommand::Log(a) => crate::cmd::capture::log(a),
+        BackupCommand::Copy(a) => crate::cmd::copy::run(a),
     }
 }
 
@@ -1086,8 +1122,13 @@ fn key_list(args: KeyListArgs) -> Result<()> {
         TableJson::Table => {
             let mut rows = vec![["ID", "CREATED (UTC)", "HOST", ""].map(String::from).to_vec()];
             for k in &keys {
-                let current = if k.current { "(the passphrase given)" } else { "" };
-                rows.push(vec![k.id.clone(), k.created.format("%Y-%m-%d %H:%M:%S").to_string(), k.hostname.clone(), current.into()]);
+                let current = match (&k.kms, k.current) {
+                    (Some(kms), true) => format!("{kms} (the key given)"),
+                    (Some(kms), false) => kms.clone(),
+                    (None, true) => "(the passphrase given)".into(),
+                    (None, false) => String::new(),
+                };
+                rows.push(vec![k.id.clone(), k.created.format("%Y-%m-%d %H:%M:%S").to_string(), k.hostname.clone(), current]);
             }
             print!("{}", table(&rows));
         }
@@ -1097,6 +1138,14 @@ fn key_list(args: KeyListArgs) -> Result<()> {
 
 /// `key add`, and `key passwd` (`replace`).
 fn key_add(args: KeyNewArgs, replace: bool) -> Result<()> {
+    if let Some(kms) = &args.new_kms_key {
+        if replace {
+            return Err(Failure::new(Code::Usage, "--new-kms-key: use `backup key add`, then `backup key remove` the old key").into());
+        }
+        let (id, location) = etcdguard_workflow::repo::add_kms_key(&args.repo.spec(), kms)?;
+        println!("Added key {id} ({kms}) to {location}");
+        return Ok(());
+    }
     let file = args.new_passphrase_file.clone();
     let new: PassphraseSource = Arc::new(move || Ok(read_passphrase(file.as_deref(), "--new-passphrase-file", "ETCDGUARD_NEW_PASSPHRASE")?));
     backup::key_add(&args.repo.spec(), &new, replace, &mut |event| match event {

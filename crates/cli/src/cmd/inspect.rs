@@ -230,7 +230,7 @@ pub struct FromBackups {
 impl FromBackups {
     /// The repository, when one was given.
     fn spec(&self) -> Option<etcdguard_workflow::repo::RepoSpec> {
-        self.repo.as_ref().map(|url| crate::cmd::backup::RepoArg { repo: url.clone(), passphrase_file: self.passphrase_file.clone() }.spec())
+        self.repo.as_ref().map(|url| crate::cmd::backup::RepoArg { repo: url.clone(), passphrase_file: self.passphrase_file.clone(), kms_key: None }.spec())
     }
 }
 
@@ -530,7 +530,7 @@ fn diff(args: DiffArgs) -> Result<()> {
         None => (args.old.clone(), args.new.clone()),
         Some(url) => {
             use crate::cmd::backup::{fetch_snapshot, tempfile_in, RepoArg};
-            let repo = RepoArg { repo: url.clone(), passphrase_file: args.backups.passphrase_file.clone() };
+            let repo = RepoArg { repo: url.clone(), passphrase_file: args.backups.passphrase_file.clone(), kms_key: None };
             let scratch = tempfile_in(&args.backups.scratch_dir.clone().unwrap_or_else(std::env::temp_dir))?;
             let old = fetch_snapshot(&repo, &args.old.to_string_lossy(), scratch.path())?;
             let new = fetch_snapshot(&repo, &args.new.to_string_lossy(), scratch.path())?;

@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod restore;
 pub mod backup;
 pub mod capture;
+pub mod copy;
 pub mod agent;
 pub mod node;
 pub mod inspect;

@@ -262,7 +262,7 @@ pub fn run(cmd: NodeCommand) -> Result<()> {
 fn node_restore(args: NodeRestoreArgs) -> Result<()> {
     let repo = args.repo.clone().map(|url| etcdguard_workflow::RepoSpec {
         transfer: args.parallel.transfer(None),
-        ..RepoArg { repo: url, passphrase_file: args.passphrase_file.clone() }.spec()
+        ..RepoArg { repo: url, passphrase_file: args.passphrase_file.clone(), kms_key: None }.spec()
     });
     let opts = NodeRestoreOptions {
         snapshot: args.snapshot.clone(),

@@ -167,6 +167,12 @@ impl Moto {
         Moto::start_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")])
     }
 
+    /// A server that checks credentials (and request signatures) once `setup` requests
+    /// went through unchecked (to create IAM users and their keys).
+    pub fn start_with_auth_after(setup: u32) -> Moto {
+        Moto::start_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", &setup.to_string())])
+    }
+
     fn start_env(env: &[(&str, &str)]) -> Moto {
         let port = free_port();
         let log = std::fs::File::create(scratch(&format!("moto-{port}")).join("moto.log")).unwrap();
@@ -339,10 +345,11 @@ impl FlakyProxy {
                 client.set_nonblocking(false).unwrap();
                 let (seen, failed) = (seen.clone(), failed2.clone());
                 std::thread::spawn(move || {
-                    let _ = serve_flaky(client, upstream, &|| {
+                    let _ = serve_flaky(client, upstream, &|_| {
                         let n = seen.fetch_add(1, Ordering::SeqCst);
-                        n % every == 0
-                            && failed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| (f < max_failures).then_some(f + 1)).is_ok()
+                        let fail = n % every == 0
+                            && failed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| (f < max_failures).then_some(f + 1)).is_ok();
+                        fail.then_some(SLOW_DOWN)
                     });
                 });
             }
@@ -362,8 +369,50 @@ impl Drop for FlakyProxy {
     }
 }
 
-/// One client connection of a [`FlakyProxy`]: requests in turn, each failed or forwarded.
-fn serve_flaky(client: std::net::TcpStream, upstream: u16, fail_this_one: &dyn Fn() -> bool) -> std::io::Result<()> {
+const SLOW_DOWN: (&str, &str) = ("503 Slow Down", "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>");
+const ACCESS_DENIED: (&str, &str) = ("403 Forbidden", "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>");
+
+/// A proxy in front of an S3 server on loopback that refuses every DELETE with 403
+/// AccessDenied and forwards the rest: credentials that may write but not delete, as a
+/// backup writer gets on a bucket with Object Lock.
+pub struct DenyDeleteProxy {
+    pub port: u16,
+    denied: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DenyDeleteProxy {
+    pub fn start(upstream: u16) -> DenyDeleteProxy {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let denied = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = denied.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    let _ = serve_flaky(client, upstream, &|head| {
+                        head.starts_with("DELETE ").then(|| {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            ACCESS_DENIED
+                        })
+                    });
+                });
+            }
+        });
+        DenyDeleteProxy { port, denied }
+    }
+
+    /// How many deletes were refused so far.
+    pub fn denied(&self) -> usize {
+        self.denied.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// One client connection of a [`FlakyProxy`] or [`DenyDeleteProxy`]: requests in turn, each
+/// answered with what `fail_this_one` says for its head (status line, XML body) or forwarded.
+fn serve_flaky(client: std::net::TcpStream, upstream: u16, fail_this_one: &dyn Fn(&str) -> Option<(&'static str, &'static str)>) -> std::io::Result<()> {
     use std::io::{BufRead, BufReader, Read, Write};
     let mut reader = BufReader::new(client.try_clone()?);
     let mut client = client;
@@ -386,9 +435,8 @@ fn serve_flaky(client: std::net::TcpStream, upstream: u16, fail_this_one: &dyn F
             .unwrap_or(0);
         let mut body = vec![0u8; length];
         reader.read_exact(&mut body)?;
-        if fail_this_one() {
-            let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
-            write!(client, "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{xml}", xml.len())?;
+        if let Some((status, xml)) = fail_this_one(&String::from_utf8_lossy(&head)) {
+            write!(client, "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{xml}", xml.len())?;
             continue;
         }
         // Forward with `Connection: close`, so the upstream response ends at EOF; the client

@@ -2,7 +2,9 @@
 //! Writing a backup is in `writer`, reading one back in `reader`, deleting and pruning (and
 //! index maintenance) in `prune`.
 
+mod copy;
 mod damage;
+mod kms_keys;
 mod pipeline;
 mod prune;
 mod reader;
@@ -12,6 +14,7 @@ mod scrub;
 pub(crate) mod test_support;
 mod writer;
 
+pub use copy::CopyOutcome;
 pub use damage::{Damage, DamageRecord, PackCheck};
 pub use pipeline::{parse_rate, Notes, Progress, Transfer};
 pub use prune::{part_blob_ids, stored_bytes, PruneReport};
@@ -84,6 +87,9 @@ pub struct KeyInfo {
     pub hostname: String,
     /// Opened by the passphrase this repository was unlocked with.
     pub current: bool,
+    /// The key management service key that wraps it; `None` for a passphrase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kms: Option<String>,
 }
 
 fn key_object(id: &str) -> String {
@@ -283,7 +289,7 @@ impl Repository {
             let file: KeyFile = serde_json::from_slice(&self.store.get(&obj.key)?)
                 .map_err(|e| RepoError::Damaged(format!("{}/{}: {e}", self.location(), obj.key)))?;
             let current = self.unlocked_by.as_deref() == Some(id.as_str());
-            out.push(KeyInfo { id, created: file.created, hostname: file.hostname, current });
+            out.push(KeyInfo { id, created: file.created, hostname: file.hostname, current, kms: file.kms });
         }
         out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         Ok(out)

@@ -48,6 +48,7 @@ impl Repository {
             stats: Sizes::default(),
             reused: HashMap::new(),
             snapshot_source: None,
+            checkpoint_every: 0,
         })
     }
 
@@ -161,6 +162,8 @@ pub struct BackupWriter<'r> {
     reused: HashMap<Id, Vec<Reuse>>,
     /// The snapshot as a file, when the caller has one (see [`BackupWriter::snapshot_source`]).
     snapshot_source: Option<Arc<PathBuf>>,
+    /// Write an index file every this many packs (0: only at the end); see `checkpoint`.
+    checkpoint_every: usize,
 }
 
 /// A reused blob and where this backup read its content.
@@ -335,7 +338,11 @@ impl<'r> BackupWriter<'r> {
         }
         let (id, data, entries) = std::mem::take(&mut self.pack).finish();
         self.written.add_pack(id, &entries);
-        self.uploader.send(pack_key(&id), data)
+        self.uploader.send(pack_key(&id), data)?;
+        if self.checkpoint_every > 0 && self.written.packs().count() >= self.checkpoint_every {
+            self.checkpoint()?;
+        }
+        Ok(())
     }
 
     /// Chunks `reader` at `chunk_size` boundaries and stores what is new; the part's sha256
@@ -517,15 +524,9 @@ impl<'r> BackupWriter<'r> {
 
     /// Writes the last pack, the index for this backup's packs and, last, the manifest.
     pub fn commit(mut self, snapshot: Part, meta: BackupMeta) -> Result<Manifest, RepoError> {
+        // First, so that fresh copies count in the sizes and go into this backup's packs.
         if !self.repo.transfer.trust_stored {
             self.check_reused()?;
-        }
-        self.flush_pack()?;
-        let uploader = std::mem::replace(&mut self.uploader, Uploader { tx: None, threads: Vec::new(), error: Arc::default() });
-        uploader.finish()?;
-        if self.written.blob_count() > 0 {
-            let data = self.repo.encode_index(&self.written);
-            self.repo.store.put(&format!("index/{}", Id::of(&data).hex()), Bytes::from(data))?;
         }
         let created = Utc::now();
         let id = format!("{:016x}", rand::random::<u64>());
@@ -549,6 +550,20 @@ impl<'r> BackupWriter<'r> {
             certificates: std::mem::take(&mut self.certificates),
             sealed: None,
         };
+        self.finish(manifest)
+    }
+
+    /// Stores the last pack and the index of this backup's packs, then `manifest` (its
+    /// `version` set as the repository writes them).
+    fn finish(&mut self, manifest: Manifest) -> Result<Manifest, RepoError> {
+        self.flush_pack()?;
+        let uploader = std::mem::replace(&mut self.uploader, Uploader { tx: None, threads: Vec::new(), error: Arc::default() });
+        uploader.finish()?;
+        if self.written.blob_count() > 0 {
+            let data = self.repo.encode_index(&self.written);
+            self.repo.store.put(&format!("index/{}", Id::of(&data).hex()), Bytes::from(data))?;
+        }
+        let id = manifest.id.clone();
         let manifest = match self.repo.metadata_keys() {
             Some(_) => Manifest { version: SEALED_FORMAT_VERSION, ..manifest },
             None => manifest,
@@ -569,6 +584,56 @@ impl<'r> BackupWriter<'r> {
         self.lock.check_held()?;
         self.repo.store.put(&manifest_key(&id), Bytes::from(body))?;
         Ok(manifest)
+    }
+
+    /// A backup copied from another repository ([`super::copy`]): `source`'s manifest under
+    /// its own id and times, with the parts stored here (the `files` entries' `content` too).
+    pub(super) fn commit_copy(mut self, source: &Manifest, snapshot: Part, files: Vec<FileEntry>) -> Result<Manifest, RepoError> {
+        // A copied chunk reused from a damaged pack here has no file to be read again from:
+        // the copy of this backup fails, and the damage record makes the next copy store it.
+        if !self.repo.transfer.trust_stored {
+            self.check_reused()?;
+        }
+        let mut sizes = self.stats.clone();
+        sizes.original = snapshot.size + files.iter().filter_map(|f| f.content.as_ref()).map(|c| c.size).sum::<u64>();
+        let manifest = Manifest {
+            version: FORMAT_VERSION,
+            snapshot,
+            files,
+            encoding: PartEncoding { compression: "zstd".into(), encryption: self.repo.config.encryption.clone() },
+            sizes,
+            sealed: None,
+            ..source.clone()
+        };
+        self.finish(manifest)
+    }
+
+    /// From now on, index the packs written so far every `packs` packs, so that a run
+    /// killed midway leaves them for the next one to deduplicate against (a copy of a
+    /// large backup need not start over).
+    pub(super) fn checkpoint_every(&mut self, packs: usize) {
+        self.checkpoint_every = packs;
+    }
+
+    /// Waits until every pack sent is stored, then writes the index file of those packs
+    /// (as `commit` does, before any manifest): indexed packs no manifest uses yet, which
+    /// the invariants allow and the next prune frees if no backup comes to use them.
+    fn checkpoint(&mut self) -> Result<(), RepoError> {
+        let threads = self.repo.transfer.workers().min(UPLOADS_MAX);
+        let uploader = std::mem::replace(&mut self.uploader, Uploader::start_n(self.repo.store.clone(), threads));
+        uploader.finish()?;
+        // With the lock lost a prune may have deleted these packs: index nothing then.
+        self.lock.check_held()?;
+        let data = self.repo.encode_index(&self.written);
+        self.repo.store.put(&format!("index/{}", Id::of(&data).hex()), Bytes::from(data))?;
+        self.written = Index::new();
+        Ok(())
+    }
+
+    /// Stores one part read from `reader`, cut every `chunk_size` bytes (a copied part keeps
+    /// its chunk size, so its chunks dedup against earlier copies).
+    pub(super) fn add_copied_part(&mut self, reader: &mut dyn Read, chunk_size: u32, size: u64) -> Result<Part, RepoError> {
+        self.add_stream(reader, chunk_size, Some(size), None)
     }
 }
 
