@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use super::*;
@@ -139,6 +139,8 @@ pub struct BackupMeta {
     pub etcd: EtcdInfo,
     pub labels: BTreeMap<String, String>,
     pub cluster: Option<String>,
+    /// The backup's time when it is not now: an imported backup keeps its original time.
+    pub created: Option<DateTime<Utc>>,
 }
 
 pub struct BackupWriter<'r> {
@@ -454,6 +456,17 @@ impl<'r> BackupWriter<'r> {
         self.snapshot_source = Some(Arc::new(path.to_path_buf()));
     }
 
+    /// Records `to` instead of `from` as where the files added from under `from` were taken
+    /// (files unpacked from an archive into a scratch directory name the archive).
+    pub fn rename_file_sources(&mut self, from: &Path, to: &str) {
+        let from = from.display().to_string();
+        for f in &mut self.files {
+            if let Some(rest) = f.source.strip_prefix(&from) {
+                f.source = format!("{to}{rest}");
+            }
+        }
+    }
+
     /// Adds a file, or a directory with everything under it, as `<group>/<its name>…`
     /// (several `--file` paths side by side).
     pub fn add_path(&mut self, group: &str, path: &Path) -> Result<(), RepoError> {
@@ -527,7 +540,7 @@ impl<'r> BackupWriter<'r> {
             let data = self.repo.encode_index(&self.written);
             self.repo.store.put(&format!("index/{}", Id::of(&data).hex()), Bytes::from(data))?;
         }
-        let created = Utc::now();
+        let created = meta.created.unwrap_or_else(Utc::now);
         let id = format!("{:016x}", rand::random::<u64>());
         let mut sizes = self.stats.clone();
         sizes.original += snapshot.size;
