@@ -340,3 +340,25 @@ fn k3s_druid_and_etcdctl_snapshots_come_in_with_their_times() {
     assert!(err.starts_with("Error: "), "{err}");
     let _ = SystemTime::now();
 }
+
+#[test]
+fn an_encrypted_repository_recognises_a_second_import_with_the_passphrase() {
+    let snaps = snapshots();
+    let work = scratch("import-encrypted");
+    let repo = work.join("repo");
+    let repo_s = repo.to_str().unwrap();
+    let file = snaps.first.to_str().unwrap();
+    let args = ["backup", "import", "--repo", repo_s, "--format", "etcdctl", "--created", "2026-02-01T00:00:00Z", file];
+    let out = ok_with(etcdguard().env("ETCDGUARD_PASSPHRASE", "correct horse"), &args);
+    let id = created_id(&out);
+    // The snapshots' sha256 are sealed: without the passphrase nothing is compared or stored.
+    fails(&args, 16);
+    let out = etcdguard().env("ETCDGUARD_PASSPHRASE", "correct horse").args(args).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("is already backup {id}")), "{}", String::from_utf8_lossy(&out.stderr));
+    // The import's format stays readable without the passphrase, the path does not.
+    let clear: serde_json::Value = serde_json::from_str(&ok(&["backup", "show", &id, "--repo", repo_s, "-w", "json"])).unwrap();
+    assert_eq!(clear["source"]["import"]["format"], "etcdctl");
+    assert_eq!(clear["source"]["path"], "(encrypted)");
+    assert_eq!(clear["created"], "2026-02-01T00:00:00Z");
+}

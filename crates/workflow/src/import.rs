@@ -329,7 +329,7 @@ fn openshift_pair(dir: &Path, stamp: &str, note: &mut dyn FnMut(&str)) -> Result
         let after = (mtime - created).num_seconds();
         if !(-60..=3600).contains(&after) {
             note(&format!(
-                "warning: {}: its name says {} (read as UTC) but it was written {}; if the node's clock was not in UTC give the time with --created",
+                "warning: {}: its name says {} (read as UTC) but the file was last modified {}; if the node's clock was not in UTC, give the time with --created (a copy made without keeping times has the copy's time: then the name is right)",
                 snapshot.display(),
                 created.format("%Y-%m-%d %H:%M:%S UTC"),
                 mtime.format("%Y-%m-%d %H:%M:%S UTC")

@@ -462,7 +462,7 @@ impl<'r> BackupWriter<'r> {
         let from = from.display().to_string();
         for f in &mut self.files {
             if let Some(rest) = f.source.strip_prefix(&from) {
-                f.source = format!("{to}{rest}");
+                f.source = format!("{to}{}", rest.trim_start_matches('/'));
             }
         }
     }
