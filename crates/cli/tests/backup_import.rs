@@ -231,6 +231,21 @@ fn openshift_cluster_backup_in_and_out() {
     assert!(stderr.contains("before the first certificate rotation"), "{stderr}");
     assert!(out_early.join("snapshot_2026-01-01_120000__POSSIBLY_DIRTY__.db").is_file());
 
+    // A backup etcdguard took itself, with the four revisions given as --file: the same layout.
+    let mut create = vec!["backup", "create", "--repo", repo_s, "--from-file", snap.to_str().unwrap()];
+    let pods: Vec<String> = ["kube-apiserver-pod-7", "kube-controller-manager-pod-4", "kube-scheduler-pod-5", "etcd-pod-3"].iter().map(|d| spr.join(d).display().to_string()).collect();
+    for p in &pods {
+        create.extend(["--file", p.as_str()]);
+    }
+    let own = created_id(&ok(&create));
+    let out_own = work.join("restore-own");
+    ok(&["backup", "restore", &own, "--repo", repo_s, "--format", "openshift", "--files-to", out_own.to_str().unwrap(), "--node-version", "4.15.3"]);
+    let own_tar = std::fs::read_dir(&out_own).unwrap().flatten().map(|e| e.path()).find(|p| p.to_string_lossy().ends_with(".tar.gz")).unwrap();
+    assert!(tar_list(&own_tar).contains("static-pod-resources/etcd-pod-3/etcd-pod.yaml"));
+    // A directory that holds another backup already: cluster-restore.sh could take that one.
+    let err = fails(&["backup", "restore", &early, "--repo", repo_s, "--format", "openshift", "--files-to", out_own.to_str().unwrap(), "--node-version", "4.15.3"], 14);
+    assert!(err.contains("restores the last of them by name"), "{err}");
+
     // A backup without static pod resources (a plain snapshot) is refused in this layout.
     let plain = work.join("plain.db");
     std::fs::copy(&snap, &plain).unwrap();
@@ -260,7 +275,10 @@ fn k3s_druid_and_etcdctl_snapshots_come_in_with_their_times() {
         "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_DEFLATED) as z: z.write(sys.argv[2], 'on-demand-cp-1-1764003600')",
         &[&zipped, &snaps.second],
     );
-    let out = ok(&["backup", "import", "--repo", repo_s, dir.to_str().unwrap(), "--label", "env=test"]);
+    let token = work.join("token");
+    std::fs::write(&token, "K10abc::server:secret\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = ok(&["backup", "import", "--repo", repo_s, dir.to_str().unwrap(), "--label", "env=test", "--file", token.to_str().unwrap()]);
     assert_eq!(out.lines().filter(|l| l.contains("imported from")).count(), 2, "{out}");
     let list = list_json(repo_s);
     assert_eq!(list.len(), 2);
@@ -272,6 +290,7 @@ fn k3s_druid_and_etcdctl_snapshots_come_in_with_their_times() {
     assert_eq!(first["labels"]["k3s.metadata.team"], "platform");
     assert_eq!(first["labels"]["k3s.compressed"], "false");
     assert_eq!(first["labels"]["env"], "test");
+    assert!(first["files"].as_array().unwrap().iter().any(|f| f["path"] == "files/token" && f["mode"] == 0o600), "{}", first["files"]);
     let second = shown(repo_s, list[1]["id"].as_str().unwrap());
     assert_eq!(second["labels"]["k3s.compressed"], "true");
     assert_eq!(second["etcd"]["verified"], true);

@@ -76,6 +76,21 @@ pub fn restore(opts: &OpenShiftRestoreOptions, note: &mut dyn FnMut(&str)) -> Re
             return Err(Error::new(Kind::DestinationExists, format!("{}: already exists; nothing was overwritten", p.display())));
         }
     }
+    // cluster-restore.sh takes the last snapshot*.db and static_kuberesources*.tar.gz of the
+    // directory (`ls -v | tail -1`), whichever backup they are: other ones there could be
+    // restored instead of this one.
+    let others = other_backups_in(&opts.dir);
+    if !others.is_empty() {
+        return Err(Error::new(
+            Kind::DestinationExists,
+            format!(
+                "{} already holds {}; cluster-restore.sh restores the last of them by name, which may not be backup {}: use an empty directory",
+                opts.dir.display(),
+                others.join(", "),
+                m.id
+            ),
+        ));
+    }
     // Refuse before downloading anything when the node's version cannot be known.
     let node = node_version(opts);
     if let Err(why) = &node {
@@ -147,6 +162,18 @@ pub fn restore(opts: &OpenShiftRestoreOptions, note: &mut dyn FnMut(&str)) -> Re
     }
     drop(spool);
     Ok(Written { manifest: m, snapshot: snapshot_path, resources: resources_path })
+}
+
+/// The names in `dir` that cluster-restore.sh would consider.
+fn other_backups_in(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| (n.starts_with("snapshot") && n.ends_with(".db")) || (n.starts_with("static_kuberesources") && n.ends_with(".tar.gz")))
+        .collect();
+    names.sort();
+    names
 }
 
 /// The z-stream rule and the first-24-hours warning.

@@ -39,7 +39,8 @@ Formats (--format auto tells them from names and places):
 pub const IMPORT_EXAMPLES: &str = "\
 Examples:
   etcdguard backup import --repo /var/backups/etcd /home/core/backup
-  etcdguard backup import --repo s3://etcd-backups/k3s /var/lib/rancher/k3s/server/db/snapshots
+  etcdguard backup import --repo s3://etcd-backups/k3s /var/lib/rancher/k3s/server/db/snapshots \
+      --file /var/lib/rancher/k3s/server/token
   etcdguard backup import --repo /var/backups/etcd --format etcdctl --created 2026-11-20T10:15:00Z snap.db
   etcdguard backup import --repo /var/backups/etcd gardener-backups/v2/Full-00000000-00012345-1764000000.gz";
 
@@ -79,6 +80,11 @@ pub struct ImportArgs {
     /// The original backup's time (RFC 3339), when its name does not tell it (one backup only).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub created: Option<DateTime<Utc>>,
+    /// Another file or directory to keep with each imported backup (repeatable), stored as
+    /// files/<its name>: e.g. the k3s/RKE2 server token (/var/lib/rancher/k3s/server/token),
+    /// without which a snapshot's bootstrap data cannot be decrypted on a new host.
+    #[arg(long = "file", value_name = "PATH")]
+    pub files: Vec<PathBuf>,
     /// KEY=VALUE label to attach (repeatable); wins over the labels a format gives.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -120,7 +126,7 @@ pub fn import(args: ImportArgs) -> Result<()> {
         pki_dir: None,
         manifests_dir: None,
         encryption_config: None,
-        files: Vec::new(),
+        files: args.files.clone(),
         labels: args.labels.clone(),
         cluster: args.cluster.clone(),
         skip_verify: args.skip_verify,
