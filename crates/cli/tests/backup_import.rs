@@ -352,7 +352,7 @@ fn k3s_druid_and_etcdctl_snapshots_come_in_with_their_times() {
     let not_zip = dir.join("etcd-snapshot-cp-3-1764030000.zip");
     std::fs::copy(&snaps.first, &not_zip).unwrap();
     let err = fails(&["backup", "import", "--repo", repo_s, not_zip.to_str().unwrap()], 7);
-    assert!(err.contains("its name says Zip"), "{err}");
+    assert!(err.contains("its name says zip but its content is not"), "{err}");
     let err = fails(&["backup", "import", "--repo", repo_s, "--created", "2024-01-01T00:00:00Z", gz.to_str().unwrap(), zl.to_str().unwrap()], 2);
     assert!(err.contains("--created names one backup's time"), "{err}");
     let err = fails(&["backup", "import", "--repo", repo_s, work.join("nothing-here").to_str().unwrap()], 3);

@@ -58,6 +58,17 @@ pub enum Packing {
     Zlib,
 }
 
+impl Packing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Packing::Plain => "plain",
+            Packing::Zip => "zip",
+            Packing::Gzip => "gzip",
+            Packing::Zlib => "zlib",
+        }
+    }
+}
+
 /// One backup found among the paths given.
 #[derive(Clone, Debug)]
 pub struct Found {
@@ -395,7 +406,7 @@ fn packing_of(path: &Path, name: &str) -> Result<Packing> {
         None
     };
     match by_name {
-        Some(p) if p != by_content => Err(Error::new(Kind::NotSnapshot, format!("{}: its name says {p:?} but its content is not", path.display()))),
+        Some(p) if p != by_content => Err(Error::new(Kind::NotSnapshot, format!("{}: its name says {} but its content is not", path.display(), p.name()))),
         Some(p) => Ok(p),
         // A bbolt file starts with a page header, never with these magics but zlib's
         // (which a page id may look like): only the name makes a file compressed.
