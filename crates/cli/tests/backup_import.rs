@@ -134,6 +134,7 @@ fn openshift_cluster_backup_in_and_out() {
     assert_eq!(m["source"]["import"]["format"], "openshift");
     assert!(m["source"]["path"].as_str().unwrap().ends_with("backup/snapshot_2026-03-01_101500.db"), "{}", m["source"]);
     assert_eq!(m["etcd"]["verified"], true);
+    assert_eq!(m["labels"]["openshift.version"], "4.15.3");
     let paths: Vec<&str> = m["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
     assert!(paths.contains(&"files/static-pod-resources/kube-apiserver-pod-7/kube-apiserver-pod.yaml"), "{paths:?}");
     assert!(paths.contains(&"files/static-pod-resources/etcd-pod-3/etcd-pod.yaml"), "{paths:?}");

@@ -139,6 +139,13 @@ pub fn import(opts: &ImportOptions, on: &mut dyn FnMut(ImportEvent<'_>)) -> Resu
         }
         let mut create = opts.create.clone();
         let mut labels: BTreeMap<String, String> = f.labels.clone();
+        if f.format == Format::OpenShift {
+            // The version `backup list` shows and the z-stream a restore must match; a snapshot
+            // too damaged to read is reported by the check that follows.
+            if let Ok(Some(crate::openshift::ClusterVersion { version: Some(v), .. })) = crate::openshift::cluster_version(&snapshot) {
+                labels.insert("openshift.version".into(), v);
+            }
+        }
         // The operator's labels win over what the format says.
         labels.extend(opts.create.labels.iter().cloned());
         create.labels = labels.into_iter().collect();
