@@ -177,8 +177,11 @@ pub fn import(opts: &ImportOptions, on: &mut dyn FnMut(ImportEvent<'_>)) -> Resu
     Ok((stored, skipped))
 }
 
+/// A stored backup's snapshot sha256 and time, and its id.
+type Stored = ((String, DateTime<Utc>), String);
+
 /// (sha256, time) of every backup in the repository, with its id; none when it does not exist yet.
-fn stored_snapshots(opts: &ImportOptions) -> Result<Vec<((String, DateTime<Utc>), String)>> {
+fn stored_snapshots(opts: &ImportOptions) -> Result<Vec<Stored>> {
     let store = etcdguard_repo::open_url(&opts.create.repo.url).map_err(|e| repo_error(e.into()))?;
     let mut repo = match etcdguard_repo::Repository::open(store) {
         Ok(r) => r,
