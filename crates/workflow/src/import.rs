@@ -382,8 +382,10 @@ fn unix_suffix(stem: &str) -> Option<i64> {
     ts.parse().ok().filter(|t| *t >= 1_000_000_000)
 }
 
+/// A file's modification time, in whole seconds as the other formats' times are.
 fn mtime(path: &Path) -> Option<DateTime<Utc>> {
-    std::fs::metadata(path).ok()?.modified().ok().map(DateTime::<Utc>::from)
+    let t = DateTime::<Utc>::from(std::fs::metadata(path).ok()?.modified().ok()?);
+    DateTime::from_timestamp(t.timestamp(), 0)
 }
 
 fn etcdctl(path: &Path, name: &str) -> Result<Found> {
