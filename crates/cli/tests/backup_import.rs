@@ -153,6 +153,17 @@ fn openshift_cluster_backup_in_and_out() {
     assert!(stderr.contains(&format!("is already backup {id}")) && stderr.contains("0 backup(s) imported, 1 already"), "{stderr}");
     assert_eq!(list_json(repo_s).len(), 1);
 
+    // A volume with one directory per run (as backup CronJobs keep them): the known run is
+    // skipped, the new one imported.
+    let volume = work.join("volume");
+    cluster_backup_dir(&volume.join("run-1"), &etc_kubernetes, &snap, "2026-03-01_101500");
+    cluster_backup_dir(&volume.join("run-2"), &etc_kubernetes, &snap, "2026-03-02_101500");
+    let out = etcdguard().args(["backup", "import", "--repo", repo_s, volume.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("1 backup(s) imported, 1 already"), "{stderr}");
+    let second_run = list_json(repo_s).iter().find(|b| b["created"] == "2026-03-02T10:15:00Z").map(|b| b["id"].as_str().unwrap().to_string()).unwrap();
+    ok(&["backup", "delete", &second_run, "--repo", repo_s, "--force"]);
+
     // Out again, as cluster-backup.sh writes it, for the node's z-stream.
     let out_dir = work.join("restore-ok");
     let printed = ok(&["backup", "restore", &id, "--repo", repo_s, "--format", "openshift", "--files-to", out_dir.to_str().unwrap(), "--node-version", "4.15.3"]);

@@ -221,7 +221,7 @@ pub fn discover(path: &Path, format: Format, note: &mut dyn FnMut(&str)) -> Resu
         _ => Error::failure(format!("{}: {e}", path.display())),
     })?;
     if meta.is_dir() {
-        return discover_dir(path, format, note);
+        return discover_dir(path, format, 0, note);
     }
     if !meta.is_file() {
         return Err(Error::usage(format!("{}: not a regular file or a directory", path.display())));
@@ -269,16 +269,24 @@ fn guess(path: &Path, name: &str) -> Format {
     Format::Etcdctl
 }
 
+/// How deep `discover` looks into directories without a backup (one directory per
+/// cluster-backup.sh run on a volume, a druid store's `v2/`).
+const MAX_DEPTH: usize = 3;
+
 /// Every backup in directory `dir`: the cluster-backup.sh pairs in it, or else each k3s/RKE2
-/// snapshot and druid full snapshot.
-fn discover_dir(dir: &Path, format: Format, note: &mut dyn FnMut(&str)) -> Result<Vec<Found>> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| Error::failure(format!("{}: {e}", dir.display())))?
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
+/// snapshot and druid full snapshot; or else those of its subdirectories.
+fn discover_dir(dir: &Path, format: Format, depth: usize, note: &mut dyn FnMut(&str)) -> Result<Vec<Found>> {
+    let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir).map_err(|e| Error::failure(format!("{}: {e}", dir.display())))?.flatten().collect();
+    let named = |dirs: bool| {
+        let mut v: Vec<String> = entries
+            .iter()
+            .filter(|e| e.file_type().is_ok_and(|t| if dirs { t.is_dir() } else { t.is_file() }))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let (names, subdirs) = (named(false), named(true));
     let mut out = Vec::new();
     if matches!(format, Format::Auto | Format::OpenShift) {
         let stamps: std::collections::BTreeSet<String> =
@@ -286,13 +294,11 @@ fn discover_dir(dir: &Path, format: Format, note: &mut dyn FnMut(&str)) -> Resul
         for stamp in stamps {
             out.push(openshift_pair(dir, &stamp, note)?);
         }
-        if !out.is_empty() || format == Format::OpenShift {
-            if out.is_empty() {
-                return Err(Error::new(Kind::NotFound, format!("{}: no cluster-backup.sh snapshot (snapshot_<time>.db) in it", dir.display())));
-            }
+        if !out.is_empty() {
             return Ok(out);
         }
     }
+    let mut skipped = Vec::new();
     for name in names {
         let path = dir.join(&name);
         let f = match format {
@@ -300,14 +306,29 @@ fn discover_dir(dir: &Path, format: Format, note: &mut dyn FnMut(&str)) -> Resul
             f => f,
         };
         match f {
-            Format::Druid if name.starts_with("Incr-") => note(&format!("note: skipped {}: a druid delta snapshot (only full snapshots are imported)", path.display())),
+            Format::Druid if name.starts_with("Incr-") => skipped.push(format!("note: skipped {}: a druid delta snapshot (only full snapshots are imported)", path.display())),
             Format::Druid => out.push(druid(&path, &name)?),
             Format::K3s | Format::Rke2 => out.push(k3s(&path, &name, f, note)?),
-            _ => note(&format!("note: skipped {}: not a backup this directory's format names (give the file itself to import it)", path.display())),
+            _ => skipped.push(format!("note: skipped {}: not a backup this directory's format names (give the file itself to import it)", path.display())),
+        }
+    }
+    if out.is_empty() && depth < MAX_DEPTH {
+        // A volume with one directory per run: look one level further down.
+        for sub in subdirs.iter().filter(|s| !s.starts_with('.')) {
+            match discover_dir(&dir.join(sub), format, depth + 1, note) {
+                Ok(found) => out.extend(found),
+                Err(e) if e.kind == Kind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     if out.is_empty() {
-        return Err(Error::new(Kind::NotFound, format!("{}: no backup found in it", dir.display())));
+        let what = if format == Format::OpenShift { "no cluster-backup.sh snapshot (snapshot_<time>.db)" } else { "no backup" };
+        return Err(Error::new(Kind::NotFound, format!("{}: {what} found in it or below", dir.display())));
+    }
+    // Only the files beside backups that were imported are worth a note.
+    for n in &skipped {
+        note(n);
     }
     Ok(out)
 }

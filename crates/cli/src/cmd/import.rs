@@ -27,7 +27,8 @@ Formats (--format auto tells them from names and places):
               secrets/encryption-config/encryption-config also as encryption-config/, and their
               certificates are recorded. The snapshot's ClusterVersion gives the label
               openshift.version; __POSSIBLY_DIRTY__ (cluster-backup.sh --force) the label
-              openshift.possibly-dirty=true. A directory with several runs imports each.
+              openshift.possibly-dirty=true. A directory with several runs, or with one
+              directory per run (up to 3 levels down), imports each.
   etcdctl     a plain `etcdctl snapshot save` file; its time is its modification time, or --created.
   k3s, rke2   `etcd-snapshot` files <name>-<node>-<unix time>, plain or .zip (one entry); the
               time is the name's. The node and the extra metadata k3s keeps in
