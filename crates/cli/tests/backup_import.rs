@@ -290,7 +290,12 @@ fn k3s_druid_and_etcdctl_snapshots_come_in_with_their_times() {
     let token = work.join("token");
     std::fs::write(&token, "K10abc::server:secret\n").unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = ok(&["backup", "import", "--repo", repo_s, dir.to_str().unwrap(), "--label", "env=test", "--file", token.to_str().unwrap()]);
+    let enc = work.join("encryption-config.json");
+    std::fs::write(&enc, r#"{"kind":"EncryptionConfiguration","apiVersion":"apiserver.config.k8s.io/v1","resources":[{"resources":["secrets"],"providers":[{"identity":{}}]}]}"#).unwrap();
+    let out = ok(&[
+        "backup", "import", "--repo", repo_s, dir.to_str().unwrap(), "--label", "env=test", "--file", token.to_str().unwrap(),
+        "--encryption-config", enc.to_str().unwrap(),
+    ]);
     assert_eq!(out.lines().filter(|l| l.contains("imported from")).count(), 2, "{out}");
     let list = list_json(repo_s);
     assert_eq!(list.len(), 2);
@@ -303,6 +308,7 @@ fn k3s_druid_and_etcdctl_snapshots_come_in_with_their_times() {
     assert_eq!(first["labels"]["k3s.compressed"], "false");
     assert_eq!(first["labels"]["env"], "test");
     assert!(first["files"].as_array().unwrap().iter().any(|f| f["path"] == "files/token" && f["mode"] == 0o600), "{}", first["files"]);
+    assert!(first["files"].as_array().unwrap().iter().any(|f| f["path"] == "encryption-config/encryption-config.json"), "{}", first["files"]);
     let second = shown(repo_s, list[1]["id"].as_str().unwrap());
     assert_eq!(second["labels"]["k3s.compressed"], "true");
     assert_eq!(second["etcd"]["verified"], true);

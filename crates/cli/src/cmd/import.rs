@@ -87,6 +87,15 @@ pub struct ImportArgs {
     /// without which a snapshot's bootstrap data cannot be decrypted on a new host.
     #[arg(long = "file", value_name = "PATH")]
     pub files: Vec<PathBuf>,
+    /// A PKI directory to keep with each imported backup, stored as pki/… with its
+    /// certificates recorded (e.g. k3s's /var/lib/rancher/k3s/server/tls).
+    #[arg(long, value_name = "DIR")]
+    pub pki_dir: Option<PathBuf>,
+    /// The encryption-at-rest configuration to keep with each imported backup, stored as
+    /// encryption-config/… (e.g. k3s's /var/lib/rancher/k3s/server/cred/encryption-config.json);
+    /// for OpenShift it replaces the one found in the static pod resources.
+    #[arg(long, value_name = "FILE")]
+    pub encryption_config: Option<PathBuf>,
     /// KEY=VALUE label to attach (repeatable); wins over the labels a format gives.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -125,9 +134,9 @@ pub fn import(args: ImportArgs) -> Result<()> {
         snapshot_from: etcdguard_client::SnapshotFrom::Follower,
         scratch_dir: args.scratch_dir.clone(),
         conn: Default::default(),
-        pki_dir: None,
+        pki_dir: args.pki_dir.clone(),
         manifests_dir: None,
-        encryption_config: None,
+        encryption_config: args.encryption_config.clone(),
         files: args.files.clone(),
         labels: args.labels.clone(),
         cluster: args.cluster.clone(),
