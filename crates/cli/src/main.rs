@@ -21,7 +21,7 @@ Exit codes:
  14 destination exists (nothing was overwritten)
  15 backup repository in use by another etcdguard (locked)
  16 encrypted backup repository: passphrase missing or wrong
- 17 refused by a safety check (quorum, healthy member, lagging learner); nothing changed
+ 17 refused by a safety check (quorum, healthy member, lagging learner, OpenShift z-stream); nothing changed
  18 a certificate expired, expires within --warn, or is not yet valid (pki check)
 
 Environment: ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT, ETCDCTL_KEY … as etcdctl reads them;

@@ -93,7 +93,7 @@ impl Manifest {
     pub fn public_part(&self) -> Manifest {
         let mut m = self.clone();
         m.source = match &m.source {
-            Source::File { .. } => Source::File { path: SEALED_PLACEHOLDER.into() },
+            Source::File { import, .. } => Source::File { path: SEALED_PLACEHOLDER.into(), import: import.clone() },
             Source::Cluster { .. } => Source::Cluster { endpoint: SEALED_PLACEHOLDER.into() },
         };
         m.snapshot.sha256 = SEALED_PLACEHOLDER.into();
@@ -126,8 +126,26 @@ pub struct CertificateRecord {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum Source {
-    File { path: String },
+    File {
+        path: String,
+        /// Set when `backup import` brought in a backup another tool made (readers that do
+        /// not know the field see a file backup).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        import: Option<Import>,
+    },
     Cluster { endpoint: String },
+}
+
+/// Where an imported backup came from: the tool's format, and when it was imported (the
+/// manifest's `created` is the original backup's time). Not secret: kept in clear in a
+/// sealed manifest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Import {
+    /// `openshift` (cluster-backup.sh), `etcdctl` (a plain `snapshot save` file), `k3s`,
+    /// `rke2` (their etcd-snapshot files, plain or zipped), `etcd-druid` (a full snapshot of
+    /// gardener's etcd-backup-restore).
+    pub format: String,
+    pub imported: DateTime<Utc>,
 }
 
 /// What the snapshot says about itself (as `snapshot status` and `snapshot verify` see it).

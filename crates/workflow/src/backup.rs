@@ -64,8 +64,26 @@ pub fn create_stoppable(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: 
     let Some(path) = opts.from_file.clone() else {
         return create_live(opts, note, stop);
     };
-    let source = Source::File { path: std::fs::canonicalize(&path).unwrap_or(path.clone()).display().to_string() };
-    create_from(opts, &path, source, EtcdInfo::default(), note, stop)
+    let source = Source::File { path: std::fs::canonicalize(&path).unwrap_or(path.clone()).display().to_string(), import: None };
+    create_from(opts, &path, source, EtcdInfo::default(), None, note, stop)
+}
+
+/// What a backup brought in from another tool keeps of it (see [`crate::import`]).
+pub(crate) struct Original<'a> {
+    /// When the original backup was taken; the manifest's `created`.
+    pub created: chrono::DateTime<chrono::Utc>,
+    /// Where its certificates were unpacked, to record their expiry as `--pki-dir` does.
+    pub certificates: Option<&'a Path>,
+    /// Files unpacked from an archive: the scratch directory they are in, and what to record
+    /// instead as where they were taken (`ARCHIVE:`, then the path inside it).
+    pub unpacked: Option<(&'a Path, String)>,
+}
+
+/// `backup create --from-file`, for a snapshot another tool made: checked and stored the
+/// same way, with the original's time and `source`.
+pub(crate) fn create_imported(opts: &CreateOptions, path: &Path, source: Source, original: &Original<'_>, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
+    refuse_special_paths(opts)?;
+    create_from(opts, path, source, EtcdInfo::default(), Some(original), note, stop)
 }
 
 /// Takes a snapshot from the live cluster and stores it while it streams in: every byte
@@ -144,7 +162,7 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
     let etcd = check_snapshot(opts, &path, &file, &db, known, Some(TrailerCheck::Verified))?;
     drop(file);
     // The spool outlives the commit: a reused chunk found damaged is stored again from it.
-    let result = finish(opts, &repo, writer, snapshot, Source::Cluster { endpoint: st.endpoint.clone() }, etcd, note, stop);
+    let result = finish(opts, &repo, writer, snapshot, Source::Cluster { endpoint: st.endpoint.clone() }, etcd, None, note, stop);
     drop(spool);
     result
 }
@@ -213,7 +231,7 @@ fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize
 /// Stores the snapshot at `path` while it is checked (sha256 trailer, bbolt structure, etcd
 /// schema) on another thread; the backup is committed only when the check passed. Packs
 /// stored for a snapshot that fails its check are listed by no backup: `prune` removes them.
-fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInfo, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
+fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInfo, original: Option<&Original<'_>>, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
     let file = open_snapshot(path)?;
     let db = file.db().map_err(|e| db_error(path, e))?;
     let page_size = db.page_size();
@@ -234,11 +252,22 @@ fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInf
     let etcd = checked?;
     let snapshot = stored?;
     drop(file);
-    finish(opts, &repo, writer, snapshot, source, etcd, note, stop)
+    finish(opts, &repo, writer, snapshot, source, etcd, original, note, stop)
 }
 
 /// Adds the control-plane files and commits the backup.
-fn finish(opts: &CreateOptions, repo: &Repository, mut writer: etcdguard_repo::BackupWriter<'_>, snapshot: etcdguard_repo::manifest::Part, source: Source, etcd: EtcdInfo, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    opts: &CreateOptions,
+    repo: &Repository,
+    mut writer: etcdguard_repo::BackupWriter<'_>,
+    snapshot: etcdguard_repo::manifest::Part,
+    source: Source,
+    etcd: EtcdInfo,
+    original: Option<&Original<'_>>,
+    note: &mut dyn FnMut(&str),
+    stop: &Stop,
+) -> Result<Manifest> {
     stop.check()?;
     // The PKI and manifests directories restore as pki/ and manifests/ themselves; other
     // paths go under their group with their own name.
@@ -275,13 +304,17 @@ fn finish(opts: &CreateOptions, repo: &Repository, mut writer: etcdguard_repo::B
             other => repo_error(other),
         })?;
     }
-    if let Some(dir) = &opts.pki_dir {
+    if let Some(dir) = opts.pki_dir.as_deref().or(original.and_then(|o| o.certificates)) {
         writer.set_certificates(crate::certs::records_of_dir(dir, note));
+    }
+    if let Some((dir, archive)) = original.and_then(|o| o.unpacked.as_ref()) {
+        writer.rename_file_sources(dir, archive);
     }
     stop.check()?;
     let labels: BTreeMap<String, String> = opts.labels.iter().cloned().collect();
     let cluster = opts.cluster.clone().or_else(|| labels.get("cluster").cloned()).or_else(|| etcd.cluster_id.clone());
-    let committed = writer.commit(snapshot, BackupMeta { source, etcd, labels, cluster });
+    let created = original.map(|o| o.created);
+    let committed = writer.commit(snapshot, BackupMeta { source, etcd, labels, cluster, created });
     for line in repo.take_notes() {
         note(&line);
     }

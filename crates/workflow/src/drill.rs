@@ -319,10 +319,11 @@ mod tests {
             let mut w = repo.begin_backup().unwrap();
             let part = w.add_snapshot(&mut &vec![seed; 8192][..], 4096).unwrap();
             let meta = BackupMeta {
-                source: BackupSource::File { path: "test".into() },
+                source: BackupSource::File { path: "test".into(), import: None },
                 etcd: EtcdInfo { page_size: 4096, ..Default::default() },
                 labels: Default::default(),
                 cluster: None,
+                created: None,
             };
             ids.push(w.commit(part, meta).unwrap().id);
         }

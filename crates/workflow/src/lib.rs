@@ -13,6 +13,8 @@
 //!   [`checks`]: what it checks besides backing up: [`scrub`] (re-read stored backups),
 //!   [`drill`] (restore the newest, optionally boot etcd on it), [`certs`] (expiry);
 //! - [`copy`]: `backup copy`, backups into a second repository (another store, another key);
+//! - [`import`]: backups made by other tools (OpenShift, etcdctl, k3s/RKE2, etcd-druid)
+//!   brought into a repository, and `backup restore --format openshift`;
 //! - [`capture`]: continuous capture (`backup follow`), point-in-time plans and replay, the change log;
 //! - [`snapshot`], [`repo`], [`spool`], [`stop`]: what they share.
 
@@ -24,10 +26,12 @@ pub mod checks;
 pub mod copy;
 pub mod drill;
 pub mod error;
+pub mod import;
 pub mod inspect;
 pub mod join;
 pub mod keycheck;
 pub mod node;
+pub mod openshift;
 pub mod repair;
 pub mod repo;
 pub mod restore;

@@ -55,6 +55,10 @@ pub enum BackupCommand {
     ///   AWS_PROFILE=backup etcdguard backup create --repo s3://etcd-backups/prod-eu --from-file snap.db
     #[command(verbatim_doc_comment)]
     Create(CreateArgs),
+    #[command(long_about = crate::cmd::import::IMPORT_HELP, after_help = crate::cmd::import::IMPORT_EXAMPLES)]
+    /// Bring in backups other tools made (OpenShift cluster-backup.sh, etcdctl, k3s/RKE2,
+    /// etcd-druid), with their original times.
+    Import(crate::cmd::import::ImportArgs),
     /// List the backups in a repository, oldest first.
     ///
     /// Example: etcdguard backup list --repo s3://etcd-backups/prod-eu -w json
@@ -541,7 +545,7 @@ pub struct RestoreArgs {
     #[arg(long, requires = "at")]
     pub dry_run: bool,
     /// Write the snapshot file here (must not exist); byte-identical to the file backed up.
-    #[arg(long, value_name = "PATH", required_unless_present_any = ["data_dir", "cluster_out"], value_parser = crate::args::path)]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["data_dir", "cluster_out", "format"], value_parser = crate::args::path)]
     pub to_file: Option<PathBuf>,
     /// Also unpack the control-plane files under DIR (pki/, manifests/, …) with their modes.
     #[arg(long, value_name = "DIR", value_parser = crate::args::path)]
@@ -580,13 +584,36 @@ pub struct RestoreArgs {
     /// value per key must decrypt, or the restore is refused (exit 17) before the data dir is made.
     #[arg(long, value_name = "FILE", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::path)]
     pub encryption_config: Option<PathBuf>,
-    /// Restore into a data dir although the encryption key check refuses.
+    /// Restore into a data dir although the encryption key check refuses; with --format
+    /// openshift, write the files although the version check refuses.
     #[arg(long, help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
     pub force: bool,
+    /// Write the backup in OpenShift's layout into --files-to DIR: snapshot_<time>.db and
+    /// static_kuberesources_<time>.tar.gz (the newest kube-apiserver, kube-controller-manager,
+    /// kube-scheduler and etcd static-pod-resources the backup holds), as cluster-backup.sh
+    /// writes them, for cluster-restore.sh. Refused (exit 17) unless the backup's OpenShift
+    /// version (its ClusterVersion) is the node's z-stream, or --force; warns about a backup
+    /// taken in the cluster's first 24 hours (certificates rotated since).
+    #[arg(long, value_enum, value_name = "FORMAT", requires = "files_to", conflicts_with_all = ["to_file", "data_dir", "cluster_out", "at"], help_heading = "OpenShift")]
+    pub format: Option<RestoreFormat>,
+    /// --format openshift: this node's OpenShift version [default: the
+    /// machineconfiguration.openshift.io/release-image-version annotation of
+    /// /etc/machine-config-daemon/currentconfig, else /etc/mcs-machine-config-content.json].
+    #[arg(long, value_name = "X.Y.Z", requires = "format", help_heading = "OpenShift")]
+    pub node_version: Option<String>,
+    /// --format openshift: read the node's version from this machine config (JSON) instead.
+    #[arg(long, value_name = "FILE", requires = "format", conflicts_with = "node_version", help_heading = "OpenShift")]
+    pub machine_config: Option<PathBuf>,
     /// The etcd release (X.Y) that will run the restored members; a backup written by a
     /// newer release is refused (exit 17).
     #[arg(long, value_name = "X.Y", value_parser = crate::cmd::snapshot::parse_release, help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
     pub etcd_version: Option<etcdguard_storage::Release>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum RestoreFormat {
+    /// cluster-backup.sh's two files.
+    Openshift,
 }
 
 #[derive(Args)]
@@ -684,6 +711,7 @@ pub struct UrlArgs {
 pub fn run(cmd: BackupCommand) -> Result<()> {
     match cmd {
         BackupCommand::Create(a) => create(a),
+        BackupCommand::Import(a) => crate::cmd::import::import(a),
         BackupCommand::List(a) => list(a),
         BackupCommand::Show(a) => show(a),
         BackupCommand::Verify(a) => verify(a),
@@ -834,7 +862,10 @@ fn show(args: ShowArgs) -> Result<()> {
     line(
         "source",
         match &m.source {
-            Source::File { path } => format!("file {path}"),
+            Source::File { path, import: None } => format!("file {path}"),
+            Source::File { path, import: Some(i) } => {
+                format!("imported {} backup {path} (on {})", i.format, i.imported.format("%Y-%m-%d %H:%M:%S UTC"))
+            }
             Source::Cluster { endpoint } => format!("cluster {endpoint}"),
         },
     );
@@ -922,6 +953,9 @@ pub(crate) fn tempfile_in(dir: &Path) -> Result<etcdguard_workflow::spool::Spool
 }
 
 fn restore(args: RestoreArgs) -> Result<()> {
+    if let Some(RestoreFormat::Openshift) = args.format {
+        return crate::cmd::import::restore_openshift(&args);
+    }
     let into_data_dir = args.data_dir.is_some() || args.cluster_out.is_some();
     let data_dir = into_data_dir.then(|| SnapshotRestoreOptions {
         file: PathBuf::new(),

@@ -3,6 +3,7 @@ pub mod save;
 pub mod cluster;
 pub mod restore;
 pub mod backup;
+pub mod import;
 pub mod capture;
 pub mod copy;
 pub mod agent;

@@ -18,10 +18,11 @@ pub(crate) fn repo(dir: &Path, pack_size: u64) -> Repository {
 
 pub(crate) fn meta() -> BackupMeta {
     BackupMeta {
-        source: Source::File { path: "test".into() },
+        source: Source::File { path: "test".into(), import: None },
         etcd: EtcdInfo { page_size: 4096, ..Default::default() },
         labels: BTreeMap::new(),
         cluster: None,
+        created: None,
     }
 }
 

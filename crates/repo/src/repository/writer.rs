@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use super::*;
@@ -140,6 +140,8 @@ pub struct BackupMeta {
     pub etcd: EtcdInfo,
     pub labels: BTreeMap<String, String>,
     pub cluster: Option<String>,
+    /// The backup's time when it is not now: an imported backup keeps its original time.
+    pub created: Option<DateTime<Utc>>,
 }
 
 pub struct BackupWriter<'r> {
@@ -461,6 +463,17 @@ impl<'r> BackupWriter<'r> {
         self.snapshot_source = Some(Arc::new(path.to_path_buf()));
     }
 
+    /// Records `to` instead of `from` as where the files added from under `from` were taken
+    /// (files unpacked from an archive into a scratch directory name the archive).
+    pub fn rename_file_sources(&mut self, from: &Path, to: &str) {
+        let from = from.display().to_string();
+        for f in &mut self.files {
+            if let Some(rest) = f.source.strip_prefix(&from) {
+                f.source = format!("{to}{}", rest.trim_start_matches('/'));
+            }
+        }
+    }
+
     /// Adds a file, or a directory with everything under it, as `<group>/<its name>…`
     /// (several `--file` paths side by side).
     pub fn add_path(&mut self, group: &str, path: &Path) -> Result<(), RepoError> {
@@ -528,7 +541,7 @@ impl<'r> BackupWriter<'r> {
         if !self.repo.transfer.trust_stored {
             self.check_reused()?;
         }
-        let created = Utc::now();
+        let created = meta.created.unwrap_or_else(Utc::now);
         let id = format!("{:016x}", rand::random::<u64>());
         let mut sizes = self.stats.clone();
         sizes.original += snapshot.size;
