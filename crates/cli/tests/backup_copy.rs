@@ -155,13 +155,15 @@ fn a_damaged_source_blob_fails_only_the_backups_that_use_it() {
     let first = created_id(&ok(&["backup", "create", "--repo", repo, "--from-file", snaps.first.to_str().unwrap()]));
     let before = packs(&local);
     let second = created_id(&ok(&["backup", "create", "--repo", repo, "--from-file", snaps.second.to_str().unwrap()]));
-    // A pack the second backup added holds chunks only it uses: damage one byte in its middle.
     let new_pack = packs(&local).into_iter().find(|p| !before.contains(p)).expect("the second backup added a pack");
+    // The third backup before the damage: a create reads back the packs it reuses and stores
+    // fresh copies of damaged chunks, which would heal the second backup here.
+    let third = created_id(&ok(&["backup", "create", "--repo", repo, "--from-file", snaps.third.to_str().unwrap()]));
+    // A pack the second backup added holds chunks only it uses: damage one byte in its middle.
     let mut bytes = std::fs::read(&new_pack).unwrap();
     let at = bytes.len() / 3;
     bytes[at] ^= 0x40;
     std::fs::write(&new_pack, bytes).unwrap();
-    let third = created_id(&ok(&["backup", "create", "--repo", repo, "--from-file", snaps.third.to_str().unwrap()]));
 
     let err = fails(&["backup", "copy", "--from", repo, "--to", &dest], 10);
     let pack_name = new_pack.file_name().unwrap().to_str().unwrap();
