@@ -23,12 +23,13 @@ pub mod pods;
 pub mod quorum;
 pub mod ready;
 pub mod pki;
+pub mod script;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use owner::Ownership;
-pub use pods::{read_apiserver_pod, read_etcd_pod, ApiServerPod, EtcdPod};
+pub use pods::{read_apiserver_pod, read_etcd_pod, read_etcd_pod_on, ApiServerPod, EtcdPod, NodeFacts};
 pub use ready::{probe_apiserver, ApiServerState};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,8 @@ pub struct Request {
     /// Restore a one-member cluster (this member only), whatever the manifest's
     /// `--initial-cluster` lists: the first step of recovering from quorum loss.
     pub new_cluster: bool,
+    /// This node's name and IP, for values the manifest takes from `valueFrom.fieldRef`.
+    pub node: NodeFacts,
 }
 
 /// Replacing the PKI directory: `current` moves to `aside`, `staged` moves to `current`.
@@ -174,7 +177,7 @@ pub(crate) struct Located {
     pub apiserver: Option<ApiServerPod>,
 }
 
-pub(crate) fn locate(kubernetes_dir: &Path, manifests_dir: Option<&Path>, etcd_manifest: Option<&Path>) -> Result<Located, NodeError> {
+pub(crate) fn locate(kubernetes_dir: &Path, manifests_dir: Option<&Path>, etcd_manifest: Option<&Path>, facts: &NodeFacts) -> Result<Located, NodeError> {
     let given_dir = etcd_manifest.and_then(|m| m.parent()).filter(|p| !p.as_os_str().is_empty());
     let manifests_dir = manifests_dir.map(Path::to_path_buf).or_else(|| given_dir.map(Path::to_path_buf)).unwrap_or_else(|| kubernetes_dir.join("manifests"));
     if !manifests_dir.is_dir() {
@@ -226,7 +229,7 @@ pub(crate) fn locate(kubernetes_dir: &Path, manifests_dir: Option<&Path>, etcd_m
             }
         }
     };
-    let etcd = read_etcd_pod(&etcd_manifest)?;
+    let etcd = read_etcd_pod_on(&etcd_manifest, facts)?;
     let dir = parked_in.clone().unwrap_or_else(|| manifests_dir.clone());
     let named = APISERVER_MANIFEST_NAMES.iter().map(|n| dir.join(n)).find(|p| p.is_file());
     let apiserver = match named {
@@ -288,7 +291,7 @@ pub(crate) fn secs(d: Duration) -> String {
 impl Plan {
     /// Reads the manifests and checks that every step can be taken; changes nothing.
     pub fn build(req: &Request) -> Result<Plan, NodeError> {
-        let found = locate(&req.kubernetes_dir, req.manifests_dir.as_deref(), req.etcd_manifest.as_deref())?;
+        let found = locate(&req.kubernetes_dir, req.manifests_dir.as_deref(), req.etcd_manifest.as_deref(), &req.node)?;
         let (parked_dir, manifests, already_parked) = match &found.parked_in {
             Some(d) => (d.clone(), list_manifests(d)?, true),
             None => (aside(&found.manifests_dir, &req.stamp), list_manifests(&found.manifests_dir)?, false),
@@ -326,7 +329,7 @@ impl Plan {
         let initial_cluster = match (&req.initial_cluster, &etcd.initial_cluster) {
             (Some(c), _) => c.clone(),
             (None, _) if req.new_cluster => peer_urls.split(',').map(|u| format!("{name}={}", u.trim())).collect::<Vec<_>>().join(","),
-            (None, Some(c)) => etcd.resolved("initial-cluster", c, "--initial-cluster")?.to_string(),
+            (None, Some(c)) => etcd.resolved("initial-cluster", c, "--initial-cluster (or restore a one-member cluster with --new-cluster, then `node join` the other nodes)")?.to_string(),
             (None, None) => format!("{name}={peer_urls}"),
         };
         let initial_cluster_token = match (&req.initial_cluster_token, &etcd.initial_cluster_token) {
@@ -657,6 +660,7 @@ mod tests {
             wait_timeout: Duration::from_secs(2),
             pki_from: None,
             new_cluster: false,
+            node: NodeFacts::default(),
         }
     }
 
@@ -757,7 +761,7 @@ mod tests {
         let mut req = node(dir.path(), true);
         let manifests = req.kubernetes_dir.join("manifests");
         std::fs::write(manifests.join("kube-apiserver.yaml"), "kind: Pod\nspec:\n  containers:\n  - command: [/bin/sh, -c, \"exec hyperkube kube-apiserver --secure-port=1\"]\n").unwrap();
-        let preq = park::ParkRequest { manifests_dir: manifests.clone(), etcd_manifest: None, stamp: "P1".into(), wait_timeout: Duration::from_secs(2) };
+        let preq = park::ParkRequest { manifests_dir: manifests.clone(), etcd_manifest: None, stamp: "P1".into(), wait_timeout: Duration::from_secs(2), node: NodeFacts::default() };
         let p = park::Park::build(&preq).unwrap();
         assert_eq!(p.to_move.len(), 2, "etcd and the API server, nothing else");
         p.execute(&mut |_| {}).unwrap();

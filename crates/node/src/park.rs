@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::{aside, etcd_up, io, list_manifests, locate, parked_dirs, secs, wait_apiserver, wait_down, ApiServerPod, EtcdPod, NodeError, Timings};
+use crate::{aside, etcd_up, io, list_manifests, locate, parked_dirs, secs, wait_apiserver, wait_down, ApiServerPod, EtcdPod, NodeError, NodeFacts, Timings};
 
 /// Where the manifests are and how long to wait.
 #[derive(Debug, Clone)]
@@ -18,6 +18,8 @@ pub struct ParkRequest {
     /// Goes into the parked dir's name, e.g. `20261123T124500Z`.
     pub stamp: String,
     pub wait_timeout: Duration,
+    /// This node's name and IP, for values the manifest takes from `valueFrom.fieldRef`.
+    pub node: NodeFacts,
 }
 
 /// Parking etcd and the API server.
@@ -41,7 +43,7 @@ fn file_name(p: &std::path::Path) -> String {
 impl Park {
     /// Finds the manifests (live or parked); changes nothing.
     pub fn build(req: &ParkRequest) -> Result<Park, NodeError> {
-        let found = locate(&req.manifests_dir, Some(&req.manifests_dir), req.etcd_manifest.as_deref())?;
+        let found = locate(&req.manifests_dir, Some(&req.manifests_dir), req.etcd_manifest.as_deref(), &req.node)?;
         let already_parked = found.parked_in.is_some();
         let parked_dir = found.parked_in.clone().unwrap_or_else(|| aside(&found.manifests_dir, &req.stamp));
         let mut to_move = Vec::new();
@@ -126,7 +128,7 @@ pub struct Unpark {
 impl Unpark {
     /// `Ok(None)`: nothing is parked (etcd's manifest is where the kubelet reads it).
     pub fn build(req: &ParkRequest) -> Result<Option<Unpark>, NodeError> {
-        let found = locate(&req.manifests_dir, Some(&req.manifests_dir), req.etcd_manifest.as_deref())?;
+        let found = locate(&req.manifests_dir, Some(&req.manifests_dir), req.etcd_manifest.as_deref(), &req.node)?;
         let Some(parked_dir) = found.parked_in else {
             // A parked dir holding only other manifests is left to the operator.
             if let Some(d) = parked_dirs(&found.manifests_dir).first() {

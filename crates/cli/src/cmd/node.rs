@@ -130,6 +130,25 @@ pub enum NodeCommand {
     Join(NodeJoinArgs),
 }
 
+/// This node as the kubelet knows it, for manifest values from `valueFrom.fieldRef`.
+#[derive(Args)]
+pub struct NodeFactArgs {
+    /// This node's name, for `fieldRef: spec.nodeName` in etcd's manifest [default: the
+    /// host name, in lower case].
+    #[arg(long, value_name = "NAME", value_parser = crate::args::non_empty)]
+    pub node_name: Option<String>,
+    /// This node's IP, for `fieldRef: status.hostIP` (and `status.podIP` of a host-network
+    /// pod) [default: the first non-loopback address the host name resolves to].
+    #[arg(long, value_name = "IP", value_parser = clap::value_parser!(std::net::IpAddr))]
+    pub node_ip: Option<std::net::IpAddr>,
+}
+
+impl NodeFactArgs {
+    fn facts(&self) -> etcdguard_node::NodeFacts {
+        etcdguard_node::NodeFacts { node_name: self.node_name.clone(), node_ip: self.node_ip.map(|ip| ip.to_string()) }
+    }
+}
+
 #[derive(Args)]
 pub struct NodeJoinArgs {
     #[command(flatten)]
@@ -152,6 +171,8 @@ pub struct NodeJoinArgs {
     /// Print the plan and stop (the cluster is asked for its member list; nothing changes).
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub node: NodeFactArgs,
 }
 
 #[derive(Args)]
@@ -168,6 +189,8 @@ pub struct NodeParkArgs {
     /// Print what would be moved and waited for, and stop.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub node: NodeFactArgs,
 }
 
 #[derive(Args)]
@@ -248,6 +271,8 @@ pub struct NodeRestoreArgs {
     /// with, the EncryptionConfiguration (those objects stay unreadable until it has the key).
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub node: NodeFactArgs,
 }
 
 pub fn run(cmd: NodeCommand) -> Result<()> {
@@ -285,6 +310,7 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
         new_cluster: args.new_cluster,
         force: args.force,
         encryption_config: args.encryption_config.clone(),
+        node: args.node.facts(),
     };
     let outcome = restore_node(&opts, &mut |event| match event {
         NodeEvent::Note(line) => eprintln!("{line}"),
@@ -334,6 +360,7 @@ fn node_join(args: NodeJoinArgs) -> Result<()> {
         peer_urls: args.peer_urls.clone(),
         dry_run: args.dry_run,
         wait_timeout: args.wait_timeout,
+        node: args.node.facts(),
     };
     let outcome = join_node(&opts, &mut |event| match event {
         JoinEvent::Note(line) => eprintln!("{line}"),
@@ -399,6 +426,7 @@ fn park_request(args: &NodeParkArgs) -> ParkRequest {
         etcd_manifest: args.etcd_manifest.clone(),
         stamp: chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string(),
         wait_timeout: args.timeout,
+        node: args.node.facts(),
     }
 }
 
