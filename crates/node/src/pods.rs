@@ -296,15 +296,16 @@ fn is_shell(word: &str) -> bool {
 /// The container's env as the kubelet sets it: literal values (with `$(VAR)` of earlier
 /// ones filled in), and `valueFrom.fieldRef` where this node can tell the value. A fieldRef
 /// is only looked up when the container's command mentions the variable, or it is an
-/// `ETCD_*` one (etcd reads those).
-fn container_env(pod: &Pod, c: &Container, facts: &NodeFacts) -> Vars {
+/// `ETCD_*` one (etcd reads those), and only with `facts` (the API server's manifest is read
+/// without: nothing there needs them).
+fn container_env(pod: &Pod, c: &Container, facts: Option<&NodeFacts>) -> Vars {
     let command_text: String = c.command.iter().chain(&c.args).map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
     let mut vars = Vars::default();
     for e in &c.env {
-        let needed = e.name.starts_with("ETCD_") || command_text.contains(&e.name);
-        let value = match (&e.value, &e.value_from) {
-            (Some(v), _) => Value::Known(script::kubelet_expand(v, &vars.values)),
-            (None, Some(ValueFrom { field_ref: Some(f) })) if needed => match f.field_path.as_str() {
+        let needed = facts.filter(|_| e.name.starts_with("ETCD_") || command_text.contains(&e.name));
+        let value = match (&e.value, &e.value_from, needed) {
+            (Some(v), _, _) => Value::Known(script::kubelet_expand(v, &vars.values)),
+            (None, Some(ValueFrom { field_ref: Some(f) }), Some(facts)) => match f.field_path.as_str() {
                 "spec.nodeName" => facts.node_name(),
                 "status.hostIP" => facts.node_ip(),
                 "status.podIP" if pod.spec.host_network => facts.node_ip(),
@@ -316,9 +317,9 @@ fn container_env(pod: &Pod, c: &Container, facts: &NodeFacts) -> Vars {
                 },
                 other => Value::Unknown(format!("the pod's {other}, known only when it runs")),
             },
-            (None, Some(ValueFrom { field_ref: Some(f) })) => Value::Unknown(format!("the pod's {}", f.field_path)),
-            (None, Some(_)) => Value::Unknown("from a ConfigMap, Secret or resource field, known only when the pod runs".into()),
-            (None, None) => Value::Known(String::new()),
+            (None, Some(ValueFrom { field_ref: Some(f) }), None) => Value::Unknown(format!("the pod's {}", f.field_path)),
+            (None, Some(_), _) => Value::Unknown("from a ConfigMap, Secret or resource field, known only when the pod runs".into()),
+            (None, None, _) => Value::Known(String::new()),
         };
         let value = match value {
             Value::Unknown(why) => Value::Unknown(format!("{} is {why}", e.name)),
@@ -342,7 +343,7 @@ struct Found {
 /// The command line of `program` in a container: its `command` + `args`, or, when those
 /// run a shell with `-c SCRIPT`, the command in the script that runs `program`, with the
 /// variables the env and the script's assignments before it give filled in.
-fn container_argv(pod: &Pod, c: &Container, program: &str, facts: &NodeFacts) -> Result<Option<Found>, String> {
+fn container_argv(pod: &Pod, c: &Container, program: &str, facts: Option<&NodeFacts>) -> Result<Option<Found>, String> {
     let mut vars = container_env(pod, c, facts);
     let full: Vec<String> = c.command.iter().chain(&c.args).map(|a| script::kubelet_expand(a, &vars.values)).collect();
     let Some(first) = full.first() else { return Ok(None) };
@@ -388,7 +389,7 @@ struct Read {
 }
 
 /// The container of `pod` that runs `program`, with its argv and flags.
-fn read_container(path: &Path, program: &str, facts: &NodeFacts) -> Result<Read, NodeError> {
+fn read_container(path: &Path, program: &str, facts: Option<&NodeFacts>) -> Result<Read, NodeError> {
     let bad = |m: String| NodeError::Manifest(path.to_path_buf(), m);
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let pod: Pod = serde_norway::from_str(&text).map_err(|e| bad(e.to_string()))?;
@@ -419,7 +420,10 @@ fn host_path(pod: &Pod, container: usize, path: &str) -> Option<PathBuf> {
         .and_then(|m| {
             let host = pod.spec.volumes.iter().find(|v| v.name == m.name)?.host_path.as_ref()?;
             let rest = Path::new(path).strip_prefix(&m.mount_path).ok()?;
-            Some(Path::new(&host.path).join(rest))
+            // `join("")` would add a trailing slash (a mount at `/var/lib/etcd/`).
+            let trimmed = host.path.trim_end_matches('/');
+            let host = Path::new(if trimmed.is_empty() { "/" } else { trimmed });
+            Some(if rest.as_os_str().is_empty() { host.to_path_buf() } else { host.join(rest) })
         })
 }
 
@@ -466,7 +470,7 @@ pub fn read_etcd_pod(path: &Path) -> Result<EtcdPod, NodeError> {
 
 /// etcd's manifest, with `valueFrom.fieldRef` values from `facts`.
 pub fn read_etcd_pod_on(path: &Path, facts: &NodeFacts) -> Result<EtcdPod, NodeError> {
-    let Read { pod, index: c, flags: mut f, found } = read_container(path, "etcd", facts)?;
+    let Read { pod, index: c, flags: mut f, found } = read_container(path, "etcd", Some(facts))?;
     let bad = |m: String| NodeError::Manifest(path.to_path_buf(), m);
     let container = &pod.spec.containers[c];
     let mut unresolved: Vec<(String, String)> = found.unresolved.iter().map(|u| (u.what.clone(), u.why.clone())).collect();
@@ -537,7 +541,7 @@ pub fn read_etcd_pod_on(path: &Path, facts: &NodeFacts) -> Result<EtcdPod, NodeE
 }
 
 pub fn read_apiserver_pod(path: &Path) -> Result<ApiServerPod, NodeError> {
-    let Read { flags: f, .. } = read_container(path, "kube-apiserver", &NodeFacts::default())?;
+    let Read { flags: f, .. } = read_container(path, "kube-apiserver", None)?;
     let port = f.get("secure-port").map_or("6443", |s| s.as_str());
     port.parse::<u16>().map_err(|_| NodeError::Manifest(path.to_path_buf(), format!("--secure-port {port:?} is not a port")))?;
     Ok(ApiServerPod { manifest: path.to_path_buf(), addr: format!("127.0.0.1:{port}") })
@@ -556,7 +560,7 @@ struct OpenShiftApiServerConfig {
 /// `--openshift-config` file (`apiServerArguments.encryption-provider-config`), read when
 /// the command line does not set it.
 pub fn read_apiserver_encryption_config(path: &Path) -> Result<Option<PathBuf>, NodeError> {
-    let Read { pod, index: c, flags: f, .. } = read_container(path, "kube-apiserver", &NodeFacts::default())?;
+    let Read { pod, index: c, flags: f, .. } = read_container(path, "kube-apiserver", None)?;
     let bad = |m: String| NodeError::Manifest(path.to_path_buf(), m);
     let on_host = |flag: &str, value: &str| -> Result<PathBuf, NodeError> {
         if is_variable(value) {

@@ -136,6 +136,17 @@ fn flag_spans(text: &str, flag: &str) -> Vec<(usize, usize, usize)> {
 /// Where the value of env entry `name` (`- name: NAME` then `value: …`, or the flow form
 /// `- {name: NAME, value: …}`) lies in a manifest's text: (start, end) of the value token,
 /// quotes included. `None` when no entry of that name has a literal value.
+fn env_value_spans(text: &str, name: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some((s, e)) = env_value_span(&text[from..], name) {
+        out.push((from + s, from + e));
+        from += e;
+    }
+    out
+}
+
+/// The first of [`env_value_spans`].
 fn env_value_span(text: &str, name: &str) -> Option<(usize, usize)> {
     let mut offset = 0;
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
@@ -193,8 +204,9 @@ pub fn rewrite_for_join(text: &str, initial_cluster: &str) -> Result<JoinEdit, S
     }
     let clusters = flag_spans(text, "initial-cluster");
     let states = flag_spans(text, "initial-cluster-state");
-    let env_cluster = env_value_span(text, "ETCD_INITIAL_CLUSTER");
-    let env_state = env_value_span(text, "ETCD_INITIAL_CLUSTER_STATE");
+    // Every container's entry (OpenShift repeats the env in each container).
+    let env_cluster = env_value_spans(text, "ETCD_INITIAL_CLUSTER");
+    let env_state = env_value_spans(text, "ETCD_INITIAL_CLUSTER_STATE");
     let computed = text.contains("ETCD_INITIAL_CLUSTER=$(") || text.contains("ETCD_INITIAL_CLUSTER=`");
     let mut note = None;
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
@@ -204,28 +216,34 @@ pub fn rewrite_for_join(text: &str, initial_cluster: &str) -> Result<JoinEdit, S
         edits.push((vs, ve, format!("{q}{initial_cluster}{q}")));
     }
     if clusters.is_empty() {
-        match (env_cluster, computed) {
-            (Some((vs, ve)), _) if unquote(&text[vs..ve]) != initial_cluster => edits.push((vs, ve, format!("\"{initial_cluster}\""))),
-            (Some(_), _) => {}
-            (None, true) => {
+        match (env_cluster.is_empty(), computed) {
+            (false, _) => {
+                for &(vs, ve) in env_cluster.iter().filter(|(vs, ve)| unquote(&text[*vs..*ve]) != initial_cluster) {
+                    edits.push((vs, ve, format!("\"{initial_cluster}\"")));
+                }
+            }
+            (true, true) => {
                 note = Some(format!(
                     "the pod computes its initial cluster when it starts (ETCD_INITIAL_CLUSTER=$(…) in its script, from the cluster's member list); it should come out as {initial_cluster}"
                 ))
             }
-            (None, false) => return Err("the manifest has no --initial-cluster=… flag nor ETCD_INITIAL_CLUSTER value to rewrite".into()),
+            (true, false) => return Err("the manifest has no --initial-cluster=… flag nor ETCD_INITIAL_CLUSTER value to rewrite".into()),
         }
     }
     for &(_, vs, ve) in &states {
         edits.push((vs, ve, "existing".into()));
     }
     if states.is_empty() {
-        match env_state {
-            Some((vs, ve)) if unquote(&text[vs..ve]) != "existing" => edits.push((vs, ve, "\"existing\"".into())),
-            Some(_) => {}
-            None if clusters.is_empty() => {
+        match env_state.is_empty() {
+            false => {
+                for &(vs, ve) in env_state.iter().filter(|(vs, ve)| unquote(&text[*vs..*ve]) != "existing") {
+                    edits.push((vs, ve, "\"existing\"".into()));
+                }
+            }
+            true if clusters.is_empty() => {
                 return Err("the manifest sets its initial cluster through the env but no ETCD_INITIAL_CLUSTER_STATE; add ETCD_INITIAL_CLUSTER_STATE=existing".into())
             }
-            None => {
+            true => {
                 // Insert a new item (or word) after each --initial-cluster token, in the same style.
                 for &(start, _, ve) in &clusters {
                     let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
