@@ -32,6 +32,8 @@ pub struct Park {
     /// etcd's manifest was parked before (a second `node park` only waits).
     pub already_parked: bool,
     pub etcd: EtcdPod,
+    /// etcd's manifest the kubelet runs (live or parked); `etcd` may come from a copy.
+    pub etcd_manifest: PathBuf,
     pub apiserver: Option<ApiServerPod>,
     pub wait_timeout: Duration,
 }
@@ -64,7 +66,7 @@ impl Park {
         if !already_parked && parked_dir.exists() {
             return Err(NodeError::Preflight(format!("{} already exists; run again in a second", parked_dir.display())));
         }
-        Ok(Park { manifests_dir: found.manifests_dir, parked_dir, to_move, already_parked, etcd: found.etcd, apiserver, wait_timeout: req.wait_timeout })
+        Ok(Park { manifests_dir: found.manifests_dir, parked_dir, to_move, already_parked, etcd: found.etcd, etcd_manifest: found.etcd_manifest, apiserver, wait_timeout: req.wait_timeout })
     }
 
     /// The steps, in words, as `--dry-run` prints them.
@@ -121,6 +123,8 @@ pub struct Unpark {
     /// Every file in the parked dir (a `node restore` that stopped parks the whole dir).
     pub files: Vec<PathBuf>,
     pub etcd: EtcdPod,
+    /// etcd's manifest the kubelet runs, where it is parked now; `etcd` may come from a copy.
+    pub etcd_manifest: PathBuf,
     pub apiserver: Option<ApiServerPod>,
     pub wait_timeout: Duration,
 }
@@ -151,7 +155,7 @@ impl Unpark {
             )));
         }
         let apiserver = found.apiserver.or_else(|| locate_live_apiserver(&found.manifests_dir));
-        Ok(Some(Unpark { manifests_dir: found.manifests_dir, parked_dir, files, etcd: found.etcd, apiserver, wait_timeout: req.wait_timeout }))
+        Ok(Some(Unpark { manifests_dir: found.manifests_dir, parked_dir, files, etcd: found.etcd, etcd_manifest: found.etcd_manifest, apiserver, wait_timeout: req.wait_timeout }))
     }
 
     pub fn steps(&self) -> Vec<String> {

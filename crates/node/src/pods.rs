@@ -208,7 +208,8 @@ impl EtcdPod {
 
     /// Why the variables in `value` are not known before the pod runs (empty when not told).
     pub fn why(&self, value: &str) -> String {
-        let whys: Vec<&str> = self.unresolved.iter().filter(|(what, _)| value.contains(what.as_str())).map(|(_, why)| why.as_str()).collect();
+        let mut whys: Vec<&str> = self.unresolved.iter().filter(|(what, _)| value.contains(what.as_str())).map(|(_, why)| why.as_str()).collect();
+        whys.dedup();
         if whys.is_empty() {
             String::new()
         } else {
@@ -495,7 +496,8 @@ pub fn read_etcd_pod_on(path: &Path, facts: &NodeFacts) -> Result<EtcdPod, NodeE
     }
     let needed = |flag: &str, value: &str| -> Result<(), NodeError> {
         if is_variable(value) {
-            let why: Vec<&str> = unresolved.iter().filter(|(w, _)| value.contains(w.as_str())).map(|(_, y)| y.as_str()).collect();
+            let mut why: Vec<&str> = unresolved.iter().filter(|(w, _)| value.contains(w.as_str())).map(|(_, y)| y.as_str()).collect();
+            why.dedup();
             return Err(bad(format!(
                 "--{flag} is {value:?}, a variable set only when the pod starts{}; etcdguard needs its value here",
                 if why.is_empty() { String::new() } else { format!(" ({})", why.join("; ")) }

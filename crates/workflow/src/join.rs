@@ -196,16 +196,17 @@ pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Resul
     }
     let planned_cluster = initial_cluster(&report, existing.as_ref().map(|m| m.id), &name, &peer_urls);
     // A manifest whose form cannot be rewritten is refused now, before the node is touched.
-    let current = std::fs::read_to_string(&etcd.manifest).map_err(|e| Error::failure(format!("reading {}: {e}", etcd.manifest.display())))?;
+    let live = &park.etcd_manifest;
+    let current = std::fs::read_to_string(live).map_err(|e| Error::failure(format!("reading {}: {e}", live.display())))?;
     let planned_edit = rewrite_for_join(&current, &planned_cluster).map_err(|e| {
         Error::usage(format!(
             "{}: {e}; set --initial-cluster-state=existing and --initial-cluster={planned_cluster} by hand, then run again; nothing was changed",
-            etcd.manifest.display()
+            live.display()
         ))
     })?;
     match &planned_edit.note {
-        Some(n) => steps.push(format!("rewrite {} where needed (a copy is kept): initial cluster state existing; {n}", etcd.manifest.display())),
-        None => steps.push(format!("rewrite {} (a copy is kept): --initial-cluster-state=existing --initial-cluster={planned_cluster}", etcd.manifest.display())),
+        Some(n) => steps.push(format!("rewrite {} where needed (a copy is kept): initial cluster state existing; {n}", live.display())),
+        None => steps.push(format!("rewrite {} (a copy is kept): --initial-cluster-state=existing --initial-cluster={planned_cluster}", live.display())),
     }
     steps.push(format!("unpark: the kubelet starts etcd; wait (at most {} s) until it serves on {}", opts.wait_timeout.as_secs(), etcd.client_addrs.join(", ")));
     steps.push(format!("wait (at most {} s) until the learner's applied index is within {PROMOTE_MAX_LAG} of the leader's, then promote it", opts.wait_timeout.as_secs()));
@@ -279,7 +280,7 @@ pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Resul
     let report = session.members().map_err(|e| client_error(e).context("listing the members after the add"))?;
     let full = initial_cluster(&report, Some(id), &name, &peer_urls);
     let unpark = Unpark::build(&park_req).map_err(node_error)?;
-    let manifest = unpark.as_ref().map_or(etcd.manifest.clone(), |u| u.etcd.manifest.clone());
+    let manifest = unpark.as_ref().map_or(park.etcd_manifest.clone(), |u| u.etcd_manifest.clone());
     let text = std::fs::read_to_string(&manifest).map_err(|e| Error::failure(format!("reading {}: {e}", manifest.display())))?;
     let edit = rewrite_for_join(&text, &full).map_err(|e| Error::usage(format!("{}: {e}; set --initial-cluster-state=existing and --initial-cluster={full} by hand, then run again", manifest.display())))?;
     match edit.text {
