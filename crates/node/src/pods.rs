@@ -568,14 +568,17 @@ pub fn read_apiserver_encryption_config(path: &Path) -> Result<Option<PathBuf>, 
         if is_variable(value) {
             return Err(bad(format!("{flag} is {value:?}, a variable set when the pod starts")));
         }
-        host_path(&pod, c, value).ok_or_else(|| bad(format!("{flag} {value} is not on a hostPath volume of the pod")))
+        host_path(&pod, c, value)
+            .ok_or_else(|| bad(format!("{flag} {value} is not on a hostPath volume of the pod (`node restore --encryption-config FILE` names the EncryptionConfiguration instead)")))
     };
     if let Some(value) = f.get("encryption-provider-config") {
         return on_host("--encryption-provider-config", value).map(Some);
     }
     let Some(config) = f.get("openshift-config") else { return Ok(None) };
     let config_path = on_host("--openshift-config", config)?;
-    let text = std::fs::read_to_string(&config_path).map_err(|e| bad(format!("--openshift-config {config} ({}): {e}", config_path.display())))?;
+    let text = std::fs::read_to_string(&config_path).map_err(|e| {
+        bad(format!("--openshift-config {config} ({}): {e} (`node restore --encryption-config FILE` names the EncryptionConfiguration instead)", config_path.display()))
+    })?;
     let parsed: OpenShiftApiServerConfig =
         serde_norway::from_str(&text).map_err(|e| bad(format!("--openshift-config {config} ({}): {e}", config_path.display())))?;
     let value = match parsed.arguments.get("encryption-provider-config") {
