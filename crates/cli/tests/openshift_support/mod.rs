@@ -461,7 +461,7 @@ impl OsCluster {
     /// Renders and starts three nodes on 127.0.`subnet`.1-3, seeded with `seed_keys` keys.
     pub fn start(rel: &Release, subnet: u8, seed_keys: usize) -> OsCluster {
         // ETCDGUARD_KEEP_TMP=1 keeps the nodes' dirs (logs) for a look after a failure.
-        let tmp = tempfile::Builder::new().keep(std::env::var_os("ETCDGUARD_KEEP_TMP").is_some()).tempdir().unwrap();
+        let tmp = tempfile::Builder::new().disable_cleanup(std::env::var_os("ETCDGUARD_KEEP_TMP").is_some()).tempdir().unwrap();
         let etcd_dir = etcd_dir(rel);
         let specs: Vec<NodeSpec> = (0..3).map(|i| NodeSpec { name: format!("master-{i}"), ip: format!("127.0.{subnet}.{}", i + 1) }).collect();
         let issuer = ca();
