@@ -185,4 +185,24 @@ fn every_rendering_reads_as_the_pod_will_run() {
             rel.release
         );
     }
+
+    // A fieldRef value (the peer URL from the node's IP) comes from --node-ip; a bad one is a
+    // usage error.
+    let rel = release("5.1");
+    let nodes: Vec<NodeSpec> = (0..3).map(|i| NodeSpec { name: format!("master-{i}"), ip: format!("10.0.8.{}", i + 1) }).collect();
+    let root = tmp.path().join("field-ref");
+    let kubernetes = root.join("etc/kubernetes");
+    std::fs::create_dir_all(kubernetes.join("manifests")).unwrap();
+    let manifest = render(&rel, &nodes, &nodes[0], "0.0.0.0", &root)
+        .replace("--initial-advertise-peer-urls=https://${NODE_master_0_IP}:2380", "--initial-advertise-peer-urls=https://${HOST_IP}:2380")
+        .replace("    - name: \"ALL_ETCD_ENDPOINTS\"", "    - name: HOST_IP\n      valueFrom:\n        fieldRef:\n          fieldPath: status.hostIP\n    - name: \"ALL_ETCD_ENDPOINTS\"");
+    assert!(manifest.contains("${HOST_IP}") && manifest.contains("status.hostIP"));
+    std::fs::write(kubernetes.join("manifests/etcd-pod.yaml"), manifest).unwrap();
+    let restore = |extra: &[&str]| {
+        etcdguard().args(["node", "restore", snap.to_str().unwrap(), "--new-cluster", "--dry-run", "--kubernetes-dir", kubernetes.to_str().unwrap()]).args(extra).output().unwrap()
+    };
+    let out = restore(&["--node-ip", "10.0.8.77"]);
+    expect_code(&out, 0, "restore --dry-run --node-ip");
+    assert!(text(&out.stdout).contains("--initial-cluster master-0=https://10.0.8.77:2380 "), "{}", text(&out.stdout));
+    expect_code(&restore(&["--node-ip", "not-an-ip"]), 2, "restore --node-ip not-an-ip");
 }

@@ -517,7 +517,9 @@ pub fn read_etcd_pod_on(path: &Path, facts: &NodeFacts) -> Result<EtcdPod, NodeE
         None => None,
     };
     let listen = f.get("listen-client-urls").map_or("http://localhost:2379", |s| s.as_str());
-    needed("listen-client-urls", listen)?;
+    // Only the TCP URLs are probed: a variable in a unix socket's name does not matter.
+    let tcp: Vec<&str> = listen.split(',').filter(|u| !u.trim_start().starts_with("unix")).collect();
+    needed("listen-client-urls", &tcp.join(","))?;
     let client_addrs = probe_addrs(listen);
     if client_addrs.is_empty() {
         return Err(bad("cannot read --listen-client-urls".into()));
@@ -855,6 +857,9 @@ spec:
         assert_eq!(ic, "${ETCD_INITIAL_CLUSTER}");
         let err = pod.resolved("initial-cluster", &ic, "--initial-cluster").unwrap_err().to_string();
         assert!(err.contains("$(discover-etcd-initial-cluster …)") && err.contains("--initial-cluster"), "{err}");
+        // A variable only in the unix socket's name is not needed.
+        let pod = read(&OPERATOR_ETCD.replace("unixs://${NODE_master_1_IP}:0", "unixs://${UNSET}:0")).unwrap();
+        assert_eq!(pod.client_addrs, vec!["127.0.0.1:2379"]);
         // $VAR spelling, and a variable the env does not set.
         let pod = read(&OPERATOR_ETCD.replace("https://${NODE_master_1_IP}:2380", "https://$NODE_master_1_IP:2380")).unwrap();
         assert_eq!(pod.initial_advertise_peer_urls.as_deref(), Some("https://10.0.0.2:2380"));
