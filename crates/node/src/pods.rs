@@ -499,7 +499,7 @@ pub fn read_etcd_pod_on(path: &Path, facts: &NodeFacts) -> Result<EtcdPod, NodeE
             let mut why: Vec<&str> = unresolved.iter().filter(|(w, _)| value.contains(w.as_str())).map(|(_, y)| y.as_str()).collect();
             why.dedup();
             return Err(bad(format!(
-                "--{flag} is {value:?}, a variable set only when the pod starts{}; etcdguard needs its value here",
+                "--{flag} is {value:?}, a variable set only when the pod starts{}; etcdguard needs its value here (give a copy of the manifest with it written out: --etcd-manifest COPY --manifests-dir DIR)",
                 if why.is_empty() { String::new() } else { format!(" ({})", why.join("; ")) }
             )));
         }
