@@ -206,3 +206,4 @@ fn every_rendering_reads_as_the_pod_will_run() {
     assert!(text(&out.stdout).contains("--initial-cluster master-0=https://10.0.8.77:2380 "), "{}", text(&out.stdout));
     expect_code(&restore(&["--node-ip", "not-an-ip"]), 2, "restore --node-ip not-an-ip");
 }
+

@@ -248,7 +248,16 @@ pub fn run_pod_in(manifest: &Path, log: &Path, runtime: &PodRuntime) -> Child {
         .map(|m| {
             let name = m["name"].as_str().unwrap();
             let vol = pod["spec"]["volumes"].as_sequence().unwrap().iter().find(|v| v["name"].as_str() == Some(name)).unwrap();
-            (m["mountPath"].as_str().unwrap().trim_end_matches('/').to_string(), vol["hostPath"]["path"].as_str().unwrap().to_string())
+            let host = match vol["hostPath"]["path"].as_str() {
+                Some(p) => p.to_string(),
+                // An emptyDir: a dir of the pod's own beside its logs.
+                None => {
+                    let d = log.parent().unwrap().join(format!("emptydir-{name}"));
+                    std::fs::create_dir_all(&d).unwrap();
+                    d.display().to_string()
+                }
+            };
+            (m["mountPath"].as_str().unwrap().trim_end_matches('/').to_string(), host)
         })
         .collect();
     let words = |key: &str| -> Vec<String> { c[key].as_sequence().map(|s| s.iter().map(|a| a.as_str().unwrap().to_string()).collect()).unwrap_or_default() };

@@ -42,6 +42,8 @@ pub struct Release {
     pub unix_socket: bool,
     pub client_http: bool,
     pub ports: bool,
+    pub more_volumes: bool,
+    pub read_only_root: bool,
     pub env: BTreeMap<String, String>,
     pub sidecars: Vec<String>,
 }
@@ -143,6 +145,8 @@ pub fn render(rel: &Release, nodes: &[NodeSpec], me: &NodeSpec, listen: &str, ho
     }
     wait_ports.push("9978");
     let ss_filter = wait_ports.iter().map(|p| format!("sport = {p}")).collect::<Vec<_>>().join(" or ");
+    let (last_port, first_ports) = wait_ports.split_last().unwrap();
+    let wait_words = format!("{} and {last_port}", first_ports.join(", "));
     let mut flags: Vec<String> = vec!["--logger=zap".into(), "--log-level=info".into()];
     flags.extend(rel.corrupt_check.iter().cloned());
     flags.extend([
@@ -197,14 +201,31 @@ pub fn render(rel: &Release, nodes: &[NodeSpec], me: &NodeSpec, listen: &str, ho
 {exec}
 "#,
         server_ca = rel.server_ca,
-        ports = wait_ports.join(", "),
+        ports = wait_words,
     );
     let host = |p: &str| host_root.join(p.trim_start_matches('/')).display().to_string();
-    let ports = if rel.ports {
-        "    ports:\n    - containerPort: 2379\n      name: etcd\n      protocol: TCP\n    - containerPort: 2380\n      name: etcd-peer\n      protocol: TCP\n    - containerPort: 9978\n      name: etcd-metrics\n      protocol: TCP\n".to_string()
-    } else {
-        String::new()
+    let ports = match (rel.ports, rel.client_http) {
+        (false, _) => String::new(),
+        (true, http) => format!(
+            "    ports:\n    - containerPort: 2379\n      name: etcd\n      protocol: TCP\n{}    - containerPort: 2380\n      name: etcd-peer\n      protocol: TCP\n    - containerPort: 9978\n      name: etcd-metrics\n      protocol: TCP\n",
+            if http { "    - containerPort: 2381\n      name: etcd-http\n      protocol: TCP\n" } else { "" }
+        ),
     };
+    let (security, tmp_mount) = match rel.read_only_root {
+        true => ("    securityContext:\n      privileged: true\n      readOnlyRootFilesystem: true\n", "      - mountPath: /tmp\n        name: tmp-dir\n"),
+        false => ("    securityContext:\n      privileged: true\n", ""),
+    };
+    let mut more_volumes = String::new();
+    if rel.more_volumes {
+        more_volumes.push_str(&format!(
+            "    - hostPath:\n        path: {}\n      name: config-dir\n    - hostPath:\n        path: {}\n      name: etcd-auto-backup-dir\n",
+            host("/etc/kubernetes"),
+            host("/var/lib/etcd-auto-backup")
+        ));
+    }
+    if rel.read_only_root {
+        more_volumes.push_str("    - emptyDir: {}\n      name: tmp-dir\n");
+    }
     let mut sidecars = String::new();
     for s in &rel.sidecars {
         let (cmd, mounts) = match s.as_str() {
@@ -273,9 +294,7 @@ spec:
       - /bin/sh
       - -c
       - |
-{script}{ports}{env_etcd}    securityContext:
-      privileged: true
-    volumeMounts:
+{script}{ports}{env_etcd}{security}    volumeMounts:
       - mountPath: /etc/kubernetes/manifests
         name: static-pod-dir
       - mountPath: /etc/kubernetes/static-pod-resources
@@ -284,7 +303,7 @@ spec:
         name: cert-dir
       - mountPath: /var/lib/etcd/
         name: data-dir
-  - name: etcd-metrics
+{tmp_mount}  - name: etcd-metrics
     image: {image}
     command:
       - /bin/sh
@@ -324,7 +343,7 @@ spec:
     - hostPath:
         path: {logs}
       name: log-dir
-"#,
+{more_volumes}"#,
         env_plain = env_block(rel, &env, 4, Some(revision)),
         env_etcd = env_block(rel, &env, 4, Some(revision)),
         env_metrics = env_block(rel, &env, 4, Some(revision)),
