@@ -208,8 +208,12 @@ impl EtcdPod {
 
     /// Why the variables in `value` are not known before the pod runs (empty when not told).
     pub fn why(&self, value: &str) -> String {
-        let mut whys: Vec<&str> = self.unresolved.iter().filter(|(what, _)| value.contains(what.as_str())).map(|(_, why)| why.as_str()).collect();
-        whys.dedup();
+        let mut whys: Vec<&str> = Vec::new();
+        for (_, why) in self.unresolved.iter().filter(|(what, _)| value.contains(what.as_str())) {
+            if !whys.contains(&why.as_str()) {
+                whys.push(why);
+            }
+        }
         if whys.is_empty() {
             String::new()
         } else {
@@ -496,8 +500,12 @@ pub fn read_etcd_pod_on(path: &Path, facts: &NodeFacts) -> Result<EtcdPod, NodeE
     }
     let needed = |flag: &str, value: &str| -> Result<(), NodeError> {
         if is_variable(value) {
-            let mut why: Vec<&str> = unresolved.iter().filter(|(w, _)| value.contains(w.as_str())).map(|(_, y)| y.as_str()).collect();
-            why.dedup();
+            let mut why: Vec<&str> = Vec::new();
+            for (_, y) in unresolved.iter().filter(|(w, _)| value.contains(w.as_str())) {
+                if !why.contains(&y.as_str()) {
+                    why.push(y);
+                }
+            }
             return Err(bad(format!(
                 "--{flag} is {value:?}, a variable set only when the pod starts{}; etcdguard needs its value here (give a copy of the manifest with it written out: --etcd-manifest COPY --manifests-dir DIR)",
                 if why.is_empty() { String::new() } else { format!(" ({})", why.join("; ")) }
