@@ -169,7 +169,7 @@ fn env_value_span(text: &str, name: &str) -> Option<(usize, usize)> {
         let rest = &text[vstart..];
         let len = match rest.chars().next() {
             Some(q @ ('"' | '\'')) => 1 + rest[1..].find(q)? + 1,
-            _ => rest.find(|c: char| matches!(c, ',' | '}' | '\n' | '\r')).unwrap_or(rest.len()),
+            _ => rest.find([',', '}', '\n', '\r']).unwrap_or(rest.len()),
         };
         return Some((vstart, vstart + rest[..len].trim_end().len()));
     }
