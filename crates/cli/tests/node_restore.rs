@@ -352,8 +352,17 @@ spec:
     - |
       echo "waiting for port 6443 to be released"
       exec watch-termination --termination-touch-file=/var/log/kube-apiserver/.terminating -- hyperkube kube-apiserver --openshift-config=/etc/kubernetes/static-pod-resources/configmaps/config/config.yaml --etcd-servers={endpoint} --secure-port={apiserver_port}
-"#
+    volumeMounts:
+    - {{mountPath: /etc/kubernetes/static-pod-resources, name: resource-dir}}
+  volumes:
+  - {{hostPath: {{path: {res}/kube-apiserver-pod-4}}, name: resource-dir}}
+"#,
+        res = resources.display()
     );
+    // Its flags in the --openshift-config file; no encryption configured.
+    let config = resources.join("kube-apiserver-pod-4/configmaps/config/config.yaml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, "apiVersion: kubecontrolplane.config.openshift.io/v1\nkind: KubeAPIServerConfig\napiServerArguments:\n  storage-backend: [etcd3]\n").unwrap();
     std::fs::write(manifests.join("kube-apiserver-pod.yaml"), apiserver_pod).unwrap();
     std::fs::write(manifests.join("kube-scheduler-pod.yaml"), "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - command: [hyperkube, kube-scheduler]\n    name: kube-scheduler\n").unwrap();
     OpenShiftNode { _dir: dir, root, kubernetes, manifests, data, endpoint, peer, apiserver_port }
@@ -388,15 +397,15 @@ fn openshift_layout_park_restore_unpark() {
     assert!(text(&out.stdout).contains("already parked"), "{}", text(&out.stdout));
     assert_eq!(aside_dirs(&n.kubernetes, "manifests.etcdguard-").len(), 1);
 
-    // Restore on the parked node: the member name is a shell variable, so it must be given.
+    // Restore on the parked node: the member name and --initial-cluster are shell variables,
+    // filled in from the container's env.
     let kdir = n.kubernetes.to_str().unwrap();
     let restore = |extra: &[&str]| etcdguard().args(["node", "restore", snap.to_str().unwrap(), "--kubernetes-dir", kdir, "--wait-timeout", "60s"]).args(extra).output().unwrap();
-    let out = restore(&[]);
-    expect_code(&out, 2, "node restore without --name on a manifest whose --name is a variable");
-    let err = text(&out.stderr);
-    assert!(err.contains("${NODE_ETCD_NAME}") && err.contains("--name"), "{err}");
+    let out = restore(&["--dry-run"]);
+    expect_code(&out, 0, "node restore --dry-run, the name a variable of the env");
     let cluster = format!("cp1=http://127.0.0.1:{}", n.peer);
-    let out = restore(&["--name", "cp1", "--initial-cluster", &cluster]);
+    assert!(text(&out.stdout).contains(&format!("as member \"cp1\" of --initial-cluster {cluster} ")), "{}", text(&out.stdout));
+    let out = restore(&[]);
     expect_code(&out, 0, "node restore on an OpenShift-shaped, parked node");
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(stderr.contains("warning: cannot tell which etcd the image"), "a digest image gives a warning\n{stderr}");

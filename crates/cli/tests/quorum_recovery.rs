@@ -42,11 +42,21 @@ impl SimNode {
 /// Three kubeadm-shaped nodes bootstrapping one cluster; the first node's manifest has no
 /// --initial-cluster-state (kubeadm's first control-plane node), the others say `new`.
 fn start_nodes(root: &Path) -> Vec<SimNode> {
-    start_nodes_with_image(root, "registry.k8s.io/etcd:3.5.1-0")
+    start_nodes_full(root, "registry.k8s.io/etcd:3.5.1-0", false)
 }
 
 /// [`start_nodes`] with another etcd image in the manifests (the kubelet stand-in runs that release).
 fn start_nodes_with_image(root: &Path, image: &str) -> Vec<SimNode> {
+    start_nodes_full(root, image, false)
+}
+
+/// `env_form`: the initial cluster and its state in the container's env
+/// (ETCD_INITIAL_CLUSTER, ETCD_INITIAL_CLUSTER_STATE=new) instead of flags.
+fn start_nodes_with(root: &Path, env_form: bool) -> Vec<SimNode> {
+    start_nodes_full(root, "registry.k8s.io/etcd:3.5.1-0", env_form)
+}
+
+fn start_nodes_full(root: &Path, image: &str, env_form: bool) -> Vec<SimNode> {
     let specs: Vec<(String, String, String)> = (0..3)
         .map(|i| {
             let host = node_host(i);
@@ -62,10 +72,13 @@ fn start_nodes_with_image(root: &Path, image: &str) -> Vec<SimNode> {
         std::fs::create_dir_all(&manifests).unwrap();
         std::fs::create_dir_all(kubernetes.join("pki/etcd")).unwrap();
         let data = root.join("var/lib/etcd");
-        let state = if i == 0 { String::new() } else { "    - --initial-cluster-state=new\n".into() };
+        let state = if i == 0 || env_form { String::new() } else { "    - --initial-cluster-state=new\n".into() };
+        let (cluster_flag, env) = match env_form {
+            false => (format!("    - --initial-cluster={}\n", initial.join(",")), String::new()),
+            true => (String::new(), format!("    env:\n    - name: ETCD_INITIAL_CLUSTER\n      value: \"{}\"\n    - name: ETCD_INITIAL_CLUSTER_STATE\n      value: new\n", initial.join(","))),
+        };
         let etcd_yaml = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: etcd\n  namespace: kube-system\nspec:\n  containers:\n  - command:\n    - etcd\n    - --advertise-client-urls={client}\n    - --data-dir=/var/lib/etcd\n    - --initial-advertise-peer-urls={peer}\n    - --initial-cluster={}\n{state}    - --initial-cluster-token=old-cluster\n    - --listen-client-urls={client}\n    - --listen-peer-urls={peer}\n    - --name={name}\n    - --quota-backend-bytes=4294967296\n    image: {image}\n    name: etcd\n    volumeMounts:\n    - mountPath: /var/lib/etcd\n      name: etcd-data\n  hostNetwork: true\n  volumes:\n  - hostPath:\n      path: {}\n      type: DirectoryOrCreate\n    name: etcd-data\n",
-            initial.join(","),
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: etcd\n  namespace: kube-system\nspec:\n  containers:\n  - command:\n    - etcd\n    - --advertise-client-urls={client}\n    - --data-dir=/var/lib/etcd\n    - --initial-advertise-peer-urls={peer}\n{cluster_flag}{state}    - --initial-cluster-token=old-cluster\n    - --listen-client-urls={client}\n    - --listen-peer-urls={peer}\n    - --name={name}\n    - --quota-backend-bytes=4294967296\n    image: {image}\n    name: etcd\n{env}    volumeMounts:\n    - mountPath: /var/lib/etcd\n      name: etcd-data\n  hostNetwork: true\n  volumes:\n  - hostPath:\n      path: {}\n      type: DirectoryOrCreate\n    name: etcd-data\n",
             data.display()
         );
         std::fs::write(manifests.join("etcd.yaml"), etcd_yaml).unwrap();
@@ -438,4 +451,31 @@ fn quorum_loss_by_hand_for_comparison() {
         std::fs::metadata(&snap).unwrap().len() as f64 / 1048576.0,
         want.len()
     );
+}
+
+/// A manifest that sets the initial cluster and its state in the env, not as flags: the
+/// plan reads them, `node join` rewrites both values (ETCD_INITIAL_CLUSTER_STATE from `new`).
+#[test]
+fn join_rewrites_initial_cluster_env_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = start_nodes_with(tmp.path(), true);
+    let (m1, m2) = (&nodes[0], &nodes[1]);
+    load(&m1.client, 200, 512);
+    let snap = tmp.path().join("snapshot.db");
+    assert!(etcdctl(&m1.client, &["snapshot", "save", snap.to_str().unwrap()]).status.success());
+    let want = dump(&m1.client);
+    for n in &nodes {
+        expect_code(&park(n), 0, "park all");
+    }
+    let out = etcdguard().args(["node", "restore", snap.to_str().unwrap(), "--new-cluster", "--kubernetes-dir", m1.kdir(), "--wait-timeout", "90s"]).output().unwrap();
+    expect_code(&out, 0, "restore --new-cluster");
+    assert!(text(&out.stdout).contains(&format!("m2 peer URL {} (from the manifest): no answer", m2.peer)), "the env's initial cluster is probed\n{}", text(&out.stdout));
+    let out = join(m2, &m1.client, &[]).output().unwrap();
+    expect_code(&out, 0, "join m2");
+    let rewritten = std::fs::read_to_string(m2.manifests.join("etcd.yaml")).unwrap();
+    assert!(rewritten.contains(&format!("value: \"m1={},m2={}\"", m1.peer, m2.peer)) && rewritten.contains("value: \"existing\""), "{rewritten}");
+    assert!(!rewritten.contains("--initial-cluster-state"), "no flag added beside the env value\n{rewritten}");
+    assert_eq!(members(&m1.client).len(), 2);
+    assert!(dump(&m2.client) == want, "m2 serves other data than the snapshot");
+    drop(nodes);
 }

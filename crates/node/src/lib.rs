@@ -23,12 +23,13 @@ pub mod pods;
 pub mod quorum;
 pub mod ready;
 pub mod pki;
+pub mod script;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use owner::Ownership;
-pub use pods::{read_apiserver_pod, read_etcd_pod, ApiServerPod, EtcdPod};
+pub use pods::{read_apiserver_pod, read_etcd_pod, read_etcd_pod_on, ApiServerPod, EtcdPod, NodeFacts};
 pub use ready::{probe_apiserver, ApiServerState};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +74,8 @@ pub struct Request {
     /// Restore a one-member cluster (this member only), whatever the manifest's
     /// `--initial-cluster` lists: the first step of recovering from quorum loss.
     pub new_cluster: bool,
+    /// This node's name and IP, for values the manifest takes from `valueFrom.fieldRef`.
+    pub node: NodeFacts,
 }
 
 /// Replacing the PKI directory: `current` moves to `aside`, `staged` moves to `current`.
@@ -104,6 +107,8 @@ pub struct Plan {
     /// `node park` parked them before: nothing to move, and a failure leaves them parked.
     pub already_parked: bool,
     pub etcd: EtcdPod,
+    /// The copy given with `--etcd-manifest` outside the manifests dir that `etcd` was read from.
+    pub values_from: Option<PathBuf>,
     pub apiserver: Option<ApiServerPod>,
     /// Where the current data dir goes (`None` when there is none).
     pub old_data_dir: Option<PathBuf>,
@@ -172,28 +177,31 @@ pub(crate) struct Located {
     pub parked_in: Option<PathBuf>,
     pub etcd: EtcdPod,
     pub apiserver: Option<ApiServerPod>,
+    /// `--etcd-manifest` outside the manifests dir: a copy the member's values were read
+    /// from (`etcd` is from it); `etcd_manifest` is the one the kubelet runs.
+    pub values_from: Option<PathBuf>,
 }
 
-pub(crate) fn locate(kubernetes_dir: &Path, manifests_dir: Option<&Path>, etcd_manifest: Option<&Path>) -> Result<Located, NodeError> {
+pub(crate) fn locate(kubernetes_dir: &Path, manifests_dir: Option<&Path>, etcd_manifest: Option<&Path>, facts: &NodeFacts) -> Result<Located, NodeError> {
     let given_dir = etcd_manifest.and_then(|m| m.parent()).filter(|p| !p.as_os_str().is_empty());
     let manifests_dir = manifests_dir.map(Path::to_path_buf).or_else(|| given_dir.map(Path::to_path_buf)).unwrap_or_else(|| kubernetes_dir.join("manifests"));
     if !manifests_dir.is_dir() {
         return Err(NodeError::Preflight(format!("{} is not a directory: where does the kubelet read static pod manifests on this node (its staticPodPath)? Give it with --manifests-dir", manifests_dir.display())));
     }
-    let names: Vec<String> = match etcd_manifest {
-        Some(m) => {
-            if let Some(dir) = given_dir {
-                let same = std::fs::canonicalize(dir).ok() == std::fs::canonicalize(&manifests_dir).ok();
-                if !same {
-                    return Err(NodeError::Preflight(format!(
-                        "{} is not in the manifests dir {}: the kubelet runs only what is there, so moving it would not stop etcd",
-                        m.display(),
-                        manifests_dir.display()
-                    )));
-                }
+    // A manifest outside the manifests dir is a copy (say, with a value written out by
+    // hand): the member's values come from it, and the kubelet's own etcd manifest in the
+    // manifests dir is the one parked and put back.
+    let values_from = match (etcd_manifest, given_dir) {
+        (Some(m), Some(dir)) if std::fs::canonicalize(dir).ok() != std::fs::canonicalize(&manifests_dir).ok() => {
+            if !m.is_file() {
+                return Err(NodeError::Preflight(format!("{} is not a file", m.display())));
             }
-            vec![m.file_name().unwrap_or_default().to_string_lossy().into_owned()]
+            Some(m.to_path_buf())
         }
+        _ => None,
+    };
+    let names: Vec<String> = match etcd_manifest.filter(|_| values_from.is_none()) {
+        Some(m) => vec![m.file_name().unwrap_or_default().to_string_lossy().into_owned()],
         None => ETCD_MANIFEST_NAMES.iter().map(|s| s.to_string()).collect(),
     };
     let live = names.iter().map(|n| manifests_dir.join(n)).find(|p| p.is_file());
@@ -205,6 +213,14 @@ pub(crate) fn locate(kubernetes_dir: &Path, manifests_dir: Option<&Path>, etcd_m
                 .filter_map(|d| names.iter().map(|n| d.join(n)).find(|p| p.is_file()).map(|p| (d, p)))
                 .collect();
             match parked.len() {
+                0 if values_from.is_some() => {
+                    return Err(NodeError::Preflight(format!(
+                        "no {} in {}: {} is outside that dir, so it is read as a copy of the manifest the kubelet runs, which must be there (give --manifests-dir, the kubelet's staticPodPath)",
+                        names.join(" or "),
+                        manifests_dir.display(),
+                        values_from.as_deref().unwrap_or(Path::new("")).display()
+                    )))
+                }
                 0 => {
                     return Err(NodeError::Preflight(format!(
                         "no {} in {}: is etcd a static pod on this node? Give its manifest with --etcd-manifest",
@@ -226,7 +242,25 @@ pub(crate) fn locate(kubernetes_dir: &Path, manifests_dir: Option<&Path>, etcd_m
             }
         }
     };
-    let etcd = read_etcd_pod(&etcd_manifest)?;
+    let etcd = match &values_from {
+        Some(copy) => {
+            let etcd = read_etcd_pod_on(copy, facts)?;
+            // The copy must describe the member the kubelet runs here.
+            if let Ok(live) = read_etcd_pod_on(&etcd_manifest, facts) {
+                if live.data_dir != etcd.data_dir {
+                    return Err(NodeError::Preflight(format!(
+                        "{} (data dir {}) is not a copy of {} (data dir {}): give a copy of the manifest the kubelet runs",
+                        copy.display(),
+                        etcd.data_dir.display(),
+                        etcd_manifest.display(),
+                        live.data_dir.display()
+                    )));
+                }
+            }
+            etcd
+        }
+        None => read_etcd_pod_on(&etcd_manifest, facts)?,
+    };
     let dir = parked_in.clone().unwrap_or_else(|| manifests_dir.clone());
     let named = APISERVER_MANIFEST_NAMES.iter().map(|n| dir.join(n)).find(|p| p.is_file());
     let apiserver = match named {
@@ -234,7 +268,7 @@ pub(crate) fn locate(kubernetes_dir: &Path, manifests_dir: Option<&Path>, etcd_m
         // Any other manifest whose container runs kube-apiserver (other names, hyperkube).
         None => list_manifests(&dir)?.iter().filter(|p| **p != etcd_manifest).find_map(|p| read_apiserver_pod(p).ok()),
     };
-    Ok(Located { manifests_dir, etcd_manifest, parked_in, etcd, apiserver })
+    Ok(Located { manifests_dir, etcd_manifest, parked_in, etcd, apiserver, values_from })
 }
 
 /// Waits until etcd's client ports are closed, its database unlocked, and the API server's
@@ -288,12 +322,12 @@ pub(crate) fn secs(d: Duration) -> String {
 impl Plan {
     /// Reads the manifests and checks that every step can be taken; changes nothing.
     pub fn build(req: &Request) -> Result<Plan, NodeError> {
-        let found = locate(&req.kubernetes_dir, req.manifests_dir.as_deref(), req.etcd_manifest.as_deref())?;
+        let found = locate(&req.kubernetes_dir, req.manifests_dir.as_deref(), req.etcd_manifest.as_deref(), &req.node)?;
         let (parked_dir, manifests, already_parked) = match &found.parked_in {
             Some(d) => (d.clone(), list_manifests(d)?, true),
             None => (aside(&found.manifests_dir, &req.stamp), list_manifests(&found.manifests_dir)?, false),
         };
-        let Located { manifests_dir, etcd, apiserver, .. } = found;
+        let Located { manifests_dir, etcd, apiserver, values_from, .. } = found;
         let data_dir = etcd.data_dir.clone();
         let old_data_dir = data_dir.exists().then(|| aside(&data_dir, &req.stamp));
         let old_wal_dir = etcd.wal_dir.as_ref().filter(|w| w.exists()).map(|w| aside(w, &req.stamp));
@@ -326,7 +360,7 @@ impl Plan {
         let initial_cluster = match (&req.initial_cluster, &etcd.initial_cluster) {
             (Some(c), _) => c.clone(),
             (None, _) if req.new_cluster => peer_urls.split(',').map(|u| format!("{name}={}", u.trim())).collect::<Vec<_>>().join(","),
-            (None, Some(c)) => etcd.resolved("initial-cluster", c, "--initial-cluster")?.to_string(),
+            (None, Some(c)) => etcd.resolved("initial-cluster", c, "--initial-cluster (or restore a one-member cluster with --new-cluster, then `node join` the other nodes)")?.to_string(),
             (None, None) => format!("{name}={peer_urls}"),
         };
         let initial_cluster_token = match (&req.initial_cluster_token, &etcd.initial_cluster_token) {
@@ -339,7 +373,7 @@ impl Plan {
             false => etcd.run_as_user.map(|uid| Ownership { uid, gid: etcd.run_as_group.unwrap_or(uid), mode: 0o700, selinux: None }),
         };
         let restore = RestoreSpec { data_dir, wal_dir: etcd.wal_dir.clone(), name, initial_cluster, initial_cluster_token, initial_advertise_peer_urls: peer_urls };
-        Ok(Plan { manifests_dir, parked_dir, manifests, already_parked, etcd, apiserver, old_data_dir, old_wal_dir, restore, ownership, pki, wait_timeout: req.wait_timeout, stamp: req.stamp.clone() })
+        Ok(Plan { manifests_dir, parked_dir, manifests, already_parked, etcd, values_from, apiserver, old_data_dir, old_wal_dir, restore, ownership, pki, wait_timeout: req.wait_timeout, stamp: req.stamp.clone() })
     }
 
     /// The steps, in words, as `--dry-run` prints them.
@@ -392,6 +426,10 @@ impl Plan {
             r.initial_advertise_peer_urls,
             r.wal_dir.as_ref().map(|w| format!(", WAL in {}", w.display())).unwrap_or_default()
         ));
+        if let Some(copy) = &self.values_from {
+            let last = s.len() - 1;
+            s[last].push_str(&format!(" (member values read from {}, a copy of the manifest the kubelet runs)", copy.display()));
+        }
         s.push(format!("move the manifests back to {}: the kubelet starts the control plane again", self.manifests_dir.display()));
         let api = match &self.apiserver {
             Some(a) => format!(", then until the API server on {} is ready (/readyz, or its port when /readyz cannot be read)", a.addr),
@@ -657,6 +695,7 @@ mod tests {
             wait_timeout: Duration::from_secs(2),
             pki_from: None,
             new_cluster: false,
+            node: NodeFacts::default(),
         }
     }
 
@@ -757,7 +796,7 @@ mod tests {
         let mut req = node(dir.path(), true);
         let manifests = req.kubernetes_dir.join("manifests");
         std::fs::write(manifests.join("kube-apiserver.yaml"), "kind: Pod\nspec:\n  containers:\n  - command: [/bin/sh, -c, \"exec hyperkube kube-apiserver --secure-port=1\"]\n").unwrap();
-        let preq = park::ParkRequest { manifests_dir: manifests.clone(), etcd_manifest: None, stamp: "P1".into(), wait_timeout: Duration::from_secs(2) };
+        let preq = park::ParkRequest { manifests_dir: manifests.clone(), etcd_manifest: None, stamp: "P1".into(), wait_timeout: Duration::from_secs(2), node: NodeFacts::default() };
         let p = park::Park::build(&preq).unwrap();
         assert_eq!(p.to_move.len(), 2, "etcd and the API server, nothing else");
         p.execute(&mut |_| {}).unwrap();
@@ -825,6 +864,27 @@ mod tests {
         assert!(check_snapshot_version(&etcd, None, None).unwrap().unwrap().contains("no storage or cluster version"));
         etcd.image_version = None;
         assert!(check_snapshot_version(&etcd, None, Some("3.6.0")).unwrap().unwrap().contains("cannot tell"));
+    }
+
+    #[test]
+    fn a_manifest_copy_outside_the_manifests_dir_gives_the_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut req = node(dir.path(), true);
+        let live = req.kubernetes_dir.join("manifests/etcd.yaml");
+        let copy = dir.path().join("etcd-copy.yaml");
+        std::fs::write(&copy, std::fs::read_to_string(&live).unwrap().replace("--name=n1", "--name=written-out")).unwrap();
+        req.etcd_manifest = Some(copy.clone());
+        req.manifests_dir = Some(req.kubernetes_dir.join("manifests"));
+        let plan = Plan::build(&req).unwrap();
+        assert_eq!(plan.restore.name, "written-out", "values from the copy");
+        assert!(plan.manifests.contains(&live), "the kubelet's own manifest is parked: {:?}", plan.manifests);
+        assert!(plan.steps().iter().any(|s| s.contains(&format!("member values read from {}", copy.display()))), "{:?}", plan.steps());
+        // A copy of another member's manifest (another data dir) is refused.
+        std::fs::write(&copy, std::fs::read_to_string(&live).unwrap().replace("data-dir=/var/lib/etcd", "data-dir=/var/lib/etcd/other")).unwrap();
+        assert!(Plan::build(&req).unwrap_err().to_string().contains("is not a copy of"));
+        // Without the kubelet's manifest in the manifests dir there is nothing to park.
+        std::fs::remove_file(&live).unwrap();
+        assert!(Plan::build(&req).unwrap_err().to_string().contains("read as a copy"));
     }
 
     #[test]

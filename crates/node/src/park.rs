@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::{aside, etcd_up, io, list_manifests, locate, parked_dirs, secs, wait_apiserver, wait_down, ApiServerPod, EtcdPod, NodeError, Timings};
+use crate::{aside, etcd_up, io, list_manifests, locate, parked_dirs, secs, wait_apiserver, wait_down, ApiServerPod, EtcdPod, NodeError, NodeFacts, Timings};
 
 /// Where the manifests are and how long to wait.
 #[derive(Debug, Clone)]
@@ -18,6 +18,8 @@ pub struct ParkRequest {
     /// Goes into the parked dir's name, e.g. `20261123T124500Z`.
     pub stamp: String,
     pub wait_timeout: Duration,
+    /// This node's name and IP, for values the manifest takes from `valueFrom.fieldRef`.
+    pub node: NodeFacts,
 }
 
 /// Parking etcd and the API server.
@@ -30,6 +32,8 @@ pub struct Park {
     /// etcd's manifest was parked before (a second `node park` only waits).
     pub already_parked: bool,
     pub etcd: EtcdPod,
+    /// etcd's manifest the kubelet runs (live or parked); `etcd` may come from a copy.
+    pub etcd_manifest: PathBuf,
     pub apiserver: Option<ApiServerPod>,
     pub wait_timeout: Duration,
 }
@@ -41,7 +45,7 @@ fn file_name(p: &std::path::Path) -> String {
 impl Park {
     /// Finds the manifests (live or parked); changes nothing.
     pub fn build(req: &ParkRequest) -> Result<Park, NodeError> {
-        let found = locate(&req.manifests_dir, Some(&req.manifests_dir), req.etcd_manifest.as_deref())?;
+        let found = locate(&req.manifests_dir, Some(&req.manifests_dir), req.etcd_manifest.as_deref(), &req.node)?;
         let already_parked = found.parked_in.is_some();
         let parked_dir = found.parked_in.clone().unwrap_or_else(|| aside(&found.manifests_dir, &req.stamp));
         let mut to_move = Vec::new();
@@ -62,7 +66,7 @@ impl Park {
         if !already_parked && parked_dir.exists() {
             return Err(NodeError::Preflight(format!("{} already exists; run again in a second", parked_dir.display())));
         }
-        Ok(Park { manifests_dir: found.manifests_dir, parked_dir, to_move, already_parked, etcd: found.etcd, apiserver, wait_timeout: req.wait_timeout })
+        Ok(Park { manifests_dir: found.manifests_dir, parked_dir, to_move, already_parked, etcd: found.etcd, etcd_manifest: found.etcd_manifest, apiserver, wait_timeout: req.wait_timeout })
     }
 
     /// The steps, in words, as `--dry-run` prints them.
@@ -119,6 +123,8 @@ pub struct Unpark {
     /// Every file in the parked dir (a `node restore` that stopped parks the whole dir).
     pub files: Vec<PathBuf>,
     pub etcd: EtcdPod,
+    /// etcd's manifest the kubelet runs, where it is parked now; `etcd` may come from a copy.
+    pub etcd_manifest: PathBuf,
     pub apiserver: Option<ApiServerPod>,
     pub wait_timeout: Duration,
 }
@@ -126,7 +132,7 @@ pub struct Unpark {
 impl Unpark {
     /// `Ok(None)`: nothing is parked (etcd's manifest is where the kubelet reads it).
     pub fn build(req: &ParkRequest) -> Result<Option<Unpark>, NodeError> {
-        let found = locate(&req.manifests_dir, Some(&req.manifests_dir), req.etcd_manifest.as_deref())?;
+        let found = locate(&req.manifests_dir, Some(&req.manifests_dir), req.etcd_manifest.as_deref(), &req.node)?;
         let Some(parked_dir) = found.parked_in else {
             // A parked dir holding only other manifests is left to the operator.
             if let Some(d) = parked_dirs(&found.manifests_dir).first() {
@@ -149,7 +155,7 @@ impl Unpark {
             )));
         }
         let apiserver = found.apiserver.or_else(|| locate_live_apiserver(&found.manifests_dir));
-        Ok(Some(Unpark { manifests_dir: found.manifests_dir, parked_dir, files, etcd: found.etcd, apiserver, wait_timeout: req.wait_timeout }))
+        Ok(Some(Unpark { manifests_dir: found.manifests_dir, parked_dir, files, etcd: found.etcd, etcd_manifest: found.etcd_manifest, apiserver, wait_timeout: req.wait_timeout }))
     }
 
     pub fn steps(&self) -> Vec<String> {

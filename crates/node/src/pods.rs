@@ -11,11 +11,22 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::script::{self, Unresolved, Value, Vars};
 use crate::NodeError;
 
 #[derive(Deserialize)]
 struct Pod {
+    #[serde(default)]
+    metadata: Metadata,
     spec: PodSpec,
+}
+
+#[derive(Deserialize, Default)]
+struct Metadata {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: String,
 }
 
 #[derive(Deserialize)]
@@ -26,6 +37,8 @@ struct PodSpec {
     volumes: Vec<Volume>,
     #[serde(default, rename = "securityContext")]
     security_context: Option<SecurityContext>,
+    #[serde(default, rename = "hostNetwork")]
+    host_network: bool,
 }
 
 #[derive(Deserialize)]
@@ -49,9 +62,67 @@ struct Container {
 #[derive(Deserialize)]
 struct EnvVar {
     name: String,
-    /// `None` for `valueFrom` (known only when the pod starts).
+    /// `None` for `valueFrom`.
     #[serde(default)]
     value: Option<String>,
+    #[serde(default, rename = "valueFrom")]
+    value_from: Option<ValueFrom>,
+}
+
+#[derive(Deserialize)]
+struct ValueFrom {
+    #[serde(default, rename = "fieldRef")]
+    field_ref: Option<FieldRef>,
+}
+
+#[derive(Deserialize)]
+struct FieldRef {
+    #[serde(rename = "fieldPath")]
+    field_path: String,
+}
+
+/// What this node says about itself, for `valueFrom.fieldRef` values of the pod's env
+/// (`spec.nodeName`, `status.hostIP`): flags, else the host's name and the address it
+/// resolves to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// The kubelet's node name [default: this host's name, in lower case].
+    pub node_name: Option<String>,
+    /// The node's IP [default: the first non-loopback address this host's name resolves to].
+    pub node_ip: Option<String>,
+}
+
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname(2) writes at most buf.len() bytes into our buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_lowercase();
+    (!name.is_empty()).then_some(name)
+}
+
+impl NodeFacts {
+    fn node_name(&self) -> Value {
+        match self.node_name.clone().or_else(hostname) {
+            Some(n) => Value::Known(n),
+            None => Value::Unknown("spec.nodeName: this host has no name; give it with --node-name".into()),
+        }
+    }
+
+    fn node_ip(&self) -> Value {
+        if let Some(ip) = &self.node_ip {
+            return Value::Known(ip.clone());
+        }
+        use std::net::ToSocketAddrs;
+        let found = hostname().and_then(|h| (h.as_str(), 0).to_socket_addrs().ok()).and_then(|mut a| a.find(|a| !a.ip().is_loopback()));
+        match found {
+            Some(a) => Value::Known(a.ip().to_string()),
+            None => Value::Unknown("the node's IP (status.hostIP): this host's name resolves to no address but loopback; give it with --node-ip".into()),
+        }
+    }
 }
 
 #[derive(Deserialize, Clone, Copy, Default)]
@@ -105,6 +176,9 @@ pub struct EtcdPod {
     /// `runAsUser` / `runAsGroup` of the container (or the pod).
     pub run_as_user: Option<u32>,
     pub run_as_group: Option<u32>,
+    /// Variables (as written in a value above) whose value is known only when the pod runs,
+    /// and why: `${ETCD_INITIAL_CLUSTER}` set from `$(discover-etcd-initial-cluster …)`.
+    pub unresolved: Vec<(String, String)>,
 }
 
 /// The API server of a static pod manifest: where it listens.
@@ -126,10 +200,25 @@ impl EtcdPod {
         if is_variable(value) {
             return Err(NodeError::Manifest(
                 self.manifest.clone(),
-                format!("--{flag} is {value:?}, a variable set when the pod starts; give its value with {override_flag}"),
+                format!("--{flag} is {value:?}, a variable set when the pod starts{}; give its value with {override_flag}", self.why(value)),
             ));
         }
         Ok(value)
+    }
+
+    /// Why the variables in `value` are not known before the pod runs (empty when not told).
+    pub fn why(&self, value: &str) -> String {
+        let mut whys: Vec<&str> = Vec::new();
+        for (_, why) in self.unresolved.iter().filter(|(what, _)| value.contains(what.as_str())) {
+            if !whys.contains(&why.as_str()) {
+                whys.push(why);
+            }
+        }
+        if whys.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", whys.join("; "))
+        }
     }
 }
 
@@ -153,109 +242,10 @@ fn flags(argv: &[String]) -> BTreeMap<String, String> {
     out
 }
 
-/// Splits a shell script into its simple commands' words, as far as a manifest needs:
-/// quotes (single, double), backslash escapes and line continuations, comments, and the
-/// separators `;` `&&` `||` `|` `&` and newlines. `$VAR`, `${…}` and `$(…)` stay as
-/// written (their values are known only when the script runs).
+/// Splits a shell script into its simple commands' words (see [`script::commands`]), each
+/// word as written: `$VAR`, `${…}` and `$(…)` unexpanded.
 pub fn shell_commands(script: &str) -> Result<Vec<Vec<String>>, String> {
-    let mut commands = Vec::new();
-    let mut words: Vec<String> = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = script.chars().peekable();
-    let end_word = |words: &mut Vec<String>, word: &mut String, in_word: &mut bool| {
-        if *in_word {
-            words.push(std::mem::take(word));
-            *in_word = false;
-        }
-    };
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => match chars.next() {
-                Some('\n') => {}
-                Some(n) => {
-                    word.push(n);
-                    in_word = true;
-                }
-                None => return Err("the script ends in a lone backslash".into()),
-            },
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(n) => word.push(n),
-                        None => return Err("a single quote is not closed".into()),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some('\n') => {}
-                            Some(n @ ('"' | '\\' | '$' | '`')) => word.push(n),
-                            Some(n) => {
-                                word.push('\\');
-                                word.push(n);
-                            }
-                            None => return Err("a double quote is not closed".into()),
-                        },
-                        Some(n) => word.push(n),
-                        None => return Err("a double quote is not closed".into()),
-                    }
-                }
-            }
-            '$' if matches!(chars.peek(), Some('(') | Some('{')) => {
-                // Kept whole, spaces and all, up to the matching bracket.
-                let open = chars.next().unwrap_or('(');
-                let close = if open == '(' { ')' } else { '}' };
-                word.push('$');
-                word.push(open);
-                in_word = true;
-                let mut depth = 1;
-                loop {
-                    match chars.next() {
-                        Some(n) => {
-                            word.push(n);
-                            if n == open {
-                                depth += 1;
-                            } else if n == close {
-                                depth -= 1;
-                                if depth == 0 {
-                                    break;
-                                }
-                            }
-                        }
-                        None => return Err(format!("a \"${open}\" is not closed")),
-                    }
-                }
-            }
-            '#' if !in_word => {
-                while chars.peek().is_some_and(|&n| n != '\n') {
-                    chars.next();
-                }
-            }
-            ' ' | '\t' | '\r' => end_word(&mut words, &mut word, &mut in_word),
-            '\n' | ';' | '&' | '|' => {
-                end_word(&mut words, &mut word, &mut in_word);
-                if !words.is_empty() {
-                    commands.push(std::mem::take(&mut words));
-                }
-            }
-            c => {
-                word.push(c);
-                in_word = true;
-            }
-        }
-    }
-    end_word(&mut words, &mut word, &mut in_word);
-    if !words.is_empty() {
-        commands.push(words);
-    }
-    Ok(commands)
+    Ok(script::commands(script)?.iter().map(|c| c.iter().map(script::raw).collect()).collect())
 }
 
 fn basename(word: &str) -> &str {
@@ -274,62 +264,144 @@ fn is_prefix_word(word: &str) -> bool {
         || (word.contains('=') && !word.starts_with('$'))
 }
 
-/// The argv of `program` in `words`, from the program on (`hyperkube kube-apiserver` as
-/// well as `kube-apiserver`).
-fn find_program(words: &[String], program: &str) -> Option<Vec<String>> {
+/// Where the argv of `program` starts in `words` (`hyperkube kube-apiserver` as well as
+/// `kube-apiserver`).
+fn find_program_at(words: &[String], program: &str) -> Option<usize> {
     for (i, w) in words.iter().enumerate() {
         if basename(w) == program {
-            let argv = words[i..].to_vec();
             // `etcd grpc-proxy …` (OpenShift's metrics container) is not the server.
-            if argv.get(1).is_some_and(|a| !a.starts_with('-')) {
+            if words.get(i + 1).is_some_and(|a| !a.starts_with('-')) {
                 return None;
             }
-            return Some(argv);
+            return Some(i);
         }
         if basename(w) == "hyperkube" && words.get(i + 1).is_some_and(|n| n == program) {
-            return Some(words[i + 1..].to_vec());
+            return Some(i + 1);
         }
         if !is_prefix_word(w) {
             // `watch-termination --flags -- hyperkube kube-apiserver …`: a wrapper we do not
             // know, running the program after `--`.
             let dashes = words[i..].iter().position(|w| w == "--")?;
-            return find_program(&words[i + dashes + 1..], program);
+            let after = i + dashes + 1;
+            return find_program_at(&words[after..], program).map(|j| after + j);
         }
     }
     None
+}
+
+/// The argv of `program` in `words`, from the program on.
+fn find_program(words: &[String], program: &str) -> Option<Vec<String>> {
+    find_program_at(words, program).map(|i| words[i..].to_vec())
 }
 
 fn is_shell(word: &str) -> bool {
     matches!(basename(word), "sh" | "bash" | "dash" | "ash" | "zsh")
 }
 
-/// The command line of `program` in a container: its `command` + `args`, or, when those
-/// run a shell with `-c SCRIPT`, the command in the script that runs `program`.
-fn container_argv(c: &Container, program: &str) -> Result<Option<Vec<String>>, String> {
-    let full: Vec<String> = c.command.iter().chain(&c.args).cloned().collect();
-    let Some(first) = full.first() else { return Ok(None) };
-    if is_shell(first) {
-        // `sh -c SCRIPT`, `bash -ec SCRIPT`, `sh -x -c SCRIPT`: the first word after an
-        // option with a `c` in it.
-        let Some(c_at) = full.iter().skip(1).position(|w| w.starts_with('-') && !w.starts_with("--") && w.contains('c')) else {
-            return Ok(None);
+/// The container's env as the kubelet sets it: literal values (with `$(VAR)` of earlier
+/// ones filled in), and `valueFrom.fieldRef` where this node can tell the value. A fieldRef
+/// is only looked up when the container's command mentions the variable, or it is an
+/// `ETCD_*` one (etcd reads those), and only with `facts` (the API server's manifest is read
+/// without: nothing there needs them).
+fn container_env(pod: &Pod, c: &Container, facts: Option<&NodeFacts>) -> Vars {
+    let command_text: String = c.command.iter().chain(&c.args).map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
+    let mut vars = Vars::default();
+    for e in &c.env {
+        let needed = facts.filter(|_| e.name.starts_with("ETCD_") || command_text.contains(&e.name));
+        let value = match (&e.value, &e.value_from, needed) {
+            (Some(v), _, _) => Value::Known(script::kubelet_expand(v, &vars.values)),
+            (None, Some(ValueFrom { field_ref: Some(f) }), Some(facts)) => match f.field_path.as_str() {
+                "spec.nodeName" => facts.node_name(),
+                "status.hostIP" => facts.node_ip(),
+                "status.podIP" if pod.spec.host_network => facts.node_ip(),
+                "metadata.namespace" => Value::Known(pod.metadata.namespace.clone()),
+                // A static pod's mirror pod is named <name>-<node name>.
+                "metadata.name" => match facts.node_name() {
+                    Value::Known(n) => Value::Known(format!("{}-{n}", pod.metadata.name)),
+                    unknown => unknown,
+                },
+                other => Value::Unknown(format!("the pod's {other}, known only when it runs")),
+            },
+            (None, Some(ValueFrom { field_ref: Some(f) }), None) => Value::Unknown(format!("the pod's {}", f.field_path)),
+            (None, Some(_), _) => Value::Unknown("from a ConfigMap, Secret or resource field, known only when the pod runs".into()),
+            (None, None, _) => Value::Known(String::new()),
         };
-        let Some(script) = full.get(c_at + 2) else { return Ok(None) };
-        let commands = shell_commands(script).map_err(|e| format!("container {:?}: cannot read its shell script: {e}", c.name))?;
-        return Ok(commands.iter().find_map(|words| find_program(words, program)));
+        let value = match value {
+            Value::Unknown(why) => Value::Unknown(format!("{} is {why}", e.name)),
+            known => known,
+        };
+        vars.values.insert(e.name.clone(), value);
+        vars.exported.insert(e.name.clone());
     }
-    Ok(find_program(&full, program))
+    vars
+}
+
+/// The command line of `program` in a container, as it will run.
+struct Found {
+    argv: Vec<String>,
+    /// The variables the program gets (the env, plus what the script sets and exports).
+    vars: Vars,
+    /// Variables in `argv` (kept as written there) whose values are known only at run time.
+    unresolved: Vec<Unresolved>,
+}
+
+/// The command line of `program` in a container: its `command` + `args`, or, when those
+/// run a shell with `-c SCRIPT`, the command in the script that runs `program`, with the
+/// variables the env and the script's assignments before it give filled in.
+fn container_argv(pod: &Pod, c: &Container, program: &str, facts: Option<&NodeFacts>) -> Result<Option<Found>, String> {
+    let mut vars = container_env(pod, c, facts);
+    let full: Vec<String> = c.command.iter().chain(&c.args).map(|a| script::kubelet_expand(a, &vars.values)).collect();
+    let Some(first) = full.first() else { return Ok(None) };
+    if !is_shell(first) {
+        return Ok(find_program(&full, program).map(|argv| Found { argv, vars, unresolved: Vec::new() }));
+    }
+    // `sh -c SCRIPT`, `bash -ec SCRIPT`, `sh -x -c SCRIPT`: the first word after an option
+    // with a `c` in it.
+    let Some(c_at) = full.iter().skip(1).position(|w| w.starts_with('-') && !w.starts_with("--") && w.contains('c')) else {
+        return Ok(None);
+    };
+    let Some(text) = full.get(c_at + 2) else { return Ok(None) };
+    let commands = script::commands(text).map_err(|e| format!("container {:?}: cannot read its shell script: {e}", c.name))?;
+    for words in &commands {
+        if vars.apply_assignments(words) {
+            continue;
+        }
+        let texts: Vec<String> = words.iter().map(|w| vars.expand(w).unwrap_or_else(|_| script::raw(w))).collect();
+        let Some(start) = find_program_at(&texts, program) else { continue };
+        vars.apply_prefix(&words[..start]);
+        let mut unresolved = Vec::new();
+        let argv = words[start..]
+            .iter()
+            .map(|w| match vars.expand(w) {
+                Ok(s) => s,
+                Err(u) => {
+                    unresolved.push(u);
+                    script::raw(w)
+                }
+            })
+            .collect();
+        return Ok(Some(Found { argv, vars, unresolved }));
+    }
+    Ok(None)
+}
+
+/// The container of a pod that runs a program, and how.
+struct Read {
+    pod: Pod,
+    index: usize,
+    flags: BTreeMap<String, String>,
+    found: Found,
 }
 
 /// The container of `pod` that runs `program`, with its argv and flags.
-fn read_container(path: &Path, program: &str) -> Result<(Pod, usize, BTreeMap<String, String>), NodeError> {
+fn read_container(path: &Path, program: &str, facts: Option<&NodeFacts>) -> Result<Read, NodeError> {
     let bad = |m: String| NodeError::Manifest(path.to_path_buf(), m);
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let pod: Pod = serde_norway::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let mut found = Vec::new();
     for (i, c) in pod.spec.containers.iter().enumerate() {
-        if let Some(argv) = container_argv(c, program).map_err(bad)? {
-            found.push((i, argv));
+        if let Some(f) = container_argv(&pod, c, program, facts).map_err(bad)? {
+            found.push((i, f));
         }
     }
     // Several (a sidecar running the same binary): the one named after the program.
@@ -337,9 +409,9 @@ fn read_container(path: &Path, program: &str) -> Result<(Pod, usize, BTreeMap<St
     if found.is_empty() {
         return Err(bad(format!("no container runs {program} (looked at command, args and `sh -c` scripts)")));
     }
-    let (index, argv) = found.swap_remove(pick);
-    let flags = flags(&argv);
-    Ok((pod, index, flags))
+    let (index, found) = found.swap_remove(pick);
+    let flags = flags(&found.argv);
+    Ok(Read { pod, index, flags, found })
 }
 
 /// Where a path inside the container is on the host: through the hostPath volume mounted at
@@ -353,7 +425,10 @@ fn host_path(pod: &Pod, container: usize, path: &str) -> Option<PathBuf> {
         .and_then(|m| {
             let host = pod.spec.volumes.iter().find(|v| v.name == m.name)?.host_path.as_ref()?;
             let rest = Path::new(path).strip_prefix(&m.mount_path).ok()?;
-            Some(Path::new(&host.path).join(rest))
+            // `join("")` would add a trailing slash (a mount at `/var/lib/etcd/`).
+            let trimmed = host.path.trim_end_matches('/');
+            let host = Path::new(if trimmed.is_empty() { "/" } else { trimmed });
+            Some(if rest.as_os_str().is_empty() { host.to_path_buf() } else { host.join(rest) })
         })
 }
 
@@ -395,20 +470,45 @@ pub fn image_etcd_version(image: &str) -> Option<(u32, u32)> {
 }
 
 pub fn read_etcd_pod(path: &Path) -> Result<EtcdPod, NodeError> {
-    let (pod, c, mut f) = read_container(path, "etcd")?;
+    read_etcd_pod_on(path, &NodeFacts::default())
+}
+
+/// etcd's manifest, with `valueFrom.fieldRef` values from `facts`.
+pub fn read_etcd_pod_on(path: &Path, facts: &NodeFacts) -> Result<EtcdPod, NodeError> {
+    let Read { pod, index: c, flags: mut f, found } = read_container(path, "etcd", Some(facts))?;
     let bad = |m: String| NodeError::Manifest(path.to_path_buf(), m);
     let container = &pod.spec.containers[c];
-    // etcd takes every flag from ETCD_<FLAG> too; the command line wins.
-    for e in &container.env {
-        if let (Some(flag), Some(value)) = (e.name.strip_prefix("ETCD_"), &e.value) {
-            let flag = flag.to_ascii_lowercase().replace('_', "-");
-            f.entry(flag).or_insert_with(|| value.clone());
+    let mut unresolved: Vec<(String, String)> = found.unresolved.iter().map(|u| (u.what.clone(), u.why.clone())).collect();
+    // etcd takes every flag from ETCD_<FLAG> in its environment too (the container's env,
+    // and what its script exports: `export ETCD_NAME=${NODE_master_0_ETCD_NAME}`); the
+    // command line wins.
+    for (name, value) in &found.vars.values {
+        let Some(flag) = name.strip_prefix("ETCD_").filter(|_| found.vars.exported.contains(name)) else { continue };
+        let flag = flag.to_ascii_lowercase().replace('_', "-");
+        if f.contains_key(&flag) {
+            continue;
         }
+        let value = match value {
+            Value::Known(v) => v.clone(),
+            Value::Unknown(why) => {
+                let written = format!("${{{name}}}");
+                unresolved.push((written.clone(), why.clone()));
+                written
+            }
+        };
+        f.insert(flag, value);
     }
     let needed = |flag: &str, value: &str| -> Result<(), NodeError> {
         if is_variable(value) {
+            let mut why: Vec<&str> = Vec::new();
+            for (_, y) in unresolved.iter().filter(|(w, _)| value.contains(w.as_str())) {
+                if !why.contains(&y.as_str()) {
+                    why.push(y);
+                }
+            }
             return Err(bad(format!(
-                "--{flag} is {value:?}, a variable set only when the pod starts; etcdguard needs its value here (edit a copy of the manifest with the value written out and pass it with --etcd-manifest)"
+                "--{flag} is {value:?}, a variable set only when the pod starts{}; etcdguard needs its value here (give a copy of the manifest with it written out: --etcd-manifest COPY --manifests-dir DIR)",
+                if why.is_empty() { String::new() } else { format!(" ({})", why.join("; ")) }
             )));
         }
         Ok(())
@@ -425,7 +525,9 @@ pub fn read_etcd_pod(path: &Path) -> Result<EtcdPod, NodeError> {
         None => None,
     };
     let listen = f.get("listen-client-urls").map_or("http://localhost:2379", |s| s.as_str());
-    needed("listen-client-urls", listen)?;
+    // Only the TCP URLs are probed: a variable in a unix socket's name does not matter.
+    let tcp: Vec<&str> = listen.split(',').filter(|u| !u.trim_start().starts_with("unix")).collect();
+    needed("listen-client-urls", &tcp.join(","))?;
     let client_addrs = probe_addrs(listen);
     if client_addrs.is_empty() {
         return Err(bad("cannot read --listen-client-urls".into()));
@@ -446,27 +548,60 @@ pub fn read_etcd_pod(path: &Path) -> Result<EtcdPod, NodeError> {
         image_version: container.image.as_deref().and_then(image_etcd_version),
         run_as_user: security(|s| s.run_as_user),
         run_as_group: security(|s| s.run_as_group),
+        unresolved,
     })
 }
 
 pub fn read_apiserver_pod(path: &Path) -> Result<ApiServerPod, NodeError> {
-    let (_, _, f) = read_container(path, "kube-apiserver")?;
+    let Read { flags: f, .. } = read_container(path, "kube-apiserver", None)?;
     let port = f.get("secure-port").map_or("6443", |s| s.as_str());
     port.parse::<u16>().map_err(|_| NodeError::Manifest(path.to_path_buf(), format!("--secure-port {port:?} is not a port")))?;
     Ok(ApiServerPod { manifest: path.to_path_buf(), addr: format!("127.0.0.1:{port}") })
 }
 
+/// OpenShift's `--openshift-config` file: the API server's flags as `apiServerArguments`
+/// (each a list of values).
+#[derive(Deserialize)]
+struct OpenShiftApiServerConfig {
+    #[serde(default, rename = "apiServerArguments")]
+    arguments: BTreeMap<String, serde_norway::Value>,
+}
+
 /// The API server's `--encryption-provider-config` as a path on the host (through the
-/// hostPath volume that holds it); `None` when the flag is not set.
+/// hostPath volume that holds it); `None` when it is not set. OpenShift passes it in the
+/// `--openshift-config` file (`apiServerArguments.encryption-provider-config`), read when
+/// the command line does not set it.
 pub fn read_apiserver_encryption_config(path: &Path) -> Result<Option<PathBuf>, NodeError> {
-    let (pod, c, f) = read_container(path, "kube-apiserver")?;
-    let Some(value) = f.get("encryption-provider-config") else { return Ok(None) };
-    if is_variable(value) {
-        return Err(NodeError::Manifest(path.to_path_buf(), format!("--encryption-provider-config is {value:?}, a variable set when the pod starts")));
+    let Read { pod, index: c, flags: f, .. } = read_container(path, "kube-apiserver", None)?;
+    let bad = |m: String| NodeError::Manifest(path.to_path_buf(), m);
+    let on_host = |flag: &str, value: &str| -> Result<PathBuf, NodeError> {
+        if is_variable(value) {
+            return Err(bad(format!("{flag} is {value:?}, a variable set when the pod starts")));
+        }
+        host_path(&pod, c, value)
+            .ok_or_else(|| bad(format!("{flag} {value} is not on a hostPath volume of the pod (`node restore --encryption-config FILE` names the EncryptionConfiguration instead)")))
+    };
+    if let Some(value) = f.get("encryption-provider-config") {
+        return on_host("--encryption-provider-config", value).map(Some);
     }
-    host_path(&pod, c, value).map(Some).ok_or_else(|| {
-        NodeError::Manifest(path.to_path_buf(), format!("--encryption-provider-config {value} is not on a hostPath volume of the pod"))
-    })
+    let Some(config) = f.get("openshift-config") else { return Ok(None) };
+    let config_path = on_host("--openshift-config", config)?;
+    let text = std::fs::read_to_string(&config_path).map_err(|e| {
+        bad(format!("--openshift-config {config} ({}): {e} (`node restore --encryption-config FILE` names the EncryptionConfiguration instead)", config_path.display()))
+    })?;
+    let parsed: OpenShiftApiServerConfig =
+        serde_norway::from_str(&text).map_err(|e| bad(format!("--openshift-config {config} ({}): {e}", config_path.display())))?;
+    let value = match parsed.arguments.get("encryption-provider-config") {
+        None => return Ok(None),
+        Some(serde_norway::Value::String(s)) => s.clone(),
+        Some(serde_norway::Value::Sequence(list)) => match list.as_slice() {
+            [] => return Ok(None),
+            [serde_norway::Value::String(s)] => s.clone(),
+            _ => return Err(bad(format!("{}: apiServerArguments.encryption-provider-config holds more than one path", config_path.display()))),
+        },
+        Some(_) => return Err(bad(format!("{}: apiServerArguments.encryption-provider-config is not a path", config_path.display()))),
+    };
+    on_host(&format!("apiServerArguments.encryption-provider-config of {}", config_path.display()), &value).map(Some)
 }
 
 #[cfg(test)]
@@ -661,13 +796,123 @@ spec:
         let err = read(&text).unwrap_err().to_string();
         assert!(err.contains("--listen-client-urls") && err.contains("${LISTEN_ON}") && err.contains("variable"), "{err}");
         // A variable in a flag the user can give (--name) is kept for the plan to refuse.
-        let pod = read(&OPENSHIFT_ETCD.replace("--name \"cp1\"", "--name \"${NODE_NAME}\"")).unwrap();
-        assert_eq!(pod.name, "${NODE_NAME}");
-        assert!(pod.resolved("name", &pod.name, "--name").unwrap_err().to_string().contains("give its value with --name"));
+        let pod = read(&OPENSHIFT_ETCD.replace("--name \"cp1\"", "--name \"${MEMBER}\"")).unwrap();
+        assert_eq!(pod.name, "${MEMBER}");
+        let err = pod.resolved("name", &pod.name, "--name").unwrap_err().to_string();
+        assert!(err.contains("give its value with --name") && err.contains("MEMBER is not in the container's env"), "{err}");
         // A script that never runs etcd itself.
         let only_proxy = OPENSHIFT_ETCD.replace("exec nice -n -19 ionice -c2 -n0 etcd", "exec etcd grpc-proxy start");
         assert!(read(&only_proxy).unwrap_err().to_string().contains("no container runs etcd"));
         assert!(read(&OPENSHIFT_ETCD.replace("--name \"cp1\"", "--name \"cp1")).unwrap_err().to_string().contains("not closed"));
+    }
+
+    /// The shape cluster-etcd-operator renders (written here from its structure, not copied):
+    /// every node's `NODE_<name>_*` value in the env, the member name exported by the
+    /// script from one of them, the initial cluster computed by a helper when the pod
+    /// starts, the peer URL and a unix socket built from the node's IP variable.
+    const OPERATOR_ETCD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: etcd, namespace: openshift-etcd}
+spec:
+  hostNetwork: true
+  containers:
+  - name: etcd
+    image: quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:0123
+    command:
+    - /bin/sh
+    - -c
+    - |
+      #!/bin/sh
+      set -euo pipefail
+      ETCD_INITIAL_CLUSTER=$(discover-etcd-initial-cluster \
+        --endpoints=${ALL_ETCD_ENDPOINTS} \
+        --target-peer-url-host=${NODE_master_1_ETCD_URL_HOST} \
+        --target-name=master-1)
+      export ETCD_INITIAL_CLUSTER
+      export ETCD_NAME=${NODE_master_1_ETCD_NAME}
+      exec nice -n -19 ionice -c2 -n0 etcd \
+        --initial-advertise-peer-urls=https://${NODE_master_1_IP}:2380 \
+        --cert-file=/etc/kubernetes/static-pod-certs/secrets/etcd-all-certs/etcd-serving-master-1.crt \
+        --advertise-client-urls=https://${NODE_master_1_IP}:2379 \
+        --listen-client-urls=https://0.0.0.0:2379,unixs://${NODE_master_1_IP}:0 \
+        --listen-peer-urls=https://0.0.0.0:2380 \
+        --client-cert-file=$(ETCDCTL_CERT)
+    env:
+    - {name: "ALL_ETCD_ENDPOINTS", value: "https://10.0.0.1:2379,https://10.0.0.2:2379,https://10.0.0.3:2379"}
+    - {name: "ETCDCTL_CERT", value: "/etc/kubernetes/static-pod-certs/secrets/etcd-all-certs/etcd-peer-master-1.crt"}
+    - {name: "ETCD_DATA_DIR", value: "/var/lib/etcd"}
+    - {name: "ETCD_INITIAL_CLUSTER_STATE", value: "existing"}
+    - {name: "NODE_master_0_ETCD_NAME", value: "master-0"}
+    - {name: "NODE_master_0_IP", value: "10.0.0.1"}
+    - {name: "NODE_master_1_ETCD_NAME", value: "master-1"}
+    - {name: "NODE_master_1_ETCD_URL_HOST", value: "10.0.0.2"}
+    - {name: "NODE_master_1_IP", value: "10.0.0.2"}
+    volumeMounts:
+    - {mountPath: /var/lib/etcd/, name: data-dir}
+  volumes:
+  - {hostPath: {path: /var/lib/etcd, type: ""}, name: data-dir}
+"#;
+
+    #[test]
+    fn reads_the_operators_etcd_pod_with_its_variables() {
+        let pod = read(OPERATOR_ETCD).unwrap();
+        assert_eq!(pod.name, "master-1", "ETCD_NAME exported by the script from the env");
+        assert_eq!(pod.initial_advertise_peer_urls.as_deref(), Some("https://10.0.0.2:2380"));
+        assert_eq!(pod.client_addrs, vec!["127.0.0.1:2379"]);
+        assert_eq!(pod.data_dir, PathBuf::from("/var/lib/etcd"));
+        let ic = pod.initial_cluster.clone().unwrap();
+        assert_eq!(ic, "${ETCD_INITIAL_CLUSTER}");
+        let err = pod.resolved("initial-cluster", &ic, "--initial-cluster").unwrap_err().to_string();
+        assert!(err.contains("$(discover-etcd-initial-cluster …)") && err.contains("--initial-cluster"), "{err}");
+        // A variable only in the unix socket's name is not needed.
+        let pod = read(&OPERATOR_ETCD.replace("unixs://${NODE_master_1_IP}:0", "unixs://${UNSET}:0")).unwrap();
+        assert_eq!(pod.client_addrs, vec!["127.0.0.1:2379"]);
+        // $VAR spelling, and a variable the env does not set.
+        let pod = read(&OPERATOR_ETCD.replace("https://${NODE_master_1_IP}:2380", "https://$NODE_master_1_IP:2380")).unwrap();
+        assert_eq!(pod.initial_advertise_peer_urls.as_deref(), Some("https://10.0.0.2:2380"));
+        let pod = read(&OPERATOR_ETCD.replace("https://${NODE_master_1_IP}:2380", "https://${NODE_master_9_IP}:2380")).unwrap();
+        let peer = pod.initial_advertise_peer_urls.clone().unwrap();
+        assert!(pod.resolved("initial-advertise-peer-urls", &peer, "--peer-urls").unwrap_err().to_string().contains("NODE_master_9_IP is not in the container's env"));
+    }
+
+    #[test]
+    fn field_refs_come_from_the_node() {
+        let text = OPERATOR_ETCD
+            .replace("--initial-advertise-peer-urls=https://${NODE_master_1_IP}:2380", "--initial-advertise-peer-urls=https://${HOST_IP}:2380 --name=${NODE_NAME}")
+            .replace("    - {name: \"ETCD_DATA_DIR\"", "    - {name: HOST_IP, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}\n    - {name: NODE_NAME, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}\n    - {name: \"ETCD_DATA_DIR\"");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("etcd-pod.yaml");
+        std::fs::write(&p, text).unwrap();
+        let facts = NodeFacts { node_name: Some("cp-7".into()), node_ip: Some("10.9.9.9".into()) };
+        let pod = read_etcd_pod_on(&p, &facts).unwrap();
+        assert_eq!(pod.initial_advertise_peer_urls.as_deref(), Some("https://10.9.9.9:2380"));
+        assert_eq!(pod.name, "cp-7", "--name from spec.nodeName wins over ETCD_NAME");
+    }
+
+    #[test]
+    fn encryption_config_through_the_openshift_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let resources = dir.path().join("static-pod-resources/kube-apiserver-pod-7");
+        std::fs::create_dir_all(resources.join("configmaps/config")).unwrap();
+        let m = dir.path().join("kube-apiserver-pod.yaml");
+        std::fs::write(
+            &m,
+            format!(
+                "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: kube-apiserver\n    command: [/bin/bash, -ec]\n    args:\n    - |\n      exec watch-termination --termination-touch-file=/t -- hyperkube kube-apiserver --openshift-config=/etc/kubernetes/static-pod-resources/configmaps/config/config.yaml --advertise-address=${{HOST_IP}} -v=2\n    env:\n    - {{name: HOST_IP, valueFrom: {{fieldRef: {{fieldPath: status.hostIP}}}}}}\n    volumeMounts:\n    - {{mountPath: /etc/kubernetes/static-pod-resources, name: resource-dir}}\n  volumes:\n  - {{hostPath: {{path: {}}}, name: resource-dir}}\n",
+                resources.display()
+            ),
+        )
+        .unwrap();
+        let config = resources.join("configmaps/config/config.yaml");
+        std::fs::write(&config, "apiVersion: kubecontrolplane.config.openshift.io/v1\nkind: KubeAPIServerConfig\napiServerArguments:\n  encryption-provider-config:\n  - /etc/kubernetes/static-pod-resources/secrets/encryption-config/encryption-config\n  etcd-servers: [https://10.0.0.1:2379]\n").unwrap();
+        assert_eq!(read_apiserver_encryption_config(&m).unwrap(), Some(resources.join("secrets/encryption-config/encryption-config")));
+        std::fs::write(&config, "apiServerArguments:\n  etcd-servers: [https://10.0.0.1:2379]\n").unwrap();
+        assert_eq!(read_apiserver_encryption_config(&m).unwrap(), None);
+        std::fs::write(&config, "apiServerArguments:\n  encryption-provider-config: [/elsewhere/enc.yaml]\n").unwrap();
+        assert!(read_apiserver_encryption_config(&m).unwrap_err().to_string().contains("not on a hostPath volume"));
+        std::fs::remove_file(&config).unwrap();
+        assert!(read_apiserver_encryption_config(&m).unwrap_err().to_string().contains("--openshift-config"));
     }
 
     #[test]

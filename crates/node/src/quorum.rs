@@ -133,51 +133,136 @@ fn flag_spans(text: &str, flag: &str) -> Vec<(usize, usize, usize)> {
     out
 }
 
-/// etcd's manifest text with `--initial-cluster=<initial_cluster>` and
-/// `--initial-cluster-state=existing`: each flag replaced where it is set, the state added
-/// right after `--initial-cluster` when it is missing. `Ok(None)`: already so. Refuses
-/// manifests that set these flags another way (`--flag value`, `ETCD_*` env), which must be
-/// edited by hand.
-pub fn rewrite_for_join(text: &str, initial_cluster: &str) -> Result<Option<String>, String> {
-    let clusters = flag_spans(text, "initial-cluster");
-    if clusters.is_empty() {
-        return Err("the manifest has no --initial-cluster=… flag to rewrite".into());
+/// Where the value of env entry `name` (`- name: NAME` then `value: …`, or the flow form
+/// `- {name: NAME, value: …}`) lies in a manifest's text: (start, end) of the value token,
+/// quotes included. `None` when no entry of that name has a literal value.
+fn env_value_spans(text: &str, name: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some((s, e)) = env_value_span(&text[from..], name) {
+        out.push((from + s, from + e));
+        from += e;
     }
-    for bad in ["--initial-cluster ", "--initial-cluster-state ", "ETCD_INITIAL_CLUSTER"] {
+    out
+}
+
+/// The first of [`env_value_spans`].
+fn env_value_span(text: &str, name: &str) -> Option<(usize, usize)> {
+    let mut offset = 0;
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    for (i, line) in lines.iter().enumerate() {
+        let start = offset;
+        offset += line.len();
+        let Some(at) = line.find("name:") else { continue };
+        let after = line[at + 5..].trim_start();
+        let token: String = after.chars().take_while(|c| !matches!(c, ',' | '}' | '\n' | '\r' | ' ')).collect();
+        if token.trim_matches(|c| c == '"' || c == '\'') != name {
+            continue;
+        }
+        // The value: on this line (flow form) or the next one.
+        let here = start + at + 5;
+        let search_end = start + line.len() + lines.get(i + 1).map_or(0, |l| l.len());
+        let v = text[here..search_end].find("value:")? + here + 6;
+        let rest = &text[v..];
+        let skip = rest.len() - rest.trim_start_matches(' ').len();
+        let vstart = v + skip;
+        let rest = &text[vstart..];
+        let len = match rest.chars().next() {
+            Some(q @ ('"' | '\'')) => 1 + rest[1..].find(q)? + 1,
+            _ => rest.find([',', '}', '\n', '\r']).unwrap_or(rest.len()),
+        };
+        return Some((vstart, vstart + rest[..len].trim_end().len()));
+    }
+    None
+}
+
+fn unquote(v: &str) -> &str {
+    v.trim().trim_matches(|c| c == '"' || c == '\'')
+}
+
+/// How `node join` changed etcd's manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinEdit {
+    /// The new text; `None` when the manifest joins an existing cluster already.
+    pub text: Option<String>,
+    /// What the edit could not do itself (an initial cluster the pod computes when it starts).
+    pub note: Option<String>,
+}
+
+/// etcd's manifest text made to join an existing cluster: `--initial-cluster` (a flag, or
+/// the `ETCD_INITIAL_CLUSTER` env value) set to `initial_cluster`, and the initial cluster
+/// state (flag or `ETCD_INITIAL_CLUSTER_STATE` env value) `existing`; a missing state is
+/// added right after `--initial-cluster`. A script that computes `ETCD_INITIAL_CLUSTER`
+/// when the pod starts (OpenShift's `$(discover-etcd-initial-cluster …)`, which asks the
+/// cluster for its members) keeps doing so. Refuses forms it cannot edit
+/// (`--flag value`, no initial cluster at all).
+pub fn rewrite_for_join(text: &str, initial_cluster: &str) -> Result<JoinEdit, String> {
+    for bad in ["--initial-cluster ", "--initial-cluster-state "] {
         if text.contains(bad) {
-            return Err(format!("the manifest sets {} in a form etcdguard does not rewrite (only --flag=value)", bad.trim()));
+            return Err(format!("the manifest sets {} in a form etcdguard does not rewrite (only --flag=value and env values)", bad.trim()));
         }
     }
+    let clusters = flag_spans(text, "initial-cluster");
     let states = flag_spans(text, "initial-cluster-state");
-    let mut out = String::with_capacity(text.len() + 64);
+    // Every container's entry (OpenShift repeats the env in each container).
+    let env_cluster = env_value_spans(text, "ETCD_INITIAL_CLUSTER");
+    let env_state = env_value_spans(text, "ETCD_INITIAL_CLUSTER_STATE");
+    let computed = text.contains("ETCD_INITIAL_CLUSTER=$(") || text.contains("ETCD_INITIAL_CLUSTER=`");
+    let mut note = None;
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
     for &(_, vs, ve) in &clusters {
         let quoted = matches!(text[vs..].chars().next(), Some('"' | '\''));
         let q = if quoted { &text[vs..vs + 1] } else { "" };
         edits.push((vs, ve, format!("{q}{initial_cluster}{q}")));
     }
+    if clusters.is_empty() {
+        match (env_cluster.is_empty(), computed) {
+            (false, _) => {
+                for &(vs, ve) in env_cluster.iter().filter(|(vs, ve)| unquote(&text[*vs..*ve]) != initial_cluster) {
+                    edits.push((vs, ve, format!("\"{initial_cluster}\"")));
+                }
+            }
+            (true, true) => {
+                note = Some(format!(
+                    "the pod computes its initial cluster when it starts (ETCD_INITIAL_CLUSTER=$(…) in its script, from the cluster's member list); it should come out as {initial_cluster}"
+                ))
+            }
+            (true, false) => return Err("the manifest has no --initial-cluster=… flag nor ETCD_INITIAL_CLUSTER value to rewrite".into()),
+        }
+    }
     for &(_, vs, ve) in &states {
         edits.push((vs, ve, "existing".into()));
     }
     if states.is_empty() {
-        // Insert a new item (or word) after each --initial-cluster token, in the same style.
-        for &(start, _, ve) in &clusters {
-            let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
-            let prefix = &text[line_start..start];
-            let item = if prefix.trim_start().starts_with("- ") || prefix.trim() == "-" || prefix.trim_start().starts_with("- \"") {
-                // A YAML list item: a new item with the same indentation and quoting.
-                let indent: String = prefix.chars().take_while(|c| *c == ' ').collect();
-                let quote = if prefix.trim_end().ends_with('"') { "\"" } else { "" };
-                let line_end = text[ve..].find('\n').map_or(text.len(), |i| ve + i);
-                edits.push((line_end, line_end, format!("\n{indent}- {quote}--initial-cluster-state=existing{quote}")));
-                continue;
-            } else {
-                " --initial-cluster-state=existing".to_string()
-            };
-            edits.push((ve, ve, item));
+        match env_state.is_empty() {
+            false => {
+                for &(vs, ve) in env_state.iter().filter(|(vs, ve)| unquote(&text[*vs..*ve]) != "existing") {
+                    edits.push((vs, ve, "\"existing\"".into()));
+                }
+            }
+            true if clusters.is_empty() => {
+                return Err("the manifest sets its initial cluster through the env but no ETCD_INITIAL_CLUSTER_STATE; add ETCD_INITIAL_CLUSTER_STATE=existing".into())
+            }
+            true => {
+                // Insert a new item (or word) after each --initial-cluster token, in the same style.
+                for &(start, _, ve) in &clusters {
+                    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+                    let prefix = &text[line_start..start];
+                    if prefix.trim_start().starts_with("- ") || prefix.trim() == "-" || prefix.trim_start().starts_with("- \"") {
+                        // A YAML list item: a new item with the same indentation and quoting.
+                        let indent: String = prefix.chars().take_while(|c| *c == ' ').collect();
+                        let quote = if prefix.trim_end().ends_with('"') { "\"" } else { "" };
+                        let line_end = text[ve..].find('\n').map_or(text.len(), |i| ve + i);
+                        edits.push((line_end, line_end, format!("\n{indent}- {quote}--initial-cluster-state=existing{quote}")));
+                    } else {
+                        edits.push((ve, ve, " --initial-cluster-state=existing".to_string()));
+                    }
+                }
+            }
         }
     }
     edits.sort_by_key(|e| (e.0, e.1));
+    let mut out = String::with_capacity(text.len() + 64);
     let mut at = 0;
     for (s, e, with) in &edits {
         out.push_str(&text[at..*s]);
@@ -185,7 +270,7 @@ pub fn rewrite_for_join(text: &str, initial_cluster: &str) -> Result<Option<Stri
         at = *e;
     }
     out.push_str(&text[at..]);
-    Ok((out != text).then_some(out))
+    Ok(JoinEdit { text: (out != text).then_some(out), note })
 }
 
 /// Writes `text` over `manifest` atomically (temp file, fsync, rename, dir fsync), keeping
@@ -225,24 +310,47 @@ mod tests {
     #[test]
     fn join_rewrites_kubeadm_list_items() {
         let m = "    - --initial-advertise-peer-urls=http://10.0.0.2:2380\n    - --initial-cluster=cp2=http://10.0.0.2:2380\n    - --name=cp2\n";
-        let out = rewrite_for_join(m, "cp1=http://10.0.0.1:2380,cp2=http://10.0.0.2:2380").unwrap().unwrap();
+        let out = rewrite_for_join(m, "cp1=http://10.0.0.1:2380,cp2=http://10.0.0.2:2380").unwrap().text.unwrap();
         assert_eq!(
             out,
             "    - --initial-advertise-peer-urls=http://10.0.0.2:2380\n    - --initial-cluster=cp1=http://10.0.0.1:2380,cp2=http://10.0.0.2:2380\n    - --initial-cluster-state=existing\n    - --name=cp2\n"
         );
-        assert_eq!(rewrite_for_join(&out, "cp1=http://10.0.0.1:2380,cp2=http://10.0.0.2:2380").unwrap(), None, "a second run changes nothing");
+        assert_eq!(rewrite_for_join(&out, "cp1=http://10.0.0.1:2380,cp2=http://10.0.0.2:2380").unwrap().text, None, "a second run changes nothing");
         let with_state = out.replace("existing", "new");
-        let again = rewrite_for_join(&with_state, "cp1=http://10.0.0.1:2380,cp2=http://10.0.0.2:2380").unwrap().unwrap();
+        let again = rewrite_for_join(&with_state, "cp1=http://10.0.0.1:2380,cp2=http://10.0.0.2:2380").unwrap().text.unwrap();
         assert_eq!(again, out);
     }
 
     #[test]
     fn join_rewrites_a_shell_script_and_refuses_other_forms() {
         let m = "      exec etcd --name \"${N}\" \\\n        --initial-cluster=\"${N}=http://10.0.0.2:2380\" \\\n        --data-dir=/d\n";
-        let out = rewrite_for_join(m, "a=http://1:2,b=http://3:4").unwrap().unwrap();
+        let out = rewrite_for_join(m, "a=http://1:2,b=http://3:4").unwrap().text.unwrap();
         assert!(out.contains("--initial-cluster=\"a=http://1:2,b=http://3:4\" --initial-cluster-state=existing \\"), "{out}");
         assert!(rewrite_for_join("    - --initial-cluster\n    - a=http://1:2\n", "x").is_err());
-        assert!(rewrite_for_join("env: [{name: ETCD_INITIAL_CLUSTER, value: a}]", "x").is_err());
+        assert!(rewrite_for_join("    command: [etcd, --name=a]\n", "x").is_err(), "nothing to rewrite");
+        assert!(rewrite_for_join("env: [{name: ETCD_INITIAL_CLUSTER, value: a}]", "x").unwrap_err().contains("ETCD_INITIAL_CLUSTER_STATE"));
+    }
+
+    #[test]
+    fn join_rewrites_env_values_in_both_yaml_styles() {
+        let block = "    env:\n    - name: \"ETCD_INITIAL_CLUSTER\"\n      value: \"m1=http://a:1\"\n    - name: ETCD_INITIAL_CLUSTER_STATE\n      value: new\n    - name: ETCD_INITIAL_CLUSTER_TOKEN\n      value: t\n";
+        let out = rewrite_for_join(block, "m1=http://a:1,m2=http://b:1").unwrap().text.unwrap();
+        assert_eq!(out, block.replace("\"m1=http://a:1\"", "\"m1=http://a:1,m2=http://b:1\"").replace("value: new", "value: \"existing\""));
+        assert_eq!(rewrite_for_join(&out, "m1=http://a:1,m2=http://b:1").unwrap().text, None);
+        let flow = "    env:\n    - {name: ETCD_INITIAL_CLUSTER_STATE, value: new}\n    - {name: ETCD_INITIAL_CLUSTER, value: 'm1=http://a:1'}\n";
+        let out = rewrite_for_join(flow, "m1=http://a:1,m2=http://b:1").unwrap().text.unwrap();
+        assert_eq!(out, "    env:\n    - {name: ETCD_INITIAL_CLUSTER_STATE, value: \"existing\"}\n    - {name: ETCD_INITIAL_CLUSTER, value: \"m1=http://a:1,m2=http://b:1\"}\n");
+    }
+
+    #[test]
+    fn join_leaves_an_initial_cluster_the_pod_computes() {
+        let m = "      ETCD_INITIAL_CLUSTER=$(discover-etcd-initial-cluster --target-name=m2)\n      export ETCD_INITIAL_CLUSTER\n      exec etcd --name=m2\n    env:\n      - name: \"ETCD_INITIAL_CLUSTER_STATE\"\n        value: \"existing\"\n";
+        let edit = rewrite_for_join(m, "m1=http://a:1,m2=http://b:1").unwrap();
+        assert_eq!(edit.text, None, "the state is existing already, the cluster computed: nothing to write");
+        assert!(edit.note.unwrap().contains("m1=http://a:1,m2=http://b:1"));
+        let edit = rewrite_for_join(&m.replace("\"existing\"", "\"new\""), "x").unwrap();
+        assert_eq!(edit.text.as_deref(), Some(m));
+        assert!(rewrite_for_join(&m.replace("ETCD_INITIAL_CLUSTER_STATE", "OTHER"), "x").is_err());
     }
 
     #[test]
@@ -260,6 +368,7 @@ mod tests {
             image_version: None,
             run_as_user: None,
             run_as_group: None,
+            unresolved: vec![],
         };
         let snap = vec![
             KnownMember { id: 1, name: "m1".into(), peer_urls: vec!["http://127.0.0.11:2380".into()], client_urls: vec!["http://127.0.0.11:2379".into()] },

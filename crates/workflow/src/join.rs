@@ -43,6 +43,8 @@ pub struct JoinOptions {
     pub dry_run: bool,
     /// Bound for each wait (pods down, etcd up, learner caught up, cluster healthy).
     pub wait_timeout: Duration,
+    /// This node's name and IP, for manifest values from `valueFrom.fieldRef`.
+    pub node: etcdguard_node::NodeFacts,
 }
 
 /// What `node join` does, as it happens.
@@ -120,7 +122,7 @@ fn aside(p: &Path, stamp: &str) -> PathBuf {
 /// leaves the node where it stopped, and running the command again goes on from there.
 pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Result<JoinOutcome> {
     let stamp = stamp();
-    let park_req = ParkRequest { manifests_dir: opts.manifests_dir.clone(), etcd_manifest: opts.etcd_manifest.clone(), stamp: stamp.clone(), wait_timeout: opts.wait_timeout };
+    let park_req = ParkRequest { manifests_dir: opts.manifests_dir.clone(), etcd_manifest: opts.etcd_manifest.clone(), stamp: stamp.clone(), wait_timeout: opts.wait_timeout, node: opts.node.clone() };
     let park = Park::build(&park_req).map_err(node_error)?;
     let etcd = park.etcd.clone();
     let name = match &opts.name {
@@ -150,6 +152,19 @@ pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Resul
         )));
     }
     let existing = ours(&report, &peer_urls).map(|(_, m)| m.clone());
+    // A started member with this node's peer URL but another name is not this member (an
+    // old member not removed, or a wrong --name): reusing it would skip the park and the
+    // fresh data dir.
+    if let Some(m) = existing.as_ref().filter(|m| !m.name.is_empty() && m.name != name) {
+        return Err(refused(format!(
+            "the cluster's member {} ({:x}) has this node's peer URL ({}) but this node's member name is {name}; remove it first (`etcdguard cluster member remove {:x}`) if it is an old member, or give --name {} if that is this node's name; nothing was changed",
+            m.name,
+            m.id,
+            m.peer_urls.join(","),
+            m.id,
+            m.name
+        )));
+    }
     // A member that has started publishes its name: then this node's data dir is already the
     // new cluster's and must not be moved aside again.
     let started = existing.as_ref().is_some_and(|m| !m.name.is_empty());
@@ -180,7 +195,19 @@ pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Resul
         None => steps.push(format!("add {name} ({}) as a learner through {} (a plain member if the server refuses learners)", peer_urls.join(","), report.from)),
     }
     let planned_cluster = initial_cluster(&report, existing.as_ref().map(|m| m.id), &name, &peer_urls);
-    steps.push(format!("rewrite {} (a copy is kept): --initial-cluster-state=existing --initial-cluster={planned_cluster}", etcd.manifest.display()));
+    // A manifest whose form cannot be rewritten is refused now, before the node is touched.
+    let live = &park.etcd_manifest;
+    let current = std::fs::read_to_string(live).map_err(|e| Error::failure(format!("reading {}: {e}", live.display())))?;
+    let planned_edit = rewrite_for_join(&current, &planned_cluster).map_err(|e| {
+        Error::usage(format!(
+            "{}: {e}; set --initial-cluster-state=existing and --initial-cluster={planned_cluster} by hand, then run again; nothing was changed",
+            live.display()
+        ))
+    })?;
+    match &planned_edit.note {
+        Some(n) => steps.push(format!("rewrite {} where needed (a copy is kept): initial cluster state existing; {n}", live.display())),
+        None => steps.push(format!("rewrite {} (a copy is kept): --initial-cluster-state=existing --initial-cluster={planned_cluster}", live.display())),
+    }
     steps.push(format!("unpark: the kubelet starts etcd; wait (at most {} s) until it serves on {}", opts.wait_timeout.as_secs(), etcd.client_addrs.join(", ")));
     steps.push(format!("wait (at most {} s) until the learner's applied index is within {PROMOTE_MAX_LAG} of the leader's, then promote it", opts.wait_timeout.as_secs()));
     steps.push(format!(
@@ -253,15 +280,19 @@ pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Resul
     let report = session.members().map_err(|e| client_error(e).context("listing the members after the add"))?;
     let full = initial_cluster(&report, Some(id), &name, &peer_urls);
     let unpark = Unpark::build(&park_req).map_err(node_error)?;
-    let manifest = unpark.as_ref().map_or(etcd.manifest.clone(), |u| u.etcd.manifest.clone());
+    let manifest = unpark.as_ref().map_or(park.etcd_manifest.clone(), |u| u.etcd_manifest.clone());
     let text = std::fs::read_to_string(&manifest).map_err(|e| Error::failure(format!("reading {}: {e}", manifest.display())))?;
-    match rewrite_for_join(&text, &full).map_err(|e| Error::usage(format!("{}: {e}; set --initial-cluster-state=existing and --initial-cluster={full} by hand, then run again", manifest.display())))? {
+    let edit = rewrite_for_join(&text, &full).map_err(|e| Error::usage(format!("{}: {e}; set --initial-cluster-state=existing and --initial-cluster={full} by hand, then run again", manifest.display())))?;
+    match edit.text {
         Some(new_text) => {
             let copies = opts.manifests_dir.parent().unwrap_or(Path::new("/")).join("etcdguard-manifest-copies");
             let copy = replace_manifest(&manifest, &new_text, &copies, &stamp).map_err(node_error)?;
             note(&format!("rewrote {} (the previous version is {})", manifest.display(), copy.display()));
         }
         None => note(&format!("{} joins the existing cluster already", manifest.display())),
+    }
+    if let Some(n) = &edit.note {
+        note(n);
     }
 
     // 4. Start etcd.

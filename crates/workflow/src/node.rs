@@ -49,6 +49,8 @@ pub struct NodeRestoreOptions {
     /// The EncryptionConfiguration to check the snapshot's key names against [default: the
     /// one the API server manifest names with `--encryption-provider-config`].
     pub encryption_config: Option<PathBuf>,
+    /// This node's name and IP, for manifest values from `valueFrom.fieldRef`.
+    pub node: etcdguard_node::NodeFacts,
 }
 
 /// What `node restore` does, as it happens.
@@ -106,6 +108,7 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
         initial_advertise_peer_urls: opts.initial_advertise_peer_urls.clone(),
         wait_timeout: opts.wait_timeout,
         new_cluster: opts.new_cluster,
+        node: opts.node.clone(),
     };
     let plan = Plan::build(&request).map_err(node_error)?;
     // The restore's own flags must hold before the control plane is stopped.

@@ -25,8 +25,14 @@ pub enum NodeCommand {
     /// like). The member name, data dir (through the pod's hostPath volume), peer URLs and
     /// --initial-cluster come from etcd's manifest (etcd.yaml, else OpenShift's etcd-pod.yaml,
     /// in --manifests-dir; or --etcd-manifest), also when its command is a `sh -c` script;
-    /// flags override them. The snapshot is checked before anything is touched, and refused
-    /// when it comes from a newer etcd minor than the manifest's image runs. Then:
+    /// flags override them. ${VAR}, $VAR and $(VAR) are filled in from the container's env
+    /// (valueFrom.fieldRef spec.nodeName / status.hostIP from this host, or --node-name /
+    /// --node-ip) and the script's own assignments (export ETCD_NAME=…); a value only the
+    /// running pod knows (OpenShift's ETCD_INITIAL_CLUSTER=$(discover-etcd-initial-cluster …))
+    /// must be given, or use --new-cluster. An --etcd-manifest outside --manifests-dir is a
+    /// copy the values are read from; the kubelet's own manifest is the one parked. The
+    /// snapshot is checked before anything is touched, and refused when it comes from a newer
+    /// etcd minor than the manifest's image runs. Then:
     ///   1. every static pod manifest is moved to <kubernetes-dir>/manifests.etcdguard-<time>,
     ///      so the kubelet stops etcd, the API server and the rest of the control plane;
     ///   2. etcd's client port must close, its database lock go, and the API server's port
@@ -53,7 +59,8 @@ pub enum NodeCommand {
     ///
     /// Encryption at rest: before anything is touched, every key name the snapshot's
     /// encrypted values use (k8s:enc:<provider>:v1:<name>:) must be in the API server's
-    /// EncryptionConfiguration (its --encryption-provider-config, or --encryption-config) and
+    /// EncryptionConfiguration (its --encryption-provider-config, or on OpenShift the
+    /// encryption-provider-config of its --openshift-config file; or --encryption-config) and
     /// one value per key must decrypt; otherwise it refuses (exit 17); --force goes on.
     /// (Restoring every node with the same snapshot, the same --initial-cluster of all
     /// members and one new --initial-cluster-token also works, but needs all nodes at once.)
@@ -110,12 +117,15 @@ pub enum NodeCommand {
     /// timeout, running it again goes on where it stopped):
     ///   1. park etcd and the API server on this node (as `node park`) and move the old data
     ///      dir aside to <data-dir>.etcdguard-<time> (kept, never deleted);
-    ///   2. add this member (--name and peer URLs from the manifest) as a learner through
-    ///      --endpoints; a member with these peer URLs is reused. Where the server refuses
-    ///      learners, it is added as a voting member, and etcdguard says so;
+    ///   2. add this member (--name and peer URLs from the manifest, its variables filled in
+    ///      as for `node restore`) as a learner through --endpoints; a member with these peer
+    ///      URLs is reused (refused, exit 17, when it has started under another name). Where
+    ///      the server refuses learners, it is added as a voting member, and etcdguard says so;
     ///   3. rewrite etcd's manifest atomically (the previous version kept in
     ///      <manifests-dir>/../etcdguard-manifest-copies/) with --initial-cluster-state=existing
-    ///      and --initial-cluster listing every member;
+    ///      and --initial-cluster listing every member (flags, or ETCD_INITIAL_CLUSTER(_STATE)
+    ///      env values); an initial cluster the pod computes when it starts (OpenShift) is left
+    ///      to it. A form it cannot rewrite is refused before anything changes;
     ///   4. unpark: the kubelet starts etcd, which fetches the data from the leader;
     ///   5. wait until the learner's applied index has caught up with the leader's, then
     ///      promote it;
@@ -130,6 +140,25 @@ pub enum NodeCommand {
     Join(NodeJoinArgs),
 }
 
+/// This node as the kubelet knows it, for manifest values from `valueFrom.fieldRef`.
+#[derive(Args)]
+pub struct NodeFactArgs {
+    /// This node's name, for `fieldRef: spec.nodeName` in etcd's manifest [default: the
+    /// host name, in lower case].
+    #[arg(long, value_name = "NAME", value_parser = crate::args::non_empty)]
+    pub node_name: Option<String>,
+    /// This node's IP, for `fieldRef: status.hostIP` (and `status.podIP` of a host-network
+    /// pod) [default: the first non-loopback address the host name resolves to].
+    #[arg(long, value_name = "IP", value_parser = clap::value_parser!(std::net::IpAddr))]
+    pub node_ip: Option<std::net::IpAddr>,
+}
+
+impl NodeFactArgs {
+    fn facts(&self) -> etcdguard_node::NodeFacts {
+        etcdguard_node::NodeFacts { node_name: self.node_name.clone(), node_ip: self.node_ip.map(|ip| ip.to_string()) }
+    }
+}
+
 #[derive(Args)]
 pub struct NodeJoinArgs {
     #[command(flatten)]
@@ -137,7 +166,8 @@ pub struct NodeJoinArgs {
     /// The kubelet's static pod manifests dir (its staticPodPath).
     #[arg(long, value_name = "DIR", default_value = "/etc/kubernetes/manifests")]
     pub manifests_dir: PathBuf,
-    /// etcd's manifest, when it is neither etcd.yaml nor etcd-pod.yaml.
+    /// etcd's manifest, when it is neither etcd.yaml nor etcd-pod.yaml; outside
+    /// --manifests-dir, a copy to read the member's values from.
     #[arg(long, value_name = "FILE")]
     pub etcd_manifest: Option<PathBuf>,
     /// This member's name [default: the manifest's --name].
@@ -152,6 +182,8 @@ pub struct NodeJoinArgs {
     /// Print the plan and stop (the cluster is asked for its member list; nothing changes).
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub node: NodeFactArgs,
 }
 
 #[derive(Args)]
@@ -159,7 +191,8 @@ pub struct NodeParkArgs {
     /// The kubelet's static pod manifests dir (its staticPodPath).
     #[arg(long, value_name = "DIR", default_value = "/etc/kubernetes/manifests")]
     pub manifests_dir: PathBuf,
-    /// etcd's manifest, when it is neither etcd.yaml nor etcd-pod.yaml.
+    /// etcd's manifest, when it is neither etcd.yaml nor etcd-pod.yaml; outside
+    /// --manifests-dir, a copy to read the member's values from.
     #[arg(long, value_name = "FILE")]
     pub etcd_manifest: Option<PathBuf>,
     /// How long to wait for the pods to stop (park) or serve (unpark).
@@ -168,6 +201,8 @@ pub struct NodeParkArgs {
     /// Print what would be moved and waited for, and stop.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub node: NodeFactArgs,
 }
 
 #[derive(Args)]
@@ -205,7 +240,8 @@ pub struct NodeRestoreArgs {
     #[arg(long, value_name = "DIR")]
     pub manifests_dir: Option<PathBuf>,
     /// etcd's static pod manifest, any name [default: etcd.yaml, else etcd-pod.yaml, in
-    /// --manifests-dir].
+    /// --manifests-dir]; outside an explicit --manifests-dir, a copy to read the member's
+    /// values from.
     #[arg(long, value_name = "FILE")]
     pub etcd_manifest: Option<PathBuf>,
     /// Print the plan (what would be moved, waited for and restored, and where) and stop.
@@ -240,7 +276,8 @@ pub struct NodeRestoreArgs {
     #[arg(long, conflicts_with = "initial_cluster")]
     pub new_cluster: bool,
     /// The EncryptionConfiguration to check the snapshot's encryption key names against
-    /// [default: the file the kube-apiserver manifest names with --encryption-provider-config].
+    /// [default: the file the kube-apiserver manifest names with --encryption-provider-config,
+    /// or in its --openshift-config file].
     #[arg(long, value_name = "FILE", value_parser = crate::args::path)]
     pub encryption_config: Option<PathBuf>,
     /// Restore although a safety check refuses: an old member still answers (--new-cluster),
@@ -248,6 +285,8 @@ pub struct NodeRestoreArgs {
     /// with, the EncryptionConfiguration (those objects stay unreadable until it has the key).
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub node: NodeFactArgs,
 }
 
 pub fn run(cmd: NodeCommand) -> Result<()> {
@@ -285,6 +324,7 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
         new_cluster: args.new_cluster,
         force: args.force,
         encryption_config: args.encryption_config.clone(),
+        node: args.node.facts(),
     };
     let outcome = restore_node(&opts, &mut |event| match event {
         NodeEvent::Note(line) => eprintln!("{line}"),
@@ -334,6 +374,7 @@ fn node_join(args: NodeJoinArgs) -> Result<()> {
         peer_urls: args.peer_urls.clone(),
         dry_run: args.dry_run,
         wait_timeout: args.wait_timeout,
+        node: args.node.facts(),
     };
     let outcome = join_node(&opts, &mut |event| match event {
         JoinEvent::Note(line) => eprintln!("{line}"),
@@ -399,6 +440,7 @@ fn park_request(args: &NodeParkArgs) -> ParkRequest {
         etcd_manifest: args.etcd_manifest.clone(),
         stamp: chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string(),
         wait_timeout: args.timeout,
+        node: args.node.facts(),
     }
 }
 

@@ -53,6 +53,11 @@ impl Kubelet {
 
     /// `run_apiserver`: start the API server stand-in for manifests that run kube-apiserver.
     pub fn start_with(manifests: PathBuf, log_dir: PathBuf, run_apiserver: bool) -> Kubelet {
+        Kubelet::start_pods(manifests, log_dir, run_apiserver, PodRuntime::default())
+    }
+
+    /// As [`Kubelet::start_with`], the etcd pods run as `runtime` says.
+    pub fn start_pods(manifests: PathBuf, log_dir: PathBuf, run_apiserver: bool, runtime: PodRuntime) -> Kubelet {
         let stop = Arc::new(AtomicBool::new(false));
         let starts = Arc::new(Mutex::new(0));
         let apiserver = Arc::new(ApiStats::default());
@@ -82,7 +87,7 @@ impl Kubelet {
                     } else if text.contains("etcd") && text.contains("data-dir") {
                         let mut n = starts2.lock().unwrap();
                         *n += 1;
-                        pods.insert(m.clone(), Running::Etcd(run_pod(&m, &log_dir.join(format!("etcd-{n}.log")))));
+                        pods.insert(m.clone(), Running::Etcd(run_pod_in(&m, &log_dir.join(format!("etcd-{n}.log")), &runtime)));
                     }
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -210,10 +215,28 @@ fn map_paths(text: &str, mounts: &[(String, String)]) -> String {
     out
 }
 
+/// How the etcd pods run: which etcd, what else their image has on PATH.
+#[derive(Clone, Default)]
+pub struct PodRuntime {
+    /// The etcd binaries' dir [default: etcd 3.5's].
+    pub etcd_dir: Option<PathBuf>,
+    /// More of the image's programs, first on PATH (stand-ins for its helper tools).
+    pub extra_path: Option<PathBuf>,
+    /// `/bin/sh` is bash, as in RHEL-based images (Debian's is dash).
+    pub sh_is_bash: bool,
+    /// The container's working dir (where etcd puts a `unixs://` socket).
+    pub workdir: Option<PathBuf>,
+}
+
 /// Runs the etcd container of a static pod manifest as the kubelet would: its command line
 /// (a `sh -c` script is run by sh, with etcd 3.5 first on PATH), its literal env values,
 /// as its runAsUser, with container paths under a hostPath mount turned into host paths.
 pub fn run_pod(manifest: &Path, log: &Path) -> Child {
+    run_pod_in(manifest, log, &PodRuntime::default())
+}
+
+/// [`run_pod`] with the etcd and PATH of `runtime`.
+pub fn run_pod_in(manifest: &Path, log: &Path, runtime: &PodRuntime) -> Child {
     use std::os::unix::process::CommandExt;
     let pod: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
     let containers = pod["spec"]["containers"].as_sequence().unwrap();
@@ -225,19 +248,32 @@ pub fn run_pod(manifest: &Path, log: &Path) -> Child {
         .map(|m| {
             let name = m["name"].as_str().unwrap();
             let vol = pod["spec"]["volumes"].as_sequence().unwrap().iter().find(|v| v["name"].as_str() == Some(name)).unwrap();
-            (m["mountPath"].as_str().unwrap().trim_end_matches('/').to_string(), vol["hostPath"]["path"].as_str().unwrap().to_string())
+            let host = match vol["hostPath"]["path"].as_str() {
+                Some(p) => p.to_string(),
+                // An emptyDir: a dir of the pod's own beside its logs.
+                None => {
+                    let d = log.parent().unwrap().join(format!("emptydir-{name}"));
+                    std::fs::create_dir_all(&d).unwrap();
+                    d.display().to_string()
+                }
+            };
+            (m["mountPath"].as_str().unwrap().trim_end_matches('/').to_string(), host)
         })
         .collect();
     let words = |key: &str| -> Vec<String> { c[key].as_sequence().map(|s| s.iter().map(|a| a.as_str().unwrap().to_string()).collect()).unwrap_or_default() };
     let argv: Vec<String> = words("command").into_iter().chain(words("args")).map(|a| map_paths(&a, &mounts)).collect();
     let run_as = |key: &str| c["securityContext"][key].as_u64().or(pod["spec"]["securityContext"][key].as_u64());
-    // The etcd release the pod's image names (registry.k8s.io/etcd:3.6.17-0 → 3.6), 3.5 otherwise.
+    // The etcd release the pod's image names (registry.k8s.io/etcd:3.6.17-0 → 3.6), 3.5
+    // otherwise; a runtime's own etcd dir wins.
     let release = c["image"]
         .as_str()
         .and_then(|image| image.rsplit_once(':'))
         .and_then(|(_, tag)| EtcdVersion::from_label(tag))
         .unwrap_or(EtcdVersion::V3_5);
-    let mut etcd_bin = release.binaries().etcd;
+    let mut etcd_bin = match &runtime.etcd_dir {
+        Some(d) => d.join("etcd"),
+        None => release.binaries().etcd,
+    };
     if run_as("runAsUser").is_some() {
         // The installed binary may sit under a dir only root can enter: run a copy.
         use std::os::unix::fs::PermissionsExt;
@@ -250,8 +286,10 @@ pub fn run_pod(manifest: &Path, log: &Path) -> Child {
         etcd_bin = copy;
     }
     let mut cmd = if argv[0].ends_with("sh") {
-        let mut cmd = Command::new(&argv[0]);
-        let path = format!("{}:{}", etcd_bin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+        let shell = if runtime.sh_is_bash && argv[0] == "/bin/sh" { "/bin/bash" } else { argv[0].as_str() };
+        let mut cmd = Command::new(shell);
+        let extra = runtime.extra_path.as_ref().map(|p| format!("{}:", p.display())).unwrap_or_default();
+        let path = format!("{extra}{}:{}", etcd_bin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
         cmd.args(&argv[1..]).env("PATH", path);
         cmd
     } else {
@@ -267,6 +305,9 @@ pub fn run_pod(manifest: &Path, log: &Path) -> Child {
     }
     if let Some(uid) = run_as("runAsUser") {
         cmd.gid(run_as("runAsGroup").unwrap_or(uid) as u32).uid(uid as u32);
+    }
+    if let Some(d) = &runtime.workdir {
+        cmd.current_dir(d);
     }
     let log = std::fs::File::create(log).unwrap();
     cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap()
