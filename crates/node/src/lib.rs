@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use owner::Ownership;
-pub use pods::{read_apiserver_pod, read_etcd_pod, ApiServerPod, EtcdPod};
+pub use pods::{read_apiserver_pod, read_etcd_client_access, read_etcd_pod, ApiServerPod, EtcdClientAccess, EtcdPod};
 pub use ready::{probe_apiserver, ApiServerState};
 
 #[derive(Debug, thiserror::Error)]
