@@ -149,6 +149,38 @@ fn manifest_and_secrets_dir_are_enough_to_connect() {
     assert!(text(&out.stderr).contains("from ETCDCTL_ENDPOINTS"), "{}", text(&out.stderr));
 }
 
+/// A manifest whose --cert-file is for servers only: the peer pair connects instead, and
+/// stderr says why the server pair was left out.
+#[test]
+fn server_only_certificate_gives_way_to_the_peer_pair() {
+    let pki = Pki::new();
+    let server = pki.server(EtcdVersion::V3_5);
+    let work = tempfile::tempdir().unwrap();
+    let manifest = work.path().join("etcd.yaml");
+    let yaml = static_pod(server.endpoint(), pki.dir.path(), "server-only.crt", "server-only.key");
+    let with_peer = yaml.replace(
+        "    - --client-cert-auth=true\n",
+        "    - --client-cert-auth=true\n    - --peer-cert-file=/etc/kubernetes/pki/etcd/client.crt\n    - --peer-key-file=/etc/kubernetes/pki/etcd/client.key\n",
+    );
+    assert_ne!(yaml, with_peer);
+    std::fs::write(&manifest, with_peer).unwrap();
+    let dest = work.path().join("snap.db");
+    let out = save(&["--etcd-manifest", manifest.to_str().unwrap()], &dest);
+    expect_code(&out, 0, "save with the peer pair");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("server-only.crt left out: the certificate is for servers only"), "{stderr}");
+    assert!(stderr.contains("--peer-cert-file/--peer-key-file"), "{stderr}");
+
+    // Without a peer pair the server-only certificate is not offered: no client certificate,
+    // which etcd refuses (exit 13).
+    std::fs::write(&manifest, yaml).unwrap();
+    let refused = work.path().join("refused.db");
+    let out = save(&["--etcd-manifest", manifest.to_str().unwrap()], &refused);
+    expect_code(&out, 13, "only a server-only certificate");
+    assert!(text(&out.stderr).contains("requires a client certificate"), "{}", text(&out.stderr));
+    assert_no_file(&refused);
+}
+
 #[test]
 fn missing_or_wrong_files_are_clear_errors() {
     let pki = Pki::new();
