@@ -232,3 +232,45 @@ fn missing_or_wrong_files_are_clear_errors() {
     expect_code(&out, 13, "secrets dir with another CA");
     assert_no_file(&dest);
 }
+
+/// The agent as deploy/hypershift runs it: --endpoints and the mounted Secrets only; its
+/// election (in etcd) and its backup both connect with them.
+#[test]
+fn agent_runs_with_the_secrets_dir() {
+    let pki = Pki::new();
+    let server = pki.server(EtcdVersion::V3_5);
+    server.put(b"/registry/configmaps/default/first", b"one");
+    let work = tempfile::tempdir().unwrap();
+    let secrets = work.path().join("etcd-client");
+    hypershift_secrets(&pki, &secrets);
+    let repo = work.path().join("repo");
+    let log = work.path().join("agent.log");
+    let mut agent = etcdguard()
+        .args(["agent", "--repo", repo.to_str().unwrap(), "--endpoints", server.endpoint()])
+        .args(["--etcd-secrets-dir", secrets.to_str().unwrap(), "--every", "1s", "--runs", "1", "--listen", "off"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // An agent that cannot reach etcd stands by instead of exiting: bounded here.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = agent.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            agent.kill().unwrap();
+            agent.wait().unwrap();
+            panic!("the agent did not finish its run: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let agent_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "agent: {status}: {agent_log}");
+    assert!(agent_log.contains(&format!("--cert {} from --etcd-secrets-dir", secrets.join("etcd-client.crt").display())), "{agent_log}");
+    let list = etcdguard().args(["backup", "list", "--repo", repo.to_str().unwrap(), "-w", "json"]).output().unwrap();
+    expect_code(&list, 0, "backup list");
+    let backups: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(backups.as_array().map(|a| a.len()), Some(1), "{backups}");
+}
