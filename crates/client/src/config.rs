@@ -99,8 +99,10 @@ fn from_secrets_dir(dir: &Path) -> Result<Found, ClientError> {
         return Err(bad("not a directory".into()));
     }
     let origin = |names: String| format!("--etcd-secrets-dir {}: {names}", dir.display());
-    let mut found = Found::default();
-    found.cacert = SECRET_CA_FILES.iter().find(|n| dir.join(n).exists()).map(|n| (dir.join(n), origin(n.to_string())));
+    let mut found = Found {
+        cacert: SECRET_CA_FILES.iter().find(|n| dir.join(n).exists()).map(|n| (dir.join(n), origin(n.to_string()))),
+        ..Found::default()
+    };
     for (cert, key) in SECRET_CERT_PAIRS {
         match (dir.join(cert).exists(), dir.join(key).exists()) {
             (true, true) => {
