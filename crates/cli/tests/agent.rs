@@ -148,7 +148,46 @@ fn repo_exists(repo: &str) -> bool {
 /// and whose values parse (`--help` at the end: clap reads everything before it first).
 #[test]
 fn shipped_kubernetes_manifests_use_real_flags() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes");
+    let (checked, daemonsets) = check_shipped_manifests("kubernetes");
+    assert!(checked >= 4, "only {checked} containers found under deploy/kubernetes");
+    assert_eq!(daemonsets, 1, "the DaemonSet variant under deploy/kubernetes");
+}
+
+/// The HyperShift variant: the agent in the HCP namespace, reaching etcd through its client
+/// Service with the client certificate mounted where --etcd-secrets-dir reads it, and the
+/// encryption config Secret kept with each backup.
+#[test]
+fn shipped_hypershift_manifests_use_real_flags() {
+    let (checked, _) = check_shipped_manifests("hypershift");
+    assert!(checked >= 1, "no container found under deploy/hypershift");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/hypershift/agent-deployment.yaml");
+    let doc: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let pod = &doc["spec"]["template"]["spec"];
+    let agent = &pod["containers"][0];
+    let args: Vec<&str> = agent["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let arg = |flag: &str| args.iter().find_map(|a| a.strip_prefix(flag)).unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+    assert_eq!(arg("--endpoints="), "https://etcd-client.$(POD_NAMESPACE).svc:2379");
+    let mounts: Vec<&str> = agent["volumeMounts"].as_sequence().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
+    for flag in ["--etcd-secrets-dir=", "--file=", "--scratch-dir="] {
+        assert!(mounts.contains(&arg(flag)), "{flag}{} is not a mount of the agent: {mounts:?}", arg(flag));
+    }
+    // The projected volume holds the files under the names --etcd-secrets-dir looks for.
+    let volume = pod["volumes"].as_sequence().unwrap().iter().find(|v| v["name"] == "etcd-client").unwrap();
+    let paths: Vec<&str> = volume["projected"]["sources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["secret"]["items"].as_sequence().or(s["configMap"]["items"].as_sequence()).unwrap())
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["etcd-client.crt", "etcd-client.key", "ca.crt"]);
+    let names: Vec<String> = pod["volumes"].as_sequence().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect();
+    assert!(names.contains(&"kas-secret-encryption-config".to_string()), "{names:?}");
+}
+
+/// Checks every yaml under deploy/`sub`; returns the containers checked and the DaemonSets.
+fn check_shipped_manifests(sub: &str) -> (usize, usize) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(sub);
     let (mut checked, mut daemonsets) = (0, 0);
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
@@ -197,6 +236,5 @@ fn shipped_kubernetes_manifests_use_real_flags() {
             checked += 1;
         }
     }
-    assert!(checked >= 4, "only {checked} containers found under {}", dir.display());
-    assert_eq!(daemonsets, 1, "the DaemonSet variant under {}", dir.display());
+    (checked, daemonsets)
 }

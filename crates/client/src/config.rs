@@ -1,8 +1,9 @@
 //! Connection settings, read the way etcdctl reads them: flags first, then `ETCDCTL_*`
-//! environment variables, then etcdctl's defaults.
+//! environment variables, then what an etcd manifest or a directory of mounted Secrets
+//! holds (`--etcd-secrets-dir` before `--etcd-manifest`), then etcdctl's defaults.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::ClientError;
@@ -44,6 +45,90 @@ pub struct ConnectFlags {
     pub password: Option<Secret>,
     pub dial_timeout: Option<String>,
     pub command_timeout: Option<String>,
+    /// An etcd manifest (static pod, Pod, StatefulSet…): endpoints and TLS files where
+    /// neither a flag nor an `ETCDCTL_*` variable gives them.
+    pub etcd_manifest: Option<PathBuf>,
+    /// A directory of mounted Secret keys (`ca.crt`, `tls.crt`/`tls.key`,
+    /// `etcd-client.crt`/`etcd-client.key`, `etcd-client-ca.crt`): TLS files where neither a
+    /// flag nor an `ETCDCTL_*` variable gives them; before the manifest's.
+    pub etcd_secrets_dir: Option<PathBuf>,
+}
+
+/// File names a Secret holding an etcd CA is mounted with: Kubernetes' `ca.crt`, and
+/// `etcd-client-ca.crt` as OpenShift and HyperShift name it.
+pub const SECRET_CA_FILES: &[&str] = &["ca.crt", "etcd-client-ca.crt"];
+/// Certificate/key pairs of a mounted client certificate Secret: a `kubernetes.io/tls`
+/// Secret's keys, and HyperShift's `etcd-client-tls`.
+pub const SECRET_CERT_PAIRS: &[(&str, &str)] = &[("tls.crt", "tls.key"), ("etcd-client.crt", "etcd-client.key")];
+
+/// Values found in `--etcd-secrets-dir` / `--etcd-manifest`, each with where it came from.
+#[derive(Default)]
+struct Found {
+    endpoints: Option<(Vec<String>, String)>,
+    cacert: Option<(PathBuf, String)>,
+    cert_key: Option<(PathBuf, PathBuf, String)>,
+}
+
+impl Found {
+    fn read(flags: &ConnectFlags, notes: &mut Vec<String>) -> Result<Found, ClientError> {
+        let mut found = Found::default();
+        if let Some(dir) = &flags.etcd_secrets_dir {
+            found = from_secrets_dir(dir)?;
+        }
+        if let Some(manifest) = &flags.etcd_manifest {
+            let access = etcdguard_node::read_etcd_client_access(manifest)
+                .map_err(|e| ClientError::Config(format!("--etcd-manifest {e}")))?;
+            let origin = |flag: &str| format!("--etcd-manifest {} {flag}", manifest.display());
+            notes.extend(access.notes.iter().map(|n| format!("--etcd-manifest {}: {n}", manifest.display())));
+            found.endpoints = access.endpoints.map(|(urls, flag)| (urls, origin(flag)));
+            if found.cacert.is_none() {
+                found.cacert = access.cacert.map(|(p, flag)| (p, origin(flag)));
+            }
+            if found.cert_key.is_none() {
+                found.cert_key = access.cert_key.map(|(c, k, flags)| (c, k, origin(flags)));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The TLS files of a directory of mounted Secrets.
+fn from_secrets_dir(dir: &Path) -> Result<Found, ClientError> {
+    let bad = |m: String| ClientError::Config(format!("--etcd-secrets-dir {}: {m}", dir.display()));
+    if !dir.is_dir() {
+        return Err(bad("not a directory".into()));
+    }
+    let origin = |names: String| format!("--etcd-secrets-dir {}: {names}", dir.display());
+    let mut found = Found {
+        cacert: SECRET_CA_FILES.iter().find(|n| dir.join(n).exists()).map(|n| (dir.join(n), origin(n.to_string()))),
+        ..Found::default()
+    };
+    for (cert, key) in SECRET_CERT_PAIRS {
+        match (dir.join(cert).exists(), dir.join(key).exists()) {
+            (true, true) => {
+                found.cert_key = Some((dir.join(cert), dir.join(key), origin(format!("{cert}, {key}"))));
+                break;
+            }
+            (true, false) => return Err(bad(format!("{cert} is there but {key} is not"))),
+            (false, true) => return Err(bad(format!("{key} is there but {cert} is not"))),
+            (false, false) => {}
+        }
+    }
+    if found.cacert.is_none() && found.cert_key.is_none() {
+        let pairs: Vec<String> = SECRET_CERT_PAIRS.iter().map(|(c, k)| format!("{c}/{k}")).collect();
+        return Err(bad(format!("holds none of {}, {}", SECRET_CA_FILES.join(", "), pairs.join(", "))));
+    }
+    Ok(found)
+}
+
+/// A TLS file found in a manifest or Secrets dir must be there; said before connecting,
+/// with where its path came from.
+fn must_exist(path: &Path, origin: &str, flag: &str) -> Result<(), ClientError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(ClientError::Config(format!("{} (from {origin}) is not a file; give {flag}", path.display()))),
+        Err(e) => Err(ClientError::Config(format!("cannot read {} (from {origin}): {e}; mount it there or give {flag}", path.display()))),
+    }
 }
 
 /// Resolved connection settings.
@@ -110,10 +195,32 @@ impl ConnectConfig {
         let env_dial = pick("--dial-timeout", flags.dial_timeout.is_some());
         let env_command = pick("--command-timeout", flags.command_timeout.is_some());
 
-        let raw_endpoints: Vec<String> = match (flags.endpoints, env_endpoints) {
-            (Some(list), _) => list,
-            (None, Some(s)) => vec![s],
-            (None, None) => vec![DEFAULT_ENDPOINT.to_string()],
+        let found = Found::read(&flags, &mut notes)?;
+        let told = flags.etcd_manifest.is_some() || flags.etcd_secrets_dir.is_some();
+        // With a manifest or Secrets dir, every value says where it came from.
+        let mut origin = |what: &str, value: &str, from: &str| {
+            if told {
+                notes.push(format!("{what} {value} from {from}"));
+            }
+        };
+
+        let raw_endpoints: Vec<String> = match (flags.endpoints, env_endpoints, found.endpoints) {
+            (Some(list), _, _) => {
+                origin("endpoints", &list.join(","), "--endpoints");
+                list
+            }
+            (None, Some(s), _) => {
+                origin("endpoints", &s, "ETCDCTL_ENDPOINTS");
+                vec![s]
+            }
+            (None, None, Some((list, from))) => {
+                origin("endpoints", &list.join(","), &from);
+                list
+            }
+            (None, None, None) => {
+                origin("endpoints", DEFAULT_ENDPOINT, "the default");
+                vec![DEFAULT_ENDPOINT.to_string()]
+            }
         };
         let raw_endpoints: Vec<String> = raw_endpoints
             .iter()
@@ -125,9 +232,30 @@ impl ConnectConfig {
             return Err(ClientError::Config("no endpoint given (--endpoints or ETCDCTL_ENDPOINTS)".into()));
         }
 
-        let cacert = flags.cacert.or(env_cacert.map(PathBuf::from));
-        let cert = flags.cert.or(env_cert.map(PathBuf::from));
-        let key = flags.key.or(env_key.map(PathBuf::from));
+        let mut file = |flag: &str, var: &str, given: Option<PathBuf>, env: Option<String>, found: Option<(PathBuf, String)>| {
+            if let Some(p) = given {
+                origin(flag, &p.display().to_string(), flag);
+                Ok(Some(p))
+            } else if let Some(p) = env {
+                origin(flag, &p, var);
+                Ok(Some(PathBuf::from(p)))
+            } else if let Some((p, from)) = found {
+                must_exist(&p, &from, flag)?;
+                origin(flag, &p.display().to_string(), &from);
+                Ok(Some(p))
+            } else {
+                Ok::<_, ClientError>(None)
+            }
+        };
+        let cacert = file("--cacert", "ETCDCTL_CACERT", flags.cacert, env_cacert, found.cacert)?;
+        // The certificate and its key come from one place: a pair is never split.
+        let pair_given = flags.cert.is_some() || flags.key.is_some() || env_cert.is_some() || env_key.is_some();
+        let (found_cert, found_key) = match found.cert_key {
+            Some((c, k, from)) if !pair_given => (Some((c, from.clone())), Some((k, from))),
+            _ => (None, None),
+        };
+        let cert = file("--cert", "ETCDCTL_CERT", flags.cert, env_cert, found_cert)?;
+        let key = file("--key", "ETCDCTL_KEY", flags.key, env_key, found_key)?;
         match (&cert, &key) {
             (Some(_), None) => return Err(ClientError::Config("--cert was given without --key (ETCDCTL_KEY)".into())),
             (None, Some(_)) => return Err(ClientError::Config("--key was given without --cert (ETCDCTL_CERT)".into())),
@@ -325,6 +453,44 @@ mod tests {
         assert_eq!(cfg.endpoints, vec!["http://127.0.0.1:1"]);
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(notes[0].contains("ETCDCTL_ENDPOINTS"));
+    }
+
+    #[test]
+    fn secrets_dir_fills_what_flags_and_environment_leave() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["ca.crt", "etcd-client.crt", "etcd-client.key"] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        let flags = ConnectFlags { etcd_secrets_dir: Some(dir.path().into()), ..Default::default() };
+        let (cfg, notes) = ConnectConfig::resolve_with(flags.clone(), env(&[])).unwrap();
+        assert_eq!(cfg.endpoints, vec!["https://127.0.0.1:2379"]);
+        assert_eq!(cfg.cacert, Some(dir.path().join("ca.crt")));
+        assert_eq!(cfg.cert, Some(dir.path().join("etcd-client.crt")));
+        assert_eq!(cfg.key, Some(dir.path().join("etcd-client.key")));
+        assert!(notes.iter().any(|n| n.starts_with("--cert ") && n.contains("--etcd-secrets-dir")), "{notes:?}");
+        assert!(notes.iter().any(|n| n.starts_with("endpoints 127.0.0.1:2379 from the default")), "{notes:?}");
+
+        // The environment wins, and a pair is never split between two places.
+        let e = env(&[("ETCDCTL_CACERT", "/pki/ca.crt"), ("ETCDCTL_CERT", "/pki/c.crt"), ("ETCDCTL_KEY", "/pki/c.key")]);
+        let (cfg, notes) = ConnectConfig::resolve_with(flags.clone(), e).unwrap();
+        assert_eq!(cfg.cacert.as_deref(), Some(Path::new("/pki/ca.crt")));
+        assert_eq!(cfg.key.as_deref(), Some(Path::new("/pki/c.key")));
+        assert!(notes.iter().any(|n| n == "--cert /pki/c.crt from ETCDCTL_CERT"), "{notes:?}");
+        let only_cert = ConnectFlags { cert: Some("/pki/c.crt".into()), ..flags.clone() };
+        let err = ConnectConfig::resolve_with(only_cert, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("--cert was given without --key"), "{err}");
+    }
+
+    #[test]
+    fn secrets_dir_problems_are_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = ConnectFlags { etcd_secrets_dir: Some(dir.path().into()), ..Default::default() };
+        let err = |flags: &ConnectFlags| ConnectConfig::resolve_with(flags.clone(), env(&[])).unwrap_err().to_string();
+        assert!(err(&flags).contains("holds none of ca.crt"), "{}", err(&flags));
+        std::fs::write(dir.path().join("tls.crt"), "x").unwrap();
+        assert!(err(&flags).contains("tls.crt is there but tls.key is not"), "{}", err(&flags));
+        let missing = ConnectFlags { etcd_secrets_dir: Some(dir.path().join("nope")), ..Default::default() };
+        assert!(err(&missing).contains("not a directory"), "{}", err(&missing));
     }
 
     #[test]

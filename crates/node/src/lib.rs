@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use owner::Ownership;
-pub use pods::{read_apiserver_pod, read_etcd_pod, read_etcd_pod_on, ApiServerPod, EtcdPod, NodeFacts};
+pub use pods::{read_apiserver_pod, read_etcd_client_access, read_etcd_pod, read_etcd_pod_on, ApiServerPod, EtcdClientAccess, EtcdPod, NodeFacts};
 pub use ready::{probe_apiserver, ApiServerState};
 
 #[derive(Debug, thiserror::Error)]

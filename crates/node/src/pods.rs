@@ -397,7 +397,7 @@ struct Read {
 fn read_container(path: &Path, program: &str, facts: Option<&NodeFacts>) -> Result<Read, NodeError> {
     let bad = |m: String| NodeError::Manifest(path.to_path_buf(), m);
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let pod: Pod = serde_norway::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let pod = parse_pod(&text).map_err(bad)?;
     let mut found = Vec::new();
     for (i, c) in pod.spec.containers.iter().enumerate() {
         if let Some(f) = container_argv(&pod, c, program, facts).map_err(bad)? {
@@ -412,6 +412,37 @@ fn read_container(path: &Path, program: &str, facts: Option<&NodeFacts>) -> Resu
     let (index, found) = found.swap_remove(pick);
     let flags = flags(&found.argv);
     Ok(Read { pod, index, flags, found })
+}
+
+/// The pod of a manifest: a Pod (a static pod), or the pod template of a workload
+/// (StatefulSet, Deployment…); in a file of several documents, the first with containers.
+fn parse_pod(text: &str) -> Result<Pod, String> {
+    #[derive(Deserialize)]
+    struct Workload {
+        spec: WorkloadSpec,
+    }
+    #[derive(Deserialize)]
+    struct WorkloadSpec {
+        template: Pod,
+    }
+    let mut first_error = None;
+    for document in serde_norway::Deserializer::from_str(text) {
+        let value = serde_norway::Value::deserialize(document).map_err(|e| e.to_string())?;
+        let is_workload = value.get("spec").and_then(|s| s.get("template")).is_some();
+        let pod = if is_workload {
+            serde_norway::from_value::<Workload>(value).map(|w| w.spec.template)
+        } else {
+            serde_norway::from_value::<Pod>(value)
+        };
+        match pod {
+            Ok(pod) if !pod.spec.containers.is_empty() => return Ok(pod),
+            Ok(_) => {}
+            Err(e) => {
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| "no Pod, or workload with a pod template, with containers".into()))
 }
 
 /// Where a path inside the container is on the host: through the hostPath volume mounted at
@@ -604,6 +635,95 @@ pub fn read_apiserver_encryption_config(path: &Path) -> Result<Option<PathBuf>, 
     on_host(&format!("apiServerArguments.encryption-provider-config of {}", config_path.display()), &value).map(Some)
 }
 
+/// How a client reaches the etcd a manifest runs: its client URLs, and the TLS files it can
+/// connect with, as paths on this host (through the hostPath volume that holds them; as
+/// written when no hostPath does, where a pod mounting the same Secrets finds them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdClientAccess {
+    /// The URLs and the flag they came from: `--advertise-client-urls`, else
+    /// `--listen-client-urls` (wildcard hosts as loopback); URLs holding variables are left out.
+    pub endpoints: Option<(Vec<String>, &'static str)>,
+    /// `--trusted-ca-file` (else `--peer-trusted-ca-file`) and the flag.
+    pub cacert: Option<(PathBuf, &'static str)>,
+    /// Certificate, key and the flag pair: `--cert-file`/`--key-file` when the certificate
+    /// allows client authentication, else `--peer-cert-file`/`--peer-key-file`.
+    pub cert_key: Option<(PathBuf, PathBuf, &'static str)>,
+    /// What was left out, and why.
+    pub notes: Vec<String>,
+}
+
+/// Reads [`EtcdClientAccess`] from an etcd manifest: a static pod, a Pod, or a workload
+/// (StatefulSet…) whose etcd container has the flags on its command line or as `ETCD_*`.
+pub fn read_etcd_client_access(path: &Path) -> Result<EtcdClientAccess, NodeError> {
+    // No node facts: a pod's fieldRefs (its IP, its node) are not this host's; they stay
+    // variables and are left out below.
+    let Read { pod, index: c, flags: mut f, .. } = read_container(path, "etcd", None)?;
+    for e in &pod.spec.containers[c].env {
+        if let (Some(flag), Some(value)) = (e.name.strip_prefix("ETCD_"), &e.value) {
+            f.entry(flag.to_ascii_lowercase().replace('_', "-")).or_insert_with(|| value.clone());
+        }
+    }
+    let mut notes = Vec::new();
+    let mut urls = |flag: &'static str| -> Option<(Vec<String>, &'static str)> {
+        let mut out = Vec::new();
+        for url in f.get(flag)?.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            if is_variable(url) {
+                notes.push(format!("--{flag} {url} left out: a variable set when the pod starts"));
+                continue;
+            }
+            let Some((scheme @ ("http" | "https"), rest)) = url.split_once("://") else { continue };
+            let host_port = rest.split('/').next().unwrap_or_default();
+            let host_port = match host_port.rsplit_once(':') {
+                Some(("0.0.0.0" | "", port)) => format!("127.0.0.1:{port}"),
+                Some(("[::]", port)) => format!("[::1]:{port}"),
+                _ => host_port.to_string(),
+            };
+            out.push(format!("{scheme}://{host_port}"));
+        }
+        (!out.is_empty()).then_some((out, flag))
+    };
+    let endpoints = urls("advertise-client-urls").or_else(|| urls("listen-client-urls"));
+    let mut file = |flag: &str| -> Option<PathBuf> {
+        let value = f.get(flag)?;
+        if is_variable(value) {
+            notes.push(format!("--{flag} {value} left out: a variable set when the pod starts"));
+            return None;
+        }
+        Some(host_path(&pod, c, value).unwrap_or_else(|| PathBuf::from(value)))
+    };
+    let cacert = match file("trusted-ca-file") {
+        Some(p) => Some((p, "--trusted-ca-file")),
+        None => file("peer-trusted-ca-file").map(|p| (p, "--peer-trusted-ca-file")),
+    };
+    let mut cert_key = None;
+    let mut server_only_certs = Vec::new();
+    for (cert_flag, key_flag, pair) in
+        [("cert-file", "key-file", "--cert-file/--key-file"), ("peer-cert-file", "peer-key-file", "--peer-cert-file/--peer-key-file")]
+    {
+        let (Some(cert), Some(key)) = (file(cert_flag), file(key_flag)) else { continue };
+        if server_only(&cert) {
+            server_only_certs.push(format!("--{cert_flag} {} left out: the certificate is for servers only (no clientAuth usage)", cert.display()));
+            continue;
+        }
+        cert_key = Some((cert, key, pair));
+        break;
+    }
+    notes.extend(server_only_certs);
+    Ok(EtcdClientAccess { endpoints, cacert, cert_key, notes })
+}
+
+/// True when the PEM certificate at `path` has an extended key usage without clientAuth.
+/// A file that cannot be read or parsed is not judged here (the TLS handshake will).
+fn server_only(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else { return false };
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&bytes) else { return false };
+    let Ok(cert) = pem.parse_x509() else { return false };
+    match cert.extended_key_usage() {
+        Ok(Some(eku)) => !(eku.value.client_auth || eku.value.any),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -672,6 +792,54 @@ spec:
         assert!(read_etcd_pod(&p).unwrap_err().to_string().contains("no container runs etcd"));
         std::fs::write(&p, "{{{ not yaml").unwrap();
         assert!(read_etcd_pod(&p).is_err());
+    }
+
+    /// A pod-hosted etcd (HyperShift's shape): a Service, then a StatefulSet whose flags are
+    /// `ETCD_*` variables, advertised URLs with `$(VAR)`s, TLS files on Secret volumes.
+    #[test]
+    fn reads_client_access_from_a_statefulset() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("etcd.yaml");
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: etcd-client}
+spec:
+  ports: [{name: etcd-client, port: 2379}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: etcd}
+spec:
+  template:
+    spec:
+      containers:
+      - name: etcd
+        command: [/bin/sh, -c, "ETCD_INITIAL_CLUSTER_STATE=$(cat /etc/etcd/clusterstate/state) /usr/bin/etcd"]
+        env:
+        - {name: ETCD_ADVERTISE_CLIENT_URLS, value: "https://$(HOSTNAME).etcd-discovery.$(NAMESPACE).svc:2379"}
+        - {name: ETCD_LISTEN_CLIENT_URLS, value: "https://$(POD_IP):2379,https://0.0.0.0:2379"}
+        - {name: ETCD_TRUSTED_CA_FILE, value: /etc/etcd/tls/etcd-ca/ca.crt}
+        - {name: ETCD_CERT_FILE, value: /etc/etcd/tls/server/server.crt}
+        - {name: ETCD_KEY_FILE, value: /etc/etcd/tls/server/server.key}
+        - {name: ETCD_PEER_CERT_FILE, value: /etc/etcd/tls/peer/peer.crt}
+        - {name: ETCD_PEER_KEY_FILE, value: /etc/etcd/tls/peer/peer.key}
+        volumeMounts: [{mountPath: /etc/etcd/tls/server, name: server-tls}]
+      volumes: [{name: server-tls, secret: {secretName: etcd-server-tls}}]
+"#;
+        std::fs::write(&p, yaml).unwrap();
+        let access = read_etcd_client_access(&p).unwrap();
+        assert_eq!(access.endpoints, Some((vec!["https://127.0.0.1:2379".to_string()], "listen-client-urls")));
+        assert_eq!(access.cacert, Some((PathBuf::from("/etc/etcd/tls/etcd-ca/ca.crt"), "--trusted-ca-file")));
+        let (cert, key, pair) = access.cert_key.unwrap();
+        assert_eq!((cert.to_str().unwrap(), key.to_str().unwrap(), pair), ("/etc/etcd/tls/server/server.crt", "/etc/etcd/tls/server/server.key", "--cert-file/--key-file"));
+        assert_eq!(access.notes.len(), 2, "{:?}", access.notes);
+
+        // A static pod: paths through its hostPath volume.
+        std::fs::write(&p, KUBEADM_ETCD.replace("- --client-cert-auth=true", "- --key-file=/etc/kubernetes/pki/etcd/server.key\n    - --trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt")).unwrap();
+        let access = read_etcd_client_access(&p).unwrap();
+        assert_eq!(access.endpoints, Some((vec!["https://10.0.0.1:2379".to_string()], "advertise-client-urls")));
+        assert_eq!(access.cacert.unwrap().0, PathBuf::from("/etc/kubernetes/pki/etcd/ca.crt"));
     }
 
     /// OpenShift's shape: etcd-pod.yaml, a `/bin/sh -c` script that ends in `exec … etcd \`

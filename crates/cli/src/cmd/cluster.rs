@@ -12,7 +12,8 @@ use serde_json::json;
 use crate::cmd::table;
 use crate::exit::{Code, Failure};
 
-/// etcdctl's connection flags. Each falls back to the `ETCDCTL_*` variable etcdctl reads.
+/// etcdctl's connection flags. Each falls back to the `ETCDCTL_*` variable etcdctl reads,
+/// then to what --etcd-secrets-dir and --etcd-manifest hold.
 #[derive(Args, Clone, Debug, Default)]
 pub struct ConnArgs {
     /// gRPC endpoints, comma-separated: host:port or http(s)://host:port
@@ -40,6 +41,18 @@ pub struct ConnArgs {
     /// Time allowed for each request, Go syntax [env: ETCDCTL_COMMAND_TIMEOUT] [default: 5s]
     #[arg(long, value_name = "DURATION")]
     pub command_timeout: Option<String>,
+    /// etcd's manifest (a static pod such as /etc/kubernetes/manifests/etcd.yaml, or a Pod or
+    /// StatefulSet spec): endpoints from its --advertise-client-urls (else
+    /// --listen-client-urls), --cacert from --trusted-ca-file, --cert/--key from
+    /// --cert-file/--key-file (the peer pair when that certificate is for servers only), on
+    /// the host through its hostPath volumes; used where no flag or ETCDCTL_* variable gives a value
+    #[arg(long, value_name = "FILE")]
+    pub etcd_manifest: Option<PathBuf>,
+    /// A directory of mounted Secrets, as a pod mounts them: --cacert from ca.crt or
+    /// etcd-client-ca.crt, --cert/--key from tls.crt/tls.key or etcd-client.crt/etcd-client.key
+    /// (HyperShift's etcd-client-tls); before --etcd-manifest's files
+    #[arg(long, value_name = "DIR")]
+    pub etcd_secrets_dir: Option<PathBuf>,
 }
 
 impl ConnArgs {
@@ -59,6 +72,8 @@ impl ConnArgs {
             password: self.password.clone().map(Secret::new),
             dial_timeout: self.dial_timeout.clone(),
             command_timeout: self.command_timeout.clone(),
+            etcd_manifest: self.etcd_manifest.clone(),
+            etcd_secrets_dir: self.etcd_secrets_dir.clone(),
         }
     }
 }

@@ -132,6 +132,8 @@ pub enum NodeCommand {
     ///   6. wait until every member is healthy (`cluster health --cluster`), then until this
     ///      node's API server is ready.
     /// An unreachable cluster, or a refused add (quorum, a name in use), changes nothing.
+    /// --etcd-manifest names etcd's manifest when it is neither etcd.yaml nor etcd-pod.yaml;
+    /// join reads no connection values from it (it runs the member being joined).
     ///
     /// Examples:
     ///   etcdguard node join --endpoints https://10.0.0.1:2379 --cacert /etc/kubernetes/pki/etcd/ca.crt \
@@ -166,10 +168,6 @@ pub struct NodeJoinArgs {
     /// The kubelet's static pod manifests dir (its staticPodPath).
     #[arg(long, value_name = "DIR", default_value = "/etc/kubernetes/manifests")]
     pub manifests_dir: PathBuf,
-    /// etcd's manifest, when it is neither etcd.yaml nor etcd-pod.yaml; outside
-    /// --manifests-dir, a copy to read the member's values from.
-    #[arg(long, value_name = "FILE")]
-    pub etcd_manifest: Option<PathBuf>,
     /// This member's name [default: the manifest's --name].
     #[arg(long)]
     pub name: Option<String>,
@@ -367,9 +365,10 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
 
 fn node_join(args: NodeJoinArgs) -> Result<()> {
     let opts = JoinOptions {
-        connect: args.conn.flags(),
+        // The manifest runs the member being joined: not where the cluster is reached.
+        connect: etcdguard_client::ConnectFlags { etcd_manifest: None, ..args.conn.flags() },
         manifests_dir: args.manifests_dir.clone(),
-        etcd_manifest: args.etcd_manifest.clone(),
+        etcd_manifest: args.conn.etcd_manifest.clone(),
         name: args.name.clone(),
         peer_urls: args.peer_urls.clone(),
         dry_run: args.dry_run,

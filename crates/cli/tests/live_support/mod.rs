@@ -61,6 +61,9 @@ pub struct Pki {
     pub expired_key: PathBuf,
     /// A key that does not belong to `client_cert`.
     pub wrong_key: PathBuf,
+    /// Signed by `ca` for servers only (no clientAuth usage): etcd refuses it from a client.
+    pub server_only_cert: PathBuf,
+    pub server_only_key: PathBuf,
 }
 
 fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -97,6 +100,14 @@ impl Pki {
         let (server_cert, server_key) = leaf("etcd", vec!["127.0.0.1".into(), "localhost".into()], false);
         let (client_cert, client_key) = leaf("root", vec![], false);
         let (expired_cert, expired_key) = leaf("root", vec![], true);
+        let (server_only_cert, server_only_key) = {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+            p.distinguished_name.push(DnType::CommonName, "etcd server only");
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            (p.signed_by(&key, &ca1).unwrap().pem(), key.serialize_pem())
+        };
         Pki {
             ca: write("ca.crt", ca1.pem()),
             other_ca: write("other-ca.crt", ca2.pem()),
@@ -107,6 +118,8 @@ impl Pki {
             expired_cert: write("expired.crt", expired_cert),
             expired_key: write("expired.key", expired_key),
             wrong_key: write("wrong.key", KeyPair::generate().unwrap().serialize_pem()),
+            server_only_cert: write("server-only.crt", server_only_cert),
+            server_only_key: write("server-only.key", server_only_key),
             dir,
         }
     }
