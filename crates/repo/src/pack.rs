@@ -66,6 +66,13 @@ impl<'de> serde::Deserialize<'de> for Id {
     }
 }
 
+/// sha256 of a whole file, in hex, read in a fixed buffer.
+pub fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hex(&hasher.finalize()))
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);

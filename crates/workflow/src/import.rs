@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use etcdguard_repo::manifest::{Import, Manifest, Source};
-use sha2::{Digest, Sha256};
 
 use crate::backup::{create_imported, CreateOptions, Original};
 use crate::error::{repo_error, Error, Kind, Result};
@@ -197,17 +196,7 @@ fn stored_snapshots(opts: &ImportOptions) -> Result<Vec<Stored>> {
 }
 
 fn sha256_of(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    etcdguard_repo::pack::file_sha256(path).map_err(|e| Error::failure(format!("{}: {e}", path.display())))
 }
 
 // -------------------------------------------------------------------------------------

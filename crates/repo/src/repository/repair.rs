@@ -17,12 +17,10 @@
 //! A dry run does all the reading and none of the writing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
 use super::damage::damage_key;
 use super::writer::Uploader;
@@ -247,7 +245,7 @@ impl Repository {
             match source {
                 RepairSource::File(path) => {
                     let name = path.display().to_string();
-                    let digest = file_sha256(path)?;
+                    let digest = crate::pack::file_sha256(path).map_err(|e| RepoError::Io(format!("{name}: {e}")))?;
                     let mut sizes: Vec<u32> = chunk_sizes.iter().copied().collect();
                     let exact = whole_parts.get(&digest).copied();
                     if let Some((cs, _)) = exact {
@@ -425,18 +423,4 @@ impl Repository {
         out.sort_by_key(|s| s.pack);
         Ok(out)
     }
-}
-
-fn file_sha256(path: &std::path::Path) -> Result<String, RepoError> {
-    let mut f = std::fs::File::open(path).map_err(|e| RepoError::Io(format!("{}: {e}", path.display())))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| RepoError::Io(format!("{}: {e}", path.display())))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(crate::pack::hex(&h.finalize()))
 }

@@ -28,6 +28,16 @@ impl Repository {
     /// Reads one pack whole: its content must hash to its name and parse as a pack.
     /// `Damaged` names the pack and what is wrong; other errors are the store's.
     pub fn check_pack(&self, pack: &Id) -> Result<(), RepoError> {
+        match self.read_and_check_pack(pack, &[])? {
+            None => Ok(()),
+            Some(check) => Err(self.record_pack_check(pack, &check, "pack check")),
+        }
+    }
+
+    /// Reads one pack whole: `None` when it hashes to its name and parses as a pack, else
+    /// what [`Repository::check_pack_bytes`] found (not recorded yet). A missing pack, or an
+    /// intact one that does not parse (recorded), is an error.
+    fn read_and_check_pack(&self, pack: &Id, expected: &[crate::pack::PackEntry]) -> Result<Option<PackCheck>, RepoError> {
         let bytes = match self.store.get(&pack_key(pack)) {
             Ok(b) => b,
             Err(StoreError::NotFound(_)) => {
@@ -35,15 +45,15 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         };
-        let check = self.check_pack_bytes(pack, &bytes, &[])?;
-        if check.intact {
-            crate::pack::parse_pack(&bytes).map_err(|e| {
-                self.note_damage(pack, None, "pack check", &e.to_string());
-                RepoError::Damaged(format!("pack {}: {e} (recorded under damaged/)", pack.hex()))
-            })?;
-            return Ok(());
+        let check = self.check_pack_bytes(pack, &bytes, expected)?;
+        if !check.intact {
+            return Ok(Some(check));
         }
-        Err(self.record_pack_check(pack, &check, "pack check"))
+        crate::pack::parse_pack(&bytes).map_err(|e| {
+            self.note_damage(pack, None, "pack check", &e.to_string());
+            RepoError::Damaged(format!("pack {}: {e} (recorded under damaged/)", pack.hex()))
+        })?;
+        Ok(None)
     }
 
     /// Every blob `manifest` reads (chunk lists and chunks of every part).
@@ -61,23 +71,7 @@ impl Repository {
     /// backup does not need from this pack (another sound copy is stored, or the backup does
     /// not use them) is recorded and returned as a note, not an error: the backup restores.
     pub fn check_pack_for(&self, pack: &Id, index: &Index, needed: &HashSet<Id>) -> Result<Option<String>, RepoError> {
-        let bytes = match self.store.get(&pack_key(pack)) {
-            Ok(b) => b,
-            Err(StoreError::NotFound(_)) => {
-                return Err(RepoError::Damaged(format!("pack {} is in the index but missing from the repository", pack.hex())))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let check = self.check_pack_bytes(pack, &bytes, &index.pack_entries(pack))?;
-        if check.intact {
-            return match crate::pack::parse_pack(&bytes) {
-                Ok(_) => Ok(None),
-                Err(e) => {
-                    self.note_damage(pack, None, "pack check", &e.to_string());
-                    Err(RepoError::Damaged(format!("pack {}: {e} (recorded under damaged/)", pack.hex())))
-                }
-            };
-        }
+        let Some(check) = self.read_and_check_pack(pack, &index.pack_entries(pack))? else { return Ok(None) };
         let error = self.record_pack_check(pack, &check, "pack check");
         let damage = self.damage()?;
         let lost = |id: &Id| !index.packs_holding(id).iter().any(|p| p != pack && !damage.is_bad(p, id));
