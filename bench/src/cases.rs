@@ -109,7 +109,9 @@ impl S3Server {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .context("cannot start moto_server (pip install 'moto[server]'; .ci/install-deps does)")?;
+            .context(
+                "cannot start moto_server (pip install 'moto[server]'; .ci/install-deps does)",
+            )?;
         let mut server = S3Server { child, endpoint: format!("http://127.0.0.1:{port}") };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
@@ -181,7 +183,10 @@ impl Env {
         let Some(data_dir) = &self.dataset.data_dir else {
             bail!("this case needs a live etcd with the dataset; use a generated dataset (not --snapshot FILE)");
         };
-        let builder = EtcdServer::builder(EtcdVersion::V3_5).name("bench").data_dir(data_dir).quota_bytes(64 << 30);
+        let builder = EtcdServer::builder(EtcdVersion::V3_5)
+            .name("bench")
+            .data_dir(data_dir)
+            .quota_bytes(64 << 30);
         let port = self.dataset.meta.as_ref().map(|m| m.peer_port).unwrap_or(0);
         eprintln!("live server: starting etcd 3.5.1 on {}", data_dir.display());
         let server = if port != 0 { builder.start_with_peer_port(port) } else { builder.start() };
@@ -193,7 +198,12 @@ impl Env {
     #[allow(dead_code)] // for cases to come (restore, save)
     pub fn reference_status(&self, file: &Path) -> Result<Value> {
         let out = self.etcdutl()?.args(["snapshot", "status", "-w", "json"]).arg(file).output()?;
-        ensure!(out.status.success(), "etcdutl snapshot status {} failed: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "etcdutl snapshot status {} failed: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         parse_json(&out.stdout, "etcdutl snapshot status")
     }
 }
@@ -212,7 +222,11 @@ struct Status {
 
 impl Case for Status {
     fn name(&self) -> &'static str {
-        if self.skip_hash_check { "status-skip-hash" } else { "status" }
+        if self.skip_hash_check {
+            "status-skip-hash"
+        } else {
+            "status"
+        }
     }
     fn about(&self) -> &'static str {
         if self.skip_hash_check {
@@ -225,7 +239,11 @@ impl Case for Status {
         "etcdutl"
     }
     fn target(&self) -> Target {
-        if self.skip_hash_check { Target::NONE } else { Target::speedup(3.0).rss_mib(64) }
+        if self.skip_hash_check {
+            Target::NONE
+        } else {
+            Target::speedup(3.0).rss_mib(64)
+        }
     }
     fn command(&self, tool: Tool, env: &Env, _scratch: &Path) -> Result<Command> {
         let mut cmd = match tool {
@@ -311,18 +329,31 @@ impl Case for Restore36 {
             Tool::Reference => etcdutl_36()?,
             Tool::Etcdguard => env.etcdguard(),
         };
-        cmd.args(["snapshot", "restore"]).arg(env.snapshot()).arg("--data-dir").arg(scratch.join("data"));
+        cmd.args(["snapshot", "restore"])
+            .arg(env.snapshot())
+            .arg("--data-dir")
+            .arg(scratch.join("data"));
         Ok(cmd)
     }
     fn check(&self, _env: &Env, reference: &Measured, etcdguard: &Measured) -> Result<()> {
         let status = |dir: &Path| -> Result<Value> {
-            let out = etcdutl_36()?.args(["snapshot", "status", "-w", "json"]).arg(dir.join("data/member/snap/db")).output()?;
-            ensure!(out.status.success(), "etcdutl 3.6 status failed: {}", String::from_utf8_lossy(&out.stderr));
+            let out = etcdutl_36()?
+                .args(["snapshot", "status", "-w", "json"])
+                .arg(dir.join("data/member/snap/db"))
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "etcdutl 3.6 status failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             parse_json(&out.stdout, "etcdutl 3.6 snapshot status")
         };
         let (want, got) = (status(&reference.scratch)?, status(&etcdguard.scratch)?);
         for field in ["hash", "revision", "totalKey", "version"] {
-            ensure!(want[field] == got[field], "restored db {field} differs: etcdutl 3.6 {want}, etcdguard {got}");
+            ensure!(
+                want[field] == got[field],
+                "restored db {field} differs: etcdutl 3.6 {want}, etcdguard {got}"
+            );
         }
         Ok(())
     }
@@ -337,7 +368,11 @@ struct Save {
 
 impl Case for Save {
     fn name(&self) -> &'static str {
-        if self.skip_status { "save-skip-status" } else { "save" }
+        if self.skip_status {
+            "save-skip-status"
+        } else {
+            "save"
+        }
     }
     fn about(&self) -> &'static str {
         if self.skip_status {
@@ -350,7 +385,11 @@ impl Case for Save {
         "etcdctl"
     }
     fn target(&self) -> Target {
-        if self.skip_status { Target::NONE } else { Target::speedup(1.5).rss_mib(64) }
+        if self.skip_status {
+            Target::NONE
+        } else {
+            Target::speedup(1.5).rss_mib(64)
+        }
     }
     fn needs_live_server(&self) -> bool {
         true
@@ -420,17 +459,26 @@ impl Case for Restore {
             Tool::Reference => env.etcdutl()?,
             Tool::Etcdguard => env.etcdguard(),
         };
-        cmd.args(["snapshot", "restore"]).arg(env.snapshot()).arg("--data-dir").arg(scratch.join("data"));
+        cmd.args(["snapshot", "restore"])
+            .arg(env.snapshot())
+            .arg("--data-dir")
+            .arg(scratch.join("data"));
         Ok(cmd)
     }
     fn check(&self, env: &Env, reference: &Measured, etcdguard: &Measured) -> Result<()> {
         let (a, b) = (reference.scratch.join("data/member"), etcdguard.scratch.join("data/member"));
-        for file in ["wal/0000000000000000-0000000000000000.wal", "snap/0000000000000001-0000000000000001.snap"] {
+        for file in [
+            "wal/0000000000000000-0000000000000000.wal",
+            "snap/0000000000000001-0000000000000001.snap",
+        ] {
             // Compared in chunks: holding the 64 MB WALs would raise this process's RSS, which
             // the next child inherits as its starting peak (Linux keeps maxrss across exec).
             use std::io::Read;
             let (pa, pb) = (a.join(file), b.join(file));
-            ensure!(std::fs::metadata(&pa)?.len() == std::fs::metadata(&pb)?.len(), "{file}: sizes differ");
+            ensure!(
+                std::fs::metadata(&pa)?.len() == std::fs::metadata(&pb)?.len(),
+                "{file}: sizes differ"
+            );
             let (mut fa, mut fb) = (std::fs::File::open(&pa)?, std::fs::File::open(&pb)?);
             let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
             loop {
@@ -445,7 +493,10 @@ impl Case for Restore {
         let want = env.reference_status(&a.join("snap/db"))?;
         let got = env.reference_status(&b.join("snap/db"))?;
         for field in ["hash", "revision", "totalKey"] {
-            ensure!(want[field] == got[field], "restored db {field} differs: etcdutl {want}, etcdguard {got}");
+            ensure!(
+                want[field] == got[field],
+                "restored db {field} differs: etcdutl {want}, etcdguard {got}"
+            );
         }
         Ok(())
     }
@@ -500,10 +551,15 @@ impl Case for BackupS3 {
             }
             Tool::Etcdguard => {
                 let mut c = env.etcdguard();
-                c.args(["backup", "create", "--repo", &format!("s3://bench/guard-{run_id}?endpoint={s3}")])
-                    .args(["--endpoints", &endpoint, "--scratch-dir"])
-                    .arg(scratch)
-                    .args(["-w", "json"]);
+                c.args([
+                    "backup",
+                    "create",
+                    "--repo",
+                    &format!("s3://bench/guard-{run_id}?endpoint={s3}"),
+                ])
+                .args(["--endpoints", &endpoint, "--scratch-dir"])
+                .arg(scratch)
+                .args(["-w", "json"]);
                 c
             }
         };
@@ -515,7 +571,10 @@ impl Case for BackupS3 {
         Ok(cmd)
     }
     fn check(&self, _env: &Env, reference: &Measured, etcdguard: &Measured) -> Result<()> {
-        let manual: u64 = String::from_utf8_lossy(&reference.stdout).trim().parse().context("the pipeline printed no size")?;
+        let manual: u64 = String::from_utf8_lossy(&reference.stdout)
+            .trim()
+            .parse()
+            .context("the pipeline printed no size")?;
         let m = parse_json(&etcdguard.stdout, "etcdguard backup create")?;
         let added = m["sizes"]["added"].as_u64().context("no sizes.added")?;
         let original = m["snapshot"]["size"].as_u64().context("no snapshot.size")?;
@@ -526,7 +585,10 @@ impl Case for BackupS3 {
             added as f64 / manual as f64,
             original as f64 / 1048576.0
         );
-        ensure!(added > 0 && added < original, "etcdguard stored {added} bytes of a {original}-byte snapshot");
+        ensure!(
+            added > 0 && added < original,
+            "etcdguard stored {added} bytes of a {original}-byte snapshot"
+        );
         Ok(())
     }
 }
@@ -540,14 +602,22 @@ fn setup(cmd: &mut Command, what: &str) -> Result<String> {
 
 /// Same restored member from both sides: WAL and raft snap identical, db with the same status.
 fn check_same_data_dir(env: &Env, a: &Path, b: &Path) -> Result<()> {
-    for file in ["wal/0000000000000000-0000000000000000.wal", "snap/0000000000000001-0000000000000001.snap"] {
+    for file in
+        ["wal/0000000000000000-0000000000000000.wal", "snap/0000000000000001-0000000000000001.snap"]
+    {
         let (pa, pb) = (a.join(file), b.join(file));
-        ensure!(std::fs::metadata(&pa)?.len() == std::fs::metadata(&pb)?.len(), "{file}: sizes differ");
+        ensure!(
+            std::fs::metadata(&pa)?.len() == std::fs::metadata(&pb)?.len(),
+            "{file}: sizes differ"
+        );
     }
     let want = env.reference_status(&a.join("snap/db"))?;
     let got = env.reference_status(&b.join("snap/db"))?;
     for field in ["hash", "revision", "totalKey"] {
-        ensure!(want[field] == got[field], "restored db {field} differs: reference {want}, etcdguard {got}");
+        ensure!(
+            want[field] == got[field],
+            "restored db {field} differs: reference {want}, etcdguard {got}"
+        );
     }
     Ok(())
 }
@@ -585,22 +655,42 @@ impl Case for BackupRestoreLocal {
                 if self.repo.get().is_none() {
                     // One repository per dataset: a repository of another dataset's backup
                     // would restore something else.
-                    let dataset = env.snapshot().parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    let repo = scratch.parent().context("scratch has a parent")?.join(format!("repo-{dataset}"));
+                    let dataset = env
+                        .snapshot()
+                        .parent()
+                        .and_then(|d| d.file_name())
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let repo = scratch
+                        .parent()
+                        .context("scratch has a parent")?
+                        .join(format!("repo-{dataset}"));
                     if !repo.exists() {
                         eprintln!("setup: backing up the dataset into {}", repo.display());
-                        setup(env.etcdguard().args(["backup", "create", "--repo"]).arg(&repo).arg("--from-file").arg(env.snapshot()), "backup create")?;
+                        setup(
+                            env.etcdguard()
+                                .args(["backup", "create", "--repo"])
+                                .arg(&repo)
+                                .arg("--from-file")
+                                .arg(env.snapshot()),
+                            "backup create",
+                        )?;
                     }
                     let _ = self.repo.set(repo);
                 }
-                cmd.args(["backup", "restore", "latest", "--repo"]).arg(self.repo.get().expect("set"));
+                cmd.args(["backup", "restore", "latest", "--repo"])
+                    .arg(self.repo.get().expect("set"));
             }
         }
         cmd.arg("--data-dir").arg(scratch.join("data"));
         Ok(cmd)
     }
     fn check(&self, env: &Env, reference: &Measured, etcdguard: &Measured) -> Result<()> {
-        check_same_data_dir(env, &reference.scratch.join("data/member"), &etcdguard.scratch.join("data/member"))
+        check_same_data_dir(
+            env,
+            &reference.scratch.join("data/member"),
+            &etcdguard.scratch.join("data/member"),
+        )
     }
 }
 
@@ -645,9 +735,23 @@ impl Case for BackupRestoreS3 {
         if self.repo.get().is_none() {
             let url = format!("s3://bench/restore-repo?endpoint={s3}");
             eprintln!("setup: backing up the dataset into {url} and uploading the snapshot file");
-            setup(Self::aws(env.etcdguard().args(["backup", "create", "--repo", &url, "--from-file"]).arg(env.snapshot())), "backup create")?;
             setup(
-                Self::aws(Command::new("python3").arg("-c").arg(UPLOAD_PY).arg(&s3).arg(env.snapshot()).arg("manual/snapshot.db")),
+                Self::aws(
+                    env.etcdguard()
+                        .args(["backup", "create", "--repo", &url, "--from-file"])
+                        .arg(env.snapshot()),
+                ),
+                "backup create",
+            )?;
+            setup(
+                Self::aws(
+                    Command::new("python3")
+                        .arg("-c")
+                        .arg(UPLOAD_PY)
+                        .arg(&s3)
+                        .arg(env.snapshot())
+                        .arg("manual/snapshot.db"),
+                ),
                 "boto3 upload",
             )?;
             let _ = self.repo.set(url);
@@ -655,7 +759,13 @@ impl Case for BackupRestoreS3 {
         let data = scratch.join("data");
         let mut cmd = match tool {
             Tool::Reference => {
-                let etcdutl = env.etcd.etcdutl.as_ref().context("etcd 3.5 has no etcdutl binary")?.display().to_string();
+                let etcdutl = env
+                    .etcd
+                    .etcdutl
+                    .as_ref()
+                    .context("etcd 3.5 has no etcdutl binary")?
+                    .display()
+                    .to_string();
                 let script = format!(
                     "set -e; python3 -c \"$2\" {s3} manual/snapshot.db \"$1/snapshot.db\"; \
                      '{etcdutl}' snapshot restore \"$1/snapshot.db\" --data-dir \"$1/data\" >/dev/null 2>&1"
@@ -666,7 +776,9 @@ impl Case for BackupRestoreS3 {
             }
             Tool::Etcdguard => {
                 let mut c = env.etcdguard();
-                c.args(["backup", "restore", "latest", "--repo", self.repo.get().expect("set")]).arg("--data-dir").arg(&data);
+                c.args(["backup", "restore", "latest", "--repo", self.repo.get().expect("set")])
+                    .arg("--data-dir")
+                    .arg(&data);
                 c
             }
         };
@@ -674,7 +786,11 @@ impl Case for BackupRestoreS3 {
         Ok(cmd)
     }
     fn check(&self, env: &Env, reference: &Measured, etcdguard: &Measured) -> Result<()> {
-        check_same_data_dir(env, &reference.scratch.join("data/member"), &etcdguard.scratch.join("data/member"))
+        check_same_data_dir(
+            env,
+            &reference.scratch.join("data/member"),
+            &etcdguard.scratch.join("data/member"),
+        )
     }
 }
 
@@ -838,8 +954,15 @@ impl Case for InspectList {
         let listed = listed.as_array().context("inspect list -o json is not an array")?;
         let total = status["totalKey"].as_u64().context("status has no totalKey")?;
         // Every live key is one entry of the key bucket, which totalKey counts with history.
-        ensure!(!listed.is_empty() && listed.len() as u64 <= total, "inspect list found {} objects, status counts {total} keys", listed.len());
-        ensure!(listed.iter().all(|o| o["key"].as_str().is_some_and(|k| k.starts_with("/registry/"))), "a listed object has no /registry/ key");
+        ensure!(
+            !listed.is_empty() && listed.len() as u64 <= total,
+            "inspect list found {} objects, status counts {total} keys",
+            listed.len()
+        );
+        ensure!(
+            listed.iter().all(|o| o["key"].as_str().is_some_and(|k| k.starts_with("/registry/"))),
+            "a listed object has no /registry/ key"
+        );
         Ok(())
     }
 }
@@ -867,13 +990,19 @@ impl Case for InspectDiff {
         let mut cmd = env.etcdguard();
         match tool {
             Tool::Reference => walk_only(&mut cmd, env),
-            Tool::Etcdguard => cmd.args(["inspect", "diff", "-o", "json-patch"]).arg(env.snapshot()).arg(env.snapshot()),
+            Tool::Etcdguard => cmd
+                .args(["inspect", "diff", "-o", "json-patch"])
+                .arg(env.snapshot())
+                .arg(env.snapshot()),
         };
         Ok(cmd)
     }
     fn check(&self, _env: &Env, _reference: &Measured, etcdguard: &Measured) -> Result<()> {
         let changes = parse_json(&etcdguard.stdout, "inspect diff")?;
-        ensure!(changes.as_array().is_some_and(|a| a.is_empty()), "a snapshot differs from itself: {changes}");
+        ensure!(
+            changes.as_array().is_some_and(|a| a.is_empty()),
+            "a snapshot differs from itself: {changes}"
+        );
         Ok(())
     }
 }
@@ -900,7 +1029,10 @@ impl Case for InspectExtract {
         let mut cmd = env.etcdguard();
         match tool {
             Tool::Reference => walk_only(&mut cmd, env),
-            Tool::Etcdguard => cmd.args(["inspect", "extract", "--all-namespaces", "--include-owned", "--output-dir"]).arg(scratch.join("extracted")).arg(env.snapshot()),
+            Tool::Etcdguard => cmd
+                .args(["inspect", "extract", "--all-namespaces", "--include-owned", "--output-dir"])
+                .arg(scratch.join("extracted"))
+                .arg(env.snapshot()),
         };
         Ok(cmd)
     }
@@ -908,12 +1040,19 @@ impl Case for InspectExtract {
         let err = String::from_utf8_lossy(&etcdguard.stderr);
         let extracted: u64 = err
             .lines()
-            .find_map(|l| l.split_once(" object(s) extracted").and_then(|(n, _)| n.rsplit(' ').next()?.parse().ok()))
-            .with_context(|| format!("inspect extract did not say how many objects it wrote: {err}"))?;
+            .find_map(|l| {
+                l.split_once(" object(s) extracted")
+                    .and_then(|(n, _)| n.rsplit(' ').next()?.parse().ok())
+            })
+            .with_context(|| {
+                format!("inspect extract did not say how many objects it wrote: {err}")
+            })?;
         let mut files = 0u64;
         let mut stack = vec![etcdguard.scratch.join("extracted")];
         while let Some(dir) = stack.pop() {
-            for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            for e in
+                std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+            {
                 let e = e?;
                 if e.file_type()?.is_dir() {
                     stack.push(e.path());
@@ -922,7 +1061,10 @@ impl Case for InspectExtract {
                 }
             }
         }
-        ensure!(extracted > 1000 && files == extracted, "inspect extract says {extracted} objects but wrote {files} files");
+        ensure!(
+            extracted > 1000 && files == extracted,
+            "inspect extract says {extracted} objects but wrote {files} files"
+        );
         ensure!(!err.contains("unknown"), "objects with fields unknown to the schema: {err}");
         Ok(())
     }

@@ -120,7 +120,8 @@ fn generate(spec: &DatasetSpec, data_dir: &Path, snapshot: &Path) -> Result<Data
         // Durability is irrelevant for generated data; fsync per commit only slows loading.
         .arg("--unsafe-no-fsync")
         .start();
-    let peer_port: u16 = server.peer_url().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let peer_port: u16 =
+        server.peer_url().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let http = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
     let lease = server.grant_lease(30 * 24 * 3600);
     let progress = Progress::default();
@@ -250,11 +251,7 @@ fn writer(server: &EtcdServer, seed: u64, lease: i64, progress: &Progress, stop:
         let step = progress.next_step.fetch_add(1, Ordering::Relaxed);
         let mut rng = StdRng::seed_from_u64(seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let roll: f64 = rng.gen();
-        let object = if step < 100 || roll < 0.70 {
-            step
-        } else {
-            rng.gen_range(0..step)
-        };
+        let object = if step < 100 || roll < 0.70 { step } else { rng.gen_range(0..step) };
         let (key, kind) = object_key(seed, object);
         if step >= 100 && roll >= 0.94 {
             progress.deletes.fetch_add(server.delete(&key) as u64, Ordering::Relaxed);
@@ -301,22 +298,36 @@ const KINDS: &[Kind] = &[
     kind("controllerrevisions", 2, (2_000, 90_000), false),
 ];
 
-const APPS: &[&str] = &["web", "api", "worker", "redis", "postgres", "ingress-nginx", "coredns", "grafana", "loki", "kafka"];
+const APPS: &[&str] = &[
+    "web",
+    "api",
+    "worker",
+    "redis",
+    "postgres",
+    "ingress-nginx",
+    "coredns",
+    "grafana",
+    "loki",
+    "kafka",
+];
 
 /// Key and kind of object number `object`; the same number always names the same object.
 fn object_key(seed: u64, object: u64) -> (Vec<u8>, Kind) {
-    let mut rng = StdRng::seed_from_u64(seed.rotate_left(17) ^ object.wrapping_mul(0xD6E8_FEB8_6659_FD93));
+    let mut rng =
+        StdRng::seed_from_u64(seed.rotate_left(17) ^ object.wrapping_mul(0xD6E8_FEB8_6659_FD93));
     let total: u32 = KINDS.iter().map(|k| k.weight).sum();
     let mut pick = rng.gen_range(0..total);
-    let kind = *KINDS.iter().find(|k| {
-        if pick < k.weight {
-            true
-        } else {
-            pick -= k.weight;
-            false
-        }
-    })
-    .expect("weights cover the range");
+    let kind = *KINDS
+        .iter()
+        .find(|k| {
+            if pick < k.weight {
+                true
+            } else {
+                pick -= k.weight;
+                false
+            }
+        })
+        .expect("weights cover the range");
     let ns = rng.gen_range(0..40u32);
     let ns = match ns {
         0 => "kube-system".to_string(),
@@ -328,7 +339,11 @@ fn object_key(seed: u64, object: u64) -> (Vec<u8>, Kind) {
     let key = if kind.resource.contains("customresourcedefinitions") {
         format!("/registry/{}/{app}s.example{object}.io", kind.resource)
     } else {
-        format!("/registry/{}/{ns}/{app}-{object:x}-{:05x}", kind.resource, rng.gen_range(0..0x100000u32))
+        format!(
+            "/registry/{}/{ns}/{app}-{object:x}-{:05x}",
+            kind.resource,
+            rng.gen_range(0..0x100000u32)
+        )
     };
     (key.into_bytes(), kind)
 }

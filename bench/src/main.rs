@@ -92,15 +92,24 @@ fn run(opts: &Opts) -> Result<i32> {
     if opts.list {
         for case in &all {
             let default = if case.default_on() { "" } else { " (not in the default set)" };
-            println!("{:<18} {} vs etcdguard: {}{default}", case.name(), case.reference(), case.about());
+            println!(
+                "{:<18} {} vs etcdguard: {}{default}",
+                case.name(),
+                case.reference(),
+                case.about()
+            );
         }
         return Ok(0);
     }
     if opts.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let selected: Vec<&dyn Case> = if opts.cases.is_empty() || opts.cases.iter().any(|c| c == "all") {
-        all.iter().filter(|c| c.default_on() || opts.cases.iter().any(|n| n == "all")).map(|c| &**c).collect()
+    let selected: Vec<&dyn Case> = if opts.cases.is_empty() || opts.cases.iter().any(|c| c == "all")
+    {
+        all.iter()
+            .filter(|c| c.default_on() || opts.cases.iter().any(|n| n == "all"))
+            .map(|c| &**c)
+            .collect()
     } else {
         let mut v = Vec::new();
         for name in &opts.cases {
@@ -130,18 +139,28 @@ fn run(opts: &Opts) -> Result<i32> {
         Some(file) => Dataset::external(file)?,
         None => dataset::ensure(
             &work,
-            &DatasetSpec { size_mb: opts.size_mb, seed: opts.seed, load_threads: opts.load_threads },
+            &DatasetSpec {
+                size_mb: opts.size_mb,
+                seed: opts.seed,
+                load_threads: opts.load_threads,
+            },
         )?,
     };
     let env = Env::new(etcdguard, etcd, dataset);
-    let mut report = Report::new(opts.runs, opts.warmup, &env, version_of(env.etcdguard().arg("--version")), {
-        let mut c = env.etcdutl()?;
-        c.arg("version");
-        version_of(&mut c)
-    });
+    let mut report =
+        Report::new(opts.runs, opts.warmup, &env, version_of(env.etcdguard().arg("--version")), {
+            let mut c = env.etcdutl()?;
+            c.arg("version");
+            version_of(&mut c)
+        });
 
     for case in selected {
-        eprintln!("case {}: {} runs of each tool after {} warm-up", case.name(), opts.runs, opts.warmup);
+        eprintln!(
+            "case {}: {} runs of each tool after {} warm-up",
+            case.name(),
+            opts.runs,
+            opts.warmup
+        );
         let result = if case.needs_live_server() && env.dataset.data_dir.is_none() {
             Err(anyhow::anyhow!("skipped: needs a generated dataset (not --snapshot FILE)"))
         } else {
@@ -214,7 +233,11 @@ fn run_case(case: &dyn Case, env: &Env, opts: &Opts, work: &Path) -> Result<Case
         let [Some(r), Some(g)] = pair else { unreachable!("both tools ran") };
         if round == 0 {
             case.check(env, &r, &g).with_context(|| {
-                format!("check failed (outputs in {} and {})", r.scratch.display(), g.scratch.display())
+                format!(
+                    "check failed (outputs in {} and {})",
+                    r.scratch.display(),
+                    g.scratch.display()
+                )
             })?;
         }
         if !opts.keep_scratch {

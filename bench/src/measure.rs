@@ -132,18 +132,24 @@ pub fn launcher(args: Vec<std::ffi::OsString>) -> i32 {
         break rc;
     };
     if rc != pid {
-        let _ = std::fs::write(usage_path, format!("wait4({pid}) failed: {}", std::io::Error::last_os_error()));
+        let _ = std::fs::write(
+            usage_path,
+            format!("wait4({pid}) failed: {}", std::io::Error::last_os_error()),
+        );
         return 1;
     }
     // The child is reaped; std's handle must not wait for it again (dropping it does not).
     drop(child);
     let micros = |tv: libc::timeval| tv.tv_sec * 1_000_000 + tv.tv_usec;
     // Linux reports ru_maxrss in KiB.
-    let line = format!("{status} {} {} {}\n", usage.ru_maxrss, micros(usage.ru_utime), micros(usage.ru_stime));
+    let line = format!(
+        "{status} {} {} {}\n",
+        usage.ru_maxrss,
+        micros(usage.ru_utime),
+        micros(usage.ru_stime)
+    );
     match std::fs::write(usage_path, line) {
         Ok(()) => 0,
         Err(_) => 1,
     }
 }
-
-

@@ -10,10 +10,57 @@ use rand::Rng;
 use serde_json::{json, Map, Value};
 
 const WORDS: &[&str] = &[
-    "server", "listen", "port", "timeout", "retry", "backend", "cache", "enabled", "replicas", "image", "log", "level", "info",
-    "debug", "warn", "upstream", "proxy", "buffer", "size", "worker", "queue", "metrics", "path", "/api/v1", "tls", "cert",
-    "true", "false", "0.5", "30s", "5m", "8080", "443", "service", "cluster.local", "namespace", "token", "endpoint", "region",
-    "eu-west-1", "storage", "bucket", "max", "min", "connections", "pool", "database", "postgres", "redis", "kafka", "topic",
+    "server",
+    "listen",
+    "port",
+    "timeout",
+    "retry",
+    "backend",
+    "cache",
+    "enabled",
+    "replicas",
+    "image",
+    "log",
+    "level",
+    "info",
+    "debug",
+    "warn",
+    "upstream",
+    "proxy",
+    "buffer",
+    "size",
+    "worker",
+    "queue",
+    "metrics",
+    "path",
+    "/api/v1",
+    "tls",
+    "cert",
+    "true",
+    "false",
+    "0.5",
+    "30s",
+    "5m",
+    "8080",
+    "443",
+    "service",
+    "cluster.local",
+    "namespace",
+    "token",
+    "endpoint",
+    "region",
+    "eu-west-1",
+    "storage",
+    "bucket",
+    "max",
+    "min",
+    "connections",
+    "pool",
+    "database",
+    "postgres",
+    "redis",
+    "kafka",
+    "topic",
 ];
 
 /// Text of about `len` bytes: config-like lines of common words and numbers.
@@ -46,10 +93,18 @@ fn uid(rng: &mut StdRng) -> String {
 
 fn time(rng: &mut StdRng) -> String {
     let t = 1_735_689_600 + rng.gen_range(0..30_000_000i64);
-    chrono::DateTime::from_timestamp(t, 0).expect("in range").format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    chrono::DateTime::from_timestamp(t, 0)
+        .expect("in range")
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
-fn metadata(rng: &mut StdRng, name: &str, namespace: Option<&str>, app: &str) -> Map<String, Value> {
+fn metadata(
+    rng: &mut StdRng,
+    name: &str,
+    namespace: Option<&str>,
+    app: &str,
+) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("name".into(), json!(name));
     if let Some(ns) = namespace {
@@ -102,7 +157,13 @@ fn pod_spec(rng: &mut StdRng, app: &str, env_bytes: usize) -> Value {
 
 /// The object stored under `key` (`/registry/<resource>/[<namespace>/]<name>`), about `len`
 /// bytes once stored.
-pub fn stored_object(rng: &mut StdRng, key: &str, resource: &str, app: &str, len: usize) -> Vec<u8> {
+pub fn stored_object(
+    rng: &mut StdRng,
+    key: &str,
+    resource: &str,
+    app: &str,
+    len: usize,
+) -> Vec<u8> {
     let parts: Vec<&str> = key.trim_start_matches("/registry/").split('/').collect();
     let name = parts.last().copied().unwrap_or("x");
     let namespaced = parts.len() >= 3 + usize::from(resource.contains('/'));
@@ -117,7 +178,10 @@ pub fn stored_object(rng: &mut StdRng, key: &str, resource: &str, app: &str, len
             "firstTimestamp": time(rng), "lastTimestamp": time(rng), "count": rng.gen_range(1..500), "type": "Warning",
             "eventTime": null, "reportingComponent": "kubelet", "reportingInstance": ""}),
         "pods" => {
-            meta.insert("ownerReferences".into(), owner(rng, "ReplicaSet", &format!("{app}-7d9f8c6b5")));
+            meta.insert(
+                "ownerReferences".into(),
+                owner(rng, "ReplicaSet", &format!("{app}-7d9f8c6b5")),
+            );
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec(rng, app, fill),
                 "status": {"phase": "Running", "hostIP": "10.0.0.7", "podIP": "10.244.3.17", "podIPs": [{"ip": "10.244.3.17"}], "startTime": time(rng), "qosClass": "Burstable",
                     "conditions": [{"type": "Ready", "status": "True", "lastProbeTime": null, "lastTransitionTime": time(rng)}],
@@ -129,7 +193,14 @@ pub fn stored_object(rng: &mut StdRng, key: &str, resource: &str, app: &str, len
             let mut left = fill.max(64);
             while left > 0 {
                 let n = left.min(rng.gen_range(2_000..40_000));
-                data.insert(format!("{}-{}.yaml", WORDS[rng.gen_range(0..WORDS.len())].replace('/', ""), data.len()), json!(text(rng, n)));
+                data.insert(
+                    format!(
+                        "{}-{}.yaml",
+                        WORDS[rng.gen_range(0..WORDS.len())].replace('/', ""),
+                        data.len()
+                    ),
+                    json!(text(rng, n)),
+                );
                 left -= n;
             }
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data})
@@ -141,7 +212,10 @@ pub fn stored_object(rng: &mut StdRng, key: &str, resource: &str, app: &str, len
             while left > 0 {
                 let n = left.min(rng.gen_range(32..4_096));
                 let bytes: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
-                data.insert(format!("key-{}", data.len()), json!(base64::engine::general_purpose::STANDARD.encode(bytes)));
+                data.insert(
+                    format!("key-{}", data.len()),
+                    json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                );
                 left -= n;
             }
             json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque", "data": data})
@@ -172,15 +246,22 @@ pub fn stored_object(rng: &mut StdRng, key: &str, resource: &str, app: &str, len
         }
         "services/specs" => {
             let applied = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns.unwrap_or("default"), "annotations": {"note": text(rng, fill / 2)}}}).to_string();
-            meta.insert("annotations".into(), json!({"kubectl.kubernetes.io/last-applied-configuration": applied}));
+            meta.insert(
+                "annotations".into(),
+                json!({"kubectl.kubernetes.io/last-applied-configuration": applied}),
+            );
             json!({"apiVersion": "v1", "kind": "Service", "metadata": meta,
                 "spec": {"type": "ClusterIP", "clusterIP": "10.96.12.34", "clusterIPs": ["10.96.12.34"], "selector": {"app.kubernetes.io/name": app},
                     "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}], "sessionAffinity": "None", "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster"},
                 "status": {"loadBalancer": {}}})
         }
-        "leases" => json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
-            "spec": {"holderIdentity": format!("{app}-{}", uid(rng)), "leaseDurationSeconds": 15, "acquireTime": "2025-01-01T00:00:00.000000Z", "renewTime": "2025-03-01T12:00:00.123456Z", "leaseTransitions": rng.gen_range(0..20)}}),
-        "serviceaccounts" => json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta, "secrets": [{"name": format!("{name}-token")}]}),
+        "leases" => {
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
+            "spec": {"holderIdentity": format!("{app}-{}", uid(rng)), "leaseDurationSeconds": 15, "acquireTime": "2025-01-01T00:00:00.000000Z", "renewTime": "2025-03-01T12:00:00.123456Z", "leaseTransitions": rng.gen_range(0..20)}})
+        }
+        "serviceaccounts" => {
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta, "secrets": [{"name": format!("{name}-token")}]})
+        }
         "controllerrevisions" => {
             let data = json!({"spec": {"template": {"spec": pod_spec(rng, app, fill)}}});
             json!({"apiVersion": "apps/v1", "kind": "ControllerRevision", "metadata": meta, "data": data, "revision": rng.gen_range(1..50)})
@@ -200,7 +281,8 @@ pub fn stored_object(rng: &mut StdRng, key: &str, resource: &str, app: &str, len
             .into_bytes();
         }
     };
-    etcdguard_kube::encode::encode_object(&object).unwrap_or_else(|e| panic!("bench object {key} ({resource}) does not encode: {e}"))
+    etcdguard_kube::encode::encode_object(&object)
+        .unwrap_or_else(|e| panic!("bench object {key} ({resource}) does not encode: {e}"))
 }
 
 #[cfg(test)]
@@ -225,17 +307,32 @@ mod tests {
             ("leases", "/registry/leases/team-01/web-1"),
             ("serviceaccounts", "/registry/serviceaccounts/team-01/web-1"),
             ("controllerrevisions", "/registry/controllerrevisions/team-01/web-1"),
-            ("apiextensions.k8s.io/customresourcedefinitions", "/registry/apiextensions.k8s.io/customresourcedefinitions/webs.example1.io"),
-            ("monitoring.coreos.com/prometheusrules", "/registry/monitoring.coreos.com/prometheusrules/team-01/web-1"),
+            (
+                "apiextensions.k8s.io/customresourcedefinitions",
+                "/registry/apiextensions.k8s.io/customresourcedefinitions/webs.example1.io",
+            ),
+            (
+                "monitoring.coreos.com/prometheusrules",
+                "/registry/monitoring.coreos.com/prometheusrules/team-01/web-1",
+            ),
         ] {
             for len in [600, 20_000] {
                 let stored = stored_object(&mut rng, key, resource, "web", len);
-                let r = render(&stored, Some(5), &RenderOptions::default()).unwrap_or_else(|e| panic!("{resource}: {e}"));
+                let r = render(&stored, Some(5), &RenderOptions::default())
+                    .unwrap_or_else(|e| panic!("{resource}: {e}"));
                 assert!(r.unknown_fields.is_empty(), "{resource}: {:?}", r.unknown_fields);
-                assert_eq!(r.object["metadata"]["name"], key.rsplit('/').next().unwrap(), "{resource}");
+                assert_eq!(
+                    r.object["metadata"]["name"],
+                    key.rsplit('/').next().unwrap(),
+                    "{resource}"
+                );
                 // Leases and service accounts are small whatever is asked (so are their ranges).
                 let fixed = matches!(resource, "leases" | "serviceaccounts");
-                assert!(fixed || (stored.len() >= len / 2 && stored.len() <= len * 2 + 3_000), "{resource}: {} bytes for {len}", stored.len());
+                assert!(
+                    fixed || (stored.len() >= len / 2 && stored.len() <= len * 2 + 3_000),
+                    "{resource}: {} bytes for {len}",
+                    stored.len()
+                );
             }
         }
     }

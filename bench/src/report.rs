@@ -83,7 +83,8 @@ impl CaseReport {
         let speedup = r.median.as_secs_f64() / g.median.as_secs_f64().max(1e-9);
         let target = case.target();
         let target_met = (target.min_speedup.is_some() || target.max_rss.is_some()).then(|| {
-            target.min_speedup.is_none_or(|x| speedup >= x) && target.max_rss.is_none_or(|m| g.peak_rss <= m)
+            target.min_speedup.is_none_or(|x| speedup >= x)
+                && target.max_rss.is_none_or(|m| g.peak_rss <= m)
         });
         CaseReport {
             case: case.name().into(),
@@ -161,7 +162,13 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(runs: usize, warmup: usize, env: &Env, etcdguard_version: String, reference_version: String) -> Report {
+    pub fn new(
+        runs: usize,
+        warmup: usize,
+        env: &Env,
+        etcdguard_version: String,
+        reference_version: String,
+    ) -> Report {
         Report {
             runs,
             warmup,
@@ -213,7 +220,9 @@ impl Report {
                 let _ = writeln!(s, "{:<18} FAILED: {err}", c.case);
                 continue;
             }
-            for (i, t) in [c.reference.as_ref(), c.etcdguard.as_ref()].into_iter().flatten().enumerate() {
+            for (i, t) in
+                [c.reference.as_ref(), c.etcdguard.as_ref()].into_iter().flatten().enumerate()
+            {
                 let _ = writeln!(
                     s,
                     "{:<18} {:<10} {:>8.3}s {:>8.3}s {:>8.3}s {:>7.1} MiB {:>8.2}s",

@@ -13,7 +13,9 @@ fn main() {
         .unwrap_or_else(|| "unknown".into());
     // SOURCE_DATE_EPOCH makes the date reproducible, as reproducible-builds.org asks.
     let date = match std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|s| s.parse::<i64>().ok()) {
-        Some(secs) => Command::new("date").args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"]).output(),
+        Some(secs) => Command::new("date")
+            .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+            .output(),
         None => Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output(),
     }
     .ok()
@@ -33,7 +35,11 @@ fn main() {
             .map(|o| std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
     };
     if let (Some(dir), Some(common)) = (git("--absolute-git-dir"), git("--git-common-dir")) {
-        let common = if common.is_absolute() { common } else { std::env::current_dir().unwrap_or_default().join(common) };
+        let common = if common.is_absolute() {
+            common
+        } else {
+            std::env::current_dir().unwrap_or_default().join(common)
+        };
         for f in [dir.join("HEAD"), common.join("refs/heads"), common.join("packed-refs")] {
             if f.exists() {
                 println!("cargo:rerun-if-changed={}", f.display());

@@ -22,10 +22,15 @@ fn main() {
     let mut releases: Vec<PathBuf> = std::fs::read_dir(&src)
         .unwrap_or_else(|e| panic!("reading {}: {e}", src.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("v1_")))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("v1_"))
+        })
         .collect();
     // v1_30 < v1_35 < v1_100: by the minor number, so that newer releases win.
-    releases.sort_by_key(|p| p.file_name().and_then(|n| n.to_str()).and_then(|n| n[3..].parse::<u32>().ok()).unwrap_or(0));
+    releases.sort_by_key(|p| {
+        p.file_name().and_then(|n| n.to_str()).and_then(|n| n[3..].parse::<u32>().ok()).unwrap_or(0)
+    });
     assert!(!releases.is_empty(), "no v1_* release folders under {}", src.display());
 
     let mut schema = proto_table::Table::new();
@@ -33,9 +38,12 @@ fn main() {
         let mut files = Vec::new();
         find_protos(release, release, &mut files);
         files.sort();
-        let mut compiler = protox::Compiler::new([release]).unwrap_or_else(|e| panic!("{}: {e}", release.display()));
+        let mut compiler = protox::Compiler::new([release])
+            .unwrap_or_else(|e| panic!("{}: {e}", release.display()));
         compiler.include_imports(true);
-        compiler.open_files(&files).unwrap_or_else(|e| panic!("compiling the protos of {}: {e}", release.display()));
+        compiler
+            .open_files(&files)
+            .unwrap_or_else(|e| panic!("compiling the protos of {}: {e}", release.display()));
         proto_table::add_pool(&compiler.descriptor_pool(), &mut schema);
     }
     let dest = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("schema.txt");
@@ -84,8 +92,14 @@ fn proto_root() -> PathBuf {
         .arg(&manifest)
         .output()
         .expect("running cargo metadata to find k8s-rs-pb");
-    let meta: serde_json::Value = serde_json::from_slice(&output.stdout).expect("cargo metadata output");
-    let found = meta["packages"].as_array().into_iter().flatten().find(|p| p["name"] == "k8s-rs-pb").and_then(|p| p["manifest_path"].as_str());
+    let meta: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("cargo metadata output");
+    let found = meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "k8s-rs-pb")
+        .and_then(|p| p["manifest_path"].as_str());
     match found {
         Some(m) => Path::new(m).parent().unwrap().join("src"),
         None => panic!("cannot find the k8s-rs-pb sources (its generated.proto files are the schema); set ETCDGUARD_K8S_PROTO_DIR to its src folder"),

@@ -50,7 +50,8 @@ fuzz_target!(|data: &[u8]| {
         // Whatever rendered prints, and its YAML reads back as the same object (the YAML
         // writer quotes whatever a reader could take for something else).
         assert!(!r.to_json_pretty().is_empty());
-        let back: serde_json::Value = serde_norway::from_str(&r.to_yaml()).expect("our YAML parses");
+        let back: serde_json::Value =
+            serde_norway::from_str(&r.to_yaml()).expect("our YAML parses");
         assert_eq!(back, r.object, "YAML round trip");
         // An object the renderer made encodes again (unknown fields aside, which it refuses).
         if r.unknown_fields.is_empty() {

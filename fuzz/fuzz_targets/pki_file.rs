@@ -20,7 +20,8 @@ fuzz_target!(|data: &[u8]| {
         // The bytes as the DER body of one PEM CERTIFICATE block.
         _ => {
             let b64 = base64::engine::general_purpose::STANDARD.encode(rest);
-            wrapped = format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n").into_bytes();
+            wrapped = format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n")
+                .into_bytes();
             ("dir/f.pem", &wrapped[..])
         }
     };
@@ -38,7 +39,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(p.path, name);
         assert!(!p.message.is_empty());
     }
-    if mode % 3 == 1 && !bytes.windows(11).any(|w| w == b"-----BEGIN ") && !bytes.windows(9).any(|w| w == b"-----END ") {
+    if mode % 3 == 1
+        && !bytes.windows(11).any(|w| w == b"-----BEGIN ")
+        && !bytes.windows(9).any(|w| w == b"-----END ")
+    {
         // Not PEM and not named like a certificate: skipped without a word.
         assert!(certs.is_empty() && problems.is_empty());
     }

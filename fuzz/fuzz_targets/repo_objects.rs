@@ -18,12 +18,16 @@ fn keys() -> &'static Keys {
 fuzz_target!(|data: &[u8]| {
     if let Ok(entries) = parse_pack(data) {
         for e in &entries {
-            assert!(e.offset as u64 + e.stored_len as u64 <= data.len() as u64, "entry outside the pack");
+            assert!(
+                e.offset as u64 + e.stored_len as u64 <= data.len() as u64,
+                "entry outside the pack"
+            );
         }
     }
     let _ = std::hint::black_box(Index::decode(data));
     if data.len() >= 5 {
-        let encoding = [Encoding::Raw, Encoding::Zstd, Encoding::SealedRaw, Encoding::SealedZstd][data[0] as usize % 4];
+        let encoding = [Encoding::Raw, Encoding::Zstd, Encoding::SealedRaw, Encoding::SealedZstd]
+            [data[0] as usize % 4];
         let raw_len = u32::from_le_bytes(data[1..5].try_into().unwrap());
         let stored = &data[5..];
         for k in [None, Some(keys())] {

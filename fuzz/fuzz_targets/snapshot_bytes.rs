@@ -18,7 +18,10 @@ struct Touch {
 impl Visitor<'_> for Touch {
     fn entry(&mut self, depth: usize, key: &[u8], value: &[u8], _is_bucket: bool) {
         self.entries += 1;
-        self.sum = key.iter().chain(value).fold(self.sum ^ depth as u64, |s, &b| s.rotate_left(5) ^ b as u64);
+        self.sum = key
+            .iter()
+            .chain(value)
+            .fold(self.sum ^ depth as u64, |s, &b| s.rotate_left(5) ^ b as u64);
     }
     fn enter_bucket(&mut self, depth: usize, _name: &[u8]) {
         self.depth = self.depth.max(depth);

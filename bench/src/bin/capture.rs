@@ -54,18 +54,35 @@ fn load(endpoint: &str, opts: &Opts, live: &Arc<AtomicI64>) -> LoadResult {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let client = Client::connect([endpoint], None).await.expect("connect");
-        let (puts, txns, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (puts, txns, errors) =
+            (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let mut tasks = Vec::new();
         for w in 0..opts.clients {
-            let (mut kv, puts, txns, errors, stop, live) = (client.kv_client(), puts.clone(), txns.clone(), errors.clone(), stop.clone(), live.clone());
+            let (mut kv, puts, txns, errors, stop, live) = (
+                client.kv_client(),
+                puts.clone(),
+                txns.clone(),
+                errors.clone(),
+                stop.clone(),
+                live.clone(),
+            );
             let (n, value) = (opts.puts_per_txn, vec![b'v'; opts.value_bytes]);
             tasks.push(tokio::spawn(async move {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let ops: Vec<TxnOp> = (0..n)
-                        .map(|k| TxnOp::put(format!("/registry/configmaps/ns{w}/cm-{:05}", (i * n as u64 + k as u64) % 2000), value.clone(), None))
+                        .map(|k| {
+                            TxnOp::put(
+                                format!(
+                                    "/registry/configmaps/ns{w}/cm-{:05}",
+                                    (i * n as u64 + k as u64) % 2000
+                                ),
+                                value.clone(),
+                                None,
+                            )
+                        })
                         .collect();
                     match kv.txn(Txn::new().and_then(ops)).await {
                         Ok(r) => {
@@ -88,7 +105,12 @@ fn load(endpoint: &str, opts: &Opts, live: &Arc<AtomicI64>) -> LoadResult {
         for t in tasks {
             let _ = t.await;
         }
-        LoadResult { puts: puts.load(Ordering::Relaxed), txns: txns.load(Ordering::Relaxed), seconds: started.elapsed().as_secs_f64(), errors: errors.load(Ordering::Relaxed) }
+        LoadResult {
+            puts: puts.load(Ordering::Relaxed),
+            txns: txns.load(Ordering::Relaxed),
+            seconds: started.elapsed().as_secs_f64(),
+            errors: errors.load(Ordering::Relaxed),
+        }
     })
 }
 
@@ -104,7 +126,12 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 fn rss_mib(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
-        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
@@ -130,11 +157,22 @@ fn report(name: &str, r: &LoadResult) {
 
 fn main() {
     let opts = Opts::parse();
-    assert!(opts.etcdguard.exists(), "{}: build it first (cargo build --release -p etcdguard)", opts.etcdguard.display());
+    assert!(
+        opts.etcdguard.exists(),
+        "{}: build it first (cargo build --release -p etcdguard)",
+        opts.etcdguard.display()
+    );
     let _ = std::fs::remove_dir_all(&opts.work_dir);
     std::fs::create_dir_all(&opts.work_dir).unwrap();
     let server = EtcdServer::builder(EtcdVersion::V3_5).quota_bytes(8 << 30).start();
-    println!("etcd {} at {}; {} writers, Txns of {} puts of {} bytes", EtcdVersion::V3_5.label(), server.endpoint(), opts.clients, opts.puts_per_txn, opts.value_bytes);
+    println!(
+        "etcd {} at {}; {} writers, Txns of {} puts of {} bytes",
+        EtcdVersion::V3_5.label(),
+        server.endpoint(),
+        opts.clients,
+        opts.puts_per_txn,
+        opts.value_bytes
+    );
 
     // 1. etcd alone.
     let live = Arc::new(AtomicI64::new(server.revision()));
@@ -150,7 +188,16 @@ fn main() {
     let mut agent = std::process::Command::new(&opts.etcdguard)
         .args(["agent", "--continuous", "--no-elect", "--repo"])
         .arg(&repo)
-        .args(["--endpoints", server.endpoint(), "--segment-interval", &opts.segment_interval, "--full-every", "24h", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--endpoints",
+            server.endpoint(),
+            "--segment-interval",
+            &opts.segment_interval,
+            "--full-every",
+            "24h",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log)
@@ -159,8 +206,15 @@ fn main() {
     let pid = agent.id();
     let start = Instant::now();
     let base = server.revision();
-    while metrics(port).and_then(|m| sample(&m, "etcdguard_capture_durable_revision")).is_none_or(|d| (d as i64) < base) {
-        assert!(start.elapsed() < Duration::from_secs(120), "capture did not start (see {})", opts.work_dir.join("agent.log").display());
+    while metrics(port)
+        .and_then(|m| sample(&m, "etcdguard_capture_durable_revision"))
+        .is_none_or(|d| (d as i64) < base)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "capture did not start (see {})",
+            opts.work_dir.join("agent.log").display()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     println!("capture started at revision {base} after {:.1} s (full backup included); agent RSS {:.1} MiB", start.elapsed().as_secs_f64(), rss_mib(pid).0);
@@ -172,7 +226,10 @@ fn main() {
             let (mut rpo, mut lag, mut rss) = (Vec::new(), Vec::new(), Vec::new());
             while sampling.load(Ordering::Relaxed) {
                 if let Some(m) = metrics(port) {
-                    if let (Some(r), Some(d)) = (sample(&m, "etcdguard_rpo_seconds"), sample(&m, "etcdguard_capture_durable_revision")) {
+                    if let (Some(r), Some(d)) = (
+                        sample(&m, "etcdguard_rpo_seconds"),
+                        sample(&m, "etcdguard_capture_durable_revision"),
+                    ) {
                         rpo.push(r);
                         lag.push((live.load(Ordering::Relaxed) - d as i64).max(0) as f64);
                     }
@@ -188,8 +245,14 @@ fn main() {
     let (mut rpo, mut lag, rss) = sampler.join().unwrap();
     let last = server.revision();
     let stopped = Instant::now();
-    while metrics(port).and_then(|m| sample(&m, "etcdguard_capture_durable_revision")).is_none_or(|d| (d as i64) < last) {
-        assert!(stopped.elapsed() < Duration::from_secs(300), "capture did not catch up to revision {last}");
+    while metrics(port)
+        .and_then(|m| sample(&m, "etcdguard_capture_durable_revision"))
+        .is_none_or(|d| (d as i64) < last)
+    {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(300),
+            "capture did not catch up to revision {last}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let catch_up = stopped.elapsed().as_secs_f64();
@@ -203,14 +266,22 @@ fn main() {
         percentile(&mut rpo, 0.99),
         rpo.iter().cloned().fold(0.0, f64::max)
     );
-    println!("lag (live revision - durable revision): p50 {:.0}, p99 {:.0} revisions", percentile(&mut lag, 0.5), percentile(&mut lag, 0.99));
+    println!(
+        "lag (live revision - durable revision): p50 {:.0}, p99 {:.0} revisions",
+        percentile(&mut lag, 0.5),
+        percentile(&mut lag, 0.99)
+    );
     println!(
         "agent RSS: peak {peak:.1} MiB (sampled max {:.1} MiB); segments {}, {:.1} MiB; stored revision {last} {catch_up:.2} s after the load stopped",
         rss.iter().cloned().fold(0.0, f64::max),
         sample(&m, "etcdguard_segments_total").unwrap_or(0.0),
         sample(&m, "etcdguard_segment_bytes_total").unwrap_or(0.0) / (1024.0 * 1024.0)
     );
-    println!("revisions captured: {} ({} gaps)", last - base, sample(&m, "etcdguard_capture_gaps_total").unwrap_or(-1.0));
+    println!(
+        "revisions captured: {} ({} gaps)",
+        last - base,
+        sample(&m, "etcdguard_capture_gaps_total").unwrap_or(-1.0)
+    );
     // SAFETY: plain kill(2) of the agent this bench started, by its PID.
     unsafe {
         libc::kill(pid as libc::pid_t, libc::SIGTERM);

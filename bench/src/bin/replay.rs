@@ -39,7 +39,11 @@ struct Opts {
 fn rss_peak_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .unwrap_or(0.0)
         / 1024.0
 }
@@ -51,17 +55,37 @@ fn changes(base: i64, n: i64, value_bytes: usize) -> impl Iterator<Item = Result
     (1..=n).flat_map(move |i| {
         let rev = base + i;
         let a = (i as u64 * 7919 % 50_000) as u32;
-        let keys: Vec<u32> = if i % 10 == 3 { vec![a, (i as u64 * 104_729 % 50_000) as u32 + 50_000] } else { vec![a] };
+        let keys: Vec<u32> = if i % 10 == 3 {
+            vec![a, (i as u64 * 104_729 % 50_000) as u32 + 50_000]
+        } else {
+            vec![a]
+        };
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
             let key = format!("/registry/configmaps/ns{}/cm-{k:06}", k % 20).into_bytes();
             if i % 10 == 7 && live.contains_key(&k) {
                 live.remove(&k);
-                out.push(Ok(Event { kind: EventKind::Delete, key, mod_revision: rev, create_revision: 0, version: 0, value: Vec::new(), lease: 0 }));
+                out.push(Ok(Event {
+                    kind: EventKind::Delete,
+                    key,
+                    mod_revision: rev,
+                    create_revision: 0,
+                    version: 0,
+                    value: Vec::new(),
+                    lease: 0,
+                }));
             } else {
                 let (create, version) = live.get(&k).map(|(c, v)| (*c, v + 1)).unwrap_or((rev, 1));
                 live.insert(k, (create, version));
-                out.push(Ok(Event { kind: EventKind::Put, key, mod_revision: rev, create_revision: create, version, value: value.clone(), lease: 0 }));
+                out.push(Ok(Event {
+                    kind: EventKind::Put,
+                    key,
+                    mod_revision: rev,
+                    create_revision: create,
+                    version,
+                    value: value.clone(),
+                    lease: 0,
+                }));
             }
         }
         out
@@ -77,16 +101,22 @@ fn through_etcd(no_fsync: bool, n: i64, value_bytes: usize) -> f64 {
     let value = vec![b'v'; value_bytes];
     let started = Instant::now();
     for i in 0..n {
-        server.put(format!("/registry/configmaps/ns{}/cm-{:06}", i % 20, (i * 7919) % 50_000).as_bytes(), &value);
+        server.put(
+            format!("/registry/configmaps/ns{}/cm-{:06}", i % 20, (i * 7919) % 50_000).as_bytes(),
+            &value,
+        );
     }
     n as f64 / started.elapsed().as_secs_f64()
 }
 
 fn revision_of(path: &std::path::Path) -> anyhow::Result<i64> {
-    let f = etcdguard_storage::SnapshotFile::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let f = etcdguard_storage::SnapshotFile::open(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let db = f.db().map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
     let release = || f.release_resident();
-    Ok(etcdguard_storage::status(&db, Some(&release)).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?.revision)
+    Ok(etcdguard_storage::status(&db, Some(&release))
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?
+        .revision)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -99,7 +129,10 @@ fn main() -> anyhow::Result<()> {
             if !base.exists() {
                 let server = EtcdServer::start(EtcdVersion::V3_5);
                 for i in 0..5000 {
-                    server.put(format!("/registry/pods/ns{}/p-{i:06}", i % 20).as_bytes(), &[b'p'; 500]);
+                    server.put(
+                        format!("/registry/pods/ns{}/p-{i:06}", i % 20).as_bytes(),
+                        &[b'p'; 500],
+                    );
                 }
                 server.snapshot_save(&base);
             }
@@ -111,14 +144,19 @@ fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&out);
     let mut events = changes(base_rev, opts.revisions, opts.value_bytes);
     let started = Instant::now();
-    let r = replay_snapshot(&base, &out, &mut events, None, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let r = replay_snapshot(&base, &out, &mut events, None, None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let secs = started.elapsed().as_secs_f64();
     // Before the check below maps and walks the result.
     let replay_rss = rss_peak_mib();
     let rate = r.revisions as f64 / secs;
     let size = std::fs::metadata(&out)?.len();
     let check = revision_of(&out)?;
-    anyhow::ensure!(check == base_rev + opts.revisions, "replayed file is at revision {check}, expected {}", base_rev + opts.revisions);
+    anyhow::ensure!(
+        check == base_rev + opts.revisions,
+        "replayed file is at revision {check}, expected {}",
+        base_rev + opts.revisions
+    );
     println!(
         "etcdguard offline replay: {} revisions ({} changes) in {secs:.2} s = {rate:.0} revisions/s (copy of the {:.1} MiB base and the new sha256 trailer included); result {:.1} MiB at revision {check}; peak RSS {:.1} MiB",
         r.revisions,

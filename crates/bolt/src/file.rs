@@ -79,10 +79,16 @@ impl MappedFile {
         } else {
             // SAFETY: the map is read-only and we hold a shared lock; a writer that ignores
             // the lock and truncates the file could still fault us, as it would bbolt.
-            let map = unsafe { MmapOptions::new().map(&file) }.map_err(|e| OpenFileError::from_io(path, e))?;
+            let map = unsafe { MmapOptions::new().map(&file) }
+                .map_err(|e| OpenFileError::from_io(path, e))?;
             Some(map)
         };
-        Ok(MappedFile { path: path.to_path_buf(), file, map, statm: File::open("/proc/self/statm").ok() })
+        Ok(MappedFile {
+            path: path.to_path_buf(),
+            file,
+            map,
+            statm: File::open("/proc/self/statm").ok(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -102,7 +108,10 @@ impl MappedFile {
         let base = self.bytes().as_ptr() as usize;
         let offset = (part.as_ptr() as usize).wrapping_sub(base);
         if offset > self.bytes().len() || part.len() > self.bytes().len() - offset {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the slice is not part of this map"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the slice is not part of this map",
+            ));
         }
         // Zero only what the buffer grows by: it is reused for value after value.
         buf.resize(part.len(), 0);

@@ -140,7 +140,8 @@ impl<'a> Db<'a> {
         }
         let p = self.page_size as u64;
         let start = id * p;
-        let header = Page::parse(&self.data[start as usize..]).ok_or(PageError::OutOfBounds { pgid })?;
+        let header =
+            Page::parse(&self.data[start as usize..]).ok_or(PageError::OutOfBounds { pgid })?;
         let end = (id + 1)
             .checked_add(header.overflow as u64)
             .filter(|&last| last <= pgid)

@@ -60,15 +60,24 @@ pub struct Problem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProblemKind {
     /// The id is at or past the high-water mark.
-    OutOfBounds { pgid: u64 },
+    OutOfBounds {
+        pgid: u64,
+    },
     /// The page's overflow run goes past the high-water mark.
-    SpanOutOfBounds { overflow: u32, pgid: u64 },
+    SpanOutOfBounds {
+        overflow: u32,
+        pgid: u64,
+    },
     /// The page (or one of its overflow pages) is referenced twice, or is a meta page.
     MultipleReferences,
     /// The page header names another page id.
-    IdMismatch { found: u64 },
+    IdMismatch {
+        found: u64,
+    },
     /// A page in a bucket tree that is neither branch nor leaf.
-    InvalidType { kind: PageKind },
+    InvalidType {
+        kind: PageKind,
+    },
     /// The page is in use and also listed as free.
     ReachableFreed,
     /// Not in use and not listed as free (only checkable with a persisted freelist).
@@ -81,14 +90,22 @@ pub enum ProblemKind {
     BadFreelist(String),
     Element(ElementError),
     /// Keys not strictly increasing.
-    KeyOrder { previous: Vec<u8> },
+    KeyOrder {
+        previous: Vec<u8>,
+    },
     /// A key below the branch key that leads to its page.
-    KeyBelowBranch { branch_key: Vec<u8> },
+    KeyBelowBranch {
+        branch_key: Vec<u8>,
+    },
     /// A key at or above the next branch key of an ancestor.
-    KeyAboveBranch { next_key: Vec<u8> },
+    KeyAboveBranch {
+        next_key: Vec<u8>,
+    },
     EmptyBranch,
     /// A sub-bucket value too short for a bucket header.
-    BadBucketHeader { len: usize },
+    BadBucketHeader {
+        len: usize,
+    },
     /// An inline bucket whose page is not a leaf.
     InlineNotLeaf,
     TooDeep,
@@ -110,7 +127,9 @@ impl fmt::Display for Problem {
         }
         write!(f, ": ")?;
         match &self.kind {
-            ProblemKind::OutOfBounds { pgid } => write!(f, "out of bounds (high-water mark {pgid})"),
+            ProblemKind::OutOfBounds { pgid } => {
+                write!(f, "out of bounds (high-water mark {pgid})")
+            }
             ProblemKind::SpanOutOfBounds { overflow, pgid } => {
                 write!(f, "{overflow} overflow pages run past the high-water mark {pgid}")
             }
@@ -140,7 +159,9 @@ impl fmt::Display for Problem {
                 write!(f, "bucket value of {len} bytes is too short for a bucket header")
             }
             ProblemKind::InlineNotLeaf => write!(f, "inline bucket page is not a leaf"),
-            ProblemKind::TooDeep => write!(f, "tree or bucket nesting deeper than {MAX_TREE_DEPTH}"),
+            ProblemKind::TooDeep => {
+                write!(f, "tree or bucket nesting deeper than {MAX_TREE_DEPTH}")
+            }
         }
     }
 }
@@ -205,7 +226,11 @@ struct Walker<'a, 'd, 'v, 'r, V: Visitor<'a>> {
 }
 
 /// Walks the whole database: the freelist, then the root bucket and every bucket below it.
-pub fn walk<'a, V: Visitor<'a>>(db: &Db<'a>, visitor: &mut V, opts: &WalkOptions<'_>) -> WalkReport {
+pub fn walk<'a, V: Visitor<'a>>(
+    db: &Db<'a>,
+    visitor: &mut V,
+    opts: &WalkOptions<'_>,
+) -> WalkReport {
     let pgid = db.meta().pgid;
     let mut w = Walker {
         db,
@@ -249,7 +274,11 @@ impl<'a, V: Visitor<'a>> Walker<'a, '_, '_, '_, V> {
         let page = match self.db.page(meta.freelist) {
             Ok(p) => p,
             Err(e) => {
-                self.problem(Some(meta.freelist), None, ProblemKind::BadFreelist(page_error_text(e)));
+                self.problem(
+                    Some(meta.freelist),
+                    None,
+                    ProblemKind::BadFreelist(page_error_text(e)),
+                );
                 self.free = Some(free);
                 return;
             }
@@ -273,7 +302,9 @@ impl<'a, V: Visitor<'a>> Walker<'a, '_, '_, '_, V> {
                     }
                 }
             }
-            Err(e) => self.problem(Some(meta.freelist), None, ProblemKind::BadFreelist(e.to_string())),
+            Err(e) => {
+                self.problem(Some(meta.freelist), None, ProblemKind::BadFreelist(e.to_string()))
+            }
         }
         self.free = Some(free);
     }
@@ -283,7 +314,9 @@ impl<'a, V: Visitor<'a>> Walker<'a, '_, '_, '_, V> {
         match header.inline_page {
             None => self.walk_tree(header.root, depth, None, None, 0, &mut prev),
             Some(bytes) => match Page::parse(bytes) {
-                Some(page) if page.kind == PageKind::Leaf => self.walk_leaf(None, page, depth, None, None, &mut prev),
+                Some(page) if page.kind == PageKind::Leaf => {
+                    self.walk_leaf(None, page, depth, None, None, &mut prev)
+                }
                 _ => self.problem(None, None, ProblemKind::InlineNotLeaf),
             },
         }
@@ -305,9 +338,15 @@ impl<'a, V: Visitor<'a>> Walker<'a, '_, '_, '_, V> {
         }
         let page = match self.db.page(id) {
             Ok(p) => p,
-            Err(PageError::OutOfBounds { pgid }) => return self.problem(Some(id), None, ProblemKind::OutOfBounds { pgid }),
+            Err(PageError::OutOfBounds { pgid }) => {
+                return self.problem(Some(id), None, ProblemKind::OutOfBounds { pgid })
+            }
             Err(PageError::SpanOutOfBounds { overflow, pgid }) => {
-                return self.problem(Some(id), None, ProblemKind::SpanOutOfBounds { overflow, pgid })
+                return self.problem(
+                    Some(id),
+                    None,
+                    ProblemKind::SpanOutOfBounds { overflow, pgid },
+                )
             }
         };
         let mut twice = false;
@@ -353,7 +392,11 @@ impl<'a, V: Visitor<'a>> Walker<'a, '_, '_, '_, V> {
         };
         if let Some(lower) = lower {
             if elem.key < lower {
-                self.problem(Some(id), Some(elem.key), ProblemKind::KeyBelowBranch { branch_key: lower.to_vec() });
+                self.problem(
+                    Some(id),
+                    Some(elem.key),
+                    ProblemKind::KeyBelowBranch { branch_key: lower.to_vec() },
+                );
             }
         }
         for i in 0..count {
@@ -370,12 +413,20 @@ impl<'a, V: Visitor<'a>> Walker<'a, '_, '_, '_, V> {
             };
             if let Some(n) = &next {
                 if n.key <= elem.key {
-                    self.problem(Some(id), Some(n.key), ProblemKind::KeyOrder { previous: elem.key.to_vec() });
+                    self.problem(
+                        Some(id),
+                        Some(n.key),
+                        ProblemKind::KeyOrder { previous: elem.key.to_vec() },
+                    );
                 }
             }
             if let Some(upper) = upper {
                 if elem.key >= upper {
-                    self.problem(Some(id), Some(elem.key), ProblemKind::KeyAboveBranch { next_key: upper.to_vec() });
+                    self.problem(
+                        Some(id),
+                        Some(elem.key),
+                        ProblemKind::KeyAboveBranch { next_key: upper.to_vec() },
+                    );
                 }
             }
             let child_upper = next.map(|n| n.key).or(upper);
@@ -412,12 +463,20 @@ impl<'a, V: Visitor<'a>> Walker<'a, '_, '_, '_, V> {
             }
             if let Some(p) = *prev {
                 if elem.key <= p {
-                    self.problem(id, Some(elem.key), ProblemKind::KeyOrder { previous: p.to_vec() });
+                    self.problem(
+                        id,
+                        Some(elem.key),
+                        ProblemKind::KeyOrder { previous: p.to_vec() },
+                    );
                 }
             }
             if let Some(upper) = upper {
                 if elem.key >= upper {
-                    self.problem(id, Some(elem.key), ProblemKind::KeyAboveBranch { next_key: upper.to_vec() });
+                    self.problem(
+                        id,
+                        Some(elem.key),
+                        ProblemKind::KeyAboveBranch { next_key: upper.to_vec() },
+                    );
                 }
             }
             *prev = Some(elem.key);
@@ -427,7 +486,11 @@ impl<'a, V: Visitor<'a>> Walker<'a, '_, '_, '_, V> {
                 continue;
             }
             let Some(header) = BucketHeader::parse(elem.value) else {
-                self.problem(id, Some(elem.key), ProblemKind::BadBucketHeader { len: elem.value.len() });
+                self.problem(
+                    id,
+                    Some(elem.key),
+                    ProblemKind::BadBucketHeader { len: elem.value.len() },
+                );
                 continue;
             };
             if depth >= MAX_BUCKET_DEPTH {
@@ -467,7 +530,8 @@ impl<'a, V: Visitor<'a>> Walker<'a, '_, '_, '_, V> {
                 }
             }
             None => {
-                self.report.free_pages = (2..pgid).filter(|&id| !self.reachable.get(id)).count() as u64;
+                self.report.free_pages =
+                    (2..pgid).filter(|&id| !self.reachable.get(id)).count() as u64;
             }
         }
         self.report

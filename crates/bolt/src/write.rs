@@ -11,8 +11,8 @@
 
 use crate::meta::Meta;
 use crate::page::{
-    BucketHeader, Page, PageKind, BUCKET_HEADER_SIZE, ELEMENT_SIZE, FLAG_BRANCH, FLAG_LEAF, FLAG_META,
-    LEAF_FLAG_BUCKET, PAGE_HEADER_SIZE,
+    BucketHeader, Page, PageKind, BUCKET_HEADER_SIZE, ELEMENT_SIZE, FLAG_BRANCH, FLAG_LEAF,
+    FLAG_META, LEAF_FLAG_BUCKET, PAGE_HEADER_SIZE,
 };
 use crate::Db;
 
@@ -96,7 +96,11 @@ fn check_count(count: usize) -> Result<(), WriteError> {
 /// Encodes a leaf node. With `page_size` = `Some(P)` the result is padded to whole pages and
 /// its header carries `id` and the overflow count; with `None` it is an inline bucket page
 /// (id 0, exact length).
-pub fn encode_leaf(id: u64, entries: &[Entry], page_size: Option<u32>) -> Result<Vec<u8>, WriteError> {
+pub fn encode_leaf(
+    id: u64,
+    entries: &[Entry],
+    page_size: Option<u32>,
+) -> Result<Vec<u8>, WriteError> {
     check_count(entries.len())?;
     check_order(entries.iter().map(|e| e.key.as_slice()))?;
     let size = leaf_node_size(entries);
@@ -112,9 +116,12 @@ pub fn encode_leaf(id: u64, entries: &[Entry], page_size: Option<u32>) -> Result
     let mut data = PAGE_HEADER_SIZE + entries.len() * ELEMENT_SIZE;
     for (i, e) in entries.iter().enumerate() {
         let at = PAGE_HEADER_SIZE + i * ELEMENT_SIZE;
-        let pos = u32::try_from(data - at).map_err(|_| WriteError::Invalid("node too large".into()))?;
-        let ksize = u32::try_from(e.key.len()).map_err(|_| WriteError::Invalid("key too large".into()))?;
-        let vsize = u32::try_from(e.value.len()).map_err(|_| WriteError::Invalid("value too large".into()))?;
+        let pos =
+            u32::try_from(data - at).map_err(|_| WriteError::Invalid("node too large".into()))?;
+        let ksize =
+            u32::try_from(e.key.len()).map_err(|_| WriteError::Invalid("key too large".into()))?;
+        let vsize = u32::try_from(e.value.len())
+            .map_err(|_| WriteError::Invalid("value too large".into()))?;
         out[at..at + 4].copy_from_slice(&e.flags.to_le_bytes());
         out[at + 4..at + 8].copy_from_slice(&pos.to_le_bytes());
         out[at + 8..at + 12].copy_from_slice(&ksize.to_le_bytes());
@@ -128,7 +135,11 @@ pub fn encode_leaf(id: u64, entries: &[Entry], page_size: Option<u32>) -> Result
 }
 
 /// Encodes a branch node (first key of each child, child page id), padded to whole pages.
-pub fn encode_branch(id: u64, children: &[(Vec<u8>, u64)], page_size: u32) -> Result<Vec<u8>, WriteError> {
+pub fn encode_branch(
+    id: u64,
+    children: &[(Vec<u8>, u64)],
+    page_size: u32,
+) -> Result<Vec<u8>, WriteError> {
     check_count(children.len())?;
     if children.is_empty() {
         return Err(WriteError::Invalid("branch without children".into()));
@@ -141,7 +152,8 @@ pub fn encode_branch(id: u64, children: &[(Vec<u8>, u64)], page_size: u32) -> Re
     let mut data = PAGE_HEADER_SIZE + children.len() * ELEMENT_SIZE;
     for (i, (key, child)) in children.iter().enumerate() {
         let at = PAGE_HEADER_SIZE + i * ELEMENT_SIZE;
-        let pos = u32::try_from(data - at).map_err(|_| WriteError::Invalid("node too large".into()))?;
+        let pos =
+            u32::try_from(data - at).map_err(|_| WriteError::Invalid("node too large".into()))?;
         out[at..at + 4].copy_from_slice(&pos.to_le_bytes());
         out[at + 4..at + 8].copy_from_slice(&(key.len() as u32).to_le_bytes());
         out[at + 8..at + 16].copy_from_slice(&child.to_le_bytes());
@@ -257,7 +269,9 @@ impl Appender {
         while start < entries.len() || (start == 0 && level.is_empty()) {
             let mut end = start;
             let mut size = PAGE_HEADER_SIZE;
-            while end < entries.len() && (end == start || size + entries[end].leaf_size() <= p) && end - start < 0xFFFE
+            while end < entries.len()
+                && (end == start || size + entries[end].leaf_size() <= p)
+                && end - start < 0xFFFE
             {
                 size += entries[end].leaf_size();
                 end += 1;
@@ -294,7 +308,8 @@ impl Appender {
     /// The value for a bucket holding `entries`: inline (as bbolt keeps small buckets) when
     /// the leaf fits in a quarter page and holds no sub-bucket, otherwise a tree of new pages.
     pub fn bucket(&mut self, entries: &[Entry], sequence: u64) -> Result<Vec<u8>, WriteError> {
-        let inline_ok = !entries.iter().any(Entry::is_bucket) && leaf_node_size(entries) <= self.page_size as usize / 4;
+        let inline_ok = !entries.iter().any(Entry::is_bucket)
+            && leaf_node_size(entries) <= self.page_size as usize / 4;
         if inline_ok {
             let page = encode_leaf(0, entries, None)?;
             Ok(bucket_value(0, sequence, Some(&page)))
@@ -349,7 +364,9 @@ impl Appender {
         let mut appended = 0u64;
         for e in entries {
             if e.key.is_empty() || last_key.as_ref().is_some_and(|k| *k >= e.key) {
-                return Err(WriteError::Invalid("appended keys must be increasing and sort after the tree's last key".into()));
+                return Err(WriteError::Invalid(
+                    "appended keys must be increasing and sort after the tree's last key".into(),
+                ));
             }
             last_key = Some(e.key.clone());
             if !current.is_empty() && (size + e.leaf_size() > p || current.len() >= 0xFFFE) {
@@ -372,7 +389,8 @@ impl Appender {
         // Up the rightmost path: the replaced child keeps the key that led to it (it may be
         // below the child's first key, which keeps the ancestors' bounds valid).
         while let Some(mut children) = spine.pop() {
-            let (old_key, _) = children.pop().ok_or_else(|| read_err(root, "branch without elements"))?;
+            let (old_key, _) =
+                children.pop().ok_or_else(|| read_err(root, "branch without elements"))?;
             let mut replaced = level.into_iter();
             let (_, first_id) = replaced.next().expect("a level has at least one node");
             children.push((old_key, first_id));
@@ -388,7 +406,10 @@ impl Appender {
 
     /// Packs `children` into as few branch pages as fit (at least two children per page),
     /// returning each page's (first key, page id).
-    fn branch_level(&mut self, children: &[(Vec<u8>, u64)]) -> Result<Vec<(Vec<u8>, u64)>, WriteError> {
+    fn branch_level(
+        &mut self,
+        children: &[(Vec<u8>, u64)],
+    ) -> Result<Vec<(Vec<u8>, u64)>, WriteError> {
         let p = self.page_size as usize;
         let mut out = Vec::new();
         let mut start = 0;
@@ -444,7 +465,9 @@ impl Appender {
                     }
                 }
                 let first = entries.first().map(|e| e.key.clone());
-                if entries.is_empty() || leaf_node_size(&entries) + entry.leaf_size() <= self.page_size as usize {
+                if entries.is_empty()
+                    || leaf_node_size(&entries) + entry.leaf_size() <= self.page_size as usize
+                {
                     let key = first.unwrap_or_else(|| entry.key.clone());
                     entries.push(entry);
                     let new_id = self.leaf(&entries)?;
@@ -458,7 +481,8 @@ impl Appender {
             }
             PageKind::Branch => {
                 let mut children = branch_children(&page, id)?;
-                let (_, last_child) = children.pop().ok_or_else(|| read_err(id, "branch without elements"))?;
+                let (_, last_child) =
+                    children.pop().ok_or_else(|| read_err(id, "branch without elements"))?;
                 let last_key_before = children.len();
                 let replaced = self.append_rec(db, last_child, entry, depth + 1)?;
                 // Keep the branch key that led to the old child (it may be smaller than the
@@ -466,7 +490,9 @@ impl Appender {
                 let old_key = branch_children(&page, id)?.pop().unwrap().0;
                 children.push((old_key, replaced[0].1));
                 children.extend(replaced.into_iter().skip(1));
-                if branch_node_size(&children) <= self.page_size as usize || children.len() - last_key_before < 2 {
+                if branch_node_size(&children) <= self.page_size as usize
+                    || children.len() - last_key_before < 2
+                {
                     let first = children[0].0.clone();
                     return Ok(vec![(first, self.branch(&children)?)]);
                 }
@@ -505,7 +531,11 @@ fn leaf_entries(page: &Page<'_>, id: u64) -> Result<Vec<Entry>, WriteError> {
 
 fn branch_children(page: &Page<'_>, id: u64) -> Result<Vec<(Vec<u8>, u64)>, WriteError> {
     (0..page.count as usize)
-        .map(|i| page.branch_element(i).map(|e| (e.key.to_vec(), e.child)).map_err(|e| read_err(id, e.to_string())))
+        .map(|i| {
+            page.branch_element(i)
+                .map(|e| (e.key.to_vec(), e.child))
+                .map_err(|e| read_err(id, e.to_string()))
+        })
         .collect()
 }
 
@@ -517,7 +547,13 @@ pub fn collect_entries(db: &Db<'_>, root: u64, limit: usize) -> Result<Vec<Entry
     Ok(out)
 }
 
-fn collect_rec(db: &Db<'_>, id: u64, limit: usize, depth: usize, out: &mut Vec<Entry>) -> Result<(), WriteError> {
+fn collect_rec(
+    db: &Db<'_>,
+    id: u64,
+    limit: usize,
+    depth: usize,
+    out: &mut Vec<Entry>,
+) -> Result<(), WriteError> {
     if depth > MAX_DEPTH {
         return Err(read_err(id, "tree too deep"));
     }
@@ -541,13 +577,18 @@ fn collect_rec(db: &Db<'_>, id: u64, limit: usize, depth: usize, out: &mut Vec<E
 }
 
 /// Every entry of a bucket given its value in the parent (inline or not).
-pub fn collect_bucket(db: &Db<'_>, bucket_value: &[u8], limit: usize) -> Result<Vec<Entry>, WriteError> {
-    let header =
-        BucketHeader::parse(bucket_value).ok_or_else(|| WriteError::Invalid("bucket header too short".into()))?;
+pub fn collect_bucket(
+    db: &Db<'_>,
+    bucket_value: &[u8],
+    limit: usize,
+) -> Result<Vec<Entry>, WriteError> {
+    let header = BucketHeader::parse(bucket_value)
+        .ok_or_else(|| WriteError::Invalid("bucket header too short".into()))?;
     match header.inline_page {
         None => collect_entries(db, header.root, limit),
         Some(bytes) => {
-            let page = Page::parse(bytes).ok_or_else(|| WriteError::Invalid("inline bucket page too short".into()))?;
+            let page = Page::parse(bytes)
+                .ok_or_else(|| WriteError::Invalid("inline bucket page too short".into()))?;
             if page.kind != PageKind::Leaf {
                 return Err(WriteError::Invalid("inline bucket page is not a leaf".into()));
             }
@@ -571,14 +612,23 @@ pub fn last_entry(db: &Db<'_>, root: u64) -> Result<Option<Entry>, WriteError> {
                 if page.count == 0 {
                     return Ok(None);
                 }
-                let e = page.leaf_element(page.count as usize - 1).map_err(|e| read_err(id, e.to_string()))?;
-                return Ok(Some(Entry { flags: e.flags, key: e.key.to_vec(), value: e.value.to_vec() }));
+                let e = page
+                    .leaf_element(page.count as usize - 1)
+                    .map_err(|e| read_err(id, e.to_string()))?;
+                return Ok(Some(Entry {
+                    flags: e.flags,
+                    key: e.key.to_vec(),
+                    value: e.value.to_vec(),
+                }));
             }
             PageKind::Branch => {
                 if page.count == 0 {
                     return Err(read_err(id, "branch without elements"));
                 }
-                id = page.branch_element(page.count as usize - 1).map_err(|e| read_err(id, e.to_string()))?.child;
+                id = page
+                    .branch_element(page.count as usize - 1)
+                    .map_err(|e| read_err(id, e.to_string()))?
+                    .child;
             }
             kind => return Err(read_err(id, format!("{} page in a bucket tree", kind.name()))),
         }
@@ -628,7 +678,9 @@ mod tests {
     }
 
     fn keys(n: usize, vlen: usize) -> Vec<Entry> {
-        (0..n).map(|i| Entry::new(format!("k{i:08}").into_bytes(), vec![b'v'; vlen + i % 7])).collect()
+        (0..n)
+            .map(|i| Entry::new(format!("k{i:08}").into_bytes(), vec![b'v'; vlen + i % 7]))
+            .collect()
     }
 
     #[test]
@@ -640,7 +692,10 @@ mod tests {
         let mut c = Collect::default();
         let report = walk(&db, &mut c, &WalkOptions::default());
         assert!(report.is_ok(), "{:?}", report.problems);
-        let in_b = c.0.iter().filter(|(d, k, _)| *d == 1 && (k.starts_with(b"k") || k == b"zz-large")).count();
+        let in_b =
+            c.0.iter()
+                .filter(|(d, k, _)| *d == 1 && (k.starts_with(b"k") || k == b"zz-large"))
+                .count();
         assert_eq!(in_b, 2 + 3001);
         let root = collect_entries(&db, db.meta().root, 10).unwrap();
         assert_eq!(root.len(), 3);
@@ -659,8 +714,10 @@ mod tests {
         let root_entries = collect_entries(&db, db.meta().root, 10).unwrap();
         let header = BucketHeader::parse(&root_entries[0].value).unwrap();
         let mut app = Appender::new(P, db.meta().pgid);
-        let new_root = app.append_last(&db, header.root, Entry::new(b"z".to_vec(), vec![])).unwrap();
-        let new_root_bucket = app.tree(&[Entry::bucket(b"key".to_vec(), bucket_value(new_root, 0, None))]).unwrap();
+        let new_root =
+            app.append_last(&db, header.root, Entry::new(b"z".to_vec(), vec![])).unwrap();
+        let new_root_bucket =
+            app.tree(&[Entry::bucket(b"key".to_vec(), bucket_value(new_root, 0, None))]).unwrap();
         let mut file2 = file.clone();
         file2.extend_from_slice(app.bytes());
         let meta = Meta { root: new_root_bucket, pgid: app.next_pgid(), txid: 2, ..*db.meta() };
@@ -672,7 +729,11 @@ mod tests {
         assert_eq!(c.0.len(), 1 + 5001);
         assert_eq!(c.0.last().unwrap().1, b"z");
         // Only the rightmost path was rewritten: a handful of pages, not the tree.
-        assert!(app.next_pgid() - db.meta().pgid <= 4, "{} new pages", app.next_pgid() - db.meta().pgid);
+        assert!(
+            app.next_pgid() - db.meta().pgid <= 4,
+            "{} new pages",
+            app.next_pgid() - db.meta().pgid
+        );
         // the old pages are unreachable now, hence implicitly free
         assert!(report.free_pages >= 2);
     }
@@ -686,14 +747,16 @@ mod tests {
         let header = BucketHeader::parse(&root_entries[0].value).unwrap();
         let mut app = Appender::new(P, db.meta().pgid);
         let mut spilled: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut new = (0..extra).map(|i| Entry::new(format!("l{i:08}").into_bytes(), vec![(i % 251) as u8; value]));
+        let mut new = (0..extra)
+            .map(|i| Entry::new(format!("l{i:08}").into_bytes(), vec![(i % 251) as u8; value]));
         let mut sink = |at: u64, pages: &[u8]| {
             spilled.push((at, pages.to_vec()));
             Ok(())
         };
         let (new_root, n) = app.append_sorted(&db, header.root, &mut new, &mut sink).unwrap();
         assert_eq!(n, extra as u64);
-        let new_root_bucket = app.tree(&[Entry::bucket(b"key".to_vec(), bucket_value(new_root, 0, None))]).unwrap();
+        let new_root_bucket =
+            app.tree(&[Entry::bucket(b"key".to_vec(), bucket_value(new_root, 0, None))]).unwrap();
         let mut file2 = file.clone();
         file2.resize(app.next_pgid() as usize * P as usize, 0);
         spilled.push((app.pending_start(), app.bytes().to_vec()));
@@ -708,13 +771,16 @@ mod tests {
 
     #[test]
     fn append_sorted_adds_many_keys_along_the_right_edge() {
-        for (base, extra, value) in [(5000, 20_000, 300), (41, 2, 10), (41, 5000, 10), (2000, 1, 5000), (700, 40, 9000)] {
+        for (base, extra, value) in
+            [(5000, 20_000, 300), (41, 2, 10), (41, 5000, 10), (2000, 1, 5000), (700, 40, 9000)]
+        {
             let (file, old_pgid, new_pgid) = append_many(base, extra, value);
             let db = Db::open(&file).unwrap();
             let mut c = Collect::default();
             let report = walk(&db, &mut c, &WalkOptions::default());
             assert!(report.is_ok(), "{base}+{extra}: {:?}", report.problems);
-            let in_bucket: Vec<&Vec<u8>> = c.0.iter().filter(|(d, _, _)| *d == 1).map(|(_, k, _)| k).collect();
+            let in_bucket: Vec<&Vec<u8>> =
+                c.0.iter().filter(|(d, _, _)| *d == 1).map(|(_, k, _)| k).collect();
             assert_eq!(in_bucket.len(), base + extra, "{base}+{extra}");
             assert!(in_bucket.windows(2).all(|w| w[0] < w[1]));
             assert_eq!(*in_bucket.last().unwrap(), &format!("l{:08}", extra - 1).into_bytes());
@@ -725,8 +791,11 @@ mod tests {
             } else {
                 (extra * entry_size).div_ceil(P as usize) as u64
             };
-            assert!(new_pgid - old_pgid <= appended_pages * 12 / 10 + 8,
-                "{base}+{extra}: {} new pages for {appended_pages} pages of entries", new_pgid - old_pgid);
+            assert!(
+                new_pgid - old_pgid <= appended_pages * 12 / 10 + 8,
+                "{base}+{extra}: {} new pages for {appended_pages} pages of entries",
+                new_pgid - old_pgid
+            );
         }
     }
 
@@ -740,15 +809,20 @@ mod tests {
         let mut sink = |_: u64, _: &[u8]| Ok(());
         let mut before = std::iter::once(Entry::new(b"a".to_vec(), vec![]));
         assert!(app.append_sorted(&db, header.root, &mut before, &mut sink).is_err());
-        let mut unsorted = [Entry::new(b"x2".to_vec(), vec![]), Entry::new(b"x1".to_vec(), vec![])].into_iter();
+        let mut unsorted =
+            [Entry::new(b"x2".to_vec(), vec![]), Entry::new(b"x1".to_vec(), vec![])].into_iter();
         assert!(app.append_sorted(&db, header.root, &mut unsorted, &mut sink).is_err());
         let mut none = std::iter::empty();
-        assert_eq!(app.append_sorted(&db, header.root, &mut none, &mut sink).unwrap(), (header.root, 0));
+        assert_eq!(
+            app.append_sorted(&db, header.root, &mut none, &mut sink).unwrap(),
+            (header.root, 0)
+        );
     }
 
     #[test]
     fn append_last_into_full_single_leaf_makes_a_branch() {
-        let entries: Vec<Entry> = (0..30).map(|i| Entry::new(vec![b'a', i as u8], vec![0u8; 120])).collect();
+        let entries: Vec<Entry> =
+            (0..30).map(|i| Entry::new(vec![b'a', i as u8], vec![0u8; 120])).collect();
         let file = build(&[("x", entries)]);
         let db = Db::open(&file).unwrap();
         let root_entries = collect_entries(&db, db.meta().root, 10).unwrap();
@@ -768,9 +842,12 @@ mod tests {
 
     #[test]
     fn refuses_unsorted_and_empty_keys() {
-        assert!(
-            encode_leaf(0, &[Entry::new(b"b".to_vec(), vec![]), Entry::new(b"a".to_vec(), vec![])], Some(P)).is_err()
-        );
+        assert!(encode_leaf(
+            0,
+            &[Entry::new(b"b".to_vec(), vec![]), Entry::new(b"a".to_vec(), vec![])],
+            Some(P)
+        )
+        .is_err());
         assert!(encode_leaf(0, &[Entry::new(Vec::new(), vec![])], Some(P)).is_err());
         assert!(encode_branch(3, &[], P).is_err());
     }

@@ -85,7 +85,8 @@ fn header_fields_overwritten_with_extremes_never_panic() {
     let clean = image(FIXTURES[0]).to_vec();
     let page_size = 4096;
     let pages = clean.len() / page_size;
-    let extremes = [0u64, 1, 2, 0xFFFF, 0xFFFF_FFFF, u64::MAX, u64::MAX / 2, pages as u64, pages as u64 - 1];
+    let extremes =
+        [0u64, 1, 2, 0xFFFF, 0xFFFF_FFFF, u64::MAX, u64::MAX / 2, pages as u64, pages as u64 - 1];
     for _ in 0..3000 {
         let mut bytes = clean.clone();
         let page = rng.below(pages);

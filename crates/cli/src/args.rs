@@ -25,7 +25,9 @@ pub fn non_empty(s: &str) -> Result<String, String> {
 /// into it would put its temporary and final directories somewhere no one asked for.
 pub fn path(s: &str) -> Result<PathBuf, String> {
     if s.is_empty() {
-        return Err("empty path; give a directory or file name (`.` for the current directory)".into());
+        return Err(
+            "empty path; give a directory or file name (`.` for the current directory)".into()
+        );
     }
     Ok(PathBuf::from(s))
 }
@@ -49,7 +51,10 @@ pub fn passphrase_file(s: &str) -> Result<PathBuf, String> {
         } else {
             return Ok(path);
         };
-        eprintln!("warning: passphrase file {} {what} (mode {mode:04o}); chmod 600 it", path.display());
+        eprintln!(
+            "warning: passphrase file {} {what} (mode {mode:04o}); chmod 600 it",
+            path.display()
+        );
     }
     Ok(path)
 }

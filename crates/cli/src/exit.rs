@@ -129,7 +129,11 @@ impl From<Failure> for WorkflowError {
 pub fn report(err: &anyhow::Error) -> i32 {
     eprintln!("Error: {err:#}");
     err.chain()
-        .find_map(|e| e.downcast_ref::<Failure>().map(|f| f.code).or_else(|| e.downcast_ref::<WorkflowError>().map(|w| code_of(w.kind))))
+        .find_map(|e| {
+            e.downcast_ref::<Failure>()
+                .map(|f| f.code)
+                .or_else(|| e.downcast_ref::<WorkflowError>().map(|w| code_of(w.kind)))
+        })
         .map(|c| c as i32)
         .unwrap_or(Code::Failure as i32)
 }

@@ -26,7 +26,10 @@ pub fn stdout_write(bytes: &[u8]) {
         return;
     }
     let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_all(bytes).and_then(|()| if bytes.ends_with(b"\n") { out.flush() } else { Ok(()) }) {
+    if let Err(e) =
+        out.write_all(bytes)
+            .and_then(|()| if bytes.ends_with(b"\n") { out.flush() } else { Ok(()) })
+    {
         let _ = STDOUT_ERROR.set(e);
     }
 }

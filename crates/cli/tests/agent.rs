@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use etcdguard_testkit::{free_port, EtcdVersion};
 use agent_support::*;
+use etcdguard_testkit::{free_port, EtcdVersion};
 use live_support::*;
 
 #[test]
@@ -23,7 +23,11 @@ fn agent_backs_up_on_schedule_applies_retention_and_reports_health() {
     let repo = work.path().join("repo");
     let files = work.path().join("pki");
     std::fs::create_dir_all(&files).unwrap();
-    std::fs::write(files.join("ca.key"), "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        files.join("ca.key"),
+        "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     let port = free_port();
     let log = std::fs::File::create(work.path().join("agent.log")).unwrap();
     let mut cmd = etcdguard();
@@ -46,18 +50,40 @@ fn agent_backs_up_on_schedule_applies_retention_and_reports_health() {
     // Three backups succeed; each run writes a key first so the revisions move. A run's prune
     // follows its backup, so wait for both counters (on a busy machine a poll can fall between).
     let mut metrics = String::new();
-    wait_for_or("three successful backups and prunes", Duration::from_secs(90), agent_log, &mut || {
-        server.put(b"/registry/configmaps/default/tick", Instant::now().elapsed().as_nanos().to_string().as_bytes());
-        metrics = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
-        sample(&metrics, "etcdguard_backup_runs_total{result=\"success\"}").unwrap_or(0.0) >= 3.0
-            && sample(&metrics, "etcdguard_prune_runs_total{result=\"success\"}").unwrap_or(0.0) >= 3.0
-    });
-    assert_eq!(sample(&metrics, "etcdguard_backup_runs_total{result=\"failure\"}"), Some(0.0), "{}", agent_log());
-    assert!(sample(&metrics, "etcdguard_prune_runs_total{result=\"success\"}").unwrap() >= 3.0, "{metrics}");
+    wait_for_or(
+        "three successful backups and prunes",
+        Duration::from_secs(90),
+        agent_log,
+        &mut || {
+            server.put(
+                b"/registry/configmaps/default/tick",
+                Instant::now().elapsed().as_nanos().to_string().as_bytes(),
+            );
+            metrics = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+            sample(&metrics, "etcdguard_backup_runs_total{result=\"success\"}").unwrap_or(0.0)
+                >= 3.0
+                && sample(&metrics, "etcdguard_prune_runs_total{result=\"success\"}").unwrap_or(0.0)
+                    >= 3.0
+        },
+    );
+    assert_eq!(
+        sample(&metrics, "etcdguard_backup_runs_total{result=\"failure\"}"),
+        Some(0.0),
+        "{}",
+        agent_log()
+    );
+    assert!(
+        sample(&metrics, "etcdguard_prune_runs_total{result=\"success\"}").unwrap() >= 3.0,
+        "{metrics}"
+    );
     assert_eq!(sample(&metrics, "etcdguard_agent_healthy"), Some(1.0));
-    assert!(sample(&metrics, "etcdguard_backup_last_snapshot_bytes").unwrap() > 10_000.0, "{metrics}");
+    assert!(
+        sample(&metrics, "etcdguard_backup_last_snapshot_bytes").unwrap() > 10_000.0,
+        "{metrics}"
+    );
     let last_success = sample(&metrics, "etcdguard_backup_last_success_timestamp_seconds").unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     assert!((now - last_success).abs() < 30.0, "last success {last_success}, now {now}");
     let (status, body) = get(port, "/healthz").unwrap();
     assert_eq!(status, 200, "{body}");
@@ -66,8 +92,19 @@ fn agent_backs_up_on_schedule_applies_retention_and_reports_health() {
 
     // Retention keeps two; the newest restores, with the PKI file, at the revision reported.
     let ids = list_ids(&repo);
-    assert_eq!(ids.len(), 2, "--keep-last 2 after {} runs: {ids:?}\n{}", sample(&metrics, "etcdguard_backup_runs_total{result=\"success\"}").unwrap(), agent_log());
-    let show = etcdguard().args(["backup", "show", ids.last().unwrap(), "--repo"]).arg(&repo).args(["-w", "json"]).output().unwrap();
+    assert_eq!(
+        ids.len(),
+        2,
+        "--keep-last 2 after {} runs: {ids:?}\n{}",
+        sample(&metrics, "etcdguard_backup_runs_total{result=\"success\"}").unwrap(),
+        agent_log()
+    );
+    let show = etcdguard()
+        .args(["backup", "show", ids.last().unwrap(), "--repo"])
+        .arg(&repo)
+        .args(["-w", "json"])
+        .output()
+        .unwrap();
     expect_code(&show, 0, "backup show");
     let manifest: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert!(manifest["etcd"]["revision"].as_i64().unwrap() > 1);
@@ -103,13 +140,26 @@ fn agent_without_etcd_stands_by_and_is_unhealthy() {
     let port = free_port();
     let log = std::fs::File::create(work.path().join("agent.log")).unwrap();
     let mut cmd = etcdguard();
-    cmd.arg("agent").arg("--repo").arg(work.path().join("repo")).args(["--endpoints", server.endpoint()]);
-    cmd.args(["--every", "2s", "--elect-ttl", "2s", "--listen", &format!("127.0.0.1:{port}")]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    cmd.arg("agent")
+        .arg("--repo")
+        .arg(work.path().join("repo"))
+        .args(["--endpoints", server.endpoint()]);
+    cmd.args(["--every", "2s", "--elect-ttl", "2s", "--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
     let agent = Agent(cmd.spawn().unwrap());
     let agent_log = || std::fs::read_to_string(work.path().join("agent.log")).unwrap_or_default();
-    wait_for_or("a first backup by the elected agent", Duration::from_secs(60), agent_log, &mut || {
-        get(port, "/metrics").is_some_and(|(_, m)| sample(&m, "etcdguard_backup_runs_total{result=\"success\"}").unwrap_or(0.0) >= 1.0)
-    });
+    wait_for_or(
+        "a first backup by the elected agent",
+        Duration::from_secs(60),
+        agent_log,
+        &mut || {
+            get(port, "/metrics").is_some_and(|(_, m)| {
+                sample(&m, "etcdguard_backup_runs_total{result=\"success\"}").unwrap_or(0.0) >= 1.0
+            })
+        },
+    );
     server.kill();
     let mut body = String::new();
     wait_for_or("/healthz 503 once etcd is gone", Duration::from_secs(60), agent_log, &mut || {
@@ -128,14 +178,23 @@ fn agent_refuses_bad_arguments() {
     let work = tempfile::tempdir().unwrap();
     let repo = work.path().join("repo");
     let repo = repo.to_str().unwrap();
-    let out = etcdguard().args(["agent", "--repo", repo, "--every", "0s", "--runs", "0"]).output().unwrap();
+    let out = etcdguard()
+        .args(["agent", "--repo", repo, "--every", "0s", "--runs", "0"])
+        .output()
+        .unwrap();
     expect_code(&out, 2, "--every 0s");
-    let out = etcdguard().args(["agent", "--repo", repo, "--listen", "not-an-address", "--runs", "0"]).output().unwrap();
+    let out = etcdguard()
+        .args(["agent", "--repo", repo, "--listen", "not-an-address", "--runs", "0"])
+        .output()
+        .unwrap();
     expect_code(&out, 2, "--listen not-an-address");
     assert!(text(&out.stderr).contains("--listen"), "{}", text(&out.stderr));
     let out = etcdguard().args(["agent", "--repo", repo, "--keep-daily", "x"]).output().unwrap();
     expect_code(&out, 2, "--keep-daily x");
-    let out = etcdguard().args(["agent", "--repo", repo, "--listen", "127.0.0.1:0", "--runs", "0"]).output().unwrap();
+    let out = etcdguard()
+        .args(["agent", "--repo", repo, "--listen", "127.0.0.1:0", "--runs", "0"])
+        .output()
+        .unwrap();
     expect_code(&out, 0, "--runs 0");
     assert!(!repo_exists(repo), "--runs 0 must not touch the repository");
 }
@@ -160,28 +219,52 @@ fn shipped_kubernetes_manifests_use_real_flags() {
 fn shipped_hypershift_manifests_use_real_flags() {
     let (checked, _) = check_shipped_manifests("hypershift");
     assert!(checked >= 1, "no container found under deploy/hypershift");
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/hypershift/agent-deployment.yaml");
-    let doc: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/hypershift/agent-deployment.yaml");
+    let doc: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let pod = &doc["spec"]["template"]["spec"];
     let agent = &pod["containers"][0];
-    let args: Vec<&str> = agent["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    let arg = |flag: &str| args.iter().find_map(|a| a.strip_prefix(flag)).unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+    let args: Vec<&str> =
+        agent["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let arg = |flag: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(flag))
+            .unwrap_or_else(|| panic!("no {flag} in {args:?}"))
+    };
     assert_eq!(arg("--endpoints="), "https://etcd-client.$(POD_NAMESPACE).svc:2379");
-    let mounts: Vec<&str> = agent["volumeMounts"].as_sequence().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
+    let mounts: Vec<&str> = agent["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
     for flag in ["--etcd-secrets-dir=", "--file=", "--scratch-dir="] {
-        assert!(mounts.contains(&arg(flag)), "{flag}{} is not a mount of the agent: {mounts:?}", arg(flag));
+        assert!(
+            mounts.contains(&arg(flag)),
+            "{flag}{} is not a mount of the agent: {mounts:?}",
+            arg(flag)
+        );
     }
     // The projected volume holds the files under the names --etcd-secrets-dir looks for.
-    let volume = pod["volumes"].as_sequence().unwrap().iter().find(|v| v["name"] == "etcd-client").unwrap();
+    let volume =
+        pod["volumes"].as_sequence().unwrap().iter().find(|v| v["name"] == "etcd-client").unwrap();
     let paths: Vec<&str> = volume["projected"]["sources"]
         .as_sequence()
         .unwrap()
         .iter()
-        .flat_map(|s| s["secret"]["items"].as_sequence().or(s["configMap"]["items"].as_sequence()).unwrap())
+        .flat_map(|s| {
+            s["secret"]["items"].as_sequence().or(s["configMap"]["items"].as_sequence()).unwrap()
+        })
         .map(|i| i["path"].as_str().unwrap())
         .collect();
     assert_eq!(paths, ["etcd-client.crt", "etcd-client.key", "ca.crt"]);
-    let names: Vec<String> = pod["volumes"].as_sequence().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_string()).collect();
+    let names: Vec<String> = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_string())
+        .collect();
     assert!(names.contains(&"kas-secret-encryption-config".to_string()), "{names:?}");
 }
 
@@ -194,28 +277,49 @@ fn check_shipped_manifests(sub: &str) -> (usize, usize) {
         if path.extension().is_none_or(|e| e != "yaml") {
             continue;
         }
-        let doc: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let doc: serde_norway::Value =
+            serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let kind = doc["kind"].as_str().unwrap().to_string();
         let pod = match kind.as_str() {
             "Deployment" | "DaemonSet" => &doc["spec"]["template"]["spec"],
             "CronJob" => &doc["spec"]["jobTemplate"]["spec"]["template"]["spec"],
             "Service" | "ServiceMonitor" => {
-                assert_eq!(doc["metadata"]["labels"]["app.kubernetes.io/name"].as_str(), Some("etcdguard-agent"), "{}", path.display());
+                assert_eq!(
+                    doc["metadata"]["labels"]["app.kubernetes.io/name"].as_str(),
+                    Some("etcdguard-agent"),
+                    "{}",
+                    path.display()
+                );
                 continue;
             }
             "PrometheusRule" => {
                 // Every alert queries a metric the agent exports.
-                let rules: Vec<&serde_norway::Value> = doc["spec"]["groups"].as_sequence().unwrap().iter().flat_map(|g| g["rules"].as_sequence().unwrap()).collect();
+                let rules: Vec<&serde_norway::Value> = doc["spec"]["groups"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|g| g["rules"].as_sequence().unwrap())
+                    .collect();
                 assert!(rules.len() >= 4, "{}: {} rules", path.display(), rules.len());
                 for r in &rules {
                     let (alert, expr) = (r["alert"].as_str().unwrap(), r["expr"].as_str().unwrap());
-                    assert!(expr.contains("etcdguard_"), "{}: alert {alert}: {expr}", path.display());
+                    assert!(
+                        expr.contains("etcdguard_"),
+                        "{}: alert {alert}: {expr}",
+                        path.display()
+                    );
                 }
                 // With every agent gone there are no series: the alerts that matter most must
                 // still fire.
                 for alert in ["EtcdguardBackupTooOld", "EtcdguardNoActiveAgent"] {
-                    let r = rules.iter().find(|r| r["alert"].as_str() == Some(alert)).unwrap_or_else(|| panic!("no {alert}"));
-                    assert!(r["expr"].as_str().unwrap().contains("absent("), "{alert} does not fire without agents");
+                    let r = rules
+                        .iter()
+                        .find(|r| r["alert"].as_str() == Some(alert))
+                        .unwrap_or_else(|| panic!("no {alert}"));
+                    assert!(
+                        r["expr"].as_str().unwrap().contains("absent("),
+                        "{alert} does not fire without agents"
+                    );
                 }
                 continue;
             }
@@ -224,15 +328,29 @@ fn check_shipped_manifests(sub: &str) -> (usize, usize) {
         if kind == "DaemonSet" {
             daemonsets += 1;
         }
-        let containers = ["initContainers", "containers"].iter().filter_map(|k| pod[*k].as_sequence()).flatten();
+        let containers =
+            ["initContainers", "containers"].iter().filter_map(|k| pod[*k].as_sequence()).flatten();
         for c in containers {
             // Liveness is /livez: a storage outage must not restart the agents (/healthz is for alerts).
             if let Some(path_probed) = c["livenessProbe"]["httpGet"]["path"].as_str() {
                 assert_eq!(path_probed, "/livez", "{}", path.display());
             }
-            let args: Vec<String> = c["args"].as_sequence().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+            let args: Vec<String> = c["args"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .collect();
             let out = etcdguard().args(&args).arg("--help").output().unwrap();
-            expect_code(&out, 0, &format!("{} container {}: etcdguard {args:?}", path.display(), c["name"].as_str().unwrap()));
+            expect_code(
+                &out,
+                0,
+                &format!(
+                    "{} container {}: etcdguard {args:?}",
+                    path.display(),
+                    c["name"].as_str().unwrap()
+                ),
+            );
             checked += 1;
         }
     }

@@ -43,7 +43,10 @@ fn flip_byte(path: &Path, at: usize) {
 fn scrub_finds_a_flipped_bit_and_a_drill_boots_etcd_on_the_restore() {
     let server = EtcdServer::start(EtcdVersion::V3_5);
     for i in 0..50 {
-        server.put(format!("/registry/configmaps/default/cm-{i:03}").as_bytes(), format!("value {i}").as_bytes());
+        server.put(
+            format!("/registry/configmaps/default/cm-{i:03}").as_bytes(),
+            format!("value {i}").as_bytes(),
+        );
     }
     let work = tempfile::tempdir().unwrap();
     let repo = work.path().join("repo");
@@ -53,9 +56,22 @@ fn scrub_finds_a_flipped_bit_and_a_drill_boots_etcd_on_the_restore() {
     let etcd35 = EtcdVersion::V3_5.binaries().etcd;
     let log = work.path().join("agent.log");
     let args: Vec<String> = [
-        "--repo", repo.to_str().unwrap(), "--endpoints", server.endpoint(), "--scratch-dir", scratch.to_str().unwrap(),
-        "--every", "1h", "--verify-every", "2s", "--drill-every", "3s", "--drill-etcd", etcd35.to_str().unwrap(),
-        "--listen", &format!("127.0.0.1:{port}"),
+        "--repo",
+        repo.to_str().unwrap(),
+        "--endpoints",
+        server.endpoint(),
+        "--scratch-dir",
+        scratch.to_str().unwrap(),
+        "--every",
+        "1h",
+        "--verify-every",
+        "2s",
+        "--drill-every",
+        "3s",
+        "--drill-etcd",
+        etcd35.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -65,16 +81,26 @@ fn scrub_finds_a_flipped_bit_and_a_drill_boots_etcd_on_the_restore() {
 
     // One backup (--every 1h), a scrub that checked it, a drill that booted etcd on it.
     let mut m = String::new();
-    wait_for("a backup, a scrub that checked it, and a good drill", Duration::from_secs(120), || {
-        m = metrics(port);
-        sample(&m, "etcdguard_backup_runs_total{result=\"success\"}").unwrap_or(0.0) >= 1.0
-            && sample(&m, "etcdguard_scrub_backups_checked_total{result=\"success\"}").unwrap_or(0.0) >= 1.0
-            && sample(&m, "etcdguard_drill_runs_total{result=\"success\"}").unwrap_or(0.0) >= 1.0
-    });
+    wait_for(
+        "a backup, a scrub that checked it, and a good drill",
+        Duration::from_secs(120),
+        || {
+            m = metrics(port);
+            sample(&m, "etcdguard_backup_runs_total{result=\"success\"}").unwrap_or(0.0) >= 1.0
+                && sample(&m, "etcdguard_scrub_backups_checked_total{result=\"success\"}")
+                    .unwrap_or(0.0)
+                    >= 1.0
+                && sample(&m, "etcdguard_drill_runs_total{result=\"success\"}").unwrap_or(0.0)
+                    >= 1.0
+        },
+    );
     assert_eq!(sample(&m, "etcdguard_scrub_failures_total"), Some(0.0), "{}", agent_log());
     assert_eq!(sample(&m, "etcdguard_drill_failures_total"), Some(0.0), "{}", agent_log());
     assert!(sample(&m, "etcdguard_scrub_packs_checked_total").unwrap() >= 1.0, "{m}");
-    for series in ["etcdguard_scrub_last_success_timestamp_seconds", "etcdguard_drill_last_success_timestamp_seconds"] {
+    for series in [
+        "etcdguard_scrub_last_success_timestamp_seconds",
+        "etcdguard_drill_last_success_timestamp_seconds",
+    ] {
         let at = sample(&m, series).unwrap();
         assert!((unix_now() - at).abs() < 60.0, "{series} {at}");
     }
@@ -89,12 +115,18 @@ fn scrub_finds_a_flipped_bit_and_a_drill_boots_etcd_on_the_restore() {
     assert!(text(&show.stdout).contains("backup verified 20"), "{}", text(&show.stdout));
 
     // One bit flipped in the middle of the largest pack: the next scrub finds it.
-    let pack = packs(&repo).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let pack =
+        packs(&repo).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
     let at = std::fs::metadata(&pack).unwrap().len() as usize / 2;
     flip_byte(&pack, at);
-    wait_for("a scrub failure", Duration::from_secs(60), || sample(&metrics(port), "etcdguard_scrub_failures_total").unwrap_or(0.0) >= 1.0);
+    wait_for("a scrub failure", Duration::from_secs(60), || {
+        sample(&metrics(port), "etcdguard_scrub_failures_total").unwrap_or(0.0) >= 1.0
+    });
     let m = metrics(port);
-    assert!(sample(&m, "etcdguard_scrub_backups_checked_total{result=\"failure\"}").unwrap() >= 1.0, "{m}");
+    assert!(
+        sample(&m, "etcdguard_scrub_backups_checked_total{result=\"failure\"}").unwrap() >= 1.0,
+        "{m}"
+    );
     assert_eq!(sample(&m, "etcdguard_agent_healthy"), Some(0.0), "{m}");
     let (status, body) = get(port, "/healthz").unwrap();
     assert_eq!(status, 503, "{body}");
@@ -103,11 +135,17 @@ fn scrub_finds_a_flipped_bit_and_a_drill_boots_etcd_on_the_restore() {
     assert!(agent_log().contains("damage found"), "{}", agent_log());
     std::thread::sleep(Duration::from_secs(3));
     assert!(agent.is_running(), "the agent must survive damage:\n{}", agent_log());
-    assert_eq!(sample(&metrics(port), "etcdguard_agent_healthy"), Some(0.0), "still red until a scrub passes");
+    assert_eq!(
+        sample(&metrics(port), "etcdguard_agent_healthy"),
+        Some(0.0),
+        "still red until a scrub passes"
+    );
 
     // Undone: the next scrub (and drill) pass and /healthz is green again.
     flip_byte(&pack, at);
-    wait_for("/healthz green again", Duration::from_secs(90), || get(port, "/healthz").is_some_and(|(s, _)| s == 200));
+    wait_for("/healthz green again", Duration::from_secs(90), || {
+        get(port, "/healthz").is_some_and(|(s, _)| s == 200)
+    });
     let m = metrics(port);
     assert!(sample(&m, "etcdguard_scrub_runs_total{result=\"success\"}").unwrap() >= 2.0, "{m}");
     assert!(agent.is_running());
@@ -115,7 +153,8 @@ fn scrub_finds_a_flipped_bit_and_a_drill_boots_etcd_on_the_restore() {
     // Nothing the drill booted is left running on its data dir (it dies with the agent).
     let scratch_arg = scratch.to_str().unwrap().to_string();
     wait_for("no etcd left on the drill's data dir", Duration::from_secs(10), || {
-        let leftover = std::process::Command::new("pgrep").args(["-f", &scratch_arg]).output().unwrap();
+        let leftover =
+            std::process::Command::new("pgrep").args(["-f", &scratch_arg]).output().unwrap();
         text(&leftover.stdout).trim().is_empty()
     });
 }
@@ -145,26 +184,48 @@ fn certificate_expiry_in_metrics_health_and_backup_show() {
     let (later, later_after) = cert_pem("kubernetes", 365);
     std::fs::write(pki.join("etcd/server.crt"), soon).unwrap();
     std::fs::write(pki.join("ca.crt"), later).unwrap();
-    std::fs::write(pki.join("ca.key"), "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        pki.join("ca.key"),
+        "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     let port = free_port();
     let log = work.path().join("agent.log");
-    let args: Vec<String> = ["--repo", repo.to_str().unwrap(), "--endpoints", server.endpoint(), "--pki-dir", pki.to_str().unwrap(), "--every", "1h", "--listen", &format!("127.0.0.1:{port}")]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args: Vec<String> = [
+        "--repo",
+        repo.to_str().unwrap(),
+        "--endpoints",
+        server.endpoint(),
+        "--pki-dir",
+        pki.to_str().unwrap(),
+        "--every",
+        "1h",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let agent = spawn_agent(&log, &args);
     let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let soon_series = "etcdguard_certificate_expiry_seconds{path=\"etcd/server.crt\",subject=\"CN=etcd-server\"}";
-    let later_series = "etcdguard_certificate_expiry_seconds{path=\"ca.crt\",subject=\"CN=kubernetes\"}";
+    let soon_series =
+        "etcdguard_certificate_expiry_seconds{path=\"etcd/server.crt\",subject=\"CN=etcd-server\"}";
+    let later_series =
+        "etcdguard_certificate_expiry_seconds{path=\"ca.crt\",subject=\"CN=kubernetes\"}";
     let mut m = String::new();
     wait_for("a backup and both certificates in /metrics", Duration::from_secs(60), || {
         m = metrics(port);
-        sample(&m, "etcdguard_backup_runs_total{result=\"success\"}").unwrap_or(0.0) >= 1.0 && sample(&m, later_series).is_some()
+        sample(&m, "etcdguard_backup_runs_total{result=\"success\"}").unwrap_or(0.0) >= 1.0
+            && sample(&m, later_series).is_some()
     });
     // Seconds left, right within a minute.
     let now = unix_now();
     let got = sample(&m, soon_series).unwrap_or_else(|| panic!("{m}"));
-    assert!((got - (soon_after as f64 - now)).abs() < 60.0, "{soon_series} = {got}, want {}", soon_after as f64 - now);
+    assert!(
+        (got - (soon_after as f64 - now)).abs() < 60.0,
+        "{soon_series} = {got}, want {}",
+        soon_after as f64 - now
+    );
     let got = sample(&m, later_series).unwrap();
     assert!((got - (later_after as f64 - now)).abs() < 60.0, "{later_series} = {got}");
     assert_eq!(m.matches("etcdguard_certificate_expiry_seconds{").count(), 2, "{m}");
@@ -172,19 +233,38 @@ fn certificate_expiry_in_metrics_health_and_backup_show() {
     let (status, body) = get(port, "/healthz").unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.starts_with("ok: last backup "), "{body}");
-    assert!(body.contains("warning: certificate etcd/server.crt (CN=etcd-server) expires in 4d 23h"), "{body}");
+    assert!(
+        body.contains("warning: certificate etcd/server.crt (CN=etcd-server) expires in 4d 23h"),
+        "{body}"
+    );
     assert!(!body.contains("ca.crt"), "{body}");
     drop(agent);
     assert!(!agent_log().contains("secret"), "{}", agent_log());
 
     // The manifest recorded both; `backup show` lists them.
-    let show = etcdguard().args(["backup", "show", "latest", "--repo"]).arg(&repo).output().unwrap();
+    let show =
+        etcdguard().args(["backup", "show", "latest", "--repo"]).arg(&repo).output().unwrap();
     expect_code(&show, 0, "backup show");
     let out = text(&show.stdout);
     assert!(out.contains("certificates        2"), "{out}");
-    assert!(out.lines().any(|l| l.contains("etcd/server.crt") && l.contains("CN=etcd-server") && l.contains(" 4d 23h ")), "{out}");
-    assert!(out.lines().any(|l| l.contains("ca.crt") && l.contains("CN=kubernetes") && l.contains(" 364d 23h ")), "{out}");
-    let show = etcdguard().args(["backup", "show", "latest", "--repo"]).arg(&repo).args(["-w", "json"]).output().unwrap();
+    assert!(
+        out.lines().any(|l| l.contains("etcd/server.crt")
+            && l.contains("CN=etcd-server")
+            && l.contains(" 4d 23h ")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.contains("ca.crt")
+            && l.contains("CN=kubernetes")
+            && l.contains(" 364d 23h ")),
+        "{out}"
+    );
+    let show = etcdguard()
+        .args(["backup", "show", "latest", "--repo"])
+        .arg(&repo)
+        .args(["-w", "json"])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     let certs = v["certificates"].as_array().unwrap_or_else(|| panic!("{v}"));
     let at = |p: &str| {
@@ -208,11 +288,25 @@ fn certificate_expiry_in_metrics_health_and_backup_show() {
         .output()
         .unwrap();
     expect_code(&out, 0, "backup create into an encrypted repository");
-    let show = etcdguard().args(["backup", "show", "latest", "--repo"]).arg(&sealed).env_remove("ETCDGUARD_PASSPHRASE").output().unwrap();
+    let show = etcdguard()
+        .args(["backup", "show", "latest", "--repo"])
+        .arg(&sealed)
+        .env_remove("ETCDGUARD_PASSPHRASE")
+        .output()
+        .unwrap();
     expect_code(&show, 0, "backup show without the passphrase");
-    assert!(text(&show.stdout).contains("file list is encrypted, give the passphrase"), "{}", text(&show.stdout));
+    assert!(
+        text(&show.stdout).contains("file list is encrypted, give the passphrase"),
+        "{}",
+        text(&show.stdout)
+    );
     assert!(!text(&show.stdout).contains("CN=etcd-server"), "{}", text(&show.stdout));
-    let show = etcdguard().args(["backup", "show", "latest", "--repo"]).arg(&sealed).env("ETCDGUARD_PASSPHRASE", "correct horse").output().unwrap();
+    let show = etcdguard()
+        .args(["backup", "show", "latest", "--repo"])
+        .arg(&sealed)
+        .env("ETCDGUARD_PASSPHRASE", "correct horse")
+        .output()
+        .unwrap();
     expect_code(&show, 0, "backup show with the passphrase");
     assert!(text(&show.stdout).contains("CN=etcd-server"), "{}", text(&show.stdout));
 }
@@ -229,11 +323,29 @@ fn check_flags_are_validated() {
         (vec!["--verify-budget", "5m"], "--verify-budget without --verify-every"),
         (vec!["--cert-warn", "x"], "--cert-warn x"),
     ] {
-        let out = etcdguard().args(["agent", "--repo", repo, "--runs", "0", "--listen", "127.0.0.1:0"]).args(&args).output().unwrap();
+        let out = etcdguard()
+            .args(["agent", "--repo", repo, "--runs", "0", "--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
         expect_code(&out, 2, what);
     }
     let out = etcdguard()
-        .args(["agent", "--repo", repo, "--runs", "0", "--listen", "127.0.0.1:0", "--verify-every", "24h", "--verify-budget", "30m", "--drill-every", "24h"])
+        .args([
+            "agent",
+            "--repo",
+            repo,
+            "--runs",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+            "--verify-every",
+            "24h",
+            "--verify-budget",
+            "30m",
+            "--drill-every",
+            "24h",
+        ])
         .args(["--drill-etcd", "/usr/bin/etcd", "--cert-warn", "14d"])
         .output()
         .unwrap();
@@ -248,15 +360,26 @@ fn check_flags_are_validated() {
 fn damage_found_by_the_scrub_is_healed_by_the_next_backup() {
     let server = EtcdServer::start(EtcdVersion::V3_5);
     for i in 0..200 {
-        server.put(format!("/registry/configmaps/default/cm-{i:03}").as_bytes(), "v".repeat(300).as_bytes());
+        server.put(
+            format!("/registry/configmaps/default/cm-{i:03}").as_bytes(),
+            "v".repeat(300).as_bytes(),
+        );
     }
     let work = tempfile::tempdir().unwrap();
     let repo = work.path().join("repo");
     let port = free_port();
     let log = work.path().join("agent.log");
     let args: Vec<String> = [
-        "--repo", repo.to_str().unwrap(), "--endpoints", server.endpoint(), "--every", "6s", "--verify-every", "1s",
-        "--listen", &format!("127.0.0.1:{port}"),
+        "--repo",
+        repo.to_str().unwrap(),
+        "--endpoints",
+        server.endpoint(),
+        "--every",
+        "6s",
+        "--verify-every",
+        "1s",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -266,18 +389,30 @@ fn damage_found_by_the_scrub_is_healed_by_the_next_backup() {
     wait_for("a backup and a good scrub", Duration::from_secs(60), || {
         let m = metrics(port);
         sample(&m, "etcdguard_backup_runs_total{result=\"success\"}").unwrap_or(0.0) >= 1.0
-            && sample(&m, "etcdguard_scrub_backups_checked_total{result=\"success\"}").unwrap_or(0.0) >= 1.0
+            && sample(&m, "etcdguard_scrub_backups_checked_total{result=\"success\"}")
+                .unwrap_or(0.0)
+                >= 1.0
     });
-    let pack = packs(&repo).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let pack =
+        packs(&repo).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
     let at = std::fs::metadata(&pack).unwrap().len() as usize / 2;
     flip_byte(&pack, at);
-    wait_for("/healthz red", Duration::from_secs(30), || get(port, "/healthz").is_some_and(|(s, _)| s == 503));
-    let backups_before = sample(&metrics(port), "etcdguard_backup_runs_total{result=\"success\"}").unwrap();
-    wait_for_or("/healthz green after the next backup", Duration::from_secs(60), agent_log, &mut || {
-        get(port, "/healthz").is_some_and(|(s, _)| s == 200)
+    wait_for("/healthz red", Duration::from_secs(30), || {
+        get(port, "/healthz").is_some_and(|(s, _)| s == 503)
     });
+    let backups_before =
+        sample(&metrics(port), "etcdguard_backup_runs_total{result=\"success\"}").unwrap();
+    wait_for_or(
+        "/healthz green after the next backup",
+        Duration::from_secs(60),
+        agent_log,
+        &mut || get(port, "/healthz").is_some_and(|(s, _)| s == 200),
+    );
     let m = metrics(port);
-    assert!(sample(&m, "etcdguard_backup_runs_total{result=\"success\"}").unwrap() > backups_before, "{m}");
+    assert!(
+        sample(&m, "etcdguard_backup_runs_total{result=\"success\"}").unwrap() > backups_before,
+        "{m}"
+    );
     assert!(agent_log().contains("is damaged"), "the backup says what it found:\n{}", agent_log());
     let name = pack.file_name().unwrap().to_string_lossy().into_owned();
     assert!(repo.join("damaged").join(format!("{name}.json")).exists(), "the damage is recorded");

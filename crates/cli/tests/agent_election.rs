@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use agent_support::{get, sample, wait_for};
 use chrono::{DateTime, Utc};
 use etcdguard_testkit::{free_port, EtcdCluster, EtcdVersion};
-use agent_support::{get, sample, wait_for};
 use live_support::etcdguard;
 
 const EVERY: Duration = Duration::from_secs(4);
@@ -40,7 +40,16 @@ impl Agent {
             .arg("agent")
             .arg("--repo")
             .arg(repo)
-            .args(["--endpoints", endpoints, "--every", "4s", "--elect-ttl", "3s", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--endpoints",
+                endpoints,
+                "--every",
+                "4s",
+                "--elect-ttl",
+                "3s",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -55,7 +64,10 @@ impl Agent {
 
     fn role(&self) -> Option<&'static str> {
         let m = self.metrics();
-        match (sample(&m, "etcdguard_agent_role{role=\"active\"}"), sample(&m, "etcdguard_agent_role{role=\"standby\"}")) {
+        match (
+            sample(&m, "etcdguard_agent_role{role=\"active\"}"),
+            sample(&m, "etcdguard_agent_role{role=\"standby\"}"),
+        ) {
             (Some(a), Some(s)) if a == 1.0 && s == 0.0 => Some("active"),
             (Some(a), Some(s)) if a == 0.0 && s == 1.0 => Some("standby"),
             _ => None,
@@ -72,7 +84,12 @@ fn created_times(repo: &Path) -> Vec<DateTime<Utc>> {
     if !repo.exists() {
         return Vec::new();
     }
-    let out = etcdguard().args(["backup", "list", "--repo"]).arg(repo).args(["-w", "json"]).output().unwrap();
+    let out = etcdguard()
+        .args(["backup", "list", "--repo"])
+        .arg(repo)
+        .args(["-w", "json"])
+        .output()
+        .unwrap();
     if !out.status.success() {
         return Vec::new(); // created by the first backup: may be half made while polled
     }
@@ -81,7 +98,11 @@ fn created_times(repo: &Path) -> Vec<DateTime<Utc>> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|b| DateTime::parse_from_rfc3339(b["created"].as_str().unwrap()).unwrap().with_timezone(&Utc))
+        .map(|b| {
+            DateTime::parse_from_rfc3339(b["created"].as_str().unwrap())
+                .unwrap()
+                .with_timezone(&Utc)
+        })
         .collect();
     times.sort();
     times
@@ -97,8 +118,16 @@ fn three_agents_elect_one_and_a_standby_takes_over_when_it_dies() {
     let work = tempfile::tempdir().unwrap();
     let repo = work.path().join("repo");
     let endpoints = cluster.endpoints_arg();
-    let mut agents: Vec<Option<Agent>> = (0..3).map(|n| Some(Agent::start(&endpoints, &repo, work.path(), n))).collect();
-    let logs = |agents: &[Option<Agent>]| agents.iter().flatten().map(|a| format!("--- {}\n{}", a.log.display(), a.log())).collect::<Vec<_>>().join("\n");
+    let mut agents: Vec<Option<Agent>> =
+        (0..3).map(|n| Some(Agent::start(&endpoints, &repo, work.path(), n))).collect();
+    let logs = |agents: &[Option<Agent>]| {
+        agents
+            .iter()
+            .flatten()
+            .map(|a| format!("--- {}\n{}", a.log.display(), a.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
 
     // One of them is elected and takes the first backup; the other two stand by.
     let mut active = None;
@@ -108,8 +137,18 @@ fn three_agents_elect_one_and_a_standby_takes_over_when_it_dies() {
     });
     let first_active = active.unwrap();
     let roles: Vec<_> = agents.iter().flatten().map(|a| a.role()).collect();
-    assert_eq!(roles.iter().filter(|r| **r == Some("active")).count(), 1, "{roles:?}\n{}", logs(&agents));
-    assert_eq!(roles.iter().filter(|r| **r == Some("standby")).count(), 2, "{roles:?}\n{}", logs(&agents));
+    assert_eq!(
+        roles.iter().filter(|r| **r == Some("active")).count(),
+        1,
+        "{roles:?}\n{}",
+        logs(&agents)
+    );
+    assert_eq!(
+        roles.iter().filter(|r| **r == Some("standby")).count(),
+        2,
+        "{roles:?}\n{}",
+        logs(&agents)
+    );
 
     // Let it work for a few intervals, then kill -9 it (its lease is not revoked).
     std::thread::sleep(Duration::from_secs(16));
@@ -123,8 +162,18 @@ fn three_agents_elect_one_and_a_standby_takes_over_when_it_dies() {
     // the repository's state).
     let survivors: Vec<&Agent> = agents.iter().flatten().collect();
     let roles: Vec<_> = survivors.iter().map(|a| a.role()).collect();
-    assert_eq!(roles.iter().filter(|r| **r == Some("active")).count(), 1, "{roles:?}\n{}", logs(&agents));
-    assert_eq!(roles.iter().filter(|r| **r == Some("standby")).count(), 1, "{roles:?}\n{}", logs(&agents));
+    assert_eq!(
+        roles.iter().filter(|r| **r == Some("active")).count(),
+        1,
+        "{roles:?}\n{}",
+        logs(&agents)
+    );
+    assert_eq!(
+        roles.iter().filter(|r| **r == Some("standby")).count(),
+        1,
+        "{roles:?}\n{}",
+        logs(&agents)
+    );
     for a in &survivors {
         let (status, body) = get(a.port, "/healthz").unwrap();
         assert_eq!(status, 200, "{body}\n{}", logs(&agents));
@@ -145,11 +194,21 @@ fn three_agents_elect_one_and_a_standby_takes_over_when_it_dies() {
     let gaps: Vec<f64> = times.windows(2).map(|w| secs(w[1] - w[0])).collect();
     let report = format!("{} backups over {span:.1}s (expected about {expected}), gaps {gaps:?}\nkilled agent:\n{killed_log}", times.len());
     assert!(times.len() + 1 >= expected && times.len() <= expected + 1, "{report}");
-    assert!(gaps.iter().all(|g| *g >= every / 2.0), "two backups closer than half an interval: {report}");
+    assert!(
+        gaps.iter().all(|g| *g >= every / 2.0),
+        "two backups closer than half an interval: {report}"
+    );
     // Across the kill: the gap from the last backup before it to the first after it.
-    let before = times.iter().rfind(|t| **t <= killed_at).copied().expect("a backup before the kill");
+    let before =
+        times.iter().rfind(|t| **t <= killed_at).copied().expect("a backup before the kill");
     let after = times.iter().find(|t| **t > killed_at).copied().expect("a backup after the kill");
     let failover_gap = secs(after - before);
-    assert!(failover_gap <= every + TTL.as_secs_f64() + 4.0, "failover gap {failover_gap:.1}s: {report}");
-    assert!(times.iter().filter(|t| **t > killed_at).count() >= 3, "the new leader keeps the schedule: {report}");
+    assert!(
+        failover_gap <= every + TTL.as_secs_f64() + 4.0,
+        "failover gap {failover_gap:.1}s: {report}"
+    );
+    assert!(
+        times.iter().filter(|t| **t > killed_at).count() >= 3,
+        "the new leader keeps the schedule: {report}"
+    );
 }

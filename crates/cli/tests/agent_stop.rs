@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use etcdguard_testkit::{free_port, EtcdServer, EtcdVersion};
 use agent_support::*;
+use etcdguard_testkit::{free_port, EtcdServer, EtcdVersion};
 use live_support::*;
 
 const STOP_BOUND: Duration = Duration::from_secs(10);
@@ -43,13 +43,25 @@ fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 
 fn spools(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".etcdguard-verify-")).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().unwrap().to_string_lossy().starts_with(".etcdguard-verify-")
+                })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn locks(repo: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(repo.join("locks"))
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -64,7 +76,12 @@ fn big_server() -> EtcdServer {
         urandom.read_exact(&mut value).unwrap();
         std::fs::write(&value_file, &value).unwrap();
         let stdin = std::fs::File::open(&value_file).unwrap();
-        let out = server.etcdctl().args(["put", &format!("/registry/configmaps/big/{i:03}")]).stdin(stdin).output().unwrap();
+        let out = server
+            .etcdctl()
+            .args(["put", &format!("/registry/configmaps/big/{i:03}")])
+            .stdin(stdin)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "etcdctl put: {}", text(&out.stderr));
     }
     server
@@ -72,7 +89,12 @@ fn big_server() -> EtcdServer {
 
 fn spawn_agent(args: &[&str], extra: impl IntoIterator<Item = String>, log: &Path) -> Agent {
     let mut cmd = etcdguard();
-    cmd.arg("agent").args(args).args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(log).unwrap());
+    cmd.arg("agent")
+        .args(args)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
     Agent(cmd.spawn().unwrap())
 }
 
@@ -86,7 +108,9 @@ fn sigterm_mid_backup_stops_within_bound_and_leaves_nothing() {
         server.snapshot_save(&dir.path().join("full.db"));
         std::fs::metadata(dir.path().join("full.db")).unwrap().len()
     };
-    for (point, wait_for_whole_file) in [("while streaming", false), ("after the snapshot arrived", true)] {
+    for (point, wait_for_whole_file) in
+        [("while streaming", false), ("after the snapshot arrived", true)]
+    {
         let work = tempfile::tempdir().unwrap();
         let repo = work.path().join("repo");
         let scratch = work.path().join("scratch");
@@ -95,7 +119,18 @@ fn sigterm_mid_backup_stops_within_bound_and_leaves_nothing() {
         let repo_s = repo.display().to_string();
         let scratch_s = scratch.display().to_string();
         let mut agent = spawn_agent(
-            &["--repo", &repo_s, "--scratch-dir", &scratch_s, "--every", "1h", "--listen", "off", "--endpoints", server.endpoint()],
+            &[
+                "--repo",
+                &repo_s,
+                "--scratch-dir",
+                &scratch_s,
+                "--every",
+                "1h",
+                "--listen",
+                "off",
+                "--endpoints",
+                server.endpoint(),
+            ],
             [],
             &log,
         );
@@ -104,25 +139,45 @@ fn sigterm_mid_backup_stops_within_bound_and_leaves_nothing() {
         wait_for(&format!("the spool {point}"), Duration::from_secs(60), || {
             spools(&scratch).iter().any(|s| {
                 let len = std::fs::metadata(s.join("snapshot.db")).map(|m| m.len()).unwrap_or(0);
-                if wait_for_whole_file { len >= full } else { len > 0 && len < full / 2 }
+                if wait_for_whole_file {
+                    len >= full
+                } else {
+                    len > 0 && len < full / 2
+                }
             })
         });
         let (code, took) = agent.stop(libc::SIGTERM);
         let log_text = std::fs::read_to_string(&log).unwrap_or_default();
         assert_eq!(code, Some(0), "{point}: exit after SIGTERM\n{log_text}");
         assert!(took < STOP_BOUND, "{point}: SIGTERM took {took:?}\n{log_text}");
-        assert!(spools(&scratch).is_empty(), "{point}: spool left: {:?}\n{log_text}", spools(&scratch));
+        assert!(
+            spools(&scratch).is_empty(),
+            "{point}: spool left: {:?}\n{log_text}",
+            spools(&scratch)
+        );
         assert!(locks(&repo).is_empty(), "{point}: lock left: {:?}\n{log_text}", locks(&repo));
-        assert!(log_text.contains("backup abandoned"), "{point}: the signal came mid-backup: {log_text}");
+        assert!(
+            log_text.contains("backup abandoned"),
+            "{point}: the signal came mid-backup: {log_text}"
+        );
         eprintln!("{point}: stopped in {took:?}\n{log_text}");
         if repo.join("config").exists() {
-            let out = etcdguard().args(["backup", "list", "--repo"]).arg(&repo).args(["-w", "json"]).output().unwrap();
+            let out = etcdguard()
+                .args(["backup", "list", "--repo"])
+                .arg(&repo)
+                .args(["-w", "json"])
+                .output()
+                .unwrap();
             expect_code(&out, 0, "backup list");
             let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             // Abandoned, not half-listed; a backup that beat the signal would be whole.
             for b in listed.as_array().unwrap() {
                 let id = b["id"].as_str().unwrap();
-                let v = etcdguard().args(["backup", "verify", id, "--repo"]).arg(&repo).output().unwrap();
+                let v = etcdguard()
+                    .args(["backup", "verify", id, "--repo"])
+                    .arg(&repo)
+                    .output()
+                    .unwrap();
                 expect_code(&v, 0, "verify of a listed backup");
             }
         }
@@ -143,12 +198,21 @@ fn sigterm_and_sigint_while_idle_exit_zero() {
         let port = free_port();
         let log = work.path().join(format!("agent-{signal}.log"));
         let mut agent = spawn_agent(
-            &["--from-file", snap.to_str().unwrap(), "--every", "1h", "--listen", &format!("127.0.0.1:{port}")],
+            &[
+                "--from-file",
+                snap.to_str().unwrap(),
+                "--every",
+                "1h",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ],
             ["--repo".to_string(), repo.display().to_string()],
             &log,
         );
         wait_for("the first backup", Duration::from_secs(60), || {
-            get(port, "/metrics").is_some_and(|(_, m)| sample(&m, "etcdguard_backup_runs_total{result=\"success\"}") == Some(1.0))
+            get(port, "/metrics").is_some_and(|(_, m)| {
+                sample(&m, "etcdguard_backup_runs_total{result=\"success\"}") == Some(1.0)
+            })
         });
         let (code, took) = agent.stop(signal);
         let log_text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -170,7 +234,13 @@ fn failing_retention_turns_health_red_after_n_in_a_row() {
     server.snapshot_save(&snap);
     server.stop();
     let repo = work.path().join("repo");
-    let out = etcdguard().args(["backup", "create", "--repo"]).arg(&repo).arg("--from-file").arg(&snap).output().unwrap();
+    let out = etcdguard()
+        .args(["backup", "create", "--repo"])
+        .arg(&repo)
+        .arg("--from-file")
+        .arg(&snap)
+        .output()
+        .unwrap();
     expect_code(&out, 0, "first backup");
     // Another writer's shared lock: creates go on, prune (exclusive) must fail.
     let store = etcdguard_repo::open_url(repo.to_str().unwrap()).unwrap();
@@ -179,26 +249,47 @@ fn failing_retention_turns_health_red_after_n_in_a_row() {
     let port = free_port();
     let log = work.path().join("agent.log");
     let mut agent = spawn_agent(
-        &["--from-file", snap.to_str().unwrap(), "--every", "1s", "--keep-last", "1", "--prune-failures-unhealthy", "3", "--listen", &format!("127.0.0.1:{port}")],
+        &[
+            "--from-file",
+            snap.to_str().unwrap(),
+            "--every",
+            "1s",
+            "--keep-last",
+            "1",
+            "--prune-failures-unhealthy",
+            "3",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
         ["--repo".to_string(), repo.display().to_string()],
         &log,
     );
     let metrics = || get(port, "/metrics").map(|(_, m)| m).unwrap_or_default();
-    wait_for("two failed prunes", Duration::from_secs(60), || sample(&metrics(), "etcdguard_prune_runs_total{result=\"failure\"}").unwrap_or(0.0) >= 2.0);
+    wait_for("two failed prunes", Duration::from_secs(60), || {
+        sample(&metrics(), "etcdguard_prune_runs_total{result=\"failure\"}").unwrap_or(0.0) >= 2.0
+    });
     let m = metrics();
     if sample(&m, "etcdguard_prune_consecutive_failures") == Some(2.0) {
         let (status, body) = get(port, "/healthz").unwrap();
         assert_eq!(status, 200, "two failures in a row are under the threshold: {body}");
     }
-    wait_for("three failed prunes", Duration::from_secs(60), || sample(&metrics(), "etcdguard_prune_consecutive_failures").unwrap_or(0.0) >= 3.0);
+    wait_for("three failed prunes", Duration::from_secs(60), || {
+        sample(&metrics(), "etcdguard_prune_consecutive_failures").unwrap_or(0.0) >= 3.0
+    });
     let (status, body) = get(port, "/healthz").unwrap();
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("retention (prune) failed 3 times in a row") || body.contains("retention (prune) failed 4 times in a row"), "{body}");
+    assert!(
+        body.contains("retention (prune) failed 3 times in a row")
+            || body.contains("retention (prune) failed 4 times in a row"),
+        "{body}"
+    );
     assert!(body.contains("in use"), "the cause is named: {body}");
     assert_eq!(sample(&metrics(), "etcdguard_agent_healthy"), Some(0.0));
 
     drop(held);
-    wait_for("a prune that succeeds", Duration::from_secs(60), || sample(&metrics(), "etcdguard_prune_consecutive_failures") == Some(0.0));
+    wait_for("a prune that succeeds", Duration::from_secs(60), || {
+        sample(&metrics(), "etcdguard_prune_consecutive_failures") == Some(0.0)
+    });
     let (status, body) = get(port, "/healthz").unwrap();
     assert_eq!(status, 200, "{body}");
     let (code, _) = agent.stop(libc::SIGTERM);
@@ -240,13 +331,24 @@ fn create_sweeps_dead_spools_and_keeps_live_ones() {
         .unwrap();
     expect_code(&out, 0, "backup create");
     assert!(!dead.exists(), "the dead spool is still there");
-    assert!(text(&out.stderr).contains("removed 1 scratch dir(s) of killed runs"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("removed 1 scratch dir(s) of killed runs"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(live.join("snapshot.db.part").exists(), "the live spool was removed");
     assert!(other.exists());
     assert_eq!(spools(&scratch), vec![live.clone()], "the run's own spool is gone");
     drop(live_lock);
     // Now its owner is gone too: the next create takes it.
-    let out = etcdguard().args(["backup", "create", "--repo"]).arg(&repo).arg("--scratch-dir").arg(&scratch).args(["--endpoints", server.endpoint()]).output().unwrap();
+    let out = etcdguard()
+        .args(["backup", "create", "--repo"])
+        .arg(&repo)
+        .arg("--scratch-dir")
+        .arg(&scratch)
+        .args(["--endpoints", server.endpoint()])
+        .output()
+        .unwrap();
     expect_code(&out, 0, "second backup create");
     assert!(spools(&scratch).is_empty());
 }

@@ -42,11 +42,23 @@ fn backup_create_vs_manual_pipeline() {
     let (mut t_ours, mut t_manual) = (Duration::ZERO, Duration::ZERO);
     let (mut s_ours, mut s_manual) = (0u64, 0u64);
     let mut last_id = String::new();
-    println!("{:<40} {:>12} {:>10} {:>14} {:>10} {:>14}", "snapshot", "size", "ours s", "ours stored", "manual s", "manual stored");
+    println!(
+        "{:<40} {:>12} {:>10} {:>14} {:>10} {:>14}",
+        "snapshot", "size", "ours s", "ours stored", "manual s", "manual stored"
+    );
     for (i, f) in files.iter().enumerate() {
         let size = std::fs::metadata(f).unwrap().len();
         let t = Instant::now();
-        let out = run(s3_env(&mut etcdguard()).args(["backup", "create", "--repo", &repo, "--from-file", f.to_str().unwrap(), "-w", "json"]));
+        let out = run(s3_env(&mut etcdguard()).args([
+            "backup",
+            "create",
+            "--repo",
+            &repo,
+            "--from-file",
+            f.to_str().unwrap(),
+            "-w",
+            "json",
+        ]));
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let d_ours = t.elapsed();
         let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -55,9 +67,20 @@ fn backup_create_vs_manual_pipeline() {
 
         let t = Instant::now();
         let zst = work.join(format!("{i}.db.zst"));
-        let z = run(std::process::Command::new("zstd").args(["-q", "-f", "-3", "-T0"]).arg(f).arg("-o").arg(&zst));
+        let z = run(std::process::Command::new("zstd")
+            .args(["-q", "-f", "-3", "-T0"])
+            .arg(f)
+            .arg("-o")
+            .arg(&zst));
         assert!(z.status.success(), "{}", String::from_utf8_lossy(&z.stderr));
-        let up = run(std::process::Command::new("python3").args(["-c", UPLOAD, &moto.endpoint, zst.to_str().unwrap(), "bench-manual", &format!("{i}.db.zst")]));
+        let up = run(std::process::Command::new("python3").args([
+            "-c",
+            UPLOAD,
+            &moto.endpoint,
+            zst.to_str().unwrap(),
+            "bench-manual",
+            &format!("{i}.db.zst"),
+        ]));
         assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
         let d_manual = t.elapsed();
         let zsize = std::fs::metadata(&zst).unwrap().len();
@@ -88,8 +111,19 @@ fn backup_create_vs_manual_pipeline() {
     );
     let dest = work.join("last.db");
     let t = Instant::now();
-    let out = run(s3_env(&mut etcdguard()).args(["backup", "restore", &last_id, "--repo", &repo, "--to-file", dest.to_str().unwrap()]));
+    let out = run(s3_env(&mut etcdguard()).args([
+        "backup",
+        "restore",
+        &last_id,
+        "--repo",
+        &repo,
+        "--to-file",
+        dest.to_str().unwrap(),
+    ]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     println!("restore of the last backup: {:.1}s", t.elapsed().as_secs_f64());
-    assert!(std::fs::read(&dest).unwrap() == std::fs::read(files.last().unwrap()).unwrap(), "restore not byte-identical");
+    assert!(
+        std::fs::read(&dest).unwrap() == std::fs::read(files.last().unwrap()).unwrap(),
+        "restore not byte-identical"
+    );
 }

@@ -28,7 +28,11 @@ fn boto3(moto: &Moto, script: &str) -> String {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .output()
         .expect("python3 with boto3");
-    assert!(out.status.success(), "boto3 script failed:\n{script}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "boto3 script failed:\n{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -45,18 +49,41 @@ fn object_lock_keeps_backups_from_prune_and_from_deletes_through_the_s3_api() {
     let work = scratch("immutable");
     let writer_proxy = DenyDeleteProxy::start(moto.port);
     // The backup writer's view: no delete permission. The privileged one (prune) goes direct.
-    let writer = format!("s3://etcd-locked/etcd?endpoint=http://127.0.0.1:{}&checksum=sha256", writer_proxy.port);
+    let writer = format!(
+        "s3://etcd-locked/etcd?endpoint=http://127.0.0.1:{}&checksum=sha256",
+        writer_proxy.port
+    );
     let admin = format!("s3://etcd-locked/etcd?endpoint={}&checksum=sha256", moto.endpoint);
 
     // Without a checksum the bucket refuses every upload: a clear error, nothing listed.
     let plain = format!("s3://etcd-locked/etcd?endpoint=http://127.0.0.1:{}", writer_proxy.port);
-    let out = run(cmd().args(["backup", "create", "--repo", &plain, "--from-file", snaps.first.to_str().unwrap()]));
+    let out = run(cmd().args([
+        "backup",
+        "create",
+        "--repo",
+        &plain,
+        "--from-file",
+        snaps.first.to_str().unwrap(),
+    ]));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("Error:") && err.contains("checksum=sha256"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("Error:") && err.contains("checksum=sha256"),
+        "{err}"
+    );
 
-    let first = created_id(&ok_with(&mut cmd(), &["backup", "create", "--repo", &writer, "--from-file", snaps.first.to_str().unwrap()]));
-    let second = created_id(&ok_with(&mut cmd(), &["backup", "create", "--repo", &writer, "--from-file", snaps.second.to_str().unwrap()]));
-    assert!(writer_proxy.denied() >= 2, "the creates deleted nothing (their locks): {}", writer_proxy.denied());
+    let first = created_id(&ok_with(
+        &mut cmd(),
+        &["backup", "create", "--repo", &writer, "--from-file", snaps.first.to_str().unwrap()],
+    ));
+    let second = created_id(&ok_with(
+        &mut cmd(),
+        &["backup", "create", "--repo", &writer, "--from-file", snaps.second.to_str().unwrap()],
+    ));
+    assert!(
+        writer_proxy.denied() >= 2,
+        "the creates deleted nothing (their locks): {}",
+        writer_proxy.denied()
+    );
     // Their locks, which they could not delete, were released by rewriting them expired (a
     // prune from any host runs at once instead of finding the repository busy).
     let out = boto3(
@@ -71,10 +98,18 @@ fn object_lock_keeps_backups_from_prune_and_from_deletes_through_the_s3_api() {
          \x20       live += 1\n\
          print(len(locks), live)\n",
     );
-    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["2", "0"], "lock objects, live ones: {out}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["2", "0"],
+        "lock objects, live ones: {out}"
+    );
     let out = ok_with(&mut cmd(), &["backup", "prune", "--repo", &admin, "--keep-last", "1"]);
     assert!(out.contains("1 backup(s) removed"), "{out}");
-    let list: serde_json::Value = serde_json::from_str(&ok_with(&mut cmd(), &["backup", "list", "--repo", &admin, "-w", "json"])).unwrap();
+    let list: serde_json::Value = serde_json::from_str(&ok_with(
+        &mut cmd(),
+        &["backup", "list", "--repo", &admin, "-w", "json"],
+    ))
+    .unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], second.as_str());
 
@@ -100,7 +135,8 @@ fn object_lock_keeps_backups_from_prune_and_from_deletes_through_the_s3_api() {
         ),
     );
     let mut numbers = out.split_whitespace().map(|n| n.parse::<usize>().unwrap());
-    let (versions, markers, denied) = (numbers.next().unwrap(), numbers.next().unwrap(), numbers.next().unwrap());
+    let (versions, markers, denied) =
+        (numbers.next().unwrap(), numbers.next().unwrap(), numbers.next().unwrap());
     assert_eq!(versions, 1, "{out}");
     assert!(markers >= 1, "the prune deleted nothing: {out}");
     assert!(denied >= 2, "{out}");
@@ -113,9 +149,18 @@ fn object_lock_keeps_backups_from_prune_and_from_deletes_through_the_s3_api() {
          \x20   s3.delete_object(Bucket='etcd-locked', Key=m['Key'], VersionId=m['VersionId'])\n",
     );
     let restored = work.join("first.db");
-    ok_with(&mut cmd(), &["backup", "restore", &first, "--repo", &writer, "--to-file", restored.to_str().unwrap()]);
-    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&snaps.first).unwrap(), "the recovered backup differs");
-    ok_with(&mut cmd(), &["backup", "verify", &first, "--repo", &admin, "--scratch-dir", work.to_str().unwrap()]);
+    ok_with(
+        &mut cmd(),
+        &["backup", "restore", &first, "--repo", &writer, "--to-file", restored.to_str().unwrap()],
+    );
+    assert!(
+        std::fs::read(&restored).unwrap() == std::fs::read(&snaps.first).unwrap(),
+        "the recovered backup differs"
+    );
+    ok_with(
+        &mut cmd(),
+        &["backup", "verify", &first, "--repo", &admin, "--scratch-dir", work.to_str().unwrap()],
+    );
 }
 
 #[test]
@@ -123,8 +168,14 @@ fn server_side_encryption_options_reach_every_upload() {
     let snaps = snapshots();
     let moto = Moto::start();
     moto.create_bucket("etcd-sse");
-    let repo = format!("s3://etcd-sse/etcd?endpoint={}&sse=aws:kms&sse-kms-key-id=alias/etcd-backups", moto.endpoint);
-    created_id(&ok_with(&mut cmd(), &["backup", "create", "--repo", &repo, "--from-file", snaps.first.to_str().unwrap()]));
+    let repo = format!(
+        "s3://etcd-sse/etcd?endpoint={}&sse=aws:kms&sse-kms-key-id=alias/etcd-backups",
+        moto.endpoint
+    );
+    created_id(&ok_with(
+        &mut cmd(),
+        &["backup", "create", "--repo", &repo, "--from-file", snaps.first.to_str().unwrap()],
+    ));
     let out = boto3(
         &moto,
         "keys = [o['Key'] for o in s3.list_objects_v2(Bucket='etcd-sse', Prefix='etcd/')['Contents']]\n\
@@ -134,8 +185,15 @@ fn server_side_encryption_options_reach_every_upload() {
          \x20   kinds.add((h.get('ServerSideEncryption'), h.get('SSEKMSKeyId', '').split('/')[-1]))\n\
          print(len(keys), sorted(kinds))\n",
     );
-    assert!(out.contains("[('aws:kms', 'etcd-backups')]"), "every object SSE-KMS with the key given: {out}");
-    for (bad, why) in [("sse=bogus", "sse must be"), ("sse-kms-key-id=k", "needs sse=aws:kms"), ("sse=AES256&sse-kms-key-id=k", "needs sse=aws:kms")] {
+    assert!(
+        out.contains("[('aws:kms', 'etcd-backups')]"),
+        "every object SSE-KMS with the key given: {out}"
+    );
+    for (bad, why) in [
+        ("sse=bogus", "sse must be"),
+        ("sse-kms-key-id=k", "needs sse=aws:kms"),
+        ("sse=AES256&sse-kms-key-id=k", "needs sse=aws:kms"),
+    ] {
         let url = format!("s3://etcd-sse/etcd?endpoint={}&{bad}", moto.endpoint);
         let err = fails_with(&mut cmd(), &["backup", "list", "--repo", &url], 2);
         assert!(err.contains(why), "{bad}: {err}");

@@ -27,9 +27,22 @@ fn round_trip_with_control_plane_files() {
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
     let out = ok(&[
-        "backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap(),
-        "--pki-dir", pki.to_str().unwrap(), "--manifests-dir", manifests.to_str().unwrap(),
-        "--encryption-config", enc.to_str().unwrap(), "--label", "env=test", "--cluster", "kind-1",
+        "backup",
+        "create",
+        "--repo",
+        repo_s,
+        "--from-file",
+        snaps.first.to_str().unwrap(),
+        "--pki-dir",
+        pki.to_str().unwrap(),
+        "--manifests-dir",
+        manifests.to_str().unwrap(),
+        "--encryption-config",
+        enc.to_str().unwrap(),
+        "--label",
+        "env=test",
+        "--cluster",
+        "kind-1",
     ]);
     let id = created_id(&out);
 
@@ -57,40 +70,80 @@ fn round_trip_with_control_plane_files() {
     assert!(list[0]["revision"].as_i64().unwrap() > 1000);
     let table = ok(&["backup", "list", "--repo", repo_s]);
     assert!(table.starts_with("ID "), "{table}");
-    assert!(table.contains(&id) && table.contains("kind-1") && table.contains("env=test"), "{table}");
+    assert!(
+        table.contains(&id) && table.contains("kind-1") && table.contains("env=test"),
+        "{table}"
+    );
 
     let show = ok(&["backup", "show", &id[..6], "--repo", repo_s]);
     assert!(show.contains(&format!("backup              {id}")), "{show}");
     assert!(show.contains("0600") && show.contains("pki/ca.key"), "{show}");
     assert!(show.contains("encryption-config/encryption-config.yaml"), "{show}");
-    let shown: serde_json::Value = serde_json::from_str(&ok(&["backup", "show", "latest", "--repo", repo_s, "-w", "json"])).unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&["backup", "show", "latest", "--repo", repo_s, "-w", "json"]))
+            .unwrap();
     assert_eq!(shown["id"], id.as_str());
     assert_eq!(shown["etcd"]["verified"], true);
     assert_eq!(shown["etcd"]["trailer"], "verified");
-    assert_eq!(shown["snapshot"]["size"].as_u64().unwrap(), std::fs::metadata(&snaps.first).unwrap().len());
+    assert_eq!(
+        shown["snapshot"]["size"].as_u64().unwrap(),
+        std::fs::metadata(&snaps.first).unwrap().len()
+    );
 
     // Restore: byte-identical snapshot, files with their modes and the symlink.
     let restored = work.join("restored.db");
     let files = work.join("files");
-    ok(&["backup", "restore", &id, "--repo", repo_s, "--to-file", restored.to_str().unwrap(), "--files-to", files.to_str().unwrap()]);
-    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&snaps.first).unwrap(), "restored snapshot differs");
+    ok(&[
+        "backup",
+        "restore",
+        &id,
+        "--repo",
+        repo_s,
+        "--to-file",
+        restored.to_str().unwrap(),
+        "--files-to",
+        files.to_str().unwrap(),
+    ]);
+    assert!(
+        std::fs::read(&restored).unwrap() == std::fs::read(&snaps.first).unwrap(),
+        "restored snapshot differs"
+    );
     assert_eq!(std::fs::metadata(&restored).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::read(files.join("pki/ca.key")).unwrap(), std::fs::read(pki.join("ca.key")).unwrap());
-    assert_eq!(std::fs::metadata(files.join("pki/ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read(files.join("pki/ca.key")).unwrap(),
+        std::fs::read(pki.join("ca.key")).unwrap()
+    );
+    assert_eq!(
+        std::fs::metadata(files.join("pki/ca.key")).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert_eq!(
         std::fs::metadata(files.join("pki/ca.crt")).unwrap().permissions().mode() & 0o777,
         std::fs::metadata(pki.join("ca.crt")).unwrap().permissions().mode() & 0o777
     );
     assert_eq!(std::fs::read_link(files.join("pki/ca-link.crt")).unwrap(), Path::new("ca.crt"));
     assert_eq!(std::fs::read(files.join("pki/etcd/server.key")).unwrap(), b"etcd key");
-    assert_eq!(std::fs::read(files.join("manifests/etcd.yaml")).unwrap(), std::fs::read(manifests.join("etcd.yaml")).unwrap());
-    assert_eq!(std::fs::read(files.join("encryption-config/encryption-config.yaml")).unwrap(), std::fs::read(&enc).unwrap());
+    assert_eq!(
+        std::fs::read(files.join("manifests/etcd.yaml")).unwrap(),
+        std::fs::read(manifests.join("etcd.yaml")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(files.join("encryption-config/encryption-config.yaml")).unwrap(),
+        std::fs::read(&enc).unwrap()
+    );
     // The restored snapshot passes the real etcdutl.
-    let status = run(etcdguard_testkit::EtcdVersion::V3_5.binaries().snapshot_tool().args(["snapshot", "status"]).arg(&restored));
+    let status = run(etcdguard_testkit::EtcdVersion::V3_5
+        .binaries()
+        .snapshot_tool()
+        .args(["snapshot", "status"])
+        .arg(&restored));
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
 
     // Nothing is overwritten.
-    let err = fails(&["backup", "restore", &id, "--repo", repo_s, "--to-file", restored.to_str().unwrap()], 14);
+    let err = fails(
+        &["backup", "restore", &id, "--repo", repo_s, "--to-file", restored.to_str().unwrap()],
+        14,
+    );
     assert!(err.contains("already exists"), "{err}");
 }
 
@@ -102,7 +155,14 @@ fn churn_costs_little_and_every_backup_restores() {
     let repo_s = repo.to_str().unwrap();
     let mut ids = Vec::new();
     for s in [&snaps.first, &snaps.second, &snaps.third] {
-        ids.push(created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", s.to_str().unwrap()])));
+        ids.push(created_id(&ok(&[
+            "backup",
+            "create",
+            "--repo",
+            repo_s,
+            "--from-file",
+            s.to_str().unwrap(),
+        ])));
     }
     let list = list_json(repo_s);
     assert_eq!(list.iter().map(|b| b["id"].as_str().unwrap().to_string()).collect::<Vec<_>>(), ids);
@@ -111,12 +171,18 @@ fn churn_costs_little_and_every_backup_restores() {
     eprintln!("snapshot {size} bytes; stored per backup: {added:?}");
     assert!(added[0] < size, "the first backup is compressed");
     for a in &added[1..] {
-        assert!(*a * 10 < added[0], "a backup after ~1% churn stores under a tenth of the first: {added:?}");
+        assert!(
+            *a * 10 < added[0],
+            "a backup after ~1% churn stores under a tenth of the first: {added:?}"
+        );
     }
     for (id, s) in ids.iter().zip([&snaps.first, &snaps.second, &snaps.third]) {
         let dest = work.join(format!("{id}.db"));
         ok(&["backup", "restore", id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
-        assert!(std::fs::read(&dest).unwrap() == std::fs::read(s).unwrap(), "backup {id} did not restore byte-identical");
+        assert!(
+            std::fs::read(&dest).unwrap() == std::fs::read(s).unwrap(),
+            "backup {id} did not restore byte-identical"
+        );
     }
 }
 
@@ -126,26 +192,56 @@ fn verify_passes_then_catches_a_damaged_pack() {
     let work = scratch("verify");
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let id = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()]));
-    let out = ok(&["backup", "verify", &id, "--repo", repo_s, "--packs", "--scratch-dir", work.to_str().unwrap()]);
+    let id = created_id(&ok(&[
+        "backup",
+        "create",
+        "--repo",
+        repo_s,
+        "--from-file",
+        snaps.second.to_str().unwrap(),
+    ]));
+    let out = ok(&[
+        "backup",
+        "verify",
+        &id,
+        "--repo",
+        repo_s,
+        "--packs",
+        "--scratch-dir",
+        work.to_str().unwrap(),
+    ]);
     assert!(out.contains(&format!("backup {id}: OK")), "{out}");
     assert!(ok(&["backup", "show", &id, "--repo", repo_s]).contains("backup verified"));
 
     // Flip one byte in the middle of the largest pack.
     let mut packs = Vec::new();
     walk(&repo.join("packs"), &mut packs);
-    let pack = packs.into_iter().filter(|p| p.is_file()).max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let pack = packs
+        .into_iter()
+        .filter(|p| p.is_file())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
     let mut bytes = std::fs::read(&pack).unwrap();
     let mid = bytes.len() / 3;
     bytes[mid] ^= 0xff;
     std::fs::write(&pack, &bytes).unwrap();
 
-    let err = fails(&["backup", "verify", &id, "--repo", repo_s, "--scratch-dir", work.to_str().unwrap()], 10);
-    assert!(err.contains("damaged") && err.contains(&pack.file_name().unwrap().to_string_lossy()[..16]), "{err}");
+    let err = fails(
+        &["backup", "verify", &id, "--repo", repo_s, "--scratch-dir", work.to_str().unwrap()],
+        10,
+    );
+    assert!(
+        err.contains("damaged") && err.contains(&pack.file_name().unwrap().to_string_lossy()[..16]),
+        "{err}"
+    );
     let dest = work.join("out.db");
     fails(&["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()], 10);
     assert!(!dest.exists(), "a failed restore leaves no file");
-    let leftovers: Vec<_> = std::fs::read_dir(&work).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with('.')).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with('.'))
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 
@@ -160,9 +256,20 @@ fn damaged_snapshot_is_refused_and_nothing_is_listed() {
     bytes[n / 2] ^= 0x01;
     let bad = work.join("bad.db");
     std::fs::write(&bad, &bytes).unwrap();
-    let err = fails(&["backup", "create", "--repo", repo_s, "--from-file", bad.to_str().unwrap()], 9);
+    let err =
+        fails(&["backup", "create", "--repo", repo_s, "--from-file", bad.to_str().unwrap()], 9);
     assert!(err.contains("not backing it up"), "{err}");
-    fails(&["backup", "create", "--repo", repo_s, "--from-file", work.join("missing.db").to_str().unwrap()], 3);
+    fails(
+        &[
+            "backup",
+            "create",
+            "--repo",
+            repo_s,
+            "--from-file",
+            work.join("missing.db").to_str().unwrap(),
+        ],
+        3,
+    );
     // The snapshot was stored while it was checked, but no backup lists it.
     assert!(list_json(repo_s).is_empty());
 }
@@ -175,7 +282,14 @@ fn delete_and_prune_with_retention() {
     let repo_s = repo.to_str().unwrap();
     let mut ids = Vec::new();
     for s in [&snaps.first, &snaps.second, &snaps.third] {
-        ids.push(created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", s.to_str().unwrap()])));
+        ids.push(created_id(&ok(&[
+            "backup",
+            "create",
+            "--repo",
+            repo_s,
+            "--from-file",
+            s.to_str().unwrap(),
+        ])));
     }
     let size = |dir: &Path| {
         let mut v = Vec::new();
@@ -189,8 +303,20 @@ fn delete_and_prune_with_retention() {
     assert!(plan.contains("would remove") && plan.contains("last 1"), "{plan}");
     assert_eq!(list_json(repo_s).len(), 3);
     assert_eq!(size(&repo.join("packs")), before);
-    let plan: serde_json::Value = serde_json::from_str(&ok(&["backup", "prune", "--repo", repo_s, "--keep-last", "1", "-n", "-w", "json"])).unwrap();
-    let keep: Vec<bool> = plan["backups"].as_array().unwrap().iter().map(|b| b["keep"].as_bool().unwrap()).collect();
+    let plan: serde_json::Value = serde_json::from_str(&ok(&[
+        "backup",
+        "prune",
+        "--repo",
+        repo_s,
+        "--keep-last",
+        "1",
+        "-n",
+        "-w",
+        "json",
+    ]))
+    .unwrap();
+    let keep: Vec<bool> =
+        plan["backups"].as_array().unwrap().iter().map(|b| b["keep"].as_bool().unwrap()).collect();
     // All three were verified at create, so the newest verified (the newest) is kept anyway.
     assert_eq!(keep, vec![true, false, false]);
 
@@ -212,7 +338,16 @@ fn delete_and_prune_with_retention() {
     let dest = work.join("third.db");
     ok(&["backup", "restore", "latest", "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(&snaps.third).unwrap());
-    ok(&["backup", "verify", "latest", "--repo", repo_s, "--packs", "--scratch-dir", work.to_str().unwrap()]);
+    ok(&[
+        "backup",
+        "verify",
+        "latest",
+        "--repo",
+        repo_s,
+        "--packs",
+        "--scratch-dir",
+        work.to_str().unwrap(),
+    ]);
     // Nothing left to do.
     let out = ok(&["backup", "prune", "--repo", repo_s]);
     assert!(out.contains("0 pack(s) deleted"), "{out}");
@@ -229,7 +364,14 @@ fn errors_say_what_and_exit_with_their_code() {
     std::fs::create_dir_all(work.join("empty")).unwrap();
     let err = fails(&["backup", "list", "--repo", work.join("empty").to_str().unwrap()], 3);
     assert!(err.contains("no etcdguard repository"), "{err}");
-    let id = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()]));
+    let id = created_id(&ok(&[
+        "backup",
+        "create",
+        "--repo",
+        repo_s,
+        "--from-file",
+        snaps.first.to_str().unwrap(),
+    ]));
     let err = fails(&["backup", "show", "ffffffff", "--repo", repo_s], 3);
     assert!(err.contains("backup list"), "{err}");
     fails(&["backup", "show", &id[..2], "--repo", repo_s], 2);
@@ -261,7 +403,8 @@ fn hostname() -> String {
 }
 
 fn chrono_now() -> String {
-    let out = std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+    let out =
+        std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -279,28 +422,55 @@ fn restore_into_a_data_dir_boots_etcd() {
     let work = scratch("data-dir");
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let id = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()]));
+    let id = created_id(&ok(&[
+        "backup",
+        "create",
+        "--repo",
+        repo_s,
+        "--from-file",
+        snaps.second.to_str().unwrap(),
+    ]));
     let port = etcdguard_testkit::free_port();
     let peer = format!("http://127.0.0.1:{port}");
     let data_dir = work.join("restored/m1.etcd");
     std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
     ok(&[
-        "backup", "restore", &id[..8], "--repo", repo_s, "--data-dir", data_dir.to_str().unwrap(), "--name", "m1",
-        "--initial-cluster", &format!("m1={peer}"), "--initial-cluster-token", "backup-restore",
-        "--initial-advertise-peer-urls", &peer,
+        "backup",
+        "restore",
+        &id[..8],
+        "--repo",
+        repo_s,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--name",
+        "m1",
+        "--initial-cluster",
+        &format!("m1={peer}"),
+        "--initial-cluster-token",
+        "backup-restore",
+        "--initial-advertise-peer-urls",
+        &peer,
     ]);
     // Only the data dir: the downloaded snapshot was a temporary file.
-    let names: Vec<_> = std::fs::read_dir(data_dir.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(data_dir.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, vec!["m1.etcd"]);
     let server = etcdguard_testkit::EtcdServer::builder(etcdguard_testkit::EtcdVersion::V3_5)
         .name("m1")
         .data_dir(&data_dir)
         .start_with_peer_port(port);
-    let shown: serde_json::Value = serde_json::from_str(&ok(&["backup", "show", &id, "--repo", repo_s, "-w", "json"])).unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&["backup", "show", &id, "--repo", repo_s, "-w", "json"]))
+            .unwrap();
     assert_eq!(server.revision(), shown["etcd"]["revision"].as_i64().unwrap());
     assert!(server.get_all().len() > 1000);
     // A non-empty data dir is refused before anything is downloaded.
-    let err = fails(&["backup", "restore", &id, "--repo", repo_s, "--data-dir", data_dir.to_str().unwrap()], 14);
+    let err = fails(
+        &["backup", "restore", &id, "--repo", repo_s, "--data-dir", data_dir.to_str().unwrap()],
+        14,
+    );
     assert!(err.contains("not empty"), "{err}");
 }
 
@@ -308,16 +478,30 @@ fn restore_into_a_data_dir_boots_etcd() {
 fn create_from_a_live_cluster() {
     let server = etcdguard_testkit::EtcdServer::start(etcdguard_testkit::EtcdVersion::V3_5);
     for i in 0..50 {
-        server.put(format!("/registry/secrets/default/s{i}").as_bytes(), format!("value {i}").as_bytes());
+        server.put(
+            format!("/registry/secrets/default/s{i}").as_bytes(),
+            format!("value {i}").as_bytes(),
+        );
     }
     let work = scratch("live");
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
     let out = ok(&[
-        "backup", "create", "--repo", repo_s, "--endpoints", server.endpoint(), "--scratch-dir", work.to_str().unwrap(), "--label", "from=live",
+        "backup",
+        "create",
+        "--repo",
+        repo_s,
+        "--endpoints",
+        server.endpoint(),
+        "--scratch-dir",
+        work.to_str().unwrap(),
+        "--label",
+        "from=live",
     ]);
     let id = created_id(&out);
-    let shown: serde_json::Value = serde_json::from_str(&ok(&["backup", "show", &id, "--repo", repo_s, "-w", "json"])).unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&["backup", "show", &id, "--repo", repo_s, "-w", "json"]))
+            .unwrap();
     assert_eq!(shown["source"]["kind"], "cluster");
     assert_eq!(shown["etcd"]["revision"].as_i64().unwrap(), server.revision());
     assert_eq!(shown["etcd"]["trailer"], "verified");
@@ -325,19 +509,39 @@ fn create_from_a_live_cluster() {
     // The cluster id is the one etcd reports, and names the cluster in `backup list`.
     let st = run(server.etcdctl().args(["endpoint", "status", "-w", "json"]));
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-    let cluster_id = format!("{:x}", st[0]["Status"]["header"]["cluster_id"].as_u64().expect("etcdctl reports a cluster id"));
+    let cluster_id = format!(
+        "{:x}",
+        st[0]["Status"]["header"]["cluster_id"].as_u64().expect("etcdctl reports a cluster id")
+    );
     assert_eq!(shown["etcd"]["cluster_id"], cluster_id.as_str(), "{shown}");
     assert_eq!(list_json(repo_s)[0]["cluster"], cluster_id.as_str());
     // The spooled snapshot is gone; the backup restores to a file the real etcdutl reads.
-    let left: Vec<_> = std::fs::read_dir(&work).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with('.')).collect();
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with('.'))
+        .collect();
     assert!(left.is_empty(), "{left:?}");
     let dest = work.join("live.db");
     ok(&["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
-    let status = run(etcdguard_testkit::EtcdVersion::V3_5.binaries().snapshot_tool().args(["snapshot", "status", "-w", "json"]).arg(&dest));
+    let status = run(etcdguard_testkit::EtcdVersion::V3_5
+        .binaries()
+        .snapshot_tool()
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&dest));
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     // An unreachable cluster is a clear error, and nothing is listed.
     let port = etcdguard_testkit::free_port();
-    let out = run(etcdguard().args(["backup", "create", "--repo", repo_s, "--endpoints", &format!("127.0.0.1:{port}"), "--dial-timeout", "1s"]));
+    let out = run(etcdguard().args([
+        "backup",
+        "create",
+        "--repo",
+        repo_s,
+        "--endpoints",
+        &format!("127.0.0.1:{port}"),
+        "--dial-timeout",
+        "1s",
+    ]));
     assert_eq!(out.status.code(), Some(12), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(list_json(repo_s).len(), 1);
 }
@@ -355,11 +559,23 @@ fn encrypted_repository_seals_ca_keys_and_needs_the_passphrase() {
         c
     };
     let out = run(with_pass("correct horse battery").args([
-        "backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap(),
-        "--pki-dir", pki.to_str().unwrap(), "--manifests-dir", manifests.to_str().unwrap(),
+        "backup",
+        "create",
+        "--repo",
+        repo_s,
+        "--from-file",
+        snaps.first.to_str().unwrap(),
+        "--pki-dir",
+        pki.to_str().unwrap(),
+        "--manifests-dir",
+        manifests.to_str().unwrap(),
     ]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("encrypted with the passphrase"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("encrypted with the passphrase"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = created_id(&String::from_utf8_lossy(&out.stdout));
 
     // Neither the CA key nor the snapshot's content is anywhere in the repository in clear.
@@ -375,14 +591,27 @@ fn encrypted_repository_seals_ca_keys_and_needs_the_passphrase() {
     assert!(show.contains("encryption xchacha20poly1305"), "{show}");
     let dest = work.join("restored.db");
     let files = work.join("files");
-    let restore = ["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap(), "--files-to", files.to_str().unwrap()];
+    let restore = [
+        "backup",
+        "restore",
+        &id,
+        "--repo",
+        repo_s,
+        "--to-file",
+        dest.to_str().unwrap(),
+        "--files-to",
+        files.to_str().unwrap(),
+    ];
     let err = fails(&restore, 16);
     assert!(err.contains("ETCDGUARD_PASSPHRASE"), "{err}");
     let err = fails_with(&mut with_pass("wrong"), &restore, 16);
     assert!(err.contains("wrong passphrase"), "{err}");
     assert!(!dest.exists() && !files.exists(), "a refused restore wrote something");
     fails(&["backup", "verify", &id, "--repo", repo_s], 16);
-    fails(&["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()], 16);
+    fails(
+        &["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()],
+        16,
+    );
 
     // The right passphrase from a file (with the newline `echo` adds) opens everything.
     let pass_file = work.join("passphrase");
@@ -393,23 +622,63 @@ fn encrypted_repository_seals_ca_keys_and_needs_the_passphrase() {
     with_file.extend(["--passphrase-file", pf]);
     ok(&with_file);
     assert!(std::fs::read(&dest).unwrap() == snapshot, "restored snapshot differs");
-    assert_eq!(std::fs::read(files.join("pki/ca.key")).unwrap(), std::fs::read(pki.join("ca.key")).unwrap());
-    assert_eq!(std::fs::metadata(files.join("pki/ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read(files.join("pki/ca.key")).unwrap(),
+        std::fs::read(pki.join("ca.key")).unwrap()
+    );
+    assert_eq!(
+        std::fs::metadata(files.join("pki/ca.key")).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     ok(&["backup", "verify", &id, "--repo", repo_s, "--passphrase-file", pf]);
 
     // Later backups deduplicate under the same key; prune needs the key too.
-    let out = ok_with(&mut with_pass("correct horse battery"), &["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap(), "-w", "json"]);
+    let out = ok_with(
+        &mut with_pass("correct horse battery"),
+        &[
+            "backup",
+            "create",
+            "--repo",
+            repo_s,
+            "--from-file",
+            snaps.second.to_str().unwrap(),
+            "-w",
+            "json",
+        ],
+    );
     let m: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let (added, total) = (m["sizes"]["blobs_added"].as_u64().unwrap(), m["sizes"]["blobs_total"].as_u64().unwrap());
+    let (added, total) =
+        (m["sizes"]["blobs_added"].as_u64().unwrap(), m["sizes"]["blobs_total"].as_u64().unwrap());
     assert!(added * 5 < total, "only {added} of {total} chunks should be new: {out}");
     fails(&["backup", "prune", "--repo", repo_s, "--keep-last", "1"], 16);
-    ok_with(&mut with_pass("correct horse battery"), &["backup", "prune", "--repo", repo_s, "--keep-last", "1"]);
+    ok_with(
+        &mut with_pass("correct horse battery"),
+        &["backup", "prune", "--repo", repo_s, "--keep-last", "1"],
+    );
     assert_eq!(list_json(repo_s).len(), 1);
 
     // A passphrase given for a plain repository is refused, not silently ignored.
     let plain = work.join("plain");
-    ok(&["backup", "create", "--repo", plain.to_str().unwrap(), "--from-file", snaps.first.to_str().unwrap()]);
-    let err = fails_with(&mut with_pass("x"), &["backup", "create", "--repo", plain.to_str().unwrap(), "--from-file", snaps.first.to_str().unwrap()], 2);
+    ok(&[
+        "backup",
+        "create",
+        "--repo",
+        plain.to_str().unwrap(),
+        "--from-file",
+        snaps.first.to_str().unwrap(),
+    ]);
+    let err = fails_with(
+        &mut with_pass("x"),
+        &[
+            "backup",
+            "create",
+            "--repo",
+            plain.to_str().unwrap(),
+            "--from-file",
+            snaps.first.to_str().unwrap(),
+        ],
+        2,
+    );
     assert!(err.contains("not encrypted"), "{err}");
     assert_eq!(list_json(plain.to_str().unwrap()).len(), 1);
 }
@@ -428,13 +697,20 @@ fn passphrases_are_added_changed_and_removed_without_locking_anyone_out() {
         }
         c
     };
-    let id = created_id(&ok_with(&mut as_user("alice's passphrase", None), &["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()]));
+    let id = created_id(&ok_with(
+        &mut as_user("alice's passphrase", None),
+        &["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()],
+    ));
     let restore_as = |who: &str, code: i32| {
         let dest = work.join(format!("restored-{}.db", rand_suffix()));
-        let args = ["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()];
+        let args =
+            ["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()];
         if code == 0 {
             ok_with(&mut as_user(who, None), &args);
-            assert!(std::fs::read(&dest).unwrap() == std::fs::read(&snaps.first).unwrap(), "restored snapshot differs");
+            assert!(
+                std::fs::read(&dest).unwrap() == std::fs::read(&snaps.first).unwrap(),
+                "restored snapshot differs"
+            );
         } else {
             fails_with(&mut as_user(who, None), &args, code);
             assert!(!dest.exists(), "a refused restore wrote {}", dest.display());
@@ -445,7 +721,14 @@ fn passphrases_are_added_changed_and_removed_without_locking_anyone_out() {
             Some(w) => as_user(w, None),
             None => etcdguard(),
         };
-        serde_json::from_str::<serde_json::Value>(&ok_with(&mut c, &["backup", "key", "list", "--repo", repo_s, "-w", "json"])).unwrap().as_array().unwrap().clone()
+        serde_json::from_str::<serde_json::Value>(&ok_with(
+            &mut c,
+            &["backup", "key", "list", "--repo", repo_s, "-w", "json"],
+        ))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
     };
     // One key; listing needs no passphrase, and marks the current key only when given one.
     let first = keys(None);
@@ -455,42 +738,89 @@ fn passphrases_are_added_changed_and_removed_without_locking_anyone_out() {
     let alice_key = first[0]["id"].as_str().unwrap().to_string();
 
     // Bob gets a passphrase of his own; both open the repository.
-    fails_with(&mut as_user("alice's passphrase", None), &["backup", "key", "add", "--repo", repo_s], 2);
-    fails_with(&mut as_user("not alice", Some("bob's passphrase")), &["backup", "key", "add", "--repo", repo_s], 16);
-    let out = ok_with(&mut as_user("alice's passphrase", Some("bob's passphrase")), &["backup", "key", "add", "--repo", repo_s]);
+    fails_with(
+        &mut as_user("alice's passphrase", None),
+        &["backup", "key", "add", "--repo", repo_s],
+        2,
+    );
+    fails_with(
+        &mut as_user("not alice", Some("bob's passphrase")),
+        &["backup", "key", "add", "--repo", repo_s],
+        16,
+    );
+    let out = ok_with(
+        &mut as_user("alice's passphrase", Some("bob's passphrase")),
+        &["backup", "key", "add", "--repo", repo_s],
+    );
     assert!(out.starts_with("Added key "), "{out}");
     assert_eq!(keys(None).len(), 2);
     restore_as("alice's passphrase", 0);
     restore_as("bob's passphrase", 0);
     restore_as("carol's guess", 16);
-    let bob_key = keys(Some("bob's passphrase")).into_iter().find(|k| k["current"] == true).unwrap()["id"].as_str().unwrap().to_string();
+    let bob_key =
+        keys(Some("bob's passphrase")).into_iter().find(|k| k["current"] == true).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
     assert_ne!(bob_key, alice_key);
 
     // Nobody removes the key they came in with; Bob removes Alice's.
-    let err = fails_with(&mut as_user("alice's passphrase", None), &["backup", "key", "remove", &alice_key, "--repo", repo_s], 2);
+    let err = fails_with(
+        &mut as_user("alice's passphrase", None),
+        &["backup", "key", "remove", &alice_key, "--repo", repo_s],
+        2,
+    );
     assert!(err.contains("passphrase given opens"), "{err}");
-    fails_with(&mut as_user("bob's passphrase", None), &["backup", "key", "remove", "0123456789abcdef", "--repo", repo_s], 2);
-    ok_with(&mut as_user("bob's passphrase", None), &["backup", "key", "remove", &alice_key, "--repo", repo_s]);
+    fails_with(
+        &mut as_user("bob's passphrase", None),
+        &["backup", "key", "remove", "0123456789abcdef", "--repo", repo_s],
+        2,
+    );
+    ok_with(
+        &mut as_user("bob's passphrase", None),
+        &["backup", "key", "remove", &alice_key, "--repo", repo_s],
+    );
     restore_as("alice's passphrase", 16);
     restore_as("bob's passphrase", 0);
 
     // Bob changes his passphrase: the old one stops working, the new one works, one key left,
     // and the last key cannot be removed.
-    fails_with(&mut as_user("bob's passphrase", Some("bob's passphrase")), &["backup", "key", "passwd", "--repo", repo_s], 2);
-    let out = ok_with(&mut as_user("bob's passphrase", Some("bob's new passphrase")), &["backup", "key", "passwd", "--repo", repo_s]);
+    fails_with(
+        &mut as_user("bob's passphrase", Some("bob's passphrase")),
+        &["backup", "key", "passwd", "--repo", repo_s],
+        2,
+    );
+    let out = ok_with(
+        &mut as_user("bob's passphrase", Some("bob's new passphrase")),
+        &["backup", "key", "passwd", "--repo", repo_s],
+    );
     assert!(out.contains("old passphrase no longer opens"), "{out}");
     restore_as("bob's passphrase", 16);
     restore_as("bob's new passphrase", 0);
     let left = keys(Some("bob's new passphrase"));
     assert_eq!(left.len(), 1);
-    let err = fails_with(&mut as_user("bob's new passphrase", None), &["backup", "key", "remove", left[0]["id"].as_str().unwrap(), "--repo", repo_s], 2);
+    let err = fails_with(
+        &mut as_user("bob's new passphrase", None),
+        &["backup", "key", "remove", left[0]["id"].as_str().unwrap(), "--repo", repo_s],
+        2,
+    );
     assert!(err.contains("passphrase given opens") || err.contains("last key"), "{err}");
     // New backups still go in, and dedupe against the old ones.
-    ok_with(&mut as_user("bob's new passphrase", None), &["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()]);
+    ok_with(
+        &mut as_user("bob's new passphrase", None),
+        &["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()],
+    );
 
     // A plain repository has no keys.
     let plain = work.join("plain");
-    ok(&["backup", "create", "--repo", plain.to_str().unwrap(), "--from-file", snaps.first.to_str().unwrap()]);
+    ok(&[
+        "backup",
+        "create",
+        "--repo",
+        plain.to_str().unwrap(),
+        "--from-file",
+        snaps.first.to_str().unwrap(),
+    ]);
     let err = fails(&["backup", "key", "list", "--repo", plain.to_str().unwrap()], 2);
     assert!(err.contains("not encrypted"), "{err}");
 }
@@ -515,21 +845,53 @@ fn devices_fifos_and_sockets_are_refused_or_skipped_out_loud() {
     let socket_dir = work.join("sock");
     std::fs::create_dir_all(&socket_dir).unwrap();
     let _listener = std::os::unix::net::UnixListener::bind(socket_dir.join("s.sock")).unwrap();
-    for (flag, path) in [("--file", "/dev/zero"), ("--file", fifo.to_str().unwrap()), ("--file", socket_dir.join("s.sock").to_str().unwrap()), ("--encryption-config", "/dev/null")] {
-        let err = fails(&["backup", "create", "--repo", repo_s, "--from-file", first, flag, path], 2);
-        assert!(err.contains(path) && err.contains("only files, directories and symlinks"), "{path}: {err}");
+    for (flag, path) in [
+        ("--file", "/dev/zero"),
+        ("--file", fifo.to_str().unwrap()),
+        ("--file", socket_dir.join("s.sock").to_str().unwrap()),
+        ("--encryption-config", "/dev/null"),
+    ] {
+        let err =
+            fails(&["backup", "create", "--repo", repo_s, "--from-file", first, flag, path], 2);
+        assert!(
+            err.contains(path) && err.contains("only files, directories and symlinks"),
+            "{path}: {err}"
+        );
     }
-    assert!(!repo.join("backups").exists() || std::fs::read_dir(repo.join("backups")).unwrap().next().is_none(), "a backup was stored");
+    assert!(
+        !repo.join("backups").exists()
+            || std::fs::read_dir(repo.join("backups")).unwrap().next().is_none(),
+        "a backup was stored"
+    );
 
     // Inside a directory: skipped, and said.
     let (pki, _, _) = control_plane(&work);
-    assert!(std::process::Command::new("mkfifo").arg(pki.join("etcd/pipe")).status().unwrap().success());
+    assert!(std::process::Command::new("mkfifo")
+        .arg(pki.join("etcd/pipe"))
+        .status()
+        .unwrap()
+        .success());
     let _inner = std::os::unix::net::UnixListener::bind(pki.join("agent.sock")).unwrap();
-    let out = run(etcdguard().args(["backup", "create", "--repo", repo_s, "--from-file", first, "--pki-dir", pki.to_str().unwrap()]));
+    let out = run(etcdguard().args([
+        "backup",
+        "create",
+        "--repo",
+        repo_s,
+        "--from-file",
+        first,
+        "--pki-dir",
+        pki.to_str().unwrap(),
+    ]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains(&format!("skipped {} (a FIFO)", pki.join("etcd/pipe").display())), "{stderr}");
-    assert!(stderr.contains(&format!("skipped {} (a socket)", pki.join("agent.sock").display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("skipped {} (a FIFO)", pki.join("etcd/pipe").display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("skipped {} (a socket)", pki.join("agent.sock").display())),
+        "{stderr}"
+    );
 }
 
 /// `backup create` from a live etcd 3.6 and 3.7, then `backup restore --data-dir` booted by
@@ -539,14 +901,28 @@ fn create_from_live_3_6_and_3_7_restores_and_boots() {
     use etcdguard_testkit::{load_kubernetes_shaped, EtcdServer, EtcdVersion, LoadSpec};
     for version in [EtcdVersion::V3_6, EtcdVersion::V3_7] {
         let server = EtcdServer::start(version);
-        load_kubernetes_shaped(&server, &LoadSpec { objects: 120, updates: 20, deletes: 10, ..LoadSpec::default() });
+        load_kubernetes_shaped(
+            &server,
+            &LoadSpec { objects: 120, updates: 20, deletes: 10, ..LoadSpec::default() },
+        );
         let (kvs, revision) = (server.get_all(), server.revision());
         let work = scratch(&format!("live-{}", version.label()));
         let repo = work.join("repo");
         let repo_s = repo.to_str().unwrap();
-        let id = created_id(&ok(&["backup", "create", "--repo", repo_s, "--endpoints", server.endpoint(), "--scratch-dir", work.to_str().unwrap()]));
+        let id = created_id(&ok(&[
+            "backup",
+            "create",
+            "--repo",
+            repo_s,
+            "--endpoints",
+            server.endpoint(),
+            "--scratch-dir",
+            work.to_str().unwrap(),
+        ]));
         drop(server);
-        let shown: serde_json::Value = serde_json::from_str(&ok(&["backup", "show", &id, "--repo", repo_s, "-w", "json"])).unwrap();
+        let shown: serde_json::Value =
+            serde_json::from_str(&ok(&["backup", "show", &id, "--repo", repo_s, "-w", "json"]))
+                .unwrap();
         assert_eq!(shown["etcd"]["revision"].as_i64(), Some(revision), "{shown}");
         assert_eq!(shown["etcd"]["trailer"], "verified");
 
@@ -555,14 +931,30 @@ fn create_from_live_3_6_and_3_7_restores_and_boots() {
         let data_dir = work.join("restored/m1.etcd");
         std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
         ok(&[
-            "backup", "restore", &id, "--repo", repo_s, "--data-dir", data_dir.to_str().unwrap(), "--name", "m1",
-            "--initial-cluster", &format!("m1={peer}"), "--initial-advertise-peer-urls", &peer,
+            "backup",
+            "restore",
+            &id,
+            "--repo",
+            repo_s,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--name",
+            "m1",
+            "--initial-cluster",
+            &format!("m1={peer}"),
+            "--initial-advertise-peer-urls",
+            &peer,
         ]);
         let db = data_dir.join("member/snap/db");
-        let status = run(version.binaries().snapshot_tool().args(["snapshot", "status", "-w", "json"]).arg(&db));
+        let status = run(version
+            .binaries()
+            .snapshot_tool()
+            .args(["snapshot", "status", "-w", "json"])
+            .arg(&db));
         let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
         assert_eq!(status["version"], format!("{}.0", version.label()).as_str(), "{status}");
-        let restored = EtcdServer::builder(version).name("m1").data_dir(&data_dir).start_with_peer_port(port);
+        let restored =
+            EtcdServer::builder(version).name("m1").data_dir(&data_dir).start_with_peer_port(port);
         assert_eq!(restored.get_all(), kvs, "{}", version.label());
         assert_eq!(restored.revision(), revision);
     }

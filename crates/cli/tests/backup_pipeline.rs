@@ -26,30 +26,76 @@ fn parallel_restore_round_trips_and_a_damaged_pack_leaves_no_data_dir() {
     let work = scratch("pipeline");
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let id = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap(), "--parallel", "3"]));
+    let id = created_id(&ok(&[
+        "backup",
+        "create",
+        "--repo",
+        repo_s,
+        "--from-file",
+        snaps.second.to_str().unwrap(),
+        "--parallel",
+        "3",
+    ]));
     let original = std::fs::read(&snaps.second).unwrap();
     for parallel in ["1", "2", "8"] {
         let dest = work.join(format!("out-{parallel}.db"));
-        ok(&["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap(), "--parallel", parallel]);
-        assert!(std::fs::read(&dest).unwrap() == original, "--parallel {parallel}: the restored file differs");
+        ok(&[
+            "backup",
+            "restore",
+            &id,
+            "--repo",
+            repo_s,
+            "--to-file",
+            dest.to_str().unwrap(),
+            "--parallel",
+            parallel,
+        ]);
+        assert!(
+            std::fs::read(&dest).unwrap() == original,
+            "--parallel {parallel}: the restored file differs"
+        );
     }
     // A data dir whose parent does not exist yet is made, as `snapshot restore` (and etcdutl) do.
     let data = work.join("new-parent/data");
-    ok(&["backup", "restore", &id, "--repo", repo_s, "--data-dir", data.to_str().unwrap(), "--parallel", "4"]);
+    ok(&[
+        "backup",
+        "restore",
+        &id,
+        "--repo",
+        repo_s,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--parallel",
+        "4",
+    ]);
     assert!(data.join("member/snap/db").is_file());
 
     // Damage the last pack of the snapshot (fetched after others are already written).
     let mut packs = Vec::new();
     files_under(&repo.join("packs"), &mut packs);
     packs.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
-    let pack = packs.iter().rev().find(|p| std::fs::metadata(p).unwrap().len() > 4096).unwrap().clone();
+    let pack =
+        packs.iter().rev().find(|p| std::fs::metadata(p).unwrap().len() > 4096).unwrap().clone();
     let mut bytes = std::fs::read(&pack).unwrap();
     let at = bytes.len() / 2;
     bytes[at] ^= 0x5a;
     std::fs::write(&pack, &bytes).unwrap();
 
     let target = work.join("restore-here");
-    let err = fails(&["backup", "restore", &id, "--repo", repo_s, "--data-dir", target.to_str().unwrap(), "--parallel", "4"], 10);
+    let err = fails(
+        &[
+            "backup",
+            "restore",
+            &id,
+            "--repo",
+            repo_s,
+            "--data-dir",
+            target.to_str().unwrap(),
+            "--parallel",
+            "4",
+        ],
+        10,
+    );
     let name = pack.file_name().unwrap().to_string_lossy().into_owned();
     assert!(err.contains("damaged") && err.contains(&name[..16]), "{err}");
     assert!(!target.exists(), "a failed restore left {}", target.display());
@@ -69,10 +115,31 @@ fn limit_rate_holds_a_create_to_its_rate() {
     // About 1.5 s at the rate (a quarter second of burst), whatever the machine's speed.
     let rate = (size as f64 / 1.5) as u64;
     let started = std::time::Instant::now();
-    ok(&["backup", "create", "--repo", work.join("repo").to_str().unwrap(), "--from-file", snaps.first.to_str().unwrap(), "--limit-rate", &rate.to_string()]);
+    ok(&[
+        "backup",
+        "create",
+        "--repo",
+        work.join("repo").to_str().unwrap(),
+        "--from-file",
+        snaps.first.to_str().unwrap(),
+        "--limit-rate",
+        &rate.to_string(),
+    ]);
     let took = started.elapsed().as_secs_f64();
     assert!(took >= 1.1, "{size} bytes at {rate} B/s took {took:.2} s");
-    let err = fails(&["backup", "create", "--repo", work.join("repo2").to_str().unwrap(), "--from-file", snaps.first.to_str().unwrap(), "--limit-rate", "fast"], 2);
+    let err = fails(
+        &[
+            "backup",
+            "create",
+            "--repo",
+            work.join("repo2").to_str().unwrap(),
+            "--from-file",
+            snaps.first.to_str().unwrap(),
+            "--limit-rate",
+            "fast",
+        ],
+        2,
+    );
     assert!(err.contains("not a rate"), "{err}");
 }
 
@@ -93,19 +160,44 @@ fn compression_level_trades_size_and_restores_the_same() {
     for level in [None, Some("19"), Some("-5")] {
         let repo = work.join(format!("repo{}", level.unwrap_or("")));
         let repo_s = repo.to_str().unwrap();
-        let mut args = vec!["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()];
+        let mut args = vec![
+            "backup",
+            "create",
+            "--repo",
+            repo_s,
+            "--from-file",
+            snaps.second.to_str().unwrap(),
+        ];
         if let Some(l) = level {
             args.extend(["--compression-level", l]);
         }
         let id = created_id(&ok(&args));
         let dest = work.join(format!("out{}.db", level.unwrap_or("")));
         ok(&["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
-        assert!(std::fs::read(&dest).unwrap() == original, "level {level:?}: the restored file differs");
+        assert!(
+            std::fs::read(&dest).unwrap() == original,
+            "level {level:?}: the restored file differs"
+        );
         sizes.push(stored(&repo));
     }
-    assert!(sizes[1] < sizes[0] && sizes[0] < sizes[2], "stored bytes at the default, 19 and -5: {sizes:?}");
+    assert!(
+        sizes[1] < sizes[0] && sizes[0] < sizes[2],
+        "stored bytes at the default, 19 and -5: {sizes:?}"
+    );
     for bad in ["0", "20", "-21", "max"] {
-        let err = fails(&["backup", "create", "--repo", work.join("bad").to_str().unwrap(), "--from-file", snaps.second.to_str().unwrap(), "--compression-level", bad], 2);
+        let err = fails(
+            &[
+                "backup",
+                "create",
+                "--repo",
+                work.join("bad").to_str().unwrap(),
+                "--from-file",
+                snaps.second.to_str().unwrap(),
+                "--compression-level",
+                bad,
+            ],
+            2,
+        );
         assert!(err.contains("zstd level"), "{bad}: {err}");
     }
 }

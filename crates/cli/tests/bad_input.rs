@@ -52,11 +52,18 @@ fn fixture() -> &'static Fixture {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = EtcdServer::start(EtcdVersion::V3_5);
-        let spec = LoadSpec { objects: 100, large_objects: 2, updates: 20, deletes: 10, ..LoadSpec::default() };
+        let spec = LoadSpec {
+            objects: 100,
+            large_objects: 2,
+            updates: 20,
+            deletes: 10,
+            ..LoadSpec::default()
+        };
         load_kubernetes_shaped(&server, &spec);
         let snapshot = dir.join("snapshot.db");
         server.snapshot_save(&snapshot);
-        let live_db_run = etcdguard(&["snapshot", "status"], &server.data_dir().join("member/snap/db"));
+        let live_db_run =
+            etcdguard(&["snapshot", "status"], &server.data_dir().join("member/snap/db"));
         server.stop();
         let raw_db = std::fs::read(server.data_dir().join("member/snap/db")).unwrap();
 
@@ -206,7 +213,10 @@ fn check_clean_failure(run: &Run, code: i32) -> Option<String> {
         return Some(format!("expected exit {code}: {}", run.describe()));
     }
     let error_lines = run.stderr.lines().filter(|l| l.starts_with("Error:")).count();
-    if error_lines != 1 || !run.stderr.starts_with("Error: ") || run.stderr.trim().len() <= "Error:".len() {
+    if error_lines != 1
+        || !run.stderr.starts_with("Error: ")
+        || run.stderr.trim().len() <= "Error:".len()
+    {
         return Some(format!("expected one `Error: …` line first on stderr: {}", run.describe()));
     }
     if !run.stdout.is_empty() {
@@ -287,7 +297,10 @@ fn is_root() -> bool {
 /// running as root could never reach the EACCES path.
 fn etcdguard_as_nobody(bin: &Path, args: &[&str], file: &Path) -> Run {
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(bin).args(args).arg(file);
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin)
+        .args(args)
+        .arg(file);
     run_cmd(cmd, Duration::from_secs(60))
 }
 
@@ -327,28 +340,44 @@ fn unreadable_file_exits_4() {
             let cat = run_cmd(
                 {
                     let mut c = Command::new("setpriv");
-                    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "cat"]).arg(p);
+                    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "cat"])
+                        .arg(p);
                     c
                 },
                 Duration::from_secs(10),
             );
-            assert!(!cat.ok() && cat.stderr.contains("Permission denied"), "setup: nobody can read {}: {}", p.display(), cat.describe());
+            assert!(
+                !cat.ok() && cat.stderr.contains("Permission denied"),
+                "setup: nobody can read {}: {}",
+                p.display(),
+                cat.describe()
+            );
         }
         let ok = etcdguard_as_nobody(&bin, &["snapshot", "status"], &readable);
-        assert!(ok.ok(), "setup: etcdguard must run as nobody on a readable file: {}", ok.describe());
+        assert!(
+            ok.ok(),
+            "setup: etcdguard must run as nobody on a readable file: {}",
+            ok.describe()
+        );
         for p in [&private_file, &inside] {
             for sub in ["status", "verify"] {
                 let run = etcdguard_as_nobody(&bin, &["snapshot", sub], p);
                 failures.extend(check_clean_failure(&run, PERMISSION_DENIED));
                 if !run.stderr.to_lowercase().contains("permission denied") {
-                    failures.push(format!("the error should say `permission denied`: {}", run.describe()));
+                    failures.push(format!(
+                        "the error should say `permission denied`: {}",
+                        run.describe()
+                    ));
                 }
             }
         }
     } else {
         chmod(&readable, 0o000);
         for sub in ["status", "verify"] {
-            failures.extend(check_clean_failure(&etcdguard(&["snapshot", sub], &readable), PERMISSION_DENIED));
+            failures.extend(check_clean_failure(
+                &etcdguard(&["snapshot", sub], &readable),
+                PERMISSION_DENIED,
+            ));
         }
     }
     chmod(&private_dir, 0o755);
@@ -371,7 +400,8 @@ fn foreign_files_exit_7() {
     let mut rng = Rng(0xf0e1);
     let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
     png.extend(rng.bytes(3000));
-    let text: Vec<u8> = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: not-a-snapshot\n".repeat(40);
+    let text: Vec<u8> =
+        b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: not-a-snapshot\n".repeat(40);
     let gzipped = {
         let out = Command::new("gzip").arg("-c").arg(&fx.snapshot).output().expect("gzip");
         assert!(out.status.success());
@@ -432,7 +462,18 @@ fn truncated_files_fail_cleanly() {
     for k in [1, 2, 3, 4] {
         offsets.extend([k * p - 1, k * p, k * p + 1, k * p + 32]);
     }
-    offsets.extend([d / 3, d / 2, d / 2 + 32, d - p - 1, d - p, d - p + 32, d - 33, d - 32, d - 31, d - 1]);
+    offsets.extend([
+        d / 3,
+        d / 2,
+        d / 2 + 32,
+        d - p - 1,
+        d - p,
+        d - p + 32,
+        d - 33,
+        d - 32,
+        d - 31,
+        d - 1,
+    ]);
     offsets.extend([d, d + 1, d + 16, d + 31]);
     let mut rng = Rng(0x7a11);
     offsets.extend((0..6).map(|_| 80 + rng.below(d - 80)));
@@ -450,11 +491,18 @@ fn truncated_files_fail_cleanly() {
             let real = etcdutl_status(&path, "simple");
             assert!(real.ok(), "etcdutl accepts the image without trailer: {}", real.describe());
             let ours = etcdguard(&["snapshot", "status", "-w", "simple"], &path);
-            if !ours.ok() || ours.stdout != real.stdout || !ours.stderr.contains("no sha256 trailer") {
-                failures.push(ctx(format!("want etcdutl's output and a note: real {real:?}\nours {}", ours.describe())));
+            if !ours.ok()
+                || ours.stdout != real.stdout
+                || !ours.stderr.contains("no sha256 trailer")
+            {
+                failures.push(ctx(format!(
+                    "want etcdutl's output and a note: real {real:?}\nours {}",
+                    ours.describe()
+                )));
             }
             if !verify.ok() {
-                failures.push(ctx(format!("verify of a complete image failed: {}", verify.describe())));
+                failures
+                    .push(ctx(format!("verify of a complete image failed: {}", verify.describe())));
             }
             continue;
         }
@@ -511,7 +559,8 @@ fn bit_flips_with_trailer_are_caught_by_sha256() {
             // verify prints its report on stdout before failing; only status must keep it empty.
             let problem = if sub == "verify" {
                 run.problems_with_exit().or_else(|| {
-                    (run.code != Some(SHA256_MISMATCH)).then(|| format!("expected exit 9: {}", run.describe()))
+                    (run.code != Some(SHA256_MISMATCH))
+                        .then(|| format!("expected exit 9: {}", run.describe()))
                 })
             } else {
                 check_clean_failure(&run, SHA256_MISMATCH)
@@ -551,14 +600,21 @@ fn bit_flips_without_trailer_at_least_as_strict_as_etcdutl() {
             *codes.entry(status.code).or_insert(0) += 1;
             failures.extend(check_clean_failure(&status, status.code.unwrap_or(-1)).map(ctx));
             if ![NOT_SNAPSHOT, TRUNCATED, CORRUPT].contains(&status.code.unwrap_or(-1)) {
-                failures.push(ctx(format!("unexpected exit code for a damaged file: {}", status.describe())));
+                failures.push(ctx(format!(
+                    "unexpected exit code for a damaged file: {}",
+                    status.describe()
+                )));
             }
         }
         match (real.ok(), status.ok()) {
             (true, true) => {
                 both_ok += 1;
                 if real.stdout != status.stdout {
-                    failures.push(ctx(format!("both accept but differ:\n{}\n{}", real.describe(), status.describe())));
+                    failures.push(ctx(format!(
+                        "both accept but differ:\n{}\n{}",
+                        real.describe(),
+                        status.describe()
+                    )));
                 }
             }
             (false, true) => failures.push(ctx(format!(
@@ -570,10 +626,18 @@ fn bit_flips_without_trailer_at_least_as_strict_as_etcdutl() {
             (true, false) => only_we_reject += 1,
         }
         if !real.ok() && verify.ok() {
-            failures.push(ctx(format!("etcdutl rejects, verify accepts:\n{}\n{}", real.describe(), verify.describe())));
+            failures.push(ctx(format!(
+                "etcdutl rejects, verify accepts:\n{}\n{}",
+                real.describe(),
+                verify.describe()
+            )));
         }
         if !status.ok() && verify.ok() {
-            failures.push(ctx(format!("status rejects, verify accepts:\n{}\n{}", status.describe(), verify.describe())));
+            failures.push(ctx(format!(
+                "status rejects, verify accepts:\n{}\n{}",
+                status.describe(),
+                verify.describe()
+            )));
         }
     }
     eprintln!(
@@ -607,20 +671,31 @@ fn one_damaged_meta_page_status_works_verify_reports() {
             let ours = etcdguard(&["snapshot", "status", "-w", format], &path);
             assert!(real.ok(), "etcdutl survives one damaged meta: {}", real.describe());
             if !ours.ok() || ours.stdout != real.stdout {
-                failures.push(format!("meta {index}: status differs from etcdutl:\n{}\n{}", real.describe(), ours.describe()));
+                failures.push(format!(
+                    "meta {index}: status differs from etcdutl:\n{}\n{}",
+                    real.describe(),
+                    ours.describe()
+                ));
             }
         }
         let verify = etcdguard(&["snapshot", "verify"], &path);
         if verify.problems_with_exit().is_some() || verify.code != Some(CORRUPT) {
-            failures.push(format!("meta {index}: verify must exit {CORRUPT}: {}", verify.describe()));
+            failures
+                .push(format!("meta {index}: verify must exit {CORRUPT}: {}", verify.describe()));
         }
         let report = verify.stdout.to_lowercase();
         if !report.contains(&format!("{index}: damaged")) {
-            failures.push(format!("meta {index}: verify must name the damaged meta page: {}", verify.describe()));
+            failures.push(format!(
+                "meta {index}: verify must name the damaged meta page: {}",
+                verify.describe()
+            ));
         }
         let json = etcdguard(&["snapshot", "verify", "-w", "json"], &path);
         match serde_json::from_str::<serde_json::Value>(&json.stdout) {
-            Ok(v) if v["metas"][index]["ok"] == false && v["metas"][1 - index]["ok"] == true && v["ok"] == false => {}
+            Ok(v)
+                if v["metas"][index]["ok"] == false
+                    && v["metas"][1 - index]["ok"] == true
+                    && v["ok"] == false => {}
             _ => failures.push(format!("meta {index}: verify -w json: {}", json.describe())),
         }
     }
@@ -647,12 +722,21 @@ fn damaged_newest_meta_of_a_raw_db_falls_back_like_bbolt() {
         let ours = etcdguard(&["snapshot", "status", "-w", format], &path);
         assert!(real.ok(), "etcdutl survives one damaged meta: {}", real.describe());
         if !ours.ok() || ours.stdout != real.stdout {
-            failures.push(format!("-w {format}: status differs from etcdutl:\n{}\n{}", real.describe(), ours.describe()));
+            failures.push(format!(
+                "-w {format}: status differs from etcdutl:\n{}\n{}",
+                real.describe(),
+                ours.describe()
+            ));
         }
     }
     let verify = etcdguard(&["snapshot", "verify"], &path);
-    if verify.code != Some(CORRUPT) || !verify.stdout.to_lowercase().contains(&format!("{newest}: damaged")) {
-        failures.push(format!("verify must exit {CORRUPT} naming meta {newest}: {}", verify.describe()));
+    if verify.code != Some(CORRUPT)
+        || !verify.stdout.to_lowercase().contains(&format!("{newest}: damaged"))
+    {
+        failures.push(format!(
+            "verify must exit {CORRUPT} naming meta {newest}: {}",
+            verify.describe()
+        ));
     }
     assert_none(failures);
 }
@@ -689,8 +773,16 @@ struct FindFirstKeyValue {
 
 impl Visitor<'_> for FindFirstKeyValue {
     fn entry(&mut self, depth: usize, key: &[u8], value: &[u8], is_bucket: bool) {
-        if depth == 1 && !is_bucket && self.bucket == b"key" && self.found.is_none() && value.len() > 4 {
-            self.found = Some(KeyEntry { value_offset: value.as_ptr() as usize - self.base, revision_key: key.to_vec() });
+        if depth == 1
+            && !is_bucket
+            && self.bucket == b"key"
+            && self.found.is_none()
+            && value.len() > 4
+        {
+            self.found = Some(KeyEntry {
+                value_offset: value.as_ptr() as usize - self.base,
+                revision_key: key.to_vec(),
+            });
         }
     }
     fn enter_bucket(&mut self, depth: usize, name: &[u8]) {
@@ -722,7 +814,12 @@ fn damaged_value_status_matches_etcdutl_verify_names_key() {
     let real = etcdutl_status(&path, "simple");
     let ours = etcdguard(&["snapshot", "status", "-w", "simple"], &path);
     assert!(real.ok(), "{}", real.describe());
-    assert!(ours.ok() && ours.stdout == real.stdout, "status:\n{}\n{}", real.describe(), ours.describe());
+    assert!(
+        ours.ok() && ours.stdout == real.stdout,
+        "status:\n{}\n{}",
+        real.describe(),
+        ours.describe()
+    );
 
     // etcdutl 3.6+ decode every revision to count live keys, so they refuse the file; so
     // does etcdguard printing as 3.6, cleanly, naming the revision.
@@ -732,7 +829,11 @@ fn damaged_value_status_matches_etcdutl_verify_names_key() {
     assert!(!real_36.ok(), "etcdutl 3.6 accepted an undecodable KeyValue: {}", real_36.describe());
     let ours_36 = etcdguard(&["snapshot", "status", "--etcd-version", "3.6"], &path);
     assert!(check_clean_failure(&ours_36, CORRUPT).is_none(), "{}", ours_36.describe());
-    assert!(ours_36.stderr.contains("not a KeyValue") && ours_36.stderr.contains(&format!("{main}_")), "{}", ours_36.describe());
+    assert!(
+        ours_36.stderr.contains("not a KeyValue") && ours_36.stderr.contains(&format!("{main}_")),
+        "{}",
+        ours_36.describe()
+    );
 
     for format in ["text", "json"] {
         let verify = etcdguard(&["snapshot", "verify", "-w", format], &path);
@@ -756,7 +857,8 @@ fn damaged_page_header_names_page_and_bucket() {
     let entry = first_key_entry(fx.image());
     let page = entry.value_offset / fx.page_size;
     let mut bytes = fx.image().to_vec();
-    bytes[page * fx.page_size + 8..page * fx.page_size + 10].copy_from_slice(&0x10u16.to_le_bytes());
+    bytes[page * fx.page_size + 8..page * fx.page_size + 10]
+        .copy_from_slice(&0x10u16.to_le_bytes());
     let path = fx.write("damaged-page-header.db", &bytes);
 
     let real = etcdutl_status(&path, "simple");
@@ -806,11 +908,16 @@ fn usage_errors_exit_2() {
         {
             // clap's own usage errors: one `error: …` line (clap spells it in lower case), or
             // the usage text when a subcommand is missing.
-            failures.push(format!("expected exit 2 with an `error: …` line or usage on stderr: {}", run.describe()));
+            failures.push(format!(
+                "expected exit 2 with an `error: …` line or usage on stderr: {}",
+                run.describe()
+            ));
         }
     }
     // Asking for help is not an error.
-    for args in [vec!["--help"], vec!["snapshot", "status", "--help"], vec!["snapshot", "verify", "--help"]] {
+    for args in
+        [vec!["--help"], vec!["snapshot", "status", "--help"], vec!["snapshot", "verify", "--help"]]
+    {
         let run = etcdguard_args(&args);
         if !run.ok() || run.stdout.is_empty() {
             failures.push(format!("help must succeed on stdout: {}", run.describe()));
@@ -902,7 +1009,9 @@ fn deep_db(bucket_depth: usize, tree_depth: usize) -> Vec<u8> {
 fn deeply_nested_files_fail_cleanly() {
     let fx = fixture();
     let mut failures = Vec::new();
-    for (name, buckets, depth) in [("deep-buckets", 100, 64), ("deep-tree", 1, 300), ("deep-both", 70, 70)] {
+    for (name, buckets, depth) in
+        [("deep-buckets", 100, 64), ("deep-tree", 1, 300), ("deep-both", 70, 70)]
+    {
         let bytes = deep_db(buckets, depth);
         // The generator itself is sound: the bolt reader opens it.
         assert!(Db::open(&bytes).is_ok(), "{name}");
@@ -912,7 +1021,10 @@ fn deeply_nested_files_fail_cleanly() {
             if let Some(p) = run.problems_with_exit() {
                 failures.push(format!("{name}: {p}"));
             } else if run.ok() {
-                failures.push(format!("{name}: accepted a file nested deeper than bbolt can write: {}", run.describe()));
+                failures.push(format!(
+                    "{name}: accepted a file nested deeper than bbolt can write: {}",
+                    run.describe()
+                ));
             }
         }
     }

@@ -19,7 +19,9 @@ const USAGE: i32 = 2;
 fn assert_no_panic(out: &Output, what: &str) {
     let stderr = text(&out.stderr);
     assert!(
-        !stderr.contains("panicked") && !stderr.contains("backtrace") && out.status.code() != Some(101),
+        !stderr.contains("panicked")
+            && !stderr.contains("backtrace")
+            && out.status.code() != Some(101),
         "{what}: panicked\nstatus: {:?}\nstderr: {stderr}",
         out.status
     );
@@ -39,12 +41,21 @@ fn setup() -> Setup {
     // Enough output that `inspect list` and `backup show` write more than one pipe buffer
     // would hold if the pipe were open.
     for i in 0..300 {
-        server.put(format!("/registry/configmaps/default/cm-{i:04}").as_bytes(), format!("value {i}").as_bytes());
+        server.put(
+            format!("/registry/configmaps/default/cm-{i:04}").as_bytes(),
+            format!("value {i}").as_bytes(),
+        );
     }
     let snapshot = dir.path().join("snapshot.db");
     server.snapshot_save(&snapshot);
     let repo = dir.path().join("repo");
-    let out = etcdguard().args(["backup", "create", "--repo"]).arg(&repo).arg("--from-file").arg(&snapshot).output().unwrap();
+    let out = etcdguard()
+        .args(["backup", "create", "--repo"])
+        .arg(&repo)
+        .arg("--from-file")
+        .arg(&snapshot)
+        .output()
+        .unwrap();
     expect_code(&out, 0, "backup create");
     Setup { _dir: dir, server, snapshot, repo }
 }
@@ -53,18 +64,26 @@ fn setup() -> Setup {
 fn into_closed_pipe(args: &[&str]) -> Output {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    etcdguard().args(args).stdin(Stdio::null()).stdout(writer).stderr(Stdio::piped()).output().unwrap()
+    etcdguard()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
 }
 
 /// Runs `cmd` with stdout and stderr captured; kills it (and says so in stderr) after `limit`.
 fn output_within(cmd: &mut std::process::Command, limit: std::time::Duration) -> Output {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let started = std::time::Instant::now();
     while child.try_wait().unwrap().is_none() {
         if started.elapsed() > limit {
             let _ = child.kill();
             let mut out = child.wait_with_output().unwrap();
-            out.stderr.extend_from_slice(format!("\n(killed by the test after {limit:?})").as_bytes());
+            out.stderr
+                .extend_from_slice(format!("\n(killed by the test after {limit:?})").as_bytes());
             return out;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -85,7 +104,10 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let repo = s.repo.to_str().unwrap();
     // A second snapshot with every key rewritten, for `inspect diff`'s streamed output.
     for i in 0..300 {
-        s.server.put(format!("/registry/configmaps/default/cm-{i:04}").as_bytes(), format!("changed {i}").as_bytes());
+        s.server.put(
+            format!("/registry/configmaps/default/cm-{i:04}").as_bytes(),
+            format!("changed {i}").as_bytes(),
+        );
     }
     let changed = s.snapshot.with_file_name("changed.db");
     s.server.snapshot_save(&changed);
@@ -112,8 +134,14 @@ fn output_into_a_closed_pipe_ends_quietly() {
     for args in &cases {
         let out = into_closed_pipe(args);
         let stderr = text(&out.stderr);
-        if out.status.signal() != Some(libc::SIGPIPE) || stderr.contains("panicked") || stderr.contains("Error") {
-            failures.push(format!("{args:?}: expected death by SIGPIPE and no error\nstatus: {:?}\nstderr: {stderr}", out.status));
+        if out.status.signal() != Some(libc::SIGPIPE)
+            || stderr.contains("panicked")
+            || stderr.contains("Error")
+        {
+            failures.push(format!(
+                "{args:?}: expected death by SIGPIPE and no error\nstatus: {:?}\nstderr: {stderr}",
+                out.status
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -124,16 +152,28 @@ fn output_into_a_closed_pipe_ends_quietly() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     // Any other write error on stdout is an error, not a panic and not silence.
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let out = etcdguard().args(["snapshot", "status", snap]).stdout(full).stderr(Stdio::piped()).output().unwrap();
+    let out = etcdguard()
+        .args(["snapshot", "status", snap])
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
     assert_no_panic(&out, "stdout on a full disk");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("writing to stdout: No space left"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("writing to stdout: No space left"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// A usage error: exit 2, clap's `error: …` naming `flag`, nothing on stdout, no panic.
 fn check_usage_error(out: &Output, flag: &str, what: &str) -> Option<String> {
     let stderr = text(&out.stderr);
-    let ok = out.status.code() == Some(USAGE) && stderr.starts_with("error: ") && stderr.contains(flag) && out.stdout.is_empty();
+    let ok = out.status.code() == Some(USAGE)
+        && stderr.starts_with("error: ")
+        && stderr.contains(flag)
+        && out.stdout.is_empty();
     (!ok || stderr.contains("panicked")).then(|| format!("{what}: expected exit 2 with an error naming {flag}\nstatus: {:?}\nstdout: {}\nstderr: {stderr}", out.status, text(&out.stdout)))
 }
 
@@ -174,14 +214,34 @@ fn empty_repo_is_a_usage_error_for_every_command() {
     let mut failures = Vec::new();
     for args in &commands {
         for empty in ["", " "] {
-            let out = etcdguard().current_dir(cwd.path()).args(args).arg("--repo").arg(empty).env_remove("ETCDGUARD_REPO").output().unwrap();
-            failures.extend(check_usage_error(&out, "--repo", &format!("{args:?} --repo {empty:?}")));
+            let out = etcdguard()
+                .current_dir(cwd.path())
+                .args(args)
+                .arg("--repo")
+                .arg(empty)
+                .env_remove("ETCDGUARD_REPO")
+                .output()
+                .unwrap();
+            failures.extend(check_usage_error(
+                &out,
+                "--repo",
+                &format!("{args:?} --repo {empty:?}"),
+            ));
         }
         if args[0] == "inspect" {
             continue; // inspect diff reads --repo only from the flag
         }
-        let out = etcdguard().current_dir(cwd.path()).args(args).env("ETCDGUARD_REPO", "").output().unwrap();
-        failures.extend(check_usage_error(&out, "--repo", &format!("{args:?} with ETCDGUARD_REPO=\"\"")));
+        let out = etcdguard()
+            .current_dir(cwd.path())
+            .args(args)
+            .env("ETCDGUARD_REPO", "")
+            .output()
+            .unwrap();
+        failures.extend(check_usage_error(
+            &out,
+            "--repo",
+            &format!("{args:?} with ETCDGUARD_REPO=\"\""),
+        ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     assert_empty_dir(cwd.path(), "empty --repo");
@@ -208,17 +268,43 @@ fn empty_restore_arguments_are_usage_errors() {
         ("--cluster-out", vec!["--cluster-out", ""]),
     ];
     for (flag, extra) in &snapshot_restore {
-        let out = etcdguard().current_dir(cwd.path()).args(["snapshot", "restore", snap]).args(extra).output().unwrap();
+        let out = etcdguard()
+            .current_dir(cwd.path())
+            .args(["snapshot", "restore", snap])
+            .args(extra)
+            .output()
+            .unwrap();
         failures.extend(check_usage_error(&out, flag, &format!("snapshot restore {extra:?}")));
-        let out = etcdguard().current_dir(cwd.path()).args(["backup", "restore", "latest", "--repo", "../no-repo"]).args(extra).output().unwrap();
+        let out = etcdguard()
+            .current_dir(cwd.path())
+            .args(["backup", "restore", "latest", "--repo", "../no-repo"])
+            .args(extra)
+            .output()
+            .unwrap();
         failures.extend(check_usage_error(&out, flag, &format!("backup restore {extra:?}")));
     }
-    for (flag, extra) in [("--to-file", vec!["--to-file", ""]), ("--files-to", vec!["--to-file", "x.db", "--files-to", ""])] {
-        let out = etcdguard().current_dir(cwd.path()).args(["backup", "restore", "latest", "--repo", "../no-repo"]).args(&extra).output().unwrap();
+    for (flag, extra) in [
+        ("--to-file", vec!["--to-file", ""]),
+        ("--files-to", vec!["--to-file", "x.db", "--files-to", ""]),
+    ] {
+        let out = etcdguard()
+            .current_dir(cwd.path())
+            .args(["backup", "restore", "latest", "--repo", "../no-repo"])
+            .args(&extra)
+            .output()
+            .unwrap();
         failures.extend(check_usage_error(&out, flag, &format!("backup restore {extra:?}")));
     }
-    for (flag, extra) in [("--name", vec!["--name", ""]), ("--initial-cluster-token", vec!["--initial-cluster-token", ""])] {
-        let out = etcdguard().current_dir(cwd.path()).args(["node", "restore", snap, "--dry-run", "--kubernetes-dir", "../no-kube"]).args(&extra).output().unwrap();
+    for (flag, extra) in [
+        ("--name", vec!["--name", ""]),
+        ("--initial-cluster-token", vec!["--initial-cluster-token", ""]),
+    ] {
+        let out = etcdguard()
+            .current_dir(cwd.path())
+            .args(["node", "restore", snap, "--dry-run", "--kubernetes-dir", "../no-kube"])
+            .args(&extra)
+            .output()
+            .unwrap();
         failures.extend(check_usage_error(&out, flag, &format!("node restore {extra:?}")));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -263,11 +349,19 @@ fn restore_of_a_non_database_says_not_bbolt() {
             }
             let out = cmd.output().unwrap();
             let stderr = text(&out.stderr);
-            if out.status.code() != Some(NOT_SNAPSHOT) || !stderr.contains("not a bbolt database") || data_dir.exists() {
+            if out.status.code() != Some(NOT_SNAPSHOT)
+                || !stderr.contains("not a bbolt database")
+                || data_dir.exists()
+            {
                 failures.push(format!("{name} (skip-hash-check {skip}): expected exit 7, \"not a bbolt database\", no data dir\nstatus: {:?}\nstderr: {stderr}", out.status));
             }
             let status = etcdguard().args(["snapshot", "status"]).arg(&file).output().unwrap();
-            assert_eq!(status.status.code(), Some(NOT_SNAPSHOT), "snapshot status agrees: {}", text(&status.stderr));
+            assert_eq!(
+                status.status.code(),
+                Some(NOT_SNAPSHOT),
+                "snapshot status agrees: {}",
+                text(&status.stderr)
+            );
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -281,7 +375,13 @@ fn restore_of_a_non_database_says_not_bbolt() {
     let bytes = std::fs::read(&snapshot).unwrap();
     let plain = dir.path().join("no-trailer.db");
     std::fs::write(&plain, &bytes[..bytes.len() - 32]).unwrap();
-    let out = etcdguard().args(["snapshot", "restore"]).arg(&plain).arg("--data-dir").arg(dir.path().join("r")).output().unwrap();
+    let out = etcdguard()
+        .args(["snapshot", "restore"])
+        .arg(&plain)
+        .arg("--data-dir")
+        .arg(dir.path().join("r"))
+        .output()
+        .unwrap();
     expect_code(&out, SHA256, "a database without its trailer");
     assert!(text(&out.stderr).contains("--skip-hash-check"), "{}", text(&out.stderr));
 }
@@ -303,17 +403,30 @@ fn user_against_etcd_without_auth_exits_13_with_a_hint() {
         let runs: Vec<(&str, Vec<String>)> = vec![
             ("cluster health", vec!["cluster".into(), "health".into()]),
             ("snapshot save", vec!["snapshot".into(), "save".into(), dest.display().to_string()]),
-            ("backup create", vec!["backup".into(), "create".into(), "--repo".into(), repo.display().to_string()]),
+            (
+                "backup create",
+                vec!["backup".into(), "create".into(), "--repo".into(), repo.display().to_string()],
+            ),
         ];
         for (what, args) in &runs {
-            let out = etcdguard().args(args).args(["--endpoints", &ep, "--user", "root", "--password", "not-a-real-password"]).output().unwrap();
+            let out = etcdguard()
+                .args(args)
+                .args(["--endpoints", &ep, "--user", "root", "--password", "not-a-real-password"])
+                .output()
+                .unwrap();
             let what = format!("{what} --user on etcd {} without auth", version.label());
             assert_no_panic(&out, &what);
             expect_code(&out, TLS_OR_AUTH, &what);
             // (`cluster health` reports each endpoint on stdout, the summary on stderr.)
             let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
-            assert!(said.contains("authentication is not enabled on this cluster; drop --user"), "{what}: {said}");
-            assert!(!said.contains("not-a-real-password"), "{what}: the password was printed: {said}");
+            assert!(
+                said.contains("authentication is not enabled on this cluster; drop --user"),
+                "{what}: {said}"
+            );
+            assert!(
+                !said.contains("not-a-real-password"),
+                "{what}: the password was printed: {said}"
+            );
             // The same command without --user works, so the code is about the credentials.
             let out = etcdguard().args(args).args(["--endpoints", &ep]).output().unwrap();
             expect_code(&out, 0, &format!("{what}, without --user"));
@@ -352,45 +465,120 @@ fn passphrase_file_open_to_others_is_used_with_a_warning() {
     let pass_s = pass_file.to_str().unwrap();
     let warned = |out: &Output, file: &Path| {
         let stderr = text(&out.stderr);
-        let warnings = stderr.lines().filter(|l| l.starts_with("warning:") && l.contains(&file.display().to_string()) && l.contains("chmod 600")).count();
-        assert!(!stderr.contains(PASS) && !stderr.contains(NEW_PASS) && !text(&out.stdout).contains(PASS), "a passphrase was printed: {stderr}");
+        let warnings = stderr
+            .lines()
+            .filter(|l| {
+                l.starts_with("warning:")
+                    && l.contains(&file.display().to_string())
+                    && l.contains("chmod 600")
+            })
+            .count();
+        assert!(
+            !stderr.contains(PASS)
+                && !stderr.contains(NEW_PASS)
+                && !text(&out.stdout).contains(PASS),
+            "a passphrase was printed: {stderr}"
+        );
         warnings
     };
 
     chmod(&pass_file, 0o600);
-    let out = etcdguard().args(["backup", "create", "--repo", repo_s, "--passphrase-file", pass_s, "--from-file"]).arg(&snapshot).output().unwrap();
+    let out = etcdguard()
+        .args(["backup", "create", "--repo", repo_s, "--passphrase-file", pass_s, "--from-file"])
+        .arg(&snapshot)
+        .output()
+        .unwrap();
     expect_code(&out, 0, "create with a private passphrase file");
     assert_eq!(warned(&out, &pass_file), 0, "no warning for mode 0600: {}", text(&out.stderr));
 
     let mut failures = Vec::new();
-    for (mode, word) in [(0o644, "readable"), (0o640, "readable"), (0o604, "readable"), (0o620, "writable"), (0o602, "writable")] {
+    for (mode, word) in [
+        (0o644, "readable"),
+        (0o640, "readable"),
+        (0o604, "readable"),
+        (0o620, "writable"),
+        (0o602, "writable"),
+    ] {
         chmod(&pass_file, mode);
         let runs: Vec<(&str, Output)> = vec![
-            ("verify --passphrase-file", etcdguard().args(["backup", "verify", "latest", "--repo", repo_s, "--passphrase-file", pass_s]).output().unwrap()),
-            ("list --passphrase-file (not read)", etcdguard().args(["backup", "list", "--repo", repo_s, "--passphrase-file", pass_s]).output().unwrap()),
-            ("show with ETCDGUARD_PASSPHRASE_FILE", etcdguard().args(["backup", "show", "latest", "--repo", repo_s]).env("ETCDGUARD_PASSPHRASE_FILE", pass_s).output().unwrap()),
+            (
+                "verify --passphrase-file",
+                etcdguard()
+                    .args([
+                        "backup",
+                        "verify",
+                        "latest",
+                        "--repo",
+                        repo_s,
+                        "--passphrase-file",
+                        pass_s,
+                    ])
+                    .output()
+                    .unwrap(),
+            ),
+            (
+                "list --passphrase-file (not read)",
+                etcdguard()
+                    .args(["backup", "list", "--repo", repo_s, "--passphrase-file", pass_s])
+                    .output()
+                    .unwrap(),
+            ),
+            (
+                "show with ETCDGUARD_PASSPHRASE_FILE",
+                etcdguard()
+                    .args(["backup", "show", "latest", "--repo", repo_s])
+                    .env("ETCDGUARD_PASSPHRASE_FILE", pass_s)
+                    .output()
+                    .unwrap(),
+            ),
         ];
         for (what, out) in runs {
             let stderr = text(&out.stderr);
-            if out.status.code() != Some(0) || warned(&out, &pass_file) != 1 || !stderr.contains(word) {
+            if out.status.code() != Some(0)
+                || warned(&out, &pass_file) != 1
+                || !stderr.contains(word)
+            {
                 failures.push(format!("mode {mode:o}, {what}: expected success with one warning saying {word}\nstatus: {:?}\nstderr: {stderr}", out.status));
             }
         }
     }
     chmod(&pass_file, 0o400);
-    let out = etcdguard().args(["backup", "verify", "latest", "--repo", repo_s, "--passphrase-file", pass_s]).output().unwrap();
+    let out = etcdguard()
+        .args(["backup", "verify", "latest", "--repo", repo_s, "--passphrase-file", pass_s])
+        .output()
+        .unwrap();
     expect_code(&out, 0, "verify with a read-only private passphrase file");
     assert_eq!(warned(&out, &pass_file), 0, "no warning for mode 0400: {}", text(&out.stderr));
 
     // The new passphrase of `backup key add`, from a file others can read.
     chmod(&new_file, 0o644);
-    let out = etcdguard().args(["backup", "key", "add", "--repo", repo_s, "--passphrase-file", pass_s, "--new-passphrase-file"]).arg(&new_file).output().unwrap();
+    let out = etcdguard()
+        .args([
+            "backup",
+            "key",
+            "add",
+            "--repo",
+            repo_s,
+            "--passphrase-file",
+            pass_s,
+            "--new-passphrase-file",
+        ])
+        .arg(&new_file)
+        .output()
+        .unwrap();
     expect_code(&out, 0, "key add");
     if warned(&out, &new_file) != 1 || warned(&out, &pass_file) != 0 {
-        failures.push(format!("key add: expected one warning, for the new passphrase file only: {}", text(&out.stderr)));
+        failures.push(format!(
+            "key add: expected one warning, for the new passphrase file only: {}",
+            text(&out.stderr)
+        ));
     }
     // It works: the new passphrase opens the repository.
-    let out = etcdguard().args(["backup", "verify", "latest", "--repo", repo_s]).env("ETCDGUARD_PASSPHRASE", NEW_PASS).output().unwrap();
+    let out = etcdguard()
+        .args(["backup", "verify", "latest", "--repo", repo_s])
+        .env("ETCDGUARD_PASSPHRASE", NEW_PASS)
+        .output()
+        .unwrap();
     expect_code(&out, 0, "verify with the added passphrase");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
@@ -414,40 +602,217 @@ fn out_of_range_values_are_usage_errors() {
     let data_dir = data_dir.to_str().unwrap();
     let ep = s.server.endpoint();
     let cases: Vec<(&str, Vec<&str>)> = vec![
-        ("--every", vec!["agent", "--repo", new_repo, "--from-file", snap, "--every", "99999999999h", "--runs", "2", "--listen", "off"]),
-        ("--every", vec!["agent", "--repo", new_repo, "--from-file", snap, "--every", "101y", "--runs", "2", "--listen", "off"]),
-        ("--every", vec!["agent", "--repo", new_repo, "--from-file", snap, "--every", "0s", "--runs", "2", "--listen", "off"]),
-        ("--keep-within", vec!["agent", "--repo", new_repo, "--from-file", snap, "--keep-within", "18446744073709551615s", "--runs", "1", "--listen", "off"]),
-        ("--keep-within", vec!["backup", "prune", "--repo", repo, "--keep-within", "99999999999h", "--dry-run"]),
+        (
+            "--every",
+            vec![
+                "agent",
+                "--repo",
+                new_repo,
+                "--from-file",
+                snap,
+                "--every",
+                "99999999999h",
+                "--runs",
+                "2",
+                "--listen",
+                "off",
+            ],
+        ),
+        (
+            "--every",
+            vec![
+                "agent",
+                "--repo",
+                new_repo,
+                "--from-file",
+                snap,
+                "--every",
+                "101y",
+                "--runs",
+                "2",
+                "--listen",
+                "off",
+            ],
+        ),
+        (
+            "--every",
+            vec![
+                "agent",
+                "--repo",
+                new_repo,
+                "--from-file",
+                snap,
+                "--every",
+                "0s",
+                "--runs",
+                "2",
+                "--listen",
+                "off",
+            ],
+        ),
+        (
+            "--keep-within",
+            vec![
+                "agent",
+                "--repo",
+                new_repo,
+                "--from-file",
+                snap,
+                "--keep-within",
+                "18446744073709551615s",
+                "--runs",
+                "1",
+                "--listen",
+                "off",
+            ],
+        ),
+        (
+            "--keep-within",
+            vec!["backup", "prune", "--repo", repo, "--keep-within", "99999999999h", "--dry-run"],
+        ),
         ("--expires", vec!["backup", "url", "latest", "--repo", repo, "--expires", "99999999999h"]),
-        ("--wait-timeout", vec!["node", "restore", snap, "--dry-run", "--wait-timeout", "99999999999h"]),
-        ("--dial-timeout", vec!["cluster", "health", "--endpoints", ep, "--dial-timeout", "99999999999h"]),
-        ("--command-timeout", vec!["snapshot", "save", "-", "--endpoints", ep, "--command-timeout", "99999999999999999999s"]),
-        ("chunk size", vec!["backup", "create", "--repo", new_repo, "--from-file", snap, "--chunk-size", "0"]),
-        ("chunk size", vec!["backup", "create", "--repo", new_repo, "--from-file", snap, "--chunk-size", "4294967295"]),
-        ("--chunk-size", vec!["backup", "create", "--repo", new_repo, "--from-file", snap, "--chunk-size", "99999999999"]),
+        (
+            "--wait-timeout",
+            vec!["node", "restore", snap, "--dry-run", "--wait-timeout", "99999999999h"],
+        ),
+        (
+            "--dial-timeout",
+            vec!["cluster", "health", "--endpoints", ep, "--dial-timeout", "99999999999h"],
+        ),
+        (
+            "--command-timeout",
+            vec![
+                "snapshot",
+                "save",
+                "-",
+                "--endpoints",
+                ep,
+                "--command-timeout",
+                "99999999999999999999s",
+            ],
+        ),
+        (
+            "chunk size",
+            vec!["backup", "create", "--repo", new_repo, "--from-file", snap, "--chunk-size", "0"],
+        ),
+        (
+            "chunk size",
+            vec![
+                "backup",
+                "create",
+                "--repo",
+                new_repo,
+                "--from-file",
+                snap,
+                "--chunk-size",
+                "4294967295",
+            ],
+        ),
+        (
+            "--chunk-size",
+            vec![
+                "backup",
+                "create",
+                "--repo",
+                new_repo,
+                "--from-file",
+                snap,
+                "--chunk-size",
+                "99999999999",
+            ],
+        ),
         ("--keep-last", vec!["backup", "prune", "--repo", repo, "--keep-last=-1", "--dry-run"]),
-        ("--keep-daily", vec!["backup", "prune", "--repo", repo, "--keep-daily", "99999999999999999999", "--dry-run"]),
-        ("--runs", vec!["agent", "--repo", new_repo, "--from-file", snap, "--runs", "18446744073709551616"]),
-        ("--cluster", vec!["backup", "create", "--repo", new_repo, "--from-file", snap, "--cluster", ""]),
-        ("--bump-revision", vec!["snapshot", "restore", snap, "--data-dir", data_dir, "--bump-revision", "18446744073709551615", "--mark-compacted"]),
-        ("--bump-revision", vec!["snapshot", "restore", snap, "--data-dir", data_dir, "--bump-revision", "9223372036854775807", "--mark-compacted"]),
-        ("--bump-revision", vec!["backup", "restore", "latest", "--repo", repo, "--data-dir", data_dir, "--bump-revision", "9223372036854775800", "--mark-compacted"]),
+        (
+            "--keep-daily",
+            vec![
+                "backup",
+                "prune",
+                "--repo",
+                repo,
+                "--keep-daily",
+                "99999999999999999999",
+                "--dry-run",
+            ],
+        ),
+        (
+            "--runs",
+            vec![
+                "agent",
+                "--repo",
+                new_repo,
+                "--from-file",
+                snap,
+                "--runs",
+                "18446744073709551616",
+            ],
+        ),
+        (
+            "--cluster",
+            vec!["backup", "create", "--repo", new_repo, "--from-file", snap, "--cluster", ""],
+        ),
+        (
+            "--bump-revision",
+            vec![
+                "snapshot",
+                "restore",
+                snap,
+                "--data-dir",
+                data_dir,
+                "--bump-revision",
+                "18446744073709551615",
+                "--mark-compacted",
+            ],
+        ),
+        (
+            "--bump-revision",
+            vec![
+                "snapshot",
+                "restore",
+                snap,
+                "--data-dir",
+                data_dir,
+                "--bump-revision",
+                "9223372036854775807",
+                "--mark-compacted",
+            ],
+        ),
+        (
+            "--bump-revision",
+            vec![
+                "backup",
+                "restore",
+                "latest",
+                "--repo",
+                repo,
+                "--data-dir",
+                data_dir,
+                "--bump-revision",
+                "9223372036854775800",
+                "--mark-compacted",
+            ],
+        ),
     ];
     let mut failures = Vec::new();
     for (flag, args) in &cases {
         // (Before the bound, `--every 101y` parsed, and the agent slept for a century.)
         let out = output_within(etcdguard().args(args), std::time::Duration::from_secs(60));
         let stderr = text(&out.stderr);
-        if out.status.code() != Some(USAGE) || stderr.contains("panicked") || !stderr.contains(flag) {
-            failures.push(format!("{args:?}: expected exit 2 naming {flag}\nstatus: {:?}\nstderr: {stderr}", out.status));
+        if out.status.code() != Some(USAGE) || stderr.contains("panicked") || !stderr.contains(flag)
+        {
+            failures.push(format!(
+                "{args:?}: expected exit 2 naming {flag}\nstatus: {:?}\nstderr: {stderr}",
+                out.status
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     assert!(!Path::new(new_repo).exists(), "a refused command created the repository");
     assert!(!Path::new(data_dir).exists(), "a refused restore left a data dir");
     // The limit itself is accepted.
-    let out = etcdguard().args(["backup", "prune", "--repo", repo, "--keep-within", "100y", "--dry-run"]).output().unwrap();
+    let out = etcdguard()
+        .args(["backup", "prune", "--repo", repo, "--keep-within", "100y", "--dry-run"])
+        .output()
+        .unwrap();
     expect_code(&out, 0, "--keep-within 100y");
 }
 
@@ -464,7 +829,8 @@ fn s3_without_credentials_and_a_dead_endpoint_is_unreachable_and_asks_no_metadat
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_port = dead.local_addr().unwrap().port();
     drop(dead);
-    let repo = format!("s3://etcd-backups/p?endpoint=http://127.0.0.1:{dead_port}&retries=0&timeout=5s");
+    let repo =
+        format!("s3://etcd-backups/p?endpoint=http://127.0.0.1:{dead_port}&retries=0&timeout=5s");
     let mut cmd = etcdguard();
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("AWS_") {

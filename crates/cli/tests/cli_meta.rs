@@ -5,7 +5,11 @@ use std::process::Command;
 
 fn etcdguard(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_etcdguard")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -40,8 +44,14 @@ fn man_pages_cover_every_command() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, _, err) = etcdguard(&["man", "--dir", dir.path().to_str().unwrap()]);
     assert!(ok, "{err}");
-    for name in ["etcdguard.1", "etcdguard-backup.1", "etcdguard-backup-repair.1", "etcdguard-snapshot-status.1"] {
-        let text = std::fs::read_to_string(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for name in [
+        "etcdguard.1",
+        "etcdguard-backup.1",
+        "etcdguard-backup-repair.1",
+        "etcdguard-snapshot-status.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(text.contains(".SH NAME"), "{name}");
     }
 }

@@ -21,7 +21,9 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 fn ours(cluster: &EtcdCluster, extra: &[&str]) -> Output {
-    run(etcdguard().args(["cluster", "hashkv", "--endpoints", cluster.member(0).endpoint()]).args(extra))
+    run(etcdguard()
+        .args(["cluster", "hashkv", "--endpoints", cluster.member(0).endpoint()])
+        .args(extra))
 }
 
 fn theirs(cluster: &EtcdCluster, extra: &[&str]) -> Output {
@@ -33,7 +35,10 @@ fn wait_for_revision(cluster: &EtcdCluster, rev: i64) {
     let started = Instant::now();
     for i in 0..cluster.len() {
         while cluster.member(i).revision() < rev {
-            assert!(started.elapsed() < Duration::from_secs(20), "member {i} never reached revision {rev}");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "member {i} never reached revision {rev}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -57,7 +62,8 @@ fn hashkv_matches_etcdctl(version: EtcdVersion) {
         assert!(text(&o.stderr).contains("all 3 endpoints agree"), "{}", text(&o.stderr));
     }
 
-    let json: serde_json::Value = serde_json::from_slice(&ours(&cluster, &["-w", "json", "--rev", &middle]).stdout).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&ours(&cluster, &["-w", "json", "--rev", &middle]).stdout).unwrap();
     assert_eq!(json["agree"], true, "{json}");
     let members = json["members"].as_array().unwrap();
     assert_eq!(members.len(), 3);
@@ -127,8 +133,10 @@ fn hashkv_finds_the_member_whose_data_differs() {
 
     let rev_arg = rev.to_string();
     let t = theirs(&cluster, &["--rev", &rev_arg]);
-    let hashes: std::collections::BTreeSet<String> =
-        text(&t.stdout).lines().map(|l| l.split(", ").nth(1).unwrap_or_default().to_string()).collect();
+    let hashes: std::collections::BTreeSet<String> = text(&t.stdout)
+        .lines()
+        .map(|l| l.split(", ").nth(1).unwrap_or_default().to_string())
+        .collect();
     assert_eq!(hashes.len(), 2, "etcdctl shows two different hashes: {}", text(&t.stdout));
 
     let o = ours(&cluster, &["--rev", &rev_arg]);

@@ -35,7 +35,12 @@ fn etcdctl_members(cluster: &EtcdCluster, endpoint: &str) -> Vec<(String, String
 }
 
 fn id_of(members: &[(String, String, bool)], name: &str) -> String {
-    members.iter().find(|m| m.0 == name).unwrap_or_else(|| panic!("no member {name} in {members:?}")).1.clone()
+    members
+        .iter()
+        .find(|m| m.0 == name)
+        .unwrap_or_else(|| panic!("no member {name} in {members:?}"))
+        .1
+        .clone()
 }
 
 fn run(args: &[&str]) -> std::process::Output {
@@ -56,12 +61,28 @@ fn member_replacement(version: EtcdVersion) {
     let plan = text(&out.stdout);
     assert_eq!(plan.lines().filter(|l| l.starts_with("  ")).count(), 3, "{plan}");
     assert!(plan.lines().last().unwrap().contains("leader"), "the leader goes last: {plan}");
-    let out = run(&["cluster", "member", "remove", &m3, "--endpoints", &all, "--dry-run", "--force"]);
+    let out =
+        run(&["cluster", "member", "remove", &m3, "--endpoints", &all, "--dry-run", "--force"]);
     expect_code(&out, 0, "member remove --dry-run --force");
     assert!(text(&out.stdout).starts_with("Would remove member"), "{}", text(&out.stdout));
-    let out = run(&["cluster", "member", "add", "m9", "--peer-urls", "http://127.0.0.99:2380", "--learner", "--endpoints", &all, "-n"]);
+    let out = run(&[
+        "cluster",
+        "member",
+        "add",
+        "m9",
+        "--peer-urls",
+        "http://127.0.0.99:2380",
+        "--learner",
+        "--endpoints",
+        &all,
+        "-n",
+    ]);
     expect_code(&out, 0, "member add --dry-run");
-    assert_eq!(etcdctl_members(&cluster, cluster.member(0).endpoint()).len(), 3, "a dry run changes nothing");
+    assert_eq!(
+        etcdctl_members(&cluster, cluster.member(0).endpoint()).len(),
+        3,
+        "a dry run changes nothing"
+    );
 
     // A healthy member is not removed without --force.
     let out = run(&["cluster", "member", "remove", &m3, "--endpoints", &all]);
@@ -74,7 +95,11 @@ fn member_replacement(version: EtcdVersion) {
     let out = run(&["cluster", "member", "remove", &m1, "--endpoints", &live]);
     expect_code(&out, 17, "remove that breaks quorum");
     assert!(text(&out.stderr).contains("below the quorum of 2"), "{}", text(&out.stderr));
-    assert_eq!(etcdctl_members(&cluster, cluster.member(0).endpoint()).len(), 3, "a refusal must change nothing");
+    assert_eq!(
+        etcdctl_members(&cluster, cluster.member(0).endpoint()).len(),
+        3,
+        "a refusal must change nothing"
+    );
     // Defrag refuses too while a member is down.
     let out = run(&["cluster", "defrag", "--endpoints", &live]);
     expect_code(&out, 17, "defrag with a member down");
@@ -83,14 +108,28 @@ fn member_replacement(version: EtcdVersion) {
     // Removing the stopped member is what a replacement does.
     let out = run(&["cluster", "member", "remove", &m3, "--endpoints", &live]);
     expect_code(&out, 0, "remove the stopped member");
-    assert!(text(&out.stdout).contains("2 voting members left, 2 healthy, quorum 2"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("2 voting members left, 2 healthy, quorum 2"),
+        "{}",
+        text(&out.stdout)
+    );
     let after = etcdctl_members(&cluster, cluster.member(0).endpoint());
     assert_eq!(after.len(), 2, "{after:?}");
     assert!(after.iter().all(|m| m.1 != m3));
 
     // Add a replacement on "node 3" as a learner.
     let spec = cluster.new_member_spec("m4", 2);
-    let out = run(&["cluster", "member", "add", "m4", "--peer-urls", &spec.peer_url(), "--learner", "--endpoints", &live]);
+    let out = run(&[
+        "cluster",
+        "member",
+        "add",
+        "m4",
+        "--peer-urls",
+        &spec.peer_url(),
+        "--learner",
+        "--endpoints",
+        &live,
+    ]);
     expect_code(&out, 0, "member add --learner");
     let stdout = text(&out.stdout);
     let new_id = stdout.split_whitespace().nth(1).unwrap().to_string();
@@ -100,16 +139,24 @@ fn member_replacement(version: EtcdVersion) {
         .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in {stdout}"))
         .trim_matches('"')
         .to_string();
-    assert!(initial.contains(&format!("m4={}", spec.peer_url())) && initial.contains("m1="), "{initial}");
+    assert!(
+        initial.contains(&format!("m4={}", spec.peer_url())) && initial.contains("m1="),
+        "{initial}"
+    );
     assert!(stdout.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{stdout}");
     let listed = etcdctl_members(&cluster, cluster.member(0).endpoint());
-    assert!(listed.iter().any(|m| m.1 == new_id && m.2), "m4 must be listed as a learner: {listed:?}");
+    assert!(
+        listed.iter().any(|m| m.1 == new_id && m.2),
+        "m4 must be listed as a learner: {listed:?}"
+    );
 
     // Not started yet: promotion refused, nothing changed.
     let out = run(&["cluster", "member", "promote", &new_id, "--endpoints", &live]);
     expect_code(&out, 17, "promote an unstarted learner");
     assert!(text(&out.stderr).contains("does not answer"), "{}", text(&out.stderr));
-    assert!(etcdctl_members(&cluster, cluster.member(0).endpoint()).iter().any(|m| m.1 == new_id && m.2));
+    assert!(etcdctl_members(&cluster, cluster.member(0).endpoint())
+        .iter()
+        .any(|m| m.1 == new_id && m.2));
 
     // Start it; promote once caught up (each refusal in between must be a clean 17).
     let started = Instant::now();
@@ -122,7 +169,11 @@ fn member_replacement(version: EtcdVersion) {
             break;
         }
         expect_code(&out, 17, "promote while catching up");
-        assert!(started.elapsed() < Duration::from_secs(60), "learner never caught up: {}", text(&out.stderr));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "learner never caught up: {}",
+            text(&out.stderr)
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     eprintln!("etcd {}: learner promoted {:?} after start", version.label(), started.elapsed());

@@ -23,12 +23,18 @@ use serde_json::Value;
 
 fn ok(cmd: &mut std::process::Command) -> String {
     let out = run(cmd);
-    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn hashkv(server: &EtcdServer, rev: i64) -> u64 {
-    let out = run(server.etcdctl().args(["endpoint", "hashkv", "--rev", &rev.to_string(), "-w", "json"]));
+    let out =
+        run(server.etcdctl().args(["endpoint", "hashkv", "--rev", &rev.to_string(), "-w", "json"]));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v[0]["HashKV"]["hash"].as_u64().unwrap_or_else(|| panic!("no hash: {v}"))
 }
@@ -45,13 +51,27 @@ fn dump(server: &EtcdServer, rev: i64) -> Vec<(Value, Value, Value, Value, Value
         .cloned()
         .unwrap_or_default()
         .iter()
-        .map(|kv| (kv["key"].clone(), kv["value"].clone(), kv["mod_revision"].clone(), kv["create_revision"].clone(), kv["version"].clone()))
+        .map(|kv| {
+            (
+                kv["key"].clone(),
+                kv["value"].clone(),
+                kv["mod_revision"].clone(),
+                kv["create_revision"].clone(),
+                kv["version"].clone(),
+            )
+        })
         .collect()
 }
 
-
 fn txn(server: &EtcdServer, ops: &str) {
-    let mut child = server.etcdctl().args(["txn"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = server
+        .etcdctl()
+        .args(["txn"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(format!("\n{ops}\n\n").as_bytes()).unwrap();
     assert!(child.wait().unwrap().success());
 }
@@ -68,12 +88,21 @@ fn write_load(server: &EtcdServer, stop: &AtomicBool, seed: u64) -> u64 {
             0 => {
                 server.delete(key.as_bytes());
             }
-            1 => txn(server, &format!("put /registry/t/a{n} x\nput /registry/t/b{n} y\ndel {key}\n")),
+            1 => {
+                txn(server, &format!("put /registry/t/a{n} x\nput /registry/t/b{n} y\ndel {key}\n"))
+            }
             2 => {
-                server.put_with_lease(format!("/registry/events/ns0/e{n}").as_bytes(), b"event", lease);
+                server.put_with_lease(
+                    format!("/registry/events/ns0/e{n}").as_bytes(),
+                    b"event",
+                    lease,
+                );
             }
             _ => {
-                server.put(key.as_bytes(), format!("value {n} {}", "z".repeat(rng.gen_range(0..400))).as_bytes());
+                server.put(
+                    key.as_bytes(),
+                    format!("value {n} {}", "z".repeat(rng.gen_range(0..400))).as_bytes(),
+                );
             }
         }
         n += 1;
@@ -83,7 +112,17 @@ fn write_load(server: &EtcdServer, stop: &AtomicBool, seed: u64) -> u64 {
 
 fn follow(repo: &str, server: &EtcdServer, extra: &[&str]) -> std::process::Command {
     let mut cmd = etcdguard();
-    cmd.args(["backup", "follow", "--repo", repo, "--endpoints", server.endpoint(), "--segment-interval", "300ms"]).args(extra);
+    cmd.args([
+        "backup",
+        "follow",
+        "--repo",
+        repo,
+        "--endpoints",
+        server.endpoint(),
+        "--segment-interval",
+        "300ms",
+    ])
+    .args(extra);
     cmd
 }
 
@@ -96,22 +135,47 @@ fn log_json(repo: &str) -> Vec<Value> {
     serde_json::from_str::<Value>(&out).unwrap().as_array().cloned().unwrap()
 }
 
-fn restore_at_and_compare(version: EtcdVersion, repo: &str, server: &EtcdServer, at: &str, rev: i64, dir: &std::path::Path) {
+fn restore_at_and_compare(
+    version: EtcdVersion,
+    repo: &str,
+    server: &EtcdServer,
+    at: &str,
+    rev: i64,
+    dir: &std::path::Path,
+) {
     let data_dir = dir.join(format!("m-{}", at.replace([':', '.'], "_")));
     let port = free_port();
     let peer = format!("http://127.0.0.1:{port}");
     ok(etcdguard().args([
-        "backup", "restore", "--repo", repo, "--at", at, "--data-dir", data_dir.to_str().unwrap(), "--name", "m1",
-        "--initial-cluster", &format!("m1={peer}"), "--initial-advertise-peer-urls", &peer,
+        "backup",
+        "restore",
+        "--repo",
+        repo,
+        "--at",
+        at,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--name",
+        "m1",
+        "--initial-cluster",
+        &format!("m1={peer}"),
+        "--initial-advertise-peer-urls",
+        &peer,
     ]));
-    let restored = EtcdServer::builder(version).name("m1").data_dir(&data_dir).start_with_peer_port(port);
+    let restored =
+        EtcdServer::builder(version).name("m1").data_dir(&data_dir).start_with_peer_port(port);
     assert_eq!(restored.revision(), rev, "restore --at {at}");
-    assert_eq!(hashkv(&restored, rev), hashkv(server, rev), "hashkv at revision {rev} ({version:?})");
+    assert_eq!(
+        hashkv(&restored, rev),
+        hashkv(server, rev),
+        "hashkv at revision {rev} ({version:?})"
+    );
     assert_eq!(dump(&restored, 0), dump(server, rev), "get \"\" --prefix at revision {rev}");
 }
 
 fn capture_and_restore(version: EtcdVersion, kills: usize, samples: usize) {
-    let seed: u64 = std::env::var("CAPTURE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261130);
+    let seed: u64 =
+        std::env::var("CAPTURE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261130);
     eprintln!("CAPTURE_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let server = EtcdServer::start(version);
@@ -146,21 +210,35 @@ fn capture_and_restore(version: EtcdVersion, kills: usize, samples: usize) {
     ok(&mut follow(repo, &server, &["--until-revision", &last.to_string()]));
 
     // Stored changes == the cluster's own history after the full backup: no gap, no duplicate.
-    let backups: Value = serde_json::from_str(&ok(etcdguard().args(["backup", "list", "--repo", repo, "-w", "json"]))).unwrap();
+    let backups: Value = serde_json::from_str(&ok(
+        etcdguard().args(["backup", "list", "--repo", repo, "-w", "json"])
+    ))
+    .unwrap();
     let base_rev = backups[0]["revision"].as_i64().unwrap();
     assert_eq!(backups.as_array().unwrap().len(), 1, "one full backup: {backups}");
     let stored: Vec<(i64, bool, String)> = log_json(repo)
         .iter()
-        .map(|e| (e["revision"].as_i64().unwrap(), e["op"] == "put", e["key"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["revision"].as_i64().unwrap(),
+                e["op"] == "put",
+                e["key"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let live = live_history(&server, base_rev, server.revision());
-    assert_eq!(stored.len(), live.len(), "changes stored vs the cluster's history after revision {base_rev}");
+    assert_eq!(
+        stored.len(),
+        live.len(),
+        "changes stored vs the cluster's history after revision {base_rev}"
+    );
     assert!(stored == live, "stored changes differ from the cluster's history");
 
     // Point in time, by revision.
     let span = (last - base_rev) as usize;
     assert!(span >= samples, "too few revisions ({span}) for {samples} samples");
-    let revs: Vec<i64> = (0..samples).map(|k| base_rev + (k * span / (samples - 1).max(1)) as i64).collect();
+    let revs: Vec<i64> =
+        (0..samples).map(|k| base_rev + (k * span / (samples - 1).max(1)) as i64).collect();
     for rev in revs {
         restore_at_and_compare(version, repo, &server, &rev.to_string(), rev, dir.path());
     }
@@ -168,15 +246,43 @@ fn capture_and_restore(version: EtcdVersion, kills: usize, samples: usize) {
     let log = log_json(repo);
     let mid = &log[log.len() / 2];
     let t = mid["time"].as_str().unwrap().to_string();
-    let expect = log.iter().filter(|e| e["time"].as_str().unwrap() <= t.as_str()).map(|e| e["revision"].as_i64().unwrap()).max().unwrap();
+    let expect = log
+        .iter()
+        .filter(|e| e["time"].as_str().unwrap() <= t.as_str())
+        .map(|e| e["revision"].as_i64().unwrap())
+        .max()
+        .unwrap();
     restore_at_and_compare(version, repo, &server, &t, expect, dir.path());
 
     // Dry run: names the full backup and the result, writes nothing.
-    let plan = ok(etcdguard().args(["backup", "restore", "--repo", repo, "--at", &last.to_string(), "--dry-run", "--to-file", dir.path().join("never.db").to_str().unwrap()]));
-    assert!(plan.contains(&format!("result: revision {last}")) && plan.contains(backups[0]["id"].as_str().unwrap()), "{plan}");
+    let plan = ok(etcdguard().args([
+        "backup",
+        "restore",
+        "--repo",
+        repo,
+        "--at",
+        &last.to_string(),
+        "--dry-run",
+        "--to-file",
+        dir.path().join("never.db").to_str().unwrap(),
+    ]));
+    assert!(
+        plan.contains(&format!("result: revision {last}"))
+            && plan.contains(backups[0]["id"].as_str().unwrap()),
+        "{plan}"
+    );
     assert!(!dir.path().join("never.db").exists());
     // Beyond what was captured: a clear refusal.
-    let out = run(etcdguard().args(["backup", "restore", "--repo", repo, "--at", &(last + 1000).to_string(), "--to-file", dir.path().join("x.db").to_str().unwrap()]));
+    let out = run(etcdguard().args([
+        "backup",
+        "restore",
+        "--repo",
+        repo,
+        "--at",
+        &(last + 1000).to_string(),
+        "--to-file",
+        dir.path().join("x.db").to_str().unwrap(),
+    ]));
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("reaches revision {last}")));
 
@@ -186,7 +292,8 @@ fn capture_and_restore(version: EtcdVersion, kills: usize, samples: usize) {
     }
     server.compact(server.revision());
     let now = server.revision();
-    let out = ok(&mut follow(repo, &server, &["--until-revision", &now.to_string(), "--for", "60s"]));
+    let out =
+        ok(&mut follow(repo, &server, &["--until-revision", &now.to_string(), "--for", "60s"]));
     assert!(out.contains("1 full backups taken, 1 gaps"), "{out}");
     let gaps: Vec<_> = std::fs::read_dir(dir.path().join("repo/gaps")).unwrap().collect();
     assert_eq!(gaps.len(), 1);

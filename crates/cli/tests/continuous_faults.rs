@@ -31,7 +31,12 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 fn ok(cmd: &mut Command) -> String {
     let out = run(cmd);
-    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -47,7 +52,18 @@ impl Agent {
         let port = free_port();
         let log = work.join(format!("agent-{port}.log"));
         let child = s3_env(&mut etcdguard())
-            .args(["agent", "--continuous", "--repo", repo, "--endpoints", endpoints, "--segment-interval", "300ms", "--full-every", "1h"])
+            .args([
+                "agent",
+                "--continuous",
+                "--repo",
+                repo,
+                "--endpoints",
+                endpoints,
+                "--segment-interval",
+                "300ms",
+                "--full-every",
+                "1h",
+            ])
             .args(["--elect-ttl", "3s", "--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
             .stdout(Stdio::null())
@@ -74,7 +90,11 @@ impl Agent {
     fn wait_durable(&self, rev: i64, timeout: Duration) {
         let start = Instant::now();
         while self.metric("etcdguard_capture_durable_revision").is_none_or(|d| (d as i64) < rev) {
-            assert!(start.elapsed() < timeout, "capture did not store revision {rev} in {timeout:?}\n{}", self.log());
+            assert!(
+                start.elapsed() < timeout,
+                "capture did not store revision {rev} in {timeout:?}\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -135,7 +155,8 @@ fn write_load(servers: &[&EtcdServer], stop: &AtomicBool) -> u64 {
 }
 
 fn hashkv(server: &EtcdServer, rev: i64) -> u64 {
-    let out = run(server.etcdctl().args(["endpoint", "hashkv", "--rev", &rev.to_string(), "-w", "json"]));
+    let out =
+        run(server.etcdctl().args(["endpoint", "hashkv", "--rev", &rev.to_string(), "-w", "json"]));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v[0]["HashKV"]["hash"].as_u64().unwrap_or_else(|| panic!("no hash: {v}"))
 }
@@ -143,20 +164,33 @@ fn hashkv(server: &EtcdServer, rev: i64) -> u64 {
 /// No gap, no duplicate: the stored changes after the (single) full backup are the live
 /// history up to `last` (the agent's own election key changes after it, when it resigns).
 fn assert_history_matches(repo: &str, live: &EtcdServer, last: i64) -> i64 {
-    let backups: Value = serde_json::from_str(&ok(s3_env(&mut etcdguard()).args(["backup", "list", "--repo", repo, "-w", "json"]))).unwrap();
+    let backups: Value = serde_json::from_str(&ok(
+        s3_env(&mut etcdguard()).args(["backup", "list", "--repo", repo, "-w", "json"])
+    ))
+    .unwrap();
     assert_eq!(backups.as_array().unwrap().len(), 1, "one full backup: {backups}");
     let base_rev = backups[0]["revision"].as_i64().unwrap();
-    let log: Value = serde_json::from_str(&ok(s3_env(&mut etcdguard()).args(["backup", "log", "--repo", repo, "-w", "json"]))).unwrap();
+    let log: Value = serde_json::from_str(&ok(
+        s3_env(&mut etcdguard()).args(["backup", "log", "--repo", repo, "-w", "json"])
+    ))
+    .unwrap();
     let stored: Vec<(i64, bool, String)> = log
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["revision"].as_i64().unwrap(), e["op"] == "put", e["key"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["revision"].as_i64().unwrap(),
+                e["op"] == "put",
+                e["key"].as_str().unwrap().to_string(),
+            )
+        })
         .filter(|c| c.0 <= last)
         .collect();
     let history = live_history(live, base_rev, last);
     assert!(history.len() > 20, "too little history after revision {base_rev}: {}", history.len());
-    if let Some(i) = (0..stored.len().max(history.len())).find(|&i| stored.get(i) != history.get(i)) {
+    if let Some(i) = (0..stored.len().max(history.len())).find(|&i| stored.get(i) != history.get(i))
+    {
         panic!(
             "stored changes differ from the cluster's history after revision {base_rev} at change {i}: stored {:?}, live {:?} ({} stored, {} live)",
             &stored[i.saturating_sub(2)..(i + 3).min(stored.len())],
@@ -175,23 +209,48 @@ fn assert_restore_matches(repo: &str, live: &EtcdServer, rev: i64, dir: &Path) {
     let port = free_port();
     let peer = format!("http://127.0.0.1:{port}");
     ok(s3_env(&mut etcdguard()).args([
-        "backup", "restore", "--repo", repo, "--at", &rev.to_string(), "--data-dir", data_dir.to_str().unwrap(), "--name", "m1",
-        "--initial-cluster", &format!("m1={peer}"), "--initial-advertise-peer-urls", &peer,
+        "backup",
+        "restore",
+        "--repo",
+        repo,
+        "--at",
+        &rev.to_string(),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--name",
+        "m1",
+        "--initial-cluster",
+        &format!("m1={peer}"),
+        "--initial-advertise-peer-urls",
+        &peer,
     ]));
-    let restored = EtcdServer::builder(live.version()).name("m1").data_dir(&data_dir).start_with_peer_port(port);
+    let restored = EtcdServer::builder(live.version())
+        .name("m1")
+        .data_dir(&data_dir)
+        .start_with_peer_port(port);
     assert_eq!(restored.revision(), rev);
     assert_eq!(hashkv(&restored, rev), hashkv(live, rev), "hashkv at revision {rev}");
 }
 
 /// The index of the leader and every member's id (in member order), from `endpoint status`.
 fn leader_index(cluster: &EtcdCluster) -> (usize, Vec<u64>) {
-    let out = run(cluster.member(0).etcdctl().args(["--endpoints", &cluster.endpoints_arg(), "endpoint", "status", "-w", "json"]));
+    let out = run(cluster.member(0).etcdctl().args([
+        "--endpoints",
+        &cluster.endpoints_arg(),
+        "endpoint",
+        "status",
+        "-w",
+        "json",
+    ]));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = v.as_array().unwrap();
     let endpoints = cluster.endpoints();
     let mut ids = vec![0u64; endpoints.len()];
     for r in rows {
-        let i = endpoints.iter().position(|e| r["Endpoint"].as_str() == Some(e.as_str())).unwrap_or_else(|| panic!("unknown endpoint in {r}"));
+        let i = endpoints
+            .iter()
+            .position(|e| r["Endpoint"].as_str() == Some(e.as_str()))
+            .unwrap_or_else(|| panic!("unknown endpoint in {r}"));
         ids[i] = r["Status"]["header"]["member_id"].as_u64().unwrap();
     }
     let leader = rows[0]["Status"]["leader"].as_u64().unwrap();
@@ -218,7 +277,10 @@ fn leader_change_during_capture_loses_nothing() {
         for _ in 0..2 {
             let (leader, ids) = leader_index(&cluster);
             let target = (leader + 1) % 3;
-            let out = run(cluster.member(leader).etcdctl().args(["move-leader", &format!("{:x}", ids[target])]));
+            let out = run(cluster
+                .member(leader)
+                .etcdctl()
+                .args(["move-leader", &format!("{:x}", ids[target])]));
             assert!(out.status.success(), "move-leader: {}", String::from_utf8_lossy(&out.stderr));
             let start = Instant::now();
             while leader_index(&cluster).0 != target {
@@ -255,7 +317,11 @@ fn killed_watched_member_capture_moves_to_another_endpoint() {
     let agent = Agent::start(repo, &cluster.endpoints_arg(), dir.path(), &[]);
     let start = Instant::now();
     while agent.metric("etcdguard_capture_durable_revision").is_none_or(|d| d < 1.0) {
-        assert!(start.elapsed() < Duration::from_secs(30), "capture did not start\n{}", agent.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "capture did not start\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let stop = AtomicBool::new(false);
@@ -298,7 +364,11 @@ impl OutageProxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
-        let (down, open, quit) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+        let (down, open, quit) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(AtomicBool::new(false)),
+        );
         let (down2, open2, quit2) = (down.clone(), open.clone(), quit.clone());
         std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(300);
@@ -312,13 +382,17 @@ impl OutageProxy {
                     continue;
                 }
                 client.set_nonblocking(false).unwrap();
-                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
                 {
                     let mut open = open2.lock().unwrap();
                     open.push(client.try_clone().unwrap());
                     open.push(server.try_clone().unwrap());
                 }
-                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                for (mut from, mut to) in
+                    [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
                     std::thread::spawn(move || {
                         let _ = std::io::copy(&mut from, &mut to);
                         let _ = to.shutdown(std::net::Shutdown::Both);
@@ -355,7 +429,10 @@ fn s3_outage_segments_catch_up_and_rpo_shows_it() {
     let proxy = OutageProxy::start(moto.port);
     let dir = tempfile::tempdir().unwrap();
     // No retries inside the store and a short timeout: capture's own retry is what is tested.
-    let repo = format!("s3://etcd-continuous/c1?endpoint=http://127.0.0.1:{}&retries=0&timeout=3s", proxy.port);
+    let repo = format!(
+        "s3://etcd-continuous/c1?endpoint=http://127.0.0.1:{}&retries=0&timeout=3s",
+        proxy.port
+    );
     for i in 0..30 {
         server.put(format!("/registry/configmaps/ns0/before{i}").as_bytes(), b"before");
     }
@@ -387,17 +464,27 @@ fn s3_outage_segments_catch_up_and_rpo_shows_it() {
     });
     let samples = samples.into_inner().unwrap();
     let before: Vec<f64> = samples.iter().filter(|s| s.0 < 4.0).map(|s| s.1).collect();
-    let during: Vec<f64> = samples.iter().filter(|s| (4.0..14.0).contains(&s.0)).map(|s| s.1).collect();
+    let during: Vec<f64> =
+        samples.iter().filter(|s| (4.0..14.0).contains(&s.0)).map(|s| s.1).collect();
     let after: Vec<f64> = samples.iter().filter(|s| s.0 > 19.0).map(|s| s.1).collect();
     eprintln!("RPO before {before:?}\nduring {during:?}\nafter {after:?}");
     let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
     assert!(!before.is_empty() && max(&before) < 3.0, "RPO before the outage: {before:?}");
     assert!(max(&during) >= 8.0, "the RPO did not show the outage: {during:?}");
-    assert!(!after.is_empty() && max(&after) < 3.0, "the RPO did not fall after the outage: {after:?}");
+    assert!(
+        !after.is_empty() && max(&after) < 3.0,
+        "the RPO did not fall after the outage: {after:?}"
+    );
     // /healthz followed the bound (5 s): 503 during, 200 again after.
-    assert!(samples.iter().any(|s| (4.0..15.0).contains(&s.0) && s.2 == Some(503)), "healthz never failed during the outage");
+    assert!(
+        samples.iter().any(|s| (4.0..15.0).contains(&s.0) && s.2 == Some(503)),
+        "healthz never failed during the outage"
+    );
     assert_eq!(samples.last().unwrap().2, Some(200), "healthz after the outage");
-    assert!(agent.metric("etcdguard_capture_store_failures_total").is_some_and(|f| f >= 1.0), "no failed store was counted");
+    assert!(
+        agent.metric("etcdguard_capture_store_failures_total").is_some_and(|f| f >= 1.0),
+        "no failed store was counted"
+    );
 
     let last = server.revision();
     agent.wait_durable(last, Duration::from_secs(30));
@@ -419,8 +506,13 @@ fn standby_takes_over_capture_without_gap() {
     for i in 0..30 {
         server.put(format!("/registry/configmaps/ns0/before{i}").as_bytes(), b"before");
     }
-    let mut agents = vec![Agent::start(repo, server.endpoint(), dir.path(), &[]), Agent::start(repo, server.endpoint(), dir.path(), &[])];
-    let active = |agents: &[Agent]| agents.iter().position(|a| a.metric("etcdguard_agent_role{role=\"active\"}") == Some(1.0));
+    let mut agents = vec![
+        Agent::start(repo, server.endpoint(), dir.path(), &[]),
+        Agent::start(repo, server.endpoint(), dir.path(), &[]),
+    ];
+    let active = |agents: &[Agent]| {
+        agents.iter().position(|a| a.metric("etcdguard_agent_role{role=\"active\"}") == Some(1.0))
+    };
     let start = Instant::now();
     let first = loop {
         if let Some(i) = active(&agents) {
@@ -438,7 +530,7 @@ fn standby_takes_over_capture_without_gap() {
         let killed = agents.remove(first);
         let at = killed.metric("etcdguard_capture_durable_revision").unwrap_or(0.0) as i64;
         drop(killed); // SIGKILL
-        // The standby takes over within the TTL (3 s) and catches up.
+                      // The standby takes over within the TTL (3 s) and catches up.
         std::thread::sleep(Duration::from_secs(8));
         stop.store(true, Ordering::Relaxed);
         assert!(writer.join().unwrap() > 30);
@@ -448,7 +540,11 @@ fn standby_takes_over_capture_without_gap() {
     let last = server.revision();
     survivor.wait_durable(last, Duration::from_secs(30));
     assert!(last > killed_at + 20, "too few changes after the kill ({killed_at}..{last})");
-    assert!(survivor.log().contains("elected: this agent captures every change now"), "{}", survivor.log());
+    assert!(
+        survivor.log().contains("elected: this agent captures every change now"),
+        "{}",
+        survivor.log()
+    );
     assert_eq!(survivor.metric("etcdguard_capture_gaps_total"), Some(0.0));
     survivor.stop();
     assert_history_matches(repo, &server, last);

@@ -24,7 +24,11 @@ fn inspect(args: &[&str]) -> (i32, String, String) {
 /// the same namespace and name, so the kind and group tell them apart).
 fn key_of(base: &str) -> String {
     let (group_version, kind) = base.rsplit_once('.').unwrap();
-    format!("/registry/{}-{}/namespaceValue/nameValue", kind.to_lowercase(), group_version.replace('.', "-"))
+    format!(
+        "/registry/{}-{}/namespaceValue/nameValue",
+        kind.to_lowercase(),
+        group_version.replace('.', "-")
+    )
 }
 
 #[test]
@@ -32,18 +36,27 @@ fn get_prints_every_fixture_as_kubectl_would() {
     let server = EtcdServer::start(EtcdVersion::V3_5);
     let mut names: Vec<String> = std::fs::read_dir(fixtures_dir())
         .unwrap()
-        .filter_map(|e| e.unwrap().file_name().to_str().and_then(|n| n.strip_suffix(".pb")).map(str::to_string))
+        .filter_map(|e| {
+            e.unwrap().file_name().to_str().and_then(|n| n.strip_suffix(".pb")).map(str::to_string)
+        })
         .collect();
     names.sort();
     assert_eq!(names.len(), 130);
     let mut revisions = Vec::new();
     for n in &names {
-        revisions.push(server.put(key_of(n).as_bytes(), &std::fs::read(fixtures_dir().join(format!("{n}.pb"))).unwrap()));
+        revisions.push(server.put(
+            key_of(n).as_bytes(),
+            &std::fs::read(fixtures_dir().join(format!("{n}.pb"))).unwrap(),
+        ));
     }
     let cr = br#"{"apiVersion":"example.com/v1","kind":"Widget","metadata":{"name":"w1","namespace":"team-a","managedFields":[{"manager":"kubectl"}]},"spec":{"size":3}}"#;
     let cr_rev = server.put(b"/registry/example.com/widgets/team-a/w1", cr);
-    server.put(b"/registry/example.com/widgets/team-a/cbor", &[0xd9, 0xd9, 0xf7, 0xa1, 0x61, 0x61, 0x01]);
-    server.put(b"/registry/secrets/team-a/sealed", b"k8s:enc:aescbc:v1:key1:\x8f\x02\x11ciphertext");
+    server.put(
+        b"/registry/example.com/widgets/team-a/cbor",
+        &[0xd9, 0xd9, 0xf7, 0xa1, 0x61, 0x61, 0x01],
+    );
+    server
+        .put(b"/registry/secrets/team-a/sealed", b"k8s:enc:aescbc:v1:key1:\x8f\x02\x11ciphertext");
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("snap.db");
     server.snapshot_save(&snap);
@@ -51,7 +64,10 @@ fn get_prints_every_fixture_as_kubectl_would() {
 
     let (mut equal, mut newer) = (0, 0);
     for (n, rev) in names.iter().zip(&revisions) {
-        let mut want: Value = serde_json::from_slice(&std::fs::read(fixtures_dir().join(format!("{n}.json"))).unwrap()).unwrap();
+        let mut want: Value = serde_json::from_slice(
+            &std::fs::read(fixtures_dir().join(format!("{n}.json"))).unwrap(),
+        )
+        .unwrap();
         if let Some(meta) = want.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.remove("managedFields");
             if meta.contains_key("resourceVersion") {
@@ -61,14 +77,23 @@ fn get_prints_every_fixture_as_kubectl_would() {
         let (code, out, err) = inspect(&["get", f, &key_of(n), "-o", "json"]);
         if code != 0 {
             // A type newer than the schema: a clear message naming -o raw.
-            assert!(err.contains("no schema for") && err.contains("-o raw"), "{n}: exit {code}: {err}");
+            assert!(
+                err.contains("no schema for") && err.contains("-o raw"),
+                "{n}: exit {code}: {err}"
+            );
             newer += 1;
             continue;
         }
         let got: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{n}: {e}: {out}"));
-        assert!(out.trim_start().starts_with("{\n  \"apiVersion\": ") && out.contains("\n  \"kind\": "), "{n}: apiVersion/kind not first");
+        assert!(
+            out.trim_start().starts_with("{\n  \"apiVersion\": ") && out.contains("\n  \"kind\": "),
+            "{n}: apiVersion/kind not first"
+        );
         if err.contains("x-etcdguard-unknown-fields") {
-            assert!(got.to_string().contains("x-etcdguard-unknown-fields"), "{n}: stderr names unknown fields the output lacks");
+            assert!(
+                got.to_string().contains("x-etcdguard-unknown-fields"),
+                "{n}: stderr names unknown fields the output lacks"
+            );
             newer += 1;
             continue;
         }
@@ -91,17 +116,27 @@ fn get_prints_every_fixture_as_kubectl_would() {
 
     // YAML and wide: the same object; wide adds the etcd facts as comments only.
     let pod = key_of("core.v1.Pod");
-    let (code, json_out, _) = inspect(&["get", f, "/registry/configmap-core-v1/namespaceValue/nameValue"]);
+    let (code, json_out, _) =
+        inspect(&["get", f, "/registry/configmap-core-v1/namespaceValue/nameValue"]);
     assert_eq!(code, 0);
-    let (code, yaml_out, _) = inspect(&["get", f, "/registry/configmap-core-v1/namespaceValue/nameValue", "-o", "yaml"]);
+    let (code, yaml_out, _) =
+        inspect(&["get", f, "/registry/configmap-core-v1/namespaceValue/nameValue", "-o", "yaml"]);
     assert_eq!(code, 0);
     assert!(yaml_out.starts_with("apiVersion: v1\nkind: ConfigMap\n"), "{yaml_out}");
     let from_yaml: Value = serde_norway::from_str(&yaml_out).unwrap();
     assert_eq!(from_yaml, serde_json::from_str::<Value>(&json_out).unwrap());
-    assert!(!json_out.contains("modRevision") && !json_out.contains("encoding"), "etcd facts only on request");
+    assert!(
+        !json_out.contains("modRevision") && !json_out.contains("encoding"),
+        "etcd facts only on request"
+    );
     let (code, wide, _) = inspect(&["get", f, &pod, "-o", "wide"]);
     assert_eq!(code, 0);
-    assert!(wide.starts_with(&format!("# key: {pod}\n")) && wide.contains("# encoding: protobuf\n") && wide.contains("# modRevision: "), "{wide}");
+    assert!(
+        wide.starts_with(&format!("# key: {pod}\n"))
+            && wide.contains("# encoding: protobuf\n")
+            && wide.contains("# modRevision: "),
+        "{wide}"
+    );
     let (code, _, err) = inspect(&["get", f, &pod, "--with-etcd-info"]);
     assert_eq!(code, 0);
     assert!(err.contains(&format!("key: {pod}")) && err.contains("size: "), "{err}");
@@ -124,8 +159,14 @@ fn get_prints_every_fixture_as_kubectl_would() {
     assert!(err.contains("CBOR") && err.contains("-o raw"), "{err}");
     let (code, _, err) = inspect(&["get", f, "/registry/secrets/team-a/sealed"]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("aescbc") && err.contains("key1") && err.contains("--encryption-config"), "{err}");
+    assert!(
+        err.contains("aescbc") && err.contains("key1") && err.contains("--encryption-config"),
+        "{err}"
+    );
     let out = etcdguard().args(["inspect", "get", f, &pod, "-o", "raw"]).output().unwrap();
-    assert!(out.stdout == std::fs::read(fixtures_dir().join("core.v1.Pod.pb")).unwrap(), "raw bytes differ");
+    assert!(
+        out.stdout == std::fs::read(fixtures_dir().join("core.v1.Pod.pb")).unwrap(),
+        "raw bytes differ"
+    );
     assert_eq!(inspect(&["get", f, "/registry/pods/namespaceValue/missing"]).0, 3);
 }

@@ -13,9 +13,19 @@ fn status_of_a_running_servers_db_is_refused_as_locked() {
         server.put(b"/registry/pods/default/a", b"x");
         let db = server.data_dir().join("member/snap/db");
         let started = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_etcdguard")).args(["snapshot", "status"]).arg(&db).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_etcdguard"))
+            .args(["snapshot", "status"])
+            .arg(&db)
+            .output()
+            .unwrap();
         assert!(started.elapsed() < Duration::from_secs(10), "status blocked on the lock");
-        assert_eq!(out.status.code(), Some(11), "{}: {}", version.label(), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(11),
+            "{}: {}",
+            version.label(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("locked"), "{stderr}");
 

@@ -30,12 +30,18 @@ fn flow(release_name: &str, subnet: u8) {
     let c = OsCluster::start(&rel, subnet, 40);
     let (n0, n1, n2) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
     let ep0 = n0.client.clone();
-    assert!(c.etcdctl(&ep0, &["put", "/kubernetes.io/configmaps/openshift-etcd/before-the-loss", "x"]).status.success());
+    assert!(c
+        .etcdctl(&ep0, &["put", "/kubernetes.io/configmaps/openshift-etcd/before-the-loss", "x"])
+        .status
+        .success());
 
     // A snapshot holding a value encrypted with a key the API server's configuration (found
     // through its --openshift-config file) does not have: refused, naming that file.
     let bad_key = "/kubernetes.io/secrets/openshift-etcd/encrypted";
-    assert!(c.etcdctl(&ep0, &["put", bad_key, "k8s:enc:aescbc:v1:key1:0123456789abcdef0123456789abcdef"]).status.success());
+    assert!(c
+        .etcdctl(&ep0, &["put", bad_key, "k8s:enc:aescbc:v1:key1:0123456789abcdef0123456789abcdef"])
+        .status
+        .success());
     let bad_snap = c.tmp.path().join("with-foreign-key.db");
     assert!(c.etcdctl(&ep0, &["snapshot", "save", bad_snap.to_str().unwrap()]).status.success());
     assert!(c.etcdctl(&ep0, &["del", bad_key]).status.success());
@@ -45,18 +51,45 @@ fn flow(release_name: &str, subnet: u8) {
     assert_eq!(want.len(), 41);
 
     let restore = |n: &OsNode, s: &std::path::Path, extra: &[&str]| {
-        etcdguard().args(["node", "restore", s.to_str().unwrap(), "--kubernetes-dir", n.kdir(), "--wait-timeout", "120s"]).args(extra).output().unwrap()
+        etcdguard()
+            .args([
+                "node",
+                "restore",
+                s.to_str().unwrap(),
+                "--kubernetes-dir",
+                n.kdir(),
+                "--wait-timeout",
+                "120s",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
     };
     // The pod computes its initial cluster when it starts: a plain restore must be told.
     let out = restore(n0, &snap, &["--dry-run"]);
     expect_code(&out, 2, "restore without --new-cluster or --initial-cluster");
-    assert!(text(&out.stderr).contains("$(discover-etcd-initial-cluster …)") && text(&out.stderr).contains("--new-cluster"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("$(discover-etcd-initial-cluster …)")
+            && text(&out.stderr).contains("--new-cluster"),
+        "{}",
+        text(&out.stderr)
+    );
 
-    let park = |n: &OsNode, extra: &[&str]| etcdguard().args(["node", "park", "--manifests-dir", n.mdir(), "--timeout", "90s"]).args(extra).output().unwrap();
+    let park = |n: &OsNode, extra: &[&str]| {
+        etcdguard()
+            .args(["node", "park", "--manifests-dir", n.mdir(), "--timeout", "90s"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
     let out = park(n0, &["--dry-run"]);
     expect_code(&out, 0, "park --dry-run");
     let plan = text(&out.stdout);
-    assert!(plan.contains("etcd-pod.yaml and kube-apiserver-pod.yaml") && plan.contains(&format!("127.0.{subnet}.1:2379")), "{plan}");
+    assert!(
+        plan.contains("etcd-pod.yaml and kube-apiserver-pod.yaml")
+            && plan.contains(&format!("127.0.{subnet}.1:2379")),
+        "{plan}"
+    );
     assert!(plan.contains(&n0.data.join("member/snap/db").display().to_string()), "{plan}");
 
     // Quorum loss: the three nodes parked, then one restored as a new cluster.
@@ -66,50 +99,91 @@ fn flow(release_name: &str, subnet: u8) {
     let out = restore(n0, &bad_snap, &["--new-cluster", "--dry-run"]);
     expect_code(&out, 17, "a snapshot with a key the API server does not have");
     let why = text(&out.stderr);
-    assert!(why.contains("key1") && why.contains(&n0.encryption_config.display().to_string()) && why.contains("kube-apiserver-pod.yaml"), "{why}");
+    assert!(
+        why.contains("key1")
+            && why.contains(&n0.encryption_config.display().to_string())
+            && why.contains("kube-apiserver-pod.yaml"),
+        "{why}"
+    );
     let out = restore(n0, &snap, &["--new-cluster"]);
     expect_code(&out, 0, "restore --new-cluster");
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("restoring member \"master-0\"") && stdout.contains(&format!("master-0={}", n0.peer)), "{stdout}");
-    assert!(stdout.contains(&format!("master-1 peer URL {} (from the snapshot): no answer", n1.peer)), "{stdout}");
+    assert!(
+        stdout.contains("restoring member \"master-0\"")
+            && stdout.contains(&format!("master-0={}", n0.peer)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("master-1 peer URL {} (from the snapshot): no answer", n1.peer)),
+        "{stdout}"
+    );
 
     let join = |n: &OsNode, extra: &[&str]| {
-        etcdguard().args(["node", "join", "--manifests-dir", n.mdir(), "--wait-timeout", "120s"]).args(c.tls_args(&ep0)).args(extra).output().unwrap()
+        etcdguard()
+            .args(["node", "join", "--manifests-dir", n.mdir(), "--wait-timeout", "120s"])
+            .args(c.tls_args(&ep0))
+            .args(extra)
+            .output()
+            .unwrap()
     };
     let out = join(n1, &["--dry-run"]);
     expect_code(&out, 0, "join --dry-run");
-    assert!(text(&out.stdout).contains("add master-1") && text(&out.stdout).contains("computes its initial cluster"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("add master-1")
+            && text(&out.stdout).contains("computes its initial cluster"),
+        "{}",
+        text(&out.stdout)
+    );
     for n in [n1, n2] {
         let out = join(n, &[]);
         expect_code(&out, 0, &format!("join {}\n{}", n.spec.name, c.logs()));
         assert!(text(&out.stdout).contains("a learner, then promoted"), "{}", all_out(&out));
     }
     let names = |c: &OsCluster| c.members(&ep0).into_iter().map(|m| (m.0, m.2)).collect::<Vec<_>>();
-    let three = vec![("master-0".to_string(), false), ("master-1".to_string(), false), ("master-2".to_string(), false)];
+    let three = vec![
+        ("master-0".to_string(), false),
+        ("master-1".to_string(), false),
+        ("master-2".to_string(), false),
+    ];
     assert_eq!(names(&c), three);
     for n in &c.nodes {
         assert!(c.dump(&n.client) == want, "{} serves other data than the snapshot", n.spec.name);
     }
     // The manifest was left as the operator wrote it: the pod computed its initial cluster.
-    assert_eq!(std::fs::read_to_string(n1.manifest()).unwrap(), render(&rel, &specs(&c), &n1.spec, &n1.spec.ip, &n1.root));
+    assert_eq!(
+        std::fs::read_to_string(n1.manifest()).unwrap(),
+        render(&rel, &specs(&c), &n1.spec, &n1.spec.ip, &n1.root)
+    );
 
     // A join that would reuse master-2 under another name is refused, naming both.
     let out = join(n2, &["--dry-run", "--name", "master-2-new"]);
     expect_code(&out, 17, "join --name of another member with the same peer URL");
-    assert!(text(&out.stderr).contains("master-2 (") && text(&out.stderr).contains("master-2-new"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("master-2 (") && text(&out.stderr).contains("master-2-new"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // Member replacement: master-2 loses its data, is removed, joins again.
     expect_code(&park(n2, &[]), 0, "park master-2");
     std::fs::remove_dir_all(&n2.data).unwrap();
     let id = c.members(&ep0).into_iter().find(|m| m.0 == "master-2").unwrap().1;
-    let out = etcdguard().args(["cluster", "member", "remove", &id]).args(c.tls_args(&ep0)).output().unwrap();
+    let out = etcdguard()
+        .args(["cluster", "member", "remove", &id])
+        .args(c.tls_args(&ep0))
+        .output()
+        .unwrap();
     expect_code(&out, 0, "member remove master-2");
     let out = join(n2, &[]);
     expect_code(&out, 0, "join master-2 again");
     assert_eq!(names(&c), three);
     wait_until(Duration::from_secs(60), "master-2 healthy", || c.healthy(&n2.client));
     assert!(c.dump(&n2.client) == want, "the replaced member serves other data");
-    println!("OpenShift {release_name} (etcd {}): recovery and replacement in {:.1} s", rel.etcd, started.elapsed().as_secs_f64());
+    println!(
+        "OpenShift {release_name} (etcd {}): recovery and replacement in {:.1} s",
+        rel.etcd,
+        started.elapsed().as_secs_f64()
+    );
     drop(c);
 }
 
@@ -155,23 +229,55 @@ fn every_rendering_reads_as_the_pod_will_run() {
     let tmp = tempfile::tempdir().unwrap();
     let snap = tmp.path().join("s.db");
     {
-        let s = etcdguard_testkit::EtcdServer::builder(etcdguard_testkit::EtcdVersion::V3_5).start();
+        let s =
+            etcdguard_testkit::EtcdServer::builder(etcdguard_testkit::EtcdVersion::V3_5).start();
         s.put(b"/kubernetes.io/x", b"y");
         s.snapshot_save(&snap);
     }
     let all = releases();
     assert_eq!(all.len(), 8);
     for rel in &all {
-        let nodes: Vec<NodeSpec> = (0..3).map(|i| NodeSpec { name: format!("master-{i}.example.com"), ip: format!("10.0.7.{}", i + 1) }).collect();
+        let nodes: Vec<NodeSpec> = (0..3)
+            .map(|i| NodeSpec {
+                name: format!("master-{i}.example.com"),
+                ip: format!("10.0.7.{}", i + 1),
+            })
+            .collect();
         let root = tmp.path().join(&rel.release);
         let kubernetes = root.join("etc/kubernetes");
         std::fs::create_dir_all(kubernetes.join("manifests")).unwrap();
-        std::fs::write(kubernetes.join("manifests/etcd-pod.yaml"), render(rel, &nodes, &nodes[1], "0.0.0.0", &root)).unwrap();
-        let out = etcdguard().args(["node", "park", "--dry-run", "--manifests-dir", kubernetes.join("manifests").to_str().unwrap()]).output().unwrap();
-        expect_code(&out, 0, &format!("{} park --dry-run", rel.release));
-        assert!(text(&out.stdout).contains("127.0.0.1:2379"), "{}: {}", rel.release, text(&out.stdout));
+        std::fs::write(
+            kubernetes.join("manifests/etcd-pod.yaml"),
+            render(rel, &nodes, &nodes[1], "0.0.0.0", &root),
+        )
+        .unwrap();
         let out = etcdguard()
-            .args(["node", "restore", snap.to_str().unwrap(), "--new-cluster", "--dry-run", "--kubernetes-dir", kubernetes.to_str().unwrap()])
+            .args([
+                "node",
+                "park",
+                "--dry-run",
+                "--manifests-dir",
+                kubernetes.join("manifests").to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        expect_code(&out, 0, &format!("{} park --dry-run", rel.release));
+        assert!(
+            text(&out.stdout).contains("127.0.0.1:2379"),
+            "{}: {}",
+            rel.release,
+            text(&out.stdout)
+        );
+        let out = etcdguard()
+            .args([
+                "node",
+                "restore",
+                snap.to_str().unwrap(),
+                "--new-cluster",
+                "--dry-run",
+                "--kubernetes-dir",
+                kubernetes.to_str().unwrap(),
+            ])
             .output()
             .unwrap();
         expect_code(&out, 0, &format!("{} restore --new-cluster --dry-run", rel.release));
@@ -189,7 +295,9 @@ fn every_rendering_reads_as_the_pod_will_run() {
     // A fieldRef value (the peer URL from the node's IP) comes from --node-ip; a bad one is a
     // usage error.
     let rel = release("5.1");
-    let nodes: Vec<NodeSpec> = (0..3).map(|i| NodeSpec { name: format!("master-{i}"), ip: format!("10.0.8.{}", i + 1) }).collect();
+    let nodes: Vec<NodeSpec> = (0..3)
+        .map(|i| NodeSpec { name: format!("master-{i}"), ip: format!("10.0.8.{}", i + 1) })
+        .collect();
     let root = tmp.path().join("field-ref");
     let kubernetes = root.join("etc/kubernetes");
     std::fs::create_dir_all(kubernetes.join("manifests")).unwrap();
@@ -199,11 +307,26 @@ fn every_rendering_reads_as_the_pod_will_run() {
     assert!(manifest.contains("${HOST_IP}") && manifest.contains("status.hostIP"));
     std::fs::write(kubernetes.join("manifests/etcd-pod.yaml"), manifest).unwrap();
     let restore = |extra: &[&str]| {
-        etcdguard().args(["node", "restore", snap.to_str().unwrap(), "--new-cluster", "--dry-run", "--kubernetes-dir", kubernetes.to_str().unwrap()]).args(extra).output().unwrap()
+        etcdguard()
+            .args([
+                "node",
+                "restore",
+                snap.to_str().unwrap(),
+                "--new-cluster",
+                "--dry-run",
+                "--kubernetes-dir",
+                kubernetes.to_str().unwrap(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
     };
     let out = restore(&["--node-ip", "10.0.8.77"]);
     expect_code(&out, 0, "restore --dry-run --node-ip");
-    assert!(text(&out.stdout).contains("--initial-cluster master-0=https://10.0.8.77:2380 "), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("--initial-cluster master-0=https://10.0.8.77:2380 "),
+        "{}",
+        text(&out.stdout)
+    );
     expect_code(&restore(&["--node-ip", "not-an-ip"]), 2, "restore --node-ip not-an-ip");
 }
-

@@ -20,7 +20,14 @@ use restore_support::*;
 use serde_json::Value;
 
 fn hashkv(server: &EtcdServer, rev: i64) -> u64 {
-    let v = json_of(&run_ok(server.etcdctl().args(["endpoint", "hashkv", "--rev", &rev.to_string(), "-w", "json"])));
+    let v = json_of(&run_ok(server.etcdctl().args([
+        "endpoint",
+        "hashkv",
+        "--rev",
+        &rev.to_string(),
+        "-w",
+        "json",
+    ])));
     v[0]["HashKV"]["hash"].as_u64().unwrap_or_else(|| panic!("no hash in {v}"))
 }
 
@@ -52,7 +59,10 @@ fn txn(server: &EtcdServer, ops: &str) {
 
 /// Every change after `from` up to `to`, read with etcdguard's watch.
 fn changes(server: &EtcdServer, from: i64, to: i64) -> Vec<Event> {
-    let flags = ConnectFlags { endpoints: Some(vec![server.endpoint().to_string()]), ..ConnectFlags::default() };
+    let flags = ConnectFlags {
+        endpoints: Some(vec![server.endpoint().to_string()]),
+        ..ConnectFlags::default()
+    };
     let (cfg, _) = ConnectConfig::resolve_with(flags, |_| None).unwrap();
     let session = Session::new(cfg).unwrap();
     let mut out: Vec<Event> = Vec::new();
@@ -89,7 +99,10 @@ fn point_in_time_restores_equal_the_live_cluster(version: EtcdVersion, samples: 
     let server = EtcdServer::start(version);
     // History before the window, compacted half-way.
     for i in 0..60 {
-        server.put(format!("/registry/configmaps/ns{}/cm{}", i % 3, i % 20).as_bytes(), format!("v{i}").as_bytes());
+        server.put(
+            format!("/registry/configmaps/ns{}/cm{}", i % 3, i % 20).as_bytes(),
+            format!("v{i}").as_bytes(),
+        );
     }
     server.compact(server.revision() - 10);
     let dir = tempfile::tempdir().unwrap();
@@ -128,11 +141,16 @@ fn point_in_time_restores_equal_the_live_cluster(version: EtcdVersion, samples: 
     }
     let last = server.revision();
     let events = changes(&server, r0, last);
-    assert_eq!(events.last().map(|e| e.mod_revision), Some(last), "the watch must deliver every revision");
+    assert_eq!(
+        events.last().map(|e| e.mod_revision),
+        Some(last),
+        "the watch must deliver every revision"
+    );
 
     // Sampled revisions across the window, both ends included.
     let span = (last - r0) as usize;
-    let mut revs: Vec<i64> = (0..samples).map(|k| r0 + 1 + (k * (span - 1) / (samples - 1).max(1)) as i64).collect();
+    let mut revs: Vec<i64> =
+        (0..samples).map(|k| r0 + 1 + (k * (span - 1) / (samples - 1).max(1)) as i64).collect();
     revs.dedup();
     for rev in revs {
         let live_hash = hashkv(&server, rev);
@@ -160,16 +178,39 @@ fn point_in_time_restores_equal_the_live_cluster(version: EtcdVersion, samples: 
             "--initial-advertise-peer-urls",
             &peer,
         ]);
-        let restored = EtcdServer::builder(version).name("m1").data_dir(&data_dir).start_with_peer_port(port);
+        let restored =
+            EtcdServer::builder(version).name("m1").data_dir(&data_dir).start_with_peer_port(port);
         assert_eq!(restored.revision(), rev);
         assert_eq!(hashkv(&restored, rev), live_hash, "hashkv at revision {rev} ({version:?})");
         let got = dump(&restored, 0);
-        let strip = |v: &[Value]| v.iter().map(|kv| (kv["key"].clone(), kv["value"].clone(), kv["mod_revision"].clone(), kv["create_revision"].clone(), kv["version"].clone(), kv["lease"].clone())).collect::<Vec<_>>();
+        let strip = |v: &[Value]| {
+            v.iter()
+                .map(|kv| {
+                    (
+                        kv["key"].clone(),
+                        kv["value"].clone(),
+                        kv["mod_revision"].clone(),
+                        kv["create_revision"].clone(),
+                        kv["version"].clone(),
+                        kv["lease"].clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
         assert_eq!(strip(&got), strip(&live), "get \"\" --prefix at revision {rev}");
         // Leased keys keep a working lease.
         let lease_list = json_of(&run_ok(restored.etcdctl().args(["lease", "list", "-w", "json"])));
-        let ids: Vec<i64> = lease_list["leases"].as_array().cloned().unwrap_or_default().iter().filter_map(|l| l["id"].as_i64()).collect();
-        assert!(ids.contains(&lease), "lease {lease:x} missing after restore at {rev}: {lease_list}");
+        let ids: Vec<i64> = lease_list["leases"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|l| l["id"].as_i64())
+            .collect();
+        assert!(
+            ids.contains(&lease),
+            "lease {lease:x} missing after restore at {rev}: {lease_list}"
+        );
     }
 }
 

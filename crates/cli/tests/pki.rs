@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
 use etcdguard_node::pki::{self, Status};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SerialNumber};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SerialNumber,
+};
 
 const DAY: u64 = 86400;
 
@@ -21,7 +23,13 @@ fn text(b: &[u8]) -> String {
 }
 
 fn expect_code(out: &Output, code: i32, what: &str) {
-    assert_eq!(out.status.code(), Some(code), "{what}: expected exit {code}\nstdout: {}\nstderr: {}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{what}: expected exit {code}\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 }
 
 /// What the fixture wrote, to compare the scan with.
@@ -52,7 +60,8 @@ fn kubeadm_pki() -> Fixture {
     std::fs::create_dir_all(pki.join("etcd")).unwrap();
     let write = |rel: &str, content: &[u8]| std::fs::write(pki.join(rel), content).unwrap();
     // rcgen's time type, without naming it: the epoch plus now.
-    let now = rcgen::date_time_ymd(1970, 1, 1) + SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let now =
+        rcgen::date_time_ymd(1970, 1, 1) + SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     // Whole seconds (as X.509 stores them), an hour back: the checks run moments later, and
     // whole days left must not depend on whether they run in the same second.
     let now = now - Duration::from_nanos(now.nanosecond() as u64) - Duration::from_secs(3600);
@@ -67,19 +76,49 @@ fn kubeadm_pki() -> Fixture {
     };
     let kube_ca = ca("kubernetes", &[0x8f, 0x01, 0x02]);
     let etcd_ca = ca("etcd-ca", &[0x01]);
-    let leaf = |cn: &str, sans: Vec<String>, serial: &[u8], before: i64, after: i64, issuer: &CertifiedIssuer<'static, KeyPair>| {
+    let leaf = |cn: &str,
+                sans: Vec<String>,
+                serial: &[u8],
+                before: i64,
+                after: i64,
+                issuer: &CertifiedIssuer<'static, KeyPair>| {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(sans).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
         p.serial_number = Some(SerialNumber::from_slice(serial));
-        let shift = |days: i64| if days < 0 { now - Duration::from_secs(days.unsigned_abs() * DAY) } else { now + Duration::from_secs(days as u64 * DAY) };
+        let shift = |days: i64| {
+            if days < 0 {
+                now - Duration::from_secs(days.unsigned_abs() * DAY)
+            } else {
+                now + Duration::from_secs(days as u64 * DAY)
+            }
+        };
         p.not_before = shift(before);
         p.not_after = shift(after);
         let cert = p.signed_by(&key, issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     };
-    let (apiserver, apiserver_key) = leaf("kube-apiserver", vec!["kubernetes".into(), "kubernetes.default".into(), "10.96.0.1".into(), "fd00::1".into()], &[0x10, 0x20], -1, 365, &kube_ca);
-    let (server, server_key) = leaf("etcd-server", vec!["localhost".into(), "127.0.0.1".into()], &[0x30], -355, 10, &etcd_ca);
+    let (apiserver, apiserver_key) = leaf(
+        "kube-apiserver",
+        vec![
+            "kubernetes".into(),
+            "kubernetes.default".into(),
+            "10.96.0.1".into(),
+            "fd00::1".into(),
+        ],
+        &[0x10, 0x20],
+        -1,
+        365,
+        &kube_ca,
+    );
+    let (server, server_key) = leaf(
+        "etcd-server",
+        vec!["localhost".into(), "127.0.0.1".into()],
+        &[0x30],
+        -355,
+        10,
+        &etcd_ca,
+    );
     let (peer, peer_key) = leaf("etcd-peer", vec![], &[0x40], -400, -5, &etcd_ca);
     write("ca.crt", kube_ca.pem().as_bytes());
     write("ca.key", KeyPair::generate().unwrap().serialize_pem().as_bytes());
@@ -96,13 +135,62 @@ fn kubeadm_pki() -> Fixture {
     write("front-proxy-ca.crt", b"\x00\x01 this is not a certificate \xff\xfe");
     let t = |days: i64| now.unix_timestamp() + days * DAY as i64;
     let expected = vec![
-        Expected { path: "apiserver.crt", index: 0, cn: "kube-apiserver", not_after: t(365), is_ca: false, serial: "1020" },
-        Expected { path: "ca-bundle.pem", index: 0, cn: "kubernetes", not_after: t(3650), is_ca: true, serial: "8F0102" },
-        Expected { path: "ca-bundle.pem", index: 1, cn: "etcd-ca", not_after: t(3650), is_ca: true, serial: "01" },
-        Expected { path: "ca.crt", index: 0, cn: "kubernetes", not_after: t(3650), is_ca: true, serial: "8F0102" },
-        Expected { path: "etcd/ca.crt", index: 0, cn: "etcd-ca", not_after: t(3650), is_ca: true, serial: "01" },
-        Expected { path: "etcd/peer.crt", index: 0, cn: "etcd-peer", not_after: t(-5), is_ca: false, serial: "40" },
-        Expected { path: "etcd/server.crt", index: 0, cn: "etcd-server", not_after: t(10), is_ca: false, serial: "30" },
+        Expected {
+            path: "apiserver.crt",
+            index: 0,
+            cn: "kube-apiserver",
+            not_after: t(365),
+            is_ca: false,
+            serial: "1020",
+        },
+        Expected {
+            path: "ca-bundle.pem",
+            index: 0,
+            cn: "kubernetes",
+            not_after: t(3650),
+            is_ca: true,
+            serial: "8F0102",
+        },
+        Expected {
+            path: "ca-bundle.pem",
+            index: 1,
+            cn: "etcd-ca",
+            not_after: t(3650),
+            is_ca: true,
+            serial: "01",
+        },
+        Expected {
+            path: "ca.crt",
+            index: 0,
+            cn: "kubernetes",
+            not_after: t(3650),
+            is_ca: true,
+            serial: "8F0102",
+        },
+        Expected {
+            path: "etcd/ca.crt",
+            index: 0,
+            cn: "etcd-ca",
+            not_after: t(3650),
+            is_ca: true,
+            serial: "01",
+        },
+        Expected {
+            path: "etcd/peer.crt",
+            index: 0,
+            cn: "etcd-peer",
+            not_after: t(-5),
+            is_ca: false,
+            serial: "40",
+        },
+        Expected {
+            path: "etcd/server.crt",
+            index: 0,
+            cn: "etcd-server",
+            not_after: t(10),
+            is_ca: false,
+            serial: "30",
+        },
     ];
     Fixture { dir, expected }
 }
@@ -115,9 +203,20 @@ fn utc(secs: i64) -> DateTime<Utc> {
 fn scan_reads_every_certificate_and_reports_only_the_garbage() {
     let f = kubeadm_pki();
     let scan = pki::scan_dir(&f.pki()).unwrap();
-    let got: Vec<_> = scan.certificates.iter().map(|c| (c.path.as_str(), c.index, c.subject.as_str(), c.not_after, c.is_ca, c.serial.as_str())).collect();
-    let want: Vec<_> = f.expected.iter().map(|e| (e.path, e.index, format!("CN={}", e.cn), utc(e.not_after), e.is_ca, e.serial)).collect();
-    let want: Vec<_> = want.iter().map(|(p, i, s, t, ca, se)| (*p, *i, s.as_str(), *t, *ca, *se)).collect();
+    let got: Vec<_> = scan
+        .certificates
+        .iter()
+        .map(|c| {
+            (c.path.as_str(), c.index, c.subject.as_str(), c.not_after, c.is_ca, c.serial.as_str())
+        })
+        .collect();
+    let want: Vec<_> = f
+        .expected
+        .iter()
+        .map(|e| (e.path, e.index, format!("CN={}", e.cn), utc(e.not_after), e.is_ca, e.serial))
+        .collect();
+    let want: Vec<_> =
+        want.iter().map(|(p, i, s, t, ca, se)| (*p, *i, s.as_str(), *t, *ca, *se)).collect();
     assert_eq!(got, want);
     let apiserver = &scan.certificates[0];
     assert_eq!(apiserver.issuer, "CN=kubernetes");
@@ -130,8 +229,14 @@ fn scan_reads_every_certificate_and_reports_only_the_garbage() {
 
     let now = Utc::now();
     let findings = pki::expiry_findings(&scan.certificates, now, Duration::from_secs(30 * DAY));
-    let got: Vec<_> = findings.iter().map(|f| (f.path.as_str(), f.status, f.seconds_left.div_euclid(DAY as i64))).collect();
-    assert_eq!(got, vec![("etcd/peer.crt", Status::Expired, -6), ("etcd/server.crt", Status::Expiring, 9)]);
+    let got: Vec<_> = findings
+        .iter()
+        .map(|f| (f.path.as_str(), f.status, f.seconds_left.div_euclid(DAY as i64)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("etcd/peer.crt", Status::Expired, -6), ("etcd/server.crt", Status::Expiring, 9)]
+    );
     // A shorter window leaves only the expired one.
     let findings = pki::expiry_findings(&scan.certificates, now, Duration::from_secs(5 * DAY));
     assert_eq!(findings.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["etcd/peer.crt"]);
@@ -148,11 +253,18 @@ fn openssl_agrees_on_not_after_and_serial() {
     let scan = pki::scan_dir(&f.pki()).unwrap();
     let mut compared = 0;
     for c in scan.certificates.iter().filter(|c| c.index == 0) {
-        let out = Command::new("openssl").args(["x509", "-noout", "-enddate", "-serial", "-in"]).arg(f.pki().join(&c.path)).output().unwrap();
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-enddate", "-serial", "-in"])
+            .arg(f.pki().join(&c.path))
+            .output()
+            .unwrap();
         assert!(out.status.success(), "openssl on {}: {}", c.path, text(&out.stderr));
         let stdout = text(&out.stdout);
         let end = stdout.lines().find_map(|l| l.strip_prefix("notAfter=")).unwrap();
-        let end = chrono::NaiveDateTime::parse_and_remainder(end, "%b %e %H:%M:%S %Y").unwrap().0.and_utc();
+        let end = chrono::NaiveDateTime::parse_and_remainder(end, "%b %e %H:%M:%S %Y")
+            .unwrap()
+            .0
+            .and_utc();
         assert_eq!(end, c.not_after, "{}", c.path);
         let serial = stdout.lines().find_map(|l| l.strip_prefix("serial=")).unwrap();
         assert_eq!(serial, c.serial, "{}", c.path);
@@ -171,27 +283,62 @@ fn check_table_lists_every_certificate_and_exits_18() {
     assert!(help.contains("18 one or more expired"), "{help}");
     let stdout = text(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    assert!(lines[0].starts_with("PATH") && lines[0].contains("NOT AFTER (UTC)") && lines[0].contains("DAYS LEFT"), "{stdout}");
-    let row = |name: &str| lines.iter().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or_else(|| panic!("no row {name}:\n{stdout}"));
+    assert!(
+        lines[0].starts_with("PATH")
+            && lines[0].contains("NOT AFTER (UTC)")
+            && lines[0].contains("DAYS LEFT"),
+        "{stdout}"
+    );
+    let row = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no row {name}:\n{stdout}"))
+    };
     for e in &f.expected {
-        let name = if e.index == 0 { e.path.to_string() } else { format!("{}#{}", e.path, e.index) };
+        let name =
+            if e.index == 0 { e.path.to_string() } else { format!("{}#{}", e.path, e.index) };
         let r = row(&name);
         assert!(r.contains(&format!("CN={}", e.cn)), "{r}");
         assert!(r.contains(&utc(e.not_after).format("%Y-%m-%d %H:%M:%S").to_string()), "{r}");
     }
-    assert!(row("etcd/peer.crt").trim_end().ends_with("expired") && row("etcd/peer.crt").contains(" -6 "), "{}", row("etcd/peer.crt"));
-    assert!(row("etcd/server.crt").trim_end().ends_with("expiring") && row("etcd/server.crt").contains(" 9 "), "{}", row("etcd/server.crt"));
-    assert!(row("apiserver.crt").trim_end().ends_with("valid") && row("apiserver.crt").contains(" 364 "), "{}", row("apiserver.crt"));
+    assert!(
+        row("etcd/peer.crt").trim_end().ends_with("expired")
+            && row("etcd/peer.crt").contains(" -6 "),
+        "{}",
+        row("etcd/peer.crt")
+    );
+    assert!(
+        row("etcd/server.crt").trim_end().ends_with("expiring")
+            && row("etcd/server.crt").contains(" 9 "),
+        "{}",
+        row("etcd/server.crt")
+    );
+    assert!(
+        row("apiserver.crt").trim_end().ends_with("valid")
+            && row("apiserver.crt").contains(" 364 "),
+        "{}",
+        row("apiserver.crt")
+    );
     assert!(!stdout.contains(".key") && !stdout.contains("sa.pub"), "{stdout}");
     assert!(stdout.contains("problems:") && stdout.contains("front-proxy-ca.crt: "), "{stdout}");
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("2 of 7 certificates") && stderr.contains("1 expired") && stderr.contains("1 expiring"), "{stderr}");
+    assert!(
+        stderr.contains("2 of 7 certificates")
+            && stderr.contains("1 expired")
+            && stderr.contains("1 expiring"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn check_json_has_status_per_certificate() {
     let f = kubeadm_pki();
-    let out = etcdguard().args(["pki", "check", "-w", "json", "--warn", "5d", "--pki-dir"]).arg(f.pki()).output().unwrap();
+    let out = etcdguard()
+        .args(["pki", "check", "-w", "json", "--warn", "5d", "--pki-dir"])
+        .arg(f.pki())
+        .output()
+        .unwrap();
     expect_code(&out, 18, "one expired certificate");
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["warn_seconds"], 5 * DAY);
@@ -201,10 +348,17 @@ fn check_json_has_status_per_certificate() {
     assert_eq!(by_path("etcd/peer.crt")["status"], "expired");
     // 10 days left is outside a 5-day window.
     assert_eq!(by_path("etcd/server.crt")["status"], "valid");
-    assert_eq!(by_path("apiserver.crt")["ip_addresses"], serde_json::json!(["10.96.0.1", "fd00::1"]));
+    assert_eq!(
+        by_path("apiserver.crt")["ip_addresses"],
+        serde_json::json!(["10.96.0.1", "fd00::1"])
+    );
     assert_eq!(by_path("ca.crt")["is_ca"], true);
-    let not_after: DateTime<Utc> = serde_json::from_value(by_path("etcd/server.crt")["not_after"].clone()).unwrap();
-    assert_eq!(not_after, utc(f.expected.iter().find(|e| e.path == "etcd/server.crt").unwrap().not_after));
+    let not_after: DateTime<Utc> =
+        serde_json::from_value(by_path("etcd/server.crt")["not_after"].clone()).unwrap();
+    assert_eq!(
+        not_after,
+        utc(f.expected.iter().find(|e| e.path == "etcd/server.crt").unwrap().not_after)
+    );
     assert_eq!(doc["findings"].as_array().unwrap().len(), 1);
     assert_eq!(doc["problems"][0]["path"], "front-proxy-ca.crt");
 }
@@ -219,13 +373,26 @@ fn check_exit_codes() {
     }
     let out = etcdguard().args(["pki", "check", "--pki-dir"]).arg(&pki).output().unwrap();
     expect_code(&out, 0, "all valid");
-    let out = etcdguard().args(["pki", "check", "--warn", "400d", "--pki-dir"]).arg(&pki).output().unwrap();
+    let out = etcdguard()
+        .args(["pki", "check", "--warn", "400d", "--pki-dir"])
+        .arg(&pki)
+        .output()
+        .unwrap();
     expect_code(&out, 18, "apiserver.crt expires within 400 days");
     // A garbage .crt alone (no expiry finding): exit 1, named.
-    std::fs::write(pki.join("etcd/healthcheck-client.crt"), "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        pki.join("etcd/healthcheck-client.crt"),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     let out = etcdguard().args(["pki", "check", "--pki-dir"]).arg(&pki).output().unwrap();
     expect_code(&out, 1, "malformed certificate file");
-    assert!(text(&out.stdout).contains("etcd/healthcheck-client.crt: certificate at line 1: bad base64"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout)
+            .contains("etcd/healthcheck-client.crt: certificate at line 1: bad base64"),
+        "{}",
+        text(&out.stdout)
+    );
 
     let missing = f.dir.path().join("no-such-dir");
     let out = etcdguard().args(["pki", "check", "--pki-dir"]).arg(&missing).output().unwrap();
@@ -235,9 +402,14 @@ fn check_exit_codes() {
     std::fs::create_dir(&empty).unwrap();
     let out = etcdguard().args(["pki", "check", "--pki-dir"]).arg(&empty).output().unwrap();
     expect_code(&out, 3, "no certificates");
-    let out = etcdguard().args(["pki", "check", "--pki-dir"]).arg(pki.join("ca.crt")).output().unwrap();
+    let out =
+        etcdguard().args(["pki", "check", "--pki-dir"]).arg(pki.join("ca.crt")).output().unwrap();
     expect_code(&out, 2, "a file, not a directory");
-    let out = etcdguard().args(["pki", "check", "--warn", "soon", "--pki-dir"]).arg(&pki).output().unwrap();
+    let out = etcdguard()
+        .args(["pki", "check", "--warn", "soon", "--pki-dir"])
+        .arg(&pki)
+        .output()
+        .unwrap();
     expect_code(&out, 2, "bad --warn");
 }
 
@@ -255,6 +427,9 @@ fn links_are_followed_once() {
     // A link to a directory above: not followed (no loop).
     std::os::unix::fs::symlink("../..", root.join("loop")).unwrap();
     let scan = pki::scan_dir(&f.dir.path().join("static-pod-resources")).unwrap();
-    assert_eq!(scan.certificates.iter().map(|c| c.path.as_str()).collect::<Vec<_>>(), ["secrets/etcd-all-certs/tls.crt"]);
+    assert_eq!(
+        scan.certificates.iter().map(|c| c.path.as_str()).collect::<Vec<_>>(),
+        ["secrets/etcd-all-certs/tls.crt"]
+    );
     assert!(scan.problems.is_empty(), "{:?}", scan.problems);
 }

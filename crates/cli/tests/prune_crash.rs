@@ -46,7 +46,16 @@ fn prune_after_an_interrupted_prune_keeps_the_recreated_pack() {
     let (repo, copy) = (work.join("repo"), work.join("copy"));
     let (repo_s, copy_s) = (repo.to_str().unwrap(), copy.to_str().unwrap());
 
-    ok(&["backup", "create", "--repo", repo_s, "--from-file", snap, "--file", rand_bin.to_str().unwrap()]);
+    ok(&[
+        "backup",
+        "create",
+        "--repo",
+        repo_s,
+        "--from-file",
+        snap,
+        "--file",
+        rand_bin.to_str().unwrap(),
+    ]);
     let newest = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snap]));
     cp_a(&repo, &copy);
     ok(&["backup", "prune", "--repo", copy_s, "--keep-last", "1"]);
@@ -65,7 +74,10 @@ fn prune_after_an_interrupted_prune_keeps_the_recreated_pack() {
     ok(&["backup", "verify", "--repo", repo_s, "latest", "--scratch-dir", scratch_dir]);
     let restored = work.join("restored.db");
     ok(&["backup", "restore", &newest, "--repo", repo_s, "--to-file", restored.to_str().unwrap()]);
-    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&snaps.first).unwrap(), "restored snapshot differs");
+    assert!(
+        std::fs::read(&restored).unwrap() == std::fs::read(&snaps.first).unwrap(),
+        "restored snapshot differs"
+    );
     ok(&["backup", "verify", "--repo", repo_s, "latest", "--packs", "--scratch-dir", scratch_dir]);
     for rel in &repacked {
         assert!(repo.join(rel).is_file(), "prune deleted {rel}, which its new index names");
@@ -91,7 +103,10 @@ fn create_after_an_interrupted_encrypted_init_uses_the_right_key() {
     // (taken from another repository made with it), and nothing else. Key ids are random; this
     // one sorts before the next create's, as half of them would.
     let other = work.join("other");
-    ok_with(&mut with_pass(), &["backup", "create", "--repo", other.to_str().unwrap(), "--from-file", first]);
+    ok_with(
+        &mut with_pass(),
+        &["backup", "create", "--repo", other.to_str().unwrap(), "--from-file", first],
+    );
     let leftover = std::fs::read_dir(other.join("keys")).unwrap().next().unwrap().unwrap().path();
     let repo = work.join("repo");
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(repo.join("keys")).unwrap();
@@ -99,20 +114,39 @@ fn create_after_an_interrupted_encrypted_init_uses_the_right_key() {
     let repo_s = repo.to_str().unwrap();
     let scratch_dir = work.to_str().unwrap();
 
-    let id = created_id(&ok_with(&mut with_pass(), &["backup", "create", "--repo", repo_s, "--from-file", first]));
-    ok_with(&mut with_pass(), &["backup", "verify", &id, "--repo", repo_s, "--packs", "--scratch-dir", scratch_dir]);
+    let id = created_id(&ok_with(
+        &mut with_pass(),
+        &["backup", "create", "--repo", repo_s, "--from-file", first],
+    ));
+    ok_with(
+        &mut with_pass(),
+        &["backup", "verify", &id, "--repo", repo_s, "--packs", "--scratch-dir", scratch_dir],
+    );
     // A later create unlocks the repository rather than creating it; both backups restore.
-    let id2 = created_id(&ok_with(&mut with_pass(), &["backup", "create", "--repo", repo_s, "--from-file", second]));
+    let id2 = created_id(&ok_with(
+        &mut with_pass(),
+        &["backup", "create", "--repo", repo_s, "--from-file", second],
+    ));
     for (id, snap) in [(&id, &snaps.first), (&id2, &snaps.second)] {
         let dest = work.join(format!("{id}.db"));
-        ok_with(&mut with_pass(), &["backup", "restore", id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
-        assert!(std::fs::read(&dest).unwrap() == std::fs::read(snap).unwrap(), "backup {id} did not restore byte-identical");
+        ok_with(
+            &mut with_pass(),
+            &["backup", "restore", id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()],
+        );
+        assert!(
+            std::fs::read(&dest).unwrap() == std::fs::read(snap).unwrap(),
+            "backup {id} did not restore byte-identical"
+        );
     }
 
     // Keys beside data but no config: the config was lost, not an init interrupted. Making a
     // repository there would strand that data; the keys must stay.
     std::fs::remove_file(other.join("config")).unwrap();
-    let err = fails_with(&mut with_pass(), &["backup", "create", "--repo", other.to_str().unwrap(), "--from-file", first], 10);
+    let err = fails_with(
+        &mut with_pass(),
+        &["backup", "create", "--repo", other.to_str().unwrap(), "--from-file", first],
+        10,
+    );
     assert!(err.contains("no config"), "{err}");
     assert!(leftover.is_file(), "the key of a repository that lost its config was removed");
 }
@@ -167,7 +201,10 @@ impl Rng {
 
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?}: expected a non-negative integer")),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?}: expected a non-negative integer")),
         Err(_) => default,
     }
 }
@@ -181,8 +218,20 @@ struct TrialRepo {
 impl TrialRepo {
     fn new(dir: PathBuf, encrypted: bool, snapshot: &Path) -> TrialRepo {
         let r = TrialRepo { dir, encrypted };
-        let out = run(r.cmd().args(["backup", "create", "--repo", r.path(), "--from-file", snapshot.to_str().unwrap()]));
-        assert!(out.status.success(), "creating {}: {}", r.path(), String::from_utf8_lossy(&out.stderr));
+        let out = run(r.cmd().args([
+            "backup",
+            "create",
+            "--repo",
+            r.path(),
+            "--from-file",
+            snapshot.to_str().unwrap(),
+        ]));
+        assert!(
+            out.status.success(),
+            "creating {}: {}",
+            r.path(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         r
     }
 
@@ -232,10 +281,16 @@ fn pick_action(rng: &mut Rng, snaps: &Snapshots, files_dir: &Path) -> (Vec<Strin
 
 /// A `backup create` of one of the snapshots, sometimes with files of random bytes (written
 /// as `files_dir/NAME-<i>.bin`).
-fn pick_create(rng: &mut Rng, snaps: &Snapshots, files_dir: &Path, name: &str) -> (Vec<String>, String) {
+fn pick_create(
+    rng: &mut Rng,
+    snaps: &Snapshots,
+    files_dir: &Path,
+    name: &str,
+) -> (Vec<String>, String) {
     let snapshot = [&snaps.first, &snaps.second, &snaps.third][rng.below(3) as usize];
     let mut args = vec!["create".into(), "--from-file".into(), snapshot.display().to_string()];
-    let mut about = format!("create --from-file {}", snapshot.file_name().unwrap().to_string_lossy());
+    let mut about =
+        format!("create --from-file {}", snapshot.file_name().unwrap().to_string_lossy());
     if rng.percent(60) {
         // Files no later backup has: their blobs become garbage and their packs get repacked.
         for i in 0..=rng.below(2) {
@@ -281,16 +336,25 @@ fn crash_trials(name: &str, default_trials: u64) {
         let which = usize::from(rng.percent(35));
         // Now and then the create that makes a new repository is the one killed.
         let new_repo = rng.percent(10);
-        let (action, about) = if new_repo { pick_create(&mut rng, snaps, &files_dir, "killed") } else { pick_action(&mut rng, snaps, &files_dir) };
+        let (action, about) = if new_repo {
+            pick_create(&mut rng, snaps, &files_dir, "killed")
+        } else {
+            pick_action(&mut rng, snaps, &files_dir)
+        };
         let fraction = rng.fraction();
         // The next create after the kill, with random files as often as the killed ones: most
         // killed creates leave no backup, and without such data in kept backups prunes would
         // seldom repack.
         let (fresh_create, _) = pick_create(&mut rng, snaps, &files_dir, "next");
         let fresh_keep = (3 + rng.below(2)).to_string();
-        let mut fresh = TrialRepo { dir: work.join(format!("new-{trial}")), encrypted: repos[which].encrypted };
+        let mut fresh =
+            TrialRepo { dir: work.join(format!("new-{trial}")), encrypted: repos[which].encrypted };
         let repo = if new_repo { &mut fresh } else { &mut repos[which] };
-        let what = format!("trial {trial}: {} {}repository, `backup {about}`", repo.label(), if new_repo { "new " } else { "" });
+        let what = format!(
+            "trial {trial}: {} {}repository, `backup {about}`",
+            repo.label(),
+            if new_repo { "new " } else { "" }
+        );
         match run_trial(repo, &action, fraction, &fresh_create, &fresh_keep, &work) {
             Ok(outcome) => eprintln!("{what}: {outcome}: OK"),
             Err(e) => {
@@ -299,11 +363,18 @@ fn crash_trials(name: &str, default_trials: u64) {
                 // and go on with a new one so later trials still count.
                 let kept = work.join(format!("failed-trial-{trial}"));
                 let _ = std::fs::rename(&repo.dir, &kept);
-                let _ = std::fs::rename(work.join("before"), work.join(format!("failed-trial-{trial}-before")));
+                let _ = std::fs::rename(
+                    work.join("before"),
+                    work.join(format!("failed-trial-{trial}-before")),
+                );
                 failures.push(format!("{what}: {e}\n  (repository kept in {}, its state before the trial in {}-before)", kept.display(), kept.display()));
                 if !new_repo {
                     let encrypted = repo.encrypted;
-                    *repo = TrialRepo::new(work.join(format!("{}-{trial}", repo.label())), encrypted, &snaps.first);
+                    *repo = TrialRepo::new(
+                        work.join(format!("{}-{trial}", repo.label())),
+                        encrypted,
+                        &snaps.first,
+                    );
                 }
             }
         }
@@ -319,13 +390,24 @@ fn crash_trials(name: &str, default_trials: u64) {
         LOCKS_CLEARED.load(Ordering::SeqCst),
         started.elapsed()
     );
-    assert!(failures.is_empty(), "seed {seed}: {failed} of {trials} trials failed:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "seed {seed}: {failed} of {trials} trials failed:\n{}",
+        failures.join("\n")
+    );
     let _ = std::fs::remove_dir_all(&work);
 }
 
 /// One trial: time the command on a copy of the repository, run it on the repository and kill
 /// it with SIGKILL at `fraction` of that time, then check that the repository still works.
-fn run_trial(repo: &TrialRepo, action: &[String], fraction: f64, fresh_create: &[String], fresh_keep: &str, work: &Path) -> Result<String, String> {
+fn run_trial(
+    repo: &TrialRepo,
+    action: &[String],
+    fraction: f64,
+    fresh_create: &[String],
+    fresh_keep: &str,
+    work: &Path,
+) -> Result<String, String> {
     let before = work.join("before");
     let measure = work.join("measure");
     for d in [&before, &measure] {
@@ -340,12 +422,19 @@ fn run_trial(repo: &TrialRepo, action: &[String], fraction: f64, fresh_create: &
     let out = run(repo.cmd().args(backup_args(measure.to_str().unwrap(), action)));
     let full = started.elapsed();
     if !out.status.success() {
-        return Err(format!("the uninterrupted run on a copy failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "the uninterrupted run on a copy failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let _ = std::fs::remove_dir_all(&measure);
     // What an uninterrupted prune did ("… N repacked …"): whether this kill could land in a repack.
     let summary = match action[0].as_str() {
-        "prune" => format!(" (uninterrupted: {})", String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default()),
+        "prune" => format!(
+            " (uninterrupted: {})",
+            String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default()
+        ),
         _ => String::new(),
     };
 
@@ -364,12 +453,21 @@ fn run_trial(repo: &TrialRepo, action: &[String], fraction: f64, fresh_create: &
         libc::kill(pid as libc::pid_t, libc::SIGKILL);
     }
     let out = child.wait_with_output().map_err(|e| format!("waiting for etcdguard: {e}"))?;
-    let when = format!("killed at {} ms of {} ms ({:.1}%){summary}", delay.as_millis(), full.as_millis(), fraction * 100.0);
+    let when = format!(
+        "killed at {} ms of {} ms ({:.1}%){summary}",
+        delay.as_millis(),
+        full.as_millis(),
+        fraction * 100.0
+    );
     let outcome = match (out.status.signal(), out.status.code()) {
         (Some(libc::SIGKILL), _) => format!("{when}, pid {pid}"),
         (_, Some(0)) => format!("{when}: it had finished"),
         _ => {
-            return Err(format!("{when}: it failed on its own first ({}): {}", out.status, String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "{when}: it failed on its own first ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
     };
     let leftovers = temp_files(&repo.dir);
@@ -378,7 +476,8 @@ fn run_trial(repo: &TrialRepo, action: &[String], fraction: f64, fresh_create: &
     // killed after, a repository that may hold no backup yet.
     let new_repo = !before.exists();
     let listed = if repo.dir.join("config").exists() {
-        check_every_backup(repo, work, pid, new_repo).map_err(|e| format!("{outcome}: after the kill: {e}"))?
+        check_every_backup(repo, work, pid, new_repo)
+            .map_err(|e| format!("{outcome}: after the kill: {e}"))?
     } else {
         0
     };
@@ -393,14 +492,21 @@ fn run_trial(repo: &TrialRepo, action: &[String], fraction: f64, fresh_create: &
     };
     run_checked(repo, &prune_again.iter().map(String::as_str).collect::<Vec<_>>(), pid)
         .map_err(|e| format!("{outcome}: the next prune: {e}"))?;
-    let after = check_every_backup(repo, work, pid, false).map_err(|e| format!("{outcome}: after the next create and prune: {e}"))?;
+    let after = check_every_backup(repo, work, pid, false)
+        .map_err(|e| format!("{outcome}: after the next create and prune: {e}"))?;
     Ok(format!("{outcome}; {listed} backup(s) verified, then {after}; {leftovers} temporary file(s) left by the kill"))
 }
 
 /// `backup list`, then `backup verify --packs` of every listed backup. Returns how many.
-fn check_every_backup(repo: &TrialRepo, work: &Path, killed: u32, may_be_empty: bool) -> Result<usize, String> {
+fn check_every_backup(
+    repo: &TrialRepo,
+    work: &Path,
+    killed: u32,
+    may_be_empty: bool,
+) -> Result<usize, String> {
     let out = run_checked(repo, &["backup", "list", "--repo", repo.path(), "-w", "json"], killed)?;
-    let list: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("backup list -w json: {e}: {out}"))?;
+    let list: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| format!("backup list -w json: {e}: {out}"))?;
     let ids: Vec<String> = list
         .as_array()
         .ok_or_else(|| format!("backup list -w json is not an array: {out}"))?
@@ -411,7 +517,20 @@ fn check_every_backup(repo: &TrialRepo, work: &Path, killed: u32, may_be_empty: 
         return Err("no backup listed (every prune keeps at least the newest)".into());
     }
     for id in &ids {
-        run_checked(repo, &["backup", "verify", id, "--repo", repo.path(), "--packs", "--scratch-dir", work.to_str().unwrap()], killed)?;
+        run_checked(
+            repo,
+            &[
+                "backup",
+                "verify",
+                id,
+                "--repo",
+                repo.path(),
+                "--packs",
+                "--scratch-dir",
+                work.to_str().unwrap(),
+            ],
+            killed,
+        )?;
     }
     Ok(ids.len())
 }
@@ -460,7 +579,13 @@ fn remove_locks_of(repo: &Path, pid: u32) -> usize {
 
 fn cp_a(from: &Path, to: &Path) {
     let out = run(Command::new("cp").arg("-a").arg(from).arg(to));
-    assert!(out.status.success(), "cp -a {} {}: {}", from.display(), to.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cp -a {} {}: {}",
+        from.display(),
+        to.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `packs/xx/<id>` of every pack file of a local repository.

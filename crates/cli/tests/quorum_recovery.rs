@@ -60,7 +60,11 @@ fn start_nodes_full(root: &Path, image: &str, env_form: bool) -> Vec<SimNode> {
     let specs: Vec<(String, String, String)> = (0..3)
         .map(|i| {
             let host = node_host(i);
-            (format!("m{}", i + 1), format!("http://{host}:{}", free_port_on(&host)), format!("http://{host}:{}", free_port_on(&host)))
+            (
+                format!("m{}", i + 1),
+                format!("http://{host}:{}", free_port_on(&host)),
+                format!("http://{host}:{}", free_port_on(&host)),
+            )
         })
         .collect();
     let initial: Vec<String> = specs.iter().map(|(n, _, p)| format!("{n}={p}")).collect();
@@ -72,7 +76,11 @@ fn start_nodes_full(root: &Path, image: &str, env_form: bool) -> Vec<SimNode> {
         std::fs::create_dir_all(&manifests).unwrap();
         std::fs::create_dir_all(kubernetes.join("pki/etcd")).unwrap();
         let data = root.join("var/lib/etcd");
-        let state = if i == 0 || env_form { String::new() } else { "    - --initial-cluster-state=new\n".into() };
+        let state = if i == 0 || env_form {
+            String::new()
+        } else {
+            "    - --initial-cluster-state=new\n".into()
+        };
         let (cluster_flag, env) = match env_form {
             false => (format!("    - --initial-cluster={}\n", initial.join(",")), String::new()),
             true => (String::new(), format!("    env:\n    - name: ETCD_INITIAL_CLUSTER\n      value: \"{}\"\n    - name: ETCD_INITIAL_CLUSTER_STATE\n      value: new\n", initial.join(","))),
@@ -98,7 +106,13 @@ fn start_nodes_full(root: &Path, image: &str, env_form: bool) -> Vec<SimNode> {
 }
 
 fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
-    EtcdVersion::V3_5.binaries().etcdctl().args(["--endpoints", endpoints, "--command-timeout", "3s", "--dial-timeout", "1s"]).args(args).output().unwrap()
+    EtcdVersion::V3_5
+        .binaries()
+        .etcdctl()
+        .args(["--endpoints", endpoints, "--command-timeout", "3s", "--dial-timeout", "1s"])
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn json(endpoints: &str, args: &[&str]) -> serde_json::Value {
@@ -128,7 +142,8 @@ fn load(endpoint: &str, keys: usize, value_bytes: usize) {
     while i < keys {
         let mut script = String::from("\n");
         for k in i..(i + 100).min(keys) {
-            let fill: String = std::iter::repeat_n(char::from(b'a' + (k % 26) as u8), value_bytes).collect();
+            let fill: String =
+                std::iter::repeat_n(char::from(b'a' + (k % 26) as u8), value_bytes).collect();
             script.push_str(&format!("put /registry/configmaps/ns{}/cm{k} {fill}\n", k % 7));
         }
         script.push_str("\n\n");
@@ -149,7 +164,19 @@ fn load(endpoint: &str, keys: usize, value_bytes: usize) {
 /// Every key and value under `/` as one member serves them (serializable: its own copy).
 fn dump(endpoint: &str) -> Vec<(String, String)> {
     let v = json(endpoint, &["get", "/", "--prefix", "--consistency=s"]);
-    v["kvs"].as_array().map(|a| a.iter().map(|kv| (kv["key"].as_str().unwrap().to_string(), kv["value"].as_str().unwrap_or("").to_string())).collect()).unwrap_or_default()
+    v["kvs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|kv| {
+                    (
+                        kv["key"].as_str().unwrap().to_string(),
+                        kv["value"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn cluster_id(endpoint: &str) -> u64 {
@@ -168,7 +195,12 @@ fn members(endpoint: &str) -> Vec<(String, String, bool, Vec<String>)> {
                 m["name"].as_str().unwrap_or("").to_string(),
                 format!("{:x}", m["ID"].as_u64().unwrap()),
                 m["isLearner"].as_bool().unwrap_or(false),
-                m["peerURLs"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()).collect(),
+                m["peerURLs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|u| u.as_str().unwrap().to_string())
+                    .collect(),
             )
         })
         .collect()
@@ -180,36 +212,67 @@ fn assert_recovered(nodes: &[SimNode], want: &[(String, String)]) -> u64 {
     let all: Vec<&str> = nodes.iter().map(|n| n.client.as_str()).collect();
     let mut ms = members(all[0]);
     ms.sort();
-    assert_eq!(ms.iter().map(|m| (m.0.as_str(), m.2)).collect::<Vec<_>>(), vec![("m1", false), ("m2", false), ("m3", false)], "{ms:?}");
+    assert_eq!(
+        ms.iter().map(|m| (m.0.as_str(), m.2)).collect::<Vec<_>>(),
+        vec![("m1", false), ("m2", false), ("m3", false)],
+        "{ms:?}"
+    );
     for n in nodes {
         assert!(healthy(&n.client), "{} is not healthy", n.name);
     }
     let ids: Vec<u64> = all.iter().map(|e| cluster_id(e)).collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "cluster ids differ: {ids:x?}");
     let hk = json(&all.join(","), &["endpoint", "hashkv"]);
-    let hashes: Vec<u64> = hk.as_array().unwrap().iter().map(|h| h["HashKV"]["hash"].as_u64().unwrap()).collect();
+    let hashes: Vec<u64> =
+        hk.as_array().unwrap().iter().map(|h| h["HashKV"]["hash"].as_u64().unwrap()).collect();
     assert_eq!(hashes.len(), 3);
     assert!(hashes.iter().all(|h| *h == hashes[0]), "hashkv differs: {hashes:?}");
     for n in nodes {
         let got = dump(&n.client);
-        assert_eq!(got.len(), want.len(), "{} serves {} keys, the snapshot has {}", n.name, got.len(), want.len());
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{} serves {} keys, the snapshot has {}",
+            n.name,
+            got.len(),
+            want.len()
+        );
         assert!(got == want, "{} serves other keys or values than the snapshot holds", n.name);
     }
     ids[0]
 }
 
 fn park(n: &SimNode) -> Output {
-    etcdguard().args(["node", "park", "--manifests-dir", n.mdir(), "--timeout", "60s"]).output().unwrap()
+    etcdguard()
+        .args(["node", "park", "--manifests-dir", n.mdir(), "--timeout", "60s"])
+        .output()
+        .unwrap()
 }
 
 fn join(n: &SimNode, endpoint: &str, extra: &[&str]) -> std::process::Command {
     let mut c = etcdguard();
-    c.args(["node", "join", "--endpoints", endpoint, "--manifests-dir", n.mdir(), "--wait-timeout", "90s"]).args(extra);
+    c.args([
+        "node",
+        "join",
+        "--endpoints",
+        endpoint,
+        "--manifests-dir",
+        n.mdir(),
+        "--wait-timeout",
+        "90s",
+    ])
+    .args(extra);
     c
 }
 
 fn entries(dir: &Path, prefix: &str) -> Vec<PathBuf> {
-    std::fs::read_dir(dir).map(|rd| rd.map(|e| e.unwrap().path()).filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix)).collect()).unwrap_or_default()
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().path())
+                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn megabytes() -> usize {
@@ -233,7 +296,10 @@ fn quorum_loss_restore_one_then_join_two_on(image: &str) {
     let nodes = start_nodes_with_image(tmp.path(), image);
     let served = json(&nodes[0].client, &["endpoint", "status"]);
     let tag = image.rsplit(':').next().unwrap();
-    assert!(tag.starts_with(served[0]["Status"]["version"].as_str().unwrap()), "{image} runs {served}");
+    assert!(
+        tag.starts_with(served[0]["Status"]["version"].as_str().unwrap()),
+        "{image} runs {served}"
+    );
     let (m1, m2, m3) = (&nodes[0], &nodes[1], &nodes[2]);
     let value_bytes = 4096;
     load(&m1.client, megabytes() * 1024 * 1024 / value_bytes, value_bytes);
@@ -245,18 +311,49 @@ fn quorum_loss_restore_one_then_join_two_on(image: &str) {
     let snap_arg = snap.to_str().unwrap();
 
     // Refused while the old members answer: the probes name them; nothing changes.
-    let restore = |extra: &[&str]| etcdguard().args(["node", "restore", snap_arg, "--new-cluster", "--kubernetes-dir", m1.kdir(), "--wait-timeout", "90s"]).args(extra).output().unwrap();
+    let restore = |extra: &[&str]| {
+        etcdguard()
+            .args([
+                "node",
+                "restore",
+                snap_arg,
+                "--new-cluster",
+                "--kubernetes-dir",
+                m1.kdir(),
+                "--wait-timeout",
+                "90s",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
     let out = restore(&["--dry-run"]);
     expect_code(&out, 17, "restore --new-cluster --dry-run while m2 and m3 run");
     let stdout = text(&out.stdout);
-    assert!(stdout.contains(&format!("m2 peer URL {} (from the manifest): ANSWERS", m2.peer)), "{stdout}");
-    assert!(stdout.contains(&format!("m3 peer URL {} (from the manifest): ANSWERS", m3.peer)), "{stdout}");
+    assert!(
+        stdout.contains(&format!("m2 peer URL {} (from the manifest): ANSWERS", m2.peer)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("m3 peer URL {} (from the manifest): ANSWERS", m3.peer)),
+        "{stdout}"
+    );
     let out = restore(&[]);
     expect_code(&out, 17, "restore --new-cluster while m2 and m3 run");
     assert!(text(&out.stderr).contains("node park"), "{}", text(&out.stderr));
-    assert!(m1.manifests.join("etcd.yaml").exists() && entries(&m1.root.join("var/lib"), "etcd.etcdguard-").is_empty());
-    assert_eq!(m1.kubelet.as_ref().unwrap().starts(), 1, "m1's etcd was stopped by a refused restore");
-    assert!(healthy(&m1.client) && etcdctl(&m1.client, &["get", "/registry/after-the-snapshot"]).status.success());
+    assert!(
+        m1.manifests.join("etcd.yaml").exists()
+            && entries(&m1.root.join("var/lib"), "etcd.etcdguard-").is_empty()
+    );
+    assert_eq!(
+        m1.kubelet.as_ref().unwrap().starts(),
+        1,
+        "m1's etcd was stopped by a refused restore"
+    );
+    assert!(
+        healthy(&m1.client)
+            && etcdctl(&m1.client, &["get", "/registry/after-the-snapshot"]).status.success()
+    );
 
     // The disaster: m2's and m3's etcd gone with their data; m1 alone has no quorum.
     for n in [m2, m3] {
@@ -269,7 +366,10 @@ fn quorum_loss_restore_one_then_join_two_on(image: &str) {
     let out = join(m2, "http://127.0.0.11:1", &[]).output().unwrap();
     expect_code(&out, 12, "node join against an unreachable endpoint");
     assert!(text(&out.stderr).contains("nothing was changed"), "{}", text(&out.stderr));
-    assert!(!m2.manifests.join("etcd.yaml").exists() && !m2.data.exists(), "a failed join touched m2");
+    assert!(
+        !m2.manifests.join("etcd.yaml").exists() && !m2.data.exists(),
+        "a failed join touched m2"
+    );
     assert!(entries(&m2.kubernetes, "etcdguard-manifest-copies").is_empty());
 
     // The recovery, timed from the first command to three healthy members.
@@ -279,20 +379,37 @@ fn quorum_loss_restore_one_then_join_two_on(image: &str) {
     }
     let out = restore(&["--dry-run"]);
     expect_code(&out, 0, "restore --new-cluster --dry-run with every old member down");
-    assert!(text(&out.stdout).contains(&format!("m2 peer URL {} (from the manifest): no answer", m2.peer)), "{}", text(&out.stdout));
-    assert!(text(&out.stdout).contains(&format!("as member \"m1\" of --initial-cluster m1={} ", m1.peer)), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout)
+            .contains(&format!("m2 peer URL {} (from the manifest): no answer", m2.peer)),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stdout)
+            .contains(&format!("as member \"m1\" of --initial-cluster m1={} ", m1.peer)),
+        "{}",
+        text(&out.stdout)
+    );
     let out = restore(&[]);
     expect_code(&out, 0, "restore --new-cluster on m1");
     assert!(healthy(&m1.client), "the one-member cluster serves");
     let out = join(m2, &m1.client, &["--dry-run"]).output().unwrap();
     expect_code(&out, 0, "join --dry-run");
-    assert!(text(&out.stdout).contains("add m2") && text(&out.stdout).contains("as a learner"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("add m2") && text(&out.stdout).contains("as a learner"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_eq!(members(&m1.client).len(), 1, "the dry run added a member");
     for n in [m2, m3] {
         let out = join(n, &m1.client, &[]).output().unwrap();
         expect_code(&out, 0, &format!("join {}", n.name));
         let stdout = text(&out.stdout);
-        assert!(stdout.contains("a learner, then promoted") && stdout.contains("healthy members"), "{stdout}");
+        assert!(
+            stdout.contains("a learner, then promoted") && stdout.contains("healthy members"),
+            "{stdout}"
+        );
     }
     let took = started.elapsed();
     let id = assert_recovered(&nodes, &want);
@@ -310,9 +427,17 @@ fn quorum_loss_restore_one_then_join_two_on(image: &str) {
     let copies = m2.kubernetes.join("etcdguard-manifest-copies");
     assert_eq!(entries(&copies, "etcd.yaml.").len(), 1);
     let rewritten = std::fs::read_to_string(m2.manifests.join("etcd.yaml")).unwrap();
-    assert!(rewritten.contains("--initial-cluster-state=existing") && rewritten.contains(&format!("m1={}", m1.peer)), "{rewritten}");
+    assert!(
+        rewritten.contains("--initial-cluster-state=existing")
+            && rewritten.contains(&format!("m1={}", m1.peer)),
+        "{rewritten}"
+    );
     for n in &nodes {
-        assert!(entries(&n.kubernetes, "manifests.etcdguard-").is_empty(), "{} is still parked", n.name);
+        assert!(
+            entries(&n.kubernetes, "manifests.etcdguard-").is_empty(),
+            "{} is still parked",
+            n.name
+        );
     }
     // Joining again changes nothing.
     let out = join(m3, &m1.client, &[]).output().unwrap();
@@ -335,12 +460,16 @@ fn member_replacement_survives_a_crash_between_add_and_promote() {
     std::fs::remove_dir_all(&m3.data).unwrap();
     let old = members(&m1.client).into_iter().find(|m| m.0 == "m3").unwrap();
     let both = format!("{},{}", m1.client, m2.client);
-    let out = etcdguard().args(["cluster", "member", "remove", &old.1, "--endpoints", &both]).output().unwrap();
+    let out = etcdguard()
+        .args(["cluster", "member", "remove", &old.1, "--endpoints", &both])
+        .output()
+        .unwrap();
     expect_code(&out, 0, "member remove m3");
     assert_eq!(members(&m1.client).len(), 2);
 
     // The join dies right after the learner was added.
-    let out = join(m3, &m1.client, &[]).env("ETCDGUARD_FAILPOINT", "join-after-add").output().unwrap();
+    let out =
+        join(m3, &m1.client, &[]).env("ETCDGUARD_FAILPOINT", "join-after-add").output().unwrap();
     expect_code(&out, 86, "join with the join-after-add failpoint");
     let ms = members(&m1.client);
     let learner = ms.iter().find(|m| m.3.contains(&m3.peer)).expect("the learner was added");
@@ -350,7 +479,11 @@ fn member_replacement_survives_a_crash_between_add_and_promote() {
     // Run again: the learner is reused, started, promoted.
     let out = join(m3, &m1.client, &[]).output().unwrap();
     expect_code(&out, 0, "join again after the crash");
-    assert!(text(&out.stderr).contains(&format!("is member {} already; reusing it", learner.1)), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!("is member {} already; reusing it", learner.1)),
+        "{}",
+        text(&out.stderr)
+    );
     assert_recovered(&nodes, &want);
     assert_eq!(members(&m1.client).len(), 3);
     drop(nodes);
@@ -398,14 +531,31 @@ fn quorum_loss_by_hand_for_comparison() {
     }
     for n in &nodes {
         let addr = n.client.trim_start_matches("http://").to_string();
-        wait_until(Duration::from_secs(60), "etcd down", || std::net::TcpStream::connect(&addr).is_err());
+        wait_until(Duration::from_secs(60), "etcd down", || {
+            std::net::TcpStream::connect(&addr).is_err()
+        });
     }
     let restored = m1.root.join("var/lib/etcd-restored");
     let out = EtcdVersion::V3_5
         .binaries()
         .snapshot_tool()
-        .args(["snapshot", "restore", snap.to_str().unwrap(), "--data-dir", restored.to_str().unwrap(), "--name", "m1"])
-        .args(["--initial-cluster", &format!("m1={}", m1.peer), "--initial-advertise-peer-urls", &m1.peer, "--initial-cluster-token", "by-hand"])
+        .args([
+            "snapshot",
+            "restore",
+            snap.to_str().unwrap(),
+            "--data-dir",
+            restored.to_str().unwrap(),
+            "--name",
+            "m1",
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("m1={}", m1.peer),
+            "--initial-advertise-peer-urls",
+            &m1.peer,
+            "--initial-cluster-token",
+            "by-hand",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "etcdutl snapshot restore: {}", text(&out.stderr));
@@ -419,11 +569,18 @@ fn quorum_loss_by_hand_for_comparison() {
     unpark(m1);
     wait_until(Duration::from_secs(60), "m1 healthy", || healthy(&m1.client));
     for n in [m2, m3] {
-        let out = etcdctl(&m1.client, &["member", "add", &n.name, "--peer-urls", &n.peer, "--learner"]);
+        let out =
+            etcdctl(&m1.client, &["member", "add", &n.name, "--peer-urls", &n.peer, "--learner"]);
         assert!(out.status.success(), "member add: {}", text(&out.stderr));
         let printed = text(&out.stdout);
-        let id = printed.split("Member ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-        let initial = printed.lines().find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=")).unwrap().trim_matches('"').to_string();
+        let id =
+            printed.split("Member ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        let initial = printed
+            .lines()
+            .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
         let manifest = parked(n).join("etcd.yaml");
         let text_now = std::fs::read_to_string(&manifest).unwrap();
         let edited: Vec<String> = text_now
@@ -440,7 +597,9 @@ fn quorum_loss_by_hand_for_comparison() {
             .collect();
         std::fs::write(&manifest, edited.join("\n") + "\n").unwrap();
         unpark(n);
-        wait_until(Duration::from_secs(240), "promote", || etcdctl(&m1.client, &["member", "promote", &id]).status.success());
+        wait_until(Duration::from_secs(240), "promote", || {
+            etcdctl(&m1.client, &["member", "promote", &id]).status.success()
+        });
         wait_until(Duration::from_secs(60), "member healthy", || healthy(&n.client));
     }
     let took = started.elapsed();
@@ -467,18 +626,47 @@ fn join_rewrites_initial_cluster_env_values() {
     for n in &nodes {
         expect_code(&park(n), 0, "park all");
     }
-    let out = etcdguard().args(["node", "restore", snap.to_str().unwrap(), "--new-cluster", "--kubernetes-dir", m1.kdir(), "--wait-timeout", "90s"]).output().unwrap();
+    let out = etcdguard()
+        .args([
+            "node",
+            "restore",
+            snap.to_str().unwrap(),
+            "--new-cluster",
+            "--kubernetes-dir",
+            m1.kdir(),
+            "--wait-timeout",
+            "90s",
+        ])
+        .output()
+        .unwrap();
     expect_code(&out, 0, "restore --new-cluster");
-    assert!(text(&out.stdout).contains(&format!("m2 peer URL {} (from the manifest): no answer", m2.peer)), "the env's initial cluster is probed\n{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout)
+            .contains(&format!("m2 peer URL {} (from the manifest): no answer", m2.peer)),
+        "the env's initial cluster is probed\n{}",
+        text(&out.stdout)
+    );
     let out = join(m2, &m1.client, &[]).output().unwrap();
     expect_code(&out, 0, "join m2");
     let rewritten = std::fs::read_to_string(m2.manifests.join("etcd.yaml")).unwrap();
     // The members in etcd's order (by member id, random): either way round.
-    let (ab, ba) = (format!("value: \"m1={},m2={}\"", m1.peer, m2.peer), format!("value: \"m2={},m1={}\"", m2.peer, m1.peer));
-    assert!((rewritten.contains(&ab) || rewritten.contains(&ba)) && rewritten.contains("value: \"existing\""), "{rewritten}");
-    assert!(!rewritten.contains("--initial-cluster-state"), "no flag added beside the env value\n{rewritten}");
+    let (ab, ba) = (
+        format!("value: \"m1={},m2={}\"", m1.peer, m2.peer),
+        format!("value: \"m2={},m1={}\"", m2.peer, m1.peer),
+    );
+    assert!(
+        (rewritten.contains(&ab) || rewritten.contains(&ba))
+            && rewritten.contains("value: \"existing\""),
+        "{rewritten}"
+    );
+    assert!(
+        !rewritten.contains("--initial-cluster-state"),
+        "no flag added beside the env value\n{rewritten}"
+    );
     assert_eq!(members(&m1.client).len(), 2);
     // A learner just joined may still be catching up on a loaded machine.
-    wait_until(Duration::from_secs(60), "m2 serves the snapshot's data", || dump(&m2.client) == want);
+    wait_until(Duration::from_secs(60), "m2 serves the snapshot's data", || {
+        dump(&m2.client) == want
+    });
     drop(nodes);
 }

@@ -28,7 +28,11 @@ fn flip_middle(path: &Path) {
 
 fn stderr_of(args: &[&str]) -> (i32, String, String) {
     let out = run(etcdguard().args(args));
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The reproduction: create; flip a byte in a pack; create again; `verify latest`. The
@@ -42,14 +46,22 @@ fn a_damaged_chunk_does_not_spread_into_the_next_backup() {
     let r = repo.to_str().unwrap();
     let first = snaps.first.to_str().unwrap();
     let id1 = created_id(&ok(&["backup", "create", "--repo", r, "--from-file", first]));
-    let pack = packs(&repo).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let pack =
+        packs(&repo).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
     flip_middle(&pack);
 
-    let (code, stdout, stderr) = stderr_of(&["backup", "create", "--repo", r, "--from-file", first]);
+    let (code, stdout, stderr) =
+        stderr_of(&["backup", "create", "--repo", r, "--from-file", first]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     let pack_name = pack.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(stderr.contains(&pack_name) && stderr.contains("damaged"), "the create says what it found: {stderr}");
-    assert!(repo.join("damaged").join(format!("{pack_name}.json")).exists(), "the damage is recorded");
+    assert!(
+        stderr.contains(&pack_name) && stderr.contains("damaged"),
+        "the create says what it found: {stderr}"
+    );
+    assert!(
+        repo.join("damaged").join(format!("{pack_name}.json")).exists(),
+        "the damage is recorded"
+    );
     let id2 = created_id(&stdout);
     ok(&["backup", "verify", "--repo", r, "latest"]);
     ok(&["backup", "verify", "--repo", r, &id1]);
@@ -62,7 +74,10 @@ fn a_damaged_chunk_does_not_spread_into_the_next_backup() {
     ok(&["backup", "verify", "--repo", r, "latest"]);
     // A repair removes the damaged pack (its sound blobs are salvaged) and its record.
     let report = ok(&["backup", "repair", "--repo", r]);
-    assert!(report.contains("1 damaged") && report.contains("every backup is restorable"), "{report}");
+    assert!(
+        report.contains("1 damaged") && report.contains("every backup is restorable"),
+        "{report}"
+    );
     assert!(!pack.exists() && !repo.join("damaged").join(format!("{pack_name}.json")).exists());
     ok(&["backup", "verify", "--repo", r, &id1]);
     let _ = std::fs::remove_dir_all(&dir);
@@ -77,9 +92,23 @@ fn repair_names_what_stays_unrestorable_and_refills_from_the_snapshot() {
     let dir = scratch("heal-repair");
     let repo = dir.join("repo");
     let r = repo.to_str().unwrap();
-    let id1 = created_id(&ok(&["backup", "create", "--repo", r, "--from-file", snaps.first.to_str().unwrap()]));
+    let id1 = created_id(&ok(&[
+        "backup",
+        "create",
+        "--repo",
+        r,
+        "--from-file",
+        snaps.first.to_str().unwrap(),
+    ]));
     let old_packs = packs(&repo);
-    let id3 = created_id(&ok(&["backup", "create", "--repo", r, "--from-file", snaps.third.to_str().unwrap()]));
+    let id3 = created_id(&ok(&[
+        "backup",
+        "create",
+        "--repo",
+        r,
+        "--from-file",
+        snaps.third.to_str().unwrap(),
+    ]));
     for p in &old_packs {
         flip_middle(p);
     }
@@ -101,13 +130,21 @@ fn repair_names_what_stays_unrestorable_and_refills_from_the_snapshot() {
     let (code, report, _) = stderr_of(&["backup", "repair", "--repo", r, "-w", "json"]);
     assert_eq!(code, 10, "{report}");
     let v: serde_json::Value = serde_json::from_str(&report).unwrap();
-    let named: Vec<&str> = v["unrestorable"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap()).collect();
+    let named: Vec<&str> =
+        v["unrestorable"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap()).collect();
     assert!(named.contains(&id1.as_str()), "{v}");
     fails(&["backup", "verify", "--repo", r, &id1], 10);
 
     // With the snapshots they were made of, every backup comes back byte for byte.
     let report = ok(&[
-        "backup", "repair", "--repo", r, "--from-file", snaps.third.to_str().unwrap(), "--from-file", snaps.first.to_str().unwrap(),
+        "backup",
+        "repair",
+        "--repo",
+        r,
+        "--from-file",
+        snaps.third.to_str().unwrap(),
+        "--from-file",
+        snaps.first.to_str().unwrap(),
     ]);
     assert!(report.contains("every backup is restorable"), "{report}");
     for (id, snap) in [(&id1, &snaps.first), (&id3, &snaps.third)] {
@@ -129,7 +166,10 @@ fn repair_refills_from_a_fresh_snapshot_of_the_live_cluster() {
     use etcdguard_testkit::{EtcdServer, EtcdVersion};
     let server = EtcdServer::start(EtcdVersion::V3_5);
     for i in 0..300 {
-        server.put(format!("/registry/configmaps/default/cm-{i:03}").as_bytes(), format!("{i} {}", "v".repeat(400)).as_bytes());
+        server.put(
+            format!("/registry/configmaps/default/cm-{i:03}").as_bytes(),
+            format!("{i} {}", "v".repeat(400)).as_bytes(),
+        );
     }
     let dir = scratch("heal-live");
     let repo = dir.join("repo");
@@ -141,8 +181,12 @@ fn repair_refills_from_a_fresh_snapshot_of_the_live_cluster() {
         flip_middle(&p);
     }
     fails(&["backup", "verify", "--repo", r, &id], 10);
-    let report = ok(&["backup", "repair", "--repo", r, "--from-live", "--endpoints", server.endpoint()]);
-    assert!(report.contains("stored again from") && report.contains("every backup is restorable"), "{report}");
+    let report =
+        ok(&["backup", "repair", "--repo", r, "--from-live", "--endpoints", server.endpoint()]);
+    assert!(
+        report.contains("stored again from") && report.contains("every backup is restorable"),
+        "{report}"
+    );
     let after = dir.join("after.db");
     ok(&["backup", "restore", "--repo", r, &id, "--to-file", after.to_str().unwrap()]);
     assert_eq!(std::fs::read(&after).unwrap(), std::fs::read(&before).unwrap());

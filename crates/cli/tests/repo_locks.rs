@@ -23,7 +23,12 @@ fn plant_lock(repo: &Path, name: &str, exclusive: bool) -> std::path::PathBuf {
 
 /// Back-dates a file's last-modified time, as if the storage had stamped it `ago`.
 fn written_ago(path: &Path, ago: Duration) {
-    std::fs::File::options().write(true).open(path).unwrap().set_modified(SystemTime::now() - ago).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(SystemTime::now() - ago)
+        .unwrap();
 }
 
 #[test]
@@ -75,7 +80,10 @@ fn unlock_removes_stale_and_unreadable_locks_and_temporaries_and_all_only_when_a
     let out = ok(&["backup", "unlock", "--repo", repo_s]);
     assert!(out.contains("removed stale lock locks/stale.json"), "{out}");
     assert!(out.contains("removed stale lock locks/garbage.json"), "{out}");
-    assert!(out.contains("2 lock(s) removed, 1 live lock(s) kept, 1 temporary file(s) removed"), "{out}");
+    assert!(
+        out.contains("2 lock(s) removed, 1 live lock(s) kept, 1 temporary file(s) removed"),
+        "{out}"
+    );
     assert!(!stale.exists() && !garbage.exists() && !tmp.exists());
     assert!(live.exists());
 

@@ -35,9 +35,18 @@ fn unencrypted_manifest_edits_cannot_write_outside_the_target_or_expose_keys() {
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
     let id = created_id(&ok(&[
-        "backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap(),
-        "--pki-dir", pki.to_str().unwrap(), "--manifests-dir", manifests.to_str().unwrap(),
-        "--encryption-config", enc.to_str().unwrap(),
+        "backup",
+        "create",
+        "--repo",
+        repo_s,
+        "--from-file",
+        snaps.first.to_str().unwrap(),
+        "--pki-dir",
+        pki.to_str().unwrap(),
+        "--manifests-dir",
+        manifests.to_str().unwrap(),
+        "--encryption-config",
+        enc.to_str().unwrap(),
     ]));
     let original = read_manifest(&repo, &id);
     let outside = work.join("outside");
@@ -46,7 +55,8 @@ fn unencrypted_manifest_edits_cannot_write_outside_the_target_or_expose_keys() {
     // 1. A symlink entry pointing outside, then a file "inside" it.
     let mut evil = original.clone();
     let files = evil["files"].as_array_mut().unwrap();
-    let crt = files.iter().find(|f| f["path"] == "pki/ca.crt").expect("pki/ca.crt in the backup").clone();
+    let crt =
+        files.iter().find(|f| f["path"] == "pki/ca.crt").expect("pki/ca.crt in the backup").clone();
     let mut link = crt.clone();
     link["path"] = "pki/evil".into();
     link["kind"] = "symlink".into();
@@ -59,7 +69,17 @@ fn unencrypted_manifest_edits_cannot_write_outside_the_target_or_expose_keys() {
     write_manifest(&repo, &id, &evil);
     let target = work.join("target-1");
     let err = fails(
-        &["backup", "restore", &id, "--repo", repo_s, "--to-file", work.join("s1.db").to_str().unwrap(), "--files-to", target.to_str().unwrap()],
+        &[
+            "backup",
+            "restore",
+            &id,
+            "--repo",
+            repo_s,
+            "--to-file",
+            work.join("s1.db").to_str().unwrap(),
+            "--files-to",
+            target.to_str().unwrap(),
+        ],
         10,
     );
     assert!(err.contains("symlink"), "{err}");
@@ -81,7 +101,17 @@ fn unencrypted_manifest_edits_cannot_write_outside_the_target_or_expose_keys() {
     write_manifest(&repo, &id, &evil2);
     let target = work.join("target-2");
     fails(
-        &["backup", "restore", &id, "--repo", repo_s, "--to-file", work.join("s2.db").to_str().unwrap(), "--files-to", target.to_str().unwrap()],
+        &[
+            "backup",
+            "restore",
+            &id,
+            "--repo",
+            repo_s,
+            "--to-file",
+            work.join("s2.db").to_str().unwrap(),
+            "--files-to",
+            target.to_str().unwrap(),
+        ],
         10,
     );
     assert!(is_empty_dir(&outside), "restore wrote outside its target");
@@ -96,12 +126,31 @@ fn unencrypted_manifest_edits_cannot_write_outside_the_target_or_expose_keys() {
     }
     write_manifest(&repo, &id, &loose);
     let target = work.join("target-3");
-    ok(&["backup", "restore", &id, "--repo", repo_s, "--to-file", work.join("s3.db").to_str().unwrap(), "--files-to", target.to_str().unwrap()]);
-    let mode = |p: &str| std::fs::symlink_metadata(target.join(p)).unwrap().permissions().mode() & 0o777;
-    assert_eq!(std::fs::read(target.join("pki/ca.key")).unwrap(), std::fs::read(pki.join("ca.key")).unwrap());
+    ok(&[
+        "backup",
+        "restore",
+        &id,
+        "--repo",
+        repo_s,
+        "--to-file",
+        work.join("s3.db").to_str().unwrap(),
+        "--files-to",
+        target.to_str().unwrap(),
+    ]);
+    let mode =
+        |p: &str| std::fs::symlink_metadata(target.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        std::fs::read(target.join("pki/ca.key")).unwrap(),
+        std::fs::read(pki.join("ca.key")).unwrap()
+    );
     assert_eq!(mode("pki/ca.key"), 0o600, "ca.key restored with the manifest's 0644");
     assert_eq!(mode("pki/etcd/server.key"), 0o600);
-    let enc_restored = std::fs::read_dir(target.join("encryption-config")).unwrap().next().unwrap().unwrap().path();
+    let enc_restored = std::fs::read_dir(target.join("encryption-config"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     assert_eq!(std::fs::metadata(&enc_restored).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(mode("pki/ca.crt"), 0o644, "a certificate keeps its mode");
     assert_eq!(mode("pki") & 0o022, 0, "a directory holding keys is group/world-writable");
@@ -114,7 +163,15 @@ fn unencrypted_manifest_edits_cannot_write_outside_the_target_or_expose_keys() {
     std::fs::create_dir_all(&target).unwrap();
     std::os::unix::fs::symlink(&outside, target.join("pki")).unwrap();
     let out = run(etcdguard().args([
-        "backup", "restore", &id, "--repo", repo_s, "--to-file", work.join("s4.db").to_str().unwrap(), "--files-to", target.to_str().unwrap(),
+        "backup",
+        "restore",
+        &id,
+        "--repo",
+        repo_s,
+        "--to-file",
+        work.join("s4.db").to_str().unwrap(),
+        "--files-to",
+        target.to_str().unwrap(),
     ]));
     assert!(!out.status.success());
     assert!(is_empty_dir(&outside), "restore followed a symlink in the target");
@@ -134,8 +191,20 @@ fn encrypted_manifest_edits_are_refused() {
     };
     let id = created_id(&ok_with(
         &mut with_pass(),
-        &["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap(),
-          "--pki-dir", pki.to_str().unwrap(), "--manifests-dir", manifests.to_str().unwrap(), "--label", "env=prod"],
+        &[
+            "backup",
+            "create",
+            "--repo",
+            repo_s,
+            "--from-file",
+            snaps.first.to_str().unwrap(),
+            "--pki-dir",
+            pki.to_str().unwrap(),
+            "--manifests-dir",
+            manifests.to_str().unwrap(),
+            "--label",
+            "env=prod",
+        ],
     ));
     let original = read_manifest(&repo, &id);
     let stored = std::fs::read_to_string(manifest_path(&repo, &id)).unwrap();
@@ -153,15 +222,21 @@ fn encrypted_manifest_edits_are_refused() {
     let edits: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
         ("a label", Box::new(|v| v["labels"]["env"] = "dev".into())),
         ("the revision", Box::new(|v| v["etcd"]["revision"] = 1.into())),
-        ("the seal", Box::new(|v| {
-            let s = v["sealed"].as_str().unwrap();
-            let flipped = if s.as_bytes()[80] == b'0' { '1' } else { '0' };
-            v["sealed"] = format!("{}{flipped}{}", &s[..80], &s[81..]).into();
-        })),
-        ("a planted file list", Box::new(|v| {
-            v.as_object_mut().unwrap().remove("sealed");
-            v["files"] = serde_json::json!([{"path": "pki/evil", "source": "x", "kind": "symlink", "mode": 511, "target": "/tmp"}]);
-        })),
+        (
+            "the seal",
+            Box::new(|v| {
+                let s = v["sealed"].as_str().unwrap();
+                let flipped = if s.as_bytes()[80] == b'0' { '1' } else { '0' };
+                v["sealed"] = format!("{}{flipped}{}", &s[..80], &s[81..]).into();
+            }),
+        ),
+        (
+            "a planted file list",
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("sealed");
+                v["files"] = serde_json::json!([{"path": "pki/evil", "source": "x", "kind": "symlink", "mode": 511, "target": "/tmp"}]);
+            }),
+        ),
     ];
     for (what, edit) in edits {
         let mut v = original.clone();
@@ -170,7 +245,17 @@ fn encrypted_manifest_edits_are_refused() {
         let target = work.join(format!("files-{}", what.replace(' ', "-")));
         for args in [
             vec!["backup", "verify", &id, "--repo", repo_s],
-            vec!["backup", "restore", &id, "--repo", repo_s, "--to-file", "/nonexistent/never-written.db", "--files-to", target.to_str().unwrap()],
+            vec![
+                "backup",
+                "restore",
+                &id,
+                "--repo",
+                repo_s,
+                "--to-file",
+                "/nonexistent/never-written.db",
+                "--files-to",
+                target.to_str().unwrap(),
+            ],
         ] {
             let err = fails_with(&mut with_pass(), &args, 10);
             assert!(err.contains("manifest was modified"), "{what}: {err}");
@@ -190,7 +275,14 @@ fn verify_fails_on_a_damaged_pack_trailer_or_header_and_records_nothing() {
     let work = scratch("tamper-framing");
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let id = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()]));
+    let id = created_id(&ok(&[
+        "backup",
+        "create",
+        "--repo",
+        repo_s,
+        "--from-file",
+        snaps.first.to_str().unwrap(),
+    ]));
     let mut packs = Vec::new();
     for sub in std::fs::read_dir(repo.join("packs")).unwrap() {
         for p in std::fs::read_dir(sub.unwrap().path()).unwrap() {
@@ -232,19 +324,41 @@ fn an_encrypted_repository_turned_plain_is_refused_when_a_passphrase_is_given() 
         c.env("ETCDGUARD_PASSPHRASE", "downgrade test passphrase");
         c
     };
-    ok_with(&mut with_pass(), &["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()]);
+    ok_with(
+        &mut with_pass(),
+        &["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()],
+    );
     // The attacker's plain repository in its place: a new unencrypted one, moved over.
     let planted = work.join("planted");
-    let id = created_id(&ok(&["backup", "create", "--repo", planted.to_str().unwrap(), "--from-file", snaps.second.to_str().unwrap()]));
+    let id = created_id(&ok(&[
+        "backup",
+        "create",
+        "--repo",
+        planted.to_str().unwrap(),
+        "--from-file",
+        snaps.second.to_str().unwrap(),
+    ]));
     std::fs::remove_dir_all(&repo).unwrap();
     std::fs::rename(&planted, &repo).unwrap();
     for args in [
         vec!["backup", "verify", "latest", "--repo", repo_s],
-        vec!["backup", "restore", "latest", "--repo", repo_s, "--to-file", work.join("out.db").to_str().unwrap()],
+        vec![
+            "backup",
+            "restore",
+            "latest",
+            "--repo",
+            repo_s,
+            "--to-file",
+            work.join("out.db").to_str().unwrap(),
+        ],
         vec!["backup", "prune", "--repo", repo_s, "--keep-last", "1"],
     ] {
         let err = fails_with(&mut with_pass(), &args, 16);
-        assert!(err.contains("is not encrypted, but a passphrase was given") && err.contains("do not trust"), "{args:?}: {err}");
+        assert!(
+            err.contains("is not encrypted, but a passphrase was given")
+                && err.contains("do not trust"),
+            "{args:?}: {err}"
+        );
     }
     assert!(!work.join("out.db").exists());
     // Without the passphrase the user asked for nothing sealed: it works as a plain repository.
@@ -254,7 +368,12 @@ fn an_encrypted_repository_turned_plain_is_refused_when_a_passphrase_is_given() 
 /// Sets a manifest's last-modified time, as the storage would have stamped it `secs_ago`.
 fn stamp_manifest(repo: &Path, id: &str, secs_ago: u64) {
     let when = std::time::SystemTime::now() - std::time::Duration::from_secs(secs_ago);
-    std::fs::File::options().write(true).open(manifest_path(repo, id)).unwrap().set_modified(when).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(manifest_path(repo, id))
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
 }
 
 /// Anyone who can write to the bucket truncates the newest manifest: `latest` must not
@@ -266,8 +385,22 @@ fn a_damaged_newest_manifest_makes_latest_fail_instead_of_rolling_back() {
     let work = scratch("tamper-latest");
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let older = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()]));
-    let newest = created_id(&ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()]));
+    let older = created_id(&ok(&[
+        "backup",
+        "create",
+        "--repo",
+        repo_s,
+        "--from-file",
+        snaps.first.to_str().unwrap(),
+    ]));
+    let newest = created_id(&ok(&[
+        "backup",
+        "create",
+        "--repo",
+        repo_s,
+        "--from-file",
+        snaps.second.to_str().unwrap(),
+    ]));
     stamp_manifest(&repo, &older, 60);
     let bytes = std::fs::read(manifest_path(&repo, &newest)).unwrap();
     std::fs::write(manifest_path(&repo, &newest), &bytes[..bytes.len() / 2]).unwrap();
@@ -278,23 +411,54 @@ fn a_damaged_newest_manifest_makes_latest_fail_instead_of_rolling_back() {
     let kubernetes_dir = work.join("kubernetes");
     std::fs::create_dir_all(kubernetes_dir.join("manifests")).unwrap();
     for args in [
-        vec!["node", "restore", "--backup", "latest", "--repo", repo_s, "--kubernetes-dir", kubernetes_dir.to_str().unwrap(), "--dry-run"],
+        vec![
+            "node",
+            "restore",
+            "--backup",
+            "latest",
+            "--repo",
+            repo_s,
+            "--kubernetes-dir",
+            kubernetes_dir.to_str().unwrap(),
+            "--dry-run",
+        ],
         vec!["inspect", "diff", &older, "latest", "--repo", repo_s],
-        vec!["backup", "restore", "latest", "--repo", repo_s, "--to-file", out_file.to_str().unwrap()],
-        vec!["backup", "verify", "latest", "--repo", repo_s, "--scratch-dir", scratch_dir.to_str().unwrap()],
+        vec![
+            "backup",
+            "restore",
+            "latest",
+            "--repo",
+            repo_s,
+            "--to-file",
+            out_file.to_str().unwrap(),
+        ],
+        vec![
+            "backup",
+            "verify",
+            "latest",
+            "--repo",
+            repo_s,
+            "--scratch-dir",
+            scratch_dir.to_str().unwrap(),
+        ],
         vec!["backup", "show", "latest", "--repo", repo_s],
         vec!["backup", "url", "latest", "--repo", repo_s],
         vec!["inspect", "extract", "--repo", repo_s, "latest", "-A"],
     ] {
         let err = fails(&args, 10);
-        assert!(err.contains(&newest) && err.contains(&older) && err.contains("newest good backup"), "{args:?}: {err}");
+        assert!(
+            err.contains(&newest) && err.contains(&older) && err.contains("newest good backup"),
+            "{args:?}: {err}"
+        );
     }
     assert!(!out_file.exists(), "a restore of an older backup was written");
     // The good backup by its id still works.
     ok(&["backup", "restore", &older, "--repo", repo_s, "--to-file", out_file.to_str().unwrap()]);
     // Repaired, `latest` is the newest again.
     std::fs::write(manifest_path(&repo, &newest), &bytes).unwrap();
-    let shown: serde_json::Value = serde_json::from_str(&ok(&["backup", "show", "latest", "--repo", repo_s, "-w", "json"])).unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&["backup", "show", "latest", "--repo", repo_s, "-w", "json"]))
+            .unwrap();
     assert_eq!(shown["id"], newest.as_str());
 }
 
@@ -314,10 +478,20 @@ fn list_and_show_mark_unauthenticated_manifests_and_flag_forgeries_with_the_pass
     };
     let id = created_id(&ok_with(
         &mut with_pass(),
-        &["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap(), "--label", "env=prod"],
+        &[
+            "backup",
+            "create",
+            "--repo",
+            repo_s,
+            "--from-file",
+            snaps.first.to_str().unwrap(),
+            "--label",
+            "env=prod",
+        ],
     ));
     let list = |c: &mut std::process::Command| -> serde_json::Value {
-        serde_json::from_str(&ok_with(c, &["backup", "list", "--repo", repo_s, "-w", "json"])).unwrap()
+        serde_json::from_str(&ok_with(c, &["backup", "list", "--repo", repo_s, "-w", "json"]))
+            .unwrap()
     };
     assert_eq!(list(&mut etcdguard())[0]["authenticated"], false);
     assert_eq!(list(&mut with_pass())[0]["authenticated"], true);
@@ -327,13 +501,25 @@ fn list_and_show_mark_unauthenticated_manifests_and_flag_forgeries_with_the_pass
     write_manifest(&repo, &id, &forged);
     // Without the passphrase: shown as stored, marked unauthenticated.
     let rows = list(&mut etcdguard());
-    assert_eq!((rows[0]["labels"]["env"].as_str(), rows[0]["authenticated"].as_bool()), (Some("dev"), Some(false)));
+    assert_eq!(
+        (rows[0]["labels"]["env"].as_str(), rows[0]["authenticated"].as_bool()),
+        (Some("dev"), Some(false))
+    );
     let out = run(etcdguard().args(["backup", "list", "--repo", repo_s]));
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be authenticated"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be authenticated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let shown = ok(&["backup", "show", &id, "--repo", repo_s]);
-    assert!(shown.contains("authenticated") && shown.contains("no: the passphrase was not given"), "{shown}");
-    let shown: serde_json::Value = serde_json::from_str(&ok(&["backup", "show", &id, "--repo", repo_s, "-w", "json"])).unwrap();
+    assert!(
+        shown.contains("authenticated") && shown.contains("no: the passphrase was not given"),
+        "{shown}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&["backup", "show", &id, "--repo", repo_s, "-w", "json"]))
+            .unwrap();
     assert_eq!(shown["authenticated"], false);
     // With it: the forgery is named.
     let err = fails_with(&mut with_pass(), &["backup", "list", "--repo", repo_s], 10);
@@ -360,14 +546,28 @@ fn a_truncated_pack_or_unreadable_key_files_are_damage() {
     for p in &packs {
         std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(100).unwrap();
     }
-    let err = fails(&["backup", "restore", "latest", "--repo", repo_s, "--to-file", work.join("out.db").to_str().unwrap()], 10);
+    let err = fails(
+        &[
+            "backup",
+            "restore",
+            "latest",
+            "--repo",
+            repo_s,
+            "--to-file",
+            work.join("out.db").to_str().unwrap(),
+        ],
+        10,
+    );
     assert!(err.contains("truncated"), "{err}");
 
     let sealed = work.join("sealed");
     let sealed_s = sealed.to_str().unwrap();
     let mut with_pass = etcdguard();
     with_pass.env("ETCDGUARD_PASSPHRASE", "exit code passphrase");
-    ok_with(&mut with_pass, &["backup", "create", "--repo", sealed_s, "--from-file", snaps.first.to_str().unwrap()]);
+    ok_with(
+        &mut with_pass,
+        &["backup", "create", "--repo", sealed_s, "--from-file", snaps.first.to_str().unwrap()],
+    );
     for key in std::fs::read_dir(sealed.join("keys")).unwrap() {
         std::fs::write(key.unwrap().path(), b"{ not a key").unwrap();
     }

@@ -41,12 +41,20 @@ fn single_member_boots(version: EtcdVersion) {
         "--initial-advertise-peer-urls",
         &peer,
     ]);
-    assert_eq!(listing(out_dir.path()), vec!["m1.etcd"], "no temp dir may be left next to the data dir");
+    assert_eq!(
+        listing(out_dir.path()),
+        vec!["m1.etcd"],
+        "no temp dir may be left next to the data dir"
+    );
 
-    let server = EtcdServer::builder(version).name("m1").data_dir(&data_dir).start_with_peer_port(port);
+    let server =
+        EtcdServer::builder(version).name("m1").data_dir(&data_dir).start_with_peer_port(port);
     let kvs = server.get_all();
     assert_eq!(kvs.len(), src.kvs.len());
-    assert_eq!(kvs, src.kvs, "every key, value, create/mod revision, version and lease must survive");
+    assert_eq!(
+        kvs, src.kvs,
+        "every key, value, create/mod revision, version and lease must survive"
+    );
     assert_eq!(server.revision(), src.revision);
 
     let id = member_id(std::slice::from_ref(&peer), "restore-test");
@@ -90,7 +98,8 @@ fn three_members_form_quorum(version: EtcdVersion) {
     let cluster_dir = out.path().join("restored");
     let ports = [free_port(), free_port(), free_port()];
     let names = ["m1", "m2", "m3"];
-    let spec: Vec<String> = names.iter().zip(&ports).map(|(n, p)| format!("{n}=http://127.0.0.1:{p}")).collect();
+    let spec: Vec<String> =
+        names.iter().zip(&ports).map(|(n, p)| format!("{n}=http://127.0.0.1:{p}")).collect();
     let spec = spec.join(",");
     let stdout = restore_ok(&[
         s(&src.snapshot),
@@ -110,11 +119,16 @@ fn three_members_form_quorum(version: EtcdVersion) {
         names.iter().zip(&dirs).zip(&ports).map(|((n, d), p)| (*n, d.as_path(), *p)).collect();
     let servers = EtcdServer::start_members(version, &members);
 
-    let ids: Vec<u64> = ports.iter().map(|p| member_id(&[format!("http://127.0.0.1:{p}")], "tok3")).collect();
+    let ids: Vec<u64> =
+        ports.iter().map(|p| member_id(&[format!("http://127.0.0.1:{p}")], "tok3")).collect();
     let mut sorted = ids.clone();
     sorted.sort();
-    let leaders: Vec<u64> = servers.iter().map(|s| endpoint_status(s)["leader"].as_u64().unwrap()).collect();
-    assert!(leaders.iter().all(|l| *l == leaders[0]), "members disagree on the leader: {leaders:?}");
+    let leaders: Vec<u64> =
+        servers.iter().map(|s| endpoint_status(s)["leader"].as_u64().unwrap()).collect();
+    assert!(
+        leaders.iter().all(|l| *l == leaders[0]),
+        "members disagree on the leader: {leaders:?}"
+    );
     assert!(ids.contains(&leaders[0]), "leader {} is not a restored member", leaders[0]);
     for (server, id) in servers.iter().zip(&ids) {
         let st = endpoint_status(server);
@@ -128,9 +142,13 @@ fn three_members_form_quorum(version: EtcdVersion) {
     let mut expected = src.kvs.clone();
     for server in &servers {
         let kvs = server.get_all();
-        let written = kvs.iter().find(|kv| kv.key == b"/written/after/restore").expect("write visible on every member");
+        let written = kvs
+            .iter()
+            .find(|kv| kv.key == b"/written/after/restore")
+            .expect("write visible on every member");
         assert_eq!(written.value, b"quorum");
-        let without: Vec<_> = kvs.iter().filter(|kv| kv.key != b"/written/after/restore").cloned().collect();
+        let without: Vec<_> =
+            kvs.iter().filter(|kv| kv.key != b"/written/after/restore").cloned().collect();
         assert_eq!(without, expected);
     }
     expected.clear();
@@ -177,7 +195,8 @@ fn bump_and_mark_compacted(version: EtcdVersion) {
         "1000",
         "--mark-compacted",
     ]);
-    let server = EtcdServer::builder(version).name("b").data_dir(&data_dir).start_with_peer_port(port);
+    let server =
+        EtcdServer::builder(version).name("b").data_dir(&data_dir).start_with_peer_port(port);
     assert_eq!(server.revision(), src.revision + 1000, "revision jumps by the bump");
     assert_eq!(server.get_all(), src.kvs, "the live data is unchanged");
     let old = server
@@ -214,7 +233,12 @@ fn bump_revision_and_mark_compacted_on_etcd_3_7() {
 /// Boots `version` on a data dir restored (by etcdguard, or by `tool` when given) from `snapshot`
 /// and checks that every key, value and revision of `src` is there and the member is who the
 /// flags say.
-fn boot_restored(version: EtcdVersion, snapshot: &std::path::Path, src: &Source, tool: Option<EtcdVersion>) {
+fn boot_restored(
+    version: EtcdVersion,
+    snapshot: &std::path::Path,
+    src: &Source,
+    tool: Option<EtcdVersion>,
+) {
     let out_dir = tempfile::tempdir().unwrap();
     let data_dir = out_dir.path().join("x.etcd");
     let port = free_port();
@@ -239,11 +263,20 @@ fn boot_restored(version: EtcdVersion, snapshot: &std::path::Path, src: &Source,
             restore_ok(&all);
         }
         Some(t) => {
-            run_ok(t.binaries().snapshot_tool().args(["snapshot", "restore"]).arg(snapshot).args(args));
+            run_ok(
+                t.binaries().snapshot_tool().args(["snapshot", "restore"]).arg(snapshot).args(args),
+            );
         }
     }
-    let server = EtcdServer::builder(version).name("x").data_dir(&data_dir).start_with_peer_port(port);
-    assert_eq!(server.get_all(), src.kvs, "etcd {} on a restore of a {} snapshot", version.label(), src_label(src));
+    let server =
+        EtcdServer::builder(version).name("x").data_dir(&data_dir).start_with_peer_port(port);
+    assert_eq!(
+        server.get_all(),
+        src.kvs,
+        "etcd {} on a restore of a {} snapshot",
+        version.label(),
+        src_label(src)
+    );
     assert_eq!(server.revision(), src.revision);
     let members = member_list(&server);
     assert_eq!(members.len(), 1, "{members:?}");
@@ -261,7 +294,12 @@ fn src_label(src: &Source) -> String {
 fn etcdutl_restores_our_snapshot(version: EtcdVersion) {
     let src = make_source_with(version, |server, dir| {
         let file = dir.join("ours.db");
-        run_ok(etcdguard().args(["snapshot", "save"]).arg(&file).args(["--endpoints", server.endpoint()]));
+        run_ok(
+            etcdguard()
+                .args(["snapshot", "save"])
+                .arg(&file)
+                .args(["--endpoints", server.endpoint()]),
+        );
         file
     });
     boot_restored(version, &src.snapshot, &src, Some(version));
@@ -281,7 +319,9 @@ fn etcdutl_3_7_restores_an_etcdguard_snapshot() {
 /// restored by etcdguard, boots the next release with every key and revision.
 #[test]
 fn restore_of_an_older_snapshot_boots_the_next_release() {
-    for (writer, runner) in [(EtcdVersion::V3_5, EtcdVersion::V3_6), (EtcdVersion::V3_6, EtcdVersion::V3_7)] {
+    for (writer, runner) in
+        [(EtcdVersion::V3_5, EtcdVersion::V3_6), (EtcdVersion::V3_6, EtcdVersion::V3_7)]
+    {
         let src = make_source(writer);
         boot_restored(runner, &src.snapshot, &src, None);
     }
@@ -295,12 +335,17 @@ fn etcd_version_refuses_a_downgrade() {
     let v37 = make_source(EtcdVersion::V3_7);
     let v36 = make_source(EtcdVersion::V3_6);
     let out_dir = tempfile::tempdir().unwrap();
-    for (src, target, writer) in [(&v37, "3.6", "3.7"), (&v36, "3.5", "3.6"), (&v37, "3.4", "3.7")] {
+    for (src, target, writer) in [(&v37, "3.6", "3.7"), (&v36, "3.5", "3.6"), (&v37, "3.4", "3.7")]
+    {
         let data_dir = out_dir.path().join(format!("refused-{target}"));
-        let out = restore(&[s(&src.snapshot), "--data-dir", s(&data_dir), "--etcd-version", target]);
+        let out =
+            restore(&[s(&src.snapshot), "--data-dir", s(&data_dir), "--etcd-version", target]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(17), "{target}: {stderr}");
-        assert!(stderr.starts_with("Error: ") && stderr.contains(&format!("written by etcd {writer}")), "{stderr}");
+        assert!(
+            stderr.starts_with("Error: ") && stderr.contains(&format!("written by etcd {writer}")),
+            "{stderr}"
+        );
         assert!(stderr.contains("meta/storageVersion"), "the evidence is named: {stderr}");
         assert!(!data_dir.exists(), "nothing may be written");
     }
@@ -324,8 +369,11 @@ fn etcd_version_refuses_a_downgrade() {
         "--initial-advertise-peer-urls",
         &peer,
     ]);
-    let started =
-        EtcdServer::builder(EtcdVersion::V3_6).name("u").data_dir(&data_dir).ports(free_port(), port).try_start_once();
+    let started = EtcdServer::builder(EtcdVersion::V3_6)
+        .name("u")
+        .data_dir(&data_dir)
+        .ports(free_port(), port)
+        .try_start_once();
     match started {
         Ok(_) => panic!("etcd 3.6 started on a 3.7 data dir; the guard would be needless"),
         Err(e) => assert!(e.contains("not supported"), "{e}"),

@@ -15,7 +15,8 @@ use std::path::Path;
 use etcdguard_testkit::{run_checked, EtcdVersion};
 use restore_support::*;
 
-const CLUSTER: &str = "m1=http://127.0.0.1:12380,m2=http://127.0.0.1:22380,m3=http://127.0.0.1:32380";
+const CLUSTER: &str =
+    "m1=http://127.0.0.1:12380,m2=http://127.0.0.1:22380,m3=http://127.0.0.1:32380";
 
 fn tool_restore(version: EtcdVersion, snapshot: &Path, data_dir: &Path, extra: &[&str]) {
     let mut cmd = version.binaries().snapshot_tool();
@@ -50,7 +51,8 @@ fn compare_release(writer: EtcdVersion, version: EtcdVersion, ours_only: &[&str]
     restore_ok(&args);
     tool_restore(version, &src.snapshot, &theirs, extra);
 
-    let (ow, tw) = (only_file(&ours.join("member/wal"), "wal"), only_file(&theirs.join("member/wal"), "wal"));
+    let (ow, tw) =
+        (only_file(&ours.join("member/wal"), "wal"), only_file(&theirs.join("member/wal"), "wal"));
     assert_eq!(ow.file_name(), tw.file_name());
     let (ob, tb) = (std::fs::read(&ow).unwrap(), std::fs::read(&tw).unwrap());
     assert_eq!(ob.len(), tb.len(), "WAL preallocation");
@@ -62,7 +64,10 @@ fn compare_release(writer: EtcdVersion, version: EtcdVersion, ours_only: &[&str]
         _ => assert!(ob == tb, "WAL differs from etcdutl {}'s", version.label()),
     }
 
-    let (os, ts) = (only_file(&ours.join("member/snap"), "snap"), only_file(&theirs.join("member/snap"), "snap"));
+    let (os, ts) = (
+        only_file(&ours.join("member/snap"), "snap"),
+        only_file(&theirs.join("member/snap"), "snap"),
+    );
     assert_eq!(os.file_name(), ts.file_name());
     let ours_snap = std::fs::read(&os).unwrap();
     let mut theirs_snap = std::fs::read(&ts).unwrap();
@@ -70,7 +75,8 @@ fn compare_release(writer: EtcdVersion, version: EtcdVersion, ours_only: &[&str]
     // so their nodes' CreatedIndex changes from run to run (two etcdutl 3.7 restores of one
     // snapshot differed in 4 of 8 tries here); ours uses one fixed order, which must be one
     // of etcdutl's: restore again until one matches.
-    let multi_member = matches!(version, EtcdVersion::V3_6 | EtcdVersion::V3_7) && extra.contains(&"--initial-cluster");
+    let multi_member = matches!(version, EtcdVersion::V3_6 | EtcdVersion::V3_7)
+        && extra.contains(&"--initial-cluster");
     let mut tries = 0;
     while ours_snap != theirs_snap && multi_member && tries < 60 {
         let again = out.path().join(format!("theirs-{tries}"));
@@ -163,7 +169,14 @@ fn bump_revision_adds_one_marker_over_etcdutl_3_5_restore() {
     let src = make_source(EtcdVersion::V3_5);
     let out = tempfile::tempdir().unwrap();
     let (ours, theirs) = (out.path().join("ours"), out.path().join("theirs"));
-    restore_ok(&[s(&src.snapshot), "--data-dir", s(&ours), "--bump-revision", "1000000", "--mark-compacted"]);
+    restore_ok(&[
+        s(&src.snapshot),
+        "--data-dir",
+        s(&ours),
+        "--bump-revision",
+        "1000000",
+        "--mark-compacted",
+    ]);
     tool_restore(EtcdVersion::V3_5, &src.snapshot, &theirs, &[]);
     let o = tool_status(EtcdVersion::V3_5, &ours.join("member/snap/db"));
     let t = tool_status(EtcdVersion::V3_5, &theirs.join("member/snap/db"));
@@ -248,6 +261,9 @@ fn cluster_out_equals_per_member_restores() {
         }
         let o = tool_status(EtcdVersion::V3_5, &mine.join("member/snap/db"));
         let t = tool_status(EtcdVersion::V3_5, &one.join("member/snap/db"));
-        assert_eq!((&o["hash"], &o["revision"], &o["totalKey"]), (&t["hash"], &t["revision"], &t["totalKey"]));
+        assert_eq!(
+            (&o["hash"], &o["revision"], &o["totalKey"]),
+            (&t["hash"], &t["revision"], &t["totalKey"])
+        );
     }
 }

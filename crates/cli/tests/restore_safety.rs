@@ -64,7 +64,11 @@ fn restores_real_3_4_and_3_5_snapshots_and_status_agrees() {
         let ours = tool_status(version, &data.join("member/snap/db"));
         assert_eq!(src["revision"], ours["revision"], "{name}");
         // etcdguard's own verify is happy with the rewritten db
-        let v = etcdguard().args(["snapshot", "verify"]).arg(data.join("member/snap/db")).output().unwrap();
+        let v = etcdguard()
+            .args(["snapshot", "verify"])
+            .arg(data.join("member/snap/db"))
+            .output()
+            .unwrap();
         assert!(v.status.success(), "{name}: {}", String::from_utf8_lossy(&v.stdout));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
@@ -179,8 +183,13 @@ fn a_failure_after_writing_started_leaves_nothing_behind() {
     let (dir, snap) = copy_fixture(SNAP35, |_| {});
     std::fs::write(dir.path().join("file"), b"x").unwrap();
     // The WAL dir cannot be created (its parent is a file): discovered after the db was built.
-    let out =
-        restore(&[s(&snap), "--data-dir", s(&dir.path().join("data")), "--wal-dir", s(&dir.path().join("file/wal"))]);
+    let out = restore(&[
+        s(&snap),
+        "--data-dir",
+        s(&dir.path().join("data")),
+        "--wal-dir",
+        s(&dir.path().join("file/wal")),
+    ]);
     assert_ne!(code(&out), 0);
     assert_eq!(listing(dir.path()), ["file", "snapshot.db"], "{}", stderr(&out));
 }
@@ -192,15 +201,31 @@ fn flag_mistakes_are_usage_errors() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--bump-revision", "10"], "--mark-compacted required"),
         (vec!["--mark-compacted"], "--mark-compacted required"),
-        (vec!["--name", "x", "--initial-cluster", "y=http://127.0.0.1:2380"], "couldn't find local name \"x\""),
-        (vec!["--initial-advertise-peer-urls", "http://127.0.0.1:1"], "--initial-advertise-peer-urls"),
+        (
+            vec!["--name", "x", "--initial-cluster", "y=http://127.0.0.1:2380"],
+            "couldn't find local name \"x\"",
+        ),
+        (
+            vec!["--initial-advertise-peer-urls", "http://127.0.0.1:1"],
+            "--initial-advertise-peer-urls",
+        ),
         (vec!["--initial-cluster", "default=ftp://a:1"], "URL scheme must be"),
         (
-            vec!["--initial-cluster", "default=http://a:1/path", "--initial-advertise-peer-urls", "http://a:1/path"],
+            vec![
+                "--initial-cluster",
+                "default=http://a:1/path",
+                "--initial-advertise-peer-urls",
+                "http://a:1/path",
+            ],
             "path",
         ),
         (
-            vec!["--initial-cluster", "a=http://h:1,default=http://h:1", "--initial-advertise-peer-urls", "http://h:1"],
+            vec![
+                "--initial-cluster",
+                "a=http://h:1,default=http://h:1",
+                "--initial-advertise-peer-urls",
+                "http://h:1",
+            ],
             "twice",
         ),
     ];
@@ -220,9 +245,12 @@ fn flag_mistakes_are_usage_errors() {
 fn help_teaches_a_three_member_restore() {
     let out = etcdguard().args(["snapshot", "restore", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for want in
-        ["--initial-cluster m1=", "--cluster-out", "--bump-revision 1000000000 --mark-compacted", "--skip-hash-check"]
-    {
+    for want in [
+        "--initial-cluster m1=",
+        "--cluster-out",
+        "--bump-revision 1000000000 --mark-compacted",
+        "--skip-hash-check",
+    ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
 }

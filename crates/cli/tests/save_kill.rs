@@ -22,7 +22,12 @@ fn server_killed_mid_stream_leaves_no_file() {
         urandom.read_exact(&mut value).unwrap();
         std::fs::write(&value_file, &value).unwrap();
         let stdin = std::fs::File::open(&value_file).unwrap();
-        let out = server.etcdctl().args(["put", &format!("/registry/configmaps/big/{i:03}")]).stdin(stdin).output().unwrap();
+        let out = server
+            .etcdctl()
+            .args(["put", &format!("/registry/configmaps/big/{i:03}")])
+            .stdin(stdin)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "etcdctl put: {}", text(&out.stderr));
     }
     let dest = dir.path().join("snap.db");
@@ -43,7 +48,10 @@ fn server_killed_mid_stream_leaves_no_file() {
             break;
         }
         assert!(Instant::now() < deadline, "no data reached {} in time", part.display());
-        assert!(child.try_wait().unwrap().is_none(), "etcdguard ended before the server was killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "etcdguard ended before the server was killed"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     unsafe { libc::kill(pid, libc::SIGSTOP) };
@@ -51,7 +59,10 @@ fn server_killed_mid_stream_leaves_no_file() {
     server.kill();
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let out = child.wait_with_output().unwrap();
-    assert!(partial < 60 << 20, "the stream should have been cut well before the end ({partial} bytes written)");
+    assert!(
+        partial < 60 << 20,
+        "the stream should have been cut well before the end ({partial} bytes written)"
+    );
     let stderr = text(&out.stderr);
     assert!(!out.status.success(), "must fail; stderr: {stderr}");
     eprintln!("etcdguard said: {stderr}");

@@ -105,19 +105,33 @@ fn manifest_and_secrets_dir_are_enough_to_connect() {
 
     // A static pod manifest, its TLS files through the hostPath volume.
     let manifest = work.path().join("etcd.yaml");
-    std::fs::write(&manifest, static_pod(server.endpoint(), pki.dir.path(), "client.crt", "client.key")).unwrap();
+    std::fs::write(
+        &manifest,
+        static_pod(server.endpoint(), pki.dir.path(), "client.crt", "client.key"),
+    )
+    .unwrap();
     let ours = work.path().join("ours.db");
     let out = save(&["--etcd-manifest", manifest.to_str().unwrap()], &ours);
     expect_code(&out, 0, "save with --etcd-manifest");
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains(&format!("endpoints {} from --etcd-manifest {} advertise-client-urls", server.endpoint(), manifest.display())),
+        stderr.contains(&format!(
+            "endpoints {} from --etcd-manifest {} advertise-client-urls",
+            server.endpoint(),
+            manifest.display()
+        )),
         "{stderr}"
     );
-    assert!(stderr.contains(&format!("--cert {} from --etcd-manifest", pki.client_cert.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("--cert {} from --etcd-manifest", pki.client_cert.display())),
+        "{stderr}"
+    );
     let theirs = work.path().join("theirs.db");
     server.snapshot_save(&theirs);
-    assert!(std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap(), "snapshot differs from etcdctl's");
+    assert!(
+        std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap(),
+        "snapshot differs from etcdctl's"
+    );
 
     // HyperShift: the StatefulSet gives the endpoint (its listen URL on loopback), the
     // mounted Secrets give the TLS files.
@@ -127,21 +141,41 @@ fn manifest_and_secrets_dir_are_enough_to_connect() {
     hypershift_secrets(&pki, &secrets);
     let repo = work.path().join("repo");
     let out = etcdguard()
-        .args(["backup", "create", "--repo", repo.to_str().unwrap(), "--etcd-manifest", sts.to_str().unwrap()])
+        .args([
+            "backup",
+            "create",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--etcd-manifest",
+            sts.to_str().unwrap(),
+        ])
         .args(["--etcd-secrets-dir", secrets.to_str().unwrap()])
         .output()
         .unwrap();
     expect_code(&out, 0, "backup create with --etcd-manifest and --etcd-secrets-dir");
     let stderr = text(&out.stderr);
-    assert!(stderr.contains(&format!("--key {} from --etcd-secrets-dir", secrets.join("etcd-client.key").display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--key {} from --etcd-secrets-dir",
+            secrets.join("etcd-client.key").display()
+        )),
+        "{stderr}"
+    );
     assert!(stderr.contains("left out: a variable set when the pod starts"), "{stderr}");
-    let list = etcdguard().args(["backup", "list", "--repo", repo.to_str().unwrap()]).output().unwrap();
+    let list =
+        etcdguard().args(["backup", "list", "--repo", repo.to_str().unwrap()]).output().unwrap();
     expect_code(&list, 0, "backup list");
 
     // The Secrets dir alone, the endpoint from ETCDCTL_ENDPOINTS (as a pod's env would set it).
     let alone = work.path().join("alone.db");
     let out = etcdguard()
-        .args(["snapshot", "save", alone.to_str().unwrap(), "--etcd-secrets-dir", secrets.to_str().unwrap()])
+        .args([
+            "snapshot",
+            "save",
+            alone.to_str().unwrap(),
+            "--etcd-secrets-dir",
+            secrets.to_str().unwrap(),
+        ])
         .env("ETCDCTL_ENDPOINTS", server.endpoint())
         .output()
         .unwrap();
@@ -168,7 +202,10 @@ fn server_only_certificate_gives_way_to_the_peer_pair() {
     let out = save(&["--etcd-manifest", manifest.to_str().unwrap()], &dest);
     expect_code(&out, 0, "save with the peer pair");
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("server-only.crt left out: the certificate is for servers only"), "{stderr}");
+    assert!(
+        stderr.contains("server-only.crt left out: the certificate is for servers only"),
+        "{stderr}"
+    );
     assert!(stderr.contains("--peer-cert-file/--peer-key-file"), "{stderr}");
 
     // Without a peer pair the server-only certificate is not offered: no client certificate,
@@ -190,16 +227,37 @@ fn missing_or_wrong_files_are_clear_errors() {
 
     // The manifest names a key that is not there: exit 2, the file and where it came from.
     let manifest = work.path().join("etcd.yaml");
-    std::fs::write(&manifest, static_pod(server.endpoint(), pki.dir.path(), "client.crt", "gone.key")).unwrap();
+    std::fs::write(
+        &manifest,
+        static_pod(server.endpoint(), pki.dir.path(), "client.crt", "gone.key"),
+    )
+    .unwrap();
     let out = save(&["--etcd-manifest", manifest.to_str().unwrap()], &dest);
     expect_code(&out, 2, "manifest naming a missing key");
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("gone.key") && stderr.contains("--etcd-manifest") && stderr.contains("--key-file"), "{stderr}");
+    assert!(
+        stderr.contains("gone.key")
+            && stderr.contains("--etcd-manifest")
+            && stderr.contains("--key-file"),
+        "{stderr}"
+    );
     assert_no_file(&dest);
 
     // A flag wins over the manifest: another CA given with --cacert fails the handshake.
-    std::fs::write(&manifest, static_pod(server.endpoint(), pki.dir.path(), "client.crt", "client.key")).unwrap();
-    let out = save(&["--etcd-manifest", manifest.to_str().unwrap(), "--cacert", pki.other_ca.to_str().unwrap()], &dest);
+    std::fs::write(
+        &manifest,
+        static_pod(server.endpoint(), pki.dir.path(), "client.crt", "client.key"),
+    )
+    .unwrap();
+    let out = save(
+        &[
+            "--etcd-manifest",
+            manifest.to_str().unwrap(),
+            "--cacert",
+            pki.other_ca.to_str().unwrap(),
+        ],
+        &dest,
+    );
     expect_code(&out, 13, "--cacert of another CA over the manifest's");
     assert!(text(&out.stderr).contains("not issued by"), "{}", text(&out.stderr));
     assert_no_file(&dest);
@@ -223,7 +281,11 @@ fn missing_or_wrong_files_are_clear_errors() {
     std::fs::copy(&pki.client_cert, secrets.join("tls.crt")).unwrap();
     let out = save(&ep, &dest);
     expect_code(&out, 2, "certificate without key");
-    assert!(text(&out.stderr).contains("tls.crt is there but tls.key is not"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("tls.crt is there but tls.key is not"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // The Secret of another cluster's CA: the handshake fails, exit 13.
     std::fs::copy(&pki.client_key, secrets.join("tls.key")).unwrap();
@@ -247,7 +309,16 @@ fn agent_runs_with_the_secrets_dir() {
     let log = work.path().join("agent.log");
     let mut agent = etcdguard()
         .args(["agent", "--repo", repo.to_str().unwrap(), "--endpoints", server.endpoint()])
-        .args(["--etcd-secrets-dir", secrets.to_str().unwrap(), "--every", "1s", "--runs", "1", "--listen", "off"])
+        .args([
+            "--etcd-secrets-dir",
+            secrets.to_str().unwrap(),
+            "--every",
+            "1s",
+            "--runs",
+            "1",
+            "--listen",
+            "off",
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -262,14 +333,26 @@ fn agent_runs_with_the_secrets_dir() {
         if std::time::Instant::now() > deadline {
             agent.kill().unwrap();
             agent.wait().unwrap();
-            panic!("the agent did not finish its run: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            panic!(
+                "the agent did not finish its run: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     let agent_log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "agent: {status}: {agent_log}");
-    assert!(agent_log.contains(&format!("--cert {} from --etcd-secrets-dir", secrets.join("etcd-client.crt").display())), "{agent_log}");
-    let list = etcdguard().args(["backup", "list", "--repo", repo.to_str().unwrap(), "-w", "json"]).output().unwrap();
+    assert!(
+        agent_log.contains(&format!(
+            "--cert {} from --etcd-secrets-dir",
+            secrets.join("etcd-client.crt").display()
+        )),
+        "{agent_log}"
+    );
+    let list = etcdguard()
+        .args(["backup", "list", "--repo", repo.to_str().unwrap(), "-w", "json"])
+        .output()
+        .unwrap();
     expect_code(&list, 0, "backup list");
     let backups: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(backups.as_array().map(|a| a.len()), Some(1), "{backups}");

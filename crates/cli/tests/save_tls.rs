@@ -22,9 +22,13 @@ fn tls_save_equals_etcdctl(version: EtcdVersion) {
     let out = save(&pki.args(server.endpoint()), &ours);
     expect_code(&out, 0, "TLS save");
     server.snapshot_save(&theirs); // real etcdctl with the same client certificate
-    assert!(std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap(), "TLS snapshot differs from etcdctl's");
+    assert!(
+        std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap(),
+        "TLS snapshot differs from etcdctl's"
+    );
 
-    let out = etcdguard().args(["cluster", "health"]).args(pki.args(server.endpoint())).output().unwrap();
+    let out =
+        etcdguard().args(["cluster", "health"]).args(pki.args(server.endpoint())).output().unwrap();
     expect_code(&out, 0, "cluster health over TLS");
     assert!(text(&out.stdout).contains("is healthy"), "{}", text(&out.stdout));
 }
@@ -48,9 +52,21 @@ fn bad_credentials_give_clear_errors_and_no_file() {
     let dest = dir.path().join("snap.db");
 
     let cases: Vec<(&str, Vec<String>, &str)> = vec![
-        ("wrong CA", pki.args_with(ep, &pki.other_ca, &pki.client_cert, &pki.client_key), "not issued by"),
-        ("expired client certificate", pki.args_with(ep, &pki.ca, &pki.expired_cert, &pki.expired_key), "rejected the client certificate"),
-        ("key of another certificate", pki.args_with(ep, &pki.ca, &pki.client_cert, &pki.wrong_key), "--key does not belong to --cert"),
+        (
+            "wrong CA",
+            pki.args_with(ep, &pki.other_ca, &pki.client_cert, &pki.client_key),
+            "not issued by",
+        ),
+        (
+            "expired client certificate",
+            pki.args_with(ep, &pki.ca, &pki.expired_cert, &pki.expired_key),
+            "rejected the client certificate",
+        ),
+        (
+            "key of another certificate",
+            pki.args_with(ep, &pki.ca, &pki.client_cert, &pki.wrong_key),
+            "--key does not belong to --cert",
+        ),
         (
             "no client certificate",
             vec!["--endpoints".into(), ep.into(), "--cacert".into(), pki.ca.display().to_string()],
@@ -62,7 +78,10 @@ fn bad_credentials_give_clear_errors_and_no_file() {
         expect_code(&out, 13, what);
         let stderr = text(&out.stderr);
         eprintln!("{what}: {}", stderr.trim());
-        assert!(stderr.contains("TLS failure") && stderr.contains(needle), "{what}: unclear message: {stderr}");
+        assert!(
+            stderr.contains("TLS failure") && stderr.contains(needle),
+            "{what}: unclear message: {stderr}"
+        );
         assert_no_file(&dest);
     }
 

@@ -49,7 +49,13 @@ fn build_fixture(version: EtcdVersion) -> Fixture {
     server.snapshot_save(&fresh);
 
     let spec = LoadSpec::default();
-    assert!(spec.large_objects > 0 && spec.updates > 0 && spec.deletes > 0 && spec.compact && spec.leases);
+    assert!(
+        spec.large_objects > 0
+            && spec.updates > 0
+            && spec.deletes > 0
+            && spec.compact
+            && spec.leases
+    );
     let summary = load_kubernetes_shaped(&server, &spec);
     assert!(summary.compacted_at.is_some(), "the load must compact");
     let live_keys = server.get_all().len();
@@ -81,7 +87,12 @@ fn show(bytes: &[u8]) -> String {
 
 /// Runs the real status tool of `tool_version` and etcdguard on `file` in `format` and returns
 /// a description of every difference (empty when they agree). `extra` goes to etcdguard only.
-fn compare(tool_version: EtcdVersion, file: &Path, format: Option<&str>, extra: &[&str]) -> Vec<String> {
+fn compare(
+    tool_version: EtcdVersion,
+    file: &Path,
+    format: Option<&str>,
+    extra: &[&str],
+) -> Vec<String> {
     let mut real = tool_version.binaries().snapshot_tool();
     real.arg("snapshot").arg("status").arg(file);
     let mut ours = etcdguard();
@@ -110,7 +121,11 @@ fn compare(tool_version: EtcdVersion, file: &Path, format: Option<&str>, extra: 
     );
     assert!(!real_out.stdout.is_empty(), "the real tool printed nothing for {what}");
     if !ours_out.status.success() {
-        diffs.push(format!("{what}: etcdguard failed with {}: {}", ours_out.status, show(&ours_out.stderr)));
+        diffs.push(format!(
+            "{what}: etcdguard failed with {}: {}",
+            ours_out.status,
+            show(&ours_out.stderr)
+        ));
     } else if ours_out.stdout != real_out.stdout {
         diffs.push(format!(
             "{what}: stdout differs\n--- real ---\n{}--- etcdguard ---\n{}",
@@ -171,12 +186,17 @@ fn same_version_snapshot(version: EtcdVersion) {
     let total = json["totalKey"].as_u64().unwrap() as usize;
     if version.has_storage_version() {
         assert_eq!(total, fx.live_keys, "{json}");
-        assert_eq!(json["version"].as_str(), Some(format!("{}.0", version.label()).as_str()), "{json}");
+        assert_eq!(
+            json["version"].as_str(),
+            Some(format!("{}.0", version.label()).as_str()),
+            "{json}"
+        );
     } else {
         assert!(total > fx.live_keys + fx.summary.deletes, "{json}");
         assert!(json.get("version").is_none(), "{json}");
     }
-    let long = output(etcdguard().args(["snapshot", "status", "--write-out", "json"]).arg(&fx.snapshot));
+    let long =
+        output(etcdguard().args(["snapshot", "status", "--write-out", "json"]).arg(&fx.snapshot));
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&long.stdout).unwrap(), json);
 }
 
@@ -256,20 +276,36 @@ fn status_matches_on_raw_member_db_3_7() {
 /// replaces it, and an unknown line is a usage error naming the known ones.
 #[test]
 fn status_names_the_release_it_prints_as() {
-    let run = |file: &Path, extra: &[&str]| output(etcdguard().args(["snapshot", "status"]).arg(file).args(extra));
+    let run = |file: &Path, extra: &[&str]| {
+        output(etcdguard().args(["snapshot", "status"]).arg(file).args(extra))
+    };
     for version in EtcdVersion::ALL {
         let out = run(&fixture(version).snapshot, &[]);
         assert!(out.status.success(), "{}", show(&out.stderr));
         let stderr = show(&out.stderr);
-        let evidence = if version.has_storage_version() { "meta/storageVersion" } else { "cluster/clusterVersion" };
+        let evidence = if version.has_storage_version() {
+            "meta/storageVersion"
+        } else {
+            "cluster/clusterVersion"
+        };
         assert!(
-            stderr.contains(&format!("printed as etcdutl {} prints it", version.label())) && stderr.contains(evidence),
+            stderr.contains(&format!("printed as etcdutl {} prints it", version.label()))
+                && stderr.contains(evidence),
             "{}: {stderr}",
             version.label()
         );
         let out = run(&fixture(version).snapshot, &["--etcd-version", "3.6.17"]);
-        assert!(out.status.success() && !show(&out.stderr).contains("printed as"), "{}", show(&out.stderr));
-        assert_eq!(show(&out.stdout).split(", ").count(), 5, "3.6 prints five columns: {}", show(&out.stdout));
+        assert!(
+            out.status.success() && !show(&out.stderr).contains("printed as"),
+            "{}",
+            show(&out.stderr)
+        );
+        assert_eq!(
+            show(&out.stdout).split(", ").count(),
+            5,
+            "3.6 prints five columns: {}",
+            show(&out.stdout)
+        );
     }
     let out = run(&fixture(EtcdVersion::V3_5).snapshot, &["--etcd-version", "3.9"]);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out.stderr));
@@ -290,7 +326,10 @@ fn status_notes_the_sha256_trailer_on_stderr() {
     assert!(!stdout.to_lowercase().contains("sha256"), "the note must not go to stdout: {stdout}");
 
     let (_, stderr) = run(&fx.snapshot, &["--skip-hash-check"]);
-    assert!(!stderr.contains("verified"), "--skip-hash-check must not claim a verified trailer: {stderr}");
+    assert!(
+        !stderr.contains("verified"),
+        "--skip-hash-check must not claim a verified trailer: {stderr}"
+    );
 
     let (_, stderr) = run(&fx.raw_db, &[]);
     assert!(stderr.contains("no sha256 trailer"), "stderr: {stderr}");
@@ -314,7 +353,8 @@ fn verify_accepts_real_files() {
                         show(&out.stderr)
                     ));
                 } else if format == "json" {
-                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify -w json prints JSON");
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&out.stdout).expect("verify -w json prints JSON");
                     assert_eq!(v["ok"], true, "{v}");
                 }
             }
@@ -346,7 +386,12 @@ fn compaction_past_the_last_stored_revision() {
         let json = status_json(&snap, &[]);
         let newest = json["revision"].as_i64().unwrap();
         if version.has_storage_version() {
-            assert_eq!(newest, rev, "{}: 3.6+ keep the tombstone at the compaction revision: {json}", version.label());
+            assert_eq!(
+                newest,
+                rev,
+                "{}: 3.6+ keep the tombstone at the compaction revision: {json}",
+                version.label()
+            );
         } else {
             assert!(newest < rev, "the setup must leave the compaction past the last key: {json}");
         }

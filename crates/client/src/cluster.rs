@@ -109,7 +109,8 @@ impl Connection {
     /// What `etcdctl endpoint health` checks: a linearizable read goes through raft (a
     /// permission error still proves that), and no alarm (NOSPACE, CORRUPT) is raised.
     pub async fn health(&mut self) -> Result<(), ClientError> {
-        let mut kv = self.client.kv_client().max_decoding_message_size(crate::conn::MAX_MESSAGE_BYTES);
+        let mut kv =
+            self.client.kv_client().max_decoding_message_size(crate::conn::MAX_MESSAGE_BYTES);
         let got = tokio::time::timeout(self.cfg.command_timeout, kv.get("health", None)).await;
         match got {
             Err(_) => {
@@ -236,7 +237,8 @@ pub fn choose_member(probes: &[Probe], from: &SnapshotFrom) -> Result<Choice, Cl
         SnapshotFrom::Endpoint(want) => {
             let want_norm = want.trim_end_matches('/');
             let found = probes.iter().find(|p| {
-                p.endpoint == want_norm || p.endpoint.split_once("://").map(|(_, hp)| hp) == Some(want_norm)
+                p.endpoint == want_norm
+                    || p.endpoint.split_once("://").map(|(_, hp)| hp) == Some(want_norm)
             });
             match found {
                 None => Err(ClientError::Config(format!(
@@ -254,29 +256,40 @@ pub fn choose_member(probes: &[Probe], from: &SnapshotFrom) -> Result<Choice, Cl
             }
         }
         SnapshotFrom::Leader => match leader {
-            Some(l) => Ok(Choice { status: l.clone(), reason: format!("the leader, as asked (--snapshot-from leader){failed_note}") }),
+            Some(l) => Ok(Choice {
+                status: l.clone(),
+                reason: format!("the leader, as asked (--snapshot-from leader){failed_note}"),
+            }),
             None => Err(ClientError::NoEndpoint(format!(
                 "--snapshot-from leader: no endpoint given is a healthy leader{failed_note}"
             ))),
         },
         SnapshotFrom::Follower => {
-            let best_follower = healthy
-                .iter()
-                .copied()
-                .filter(|s| !s.is_leader())
-                .fold(None::<&MemberStatus>, |best, s| match best {
+            let best_follower = healthy.iter().copied().filter(|s| !s.is_leader()).fold(
+                None::<&MemberStatus>,
+                |best, s| match best {
                     Some(b) if b.applied() >= s.applied() => Some(b),
                     _ => Some(s),
-                });
+                },
+            );
             match (best_follower, leader) {
                 (Some(f), _) if f.applied() + MAX_FOLLOWER_LAG >= max_applied => {
                     let others = healthy.iter().filter(|s| !s.is_leader()).count();
                     let why = if others > 1 {
-                        format!("healthy follower with the highest applied index ({} of {max_applied})", f.applied())
+                        format!(
+                            "healthy follower with the highest applied index ({} of {max_applied})",
+                            f.applied()
+                        )
                     } else {
-                        format!("healthy follower, caught up (applied index {} of {max_applied})", f.applied())
+                        format!(
+                            "healthy follower, caught up (applied index {} of {max_applied})",
+                            f.applied()
+                        )
                     };
-                    Ok(Choice { status: f.clone(), reason: format!("{why}; sparing the leader{failed_note}") })
+                    Ok(Choice {
+                        status: f.clone(),
+                        reason: format!("{why}; sparing the leader{failed_note}"),
+                    })
                 }
                 (Some(f), Some(l)) => Ok(Choice {
                     status: l.clone(),
@@ -287,12 +300,21 @@ pub fn choose_member(probes: &[Probe], from: &SnapshotFrom) -> Result<Choice, Cl
                     ),
                 }),
                 (None, Some(l)) => {
-                    let why = if probes.len() == 1 { "the only endpoint given" } else { "no healthy follower among the endpoints" };
-                    Ok(Choice { status: l.clone(), reason: format!("the leader: {why}{failed_note}") })
+                    let why = if probes.len() == 1 {
+                        "the only endpoint given"
+                    } else {
+                        "no healthy follower among the endpoints"
+                    };
+                    Ok(Choice {
+                        status: l.clone(),
+                        reason: format!("the leader: {why}{failed_note}"),
+                    })
                 }
                 (Some(f), None) => Ok(Choice {
                     status: f.clone(),
-                    reason: format!("healthy follower (the leader is not among the endpoints){failed_note}"),
+                    reason: format!(
+                        "healthy follower (the leader is not among the endpoints){failed_note}"
+                    ),
                 }),
                 (None, None) => Err(ClientError::NoEndpoint(format!(
                     "no healthy member to take a snapshot from{failed_note}"
@@ -321,7 +343,9 @@ pub fn all_failed(probes: &[Probe]) -> ClientError {
     let text = errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
     match tls {
         Some(e) => match e {
-            ClientError::Auth { .. } => ClientError::Auth { endpoint: "all endpoints".into(), detail: text },
+            ClientError::Auth { .. } => {
+                ClientError::Auth { endpoint: "all endpoints".into(), detail: text }
+            }
             _ => ClientError::Tls { endpoint: "all endpoints".into(), detail: text },
         },
         None => ClientError::NoEndpoint(format!("no endpoint reachable: {text}")),
@@ -337,14 +361,28 @@ pub(crate) fn clone_err(e: &ClientError) -> ClientError {
             path: path.clone(),
             source: std::io::Error::new(source.kind(), source.to_string()),
         },
-        ClientError::BadFile { what, path, detail } => ClientError::BadFile { what, path: path.clone(), detail: detail.clone() },
-        ClientError::Unreachable { endpoint, detail } => ClientError::Unreachable { endpoint: endpoint.clone(), detail: detail.clone() },
-        ClientError::Timeout { endpoint, during, after } => ClientError::Timeout { endpoint: endpoint.clone(), during, after: *after },
-        ClientError::Tls { endpoint, detail } => ClientError::Tls { endpoint: endpoint.clone(), detail: detail.clone() },
-        ClientError::Auth { endpoint, detail } => ClientError::Auth { endpoint: endpoint.clone(), detail: detail.clone() },
-        ClientError::Server { endpoint, detail } => ClientError::Server { endpoint: endpoint.clone(), detail: detail.clone() },
+        ClientError::BadFile { what, path, detail } => {
+            ClientError::BadFile { what, path: path.clone(), detail: detail.clone() }
+        }
+        ClientError::Unreachable { endpoint, detail } => {
+            ClientError::Unreachable { endpoint: endpoint.clone(), detail: detail.clone() }
+        }
+        ClientError::Timeout { endpoint, during, after } => {
+            ClientError::Timeout { endpoint: endpoint.clone(), during, after: *after }
+        }
+        ClientError::Tls { endpoint, detail } => {
+            ClientError::Tls { endpoint: endpoint.clone(), detail: detail.clone() }
+        }
+        ClientError::Auth { endpoint, detail } => {
+            ClientError::Auth { endpoint: endpoint.clone(), detail: detail.clone() }
+        }
+        ClientError::Server { endpoint, detail } => {
+            ClientError::Server { endpoint: endpoint.clone(), detail: detail.clone() }
+        }
         other => match other.kind() {
-            crate::ErrorKind::TlsOrAuth => ClientError::Tls { endpoint: String::new(), detail: other.to_string() },
+            crate::ErrorKind::TlsOrAuth => {
+                ClientError::Tls { endpoint: String::new(), detail: other.to_string() }
+            }
             crate::ErrorKind::Unreachable => ClientError::NoEndpoint(other.to_string()),
             _ => ClientError::Server { endpoint: String::new(), detail: other.to_string() },
         },
@@ -379,7 +417,10 @@ mod tests {
     fn down(e: &str) -> Probe {
         Probe {
             endpoint: e.into(),
-            result: Err(ClientError::Unreachable { endpoint: e.into(), detail: "connection refused".into() }),
+            result: Err(ClientError::Unreachable {
+                endpoint: e.into(),
+                detail: "connection refused".into(),
+            }),
         }
     }
 
@@ -430,7 +471,10 @@ mod tests {
     #[test]
     fn leader_and_explicit_endpoint() {
         let probes = vec![ok(st("http://a:1", 1, 2, 100)), ok(st("http://b:1", 2, 2, 100))];
-        assert_eq!(choose_member(&probes, &SnapshotFrom::Leader).unwrap().status.endpoint, "http://b:1");
+        assert_eq!(
+            choose_member(&probes, &SnapshotFrom::Leader).unwrap().status.endpoint,
+            "http://b:1"
+        );
         assert_eq!(
             choose_member(&probes, &SnapshotFrom::Endpoint("a:1".into())).unwrap().status.endpoint,
             "http://a:1"

@@ -59,7 +59,8 @@ pub struct ConnectFlags {
 pub const SECRET_CA_FILES: &[&str] = &["ca.crt", "etcd-client-ca.crt"];
 /// Certificate/key pairs of a mounted client certificate Secret: a `kubernetes.io/tls`
 /// Secret's keys, and HyperShift's `etcd-client-tls`.
-pub const SECRET_CERT_PAIRS: &[(&str, &str)] = &[("tls.crt", "tls.key"), ("etcd-client.crt", "etcd-client.key")];
+pub const SECRET_CERT_PAIRS: &[(&str, &str)] =
+    &[("tls.crt", "tls.key"), ("etcd-client.crt", "etcd-client.key")];
 
 /// Values found in `--etcd-secrets-dir` / `--etcd-manifest`, each with where it came from.
 #[derive(Default)]
@@ -79,7 +80,9 @@ impl Found {
             let access = etcdguard_node::read_etcd_client_access(manifest)
                 .map_err(|e| ClientError::Config(format!("--etcd-manifest {e}")))?;
             let origin = |flag: &str| format!("--etcd-manifest {} {flag}", manifest.display());
-            notes.extend(access.notes.iter().map(|n| format!("--etcd-manifest {}: {n}", manifest.display())));
+            notes.extend(
+                access.notes.iter().map(|n| format!("--etcd-manifest {}: {n}", manifest.display())),
+            );
             found.endpoints = access.endpoints.map(|(urls, flag)| (urls, origin(flag)));
             if found.cacert.is_none() {
                 found.cacert = access.cacert.map(|(p, flag)| (p, origin(flag)));
@@ -100,13 +103,17 @@ fn from_secrets_dir(dir: &Path) -> Result<Found, ClientError> {
     }
     let origin = |names: String| format!("--etcd-secrets-dir {}: {names}", dir.display());
     let mut found = Found {
-        cacert: SECRET_CA_FILES.iter().find(|n| dir.join(n).exists()).map(|n| (dir.join(n), origin(n.to_string()))),
+        cacert: SECRET_CA_FILES
+            .iter()
+            .find(|n| dir.join(n).exists())
+            .map(|n| (dir.join(n), origin(n.to_string()))),
         ..Found::default()
     };
     for (cert, key) in SECRET_CERT_PAIRS {
         match (dir.join(cert).exists(), dir.join(key).exists()) {
             (true, true) => {
-                found.cert_key = Some((dir.join(cert), dir.join(key), origin(format!("{cert}, {key}"))));
+                found.cert_key =
+                    Some((dir.join(cert), dir.join(key), origin(format!("{cert}, {key}"))));
                 break;
             }
             (true, false) => return Err(bad(format!("{cert} is there but {key} is not"))),
@@ -115,8 +122,13 @@ fn from_secrets_dir(dir: &Path) -> Result<Found, ClientError> {
         }
     }
     if found.cacert.is_none() && found.cert_key.is_none() {
-        let pairs: Vec<String> = SECRET_CERT_PAIRS.iter().map(|(c, k)| format!("{c}/{k}")).collect();
-        return Err(bad(format!("holds none of {}, {}", SECRET_CA_FILES.join(", "), pairs.join(", "))));
+        let pairs: Vec<String> =
+            SECRET_CERT_PAIRS.iter().map(|(c, k)| format!("{c}/{k}")).collect();
+        return Err(bad(format!(
+            "holds none of {}, {}",
+            SECRET_CA_FILES.join(", "),
+            pairs.join(", ")
+        )));
     }
     Ok(found)
 }
@@ -126,8 +138,14 @@ fn from_secrets_dir(dir: &Path) -> Result<Found, ClientError> {
 fn must_exist(path: &Path, origin: &str, flag: &str) -> Result<(), ClientError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(ClientError::Config(format!("{} (from {origin}) is not a file; give {flag}", path.display()))),
-        Err(e) => Err(ClientError::Config(format!("cannot read {} (from {origin}): {e}; mount it there or give {flag}", path.display()))),
+        Ok(_) => Err(ClientError::Config(format!(
+            "{} (from {origin}) is not a file; give {flag}",
+            path.display()
+        ))),
+        Err(e) => Err(ClientError::Config(format!(
+            "cannot read {} (from {origin}): {e}; mount it there or give {flag}",
+            path.display()
+        ))),
     }
 }
 
@@ -174,7 +192,8 @@ impl ConnectConfig {
         let mut notes = Vec::new();
         let env_nonempty = |name: &str| env(name).filter(|v| !v.trim().is_empty());
         let mut pick = |flag: &str, given: bool| -> Option<String> {
-            let var = ENV_VARS.iter().find(|(f, _)| *f == flag).map(|(_, v)| *v).unwrap_or_default();
+            let var =
+                ENV_VARS.iter().find(|(f, _)| *f == flag).map(|(_, v)| *v).unwrap_or_default();
             let value = env_nonempty(var);
             if given {
                 if value.is_some() {
@@ -229,10 +248,16 @@ impl ConnectConfig {
             .filter(|e| !e.is_empty())
             .collect();
         if raw_endpoints.is_empty() {
-            return Err(ClientError::Config("no endpoint given (--endpoints or ETCDCTL_ENDPOINTS)".into()));
+            return Err(ClientError::Config(
+                "no endpoint given (--endpoints or ETCDCTL_ENDPOINTS)".into(),
+            ));
         }
 
-        let mut file = |flag: &str, var: &str, given: Option<PathBuf>, env: Option<String>, found: Option<(PathBuf, String)>| {
+        let mut file = |flag: &str,
+                        var: &str,
+                        given: Option<PathBuf>,
+                        env: Option<String>,
+                        found: Option<(PathBuf, String)>| {
             if let Some(p) = given {
                 origin(flag, &p.display().to_string(), flag);
                 Ok(Some(p))
@@ -249,7 +274,8 @@ impl ConnectConfig {
         };
         let cacert = file("--cacert", "ETCDCTL_CACERT", flags.cacert, env_cacert, found.cacert)?;
         // The certificate and its key come from one place: a pair is never split.
-        let pair_given = flags.cert.is_some() || flags.key.is_some() || env_cert.is_some() || env_key.is_some();
+        let pair_given =
+            flags.cert.is_some() || flags.key.is_some() || env_cert.is_some() || env_key.is_some();
         let (found_cert, found_key) = match found.cert_key {
             Some((c, k, from)) if !pair_given => (Some((c, from.clone())), Some((k, from))),
             _ => (None, None),
@@ -257,8 +283,16 @@ impl ConnectConfig {
         let cert = file("--cert", "ETCDCTL_CERT", flags.cert, env_cert, found_cert)?;
         let key = file("--key", "ETCDCTL_KEY", flags.key, env_key, found_key)?;
         match (&cert, &key) {
-            (Some(_), None) => return Err(ClientError::Config("--cert was given without --key (ETCDCTL_KEY)".into())),
-            (None, Some(_)) => return Err(ClientError::Config("--key was given without --cert (ETCDCTL_CERT)".into())),
+            (Some(_), None) => {
+                return Err(ClientError::Config(
+                    "--cert was given without --key (ETCDCTL_KEY)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ClientError::Config(
+                    "--key was given without --cert (ETCDCTL_CERT)".into(),
+                ))
+            }
             _ => {}
         }
         let tls = cacert.is_some() || cert.is_some();
@@ -290,14 +324,22 @@ impl ConnectConfig {
             return Err(ClientError::Config("--password was given without --user".into()));
         }
 
-        let duration = |flag: &str, given: Option<String>, env: Option<String>, default: Duration| {
-            match given.or(env) {
+        let duration =
+            |flag: &str, given: Option<String>, env: Option<String>, default: Duration| match given
+                .or(env)
+            {
                 None => Ok(default),
-                Some(s) => parse_go_duration(&s).map_err(|e| ClientError::Config(format!("{flag} {s:?}: {e}"))),
-            }
-        };
-        let dial_timeout = duration("--dial-timeout", flags.dial_timeout, env_dial, DEFAULT_DIAL_TIMEOUT)?;
-        let command_timeout = duration("--command-timeout", flags.command_timeout, env_command, DEFAULT_COMMAND_TIMEOUT)?;
+                Some(s) => parse_go_duration(&s)
+                    .map_err(|e| ClientError::Config(format!("{flag} {s:?}: {e}"))),
+            };
+        let dial_timeout =
+            duration("--dial-timeout", flags.dial_timeout, env_dial, DEFAULT_DIAL_TIMEOUT)?;
+        let command_timeout = duration(
+            "--command-timeout",
+            flags.command_timeout,
+            env_command,
+            DEFAULT_COMMAND_TIMEOUT,
+        )?;
         if dial_timeout.is_zero() || command_timeout.is_zero() {
             return Err(ClientError::Config("timeouts must be greater than zero".into()));
         }
@@ -337,7 +379,9 @@ pub fn normalize_endpoint(raw: &str, tls: bool) -> Result<String, ClientError> {
     } else if raw.starts_with("https://") {
         raw.to_string()
     } else if raw.contains("://") {
-        return Err(ClientError::Config(format!("endpoint {raw}: only http:// and https:// endpoints are supported")));
+        return Err(ClientError::Config(format!(
+            "endpoint {raw}: only http:// and https:// endpoints are supported"
+        )));
     } else if tls {
         format!("https://{raw}")
     } else {
@@ -345,7 +389,9 @@ pub fn normalize_endpoint(raw: &str, tls: bool) -> Result<String, ClientError> {
     };
     let host_port = url.split_once("://").map(|(_, r)| r).unwrap_or_default();
     if host_port.is_empty() || host_port.contains('/') || host_port.contains('@') {
-        return Err(ClientError::Config(format!("endpoint {raw:?} is not host:port or a URL of the form https://host:port")));
+        return Err(ClientError::Config(format!(
+            "endpoint {raw:?} is not host:port or a URL of the form https://host:port"
+        )));
     }
     Ok(url)
 }
@@ -370,7 +416,8 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         if num_len == 0 {
             return Err("expected a number, e.g. 5s, 500ms, 1m30s".into());
         }
-        let number: f64 = rest[..num_len].parse().map_err(|_| format!("bad number {:?}", &rest[..num_len]))?;
+        let number: f64 =
+            rest[..num_len].parse().map_err(|_| format!("bad number {:?}", &rest[..num_len]))?;
         rest = &rest[num_len..];
         let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let unit = &rest[..unit_len];
@@ -399,7 +446,8 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 
@@ -448,8 +496,11 @@ mod tests {
 
     #[test]
     fn flags_win_over_environment() {
-        let flags = ConnectFlags { endpoints: Some(vec!["127.0.0.1:1".into()]), ..Default::default() };
-        let (cfg, notes) = ConnectConfig::resolve_with(flags, env(&[("ETCDCTL_ENDPOINTS", "127.0.0.1:2")])).unwrap();
+        let flags =
+            ConnectFlags { endpoints: Some(vec!["127.0.0.1:1".into()]), ..Default::default() };
+        let (cfg, notes) =
+            ConnectConfig::resolve_with(flags, env(&[("ETCDCTL_ENDPOINTS", "127.0.0.1:2")]))
+                .unwrap();
         assert_eq!(cfg.endpoints, vec!["http://127.0.0.1:1"]);
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert!(notes[0].contains("ETCDCTL_ENDPOINTS"));
@@ -461,17 +512,28 @@ mod tests {
         for name in ["ca.crt", "etcd-client.crt", "etcd-client.key"] {
             std::fs::write(dir.path().join(name), "x").unwrap();
         }
-        let flags = ConnectFlags { etcd_secrets_dir: Some(dir.path().into()), ..Default::default() };
+        let flags =
+            ConnectFlags { etcd_secrets_dir: Some(dir.path().into()), ..Default::default() };
         let (cfg, notes) = ConnectConfig::resolve_with(flags.clone(), env(&[])).unwrap();
         assert_eq!(cfg.endpoints, vec!["https://127.0.0.1:2379"]);
         assert_eq!(cfg.cacert, Some(dir.path().join("ca.crt")));
         assert_eq!(cfg.cert, Some(dir.path().join("etcd-client.crt")));
         assert_eq!(cfg.key, Some(dir.path().join("etcd-client.key")));
-        assert!(notes.iter().any(|n| n.starts_with("--cert ") && n.contains("--etcd-secrets-dir")), "{notes:?}");
-        assert!(notes.iter().any(|n| n.starts_with("endpoints 127.0.0.1:2379 from the default")), "{notes:?}");
+        assert!(
+            notes.iter().any(|n| n.starts_with("--cert ") && n.contains("--etcd-secrets-dir")),
+            "{notes:?}"
+        );
+        assert!(
+            notes.iter().any(|n| n.starts_with("endpoints 127.0.0.1:2379 from the default")),
+            "{notes:?}"
+        );
 
         // The environment wins, and a pair is never split between two places.
-        let e = env(&[("ETCDCTL_CACERT", "/pki/ca.crt"), ("ETCDCTL_CERT", "/pki/c.crt"), ("ETCDCTL_KEY", "/pki/c.key")]);
+        let e = env(&[
+            ("ETCDCTL_CACERT", "/pki/ca.crt"),
+            ("ETCDCTL_CERT", "/pki/c.crt"),
+            ("ETCDCTL_KEY", "/pki/c.key"),
+        ]);
         let (cfg, notes) = ConnectConfig::resolve_with(flags.clone(), e).unwrap();
         assert_eq!(cfg.cacert.as_deref(), Some(Path::new("/pki/ca.crt")));
         assert_eq!(cfg.key.as_deref(), Some(Path::new("/pki/c.key")));
@@ -484,12 +546,16 @@ mod tests {
     #[test]
     fn secrets_dir_problems_are_said() {
         let dir = tempfile::tempdir().unwrap();
-        let flags = ConnectFlags { etcd_secrets_dir: Some(dir.path().into()), ..Default::default() };
-        let err = |flags: &ConnectFlags| ConnectConfig::resolve_with(flags.clone(), env(&[])).unwrap_err().to_string();
+        let flags =
+            ConnectFlags { etcd_secrets_dir: Some(dir.path().into()), ..Default::default() };
+        let err = |flags: &ConnectFlags| {
+            ConnectConfig::resolve_with(flags.clone(), env(&[])).unwrap_err().to_string()
+        };
         assert!(err(&flags).contains("holds none of ca.crt"), "{}", err(&flags));
         std::fs::write(dir.path().join("tls.crt"), "x").unwrap();
         assert!(err(&flags).contains("tls.crt is there but tls.key is not"), "{}", err(&flags));
-        let missing = ConnectFlags { etcd_secrets_dir: Some(dir.path().join("nope")), ..Default::default() };
+        let missing =
+            ConnectFlags { etcd_secrets_dir: Some(dir.path().join("nope")), ..Default::default() };
         assert!(err(&missing).contains("not a directory"), "{}", err(&missing));
     }
 
@@ -497,14 +563,17 @@ mod tests {
     fn bad_combinations_are_refused() {
         let r = |flags| ConnectConfig::resolve_with(flags, env(&[])).unwrap_err().to_string();
         assert!(r(ConnectFlags { cert: Some("c".into()), ..Default::default() }).contains("--key"));
-        assert!(r(ConnectFlags { user: Some("root".into()), ..Default::default() }).contains("no password"));
+        assert!(r(ConnectFlags { user: Some("root".into()), ..Default::default() })
+            .contains("no password"));
         assert!(r(ConnectFlags {
             endpoints: Some(vec!["http://a:1".into()]),
             cacert: Some("ca".into()),
             ..Default::default()
         })
         .contains("https://a:1"));
-        assert!(r(ConnectFlags { endpoints: Some(vec!["unix://x".into()]), ..Default::default() }).contains("only http"));
-        assert!(r(ConnectFlags { dial_timeout: Some("2".into()), ..Default::default() }).contains("--dial-timeout"));
+        assert!(r(ConnectFlags { endpoints: Some(vec!["unix://x".into()]), ..Default::default() })
+            .contains("only http"));
+        assert!(r(ConnectFlags { dial_timeout: Some("2".into()), ..Default::default() })
+            .contains("--dial-timeout"));
     }
 }

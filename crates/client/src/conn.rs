@@ -40,7 +40,11 @@ impl Connection {
         match tokio::time::timeout(self.cfg.command_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.classify(e)),
-            Err(_) => Err(ClientError::Timeout { endpoint: self.endpoint.clone(), during, after: self.cfg.command_timeout }),
+            Err(_) => Err(ClientError::Timeout {
+                endpoint: self.endpoint.clone(),
+                during,
+                after: self.cfg.command_timeout,
+            }),
         }
     }
 }
@@ -50,9 +54,17 @@ pub(crate) fn context<'a>(cfg: &'a ConnectConfig, endpoint: &'a str) -> Context<
 }
 
 fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, ClientError> {
-    let bytes = std::fs::read(path).map_err(|source| ClientError::ReadFile { what, path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| ClientError::ReadFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })?;
     if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
-        return Err(ClientError::BadFile { what, path: path.to_path_buf(), detail: "not a PEM file (no -----BEGIN line)".into() });
+        return Err(ClientError::BadFile {
+            what,
+            path: path.to_path_buf(),
+            detail: "not a PEM file (no -----BEGIN line)".into(),
+        });
     }
     Ok(bytes)
 }
@@ -114,7 +126,9 @@ pub(crate) async fn connect_with(
         .keep_alive_while_idle(true);
     if endpoint.starts_with("https://") {
         let Some(tls) = tls else {
-            return Err(ClientError::Config(format!("endpoint {endpoint}: TLS settings were not loaded")));
+            return Err(ClientError::Config(format!(
+                "endpoint {endpoint}: TLS settings were not loaded"
+            )));
         };
         ep = ep.tls_config(tls.config()).map_err(|e| classify_chain(&ctx, &e, None))?;
     }

@@ -52,7 +52,10 @@ impl ElectionOptions {
 
     fn check(&self) -> Result<(), ClientError> {
         if self.name.trim().is_empty() {
-            return Err(ClientError::Config("election name is empty; use a key prefix such as /etcdguard/agent/<cluster>".into()));
+            return Err(ClientError::Config(
+                "election name is empty; use a key prefix such as /etcdguard/agent/<cluster>"
+                    .into(),
+            ));
         }
         if self.ttl < MIN_TTL || self.ttl.subsec_nanos() != 0 {
             return Err(ClientError::Config(format!(
@@ -242,7 +245,12 @@ impl Election {
             if now >= deadline || st.role == Role::Stopped {
                 return false;
             }
-            st = self.shared.changed.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -296,7 +304,12 @@ enum RoundEnd {
     Failed(String),
 }
 
-async fn campaign_loop(shared: &Shared, cfg: &ConnectConfig, tls: Option<&TlsMaterial>, opts: &ElectionOptions) {
+async fn campaign_loop(
+    shared: &Shared,
+    cfg: &ConnectConfig,
+    tls: Option<&TlsMaterial>,
+    opts: &ElectionOptions,
+) {
     let min_backoff = Duration::from_millis(200);
     let max_backoff = opts.keepalive_every().max(min_backoff);
     let mut backoff = min_backoff;
@@ -355,7 +368,10 @@ impl KeepAlive {
         self.keeper.keep_alive().await.map_err(|e| format!("lease keepalive failed: {e}"))
     }
 
-    fn answered(&mut self, msg: Result<Option<etcd_client::LeaseKeepAliveResponse>, etcd_client::Error>) -> Result<(), String> {
+    fn answered(
+        &mut self,
+        msg: Result<Option<etcd_client::LeaseKeepAliveResponse>, etcd_client::Error>,
+    ) -> Result<(), String> {
         let sent = self.sent.pop_front();
         match msg {
             Ok(Some(resp)) if resp.ttl() > 0 => {
@@ -401,10 +417,11 @@ async fn round(
     let ttl_secs = opts.ttl.as_secs() as i64;
     let grant_sent = Instant::now();
     let mut leases = conn.client.lease_client();
-    let granted = match conn.unary("granting the election lease", leases.grant(ttl_secs, None)).await {
-        Ok(g) => g,
-        Err(e) => return RoundEnd::Failed(e.to_string()),
-    };
+    let granted =
+        match conn.unary("granting the election lease", leases.grant(ttl_secs, None)).await {
+            Ok(g) => g,
+            Err(e) => return RoundEnd::Failed(e.to_string()),
+        };
     let lease_id = granted.id();
     let granted_ttl = Duration::from_secs(granted.ttl().max(0) as u64);
     let election_client = conn.client.election_client();
@@ -413,12 +430,19 @@ async fn round(
     let conn = &lease.as_ref().expect("just set").0;
     shared.update(|st| st.lease = Some(lease_id));
 
-    let (keeper, answers) = match conn.unary("starting lease keepalives", leases.keep_alive(lease_id)).await {
-        Ok(k) => k,
-        Err(e) => return RoundEnd::Failed(e.to_string()),
-    };
+    let (keeper, answers) =
+        match conn.unary("starting lease keepalives", leases.keep_alive(lease_id)).await {
+            Ok(k) => k,
+            Err(e) => return RoundEnd::Failed(e.to_string()),
+        };
     let margin = opts.margin();
-    let mut ka = KeepAlive { keeper, answers, sent: VecDeque::new(), valid_until: grant_sent + granted_ttl - margin, margin };
+    let mut ka = KeepAlive {
+        keeper,
+        answers,
+        sent: VecDeque::new(),
+        valid_until: grant_sent + granted_ttl - margin,
+        margin,
+    };
     let mut tick = tokio::time::interval(opts.keepalive_every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate; keep_alive() just renewed the lease
@@ -470,7 +494,10 @@ async fn round(
                     String::from_utf8_lossy(kv.key()),
                     kv.lease()
                 )),
-                None => Err("campaign returned but the election has no leader (our key expired?)".into()),
+                None => {
+                    Err("campaign returned but the election has no leader (our key expired?)"
+                        .into())
+                }
             }
         }
         Err(e) => Err(e.to_string()),
@@ -482,7 +509,13 @@ async fn round(
     // Watch our key from the confirmed revision on: a delete (by an operator, or expiry)
     // ends our term at once.
     let mut watch = match conn
-        .unary("watching the leader key", watch_client.watch(leader_key.key().to_vec(), Some(WatchOptions::new().with_start_revision(seen_at + 1))))
+        .unary(
+            "watching the leader key",
+            watch_client.watch(
+                leader_key.key().to_vec(),
+                Some(WatchOptions::new().with_start_revision(seen_at + 1)),
+            ),
+        )
         .await
     {
         Ok(w) => w,
@@ -538,10 +571,17 @@ async fn round(
         }
     };
     // Stop trusting the lease before anything else (resign may take a while).
-    shared.step_down(if matches!(end, RoundEnd::Stopped) { Role::Stopped } else { Role::Standby }, None);
+    shared.step_down(
+        if matches!(end, RoundEnd::Stopped) { Role::Stopped } else { Role::Standby },
+        None,
+    );
     if !matches!(end, RoundEnd::Failed(_)) {
         let limit = cfg.command_timeout.min(Duration::from_secs(2));
-        let _ = tokio::time::timeout(limit, el.resign(Some(ResignOptions::new().with_leader(leader_key)))).await;
+        let _ = tokio::time::timeout(
+            limit,
+            el.resign(Some(ResignOptions::new().with_leader(leader_key))),
+        )
+        .await;
     }
     end
 }

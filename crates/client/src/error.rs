@@ -50,7 +50,9 @@ pub enum ClientError {
     StreamBroken { endpoint: String, received: u64, expected: u64, cause: Box<ClientError> },
     #[error("{endpoint}: the snapshot stream stalled: no data for {} after {received} of {expected} bytes", fmt_duration(*after))]
     Stalled { endpoint: String, received: u64, expected: u64, after: Duration },
-    #[error("{endpoint}: the snapshot stream ended after {received} bytes, {expected} were announced")]
+    #[error(
+        "{endpoint}: the snapshot stream ended after {received} bytes, {expected} were announced"
+    )]
     ShortStream { endpoint: String, received: u64, expected: u64 },
     #[error("{endpoint}: sha256 checksum not found at the end of the stream ({bytes} bytes received); the snapshot is incomplete")]
     NoTrailer { endpoint: String, bytes: u64 },
@@ -74,9 +76,9 @@ impl ClientError {
             ClientError::Config(_) => ErrorKind::Config,
             ClientError::ReadFile { source, .. } => ErrorKind::LocalIo(source.kind()),
             ClientError::BadFile { .. } => ErrorKind::TlsOrAuth,
-            ClientError::Unreachable { .. } | ClientError::Timeout { .. } | ClientError::Stalled { .. } => {
-                ErrorKind::Unreachable
-            }
+            ClientError::Unreachable { .. }
+            | ClientError::Timeout { .. }
+            | ClientError::Stalled { .. } => ErrorKind::Unreachable,
             ClientError::ShortStream { .. } => ErrorKind::Unreachable,
             ClientError::Tls { .. } | ClientError::Auth { .. } => ErrorKind::TlsOrAuth,
             ClientError::Server { .. } => ErrorKind::Server,
@@ -123,7 +125,13 @@ pub(crate) fn classify(ctx: &Context<'_>, err: etcd_client::Error) -> ClientErro
             use tonic::Code;
             let msg = status.message().to_string();
             let lower = msg.to_ascii_lowercase();
-            let auth_words = ["authentication failed", "user name", "invalid auth token", "auth: ", "permission denied"];
+            let auth_words = [
+                "authentication failed",
+                "user name",
+                "invalid auth token",
+                "auth: ",
+                "permission denied",
+            ];
             match status.code() {
                 // etcd answers Authenticate with this when auth is off; the credentials are
                 // the problem to fix, so it is an authentication failure, with what to do.
@@ -147,15 +155,23 @@ pub(crate) fn classify(ctx: &Context<'_>, err: etcd_client::Error) -> ClientErro
             }
         }
         etcd_client::Error::IoError(e) => classify_chain(ctx, &e, None),
-        etcd_client::Error::InvalidUri(e) => ClientError::Config(format!("endpoint {endpoint}: {e}")),
-        etcd_client::Error::InvalidArgs(e) => ClientError::Config(format!("endpoint {endpoint}: {e}")),
+        etcd_client::Error::InvalidUri(e) => {
+            ClientError::Config(format!("endpoint {endpoint}: {e}"))
+        }
+        etcd_client::Error::InvalidArgs(e) => {
+            ClientError::Config(format!("endpoint {endpoint}: {e}"))
+        }
         other => ClientError::Server { endpoint, detail: other.to_string() },
     }
 }
 
 /// Walks an error's source chain (looking inside `io::Error`s, whose `source()` skips the
 /// wrapped error) for a rustls error or a connection-level io error.
-pub(crate) fn classify_chain(ctx: &Context<'_>, top: &(dyn StdError + 'static), status_msg: Option<&str>) -> ClientError {
+pub(crate) fn classify_chain(
+    ctx: &Context<'_>,
+    top: &(dyn StdError + 'static),
+    status_msg: Option<&str>,
+) -> ClientError {
     let endpoint = ctx.endpoint.to_string();
     let mut texts: Vec<String> = Vec::new();
     if let Some(m) = status_msg {
@@ -184,11 +200,15 @@ pub(crate) fn classify_chain(ctx: &Context<'_>, top: &(dyn StdError + 'static), 
     }
     let joined = texts.join(": ");
     let hint = match io_kind {
-        Some(io::ErrorKind::ConnectionRefused) => "connection refused (is etcd running and listening on this address?)",
-        Some(io::ErrorKind::TimedOut) => "connection timed out (check the address, firewall and --dial-timeout)",
-        Some(io::ErrorKind::ConnectionReset) | Some(io::ErrorKind::BrokenPipe) | Some(io::ErrorKind::UnexpectedEof) => {
-            "the connection was closed by the server"
+        Some(io::ErrorKind::ConnectionRefused) => {
+            "connection refused (is etcd running and listening on this address?)"
         }
+        Some(io::ErrorKind::TimedOut) => {
+            "connection timed out (check the address, firewall and --dial-timeout)"
+        }
+        Some(io::ErrorKind::ConnectionReset)
+        | Some(io::ErrorKind::BrokenPipe)
+        | Some(io::ErrorKind::UnexpectedEof) => "the connection was closed by the server",
         _ => "",
     };
     let lower = joined.to_ascii_lowercase();
@@ -199,7 +219,9 @@ pub(crate) fn classify_chain(ctx: &Context<'_>, top: &(dyn StdError + 'static), 
         hint
     };
     let plaintext_to_tls = ctx.endpoint.starts_with("http://")
-        && (lower.contains("frame with invalid size") || lower.contains("http/1") || lower.contains("invalid http version"));
+        && (lower.contains("frame with invalid size")
+            || lower.contains("http/1")
+            || lower.contains("invalid http version"));
     let detail = if plaintext_to_tls {
         format!("{joined} (the server may require TLS: use https:// with --cacert)")
     } else if !hint.is_empty() {

@@ -64,13 +64,22 @@ pub enum Agreement {
 
 /// Compares the answers that came back (errors are the caller's to report).
 pub fn agreement(hashes: &[(String, Result<KvHash, ClientError>)]) -> Agreement {
-    let ok: Vec<(&String, &KvHash)> = hashes.iter().filter_map(|(e, r)| r.as_ref().ok().map(|h| (e, h))).collect();
+    let ok: Vec<(&String, &KvHash)> =
+        hashes.iter().filter_map(|(e, r)| r.as_ref().ok().map(|h| (e, h))).collect();
     let Some((_, first)) = ok.first() else { return Agreement::NoAnswer };
-    let ranges: std::collections::BTreeSet<(i64, i64)> = ok.iter().map(|(_, h)| (h.compact_revision, h.hash_revision)).collect();
+    let ranges: std::collections::BTreeSet<(i64, i64)> =
+        ok.iter().map(|(_, h)| (h.compact_revision, h.hash_revision)).collect();
     if ranges.len() > 1 {
-        let list: Vec<String> =
-            ok.iter().map(|(e, h)| format!("{e} hashed revisions {}..={}", h.compact_revision, h.hash_revision)).collect();
-        return Agreement::Incomparable(format!("the members hashed different revision ranges ({})", list.join("; ")));
+        let list: Vec<String> = ok
+            .iter()
+            .map(|(e, h)| {
+                format!("{e} hashed revisions {}..={}", h.compact_revision, h.hash_revision)
+            })
+            .collect();
+        return Agreement::Incomparable(format!(
+            "the members hashed different revision ranges ({})",
+            list.join("; ")
+        ));
     }
     let mut groups: Vec<(u32, Vec<String>)> = Vec::new();
     for (e, h) in &ok {
@@ -80,7 +89,11 @@ pub fn agreement(hashes: &[(String, Result<KvHash, ClientError>)]) -> Agreement 
         }
     }
     if groups.len() == 1 {
-        return Agreement::Agree { hash: first.hash, hash_revision: first.hash_revision, compact_revision: first.compact_revision };
+        return Agreement::Agree {
+            hash: first.hash,
+            hash_revision: first.hash_revision,
+            compact_revision: first.compact_revision,
+        };
     }
     groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
     Agreement::Differ { hash_revision: first.hash_revision, groups }
@@ -103,10 +116,19 @@ mod tests {
         );
         assert_eq!(
             agreement(&[(e("a"), h(7, 10, 2)), (e("b"), h(8, 10, 2)), (e("c"), h(8, 10, 2))]),
-            Agreement::Differ { hash_revision: 10, groups: vec![(8, vec![e("b"), e("c")]), (7, vec![e("a")])] }
+            Agreement::Differ {
+                hash_revision: 10,
+                groups: vec![(8, vec![e("b"), e("c")]), (7, vec![e("a")])]
+            }
         );
-        assert!(matches!(agreement(&[(e("a"), h(7, 10, 2)), (e("b"), h(7, 11, 2))]), Agreement::Incomparable(_)));
-        assert!(matches!(agreement(&[(e("a"), h(7, 10, 2)), (e("b"), h(7, 10, 3))]), Agreement::Incomparable(_)));
+        assert!(matches!(
+            agreement(&[(e("a"), h(7, 10, 2)), (e("b"), h(7, 11, 2))]),
+            Agreement::Incomparable(_)
+        ));
+        assert!(matches!(
+            agreement(&[(e("a"), h(7, 10, 2)), (e("b"), h(7, 10, 3))]),
+            Agreement::Incomparable(_)
+        ));
         let down = Err(ClientError::Config("down".into()));
         assert_eq!(agreement(&[(e("a"), down)]), Agreement::NoAnswer);
     }

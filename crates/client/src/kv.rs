@@ -19,7 +19,8 @@ pub struct FirstKey {
 impl Connection {
     /// A linearizable range over the whole keyspace with limit 1.
     pub async fn first_key(&mut self) -> Result<FirstKey, ClientError> {
-        let mut kv = self.client.kv_client().max_decoding_message_size(crate::conn::MAX_MESSAGE_BYTES);
+        let mut kv =
+            self.client.kv_client().max_decoding_message_size(crate::conn::MAX_MESSAGE_BYTES);
         let opts = GetOptions::new().with_from_key().with_limit(1);
         let resp = self.unary("reading the first key", kv.get(vec![0u8], Some(opts))).await?;
         let header_revision = resp.header().map(|h| h.revision()).unwrap_or(0);

@@ -21,27 +21,33 @@ mod cluster;
 mod config;
 mod conn;
 pub mod election;
+mod error;
 mod hashkv;
 mod kv;
 mod members;
-mod error;
 mod snapshot;
 mod watch;
 
 use std::io::Write;
 use std::ops::ControlFlow;
 
-pub use cluster::{all_failed, choose_member, Choice, Health, Member, MemberStatus, Probe, SnapshotFrom, MAX_FOLLOWER_LAG};
-pub use config::{normalize_endpoint, parse_go_duration, ConnectConfig, ConnectFlags, Secret, ENV_VARS};
+pub use cluster::{
+    all_failed, choose_member, Choice, Health, Member, MemberStatus, Probe, SnapshotFrom,
+    MAX_FOLLOWER_LAG,
+};
+pub use config::{
+    normalize_endpoint, parse_go_duration, ConnectConfig, ConnectFlags, Secret, ENV_VARS,
+};
 pub use conn::{connect, Connection, MAX_MESSAGE_BYTES};
 pub use error::{ClientError, ErrorKind};
 pub use hashkv::{agreement, Agreement, ClusterHashes, KvHash};
 pub use members::{
-    check_add, check_promote, check_remove, defrag_order, parse_member_id, AddPlan, Added, Alarm, Defragmented, PromotePlan,
-    RemovePlan, PROMOTE_MAX_LAG,
+    check_add, check_promote, check_remove, defrag_order, parse_member_id, AddPlan, Added, Alarm,
+    Defragmented, PromotePlan, RemovePlan, PROMOTE_MAX_LAG,
 };
 pub use snapshot::{
-    stream_snapshot, Destination, NoProgress, PartFile, Progress, SnapshotSummary, TrailerHasher, TrailerVerdict,
+    stream_snapshot, Destination, NoProgress, PartFile, Progress, SnapshotSummary, TrailerHasher,
+    TrailerVerdict,
 };
 
 pub use kv::FirstKey;
@@ -114,7 +120,9 @@ impl Session {
             .map(|m| {
                 m.client_urls
                     .first()
-                    .map(|u| normalize_endpoint(u, self.tls.is_some()).unwrap_or_else(|_| u.clone()))
+                    .map(|u| {
+                        normalize_endpoint(u, self.tls.is_some()).unwrap_or_else(|_| u.clone())
+                    })
                     .unwrap_or_default()
             })
             .collect();
@@ -158,28 +166,45 @@ impl Session {
     /// the answers can be compared.
     pub fn cluster_hash_kv(&self, revision: Option<i64>) -> Result<ClusterHashes, ClientError> {
         let (from, members) = self.member_list()?;
-        let urls: Vec<String> = members.iter().flat_map(|m| m.client_urls.iter().cloned()).collect();
-        let dial: Vec<String> =
-            urls.iter().map(|u| normalize_endpoint(u, self.tls.is_some()).unwrap_or_else(|_| u.clone())).collect();
+        let urls: Vec<String> =
+            members.iter().flat_map(|m| m.client_urls.iter().cloned()).collect();
+        let dial: Vec<String> = urls
+            .iter()
+            .map(|u| normalize_endpoint(u, self.tls.is_some()).unwrap_or_else(|_| u.clone()))
+            .collect();
         let ask = |rev: i64| -> Vec<Result<KvHash, ClientError>> {
-            self.for_each(&dial, move |mut conn| async move { conn.hash_kv(rev).await }).into_iter().map(|(r, _)| r).collect()
+            self.for_each(&dial, move |mut conn| async move { conn.hash_kv(rev).await })
+                .into_iter()
+                .map(|(r, _)| r)
+                .collect()
         };
         let mut answers = ask(revision.unwrap_or(0));
         let mut rehashed_at = None;
         if revision.is_none() {
-            let revs: std::collections::BTreeSet<i64> = answers.iter().filter_map(|r| r.as_ref().ok()).map(|h| h.hash_revision).collect();
+            let revs: std::collections::BTreeSet<i64> =
+                answers.iter().filter_map(|r| r.as_ref().ok()).map(|h| h.hash_revision).collect();
             if revs.len() > 1 {
                 let lowest = *revs.iter().next().unwrap();
                 answers = ask(lowest);
                 rehashed_at = Some(lowest);
             }
         }
-        Ok(ClusterHashes { from, members, hashes: urls.into_iter().zip(answers).collect(), rehashed_at })
+        Ok(ClusterHashes {
+            from,
+            members,
+            hashes: urls.into_iter().zip(answers).collect(),
+            rehashed_at,
+        })
     }
 
     /// Streams a snapshot from `endpoint` into `dest`. For a file: `FILE.part` (0600), fsync,
     /// rename; on any failure the partial file is removed. Verifies the sha256 trailer.
-    pub fn save(&self, endpoint: &str, dest: &Destination, progress: &mut dyn Progress) -> Result<SnapshotSummary, ClientError> {
+    pub fn save(
+        &self,
+        endpoint: &str,
+        dest: &Destination,
+        progress: &mut dyn Progress,
+    ) -> Result<SnapshotSummary, ClientError> {
         dest.preflight()?;
         self.rt.block_on(async {
             let mut conn = connect_with(&self.cfg, self.tls.as_ref(), endpoint).await?;
@@ -187,7 +212,8 @@ impl Session {
                 Destination::File(path) => {
                     let mut part = PartFile::create(path)?;
                     let target = PartFile::part_path(path).display().to_string();
-                    let summary = stream_snapshot(&mut conn, part.file(), &target, progress).await?;
+                    let summary =
+                        stream_snapshot(&mut conn, part.file(), &target, progress).await?;
                     part.commit()?;
                     Ok(summary)
                 }
@@ -195,7 +221,8 @@ impl Session {
                     let stdout = std::io::stdout();
                     let mut lock = stdout.lock();
                     let summary = stream_snapshot(&mut conn, &mut lock, "stdout", progress).await?;
-                    lock.flush().map_err(|source| ClientError::Write { target: "stdout".into(), source })?;
+                    lock.flush()
+                        .map_err(|source| ClientError::Write { target: "stdout".into(), source })?;
                     Ok(summary)
                 }
             }
@@ -205,7 +232,13 @@ impl Session {
     /// Streams the snapshot of `endpoint` into `sink` (every byte, trailer included, as
     /// [`Session::save`] writes a file), checking the trailer; `target` names the sink in
     /// errors. For a caller that consumes the snapshot while it arrives.
-    pub fn save_into(&self, endpoint: &str, sink: &mut dyn Write, target: &str, progress: &mut dyn Progress) -> Result<SnapshotSummary, ClientError> {
+    pub fn save_into(
+        &self,
+        endpoint: &str,
+        sink: &mut dyn Write,
+        target: &str,
+        progress: &mut dyn Progress,
+    ) -> Result<SnapshotSummary, ClientError> {
         self.rt.block_on(async {
             let mut conn = connect_with(&self.cfg, self.tls.as_ref(), endpoint).await?;
             stream_snapshot(&mut conn, sink, target, progress).await
@@ -228,7 +261,11 @@ impl Session {
     }
 
     /// Every lease on `endpoint` with its granted TTL (see [`Connection::leases`]).
-    pub fn leases(&self, endpoint: &str, known: &std::collections::HashMap<i64, i64>) -> Result<Vec<(i64, i64)>, ClientError> {
+    pub fn leases(
+        &self,
+        endpoint: &str,
+        known: &std::collections::HashMap<i64, i64>,
+    ) -> Result<Vec<(i64, i64)>, ClientError> {
         self.rt.block_on(async {
             let mut conn = connect_with(&self.cfg, self.tls.as_ref(), endpoint).await?;
             conn.leases(known).await
@@ -237,7 +274,11 @@ impl Session {
 
     /// Runs `f` on a fresh connection to each endpoint concurrently; results in input order
     /// with the time each took (connecting included).
-    fn for_each<T, F, Fut>(&self, endpoints: &[String], f: F) -> Vec<(Result<T, ClientError>, std::time::Duration)>
+    fn for_each<T, F, Fut>(
+        &self,
+        endpoints: &[String],
+        f: F,
+    ) -> Vec<(Result<T, ClientError>, std::time::Duration)>
     where
         T: Send + 'static,
         F: Fn(Connection) -> Fut + Clone + Send + 'static,
@@ -253,7 +294,11 @@ impl Session {
                 set.spawn(async move {
                     let started = std::time::Instant::now();
                     if endpoint.is_empty() {
-                        return (i, Err(ClientError::Config("empty endpoint".into())), started.elapsed());
+                        return (
+                            i,
+                            Err(ClientError::Config("empty endpoint".into())),
+                            started.elapsed(),
+                        );
                     }
                     let r = match connect_with(&cfg, tls.as_ref(), &endpoint).await {
                         Ok(conn) => f(conn).await,
@@ -270,7 +315,14 @@ impl Session {
                 }
             }
             out.into_iter()
-                .map(|o| o.unwrap_or_else(|| (Err(ClientError::Config("internal: task failed".into())), Default::default())))
+                .map(|o| {
+                    o.unwrap_or_else(|| {
+                        (
+                            Err(ClientError::Config("internal: task failed".into())),
+                            Default::default(),
+                        )
+                    })
+                })
                 .collect()
         })
     }

@@ -51,7 +51,12 @@ fn quorum(voters: usize) -> usize {
 
 /// The leader's status, when some member that answered names a leader that also answered.
 fn leader_status(report: &MembersReport) -> Option<&MemberStatus> {
-    let leader_id = report.statuses.iter().filter_map(|s| s.as_ref().ok()).map(|s| s.leader).find(|&l| l != 0)?;
+    let leader_id = report
+        .statuses
+        .iter()
+        .filter_map(|s| s.as_ref().ok())
+        .map(|s| s.leader)
+        .find(|&l| l != 0)?;
     report.statuses.iter().filter_map(|s| s.as_ref().ok()).find(|s| s.member_id == leader_id)
 }
 
@@ -69,13 +74,21 @@ pub struct RemovePlan {
 /// removal the healthy voting members still make a quorum of the smaller cluster; and the
 /// member is not healthy (removing a working member is rarely what a replacement needs).
 /// `force` turns the last two refusals into warnings; nothing overrides the first two.
-pub fn check_remove(report: &MembersReport, id: u64, force: bool) -> Result<RemovePlan, ClientError> {
+pub fn check_remove(
+    report: &MembersReport,
+    id: u64,
+    force: bool,
+) -> Result<RemovePlan, ClientError> {
     let Some(pos) = report.members.iter().position(|m| m.id == id) else {
         let known: Vec<String> = report.members.iter().map(label).collect();
-        return Err(ClientError::Config(format!("no member with ID {id:x}; the members are {}", known.join(", "))));
+        return Err(ClientError::Config(format!(
+            "no member with ID {id:x}; the members are {}",
+            known.join(", ")
+        )));
     };
     let member = report.members[pos].clone();
-    let voters: Vec<usize> = (0..report.members.len()).filter(|&i| !report.members[i].is_learner).collect();
+    let voters: Vec<usize> =
+        (0..report.members.len()).filter(|&i| !report.members[i].is_learner).collect();
     let healthy_voters = voters.iter().filter(|&&i| healthy(&report.statuses[i])).count();
     if healthy_voters < quorum(voters.len()) {
         return Err(refused(format!(
@@ -87,9 +100,13 @@ pub fn check_remove(report: &MembersReport, id: u64, force: bool) -> Result<Remo
     }
     let voters_after = voters.len() - usize::from(!member.is_learner);
     if voters_after == 0 {
-        return Err(refused(format!("member {} is the last voting member; removing it would end the cluster", label(&member))));
+        return Err(refused(format!(
+            "member {} is the last voting member; removing it would end the cluster",
+            label(&member)
+        )));
     }
-    let healthy_voters_after = voters.iter().filter(|&&i| i != pos && healthy(&report.statuses[i])).count();
+    let healthy_voters_after =
+        voters.iter().filter(|&&i| i != pos && healthy(&report.statuses[i])).count();
     let quorum_after = quorum(voters_after);
     let mut warnings = Vec::new();
     let mut problems = Vec::new();
@@ -108,7 +125,10 @@ pub fn check_remove(report: &MembersReport, id: u64, force: bool) -> Result<Remo
     }
     if !problems.is_empty() {
         if !force {
-            return Err(refused(format!("{}; nothing was changed (--force overrides)", problems.join("; "))));
+            return Err(refused(format!(
+                "{}; nothing was changed (--force overrides)",
+                problems.join("; ")
+            )));
         }
         warnings = problems;
     }
@@ -124,28 +144,55 @@ pub struct AddPlan {
 /// Checks `member add NAME --peer-urls URLS [--learner]`: a name and well-formed, unused
 /// peer URLs; quorum now; and, for a voting member, that the cluster keeps its quorum while
 /// the new member is not started yet (otherwise suggest `--learner`; `force` overrides).
-pub fn check_add(report: &MembersReport, name: &str, peer_urls: &[String], learner: bool, force: bool) -> Result<AddPlan, ClientError> {
+pub fn check_add(
+    report: &MembersReport,
+    name: &str,
+    peer_urls: &[String],
+    learner: bool,
+    force: bool,
+) -> Result<AddPlan, ClientError> {
     if name.trim().is_empty() {
         return Err(ClientError::Config("member name is empty".into()));
     }
     if peer_urls.is_empty() {
-        return Err(ClientError::Config("--peer-urls is empty; give the new member's peer URL, e.g. https://10.0.0.4:2380".into()));
+        return Err(ClientError::Config(
+            "--peer-urls is empty; give the new member's peer URL, e.g. https://10.0.0.4:2380"
+                .into(),
+        ));
     }
     for u in peer_urls {
         let ok = (u.starts_with("http://") || u.starts_with("https://"))
-            && u.split_once("://").is_some_and(|(_, rest)| rest.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()));
+            && u.split_once("://").is_some_and(|(_, rest)| {
+                rest.rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            });
         if !ok {
-            return Err(ClientError::Config(format!("peer URL {u:?}: expected scheme://host:port, e.g. https://10.0.0.4:2380")));
+            return Err(ClientError::Config(format!(
+                "peer URL {u:?}: expected scheme://host:port, e.g. https://10.0.0.4:2380"
+            )));
         }
-        if let Some(m) = report.members.iter().find(|m| m.peer_urls.iter().any(|p| p.trim_end_matches('/') == u.trim_end_matches('/'))) {
-            return Err(refused(format!("peer URL {u} already belongs to member {}; remove that member first", label(m))));
+        if let Some(m) = report.members.iter().find(|m| {
+            m.peer_urls.iter().any(|p| p.trim_end_matches('/') == u.trim_end_matches('/'))
+        }) {
+            return Err(refused(format!(
+                "peer URL {u} already belongs to member {}; remove that member first",
+                label(m)
+            )));
         }
     }
     if let Some(m) = report.members.iter().find(|m| m.name == name) {
-        return Err(refused(format!("a member named {name} exists ({}); remove it first or pick another name", label(m))));
+        return Err(refused(format!(
+            "a member named {name} exists ({}); remove it first or pick another name",
+            label(m)
+        )));
     }
     let voters = report.members.iter().filter(|m| !m.is_learner).count();
-    let healthy_voters = report.members.iter().zip(&report.statuses).filter(|(m, s)| !m.is_learner && healthy(s)).count();
+    let healthy_voters = report
+        .members
+        .iter()
+        .zip(&report.statuses)
+        .filter(|(m, s)| !m.is_learner && healthy(s))
+        .count();
     if healthy_voters < quorum(voters) {
         return Err(refused(format!(
             "the cluster has no quorum now ({healthy_voters} of {voters} voting members healthy); an add cannot commit"
@@ -183,7 +230,10 @@ pub fn check_promote(report: &MembersReport, id: u64) -> Result<PromotePlan, Cli
     };
     let member = report.members[pos].clone();
     if !member.is_learner {
-        return Err(refused(format!("member {} is already a voting member; only learners are promoted", label(&member))));
+        return Err(refused(format!(
+            "member {} is already a voting member; only learners are promoted",
+            label(&member)
+        )));
     }
     let Some(leader) = leader_status(report) else {
         return Err(refused("no leader answered, so the learner's progress cannot be compared; check `cluster members`".into()));
@@ -218,13 +268,20 @@ pub fn defrag_order(report: &MembersReport) -> Result<Vec<usize>, ClientError> {
     for (m, s) in report.members.iter().zip(&report.statuses) {
         match s {
             Err(e) => bad.push(format!("{} does not answer ({e})", label(m))),
-            Ok(st) if !m.is_learner && !healthy(s) => bad.push(format!("{} is unhealthy ({})", label(m), st.role())),
-            Ok(st) if !st.errors.is_empty() => bad.push(format!("{} reports {}", label(m), st.errors.join("; "))),
+            Ok(st) if !m.is_learner && !healthy(s) => {
+                bad.push(format!("{} is unhealthy ({})", label(m), st.role()))
+            }
+            Ok(st) if !st.errors.is_empty() => {
+                bad.push(format!("{} reports {}", label(m), st.errors.join("; ")))
+            }
             Ok(_) => {}
         }
     }
     if !bad.is_empty() {
-        return Err(refused(format!("not defragmenting: {}; fix that first (nothing was changed)", bad.join(", "))));
+        return Err(refused(format!(
+            "not defragmenting: {}; fix that first (nothing was changed)",
+            bad.join(", ")
+        )));
     }
     let is_leader = |i: usize| report.statuses[i].as_ref().map(|s| s.is_leader()).unwrap_or(false);
     let mut order: Vec<usize> = (0..report.members.len()).filter(|&i| !is_leader(i)).collect();
@@ -285,7 +342,9 @@ const RECONFIG_RETRY: Duration = Duration::from_secs(12);
 
 fn etcd_detail(e: &ClientError) -> Option<&str> {
     match e {
-        ClientError::Server { detail, .. } | ClientError::Unreachable { detail, .. } => Some(detail),
+        ClientError::Server { detail, .. } | ClientError::Unreachable { detail, .. } => {
+            Some(detail)
+        }
         _ => None,
     }
 }
@@ -293,7 +352,12 @@ fn etcd_detail(e: &ClientError) -> Option<&str> {
 impl Session {
     /// Runs one membership change against `endpoint`, retrying etcd's transient "unhealthy
     /// cluster" answer, and turning its own quorum refusal into [`ClientError::Refused`].
-    fn reconfigure<T, F, Fut>(&self, endpoint: &str, what: &'static str, f: F) -> Result<T, ClientError>
+    fn reconfigure<T, F, Fut>(
+        &self,
+        endpoint: &str,
+        what: &'static str,
+        f: F,
+    ) -> Result<T, ClientError>
     where
         F: Fn(etcd_client::ClusterClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -321,7 +385,9 @@ impl Session {
                 )));
             }
             if detail.contains("not enough started members") {
-                return Err(refused(format!("{endpoint}: etcd refused {what}: {detail}; nothing was changed")));
+                return Err(refused(format!(
+                    "{endpoint}: etcd refused {what}: {detail}; nothing was changed"
+                )));
             }
             return Err(e);
         }
@@ -340,18 +406,30 @@ impl Session {
         let report = self.members()?;
         let plan = check_remove(&report, id, force)?;
         let endpoint = self.leader_endpoint(&report);
-        self.reconfigure(&endpoint, "removing the member", |mut c| async move { c.member_remove(id).await })?;
+        self.reconfigure(&endpoint, "removing the member", |mut c| async move {
+            c.member_remove(id).await
+        })?;
         Ok(plan)
     }
 
     /// `member add NAME --peer-urls URLS [--learner]` after [`check_add`].
-    pub fn member_add(&self, name: &str, peer_urls: &[String], learner: bool, force: bool) -> Result<Added, ClientError> {
+    pub fn member_add(
+        &self,
+        name: &str,
+        peer_urls: &[String],
+        learner: bool,
+        force: bool,
+    ) -> Result<Added, ClientError> {
         let report = self.members()?;
         let plan = check_add(&report, name, peer_urls, learner, force)?;
         let leader = leader_status(&report);
         if learner {
             if let Some(v) = leader.map(|l| l.version.clone()) {
-                if v.starts_with("3.0") || v.starts_with("3.1") || v.starts_with("3.2") || v.starts_with("3.3") {
+                if v.starts_with("3.0")
+                    || v.starts_with("3.1")
+                    || v.starts_with("3.2")
+                    || v.starts_with("3.3")
+                {
                     return Err(refused(format!(
                         "etcd {v} has no learners (they exist from 3.4 on); add the member without --learner, or \
                          upgrade etcd first"
@@ -365,7 +443,8 @@ impl Session {
         let resp = self.reconfigure(&endpoint, "adding the member", |mut c| {
             let urls = urls.clone();
             async move {
-                let options = if learner { Some(MemberAddOptions::new().with_is_learner()) } else { None };
+                let options =
+                    if learner { Some(MemberAddOptions::new().with_is_learner()) } else { None };
                 c.member_add(urls, options).await
             }
         });
@@ -423,7 +502,11 @@ impl Session {
     ) -> Result<Vec<Defragmented>, ClientError> {
         let report = self.members()?;
         let order = defrag_order(&report)?;
-        let urls: Vec<String> = report.statuses.iter().map(|s| s.as_ref().map(|s| s.endpoint.clone()).unwrap_or_default()).collect();
+        let urls: Vec<String> = report
+            .statuses
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.endpoint.clone()).unwrap_or_default())
+            .collect();
         let mut done = Vec::new();
         for i in order {
             let m = &report.members[i];
@@ -438,7 +521,11 @@ impl Session {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(conn.classify(e)),
                     Err(_) => {
-                        return Err(ClientError::Timeout { endpoint: endpoint.clone(), during: "defragmenting", after: per_member_timeout })
+                        return Err(ClientError::Timeout {
+                            endpoint: endpoint.clone(),
+                            during: "defragmenting",
+                            after: per_member_timeout,
+                        })
                     }
                 }
                 let after = conn.status().await?;
@@ -484,8 +571,14 @@ impl Session {
     pub fn alarms(&self) -> Result<Vec<Alarm>, ClientError> {
         self.with_first_endpoint(|conn| async move {
             let mut m = conn.client.maintenance_client();
-            let resp = conn.unary("listing alarms", m.alarm(AlarmAction::Get, AlarmType::None, None)).await?;
-            Ok(resp.alarms().iter().map(|a| Alarm { member_id: a.member_id(), kind: alarm_name(a.alarm()) }).collect())
+            let resp = conn
+                .unary("listing alarms", m.alarm(AlarmAction::Get, AlarmType::None, None))
+                .await?;
+            Ok(resp
+                .alarms()
+                .iter()
+                .map(|a| Alarm { member_id: a.member_id(), kind: alarm_name(a.alarm()) })
+                .collect())
         })
     }
 
@@ -493,12 +586,18 @@ impl Session {
     pub fn disarm_alarms(&self) -> Result<Vec<Alarm>, ClientError> {
         self.with_first_endpoint(|conn| async move {
             let mut m = conn.client.maintenance_client();
-            let resp = conn.unary("listing alarms", m.alarm(AlarmAction::Get, AlarmType::None, None)).await?;
+            let resp = conn
+                .unary("listing alarms", m.alarm(AlarmAction::Get, AlarmType::None, None))
+                .await?;
             let mut out = Vec::new();
             for a in resp.alarms() {
                 let mut opts = AlarmOptions::new();
                 opts.with_member(a.member_id());
-                conn.unary("disarming an alarm", m.alarm(AlarmAction::Deactivate, a.alarm(), Some(opts))).await?;
+                conn.unary(
+                    "disarming an alarm",
+                    m.alarm(AlarmAction::Deactivate, a.alarm(), Some(opts)),
+                )
+                .await?;
                 out.push(Alarm { member_id: a.member_id(), kind: alarm_name(a.alarm()) });
             }
             Ok(out)
@@ -514,7 +613,9 @@ impl Session {
         for endpoint in &self.cfg.endpoints {
             match self.rt.block_on(async { self.conn(endpoint).await }) {
                 Ok(conn) => return self.rt.block_on(f(conn)),
-                Err(e) => failures.push(crate::Probe { endpoint: endpoint.clone(), result: Err(e) }),
+                Err(e) => {
+                    failures.push(crate::Probe { endpoint: endpoint.clone(), result: Err(e) })
+                }
             }
         }
         Err(crate::all_failed(&failures))
@@ -553,14 +654,21 @@ mod tests {
         })
     }
     fn down(id: u64) -> Result<MemberStatus, ClientError> {
-        Err(ClientError::Unreachable { endpoint: format!("m{id}"), detail: "connection refused".into() })
+        Err(ClientError::Unreachable {
+            endpoint: format!("m{id}"),
+            detail: "connection refused".into(),
+        })
     }
     fn report(entries: Vec<(Member, Result<MemberStatus, ClientError>)>) -> MembersReport {
         let (members, statuses) = entries.into_iter().unzip();
         MembersReport { from: "http://127.0.0.11:2379".into(), members, statuses }
     }
     fn three(third: Result<MemberStatus, ClientError>) -> MembersReport {
-        report(vec![(member(1, false), up(1, 1, 100, false)), (member(2, false), up(2, 1, 100, false)), (member(3, false), third)])
+        report(vec![
+            (member(1, false), up(1, 1, 100, false)),
+            (member(2, false), up(2, 1, 100, false)),
+            (member(3, false), third),
+        ])
     }
     fn is_refused(r: Result<impl std::fmt::Debug, ClientError>, words: &str) {
         match r {
@@ -647,20 +755,44 @@ mod tests {
     #[test]
     fn add_checks_urls_names_and_quorum() {
         let healthy3 = three(up(3, 1, 100, false));
-        assert!(check_add(&healthy3, "m4", &["http://127.0.0.14:2380".into()], false, false).is_ok());
-        is_refused(check_add(&healthy3, "m4", &["http://127.0.0.13:2380".into()], true, false), "already belongs");
-        is_refused(check_add(&healthy3, "m2", &["http://127.0.0.14:2380".into()], true, false), "named m2 exists");
-        assert!(matches!(check_add(&healthy3, "m4", &["127.0.0.14".into()], true, false), Err(ClientError::Config(_))));
+        assert!(
+            check_add(&healthy3, "m4", &["http://127.0.0.14:2380".into()], false, false).is_ok()
+        );
+        is_refused(
+            check_add(&healthy3, "m4", &["http://127.0.0.13:2380".into()], true, false),
+            "already belongs",
+        );
+        is_refused(
+            check_add(&healthy3, "m2", &["http://127.0.0.14:2380".into()], true, false),
+            "named m2 exists",
+        );
+        assert!(matches!(
+            check_add(&healthy3, "m4", &["127.0.0.14".into()], true, false),
+            Err(ClientError::Config(_))
+        ));
         // 3 voters, 2 healthy: a fourth voter makes the quorum 3 before it starts.
         let degraded = three(down(3));
-        is_refused(check_add(&degraded, "m4", &["http://127.0.0.14:2380".into()], false, false), "--learner");
+        is_refused(
+            check_add(&degraded, "m4", &["http://127.0.0.14:2380".into()], false, false),
+            "--learner",
+        );
         assert!(check_add(&degraded, "m4", &["http://127.0.0.14:2380".into()], true, false).is_ok());
-        assert_eq!(check_add(&degraded, "m4", &["http://127.0.0.14:2380".into()], false, true).unwrap().warnings.len(), 1);
+        assert_eq!(
+            check_add(&degraded, "m4", &["http://127.0.0.14:2380".into()], false, true)
+                .unwrap()
+                .warnings
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn defrag_goes_followers_first_leader_last() {
-        let r = report(vec![(member(1, false), up(1, 2, 100, false)), (member(2, false), up(2, 2, 100, false)), (member(3, true), up(3, 2, 100, true))]);
+        let r = report(vec![
+            (member(1, false), up(1, 2, 100, false)),
+            (member(2, false), up(2, 2, 100, false)),
+            (member(3, true), up(3, 2, 100, true)),
+        ]);
         assert_eq!(defrag_order(&r).unwrap(), vec![0, 2, 1]);
         is_refused(defrag_order(&three(down(3))), "does not answer");
     }

@@ -26,9 +26,14 @@ pub struct TrailerHasher {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TrailerVerdict {
     Verified([u8; 32]),
-    Mismatch { expected: [u8; 32], actual: [u8; 32] },
+    Mismatch {
+        expected: [u8; 32],
+        actual: [u8; 32],
+    },
     /// `total % 512 != 32`: no trailer where etcd puts one.
-    Missing { total: u64 },
+    Missing {
+        total: u64,
+    },
 }
 
 impl TrailerHasher {
@@ -131,7 +136,10 @@ impl Destination {
         let Destination::File(path) = self else { return Ok(()) };
         let write_err = |source| ClientError::Write { target: path.display().to_string(), source };
         if path.is_dir() {
-            return Err(write_err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory; give a file name")));
+            return Err(write_err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                "is a directory; give a file name",
+            )));
         }
         if path.file_name().is_none() {
             return Err(write_err(io::Error::new(io::ErrorKind::InvalidInput, "not a file name")));
@@ -142,7 +150,10 @@ impl Destination {
         };
         match std::fs::metadata(parent) {
             Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(write_err(io::Error::new(io::ErrorKind::NotADirectory, format!("{} is not a directory", parent.display())))),
+            Ok(_) => Err(write_err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{} is not a directory", parent.display()),
+            ))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(write_err(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("directory {} does not exist", parent.display()),
@@ -187,7 +198,10 @@ impl PartFile {
 
     /// fsync, rename to the destination, fsync the directory.
     pub fn commit(mut self) -> Result<(), ClientError> {
-        let err = |target: &Path, source| ClientError::Write { target: target.display().to_string(), source };
+        let err = |target: &Path, source| ClientError::Write {
+            target: target.display().to_string(),
+            source,
+        };
         let file = self.file.take().expect("part file open until commit");
         file.sync_all().map_err(|e| err(&self.part, e))?;
         drop(file);
@@ -229,7 +243,9 @@ pub async fn stream_snapshot(
     let mut sigterm = signal(SignalKind::terminate()).ok();
     let interrupted = async move {
         match (sigint.as_mut(), sigterm.as_mut()) {
-            (Some(i), Some(t)) => tokio::select! { _ = i.recv() => "SIGINT", _ = t.recv() => "SIGTERM" },
+            (Some(i), Some(t)) => {
+                tokio::select! { _ = i.recv() => "SIGINT", _ = t.recv() => "SIGTERM" }
+            }
             _ => std::future::pending().await,
         }
     };
@@ -295,7 +311,11 @@ pub async fn stream_snapshot(
     let total = hasher.total();
     if let Some(expected) = expected {
         if total < expected {
-            return Err(ClientError::ShortStream { endpoint: conn.endpoint.clone(), received: total, expected });
+            return Err(ClientError::ShortStream {
+                endpoint: conn.endpoint.clone(),
+                received: total,
+                expected,
+            });
         }
     }
     let file_sha256 = hasher.file_sha256();
@@ -311,7 +331,9 @@ pub async fn stream_snapshot(
         TrailerVerdict::Mismatch { expected, actual } => {
             Err(ClientError::Checksum { endpoint: conn.endpoint.clone(), expected, actual })
         }
-        TrailerVerdict::Missing { total } => Err(ClientError::NoTrailer { endpoint: conn.endpoint.clone(), bytes: total }),
+        TrailerVerdict::Missing { total } => {
+            Err(ClientError::NoTrailer { endpoint: conn.endpoint.clone(), bytes: total })
+        }
     }
 }
 

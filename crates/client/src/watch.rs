@@ -49,7 +49,10 @@ impl Connection {
         tick: Duration,
         f: &mut dyn FnMut(WatchUpdate) -> ControlFlow<()>,
     ) -> Result<(), ClientError> {
-        let options = WatchOptions::new().with_all_keys().with_start_revision(start_revision).with_progress_notify();
+        let options = WatchOptions::new()
+            .with_all_keys()
+            .with_start_revision(start_revision)
+            .with_progress_notify();
         let (mut watcher, mut stream) = self
             .unary("starting a watch", self.client.clone().watch(vec![0u8], Some(options)))
             .await?
@@ -121,7 +124,10 @@ impl Connection {
 impl Connection {
     /// Every lease the server holds, with its granted TTL. `known` supplies TTLs already
     /// asked for (a lease's granted TTL never changes), so only new leases cost a call.
-    pub async fn leases(&mut self, known: &std::collections::HashMap<i64, i64>) -> Result<Vec<(i64, i64)>, ClientError> {
+    pub async fn leases(
+        &mut self,
+        known: &std::collections::HashMap<i64, i64>,
+    ) -> Result<Vec<(i64, i64)>, ClientError> {
         let listed = self.unary("listing leases", self.client.clone().leases()).await?;
         let mut out = Vec::with_capacity(listed.leases().len());
         for l in listed.leases() {
@@ -129,7 +135,9 @@ impl Connection {
             let ttl = match known.get(&id) {
                 Some(&ttl) => ttl,
                 None => {
-                    let t = self.unary("reading a lease", self.client.clone().lease_time_to_live(id, None)).await?;
+                    let t = self
+                        .unary("reading a lease", self.client.clone().lease_time_to_live(id, None))
+                        .await?;
                     if t.ttl() < 0 {
                         continue; // expired between the list and the question
                     }

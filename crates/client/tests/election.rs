@@ -42,7 +42,11 @@ fn leaders(all: &[&Election]) -> Vec<usize> {
 
 /// Samples every 10 ms for `how_long`, asserting at most one leader each time; returns the
 /// first moment (from `since`) at which one of them leads, if any.
-fn watch_at_most_one(all: &[&Election], how_long: Duration, stop_when_leader: bool) -> Option<(usize, Instant)> {
+fn watch_at_most_one(
+    all: &[&Election],
+    how_long: Duration,
+    stop_when_leader: bool,
+) -> Option<(usize, Instant)> {
     let end = Instant::now() + how_long;
     let mut first = None;
     while Instant::now() < end {
@@ -64,7 +68,8 @@ fn watch_at_most_one(all: &[&Election], how_long: Duration, stop_when_leader: bo
 fn child_campaigner() {
     let Ok(spec) = std::env::var("ELECTION_CHILD") else { return };
     let parts: Vec<&str> = spec.splitn(4, '|').collect();
-    let e = campaigner(parts[0], parts[1], parts[2], Duration::from_secs(parts[3].parse().unwrap()));
+    let e =
+        campaigner(parts[0], parts[1], parts[2], Duration::from_secs(parts[3].parse().unwrap()));
     let mut was = false;
     loop {
         let now = e.is_leader();
@@ -148,20 +153,44 @@ fn killed_leader_hands_over(version: EtcdVersion) {
     assert_eq!(b.status().leader.as_deref(), Some("agent-a"), "{:?}", b.status());
 
     let killed = first.kill();
-    let (who, at) = watch_at_most_one(&[&b, &c], TTL + HANDOVER_BOUND + Duration::from_secs(5), true)
-        .unwrap_or_else(|| panic!("nobody took over within {:?}", TTL + HANDOVER_BOUND + Duration::from_secs(5)));
+    let (who, at) =
+        watch_at_most_one(&[&b, &c], TTL + HANDOVER_BOUND + Duration::from_secs(5), true)
+            .unwrap_or_else(|| {
+                panic!(
+                    "nobody took over within {:?}",
+                    TTL + HANDOVER_BOUND + Duration::from_secs(5)
+                )
+            });
     let took = at - killed;
-    eprintln!("etcd {}: hand-over after SIGKILL of the leader took {took:?} (TTL {TTL:?})", version.label());
-    assert!(took <= TTL + HANDOVER_BOUND, "hand-over took {took:?}, more than TTL {TTL:?} + {HANDOVER_BOUND:?}");
+    eprintln!(
+        "etcd {}: hand-over after SIGKILL of the leader took {took:?} (TTL {TTL:?})",
+        version.label()
+    );
+    assert!(
+        took <= TTL + HANDOVER_BOUND,
+        "hand-over took {took:?}, more than TTL {TTL:?} + {HANDOVER_BOUND:?}"
+    );
     // Keepalives go every TTL/3, so the dead lease lived at least 2/3 of the TTL after the kill:
     // a faster hand-over would mean the standby did not wait for the lease.
-    assert!(took >= TTL * 2 / 3 - Duration::from_millis(300), "hand-over after {took:?}: sooner than the lease allows");
+    assert!(
+        took >= TTL * 2 / 3 - Duration::from_millis(300),
+        "hand-over after {took:?}: sooner than the lease allows"
+    );
     let other = if who == 0 { &c } else { &b };
     // The new leader keeps its term (keepalives work) and the other stays standby.
     watch_at_most_one(&[&b, &c], TTL * 2, false);
-    assert!([&b, &c][who].is_leader(), "the new leader lost its lease: {:?}", [&b, &c][who].status());
+    assert!(
+        [&b, &c][who].is_leader(),
+        "the new leader lost its lease: {:?}",
+        [&b, &c][who].status()
+    );
     assert!(!other.is_leader());
-    assert_eq!(other.status().leader.as_deref(), Some(["agent-b", "agent-c"][who]), "{:?}", other.status());
+    assert_eq!(
+        other.status().leader.as_deref(),
+        Some(["agent-b", "agent-c"][who]),
+        "{:?}",
+        other.status()
+    );
 }
 
 #[test]
@@ -189,7 +218,8 @@ fn resign_hands_over_at_once(version: EtcdVersion) {
     let started = Instant::now();
     a.resign();
     assert!(!a.is_leader(), "resign() must step down before returning");
-    let (who, at) = watch_at_most_one(&[&a, &b, &c], Duration::from_secs(5), true).expect("nobody took over after resign");
+    let (who, at) = watch_at_most_one(&[&a, &b, &c], Duration::from_secs(5), true)
+        .expect("nobody took over after resign");
     let took = at - started;
     eprintln!("etcd {}: hand-over after resign took {took:?}", version.label());
     assert!(took < Duration::from_secs(2), "hand-over after resign took {took:?}");
@@ -199,10 +229,16 @@ fn resign_hands_over_at_once(version: EtcdVersion) {
     let next = &next;
     let started = Instant::now();
     drop(leader);
-    let (who2, _) = watch_at_most_one(&[&a, next], Duration::from_secs(5), true).expect("nobody took over after drop");
+    let (who2, _) = watch_at_most_one(&[&a, next], Duration::from_secs(5), true)
+        .expect("nobody took over after drop");
     eprintln!("etcd {}: hand-over after drop took {:?}", version.label(), started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert_eq!(who2, 1, "the older campaign ({}) should win, not the re-campaign of agent-a", next.options().value);
+    assert_eq!(
+        who2,
+        1,
+        "the older campaign ({}) should win, not the re-campaign of agent-a",
+        next.options().value
+    );
     // a re-campaigns after its resignation (a new lease, possibly still being granted).
     let end = Instant::now() + Duration::from_secs(5);
     while a.status().role != Role::Standby && Instant::now() < end {
@@ -247,13 +283,20 @@ fn stopped_etcd_makes_the_leader_step_down(version: EtcdVersion) {
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let resumed = Instant::now();
     let took = stepped_down.expect("the leader never stepped down while etcd was stopped");
-    eprintln!("etcd {}: leader stepped down {took:?} after etcd stopped (TTL {TTL:?})", version.label());
-    assert!(took <= TTL, "leader believed it led {took:?} after etcd stopped, past the TTL {TTL:?}");
+    eprintln!(
+        "etcd {}: leader stepped down {took:?} after etcd stopped (TTL {TTL:?})",
+        version.label()
+    );
+    assert!(
+        took <= TTL,
+        "leader believed it led {took:?} after etcd stopped, past the TTL {TTL:?}"
+    );
     assert!(!(a.status().role == Role::Leader));
     assert!(a.status().last_error.is_some() || a.status().role != Role::Leader, "{:?}", a.status());
 
     // etcd back: the old lease expires (or was revoked), somebody leads again, only one.
-    let (_, at) = watch_at_most_one(&[&a, &b], TTL * 4 + Duration::from_secs(10), true).expect("nobody leads after etcd came back");
+    let (_, at) = watch_at_most_one(&[&a, &b], TTL * 4 + Duration::from_secs(10), true)
+        .expect("nobody leads after etcd came back");
     eprintln!("etcd {}: a leader again {:?} after SIGCONT", version.label(), at - resumed);
     watch_at_most_one(&[&a, &b], TTL, false);
     assert_eq!(leaders(&[&a, &b]).len(), 1);

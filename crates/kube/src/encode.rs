@@ -22,7 +22,9 @@ pub fn encode_object(object: &Json) -> Result<Vec<u8>, String> {
     let text = |k: &str| m.get(k).and_then(Json::as_str).ok_or_else(|| format!("no {k}"));
     let (api_version, kind) = (text("apiVersion")?, text("kind")?);
     let schema = Schema::get();
-    let name = schema.type_of(api_version, kind).ok_or_else(|| format!("no schema for {kind} in {api_version}"))?;
+    let name = schema
+        .type_of(api_version, kind)
+        .ok_or_else(|| format!("no schema for {kind} in {api_version}"))?;
     let mut body = Map::new();
     for (k, v) in m.iter().filter(|(k, _)| *k != "apiVersion" && *k != "kind") {
         body.insert(k.clone(), v.clone());
@@ -94,8 +96,16 @@ struct Encoder<'s> {
 }
 
 impl Encoder<'_> {
-    fn message(&self, name: &str, object: &Map<String, Json>, path: &str) -> Result<Vec<u8>, String> {
-        let message = self.schema.message(name).ok_or_else(|| format!("no schema for message {name} at {path}"))?;
+    fn message(
+        &self,
+        name: &str,
+        object: &Map<String, Json>,
+        path: &str,
+    ) -> Result<Vec<u8>, String> {
+        let message = self
+            .schema
+            .message(name)
+            .ok_or_else(|| format!("no schema for message {name} at {path}"))?;
         // Each field's JSON value; an inline (embedded) struct collects its fields' keys.
         let mut values: Vec<(u32, &Field, Json)> = Vec::new();
         let mut inline: Vec<(u32, &Field, Map<String, Json>)> = Vec::new();
@@ -105,7 +115,9 @@ impl Encoder<'_> {
             }
         }
         for (key, value) in object {
-            if let Some((number, field)) = message.fields.iter().find(|(_, f)| !f.inline && f.json_name == *key) {
+            if let Some((number, field)) =
+                message.fields.iter().find(|(_, f)| !f.inline && f.json_name == *key)
+            {
                 values.push((*number, field, value.clone()));
                 continue;
             }
@@ -132,17 +144,36 @@ impl Encoder<'_> {
 
     /// Whether `key` is a JSON field of the inline struct `field` (or of one inline in it).
     fn has_json_field(&self, field: &Field, key: &str) -> bool {
-        let Some(m) = field.message.as_deref().and_then(|n| self.schema.message(n)) else { return false };
-        m.fields.values().any(|f| if f.inline { self.has_json_field(f, key) } else { f.json_name == key })
+        let Some(m) = field.message.as_deref().and_then(|n| self.schema.message(n)) else {
+            return false;
+        };
+        m.fields.values().any(|f| {
+            if f.inline {
+                self.has_json_field(f, key)
+            } else {
+                f.json_name == key
+            }
+        })
     }
 
-    fn field(&self, out: &mut Vec<u8>, number: u32, field: &Field, value: &Json, path: &str) -> Result<(), String> {
+    fn field(
+        &self,
+        out: &mut Vec<u8>,
+        number: u32,
+        field: &Field,
+        value: &Json,
+        path: &str,
+    ) -> Result<(), String> {
         if field.kind == Kind::Message {
             let target = field.message.as_deref().unwrap_or_default();
             let target_message = self.schema.message(target);
             if let Some(entry) = target_message.filter(|m| m.map_entry) {
                 let Json::Object(m) = value else {
-                    return if value.is_null() { Ok(()) } else { Err(format!("{path}: expected a map")) };
+                    return if value.is_null() {
+                        Ok(())
+                    } else {
+                        Err(format!("{path}: expected a map"))
+                    };
                 };
                 for (k, v) in m {
                     let mut e = Vec::new();
@@ -169,9 +200,20 @@ impl Encoder<'_> {
         scalar(out, number, field.kind, value, path)
     }
 
-    fn map_entry(&self, out: &mut Vec<u8>, entry: &Message, key: &str, value: &Json, path: &str) -> Result<(), String> {
+    fn map_entry(
+        &self,
+        out: &mut Vec<u8>,
+        entry: &Message,
+        key: &str,
+        value: &Json,
+        path: &str,
+    ) -> Result<(), String> {
         let key_kind = entry.fields.get(&1).map_or(Kind::String, |f| f.kind);
-        let key_json = if key_kind == Kind::String { Json::String(key.to_string()) } else { key.parse::<Json>().map_err(|_| format!("{path}: map key"))? };
+        let key_json = if key_kind == Kind::String {
+            Json::String(key.to_string())
+        } else {
+            key.parse::<Json>().map_err(|_| format!("{path}: map key"))?
+        };
         scalar(out, 1, key_kind, &key_json, path)?;
         if let Some(f) = entry.fields.get(&2) {
             self.field(out, 2, f, value, path)?;
@@ -182,13 +224,16 @@ impl Encoder<'_> {
     /// A message-typed value: the apimachinery scalars, else a nested object.
     fn value(&self, name: &str, value: &Json, path: &str) -> Result<Vec<u8>, String> {
         let mut out = Vec::new();
-        let text = |v: &Json| v.as_str().map(str::to_string).ok_or_else(|| format!("{path}: expected a string"));
+        let text = |v: &Json| {
+            v.as_str().map(str::to_string).ok_or_else(|| format!("{path}: expected a string"))
+        };
         match name.strip_prefix(META) {
             Some("Time") | Some("MicroTime") => {
                 if value.is_null() {
                     return Ok(out);
                 }
-                let t = chrono::DateTime::parse_from_rfc3339(&text(value)?).map_err(|e| format!("{path}: {e}"))?;
+                let t = chrono::DateTime::parse_from_rfc3339(&text(value)?)
+                    .map_err(|e| format!("{path}: {e}"))?;
                 if t.timestamp() != 0 {
                     put_tag(&mut out, 1, 0);
                     put_varint(&mut out, t.timestamp() as u64);
@@ -220,7 +265,11 @@ impl Encoder<'_> {
                         put_tag(&mut out, 1, 0);
                         put_varint(&mut out, 0);
                         put_tag(&mut out, 2, 0);
-                        put_varint(&mut out, n.as_i64().ok_or_else(|| format!("{path}: not an integer"))? as i32 as i64 as u64);
+                        put_varint(
+                            &mut out,
+                            n.as_i64().ok_or_else(|| format!("{path}: not an integer"))? as i32
+                                as i64 as u64,
+                        );
                     }
                     _ => {
                         put_tag(&mut out, 1, 0);
@@ -231,7 +280,9 @@ impl Encoder<'_> {
                 Ok(out)
             }
             "apimachinery.pkg.runtime.RawExtension" => Ok(embedded_json(value)),
-            _ if name.ends_with(".ExtraValue") || name.ends_with(".AttestationValue") => string_items(value, path),
+            _ if name.ends_with(".ExtraValue") || name.ends_with(".AttestationValue") => {
+                string_items(value, path)
+            }
             _ => match value {
                 Json::Object(m) => self.message(name, m, path),
                 Json::Null => Ok(out),
@@ -261,25 +312,51 @@ fn embedded_json(value: &Json) -> Vec<u8> {
 fn string_items(value: &Json, path: &str) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     for item in array(value, path)? {
-        put_bytes(&mut out, 1, item.as_str().ok_or_else(|| format!("{path}: expected strings"))?.as_bytes());
+        put_bytes(
+            &mut out,
+            1,
+            item.as_str().ok_or_else(|| format!("{path}: expected strings"))?.as_bytes(),
+        );
     }
     Ok(out)
 }
 
-fn scalar(out: &mut Vec<u8>, number: u32, kind: Kind, value: &Json, path: &str) -> Result<(), String> {
-    let int = || value.as_i64().or_else(|| value.as_u64().map(|u| u as i64)).ok_or_else(|| format!("{path}: expected an integer"));
+fn scalar(
+    out: &mut Vec<u8>,
+    number: u32,
+    kind: Kind,
+    value: &Json,
+    path: &str,
+) -> Result<(), String> {
+    let int = || {
+        value
+            .as_i64()
+            .or_else(|| value.as_u64().map(|u| u as i64))
+            .ok_or_else(|| format!("{path}: expected an integer"))
+    };
     let float = || value.as_f64().ok_or_else(|| format!("{path}: expected a number"));
     match kind {
         Kind::String => {
-            put_bytes(out, number, value.as_str().ok_or_else(|| format!("{path}: expected a string"))?.as_bytes());
+            put_bytes(
+                out,
+                number,
+                value.as_str().ok_or_else(|| format!("{path}: expected a string"))?.as_bytes(),
+            );
         }
         Kind::Bytes => {
-            let b = BASE64.decode(value.as_str().ok_or_else(|| format!("{path}: expected base64 text"))?).map_err(|e| format!("{path}: {e}"))?;
+            let b = BASE64
+                .decode(value.as_str().ok_or_else(|| format!("{path}: expected base64 text"))?)
+                .map_err(|e| format!("{path}: {e}"))?;
             put_bytes(out, number, &b);
         }
         Kind::Bool => {
             put_tag(out, number, 0);
-            put_varint(out, u64::from(value.as_bool().ok_or_else(|| format!("{path}: expected true or false"))?));
+            put_varint(
+                out,
+                u64::from(
+                    value.as_bool().ok_or_else(|| format!("{path}: expected true or false"))?,
+                ),
+            );
         }
         Kind::Int32 | Kind::Enum => {
             put_tag(out, number, 0);
@@ -336,8 +413,12 @@ mod tests {
             "data": {"k": "v"}, "binaryData": {"b": "AAEC"}});
         let stored = encode_object(&cm).unwrap();
         assert!(stored.starts_with(PROTOBUF_MAGIC));
-        assert_eq!(render(&stored, None, &RenderOptions { show_managed_fields: true }).unwrap().object, cm);
-        let e = encode_object(&json!({"apiVersion": "v1", "kind": "ConfigMap", "nope": 1})).unwrap_err();
+        assert_eq!(
+            render(&stored, None, &RenderOptions { show_managed_fields: true }).unwrap().object,
+            cm
+        );
+        let e = encode_object(&json!({"apiVersion": "v1", "kind": "ConfigMap", "nope": 1}))
+            .unwrap_err();
         assert!(e.contains("nope"), "{e}");
     }
 }

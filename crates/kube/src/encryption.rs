@@ -43,7 +43,13 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
-    const ALL: [ProviderKind; 5] = [ProviderKind::AesCbc, ProviderKind::AesGcm, ProviderKind::Secretbox, ProviderKind::KmsV1, ProviderKind::KmsV2];
+    const ALL: [ProviderKind; 5] = [
+        ProviderKind::AesCbc,
+        ProviderKind::AesGcm,
+        ProviderKind::Secretbox,
+        ProviderKind::KmsV1,
+        ProviderKind::KmsV2,
+    ];
 
     /// What follows `k8s:enc:` in a value this provider wrote.
     fn marker(self) -> &'static [u8] {
@@ -126,14 +132,27 @@ fn provider_of(rest: &[u8]) -> Result<(ProviderKind, &[u8]), DecryptError> {
     // Show `<provider>:<version>` as far as it is text.
     let shown: Vec<u8> = rest.iter().copied().take(32).collect();
     let mut parts = shown.splitn(3, |&b| b == b':');
-    let provider = [parts.next(), parts.next()].into_iter().flatten().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>().join(":");
+    let provider = [parts.next(), parts.next()]
+        .into_iter()
+        .flatten()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect::<Vec<_>>()
+        .join(":");
     Err(DecryptError::UnknownProvider { provider })
 }
 
 /// The key name: a configured name when one matches (names may hold `:`), else the text up to
 /// the next `:`. Returns the name and the body after `name:`.
-fn split_name<'a>(provider: ProviderKind, body: &'a [u8], configured: &[&str]) -> Result<(String, &'a [u8]), DecryptError> {
-    if let Some(name) = configured.iter().filter(|n| body.len() > n.len() && body.starts_with(n.as_bytes()) && body[n.len()] == b':').max_by_key(|n| n.len()) {
+fn split_name<'a>(
+    provider: ProviderKind,
+    body: &'a [u8],
+    configured: &[&str],
+) -> Result<(String, &'a [u8]), DecryptError> {
+    if let Some(name) = configured
+        .iter()
+        .filter(|n| body.len() > n.len() && body.starts_with(n.as_bytes()) && body[n.len()] == b':')
+        .max_by_key(|n| n.len())
+    {
         return Ok((name.to_string(), &body[name.len() + 1..]));
     }
     match body.iter().position(|&b| b == b':') {
@@ -146,7 +165,10 @@ fn split_name<'a>(provider: ProviderKind, body: &'a [u8], configured: &[&str]) -
 }
 
 fn no_key_name(provider: ProviderKind) -> DecryptError {
-    DecryptError::NoKeyName { provider, marker: String::from_utf8_lossy(provider.marker()).into_owned() }
+    DecryptError::NoKeyName {
+        provider,
+        marker: String::from_utf8_lossy(provider.marker()).into_owned(),
+    }
 }
 
 fn marker_with(rest: &[u8], config: Option<&EncryptionConfig>) -> Result<Marker, DecryptError> {
@@ -177,7 +199,9 @@ pub enum ConfigError {
     Read { path: String, source: std::io::Error },
     #[error("not an EncryptionConfiguration (YAML or JSON): {0}")]
     Parse(String),
-    #[error("kind {0:?}: expected EncryptionConfiguration (apiVersion apiserver.config.k8s.io/v1)")]
+    #[error(
+        "kind {0:?}: expected EncryptionConfiguration (apiVersion apiserver.config.k8s.io/v1)"
+    )]
     Kind(String),
     #[error("apiVersion {0:?}: expected apiserver.config.k8s.io/v1 (or v1 for the old kind EncryptionConfig)")]
     ApiVersion(String),
@@ -269,17 +293,25 @@ pub struct EncryptionConfig {
 
 impl EncryptionConfig {
     pub fn load(path: &Path) -> Result<EncryptionConfig, ConfigError> {
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?);
+        let bytes =
+            Zeroizing::new(std::fs::read(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?);
         EncryptionConfig::parse(&bytes)
     }
 
     /// Parses the YAML or JSON of an `EncryptionConfiguration` (or the older `EncryptionConfig`
     /// of apiVersion v1) and checks every key as the API server does at startup.
     pub fn parse(text: &[u8]) -> Result<EncryptionConfig, ConfigError> {
-        let raw: RawConfig = serde_norway::from_slice(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let raw: RawConfig =
+            serde_norway::from_slice(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         match (raw.kind.as_str(), raw.api_version.as_str()) {
-            ("EncryptionConfiguration", "apiserver.config.k8s.io/v1") | ("EncryptionConfig", "v1") => {}
-            ("EncryptionConfiguration" | "EncryptionConfig", other) => return Err(ConfigError::ApiVersion(other.to_string())),
+            ("EncryptionConfiguration", "apiserver.config.k8s.io/v1")
+            | ("EncryptionConfig", "v1") => {}
+            ("EncryptionConfiguration" | "EncryptionConfig", other) => {
+                return Err(ConfigError::ApiVersion(other.to_string()))
+            }
             (other, _) => return Err(ConfigError::Kind(other.to_string())),
         }
         let mut rules = Vec::new();
@@ -287,11 +319,21 @@ impl EncryptionConfig {
             let mut providers = Vec::new();
             for (i, p) in rule.providers.into_iter().enumerate() {
                 let bad = |problem: String| ConfigError::Provider { rule: r, item: i, problem };
-                let given = [p.aescbc.is_some(), p.aesgcm.is_some(), p.secretbox.is_some(), p.kms.is_some(), p.identity.is_some()];
+                let given = [
+                    p.aescbc.is_some(),
+                    p.aesgcm.is_some(),
+                    p.secretbox.is_some(),
+                    p.kms.is_some(),
+                    p.identity.is_some(),
+                ];
                 if given.iter().filter(|g| **g).count() != 1 {
                     return Err(bad("each provider item must hold exactly one of aescbc, aesgcm, secretbox, kms, identity".into()));
                 }
-                let keyed = [(ProviderKind::AesCbc, p.aescbc), (ProviderKind::AesGcm, p.aesgcm), (ProviderKind::Secretbox, p.secretbox)];
+                let keyed = [
+                    (ProviderKind::AesCbc, p.aescbc),
+                    (ProviderKind::AesGcm, p.aesgcm),
+                    (ProviderKind::Secretbox, p.secretbox),
+                ];
                 if let Some((kind, Some(raw_keys))) = keyed.into_iter().find(|(_, k)| k.is_some()) {
                     if raw_keys.keys.is_empty() {
                         return Err(bad(format!("{kind} has no keys")));
@@ -307,11 +349,22 @@ impl EncryptionConfig {
                         let secret = Zeroizing::new(
                             base64::engine::general_purpose::STANDARD
                                 .decode(k.secret.trim())
-                                .map_err(|_| bad(format!("{kind} key {:?}: the secret is not base64", k.name)))?,
+                                .map_err(|_| {
+                                    bad(format!(
+                                        "{kind} key {:?}: the secret is not base64",
+                                        k.name
+                                    ))
+                                })?,
                         );
-                        let sizes: &[usize] = if kind == ProviderKind::Secretbox { &[32] } else { &[16, 24, 32] };
+                        let sizes: &[usize] =
+                            if kind == ProviderKind::Secretbox { &[32] } else { &[16, 24, 32] };
                         if !sizes.contains(&secret.len()) {
-                            return Err(bad(format!("{kind} key {:?}: the secret is {} bytes, expected {}", k.name, secret.len(), sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "))));
+                            return Err(bad(format!(
+                                "{kind} key {:?}: the secret is {} bytes, expected {}",
+                                k.name,
+                                secret.len(),
+                                sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+                            )));
                         }
                         keys.push(Key { name: k.name, secret });
                     }
@@ -320,7 +373,9 @@ impl EncryptionConfig {
                     let kind = match kms.api_version.as_str() {
                         "" | "v1" => ProviderKind::KmsV1,
                         "v2" => ProviderKind::KmsV2,
-                        other => return Err(bad(format!("kms apiVersion {other:?}: expected v1 or v2"))),
+                        other => {
+                            return Err(bad(format!("kms apiVersion {other:?}: expected v1 or v2")))
+                        }
                     };
                     if kms.name.is_empty() {
                         return Err(bad("a kms provider has no name".into()));
@@ -340,7 +395,9 @@ impl EncryptionConfig {
         let mut out = Vec::new();
         for p in self.rules.iter().flat_map(|r| &r.providers) {
             match p {
-                Provider::Keys { kind, keys } => out.extend(keys.iter().map(|k| (*kind, k.name.clone()))),
+                Provider::Keys { kind, keys } => {
+                    out.extend(keys.iter().map(|k| (*kind, k.name.clone())))
+                }
                 Provider::Kms { kind, name } => out.push((*kind, name.clone())),
                 Provider::Identity => {}
             }
@@ -354,7 +411,9 @@ impl EncryptionConfig {
         let mut names = Vec::new();
         for p in self.rules.iter().flat_map(|r| &r.providers) {
             match p {
-                Provider::Keys { kind, keys } if *kind == provider => names.extend(keys.iter().map(|k| k.name.as_str())),
+                Provider::Keys { kind, keys } if *kind == provider => {
+                    names.extend(keys.iter().map(|k| k.name.as_str()))
+                }
                 Provider::Kms { kind, name } if *kind == provider => names.push(name.as_str()),
                 _ => {}
             }
@@ -370,10 +429,17 @@ impl EncryptionConfig {
 
     /// The keys of `provider` whose name prefixes `body`, those of rules that cover the etcd
     /// key's resource first (the API server would try those), without repeats.
-    fn candidates<'s>(&'s self, provider: ProviderKind, etcd_key: &[u8], body: &[u8]) -> Vec<&'s Key> {
+    fn candidates<'s>(
+        &'s self,
+        provider: ProviderKind,
+        etcd_key: &[u8],
+        body: &[u8],
+    ) -> Vec<&'s Key> {
         let resource = resource_of_key(etcd_key);
         let mut rules: Vec<&Rule> = self.rules.iter().collect();
-        rules.sort_by_key(|r| !r.resources.iter().any(|pattern| resource_matches(pattern, &resource)));
+        rules.sort_by_key(|r| {
+            !r.resources.iter().any(|pattern| resource_matches(pattern, &resource))
+        });
         let mut out: Vec<&Key> = Vec::new();
         for p in rules.iter().flat_map(|r| &r.providers) {
             if let Provider::Keys { kind, keys } = p {
@@ -381,7 +447,9 @@ impl EncryptionConfig {
                     continue;
                 }
                 for k in keys {
-                    let fits = body.len() > k.name.len() && body.starts_with(k.name.as_bytes()) && body[k.name.len()] == b':';
+                    let fits = body.len() > k.name.len()
+                        && body.starts_with(k.name.as_bytes())
+                        && body[k.name.len()] == b':';
                     if fits && !out.iter().any(|o| o.name == k.name && o.secret == k.secret) {
                         out.push(k);
                     }
@@ -394,18 +462,29 @@ impl EncryptionConfig {
     /// The plaintext of a value read under `etcd_key` (the full key, e.g.
     /// `/registry/secrets/default/db-pass`: aesgcm authenticates it). A value that is not
     /// encrypted comes back unchanged, as the `identity` provider reads it.
-    pub fn decrypt<'v>(&self, etcd_key: &[u8], value: &'v [u8]) -> Result<Cow<'v, [u8]>, DecryptError> {
+    pub fn decrypt<'v>(
+        &self,
+        etcd_key: &[u8],
+        value: &'v [u8],
+    ) -> Result<Cow<'v, [u8]>, DecryptError> {
         let Some(rest) = value.strip_prefix(ENCRYPTED_PREFIX) else {
             return Ok(Cow::Borrowed(value));
         };
         let m = marker_with(rest, Some(self))?;
         if m.provider.is_kms() {
-            return Err(DecryptError::NeedsKms { provider: m.provider, plugin: m.key_name, key_id: m.kms_key_id });
+            return Err(DecryptError::NeedsKms {
+                provider: m.provider,
+                plugin: m.key_name,
+                key_id: m.kms_key_id,
+            });
         }
         let (_, body) = provider_of(rest)?;
         let candidates = self.candidates(m.provider, etcd_key, body);
         if candidates.is_empty() {
-            return Err(DecryptError::KeyNotInConfig { provider: m.provider, key_name: m.key_name });
+            return Err(DecryptError::KeyNotInConfig {
+                provider: m.provider,
+                key_name: m.key_name,
+            });
         }
         let mut first_error = None;
         for key in candidates {
@@ -418,20 +497,37 @@ impl EncryptionConfig {
                 }
             }
         }
-        Err(first_error.unwrap_or(DecryptError::KeyNotInConfig { provider: m.provider, key_name: m.key_name }))
+        Err(first_error
+            .unwrap_or(DecryptError::KeyNotInConfig { provider: m.provider, key_name: m.key_name }))
     }
 }
 
 /// Does a plaintext look like a stored Kubernetes value (protobuf envelope, JSON, CBOR)? The
 /// check that makes a wrong aescbc key (whose padding happens to read well) fail.
 fn looks_like_object(plain: &[u8]) -> bool {
-    plain.starts_with(crate::PROTOBUF_MAGIC) || plain.first() == Some(&b'{') || plain.starts_with(&[0xd9, 0xd9, 0xf7])
+    plain.starts_with(crate::PROTOBUF_MAGIC)
+        || plain.first() == Some(&b'{')
+        || plain.starts_with(&[0xd9, 0xd9, 0xf7])
 }
 
 #[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; rust-version is 1.80
-fn open(provider: ProviderKind, key: &Key, data: &[u8], etcd_key: &[u8]) -> Result<Vec<u8>, DecryptError> {
-    let truncated = |expected: &str| DecryptError::Truncated { provider, key_name: key.name.clone(), len: data.len(), expected: expected.to_string() };
-    let rejected = |reason: &str| DecryptError::Rejected { provider, key_name: key.name.clone(), reason: reason.to_string() };
+fn open(
+    provider: ProviderKind,
+    key: &Key,
+    data: &[u8],
+    etcd_key: &[u8],
+) -> Result<Vec<u8>, DecryptError> {
+    let truncated = |expected: &str| DecryptError::Truncated {
+        provider,
+        key_name: key.name.clone(),
+        len: data.len(),
+        expected: expected.to_string(),
+    };
+    let rejected = |reason: &str| DecryptError::Rejected {
+        provider,
+        key_name: key.name.clone(),
+        reason: reason.to_string(),
+    };
     match provider {
         ProviderKind::AesCbc => {
             use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
@@ -442,14 +538,22 @@ fn open(provider: ProviderKind, key: &Key, data: &[u8], etcd_key: &[u8]) -> Resu
             let (iv, ciphertext) = data.split_at(BLOCK);
             let mut buf = Zeroizing::new(ciphertext.to_vec());
             let unpadded = match key.secret.len() {
-                16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(&key.secret, iv).ok().and_then(|d| d.decrypt_padded_mut::<Pkcs7>(&mut buf).ok().map(<[u8]>::len)),
-                24 => cbc::Decryptor::<aes::Aes192>::new_from_slices(&key.secret, iv).ok().and_then(|d| d.decrypt_padded_mut::<Pkcs7>(&mut buf).ok().map(<[u8]>::len)),
-                _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(&key.secret, iv).ok().and_then(|d| d.decrypt_padded_mut::<Pkcs7>(&mut buf).ok().map(<[u8]>::len)),
+                16 => cbc::Decryptor::<aes::Aes128>::new_from_slices(&key.secret, iv)
+                    .ok()
+                    .and_then(|d| d.decrypt_padded_mut::<Pkcs7>(&mut buf).ok().map(<[u8]>::len)),
+                24 => cbc::Decryptor::<aes::Aes192>::new_from_slices(&key.secret, iv)
+                    .ok()
+                    .and_then(|d| d.decrypt_padded_mut::<Pkcs7>(&mut buf).ok().map(<[u8]>::len)),
+                _ => cbc::Decryptor::<aes::Aes256>::new_from_slices(&key.secret, iv)
+                    .ok()
+                    .and_then(|d| d.decrypt_padded_mut::<Pkcs7>(&mut buf).ok().map(<[u8]>::len)),
             };
             let reason = "the wrong secret for this key name, or a damaged value (aescbc carries no integrity check)";
             let len = unpadded.ok_or_else(|| rejected(&format!("{reason}: bad padding")))?;
             if !looks_like_object(&buf[..len]) {
-                return Err(rejected(&format!("{reason}: the plaintext is not a Kubernetes object")));
+                return Err(rejected(&format!(
+                    "{reason}: the plaintext is not a Kubernetes object"
+                )));
             }
             Ok(buf[..len].to_vec())
         }
@@ -458,16 +562,26 @@ fn open(provider: ProviderKind, key: &Key, data: &[u8], etcd_key: &[u8]) -> Resu
             const NONCE: usize = 12;
             const TAG: usize = 16;
             if data.len() < NONCE + TAG {
-                return Err(truncated("expected a 12-byte nonce, the ciphertext and a 16-byte tag"));
+                return Err(truncated(
+                    "expected a 12-byte nonce, the ciphertext and a 16-byte tag",
+                ));
             }
             let (nonce, rest) = data.split_at(NONCE);
             let (ciphertext, tag) = rest.split_at(rest.len() - TAG);
             let mut buf = ciphertext.to_vec();
             let (nonce, tag) = (GenericArray::from_slice(nonce), GenericArray::from_slice(tag));
             let ok = match key.secret.len() {
-                16 => aes_gcm::Aes128Gcm::new_from_slice(&key.secret).ok().map(|c| c.decrypt_in_place_detached(nonce, etcd_key, &mut buf, tag)),
-                24 => aes_gcm::AesGcm::<aes::Aes192, aes_gcm::aead::consts::U12>::new_from_slice(&key.secret).ok().map(|c| c.decrypt_in_place_detached(nonce, etcd_key, &mut buf, tag)),
-                _ => aes_gcm::Aes256Gcm::new_from_slice(&key.secret).ok().map(|c| c.decrypt_in_place_detached(nonce, etcd_key, &mut buf, tag)),
+                16 => aes_gcm::Aes128Gcm::new_from_slice(&key.secret)
+                    .ok()
+                    .map(|c| c.decrypt_in_place_detached(nonce, etcd_key, &mut buf, tag)),
+                24 => aes_gcm::AesGcm::<aes::Aes192, aes_gcm::aead::consts::U12>::new_from_slice(
+                    &key.secret,
+                )
+                .ok()
+                .map(|c| c.decrypt_in_place_detached(nonce, etcd_key, &mut buf, tag)),
+                _ => aes_gcm::Aes256Gcm::new_from_slice(&key.secret)
+                    .ok()
+                    .map(|c| c.decrypt_in_place_detached(nonce, etcd_key, &mut buf, tag)),
             };
             match ok {
                 Some(Ok(())) => Ok(buf),
@@ -482,20 +596,32 @@ fn open(provider: ProviderKind, key: &Key, data: &[u8], etcd_key: &[u8]) -> Resu
             const NONCE: usize = 24;
             const TAG: usize = 16;
             if data.len() < NONCE + TAG {
-                return Err(truncated("expected a 24-byte nonce, a 16-byte tag and the ciphertext"));
+                return Err(truncated(
+                    "expected a 24-byte nonce, a 16-byte tag and the ciphertext",
+                ));
             }
             let (nonce, rest) = data.split_at(NONCE);
             let (tag, ciphertext) = rest.split_at(TAG);
             let mut buf = ciphertext.to_vec();
-            let ok = crypto_secretbox::XSalsa20Poly1305::new_from_slice(&key.secret)
-                .ok()
-                .map(|c| c.decrypt_in_place_detached(GenericArray::from_slice(nonce), b"", &mut buf, GenericArray::from_slice(tag)));
+            let ok =
+                crypto_secretbox::XSalsa20Poly1305::new_from_slice(&key.secret).ok().map(|c| {
+                    c.decrypt_in_place_detached(
+                        GenericArray::from_slice(nonce),
+                        b"",
+                        &mut buf,
+                        GenericArray::from_slice(tag),
+                    )
+                });
             match ok {
                 Some(Ok(())) => Ok(buf),
-                _ => Err(rejected("authentication failed: the wrong secret for this key name, or a damaged value")),
+                _ => Err(rejected(
+                    "authentication failed: the wrong secret for this key name, or a damaged value",
+                )),
             }
         }
-        ProviderKind::KmsV1 | ProviderKind::KmsV2 => Err(DecryptError::NeedsKms { provider, plugin: key.name.clone(), key_id: None }),
+        ProviderKind::KmsV1 | ProviderKind::KmsV2 => {
+            Err(DecryptError::NeedsKms { provider, plugin: key.name.clone(), key_id: None })
+        }
     }
 }
 
@@ -590,7 +716,10 @@ impl KeyNameTally {
 
 /// The (provider, key name) pairs the live encrypted values of a snapshot use — what a restore
 /// must have keys for — and the count of values whose marker does not read.
-pub fn key_names_used(db: &etcdguard_bolt::Db<'_>, release: Option<&dyn Fn()>) -> Result<(Vec<KeyUse>, u64), String> {
+pub fn key_names_used(
+    db: &etcdguard_bolt::Db<'_>,
+    release: Option<&dyn Fn()>,
+) -> Result<(Vec<KeyUse>, u64), String> {
     let mut tally = KeyNameTally::default();
     etcdguard_storage::keys::for_each_revision(db, release, &mut |r| tally.observe(&r))?;
     Ok(tally.finish())
@@ -614,23 +743,45 @@ resources:
     #[test]
     fn config_and_markers() {
         let c = EncryptionConfig::parse(CONFIG.as_bytes()).unwrap();
-        assert_eq!(c.key_names(), vec![(ProviderKind::AesGcm, "k:colon".to_string()), (ProviderKind::KmsV2, "vault".to_string())]);
+        assert_eq!(
+            c.key_names(),
+            vec![
+                (ProviderKind::AesGcm, "k:colon".to_string()),
+                (ProviderKind::KmsV2, "vault".to_string())
+            ]
+        );
         assert!(!format!("{c:?}").contains("AAECAwQ"), "Debug shows a secret");
         // A configured name with a colon is matched whole; without the config, up to the colon.
         let v = b"k8s:enc:aesgcm:v1:k:colon:rest";
         assert_eq!(c.marker(v).unwrap().unwrap().key_name, "k:colon");
         assert_eq!(marker(v).unwrap().unwrap().key_name, "k");
         assert!(marker(b"k8s\0abc").is_none());
-        assert_eq!(marker(b"k8s:enc:rot13:v1:x:y").unwrap(), Err(DecryptError::UnknownProvider { provider: "rot13:v1".into() }));
+        assert_eq!(
+            marker(b"k8s:enc:rot13:v1:x:y").unwrap(),
+            Err(DecryptError::UnknownProvider { provider: "rot13:v1".into() })
+        );
         assert!(matches!(marker(b"k8s:enc:aescbc:v1:"), Some(Err(DecryptError::NoKeyName { .. }))));
         // KMS v2: plugin name and the key id from the EncryptedObject (field 2).
         let kms = b"k8s:enc:kms:v2:vault:\x0a\x03abc\x12\x05key-7";
         let err = c.decrypt(b"/registry/secrets/a/b", kms).unwrap_err();
-        assert_eq!(err, DecryptError::NeedsKms { provider: ProviderKind::KmsV2, plugin: "vault".into(), key_id: Some("key-7".into()) });
+        assert_eq!(
+            err,
+            DecryptError::NeedsKms {
+                provider: ProviderKind::KmsV2,
+                plugin: "vault".into(),
+                key_id: Some("key-7".into())
+            }
+        );
         assert!(err.to_string().contains("needs the KMS plugin"), "{err}");
         assert_eq!(c.decrypt(b"/k", b"{}").unwrap(), Cow::Borrowed(b"{}"));
-        assert!(matches!(c.decrypt(b"/k", b"k8s:enc:aesgcm:v1:other:xxxx"), Err(DecryptError::KeyNotInConfig { .. })));
-        assert!(matches!(c.decrypt(b"/k", b"k8s:enc:aesgcm:v1:k:colon:short"), Err(DecryptError::Truncated { .. })));
+        assert!(matches!(
+            c.decrypt(b"/k", b"k8s:enc:aesgcm:v1:other:xxxx"),
+            Err(DecryptError::KeyNotInConfig { .. })
+        ));
+        assert!(matches!(
+            c.decrypt(b"/k", b"k8s:enc:aesgcm:v1:k:colon:short"),
+            Err(DecryptError::Truncated { .. })
+        ));
     }
 
     #[test]
@@ -639,12 +790,23 @@ resources:
         assert!(bad("kind: Pod\napiVersion: v1\n").contains("expected EncryptionConfiguration"));
         assert!(bad("kind: EncryptionConfiguration\napiVersion: v2\n").contains("apiVersion"));
         let head = "kind: EncryptionConfiguration\napiVersion: apiserver.config.k8s.io/v1\nresources:\n- resources: [secrets]\n  providers:\n";
-        assert!(bad(&format!("{head}  - aescbc: {{keys: [{{name: a, secret: 'AAAA'}}]}}\n")).contains("3 bytes"));
-        assert!(bad(&format!("{head}  - secretbox: {{keys: [{{name: a, secret: 'AAECAwQFBgcICQoLDA0ODw=='}}]}}\n")).contains("expected 32"));
-        assert!(bad(&format!("{head}  - aescbc: {{keys: [{{name: a, secret: '%%%'}}]}}\n")).contains("not base64"));
-        assert!(bad(&format!("{head}  - aescbc: {{keys: []}}\n    identity: {{}}\n")).contains("exactly one"));
-        let e = bad(&format!("{head}  - aesgcm: {{keys: [{{name: a, secret: 'c2VjcmV0LXNlY3JldC1zZWNyZXQ='}}]}}\n"));
-        assert!(!e.contains("c2VjcmV0") && !e.contains("secret-secret"), "an error shows the secret: {e}");
+        assert!(bad(&format!("{head}  - aescbc: {{keys: [{{name: a, secret: 'AAAA'}}]}}\n"))
+            .contains("3 bytes"));
+        assert!(bad(&format!(
+            "{head}  - secretbox: {{keys: [{{name: a, secret: 'AAECAwQFBgcICQoLDA0ODw=='}}]}}\n"
+        ))
+        .contains("expected 32"));
+        assert!(bad(&format!("{head}  - aescbc: {{keys: [{{name: a, secret: '%%%'}}]}}\n"))
+            .contains("not base64"));
+        assert!(bad(&format!("{head}  - aescbc: {{keys: []}}\n    identity: {{}}\n"))
+            .contains("exactly one"));
+        let e = bad(&format!(
+            "{head}  - aesgcm: {{keys: [{{name: a, secret: 'c2VjcmV0LXNlY3JldC1zZWNyZXQ='}}]}}\n"
+        ));
+        assert!(
+            !e.contains("c2VjcmV0") && !e.contains("secret-secret"),
+            "an error shows the secret: {e}"
+        );
         // The old kind and apiVersion, and JSON.
         EncryptionConfig::parse(br#"{"kind":"EncryptionConfig","apiVersion":"v1","resources":[{"resources":["secrets"],"providers":[{"identity":{}}]}]}"#).unwrap();
     }
@@ -656,7 +818,19 @@ resources:
         let mut rev = 0;
         let mut step = |t: &mut KeyNameTally, key: &[u8], value: &[u8], tombstone: bool| {
             rev += 1;
-            t.observe(&Revision { main: rev, sub: 0, tombstone, kv: KeyValue { key, create_revision: 1, mod_revision: rev, version: 1, value, lease: 0 } });
+            t.observe(&Revision {
+                main: rev,
+                sub: 0,
+                tombstone,
+                kv: KeyValue {
+                    key,
+                    create_revision: 1,
+                    mod_revision: rev,
+                    version: 1,
+                    value,
+                    lease: 0,
+                },
+            });
         };
         // A rotation: /a moves from old to new; /b keeps old then is deleted; /c keeps old.
         step(&mut tally, b"/a", b"k8s:enc:aesgcm:v1:old:xxxx", false);
@@ -668,7 +842,8 @@ resources:
         step(&mut tally, b"/d", b"{\"plain\":1}", false);
         step(&mut tally, b"/e", b"k8s:enc:aescbc:v1:", false);
         let (uses, unreadable) = tally.finish();
-        let names: Vec<_> = uses.iter().map(|u| (u.provider, u.key_name.as_str(), u.values)).collect();
+        let names: Vec<_> =
+            uses.iter().map(|u| (u.provider, u.key_name.as_str(), u.values)).collect();
         assert_eq!(names, vec![(ProviderKind::AesGcm, "new", 1), (ProviderKind::AesGcm, "old", 1)]);
         assert_eq!(unreadable, 1);
         // The sample of "old" is the newest value written with it (here /c), with its etcd key.
@@ -680,7 +855,14 @@ resources:
         assert_eq!(resource_of_key(b"/registry/secrets/default/a"), "secrets");
         assert_eq!(resource_of_key(b"/registry/example.com/widgets/ns/w"), "widgets.example.com");
         assert_eq!(resource_of_key(b"/registry/minions/n1"), "nodes");
-        assert!(resource_matches("secrets", "secrets") && resource_matches("*.*", "x") && resource_matches("*.example.com", "widgets.example.com"));
-        assert!(!resource_matches("configmaps", "secrets") && !resource_matches("*.apps", "widgets.example.com"));
+        assert!(
+            resource_matches("secrets", "secrets")
+                && resource_matches("*.*", "x")
+                && resource_matches("*.example.com", "widgets.example.com")
+        );
+        assert!(
+            !resource_matches("configmaps", "secrets")
+                && !resource_matches("*.apps", "widgets.example.com")
+        );
     }
 }

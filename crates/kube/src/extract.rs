@@ -19,13 +19,15 @@ use crate::selector::{labels_of, Selector};
 use crate::{key_path, KeyPath, Meta, ENCRYPTED_PREFIX};
 
 /// Metadata fields the API server sets; an apply must not carry them.
-pub const STRIPPED_METADATA: [&str; 6] = ["resourceVersion", "uid", "creationTimestamp", "generation", "managedFields", "selfLink"];
+pub const STRIPPED_METADATA: [&str; 6] =
+    ["resourceVersion", "uid", "creationTimestamp", "generation", "managedFields", "selfLink"];
 
 /// Resources left out unless `--resource` names them: history (events), heartbeats and
 /// leader locks (leases), and the API server's own bookkeeping (service IP and port ranges,
 /// its endpoints as a master lease, and, since 1.33, as a peer server lease: Endpoints with
 /// no name that no API serves).
-pub const LEFT_OUT: [&str; 6] = ["events", "events.k8s.io/events", "leases", "ranges", "masterleases", "peerserverleases"];
+pub const LEFT_OUT: [&str; 6] =
+    ["events", "events.k8s.io/events", "leases", "ranges", "masterleases", "peerserverleases"];
 
 const CRDS: &str = "apiextensions.k8s.io/customresourcedefinitions";
 
@@ -142,12 +144,19 @@ impl Extracted {
             Stage::CustomResourceDefinitions => Path::new("1-customresourcedefinitions").join(file),
             Stage::Namespaces => Path::new("2-namespaces").join(file),
             Stage::Objects => {
-                let ns = if self.path.namespace.is_empty() { "_cluster".to_string() } else { safe_segment(&self.path.namespace) };
+                let ns = if self.path.namespace.is_empty() {
+                    "_cluster".to_string()
+                } else {
+                    safe_segment(&self.path.namespace)
+                };
                 let resource = match self.path.resource.split_once('/') {
                     Some((group, name)) => format!("{name}.{group}"),
                     None => self.path.resource.clone(),
                 };
-                Path::new("3-objects").join(ns).join(safe_segment(&resource.replace('/', "."))).join(file)
+                Path::new("3-objects")
+                    .join(ns)
+                    .join(safe_segment(&resource.replace('/', ".")))
+                    .join(file)
             }
         }
     }
@@ -211,16 +220,23 @@ pub fn strip_for_apply(object: &mut Json) {
 /// `JSONPath` becomes `jsonPath`, the webhook's settings move under `conversion.webhook`, and
 /// `version` and a false `preserveUnknownFields` (v1 omits it) are dropped.
 pub fn crd_to_v1(object: &mut Json) {
-    if object.get("apiVersion").and_then(Json::as_str) != Some("apiextensions.k8s.io/v1beta1") || object.get("kind").and_then(Json::as_str) != Some("CustomResourceDefinition") {
+    if object.get("apiVersion").and_then(Json::as_str) != Some("apiextensions.k8s.io/v1beta1")
+        || object.get("kind").and_then(Json::as_str) != Some("CustomResourceDefinition")
+    {
         return;
     }
     object["apiVersion"] = Json::String("apiextensions.k8s.io/v1".into());
     let Some(spec) = object.get_mut("spec").and_then(Json::as_object_mut) else { return };
     spec.remove("version");
-    let shared: Vec<(&str, Json)> = [("validation", "schema"), ("subresources", "subresources"), ("additionalPrinterColumns", "additionalPrinterColumns"), ("selectableFields", "selectableFields")]
-        .into_iter()
-        .filter_map(|(from, to)| spec.remove(from).map(|v| (to, v)))
-        .collect();
+    let shared: Vec<(&str, Json)> = [
+        ("validation", "schema"),
+        ("subresources", "subresources"),
+        ("additionalPrinterColumns", "additionalPrinterColumns"),
+        ("selectableFields", "selectableFields"),
+    ]
+    .into_iter()
+    .filter_map(|(from, to)| spec.remove(from).map(|v| (to, v)))
+    .collect();
     if let Some(Json::Array(versions)) = spec.get_mut("versions") {
         for v in versions.iter_mut().filter_map(Json::as_object_mut) {
             for (field, value) in &shared {
@@ -261,7 +277,12 @@ pub fn crd_to_v1(object: &mut Json) {
 /// but serves only the new one (ClusterTrustBundle, DeviceTaintRule and
 /// StorageVersionMigration of 1.37 are stored as beta, served as v1).
 pub fn newest_same_shape_version(object: &mut Json) {
-    let (Some(api_version), Some(kind)) = (object.get("apiVersion").and_then(Json::as_str), object.get("kind").and_then(Json::as_str)) else { return };
+    let (Some(api_version), Some(kind)) = (
+        object.get("apiVersion").and_then(Json::as_str),
+        object.get("kind").and_then(Json::as_str),
+    ) else {
+        return;
+    };
     if let Some(newer) = crate::schema::Schema::get().same_shape_newer_version(api_version, kind) {
         object["apiVersion"] = Json::String(newer);
     }
@@ -275,7 +296,9 @@ const JOB_UID_LABELS: [&str; 2] = ["controller-uid", "batch.kubernetes.io/contro
 /// (`manualSelector`), it and the uid labels of the pod template are left out, and the API
 /// server generates them anew.
 pub fn drop_generated_job_selector(object: &mut Json) {
-    if object.get("kind").and_then(Json::as_str) != Some("Job") || !object.get("apiVersion").and_then(Json::as_str).is_some_and(|v| v.starts_with("batch/")) {
+    if object.get("kind").and_then(Json::as_str) != Some("Job")
+        || !object.get("apiVersion").and_then(Json::as_str).is_some_and(|v| v.starts_with("batch/"))
+    {
         return;
     }
     let Some(spec) = object.get_mut("spec").and_then(Json::as_object_mut) else { return };
@@ -283,7 +306,11 @@ pub fn drop_generated_job_selector(object: &mut Json) {
         return;
     }
     spec.remove("selector");
-    if let Some(Json::Object(labels)) = spec.get_mut("template").and_then(|t| t.get_mut("metadata")).and_then(|m| m.get_mut("labels")) {
+    if let Some(Json::Object(labels)) = spec
+        .get_mut("template")
+        .and_then(|t| t.get_mut("metadata"))
+        .and_then(|m| m.get_mut("labels"))
+    {
         for l in JOB_UID_LABELS {
             labels.remove(l);
         }
@@ -291,10 +318,9 @@ pub fn drop_generated_job_selector(object: &mut Json) {
 }
 
 fn controller_owned(object: &Json) -> bool {
-    object
-        .pointer("/metadata/ownerReferences")
-        .and_then(|r| r.as_array())
-        .is_some_and(|refs| refs.iter().any(|r| r.get("controller").and_then(Json::as_bool) == Some(true)))
+    object.pointer("/metadata/ownerReferences").and_then(|r| r.as_array()).is_some_and(|refs| {
+        refs.iter().any(|r| r.get("controller").and_then(Json::as_bool) == Some(true))
+    })
 }
 
 /// What [`extract_to`] handed to its sink, and what it left out.
@@ -361,7 +387,12 @@ pub fn extract_to(
     // rendered trees (several times the stored size; a CRD's schema is large) stay small.
     const BATCH_OBJECTS: usize = 256;
     const BATCH_BYTES: usize = 4 << 20;
-    let candidate = |key: &[u8]| std::str::from_utf8(key).ok().filter(|k| k.starts_with(prefix) && filter.may_match_key(k)).is_some();
+    let candidate = |key: &[u8]| {
+        std::str::from_utf8(key)
+            .ok()
+            .filter(|k| k.starts_with(prefix) && filter.may_match_key(k))
+            .is_some()
+    };
     let release = || file.release_resident();
     let mut live = newest_live(db, Some(&release), &candidate).map_err(ExtractError::Read)?;
     // A stable sort: keys stay in order within a stage.
@@ -384,7 +415,8 @@ pub fn extract_to(
             for batch in batches {
                 let done = map_in_file_order(file, batch, &|n, value| {
                     let mut why = ExtractSummary::default();
-                    let object = extract_one(&n.key, value, n.mod_revision, filter, config, &mut why);
+                    let object =
+                        extract_one(&n.key, value, n.mod_revision, filter, config, &mut why);
                     (object, why)
                 });
                 // The sink failed when nobody receives: stop.
@@ -409,7 +441,14 @@ pub fn extract_to(
 }
 
 /// Renders one live value for apply, or records in `out` why it is left out (`None`).
-fn extract_one(key: &[u8], value: &[u8], mod_revision: i64, filter: &Filter, config: Option<&EncryptionConfig>, out: &mut ExtractSummary) -> Option<Extracted> {
+fn extract_one(
+    key: &[u8],
+    value: &[u8],
+    mod_revision: i64,
+    filter: &Filter,
+    config: Option<&EncryptionConfig>,
+    out: &mut ExtractSummary,
+) -> Option<Extracted> {
     let key_text = String::from_utf8_lossy(key).into_owned();
     let encrypted = value.starts_with(ENCRYPTED_PREFIX);
     let skip = |reason: String| Skipped { key: key_text.clone(), reason, encrypted };
@@ -439,8 +478,18 @@ fn extract_one(key: &[u8], value: &[u8], mod_revision: i64, filter: &Filter, con
         }
     };
     let meta = Meta {
-        name: rendered.object.pointer("/metadata/name").and_then(Json::as_str).unwrap_or_default().to_string(),
-        namespace: rendered.object.pointer("/metadata/namespace").and_then(Json::as_str).unwrap_or_default().to_string(),
+        name: rendered
+            .object
+            .pointer("/metadata/name")
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        namespace: rendered
+            .object
+            .pointer("/metadata/namespace")
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_string(),
         ..Meta::default()
     };
     let mut path = key_path(key, Some(&meta))?;
@@ -466,7 +515,14 @@ fn extract_one(key: &[u8], value: &[u8], mod_revision: i64, filter: &Filter, con
     drop_generated_job_selector(&mut object);
     newest_same_shape_version(&mut object);
     let yaml = document(&object, &rendered.unknown_fields);
-    Some(Extracted { key: key_text, path, stage, mod_revision, unknown_fields: rendered.unknown_fields, yaml })
+    Some(Extracted {
+        key: key_text,
+        path,
+        stage,
+        mod_revision,
+        unknown_fields: rendered.unknown_fields,
+        yaml,
+    })
 }
 
 /// Whether an object at `path` passes the filter (labels are checked on `object`).
@@ -510,7 +566,10 @@ impl DirWriter {
     /// Refuses a `dir` that exists and is not empty. Nothing is created yet.
     pub fn new(dir: &Path) -> std::io::Result<DirWriter> {
         if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-            return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{}: exists and is not empty; nothing was written", dir.display())));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{}: exists and is not empty; nothing was written", dir.display()),
+            ));
         }
         Ok(DirWriter { dir: dir.to_path_buf(), created: false, written: 0 })
     }
@@ -532,10 +591,18 @@ impl DirWriter {
         let parent = path.parent().unwrap_or(&self.dir);
         std::fs::DirBuilder::new().mode(0o700).recursive(true).create(parent)?;
         if path.exists() {
-            return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{}: two objects map to this file ({})", path.display(), o.key)));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{}: two objects map to this file ({})", path.display(), o.key),
+            ));
         }
-        let tmp = parent.join(format!(".{}.tmp-{}", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let tmp = parent.join(format!(
+            ".{}.tmp-{}",
+            path.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         f.write_all(o.yaml.as_bytes())?;
         std::fs::rename(&tmp, &path)?;
         self.written += 1;
@@ -572,7 +639,10 @@ mod tests {
         let mut job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
             "spec": {"selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "u1"}}, "template": {"metadata": {"labels": labels}}}});
         drop_generated_job_selector(&mut job);
-        assert_eq!(job["spec"], json!({"template": {"metadata": {"labels": {"job-name": "j", "app": "x"}}}}));
+        assert_eq!(
+            job["spec"],
+            json!({"template": {"metadata": {"labels": {"job-name": "j", "app": "x"}}}})
+        );
         let mut manual = json!({"apiVersion": "batch/v1", "kind": "Job", "spec": {"manualSelector": true, "selector": {"matchLabels": {"app": "x"}}, "template": {"metadata": {"labels": labels}}}});
         let before = manual.clone();
         drop_generated_job_selector(&mut manual);
@@ -594,22 +664,24 @@ mod tests {
         });
         crd_to_v1(&mut crd);
         let columns = json!([{"name": "Size", "type": "integer", "jsonPath": ".spec.size"}]);
-        assert_eq!(crd, json!({
-            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "widgets.example.invalid"},
-            "spec": {
-                "group": "example.invalid", "names": {"plural": "widgets", "kind": "Widget"}, "scope": "Namespaced",
-                "versions": [
-                    {"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object"}}, "subresources": {"status": {}}, "additionalPrinterColumns": columns},
-                    {"name": "v2", "served": true, "storage": false, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}, "subresources": {"status": {}}, "additionalPrinterColumns": columns}
-                ],
-                "conversion": {"strategy": "Webhook", "webhook": {"clientConfig": {"url": "https://127.0.0.1:9/convert"}, "conversionReviewVersions": ["v1"]}}
-            }
-        }));
+        assert_eq!(
+            crd,
+            json!({
+                "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "widgets.example.invalid"},
+                "spec": {
+                    "group": "example.invalid", "names": {"plural": "widgets", "kind": "Widget"}, "scope": "Namespaced",
+                    "versions": [
+                        {"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object"}}, "subresources": {"status": {}}, "additionalPrinterColumns": columns},
+                        {"name": "v2", "served": true, "storage": false, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}, "subresources": {"status": {}}, "additionalPrinterColumns": columns}
+                    ],
+                    "conversion": {"strategy": "Webhook", "webhook": {"clientConfig": {"url": "https://127.0.0.1:9/convert"}, "conversionReviewVersions": ["v1"]}}
+                }
+            })
+        );
         let mut again = crd.clone();
         crd_to_v1(&mut again);
         assert_eq!(again, crd, "v1 objects are left alone");
     }
-
 
     #[test]
     fn unknown_fields_go_to_a_comment_and_the_object_applies() {
@@ -618,7 +690,11 @@ mod tests {
             "spec": {"list": [{"x-etcdguard-unknown-fields": {"7": [{"varint": 1}]}, "n": 1}]}});
         let yaml = document(&object, &[".".into(), ".spec.list[0]".into()]);
         assert!(yaml.starts_with("# etcdguard: fields unknown"), "{yaml}");
-        assert!(yaml.contains("#   .: {\"99\":[{\"bytes\":\"bmV3\"}]}") && yaml.contains("#   .spec.list[0]: {\"7\""), "{yaml}");
+        assert!(
+            yaml.contains("#   .: {\"99\":[{\"bytes\":\"bmV3\"}]}")
+                && yaml.contains("#   .spec.list[0]: {\"7\""),
+            "{yaml}"
+        );
         let parsed: Json = serde_norway::from_str(&yaml).unwrap();
         assert!(!parsed.to_string().contains(UNKNOWN_FIELDS_KEY), "{yaml}");
         assert_eq!(parsed["data"]["k"], "v");
@@ -634,25 +710,50 @@ mod tests {
             "data": {"x": "y"}, "status": {"phase": "Active"}
         });
         strip_for_apply(&mut o);
-        assert_eq!(o, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "n", "labels": {"k": "v"}, "annotations": {"a": "b"}}, "data": {"x": "y"}}));
+        assert_eq!(
+            o,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "n", "labels": {"k": "v"}, "annotations": {"a": "b"}}, "data": {"x": "y"}})
+        );
     }
 
     #[test]
     fn selection() {
         let f = Filter { namespace: Some("payments".into()), ..Filter::default() };
-        let p = |r: &str, ns: &str, n: &str| KeyPath { resource: r.into(), namespace: ns.into(), name: n.into() };
+        let p = |r: &str, ns: &str, n: &str| KeyPath {
+            resource: r.into(),
+            namespace: ns.into(),
+            name: n.into(),
+        };
         assert!(object_selected(&p("configmaps", "payments", "a"), &Json::Null, &f));
         assert!(object_selected(&p("namespaces", "", "payments"), &Json::Null, &f));
         assert!(!object_selected(&p("namespaces", "", "other"), &Json::Null, &f));
         assert!(!object_selected(&p("configmaps", "other", "a"), &Json::Null, &f));
-        assert!(!object_selected(&p("events", "payments", "e"), &Json::Null, &f), "events are left out by default");
+        assert!(
+            !object_selected(&p("events", "payments", "e"), &Json::Null, &f),
+            "events are left out by default"
+        );
         let ev = Filter { resource: Some("events".into()), ..f.clone() };
         assert!(object_selected(&p("events", "payments", "e"), &Json::Null, &ev));
-        assert!(resource_is("example.com/widgets", "widgets.example.com") && resource_is("example.com/widgets", "widgets"));
-        assert!(f.may_match_key("/registry/namespaces/payments") && !f.may_match_key("/registry/configmaps/other/a"));
-        let sel = Filter { selector: Some(Selector::parse("app=web").unwrap()), ..Filter::default() };
-        assert!(object_selected(&p("pods", "x", "a"), &json!({"metadata": {"labels": {"app": "web"}}}), &sel));
-        assert!(!object_selected(&p("pods", "x", "a"), &json!({"metadata": {"labels": {"app": "db"}}}), &sel));
+        assert!(
+            resource_is("example.com/widgets", "widgets.example.com")
+                && resource_is("example.com/widgets", "widgets")
+        );
+        assert!(
+            f.may_match_key("/registry/namespaces/payments")
+                && !f.may_match_key("/registry/configmaps/other/a")
+        );
+        let sel =
+            Filter { selector: Some(Selector::parse("app=web").unwrap()), ..Filter::default() };
+        assert!(object_selected(
+            &p("pods", "x", "a"),
+            &json!({"metadata": {"labels": {"app": "web"}}}),
+            &sel
+        ));
+        assert!(!object_selected(
+            &p("pods", "x", "a"),
+            &json!({"metadata": {"labels": {"app": "db"}}}),
+            &sel
+        ));
     }
 
     #[test]
@@ -665,11 +766,25 @@ mod tests {
             unknown_fields: Vec::new(),
             yaml: String::new(),
         };
-        assert_eq!(e(CRDS, "", "widgets.example.com", Stage::CustomResourceDefinitions).relative_path(), Path::new("1-customresourcedefinitions/widgets.example.com.yaml"));
-        assert_eq!(e("namespaces", "", "payments", Stage::Namespaces).relative_path(), Path::new("2-namespaces/payments.yaml"));
-        assert_eq!(e("example.com/widgets", "payments", "w", Stage::Objects).relative_path(), Path::new("3-objects/payments/widgets.example.com/w.yaml"));
-        assert_eq!(e("clusterroles", "", "..", Stage::Objects).relative_path(), Path::new("3-objects/_cluster/clusterroles/_...yaml"));
-        assert!(controller_owned(&json!({"metadata": {"ownerReferences": [{"controller": true}]}})));
+        assert_eq!(
+            e(CRDS, "", "widgets.example.com", Stage::CustomResourceDefinitions).relative_path(),
+            Path::new("1-customresourcedefinitions/widgets.example.com.yaml")
+        );
+        assert_eq!(
+            e("namespaces", "", "payments", Stage::Namespaces).relative_path(),
+            Path::new("2-namespaces/payments.yaml")
+        );
+        assert_eq!(
+            e("example.com/widgets", "payments", "w", Stage::Objects).relative_path(),
+            Path::new("3-objects/payments/widgets.example.com/w.yaml")
+        );
+        assert_eq!(
+            e("clusterroles", "", "..", Stage::Objects).relative_path(),
+            Path::new("3-objects/_cluster/clusterroles/_...yaml")
+        );
+        assert!(controller_owned(
+            &json!({"metadata": {"ownerReferences": [{"controller": true}]}})
+        ));
         assert!(!controller_owned(&json!({"metadata": {"ownerReferences": [{"kind": "X"}]}})));
     }
 }

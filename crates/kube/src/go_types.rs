@@ -35,7 +35,11 @@ pub fn scan_dir(dir: &Path) -> std::io::Result<Fields> {
     for e in std::fs::read_dir(dir)? {
         let path = e?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if !name.ends_with(".go") || name.ends_with("_test.go") || name.starts_with("zz_generated") || name.starts_with("generated.") {
+        if !name.ends_with(".go")
+            || name.ends_with("_test.go")
+            || name.starts_with("zz_generated")
+            || name.starts_with("generated.")
+        {
             continue;
         }
         scan_source(&std::fs::read_to_string(&path)?, &mut out);
@@ -125,7 +129,8 @@ mod tests {
                    type Other struct {\n\tName string `json:\"name\" protobuf:\"bytes,1,opt,name=name\"`\n}\n";
         let mut out = HashMap::new();
         scan_source(src, &mut out);
-        let thing: HashMap<u32, GoField> = out["Thing"].iter().map(|(n, (f, _))| (*n, *f)).collect();
+        let thing: HashMap<u32, GoField> =
+            out["Thing"].iter().map(|(n, (f, _))| (*n, *f)).collect();
         assert_eq!(out["Thing"][&2].1, "replicas");
         assert!(!thing[&1].inline && thing[&1].omitempty, "embedded with a name: a field");
         assert!(thing[&2].pointer && thing[&2].omitempty);

@@ -37,26 +37,53 @@ pub struct Version {
 
 /// The revisions of `key` in `db`, oldest first, and how many earlier versions were
 /// compacted away (the first version in the file has a per-key version above 1).
-pub fn history(db: &etcdguard_bolt::Db<'_>, release: Option<&dyn Fn()>, key: &[u8], config: Option<&EncryptionConfig>) -> Result<(Vec<Version>, i64), String> {
+pub fn history(
+    db: &etcdguard_bolt::Db<'_>,
+    release: Option<&dyn Fn()>,
+    key: &[u8],
+    config: Option<&EncryptionConfig>,
+) -> Result<(Vec<Version>, i64), String> {
     let mut raw: Vec<(i64, i64, bool, Vec<u8>)> = Vec::new();
     etcdguard_storage::keys::for_each_revision(db, release, &mut |r| {
         if r.kv.key == key {
-            raw.push((r.main, r.kv.version, r.tombstone, if r.tombstone { Vec::new() } else { r.kv.value.to_vec() }));
+            raw.push((
+                r.main,
+                r.kv.version,
+                r.tombstone,
+                if r.tombstone { Vec::new() } else { r.kv.value.to_vec() },
+            ));
         }
     })?;
-    let compacted = raw.first().map_or(0, |(_, version, deleted, _)| if *deleted { 0 } else { (version - 1).max(0) });
+    let compacted = raw
+        .first()
+        .map_or(0, |(_, version, deleted, _)| if *deleted { 0 } else { (version - 1).max(0) });
     let mut versions: Vec<Version> = Vec::with_capacity(raw.len());
     let mut previous: Option<Json> = None;
     let mut first = true;
     for (revision, version, deleted, value) in raw {
-        let mut v = Version { revision, version: if deleted { 0 } else { version }, deleted, time: None, time_source: None, object: None, error: None, changes: Vec::new() };
+        let mut v = Version {
+            revision,
+            version: if deleted { 0 } else { version },
+            deleted,
+            time: None,
+            time_source: None,
+            object: None,
+            error: None,
+            changes: Vec::new(),
+        };
         if deleted {
             if let Some(prev) = &previous {
-                if let Some(t) = prev.pointer("/metadata/deletionTimestamp").and_then(Json::as_str) {
+                if let Some(t) = prev.pointer("/metadata/deletionTimestamp").and_then(Json::as_str)
+                {
                     v.time = Some(t.to_string());
                     v.time_source = Some("deletionTimestamp");
                 }
-                v.changes = vec![Op { op: "remove", path: String::new(), value: None, old_value: Some(prev.clone()) }];
+                v.changes = vec![Op {
+                    op: "remove",
+                    path: String::new(),
+                    value: None,
+                    old_value: Some(prev.clone()),
+                }];
             }
             previous = None;
         } else {
@@ -93,13 +120,22 @@ pub fn drop_write_bookkeeping(object: &mut Json) {
 }
 
 /// A stored value as the object to compare: decrypted, rendered, without write bookkeeping.
-pub fn comparable(key: &[u8], value: &[u8], config: Option<&EncryptionConfig>) -> Result<Json, String> {
+pub fn comparable(
+    key: &[u8],
+    value: &[u8],
+    config: Option<&EncryptionConfig>,
+) -> Result<Json, String> {
     let mut object = read(key, value, 0, config)?;
     drop_write_bookkeeping(&mut object);
     Ok(object)
 }
 
-fn read(key: &[u8], value: &[u8], revision: i64, config: Option<&EncryptionConfig>) -> Result<Json, String> {
+fn read(
+    key: &[u8],
+    value: &[u8],
+    revision: i64,
+    config: Option<&EncryptionConfig>,
+) -> Result<Json, String> {
     let plain = plain_value(key, value, config).map_err(|e| format!("not decrypted: {e}"))?;
     let opts = RenderOptions { show_managed_fields: true };
     render(&plain, Some(revision), &opts).map(|r| r.object).map_err(|e| e.to_string())
@@ -107,10 +143,14 @@ fn read(key: &[u8], value: &[u8], revision: i64, config: Option<&EncryptionConfi
 
 /// The newest `managedFields[].time`, else the creation time for a first version.
 fn time_of(object: &Json, version: i64) -> (Option<String>, Option<&'static str>) {
-    let newest_write = object
-        .pointer("/metadata/managedFields")
-        .and_then(Json::as_array)
-        .and_then(|fields| fields.iter().filter_map(|f| f.get("time").and_then(Json::as_str)).max().map(str::to_string));
+    let newest_write =
+        object.pointer("/metadata/managedFields").and_then(Json::as_array).and_then(|fields| {
+            fields
+                .iter()
+                .filter_map(|f| f.get("time").and_then(Json::as_str))
+                .max()
+                .map(str::to_string)
+        });
     if let Some(t) = newest_write {
         return (Some(t), Some("managedFields"));
     }
@@ -130,7 +170,10 @@ mod tests {
         let o = json!({"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z", "managedFields": [{"time": "2026-01-01T00:00:00Z"}, {"time": "2026-01-02T10:00:00Z"}]}});
         assert_eq!(time_of(&o, 3), (Some("2026-01-02T10:00:00Z".into()), Some("managedFields")));
         let c = json!({"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}});
-        assert_eq!(time_of(&c, 1), (Some("2026-01-01T00:00:00Z".into()), Some("creationTimestamp")));
+        assert_eq!(
+            time_of(&c, 1),
+            (Some("2026-01-01T00:00:00Z".into()), Some("creationTimestamp"))
+        );
         assert_eq!(time_of(&c, 2), (None, None));
     }
 }

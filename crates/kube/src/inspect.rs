@@ -19,7 +19,11 @@ pub struct StoredValue {
 }
 
 /// The newest value of `key` in `db`, `None` when the key is absent or deleted.
-pub fn newest_value(db: &Db<'_>, key: &[u8], release: Option<&dyn Fn()>) -> Result<Option<StoredValue>, String> {
+pub fn newest_value(
+    db: &Db<'_>,
+    key: &[u8],
+    release: Option<&dyn Fn()>,
+) -> Result<Option<StoredValue>, String> {
     let mut found = None;
     etcdguard_storage::keys::for_each_revision(db, release, &mut |r| {
         if r.kv.key != key {
@@ -62,7 +66,11 @@ pub enum GetError {
 
 /// `stored` decrypted (with `config`) and rendered; `metadata.resourceVersion` is its mod
 /// revision, as the API server shows it.
-pub fn get_object(stored: &StoredValue, config: Option<&EncryptionConfig>, opts: &RenderOptions) -> Result<(Rendered, EtcdInfo), GetError> {
+pub fn get_object(
+    stored: &StoredValue,
+    config: Option<&EncryptionConfig>,
+    opts: &RenderOptions,
+) -> Result<(Rendered, EtcdInfo), GetError> {
     let marker = match config {
         Some(c) => c.marker(&stored.value),
         None => crate::encryption::marker(&stored.value),
@@ -77,7 +85,11 @@ pub fn get_object(stored: &StoredValue, config: Option<&EncryptionConfig>, opts:
         }
     }
     let plain = plain_value(&stored.key, &stored.value, config).map_err(GetError::Decrypt)?;
-    let info = etcd_info(stored, &plain, marker.and_then(Result::ok).map(|m| format!("{}:{}", m.provider, m.key_name)));
+    let info = etcd_info(
+        stored,
+        &plain,
+        marker.and_then(Result::ok).map(|m| format!("{}:{}", m.provider, m.key_name)),
+    );
     let rendered = render(&plain, Some(stored.mod_revision), opts).map_err(GetError::Render)?;
     Ok((rendered, info))
 }

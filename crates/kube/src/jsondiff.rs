@@ -43,12 +43,22 @@ fn walk(old: &Json, new: &Json, path: &mut String, ops: &mut Vec<Op>) {
                 path.push_str(&escape(k));
                 match b.get(k) {
                     Some(vb) => walk(va, vb, path, ops),
-                    None => ops.push(Op { op: "remove", path: path.clone(), value: None, old_value: Some(va.clone()) }),
+                    None => ops.push(Op {
+                        op: "remove",
+                        path: path.clone(),
+                        value: None,
+                        old_value: Some(va.clone()),
+                    }),
                 }
                 path.truncate(len);
             }
             for (k, vb) in b.iter().filter(|(k, _)| !a.contains_key(*k)) {
-                ops.push(Op { op: "add", path: format!("{path}/{}", escape(k)), value: Some(vb.clone()), old_value: None });
+                ops.push(Op {
+                    op: "add",
+                    path: format!("{path}/{}", escape(k)),
+                    value: Some(vb.clone()),
+                    old_value: None,
+                });
             }
         }
         (Json::Array(a), Json::Array(b)) => {
@@ -60,14 +70,29 @@ fn walk(old: &Json, new: &Json, path: &mut String, ops: &mut Vec<Op>) {
                 path.truncate(len);
             }
             for (i, va) in a.iter().enumerate().skip(common).rev() {
-                ops.push(Op { op: "remove", path: format!("{path}/{i}"), value: None, old_value: Some(va.clone()) });
+                ops.push(Op {
+                    op: "remove",
+                    path: format!("{path}/{i}"),
+                    value: None,
+                    old_value: Some(va.clone()),
+                });
             }
             for (i, vb) in b.iter().enumerate().skip(common) {
-                ops.push(Op { op: "add", path: format!("{path}/{i}"), value: Some(vb.clone()), old_value: None });
+                ops.push(Op {
+                    op: "add",
+                    path: format!("{path}/{i}"),
+                    value: Some(vb.clone()),
+                    old_value: None,
+                });
             }
         }
         _ if old == new => {}
-        _ => ops.push(Op { op: "replace", path: path.clone(), value: Some(new.clone()), old_value: Some(old.clone()) }),
+        _ => ops.push(Op {
+            op: "replace",
+            path: path.clone(),
+            value: Some(new.clone()),
+            old_value: Some(old.clone()),
+        }),
     }
 }
 
@@ -143,7 +168,9 @@ mod tests {
                 (Json::Array(a), "remove") => {
                     a.remove(last.parse().unwrap());
                 }
-                (Json::Array(a), "add") => a.insert(last.parse().unwrap(), o.value.clone().unwrap()),
+                (Json::Array(a), "add") => {
+                    a.insert(last.parse().unwrap(), o.value.clone().unwrap())
+                }
                 (Json::Array(a), _) => a[last.parse::<usize>().unwrap()] = o.value.clone().unwrap(),
                 _ => panic!("bad target for {o:?}"),
             }
@@ -159,7 +186,12 @@ mod tests {
         let summary: Vec<_> = ops.iter().map(|o| (o.op, o.path.as_str())).collect();
         assert_eq!(
             summary,
-            vec![("remove", "/metadata/labels/a~1b"), ("add", "/metadata/labels/tier"), ("remove", "/spec/paused"), ("replace", "/spec/replicas")]
+            vec![
+                ("remove", "/metadata/labels/a~1b"),
+                ("add", "/metadata/labels/tier"),
+                ("remove", "/spec/paused"),
+                ("replace", "/spec/replicas")
+            ]
         );
         assert_eq!(ops[3].old_value, Some(json!(2)));
         assert_eq!(ops[3].value, Some(json!(3)));
@@ -172,7 +204,10 @@ mod tests {
         let old = json!({"c": [{"n": "a", "p": 1}, {"n": "b"}, "x", "y"]});
         let new = json!({"c": [{"n": "a", "p": 2}, {"n": "b"}]});
         let ops = diff(&old, &new);
-        assert_eq!(ops.iter().map(|o| o.path.as_str()).collect::<Vec<_>>(), vec!["/c/0/p", "/c/3", "/c/2"]);
+        assert_eq!(
+            ops.iter().map(|o| o.path.as_str()).collect::<Vec<_>>(),
+            vec!["/c/0/p", "/c/3", "/c/2"]
+        );
         assert_eq!(apply(old.clone(), &ops), new);
         let back = diff(&new, &old);
         assert_eq!(apply(new.clone(), &back), old);
@@ -186,12 +221,18 @@ mod tests {
         assert_eq!((ops[0].op, ops[0].path.as_str()), ("replace", ""));
         assert_eq!(diff(&json!({"a": "1"}), &json!({"a": 1}))[0].op, "replace");
         let patch = to_json_patch(&diff(&json!({"a": 1}), &json!({"b": 2})));
-        assert_eq!(patch, json!([{"op": "remove", "path": "/a"}, {"op": "add", "path": "/b", "value": 2}]));
+        assert_eq!(
+            patch,
+            json!([{"op": "remove", "path": "/a"}, {"op": "add", "path": "/b", "value": 2}])
+        );
     }
 
     #[test]
     fn unified_text() {
-        let ops = diff(&json!({"data": {"k": "v1"}, "spec": {"x": 1}}), &json!({"data": {"k": "v2"}, "spec": {"x": 1, "y": {"z": [1, 2]}}}));
+        let ops = diff(
+            &json!({"data": {"k": "v1"}, "spec": {"x": 1}}),
+            &json!({"data": {"k": "v2"}, "spec": {"x": 1, "y": {"z": [1, 2]}}}),
+        );
         let text = to_unified(&ops);
         assert_eq!(text, "@@ /data/k @@\n- v1\n+ v2\n@@ /spec/y @@\n+ z:\n+ - 1\n+ - 2\n");
     }

@@ -107,7 +107,11 @@ pub struct EncryptionState {
 /// Like [`decode`], and with `config` decrypts an encrypted-at-rest value read under
 /// `etcd_key` first. A value that does not decrypt comes back as `Encoding::Encrypted` with
 /// the reason in `encryption.error`; it never fails as a whole.
-pub fn decode_stored(etcd_key: &[u8], value: &[u8], config: Option<&encryption::EncryptionConfig>) -> Object {
+pub fn decode_stored(
+    etcd_key: &[u8],
+    value: &[u8],
+    config: Option<&encryption::EncryptionConfig>,
+) -> Object {
     let marker = match config {
         Some(c) => c.marker(value),
         None => encryption::marker(value),
@@ -120,7 +124,8 @@ pub fn decode_stored(etcd_key: &[u8], value: &[u8], config: Option<&encryption::
         Ok(m) => match config.map(|c| c.decrypt(etcd_key, value)) {
             Some(Ok(plain)) => {
                 let mut object = decode(&plain);
-                object.encryption = Some(EncryptionState { marker: Some(m), decrypted: true, error: None });
+                object.encryption =
+                    Some(EncryptionState { marker: Some(m), decrypted: true, error: None });
                 return object;
             }
             Some(Err(e)) => (Some(m), Some(e)),
@@ -199,7 +204,11 @@ fn meta_from_json(v: &serde_json::Value) -> Meta {
     let map = |k: &str| -> BTreeMap<String, String> {
         v.get(k)
             .and_then(|x| x.as_object())
-            .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     Meta {
@@ -256,22 +265,58 @@ pub fn decode(value: &[u8]) -> Object {
                     }
                     Ok(())
                 });
-                Object { encoding: Encoding::Protobuf, api_version, kind, metadata, encryption: None }
+                Object {
+                    encoding: Encoding::Protobuf,
+                    api_version,
+                    kind,
+                    metadata,
+                    encryption: None,
+                }
             }
-            Err(_) => Object { encoding: Encoding::Protobuf, api_version: String::new(), kind: String::new(), metadata: None, encryption: None },
+            Err(_) => Object {
+                encoding: Encoding::Protobuf,
+                api_version: String::new(),
+                kind: String::new(),
+                metadata: None,
+                encryption: None,
+            },
         };
     }
     if let Some(rest) = value.strip_prefix(ENCRYPTED_PREFIX) {
-        let provider = rest.split(|&b| b == b':').next().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
-        return Object { encoding: Encoding::Encrypted(provider), api_version: String::new(), kind: String::new(), metadata: None, encryption: None };
+        let provider = rest
+            .split(|&b| b == b':')
+            .next()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        return Object {
+            encoding: Encoding::Encrypted(provider),
+            api_version: String::new(),
+            kind: String::new(),
+            metadata: None,
+            encryption: None,
+        };
     }
     if value.first() == Some(&b'{') {
         if let Some(h) = json_head(value) {
-            let s = |v: Option<serde_json::Value>| v.as_ref().and_then(|x| x.as_str()).unwrap_or_default().to_string();
-            return Object { encoding: Encoding::Json, api_version: s(h.api_version), kind: s(h.kind), metadata: h.metadata.as_ref().map(meta_from_json), encryption: None };
+            let s = |v: Option<serde_json::Value>| {
+                v.as_ref().and_then(|x| x.as_str()).unwrap_or_default().to_string()
+            };
+            return Object {
+                encoding: Encoding::Json,
+                api_version: s(h.api_version),
+                kind: s(h.kind),
+                metadata: h.metadata.as_ref().map(meta_from_json),
+                encryption: None,
+            };
         }
     }
-    Object { encoding: Encoding::Other, api_version: String::new(), kind: String::new(), metadata: None, encryption: None }
+    Object {
+        encoding: Encoding::Other,
+        api_version: String::new(),
+        kind: String::new(),
+        metadata: None,
+        encryption: None,
+    }
 }
 
 /// The fields of a JSON object that [`decode`] reads.
@@ -330,7 +375,8 @@ fn json_head(value: &[u8]) -> Option<JsonHead> {
     let mut head = JsonHead::default();
     let mut stopped_early = false;
     let mut de = serde_json::Deserializer::from_slice(value);
-    let whole = de.deserialize_map(HeadVisitor(&mut head, &mut stopped_early)).and_then(|()| de.end());
+    let whole =
+        de.deserialize_map(HeadVisitor(&mut head, &mut stopped_early)).and_then(|()| de.end());
     (whole.is_ok() || stopped_early).then_some(head)
 }
 
@@ -348,21 +394,37 @@ pub struct KeyPath {
 /// tell `group/resource/name` from `resource/namespace/name`).
 pub fn key_path(key: &[u8], meta: Option<&Meta>) -> Option<KeyPath> {
     let key = std::str::from_utf8(key).ok()?;
-    let rest = key.strip_prefix("/registry/").or_else(|| key.strip_prefix('/').and_then(|k| k.split_once('/').map(|(_, r)| r)))?;
+    let rest = key
+        .strip_prefix("/registry/")
+        .or_else(|| key.strip_prefix('/').and_then(|k| k.split_once('/').map(|(_, r)| r)))?;
     let parts: Vec<&str> = rest.split('/').collect();
     let (name, before) = parts.split_last()?;
     match meta {
-        Some(m) if !m.namespace.is_empty() && before.last() == Some(&m.namespace.as_str()) && before.len() >= 2 => Some(KeyPath {
-            resource: before[..before.len() - 1].join("/"),
-            namespace: m.namespace.clone(),
-            name: name.to_string(),
-        }),
+        Some(m)
+            if !m.namespace.is_empty()
+                && before.last() == Some(&m.namespace.as_str())
+                && before.len() >= 2 =>
+        {
+            Some(KeyPath {
+                resource: before[..before.len() - 1].join("/"),
+                namespace: m.namespace.clone(),
+                name: name.to_string(),
+            })
+        }
         Some(_) | None if !before.is_empty() => {
             // Without metadata, assume core-style `resource/namespace/name` for three parts.
             if meta.is_none() && before.len() == 2 && !before[0].contains('.') {
-                Some(KeyPath { resource: before[0].into(), namespace: before[1].into(), name: name.to_string() })
+                Some(KeyPath {
+                    resource: before[0].into(),
+                    namespace: before[1].into(),
+                    name: name.to_string(),
+                })
             } else {
-                Some(KeyPath { resource: before.join("/"), namespace: String::new(), name: name.to_string() })
+                Some(KeyPath {
+                    resource: before.join("/"),
+                    namespace: String::new(),
+                    name: name.to_string(),
+                })
             }
         }
         _ => None,
@@ -387,14 +449,30 @@ mod tests {
     #[test]
     fn json_objects_are_read_up_to_their_head() {
         let whole = decode(br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","namespace":"n","labels":{"x":"y"}},"data":{"k":"v"}}"#);
-        assert_eq!((whole.encoding, whole.api_version.as_str(), whole.kind.as_str()), (Encoding::Json, "v1", "ConfigMap"));
-        assert_eq!(whole.metadata.as_ref().map(|m| (m.name.as_str(), m.namespace.as_str(), m.labels["x"].as_str())), Some(("a", "n", "y")));
+        assert_eq!(
+            (whole.encoding, whole.api_version.as_str(), whole.kind.as_str()),
+            (Encoding::Json, "v1", "ConfigMap")
+        );
+        assert_eq!(
+            whole.metadata.as_ref().map(|m| (
+                m.name.as_str(),
+                m.namespace.as_str(),
+                m.labels["x"].as_str()
+            )),
+            Some(("a", "n", "y"))
+        );
         // Once the head is read, the rest is not: a body cut short still lists.
         let cut = decode(br#"{"kind":"Widget","apiVersion":"example.com/v1","metadata":{"name":"w"},"spec":{"size": [1, 2"#);
-        assert_eq!((cut.encoding, cut.kind.as_str(), cut.metadata.map(|m| m.name)), (Encoding::Json, "Widget", Some("w".to_string())));
+        assert_eq!(
+            (cut.encoding, cut.kind.as_str(), cut.metadata.map(|m| m.name)),
+            (Encoding::Json, "Widget", Some("w".to_string()))
+        );
         // Keys in any order, escaped, or before the head.
         let late = decode(br#"{"spec":{"a":[{"b":"}"}]},"metadat\u0061":{"name":"m"},"kind":"K","apiVersion":"v"}"#);
-        assert_eq!((late.encoding, late.metadata.map(|m| m.name)), (Encoding::Json, Some("m".to_string())));
+        assert_eq!(
+            (late.encoding, late.metadata.map(|m| m.name)),
+            (Encoding::Json, Some("m".to_string()))
+        );
         // Without all three the whole object must parse.
         let no_meta = decode(br#"{"apiVersion":"v1","kind":"K"}"#);
         assert_eq!((no_meta.encoding, no_meta.metadata), (Encoding::Json, None));
@@ -408,13 +486,24 @@ mod tests {
         let m = Meta { namespace: "kube-system".into(), name: "coredns".into(), ..Meta::default() };
         assert_eq!(
             key_path(b"/registry/configmaps/kube-system/coredns", Some(&m)),
-            Some(KeyPath { resource: "configmaps".into(), namespace: "kube-system".into(), name: "coredns".into() })
+            Some(KeyPath {
+                resource: "configmaps".into(),
+                namespace: "kube-system".into(),
+                name: "coredns".into()
+            })
         );
         let cr = Meta { namespace: "team-a".into(), name: "w1".into(), ..Meta::default() };
-        assert_eq!(key_path(b"/registry/example.com/widgets/team-a/w1", Some(&cr)).unwrap().resource, "example.com/widgets");
+        assert_eq!(
+            key_path(b"/registry/example.com/widgets/team-a/w1", Some(&cr)).unwrap().resource,
+            "example.com/widgets"
+        );
         let cluster = Meta { name: "v1.apps".into(), ..Meta::default() };
-        let p = key_path(b"/registry/apiregistration.k8s.io/apiservices/v1.apps", Some(&cluster)).unwrap();
-        assert_eq!((p.resource.as_str(), p.namespace.as_str()), ("apiregistration.k8s.io/apiservices", ""));
+        let p = key_path(b"/registry/apiregistration.k8s.io/apiservices/v1.apps", Some(&cluster))
+            .unwrap();
+        assert_eq!(
+            (p.resource.as_str(), p.namespace.as_str()),
+            ("apiregistration.k8s.io/apiservices", "")
+        );
         assert_eq!(key_path(b"/registry/secrets/default/s1", None).unwrap().namespace, "default");
         assert_eq!(key_path(b"not-a-registry-key", None), None);
     }

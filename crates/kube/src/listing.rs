@@ -50,7 +50,12 @@ pub struct Row<'a> {
 }
 
 impl Entry {
-    fn decode(key: &[u8], value: &[u8], revisions: (i64, i64, i64), config: Option<&EncryptionConfig>) -> Entry {
+    fn decode(
+        key: &[u8],
+        value: &[u8],
+        revisions: (i64, i64, i64),
+        config: Option<&EncryptionConfig>,
+    ) -> Entry {
         let object = decode_stored(key, value, config);
         let path = key_path(key, object.metadata.as_ref());
         let (create_revision, mod_revision, version) = revisions;
@@ -139,7 +144,8 @@ pub fn list<T: Send>(
     row: &(dyn Fn(&[u8], &Entry) -> T + Sync),
 ) -> Result<Listing<T>, String> {
     let live = map_newest_live(file, db, &|key| key.starts_with(prefix), &|n, value| {
-        let e = Entry::decode(&n.key, value, (n.create_revision, n.mod_revision, n.version), config);
+        let e =
+            Entry::decode(&n.key, value, (n.create_revision, n.mod_revision, n.version), config);
         filter.matches(&e).then(|| (row(&n.key, &e), e.undecrypted()))
     })?;
     let mut listing = Listing { total: live.len(), rows: Vec::new(), undecrypted: Vec::new() };
@@ -165,17 +171,39 @@ pub struct LiveKeys<'f, 'a> {
 }
 
 impl<'f, 'a> LiveKeys<'f, 'a> {
-    pub fn load(file: &'f SnapshotFile, db: &Db<'a>, prefix: &[u8]) -> Result<LiveKeys<'f, 'a>, String> {
-        let (live, crcs) = map_newest_live(file, db, &|key| key.starts_with(prefix), &|_, value| crc32c::crc32c(value))?.into_iter().unzip();
+    pub fn load(
+        file: &'f SnapshotFile,
+        db: &Db<'a>,
+        prefix: &[u8],
+    ) -> Result<LiveKeys<'f, 'a>, String> {
+        let (live, crcs) =
+            map_newest_live(file, db, &|key| key.starts_with(prefix), &|_, value| {
+                crc32c::crc32c(value)
+            })?
+            .into_iter()
+            .unzip();
         Ok(LiveKeys { file, live, crcs })
     }
 
     /// The entries at `at` (indices into `live`), decoded, with their stored values when
     /// `with_values`; read in file order on all cores.
-    fn decode(&self, at: &[usize], config: Option<&EncryptionConfig>, with_values: bool) -> Vec<(Entry, Option<Vec<u8>>)> {
+    fn decode(
+        &self,
+        at: &[usize],
+        config: Option<&EncryptionConfig>,
+        with_values: bool,
+    ) -> Vec<(Entry, Option<Vec<u8>>)> {
         let items: Vec<Newest<'a>> = at.iter().map(|&i| self.live[i].clone()).collect();
         map_in_file_order(self.file, &items, &|n, value| {
-            (Entry::decode(&n.key, value, (n.create_revision, n.mod_revision, n.version), config), with_values.then(|| value.to_vec()))
+            (
+                Entry::decode(
+                    &n.key,
+                    value,
+                    (n.create_revision, n.mod_revision, n.version),
+                    config,
+                ),
+                with_values.then(|| value.to_vec()),
+            )
         })
     }
 }
@@ -257,7 +285,9 @@ fn key_changes<'k>(
             }
             std::cmp::Ordering::Equal => {
                 let (o, n) = (&old[i], &new[j]);
-                let same = o.mod_revision == n.mod_revision && o.value.len() == n.value.len() && old_crcs[i] == new_crcs[j];
+                let same = o.mod_revision == n.mod_revision
+                    && o.value.len() == n.value.len()
+                    && old_crcs[i] == new_crcs[j];
                 i += 1;
                 j += 1;
                 if !same {
@@ -288,18 +318,25 @@ pub fn diff<E>(
     while changes.peek().is_some() {
         let mut batch = Vec::new();
         let mut bytes = 0;
-        while let Some(c) = changes.next_if(|c| batch.is_empty() || (batch.len() < DIFF_BATCH && bytes + stored(c) <= DIFF_BATCH_BYTES)) {
+        while let Some(c) = changes.next_if(|c| {
+            batch.is_empty() || (batch.len() < DIFF_BATCH && bytes + stored(c) <= DIFF_BATCH_BYTES)
+        }) {
             bytes += stored(&c);
             batch.push(c);
         }
         let old_at: Vec<usize> = batch.iter().filter_map(|c| c.1).collect();
         let new_at: Vec<usize> = batch.iter().filter_map(|c| c.2).collect();
-        let (mut olds, mut news) = (old.decode(&old_at, config, with_values).into_iter(), new.decode(&new_at, config, with_values).into_iter());
+        let (mut olds, mut news) = (
+            old.decode(&old_at, config, with_values).into_iter(),
+            new.decode(&new_at, config, with_values).into_iter(),
+        );
         for (kind, o, n) in batch {
             let o = o.map(|i| (i, olds.next().expect("one decoded entry per index")));
             let n = n.map(|i| (i, news.next().expect("one decoded entry per index")));
             let (key, entry, older) = match (&o, &n) {
-                (Some(_), Some((i, (e, _)))) => (&new.live[*i].key, e, o.as_ref().map(|(_, (e, _))| e)),
+                (Some(_), Some((i, (e, _)))) => {
+                    (&new.live[*i].key, e, o.as_ref().map(|(_, (e, _))| e))
+                }
                 (None, Some((i, (e, _)))) => (&new.live[*i].key, e, None),
                 (Some((i, (e, _))), None) => (&old.live[*i].key, e, None),
                 (None, None) => unreachable!("a change has a side"),
@@ -309,7 +346,10 @@ pub fn diff<E>(
                 key,
                 entry,
                 old: older,
-                values: (o.as_ref().and_then(|(_, (_, v))| v.as_deref()), n.as_ref().and_then(|(_, (_, v))| v.as_deref())),
+                values: (
+                    o.as_ref().and_then(|(_, (_, v))| v.as_deref()),
+                    n.as_ref().and_then(|(_, (_, v))| v.as_deref()),
+                ),
             };
             if change.selected_by(filter) {
                 each(&change)?;
@@ -325,8 +365,17 @@ mod tests {
     use crate::{Encoding, Meta};
 
     fn entry(key: &str, labels: &[(&str, &str)]) -> Entry {
-        let meta = Meta { labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Meta::default() };
-        let object = Object { encoding: Encoding::Protobuf, api_version: "v1".into(), kind: "ConfigMap".into(), metadata: Some(meta), encryption: None };
+        let meta = Meta {
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Meta::default()
+        };
+        let object = Object {
+            encoding: Encoding::Protobuf,
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            metadata: Some(meta),
+            encryption: None,
+        };
         let path = key_path(key.as_bytes(), None);
         Entry { mod_revision: 1, create_revision: 1, version: 1, value_len: 10, object, path }
     }
@@ -334,7 +383,18 @@ mod tests {
     /// (key, mod revision, value, crc) per live key, sorted by key.
     fn side(keys: &[(&'static str, i64, &'static [u8], u32)]) -> (Vec<Newest<'static>>, Vec<u32>) {
         keys.iter()
-            .map(|(k, rev, value, crc)| (Newest { key: k.as_bytes().into(), create_revision: 1, mod_revision: *rev, version: 1, value }, *crc))
+            .map(|(k, rev, value, crc)| {
+                (
+                    Newest {
+                        key: k.as_bytes().into(),
+                        create_revision: 1,
+                        mod_revision: *rev,
+                        version: 1,
+                        value,
+                    },
+                    *crc,
+                )
+            })
             .unzip()
     }
 
@@ -368,28 +428,57 @@ mod tests {
         // Either side empty: everything added, or everything deleted.
         let none = side(&[]);
         assert!(key_changes((&none.0, &none.1), (&new.0, &new.1)).all(|c| c.0 == ChangeKind::Added));
-        assert_eq!(key_changes((&old.0, &old.1), (&none.0, &none.1)).filter(|c| c.0 == ChangeKind::Deleted).count(), 5);
+        assert_eq!(
+            key_changes((&old.0, &old.1), (&none.0, &none.1))
+                .filter(|c| c.0 == ChangeKind::Deleted)
+                .count(),
+            5
+        );
     }
 
     #[test]
     fn a_filter_selects_a_change_on_either_side() {
         let key = "/registry/configmaps/a/edited";
         let (before, after) = (entry(key, &[("app", "x")]), entry(key, &[("app", "y")]));
-        let change = Change { kind: ChangeKind::Modified, key: key.as_bytes(), entry: &after, old: Some(&before), values: (None, None) };
+        let change = Change {
+            kind: ChangeKind::Modified,
+            key: key.as_bytes(),
+            entry: &after,
+            old: Some(&before),
+            values: (None, None),
+        };
         // A label selector matches either side: the relabelled object still shows.
-        let was_x = Filter { selector: Some(Selector::parse("app=x").unwrap()), ..Filter::default() };
-        let is_z = Filter { selector: Some(Selector::parse("app=z").unwrap()), ..Filter::default() };
+        let was_x =
+            Filter { selector: Some(Selector::parse("app=x").unwrap()), ..Filter::default() };
+        let is_z =
+            Filter { selector: Some(Selector::parse("app=z").unwrap()), ..Filter::default() };
         assert!(change.selected_by(&was_x) && !change.selected_by(&is_z));
         let grouped = Filter { resource: Some("widgets.example.com".into()), ..Filter::default() };
         let at = |resource: &str| {
             let mut e = entry("/registry/x", &[]);
-            e.path = Some(KeyPath { resource: resource.into(), namespace: "a".into(), name: "w".into() });
+            e.path = Some(KeyPath {
+                resource: resource.into(),
+                namespace: "a".into(),
+                name: "w".into(),
+            });
             e
         };
-        assert!(grouped.matches(&at("example.com/widgets")) && !grouped.matches(&at("widgets")) && !grouped.matches(&at("other.io/widgets")));
+        assert!(
+            grouped.matches(&at("example.com/widgets"))
+                && !grouped.matches(&at("widgets"))
+                && !grouped.matches(&at("other.io/widgets"))
+        );
         let secret = entry("/registry/secrets/b/new", &[]);
-        let secrets_in_b = Filter { resource: Some("secrets".into()), namespace: Some("b".into()), ..Filter::default() };
-        let secrets_in_a = Filter { resource: Some("secrets".into()), namespace: Some("a".into()), ..Filter::default() };
+        let secrets_in_b = Filter {
+            resource: Some("secrets".into()),
+            namespace: Some("b".into()),
+            ..Filter::default()
+        };
+        let secrets_in_a = Filter {
+            resource: Some("secrets".into()),
+            namespace: Some("a".into()),
+            ..Filter::default()
+        };
         assert!(secrets_in_b.matches(&secret) && !secrets_in_a.matches(&secret));
     }
 }

@@ -34,7 +34,12 @@ pub fn add_pool(pool: &DescriptorPool, table: &mut Table) {
                 k => (scalar(&k), String::new()),
             };
             let rep = if f.cardinality() == Cardinality::Repeated { "r" } else { "s" };
-            entry.1.insert(f.number(), format!("F {} {} {rep} {kind} {target}", f.number(), f.name()).trim_end().to_string());
+            entry.1.insert(
+                f.number(),
+                format!("F {} {} {rep} {kind} {target}", f.number(), f.name())
+                    .trim_end()
+                    .to_string(),
+            );
         }
     }
 }

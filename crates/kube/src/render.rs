@@ -69,7 +69,11 @@ impl std::error::Error for RenderError {}
 /// The plaintext of a stored value read under `etcd_key`: decrypted with `config` when the
 /// value is encrypted at rest, else the value itself. Without a config an encrypted value
 /// comes back as is (and [`render`] then says it is not an object).
-pub fn plain_value<'v>(etcd_key: &[u8], value: &'v [u8], config: Option<&EncryptionConfig>) -> Result<Cow<'v, [u8]>, DecryptError> {
+pub fn plain_value<'v>(
+    etcd_key: &[u8],
+    value: &'v [u8],
+    config: Option<&EncryptionConfig>,
+) -> Result<Cow<'v, [u8]>, DecryptError> {
     match config {
         Some(c) => c.decrypt(etcd_key, value),
         None => Ok(Cow::Borrowed(value)),
@@ -79,13 +83,18 @@ pub fn plain_value<'v>(etcd_key: &[u8], value: &'v [u8], config: Option<&Encrypt
 /// Renders `plain`, a stored value after decryption (protobuf `k8s\0…` or JSON).
 /// With `mod_revision`, `metadata.resourceVersion` is set to it as the API server does on
 /// read; without, whatever the value holds is kept.
-pub fn render(plain: &[u8], mod_revision: Option<i64>, opts: &RenderOptions) -> Result<Rendered, RenderError> {
+pub fn render(
+    plain: &[u8],
+    mod_revision: Option<i64>,
+    opts: &RenderOptions,
+) -> Result<Rendered, RenderError> {
     let (object, unknown_fields) = if plain.starts_with(PROTOBUF_MAGIC) {
         render_protobuf(plain)?
     } else if plain.starts_with(CBOR_MAGIC) {
         return Err(RenderError::Cbor);
     } else if plain.first() == Some(&b'{') {
-        let v: Json = serde_json::from_slice(plain).map_err(|e| RenderError::Malformed(format!("JSON: {e}")))?;
+        let v: Json = serde_json::from_slice(plain)
+            .map_err(|e| RenderError::Malformed(format!("JSON: {e}")))?;
         match v {
             Json::Object(m) => (m, Vec::new()),
             _ => return Err(RenderError::NotAnObject),
@@ -139,7 +148,8 @@ impl Rendered {
 }
 
 fn render_protobuf(plain: &[u8]) -> Result<(Map<String, Json>, Vec<String>), RenderError> {
-    let (api_version, kind, raw) = unwrap_envelope(plain).map_err(|e| RenderError::Malformed(format!("protobuf envelope: {e}")))?;
+    let (api_version, kind, raw) = unwrap_envelope(plain)
+        .map_err(|e| RenderError::Malformed(format!("protobuf envelope: {e}")))?;
     let schema = Schema::get();
     let Some(message) = schema.type_of(&api_version, &kind) else {
         return Err(RenderError::UnknownType { api_version, kind });
@@ -193,7 +203,9 @@ fn scalar(kind: Kind, v: &Value<'_>) -> Option<Json> {
         (Kind::Int64, Value::Varint(x)) => Json::from(x as i64),
         (Kind::Uint32, Value::Varint(x)) => Json::from(x as u32),
         (Kind::Uint64, Value::Varint(x)) => Json::from(x),
-        (Kind::Sint32, Value::Varint(x)) => Json::from(((x >> 1) as i64 ^ -((x & 1) as i64)) as i32),
+        (Kind::Sint32, Value::Varint(x)) => {
+            Json::from(((x >> 1) as i64 ^ -((x & 1) as i64)) as i32)
+        }
         (Kind::Sint64, Value::Varint(x)) => Json::from((x >> 1) as i64 ^ -((x & 1) as i64)),
         (Kind::Enum, Value::Varint(x)) => Json::from(x as i32),
         (Kind::Bool, Value::Varint(x)) => Json::Bool(x != 0),
@@ -255,7 +267,8 @@ fn time_text(b: &[u8], micro: bool) -> Result<Json, String> {
             _ => {}
         }
     }
-    let t = chrono::DateTime::from_timestamp(seconds, 0).ok_or_else(|| format!("time {seconds} is out of range"))?;
+    let t = chrono::DateTime::from_timestamp(seconds, 0)
+        .ok_or_else(|| format!("time {seconds} is out of range"))?;
     Ok(Json::String(if micro {
         format!("{}.{:06}Z", t.format("%Y-%m-%dT%H:%M:%S"), nanos.clamp(0, 999_999_999) / 1000)
     } else {
@@ -328,7 +341,9 @@ impl Walker<'_> {
                 }
                 return Ok(Json::String(go_duration(ns)));
             }
-            "FieldsV1" if name.starts_with(META) => return Ok(self.embedded_json(&first_bytes(b)?.unwrap_or_default(), path, depth)),
+            "FieldsV1" if name.starts_with(META) => {
+                return Ok(self.embedded_json(&first_bytes(b)?.unwrap_or_default(), path, depth))
+            }
             "Verbs" if name.starts_with(META) => return self.string_items(b),
             _ => {}
         }
@@ -349,7 +364,9 @@ impl Walker<'_> {
                 }
                 return Ok(if ty == 0 { Json::from(int_val) } else { Json::String(str_val) });
             }
-            "apimachinery.pkg.runtime.RawExtension" => return Ok(self.embedded_json(&first_bytes(b)?.unwrap_or_default(), path, depth)),
+            "apimachinery.pkg.runtime.RawExtension" => {
+                return Ok(self.embedded_json(&first_bytes(b)?.unwrap_or_default(), path, depth))
+            }
             _ => {}
         }
         if name.ends_with(".ExtraValue") || name.ends_with(".AttestationValue") {
@@ -363,7 +380,9 @@ impl Walker<'_> {
             field_list(b)?
                 .into_iter()
                 .filter_map(|(f, v)| match (f, v) {
-                    (1, Value::Bytes(x)) => Some(Json::String(String::from_utf8_lossy(x).into_owned())),
+                    (1, Value::Bytes(x)) => {
+                        Some(Json::String(String::from_utf8_lossy(x).into_owned()))
+                    }
                     _ => None,
                 })
                 .collect(),
@@ -387,14 +406,24 @@ impl Walker<'_> {
                 }
             }
         }
-        serde_json::from_slice(raw).unwrap_or_else(|_| Json::String(String::from_utf8_lossy(raw).into_owned()))
+        serde_json::from_slice(raw)
+            .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(raw).into_owned()))
     }
 
     /// A message as a JSON object. Fields the schema does not know (or whose wire type does
     /// not match it) are kept under [`UNKNOWN_FIELDS_KEY`] by field number.
-    fn message(&mut self, name: &str, b: &[u8], path: &str, depth: usize) -> Result<Map<String, Json>, String> {
+    fn message(
+        &mut self,
+        name: &str,
+        b: &[u8],
+        path: &str,
+        depth: usize,
+    ) -> Result<Map<String, Json>, String> {
         if depth > MAX_DEPTH {
-            return Err(format!("nested deeper than {MAX_DEPTH} messages at {}", display_path(path)));
+            return Err(format!(
+                "nested deeper than {MAX_DEPTH} messages at {}",
+                display_path(path)
+            ));
         }
         let Some(message) = self.schema.message(name) else {
             return Err(format!("no schema for message {name} at {}", display_path(path)));
@@ -407,21 +436,27 @@ impl Walker<'_> {
                 push_unknown(&mut unknown, number, &v);
                 continue;
             };
-            let child_path = if field.inline { path.to_string() } else { format!("{path}.{}", field.json_name) };
+            let child_path =
+                if field.inline { path.to_string() } else { format!("{path}.{}", field.json_name) };
             let rendered: Option<Vec<Json>> = match (field.kind, &v) {
                 (Kind::Message, Value::Bytes(x)) => {
                     let target = field.message.as_deref().unwrap_or_default();
                     let is_map = self.schema.message(target).is_some_and(|m| m.map_entry);
                     if is_map {
                         let (k, val) = self.map_entry(target, x, &child_path, depth)?;
-                        let entry = out.entry(field.json_name.clone()).or_insert_with(|| Json::Object(Map::new()));
+                        let entry = out
+                            .entry(field.json_name.clone())
+                            .or_insert_with(|| Json::Object(Map::new()));
                         if let Json::Object(m) = entry {
                             m.insert(k, val);
                         }
                         continue;
                     }
                     let item_path = if field.repeated {
-                        let n = out.get(&field.json_name).and_then(|a| a.as_array()).map_or(0, |a| a.len());
+                        let n = out
+                            .get(&field.json_name)
+                            .and_then(|a| a.as_array())
+                            .map_or(0, |a| a.len());
                         format!("{child_path}[{n}]")
                     } else {
                         child_path.clone()
@@ -436,7 +471,11 @@ impl Walker<'_> {
                     Some(vec![val])
                 }
                 (Kind::Message, _) => None,
-                (k, Value::Bytes(x)) if field.repeated && !matches!(k, Kind::String | Kind::Bytes) => packed(k, x),
+                (k, Value::Bytes(x))
+                    if field.repeated && !matches!(k, Kind::String | Kind::Bytes) =>
+                {
+                    packed(k, x)
+                }
                 (k, v) => scalar(k, v).map(|j| vec![j]),
             };
             let Some(values) = rendered else {
@@ -444,7 +483,8 @@ impl Walker<'_> {
                 continue;
             };
             if field.repeated {
-                let entry = out.entry(field.json_name.clone()).or_insert_with(|| Json::Array(Vec::new()));
+                let entry =
+                    out.entry(field.json_name.clone()).or_insert_with(|| Json::Array(Vec::new()));
                 if let Json::Array(a) = entry {
                     a.extend(values);
                 }
@@ -459,7 +499,13 @@ impl Walker<'_> {
         // A nil slice, map or pointer without omitempty prints as null (only the Go types tell).
         for field in message.fields.values() {
             if let Some(g) = field.go {
-                if !g.inline && !g.hidden && !g.omitempty && !g.omitzero && (g.collection || g.pointer) && !out.contains_key(&field.json_name) {
+                if !g.inline
+                    && !g.hidden
+                    && !g.omitempty
+                    && !g.omitzero
+                    && (g.collection || g.pointer)
+                    && !out.contains_key(&field.json_name)
+                {
                     out.insert(field.json_name.clone(), Json::Null);
                 }
             }
@@ -467,7 +513,9 @@ impl Walker<'_> {
         for m in inline {
             for (k, v) in m {
                 match (k.as_str(), out.get_mut(&k), v) {
-                    (UNKNOWN_FIELDS_KEY, Some(Json::Object(mine)), Json::Object(theirs)) => mine.extend(theirs),
+                    (UNKNOWN_FIELDS_KEY, Some(Json::Object(mine)), Json::Object(theirs)) => {
+                        mine.extend(theirs)
+                    }
                     (_, _, v) => {
                         out.insert(k, v);
                     }
@@ -487,7 +535,13 @@ impl Walker<'_> {
     }
 
     /// One `map<K, V>` entry: the key as text, the value rendered.
-    fn map_entry(&mut self, name: &str, b: &[u8], path: &str, depth: usize) -> Result<(String, Json), String> {
+    fn map_entry(
+        &mut self,
+        name: &str,
+        b: &[u8],
+        path: &str,
+        depth: usize,
+    ) -> Result<(String, Json), String> {
         let message = self.schema.message(name).ok_or_else(|| format!("no schema for {name}"))?;
         let (mut key, mut value) = (String::new(), None);
         for (number, v) in field_list(b)? {
@@ -534,7 +588,10 @@ fn omitted(field: &crate::schema::Field, val: &Json) -> bool {
         Json::Object(m) => m.is_empty(),
     };
     match field.go {
-        Some(g) => zero && !g.pointer && if field.kind == Kind::Message { g.omitzero } else { g.omitempty || g.omitzero },
+        Some(g) => {
+            zero && !g.pointer
+                && if field.kind == Kind::Message { g.omitzero } else { g.omitempty || g.omitzero }
+        }
         None => field.kind == Kind::String && val.as_str() == Some(""),
     }
 }
@@ -565,7 +622,10 @@ mod tests {
         assert_eq!(r.object["metadata"]["resourceVersion"], "42");
         assert!(r.object["metadata"].get("managedFields").is_none());
         assert_eq!(r.object["spec"]["a"], 1);
-        assert!(r.to_json_pretty().trim_start_matches(['{', '\n', ' ']).starts_with("\"apiVersion\""));
+        assert!(r
+            .to_json_pretty()
+            .trim_start_matches(['{', '\n', ' '])
+            .starts_with("\"apiVersion\""));
         let kept = render(v, None, &RenderOptions { show_managed_fields: true }).unwrap();
         assert_eq!(kept.object["metadata"]["resourceVersion"], "1");
         assert!(kept.object["metadata"].get("managedFields").is_some());
@@ -580,14 +640,29 @@ mod tests {
         assert_eq!(go_duration(-60_000_000_000), "-1m0s");
         assert_eq!(go_duration(999), "999ns");
         assert_eq!(time_text(&[], false).unwrap(), Json::Null);
-        assert_eq!(time_text(&[0x08, 0x01, 0x10, 0xe8, 0x07], true).unwrap(), "1970-01-01T00:00:01.000001Z");
+        assert_eq!(
+            time_text(&[0x08, 0x01, 0x10, 0xe8, 0x07], true).unwrap(),
+            "1970-01-01T00:00:01.000001Z"
+        );
     }
 
     #[test]
     fn other_encodings_are_errors() {
-        assert_eq!(render(&[0xd9, 0xd9, 0xf7, 0xa0], None, &RenderOptions::default()), Err(RenderError::Cbor));
-        assert_eq!(render(b"k8s:enc:aescbc:v1:k:xx", None, &RenderOptions::default()), Err(RenderError::NotAnObject));
-        assert!(matches!(render(b"{not json", None, &RenderOptions::default()), Err(RenderError::Malformed(_))));
-        assert!(matches!(render(b"k8s\0\x0a\xff", None, &RenderOptions::default()), Err(RenderError::Malformed(_))));
+        assert_eq!(
+            render(&[0xd9, 0xd9, 0xf7, 0xa0], None, &RenderOptions::default()),
+            Err(RenderError::Cbor)
+        );
+        assert_eq!(
+            render(b"k8s:enc:aescbc:v1:k:xx", None, &RenderOptions::default()),
+            Err(RenderError::NotAnObject)
+        );
+        assert!(matches!(
+            render(b"{not json", None, &RenderOptions::default()),
+            Err(RenderError::Malformed(_))
+        ));
+        assert!(matches!(
+            render(b"k8s\0\x0a\xff", None, &RenderOptions::default()),
+            Err(RenderError::Malformed(_))
+        ));
     }
 }

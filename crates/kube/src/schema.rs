@@ -66,7 +66,13 @@ pub struct Schema {
 }
 
 /// Proto field names that differ from the Go `json` tag (kubectl's name).
-const RENAMED: &[(&str, &str)] = &[("Webhooks", "webhooks"), ("Expression", "expression"), ("Name", "name"), ("uID", "uid"), ("aPIGroup", "apiGroup")];
+const RENAMED: &[(&str, &str)] = &[
+    ("Webhooks", "webhooks"),
+    ("Expression", "expression"),
+    ("Name", "name"),
+    ("uID", "uid"),
+    ("aPIGroup", "apiGroup"),
+];
 
 /// Embedded structs (message simple name, field): Go's JSON flattens them into the parent,
 /// protobuf nests them.
@@ -181,7 +187,9 @@ impl Schema {
         chain.add(protox::file::GoogleFileResolver::new());
         let mut compiler = protox::Compiler::with_file_resolver(chain);
         compiler.include_imports(true);
-        compiler.open_files(&files).map_err(|e| SchemaDirError::Compile(compile_error(&e, &sources)))?;
+        compiler
+            .open_files(&files)
+            .map_err(|e| SchemaDirError::Compile(compile_error(&e, &sources)))?;
         let mut table = proto_table::Table::new();
         proto_table::add_pool(&compiler.descriptor_pool(), &mut table);
         let messages = table.len();
@@ -199,13 +207,25 @@ impl Schema {
 
     /// The Go struct facts of the package of `generated_proto` (its folder's .go files).
     fn add_go_facts(&mut self, generated_proto: &Path) -> Result<(), SchemaDirError> {
-        let read = |path: &Path, e: std::io::Error| SchemaDirError::Read { path: path.to_path_buf(), source: e };
-        let text = std::fs::read_to_string(generated_proto).map_err(|e| read(generated_proto, e))?;
-        let Some(package) = text.lines().find_map(|l| l.trim().strip_prefix("package ")).map(|p| p.trim_end_matches(';').trim()) else { return Ok(()) };
+        let read = |path: &Path, e: std::io::Error| SchemaDirError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let text =
+            std::fs::read_to_string(generated_proto).map_err(|e| read(generated_proto, e))?;
+        let Some(package) = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("package "))
+            .map(|p| p.trim_end_matches(';').trim())
+        else {
+            return Ok(());
+        };
         let package = package.strip_prefix("k8s.io.").unwrap_or(package);
         let dir = generated_proto.parent().unwrap_or(Path::new("."));
         for (name, fields) in crate::go_types::scan_dir(dir).map_err(|e| read(dir, e))? {
-            let Some(message) = self.messages.get_mut(&format!("{package}.{name}")) else { continue };
+            let Some(message) = self.messages.get_mut(&format!("{package}.{name}")) else {
+                continue;
+            };
             for (number, (go, json_name)) in fields {
                 if let Some(f) = message.fields.get_mut(&number) {
                     // The Go tag is what JSON calls the field.
@@ -229,14 +249,36 @@ impl Schema {
                     if let Some((n, m)) = current.take() {
                         messages.insert(n, m);
                     }
-                    current = Some((name.to_string(), Message { map_entry: rest.first() == Some(&"map"), fields: HashMap::new() }));
+                    current = Some((
+                        name.to_string(),
+                        Message { map_entry: rest.first() == Some(&"map"), fields: HashMap::new() },
+                    ));
                 }
                 ["F", number, name, rep, k, rest @ ..] => {
-                    let (Some((msg_name, msg)), Ok(number), Some(kind)) = (current.as_mut(), number.parse::<u32>(), kind(k)) else { continue };
+                    let (Some((msg_name, msg)), Ok(number), Some(kind)) =
+                        (current.as_mut(), number.parse::<u32>(), kind(k))
+                    else {
+                        continue;
+                    };
                     let simple = msg_name.rsplit('.').next().unwrap_or_default();
-                    let json_name = RENAMED.iter().find(|(p, _)| p == name).map(|(_, j)| j.to_string()).unwrap_or_else(|| name.to_string());
-                    let inline = kind == Kind::Message && INLINE.iter().any(|(m, f)| *m == simple && f == name);
-                    msg.fields.insert(number, Field { json_name, repeated: *rep == "r", kind, message: rest.first().map(|s| s.to_string()), inline, go: None });
+                    let json_name = RENAMED
+                        .iter()
+                        .find(|(p, _)| p == name)
+                        .map(|(_, j)| j.to_string())
+                        .unwrap_or_else(|| name.to_string());
+                    let inline = kind == Kind::Message
+                        && INLINE.iter().any(|(m, f)| *m == simple && f == name);
+                    msg.fields.insert(
+                        number,
+                        Field {
+                            json_name,
+                            repeated: *rep == "r",
+                            kind,
+                            message: rest.first().map(|s| s.to_string()),
+                            inline,
+                            go: None,
+                        },
+                    );
                 }
                 _ => {}
             }
@@ -273,8 +315,12 @@ impl Schema {
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
         let package = match group {
             "" => format!("api.core.{version}"),
-            "apiextensions.k8s.io" => format!("apiextensions_apiserver.pkg.apis.apiextensions.{version}"),
-            "apiregistration.k8s.io" => format!("kube_aggregator.pkg.apis.apiregistration.{version}"),
+            "apiextensions.k8s.io" => {
+                format!("apiextensions_apiserver.pkg.apis.apiextensions.{version}")
+            }
+            "apiregistration.k8s.io" => {
+                format!("kube_aggregator.pkg.apis.apiregistration.{version}")
+            }
             "internal.apiserver.k8s.io" => format!("api.apiserverinternal.{version}"),
             "metrics.k8s.io" => format!("metrics.pkg.apis.metrics.{version}"),
             g => format!("api.{}.{version}", g.split('.').next().unwrap_or(g)),
@@ -306,28 +352,50 @@ impl Schema {
         newer.sort_by_key(|v| std::cmp::Reverse(version_rank(v)));
         let found = newer.into_iter().find(|v| {
             let mut seen = std::collections::HashSet::new();
-            self.same_shape(&stored, &format!("{base}{v}.{kind}"), &format!("{base}{version}."), &format!("{base}{v}."), &mut seen)
+            self.same_shape(
+                &stored,
+                &format!("{base}{v}.{kind}"),
+                &format!("{base}{version}."),
+                &format!("{base}{v}."),
+                &mut seen,
+            )
         })?;
         Some(if group.is_empty() { found.to_string() } else { format!("{group}/{found}") })
     }
 
-    fn same_shape(&self, a: &str, b: &str, package_a: &str, package_b: &str, seen: &mut std::collections::HashSet<String>) -> bool {
+    fn same_shape(
+        &self,
+        a: &str,
+        b: &str,
+        package_a: &str,
+        package_b: &str,
+        seen: &mut std::collections::HashSet<String>,
+    ) -> bool {
         if !seen.insert(a.to_string()) {
             return true;
         }
-        let (Some(ma), Some(mb)) = (self.messages.get(a), self.messages.get(b)) else { return false };
+        let (Some(ma), Some(mb)) = (self.messages.get(a), self.messages.get(b)) else {
+            return false;
+        };
         if ma.map_entry != mb.map_entry || ma.fields.len() != mb.fields.len() {
             return false;
         }
         ma.fields.iter().all(|(number, fa)| {
             let Some(fb) = mb.fields.get(number) else { return false };
-            if fa.json_name != fb.json_name || fa.kind != fb.kind || fa.repeated != fb.repeated || fa.inline != fb.inline {
+            if fa.json_name != fb.json_name
+                || fa.kind != fb.kind
+                || fa.repeated != fb.repeated
+                || fa.inline != fb.inline
+            {
                 return false;
             }
             match (&fa.message, &fb.message) {
                 (Some(ta), Some(tb)) => match ta.strip_prefix(package_a) {
                     // The group's own type: the same type of the other version, same shape.
-                    Some(rest) => tb.strip_prefix(package_b) == Some(rest) && self.same_shape(ta, tb, package_a, package_b, seen),
+                    Some(rest) => {
+                        tb.strip_prefix(package_b) == Some(rest)
+                            && self.same_shape(ta, tb, package_a, package_b, seen)
+                    }
                     None => ta == tb,
                 },
                 (None, None) => true,
@@ -345,7 +413,11 @@ fn version_rank(v: &str) -> (u8, u32, u32) {
     let Ok(major) = rest[..digits].parse::<u32>() else { return (0, 0, 0) };
     let (stability, minor) = match &rest[digits..] {
         "" => (3, 0),
-        s => match s.strip_prefix("beta").map(|m| (2, m)).or_else(|| s.strip_prefix("alpha").map(|m| (1, m))) {
+        s => match s
+            .strip_prefix("beta")
+            .map(|m| (2, m))
+            .or_else(|| s.strip_prefix("alpha").map(|m| (1, m)))
+        {
             Some((st, m)) => match m.parse::<u32>() {
                 Ok(n) => (st, n),
                 Err(_) => return (0, 0, 0),
@@ -360,7 +432,10 @@ fn version_rank(v: &str) -> (u8, u32, u32) {
 /// outside the module cache).
 fn compile_error(e: &protox::Error, sources: &[String]) -> String {
     let text = e.to_string();
-    let missing = text.split(['"', '\'']).find(|part| part.starts_with("k8s.io/") && part.ends_with(".proto")).filter(|_| text.contains("not found"));
+    let missing = text
+        .split(['"', '\''])
+        .find(|part| part.starts_with("k8s.io/") && part.ends_with(".proto"))
+        .filter(|_| text.contains("not found"));
     match missing {
         Some(import) => {
             let module = import.split('/').take(2).collect::<Vec<_>>().join("/");
@@ -397,7 +472,9 @@ fn read_go_mod(dir: &Path) -> Result<Option<(String, Vec<(String, String)>)>, Sc
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["module", m] => module = Some(m.trim_matches('"').to_string()),
-            ["require", m, v] | [m, v] if m.contains('/') && v.starts_with('v') => requires.push((m.to_string(), v.to_string())),
+            ["require", m, v] | [m, v] if m.contains('/') && v.starts_with('v') => {
+                requires.push((m.to_string(), v.to_string()))
+            }
             _ => {}
         }
     }
@@ -409,15 +486,24 @@ impl ProtoDirs {
         let mut found = ProtoDirs { modules: Vec::new(), includes: Vec::new() };
         let mut wanted: Vec<(String, String, PathBuf)> = Vec::new();
         for dir in dirs {
-            std::fs::read_dir(dir).map_err(|source| SchemaDirError::Read { path: dir.clone(), source })?;
+            std::fs::read_dir(dir)
+                .map_err(|source| SchemaDirError::Read { path: dir.clone(), source })?;
             match read_go_mod(dir)? {
                 Some((module, requires)) => {
                     // In the module cache the folder is <cache>/<module path>@<version>.
-                    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let name = dir
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     let version = name.rsplit_once('@').map(|(_, v)| v.to_string());
-                    if let (Some(_), Some(cache)) = (&version, dir.ancestors().nth(module.split('/').count())) {
+                    if let (Some(_), Some(cache)) =
+                        (&version, dir.ancestors().nth(module.split('/').count()))
+                    {
                         // Only the modules whose protos others import (not klog, utils, …).
-                        for (r, v) in requires.into_iter().filter(|(r, _)| r == "k8s.io/apimachinery" || r == "k8s.io/api") {
+                        for (r, v) in requires
+                            .into_iter()
+                            .filter(|(r, _)| r == "k8s.io/apimachinery" || r == "k8s.io/api")
+                        {
                             wanted.push((r.clone(), v.clone(), cache.join(format!("{r}@{v}"))));
                         }
                     }
@@ -451,17 +537,28 @@ impl ProtoDirs {
     /// API server, and are left out).
     fn proto_files(&self) -> Result<Vec<String>, SchemaDirError> {
         let mut out = Vec::new();
-        let roots = self.modules.iter().map(|(m, _, d)| (format!("{m}/"), d)).chain(self.includes.iter().map(|d| (String::new(), d)));
+        let roots = self
+            .modules
+            .iter()
+            .map(|(m, _, d)| (format!("{m}/"), d))
+            .chain(self.includes.iter().map(|d| (String::new(), d)));
         for (prefix, root) in roots {
             let mut stack = vec![root.clone()];
             while let Some(dir) = stack.pop() {
-                let entries = std::fs::read_dir(&dir).map_err(|source| SchemaDirError::Read { path: dir.clone(), source })?;
+                let entries = std::fs::read_dir(&dir)
+                    .map_err(|source| SchemaDirError::Read { path: dir.clone(), source })?;
                 for e in entries {
-                    let p = e.map_err(|source| SchemaDirError::Read { path: dir.clone(), source })?.path();
+                    let p = e
+                        .map_err(|source| SchemaDirError::Read { path: dir.clone(), source })?
+                        .path();
                     if p.is_dir() {
                         stack.push(p);
                     } else if p.file_name().is_some_and(|n| n == "generated.proto") {
-                        let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
+                        let rel = p
+                            .strip_prefix(root)
+                            .unwrap_or(&p)
+                            .to_string_lossy()
+                            .replace(std::path::MAIN_SEPARATOR, "/");
                         if !rel.contains("testapigroup") {
                             out.push(format!("{prefix}{rel}"));
                         }
@@ -476,7 +573,8 @@ impl ProtoDirs {
 
     fn path_of(&self, name: &str) -> Option<PathBuf> {
         for (module, _, dir) in &self.modules {
-            if let Some(rel) = name.strip_prefix(module.as_str()).and_then(|r| r.strip_prefix('/')) {
+            if let Some(rel) = name.strip_prefix(module.as_str()).and_then(|r| r.strip_prefix('/'))
+            {
                 let p = dir.join(rel);
                 if p.is_file() {
                     return Some(p);
@@ -505,8 +603,14 @@ mod tests {
         let s = Schema::get();
         assert!(s.len() > 1000, "{} messages", s.len());
         assert_eq!(s.type_of("v1", "Pod").as_deref(), Some("api.core.v1.Pod"));
-        assert_eq!(s.type_of("rbac.authorization.k8s.io/v1", "ClusterRole").as_deref(), Some("api.rbac.v1.ClusterRole"));
-        assert_eq!(s.type_of("v1", "Status").as_deref(), Some("apimachinery.pkg.apis.meta.v1.Status"));
+        assert_eq!(
+            s.type_of("rbac.authorization.k8s.io/v1", "ClusterRole").as_deref(),
+            Some("api.rbac.v1.ClusterRole")
+        );
+        assert_eq!(
+            s.type_of("v1", "Status").as_deref(),
+            Some("apimachinery.pkg.apis.meta.v1.Status")
+        );
         assert_eq!(s.type_of("example.com/v1", "Widget"), None);
         let volume = s.message("api.core.v1.Volume").unwrap();
         assert!(volume.fields[&2].inline);
@@ -515,10 +619,28 @@ mod tests {
         assert!(s.message("api.core.v1.ConfigMap.DataEntry").unwrap().map_entry);
         // Promoted unchanged: IngressClass v1beta1 → v1; PriorityLevelConfiguration v1beta1 only
         // to v1beta2 (v1beta3 renamed a field).
-        assert_eq!(s.same_shape_newer_version("networking.k8s.io/v1beta1", "IngressClass").as_deref(), Some("networking.k8s.io/v1"));
+        assert_eq!(
+            s.same_shape_newer_version("networking.k8s.io/v1beta1", "IngressClass").as_deref(),
+            Some("networking.k8s.io/v1")
+        );
         assert_eq!(s.same_shape_newer_version("networking.k8s.io/v1", "IngressClass"), None);
-        assert_eq!(s.same_shape_newer_version("flowcontrol.apiserver.k8s.io/v1beta1", "PriorityLevelConfiguration").as_deref(), Some("flowcontrol.apiserver.k8s.io/v1beta2"));
-        assert!(version_rank("v1") > version_rank("v1beta2") && version_rank("v1beta2") > version_rank("v1beta1") && version_rank("v1beta1") > version_rank("v1alpha3"));
-        assert!(version_rank("v2") > version_rank("v1") && version_rank("v2beta1") < version_rank("v1") && version_rank("x") < version_rank("v1alpha1"));
+        assert_eq!(
+            s.same_shape_newer_version(
+                "flowcontrol.apiserver.k8s.io/v1beta1",
+                "PriorityLevelConfiguration"
+            )
+            .as_deref(),
+            Some("flowcontrol.apiserver.k8s.io/v1beta2")
+        );
+        assert!(
+            version_rank("v1") > version_rank("v1beta2")
+                && version_rank("v1beta2") > version_rank("v1beta1")
+                && version_rank("v1beta1") > version_rank("v1alpha3")
+        );
+        assert!(
+            version_rank("v2") > version_rank("v1")
+                && version_rank("v2beta1") < version_rank("v1")
+                && version_rank("x") < version_rank("v1alpha1")
+        );
     }
 }

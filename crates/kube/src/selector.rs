@@ -50,7 +50,11 @@ fn key(k: &str, term: &str) -> Result<String, String> {
 }
 
 fn set(rest: &str, term: &str) -> Result<Vec<String>, String> {
-    let inner = rest.trim().strip_prefix('(').and_then(|r| r.strip_suffix(')')).ok_or_else(|| format!("{term:?}: expected (value,…)"))?;
+    let inner = rest
+        .trim()
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .ok_or_else(|| format!("{term:?}: expected (value,…)"))?;
     Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
 }
 
@@ -97,7 +101,9 @@ pub fn labels_of(object: &serde_json::Value) -> BTreeMap<String, String> {
     object
         .pointer("/metadata/labels")
         .and_then(|l| l.as_object())
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+        .map(|m| {
+            m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect()
+        })
         .unwrap_or_default()
 }
 
@@ -113,11 +119,19 @@ mod tests {
     fn equality_and_existence() {
         let l = labels(&[("app", "web"), ("tier", "front")]);
         let m = |s: &str| Selector::parse(s).unwrap().matches(&l);
-        assert!(m("app=web") && m("app==web") && m("app=web,tier=front") && m(" app = web , tier "));
+        assert!(
+            m("app=web") && m("app==web") && m("app=web,tier=front") && m(" app = web , tier ")
+        );
         assert!(!m("app=db") && !m("app=web,tier=back"));
         assert!(m("app!=db") && !m("app!=web") && m("missing!=x"));
         assert!(m("tier") && !m("missing") && m("!missing") && !m("!app"));
-        assert!(m("") && m("app in (db, web)") && !m("app notin (db,web)") && m("tier notin (back)") && m("x notin (a)"));
+        assert!(
+            m("")
+                && m("app in (db, web)")
+                && !m("app notin (db,web)")
+                && m("tier notin (back)")
+                && m("x notin (a)")
+        );
         assert!(!m("x in (a)") && m("app in (web),tier"));
     }
 

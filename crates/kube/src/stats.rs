@@ -95,7 +95,13 @@ impl StatsBuilder {
 
     /// The totals, with the `top` largest objects and most-revised keys.
     pub fn finish(self, top: usize) -> Stats {
-        let mut stats = Stats { total: Usage::default(), by_resource: BTreeMap::new(), by_namespace: BTreeMap::new(), largest: Vec::new(), most_revisions: Vec::new() };
+        let mut stats = Stats {
+            total: Usage::default(),
+            by_resource: BTreeMap::new(),
+            by_namespace: BTreeMap::new(),
+            largest: Vec::new(),
+            most_revisions: Vec::new(),
+        };
         let mut largest: Vec<(&[u8], &KeyState)> = Vec::new();
         let mut most: Vec<(&[u8], &KeyState)> = Vec::new();
         for (key, k) in &self.keys {
@@ -110,7 +116,16 @@ impl StatsBuilder {
         }
         let usage = |(key, k): (&[u8], &KeyState)| {
             let (resource, namespace) = resource_and_namespace(key);
-            KeyUsage { key: String::from_utf8_lossy(key).into_owned(), resource, namespace, bytes: k.size, live: k.live, revisions: k.revisions, version: k.version, all_revision_bytes: k.all_bytes }
+            KeyUsage {
+                key: String::from_utf8_lossy(key).into_owned(),
+                resource,
+                namespace,
+                bytes: k.size,
+                live: k.live,
+                revisions: k.revisions,
+                version: k.version,
+                all_revision_bytes: k.all_bytes,
+            }
         };
         stats.largest = largest.into_iter().map(usage).collect();
         stats.most_revisions = most.into_iter().map(usage).collect();
@@ -120,7 +135,12 @@ impl StatsBuilder {
 
 /// Keeps `list` as the `top` greatest items by `rank`, greatest first (a short sorted list:
 /// `top` is small, and the walk stays one pass).
-fn keep_top<'a, R: Ord>(list: &mut Vec<(&'a [u8], &'a KeyState)>, item: (&'a [u8], &'a KeyState), top: usize, rank: impl Fn(&(&'a [u8], &'a KeyState)) -> R) {
+fn keep_top<'a, R: Ord>(
+    list: &mut Vec<(&'a [u8], &'a KeyState)>,
+    item: (&'a [u8], &'a KeyState),
+    top: usize,
+    rank: impl Fn(&(&'a [u8], &'a KeyState)) -> R,
+) {
     if top == 0 {
         return;
     }
@@ -153,12 +173,20 @@ pub fn resource_and_namespace(key: &[u8]) -> (String, String) {
     }
     let resource = parts[..resource_len].join("/");
     // resource/name or resource/namespace/name.
-    let namespace = if parts.len() == resource_len + 2 { parts[resource_len].to_string() } else { String::new() };
+    let namespace = if parts.len() == resource_len + 2 {
+        parts[resource_len].to_string()
+    } else {
+        String::new()
+    };
     (resource, namespace)
 }
 
 /// [`Stats`] of a snapshot in one streamed pass.
-pub fn snapshot_stats(db: &etcdguard_bolt::Db<'_>, release: Option<&dyn Fn()>, top: usize) -> Result<Stats, String> {
+pub fn snapshot_stats(
+    db: &etcdguard_bolt::Db<'_>,
+    release: Option<&dyn Fn()>,
+    top: usize,
+) -> Result<Stats, String> {
     let mut b = StatsBuilder::default();
     etcdguard_storage::keys::for_each_revision(db, release, &mut |r| b.observe(&r))?;
     Ok(b.finish(top))
@@ -171,11 +199,23 @@ mod tests {
     #[test]
     fn resources_and_namespaces_from_keys() {
         let rn = |k: &str| resource_and_namespace(k.as_bytes());
-        assert_eq!(rn("/registry/secrets/kube-system/tok"), ("secrets".into(), "kube-system".into()));
+        assert_eq!(
+            rn("/registry/secrets/kube-system/tok"),
+            ("secrets".into(), "kube-system".into())
+        );
         assert_eq!(rn("/registry/namespaces/default"), ("namespaces".into(), "".into()));
-        assert_eq!(rn("/registry/services/specs/default/kubernetes"), ("services/specs".into(), "default".into()));
-        assert_eq!(rn("/registry/example.com/widgets/team-a/w1"), ("example.com/widgets".into(), "team-a".into()));
-        assert_eq!(rn("/registry/apiregistration.k8s.io/apiservices/v1.apps"), ("apiregistration.k8s.io/apiservices".into(), "".into()));
+        assert_eq!(
+            rn("/registry/services/specs/default/kubernetes"),
+            ("services/specs".into(), "default".into())
+        );
+        assert_eq!(
+            rn("/registry/example.com/widgets/team-a/w1"),
+            ("example.com/widgets".into(), "team-a".into())
+        );
+        assert_eq!(
+            rn("/registry/apiregistration.k8s.io/apiservices/v1.apps"),
+            ("apiregistration.k8s.io/apiservices".into(), "".into())
+        );
         assert_eq!(rn("compact_rev_key"), ("(other: compact_rev_key)".into(), "".into()));
     }
 }

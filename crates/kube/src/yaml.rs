@@ -160,7 +160,8 @@ fn double_quoted(out: &mut String, s: &str) {
 
 /// Characters outside ASCII that a YAML stream carries as they are.
 fn yaml_printable(c: char) -> bool {
-    matches!(c as u32, 0xa0..=0xd7ff | 0xe000..=0xfffd | 0x10000..) && !matches!(c, '\u{feff}' | '\u{2028}' | '\u{2029}')
+    matches!(c as u32, 0xa0..=0xd7ff | 0xe000..=0xfffd | 0x10000..)
+        && !matches!(c, '\u{feff}' | '\u{2028}' | '\u{2029}')
 }
 
 /// Plain scalars: letters, digits and a few marks, not starting like a number, date or
@@ -174,17 +175,24 @@ fn is_plain(s: &str) -> bool {
     if s.len() > 200 || s.ends_with(' ') {
         return false;
     }
-    if !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ' ' | '+' | '=' | '@' | '(' | ')' | '$')) {
+    if !s.chars().all(|c| {
+        c.is_ascii_alphanumeric()
+            || matches!(c, '.' | '_' | '-' | '/' | ' ' | '+' | '=' | '@' | '(' | ')' | '$')
+    }) {
         return false;
     }
     let lower = s.to_ascii_lowercase();
-    !KEYWORDS.contains(&lower.as_str()) && !matches!(lower.as_str(), ".inf" | ".nan") && !s.contains("  ")
+    !KEYWORDS.contains(&lower.as_str())
+        && !matches!(lower.as_str(), ".inf" | ".nan")
+        && !s.contains("  ")
 }
 
 /// A literal block keeps text exactly when it is printable (tabs allowed), has a line and is
 /// not only line breaks (a block of empty lines reads back as "").
 fn literal_block_fits(s: &str) -> bool {
-    s.contains('\n') && s.contains(|c| c != '\n') && s.chars().all(|c| matches!(c, '\n' | '\t' | ' '..='~') || yaml_printable(c))
+    s.contains('\n')
+        && s.contains(|c| c != '\n')
+        && s.chars().all(|c| matches!(c, '\n' | '\t' | ' '..='~') || yaml_printable(c))
 }
 
 /// `|` with the chomping that gives back the trailing newlines exactly, and an indentation
@@ -229,11 +237,74 @@ mod tests {
     #[test]
     fn what_a_reader_could_misread_is_quoted() {
         for s in [
-            "", "true", "False", "yes", "NO", "on", "y", "null", "~", "1", "-1", "0x1f", "1e3", ".5", ".inf", "2024-01-02", "12:30",
-            "a: b", "a #b", "#x", "- x", "[x]", "{x}", "*x", "&x", "!x", "%x", "@x", "`x", "'x", "\"x", "x ", " x", "a  b", "?", ":", ",",
-            "é", "tab\there", "cr\rlf", "\u{feff}bom", "nul\0", "line\n", "two\nlines", "\nlead", "trail\n\n\n", "  indented\nx", "x\n  y\n",
-            "a\n\nb", "ends with space \nnext", "del\u{7f}", "c1\u{80}\u{9f}", "nel\u{85}x", "ls\u{2028}ps\u{2029}", "nb\u{a0}sp", "\u{fffe}\u{ffff}",
-            "lines\nwith\u{7f}del\n", "astral 😀", "bell\u{7}\u{1b}[0m", "\u{e000}\u{fffd}", "=", "100m", "v1", "apps/v1", "kube-system", "k8s.io/x", "Always", "a b c",
+            "",
+            "true",
+            "False",
+            "yes",
+            "NO",
+            "on",
+            "y",
+            "null",
+            "~",
+            "1",
+            "-1",
+            "0x1f",
+            "1e3",
+            ".5",
+            ".inf",
+            "2024-01-02",
+            "12:30",
+            "a: b",
+            "a #b",
+            "#x",
+            "- x",
+            "[x]",
+            "{x}",
+            "*x",
+            "&x",
+            "!x",
+            "%x",
+            "@x",
+            "`x",
+            "'x",
+            "\"x",
+            "x ",
+            " x",
+            "a  b",
+            "?",
+            ":",
+            ",",
+            "é",
+            "tab\there",
+            "cr\rlf",
+            "\u{feff}bom",
+            "nul\0",
+            "line\n",
+            "two\nlines",
+            "\nlead",
+            "trail\n\n\n",
+            "  indented\nx",
+            "x\n  y\n",
+            "a\n\nb",
+            "ends with space \nnext",
+            "del\u{7f}",
+            "c1\u{80}\u{9f}",
+            "nel\u{85}x",
+            "ls\u{2028}ps\u{2029}",
+            "nb\u{a0}sp",
+            "\u{fffe}\u{ffff}",
+            "lines\nwith\u{7f}del\n",
+            "astral 😀",
+            "bell\u{7}\u{1b}[0m",
+            "\u{e000}\u{fffd}",
+            "=",
+            "100m",
+            "v1",
+            "apps/v1",
+            "kube-system",
+            "k8s.io/x",
+            "Always",
+            "a b c",
         ] {
             round_trip(&json!({ "k": s, s: 1 }));
             round_trip(&json!([s]));
@@ -259,12 +330,17 @@ mod tests {
 
     #[test]
     fn objects_lists_and_documents() {
-        round_trip(&json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "a", "labels": {}}, "spec": {"containers": [
+        round_trip(
+            &json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "a", "labels": {}}, "spec": {"containers": [
             {"name": "c", "args": ["--x=1", "-v"], "env": [], "ports": [{"containerPort": 80, "protocol": "TCP"}]},
             {"name": "d", "resources": {"limits": {"cpu": "100m"}}}
-        ], "n": [[1, 2], [], [{"a": null}]], "f": 1.5, "t": true, "z": null}}));
-        assert!(to_yaml(&json!({"metadata": 1, "kind": "K", "apiVersion": "v"})).starts_with("apiVersion: v\nkind: K\nmetadata: 1\n"));
-        round_trip(&json!({"big": 1e100, "small": 1.5e-7, "neg": -2.5, "zero": 0.0, "u": 18446744073709551615u64, "i": -9223372036854775808i64}));
+        ], "n": [[1, 2], [], [{"a": null}]], "f": 1.5, "t": true, "z": null}}),
+        );
+        assert!(to_yaml(&json!({"metadata": 1, "kind": "K", "apiVersion": "v"}))
+            .starts_with("apiVersion: v\nkind: K\nmetadata: 1\n"));
+        round_trip(
+            &json!({"big": 1e100, "small": 1.5e-7, "neg": -2.5, "zero": 0.0, "u": 18446744073709551615u64, "i": -9223372036854775808i64}),
+        );
         round_trip(&json!("just a string"));
         round_trip(&json!(["a", {"b": 1}]));
     }

@@ -14,7 +14,8 @@ fn protobuf_fixtures_match_their_json() {
         if pb.extension().is_none_or(|e| e != "pb") {
             continue;
         }
-        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(pb.with_extension("json")).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(pb.with_extension("json")).unwrap()).unwrap();
         let value = std::fs::read(&pb).unwrap();
         let o = decode(&value);
         let name = pb.file_name().unwrap().to_string_lossy();

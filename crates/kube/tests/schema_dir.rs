@@ -23,19 +23,39 @@ fn api_module() -> Option<(std::path::PathBuf, String)> {
 fn the_newest_release_renders_every_fixture_in_full() {
     let Some((api, version)) = api_module() else { return };
     let started = std::time::Instant::now();
-    let loaded = Schema::load_dirs(&[api.clone()]).unwrap_or_else(|e| panic!("{}: {e}", api.display()));
-    eprintln!("k8s.io/api {version}: {} messages from {:?} in {:?}", loaded.messages, loaded.sources, started.elapsed());
-    assert!(loaded.sources.iter().any(|s| s.starts_with("k8s.io/apimachinery@")), "apimachinery found beside k8s.io/api: {:?}", loaded.sources);
+    let loaded =
+        Schema::load_dirs(&[api.clone()]).unwrap_or_else(|e| panic!("{}: {e}", api.display()));
+    eprintln!(
+        "k8s.io/api {version}: {} messages from {:?} in {:?}",
+        loaded.messages,
+        loaded.sources,
+        started.elapsed()
+    );
+    assert!(
+        loaded.sources.iter().any(|s| s.starts_with("k8s.io/apimachinery@")),
+        "apimachinery found beside k8s.io/api: {:?}",
+        loaded.sources
+    );
     assert!(loaded.messages > 500, "{} messages", loaded.messages);
 
     // Types of 1.36+ (absent from the built-in schema) and fields added since 1.35.
     let built_in = Schema::built_in();
-    for (api_version, kind) in [("lifecycle.k8s.io/v1alpha1", "EvictionRequest"), ("resource.k8s.io/v1", "DeviceTaintRule"), ("certificates.k8s.io/v1", "PodCertificateRequest")] {
+    for (api_version, kind) in [
+        ("lifecycle.k8s.io/v1alpha1", "EvictionRequest"),
+        ("resource.k8s.io/v1", "DeviceTaintRule"),
+        ("certificates.k8s.io/v1", "PodCertificateRequest"),
+    ] {
         assert!(built_in.type_of(api_version, kind).is_none(), "{kind} is built in");
-        assert!(loaded.schema.type_of(api_version, kind).is_some(), "{kind} missing from {version}");
+        assert!(
+            loaded.schema.type_of(api_version, kind).is_some(),
+            "{kind} missing from {version}"
+        );
     }
     let built_in_status = built_in.message("api.core.v1.PodStatus").unwrap().fields.len();
-    assert!(loaded.schema.message("api.core.v1.PodStatus").unwrap().fields.len() > built_in_status, "PodStatus gained fields after 1.35");
+    assert!(
+        loaded.schema.message("api.core.v1.PodStatus").unwrap().fields.len() > built_in_status,
+        "PodStatus gained fields after 1.35"
+    );
     // Kept from the built-in schema: a version the newer release no longer has.
     assert!(loaded.schema.type_of("flowcontrol.apiserver.k8s.io/v1beta1", "FlowSchema").is_some());
 
@@ -44,40 +64,64 @@ fn the_newest_release_renders_every_fixture_in_full() {
     let mut disagree = Vec::new();
     let mut checked = 0;
     for name in loaded.schema.message_names() {
-        let (Some(go_side), Some(ours)) = (loaded.schema.message(name), built_in.message(name)) else { continue };
+        let (Some(go_side), Some(ours)) = (loaded.schema.message(name), built_in.message(name))
+        else {
+            continue;
+        };
         for (number, f) in &go_side.fields {
             let (Some(go), Some(b)) = (f.go, ours.fields.get(number)) else { continue };
             // Types printed as a scalar (Duration, RawExtension, …) or read as the envelope.
-            if go.hidden || ["apimachinery.pkg.apis.meta.v1.Duration", "apimachinery.pkg.runtime.Unknown"].contains(&name) {
+            if go.hidden
+                || ["apimachinery.pkg.apis.meta.v1.Duration", "apimachinery.pkg.runtime.Unknown"]
+                    .contains(&name)
+            {
                 continue;
             }
             checked += 1;
             if b.inline != go.inline || (!go.inline && b.json_name != f.json_name) {
-                disagree.push(format!("{name} field {number}: built-in {:?} inline={} / Go {:?} inline={}", b.json_name, b.inline, f.json_name, go.inline));
+                disagree.push(format!(
+                    "{name} field {number}: built-in {:?} inline={} / Go {:?} inline={}",
+                    b.json_name, b.inline, f.json_name, go.inline
+                ));
             }
         }
     }
     disagree.sort();
     eprintln!("{checked} fields checked against the Go types");
     assert!(checked > 3000, "{checked}");
-    assert!(disagree.is_empty(), "the built-in schema disagrees with the Go types:\n{}", disagree.join("\n"));
+    assert!(
+        disagree.is_empty(),
+        "the built-in schema disagrees with the Go types:\n{}",
+        disagree.join("\n")
+    );
 
     schema::activate(loaded.schema).expect("nothing rendered before");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let opts = RenderOptions { show_managed_fields: true };
-    let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "pb")).collect();
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pb"))
+        .collect();
     names.sort();
     let mut failures = Vec::new();
     for pb in &names {
         let name = pb.file_name().unwrap().to_string_lossy().into_owned();
-        let want: Value = serde_json::from_slice(&std::fs::read(pb.with_extension("json")).unwrap()).unwrap();
+        let want: Value =
+            serde_json::from_slice(&std::fs::read(pb.with_extension("json")).unwrap()).unwrap();
         match render(&std::fs::read(pb).unwrap(), None, &opts) {
             Err(e) => failures.push(format!("{name}: {e}")),
-            Ok(r) if !r.unknown_fields.is_empty() => failures.push(format!("{name}: unknown fields at {:?}", r.unknown_fields)),
+            Ok(r) if !r.unknown_fields.is_empty() => {
+                failures.push(format!("{name}: unknown fields at {:?}", r.unknown_fields))
+            }
             Ok(r) => {
                 let ops = etcdguard_kube::jsondiff::diff(&want, &r.object);
                 if let Some(op) = ops.first() {
-                    failures.push(format!("{name}: {} differences, first {}", ops.len(), serde_json::to_string(op).unwrap()));
+                    failures.push(format!(
+                        "{name}: {} differences, first {}",
+                        ops.len(),
+                        serde_json::to_string(op).unwrap()
+                    ));
                 }
             }
         }
@@ -86,11 +130,22 @@ fn the_newest_release_renders_every_fixture_in_full() {
         eprintln!("  {f}");
     }
     assert_eq!(names.len(), 130, "fixture set changed");
-    assert!(failures.is_empty(), "{} of {} fixtures differ with the schema of k8s.io/api {version}", failures.len(), names.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures differ with the schema of k8s.io/api {version}",
+        failures.len(),
+        names.len()
+    );
     // Encoding uses the same schema: a type only the newer release has encodes back.
-    let want: Value = serde_json::from_slice(&std::fs::read(dir.join("lifecycle.k8s.io.v1alpha1.EvictionRequest.json")).unwrap()).unwrap();
+    let want: Value = serde_json::from_slice(
+        &std::fs::read(dir.join("lifecycle.k8s.io.v1alpha1.EvictionRequest.json")).unwrap(),
+    )
+    .unwrap();
     let encoded = etcdguard_kube::encode::encode_object(&want).unwrap();
-    assert_eq!(etcdguard_kube::jsondiff::diff(&want, &render(&encoded, None, &opts).unwrap().object), vec![]);
+    assert_eq!(
+        etcdguard_kube::jsondiff::diff(&want, &render(&encoded, None, &opts).unwrap().object),
+        vec![]
+    );
 }
 
 #[test]
@@ -108,8 +163,12 @@ fn bad_schema_dirs_say_what_is_wrong() {
     let copy = tempfile::tempdir().unwrap();
     std::fs::copy(api.join("go.mod"), copy.path().join("go.mod")).unwrap();
     std::fs::create_dir_all(copy.path().join("core/v1")).unwrap();
-    std::fs::copy(api.join("core/v1/generated.proto"), copy.path().join("core/v1/generated.proto")).unwrap();
+    std::fs::copy(api.join("core/v1/generated.proto"), copy.path().join("core/v1/generated.proto"))
+        .unwrap();
     let err = Schema::load_dirs(&[copy.path().to_path_buf()]).unwrap_err();
     assert!(matches!(err, SchemaDirError::Compile(_)), "{err}");
-    assert!(err.to_string().contains("add the folder of k8s.io/apimachinery with another --schema-dir"), "{err}");
+    assert!(
+        err.to_string().contains("add the folder of k8s.io/apimachinery with another --schema-dir"),
+        "{err}"
+    );
 }

@@ -19,17 +19,20 @@
 
 pub mod owner;
 pub mod park;
+pub mod pki;
 pub mod pods;
 pub mod quorum;
 pub mod ready;
-pub mod pki;
 pub mod script;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use owner::Ownership;
-pub use pods::{read_apiserver_pod, read_etcd_client_access, read_etcd_pod, read_etcd_pod_on, ApiServerPod, EtcdClientAccess, EtcdPod, NodeFacts};
+pub use pods::{
+    read_apiserver_pod, read_etcd_client_access, read_etcd_pod, read_etcd_pod_on, ApiServerPod,
+    EtcdClientAccess, EtcdPod, NodeFacts,
+};
 pub use ready::{probe_apiserver, ApiServerState};
 
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +154,9 @@ pub(crate) fn list_manifests(dir: &Path) -> Result<Vec<PathBuf>, NodeError> {
     let mut manifests: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| io("reading", dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     manifests.sort();
     Ok(manifests)
@@ -159,10 +164,18 @@ pub(crate) fn list_manifests(dir: &Path) -> Result<Vec<PathBuf>, NodeError> {
 
 /// Directories where `node park` or a running `node restore` parked this manifests dir.
 pub fn parked_dirs(manifests_dir: &Path) -> Vec<PathBuf> {
-    let prefix = format!("{}.etcdguard-", manifests_dir.file_name().unwrap_or_default().to_string_lossy());
+    let prefix =
+        format!("{}.etcdguard-", manifests_dir.file_name().unwrap_or_default().to_string_lossy());
     let parent = manifests_dir.parent().unwrap_or(Path::new("."));
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(parent)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix))).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_dir()
+                        && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+                })
+                .collect()
+        })
         .unwrap_or_default();
     dirs.sort();
     dirs
@@ -182,9 +195,17 @@ pub(crate) struct Located {
     pub values_from: Option<PathBuf>,
 }
 
-pub(crate) fn locate(kubernetes_dir: &Path, manifests_dir: Option<&Path>, etcd_manifest: Option<&Path>, facts: &NodeFacts) -> Result<Located, NodeError> {
+pub(crate) fn locate(
+    kubernetes_dir: &Path,
+    manifests_dir: Option<&Path>,
+    etcd_manifest: Option<&Path>,
+    facts: &NodeFacts,
+) -> Result<Located, NodeError> {
     let given_dir = etcd_manifest.and_then(|m| m.parent()).filter(|p| !p.as_os_str().is_empty());
-    let manifests_dir = manifests_dir.map(Path::to_path_buf).or_else(|| given_dir.map(Path::to_path_buf)).unwrap_or_else(|| kubernetes_dir.join("manifests"));
+    let manifests_dir = manifests_dir
+        .map(Path::to_path_buf)
+        .or_else(|| given_dir.map(Path::to_path_buf))
+        .unwrap_or_else(|| kubernetes_dir.join("manifests"));
     if !manifests_dir.is_dir() {
         return Err(NodeError::Preflight(format!("{} is not a directory: where does the kubelet read static pod manifests on this node (its staticPodPath)? Give it with --manifests-dir", manifests_dir.display())));
     }
@@ -192,7 +213,9 @@ pub(crate) fn locate(kubernetes_dir: &Path, manifests_dir: Option<&Path>, etcd_m
     // hand): the member's values come from it, and the kubelet's own etcd manifest in the
     // manifests dir is the one parked and put back.
     let values_from = match (etcd_manifest, given_dir) {
-        (Some(m), Some(dir)) if std::fs::canonicalize(dir).ok() != std::fs::canonicalize(&manifests_dir).ok() => {
+        (Some(m), Some(dir))
+            if std::fs::canonicalize(dir).ok() != std::fs::canonicalize(&manifests_dir).ok() =>
+        {
             if !m.is_file() {
                 return Err(NodeError::Preflight(format!("{} is not a file", m.display())));
             }
@@ -210,7 +233,9 @@ pub(crate) fn locate(kubernetes_dir: &Path, manifests_dir: Option<&Path>, etcd_m
         None => {
             let parked: Vec<(PathBuf, PathBuf)> = parked_dirs(&manifests_dir)
                 .into_iter()
-                .filter_map(|d| names.iter().map(|n| d.join(n)).find(|p| p.is_file()).map(|p| (d, p)))
+                .filter_map(|d| {
+                    names.iter().map(|n| d.join(n)).find(|p| p.is_file()).map(|p| (d, p))
+                })
                 .collect();
             match parked.len() {
                 0 if values_from.is_some() => {
@@ -266,14 +291,21 @@ pub(crate) fn locate(kubernetes_dir: &Path, manifests_dir: Option<&Path>, etcd_m
     let apiserver = match named {
         Some(p) => Some(read_apiserver_pod(&p)?),
         // Any other manifest whose container runs kube-apiserver (other names, hyperkube).
-        None => list_manifests(&dir)?.iter().filter(|p| **p != etcd_manifest).find_map(|p| read_apiserver_pod(p).ok()),
+        None => list_manifests(&dir)?
+            .iter()
+            .filter(|p| **p != etcd_manifest)
+            .find_map(|p| read_apiserver_pod(p).ok()),
     };
     Ok(Located { manifests_dir, etcd_manifest, parked_in, etcd, apiserver, values_from })
 }
 
 /// Waits until etcd's client ports are closed, its database unlocked, and the API server's
 /// port closed; `Err(what)` names what still runs at the deadline.
-pub(crate) fn wait_down(etcd: &EtcdPod, apiserver: Option<&ApiServerPod>, deadline: Instant) -> Result<(), String> {
+pub(crate) fn wait_down(
+    etcd: &EtcdPod,
+    apiserver: Option<&ApiServerPod>,
+    deadline: Instant,
+) -> Result<(), String> {
     let db = etcd.data_dir.join("member/snap/db");
     let mut waits: Vec<(String, Box<dyn Fn() -> bool>)> = Vec::new();
     for a in etcd.client_addrs.clone() {
@@ -282,7 +314,10 @@ pub(crate) fn wait_down(etcd: &EtcdPod, apiserver: Option<&ApiServerPod>, deadli
     let db2 = db.clone();
     waits.push((format!("etcd (lock on {})", db.display()), Box::new(move || !locked(&db2))));
     if let Some(a) = apiserver.cloned() {
-        waits.push((format!("kube-apiserver (port {})", a.addr), Box::new(move || !port_open(&a.addr))));
+        waits.push((
+            format!("kube-apiserver (port {})", a.addr),
+            Box::new(move || !port_open(&a.addr)),
+        ));
     }
     for (what, done) in &waits {
         while !done() {
@@ -322,29 +357,57 @@ pub(crate) fn secs(d: Duration) -> String {
 impl Plan {
     /// Reads the manifests and checks that every step can be taken; changes nothing.
     pub fn build(req: &Request) -> Result<Plan, NodeError> {
-        let found = locate(&req.kubernetes_dir, req.manifests_dir.as_deref(), req.etcd_manifest.as_deref(), &req.node)?;
+        let found = locate(
+            &req.kubernetes_dir,
+            req.manifests_dir.as_deref(),
+            req.etcd_manifest.as_deref(),
+            &req.node,
+        )?;
         let (parked_dir, manifests, already_parked) = match &found.parked_in {
             Some(d) => (d.clone(), list_manifests(d)?, true),
-            None => (aside(&found.manifests_dir, &req.stamp), list_manifests(&found.manifests_dir)?, false),
+            None => (
+                aside(&found.manifests_dir, &req.stamp),
+                list_manifests(&found.manifests_dir)?,
+                false,
+            ),
         };
         let Located { manifests_dir, etcd, apiserver, values_from, .. } = found;
         let data_dir = etcd.data_dir.clone();
         let old_data_dir = data_dir.exists().then(|| aside(&data_dir, &req.stamp));
-        let old_wal_dir = etcd.wal_dir.as_ref().filter(|w| w.exists()).map(|w| aside(w, &req.stamp));
+        let old_wal_dir =
+            etcd.wal_dir.as_ref().filter(|w| w.exists()).map(|w| aside(w, &req.stamp));
         let pki = match &req.pki_from {
             Some(staged) => {
                 if !staged.is_dir() {
-                    return Err(NodeError::Preflight(format!("{} is not a directory of PKI files", staged.display())));
+                    return Err(NodeError::Preflight(format!(
+                        "{} is not a directory of PKI files",
+                        staged.display()
+                    )));
                 }
                 let current = req.kubernetes_dir.join("pki");
-                Some(PkiSwap { aside: aside(&current, &req.stamp), current, staged: staged.clone() })
+                Some(PkiSwap {
+                    aside: aside(&current, &req.stamp),
+                    current,
+                    staged: staged.clone(),
+                })
             }
             None => None,
         };
         let new_parked = (!already_parked).then_some(&parked_dir);
-        for p in [new_parked, old_data_dir.as_ref(), old_wal_dir.as_ref(), pki.as_ref().map(|p| &p.aside)].into_iter().flatten() {
+        for p in [
+            new_parked,
+            old_data_dir.as_ref(),
+            old_wal_dir.as_ref(),
+            pki.as_ref().map(|p| &p.aside),
+        ]
+        .into_iter()
+        .flatten()
+        {
             if p.exists() {
-                return Err(NodeError::Preflight(format!("{} already exists; use another time stamp", p.display())));
+                return Err(NodeError::Preflight(format!(
+                    "{} already exists; use another time stamp",
+                    p.display()
+                )));
             }
         }
         // Values the manifest sets with shell variables must come from flags.
@@ -352,9 +415,12 @@ impl Plan {
             Some(n) => n.clone(),
             None => etcd.resolved("name", &etcd.name, "--name")?.to_string(),
         };
-        let peer_urls = match (&req.initial_advertise_peer_urls, &etcd.initial_advertise_peer_urls) {
+        let peer_urls = match (&req.initial_advertise_peer_urls, &etcd.initial_advertise_peer_urls)
+        {
             (Some(u), _) => u.clone(),
-            (None, Some(u)) => etcd.resolved("initial-advertise-peer-urls", u, "--initial-advertise-peer-urls")?.to_string(),
+            (None, Some(u)) => etcd
+                .resolved("initial-advertise-peer-urls", u, "--initial-advertise-peer-urls")?
+                .to_string(),
             (None, None) => "http://localhost:2380".into(),
         };
         let initial_cluster = match (&req.initial_cluster, &etcd.initial_cluster) {
@@ -363,24 +429,60 @@ impl Plan {
             (None, Some(c)) => etcd.resolved("initial-cluster", c, "--initial-cluster (or restore a one-member cluster with --new-cluster, then `node join` the other nodes)")?.to_string(),
             (None, None) => format!("{name}={peer_urls}"),
         };
-        let initial_cluster_token = match (&req.initial_cluster_token, &etcd.initial_cluster_token) {
+        let initial_cluster_token = match (&req.initial_cluster_token, &etcd.initial_cluster_token)
+        {
             (Some(t), _) => t.clone(),
-            (None, Some(t)) => etcd.resolved("initial-cluster-token", t, "--initial-cluster-token")?.to_string(),
+            (None, Some(t)) => {
+                etcd.resolved("initial-cluster-token", t, "--initial-cluster-token")?.to_string()
+            }
             (None, None) => "etcd-cluster".into(),
         };
         let ownership = match data_dir.exists() {
-            true => Some(Ownership::of(&data_dir).map_err(|e| io("reading the owner of", &data_dir, e))?),
-            false => etcd.run_as_user.map(|uid| Ownership { uid, gid: etcd.run_as_group.unwrap_or(uid), mode: 0o700, selinux: None }),
+            true => Some(
+                Ownership::of(&data_dir).map_err(|e| io("reading the owner of", &data_dir, e))?,
+            ),
+            false => etcd.run_as_user.map(|uid| Ownership {
+                uid,
+                gid: etcd.run_as_group.unwrap_or(uid),
+                mode: 0o700,
+                selinux: None,
+            }),
         };
-        let restore = RestoreSpec { data_dir, wal_dir: etcd.wal_dir.clone(), name, initial_cluster, initial_cluster_token, initial_advertise_peer_urls: peer_urls };
-        Ok(Plan { manifests_dir, parked_dir, manifests, already_parked, etcd, values_from, apiserver, old_data_dir, old_wal_dir, restore, ownership, pki, wait_timeout: req.wait_timeout, stamp: req.stamp.clone() })
+        let restore = RestoreSpec {
+            data_dir,
+            wal_dir: etcd.wal_dir.clone(),
+            name,
+            initial_cluster,
+            initial_cluster_token,
+            initial_advertise_peer_urls: peer_urls,
+        };
+        Ok(Plan {
+            manifests_dir,
+            parked_dir,
+            manifests,
+            already_parked,
+            etcd,
+            values_from,
+            apiserver,
+            old_data_dir,
+            old_wal_dir,
+            restore,
+            ownership,
+            pki,
+            wait_timeout: req.wait_timeout,
+            stamp: req.stamp.clone(),
+        })
     }
 
     /// The steps, in words, as `--dry-run` prints them.
     pub fn steps(&self) -> Vec<String> {
         let secs = self.wait_timeout.as_secs();
         let mut s = Vec::new();
-        let names: Vec<String> = self.manifests.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = self
+            .manifests
+            .iter()
+            .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+            .collect();
         if self.already_parked {
             s.push(format!("the static pod manifests ({}) are already parked in {} (by `node park`): nothing to move", names.join(", "), self.parked_dir.display()));
         } else {
@@ -391,15 +493,25 @@ impl Plan {
                 self.parked_dir.display()
             ));
         }
-        let mut waits = vec![format!("etcd's client port{} {} closed", if self.etcd.client_addrs.len() > 1 { "s" } else { "" }, self.etcd.client_addrs.join(", "))];
+        let mut waits = vec![format!(
+            "etcd's client port{} {} closed",
+            if self.etcd.client_addrs.len() > 1 { "s" } else { "" },
+            self.etcd.client_addrs.join(", ")
+        )];
         waits.push(format!("{} unlocked", self.etcd.data_dir.join("member/snap/db").display()));
         if let Some(a) = &self.apiserver {
             waits.push(format!("the API server's port {} closed", a.addr));
         }
         s.push(format!("wait (at most {secs} s) for {}", waits.join(", ")));
         match &self.old_data_dir {
-            Some(old) => s.push(format!("move the data dir {} to {}", self.etcd.data_dir.display(), old.display())),
-            None => s.push(format!("(no data dir at {} to move aside)", self.etcd.data_dir.display())),
+            Some(old) => s.push(format!(
+                "move the data dir {} to {}",
+                self.etcd.data_dir.display(),
+                old.display()
+            )),
+            None => {
+                s.push(format!("(no data dir at {} to move aside)", self.etcd.data_dir.display()))
+            }
         }
         if let (Some(w), Some(old)) = (&self.etcd.wal_dir, &self.old_wal_dir) {
             s.push(format!("move the WAL dir {} to {}", w.display(), old.display()));
@@ -428,14 +540,23 @@ impl Plan {
         ));
         if let Some(copy) = &self.values_from {
             let last = s.len() - 1;
-            s[last].push_str(&format!(" (member values read from {}, a copy of the manifest the kubelet runs)", copy.display()));
+            s[last].push_str(&format!(
+                " (member values read from {}, a copy of the manifest the kubelet runs)",
+                copy.display()
+            ));
         }
-        s.push(format!("move the manifests back to {}: the kubelet starts the control plane again", self.manifests_dir.display()));
+        s.push(format!(
+            "move the manifests back to {}: the kubelet starts the control plane again",
+            self.manifests_dir.display()
+        ));
         let api = match &self.apiserver {
             Some(a) => format!(", then until the API server on {} is ready (/readyz, or its port when /readyz cannot be read)", a.addr),
             None => String::new(),
         };
-        s.push(format!("wait (at most {secs} s) until etcd serves on {} with the restored data{api}", self.etcd.client_addrs.join(", ")));
+        s.push(format!(
+            "wait (at most {secs} s) until etcd serves on {} with the restored data{api}",
+            self.etcd.client_addrs.join(", ")
+        ));
         s
     }
 
@@ -460,7 +581,8 @@ impl Plan {
         if self.already_parked {
             moved = self.manifests.clone();
         } else {
-            std::fs::create_dir(&self.parked_dir).map_err(|e| io("creating", &self.parked_dir, e))?;
+            std::fs::create_dir(&self.parked_dir)
+                .map_err(|e| io("creating", &self.parked_dir, e))?;
             for m in &self.manifests {
                 let to = self.parked_dir.join(m.file_name().unwrap_or_default());
                 if let Err(e) = std::fs::rename(m, &to) {
@@ -471,19 +593,32 @@ impl Plan {
             }
         }
         // On failure: manifests we parked go back; manifests `node park` parked stay parked.
-        let undone = if self.already_parked { "the manifests stay parked; nothing else was changed" } else { "the manifests were put back, nothing else was changed" };
+        let undone = if self.already_parked {
+            "the manifests stay parked; nothing else was changed"
+        } else {
+            "the manifests were put back, nothing else was changed"
+        };
 
         say(log);
-        if let Err(what) = wait_down(&self.etcd, self.apiserver.as_ref(), Instant::now() + self.wait_timeout) {
+        if let Err(what) =
+            wait_down(&self.etcd, self.apiserver.as_ref(), Instant::now() + self.wait_timeout)
+        {
             self.give_back(&moved);
-            return Err(NodeError::StillRunning { what, secs: self.wait_timeout.as_secs(), undone: undone.into() });
+            return Err(NodeError::StillRunning {
+                what,
+                secs: self.wait_timeout.as_secs(),
+                undone: undone.into(),
+            });
         }
         timings.steps.push(("control plane stopped".into(), started.elapsed()));
         log(&format!("      control plane stopped after {}", secs(started.elapsed())));
 
         say(log);
         let mut set_aside: Vec<(PathBuf, PathBuf)> = Vec::new();
-        let pairs = [(Some(&self.etcd.data_dir), self.old_data_dir.as_ref()), (self.etcd.wal_dir.as_ref(), self.old_wal_dir.as_ref())];
+        let pairs = [
+            (Some(&self.etcd.data_dir), self.old_data_dir.as_ref()),
+            (self.etcd.wal_dir.as_ref(), self.old_wal_dir.as_ref()),
+        ];
         for (from, to) in pairs.into_iter().filter_map(|(f, t)| Some((f?, t?))) {
             if let Err(e) = std::fs::rename(from, to) {
                 self.undo_aside(&set_aside);
@@ -508,7 +643,11 @@ impl Plan {
             if !swapped {
                 self.undo_aside(&set_aside);
                 self.give_back(&moved);
-                return Err(NodeError::Io(format!("could not put {} in place of {}; nothing was changed", p.staged.display(), p.current.display())));
+                return Err(NodeError::Io(format!(
+                    "could not put {} in place of {}; nothing was changed",
+                    p.staged.display(),
+                    p.current.display()
+                )));
             }
             if had_current {
                 set_aside.push((p.current.clone(), p.aside.clone()));
@@ -522,8 +661,11 @@ impl Plan {
             // The restore builds in a hidden temporary dir and renames at the end, so on failure
             // the data dir does not exist, or is complete; either way it makes room for the old
             // one (a complete one is kept aside, not deleted).
-            if std::fs::remove_dir(&self.restore.data_dir).is_err() && self.restore.data_dir.exists() {
-                let mut failed = aside(&self.restore.data_dir, &format!("{}-not-started", self.stamp));
+            if std::fs::remove_dir(&self.restore.data_dir).is_err()
+                && self.restore.data_dir.exists()
+            {
+                let mut failed =
+                    aside(&self.restore.data_dir, &format!("{}-not-started", self.stamp));
                 if failed.exists() {
                     failed = aside(&failed, "2");
                 }
@@ -539,7 +681,11 @@ impl Plan {
         say(log);
         self.put_back(&moved);
         if moved.iter().any(|m| m.exists()) {
-            return Err(NodeError::Io(format!("could not move every manifest back from {}; move them to {} by hand", self.parked_dir.display(), self.manifests_dir.display())));
+            return Err(NodeError::Io(format!(
+                "could not move every manifest back from {}; move them to {} by hand",
+                self.parked_dir.display(),
+                self.manifests_dir.display()
+            )));
         }
 
         say(log);
@@ -575,7 +721,8 @@ impl Plan {
     fn adopt_ownership(&self) -> Result<(), String> {
         let Some(o) = &self.ownership else { return Ok(()) };
         for dir in std::iter::once(&self.restore.data_dir).chain(self.restore.wal_dir.as_ref()) {
-            o.apply_tree(dir).map_err(|e| format!("giving {} {}: {e}", dir.display(), o.describe()))?;
+            o.apply_tree(dir)
+                .map_err(|e| format!("giving {} {}: {e}", dir.display(), o.describe()))?;
         }
         Ok(())
     }
@@ -617,9 +764,16 @@ fn major_minor(v: &str) -> Option<(u32, u32)> {
 /// (etcd refuses, or panics on, a data dir from a newer minor). `storage_version` is the
 /// snapshot's `meta/storageVersion` (3.6+), `cluster_version` its `cluster/clusterVersion`.
 /// `Ok(Some(warning))` when either side cannot be told.
-pub fn check_snapshot_version(etcd: &EtcdPod, storage_version: Option<&str>, cluster_version: Option<&str>) -> Result<Option<String>, NodeError> {
+pub fn check_snapshot_version(
+    etcd: &EtcdPod,
+    storage_version: Option<&str>,
+    cluster_version: Option<&str>,
+) -> Result<Option<String>, NodeError> {
     let image = etcd.image.as_deref().unwrap_or("(no image)");
-    let snapshot = match (storage_version.filter(|v| !v.is_empty()), cluster_version.filter(|v| !v.is_empty())) {
+    let snapshot = match (
+        storage_version.filter(|v| !v.is_empty()),
+        cluster_version.filter(|v| !v.is_empty()),
+    ) {
         (Some(v), _) => major_minor(v).map(|mm| (mm, format!("storage version {v}"))),
         (None, Some(v)) => major_minor(v).map(|mm| (mm, format!("cluster version {v}"))),
         (None, None) => None,
@@ -645,7 +799,9 @@ pub fn check_snapshot_version(etcd: &EtcdPod, storage_version: Option<&str>, clu
 pub fn port_open(addr: &str) -> bool {
     use std::net::ToSocketAddrs;
     let Ok(addrs) = addr.to_socket_addrs() else { return false };
-    addrs.into_iter().any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok())
+    addrs
+        .into_iter()
+        .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok())
 }
 
 /// Another process holds the bbolt file lock on `db` (a running etcd does).
@@ -720,8 +876,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut req = node(dir.path(), true);
         let m = req.kubernetes_dir.join("manifests/etcd.yaml");
-        std::fs::write(&m, std::fs::read_to_string(&m).unwrap().replace("--initial-cluster=n1=http://127.0.0.1:2", "\"--initial-cluster=n1=http://127.0.0.1:2,n2=http://127.0.0.2:2\"")).unwrap();
-        assert_eq!(Plan::build(&req).unwrap().restore.initial_cluster, "n1=http://127.0.0.1:2,n2=http://127.0.0.2:2");
+        std::fs::write(
+            &m,
+            std::fs::read_to_string(&m).unwrap().replace(
+                "--initial-cluster=n1=http://127.0.0.1:2",
+                "\"--initial-cluster=n1=http://127.0.0.1:2,n2=http://127.0.0.2:2\"",
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            Plan::build(&req).unwrap().restore.initial_cluster,
+            "n1=http://127.0.0.1:2,n2=http://127.0.0.2:2"
+        );
         req.new_cluster = true;
         assert_eq!(Plan::build(&req).unwrap().restore.initial_cluster, "n1=http://127.0.0.1:2");
     }
@@ -735,17 +901,29 @@ mod tests {
         let err = plan
             .execute(
                 &mut |spec| {
-                    seen = Some((spec.data_dir.exists(), req.kubernetes_dir.join("manifests/etcd.yaml").exists()));
+                    seen = Some((
+                        spec.data_dir.exists(),
+                        req.kubernetes_dir.join("manifests/etcd.yaml").exists(),
+                    ));
                     Err("the snapshot is damaged".into())
                 },
                 &mut |_| {},
             )
             .unwrap_err();
-        assert_eq!(seen, Some((false, false)), "restore runs with the data dir moved aside and the pods stopped");
+        assert_eq!(
+            seen,
+            Some((false, false)),
+            "restore runs with the data dir moved aside and the pods stopped"
+        );
         assert!(err.to_string().contains("the snapshot is damaged"), "{err}");
         assert_eq!(std::fs::read(dir.path().join("var-lib-etcd/member/snap/db")).unwrap(), b"old");
-        assert!(req.kubernetes_dir.join("manifests/etcd.yaml").exists() && req.kubernetes_dir.join("manifests/kube-scheduler.yaml").exists());
-        assert!(!plan.parked_dir.exists() && !dir.path().join("var-lib-etcd.etcdguard-T1").exists());
+        assert!(
+            req.kubernetes_dir.join("manifests/etcd.yaml").exists()
+                && req.kubernetes_dir.join("manifests/kube-scheduler.yaml").exists()
+        );
+        assert!(
+            !plan.parked_dir.exists() && !dir.path().join("var-lib-etcd.etcdguard-T1").exists()
+        );
     }
 
     #[test]
@@ -769,7 +947,10 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(during, "from backup", "the backup's PKI is in place while restoring");
-        assert_eq!(std::fs::read_to_string(req.kubernetes_dir.join("pki/ca.crt")).unwrap(), "current");
+        assert_eq!(
+            std::fs::read_to_string(req.kubernetes_dir.join("pki/ca.crt")).unwrap(),
+            "current"
+        );
         assert_eq!(std::fs::read_to_string(staged.join("ca.crt")).unwrap(), "from backup");
         assert!(!req.kubernetes_dir.join("pki.etcdguard-T1").exists());
     }
@@ -781,7 +962,13 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let m = req.kubernetes_dir.join("manifests/etcd.yaml");
-        std::fs::write(&m, std::fs::read_to_string(&m).unwrap().replace("127.0.0.1:1", &format!("127.0.0.1:{port}"))).unwrap();
+        std::fs::write(
+            &m,
+            std::fs::read_to_string(&m)
+                .unwrap()
+                .replace("127.0.0.1:1", &format!("127.0.0.1:{port}")),
+        )
+        .unwrap();
         req.wait_timeout = Duration::from_millis(600);
         let plan = Plan::build(&req).unwrap();
         let err = plan.execute(&mut |_| panic!("must not restore"), &mut |_| {}).unwrap_err();
@@ -796,14 +983,24 @@ mod tests {
         let mut req = node(dir.path(), true);
         let manifests = req.kubernetes_dir.join("manifests");
         std::fs::write(manifests.join("kube-apiserver.yaml"), "kind: Pod\nspec:\n  containers:\n  - command: [/bin/sh, -c, \"exec hyperkube kube-apiserver --secure-port=1\"]\n").unwrap();
-        let preq = park::ParkRequest { manifests_dir: manifests.clone(), etcd_manifest: None, stamp: "P1".into(), wait_timeout: Duration::from_secs(2), node: NodeFacts::default() };
+        let preq = park::ParkRequest {
+            manifests_dir: manifests.clone(),
+            etcd_manifest: None,
+            stamp: "P1".into(),
+            wait_timeout: Duration::from_secs(2),
+            node: NodeFacts::default(),
+        };
         let p = park::Park::build(&preq).unwrap();
         assert_eq!(p.to_move.len(), 2, "etcd and the API server, nothing else");
         p.execute(&mut |_| {}).unwrap();
-        assert!(!manifests.join("etcd.yaml").exists() && !manifests.join("kube-apiserver.yaml").exists());
+        assert!(
+            !manifests.join("etcd.yaml").exists()
+                && !manifests.join("kube-apiserver.yaml").exists()
+        );
         assert!(manifests.join("kube-scheduler.yaml").exists());
         // Twice is fine: nothing more to move.
-        let again = park::Park::build(&park::ParkRequest { stamp: "P2".into(), ..preq.clone() }).unwrap();
+        let again =
+            park::Park::build(&park::ParkRequest { stamp: "P2".into(), ..preq.clone() }).unwrap();
         assert!(again.already_parked && again.to_move.is_empty());
         again.execute(&mut |_| {}).unwrap();
         assert_eq!(parked_dirs(&manifests).len(), 1);
@@ -811,14 +1008,20 @@ mod tests {
         // A restore on the parked node uses the parked manifests and, failing, leaves them parked.
         req.stamp = "T2".into();
         let plan = Plan::build(&req).unwrap();
-        assert!(plan.already_parked && plan.steps()[0].contains("already parked"), "{:?}", plan.steps());
+        assert!(
+            plan.already_parked && plan.steps()[0].contains("already parked"),
+            "{:?}",
+            plan.steps()
+        );
         plan.execute(&mut |_| Err("no".into()), &mut |_| {}).unwrap_err();
         assert!(!manifests.join("etcd.yaml").exists(), "a failed restore unparked a parked node");
         assert_eq!(std::fs::read(dir.path().join("var-lib-etcd/member/snap/db")).unwrap(), b"old");
 
         let u = park::Unpark::build(&preq).unwrap().expect("parked");
         u.execute(&mut |_| {}).unwrap_err(); // nothing runs etcd here, so it never serves
-        assert!(manifests.join("etcd.yaml").exists() && manifests.join("kube-apiserver.yaml").exists());
+        assert!(
+            manifests.join("etcd.yaml").exists() && manifests.join("kube-apiserver.yaml").exists()
+        );
         assert!(parked_dirs(&manifests).is_empty());
         assert!(park::Unpark::build(&preq).unwrap().is_none(), "nothing parked");
     }
@@ -833,13 +1036,18 @@ mod tests {
         let uid = if unsafe { libc::geteuid() } == 0 { 2001 } else { unsafe { libc::geteuid() } };
         std::os::unix::fs::chown(&data, Some(uid), Some(uid)).unwrap();
         let plan = Plan::build(&req).unwrap();
-        assert!(plan.steps().iter().any(|s| s.contains(&format!("owner {uid}:{uid}, mode 0750"))), "{:?}", plan.steps());
+        assert!(
+            plan.steps().iter().any(|s| s.contains(&format!("owner {uid}:{uid}, mode 0750"))),
+            "{:?}",
+            plan.steps()
+        );
         // The restore writes as root with private modes; nothing runs etcd, so the wait fails.
         let _ = plan.execute(
             &mut |spec| {
                 std::fs::create_dir_all(spec.data_dir.join("member/snap")).unwrap();
                 std::fs::write(spec.data_dir.join("member/snap/db"), b"new").unwrap();
-                std::fs::set_permissions(&spec.data_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+                std::fs::set_permissions(&spec.data_dir, std::fs::Permissions::from_mode(0o700))
+                    .unwrap();
                 Ok(())
             },
             &mut |_| {},
@@ -856,14 +1064,28 @@ mod tests {
         let mut etcd = Plan::build(&req).unwrap().etcd;
         etcd.image = Some("registry.k8s.io/etcd:3.5.9-0".into());
         etcd.image_version = Some((3, 5));
-        let err = check_snapshot_version(&etcd, Some("3.6.0"), Some("3.6.0")).unwrap_err().to_string();
+        let err =
+            check_snapshot_version(&etcd, Some("3.6.0"), Some("3.6.0")).unwrap_err().to_string();
         assert!(err.contains("storage version 3.6.0") && err.contains("etcd 3.5"), "{err}");
-        assert!(check_snapshot_version(&etcd, None, Some("3.6.0")).is_err(), "cluster version when there is no storage version");
-        assert_eq!(check_snapshot_version(&etcd, Some(""), Some("3.5.0")).unwrap(), None, "an empty storageVersion (mid-migration) falls back");
+        assert!(
+            check_snapshot_version(&etcd, None, Some("3.6.0")).is_err(),
+            "cluster version when there is no storage version"
+        );
+        assert_eq!(
+            check_snapshot_version(&etcd, Some(""), Some("3.5.0")).unwrap(),
+            None,
+            "an empty storageVersion (mid-migration) falls back"
+        );
         assert_eq!(check_snapshot_version(&etcd, None, Some("3.4.0")).unwrap(), None);
-        assert!(check_snapshot_version(&etcd, None, None).unwrap().unwrap().contains("no storage or cluster version"));
+        assert!(check_snapshot_version(&etcd, None, None)
+            .unwrap()
+            .unwrap()
+            .contains("no storage or cluster version"));
         etcd.image_version = None;
-        assert!(check_snapshot_version(&etcd, None, Some("3.6.0")).unwrap().unwrap().contains("cannot tell"));
+        assert!(check_snapshot_version(&etcd, None, Some("3.6.0"))
+            .unwrap()
+            .unwrap()
+            .contains("cannot tell"));
     }
 
     #[test]
@@ -872,15 +1094,35 @@ mod tests {
         let mut req = node(dir.path(), true);
         let live = req.kubernetes_dir.join("manifests/etcd.yaml");
         let copy = dir.path().join("etcd-copy.yaml");
-        std::fs::write(&copy, std::fs::read_to_string(&live).unwrap().replace("--name=n1", "--name=written-out")).unwrap();
+        std::fs::write(
+            &copy,
+            std::fs::read_to_string(&live).unwrap().replace("--name=n1", "--name=written-out"),
+        )
+        .unwrap();
         req.etcd_manifest = Some(copy.clone());
         req.manifests_dir = Some(req.kubernetes_dir.join("manifests"));
         let plan = Plan::build(&req).unwrap();
         assert_eq!(plan.restore.name, "written-out", "values from the copy");
-        assert!(plan.manifests.contains(&live), "the kubelet's own manifest is parked: {:?}", plan.manifests);
-        assert!(plan.steps().iter().any(|s| s.contains(&format!("member values read from {}", copy.display()))), "{:?}", plan.steps());
+        assert!(
+            plan.manifests.contains(&live),
+            "the kubelet's own manifest is parked: {:?}",
+            plan.manifests
+        );
+        assert!(
+            plan.steps()
+                .iter()
+                .any(|s| s.contains(&format!("member values read from {}", copy.display()))),
+            "{:?}",
+            plan.steps()
+        );
         // A copy of another member's manifest (another data dir) is refused.
-        std::fs::write(&copy, std::fs::read_to_string(&live).unwrap().replace("data-dir=/var/lib/etcd", "data-dir=/var/lib/etcd/other")).unwrap();
+        std::fs::write(
+            &copy,
+            std::fs::read_to_string(&live)
+                .unwrap()
+                .replace("data-dir=/var/lib/etcd", "data-dir=/var/lib/etcd/other"),
+        )
+        .unwrap();
         assert!(Plan::build(&req).unwrap_err().to_string().contains("is not a copy of"));
         // Without the kubelet's manifest in the manifests dir there is nothing to park.
         std::fs::remove_file(&live).unwrap();

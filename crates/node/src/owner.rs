@@ -23,7 +23,8 @@ pub struct Ownership {
 }
 
 fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
 }
 
 /// The SELinux context of `path` (not following a symlink); `None` when it has none or the
@@ -33,7 +34,14 @@ fn selinux_of(path: &Path) -> io::Result<Option<Vec<u8>>> {
     let mut buf = vec![0u8; 256];
     loop {
         // SAFETY: lgetxattr(2) with NUL-terminated strings and a buffer of the length given.
-        let n = unsafe { libc::lgetxattr(p.as_ptr(), SELINUX_XATTR.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()) };
+        let n = unsafe {
+            libc::lgetxattr(
+                p.as_ptr(),
+                SELINUX_XATTR.as_ptr().cast(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
         if n >= 0 {
             buf.truncate(n as usize);
             return Ok(Some(buf));
@@ -50,7 +58,15 @@ fn selinux_of(path: &Path) -> io::Result<Option<Vec<u8>>> {
 fn set_selinux(path: &Path, context: &[u8]) -> io::Result<()> {
     let p = c_path(path)?;
     // SAFETY: lsetxattr(2) with NUL-terminated strings and the value's own length.
-    let rc = unsafe { libc::lsetxattr(p.as_ptr(), SELINUX_XATTR.as_ptr().cast(), context.as_ptr().cast(), context.len(), 0) };
+    let rc = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            SELINUX_XATTR.as_ptr().cast(),
+            context.as_ptr().cast(),
+            context.len(),
+            0,
+        )
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -61,13 +77,20 @@ impl Ownership {
     /// What `path` has now.
     pub fn of(path: &Path) -> io::Result<Ownership> {
         let m = std::fs::symlink_metadata(path)?;
-        Ok(Ownership { uid: m.uid(), gid: m.gid(), mode: m.mode() & 0o7777, selinux: selinux_of(path)? })
+        Ok(Ownership {
+            uid: m.uid(),
+            gid: m.gid(),
+            mode: m.mode() & 0o7777,
+            selinux: selinux_of(path)?,
+        })
     }
 
     /// `owner 2001:2001, mode 0700, SELinux context …`, for the plan.
     pub fn describe(&self) -> String {
         let label = match &self.selinux {
-            Some(c) => format!(", SELinux context {}", String::from_utf8_lossy(c).trim_end_matches('\0')),
+            Some(c) => {
+                format!(", SELinux context {}", String::from_utf8_lossy(c).trim_end_matches('\0'))
+            }
             None => String::new(),
         };
         format!("owner {}:{}, mode {:04o}{label}", self.uid, self.gid, self.mode)
@@ -103,9 +126,17 @@ mod tests {
         let root = dir.path().join("etcd");
         std::fs::create_dir_all(root.join("member/snap")).unwrap();
         std::fs::write(root.join("member/snap/db"), b"x").unwrap();
-        std::fs::set_permissions(root.join("member/snap/db"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(
+            root.join("member/snap/db"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         let is_root = unsafe { libc::geteuid() } == 0;
-        let (uid, gid) = if is_root { (2001, 2002) } else { (unsafe { libc::geteuid() }, unsafe { libc::getegid() }) };
+        let (uid, gid) = if is_root {
+            (2001, 2002)
+        } else {
+            (unsafe { libc::geteuid() }, unsafe { libc::getegid() })
+        };
         // A label is set only where the kernel keeps one (an SELinux host, or a filesystem
         // that stores security.* attributes as root may).
         let label = b"system_u:object_r:container_var_lib_t:s0\0".to_vec();
@@ -118,7 +149,11 @@ mod tests {
             assert_eq!(selinux_of(&p).unwrap(), selinux, "{}", p.display());
         }
         assert_eq!(std::fs::metadata(&root).unwrap().mode() & 0o7777, 0o750);
-        assert_eq!(std::fs::metadata(root.join("member/snap/db")).unwrap().mode() & 0o777, 0o600, "files keep their modes");
+        assert_eq!(
+            std::fs::metadata(root.join("member/snap/db")).unwrap().mode() & 0o777,
+            0o600,
+            "files keep their modes"
+        );
         assert_eq!(Ownership::of(&root).unwrap(), o);
         if selinux.is_none() {
             eprintln!("note: this filesystem keeps no security.selinux attribute; only owner and mode were checked");

@@ -7,7 +7,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::{aside, etcd_up, io, list_manifests, locate, parked_dirs, secs, wait_apiserver, wait_down, ApiServerPod, EtcdPod, NodeError, NodeFacts, Timings};
+use crate::{
+    aside, etcd_up, io, list_manifests, locate, parked_dirs, secs, wait_apiserver, wait_down,
+    ApiServerPod, EtcdPod, NodeError, NodeFacts, Timings,
+};
 
 /// Where the manifests are and how long to wait.
 #[derive(Debug, Clone)]
@@ -45,9 +48,15 @@ fn file_name(p: &std::path::Path) -> String {
 impl Park {
     /// Finds the manifests (live or parked); changes nothing.
     pub fn build(req: &ParkRequest) -> Result<Park, NodeError> {
-        let found = locate(&req.manifests_dir, Some(&req.manifests_dir), req.etcd_manifest.as_deref(), &req.node)?;
+        let found = locate(
+            &req.manifests_dir,
+            Some(&req.manifests_dir),
+            req.etcd_manifest.as_deref(),
+            &req.node,
+        )?;
         let already_parked = found.parked_in.is_some();
-        let parked_dir = found.parked_in.clone().unwrap_or_else(|| aside(&found.manifests_dir, &req.stamp));
+        let parked_dir =
+            found.parked_in.clone().unwrap_or_else(|| aside(&found.manifests_dir, &req.stamp));
         let mut to_move = Vec::new();
         if !already_parked {
             to_move.push(found.etcd_manifest.clone());
@@ -64,26 +73,54 @@ impl Park {
             }
         }
         if !already_parked && parked_dir.exists() {
-            return Err(NodeError::Preflight(format!("{} already exists; run again in a second", parked_dir.display())));
+            return Err(NodeError::Preflight(format!(
+                "{} already exists; run again in a second",
+                parked_dir.display()
+            )));
         }
-        Ok(Park { manifests_dir: found.manifests_dir, parked_dir, to_move, already_parked, etcd: found.etcd, etcd_manifest: found.etcd_manifest, apiserver, wait_timeout: req.wait_timeout })
+        Ok(Park {
+            manifests_dir: found.manifests_dir,
+            parked_dir,
+            to_move,
+            already_parked,
+            etcd: found.etcd,
+            etcd_manifest: found.etcd_manifest,
+            apiserver,
+            wait_timeout: req.wait_timeout,
+        })
     }
 
     /// The steps, in words, as `--dry-run` prints them.
     pub fn steps(&self) -> Vec<String> {
         let mut s = Vec::new();
         if self.to_move.is_empty() {
-            s.push(format!("etcd's and the API server's manifests are already parked in {}: nothing to move", self.parked_dir.display()));
+            s.push(format!(
+                "etcd's and the API server's manifests are already parked in {}: nothing to move",
+                self.parked_dir.display()
+            ));
         } else {
             let names: Vec<String> = self.to_move.iter().map(|p| file_name(p)).collect();
-            s.push(format!("move {} from {} to {}: the kubelet stops those pods", names.join(" and "), self.manifests_dir.display(), self.parked_dir.display()));
+            s.push(format!(
+                "move {} from {} to {}: the kubelet stops those pods",
+                names.join(" and "),
+                self.manifests_dir.display(),
+                self.parked_dir.display()
+            ));
         }
-        let mut waits = vec![format!("etcd's client port{} {} closed", if self.etcd.client_addrs.len() > 1 { "s" } else { "" }, self.etcd.client_addrs.join(", "))];
+        let mut waits = vec![format!(
+            "etcd's client port{} {} closed",
+            if self.etcd.client_addrs.len() > 1 { "s" } else { "" },
+            self.etcd.client_addrs.join(", ")
+        )];
         waits.push(format!("{} unlocked", self.etcd.data_dir.join("member/snap/db").display()));
         if let Some(a) = &self.apiserver {
             waits.push(format!("the API server's port {} closed", a.addr));
         }
-        s.push(format!("wait (at most {} s) for {}", self.wait_timeout.as_secs(), waits.join(", ")));
+        s.push(format!(
+            "wait (at most {} s) for {}",
+            self.wait_timeout.as_secs(),
+            waits.join(", ")
+        ));
         s
     }
 
@@ -94,7 +131,8 @@ impl Park {
         let started = Instant::now();
         log(&format!("[1/2] {}", steps[0]));
         if !self.to_move.is_empty() && !self.parked_dir.exists() {
-            std::fs::create_dir(&self.parked_dir).map_err(|e| io("creating", &self.parked_dir, e))?;
+            std::fs::create_dir(&self.parked_dir)
+                .map_err(|e| io("creating", &self.parked_dir, e))?;
         }
         for m in &self.to_move {
             let to = self.parked_dir.join(m.file_name().unwrap_or_default());
@@ -132,7 +170,12 @@ pub struct Unpark {
 impl Unpark {
     /// `Ok(None)`: nothing is parked (etcd's manifest is where the kubelet reads it).
     pub fn build(req: &ParkRequest) -> Result<Option<Unpark>, NodeError> {
-        let found = locate(&req.manifests_dir, Some(&req.manifests_dir), req.etcd_manifest.as_deref(), &req.node)?;
+        let found = locate(
+            &req.manifests_dir,
+            Some(&req.manifests_dir),
+            req.etcd_manifest.as_deref(),
+            &req.node,
+        )?;
         let Some(parked_dir) = found.parked_in else {
             // A parked dir holding only other manifests is left to the operator.
             if let Some(d) = parked_dirs(&found.manifests_dir).first() {
@@ -145,7 +188,11 @@ impl Unpark {
             return Ok(None);
         };
         let files = list_manifests(&parked_dir)?;
-        let clashes: Vec<String> = files.iter().filter(|f| found.manifests_dir.join(f.file_name().unwrap_or_default()).exists()).map(|f| file_name(f)).collect();
+        let clashes: Vec<String> = files
+            .iter()
+            .filter(|f| found.manifests_dir.join(f.file_name().unwrap_or_default()).exists())
+            .map(|f| file_name(f))
+            .collect();
         if !clashes.is_empty() {
             return Err(NodeError::Preflight(format!(
                 "{} exist both in {} and in {}; decide which to keep, then run again",
@@ -155,7 +202,15 @@ impl Unpark {
             )));
         }
         let apiserver = found.apiserver.or_else(|| locate_live_apiserver(&found.manifests_dir));
-        Ok(Some(Unpark { manifests_dir: found.manifests_dir, parked_dir, files, etcd: found.etcd, etcd_manifest: found.etcd_manifest, apiserver, wait_timeout: req.wait_timeout }))
+        Ok(Some(Unpark {
+            manifests_dir: found.manifests_dir,
+            parked_dir,
+            files,
+            etcd: found.etcd,
+            etcd_manifest: found.etcd_manifest,
+            apiserver,
+            wait_timeout: req.wait_timeout,
+        }))
     }
 
     pub fn steps(&self) -> Vec<String> {
@@ -165,8 +220,17 @@ impl Unpark {
             None => String::new(),
         };
         vec![
-            format!("move {} from {} back to {}: the kubelet starts those pods", names.join(", "), self.parked_dir.display(), self.manifests_dir.display()),
-            format!("wait (at most {} s) until etcd serves on {}{api}", self.wait_timeout.as_secs(), self.etcd.client_addrs.join(", ")),
+            format!(
+                "move {} from {} back to {}: the kubelet starts those pods",
+                names.join(", "),
+                self.parked_dir.display(),
+                self.manifests_dir.display()
+            ),
+            format!(
+                "wait (at most {} s) until etcd serves on {}{api}",
+                self.wait_timeout.as_secs(),
+                self.etcd.client_addrs.join(", ")
+            ),
         ]
     }
 
@@ -203,7 +267,11 @@ impl Unpark {
     pub fn wait_etcd(&self, deadline: Instant) -> Result<(), NodeError> {
         while !etcd_up(&self.etcd) {
             if Instant::now() > deadline {
-                return Err(NodeError::NotReady { what: "etcd".into(), secs: self.wait_timeout.as_secs(), last: "its client port is closed or its database unlocked".into() });
+                return Err(NodeError::NotReady {
+                    what: "etcd".into(),
+                    secs: self.wait_timeout.as_secs(),
+                    last: "its client port is closed or its database unlocked".into(),
+                });
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -213,8 +281,10 @@ impl Unpark {
     /// Waits until the API server (when there is one) is ready; how it was seen.
     pub fn wait_apiserver(&self, deadline: Instant) -> Result<Option<String>, NodeError> {
         let Some(a) = &self.apiserver else { return Ok(None) };
-        wait_apiserver(a, deadline)
-            .map(Some)
-            .map_err(|last| NodeError::NotReady { what: format!("etcd serves, but the API server ({})", a.manifest.display()), secs: self.wait_timeout.as_secs(), last })
+        wait_apiserver(a, deadline).map(Some).map_err(|last| NodeError::NotReady {
+            what: format!("etcd serves, but the API server ({})", a.manifest.display()),
+            secs: self.wait_timeout.as_secs(),
+            last,
+        })
     }
 }

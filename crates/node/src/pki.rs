@@ -117,7 +117,10 @@ fn walk(abs: &Path, rel: &str, entries: Option<std::fs::ReadDir>, scan: &mut Sca
     let entries = match entries.map_or_else(|| std::fs::read_dir(abs), Ok) {
         Ok(e) => e,
         Err(e) => {
-            scan.problems.push(Problem { path: rel.to_string(), message: format!("cannot list the directory: {e}") });
+            scan.problems.push(Problem {
+                path: rel.to_string(),
+                message: format!("cannot list the directory: {e}"),
+            });
             return;
         }
     };
@@ -128,7 +131,8 @@ fn walk(abs: &Path, rel: &str, entries: Option<std::fs::ReadDir>, scan: &mut Sca
         if name_str.starts_with("..") {
             continue;
         }
-        let child_rel = if rel.is_empty() { name_str.to_string() } else { format!("{rel}/{name_str}") };
+        let child_rel =
+            if rel.is_empty() { name_str.to_string() } else { format!("{rel}/{name_str}") };
         let child = abs.join(&name);
         let Ok(link_meta) = std::fs::symlink_metadata(&child) else { continue };
         if link_meta.is_dir() {
@@ -142,7 +146,13 @@ fn walk(abs: &Path, rel: &str, entries: Option<std::fs::ReadDir>, scan: &mut Sca
         };
         if meta.len() > MAX_FILE_BYTES {
             if certificate_extension(&child_rel) {
-                scan.problems.push(Problem { path: child_rel, message: format!("{} bytes: too large for a certificate file, not read", meta.len()) });
+                scan.problems.push(Problem {
+                    path: child_rel,
+                    message: format!(
+                        "{} bytes: too large for a certificate file, not read",
+                        meta.len()
+                    ),
+                });
             }
             continue;
         }
@@ -152,7 +162,9 @@ fn walk(abs: &Path, rel: &str, entries: Option<std::fs::ReadDir>, scan: &mut Sca
                 scan.certificates.extend(certs);
                 scan.problems.extend(problems);
             }
-            Err(e) => scan.problems.push(Problem { path: child_rel, message: format!("cannot read: {e}") }),
+            Err(e) => scan
+                .problems
+                .push(Problem { path: child_rel, message: format!("cannot read: {e}") }),
         }
     }
 }
@@ -180,22 +192,32 @@ pub fn scan_file(path: &str, bytes: &[u8]) -> (Vec<Certificate>, Vec<Problem>) {
     let mut open: Option<(&[u8], usize, Vec<u8>)> = None;
     for (n, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let line = raw.trim_ascii();
-        if let Some(label) = line.strip_prefix(b"-----BEGIN ").and_then(|l| l.strip_suffix(b"-----")) {
+        if let Some(label) =
+            line.strip_prefix(b"-----BEGIN ").and_then(|l| l.strip_suffix(b"-----"))
+        {
             saw_pem = true;
             if let Some((prev, start, _)) = open.take() {
                 if is_certificate_label(prev) {
-                    problems.push(problem(format!("line {}: BEGIN {} has no END", start, String::from_utf8_lossy(prev))));
+                    problems.push(problem(format!(
+                        "line {}: BEGIN {} has no END",
+                        start,
+                        String::from_utf8_lossy(prev)
+                    )));
                 }
             }
             open = Some((label, n + 1, Vec::new()));
-        } else if let Some(label) = line.strip_prefix(b"-----END ").and_then(|l| l.strip_suffix(b"-----")) {
+        } else if let Some(label) =
+            line.strip_prefix(b"-----END ").and_then(|l| l.strip_suffix(b"-----"))
+        {
             match open.take() {
                 Some((begin, start, body)) if begin == label => {
                     if is_certificate_label(label) {
                         let index = certs.len() as u32;
                         match decode_block(&body).and_then(|der| parse_der(path, index, &der)) {
                             Ok(c) => certs.push(c),
-                            Err(e) => problems.push(problem(format!("certificate at line {start}: {e}"))),
+                            Err(e) => {
+                                problems.push(problem(format!("certificate at line {start}: {e}")))
+                            }
                         }
                     }
                 }
@@ -211,7 +233,11 @@ pub fn scan_file(path: &str, bytes: &[u8]) -> (Vec<Certificate>, Vec<Problem>) {
                 }
                 None => {
                     if is_certificate_label(label) {
-                        problems.push(problem(format!("line {}: END {} without BEGIN", n + 1, String::from_utf8_lossy(label))));
+                        problems.push(problem(format!(
+                            "line {}: END {} without BEGIN",
+                            n + 1,
+                            String::from_utf8_lossy(label)
+                        )));
                     }
                 }
             }
@@ -224,7 +250,10 @@ pub fn scan_file(path: &str, bytes: &[u8]) -> (Vec<Certificate>, Vec<Problem>) {
     }
     if let Some((label, start, _)) = open {
         if is_certificate_label(label) {
-            problems.push(problem(format!("line {start}: BEGIN {} has no END (truncated file?)", String::from_utf8_lossy(label))));
+            problems.push(problem(format!(
+                "line {start}: BEGIN {} has no END (truncated file?)",
+                String::from_utf8_lossy(label)
+            )));
         }
     }
     if !saw_pem && certificate_extension(path) {
@@ -232,7 +261,8 @@ pub fn scan_file(path: &str, bytes: &[u8]) -> (Vec<Certificate>, Vec<Problem>) {
         match parse_der(path, 0, bytes) {
             Ok(c) => certs.push(c),
             Err(_) if bytes.is_empty() => problems.push(problem("empty file".to_string())),
-            Err(_) => problems.push(problem("no PEM certificate, and not a DER certificate either".to_string())),
+            Err(_) => problems
+                .push(problem("no PEM certificate, and not a DER certificate either".to_string())),
         }
     }
     (certs, problems)
@@ -242,7 +272,8 @@ fn decode_block(body: &[u8]) -> Result<Vec<u8>, String> {
     // Padding is optional in the wild; everything else must be proper base64.
     const ENGINE: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
     if body.is_empty() {
         return Err("empty PEM block".to_string());
@@ -252,9 +283,11 @@ fn decode_block(body: &[u8]) -> Result<Vec<u8>, String> {
 
 fn parse_der(path: &str, index: u32, der: &[u8]) -> Result<Certificate, String> {
     // Trailing bytes are allowed: OpenSSL's TRUSTED CERTIFICATE appends its trust settings.
-    let (_, x) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let (_, x) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
     let time = |t: &x509_parser::time::ASN1Time| {
-        DateTime::<Utc>::from_timestamp(t.timestamp(), 0).ok_or_else(|| "validity date out of range".to_string())
+        DateTime::<Utc>::from_timestamp(t.timestamp(), 0)
+            .ok_or_else(|| "validity date out of range".to_string())
     };
     let mut dns_names = Vec::new();
     let mut ip_addresses = Vec::new();
@@ -262,7 +295,9 @@ fn parse_der(path: &str, index: u32, der: &[u8]) -> Result<Certificate, String> 
         for name in &san.value.general_names {
             match name {
                 x509_parser::extensions::GeneralName::DNSName(d) => dns_names.push(d.to_string()),
-                x509_parser::extensions::GeneralName::IPAddress(b) => ip_addresses.push(ip_string(b)),
+                x509_parser::extensions::GeneralName::IPAddress(b) => {
+                    ip_addresses.push(ip_string(b))
+                }
                 _ => {}
             }
         }
@@ -403,7 +438,11 @@ pub fn check(dir: &Path, now: DateTime<Utc>, warn: Duration) -> Result<Check, Pk
     let certificates = scan
         .certificates
         .into_iter()
-        .map(|c| Checked { status: status(&c, now, warn), seconds_left: (c.not_after - now).num_seconds(), certificate: c })
+        .map(|c| Checked {
+            status: status(&c, now, warn),
+            seconds_left: (c.not_after - now).num_seconds(),
+            certificate: c,
+        })
         .collect();
     Ok(Check {
         pki_dir: dir.display().to_string(),
@@ -440,15 +479,36 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
         let day = chrono::Duration::days(1);
         let warn = Duration::from_secs(30 * 86400);
-        assert_eq!(status(&cert(now - day, now), now, warn), Status::Expired, "notAfter == now is expired");
-        assert_eq!(status(&cert(now - day, now + chrono::Duration::seconds(1)), now, warn), Status::Expiring);
-        assert_eq!(status(&cert(now - day, now + day * 30), now, warn), Status::Expiring, "exactly warn ahead warns");
-        assert_eq!(status(&cert(now - day, now + day * 30 + chrono::Duration::seconds(1)), now, warn), Status::Valid);
+        assert_eq!(
+            status(&cert(now - day, now), now, warn),
+            Status::Expired,
+            "notAfter == now is expired"
+        );
+        assert_eq!(
+            status(&cert(now - day, now + chrono::Duration::seconds(1)), now, warn),
+            Status::Expiring
+        );
+        assert_eq!(
+            status(&cert(now - day, now + day * 30), now, warn),
+            Status::Expiring,
+            "exactly warn ahead warns"
+        );
+        assert_eq!(
+            status(&cert(now - day, now + day * 30 + chrono::Duration::seconds(1)), now, warn),
+            Status::Valid
+        );
         assert_eq!(status(&cert(now + day, now + day * 400), now, warn), Status::NotYetValid);
         assert_eq!(status(&cert(now - day, now + day * 400), now, Duration::ZERO), Status::Valid);
-        let certs = [cert(now - day, now + day * 400), cert(now - day * 9, now - day), cert(now - day, now + day * 10)];
+        let certs = [
+            cert(now - day, now + day * 400),
+            cert(now - day * 9, now - day),
+            cert(now - day, now + day * 10),
+        ];
         let f = expiry_findings(&certs, now, warn);
-        assert_eq!(f.iter().map(|f| (f.status, f.seconds_left)).collect::<Vec<_>>(), vec![(Status::Expired, -86400), (Status::Expiring, 10 * 86400)]);
+        assert_eq!(
+            f.iter().map(|f| (f.status, f.seconds_left)).collect::<Vec<_>>(),
+            vec![(Status::Expired, -86400), (Status::Expiring, 10 * 86400)]
+        );
     }
 
     #[test]
@@ -464,13 +524,16 @@ mod tests {
     #[test]
     fn pem_framing_problems_and_quiet_skips() {
         // Keys and other PEM blocks: skipped without a problem, whatever the name.
-        let key = b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+        let key =
+            b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
         assert_eq!(scan_file("apiserver.key", key), (vec![], vec![]));
         assert_eq!(scan_file("weird.pem", key), (vec![], vec![]));
         // Not PEM, not named like a certificate: skipped.
         assert_eq!(scan_file("serial", b"1000\n"), (vec![], vec![]));
         // Named like a certificate but not one: a problem each.
-        for (name, bytes) in [("a.crt", &b"\x00\x01garbage"[..]), ("b.crt", b""), ("c.pem", b"hello")] {
+        for (name, bytes) in
+            [("a.crt", &b"\x00\x01garbage"[..]), ("b.crt", b""), ("c.pem", b"hello")]
+        {
             let (c, p) = scan_file(name, bytes);
             assert!(c.is_empty() && p.len() == 1, "{name}: {p:?}");
         }

@@ -108,7 +108,9 @@ impl NodeFacts {
     fn node_name(&self) -> Value {
         match self.node_name.clone().or_else(hostname) {
             Some(n) => Value::Known(n),
-            None => Value::Unknown("spec.nodeName: this host has no name; give it with --node-name".into()),
+            None => Value::Unknown(
+                "spec.nodeName: this host has no name; give it with --node-name".into(),
+            ),
         }
     }
 
@@ -117,7 +119,9 @@ impl NodeFacts {
             return Value::Known(ip.clone());
         }
         use std::net::ToSocketAddrs;
-        let found = hostname().and_then(|h| (h.as_str(), 0).to_socket_addrs().ok()).and_then(|mut a| a.find(|a| !a.ip().is_loopback()));
+        let found = hostname()
+            .and_then(|h| (h.as_str(), 0).to_socket_addrs().ok())
+            .and_then(|mut a| a.find(|a| !a.ip().is_loopback()));
         match found {
             Some(a) => Value::Known(a.ip().to_string()),
             None => Value::Unknown("the node's IP (status.hostIP): this host's name resolves to no address but loopback; give it with --node-ip".into()),
@@ -196,7 +200,12 @@ pub fn is_variable(value: &str) -> bool {
 
 impl EtcdPod {
     /// `value` of flag `flag`, refused when it is a variable only known when the pod starts.
-    pub fn resolved<'a>(&self, flag: &str, value: &'a str, override_flag: &str) -> Result<&'a str, NodeError> {
+    pub fn resolved<'a>(
+        &self,
+        flag: &str,
+        value: &'a str,
+        override_flag: &str,
+    ) -> Result<&'a str, NodeError> {
         if is_variable(value) {
             return Err(NodeError::Manifest(
                 self.manifest.clone(),
@@ -257,7 +266,23 @@ fn basename(word: &str) -> &str {
 fn is_prefix_word(word: &str) -> bool {
     matches!(
         word,
-        "exec" | "then" | "do" | "else" | "{" | "(" | "!" | "env" | "nice" | "ionice" | "chrt" | "taskset" | "nohup" | "setpriv" | "tini" | "dumb-init" | "--"
+        "exec"
+            | "then"
+            | "do"
+            | "else"
+            | "{"
+            | "("
+            | "!"
+            | "env"
+            | "nice"
+            | "ionice"
+            | "chrt"
+            | "taskset"
+            | "nohup"
+            | "setpriv"
+            | "tini"
+            | "dumb-init"
+            | "--"
     ) || word.starts_with('-')
         || word.parse::<i64>().is_ok()
         || word.starts_with("0x")
@@ -304,26 +329,34 @@ fn is_shell(word: &str) -> bool {
 /// `ETCD_*` one (etcd reads those), and only with `facts` (the API server's manifest is read
 /// without: nothing there needs them).
 fn container_env(pod: &Pod, c: &Container, facts: Option<&NodeFacts>) -> Vars {
-    let command_text: String = c.command.iter().chain(&c.args).map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
+    let command_text: String =
+        c.command.iter().chain(&c.args).map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
     let mut vars = Vars::default();
     for e in &c.env {
-        let needed = facts.filter(|_| e.name.starts_with("ETCD_") || command_text.contains(&e.name));
+        let needed =
+            facts.filter(|_| e.name.starts_with("ETCD_") || command_text.contains(&e.name));
         let value = match (&e.value, &e.value_from, needed) {
             (Some(v), _, _) => Value::Known(script::kubelet_expand(v, &vars.values)),
-            (None, Some(ValueFrom { field_ref: Some(f) }), Some(facts)) => match f.field_path.as_str() {
-                "spec.nodeName" => facts.node_name(),
-                "status.hostIP" => facts.node_ip(),
-                "status.podIP" if pod.spec.host_network => facts.node_ip(),
-                "metadata.namespace" => Value::Known(pod.metadata.namespace.clone()),
-                // A static pod's mirror pod is named <name>-<node name>.
-                "metadata.name" => match facts.node_name() {
-                    Value::Known(n) => Value::Known(format!("{}-{n}", pod.metadata.name)),
-                    unknown => unknown,
-                },
-                other => Value::Unknown(format!("the pod's {other}, known only when it runs")),
-            },
-            (None, Some(ValueFrom { field_ref: Some(f) }), None) => Value::Unknown(format!("the pod's {}", f.field_path)),
-            (None, Some(_), _) => Value::Unknown("from a ConfigMap, Secret or resource field, known only when the pod runs".into()),
+            (None, Some(ValueFrom { field_ref: Some(f) }), Some(facts)) => {
+                match f.field_path.as_str() {
+                    "spec.nodeName" => facts.node_name(),
+                    "status.hostIP" => facts.node_ip(),
+                    "status.podIP" if pod.spec.host_network => facts.node_ip(),
+                    "metadata.namespace" => Value::Known(pod.metadata.namespace.clone()),
+                    // A static pod's mirror pod is named <name>-<node name>.
+                    "metadata.name" => match facts.node_name() {
+                        Value::Known(n) => Value::Known(format!("{}-{n}", pod.metadata.name)),
+                        unknown => unknown,
+                    },
+                    other => Value::Unknown(format!("the pod's {other}, known only when it runs")),
+                }
+            }
+            (None, Some(ValueFrom { field_ref: Some(f) }), None) => {
+                Value::Unknown(format!("the pod's {}", f.field_path))
+            }
+            (None, Some(_), _) => Value::Unknown(
+                "from a ConfigMap, Secret or resource field, known only when the pod runs".into(),
+            ),
             (None, None, _) => Value::Known(String::new()),
         };
         let value = match value {
@@ -348,25 +381,41 @@ struct Found {
 /// The command line of `program` in a container: its `command` + `args`, or, when those
 /// run a shell with `-c SCRIPT`, the command in the script that runs `program`, with the
 /// variables the env and the script's assignments before it give filled in.
-fn container_argv(pod: &Pod, c: &Container, program: &str, facts: Option<&NodeFacts>) -> Result<Option<Found>, String> {
+fn container_argv(
+    pod: &Pod,
+    c: &Container,
+    program: &str,
+    facts: Option<&NodeFacts>,
+) -> Result<Option<Found>, String> {
     let mut vars = container_env(pod, c, facts);
-    let full: Vec<String> = c.command.iter().chain(&c.args).map(|a| script::kubelet_expand(a, &vars.values)).collect();
+    let full: Vec<String> =
+        c.command.iter().chain(&c.args).map(|a| script::kubelet_expand(a, &vars.values)).collect();
     let Some(first) = full.first() else { return Ok(None) };
     if !is_shell(first) {
-        return Ok(find_program(&full, program).map(|argv| Found { argv, vars, unresolved: Vec::new() }));
+        return Ok(find_program(&full, program).map(|argv| Found {
+            argv,
+            vars,
+            unresolved: Vec::new(),
+        }));
     }
     // `sh -c SCRIPT`, `bash -ec SCRIPT`, `sh -x -c SCRIPT`: the first word after an option
     // with a `c` in it.
-    let Some(c_at) = full.iter().skip(1).position(|w| w.starts_with('-') && !w.starts_with("--") && w.contains('c')) else {
+    let Some(c_at) = full
+        .iter()
+        .skip(1)
+        .position(|w| w.starts_with('-') && !w.starts_with("--") && w.contains('c'))
+    else {
         return Ok(None);
     };
     let Some(text) = full.get(c_at + 2) else { return Ok(None) };
-    let commands = script::commands(text).map_err(|e| format!("container {:?}: cannot read its shell script: {e}", c.name))?;
+    let commands = script::commands(text)
+        .map_err(|e| format!("container {:?}: cannot read its shell script: {e}", c.name))?;
     for words in &commands {
         if vars.apply_assignments(words) {
             continue;
         }
-        let texts: Vec<String> = words.iter().map(|w| vars.expand(w).unwrap_or_else(|_| script::raw(w))).collect();
+        let texts: Vec<String> =
+            words.iter().map(|w| vars.expand(w).unwrap_or_else(|_| script::raw(w))).collect();
         let Some(start) = find_program_at(&texts, program) else { continue };
         vars.apply_prefix(&words[..start]);
         let mut unresolved = Vec::new();
@@ -394,7 +443,11 @@ struct Read {
 }
 
 /// The container of `pod` that runs `program`, with its argv and flags.
-fn read_container(path: &Path, program: &str, facts: Option<&NodeFacts>) -> Result<Read, NodeError> {
+fn read_container(
+    path: &Path,
+    program: &str,
+    facts: Option<&NodeFacts>,
+) -> Result<Read, NodeError> {
     let bad = |m: String| NodeError::Manifest(path.to_path_buf(), m);
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let pod = parse_pod(&text).map_err(bad)?;
@@ -407,7 +460,9 @@ fn read_container(path: &Path, program: &str, facts: Option<&NodeFacts>) -> Resu
     // Several (a sidecar running the same binary): the one named after the program.
     let pick = found.iter().position(|(i, _)| pod.spec.containers[*i].name == program).unwrap_or(0);
     if found.is_empty() {
-        return Err(bad(format!("no container runs {program} (looked at command, args and `sh -c` scripts)")));
+        return Err(bad(format!(
+            "no container runs {program} (looked at command, args and `sh -c` scripts)"
+        )));
     }
     let (index, found) = found.swap_remove(pick);
     let flags = flags(&found.argv);
@@ -442,7 +497,8 @@ fn parse_pod(text: &str) -> Result<Pod, String> {
             }
         }
     }
-    Err(first_error.unwrap_or_else(|| "no Pod, or workload with a pod template, with containers".into()))
+    Err(first_error
+        .unwrap_or_else(|| "no Pod, or workload with a pod template, with containers".into()))
 }
 
 /// Where a path inside the container is on the host: through the hostPath volume mounted at
@@ -509,12 +565,16 @@ pub fn read_etcd_pod_on(path: &Path, facts: &NodeFacts) -> Result<EtcdPod, NodeE
     let Read { pod, index: c, flags: mut f, found } = read_container(path, "etcd", Some(facts))?;
     let bad = |m: String| NodeError::Manifest(path.to_path_buf(), m);
     let container = &pod.spec.containers[c];
-    let mut unresolved: Vec<(String, String)> = found.unresolved.iter().map(|u| (u.what.clone(), u.why.clone())).collect();
+    let mut unresolved: Vec<(String, String)> =
+        found.unresolved.iter().map(|u| (u.what.clone(), u.why.clone())).collect();
     // etcd takes every flag from ETCD_<FLAG> in its environment too (the container's env,
     // and what its script exports: `export ETCD_NAME=${NODE_master_0_ETCD_NAME}`); the
     // command line wins.
     for (name, value) in &found.vars.values {
-        let Some(flag) = name.strip_prefix("ETCD_").filter(|_| found.vars.exported.contains(name)) else { continue };
+        let Some(flag) = name.strip_prefix("ETCD_").filter(|_| found.vars.exported.contains(name))
+        else {
+            continue;
+        };
         let flag = flag.to_ascii_lowercase().replace('_', "-");
         if f.contains_key(&flag) {
             continue;
@@ -546,25 +606,36 @@ pub fn read_etcd_pod_on(path: &Path, facts: &NodeFacts) -> Result<EtcdPod, NodeE
     };
     let data_dir = f.get("data-dir").cloned().unwrap_or_else(|| "default.etcd".into());
     needed("data-dir", &data_dir)?;
-    let data_dir = host_path(&pod, c, &data_dir)
-        .ok_or_else(|| bad(format!("--data-dir {data_dir} is not on a hostPath volume: the data would not survive the pod")))?;
+    let data_dir = host_path(&pod, c, &data_dir).ok_or_else(|| {
+        bad(format!(
+            "--data-dir {data_dir} is not on a hostPath volume: the data would not survive the pod"
+        ))
+    })?;
     let wal_dir = match f.get("wal-dir") {
         Some(w) => {
             needed("wal-dir", w)?;
-            Some(host_path(&pod, c, w).ok_or_else(|| bad(format!("--wal-dir {w} is not on a hostPath volume")))?)
+            Some(
+                host_path(&pod, c, w)
+                    .ok_or_else(|| bad(format!("--wal-dir {w} is not on a hostPath volume")))?,
+            )
         }
         None => None,
     };
     let listen = f.get("listen-client-urls").map_or("http://localhost:2379", |s| s.as_str());
     // Only the TCP URLs are probed: a variable in a unix socket's name does not matter.
-    let tcp: Vec<&str> = listen.split(',').filter(|u| !u.trim_start().starts_with("unix")).collect();
+    let tcp: Vec<&str> =
+        listen.split(',').filter(|u| !u.trim_start().starts_with("unix")).collect();
     needed("listen-client-urls", &tcp.join(","))?;
     let client_addrs = probe_addrs(listen);
     if client_addrs.is_empty() {
         return Err(bad("cannot read --listen-client-urls".into()));
     }
     let security = |pick: fn(&SecurityContext) -> Option<u32>| {
-        container.security_context.as_ref().and_then(pick).or_else(|| pod.spec.security_context.as_ref().and_then(pick))
+        container
+            .security_context
+            .as_ref()
+            .and_then(pick)
+            .or_else(|| pod.spec.security_context.as_ref().and_then(pick))
     };
     Ok(EtcdPod {
         manifest: path.to_path_buf(),
@@ -586,7 +657,9 @@ pub fn read_etcd_pod_on(path: &Path, facts: &NodeFacts) -> Result<EtcdPod, NodeE
 pub fn read_apiserver_pod(path: &Path) -> Result<ApiServerPod, NodeError> {
     let Read { flags: f, .. } = read_container(path, "kube-apiserver", None)?;
     let port = f.get("secure-port").map_or("6443", |s| s.as_str());
-    port.parse::<u16>().map_err(|_| NodeError::Manifest(path.to_path_buf(), format!("--secure-port {port:?} is not a port")))?;
+    port.parse::<u16>().map_err(|_| {
+        NodeError::Manifest(path.to_path_buf(), format!("--secure-port {port:?} is not a port"))
+    })?;
     Ok(ApiServerPod { manifest: path.to_path_buf(), addr: format!("127.0.0.1:{port}") })
 }
 
@@ -620,19 +693,34 @@ pub fn read_apiserver_encryption_config(path: &Path) -> Result<Option<PathBuf>, 
     let text = std::fs::read_to_string(&config_path).map_err(|e| {
         bad(format!("--openshift-config {config} ({}): {e} (`node restore --encryption-config FILE` names the EncryptionConfiguration instead)", config_path.display()))
     })?;
-    let parsed: OpenShiftApiServerConfig =
-        serde_norway::from_str(&text).map_err(|e| bad(format!("--openshift-config {config} ({}): {e}", config_path.display())))?;
+    let parsed: OpenShiftApiServerConfig = serde_norway::from_str(&text).map_err(|e| {
+        bad(format!("--openshift-config {config} ({}): {e}", config_path.display()))
+    })?;
     let value = match parsed.arguments.get("encryption-provider-config") {
         None => return Ok(None),
         Some(serde_norway::Value::String(s)) => s.clone(),
         Some(serde_norway::Value::Sequence(list)) => match list.as_slice() {
             [] => return Ok(None),
             [serde_norway::Value::String(s)] => s.clone(),
-            _ => return Err(bad(format!("{}: apiServerArguments.encryption-provider-config holds more than one path", config_path.display()))),
+            _ => {
+                return Err(bad(format!(
+                    "{}: apiServerArguments.encryption-provider-config holds more than one path",
+                    config_path.display()
+                )))
+            }
         },
-        Some(_) => return Err(bad(format!("{}: apiServerArguments.encryption-provider-config is not a path", config_path.display()))),
+        Some(_) => {
+            return Err(bad(format!(
+                "{}: apiServerArguments.encryption-provider-config is not a path",
+                config_path.display()
+            )))
+        }
     };
-    on_host(&format!("apiServerArguments.encryption-provider-config of {}", config_path.display()), &value).map(Some)
+    on_host(
+        &format!("apiServerArguments.encryption-provider-config of {}", config_path.display()),
+        &value,
+    )
+    .map(Some)
 }
 
 /// How a client reaches the etcd a manifest runs: its client URLs, and the TLS files it can
@@ -697,9 +785,10 @@ pub fn read_etcd_client_access(path: &Path) -> Result<EtcdClientAccess, NodeErro
     };
     let mut cert_key = None;
     let mut server_only_certs = Vec::new();
-    for (cert_flag, key_flag, pair) in
-        [("cert-file", "key-file", "--cert-file/--key-file"), ("peer-cert-file", "peer-key-file", "--peer-cert-file/--peer-key-file")]
-    {
+    for (cert_flag, key_flag, pair) in [
+        ("cert-file", "key-file", "--cert-file/--key-file"),
+        ("peer-cert-file", "peer-key-file", "--peer-cert-file/--peer-key-file"),
+    ] {
         let (Some(cert), Some(key)) = (file(cert_flag), file(key_flag)) else { continue };
         if server_only(&cert) {
             server_only_certs.push(format!("--{cert_flag} {} left out: the certificate is for servers only (no clientAuth usage)", cert.display()));
@@ -785,10 +874,15 @@ spec:
     fn refuses_what_it_cannot_restore_into() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("etcd.yaml");
-        std::fs::write(&p, KUBEADM_ETCD.replace("--data-dir=/var/lib/etcd", "--data-dir=/tmp/etcd")).unwrap();
+        std::fs::write(
+            &p,
+            KUBEADM_ETCD.replace("--data-dir=/var/lib/etcd", "--data-dir=/tmp/etcd"),
+        )
+        .unwrap();
         let err = read_etcd_pod(&p).unwrap_err().to_string();
         assert!(err.contains("hostPath"), "{err}");
-        std::fs::write(&p, "kind: Pod\nspec:\n  containers:\n  - command: [kube-scheduler]\n").unwrap();
+        std::fs::write(&p, "kind: Pod\nspec:\n  containers:\n  - command: [kube-scheduler]\n")
+            .unwrap();
         assert!(read_etcd_pod(&p).unwrap_err().to_string().contains("no container runs etcd"));
         std::fs::write(&p, "{{{ not yaml").unwrap();
         assert!(read_etcd_pod(&p).is_err());
@@ -829,16 +923,32 @@ spec:
 "#;
         std::fs::write(&p, yaml).unwrap();
         let access = read_etcd_client_access(&p).unwrap();
-        assert_eq!(access.endpoints, Some((vec!["https://127.0.0.1:2379".to_string()], "listen-client-urls")));
-        assert_eq!(access.cacert, Some((PathBuf::from("/etc/etcd/tls/etcd-ca/ca.crt"), "--trusted-ca-file")));
+        assert_eq!(
+            access.endpoints,
+            Some((vec!["https://127.0.0.1:2379".to_string()], "listen-client-urls"))
+        );
+        assert_eq!(
+            access.cacert,
+            Some((PathBuf::from("/etc/etcd/tls/etcd-ca/ca.crt"), "--trusted-ca-file"))
+        );
         let (cert, key, pair) = access.cert_key.unwrap();
-        assert_eq!((cert.to_str().unwrap(), key.to_str().unwrap(), pair), ("/etc/etcd/tls/server/server.crt", "/etc/etcd/tls/server/server.key", "--cert-file/--key-file"));
+        assert_eq!(
+            (cert.to_str().unwrap(), key.to_str().unwrap(), pair),
+            (
+                "/etc/etcd/tls/server/server.crt",
+                "/etc/etcd/tls/server/server.key",
+                "--cert-file/--key-file"
+            )
+        );
         assert_eq!(access.notes.len(), 2, "{:?}", access.notes);
 
         // A static pod: paths through its hostPath volume.
         std::fs::write(&p, KUBEADM_ETCD.replace("- --client-cert-auth=true", "- --key-file=/etc/kubernetes/pki/etcd/server.key\n    - --trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt")).unwrap();
         let access = read_etcd_client_access(&p).unwrap();
-        assert_eq!(access.endpoints, Some((vec!["https://10.0.0.1:2379".to_string()], "advertise-client-urls")));
+        assert_eq!(
+            access.endpoints,
+            Some((vec!["https://10.0.0.1:2379".to_string()], "advertise-client-urls"))
+        );
         assert_eq!(access.cacert.unwrap().0, PathBuf::from("/etc/kubernetes/pki/etcd/ca.crt"));
     }
 
@@ -939,11 +1049,22 @@ spec:
     fn reads_an_openshift_etcd_pod() {
         let pod = read(OPENSHIFT_ETCD).unwrap();
         assert_eq!(pod.name, "cp1", "quoted --name value");
-        assert_eq!(pod.data_dir, PathBuf::from("/sysroot/var/lib/etcd"), "ETCD_DATA_DIR through the data-dir hostPath");
-        assert_eq!(pod.initial_cluster.as_deref(), Some("cp1=https://10.0.0.1:2380"), "single-quoted value");
+        assert_eq!(
+            pod.data_dir,
+            PathBuf::from("/sysroot/var/lib/etcd"),
+            "ETCD_DATA_DIR through the data-dir hostPath"
+        );
+        assert_eq!(
+            pod.initial_cluster.as_deref(),
+            Some("cp1=https://10.0.0.1:2380"),
+            "single-quoted value"
+        );
         assert_eq!(pod.initial_advertise_peer_urls.as_deref(), Some("https://10.0.0.1:2380"));
         assert_eq!(pod.client_addrs, vec!["127.0.0.1:2379"], "the unix socket is not probed");
-        assert_eq!(pod.image_version, None, "a release image by digest does not tell etcd's version");
+        assert_eq!(
+            pod.image_version, None,
+            "a release image by digest does not tell etcd's version"
+        );
         assert_eq!((pod.run_as_user, pod.run_as_group), (None, None));
     }
 
@@ -960,18 +1081,34 @@ spec:
 
     #[test]
     fn a_needed_flag_set_by_a_variable_is_refused_clearly() {
-        let text = OPENSHIFT_ETCD.replace("--listen-client-urls=https://0.0.0.0:2379", "--listen-client-urls=https://${LISTEN_ON}:2379");
+        let text = OPENSHIFT_ETCD.replace(
+            "--listen-client-urls=https://0.0.0.0:2379",
+            "--listen-client-urls=https://${LISTEN_ON}:2379",
+        );
         let err = read(&text).unwrap_err().to_string();
-        assert!(err.contains("--listen-client-urls") && err.contains("${LISTEN_ON}") && err.contains("variable"), "{err}");
+        assert!(
+            err.contains("--listen-client-urls")
+                && err.contains("${LISTEN_ON}")
+                && err.contains("variable"),
+            "{err}"
+        );
         // A variable in a flag the user can give (--name) is kept for the plan to refuse.
         let pod = read(&OPENSHIFT_ETCD.replace("--name \"cp1\"", "--name \"${MEMBER}\"")).unwrap();
         assert_eq!(pod.name, "${MEMBER}");
         let err = pod.resolved("name", &pod.name, "--name").unwrap_err().to_string();
-        assert!(err.contains("give its value with --name") && err.contains("MEMBER is not in the container's env"), "{err}");
+        assert!(
+            err.contains("give its value with --name")
+                && err.contains("MEMBER is not in the container's env"),
+            "{err}"
+        );
         // A script that never runs etcd itself.
-        let only_proxy = OPENSHIFT_ETCD.replace("exec nice -n -19 ionice -c2 -n0 etcd", "exec etcd grpc-proxy start");
+        let only_proxy = OPENSHIFT_ETCD
+            .replace("exec nice -n -19 ionice -c2 -n0 etcd", "exec etcd grpc-proxy start");
         assert!(read(&only_proxy).unwrap_err().to_string().contains("no container runs etcd"));
-        assert!(read(&OPENSHIFT_ETCD.replace("--name \"cp1\"", "--name \"cp1")).unwrap_err().to_string().contains("not closed"));
+        assert!(read(&OPENSHIFT_ETCD.replace("--name \"cp1\"", "--name \"cp1"))
+            .unwrap_err()
+            .to_string()
+            .contains("not closed"));
     }
 
     /// The shape cluster-etcd-operator renders (written here from its structure, not copied):
@@ -1031,17 +1168,35 @@ spec:
         assert_eq!(pod.data_dir, PathBuf::from("/var/lib/etcd"));
         let ic = pod.initial_cluster.clone().unwrap();
         assert_eq!(ic, "${ETCD_INITIAL_CLUSTER}");
-        let err = pod.resolved("initial-cluster", &ic, "--initial-cluster").unwrap_err().to_string();
-        assert!(err.contains("$(discover-etcd-initial-cluster …)") && err.contains("--initial-cluster"), "{err}");
+        let err =
+            pod.resolved("initial-cluster", &ic, "--initial-cluster").unwrap_err().to_string();
+        assert!(
+            err.contains("$(discover-etcd-initial-cluster …)") && err.contains("--initial-cluster"),
+            "{err}"
+        );
         // A variable only in the unix socket's name is not needed.
-        let pod = read(&OPERATOR_ETCD.replace("unixs://${NODE_master_1_IP}:0", "unixs://${UNSET}:0")).unwrap();
+        let pod =
+            read(&OPERATOR_ETCD.replace("unixs://${NODE_master_1_IP}:0", "unixs://${UNSET}:0"))
+                .unwrap();
         assert_eq!(pod.client_addrs, vec!["127.0.0.1:2379"]);
         // $VAR spelling, and a variable the env does not set.
-        let pod = read(&OPERATOR_ETCD.replace("https://${NODE_master_1_IP}:2380", "https://$NODE_master_1_IP:2380")).unwrap();
+        let pod = read(
+            &OPERATOR_ETCD
+                .replace("https://${NODE_master_1_IP}:2380", "https://$NODE_master_1_IP:2380"),
+        )
+        .unwrap();
         assert_eq!(pod.initial_advertise_peer_urls.as_deref(), Some("https://10.0.0.2:2380"));
-        let pod = read(&OPERATOR_ETCD.replace("https://${NODE_master_1_IP}:2380", "https://${NODE_master_9_IP}:2380")).unwrap();
+        let pod = read(
+            &OPERATOR_ETCD
+                .replace("https://${NODE_master_1_IP}:2380", "https://${NODE_master_9_IP}:2380"),
+        )
+        .unwrap();
         let peer = pod.initial_advertise_peer_urls.clone().unwrap();
-        assert!(pod.resolved("initial-advertise-peer-urls", &peer, "--peer-urls").unwrap_err().to_string().contains("NODE_master_9_IP is not in the container's env"));
+        assert!(pod
+            .resolved("initial-advertise-peer-urls", &peer, "--peer-urls")
+            .unwrap_err()
+            .to_string()
+            .contains("NODE_master_9_IP is not in the container's env"));
     }
 
     #[test]
@@ -1074,13 +1229,27 @@ spec:
         .unwrap();
         let config = resources.join("configmaps/config/config.yaml");
         std::fs::write(&config, "apiVersion: kubecontrolplane.config.openshift.io/v1\nkind: KubeAPIServerConfig\napiServerArguments:\n  encryption-provider-config:\n  - /etc/kubernetes/static-pod-resources/secrets/encryption-config/encryption-config\n  etcd-servers: [https://10.0.0.1:2379]\n").unwrap();
-        assert_eq!(read_apiserver_encryption_config(&m).unwrap(), Some(resources.join("secrets/encryption-config/encryption-config")));
-        std::fs::write(&config, "apiServerArguments:\n  etcd-servers: [https://10.0.0.1:2379]\n").unwrap();
+        assert_eq!(
+            read_apiserver_encryption_config(&m).unwrap(),
+            Some(resources.join("secrets/encryption-config/encryption-config"))
+        );
+        std::fs::write(&config, "apiServerArguments:\n  etcd-servers: [https://10.0.0.1:2379]\n")
+            .unwrap();
         assert_eq!(read_apiserver_encryption_config(&m).unwrap(), None);
-        std::fs::write(&config, "apiServerArguments:\n  encryption-provider-config: [/elsewhere/enc.yaml]\n").unwrap();
-        assert!(read_apiserver_encryption_config(&m).unwrap_err().to_string().contains("not on a hostPath volume"));
+        std::fs::write(
+            &config,
+            "apiServerArguments:\n  encryption-provider-config: [/elsewhere/enc.yaml]\n",
+        )
+        .unwrap();
+        assert!(read_apiserver_encryption_config(&m)
+            .unwrap_err()
+            .to_string()
+            .contains("not on a hostPath volume"));
         std::fs::remove_file(&config).unwrap();
-        assert!(read_apiserver_encryption_config(&m).unwrap_err().to_string().contains("--openshift-config"));
+        assert!(read_apiserver_encryption_config(&m)
+            .unwrap_err()
+            .to_string()
+            .contains("--openshift-config"));
     }
 
     #[test]
@@ -1089,25 +1258,60 @@ spec:
         let c = shell_commands(script).unwrap();
         let s = |v: &[&str]| v.iter().map(|w| w.to_string()).collect::<Vec<_>>();
         assert_eq!(c[0], s(&["set", "-e"]));
-        assert_eq!(c[1], s(&["A=1", "B=x y", "exec", "/usr/bin/etcd", "--a=q \"r\"", "--b", "$(hostname -f)", "${X:-d}"]));
+        assert_eq!(
+            c[1],
+            s(&[
+                "A=1",
+                "B=x y",
+                "exec",
+                "/usr/bin/etcd",
+                "--a=q \"r\"",
+                "--b",
+                "$(hostname -f)",
+                "${X:-d}"
+            ])
+        );
         assert_eq!(c[2], s(&["echo", "done"]));
         assert_eq!(c[3..], [s(&["true"]), s(&["false"])]);
         assert_eq!(find_program(&c[1], "etcd").unwrap()[0], "/usr/bin/etcd");
-        assert_eq!(find_program(&s(&["hyperkube", "kube-apiserver", "--secure-port=1"]), "kube-apiserver").unwrap()[0], "kube-apiserver");
+        assert_eq!(
+            find_program(&s(&["hyperkube", "kube-apiserver", "--secure-port=1"]), "kube-apiserver")
+                .unwrap()[0],
+            "kube-apiserver"
+        );
         assert_eq!(find_program(&s(&["cp", "etcd", "/x"]), "etcd"), None);
-        let wrapped = s(&["exec", "watch-termination", "--termination-touch-file=/t", "--", "hyperkube", "kube-apiserver", "--secure-port=6443"]);
-        assert_eq!(find_program(&wrapped, "kube-apiserver").unwrap(), s(&["kube-apiserver", "--secure-port=6443"]));
+        let wrapped = s(&[
+            "exec",
+            "watch-termination",
+            "--termination-touch-file=/t",
+            "--",
+            "hyperkube",
+            "kube-apiserver",
+            "--secure-port=6443",
+        ]);
+        assert_eq!(
+            find_program(&wrapped, "kube-apiserver").unwrap(),
+            s(&["kube-apiserver", "--secure-port=6443"])
+        );
         assert!(shell_commands("echo 'open").is_err() && shell_commands("echo $(x").is_err());
     }
 
     #[test]
     fn etcd_version_from_the_image() {
         assert_eq!(image_etcd_version("registry.k8s.io/etcd:3.5.9-0"), Some((3, 5)));
-        assert_eq!(image_etcd_version("localhost:5000/etcd:3.6.0"), Some((3, 6)), "a registry with a port");
+        assert_eq!(
+            image_etcd_version("localhost:5000/etcd:3.6.0"),
+            Some((3, 6)),
+            "a registry with a port"
+        );
         assert_eq!(image_etcd_version("gcr.io/etcd-development/etcd:v3.4.27"), Some((3, 4)));
         assert_eq!(image_etcd_version("registry.k8s.io/etcd:3.5.9-0@sha256:abc"), Some((3, 5)));
         assert_eq!(image_etcd_version("registry.k8s.io/etcd@sha256:abc"), None);
-        assert_eq!(image_etcd_version("quay.io/openshift/origin:4.14"), None, "not etcd's own version");
+        assert_eq!(
+            image_etcd_version("quay.io/openshift/origin:4.14"),
+            None,
+            "not etcd's own version"
+        );
         assert_eq!(image_etcd_version("registry.k8s.io/etcd:latest"), None);
     }
 
@@ -1115,9 +1319,15 @@ spec:
     fn apiserver_encryption_config_on_the_host() {
         let dir = tempfile::tempdir().unwrap();
         let m = dir.path().join("kube-apiserver.yaml");
-        let pod = |flag: &str| format!("apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: kube-apiserver\n    command: [kube-apiserver, --secure-port=6443{flag}]\n    volumeMounts:\n    - {{name: enc, mountPath: /etc/kubernetes/enc}}\n  volumes:\n  - {{name: enc, hostPath: {{path: /srv/enc}}}}\n");
-        std::fs::write(&m, pod(", --encryption-provider-config=/etc/kubernetes/enc/config.yaml")).unwrap();
-        assert_eq!(read_apiserver_encryption_config(&m).unwrap(), Some(PathBuf::from("/srv/enc/config.yaml")));
+        let pod = |flag: &str| {
+            format!("apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: kube-apiserver\n    command: [kube-apiserver, --secure-port=6443{flag}]\n    volumeMounts:\n    - {{name: enc, mountPath: /etc/kubernetes/enc}}\n  volumes:\n  - {{name: enc, hostPath: {{path: /srv/enc}}}}\n")
+        };
+        std::fs::write(&m, pod(", --encryption-provider-config=/etc/kubernetes/enc/config.yaml"))
+            .unwrap();
+        assert_eq!(
+            read_apiserver_encryption_config(&m).unwrap(),
+            Some(PathBuf::from("/srv/enc/config.yaml"))
+        );
         std::fs::write(&m, pod("")).unwrap();
         assert_eq!(read_apiserver_encryption_config(&m).unwrap(), None);
         std::fs::write(&m, pod(", --encryption-provider-config=/elsewhere/c.yaml")).unwrap();
@@ -1126,7 +1336,10 @@ spec:
 
     #[test]
     fn flags_in_both_spellings() {
-        let argv: Vec<String> = ["etcd", "--name", "a", "--data-dir=/d", "--enable-v2", "--x", "y"].iter().map(|s| s.to_string()).collect();
+        let argv: Vec<String> = ["etcd", "--name", "a", "--data-dir=/d", "--enable-v2", "--x", "y"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let f = flags(&argv);
         assert_eq!(f["name"], "a");
         assert_eq!(f["data-dir"], "/d");

@@ -48,17 +48,30 @@ fn same_url(a: &str, b: &str) -> bool {
 
 /// `name=url,name=url` into pairs (a malformed entry is skipped: the restore itself refuses it).
 pub fn parse_initial_cluster(s: &str) -> Vec<(String, String)> {
-    s.split(',').filter_map(|p| p.trim().split_once('=')).map(|(n, u)| (n.trim().to_string(), u.trim().to_string())).collect()
+    s.split(',')
+        .filter_map(|p| p.trim().split_once('='))
+        .map(|(n, u)| (n.trim().to_string(), u.trim().to_string()))
+        .collect()
 }
 
 /// The URLs of every member but this one (`own_name`, `own_peer_urls`), from the manifest's
 /// `--initial-cluster` (peer URLs) and the snapshot's member list (peer URLs, and client URLs
 /// where the record has them: etcd 3.5 keeps only id, name and peer URLs in its database).
-pub fn probe_targets(etcd: &EtcdPod, own_name: &str, own_peer_urls: &[String], snapshot: &[KnownMember]) -> Vec<ProbeTarget> {
-    let own = |name: &str, peers: &[String]| (!name.is_empty() && name == own_name) || peers.iter().any(|p| own_peer_urls.iter().any(|o| same_url(p, o)));
+pub fn probe_targets(
+    etcd: &EtcdPod,
+    own_name: &str,
+    own_peer_urls: &[String],
+    snapshot: &[KnownMember],
+) -> Vec<ProbeTarget> {
+    let own = |name: &str, peers: &[String]| {
+        (!name.is_empty() && name == own_name)
+            || peers.iter().any(|p| own_peer_urls.iter().any(|o| same_url(p, o)))
+    };
     let mut out: Vec<ProbeTarget> = Vec::new();
     let push = |t: ProbeTarget, out: &mut Vec<ProbeTarget>| {
-        if !out.iter().any(|o| same_url(&o.url, &t.url)) && !own_peer_urls.iter().any(|o| same_url(o, &t.url)) {
+        if !out.iter().any(|o| same_url(&o.url, &t.url))
+            && !own_peer_urls.iter().any(|o| same_url(o, &t.url))
+        {
             out.push(t);
         }
     };
@@ -75,10 +88,26 @@ pub fn probe_targets(etcd: &EtcdPod, own_name: &str, own_peer_urls: &[String], s
         }
         let member = if m.name.is_empty() { format!("id {:x}", m.id) } else { m.name.clone() };
         for u in &m.peer_urls {
-            push(ProbeTarget { member: member.clone(), url: u.clone(), kind: "peer", source: "snapshot" }, &mut out);
+            push(
+                ProbeTarget {
+                    member: member.clone(),
+                    url: u.clone(),
+                    kind: "peer",
+                    source: "snapshot",
+                },
+                &mut out,
+            );
         }
         for u in &m.client_urls {
-            push(ProbeTarget { member: member.clone(), url: u.clone(), kind: "client", source: "snapshot" }, &mut out);
+            push(
+                ProbeTarget {
+                    member: member.clone(),
+                    url: u.clone(),
+                    kind: "client",
+                    source: "snapshot",
+                },
+                &mut out,
+            );
         }
     }
     out
@@ -103,12 +132,18 @@ pub fn probe(targets: &[ProbeTarget], timeout: Duration) -> Vec<ProbeResult> {
                 s.spawn(move || {
                     let answered = url_addr(&t.url)
                         .and_then(|a| a.to_socket_addrs().ok())
-                        .is_some_and(|mut addrs| addrs.any(|a| std::net::TcpStream::connect_timeout(&a, timeout).is_ok()));
+                        .is_some_and(|mut addrs| {
+                            addrs.any(|a| std::net::TcpStream::connect_timeout(&a, timeout).is_ok())
+                        });
                     ProbeResult { target: t.clone(), answered }
                 })
             })
             .collect();
-        handles.into_iter().zip(targets).map(|(h, t)| h.join().unwrap_or(ProbeResult { target: t.clone(), answered: false })).collect()
+        handles
+            .into_iter()
+            .zip(targets)
+            .map(|(h, t)| h.join().unwrap_or(ProbeResult { target: t.clone(), answered: false }))
+            .collect()
     })
 }
 
@@ -124,8 +159,15 @@ fn flag_spans(text: &str, flag: &str) -> Vec<(usize, usize, usize)> {
         let vstart = start + pat.len();
         let rest = &text[vstart..];
         let vend = match rest.chars().next() {
-            Some(q @ ('"' | '\'')) => vstart + 1 + rest[1..].find(q).map_or(rest.len() - 1, |j| j + 1),
-            _ => vstart + rest.find(|c: char| c.is_whitespace() || c == '"' || c == '\'').unwrap_or(rest.len()),
+            Some(q @ ('"' | '\'')) => {
+                vstart + 1 + rest[1..].find(q).map_or(rest.len() - 1, |j| j + 1)
+            }
+            _ => {
+                vstart
+                    + rest
+                        .find(|c: char| c.is_whitespace() || c == '"' || c == '\'')
+                        .unwrap_or(rest.len())
+            }
         };
         out.push((start, vstart, vend));
         from = vend.max(vstart);
@@ -155,7 +197,8 @@ fn env_value_span(text: &str, name: &str) -> Option<(usize, usize)> {
         offset += line.len();
         let Some(at) = line.find("name:") else { continue };
         let after = line[at + 5..].trim_start();
-        let token: String = after.chars().take_while(|c| !matches!(c, ',' | '}' | '\n' | '\r' | ' ')).collect();
+        let token: String =
+            after.chars().take_while(|c| !matches!(c, ',' | '}' | '\n' | '\r' | ' ')).collect();
         if token.trim_matches(|c| c == '"' || c == '\'') != name {
             continue;
         }
@@ -207,7 +250,8 @@ pub fn rewrite_for_join(text: &str, initial_cluster: &str) -> Result<JoinEdit, S
     // Every container's entry (OpenShift repeats the env in each container).
     let env_cluster = env_value_spans(text, "ETCD_INITIAL_CLUSTER");
     let env_state = env_value_spans(text, "ETCD_INITIAL_CLUSTER_STATE");
-    let computed = text.contains("ETCD_INITIAL_CLUSTER=$(") || text.contains("ETCD_INITIAL_CLUSTER=`");
+    let computed =
+        text.contains("ETCD_INITIAL_CLUSTER=$(") || text.contains("ETCD_INITIAL_CLUSTER=`");
     let mut note = None;
     let mut edits: Vec<(usize, usize, String)> = Vec::new();
     for &(_, vs, ve) in &clusters {
@@ -276,10 +320,17 @@ pub fn rewrite_for_join(text: &str, initial_cluster: &str) -> Result<JoinEdit, S
 /// Writes `text` over `manifest` atomically (temp file, fsync, rename, dir fsync), keeping
 /// the current file as `<backups>/<name>.<stamp>` first. The temp file is hidden, so a
 /// kubelet watching the directory never runs it.
-pub fn replace_manifest(manifest: &Path, text: &str, backups: &Path, stamp: &str) -> Result<PathBuf, NodeError> {
+pub fn replace_manifest(
+    manifest: &Path,
+    text: &str,
+    backups: &Path,
+    stamp: &str,
+) -> Result<PathBuf, NodeError> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
-    let io = |what: &str, p: &Path, e: std::io::Error| NodeError::Io(format!("{what} {}: {e}", p.display()));
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        NodeError::Io(format!("{what} {}: {e}", p.display()))
+    };
     std::fs::create_dir_all(backups).map_err(|e| io("creating", backups, e))?;
     let name = manifest.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let copy = backups.join(format!("{name}.{stamp}"));
@@ -310,14 +361,27 @@ mod tests {
     #[test]
     fn join_rewrites_kubeadm_list_items() {
         let m = "    - --initial-advertise-peer-urls=http://10.0.0.2:2380\n    - --initial-cluster=cp2=http://10.0.0.2:2380\n    - --name=cp2\n";
-        let out = rewrite_for_join(m, "cp1=http://10.0.0.1:2380,cp2=http://10.0.0.2:2380").unwrap().text.unwrap();
+        let out = rewrite_for_join(m, "cp1=http://10.0.0.1:2380,cp2=http://10.0.0.2:2380")
+            .unwrap()
+            .text
+            .unwrap();
         assert_eq!(
             out,
             "    - --initial-advertise-peer-urls=http://10.0.0.2:2380\n    - --initial-cluster=cp1=http://10.0.0.1:2380,cp2=http://10.0.0.2:2380\n    - --initial-cluster-state=existing\n    - --name=cp2\n"
         );
-        assert_eq!(rewrite_for_join(&out, "cp1=http://10.0.0.1:2380,cp2=http://10.0.0.2:2380").unwrap().text, None, "a second run changes nothing");
+        assert_eq!(
+            rewrite_for_join(&out, "cp1=http://10.0.0.1:2380,cp2=http://10.0.0.2:2380")
+                .unwrap()
+                .text,
+            None,
+            "a second run changes nothing"
+        );
         let with_state = out.replace("existing", "new");
-        let again = rewrite_for_join(&with_state, "cp1=http://10.0.0.1:2380,cp2=http://10.0.0.2:2380").unwrap().text.unwrap();
+        let again =
+            rewrite_for_join(&with_state, "cp1=http://10.0.0.1:2380,cp2=http://10.0.0.2:2380")
+                .unwrap()
+                .text
+                .unwrap();
         assert_eq!(again, out);
     }
 
@@ -327,15 +391,25 @@ mod tests {
         let out = rewrite_for_join(m, "a=http://1:2,b=http://3:4").unwrap().text.unwrap();
         assert!(out.contains("--initial-cluster=\"a=http://1:2,b=http://3:4\" --initial-cluster-state=existing \\"), "{out}");
         assert!(rewrite_for_join("    - --initial-cluster\n    - a=http://1:2\n", "x").is_err());
-        assert!(rewrite_for_join("    command: [etcd, --name=a]\n", "x").is_err(), "nothing to rewrite");
-        assert!(rewrite_for_join("env: [{name: ETCD_INITIAL_CLUSTER, value: a}]", "x").unwrap_err().contains("ETCD_INITIAL_CLUSTER_STATE"));
+        assert!(
+            rewrite_for_join("    command: [etcd, --name=a]\n", "x").is_err(),
+            "nothing to rewrite"
+        );
+        assert!(rewrite_for_join("env: [{name: ETCD_INITIAL_CLUSTER, value: a}]", "x")
+            .unwrap_err()
+            .contains("ETCD_INITIAL_CLUSTER_STATE"));
     }
 
     #[test]
     fn join_rewrites_env_values_in_both_yaml_styles() {
         let block = "    env:\n    - name: \"ETCD_INITIAL_CLUSTER\"\n      value: \"m1=http://a:1\"\n    - name: ETCD_INITIAL_CLUSTER_STATE\n      value: new\n    - name: ETCD_INITIAL_CLUSTER_TOKEN\n      value: t\n";
         let out = rewrite_for_join(block, "m1=http://a:1,m2=http://b:1").unwrap().text.unwrap();
-        assert_eq!(out, block.replace("\"m1=http://a:1\"", "\"m1=http://a:1,m2=http://b:1\"").replace("value: new", "value: \"existing\""));
+        assert_eq!(
+            out,
+            block
+                .replace("\"m1=http://a:1\"", "\"m1=http://a:1,m2=http://b:1\"")
+                .replace("value: new", "value: \"existing\"")
+        );
         assert_eq!(rewrite_for_join(&out, "m1=http://a:1,m2=http://b:1").unwrap().text, None);
         let flow = "    env:\n    - {name: ETCD_INITIAL_CLUSTER_STATE, value: new}\n    - {name: ETCD_INITIAL_CLUSTER, value: 'm1=http://a:1'}\n";
         let out = rewrite_for_join(flow, "m1=http://a:1,m2=http://b:1").unwrap().text.unwrap();
@@ -346,7 +420,10 @@ mod tests {
     fn join_leaves_an_initial_cluster_the_pod_computes() {
         let m = "      ETCD_INITIAL_CLUSTER=$(discover-etcd-initial-cluster --target-name=m2)\n      export ETCD_INITIAL_CLUSTER\n      exec etcd --name=m2\n    env:\n      - name: \"ETCD_INITIAL_CLUSTER_STATE\"\n        value: \"existing\"\n";
         let edit = rewrite_for_join(m, "m1=http://a:1,m2=http://b:1").unwrap();
-        assert_eq!(edit.text, None, "the state is existing already, the cluster computed: nothing to write");
+        assert_eq!(
+            edit.text, None,
+            "the state is existing already, the cluster computed: nothing to write"
+        );
         assert!(edit.note.unwrap().contains("m1=http://a:1,m2=http://b:1"));
         let edit = rewrite_for_join(&m.replace("\"existing\"", "\"new\""), "x").unwrap();
         assert_eq!(edit.text.as_deref(), Some(m));
@@ -371,12 +448,28 @@ mod tests {
             unresolved: vec![],
         };
         let snap = vec![
-            KnownMember { id: 1, name: "m1".into(), peer_urls: vec!["http://127.0.0.11:2380".into()], client_urls: vec!["http://127.0.0.11:2379".into()] },
-            KnownMember { id: 2, name: "m2".into(), peer_urls: vec!["http://127.0.0.12:2380/".into()], client_urls: vec!["http://127.0.0.12:2379".into()] },
-            KnownMember { id: 0x3f, name: String::new(), peer_urls: vec!["http://127.0.0.13:2380".into()], client_urls: vec![] },
+            KnownMember {
+                id: 1,
+                name: "m1".into(),
+                peer_urls: vec!["http://127.0.0.11:2380".into()],
+                client_urls: vec!["http://127.0.0.11:2379".into()],
+            },
+            KnownMember {
+                id: 2,
+                name: "m2".into(),
+                peer_urls: vec!["http://127.0.0.12:2380/".into()],
+                client_urls: vec!["http://127.0.0.12:2379".into()],
+            },
+            KnownMember {
+                id: 0x3f,
+                name: String::new(),
+                peer_urls: vec!["http://127.0.0.13:2380".into()],
+                client_urls: vec![],
+            },
         ];
         let t = probe_targets(&etcd, "m1", &["http://127.0.0.11:2380".into()], &snap);
-        let urls: Vec<(&str, &str, &str)> = t.iter().map(|t| (t.member.as_str(), t.url.as_str(), t.source)).collect();
+        let urls: Vec<(&str, &str, &str)> =
+            t.iter().map(|t| (t.member.as_str(), t.url.as_str(), t.source)).collect();
         assert_eq!(
             urls,
             vec![
@@ -396,7 +489,12 @@ mod tests {
             let c = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             format!("http://{}", c.local_addr().unwrap())
         };
-        let t = |url: &str| ProbeTarget { member: "x".into(), url: url.into(), kind: "peer", source: "manifest" };
+        let t = |url: &str| ProbeTarget {
+            member: "x".into(),
+            url: url.into(),
+            kind: "peer",
+            source: "manifest",
+        };
         let r = probe(&[t(&open), t(&closed)], Duration::from_millis(500));
         assert!(r[0].answered && !r[1].answered);
     }

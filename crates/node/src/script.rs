@@ -69,13 +69,24 @@ fn dollar(chars: &mut Chars<'_>, word: &mut Word) -> Result<(), String> {
                 word.push(Part::Cmd(raw));
                 return Ok(());
             }
-            let name_len = inner.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(inner.len());
+            let name_len = inner
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(inner.len());
             let (name, op) = inner.split_at(name_len);
-            let default = op.strip_prefix(":-").or_else(|| op.strip_prefix('-')).filter(|d| !d.contains(['$', '`', '\'', '"'])).map(str::to_string);
+            let default = op
+                .strip_prefix(":-")
+                .or_else(|| op.strip_prefix('-'))
+                .filter(|d| !d.contains(['$', '`', '\'', '"']))
+                .map(str::to_string);
             // `${#NAME}`, `${NAME+alt}`, `${NAME%suffix}`: not a plain value; an empty name
             // is never set, so the word stays unresolved.
-            let plain = op.is_empty() || default.is_some() || op.starts_with('?') || op.starts_with(":?");
-            word.push(Part::Var { name: if plain { name.to_string() } else { String::new() }, default, raw });
+            let plain =
+                op.is_empty() || default.is_some() || op.starts_with('?') || op.starts_with(":?");
+            word.push(Part::Var {
+                name: if plain { name.to_string() } else { String::new() },
+                default,
+                raw,
+            });
         }
         Some(c) if c.is_ascii_alphabetic() || c == '_' => {
             let mut name = String::new();
@@ -222,7 +233,11 @@ pub struct Unresolved {
 
 /// The first word of a long `$(…)`, for messages: `$(discover-etcd-initial-cluster …)`.
 pub fn short_cmd(raw: &str) -> String {
-    let inner = raw.trim_start_matches("$(").trim_start_matches('`').trim_end_matches(')').trim_end_matches('`');
+    let inner = raw
+        .trim_start_matches("$(")
+        .trim_start_matches('`')
+        .trim_end_matches(')')
+        .trim_end_matches('`');
     let first = inner.split_whitespace().next().unwrap_or("");
     if inner.trim() == first {
         raw.to_string()
@@ -242,14 +257,35 @@ impl Vars {
         for p in word {
             match p {
                 Part::Lit(s) => out.push_str(s),
-                Part::Cmd(c) => return Err(Unresolved { what: short_cmd(c), why: "its output is known only when the pod runs".into() }),
+                Part::Cmd(c) => {
+                    return Err(Unresolved {
+                        what: short_cmd(c),
+                        why: "its output is known only when the pod runs".into(),
+                    })
+                }
                 Part::Var { name, default, raw } => match (self.values.get(name), default) {
-                    (Some(Value::Known(v)), Some(d)) if v.is_empty() && raw.contains(":-") => out.push_str(d),
+                    (Some(Value::Known(v)), Some(d)) if v.is_empty() && raw.contains(":-") => {
+                        out.push_str(d)
+                    }
                     (Some(Value::Known(v)), _) => out.push_str(v),
-                    (Some(Value::Unknown(why)), _) => return Err(Unresolved { what: raw.clone(), why: why.clone() }),
+                    (Some(Value::Unknown(why)), _) => {
+                        return Err(Unresolved { what: raw.clone(), why: why.clone() })
+                    }
                     (None, Some(d)) => out.push_str(d),
-                    (None, None) if name.is_empty() => return Err(Unresolved { what: raw.clone(), why: "set only when the script runs".into() }),
-                    (None, None) => return Err(Unresolved { what: raw.clone(), why: format!("{name} is not in the container's env nor set by its script") }),
+                    (None, None) if name.is_empty() => {
+                        return Err(Unresolved {
+                            what: raw.clone(),
+                            why: "set only when the script runs".into(),
+                        })
+                    }
+                    (None, None) => {
+                        return Err(Unresolved {
+                            what: raw.clone(),
+                            why: format!(
+                                "{name} is not in the container's env nor set by its script"
+                            ),
+                        })
+                    }
                 },
             }
         }
@@ -260,7 +296,9 @@ impl Vars {
     fn assign(&mut self, name: &str, value: &Word, export: bool) {
         let v = match self.expand(value) {
             Ok(s) => Value::Known(s),
-            Err(u) => Value::Unknown(format!("{name} is set by the script from {} ({})", u.what, u.why)),
+            Err(u) => {
+                Value::Unknown(format!("{name} is set by the script from {} ({})", u.what, u.why))
+            }
         };
         self.values.insert(name.to_string(), v);
         if export {
@@ -306,7 +344,9 @@ pub fn assignment(word: &Word) -> Option<(String, Word)> {
     let Some(Part::Lit(first)) = word.first() else { return None };
     let (name, rest) = first.split_once('=')?;
     let mut cs = name.chars();
-    if !cs.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') || !cs.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    if !cs.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        || !cs.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
         return None;
     }
     let mut value: Word = Vec::new();
@@ -383,8 +423,16 @@ mod tests {
         }
         assert!(!v.apply_assignments(&c[4]));
         assert_eq!(v.get("ETCD_NAME"), Some(&Value::Known("master-0".into())));
-        assert!(matches!(v.get("A"), Some(Value::Unknown(why)) if why.contains("$(discover …)")), "{:?}", v.get("A"));
-        assert!(v.exported.contains("A") && v.exported.contains("ETCD_NAME") && !v.exported.contains("LOCAL"));
+        assert!(
+            matches!(v.get("A"), Some(Value::Unknown(why)) if why.contains("$(discover …)")),
+            "{:?}",
+            v.get("A")
+        );
+        assert!(
+            v.exported.contains("A")
+                && v.exported.contains("ETCD_NAME")
+                && !v.exported.contains("LOCAL")
+        );
     }
 
     #[test]
@@ -392,6 +440,9 @@ mod tests {
         let mut m = BTreeMap::new();
         m.insert("CERT".to_string(), Value::Known("/c.crt".to_string()));
         m.insert("LATER".to_string(), Value::Unknown("x".to_string()));
-        assert_eq!(kubelet_expand("--cert=$(CERT) $(LATER) $(NONE) $$(CERT) $x", &m), "--cert=/c.crt $(LATER) $(NONE) $(CERT) $x");
+        assert_eq!(
+            kubelet_expand("--cert=$(CERT) $(LATER) $(NONE) $$(CERT) $x", &m),
+            "--cert=/c.crt $(LATER) $(NONE) $(CERT) $x"
+        );
     }
 }

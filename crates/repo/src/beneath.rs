@@ -15,7 +15,8 @@ use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Component, Path};
 
 fn cstr(name: &OsStr) -> io::Result<CString> {
-    CString::new(name.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
+    CString::new(name.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
 }
 
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -46,11 +47,19 @@ impl From<io::Error> for BeneathError {
 pub fn open_dir_at(parent: &File, name: &OsStr) -> Result<File, BeneathError> {
     let c = cstr(name)?;
     // SAFETY: a valid descriptor and a NUL-terminated name; the result is owned below.
-    let fd = unsafe { libc::openat(parent.as_raw_fd(), c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::openat(
+            parent.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
         let e = io::Error::last_os_error();
         return Err(match e.raw_os_error() {
-            Some(libc::ELOOP) | Some(libc::ENOTDIR) => BeneathError::Symlink(name.to_string_lossy().into_owned()),
+            Some(libc::ELOOP) | Some(libc::ENOTDIR) => {
+                BeneathError::Symlink(name.to_string_lossy().into_owned())
+            }
             _ => BeneathError::Io(e),
         });
     }
@@ -79,7 +88,10 @@ pub fn mkdirs_beneath(root: &File, rel: &Path) -> Result<File, BeneathError> {
     let mut dir = root.try_clone()?;
     for c in rel.components() {
         let Component::Normal(name) = c else {
-            return Err(BeneathError::Io(io::Error::new(io::ErrorKind::InvalidInput, "not a plain relative path")));
+            return Err(BeneathError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a plain relative path",
+            )));
         };
         dir = mkdir_at(&dir, name)?;
     }
@@ -91,7 +103,10 @@ pub fn open_beneath(root: &File, rel: &Path) -> Result<File, BeneathError> {
     let mut dir = root.try_clone()?;
     for c in rel.components() {
         let Component::Normal(name) = c else {
-            return Err(BeneathError::Io(io::Error::new(io::ErrorKind::InvalidInput, "not a plain relative path")));
+            return Err(BeneathError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a plain relative path",
+            )));
         };
         dir = open_dir_at(&dir, name)?;
     }
@@ -106,7 +121,11 @@ pub fn create_file_at(parent: &File, name: &OsStr) -> Result<File, BeneathError>
     let fd = unsafe { libc::openat(parent.as_raw_fd(), c.as_ptr(), flags, 0o600 as libc::c_uint) };
     if fd < 0 {
         let e = io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::EEXIST) { BeneathError::Exists } else { BeneathError::Io(e) });
+        return Err(if e.raw_os_error() == Some(libc::EEXIST) {
+            BeneathError::Exists
+        } else {
+            BeneathError::Io(e)
+        });
     }
     // SAFETY: fresh descriptor.
     Ok(unsafe { File::from_raw_fd(fd) })
@@ -119,7 +138,11 @@ pub fn link_at(dir: &File, from: &OsStr, to: &OsStr) -> Result<(), BeneathError>
     let rc = unsafe { libc::linkat(dir.as_raw_fd(), f.as_ptr(), dir.as_raw_fd(), t.as_ptr(), 0) };
     if rc < 0 {
         let e = io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::EEXIST) { BeneathError::Exists } else { BeneathError::Io(e) });
+        return Err(if e.raw_os_error() == Some(libc::EEXIST) {
+            BeneathError::Exists
+        } else {
+            BeneathError::Io(e)
+        });
     }
     Ok(())
 }
@@ -137,7 +160,11 @@ pub fn symlink_at(target: &OsStr, dir: &File, name: &OsStr) -> Result<(), Beneat
     let rc = unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), n.as_ptr()) };
     if rc < 0 {
         let e = io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::EEXIST) { BeneathError::Exists } else { BeneathError::Io(e) });
+        return Err(if e.raw_os_error() == Some(libc::EEXIST) {
+            BeneathError::Exists
+        } else {
+            BeneathError::Io(e)
+        });
     }
     Ok(())
 }
@@ -152,7 +179,10 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("evil")).unwrap();
         let root = File::open(dir.path()).unwrap();
-        assert!(matches!(mkdirs_beneath(&root, Path::new("evil/sub")), Err(BeneathError::Symlink(_))));
+        assert!(matches!(
+            mkdirs_beneath(&root, Path::new("evil/sub")),
+            Err(BeneathError::Symlink(_))
+        ));
         assert!(matches!(open_beneath(&root, Path::new("evil")), Err(BeneathError::Symlink(_))));
         std::os::unix::fs::symlink(outside.path().join("f"), dir.path().join("dangling")).unwrap();
         assert!(matches!(create_file_at(&root, OsStr::new("dangling")), Err(BeneathError::Exists)));

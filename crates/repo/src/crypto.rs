@@ -87,10 +87,12 @@ impl Keys {
     /// HMAC-SHA256 of `context || data` under a key derived from the master key (distinct
     /// from the blob-naming key, so a MAC is never a blob id).
     pub fn mac(&self, context: &[u8], data: &[u8]) -> [u8; 32] {
-        let mut derive = <Hmac<Sha256> as Mac>::new_from_slice(&self.seal).expect("HMAC takes any key length");
+        let mut derive =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.seal).expect("HMAC takes any key length");
         derive.update(b"etcdguard metadata mac key");
         let key = Zeroizing::new(<[u8; 32]>::from(derive.finalize().into_bytes()));
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref()).expect("HMAC takes any key length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref()).expect("HMAC takes any key length");
         mac.update(context);
         mac.update(data);
         mac.finalize().into_bytes().into()
@@ -98,10 +100,12 @@ impl Keys {
 
     /// Checks a MAC in constant time.
     pub fn verify_mac(&self, context: &[u8], data: &[u8], tag: &[u8]) -> bool {
-        let mut derive = <Hmac<Sha256> as Mac>::new_from_slice(&self.seal).expect("HMAC takes any key length");
+        let mut derive =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.seal).expect("HMAC takes any key length");
         derive.update(b"etcdguard metadata mac key");
         let key = Zeroizing::new(<[u8; 32]>::from(derive.finalize().into_bytes()));
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref()).expect("HMAC takes any key length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref()).expect("HMAC takes any key length");
         mac.update(context);
         mac.update(data);
         mac.verify_slice(tag).is_ok()
@@ -109,7 +113,8 @@ impl Keys {
 
     /// The id of a blob with this plain content.
     pub fn blob_id(&self, raw: &[u8]) -> Id {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.name).expect("HMAC takes any key length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.name).expect("HMAC takes any key length");
         mac.update(raw);
         Id(mac.finalize().into_bytes().into())
     }
@@ -248,10 +253,13 @@ pub enum KeyError {
 }
 
 fn derive(passphrase: &[u8], salt: &[u8], p: KdfParams) -> Result<Zeroizing<[u8; 32]>, KeyError> {
-    let params = argon2::Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32)).map_err(|e| KeyError::Kdf(e.to_string()))?;
+    let params = argon2::Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32))
+        .map_err(|e| KeyError::Kdf(e.to_string()))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
     let mut out = Zeroizing::new([0u8; 32]);
-    argon.hash_password_into(passphrase, salt, out.as_mut()).map_err(|e| KeyError::Kdf(e.to_string()))?;
+    argon
+        .hash_password_into(passphrase, salt, out.as_mut())
+        .map_err(|e| KeyError::Kdf(e.to_string()))?;
     Ok(out)
 }
 
@@ -259,7 +267,12 @@ fn derive(passphrase: &[u8], salt: &[u8], p: KdfParams) -> Result<Zeroizing<[u8;
 const KEY_FILE_AAD: Id = Id(*b"etcdguard repository master key!");
 
 impl KeyFile {
-    pub fn wrap(keys: &Keys, passphrase: &[u8], params: KdfParams, hostname: String) -> Result<KeyFile, KeyError> {
+    pub fn wrap(
+        keys: &Keys,
+        passphrase: &[u8],
+        params: KdfParams,
+        hostname: String,
+    ) -> Result<KeyFile, KeyError> {
         if passphrase.is_empty() {
             return Err(KeyError::Kdf("the passphrase is empty".into()));
         }
@@ -267,7 +280,15 @@ impl KeyFile {
         let kek = derive(passphrase, &salt, params)?;
         let wrapper = Keys { seal: *kek, name: [0; 32], authenticated: false };
         let sealed = wrapper.seal(&KEY_FILE_AAD, 0, &keys.to_bytes()[..]);
-        Ok(KeyFile { kdf: "argon2id".into(), params, salt: hex(&salt), sealed: hex(&sealed), created: Utc::now(), hostname, kms: None })
+        Ok(KeyFile {
+            kdf: "argon2id".into(),
+            params,
+            salt: hex(&salt),
+            sealed: hex(&sealed),
+            created: Utc::now(),
+            hostname,
+            kms: None,
+        })
     }
 
     pub fn unwrap(&self, passphrase: &[u8]) -> Result<Keys, KeyError> {
@@ -277,16 +298,27 @@ impl KeyFile {
         if self.kdf != "argon2id" {
             return Err(KeyError::BadKeyFile(format!("unknown key derivation {:?}", self.kdf)));
         }
-        let salt = unhex(&self.salt).ok_or_else(|| KeyError::BadKeyFile("salt is not hex".into()))?;
-        let sealed = unhex(&self.sealed).ok_or_else(|| KeyError::BadKeyFile("sealed key is not hex".into()))?;
+        let salt =
+            unhex(&self.salt).ok_or_else(|| KeyError::BadKeyFile("salt is not hex".into()))?;
+        let sealed = unhex(&self.sealed)
+            .ok_or_else(|| KeyError::BadKeyFile("sealed key is not hex".into()))?;
         // Refuse costs that would exhaust memory before trying them (a damaged or hostile file).
-        if self.params.memory_kib > 4 * 1024 * 1024 || self.params.iterations > 64 || self.params.parallelism > 64 {
-            return Err(KeyError::BadKeyFile(format!("implausible key derivation cost {:?}", self.params)));
+        if self.params.memory_kib > 4 * 1024 * 1024
+            || self.params.iterations > 64
+            || self.params.parallelism > 64
+        {
+            return Err(KeyError::BadKeyFile(format!(
+                "implausible key derivation cost {:?}",
+                self.params
+            )));
         }
         let kek = derive(passphrase, &salt, self.params)?;
         let wrapper = Keys { seal: *kek, name: [0; 32], authenticated: false };
-        let plain = Zeroizing::new(wrapper.open(&KEY_FILE_AAD, 0, &sealed).ok_or(KeyError::WrongPassphrase)?);
-        Keys::from_bytes(&plain).ok_or_else(|| KeyError::BadKeyFile("master key has the wrong length".into()))
+        let plain = Zeroizing::new(
+            wrapper.open(&KEY_FILE_AAD, 0, &sealed).ok_or(KeyError::WrongPassphrase)?,
+        );
+        Keys::from_bytes(&plain)
+            .ok_or_else(|| KeyError::BadKeyFile("master key has the wrong length".into()))
     }
 }
 
@@ -341,7 +373,10 @@ mod tests {
         let id = k.blob_id(&raw);
         assert_ne!(id, Id::of(&raw), "ids are keyed, not bare sha256");
         let sealed = k.seal(&id, 1, &raw);
-        assert!(!sealed.windows(raw.len()).any(|w| w == raw.as_slice()), "plain text must not appear");
+        assert!(
+            !sealed.windows(raw.len()).any(|w| w == raw.as_slice()),
+            "plain text must not appear"
+        );
         assert_eq!(k.open(&id, 1, &sealed).as_deref(), Some(raw.as_slice()));
         let mut flipped = sealed.clone();
         flipped[30] ^= 1;

@@ -31,7 +31,9 @@ pub trait KeyWrapper: Send + Sync {
 pub fn open_kms(spec: &str) -> Result<Arc<dyn KeyWrapper>, RepoError> {
     let invalid = |why: &str| RepoError::Invalid(format!("--kms-key {spec:?}: {why}"));
     let Some(rest) = spec.strip_prefix("aws-kms:") else {
-        return Err(invalid("give aws-kms:KEY[?region=R&endpoint=URL] (the only service supported so far)"));
+        return Err(invalid(
+            "give aws-kms:KEY[?region=R&endpoint=URL] (the only service supported so far)",
+        ));
     };
     let (key, query) = rest.split_once('?').unwrap_or((rest, ""));
     if key.is_empty() {
@@ -43,12 +45,19 @@ pub fn open_kms(spec: &str) -> Result<Arc<dyn KeyWrapper>, RepoError> {
         match pair.split_once('=') {
             Some(("region", v)) => region = Some(v.to_string()),
             Some(("endpoint", v)) => endpoint = Some(v.to_string()),
-            _ => return Err(invalid(&format!("unknown option {pair:?} (known: region, endpoint)"))),
+            _ => {
+                return Err(invalid(&format!("unknown option {pair:?} (known: region, endpoint)")))
+            }
         }
     }
     // An ARN names its region.
     let region = region
-        .or_else(|| key.strip_prefix("arn:").and_then(|a| a.split(':').nth(2)).filter(|r| !r.is_empty()).map(str::to_string))
+        .or_else(|| {
+            key.strip_prefix("arn:")
+                .and_then(|a| a.split(':').nth(2))
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+        })
         .or_else(|| std::env::var("AWS_REGION").ok())
         .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
         .ok_or_else(|| invalid("no region: add ?region=… or set AWS_REGION"))?;
@@ -56,9 +65,16 @@ pub fn open_kms(spec: &str) -> Result<Arc<dyn KeyWrapper>, RepoError> {
         .or_else(|| std::env::var("AWS_ENDPOINT_URL_KMS").ok())
         .unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com"));
     let credentials = Credentials::from_env().ok_or_else(|| {
-        RepoError::Store(crate::StoreError::Auth(format!("{spec}: no AWS credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")))
+        RepoError::Store(crate::StoreError::Auth(format!(
+            "{spec}: no AWS credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )))
     })?;
-    Ok(Arc::new(AwsKms { key: key.to_string(), region, endpoint: endpoint.trim_end_matches('/').to_string(), credentials }))
+    Ok(Arc::new(AwsKms {
+        key: key.to_string(),
+        region,
+        endpoint: endpoint.trim_end_matches('/').to_string(),
+        credentials,
+    }))
 }
 
 struct Credentials {
@@ -70,7 +86,11 @@ struct Credentials {
 impl Credentials {
     fn from_env() -> Option<Credentials> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        Some(Credentials { access_key: var("AWS_ACCESS_KEY_ID")?, secret_key: var("AWS_SECRET_ACCESS_KEY")?, token: var("AWS_SESSION_TOKEN") })
+        Some(Credentials {
+            access_key: var("AWS_ACCESS_KEY_ID")?,
+            secret_key: var("AWS_SECRET_ACCESS_KEY")?,
+            token: var("AWS_SESSION_TOKEN"),
+        })
     }
 }
 
@@ -88,7 +108,15 @@ impl AwsKms {
     /// One KMS call (`TrentService.<action>`); the answer's JSON.
     fn call(&self, action: &str, body: serde_json::Value) -> Result<serde_json::Value, RepoError> {
         let body = body.to_string();
-        let host = self.endpoint.split("://").nth(1).unwrap_or(&self.endpoint).split('/').next().unwrap_or_default().to_string();
+        let host = self
+            .endpoint
+            .split("://")
+            .nth(1)
+            .unwrap_or(&self.endpoint)
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let now = Utc::now();
         let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
         let date = now.format("%Y%m%d").to_string();
@@ -105,18 +133,30 @@ impl AwsKms {
         headers.sort();
         let signed: Vec<&str> = headers.iter().map(|(k, _)| *k).collect();
         let signed = signed.join(";");
-        let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{}\n", v.trim())).collect();
-        let canonical = format!("POST\n/\n\n{canonical_headers}\n{signed}\n{}", hex(&Sha256::digest(body.as_bytes())));
+        let canonical_headers: String =
+            headers.iter().map(|(k, v)| format!("{k}:{}\n", v.trim())).collect();
+        let canonical = format!(
+            "POST\n/\n\n{canonical_headers}\n{signed}\n{}",
+            hex(&Sha256::digest(body.as_bytes()))
+        );
         let scope = format!("{date}/{}/kms/aws4_request", self.region);
-        let to_sign = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex(&Sha256::digest(canonical.as_bytes())));
-        let mut key = hmac(format!("AWS4{}", self.credentials.secret_key).as_bytes(), date.as_bytes());
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+            hex(&Sha256::digest(canonical.as_bytes()))
+        );
+        let mut key =
+            hmac(format!("AWS4{}", self.credentials.secret_key).as_bytes(), date.as_bytes());
         for part in [self.region.as_str(), "kms", "aws4_request"] {
             key = hmac(&key, part.as_bytes());
         }
         let signature = hex(&hmac(&key, to_sign.as_bytes()));
-        let authorization =
-            format!("AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed}, Signature={signature}", self.credentials.access_key);
-        let mut request = ureq::post(&format!("{}/", self.endpoint)).timeout(std::time::Duration::from_secs(30)).set("Authorization", &authorization);
+        let authorization = format!(
+            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed}, Signature={signature}",
+            self.credentials.access_key
+        );
+        let mut request = ureq::post(&format!("{}/", self.endpoint))
+            .timeout(std::time::Duration::from_secs(30))
+            .set("Authorization", &authorization);
         for (k, v) in &headers {
             if *k != "host" {
                 request = request.set(k, v);
@@ -124,14 +164,23 @@ impl AwsKms {
         }
         let what = format!("KMS {action} with {}", self.name());
         match request.send_string(&body) {
-            Ok(resp) => resp.into_json().map_err(|e| RepoError::Io(format!("{what}: unreadable answer: {e}"))),
+            Ok(resp) => resp
+                .into_json()
+                .map_err(|e| RepoError::Io(format!("{what}: unreadable answer: {e}"))),
             Err(ureq::Error::Status(code, resp)) => {
                 let text = resp.into_string().unwrap_or_default();
-                let error = crate::StoreError::Auth(format!("{what}: HTTP {code}: {}", text.chars().take(300).collect::<String>()));
+                let error = crate::StoreError::Auth(format!(
+                    "{what}: HTTP {code}: {}",
+                    text.chars().take(300).collect::<String>()
+                ));
                 Err(match code {
-                    400 if text.contains("InvalidCiphertext") => RepoError::WrongPassphrase(format!("{what}: the key does not open this key file")),
+                    400 if text.contains("InvalidCiphertext") => RepoError::WrongPassphrase(
+                        format!("{what}: the key does not open this key file"),
+                    ),
                     400..=499 => RepoError::Store(error),
-                    _ => RepoError::Store(crate::StoreError::ServerFailing(format!("{what}: HTTP {code}"))),
+                    _ => RepoError::Store(crate::StoreError::ServerFailing(format!(
+                        "{what}: HTTP {code}"
+                    ))),
                 })
             }
             Err(e) => Err(RepoError::Store(crate::StoreError::Unreachable(format!("{what}: {e}")))),

@@ -24,7 +24,9 @@ pub mod segment;
 pub mod store;
 
 pub use manifest::Manifest;
-pub use repository::{BackupMeta, BackupWriter, InitOptions, PruneReport, Repository, UnhashedPart};
+pub use repository::{
+    BackupMeta, BackupWriter, InitOptions, PruneReport, Repository, UnhashedPart,
+};
 pub use store::{open_url, Store, StoreError};
 
 /// What can go wrong with a repository, by what the user does about it.
@@ -32,7 +34,9 @@ pub use store::{open_url, Store, StoreError};
 pub enum RepoError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}: no etcdguard repository here (create one with `etcdguard backup create --repo …`)")]
+    #[error(
+        "{0}: no etcdguard repository here (create one with `etcdguard backup create --repo …`)"
+    )]
     NotARepository(String),
     #[error("unsupported repository: {0}")]
     Unsupported(String),
@@ -46,7 +50,9 @@ pub enum RepoError {
     ChecksumMismatch(String),
     #[error("{0}")]
     Locked(String),
-    #[error("{0} is encrypted: give its passphrase in ETCDGUARD_PASSPHRASE or with --passphrase-file")]
+    #[error(
+        "{0} is encrypted: give its passphrase in ETCDGUARD_PASSPHRASE or with --passphrase-file"
+    )]
     KeyRequired(String),
     #[error("{0}: wrong passphrase (it opens none of the repository's keys)")]
     WrongPassphrase(String),

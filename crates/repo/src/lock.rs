@@ -73,7 +73,10 @@ pub struct LockInfo {
 
 /// Where this process runs, as far as process ids are meaningful.
 fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 fn pid_namespace() -> Option<String> {
@@ -161,7 +164,11 @@ fn rough(d: chrono::TimeDelta) -> String {
 /// The storage's current time: the last-modified time of `mine` in `listing` (an object
 /// just written), else this host's clock (a store that gives no times).
 fn store_now(listing: &[ObjectInfo], mine: &str) -> DateTime<Utc> {
-    listing.iter().find(|o| o.key == mine && o.modified > 0).map(|o| at(o.modified)).unwrap_or_else(Utc::now)
+    listing
+        .iter()
+        .find(|o| o.key == mine && o.modified > 0)
+        .map(|o| at(o.modified))
+        .unwrap_or_else(Utc::now)
 }
 
 /// When `object` was last written by the storage's clock (this host's `fallback` when the
@@ -228,9 +235,17 @@ pub fn unlock(store: &dyn Store, remove_all: bool) -> Result<UnlockReport, RepoE
         } else {
             false
         };
-        report.locks.push(FoundLock { key: object.key.clone(), info, written: when, stale_at, stale, removed });
+        report.locks.push(FoundLock {
+            key: object.key.clone(),
+            info,
+            written: when,
+            stale_at,
+            stale,
+            removed,
+        });
     }
-    report.temporaries_removed = store.sweep_temporaries("locks/", crate::repository::TEMPORARY_FILE_MAX_AGE)?;
+    report.temporaries_removed =
+        store.sweep_temporaries("locks/", crate::repository::TEMPORARY_FILE_MAX_AGE)?;
     Ok(report)
 }
 
@@ -257,12 +272,22 @@ pub struct Lock {
 }
 
 impl Lock {
-    pub fn acquire(store: Arc<dyn Store>, exclusive: bool, purpose: &str) -> Result<Lock, RepoError> {
+    pub fn acquire(
+        store: Arc<dyn Store>,
+        exclusive: bool,
+        purpose: &str,
+    ) -> Result<Lock, RepoError> {
         Lock::acquire_with(store, exclusive, purpose, LOCK_TTL, REFRESH_EVERY)
     }
 
     /// As [`Lock::acquire`] with another lifetime (at most [`LOCK_TTL`]) and refresh period (tests).
-    pub fn acquire_with(store: Arc<dyn Store>, exclusive: bool, purpose: &str, ttl: Duration, refresh_every: Duration) -> Result<Lock, RepoError> {
+    pub fn acquire_with(
+        store: Arc<dyn Store>,
+        exclusive: bool,
+        purpose: &str,
+        ttl: Duration,
+        refresh_every: Duration,
+    ) -> Result<Lock, RepoError> {
         let ttl = ttl.min(LOCK_TTL);
         let now = Utc::now();
         let info = LockInfo {
@@ -281,7 +306,13 @@ impl Lock {
         let started = Instant::now();
         store.put(&key, Bytes::from(serde_json::to_vec_pretty(&info).expect("lock serializes")))?;
         let written = Arc::new(Mutex::new(started));
-        let mut lock = Lock { store: store.clone(), key: key.clone(), written: written.clone(), ttl, refresher: None };
+        let mut lock = Lock {
+            store: store.clone(),
+            key: key.clone(),
+            written: written.clone(),
+            ttl,
+            refresher: None,
+        };
         // Now look at the others; dropping `lock` on error removes ours again.
         let listing = store.list("locks/")?;
         let store_now = store_now(&listing, &key);
@@ -337,7 +368,8 @@ impl Lock {
                     let now = Utc::now();
                     info.refreshed = now;
                     info.expires = Some(now + to_chrono(ttl));
-                    let body = Bytes::from(serde_json::to_vec_pretty(&info).expect("lock serializes"));
+                    let body =
+                        Bytes::from(serde_json::to_vec_pretty(&info).expect("lock serializes"));
                     let started = Instant::now();
                     if refresh_store.put(&key, body).is_ok() {
                         *written.lock().unwrap_or_else(|p| p.into_inner()) = started;
@@ -432,7 +464,12 @@ mod tests {
 
     /// Sets a local object's last-modified time, as the storage would have stamped it.
     fn set_written(dir: &std::path::Path, key: &str, when: std::time::SystemTime) {
-        std::fs::File::options().write(true).open(dir.join(key)).unwrap().set_modified(when).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join(key))
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
     }
 
     fn minutes_ago(m: u64) -> std::time::SystemTime {
@@ -447,11 +484,13 @@ mod tests {
         assert!(LockInfo { pid: 1, ..info(now) }.is_stale(now - minutes(6), now));
         // Another PID namespace on a host of the same name (two pods, one node): a pid
         // that is dead here says nothing; the fresh lock is live.
-        let other_ns = LockInfo { pid: dead_pid(), pid_namespace: Some("pid:[1]".into()), ..info(now) };
+        let other_ns =
+            LockInfo { pid: dead_pid(), pid_namespace: Some("pid:[1]".into()), ..info(now) };
         assert!(!other_ns.is_stale(now, now));
         let unknown_ns = LockInfo { pid: dead_pid(), pid_namespace: None, ..info(now) };
         assert!(!unknown_ns.is_stale(now, now));
-        let other_boot = LockInfo { pid: dead_pid(), boot_id: Some("another boot".into()), ..info(now) };
+        let other_boot =
+            LockInfo { pid: dead_pid(), boot_id: Some("another boot".into()), ..info(now) };
         assert!(!other_boot.is_stale(now, now));
         // Same host, boot and namespace, process gone: stale at once (a kill -9 here).
         if boot_id().is_some() && pid_namespace().is_some() {
@@ -463,7 +502,14 @@ mod tests {
         // What the lock claims does not count: valid until 2099, or written by a clock an
         // hour ahead, it is stale 5 minutes after it was stored; asking for more is capped.
         let far = "2099-01-01T00:00:00Z".parse().unwrap();
-        let planted = LockInfo { pid: 1, hostname: "elsewhere".into(), created: far, refreshed: far, expires: Some(far), ..info(now) };
+        let planted = LockInfo {
+            pid: 1,
+            hostname: "elsewhere".into(),
+            created: far,
+            refreshed: far,
+            expires: Some(far),
+            ..info(now)
+        };
         assert!(!planted.is_stale(now - minutes(4), now));
         assert!(planted.is_stale(now - minutes(6), now));
         let greedy = LockInfo { ttl_ms: Some(u64::MAX), ..planted.clone() };
@@ -484,11 +530,13 @@ mod tests {
         };
         // (Another host's lock: the old rule's pid check does not apply.) Judged by when it
         // was stored, not by its `refreshed`.
-        let old: LockInfo = serde_json::from_str(&json(now - chrono::TimeDelta::minutes(31))).unwrap();
+        let old: LockInfo =
+            serde_json::from_str(&json(now - chrono::TimeDelta::minutes(31))).unwrap();
         assert!(old.expires.is_none());
         assert!(!old.is_stale(now - chrono::TimeDelta::minutes(10), now));
         assert!(old.is_stale(now - chrono::TimeDelta::minutes(31), now));
-        let future: LockInfo = serde_json::from_str(&json("2099-01-01T00:00:00Z".parse().unwrap())).unwrap();
+        let future: LockInfo =
+            serde_json::from_str(&json("2099-01-01T00:00:00Z".parse().unwrap())).unwrap();
         assert!(future.is_stale(now - chrono::TimeDelta::minutes(31), now));
     }
 
@@ -528,7 +576,8 @@ mod tests {
         set_written(dir.path(), "locks/.tmp-abandoned.json-0123", minutes_ago(90));
 
         let report = unlock(store.as_ref(), false).unwrap();
-        let removed: Vec<&str> = report.locks.iter().filter(|l| l.removed).map(|l| l.key.as_str()).collect();
+        let removed: Vec<&str> =
+            report.locks.iter().filter(|l| l.removed).map(|l| l.key.as_str()).collect();
         assert_eq!(removed, vec!["locks/garbage.json", "locks/stale.json"]);
         assert_eq!(report.temporaries_removed, 1);
         assert!(!tmp.exists());
@@ -550,7 +599,14 @@ mod tests {
             serde_json::from_slice(&store.get(&key).unwrap()).unwrap()
         };
         // Refreshed every 100 ms with a 3 minute lifetime: the lock is rewritten.
-        let lock = Lock::acquire_with(store.clone(), false, "test", Duration::from_secs(180), Duration::from_millis(100)).unwrap();
+        let lock = Lock::acquire_with(
+            store.clone(),
+            false,
+            "test",
+            Duration::from_secs(180),
+            Duration::from_millis(100),
+        )
+        .unwrap();
         let first = read(&store).refreshed;
         std::thread::sleep(Duration::from_millis(400));
         assert!(read(&store).refreshed > first, "not refreshed");
@@ -560,7 +616,14 @@ mod tests {
         assert!(store.list("locks/").unwrap().is_empty());
         // Never refreshed within its lifetime: the holder knows it lost the lock, and an
         // exclusive locker takes over (the storage's clock has whole seconds).
-        let lock = Lock::acquire_with(store.clone(), false, "test", Duration::from_millis(300), Duration::from_secs(3600)).unwrap();
+        let lock = Lock::acquire_with(
+            store.clone(),
+            false,
+            "test",
+            Duration::from_millis(300),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
         std::thread::sleep(Duration::from_millis(400));
         assert!(matches!(lock.check_held(), Err(RepoError::Locked(_))));
         let key = store.list("locks/").unwrap()[0].key.clone();

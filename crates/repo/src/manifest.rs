@@ -93,7 +93,9 @@ impl Manifest {
     pub fn public_part(&self) -> Manifest {
         let mut m = self.clone();
         m.source = match &m.source {
-            Source::File { import, .. } => Source::File { path: SEALED_PLACEHOLDER.into(), import: import.clone() },
+            Source::File { import, .. } => {
+                Source::File { path: SEALED_PLACEHOLDER.into(), import: import.clone() }
+            }
             Source::Cluster { .. } => Source::Cluster { endpoint: SEALED_PLACEHOLDER.into() },
         };
         m.snapshot.sha256 = SEALED_PLACEHOLDER.into();
@@ -133,7 +135,9 @@ pub enum Source {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         import: Option<Import>,
     },
-    Cluster { endpoint: String },
+    Cluster {
+        endpoint: String,
+    },
 }
 
 /// Where an imported backup came from: the tool's format, and when it was imported (the

@@ -190,7 +190,8 @@ pub fn encode_blob(id: &Id, raw: &[u8], level: i32, keys: Option<&Keys>) -> (Enc
     match keys {
         None => (encoding, plain),
         Some(k) => {
-            let sealed_as = if encoding == Encoding::Zstd { Encoding::SealedZstd } else { Encoding::SealedRaw };
+            let sealed_as =
+                if encoding == Encoding::Zstd { Encoding::SealedZstd } else { Encoding::SealedRaw };
             (sealed_as, k.seal(id, sealed_as as u8, &plain))
         }
     }
@@ -231,10 +232,19 @@ fn decompress(stored: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
 /// Decodes a stored blob and checks that its content hashes to `id`. `keys` are the
 /// repository's when it is encrypted; a plain blob in an encrypted repository is refused,
 /// so nothing unsealed can be slipped in.
-pub fn decode_blob(keys: Option<&Keys>, id: Id, encoding: Encoding, raw_len: u32, stored: &[u8]) -> Result<Vec<u8>, FormatError> {
+pub fn decode_blob(
+    keys: Option<&Keys>,
+    id: Id,
+    encoding: Encoding,
+    raw_len: u32,
+    stored: &[u8],
+) -> Result<Vec<u8>, FormatError> {
     let raw = open_blob(keys, id, encoding, raw_len, stored)?;
     if blob_id(keys, &raw) != id {
-        return Err(FormatError::BadBlob { id, reason: "content does not match its hash (damaged)".into() });
+        return Err(FormatError::BadBlob {
+            id,
+            reason: "content does not match its hash (damaged)".into(),
+        });
     }
     Ok(raw)
 }
@@ -243,17 +253,25 @@ pub fn decode_blob(keys: Option<&Keys>, id: Id, encoding: Encoding, raw_len: u32
 /// authenticates a sealed blob) and decompressed to its recorded length. For readers that
 /// check one hash over many blobs instead (a part's sha256, see `Repository::read_part`),
 /// and name a damaged blob with [`decode_blob`] only when that hash fails.
-pub fn open_blob(keys: Option<&Keys>, id: Id, encoding: Encoding, raw_len: u32, stored: &[u8]) -> Result<Vec<u8>, FormatError> {
+pub fn open_blob(
+    keys: Option<&Keys>,
+    id: Id,
+    encoding: Encoding,
+    raw_len: u32,
+    stored: &[u8],
+) -> Result<Vec<u8>, FormatError> {
     let bad = |reason: String| FormatError::BadBlob { id, reason };
     if raw_len > MAX_BLOB_LEN {
-        return Err(bad(format!("length {raw_len} is over the largest blob ({MAX_BLOB_LEN} bytes): damaged")));
+        return Err(bad(format!(
+            "length {raw_len} is over the largest blob ({MAX_BLOB_LEN} bytes): damaged"
+        )));
     }
     let opened;
     let plain = if encoding.is_sealed() {
         let k = keys.ok_or_else(|| bad("blob is encrypted and no key was given".into()))?;
-        opened = k
-            .open(&id, encoding as u8, stored)
-            .ok_or_else(|| bad("does not decrypt with the repository key (damaged or altered)".into()))?;
+        opened = k.open(&id, encoding as u8, stored).ok_or_else(|| {
+            bad("does not decrypt with the repository key (damaged or altered)".into())
+        })?;
         &opened[..]
     } else if keys.is_some() {
         // An encrypted repository stores every blob sealed: a plain one was slipped in.
@@ -300,7 +318,14 @@ impl PackBuilder {
     pub fn add(&mut self, id: Id, kind: BlobKind, encoding: Encoding, raw_len: u32, stored: &[u8]) {
         let offset = self.data.len() as u32;
         self.data.extend_from_slice(stored);
-        self.entries.push(PackEntry { id, kind, encoding, offset, stored_len: stored.len() as u32, raw_len });
+        self.entries.push(PackEntry {
+            id,
+            kind,
+            encoding,
+            offset,
+            stored_len: stored.len() as u32,
+            raw_len,
+        });
     }
 
     /// The finished pack, its name and what it holds.
@@ -354,8 +379,10 @@ pub fn parse_pack_header(header: &[u8], data_len: u64) -> Result<Vec<PackEntry>,
     let mut entries = Vec::with_capacity(count);
     let mut offset = 0u64;
     for raw in header[4..].chunks_exact(HEADER_ENTRY) {
-        let kind = BlobKind::from_u8(raw[0]).ok_or_else(|| bad(&format!("unknown blob kind {}", raw[0])))?;
-        let encoding = Encoding::from_u8(raw[1]).ok_or_else(|| bad(&format!("unknown encoding {}", raw[1])))?;
+        let kind = BlobKind::from_u8(raw[0])
+            .ok_or_else(|| bad(&format!("unknown blob kind {}", raw[0])))?;
+        let encoding = Encoding::from_u8(raw[1])
+            .ok_or_else(|| bad(&format!("unknown encoding {}", raw[1])))?;
         let stored_len = u32::from_le_bytes(raw[2..6].try_into().unwrap());
         let raw_len = u32::from_le_bytes(raw[6..10].try_into().unwrap());
         let id = Id(raw[10..42].try_into().unwrap());
@@ -485,7 +512,12 @@ impl Index {
 
     /// Every pack that holds `id`.
     pub fn packs_holding(&self, id: &Id) -> Vec<Id> {
-        let mut out: Vec<Id> = self.packs.iter().filter(|(_, es)| es.iter().any(|e| e.id == *id)).map(|(p, _)| *p).collect();
+        let mut out: Vec<Id> = self
+            .packs
+            .iter()
+            .filter(|(_, es)| es.iter().any(|e| e.id == *id))
+            .map(|(p, _)| *p)
+            .collect();
         out.sort();
         out
     }
@@ -523,7 +555,8 @@ impl Index {
 
     /// Binary form, written as `index/<sha256>`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + self.blobs.len() * INDEX_ENTRY + self.packs.len() * 36);
+        let mut out =
+            Vec::with_capacity(8 + self.blobs.len() * INDEX_ENTRY + self.packs.len() * 36);
         out.extend_from_slice(INDEX_MAGIC);
         let mut packs: Vec<&Id> = self.packs.keys().collect();
         packs.sort();
@@ -557,7 +590,8 @@ impl Index {
             let pack = Id(rest[..32].try_into().unwrap());
             let count = u32::from_le_bytes(rest[32..36].try_into().unwrap()) as usize;
             rest = &rest[36..];
-            let need = count.checked_mul(INDEX_ENTRY).ok_or_else(|| bad("entry count overflows"))?;
+            let need =
+                count.checked_mul(INDEX_ENTRY).ok_or_else(|| bad("entry count overflows"))?;
             if rest.len() < need {
                 return Err(bad("truncated entries"));
             }
@@ -586,14 +620,22 @@ mod tests {
     #[test]
     fn implausible_blob_length_is_refused_before_allocating() {
         let stored = zstd::bulk::compress(b"tiny", 3).unwrap();
-        let err = decode_blob(None, Id::of(b"tiny"), Encoding::Zstd, u32::MAX, &stored).unwrap_err();
+        let err =
+            decode_blob(None, Id::of(b"tiny"), Encoding::Zstd, u32::MAX, &stored).unwrap_err();
         assert!(err.to_string().contains("largest blob"), "{err}");
-        assert_eq!(decode_blob(None, Id::of(b"tiny"), Encoding::Zstd, 4, &stored).unwrap(), b"tiny");
+        assert_eq!(
+            decode_blob(None, Id::of(b"tiny"), Encoding::Zstd, 4, &stored).unwrap(),
+            b"tiny"
+        );
     }
 
     #[test]
     fn pack_round_trip_and_damage() {
-        let blobs: Vec<Vec<u8>> = vec![vec![0u8; 4096], b"hello world".to_vec(), (0..5000u32).map(|i| (i * 7) as u8).collect()];
+        let blobs: Vec<Vec<u8>> = vec![
+            vec![0u8; 4096],
+            b"hello world".to_vec(),
+            (0..5000u32).map(|i| (i * 7) as u8).collect(),
+        ];
         let mut b = PackBuilder::new();
         for raw in &blobs {
             let id = blob_id(None, raw);
@@ -614,7 +656,10 @@ mod tests {
         let e = entries[1];
         let mut stored = pack[e.offset as usize..(e.offset + e.stored_len) as usize].to_vec();
         stored[0] ^= 1;
-        assert!(matches!(decode_blob(None, e.id, e.encoding, e.raw_len, &stored), Err(FormatError::BadBlob { .. })));
+        assert!(matches!(
+            decode_blob(None, e.id, e.encoding, e.raw_len, &stored),
+            Err(FormatError::BadBlob { .. })
+        ));
         // Damaged tails are errors, never panics.
         assert_eq!(parse_pack(&pack[..pack.len() - 1]), Err(FormatError::BadPackMagic));
         assert!(parse_pack(b"short").is_err());
@@ -637,11 +682,16 @@ mod tests {
         assert!(!stored.windows(16).any(|w| w == &raw[..16]));
         assert_eq!(decode_blob(Some(&keys), id, enc, raw.len() as u32, &stored).unwrap(), raw);
         assert!(decode_blob(None, id, enc, raw.len() as u32, &stored).is_err(), "no key");
-        assert!(decode_blob(Some(&Keys::generate()), id, enc, raw.len() as u32, &stored).is_err(), "wrong key");
+        assert!(
+            decode_blob(Some(&Keys::generate()), id, enc, raw.len() as u32, &stored).is_err(),
+            "wrong key"
+        );
         // A plain blob planted in an encrypted repository fails the keyed id check.
         let plain_id = blob_id(None, &raw);
         let (plain_enc, plain_stored) = encode_blob(&plain_id, &raw, 3, None);
-        assert!(decode_blob(Some(&keys), plain_id, plain_enc, raw.len() as u32, &plain_stored).is_err());
+        assert!(
+            decode_blob(Some(&keys), plain_id, plain_enc, raw.len() as u32, &plain_stored).is_err()
+        );
         // Incompressible content is sealed raw.
         let noise: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
         let id = blob_id(Some(&keys), &noise);

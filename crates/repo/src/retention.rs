@@ -119,7 +119,8 @@ pub fn apply(policy: &Policy, backups: &[Candidate]) -> Vec<Decision> {
         if let (Some(within), Some(newest)) = (policy.keep_within, newest) {
             let age = (newest - c.time).to_std().unwrap_or(Duration::ZERO);
             if age <= within {
-                reasons.push(format!("within {} of the newest", humantime::format_duration(within)));
+                reasons
+                    .push(format!("within {} of the newest", humantime::format_duration(within)));
             }
         }
         for (period, left, last) in buckets.iter_mut() {
@@ -148,7 +149,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 /// Parses durations such as `36h`, `7d`, `2w`, `1y6M` (humantime's units; `d` days,
 /// `w` weeks, `M` months of 30.44 days, `y` years of 365.25 days), at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (examples: 36h, 7d, 2w, 6months, 1y)"))?;
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?}: {e} (examples: 36h, 7d, 2w, 6months, 1y)"))?;
     if d > MAX_DURATION {
         return Err(format!("{s:?}: longer than 100 years"));
     }
@@ -165,7 +167,11 @@ mod tests {
     }
 
     fn cands(times: &[DateTime<Utc>]) -> Vec<Candidate> {
-        times.iter().enumerate().map(|(i, t)| Candidate { id: format!("b{i:03}"), time: *t, verified: false }).collect()
+        times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Candidate { id: format!("b{i:03}"), time: *t, verified: false })
+            .collect()
     }
 
     fn kept(d: &[Decision]) -> Vec<String> {
@@ -214,7 +220,10 @@ mod tests {
     #[test]
     fn rules_combine_and_reasons_accumulate() {
         let b = half_hourly();
-        let d = apply(&Policy { keep_last: 1, keep_daily: 3, keep_hourly: 1, ..Default::default() }, &b);
+        let d = apply(
+            &Policy { keep_last: 1, keep_daily: 3, keep_hourly: 1, ..Default::default() },
+            &b,
+        );
         assert_eq!(d[0].reasons, vec!["last 1", "hourly snapshot", "daily snapshot"]);
         assert_eq!(kept(&d), vec!["b143", "b095", "b047"]);
     }
@@ -222,13 +231,23 @@ mod tests {
     #[test]
     fn keep_within_is_measured_from_the_newest_backup() {
         let b = half_hourly();
-        let d = apply(&Policy { keep_within: Some(Duration::from_secs(3600)), ..Default::default() }, &b);
+        let d = apply(
+            &Policy { keep_within: Some(Duration::from_secs(3600)), ..Default::default() },
+            &b,
+        );
         assert_eq!(kept(&d), vec!["b143", "b142", "b141"]);
         let old: Vec<Candidate> = b
             .iter()
             .map(|c| Candidate { time: c.time - chrono::Duration::days(400), ..c.clone() })
             .collect();
-        assert_eq!(kept(&apply(&Policy { keep_within: Some(Duration::from_secs(3600)), ..Default::default() }, &old)).len(), 3);
+        assert_eq!(
+            kept(&apply(
+                &Policy { keep_within: Some(Duration::from_secs(3600)), ..Default::default() },
+                &old
+            ))
+            .len(),
+            3
+        );
     }
 
     #[test]
@@ -262,7 +281,10 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert_eq!(parse_duration("100y").unwrap(), MAX_DURATION);
         for too_long in ["101y", "99999999999h", "18446744073709551615s"] {
-            assert!(parse_duration(too_long).unwrap_err().contains("longer than 100 years"), "{too_long}");
+            assert!(
+                parse_duration(too_long).unwrap_err().contains("longer than 100 years"),
+                "{too_long}"
+            );
         }
         assert!(parse_duration("99999999999999999999999h").is_err());
     }

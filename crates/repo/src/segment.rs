@@ -149,7 +149,9 @@ impl<'a> Reader<'a> {
 impl Segment {
     /// The plain bytes (before compression and sealing).
     pub fn encode_raw(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.changes.iter().map(|c| c.key.len() + c.value.len() + 12).sum::<usize>());
+        let mut out = Vec::with_capacity(
+            64 + self.changes.iter().map(|c| c.key.len() + c.value.len() + 12).sum::<usize>(),
+        );
         out.extend_from_slice(RAW_MAGIC);
         put_bytes(&mut out, self.base.as_bytes());
         put_varint(&mut out, self.first as u64);
@@ -184,7 +186,8 @@ impl Segment {
             return Err("not a segment".into());
         }
         let mut r = Reader { buf: raw, pos: 8 };
-        let base = String::from_utf8(r.bytes()?.to_vec()).map_err(|_| "base id is not text".to_string())?;
+        let base = String::from_utf8(r.bytes()?.to_vec())
+            .map_err(|_| "base id is not text".to_string())?;
         let first = r.int()?;
         let last = r.int()?;
         if first < 1 || last < first {
@@ -225,12 +228,18 @@ impl Segment {
                     expect += 1;
                 }
             } else {
-                return Err(format!("change at revision {mod_revision} where {} was expected", expect));
+                return Err(format!(
+                    "change at revision {mod_revision} where {} was expected",
+                    expect
+                ));
             }
             changes.push(c);
         }
         if expect != last + 1 {
-            return Err(format!("changes end at revision {} but the segment says {last}", expect - 1));
+            return Err(format!(
+                "changes end at revision {} but the segment says {last}",
+                expect - 1
+            ));
         }
         if r.pos != raw.len() {
             return Err(format!("{} bytes after the last change", raw.len() - r.pos));
@@ -259,7 +268,8 @@ impl Segment {
             return Err("not a segment object".into());
         }
         let id = Id(object[8..40].try_into().unwrap());
-        let encoding = Encoding::from_u8(object[40]).ok_or_else(|| format!("unknown encoding {}", object[40]))?;
+        let encoding = Encoding::from_u8(object[40])
+            .ok_or_else(|| format!("unknown encoding {}", object[40]))?;
         let raw_len = u32::from_le_bytes(object[41..45].try_into().unwrap());
         if raw_len as usize > MAX_SEGMENT_BYTES {
             return Err(format!("length {raw_len} is over the largest segment"));
@@ -267,7 +277,8 @@ impl Segment {
         if keys.is_some() && !encoding.is_sealed() {
             return Err("a plain segment in an encrypted repository (planted?)".into());
         }
-        let raw = decode_blob(keys, id, encoding, raw_len, &object[45..]).map_err(|e| e.to_string())?;
+        let raw =
+            decode_blob(keys, id, encoding, raw_len, &object[45..]).map_err(|e| e.to_string())?;
         Segment::decode_raw(&raw)
     }
 }
@@ -277,7 +288,15 @@ mod tests {
     use super::*;
 
     fn change(rev: i64, key: &str, put: bool) -> Change {
-        Change { put, key: key.into(), value: if put { format!("v{rev}").into() } else { vec![] }, create_revision: if put { rev } else { 0 }, mod_revision: rev, version: put as i64, lease: 0 }
+        Change {
+            put,
+            key: key.into(),
+            value: if put { format!("v{rev}").into() } else { vec![] },
+            create_revision: if put { rev } else { 0 },
+            mod_revision: rev,
+            version: put as i64,
+            lease: 0,
+        }
     }
 
     fn sample() -> Segment {
@@ -287,7 +306,12 @@ mod tests {
             last: 13,
             times: vec![(11, 1_700_000_000_000), (12, 1_700_000_000_100), (13, 1_700_000_000_900)],
             leases: vec![(0x694d_7a3b, 60)],
-            changes: vec![change(11, "a", true), change(12, "b", true), change(12, "c", true), change(13, "a", false)],
+            changes: vec![
+                change(11, "a", true),
+                change(12, "b", true),
+                change(12, "c", true),
+                change(13, "a", false),
+            ],
         }
     }
 
@@ -299,7 +323,10 @@ mod tests {
         let sealed = s.encode(3, Some(&keys));
         assert_eq!(Segment::decode(&sealed, Some(&keys)).unwrap(), s);
         assert!(Segment::decode(&sealed, Some(&Keys::generate())).is_err(), "another key");
-        assert!(Segment::decode(&s.encode(3, None), Some(&keys)).is_err(), "plain segment planted in an encrypted repository");
+        assert!(
+            Segment::decode(&s.encode(3, None), Some(&keys)).is_err(),
+            "plain segment planted in an encrypted repository"
+        );
         let mut flipped = s.encode(3, None);
         let n = flipped.len();
         flipped[n - 3] ^= 1;
@@ -352,7 +379,10 @@ mod tests {
         assert!(matches!(r.read_segment(&moved), Err(RepoError::Damaged(_))));
         r.store().delete(&moved.key).unwrap();
         r.prune(Some(&Policy { keep_last: 1, ..Default::default() }), false).unwrap();
-        assert!(r.list_segments(Some(&old.id)).unwrap().is_empty(), "the removed full's segments go with it");
+        assert!(
+            r.list_segments(Some(&old.id)).unwrap().is_empty(),
+            "the removed full's segments go with it"
+        );
         assert_eq!(r.list_segments(None).unwrap(), vec![info]);
         // Encrypted: sealed, and unreadable without the key.
         let edir = tempfile::tempdir().unwrap();
@@ -368,10 +398,18 @@ mod tests {
     #[test]
     fn chain_proves_coverage_or_names_the_gap() {
         assert_eq!(chain(10, &[(11, 20), (21, 30)]), (vec![(11, 20), (21, 30)], None));
-        assert_eq!(chain(10, &[(21, 30), (11, 25)]), (vec![(11, 25), (21, 30)], None), "overlap is fine");
+        assert_eq!(
+            chain(10, &[(21, 30), (11, 25)]),
+            (vec![(11, 25), (21, 30)], None),
+            "overlap is fine"
+        );
         assert_eq!(chain(10, &[(11, 20), (23, 30)]), (vec![(11, 20)], Some((20, 23))));
         assert_eq!(chain(10, &[(12, 20)]), (vec![], Some((10, 12))));
-        assert_eq!(chain(15, &[(11, 20), (21, 22)]), (vec![(11, 20), (21, 22)], None), "starts inside the first");
+        assert_eq!(
+            chain(15, &[(11, 20), (21, 22)]),
+            (vec![(11, 20), (21, 22)], None),
+            "starts inside the first"
+        );
         assert_eq!(chain(30, &[(11, 20)]), (vec![], None), "nothing newer");
     }
 }
@@ -399,7 +437,13 @@ impl Repository {
         let key = segment_key(&segment.base, segment.first, segment.last);
         let size = data.len() as u64;
         self.store().put(&key, bytes::Bytes::from(data))?;
-        Ok(SegmentInfo { key, base: segment.base.clone(), first: segment.first, last: segment.last, size })
+        Ok(SegmentInfo {
+            key,
+            base: segment.base.clone(),
+            first: segment.first,
+            last: segment.last,
+            size,
+        })
     }
 
     /// The segments stored for full backup `base` (all bases when `None`), by revision.
@@ -422,12 +466,18 @@ impl Repository {
     pub fn read_segment(&self, info: &SegmentInfo) -> Result<Segment, RepoError> {
         let keys = self.keys()?;
         let data = self.store().get(&info.key).map_err(|e| match e {
-            StoreError::NotFound(_) => RepoError::Damaged(format!("{}: listed but missing", info.key)),
+            StoreError::NotFound(_) => {
+                RepoError::Damaged(format!("{}: listed but missing", info.key))
+            }
             other => other.into(),
         })?;
-        let s = Segment::decode(&data, keys).map_err(|e| RepoError::Damaged(format!("{}: {e}", info.key)))?;
+        let s = Segment::decode(&data, keys)
+            .map_err(|e| RepoError::Damaged(format!("{}: {e}", info.key)))?;
         if (s.base.as_str(), s.first, s.last) != (info.base.as_str(), info.first, info.last) {
-            return Err(RepoError::Damaged(format!("{}: holds {} {}..{} (moved or renamed)", info.key, s.base, s.first, s.last)));
+            return Err(RepoError::Damaged(format!(
+                "{}: holds {} {}..{} (moved or renamed)",
+                info.key, s.base, s.first, s.last
+            )));
         }
         Ok(s)
     }

@@ -68,7 +68,11 @@ pub trait Store: Send + Sync {
     /// Writes an object as `produce` streams it, without holding it in memory (multipart
     /// upload, or a temporary file renamed at the end). When `produce` fails nothing is left
     /// under `key`.
-    fn put_streaming(&self, key: &str, produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> Result<(), StoreError>;
+    fn put_streaming(
+        &self,
+        key: &str,
+        produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<(), StoreError>;
     fn get(&self, key: &str) -> Result<Bytes, StoreError>;
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError>;
     /// Every object whose key starts with `prefix` (a directory-like prefix ending in `/`).
@@ -105,7 +109,8 @@ pub trait Store: Send + Sync {
 /// address is asked only for AWS itself and unless `AWS_EC2_METADATA_DISABLED=true`;
 /// otherwise requests go unsigned.
 pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    let invalid = |reason: &str| StoreError::InvalidUrl { url: url.to_string(), reason: reason.to_string() };
+    let invalid =
+        |reason: &str| StoreError::InvalidUrl { url: url.to_string(), reason: reason.to_string() };
     let Some((scheme, _)) = url.split_once("://") else {
         return Ok(Arc::new(LocalDir::new(PathBuf::from(url))));
     };
@@ -115,13 +120,21 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         return Ok(Arc::new(LocalDir::new(path)));
     }
     let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
-    let bucket = parsed.host_str().filter(|h| !h.is_empty()).ok_or_else(|| invalid("no bucket name"))?.to_string();
+    let bucket = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| invalid("no bucket name"))?
+        .to_string();
     let prefix = parsed.path().trim_matches('/').to_string();
-    let opts: Vec<(String, String)> = parsed.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    let opts: Vec<(String, String)> =
+        parsed.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
     let opt = |name: &str| opts.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     for (k, _) in &opts {
         if !KNOWN_OPTIONS.contains(&k.as_str()) {
-            return Err(invalid(&format!("unknown option {k:?} (known: {})", KNOWN_OPTIONS.join(", "))));
+            return Err(invalid(&format!(
+                "unknown option {k:?} (known: {})",
+                KNOWN_OPTIONS.join(", ")
+            )));
         }
         if S3_ONLY_OPTIONS.contains(&k.as_str()) && scheme != "s3" {
             return Err(invalid(&format!("{k} is an option of s3:// repositories")));
@@ -129,10 +142,14 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     }
     let retries: usize = match opt("retries") {
         Some(v) => v.parse().map_err(|_| invalid("retries must be a number"))?,
-        None => std::env::var("ETCDGUARD_STORE_RETRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(4),
+        None => {
+            std::env::var("ETCDGUARD_STORE_RETRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(4)
+        }
     };
     let timeout = match opt("timeout") {
-        Some(v) => crate::retention::parse_duration(&v).map_err(|e| invalid(&format!("timeout: {e}")))?,
+        Some(v) => {
+            crate::retention::parse_duration(&v).map_err(|e| invalid(&format!("timeout: {e}")))?
+        }
         None => Duration::from_secs(120),
     };
     let retry = object_store::RetryConfig {
@@ -150,10 +167,13 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         .with_timeout(timeout)
         .with_allow_http(endpoint_opt.as_deref().is_some_and(|e| e.starts_with("http://")));
     let build_err = |e: object_store::Error| invalid(&e.to_string());
-    let (store, signer, kind): (Arc<dyn ObjectStore>, Option<Arc<dyn Signer>>, &str) = match scheme {
+    let (store, signer, kind): (Arc<dyn ObjectStore>, Option<Arc<dyn Signer>>, &str) = match scheme
+    {
         "s3" => {
             let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&bucket);
-            let endpoint = opt("endpoint").or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok()).or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+            let endpoint = opt("endpoint")
+                .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
+                .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
             let mut client = client;
             if let Some(e) = &endpoint {
                 b = b.with_endpoint(e);
@@ -180,7 +200,9 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
                 (None, None) => {}
                 (Some(kind), key) => {
                     use object_store::aws::AmazonS3ConfigKey;
-                    let config = |k: &str| k.parse::<AmazonS3ConfigKey>().expect("an object_store S3 option");
+                    let config = |k: &str| {
+                        k.parse::<AmazonS3ConfigKey>().expect("an object_store S3 option")
+                    };
                     if !["AES256", "aws:kms", "aws:kms:dsse"].contains(&kind.as_str()) {
                         return Err(invalid("sse must be AES256, aws:kms or aws:kms:dsse"));
                     }
@@ -192,7 +214,9 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
                         b = b.with_config(config("aws_sse_kms_key_id"), key);
                     }
                 }
-                (None, Some(_)) => return Err(invalid("sse-kms-key-id needs sse=aws:kms or aws:kms:dsse")),
+                (None, Some(_)) => {
+                    return Err(invalid("sse-kms-key-id needs sse=aws:kms or aws:kms:dsse"))
+                }
             }
             // A SHA-256 of every upload, checked by the server before it stores the object.
             // Buckets with S3 Object Lock (a default retention) refuse uploads without one.
@@ -203,33 +227,47 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
                     let mut headers = http::HeaderMap::new();
                     // What the AWS SDKs send along with the checksum; S3-compatible servers
                     // (moto) look for it on uploads into an Object Lock bucket.
-                    headers.insert("x-amz-sdk-checksum-algorithm", http::HeaderValue::from_static("SHA256"));
+                    headers.insert(
+                        "x-amz-sdk-checksum-algorithm",
+                        http::HeaderValue::from_static("SHA256"),
+                    );
                     client = client.with_default_headers(headers);
                 }
                 Some(_) => return Err(invalid("checksum must be sha256")),
             }
             if std::env::var("AWS_ACCESS_KEY_ID").is_err() {
-                if let (Some(id), Some(secret)) =
-                    (aws_profile_value("aws_access_key_id", false), aws_profile_value("aws_secret_access_key", false))
-                {
+                if let (Some(id), Some(secret)) = (
+                    aws_profile_value("aws_access_key_id", false),
+                    aws_profile_value("aws_secret_access_key", false),
+                ) {
                     b = b.with_access_key_id(id).with_secret_access_key(secret);
                     if let Some(token) = aws_profile_value("aws_session_token", false) {
                         b = b.with_token(token);
                     }
                 }
             }
-            let has_credentials = ["AWS_ACCESS_KEY_ID", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"]
-                .iter()
-                .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()))
-                || (std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_some() && std::env::var_os("AWS_ROLE_ARN").is_some())
+            let has_credentials = [
+                "AWS_ACCESS_KEY_ID",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            ]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()))
+                || (std::env::var_os("AWS_WEB_IDENTITY_TOKEN_FILE").is_some()
+                    && std::env::var_os("AWS_ROLE_ARN").is_some())
                 || aws_profile_value("aws_access_key_id", false).is_some();
-            let metadata_disabled = std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-            if !has_credentials && !may_ask_instance_metadata(endpoint.as_deref(), metadata_disabled) {
+            let metadata_disabled = std::env::var("AWS_EC2_METADATA_DISABLED")
+                .is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+            if !has_credentials
+                && !may_ask_instance_metadata(endpoint.as_deref(), metadata_disabled)
+            {
                 // No credentials to sign with: requests go unsigned (a server that wants
                 // them answers 403), and nothing asks the cloud metadata address.
                 b = b.with_skip_signature(true);
             }
-            let s3 = Arc::new(b.with_retry(retry).with_client_options(client).build().map_err(build_err)?);
+            let s3 = Arc::new(
+                b.with_retry(retry).with_client_options(client).build().map_err(build_err)?,
+            );
             (s3.clone(), Some(s3), "s3")
         }
         "gs" => {
@@ -243,7 +281,8 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
             (g.clone(), Some(g), "gs")
         }
         "az" | "azure" => {
-            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(&bucket);
+            let mut b =
+                object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(&bucket);
             if let Some(a) = opt("account") {
                 b = b.with_account(a);
             }
@@ -253,10 +292,16 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
             if std::env::var("AZURE_STORAGE_USE_EMULATOR").is_ok_and(|v| v == "true" || v == "1") {
                 b = b.with_use_emulator(true);
             }
-            let a = Arc::new(b.with_retry(retry).with_client_options(client).build().map_err(build_err)?);
+            let a = Arc::new(
+                b.with_retry(retry).with_client_options(client).build().map_err(build_err)?,
+            );
             (a.clone(), Some(a), "az")
         }
-        other => return Err(invalid(&format!("unknown scheme {other:?} (use a path, file://, s3://, gs:// or az://)"))),
+        other => {
+            return Err(invalid(&format!(
+                "unknown scheme {other:?} (use a path, file://, s3://, gs:// or az://)"
+            )))
+        }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -280,15 +325,26 @@ pub fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 /// instance role provides.
 fn may_ask_instance_metadata(endpoint: Option<&str>, disabled: bool) -> bool {
     let aws_endpoint = |e: &str| {
-        url::Url::parse(e).ok().and_then(|u| u.host_str().map(str::to_ascii_lowercase)).is_some_and(|h| {
-            h.ends_with(".amazonaws.com") || h.ends_with(".amazonaws.com.cn")
-        })
+        url::Url::parse(e)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+            .is_some_and(|h| h.ends_with(".amazonaws.com") || h.ends_with(".amazonaws.com.cn"))
     };
     !disabled && endpoint.is_none_or(aws_endpoint)
 }
 
 /// Query options of a repository URL.
-const KNOWN_OPTIONS: [&str; 9] = ["endpoint", "region", "path-style", "account", "retries", "timeout", "sse", "sse-kms-key-id", "checksum"];
+const KNOWN_OPTIONS: [&str; 9] = [
+    "endpoint",
+    "region",
+    "path-style",
+    "account",
+    "retries",
+    "timeout",
+    "sse",
+    "sse-kms-key-id",
+    "checksum",
+];
 const S3_ONLY_OPTIONS: [&str; 3] = ["sse", "sse-kms-key-id", "checksum"];
 
 /// Reads one value from the AWS shared config files, as the SDKs do: `AWS_PROFILE` (or
@@ -298,7 +354,9 @@ fn aws_profile_value(key: &str, config_file: bool) -> Option<String> {
     let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
     let home = std::env::var_os("HOME").map(PathBuf::from)?;
     let (path, section) = if config_file {
-        let p = std::env::var_os("AWS_CONFIG_FILE").map(PathBuf::from).unwrap_or_else(|| home.join(".aws/config"));
+        let p = std::env::var_os("AWS_CONFIG_FILE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".aws/config"));
         (p, if profile == "default" { "default".to_string() } else { format!("profile {profile}") })
     } else {
         let p = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
@@ -355,7 +413,9 @@ impl LocalDir {
         let what = self.path(key).display().to_string();
         match e.kind() {
             io::ErrorKind::NotFound => StoreError::NotFound(what),
-            io::ErrorKind::PermissionDenied => StoreError::Auth(format!("{what}: permission denied")),
+            io::ErrorKind::PermissionDenied => {
+                StoreError::Auth(format!("{what}: permission denied"))
+            }
             _ => StoreError::Other(format!("{what}: {e}")),
         }
     }
@@ -431,7 +491,10 @@ pub fn write_file_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 
 /// As [`write_file_atomic`], with the content streamed by `produce`; when it fails the
 /// temporary file is removed and `path` is untouched.
-pub fn write_file_atomic_with(path: &Path, produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
+pub fn write_file_atomic_with(
+    path: &Path,
+    produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!("{TEMP_PREFIX}{name}-{:016x}", rand::random::<u64>()));
@@ -452,7 +515,11 @@ pub fn write_file_atomic_with(path: &Path, produce: &mut dyn FnMut(&mut dyn Writ
 }
 
 impl Store for LocalDir {
-    fn put_streaming(&self, key: &str, produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> Result<(), StoreError> {
+    fn put_streaming(
+        &self,
+        key: &str,
+        produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<(), StoreError> {
         let path = self.path(key);
         if let Some(dir) = path.parent() {
             create_private_dirs(dir).map_err(|e| self.io_err(key, e))?;
@@ -481,7 +548,10 @@ impl Store for LocalDir {
         let mut buf = vec![0u8; (range.end - range.start) as usize];
         f.read_exact_at(&mut buf, range.start).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                StoreError::Truncated(format!("{} (wanted bytes {range:?})", self.path(key).display()))
+                StoreError::Truncated(format!(
+                    "{} (wanted bytes {range:?})",
+                    self.path(key).display()
+                ))
             } else {
                 self.io_err(key, e)
             }
@@ -507,7 +577,8 @@ impl Store for LocalDir {
 
     fn sweep_temporaries(&self, prefix: &str, older_than: Duration) -> Result<usize, StoreError> {
         let rel = prefix.trim_end_matches('/');
-        let cutoff = std::time::SystemTime::now().checked_sub(older_than).unwrap_or(std::time::UNIX_EPOCH);
+        let cutoff =
+            std::time::SystemTime::now().checked_sub(older_than).unwrap_or(std::time::UNIX_EPOCH);
         let mut removed = 0;
         sweep_dir(&self.path(rel), cutoff, &mut removed).map_err(|e| self.io_err(prefix, e))?;
         Ok(removed)
@@ -552,13 +623,17 @@ impl ObjectStoreBackend {
         let text = error_chain(&e);
         match e {
             object_store::Error::NotFound { .. } => {
-                if text.contains("NoSuchBucket") || text.contains("ContainerNotFound") || text.contains("bucket does not exist") {
+                if text.contains("NoSuchBucket")
+                    || text.contains("ContainerNotFound")
+                    || text.contains("bucket does not exist")
+                {
                     StoreError::BucketMissing(format!("{} ({text})", self.bucket))
                 } else {
                     StoreError::NotFound(format!("{}/{key}", self.location))
                 }
             }
-            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => {
                 StoreError::Auth(format!("{}: {text}", self.location))
             }
             _ => classify_text(&self.location, &self.bucket, &text),
@@ -568,7 +643,10 @@ impl ObjectStoreBackend {
 
 fn classify_text(location: &str, bucket: &str, text: &str) -> StoreError {
     let lower = text.to_ascii_lowercase();
-    if text.contains("NoSuchBucket") || text.contains("ContainerNotFound") || lower.contains("specified bucket does not exist") {
+    if text.contains("NoSuchBucket")
+        || text.contains("ContainerNotFound")
+        || lower.contains("specified bucket does not exist")
+    {
         StoreError::BucketMissing(format!("{bucket} ({text})"))
     } else if text.contains("InvalidAccessKeyId")
         || text.contains("SignatureDoesNotMatch")
@@ -618,7 +696,9 @@ struct MultipartWriter<'a> {
 impl Write for MultipartWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let w = self.writer.as_mut().expect("writer open until finished");
-        self.runtime.block_on(w.wait_for_capacity(UPLOAD_PARTS_IN_FLIGHT)).map_err(io::Error::other)?;
+        self.runtime
+            .block_on(w.wait_for_capacity(UPLOAD_PARTS_IN_FLIGHT))
+            .map_err(io::Error::other)?;
         w.write(buf);
         Ok(buf.len())
     }
@@ -631,9 +711,16 @@ impl Write for MultipartWriter<'_> {
 const UPLOAD_PARTS_IN_FLIGHT: usize = 4;
 
 impl Store for ObjectStoreBackend {
-    fn put_streaming(&self, key: &str, produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> Result<(), StoreError> {
+    fn put_streaming(
+        &self,
+        key: &str,
+        produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<(), StoreError> {
         let path = self.path(key);
-        let upload = self.runtime.block_on(self.store.put_multipart(&path)).map_err(|e| self.map_err(key, e))?;
+        let upload = self
+            .runtime
+            .block_on(self.store.put_multipart(&path))
+            .map_err(|e| self.map_err(key, e))?;
         let mut w = MultipartWriter {
             runtime: &self.runtime,
             writer: Some(object_store::WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART)),
@@ -645,7 +732,9 @@ impl Store for ObjectStoreBackend {
         };
         let writer = w.writer.take().expect("writer open until finished");
         match produced {
-            Ok(()) => self.runtime.block_on(writer.finish()).map(|_| ()).map_err(|e| self.map_err(key, e)),
+            Ok(()) => {
+                self.runtime.block_on(writer.finish()).map(|_| ()).map_err(|e| self.map_err(key, e))
+            }
             Err(e) => {
                 // Abort so no part lingers (and nothing appears under the key).
                 let _ = self.runtime.block_on(writer.abort());
@@ -680,23 +769,37 @@ impl Store for ObjectStoreBackend {
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
         let path = self.path(key);
         let want = range.end - range.start;
-        let got = self.runtime.block_on(self.store.get_range(&path, range.clone())).map_err(|e| self.map_err(key, e))?;
+        let got = self
+            .runtime
+            .block_on(self.store.get_range(&path, range.clone()))
+            .map_err(|e| self.map_err(key, e))?;
         if got.len() as u64 != want {
-            return Err(StoreError::Truncated(format!("{}/{key} (wanted {want} bytes at {}, got {})", self.location, range.start, got.len())));
+            return Err(StoreError::Truncated(format!(
+                "{}/{key} (wanted {want} bytes at {}, got {})",
+                self.location,
+                range.start,
+                got.len()
+            )));
         }
         Ok(got)
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let full = self.path(prefix.trim_end_matches('/'));
-        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        let strip =
+            if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
         let mut out: Vec<ObjectInfo> = self
             .runtime
             .block_on(async { self.store.list(Some(&full)).try_collect::<Vec<_>>().await })
             .map_err(|e| self.map_err(prefix, e))?
             .into_iter()
             .map(|m| ObjectInfo {
-                key: m.location.as_ref().strip_prefix(strip.as_str()).unwrap_or(m.location.as_ref()).to_string(),
+                key: m
+                    .location
+                    .as_ref()
+                    .strip_prefix(strip.as_str())
+                    .unwrap_or(m.location.as_ref())
+                    .to_string(),
                 size: m.size,
                 modified: m.last_modified.timestamp(),
             })
@@ -747,7 +850,8 @@ mod tests {
         let store = LocalDir::new(dir.path().join("repo"));
         store.put("packs/ab/abcd", Bytes::from_static(b"hello")).unwrap();
         store.put("config", Bytes::from_static(b"{}")).unwrap();
-        let mode = fs::metadata(dir.path().join("repo/packs/ab/abcd")).unwrap().permissions().mode();
+        let mode =
+            fs::metadata(dir.path().join("repo/packs/ab/abcd")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let dmode = fs::metadata(dir.path().join("repo/packs/ab")).unwrap().permissions().mode();
         assert_eq!(dmode & 0o777, 0o700);
@@ -773,7 +877,10 @@ mod tests {
     #[test]
     fn instance_metadata_is_asked_only_on_aws_without_credentials() {
         assert!(may_ask_instance_metadata(None, false));
-        assert!(may_ask_instance_metadata(Some("https://bucket.vpce-1a2b.s3.us-east-1.vpce.amazonaws.com"), false));
+        assert!(may_ask_instance_metadata(
+            Some("https://bucket.vpce-1a2b.s3.us-east-1.vpce.amazonaws.com"),
+            false
+        ));
         assert!(!may_ask_instance_metadata(None, true));
         assert!(!may_ask_instance_metadata(Some("http://127.0.0.1:9000"), false));
         assert!(!may_ask_instance_metadata(Some("https://minio.example.com"), false));
@@ -785,7 +892,8 @@ mod tests {
         assert!(open_url("/tmp/x").unwrap().location().ends_with("/tmp/x"));
         assert!(matches!(open_url("ftp://x/y"), Err(StoreError::InvalidUrl { .. })));
         assert!(matches!(open_url("s3://b/p?bogus=1"), Err(StoreError::InvalidUrl { .. })));
-        let s = open_url("s3://bucket/some/prefix?endpoint=http://127.0.0.1:9&region=us-east-1").unwrap();
+        let s = open_url("s3://bucket/some/prefix?endpoint=http://127.0.0.1:9&region=us-east-1")
+            .unwrap();
         assert_eq!(s.location(), "s3://bucket/some/prefix");
     }
 }

@@ -74,7 +74,11 @@ pub struct Newest<'a> {
 
 /// Each live key's newest revision, for the keys `want` accepts, from one walk; sorted by
 /// key. Memory grows with the number of live keys, not with their values.
-pub fn newest_live<'a>(db: &Db<'a>, release: Option<&dyn Fn()>, want: &dyn Fn(&[u8]) -> bool) -> Result<Vec<Newest<'a>>, String> {
+pub fn newest_live<'a>(
+    db: &Db<'a>,
+    release: Option<&dyn Fn()>,
+    want: &dyn Fn(&[u8]) -> bool,
+) -> Result<Vec<Newest<'a>>, String> {
     let mut tracker = Tracker::default();
     for_each_revision(db, release, &mut |r| {
         if want(r.kv.key) {
@@ -98,7 +102,13 @@ impl<'a> Tracker<'a> {
             return None;
         }
         let kv = &r.kv;
-        let n = Newest { key: kv.key.into(), create_revision: kv.create_revision, mod_revision: kv.mod_revision, version: kv.version, value: kv.value };
+        let n = Newest {
+            key: kv.key.into(),
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            value: kv.value,
+        };
         let slot = self.newest.entry(kv.key.into()).insert_entry(n);
         Some(slot.into_mut())
     }
@@ -167,7 +177,10 @@ pub fn map_newest_live<'a, T: Send>(
         walked.map(|()| (tracker.into_sorted(), early))
     })?;
     // What the other core did for each key's newest revision is kept; the rest is done now.
-    let mut made: Vec<Option<T>> = live.iter().map(|n| early.remove(&n.key).filter(|(rev, _)| *rev == n.mod_revision).map(|(_, t)| t)).collect();
+    let mut made: Vec<Option<T>> = live
+        .iter()
+        .map(|n| early.remove(&n.key).filter(|(rev, _)| *rev == n.mod_revision).map(|(_, t)| t))
+        .collect();
     drop(early);
     let missing: Vec<usize> = (0..live.len()).filter(|&i| made[i].is_none()).collect();
     let rest_items: Vec<Newest<'a>> = missing.iter().map(|&i| live[i].clone()).collect();
@@ -181,13 +194,20 @@ pub fn map_newest_live<'a, T: Send>(
 /// in the items' order. The values are visited in the order they lie in the file (so the
 /// kernel reads ahead), and copied out with positioned reads rather than read through the map
 /// ([`SnapshotFile::copy_out`]): mapping and dropping each page cost more than the copy.
-pub fn map_in_file_order<'a, T: Send>(file: &SnapshotFile, items: &[Newest<'a>], f: &(dyn Fn(&Newest<'a>, &[u8]) -> T + Sync)) -> Vec<T> {
+pub fn map_in_file_order<'a, T: Send>(
+    file: &SnapshotFile,
+    items: &[Newest<'a>],
+    f: &(dyn Fn(&Newest<'a>, &[u8]) -> T + Sync),
+) -> Vec<T> {
     // Small enough that both cores stay busy to the end, large enough to read ahead.
     const CHUNK: usize = 64;
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_unstable_by_key(|&i| items[i].value.as_ptr() as usize);
     let next = AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8).min(order.len().div_ceil(CHUNK).max(1));
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+        .min(order.len().div_ceil(CHUNK).max(1));
     let work = || {
         let mut done: Vec<(usize, T)> = Vec::new();
         let mut buf = Vec::new();
@@ -208,7 +228,10 @@ pub fn map_in_file_order<'a, T: Send>(file: &SnapshotFile, items: &[Newest<'a>],
     } else {
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
         })
     };
     let mut all: Vec<(usize, T)> = parts.into_iter().flatten().collect();
@@ -228,7 +251,11 @@ fn value_of<'b>(file: &SnapshotFile, value: &'b [u8], buf: &'b mut Vec<u8>) -> &
 
 /// Calls `f` for every revision in the `key` bucket, oldest first. Fails on the first entry
 /// that does not decode, or when the tree walk finds damage.
-pub fn for_each_revision<'a>(db: &Db<'a>, release: Option<&dyn Fn()>, f: &mut dyn FnMut(Revision<'a>)) -> Result<(), String> {
+pub fn for_each_revision<'a>(
+    db: &Db<'a>,
+    release: Option<&dyn Fn()>,
+    f: &mut dyn FnMut(Revision<'a>),
+) -> Result<(), String> {
     let mut v = RevisionVisitor::new(f);
     let opts = WalkOptions { release, ..WalkOptions::default() };
     let report = walk(db, &mut v, &opts);
@@ -236,7 +263,10 @@ pub fn for_each_revision<'a>(db: &Db<'a>, release: Option<&dyn Fn()>, f: &mut dy
         return Err(format!("key bucket: {e}"));
     }
     if !report.is_ok() {
-        return Err(format!("the database is damaged ({} problems); run `etcdguard snapshot verify`", report.problem_count));
+        return Err(format!(
+            "the database is damaged ({} problems); run `etcdguard snapshot verify`",
+            report.problem_count
+        ));
     }
     Ok(())
 }

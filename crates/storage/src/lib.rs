@@ -12,7 +12,7 @@ pub mod snapshot_file;
 pub mod status;
 pub mod verify;
 
-pub use snapshot_file::{Layout, SnapshotFile, TrailerCheck};
 pub use release::{Evidence, Provenance, Release};
+pub use snapshot_file::{Layout, SnapshotFile, TrailerCheck};
 pub use status::{status, status_as, Format, Status, StatusError};
 pub use verify::{verify, VerifyReport};

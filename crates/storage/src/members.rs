@@ -21,16 +21,22 @@ const LIMIT: usize = 10_000;
 
 /// The members of the snapshot's cluster, by id. A snapshot without a `members` bucket has none.
 pub fn stored_members(db: &Db<'_>) -> Result<Vec<StoredMember>, String> {
-    let root = collect_entries(db, db.meta().root, LIMIT).map_err(|e| format!("reading the root bucket: {e}"))?;
+    let root = collect_entries(db, db.meta().root, LIMIT)
+        .map_err(|e| format!("reading the root bucket: {e}"))?;
     let Some(bucket) = root.iter().find(|e| e.key == b"members") else { return Ok(Vec::new()) };
-    let entries = collect_bucket(db, &bucket.value, LIMIT).map_err(|e| format!("reading the members bucket: {e}"))?;
+    let entries = collect_bucket(db, &bucket.value, LIMIT)
+        .map_err(|e| format!("reading the members bucket: {e}"))?;
     let mut out = Vec::new();
     for e in entries {
         let key = String::from_utf8_lossy(&e.key).into_owned();
-        let v: serde_json::Value = serde_json::from_slice(&e.value).map_err(|err| format!("member {key}: not JSON: {err}"))?;
+        let v: serde_json::Value = serde_json::from_slice(&e.value)
+            .map_err(|err| format!("member {key}: not JSON: {err}"))?;
         let id = v["id"].as_u64().ok_or_else(|| format!("member {key}: no id"))?;
         let strings = |field: &str| -> Vec<String> {
-            v[field].as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
+            v[field]
+                .as_array()
+                .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                .unwrap_or_default()
         };
         out.push(StoredMember {
             id,
@@ -49,7 +55,8 @@ mod tests {
 
     #[test]
     fn reads_the_member_list_of_an_etcd_3_5_snapshot() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../bolt/tests/data/etcd-3.5.1-k8s-small.db");
+        let path =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../bolt/tests/data/etcd-3.5.1-k8s-small.db");
         let bytes = std::fs::read(path).unwrap();
         let db = Db::open(&bytes[..bytes.len() - 32]).unwrap();
         let members = stored_members(&db).unwrap();

@@ -48,8 +48,11 @@ pub fn for_each_field<'a>(
             }
             2 => {
                 let len = read_varint(buf, &mut pos)?;
-                let end = pos.checked_add(len as usize).filter(|&e| e <= buf.len() && len <= usize::MAX as u64);
-                let end = end.ok_or_else(|| format!("field {field}: length {len} runs past the end"))?;
+                let end = pos
+                    .checked_add(len as usize)
+                    .filter(|&e| e <= buf.len() && len <= usize::MAX as u64);
+                let end =
+                    end.ok_or_else(|| format!("field {field}: length {len} runs past the end"))?;
                 let b = &buf[pos..end];
                 pos = end;
                 Value::Bytes(b)
@@ -129,9 +132,13 @@ mod tests {
         let tomb = KeyValue::decode(&[0x0a, 0x02, b'k', b'2']).unwrap();
         assert_eq!(tomb.key, b"k2");
         assert_eq!(tomb.mod_revision, 0);
-        let full = [0x0a, 0x01, b'a', 0x10, 0x05, 0x18, 0x07, 0x20, 0x02, 0x2a, 0x01, b'x', 0x30, 0x09];
+        let full =
+            [0x0a, 0x01, b'a', 0x10, 0x05, 0x18, 0x07, 0x20, 0x02, 0x2a, 0x01, b'x', 0x30, 0x09];
         let kv = KeyValue::decode(&full).unwrap();
-        assert_eq!((kv.create_revision, kv.mod_revision, kv.version, kv.value, kv.lease), (5, 7, 2, &b"x"[..], 9));
+        assert_eq!(
+            (kv.create_revision, kv.mod_revision, kv.version, kv.value, kv.lease),
+            (5, 7, 2, &b"x"[..], 9)
+        );
     }
 
     #[test]

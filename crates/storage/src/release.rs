@@ -88,8 +88,12 @@ impl std::fmt::Display for Evidence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Evidence::StorageVersion(v) => write!(f, "its meta/storageVersion is {v}"),
-            Evidence::ClusterVersion(v) => write!(f, "it has no meta/storageVersion and its cluster/clusterVersion is {v}"),
-            Evidence::Nothing => f.write_str("it records neither a storage nor a cluster version; assuming the newest"),
+            Evidence::ClusterVersion(v) => {
+                write!(f, "it has no meta/storageVersion and its cluster/clusterVersion is {v}")
+            }
+            Evidence::Nothing => f.write_str(
+                "it records neither a storage nor a cluster version; assuming the newest",
+            ),
         }
     }
 }
@@ -98,31 +102,46 @@ impl Provenance {
     /// Reads the two markers. A damaged or unusual root, `meta` or `cluster` bucket gives
     /// `None` for what could not be read: the full walk that follows reports the damage.
     pub fn read(db: &Db<'_>) -> Provenance {
-        let Ok(root) = collect_entries(db, db.meta().root, 256) else { return Provenance::default() };
+        let Ok(root) = collect_entries(db, db.meta().root, 256) else {
+            return Provenance::default();
+        };
         let lookup = |bucket: &[u8], key: &[u8]| -> Option<String> {
             let entry = root.iter().find(|e| e.key == bucket && e.is_bucket())?;
             let entries = collect_bucket(db, &entry.value, 4096).ok()?;
             let found = entries.into_iter().find(|e| e.key == key && !e.is_bucket())?;
             Some(String::from_utf8_lossy(&found.value).into_owned())
         };
-        Provenance { storage_version: lookup(b"meta", b"storageVersion"), cluster_version: lookup(b"cluster", b"clusterVersion") }
+        Provenance {
+            storage_version: lookup(b"meta", b"storageVersion"),
+            cluster_version: lookup(b"cluster", b"clusterVersion"),
+        }
     }
 
     /// The release line that wrote the database: the storage version when there is one
     /// (3.6+ write it), else the cluster version, else the newest line.
     pub fn writer(&self) -> (Release, Evidence) {
         if let Some(v) = self.storage_version.as_deref().and_then(SemVer::parse) {
-            return (Release::of_version(v.major, v.minor), Evidence::StorageVersion(v.to_string()));
+            return (
+                Release::of_version(v.major, v.minor),
+                Evidence::StorageVersion(v.to_string()),
+            );
         }
         if let Some(v) = self.cluster_version.as_deref().and_then(SemVer::parse) {
-            return (Release::of_version(v.major, v.minor), Evidence::ClusterVersion(v.to_string()));
+            return (
+                Release::of_version(v.major, v.minor),
+                Evidence::ClusterVersion(v.to_string()),
+            );
         }
         (Release::NEWEST, Evidence::Nothing)
     }
 
     /// The storage version as etcd 3.6+ prints it (`""` when absent or not a version).
     pub fn storage_version_text(&self) -> String {
-        self.storage_version.as_deref().and_then(SemVer::parse).map(|v| v.to_string()).unwrap_or_default()
+        self.storage_version
+            .as_deref()
+            .and_then(SemVer::parse)
+            .map(|v| v.to_string())
+            .unwrap_or_default()
     }
 }
 
@@ -143,7 +162,10 @@ impl SemVer {
         let (rest, metadata) = text.split_once('+').unwrap_or((text, ""));
         let (core, pre_release) = rest.split_once('-').unwrap_or((rest, ""));
         let identifier_ok = |id: &str| {
-            id.is_empty() || id.split('.').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            id.is_empty()
+                || id.split('.').all(|part| {
+                    !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
         };
         if !identifier_ok(pre_release) || !identifier_ok(metadata) {
             return None;
@@ -151,7 +173,13 @@ impl SemVer {
         let mut numbers = core.splitn(3, '.');
         let mut next = || numbers.next()?.parse::<i64>().ok();
         let (major, minor, patch) = (next()?, next()?, next()?);
-        Some(SemVer { major, minor, patch, pre_release: pre_release.to_string(), metadata: metadata.to_string() })
+        Some(SemVer {
+            major,
+            minor,
+            patch,
+            pre_release: pre_release.to_string(),
+            metadata: metadata.to_string(),
+        })
     }
 }
 
@@ -176,7 +204,11 @@ mod tests {
     fn semver_follows_etcds_parser() {
         assert_eq!(SemVer::parse("3.6.0").unwrap().to_string(), "3.6.0");
         assert_eq!(SemVer::parse("03.6.0").unwrap().to_string(), "3.6.0");
-        assert_eq!(SemVer::parse("3.6.0-").unwrap().to_string(), "3.6.0", "an empty pre-release is none");
+        assert_eq!(
+            SemVer::parse("3.6.0-").unwrap().to_string(),
+            "3.6.0",
+            "an empty pre-release is none"
+        );
         assert_eq!(SemVer::parse("3.6.0-rc.1+abc").unwrap().to_string(), "3.6.0-rc.1+abc");
         for bad in ["", "+3.6.0", "3.6", "3.6.0.1", "3.6.x", "3.6.0-a..b", "3.6.0+a_b", "3.6. 0"] {
             assert_eq!(SemVer::parse(bad), None, "{bad:?}");
@@ -185,11 +217,17 @@ mod tests {
 
     #[test]
     fn writer_prefers_the_storage_version() {
-        let p = |s: Option<&str>, c: Option<&str>| Provenance { storage_version: s.map(Into::into), cluster_version: c.map(Into::into) };
+        let p = |s: Option<&str>, c: Option<&str>| Provenance {
+            storage_version: s.map(Into::into),
+            cluster_version: c.map(Into::into),
+        };
         assert_eq!(p(Some("3.6.0"), Some("3.7.0")).writer().0, Release::V3_6);
         assert_eq!(p(Some("3.7.0"), None).writer().0, Release::V3_7);
         assert_eq!(p(Some("3.9.0"), None).writer().0, Release::NEWEST);
-        assert_eq!(p(None, Some("3.5.0")).writer(), (Release::V3_5, Evidence::ClusterVersion("3.5.0".into())));
+        assert_eq!(
+            p(None, Some("3.5.0")).writer(),
+            (Release::V3_5, Evidence::ClusterVersion("3.5.0".into()))
+        );
         assert_eq!(p(None, Some("3.4.0")).writer().0, Release::V3_4);
         assert_eq!(p(None, Some("3.3.0")).writer().0, Release::V3_4);
         assert_eq!(p(Some("garbage"), Some("3.5.0")).writer().0, Release::V3_5);

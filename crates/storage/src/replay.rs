@@ -107,13 +107,16 @@ pub fn replay(
     let key_at = root.iter().position(|e| e.key == KEY);
     let key_bucket = match key_at {
         Some(i) if root[i].is_bucket() => Some(
-            BucketHeader::parse(&root[i].value).ok_or_else(|| ReplayError::Schema("bucket \"key\": bad header".into()))?,
+            BucketHeader::parse(&root[i].value)
+                .ok_or_else(|| ReplayError::Schema("bucket \"key\": bad header".into()))?,
         ),
         Some(_) => return Err(ReplayError::Schema("top-level key \"key\" is not a bucket".into())),
         None => None,
     };
     let inline_entries = match (&key_bucket, key_at) {
-        (Some(h), Some(i)) if h.inline_page.is_some() => Some(write::collect_bucket(&db, &root[i].value, SMALL_BUCKET_LIMIT)?),
+        (Some(h), Some(i)) if h.inline_page.is_some() => {
+            Some(write::collect_bucket(&db, &root[i].value, SMALL_BUCKET_LIMIT)?)
+        }
         (None, _) => Some(Vec::new()),
         _ => None,
     };
@@ -133,11 +136,13 @@ pub fn replay(
         }
     };
 
-    let mut state = Sequencer { last: from_revision, sub: 0, revisions: 0, events: 0, skipped: 0, error: None };
+    let mut state =
+        Sequencer { last: from_revision, sub: 0, revisions: 0, events: 0, skipped: 0, error: None };
     let mut entries = events.map_while(|e| state.next(e, until)).flatten();
     let sequence = key_bucket.as_ref().map_or(0, |h| h.sequence);
     let mut sink = |at: u64, pages: &[u8]| {
-        file.write_all_at(pages, at * page_size).map_err(|e| WriteError::Invalid(format!("writing pages: {e}")))
+        file.write_all_at(pages, at * page_size)
+            .map_err(|e| WriteError::Invalid(format!("writing pages: {e}")))
     };
     let key_value = match (inline_entries, &key_bucket) {
         (Some(mut small), _) => {
@@ -163,8 +168,10 @@ pub fn replay(
         let mut sorted: Vec<LeaseGrant> = leases.to_vec();
         sorted.sort();
         sorted.dedup_by_key(|l| l.id);
-        let lease_entries: Vec<Entry> =
-            sorted.iter().map(|l| Entry::new((l.id as u64).to_be_bytes().to_vec(), encode_lease(l))).collect();
+        let lease_entries: Vec<Entry> = sorted
+            .iter()
+            .map(|l| Entry::new((l.id as u64).to_be_bytes().to_vec(), encode_lease(l)))
+            .collect();
         let at = root.iter().position(|e| e.key == LEASE);
         let seq = at.and_then(|i| BucketHeader::parse(&root[i].value)).map_or(0, |h| h.sequence);
         let v = app.bucket(&lease_entries, seq)?;
@@ -175,8 +182,12 @@ pub fn replay(
     }
     root.sort_by(|a, b| a.key.cmp(&b.key));
     let new_root = app.tree(&root)?;
-    let txid = old.txid.checked_add(1).ok_or_else(|| ReplayError::Schema("transaction id overflow".into()))?;
-    let new_meta = Meta { root: new_root, freelist: NO_FREELIST, pgid: app.next_pgid(), txid, ..old };
+    let txid = old
+        .txid
+        .checked_add(1)
+        .ok_or_else(|| ReplayError::Schema("transaction id overflow".into()))?;
+    let new_meta =
+        Meta { root: new_root, freelist: NO_FREELIST, pgid: app.next_pgid(), txid, ..old };
     file.write_all_at(app.bytes(), app.pending_start() * page_size)?;
     drop(map);
     file.sync_all()?;
@@ -206,9 +217,13 @@ pub fn replay_snapshot(
     use sha2::{Digest, Sha256};
     use std::io::{Read, Write};
 
-    let source = crate::SnapshotFile::open(snapshot).map_err(|e| ReplayError::Schema(format!("{}: {e}", snapshot.display())))?;
+    let source = crate::SnapshotFile::open(snapshot)
+        .map_err(|e| ReplayError::Schema(format!("{}: {e}", snapshot.display())))?;
     if let crate::Layout::Ragged { remainder } = source.layout() {
-        return Err(ReplayError::Schema(format!("{}: {remainder} bytes past a whole page: a copy cut short", snapshot.display())));
+        return Err(ReplayError::Schema(format!(
+            "{}: {remainder} bytes past a whole page: a copy cut short",
+            snapshot.display()
+        )));
     }
     let image_len = source.image().len() as u64;
     drop(source);
@@ -223,7 +238,8 @@ pub fn replay_snapshot(
         // The new end: the old image or the appended pages, whichever is longer.
         let page_size = {
             let map = MappedFile::open(&part).map_err(|e| std::io::Error::other(e.to_string()))?;
-            Db::open(map.bytes()).map_err(|e| ReplayError::Schema(e.to_string()))?.page_size() as u64
+            Db::open(map.bytes()).map_err(|e| ReplayError::Schema(e.to_string()))?.page_size()
+                as u64
         };
         let mut file = OpenOptions::new().read(true).write(true).open(&part)?;
         let len = file.metadata()?.len().div_ceil(page_size) * page_size;
@@ -307,7 +323,15 @@ impl Sequencer {
             EventKind::Put => encode_key_value(&event),
             EventKind::Delete => {
                 key.push(b't');
-                encode_key_value(&Event { kind: EventKind::Delete, key: event.key.clone(), mod_revision: 0, create_revision: 0, version: 0, value: Vec::new(), lease: 0 })
+                encode_key_value(&Event {
+                    kind: EventKind::Delete,
+                    key: event.key.clone(),
+                    mod_revision: 0,
+                    create_revision: 0,
+                    version: 0,
+                    value: Vec::new(),
+                    lease: 0,
+                })
             }
         };
         self.sub += 1;
@@ -320,7 +344,9 @@ fn check_event(e: &Event) -> Result<(), String> {
     if e.key.is_empty() {
         return Err(format!("revision {}: empty key", e.mod_revision));
     }
-    if e.kind == EventKind::Put && (e.version < 1 || e.create_revision < 1 || e.create_revision > e.mod_revision) {
+    if e.kind == EventKind::Put
+        && (e.version < 1 || e.create_revision < 1 || e.create_revision > e.mod_revision)
+    {
         return Err(format!(
             "revision {}: put of {:?} with version {} and create revision {}",
             e.mod_revision,
@@ -396,25 +422,52 @@ mod tests {
 
     #[test]
     fn key_values_encode_as_etcd_marshals_them() {
-        let e = Event { kind: EventKind::Put, key: b"a".to_vec(), mod_revision: 7, create_revision: 5, version: 2, value: b"x".to_vec(), lease: 9 };
+        let e = Event {
+            kind: EventKind::Put,
+            key: b"a".to_vec(),
+            mod_revision: 7,
+            create_revision: 5,
+            version: 2,
+            value: b"x".to_vec(),
+            lease: 9,
+        };
         let bytes = encode_key_value(&e);
-        assert_eq!(bytes, [0x0a, 0x01, b'a', 0x10, 0x05, 0x18, 0x07, 0x20, 0x02, 0x2a, 0x01, b'x', 0x30, 0x09]);
+        assert_eq!(
+            bytes,
+            [0x0a, 0x01, b'a', 0x10, 0x05, 0x18, 0x07, 0x20, 0x02, 0x2a, 0x01, b'x', 0x30, 0x09]
+        );
         let kv = KeyValue::decode(&bytes).unwrap();
-        assert_eq!((kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.value, kv.lease), (&b"a"[..], 5, 7, 2, &b"x"[..], 9));
-        let l = Lease::decode(&encode_lease(&LeaseGrant { id: 0x694d_7a3b_1c2d_3e4f, ttl: 60 })).unwrap();
+        assert_eq!(
+            (kv.key, kv.create_revision, kv.mod_revision, kv.version, kv.value, kv.lease),
+            (&b"a"[..], 5, 7, 2, &b"x"[..], 9)
+        );
+        let l = Lease::decode(&encode_lease(&LeaseGrant { id: 0x694d_7a3b_1c2d_3e4f, ttl: 60 }))
+            .unwrap();
         assert_eq!((l.id, l.ttl, l.remaining_ttl), (0x694d_7a3b_1c2d_3e4f, 60, 0));
     }
 
     #[test]
     fn sequencer_numbers_sub_revisions_and_finds_gaps() {
-        let mut s = Sequencer { last: 10, sub: 0, revisions: 0, events: 0, skipped: 0, error: None };
+        let mut s =
+            Sequencer { last: 10, sub: 0, revisions: 0, events: 0, skipped: 0, error: None };
         assert!(matches!(s.next(put("old", 10, 10, 1, ""), None), Some(None)), "already in the db");
         let a = s.next(put("a", 11, 11, 1, "1"), None).unwrap().unwrap();
         let b = s.next(put("b", 11, 11, 1, "2"), None).unwrap().unwrap();
         assert_eq!(a.key, revision_key(11, 0));
         assert_eq!(b.key, revision_key(11, 1));
         let d = s
-            .next(Ok(Event { kind: EventKind::Delete, key: b"a".to_vec(), mod_revision: 12, create_revision: 0, version: 0, value: vec![], lease: 0 }), None)
+            .next(
+                Ok(Event {
+                    kind: EventKind::Delete,
+                    key: b"a".to_vec(),
+                    mod_revision: 12,
+                    create_revision: 0,
+                    version: 0,
+                    value: vec![],
+                    lease: 0,
+                }),
+                None,
+            )
             .unwrap()
             .unwrap();
         let mut tomb = revision_key(12, 0);
@@ -424,11 +477,20 @@ mod tests {
         assert!(s.next(put("c", 13, 13, 1, ""), Some(12)).is_none(), "past until");
         assert!(s.error.is_none());
         assert!(s.next(put("c", 14, 14, 1, ""), None).is_none());
-        assert!(matches!(s.error, Some(ReplayError::Gap(ref m)) if m.contains("13..13")), "{:?}", s.error);
-        let mut s = Sequencer { last: 10, sub: 0, revisions: 0, events: 0, skipped: 0, error: None };
-        assert!(s.next(put("x", 12, 12, 1, ""), None).is_none(), "the first change must be the next revision");
+        assert!(
+            matches!(s.error, Some(ReplayError::Gap(ref m)) if m.contains("13..13")),
+            "{:?}",
+            s.error
+        );
+        let mut s =
+            Sequencer { last: 10, sub: 0, revisions: 0, events: 0, skipped: 0, error: None };
+        assert!(
+            s.next(put("x", 12, 12, 1, ""), None).is_none(),
+            "the first change must be the next revision"
+        );
         assert!(matches!(s.error, Some(ReplayError::Gap(_))));
-        let mut s = Sequencer { last: 10, sub: 0, revisions: 0, events: 0, skipped: 0, error: None };
+        let mut s =
+            Sequencer { last: 10, sub: 0, revisions: 0, events: 0, skipped: 0, error: None };
         assert!(s.next(put("x", 11, 12, 1, ""), None).is_none());
         assert!(matches!(s.error, Some(ReplayError::BadEvent(_))));
     }

@@ -103,13 +103,20 @@ impl SnapshotFile {
             let want = buf.len().min((end - offset) as usize);
             let n = file.read_at(&mut buf[..want], offset)?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being read"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while being read",
+                ));
             }
             hasher.update(&buf[..n]);
             offset += n as u64;
         }
         let actual: [u8; 32] = hasher.finalize().into();
-        Ok(if actual == digest { TrailerCheck::Verified } else { TrailerCheck::Mismatch { expected: digest, actual } })
+        Ok(if actual == digest {
+            TrailerCheck::Verified
+        } else {
+            TrailerCheck::Mismatch { expected: digest, actual }
+        })
     }
 }
 

@@ -129,8 +129,12 @@ impl<'a> Visitor<'a> for StatusVisitor<'a> {
                 }
                 self.total_key += 1;
                 match (self.bucket.as_slice(), key) {
-                    (b"meta", b"storageVersion") => self.storage_version = Some(String::from_utf8_lossy(value).into_owned()),
-                    (b"cluster", b"clusterVersion") => self.cluster_version = Some(String::from_utf8_lossy(value).into_owned()),
+                    (b"meta", b"storageVersion") => {
+                        self.storage_version = Some(String::from_utf8_lossy(value).into_owned())
+                    }
+                    (b"cluster", b"clusterVersion") => {
+                        self.cluster_version = Some(String::from_utf8_lossy(value).into_owned())
+                    }
                     _ => {}
                 }
                 if self.in_key_bucket {
@@ -173,8 +177,15 @@ pub fn status(db: &Db<'_>, release: Option<&dyn Fn()>) -> Result<Status, StatusE
 /// Computes the status as `etcdutl snapshot status` of release line `as_of` does. From 3.6
 /// on that keeps a set of the live user keys (borrowed from the map: a pointer and length
 /// each) and refuses a `key` bucket value that is not a KeyValue, as etcdutl does.
-pub fn status_as<'a>(db: &Db<'a>, as_of: Release, release: Option<&dyn Fn()>) -> Result<Status, StatusError> {
-    let mut v = StatusVisitor { live_keys: (as_of >= Release::V3_6).then(HashSet::new), ..StatusVisitor::default() };
+pub fn status_as<'a>(
+    db: &Db<'a>,
+    as_of: Release,
+    release: Option<&dyn Fn()>,
+) -> Result<Status, StatusError> {
+    let mut v = StatusVisitor {
+        live_keys: (as_of >= Release::V3_6).then(HashSet::new),
+        ..StatusVisitor::default()
+    };
     let opts = WalkOptions { release, ..WalkOptions::default() };
     let report = walk(db, &mut v, &opts);
     if !report.is_ok() {
@@ -218,7 +229,8 @@ impl Status {
     /// The `version` column of 3.6+: the storage version in etcd's canonical form, `""` when
     /// the file has none (or not a version).
     pub fn version_column(&self) -> String {
-        Provenance { storage_version: self.storage_version.clone(), cluster_version: None }.storage_version_text()
+        Provenance { storage_version: self.storage_version.clone(), cluster_version: None }
+            .storage_version_text()
     }
 
     /// The text `etcdutl snapshot status -w <format>` of [`Status::release`] prints, newline
@@ -233,7 +245,9 @@ impl Status {
                 format!("{}\n", row.join(", "))
             }
             Format::Json => {
-                let version = version.map(|v| format!(",\"version\":{}", serde_json::Value::String(v))).unwrap_or_default();
+                let version = version
+                    .map(|v| format!(",\"version\":{}", serde_json::Value::String(v)))
+                    .unwrap_or_default();
                 format!(
                     "{{\"hash\":{},\"revision\":{},\"totalKey\":{},\"totalSize\":{}{version}}}\n",
                     self.hash, self.revision, self.total_key, self.total_size
@@ -260,7 +274,12 @@ impl Status {
     }
 
     fn row(&self) -> Vec<String> {
-        vec![format!("{:x}", self.hash), self.revision.to_string(), self.total_key.to_string(), humanize_bytes(self.total_size)]
+        vec![
+            format!("{:x}", self.hash),
+            self.revision.to_string(),
+            self.total_key.to_string(),
+            humanize_bytes(self.total_size),
+        ]
     }
 }
 
@@ -274,7 +293,12 @@ struct TableStyle {
 }
 
 /// etcdutl up to 3.6 (tablewriter 0.0.x).
-const ASCII: TableStyle = TableStyle { top: ['+', '+', '+', '-'], middle: ['+', '+', '+', '-'], bottom: ['+', '+', '+', '-'], vertical: '|' };
+const ASCII: TableStyle = TableStyle {
+    top: ['+', '+', '+', '-'],
+    middle: ['+', '+', '+', '-'],
+    bottom: ['+', '+', '+', '-'],
+    vertical: '|',
+};
 
 /// etcdutl 3.7 (tablewriter 1.x).
 const BOX_DRAWING: TableStyle = TableStyle {
@@ -295,7 +319,10 @@ fn render_table(headers: &[&str], cells: &[String], style: &TableStyle) -> Strin
     };
     let row = |cells: Vec<String>| {
         let v = style.vertical;
-        format!("{v}{}{v}\n", cells.iter().map(|c| format!(" {c} ")).collect::<Vec<_>>().join(&v.to_string()))
+        format!(
+            "{v}{}{v}\n",
+            cells.iter().map(|c| format!(" {c} ")).collect::<Vec<_>>().join(&v.to_string())
+        )
     };
     let header_cells = headers
         .iter()
@@ -363,8 +390,14 @@ mod tests {
             release: Release::V3_5,
         };
         assert_eq!(s.render(Format::Simple), "3307ab0, 7, 14, 20 kB\n");
-        assert_eq!(s.render(Format::Json), "{\"hash\":53508784,\"revision\":7,\"totalKey\":14,\"totalSize\":20480}\n");
-        assert_eq!(s.render(Format::Fields), "\"Hash\" : 53508784\n\"Revision\" : 7\n\"Keys\" : 14\n\"Size\" : 20480\n");
+        assert_eq!(
+            s.render(Format::Json),
+            "{\"hash\":53508784,\"revision\":7,\"totalKey\":14,\"totalSize\":20480}\n"
+        );
+        assert_eq!(
+            s.render(Format::Fields),
+            "\"Hash\" : 53508784\n\"Revision\" : 7\n\"Keys\" : 14\n\"Size\" : 20480\n"
+        );
         let table = "+---------+----------+------------+------------+\n\
                      |  HASH   | REVISION | TOTAL KEYS | TOTAL SIZE |\n\
                      +---------+----------+------------+------------+\n\
@@ -373,7 +406,11 @@ mod tests {
         assert_eq!(s.render(Format::Table), table);
 
         s.release = Release::V3_6;
-        assert_eq!(s.render(Format::Simple), "3307ab0, 7, 14, 20 kB, \n", "no storage version: an empty column");
+        assert_eq!(
+            s.render(Format::Simple),
+            "3307ab0, 7, 14, 20 kB, \n",
+            "no storage version: an empty column"
+        );
         s.storage_version = Some("03.6.0".into());
         assert_eq!(s.render(Format::Simple), "3307ab0, 7, 14, 20 kB, 3.6.0\n");
         assert_eq!(

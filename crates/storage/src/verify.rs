@@ -59,7 +59,9 @@ pub struct SchemaStats {
 
 impl VerifyReport {
     pub fn is_ok(&self) -> bool {
-        self.structure.is_ok() && self.schema_problem_count == 0 && self.metas.iter().all(|m| m.is_ok())
+        self.structure.is_ok()
+            && self.schema_problem_count == 0
+            && self.metas.iter().all(|m| m.is_ok())
     }
 }
 
@@ -103,7 +105,9 @@ impl SchemaVisitor {
         }
         let kv = match KeyValue::decode(value) {
             Ok(kv) => kv,
-            Err(why) => return self.problem(Some(name), format!("value is not an mvccpb.KeyValue: {why}")),
+            Err(why) => {
+                return self.problem(Some(name), format!("value is not an mvccpb.KeyValue: {why}"))
+            }
         };
         if kv.key.is_empty() {
             return self.problem(Some(name), "KeyValue without a user key".into());
@@ -114,15 +118,30 @@ impl SchemaVisitor {
         }
         let user_key = display_key(kv.key);
         if kv.mod_revision != main {
-            self.problem(Some(name.clone()), format!("{user_key}: mod_revision {} differs from the key's revision", kv.mod_revision));
+            self.problem(
+                Some(name.clone()),
+                format!(
+                    "{user_key}: mod_revision {} differs from the key's revision",
+                    kv.mod_revision
+                ),
+            );
         }
         if kv.create_revision <= 0 || kv.create_revision > main {
-            self.problem(Some(name.clone()), format!("{user_key}: create_revision {} outside 1..={main}", kv.create_revision));
+            self.problem(
+                Some(name.clone()),
+                format!("{user_key}: create_revision {} outside 1..={main}", kv.create_revision),
+            );
         }
         if kv.version < 1 {
-            self.problem(Some(name.clone()), format!("{user_key}: version {} is below 1", kv.version));
+            self.problem(
+                Some(name.clone()),
+                format!("{user_key}: version {} is below 1", kv.version),
+            );
         } else if kv.version == 1 && kv.create_revision != main {
-            self.problem(Some(name), format!("{user_key}: first version but created at revision {}", kv.create_revision));
+            self.problem(
+                Some(name),
+                format!("{user_key}: first version but created at revision {}", kv.create_revision),
+            );
         }
     }
 
@@ -138,7 +157,9 @@ impl SchemaVisitor {
                         self.stats.consistent_index = Some(v)
                     }
                 }
-                Err(_) => self.problem(Some(name), format!("expected 8 bytes, found {}", value.len())),
+                Err(_) => {
+                    self.problem(Some(name), format!("expected 8 bytes, found {}", value.len()))
+                }
             },
             b"scheduledCompactRev" | b"finishedCompactRev" => match parse_revision(value) {
                 Ok((main, _, false)) => {
@@ -161,11 +182,16 @@ impl SchemaVisitor {
     fn check_member(&mut self, key: &[u8], value: &[u8]) {
         let name = display_key(key);
         let id = std::str::from_utf8(key).ok().and_then(|s| u64::from_str_radix(s, 16).ok());
-        let Some(id) = id else { return self.problem(Some(name), "member key is not a hex member id".into()) };
+        let Some(id) = id else {
+            return self.problem(Some(name), "member key is not a hex member id".into());
+        };
         self.stats.members += 1;
         match serde_json::from_slice::<serde_json::Value>(value) {
             Ok(v) if v["id"].as_u64() == Some(id) && v["peerURLs"].is_array() => {}
-            Ok(_) => self.problem(Some(name), "member record does not match its id or lacks peerURLs".into()),
+            Ok(_) => self.problem(
+                Some(name),
+                "member record does not match its id or lacks peerURLs".into(),
+            ),
             Err(e) => self.problem(Some(name), format!("member record is not valid JSON: {e}")),
         }
     }
@@ -173,7 +199,8 @@ impl SchemaVisitor {
     fn check_lease(&mut self, key: &[u8], value: &[u8]) {
         let name = display_key(key);
         let Ok(id) = <[u8; 8]>::try_from(key) else {
-            return self.problem(Some(name), format!("lease id of {} bytes, expected 8", key.len()));
+            return self
+                .problem(Some(name), format!("lease id of {} bytes, expected 8", key.len()));
         };
         self.stats.leases += 1;
         match Lease::decode(value) {
@@ -202,7 +229,10 @@ impl Visitor<'_> for SchemaVisitor {
                 }
                 self.total_key += 1;
                 if is_bucket {
-                    return self.problem(Some(display_key(key)), "nested bucket; etcd never writes one".into());
+                    return self.problem(
+                        Some(display_key(key)),
+                        "nested bucket; etcd never writes one".into(),
+                    );
                 }
                 match self.bucket.as_slice() {
                     b"key" => self.check_revision_entry(key, value),
@@ -271,10 +301,15 @@ pub fn verify(db: &Db<'_>, release: Option<&dyn Fn()>) -> VerifyReport {
     // A finished compaction past the newest stored revision is legitimate: compacting at the
     // current revision when the last change was a delete removes that tombstone (etcd then
     // resumes from the compacted revision). So there is no upper bound to check here.
-    if let (Some(done), Some(scheduled)) = (v.stats.compacted_revision, v.stats.scheduled_compact_revision) {
+    if let (Some(done), Some(scheduled)) =
+        (v.stats.compacted_revision, v.stats.scheduled_compact_revision)
+    {
         if done > scheduled {
             v.bucket = b"meta".to_vec();
-            v.problem(Some("finishedCompactRev".into()), format!("finished compaction {done} is past the scheduled one {scheduled}"));
+            v.problem(
+                Some("finishedCompactRev".into()),
+                format!("finished compaction {done} is past the scheduled one {scheduled}"),
+            );
         }
     }
     let status = structure.is_ok().then(|| Status {

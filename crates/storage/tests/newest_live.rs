@@ -24,15 +24,22 @@ fn newest_live_agrees_with_a_replay_of_every_revision() {
                 tombstones += 1;
                 replay.remove(r.kv.key);
             } else {
-                replay.insert(r.kv.key.to_vec(), (r.kv.create_revision, r.kv.mod_revision, r.kv.version, r.kv.value.to_vec()));
+                replay.insert(
+                    r.kv.key.to_vec(),
+                    (r.kv.create_revision, r.kv.mod_revision, r.kv.version, r.kv.value.to_vec()),
+                );
             }
         })
         .unwrap();
         assert!(!replay.is_empty(), "{name}");
 
         let live = newest_live(&db, None, &|_| true).unwrap();
-        let got: BTreeMap<Vec<u8>, (i64, i64, i64, Vec<u8>)> =
-            live.iter().map(|n| (n.key.to_vec(), (n.create_revision, n.mod_revision, n.version, n.value.to_vec()))).collect();
+        let got: BTreeMap<Vec<u8>, (i64, i64, i64, Vec<u8>)> = live
+            .iter()
+            .map(|n| {
+                (n.key.to_vec(), (n.create_revision, n.mod_revision, n.version, n.value.to_vec()))
+            })
+            .collect();
         assert_eq!(got, replay, "{name}");
         assert!(live.windows(2).all(|w| w[0].key < w[1].key), "{name}: sorted by key");
 
@@ -49,10 +56,16 @@ fn newest_live_agrees_with_a_replay_of_every_revision() {
         }
 
         // Both at once (part of the work done during the walk): the same pairs.
-        let both = map_newest_live(&file, &db, &|_| true, &|n, value| (n.mod_revision, value.to_vec())).unwrap();
+        let both =
+            map_newest_live(&file, &db, &|_| true, &|n, value| (n.mod_revision, value.to_vec()))
+                .unwrap();
         assert_eq!(both.len(), live.len(), "{name}");
         for ((n, (rev, value)), expected) in both.iter().zip(&live) {
-            assert_eq!((&n.key, n.mod_revision, *rev, value.as_slice()), (&expected.key, expected.mod_revision, expected.mod_revision, expected.value), "{name}");
+            assert_eq!(
+                (&n.key, n.mod_revision, *rev, value.as_slice()),
+                (&expected.key, expected.mod_revision, expected.mod_revision, expected.value),
+                "{name}"
+            );
         }
     }
 }

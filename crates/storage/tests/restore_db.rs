@@ -41,13 +41,19 @@ fn three_members_and_a_bump_on_both_fixtures() {
             let after = facts(&m.data_dir.join("member/snap/db"));
             assert_eq!(after.meta_u64(b"consistent_index"), Some(3), "{name}");
             assert_eq!(after.meta_u64(b"term"), Some(1));
-            assert_eq!(after.meta.get(&b"scheduledCompactRev"[..]), Some(&revision_key(before.revision + 500, 0)));
+            assert_eq!(
+                after.meta.get(&b"scheduledCompactRev"[..]),
+                Some(&revision_key(before.revision + 500, 0))
+            );
             assert_eq!(after.revision_keys, before.revision_keys + 1, "only the marker is added");
             assert_eq!(after.revision, before.revision + 500);
             assert_eq!(after.members.len(), 3);
             assert_eq!(after.members_removed, 0);
             for cm in &cluster.members {
-                assert_eq!(after.members.get(cm.hex_id().as_bytes()), Some(&cm.json().into_bytes()));
+                assert_eq!(
+                    after.members.get(cm.hex_id().as_bytes()),
+                    Some(&cm.json().into_bytes())
+                );
             }
             // every bucket of the source is still there (plus any created)
             for b in &before.buckets {
@@ -62,14 +68,23 @@ fn member_destination_checks_name_and_refuses_non_empty_dir() {
     let snap = SnapshotFile::open(&fixture("etcd-3.5.1-k8s-small.db")).unwrap();
     let cluster = Cluster::new(CLUSTER, "tok").unwrap();
     let out = tempfile::tempdir().unwrap();
-    let dest = Destination::Member { name: "zz".into(), data_dir: out.path().join("d"), wal_dir: None };
-    assert!(matches!(restore(&snap, &cluster, &dest, &Options::default()), Err(RestoreError::Config(_))));
+    let dest =
+        Destination::Member { name: "zz".into(), data_dir: out.path().join("d"), wal_dir: None };
+    assert!(matches!(
+        restore(&snap, &cluster, &dest, &Options::default()),
+        Err(RestoreError::Config(_))
+    ));
     std::fs::create_dir(out.path().join("d")).unwrap();
     std::fs::write(out.path().join("d/x"), b"x").unwrap();
-    let dest = Destination::Member { name: "a".into(), data_dir: out.path().join("d"), wal_dir: None };
-    assert!(matches!(restore(&snap, &cluster, &dest, &Options::default()), Err(RestoreError::DestinationExists(_))));
+    let dest =
+        Destination::Member { name: "a".into(), data_dir: out.path().join("d"), wal_dir: None };
+    assert!(matches!(
+        restore(&snap, &cluster, &dest, &Options::default()),
+        Err(RestoreError::DestinationExists(_))
+    ));
     let bad = Options { bump_revision: 5, ..Options::default() };
-    let dest = Destination::Member { name: "a".into(), data_dir: out.path().join("e"), wal_dir: None };
+    let dest =
+        Destination::Member { name: "a".into(), data_dir: out.path().join("e"), wal_dir: None };
     assert!(matches!(restore(&snap, &cluster, &dest, &bad), Err(RestoreError::Config(_))));
     let report = restore(&snap, &cluster, &dest, &Options::default()).unwrap();
     assert_eq!(report.members[0].member.name, "a");

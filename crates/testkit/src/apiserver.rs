@@ -13,11 +13,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
 
 /// Where kube-apiserver and kubectl are: `ETCDGUARD_KUBE_DIR`, else /usr/local/lib/kubernetes.
 pub fn kube_dir() -> PathBuf {
-    std::env::var_os("ETCDGUARD_KUBE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/local/lib/kubernetes"))
+    std::env::var_os("ETCDGUARD_KUBE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/local/lib/kubernetes"))
 }
 
 /// Panics with the install hint when the binaries are missing (a test that skips cannot fail).
@@ -39,9 +44,15 @@ pub struct ApiServer {
 
 /// Writes `text` to `path` readable by the owner only (keys are among them).
 fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     f.write_all(text.as_bytes()).unwrap();
 }
 
@@ -56,23 +67,39 @@ impl ApiServer {
             let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
             p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             p.distinguished_name.push(DnType::CommonName, "etcdguard test kubernetes CA");
-            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+            p.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
             CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
         };
-        let leaf = |cn: &str, org: Option<&str>, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-            let key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::new(sans).unwrap();
-            p.distinguished_name.push(DnType::CommonName, cn);
-            if let Some(o) = org {
-                p.distinguished_name.push(DnType::OrganizationName, o);
-            }
-            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-            p.extended_key_usages = vec![usage];
-            let cert = p.signed_by(&key, &ca).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (serving_cert, serving_key) = leaf("kube-apiserver", None, vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth);
-        let (admin_cert, admin_key) = leaf("etcdguard-test-admin", Some("system:masters"), vec![], ExtendedKeyUsagePurpose::ClientAuth);
+        let leaf =
+            |cn: &str, org: Option<&str>, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+                let key = KeyPair::generate().unwrap();
+                let mut p = CertificateParams::new(sans).unwrap();
+                p.distinguished_name.push(DnType::CommonName, cn);
+                if let Some(o) = org {
+                    p.distinguished_name.push(DnType::OrganizationName, o);
+                }
+                p.key_usages =
+                    vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+                p.extended_key_usages = vec![usage];
+                let cert = p.signed_by(&key, &ca).unwrap();
+                (cert.pem(), key.serialize_pem())
+            };
+        let (serving_cert, serving_key) = leaf(
+            "kube-apiserver",
+            None,
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (admin_cert, admin_key) = leaf(
+            "etcdguard-test-admin",
+            Some("system:masters"),
+            vec![],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
         let sa_key = KeyPair::generate().unwrap();
         std::fs::write(d.join("ca.crt"), ca.pem()).unwrap();
         std::fs::write(d.join("apiserver.crt"), serving_cert).unwrap();
@@ -94,7 +121,13 @@ impl ApiServer {
             key = d.join("admin.key").display(),
         );
         write_private(&d.join("kubeconfig"), &kubeconfig);
-        let mut server = ApiServer { child: None, dir, etcd_endpoint: etcd_endpoint.to_string(), port, startup: Duration::ZERO };
+        let mut server = ApiServer {
+            child: None,
+            dir,
+            etcd_endpoint: etcd_endpoint.to_string(),
+            port,
+            startup: Duration::ZERO,
+        };
         server.launch();
         server
     }
@@ -138,7 +171,10 @@ impl ApiServer {
                 break;
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("kube-apiserver exited with {status} before it was ready:\n{}", self.log_tail());
+                panic!(
+                    "kube-apiserver exited with {status} before it was ready:\n{}",
+                    self.log_tail()
+                );
             }
             if Instant::now() > deadline {
                 panic!("kube-apiserver not ready after 180 s:\n{}", self.log_tail());
@@ -150,7 +186,8 @@ impl ApiServer {
 
     /// The last lines of the server's log.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("apiserver.log")).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(self.dir.path().join("apiserver.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
@@ -227,9 +264,17 @@ pub fn go_module_dir(module: &str, version: &str) -> Option<PathBuf> {
         .output()
         .expect("running go mod download");
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("go mod download {module}@{version}: {e}\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "go mod download {module}@{version}: {e}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
-    assert!(out.status.success() && info.get("Error").is_none(), "go mod download {module}@{version} failed: {info}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && info.get("Error").is_none(),
+        "go mod download {module}@{version} failed: {info}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dir = PathBuf::from(info["Dir"].as_str().expect("go mod download -json prints Dir"));
     assert!(dir.join("go.mod").is_file(), "{} has no go.mod", dir.display());
     Some(dir)
@@ -246,12 +291,19 @@ pub fn k8s_api_module() -> Option<(PathBuf, String)> {
         .map(|v| v.split_whitespace().next().unwrap_or_default().to_string())
         .expect("k8s.io/api requires k8s.io/apimachinery");
     go_module_dir("k8s.io/apimachinery", &machinery)?;
-    let version = api.file_name().and_then(|n| n.to_str()).and_then(|n| n.rsplit_once('@')).map(|(_, v)| v.to_string()).unwrap_or_default();
+    let version = api
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.rsplit_once('@'))
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_default();
     Some((api, version))
 }
 
 /// `name` on PATH, or where the Go tarball installs it.
 fn which(name: &str) -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()));
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file())
+    });
     on_path.or_else(|| Some(PathBuf::from("/usr/local/go/bin").join(name)).filter(|p| p.is_file()))
 }

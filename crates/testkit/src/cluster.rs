@@ -44,7 +44,8 @@ impl EtcdCluster {
     pub fn start(version: EtcdVersion, size: usize) -> EtcdCluster {
         let mut last = String::new();
         for _ in 0..3 {
-            let root = tempfile::Builder::new().prefix("etcd-cluster-").tempdir().expect("temp dir");
+            let root =
+                tempfile::Builder::new().prefix("etcd-cluster-").tempdir().expect("temp dir");
             let specs: Vec<MemberSpec> = (0..size)
                 .map(|i| {
                     let host = node_host(i);
@@ -65,10 +66,15 @@ impl EtcdCluster {
                     .iter()
                     .map(|spec| {
                         let initial = initial.clone();
-                        s.spawn(move || builder(version, spec).initial_cluster(&initial).try_start_once())
+                        s.spawn(move || {
+                            builder(version, spec).initial_cluster(&initial).try_start_once()
+                        })
                     })
                     .collect();
-                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("start panicked".into()))).collect()
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err("start panicked".into())))
+                    .collect()
             });
             if started.iter().all(|r| r.is_ok()) {
                 let servers = started.into_iter().map(|r| r.ok()).collect();
@@ -98,7 +104,9 @@ impl EtcdCluster {
 
     /// The running server of member `i`; panics when it is stopped.
     pub fn member(&self, i: usize) -> &EtcdServer {
-        self.servers[i].as_ref().unwrap_or_else(|| panic!("member {} is stopped", self.specs[i].name))
+        self.servers[i]
+            .as_ref()
+            .unwrap_or_else(|| panic!("member {} is stopped", self.specs[i].name))
     }
     pub fn is_running(&self, i: usize) -> bool {
         self.servers[i].is_some()
@@ -114,7 +122,10 @@ impl EtcdCluster {
     }
     /// Client URLs of the running members only.
     pub fn running_endpoints(&self) -> Vec<String> {
-        (0..self.len()).filter(|&i| self.is_running(i)).map(|i| self.specs[i].client_url()).collect()
+        (0..self.len())
+            .filter(|&i| self.is_running(i))
+            .map(|i| self.specs[i].client_url())
+            .collect()
     }
 
     /// Stops member `i` (SIGTERM, then SIGKILL); its data dir stays.
@@ -143,7 +154,13 @@ impl EtcdCluster {
         let host = node_host(node);
         let data_dir = self.root.path().join(name);
         std::fs::create_dir_all(&data_dir).expect("member dir");
-        MemberSpec { name: name.into(), client_port: free_port_on(&host), peer_port: free_port_on(&host), data_dir, host }
+        MemberSpec {
+            name: name.into(),
+            client_port: free_port_on(&host),
+            peer_port: free_port_on(&host),
+            data_dir,
+            host,
+        }
     }
 
     /// Starts a member that `member add` announced, with `--initial-cluster-state existing` and

@@ -21,10 +21,10 @@
 //! `snapshot save`. The flags this crate passes (`--name`, `--data-dir`, the URLs,
 //! `--initial-cluster[-state]`, `--quota-backend-bytes`, TLS files) mean the same in all four.
 
+pub mod apiserver;
 mod cluster;
 mod load;
 mod server;
-pub mod apiserver;
 
 pub use cluster::{node_host, EtcdCluster, MemberSpec};
 pub use load::{load_kubernetes_shaped, LoadSpec, LoadSummary};
@@ -47,7 +47,8 @@ pub enum EtcdVersion {
 }
 
 impl EtcdVersion {
-    pub const ALL: [EtcdVersion; 4] = [EtcdVersion::V3_4, EtcdVersion::V3_5, EtcdVersion::V3_6, EtcdVersion::V3_7];
+    pub const ALL: [EtcdVersion; 4] =
+        [EtcdVersion::V3_4, EtcdVersion::V3_5, EtcdVersion::V3_6, EtcdVersion::V3_7];
 
     /// `3.4`, `3.5`, `3.6`, `3.7`.
     pub fn label(self) -> &'static str {

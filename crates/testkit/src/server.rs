@@ -182,7 +182,11 @@ impl EtcdServerBuilder {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer_url)
             .arg("--initial-cluster")
-            .arg(self.initial_cluster.clone().unwrap_or_else(|| format!("{}={}", self.name, peer_url)))
+            .arg(
+                self.initial_cluster
+                    .clone()
+                    .unwrap_or_else(|| format!("{}={}", self.name, peer_url)),
+            )
             .arg("--quota-backend-bytes")
             .arg(self.quota_bytes.to_string())
             .args(&self.extra_args)
@@ -206,7 +210,8 @@ impl EtcdServerBuilder {
                 cmd.env_remove(k);
             }
         }
-        let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", bins.etcd.display()))?;
+        let child =
+            cmd.spawn().map_err(|e| format!("cannot start {}: {e}", bins.etcd.display()))?;
         let mut server = EtcdServer {
             bins,
             child: Some(child),
@@ -362,7 +367,8 @@ impl EtcdServer {
 
     /// Puts one key; returns the revision of the write.
     pub fn put(&self, key: &[u8], value: &[u8]) -> i64 {
-        let v = self.call("/v3/kv/put", json!({"key": B64.encode(key), "value": B64.encode(value)}));
+        let v =
+            self.call("/v3/kv/put", json!({"key": B64.encode(key), "value": B64.encode(value)}));
         header_revision(&v)
     }
 
@@ -430,7 +436,9 @@ impl EtcdServer {
     pub fn etcdctl(&self) -> Command {
         let mut cmd = self.bins.etcdctl();
         cmd.arg("--endpoints").arg(&self.client_url);
-        if let Some((ca, cert, key)) = self.client_tls.as_ref().and_then(|t| t.etcdctl_files.as_ref()) {
+        if let Some((ca, cert, key)) =
+            self.client_tls.as_ref().and_then(|t| t.etcdctl_files.as_ref())
+        {
             cmd.arg("--cacert").arg(ca).arg("--cert").arg(cert).arg("--key").arg(key);
         }
         cmd
@@ -495,25 +503,30 @@ impl EtcdServer {
     /// Each entry is (member name, restored data dir, the peer port its restored peer URL
     /// `http://127.0.0.1:<port>` uses). Panics, after stopping the others, if any fails.
     pub fn start_members(version: EtcdVersion, members: &[(&str, &Path, u16)]) -> Vec<EtcdServer> {
-        let results: Vec<std::thread::Result<Result<EtcdServer, String>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = members
-                .iter()
-                .map(|(name, dir, port)| {
-                    s.spawn(move || {
-                        // A fresh client port per attempt: another test may have taken the last one.
-                        let mut last = String::new();
-                        for _ in 0..3 {
-                            match EtcdServer::builder(version).name(name).data_dir(*dir).try_start(Some(*port)) {
-                                Ok(server) => return Ok(server),
-                                Err(e) => last = e,
+        let results: Vec<std::thread::Result<Result<EtcdServer, String>>> =
+            std::thread::scope(|s| {
+                let handles: Vec<_> = members
+                    .iter()
+                    .map(|(name, dir, port)| {
+                        s.spawn(move || {
+                            // A fresh client port per attempt: another test may have taken the last one.
+                            let mut last = String::new();
+                            for _ in 0..3 {
+                                match EtcdServer::builder(version)
+                                    .name(name)
+                                    .data_dir(*dir)
+                                    .try_start(Some(*port))
+                                {
+                                    Ok(server) => return Ok(server),
+                                    Err(e) => last = e,
+                                }
                             }
-                        }
-                        Err(last)
+                            Err(last)
+                        })
                     })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join()).collect()
-        });
+                    .collect();
+                handles.into_iter().map(|h| h.join()).collect()
+            });
         let mut servers = Vec::new();
         let mut errors = Vec::new();
         for (r, (name, _, _)) in results.into_iter().zip(members) {

@@ -34,7 +34,10 @@ fn cluster_members_stop_and_restart() {
         if cluster.member(2).get_all().len() == 2 {
             break;
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "restarted member never caught up");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "restarted member never caught up"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
@@ -45,16 +48,24 @@ fn cluster_members_stop_and_restart() {
 fn binaries_report_their_release_line() {
     for version in EtcdVersion::ALL {
         let bins = version.binaries();
-        let out = etcdguard_testkit::run_checked(std::process::Command::new(&bins.etcd).arg("--version"));
+        let out =
+            etcdguard_testkit::run_checked(std::process::Command::new(&bins.etcd).arg("--version"));
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let reported = text.lines().find_map(|l| l.strip_prefix("etcd Version: ")).unwrap_or_else(|| panic!("{text}"));
+        let reported = text
+            .lines()
+            .find_map(|l| l.strip_prefix("etcd Version: "))
+            .unwrap_or_else(|| panic!("{text}"));
         assert_eq!(EtcdVersion::from_label(reported), Some(version), "etcd --version: {text}");
         let ctl = etcdguard_testkit::run_checked(bins.etcdctl().arg("version"));
-        assert!(String::from_utf8_lossy(&ctl.stdout).contains(&format!("etcdctl version: {}.", version.label())));
+        assert!(String::from_utf8_lossy(&ctl.stdout)
+            .contains(&format!("etcdctl version: {}.", version.label())));
         assert_eq!(bins.etcdutl.is_some(), version >= EtcdVersion::V3_5, "{}", version.label());
         if let Some(etcdutl) = &bins.etcdutl {
-            let utl = etcdguard_testkit::run_checked(&mut std::process::Command::new(etcdutl).arg("version"));
-            assert!(String::from_utf8_lossy(&utl.stdout).contains(&format!("etcdutl version: {}.", version.label())));
+            let utl = etcdguard_testkit::run_checked(
+                &mut std::process::Command::new(etcdutl).arg("version"),
+            );
+            assert!(String::from_utf8_lossy(&utl.stdout)
+                .contains(&format!("etcdutl version: {}.", version.label())));
         }
     }
     assert_eq!(EtcdVersion::from_label("3.6.17"), Some(EtcdVersion::V3_6));

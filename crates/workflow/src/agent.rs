@@ -30,11 +30,11 @@ use chrono::{DateTime, Utc};
 use etcdguard_client::election::{Election, ElectionOptions, Role};
 use etcdguard_client::ConnectConfig;
 use etcdguard_repo::retention::Policy;
-use sha2::{Digest, Sha256};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::backup::{create_stoppable, prune, CreateOptions};
@@ -100,7 +100,11 @@ pub struct ElectionSettings {
 impl ElectionSettings {
     /// `/etcdguard/agent/<first 16 hex digits of sha256(repository URL, cluster name)>`:
     /// agents writing to one repository (for one cluster) share it, no secret is in the key.
-    pub fn for_repository(repo_url: &str, cluster: Option<&str>, ttl: Duration) -> ElectionSettings {
+    pub fn for_repository(
+        repo_url: &str,
+        cluster: Option<&str>,
+        ttl: Duration,
+    ) -> ElectionSettings {
         let mut hash = Sha256::new();
         hash.update(repo_url.trim_end_matches('/').as_bytes());
         if let Some(c) = cluster {
@@ -178,7 +182,11 @@ impl CaptureView {
     fn health(&self, now: DateTime<Utc>) -> (bool, String) {
         let rpo = self.rpo_seconds(now);
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let error = s.last_error.clone().or_else(|| self.last_failure.clone()).map_or(String::new(), |e| format!("; last error: {e}"));
+        let error = s
+            .last_error
+            .clone()
+            .or_else(|| self.last_failure.clone())
+            .map_or(String::new(), |e| format!("; last error: {e}"));
         if s.gap_open {
             return (false, format!("continuous capture recorded a gap (changes lost, see gaps/ in the repository): healthy again after the next full backup{error}"));
         }
@@ -199,7 +207,10 @@ impl State {
             Ok(r) => {
                 self.prunes_ok += 1;
                 self.prunes_failed_in_a_row = 0;
-                info!("retention: {} backup(s) removed, {} pack(s) deleted", r.manifests_removed, r.packs_deleted);
+                info!(
+                    "retention: {} backup(s) removed, {} pack(s) deleted",
+                    r.manifests_removed, r.packs_deleted
+                );
             }
             Err(e) => {
                 self.prunes_failed += 1;
@@ -218,7 +229,11 @@ impl State {
                 self.copies_ok += 1;
                 self.copies_failed_in_a_row = 0;
                 if !r.copied.is_empty() || r.segments > 0 {
-                    info!("copy: {} backup(s) and {} change segment(s) copied", r.copied.len(), r.segments);
+                    info!(
+                        "copy: {} backup(s) and {} change segment(s) copied",
+                        r.copied.len(),
+                        r.segments
+                    );
                 }
             }
             Err(e) => {
@@ -240,7 +255,11 @@ impl State {
     /// Healthy while the last run succeeded (or none has finished yet), the last success is
     /// not older than two periods, and retention has not failed too often in a row.
     fn backup_health(&self, now: DateTime<Utc>) -> (bool, String) {
-        let stale_after = self.every.checked_mul(2).and_then(|d| chrono::Duration::from_std(d).ok()).unwrap_or(chrono::Duration::MAX);
+        let stale_after = self
+            .every
+            .checked_mul(2)
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .unwrap_or(chrono::Duration::MAX);
         // A standby takes no backups: it is healthy while the leader keeps the repository fresh.
         if self.role == "standby" {
             if let Some(e) = &self.election_unreachable {
@@ -257,12 +276,26 @@ impl State {
         }
         if self.prunes_failed_in_a_row >= self.prune_failures_unhealthy {
             if let Some((at, e)) = &self.last_prune_error {
-                return (false, format!("retention (prune) failed {} times in a row, last at {}: {e}", self.prunes_failed_in_a_row, fmt_time(Some(*at))));
+                return (
+                    false,
+                    format!(
+                        "retention (prune) failed {} times in a row, last at {}: {e}",
+                        self.prunes_failed_in_a_row,
+                        fmt_time(Some(*at))
+                    ),
+                );
             }
         }
         if self.copies_failed_in_a_row >= self.prune_failures_unhealthy {
             if let Some((at, e)) = &self.last_copy_error {
-                return (false, format!("copy to the second repository failed {} times in a row, last at {}: {e}", self.copies_failed_in_a_row, fmt_time(Some(*at))));
+                return (
+                    false,
+                    format!(
+                        "copy to the second repository failed {} times in a row, last at {}: {e}",
+                        self.copies_failed_in_a_row,
+                        fmt_time(Some(*at))
+                    ),
+                );
             }
         }
         if let Some(capture) = &self.capture {
@@ -286,7 +319,9 @@ impl State {
         let by_result = |ok: u64, failed: u64| {
             let family = Family::<Vec<(String, String)>, Counter>::default();
             family.get_or_create(&vec![("result".to_string(), "success".to_string())]).inc_by(ok);
-            family.get_or_create(&vec![("result".to_string(), "failure".to_string())]).inc_by(failed);
+            family
+                .get_or_create(&vec![("result".to_string(), "failure".to_string())])
+                .inc_by(failed);
             family
         };
         let gauge = |v: f64| {
@@ -296,14 +331,26 @@ impl State {
         };
         let ts = |t: Option<DateTime<Utc>>| t.map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
         // Counters are named without `_total`; the encoder adds it.
-        registry.register("etcdguard_backup_runs", "Backups the agent attempted, by result", by_result(self.backups_ok, self.backups_failed));
-        registry.register("etcdguard_prune_runs", "Retention runs (prune) after a backup, by result", by_result(self.prunes_ok, self.prunes_failed));
+        registry.register(
+            "etcdguard_backup_runs",
+            "Backups the agent attempted, by result",
+            by_result(self.backups_ok, self.backups_failed),
+        );
+        registry.register(
+            "etcdguard_prune_runs",
+            "Retention runs (prune) after a backup, by result",
+            by_result(self.prunes_ok, self.prunes_failed),
+        );
         registry.register(
             "etcdguard_prune_consecutive_failures",
             "Retention runs that failed in a row (unhealthy at --prune-failures-unhealthy)",
             gauge(self.prunes_failed_in_a_row as f64),
         );
-        registry.register("etcdguard_copy_runs", "Copies to the --copy-to repository, by result", by_result(self.copies_ok, self.copies_failed));
+        registry.register(
+            "etcdguard_copy_runs",
+            "Copies to the --copy-to repository, by result",
+            by_result(self.copies_ok, self.copies_failed),
+        );
         registry.register(
             "etcdguard_copy_consecutive_failures",
             "Copies to the --copy-to repository that failed in a row (unhealthy at --prune-failures-unhealthy)",
@@ -314,28 +361,68 @@ impl State {
             "When the last successful backup finished (0: none yet)",
             gauge(ts(self.last_success.as_ref().map(|s| s.0))),
         );
-        registry.register("etcdguard_backup_last_run_timestamp_seconds", "When the last backup run finished, whatever its result", gauge(ts(self.last_finished)));
-        registry.register("etcdguard_backup_last_duration_seconds", "How long the last backup run took", gauge(self.last_duration));
-        registry.register("etcdguard_backup_last_snapshot_bytes", "Size of the last backed-up snapshot", gauge(self.last_snapshot_bytes as f64));
+        registry.register(
+            "etcdguard_backup_last_run_timestamp_seconds",
+            "When the last backup run finished, whatever its result",
+            gauge(ts(self.last_finished)),
+        );
+        registry.register(
+            "etcdguard_backup_last_duration_seconds",
+            "How long the last backup run took",
+            gauge(self.last_duration),
+        );
+        registry.register(
+            "etcdguard_backup_last_snapshot_bytes",
+            "Size of the last backed-up snapshot",
+            gauge(self.last_snapshot_bytes as f64),
+        );
         registry.register(
             "etcdguard_backup_last_added_bytes",
             "Bytes the last backup added to the repository (after deduplication and compression)",
             gauge(self.last_added_bytes as f64),
         );
-        registry.register("etcdguard_backup_last_revision", "etcd revision of the last backup", gauge(self.last_revision as f64));
+        registry.register(
+            "etcdguard_backup_last_revision",
+            "etcd revision of the last backup",
+            gauge(self.last_revision as f64),
+        );
         if let Some(n) = self.backups_in_repository {
-            registry.register("etcdguard_repository_backups", "Backups listed in the repository after the last run", gauge(n as f64));
+            registry.register(
+                "etcdguard_repository_backups",
+                "Backups listed in the repository after the last run",
+                gauge(n as f64),
+            );
         }
-        registry.register("etcdguard_backup_next_run_timestamp_seconds", "When the next backup is due", gauge(ts(Some(self.next_run))));
-        registry.register("etcdguard_backup_running", "1 while a backup runs", gauge(if self.running_since.is_some() { 1.0 } else { 0.0 }));
+        registry.register(
+            "etcdguard_backup_next_run_timestamp_seconds",
+            "When the next backup is due",
+            gauge(ts(Some(self.next_run))),
+        );
+        registry.register(
+            "etcdguard_backup_running",
+            "1 while a backup runs",
+            gauge(if self.running_since.is_some() { 1.0 } else { 0.0 }),
+        );
         let healthy = self.health(now).0;
-        registry.register("etcdguard_agent_healthy", "1 when /healthz answers 200", gauge(if healthy { 1.0 } else { 0.0 }));
+        registry.register(
+            "etcdguard_agent_healthy",
+            "1 when /healthz answers 200",
+            gauge(if healthy { 1.0 } else { 0.0 }),
+        );
         // One agent takes the backups; with leader election the others will be standby.
         let role = Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
         for r in ["active", "standby"] {
-            role.get_or_create(&vec![("role".to_string(), r.to_string())]).set(if self.role == r { 1.0 } else { 0.0 });
+            role.get_or_create(&vec![("role".to_string(), r.to_string())]).set(if self.role == r {
+                1.0
+            } else {
+                0.0
+            });
         }
-        registry.register("etcdguard_agent_role", "The agent's role: active takes the backups, standby waits", role);
+        registry.register(
+            "etcdguard_agent_role",
+            "The agent's role: active takes the backups, standby waits",
+            role,
+        );
         if let Some(capture) = self.capture.as_ref().filter(|_| self.role == "active") {
             let c = capture.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let counter = |v: u64| {
@@ -348,12 +435,36 @@ impl State {
                 "Seconds of changes a disaster now would lose: since the oldest change not yet stored by continuous capture",
                 gauge(capture.rpo_seconds(now)),
             );
-            registry.register("etcdguard_segments", "Segments of changes stored by continuous capture", counter(c.segments_written));
-            registry.register("etcdguard_segment_bytes", "Bytes of segments stored by continuous capture", counter(c.segment_bytes));
-            registry.register("etcdguard_capture_lag_revisions", "Revisions the server has that are not stored yet", gauge(c.lag_revisions() as f64));
-            registry.register("etcdguard_capture_gaps", "Gaps recorded by continuous capture (changes lost; a new full backup follows)", counter(c.gaps));
-            registry.register("etcdguard_capture_durable_revision", "Every change up to this revision is stored", gauge(c.durable_revision as f64));
-            registry.register("etcdguard_capture_store_failures", "Failed attempts to store a segment (retried)", counter(c.store_failures));
+            registry.register(
+                "etcdguard_segments",
+                "Segments of changes stored by continuous capture",
+                counter(c.segments_written),
+            );
+            registry.register(
+                "etcdguard_segment_bytes",
+                "Bytes of segments stored by continuous capture",
+                counter(c.segment_bytes),
+            );
+            registry.register(
+                "etcdguard_capture_lag_revisions",
+                "Revisions the server has that are not stored yet",
+                gauge(c.lag_revisions() as f64),
+            );
+            registry.register(
+                "etcdguard_capture_gaps",
+                "Gaps recorded by continuous capture (changes lost; a new full backup follows)",
+                counter(c.gaps),
+            );
+            registry.register(
+                "etcdguard_capture_durable_revision",
+                "Every change up to this revision is stored",
+                gauge(c.durable_revision as f64),
+            );
+            registry.register(
+                "etcdguard_capture_store_failures",
+                "Failed attempts to store a segment (retried)",
+                counter(c.store_failures),
+            );
         }
         self.checks.lock().unwrap_or_else(|p| p.into_inner()).register(&mut registry, now);
         let mut out = String::new();
@@ -385,17 +496,33 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
         if *every < Duration::from_secs(1) {
             return Err(Error::usage("--every must be at least 1s"));
         }
-        if chrono::Duration::from_std(*every).ok().and_then(|d| Utc::now().checked_add_signed(d)).is_none() {
-            return Err(Error::usage(format!("--every {}: too long", humantime::format_duration(*every))));
+        if chrono::Duration::from_std(*every)
+            .ok()
+            .and_then(|d| Utc::now().checked_add_signed(d))
+            .is_none()
+        {
+            return Err(Error::usage(format!(
+                "--every {}: too long",
+                humantime::format_duration(*every)
+            )));
         }
     }
-    if chrono::Duration::from_std(opts.jitter).ok().and_then(|d| Utc::now().checked_add_signed(d)).is_none() {
-        return Err(Error::usage(format!("--jitter {}: too long", humantime::format_duration(opts.jitter))));
+    if chrono::Duration::from_std(opts.jitter)
+        .ok()
+        .and_then(|d| Utc::now().checked_add_signed(d))
+        .is_none()
+    {
+        return Err(Error::usage(format!(
+            "--jitter {}: too long",
+            humantime::format_duration(opts.jitter)
+        )));
     }
     let now = Utc::now();
     // `planned` is the schedule's time, `next` the same with jitter: the schedule goes on
     // from the planned times, so jitter never accumulates.
-    let mut planned = opts.schedule.next(now, None).ok_or_else(|| Error::usage(format!("the schedule {} never runs", opts.schedule.describe())))?;
+    let mut planned = opts.schedule.next(now, None).ok_or_else(|| {
+        Error::usage(format!("the schedule {} never runs", opts.schedule.describe()))
+    })?;
     let first = with_jitter(planned, opts.jitter, crate::spool::rand_u64());
     let state = Arc::new(Mutex::new(State {
         every: opts.schedule.period(now).saturating_add(opts.jitter),
@@ -425,11 +552,17 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
         backups_in_repository: None,
         repository_newest: None,
         election_unreachable: None,
-        capture: opts.continuous.as_ref().map(|c| CaptureView { state: Arc::new(Mutex::new(CaptureState::default())), rpo_bound: c.rpo_bound, since: None, last_failure: None }),
+        capture: opts.continuous.as_ref().map(|c| CaptureView {
+            state: Arc::new(Mutex::new(CaptureState::default())),
+            rpo_bound: c.rpo_bound,
+            since: None,
+            last_failure: None,
+        }),
         checks: Arc::default(),
     }));
     if opts.listen != "off" {
-        let server = tiny_http::Server::http(&opts.listen).map_err(|e| Error::usage(format!("--listen {}: {e}", opts.listen)))?;
+        let server = tiny_http::Server::http(&opts.listen)
+            .map_err(|e| Error::usage(format!("--listen {}: {e}", opts.listen)))?;
         info!("serving /healthz and /metrics on http://{}", server.server_addr());
         let state = state.clone();
         std::thread::spawn(move || serve(server, state));
@@ -443,13 +576,20 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
             humantime::format_duration(c.rpo_bound)
         );
     } else {
-    info!(
-        "backing up to {} {}{}{}",
-        opts.create.repo.url,
-        opts.schedule.describe(),
-        if opts.jitter.is_zero() { String::new() } else { format!(" (each start delayed by up to {})", humantime::format_duration(opts.jitter)) },
-        if opts.policy.is_some() { ", applying retention after each backup" } else { "" }
-    );
+        info!(
+            "backing up to {} {}{}{}",
+            opts.create.repo.url,
+            opts.schedule.describe(),
+            if opts.jitter.is_zero() {
+                String::new()
+            } else {
+                format!(
+                    " (each start delayed by up to {})",
+                    humantime::format_duration(opts.jitter)
+                )
+            },
+            if opts.policy.is_some() { ", applying retention after each backup" } else { "" }
+        );
     }
     let election = match &opts.election {
         Some(settings) if opts.runs != Some(0) => Some(start_election(&opts, settings)?),
@@ -459,8 +599,15 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
     let _checks = (opts.runs != Some(0)).then(|| {
         let checks_state = state.lock().unwrap_or_else(|p| p.into_inner()).checks.clone();
         let role = state.clone();
-        let leading = Arc::new(move || role.lock().unwrap_or_else(|p| p.into_inner()).role == "active");
-        crate::checks::Checks::start(&opts.checks, &opts.create, checks_state, leading, stop.clone())
+        let leading =
+            Arc::new(move || role.lock().unwrap_or_else(|p| p.into_inner()).role == "active");
+        crate::checks::Checks::start(
+            &opts.checks,
+            &opts.create,
+            checks_state,
+            leading,
+            stop.clone(),
+        )
     });
     let opts = Arc::new(opts);
     if let Some(settings) = opts.continuous.clone() {
@@ -475,15 +622,21 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
         }
         if let Some(election) = &election {
             if !election.is_leader() {
-                let Some(newest) = wait_as_standby(election, &opts.create.repo, &state, &stop) else {
+                let Some(newest) = wait_as_standby(election, &opts.create.repo, &state, &stop)
+                else {
                     info!("stopping on request (standby)");
                     return Ok(());
                 };
                 // Go on from the repository's newest backup, not from when we were elected.
                 let now = Utc::now();
                 // The schedule's first time after that backup; when it has passed, run now.
-                planned = newest.and_then(|at| opts.schedule.next(at, Some(at))).unwrap_or(now).max(now);
-                next = if planned <= now { now } else { with_jitter(planned, opts.jitter, crate::spool::rand_u64()) };
+                planned =
+                    newest.and_then(|at| opts.schedule.next(at, Some(at))).unwrap_or(now).max(now);
+                next = if planned <= now {
+                    now
+                } else {
+                    with_jitter(planned, opts.jitter, crate::spool::rand_u64())
+                };
                 state.lock().unwrap_or_else(|p| p.into_inner()).next_run = next;
                 info!(next = %fmt_time(Some(next)), "elected: this agent takes the backups now");
                 continue;
@@ -544,9 +697,16 @@ pub fn run(opts: AgentOptions, stop: Stop) -> Result<()> {
 /// With continuous capture and `--copy-to`: the segments stored since the last copy are
 /// copied every ten segment intervals, within these bounds (each copy lists both
 /// repositories' backups, so not at every segment).
-const CONTINUOUS_COPY_BOUNDS: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(60));
+const CONTINUOUS_COPY_BOUNDS: (Duration, Duration) =
+    (Duration::from_secs(5), Duration::from_secs(60));
 
-fn run_continuous(opts: &Arc<AgentOptions>, settings: &ContinuousSettings, state: &Arc<Mutex<State>>, stop: &Stop, election: Option<&Election>) -> Result<()> {
+fn run_continuous(
+    opts: &Arc<AgentOptions>,
+    settings: &ContinuousSettings,
+    state: &Arc<Mutex<State>>,
+    stop: &Stop,
+    election: Option<&Election>,
+) -> Result<()> {
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     let capture_state = match &lock().capture {
         Some(c) => c.state.clone(),
@@ -581,11 +741,17 @@ fn run_continuous(opts: &Arc<AgentOptions>, settings: &ContinuousSettings, state
         let leading = Stop::new();
         let (done_tx, done_rx) = mpsc::channel();
         {
-            let (options, capture_state, leading) = (follow_options.clone(), capture_state.clone(), leading.clone());
+            let (options, capture_state, leading) =
+                (follow_options.clone(), capture_state.clone(), leading.clone());
             std::thread::Builder::new()
                 .name("etcdguard-capture".into())
                 .spawn(move || {
-                    let result = crate::capture::follow(&options, &capture_state, &mut |line| info!("{line}"), &leading);
+                    let result = crate::capture::follow(
+                        &options,
+                        &capture_state,
+                        &mut |line| info!("{line}"),
+                        &leading,
+                    );
                     let _ = done_tx.send(result);
                 })
                 .map_err(|e| Error::failure(format!("starting capture: {e}")))?;
@@ -597,7 +763,9 @@ fn run_continuous(opts: &Arc<AgentOptions>, settings: &ContinuousSettings, state
         let ended = loop {
             match done_rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(result) => break Some(result),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break Some(Err(Error::failure("capture ended without a result"))),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    break Some(Err(Error::failure("capture ended without a result")))
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
             let lost = election.is_some_and(|e| !e.is_leader());
@@ -618,8 +786,10 @@ fn run_continuous(opts: &Arc<AgentOptions>, settings: &ContinuousSettings, state
             let c = capture_state.lock().unwrap_or_else(|p| p.into_inner()).clone();
             // The copy follows new fulls and, now and then, the segments stored since.
             if let Some(to) = &opts.copy_to {
-                let every = (settings.segment_interval * 10).clamp(CONTINUOUS_COPY_BOUNDS.0, CONTINUOUS_COPY_BOUNDS.1);
-                let due = c.fulls_taken > fulls_seen || last_copy.is_none_or(|t| t.elapsed() >= every);
+                let every = (settings.segment_interval * 10)
+                    .clamp(CONTINUOUS_COPY_BOUNDS.0, CONTINUOUS_COPY_BOUNDS.1);
+                let due =
+                    c.fulls_taken > fulls_seen || last_copy.is_none_or(|t| t.elapsed() >= every);
                 if due && c.base.is_some() && copying.as_ref().is_none_or(|h| h.is_finished()) {
                     last_copy = Some(Instant::now());
                     let (from, to, state) = (opts.create.repo.clone(), to.clone(), state.clone());
@@ -673,9 +843,15 @@ fn run_continuous(opts: &Arc<AgentOptions>, settings: &ContinuousSettings, state
 }
 
 fn start_election(opts: &AgentOptions, settings: &ElectionSettings) -> Result<Election> {
-    let (cfg, _notes) = ConnectConfig::resolve(opts.create.conn.clone()).map_err(crate::error::client_error)?;
-    let options = ElectionOptions { name: settings.name.clone(), value: settings.value.clone(), ttl: settings.ttl };
-    let election = Election::start(cfg, options).map_err(|e| Error::usage(format!("leader election: {e}")))?;
+    let (cfg, _notes) =
+        ConnectConfig::resolve(opts.create.conn.clone()).map_err(crate::error::client_error)?;
+    let options = ElectionOptions {
+        name: settings.name.clone(),
+        value: settings.value.clone(),
+        ttl: settings.ttl,
+    };
+    let election =
+        Election::start(cfg, options).map_err(|e| Error::usage(format!("leader election: {e}")))?;
     info!(election = %settings.name, ttl = %humantime::format_duration(settings.ttl), "campaigning: only the elected agent takes backups");
     Ok(election)
 }
@@ -688,7 +864,12 @@ fn newest_backup(repo: &RepoSpec) -> Option<Option<(DateTime<Utc>, String)>> {
 
 /// Waits as a standby until elected; `None` when a stop came first, else the newest backup's
 /// time in the repository (read right after the election, `None` inside when there is none).
-fn wait_as_standby(election: &Election, repo: &RepoSpec, state: &Mutex<State>, stop: &Stop) -> Option<Option<DateTime<Utc>>> {
+fn wait_as_standby(
+    election: &Election,
+    repo: &RepoSpec,
+    state: &Mutex<State>,
+    stop: &Stop,
+) -> Option<Option<DateTime<Utc>>> {
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     let every = lock().every;
     let refresh_every = (every / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
@@ -756,7 +937,13 @@ fn sleep_until(deadline: DateTime<Utc>, stop: &Stop, election: Option<&Election>
 }
 
 /// One backup, then retention when it succeeded; the state is updated as it goes.
-fn one_run(opts: &AgentOptions, state: &Mutex<State>, stop: &Stop, started: Instant, next: DateTime<Utc>) {
+fn one_run(
+    opts: &AgentOptions,
+    state: &Mutex<State>,
+    stop: &Stop,
+    started: Instant,
+    next: DateTime<Utc>,
+) {
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     let result = create_stoppable(&opts.create, &mut |line| info!("{line}"), stop);
     let finished = Utc::now();
@@ -784,7 +971,9 @@ fn one_run(opts: &AgentOptions, state: &Mutex<State>, stop: &Stop, started: Inst
         }
     }
     match &result {
-        Ok(m) => info!(backup = %m.id, revision = m.etcd.revision, added_bytes = m.sizes.added, "{}", created_line(m)),
+        Ok(m) => {
+            info!(backup = %m.id, revision = m.etcd.revision, added_bytes = m.sizes.added, "{}", created_line(m))
+        }
         Err(e) if stop.is_raised() => info!("backup abandoned: {e}"),
         Err(e) => warn!(kind = ?e.kind, "backup failed: {e}"),
     }
@@ -850,7 +1039,9 @@ fn lock_within<T>(state: &Mutex<T>, bound: Duration) -> bool {
     loop {
         match state.try_lock() {
             Ok(_) | Err(std::sync::TryLockError::Poisoned(_)) => return true,
-            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < until => std::thread::sleep(Duration::from_millis(10)),
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
             Err(std::sync::TryLockError::WouldBlock) => return false,
         }
     }
@@ -866,7 +1057,8 @@ fn serve(server: tiny_http::Server, state: Arc<Mutex<State>>) {
                 true => (200, "alive\n"),
                 false => (503, "the agent's state has been locked for over 2 s: it looks wedged\n"),
             };
-            let _ = request.respond(tiny_http::Response::from_string(body).with_status_code(status));
+            let _ =
+                request.respond(tiny_http::Response::from_string(body).with_status_code(status));
             continue;
         }
         let (status, body, content_type) = {
@@ -876,8 +1068,16 @@ fn serve(server: tiny_http::Server, state: Arc<Mutex<State>>) {
                     let (ok, text) = s.health(now);
                     (if ok { 200 } else { 503 }, text + "\n", "text/plain; charset=utf-8")
                 }
-                "/metrics" => (200, s.metrics(now), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
-                _ => (404, "not found: try /livez, /healthz or /metrics\n".into(), "text/plain; charset=utf-8"),
+                "/metrics" => (
+                    200,
+                    s.metrics(now),
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+                _ => (
+                    404,
+                    "not found: try /livez, /healthz or /metrics\n".into(),
+                    "text/plain; charset=utf-8",
+                ),
             }
         };
         let mut response = tiny_http::Response::from_string(body).with_status_code(status);
@@ -904,7 +1104,8 @@ mod tests {
             "pid": std::process::id().wrapping_add(1), "created": Utc::now().to_rfc3339(), "refreshed": Utc::now().to_rfc3339(),
         });
         store.put("locks/theirs.json", serde_json::to_vec(&theirs).unwrap().into()).unwrap();
-        let before: Vec<String> = store.list("locks/").unwrap().into_iter().map(|o| o.key).collect();
+        let before: Vec<String> =
+            store.list("locks/").unwrap().into_iter().map(|o| o.key).collect();
         assert_eq!(before.len(), 2, "{before:?}");
         release_our_locks(store.as_ref());
         let after: Vec<String> = store.list("locks/").unwrap().into_iter().map(|o| o.key).collect();
@@ -915,8 +1116,14 @@ mod tests {
     #[test]
     fn continuous_health_follows_the_rpo_bound_and_gaps() {
         let now = Utc::now();
-        let capture = Arc::new(Mutex::new(CaptureState { durable_revision: 10, ..Default::default() }));
-        let view = CaptureView { state: capture.clone(), rpo_bound: Duration::from_secs(60), since: Some(now - chrono::Duration::seconds(5)), last_failure: None };
+        let capture =
+            Arc::new(Mutex::new(CaptureState { durable_revision: 10, ..Default::default() }));
+        let view = CaptureView {
+            state: capture.clone(),
+            rpo_bound: Duration::from_secs(60),
+            since: Some(now - chrono::Duration::seconds(5)),
+            last_failure: None,
+        };
         // Nothing known yet: the RPO counts from the start of capture.
         assert_eq!(view.rpo_seconds(now), 5.0);
         assert!(view.health(now).0);

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use etcdguard_client::{choose_member, ConnectConfig, ConnectFlags, NoProgress, Session, SnapshotFrom};
+use etcdguard_client::{
+    choose_member, ConnectConfig, ConnectFlags, NoProgress, Session, SnapshotFrom,
+};
 use etcdguard_repo::manifest::{EtcdInfo, FileKind, Manifest, Source};
 use etcdguard_repo::repository::KeyInfo;
 use etcdguard_repo::retention::Policy;
@@ -59,12 +61,19 @@ pub fn create(opts: &CreateOptions, note: &mut dyn FnMut(&str)) -> Result<Manife
 
 /// [`create`], abandoned cleanly (spool removed, repository lock released, nothing listed)
 /// soon after `stop` is raised: the snapshot stream and the upload check it as they go.
-pub fn create_stoppable(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
+pub fn create_stoppable(
+    opts: &CreateOptions,
+    note: &mut dyn FnMut(&str),
+    stop: &Stop,
+) -> Result<Manifest> {
     refuse_special_paths(opts)?;
     let Some(path) = opts.from_file.clone() else {
         return create_live(opts, note, stop);
     };
-    let source = Source::File { path: std::fs::canonicalize(&path).unwrap_or(path.clone()).display().to_string(), import: None };
+    let source = Source::File {
+        path: std::fs::canonicalize(&path).unwrap_or(path.clone()).display().to_string(),
+        import: None,
+    };
     create_from(opts, &path, source, EtcdInfo::default(), None, note, stop)
 }
 
@@ -81,7 +90,14 @@ pub(crate) struct Original<'a> {
 
 /// `backup create --from-file`, for a snapshot another tool made: checked and stored the
 /// same way, with the original's time and `source`.
-pub(crate) fn create_imported(opts: &CreateOptions, path: &Path, source: Source, original: &Original<'_>, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
+pub(crate) fn create_imported(
+    opts: &CreateOptions,
+    path: &Path,
+    source: Source,
+    original: &Original<'_>,
+    note: &mut dyn FnMut(&str),
+    stop: &Stop,
+) -> Result<Manifest> {
     refuse_special_paths(opts)?;
     create_from(opts, path, source, EtcdInfo::default(), Some(original), note, stop)
 }
@@ -96,11 +112,18 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
     let probes = session.probe_all();
     let choice = choose_member(&probes, &opts.snapshot_from).map_err(client_error)?;
     let st = &choice.status;
-    note(&format!("snapshot from {} (member {:x}, revision {}): {}", st.endpoint, st.member_id, st.revision, choice.reason));
+    note(&format!(
+        "snapshot from {} (member {:x}, revision {}): {}",
+        st.endpoint, st.member_id, st.revision, choice.reason
+    ));
     let parent = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
     let (spool, swept) = spool::create(&parent)?;
     if !swept.is_empty() {
-        note(&format!("removed {} scratch dir(s) of killed runs from {}", swept.len(), parent.display()));
+        note(&format!(
+            "removed {} scratch dir(s) of killed runs from {}",
+            swept.len(),
+            parent.display()
+        ));
     }
     stop.check()?;
     let repo = open_for_create(opts, note)?;
@@ -127,29 +150,45 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
             let mut input = ChannelReader { rx, buf: Vec::new(), pos: 0 };
             // The chunk size follows the page size, which the first page names.
             let mut head = vec![0u8; 4096];
-            let n = read_full(&mut input, &mut head).map_err(|e| Error::failure(format!("reading the snapshot stream: {e}")))?;
+            let n = read_full(&mut input, &mut head)
+                .map_err(|e| Error::failure(format!("reading the snapshot stream: {e}")))?;
             head.truncate(n);
             let page_size = bolt_page_size(&head).unwrap_or(4096);
             let mut input = stop.reader(std::io::Read::chain(std::io::Cursor::new(head), input));
             // The member's db size is the snapshot's size but for the trailer: enough for an ETA.
             let expected = u64::try_from(db_size).ok().filter(|n| *n > 0).map(|n| n + 32);
             // The stream's own pass over these bytes (its trailer check) gives their sha256.
-            writer.add_snapshot_unhashed(&mut input, page_size, expected).map_err(|e| stop.error_or(repo_error(e)))
+            writer
+                .add_snapshot_unhashed(&mut input, page_size, expected)
+                .map_err(|e| stop.error_or(repo_error(e)))
         })();
         // Whatever happened to the chunker, the stream ends (its sends fail once `rx` is gone).
-        (saving.join().unwrap_or(Err(etcdguard_client::ClientError::Interrupted("a panic"))), stored)
+        (
+            saving.join().unwrap_or(Err(etcdguard_client::ClientError::Interrupted("a panic"))),
+            stored,
+        )
     });
     let saved = saved.map_err(|e| stop.error_or(client_error(e)))?;
     let stored = stored?;
     // The chunker read what the tee sent: the bytes the stream hashed, all of them.
     if stored.size() != saved.bytes {
-        return Err(Error::failure(format!("{}: {} bytes streamed but {} stored; not backing it up", path.display(), saved.bytes, stored.size())));
+        return Err(Error::failure(format!(
+            "{}: {} bytes streamed but {} stored; not backing it up",
+            path.display(),
+            saved.bytes,
+            stored.size()
+        )));
     }
     let snapshot = stored.with_sha256(saved.file_sha256);
     stop.check()?;
     let file = open_snapshot(&path)?;
     if file.len() != snapshot.size {
-        return Err(Error::failure(format!("{}: {} bytes spooled but {} stored; not backing it up", path.display(), file.len(), snapshot.size)));
+        return Err(Error::failure(format!(
+            "{}: {} bytes spooled but {} stored; not backing it up",
+            path.display(),
+            file.len(),
+            snapshot.size
+        )));
     }
     let db = file.db().map_err(|e| db_error(&path, e))?;
     let known = EtcdInfo {
@@ -162,15 +201,30 @@ fn create_live(opts: &CreateOptions, note: &mut dyn FnMut(&str), stop: &Stop) ->
     let etcd = check_snapshot(opts, &path, &file, &db, known, Some(TrailerCheck::Verified))?;
     drop(file);
     // The spool outlives the commit: a reused chunk found damaged is stored again from it.
-    let result = finish(opts, &repo, writer, snapshot, Source::Cluster { endpoint: st.endpoint.clone() }, etcd, None, note, stop);
+    let result = finish(
+        opts,
+        &repo,
+        writer,
+        snapshot,
+        Source::Cluster { endpoint: st.endpoint.clone() },
+        etcd,
+        None,
+        note,
+        stop,
+    );
     drop(spool);
     result
 }
 
 /// The page size a bbolt file's first meta page names, if it is one.
 fn bolt_page_size(head: &[u8]) -> Option<u32> {
-    let word = |at: usize| head.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
-    (word(16)? == 0xED0C_DAED).then(|| word(24)).flatten().filter(|p| p.is_power_of_two() && (512..=65536).contains(p))
+    let word = |at: usize| {
+        head.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    (word(16)? == 0xED0C_DAED)
+        .then(|| word(24))
+        .flatten()
+        .filter(|p| p.is_power_of_two() && (512..=65536).contains(p))
 }
 
 /// Writes the stream to the spool file and hands a copy to the chunker.
@@ -182,7 +236,9 @@ struct Tee {
 impl std::io::Write for Tee {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.file.write_all(buf)?;
-        self.tx.send(buf.to_vec()).map_err(|_| std::io::Error::other("the backup stopped storing the snapshot"))?;
+        self.tx
+            .send(buf.to_vec())
+            .map_err(|_| std::io::Error::other("the backup stopped storing the snapshot"))?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -231,7 +287,15 @@ fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize
 /// Stores the snapshot at `path` while it is checked (sha256 trailer, bbolt structure, etcd
 /// schema) on another thread; the backup is committed only when the check passed. Packs
 /// stored for a snapshot that fails its check are listed by no backup: `prune` removes them.
-fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInfo, original: Option<&Original<'_>>, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<Manifest> {
+fn create_from(
+    opts: &CreateOptions,
+    path: &Path,
+    source: Source,
+    known: EtcdInfo,
+    original: Option<&Original<'_>>,
+    note: &mut dyn FnMut(&str),
+    stop: &Stop,
+) -> Result<Manifest> {
     let file = open_snapshot(path)?;
     let db = file.db().map_err(|e| db_error(path, e))?;
     let page_size = db.page_size();
@@ -242,11 +306,17 @@ fn create_from(opts: &CreateOptions, path: &Path, source: Source, known: EtcdInf
     let (checked, stored) = std::thread::scope(|s| {
         let checking = s.spawn(|| check_snapshot(opts, path, &file, &db, known, None));
         let stored = (|| {
-            let input = std::fs::File::open(path).map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
+            let input = std::fs::File::open(path)
+                .map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
             let mut input = stop.reader(input);
-            writer.add_snapshot_sized(&mut input, page_size, size).map_err(|e| stop.error_or(repo_error(e)))
+            writer
+                .add_snapshot_sized(&mut input, page_size, size)
+                .map_err(|e| stop.error_or(repo_error(e)))
         })();
-        (checking.join().unwrap_or_else(|_| Err(Error::failure("the snapshot check panicked"))), stored)
+        (
+            checking.join().unwrap_or_else(|_| Err(Error::failure("the snapshot check panicked"))),
+            stored,
+        )
     });
     // A damaged snapshot is reported as such, whatever happened to the upload meanwhile.
     let etcd = checked?;
@@ -295,12 +365,17 @@ fn finish(
         let mut skipped = Vec::new();
         special_files_under(p, &mut skipped);
         for (path, kind) in skipped {
-            note(&format!("note: skipped {} ({kind}): only files, directories and symlinks are backed up", path.display()));
+            note(&format!(
+                "note: skipped {} ({kind}): only files, directories and symlinks are backed up",
+                path.display()
+            ));
         }
         let added = if as_group { writer.add_path_as(group, p) } else { writer.add_path(group, p) };
         added.map_err(|e| match e {
             RepoError::Io(m) if m.contains("No such file") => Error::new(Kind::NotFound, m),
-            RepoError::Io(m) if m.contains("ermission denied") => Error::new(Kind::PermissionDenied, m),
+            RepoError::Io(m) if m.contains("ermission denied") => {
+                Error::new(Kind::PermissionDenied, m)
+            }
             other => repo_error(other),
         })?;
     }
@@ -312,7 +387,11 @@ fn finish(
     }
     stop.check()?;
     let labels: BTreeMap<String, String> = opts.labels.iter().cloned().collect();
-    let cluster = opts.cluster.clone().or_else(|| labels.get("cluster").cloned()).or_else(|| etcd.cluster_id.clone());
+    let cluster = opts
+        .cluster
+        .clone()
+        .or_else(|| labels.get("cluster").cloned())
+        .or_else(|| etcd.cluster_id.clone());
     let created = original.map(|o| o.created);
     let committed = writer.commit(snapshot, BackupMeta { source, etcd, labels, cluster, created });
     for line in repo.take_notes() {
@@ -340,10 +419,19 @@ fn special_kind(ft: &std::fs::FileType) -> Option<&'static str> {
 /// Refuses, before anything is read or stored, a path given to back up that is a FIFO, a
 /// socket or a device (`--file /dev/zero`): nothing of it could be stored.
 fn refuse_special_paths(opts: &CreateOptions) -> Result<()> {
-    let given = [("--pki-dir", &opts.pki_dir), ("--manifests-dir", &opts.manifests_dir), ("--encryption-config", &opts.encryption_config)];
-    let given = given.iter().filter_map(|(flag, p)| p.as_ref().map(|p| (*flag, p))).chain(opts.files.iter().map(|p| ("--file", p)));
+    let given = [
+        ("--pki-dir", &opts.pki_dir),
+        ("--manifests-dir", &opts.manifests_dir),
+        ("--encryption-config", &opts.encryption_config),
+    ];
+    let given = given
+        .iter()
+        .filter_map(|(flag, p)| p.as_ref().map(|p| (*flag, p)))
+        .chain(opts.files.iter().map(|p| ("--file", p)));
     for (flag, path) in given {
-        if let Some(kind) = std::fs::symlink_metadata(path).ok().and_then(|m| special_kind(&m.file_type())) {
+        if let Some(kind) =
+            std::fs::symlink_metadata(path).ok().and_then(|m| special_kind(&m.file_type()))
+        {
             return Err(Error::usage(format!(
                 "{flag} {}: is {kind}; only files, directories and symlinks can be backed up",
                 path.display()
@@ -382,14 +470,27 @@ fn check_snapshot(
     // The trailer hash and the walk are independent: run them side by side.
     let (trailer, report) = std::thread::scope(|s| {
         let hashing = s.spawn(|| trailer.map_or_else(|| file.check_trailer(), Ok));
-        let report = if opts.skip_verify { None } else { Some(etcdguard_storage::verify(db, Some(&release))) };
-        (hashing.join().unwrap_or_else(|_| Err(std::io::Error::other("the trailer check panicked"))), report)
+        let report = if opts.skip_verify {
+            None
+        } else {
+            Some(etcdguard_storage::verify(db, Some(&release)))
+        };
+        (
+            hashing
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the trailer check panicked"))),
+            report,
+        )
     });
-    let trailer = trailer.map_err(|e| Error::failure(format!("{}: reading for sha256: {e}", path.display())))?;
+    let trailer = trailer
+        .map_err(|e| Error::failure(format!("{}: reading for sha256: {e}", path.display())))?;
     if let TrailerCheck::Mismatch { .. } = trailer {
         return Err(Error::new(
             Kind::ChecksumMismatch,
-            format!("{}: sha256 trailer mismatch: the snapshot is damaged; not backing it up", path.display()),
+            format!(
+                "{}: sha256 trailer mismatch: the snapshot is damaged; not backing it up",
+                path.display()
+            ),
         ));
     }
     let status = match &report {
@@ -408,7 +509,10 @@ fn check_snapshot(
         None => etcdguard_storage::status(db, Some(&release)).ok(),
     };
     let Some(status) = status else {
-        return Err(Error::new(Kind::Corrupt, format!("{}: cannot compute the snapshot's status; not backing it up", path.display())));
+        return Err(Error::new(
+            Kind::Corrupt,
+            format!("{}: cannot compute the snapshot's status; not backing it up", path.display()),
+        ));
     };
     let etcd = EtcdInfo {
         revision: status.revision,
@@ -433,7 +537,11 @@ fn check_snapshot(
 fn open_for_create(opts: &CreateOptions, note: &mut dyn FnMut(&str)) -> Result<Repository> {
     let store = open_url(&opts.repo.url).map_err(|e| repo_error(e.into()))?;
     let passphrase = opts.repo.passphrase()?;
-    let init = InitOptions { chunk_size: opts.chunk_size, passphrase: passphrase.clone(), ..Default::default() };
+    let init = InitOptions {
+        chunk_size: opts.chunk_size,
+        passphrase: passphrase.clone(),
+        ..Default::default()
+    };
     if let (Some(kms), None) = (&opts.repo.kms, &passphrase) {
         if matches!(Repository::open(store.clone()), Err(RepoError::NotARepository(_))) {
             // Created without a passphrase it would not be encrypted at all.
@@ -452,7 +560,11 @@ fn open_for_create(opts: &CreateOptions, note: &mut dyn FnMut(&str)) -> Result<R
         note(&format!("added key {id}, wrapped by {kms}"));
     }
     if created {
-        let how = if repo.is_encrypted() { "encrypted with the passphrase given" } else { "not encrypted (give ETCDGUARD_PASSPHRASE or --passphrase-file to encrypt a new one)" };
+        let how = if repo.is_encrypted() {
+            "encrypted with the passphrase given"
+        } else {
+            "not encrypted (give ETCDGUARD_PASSPHRASE or --passphrase-file to encrypt a new one)"
+        };
         note(&format!("created repository {}, {how}", repo.location()));
     } else if repo.is_encrypted() {
         opts.repo.unlock(&mut repo)?;
@@ -469,7 +581,10 @@ fn open_for_create(opts: &CreateOptions, note: &mut dyn FnMut(&str)) -> Result<R
 
 /// The API server's `--encryption-provider-config` (on the host) from its manifest in
 /// `manifests_dir`, when it sets one and the file is there; what was found goes to `note`.
-fn apiserver_encryption_config(manifests_dir: &Path, note: &mut dyn FnMut(&str)) -> Option<PathBuf> {
+fn apiserver_encryption_config(
+    manifests_dir: &Path,
+    note: &mut dyn FnMut(&str),
+) -> Option<PathBuf> {
     let manifest = manifests_dir.join("kube-apiserver.yaml");
     if !manifest.is_file() {
         return None;
@@ -489,7 +604,9 @@ fn apiserver_encryption_config(manifests_dir: &Path, note: &mut dyn FnMut(&str))
         }
         Ok(None) => None,
         Err(e) => {
-            note(&format!("warning: {e}; the backup holds no encryption keys (give --encryption-config FILE)"));
+            note(&format!(
+                "warning: {e}; the backup holds no encryption keys (give --encryption-config FILE)"
+            ));
             None
         }
     }
@@ -528,7 +645,10 @@ pub fn verify(opts: &VerifyOptions, note: &mut dyn FnMut(&str)) -> Result<Verifi
             for p in &problems {
                 note(&format!("  {p}"));
             }
-            return Err(Error::new(Kind::Corrupt, format!("{} of {n} packs damaged", problems.len())));
+            return Err(Error::new(
+                Kind::Corrupt,
+                format!("{} of {n} packs damaged", problems.len()),
+            ));
         }
         note(&format!("{n} packs checked"));
         packs_checked = Some(n);
@@ -541,7 +661,13 @@ pub fn verify(opts: &VerifyOptions, note: &mut dyn FnMut(&str)) -> Result<Verifi
 /// snapshot into a private spool under `scratch_dir` (checked against the whole sha256),
 /// reads every file, then checks the trailer, bbolt structure, etcd schema and the status
 /// against the manifest. The agent's scrub uses it too.
-pub(crate) fn check_stored(repo: &Repository, index: &etcdguard_repo::pack::Index, m: &Manifest, scratch_dir: Option<&Path>, note: &mut dyn FnMut(&str)) -> Result<TrailerCheck> {
+pub(crate) fn check_stored(
+    repo: &Repository,
+    index: &etcdguard_repo::pack::Index,
+    m: &Manifest,
+    scratch_dir: Option<&Path>,
+    note: &mut dyn FnMut(&str),
+) -> Result<TrailerCheck> {
     let parent = scratch_dir.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
     let (tmp, _) = spool::create(&parent)?;
     let snap_path = tmp.path().join("snapshot.db");
@@ -549,7 +675,8 @@ pub(crate) fn check_stored(repo: &Repository, index: &etcdguard_repo::pack::Inde
     repo.restore_snapshot_to_file(index, &m.snapshot, &snap_path, 0o600)?;
     for f in &m.files {
         if let Some(part) = &f.content {
-            repo.read_part(index, part, &mut std::io::sink()).map_err(|e| repo_error(e.context(&format!("file {}", f.path))))?;
+            repo.read_part(index, part, &mut std::io::sink())
+                .map_err(|e| repo_error(e.context(&format!("file {}", f.path))))?;
         }
     }
     // The reassembled snapshot is the original byte for byte; check it as `snapshot verify` does.
@@ -561,13 +688,23 @@ pub(crate) fn check_stored(repo: &Repository, index: &etcdguard_repo::pack::Inde
         let r = etcdguard_storage::verify(&db, Some(&release));
         (h.join().unwrap_or_else(|_| Err(std::io::Error::other("the trailer check panicked"))), r)
     });
-    let trailer = trailer.map_err(|e| Error::failure(format!("reading the reassembled snapshot: {e}")))?;
+    let trailer =
+        trailer.map_err(|e| Error::failure(format!("reading the reassembled snapshot: {e}")))?;
     if let TrailerCheck::Mismatch { .. } = trailer {
-        return Err(Error::new(Kind::ChecksumMismatch, format!("backup {}: the snapshot's sha256 trailer does not match its content", m.id)));
+        return Err(Error::new(
+            Kind::ChecksumMismatch,
+            format!("backup {}: the snapshot's sha256 trailer does not match its content", m.id),
+        ));
     }
     if !report.is_ok() {
         let n = report.structure.problem_count + report.schema_problem_count;
-        return Err(Error::new(Kind::Corrupt, format!("backup {}: the snapshot has {n} problems (bbolt structure or etcd schema)", m.id)));
+        return Err(Error::new(
+            Kind::Corrupt,
+            format!(
+                "backup {}: the snapshot has {n} problems (bbolt structure or etcd schema)",
+                m.id
+            ),
+        ));
     }
     if let Some(st) = &report.status {
         if st.revision != m.etcd.revision || st.hash != m.etcd.hash {
@@ -616,14 +753,21 @@ pub enum RestoreEvent<'a> {
 
 /// Brings a backup back: the snapshot file, data dirs built from it, and the files.
 /// Returns the snapshot file kept (`to_file`), if any.
-pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> Result<Option<PathBuf>> {
+pub fn restore(
+    opts: &RestoreOptions,
+    on: &mut dyn FnMut(RestoreEvent<'_>),
+) -> Result<Option<PathBuf>> {
     let mut repo = opts.repo.open_unlocked()?;
     let plan = match opts.at {
         Some(at) => {
             if repo.is_encrypted() {
                 opts.repo.unlock(&mut repo)?;
             }
-            Some(crate::capture::plan_at(&repo, at, (!opts.id.is_empty()).then_some(opts.id.as_str()))?)
+            Some(crate::capture::plan_at(
+                &repo,
+                at,
+                (!opts.id.is_empty()).then_some(opts.id.as_str()),
+            )?)
         }
         None => None,
     };
@@ -631,7 +775,12 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
         Some(p) => p.base.clone(),
         None => resolve(&repo, &opts.id)?,
     };
-    let exists = |p: &Path| Error::new(Kind::DestinationExists, format!("{}: already exists; nothing was overwritten", p.display()));
+    let exists = |p: &Path| {
+        Error::new(
+            Kind::DestinationExists,
+            format!("{}: already exists; nothing was overwritten", p.display()),
+        )
+    };
     // Refuse before downloading anything.
     if let Some(p) = &opts.to_file {
         if p.exists() {
@@ -644,14 +793,18 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
     };
     for dir in data_dir.iter().chain(cluster_out.iter()) {
         if std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
-            return Err(Error::new(Kind::DestinationExists, format!("{}: exists and is not empty; nothing was overwritten", dir.display())));
+            return Err(Error::new(
+                Kind::DestinationExists,
+                format!("{}: exists and is not empty; nothing was overwritten", dir.display()),
+            ));
         }
     }
     // Without `to_file` the snapshot goes to a hidden file next to the data dir, removed after.
     let (snapshot_path, temporary) = match (&opts.to_file, data_dir.or(cluster_out)) {
         (Some(p), _) => (p.clone(), false),
         (None, Some(dir)) => {
-            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let parent =
+                dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
             // The data dir's parent is made as `snapshot restore` makes it (private), now
             // because the snapshot is reassembled next to it.
             {
@@ -662,7 +815,14 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
                     .create(parent)
                     .map_err(|e| Error::failure(format!("creating {}: {e}", parent.display())))?;
             }
-            (parent.join(format!(".etcdguard-backup-{}-{:08x}.db", m.id, spool::rand_u64() as u32)), true)
+            (
+                parent.join(format!(
+                    ".etcdguard-backup-{}-{:08x}.db",
+                    m.id,
+                    spool::rand_u64() as u32
+                )),
+                true,
+            )
         }
         (None, None) => return Err(Error::usage("give --to-file, --data-dir or --cluster-out")),
     };
@@ -678,11 +838,16 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
     let index = repo.load_index()?;
     match &plan {
         Some(plan) => {
-            let scratch = snapshot_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let scratch = snapshot_path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             let replayed = crate::capture::materialize(&repo, plan, &snapshot_path, scratch)?;
             on(RestoreEvent::Replayed { plan, replayed: &replayed });
         }
-        None if temporary => repo.restore_snapshot_to_scratch(&index, &m.snapshot, &snapshot_path)?,
+        None if temporary => {
+            repo.restore_snapshot_to_scratch(&index, &m.snapshot, &snapshot_path)?
+        }
         None => repo.restore_snapshot_to_file(&index, &m.snapshot, &snapshot_path, 0o600)?,
     }
     if !temporary {
@@ -699,7 +864,8 @@ pub fn restore(opts: &RestoreOptions, on: &mut dyn FnMut(RestoreEvent<'_>)) -> R
             Some(p) => crate::keycheck::InPlace::file(p)?,
             None => crate::keycheck::InPlace::from_backup(&repo, &m)?,
         };
-        let source = crate::restore::Source { verified: plan.is_none() && m.etcd.verified, temporary };
+        let source =
+            crate::restore::Source { verified: plan.is_none() && m.etcd.verified, temporary };
         let restored = crate::restore::snapshot_restore_with(&d, in_place, source)?;
         for n in &restored.notes {
             on(RestoreEvent::Note(n));
@@ -728,7 +894,10 @@ pub fn delete(repo: &RepoSpec, id: &str, force: bool) -> Result<String> {
             }
         }
         if newest_verified.as_deref() == Some(m.id.as_str()) {
-            return Err(Error::usage(format!("backup {} is the newest verified backup; pass --force to delete it anyway", m.id)));
+            return Err(Error::usage(format!(
+                "backup {} is the newest verified backup; pass --force to delete it anyway",
+                m.id
+            )));
         }
     }
     repo.delete_backup(&m.id)?;
@@ -765,7 +934,10 @@ pub fn export_url(repo: &RepoSpec, id: &str, expires: Duration) -> Result<Export
     repo.presigned_url(&etcdguard_repo::repository::manifest_key(&m.id), expires).map_err(|e| {
         let mut f = repo_error(e);
         // The hint of a local repository: how to get the snapshot without a URL.
-        f.hint = Some(format!("a local repository has no URLs: use `etcdguard backup restore {} --to-file FILE`", m.id));
+        f.hint = Some(format!(
+            "a local repository has no URLs: use `etcdguard backup restore {} --to-file FILE`",
+            m.id
+        ));
         f
     })?;
     let key = repo.export_snapshot(&m)?;
@@ -774,7 +946,11 @@ pub fn export_url(repo: &RepoSpec, id: &str, expires: Duration) -> Result<Export
 }
 
 /// Presigned URLs of every object backup `id` needs (manifest, index, packs).
-pub fn object_urls(repo: &RepoSpec, id: &str, expires: Duration) -> Result<(Manifest, Vec<(String, String)>)> {
+pub fn object_urls(
+    repo: &RepoSpec,
+    id: &str,
+    expires: Duration,
+) -> Result<(Manifest, Vec<(String, String)>)> {
     let repo = repo.open()?;
     let m = resolve(&repo, id)?;
     let urls = repo.presigned_urls(&m, expires)?;
@@ -803,17 +979,30 @@ pub fn key_remove(repo: &RepoSpec, id: &str) -> Result<String> {
 
 /// What `key add` and `key passwd` did, as it happens.
 pub enum KeyEvent<'a> {
-    Added { id: &'a str, location: &'a str },
+    Added {
+        id: &'a str,
+        location: &'a str,
+    },
     /// The key of the old passphrase (`passwd`).
-    Removed { id: &'a str, location: &'a str },
+    Removed {
+        id: &'a str,
+        location: &'a str,
+    },
 }
 
 /// `key add`, and `key passwd` (`replace`): the new key is stored and proven to open before
 /// the old one goes.
-pub fn key_add(repo: &RepoSpec, new_passphrase: &PassphraseSource, replace: bool, on: &mut dyn FnMut(KeyEvent<'_>)) -> Result<()> {
+pub fn key_add(
+    repo: &RepoSpec,
+    new_passphrase: &PassphraseSource,
+    replace: bool,
+    on: &mut dyn FnMut(KeyEvent<'_>),
+) -> Result<()> {
     let r = repo.open_unlocked()?;
     let Some(new) = new_passphrase()? else {
-        return Err(Error::usage("no new passphrase: give --new-passphrase-file FILE or set ETCDGUARD_NEW_PASSPHRASE"));
+        return Err(Error::usage(
+            "no new passphrase: give --new-passphrase-file FILE or set ETCDGUARD_NEW_PASSPHRASE",
+        ));
     };
     if repo.passphrase()?.is_some_and(|current| current.bytes() == new.bytes()) {
         return Err(Error::usage("the new passphrase is the current one"));
@@ -823,7 +1012,9 @@ pub fn key_add(repo: &RepoSpec, new_passphrase: &PassphraseSource, replace: bool
     on(KeyEvent::Added { id: &id, location: &location });
     if replace {
         let Some(old) = r.current_key().map(str::to_string) else {
-            return Err(Error::failure(format!("{location}: not encrypted, so it has no passphrase to change")));
+            return Err(Error::failure(format!(
+                "{location}: not encrypted, so it has no passphrase to change"
+            )));
         };
         let mut reopened = repo.open()?;
         reopened.unlock(&new)?;

@@ -20,8 +20,8 @@
 //! are not in the watch stream; the next full backup has them.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::ops::ControlFlow;
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,7 +98,9 @@ impl CaptureState {
     /// yet, or, when none waits, since the store was last known to hold everything (so it
     /// keeps growing while the watch is down). None before capture knew either.
     pub fn rpo_seconds(&self, now: DateTime<Utc>) -> Option<f64> {
-        self.pending_since.or(self.durable_at).map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+        self.pending_since
+            .or(self.durable_at)
+            .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
     }
     pub fn lag_revisions(&self) -> i64 {
         (self.server_revision - self.durable_revision).max(0)
@@ -141,7 +143,12 @@ pub fn newest_full(repo: &Repository, cluster: Option<&str>) -> Result<Option<Ma
 }
 
 /// Runs continuous capture until `stop`, `until_revision` or `duration`.
-pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut dyn FnMut(&str), stop: &Stop) -> Result<FollowReport> {
+pub fn follow(
+    opts: &FollowOptions,
+    state: &Arc<Mutex<CaptureState>>,
+    note: &mut dyn FnMut(&str),
+    stop: &Stop,
+) -> Result<FollowReport> {
     let started = Instant::now();
     if opts.create.from_file.is_some() {
         return Err(Error::usage("continuous capture watches the live cluster: drop --from-file (its full backups are taken live)"));
@@ -160,7 +167,8 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
     }
     let session = connect(&opts.create.conn, note)?;
     let endpoints = session.config().endpoints.clone();
-    let set = |f: &dyn Fn(&mut CaptureState)| f(&mut state.lock().unwrap_or_else(|p| p.into_inner()));
+    let set =
+        |f: &dyn Fn(&mut CaptureState)| f(&mut state.lock().unwrap_or_else(|p| p.into_inner()));
 
     let mut base = match newest_full(&repo, opts.create.cluster.as_deref())? {
         Some(m) => m,
@@ -179,7 +187,10 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
         s.base_revision = base.etcd.revision;
         s.durable_revision = covered;
     });
-    note(&format!("following changes after revision {covered} (full backup {} at revision {})", base.id, base.etcd.revision));
+    note(&format!(
+        "following changes after revision {covered} (full backup {} at revision {})",
+        base.id, base.etcd.revision
+    ));
 
     'watch: loop {
         if stop.is_raised() {
@@ -191,7 +202,8 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
         // and a compaction meanwhile is a gap the reader reports, as for any watch loss.
         let (tx, rx) = mpsc::sync_channel::<Message>(WATCH_BACKLOG);
         let watcher = {
-            let (session_flags, stop, endpoint) = (opts.create.conn.clone(), stop.clone(), endpoint.clone());
+            let (session_flags, stop, endpoint) =
+                (opts.create.conn.clone(), stop.clone(), endpoint.clone());
             let tick = opts.segment_interval.min(Duration::from_secs(1));
             let from = covered + 1;
             std::thread::spawn(move || {
@@ -205,8 +217,12 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
                 let result = session.follow(&endpoint, from, tick, &mut |u| {
                     let seen = Utc::now();
                     let m = match u {
-                        WatchUpdate::Changes { changes, header_revision } => Message::Changes { changes, header_revision, seen },
-                        WatchUpdate::Progress { header_revision } => Message::Progress { header_revision, seen },
+                        WatchUpdate::Changes { changes, header_revision } => {
+                            Message::Changes { changes, header_revision, seen }
+                        }
+                        WatchUpdate::Progress { header_revision } => {
+                            Message::Progress { header_revision, seen }
+                        }
                         WatchUpdate::Tick => Message::Tick,
                     };
                     if tx.send(m).is_err() || stop.is_raised() {
@@ -273,14 +289,25 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
                 Some(Message::Tick) | None => {}
                 Some(Message::Failed(e)) => failure = Some(e),
             }
-            let due = last_flush.elapsed() >= opts.segment_interval || pending_bytes >= opts.segment_max_bytes;
+            let due = last_flush.elapsed() >= opts.segment_interval
+                || pending_bytes >= opts.segment_max_bytes;
             let ending = failure.is_some()
                 || stop.is_raised()
                 || opts.duration.is_some_and(|d| started.elapsed() >= d)
-                || opts.until_revision.is_some_and(|u| pending.last().map_or(covered, |c| c.mod_revision) >= u);
+                || opts
+                    .until_revision
+                    .is_some_and(|u| pending.last().map_or(covered, |c| c.mod_revision) >= u);
             if (due || ending) && !pending.is_empty() {
                 let changes = std::mem::take(&mut pending);
-                let info = writer.store(&repo, &base, covered, changes, std::mem::take(&mut times), &endpoint, note)?;
+                let info = writer.store(
+                    &repo,
+                    &base,
+                    covered,
+                    changes,
+                    std::mem::take(&mut times),
+                    &endpoint,
+                    note,
+                )?;
                 covered = info.last;
                 pending_bytes = 0;
                 bytes_since_full += info.size;
@@ -301,15 +328,29 @@ pub fn follow(opts: &FollowOptions, state: &Arc<Mutex<CaptureState>>, note: &mut
             if ending && pending.is_empty() {
                 break;
             }
-            let full_due = opts.full_every.is_some_and(|d| base_at.elapsed() >= d) || bytes_since_full >= opts.full_after_bytes;
+            let full_due = opts.full_every.is_some_and(|d| base_at.elapsed() >= d)
+                || bytes_since_full >= opts.full_after_bytes;
             if full_due && pending.is_empty() && failure.is_none() {
                 // A new full; changes up to its revision stay with the old one, the rest
                 // follow the new one. The watch keeps running meanwhile.
                 let new_base = take_full(opts, &mut repo, note, stop, state)?;
                 let rev = new_base.etcd.revision;
-                note(&format!("full backup {} at revision {rev}; changes after it follow it", new_base.id));
+                note(&format!(
+                    "full backup {} at revision {rev}; changes after it follow it",
+                    new_base.id
+                ));
                 // Store the old full's changes up to the new revision before switching.
-                covered = store_old_full_tail(&rx, &repo, &base, covered, rev, &mut writer, &endpoint, note, stop)?;
+                covered = store_old_full_tail(
+                    &rx,
+                    &repo,
+                    &base,
+                    covered,
+                    rev,
+                    &mut writer,
+                    &endpoint,
+                    note,
+                    stop,
+                )?;
                 base = new_base;
                 covered = covered.max(rev);
                 base_at = Instant::now();
@@ -393,7 +434,9 @@ fn store_old_full_tail(
         }
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(Message::Changes { changes: cs, seen, .. }) => {
-                for c in cs.into_iter().filter(|c| c.mod_revision > covered && c.mod_revision <= until) {
+                for c in
+                    cs.into_iter().filter(|c| c.mod_revision > covered && c.mod_revision <= until)
+                {
                     if times.last().is_none_or(|t: &(i64, i64)| t.0 != c.mod_revision) {
                         times.push((c.mod_revision, seen.timestamp_millis()));
                     }
@@ -402,7 +445,11 @@ fn store_old_full_tail(
             }
             Ok(Message::Failed(e)) => return Err(client_error(e)),
             Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Error::failure("the watch ended before the switch to the new full backup")),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::failure(
+                    "the watch ended before the switch to the new full backup",
+                ))
+            }
         }
     }
     if changes.is_empty() {
@@ -438,8 +485,11 @@ impl SegmentWriter<'_> {
         note: &mut dyn FnMut(&str),
     ) -> Result<SegmentInfo> {
         let leases = self.session.leases(endpoint, &self.leases_known).unwrap_or_else(|e| {
-            note(&format!("warning: listing leases: {e}; the segment keeps the previous lease set"));
-            let mut known: Vec<(i64, i64)> = self.leases_known.iter().map(|(a, b)| (*a, *b)).collect();
+            note(&format!(
+                "warning: listing leases: {e}; the segment keeps the previous lease set"
+            ));
+            let mut known: Vec<(i64, i64)> =
+                self.leases_known.iter().map(|(a, b)| (*a, *b)).collect();
             known.sort();
             known
         });
@@ -463,7 +513,12 @@ impl SegmentWriter<'_> {
                         s.store_failures += 1;
                         s.last_error = Some(e.to_string());
                     }
-                    note(&format!("storing segment {}..{} failed, retrying in {}: {e}", segment.first, segment.last, humantime::format_duration(delay)));
+                    note(&format!(
+                        "storing segment {}..{} failed, retrying in {}: {e}",
+                        segment.first,
+                        segment.last,
+                        humantime::format_duration(delay)
+                    ));
                     if !sleep_unless_stopped(delay, self.stop) {
                         return Err(Error::new(
                             Kind::Interrupted,
@@ -500,7 +555,13 @@ fn sleep_unless_stopped(total: Duration, stop: &Stop) -> bool {
     !stop.is_raised()
 }
 
-fn take_full(opts: &FollowOptions, repo: &mut Repository, note: &mut dyn FnMut(&str), stop: &Stop, state: &Arc<Mutex<CaptureState>>) -> Result<Manifest> {
+fn take_full(
+    opts: &FollowOptions,
+    repo: &mut Repository,
+    note: &mut dyn FnMut(&str),
+    stop: &Stop,
+    state: &Arc<Mutex<CaptureState>>,
+) -> Result<Manifest> {
     let m = create_stoppable(&opts.create, note, stop)?;
     // Reopen: the create may have created the repository, or changed its index.
     *repo = opts.create.repo.open_unlocked()?;
@@ -514,14 +575,23 @@ fn take_full(opts: &FollowOptions, repo: &mut Repository, note: &mut dyn FnMut(&
 
 /// The last revision stored for `base` (its own revision when no segment follows it yet).
 /// A hole in its segments is recorded and capture continues after what is contiguous.
-fn resume_point(repo: &Repository, base: &Manifest, note: &mut dyn FnMut(&str), state: &Arc<Mutex<CaptureState>>) -> Result<i64> {
+fn resume_point(
+    repo: &Repository,
+    base: &Manifest,
+    note: &mut dyn FnMut(&str),
+    state: &Arc<Mutex<CaptureState>>,
+) -> Result<i64> {
     let segments = repo.list_segments(Some(&base.id))?;
     let ranges: Vec<(i64, i64)> = segments.iter().map(|s| (s.first, s.last)).collect();
     let (used, gap) = chain(base.etcd.revision, &ranges);
     let covered = used.last().map_or(base.etcd.revision, |r| r.1);
     // The RPO goes on from when the newest stored change was seen (by this or another writer).
-    if let Some(info) = used.last().and_then(|(f, l)| segments.iter().find(|s| s.first == *f && s.last == *l)) {
-        if let Some(seen) = repo.read_segment(info).ok().and_then(|s| s.times.last().and_then(|t| millis(t.1))) {
+    if let Some(info) =
+        used.last().and_then(|(f, l)| segments.iter().find(|s| s.first == *f && s.last == *l))
+    {
+        if let Some(seen) =
+            repo.read_segment(info).ok().and_then(|s| s.times.last().and_then(|t| millis(t.1)))
+        {
             let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
             s.durable_at = s.durable_at.max(Some(seen));
         }
@@ -536,7 +606,13 @@ fn resume_point(repo: &Repository, base: &Manifest, note: &mut dyn FnMut(&str), 
 }
 
 /// `gaps/<full>-<first lost revision>.json`: changes that could not be captured.
-fn record_gap(repo: &Repository, base: &Manifest, lost_from: i64, new_base: &Manifest, reason: &str) -> Result<()> {
+fn record_gap(
+    repo: &Repository,
+    base: &Manifest,
+    lost_from: i64,
+    new_base: &Manifest,
+    reason: &str,
+) -> Result<()> {
     let body = serde_json::json!({
         "after_full": base.id,
         "lost_from_revision": lost_from,
@@ -546,7 +622,9 @@ fn record_gap(repo: &Repository, base: &Manifest, lost_from: i64, new_base: &Man
         "recorded": Utc::now().to_rfc3339(),
     });
     let key = format!("gaps/{}-{:016x}.json", base.id, lost_from as u64);
-    repo.store().put(&key, bytes_of(serde_json::to_vec_pretty(&body).unwrap_or_default())).map_err(|e| crate::error::repo_error(e.into()))?;
+    repo.store()
+        .put(&key, bytes_of(serde_json::to_vec_pretty(&body).unwrap_or_default()))
+        .map_err(|e| crate::error::repo_error(e.into()))?;
     Ok(())
 }
 
@@ -569,7 +647,11 @@ impl At {
     /// `REV` (digits) or a time (RFC 3339, e.g. 2026-11-30T14:32:00Z).
     pub fn parse(s: &str) -> std::result::Result<At, String> {
         if let Ok(r) = s.parse::<i64>() {
-            return if r >= 1 { Ok(At::Revision(r)) } else { Err(format!("revision {r}: must be 1 or more")) };
+            return if r >= 1 {
+                Ok(At::Revision(r))
+            } else {
+                Err(format!("revision {r}: must be 1 or more"))
+            };
         }
         DateTime::parse_from_rfc3339(s)
             .map(|t| At::Time(t.with_timezone(&Utc)))
@@ -639,7 +721,10 @@ pub fn plan_at(repo: &Repository, at: At, base: Option<&str>) -> Result<AtPlan> 
         if newest_reachable.as_ref().is_none_or(|(_, r)| covered > *r) {
             newest_reachable = Some((base.id.clone(), covered));
         }
-        let segs: Vec<_> = used.iter().filter_map(|(f, l)| mine.iter().find(|s| s.first == *f && s.last == *l).cloned()).collect();
+        let segs: Vec<_> = used
+            .iter()
+            .filter_map(|(f, l)| mine.iter().find(|s| s.first == *f && s.last == *l).cloned())
+            .collect();
         let (revision, seen) = match at {
             At::Revision(r) => {
                 if r < base.etcd.revision || r > covered {
@@ -669,12 +754,19 @@ pub fn plan_at(repo: &Repository, at: At, base: Option<&str>) -> Result<AtPlan> 
         return Ok(AtPlan { base: base.clone(), segments, revision, seen });
     }
     let reach = match newest_reachable {
-        Some((id, r)) if base.is_some() => format!("; full backup {id} and its segments reach revision {r}"),
-        Some((id, r)) => format!("; the repository reaches revision {r} (full backup {id} and its segments)"),
+        Some((id, r)) if base.is_some() => {
+            format!("; full backup {id} and its segments reach revision {r}")
+        }
+        Some((id, r)) => {
+            format!("; the repository reaches revision {r} (full backup {id} and its segments)")
+        }
         None => "; the repository has no full backup".into(),
     };
-    Err(Error::new(Kind::NotFound, format!("no full backup with continuous changes covers {what}{reach}"))
-        .with_hint("list what is there with `etcdguard backup list` and `etcdguard backup log`"))
+    Err(Error::new(
+        Kind::NotFound,
+        format!("no full backup with continuous changes covers {what}{reach}"),
+    )
+    .with_hint("list what is there with `etcdguard backup list` and `etcdguard backup log`"))
 }
 
 /// The changes of `segments`, read one segment at a time, as replay events.
@@ -728,7 +820,12 @@ impl Iterator for SegmentEvents<'_> {
 /// Builds the snapshot file of `plan` at `out` (new): the full's snapshot fetched (every
 /// chunk and the whole sha256 checked) into `scratch`, its changes replayed up to the
 /// planned revision, a fresh sha256 trailer. No etcd runs; nothing is fsynced per change.
-pub fn materialize(repo: &Repository, plan: &AtPlan, out: &Path, scratch: &Path) -> Result<etcdguard_storage::replay::Replayed> {
+pub fn materialize(
+    repo: &Repository,
+    plan: &AtPlan,
+    out: &Path,
+    scratch: &Path,
+) -> Result<etcdguard_storage::replay::Replayed> {
     let base_file = scratch.join(format!("full-{}.db", plan.base.id));
     let index = repo.load_index()?;
     repo.restore_snapshot_to_file(&index, &plan.base.snapshot, &base_file, 0o600)?;
@@ -752,18 +849,35 @@ pub fn materialize(repo: &Repository, plan: &AtPlan, out: &Path, scratch: &Path)
         current_last: i64::MIN,
         failed: false,
     };
-    let result = etcdguard_storage::replay::replay_snapshot(&base_file, out, &mut events, Some(plan.revision), lease_set.as_deref());
+    let result = etcdguard_storage::replay::replay_snapshot(
+        &base_file,
+        out,
+        &mut events,
+        Some(plan.revision),
+        lease_set.as_deref(),
+    );
     let _ = std::fs::remove_file(&base_file);
     let replayed = result.map_err(|e| match e {
-        etcdguard_storage::replay::ReplayError::Gap(m) => Error::new(Kind::Corrupt, format!("the continuous changes have a gap: {m}")),
-        etcdguard_storage::replay::ReplayError::Source(m) => Error::new(Kind::Corrupt, format!("reading the continuous changes: {m}")),
-        etcdguard_storage::replay::ReplayError::BadEvent(m) => Error::new(Kind::Corrupt, format!("a damaged change record: {m}")),
-        other => Error::failure(format!("building the database at revision {}: {other}", plan.revision)),
+        etcdguard_storage::replay::ReplayError::Gap(m) => {
+            Error::new(Kind::Corrupt, format!("the continuous changes have a gap: {m}"))
+        }
+        etcdguard_storage::replay::ReplayError::Source(m) => {
+            Error::new(Kind::Corrupt, format!("reading the continuous changes: {m}"))
+        }
+        etcdguard_storage::replay::ReplayError::BadEvent(m) => {
+            Error::new(Kind::Corrupt, format!("a damaged change record: {m}"))
+        }
+        other => {
+            Error::failure(format!("building the database at revision {}: {other}", plan.revision))
+        }
     })?;
     if replayed.to_revision != plan.revision {
         return Err(Error::new(
             Kind::Corrupt,
-            format!("the changes end at revision {} but revision {} was planned", replayed.to_revision, plan.revision),
+            format!(
+                "the changes end at revision {} but revision {} was planned",
+                replayed.to_revision, plan.revision
+            ),
         ));
     }
     Ok(replayed)
@@ -818,11 +932,15 @@ pub fn log(repo: &Repository, filter: &LogFilter, each: &mut dyn FnMut(LogItem))
     // change of leader) are listed once. Changes start right after the full backup's revision.
     let mut listed_through: HashMap<String, i64> = HashMap::new();
     for info in repo.list_segments(None)? {
-        let through = listed_through
-            .entry(info.base.clone())
-            .or_insert_with(|| repo.manifest(&info.base).map_or(info.first - 1, |m| m.etcd.revision));
+        let through = listed_through.entry(info.base.clone()).or_insert_with(|| {
+            repo.manifest(&info.base).map_or(info.first - 1, |m| m.etcd.revision)
+        });
         if info.first > *through + 1 {
-            each(LogItem::Gap(LogGap { full_backup: info.base.clone(), first_revision: *through + 1, last_revision: info.first - 1 }));
+            each(LogItem::Gap(LogGap {
+                full_backup: info.base.clone(),
+                first_revision: *through + 1,
+                last_revision: info.first - 1,
+            }));
         }
         let s = repo.read_segment(&info)?;
         let times: HashMap<i64, i64> = s.times.iter().copied().collect();
@@ -832,7 +950,9 @@ pub fn log(repo: &Repository, filter: &LogFilter, each: &mut dyn FnMut(LogItem))
             if c.mod_revision <= skip_through {
                 continue;
             }
-            if filter.key.as_ref().is_some_and(|k| *k != c.key) || filter.prefix.as_ref().is_some_and(|p| !c.key.starts_with(p)) {
+            if filter.key.as_ref().is_some_and(|k| *k != c.key)
+                || filter.prefix.as_ref().is_some_and(|p| !c.key.starts_with(p))
+            {
                 continue;
             }
             let time = times.get(&c.mod_revision).and_then(|ms| millis(*ms));

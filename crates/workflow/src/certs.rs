@@ -16,7 +16,12 @@ pub fn records_of_dir(dir: &Path, note: &mut dyn FnMut(&str)) -> Vec<Certificate
     match pki::scan_dir(dir) {
         Ok(scan) => {
             for p in &scan.problems {
-                note(&format!("note: {}/{}: {} (not recorded in the manifest)", dir.display(), p.path, p.message));
+                note(&format!(
+                    "note: {}/{}: {} (not recorded in the manifest)",
+                    dir.display(),
+                    p.path,
+                    p.message
+                ));
             }
             scan.certificates.iter().map(record).collect()
         }
@@ -40,14 +45,20 @@ pub fn record(c: &pki::Certificate) -> CertificateRecord {
 }
 
 /// A line for the operator when `cert` has expired or expires within `warn` at `now`.
-pub fn expiry_warning(cert: &CertificateRecord, now: DateTime<Utc>, warn: Duration) -> Option<String> {
+pub fn expiry_warning(
+    cert: &CertificateRecord,
+    now: DateTime<Utc>,
+    warn: Duration,
+) -> Option<String> {
     let left = cert.not_after.signed_duration_since(now);
     let at = cert.not_after.format("%Y-%m-%dT%H:%M:%SZ");
     if left <= chrono::Duration::zero() {
         return Some(format!("certificate {} ({}) expired at {at}", cert.path, cert.subject));
     }
     let left = left.to_std().unwrap_or(Duration::ZERO);
-    (left <= warn).then(|| format!("certificate {} ({}) expires in {} (at {at})", cert.path, cert.subject, rough(left)))
+    (left <= warn).then(|| {
+        format!("certificate {} ({}) expires in {} (at {at})", cert.path, cert.subject, rough(left))
+    })
 }
 
 /// Days and hours (or minutes under a day): precise enough for an expiry.
@@ -65,7 +76,14 @@ mod tests {
     use super::*;
 
     fn cert(path: &str, not_after: DateTime<Utc>) -> CertificateRecord {
-        CertificateRecord { path: path.into(), subject: "CN=x".into(), not_after, not_before: None, serial: String::new(), is_ca: false }
+        CertificateRecord {
+            path: path.into(),
+            subject: "CN=x".into(),
+            not_after,
+            not_before: None,
+            serial: String::new(),
+            is_ca: false,
+        }
     }
 
     #[test]

@@ -149,15 +149,25 @@ impl CheckState {
         let by_result = |ok: u64, failed: u64| {
             let family = Family::<Vec<(String, String)>, Counter>::default();
             family.get_or_create(&vec![("result".to_string(), "success".to_string())]).inc_by(ok);
-            family.get_or_create(&vec![("result".to_string(), "failure".to_string())]).inc_by(failed);
+            family
+                .get_or_create(&vec![("result".to_string(), "failure".to_string())])
+                .inc_by(failed);
             family
         };
         let ts = |t: Option<DateTime<Utc>>| t.map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
         if self.scrub_enabled {
-            registry.register("etcdguard_scrub_runs", "Scrubs (re-reading stored backups), by result", by_result(self.scrubs_ok, self.scrubs_failed));
+            registry.register(
+                "etcdguard_scrub_runs",
+                "Scrubs (re-reading stored backups), by result",
+                by_result(self.scrubs_ok, self.scrubs_failed),
+            );
             let failures = Counter::<u64>::default();
             failures.inc_by(self.scrubs_failed);
-            registry.register("etcdguard_scrub_failures", "Scrubs that found damage or could not read the repository", failures);
+            registry.register(
+                "etcdguard_scrub_failures",
+                "Scrubs that found damage or could not read the repository",
+                failures,
+            );
             registry.register(
                 "etcdguard_scrub_backups_checked",
                 "Backups a scrub checked, by result (failure: damaged or unreadable)",
@@ -166,24 +176,54 @@ impl CheckState {
             let packs = Counter::<u64>::default();
             packs.inc_by(self.packs_checked);
             registry.register("etcdguard_scrub_packs_checked", "Packs a scrub read whole", packs);
-            registry.register("etcdguard_scrub_last_success_timestamp_seconds", "When the last good scrub finished (0: none yet)", gauge(ts(self.scrub_last_success)));
-            registry.register("etcdguard_scrub_last_run_timestamp_seconds", "When the last scrub finished, whatever its result", gauge(ts(self.scrub_last_run)));
+            registry.register(
+                "etcdguard_scrub_last_success_timestamp_seconds",
+                "When the last good scrub finished (0: none yet)",
+                gauge(ts(self.scrub_last_success)),
+            );
+            registry.register(
+                "etcdguard_scrub_last_run_timestamp_seconds",
+                "When the last scrub finished, whatever its result",
+                gauge(ts(self.scrub_last_run)),
+            );
         }
         if self.drill_enabled {
-            registry.register("etcdguard_drill_runs", "Restore drills, by result", by_result(self.drills_ok, self.drills_failed));
+            registry.register(
+                "etcdguard_drill_runs",
+                "Restore drills, by result",
+                by_result(self.drills_ok, self.drills_failed),
+            );
             let failures = Counter::<u64>::default();
             failures.inc_by(self.drills_failed);
             registry.register("etcdguard_drill_failures", "Restore drills that failed", failures);
-            registry.register("etcdguard_drill_last_success_timestamp_seconds", "When the last good restore drill finished (0: none yet)", gauge(ts(self.drill_last_success)));
-            registry.register("etcdguard_drill_last_duration_seconds", "How long the last good restore drill took", gauge(self.drill_last_duration));
+            registry.register(
+                "etcdguard_drill_last_success_timestamp_seconds",
+                "When the last good restore drill finished (0: none yet)",
+                gauge(ts(self.drill_last_success)),
+            );
+            registry.register(
+                "etcdguard_drill_last_duration_seconds",
+                "How long the last good restore drill took",
+                gauge(self.drill_last_duration),
+            );
         }
         if self.cert_source.is_some() {
             let family = Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
             for c in &self.certificates {
-                let left = c.not_after.signed_duration_since(now).num_milliseconds() as f64 / 1000.0;
-                family.get_or_create(&vec![("path".to_string(), c.path.clone()), ("subject".to_string(), c.subject.clone())]).set(left);
+                let left =
+                    c.not_after.signed_duration_since(now).num_milliseconds() as f64 / 1000.0;
+                family
+                    .get_or_create(&vec![
+                        ("path".to_string(), c.path.clone()),
+                        ("subject".to_string(), c.subject.clone()),
+                    ])
+                    .set(left);
             }
-            registry.register("etcdguard_certificate_expiry_seconds", "Seconds until the certificate's notAfter (negative once expired)", family);
+            registry.register(
+                "etcdguard_certificate_expiry_seconds",
+                "Seconds until the certificate's notAfter (negative once expired)",
+                family,
+            );
         }
     }
 }
@@ -212,20 +252,33 @@ impl Checks {
         }
         let mut threads = Vec::new();
         if opts.verify_every.is_some() || opts.drill_every.is_some() {
-            let scrub_opts = ScrubOptions { repo: create.repo.clone(), scratch_dir: create.scratch_dir.clone(), budget: opts.verify_budget, record: true };
-            let drill_opts = DrillOptions { repo: create.repo.clone(), scratch_dir: create.scratch_dir.clone(), etcd: opts.drill_etcd.clone() };
+            let scrub_opts = ScrubOptions {
+                repo: create.repo.clone(),
+                scratch_dir: create.scratch_dir.clone(),
+                budget: opts.verify_budget,
+                record: true,
+            };
+            let drill_opts = DrillOptions {
+                repo: create.repo.clone(),
+                scratch_dir: create.scratch_dir.clone(),
+                etcd: opts.drill_etcd.clone(),
+            };
             let (opts, state, stop) = (opts.clone(), state.clone(), stop.clone());
-            let spawned = std::thread::Builder::new()
-                .name("etcdguard-checks".into())
-                .spawn(move || check_loop(&opts, &scrub_opts, &drill_opts, &state, leading.as_ref(), &stop));
+            let spawned =
+                std::thread::Builder::new().name("etcdguard-checks".into()).spawn(move || {
+                    check_loop(&opts, &scrub_opts, &drill_opts, &state, leading.as_ref(), &stop)
+                });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => warn!("cannot start the scrub and drill thread: {e}"),
             }
         }
         if opts.certificates {
-            let (repo, pki_dir, state, stop) = (create.repo.clone(), create.pki_dir.clone(), state.clone(), stop.clone());
-            let spawned = std::thread::Builder::new().name("etcdguard-certs".into()).spawn(move || cert_loop(&repo, pki_dir, &state, &stop));
+            let (repo, pki_dir, state, stop) =
+                (create.repo.clone(), create.pki_dir.clone(), state.clone(), stop.clone());
+            let spawned = std::thread::Builder::new()
+                .name("etcdguard-certs".into())
+                .spawn(move || cert_loop(&repo, pki_dir, &state, &stop));
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => warn!("cannot start the certificate thread: {e}"),
@@ -267,11 +320,19 @@ fn nap(d: Duration, stop: &Stop) -> bool {
     stop.is_raised()
 }
 
-fn check_loop(opts: &ChecksOptions, scrub_opts: &ScrubOptions, drill_opts: &DrillOptions, state: &Mutex<CheckState>, leading: &(dyn Fn() -> bool + Send + Sync), stop: &Stop) {
+fn check_loop(
+    opts: &ChecksOptions,
+    scrub_opts: &ScrubOptions,
+    drill_opts: &DrillOptions,
+    state: &Mutex<CheckState>,
+    leading: &(dyn Fn() -> bool + Send + Sync),
+    stop: &Stop,
+) {
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     let mut cursor = Cursor::default();
     let start = Instant::now();
-    let (mut next_scrub, mut next_drill) = (opts.verify_every.map(|_| start), opts.drill_every.map(|_| start));
+    let (mut next_scrub, mut next_drill) =
+        (opts.verify_every.map(|_| start), opts.drill_every.map(|_| start));
     let mut was_leading = false;
     loop {
         if nap(Duration::from_millis(200), stop) {
@@ -296,7 +357,11 @@ fn check_loop(opts: &ChecksOptions, scrub_opts: &ScrubOptions, drill_opts: &Dril
         if let (Some(due), Some(every)) = (next_scrub, opts.verify_every) {
             if Instant::now() >= due {
                 let checked = run_scrub(scrub_opts, &mut cursor, &lock, stop);
-                next_scrub = Some(if checked { (due + every).max(Instant::now()) } else { Instant::now() + NOTHING_YET_RETRY.min(every) });
+                next_scrub = Some(if checked {
+                    (due + every).max(Instant::now())
+                } else {
+                    Instant::now() + NOTHING_YET_RETRY.min(every)
+                });
             }
         }
         if stop.is_raised() {
@@ -305,14 +370,23 @@ fn check_loop(opts: &ChecksOptions, scrub_opts: &ScrubOptions, drill_opts: &Dril
         if let (Some(due), Some(every)) = (next_drill, opts.drill_every) {
             if Instant::now() >= due && leading() {
                 let drilled = run_drill(drill_opts, &lock, stop);
-                next_drill = Some(if drilled { (due + every).max(Instant::now()) } else { Instant::now() + NOTHING_YET_RETRY.min(every) });
+                next_drill = Some(if drilled {
+                    (due + every).max(Instant::now())
+                } else {
+                    Instant::now() + NOTHING_YET_RETRY.min(every)
+                });
             }
         }
     }
 }
 
 /// One scrub, its result recorded; false when there was nothing to check (no backup yet).
-fn run_scrub<'s>(opts: &ScrubOptions, cursor: &mut Cursor, lock: &dyn Fn() -> std::sync::MutexGuard<'s, CheckState>, stop: &Stop) -> bool {
+fn run_scrub<'s>(
+    opts: &ScrubOptions,
+    cursor: &mut Cursor,
+    lock: &dyn Fn() -> std::sync::MutexGuard<'s, CheckState>,
+    stop: &Stop,
+) -> bool {
     let result = scrub(opts, cursor, stop, &mut |line| info!("scrub: {line}"));
     let now = Utc::now();
     if stop.is_raised() {
@@ -328,7 +402,16 @@ fn run_scrub<'s>(opts: &ScrubOptions, cursor: &mut Cursor, lock: &dyn Fn() -> st
     s.scrub_last_run = Some(now);
     match result {
         Ok(report) => {
-            let damaged: Vec<String> = report.failures().map(|c| format!("backup {}: {}", c.id, c.result.as_ref().err().map_or("", |e| e.as_str()))).collect();
+            let damaged: Vec<String> = report
+                .failures()
+                .map(|c| {
+                    format!(
+                        "backup {}: {}",
+                        c.id,
+                        c.result.as_ref().err().map_or("", |e| e.as_str())
+                    )
+                })
+                .collect();
             let ok = report.checked.len() - damaged.len();
             s.backups_checked_ok += ok as u64;
             s.backups_checked_damaged += damaged.len() as u64;
@@ -349,7 +432,14 @@ fn run_scrub<'s>(opts: &ScrubOptions, cursor: &mut Cursor, lock: &dyn Fn() -> st
             } else {
                 s.scrubs_failed += 1;
                 let first = damaged[0].clone();
-                let more = if damaged.len() > 1 { format!(" (and {} more damaged backup(s); see the agent log)", damaged.len() - 1) } else { String::new() };
+                let more = if damaged.len() > 1 {
+                    format!(
+                        " (and {} more damaged backup(s); see the agent log)",
+                        damaged.len() - 1
+                    )
+                } else {
+                    String::new()
+                };
                 s.scrub_error = Some((now, format!("{first}{more}")));
                 for d in &damaged {
                     warn!("scrub: damage found: {d}");
@@ -366,7 +456,11 @@ fn run_scrub<'s>(opts: &ScrubOptions, cursor: &mut Cursor, lock: &dyn Fn() -> st
 }
 
 /// One drill, its result recorded; false when there was nothing to restore (no backup yet).
-fn run_drill<'s>(opts: &DrillOptions, lock: &dyn Fn() -> std::sync::MutexGuard<'s, CheckState>, stop: &Stop) -> bool {
+fn run_drill<'s>(
+    opts: &DrillOptions,
+    lock: &dyn Fn() -> std::sync::MutexGuard<'s, CheckState>,
+    stop: &Stop,
+) -> bool {
     let result = drill(opts, stop, &mut |line| info!("{line}"));
     let now = Utc::now();
     if stop.is_raised() {
@@ -408,7 +502,12 @@ fn cert_loop(repo: &RepoSpec, pki_dir: Option<PathBuf>, state: &Mutex<CheckState
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         let (source, found) = match &pki_dir {
-            Some(dir) => (format!("--pki-dir {}", dir.display()), etcdguard_node::pki::scan_dir(dir).map(|s| s.certificates.iter().map(crate::certs::record).collect()).map_err(|e| e.to_string())),
+            Some(dir) => (
+                format!("--pki-dir {}", dir.display()),
+                etcdguard_node::pki::scan_dir(dir)
+                    .map(|s| s.certificates.iter().map(crate::certs::record).collect())
+                    .map_err(|e| e.to_string()),
+            ),
             None => newest_certificates(repo),
         };
         {
@@ -450,15 +549,39 @@ mod tests {
     #[test]
     fn a_failed_scrub_or_drill_is_red_until_cleared_and_certificates_only_warn() {
         let now = Utc::now();
-        let mut s = CheckState { scrub_enabled: true, drill_enabled: true, cert_warn: Duration::from_secs(30 * 86_400), ..Default::default() };
+        let mut s = CheckState {
+            scrub_enabled: true,
+            drill_enabled: true,
+            cert_warn: Duration::from_secs(30 * 86_400),
+            ..Default::default()
+        };
         s.cert_source = Some("--pki-dir /pki".into());
         s.certificates = vec![
-            CertificateRecord { path: "etcd/server.crt".into(), subject: "CN=soon".into(), not_after: now + chrono::Duration::days(5), not_before: None, serial: String::new(), is_ca: false },
-            CertificateRecord { path: "ca.crt".into(), subject: "CN=later".into(), not_after: now + chrono::Duration::days(365), not_before: None, serial: String::new(), is_ca: true },
+            CertificateRecord {
+                path: "etcd/server.crt".into(),
+                subject: "CN=soon".into(),
+                not_after: now + chrono::Duration::days(5),
+                not_before: None,
+                serial: String::new(),
+                is_ca: false,
+            },
+            CertificateRecord {
+                path: "ca.crt".into(),
+                subject: "CN=later".into(),
+                not_after: now + chrono::Duration::days(365),
+                not_before: None,
+                serial: String::new(),
+                is_ca: true,
+            },
         ];
         let (ok, text) = s.judge(true, "ok: last backup x".into(), now);
         assert!(ok, "{text}");
-        assert!(text.starts_with("ok: last backup x\nwarning: certificate etcd/server.crt (CN=soon) expires in"), "{text}");
+        assert!(
+            text.starts_with(
+                "ok: last backup x\nwarning: certificate etcd/server.crt (CN=soon) expires in"
+            ),
+            "{text}"
+        );
         assert!(!text.contains("ca.crt"), "{text}");
         s.scrub_error = Some((now, "backup b1: pack 00: damaged".into()));
         let (ok, text) = s.judge(true, "ok: last backup x".into(), now);
@@ -471,7 +594,12 @@ mod tests {
         s.register(&mut registry, now);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
-        let line = out.lines().find(|l| l.starts_with("etcdguard_certificate_expiry_seconds{path=\"etcd/server.crt\"")).unwrap();
+        let line = out
+            .lines()
+            .find(|l| {
+                l.starts_with("etcdguard_certificate_expiry_seconds{path=\"etcd/server.crt\"")
+            })
+            .unwrap();
         let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
         assert!((v - 5.0 * 86_400.0).abs() < 2.0, "{line}");
         assert!(out.contains("etcdguard_scrub_failures_total 0"), "{out}");

@@ -30,14 +30,24 @@ pub struct CopyOptions {
 #[derive(Debug)]
 pub enum CopyEvent<'a> {
     /// The destination did not exist and was made.
-    Created { location: String, encrypted: bool },
+    Created {
+        location: String,
+        encrypted: bool,
+    },
     /// The manifest as stored at the destination (its sizes say what the copy added there).
     Copied(&'a Manifest),
     AlreadyThere(&'a Manifest),
     /// Continuous-capture segments and gap records of a full backup, copied.
-    Changes { id: &'a str, segments: usize, gaps: usize },
+    Changes {
+        id: &'a str,
+        segments: usize,
+        gaps: usize,
+    },
     /// This backup was not copied; the others go on.
-    Failed { id: &'a str, error: &'a Error },
+    Failed {
+        id: &'a str,
+        error: &'a Error,
+    },
 }
 
 /// What a finished copy did.
@@ -53,7 +63,10 @@ pub struct CopyReport {
 /// the copy of the others goes on. Anything else (the destination unreachable, a lock, a
 /// key) would fail every backup the same way, so it stops the copy.
 fn concerns_one_backup(kind: Kind) -> bool {
-    matches!(kind, Kind::Corrupt | Kind::ChecksumMismatch | Kind::DestinationExists | Kind::NotFound)
+    matches!(
+        kind,
+        Kind::Corrupt | Kind::ChecksumMismatch | Kind::DestinationExists | Kind::NotFound
+    )
 }
 
 /// Copies the chosen backups, oldest first, with their segments and gap records. A backup
@@ -73,25 +86,28 @@ pub fn copy(opts: &CopyOptions, on: &mut dyn FnMut(CopyEvent)) -> Result<CopyRep
     let mut report = CopyReport::default();
     let mut failures: Vec<(String, Error)> = Vec::new();
     for manifest in &chosen {
-        let result = dest.copy_backup_from(&source, &index, manifest).map_err(repo_error).and_then(|outcome| {
-            match &outcome {
-                CopyOutcome::Copied(copied) => {
-                    on(CopyEvent::Copied(copied));
-                    report.copied.push(manifest.id.clone());
+        let result = dest.copy_backup_from(&source, &index, manifest).map_err(repo_error).and_then(
+            |outcome| {
+                match &outcome {
+                    CopyOutcome::Copied(copied) => {
+                        on(CopyEvent::Copied(copied));
+                        report.copied.push(manifest.id.clone());
+                    }
+                    CopyOutcome::AlreadyThere => {
+                        on(CopyEvent::AlreadyThere(manifest));
+                        report.already_there.push(manifest.id.clone());
+                    }
                 }
-                CopyOutcome::AlreadyThere => {
-                    on(CopyEvent::AlreadyThere(manifest));
-                    report.already_there.push(manifest.id.clone());
+                let (segments, gaps) =
+                    dest.copy_segments_from(&source, &manifest.id).map_err(repo_error)?;
+                if segments + gaps > 0 {
+                    on(CopyEvent::Changes { id: &manifest.id, segments, gaps });
                 }
-            }
-            let (segments, gaps) = dest.copy_segments_from(&source, &manifest.id).map_err(repo_error)?;
-            if segments + gaps > 0 {
-                on(CopyEvent::Changes { id: &manifest.id, segments, gaps });
-            }
-            report.segments += segments;
-            report.gaps += gaps;
-            Ok(())
-        });
+                report.segments += segments;
+                report.gaps += gaps;
+                Ok(())
+            },
+        );
         // The repository's errors name the backup (and the pack or object).
         if let Err(e) = result {
             if !concerns_one_backup(e.kind) {
@@ -106,7 +122,14 @@ pub fn copy(opts: &CopyOptions, on: &mut dyn FnMut(CopyEvent)) -> Result<CopyRep
         Some((_, first)) if chosen.len() == 1 => Err(first),
         Some((_, first)) => {
             let failed = chosen.len() - report.copied.len() - report.already_there.len();
-            Err(Error::new(first.kind, format!("{failed} of {} backups were not copied; the first: {}", chosen.len(), first.message)))
+            Err(Error::new(
+                first.kind,
+                format!(
+                    "{failed} of {} backups were not copied; the first: {}",
+                    chosen.len(),
+                    first.message
+                ),
+            ))
         }
     }
 }
@@ -117,7 +140,10 @@ fn choose(source: &Repository, wanted: &[String]) -> Result<Vec<Manifest>> {
     if wanted.is_empty() {
         if let Some(bad) = unreadable.first() {
             // Copying the rest would look like a complete copy.
-            return Err(Error::new(Kind::Corrupt, format!("{}: a manifest could not be read: {bad}", source.location())));
+            return Err(Error::new(
+                Kind::Corrupt,
+                format!("{}: a manifest could not be read: {bad}", source.location()),
+            ));
         }
         return Ok(all);
     }
@@ -139,7 +165,11 @@ fn choose(source: &Repository, wanted: &[String]) -> Result<Vec<Manifest>> {
 /// Opens the destination, unlocked, or creates it chunked as the source. A copy never
 /// takes backups out of an encrypted repository into a plain one (their CA keys would be
 /// stored in clear), nor pretends to encrypt into a plain one.
-fn open_destination(source: &Repository, to: &RepoSpec, on: &mut dyn FnMut(CopyEvent)) -> Result<Repository> {
+fn open_destination(
+    source: &Repository,
+    to: &RepoSpec,
+    on: &mut dyn FnMut(CopyEvent),
+) -> Result<Repository> {
     let store = open_url(&to.url).map_err(|e| repo_error(e.into()))?;
     let passphrase = to.passphrase()?;
     let plain_from_sealed = |location: String| {
@@ -161,7 +191,8 @@ fn open_destination(source: &Repository, to: &RepoSpec, on: &mut dyn FnMut(CopyE
                      ETCDGUARD_TO_PASSPHRASE or --to-passphrase-file as well and the KMS key is added as a second key"
                 )));
             }
-            let r = Repository::init(store, &InitOptions::like(source.config(), passphrase.clone()))?;
+            let r =
+                Repository::init(store, &InitOptions::like(source.config(), passphrase.clone()))?;
             if let Some(kms) = &to.kms {
                 r.add_kms_key(etcdguard_repo::kms::open_kms(kms)?.as_ref())?;
             }

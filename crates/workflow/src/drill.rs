@@ -54,7 +54,11 @@ pub struct Drilled {
 
 /// Runs one drill on the newest backup; `Ok(None)` when the repository has no backup (or
 /// does not exist yet: the agent's first backup creates it).
-pub fn drill(opts: &DrillOptions, stop: &Stop, note: &mut dyn FnMut(&str)) -> Result<Option<Drilled>> {
+pub fn drill(
+    opts: &DrillOptions,
+    stop: &Stop,
+    note: &mut dyn FnMut(&str),
+) -> Result<Option<Drilled>> {
     let started = Instant::now();
     let repo = match opts.repo.open_unlocked() {
         Err(e) if e.kind == Kind::NotFound => return Ok(None),
@@ -81,36 +85,53 @@ pub fn drill(opts: &DrillOptions, stop: &Stop, note: &mut dyn FnMut(&str)) -> Re
     let peer_url = format!("http://127.0.0.1:{peer_port}");
     // A drill checks the backup's own keys too: its EncryptionConfiguration must decrypt it.
     let in_place = crate::keycheck::InPlace::from_backup(&repo, m)?;
-    snapshot_restore_with(&SnapshotRestoreOptions {
-        file: snapshot.clone(),
-        data_dir: Some(data_dir.clone()),
-        name: MEMBER.into(),
-        initial_cluster: Some(format!("{MEMBER}={peer_url}")),
-        initial_cluster_token: "etcdguard-drill".into(),
-        initial_advertise_peer_urls: peer_url.clone(),
-        skip_hash_check: m.etcd.trailer == "absent",
-        ..Default::default()
-    }, in_place, Source { verified: m.etcd.verified, temporary: false })
+    snapshot_restore_with(
+        &SnapshotRestoreOptions {
+            file: snapshot.clone(),
+            data_dir: Some(data_dir.clone()),
+            name: MEMBER.into(),
+            initial_cluster: Some(format!("{MEMBER}={peer_url}")),
+            initial_cluster_token: "etcdguard-drill".into(),
+            initial_advertise_peer_urls: peer_url.clone(),
+            skip_hash_check: m.etcd.trailer == "absent",
+            ..Default::default()
+        },
+        in_place,
+        Source { verified: m.etcd.verified, temporary: false },
+    )
     .map_err(|e| e.context("drill: restoring the snapshot into a scratch data dir"))?;
     let restored = status_of(&data_dir.join("member/snap/db"))?;
     if restored.revision != m.etcd.revision {
         return Err(Error::new(
             Kind::Corrupt,
-            format!("drill: the restored data dir is at revision {}, the backup {} says {}", restored.revision, m.id, m.etcd.revision),
+            format!(
+                "drill: the restored data dir is at revision {}, the backup {} says {}",
+                restored.revision, m.id, m.etcd.revision
+            ),
         ));
     }
     stop.check()?;
-    let mut drilled =
-        Drilled { backup: m.id.clone(), revision: m.etcd.revision, total_key: m.etcd.total_key, key_read: None, booted: false, elapsed: Duration::ZERO };
+    let mut drilled = Drilled {
+        backup: m.id.clone(),
+        revision: m.etcd.revision,
+        total_key: m.etcd.total_key,
+        key_read: None,
+        booted: false,
+        elapsed: Duration::ZERO,
+    };
     if let Some(etcd) = &opts.etcd {
-        let mut member = Member::boot(etcd, &data_dir, spool.path(), client_port, &peer_url, peer_port)?;
+        let mut member =
+            Member::boot(etcd, &data_dir, spool.path(), client_port, &peer_url, peer_port)?;
         let read = member.read_first_key(stop);
         member.stop();
         let first = read?;
         if first.header_revision != m.etcd.revision {
             return Err(Error::new(
                 Kind::Corrupt,
-                format!("drill: the booted etcd answers at revision {}, the backup {} is at {}", first.header_revision, m.id, m.etcd.revision),
+                format!(
+                    "drill: the booted etcd answers at revision {}, the backup {} is at {}",
+                    first.header_revision, m.id, m.etcd.revision
+                ),
             ));
         }
         if let Some(kv) = &first.kv {
@@ -144,7 +165,8 @@ fn status_of(path: &Path) -> Result<etcdguard_storage::Status> {
     let file = open_snapshot(path)?;
     let db = file.db().map_err(|e| crate::error::db_error(path, e))?;
     let release = || file.release_resident();
-    etcdguard_storage::status(&db, Some(&release)).map_err(|e| crate::snapshot::status_error(path, e))
+    etcdguard_storage::status(&db, Some(&release))
+        .map_err(|e| crate::snapshot::status_error(path, e))
 }
 
 /// The key etcd answered must be in the snapshot at that revision with that value, and no
@@ -181,8 +203,11 @@ fn check_key_in_snapshot(snapshot: &Path, kv: &etcdguard_client::Change) -> Resu
 
 /// A free TCP port on 127.0.0.1 (the kernel's pick; released for etcd to bind).
 fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::failure(format!("drill: finding a free port on 127.0.0.1: {e}")))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| Error::failure(format!("drill: finding a free port on 127.0.0.1: {e}")))
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::failure(format!("drill: finding a free port on 127.0.0.1: {e}")))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::failure(format!("drill: finding a free port on 127.0.0.1: {e}")))
 }
 
 /// The etcd booted on the restored data dir; killed by PID on drop.
@@ -193,10 +218,20 @@ struct Member {
 }
 
 impl Member {
-    fn boot(etcd: &Path, data_dir: &Path, spool: &Path, client_port: u16, peer_url: &str, peer_port: u16) -> Result<Member> {
+    fn boot(
+        etcd: &Path,
+        data_dir: &Path,
+        spool: &Path,
+        client_port: u16,
+        peer_url: &str,
+        peer_port: u16,
+    ) -> Result<Member> {
         let log = spool.join("etcd.log");
-        let out = std::fs::File::create(&log).map_err(|e| Error::failure(format!("drill: {}: {e}", log.display())))?;
-        let err = out.try_clone().map_err(|e| Error::failure(format!("drill: {}: {e}", log.display())))?;
+        let out = std::fs::File::create(&log)
+            .map_err(|e| Error::failure(format!("drill: {}: {e}", log.display())))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| Error::failure(format!("drill: {}: {e}", log.display())))?;
         let client_url = format!("http://127.0.0.1:{client_port}");
         let mut cmd = Command::new(etcd);
         cmd.arg("--name")
@@ -231,7 +266,12 @@ impl Member {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| Error::new(Kind::NotFound, format!("drill: cannot start {}: {e}", etcd.display())).with_hint("--drill-etcd names the etcd binary to boot (the version of the cluster's etcd)"))?;
+        let child = cmd.spawn().map_err(|e| {
+            Error::new(Kind::NotFound, format!("drill: cannot start {}: {e}", etcd.display()))
+                .with_hint(
+                "--drill-etcd names the etcd binary to boot (the version of the cluster's etcd)",
+            )
+        })?;
         Ok(Member { child: Some(child), endpoint: client_url, log })
     }
 
@@ -253,7 +293,10 @@ impl Member {
         loop {
             stop.check()?;
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                return Err(Error::failure(format!("drill: the booted etcd exited ({status}): {}", self.log_tail())));
+                return Err(Error::failure(format!(
+                    "drill: the booted etcd exited ({status}): {}",
+                    self.log_tail()
+                )));
             }
             let e = match session.first_key(&self.endpoint) {
                 Ok(first) => return Ok(first),
@@ -263,7 +306,12 @@ impl Member {
                 Err(e @ etcdguard_client::ClientError::Auth { .. }) => {
                     let probe = session.probe(std::slice::from_ref(&self.endpoint)).pop();
                     match probe.map(|p| p.result) {
-                        Some(Ok(st)) => return Ok(etcdguard_client::FirstKey { header_revision: st.revision, kv: None }),
+                        Some(Ok(st)) => {
+                            return Ok(etcdguard_client::FirstKey {
+                                header_revision: st.revision,
+                                kv: None,
+                            })
+                        }
                         _ => e,
                     }
                 }
@@ -313,7 +361,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo_dir = dir.path().join("repo");
         let store = etcdguard_repo::open_url(repo_dir.to_str().unwrap()).unwrap();
-        let repo = Repository::init(store, &InitOptions { chunk_size: 4096, ..Default::default() }).unwrap();
+        let repo = Repository::init(store, &InitOptions { chunk_size: 4096, ..Default::default() })
+            .unwrap();
         let mut ids = Vec::new();
         for seed in 0..2u8 {
             let mut w = repo.begin_backup().unwrap();
@@ -329,9 +378,18 @@ mod tests {
         }
         let manifest = |id: &str| repo_dir.join("backups").join(format!("{id}.json"));
         let older = std::time::SystemTime::now() - Duration::from_secs(60);
-        std::fs::File::options().write(true).open(manifest(&ids[0])).unwrap().set_modified(older).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(manifest(&ids[0]))
+            .unwrap()
+            .set_modified(older)
+            .unwrap();
         std::fs::write(manifest(&ids[1]), b"{\"id\":").unwrap();
-        let opts = DrillOptions { repo: RepoSpec::new(repo_dir.to_str().unwrap()), scratch_dir: Some(dir.path().to_path_buf()), etcd: None };
+        let opts = DrillOptions {
+            repo: RepoSpec::new(repo_dir.to_str().unwrap()),
+            scratch_dir: Some(dir.path().to_path_buf()),
+            etcd: None,
+        };
         let err = drill(&opts, &Stop::never(), &mut |_| {}).unwrap_err();
         assert_eq!(err.kind, Kind::Corrupt, "{err}");
         assert!(err.message.contains(&ids[1]) && err.message.contains(&ids[0]), "{err}");

@@ -171,7 +171,11 @@ pub fn open_file_error(e: OpenFileError) -> Error {
             if candidate.is_file() {
                 return Error::new(
                     Kind::IsDirectory,
-                    format!("{}: is a directory; its database is {} (stop etcd before reading it)", dir.display(), candidate.display()),
+                    format!(
+                        "{}: is a directory; its database is {} (stop etcd before reading it)",
+                        dir.display(),
+                        candidate.display()
+                    ),
                 );
             }
         }
@@ -191,9 +195,13 @@ pub fn open_file_error(e: OpenFileError) -> Error {
 pub fn db_error(path: &Path, e: OpenError) -> Error {
     let kind = match &e {
         OpenError::Empty => Kind::EmptyFile,
-        OpenError::NotBolt | OpenError::ForeignByteOrder | OpenError::UnsupportedVersion(_) => Kind::NotSnapshot,
+        OpenError::NotBolt | OpenError::ForeignByteOrder | OpenError::UnsupportedVersion(_) => {
+            Kind::NotSnapshot
+        }
         OpenError::Truncated { .. } => Kind::Truncated,
-        OpenError::BothMetasInvalid(_) | OpenError::BadPageSize(_) | OpenError::BadMeta(_) => Kind::Corrupt,
+        OpenError::BothMetasInvalid(_) | OpenError::BadPageSize(_) | OpenError::BadMeta(_) => {
+            Kind::Corrupt
+        }
     };
     let hint = match kind {
         Kind::NotSnapshot => " (expected an etcd snapshot or member/snap/db)",
@@ -212,8 +220,14 @@ pub fn restore_error(e: RestoreError) -> Error {
         RestoreError::Open { path, err } => return db_error(path, err.clone()),
         RestoreError::Corrupt { .. } => Kind::Corrupt,
         RestoreError::Refused(_) => Kind::Refused,
-        RestoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => Kind::PermissionDenied,
-        RestoreError::Io { .. } | RestoreError::Rewrite(_) | RestoreError::SelfCheck(_) => Kind::Failure,
+        RestoreError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            Kind::PermissionDenied
+        }
+        RestoreError::Io { .. } | RestoreError::Rewrite(_) | RestoreError::SelfCheck(_) => {
+            Kind::Failure
+        }
     };
     Error::new(kind, e.to_string())
 }

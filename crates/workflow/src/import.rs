@@ -97,9 +97,15 @@ pub struct ImportOptions {
 
 /// What `backup import` did, as it happens.
 pub enum ImportEvent<'a> {
-    Imported { found: &'a Found, manifest: &'a Manifest },
+    Imported {
+        found: &'a Found,
+        manifest: &'a Manifest,
+    },
     /// The same snapshot (sha256) with the same time is in the repository already.
-    Skipped { found: &'a Found, existing: &'a str },
+    Skipped {
+        found: &'a Found,
+        existing: &'a str,
+    },
     Note(&'a str),
 }
 
@@ -127,7 +133,11 @@ pub fn import(opts: &ImportOptions, on: &mut dyn FnMut(ImportEvent<'_>)) -> Resu
     for f in &found {
         let (spool, swept) = spool::create(&parent)?;
         if !swept.is_empty() {
-            on(ImportEvent::Note(&format!("removed {} scratch dir(s) of killed runs from {}", swept.len(), parent.display())));
+            on(ImportEvent::Note(&format!(
+                "removed {} scratch dir(s) of killed runs from {}",
+                swept.len(),
+                parent.display()
+            )));
         }
         let snapshot = unpack_snapshot(f, spool.path())?;
         let sha = sha256_of(&snapshot)?;
@@ -141,7 +151,9 @@ pub fn import(opts: &ImportOptions, on: &mut dyn FnMut(ImportEvent<'_>)) -> Resu
         if f.format == Format::OpenShift {
             // The version `backup list` shows and the z-stream a restore must match; a snapshot
             // too damaged to read is reported by the check that follows.
-            if let Ok(Some(crate::openshift::ClusterVersion { version: Some(v), .. })) = crate::openshift::cluster_version(&snapshot) {
+            if let Ok(Some(crate::openshift::ClusterVersion { version: Some(v), .. })) =
+                crate::openshift::cluster_version(&snapshot)
+            {
                 labels.insert("openshift.version".into(), v);
             }
         }
@@ -162,12 +174,27 @@ pub fn import(opts: &ImportOptions, on: &mut dyn FnMut(ImportEvent<'_>)) -> Resu
             }
         }
         let source = Source::File {
-            path: std::fs::canonicalize(&f.snapshot).unwrap_or_else(|_| f.snapshot.clone()).display().to_string(),
+            path: std::fs::canonicalize(&f.snapshot)
+                .unwrap_or_else(|_| f.snapshot.clone())
+                .display()
+                .to_string(),
             import: Some(Import { format: f.format.name().into(), imported: Utc::now() }),
         };
-        let archive = f.resources.as_ref().map(|t| (unpacked.as_path(), format!("{}:", t.display())));
-        let original = Original { created: f.created, certificates: certificates.as_deref(), unpacked: archive };
-        let manifest = create_imported(&create, &snapshot, source, &original, &mut |n| on(ImportEvent::Note(n)), &Stop::never())?;
+        let archive =
+            f.resources.as_ref().map(|t| (unpacked.as_path(), format!("{}:", t.display())));
+        let original = Original {
+            created: f.created,
+            certificates: certificates.as_deref(),
+            unpacked: archive,
+        };
+        let manifest = create_imported(
+            &create,
+            &snapshot,
+            source,
+            &original,
+            &mut |n| on(ImportEvent::Note(n)),
+            &Stop::never(),
+        )?;
         drop(spool);
         known.push(((manifest.snapshot.sha256.clone(), manifest.created), manifest.id.clone()));
         stored += 1;
@@ -181,7 +208,8 @@ type Stored = ((String, DateTime<Utc>), String);
 
 /// (sha256, time) of every backup in the repository, with its id; none when it does not exist yet.
 fn stored_snapshots(opts: &ImportOptions) -> Result<Vec<Stored>> {
-    let store = etcdguard_repo::open_url(&opts.create.repo.url).map_err(|e| repo_error(e.into()))?;
+    let store =
+        etcdguard_repo::open_url(&opts.create.repo.url).map_err(|e| repo_error(e.into()))?;
     let mut repo = match etcdguard_repo::Repository::open(store) {
         Ok(r) => r,
         Err(etcdguard_repo::RepoError::NotARepository(_)) => return Ok(Vec::new()),
@@ -196,7 +224,8 @@ fn stored_snapshots(opts: &ImportOptions) -> Result<Vec<Stored>> {
 }
 
 fn sha256_of(path: &Path) -> Result<String> {
-    etcdguard_repo::pack::file_sha256(path).map_err(|e| Error::failure(format!("{}: {e}", path.display())))
+    etcdguard_repo::pack::file_sha256(path)
+        .map_err(|e| Error::failure(format!("{}: {e}", path.display())))
 }
 
 // -------------------------------------------------------------------------------------
@@ -205,8 +234,12 @@ fn sha256_of(path: &Path) -> Result<String> {
 /// The backups at `path`: a file, or a directory of them.
 pub fn discover(path: &Path, format: Format, note: &mut dyn FnMut(&str)) -> Result<Vec<Found>> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::new(Kind::NotFound, format!("{}: no such file or directory", path.display())),
-        std::io::ErrorKind::PermissionDenied => Error::new(Kind::PermissionDenied, format!("{}: {e}", path.display())),
+        std::io::ErrorKind::NotFound => {
+            Error::new(Kind::NotFound, format!("{}: no such file or directory", path.display()))
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            Error::new(Kind::PermissionDenied, format!("{}: {e}", path.display()))
+        }
         _ => Error::failure(format!("{}: {e}", path.display())),
     })?;
     if meta.is_dir() {
@@ -249,10 +282,16 @@ fn guess(path: &Path, name: &str) -> Format {
     if name.starts_with("Full-") || name.starts_with("Incr-") {
         return Format::Druid;
     }
-    let in_snapshots_dir = path.parent().and_then(|p| p.file_name()).is_some_and(|n| n == "snapshots");
+    let in_snapshots_dir =
+        path.parent().and_then(|p| p.file_name()).is_some_and(|n| n == "snapshots");
     let stem = name.strip_suffix(".zip").unwrap_or(name);
     let timed = unix_suffix(stem).is_some();
-    if name.ends_with(".zip") || (timed && (in_snapshots_dir || stem.starts_with("etcd-snapshot-") || stem.starts_with("on-demand-"))) {
+    if name.ends_with(".zip")
+        || (timed
+            && (in_snapshots_dir
+                || stem.starts_with("etcd-snapshot-")
+                || stem.starts_with("on-demand-")))
+    {
         return if path.to_string_lossy().contains("/rke2/") { Format::Rke2 } else { Format::K3s };
     }
     Format::Etcdctl
@@ -264,8 +303,16 @@ const MAX_DEPTH: usize = 3;
 
 /// Every backup in directory `dir`: the cluster-backup.sh pairs in it, or else each k3s/RKE2
 /// snapshot and druid full snapshot; or else those of its subdirectories.
-fn discover_dir(dir: &Path, format: Format, depth: usize, note: &mut dyn FnMut(&str)) -> Result<Vec<Found>> {
-    let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir).map_err(|e| Error::failure(format!("{}: {e}", dir.display())))?.flatten().collect();
+fn discover_dir(
+    dir: &Path,
+    format: Format,
+    depth: usize,
+    note: &mut dyn FnMut(&str),
+) -> Result<Vec<Found>> {
+    let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
+        .map_err(|e| Error::failure(format!("{}: {e}", dir.display())))?
+        .flatten()
+        .collect();
     let named = |dirs: bool| {
         let mut v: Vec<String> = entries
             .iter()
@@ -278,8 +325,12 @@ fn discover_dir(dir: &Path, format: Format, depth: usize, note: &mut dyn FnMut(&
     let (names, subdirs) = (named(false), named(true));
     let mut out = Vec::new();
     if matches!(format, Format::Auto | Format::OpenShift) {
-        let stamps: std::collections::BTreeSet<String> =
-            names.iter().filter(|n| n.starts_with("snapshot_")).filter_map(|n| openshift_stamp(n)).map(|(s, _)| s).collect();
+        let stamps: std::collections::BTreeSet<String> = names
+            .iter()
+            .filter(|n| n.starts_with("snapshot_"))
+            .filter_map(|n| openshift_stamp(n))
+            .map(|(s, _)| s)
+            .collect();
         for stamp in stamps {
             out.push(openshift_pair(dir, &stamp, note)?);
         }
@@ -312,8 +363,15 @@ fn discover_dir(dir: &Path, format: Format, depth: usize, note: &mut dyn FnMut(&
         }
     }
     if out.is_empty() {
-        let what = if format == Format::OpenShift { "no cluster-backup.sh snapshot (snapshot_<time>.db)" } else { "no backup" };
-        return Err(Error::new(Kind::NotFound, format!("{}: {what} found in it or below", dir.display())));
+        let what = if format == Format::OpenShift {
+            "no cluster-backup.sh snapshot (snapshot_<time>.db)"
+        } else {
+            "no backup"
+        };
+        return Err(Error::new(
+            Kind::NotFound,
+            format!("{}: {what} found in it or below", dir.display()),
+        ));
     }
     // Only the files beside backups that were imported are worth a note.
     for n in &skipped {
@@ -325,9 +383,10 @@ fn discover_dir(dir: &Path, format: Format, depth: usize, note: &mut dyn FnMut(&
 /// `snapshot_2026-11-20_101500[__POSSIBLY_DIRTY__].db` or the tarball of the same time:
 /// the time stamp (with the dirty marker) and whether the marker is there.
 fn openshift_stamp(name: &str) -> Option<(String, bool)> {
-    let rest = name.strip_prefix("snapshot_").and_then(|r| r.strip_suffix(".db")).or_else(|| {
-        name.strip_prefix("static_kuberesources_").and_then(|r| r.strip_suffix(".tar.gz"))
-    })?;
+    let rest =
+        name.strip_prefix("snapshot_").and_then(|r| r.strip_suffix(".db")).or_else(|| {
+            name.strip_prefix("static_kuberesources_").and_then(|r| r.strip_suffix(".tar.gz"))
+        })?;
     let (time, dirty) = match rest.strip_suffix("__POSSIBLY_DIRTY__") {
         Some(t) => (t, true),
         None => (rest, false),
@@ -342,7 +401,14 @@ fn openshift_pair(dir: &Path, stamp: &str, note: &mut dyn FnMut(&str)) -> Result
     let snapshot = dir.join(format!("snapshot_{stamp}.db"));
     let tarball = dir.join(format!("static_kuberesources_{stamp}.tar.gz"));
     if !snapshot.is_file() {
-        return Err(Error::new(Kind::NotFound, format!("{}: missing; cluster-backup.sh writes it beside {}", snapshot.display(), tarball.display())));
+        return Err(Error::new(
+            Kind::NotFound,
+            format!(
+                "{}: missing; cluster-backup.sh writes it beside {}",
+                snapshot.display(),
+                tarball.display()
+            ),
+        ));
     }
     if !tarball.is_file() {
         return Err(Error::new(
@@ -352,7 +418,8 @@ fn openshift_pair(dir: &Path, stamp: &str, note: &mut dyn FnMut(&str)) -> Result
     }
     let dirty = stamp.ends_with("__POSSIBLY_DIRTY__");
     let time = stamp.trim_end_matches("__POSSIBLY_DIRTY__");
-    let naive = NaiveDateTime::parse_from_str(time, "%Y-%m-%d_%H%M%S").map_err(|e| Error::usage(format!("{}: {e}", snapshot.display())))?;
+    let naive = NaiveDateTime::parse_from_str(time, "%Y-%m-%d_%H%M%S")
+        .map_err(|e| Error::usage(format!("{}: {e}", snapshot.display())))?;
     let created = Utc.from_utc_datetime(&naive);
     // The snapshot is written after the tarball, within minutes of the name's time when the
     // node ran in UTC; otherwise the zone was another and the operator should say the time.
@@ -399,21 +466,39 @@ fn mtime(path: &Path) -> Option<DateTime<Utc>> {
 }
 
 fn etcdctl(path: &Path, name: &str) -> Result<Found> {
-    let created = mtime(path).ok_or_else(|| Error::failure(format!("{}: cannot read its modification time; give --created", path.display())))?;
+    let created = mtime(path).ok_or_else(|| {
+        Error::failure(format!(
+            "{}: cannot read its modification time; give --created",
+            path.display()
+        ))
+    })?;
     let packing = packing_of(path, name)?;
-    Ok(Found { format: Format::Etcdctl, snapshot: path.into(), packing, created, time_from: "its modification time".into(), resources: None, labels: BTreeMap::new() })
+    Ok(Found {
+        format: Format::Etcdctl,
+        snapshot: path.into(),
+        packing,
+        created,
+        time_from: "its modification time".into(),
+        resources: None,
+        labels: BTreeMap::new(),
+    })
 }
 
 /// How the file is packed, by its name, checked against its first bytes.
 fn packing_of(path: &Path, name: &str) -> Result<Packing> {
     let mut head = [0u8; 4];
-    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
     let head = &head[..n];
     let by_content = if head.starts_with(b"PK\x03\x04") {
         Packing::Zip
     } else if head.starts_with(&[0x1f, 0x8b]) {
         Packing::Gzip
-    } else if head.len() >= 2 && head[0] == 0x78 && (u16::from(head[0]) << 8 | u16::from(head[1])) % 31 == 0 {
+    } else if head.len() >= 2
+        && head[0] == 0x78
+        && (u16::from(head[0]) << 8 | u16::from(head[1])) % 31 == 0
+    {
         Packing::Zlib
     } else {
         Packing::Plain
@@ -428,7 +513,10 @@ fn packing_of(path: &Path, name: &str) -> Result<Packing> {
         None
     };
     match by_name {
-        Some(p) if p != by_content => Err(Error::new(Kind::NotSnapshot, format!("{}: its name says {} but its content is not", path.display(), p.name()))),
+        Some(p) if p != by_content => Err(Error::new(
+            Kind::NotSnapshot,
+            format!("{}: its name says {} but its content is not", path.display(), p.name()),
+        )),
         Some(p) => Ok(p),
         // A bbolt file starts with a page header, never with these magics but zlib's
         // (which a page id may look like): only the name makes a file compressed.
@@ -443,42 +531,66 @@ fn k3s(path: &Path, name: &str, format: Format, note: &mut dyn FnMut(&str)) -> R
     let stem = name.strip_suffix(".zip").unwrap_or(name);
     let packing = packing_of(path, name)?;
     if !matches!(packing, Packing::Plain | Packing::Zip) {
-        return Err(Error::new(Kind::NotSnapshot, format!("{}: k3s snapshots are plain or .zip", path.display())));
+        return Err(Error::new(
+            Kind::NotSnapshot,
+            format!("{}: k3s snapshots are plain or .zip", path.display()),
+        ));
     }
     let prefix = format.name();
     let mut labels = BTreeMap::new();
     labels.insert(format!("{prefix}.snapshot-name"), name.to_string());
     labels.insert(format!("{prefix}.compressed"), (packing == Packing::Zip).to_string());
-    let (created, time_from) = match unix_suffix(stem).and_then(|t| Utc.timestamp_opt(t, 0).single()) {
-        Some(t) => {
-            // `<name>-<node>-<ts>`: the default names are etcd-snapshot and on-demand.
-            let without_ts = &stem[..stem.rfind('-').unwrap_or(0)];
-            for known in ["etcd-snapshot-", "on-demand-"] {
-                if let Some(node) = without_ts.strip_prefix(known).filter(|n| !n.is_empty()) {
-                    labels.insert(format!("{prefix}.node"), node.to_string());
+    let (created, time_from) =
+        match unix_suffix(stem).and_then(|t| Utc.timestamp_opt(t, 0).single()) {
+            Some(t) => {
+                // `<name>-<node>-<ts>`: the default names are etcd-snapshot and on-demand.
+                let without_ts = &stem[..stem.rfind('-').unwrap_or(0)];
+                for known in ["etcd-snapshot-", "on-demand-"] {
+                    if let Some(node) = without_ts.strip_prefix(known).filter(|n| !n.is_empty()) {
+                        labels.insert(format!("{prefix}.node"), node.to_string());
+                    }
                 }
+                (t, "its name".to_string())
             }
-            (t, "its name".to_string())
-        }
-        None => {
-            let t = mtime(path).ok_or_else(|| Error::failure(format!("{}: no time in its name and no modification time; give --created", path.display())))?;
-            note(&format!("note: {}: no unix time at the end of its name; using its modification time", path.display()));
-            (t, "its modification time".to_string())
-        }
-    };
+            None => {
+                let t = mtime(path).ok_or_else(|| {
+                    Error::failure(format!(
+                        "{}: no time in its name and no modification time; give --created",
+                        path.display()
+                    ))
+                })?;
+                note(&format!(
+                    "note: {}: no unix time at the end of its name; using its modification time",
+                    path.display()
+                ));
+                (t, "its modification time".to_string())
+            }
+        };
     let metadata = path.parent().map(|d| d.join("..").join(".metadata").join(name));
     if let Some(meta) = metadata.filter(|m| m.is_file()) {
-        let bytes = std::fs::read(&meta).map_err(|e| Error::failure(format!("{}: {e}", meta.display())))?;
+        let bytes =
+            std::fs::read(&meta).map_err(|e| Error::failure(format!("{}: {e}", meta.display())))?;
         match serde_json::from_slice::<BTreeMap<String, String>>(&bytes) {
             Ok(map) => {
                 for (k, v) in map {
                     labels.insert(format!("{prefix}.metadata.{k}"), v);
                 }
             }
-            Err(e) => note(&format!("warning: {}: not k3s snapshot metadata ({e}); not kept", meta.display())),
+            Err(e) => note(&format!(
+                "warning: {}: not k3s snapshot metadata ({e}); not kept",
+                meta.display()
+            )),
         }
     }
-    Ok(Found { format, snapshot: path.into(), packing, created, time_from, resources: None, labels })
+    Ok(Found {
+        format,
+        snapshot: path.into(),
+        packing,
+        created,
+        time_from,
+        resources: None,
+        labels,
+    })
 }
 
 /// An etcd-backup-restore full snapshot: `Full-<start rev>-<last rev>-<unix time>`, then
@@ -490,12 +602,18 @@ fn druid(path: &Path, name: &str) -> Result<Found> {
         None => (base, None),
     };
     let parts: Vec<&str> = base.split('-').collect();
-    let bad = || Error::usage(format!("{}: not an etcd-druid snapshot name (Full-<start revision>-<last revision>-<unix time>[.gz|.zlib])", path.display()));
+    let bad = || {
+        Error::usage(format!("{}: not an etcd-druid snapshot name (Full-<start revision>-<last revision>-<unix time>[.gz|.zlib])", path.display()))
+    };
     let [kind, start, last, ts] = parts[..] else { return Err(bad()) };
     if kind == "Incr" {
         return Err(Error::usage(format!("{}: a druid delta snapshot (a list of changes, not a database); import its full snapshot", path.display())));
     }
-    let (Ok(start), Ok(last), Ok(ts)) = (start.parse::<i64>(), last.parse::<i64>(), ts.parse::<i64>()) else { return Err(bad()) };
+    let (Ok(start), Ok(last), Ok(ts)) =
+        (start.parse::<i64>(), last.parse::<i64>(), ts.parse::<i64>())
+    else {
+        return Err(bad());
+    };
     if kind != "Full" {
         return Err(bad());
     }
@@ -520,7 +638,15 @@ fn druid(path: &Path, name: &str) -> Result<Found> {
         ("druid.compression".to_string(), compression.to_string()),
         ("druid.final".to_string(), name.ends_with(".final").to_string()),
     ]);
-    Ok(Found { format: Format::Druid, snapshot: path.into(), packing, created, time_from: "its name".into(), resources: None, labels })
+    Ok(Found {
+        format: Format::Druid,
+        snapshot: path.into(),
+        packing,
+        created,
+        time_from: "its name".into(),
+        resources: None,
+        labels,
+    })
 }
 
 // -------------------------------------------------------------------------------------
@@ -529,19 +655,36 @@ fn druid(path: &Path, name: &str) -> Result<Found> {
 /// The snapshot of `f` as a plain file: itself, or unpacked into `spool`.
 fn unpack_snapshot(f: &Found, spool: &Path) -> Result<PathBuf> {
     let src = &f.snapshot;
-    let fail = |e: std::io::Error| Error::new(Kind::NotSnapshot, format!("{}: unpacking: {e}", src.display()));
-    let open = || std::fs::File::open(src).map_err(|e| Error::failure(format!("{}: {e}", src.display())));
+    let fail = |e: std::io::Error| {
+        Error::new(Kind::NotSnapshot, format!("{}: unpacking: {e}", src.display()))
+    };
+    let open =
+        || std::fs::File::open(src).map_err(|e| Error::failure(format!("{}: {e}", src.display())));
     let mut reader: Box<dyn Read> = match f.packing {
         Packing::Plain => return Ok(src.clone()),
         Packing::Gzip => Box::new(flate2::read::GzDecoder::new(open()?)),
         Packing::Zlib => Box::new(flate2::read::ZlibDecoder::new(open()?)),
         Packing::Zip => {
-            let mut zip = zip::ZipArchive::new(open()?).map_err(|e| Error::new(Kind::NotSnapshot, format!("{}: not a readable zip archive: {e}", src.display())))?;
+            let mut zip = zip::ZipArchive::new(open()?).map_err(|e| {
+                Error::new(
+                    Kind::NotSnapshot,
+                    format!("{}: not a readable zip archive: {e}", src.display()),
+                )
+            })?;
             if zip.len() != 1 {
-                return Err(Error::new(Kind::NotSnapshot, format!("{}: holds {} entries; a k3s snapshot zip holds one", src.display(), zip.len())));
+                return Err(Error::new(
+                    Kind::NotSnapshot,
+                    format!(
+                        "{}: holds {} entries; a k3s snapshot zip holds one",
+                        src.display(),
+                        zip.len()
+                    ),
+                ));
             }
             let out = spool.join("snapshot.db");
-            let mut entry = zip.by_index(0).map_err(|e| Error::new(Kind::NotSnapshot, format!("{}: {e}", src.display())))?;
+            let mut entry = zip
+                .by_index(0)
+                .map_err(|e| Error::new(Kind::NotSnapshot, format!("{}: {e}", src.display())))?;
             write_private(&out, &mut entry).map_err(fail)?;
             return Ok(out);
         }
@@ -553,7 +696,8 @@ fn unpack_snapshot(f: &Found, spool: &Path) -> Result<PathBuf> {
 
 fn write_private(path: &Path, from: &mut dyn Read) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut out =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     std::io::copy(from, &mut out)?;
     out.sync_all()
 }
@@ -561,22 +705,33 @@ fn write_private(path: &Path, from: &mut dyn Read) -> std::io::Result<()> {
 /// Unpacks cluster-backup.sh's tarball under `dir` (entries stay beneath it: the tar crate
 /// refuses `..` and absolute names), keeping modes and times.
 fn unpack_tarball(tarball: &Path, dir: &Path) -> Result<()> {
-    let file = std::fs::File::open(tarball).map_err(|e| Error::failure(format!("{}: {e}", tarball.display())))?;
+    let file = std::fs::File::open(tarball)
+        .map_err(|e| Error::failure(format!("{}: {e}", tarball.display())))?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(false);
     {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| Error::failure(format!("{}: {e}", dir.display())))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::failure(format!("{}: {e}", dir.display())))?;
     }
-    archive.unpack(dir).map_err(|e| Error::new(Kind::Corrupt, format!("{}: not a readable static_kuberesources tarball: {e}", tarball.display())))
+    archive.unpack(dir).map_err(|e| {
+        Error::new(
+            Kind::Corrupt,
+            format!("{}: not a readable static_kuberesources tarball: {e}", tarball.display()),
+        )
+    })
 }
 
 /// The EncryptionConfiguration of the newest kube-apiserver revision, if it has one
 /// (`kube-apiserver-pod-<N>/secrets/encryption-config/encryption-config`).
 fn newest_encryption_config(resources: &Path) -> Option<PathBuf> {
-    newest_revision(resources, "kube-apiserver").map(|d| d.join("secrets/encryption-config/encryption-config")).filter(|p| p.is_file())
+    newest_revision(resources, "kube-apiserver")
+        .map(|d| d.join("secrets/encryption-config/encryption-config"))
+        .filter(|p| p.is_file())
 }
 
 /// `<dir>/<component>-pod-<N>` with the highest N.
@@ -600,15 +755,46 @@ mod tests {
 
     #[test]
     fn names_tell_the_format_and_time() {
-        assert_eq!(openshift_stamp("snapshot_2026-11-20_101500.db"), Some(("2026-11-20_101500".into(), false)));
-        assert_eq!(openshift_stamp("static_kuberesources_2026-11-20_101500__POSSIBLY_DIRTY__.tar.gz").map(|s| s.1), Some(true));
+        assert_eq!(
+            openshift_stamp("snapshot_2026-11-20_101500.db"),
+            Some(("2026-11-20_101500".into(), false))
+        );
+        assert_eq!(
+            openshift_stamp("static_kuberesources_2026-11-20_101500__POSSIBLY_DIRTY__.tar.gz")
+                .map(|s| s.1),
+            Some(true)
+        );
         assert_eq!(openshift_stamp("snapshot_2026-11-20.db"), None);
-        assert_eq!(guess(Path::new("/x/snapshot_2026-11-20_101500.db"), "snapshot_2026-11-20_101500.db"), Format::OpenShift);
-        assert_eq!(guess(Path::new("/var/lib/rancher/k3s/server/db/snapshots/etcd-snapshot-cp1-1764000000"), "etcd-snapshot-cp1-1764000000"), Format::K3s);
-        assert_eq!(guess(Path::new("/var/lib/rancher/rke2/server/db/snapshots/on-demand-cp1-1764000000.zip"), "on-demand-cp1-1764000000.zip"), Format::Rke2);
-        assert_eq!(guess(Path::new("/b/Full-00000000-00001234-1764000000.gz"), "Full-00000000-00001234-1764000000.gz"), Format::Druid);
+        assert_eq!(
+            guess(Path::new("/x/snapshot_2026-11-20_101500.db"), "snapshot_2026-11-20_101500.db"),
+            Format::OpenShift
+        );
+        assert_eq!(
+            guess(
+                Path::new("/var/lib/rancher/k3s/server/db/snapshots/etcd-snapshot-cp1-1764000000"),
+                "etcd-snapshot-cp1-1764000000"
+            ),
+            Format::K3s
+        );
+        assert_eq!(
+            guess(
+                Path::new("/var/lib/rancher/rke2/server/db/snapshots/on-demand-cp1-1764000000.zip"),
+                "on-demand-cp1-1764000000.zip"
+            ),
+            Format::Rke2
+        );
+        assert_eq!(
+            guess(
+                Path::new("/b/Full-00000000-00001234-1764000000.gz"),
+                "Full-00000000-00001234-1764000000.gz"
+            ),
+            Format::Druid
+        );
         assert_eq!(guess(Path::new("/tmp/snap.db"), "snap.db"), Format::Etcdctl);
-        assert_eq!(guess(Path::new("/tmp/backup-1764000000"), "backup-1764000000"), Format::Etcdctl);
+        assert_eq!(
+            guess(Path::new("/tmp/backup-1764000000"), "backup-1764000000"),
+            Format::Etcdctl
+        );
         assert_eq!(unix_suffix("etcd-snapshot-cp-1-1764000000"), Some(1_764_000_000));
         assert_eq!(unix_suffix("etcd-snapshot-cp-1"), None);
     }

@@ -17,7 +17,11 @@ use crate::spool::{self, Spool};
 pub enum Origin<'a> {
     File(&'a Path),
     /// Backup id, unique prefix or `latest` of a repository; fetched under `scratch`.
-    Backup { repo: &'a RepoSpec, id: &'a str, scratch: Option<&'a Path> },
+    Backup {
+        repo: &'a RepoSpec,
+        id: &'a str,
+        scratch: Option<&'a Path>,
+    },
 }
 
 /// A snapshot ready to read, and the keys to decrypt it with.
@@ -31,25 +35,45 @@ pub struct Opened {
 
 /// Opens `origin`. `config` (from `--encryption-config`) wins; else a backup's stored
 /// EncryptionConfiguration is used when it has one.
-pub fn open(origin: &Origin<'_>, config: Option<EncryptionConfig>, note: &mut dyn FnMut(&str)) -> Result<Opened> {
+pub fn open(
+    origin: &Origin<'_>,
+    config: Option<EncryptionConfig>,
+    note: &mut dyn FnMut(&str),
+) -> Result<Opened> {
     let given = config.is_some().then(|| "--encryption-config".to_string());
     match origin {
-        Origin::File(path) => Ok(Opened { snapshot: path.to_path_buf(), config, config_source: given, _spool: None }),
+        Origin::File(path) => {
+            Ok(Opened { snapshot: path.to_path_buf(), config, config_source: given, _spool: None })
+        }
         Origin::Backup { repo, id, scratch } => {
             let r = repo.open_unlocked()?;
             let m = resolve(&r, id)?;
             let parent = scratch.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
             let (spool, _) = spool::create(&parent)?;
             let snapshot = spool.path().join("snapshot.db");
-            note(&format!("fetching backup {} ({}, revision {}) from {}", m.id, m.created.format("%Y-%m-%d %H:%M:%S UTC"), m.etcd.revision, r.location()));
+            note(&format!(
+                "fetching backup {} ({}, revision {}) from {}",
+                m.id,
+                m.created.format("%Y-%m-%d %H:%M:%S UTC"),
+                m.etcd.revision,
+                r.location()
+            ));
             let index = r.load_index()?;
             r.restore_snapshot_to_file(&index, &m.snapshot, &snapshot, 0o600)?;
             let (config, config_source) = match config {
                 Some(c) => (Some(c), given),
                 None => match crate::keycheck::stored_config(&r, &m)? {
                     Some((path, bytes)) => {
-                        let c = EncryptionConfig::parse(&bytes).map_err(|e| Error::new(Kind::Corrupt, format!("backup {}: {path}: {e}", m.id)))?;
-                        (Some(c), Some(format!("the EncryptionConfiguration stored in backup {} ({path})", m.id)))
+                        let c = EncryptionConfig::parse(&bytes).map_err(|e| {
+                            Error::new(Kind::Corrupt, format!("backup {}: {path}: {e}", m.id))
+                        })?;
+                        (
+                            Some(c),
+                            Some(format!(
+                                "the EncryptionConfiguration stored in backup {} ({path})",
+                                m.id
+                            )),
+                        )
                     }
                     None => (None, None),
                 },
@@ -63,13 +87,21 @@ pub fn open(origin: &Origin<'_>, config: Option<EncryptionConfig>, note: &mut dy
 /// they are rendered, with memory that does not grow with the data (see
 /// `etcdguard_kube::extract::extract_to`). A sink error stops it and is returned as
 /// `Kind::Failure` with the sink's message; a caller that needs the error itself keeps it.
-pub fn extract_to(opened: &Opened, prefix: &str, filter: &Filter, sink: &mut dyn FnMut(Extracted) -> std::io::Result<()>) -> Result<ExtractSummary> {
+pub fn extract_to(
+    opened: &Opened,
+    prefix: &str,
+    filter: &Filter,
+    sink: &mut dyn FnMut(Extracted) -> std::io::Result<()>,
+) -> Result<ExtractSummary> {
     let file = open_snapshot(&opened.snapshot)?;
     let db = file.db().map_err(|e| db_error(&opened.snapshot, e))?;
-    etcdguard_kube::extract::extract_to(&file, &db, prefix, filter, opened.config.as_ref(), sink).map_err(|e| match e {
-        ExtractError::Read(e) => Error::new(Kind::Corrupt, format!("{}: {e}", opened.snapshot.display())),
-        ExtractError::Sink(e) => Error::new(Kind::Failure, e.to_string()),
-    })
+    etcdguard_kube::extract::extract_to(&file, &db, prefix, filter, opened.config.as_ref(), sink)
+        .map_err(|e| match e {
+            ExtractError::Read(e) => {
+                Error::new(Kind::Corrupt, format!("{}: {e}", opened.snapshot.display()))
+            }
+            ExtractError::Sink(e) => Error::new(Kind::Failure, e.to_string()),
+        })
 }
 
 /// Every revision of `key` still in the snapshot, and how many older versions were compacted.
@@ -87,7 +119,8 @@ pub fn stored_config(repo: &RepoSpec, id: &str) -> Result<Option<(EncryptionConf
     let m = resolve(&r, id)?;
     match crate::keycheck::stored_config(&r, &m)? {
         Some((path, bytes)) => {
-            let c = EncryptionConfig::parse(&bytes).map_err(|e| Error::new(Kind::Corrupt, format!("backup {}: {path}: {e}", m.id)))?;
+            let c = EncryptionConfig::parse(&bytes)
+                .map_err(|e| Error::new(Kind::Corrupt, format!("backup {}: {path}: {e}", m.id)))?;
             Ok(Some((c, format!("the EncryptionConfiguration stored in backup {} ({path})", m.id))))
         }
         None => Ok(None),

@@ -51,7 +51,11 @@ pub struct JoinOptions {
 pub enum JoinEvent<'a> {
     Note(&'a str),
     /// The plan, before anything is changed.
-    Planned { name: &'a str, peer_urls: &'a [String], steps: &'a [String] },
+    Planned {
+        name: &'a str,
+        peer_urls: &'a [String],
+        steps: &'a [String],
+    },
 }
 
 /// How a join that did not fail ended.
@@ -77,12 +81,21 @@ fn same_url(a: &str, b: &str) -> bool {
 }
 
 fn ours<'a>(report: &'a MembersReport, peer_urls: &[String]) -> Option<(usize, &'a Member)> {
-    report.members.iter().enumerate().find(|(_, m)| m.peer_urls.iter().any(|p| peer_urls.iter().any(|u| same_url(p, u))))
+    report
+        .members
+        .iter()
+        .enumerate()
+        .find(|(_, m)| m.peer_urls.iter().any(|p| peer_urls.iter().any(|u| same_url(p, u))))
 }
 
 /// `--initial-cluster` for a member joining: every member's name=peerURL, this member under
 /// `name`, members added but not started yet under a placeholder (etcd matches by URL).
-fn initial_cluster(report: &MembersReport, own_id: Option<u64>, name: &str, peer_urls: &[String]) -> String {
+fn initial_cluster(
+    report: &MembersReport,
+    own_id: Option<u64>,
+    name: &str,
+    peer_urls: &[String],
+) -> String {
     let mut parts = Vec::new();
     let mut seen_own = false;
     for m in &report.members {
@@ -122,7 +135,13 @@ fn aside(p: &Path, stamp: &str) -> PathBuf {
 /// leaves the node where it stopped, and running the command again goes on from there.
 pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Result<JoinOutcome> {
     let stamp = stamp();
-    let park_req = ParkRequest { manifests_dir: opts.manifests_dir.clone(), etcd_manifest: opts.etcd_manifest.clone(), stamp: stamp.clone(), wait_timeout: opts.wait_timeout, node: opts.node.clone() };
+    let park_req = ParkRequest {
+        manifests_dir: opts.manifests_dir.clone(),
+        etcd_manifest: opts.etcd_manifest.clone(),
+        stamp: stamp.clone(),
+        wait_timeout: opts.wait_timeout,
+        node: opts.node.clone(),
+    };
     let park = Park::build(&park_req).map_err(node_error)?;
     let etcd = park.etcd.clone();
     let name = match &opts.name {
@@ -134,7 +153,8 @@ pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Resul
         (None, Some(u)) => etcd.resolved("initial-advertise-peer-urls", u, "--peer-urls").map_err(node_error)?.to_string(),
         (None, None) => return Err(Error::usage(format!("{} sets no --initial-advertise-peer-urls; give this member's peer URL with --peer-urls", etcd.manifest.display()))),
     };
-    let peer_urls: Vec<String> = peer_list.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect();
+    let peer_urls: Vec<String> =
+        peer_list.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect();
 
     // The cluster first: an unreachable or refusing cluster must leave this node untouched.
     let session = crate::backup::connect(&opts.connect, &mut |n| on(JoinEvent::Note(n)))?;
@@ -143,7 +163,9 @@ pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Resul
             "give --endpoints the client URL of the member restored with `node restore --new-cluster` (and its TLS files), and check that it serves",
         )
     })?;
-    if let Some(m) = report.members.iter().find(|m| m.name == name && !m.peer_urls.iter().any(|p| peer_urls.iter().any(|u| same_url(p, u)))) {
+    if let Some(m) = report.members.iter().find(|m| {
+        m.name == name && !m.peer_urls.iter().any(|p| peer_urls.iter().any(|u| same_url(p, u)))
+    }) {
         return Err(refused(format!(
             "the cluster has a member named {name} ({:x}) with other peer URLs ({}); remove it first (`etcdguard cluster member remove {:x}`), or give this member another --name; nothing was changed",
             m.id,
@@ -170,12 +192,16 @@ pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Resul
     let started = existing.as_ref().is_some_and(|m| !m.name.is_empty());
     if existing.is_none() {
         // The guard `cluster member add --learner` uses, now, before the node is touched.
-        etcdguard_client::check_add(&report, &name, &peer_urls, true, false).map_err(client_error)?;
+        etcdguard_client::check_add(&report, &name, &peer_urls, true, false)
+            .map_err(client_error)?;
     }
     let data_dir = etcd.data_dir.clone();
-    let move_data = !started && data_dir.exists() && std::fs::read_dir(&data_dir).map(|mut d| d.next().is_some()).unwrap_or(true);
+    let move_data = !started
+        && data_dir.exists()
+        && std::fs::read_dir(&data_dir).map(|mut d| d.next().is_some()).unwrap_or(true);
     let old_data_dir = move_data.then(|| aside(&data_dir, &stamp));
-    let old_wal_dir = etcd.wal_dir.as_ref().filter(|w| !started && w.exists()).map(|w| aside(w, &stamp));
+    let old_wal_dir =
+        etcd.wal_dir.as_ref().filter(|w| !started && w.exists()).map(|w| aside(w, &stamp));
 
     let mut steps = Vec::new();
     if started {
@@ -183,8 +209,15 @@ pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Resul
     } else {
         steps.extend(park.steps().into_iter().map(|s| format!("park: {s}")));
         match &old_data_dir {
-            Some(old) => steps.push(format!("move the old data dir {} to {}", data_dir.display(), old.display())),
-            None => steps.push(format!("(the data dir {} is empty or missing: nothing to move aside)", data_dir.display())),
+            Some(old) => steps.push(format!(
+                "move the old data dir {} to {}",
+                data_dir.display(),
+                old.display()
+            )),
+            None => steps.push(format!(
+                "(the data dir {} is empty or missing: nothing to move aside)",
+                data_dir.display()
+            )),
         }
         if let (Some(w), Some(old)) = (&etcd.wal_dir, &old_wal_dir) {
             steps.push(format!("move the old WAL dir {} to {}", w.display(), old.display()));
@@ -194,10 +227,12 @@ pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Resul
         Some(m) => steps.push(format!("{name} ({}) is a {} of the cluster already: reuse member {:x}", peer_urls.join(","), if m.is_learner { "learner" } else { "voting member" }, m.id)),
         None => steps.push(format!("add {name} ({}) as a learner through {} (a plain member if the server refuses learners)", peer_urls.join(","), report.from)),
     }
-    let planned_cluster = initial_cluster(&report, existing.as_ref().map(|m| m.id), &name, &peer_urls);
+    let planned_cluster =
+        initial_cluster(&report, existing.as_ref().map(|m| m.id), &name, &peer_urls);
     // A manifest whose form cannot be rewritten is refused now, before the node is touched.
     let live = &park.etcd_manifest;
-    let current = std::fs::read_to_string(live).map_err(|e| Error::failure(format!("reading {}: {e}", live.display())))?;
+    let current = std::fs::read_to_string(live)
+        .map_err(|e| Error::failure(format!("reading {}: {e}", live.display())))?;
     let planned_edit = rewrite_for_join(&current, &planned_cluster).map_err(|e| {
         Error::usage(format!(
             "{}: {e}; set --initial-cluster-state=existing and --initial-cluster={planned_cluster} by hand, then run again; nothing was changed",
@@ -208,12 +243,19 @@ pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Resul
         Some(n) => steps.push(format!("rewrite {} where needed (a copy is kept): initial cluster state existing; {n}", live.display())),
         None => steps.push(format!("rewrite {} (a copy is kept): --initial-cluster-state=existing --initial-cluster={planned_cluster}", live.display())),
     }
-    steps.push(format!("unpark: the kubelet starts etcd; wait (at most {} s) until it serves on {}", opts.wait_timeout.as_secs(), etcd.client_addrs.join(", ")));
+    steps.push(format!(
+        "unpark: the kubelet starts etcd; wait (at most {} s) until it serves on {}",
+        opts.wait_timeout.as_secs(),
+        etcd.client_addrs.join(", ")
+    ));
     steps.push(format!("wait (at most {} s) until the learner's applied index is within {PROMOTE_MAX_LAG} of the leader's, then promote it", opts.wait_timeout.as_secs()));
     steps.push(format!(
         "wait (at most {} s) until every member is healthy{}",
         opts.wait_timeout.as_secs(),
-        park.apiserver.as_ref().map(|a| format!(", then until the API server on {} is ready", a.addr)).unwrap_or_default()
+        park.apiserver
+            .as_ref()
+            .map(|a| format!(", then until the API server on {} is ready", a.addr))
+            .unwrap_or_default()
     ));
     on(JoinEvent::Planned { name: &name, peer_urls: &peer_urls, steps: &steps });
     if opts.dry_run {
@@ -223,17 +265,29 @@ pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Resul
     let started_at = Instant::now();
     let mut timings: Vec<(String, Duration)> = Vec::new();
     let mut note = |line: &str| on(JoinEvent::Note(line));
-    let mark = |what: &str, timings: &mut Vec<(String, Duration)>| timings.push((what.to_string(), started_at.elapsed()));
+    let mark = |what: &str, timings: &mut Vec<(String, Duration)>| {
+        timings.push((what.to_string(), started_at.elapsed()))
+    };
 
     // 1. Park, move the old data aside.
     if !started {
         note("park etcd and the API server on this node");
         park.execute(&mut |l| note(l)).map_err(node_error)?;
         let ownership = match data_dir.exists() {
-            true => Some(Ownership::of(&data_dir).map_err(|e| Error::failure(format!("reading the owner of {}: {e}", data_dir.display())))?),
-            false => etcd.run_as_user.map(|uid| Ownership { uid, gid: etcd.run_as_group.unwrap_or(uid), mode: 0o700, selinux: None }),
+            true => Some(Ownership::of(&data_dir).map_err(|e| {
+                Error::failure(format!("reading the owner of {}: {e}", data_dir.display()))
+            })?),
+            false => etcd.run_as_user.map(|uid| Ownership {
+                uid,
+                gid: etcd.run_as_group.unwrap_or(uid),
+                mode: 0o700,
+                selinux: None,
+            }),
         };
-        for (from, to) in [(Some(&data_dir), old_data_dir.as_ref()), (etcd.wal_dir.as_ref(), old_wal_dir.as_ref())] {
+        for (from, to) in [
+            (Some(&data_dir), old_data_dir.as_ref()),
+            (etcd.wal_dir.as_ref(), old_wal_dir.as_ref()),
+        ] {
             if let (Some(from), Some(to)) = (from, to) {
                 note(&format!("move {} to {}", from.display(), to.display()));
                 std::fs::rename(from, to).map_err(|e| Error::failure(format!("moving {} aside: {e}; the node stays parked (`etcdguard node unpark` brings it back as it was)", from.display())))?;
@@ -242,9 +296,12 @@ pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Resul
         // An empty data dir with the old one's owner and mode: etcd running as another user
         // (GKE on-prem's 2001) must be able to write it.
         if !data_dir.exists() {
-            std::fs::create_dir_all(&data_dir).map_err(|e| Error::failure(format!("creating {}: {e}", data_dir.display())))?;
+            std::fs::create_dir_all(&data_dir)
+                .map_err(|e| Error::failure(format!("creating {}: {e}", data_dir.display())))?;
             if let Some(o) = &ownership {
-                o.apply_tree(&data_dir).map_err(|e| Error::failure(format!("giving {} {}: {e}", data_dir.display(), o.describe())))?;
+                o.apply_tree(&data_dir).map_err(|e| {
+                    Error::failure(format!("giving {} {}: {e}", data_dir.display(), o.describe()))
+                })?;
             }
         }
         mark("parked, old data aside", &mut timings);
@@ -267,7 +324,11 @@ pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Resul
                 }
                 Err(e) => return Err(client_error(e).context("adding the member (the node stays parked; run `node join` again, or `node unpark` to give up)")),
             };
-            note(&format!("added {name} as {} {:x}", if without_learner { "member" } else { "learner" }, added.id));
+            note(&format!(
+                "added {name} as {} {:x}",
+                if without_learner { "member" } else { "learner" },
+                added.id
+            ));
             added.id
         }
     };
@@ -277,17 +338,29 @@ pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Resul
     }
 
     // 3. The manifest, from a fresh member list (other members may have joined meanwhile).
-    let report = session.members().map_err(|e| client_error(e).context("listing the members after the add"))?;
+    let report = session
+        .members()
+        .map_err(|e| client_error(e).context("listing the members after the add"))?;
     let full = initial_cluster(&report, Some(id), &name, &peer_urls);
     let unpark = Unpark::build(&park_req).map_err(node_error)?;
     let manifest = unpark.as_ref().map_or(park.etcd_manifest.clone(), |u| u.etcd_manifest.clone());
-    let text = std::fs::read_to_string(&manifest).map_err(|e| Error::failure(format!("reading {}: {e}", manifest.display())))?;
+    let text = std::fs::read_to_string(&manifest)
+        .map_err(|e| Error::failure(format!("reading {}: {e}", manifest.display())))?;
     let edit = rewrite_for_join(&text, &full).map_err(|e| Error::usage(format!("{}: {e}; set --initial-cluster-state=existing and --initial-cluster={full} by hand, then run again", manifest.display())))?;
     match edit.text {
         Some(new_text) => {
-            let copies = opts.manifests_dir.parent().unwrap_or(Path::new("/")).join("etcdguard-manifest-copies");
-            let copy = replace_manifest(&manifest, &new_text, &copies, &stamp).map_err(node_error)?;
-            note(&format!("rewrote {} (the previous version is {})", manifest.display(), copy.display()));
+            let copies = opts
+                .manifests_dir
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join("etcdguard-manifest-copies");
+            let copy =
+                replace_manifest(&manifest, &new_text, &copies, &stamp).map_err(node_error)?;
+            note(&format!(
+                "rewrote {} (the previous version is {})",
+                manifest.display(),
+                copy.display()
+            ));
         }
         None => note(&format!("{} joins the existing cluster already", manifest.display())),
     }
@@ -326,17 +399,33 @@ pub fn join_node(opts: &JoinOptions, on: &mut dyn FnMut(JoinEvent<'_>)) -> Resul
     note(&format!("every member is healthy ({})", endpoints.join(", ")));
     mark("cluster healthy", &mut timings);
     if let Some(u) = &unpark {
-        if let Some(how) = u.wait_apiserver(Instant::now() + opts.wait_timeout).map_err(node_error)? {
+        if let Some(how) =
+            u.wait_apiserver(Instant::now() + opts.wait_timeout).map_err(node_error)?
+        {
             note(&format!("API server ready ({how})"));
             mark("API server ready", &mut timings);
         }
     }
-    Ok(JoinOutcome::Joined(Joined { name, id, without_learner, members: endpoints.len(), endpoints, old_data_dir, steps: timings }))
+    Ok(JoinOutcome::Joined(Joined {
+        name,
+        id,
+        without_learner,
+        members: endpoints.len(),
+        endpoints,
+        old_data_dir,
+        steps: timings,
+    }))
 }
 
 /// Waits until the learner `id` answers within [`PROMOTE_MAX_LAG`] of the leader's applied
 /// index, then promotes it (retrying while etcd says it is not in sync yet).
-fn promote_when_caught_up(session: &Session, id: u64, name: &str, timeout: Duration, note: &mut dyn FnMut(&str)) -> Result<()> {
+fn promote_when_caught_up(
+    session: &Session,
+    id: u64,
+    name: &str,
+    timeout: Duration,
+    note: &mut dyn FnMut(&str),
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last;
     let mut said = false;
@@ -389,12 +478,25 @@ fn wait_healthy(session: &Session, timeout: Duration) -> Result<Vec<String>> {
     loop {
         let last = match session.members() {
             Ok(report) => {
-                let urls: Vec<String> = report.statuses.iter().zip(&report.members).map(|(s, m)| s.as_ref().map(|s| s.endpoint.clone()).unwrap_or_else(|_| m.client_urls.first().cloned().unwrap_or_default())).collect();
+                let urls: Vec<String> = report
+                    .statuses
+                    .iter()
+                    .zip(&report.members)
+                    .map(|(s, m)| {
+                        s.as_ref()
+                            .map(|s| s.endpoint.clone())
+                            .unwrap_or_else(|_| m.client_urls.first().cloned().unwrap_or_default())
+                    })
+                    .collect();
                 let learners = report.members.iter().filter(|m| m.is_learner).count();
                 let bad: Vec<String> = if urls.iter().any(|u| u.is_empty()) {
                     vec!["a member has not started yet".into()]
                 } else {
-                    session.health(&urls).into_iter().filter_map(|h| h.result.err().map(|e| format!("{}: {e}", h.endpoint))).collect()
+                    session
+                        .health(&urls)
+                        .into_iter()
+                        .filter_map(|h| h.result.err().map(|e| format!("{}: {e}", h.endpoint)))
+                        .collect()
                 };
                 if bad.is_empty() && learners == 0 {
                     return Ok(urls);
@@ -419,18 +521,38 @@ mod tests {
     use super::*;
 
     fn member(id: u64, name: &str, peer: &str) -> Member {
-        Member { id, name: name.into(), peer_urls: vec![peer.into()], client_urls: vec![], is_learner: false }
+        Member {
+            id,
+            name: name.into(),
+            peer_urls: vec![peer.into()],
+            client_urls: vec![],
+            is_learner: false,
+        }
     }
 
     #[test]
     fn initial_cluster_names_this_member_and_placeholders() {
         let report = MembersReport {
             from: "x".into(),
-            members: vec![member(1, "m1", "http://a:1"), member(2, "", "http://b:1"), member(3, "", "http://c:1")],
+            members: vec![
+                member(1, "m1", "http://a:1"),
+                member(2, "", "http://b:1"),
+                member(3, "", "http://c:1"),
+            ],
             statuses: vec![],
         };
-        assert_eq!(initial_cluster(&report, Some(3), "m3", &["http://c:1".into()]), "m1=http://a:1,unstarted-2=http://b:1,m3=http://c:1");
-        let report = MembersReport { from: "x".into(), members: vec![member(1, "m1", "http://a:1")], statuses: vec![] };
-        assert_eq!(initial_cluster(&report, None, "m2", &["http://b:1".into()]), "m1=http://a:1,m2=http://b:1");
+        assert_eq!(
+            initial_cluster(&report, Some(3), "m3", &["http://c:1".into()]),
+            "m1=http://a:1,unstarted-2=http://b:1,m3=http://c:1"
+        );
+        let report = MembersReport {
+            from: "x".into(),
+            members: vec![member(1, "m1", "http://a:1")],
+            statuses: vec![],
+        };
+        assert_eq!(
+            initial_cluster(&report, None, "m2", &["http://b:1".into()]),
+            "m1=http://a:1,m2=http://b:1"
+        );
     }
 }

@@ -29,8 +29,12 @@ pub struct InPlace {
 
 impl InPlace {
     pub fn file(path: &Path) -> Result<InPlace> {
-        let config = EncryptionConfig::load(path).map_err(|e| Error::usage(format!("--encryption-config {}: {e}", path.display())))?;
-        Ok(InPlace { config: Some(config), source: format!("--encryption-config {}", path.display()) })
+        let config = EncryptionConfig::load(path)
+            .map_err(|e| Error::usage(format!("--encryption-config {}: {e}", path.display())))?;
+        Ok(InPlace {
+            config: Some(config),
+            source: format!("--encryption-config {}", path.display()),
+        })
     }
 
     /// The configuration stored in backup `m`, if it holds one.
@@ -38,29 +42,58 @@ impl InPlace {
         let source = format!("the EncryptionConfiguration stored in backup {}", m.id);
         match stored_config(repo, m)? {
             Some((path, bytes)) => {
-                let config = EncryptionConfig::parse(&bytes).map_err(|e| Error::new(Kind::Corrupt, format!("backup {}: {path}: {e}", m.id)))?;
+                let config = EncryptionConfig::parse(&bytes).map_err(|e| {
+                    Error::new(Kind::Corrupt, format!("backup {}: {path}: {e}", m.id))
+                })?;
                 Ok(InPlace { config: Some(config), source })
             }
-            None => Ok(InPlace { config: None, source: format!("none: backup {} holds no EncryptionConfiguration", m.id) }),
+            None => Ok(InPlace {
+                config: None,
+                source: format!("none: backup {} holds no EncryptionConfiguration", m.id),
+            }),
         }
     }
 
     /// The node's: the API server manifest's `--encryption-provider-config`, on the host.
     pub fn from_apiserver_manifest(manifest: &Path) -> Result<InPlace> {
-        let path: Option<PathBuf> = etcdguard_node::pods::read_apiserver_encryption_config(manifest).map_err(crate::error::node_error)?;
+        let path: Option<PathBuf> =
+            etcdguard_node::pods::read_apiserver_encryption_config(manifest)
+                .map_err(crate::error::node_error)?;
         match path {
             Some(p) => {
-                let config = EncryptionConfig::load(&p).map_err(|e| Error::usage(format!("{} (the API server's --encryption-provider-config): {e}", p.display())))?;
-                Ok(InPlace { config: Some(config), source: format!("the API server's {} (from {})", p.display(), manifest.display()) })
+                let config = EncryptionConfig::load(&p).map_err(|e| {
+                    Error::usage(format!(
+                        "{} (the API server's --encryption-provider-config): {e}",
+                        p.display()
+                    ))
+                })?;
+                Ok(InPlace {
+                    config: Some(config),
+                    source: format!(
+                        "the API server's {} (from {})",
+                        p.display(),
+                        manifest.display()
+                    ),
+                })
             }
-            None => Ok(InPlace { config: None, source: format!("none: {} sets no --encryption-provider-config", manifest.display()) }),
+            None => Ok(InPlace {
+                config: None,
+                source: format!(
+                    "none: {} sets no --encryption-provider-config",
+                    manifest.display()
+                ),
+            }),
         }
     }
 }
 
 /// The file of backup `m` under `encryption-config/`, read into memory (it is small).
 pub fn stored_config(repo: &Repository, m: &Manifest) -> Result<Option<(String, Vec<u8>)>> {
-    let Some(entry) = m.files.iter().find(|f| f.kind == FileKind::File && f.path.starts_with(STORED_PREFIX)) else { return Ok(None) };
+    let Some(entry) =
+        m.files.iter().find(|f| f.kind == FileKind::File && f.path.starts_with(STORED_PREFIX))
+    else {
+        return Ok(None);
+    };
     let Some(part) = &entry.content else { return Ok(None) };
     let index = repo.load_index()?;
     let mut bytes = Vec::new();
@@ -84,7 +117,8 @@ pub fn check(snapshot: &Path, in_place: &InPlace) -> Result<KeyCheck> {
     let file = open_snapshot(snapshot)?;
     let db = file.db().map_err(|e| crate::error::db_error(snapshot, e))?;
     let release = || file.release_resident();
-    let (uses, _unreadable) = etcdguard_kube::encryption::key_names_used(&db, Some(&release)).map_err(|e| Error::new(Kind::Corrupt, format!("{}: {e}", snapshot.display())))?;
+    let (uses, _unreadable) = etcdguard_kube::encryption::key_names_used(&db, Some(&release))
+        .map_err(|e| Error::new(Kind::Corrupt, format!("{}: {e}", snapshot.display())))?;
     Ok(judge(uses, in_place))
 }
 
@@ -99,15 +133,25 @@ fn judge(uses: Vec<KeyUse>, in_place: &InPlace) -> KeyCheck {
             continue;
         };
         if !config.key_names().iter().any(|(p, n)| *p == u.provider && n == &u.key_name) {
-            problems.push(format!("{} value(s) are encrypted with key {name}, which is not in {}", u.values, in_place.source));
+            problems.push(format!(
+                "{} value(s) are encrypted with key {name}, which is not in {}",
+                u.values, in_place.source
+            ));
             continue;
         }
         if u.provider.is_kms() {
-            notes.push(format!("{} value(s) use KMS plugin {}; they can only be checked with the plugin running", u.values, u.key_name));
+            notes.push(format!(
+                "{} value(s) use KMS plugin {}; they can only be checked with the plugin running",
+                u.values, u.key_name
+            ));
             continue;
         }
         if let Err(e) = config.decrypt(&u.sample.0, &u.sample.1) {
-            problems.push(format!("key {name} of {} does not decrypt {}: {e}", in_place.source, String::from_utf8_lossy(&u.sample.0)));
+            problems.push(format!(
+                "key {name} of {} does not decrypt {}: {e}",
+                in_place.source,
+                String::from_utf8_lossy(&u.sample.0)
+            ));
         }
     }
     KeyCheck { uses, problems, notes }
@@ -126,7 +170,13 @@ pub struct KeyGate {
 
 impl KeyGate {
     pub fn new(in_place: InPlace, force: bool) -> KeyGate {
-        KeyGate { tally: KeyNameTally::default(), in_place, force, undecodable: None, outcome: None }
+        KeyGate {
+            tally: KeyNameTally::default(),
+            in_place,
+            force,
+            undecodable: None,
+            outcome: None,
+        }
     }
 
     /// What the check found, once the restore has asked for the verdict.
@@ -151,7 +201,8 @@ impl Gate for KeyGate {
             check.problems.push(format!("an entry of the key bucket does not decode ({why}), so the keys of the values after it were not checked"));
         }
         let refused = !check.problems.is_empty() && !self.force;
-        let reason = refused.then(|| format!("refused by safety check: {}", check.problems.join("; ")));
+        let reason =
+            refused.then(|| format!("refused by safety check: {}", check.problems.join("; ")));
         self.outcome = Some(check);
         reason.map_or(Ok(()), Err)
     }
@@ -165,7 +216,8 @@ pub fn enforce(check: &KeyCheck, force: bool, note: &mut dyn FnMut(&str)) -> Res
     }
     if check.problems.is_empty() {
         if !check.uses.is_empty() {
-            let names: Vec<String> = check.uses.iter().map(|u| format!("{}:{}", u.provider, u.key_name)).collect();
+            let names: Vec<String> =
+                check.uses.iter().map(|u| format!("{}:{}", u.provider, u.key_name)).collect();
             note(&format!("encryption keys checked: {} (each trial-decrypted)", names.join(", ")));
         }
         return Ok(());

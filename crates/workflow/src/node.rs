@@ -58,7 +58,13 @@ pub enum NodeEvent<'a> {
     /// A line for the operator (fetching, each step as it is taken).
     Note(&'a str),
     /// The snapshot is checked and the plan built; nothing is changed yet.
-    Planned { snapshot: &'a Path, status: &'a Status, plan: &'a Plan, members: usize, probes: &'a [ProbeResult] },
+    Planned {
+        snapshot: &'a Path,
+        status: &'a Status,
+        plan: &'a Plan,
+        members: usize,
+        probes: &'a [ProbeResult],
+    },
 }
 
 /// How a `node restore` that did not fail ended.
@@ -69,13 +75,18 @@ pub enum NodeOutcome {
 }
 
 /// Runs `node restore`. On failure before the manifests are back, the node is left as it was.
-pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)) -> Result<NodeOutcome> {
+pub fn restore_node(
+    opts: &NodeRestoreOptions,
+    on: &mut dyn FnMut(NodeEvent<'_>),
+) -> Result<NodeOutcome> {
     if (opts.bump_revision > 0) != opts.mark_compacted {
         return Err(Error::usage("--bump-revision and --mark-compacted go together (e.g. --bump-revision 1000000000 --mark-compacted)"));
     }
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     if opts.new_cluster && opts.initial_cluster.is_some() {
-        return Err(Error::usage("--new-cluster restores a cluster of this member only; leave out --initial-cluster"));
+        return Err(Error::usage(
+            "--new-cluster restores a cluster of this member only; leave out --initial-cluster",
+        ));
     }
     // A fresh token: the new cluster's id must differ from the old one's, so an old member
     // that comes back by mistake is refused by the new members instead of joining them.
@@ -112,13 +123,21 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
     };
     let plan = Plan::build(&request).map_err(node_error)?;
     // The restore's own flags must hold before the control plane is stopped.
-    let cluster = Cluster::new(&plan.restore.initial_cluster, &plan.restore.initial_cluster_token).map_err(|e| Error::usage(e.0))?;
-    let advertise = membership::parse_url_list(&plan.restore.initial_advertise_peer_urls).map_err(|e| Error::usage(e.0))?;
+    let cluster = Cluster::new(&plan.restore.initial_cluster, &plan.restore.initial_cluster_token)
+        .map_err(|e| Error::usage(e.0))?;
+    let advertise = membership::parse_url_list(&plan.restore.initial_advertise_peer_urls)
+        .map_err(|e| Error::usage(e.0))?;
     cluster.verify_local(&plan.restore.name, &advertise).map_err(|e| Error::usage(e.0))?;
     let skip_hash_check = opts.skip_hash_check || staging.as_ref().is_some_and(|s| s.no_trailer);
     let (status, _) = check_snapshot(&snapshot, skip_hash_check)?;
     // A snapshot of a newer etcd minor than the manifest's image is refused before anything moves.
-    if let Some(warning) = check_snapshot_version(&plan.etcd, status.storage_version.as_deref(), status.cluster_version.as_deref()).map_err(node_error)? {
+    if let Some(warning) = check_snapshot_version(
+        &plan.etcd,
+        status.storage_version.as_deref(),
+        status.cluster_version.as_deref(),
+    )
+    .map_err(node_error)?
+    {
         on(NodeEvent::Note(&format!("warning: {warning}")));
     }
     check_encryption_keys(opts, &plan, &snapshot, on)?;
@@ -126,8 +145,18 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
         true => probe_old_members(&plan, &snapshot, &advertise)?,
         false => Vec::new(),
     };
-    on(NodeEvent::Planned { snapshot: &snapshot, status: &status, plan: &plan, members: cluster.members.len(), probes: &probes });
-    let answering: Vec<String> = probes.iter().filter(|p| p.answered).map(|p| format!("{} ({} URL {})", p.target.member, p.target.kind, p.target.url)).collect();
+    on(NodeEvent::Planned {
+        snapshot: &snapshot,
+        status: &status,
+        plan: &plan,
+        members: cluster.members.len(),
+        probes: &probes,
+    });
+    let answering: Vec<String> = probes
+        .iter()
+        .filter(|p| p.answered)
+        .map(|p| format!("{} ({} URL {})", p.target.member, p.target.kind, p.target.url))
+        .collect();
     if !answering.is_empty() {
         if !opts.force {
             return Err(Error::new(
@@ -143,7 +172,10 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
                 "run `etcdguard node park` on every other control-plane node first (a running old member would go on with its own copy of the data); --force if those URLs belong to something else",
             ));
         }
-        on(NodeEvent::Note(&format!("warning: --force: going on although {} answer", answering.join(", "))));
+        on(NodeEvent::Note(&format!(
+            "warning: --force: going on although {} answer",
+            answering.join(", ")
+        )));
     }
     if opts.dry_run {
         return Ok(NodeOutcome::DryRun);
@@ -153,17 +185,32 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
         .ok()
         .map(|s| crate::restore::flavor_for(crate::restore::writer_of(&s).as_ref(), None))
         .unwrap_or(Flavor::V3_5);
-    let options = Options { skip_hash_check, bump_revision: opts.bump_revision, mark_compacted: opts.mark_compacted, flavor, ..Options::default() };
+    let options = Options {
+        skip_hash_check,
+        bump_revision: opts.bump_revision,
+        mark_compacted: opts.mark_compacted,
+        flavor,
+        ..Options::default()
+    };
     let mut restore_error_seen: Option<Error> = None;
     // The step lines and the restore's own line go out in the order they happen.
     let outcome = {
         let on_cell = std::cell::RefCell::new(&mut *on);
         let mut restore_step = |spec: &RestoreSpec| -> Result<(), String> {
-            let dest = Destination::Member { name: spec.name.clone(), data_dir: spec.data_dir.clone(), wal_dir: spec.wal_dir.clone() };
-            let result = open_snapshot(&snapshot).and_then(|snapshot| restore::restore(&snapshot, &cluster, &dest, &options).map_err(restore_error));
+            let dest = Destination::Member {
+                name: spec.name.clone(),
+                data_dir: spec.data_dir.clone(),
+                wal_dir: spec.wal_dir.clone(),
+            };
+            let result = open_snapshot(&snapshot).and_then(|snapshot| {
+                restore::restore(&snapshot, &cluster, &dest, &options).map_err(restore_error)
+            });
             match result {
                 Ok(report) => {
-                    let line = format!("      restored revision {} (cluster id {:x})", report.revision, report.cluster.id);
+                    let line = format!(
+                        "      restored revision {} (cluster id {:x})",
+                        report.revision, report.cluster.id
+                    );
                     (on_cell.borrow_mut())(NodeEvent::Note(&line));
                     Ok(())
                 }
@@ -191,7 +238,12 @@ pub fn restore_node(opts: &NodeRestoreOptions, on: &mut dyn FnMut(NodeEvent<'_>)
 
 /// The snapshot's encryption key names against the configuration the node's API server
 /// will use (`--encryption-config`, else its manifest's `--encryption-provider-config`).
-fn check_encryption_keys(opts: &NodeRestoreOptions, plan: &Plan, snapshot: &Path, on: &mut dyn FnMut(NodeEvent<'_>)) -> Result<()> {
+fn check_encryption_keys(
+    opts: &NodeRestoreOptions,
+    plan: &Plan,
+    snapshot: &Path,
+    on: &mut dyn FnMut(NodeEvent<'_>),
+) -> Result<()> {
     let in_place = match (&opts.encryption_config, &plan.apiserver) {
         (Some(p), _) => crate::keycheck::InPlace::file(p)?,
         (None, Some(api)) => crate::keycheck::InPlace::from_apiserver_manifest(&api.manifest)?,
@@ -206,13 +258,22 @@ fn check_encryption_keys(opts: &NodeRestoreOptions, plan: &Plan, snapshot: &Path
 
 /// The old cluster's other members (the manifest's `--initial-cluster`, the snapshot's
 /// member list), each URL tried once.
-fn probe_old_members(plan: &Plan, snapshot: &Path, own_peer_urls: &[String]) -> Result<Vec<ProbeResult>> {
+fn probe_old_members(
+    plan: &Plan,
+    snapshot: &Path,
+    own_peer_urls: &[String],
+) -> Result<Vec<ProbeResult>> {
     let file = open_snapshot(snapshot)?;
     let db = file.db().map_err(|e| crate::error::db_error(snapshot, e))?;
     let known: Vec<KnownMember> = etcdguard_storage::members::stored_members(&db)
         .map_err(|e| Error::new(Kind::Corrupt, format!("{}: {e}", snapshot.display())))?
         .into_iter()
-        .map(|m| KnownMember { id: m.id, name: m.name, peer_urls: m.peer_urls, client_urls: m.client_urls })
+        .map(|m| KnownMember {
+            id: m.id,
+            name: m.name,
+            peer_urls: m.peer_urls,
+            client_urls: m.client_urls,
+        })
         .collect();
     let own: Vec<String> = own_peer_urls.iter().map(|u| u.to_string()).collect();
     let targets = probe_targets(&plan.etcd, &plan.restore.name, &own, &known);
@@ -234,7 +295,12 @@ impl Drop for Staging {
     }
 }
 
-fn fetch_backup(opts: &NodeRestoreOptions, id: &str, stamp: &str, on: &mut dyn FnMut(NodeEvent<'_>)) -> Result<Staging> {
+fn fetch_backup(
+    opts: &NodeRestoreOptions,
+    id: &str,
+    stamp: &str,
+    on: &mut dyn FnMut(NodeEvent<'_>),
+) -> Result<Staging> {
     use std::os::unix::fs::DirBuilderExt;
     let spec = opts.repo.clone().unwrap_or_else(|| RepoSpec::new(""));
     let mut repo = spec.open_unlocked()?;
@@ -252,8 +318,16 @@ fn fetch_backup(opts: &NodeRestoreOptions, id: &str, stamp: &str, on: &mut dyn F
         None => resolve(&repo, id)?,
     };
     let dir = opts.kubernetes_dir.join(format!(".etcdguard-restore-{stamp}"));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| Error::failure(format!("{}: {e}", dir.display())))?;
-    let mut staging = Staging { snapshot: dir.join("snapshot.db"), dir, pki: None, no_trailer: m.etcd.trailer == "absent" };
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| Error::failure(format!("{}: {e}", dir.display())))?;
+    let mut staging = Staging {
+        snapshot: dir.join("snapshot.db"),
+        dir,
+        pki: None,
+        no_trailer: m.etcd.trailer == "absent",
+    };
     on(NodeEvent::Note(&format!(
         "fetching backup {} ({}, revision {}) from {}",
         m.id,
@@ -279,7 +353,10 @@ fn fetch_backup(opts: &NodeRestoreOptions, id: &str, stamp: &str, on: &mut dyn F
         repo.restore_files(&index, &m, &files)?;
         let pki = files.join("pki");
         if !pki.is_dir() {
-            return Err(Error::usage(format!("backup {} holds no PKI directory (it was taken without --pki-dir)", m.id)));
+            return Err(Error::usage(format!(
+                "backup {} holds no PKI directory (it was taken without --pki-dir)",
+                m.id
+            )));
         }
         staging.pki = Some(pki);
     }

@@ -20,12 +20,14 @@ use crate::snapshot::open_snapshot;
 use crate::spool;
 
 /// The static pods whose resources cluster-backup.sh saves (and cluster-restore.sh reads).
-pub const COMPONENTS: [&str; 4] = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"];
+pub const COMPONENTS: [&str; 4] =
+    ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"];
 
 /// Where the machine-config daemon leaves the machine config it applied last (and, before it
 /// first ran, where the machine-config server's copy is); rendered configs carry the release
 /// version in an annotation.
-pub const MACHINE_CONFIGS: [&str; 2] = ["/etc/machine-config-daemon/currentconfig", "/etc/mcs-machine-config-content.json"];
+pub const MACHINE_CONFIGS: [&str; 2] =
+    ["/etc/machine-config-daemon/currentconfig", "/etc/mcs-machine-config-content.json"];
 const RELEASE_VERSION_ANNOTATION: &str = "machineconfiguration.openshift.io/release-image-version";
 const CLUSTER_VERSION_KEY: &[u8] = b"/kubernetes.io/config.openshift.io/clusterversions/version";
 
@@ -68,12 +70,19 @@ pub fn restore(opts: &OpenShiftRestoreOptions, note: &mut dyn FnMut(&str)) -> Re
     let repo = opts.repo.open_unlocked()?;
     let m = resolve(&repo, &opts.id)?;
     let dirty = m.labels.get("openshift.possibly-dirty").is_some_and(|v| v == "true");
-    let stamp = format!("{}{}", m.created.format("%Y-%m-%d_%H%M%S"), if dirty { "__POSSIBLY_DIRTY__" } else { "" });
+    let stamp = format!(
+        "{}{}",
+        m.created.format("%Y-%m-%d_%H%M%S"),
+        if dirty { "__POSSIBLY_DIRTY__" } else { "" }
+    );
     let snapshot_path = opts.dir.join(format!("snapshot_{stamp}.db"));
     let resources_path = opts.dir.join(format!("static_kuberesources_{stamp}.tar.gz"));
     for p in [&snapshot_path, &resources_path] {
         if std::fs::symlink_metadata(p).is_ok() {
-            return Err(Error::new(Kind::DestinationExists, format!("{}: already exists; nothing was overwritten", p.display())));
+            return Err(Error::new(
+                Kind::DestinationExists,
+                format!("{}: already exists; nothing was overwritten", p.display()),
+            ));
         }
     }
     // cluster-restore.sh takes the last snapshot*.db and static_kuberesources*.tar.gz of the
@@ -108,14 +117,22 @@ pub fn restore(opts: &OpenShiftRestoreOptions, note: &mut dyn FnMut(&str)) -> Re
     let scratch_snapshot = spool.path().join("snapshot.db");
     repo.restore_snapshot_to_file(&index, &m.snapshot, &scratch_snapshot, 0o600)?;
     let cv = cluster_version(&scratch_snapshot)?;
-    check_versions(&m, cv.as_ref(), node.as_ref().ok().map(|(v, s)| (v.as_str(), s.as_str())), opts.force, note)?;
+    check_versions(
+        &m,
+        cv.as_ref(),
+        node.as_ref().ok().map(|(v, s)| (v.as_str(), s.as_str())),
+        opts.force,
+        note,
+    )?;
     // The control-plane files, unpacked privately, then the four components' newest revisions.
     let files = spool.path().join("files");
     repo.restore_files(&index, &m, &files)?;
     let mut chosen = Vec::new();
     let mut missing = Vec::new();
     for c in COMPONENTS {
-        let found = [files.join("files/static-pod-resources"), files.join("files")].iter().find_map(|root| newest_revision(root, c));
+        let found = [files.join("files/static-pod-resources"), files.join("files")]
+            .iter()
+            .find_map(|root| newest_revision(root, c));
         match found {
             Some(dir) => chosen.push(dir),
             None => missing.push(c),
@@ -128,21 +145,31 @@ pub fn restore(opts: &OpenShiftRestoreOptions, note: &mut dyn FnMut(&str)) -> Re
             missing.join(", ")
         );
         if !opts.force {
-            return Err(Error::new(Kind::Refused, format!("{what}; --force writes the tarball without them")));
+            return Err(Error::new(
+                Kind::Refused,
+                format!("{what}; --force writes the tarball without them"),
+            ));
         }
         note(&format!("warning: {what}"));
     }
     {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&opts.dir).map_err(|e| Error::failure(format!("creating {}: {e}", opts.dir.display())))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&opts.dir)
+            .map_err(|e| Error::failure(format!("creating {}: {e}", opts.dir.display())))?;
     }
-    let tmp_tar = opts.dir.join(format!(".static_kuberesources_{stamp}.tar.gz.{:08x}", spool::rand_u64() as u32));
+    let tmp_tar = opts
+        .dir
+        .join(format!(".static_kuberesources_{stamp}.tar.gz.{:08x}", spool::rand_u64() as u32));
     write_tarball(&tmp_tar, &chosen).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp_tar);
     })?;
     let tmp_snap = opts.dir.join(format!(".snapshot_{stamp}.db.{:08x}", spool::rand_u64() as u32));
     // The scratch copy may be on another file system: copy, then rename in place.
-    let copied = std::fs::copy(&scratch_snapshot, &tmp_snap).and_then(|_| std::fs::File::open(&tmp_snap)?.sync_all());
+    let copied = std::fs::copy(&scratch_snapshot, &tmp_snap)
+        .and_then(|_| std::fs::File::open(&tmp_snap)?.sync_all());
     if let Err(e) = copied {
         let _ = std::fs::remove_file(&tmp_snap);
         let _ = std::fs::remove_file(&tmp_tar);
@@ -153,7 +180,10 @@ pub fn restore(opts: &OpenShiftRestoreOptions, note: &mut dyn FnMut(&str)) -> Re
         let linked = std::fs::hard_link(tmp, dest);
         let _ = std::fs::remove_file(tmp);
         linked.map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Error::new(Kind::DestinationExists, format!("{}: already exists; nothing was overwritten", dest.display())),
+            std::io::ErrorKind::AlreadyExists => Error::new(
+                Kind::DestinationExists,
+                format!("{}: already exists; nothing was overwritten", dest.display()),
+            ),
             _ => Error::failure(format!("writing {}: {e}", dest.display())),
         })?;
     }
@@ -170,14 +200,23 @@ fn other_backups_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| (n.starts_with("snapshot") && n.ends_with(".db")) || (n.starts_with("static_kuberesources") && n.ends_with(".tar.gz")))
+        .filter(|n| {
+            (n.starts_with("snapshot") && n.ends_with(".db"))
+                || (n.starts_with("static_kuberesources") && n.ends_with(".tar.gz"))
+        })
         .collect();
     names.sort();
     names
 }
 
 /// The z-stream rule and the first-24-hours warning.
-fn check_versions(m: &Manifest, cv: Option<&ClusterVersion>, node: Option<(&str, &str)>, force: bool, note: &mut dyn FnMut(&str)) -> Result<()> {
+fn check_versions(
+    m: &Manifest,
+    cv: Option<&ClusterVersion>,
+    node: Option<(&str, &str)>,
+    force: bool,
+    note: &mut dyn FnMut(&str),
+) -> Result<()> {
     let refuse = |msg: String, note: &mut dyn FnMut(&str)| -> Result<()> {
         if force {
             note(&format!("warning: {msg}; writing the files anyway (--force)"));
@@ -219,7 +258,9 @@ fn zstream(v: &str) -> String {
     let core = v.trim().trim_start_matches('v');
     let core = core.split(['-', '+']).next().unwrap_or(core);
     let parts: Vec<&str> = core.split('.').collect();
-    if parts.len() >= 3 && parts[..3].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+    if parts.len() >= 3
+        && parts[..3].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    {
         parts[..3].join(".")
     } else {
         v.trim().to_string()
@@ -238,7 +279,12 @@ fn node_version(opts: &OpenShiftRestoreOptions) -> std::result::Result<(String, 
     let mut why = Vec::new();
     for p in &candidates {
         match release_version(p) {
-            Ok(v) => return Ok((v, format!("the {RELEASE_VERSION_ANNOTATION} annotation of {}", p.display()))),
+            Ok(v) => {
+                return Ok((
+                    v,
+                    format!("the {RELEASE_VERSION_ANNOTATION} annotation of {}", p.display()),
+                ))
+            }
             Err(e) => why.push(e),
         }
     }
@@ -248,7 +294,8 @@ fn node_version(opts: &OpenShiftRestoreOptions) -> std::result::Result<(String, 
 /// The release version a machine config file's annotation names.
 pub fn release_version(path: &Path) -> std::result::Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| format!("{}: not a machine config (JSON): {e}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{}: not a machine config (JSON): {e}", path.display()))?;
     v.pointer("/metadata/annotations")
         .and_then(|a| a.get(RELEASE_VERSION_ANNOTATION))
         .and_then(|s| s.as_str())
@@ -262,8 +309,9 @@ pub fn cluster_version(snapshot: &Path) -> Result<Option<ClusterVersion>> {
     let file = open_snapshot(snapshot)?;
     let db = file.db().map_err(|e| db_error(snapshot, e))?;
     let release = || file.release_resident();
-    let live = etcdguard_storage::keys::newest_live(&db, Some(&release), &|k| k == CLUSTER_VERSION_KEY)
-        .map_err(|e| Error::new(Kind::Corrupt, format!("{}: {e}", snapshot.display())))?;
+    let live =
+        etcdguard_storage::keys::newest_live(&db, Some(&release), &|k| k == CLUSTER_VERSION_KEY)
+            .map_err(|e| Error::new(Kind::Corrupt, format!("{}: {e}", snapshot.display())))?;
     let Some(newest) = live.first() else { return Ok(None) };
     let v: serde_json::Value = match serde_json::from_slice(newest.value) {
         Ok(v) => v,
@@ -274,18 +322,33 @@ pub fn cluster_version(snapshot: &Path) -> Result<Option<ClusterVersion>> {
 }
 
 fn parse_cluster_version(v: &serde_json::Value) -> ClusterVersion {
-    let time = |s: Option<&serde_json::Value>| s.and_then(|t| t.as_str()).and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc));
-    let history: Vec<&serde_json::Value> = v.pointer("/status/history").and_then(|h| h.as_array()).map(|a| a.iter().collect()).unwrap_or_default();
+    let time = |s: Option<&serde_json::Value>| {
+        s.and_then(|t| t.as_str())
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let history: Vec<&serde_json::Value> = v
+        .pointer("/status/history")
+        .and_then(|h| h.as_array())
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
     // Newest first, as the cluster-version operator keeps it.
-    let completed = history.iter().find(|h| h.get("state").and_then(|s| s.as_str()) == Some("Completed"));
-    let version = completed.and_then(|h| h.get("version")).and_then(|s| s.as_str()).map(str::to_string);
+    let completed =
+        history.iter().find(|h| h.get("state").and_then(|s| s.as_str()) == Some("Completed"));
+    let version =
+        completed.and_then(|h| h.get("version")).and_then(|s| s.as_str()).map(str::to_string);
     let updating_to = history
         .first()
-        .filter(|h| h.get("state").and_then(|s| s.as_str()) == Some("Partial") && completed.is_some())
+        .filter(|h| {
+            h.get("state").and_then(|s| s.as_str()) == Some("Partial") && completed.is_some()
+        })
         .and_then(|h| h.get("version"))
         .and_then(|s| s.as_str())
         .map(str::to_string);
-    let installed = history.last().and_then(|h| time(h.get("startedTime"))).or_else(|| time(v.pointer("/metadata/creationTimestamp")));
+    let installed = history
+        .last()
+        .and_then(|h| time(h.get("startedTime")))
+        .or_else(|| time(v.pointer("/metadata/creationTimestamp")));
     ClusterVersion { version, updating_to, installed }
 }
 
@@ -294,7 +357,12 @@ fn parse_cluster_version(v: &serde_json::Value) -> ClusterVersion {
 fn write_tarball(path: &Path, dirs: &[PathBuf]) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let fail = |e: std::io::Error| Error::failure(format!("writing {}: {e}", path.display()));
-    let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(fail)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(fail)?;
     let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);

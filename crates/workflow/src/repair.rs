@@ -31,7 +31,8 @@ pub fn repair(opts: &RepairOptions, note: &mut dyn FnMut(&str)) -> Result<Repair
     let others = opts.repos.iter().map(|r| r.open_unlocked()).collect::<Result<Vec<_>>>()?;
     let mut files = opts.files.clone();
     for f in &files {
-        std::fs::metadata(f).map_err(|e| Error::usage(format!("--from-file {}: {e}", f.display())))?;
+        std::fs::metadata(f)
+            .map_err(|e| Error::usage(format!("--from-file {}: {e}", f.display())))?;
     }
     // The spool lives until the repair is done.
     let mut spool_dir = None;
@@ -47,14 +48,28 @@ pub fn repair(opts: &RepairOptions, note: &mut dyn FnMut(&str)) -> Result<Repair
             std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)
         }
         .map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
-        note(&format!("taking a snapshot of {} (revision {}) to look for lost chunks in", choice.status.endpoint, choice.status.revision));
-        session.save_into(&choice.status.endpoint, &mut file, &path.display().to_string(), &mut NoProgress).map_err(client_error)?;
+        note(&format!(
+            "taking a snapshot of {} (revision {}) to look for lost chunks in",
+            choice.status.endpoint, choice.status.revision
+        ));
+        session
+            .save_into(
+                &choice.status.endpoint,
+                &mut file,
+                &path.display().to_string(),
+                &mut NoProgress,
+            )
+            .map_err(client_error)?;
         files.push(path);
         spool_dir = Some(dir);
     }
     let mut sources: Vec<RepairSource<'_>> = files.into_iter().map(RepairSource::File).collect();
     sources.extend(others.iter().map(RepairSource::Repository));
-    note(&format!("reading every pack of {}{}", repo.location(), if opts.dry_run { " (dry run: nothing is changed)" } else { "" }));
+    note(&format!(
+        "reading every pack of {}{}",
+        repo.location(),
+        if opts.dry_run { " (dry run: nothing is changed)" } else { "" }
+    ));
     let report = repo.repair(&sources, opts.dry_run)?;
     drop(spool_dir);
     Ok(report)

@@ -30,7 +30,12 @@ pub struct RepoSpec {
 impl RepoSpec {
     /// A repository without a passphrase.
     pub fn new(url: impl Into<String>) -> RepoSpec {
-        RepoSpec { url: url.into(), passphrase: Arc::new(|| Ok(None)), transfer: Transfer::default(), kms: None }
+        RepoSpec {
+            url: url.into(),
+            passphrase: Arc::new(|| Ok(None)),
+            transfer: Transfer::default(),
+            kms: None,
+        }
     }
 
     pub fn passphrase(&self) -> Result<Option<Passphrase>> {

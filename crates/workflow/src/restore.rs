@@ -56,7 +56,11 @@ pub struct Restored {
 pub fn snapshot_restore(opts: &SnapshotRestoreOptions) -> Result<Restored> {
     let in_place = match &opts.encryption_config {
         Some(p) => crate::keycheck::InPlace::file(p)?,
-        None => crate::keycheck::InPlace { config: None, source: "none given (--encryption-config FILE names the one the cluster will use)".into() },
+        None => crate::keycheck::InPlace {
+            config: None,
+            source: "none given (--encryption-config FILE names the one the cluster will use)"
+                .into(),
+        },
     };
     snapshot_restore_with(opts, in_place, Source::default())
 }
@@ -70,14 +74,21 @@ pub(crate) fn writer_of(snapshot: &SnapshotFile) -> Option<(Release, Evidence)> 
 /// The WAL/.snap layout of the release that will run the restore: `target` when given, else
 /// the release that wrote the snapshot; 3.5's (which every release reads) when neither is known.
 pub(crate) fn flavor_for(writer: Option<&(Release, Evidence)>, target: Option<Release>) -> Flavor {
-    let known_writer = writer.filter(|(_, evidence)| *evidence != Evidence::Nothing).map(|(r, _)| *r);
+    let known_writer =
+        writer.filter(|(_, evidence)| *evidence != Evidence::Nothing).map(|(r, _)| *r);
     target.or(known_writer).map(Flavor::for_release).unwrap_or(Flavor::V3_5)
 }
 
 /// Refuses a snapshot that a newer etcd release than `target` wrote: etcd 3.6+ refuse a data
 /// dir whose storage version is newer than theirs, and 3.5 and older would run a newer
 /// release's data unchecked. A file that records no version gets a note.
-fn check_release(path: &std::path::Path, writer: Release, evidence: &Evidence, target: Release, notes: &mut Vec<String>) -> Result<()> {
+fn check_release(
+    path: &std::path::Path,
+    writer: Release,
+    evidence: &Evidence,
+    target: Release,
+    notes: &mut Vec<String>,
+) -> Result<()> {
     if *evidence == Evidence::Nothing {
         notes.push(format!(
             "note: the snapshot records neither a storage nor a cluster version, so it cannot be checked against etcd {target}"
@@ -119,24 +130,45 @@ pub struct Source {
 /// [`snapshot_restore`] checked against the keys `in_place` (for a backup: its own
 /// EncryptionConfiguration, or `--encryption-config`), with what the caller knows of the
 /// file (`source`: a backup's verified reassembly, a private temporary).
-pub fn snapshot_restore_with(opts: &SnapshotRestoreOptions, in_place: crate::keycheck::InPlace, source: Source) -> Result<Restored> {
+pub fn snapshot_restore_with(
+    opts: &SnapshotRestoreOptions,
+    in_place: crate::keycheck::InPlace,
+    source: Source,
+) -> Result<Restored> {
     if (opts.bump_revision > 0) != opts.mark_compacted {
         return Err(Error::usage(
             "--mark-compacted required if --bump-revision > 0 (and --mark-compacted needs --bump-revision); \
              e.g. --bump-revision 1000000000 --mark-compacted",
         ));
     }
-    let initial_cluster = opts.initial_cluster.clone().unwrap_or_else(|| format!("{}=http://localhost:2380", opts.name));
-    let cluster = Cluster::new(&initial_cluster, &opts.initial_cluster_token).map_err(|e| Error::usage(e.0))?;
+    let initial_cluster = opts
+        .initial_cluster
+        .clone()
+        .unwrap_or_else(|| format!("{}=http://localhost:2380", opts.name));
+    let cluster = Cluster::new(&initial_cluster, &opts.initial_cluster_token)
+        .map_err(|e| Error::usage(e.0))?;
     let dest = match (&opts.cluster_out, &opts.data_dir) {
         (Some(dir), None) => Destination::Cluster { dir: dir.clone() },
-        (Some(_), Some(_)) => return Err(Error::usage("give either --data-dir (one member) or --cluster-out (all members), not both")),
-        (None, Some(data_dir)) => {
-            let advertise = membership::parse_url_list(&opts.initial_advertise_peer_urls).map_err(|e| Error::usage(e.0))?;
-            cluster.verify_local(&opts.name, &advertise).map_err(|e| Error::usage(e.0))?;
-            Destination::Member { name: opts.name.clone(), data_dir: data_dir.clone(), wal_dir: opts.wal_dir.clone() }
+        (Some(_), Some(_)) => {
+            return Err(Error::usage(
+                "give either --data-dir (one member) or --cluster-out (all members), not both",
+            ))
         }
-        (None, None) => return Err(Error::usage("--data-dir is required (or --cluster-out to restore every member)")),
+        (None, Some(data_dir)) => {
+            let advertise = membership::parse_url_list(&opts.initial_advertise_peer_urls)
+                .map_err(|e| Error::usage(e.0))?;
+            cluster.verify_local(&opts.name, &advertise).map_err(|e| Error::usage(e.0))?;
+            Destination::Member {
+                name: opts.name.clone(),
+                data_dir: data_dir.clone(),
+                wal_dir: opts.wal_dir.clone(),
+            }
+        }
+        (None, None) => {
+            return Err(Error::usage(
+                "--data-dir is required (or --cluster-out to restore every member)",
+            ))
+        }
     };
     let snapshot = open_snapshot(&opts.file)?;
     let mut notes = Vec::new();

@@ -28,7 +28,8 @@ impl Schedule {
                 "five fields, in UTC: minute hour day-of-month month day-of-week, e.g. \"0 */6 * * *\" (every 6 hours) or \"30 2 * * *\" (02:30 daily)",
             )
         })?;
-        let schedule = Schedule::Cron { expression: expression.trim().to_string(), cron: Box::new(parsed) };
+        let schedule =
+            Schedule::Cron { expression: expression.trim().to_string(), cron: Box::new(parsed) };
         // An expression that never matches (30 February) would make the agent wait forever.
         if schedule.next(Utc::now(), None).is_none() {
             return Err(Error::usage(format!("--schedule {expression:?}: never matches")));
@@ -39,11 +40,17 @@ impl Schedule {
     /// When the next run starts (before jitter): `last_start` is the start of the previous
     /// run (`None` before the first), `now` the current time. `None` when the schedule has no
     /// further match.
-    pub fn next(&self, now: DateTime<Utc>, last_start: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    pub fn next(
+        &self,
+        now: DateTime<Utc>,
+        last_start: Option<DateTime<Utc>>,
+    ) -> Option<DateTime<Utc>> {
         match self {
             Schedule::Every(period) => match last_start {
                 None => Some(now),
-                Some(last) => Some(last.checked_add_signed(chrono::Duration::from_std(*period).ok()?)?.max(now)),
+                Some(last) => Some(
+                    last.checked_add_signed(chrono::Duration::from_std(*period).ok()?)?.max(now),
+                ),
             },
             Schedule::Cron { cron, .. } => {
                 // Strictly after the last start, so one match never runs twice; on whole
@@ -117,7 +124,10 @@ mod tests {
         assert_eq!(s.next(t(12, 0, 0), Some(t(12, 0, 0))), Some(t(18, 0, 0)));
         assert_eq!(s.period(t(10, 0, 0)), Duration::from_secs(6 * 3600));
         let daily = Schedule::cron("30 2 * * *").unwrap();
-        assert_eq!(daily.next(t(10, 0, 0), None), Some(Utc.with_ymd_and_hms(2026, 3, 11, 2, 30, 0).unwrap()));
+        assert_eq!(
+            daily.next(t(10, 0, 0), None),
+            Some(Utc.with_ymd_and_hms(2026, 3, 11, 2, 30, 0).unwrap())
+        );
         assert_eq!(daily.period(t(10, 0, 0)), Duration::from_secs(86400));
     }
 
@@ -126,8 +136,14 @@ mod tests {
         let s = Schedule::cron("*/5 * * * * *").unwrap();
         assert_eq!(s.next(t(10, 0, 1), None), Some(t(10, 0, 5)));
         // A fraction of a second is not carried into the match.
-        assert_eq!(s.next(t(10, 0, 1) + chrono::Duration::milliseconds(904), None), Some(t(10, 0, 5)));
-        assert_eq!(s.next(t(10, 0, 5) + chrono::Duration::milliseconds(1), Some(t(10, 0, 5))), Some(t(10, 0, 10)));
+        assert_eq!(
+            s.next(t(10, 0, 1) + chrono::Duration::milliseconds(904), None),
+            Some(t(10, 0, 5))
+        );
+        assert_eq!(
+            s.next(t(10, 0, 5) + chrono::Duration::milliseconds(1), Some(t(10, 0, 5))),
+            Some(t(10, 0, 10))
+        );
         for bad in ["", "* * *", "61 * * * *", "not a cron", "0 0 30 2 *"] {
             let e = Schedule::cron(bad).unwrap_err();
             assert_eq!(e.kind, crate::Kind::Usage, "{bad:?}");
@@ -143,6 +159,9 @@ mod tests {
             let j = with_jitter(at, Duration::from_secs(60), r);
             assert!(j >= at && j < at + chrono::Duration::seconds(60), "{r}: {j}");
         }
-        assert_ne!(with_jitter(at, Duration::from_secs(60), 1), with_jitter(at, Duration::from_secs(60), 30_000));
+        assert_ne!(
+            with_jitter(at, Duration::from_secs(60), 1),
+            with_jitter(at, Duration::from_secs(60), 30_000)
+        );
     }
 }

@@ -77,18 +77,26 @@ impl ScrubReport {
 /// Runs one scrub. `Err` only when the repository cannot be opened or listed; damage found in
 /// a backup is in the report. A repository that does not exist yet (the agent's first backup
 /// creates it) is an empty report. Lines for the operator go to `note`.
-pub fn scrub(opts: &ScrubOptions, cursor: &mut Cursor, stop: &Stop, note: &mut dyn FnMut(&str)) -> Result<ScrubReport> {
+pub fn scrub(
+    opts: &ScrubOptions,
+    cursor: &mut Cursor,
+    stop: &Stop,
+    note: &mut dyn FnMut(&str),
+) -> Result<ScrubReport> {
     let started = Instant::now();
     let repo = match opts.repo.open_unlocked() {
         Err(e) if e.kind == crate::Kind::NotFound => return Ok(ScrubReport::default()),
         other => other?,
     };
     let (backups, unreadable) = repo.list_backups()?;
-    let mut report = ScrubReport { backups: backups.len() + unreadable.len(), ..ScrubReport::default() };
+    let mut report =
+        ScrubReport { backups: backups.len() + unreadable.len(), ..ScrubReport::default() };
     // A manifest that does not read is damage too (its backup cannot be restored).
     for bad in &unreadable {
         let id = bad.split(':').next().unwrap_or(bad).to_string();
-        report.checked.push(Checked { id, result: Err(format!("the manifest cannot be read: {bad}")) });
+        report
+            .checked
+            .push(Checked { id, result: Err(format!("the manifest cannot be read: {bad}")) });
     }
     let order = rotation(&backups, cursor);
     let mut generation = repo.index_generation()?;
@@ -111,7 +119,15 @@ pub fn scrub(opts: &ScrubOptions, cursor: &mut Cursor, stop: &Stop, note: &mut d
                     if now != generation {
                         generation = now;
                         index = repo.load_index()?;
-                        result = check_one(&repo, &index, m, opts, cursor, &mut report.packs_checked, note);
+                        result = check_one(
+                            &repo,
+                            &index,
+                            m,
+                            opts,
+                            cursor,
+                            &mut report.packs_checked,
+                            note,
+                        );
                     }
                 }
             }
@@ -124,7 +140,9 @@ pub fn scrub(opts: &ScrubOptions, cursor: &mut Cursor, stop: &Stop, note: &mut d
         if n > 0 {
             cursor.last_older = Some(m.id.clone());
         }
-        report.checked.push(Checked { id: m.id.clone(), result: result.map_err(|e| e.to_string()) });
+        report
+            .checked
+            .push(Checked { id: m.id.clone(), result: result.map_err(|e| e.to_string()) });
     }
     report.elapsed = started.elapsed();
     Ok(report)
@@ -167,7 +185,9 @@ fn check_one(
         if cursor.packs_checked.contains(&pack) {
             continue;
         }
-        let checked = repo.check_pack_for(&pack, index, &needed).map_err(|e| Error::from(e.context(&format!("backup {}", m.id))))?;
+        let checked = repo
+            .check_pack_for(&pack, index, &needed)
+            .map_err(|e| Error::from(e.context(&format!("backup {}", m.id))))?;
         if let Some(line) = checked {
             note(&line);
         }

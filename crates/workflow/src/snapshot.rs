@@ -5,7 +5,9 @@ use std::path::Path;
 
 use etcdguard_bolt::{Db, OpenError};
 use etcdguard_storage::snapshot_file::hex;
-use etcdguard_storage::{Evidence, Layout, Provenance, Release, SnapshotFile, Status, StatusError, TrailerCheck};
+use etcdguard_storage::{
+    Evidence, Layout, Provenance, Release, SnapshotFile, Status, StatusError, TrailerCheck,
+};
 
 use crate::error::{db_error, open_file_error, Error, Kind, Result};
 
@@ -18,7 +20,11 @@ pub fn open_snapshot(path: &Path) -> Result<SnapshotFile> {
     // Exactly 32 bytes is "a trailer and no image": nothing a snapshot can be.
     let cut_short = match file.layout() {
         Layout::Ragged { remainder } => Some(remainder),
-        Layout::WithTrailer { .. } if file.len() == etcdguard_storage::snapshot_file::TRAILER_LEN => Some(32),
+        Layout::WithTrailer { .. }
+            if file.len() == etcdguard_storage::snapshot_file::TRAILER_LEN =>
+        {
+            Some(32)
+        }
         _ => None,
     };
     if let Some(remainder) = cut_short {
@@ -28,7 +34,12 @@ pub fn open_snapshot(path: &Path) -> Result<SnapshotFile> {
         } else {
             file.db().map(|_| ())
         };
-        if let Err(e @ (OpenError::NotBolt | OpenError::ForeignByteOrder | OpenError::UnsupportedVersion(_))) = looks {
+        if let Err(
+            e @ (OpenError::NotBolt
+            | OpenError::ForeignByteOrder
+            | OpenError::UnsupportedVersion(_)),
+        ) = looks
+        {
             return Err(db_error(path, e));
         }
         let why = if file.image().is_empty() {
@@ -40,7 +51,10 @@ pub fn open_snapshot(path: &Path) -> Result<SnapshotFile> {
                 file.len()
             )
         };
-        return Err(Error::new(Kind::Truncated, format!("{}: truncated: {why}; the copy was cut short", path.display())));
+        return Err(Error::new(
+            Kind::Truncated,
+            format!("{}: truncated: {why}; the copy was cut short", path.display()),
+        ));
     }
     Ok(file)
 }
@@ -67,25 +81,39 @@ pub fn status_error(path: &Path, e: StatusError) -> Error {
                 msg.push_str(&format!("\n  {p}"));
             }
             if report.problem_count > 10 {
-                msg.push_str(&format!("\n  … and {} more; run `etcdguard snapshot verify` for the full list", report.problem_count - 10));
+                msg.push_str(&format!(
+                    "\n  … and {} more; run `etcdguard snapshot verify` for the full list",
+                    report.problem_count - 10
+                ));
             }
             Error::new(Kind::Corrupt, msg)
         }
-        e @ StatusError::BadKeyValue { .. } => Error::new(Kind::Corrupt, format!("{}: {e}", path.display())),
+        e @ StatusError::BadKeyValue { .. } => {
+            Error::new(Kind::Corrupt, format!("{}: {e}", path.display()))
+        }
         other => Error::new(Kind::NotSnapshot, format!("{}: {other}", path.display())),
     }
 }
 
 /// Runs `work` while the trailer is hashed on another thread (the two are independent and
 /// each takes about as long on a large file).
-pub fn with_trailer_check<T>(file: &SnapshotFile, skip: bool, work: impl FnOnce() -> T) -> (std::io::Result<TrailerCheck>, T) {
+pub fn with_trailer_check<T>(
+    file: &SnapshotFile,
+    skip: bool,
+    work: impl FnOnce() -> T,
+) -> (std::io::Result<TrailerCheck>, T) {
     if skip {
         return (Ok(TrailerCheck::Skipped), work());
     }
     std::thread::scope(|s| {
         let hashing = s.spawn(|| file.check_trailer());
         let out = work();
-        (hashing.join().unwrap_or_else(|_| Err(std::io::Error::other("the trailer check panicked"))), out)
+        (
+            hashing
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the trailer check panicked"))),
+            out,
+        )
     })
 }
 
@@ -107,7 +135,11 @@ pub struct CheckedStatus {
 
 /// `snapshot status` as etcdutl of release line `as_of` computes it; `None` takes the line
 /// that wrote the file (its storage version, else its cluster version, else the newest line).
-pub fn snapshot_status(path: &Path, skip_hash_check: bool, as_of: Option<Release>) -> Result<CheckedStatus> {
+pub fn snapshot_status(
+    path: &Path,
+    skip_hash_check: bool,
+    as_of: Option<Release>,
+) -> Result<CheckedStatus> {
     let file = open_snapshot(path)?;
     let db = file.db().map_err(|e| db_error(path, e))?;
     let (as_of, detected) = match as_of {
@@ -118,9 +150,11 @@ pub fn snapshot_status(path: &Path, skip_hash_check: bool, as_of: Option<Release
         }
     };
     let release = || file.release_resident();
-    let (trailer, status) =
-        with_trailer_check(&file, skip_hash_check, || etcdguard_storage::status_as(&db, as_of, Some(&release)));
-    let trailer = trailer.map_err(|e| Error::failure(format!("{}: reading for sha256: {e}", path.display())))?;
+    let (trailer, status) = with_trailer_check(&file, skip_hash_check, || {
+        etcdguard_storage::status_as(&db, as_of, Some(&release))
+    });
+    let trailer = trailer
+        .map_err(|e| Error::failure(format!("{}: reading for sha256: {e}", path.display())))?;
     if let TrailerCheck::Mismatch { expected, actual } = trailer {
         return Err(trailer_error(path, &expected, &actual));
     }

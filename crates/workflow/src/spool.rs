@@ -52,17 +52,21 @@ fn try_flock(file: &File) -> bool {
 pub fn create(parent: &Path) -> Result<(Spool, Vec<PathBuf>)> {
     let swept = sweep_dead(parent);
     let dir = parent.join(format!("{PREFIX}{:016x}", rand_u64()));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| Error::failure(format!("{}: cannot create a scratch directory: {e}", dir.display())))?;
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| {
+        Error::failure(format!("{}: cannot create a scratch directory: {e}", dir.display()))
+    })?;
     let fail = |e: std::io::Error| {
         let _ = std::fs::remove_dir_all(&dir);
         Error::failure(format!("{}: cannot lock the scratch directory: {e}", dir.display()))
     };
     // Locked under a temporary name, then renamed: a sweeper never sees an unlocked `.lock`.
     let staging = dir.join(".lock.new");
-    let lock = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staging).map_err(fail)?;
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staging)
+        .map_err(fail)?;
     if !try_flock(&lock) {
         return Err(fail(std::io::Error::last_os_error()));
     }
@@ -88,7 +92,11 @@ pub fn sweep_dead(parent: &Path) -> Vec<PathBuf> {
             continue;
         }
         let dir = entry.path();
-        match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(dir.join(LOCK)) {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(LOCK))
+        {
             // Locked by its owner: alive. Otherwise removed while we hold the lock.
             Ok(lock) => {
                 if try_flock(&lock) && std::fs::remove_dir_all(&dir).is_ok() {
@@ -96,8 +104,10 @@ pub fn sweep_dead(parent: &Path) -> Vec<PathBuf> {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let age = meta.modified().ok().and_then(|m| SystemTime::now().duration_since(m).ok());
-                if age.is_some_and(|a| a > UNLOCKED_GRACE) && std::fs::remove_dir_all(&dir).is_ok() {
+                let age =
+                    meta.modified().ok().and_then(|m| SystemTime::now().duration_since(m).ok());
+                if age.is_some_and(|a| a > UNLOCKED_GRACE) && std::fs::remove_dir_all(&dir).is_ok()
+                {
                     swept.push(dir);
                 }
             }
@@ -116,7 +126,9 @@ fn owned_by_us(meta: &std::fs::Metadata) -> bool {
 pub(crate) fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+    );
     h.finish()
 }
 

@@ -58,7 +58,10 @@ impl Stop {
 }
 
 fn interrupted() -> Error {
-    Error::new(Kind::Interrupted, "stopped on request (SIGTERM or SIGINT); nothing was added to the list of backups")
+    Error::new(
+        Kind::Interrupted,
+        "stopped on request (SIGTERM or SIGINT); nothing was added to the list of backups",
+    )
 }
 
 pub struct StopReader<R> {

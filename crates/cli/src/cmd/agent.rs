@@ -138,14 +138,23 @@ pub fn run(args: AgentArgs) -> Result<()> {
         (None, None) => Schedule::Every(args.every),
     };
     let create = args.create.options();
-    let election = (!args.no_elect && create.from_file.is_none())
-        .then(|| ElectionSettings::for_repository(&create.repo.url, create.cluster.as_deref(), args.elect_ttl));
+    let election = (!args.no_elect && create.from_file.is_none()).then(|| {
+        ElectionSettings::for_repository(
+            &create.repo.url,
+            create.cluster.as_deref(),
+            args.elect_ttl,
+        )
+    });
     let copy_to = args.copy_to.clone().map(|url| {
         let file = args.copy_to_passphrase_file.clone();
         etcdguard_workflow::RepoSpec {
             url,
             passphrase: std::sync::Arc::new(move || {
-                Ok(crate::cmd::backup::read_passphrase(file.as_deref(), "--copy-to-passphrase-file", "ETCDGUARD_TO_PASSPHRASE")?)
+                Ok(crate::cmd::backup::read_passphrase(
+                    file.as_deref(),
+                    "--copy-to-passphrase-file",
+                    "ETCDGUARD_TO_PASSPHRASE",
+                )?)
             }),
             transfer: Default::default(),
             kms: args.copy_to_kms_key.clone(),
@@ -179,7 +188,8 @@ pub fn run(args: AgentArgs) -> Result<()> {
 
 /// Log lines on stderr: `TIME LEVEL message fields` (UTC), or one JSON object per line.
 fn init_logging(format: LogFormat) {
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(false);
+    let builder =
+        tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),

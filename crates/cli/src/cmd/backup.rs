@@ -277,7 +277,11 @@ pub struct RepoArg {
 impl RepoArg {
     /// The passphrase from --passphrase-file or ETCDGUARD_PASSPHRASE, if any.
     fn passphrase(&self) -> Result<Option<Passphrase>, Failure> {
-        read_passphrase(self.passphrase_file.as_deref(), "--passphrase-file", "ETCDGUARD_PASSPHRASE")
+        read_passphrase(
+            self.passphrase_file.as_deref(),
+            "--passphrase-file",
+            "ETCDGUARD_PASSPHRASE",
+        )
     }
 
     /// The repository as the workflows take it; the passphrase is read when one is needed.
@@ -311,7 +315,9 @@ impl ParallelArg {
             parallel: self.parallel.map(usize::from).unwrap_or(0),
             limit_rate,
             compression_level: None,
-            progress: std::io::stderr().is_terminal().then(|| Arc::new(Bar::default()) as Arc<dyn etcdguard_repo::repository::Progress>),
+            progress: std::io::stderr()
+                .is_terminal()
+                .then(|| Arc::new(Bar::default()) as Arc<dyn etcdguard_repo::repository::Progress>),
             ..Default::default()
         }
     }
@@ -323,7 +329,10 @@ struct Bar(std::sync::Mutex<Option<indicatif::ProgressBar>>);
 
 impl etcdguard_repo::repository::Progress for Bar {
     fn begin(&self, total: Option<u64>) {
-        let bar = indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr_with_hz(5));
+        let bar = indicatif::ProgressBar::with_draw_target(
+            total,
+            indicatif::ProgressDrawTarget::stderr_with_hz(5),
+        );
         let template = match total {
             Some(_) => "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
             None => "{spinner} {bytes} {binary_bytes_per_sec}",
@@ -350,7 +359,9 @@ impl etcdguard_repo::repository::Progress for Bar {
 fn parse_compression_level(s: &str) -> Result<i32, String> {
     match s.parse::<i32>() {
         Ok(level) if (-20..=19).contains(&level) && level != 0 => Ok(level),
-        _ => Err(format!("{s:?}: give a zstd level from -20 (fastest, largest) to 19 (smallest, slowest), not 0")),
+        _ => Err(format!(
+            "{s:?}: give a zstd level from -20 (fastest, largest) to 19 (smallest, slowest), not 0"
+        )),
     }
 }
 
@@ -359,7 +370,11 @@ fn parse_limit_rate(s: &str) -> Result<u64, String> {
 }
 
 /// A passphrase from a file (trailing newline dropped) or else from an environment variable.
-pub(crate) fn read_passphrase(file: Option<&Path>, flag: &str, env: &str) -> Result<Option<Passphrase>, Failure> {
+pub(crate) fn read_passphrase(
+    file: Option<&Path>,
+    flag: &str,
+    env: &str,
+) -> Result<Option<Passphrase>, Failure> {
     if let Some(path) = file {
         // Its mode was checked (with a warning) when the flag was parsed: crate::args.
         let bytes = std::fs::read(path).map_err(|e| {
@@ -372,12 +387,17 @@ pub(crate) fn read_passphrase(file: Option<&Path>, flag: &str, env: &str) -> Res
         })?;
         let p = Passphrase::new(bytes);
         if p.bytes().is_empty() {
-            return Err(Failure::new(Code::Usage, format!("{flag} {}: the file is empty", path.display())));
+            return Err(Failure::new(
+                Code::Usage,
+                format!("{flag} {}: the file is empty", path.display()),
+            ));
         }
         return Ok(Some(p));
     }
     match std::env::var_os(env) {
-        Some(v) if !v.is_empty() => Ok(Some(Passphrase::new(std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec()))),
+        Some(v) if !v.is_empty() => Ok(Some(Passphrase::new(
+            std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec(),
+        ))),
         _ => Ok(None),
     }
 }
@@ -391,7 +411,12 @@ pub struct CreateArgs {
     #[arg(long, value_name = "SNAPSHOT")]
     pub from_file: Option<PathBuf>,
     /// Live cluster: which member to take the snapshot from (`follower`, `leader` or an endpoint).
-    #[arg(long, value_name = "follower|leader|ENDPOINT", default_value = "follower", conflicts_with = "from_file")]
+    #[arg(
+        long,
+        value_name = "follower|leader|ENDPOINT",
+        default_value = "follower",
+        conflicts_with = "from_file"
+    )]
     pub snapshot_from: etcdguard_client::SnapshotFrom,
     /// Live cluster: where the snapshot is spooled (and checked) before it is stored (default: the system temp dir).
     #[arg(long, value_name = "DIR")]
@@ -562,16 +587,30 @@ pub struct RestoreArgs {
     #[arg(long, default_value = "default", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::non_empty)]
     pub name: String,
     /// Every member of the new cluster as name=peer-url[,name=peer-url…] [default: <name>=http://localhost:2380]
-    #[arg(long, value_name = "NAME=URL,…", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(
+        long,
+        value_name = "NAME=URL,…",
+        help_heading = "Restore into a data dir (flags of `snapshot restore`)"
+    )]
     pub initial_cluster: Option<String>,
     /// Token for the new cluster; use a new one per restore.
     #[arg(long, default_value = "etcd-cluster", value_name = "TOKEN", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::non_empty)]
     pub initial_cluster_token: String,
     /// This member's peer URLs (comma-separated); must equal its entry in --initial-cluster.
-    #[arg(long, default_value = "http://localhost:2380", value_name = "URLS", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(
+        long,
+        default_value = "http://localhost:2380",
+        value_name = "URLS",
+        help_heading = "Restore into a data dir (flags of `snapshot restore`)"
+    )]
     pub initial_advertise_peer_urls: String,
     /// Raise the revision by this much (needs --mark-compacted).
-    #[arg(long, default_value_t = 0, value_name = "N", help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "N",
+        help_heading = "Restore into a data dir (flags of `snapshot restore`)"
+    )]
     pub bump_revision: u64,
     /// Mark every revision up to the bumped one compacted (needs --bump-revision).
     #[arg(long, help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
@@ -602,7 +641,13 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "X.Y.Z", requires = "format", help_heading = "OpenShift")]
     pub node_version: Option<String>,
     /// --format openshift: read the node's version from this machine config (JSON) instead.
-    #[arg(long, value_name = "FILE", requires = "format", conflicts_with = "node_version", help_heading = "OpenShift")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "format",
+        conflicts_with = "node_version",
+        help_heading = "OpenShift"
+    )]
     pub machine_config: Option<PathBuf>,
     /// The etcd release (X.Y) that will run the restored members; a backup written by a
     /// newer release is refused (exit 17).
@@ -811,7 +856,18 @@ fn list(args: ListArgs) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&rows)?);
         }
         TableJson::Table => {
-            let mut rows = vec![["ID", "CREATED (UTC)", "AGE", "CLUSTER", "REVISION", "SIZE", "ADDED", "LABELS"].map(String::from).to_vec()];
+            let mut rows = vec![[
+                "ID",
+                "CREATED (UTC)",
+                "AGE",
+                "CLUSTER",
+                "REVISION",
+                "SIZE",
+                "ADDED",
+                "LABELS",
+            ]
+            .map(String::from)
+            .to_vec()];
             for m in &backups {
                 rows.push(vec![
                     m.id.clone(),
@@ -833,7 +889,11 @@ fn list(args: ListArgs) -> Result<()> {
         }
     }
     if !bad.is_empty() {
-        return Err(Failure::new(Code::Corrupt, format!("{} manifest(s) could not be read", bad.len())).into());
+        return Err(Failure::new(
+            Code::Corrupt,
+            format!("{} manifest(s) could not be read", bad.len()),
+        )
+        .into());
     }
     Ok(())
 }
@@ -856,7 +916,10 @@ fn show(args: ShowArgs) -> Result<()> {
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<20}{v}\n"));
     line("backup", m.id.clone());
-    line("created", format!("{} ({} ago)", m.created.format("%Y-%m-%d %H:%M:%S UTC"), age(m.created)));
+    line(
+        "created",
+        format!("{} ({} ago)", m.created.format("%Y-%m-%d %H:%M:%S UTC"), age(m.created)),
+    );
     line("cluster", m.cluster.clone().unwrap_or_else(|| "-".into()));
     line("labels", if m.labels.is_empty() { "-".into() } else { labels_text(&m) });
     line(
@@ -864,19 +927,41 @@ fn show(args: ShowArgs) -> Result<()> {
         match &m.source {
             Source::File { path, import: None } => format!("file {path}"),
             Source::File { path, import: Some(i) } => {
-                format!("imported {} backup {path} (on {})", i.format, i.imported.format("%Y-%m-%d %H:%M:%S UTC"))
+                format!(
+                    "imported {} backup {path} (on {})",
+                    i.format,
+                    i.imported.format("%Y-%m-%d %H:%M:%S UTC")
+                )
             }
             Source::Cluster { endpoint } => format!("cluster {endpoint}"),
         },
     );
     line("host, tool", format!("{}, etcdguard {}", m.hostname, m.tool_version));
     let e = &m.etcd;
-    line("revision", format!("{}{}", e.revision, e.compacted_revision.map(|c| format!(" (compacted at {c})")).unwrap_or_default()));
-    line("status", format!("hash {:x}, {} keys, db size {}, page size {}", e.hash, e.total_key, human(e.total_size), e.page_size));
+    line(
+        "revision",
+        format!(
+            "{}{}",
+            e.revision,
+            e.compacted_revision.map(|c| format!(" (compacted at {c})")).unwrap_or_default()
+        ),
+    );
+    line(
+        "status",
+        format!(
+            "hash {:x}, {} keys, db size {}, page size {}",
+            e.hash,
+            e.total_key,
+            human(e.total_size),
+            e.page_size
+        ),
+    );
     if let (Some(ci), Some(t)) = (e.consistent_index, e.term) {
         line("raft", format!("consistent index {ci}, term {t}"));
     }
-    for (k, v) in [("cluster id", &e.cluster_id), ("member", &e.member_id), ("etcd version", &e.version)] {
+    for (k, v) in
+        [("cluster id", &e.cluster_id), ("member", &e.member_id), ("etcd version", &e.version)]
+    {
         if let Some(v) = v {
             line(k, v.clone());
         }
@@ -887,15 +972,38 @@ fn show(args: ShowArgs) -> Result<()> {
             "trailer {}; snapshot {} at create; {}",
             e.trailer,
             if e.verified { "verified" } else { "not verified" },
-            verified_at.map(|t| format!("backup verified {}", t.format("%Y-%m-%d %H:%M:%S UTC"))).unwrap_or_else(|| "backup never verified since".into())
+            verified_at
+                .map(|t| format!("backup verified {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                .unwrap_or_else(|| "backup never verified since".into())
         ),
     );
     line("snapshot", format!("{} sha256 {}", human(m.snapshot.size), m.snapshot.sha256));
-    line("chunks", format!("{} of {} ({} chunk lists)", m.snapshot.chunks, human(m.snapshot.chunk_size as u64), m.snapshot.chunk_lists.len()));
-    line("encoding", format!("compression {}, encryption {}", m.encoding.compression, m.encoding.encryption));
-    line("size", format!("{} original, {} added to the repository", human(m.sizes.original), human(m.sizes.added)));
+    line(
+        "chunks",
+        format!(
+            "{} of {} ({} chunk lists)",
+            m.snapshot.chunks,
+            human(m.snapshot.chunk_size as u64),
+            m.snapshot.chunk_lists.len()
+        ),
+    );
+    line(
+        "encoding",
+        format!("compression {}, encryption {}", m.encoding.compression, m.encoding.encryption),
+    );
+    line(
+        "size",
+        format!(
+            "{} original, {} added to the repository",
+            human(m.sizes.original),
+            human(m.sizes.added)
+        ),
+    );
     if repo.is_encrypted() && !authenticated {
-        line("authenticated", "no: the passphrase was not given, so the fields above are as stored, unchecked".into());
+        line(
+            "authenticated",
+            "no: the passphrase was not given, so the fields above are as stored, unchecked".into(),
+        );
     }
     if m.contents_sealed() {
         // Files and certificates are in the sealed part of an encrypted repository's manifest.
@@ -916,20 +1024,34 @@ fn show(args: ShowArgs) -> Result<()> {
         println!("  {:04o} {kind}  {}{target}", f.mode, f.path);
     }
     if !m.certificates.is_empty() {
-        println!("{:<20}{} (notAfter; time left when the backup was taken)", "certificates", m.certificates.len());
+        println!(
+            "{:<20}{} (notAfter; time left when the backup was taken)",
+            "certificates",
+            m.certificates.len()
+        );
         for c in &m.certificates {
             let left = match (c.not_after - m.created).to_std() {
                 Ok(d) if !d.is_zero() => etcdguard_workflow::certs::rough(d),
                 _ => "expired".into(),
             };
-            println!("  {}  {left:>9}  {}  {}", c.not_after.format("%Y-%m-%d %H:%M:%S UTC"), c.path, c.subject);
+            println!(
+                "  {}  {left:>9}  {}  {}",
+                c.not_after.format("%Y-%m-%d %H:%M:%S UTC"),
+                c.path,
+                c.subject
+            );
         }
     }
     Ok(())
 }
 
 fn verify(args: VerifyArgs) -> Result<()> {
-    let opts = backup::VerifyOptions { repo: RepoSpec { transfer: args.parallel.transfer(None), ..args.repo.spec() }, id: args.id.clone(), scratch_dir: args.scratch_dir.clone(), packs: args.packs };
+    let opts = backup::VerifyOptions {
+        repo: RepoSpec { transfer: args.parallel.transfer(None), ..args.repo.spec() },
+        id: args.id.clone(),
+        scratch_dir: args.scratch_dir.clone(),
+        packs: args.packs,
+    };
     let v = backup::verify(&opts, &mut |note| eprintln!("{note}"))?;
     let m = &v.manifest;
     println!(
@@ -991,13 +1113,24 @@ fn restore(args: RestoreArgs) -> Result<()> {
     let kept = backup::restore(&opts, &mut |event| match event {
         RestoreEvent::Replayed { plan, replayed } => eprintln!(
             "full backup {} (revision {}) plus {} changes in {} revisions: revision {}",
-            plan.base.id, plan.base.etcd.revision, replayed.events, replayed.revisions, replayed.to_revision
+            plan.base.id,
+            plan.base.etcd.revision,
+            replayed.events,
+            replayed.revisions,
+            replayed.to_revision
         ),
         RestoreEvent::SnapshotWritten { manifest, path } => {
-            eprintln!("snapshot of backup {} written to {} (sha256 {} verified)", manifest.id, path.display(), manifest.snapshot.sha256)
+            eprintln!(
+                "snapshot of backup {} written to {} (sha256 {} verified)",
+                manifest.id,
+                path.display(),
+                manifest.snapshot.sha256
+            )
         }
         RestoreEvent::DataDirRestored(restored) => crate::cmd::restore::print_restored(restored),
-        RestoreEvent::FilesWritten { count, dir } => eprintln!("{count} control-plane entries written under {}", dir.display()),
+        RestoreEvent::FilesWritten { count, dir } => {
+            eprintln!("{count} control-plane entries written under {}", dir.display())
+        }
         RestoreEvent::Note(line) => eprintln!("{line}"),
     })?;
     if let (false, Some(path)) = (into_data_dir, kept) {
@@ -1035,7 +1168,13 @@ fn prune(args: PruneArgs) -> Result<()> {
         rows.push(vec![
             d.id.clone(),
             d.time.format("%Y-%m-%d %H:%M:%S").to_string(),
-            if d.keep { "keep".into() } else if report.dry_run { "would remove".into() } else { "removed".into() },
+            if d.keep {
+                "keep".into()
+            } else if report.dry_run {
+                "would remove".into()
+            } else {
+                "removed".into()
+            },
             if d.keep { d.reasons.join(", ") } else { "matches no keep rule".into() },
         ]);
     }
@@ -1056,7 +1195,10 @@ fn prune(args: PruneArgs) -> Result<()> {
         human(report.bytes_after),
     );
     if report.missing_packs > 0 {
-        eprintln!("warning: {} pack(s) named in the index are missing; run `etcdguard backup verify`", report.missing_packs);
+        eprintln!(
+            "warning: {} pack(s) named in the index are missing; run `etcdguard backup verify`",
+            report.missing_packs
+        );
     }
     Ok(())
 }
@@ -1090,7 +1232,10 @@ fn unlock(args: UnlockArgs) -> Result<()> {
             kept += 1;
         }
     }
-    println!("{removed} lock(s) removed, {kept} live lock(s) kept, {} temporary file(s) removed", report.temporaries_removed);
+    println!(
+        "{removed} lock(s) removed, {kept} live lock(s) kept, {} temporary file(s) removed",
+        report.temporaries_removed
+    );
     Ok(())
 }
 
@@ -1100,7 +1245,12 @@ fn url(args: UrlArgs) -> Result<()> {
         match args.write_out {
             TextJson::Json => {
                 let v: Vec<_> = urls.iter().map(|(k, u)| json!({"object": k, "url": u})).collect();
-                println!("{}", serde_json::to_string_pretty(&json!({"backup": m.id, "expiresInSeconds": args.expires.as_secs(), "objects": v}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"backup": m.id, "expiresInSeconds": args.expires.as_secs(), "objects": v})
+                    )?
+                );
             }
             TextJson::Text => {
                 for (k, u) in &urls {
@@ -1162,7 +1312,12 @@ fn key_list(args: KeyListArgs) -> Result<()> {
                     (None, true) => "(the passphrase given)".into(),
                     (None, false) => String::new(),
                 };
-                rows.push(vec![k.id.clone(), k.created.format("%Y-%m-%d %H:%M:%S").to_string(), k.hostname.clone(), current]);
+                rows.push(vec![
+                    k.id.clone(),
+                    k.created.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    k.hostname.clone(),
+                    current,
+                ]);
             }
             print!("{}", table(&rows));
         }
@@ -1174,17 +1329,25 @@ fn key_list(args: KeyListArgs) -> Result<()> {
 fn key_add(args: KeyNewArgs, replace: bool) -> Result<()> {
     if let Some(kms) = &args.new_kms_key {
         if replace {
-            return Err(Failure::new(Code::Usage, "--new-kms-key: use `backup key add`, then `backup key remove` the old key").into());
+            return Err(Failure::new(
+                Code::Usage,
+                "--new-kms-key: use `backup key add`, then `backup key remove` the old key",
+            )
+            .into());
         }
         let (id, location) = etcdguard_workflow::repo::add_kms_key(&args.repo.spec(), kms)?;
         println!("Added key {id} ({kms}) to {location}");
         return Ok(());
     }
     let file = args.new_passphrase_file.clone();
-    let new: PassphraseSource = Arc::new(move || Ok(read_passphrase(file.as_deref(), "--new-passphrase-file", "ETCDGUARD_NEW_PASSPHRASE")?));
+    let new: PassphraseSource = Arc::new(move || {
+        Ok(read_passphrase(file.as_deref(), "--new-passphrase-file", "ETCDGUARD_NEW_PASSPHRASE")?)
+    });
     backup::key_add(&args.repo.spec(), &new, replace, &mut |event| match event {
         KeyEvent::Added { id, location } => println!("Added key {id} to {location}"),
-        KeyEvent::Removed { id, location } => println!("Removed key {id}: the old passphrase no longer opens {location}"),
+        KeyEvent::Removed { id, location } => {
+            println!("Removed key {id}: the old passphrase no longer opens {location}")
+        }
     })?;
     Ok(())
 }

@@ -8,7 +8,9 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use etcdguard_repo::retention::parse_duration;
-use etcdguard_workflow::capture::{self, At, AtPlan, CaptureState, FollowOptions, LogFilter, LogItem};
+use etcdguard_workflow::capture::{
+    self, At, AtPlan, CaptureState, FollowOptions, LogFilter, LogItem,
+};
 use etcdguard_workflow::Stop;
 
 use crate::cmd::backup::{human, CreateArgs, RepoArg, TableJson};
@@ -114,11 +116,15 @@ pub fn log(args: LogArgs) -> Result<()> {
         since: args.since,
         limit: args.limit,
     };
-    let mut rows = vec![["REVISION", "TIME (UTC)", "OP", "KIND", "NAMESPACE", "NAME", "KEY"].map(String::from).to_vec()];
+    let mut rows = vec![["REVISION", "TIME (UTC)", "OP", "KIND", "NAMESPACE", "NAME", "KEY"]
+        .map(String::from)
+        .to_vec()];
     let mut json_rows = Vec::new();
     let mut gaps = Vec::new();
     capture::log(&repo, &filter, &mut |item| match (item, args.write_out) {
-        (LogItem::Change(e), TableJson::Json) => json_rows.push(serde_json::to_value(&e).unwrap_or_default()),
+        (LogItem::Change(e), TableJson::Json) => {
+            json_rows.push(serde_json::to_value(&e).unwrap_or_default())
+        }
         (LogItem::Change(e), TableJson::Table) => rows.push(vec![
             e.revision.to_string(),
             e.time.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()),
@@ -133,7 +139,17 @@ pub fn log(args: LogArgs) -> Result<()> {
             match write_out {
                 TableJson::Json => json_rows.push(serde_json::json!({ "gap": g })),
                 TableJson::Table => rows.push(
-                    [range.as_str(), "-", "MISSING", "-", "-", "-", "(no stored segment holds these changes)"].map(String::from).to_vec(),
+                    [
+                        range.as_str(),
+                        "-",
+                        "MISSING",
+                        "-",
+                        "-",
+                        "-",
+                        "(no stored segment holds these changes)",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
                 ),
             }
             gaps.push(format!("revisions {range} after full backup {}", g.full_backup));

@@ -320,7 +320,10 @@ fn hashkv(args: HashkvArgs) -> Result<()> {
                     // etcd before 3.6 reports no hash revision, and its etcdctl prints none.
                     Ok(h) if h.hash_revision == 0 => println!("{endpoint}, {}", h.hash),
                     Ok(h) => println!("{endpoint}, {}, {}", h.hash, h.hash_revision),
-                    Err(e) => eprintln!("Failed to get the hash of endpoint {endpoint} ({})", strip_endpoint(&e.to_string(), endpoint)),
+                    Err(e) => eprintln!(
+                        "Failed to get the hash of endpoint {endpoint} ({})",
+                        strip_endpoint(&e.to_string(), endpoint)
+                    ),
                 }
             }
         }
@@ -352,18 +355,27 @@ fn hashkv(args: HashkvArgs) -> Result<()> {
     if let Some(rev) = report.rehashed_at {
         eprintln!("the members were at different revisions; all hashed again at revision {rev}");
     }
-    let failed: Vec<&ClientError> = report.hashes.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    let failed: Vec<&ClientError> =
+        report.hashes.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
     if !failed.is_empty() {
-        let code = if failed.len() == report.hashes.len() && failed.iter().all(|e| e.kind() == ErrorKind::TlsOrAuth) {
+        let code = if failed.len() == report.hashes.len()
+            && failed.iter().all(|e| e.kind() == ErrorKind::TlsOrAuth)
+        {
             Code::TlsOrAuth
-        } else if failed.len() == report.hashes.len() && failed.iter().all(|e| e.kind() == ErrorKind::Unreachable) {
+        } else if failed.len() == report.hashes.len()
+            && failed.iter().all(|e| e.kind() == ErrorKind::Unreachable)
+        {
             Code::Unreachable
         } else {
             Code::Failure
         };
         return Err(Failure::new(
             code,
-            format!("{} of {} endpoints did not answer; agreement not established", failed.len(), report.hashes.len()),
+            format!(
+                "{} of {} endpoints did not answer; agreement not established",
+                failed.len(),
+                report.hashes.len()
+            ),
         )
         .into());
     }
@@ -376,16 +388,22 @@ fn hashkv(args: HashkvArgs) -> Result<()> {
             Ok(())
         }
         Agreement::Differ { hash_revision, groups } => {
-            let list: Vec<String> = groups.iter().map(|(h, eps)| format!("hash {h} on {}", eps.join(", "))).collect();
+            let list: Vec<String> =
+                groups.iter().map(|(h, eps)| format!("hash {h} on {}", eps.join(", "))).collect();
             Err(Failure::new(
                 Code::Failure,
-                format!("the members hold different data at revision {hash_revision}: {}", list.join("; ")),
+                format!(
+                    "the members hold different data at revision {hash_revision}: {}",
+                    list.join("; ")
+                ),
             )
             .into())
         }
-        Agreement::Incomparable(why) => {
-            Err(Failure::new(Code::Failure, format!("cannot compare: {why}; run again with --rev REV")).into())
-        }
+        Agreement::Incomparable(why) => Err(Failure::new(
+            Code::Failure,
+            format!("cannot compare: {why}; run again with --rev REV"),
+        )
+        .into()),
         Agreement::NoAnswer => Err(Failure::new(Code::Failure, "no member answered").into()),
     }
 }
@@ -395,7 +413,8 @@ fn member_remove(args: MemberRemoveArgs) -> Result<()> {
     let session = args.conn.session()?;
     if args.dry_run {
         let report = session.members().map_err(client_failure)?;
-        let plan = etcdguard_client::check_remove(&report, id, args.force).map_err(client_failure)?;
+        let plan =
+            etcdguard_client::check_remove(&report, id, args.force).map_err(client_failure)?;
         for w in &plan.warnings {
             eprintln!("warning (--force): {w}");
         }
@@ -429,7 +448,14 @@ fn member_add(args: MemberAddArgs) -> Result<()> {
     let session = args.conn.session()?;
     if args.dry_run {
         let report = session.members().map_err(client_failure)?;
-        let plan = etcdguard_client::check_add(&report, &args.name, &args.peer_urls, args.learner, args.force).map_err(client_failure)?;
+        let plan = etcdguard_client::check_add(
+            &report,
+            &args.name,
+            &args.peer_urls,
+            args.learner,
+            args.force,
+        )
+        .map_err(client_failure)?;
         for w in &plan.warnings {
             eprintln!("warning (--force): {w}");
         }
@@ -441,7 +467,9 @@ fn member_add(args: MemberAddArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let added = session.member_add(&args.name, &args.peer_urls, args.learner, args.force).map_err(client_failure)?;
+    let added = session
+        .member_add(&args.name, &args.peer_urls, args.learner, args.force)
+        .map_err(client_failure)?;
     for w in &added.warnings {
         eprintln!("warning (--force): {w}");
     }
@@ -497,22 +525,27 @@ fn defrag(args: DefragArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let mut on_member = |m: &etcdguard_client::Member, done: Option<&etcdguard_client::Defragmented>| match done {
-        None => eprintln!("defragmenting {:x} ({}) …", m.id, m.name),
-        Some(d) => println!(
-            "Defragmented {:x} ({}, {}) in {:.1}s: {} -> {}, freed {}",
-            d.id,
-            d.name,
-            d.role,
-            d.took.as_secs_f64(),
-            humanize_bytes(d.size_before.max(0) as u64),
-            humanize_bytes(d.size_after.max(0) as u64),
-            humanize_bytes(d.freed().max(0) as u64),
-        ),
-    };
+    let mut on_member =
+        |m: &etcdguard_client::Member, done: Option<&etcdguard_client::Defragmented>| match done {
+            None => eprintln!("defragmenting {:x} ({}) …", m.id, m.name),
+            Some(d) => println!(
+                "Defragmented {:x} ({}, {}) in {:.1}s: {} -> {}, freed {}",
+                d.id,
+                d.name,
+                d.role,
+                d.took.as_secs_f64(),
+                humanize_bytes(d.size_before.max(0) as u64),
+                humanize_bytes(d.size_after.max(0) as u64),
+                humanize_bytes(d.freed().max(0) as u64),
+            ),
+        };
     let done = session.defrag(limit, &mut on_member).map_err(client_failure)?;
     let freed: i64 = done.iter().map(|d| d.freed().max(0)).sum();
-    println!("{} members defragmented, {} freed in total; cluster healthy", done.len(), humanize_bytes(freed as u64));
+    println!(
+        "{} members defragmented, {} freed in total; cluster healthy",
+        done.len(),
+        humanize_bytes(freed as u64)
+    );
     Ok(())
 }
 
@@ -548,7 +581,10 @@ fn health(args: HealthArgs) -> Result<()> {
             .members
             .iter()
             .filter_map(|m| m.client_urls.first())
-            .map(|u| etcdguard_client::normalize_endpoint(u, session.config().uses_tls_files()).unwrap_or_else(|_| u.clone()))
+            .map(|u| {
+                etcdguard_client::normalize_endpoint(u, session.config().uses_tls_files())
+                    .unwrap_or_else(|_| u.clone())
+            })
             .collect()
     } else {
         session.config().endpoints.clone()
@@ -558,8 +594,16 @@ fn health(args: HealthArgs) -> Result<()> {
         ClusterFormat::Table => {
             for h in &results {
                 match &h.result {
-                    Ok(()) => println!("{} is healthy: committed a linearizable read in {}", h.endpoint, ms(h.took)),
-                    Err(e) => println!("{} is unhealthy: {}", h.endpoint, strip_endpoint(&e.to_string(), &h.endpoint)),
+                    Ok(()) => println!(
+                        "{} is healthy: committed a linearizable read in {}",
+                        h.endpoint,
+                        ms(h.took)
+                    ),
+                    Err(e) => println!(
+                        "{} is unhealthy: {}",
+                        h.endpoint,
+                        strip_endpoint(&e.to_string(), &h.endpoint)
+                    ),
                 }
             }
         }
@@ -589,7 +633,8 @@ fn health(args: HealthArgs) -> Result<()> {
     } else {
         Code::Failure
     };
-    Err(Failure::new(code, format!("{} of {} endpoints unhealthy", bad.len(), results.len())).into())
+    Err(Failure::new(code, format!("{} of {} endpoints unhealthy", bad.len(), results.len()))
+        .into())
 }
 
 fn strip_endpoint(msg: &str, endpoint: &str) -> String {
@@ -599,7 +644,12 @@ fn strip_endpoint(msg: &str, endpoint: &str) -> String {
 fn members(args: MembersArgs) -> Result<()> {
     let session = args.conn.session()?;
     let report = session.members().map_err(client_failure)?;
-    let leader = report.statuses.iter().filter_map(|s| s.as_ref().ok()).find(|s| s.leader != 0).map(|s| s.leader);
+    let leader = report
+        .statuses
+        .iter()
+        .filter_map(|s| s.as_ref().ok())
+        .find(|s| s.leader != 0)
+        .map(|s| s.leader);
     match args.write_out {
         ClusterFormat::Json => {
             let v: Vec<_> = report
@@ -639,16 +689,33 @@ fn members(args: MembersArgs) -> Result<()> {
         }
         ClusterFormat::Table => {
             let header = [
-                "ID", "NAME", "ROLE", "VERSION", "DB SIZE", "IN USE", "REVISION", "RAFT TERM", "RAFT INDEX", "APPLIED",
-                "CLIENT URLS", "ERRORS",
+                "ID",
+                "NAME",
+                "ROLE",
+                "VERSION",
+                "DB SIZE",
+                "IN USE",
+                "REVISION",
+                "RAFT TERM",
+                "RAFT INDEX",
+                "APPLIED",
+                "CLIENT URLS",
+                "ERRORS",
             ];
             let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
             for (m, st) in report.members.iter().zip(&report.statuses) {
-                let mut row = vec![format!("{:x}", m.id), if m.name.is_empty() { "(unstarted)".into() } else { m.name.clone() }];
+                let mut row = vec![
+                    format!("{:x}", m.id),
+                    if m.name.is_empty() { "(unstarted)".into() } else { m.name.clone() },
+                ];
                 match st {
                     Ok(s) => row.extend(status_cells(s)),
                     Err(e) => {
-                        row.push(if m.is_learner { "learner".into() } else { "unreachable".into() });
+                        row.push(if m.is_learner {
+                            "learner".into()
+                        } else {
+                            "unreachable".into()
+                        });
                         row.extend((0..7).map(|_| "-".to_string()));
                         row.push(m.client_urls.join(","));
                         row.push(e.to_string());
@@ -664,17 +731,30 @@ fn members(args: MembersArgs) -> Result<()> {
             let up = report.statuses.iter().filter(|s| s.is_ok()).count();
             let leader_txt = match leader {
                 Some(id) => {
-                    let name = report.members.iter().find(|m| m.id == id).map(|m| m.name.as_str()).unwrap_or("?");
+                    let name = report
+                        .members
+                        .iter()
+                        .find(|m| m.id == id)
+                        .map(|m| m.name.as_str())
+                        .unwrap_or("?");
                     format!("leader {id:x} ({name})")
                 }
                 None => "NO LEADER".to_string(),
             };
-            println!("{} members, {up} answering, {leader_txt}; member list from {}", report.members.len(), report.from);
+            println!(
+                "{} members, {up} answering, {leader_txt}; member list from {}",
+                report.members.len(),
+                report.from
+            );
         }
     }
     if report.statuses.iter().any(|s| s.is_err()) {
         let n = report.statuses.iter().filter(|s| s.is_err()).count();
-        return Err(Failure::new(Code::Unreachable, format!("{n} of {} members did not answer", report.members.len())).into());
+        return Err(Failure::new(
+            Code::Unreachable,
+            format!("{n} of {} members did not answer", report.members.len()),
+        )
+        .into());
     }
     Ok(())
 }
@@ -691,4 +771,3 @@ fn status_cells(s: &MemberStatus) -> Vec<String> {
         s.raft_applied_index.to_string(),
     ]
 }
-

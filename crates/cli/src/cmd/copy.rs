@@ -9,8 +9,8 @@ use etcdguard_workflow::copy::{self, CopyEvent, CopyOptions};
 use etcdguard_workflow::RepoSpec;
 use serde_json::json;
 
-use crate::cmd::backup::{read_passphrase, ParallelArg, TextJson};
 use crate::cmd::backup::{human, REPO_HELP};
+use crate::cmd::backup::{read_passphrase, ParallelArg, TextJson};
 
 #[derive(Args)]
 pub struct CopyArgs {
@@ -50,13 +50,25 @@ pub fn run(args: CopyArgs) -> Result<()> {
         // The progress bar follows the source's reassembly; the destination's writes keep pace.
         from: RepoSpec {
             url: args.from.clone(),
-            passphrase: Arc::new(move || Ok(read_passphrase(from_file.as_deref(), "--passphrase-file", "ETCDGUARD_PASSPHRASE")?)),
+            passphrase: Arc::new(move || {
+                Ok(read_passphrase(
+                    from_file.as_deref(),
+                    "--passphrase-file",
+                    "ETCDGUARD_PASSPHRASE",
+                )?)
+            }),
             transfer: transfer.clone(),
             kms: args.kms_key.clone(),
         },
         to: RepoSpec {
             url: args.to.clone(),
-            passphrase: Arc::new(move || Ok(read_passphrase(to_file.as_deref(), "--to-passphrase-file", "ETCDGUARD_TO_PASSPHRASE")?)),
+            passphrase: Arc::new(move || {
+                Ok(read_passphrase(
+                    to_file.as_deref(),
+                    "--to-passphrase-file",
+                    "ETCDGUARD_TO_PASSPHRASE",
+                )?)
+            }),
             transfer: etcdguard_repo::repository::Transfer { progress: None, ..transfer },
             kms: args.to_kms_key.clone(),
         },
@@ -67,7 +79,14 @@ pub fn run(args: CopyArgs) -> Result<()> {
     let mut rows = Vec::new();
     let result = copy::copy(&opts, &mut |event| match event {
         CopyEvent::Created { location, encrypted } => {
-            eprintln!("created repository {location}, {}", if encrypted { "encrypted with the destination's passphrase" } else { "not encrypted" })
+            eprintln!(
+                "created repository {location}, {}",
+                if encrypted {
+                    "encrypted with the destination's passphrase"
+                } else {
+                    "not encrypted"
+                }
+            )
         }
         CopyEvent::Copied(m) => {
             if text {
@@ -89,7 +108,9 @@ pub fn run(args: CopyArgs) -> Result<()> {
         }
         CopyEvent::Changes { id, segments, gaps } => {
             if text {
-                println!("backup {id}: {segments} change segment(s) and {gaps} gap record(s) copied");
+                println!(
+                    "backup {id}: {segments} change segment(s) and {gaps} gap record(s) copied"
+                );
             }
         }
         CopyEvent::Failed { id, error } => {
@@ -98,7 +119,12 @@ pub fn run(args: CopyArgs) -> Result<()> {
         }
     });
     if !text {
-        println!("{}", serde_json::to_string_pretty(&json!({"from": args.from, "to": args.to, "backups": rows}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"from": args.from, "to": args.to, "backups": rows})
+            )?
+        );
     }
     let report = result?;
     if text && report.copied.is_empty() && report.already_there.is_empty() {

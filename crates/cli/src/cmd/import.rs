@@ -117,7 +117,9 @@ pub struct ImportArgs {
 }
 
 fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|e| format!("{s:?}: not an RFC 3339 time (e.g. 2026-11-20T10:15:00Z): {e}"))
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("{s:?}: not an RFC 3339 time (e.g. 2026-11-20T10:15:00Z): {e}"))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -143,7 +145,12 @@ pub fn import(args: ImportArgs) -> Result<()> {
         skip_verify: args.skip_verify,
         chunk_size: args.chunk_size,
     };
-    let opts = ImportOptions { create, paths: args.paths.clone(), format: args.format.into(), created: args.created };
+    let opts = ImportOptions {
+        create,
+        paths: args.paths.clone(),
+        format: args.format.into(),
+        created: args.created,
+    };
     let mut rows = Vec::new();
     let (stored, skipped) = etcdguard_workflow::import::import(&opts, &mut |event| match event {
         ImportEvent::Note(n) => eprintln!("{n}"),
@@ -172,8 +179,15 @@ pub fn import(args: ImportArgs) -> Result<()> {
         }
     })?;
     match args.write_out {
-        TextJson::Json => println!("{}", serde_json::to_string_pretty(&json!({"imported": stored, "skipped": skipped, "backups": rows}))?),
-        TextJson::Text => eprintln!("{stored} backup(s) imported, {skipped} already in the repository"),
+        TextJson::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"imported": stored, "skipped": skipped, "backups": rows})
+            )?
+        ),
+        TextJson::Text => {
+            eprintln!("{stored} backup(s) imported, {skipped} already in the repository")
+        }
     }
     Ok(())
 }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use etcdguard_kube::encryption::{ConfigError, EncryptionConfig};
-use etcdguard_kube::selector::Selector;
 use etcdguard_kube::listing::{self, ChangeKind, Entry};
+use etcdguard_kube::selector::Selector;
 use etcdguard_kube::{Encoding, Object};
 use serde_json::json;
 
@@ -133,8 +133,16 @@ impl Decryption {
         let Some(path) = &self.encryption_config else { return Ok(None) };
         EncryptionConfig::load(path).map(Some).map_err(|e| {
             let code = match &e {
-                ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Code::NotFound,
-                ConfigError::Read { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
+                ConfigError::Read { source, .. }
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Code::NotFound
+                }
+                ConfigError::Read { source, .. }
+                    if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    Code::PermissionDenied
+                }
                 _ => Code::Usage,
             };
             Failure::new(code, format!("--encryption-config {}: {e}", path.display()))
@@ -160,13 +168,19 @@ impl SchemaDir {
             return Ok(());
         }
         use etcdguard_kube::schema::{activate, Schema};
-        let shown = self.schema_dir.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+        let shown =
+            self.schema_dir.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
         let loaded = Schema::load_dirs(&self.schema_dir).map_err(|e| {
             let code = if e.is_not_found() { Code::NotFound } else { Code::Usage };
             Failure::new(code, format!("--schema-dir {shown}: {e}"))
         })?;
-        eprintln!("schema: {} messages from {} over the built-in schema", loaded.messages, loaded.sources.join(", "));
-        activate(loaded.schema).map_err(|_| Failure::new(Code::Failure, "the schema was already in use"))
+        eprintln!(
+            "schema: {} messages from {} over the built-in schema",
+            loaded.messages,
+            loaded.sources.join(", ")
+        );
+        activate(loaded.schema)
+            .map_err(|_| Failure::new(Code::Failure, "the schema was already in use"))
     }
 }
 
@@ -230,7 +244,14 @@ pub struct FromBackups {
 impl FromBackups {
     /// The repository, when one was given.
     fn spec(&self) -> Option<etcdguard_workflow::repo::RepoSpec> {
-        self.repo.as_ref().map(|url| crate::cmd::backup::RepoArg { repo: url.clone(), passphrase_file: self.passphrase_file.clone(), kms_key: None }.spec())
+        self.repo.as_ref().map(|url| {
+            crate::cmd::backup::RepoArg {
+                repo: url.clone(),
+                passphrase_file: self.passphrase_file.clone(),
+                kms_key: None,
+            }
+            .spec()
+        })
     }
 }
 
@@ -341,7 +362,14 @@ impl Filter {
 }
 
 fn parse_selector(text: &str) -> Result<Selector, Failure> {
-    Selector::parse(text).map_err(|e| Failure::new(Code::Usage, format!("--selector {text:?}: {e} (use key=value, key!=value, key, !key, key in (a,b))")))
+    Selector::parse(text).map_err(|e| {
+        Failure::new(
+            Code::Usage,
+            format!(
+                "--selector {text:?}: {e} (use key=value, key!=value, key, !key, key in (a,b))"
+            ),
+        )
+    })
 }
 
 fn encoding_text(o: &Object) -> String {
@@ -360,31 +388,50 @@ fn encoding_text(o: &Object) -> String {
 
 /// Lists the values that did not decrypt (key, why) and fails when a config was given; the
 /// objects that did are shown all the same.
-fn report_undecrypted(config: Option<&EncryptionConfig>, failed: &[(Vec<u8>, String)]) -> Result<(), Failure> {
+fn report_undecrypted(
+    config: Option<&EncryptionConfig>,
+    failed: &[(Vec<u8>, String)],
+) -> Result<(), Failure> {
     if config.is_none() || failed.is_empty() {
         return Ok(());
     }
     for (k, err) in failed {
         eprintln!("not decrypted: {}: {err}", String::from_utf8_lossy(k));
     }
-    Err(Failure::new(Code::Failure, format!("{} object(s) could not be decrypted (listed above; the others are shown)", failed.len())))
+    Err(Failure::new(
+        Code::Failure,
+        format!(
+            "{} object(s) could not be decrypted (listed above; the others are shown)",
+            failed.len()
+        ),
+    ))
 }
 
 fn row(key: &[u8], e: &Entry) -> Vec<String> {
     let p = e.path.as_ref();
     let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
     vec![
-        dash(p.map(|p| p.resource.clone()).unwrap_or_else(|| String::from_utf8_lossy(key).into_owned())),
+        dash(
+            p.map(|p| p.resource.clone())
+                .unwrap_or_else(|| String::from_utf8_lossy(key).into_owned()),
+        ),
         dash(p.map(|p| p.namespace.clone()).unwrap_or_default()),
         dash(p.map(|p| p.name.clone()).unwrap_or_default()),
         dash(e.object.kind.clone()),
         encoding_text(&e.object),
         e.mod_revision.to_string(),
-        dash(e.object.metadata.as_ref().and_then(|m| m.creation_timestamp.clone()).unwrap_or_default()),
+        dash(
+            e.object
+                .metadata
+                .as_ref()
+                .and_then(|m| m.creation_timestamp.clone())
+                .unwrap_or_default(),
+        ),
     ]
 }
 
-const HEADER: [&str; 7] = ["RESOURCE", "NAMESPACE", "NAME", "KIND", "ENCODING", "REVISION", "CREATED"];
+const HEADER: [&str; 7] =
+    ["RESOURCE", "NAMESPACE", "NAME", "KIND", "ENCODING", "REVISION", "CREATED"];
 
 /// Rows are rendered as text on the decoding threads ([`listing::list`]) and printed in key
 /// order, so memory holds text, not decoded objects.
@@ -400,14 +447,21 @@ fn list(args: ListArgs) -> Result<()> {
         Json(String),
         Table(Vec<String>),
     }
-    let listed = listing::list(&file, &db, args.filter.prefix.as_bytes(), &filter, config.as_ref(), &|key, e| {
-        if json {
-            let text = serde_json::to_string_pretty(&[e.row(key)]).unwrap_or_default();
-            Line::Json(text[2..text.len() - 2].to_string())
-        } else {
-            Line::Table(row(key, e))
-        }
-    })
+    let listed = listing::list(
+        &file,
+        &db,
+        args.filter.prefix.as_bytes(),
+        &filter,
+        config.as_ref(),
+        &|key, e| {
+            if json {
+                let text = serde_json::to_string_pretty(&[e.row(key)]).unwrap_or_default();
+                Line::Json(text[2..text.len() - 2].to_string())
+            } else {
+                Line::Table(row(key, e))
+            }
+        },
+    )
     .map_err(|e| Failure::new(Code::Corrupt, format!("{}: {e}", args.snapshot.display())))?;
     let selected = listed.rows.len();
     if json {
@@ -449,15 +503,27 @@ fn get(args: GetArgs) -> Result<()> {
     let release = || file.release_resident();
     let stored = newest_value(&db, key, Some(&release))
         .map_err(|e| Failure::new(Code::Corrupt, format!("{}: {e}", args.snapshot.display())))?
-        .ok_or_else(|| Failure::new(Code::NotFound, format!("{}: no key {} (deleted, or never there); `inspect list` shows what is", args.snapshot.display(), args.key)))?;
+        .ok_or_else(|| {
+            Failure::new(
+                Code::NotFound,
+                format!(
+                    "{}: no key {} (deleted, or never there); `inspect list` shows what is",
+                    args.snapshot.display(),
+                    args.key
+                ),
+            )
+        })?;
     if args.output == GetFormat::Raw {
-        let plain = etcdguard_kube::render::plain_value(key, &stored.value, config.as_ref()).map_err(|e| Failure::new(Code::Failure, format!("{}: {e}", args.key)))?;
+        let plain = etcdguard_kube::render::plain_value(key, &stored.value, config.as_ref())
+            .map_err(|e| Failure::new(Code::Failure, format!("{}: {e}", args.key)))?;
         crate::output::stdout_write(&plain);
         return Ok(());
     }
-    let opts = etcdguard_kube::render::RenderOptions { show_managed_fields: args.show_managed_fields };
+    let opts =
+        etcdguard_kube::render::RenderOptions { show_managed_fields: args.show_managed_fields };
     let (rendered, info) = get_object(&stored, config.as_ref(), &opts).map_err(|e| {
-        let code = if matches!(e, GetError::NeedsKeys { .. }) { Code::Usage } else { Code::Failure };
+        let code =
+            if matches!(e, GetError::NeedsKeys { .. }) { Code::Usage } else { Code::Failure };
         Failure::new(code, format!("{}: {e}", args.key))
     })?;
     let info_lines = [
@@ -530,8 +596,13 @@ fn diff(args: DiffArgs) -> Result<()> {
         None => (args.old.clone(), args.new.clone()),
         Some(url) => {
             use crate::cmd::backup::{fetch_snapshot, tempfile_in, RepoArg};
-            let repo = RepoArg { repo: url.clone(), passphrase_file: args.backups.passphrase_file.clone(), kms_key: None };
-            let scratch = tempfile_in(&args.backups.scratch_dir.clone().unwrap_or_else(std::env::temp_dir))?;
+            let repo = RepoArg {
+                repo: url.clone(),
+                passphrase_file: args.backups.passphrase_file.clone(),
+                kms_key: None,
+            };
+            let scratch =
+                tempfile_in(&args.backups.scratch_dir.clone().unwrap_or_else(std::env::temp_dir))?;
             let old = fetch_snapshot(&repo, &args.old.to_string_lossy(), scratch.path())?;
             let new = fetch_snapshot(&repo, &args.new.to_string_lossy(), scratch.path())?;
             _scratch = Some(scratch);
@@ -542,7 +613,9 @@ fn diff(args: DiffArgs) -> Result<()> {
     args.schema.activate()?;
     // Backups: the newer one's stored EncryptionConfiguration decrypts when none is given.
     if let (None, Some(repo)) = (&config, args.backups.spec()) {
-        if let Some((c, source)) = etcdguard_workflow::inspect::stored_config(&repo, &args.new.to_string_lossy())? {
+        if let Some((c, source)) =
+            etcdguard_workflow::inspect::stored_config(&repo, &args.new.to_string_lossy())?
+        {
             eprintln!("decrypting with {source}");
             config = Some(c);
         }
@@ -551,70 +624,82 @@ fn diff(args: DiffArgs) -> Result<()> {
     let (old_file, new_file) = (open_snapshot(&old_path)?, open_snapshot(&new_path)?);
     let old_db = old_file.db().map_err(|e| db_failure(&old_path, e))?;
     let new_db = new_file.db().map_err(|e| db_failure(&new_path, e))?;
-    let corrupt = |path: &Path, e: String| Failure::new(Code::Corrupt, format!("{}: {e}", path.display()));
-    let old = listing::LiveKeys::load(&old_file, &old_db, prefix).map_err(|e| corrupt(&old_path, e))?;
-    let new = listing::LiveKeys::load(&new_file, &new_db, prefix).map_err(|e| corrupt(&new_path, e))?;
+    let corrupt =
+        |path: &Path, e: String| Failure::new(Code::Corrupt, format!("{}: {e}", path.display()));
+    let old =
+        listing::LiveKeys::load(&old_file, &old_db, prefix).map_err(|e| corrupt(&old_path, e))?;
+    let new =
+        listing::LiveKeys::load(&new_file, &new_db, prefix).map_err(|e| corrupt(&new_path, e))?;
     let mut counts = [0usize; 3];
     let mut undecrypted: Vec<(Vec<u8>, String)> = Vec::new();
     let mut array = JsonArray::default();
     let mut table = vec![std::iter::once("").chain(HEADER).map(String::from).collect::<Vec<_>>()];
     // Changes come in key order, a batch decoded at a time: each is printed (or, for the
     // table, kept as its row) and dropped.
-    let streamed = listing::diff(&old, &new, &filter, config.as_ref(), fields, &mut |c| -> Result<()> {
-        // Stops at the first failed write (a closed pipe): the whole job is output.
-        if let Some(e) = crate::output::stdout_error() {
-            return Err(std::io::Error::new(e.kind(), e.to_string()).into());
-        }
-        counts[c.kind as usize] += 1;
-        if let Some(why) = c.entry.undecrypted() {
-            undecrypted.push((c.key.to_vec(), why));
-        }
-        let key = String::from_utf8_lossy(c.key);
-        match args.output {
-            DiffFormat::Yaml | DiffFormat::JsonPatch => {
-                use etcdguard_kube::history::comparable;
-                use etcdguard_kube::jsondiff::{diff as field_diff, to_json_patch, to_unified};
-                let side = |value: Option<&[u8]>| value.map_or(Ok(serde_json::Value::Null), |v| comparable(c.key, v, config.as_ref()));
-                let ops = match (side(c.values.0), side(c.values.1)) {
-                    (Ok(b), Ok(a)) => Ok(field_diff(&b, &a)),
-                    (Err(e), _) | (_, Err(e)) => Err(e),
-                };
-                if args.output == DiffFormat::JsonPatch {
-                    let mut v = json!({"key": key, "change": c.kind.word()});
-                    match &ops {
-                        Ok(ops) => v["patch"] = to_json_patch(ops),
-                        Err(err) => v["error"] = json!(err),
+    let streamed =
+        listing::diff(&old, &new, &filter, config.as_ref(), fields, &mut |c| -> Result<()> {
+            // Stops at the first failed write (a closed pipe): the whole job is output.
+            if let Some(e) = crate::output::stdout_error() {
+                return Err(std::io::Error::new(e.kind(), e.to_string()).into());
+            }
+            counts[c.kind as usize] += 1;
+            if let Some(why) = c.entry.undecrypted() {
+                undecrypted.push((c.key.to_vec(), why));
+            }
+            let key = String::from_utf8_lossy(c.key);
+            match args.output {
+                DiffFormat::Yaml | DiffFormat::JsonPatch => {
+                    use etcdguard_kube::history::comparable;
+                    use etcdguard_kube::jsondiff::{diff as field_diff, to_json_patch, to_unified};
+                    let side = |value: Option<&[u8]>| {
+                        value.map_or(Ok(serde_json::Value::Null), |v| {
+                            comparable(c.key, v, config.as_ref())
+                        })
+                    };
+                    let ops = match (side(c.values.0), side(c.values.1)) {
+                        (Ok(b), Ok(a)) => Ok(field_diff(&b, &a)),
+                        (Err(e), _) | (_, Err(e)) => Err(e),
+                    };
+                    if args.output == DiffFormat::JsonPatch {
+                        let mut v = json!({"key": key, "change": c.kind.word()});
+                        match &ops {
+                            Ok(ops) => v["patch"] = to_json_patch(ops),
+                            Err(err) => v["error"] = json!(err),
+                        }
+                        return array.push(&v);
                     }
-                    return array.push(&v);
+                    let revisions = match c.old {
+                        Some(o) => {
+                            format!(" (revision {} -> {})", o.mod_revision, c.entry.mod_revision)
+                        }
+                        None => format!(" (revision {})", c.entry.mod_revision),
+                    };
+                    println!("{} {key}{revisions}", c.kind.sign());
+                    match ops {
+                        Ok(ops) if c.kind == ChangeKind::Modified => print!("{}", to_unified(&ops)),
+                        Ok(_) => {}
+                        Err(err) => println!("  (fields not shown: {err})"),
+                    }
                 }
-                let revisions = match c.old {
-                    Some(o) => format!(" (revision {} -> {})", o.mod_revision, c.entry.mod_revision),
-                    None => format!(" (revision {})", c.entry.mod_revision),
-                };
-                println!("{} {key}{revisions}", c.kind.sign());
-                match ops {
-                    Ok(ops) if c.kind == ChangeKind::Modified => print!("{}", to_unified(&ops)),
-                    Ok(_) => {}
-                    Err(err) => println!("  (fields not shown: {err})"),
+                DiffFormat::Json => {
+                    let mut v = c.entry.json(c.key);
+                    v["change"] = json!(c.kind.word());
+                    if let Some(o) = c.old {
+                        v["oldModRevision"] = json!(o.mod_revision);
+                    }
+                    array.push(&v)?;
+                }
+                DiffFormat::Table => {
+                    let mut r = vec![c.kind.sign().to_string()];
+                    r.extend(row(c.key, c.entry));
+                    table.push(r);
                 }
             }
-            DiffFormat::Json => {
-                let mut v = c.entry.json(c.key);
-                v["change"] = json!(c.kind.word());
-                if let Some(o) = c.old {
-                    v["oldModRevision"] = json!(o.mod_revision);
-                }
-                array.push(&v)?;
-            }
-            DiffFormat::Table => {
-                let mut r = vec![c.kind.sign().to_string()];
-                r.extend(row(c.key, c.entry));
-                table.push(r);
-            }
-        }
-        Ok(())
-    });
-    if streamed.is_err() && crate::output::stdout_error().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+            Ok(())
+        });
+    if streamed.is_err()
+        && crate::output::stdout_error().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    {
         crate::output::exit_by_sigpipe();
     }
     streamed?;
@@ -624,7 +709,12 @@ fn diff(args: DiffArgs) -> Result<()> {
         DiffFormat::Yaml => {}
     }
     let count = |kind: ChangeKind| counts[kind as usize];
-    eprintln!("{} added, {} deleted, {} modified", count(ChangeKind::Added), count(ChangeKind::Deleted), count(ChangeKind::Modified));
+    eprintln!(
+        "{} added, {} deleted, {} modified",
+        count(ChangeKind::Added),
+        count(ChangeKind::Deleted),
+        count(ChangeKind::Modified)
+    );
     // Values that did not decrypt although keys were given: listed, and an error for scripts.
     report_undecrypted(config.as_ref(), &undecrypted)?;
     Ok(())
@@ -643,19 +733,48 @@ fn stats(args: StatsArgs) -> Result<()> {
             let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
             let usage_rows = |title: &str, groups: &BTreeMap<String, Usage>| {
                 let mut sorted: Vec<_> = groups.iter().collect();
-                sorted.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(b.1.all_revision_bytes.cmp(&a.1.all_revision_bytes)).then(a.0.cmp(b.0)));
-                let mut rows = vec![[title, "OBJECTS", "BYTES", "REVISIONS", "ALL-REVISION BYTES"].map(String::from).to_vec()];
-                let line = |name: String, u: &Usage| vec![name, u.objects.to_string(), u.bytes.to_string(), u.revisions.to_string(), u.all_revision_bytes.to_string()];
+                sorted.sort_by(|a, b| {
+                    b.1.bytes
+                        .cmp(&a.1.bytes)
+                        .then(b.1.all_revision_bytes.cmp(&a.1.all_revision_bytes))
+                        .then(a.0.cmp(b.0))
+                });
+                let mut rows = vec![[title, "OBJECTS", "BYTES", "REVISIONS", "ALL-REVISION BYTES"]
+                    .map(String::from)
+                    .to_vec()];
+                let line = |name: String, u: &Usage| {
+                    vec![
+                        name,
+                        u.objects.to_string(),
+                        u.bytes.to_string(),
+                        u.revisions.to_string(),
+                        u.all_revision_bytes.to_string(),
+                    ]
+                };
                 rows.extend(sorted.into_iter().map(|(name, u)| line(dash(name), u)));
                 rows.push(line("(total)".into(), &stats.total));
                 crate::cmd::table(&rows)
             };
             let key_rows = |keys: &[KeyUsage]| {
-                let mut rows = vec![["KEY", "BYTES", "REVISIONS", "VERSION", "LIVE"].map(String::from).to_vec()];
-                rows.extend(keys.iter().map(|k| vec![k.key.clone(), k.bytes.to_string(), k.revisions.to_string(), k.version.to_string(), if k.live { "yes" } else { "deleted" }.to_string()]));
+                let mut rows = vec![["KEY", "BYTES", "REVISIONS", "VERSION", "LIVE"]
+                    .map(String::from)
+                    .to_vec()];
+                rows.extend(keys.iter().map(|k| {
+                    vec![
+                        k.key.clone(),
+                        k.bytes.to_string(),
+                        k.revisions.to_string(),
+                        k.version.to_string(),
+                        if k.live { "yes" } else { "deleted" }.to_string(),
+                    ]
+                }));
                 crate::cmd::table(&rows)
             };
-            print!("{}\n{}\n", usage_rows("RESOURCE", &stats.by_resource), usage_rows("NAMESPACE", &stats.by_namespace));
+            print!(
+                "{}\n{}\n",
+                usage_rows("RESOURCE", &stats.by_resource),
+                usage_rows("NAMESPACE", &stats.by_namespace)
+            );
             println!("Largest objects:");
             println!("{}", key_rows(&stats.largest));
             println!("Most revisions in the file:");
@@ -672,7 +791,12 @@ fn stats(args: StatsArgs) -> Result<()> {
 fn extract(args: ExtractArgs) -> Result<()> {
     use etcdguard_workflow::inspect::{self as wf, Origin};
     let f = &args.filter;
-    if !args.all_namespaces && f.namespace.is_none() && f.resource.is_none() && f.name.is_none() && f.selector.is_none() {
+    if !args.all_namespaces
+        && f.namespace.is_none()
+        && f.resource.is_none()
+        && f.name.is_none()
+        && f.selector.is_none()
+    {
         return Err(Failure::new(Code::Usage, "say what to extract: -n NAMESPACE, --resource, --name, -l SELECTOR, or --all-namespaces for everything").into());
     }
     let filter = etcdguard_kube::extract::Filter {
@@ -687,10 +811,18 @@ fn extract(args: ExtractArgs) -> Result<()> {
     let repo = args.backups.spec();
     let snapshot_path;
     let origin = match &repo {
-        Some(repo) => Origin::Backup { repo, id: args.source.as_deref().unwrap_or("latest"), scratch: args.backups.scratch_dir.as_deref() },
+        Some(repo) => Origin::Backup {
+            repo,
+            id: args.source.as_deref().unwrap_or("latest"),
+            scratch: args.backups.scratch_dir.as_deref(),
+        },
         None => {
             let Some(source) = &args.source else {
-                return Err(Failure::new(Code::Usage, "give a snapshot file, or --repo URL [BACKUP]").into());
+                return Err(Failure::new(
+                    Code::Usage,
+                    "give a snapshot file, or --repo URL [BACKUP]",
+                )
+                .into());
             };
             snapshot_path = PathBuf::from(source);
             Origin::File(&snapshot_path)
@@ -735,7 +867,12 @@ fn extract(args: ExtractArgs) -> Result<()> {
             }
             let summary = result?;
             let written = writer.finish().map_err(dir_failure)?;
-            println!("{} object(s) written under {} (apply with: kubectl apply -R -f {})", written, dir.display(), dir.display());
+            println!(
+                "{} object(s) written under {} (apply with: kubectl apply -R -f {})",
+                written,
+                dir.display(),
+                dir.display()
+            );
             summary
         }
         None => {
@@ -750,7 +887,10 @@ fn extract(args: ExtractArgs) -> Result<()> {
                     None => Ok(()),
                 }
             });
-            if streamed.is_err() && crate::output::stdout_error().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+            if streamed.is_err()
+                && crate::output::stdout_error()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
                 crate::output::exit_by_sigpipe();
             }
             streamed?
@@ -777,10 +917,23 @@ fn history(args: HistoryArgs) -> Result<()> {
     let opened = wf::open(&Origin::File(&args.snapshot), config, &mut |line| eprintln!("{line}"))?;
     let (versions, compacted) = wf::history(&opened, &args.key)?;
     if versions.is_empty() {
-        return Err(Failure::new(Code::NotFound, format!("{}: no revision of {} (never written, or compacted away)", args.snapshot.display(), args.key)).into());
+        return Err(Failure::new(
+            Code::NotFound,
+            format!(
+                "{}: no revision of {} (never written, or compacted away)",
+                args.snapshot.display(),
+                args.key
+            ),
+        )
+        .into());
     }
     match args.output {
-        HistoryFormat::Json => println!("{}", serde_json::to_string_pretty(&json!({"key": args.key, "compactedVersions": compacted, "versions": versions}))?),
+        HistoryFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"key": args.key, "compactedVersions": compacted, "versions": versions})
+            )?
+        ),
         HistoryFormat::Text => {
             for v in &versions {
                 let what = if v.deleted {
@@ -809,11 +962,19 @@ fn history(args: HistoryArgs) -> Result<()> {
         "{} revision(s) of {}{}",
         versions.len(),
         args.key,
-        if compacted > 0 && !created_in_file { format!("; {compacted} older version(s) were compacted away") } else { String::new() }
+        if compacted > 0 && !created_in_file {
+            format!("; {compacted} older version(s) were compacted away")
+        } else {
+            String::new()
+        }
     );
     let failed = versions.iter().filter(|v| v.error.is_some()).count();
     if failed > 0 && opened.config.is_some() {
-        return Err(Failure::new(Code::Failure, format!("{failed} version(s) could not be read (shown above)")).into());
+        return Err(Failure::new(
+            Code::Failure,
+            format!("{failed} version(s) could not be read (shown above)"),
+        )
+        .into());
     }
     Ok(())
 }

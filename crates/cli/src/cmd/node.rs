@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use etcdguard_repo::retention::parse_duration;
 use etcdguard_node::park::{Park, ParkRequest, Unpark};
 use etcdguard_node::Timings;
+use etcdguard_repo::retention::parse_duration;
 use etcdguard_workflow::error::node_error;
 use etcdguard_workflow::join::{join_node, JoinEvent, JoinOptions, JoinOutcome};
 use etcdguard_workflow::node::{restore_node, NodeEvent, NodeOutcome, NodeRestoreOptions};
@@ -157,7 +157,10 @@ pub struct NodeFactArgs {
 
 impl NodeFactArgs {
     fn facts(&self) -> etcdguard_node::NodeFacts {
-        etcdguard_node::NodeFacts { node_name: self.node_name.clone(), node_ip: self.node_ip.map(|ip| ip.to_string()) }
+        etcdguard_node::NodeFacts {
+            node_name: self.node_name.clone(),
+            node_ip: self.node_ip.map(|ip| ip.to_string()),
+        }
     }
 }
 
@@ -337,13 +340,22 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
                 if members == 1 { "" } else { "s" }
             );
             if args.new_cluster {
-                println!("Old members probed (none may answer before a new one-member cluster starts):");
+                println!(
+                    "Old members probed (none may answer before a new one-member cluster starts):"
+                );
                 if probes.is_empty() {
                     println!("  (the manifest and the snapshot name no other member)");
                 }
                 for p in probes {
                     let t = &p.target;
-                    println!("  {} {} URL {} (from the {}): {}", t.member, t.kind, t.url, t.source, if p.answered { "ANSWERS" } else { "no answer" });
+                    println!(
+                        "  {} {} URL {} (from the {}): {}",
+                        t.member,
+                        t.kind,
+                        t.url,
+                        t.source,
+                        if p.answered { "ANSWERS" } else { "no answer" }
+                    );
                 }
             }
             print_steps(&plan.steps(), false);
@@ -352,10 +364,16 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
     match outcome {
         NodeOutcome::DryRun => println!("Dry run: nothing was changed."),
         NodeOutcome::Restored(plan, timings) => {
-            println!("etcd is serving again on {} with the restored data.", plan.etcd.client_addrs.join(", "));
+            println!(
+                "etcd is serving again on {} with the restored data.",
+                plan.etcd.client_addrs.join(", ")
+            );
             print_timings(&timings);
             if let Some(old) = &plan.old_data_dir {
-                println!("The old data dir is kept in {}; remove it once the cluster is healthy.", old.display());
+                println!(
+                    "The old data dir is kept in {}; remove it once the cluster is healthy.",
+                    old.display()
+                );
             }
             println!("Next: `etcdguard cluster health` (with the healthcheck client certificate), then `kubectl get nodes`.");
         }
@@ -385,12 +403,29 @@ fn node_join(args: NodeJoinArgs) -> Result<()> {
     match outcome {
         JoinOutcome::DryRun => println!("Dry run: nothing was changed."),
         JoinOutcome::Joined(j) => {
-            let how = if j.without_learner { "a voting member (the server refused learners)" } else { "a learner, then promoted" };
-            println!("Joined: {} (member {:x}) is {how}; {} healthy members: {}.", j.name, j.id, j.members, j.endpoints.join(", "));
-            let steps: Vec<String> = j.steps.iter().map(|(what, d)| format!("{what} at {:.1} s", d.as_secs_f64())).collect();
+            let how = if j.without_learner {
+                "a voting member (the server refused learners)"
+            } else {
+                "a learner, then promoted"
+            };
+            println!(
+                "Joined: {} (member {:x}) is {how}; {} healthy members: {}.",
+                j.name,
+                j.id,
+                j.members,
+                j.endpoints.join(", ")
+            );
+            let steps: Vec<String> = j
+                .steps
+                .iter()
+                .map(|(what, d)| format!("{what} at {:.1} s", d.as_secs_f64()))
+                .collect();
             println!("Times: {}.", steps.join(", "));
             if let Some(old) = &j.old_data_dir {
-                println!("The old data dir is kept in {}; remove it once the cluster is healthy.", old.display());
+                println!(
+                    "The old data dir is kept in {}; remove it once the cluster is healthy.",
+                    old.display()
+                );
             }
         }
     }
@@ -398,7 +433,8 @@ fn node_join(args: NodeJoinArgs) -> Result<()> {
 }
 
 fn print_timings(t: &Timings) {
-    let steps: Vec<String> = t.steps.iter().map(|(what, d)| format!("{what} {:.1} s", d.as_secs_f64())).collect();
+    let steps: Vec<String> =
+        t.steps.iter().map(|(what, d)| format!("{what} {:.1} s", d.as_secs_f64())).collect();
     println!("Times: {}.", steps.join(", "));
     if let Some(how) = &t.apiserver {
         println!("API server: {how}.");
@@ -412,7 +448,10 @@ fn node_park(args: NodeParkArgs) -> Result<()> {
         return Ok(());
     }
     let timings = park.execute(&mut |line| eprintln!("{line}")).map_err(node_error)?;
-    println!("Parked: etcd and the API server are down on this node; their manifests are in {}.", park.parked_dir.display());
+    println!(
+        "Parked: etcd and the API server are down on this node; their manifests are in {}.",
+        park.parked_dir.display()
+    );
     print_timings(&timings);
     println!("Next: park the other control-plane nodes, then `etcdguard node restore SNAPSHOT` here (or `etcdguard node unpark` to bring this node back as it was).");
     Ok(())

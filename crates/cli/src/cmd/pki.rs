@@ -73,7 +73,10 @@ fn check(args: CheckArgs) -> Result<()> {
     match args.write_out {
         TableJson::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         TableJson::Table => {
-            let mut rows = vec![["PATH", "SUBJECT", "NOT AFTER (UTC)", "DAYS LEFT", "CA", "STATUS"].map(String::from).to_vec()];
+            let mut rows =
+                vec![["PATH", "SUBJECT", "NOT AFTER (UTC)", "DAYS LEFT", "CA", "STATUS"]
+                    .map(String::from)
+                    .to_vec()];
             for c in &report.certificates {
                 rows.push(vec![
                     c.certificate.display_name(),
@@ -97,12 +100,20 @@ fn check(args: CheckArgs) -> Result<()> {
     let count = |s: Status| report.findings.iter().filter(|f| f.status == s).count();
     if !report.findings.is_empty() {
         let mut parts = Vec::new();
-        for (s, what) in [(Status::Expired, "expired"), (Status::Expiring, "expiring within --warn"), (Status::NotYetValid, "not yet valid")] {
+        for (s, what) in [
+            (Status::Expired, "expired"),
+            (Status::Expiring, "expiring within --warn"),
+            (Status::NotYetValid, "not yet valid"),
+        ] {
             if count(s) > 0 {
                 parts.push(format!("{} {what}", count(s)));
             }
         }
-        let clock = if count(Status::NotYetValid) > 0 { "; for \"not yet valid\" check the node's clock" } else { "" };
+        let clock = if count(Status::NotYetValid) > 0 {
+            "; for \"not yet valid\" check the node's clock"
+        } else {
+            ""
+        };
         return Err(Failure::new(
             Code::CertificateExpiry,
             format!(
@@ -115,10 +126,25 @@ fn check(args: CheckArgs) -> Result<()> {
         .into());
     }
     if !report.problems.is_empty() {
-        return Err(Failure::new(Code::Failure, format!("{} file(s) under {} could not be read as certificates (listed above)", report.problems.len(), report.pki_dir)).into());
+        return Err(Failure::new(
+            Code::Failure,
+            format!(
+                "{} file(s) under {} could not be read as certificates (listed above)",
+                report.problems.len(),
+                report.pki_dir
+            ),
+        )
+        .into());
     }
     if report.certificates.is_empty() {
-        return Err(Failure::new(Code::NotFound, format!("no certificate under {}; is it the PKI directory? (kubeadm: /etc/kubernetes/pki)", report.pki_dir)).into());
+        return Err(Failure::new(
+            Code::NotFound,
+            format!(
+                "no certificate under {}; is it the PKI directory? (kubeadm: /etc/kubernetes/pki)",
+                report.pki_dir
+            ),
+        )
+        .into());
     }
     Ok(())
 }

@@ -47,7 +47,11 @@ pub struct RepairArgs {
 
 pub fn repair(args: RepairArgs) -> Result<()> {
     let spec = RepoSpec { transfer: args.parallel.transfer(None), ..args.repo.spec() };
-    let repos = args.from_repos.iter().map(|url| RepoSpec { url: url.clone(), ..args.repo.spec() }).collect();
+    let repos = args
+        .from_repos
+        .iter()
+        .map(|url| RepoSpec { url: url.clone(), ..args.repo.spec() })
+        .collect();
     let opts = RepairOptions {
         repo: spec,
         files: args.from_files.clone(),
@@ -63,7 +67,9 @@ pub fn repair(args: RepairArgs) -> Result<()> {
         print!("{}", report_text(&report));
     }
     // Exit 10 while any backup stays unrestorable (or, dry, while there is damage to mend).
-    let damaged = !report.unrestorable.is_empty() || !report.unreadable_manifests.is_empty() || (report.dry_run && !report.is_clean());
+    let damaged = !report.unrestorable.is_empty()
+        || !report.unreadable_manifests.is_empty()
+        || (report.dry_run && !report.is_clean());
     if damaged {
         return Err(Failure::new(Code::Corrupt, "the repository is not whole (see above)").into());
     }
@@ -91,16 +97,23 @@ fn report_json(r: &RepairReport) -> serde_json::Value {
 
 fn report_text(r: &RepairReport) -> String {
     let (would, did) = if r.dry_run { ("would be ", "would ") } else { ("", "") };
-    let mut out = format!("{} pack(s) read whole: {} damaged", r.packs_checked, r.packs_damaged.len());
+    let mut out =
+        format!("{} pack(s) read whole: {} damaged", r.packs_checked, r.packs_damaged.len());
     if r.packs_reindexed > 0 {
         out.push_str(&format!(", {} in no index ({would}indexed again)", r.packs_reindexed));
     }
     out.push('\n');
     for p in &r.packs_damaged {
-        out.push_str(&format!("  damaged pack {p} ({did}{}removed)\n", if r.dry_run { "be " } else { "" }));
+        out.push_str(&format!(
+            "  damaged pack {p} ({did}{}removed)\n",
+            if r.dry_run { "be " } else { "" }
+        ));
     }
     if r.blobs_damaged > 0 || r.blobs_salvaged > 0 {
-        out.push_str(&format!("{} damaged blob(s); {} sound blob(s) of damaged packs {would}salvaged\n", r.blobs_damaged, r.blobs_salvaged));
+        out.push_str(&format!(
+            "{} damaged blob(s); {} sound blob(s) of damaged packs {would}salvaged\n",
+            r.blobs_damaged, r.blobs_salvaged
+        ));
     }
     for (source, n) in &r.blobs_refilled {
         out.push_str(&format!("{n} lost blob(s) {would}stored again from {source}\n"));
@@ -118,9 +131,15 @@ fn report_text(r: &RepairReport) -> String {
             r.unrestorable.len(),
             r.blobs_missing
         ));
-        let mut rows = vec![["ID", "CREATED (UTC)", "LOST BLOBS", "PARTS"].map(String::from).to_vec()];
+        let mut rows =
+            vec![["ID", "CREATED (UTC)", "LOST BLOBS", "PARTS"].map(String::from).to_vec()];
         for u in &r.unrestorable {
-            rows.push(vec![u.id.clone(), u.created.format("%Y-%m-%d %H:%M:%S").to_string(), u.missing_blobs.to_string(), u.parts.join(", ")]);
+            rows.push(vec![
+                u.id.clone(),
+                u.created.format("%Y-%m-%d %H:%M:%S").to_string(),
+                u.missing_blobs.to_string(),
+                u.parts.join(", "),
+            ]);
         }
         out.push_str(&table(&rows));
     }

@@ -80,7 +80,12 @@ pub struct RestoreArgs {
     #[arg(long, default_value = "etcd-cluster", value_name = "TOKEN", value_parser = crate::args::non_empty)]
     pub initial_cluster_token: String,
     /// This member's peer URLs (comma-separated); must equal its entry in --initial-cluster.
-    #[arg(long, default_value = "http://localhost:2380", value_name = "URLS", conflicts_with = "cluster_out")]
+    #[arg(
+        long,
+        default_value = "http://localhost:2380",
+        value_name = "URLS",
+        conflicts_with = "cluster_out"
+    )]
     pub initial_advertise_peer_urls: String,
     /// Do not compare the sha256 trailer (needed for a copied member/snap/db). The database
     /// structure is still checked.
@@ -156,7 +161,8 @@ pub(crate) fn print_restored(restored: &Restored) {
         report.source_revision,
         restored.elapsed.as_secs_f64()
     );
-    let phases: Vec<String> = report.timings.iter().map(|(n, d)| format!("{n} {:.1}s", d.as_secs_f64())).collect();
+    let phases: Vec<String> =
+        report.timings.iter().map(|(n, d)| format!("{n} {:.1}s", d.as_secs_f64())).collect();
     eprintln!("phases: {}", phases.join(", "));
     if report.revision != report.source_revision {
         println!("  revision bumped to {} (older revisions marked compacted)", report.revision);
@@ -178,7 +184,8 @@ pub(crate) fn print_restored(restored: &Restored) {
     }
     println!("Next, on each member's node: stop any etcd using the old data, then start etcd with");
     for m in &report.members {
-        let mut cmd = format!("  etcd --name {} --data-dir {}", m.member.name, m.data_dir.display());
+        let mut cmd =
+            format!("  etcd --name {} --data-dir {}", m.member.name, m.data_dir.display());
         if m.wal_dir != m.data_dir.join("member").join("wal") {
             cmd.push_str(&format!(" --wal-dir {}", m.wal_dir.display()));
         }

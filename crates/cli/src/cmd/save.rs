@@ -36,7 +36,10 @@ struct Bar(Option<indicatif::ProgressBar>);
 impl Progress for Bar {
     fn begin(&mut self, total: u64) {
         if std::io::stderr().is_terminal() {
-            let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::stderr_with_hz(5));
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(total),
+                indicatif::ProgressDrawTarget::stderr_with_hz(5),
+            );
             if let Ok(style) = indicatif::ProgressStyle::with_template(
                 "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
             ) {
@@ -90,7 +93,11 @@ pub fn run(args: SaveArgs) -> Result<()> {
     let started = Instant::now();
     let summary = match session.save(&st.endpoint, &dest, &mut Bar(None)) {
         // `snapshot save - | …` whose reader went away: end quietly, as `cat` would.
-        Err(ClientError::Write { target, source }) if matches!(dest, Destination::Stdout) && target == "stdout" && source.kind() == std::io::ErrorKind::BrokenPipe => {
+        Err(ClientError::Write { target, source })
+            if matches!(dest, Destination::Stdout)
+                && target == "stdout"
+                && source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
             crate::output::exit_by_sigpipe()
         }
         other => other.map_err(client_failure)?,
@@ -123,7 +130,11 @@ fn file_status(path: &Path) -> Result<String> {
     let release = || file.release_resident();
     // As the release that wrote it (a live 3.6 cluster's file prints 3.6's five columns).
     let (as_of, _) = etcdguard_storage::Provenance::read(&db).writer();
-    let status = etcdguard_storage::status_as(&db, as_of, Some(&release))
-        .map_err(|e| Failure::new(Code::Corrupt, format!("{}: saved, but its status cannot be read: {e}", path.display())))?;
+    let status = etcdguard_storage::status_as(&db, as_of, Some(&release)).map_err(|e| {
+        Failure::new(
+            Code::Corrupt,
+            format!("{}: saved, but its status cannot be read: {e}", path.display()),
+        )
+    })?;
     Ok(status.render(Format::Simple))
 }

@@ -146,8 +146,12 @@ fn verify(args: VerifyArgs) -> Result<()> {
     let file = open_snapshot(path)?;
     let db = file.db().map_err(|e| db_failure(path, e))?;
     let release = || file.release_resident();
-    let (trailer, report) = workflow::with_trailer_check(&file, false, || etcdguard_storage::verify(&db, Some(&release)));
-    let trailer = trailer.map_err(|e| Failure::new(Code::Failure, format!("{}: reading for sha256: {e}", path.display())))?;
+    let (trailer, report) = workflow::with_trailer_check(&file, false, || {
+        etcdguard_storage::verify(&db, Some(&release))
+    });
+    let trailer = trailer.map_err(|e| {
+        Failure::new(Code::Failure, format!("{}: reading for sha256: {e}", path.display()))
+    })?;
     match args.write_out {
         VerifyFormat::Text => print!("{}", verify_text(path, &trailer, &report, db.page_size())),
         VerifyFormat::Json => println!("{}", verify_json(path, &trailer, &report, db.page_size())),
@@ -159,7 +163,11 @@ fn verify(args: VerifyArgs) -> Result<()> {
         let n = report.structure.problem_count
             + report.schema_problem_count
             + report.metas.iter().filter(|m| m.is_err()).count();
-        return Err(Failure::new(Code::Corrupt, format!("{}: {n} problem{} found", path.display(), if n == 1 { "" } else { "s" })).into());
+        return Err(Failure::new(
+            Code::Corrupt,
+            format!("{}: {n} problem{} found", path.display(), if n == 1 { "" } else { "s" }),
+        )
+        .into());
     }
     Ok(())
 }
@@ -178,14 +186,18 @@ fn trailer_text(t: &TrailerCheck) -> String {
 fn verify_text(path: &Path, trailer: &TrailerCheck, r: &VerifyReport, page_size: u32) -> String {
     let ok = r.is_ok() && !matches!(trailer, TrailerCheck::Mismatch { .. });
     let mut out = format!("{}: {}\n", path.display(), if ok { "OK" } else { "DAMAGED" });
-    let line = |out: &mut String, label: &str, value: String| out.push_str(&format!("  {label:<17}{value}\n"));
+    let line = |out: &mut String, label: &str, value: String| {
+        out.push_str(&format!("  {label:<17}{value}\n"))
+    };
     line(&mut out, "sha256 trailer", trailer_text(trailer));
     let metas: Vec<String> = r
         .metas
         .iter()
         .enumerate()
         .map(|(i, m)| match m {
-            Ok(m) => format!("{i}: txid {}{}", m.txid, if i == r.active_meta { " (active)" } else { "" }),
+            Ok(m) => {
+                format!("{i}: txid {}{}", m.txid, if i == r.active_meta { " (active)" } else { "" })
+            }
             Err(e) => format!("{i}: DAMAGED ({e})"),
         })
         .collect();
@@ -204,18 +216,28 @@ fn verify_text(path: &Path, trailer: &TrailerCheck, r: &VerifyReport, page_size:
     );
     line(&mut out, "buckets", r.stats.buckets.join(" "));
     let st = &r.stats;
-    let mut revs = format!("{} ({} tombstones), newest {}", st.revisions, st.tombstones, st.max_revision);
+    let mut revs =
+        format!("{} ({} tombstones), newest {}", st.revisions, st.tombstones, st.max_revision);
     if let Some(c) = st.compacted_revision {
         revs.push_str(&format!(", compacted at {c}"));
     }
     line(&mut out, "revisions", revs);
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "absent".into());
-    line(&mut out, "raft", format!("consistent index {}, term {}", opt(st.consistent_index), opt(st.term)));
+    line(
+        &mut out,
+        "raft",
+        format!("consistent index {}, term {}", opt(st.consistent_index), opt(st.term)),
+    );
     line(&mut out, "members, leases", format!("{}, {}", st.members, st.leases));
     if let Some(status) = &r.status {
         line(&mut out, "status", status.render(Format::Simple).trim_end().to_string());
     }
-    let problems = r.structure.problems.iter().map(|p| p.to_string()).chain(r.schema_problems.iter().map(|p| p.to_string()));
+    let problems = r
+        .structure
+        .problems
+        .iter()
+        .map(|p| p.to_string())
+        .chain(r.schema_problems.iter().map(|p| p.to_string()));
     let total = r.structure.problem_count + r.schema_problem_count;
     if total > 0 {
         out.push_str(&format!("  problems ({total}):\n"));

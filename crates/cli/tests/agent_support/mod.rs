@@ -60,12 +60,23 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
 }
 
 /// Like [`wait_for`], and a timeout shows `log()` (the agent's own account of what it did).
-pub fn wait_for_or(what: &str, timeout: Duration, log: impl Fn() -> String, check: &mut dyn FnMut() -> bool) {
+pub fn wait_for_or(
+    what: &str,
+    timeout: Duration,
+    log: impl Fn() -> String,
+    check: &mut dyn FnMut() -> bool,
+) {
     poll(what, timeout, Duration::from_millis(200), log, check)
 }
 
 /// Polls `check` every `every` (short, to catch a brief state such as a backup running).
-pub fn poll(what: &str, timeout: Duration, every: Duration, log: impl Fn() -> String, check: &mut dyn FnMut() -> bool) {
+pub fn poll(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    log: impl Fn() -> String,
+    check: &mut dyn FnMut() -> bool,
+) {
     let start = Instant::now();
     while !check() {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}\n{}", log());
@@ -75,7 +86,12 @@ pub fn poll(what: &str, timeout: Duration, every: Duration, log: impl Fn() -> St
 
 /// The ids `backup list` shows, oldest first.
 pub fn list_ids(repo: &Path) -> Vec<String> {
-    let out = etcdguard().args(["backup", "list", "--repo"]).arg(repo).args(["-w", "json"]).output().unwrap();
+    let out = etcdguard()
+        .args(["backup", "list", "--repo"])
+        .arg(repo)
+        .args(["-w", "json"])
+        .output()
+        .unwrap();
     expect_code(&out, 0, "backup list");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect()

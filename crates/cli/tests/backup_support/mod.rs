@@ -22,7 +22,8 @@ pub struct Snapshots {
 pub fn snapshots() -> &'static Snapshots {
     static CELL: OnceLock<Snapshots> = OnceLock::new();
     CELL.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("backup-snapshots-{}", std::process::id()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("backup-snapshots-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let server = EtcdServer::start(EtcdVersion::V3_5);
@@ -31,12 +32,18 @@ pub fn snapshots() -> &'static Snapshots {
         let first = dir.join("first.db");
         server.snapshot_save(&first);
         for i in 0..15 {
-            server.put(format!("/registry/pods/default/object-{:06}", i * 97).as_bytes(), format!("churn {i} {}", "x".repeat(700)).as_bytes());
+            server.put(
+                format!("/registry/pods/default/object-{:06}", i * 97).as_bytes(),
+                format!("churn {i} {}", "x".repeat(700)).as_bytes(),
+            );
         }
         let second = dir.join("second.db");
         server.snapshot_save(&second);
         for i in 0..15 {
-            server.put(format!("/registry/configmaps/team-a/object-{:06}", i * 89 + 3).as_bytes(), format!("more {i} {}", "y".repeat(900)).as_bytes());
+            server.put(
+                format!("/registry/configmaps/team-a/object-{:06}", i * 89 + 3).as_bytes(),
+                format!("more {i} {}", "y".repeat(900)).as_bytes(),
+            );
         }
         let third = dir.join("third.db");
         server.snapshot_save(&third);
@@ -91,7 +98,12 @@ pub fn ok_with(cmd: &mut Command, args: &[&str]) -> String {
 pub fn fails_with(cmd: &mut Command, args: &[&str], code: i32) -> String {
     let out = run(cmd.args(args));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "etcdguard {args:?}: expected exit {code}, got {}:\n{stderr}", out.status);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "etcdguard {args:?}: expected exit {code}, got {}:\n{stderr}",
+        out.status
+    );
     stderr
 }
 
@@ -120,11 +132,18 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 pub fn list_json(repo: &str) -> Vec<serde_json::Value> {
-    serde_json::from_str::<serde_json::Value>(&ok(&["backup", "list", "--repo", repo, "-w", "json"])).unwrap().as_array().unwrap().clone()
+    serde_json::from_str::<serde_json::Value>(&ok(&[
+        "backup", "list", "--repo", repo, "-w", "json",
+    ]))
+    .unwrap()
+    .as_array()
+    .unwrap()
+    .clone()
 }
 
 pub fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("backup-{name}-{}", std::process::id()));
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("backup-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -135,11 +154,20 @@ pub fn control_plane(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     let pki = dir.join("pki");
     std::fs::create_dir_all(pki.join("etcd")).unwrap();
-    std::fs::write(pki.join("ca.crt"), "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n").unwrap();
-    std::fs::write(pki.join("ca.key"), "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n").unwrap();
+    std::fs::write(
+        pki.join("ca.crt"),
+        "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pki.join("ca.key"),
+        "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
     std::fs::set_permissions(pki.join("ca.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(pki.join("etcd/server.key"), "etcd key").unwrap();
-    std::fs::set_permissions(pki.join("etcd/server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(pki.join("etcd/server.key"), std::fs::Permissions::from_mode(0o600))
+        .unwrap();
     std::os::unix::fs::symlink("ca.crt", pki.join("ca-link.crt")).unwrap();
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
@@ -223,7 +251,11 @@ fn ureq_put(url: &str) -> bool {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
     let mut s = std::net::TcpStream::connect(host).unwrap();
-    write!(s, "PUT /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "PUT /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
     resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200")
@@ -272,7 +304,9 @@ impl CuttingProxy {
                     continue;
                 }
                 client.set_nonblocking(false).unwrap();
-                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let sent = sent.clone();
                 let stop = stop2.clone();
@@ -348,7 +382,11 @@ impl FlakyProxy {
                     let _ = serve_flaky(client, upstream, &|_| {
                         let n = seen.fetch_add(1, Ordering::SeqCst);
                         let fail = n % every == 0
-                            && failed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| (f < max_failures).then_some(f + 1)).is_ok();
+                            && failed
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| {
+                                    (f < max_failures).then_some(f + 1)
+                                })
+                                .is_ok();
                         fail.then_some(SLOW_DOWN)
                     });
                 });
@@ -412,7 +450,11 @@ impl DenyDeleteProxy {
 
 /// One client connection of a [`FlakyProxy`] or [`DenyDeleteProxy`]: requests in turn, each
 /// answered with what `fail_this_one` says for its head (status line, XML body) or forwarded.
-fn serve_flaky(client: std::net::TcpStream, upstream: u16, fail_this_one: &dyn Fn(&str) -> Option<(&'static str, &'static str)>) -> std::io::Result<()> {
+fn serve_flaky(
+    client: std::net::TcpStream,
+    upstream: u16,
+    fail_this_one: &dyn Fn(&str) -> Option<(&'static str, &'static str)>,
+) -> std::io::Result<()> {
     use std::io::{BufRead, BufReader, Read, Write};
     let mut reader = BufReader::new(client.try_clone()?);
     let mut client = client;
@@ -428,7 +470,10 @@ fn serve_flaky(client: std::net::TcpStream, upstream: u16, fail_this_one: &dyn F
             }
         }
         let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-        assert!(!text.contains("transfer-encoding: chunked"), "FlakyProxy handles Content-Length bodies only");
+        assert!(
+            !text.contains("transfer-encoding: chunked"),
+            "FlakyProxy handles Content-Length bodies only"
+        );
         let length: usize = text
             .lines()
             .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
@@ -454,7 +499,8 @@ fn serve_flaky(client: std::net::TcpStream, upstream: u16, fail_this_one: &dyn F
         up.write_all(&body)?;
         let mut response = Vec::new();
         up.read_to_end(&mut response)?;
-        let split = response.windows(4).position(|w| w == b"\r\n\r\n").map_or(response.len(), |p| p + 2);
+        let split =
+            response.windows(4).position(|w| w == b"\r\n\r\n").map_or(response.len(), |p| p + 2);
         let (resp_head, rest) = response.split_at(split);
         client.write_all(resp_head)?;
         if !String::from_utf8_lossy(resp_head).to_ascii_lowercase().contains("connection: close") {
@@ -473,7 +519,8 @@ pub struct Azurite {
     pub url: String,
 }
 
-const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 impl Azurite {
     pub fn start() -> Azurite {
@@ -492,7 +539,10 @@ impl Azurite {
         let a = Azurite { child: Some(child), port, url: format!("http://127.0.0.1:{port}") };
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(60), "azurite did not start on port {port}");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "azurite did not start on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         a
@@ -514,8 +564,15 @@ headers["Authorization"] = f"SharedKey devstoreaccount1:{sig}"
 req = urllib.request.Request(f"{url}/devstoreaccount1/{name}?restype=container", method="PUT", headers=headers, data=b"")
 print(urllib.request.urlopen(req).status)
 "#;
-        let out = Command::new("python3").args(["-c", script, &self.url, name, AZURITE_KEY]).output().unwrap();
-        assert!(out.status.success(), "creating container {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("python3")
+            .args(["-c", script, &self.url, name, AZURITE_KEY])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "creating container {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -548,7 +605,11 @@ pub fn http_get(url: &str) -> Vec<u8> {
     let split = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("no end of headers");
     let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
     let body = resp[split + 4..].to_vec();
-    assert!(head.starts_with("http/1.1 200") || head.starts_with("http/1.0 200"), "{head}\n{}", String::from_utf8_lossy(&body[..body.len().min(300)]));
+    assert!(
+        head.starts_with("http/1.1 200") || head.starts_with("http/1.0 200"),
+        "{head}\n{}",
+        String::from_utf8_lossy(&body[..body.len().min(300)])
+    );
     if !head.contains("transfer-encoding: chunked") {
         return body;
     }
@@ -556,7 +617,8 @@ pub fn http_get(url: &str) -> Vec<u8> {
     let mut rest = &body[..];
     loop {
         let eol = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
-        let n = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16).unwrap_or(0);
+        let n =
+            usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16).unwrap_or(0);
         if n == 0 {
             return out;
         }
@@ -567,7 +629,10 @@ pub fn http_get(url: &str) -> Vec<u8> {
 
 /// The live cluster's own history after `from` up to `last`: (revision, put?, key).
 pub fn live_history(server: &EtcdServer, from: i64, last: i64) -> Vec<(i64, bool, String)> {
-    let flags = etcdguard_client::ConnectFlags { endpoints: Some(vec![server.endpoint().to_string()]), ..Default::default() };
+    let flags = etcdguard_client::ConnectFlags {
+        endpoints: Some(vec![server.endpoint().to_string()]),
+        ..Default::default()
+    };
     let (cfg, _) = etcdguard_client::ConnectConfig::resolve_with(flags, |_| None).unwrap();
     let session = etcdguard_client::Session::new(cfg).unwrap();
     let mut out = Vec::new();
@@ -578,7 +643,9 @@ pub fn live_history(server: &EtcdServer, from: i64, last: i64) -> Vec<(i64, bool
                 etcdguard_client::WatchUpdate::Changes { changes, .. } => {
                     // Idle means no change for a while, not a slow replay of a long history.
                     idle = 0;
-                    out.extend(changes.into_iter().map(|c| (c.mod_revision, c.put, String::from_utf8_lossy(&c.key).into_owned())))
+                    out.extend(changes.into_iter().map(|c| {
+                        (c.mod_revision, c.put, String::from_utf8_lossy(&c.key).into_owned())
+                    }))
                 }
                 _ => idle += 1,
             }

@@ -57,7 +57,12 @@ impl Kubelet {
     }
 
     /// As [`Kubelet::start_with`], the etcd pods run as `runtime` says.
-    pub fn start_pods(manifests: PathBuf, log_dir: PathBuf, run_apiserver: bool, runtime: PodRuntime) -> Kubelet {
+    pub fn start_pods(
+        manifests: PathBuf,
+        log_dir: PathBuf,
+        run_apiserver: bool,
+        runtime: PodRuntime,
+    ) -> Kubelet {
         let stop = Arc::new(AtomicBool::new(false));
         let starts = Arc::new(Mutex::new(0));
         let apiserver = Arc::new(ApiStats::default());
@@ -66,8 +71,12 @@ impl Kubelet {
             let mut pods: std::collections::BTreeMap<PathBuf, Running> = Default::default();
             let deadline = Instant::now() + Duration::from_secs(600);
             while !stop2.load(Ordering::SeqCst) && Instant::now() < deadline {
-                let present: Vec<PathBuf> = std::fs::read_dir(&manifests).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
-                for gone in pods.keys().filter(|p| !present.contains(p)).cloned().collect::<Vec<_>>() {
+                let present: Vec<PathBuf> = std::fs::read_dir(&manifests)
+                    .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                    .unwrap_or_default();
+                for gone in
+                    pods.keys().filter(|p| !present.contains(p)).cloned().collect::<Vec<_>>()
+                {
                     pods.remove(&gone).unwrap().stop();
                 }
                 // An etcd that exited is started again on the next round, as the kubelet does.
@@ -87,7 +96,14 @@ impl Kubelet {
                     } else if text.contains("etcd") && text.contains("data-dir") {
                         let mut n = starts2.lock().unwrap();
                         *n += 1;
-                        pods.insert(m.clone(), Running::Etcd(run_pod_in(&m, &log_dir.join(format!("etcd-{n}.log")), &runtime)));
+                        pods.insert(
+                            m.clone(),
+                            Running::Etcd(run_pod_in(
+                                &m,
+                                &log_dir.join(format!("etcd-{n}.log")),
+                                &runtime,
+                            )),
+                        );
                     }
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -124,7 +140,12 @@ pub fn terminate(c: &mut Child) {
 /// The value of `--flag=VALUE` in a manifest's text.
 pub fn flag_in(text: &str, flag: &str) -> Option<String> {
     let at = text.find(&format!("--{flag}="))? + flag.len() + 3;
-    Some(text[at..].chars().take_while(|c| !c.is_whitespace() && *c != '"' && *c != '\'' && *c != ',').collect())
+    Some(
+        text[at..]
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != '"' && *c != '\'' && *c != ',')
+            .collect(),
+    )
 }
 
 /// The API server stand-in: HTTPS on 127.0.0.1:<--secure-port> with a throwaway
@@ -142,7 +163,10 @@ fn start_apiserver(manifest: &str, stats: Arc<ApiStats>) -> Running {
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
-            .with_single_cert(vec![cert.cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()))
+            .with_single_cert(
+                vec![cert.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
+            )
             .unwrap(),
     );
     let stop = Arc::new(AtomicBool::new(false));
@@ -152,7 +176,10 @@ fn start_apiserver(manifest: &str, stats: Arc<ApiStats>) -> Running {
     let listener = loop {
         match std::net::TcpListener::bind(("127.0.0.1", port)) {
             Ok(l) => break l,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && bind_started.elapsed() < Duration::from_secs(20) => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && bind_started.elapsed() < Duration::from_secs(20) =>
+            {
                 std::thread::sleep(Duration::from_millis(100))
             }
             Err(e) => panic!("API server stand-in: bind 127.0.0.1:{port}: {e}"),
@@ -181,11 +208,15 @@ fn start_apiserver(manifest: &str, stats: Arc<ApiStats>) -> Running {
             if !req.starts_with(b"GET /readyz ") {
                 continue;
             }
-            let ready = started.elapsed() > Duration::from_secs(1) && std::net::TcpStream::connect(&etcd_addr).is_ok();
+            let ready = started.elapsed() > Duration::from_secs(1)
+                && std::net::TcpStream::connect(&etcd_addr).is_ok();
             let status = if ready { "200 OK" } else { "503 Service Unavailable" };
             let counter = if ready { &stats.ready } else { &stats.not_ready };
             counter.fetch_add(1, Ordering::SeqCst);
-            let _ = tls.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").as_bytes());
+            let _ = tls.write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                    .as_bytes(),
+            );
             let _ = tls.flush();
             tls.conn.send_close_notify();
             let _ = tls.flush();
@@ -200,7 +231,11 @@ fn map_paths(text: &str, mounts: &[(String, String)]) -> String {
     let mut out = String::new();
     let mut i = 0;
     while i < text.len() {
-        match mounts.iter().filter(|(m, _)| text[i..].starts_with(m.as_str())).max_by_key(|(m, _)| m.len()) {
+        match mounts
+            .iter()
+            .filter(|(m, _)| text[i..].starts_with(m.as_str()))
+            .max_by_key(|(m, _)| m.len())
+        {
             Some((m, host)) => {
                 out.push_str(host);
                 i += m.len();
@@ -238,16 +273,23 @@ pub fn run_pod(manifest: &Path, log: &Path) -> Child {
 /// [`run_pod`] with the etcd and PATH of `runtime`.
 pub fn run_pod_in(manifest: &Path, log: &Path, runtime: &PodRuntime) -> Child {
     use std::os::unix::process::CommandExt;
-    let pod: serde_norway::Value = serde_norway::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
+    let pod: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
     let containers = pod["spec"]["containers"].as_sequence().unwrap();
-    let c = containers.iter().find(|c| c["name"].as_str() == Some("etcd")).unwrap_or(&containers[0]);
+    let c =
+        containers.iter().find(|c| c["name"].as_str() == Some("etcd")).unwrap_or(&containers[0]);
     let mounts: Vec<(String, String)> = c["volumeMounts"]
         .as_sequence()
         .unwrap()
         .iter()
         .map(|m| {
             let name = m["name"].as_str().unwrap();
-            let vol = pod["spec"]["volumes"].as_sequence().unwrap().iter().find(|v| v["name"].as_str() == Some(name)).unwrap();
+            let vol = pod["spec"]["volumes"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"].as_str() == Some(name))
+                .unwrap();
             let host = match vol["hostPath"]["path"].as_str() {
                 Some(p) => p.to_string(),
                 // An emptyDir: a dir of the pod's own beside its logs.
@@ -260,9 +302,17 @@ pub fn run_pod_in(manifest: &Path, log: &Path, runtime: &PodRuntime) -> Child {
             (m["mountPath"].as_str().unwrap().trim_end_matches('/').to_string(), host)
         })
         .collect();
-    let words = |key: &str| -> Vec<String> { c[key].as_sequence().map(|s| s.iter().map(|a| a.as_str().unwrap().to_string()).collect()).unwrap_or_default() };
-    let argv: Vec<String> = words("command").into_iter().chain(words("args")).map(|a| map_paths(&a, &mounts)).collect();
-    let run_as = |key: &str| c["securityContext"][key].as_u64().or(pod["spec"]["securityContext"][key].as_u64());
+    let words = |key: &str| -> Vec<String> {
+        c[key]
+            .as_sequence()
+            .map(|s| s.iter().map(|a| a.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let argv: Vec<String> =
+        words("command").into_iter().chain(words("args")).map(|a| map_paths(&a, &mounts)).collect();
+    let run_as = |key: &str| {
+        c["securityContext"][key].as_u64().or(pod["spec"]["securityContext"][key].as_u64())
+    };
     // The etcd release the pod's image names (registry.k8s.io/etcd:3.6.17-0 → 3.6), 3.5
     // otherwise; a runtime's own etcd dir wins.
     let release = c["image"]
@@ -286,10 +336,16 @@ pub fn run_pod_in(manifest: &Path, log: &Path, runtime: &PodRuntime) -> Child {
         etcd_bin = copy;
     }
     let mut cmd = if argv[0].ends_with("sh") {
-        let shell = if runtime.sh_is_bash && argv[0] == "/bin/sh" { "/bin/bash" } else { argv[0].as_str() };
+        let shell =
+            if runtime.sh_is_bash && argv[0] == "/bin/sh" { "/bin/bash" } else { argv[0].as_str() };
         let mut cmd = Command::new(shell);
-        let extra = runtime.extra_path.as_ref().map(|p| format!("{}:", p.display())).unwrap_or_default();
-        let path = format!("{extra}{}:{}", etcd_bin.parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+        let extra =
+            runtime.extra_path.as_ref().map(|p| format!("{}:", p.display())).unwrap_or_default();
+        let path = format!(
+            "{extra}{}:{}",
+            etcd_bin.parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         cmd.args(&argv[1..]).env("PATH", path);
         cmd
     } else {

@@ -7,8 +7,8 @@ use std::process::{Command, Output};
 
 use etcdguard_testkit::{ClientTls, EtcdServer, EtcdVersion};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
 };
 
 /// `etcdguard` with no ETCDCTL_* variables from the caller's environment, and no cloud
@@ -70,7 +70,11 @@ fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.distinguished_name.push(DnType::CommonName, name);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
 }
 
@@ -88,8 +92,10 @@ impl Pki {
             let key = KeyPair::generate().unwrap();
             let mut p = CertificateParams::new(sans).unwrap();
             p.distinguished_name.push(DnType::CommonName, cn);
-            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+            p.key_usages =
+                vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            p.extended_key_usages =
+                vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
             if expired {
                 p.not_before = rcgen::date_time_ymd(2020, 1, 1);
                 p.not_after = rcgen::date_time_ymd(2021, 1, 1);
@@ -97,14 +103,16 @@ impl Pki {
             let cert = p.signed_by(&key, &ca1).unwrap();
             (cert.pem(), key.serialize_pem())
         };
-        let (server_cert, server_key) = leaf("etcd", vec!["127.0.0.1".into(), "localhost".into()], false);
+        let (server_cert, server_key) =
+            leaf("etcd", vec!["127.0.0.1".into(), "localhost".into()], false);
         let (client_cert, client_key) = leaf("root", vec![], false);
         let (expired_cert, expired_key) = leaf("root", vec![], true);
         let (server_only_cert, server_only_key) = {
             let key = KeyPair::generate().unwrap();
             let mut p = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
             p.distinguished_name.push(DnType::CommonName, "etcd server only");
-            p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            p.key_usages =
+                vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             (p.signed_by(&key, &ca1).unwrap().pem(), key.serialize_pem())
         };
@@ -132,7 +140,11 @@ impl Pki {
                 key_file: self.server_key.clone(),
                 trusted_ca_file: self.ca.clone(),
                 client_cert_auth: true,
-                etcdctl_files: Some((self.ca.clone(), self.client_cert.clone(), self.client_key.clone())),
+                etcdctl_files: Some((
+                    self.ca.clone(),
+                    self.client_cert.clone(),
+                    self.client_key.clone(),
+                )),
             })
             .start()
     }

@@ -24,7 +24,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use etcdguard_testkit::{EtcdServer, EtcdVersion};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
 use serde::Deserialize;
 
 use crate::kubelet_support::{Kubelet, PodRuntime};
@@ -54,12 +57,16 @@ struct Data {
 }
 
 pub fn releases() -> Vec<Release> {
-    let data: Data = serde_norway::from_str(include_str!("../data/openshift-etcd-releases.yaml")).unwrap();
+    let data: Data =
+        serde_norway::from_str(include_str!("../data/openshift-etcd-releases.yaml")).unwrap();
     data.releases
 }
 
 pub fn release(name: &str) -> Release {
-    releases().into_iter().find(|r| r.release == name).unwrap_or_else(|| panic!("no release {name} in the data file"))
+    releases()
+        .into_iter()
+        .find(|r| r.release == name)
+        .unwrap_or_else(|| panic!("no release {name} in the data file"))
 }
 
 /// The etcd binaries' dir for a release.
@@ -67,7 +74,9 @@ pub fn etcd_dir(rel: &Release) -> PathBuf {
     match rel.etcd.as_str() {
         "3.5" => EtcdVersion::V3_5.binaries().etcd.parent().unwrap().to_path_buf(),
         "3.6" => {
-            let dir = std::env::var("ETCDGUARD_ETCD36_DIR").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/usr/local/lib/etcd-3.6"));
+            let dir = std::env::var("ETCDGUARD_ETCD36_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| PathBuf::from("/usr/local/lib/etcd-3.6"));
             assert!(dir.join("etcd").is_file(), "etcd 3.6 not found in {} (set ETCDGUARD_ETCD36_DIR; scripts/install-go-peers builds it)", dir.display());
             dir
         }
@@ -94,16 +103,28 @@ fn quoted(v: &str) -> String {
 }
 
 /// Every env entry of the etcd containers (sorted by name, as the operator sorts them).
-pub fn env_entries(rel: &Release, nodes: &[NodeSpec], me: &NodeSpec, image: &str) -> BTreeMap<String, String> {
+pub fn env_entries(
+    rel: &Release,
+    nodes: &[NodeSpec],
+    me: &NodeSpec,
+    image: &str,
+) -> BTreeMap<String, String> {
     let mut env = rel.env.clone();
-    let mut endpoints: Vec<String> = nodes.iter().map(|n| format!("https://{}:2379", n.ip)).collect();
+    let mut endpoints: Vec<String> =
+        nodes.iter().map(|n| format!("https://{}:2379", n.ip)).collect();
     endpoints.sort();
     let certs = "/etc/kubernetes/static-pod-certs";
     env.insert("ALL_ETCD_ENDPOINTS".into(), endpoints.join(","));
     env.insert("ETCDCTL_ENDPOINTS".into(), endpoints.join(","));
     env.insert("ETCDCTL_CACERT".into(), format!("{certs}/configmaps/{}", rel.server_ca));
-    env.insert("ETCDCTL_CERT".into(), format!("{certs}/secrets/etcd-all-certs/etcd-peer-{}.crt", me.name));
-    env.insert("ETCDCTL_KEY".into(), format!("{certs}/secrets/etcd-all-certs/etcd-peer-{}.key", me.name));
+    env.insert(
+        "ETCDCTL_CERT".into(),
+        format!("{certs}/secrets/etcd-all-certs/etcd-peer-{}.crt", me.name),
+    );
+    env.insert(
+        "ETCDCTL_KEY".into(),
+        format!("{certs}/secrets/etcd-all-certs/etcd-peer-{}.key", me.name),
+    );
     env.insert("ETCD_IMAGE".into(), image.into());
     for n in nodes {
         env.insert(format!("NODE_{}_ETCD_NAME", n.safe()), n.name.clone());
@@ -114,7 +135,12 @@ pub fn env_entries(rel: &Release, nodes: &[NodeSpec], me: &NodeSpec, image: &str
 }
 
 /// The `env:` block of a container at `indent` spaces, in the release's template style.
-fn env_block(rel: &Release, env: &BTreeMap<String, String>, indent: usize, revision: Option<u32>) -> String {
+fn env_block(
+    rel: &Release,
+    env: &BTreeMap<String, String>,
+    indent: usize,
+    revision: Option<u32>,
+) -> String {
     let (item, value) = match rel.template.as_str() {
         "replacer" => (" ".repeat(indent + 2), " ".repeat(indent + 4)),
         _ => (" ".repeat(indent), " ".repeat(indent + 2)),
@@ -131,7 +157,13 @@ fn env_block(rel: &Release, env: &BTreeMap<String, String>, indent: usize, revis
 }
 
 /// etcd-pod.yaml for node `me` of `nodes`, host paths under `host_root`, listening on `listen`.
-pub fn render(rel: &Release, nodes: &[NodeSpec], me: &NodeSpec, listen: &str, host_root: &Path) -> String {
+pub fn render(
+    rel: &Release,
+    nodes: &[NodeSpec],
+    me: &NodeSpec,
+    listen: &str,
+    host_root: &Path,
+) -> String {
     let image = "quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:4f1e7c0d2b9a8e6f5d3c1b0a9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d";
     let operator_image = "quay.io/openshift-release-dev/ocp-v4.0-art-dev@sha256:0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
     let revision = 3;
@@ -144,7 +176,8 @@ pub fn render(rel: &Release, nodes: &[NodeSpec], me: &NodeSpec, listen: &str, ho
         wait_ports.push("2381");
     }
     wait_ports.push("9978");
-    let ss_filter = wait_ports.iter().map(|p| format!("sport = {p}")).collect::<Vec<_>>().join(" or ");
+    let ss_filter =
+        wait_ports.iter().map(|p| format!("sport = {p}")).collect::<Vec<_>>().join(" or ");
     let (last_port, first_ports) = wait_ports.split_last().unwrap();
     let wait_words = format!("{} and {last_port}", first_ports.join(", "));
     let mut flags: Vec<String> = vec!["--logger=zap".into(), "--log-level=info".into()];
@@ -161,7 +194,8 @@ pub fn render(rel: &Release, nodes: &[NodeSpec], me: &NodeSpec, listen: &str, ho
         "--peer-client-cert-auth=true".into(),
         format!("--advertise-client-urls=https://${{NODE_{safe}_IP}}:2379"),
     ]);
-    let unix = if rel.unix_socket { format!(",unixs://${{NODE_{safe}_IP}}:0") } else { String::new() };
+    let unix =
+        if rel.unix_socket { format!(",unixs://${{NODE_{safe}_IP}}:0") } else { String::new() };
     flags.push(format!("--listen-client-urls=https://{listen}:2379{unix}"));
     if rel.client_http {
         flags.push(format!("--listen-client-http-urls=https://{listen}:2381"));
@@ -212,7 +246,10 @@ pub fn render(rel: &Release, nodes: &[NodeSpec], me: &NodeSpec, listen: &str, ho
         ),
     };
     let (security, tmp_mount) = match rel.read_only_root {
-        true => ("    securityContext:\n      privileged: true\n      readOnlyRootFilesystem: true\n", "      - mountPath: /tmp\n        name: tmp-dir\n"),
+        true => (
+            "    securityContext:\n      privileged: true\n      readOnlyRootFilesystem: true\n",
+            "      - mountPath: /tmp\n        name: tmp-dir\n",
+        ),
         false => ("    securityContext:\n      privileged: true\n", ""),
     };
     let mut more_volumes = String::new();
@@ -398,16 +435,25 @@ fn ca() -> CertifiedIssuer<'static, KeyPair> {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.distinguished_name.push(DnType::CommonName, "openshift-etcd-signer (test)");
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
 }
 
-fn leaf(issuer: &CertifiedIssuer<'static, KeyPair>, cn: &str, sans: Vec<String>) -> (String, String) {
+fn leaf(
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    cn: &str,
+    sans: Vec<String>,
+) -> (String, String) {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(sans).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.extended_key_usages =
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     (p.signed_by(&key, issuer).unwrap().pem(), key.serialize_pem())
 }
 
@@ -458,10 +504,26 @@ exit 1
 }
 
 /// `etcdctl` of `dir` with the client TLS files.
-pub fn etcdctl_in(dir: &Path, ca: &Path, cert: &Path, key: &Path, endpoints: &str, args: &[&str]) -> Output {
+pub fn etcdctl_in(
+    dir: &Path,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    endpoints: &str,
+    args: &[&str],
+) -> Output {
     Command::new(dir.join("etcdctl"))
         .env("ETCDCTL_API", "3")
-        .args(["--endpoints", endpoints, "--cacert", ca.to_str().unwrap(), "--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()])
+        .args([
+            "--endpoints",
+            endpoints,
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ])
         .args(["--command-timeout", "5s", "--dial-timeout", "2s"])
         .args(args)
         .output()
@@ -480,9 +542,17 @@ impl OsCluster {
     /// Renders and starts three nodes on 127.0.`subnet`.1-3, seeded with `seed_keys` keys.
     pub fn start(rel: &Release, subnet: u8, seed_keys: usize) -> OsCluster {
         // ETCDGUARD_KEEP_TMP=1 keeps the nodes' dirs (logs) for a look after a failure.
-        let tmp = tempfile::Builder::new().disable_cleanup(std::env::var_os("ETCDGUARD_KEEP_TMP").is_some()).tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .disable_cleanup(std::env::var_os("ETCDGUARD_KEEP_TMP").is_some())
+            .tempdir()
+            .unwrap();
         let etcd_dir = etcd_dir(rel);
-        let specs: Vec<NodeSpec> = (0..3).map(|i| NodeSpec { name: format!("master-{i}"), ip: format!("127.0.{subnet}.{}", i + 1) }).collect();
+        let specs: Vec<NodeSpec> = (0..3)
+            .map(|i| NodeSpec {
+                name: format!("master-{i}"),
+                ip: format!("127.0.{subnet}.{}", i + 1),
+            })
+            .collect();
         let issuer = ca();
         let ca_path = tmp.path().join("ca.crt");
         write(&ca_path, &issuer.pem(), 0o644);
@@ -492,11 +562,15 @@ impl OsCluster {
         {
             let server = EtcdServer::builder(EtcdVersion::V3_5).start();
             for k in 0..seed_keys {
-                server.put(format!("/kubernetes.io/configmaps/openshift-config/cm{k}").as_bytes(), format!("value {k}").as_bytes());
+                server.put(
+                    format!("/kubernetes.io/configmaps/openshift-config/cm{k}").as_bytes(),
+                    format!("value {k}").as_bytes(),
+                );
             }
             server.snapshot_save(&seed);
         }
-        let initial: Vec<String> = specs.iter().map(|n| format!("{}=https://{}:2380", n.name, n.ip)).collect();
+        let initial: Vec<String> =
+            specs.iter().map(|n| format!("{}=https://{}:2380", n.name, n.ip)).collect();
         let mut nodes = Vec::new();
         for spec in &specs {
             let root = tmp.path().join(&spec.name);
@@ -508,19 +582,55 @@ impl OsCluster {
                 write(&certs.join("configmaps").join(bundle), &issuer.pem(), 0o644);
             }
             for kind in ["serving", "peer", "serving-metrics"] {
-                let (crt, key) = leaf(&issuer, &format!("system:etcd-{kind}:{}", spec.name), vec![spec.ip.clone(), "localhost".into(), "127.0.0.1".into()]);
-                write(&certs.join(format!("secrets/etcd-all-certs/etcd-{kind}-{}.crt", spec.name)), &crt, 0o600);
-                write(&certs.join(format!("secrets/etcd-all-certs/etcd-{kind}-{}.key", spec.name)), &key, 0o600);
+                let (crt, key) = leaf(
+                    &issuer,
+                    &format!("system:etcd-{kind}:{}", spec.name),
+                    vec![spec.ip.clone(), "localhost".into(), "127.0.0.1".into()],
+                );
+                write(
+                    &certs.join(format!("secrets/etcd-all-certs/etcd-{kind}-{}.crt", spec.name)),
+                    &crt,
+                    0o600,
+                );
+                write(
+                    &certs.join(format!("secrets/etcd-all-certs/etcd-{kind}-{}.key", spec.name)),
+                    &key,
+                    0o600,
+                );
             }
             write_stand_ins(&root.join("image-bin"), &spec.ip);
             let data = root.join("var/lib/etcd");
             let out = Command::new(etcd_dir.join("etcdutl"))
-                .args(["snapshot", "restore", seed.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--name", &spec.name])
-                .args(["--initial-cluster", &initial.join(","), "--initial-cluster-token", "openshift-etcd", "--initial-advertise-peer-urls", &format!("https://{}:2380", spec.ip)])
+                .args([
+                    "snapshot",
+                    "restore",
+                    seed.to_str().unwrap(),
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                    "--name",
+                    &spec.name,
+                ])
+                .args([
+                    "--initial-cluster",
+                    &initial.join(","),
+                    "--initial-cluster-token",
+                    "openshift-etcd",
+                    "--initial-advertise-peer-urls",
+                    &format!("https://{}:2380", spec.ip),
+                ])
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "seeding {}: {}", spec.name, String::from_utf8_lossy(&out.stderr));
-            std::fs::write(manifests.join("etcd-pod.yaml"), render(rel, &specs, spec, &spec.ip, &root)).unwrap();
+            assert!(
+                out.status.success(),
+                "seeding {}: {}",
+                spec.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::fs::write(
+                manifests.join("etcd-pod.yaml"),
+                render(rel, &specs, spec, &spec.ip, &root),
+            )
+            .unwrap();
             // The API server (a stand-in serving /readyz) with its encryption configuration
             // in the --openshift-config file, as OpenShift's kube-apiserver-pod.yaml has it.
             let resources = kubernetes.join("static-pod-resources/kube-apiserver-pod-5");
@@ -542,7 +652,12 @@ impl OsCluster {
             )
             .unwrap();
             std::fs::write(manifests.join("kube-scheduler-pod.yaml"), "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - command: [hyperkube, kube-scheduler]\n    name: kube-scheduler\n").unwrap();
-            let runtime = PodRuntime { etcd_dir: Some(etcd_dir.clone()), extra_path: Some(root.join("image-bin")), sh_is_bash: true, workdir: Some(root.clone()) };
+            let runtime = PodRuntime {
+                etcd_dir: Some(etcd_dir.clone()),
+                extra_path: Some(root.join("image-bin")),
+                sh_is_bash: true,
+                workdir: Some(root.clone()),
+            };
             let kubelet = Some(Kubelet::start_pods(manifests.clone(), root.clone(), true, runtime));
             nodes.push(OsNode {
                 client: format!("https://{}:2379", spec.ip),
@@ -558,9 +673,21 @@ impl OsCluster {
         }
         let client_cert = nodes[0].root.join("etc/kubernetes/static-pod-resources/etcd-certs/secrets/etcd-all-certs/etcd-peer-master-0.crt");
         let client_key = client_cert.with_extension("key");
-        let cluster = OsCluster { rel: rel.clone(), nodes, ca: ca_path, client_cert, client_key, etcd_dir, tmp };
+        let cluster = OsCluster {
+            rel: rel.clone(),
+            nodes,
+            ca: ca_path,
+            client_cert,
+            client_key,
+            etcd_dir,
+            tmp,
+        };
         for n in &cluster.nodes {
-            wait_until(Duration::from_secs(90), &format!("{} {} healthy (logs in {})", rel.release, n.spec.name, n.root.display()), || cluster.healthy(&n.client));
+            wait_until(
+                Duration::from_secs(90),
+                &format!("{} {} healthy (logs in {})", rel.release, n.spec.name, n.root.display()),
+                || cluster.healthy(&n.client),
+            );
         }
         cluster
     }
@@ -569,12 +696,21 @@ impl OsCluster {
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for n in &self.nodes {
-            let mut logs: Vec<PathBuf> = std::fs::read_dir(&n.root).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "log")).collect();
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(&n.root)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
             logs.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
             if let Some(last) = logs.last() {
                 let text = std::fs::read_to_string(last).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(25).collect();
-                out.push_str(&format!("--- {} {}:\n{}\n", n.spec.name, last.display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+                out.push_str(&format!(
+                    "--- {} {}:\n{}\n",
+                    n.spec.name,
+                    last.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
             }
         }
         out
@@ -617,7 +753,13 @@ impl OsCluster {
             .as_array()
             .unwrap()
             .iter()
-            .map(|m| (m["name"].as_str().unwrap_or("").to_string(), format!("{:x}", m["ID"].as_u64().unwrap()), m["isLearner"].as_bool().unwrap_or(false)))
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap_or("").to_string(),
+                    format!("{:x}", m["ID"].as_u64().unwrap()),
+                    m["isLearner"].as_bool().unwrap_or(false),
+                )
+            })
             .collect();
         m.sort();
         m
@@ -626,6 +768,18 @@ impl OsCluster {
     /// Every key and value one member serves (serializable: its own copy).
     pub fn dump(&self, endpoint: &str) -> Vec<(String, String)> {
         let v = self.json(endpoint, &["get", "/", "--prefix", "--consistency=s"]);
-        v["kvs"].as_array().map(|a| a.iter().map(|kv| (kv["key"].as_str().unwrap().to_string(), kv["value"].as_str().unwrap_or("").to_string())).collect()).unwrap_or_default()
+        v["kvs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|kv| {
+                        (
+                            kv["key"].as_str().unwrap().to_string(),
+                            kv["value"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }

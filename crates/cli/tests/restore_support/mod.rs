@@ -27,7 +27,10 @@ pub fn make_source(version: EtcdVersion) -> Source {
 }
 
 /// As [`make_source`], with the snapshot taken by `save` (which returns the file it wrote).
-pub fn make_source_with(version: EtcdVersion, save: impl FnOnce(&EtcdServer, &Path) -> PathBuf) -> Source {
+pub fn make_source_with(
+    version: EtcdVersion,
+    save: impl FnOnce(&EtcdServer, &Path) -> PathBuf,
+) -> Source {
     let dir = tempfile::tempdir().unwrap();
     let server = EtcdServer::builder(version).name("src").start();
     for i in 0..300 {
@@ -92,7 +95,9 @@ pub fn s(p: &Path) -> &str {
 
 /// `snapshot status -w json` of a db, by the release's own tool (etcdutl 3.5 / etcdctl 3.4).
 pub fn tool_status(version: EtcdVersion, db: &Path) -> Value {
-    let out = run_ok(version.binaries().snapshot_tool().args(["snapshot", "status", "-w", "json"]).arg(db));
+    let out = run_ok(
+        version.binaries().snapshot_tool().args(["snapshot", "status", "-w", "json"]).arg(db),
+    );
     json_of(&out)
 }
 
@@ -115,8 +120,10 @@ pub fn wal_frames(bytes: &[u8]) -> Vec<&[u8]> {
 
 /// Names in a directory (sorted), for "nothing was left behind" checks.
 pub fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -131,7 +138,10 @@ pub fn tree(dir: &Path) -> Vec<(String, u64)> {
             if p.is_dir() {
                 rec(base, &p, out);
             } else {
-                out.push((p.strip_prefix(base).unwrap().to_string_lossy().into_owned(), e.metadata().unwrap().len()));
+                out.push((
+                    p.strip_prefix(base).unwrap().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().len(),
+                ));
             }
         }
     }

@@ -41,7 +41,12 @@ impl InitOptions {
     /// A new repository chunked as `source` is (so copies of its backups deduplicate as they
     /// did there), encrypted under `passphrase` when one is given.
     pub fn like(source: &Config, passphrase: Option<Passphrase>) -> InitOptions {
-        InitOptions { chunk_size: source.chunking.chunk_size, pack_size: source.pack_size, passphrase, ..InitOptions::default() }
+        InitOptions {
+            chunk_size: source.chunking.chunk_size,
+            pack_size: source.pack_size,
+            passphrase,
+            ..InitOptions::default()
+        }
     }
 }
 
@@ -53,7 +58,11 @@ fn identity(m: &Manifest) -> Manifest {
     Manifest {
         version: 0,
         snapshot: strip(&m.snapshot),
-        files: m.files.iter().map(|f| FileEntry { content: f.content.as_ref().map(strip), ..f.clone() }).collect(),
+        files: m
+            .files
+            .iter()
+            .map(|f| FileEntry { content: f.content.as_ref().map(strip), ..f.clone() })
+            .collect(),
         encoding: PartEncoding { compression: String::new(), encryption: String::new() },
         sizes: Sizes { original: m.sizes.original, ..Sizes::default() },
         tool_version: String::new(),
@@ -69,11 +78,22 @@ impl Repository {
     /// (`DestinationExists`). A damaged source blob fails the copy (`Damaged`, naming its
     /// pack) before anything is listed here; a copy killed midway leaves only what a killed
     /// create leaves, and the next copy stores what is missing.
-    pub fn copy_backup_from(&self, source: &Repository, source_index: &Index, manifest: &Manifest) -> Result<CopyOutcome, RepoError> {
+    pub fn copy_backup_from(
+        &self,
+        source: &Repository,
+        source_index: &Index,
+        manifest: &Manifest,
+    ) -> Result<CopyOutcome, RepoError> {
         self.copy_backup_checkpointed(source, source_index, manifest, CHECKPOINT_PACKS)
     }
 
-    fn copy_backup_checkpointed(&self, source: &Repository, source_index: &Index, manifest: &Manifest, checkpoint_packs: usize) -> Result<CopyOutcome, RepoError> {
+    fn copy_backup_checkpointed(
+        &self,
+        source: &Repository,
+        source_index: &Index,
+        manifest: &Manifest,
+        checkpoint_packs: usize,
+    ) -> Result<CopyOutcome, RepoError> {
         if manifest.contents_sealed() {
             return Err(RepoError::KeyRequired(source.location()));
         }
@@ -87,10 +107,11 @@ impl Repository {
         let mut files = Vec::with_capacity(manifest.files.len());
         for f in &manifest.files {
             let content = match &f.content {
-                Some(part) => Some(
-                    copy_part(source, source_index, part, &mut writer)
-                        .map_err(|e| e.context(&format!("backup {}: file {}", manifest.id, f.path)))?,
-                ),
+                Some(part) => {
+                    Some(copy_part(source, source_index, part, &mut writer).map_err(|e| {
+                        e.context(&format!("backup {}: file {}", manifest.id, f.path))
+                    })?)
+                }
                 None => None,
             };
             files.push(FileEntry { content, ..f.clone() });
@@ -122,11 +143,20 @@ impl Repository {
     /// Copies the continuous-capture segments and gap records of full backup `base` that
     /// this repository lacks (each segment is read and checked at the source, then stored
     /// under this repository's key). Returns how many segments and gap records were copied.
-    pub fn copy_segments_from(&self, source: &Repository, base: &str) -> Result<(usize, usize), RepoError> {
+    pub fn copy_segments_from(
+        &self,
+        source: &Repository,
+        base: &str,
+    ) -> Result<(usize, usize), RepoError> {
         let segments = source.list_segments(Some(base))?;
         let gap_prefix = format!("gaps/{base}-");
-        let gaps: Vec<String> =
-            source.store.list("gaps/")?.into_iter().map(|o| o.key).filter(|k| k.starts_with(&gap_prefix)).collect();
+        let gaps: Vec<String> = source
+            .store
+            .list("gaps/")?
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| k.starts_with(&gap_prefix))
+            .collect();
         if segments.is_empty() && gaps.is_empty() {
             return Ok((0, 0));
         }
@@ -134,22 +164,31 @@ impl Repository {
         // cannot run between the check of the manifest and the last segment written.
         let _lock = Lock::acquire(self.store.clone(), false, "backup copy")?;
         if self.manifest(base).is_err() {
-            return Err(RepoError::Invalid(format!("backup {base} is not in {}: copy it before its changes", self.location())));
+            return Err(RepoError::Invalid(format!(
+                "backup {base} is not in {}: copy it before its changes",
+                self.location()
+            )));
         }
-        let have: HashSet<(i64, i64)> = self.list_segments(Some(base))?.iter().map(|s: &SegmentInfo| (s.first, s.last)).collect();
+        let have: HashSet<(i64, i64)> = self
+            .list_segments(Some(base))?
+            .iter()
+            .map(|s: &SegmentInfo| (s.first, s.last))
+            .collect();
         let mut copied = 0;
         for info in segments.iter().filter(|s| !have.contains(&(s.first, s.last))) {
             let segment = source.read_segment(info)?;
             self.put_segment(&segment)?;
             copied += 1;
         }
-        let have_gaps: HashSet<String> = self.store.list("gaps/")?.into_iter().map(|o| o.key).collect();
+        let have_gaps: HashSet<String> =
+            self.store.list("gaps/")?.into_iter().map(|o| o.key).collect();
         let mut gaps_copied = 0;
         for key in gaps.iter().filter(|k| !have_gaps.contains(*k)) {
             let body = source.store.get(key)?;
             // A gap record is plain JSON naming backups by id, which a copy keeps.
-            serde_json::from_slice::<serde_json::Value>(&body)
-                .map_err(|e| RepoError::Damaged(format!("{}/{key}: not a gap record: {e}", source.location())))?;
+            serde_json::from_slice::<serde_json::Value>(&body).map_err(|e| {
+                RepoError::Damaged(format!("{}/{key}: not a gap record: {e}", source.location()))
+            })?;
             self.store.put(key, body)?;
             gaps_copied += 1;
         }
@@ -160,7 +199,12 @@ impl Repository {
 /// Streams `part` out of `source` into `writer`: the source checks the part's sha256 as it
 /// reassembles it (naming a damaged pack), the writer computes it again from what it
 /// stored, and both must equal the manifest's.
-fn copy_part(source: &Repository, index: &Index, part: &Part, writer: &mut BackupWriter<'_>) -> Result<Part, RepoError> {
+fn copy_part(
+    source: &Repository,
+    index: &Index,
+    part: &Part,
+    writer: &mut BackupWriter<'_>,
+) -> Result<Part, RepoError> {
     let (tx, rx) = sync_channel(PIPE_DEPTH);
     let (read, stored) = std::thread::scope(|s| {
         let reader = s.spawn(move || {
@@ -173,7 +217,12 @@ fn copy_part(source: &Repository, index: &Index, part: &Part, writer: &mut Backu
             let mut input = PipeReader { rx, current: Vec::new(), at: 0 };
             writer.add_copied_part(&mut input, part.chunk_size, part.size)
         };
-        (reader.join().unwrap_or_else(|_| Err((RepoError::Io("the source reader panicked".into()), false))), stored)
+        (
+            reader.join().unwrap_or_else(|_| {
+                Err((RepoError::Io("the source reader panicked".into()), false))
+            }),
+            stored,
+        )
     });
     match (read, stored) {
         // The destination stopped first (its error says why); the source only saw it go.
@@ -200,7 +249,9 @@ struct PipeWriter(SyncSender<Result<Vec<u8>, ()>>);
 
 impl Write for PipeWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.send(Ok(buf.to_vec())).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the destination stopped"))?;
+        self.0
+            .send(Ok(buf.to_vec()))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the destination stopped"))?;
         Ok(buf.len())
     }
 
@@ -240,7 +291,12 @@ mod tests {
 
     fn copy_all(to: &Repository, from: &Repository) -> Vec<CopyOutcome> {
         let index = from.load_index().unwrap();
-        from.list_backups().unwrap().0.iter().map(|m| to.copy_backup_from(from, &index, m).unwrap()).collect()
+        from.list_backups()
+            .unwrap()
+            .0
+            .iter()
+            .map(|m| to.copy_backup_from(from, &index, m).unwrap())
+            .collect()
     }
 
     fn copied(o: &CopyOutcome) -> &Manifest {
@@ -263,19 +319,34 @@ mod tests {
         fs::remove_file(&file).unwrap();
 
         let store: Arc<dyn Store> = Arc::new(LocalDir::new(dirs.1.path().to_path_buf()));
-        let opts = InitOptions { kdf: cheap_kdf(), ..InitOptions::like(source.config(), Some(Passphrase::new(b"other".to_vec()))) };
+        let opts = InitOptions {
+            kdf: cheap_kdf(),
+            ..InitOptions::like(source.config(), Some(Passphrase::new(b"other".to_vec())))
+        };
         let dest = Repository::init(store.clone(), &opts).unwrap();
         let out = copy_all(&dest, &source);
         let c = copied(&out[0]);
-        assert_eq!((&c.id, c.created, &c.snapshot.sha256, &c.hostname), (&m.id, m.created, &m.snapshot.sha256, &m.hostname));
-        assert_ne!(c.snapshot.chunk_lists, m.snapshot.chunk_lists, "chunk ids are keyed with the destination's key");
+        assert_eq!(
+            (&c.id, c.created, &c.snapshot.sha256, &c.hostname),
+            (&m.id, m.created, &m.snapshot.sha256, &m.hostname)
+        );
+        assert_ne!(
+            c.snapshot.chunk_lists, m.snapshot.chunk_lists,
+            "chunk ids are keyed with the destination's key"
+        );
         assert_eq!(restore(&dest, c), db(7));
         let mut reopened = Repository::open(store).unwrap();
         reopened.unlock(&Passphrase::new(b"other".to_vec())).unwrap();
         let again = reopened.manifest(&m.id).unwrap();
         assert_eq!(again, *c);
         let mut out = Vec::new();
-        reopened.read_part(&reopened.load_index().unwrap(), again.files[0].content.as_ref().unwrap(), &mut out).unwrap();
+        reopened
+            .read_part(
+                &reopened.load_index().unwrap(),
+                again.files[0].content.as_ref().unwrap(),
+                &mut out,
+            )
+            .unwrap();
         assert_eq!(out, b"-----BEGIN PRIVATE KEY----- copied");
         assert!(!all_stored_bytes(dirs.1.path()).windows(11).any(|w| w == b"PRIVATE KEY"));
 
@@ -314,12 +385,21 @@ mod tests {
         }
         fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
             use std::sync::atomic::Ordering;
-            if key.starts_with("packs/") && self.budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1)).is_err() {
+            if key.starts_with("packs/")
+                && self
+                    .budget
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+                    .is_err()
+            {
                 return Err(StoreError::Unreachable("gone".into()));
             }
             self.inner.put(key, data)
         }
-        fn put_streaming(&self, key: &str, produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>) -> Result<(), StoreError> {
+        fn put_streaming(
+            &self,
+            key: &str,
+            produce: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+        ) -> Result<(), StoreError> {
             self.inner.put_streaming(key, produce)
         }
         fn get(&self, key: &str) -> Result<Bytes, StoreError> {
@@ -346,8 +426,10 @@ mod tests {
         let data: Vec<u8> = (0..4).flat_map(db).collect();
         let m = backup(&source, &data);
         let index = source.load_index().unwrap();
-        let failing: Arc<dyn Store> =
-            Arc::new(Failing { inner: LocalDir::new(dirs.1.path().to_path_buf()), budget: std::sync::atomic::AtomicUsize::new(30) });
+        let failing: Arc<dyn Store> = Arc::new(Failing {
+            inner: LocalDir::new(dirs.1.path().to_path_buf()),
+            budget: std::sync::atomic::AtomicUsize::new(30),
+        });
         let dest = Repository::init(failing, &InitOptions::like(source.config(), None)).unwrap();
         let err = dest.copy_backup_checkpointed(&source, &index, &m, 4).unwrap_err();
         assert!(matches!(err, RepoError::Store(StoreError::Unreachable(_))), "{err}");
@@ -357,7 +439,11 @@ mod tests {
         // Run again: only what was not indexed is stored.
         let dest = Repository::open(Arc::new(LocalDir::new(dirs.1.path().to_path_buf()))).unwrap();
         let c = copied(&dest.copy_backup_checkpointed(&source, &index, &m, 4).unwrap()).clone();
-        assert!(c.sizes.blobs_added < c.sizes.blobs_total - checkpointed as u64 + 2, "{:?}, {checkpointed} indexed", c.sizes);
+        assert!(
+            c.sizes.blobs_added < c.sizes.blobs_total - checkpointed as u64 + 2,
+            "{:?}, {checkpointed} indexed",
+            c.sizes
+        );
         assert_eq!(restore(&dest, &c), data);
     }
 
@@ -389,7 +475,10 @@ mod tests {
         fs::write(&path, bytes).unwrap();
         let dest = repo(dirs.1.path(), 64 * 1024);
         let err = dest.copy_backup_from(&source, &index, &m).unwrap_err();
-        assert!(matches!(err, RepoError::Damaged(ref s) if s.contains(&loc.pack.hex()) && s.contains(&m.id)), "{err}");
+        assert!(
+            matches!(err, RepoError::Damaged(ref s) if s.contains(&loc.pack.hex()) && s.contains(&m.id)),
+            "{err}"
+        );
         assert!(dest.list_backups().unwrap().0.is_empty());
     }
 
@@ -398,8 +487,23 @@ mod tests {
         let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (source, _) = encrypted_repo(dirs.0.path());
         let m = backup(&source, &db(5));
-        let change = Change { put: true, key: b"/k".to_vec(), value: b"v".to_vec(), create_revision: 11, mod_revision: 11, version: 1, lease: 0 };
-        let segment = Segment { base: m.id.clone(), first: 11, last: 11, times: vec![(11, 1)], leases: vec![], changes: vec![change] };
+        let change = Change {
+            put: true,
+            key: b"/k".to_vec(),
+            value: b"v".to_vec(),
+            create_revision: 11,
+            mod_revision: 11,
+            version: 1,
+            lease: 0,
+        };
+        let segment = Segment {
+            base: m.id.clone(),
+            first: 11,
+            last: 11,
+            times: vec![(11, 1)],
+            leases: vec![],
+            changes: vec![change],
+        };
         source.put_segment(&segment).unwrap();
         let gap = format!("gaps/{}-{:016x}.json", m.id, 12);
         source.store.put(&gap, Bytes::from_static(b"{\"lost_from_revision\": 12}")).unwrap();

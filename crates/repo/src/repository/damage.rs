@@ -123,7 +123,12 @@ impl Repository {
     pub fn damage(&self) -> Result<Damage, RepoError> {
         let mut out = Damage::default();
         for obj in self.store.list(PREFIX)? {
-            let Some(pack) = obj.key.strip_prefix(PREFIX).and_then(|k| k.strip_suffix(".json")).and_then(Id::parse) else {
+            let Some(pack) = obj
+                .key
+                .strip_prefix(PREFIX)
+                .and_then(|k| k.strip_suffix(".json"))
+                .and_then(Id::parse)
+            else {
                 continue;
             };
             let record = match self.store.get(&obj.key) {
@@ -150,7 +155,13 @@ impl Repository {
     /// Records damage found in `pack` (`blobs`: the damaged ones; `None`: the whole pack),
     /// merged with what was recorded before. Best effort for callers that are reporting
     /// the damage anyway: see [`Repository::note_damage`].
-    pub fn record_damage(&self, pack: &Id, blobs: Option<&[Id]>, by: &str, reason: &str) -> Result<(), RepoError> {
+    pub fn record_damage(
+        &self,
+        pack: &Id,
+        blobs: Option<&[Id]>,
+        by: &str,
+        reason: &str,
+    ) -> Result<(), RepoError> {
         let now = Utc::now();
         let previous = match self.store.get(&damage_key(pack)) {
             Ok(b) => serde_json::from_slice::<DamageRecord>(&b).ok().filter(|r| r.pack == *pack),
@@ -183,7 +194,10 @@ impl Repository {
         if previous.as_ref().is_some_and(|p| p.blobs == record.blobs) {
             return Ok(());
         }
-        self.store.put(&damage_key(pack), Bytes::from(serde_json::to_vec_pretty(&record).expect("record serializes")))?;
+        self.store.put(
+            &damage_key(pack),
+            Bytes::from(serde_json::to_vec_pretty(&record).expect("record serializes")),
+        )?;
         Ok(())
     }
 
@@ -196,22 +210,33 @@ impl Repository {
     /// Checks the blobs of a pack whose bytes are at hand: a pack that hashes to its name is
     /// intact; otherwise each blob (from the pack's header, or `expected` when the header is
     /// unreadable) is decoded and checked against its id.
-    pub(crate) fn check_pack_bytes(&self, pack: &Id, bytes: &[u8], expected: &[PackEntry]) -> Result<PackCheck, RepoError> {
+    pub(crate) fn check_pack_bytes(
+        &self,
+        pack: &Id,
+        bytes: &[u8],
+        expected: &[PackEntry],
+    ) -> Result<PackCheck, RepoError> {
         if Id::of(bytes) == *pack {
             let good = crate::pack::parse_pack(bytes).unwrap_or_else(|_| expected.to_vec());
             return Ok(PackCheck { intact: true, good, ..Default::default() });
         }
         let keys = self.keys()?;
         let (entries, whole, reason) = match crate::pack::parse_pack(bytes) {
-            Ok(entries) => (entries, false, "its content does not match its sha256 name".to_string()),
-            Err(e) => (expected.to_vec(), true, format!("its content does not match its sha256 name, and {e}")),
+            Ok(entries) => {
+                (entries, false, "its content does not match its sha256 name".to_string())
+            }
+            Err(e) => (
+                expected.to_vec(),
+                true,
+                format!("its content does not match its sha256 name, and {e}"),
+            ),
         };
         let mut check = PackCheck { intact: false, whole, reason, ..Default::default() };
         for e in entries {
             let start = e.offset as usize;
-            let ok = bytes
-                .get(start..start.saturating_add(e.stored_len as usize))
-                .is_some_and(|stored| decode_blob(keys, e.id, e.encoding, e.raw_len, stored).is_ok());
+            let ok = bytes.get(start..start.saturating_add(e.stored_len as usize)).is_some_and(
+                |stored| decode_blob(keys, e.id, e.encoding, e.raw_len, stored).is_ok(),
+            );
             if ok {
                 check.good.push(e);
             } else {
@@ -267,7 +292,8 @@ mod tests {
     fn a_damaged_reused_chunk_is_stored_again_by_the_next_backup() {
         for encrypted in [false, true] {
             let dir = tempfile::tempdir().unwrap();
-            let r = if encrypted { encrypted_repo(dir.path()).0 } else { repo(dir.path(), 64 << 10) };
+            let r =
+                if encrypted { encrypted_repo(dir.path()).0 } else { repo(dir.path(), 64 << 10) };
             let data = db(7);
             let file = dir.path().join("snapshot.db");
             std::fs::write(&file, &data).unwrap();
@@ -277,7 +303,10 @@ mod tests {
             let pack = flip(dir.path(), &index, &ids[100]);
 
             let m2 = backup_from_file(&r, &file).unwrap();
-            assert_eq!(m2.sizes.blobs_added, 1, "exactly the damaged chunk is stored again ({encrypted})");
+            assert_eq!(
+                m2.sizes.blobs_added, 1,
+                "exactly the damaged chunk is stored again ({encrypted})"
+            );
             assert!(r.damage().unwrap().is_bad(&pack, &ids[100]));
             assert_eq!(restore(&r, &m2), data);
             assert_eq!(restore(&r, &m1), data, "the older backup reads the fresh copy");
@@ -318,7 +347,10 @@ mod tests {
         let ids = r.chunk_ids(&index, &m.snapshot).unwrap();
         let pack = flip(dir.path(), &index, &ids[17]);
         let err = r.read_part(&index, &m.snapshot, &mut std::io::sink()).unwrap_err();
-        assert!(matches!(err, RepoError::Damaged(ref s) if s.contains(&pack.hex()) && s.contains("damaged/")), "{err}");
+        assert!(
+            matches!(err, RepoError::Damaged(ref s) if s.contains(&pack.hex()) && s.contains("damaged/")),
+            "{err}"
+        );
         assert!(r.damage().unwrap().is_bad(&pack, &ids[17]));
     }
 

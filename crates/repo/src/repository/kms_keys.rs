@@ -15,11 +15,17 @@ impl Repository {
         // Proves the service gives it back before anyone relies on it.
         let back = zeroize::Zeroizing::new(kms.unwrap(&wrapped, &self.config.id)?);
         if back[..] != keys.export()[..] {
-            return Err(RepoError::Invalid(format!("{}: the key service returned another key than it was given", kms.name())));
+            return Err(RepoError::Invalid(format!(
+                "{}: the key service returned another key than it was given",
+                kms.name()
+            )));
         }
         let file = KeyFile::kms(kms.name(), &wrapped, hostname());
         let id = format!("{:016x}", rand::random::<u64>());
-        self.store.put(&key_object(&id), Bytes::from(serde_json::to_vec_pretty(&file).expect("key file serializes")))?;
+        self.store.put(
+            &key_object(&id),
+            Bytes::from(serde_json::to_vec_pretty(&file).expect("key file serializes")),
+        )?;
         Ok(id)
     }
 
@@ -31,15 +37,23 @@ impl Repository {
         let name = kms.name();
         let mut last = None;
         for obj in self.store.list("keys/")? {
-            let Ok(file) = serde_json::from_slice::<KeyFile>(&self.store.get(&obj.key)?) else { continue };
+            let Ok(file) = serde_json::from_slice::<KeyFile>(&self.store.get(&obj.key)?) else {
+                continue;
+            };
             if file.kms.as_deref() != Some(name.as_str()) {
                 continue;
             }
-            let wrapped = crypto::unhex(&file.sealed).ok_or_else(|| RepoError::Damaged(format!("{}: sealed key is not hex", obj.key)))?;
+            let wrapped = crypto::unhex(&file.sealed)
+                .ok_or_else(|| RepoError::Damaged(format!("{}: sealed key is not hex", obj.key)))?;
             match kms.unwrap(&wrapped, &self.config.id) {
                 Ok(plain) => {
                     let plain = zeroize::Zeroizing::new(plain);
-                    let keys = Keys::import(&plain).ok_or_else(|| RepoError::Damaged(format!("{}: the unwrapped key has the wrong length", obj.key)))?;
+                    let keys = Keys::import(&plain).ok_or_else(|| {
+                        RepoError::Damaged(format!(
+                            "{}: the unwrapped key has the wrong length",
+                            obj.key
+                        ))
+                    })?;
                     self.keys = Some(keys);
                     self.unlocked_by = key_id_of(&obj.key);
                     return Ok(());
@@ -47,6 +61,11 @@ impl Repository {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| RepoError::WrongPassphrase(format!("{}: no key file is wrapped by {name}", self.location()))))
+        Err(last.unwrap_or_else(|| {
+            RepoError::WrongPassphrase(format!(
+                "{}: no key file is wrapped by {name}",
+                self.location()
+            ))
+        }))
     }
 }

@@ -64,7 +64,12 @@ pub struct InitOptions {
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions { chunk_size: DEFAULT_CHUNK_SIZE, pack_size: DEFAULT_PACK_SIZE, passphrase: None, kdf: KdfParams::default() }
+        InitOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            pack_size: DEFAULT_PACK_SIZE,
+            passphrase: None,
+            kdf: KdfParams::default(),
+        }
     }
 }
 
@@ -169,8 +174,9 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         };
-        let config: Config = serde_json::from_slice(&bytes)
-            .map_err(|e| RepoError::Damaged(format!("{}/config: not a repository config: {e}", store.location())))?;
+        let config: Config = serde_json::from_slice(&bytes).map_err(|e| {
+            RepoError::Damaged(format!("{}/config: not a repository config: {e}", store.location()))
+        })?;
         if config.format != FORMAT_NAME {
             return Err(RepoError::NotARepository(store.location()));
         }
@@ -181,11 +187,23 @@ impl Repository {
             )));
         }
         if config.encryption != crypto::NONE && config.encryption != crypto::SCHEME {
-            return Err(RepoError::Unsupported(format!("encryption {:?}; upgrade etcdguard", config.encryption)));
+            return Err(RepoError::Unsupported(format!(
+                "encryption {:?}; upgrade etcdguard",
+                config.encryption
+            )));
         }
         let c = &config.chunking;
-        if c.kind != "fixed-page-multiple" || c.chunk_size < 512 || c.chunk_size & 511 != 0 || c.chunk_size > (16 << 20) || c.list_fanout == 0 || c.list_fanout > (1 << 20) {
-            return Err(RepoError::Damaged(format!("{}/config: unsupported chunking {c:?}", store.location())));
+        if c.kind != "fixed-page-multiple"
+            || c.chunk_size < 512
+            || c.chunk_size & 511 != 0
+            || c.chunk_size > (16 << 20)
+            || c.list_fanout == 0
+            || c.list_fanout > (1 << 20)
+        {
+            return Err(RepoError::Damaged(format!(
+                "{}/config: unsupported chunking {c:?}",
+                store.location()
+            )));
         }
         // The config is not authenticated: one that says "not encrypted" beside key files
         // was edited (to make a passphrase-holder read planted plain data).
@@ -195,16 +213,30 @@ impl Repository {
                 store.location()
             )));
         }
-        Ok(Repository { store, config, keys: None, unlocked_by: None, transfer: Transfer::default() })
+        Ok(Repository {
+            store,
+            config,
+            keys: None,
+            unlocked_by: None,
+            transfer: Transfer::default(),
+        })
     }
 
     /// Creates a repository (the location must hold none yet).
     pub fn init(store: Arc<dyn Store>, opts: &InitOptions) -> Result<Repository, RepoError> {
         if opts.chunk_size < 512 || opts.chunk_size & 511 != 0 || opts.chunk_size > (16 << 20) {
-            return Err(RepoError::Invalid(format!("chunk size {} is not a multiple of 512 up to 16 MiB", opts.chunk_size)));
+            return Err(RepoError::Invalid(format!(
+                "chunk size {} is not a multiple of 512 up to 16 MiB",
+                opts.chunk_size
+            )));
         }
         match store.get("config") {
-            Ok(_) => return Err(RepoError::Invalid(format!("{} already holds a repository", store.location()))),
+            Ok(_) => {
+                return Err(RepoError::Invalid(format!(
+                    "{} already holds a repository",
+                    store.location()
+                )))
+            }
             Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
@@ -220,19 +252,27 @@ impl Repository {
             },
             pack_size: opts.pack_size,
             compression_level: COMPRESSION_LEVEL,
-            encryption: if opts.passphrase.is_some() { crypto::SCHEME } else { crypto::NONE }.into(),
+            encryption: if opts.passphrase.is_some() { crypto::SCHEME } else { crypto::NONE }
+                .into(),
         };
         remove_keys_of_an_interrupted_init(&*store)?;
         let mut keys = None;
         if let Some(passphrase) = &opts.passphrase {
             let k = Keys::generate();
-            let file = KeyFile::wrap(&k, passphrase.bytes(), opts.kdf, hostname()).map_err(|e| RepoError::Invalid(e.to_string()))?;
+            let file = KeyFile::wrap(&k, passphrase.bytes(), opts.kdf, hostname())
+                .map_err(|e| RepoError::Invalid(e.to_string()))?;
             let id = format!("{:016x}", rand::random::<u64>());
-            store.put(&key_object(&id), Bytes::from(serde_json::to_vec_pretty(&file).expect("key file serializes")))?;
+            store.put(
+                &key_object(&id),
+                Bytes::from(serde_json::to_vec_pretty(&file).expect("key file serializes")),
+            )?;
             keys = Some((k, id));
         }
         // The config last: a location is a repository only once its key is stored.
-        store.put("config", Bytes::from(serde_json::to_vec_pretty(&config).expect("config serializes")))?;
+        store.put(
+            "config",
+            Bytes::from(serde_json::to_vec_pretty(&config).expect("config serializes")),
+        )?;
         let (keys, unlocked_by) = keys.map_or((None, None), |(k, id)| (Some(k), Some(id)));
         Ok(Repository { store, config, keys, unlocked_by, transfer: Transfer::default() })
     }
@@ -249,7 +289,10 @@ impl Repository {
         }
         let key_files = self.store.list("keys/")?;
         if key_files.is_empty() {
-            return Err(RepoError::Damaged(format!("{} is encrypted but holds no keys/ (the key was lost)", self.location())));
+            return Err(RepoError::Damaged(format!(
+                "{} is encrypted but holds no keys/ (the key was lost)",
+                self.location()
+            )));
         }
         let mut problems = Vec::new();
         let key_count = key_files.len();
@@ -274,9 +317,14 @@ impl Repository {
         }
         if problems.len() == key_count {
             // No key file could even be tried: that is damage, not a wrong passphrase.
-            return Err(RepoError::Damaged(format!("{}: no key file is readable ({})", self.location(), problems.join("; "))));
+            return Err(RepoError::Damaged(format!(
+                "{}: no key file is readable ({})",
+                self.location(),
+                problems.join("; ")
+            )));
         }
-        let extra = if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) };
+        let extra =
+            if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) };
         Err(RepoError::WrongPassphrase(format!("{}{extra}", self.location())))
     }
 
@@ -289,7 +337,13 @@ impl Repository {
             let file: KeyFile = serde_json::from_slice(&self.store.get(&obj.key)?)
                 .map_err(|e| RepoError::Damaged(format!("{}/{}: {e}", self.location(), obj.key)))?;
             let current = self.unlocked_by.as_deref() == Some(id.as_str());
-            out.push(KeyInfo { id, created: file.created, hostname: file.hostname, current, kms: file.kms });
+            out.push(KeyInfo {
+                id,
+                created: file.created,
+                hostname: file.hostname,
+                current,
+                kms: file.kms,
+            });
         }
         out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         Ok(out)
@@ -300,11 +354,16 @@ impl Repository {
     pub fn add_key(&self, passphrase: &Passphrase, kdf: KdfParams) -> Result<String, RepoError> {
         self.require_encrypted()?;
         let keys = self.keys()?.expect("an encrypted repository's keys");
-        let file = KeyFile::wrap(keys, passphrase.bytes(), kdf, hostname()).map_err(|e| RepoError::Invalid(e.to_string()))?;
+        let file = KeyFile::wrap(keys, passphrase.bytes(), kdf, hostname())
+            .map_err(|e| RepoError::Invalid(e.to_string()))?;
         // Proves the new file opens before anyone relies on it.
-        file.unwrap(passphrase.bytes()).map_err(|e| RepoError::Invalid(format!("the new key does not open: {e}")))?;
+        file.unwrap(passphrase.bytes())
+            .map_err(|e| RepoError::Invalid(format!("the new key does not open: {e}")))?;
         let id = format!("{:016x}", rand::random::<u64>());
-        self.store.put(&key_object(&id), Bytes::from(serde_json::to_vec_pretty(&file).expect("key file serializes")))?;
+        self.store.put(
+            &key_object(&id),
+            Bytes::from(serde_json::to_vec_pretty(&file).expect("key file serializes")),
+        )?;
         Ok(id)
     }
 
@@ -316,7 +375,11 @@ impl Repository {
         let all = self.list_keys()?;
         let Some(key) = all.iter().find(|k| k.id == id) else {
             let known: Vec<&str> = all.iter().map(|k| k.id.as_str()).collect();
-            return Err(RepoError::Invalid(format!("{} has no key {id:?} (keys: {})", self.location(), known.join(", "))));
+            return Err(RepoError::Invalid(format!(
+                "{} has no key {id:?} (keys: {})",
+                self.location(),
+                known.join(", ")
+            )));
         };
         if key.current {
             return Err(RepoError::Invalid(format!(
@@ -324,7 +387,10 @@ impl Repository {
             )));
         }
         if all.len() == 1 {
-            return Err(RepoError::Invalid(format!("key {id} is the last key of {}", self.location())));
+            return Err(RepoError::Invalid(format!(
+                "key {id} is the last key of {}",
+                self.location()
+            )));
         }
         self.store.delete(&key_object(id))?;
         Ok(())
@@ -364,7 +430,10 @@ impl Repository {
     }
 
     /// Opens the repository, creating it first when the location holds none.
-    pub fn open_or_init(store: Arc<dyn Store>, opts: &InitOptions) -> Result<(Repository, bool), RepoError> {
+    pub fn open_or_init(
+        store: Arc<dyn Store>,
+        opts: &InitOptions,
+    ) -> Result<(Repository, bool), RepoError> {
         match Repository::open(store.clone()) {
             Ok(r) => Ok((r, false)),
             Err(RepoError::NotARepository(_)) => Ok((Repository::init(store, opts)?, true)),
@@ -403,7 +472,10 @@ impl Repository {
             };
             let name = obj.key.rsplit('/').next().unwrap_or_default();
             if Id::parse(name) != Some(Id::of(&bytes)) {
-                return Err(RepoError::Damaged(format!("{}: content does not match its name (damaged)", obj.key)));
+                return Err(RepoError::Damaged(format!(
+                    "{}: content does not match its name (damaged)",
+                    obj.key
+                )));
             }
             let part = self.decode_index(&obj.key, &bytes)?;
             index.merge(&part);
@@ -453,7 +525,9 @@ impl Repository {
             // Without the key (list/show) it cannot be checked; every content operation has it.
             if let Some(keys) = &self.keys {
                 if !keys.verify_mac(crypto::INDEX_CONTEXT, data, tag) {
-                    return Err(damaged("the index was modified (its MAC does not match the repository key)"));
+                    return Err(damaged(
+                        "the index was modified (its MAC does not match the repository key)",
+                    ));
                 }
             }
             body = data.to_vec();
@@ -473,7 +547,10 @@ impl Repository {
         let mut out = Vec::new();
         let mut bad = Vec::new();
         for obj in self.store.list("backups/")? {
-            let Some(id) = obj.key.strip_prefix("backups/").and_then(|k| k.strip_suffix(".json")) else { continue };
+            let Some(id) = obj.key.strip_prefix("backups/").and_then(|k| k.strip_suffix(".json"))
+            else {
+                continue;
+            };
             match self.manifest(id) {
                 Ok(m) => out.push(m),
                 Err(RepoError::BackupNotFound(_)) => {}
@@ -490,8 +567,9 @@ impl Repository {
             Err(StoreError::NotFound(_)) => return Err(RepoError::BackupNotFound(id.to_string())),
             Err(e) => return Err(e.into()),
         };
-        let mut m: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| RepoError::Damaged(format!("backups/{id}.json: not a backup manifest: {e}")))?;
+        let mut m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            RepoError::Damaged(format!("backups/{id}.json: not a backup manifest: {e}"))
+        })?;
         if m.id != id {
             return Err(RepoError::Damaged(format!("backups/{id}.json names itself {:?}", m.id)));
         }
@@ -502,17 +580,23 @@ impl Repository {
         };
         match (self.metadata_keys(), m.sealed.take()) {
             (Some(keys), Some(sealed)) => {
-                let sealed = crypto::unhex(&sealed).ok_or_else(|| modified("its sealed part is not hex"))?;
+                let sealed =
+                    crypto::unhex(&sealed).ok_or_else(|| modified("its sealed part is not hex"))?;
                 let plain = keys.open_document(&manifest_aad(id), &sealed).ok_or_else(|| {
-                    modified("its sealed part does not open under the repository key for this backup id")
+                    modified(
+                        "its sealed part does not open under the repository key for this backup id",
+                    )
                 })?;
-                let full: Manifest = serde_json::from_slice(&plain).map_err(|e| modified(&format!("sealed part: {e}")))?;
+                let full: Manifest = serde_json::from_slice(&plain)
+                    .map_err(|e| modified(&format!("sealed part: {e}")))?;
                 if full.id != id || full.public_part() != m {
                     return Err(modified("its public part differs from the sealed one"));
                 }
                 return Ok(full);
             }
-            (Some(_), None) => return Err(modified("it is not sealed, but every manifest of this repository is")),
+            (Some(_), None) => {
+                return Err(modified("it is not sealed, but every manifest of this repository is"))
+            }
             (None, None) if self.seals_metadata() => {
                 return Err(modified("it is not sealed, but every manifest of this repository is"))
             }
@@ -530,7 +614,10 @@ impl Repository {
         let mut good: Vec<(Manifest, i64)> = Vec::new();
         let mut bad: Vec<(String, i64, RepoError)> = Vec::new();
         for obj in self.store.list("backups/")? {
-            let Some(id) = obj.key.strip_prefix("backups/").and_then(|k| k.strip_suffix(".json")) else { continue };
+            let Some(id) = obj.key.strip_prefix("backups/").and_then(|k| k.strip_suffix(".json"))
+            else {
+                continue;
+            };
             match self.manifest(id) {
                 Ok(m) => good.push((m, obj.modified)),
                 Err(RepoError::BackupNotFound(_)) => {}
@@ -538,14 +625,23 @@ impl Repository {
                 Err(e) => return Err(e),
             }
         }
-        let newest = good.into_iter().max_by(|(a, _), (b, _)| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        let newest = good
+            .into_iter()
+            .max_by(|(a, _), (b, _)| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
         let newest_written = newest.as_ref().map_or(i64::MIN, |(_, t)| *t);
-        let damaged = bad.into_iter().filter(|(_, t, _)| *t >= newest_written).max_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        let damaged = bad
+            .into_iter()
+            .filter(|(_, t, _)| *t >= newest_written)
+            .max_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
         match (damaged, newest) {
             (None, Some((m, _))) => Ok(m),
-            (None, None) => Err(RepoError::BackupNotFound("latest (the repository has no backups)".into())),
+            (None, None) => {
+                Err(RepoError::BackupNotFound("latest (the repository has no backups)".into()))
+            }
             (Some((id, written, e)), good) => {
-                let when = DateTime::from_timestamp(written, 0).map(|t| format!(", written {}", t.format("%Y-%m-%d %H:%M:%S UTC"))).unwrap_or_default();
+                let when = DateTime::from_timestamp(written, 0)
+                    .map(|t| format!(", written {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                    .unwrap_or_default();
                 let instead = match good {
                     Some((m, _)) => format!(
                         "the newest good backup is {} (created {}); give its id to use it",
@@ -574,7 +670,12 @@ impl Repository {
             .store
             .list("backups/")?
             .into_iter()
-            .filter_map(|o| o.key.strip_prefix("backups/").and_then(|k| k.strip_suffix(".json")).map(str::to_string))
+            .filter_map(|o| {
+                o.key
+                    .strip_prefix("backups/")
+                    .and_then(|k| k.strip_suffix(".json"))
+                    .map(str::to_string)
+            })
             .collect();
         if ids.iter().any(|i| i == wanted) {
             return Ok(wanted.to_string());
@@ -583,8 +684,13 @@ impl Repository {
         match matches.len() {
             0 => Err(RepoError::BackupNotFound(wanted.to_string())),
             1 if wanted.len() >= 4 => Ok(matches[0].clone()),
-            1 => Err(RepoError::Invalid(format!("{wanted:?} is too short to name a backup; give at least 4 characters"))),
-            _ => Err(RepoError::AmbiguousId { prefix: wanted.to_string(), matches: matches.into_iter().cloned().collect() }),
+            1 => Err(RepoError::Invalid(format!(
+                "{wanted:?} is too short to name a backup; give at least 4 characters"
+            ))),
+            _ => Err(RepoError::AmbiguousId {
+                prefix: wanted.to_string(),
+                matches: matches.into_iter().cloned().collect(),
+            }),
         }
     }
 
@@ -612,7 +718,6 @@ impl Repository {
         self.store.put(&verified_key(id), Bytes::from(v.to_string()))?;
         Ok(())
     }
-
 }
 
 trait PrivateDirs {
@@ -629,8 +734,8 @@ impl PrivateDirs for fs::DirBuilder {
 /// A relative path without `..`, root or empty components.
 fn safe_relative(p: &str) -> Option<&Path> {
     let path = Path::new(p);
-    let ok = !p.is_empty()
-        && path.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    let ok =
+        !p.is_empty() && path.components().all(|c| matches!(c, std::path::Component::Normal(_)));
     ok.then_some(path)
 }
 
@@ -638,18 +743,23 @@ fn safe_relative(p: &str) -> Option<&Path> {
 mod tests {
     use super::*;
     use crate::repository::test_support::*;
-    use std::collections::BTreeMap;
-    use std::io;
     use crate::store::LocalDir;
     #[allow(unused_imports)]
     use rand::{Rng, RngCore, SeedableRng};
+    use std::collections::BTreeMap;
+    use std::io;
 
     #[test]
     fn encrypted_repository_round_trip_hides_content_and_needs_the_passphrase() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(LocalDir::new(dir.path().to_path_buf()));
         let pass = Passphrase::new(b"s3cret passphrase\n".to_vec());
-        let opts = InitOptions { chunk_size: 4096, pack_size: 64 * 1024, passphrase: Some(pass.clone()), kdf: cheap_kdf() };
+        let opts = InitOptions {
+            chunk_size: 4096,
+            pack_size: 64 * 1024,
+            passphrase: Some(pass.clone()),
+            kdf: cheap_kdf(),
+        };
         let r = Repository::init(store.clone(), &opts).unwrap();
         assert!(r.is_encrypted());
         // A recognisable secret, as a CA key would be, in a snapshot and in a file.
@@ -690,7 +800,10 @@ mod tests {
         other.delete_backup(&m.id).unwrap();
         other.prune(None, false).unwrap();
         assert_eq!(restore(&other, &m2), data);
-        assert!(matches!(Repository::open(store).unwrap().prune(None, true), Err(RepoError::KeyRequired(_))));
+        assert!(matches!(
+            Repository::open(store).unwrap().prune(None, true),
+            Err(RepoError::KeyRequired(_))
+        ));
     }
 
     #[test]
@@ -717,7 +830,10 @@ mod tests {
         let locked = Repository::open(store.clone()).unwrap();
         let public = locked.manifest(&m.id).unwrap();
         assert!(public.contents_sealed() && public.files.is_empty());
-        assert_eq!((public.labels.clone(), public.etcd.clone(), public.snapshot.size), (m.labels.clone(), m.etcd.clone(), m.snapshot.size));
+        assert_eq!(
+            (public.labels.clone(), public.etcd.clone(), public.snapshot.size),
+            (m.labels.clone(), m.etcd.clone(), m.snapshot.size)
+        );
         // With the key: the whole manifest, checked.
         assert_eq!(r.manifest(&m.id).unwrap(), m);
 
@@ -726,7 +842,10 @@ mod tests {
             f(&mut v);
             store.put(&key, Bytes::from(serde_json::to_vec(&v).unwrap())).unwrap();
             let err = r.manifest(&m.id).unwrap_err();
-            assert!(matches!(err, RepoError::Damaged(ref s) if s.contains("was modified")), "{err}");
+            assert!(
+                matches!(err, RepoError::Damaged(ref s) if s.contains("was modified")),
+                "{err}"
+            );
         };
         edit(&|v| v["labels"]["env"] = "dev".into());
         edit(&|v| v["etcd"]["revision"] = 1.into());
@@ -749,7 +868,8 @@ mod tests {
         // A sealed part moved to another backup id does not open.
         let m2 = backup(&r, &db(42));
         let mut v: serde_json::Value = serde_json::from_str(&stored).unwrap();
-        let other: serde_json::Value = serde_json::from_slice(&store.get(&manifest_key(&m2.id)).unwrap()).unwrap();
+        let other: serde_json::Value =
+            serde_json::from_slice(&store.get(&manifest_key(&m2.id)).unwrap()).unwrap();
         v["sealed"] = other["sealed"].clone();
         store.put(&key, Bytes::from(serde_json::to_vec(&v).unwrap())).unwrap();
         assert!(matches!(r.manifest(&m.id), Err(RepoError::Damaged(_))));
@@ -763,7 +883,12 @@ mod tests {
         let r = repo(dir.path(), 64 * 1024);
         let stamp = |id: &str, secs_ago: u64| {
             let when = std::time::SystemTime::now() - std::time::Duration::from_secs(secs_ago);
-            fs::File::options().write(true).open(dir.path().join(manifest_key(id))).unwrap().set_modified(when).unwrap();
+            fs::File::options()
+                .write(true)
+                .open(dir.path().join(manifest_key(id)))
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
         };
         let old = backup(&r, &db(51));
         let new = backup(&r, &db(52));
@@ -776,7 +901,10 @@ mod tests {
         fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         stamp(&new.id, 10);
         let err = r.resolve("latest").unwrap_err();
-        assert!(matches!(err, RepoError::Damaged(ref m) if m.contains(&new.id) && m.contains(&old.id)), "{err}");
+        assert!(
+            matches!(err, RepoError::Damaged(ref m) if m.contains(&new.id) && m.contains(&old.id)),
+            "{err}"
+        );
         assert!(r.latest().is_err());
         // Its id still works for what can be read; the older one by its id.
         assert_eq!(r.resolve(&old.id).unwrap(), old.id);
@@ -805,7 +933,9 @@ mod tests {
         let mut forged = bytes.clone();
         forged[8 + 36 + 2] ^= 1;
         store.delete(&index_key).unwrap();
-        store.put(&format!("index/{}", Id::of(&forged).hex()), Bytes::from(forged.clone())).unwrap();
+        store
+            .put(&format!("index/{}", Id::of(&forged).hex()), Bytes::from(forged.clone()))
+            .unwrap();
         let err = r.load_index().unwrap_err();
         assert!(matches!(err, RepoError::Damaged(ref s) if s.contains("modified")), "{err}");
         // Without its MAC, as a format 1 file.
@@ -815,12 +945,16 @@ mod tests {
         store.put(&format!("index/{}", Id::of(&plain).hex()), Bytes::from(plain.clone())).unwrap();
         assert!(matches!(r.load_index(), Err(RepoError::Damaged(_))));
         // Without the key the index is read unchecked (metadata only); rebuilt, all is well.
-        assert!(Repository::open(store.clone()).unwrap().load_index().is_err(), "a plain index in a sealed repository");
+        assert!(
+            Repository::open(store.clone()).unwrap().load_index().is_err(),
+            "a plain index in a sealed repository"
+        );
         store.delete(&format!("index/{}", Id::of(&plain).hex())).unwrap();
         r.rebuild_index().unwrap();
         assert_eq!(restore(&r, &m), db(43));
         // A config edited to say "not encrypted" is refused.
-        let mut config: serde_json::Value = serde_json::from_slice(&store.get("config").unwrap()).unwrap();
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&store.get("config").unwrap()).unwrap();
         config["encryption"] = "none".into();
         config["version"] = 1.into();
         store.put("config", Bytes::from(serde_json::to_vec(&config).unwrap())).unwrap();

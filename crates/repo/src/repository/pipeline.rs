@@ -105,13 +105,18 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
     let t = t.strip_suffix("/s").unwrap_or(t);
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("{text:?}: not a rate; use e.g. 50MiB/s, 10M or 800k"))?;
+    let value: f64 =
+        num.parse().map_err(|_| format!("{text:?}: not a rate; use e.g. 50MiB/s, 10M or 800k"))?;
     let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use B, KiB, MiB or GiB (per second)")),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}; use B, KiB, MiB or GiB (per second)"
+            ))
+        }
     };
     let rate = (value * scale as f64) as u64;
     if rate < 1024 {
@@ -138,7 +143,8 @@ impl Throttle {
 
     pub(crate) fn take(&mut self, n: usize) {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
         self.last = now;
         self.tokens -= n as f64;
         if self.tokens < 0.0 {
@@ -187,10 +193,18 @@ impl Repository {
 
     /// Fetches and decodes one run: its chunks' content, each checked against its id when
     /// `check_each`.
-    fn fetch_run(&self, keys: Option<&Keys>, run: &Run, check_each: bool) -> Result<Vec<Vec<u8>>, RepoError> {
+    fn fetch_run(
+        &self,
+        keys: Option<&Keys>,
+        run: &Run,
+        check_each: bool,
+    ) -> Result<Vec<Vec<u8>>, RepoError> {
         let bytes = self.pack_range(&run.pack, run.start..run.end)?;
         if (bytes.len() as u64) < run.end - run.start {
-            return Err(RepoError::Damaged(format!("pack {} is shorter than its index says", run.pack.hex())));
+            return Err(RepoError::Damaged(format!(
+                "pack {} is shorter than its index says",
+                run.pack.hex()
+            )));
         }
         run.blobs
             .iter()
@@ -275,7 +289,9 @@ impl Repository {
                         }
                         Err(_) => {
                             stop();
-                            return Err(RepoError::Io("the restore's reader threads stopped unexpectedly".into()));
+                            return Err(RepoError::Io(
+                                "the restore's reader threads stopped unexpectedly".into(),
+                            ));
                         }
                     }
                 };
@@ -320,7 +336,8 @@ pub(crate) fn encode_stream(
             .chunks(chunk_size)
             .map(|raw| {
                 let id = crate::pack::blob_id(keys, raw);
-                let stored = (!index.contains(&id)).then(|| crate::pack::encode_blob(&id, raw, level, keys));
+                let stored =
+                    (!index.contains(&id)).then(|| crate::pack::encode_blob(&id, raw, level, keys));
                 Encoded { id, raw_len: raw.len() as u32, stored }
             })
             .collect()
@@ -349,10 +366,16 @@ pub(crate) fn encode_stream(
         let (mut sent, mut next_out) = (0usize, 0usize);
         let mut ready: BTreeMap<usize, Vec<Encoded>> = BTreeMap::new();
         // Hands over results in order; blocks for one when `block`.
-        let mut drain = |block: bool, ready: &mut BTreeMap<usize, Vec<Encoded>>, spare: &mut Vec<Vec<u8>>, next_out: &mut usize| -> Result<(), RepoError> {
+        let mut drain = |block: bool,
+                         ready: &mut BTreeMap<usize, Vec<Encoded>>,
+                         spare: &mut Vec<Vec<u8>>,
+                         next_out: &mut usize|
+         -> Result<(), RepoError> {
             let first = if block { done_rx.recv().ok() } else { done_rx.try_recv().ok() };
             if block && first.is_none() {
-                return Err(RepoError::Io("the backup's compression threads stopped unexpectedly".into()));
+                return Err(RepoError::Io(
+                    "the backup's compression threads stopped unexpectedly".into(),
+                ));
             }
             let mut got = first;
             while let Some((seq, enc, buf)) = got.take() {
@@ -372,7 +395,8 @@ pub(crate) fn encode_stream(
             loop {
                 let mut buf = spare.pop().unwrap_or_default();
                 buf.resize(batch_len, 0);
-                let n = read_full(reader, &mut buf).map_err(|e| RepoError::Io(format!("reading: {e}")))?;
+                let n = read_full(reader, &mut buf)
+                    .map_err(|e| RepoError::Io(format!("reading: {e}")))?;
                 if n == 0 {
                     break;
                 }
@@ -385,7 +409,9 @@ pub(crate) fn encode_stream(
                 while sent - next_out >= max_in_flight {
                     drain(true, &mut ready, &mut spare, &mut next_out)?;
                 }
-                job_tx.send((sent, buf)).map_err(|_| RepoError::Io("the backup's compression threads stopped unexpectedly".into()))?;
+                job_tx.send((sent, buf)).map_err(|_| {
+                    RepoError::Io("the backup's compression threads stopped unexpectedly".into())
+                })?;
                 sent += 1;
                 drain(false, &mut ready, &mut spare, &mut next_out)?;
                 if n < batch_len {
@@ -447,11 +473,18 @@ mod tests {
             std::fs::write(&pack, bytes).unwrap();
             let mut out = Vec::new();
             let err = r.read_part(&index, &m.snapshot, &mut out).unwrap_err();
-            assert!(matches!(err, RepoError::Damaged(ref s) if s.contains(&loc.pack.hex())), "{err}");
+            assert!(
+                matches!(err, RepoError::Damaged(ref s) if s.contains(&loc.pack.hex())),
+                "{err}"
+            );
             assert!(out.len() < data.len());
         }
-        assert!(parts.windows(2).all(|w| w[0].chunk_lists == w[1].chunk_lists && w[0].sha256 == w[1].sha256));
-        assert!(sizes.windows(2).all(|w| w[0].added == w[1].added && w[0].blobs_added == w[1].blobs_added));
+        assert!(parts
+            .windows(2)
+            .all(|w| w[0].chunk_lists == w[1].chunk_lists && w[0].sha256 == w[1].sha256));
+        assert!(sizes
+            .windows(2)
+            .all(|w| w[0].added == w[1].added && w[0].blobs_added == w[1].blobs_added));
     }
 
     /// A chunk stored raw (incompressible) decodes whatever its bytes: the part's sha256
@@ -475,7 +508,10 @@ mod tests {
         bytes[loc.offset as usize + 100] ^= 0x01;
         std::fs::write(&pack, bytes).unwrap();
         let err = r.read_part(&index, &m.snapshot, &mut io::sink()).unwrap_err();
-        assert!(matches!(err, RepoError::Damaged(ref s) if s.contains(&loc.pack.hex()) && s.contains("does not match")), "{err}");
+        assert!(
+            matches!(err, RepoError::Damaged(ref s) if s.contains(&loc.pack.hex()) && s.contains("does not match")),
+            "{err}"
+        );
     }
 
     /// A write that fails stops the workers and names the error.

@@ -30,7 +30,11 @@ impl Repository {
     pub fn prune(&self, policy: Option<&Policy>, dry_run: bool) -> Result<PruneReport, RepoError> {
         // Used backups are found by reading their chunk lists, which needs the key.
         let keys = self.keys()?;
-        let lock = Lock::acquire(self.store.clone(), true, if dry_run { "backup prune --dry-run" } else { "backup prune" })?;
+        let lock = Lock::acquire(
+            self.store.clone(),
+            true,
+            if dry_run { "backup prune --dry-run" } else { "backup prune" },
+        )?;
         let (backups, bad) = self.list_backups()?;
         if !bad.is_empty() {
             return Err(RepoError::Damaged(format!(
@@ -45,12 +49,16 @@ impl Repository {
         }
         let decisions: Vec<Decision> = match policy {
             Some(p) => retention::apply(p, &candidates),
-            None => retention::apply(&Policy { keep_last: usize::MAX, ..Default::default() }, &candidates)
-                .into_iter()
-                .map(|d| Decision { reasons: vec!["no policy given".into()], ..d })
-                .collect(),
+            None => retention::apply(
+                &Policy { keep_last: usize::MAX, ..Default::default() },
+                &candidates,
+            )
+            .into_iter()
+            .map(|d| Decision { reasons: vec!["no policy given".into()], ..d })
+            .collect(),
         };
-        let remove: HashSet<String> = decisions.iter().filter(|d| !d.keep).map(|d| d.id.clone()).collect();
+        let remove: HashSet<String> =
+            decisions.iter().filter(|d| !d.keep).map(|d| d.id.clone()).collect();
 
         let (index_keys, full_index) = self.load_index_files()?;
         let stored_packs: HashMap<Id, u64> = self
@@ -69,10 +77,14 @@ impl Repository {
         // Everything the remaining backups reference.
         let mut used: HashSet<Id> = HashSet::new();
         for m in backups.iter().filter(|m| !remove.contains(&m.id)) {
-            let parts = std::iter::once(&m.snapshot).chain(m.files.iter().filter_map(|f| f.content.as_ref()));
+            let parts = std::iter::once(&m.snapshot)
+                .chain(m.files.iter().filter_map(|f| f.content.as_ref()));
             for part in parts {
                 used.extend(part.chunk_lists.iter().copied());
-                for id in self.chunk_ids(&index, part).map_err(|e| e.context(&format!("backup {}", m.id)))? {
+                for id in self
+                    .chunk_ids(&index, part)
+                    .map_err(|e| e.context(&format!("backup {}", m.id)))?
+                {
                     used.insert(id);
                 }
             }
@@ -113,7 +125,8 @@ impl Repository {
         for pack in packs {
             let size = stored_packs[&pack];
             let entries = index.pack_entries(&pack);
-            let used_bytes: u64 = entries.iter().filter(|e| used.contains(&e.id)).map(|e| e.stored_len as u64).sum();
+            let used_bytes: u64 =
+                entries.iter().filter(|e| used.contains(&e.id)).map(|e| e.stored_len as u64).sum();
             let total: u64 = entries.iter().map(|e| e.stored_len as u64).sum();
             if used_bytes == 0 {
                 delete_packs.push((pack, size));
@@ -141,8 +154,18 @@ impl Repository {
         report.manifests_removed = remove.len();
         report.bytes_before = stored_packs.values().sum();
         if dry_run {
-            report.bytes_after = report.bytes_before - report.bytes_deleted
-                - repack.iter().map(|(_, s, e)| s - e.iter().filter(|e| used.contains(&e.id)).map(|e| e.stored_len as u64).sum::<u64>()).sum::<u64>();
+            report.bytes_after = report.bytes_before
+                - report.bytes_deleted
+                - repack
+                    .iter()
+                    .map(|(_, s, e)| {
+                        s - e
+                            .iter()
+                            .filter(|e| used.contains(&e.id))
+                            .map(|e| e.stored_len as u64)
+                            .sum::<u64>()
+                    })
+                    .sum::<u64>();
             return Ok(report);
         }
 
@@ -165,7 +188,8 @@ impl Repository {
         let mut builder = PackBuilder::new();
         let mut copied: HashSet<Id> = HashSet::new();
         // Sound copies first, so a damaged copy is needed only where no other exists.
-        let mut repack_order: Vec<(&Id, &crate::pack::PackEntry)> = repack.iter().flat_map(|(p, _, es)| es.iter().map(move |e| (p, e))).collect();
+        let mut repack_order: Vec<(&Id, &crate::pack::PackEntry)> =
+            repack.iter().flat_map(|(p, _, es)| es.iter().map(move |e| (p, e))).collect();
         repack_order.sort_by_key(|(p, e)| damage.is_bad(p, &e.id));
         // One pack in memory at a time (the order keeps each pack's entries together, the
         // damaged ones last).
@@ -184,7 +208,9 @@ impl Repository {
                 }
             };
             {
-                let stored = bytes.get(e.offset as usize..(e.offset + e.stored_len) as usize).unwrap_or_default();
+                let stored = bytes
+                    .get(e.offset as usize..(e.offset + e.stored_len) as usize)
+                    .unwrap_or_default();
                 decode_blob(keys, e.id, e.encoding, e.raw_len, stored).map_err(|err| {
                     self.note_damage(pack, Some(&[e.id]), "backup prune", &err.to_string());
                     RepoError::Damaged(format!(
@@ -235,13 +261,18 @@ impl Repository {
             self.store.delete(&pack_key(pack))?;
         }
         // Damage records of packs that are gone.
-        let packs_left: HashSet<Id> =
-            self.store.list("packs/")?.into_iter().filter_map(|o| o.key.rsplit('/').next().and_then(Id::parse)).collect();
+        let packs_left: HashSet<Id> = self
+            .store
+            .list("packs/")?
+            .into_iter()
+            .filter_map(|o| o.key.rsplit('/').next().and_then(Id::parse))
+            .collect();
         for pack in damage.packs().iter().filter(|p| !packs_left.contains(p)) {
             self.store.delete(&super::damage::damage_key(pack))?;
         }
         // 4. Verification records of backups that are gone.
-        let remaining: HashSet<String> = self.store.list("backups/")?.into_iter().map(|o| o.key).collect();
+        let remaining: HashSet<String> =
+            self.store.list("backups/")?.into_iter().map(|o| o.key).collect();
         for v in self.store.list("verified/")? {
             let id = v.key.trim_start_matches("verified/").trim_end_matches(".json");
             if !remaining.contains(&manifest_key(id)) {
@@ -261,7 +292,9 @@ impl Repository {
         for prefix in ["segments/", "gaps/"] {
             for o in self.store.list(prefix)? {
                 let rest = o.key.trim_start_matches(prefix);
-                let id = if prefix == "gaps/" { rest.split('-').next() } else { rest.split('/').next() }.unwrap_or_default();
+                let id =
+                    if prefix == "gaps/" { rest.split('-').next() } else { rest.split('/').next() }
+                        .unwrap_or_default();
                 if !remaining.contains(&manifest_key(id)) {
                     self.store.delete(&o.key)?;
                 }
@@ -284,9 +317,13 @@ impl Repository {
             let Some(id) = obj.key.rsplit('/').next().and_then(Id::parse) else { continue };
             let bytes = self.store.get(&obj.key)?;
             if Id::of(&bytes) != id {
-                return Err(RepoError::Damaged(format!("{}: content does not match its name", obj.key)));
+                return Err(RepoError::Damaged(format!(
+                    "{}: content does not match its name",
+                    obj.key
+                )));
             }
-            let entries = crate::pack::parse_pack(&bytes).map_err(|e| RepoError::Damaged(format!("{}: {e}", obj.key)))?;
+            let entries = crate::pack::parse_pack(&bytes)
+                .map_err(|e| RepoError::Damaged(format!("{}: {e}", obj.key)))?;
             index.add_pack(id, &entries);
             n += 1;
         }
@@ -305,7 +342,8 @@ impl Repository {
     /// that pack. Two small range reads per pack. Returns how many packs were checked.
     pub fn check_framing(&self, index: &Index, manifest: &Manifest) -> Result<usize, RepoError> {
         let packs = self.packs_of(index, manifest)?;
-        let sizes: HashMap<String, u64> = self.store.list("packs/")?.into_iter().map(|o| (o.key, o.size)).collect();
+        let sizes: HashMap<String, u64> =
+            self.store.list("packs/")?.into_iter().map(|o| (o.key, o.size)).collect();
         for pack in &packs {
             let key = pack_key(pack);
             let damaged = |m: String| {
@@ -319,13 +357,18 @@ impl Repository {
                 return Err(damaged(format!("{size} bytes, too short to be a pack")));
             }
             let tail = self.pack_range(pack, size - crate::pack::PACK_TAIL as u64..size)?;
-            let header_len = crate::pack::parse_pack_tail(&tail, size).map_err(|e| damaged(e.to_string()))?;
+            let header_len =
+                crate::pack::parse_pack_tail(&tail, size).map_err(|e| damaged(e.to_string()))?;
             let header_start = size - crate::pack::PACK_TAIL as u64 - header_len;
-            let header = self.pack_range(pack, header_start..size - crate::pack::PACK_TAIL as u64)?;
-            let mut entries = crate::pack::parse_pack_header(&header, header_start).map_err(|e| damaged(e.to_string()))?;
+            let header =
+                self.pack_range(pack, header_start..size - crate::pack::PACK_TAIL as u64)?;
+            let mut entries = crate::pack::parse_pack_header(&header, header_start)
+                .map_err(|e| damaged(e.to_string()))?;
             entries.sort_by_key(|e| e.offset);
             if entries != index.pack_entries(pack) {
-                return Err(damaged("its header does not list what the index says it holds".into()));
+                return Err(damaged(
+                    "its header does not list what the index says it holds".into(),
+                ));
             }
         }
         Ok(packs.len())
@@ -344,7 +387,8 @@ impl Repository {
             let bytes = self.store.get(&obj.key)?;
             let check = self.check_pack_bytes(&id, &bytes, &[])?;
             if !check.intact {
-                problems.push(self.record_pack_check(&id, &check, "backup verify --packs").to_string());
+                problems
+                    .push(self.record_pack_check(&id, &check, "backup verify --packs").to_string());
                 continue;
             }
             if let Err(e) = crate::pack::parse_pack(&bytes) {
@@ -354,7 +398,6 @@ impl Repository {
         }
         Ok((n, problems))
     }
-
 }
 
 #[derive(Debug, Default)]
@@ -381,9 +424,12 @@ pub fn part_blob_ids(repo: &Repository, index: &Index, part: &Part) -> Result<Ve
 /// Stored bytes of a set of blobs.
 pub fn stored_bytes(index: &Index, ids: impl IntoIterator<Item = Id>) -> u64 {
     let mut seen = HashSet::new();
-    ids.into_iter().filter(|id| seen.insert(*id)).filter_map(|id| index.get(&id)).map(|l| l.stored_len as u64).sum()
+    ids.into_iter()
+        .filter(|id| seen.insert(*id))
+        .filter_map(|id| index.get(&id))
+        .map(|l| l.stored_len as u64)
+        .sum()
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -417,7 +463,10 @@ mod tests {
 
         let (all, bad) = r.list_backups().unwrap();
         assert!(bad.is_empty());
-        assert_eq!(all.iter().map(|m| m.id.clone()).collect::<Vec<_>>(), vec![m1.id.clone(), m2.id.clone()]);
+        assert_eq!(
+            all.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+            vec![m1.id.clone(), m2.id.clone()]
+        );
         assert_eq!(r.resolve(&m2.id[..8]).unwrap(), m2.id);
         assert_eq!(r.resolve("latest").unwrap(), m2.id);
         assert!(matches!(r.resolve("zzzz"), Err(RepoError::BackupNotFound(_))));
@@ -440,9 +489,15 @@ mod tests {
         // Packs mostly unused were dropped or rewritten; a few unused blobs may stay in packs
         // that are mostly used (rewriting those would cost more than it frees).
         let index = r.load_index().unwrap();
-        let used: HashSet<Id> = part_blob_ids(&r, &index, &m2.snapshot).unwrap().into_iter().collect();
+        let used: HashSet<Id> =
+            part_blob_ids(&r, &index, &m2.snapshot).unwrap().into_iter().collect();
         assert!(used.iter().all(|id| index.contains(id)));
-        assert!(index.blob_count() - used.len() <= 4, "{} blobs for {} used", index.blob_count(), used.len());
+        assert!(
+            index.blob_count() - used.len() <= 4,
+            "{} blobs for {} used",
+            index.blob_count(),
+            used.len()
+        );
         assert!(r.store.list("locks/").unwrap().is_empty(), "locks released");
 
         // The index can be rebuilt from the packs alone.
@@ -463,7 +518,9 @@ mod tests {
         let pack = dir.path().join(&r.store.list("packs/").unwrap()[0].key);
         let good = fs::read(&pack).unwrap();
         let n = good.len();
-        let count_pos = n - crate::pack::PACK_TAIL - u32::from_le_bytes(good[n - 12..n - 8].try_into().unwrap()) as usize;
+        let count_pos = n
+            - crate::pack::PACK_TAIL
+            - u32::from_le_bytes(good[n - 12..n - 8].try_into().unwrap()) as usize;
         type Damage = Box<dyn Fn(&mut Vec<u8>)>;
         let damages: Vec<(&str, Damage)> = vec![
             ("magic", Box::new(|b: &mut Vec<u8>| *b.last_mut().unwrap() ^= 0x20)),
@@ -524,9 +581,16 @@ mod tests {
         let rep = r2.prune(Some(&policy), false).unwrap();
         assert!(rep.packs_repacked > 0, "the setup needs a repack: {rep:?}");
         // The killed prune's leftover: the repacked pack, in no index of the original.
-        let before: HashSet<String> = r.store.list("packs/").unwrap().into_iter().map(|o| o.key).collect();
-        let leftovers: Vec<String> =
-            r2.store.list("packs/").unwrap().into_iter().map(|o| o.key).filter(|k| !before.contains(k)).collect();
+        let before: HashSet<String> =
+            r.store.list("packs/").unwrap().into_iter().map(|o| o.key).collect();
+        let leftovers: Vec<String> = r2
+            .store
+            .list("packs/")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| !before.contains(k))
+            .collect();
         assert!(!leftovers.is_empty());
         for k in &leftovers {
             r.store.put(k, r2.store.get(k).unwrap()).unwrap();
@@ -552,7 +616,8 @@ mod tests {
         let pb = wb.add_snapshot(&mut &data[..], 4096).unwrap();
         wb.add_path("files", &extra).unwrap();
         let ma = wa.commit(pa, meta()).unwrap();
-        let pack_a = Id::parse(r.store.list("packs/").unwrap()[0].key.rsplit('/').next().unwrap()).unwrap();
+        let pack_a =
+            Id::parse(r.store.list("packs/").unwrap()[0].key.rsplit('/').next().unwrap()).unwrap();
         let mb = wb.commit(pb, meta()).unwrap();
         assert_eq!(r.store.list("packs/").unwrap().len(), 2, "the setup needs two copies");
         // Lose the copy the index prefers, keeping a backup the other copy serves.
@@ -593,7 +658,10 @@ mod tests {
         // A prune (exclusive lock) also sweeps fresh ones where only create and prune write.
         r.prune(None, false).unwrap();
         assert!(!new_pack.exists());
-        assert!(new_lock.exists() && new_verified.exists(), "a live lock refresh or verify record was swept");
+        assert!(
+            new_lock.exists() && new_verified.exists(),
+            "a live lock refresh or verify record was swept"
+        );
         assert_eq!(restore(&r, &m), db(12));
     }
 

@@ -37,7 +37,12 @@ impl EarlyWriteback {
             // Only a hint: an error (a filesystem without it) changes nothing.
             // SAFETY: a plain syscall on an open descriptor; no memory is passed.
             unsafe {
-                libc::sync_file_range(self.file.as_raw_fd(), self.kicked as i64, (self.written - self.kicked) as i64, libc::SYNC_FILE_RANGE_WRITE);
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    self.kicked as i64,
+                    (self.written - self.kicked) as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
             }
             self.kicked = self.written;
         }
@@ -97,7 +102,8 @@ impl Write for RunWriter {
 /// Writes all of `chunks` to `out`, in as few calls as `out` takes (one `writev` a run for
 /// a file).
 fn write_chunks(out: &mut dyn Write, chunks: &[Vec<u8>]) -> io::Result<()> {
-    let mut slices: Vec<io::IoSlice<'_>> = chunks.iter().filter(|c| !c.is_empty()).map(|c| io::IoSlice::new(c)).collect();
+    let mut slices: Vec<io::IoSlice<'_>> =
+        chunks.iter().filter(|c| !c.is_empty()).map(|c| io::IoSlice::new(c)).collect();
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
         match out.write_vectored(rest) {
@@ -125,7 +131,11 @@ struct Trailer {
 
 impl Trailer {
     fn new(size: u64) -> Trailer {
-        Trailer { at: size - TRAILER_LEN, content: None, stored: Vec::with_capacity(TRAILER_LEN as usize) }
+        Trailer {
+            at: size - TRAILER_LEN,
+            content: None,
+            stored: Vec::with_capacity(TRAILER_LEN as usize),
+        }
     }
 
     /// Feeds `chunk`, which starts at `pos` in the part, to `hasher`.
@@ -161,12 +171,19 @@ impl Repository {
         for list in &part.chunk_lists {
             let raw = self.read_blob(index, list)?;
             if raw.len() % 32 != 0 {
-                return Err(RepoError::Damaged(format!("chunk list {list:?} is {} bytes, not a multiple of 32", raw.len())));
+                return Err(RepoError::Damaged(format!(
+                    "chunk list {list:?} is {} bytes, not a multiple of 32",
+                    raw.len()
+                )));
             }
             ids.extend(raw.chunks_exact(32).map(|c| Id(c.try_into().unwrap())));
         }
         if ids.len() as u64 != part.chunks {
-            return Err(RepoError::Damaged(format!("chunk lists name {} chunks, the manifest says {}", ids.len(), part.chunks)));
+            return Err(RepoError::Damaged(format!(
+                "chunk lists name {} chunks, the manifest says {}",
+                ids.len(),
+                part.chunks
+            )));
         }
         Ok(ids)
     }
@@ -191,7 +208,9 @@ impl Repository {
                 let off = (loc.offset as u64 - run.start) as usize;
                 let stored = bytes.get(off..off + loc.stored_len as usize);
                 let verdict = match stored {
-                    Some(stored) => decode_blob(keys, *id, loc.encoding, loc.raw_len, stored).err().map(|e| e.to_string()),
+                    Some(stored) => decode_blob(keys, *id, loc.encoding, loc.raw_len, stored)
+                        .err()
+                        .map(|e| e.to_string()),
                     None => Some("the pack is shorter than its index says".into()),
                 };
                 if let Some(why) = verdict {
@@ -207,10 +226,18 @@ impl Repository {
         let mut named = Vec::new();
         for (pack, (blobs, why)) in &bad {
             self.note_damage(pack, Some(blobs), "read", why);
-            named.push(format!("pack {}: {} damaged chunk(s), first {} ({why})", pack.hex(), blobs.len(), blobs[0].hex()));
+            named.push(format!(
+                "pack {}: {} damaged chunk(s), first {} ({why})",
+                pack.hex(),
+                blobs.len(),
+                blobs[0].hex()
+            ));
         }
         for pack in &missing {
-            named.push(format!("pack {} is in the index but missing from the repository", pack.hex()));
+            named.push(format!(
+                "pack {} is in the index but missing from the repository",
+                pack.hex()
+            ));
         }
         let advice = if bad.is_empty() {
             "run `etcdguard backup repair`"
@@ -223,12 +250,19 @@ impl Repository {
 
     pub(crate) fn locate<'i>(&self, index: &'i Index, id: &Id) -> Result<&'i Location, RepoError> {
         index.get(id).ok_or_else(|| {
-            RepoError::Damaged(format!("blob {} is in no index: the repository lost data (run `backup verify`)", id.hex()))
+            RepoError::Damaged(format!(
+                "blob {} is in no index: the repository lost data (run `backup verify`)",
+                id.hex()
+            ))
         })
     }
 
     /// Reads bytes of a pack; a pack the index names but the store lacks is damage, not "not found".
-    pub(crate) fn pack_range(&self, pack: &Id, range: std::ops::Range<u64>) -> Result<Bytes, RepoError> {
+    pub(crate) fn pack_range(
+        &self,
+        pack: &Id,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, RepoError> {
         match self.store.get_range(&pack_key(pack), range) {
             Ok(b) => Ok(b),
             Err(StoreError::NotFound(_)) => Err(RepoError::Damaged(format!(
@@ -241,7 +275,8 @@ impl Repository {
 
     pub fn read_blob(&self, index: &Index, id: &Id) -> Result<Vec<u8>, RepoError> {
         let loc = *self.locate(index, id)?;
-        let stored = self.pack_range(&loc.pack, loc.offset as u64..loc.offset as u64 + loc.stored_len as u64)?;
+        let stored = self
+            .pack_range(&loc.pack, loc.offset as u64..loc.offset as u64 + loc.stored_len as u64)?;
         decode_blob(self.keys()?, *id, loc.encoding, loc.raw_len, &stored).map_err(|e| {
             self.note_damage(&loc.pack, Some(&[*id]), "read", &e.to_string());
             RepoError::Damaged(format!("pack {}: {e} (recorded under damaged/)", loc.pack.hex()))
@@ -251,19 +286,32 @@ impl Repository {
     /// Writes a part's content to `out`, checking the whole part's sha256 (which covers
     /// every chunk: when it fails, a second pass checks each chunk's hash to name the damaged
     /// pack). Consecutive chunks stored next to each other are fetched in one range read.
-    pub fn read_part(&self, index: &Index, part: &Part, out: &mut dyn Write) -> Result<(), RepoError> {
+    pub fn read_part(
+        &self,
+        index: &Index,
+        part: &Part,
+        out: &mut dyn Write,
+    ) -> Result<(), RepoError> {
         self.read_part_to(index, part, out, None, false)
     }
 
     /// As [`Repository::read_part`]; a failed write names `dest` ("writing /x: No space left
     /// on device"). `snapshot`: the part is an etcd snapshot, whose sha256 trailer (when it
     /// has one) is checked too, from the same pass.
-    pub(crate) fn read_part_to(&self, index: &Index, part: &Part, out: &mut dyn Write, dest: Option<&Path>, snapshot: bool) -> Result<(), RepoError> {
+    pub(crate) fn read_part_to(
+        &self,
+        index: &Index,
+        part: &Part,
+        out: &mut dyn Write,
+        dest: Option<&Path>,
+        snapshot: bool,
+    ) -> Result<(), RepoError> {
         let ids = self.chunk_ids(index, part)?;
         let runs = self.plan_runs(index, &ids)?;
         let mut hasher = Sha256::new();
         let mut written = 0u64;
-        let mut trailer = (snapshot && part.size % 512 == TRAILER_LEN).then(|| Trailer::new(part.size));
+        let mut trailer =
+            (snapshot && part.size % 512 == TRAILER_LEN).then(|| Trailer::new(part.size));
         // Progress is about the snapshot; control-plane files are a few KiB each.
         let progress = self.transfer.progress.clone().filter(|_| part.size >= PROGRESS_MIN);
         if let Some(p) = &progress {
@@ -293,7 +341,9 @@ impl Repository {
         }
         match first {
             // A chunk that did not open or decompress: find every damaged one and record it.
-            Err(RepoError::Damaged(e)) => return Err(self.find_damage(&runs).unwrap_or(RepoError::Damaged(e))),
+            Err(RepoError::Damaged(e)) => {
+                return Err(self.find_damage(&runs).unwrap_or(RepoError::Damaged(e)))
+            }
             Err(e) => return Err(e),
             Ok(()) => {}
         }
@@ -310,7 +360,8 @@ impl Repository {
         }
         if trailer.is_some_and(|t| !t.matches()) {
             return Err(RepoError::ChecksumMismatch(
-                "the snapshot's sha256 trailer does not match its content (it was backed up so)".into(),
+                "the snapshot's sha256 trailer does not match its content (it was backed up so)"
+                    .into(),
             ));
         }
         Ok(())
@@ -319,7 +370,13 @@ impl Repository {
     /// Reassembles a backup's snapshot into `dest` (must not exist): a private temporary file
     /// next to it, fsynced and renamed only once the sha256 and the snapshot's own trailer (when
     /// it has one) match.
-    pub fn restore_snapshot_to_file(&self, index: &Index, part: &Part, dest: &Path, mode: u32) -> Result<(), RepoError> {
+    pub fn restore_snapshot_to_file(
+        &self,
+        index: &Index,
+        part: &Part,
+        dest: &Path,
+        mode: u32,
+    ) -> Result<(), RepoError> {
         self.write_snapshot_file(index, part, dest, mode, true)
     }
 
@@ -327,11 +384,23 @@ impl Repository {
     /// durable itself, if at all (a restore moves it into a data dir and fsyncs it there):
     /// the same checks, without the fsync of the whole file here, which would write it to
     /// the disk twice over.
-    pub fn restore_snapshot_to_scratch(&self, index: &Index, part: &Part, dest: &Path) -> Result<(), RepoError> {
+    pub fn restore_snapshot_to_scratch(
+        &self,
+        index: &Index,
+        part: &Part,
+        dest: &Path,
+    ) -> Result<(), RepoError> {
         self.write_snapshot_file(index, part, dest, 0o600, false)
     }
 
-    fn write_snapshot_file(&self, index: &Index, part: &Part, dest: &Path, mode: u32, durable: bool) -> Result<(), RepoError> {
+    fn write_snapshot_file(
+        &self,
+        index: &Index,
+        part: &Part,
+        dest: &Path,
+        mode: u32,
+        durable: bool,
+    ) -> Result<(), RepoError> {
         let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let tmp = dir.join(format!(
             ".{}.etcdguard-{:08x}",
@@ -342,15 +411,24 @@ impl Repository {
         let write_err = |e: io::Error| RepoError::Io(format!("writing {}: {e}", dest.display()));
         let result = (|| {
             use std::os::unix::fs::OpenOptionsExt;
-            let f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(|e| io_err(&tmp, e))?;
-            let mut w = RunWriter(io::BufWriter::with_capacity(1 << 20, EarlyWriteback { file: f, written: 0, kicked: 0 }));
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| io_err(&tmp, e))?;
+            let mut w = RunWriter(io::BufWriter::with_capacity(
+                1 << 20,
+                EarlyWriteback { file: f, written: 0, kicked: 0 },
+            ));
             self.read_part_to(index, part, &mut w, Some(dest), true)?;
             let f = w.0.into_inner().map_err(|e| write_err(e.into_error()))?.file;
             if durable {
                 f.sync_all().map_err(write_err)?;
             }
             if mode != 0o600 {
-                fs::set_permissions(&tmp, fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| io_err(&tmp, e))?;
+                fs::set_permissions(&tmp, fs::Permissions::from_mode(mode & 0o7777))
+                    .map_err(|e| io_err(&tmp, e))?;
             }
             drop(f);
             // Refuse to replace: link() fails if dest exists, unlike rename().
@@ -375,11 +453,20 @@ impl Repository {
     /// names or one already in `dir`), and private keys are written 0600 whatever the
     /// manifest says (see `beneath`: the manifest of an unencrypted repository is not
     /// authenticated).
-    pub fn restore_files(&self, index: &Index, manifest: &Manifest, dir: &Path) -> Result<usize, RepoError> {
+    pub fn restore_files(
+        &self,
+        index: &Index,
+        manifest: &Manifest,
+        dir: &Path,
+    ) -> Result<usize, RepoError> {
         use crate::beneath::{mkdir_at, mkdirs_beneath, open_beneath, symlink_at};
         let io_err = |what: &Path, e: io::Error| RepoError::Io(format!("{}: {e}", what.display()));
         let entries = restore_plan(manifest)?;
-        fs::DirBuilder::new().recursive(true).mode_private().create(dir).map_err(|e| io_err(dir, e))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode_private()
+            .create(dir)
+            .map_err(|e| io_err(dir, e))?;
         let root = fs::File::open(dir).map_err(|e| io_err(dir, e))?;
         let mut n = 0;
         let mut dir_modes = Vec::new();
@@ -396,11 +483,15 @@ impl Repository {
                 }
                 FileKind::Symlink => {
                     let target = f.target.as_deref().unwrap_or_default();
-                    symlink_at(std::ffi::OsStr::new(target), &parent, name).map_err(|e| beneath_error(&dest, e))?;
+                    symlink_at(std::ffi::OsStr::new(target), &parent, name)
+                        .map_err(|e| beneath_error(&dest, e))?;
                 }
                 FileKind::File => {
-                    let part = f.content.as_ref().ok_or_else(|| RepoError::Damaged(format!("file {:?} has no content", f.path)))?;
-                    let private = self.restore_part_at(index, part, &parent, name, &dest, &f.path, f.mode)?;
+                    let part = f.content.as_ref().ok_or_else(|| {
+                        RepoError::Damaged(format!("file {:?} has no content", f.path))
+                    })?;
+                    let private =
+                        self.restore_part_at(index, part, &parent, name, &dest, &f.path, f.mode)?;
                     if private {
                         private_dirs.extend(rel.ancestors().skip(1));
                     }
@@ -437,7 +528,11 @@ impl Repository {
         mode: u32,
     ) -> Result<bool, RepoError> {
         use crate::beneath::{create_file_at, link_at, unlink_at, BeneathError};
-        let tmp_name = std::ffi::OsString::from(format!(".{}.etcdguard-{:08x}", name.to_string_lossy(), rand::random::<u32>()));
+        let tmp_name = std::ffi::OsString::from(format!(
+            ".{}.etcdguard-{:08x}",
+            name.to_string_lossy(),
+            rand::random::<u32>()
+        ));
         let write_err = |e: io::Error| RepoError::Io(format!("writing {}: {e}", dest.display()));
         let f = create_file_at(parent, &tmp_name).map_err(|e| beneath_error(dest, e))?;
         let result = (|| {
@@ -462,12 +557,18 @@ impl Repository {
 
     /// Reads every part of a backup back (without writing it anywhere but `snapshot_out`)
     /// and checks all hashes.
-    pub fn check_backup(&self, index: &Index, manifest: &Manifest, snapshot_out: &mut dyn Write) -> Result<(), RepoError> {
+    pub fn check_backup(
+        &self,
+        index: &Index,
+        manifest: &Manifest,
+        snapshot_out: &mut dyn Write,
+    ) -> Result<(), RepoError> {
         self.read_part(index, &manifest.snapshot, snapshot_out)
             .map_err(|e| e.context(&format!("backup {} snapshot", manifest.id)))?;
         for f in &manifest.files {
             if let Some(part) = &f.content {
-                self.read_part(index, part, &mut io::sink()).map_err(|e| e.context(&format!("backup {} file {}", manifest.id, f.path)))?;
+                self.read_part(index, part, &mut io::sink())
+                    .map_err(|e| e.context(&format!("backup {} file {}", manifest.id, f.path)))?;
             }
         }
         Ok(())
@@ -508,15 +609,24 @@ impl Repository {
     }
 
     /// A presigned GET URL for one object of the repository.
-    pub fn presigned_url(&self, key: &str, expires: std::time::Duration) -> Result<String, RepoError> {
+    pub fn presigned_url(
+        &self,
+        key: &str,
+        expires: std::time::Duration,
+    ) -> Result<String, RepoError> {
         Ok(self.store.presigned_url(key, expires)?)
     }
 
-    pub fn presigned_urls(&self, manifest: &Manifest, expires: std::time::Duration) -> Result<Vec<(String, String)>, RepoError> {
+    pub fn presigned_urls(
+        &self,
+        manifest: &Manifest,
+        expires: std::time::Duration,
+    ) -> Result<Vec<(String, String)>, RepoError> {
         let index = self.load_index()?;
         let mut packs: Vec<Id> = Vec::new();
         let mut seen = HashSet::new();
-        let parts = std::iter::once(&manifest.snapshot).chain(manifest.files.iter().filter_map(|f| f.content.as_ref()));
+        let parts = std::iter::once(&manifest.snapshot)
+            .chain(manifest.files.iter().filter_map(|f| f.content.as_ref()));
         for part in parts {
             for id in part.chunk_lists.iter().copied().chain(self.chunk_ids(&index, part)?) {
                 let loc = self.locate(&index, &id)?;
@@ -525,7 +635,10 @@ impl Repository {
                 }
             }
         }
-        let mut out = vec![(manifest_key(&manifest.id), self.store.presigned_url(&manifest_key(&manifest.id), expires)?)];
+        let mut out = vec![(
+            manifest_key(&manifest.id),
+            self.store.presigned_url(&manifest_key(&manifest.id), expires)?,
+        )];
         for key in self.store.list("index/")?.into_iter().map(|o| o.key) {
             out.push((key.clone(), self.store.presigned_url(&key, expires)?));
         }
@@ -544,9 +657,14 @@ fn restore_plan(manifest: &Manifest) -> Result<Vec<(&FileEntry, &Path)>, RepoErr
     let mut not_dirs = HashSet::new();
     let mut out = Vec::new();
     for f in &manifest.files {
-        let rel = safe_relative(&f.path).ok_or_else(|| RepoError::Damaged(format!("file path {:?} escapes the target", f.path)))?;
+        let rel = safe_relative(&f.path).ok_or_else(|| {
+            RepoError::Damaged(format!("file path {:?} escapes the target", f.path))
+        })?;
         if !seen.insert(rel) {
-            return Err(RepoError::Damaged(format!("file path {:?} appears twice in backup {}", f.path, manifest.id)));
+            return Err(RepoError::Damaged(format!(
+                "file path {:?} appears twice in backup {}",
+                f.path, manifest.id
+            )));
         }
         if f.kind != FileKind::Dir {
             not_dirs.insert(rel);
@@ -607,7 +725,8 @@ impl<W: Write> Write for PrivateKeyScan<W> {
         if !self.found {
             let mut window = std::mem::take(&mut self.tail);
             window.extend_from_slice(&buf[..n]);
-            self.found = PRIVATE_KEY_MARKERS.iter().any(|m| window.windows(m.len()).any(|w| w == *m));
+            self.found =
+                PRIVATE_KEY_MARKERS.iter().any(|m| window.windows(m.len()).any(|w| w == *m));
             let keep = window.len().saturating_sub(32);
             self.tail = window.split_off(keep);
         }
@@ -618,7 +737,6 @@ impl<W: Write> Write for PrivateKeyScan<W> {
         self.inner.flush()
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -647,14 +765,22 @@ mod tests {
         bytes[loc.offset as usize + 2] ^= 0x55;
         fs::write(&pack, bytes).unwrap();
         assert!(r.export_snapshot(&m2).is_err());
-        assert!(r.store.list(&format!("exports/{}/", m2.id)).unwrap().is_empty(), "a failed export left an object");
+        assert!(
+            r.store.list(&format!("exports/{}/", m2.id)).unwrap().is_empty(),
+            "a failed export left an object"
+        );
         // Forgetting the backup removes its export.
         r.delete_backup(&m1.id).unwrap();
         assert!(r.store.list("exports/").unwrap().is_empty());
         // An encrypted repository never exports in clear.
         let edir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(LocalDir::new(edir.path().to_path_buf()));
-        let opts = InitOptions { chunk_size: 4096, pack_size: 64 * 1024, passphrase: Some(Passphrase::new(b"p".to_vec())), kdf: cheap_kdf() };
+        let opts = InitOptions {
+            chunk_size: 4096,
+            pack_size: 64 * 1024,
+            passphrase: Some(Passphrase::new(b"p".to_vec())),
+            kdf: cheap_kdf(),
+        };
         let er = Repository::init(store, &opts).unwrap();
         let em = backup(&er, &first);
         assert!(matches!(er.export_snapshot(&em), Err(RepoError::Invalid(_))));
@@ -716,7 +842,8 @@ mod tests {
         let index = r.load_index().unwrap();
         let out = dir.path().join("out");
         r.restore_files(&index, &m, &out).unwrap();
-        let mode = |p: &str| fs::symlink_metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
+        let mode =
+            |p: &str| fs::symlink_metadata(out.join(p)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode("pki/ca.key"), 0o600, "a key by name");
         assert_eq!(mode("pki/bundle.pem"), 0o600, "a key by content");
         assert_eq!(mode("pki/ca.crt"), 0o644);
@@ -742,7 +869,10 @@ mod tests {
         fs::create_dir_all(&out3).unwrap();
         std::os::unix::fs::symlink(outside.path(), out3.join("pki")).unwrap();
         assert!(r.restore_files(&index, &m, &out3).is_err());
-        assert!(fs::read_dir(outside.path()).unwrap().next().is_none(), "written outside the target");
+        assert!(
+            fs::read_dir(outside.path()).unwrap().next().is_none(),
+            "written outside the target"
+        );
     }
 
     /// A full disk names the file being written.
@@ -763,7 +893,10 @@ mod tests {
         let index = r.load_index().unwrap();
         let dest = Path::new("/srv/restore/pki/ca.key");
         let err = r.read_part_to(&index, &m.snapshot, &mut Full, Some(dest), false).unwrap_err();
-        assert_eq!(err.to_string(), "writing /srv/restore/pki/ca.key: No space left on device (os error 28)");
+        assert_eq!(
+            err.to_string(),
+            "writing /srv/restore/pki/ca.key: No space left on device (os error 28)"
+        );
     }
 
     /// A snapshot reassembled into a file has its sha256 trailer checked from the same pass,
@@ -786,15 +919,20 @@ mod tests {
             data[len - 1] ^= 1;
             let m = backup(&r, &data);
             let dest = dir.path().join(format!("bad-{len}.db"));
-            let err = r.restore_snapshot_to_file(&index(&r), &m.snapshot, &dest, 0o600).unwrap_err();
-            assert!(matches!(err, RepoError::ChecksumMismatch(ref s) if s.contains("trailer")), "{err}");
+            let err =
+                r.restore_snapshot_to_file(&index(&r), &m.snapshot, &dest, 0o600).unwrap_err();
+            assert!(
+                matches!(err, RepoError::ChecksumMismatch(ref s) if s.contains("trailer")),
+                "{err}"
+            );
             assert!(!dest.exists());
         }
         // A bbolt file without a trailer (a copied member/snap/db) is not checked for one.
         let mut plain = vec![0u8; 16 * 4096];
         rand::rngs::StdRng::seed_from_u64(3).fill_bytes(&mut plain);
         let m = backup(&r, &plain);
-        r.restore_snapshot_to_file(&index(&r), &m.snapshot, &dir.path().join("plain.db"), 0o600).unwrap();
+        r.restore_snapshot_to_file(&index(&r), &m.snapshot, &dir.path().join("plain.db"), 0o600)
+            .unwrap();
     }
 
     #[test]
@@ -804,7 +942,8 @@ mod tests {
         fs::create_dir_all(src.join("etcd")).unwrap();
         fs::write(src.join("ca.key"), b"secret key").unwrap();
         fs::set_permissions(src.join("ca.key"), fs::Permissions::from_mode(0o600)).unwrap();
-        let big: Vec<u8> = (0..20000u32).map(|i| rand::thread_rng().gen::<u8>() ^ (i as u8)).collect();
+        let big: Vec<u8> =
+            (0..20000u32).map(|i| rand::thread_rng().gen::<u8>() ^ (i as u8)).collect();
         fs::write(src.join("etcd/big.crt"), &big).unwrap();
         fs::set_permissions(src.join("etcd/big.crt"), fs::Permissions::from_mode(0o644)).unwrap();
         std::os::unix::fs::symlink("ca.key", src.join("link")).unwrap();
@@ -819,9 +958,15 @@ mod tests {
         let index = r.load_index().unwrap();
         assert_eq!(r.restore_files(&index, &m, &out).unwrap(), 10);
         assert_eq!(fs::read(out.join("pki/ca.key")).unwrap(), b"secret key");
-        assert_eq!(fs::metadata(out.join("pki/ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(out.join("pki/ca.key")).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(fs::read(out.join("pki/etcd/big.crt")).unwrap(), big);
-        assert_eq!(fs::metadata(out.join("pki/etcd/big.crt")).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::metadata(out.join("pki/etcd/big.crt")).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         assert_eq!(fs::read_link(out.join("pki/link")).unwrap(), Path::new("ca.key"));
         // A second restore into the same place refuses to overwrite.
         assert!(matches!(r.restore_files(&index, &m, &out), Err(RepoError::DestinationExists(_))));

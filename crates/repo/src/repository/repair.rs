@@ -70,7 +70,10 @@ pub struct UnrestorableBackup {
 
 impl RepairReport {
     pub fn is_clean(&self) -> bool {
-        self.packs_damaged.is_empty() && self.blobs_missing == 0 && self.unreadable_manifests.is_empty() && self.packs_reindexed == 0
+        self.packs_damaged.is_empty()
+            && self.blobs_missing == 0
+            && self.unreadable_manifests.is_empty()
+            && self.packs_reindexed == 0
     }
 }
 
@@ -113,7 +116,8 @@ impl NewPacks<'_> {
             self.lists.insert(id, raw.to_vec());
         }
         if self.uploader.is_some() {
-            let level = self.repo.transfer.compression_level.unwrap_or(self.repo.config.compression_level);
+            let level =
+                self.repo.transfer.compression_level.unwrap_or(self.repo.config.compression_level);
             let (encoding, stored) = crate::pack::encode_blob(&id, raw, level, self.repo.keys()?);
             self.builder.add(id, kind, encoding, raw.len() as u32, &stored);
             self.flush_if_full()?;
@@ -140,9 +144,17 @@ impl NewPacks<'_> {
 
 impl Repository {
     /// Checks every pack and repairs what it can (see the module's documentation).
-    pub fn repair(&self, sources: &[RepairSource<'_>], dry_run: bool) -> Result<RepairReport, RepoError> {
+    pub fn repair(
+        &self,
+        sources: &[RepairSource<'_>],
+        dry_run: bool,
+    ) -> Result<RepairReport, RepoError> {
         let keys = self.keys()?;
-        let lock = Lock::acquire(self.store.clone(), true, if dry_run { "backup repair --dry-run" } else { "backup repair" })?;
+        let lock = Lock::acquire(
+            self.store.clone(),
+            true,
+            if dry_run { "backup repair --dry-run" } else { "backup repair" },
+        )?;
         let mut report = RepairReport { dry_run, ..Default::default() };
         let (index_keys, old_index) = self.load_index_files()?;
         let damage = self.damage()?;
@@ -163,7 +175,12 @@ impl Repository {
             report.blobs_damaged += s.bad.len();
             if !dry_run {
                 let bad: Vec<Id> = s.bad.iter().map(|e| e.id).collect();
-                self.note_damage(&s.pack, Some(&bad), "backup repair", "its content does not match its sha256 name");
+                self.note_damage(
+                    &s.pack,
+                    Some(&bad),
+                    "backup repair",
+                    "its content does not match its sha256 name",
+                );
             }
         }
 
@@ -177,13 +194,16 @@ impl Repository {
             lists: HashMap::new(),
         };
         for s in &damaged {
-            let wanted: Vec<&PackEntry> = s.good.iter().filter(|e| !sound.contains(&e.id)).collect();
+            let wanted: Vec<&PackEntry> =
+                s.good.iter().filter(|e| !sound.contains(&e.id)).collect();
             if wanted.is_empty() {
                 continue;
             }
             let bytes = self.store.get(&pack_key(&s.pack))?;
             for e in wanted {
-                let stored = bytes.get(e.offset as usize..(e.offset + e.stored_len) as usize).unwrap_or_default();
+                let stored = bytes
+                    .get(e.offset as usize..(e.offset + e.stored_len) as usize)
+                    .unwrap_or_default();
                 // Checked in the scan; checked again, since the object may have changed since.
                 if decode_blob(keys, e.id, e.encoding, e.raw_len, stored).is_ok() {
                     new.add_stored(e, stored)?;
@@ -207,7 +227,9 @@ impl Repository {
         };
         let parts_of = |m: &Manifest| -> Vec<(String, Part)> {
             std::iter::once(("snapshot".to_string(), m.snapshot.clone()))
-                .chain(m.files.iter().filter_map(|f| f.content.clone().map(|p| (f.path.clone(), p))))
+                .chain(
+                    m.files.iter().filter_map(|f| f.content.clone().map(|p| (f.path.clone(), p))),
+                )
                 .collect()
         };
         // Chunk ids of every part whose lists can be read; parts whose lists are lost can
@@ -245,7 +267,8 @@ impl Repository {
             match source {
                 RepairSource::File(path) => {
                     let name = path.display().to_string();
-                    let digest = crate::pack::file_sha256(path).map_err(|e| RepoError::Io(format!("{name}: {e}")))?;
+                    let digest = crate::pack::file_sha256(path)
+                        .map_err(|e| RepoError::Io(format!("{name}: {e}")))?;
                     let mut sizes: Vec<u32> = chunk_sizes.iter().copied().collect();
                     let exact = whole_parts.get(&digest).copied();
                     if let Some((cs, _)) = exact {
@@ -257,10 +280,12 @@ impl Repository {
                     for cs in sizes {
                         let rebuild_lists = exact.is_some_and(|(c, _)| c == cs);
                         let mut ids: Vec<u8> = Vec::new();
-                        let mut f = std::fs::File::open(path).map_err(|e| RepoError::Io(format!("{name}: {e}")))?;
+                        let mut f = std::fs::File::open(path)
+                            .map_err(|e| RepoError::Io(format!("{name}: {e}")))?;
                         let mut buf = vec![0u8; cs as usize];
                         loop {
-                            let n = super::pipeline::read_full(&mut f, &mut buf).map_err(|e| RepoError::Io(format!("{name}: {e}")))?;
+                            let n = super::pipeline::read_full(&mut f, &mut buf)
+                                .map_err(|e| RepoError::Io(format!("{name}: {e}")))?;
                             if n == 0 {
                                 break;
                             }
@@ -296,7 +321,8 @@ impl Repository {
                 RepairSource::Repository(other) => {
                     let other_index = other.load_index()?;
                     let mut found = 0;
-                    let mut wanted: Vec<Id> = missing.iter().copied().filter(|id| other_index.contains(id)).collect();
+                    let mut wanted: Vec<Id> =
+                        missing.iter().copied().filter(|id| other_index.contains(id)).collect();
                     wanted.sort();
                     for id in wanted {
                         let kind = other_index.get(&id).map(|l| l.kind).unwrap_or(BlobKind::Data);
@@ -333,7 +359,12 @@ impl Repository {
                 }
             }
             if lacking > 0 {
-                report.unrestorable.push(UnrestorableBackup { id: m.id.clone(), created: m.created, missing_blobs: lacking, parts });
+                report.unrestorable.push(UnrestorableBackup {
+                    id: m.id.clone(),
+                    created: m.created,
+                    missing_blobs: lacking,
+                    parts,
+                });
             }
         }
         report.blobs_missing = missing.len();
@@ -341,8 +372,11 @@ impl Repository {
         // Records of packs that turned out intact (a pack that hashes to its name is as
         // written) or are gone, and of the damaged packs this repair removes.
         let stored: HashSet<Id> = scanned.iter().map(|s| s.pack).collect();
-        let stale_records: Vec<Id> =
-            damage.packs().into_iter().filter(|p| !stored.contains(p) || scanned.iter().any(|s| s.pack == *p && s.intact)).collect();
+        let stale_records: Vec<Id> = damage
+            .packs()
+            .into_iter()
+            .filter(|p| !stored.contains(p) || scanned.iter().any(|s| s.pack == *p && s.intact))
+            .collect();
         report.damage_records_removed = stale_records.len() + damaged.len();
         report.index_files_replaced = index_keys.len();
         if dry_run {
@@ -388,8 +422,12 @@ impl Repository {
 
     /// Every stored pack read whole and checked, on several threads.
     fn scan_packs(&self, index: &Index) -> Result<Vec<Scanned>, RepoError> {
-        let mut packs: Vec<Id> =
-            self.store.list("packs/")?.into_iter().filter_map(|o| o.key.rsplit('/').next().and_then(Id::parse)).collect();
+        let mut packs: Vec<Id> = self
+            .store
+            .list("packs/")?
+            .into_iter()
+            .filter_map(|o| o.key.rsplit('/').next().and_then(Id::parse))
+            .collect();
         packs.sort();
         let queue = Mutex::new(packs);
         let out = Mutex::new(Vec::new());
@@ -400,11 +438,23 @@ impl Repository {
                     if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                         return;
                     }
-                    let Some(pack) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else { return };
-                    let result = self.store.get(&pack_key(&pack)).map_err(RepoError::from).and_then(|bytes| {
-                        let check = self.check_pack_bytes(&pack, &bytes, &index.pack_entries(&pack))?;
-                        Ok(Scanned { pack, intact: check.intact, good: check.good, bad: check.bad })
-                    });
+                    let Some(pack) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
+                        return;
+                    };
+                    let result = self
+                        .store
+                        .get(&pack_key(&pack))
+                        .map_err(RepoError::from)
+                        .and_then(|bytes| {
+                            let check =
+                                self.check_pack_bytes(&pack, &bytes, &index.pack_entries(&pack))?;
+                            Ok(Scanned {
+                                pack,
+                                intact: check.intact,
+                                good: check.good,
+                                bad: check.bad,
+                            })
+                        });
                     match result {
                         Ok(s) => out.lock().unwrap_or_else(|p| p.into_inner()).push(s),
                         // Gone since the listing: nothing to check.

@@ -13,7 +13,8 @@ impl Repository {
     pub fn packs_of(&self, index: &Index, manifest: &Manifest) -> Result<Vec<Id>, RepoError> {
         let mut packs = Vec::new();
         let mut seen = HashSet::new();
-        let parts = std::iter::once(&manifest.snapshot).chain(manifest.files.iter().filter_map(|f| f.content.as_ref()));
+        let parts = std::iter::once(&manifest.snapshot)
+            .chain(manifest.files.iter().filter_map(|f| f.content.as_ref()));
         for part in parts {
             for id in part.chunk_lists.iter().copied().chain(self.chunk_ids(index, part)?) {
                 let loc = self.locate(index, &id)?;
@@ -37,11 +38,18 @@ impl Repository {
     /// Reads one pack whole: `None` when it hashes to its name and parses as a pack, else
     /// what [`Repository::check_pack_bytes`] found (not recorded yet). A missing pack, or an
     /// intact one that does not parse (recorded), is an error.
-    fn read_and_check_pack(&self, pack: &Id, expected: &[crate::pack::PackEntry]) -> Result<Option<PackCheck>, RepoError> {
+    fn read_and_check_pack(
+        &self,
+        pack: &Id,
+        expected: &[crate::pack::PackEntry],
+    ) -> Result<Option<PackCheck>, RepoError> {
         let bytes = match self.store.get(&pack_key(pack)) {
             Ok(b) => b,
             Err(StoreError::NotFound(_)) => {
-                return Err(RepoError::Damaged(format!("pack {} is in the index but missing from the repository", pack.hex())))
+                return Err(RepoError::Damaged(format!(
+                    "pack {} is in the index but missing from the repository",
+                    pack.hex()
+                )))
             }
             Err(e) => return Err(e.into()),
         };
@@ -59,7 +67,8 @@ impl Repository {
     /// Every blob `manifest` reads (chunk lists and chunks of every part).
     pub fn blobs_of(&self, index: &Index, manifest: &Manifest) -> Result<HashSet<Id>, RepoError> {
         let mut out = HashSet::new();
-        let parts = std::iter::once(&manifest.snapshot).chain(manifest.files.iter().filter_map(|f| f.content.as_ref()));
+        let parts = std::iter::once(&manifest.snapshot)
+            .chain(manifest.files.iter().filter_map(|f| f.content.as_ref()));
         for part in parts {
             out.extend(part.chunk_lists.iter().copied());
             out.extend(self.chunk_ids(index, part)?);
@@ -70,11 +79,19 @@ impl Repository {
     /// [`Repository::check_pack`] for one backup that draws on the pack: damage in blobs the
     /// backup does not need from this pack (another sound copy is stored, or the backup does
     /// not use them) is recorded and returned as a note, not an error: the backup restores.
-    pub fn check_pack_for(&self, pack: &Id, index: &Index, needed: &HashSet<Id>) -> Result<Option<String>, RepoError> {
-        let Some(check) = self.read_and_check_pack(pack, &index.pack_entries(pack))? else { return Ok(None) };
+    pub fn check_pack_for(
+        &self,
+        pack: &Id,
+        index: &Index,
+        needed: &HashSet<Id>,
+    ) -> Result<Option<String>, RepoError> {
+        let Some(check) = self.read_and_check_pack(pack, &index.pack_entries(pack))? else {
+            return Ok(None);
+        };
         let error = self.record_pack_check(pack, &check, "pack check");
         let damage = self.damage()?;
-        let lost = |id: &Id| !index.packs_holding(id).iter().any(|p| p != pack && !damage.is_bad(p, id));
+        let lost =
+            |id: &Id| !index.packs_holding(id).iter().any(|p| p != pack && !damage.is_bad(p, id));
         if check.whole || check.bad.iter().any(|e| needed.contains(&e.id) && lost(&e.id)) {
             return Err(error);
         }

@@ -13,7 +13,8 @@ use rand::{RngCore, SeedableRng};
 
 pub(crate) fn repo(dir: &Path, pack_size: u64) -> Repository {
     let store: Arc<dyn Store> = Arc::new(LocalDir::new(dir.to_path_buf()));
-    Repository::init(store, &InitOptions { chunk_size: 4096, pack_size, ..Default::default() }).unwrap()
+    Repository::init(store, &InitOptions { chunk_size: 4096, pack_size, ..Default::default() })
+        .unwrap()
 }
 
 pub(crate) fn meta() -> BackupMeta {
@@ -73,7 +74,12 @@ pub(crate) fn all_stored_bytes(dir: &Path) -> Vec<u8> {
 
 pub(crate) fn encrypted_repo(dir: &Path) -> (Repository, Arc<dyn Store>) {
     let store: Arc<dyn Store> = Arc::new(LocalDir::new(dir.to_path_buf()));
-    let opts = InitOptions { chunk_size: 4096, pack_size: 64 * 1024, passphrase: Some(Passphrase::new(b"pw".to_vec())), kdf: cheap_kdf() };
+    let opts = InitOptions {
+        chunk_size: 4096,
+        pack_size: 64 * 1024,
+        passphrase: Some(Passphrase::new(b"pw".to_vec())),
+        kdf: cheap_kdf(),
+    };
     (Repository::init(store.clone(), &opts).unwrap(), store)
 }
 

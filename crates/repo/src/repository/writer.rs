@@ -30,8 +30,12 @@ impl Repository {
         let _ = self.store.sweep_temporaries("", TEMPORARY_FILE_MAX_AGE);
         // Dedup only against packs that exist: a blob whose pack is gone (damage, or a
         // prune that ran while this host's lock had expired) is stored again.
-        let stored: HashSet<Id> =
-            self.store.list("packs/")?.into_iter().filter_map(|o| o.key.rsplit('/').next().and_then(Id::parse)).collect();
+        let stored: HashSet<Id> = self
+            .store
+            .list("packs/")?
+            .into_iter()
+            .filter_map(|o| o.key.rsplit('/').next().and_then(Id::parse))
+            .collect();
         let mut index = self.load_index_files()?.1.retain_packs(|p| stored.contains(p));
         // Nor against a blob whose only copies are known to be damaged (`damaged/`).
         self.damage()?.without_damaged(&mut index);
@@ -42,7 +46,10 @@ impl Repository {
             written: Index::new(),
             pending: HashSet::new(),
             pack: PackBuilder::new(),
-            uploader: Uploader::start_n(self.store.clone(), self.transfer.workers().min(UPLOADS_MAX)),
+            uploader: Uploader::start_n(
+                self.store.clone(),
+                self.transfer.workers().min(UPLOADS_MAX),
+            ),
             files: Vec::new(),
             certificates: Vec::new(),
             stats: Sizes::default(),
@@ -51,7 +58,6 @@ impl Repository {
             checkpoint_every: 0,
         })
     }
-
 }
 
 // -------------------------------------------------------------------------------------
@@ -109,7 +115,11 @@ impl Uploader {
 
     pub(crate) fn send(&self, key: String, data: Vec<u8>) -> Result<(), RepoError> {
         self.check()?;
-        self.tx.as_ref().expect("uploader open").send((key, data)).map_err(|_| RepoError::Io("upload threads stopped".into()))
+        self.tx
+            .as_ref()
+            .expect("uploader open")
+            .send((key, data))
+            .map_err(|_| RepoError::Io("upload threads stopped".into()))
     }
 
     pub(crate) fn finish(mut self) -> Result<(), RepoError> {
@@ -215,7 +225,13 @@ impl<'r> BackupWriter<'r> {
 
     /// Adds a chunk hashed and compressed by a worker ([`super::pipeline::encode_stream`]).
     /// `reused_from`: the pack holding the blob when the workers skipped it as stored.
-    fn add_encoded(&mut self, kind: BlobKind, enc: super::pipeline::Encoded, reused_from: Option<Id>, origin: Origin) -> Result<(), RepoError> {
+    fn add_encoded(
+        &mut self,
+        kind: BlobKind,
+        enc: super::pipeline::Encoded,
+        reused_from: Option<Id>,
+        origin: Origin,
+    ) -> Result<(), RepoError> {
         self.stats.blobs_total += 1;
         let Some((encoding, stored)) = enc.stored else {
             if let Some(pack) = reused_from {
@@ -258,9 +274,13 @@ impl<'r> BackupWriter<'r> {
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| loop {
-                    let Some(pack) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else { return };
+                    let Some(pack) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
+                        return;
+                    };
                     let checked = match repo.store.get(&pack_key(&pack)) {
-                        Ok(bytes) => repo.check_pack_bytes(&pack, &bytes, &index.pack_entries(&pack)),
+                        Ok(bytes) => {
+                            repo.check_pack_bytes(&pack, &bytes, &index.pack_entries(&pack))
+                        }
                         Err(StoreError::NotFound(_)) => Ok(PackCheck {
                             whole: true,
                             reason: "it is missing from the repository".into(),
@@ -287,7 +307,12 @@ impl<'r> BackupWriter<'r> {
             let good: HashSet<Id> = check.good.iter().map(|e| e.id).collect();
             let bad_ids: Vec<Id> = check.bad.iter().map(|e| e.id).collect();
             let whole = check.whole && good.is_empty();
-            self.repo.note_damage(&pack, if whole { None } else { Some(&bad_ids) }, "backup create", &check.reason);
+            self.repo.note_damage(
+                &pack,
+                if whole { None } else { Some(&bad_ids) },
+                "backup create",
+                &check.reason,
+            );
             let blobs = &reused[&pack];
             let damaged: Vec<&Reuse> = blobs.iter().filter(|b| !good.contains(&b.id)).collect();
             self.repo.transfer.note(&format!(
@@ -349,7 +374,13 @@ impl<'r> BackupWriter<'r> {
 
     /// Chunks `reader` at `chunk_size` boundaries and stores what is new; the part's sha256
     /// is computed on the way. `size_hint`: the input's size when known (for progress).
-    fn add_stream(&mut self, reader: &mut dyn Read, chunk_size: u32, size_hint: Option<u64>, source: Option<Arc<PathBuf>>) -> Result<Part, RepoError> {
+    fn add_stream(
+        &mut self,
+        reader: &mut dyn Read,
+        chunk_size: u32,
+        size_hint: Option<u64>,
+        source: Option<Arc<PathBuf>>,
+    ) -> Result<Part, RepoError> {
         let mut hasher = Sha256::new();
         let part = self.store_stream(reader, chunk_size, size_hint, Some(&mut hasher), source)?;
         Ok(part.with_sha256(hasher.finalize().into()))
@@ -370,7 +401,10 @@ impl<'r> BackupWriter<'r> {
         let mut ids: Vec<u8> = Vec::new();
         let mut chunks = 0u64;
         let transfer = self.repo.transfer.clone();
-        let progress = transfer.progress.clone().filter(|_| size_hint.is_none_or(|n| n >= super::reader::PROGRESS_MIN));
+        let progress = transfer
+            .progress
+            .clone()
+            .filter(|_| size_hint.is_none_or(|n| n >= super::reader::PROGRESS_MIN));
         if let Some(p) = &progress {
             p.begin(size_hint);
         }
@@ -399,11 +433,16 @@ impl<'r> BackupWriter<'r> {
             &mut |enc| {
                 ids.extend_from_slice(&enc.id.0);
                 let origin = match &source {
-                    Some(path) => Origin::File { path: path.clone(), offset: chunks * chunk_size as u64, len: enc.raw_len },
+                    Some(path) => Origin::File {
+                        path: path.clone(),
+                        offset: chunks * chunk_size as u64,
+                        len: enc.raw_len,
+                    },
                     None => Origin::Gone,
                 };
                 chunks += 1;
-                let reused_from = enc.stored.is_none().then(|| index.get(&enc.id).map(|l| l.pack)).flatten();
+                let reused_from =
+                    enc.stored.is_none().then(|| index.get(&enc.id).map(|l| l.pack)).flatten();
                 self.add_encoded(BlobKind::Data, enc, reused_from, origin)
             },
         );
@@ -417,7 +456,13 @@ impl<'r> BackupWriter<'r> {
         for piece in ids.chunks(fanout) {
             lists.push(self.add_blob(BlobKind::List, piece)?);
         }
-        Ok(UnhashedPart(Part { size, sha256: String::new(), chunk_size, chunks, chunk_lists: lists }))
+        Ok(UnhashedPart(Part {
+            size,
+            sha256: String::new(),
+            chunk_size,
+            chunks,
+            chunk_lists: lists,
+        }))
     }
 
     /// The chunk size used for a database with `page_size`: the repository's, rounded up to
@@ -436,12 +481,21 @@ impl<'r> BackupWriter<'r> {
     }
 
     /// Stores the snapshot (the whole file, trailer included, so it comes back byte-identical).
-    pub fn add_snapshot(&mut self, reader: &mut dyn Read, page_size: u32) -> Result<Part, RepoError> {
+    pub fn add_snapshot(
+        &mut self,
+        reader: &mut dyn Read,
+        page_size: u32,
+    ) -> Result<Part, RepoError> {
         self.add_snapshot_sized(reader, page_size, None)
     }
 
     /// [`Self::add_snapshot`] of an input of `size` bytes, when known (for progress).
-    pub fn add_snapshot_sized(&mut self, reader: &mut dyn Read, page_size: u32, size: Option<u64>) -> Result<Part, RepoError> {
+    pub fn add_snapshot_sized(
+        &mut self,
+        reader: &mut dyn Read,
+        page_size: u32,
+        size: Option<u64>,
+    ) -> Result<Part, RepoError> {
         let cs = self.chunk_size_for(page_size);
         let source = self.snapshot_source.clone();
         self.add_stream(reader, cs, size, source)
@@ -450,7 +504,12 @@ impl<'r> BackupWriter<'r> {
     /// [`Self::add_snapshot_sized`] for a caller that hashes the same bytes already (a live
     /// backup checks the stream's trailer with one pass that also yields the file's sha256):
     /// the part is complete once it is given that digest.
-    pub fn add_snapshot_unhashed(&mut self, reader: &mut dyn Read, page_size: u32, size: Option<u64>) -> Result<UnhashedPart, RepoError> {
+    pub fn add_snapshot_unhashed(
+        &mut self,
+        reader: &mut dyn Read,
+        page_size: u32,
+        size: Option<u64>,
+    ) -> Result<UnhashedPart, RepoError> {
         let cs = self.chunk_size_for(page_size);
         let source = self.snapshot_source.clone();
         self.store_stream(reader, cs, size, None, source)
@@ -477,7 +536,10 @@ impl<'r> BackupWriter<'r> {
     /// Adds a file, or a directory with everything under it, as `<group>/<its name>…`
     /// (several `--file` paths side by side).
     pub fn add_path(&mut self, group: &str, path: &Path) -> Result<(), RepoError> {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "root".into());
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "root".into());
         self.add_path_as(&format!("{group}/{name}"), path)
     }
 
@@ -487,10 +549,19 @@ impl<'r> BackupWriter<'r> {
         let io_err = |p: &Path, e: io::Error| RepoError::Io(format!("{}: {e}", p.display()));
         let meta = fs::symlink_metadata(path).map_err(|e| io_err(path, e))?;
         if safe_relative(dest).is_none() {
-            return Err(RepoError::Invalid(format!("{dest:?}: not a usable name under --files-to")));
+            return Err(RepoError::Invalid(format!(
+                "{dest:?}: not a usable name under --files-to"
+            )));
         }
-        if self.files.iter().any(|f| f.path == dest || f.path.starts_with(&format!("{dest}/")) || dest.starts_with(&format!("{}/", f.path))) {
-            return Err(RepoError::Invalid(format!("{} would restore as {dest:?}, which another path of this backup already uses", path.display())));
+        if self.files.iter().any(|f| {
+            f.path == dest
+                || f.path.starts_with(&format!("{dest}/"))
+                || dest.starts_with(&format!("{}/", f.path))
+        }) {
+            return Err(RepoError::Invalid(format!(
+                "{} would restore as {dest:?}, which another path of this backup already uses",
+                path.display()
+            )));
         }
         self.add_entry(dest, path, &meta)
     }
@@ -509,7 +580,11 @@ impl<'r> BackupWriter<'r> {
         let ft = meta.file_type();
         if ft.is_symlink() {
             let target = fs::read_link(path).map_err(|e| io_err(path, e))?;
-            self.files.push(FileEntry { kind: FileKind::Symlink, target: Some(target.to_string_lossy().into_owned()), ..base });
+            self.files.push(FileEntry {
+                kind: FileKind::Symlink,
+                target: Some(target.to_string_lossy().into_owned()),
+                ..base
+            });
         } else if ft.is_dir() {
             self.files.push(FileEntry { kind: FileKind::Dir, ..base });
             let mut entries: Vec<_> = fs::read_dir(path)
@@ -527,7 +602,9 @@ impl<'r> BackupWriter<'r> {
             let mut f = fs::File::open(path).map_err(|e| io_err(path, e))?;
             let cs = self.repo.config.chunking.chunk_size;
             let source = Some(Arc::new(path.to_path_buf()));
-            let part = self.add_stream(&mut f, cs, None, source).map_err(|e| e.context(&path.display().to_string()))?;
+            let part = self
+                .add_stream(&mut f, cs, None, source)
+                .map_err(|e| e.context(&path.display().to_string()))?;
             self.stats.original += part.size;
             self.files.push(FileEntry { content: Some(part), ..base });
         }
@@ -558,7 +635,10 @@ impl<'r> BackupWriter<'r> {
             etcd: meta.etcd,
             snapshot,
             files: std::mem::take(&mut self.files),
-            encoding: PartEncoding { compression: "zstd".into(), encryption: self.repo.config.encryption.clone() },
+            encoding: PartEncoding {
+                compression: "zstd".into(),
+                encryption: self.repo.config.encryption.clone(),
+            },
             sizes,
             certificates: std::mem::take(&mut self.certificates),
             sealed: None,
@@ -570,7 +650,10 @@ impl<'r> BackupWriter<'r> {
     /// `version` set as the repository writes them).
     fn finish(&mut self, manifest: Manifest) -> Result<Manifest, RepoError> {
         self.flush_pack()?;
-        let uploader = std::mem::replace(&mut self.uploader, Uploader { tx: None, threads: Vec::new(), error: Arc::default() });
+        let uploader = std::mem::replace(
+            &mut self.uploader,
+            Uploader { tx: None, threads: Vec::new(), error: Arc::default() },
+        );
         uploader.finish()?;
         if self.written.blob_count() > 0 {
             let data = self.repo.encode_index(&self.written);
@@ -601,19 +684,28 @@ impl<'r> BackupWriter<'r> {
 
     /// A backup copied from another repository ([`super::copy`]): `source`'s manifest under
     /// its own id and times, with the parts stored here (the `files` entries' `content` too).
-    pub(super) fn commit_copy(mut self, source: &Manifest, snapshot: Part, files: Vec<FileEntry>) -> Result<Manifest, RepoError> {
+    pub(super) fn commit_copy(
+        mut self,
+        source: &Manifest,
+        snapshot: Part,
+        files: Vec<FileEntry>,
+    ) -> Result<Manifest, RepoError> {
         // A copied chunk reused from a damaged pack here has no file to be read again from:
         // the copy of this backup fails, and the damage record makes the next copy store it.
         if !self.repo.transfer.trust_stored {
             self.check_reused()?;
         }
         let mut sizes = self.stats.clone();
-        sizes.original = snapshot.size + files.iter().filter_map(|f| f.content.as_ref()).map(|c| c.size).sum::<u64>();
+        sizes.original = snapshot.size
+            + files.iter().filter_map(|f| f.content.as_ref()).map(|c| c.size).sum::<u64>();
         let manifest = Manifest {
             version: FORMAT_VERSION,
             snapshot,
             files,
-            encoding: PartEncoding { compression: "zstd".into(), encryption: self.repo.config.encryption.clone() },
+            encoding: PartEncoding {
+                compression: "zstd".into(),
+                encryption: self.repo.config.encryption.clone(),
+            },
             sizes,
             sealed: None,
             ..source.clone()
@@ -633,7 +725,10 @@ impl<'r> BackupWriter<'r> {
     /// the invariants allow and the next prune frees if no backup comes to use them.
     fn checkpoint(&mut self) -> Result<(), RepoError> {
         let threads = self.repo.transfer.workers().min(UPLOADS_MAX);
-        let uploader = std::mem::replace(&mut self.uploader, Uploader::start_n(self.repo.store.clone(), threads));
+        let uploader = std::mem::replace(
+            &mut self.uploader,
+            Uploader::start_n(self.repo.store.clone(), threads),
+        );
         uploader.finish()?;
         // With the lock lost a prune may have deleted these packs: index nothing then.
         self.lock.check_held()?;
@@ -645,7 +740,12 @@ impl<'r> BackupWriter<'r> {
 
     /// Stores one part read from `reader`, cut every `chunk_size` bytes (a copied part keeps
     /// its chunk size, so its chunks dedup against earlier copies).
-    pub(super) fn add_copied_part(&mut self, reader: &mut dyn Read, chunk_size: u32, size: u64) -> Result<Part, RepoError> {
+    pub(super) fn add_copied_part(
+        &mut self,
+        reader: &mut dyn Read,
+        chunk_size: u32,
+        size: u64,
+    ) -> Result<Part, RepoError> {
         self.add_stream(reader, chunk_size, Some(size), None)
     }
 }

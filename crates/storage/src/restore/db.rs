@@ -112,7 +112,10 @@ fn commit_with(path: &Path, edit: &Edit<'_>, sync: bool) -> Result<Committed, Db
     let mut app = Appender::new(old.page_size, old.pgid);
 
     let mut root: BTreeMap<Vec<u8>, Entry> =
-        write::collect_entries(&db, old.root, SMALL_BUCKET_LIMIT)?.into_iter().map(|e| (e.key.clone(), e)).collect();
+        write::collect_entries(&db, old.root, SMALL_BUCKET_LIMIT)?
+            .into_iter()
+            .map(|e| (e.key.clone(), e))
+            .collect();
     let sequence = |root: &BTreeMap<Vec<u8>, Entry>, name: &[u8]| {
         root.get(name).and_then(|e| BucketHeader::parse(&e.value)).map_or(0, |h| h.sequence)
     };
@@ -128,8 +131,12 @@ fn commit_with(path: &Path, edit: &Edit<'_>, sync: bool) -> Result<Committed, Db
     }
 
     // members: exactly the new cluster, keyed by hex id (sorted as strings).
-    let mut members: Vec<Entry> =
-        edit.cluster.members.iter().map(|m| Entry::new(m.hex_id().into_bytes(), m.json().into_bytes())).collect();
+    let mut members: Vec<Entry> = edit
+        .cluster
+        .members
+        .iter()
+        .map(|m| Entry::new(m.hex_id().into_bytes(), m.json().into_bytes()))
+        .collect();
     members.sort_by(|a, b| a.key.cmp(&b.key));
     let v = app.bucket(&members, sequence(&root, MEMBERS))?;
     root.insert(MEMBERS.to_vec(), Entry::bucket(MEMBERS, v));
@@ -190,9 +197,10 @@ fn commit_with(path: &Path, edit: &Edit<'_>, sync: bool) -> Result<Committed, Db
 
     // meta: consistent index and term (and the scheduled compaction for a bump).
     let mut meta: BTreeMap<Vec<u8>, Vec<u8>> = match root.get(META) {
-        Some(e) => {
-            write::collect_bucket(&db, &e.value, SMALL_BUCKET_LIMIT)?.into_iter().map(|e| (e.key, e.value)).collect()
-        }
+        Some(e) => write::collect_bucket(&db, &e.value, SMALL_BUCKET_LIMIT)?
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect(),
         None => BTreeMap::new(),
     };
     meta.insert(CONSISTENT_INDEX.to_vec(), edit.consistent_index.to_be_bytes().to_vec());
@@ -206,8 +214,10 @@ fn commit_with(path: &Path, edit: &Edit<'_>, sync: bool) -> Result<Committed, Db
 
     let root_entries: Vec<Entry> = root.into_values().collect();
     let new_root = app.tree(&root_entries)?;
-    let txid = old.txid.checked_add(1).ok_or_else(|| DbError::Schema("transaction id overflow".into()))?;
-    let new_meta = Meta { root: new_root, freelist: NO_FREELIST, pgid: app.next_pgid(), txid, ..old };
+    let txid =
+        old.txid.checked_add(1).ok_or_else(|| DbError::Schema("transaction id overflow".into()))?;
+    let new_meta =
+        Meta { root: new_root, freelist: NO_FREELIST, pgid: app.next_pgid(), txid, ..old };
     let appended = app.bytes().to_vec();
     let start = app.start() * old.page_size as u64;
     drop(map);
@@ -218,7 +228,10 @@ fn commit_with(path: &Path, edit: &Edit<'_>, sync: bool) -> Result<Committed, Db
         file.sync_all()?;
     }
     let meta_page = txid % 2;
-    file.write_all_at(&write::encode_meta_page(meta_page, &new_meta), meta_page * old.page_size as u64)?;
+    file.write_all_at(
+        &write::encode_meta_page(meta_page, &new_meta),
+        meta_page * old.page_size as u64,
+    )?;
     if sync {
         file.sync_all()?;
     }
@@ -278,7 +291,10 @@ impl Visitor<'_> for Facts {
 
 impl Facts {
     pub fn meta_u64(&self, key: &[u8]) -> Option<u64> {
-        self.meta.get(key).and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok()).map(u64::from_be_bytes)
+        self.meta
+            .get(key)
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes)
     }
 }
 
@@ -288,7 +304,11 @@ pub fn walk_facts(db: &Db<'_>, release: Option<&dyn Fn()>) -> (Facts, WalkReport
 }
 
 /// [`walk_facts`], showing every entry to `also` in the same pass.
-pub fn walk_facts_and<'a>(db: &Db<'a>, release: Option<&dyn Fn()>, also: Option<&mut dyn Visitor<'a>>) -> (Facts, WalkReport) {
+pub fn walk_facts_and<'a>(
+    db: &Db<'a>,
+    release: Option<&dyn Fn()>,
+    also: Option<&mut dyn Visitor<'a>>,
+) -> (Facts, WalkReport) {
     struct Both<'v, 'a> {
         facts: Facts,
         also: Option<&'v mut dyn Visitor<'a>>,

@@ -48,7 +48,9 @@ fn is_host_port(h: &str) -> bool {
     if let Some(inner) = h.strip_prefix('[') {
         match inner.split_once(']') {
             Some((addr, after)) => {
-                !addr.contains(['[', ']']) && after.starts_with(':') && !after[1..].contains([':', '[', ']'])
+                !addr.contains(['[', ']'])
+                    && after.starts_with(':')
+                    && !after[1..].contains([':', '[', ']'])
             }
             None => false,
         }
@@ -71,9 +73,9 @@ pub fn parse_url_list(list: &str) -> Result<Vec<String>, ConfigError> {
 pub fn parse_initial_cluster(spec: &str) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {
     let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for item in spec.split(',').filter(|i| !i.trim().is_empty()) {
-        let (name, url) = item
-            .split_once('=')
-            .ok_or_else(|| err(format!("--initial-cluster item {item:?} is not of the form name=url")))?;
+        let (name, url) = item.split_once('=').ok_or_else(|| {
+            err(format!("--initial-cluster item {item:?} is not of the form name=url"))
+        })?;
         map.entry(name.trim().to_string()).or_default().push(parse_url(url)?);
     }
     if map.is_empty() {
@@ -103,7 +105,8 @@ impl Member {
     /// The member record etcd stores (`members` bucket, ConfChange context):
     /// `{"id":…,"peerURLs":[…],"name":"…"}` in Go's JSON encoding (`name` omitted when empty).
     pub fn json(&self) -> String {
-        let mut s = format!("{{\"id\":{},\"peerURLs\":{}", self.id, go_json_string_array(&self.peer_urls));
+        let mut s =
+            format!("{{\"id\":{},\"peerURLs\":{}", self.id, go_json_string_array(&self.peer_urls));
         if !self.name.is_empty() {
             s.push_str(",\"name\":");
             s.push_str(&go_json_string(&self.name));
@@ -252,7 +255,10 @@ mod tests {
             c.members[0].json(),
             r#"{"id":10276657743932975437,"peerURLs":["http://localhost:2380"],"name":"default"}"#
         );
-        assert_eq!(c.members[0].raft_attributes_json(), r#"{"peerURLs":["http://localhost:2380"]}"#);
+        assert_eq!(
+            c.members[0].raft_attributes_json(),
+            r#"{"peerURLs":["http://localhost:2380"]}"#
+        );
     }
 
     #[test]
@@ -269,7 +275,12 @@ mod tests {
         let a = c.member("a").unwrap();
         assert_eq!(a.peer_urls, vec!["http://10.0.0.1:2380", "http://127.0.0.1:2380"]);
         assert_eq!(a.id, member_id(&a.peer_urls, "tok"));
-        assert!(c.verify_local("a", &parse_url_list("http://127.0.0.1:2380,http://10.0.0.1:2380").unwrap()).is_ok());
+        assert!(c
+            .verify_local(
+                "a",
+                &parse_url_list("http://127.0.0.1:2380,http://10.0.0.1:2380").unwrap()
+            )
+            .is_ok());
         assert!(c.verify_local("a", &parse_url_list("http://127.0.0.1:2380").unwrap()).is_err());
         let e = c.verify_local("zz", &[]).unwrap_err();
         assert!(e.0.contains("couldn't find local name \"zz\""), "{e}");

@@ -53,7 +53,14 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { skip_hash_check: false, bump_revision: 0, mark_compacted: false, flavor: Flavor::V3_5, source_verified: false, gate: None }
+        Options {
+            skip_hash_check: false,
+            bump_revision: 0,
+            mark_compacted: false,
+            flavor: Flavor::V3_5,
+            source_verified: false,
+            gate: None,
+        }
     }
 }
 
@@ -156,7 +163,8 @@ fn check_empty_dir(path: &Path, flag: &str) -> Result<(), RestoreError> {
             path.display()
         ))),
         Ok(_) => {
-            let mut entries = fs::read_dir(path).map_err(io_err(format!("reading {}", path.display())))?;
+            let mut entries =
+                fs::read_dir(path).map_err(io_err(format!("reading {}", path.display())))?;
             if entries.next().is_some() {
                 return Err(RestoreError::DestinationExists(format!(
                     "{flag} {} is not empty; refusing to overwrite it (nothing was changed). Move it aside \
@@ -185,7 +193,11 @@ fn safe_dir_name(name: &str) -> bool {
 }
 
 fn mkdir_private(path: &Path) -> Result<(), RestoreError> {
-    DirBuilder::new().mode(0o700).recursive(true).create(path).map_err(io_err(format!("creating {}", path.display())))
+    DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(path)
+        .map_err(io_err(format!("creating {}", path.display())))
 }
 
 fn sync_dir(path: &Path) -> Result<(), RestoreError> {
@@ -199,7 +211,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
         .mode(0o600)
         .open(path)
         .map_err(io_err(format!("creating {}", path.display())))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err(format!("writing {}", path.display())))
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(format!("writing {}", path.display())))
 }
 
 fn parent_of(path: &Path) -> PathBuf {
@@ -213,7 +227,10 @@ fn parent_of(path: &Path) -> PathBuf {
 fn temp_next_to(target: &Path) -> Result<tempfile::TempDir, RestoreError> {
     let parent = parent_of(target);
     mkdir_private(&parent)?;
-    let base = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "restore".into());
+    let base = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "restore".into());
     let dir = tempfile::Builder::new()
         .prefix(&format!(".{base}.etcdguard-restore-"))
         .tempdir_in(&parent)
@@ -227,7 +244,11 @@ fn temp_next_to(target: &Path) -> Result<tempfile::TempDir, RestoreError> {
 
 /// Renames `from` onto `to` (absent or an empty directory) and makes the rename durable.
 fn put_in_place(from: &Path, to: &Path) -> Result<(), RestoreError> {
-    fs::rename(from, to).map_err(io_err(format!("renaming {} to {}", from.display(), to.display())))?;
+    fs::rename(from, to).map_err(io_err(format!(
+        "renaming {} to {}",
+        from.display(),
+        to.display()
+    )))?;
     sync_dir(&parent_of(to))
 }
 
@@ -316,9 +337,16 @@ fn corrupt(path: PathBuf, report: &WalkReport) -> RestoreError {
 /// sound bbolt structure, consistent index = WAL commit = N, term = WAL term = 1, members as
 /// written, bump marker and scheduled compaction as asked.
 /// `gate` sees every revision in the same walk; its refusal comes after the checks.
-fn self_check(path: &Path, cluster: &Cluster, bumped_to: Option<u64>, gate: Option<&Mutex<dyn Gate>>) -> Result<db::Facts, RestoreError> {
-    let map = etcdguard_bolt::MappedFile::open(path).map_err(|e| RestoreError::SelfCheck(e.to_string()))?;
-    let database = Db::open(map.bytes()).map_err(|e| RestoreError::SelfCheck(format!("{}: {e}", path.display())))?;
+fn self_check(
+    path: &Path,
+    cluster: &Cluster,
+    bumped_to: Option<u64>,
+    gate: Option<&Mutex<dyn Gate>>,
+) -> Result<db::Facts, RestoreError> {
+    let map = etcdguard_bolt::MappedFile::open(path)
+        .map_err(|e| RestoreError::SelfCheck(e.to_string()))?;
+    let database = Db::open(map.bytes())
+        .map_err(|e| RestoreError::SelfCheck(format!("{}: {e}", path.display())))?;
     let release = || map.release_resident();
     let mut gate = gate.map(|g| g.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
     let gated = gate.is_some();
@@ -329,7 +357,8 @@ fn self_check(path: &Path, cluster: &Cluster, bumped_to: Option<u64>, gate: Opti
             }
         };
         let mut revisions = crate::keys::RevisionVisitor::new(&mut feed);
-        let also: Option<&mut dyn etcdguard_bolt::Visitor<'_>> = if gated { Some(&mut revisions) } else { None };
+        let also: Option<&mut dyn etcdguard_bolt::Visitor<'_>> =
+            if gated { Some(&mut revisions) } else { None };
         let (facts, report) = db::walk_facts_and(&database, Some(&release), also);
         let undecodable = revisions.first_error().map(str::to_string);
         (facts, report, undecodable)
@@ -347,10 +376,17 @@ fn self_check(path: &Path, cluster: &Cluster, bumped_to: Option<u64>, gate: Opti
     let (wal_commit, wal_term, wal_snapshot_index) = (n, 1, n);
     match facts.meta_u64(db::CONSISTENT_INDEX) {
         Some(ci) if ci == wal_commit && ci >= wal_snapshot_index => {}
-        other => return fail(format!("consistent index is {other:?}, expected {wal_commit} (the WAL's commit)")),
+        other => {
+            return fail(format!(
+                "consistent index is {other:?}, expected {wal_commit} (the WAL's commit)"
+            ))
+        }
     }
     if facts.meta_u64(db::TERM) != Some(wal_term) {
-        return fail(format!("term is {:?}, expected {wal_term} (the WAL's term)", facts.meta_u64(db::TERM)));
+        return fail(format!(
+            "term is {:?}, expected {wal_term} (the WAL's term)",
+            facts.meta_u64(db::TERM)
+        ));
     }
     let expected: std::collections::BTreeMap<Vec<u8>, Vec<u8>> =
         cluster.members.iter().map(|m| (m.hex_id().into_bytes(), m.json().into_bytes())).collect();
@@ -358,8 +394,13 @@ fn self_check(path: &Path, cluster: &Cluster, bumped_to: Option<u64>, gate: Opti
         return fail("the members bucket does not hold exactly the restored cluster".into());
     }
     if let Some(target) = bumped_to {
-        if facts.revision != target || facts.meta.get(db::SCHEDULED_COMPACT) != Some(&db::revision_key(target, 0)) {
-            return fail(format!("revision bump to {target} not found (newest revision {})", facts.revision));
+        if facts.revision != target
+            || facts.meta.get(db::SCHEDULED_COMPACT) != Some(&db::revision_key(target, 0))
+        {
+            return fail(format!(
+                "revision bump to {target} not found (newest revision {})",
+                facts.revision
+            ));
         }
     }
     if let Some(g) = gate.as_mut() {
@@ -394,7 +435,10 @@ fn write_raft_files(
     flavor: Flavor,
 ) -> Result<(), RestoreError> {
     let snap_dir = member_dir.join("snap");
-    write_private(&snap_dir.join(snapfile::file_name(cluster)), &snapfile::encode(cluster, flavor))?;
+    write_private(
+        &snap_dir.join(snapfile::file_name(cluster)),
+        &snapfile::encode(cluster, flavor),
+    )?;
     sync_dir(&snap_dir)?;
     mkdir_private(wal_dir)?;
     let wal_path = wal_dir.join(wal::FIRST_SEGMENT_NAME);
@@ -518,7 +562,12 @@ fn restore_impl(
         let (synced, facts) = std::thread::scope(|s| {
             let syncing = s.spawn(|| File::open(&db_path).and_then(|f| f.sync_all()));
             let facts = self_check(&db_path, cluster, committed.bumped_to, opts.gate.as_deref());
-            (syncing.join().unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked"))), facts)
+            (
+                syncing
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked"))),
+                facts,
+            )
         });
         let facts = facts?;
         synced.map_err(io_err(format!("writing {} to disk", db_path.display())))?;
@@ -554,11 +603,14 @@ fn restore_impl(
             let member_dir = data_tmp.path().join("member");
             let (committed, facts) = build_db(&member_dir)?;
             report.revision = facts.revision;
-            report.db_bytes = committed.pages_after * snapshot.db().map(|d| d.page_size() as u64).unwrap_or(4096);
+            report.db_bytes =
+                committed.pages_after * snapshot.db().map(|d| d.page_size() as u64).unwrap_or(4096);
             // The WAL goes inside the temp data dir unless --wal-dir points elsewhere.
             let default_wal = data_dir.join("member").join("wal");
             let wal_target = wal_dir.clone().filter(|w| *w != default_wal);
-            let inside = wal_target.as_ref().and_then(|w| w.strip_prefix(data_dir).ok().map(Path::to_path_buf));
+            let inside = wal_target
+                .as_ref()
+                .and_then(|w| w.strip_prefix(data_dir).ok().map(Path::to_path_buf));
             let wal_tmp = match (&wal_target, &inside) {
                 (Some(w), None) => Some(temp_next_to(w)?),
                 _ => None,
@@ -588,7 +640,11 @@ fn restore_impl(
                 return Err(e);
             }
             let wal_final = wal_target.unwrap_or(default_wal);
-            report.members.push(RestoredMember { member: local, data_dir: data_dir.clone(), wal_dir: wal_final });
+            report.members.push(RestoredMember {
+                member: local,
+                data_dir: data_dir.clone(),
+                wal_dir: wal_final,
+            });
         }
         Destination::Cluster { dir } => {
             let tmp = temp_next_to(dir)?;
@@ -599,17 +655,21 @@ fn restore_impl(
                     None => {
                         let (committed, facts) = build_db(&member_dir)?;
                         report.revision = facts.revision;
-                        report.db_bytes =
-                            committed.pages_after * snapshot.db().map(|d| d.page_size() as u64).unwrap_or(4096);
+                        report.db_bytes = committed.pages_after
+                            * snapshot.db().map(|d| d.page_size() as u64).unwrap_or(4096);
                         first_db = Some(member_dir.join("snap").join("db"));
                     }
                     Some(src) => {
                         // Every member's db is identical: copy the checked one.
                         let snap_dir = member_dir.join("snap");
                         mkdir_private(&snap_dir)?;
-                        let len = fs::metadata(src).map_err(io_err(format!("reading {}", src.display())))?.len();
-                        db::copy_image(src, len, &snap_dir.join("db"))
-                            .map_err(io_err(format!("copying the database to {}", snap_dir.display())))?;
+                        let len = fs::metadata(src)
+                            .map_err(io_err(format!("reading {}", src.display())))?
+                            .len();
+                        db::copy_image(src, len, &snap_dir.join("db")).map_err(io_err(format!(
+                            "copying the database to {}",
+                            snap_dir.display()
+                        )))?;
                     }
                 }
                 write_raft_files(&member_dir, &member_dir.join("wal"), cluster, m, opts.flavor)?;

@@ -112,17 +112,21 @@ mod tests {
         let json = v2_store_json(&c, Flavor::V3_5);
         assert_eq!(json.len(), 6457);
         assert!(json.starts_with(r#"{"Root":{"Path":"/","CreatedIndex":0,"ModifiedIndex":0,"ExpireTime":"0001-01-01T00:00:00Z","Value":"","Children":{"0":{"Path":"/0""#));
-        assert!(json.contains(r#""Value":"{\"peerURLs\":[\"http://localhost:2380\"]}","Children":null}"#));
+        assert!(json
+            .contains(r#""Value":"{\"peerURLs\":[\"http://localhost:2380\"]}","Children":null}"#));
         assert!(json.ends_with(r#""expireCount":0,"watchers":0},"CurrentVersion":2}"#));
         assert_eq!(json.matches("null").count(), 999 + 1);
         serde_json::from_str::<serde_json::Value>(&json).unwrap();
         let snap = encode(&c, Flavor::V3_5);
         assert_eq!(snap.len(), 6490);
-        assert_eq!(&snap[..12], &[0x08, 0xb6, 0xf8, 0x81, 0x8f, 0x01, 0x12, 0xd1, 0x32, 0x0a, 0xb9, 0x32]);
+        assert_eq!(
+            &snap[..12],
+            &[0x08, 0xb6, 0xf8, 0x81, 0x8f, 0x01, 0x12, 0xd1, 0x32, 0x0a, 0xb9, 0x32]
+        );
         assert_eq!(&snap[12..20], b"{\"Root\":");
         let tail = [
-            0x12, 0x13, 0x0a, 0x0d, 0x08, 0xcd, 0xd2, 0x91, 0x8b, 0xd2, 0xb8, 0x81, 0xcf, 0x8e, 0x01, 0x28, 0x00, 0x10,
-            0x01, 0x18, 0x01,
+            0x12, 0x13, 0x0a, 0x0d, 0x08, 0xcd, 0xd2, 0x91, 0x8b, 0xd2, 0xb8, 0x81, 0xcf, 0x8e,
+            0x01, 0x28, 0x00, 0x10, 0x01, 0x18, 0x01,
         ];
         assert_eq!(&snap[snap.len() - tail.len()..], &tail);
         assert_eq!(file_name(&c), "0000000000000001-0000000000000001.snap");
@@ -130,7 +134,8 @@ mod tests {
 
     #[test]
     fn members_keyed_by_hex_string_order_indexed_by_id_order() {
-        let c = Cluster::new("a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3", "t").unwrap();
+        let c = Cluster::new("a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3", "t")
+            .unwrap();
         let json = v2_store_json(&c, Flavor::V3_5);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         let members = &v["Root"]["Children"]["0"]["Children"]["members"]["Children"];
@@ -138,10 +143,14 @@ mod tests {
             let node = &members[m.hex_id()];
             assert_eq!(node["CreatedIndex"], i + 1);
             let attrs: serde_json::Value =
-                serde_json::from_str(node["Children"]["raftAttributes"]["Value"].as_str().unwrap()).unwrap();
+                serde_json::from_str(node["Children"]["raftAttributes"]["Value"].as_str().unwrap())
+                    .unwrap();
             assert_eq!(attrs["peerURLs"][0], m.peer_urls[0]);
         }
-        assert_eq!(v["WatcherHub"]["EventHistory"]["Queue"]["Events"].as_array().unwrap().len(), 1000);
+        assert_eq!(
+            v["WatcherHub"]["EventHistory"]["Queue"]["Events"].as_array().unwrap().len(),
+            1000
+        );
         assert_eq!(v["CurrentIndex"], 3);
         assert_eq!(file_name(&c), "0000000000000001-0000000000000003.snap");
     }

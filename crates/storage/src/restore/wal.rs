@@ -209,9 +209,14 @@ mod tests {
             &hex("20 00 00 00 00 00 00 00 08 01 10 bb 81 c7 fc 05 1a 16 \
                   08 cd d2 91 8b d2 b8 81 cf 8e 01 10 b2 98 ea f1 94 83 86 fc cd 01")[..]
         );
-        assert_eq!(&wal[56..80], &hex("0e 00 00 00 00 00 00 82 08 05 10 94 bb c7 ed 0e 1a 04 08 00 10 00 00 00")[..]);
-        let json = br#"{"id":10276657743932975437,"peerURLs":["http://localhost:2380"],"name":"default"}"#;
-        let mut entry = hex("74 00 00 00 00 00 00 84 08 02 10 c2 ee 92 95 0b 1a 6a 08 01 10 01 18 01 22 62 \
+        assert_eq!(
+            &wal[56..80],
+            &hex("0e 00 00 00 00 00 00 82 08 05 10 94 bb c7 ed 0e 1a 04 08 00 10 00 00 00")[..]
+        );
+        let json =
+            br#"{"id":10276657743932975437,"peerURLs":["http://localhost:2380"],"name":"default"}"#;
+        let mut entry =
+            hex("74 00 00 00 00 00 00 84 08 02 10 c2 ee 92 95 0b 1a 6a 08 01 10 01 18 01 22 62 \
                              08 00 10 00 18 cd d2 91 8b d2 b8 81 cf 8e 01 22 51");
         entry.extend_from_slice(json);
         entry.extend_from_slice(&[0; 4]);
@@ -232,7 +237,10 @@ mod tests {
     fn etcd34_last_record_has_no_conf_state() {
         let cluster = Cluster::new("default=http://localhost:2380", "etcd-cluster").unwrap();
         let wal = encode(&cluster, cluster.members[0].id, Flavor::V3_4);
-        assert_eq!(&wal[248..], &hex("0e 00 00 00 00 00 00 82 08 05 10 b8 e0 e0 e1 06 1a 04 08 01 10 01 00 00")[..]);
+        assert_eq!(
+            &wal[248..],
+            &hex("0e 00 00 00 00 00 00 82 08 05 10 b8 e0 e0 e1 06 1a 04 08 01 10 01 00 00")[..]
+        );
     }
 
     #[test]
@@ -242,17 +250,27 @@ mod tests {
         assert_eq!(encode(&cluster, id, Flavor::V3_6), encode(&cluster, id, Flavor::V3_5));
         // protobuf-go (3.7) leaves out ConfChange.ID (2 bytes) and ConfState.auto_leave (2 bytes).
         let v37 = encode(&cluster, id, Flavor::V3_7);
-        assert_eq!(conf_state(&cluster, Flavor::V3_5).len(), conf_state(&cluster, Flavor::V3_7).len() + 2);
+        assert_eq!(
+            conf_state(&cluster, Flavor::V3_5).len(),
+            conf_state(&cluster, Flavor::V3_7).len() + 2
+        );
         assert!(v37.windows(4).any(|w| w == [0x22, 0x60, 0x10, 0x00]), "ConfChange starts at Type");
         assert_eq!(Flavor::for_release(crate::Release::V3_4), Flavor::V3_5);
         assert_eq!(Flavor::for_release(crate::Release::V3_7), Flavor::V3_7);
-        let snap = |f| String::from_utf8_lossy(&crate::restore::snapfile::encode(&cluster, f)).into_owned();
-        assert!(snap(Flavor::V3_5).contains("\"getsFail\":0") && snap(Flavor::V3_6).contains("\"getsFail\":1"));
+        let snap = |f| {
+            String::from_utf8_lossy(&crate::restore::snapfile::encode(&cluster, f)).into_owned()
+        };
+        assert!(
+            snap(Flavor::V3_5).contains("\"getsFail\":0")
+                && snap(Flavor::V3_6).contains("\"getsFail\":1")
+        );
     }
 
     #[test]
     fn frames_are_aligned_and_chained() {
-        let cluster = Cluster::new("a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3", "t").unwrap();
+        let cluster =
+            Cluster::new("a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3", "t")
+                .unwrap();
         let wal = encode(&cluster, cluster.members[1].id, Flavor::V3_5);
         // walk the frames, recompute the chain
         let mut at = 0;
