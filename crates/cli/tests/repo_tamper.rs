@@ -219,7 +219,8 @@ fn encrypted_manifest_edits_are_refused() {
     // With it: everything, checked.
     ok_with(&mut with_pass(), &["backup", "verify", &id, "--repo", repo_s]);
 
-    let edits: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let edits: Vec<(&str, Edit)> = vec![
         ("a label", Box::new(|v| v["labels"]["env"] = "dev".into())),
         ("the revision", Box::new(|v| v["etcd"]["revision"] = 1.into())),
         (

@@ -95,7 +95,7 @@ pub fn agreement(hashes: &[(String, Result<KvHash, ClientError>)]) -> Agreement 
             compact_revision: first.compact_revision,
         };
     }
-    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()));
+    groups.sort_by_key(|g| std::cmp::Reverse(g.1.len()));
     Agreement::Differ { hash_revision: first.hash_revision, groups }
 }
 

@@ -457,8 +457,11 @@ struct ProtoDirs {
     includes: Vec<PathBuf>,
 }
 
+/// A module path and the modules it requires, with versions.
+type GoMod = (String, Vec<(String, String)>);
+
 /// A module's `go.mod`: its path and the modules it requires, with versions.
-fn read_go_mod(dir: &Path) -> Result<Option<(String, Vec<(String, String)>)>, SchemaDirError> {
+fn read_go_mod(dir: &Path) -> Result<Option<GoMod>, SchemaDirError> {
     let path = dir.join("go.mod");
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,

@@ -63,10 +63,13 @@ pub fn parse_segment_key(key: &str) -> Option<(String, i64, i64)> {
     (first >= 1 && last >= first && !base.is_empty()).then(|| (base.to_string(), first, last))
 }
 
+/// The first gap of a chain: (covered up to, the next range's first revision).
+pub type Gap = (i64, i64);
+
 /// Which segments (given as `(first, last)`, any order) carry every revision after `from`,
 /// oldest first, and the first gap if there is one: `Err((covered_up_to, next_first))`.
 /// Overlaps are fine (a restarted writer may repeat a range); a reader skips what it has.
-pub fn chain(from: i64, ranges: &[(i64, i64)]) -> (Vec<(i64, i64)>, Option<(i64, i64)>) {
+pub fn chain(from: i64, ranges: &[(i64, i64)]) -> (Vec<(i64, i64)>, Option<Gap>) {
     let mut sorted = ranges.to_vec();
     sorted.sort();
     let mut covered = from;

@@ -62,7 +62,7 @@ fn binaries_report_their_release_line() {
         assert_eq!(bins.etcdutl.is_some(), version >= EtcdVersion::V3_5, "{}", version.label());
         if let Some(etcdutl) = &bins.etcdutl {
             let utl = etcdguard_testkit::run_checked(
-                &mut std::process::Command::new(etcdutl).arg("version"),
+                std::process::Command::new(etcdutl).arg("version"),
             );
             assert!(String::from_utf8_lossy(&utl.stdout)
                 .contains(&format!("etcdutl version: {}.", version.label())));

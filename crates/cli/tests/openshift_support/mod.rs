@@ -14,6 +14,7 @@
 //!   member prints the started members plus itself, anything else fails (the kubelet
 //!   starts the container again);
 //! - /bin/sh is bash, as in the RHEL-based image.
+//!
 //! etcd, etcdctl and etcdutl are real (3.5, or 3.6 for releases that need it); TLS is real
 //! (a CA from rcgen, per-node serving and peer certificates under static-pod-certs).
 #![allow(dead_code)]
