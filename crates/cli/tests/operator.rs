@@ -458,3 +458,92 @@ fn operator_two_processes_one_leader() {
     eprintln!("leader test took {:?}", started.elapsed());
     drop(etcd);
 }
+
+/// A repository passphrase from a Secret (the backup is encrypted with it, and it never shows
+/// in the object or on a command line), and continuous capture of a schedule.
+#[test]
+fn operator_secret_passphrase_and_continuous_capture() {
+    let started = Instant::now();
+    let etcd = EtcdServer::start(EtcdVersion::V3_5);
+    let api = ApiServer::start(etcd.endpoint(), None);
+    install_crds(&api);
+    // The example manifests are accepted by the server (schemas, RBAC objects).
+    run_checked(
+        api.kubectl()
+            .args(["apply", "--dry-run=server", "-f"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/operator")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let op = Operator::start(&api, dir.path(), "op-a", "15s");
+    let ops = [&op];
+    let passphrase = format!("pass-{}", rand::random::<u64>());
+    run_checked(api.kubectl().args([
+        "create",
+        "secret",
+        "generic",
+        "repo-key",
+        &format!("--from-literal=passphrase={passphrase}"),
+    ]));
+    let sealed = dir.path().join("sealed");
+    let sealed_yaml = backup_yaml("sealed", &sealed, etcd.endpoint()).replacen(
+        "  repository:\n",
+        "  repository:\n    passphraseSecretRef: {name: repo-key, key: passphrase}\n",
+        1,
+    );
+    apply(&api, &sealed_yaml);
+    let b = wait_for(90, "EtcdBackup sealed to finish", &ops, || {
+        let b = kubectl_json(&api, &["get", "etcdbackup", "sealed"]);
+        matches!(b["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(b)
+    });
+    assert_eq!(b["status"]["phase"], "Succeeded", "{b:#}\n{}", op.log());
+    assert!(!op.log().contains(&passphrase), "the passphrase is in the operator's log");
+    let verify = |with_passphrase: bool| {
+        let mut cmd = etcdguard();
+        cmd.args(["backup", "verify", "latest", "--repo"])
+            .arg(&sealed)
+            .env_remove("ETCDGUARD_PASSPHRASE");
+        if with_passphrase {
+            cmd.env("ETCDGUARD_PASSPHRASE", &passphrase);
+        }
+        cmd.output().unwrap()
+    };
+    expect_code(&verify(false), 16, "backup verify without the passphrase (encrypted repository)");
+    expect_code(&verify(true), 0, "backup verify with the Secret's passphrase");
+
+    // Continuous capture: a schedule that never fires during the test, with continuous on.
+    let follow_repo = dir.path().join("follow");
+    apply(
+        &api,
+        &format!(
+            "apiVersion: etcdguard.io/v1alpha1\nkind: EtcdBackupSchedule\nmetadata:\n  name: capture\n  namespace: default\n\
+             spec:\n  schedule: \"0 0 1 1 *\"\n  continuous: true\n  template:\n    repository:\n      url: {repo}\n    \
+             etcd:\n      endpoints: [\"{ep}\"]\n",
+            repo = follow_repo.display(),
+            ep = etcd.endpoint()
+        ),
+    );
+    wait_for(60, "the Capturing condition", &ops, || {
+        let s = kubectl_json(&api, &["get", "etcdbackupschedule", "capture"]);
+        (condition(&s, "Capturing")?["status"] == "True").then_some(())
+    });
+    // The full backup follow starts with shows up in the inventory; a change after it is
+    // stored as a segment.
+    wait_for(60, "the record of the capture's full backup", &ops, || {
+        let records = kubectl_json(&api, &["get", "etcdbackuprecords"]);
+        records["items"]
+            .as_array()?
+            .iter()
+            .any(|r| r["spec"]["repository"] == follow_repo.display().to_string())
+            .then_some(())
+    });
+    let revision = etcd.put(b"/operator-test/changed", b"after the full backup");
+    wait_for(60, "the change in the capture's log", &ops, || {
+        let out = etcdguard()
+            .args(["backup", "log", "-w", "json", "--key", "/operator-test/changed", "--repo"])
+            .arg(&follow_repo)
+            .output()
+            .unwrap();
+        (out.status.success() && text(&out.stdout).contains(&revision.to_string())).then_some(())
+    });
+    eprintln!("secret + capture test took {:?}", started.elapsed());
+}

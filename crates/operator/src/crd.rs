@@ -9,6 +9,10 @@
 //! - [`EtcdBackupRecord`]: the inventory, one object per backup in a repository, kept in
 //!   step with the repository whoever changed it.
 
+// Several `printcolumn(...)` in one `#[kube(...)]` share argument names and types, which
+// clippy takes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;

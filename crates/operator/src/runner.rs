@@ -215,7 +215,7 @@ pub async fn output(mut cmd: Command) -> Result<Vec<u8>, ChildFailure> {
 }
 
 /// The end of a child's stderr, short enough for a condition message.
-fn last_lines(stderr: &[u8]) -> String {
+pub fn last_lines(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(4)..].join("; ");

@@ -21,7 +21,21 @@ use crate::{runner, set_condition, Context, Error};
 struct Capture {
     child: tokio::process::Child,
     /// Holds the TLS files the child reads.
-    _scratch: tempfile::TempDir,
+    scratch: tempfile::TempDir,
+}
+
+impl Drop for Capture {
+    /// A schedule that is gone, suspended or no longer continuous (or an operator that
+    /// stops) ends its capture with SIGTERM: `backup follow` stores what it has and releases
+    /// the repository's lock.
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill(2) on our own child's pid; it has not been reaped (id() is Some).
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
 }
 
 pub async fn run(ctx: Context) -> Result<(), Error> {
@@ -285,7 +299,11 @@ async fn keep_capturing(
             }
             Ok(Some(exit)) => {
                 let reason = runner::reason_of(exit.code());
-                let msg = format!("backup follow ended ({exit}); restarting");
+                let log = std::fs::read(c.scratch.path().join("follow.log")).unwrap_or_default();
+                let msg = format!(
+                    "backup follow ended ({exit}): {}; restarting",
+                    runner::last_lines(&log)
+                );
                 set_condition(&mut status.conditions, "Capturing", false, reason, &msg, generation);
                 ctx.event(s, true, "CaptureStopped", msg).await;
                 captures.remove(key);
@@ -299,10 +317,12 @@ async fn keep_capturing(
         let scratch = ctx.runner.scratch()?;
         let mut cmd =
             ctx.runner.backup_command(&key.0, &s.spec.template, "follow", scratch.path()).await?;
-        // Its log lines are not needed here; stdout/stderr pipes nobody reads would fill up.
-        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        // Its log goes to a file (a pipe nobody reads would fill up); its end says why it stopped.
+        let log_path = scratch.path().join("follow.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| Error::Io(log_path.clone(), e))?;
+        cmd.stdout(std::process::Stdio::null()).stderr(log).kill_on_drop(false);
         let child = cmd.spawn().map_err(|e| Error::Io(ctx.runner.exe.clone(), e))?;
-        Ok::<_, Error>(Capture { child, _scratch: scratch })
+        Ok::<_, Error>(Capture { child, scratch })
     };
     match started.await {
         Ok(c) => {
