@@ -234,6 +234,15 @@ fn operator_backups_schedules_and_inventory() {
     assert_eq!(record["spec"]["revision"], once["status"]["revision"]);
     assert_eq!(record["spec"]["cluster"], "test");
     assert_eq!(record["spec"]["verified"], true);
+    assert!(record["spec"]["lastVerified"].is_null(), "not read back yet: {record:#}");
+    // A verify run outside (as the agent's scrub does) shows in the record.
+    let out =
+        etcdguard().args(["backup", "verify", "latest", "--repo"]).arg(&repo).output().unwrap();
+    expect_code(&out, 0, "backup verify");
+    wait_for(30, "the record to show the verification", &ops, || {
+        let r = kubectl_json(&api, &["get", "etcdbackuprecords"])["items"][0].clone();
+        r["spec"]["lastVerified"].as_str().map(|_| ())
+    });
 
     // The spec is immutable: the server refuses the change (CEL transition rule).
     let out = api

@@ -244,6 +244,7 @@ pub struct EtcdBackupScheduleStatus {
     printcolumn(name = "Created", type_ = "date", json_path = ".spec.created"),
     printcolumn(name = "Revision", type_ = "integer", json_path = ".spec.revision"),
     printcolumn(name = "Size", type_ = "integer", json_path = ".spec.size"),
+    printcolumn(name = "Verified", type_ = "date", json_path = ".spec.lastVerified"),
     printcolumn(name = "Policy", type_ = "string", json_path = ".spec.deletionPolicy")
 )]
 #[serde(rename_all = "camelCase")]
@@ -261,6 +262,10 @@ pub struct EtcdBackupRecordSpec {
     pub snapshot_size: u64,
     /// The snapshot passed `snapshot verify` before it was stored.
     pub verified: bool,
+    /// When the whole backup was last read back and checked (`backup verify`, the agent's
+    /// scrub), RFC 3339; absent if never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     /// `Retain` (default): deleting this object leaves the backup in the repository (the

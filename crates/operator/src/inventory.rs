@@ -82,6 +82,7 @@ struct Listed {
     size: u64,
     snapshot_size: u64,
     verified: bool,
+    last_verified: Option<String>,
     hostname: Option<String>,
 }
 
@@ -120,6 +121,19 @@ async fn sync_repository(
     let mut present = std::collections::HashSet::new();
     for b in listed {
         present.insert(b.id.clone());
+        let spec = EtcdBackupRecordSpec {
+            repository: repo.url.clone(),
+            backup_id: b.id.clone(),
+            created: b.created,
+            cluster: b.cluster,
+            revision: b.revision,
+            size: b.size,
+            snapshot_size: b.snapshot_size,
+            verified: b.verified,
+            last_verified: b.last_verified,
+            hostname: b.hostname,
+            deletion_policy: None,
+        };
         let Some(record) = existing.get(&b.id) else {
             let record = EtcdBackupRecord {
                 metadata: ObjectMeta {
@@ -131,18 +145,7 @@ async fn sync_repository(
                     ])),
                     ..Default::default()
                 },
-                spec: EtcdBackupRecordSpec {
-                    repository: repo.url.clone(),
-                    backup_id: b.id.clone(),
-                    created: b.created,
-                    cluster: b.cluster,
-                    revision: b.revision,
-                    size: b.size,
-                    snapshot_size: b.snapshot_size,
-                    verified: b.verified,
-                    hostname: b.hostname,
-                    deletion_policy: None,
-                },
+                spec,
             };
             match records.create(&PostParams::default(), &record).await {
                 Ok(_) => {
@@ -154,6 +157,22 @@ async fn sync_repository(
             }
             continue;
         };
+        // What the repository says changed (a verify or scrub since): the record follows;
+        // the user's deletionPolicy stays.
+        let spec = EtcdBackupRecordSpec { deletion_policy: record.spec.deletion_policy, ..spec };
+        if spec != record.spec && record.metadata.deletion_timestamp.is_none() {
+            let patch =
+                json!({"metadata": {"resourceVersion": record.resource_version()}, "spec": spec});
+            match records
+                .patch(&record.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                Ok(_) => {}
+                // Changed meanwhile (e.g. its policy): the next sync compares again.
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
         let wants_finalizer = record.spec.deletion_policy == Some(DeletionPolicy::Delete)
             && record.metadata.deletion_timestamp.is_none();
         let has_finalizer = record.finalizers().iter().any(|f| f == DELETE_FINALIZER);

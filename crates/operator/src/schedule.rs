@@ -50,15 +50,22 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
                 let mut wanted = Vec::new();
                 for s in &list.items {
                     let key = (s.namespace().unwrap_or_default(), s.name_any());
-                    if let Err(e) = tick(&ctx, s).await {
-                        tracing::warn!(schedule = %format!("{}/{}", key.0, key.1), "{e}");
-                    }
+                    let status = match tick(&ctx, s).await {
+                        Ok(status) => Some(status),
+                        Err(e) => {
+                            tracing::warn!(schedule = %format!("{}/{}", key.0, key.1), "{e}");
+                            None
+                        }
+                    };
                     if s.spec.continuous
                         && !s.spec.suspend
                         && s.metadata.deletion_timestamp.is_none()
                     {
                         wanted.push(key.clone());
-                        keep_capturing(&ctx, s, &key, &mut captures).await;
+                        // Its status is written only after tick() stored one (never a stale copy).
+                        if let Some(status) = status {
+                            keep_capturing(&ctx, s, status, &key, &mut captures).await;
+                        }
                     }
                 }
                 captures.retain(|key, _| wanted.contains(key));
@@ -83,7 +90,9 @@ async fn patch_status(
     Ok(())
 }
 
-async fn tick(ctx: &Context, s: &EtcdBackupSchedule) -> Result<(), Error> {
+/// Checks one schedule (creates its backup when due, trims its history) and returns its
+/// status as now stored.
+async fn tick(ctx: &Context, s: &EtcdBackupSchedule) -> Result<EtcdBackupScheduleStatus, Error> {
     let namespace = s.namespace().unwrap_or_else(|| "default".into());
     let name = s.name_any();
     let api: Api<EtcdBackupSchedule> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -106,7 +115,7 @@ async fn tick(ctx: &Context, s: &EtcdBackupSchedule) -> Result<(), Error> {
                 patch_status(&api, &name, &status).await?;
                 ctx.event(s, true, "InvalidSchedule", e.to_string()).await;
             }
-            return Ok(());
+            return Ok(status);
         }
     };
     let msg = format!("backups {}", cron.describe());
@@ -150,7 +159,7 @@ async fn tick(ctx: &Context, s: &EtcdBackupSchedule) -> Result<(), Error> {
     if status != old {
         patch_status(&api, &name, &status).await?;
     }
-    Ok(())
+    Ok(status)
 }
 
 fn same_conditions(a: &EtcdBackupScheduleStatus, b: &EtcdBackupScheduleStatus) -> bool {
@@ -274,11 +283,12 @@ pub async fn after_success(ctx: &Context, namespace: &str, name: &str) {
 async fn keep_capturing(
     ctx: &Context,
     s: &EtcdBackupSchedule,
+    mut status: EtcdBackupScheduleStatus,
     key: &(String, String),
     captures: &mut HashMap<(String, String), Capture>,
 ) {
     let generation = s.metadata.generation;
-    let mut status = s.status.clone().unwrap_or_default();
+    // `status` is what tick() stored just now, so this patch never undoes its changes.
     let before = status.clone();
     if let Some(c) = captures.get_mut(key) {
         match c.child.try_wait() {
