@@ -556,3 +556,17 @@ fn operator_secret_passphrase_and_continuous_capture() {
     });
     eprintln!("secret + capture test took {:?}", started.elapsed());
 }
+
+#[test]
+fn operator_without_a_cluster_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = etcdguard()
+        .arg("operator")
+        .env("KUBECONFIG", dir.path().join("missing-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .unwrap();
+    expect_code(&out, 12, "operator without a kubeconfig");
+    assert!(text(&out.stderr).contains("set KUBECONFIG"), "{}", text(&out.stderr));
+}

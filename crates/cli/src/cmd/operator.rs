@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use etcdguard_repo::retention::parse_duration;
 
 use crate::cmd::agent::{init_logging, LogFormat};
+use crate::exit::{Code, Failure};
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -83,7 +84,14 @@ pub fn run(args: OperatorArgs) -> Result<()> {
         lease_duration: a.lease_duration,
     };
     init_logging(a.log_format);
-    Ok(etcdguard_operator::run(opts)?)
+    match etcdguard_operator::run(opts) {
+        Ok(()) => Ok(()),
+        // No kubeconfig, no in-cluster service account, or a server that does not answer.
+        Err(e @ etcdguard_operator::Error::Config(_)) => {
+            Err(Failure::new(Code::Unreachable, e.to_string()).into())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn hostname() -> String {
