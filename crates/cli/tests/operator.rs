@@ -519,6 +519,50 @@ fn operator_secret_passphrase_and_continuous_capture() {
     expect_code(&verify(false), 16, "backup verify without the passphrase (encrypted repository)");
     expect_code(&verify(true), 0, "backup verify with the Secret's passphrase");
 
+    // A TLS etcd that requires client certificates: the files come from a Secret; they are
+    // gone from the operator's scratch space afterwards. An expired client certificate fails
+    // with reason TlsOrAuth.
+    let pki = Pki::new();
+    let tls_etcd = pki.server(EtcdVersion::V3_5);
+    let tls_endpoint = tls_etcd.endpoint().replace("http://", "https://");
+    for (secret, cert, key) in [
+        ("etcd-client", &pki.client_cert, &pki.client_key),
+        ("etcd-expired", &pki.expired_cert, &pki.expired_key),
+    ] {
+        run_checked(api.kubectl().args(["create", "secret", "generic", secret]).args([
+            format!("--from-file=ca.crt={}", pki.ca.display()),
+            format!("--from-file=tls.crt={}", cert.display()),
+            format!("--from-file=tls.key={}", key.display()),
+        ]));
+    }
+    let tls_repo = dir.path().join("tls");
+    for (name, secret) in [("tls", "etcd-client"), ("tls-expired", "etcd-expired")] {
+        let yaml = backup_yaml(name, &tls_repo, &tls_endpoint).replacen(
+            "  etcd:\n",
+            &format!("  etcd:\n    tlsSecretRef: {{name: {secret}}}\n"),
+            1,
+        );
+        apply(&api, &yaml);
+    }
+    let finished = |name: &str| {
+        let name = name.to_string();
+        let api = &api;
+        move || {
+            let b = kubectl_json(api, &["get", "etcdbackup", &name]);
+            matches!(b["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(b)
+        }
+    };
+    let tls = wait_for(90, "EtcdBackup tls to finish", &ops, finished("tls"));
+    assert_eq!(tls["status"]["phase"], "Succeeded", "{tls:#}\n{}", op.log());
+    let expired = wait_for(90, "EtcdBackup tls-expired to finish", &ops, finished("tls-expired"));
+    assert_eq!(expired["status"]["phase"], "Failed", "{expired:#}");
+    assert_eq!(condition(&expired, "Failed").unwrap()["reason"], "TlsOrAuth", "{expired:#}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("op-a-work"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "scratch dirs left behind: {leftovers:?}");
+
     // Continuous capture: a schedule that never fires during the test, with continuous on.
     let follow_repo = dir.path().join("follow");
     apply(

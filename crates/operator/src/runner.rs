@@ -98,6 +98,8 @@ impl Runner {
         for var in SCRUBBED_ENV {
             cmd.env_remove(var);
         }
+        // The pod's root filesystem may be read-only: temporary files go to the work dir.
+        cmd.env("TMPDIR", &self.work_dir);
         if let Some(r) = &repo.credentials_secret_ref {
             for (k, v) in self.secret(namespace, &r.name).await? {
                 if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
