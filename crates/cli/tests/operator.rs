@@ -7,6 +7,7 @@
 //! run outside the cluster, and a record is deleted with its backup only under
 //! deletionPolicy Delete; of two operator processes only one leads, and the other takes over.
 
+mod backup_support;
 mod live_support;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,11 @@ impl Operator {
             .env("KUBECONFIG", api.kubeconfig_path())
             .env_remove("POD_NAMESPACE")
             .env_remove("POD_NAME")
+            // No ambient cloud identity: credentials come from Secrets or not at all.
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .env("HOME", dir)
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -562,6 +568,40 @@ fn operator_secret_passphrase_and_continuous_capture() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(leftovers.is_empty(), "scratch dirs left behind: {leftovers:?}");
+
+    // An S3 repository (moto): storage credentials from a Secret, in the backup's
+    // environment only. Without them the same backup fails.
+    let moto = backup_support::Moto::start();
+    moto.create_bucket("etcd-ops");
+    let s3_repo = format!("s3://etcd-ops/cluster?endpoint={}", moto.endpoint);
+    run_checked(api.kubectl().args([
+        "create",
+        "secret",
+        "generic",
+        "s3-creds",
+        "--from-literal=AWS_ACCESS_KEY_ID=operator-test",
+        "--from-literal=AWS_SECRET_ACCESS_KEY=operator-test-secret",
+        "--from-literal=AWS_REGION=us-east-1",
+    ]));
+    let with_creds = backup_yaml("s3", Path::new(&s3_repo), etcd.endpoint()).replacen(
+        "  repository:\n",
+        "  repository:\n    credentialsSecretRef: {name: s3-creds}\n",
+        1,
+    );
+    apply(&api, &with_creds);
+    apply(&api, &backup_yaml("s3-anonymous", Path::new(&s3_repo), etcd.endpoint()));
+    let s3 = wait_for(90, "EtcdBackup s3 to finish", &ops, finished("s3"));
+    assert_eq!(s3["status"]["phase"], "Succeeded", "{s3:#}\n{}", op.log());
+    let anonymous =
+        wait_for(90, "EtcdBackup s3-anonymous to finish", &ops, finished("s3-anonymous"));
+    assert_eq!(anonymous["status"]["phase"], "Failed", "{anonymous:#}");
+    let message = condition(&anonymous, "Failed").unwrap()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("credentials"), "{message}");
+    assert!(!op.log().contains("operator-test-secret"), "a Secret's value is in the log");
+    wait_for(30, "the record of the S3 backup", &ops, || {
+        let id = s3["status"]["backupId"].as_str()?;
+        record_ids(&api).contains(&id.to_string()).then_some(())
+    });
 
     // Continuous capture: a schedule that never fires during the test, with continuous on.
     let follow_repo = dir.path().join("follow");

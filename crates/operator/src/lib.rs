@@ -154,6 +154,17 @@ pub fn run(opts: OperatorOptions) -> Result<(), Error> {
 }
 
 async fn run_async(opts: OperatorOptions) -> Result<(), Error> {
+    // Children keep spools and TLS files here (and use it as TMPDIR): private to us.
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let dir = &opts.work_dir;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| Error::Io(dir.clone(), e))?;
+    }
     let client = Client::try_default().await.map_err(|e| Error::Config(e.to_string()))?;
     let mut elector = lease::Elector::new(
         client.clone(),
