@@ -56,6 +56,11 @@ async fn reconcile(obj: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action, Er
     let api: Api<EtcdBackup> = Api::namespaced(ctx.client.clone(), &namespace);
     let generation = obj.metadata.generation;
     let mut status = obj.status.clone().unwrap_or_default();
+    let uid = obj.uid().unwrap_or_default();
+    if ctx.taken.lock().map(|t| t.contains(&uid)).unwrap_or(true) {
+        // Ours: this is an older version of it from the cache; the newer one follows.
+        return Ok(Action::await_change());
+    }
     match status.phase.as_deref() {
         Some("Succeeded") | Some("Failed") => return Ok(Action::await_change()),
         Some("Running") => {
@@ -78,6 +83,9 @@ async fn reconcile(obj: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action, Er
         }
         _ => {}
     }
+    if let Ok(mut taken) = ctx.taken.lock() {
+        taken.insert(uid.clone());
+    }
     status.phase = Some("Running".into());
     status.start_time = Some(now_rfc3339());
     status.observed_generation = generation;
@@ -90,7 +98,13 @@ async fn reconcile(obj: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action, Er
         generation,
     );
     set_condition(&mut status.conditions, "Failed", false, "Running", "", generation);
-    patch_status(&api, &name, &status).await?;
+    if let Err(e) = patch_status(&api, &name, &status).await {
+        // Not started: the retry (error_policy) may take it.
+        if let Ok(mut taken) = ctx.taken.lock() {
+            taken.remove(&uid);
+        }
+        return Err(e);
+    }
     ctx.event(
         obj.as_ref(),
         false,

@@ -143,3 +143,24 @@ impl Elector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_runs_out_after_its_duration_since_the_last_renewal() {
+        let now = Timestamp::now();
+        let at = |secs_ago: i64| {
+            Some(MicroTime(now - k8s_openapi::jiff::SignedDuration::from_secs(secs_ago)))
+        };
+        let spec = |renewed, duration| LeaseSpec {
+            renew_time: renewed,
+            lease_duration_seconds: Some(duration),
+            ..Default::default()
+        };
+        assert!(!expired(&spec(at(5), 15), now));
+        assert!(expired(&spec(at(20), 15), now));
+        assert!(expired(&spec(None, 15), now), "never renewed: free");
+    }
+}

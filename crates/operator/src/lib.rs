@@ -80,6 +80,11 @@ pub struct Context {
     pub recorder: Recorder,
     /// Wakes the inventory (a backup finished, a record was deleted).
     pub inventory_wake: Arc<tokio::sync::Notify>,
+    /// The uids of the EtcdBackups this process has taken or is taking. The controller's
+    /// cache may still show an older version of an object (no status, or Running) after
+    /// our own status update: such an object must not be taken twice, nor be marked
+    /// interrupted.
+    pub taken: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Context {
@@ -200,6 +205,7 @@ async fn run_async(opts: OperatorOptions) -> Result<(), Error> {
         opts,
         recorder,
         inventory_wake: Arc::new(tokio::sync::Notify::new()),
+        taken: Arc::default(),
     };
     let result = tokio::select! {
         r = elector.keep() => r,
@@ -214,4 +220,34 @@ async fn run_async(opts: OperatorOptions) -> Result<(), Error> {
         tracing::info!("stopped; lease released");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_condition_moves_its_transition_time_only_when_its_status_changes() {
+        let mut conditions = Vec::new();
+        set_condition(&mut conditions, "Complete", false, "Running", "taking", Some(1));
+        let first = conditions[0].last_transition_time.clone();
+        conditions[0].last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        set_condition(&mut conditions, "Complete", false, "Running", "still", Some(1));
+        assert_eq!(conditions[0].last_transition_time.0, k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        assert_eq!(conditions[0].message, "still");
+        set_condition(&mut conditions, "Complete", true, "BackupStored", "done", Some(2));
+        assert!(conditions[0].last_transition_time.0 >= first.0);
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].observed_generation, Some(2));
+        assert_eq!(conditions[0].status, "True");
+    }
+
+    #[test]
+    fn crds_carry_the_immutability_rule_and_all_three_kinds() {
+        let yaml = crds_yaml();
+        for kind in ["EtcdBackup", "EtcdBackupSchedule", "EtcdBackupRecord"] {
+            assert!(yaml.contains(&format!("kind: {kind}\n")), "{kind}");
+        }
+        assert!(yaml.contains("rule: self.spec == oldSelf.spec"));
+    }
 }

@@ -236,3 +236,27 @@ pub fn last_lines(stderr: &[u8]) -> String {
         tail
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_name_the_reason() {
+        assert_eq!(reason_of(Some(12)), "Unreachable");
+        assert_eq!(reason_of(Some(13)), "TlsOrAuth");
+        assert_eq!(reason_of(Some(16)), "KeyRequired");
+        assert_eq!(reason_of(None), "Killed");
+        assert_eq!(reason_of(Some(1)), "BackupFailed");
+    }
+
+    #[test]
+    fn a_condition_message_is_the_end_of_stderr_and_bounded() {
+        assert_eq!(last_lines(b""), "etcdguard exited without a message");
+        let text = "a\n\nb\nc\nd\nError: e\n";
+        assert_eq!(last_lines(text.as_bytes()), "b; c; d; Error: e");
+        let long = "é".repeat(2000);
+        let m = last_lines(long.as_bytes());
+        assert!(m.len() <= 1000 + '…'.len_utf8() && m.ends_with('…'));
+    }
+}

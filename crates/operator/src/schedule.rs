@@ -362,3 +362,24 @@ async fn keep_capturing(
         let _ = patch_status(&api, &key.1, &status).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_becomes_prune_flags_and_no_rule_means_no_prune() {
+        assert!(keep_flags(&RetentionSpec::default()).is_empty());
+        assert!(keep_flags(&RetentionSpec { keep_last: Some(0), ..Default::default() }).is_empty());
+        let r = RetentionSpec {
+            keep_last: Some(3),
+            keep_daily: Some(7),
+            keep_within: Some("72h".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            keep_flags(&r),
+            ["--keep-last", "3", "--keep-daily", "7", "--keep-within", "72h"]
+        );
+    }
+}
