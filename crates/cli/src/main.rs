@@ -89,6 +89,22 @@ enum Command {
     ///       --key /etc/kubernetes/pki/etcd/healthcheck-client.key --pki-dir /etc/kubernetes/pki
     #[command(verbatim_doc_comment)]
     Agent(cmd::agent::AgentArgs),
+    /// Backups as Kubernetes objects: run the operator (in a cluster), or print its CRDs.
+    ///
+    /// Watches EtcdBackup (one backup, taken once by a child `etcdguard backup create`),
+    /// EtcdBackupSchedule (EtcdBackups on a cron schedule, retention, history limits,
+    /// optional continuous capture) and keeps an EtcdBackupRecord per backup of each
+    /// repository they name, following changes made outside the cluster. Replicas elect one
+    /// leader through a coordination.k8s.io Lease. The operator records and schedules only:
+    /// restore with `backup restore` / `node restore`, which need no API server.
+    /// Manifests: deploy/crds/ and deploy/operator/.
+    ///
+    /// Examples:
+    ///   etcdguard operator crds | kubectl apply --server-side -f -
+    ///   etcdguard operator --namespace etcd-backups     # in a pod: its service account
+    ///   KUBECONFIG=~/.kube/config etcdguard operator --lease-namespace default
+    #[command(verbatim_doc_comment)]
+    Operator(cmd::operator::OperatorArgs),
     /// On a control-plane node: restore etcd in place (stop the static pods, move the data
     /// dir aside, restore, start again), with a --dry-run plan.
     #[command(subcommand)]
@@ -121,6 +137,7 @@ fn main() {
         Command::Cluster(c) => cmd::cluster::run(c),
         Command::Backup(c) => cmd::backup::run(c),
         Command::Agent(a) => cmd::agent::run(a),
+        Command::Operator(a) => cmd::operator::run(a),
         Command::Node(c) => cmd::node::run(c),
         Command::Inspect(c) => cmd::inspect::run(c),
         Command::Pki(c) => cmd::pki::run(c),

@@ -187,7 +187,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
 }
 
 /// Log lines on stderr: `TIME LEVEL message fields` (UTC), or one JSON object per line.
-fn init_logging(format: LogFormat) {
+pub fn init_logging(format: LogFormat) {
     let builder =
         tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_ansi(false);
     let _ = match format {

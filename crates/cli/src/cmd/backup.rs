@@ -847,6 +847,8 @@ fn list(args: ListArgs) -> Result<()> {
                         "snapshotSize": m.snapshot.size,
                         "added": m.sizes.added,
                         "verified": m.etcd.verified,
+                        // When `backup verify` or a scrub last passed on it (None: never).
+                        "lastVerified": repo.verification(&m.id).ok().flatten(),
                         "labels": m.labels,
                         "hostname": m.hostname,
                         "authenticated": authenticated,

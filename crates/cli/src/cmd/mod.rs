@@ -6,6 +6,7 @@ pub mod copy;
 pub mod import;
 pub mod inspect;
 pub mod node;
+pub mod operator;
 pub mod pki;
 pub mod repair;
 pub mod restore;
