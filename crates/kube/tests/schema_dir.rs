@@ -23,8 +23,8 @@ fn api_module() -> Option<(std::path::PathBuf, String)> {
 fn the_newest_release_renders_every_fixture_in_full() {
     let Some((api, version)) = api_module() else { return };
     let started = std::time::Instant::now();
-    let loaded =
-        Schema::load_dirs(std::slice::from_ref(&api)).unwrap_or_else(|e| panic!("{}: {e}", api.display()));
+    let loaded = Schema::load_dirs(std::slice::from_ref(&api))
+        .unwrap_or_else(|e| panic!("{}: {e}", api.display()));
     eprintln!(
         "k8s.io/api {version}: {} messages from {:?} in {:?}",
         loaded.messages,

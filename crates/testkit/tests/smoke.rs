@@ -61,9 +61,8 @@ fn binaries_report_their_release_line() {
             .contains(&format!("etcdctl version: {}.", version.label())));
         assert_eq!(bins.etcdutl.is_some(), version >= EtcdVersion::V3_5, "{}", version.label());
         if let Some(etcdutl) = &bins.etcdutl {
-            let utl = etcdguard_testkit::run_checked(
-                std::process::Command::new(etcdutl).arg("version"),
-            );
+            let utl =
+                etcdguard_testkit::run_checked(std::process::Command::new(etcdutl).arg("version"));
             assert!(String::from_utf8_lossy(&utl.stdout)
                 .contains(&format!("etcdutl version: {}.", version.label())));
         }
