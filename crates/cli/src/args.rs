@@ -58,3 +58,80 @@ pub fn passphrase_file(s: &str) -> Result<PathBuf, String> {
     }
     Ok(path)
 }
+
+/// `-w/--write-out` for commands whose result is a few lines of text: `json` prints one JSON
+/// object instead (camelCase keys, as every JSON output of etcdguard), for scripts.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct WriteOut {
+    /// Output format: `text` for people, `json` for scripts (one object, camelCase keys).
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = crate::cmd::backup::TextJson::Text)]
+    pub write_out: crate::cmd::backup::TextJson,
+}
+
+impl WriteOut {
+    pub fn json(self) -> bool {
+        self.write_out == crate::cmd::backup::TextJson::Json
+    }
+}
+
+/// Prints a result on stdout as every `-w json` does: pretty, every key camelCase (one casing
+/// for all output, whatever the library's field names or a stored format's own casing).
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut value = serde_json::to_value(value)?;
+    camel_keys(&mut value);
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
+/// Renames `snake_case` and `kebab-case` object keys to camelCase, except inside maps whose
+/// keys are the user's data (labels, annotations).
+pub fn camel_keys(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let old = std::mem::take(map);
+            for (k, mut v) in old {
+                if !matches!(k.as_str(), "labels" | "annotations") {
+                    camel_keys(&mut v);
+                }
+                map.insert(camel(&k), v);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(camel_keys),
+        _ => {}
+    }
+}
+
+fn camel(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut upper = false;
+    for c in key.chars() {
+        if c == '_' || c == '-' {
+            upper = !out.is_empty();
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_become_camel_case_but_labels_stay() {
+        let mut v = serde_json::json!({
+            "cluster_id": 1, "chunk-size": 2, "memberID": 3,
+            "labels": {"app_name": "x"}, "files": [{"not_after": 4}],
+        });
+        super::camel_keys(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "clusterId": 1, "chunkSize": 2, "memberID": 3,
+                "labels": {"app_name": "x"}, "files": [{"notAfter": 4}],
+            })
+        );
+    }
+}

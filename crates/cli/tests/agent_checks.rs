@@ -269,7 +269,7 @@ fn certificate_expiry_in_metrics_health_and_backup_show() {
     let certs = v["certificates"].as_array().unwrap_or_else(|| panic!("{v}"));
     let at = |p: &str| {
         let c = certs.iter().find(|c| c["path"] == p).unwrap();
-        chrono::DateTime::parse_from_rfc3339(c["not_after"].as_str().unwrap()).unwrap().timestamp()
+        chrono::DateTime::parse_from_rfc3339(c["notAfter"].as_str().unwrap()).unwrap().timestamp()
     };
     assert_eq!((at("ca.crt"), at("etcd/server.crt")), (later_after, soon_after));
 

@@ -505,7 +505,7 @@ fn create_from_a_live_cluster() {
     assert_eq!(shown["source"]["kind"], "cluster");
     assert_eq!(shown["etcd"]["revision"].as_i64().unwrap(), server.revision());
     assert_eq!(shown["etcd"]["trailer"], "verified");
-    assert!(shown["etcd"]["member_id"].as_str().is_some_and(|m| !m.is_empty()), "{shown}");
+    assert!(shown["etcd"]["memberId"].as_str().is_some_and(|m| !m.is_empty()), "{shown}");
     // The cluster id is the one etcd reports, and names the cluster in `backup list`.
     let st = run(server.etcdctl().args(["endpoint", "status", "-w", "json"]));
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
@@ -513,7 +513,7 @@ fn create_from_a_live_cluster() {
         "{:x}",
         st[0]["Status"]["header"]["cluster_id"].as_u64().expect("etcdctl reports a cluster id")
     );
-    assert_eq!(shown["etcd"]["cluster_id"], cluster_id.as_str(), "{shown}");
+    assert_eq!(shown["etcd"]["clusterId"], cluster_id.as_str(), "{shown}");
     assert_eq!(list_json(repo_s)[0]["cluster"], cluster_id.as_str());
     // The spooled snapshot is gone; the backup restores to a file the real etcdutl reads.
     let left: Vec<_> = std::fs::read_dir(&work)
@@ -648,7 +648,7 @@ fn encrypted_repository_seals_ca_keys_and_needs_the_passphrase() {
     );
     let m: serde_json::Value = serde_json::from_str(&out).unwrap();
     let (added, total) =
-        (m["sizes"]["blobs_added"].as_u64().unwrap(), m["sizes"]["blobs_total"].as_u64().unwrap());
+        (m["sizes"]["blobsAdded"].as_u64().unwrap(), m["sizes"]["blobsTotal"].as_u64().unwrap());
     assert!(added * 5 < total, "only {added} of {total} chunks should be new: {out}");
     fails(&["backup", "prune", "--repo", repo_s, "--keep-last", "1"], 16);
     ok_with(

@@ -341,7 +341,7 @@ fn check_json_has_status_per_certificate() {
         .unwrap();
     expect_code(&out, 18, "one expired certificate");
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["warn_seconds"], 5 * DAY);
+    assert_eq!(doc["warnSeconds"], 5 * DAY);
     let certs = doc["certificates"].as_array().unwrap();
     assert_eq!(certs.len(), 7);
     let by_path = |p: &str| certs.iter().find(|c| c["path"] == p && c["index"] == 0).unwrap();
@@ -349,12 +349,12 @@ fn check_json_has_status_per_certificate() {
     // 10 days left is outside a 5-day window.
     assert_eq!(by_path("etcd/server.crt")["status"], "valid");
     assert_eq!(
-        by_path("apiserver.crt")["ip_addresses"],
+        by_path("apiserver.crt")["ipAddresses"],
         serde_json::json!(["10.96.0.1", "fd00::1"])
     );
-    assert_eq!(by_path("ca.crt")["is_ca"], true);
+    assert_eq!(by_path("ca.crt")["isCa"], true);
     let not_after: DateTime<Utc> =
-        serde_json::from_value(by_path("etcd/server.crt")["not_after"].clone()).unwrap();
+        serde_json::from_value(by_path("etcd/server.crt")["notAfter"].clone()).unwrap();
     assert_eq!(
         not_after,
         utc(f.expected.iter().find(|e| e.path == "etcd/server.crt").unwrap().not_after)

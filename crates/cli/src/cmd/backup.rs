@@ -239,6 +239,8 @@ pub struct KeyListArgs {
 #[derive(Args)]
 pub struct KeyNewArgs {
     #[command(flatten)]
+    pub out: crate::args::WriteOut,
+    #[command(flatten)]
     pub repo: RepoArg,
     /// File holding the new passphrase (or put it in ETCDGUARD_NEW_PASSPHRASE).
     #[arg(long, env = "ETCDGUARD_NEW_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
@@ -251,6 +253,8 @@ pub struct KeyNewArgs {
 
 #[derive(Args)]
 pub struct KeyRemoveArgs {
+    #[command(flatten)]
+    pub out: crate::args::WriteOut,
     #[command(flatten)]
     pub repo: RepoArg,
     /// Key id, as `backup key list` shows it.
@@ -507,7 +511,7 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 pub enum TextJson {
     Text,
     Json,
@@ -540,6 +544,8 @@ pub struct ShowArgs {
 #[derive(Args)]
 pub struct VerifyArgs {
     #[command(flatten)]
+    pub out: crate::args::WriteOut,
+    #[command(flatten)]
     pub repo: RepoArg,
     /// Backup id, unique prefix, or `latest`.
     pub id: String,
@@ -555,6 +561,8 @@ pub struct VerifyArgs {
 
 #[derive(Args)]
 pub struct RestoreArgs {
+    #[command(flatten)]
+    pub out: crate::args::WriteOut,
     #[command(flatten)]
     pub repo: RepoArg,
     /// Backup id, unique prefix, or `latest`. With --at: the full backup to start from (the
@@ -664,6 +672,8 @@ pub enum RestoreFormat {
 #[derive(Args)]
 pub struct DeleteArgs {
     #[command(flatten)]
+    pub out: crate::args::WriteOut,
+    #[command(flatten)]
     pub repo: RepoArg,
     /// Backup id or unique prefix.
     pub id: String,
@@ -730,6 +740,8 @@ pub struct PruneArgs {
 #[derive(Args)]
 pub struct UnlockArgs {
     #[command(flatten)]
+    pub out: crate::args::WriteOut,
+    #[command(flatten)]
     pub repo: RepoArg,
     /// Remove live locks too (make sure no etcdguard uses the repository first).
     #[arg(long)]
@@ -790,7 +802,7 @@ fn resolve(repo: &Repository, id: &str) -> Result<Manifest, Failure> {
 fn create(args: CreateArgs) -> Result<()> {
     let manifest = backup::create(&args.options(), &mut |note| eprintln!("{note}"))?;
     match args.write_out {
-        TextJson::Json => println!("{}", serde_json::to_string_pretty(&manifest)?),
+        TextJson::Json => crate::args::print_json(&manifest)?,
         TextJson::Text => println!("{}", created_line(&manifest)),
     }
     Ok(())
@@ -855,7 +867,7 @@ fn list(args: ListArgs) -> Result<()> {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&rows)?);
+            crate::args::print_json(&rows)?;
         }
         TableJson::Table => {
             let mut rows = vec![[
@@ -911,7 +923,7 @@ fn show(args: ShowArgs) -> Result<()> {
         if let Some(o) = v.as_object_mut() {
             o.insert("authenticated".into(), authenticated.into());
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::args::print_json(&v)?;
         return Ok(());
     }
     let verified_at = repo.verification(&m.id).map_err(failure)?;
@@ -1056,6 +1068,13 @@ fn verify(args: VerifyArgs) -> Result<()> {
     };
     let v = backup::verify(&opts, &mut |note| eprintln!("{note}"))?;
     let m = &v.manifest;
+    if args.out.json() {
+        return crate::args::print_json(&json!({
+            "id": m.id, "ok": true, "snapshotSize": m.snapshot.size, "sha256": m.snapshot.sha256,
+            "trailer": matches!(v.trailer, TrailerCheck::Verified), "revision": m.etcd.revision,
+            "files": backup::file_count(m),
+        }));
+    }
     println!(
         "backup {}: OK (snapshot {} sha256 {}, trailer {}, revision {}, {} files)",
         m.id,
@@ -1112,6 +1131,8 @@ fn restore(args: RestoreArgs) -> Result<()> {
         data_dir,
         at: args.at,
     };
+    let json_out = args.out.json();
+    let mut restored_json = None;
     let kept = backup::restore(&opts, &mut |event| match event {
         RestoreEvent::Replayed { plan, replayed } => eprintln!(
             "full backup {} (revision {}) plus {} changes in {} revisions: revision {}",
@@ -1129,12 +1150,20 @@ fn restore(args: RestoreArgs) -> Result<()> {
                 manifest.snapshot.sha256
             )
         }
+        RestoreEvent::DataDirRestored(restored) if json_out => {
+            restored_json = Some(crate::cmd::restore::restored_json(restored))
+        }
         RestoreEvent::DataDirRestored(restored) => crate::cmd::restore::print_restored(restored),
         RestoreEvent::FilesWritten { count, dir } => {
             eprintln!("{count} control-plane entries written under {}", dir.display())
         }
         RestoreEvent::Note(line) => eprintln!("{line}"),
     })?;
+    if json_out {
+        return crate::args::print_json(&json!({
+            "id": opts.id, "snapshotFile": kept, "dataDirs": restored_json, "filesTo": opts.files_to,
+        }));
+    }
     if let (false, Some(path)) = (into_data_dir, kept) {
         println!("{}", path.display());
     }
@@ -1143,6 +1172,9 @@ fn restore(args: RestoreArgs) -> Result<()> {
 
 fn delete(args: DeleteArgs) -> Result<()> {
     let id = backup::delete(&args.repo.spec(), &args.id, args.force)?;
+    if args.out.json() {
+        return crate::args::print_json(&json!({ "id": id, "deleted": true }));
+    }
     println!("backup {id} deleted; run `etcdguard backup prune` to free its space");
     Ok(())
 }
@@ -1162,7 +1194,7 @@ fn prune(args: PruneArgs) -> Result<()> {
             "bytesBefore": report.bytes_before,
             "bytesAfter": report.bytes_after,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::args::print_json(&v)?;
         return Ok(());
     }
     let mut rows = vec![["ID", "CREATED (UTC)", "ACTION", "WHY"].map(String::from).to_vec()];
@@ -1207,6 +1239,21 @@ fn prune(args: PruneArgs) -> Result<()> {
 
 fn unlock(args: UnlockArgs) -> Result<()> {
     let report = backup::unlock(&args.repo.spec(), args.remove_all)?;
+    if args.out.json() {
+        let locks: Vec<_> = report
+            .locks
+            .iter()
+            .map(|l| {
+                json!({
+                    "key": l.key, "removed": l.removed, "stale": l.stale, "written": l.written,
+                    "staleAt": l.stale_at, "holder": l.info.as_ref().map(|i| i.describe()),
+                })
+            })
+            .collect();
+        return crate::args::print_json(
+            &json!({ "locks": locks, "temporariesRemoved": report.temporaries_removed }),
+        );
+    }
     let (mut removed, mut kept) = (0, 0);
     for l in &report.locks {
         let what = match &l.info {
@@ -1247,12 +1294,9 @@ fn url(args: UrlArgs) -> Result<()> {
         match args.write_out {
             TextJson::Json => {
                 let v: Vec<_> = urls.iter().map(|(k, u)| json!({"object": k, "url": u})).collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &json!({"backup": m.id, "expiresInSeconds": args.expires.as_secs(), "objects": v})
-                    )?
-                );
+                crate::args::print_json(
+                    &json!({"backup": m.id, "expiresInSeconds": args.expires.as_secs(), "objects": v}),
+                )?;
             }
             TextJson::Text => {
                 for (k, u) in &urls {
@@ -1275,13 +1319,10 @@ fn url(args: UrlArgs) -> Result<()> {
         duration_short(args.expires)
     );
     match args.write_out {
-        TextJson::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "backup": m.id, "object": e.key, "url": e.url, "size": m.snapshot.size,
-                "sha256": m.snapshot.sha256, "expiresInSeconds": args.expires.as_secs(),
-            }))?
-        ),
+        TextJson::Json => crate::args::print_json(&json!({
+            "backup": m.id, "object": e.key, "url": e.url, "size": m.snapshot.size,
+            "sha256": m.snapshot.sha256, "expiresInSeconds": args.expires.as_secs(),
+        }))?,
         TextJson::Text => println!("{}", e.url),
     }
     let _ = std::io::stdout().flush();
@@ -1295,6 +1336,11 @@ fn key(args: KeyArgs) -> Result<()> {
         KeyCommand::Passwd(a) => key_add(a, true),
         KeyCommand::Remove(a) => {
             let location = backup::key_remove(&a.repo.spec(), &a.id)?;
+            if a.out.json() {
+                return crate::args::print_json(
+                    &json!({ "removed": [{ "id": a.id, "location": location.to_string() }] }),
+                );
+            }
             println!("Removed key {} from {location}", a.id);
             Ok(())
         }
@@ -1304,7 +1350,7 @@ fn key(args: KeyArgs) -> Result<()> {
 fn key_list(args: KeyListArgs) -> Result<()> {
     let keys = backup::key_list(&args.repo.spec())?;
     match args.write_out {
-        TableJson::Json => println!("{}", serde_json::to_string_pretty(&keys)?),
+        TableJson::Json => crate::args::print_json(&keys)?,
         TableJson::Table => {
             let mut rows = vec![["ID", "CREATED (UTC)", "HOST", ""].map(String::from).to_vec()];
             for k in &keys {
@@ -1338,6 +1384,11 @@ fn key_add(args: KeyNewArgs, replace: bool) -> Result<()> {
             .into());
         }
         let (id, location) = etcdguard_workflow::repo::add_kms_key(&args.repo.spec(), kms)?;
+        if args.out.json() {
+            return crate::args::print_json(
+                &json!({ "added": [{ "id": id, "kms": kms, "location": location.to_string() }] }),
+            );
+        }
         println!("Added key {id} ({kms}) to {location}");
         return Ok(());
     }
@@ -1345,12 +1396,23 @@ fn key_add(args: KeyNewArgs, replace: bool) -> Result<()> {
     let new: PassphraseSource = Arc::new(move || {
         Ok(read_passphrase(file.as_deref(), "--new-passphrase-file", "ETCDGUARD_NEW_PASSPHRASE")?)
     });
+    let json_out = args.out.json();
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
     backup::key_add(&args.repo.spec(), &new, replace, &mut |event| match event {
+        KeyEvent::Added { id, location } if json_out => {
+            added.push(json!({ "id": id, "location": location.to_string() }))
+        }
+        KeyEvent::Removed { id, location } if json_out => {
+            removed.push(json!({ "id": id, "location": location.to_string() }))
+        }
         KeyEvent::Added { id, location } => println!("Added key {id} to {location}"),
         KeyEvent::Removed { id, location } => {
             println!("Removed key {id}: the old passphrase no longer opens {location}")
         }
     })?;
+    if json_out {
+        return crate::args::print_json(&json!({ "added": added, "removed": removed }));
+    }
     Ok(())
 }
 

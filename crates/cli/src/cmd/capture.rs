@@ -156,7 +156,7 @@ pub fn log(args: LogArgs) -> Result<()> {
         }
     })?;
     match args.write_out {
-        TableJson::Json => println!("{}", serde_json::to_string_pretty(&json_rows)?),
+        TableJson::Json => crate::args::print_json(&json_rows)?,
         TableJson::Table => print!("{}", table(&rows)),
     }
     for g in &gaps {

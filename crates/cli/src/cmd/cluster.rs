@@ -9,6 +9,7 @@ use etcdguard_client::{ClientError, ConnectFlags, ErrorKind, MemberStatus, Secre
 use etcdguard_storage::status::humanize_bytes;
 use serde_json::json;
 
+use crate::args::print_json;
 use crate::cmd::table;
 use crate::exit::{Code, Failure};
 
@@ -204,6 +205,8 @@ pub struct MemberRemoveArgs {
     #[arg(long, short = 'n')]
     pub dry_run: bool,
     #[command(flatten)]
+    pub out: crate::args::WriteOut,
+    #[command(flatten)]
     pub conn: ConnArgs,
 }
 
@@ -225,6 +228,8 @@ pub struct MemberAddArgs {
     #[arg(long, short = 'n')]
     pub dry_run: bool,
     #[command(flatten)]
+    pub out: crate::args::WriteOut,
+    #[command(flatten)]
     pub conn: ConnArgs,
 }
 
@@ -236,6 +241,8 @@ pub struct MemberPromoteArgs {
     /// Run the safety checks and print what would be done; change nothing.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub out: crate::args::WriteOut,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -252,6 +259,8 @@ pub struct DefragArgs {
     #[arg(long, short = 'n')]
     pub dry_run: bool,
     #[command(flatten)]
+    pub out: crate::args::WriteOut,
+    #[command(flatten)]
     pub conn: ConnArgs,
 }
 
@@ -265,6 +274,8 @@ pub enum AlarmCommand {
 
 #[derive(Args)]
 pub struct AlarmArgs {
+    #[command(flatten)]
+    pub out: crate::args::WriteOut,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -418,6 +429,13 @@ fn member_remove(args: MemberRemoveArgs) -> Result<()> {
         for w in &plan.warnings {
             eprintln!("warning (--force): {w}");
         }
+        if args.out.json() {
+            return print_json(&json!({
+                "dryRun": true, "memberID": format!("{:x}", plan.member.id), "name": plan.member.name,
+                "votersAfter": plan.voters_after, "healthyVotersAfter": plan.healthy_voters_after,
+                "quorumAfter": plan.quorum_after, "warnings": plan.warnings,
+            }));
+        }
         println!(
             "Would remove member {:x} ({}): {} voting members left, {} healthy, quorum {} (dry run: nothing changed)",
             plan.member.id,
@@ -431,6 +449,13 @@ fn member_remove(args: MemberRemoveArgs) -> Result<()> {
     let plan = session.member_remove(id, args.force).map_err(client_failure)?;
     for w in &plan.warnings {
         eprintln!("warning (--force): {w}");
+    }
+    if args.out.json() {
+        return print_json(&json!({
+            "dryRun": false, "memberID": format!("{:x}", plan.member.id), "name": plan.member.name,
+            "votersAfter": plan.voters_after, "healthyVotersAfter": plan.healthy_voters_after,
+            "quorumAfter": plan.quorum_after, "warnings": plan.warnings,
+        }));
     }
     println!(
         "Member {:x} ({}) removed; {} voting members left, {} healthy, quorum {}",
@@ -459,6 +484,12 @@ fn member_add(args: MemberAddArgs) -> Result<()> {
         for w in &plan.warnings {
             eprintln!("warning (--force): {w}");
         }
+        if args.out.json() {
+            return print_json(&json!({
+                "dryRun": true, "name": args.name, "peerURLs": args.peer_urls,
+                "isLearner": args.learner, "warnings": plan.warnings,
+            }));
+        }
         println!(
             "Would add member {} with peer URLs {}{} (dry run: nothing changed)",
             args.name,
@@ -472,6 +503,14 @@ fn member_add(args: MemberAddArgs) -> Result<()> {
         .map_err(client_failure)?;
     for w in &added.warnings {
         eprintln!("warning (--force): {w}");
+    }
+    if args.out.json() {
+        return print_json(&json!({
+            "dryRun": false, "memberID": format!("{:x}", added.id), "name": added.name,
+            "peerURLs": added.peer_urls, "isLearner": added.learner,
+            "initialCluster": added.initial_cluster, "initialClusterState": "existing",
+            "warnings": added.warnings,
+        }));
     }
     println!("Member {:x} added{}", added.id, if added.learner { " as a learner" } else { "" });
     println!();
@@ -493,6 +532,9 @@ fn member_promote(args: MemberPromoteArgs) -> Result<()> {
     if args.dry_run {
         let report = session.members().map_err(client_failure)?;
         let plan = etcdguard_client::check_promote(&report, id).map_err(client_failure)?;
+        if args.out.json() {
+            return print_json(&promoted_json(&plan, true));
+        }
         println!(
             "Would promote member {:x} ({}) to a voting member (applied index {} of the leader's {}; dry run: nothing changed)",
             plan.member.id, plan.member.name, plan.learner_applied, plan.leader_applied
@@ -500,11 +542,21 @@ fn member_promote(args: MemberPromoteArgs) -> Result<()> {
         return Ok(());
     }
     let plan = session.member_promote(id).map_err(client_failure)?;
+    if args.out.json() {
+        return print_json(&promoted_json(&plan, false));
+    }
     println!(
         "Member {:x} ({}) promoted to a voting member (applied index {} of the leader's {})",
         plan.member.id, plan.member.name, plan.learner_applied, plan.leader_applied
     );
     Ok(())
+}
+
+fn promoted_json(plan: &etcdguard_client::PromotePlan, dry_run: bool) -> serde_json::Value {
+    json!({
+        "dryRun": dry_run, "memberID": format!("{:x}", plan.member.id), "name": plan.member.name,
+        "learnerApplied": plan.learner_applied, "leaderApplied": plan.leader_applied,
+    })
 }
 
 fn defrag(args: DefragArgs) -> Result<()> {
@@ -514,6 +566,20 @@ fn defrag(args: DefragArgs) -> Result<()> {
     if args.dry_run {
         let report = session.members().map_err(client_failure)?;
         let order = etcdguard_client::defrag_order(&report).map_err(client_failure)?;
+        if args.out.json() {
+            let members: Vec<_> = order
+                .iter()
+                .map(|&i| {
+                    let m = &report.members[i];
+                    let status = report.statuses[i].as_ref().ok();
+                    json!({
+                        "memberID": format!("{:x}", m.id), "name": m.name,
+                        "role": status.map(|st| st.role()), "dbSize": status.map(|st| st.db_size),
+                    })
+                })
+                .collect();
+            return print_json(&json!({ "dryRun": true, "order": members }));
+        }
         println!("Would defragment, one at a time with a health check after each (dry run: nothing changed):");
         for i in order {
             let m = &report.members[i];
@@ -525,9 +591,11 @@ fn defrag(args: DefragArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let json_out = args.out.json();
     let mut on_member =
         |m: &etcdguard_client::Member, done: Option<&etcdguard_client::Defragmented>| match done {
             None => eprintln!("defragmenting {:x} ({}) …", m.id, m.name),
+            Some(_) if json_out => {}
             Some(d) => println!(
                 "Defragmented {:x} ({}, {}) in {:.1}s: {} -> {}, freed {}",
                 d.id,
@@ -541,6 +609,19 @@ fn defrag(args: DefragArgs) -> Result<()> {
         };
     let done = session.defrag(limit, &mut on_member).map_err(client_failure)?;
     let freed: i64 = done.iter().map(|d| d.freed().max(0)).sum();
+    if json_out {
+        let members: Vec<_> = done
+            .iter()
+            .map(|d| {
+                json!({
+                    "memberID": format!("{:x}", d.id), "name": d.name, "role": d.role,
+                    "tookSeconds": d.took.as_secs_f64(), "sizeBefore": d.size_before,
+                    "sizeAfter": d.size_after, "freed": d.freed().max(0),
+                })
+            })
+            .collect();
+        return print_json(&json!({ "dryRun": false, "members": members, "freed": freed }));
+    }
     println!(
         "{} members defragmented, {} freed in total; cluster healthy",
         done.len(),
@@ -551,7 +632,11 @@ fn defrag(args: DefragArgs) -> Result<()> {
 
 fn alarm_list(args: AlarmArgs) -> Result<()> {
     let session = args.conn.session()?;
-    for a in session.alarms().map_err(client_failure)? {
+    let alarms = session.alarms().map_err(client_failure)?;
+    if args.out.json() {
+        return print_json(&alarms_json(&alarms, false));
+    }
+    for a in alarms {
         println!("memberID:{:x} alarm:{}", a.member_id, a.kind);
     }
     Ok(())
@@ -560,6 +645,9 @@ fn alarm_list(args: AlarmArgs) -> Result<()> {
 fn alarm_disarm(args: AlarmArgs) -> Result<()> {
     let session = args.conn.session()?;
     let disarmed = session.disarm_alarms().map_err(client_failure)?;
+    if args.out.json() {
+        return print_json(&alarms_json(&disarmed, true));
+    }
     for a in &disarmed {
         println!("memberID:{:x} alarm:{} disarmed", a.member_id, a.kind);
     }
@@ -567,6 +655,15 @@ fn alarm_disarm(args: AlarmArgs) -> Result<()> {
         eprintln!("no alarm was raised");
     }
     Ok(())
+}
+
+fn alarms_json(alarms: &[etcdguard_client::Alarm], disarmed: bool) -> serde_json::Value {
+    let list: Vec<_> = alarms
+        .iter()
+        .map(|a| json!({ "memberID": format!("{:x}", a.member_id), "alarm": a.kind.to_string() }))
+        .collect();
+    let key = if disarmed { "disarmed" } else { "alarms" };
+    json!({ key: list })
 }
 
 fn ms(d: std::time::Duration) -> String {

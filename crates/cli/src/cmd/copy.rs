@@ -119,12 +119,7 @@ pub fn run(args: CopyArgs) -> Result<()> {
         }
     });
     if !text {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"from": args.from, "to": args.to, "backups": rows})
-            )?
-        );
+        crate::args::print_json(&json!({"from": args.from, "to": args.to, "backups": rows}))?;
     }
     let report = result?;
     if text && report.copied.is_empty() && report.already_there.is_empty() {

@@ -179,12 +179,9 @@ pub fn import(args: ImportArgs) -> Result<()> {
         }
     })?;
     match args.write_out {
-        TextJson::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"imported": stored, "skipped": skipped, "backups": rows})
-            )?
-        ),
+        TextJson::Json => crate::args::print_json(
+            &json!({"imported": stored, "skipped": skipped, "backups": rows}),
+        )?,
         TextJson::Text => {
             eprintln!("{stored} backup(s) imported, {skipped} already in the repository")
         }

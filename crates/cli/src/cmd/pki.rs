@@ -71,7 +71,7 @@ fn check(args: CheckArgs) -> Result<()> {
         Failure::new(code, e.to_string())
     })?;
     match args.write_out {
-        TableJson::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        TableJson::Json => crate::args::print_json(&report)?,
         TableJson::Table => {
             let mut rows =
                 vec![["PATH", "SUBJECT", "NOT AFTER (UTC)", "DAYS LEFT", "CA", "STATUS"]

@@ -62,7 +62,7 @@ pub fn repair(args: RepairArgs) -> Result<()> {
     };
     let report = run_repair(&opts, &mut |line| eprintln!("{line}"))?;
     if args.write_out == TextJson::Json {
-        println!("{}", serde_json::to_string_pretty(&report_json(&report))?);
+        crate::args::print_json(&report_json(&report))?;
     } else {
         print!("{}", report_text(&report));
     }

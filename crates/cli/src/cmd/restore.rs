@@ -117,10 +117,18 @@ pub struct RestoreArgs {
     /// Accepted for compatibility with etcdutl; has no effect on the files written.
     #[arg(long, value_name = "BYTES", hide = true)]
     pub initial_memory_map_size: Option<u64>,
+    #[command(flatten)]
+    pub out: crate::args::WriteOut,
 }
 
 pub fn run(args: RestoreArgs) -> Result<()> {
     let restored = etcdguard_workflow::restore::snapshot_restore(&options(&args))?;
+    if args.out.json() {
+        for n in &restored.notes {
+            eprintln!("{n}");
+        }
+        return crate::args::print_json(&restored_json(&restored));
+    }
     print_restored(&restored);
     Ok(())
 }
@@ -143,6 +151,30 @@ pub(crate) fn options(args: &RestoreArgs) -> SnapshotRestoreOptions {
         force: args.force,
         etcd_version: args.etcd_version,
     }
+}
+
+/// What was restored, for `-w json`.
+pub(crate) fn restored_json(restored: &Restored) -> serde_json::Value {
+    let report = &restored.report;
+    let members: Vec<_> = report
+        .members
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.member.name, "memberID": m.member.hex_id(), "peerURLs": m.member.peer_urls,
+                "dataDir": m.data_dir, "walDir": m.wal_dir,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "file": restored.file,
+        "trailer": matches!(report.trailer, TrailerCheck::Verified),
+        "sourceRevision": report.source_revision,
+        "revision": report.revision,
+        "clusterID": format!("{:x}", report.cluster.id),
+        "members": members,
+        "tookSeconds": restored.elapsed.as_secs_f64(),
+    })
 }
 
 /// What was restored and how to start it: results on stdout, timings on stderr.

@@ -27,6 +27,8 @@ pub struct SaveArgs {
     #[arg(long)]
     pub skip_status: bool,
     #[command(flatten)]
+    pub out: crate::args::WriteOut,
+    #[command(flatten)]
     pub conn: ConnArgs,
 }
 
@@ -115,12 +117,36 @@ pub fn run(args: SaveArgs) -> Result<()> {
     }
 
     let Destination::File(path) = &dest else { return Ok(()) };
+    if args.out.json() {
+        let status = if args.skip_status { None } else { Some(file_status_json(path)?) };
+        return crate::args::print_json(&serde_json::json!({
+            "file": path, "size": summary.bytes,
+            "sha256": summary.sha256.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "endpoint": st.endpoint, "memberID": format!("{:x}", st.member_id),
+            "serverVersion": summary.server_version, "status": status,
+        }));
+    }
     // The line etcdctl prints, then etcdguard's own reading of the file.
     println!("Snapshot saved at {}", path.display());
     if !args.skip_status {
         print!("{}", file_status(path)?);
     }
     Ok(())
+}
+
+/// The file's status as `snapshot status -w json` prints it.
+fn file_status_json(path: &Path) -> Result<serde_json::Value> {
+    let file = crate::cmd::snapshot::open_snapshot(path)?;
+    let db = file.db().map_err(|e| crate::cmd::snapshot::db_failure(path, e))?;
+    let release = || file.release_resident();
+    let (as_of, _) = etcdguard_storage::Provenance::read(&db).writer();
+    let status = etcdguard_storage::status_as(&db, as_of, Some(&release)).map_err(|e| {
+        Failure::new(
+            Code::Corrupt,
+            format!("{}: saved, but its status cannot be read: {e}", path.display()),
+        )
+    })?;
+    Ok(serde_json::from_str(&status.render(Format::Json))?)
 }
 
 /// `etcdguard snapshot status FILE` (simple format, as the release that wrote it) of the file just written.
