@@ -55,3 +55,100 @@ fn man_pages_cover_every_command() {
         assert!(text.contains(".SH NAME"), "{name}");
     }
 }
+
+/// Every leaf and group command path, from each level's `--help`.
+fn command_paths(path: &[String], out: &mut Vec<Vec<String>>) {
+    out.push(path.to_vec());
+    let args: Vec<&str> = path.iter().map(String::as_str).chain(["--help"]).collect();
+    let (_, help, _) = etcdguard(&args);
+    let mut in_commands = false;
+    for line in help.lines() {
+        if line == "Commands:" {
+            in_commands = true;
+        } else if in_commands && line.starts_with("  ") && !line.starts_with("   ") {
+            let word = line.split_whitespace().next().unwrap_or("").to_string();
+            if word != "help" {
+                let mut p = path.to_vec();
+                p.push(word);
+                command_paths(&p, out);
+            }
+        } else if in_commands && !line.starts_with(' ') {
+            in_commands = false;
+        }
+    }
+}
+
+/// What an exit code means, in words its documentation uses (`crates/cli/src/exit.rs`).
+fn meaning(code: u32) -> &'static [&'static str] {
+    match code {
+        0 => &["stop", "success", "exit 0"],
+        10 => &["damage", "corrupt", "unrestorable", "integrity"],
+        12 => &["unreachable", "reach"],
+        14 => &["exists", "already", "same id"],
+        15 => &["another etcdguard", "lock", "in use"],
+        16 => &["passphrase", "key"],
+        17 => &["refuse"],
+        18 => &["expire", "not yet valid"],
+        _ => &[],
+    }
+}
+
+#[test]
+fn every_documented_exit_code_is_the_code_for_what_it_says() {
+    // The table in `etcdguard --help` lists every code of the Code enum.
+    let source = include_str!("../src/exit.rs");
+    let enum_body = source.split("pub enum Code {").nth(1).unwrap().split("\n}").next().unwrap();
+    let codes: Vec<u32> = enum_body
+        .lines()
+        .filter_map(|l| l.trim().split(" = ").nth(1))
+        .map(|n| n.trim_end_matches(',').parse().unwrap())
+        .collect();
+    assert_eq!(codes, (1..=18).collect::<Vec<_>>(), "exit.rs");
+    let (_, top, _) = etcdguard(&["--help"]);
+    let table = top.split("Exit codes:").nth(1).expect("an exit code table in --help");
+    let table = format!(" {} ", table.split_whitespace().collect::<Vec<_>>().join(" "));
+    for code in &codes {
+        assert!(table.contains(&format!(" {code} ")), "exit {code} is not in the --help table");
+    }
+    // Every "exit N" any command's help mentions is a code whose meaning the sentence names.
+    let mut paths = Vec::new();
+    command_paths(&[], &mut paths);
+    assert!(paths.len() > 40, "{paths:?}");
+    let mut checked = 0;
+    for path in paths {
+        let args: Vec<&str> = path.iter().map(String::as_str).chain(["--help"]).collect();
+        let (_, help, _) = etcdguard(&args);
+        let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut rest = flat.as_str();
+        while let Some(at) = rest.find("exit") {
+            let after = &rest[at + 4..];
+            let after = after.strip_prefix("s").unwrap_or(after);
+            let after = after.strip_prefix(" code").unwrap_or(after);
+            let digits: String = after
+                .strip_prefix(' ')
+                .unwrap_or("")
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if let Ok(code) = digits.parse::<u32>() {
+                let start = flat.len() - rest.len() + at;
+                let window = &flat[start.saturating_sub(120)..(start + 120).min(flat.len())];
+                let window = window.to_lowercase();
+                let words = meaning(code);
+                assert!(
+                    code == 0 || codes.contains(&code),
+                    "`{}` documents exit {code}, which is no exit code",
+                    path.join(" ")
+                );
+                assert!(
+                    words.is_empty() || words.iter().any(|w| window.contains(w)),
+                    "`{}` documents exit {code} for: …{window}…",
+                    path.join(" ")
+                );
+                checked += 1;
+            }
+            rest = &rest[at + 4..];
+        }
+    }
+    assert!(checked >= 10, "only {checked} documented exit codes found");
+}
