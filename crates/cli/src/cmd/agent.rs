@@ -22,98 +22,115 @@ pub enum LogFormat {
 
 #[derive(Args)]
 pub struct AgentArgs {
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "What to back up (as `backup create`)")]
     pub create: CreateArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Retention (as `backup prune`)")]
     pub keep: KeepArgs,
     /// Time from the start of one backup to the start of the next (e.g. 30m, 1h, 6h). The
     /// first backup is taken at start; a backup that overruns starts the next one at once.
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration, conflicts_with = "schedule")]
+    #[arg(help_heading = "Schedule", long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration, conflicts_with = "schedule")]
     pub every: Duration,
     /// Back up on a cron schedule instead of --every: five fields in UTC (minute hour
     /// day-of-month month day-of-week; an optional leading sixth field gives seconds), e.g.
     /// "0 */6 * * *". The first backup waits for the first match.
-    #[arg(long, value_name = "CRON")]
+    #[arg(help_heading = "Schedule", long, value_name = "CRON")]
     pub schedule: Option<String>,
     /// Delay each start by a random time up to this (e.g. 5m), so agents of many clusters do
     /// not hit one bucket at the same second.
-    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    #[arg(help_heading = "Schedule", long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub jitter: Duration,
     /// Log lines as text or as one JSON object per line.
-    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    #[arg(help_heading = "HTTP endpoint and logs", long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Address of the HTTP endpoint (/healthz, /metrics), or `off`.
-    #[arg(long, value_name = "ADDR", env = "ETCDGUARD_LISTEN", default_value = "127.0.0.1:9464")]
+    #[arg(
+        help_heading = "HTTP endpoint and logs",
+        long,
+        value_name = "ADDR",
+        env = "ETCDGUARD_LISTEN",
+        default_value = "127.0.0.1:9464"
+    )]
     pub listen: String,
     /// Stop after this many runs (default: run until stopped). `--runs 0` checks the
     /// arguments and the listen address, then exits.
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Schedule", long, value_name = "N")]
     pub runs: Option<u64>,
     /// /healthz answers 503 once this many retention runs (prune) failed in a row.
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(help_heading = "HTTP endpoint and logs", long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub prune_failures_unhealthy: u32,
     /// Leader election (the default with a live cluster): agents for the same repository
     /// (and --cluster) elect one of themselves through etcd's election API, and only that
     /// one takes backups; the others stand by and take over when it is gone. Off with
     /// --from-file.
-    #[arg(long, overrides_with = "no_elect")]
+    #[arg(help_heading = "Leader election", long, overrides_with = "no_elect")]
     pub elect: bool,
     /// Do not elect: this agent takes every scheduled backup, whatever other agents do.
-    #[arg(long, overrides_with = "elect")]
+    #[arg(help_heading = "Leader election", long, overrides_with = "elect")]
     pub no_elect: bool,
     /// Lease TTL of the election (whole seconds, at least 2s): a dead leader's turn passes
     /// to a standby within about this long.
-    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    #[arg(help_heading = "Leader election", long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     pub elect_ttl: Duration,
     /// Continuous capture: the (elected) agent stores every change as segments after a full
     /// backup, and takes a new full every --full-every; restore any revision with `backup
     /// restore --at`. Replaces the backup schedule (--every/--schedule).
-    #[arg(long, conflicts_with_all = ["schedule", "from_file"])]
+    #[arg(help_heading = "Continuous capture", long, conflicts_with_all = ["schedule", "from_file"])]
     pub continuous: bool,
     /// With --continuous: store the changes seen so far at least this often.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, requires = "continuous")]
+    #[arg(help_heading = "Continuous capture", long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration, requires = "continuous")]
     pub segment_interval: Duration,
     /// With --continuous: take a new full backup this long after the last one (default: --every).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "continuous")]
+    #[arg(help_heading = "Continuous capture", long, value_name = "DURATION", value_parser = parse_duration, requires = "continuous")]
     pub full_every: Option<Duration>,
     /// With --continuous: /healthz answers 503 when the RPO (seconds of changes not yet
     /// stored) exceeds this.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration, requires = "continuous")]
+    #[arg(help_heading = "Continuous capture", long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration, requires = "continuous")]
     pub rpo_bound: Duration,
     /// Scrub this often (e.g. 24h; the first at start): re-read stored backups with the
     /// checks of `backup verify` and every pack they use, the newest backup first, then older
     /// ones in rotation until --verify-budget is spent. Only the active agent scrubs; damage
     /// turns /healthz red until a scrub passes again.
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    #[arg(help_heading = "Checks: scrub, drill, certificates", long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub verify_every: Option<Duration>,
     /// A scrub starts no further backup after this long (the newest is always checked).
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration, requires = "verify_every")]
+    #[arg(help_heading = "Checks: scrub, drill, certificates", long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration, requires = "verify_every")]
     pub verify_budget: Duration,
     /// Restore drill this often (e.g. 24h; the first at start): restore the newest backup into
     /// a scratch data dir (under --scratch-dir, removed afterwards) and check its revision,
     /// key count and hash against the manifest. Only the active agent drills.
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    #[arg(help_heading = "Checks: scrub, drill, certificates", long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub drill_every: Option<Duration>,
     /// With --drill-every: also boot this etcd binary on the restored data dir (loopback,
     /// free ports) and read a key through it. Use the cluster's etcd version.
-    #[arg(long, value_name = "PATH", requires = "drill_every")]
+    #[arg(
+        help_heading = "Checks: scrub, drill, certificates",
+        long,
+        value_name = "PATH",
+        requires = "drill_every"
+    )]
     pub drill_etcd: Option<PathBuf>,
     /// After each backup, copy it to this second repository (as `backup copy`, e.g. another
     /// region or cloud), with any earlier backup a failed copy missed; with --continuous,
     /// the changes too, every ten --segment-interval (5s to 1m). A new repository there is chunked as --repo and
     /// encrypted with ETCDGUARD_TO_PASSPHRASE / --copy-to-passphrase-file. /healthz turns
     /// red after --prune-failures-unhealthy failed copies in a row.
-    #[arg(long, env = "ETCDGUARD_COPY_TO", value_name = "URL", value_parser = crate::args::repo)]
+    #[arg(help_heading = "Copy to a second repository", long, env = "ETCDGUARD_COPY_TO", value_name = "URL", value_parser = crate::args::repo)]
     pub copy_to: Option<String>,
     /// File holding the passphrase of the --copy-to repository (or put it in ETCDGUARD_TO_PASSPHRASE).
-    #[arg(long, env = "ETCDGUARD_TO_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file, requires = "copy_to")]
+    #[arg(help_heading = "Copy to a second repository", long, env = "ETCDGUARD_TO_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file, requires = "copy_to")]
     pub copy_to_passphrase_file: Option<PathBuf>,
     /// Unlock the --copy-to repository with this KMS key (aws-kms:KEY[?region=R&endpoint=URL]).
-    #[arg(long, env = "ETCDGUARD_TO_KMS_KEY", value_name = "KMS", requires = "copy_to")]
+    #[arg(
+        help_heading = "Copy to a second repository",
+        long,
+        env = "ETCDGUARD_TO_KMS_KEY",
+        value_name = "KMS",
+        requires = "copy_to"
+    )]
     pub copy_to_kms_key: Option<String>,
     /// /healthz warns (in its body; it stays 200) when a certificate of --pki-dir (else of the
     /// newest backup's manifest) expires within this. The expiry of each is in /metrics.
-    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
+    #[arg(help_heading = "Checks: scrub, drill, certificates", long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
     pub cert_warn: Duration,
 }
 

@@ -408,14 +408,15 @@ pub(crate) fn read_passphrase(
 
 #[derive(Args, Clone)]
 pub struct CreateArgs {
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Repository")]
     pub repo: RepoArg,
     /// Snapshot file to back up (from `snapshot save` or `etcdctl snapshot save`, or a copied
     /// member/snap/db). Without it, a snapshot is taken from the live cluster (--endpoints …).
-    #[arg(long, value_name = "SNAPSHOT")]
+    #[arg(help_heading = "Snapshot source", long, value_name = "SNAPSHOT")]
     pub from_file: Option<PathBuf>,
     /// Live cluster: which member to take the snapshot from (`follower`, `leader` or an endpoint).
     #[arg(
+        help_heading = "Snapshot source",
         long,
         value_name = "follower|leader|ENDPOINT",
         default_value = "follower",
@@ -423,35 +424,38 @@ pub struct CreateArgs {
     )]
     pub snapshot_from: etcdguard_client::SnapshotFrom,
     /// Live cluster: where the snapshot is spooled (and checked) before it is stored (default: the system temp dir).
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = "Snapshot source", long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
-    #[command(flatten)]
+    #[command(
+        flatten,
+        next_help_heading = "Connection to etcd (flags and ETCDCTL_* variables as etcdctl)"
+    )]
     pub conn: crate::cmd::cluster::ConnArgs,
     /// Kubernetes PKI directory (e.g. /etc/kubernetes/pki); stored as pki/…
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = "What to back up", long, value_name = "DIR")]
     pub pki_dir: Option<PathBuf>,
     /// Static pod manifests directory (e.g. /etc/kubernetes/manifests); stored as manifests/…
     /// The file kube-apiserver.yaml names with --encryption-provider-config (on the host,
     /// through its hostPath volume) is stored too, unless --encryption-config is given.
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = "What to back up", long, value_name = "DIR")]
     pub manifests_dir: Option<PathBuf>,
     /// Encryption-at-rest configuration (kube-apiserver --encryption-provider-config); stored as encryption-config/…
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = "What to back up", long, value_name = "FILE")]
     pub encryption_config: Option<PathBuf>,
     /// Any other file or directory to keep with the backup (repeatable); stored as files/…
     /// (FIFOs, sockets and devices are refused; inside a directory they are skipped, with a note).
-    #[arg(long = "file", value_name = "PATH")]
+    #[arg(help_heading = "What to back up", long = "file", value_name = "PATH")]
     pub files: Vec<PathBuf>,
     /// KEY=VALUE label to attach (repeatable).
-    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    #[arg(help_heading = "What to back up", long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
     /// Cluster name shown in `backup list`.
-    #[arg(long, value_name = "NAME", value_parser = crate::args::non_empty)]
+    #[arg(help_heading = "What to back up", long, value_name = "NAME", value_parser = crate::args::non_empty)]
     pub cluster: Option<String>,
     /// Skip the structural and schema check of the snapshot (the sha256 trailer is still checked).
-    #[arg(long)]
+    #[arg(help_heading = "Backup options", long)]
     pub skip_verify: bool,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Backup options")]
     pub parallel: ParallelArg,
     /// Read the snapshot at most this fast (e.g. 50MiB/s, 800k), so a backup does not
     /// saturate the node's disk or network; compression and uploads follow.
