@@ -1,6 +1,5 @@
 use std::fs::File;
 use std::io;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, MmapOptions, UncheckedAdvice};
@@ -28,7 +27,9 @@ impl OpenFileError {
         match e.kind() {
             io::ErrorKind::NotFound => OpenFileError::NotFound(path),
             io::ErrorKind::PermissionDenied => OpenFileError::PermissionDenied(path),
-            _ if e.raw_os_error() == Some(libc::EISDIR) => OpenFileError::IsDirectory(path),
+            _ if e.raw_os_error() == Some(rustix::io::Errno::ISDIR.raw_os_error()) => {
+                OpenFileError::IsDirectory(path)
+            }
             _ => OpenFileError::Io(path, e),
         }
     }
@@ -65,13 +66,10 @@ impl MappedFile {
             return Err(OpenFileError::NotRegularFile(path.to_path_buf()));
         }
         let file = File::open(path).map_err(|e| OpenFileError::from_io(path, e))?;
-        // SAFETY: flock on an fd we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(OpenFileError::Locked(path.to_path_buf()));
-            }
+        // flock(LOCK_SH | LOCK_NB), as bbolt's read-only open; other failures (a filesystem
+        // without locks) are not a reason to refuse a read.
+        if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock_shared() {
+            return Err(OpenFileError::Locked(path.to_path_buf()));
         }
         let len = file.metadata().map_err(|e| OpenFileError::from_io(path, e))?.len();
         let map = if len == 0 {
@@ -128,8 +126,7 @@ impl MappedFile {
         let n = self.statm.as_ref()?.read_at(&mut buf, 0).ok()?;
         let text = std::str::from_utf8(&buf[..n]).ok()?;
         let pages: u64 = text.split_whitespace().nth(2)?.parse().ok()?;
-        // SAFETY: sysconf has no memory-safety preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let page = rustix::param::page_size();
         Some(pages * page.max(4096) as u64)
     }
 

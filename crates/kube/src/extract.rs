@@ -617,13 +617,9 @@ impl DirWriter {
     /// Creates the directory even when no object was written, and puts every file on disk;
     /// returns how many files were written.
     pub fn finish(mut self) -> std::io::Result<usize> {
-        use std::os::fd::AsRawFd;
         self.create_dir()?;
         let dir = std::fs::File::open(&self.dir)?;
-        // SAFETY: a plain syscall on an open descriptor.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        rustix::fs::syncfs(&dir)?;
         Ok(self.written)
     }
 }

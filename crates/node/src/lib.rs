@@ -806,16 +806,16 @@ pub fn port_open(addr: &str) -> bool {
 
 /// Another process holds the bbolt file lock on `db` (a running etcd does).
 pub fn locked(db: &Path) -> bool {
-    use std::os::unix::io::AsRawFd;
     let Ok(f) = std::fs::File::open(db) else { return false };
-    // SAFETY: flock(2) on a descriptor we own; the lock is released at once (and on close).
-    unsafe {
-        if libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 {
-            return true;
+    // A shared flock, released at once (and on close): refused only while etcd holds its own.
+    match f.try_lock_shared() {
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(std::fs::TryLockError::Error(_)) => false,
+        Ok(()) => {
+            let _ = f.unlock();
+            false
         }
-        libc::flock(f.as_raw_fd(), libc::LOCK_UN);
     }
-    false
 }
 
 #[cfg(test)]
@@ -1033,7 +1033,8 @@ mod tests {
         let req = node(dir.path(), true);
         let data = dir.path().join("var-lib-etcd");
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o750)).unwrap();
-        let uid = if unsafe { libc::geteuid() } == 0 { 2001 } else { unsafe { libc::geteuid() } };
+        let euid = rustix::process::geteuid().as_raw();
+        let uid = if euid == 0 { 2001 } else { euid };
         std::os::unix::fs::chown(&data, Some(uid), Some(uid)).unwrap();
         let plan = Plan::build(&req).unwrap();
         assert!(

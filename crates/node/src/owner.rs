@@ -3,13 +3,11 @@
 //! on SELinux hosts a dir without the container's label is refused too. So the restored dir
 //! gets what the old one had.
 
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-const SELINUX_XATTR: &[u8] = b"security.selinux\0";
+const SELINUX_XATTR: &std::ffi::CStr = c"security.selinux";
 
 /// Owner, group, permission bits and SELinux context of a directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,55 +20,26 @@ pub struct Ownership {
     pub selinux: Option<Vec<u8>>,
 }
 
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
-}
-
 /// The SELinux context of `path` (not following a symlink); `None` when it has none or the
 /// filesystem keeps no extended attributes.
 fn selinux_of(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let p = c_path(path)?;
+    use rustix::io::Errno;
     let mut buf = vec![0u8; 256];
     loop {
-        // SAFETY: lgetxattr(2) with NUL-terminated strings and a buffer of the length given.
-        let n = unsafe {
-            libc::lgetxattr(
-                p.as_ptr(),
-                SELINUX_XATTR.as_ptr().cast(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n >= 0 {
-            buf.truncate(n as usize);
-            return Ok(Some(buf));
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
-            Some(libc::ERANGE) if buf.len() < 65536 => buf.resize(buf.len() * 4, 0),
-            _ => return Err(e),
+        match rustix::fs::lgetxattr(path, SELINUX_XATTR, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(Errno::NODATA | Errno::NOTSUP) => return Ok(None),
+            Err(Errno::RANGE) if buf.len() < 65536 => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 fn set_selinux(path: &Path, context: &[u8]) -> io::Result<()> {
-    let p = c_path(path)?;
-    // SAFETY: lsetxattr(2) with NUL-terminated strings and the value's own length.
-    let rc = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            SELINUX_XATTR.as_ptr().cast(),
-            context.as_ptr().cast(),
-            context.len(),
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(rustix::fs::lsetxattr(path, SELINUX_XATTR, context, rustix::fs::XattrFlags::empty())?)
 }
 
 impl Ownership {
@@ -131,11 +100,11 @@ mod tests {
             std::fs::Permissions::from_mode(0o600),
         )
         .unwrap();
-        let is_root = unsafe { libc::geteuid() } == 0;
+        let is_root = rustix::process::geteuid().is_root();
         let (uid, gid) = if is_root {
             (2001, 2002)
         } else {
-            (unsafe { libc::geteuid() }, unsafe { libc::getegid() })
+            (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw())
         };
         // A label is set only where the kernel keeps one (an SELinux host, or a filesystem
         // that stores security.* attributes as root may).

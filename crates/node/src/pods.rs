@@ -93,14 +93,8 @@ pub struct NodeFacts {
 }
 
 fn hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname(2) writes at most buf.len() bytes into our buffer.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return None;
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    let name = String::from_utf8_lossy(&buf[..end]).trim().to_lowercase();
+    let uname = rustix::system::uname();
+    let name = uname.nodename().to_string_lossy().trim().to_lowercase();
     (!name.is_empty()).then_some(name)
 }
 

@@ -30,9 +30,9 @@ impl Drop for Capture {
     /// the repository's lock.
     fn drop(&mut self) {
         if let Some(pid) = self.child.id() {
-            // SAFETY: kill(2) on our own child's pid; it has not been reaped (id() is Some).
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            // Our own child's pid; it has not been reaped (id() is Some).
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
         }
     }

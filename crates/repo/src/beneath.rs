@@ -7,25 +7,13 @@
 //! and every file created with `O_CREAT | O_EXCL | O_NOFOLLOW` relative to its parent's
 //! descriptor: nothing is written outside `DIR`, and nothing that exists is overwritten.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::path::{Component, Path};
 
-fn cstr(name: &OsStr) -> io::Result<CString> {
-    CString::new(name.as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
-}
-
-fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 
 /// Why a path could not be used.
 #[derive(Debug)]
@@ -43,43 +31,34 @@ impl From<io::Error> for BeneathError {
     }
 }
 
+impl From<Errno> for BeneathError {
+    fn from(e: Errno) -> Self {
+        match e {
+            Errno::EXIST => BeneathError::Exists,
+            e => BeneathError::Io(e.into()),
+        }
+    }
+}
+
 /// Opens directory `name` in `parent` without following a symlink.
 pub fn open_dir_at(parent: &File, name: &OsStr) -> Result<File, BeneathError> {
-    let c = cstr(name)?;
-    // SAFETY: a valid descriptor and a NUL-terminated name; the result is owned below.
-    let fd = unsafe {
-        libc::openat(
-            parent.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        return Err(match e.raw_os_error() {
-            Some(libc::ELOOP) | Some(libc::ENOTDIR) => {
-                BeneathError::Symlink(name.to_string_lossy().into_owned())
-            }
-            _ => BeneathError::Io(e),
-        });
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::openat(parent, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(Errno::LOOP | Errno::NOTDIR) => {
+            Err(BeneathError::Symlink(name.to_string_lossy().into_owned()))
+        }
+        Err(e) => Err(BeneathError::Io(e.into())),
     }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 /// Opens (creating with mode 0700 when missing) directory `name` in `parent`; an existing
 /// symlink or non-directory there is refused.
 pub fn mkdir_at(parent: &File, name: &OsStr) -> Result<File, BeneathError> {
-    let c = cstr(name)?;
-    // SAFETY: as above.
-    let rc = unsafe { libc::mkdirat(parent.as_raw_fd(), c.as_ptr(), 0o700) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EEXIST) {
-            return Err(BeneathError::Io(e));
-        }
+    match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(Errno::EXIST) => open_dir_at(parent, name),
+        Err(e) => Err(BeneathError::Io(e.into())),
     }
-    open_dir_at(parent, name)
 }
 
 /// Walks `rel` (normal components only) from `root`, creating missing directories, and
@@ -115,58 +94,23 @@ pub fn open_beneath(root: &File, rel: &Path) -> Result<File, BeneathError> {
 
 /// Creates file `name` in `parent` (0600, must not exist, never through a symlink).
 pub fn create_file_at(parent: &File, name: &OsStr) -> Result<File, BeneathError> {
-    let c = cstr(name)?;
-    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    // SAFETY: as above.
-    let fd = unsafe { libc::openat(parent.as_raw_fd(), c.as_ptr(), flags, 0o600 as libc::c_uint) };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::EEXIST) {
-            BeneathError::Exists
-        } else {
-            BeneathError::Io(e)
-        });
-    }
-    // SAFETY: fresh descriptor.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(File::from(rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(0o600))?))
 }
 
 /// Links `from` to `to`, both in `dir`; fails if `to` exists (unlike a rename).
 pub fn link_at(dir: &File, from: &OsStr, to: &OsStr) -> Result<(), BeneathError> {
-    let (f, t) = (cstr(from)?, cstr(to)?);
-    // SAFETY: as above; flags 0: do not follow `from` if it were a symlink.
-    let rc = unsafe { libc::linkat(dir.as_raw_fd(), f.as_ptr(), dir.as_raw_fd(), t.as_ptr(), 0) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::EEXIST) {
-            BeneathError::Exists
-        } else {
-            BeneathError::Io(e)
-        });
-    }
-    Ok(())
+    // No AT_SYMLINK_FOLLOW: a symlink at `from` is linked itself, not followed.
+    Ok(rustix::fs::linkat(dir, from, dir, to, AtFlags::empty())?)
 }
 
 pub fn unlink_at(dir: &File, name: &OsStr) -> io::Result<()> {
-    let c = cstr(name)?;
-    // SAFETY: as above.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) }).map(|_| ())
+    Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?)
 }
 
 /// Creates symlink `name` in `dir` pointing at `target` (which is not followed here).
 pub fn symlink_at(target: &OsStr, dir: &File, name: &OsStr) -> Result<(), BeneathError> {
-    let (t, n) = (cstr(target)?, cstr(name)?);
-    // SAFETY: as above.
-    let rc = unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), n.as_ptr()) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::EEXIST) {
-            BeneathError::Exists
-        } else {
-            BeneathError::Io(e)
-        });
-    }
-    Ok(())
+    Ok(rustix::fs::symlinkat(target, dir, name)?)
 }
 
 #[cfg(test)]

@@ -130,9 +130,13 @@ impl LockInfo {
                 }
             };
         if comparable {
-            // SAFETY: kill with signal 0 only checks whether the process exists.
-            let alive = unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0
-                || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+            // Signal 0 only checks whether the process exists (EPERM: it does, not ours).
+            let alive = rustix::process::Pid::from_raw(self.pid as i32).is_some_and(|pid| {
+                matches!(
+                    rustix::process::test_kill_process(pid),
+                    Ok(()) | Err(rustix::io::Errno::PERM)
+                )
+            });
             return !alive;
         }
         false
@@ -250,14 +254,13 @@ pub fn unlock(store: &dyn Store, remove_all: bool) -> Result<UnlockReport, RepoE
 }
 
 pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
+    let uname = rustix::system::uname();
+    let name = uname.nodename().to_string_lossy();
+    if name.is_empty() {
+        "unknown".into()
+    } else {
+        name.into_owned()
     }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// A held lock; released (deleted) on drop.

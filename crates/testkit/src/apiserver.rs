@@ -234,8 +234,8 @@ impl ApiServer {
     /// Stops the server by its PID (SIGTERM, then SIGKILL after 20 s).
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

@@ -452,8 +452,8 @@ impl EtcdServer {
     /// Stops the server (SIGTERM, then SIGKILL after 10 s) and waits for it.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {

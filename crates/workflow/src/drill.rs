@@ -257,12 +257,14 @@ impl Member {
                 cmd.env_remove(k);
             }
         }
-        // SAFETY: prctl is async-signal-safe; the child dies with the thread that started it,
+        // SAFETY: prctl (a raw system call in rustix) is async-signal-safe; the child dies with the thread that started it,
         // so a killed agent leaves no etcd behind.
         unsafe {
             use std::os::unix::process::CommandExt;
             cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))?;
                 Ok(())
             });
         }

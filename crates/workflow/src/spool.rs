@@ -9,7 +9,6 @@
 //! owner dies, however it dies.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -43,8 +42,7 @@ impl Drop for Spool {
 }
 
 fn try_flock(file: &File) -> bool {
-    // SAFETY: flock on a descriptor we own; LOCK_NB never blocks.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    file.try_lock().is_ok()
 }
 
 /// Creates a new spool under `parent`, after removing the spools of dead runs there.
@@ -94,7 +92,7 @@ pub fn sweep_dead(parent: &Path) -> Vec<PathBuf> {
         let dir = entry.path();
         match std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(dir.join(LOCK))
         {
             // Locked by its owner: alive. Otherwise removed while we hold the lock.
@@ -119,8 +117,7 @@ pub fn sweep_dead(parent: &Path) -> Vec<PathBuf> {
 
 fn owned_by_us(meta: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no failure mode.
-    meta.uid() == unsafe { libc::geteuid() }
+    meta.uid() == rustix::process::geteuid().as_raw()
 }
 
 pub(crate) fn rand_u64() -> u64 {

@@ -35,6 +35,7 @@ impl EarlyWriteback {
         if self.written - self.kicked >= Self::WINDOW {
             use std::os::fd::AsRawFd;
             // Only a hint: an error (a filesystem without it) changes nothing.
+            // rustix has no sync_file_range.
             // SAFETY: a plain syscall on an open descriptor; no memory is passed.
             unsafe {
                 libc::sync_file_range(
@@ -881,7 +882,7 @@ mod tests {
         struct Full;
         impl Write for Full {
             fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-                Err(io::Error::from_raw_os_error(libc::ENOSPC))
+                Err(rustix::io::Errno::NOSPC.into())
             }
             fn flush(&mut self) -> io::Result<()> {
                 Ok(())

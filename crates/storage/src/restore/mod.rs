@@ -417,7 +417,7 @@ fn self_check(
 fn move_image(src: &Path, len: u64, dst: &Path) -> io::Result<()> {
     match fs::rename(src, dst) {
         Ok(()) => OpenOptions::new().write(true).open(dst)?.set_len(len),
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
             db::copy_image_unsynced(src, len, dst)?;
             let _ = fs::remove_file(src);
             Ok(())

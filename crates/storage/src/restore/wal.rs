@@ -5,7 +5,6 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 
 use super::membership::Cluster;
 
@@ -175,14 +174,13 @@ fn snapshot_record(index: u64, term: u64, conf_state: Option<&[u8]>) -> Vec<u8> 
 /// Writes the segment file: preallocated to [`SEGMENT_SIZE`] (real blocks where the file
 /// system supports it, as etcd does), records at offset 0, fsynced.
 pub fn write_segment(file: &File, records: &[u8]) -> io::Result<()> {
-    // SAFETY: fallocate on an fd we own; mode 0 extends the file with zeroed blocks.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, SEGMENT_SIZE as libc::off_t) };
-    if rc != 0 {
-        let e = io::Error::last_os_error();
-        if !matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)) {
-            return Err(e);
+    // Mode 0 extends the file with zeroed blocks; without fallocate, a sparse extension.
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, SEGMENT_SIZE) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => {
+            file.set_len(SEGMENT_SIZE)?
         }
-        file.set_len(SEGMENT_SIZE)?;
+        Err(e) => return Err(e.into()),
     }
     file.write_all_at(records, 0)?;
     file.sync_all()
