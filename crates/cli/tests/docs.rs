@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pulldown_cmark::{Event, HeadingLevel, Parser, Tag, TagEnd};
+use pulldown_cmark::{Event, Parser, Tag, TagEnd};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
@@ -68,7 +68,9 @@ fn anchors(markdown: &str) -> BTreeSet<String> {
     for event in Parser::new(markdown) {
         match event {
             Event::Start(Tag::Heading { .. }) => heading = Some(String::new()),
-            Event::Text(t) | Event::Code(t) if heading.is_some() => heading.as_mut().unwrap().push_str(&t),
+            Event::Text(t) | Event::Code(t) if heading.is_some() => {
+                heading.as_mut().unwrap().push_str(&t)
+            }
             Event::End(TagEnd::Heading(_)) => {
                 let text = heading.take().unwrap();
                 let id: String = text
@@ -98,9 +100,8 @@ fn anchors(markdown: &str) -> BTreeSet<String> {
 fn link_targets(markdown: &str) -> Vec<String> {
     Parser::new(markdown)
         .filter_map(|event| match event {
-            Event::Start(Tag::Link { dest_url, .. }) | Event::Start(Tag::Image { dest_url, .. }) => {
-                Some(dest_url.to_string())
-            }
+            Event::Start(Tag::Link { dest_url, .. })
+            | Event::Start(Tag::Image { dest_url, .. }) => Some(dest_url.to_string()),
             _ => None,
         })
         .collect()
@@ -122,7 +123,11 @@ fn every_relative_link_points_at_an_existing_file_and_heading() {
                 Some((p, a)) => (p, Some(a)),
                 None => (target.as_str(), None),
             };
-            let dest = if path_part.is_empty() { file.clone() } else { file.parent().unwrap().join(path_part) };
+            let dest = if path_part.is_empty() {
+                file.clone()
+            } else {
+                file.parent().unwrap().join(path_part)
+            };
             let shown = format!("{}: link `{target}`", file.strip_prefix(&root).unwrap().display());
             if !dest.exists() {
                 broken.push(format!("{shown}: no such file {}", dest.display()));
@@ -132,7 +137,9 @@ fn every_relative_link_points_at_an_existing_file_and_heading() {
                 if dest.extension().is_some_and(|e| e == "md") {
                     let headings = anchors(&rendered_text(&dest));
                     if !headings.contains(anchor) {
-                        broken.push(format!("{shown}: no heading with anchor #{anchor} (there are: {headings:?})"));
+                        broken.push(format!(
+                            "{shown}: no heading with anchor #{anchor} (there are: {headings:?})"
+                        ));
                     }
                 }
             }
@@ -153,7 +160,10 @@ fn every_guide_chapter_is_in_the_summary() {
         .map(|f| f.to_string_lossy().into_owned())
         .filter(|f| f != "SUMMARY.md" && !listed.contains(f))
         .collect();
-    assert!(missing.is_empty(), "chapters mdBook would not show (add them to SUMMARY.md): {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "chapters mdBook would not show (add them to SUMMARY.md): {missing:?}"
+    );
 }
 
 #[test]
@@ -161,9 +171,13 @@ fn readme_is_short_and_opens_with_demo_and_test() {
     let root = repo_root();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let lines = readme.lines().count();
-    assert!(lines <= 200, "README.md has {lines} lines; the limit is 200: move detail into docs/guide");
+    assert!(
+        lines <= 200,
+        "README.md has {lines} lines; the limit is 200: move detail into docs/guide"
+    );
     // The first code block is what a reader runs first: the demo, then the test suite.
-    let first_block: String = readme.split("```").nth(1).expect("README.md has no code block").to_string();
+    let first_block: String =
+        readme.split("```").nth(1).expect("README.md has no code block").to_string();
     let commands: Vec<&str> =
         first_block.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(commands, ["scripts/demo", "scripts/test"], "README.md's first code block");
@@ -172,7 +186,10 @@ fn readme_is_short_and_opens_with_demo_and_test() {
     }
     let architecture = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
     let lines = architecture.lines().count();
-    assert!(lines <= 250, "ARCHITECTURE.md has {lines} lines; the limit is 250: move detail into module docs");
+    assert!(
+        lines <= 250,
+        "ARCHITECTURE.md has {lines} lines; the limit is 250: move detail into module docs"
+    );
 }
 
 #[test]
@@ -192,7 +209,10 @@ fn exit_code_chapter_lists_every_code() {
         .filter_map(|l| l.strip_prefix('|')?.split('|').next()?.trim().parse().ok())
         .collect();
     for code in codes {
-        assert!(documented.contains(&code), "exit code {code} of exit.rs is not in docs/guide/src/exit-codes.md");
+        assert!(
+            documented.contains(&code),
+            "exit code {code} of exit.rs is not in docs/guide/src/exit-codes.md"
+        );
     }
 }
 
@@ -201,7 +221,10 @@ fn guide_builds_without_warnings() {
     let mdbook = std::env::var("MDBOOK").unwrap_or_else(|_| "mdbook".into());
     if Command::new(&mdbook).arg("--version").output().is_err() {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(!ci, "`{mdbook}` not found; under CI it must be there (bash .ci/install-deps installs it)");
+        assert!(
+            !ci,
+            "`{mdbook}` not found; under CI it must be there (bash .ci/install-deps installs it)"
+        );
         eprintln!("skipped: `{mdbook}` not found (bash .ci/install-deps installs it)");
         return;
     }
@@ -215,8 +238,10 @@ fn guide_builds_without_warnings() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let complaints: Vec<&str> =
-        stderr.lines().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("error")).collect();
+    let complaints: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("error"))
+        .collect();
     assert!(output.status.success() && complaints.is_empty(), "mdbook build docs/guide:\n{stderr}");
     assert!(out_dir.path().join("index.html").is_file(), "mdbook wrote no index.html:\n{stderr}");
     let recovery = std::fs::read_to_string(out_dir.path().join("recovery.html")).unwrap();
