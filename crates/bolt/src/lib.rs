@@ -7,6 +7,23 @@
 //!
 //! Entry points: [`Db::open`] validates the meta pages; [`walk::walk`] visits every bucket and
 //! key in byte order while running the consistency checks of bbolt's `tx.Check`.
+//!
+//! ## How it works
+//!
+//! Opens a byte slice as a bbolt database (`Db::open`: meta pages, page size, active meta,
+//! truncation) and walks it (`walk::walk`): every bucket and key in byte order, handed to a
+//! `Visitor`, while running the consistency checks of bbolt's `tx.Check` (page bounds and
+//! types, no page used twice, key order, freelist agreement). Problems are collected with the
+//! page id, bucket path and key; a damaged subtree is skipped, not followed. `MappedFile`
+//! memory-maps a file read-only with a shared `flock` (so a running etcd's lock is detected,
+//! not waited on) and can drop its resident pages once the process's file-backed resident
+//! memory passes 24 MiB, which keeps the walk of a multi-GiB file at a few MiB of RSS (the heap
+//! is not counted: a caller holding results must not make every call drop the map). A `Visitor`
+//! gets keys and values for the map's lifetime, so it may keep them without copying. Format
+//! notes: `docs/formats/bolt.md`. The one write path, `write`, encodes leaf, branch and meta
+//! pages and appends a copy-on-write commit past the high-water mark (new pages for changed
+//! nodes only, then a new meta page); restore uses it to change a few buckets of a large file
+//! without rewriting it.
 
 mod file;
 mod meta;

@@ -1,5 +1,23 @@
 //! `etcdguard`: a thin command line over the etcdguard library crates.
 //! Each subcommand lives in `cmd/`; this file only parses arguments and maps errors to exit codes.
+//!
+//! ## How it works
+//!
+//! `main.rs` parses arguments (clap) and maps errors to exit codes (`exit.rs`, one code per
+//! kind of failure a script may want to tell apart; the table is in `--help` and README;
+//! `exit::code_of` maps a workflow `Kind`). `cmd/` has one module per subcommand group; each
+//! turns its flags into the workflow's options (`CreateArgs::options`, `RepoArg::spec`), calls
+//! one library function and prints the result (tables, JSON, the `created` line). Passphrases
+//! are read here (`read_passphrase`), from a file or the environment, never from argv.
+//! `output.rs` replaces std's `print!` family crate-wide so that output into a closed pipe is
+//! not a panic: the command finishes, then the process ends by SIGPIPE (SIGPIPE itself stays
+//! ignored, so a reset socket is an error, never a sudden death midway through a backup).
+//! `args.rs` holds the value parsers flags share (non-empty --repo, names, tokens and paths,
+//! passphrase files others can read), so clap refuses meaningless values with exit 2 before
+//! anything runs. `deploy/kubernetes/` holds the manifests that run the agent (a Deployment, or
+//! a DaemonSet with election) or the one-shot commands (a CronJob), plus Service,
+//! ServiceMonitor and PrometheusRule for monitoring; `tests/agent.rs` checks that the
+//! containers' arguments parse and that every alert queries an `etcdguard_` metric.
 
 // Doc comments here are `--help` text laid out for a terminal (aligned columns, numbered
 // steps with hanging indents), not Markdown.

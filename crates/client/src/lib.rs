@@ -16,6 +16,47 @@
 //!   [`agreement`] over the answers (the check etcd's corruption detection makes).
 //!
 //! Nothing here prints; errors are [`ClientError`]s with an [`ErrorKind`] for exit codes.
+//!
+//! ## How it works
+//!
+//! Everything that talks to a running etcd (3.4 – 3.7), on `etcd-client` (tonic, rustls with
+//! ring; `protoc` is needed at build time). `config` resolves connection settings the way
+//! etcdctl does: flags, then `ETCDCTL_*` variables, then etcdctl's defaults (Go duration
+//! syntax, `--user name:password`; the password is a `Secret` that never prints), and after the
+//! variables what `--etcd-secrets-dir` (mounted Secret file names) and `--etcd-manifest` hold
+//! (read with `crates/node`'s manifest parser, `pods::read_etcd_client_access`), with a note
+//! per value saying where it came from. `conn` opens one connection per endpoint with large
+//! HTTP/2 windows (the server never waits for window updates while streaming), eager connect
+//! within `--dial-timeout`, and turns tonic/rustls/io errors into `ClientError`s whose
+//! `ErrorKind` the CLI maps to exit codes (unknown issuer, rejected client certificate, key not
+//! matching the certificate, connection refused …). `cluster` has endpoint status/health, the
+//! member list, and `choose_member`, a pure function that picks the member to snapshot (a
+//! healthy follower with the highest applied index unless `--snapshot-from` says otherwise) and
+//! says why. `snapshot` streams `Maintenance.Snapshot` into any `Write`, hashing all but the
+//! last 32 bytes seen (`TrailerHasher`) so the trailer is checked however the stream is cut,
+//! with a stall timeout and SIGINT/SIGTERM handling; `PartFile` writes `FILE.part` (0600),
+//! fsyncs, renames, and removes the part file on drop unless committed. `Session` wraps a
+//! single-threaded tokio runtime and is all the CLI uses. `members` has the guarded cluster
+//! changes: pure checks over the member list plus each member's own status (`check_remove`:
+//! quorum now, healthy voters after the removal against the smaller cluster's quorum, not a
+//! healthy member unless forced; `check_add`; `check_promote`: the learner answers and is
+//! within 1000 applied entries of the leader; `defrag_order`: followers first, leader last),
+//! and the `Session` methods that run a check on a fresh member list before calling etcd
+//! (defrag checks every member's health before the next one). `hashkv` asks
+//! `Maintenance.HashKV` on every client URL of every member (`--rev`, or each member's current
+//! revision, asked again at the smallest when they differ) and `agreement` compares the
+//! answers: equal revision ranges (compaction..hash revision) and equal hashes, or which
+//! members differ. `watch` follows every change of the keyspace from a revision
+//! (`Session::follow`: one watch, progress requests on a tick, `ErrCompacted` as its own error)
+//! and lists the leases with their granted TTLs, for continuous capture. `election` is leader
+//! election for agents on etcd's election API. A `Session` cannot host it (its runtime only
+//! runs while a blocking call is in progress), so `Election::start` spawns one thread with its
+//! own current-thread runtime that owns the connection, grants a lease (TTL 15 s by default),
+//! keeps it alive every TTL/3, campaigns, confirms the leader key is ours and watches it; on
+//! any doubt it steps down, revokes the lease when it can, and campaigns again. `is_leader()`
+//! is computed in the caller's thread from the last answered keepalive's send time + TTL − a
+//! margin, a bound etcd's own expiry cannot beat, so two campaigners never both believe they
+//! lead; drop or `shutdown()` resigns.
 
 mod cluster;
 mod config;

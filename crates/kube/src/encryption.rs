@@ -12,6 +12,22 @@
 //! Key names may contain `:`, so a value is matched against the names the configuration has
 //! rather than split at the next colon; without a configuration the name is the text up to
 //! the next `:` (right for every name without a colon).
+//!
+//! ## How it works
+//!
+//! `encryption` loads an `EncryptionConfiguration` (YAML or JSON via `serde_norway`; keys
+//! checked for base64 and size as the API server does; secrets are zeroized and never in
+//! `Debug` or an error) and decrypts `k8s:enc:` values offline with RustCrypto: `aescbc`
+//! (PKCS#7; a plaintext that is not an object counts as a wrong key, since CBC has no integrity
+//! check), `aesgcm` (the full etcd key is the AAD, so `decrypt` takes it), `secretbox`. The
+//! value names its provider and key; only keys of that provider whose `name:` prefixes the
+//! value are tried (names may hold `:`), those of rules covering the key's resource first. KMS
+//! v1/v2 values are described (plugin name, v2 key id) and refused with `NeedsKms`. Every
+//! failure is a typed `DecryptError` for that one value; `decode_stored` folds it into the
+//! `Object` (`encryption.error`) so a listing goes on. `KeyNameTally`/`key_names_used` collect
+//! the (provider, key name) pairs of live encrypted values, each with one sample value for a
+//! trial decryption — for the pre-restore key check. Its test vectors are made by PyPI
+//! `cryptography` and `PyNaCl` (`tests/encryption_vectors/`), never by our code.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};

@@ -5,6 +5,31 @@
 //! (`resourceVersion`, `uid`, `creationTimestamp`, `generation`, `managedFields`, `selfLink`,
 //! `status`) and ordered so that an apply succeeds in one pass: CustomResourceDefinitions,
 //! then Namespaces, then the rest.
+//!
+//! ## How it works
+//!
+//! Object-level recovery sits on `render` (the schema-driven decoder): `extract_to` streams
+//! with memory that does not grow with the data: one walk of the `key` bucket finds the newest
+//! revision of each key that may match the filter (`newest_live`; a necessary test on the key
+//! alone), the live keys are put in apply order — CRDs, Namespaces, the rest, by key within a
+//! stage — and rendered in batches (256 objects or 4 MiB of stored values) on all cores
+//! (`map_in_file_order`), each object as its YAML document, while the previous batch goes in
+//! that order to a sink that writes it at once (stdout, or `DirWriter`). Rendering decrypts,
+//! renders, applies the exact filter (resource, namespace — which includes the Namespace object
+//! itself —, name, `selector`, which is kubectl's `-l` grammar), drops controller-owned objects
+//! and events/leases by default and strips what the API server sets. `DirWriter` refuses a
+//! non-empty directory before the walk and puts one 0600 file per object (temporary name,
+//! rename; one `syncfs` at the end) under `1-customresourcedefinitions/`, `2-namespaces/`,
+//! `3-objects/<ns>/<resource>/` so a recursive apply keeps that order. `history` collects every
+//! revision of one key from the `key` bucket (etcd keeps them all until a compaction), takes
+//! each version's time from `managedFields` (or `creationTimestamp` for a creation) and diffs
+//! consecutive versions without `managedFields`/`resourceVersion`. `jsondiff` is the one
+//! generic field diff (RFC 6902 add/remove/replace at JSON pointers, arrays by index with
+//! removals from the end so the ops apply in order), printed unified-style or as a JSON patch;
+//! `inspect history` and `inspect diff -o yaml|json-patch` use it. `stats` (`inspect stats`)
+//! keeps a few counters per key during the same walk — never a value — and reports per
+//! resource, per namespace, the largest objects and the keys with the most revisions; resource
+//! and namespace come from the key alone.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

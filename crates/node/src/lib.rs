@@ -16,6 +16,50 @@
 //! A failure before step 5 undoes what was done (the old data directory and the manifests go
 //! back, or stay parked when they were parked before), so the node is left as it was.
 //! Nothing is deleted: the old data directory stays beside the new one.
+//!
+//! ## How it works
+//!
+//! `pods` reads the static pod manifests (`serde_norway`, the maintained fork of the deprecated
+//! `serde_yaml` 0.9): etcd's member name, peer URLs, `--initial-cluster`, client ports, image
+//! tag (etcd's major.minor when the image is named etcd), runAsUser, and its data dir on the
+//! host through the pod's hostPath volume; the API server's port; for clients, etcd's client
+//! URLs and TLS files (`read_etcd_client_access`, also from a StatefulSet's or Deployment's pod
+//! template). The command line comes from `command` + `args`, from a `sh -c` script (`script`:
+//! a small shell-word splitter — quotes, escapes, continuation lines, separators — whose words
+//! keep `${VAR}`, `$VAR` and `$(…)` apart; `exec`, `nice`, `ionice`, `hyperkube` and `… --`
+//! wrappers skipped), and from `ETCD_*` variables. Variables are filled in as the kubelet and
+//! the shell would: the container's env (literal values with the kubelet's `$(VAR)`, and
+//! `valueFrom.fieldRef` from `NodeFacts` — flags, else the host's name and address, looked up
+//! only for an etcd container that uses them), then the script's assignments and exports before
+//! the command that runs etcd (OpenShift's `export ETCD_NAME=${NODE_<node>_ETCD_NAME}`). A
+//! value only the running pod knows (a `$(…)` command's output) stays as written, with the
+//! reason kept in `EtcdPod::unresolved`, and is refused where it is needed. The API server's
+//! encryption config is its `--encryption-provider-config`, else
+//! `apiServerArguments.encryption-provider-config` of its `--openshift-config` file, mapped to
+//! the host through the pod's volumes. `Plan::build` finds etcd's manifest (`etcd.yaml`,
+//! `etcd-pod.yaml`, `--etcd-manifest`; live or parked; a `--etcd-manifest` outside the
+//! manifests dir is a copy the values are read from, the live one is what is parked), turns it
+//! into the runbook's steps and checks every step can be taken (changing nothing; `steps()` is
+//! the `--dry-run` text); `Plan::execute` carries them out — park the manifests outside the
+//! watched dir (unless `node park` did), wait for the ports to close and bbolt's flock to go,
+//! move the data dir aside, swap in a backup's PKI dir when given one, restore, give the new
+//! dir the old one's owner, mode and `security.selinux` (`owner`), put the manifests back, wait
+//! for etcd and then the API server (`ready`: `/readyz` over TLS to loopback without
+//! certificate checks, else the port) — and undoes what it did when a step before "manifests
+//! back" fails. `check_snapshot_version` compares the snapshot's storage/cluster version with
+//! the image's. `park` moves etcd's and the API server's manifests aside and waits until both
+//! are down, or puts them back and waits until both serve. The restore itself is a callback, so
+//! this crate does not depend on `storage`; `workflow::node` passes `snapshot restore`'s code
+//! in. `quorum` holds what recovering from quorum loss needs on a node: `probe_targets`/`probe`
+//! (every other old member's peer URL from the manifest's `--initial-cluster` and the
+//! snapshot's member list, plus client URLs where the snapshot records them, each tried with
+//! one TCP connect) and `rewrite_for_join` / `replace_manifest`
+//! (`--initial-cluster-state=existing` and the full `--initial-cluster` set in `--flag=value`
+//! tokens of a list item or `sh -c` script, or in every container's
+//! `ETCD_INITIAL_CLUSTER(_STATE)` env values; an initial cluster the script computes when the
+//! pod starts is left to it; written to a hidden temp file, fsynced, renamed, the previous
+//! version kept outside the watched dir). `Request::new_cluster` makes the plan restore a
+//! cluster of this member only.
 
 pub mod owner;
 pub mod park;

@@ -11,6 +11,17 @@
 //!
 //! [`Certificate`] is small and serde-stable on purpose: it is meant to be recorded in backup
 //! manifests, where fields may be added (with `#[serde(default)]`) but never renamed.
+//!
+//! ## How it works
+//!
+//! `pki` scans a PKI directory for certificates (every PEM CERTIFICATE block of any file, DER
+//! for `.crt`/`.cer`/`.der`; keys and other files skipped, damaged certificate files reported
+//! as problems) with `x509-parser`, and judges expiry at a given time (`expiry_findings`,
+//! `check`: pure, the caller passes the clock). It lives here because the certificates are
+//! facts of the node, like its static pod manifests, and it needs nothing from etcd or the
+//! repository; `pki check` calls it, and so do `backup create --pki-dir` (which records them in
+//! the manifest, through `workflow::certs`) and the agent (expiry metrics). `Certificate` is
+//! serialized into manifests, so it stays small and its fields are only ever added.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};

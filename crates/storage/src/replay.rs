@@ -12,6 +12,19 @@
 //! Revision arithmetic is the proof that nothing is missing: every etcd revision has at
 //! least one change, so the events must continue the database's last revision without a
 //! hole (the same revision for the changes of one Txn, then the next one).
+//!
+//! ## How it works
+//!
+//! `replay` builds point-in-time databases offline (`backup restore --at`): etcd keys its `key`
+//! bucket by revision, so the changes after a snapshot sort after everything in it and are
+//! appended at the bucket's right edge with `bolt::write::Appender::append_sorted` (only the
+//! rightmost path is rewritten; new leaves are streamed to the file as they fill, so a million
+//! revisions never sit in memory). Puts become `main_sub` → the full `mvccpb.KeyValue`
+//! marshalled exactly as etcd does, deletes `main_sub` + `t` → the key alone, so `hashkv` of
+//! the result equals the source cluster's. A `Sequencer` numbers sub-revisions and refuses any
+//! hole in the revisions (every etcd revision has a change); the `lease` bucket becomes the
+//! lease set known at the target revision; `replay_snapshot` copies the image, replays, and
+//! writes a fresh sha256 trailer.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;

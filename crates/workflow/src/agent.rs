@@ -20,6 +20,37 @@
 //! one is recent, none skipped when one is due). A leader that loses its lease during a run
 //! lets the run finish: the repository is crash-safe and locked, so a second backup taken
 //! meanwhile by the new leader is harmless, while stopping midway would only waste the work.
+//!
+//! ## How it works
+//!
+//! The agent is a module here, not a crate of its own: it is a loop over `backup::create` and
+//! `backup::prune` plus a small HTTP server, and keeping it beside them means the agent cannot
+//! drift from the one-shot commands. `agent::run` runs each backup on a worker thread; SIGTERM
+//! and SIGINT (`stop_on_signals`) stop an idle agent at once and a busy one within `STOP_BOUND`
+//! (10 s): the snapshot stream and the upload give up at once, a step that does not (a prune)
+//! is abandoned after `STOP_GRACE` with its spool and this process's repository locks removed,
+//! which leaves what a kill would (the repository is crash-safe). Retention failures count in
+//! `/healthz` after `--prune-failures-unhealthy` (3) in a row. `schedule` says when runs start:
+//! `--every` (first run at start; an overrun starts the next at once) or `--schedule CRON`
+//! (croner, UTC, first run at the first match), each start delayed by a random part of
+//! `--jitter`; the next start follows from the previous *planned* one, so jitter does not
+//! accumulate. `/metrics` is rendered by `prometheus-client` (OpenMetrics text) from the state
+//! at each scrape. The agent logs through `tracing`; the CLI installs the subscriber
+//! (`--log-format text|json`).
+//!
+//! Leader election (on unless `--no-elect` or `--from-file`): `agent::run` starts a
+//! `client::election::Election` named after the repository (`ElectionSettings::for_repository`:
+//! `/etcdguard/agent/` + 16 hex digits of sha256 of the URL and `--cluster`; value host/PID;
+//! lease `--elect-ttl`). At each scheduled time the loop asks `is_leader()` (true only while
+//! the lease is known alive, see the client section); when it does not lead it becomes standby
+//! (`wait_as_standby`): role `standby` in `/metrics` (`etcdguard_agent_role` has both labels,
+//! 0/1), `/healthz` judged from the repository's newest backup (re-read every quarter period, 1
+//! s–60 s) instead of its own runs. On winning the election it re-reads the newest backup and
+//! plans from it with `Schedule::next(newest, Some(newest))`: a due backup runs at once, a
+//! recent one is not repeated. Leadership lost during a run does not stop the run: the
+//! repository's lock and crash safety make an overlapping backup harmless, and aborting would
+//! only waste it. `tests/agent_election.rs` runs three agents on a three-member etcd 3.5 and
+//! kills the leader.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::mpsc;

@@ -1,6 +1,37 @@
 //! The backup workflows: create (from a file or the live cluster), verify, restore, delete,
 //! prune, export URLs and the passphrase keys of a repository. Each takes plain options and
 //! returns what it did; lines for the operator go through the `note` callback.
+//!
+//! ## Following one backup from flag to object store
+//!
+//! `etcdguard backup create --repo s3://b/p --endpoints …`: clap fills
+//! `cmd::backup::CreateArgs`; `cmd::backup::create` calls `CreateArgs::options()` (a
+//! `workflow::backup::CreateOptions` with a `RepoSpec` whose passphrase callback wraps
+//! `read_passphrase`) and then `workflow::backup::create` → `create_live`: `connect` resolves
+//! the etcdctl-style flags into a `client::Session`, `Session::probe_all` +
+//! `client::choose_member` pick the member, `spool::create` makes the private spool (sweeping
+//! dead ones), and the repository is opened first: `repo::open_url` gives the `Store`
+//! (`store::ObjectStoreBackend` for s3://, `LocalDir` for a path), `Repository::open_or_init`
+//! reads or writes `config` (and unlocks keys), `Repository::begin_backup` takes a shared lock
+//! and returns a `BackupWriter`. Then the snapshot is stored while it streams in:
+//! `Session::save_into` runs `Maintenance.Snapshot` on its own thread into a `Tee` that writes
+//! each message to `snapshot.db` in the spool and sends a copy down a bounded channel; on the
+//! caller's thread `BackupWriter::add_snapshot_unhashed` reads that channel (the chunk size
+//! from the first page's page size), cuts page-aligned chunks, and the pipeline
+//! (`repository/pipeline.rs`) hashes, dedups and compresses them (`pack::encode_blob`) into
+//! packs that `Store::put` uploads. The part's whole-file sha256 is not computed there: the
+//! stream's `TrailerHasher` has seen the same bytes and gives it
+//! (`SnapshotSummary::file_sha256`, `UnhashedPart::with_sha256`), once the streamed and stored
+//! byte counts agree. When the stream has ended (trailer checked as it came), `check_snapshot`
+//! checks the spooled file with `storage`: `workflow::snapshot::open_snapshot`
+//! (`SnapshotFile::open`, layout) and `storage::verify` (bbolt walk and schema, which also
+//! yields the `Status`); the trailer is not hashed again (the stream's verdict is passed in),
+//! while a `--from-file` backup runs `SnapshotFile::check_trailer` beside the walk. Only if
+//! that passed does `finish` go on: `add_path`/`add_path_as` add the PKI and other files;
+//! `commit` writes the index and then `backups/<id>.json`, the manifest, last. The `Manifest`
+//! comes back up to `cmd::backup::create`, which prints `text::created_line` or the JSON; the
+//! spool is removed when its `Spool` drops. An error anywhere is a `workflow::Error`;
+//! `exit::report` prints it and exits with `exit::code_of(kind)`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -18,6 +18,37 @@
 //!
 //! What it does not carry: auth (users, roles) and membership changes between fulls — they
 //! are not in the watch stream; the next full backup has them.
+//!
+//! ## How it works
+//!
+//! `capture` is continuous capture and point-in-time restore. `follow` finds the newest full
+//! backup (taking one if there is none), resumes one past the last revision its segments hold
+//! (`repo::segment::chain` proves the coverage) and watches the whole keyspace from there with
+//! `Session::follow` on a thread of its own; this thread buffers the changes and writes a
+//! segment every `segment_interval` (whole revisions only, with the lease set from
+//! `Session::leases`), retrying a failing store while the watch goes on, so the RPO metric
+//! shows an outage and the segments catch up. `ErrCompacted` means the changes are gone: a new
+//! full backup is taken and the lost range recorded under `gaps/`. `full_every` switches to a
+//! new full backup, the old one's segments closed at the new one's revision. `plan_at` picks
+//! the newest full backup at or before a revision or time (times come from the segments'
+//! per-revision receive times) and the segment chain up to it; `materialize` fetches the full
+//! backup's snapshot and feeds the segments' changes, one segment at a time, to
+//! `storage::replay`; `backup::restore` and `node::restore_node` use it for `--at`. `log` lists
+//! the stored changes with the object's kind and name (`crates/kube`). Every segment is written
+//! by one `SegmentWriter` (lease set, retry with backoff until the store answers or a stop
+//! comes); the RPO it reports counts from the oldest change not stored yet (`pending_since`),
+//! or, with nothing waiting, from the last moment capture knew it had everything (a progress
+//! answer, the newest stored change), so it keeps growing while the store or every endpoint is
+//! down. Two writers may overlap (a leader that lost its lease finishing a segment while its
+//! successor starts): `chain` accepts overlaps and the readers (replay, `log`) take each
+//! revision once.
+//!
+//! `agent --continuous` runs `capture::follow` on a worker thread while the agent leads, with a
+//! `Stop` of its own raised when leadership is lost (or on SIGTERM); a failed capture is
+//! restarted with backoff. A new leader's `follow` resumes from the repository (newest full,
+//! its segments' chain), and its RPO starts from the newest stored change's time, so a failover
+//! shows in the metric. `/healthz` of the active agent is the capture's: RPO under
+//! `--rpo-bound`, no gap since the last scheduled full.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;

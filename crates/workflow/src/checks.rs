@@ -10,6 +10,33 @@
 //! watched by every agent, standbys included: in a DaemonSet each agent sees its own node's
 //! PKI directory. A certificate close to expiry is a warning in the `/healthz` body, never a
 //! 503: `/healthz` is the liveness probe, and restarting the agent cannot renew a certificate.
+//!
+//! ## How it works
+//!
+//! What the agent checks besides backing up is `checks` (started by `agent::run`, stopped when
+//! it returns; its results are a `CheckState` inside the agent's state, folded into `/healthz`
+//! and `/metrics`). Scrub and drill run one after the other on one thread of their own, so a
+//! long drill never delays a backup, and only while the agent's role is `active`: the leader
+//! alone reads the repository for them (every agent would read the same objects). A failure is
+//! logged, counted and makes `/healthz` 503 with its reason until the next good run; it never
+//! ends the agent. `scrub` (`--verify-every`, `--verify-budget`) runs `backup verify`'s checks
+//! (`backup::check_stored`, shared with `verify`) on the newest backup, then older ones in
+//! rotation (a `Cursor` between scrubs) until the budget is spent, and reads every pack those
+//! backups use whole (`Repository::packs_of`, `check_pack` in `repo/src/repository/scrub.rs`),
+//! each once per round of the rotation. It takes no lock, so a failure is re-checked against a
+//! prune that ran meanwhile (backup gone: skipped; index rewritten: reloaded, checked once
+//! more). `drill` (`--drill-every`, `--drill-etcd`) fetches the newest backup into a spool,
+//! checks its status against the manifest, restores it with `restore::snapshot_restore`, checks
+//! the restored revision, and with an etcd binary boots it on 127.0.0.1 (free ports, `ETCD_*`
+//! variables removed, `PR_SET_PDEATHSIG` so it dies with the agent, killed by PID) and reads
+//! the first key with `Session::first_key` (`client/src/kv.rs`), which must match the snapshot
+//! at that revision. `certs` turns `node::pki`'s scan into the manifest's `CertificateRecord`s
+//! (`backup create --pki-dir`) and words expiry warnings; a second thread re-reads `--pki-dir`
+//! every minute (else the newest backup's manifest every ten) on every agent, standbys
+//! included, for `etcdguard_certificate_expiry_seconds` and the `/healthz` warning lines (a
+//! warning never turns `/healthz` red: it is the liveness probe, and a restart renews nothing).
+//! `tests/agent_checks.rs` flips a bit in a pack, boots etcd 3.5.1 in a drill and checks
+//! certificate expiry; the agent tests share `tests/agent_support`.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;

@@ -1,6 +1,15 @@
 //! `backup copy` (and the agent's `--copy-to`): backups of one repository into a second one,
 //! which may be another kind of store and is sealed under its own key. See
 //! `etcdguard_repo::repository::copy` for what a copy keeps and checks.
+//!
+//! ## How it works
+//!
+//! `copy::copy` is `backup copy` and the agent's `--copy-to`: it opens the source unlocked,
+//! opens or creates the destination (`InitOptions::like` the source; an encrypted source is
+//! refused into a plain destination), and copies the chosen backups oldest first with
+//! `Repository::copy_backup_from` and `copy_segments_from`; a failure that concerns one backup
+//! (damage at the source, another backup under its id) is reported as a `CopyEvent` and the
+//! rest go on, anything else stops the copy.
 
 use std::collections::BTreeSet;
 

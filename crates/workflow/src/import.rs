@@ -3,6 +3,24 @@
 //! k3s/RKE2 `etcd-snapshot` files (plain or zipped) and etcd-druid full snapshots (plain,
 //! gzip or zlib). Each is unpacked into a private spool if it must be, then checked and
 //! stored exactly as `backup create --from-file` does.
+//!
+//! ## How it works
+//!
+//! `import` is `backup import`: `discover` tells each path's layout (OpenShift's
+//! `cluster-backup.sh` pair, a plain etcdctl file, k3s/RKE2 `etcd-snapshot` files, etcd-druid
+//! full snapshots) and the original time from names (or the mtime, or `--created`), and keeps
+//! what the format says as labels; a packed snapshot (zip, gzip, zlib) and cluster-backup.sh's
+//! tarball are unpacked into a spool; a snapshot whose sha256 and time a stored manifest
+//! already has is skipped; the rest goes through `backup::create_imported`, the `--from-file`
+//! path with an `Original` (time, certificate dir, and the archive to name as the files'
+//! source), so the checks and the order of writes are the same as `backup create`'s.
+//! `openshift` is `backup restore --format openshift`: it reads the node's version
+//! (machine-config daemon's `currentconfig` annotation) and the backup's (the snapshot's
+//! ClusterVersion, through `storage::keys::newest_live`) before writing, refuses another
+//! z-stream with `Kind::Refused`, warns for a backup of the cluster's first 24 hours, and
+//! writes cluster-backup.sh's two files (tarball built with the `tar` crate from the backup's
+//! newest static-pod-resources revisions) by link into place. What `node restore` would need
+//! for k3s/RKE2 is written down in `docs/design/k3s-node-restore.md`.
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -14,6 +14,21 @@
 //! checked (bbolt structure, and the values etcd requires: consistent index = WAL commit,
 //! term = WAL term), and only then renamed into place. A crash leaves at most a hidden
 //! `.<name>.etcdguard-restore-*` dir, never a half-written data dir that etcd would start from.
+//!
+//! ## How it works
+//!
+//! `restore/` writes the data dirs of a new cluster from a snapshot (`snapshot restore`):
+//! `membership` parses peer URLs and derives member and cluster ids with etcd's SHA-1 rules;
+//! `wal` and `snapfile` encode the member's WAL and raft `.snap` (byte-identical to etcdutl
+//! 3.5's, 3.6's or 3.7's: `Flavor`, the release that wrote the snapshot or `--etcd-version`);
+//! `db` copies the bbolt image with the kernel's copy path and applies one small copy-on-write
+//! commit (new `members`, `members_removed`, `meta`, and the tail of `key` for a revision bump)
+//! using the page writer in `crates/bolt/src/write.rs`, so a multi-GiB snapshot is never
+//! loaded. `mod.rs` orders the work for safety: check flags, destinations and the snapshot's
+//! meta pages before writing anything; copy into a hidden temp dir next to the target while the
+//! sha256 and the structure are checked in parallel (a bad snapshot discards the temp dir);
+//! commit, re-read and self-check, fsync, rename into place. Formats:
+//! `docs/formats/wal-and-snap.md`.
 
 pub mod db;
 pub mod membership;
