@@ -167,6 +167,7 @@ def main():
         "config": {
             "User": f"{UID}:{GID}",
             "Entrypoint": ["/usr/local/bin/etcdguard"],
+            "Cmd": ["--help"],
             "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/home/etcdguard"],
             "WorkingDir": "/",
             "Labels": labels,
