@@ -68,7 +68,9 @@ fn host_program(name: &str) -> PathBuf {
 
 /// How to run a program inside an unpacked root: chroot as the image's user when we are root,
 /// else a user namespace (`unshare -r --root`). `None` when the kernel allows neither.
-fn image_runner(root: &Path) -> Option<Box<dyn Fn(&[&str]) -> Output>> {
+type InImage = Box<dyn Fn(&[&str]) -> Output>;
+
+fn image_runner(root: &Path) -> Option<InImage> {
     let root = root.to_path_buf();
     let is_root = unsafe { libc::geteuid() } == 0;
     let run = move |args: &[&str]| -> Output {
