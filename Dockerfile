@@ -1,5 +1,7 @@
-# etcdguard image: `docker build -t etcdguard .` (scripts/image builds the same image without a
-# container engine, as an OCI archive). Runs as the non-root user etcdguard (uid/gid 65532); the
+# etcdguard image: `docker build --build-arg REVISION=$(git rev-parse HEAD) -t etcdguard .`
+# (.git is not sent to the build, so `etcdguard --version` says "commit: unknown"; the label has
+# it). scripts/image builds the same image without a container engine, as an OCI archive.
+# Runs as the non-root user etcdguard (uid/gid 65532); the
 # agent needs read access to the node's PKI, so the Helm chart and deploy/ manifests set the
 # pod's user (kubeadm's etcd keys are root-only 0600: run as uid 0 there, see the chart's values).
 #
@@ -29,6 +31,7 @@ RUN cargo build --release --locked -p etcdguard \
 
 FROM debian:bookworm-slim
 ARG ETCD_VERSION
+ARG REVISION=unknown
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
@@ -40,6 +43,7 @@ COPY --from=build /out/etcdguard /usr/local/bin/etcdguard
 LABEL org.opencontainers.image.title="etcdguard" \
       org.opencontainers.image.description="etcd backup, verification and restore for Kubernetes control planes" \
       org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${REVISION}" \
       io.etcdguard.etcd-version="${ETCD_VERSION}"
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/etcdguard"]
