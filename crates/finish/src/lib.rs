@@ -608,9 +608,7 @@ async fn approve(api: &Api<CertificateSigningRequest>, name: &str) -> Result<(),
         ),
         ..Default::default()
     });
-    let data =
-        serde_json::to_vec(&csr).map_err(|e| Error::new(ErrorKind::Failure, e.to_string()))?;
-    api.replace_subresource("approval", name, &PostParams::default(), &data)
+    api.replace_subresource("approval", name, &PostParams::default(), &csr)
         .await
         .map_err(|e| kube_err(&format!("approving CSR {name}"), e))?;
     Ok(())

@@ -205,6 +205,11 @@ impl ApiServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The admin kubeconfig (for clients other than kubectl, e.g. `KUBECONFIG=…`).
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
     /// kubectl with this server's kubeconfig (admin).
     pub fn kubectl(&self) -> Command {
         let mut cmd = Command::new(kube_binary("kubectl"));
