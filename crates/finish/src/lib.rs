@@ -625,10 +625,8 @@ async fn remove_gone_host(
         let mut e = e.clone();
         let before = serde_json::to_value(&e.subsets).unwrap_or_default();
         for s in e.subsets.iter_mut().flatten() {
-            for list in [&mut s.addresses, &mut s.not_ready_addresses] {
-                if let Some(l) = list {
-                    l.retain(|a| !gone(&a.ip) && a.node_name.as_deref() != Some(g.name.as_str()));
-                }
+            for l in [&mut s.addresses, &mut s.not_ready_addresses].into_iter().flatten() {
+                l.retain(|a| !gone(&a.ip) && a.node_name.as_deref() != Some(g.name.as_str()));
             }
         }
         if let Some(subsets) = e.subsets.as_mut() {
