@@ -528,3 +528,122 @@ fn openshift_forced_redeployment() {
         .to_string();
     assert_ne!(second, first_reason, "each run sets a fresh reason");
 }
+
+/// The HyperShift API module whose HostedCluster CRD the test installs.
+const HYPERSHIFT_API: &str = "v0.0.0-20250331115040-26fc3ceb1929";
+
+#[test]
+fn hypershift_restore_snapshot_url() {
+    let Some(module) = go_module_dir("github.com/openshift/hypershift/api", HYPERSHIFT_API) else {
+        eprintln!(
+            "SKIP: no `go` to download github.com/openshift/hypershift/api (the HostedCluster CRD)"
+        );
+        return;
+    };
+    let crd = module.join(
+        "hypershift/v1beta1/zz_generated.featuregated-crd-manifests/hostedclusters.hypershift.openshift.io/AAA_ungated.yaml",
+    );
+    assert!(crd.is_file(), "{} is not in the module", crd.display());
+    let etcd = EtcdServer::start(EtcdVersion::V3_5);
+    let api = ApiServer::start(etcd.endpoint(), None);
+    // The fragment marks itself with an empty-named feature-gate annotation (its generator's
+    // key, not a valid annotation): left out, the rest is the CRD as published.
+    let crd_text = std::fs::read_to_string(&crd).unwrap();
+    let crd_text = crd_text.replacen(
+        "  annotations:\n    feature-gate.release.openshift.io/: \"true\"\n",
+        "",
+        1,
+    );
+    assert!(
+        !crd_text.contains("feature-gate.release.openshift.io/:"),
+        "the CRD's annotations changed"
+    );
+    kubectl_stdin(&api, &["create", "-f", "-"], &crd_text);
+    etcdguard_testkit::run_checked(api.kubectl().args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/hostedclusters.hypershift.openshift.io",
+    ]));
+    etcdguard_testkit::run_checked(api.kubectl().args(["create", "namespace", "clusters"]));
+    let service = |name: &str| json!({"service": name, "servicePublishingStrategy": {"type": "NodePort", "nodePort": {"address": "192.0.2.30"}}});
+    create(
+        &api,
+        &json!({"apiVersion": "hypershift.openshift.io/v1beta1", "kind": "HostedCluster",
+            "metadata": {"name": "prod", "namespace": "clusters"},
+            "spec": {
+                "release": {"image": "example.invalid/ocp-release:4.18.0-x86_64"},
+                "pullSecret": {"name": "pull-secret"},
+                "platform": {"type": "None"},
+                "networking": {"networkType": "OVNKubernetes"},
+                "etcd": {"managementType": "Managed", "managed": {"storage": {"type": "PersistentVolume"}}},
+                "services": [service("APIServer"), service("OAuthServer"), service("Konnectivity"), service("Ignition")],
+                "pausedUntil": "false"}}),
+        &[],
+    );
+    let hc =
+        || get_json(&api, &["hostedclusters.hypershift.openshift.io", "prod", "-n", "clusters"]);
+    let secret_url = "https://192.0.2.40/etcd-backups/snap.db?X-Amz-Signature=do-not-print-me";
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("url.txt");
+    std::fs::write(&url_file, format!("{secret_url}\n")).unwrap();
+    let url_arg = format!("--restore-snapshot-url-file={}", url_file.display());
+
+    // Dry run: nothing written.
+    let before = hc();
+    let (code, report, stderr, _) = finish(&api, &["--hosted-cluster=clusters/prod", &url_arg]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report["hosted_cluster"]["done"], false);
+    assert_eq!(report["hosted_cluster"]["paused_until_before"], "false");
+    assert_eq!(hc()["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"]);
+
+    // A step fails after the URL was written: both fields are put back.
+    let gen0 = before["metadata"]["generation"].as_i64().unwrap();
+    let out = etcdguard()
+        .args([
+            "cluster",
+            "finish",
+            "-w",
+            "json",
+            "--hosted-cluster=clusters/prod",
+            "--apply",
+            &url_arg,
+        ])
+        .arg(format!("--kubeconfig={}", api.kubeconfig_path().display()))
+        .env("ETCDGUARD_FAILPOINT", "hostedcluster-after-url")
+        .output()
+        .unwrap();
+    expect_code(&out, 1, "failpoint");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("were put back"), "{stderr}");
+    assert!(!stderr.contains("do-not-print-me") && !text(&out.stdout).contains("do-not-print-me"));
+    let after = hc();
+    assert_eq!(after["spec"]["pausedUntil"], "false", "{:#}", after["spec"]);
+    assert!(
+        after["spec"]["etcd"]["managed"]["storage"]["restoreSnapshotURL"].is_null(),
+        "{:#}",
+        after["spec"]
+    );
+    // paused, URL written, both put back: three spec changes.
+    assert_eq!(after["metadata"]["generation"].as_i64().unwrap(), gen0 + 3);
+
+    // The real run: paused, written, resumed to the previous value.
+    let (code, report, stderr, _) =
+        finish(&api, &["--hosted-cluster=clusters/prod", "--apply", &url_arg]);
+    assert_eq!(code, 0, "{stderr}\n{report:#}");
+    assert!(!stderr.contains("do-not-print-me") && !report.to_string().contains("do-not-print-me"));
+    assert_eq!(report["hosted_cluster"]["done"], true);
+    let done = hc();
+    assert_eq!(
+        done["spec"]["etcd"]["managed"]["storage"]["restoreSnapshotURL"],
+        json!([secret_url])
+    );
+    assert_eq!(done["spec"]["pausedUntil"], "false");
+    assert_eq!(done["metadata"]["generation"].as_i64().unwrap(), gen0 + 6);
+    assert!(stderr.contains("reconciliation paused") && stderr.contains("resumed"), "{stderr}");
+
+    // A HostedCluster that does not exist: exit 3 (not found).
+    let (code, _, stderr, _) =
+        finish(&api, &["--hosted-cluster=clusters/none", "--apply", &url_arg]);
+    assert_eq!(code, 3, "no such HostedCluster: {stderr}");
+}

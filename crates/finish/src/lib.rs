@@ -66,6 +66,15 @@ pub struct Options {
     pub wait: Duration,
     /// How often the waits look again.
     pub poll: Duration,
+    /// HyperShift: `NAMESPACE/NAME` of the HostedCluster (the kubeconfig is then the
+    /// management cluster's, and this is the only step).
+    pub hosted_cluster: Option<String>,
+    /// The snapshot URL to write into the HostedCluster (`backup url`'s output; a credential:
+    /// never printed nor reported).
+    pub restore_snapshot_url: Option<String>,
+    /// Test hook (`ETCDGUARD_FAILPOINT`): `hostedcluster-after-url` fails right after the
+    /// URL is written, so the undo runs.
+    pub failpoint: Option<String>,
 }
 
 /// What kind of failure (the CLI maps these to exit codes).
@@ -118,8 +127,22 @@ pub struct Report {
     /// Present on OpenShift (the operator.openshift.io API group is served).
     pub openshift: Option<Vec<Rollout>>,
     pub nodes: Vec<NodeState>,
+    /// HyperShift: the HostedCluster step, when `--hosted-cluster` was given.
+    pub hosted_cluster: Option<HostedClusterStep>,
     /// What is left to do, one sentence each; empty when the cluster is finished.
     pub pending: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HostedClusterStep {
+    /// `namespace/name`
+    pub name: String,
+    /// `spec.pausedUntil` before this run (put back after the write).
+    pub paused_until_before: Option<String>,
+    /// Whether `spec.etcd.managed.storage.restoreSnapshotURL` held a URL before this run.
+    pub had_restore_snapshot_url: bool,
+    /// True once the URL is written and reconciliation resumed.
+    pub done: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -359,6 +382,25 @@ async fn run(
     let (client, server) = connect(kubeconfig).await?;
     progress(&format!("API server {server} (kubeconfig {})", kubeconfig.display()));
     wait_ready(&client, opts, progress).await?;
+    if let Some(hc) = &opts.hosted_cluster {
+        let step = hosted_cluster(&client, opts, hc, progress).await?;
+        let pending = if step.done {
+            Vec::new()
+        } else {
+            vec![format!("write restoreSnapshotURL into HostedCluster {hc} (run with --apply)")]
+        };
+        return Ok(Report {
+            kubeconfig: kubeconfig.display().to_string(),
+            server,
+            applied: opts.apply,
+            csrs: Vec::new(),
+            gone_nodes: Vec::new(),
+            openshift: None,
+            nodes: Vec::new(),
+            hosted_cluster: Some(step),
+            pending,
+        });
+    }
 
     let node_api: Api<Node> = Api::all(client.clone());
     let nodes = node_api
@@ -567,8 +609,121 @@ async fn run(
         gone_nodes,
         openshift: openshift.then_some(rollouts),
         nodes,
+        hosted_cluster: None,
         pending,
     })
+}
+
+async fn merge_patch(
+    api: &Api<DynamicObject>,
+    name: &str,
+    v: serde_json::Value,
+) -> Result<(), kube::Error> {
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&v)).await.map(|_| ())
+}
+
+/// HyperShift: writes `spec.etcd.managed.storage.restoreSnapshotURL` while reconciliation is
+/// paused (`spec.pausedUntil: "true"`), then resumes it. A failed step puts the previous
+/// values of both fields back before the error is returned.
+async fn hosted_cluster(
+    client: &Client,
+    opts: &Options,
+    which: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<HostedClusterStep, Error> {
+    let Some((ns, name)) = which.split_once('/').filter(|(n, m)| !n.is_empty() && !m.is_empty())
+    else {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!("--hosted-cluster {which}: expected NAMESPACE/NAME"),
+        ));
+    };
+    if !serves_group(client, "hypershift.openshift.io").await? {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "the API server does not serve hypershift.openshift.io: --hosted-cluster needs the \
+             management cluster's kubeconfig",
+        ));
+    }
+    let gvk = GroupVersionKind::gvk("hypershift.openshift.io", "v1beta1", "HostedCluster");
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ApiResource::from_gvk_with_plural(&gvk, "hostedclusters"),
+    );
+    let obj = api.get(name).await.map_err(|e| kube_err(&format!("HostedCluster {which}"), e))?;
+    let spec = &obj.data["spec"];
+    let management = spec["etcd"]["managementType"].as_str().unwrap_or_default();
+    if management != "Managed" {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!(
+                "HostedCluster {which}: etcd managementType is {management:?}, not Managed; \
+                 restoreSnapshotURL applies to managed etcd only; nothing was changed"
+            ),
+        ));
+    }
+    let prev_paused = spec["pausedUntil"].clone();
+    let prev_url = spec["etcd"]["managed"]["storage"]["restoreSnapshotURL"].clone();
+    let mut step = HostedClusterStep {
+        name: which.to_string(),
+        paused_until_before: prev_paused.as_str().map(str::to_string),
+        had_restore_snapshot_url: prev_url.as_array().is_some_and(|a| !a.is_empty()),
+        done: false,
+    };
+    if !opts.apply {
+        return Ok(step);
+    }
+    let Some(url) = opts.restore_snapshot_url.as_deref() else {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            "--hosted-cluster --apply needs the snapshot URL: --restore-snapshot-url-file FILE \
+             (the output of `etcdguard backup url`)",
+        ));
+    };
+    let patch = |v: serde_json::Value| merge_patch(&api, name, v);
+    patch(serde_json::json!({"spec": {"pausedUntil": "true"}}))
+        .await
+        .map_err(|e| kube_err(&format!("pausing HostedCluster {which}"), e))?;
+    progress(&format!("HostedCluster {which}: reconciliation paused"));
+    let steps = async {
+        patch(serde_json::json!({"spec": {"etcd": {"managed": {"storage": {"restoreSnapshotURL": [url]}}}}}))
+            .await
+            .map_err(|e| kube_err("writing restoreSnapshotURL", e))?;
+        progress(&format!("HostedCluster {which}: restoreSnapshotURL written"));
+        if opts.failpoint.as_deref() == Some("hostedcluster-after-url") {
+            return Err(Error::new(ErrorKind::Failure, "failpoint hostedcluster-after-url"));
+        }
+        patch(serde_json::json!({"spec": {"pausedUntil": prev_paused.clone()}}))
+            .await
+            .map_err(|e| kube_err("resuming reconciliation", e))?;
+        progress(&format!("HostedCluster {which}: reconciliation resumed"));
+        Ok(())
+    };
+    if let Err(e) = steps.await {
+        let undo = serde_json::json!({"spec": {"pausedUntil": prev_paused,
+            "etcd": {"managed": {"storage": {"restoreSnapshotURL": prev_url}}}}});
+        return Err(match patch(undo).await {
+            Ok(()) => Error::new(
+                e.kind,
+                format!(
+                    "HostedCluster {which}: {}; the previous pausedUntil and restoreSnapshotURL \
+                     were put back",
+                    e.message
+                ),
+            ),
+            Err(u) => Error::new(
+                e.kind,
+                format!(
+                    "HostedCluster {which}: {}; putting the previous values back failed too ({u}): \
+                     check spec.pausedUntil and spec.etcd.managed.storage.restoreSnapshotURL by hand",
+                    e.message
+                ),
+            ),
+        });
+    }
+    step.done = true;
+    Ok(step)
 }
 
 fn ns_name(m: &kube::api::ObjectMeta) -> String {
@@ -752,5 +907,48 @@ async fn redeploy(
             return Ok(rollouts);
         }
         tokio::time::sleep(opts.poll).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(root: &Path) -> Options {
+        Options { root: root.to_path_buf(), ..Default::default() }
+    }
+
+    #[test]
+    fn kubeconfig_flag_then_environment_then_the_node_layout() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let err = resolve_kubeconfig(&opts(r)).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Usage);
+        assert!(err.message.contains("--kubeconfig"), "{}", err.message);
+
+        // k3s only, then OpenShift's recovery kubeconfig too (it comes first).
+        let k3s = r.join("etc/rancher/k3s/k3s.yaml");
+        std::fs::create_dir_all(k3s.parent().unwrap()).unwrap();
+        std::fs::write(&k3s, "x").unwrap();
+        assert_eq!(resolve_kubeconfig(&opts(r)).unwrap(), k3s);
+        let ocp = r.join(NODE_KUBECONFIGS[1].trim_start_matches('/'));
+        std::fs::create_dir_all(ocp.parent().unwrap()).unwrap();
+        std::fs::write(&ocp, "x").unwrap();
+        assert_eq!(resolve_kubeconfig(&opts(r)).unwrap(), ocp);
+
+        // $KUBECONFIG before the layout; a missing one is an error, not a fallback.
+        let env = r.join("env.conf");
+        std::fs::write(&env, "x").unwrap();
+        let mut o = opts(r);
+        o.kubeconfig_env = Some(format!("{}:{}", r.join("nope").display(), env.display()));
+        assert_eq!(resolve_kubeconfig(&o).unwrap(), env);
+        o.kubeconfig_env = Some(r.join("nope").display().to_string());
+        assert_eq!(resolve_kubeconfig(&o).unwrap_err().kind, ErrorKind::NotFound);
+
+        // The flag before everything.
+        o.kubeconfig = Some(k3s.clone());
+        assert_eq!(resolve_kubeconfig(&o).unwrap(), k3s);
+        o.kubeconfig = Some(r.join("missing"));
+        assert_eq!(resolve_kubeconfig(&o).unwrap_err().kind, ErrorKind::NotFound);
     }
 }

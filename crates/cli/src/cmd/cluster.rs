@@ -158,6 +158,10 @@ pub enum ClusterCommand {
     ///     runs the new revision
     ///   - every Node Ready (waited for with --apply, up to --wait)
     ///
+    /// HyperShift (with the management cluster's kubeconfig): --hosted-cluster NS/NAME
+    /// --restore-snapshot-url-file FILE writes the URL of `backup url` into the HostedCluster's
+    /// managed etcd, paused and resumed, with the previous values put back on failure.
+    ///
     /// Without --apply nothing changes (a dry run); exit 0. With --apply it exits 1 when
     /// something is still to do at the end (listed), 17 when --remove-nodes names a Node that
     /// is not a gone host (nothing changed).
@@ -165,6 +169,9 @@ pub enum ClusterCommand {
     /// Runbook: `node restore` (one node) or `cluster recover` (quorum loss), then:
     ///   etcdguard cluster finish --hosts cp-1,cp-2,cp-3
     ///   etcdguard cluster finish --hosts cp-1,cp-2,cp-3 --apply --remove-nodes cp-old --wait 15m
+    ///   etcdguard backup url latest --repo s3://b/p > url.txt
+    ///   etcdguard cluster finish --kubeconfig mgmt.kubeconfig --hosted-cluster clusters/prod \
+    ///       --restore-snapshot-url-file url.txt --apply
     #[command(verbatim_doc_comment)]
     Finish(crate::cmd::finish::FinishArgs),
 }

@@ -40,6 +40,17 @@ pub struct FinishArgs {
     /// Bound of each wait (API server ready, rollouts, Nodes Ready), e.g. 90s, 15m
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     pub wait: Duration,
+    /// HyperShift, with the management cluster's kubeconfig: the HostedCluster (NAMESPACE/NAME)
+    /// whose managed etcd restores from --restore-snapshot-url-file. With --apply its
+    /// reconciliation is paused (spec.pausedUntil), spec.etcd.managed.storage.restoreSnapshotURL
+    /// written, and reconciliation resumed; a failed step puts both fields back. Only this
+    /// step runs.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub hosted_cluster: Option<String>,
+    /// A file holding the snapshot's URL (`etcdguard backup url … > FILE`); a presigned URL is
+    /// a credential, so it is read from a file, never taken from the command line
+    #[arg(long, value_name = "FILE", requires = "hosted_cluster")]
+    pub restore_snapshot_url_file: Option<PathBuf>,
     #[arg(short = 'w', long = "write-out", value_enum, default_value_t = FinishFormat::Table)]
     pub write_out: FinishFormat,
 }
@@ -54,6 +65,12 @@ pub fn run(args: FinishArgs) -> Result<()> {
         remove_nodes: args.remove_nodes.clone(),
         wait: args.wait,
         poll: Duration::from_secs(1).min(args.wait / 4).max(Duration::from_millis(100)),
+        hosted_cluster: args.hosted_cluster.clone(),
+        restore_snapshot_url: match &args.restore_snapshot_url_file {
+            None => None,
+            Some(p) => Some(read_url(p)?),
+        },
+        failpoint: std::env::var("ETCDGUARD_FAILPOINT").ok(),
     };
     let report = etcdguard_finish::finish(&opts, &mut |line| eprintln!("{line}")).map_err(|e| {
         let code = match e.kind {
@@ -80,10 +97,41 @@ pub fn run(args: FinishArgs) -> Result<()> {
     Ok(())
 }
 
+/// The URL in `path` (`backup url`'s output: one line).
+fn read_url(path: &std::path::Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::new(Code::NotFound, format!("--restore-snapshot-url-file {}: {e}", path.display()))
+    })?;
+    let url = text.trim().to_string();
+    if url.lines().count() != 1 || !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(Failure::new(
+            Code::Usage,
+            format!(
+                "--restore-snapshot-url-file {}: expected one http(s) URL (the output of `etcdguard backup url`)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(url)
+}
+
 fn render(r: &Report) -> String {
     let mut out = String::new();
     let verb = |done: bool, would: &str, did: &str| if done { did } else { would }.to_string();
     out.push_str(&format!("API server {} (kubeconfig {})\n", r.server, r.kubeconfig));
+    if let Some(h) = &r.hosted_cluster {
+        out.push_str(&format!(
+            "\nHostedCluster {}: restoreSnapshotURL {} (before: pausedUntil {}, {})\n",
+            h.name,
+            if h.done { "written, reconciliation resumed" } else { "not written" },
+            h.paused_until_before.as_deref().unwrap_or("unset"),
+            if h.had_restore_snapshot_url { "a URL was set" } else { "no URL was set" },
+        ));
+        for p in &r.pending {
+            out.push_str(&format!("  - {p}\n"));
+        }
+        return out;
+    }
     out.push_str("\nPending kubelet CSRs:\n");
     if r.csrs.is_empty() {
         out.push_str("  none\n");
