@@ -177,11 +177,17 @@ pub struct Rollout {
     pub resource: String,
     pub force_redeployment_reason: Option<String>,
     pub latest_available_revision: i64,
-    /// (node name, current revision)
-    pub node_revisions: Vec<(String, i64)>,
+    /// Each node's current revision (`status.nodeStatuses`).
+    pub node_revisions: Vec<NodeRevision>,
     /// The revision a rollout started by this run had to reach, when one was started.
     pub started_above: Option<i64>,
     pub done: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeRevision {
+    pub node: String,
+    pub revision: i64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -343,20 +349,18 @@ fn operator_api(client: &Client, kind: &str, plural: &str) -> Api<DynamicObject>
 
 fn rollout_of(plural: &str, obj: &DynamicObject) -> Rollout {
     let latest = obj.data["status"]["latestAvailableRevision"].as_i64().unwrap_or(0);
-    let node_revisions: Vec<(String, i64)> = obj.data["status"]["nodeStatuses"]
+    let node_revisions: Vec<NodeRevision> = obj.data["status"]["nodeStatuses"]
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|n| {
-                    (
-                        n["nodeName"].as_str().unwrap_or_default().to_string(),
-                        n["currentRevision"].as_i64().unwrap_or(0),
-                    )
+                .map(|n| NodeRevision {
+                    node: n["nodeName"].as_str().unwrap_or_default().to_string(),
+                    revision: n["currentRevision"].as_i64().unwrap_or(0),
                 })
                 .collect()
         })
         .unwrap_or_default();
-    let done = !node_revisions.is_empty() && node_revisions.iter().all(|(_, r)| *r == latest);
+    let done = !node_revisions.is_empty() && node_revisions.iter().all(|n| n.revision == latest);
     Rollout {
         resource: format!("{plural}/cluster"),
         force_redeployment_reason: obj.data["spec"]["forceRedeploymentReason"]
@@ -887,7 +891,7 @@ async fn redeploy(
                 let at = r
                     .node_revisions
                     .iter()
-                    .filter(|(_, rev)| *rev == r.latest_available_revision)
+                    .filter(|n| n.revision == r.latest_available_revision)
                     .count();
                 format!(
                     "{} revision {} ({}/{} nodes)",

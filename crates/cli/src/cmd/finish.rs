@@ -188,7 +188,7 @@ fn render(r: &Report) -> String {
             let at = o
                 .node_revisions
                 .iter()
-                .filter(|(_, rev)| *rev == o.latest_available_revision)
+                .filter(|n| n.revision == o.latest_available_revision)
                 .count();
             rows.push(vec![
                 o.resource.clone(),
