@@ -144,6 +144,37 @@ pub enum ClusterCommand {
     ///
     /// Example: etcdguard cluster hashkv --rev 120000 --endpoints https://10.0.0.1:2379 --cacert ca.crt --cert c.crt --key c.key
     Hashkv(HashkvArgs),
+    /// After etcd is restored: bring the Kubernetes side back. Waits for the API server's
+    /// /readyz, then lists — and with --apply does — what a restore leaves to do:
+    ///
+    ///   - pending kubelet CSRs (client and serving signers), approved only when the
+    ///     requestor is the node the request names (or a bootstrap token for a Node that
+    ///     exists or a host in --hosts) and a serving request's SANs are the Node's addresses;
+    ///     every other one is skipped with the reason
+    ///   - Nodes of control-plane hosts not in --hosts, their node Lease and their entries in
+    ///     the apiserver's endpoints (default/kubernetes): removed only when named in
+    ///     --remove-nodes
+    ///   - OpenShift: a fresh spec.forceRedeploymentReason on the etcd, kube-apiserver,
+    ///     kube-controller-manager and kube-scheduler operators, then waits until every node
+    ///     runs the new revision
+    ///   - every Node Ready (waited for with --apply, up to --wait)
+    ///
+    /// HyperShift (with the management cluster's kubeconfig): --hosted-cluster NS/NAME
+    /// --restore-snapshot-url-file FILE writes the URL of `backup url` into the HostedCluster's
+    /// managed etcd, paused and resumed, with the previous values put back on failure.
+    ///
+    /// Without --apply nothing changes (a dry run); exit 0. With --apply it exits 1 when
+    /// something is still to do at the end (listed), 17 when --remove-nodes names a Node that
+    /// is not a gone host (nothing changed).
+    ///
+    /// Runbook: `node restore` (one node) or `cluster recover` (quorum loss), then:
+    ///   etcdguard cluster finish --hosts cp-1,cp-2,cp-3
+    ///   etcdguard cluster finish --hosts cp-1,cp-2,cp-3 --apply --remove-nodes cp-old --wait 15m
+    ///   etcdguard backup url latest --repo s3://b/p > url.txt
+    ///   etcdguard cluster finish --kubeconfig mgmt.kubeconfig --hosted-cluster clusters/prod \
+    ///       --restore-snapshot-url-file url.txt --apply
+    #[command(verbatim_doc_comment)]
+    Finish(crate::cmd::finish::FinishArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -316,6 +347,7 @@ pub fn run(cmd: ClusterCommand) -> Result<()> {
         ClusterCommand::Alarm(AlarmCommand::List(a)) => alarm_list(a),
         ClusterCommand::Alarm(AlarmCommand::Disarm(a)) => alarm_disarm(a),
         ClusterCommand::Hashkv(a) => hashkv(a),
+        ClusterCommand::Finish(a) => crate::cmd::finish::run(a),
     }
 }
 

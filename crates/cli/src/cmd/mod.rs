@@ -3,6 +3,7 @@ pub mod backup;
 pub mod capture;
 pub mod cluster;
 pub mod copy;
+pub mod finish;
 pub mod import;
 pub mod inspect;
 pub mod node;
