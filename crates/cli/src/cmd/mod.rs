@@ -7,6 +7,7 @@ pub mod import;
 pub mod inspect;
 pub mod node;
 pub mod pki;
+pub mod recover;
 pub mod repair;
 pub mod restore;
 pub mod save;
