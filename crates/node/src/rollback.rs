@@ -113,7 +113,8 @@ impl Rollback {
     }
 
     pub fn steps(&self) -> Vec<String> {
-        let mut s: Vec<String> = self.park.steps().into_iter().map(|s| format!("park: {s}")).collect();
+        let mut s: Vec<String> =
+            self.park.steps().into_iter().map(|s| format!("park: {s}")).collect();
         match (&self.original_data_dir, &self.current_aside) {
             (Some(orig), Some(cur)) => s.push(format!(
                 "move the data dir {} aside to {} and the original {} back",
@@ -129,13 +130,19 @@ impl Rollback {
                 self.data_dir.display(),
                 cur.display()
             )),
-            _ => s.push(format!("the data dir {} stays (nothing was moved aside since the stamp)", self.data_dir.display())),
+            _ => s.push(format!(
+                "the data dir {} stays (nothing was moved aside since the stamp)",
+                self.data_dir.display()
+            )),
         }
         match &self.original_manifest {
             Some(m) => s.push(format!(
                 "write etcd's manifest back as it was ({} → {})",
                 m.display(),
-                self.park.parked_dir.join(self.park.etcd_manifest.file_name().unwrap_or_default()).display()
+                self.park
+                    .parked_dir
+                    .join(self.park.etcd_manifest.file_name().unwrap_or_default())
+                    .display()
             )),
             None => s.push("etcd's manifest stays (it was not rewritten since the stamp)".into()),
         }
@@ -146,13 +153,17 @@ impl Rollback {
                 self.park.wait_timeout.as_secs()
             ));
         } else {
-            s.push("leave the manifests parked (the node was parked before)".into());
+            s.push("leave the manifests parked".into());
         }
         s
     }
 
     /// Carries the rollback out; each step is skipped when done, so it can run again.
-    pub fn execute(&self, req: &RollbackRequest, log: &mut dyn FnMut(&str)) -> Result<Timings, NodeError> {
+    pub fn execute(
+        &self,
+        req: &RollbackRequest,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<Timings, NodeError> {
         let started = Instant::now();
         let mut timings = Timings::default();
         self.park.execute(log)?;
@@ -160,17 +171,23 @@ impl Rollback {
         let move_current = self.original_data_dir.is_some() || self.original_manifest.is_some();
         if let (true, Some(cur)) = (move_current, &self.current_aside) {
             if self.data_dir.exists() {
-                std::fs::rename(&self.data_dir, cur).map_err(|e| io("moving aside", &self.data_dir, e))?;
+                std::fs::rename(&self.data_dir, cur)
+                    .map_err(|e| io("moving aside", &self.data_dir, e))?;
                 log(&format!("moved {} aside to {}", self.data_dir.display(), cur.display()));
             }
         }
         if let Some(orig) = &self.original_data_dir {
             std::fs::rename(orig, &self.data_dir).map_err(|e| io("moving back", orig, e))?;
-            log(&format!("moved the original data dir {} back to {}", orig.display(), self.data_dir.display()));
+            log(&format!(
+                "moved the original data dir {} back to {}",
+                orig.display(),
+                self.data_dir.display()
+            ));
         }
         if let Some(copy) = &self.original_manifest {
             let parked = Park::build(&req.park)?;
-            let target = parked.parked_dir.join(parked.etcd_manifest.file_name().unwrap_or_default());
+            let target =
+                parked.parked_dir.join(parked.etcd_manifest.file_name().unwrap_or_default());
             write_back(copy, &target)?;
             // Marked used, so a second run (the unpark pass) does not take it for new work.
             let mut used = copy.as_os_str().to_os_string();

@@ -203,7 +203,14 @@ pub fn sh_quote(word: &str) -> String {
 impl SshSettings {
     fn command(&self, host: &str, remote: &str) -> Command {
         let mut c = Command::new(self.program.as_deref().unwrap_or("ssh"));
-        c.args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=15"]);
+        c.args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "ConnectTimeout=15",
+        ]);
         if let Some(k) = &self.known_hosts {
             c.arg("-o").arg(format!("UserKnownHostsFile={}", k.display()));
             c.args(["-o", "GlobalKnownHostsFile=/dev/null"]);
@@ -265,7 +272,10 @@ pub enum RecoverEvent<'a> {
     Planned(&'a RecoverState),
     StepStarted(&'a Step),
     StepEnded(&'a Step),
-    RolledBack { host: &'a str, steps: Vec<String> },
+    RolledBack {
+        host: &'a str,
+        steps: Vec<String>,
+    },
 }
 
 /// Where the snapshot comes from.
@@ -358,9 +368,10 @@ pub struct Layout {
 impl Layout {
     fn flags(&self, kubernetes_dir: bool) -> Vec<String> {
         let mut f = Vec::new();
-        let mdir = self.manifests_dir.clone().or_else(|| {
-            self.kubernetes_dir.as_ref().map(|k| k.join("manifests"))
-        });
+        let mdir = self
+            .manifests_dir
+            .clone()
+            .or_else(|| self.kubernetes_dir.as_ref().map(|k| k.join("manifests")));
         if let Some(m) = mdir {
             f.extend(["--manifests-dir".into(), m.display().to_string()]);
         }
@@ -449,7 +460,8 @@ fn remote_failed(host: &str, what: &str, r: &Remote) -> Error {
     if let Some(e) = ssh_error(host, r) {
         return e;
     }
-    let last = r.stderr_tail.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
+    let last =
+        r.stderr_tail.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
     let kind = match r.code {
         Some(17) => Kind::Refused,
         Some(12) => Kind::Unreachable,
@@ -461,7 +473,9 @@ fn remote_failed(host: &str, what: &str, r: &Remote) -> Error {
     let code = r.code.map_or("a signal".to_string(), |c| format!("exit {c}"));
     let mut e = Error::new(kind, format!("{host}: {what} failed ({code}): {last}"));
     if r.code == Some(127) {
-        e = e.with_hint("etcdguard is not on that host's PATH: install it there, or give --remote-binary PATH");
+        e = e.with_hint(
+            "etcdguard is not on that host's PATH: install it there, or give --remote-binary PATH",
+        );
     }
     e
 }
@@ -493,12 +507,11 @@ fn facts_of(
 pub fn save_state(path: &Path, state: &RecoverState) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap_or_default().to_string_lossy()));
     let text = serde_json::to_vec_pretty(state).expect("state serializes");
-    let io = |e: std::io::Error| Error::failure(format!("writing the state file {}: {e}", path.display()));
+    let io = |e: std::io::Error| {
+        Error::failure(format!("writing the state file {}: {e}", path.display()))
+    };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -517,7 +530,10 @@ pub fn save_state(path: &Path, state: &RecoverState) -> Result<()> {
 pub fn load_state(path: &Path) -> Result<Option<RecoverState>> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-            Error::usage(format!("the state file {} is not one `cluster recover` wrote: {e}", path.display()))
+            Error::usage(format!(
+                "the state file {} is not one `cluster recover` wrote: {e}",
+                path.display()
+            ))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::failure(format!("reading {}: {e}", path.display()))),
@@ -527,7 +543,9 @@ pub fn load_state(path: &Path) -> Result<Option<RecoverState>> {
 /// Preflight on every host, then the plan. Changes nothing.
 pub fn plan(opts: &RecoverOptions, on: &mut dyn FnMut(RecoverEvent<'_>)) -> Result<RecoverState> {
     if opts.hosts.len() < 2 {
-        return Err(Error::usage("--hosts needs every control-plane host (two or more), comma-separated"));
+        return Err(Error::usage(
+            "--hosts needs every control-plane host (two or more), comma-separated",
+        ));
     }
     let restore_host = opts.restore_on.clone().unwrap_or_else(|| opts.hosts[0].clone());
     if !opts.hosts.contains(&restore_host) {
@@ -537,15 +555,29 @@ pub fn plan(opts: &RecoverOptions, on: &mut dyn FnMut(RecoverEvent<'_>)) -> Resu
     // The snapshot first: a bad local file stops everything before any host is asked.
     let source = match (&opts.snapshot, &opts.backup) {
         (Some(p), None) => {
-            on(RecoverEvent::Note(&format!("checking {} (sha256 trailer and structure)", p.display())));
+            on(RecoverEvent::Note(&format!(
+                "checking {} (sha256 trailer and structure)",
+                p.display()
+            )));
             let bytes = std::fs::metadata(p)
                 .map_err(|e| Error::new(Kind::NotFound, format!("{}: {e}", p.display())))?
                 .len();
             let (status, _) = crate::snapshot::check_snapshot(p, false)?;
-            Source::LocalFile { path: p.clone(), bytes, revision: status.revision, total_keys: status.total_key }
+            Source::LocalFile {
+                path: p.clone(),
+                bytes,
+                revision: status.revision,
+                total_keys: status.total_key,
+            }
         }
-        (None, Some((id, repo, pf))) => Source::Backup { id: id.clone(), repo: repo.clone(), passphrase_file: pf.clone() },
-        _ => return Err(Error::usage("give the snapshot to restore: --snapshot FILE or --backup ID --repo URL")),
+        (None, Some((id, repo, pf))) => {
+            Source::Backup { id: id.clone(), repo: repo.clone(), passphrase_file: pf.clone() }
+        }
+        _ => {
+            return Err(Error::usage(
+                "give the snapshot to restore: --snapshot FILE or --backup ID --repo URL",
+            ))
+        }
     };
     let mut hosts = Vec::new();
     for h in &opts.hosts {
@@ -559,9 +591,13 @@ pub fn plan(opts: &RecoverOptions, on: &mut dyn FnMut(RecoverEvent<'_>)) -> Resu
     let versions: std::collections::BTreeSet<&str> =
         hosts.iter().map(|h| h.facts.version.as_str()).collect();
     if versions.len() > 1 {
-        let each: Vec<String> = hosts.iter().map(|h| format!("{}: {}", h.host, h.facts.version)).collect();
-        return Err(Error::usage(format!("the hosts run different etcdguard versions ({}); nothing was changed", each.join("; ")))
-            .with_hint("install the same etcdguard on every control-plane host"));
+        let each: Vec<String> =
+            hosts.iter().map(|h| format!("{}: {}", h.host, h.facts.version)).collect();
+        return Err(Error::usage(format!(
+            "the hosts run different etcdguard versions ({}); nothing was changed",
+            each.join("; ")
+        ))
+        .with_hint("install the same etcdguard on every control-plane host"));
     }
     if versions.first() != Some(&opts.version.as_str()) {
         notes.push(format!(
@@ -590,11 +626,14 @@ pub fn plan(opts: &RecoverOptions, on: &mut dyn FnMut(RecoverEvent<'_>)) -> Resu
         Source::Backup { .. } => None,
     };
     let remote_snapshot = match &source {
-        Source::LocalFile { path, .. } => Some(PathBuf::from(opts.remote_dir.display().to_string().replace("{host}", &restore_host)).join(format!(
-            "etcdguard-recover-{}-{}",
-            stamp(),
-            path.file_name().unwrap_or_default().to_string_lossy()
-        ))),
+        Source::LocalFile { path, .. } => Some(
+            PathBuf::from(opts.remote_dir.display().to_string().replace("{host}", &restore_host))
+                .join(format!(
+                    "etcdguard-recover-{}-{}",
+                    stamp(),
+                    path.file_name().unwrap_or_default().to_string_lossy()
+                )),
+        ),
         Source::Backup { .. } => None,
     };
     if let Some(size) = size {
@@ -617,7 +656,8 @@ pub fn plan(opts: &RecoverOptions, on: &mut dyn FnMut(RecoverEvent<'_>)) -> Resu
     }
     if let Source::Backup { id, repo, passphrase_file } = &source {
         // The restore host must read the backup: verify it there.
-        let mut args: Vec<String> = vec!["backup".into(), "verify".into(), id.clone(), "--repo".into(), repo.clone()];
+        let mut args: Vec<String> =
+            vec!["backup".into(), "verify".into(), id.clone(), "--repo".into(), repo.clone()];
         if let Some(p) = passphrase_file {
             args.extend(["--passphrase-file".into(), p.display().to_string()]);
         }
@@ -625,7 +665,9 @@ pub fn plan(opts: &RecoverOptions, on: &mut dyn FnMut(RecoverEvent<'_>)) -> Resu
         let r = run_remote(&opts.ssh, &restore_host, &args, None, None, on)?;
         if r.code != Some(0) {
             return Err(remote_failed(&restore_host, "reading and verifying the backup", &r)
-                .with_hint("the restore host must read the repository (its URL, credentials, passphrase file)"));
+                .with_hint(
+                "the restore host must read the repository (its URL, credentials, passphrase file)",
+            ));
         }
     }
     let mut steps = Vec::new();
@@ -639,19 +681,56 @@ pub fn plan(opts: &RecoverOptions, on: &mut dyn FnMut(RecoverEvent<'_>)) -> Resu
         error: None,
     };
     if let (Source::LocalFile { path, .. }, Some(dest)) = (&source, &remote_snapshot) {
-        steps.push(step(StepKind::CopySnapshot, &restore_host, format!("copy {} to {}:{} and verify it there", path.display(), restore_host, dest.display())));
+        steps.push(step(
+            StepKind::CopySnapshot,
+            &restore_host,
+            format!(
+                "copy {} to {}:{} and verify it there",
+                path.display(),
+                restore_host,
+                dest.display()
+            ),
+        ));
     }
     for h in &hosts {
-        let what = if h.facts.parked { "node park (parked already: waits until down)" } else { "node park: stop etcd and the API server" };
+        let what = if h.facts.parked {
+            "node park (parked already: waits until down)"
+        } else {
+            "node park: stop etcd and the API server"
+        };
         steps.push(step(StepKind::Park, &h.host, what.to_string()));
     }
     let r = hosts.iter().find(|h| h.host == restore_host).expect("checked");
-    steps.push(step(StepKind::Restore, &restore_host, format!("node restore --new-cluster: member {} from the snapshot, data dir {}", r.facts.member, r.facts.data_dir.display())));
-    steps.push(step(StepKind::WaitHealthy, &restore_host, format!("wait until {} is healthy", r.facts.client_urls.join(","))));
+    steps.push(step(
+        StepKind::Restore,
+        &restore_host,
+        format!(
+            "node restore --new-cluster: member {} from the snapshot, data dir {}",
+            r.facts.member,
+            r.facts.data_dir.display()
+        ),
+    ));
+    steps.push(step(
+        StepKind::WaitHealthy,
+        &restore_host,
+        format!("wait until {} is healthy", r.facts.client_urls.join(",")),
+    ));
     for h in hosts.iter().filter(|h| h.host != restore_host) {
-        steps.push(step(StepKind::Join, &h.host, format!("node join --endpoints {}: member {} added as a learner, started, promoted", r.facts.client_urls.join(","), h.facts.member)));
+        steps.push(step(
+            StepKind::Join,
+            &h.host,
+            format!(
+                "node join --endpoints {}: member {} added as a learner, started, promoted",
+                r.facts.client_urls.join(","),
+                h.facts.member
+            ),
+        ));
     }
-    steps.push(step(StepKind::WaitAllHealthy, &restore_host, "wait until every member is healthy".into()));
+    steps.push(step(
+        StepKind::WaitAllHealthy,
+        &restore_host,
+        "wait until every member is healthy".into(),
+    ));
     let state = RecoverState {
         outcome: Outcome::Planned,
         restore_host,
@@ -668,11 +747,17 @@ pub fn plan(opts: &RecoverOptions, on: &mut dyn FnMut(RecoverEvent<'_>)) -> Resu
 }
 
 /// The whole recovery: plan (or the state file with `resume`), then the steps.
-pub fn recover(opts: &RecoverOptions, on: &mut dyn FnMut(RecoverEvent<'_>)) -> Result<RecoverState> {
+pub fn recover(
+    opts: &RecoverOptions,
+    on: &mut dyn FnMut(RecoverEvent<'_>),
+) -> Result<RecoverState> {
     let existing = load_state(&opts.state_file)?;
     let mut state = if opts.resume {
         let Some(s) = existing else {
-            return Err(Error::usage(format!("--resume: there is no state file {}", opts.state_file.display())));
+            return Err(Error::usage(format!(
+                "--resume: there is no state file {}",
+                opts.state_file.display()
+            )));
         };
         if s.outcome != Outcome::Running {
             return Err(Error::usage(format!(
@@ -686,7 +771,11 @@ pub fn recover(opts: &RecoverOptions, on: &mut dyn FnMut(RecoverEvent<'_>)) -> R
         hosts.sort();
         asked.sort();
         if !opts.hosts.is_empty() && hosts != asked {
-            return Err(Error::usage(format!("--resume: the state file is for the hosts {}, not {}", hosts.join(","), asked.join(","))));
+            return Err(Error::usage(format!(
+                "--resume: the state file is for the hosts {}, not {}",
+                hosts.join(","),
+                asked.join(",")
+            )));
         }
         on(RecoverEvent::Note(&format!("resuming the recovery in {}", opts.state_file.display())));
         on(RecoverEvent::Planned(&s));
@@ -735,13 +824,23 @@ pub fn recover(opts: &RecoverOptions, on: &mut dyn FnMut(RecoverEvent<'_>)) -> R
                 save_state(&opts.state_file, &state)?;
                 let summary = match rolled {
                     Ok(hosts) if hosts.is_empty() => "nothing had been changed".to_string(),
-                    Ok(hosts) => format!("rolled back {}: each is as it was before the recovery", hosts.join(", ")),
+                    Ok(hosts) => format!(
+                        "rolled back {}: each is as it was before the recovery",
+                        hosts.join(", ")
+                    ),
                     Err(r) => format!("the rollback failed too: {}", r.message),
                 };
                 let step = &state.steps[i];
-                return Err(Error::new(e.kind, format!("step `{}` on {} failed: {}; {summary}", step.what, step.host, e.message)).with_hint(
-                    e.hint.unwrap_or_else(|| "fix the cause on that host, then run `cluster recover` again".into()),
-                ));
+                return Err(Error::new(
+                    e.kind,
+                    format!(
+                        "step `{}` on {} failed: {}; {summary}",
+                        step.what, step.host, e.message
+                    ),
+                )
+                .with_hint(e.hint.unwrap_or_else(|| {
+                    "fix the cause on that host, then run `cluster recover` again".into()
+                })));
             }
         }
     }
@@ -776,24 +875,36 @@ fn run_step(state: &RecoverState, step: &Step, on: &mut dyn FnMut(RecoverEvent<'
     };
     match step.kind {
         StepKind::CopySnapshot => {
-            let (Source::LocalFile { path, .. }, Some(dest)) = (&state.source, &state.remote_snapshot) else {
+            let (Source::LocalFile { path, .. }, Some(dest)) =
+                (&state.source, &state.remote_snapshot)
+            else {
                 return Ok(());
             };
-            let f = std::fs::File::open(path).map_err(|e| Error::new(Kind::NotFound, format!("{}: {e}", path.display())))?;
+            let f = std::fs::File::open(path)
+                .map_err(|e| Error::new(Kind::NotFound, format!("{}: {e}", path.display())))?;
             let d = sh_quote(&dest.display().to_string());
             let part = sh_quote(&format!("{}.part", dest.display()));
             let dir = sh_quote(&dest.parent().unwrap_or(Path::new("/")).display().to_string());
             // umask: the copy holds every secret of the cluster.
-            let remote = format!("umask 077 && mkdir -p -- {dir} && cat > {part} && mv -f -- {part} {d}");
-            check(run_remote(ssh, &step.host, &[], Some(f), Some(remote), on)?, "copying the snapshot")?;
+            let remote =
+                format!("umask 077 && mkdir -p -- {dir} && cat > {part} && mv -f -- {part} {d}");
+            check(
+                run_remote(ssh, &step.host, &[], Some(f), Some(remote), on)?,
+                "copying the snapshot",
+            )?;
             let facts = facts_of(ssh, &step.host, &host.layout, Some(dest), on)?;
-            let got = facts.snapshot.ok_or_else(|| Error::failure("the copied snapshot was not checked"))?;
+            let got = facts
+                .snapshot
+                .ok_or_else(|| Error::failure("the copied snapshot was not checked"))?;
             if let Source::LocalFile { bytes, revision, .. } = &state.source {
                 if got.bytes != *bytes || got.revision != *revision {
                     return Err(Error::failure(format!("the copy on {} has {} bytes at revision {}, the original {bytes} at {revision}", step.host, got.bytes, got.revision)));
                 }
             }
-            on(RecoverEvent::Note(&format!("  the copy verifies on {}: revision {}, {} keys", step.host, got.revision, got.total_keys)));
+            on(RecoverEvent::Note(&format!(
+                "  the copy verifies on {}: revision {}, {} keys",
+                step.host, got.revision, got.total_keys
+            )));
         }
         StepKind::Park => {
             let mut a = node("park");
@@ -831,12 +942,15 @@ fn run_step(state: &RecoverState, step: &Step, on: &mut dyn FnMut(RecoverEvent<'
                         break;
                     }
                     if Instant::now() > deadline {
-                        return Err(Error::new(Kind::Unreachable, format!(
-                            "{}: etcd did not become healthy within {} s ({})",
-                            h.host,
-                            state.wait_timeout_secs,
-                            f.health_error.unwrap_or_default()
-                        )));
+                        return Err(Error::new(
+                            Kind::Unreachable,
+                            format!(
+                                "{}: etcd did not become healthy within {} s ({})",
+                                h.host,
+                                state.wait_timeout_secs,
+                                f.health_error.unwrap_or_default()
+                            ),
+                        ));
                     }
                     std::thread::sleep(Duration::from_secs(1));
                 }
@@ -846,8 +960,17 @@ fn run_step(state: &RecoverState, step: &Step, on: &mut dyn FnMut(RecoverEvent<'
             let mut a = node("join");
             a.extend(["--endpoints".into(), restore.facts.client_urls.join(",")]);
             if restore.facts.client_urls.iter().any(|u| u.starts_with("https")) {
-                if let (Some(c), Some(cert), Some(k)) = (&host.facts.cacert, &host.facts.cert, &host.facts.key) {
-                    a.extend(["--cacert".into(), c.display().to_string(), "--cert".into(), cert.display().to_string(), "--key".into(), k.display().to_string()]);
+                if let (Some(c), Some(cert), Some(k)) =
+                    (&host.facts.cacert, &host.facts.cert, &host.facts.key)
+                {
+                    a.extend([
+                        "--cacert".into(),
+                        c.display().to_string(),
+                        "--cert".into(),
+                        cert.display().to_string(),
+                        "--key".into(),
+                        k.display().to_string(),
+                    ]);
                 }
             }
             a.extend(wait_timeout_flag(state));
@@ -865,7 +988,9 @@ fn rollback(state: &RecoverState, on: &mut dyn FnMut(RecoverEvent<'_>)) -> Resul
         .iter()
         .filter(|h| {
             state.steps.iter().any(|s| {
-                s.host == h.host && s.kind != StepKind::CopySnapshot && s.status != StepStatus::Pending
+                s.host == h.host
+                    && s.kind != StepKind::CopySnapshot
+                    && s.status != StepStatus::Pending
                     && !matches!(s.kind, StepKind::WaitHealthy | StepKind::WaitAllHealthy)
             })
         })
@@ -877,18 +1002,33 @@ fn rollback(state: &RecoverState, on: &mut dyn FnMut(RecoverEvent<'_>)) -> Resul
             if unpark && h.facts.parked {
                 continue; // parked before the recovery: it stays parked
             }
-            let mut a: Vec<String> = vec!["node".into(), "rollback".into(), "--since".into(), h.facts.now.clone(), "-w".into(), "json".into()];
+            let mut a: Vec<String> = vec![
+                "node".into(),
+                "rollback".into(),
+                "--since".into(),
+                h.facts.now.clone(),
+                "-w".into(),
+                "json".into(),
+            ];
             a.extend(h.layout.iter().cloned());
             a.extend(["--timeout".into(), format!("{}s", state.wait_timeout_secs)]);
             if unpark {
                 a.push("--unpark".into());
             }
-            on(RecoverEvent::Note(&format!("rollback pass {pass} on {}{}", h.host, if unpark { " (unpark)" } else { "" })));
+            on(RecoverEvent::Note(&format!(
+                "rollback pass {pass} on {}{}",
+                h.host,
+                if unpark { " (unpark)" } else { "" }
+            )));
             match run_remote(&state.ssh, &h.host, &a, None, None, on) {
                 Ok(r) if r.code == Some(0) => {
                     let steps: Vec<String> = serde_json::from_slice::<serde_json::Value>(&r.stdout)
                         .ok()
-                        .and_then(|v| v["steps"].as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()))
+                        .and_then(|v| {
+                            v["steps"].as_array().map(|a| {
+                                a.iter().filter_map(|s| s.as_str().map(String::from)).collect()
+                            })
+                        })
                         .unwrap_or_default();
                     on(RecoverEvent::RolledBack { host: &h.host, steps });
                     if !done.contains(&h.host) {
@@ -897,7 +1037,10 @@ fn rollback(state: &RecoverState, on: &mut dyn FnMut(RecoverEvent<'_>)) -> Resul
                 }
                 Ok(r) => {
                     let e = remote_failed(&h.host, "node rollback", &r);
-                    on(RecoverEvent::Note(&format!("rollback on {} failed: {}", h.host, e.message)));
+                    on(RecoverEvent::Note(&format!(
+                        "rollback on {} failed: {}",
+                        h.host, e.message
+                    )));
                     first_error.get_or_insert(e);
                 }
                 Err(e) => {

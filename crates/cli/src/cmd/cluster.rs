@@ -159,6 +159,7 @@ pub enum ClusterCommand {
     ///      (--restore-on, default the first host) and wait until it is healthy;
     ///   5. `node join` each other host, one at a time; 6. wait until every member is healthy.
     ///      restore and join wait for their host's API server (/readyz) when it has a manifest.
+    ///
     /// Each step's start and end are printed with their times, and the plan's state is kept
     /// in --state-file: after a kill, `--resume` goes on at the first unfinished step. When a
     /// step fails, every host a step touched is rolled back (`node rollback`: parked, its

@@ -381,32 +381,70 @@ fn node_preflight(args: NodePreflightArgs) -> Result<()> {
         dry_run: true,
         node: NodeFactArgs { node_name: args.node.node_name.clone(), node_ip: args.node.node_ip },
     };
-    let facts = etcdguard_workflow::recover::host_facts(&etcdguard_workflow::recover::FactsOptions {
-        version: version(),
-        park: park_request(&park),
-        snapshot: args.snapshot.clone(),
-        skip_hash_check: false,
-    })?;
+    let facts =
+        etcdguard_workflow::recover::host_facts(&etcdguard_workflow::recover::FactsOptions {
+            version: version(),
+            park: park_request(&park),
+            snapshot: args.snapshot.clone(),
+            skip_hash_check: false,
+        })?;
     match args.write_out {
         NodeFormat::Json => println!("{}", serde_json::to_string_pretty(&facts)?),
         NodeFormat::Table => {
-            let opt = |p: &Option<PathBuf>| p.as_ref().map_or("-".into(), |p| p.display().to_string());
+            let opt =
+                |p: &Option<PathBuf>| p.as_ref().map_or("-".into(), |p| p.display().to_string());
             let mut rows = vec![
                 vec!["etcdguard".into(), facts.version.clone()],
                 vec!["clock (stamp)".into(), facts.now.clone()],
-                vec!["etcd manifest".into(), format!("{}{}", facts.etcd_manifest.display(), if facts.parked { " (parked)" } else { "" })],
+                vec![
+                    "etcd manifest".into(),
+                    format!(
+                        "{}{}",
+                        facts.etcd_manifest.display(),
+                        if facts.parked { " (parked)" } else { "" }
+                    ),
+                ],
                 vec!["member".into(), facts.member.clone()],
-                vec!["data dir".into(), format!("{}{}", facts.data_dir.display(), if facts.data_dir_exists { "" } else { " (missing)" })],
-                vec!["free space".into(), etcdguard_storage::status::humanize_bytes(facts.free_bytes)],
+                vec![
+                    "data dir".into(),
+                    format!(
+                        "{}{}",
+                        facts.data_dir.display(),
+                        if facts.data_dir_exists { "" } else { " (missing)" }
+                    ),
+                ],
+                vec![
+                    "free space".into(),
+                    etcdguard_storage::status::humanize_bytes(facts.free_bytes),
+                ],
                 vec!["peer URLs".into(), facts.peer_urls.clone().unwrap_or_else(|| "-".into())],
                 vec!["client URLs".into(), facts.client_urls.join(",")],
-                vec!["TLS (ca, cert, key)".into(), format!("{}, {}, {}", opt(&facts.cacert), opt(&facts.cert), opt(&facts.key))],
+                vec![
+                    "TLS (ca, cert, key)".into(),
+                    format!("{}, {}, {}", opt(&facts.cacert), opt(&facts.cert), opt(&facts.key)),
+                ],
                 vec!["API server".into(), facts.apiserver.clone().unwrap_or_else(|| "none".into())],
                 vec!["etcd answers".into(), facts.etcd_answers.to_string()],
-                vec!["etcd healthy (quorum)".into(), match &facts.health_error { None => "true".into(), Some(e) => format!("false ({e})") }],
+                vec![
+                    "etcd healthy (quorum)".into(),
+                    match &facts.health_error {
+                        None => "true".into(),
+                        Some(e) => format!("false ({e})"),
+                    },
+                ],
             ];
             if let Some(s) = &facts.snapshot {
-                rows.push(vec!["snapshot".into(), format!("{}: {}, revision {}, {} keys, verified; {} free there", s.path.display(), etcdguard_storage::status::humanize_bytes(s.bytes), s.revision, s.total_keys, etcdguard_storage::status::humanize_bytes(s.free_bytes))]);
+                rows.push(vec![
+                    "snapshot".into(),
+                    format!(
+                        "{}: {}, revision {}, {} keys, verified; {} free there",
+                        s.path.display(),
+                        etcdguard_storage::status::humanize_bytes(s.bytes),
+                        s.revision,
+                        s.total_keys,
+                        etcdguard_storage::status::humanize_bytes(s.free_bytes)
+                    ),
+                ]);
             }
             print!("{}", crate::cmd::table(&rows));
         }
@@ -416,7 +454,11 @@ fn node_preflight(args: NodePreflightArgs) -> Result<()> {
 
 fn node_rollback(args: NodeRollbackArgs) -> Result<()> {
     use etcdguard_node::rollback::{Rollback, RollbackRequest};
-    let req = RollbackRequest { park: park_request(&args.park), since: args.since.clone(), unpark: args.unpark };
+    let req = RollbackRequest {
+        park: park_request(&args.park),
+        since: args.since.clone(),
+        unpark: args.unpark,
+    };
     let rb = Rollback::build(&req).map_err(node_error)?;
     let steps = rb.steps();
     let json = matches!(args.write_out, NodeFormat::Json);
@@ -431,9 +473,19 @@ fn node_rollback(args: NodeRollbackArgs) -> Result<()> {
     }
     let timings = rb.execute(&req, &mut |line| eprintln!("{line}")).map_err(node_error)?;
     if json {
-        println!("{}", serde_json::json!({ "dry_run": false, "steps": steps, "seconds": timings.steps.last().map(|s| s.1.as_secs_f64()) }));
+        println!(
+            "{}",
+            serde_json::json!({ "dry_run": false, "steps": steps, "seconds": timings.steps.last().map(|s| s.1.as_secs_f64()) })
+        );
     } else {
-        println!("Rolled back: {}.", if rb.unpark { "the node runs its original etcd again" } else { "the node is parked with its original data dir and manifest" });
+        println!(
+            "Rolled back: {}.",
+            if rb.unpark {
+                "the node runs its original etcd again"
+            } else {
+                "the node is parked with its original data dir and manifest"
+            }
+        );
         print_timings(&timings);
     }
     Ok(())

@@ -106,7 +106,11 @@ fn print_plan(s: &RecoverState) {
                 "down".into()
             },
             f.parked.to_string(),
-            format!("{}{}", f.data_dir.display(), if f.data_dir_exists { "" } else { " (missing)" }),
+            format!(
+                "{}{}",
+                f.data_dir.display(),
+                if f.data_dir_exists { "" } else { " (missing)" }
+            ),
             etcdguard_storage::status::humanize_bytes(f.free_bytes),
             f.version.clone(),
         ]);
@@ -226,7 +230,9 @@ pub fn run(args: RecoverArgs) -> Result<()> {
     let times: Vec<String> = state
         .steps
         .iter()
-        .map(|s| format!("{:?} {} {:.1} s", s.kind, s.host, s.seconds.unwrap_or(0.0)).to_lowercase())
+        .map(|s| {
+            format!("{:?} {} {:.1} s", s.kind, s.host, s.seconds.unwrap_or(0.0)).to_lowercase()
+        })
         .collect();
     println!("Times: {}.", times.join(", "));
     println!("The old data dirs are kept beside the new ones (<data-dir>.etcdguard-<time>); remove them once the cluster is healthy.");

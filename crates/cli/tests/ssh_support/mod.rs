@@ -42,7 +42,10 @@ fn common_free_port(hosts: &[String]) -> u16 {
 impl SshHosts {
     /// Starts one sshd per host address; waits until each accepts connections.
     pub fn start(dir: &Path, hosts: &[String]) -> SshHosts {
-        assert!(Path::new(SSHD).exists(), "{SSHD} is missing: install openssh-server (.ci/install-deps)");
+        assert!(
+            Path::new(SSHD).exists(),
+            "{SSHD} is missing: install openssh-server (.ci/install-deps)"
+        );
         let dir = dir.join("ssh");
         std::fs::create_dir_all(&dir).unwrap();
         // sshd started as root wants its privilege separation dir.
