@@ -262,7 +262,14 @@ fn snapshot(site: &Site) -> (PathBuf, Vec<(String, String)>) {
         std::env::var("ETCDGUARD_RECOVERY_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     load(&m1.client, mb * 1024 * 1024 / 4096, 4096);
     let snap = site.path().join("snapshot.db");
-    assert!(etcdctl(&m1.client, &["snapshot", "save", snap.to_str().unwrap()]).status.success());
+    let saved = EtcdVersion::V3_5
+        .binaries()
+        .etcdctl()
+        .args(["--endpoints", &m1.client, "--command-timeout", "300s", "snapshot", "save"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(saved.status.success(), "snapshot save: {}", text(&saved.stderr));
     let want = dump(&m1.client);
     assert!(etcdctl(&m1.client, &["put", "/registry/after-the-snapshot", "x"]).status.success());
     (snap, want)
