@@ -67,6 +67,7 @@ pub mod pki;
 pub mod pods;
 pub mod quorum;
 pub mod ready;
+pub mod rollback;
 pub mod script;
 
 use std::path::{Path, PathBuf};

@@ -74,6 +74,7 @@ pub mod join;
 pub mod keycheck;
 pub mod node;
 pub mod openshift;
+pub mod recover;
 pub mod repair;
 pub mod repo;
 pub mod restore;

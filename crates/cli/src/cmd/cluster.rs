@@ -175,6 +175,37 @@ pub enum ClusterCommand {
     ///       --restore-snapshot-url-file url.txt --apply
     #[command(verbatim_doc_comment)]
     Finish(crate::cmd::finish::FinishArgs),
+    /// Recover a control plane that lost quorum, on every control-plane host at once, over SSH.
+    ///
+    /// Runs the recovery `node park` / `node restore --new-cluster` / `node join` describe, on
+    /// each host through the system's ssh (BatchMode=yes, StrictHostKeyChecking=yes: host keys
+    /// are always checked, against --known-hosts when given), with the etcdguard installed on
+    /// each host (--remote-binary). Nothing secret is put on a command line.
+    ///   1. preflight on every host (`node preflight`): the same etcdguard version everywhere,
+    ///      etcd's manifest found and read, free space for the snapshot, which members answer;
+    ///      refused (exit 17) while a linearizable read commits anywhere (the cluster has
+    ///      quorum) unless --force; the snapshot checked here (or the backup verified from the
+    ///      restore host). The plan is printed; --dry-run stops here, changing nothing;
+    ///   2. copy the snapshot to the restore host (--remote-dir, 0600) and check it there;
+    ///   3. `node park` on every host; 4. `node restore --new-cluster` on the restore host
+    ///      (--restore-on, default the first host) and wait until it is healthy;
+    ///   5. `node join` each other host, one at a time; 6. wait until every member is healthy.
+    ///      restore and join wait for their host's API server (/readyz) when it has a manifest.
+    ///
+    /// Each step's start and end are printed with their times, and the plan's state is kept
+    /// in --state-file: after a kill, `--resume` goes on at the first unfinished step. When a
+    /// step fails, every host a step touched is rolled back (`node rollback`: parked, its
+    /// original data dir and etcd manifest put back, unparked when it ran before), what was
+    /// rolled back is printed, and the exit code is the failed step's.
+    ///
+    /// Examples:
+    ///   etcdguard cluster recover --hosts cp1,cp2,cp3 --snapshot /backups/etcd.db --dry-run
+    ///   etcdguard cluster recover --hosts cp1,cp2,cp3 --snapshot /backups/etcd.db --ssh-user root
+    ///   etcdguard cluster recover --hosts cp1,cp2,cp3 --backup latest --repo s3://etcd-backups/prod \
+    ///       --restore-on cp2 --known-hosts ~/.ssh/known_hosts_prod
+    ///   etcdguard cluster recover --hosts cp1,cp2,cp3 --resume
+    #[command(verbatim_doc_comment)]
+    Recover(crate::cmd::recover::RecoverArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -348,6 +379,7 @@ pub fn run(cmd: ClusterCommand) -> Result<()> {
         ClusterCommand::Alarm(AlarmCommand::Disarm(a)) => alarm_disarm(a),
         ClusterCommand::Hashkv(a) => hashkv(a),
         ClusterCommand::Finish(a) => crate::cmd::finish::run(a),
+        ClusterCommand::Recover(a) => crate::cmd::recover::run(a),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod node;
 pub mod operator;
 pub mod pki;
+pub mod recover;
 pub mod repair;
 pub mod restore;
 pub mod save;

@@ -140,6 +140,73 @@ pub enum NodeCommand {
     ///     --cert /etc/kubernetes/pki/etcd/healthcheck-client.crt --key /etc/kubernetes/pki/etcd/healthcheck-client.key --dry-run
     #[command(verbatim_doc_comment)]
     Join(NodeJoinArgs),
+    /// Print what a recovery needs to know about this node; change nothing.
+    ///
+    /// etcdguard's version, the host's clock (the stamp `node rollback --since` takes), etcd's
+    /// manifest (live or parked) with the member's name, data dir, peer and client URLs and
+    /// TLS files, the free space on the data dir's file system, whether etcd answers and
+    /// whether a linearizable read commits through it (the cluster has quorum); with
+    /// --snapshot, that file checked (sha256 trailer and structure). `cluster recover` runs it
+    /// on every host over SSH before it changes anything.
+    ///
+    /// Examples:
+    ///   etcdguard node preflight
+    ///   etcdguard node preflight --snapshot /var/tmp/snapshot.db -w json
+    #[command(verbatim_doc_comment)]
+    Preflight(NodePreflightArgs),
+    /// Undo what `node restore` and `node join` did on this node since a stamp.
+    ///
+    /// Parks the node (as `node park`), then puts back the data dir moved aside at or after
+    /// --since (<data-dir>.etcdguard-<stamp>; the current one is kept as
+    /// <data-dir>.etcdguard-rolledback-<now>) and etcd's manifest as it was before `node join`
+    /// rewrote it (etcdguard-manifest-copies/). With --unpark the manifests then go back and
+    /// it waits until etcd's port is open (not for the API server: without quorum it never
+    /// becomes ready). Running it again finds nothing more to undo. `cluster recover` runs it
+    /// on every host it touched when a step fails, with the stamp `node preflight` printed.
+    ///
+    /// Examples:
+    ///   etcdguard node rollback --since 20261206T001500Z --dry-run
+    ///   etcdguard node rollback --since 20261206T001500Z --unpark
+    #[command(verbatim_doc_comment)]
+    Rollback(NodeRollbackArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum NodeFormat {
+    Table,
+    Json,
+}
+
+#[derive(Args)]
+pub struct NodePreflightArgs {
+    /// The kubelet's static pod manifests dir (its staticPodPath).
+    #[arg(long, value_name = "DIR", default_value = "/etc/kubernetes/manifests")]
+    pub manifests_dir: PathBuf,
+    /// etcd's manifest, when it is neither etcd.yaml nor etcd-pod.yaml.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_manifest: Option<PathBuf>,
+    /// Also check this snapshot file here (sha256 trailer, structure) and report its size.
+    #[arg(long, value_name = "FILE")]
+    pub snapshot: Option<PathBuf>,
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = NodeFormat::Table)]
+    pub write_out: NodeFormat,
+    #[command(flatten)]
+    pub node: NodeFactArgs,
+}
+
+#[derive(Args)]
+pub struct NodeRollbackArgs {
+    /// Undo what was moved aside or rewritten at or after this stamp (UTC, this host's clock,
+    /// as `node preflight` prints it: 20261206T001500Z).
+    #[arg(long, value_name = "STAMP")]
+    pub since: String,
+    /// Put the manifests back afterwards and wait for etcd's port (the node ran before).
+    #[arg(long)]
+    pub unpark: bool,
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = NodeFormat::Table)]
+    pub write_out: NodeFormat,
+    #[command(flatten)]
+    pub park: NodeParkArgs,
 }
 
 /// This node as the kubelet knows it, for manifest values from `valueFrom.fieldRef`.
@@ -296,7 +363,132 @@ pub fn run(cmd: NodeCommand) -> Result<()> {
         NodeCommand::Park(a) => node_park(a),
         NodeCommand::Unpark(a) => node_unpark(a),
         NodeCommand::Join(a) => node_join(a),
+        NodeCommand::Preflight(a) => node_preflight(a),
+        NodeCommand::Rollback(a) => node_rollback(a),
     }
+}
+
+/// `--version`'s first two lines, which every host of a recovery must share.
+pub fn version() -> String {
+    format!("{} ({})", env!("CARGO_PKG_VERSION"), env!("ETCDGUARD_COMMIT"))
+}
+
+fn node_preflight(args: NodePreflightArgs) -> Result<()> {
+    let park = NodeParkArgs {
+        manifests_dir: args.manifests_dir.clone(),
+        etcd_manifest: args.etcd_manifest.clone(),
+        timeout: Duration::from_secs(60),
+        dry_run: true,
+        node: NodeFactArgs { node_name: args.node.node_name.clone(), node_ip: args.node.node_ip },
+    };
+    let facts =
+        etcdguard_workflow::recover::host_facts(&etcdguard_workflow::recover::FactsOptions {
+            version: version(),
+            park: park_request(&park),
+            snapshot: args.snapshot.clone(),
+            skip_hash_check: false,
+        })?;
+    match args.write_out {
+        NodeFormat::Json => crate::args::print_json(&facts)?,
+        NodeFormat::Table => {
+            let opt =
+                |p: &Option<PathBuf>| p.as_ref().map_or("-".into(), |p| p.display().to_string());
+            let mut rows = vec![
+                vec!["etcdguard".into(), facts.version.clone()],
+                vec!["clock (stamp)".into(), facts.now.clone()],
+                vec![
+                    "etcd manifest".into(),
+                    format!(
+                        "{}{}",
+                        facts.etcd_manifest.display(),
+                        if facts.parked { " (parked)" } else { "" }
+                    ),
+                ],
+                vec!["member".into(), facts.member.clone()],
+                vec![
+                    "data dir".into(),
+                    format!(
+                        "{}{}",
+                        facts.data_dir.display(),
+                        if facts.data_dir_exists { "" } else { " (missing)" }
+                    ),
+                ],
+                vec![
+                    "free space".into(),
+                    etcdguard_storage::status::humanize_bytes(facts.free_bytes),
+                ],
+                vec!["peer URLs".into(), facts.peer_urls.clone().unwrap_or_else(|| "-".into())],
+                vec!["client URLs".into(), facts.client_urls.join(",")],
+                vec![
+                    "TLS (ca, cert, key)".into(),
+                    format!("{}, {}, {}", opt(&facts.cacert), opt(&facts.cert), opt(&facts.key)),
+                ],
+                vec!["API server".into(), facts.apiserver.clone().unwrap_or_else(|| "none".into())],
+                vec!["etcd answers".into(), facts.etcd_answers.to_string()],
+                vec![
+                    "etcd healthy (quorum)".into(),
+                    match &facts.health_error {
+                        None => "true".into(),
+                        Some(e) => format!("false ({e})"),
+                    },
+                ],
+            ];
+            if let Some(s) = &facts.snapshot {
+                rows.push(vec![
+                    "snapshot".into(),
+                    format!(
+                        "{}: {}, revision {}, {} keys, verified; {} free there",
+                        s.path.display(),
+                        etcdguard_storage::status::humanize_bytes(s.bytes),
+                        s.revision,
+                        s.total_keys,
+                        etcdguard_storage::status::humanize_bytes(s.free_bytes)
+                    ),
+                ]);
+            }
+            print!("{}", crate::cmd::table(&rows));
+        }
+    }
+    Ok(())
+}
+
+fn node_rollback(args: NodeRollbackArgs) -> Result<()> {
+    use etcdguard_node::rollback::{Rollback, RollbackRequest};
+    let req = RollbackRequest {
+        park: park_request(&args.park),
+        since: args.since.clone(),
+        unpark: args.unpark,
+    };
+    let rb = Rollback::build(&req).map_err(node_error)?;
+    let steps = rb.steps();
+    let json = matches!(args.write_out, NodeFormat::Json);
+    if !json {
+        print_steps(&steps, args.park.dry_run);
+    }
+    if args.park.dry_run {
+        if json {
+            crate::args::print_json(&serde_json::json!({ "dryRun": true, "steps": steps }))?;
+        }
+        return Ok(());
+    }
+    let timings = rb.execute(&req, &mut |line| eprintln!("{line}")).map_err(node_error)?;
+    if json {
+        crate::args::print_json(&serde_json::json!({
+            "dryRun": false, "steps": steps,
+            "seconds": timings.steps.last().map(|s| s.1.as_secs_f64()),
+        }))?;
+    } else {
+        println!(
+            "Rolled back: {}.",
+            if rb.unpark {
+                "the node runs its original etcd again"
+            } else {
+                "the node is parked with its original data dir and manifest"
+            }
+        );
+        print_timings(&timings);
+    }
+    Ok(())
 }
 
 fn node_restore(args: NodeRestoreArgs) -> Result<()> {

@@ -1,0 +1,476 @@
+//! `cluster recover` end to end: three simulated control-plane hosts on 127.0.0.11–.13, each
+//! a root dir named after its address (etc/kubernetes/manifests, var/lib/etcd), its own
+//! kubelet stand-in (kubelet_support) running a real etcd 3.5 from its manifest, and its own
+//! real `sshd` (ssh_support) on that address. `cluster recover` reaches them with the system's
+//! ssh, host keys checked against a generated known_hosts, and runs this build's etcdguard on
+//! each (`--remote-binary`). Quorum is lost by parking two members and deleting their data.
+//!
+//! The recovery's wall time is printed (`--nocapture`); the data's size is
+//! `ETCDGUARD_RECOVERY_MB` MiB (default 4).
+
+mod kubelet_support;
+mod live_support;
+mod ssh_support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use etcdguard_testkit::{free_port, free_port_on, node_host, EtcdVersion};
+use kubelet_support::Kubelet;
+use live_support::*;
+use ssh_support::SshHosts;
+
+struct Host {
+    addr: String,
+    name: String,
+    manifests: PathBuf,
+    data: PathBuf,
+    client: String,
+    kubelet: Option<Kubelet>,
+}
+
+struct Site {
+    tmp: tempfile::TempDir,
+    hosts: Vec<Host>,
+    ssh: SshHosts,
+}
+
+impl Site {
+    fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn addrs(&self) -> String {
+        self.hosts.iter().map(|h| h.addr.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// `etcdguard cluster recover` for these hosts, with `extra` flags.
+    fn recover(&self, extra: &[&str]) -> std::process::Command {
+        let mut c = etcdguard();
+        c.args(["cluster", "recover", "--hosts", &self.addrs()])
+            .arg("--manifests-dir")
+            .arg(self.path().join("{host}/etc/kubernetes/manifests"))
+            .arg("--remote-dir")
+            .arg(self.path().join("{host}/var/tmp"))
+            .arg("--state-file")
+            .arg(self.path().join("recover-state.json"))
+            .args(self.ssh.flags())
+            .args(extra);
+        if !extra.contains(&"--wait-timeout") {
+            c.args(["--wait-timeout", "90s"]);
+        }
+        if !extra.contains(&"--known-hosts") {
+            c.arg("--known-hosts").arg(&self.ssh.known_hosts);
+        }
+        c
+    }
+}
+
+/// Three kubeadm-shaped hosts bootstrapping one cluster, and an sshd on each address.
+fn start_site() -> Site {
+    let tmp = tempfile::tempdir().unwrap();
+    let specs: Vec<(String, String, String, String)> = (0..3)
+        .map(|i| {
+            let host = node_host(i);
+            (
+                host.clone(),
+                format!("m{}", i + 1),
+                format!("http://{host}:{}", free_port_on(&host)),
+                format!("http://{host}:{}", free_port_on(&host)),
+            )
+        })
+        .collect();
+    let initial: Vec<String> = specs.iter().map(|(_, n, _, p)| format!("{n}={p}")).collect();
+    let mut hosts = Vec::new();
+    for (addr, name, client, peer) in specs {
+        let root = tmp.path().join(&addr);
+        let manifests = root.join("etc/kubernetes/manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        let data = root.join("var/lib/etcd");
+        let etcd_yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: etcd\n  namespace: kube-system\nspec:\n  containers:\n  - command:\n    - etcd\n    - --advertise-client-urls={client}\n    - --data-dir=/var/lib/etcd\n    - --initial-advertise-peer-urls={peer}\n    - --initial-cluster={}\n    - --initial-cluster-state=new\n    - --initial-cluster-token=old-cluster\n    - --listen-client-urls={client}\n    - --listen-peer-urls={peer}\n    - --name={name}\n    image: registry.k8s.io/etcd:3.5.1-0\n    name: etcd\n    volumeMounts:\n    - mountPath: /var/lib/etcd\n      name: etcd-data\n  hostNetwork: true\n  volumes:\n  - hostPath:\n      path: {}\n      type: DirectoryOrCreate\n    name: etcd-data\n",
+            initial.join(","),
+            data.display()
+        );
+        std::fs::write(manifests.join("etcd.yaml"), etcd_yaml).unwrap();
+        std::fs::write(
+            manifests.join("kube-apiserver.yaml"),
+            format!("apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - command:\n    - kube-apiserver\n    - --etcd-servers={client}\n    - --secure-port={}\n    name: kube-apiserver\n", free_port()),
+        )
+        .unwrap();
+        let kubelet = Some(Kubelet::start(manifests.clone(), root.clone()));
+        hosts.push(Host { addr, name, manifests, data, client, kubelet });
+    }
+    for h in &hosts {
+        wait_until(Duration::from_secs(60), &format!("{} healthy", h.name), || healthy(&h.client));
+    }
+    let addrs: Vec<String> = hosts.iter().map(|h| h.addr.clone()).collect();
+    let ssh = SshHosts::start(tmp.path(), &addrs);
+    Site { tmp, hosts, ssh }
+}
+
+fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
+    EtcdVersion::V3_5
+        .binaries()
+        .etcdctl()
+        .args(["--endpoints", endpoints, "--command-timeout", "3s", "--dial-timeout", "1s"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json(endpoints: &str, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["-w", "json"]);
+    let out = etcdctl(endpoints, &a);
+    assert!(out.status.success(), "etcdctl {args:?}: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn healthy(endpoint: &str) -> bool {
+    etcdctl(endpoint, &["endpoint", "health"]).status.success()
+}
+
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Writes `keys` keys of `value_bytes` each, 100 puts per transaction.
+fn load(endpoint: &str, keys: usize, value_bytes: usize) {
+    use std::io::Write;
+    let mut i = 0;
+    while i < keys {
+        let mut script = String::from("\n");
+        for k in i..(i + 100).min(keys) {
+            let fill: String =
+                std::iter::repeat_n(char::from(b'a' + (k % 26) as u8), value_bytes).collect();
+            script.push_str(&format!("put /registry/configmaps/ns{}/cm{k} {fill}\n", k % 7));
+        }
+        script.push_str("\n\n");
+        let mut child = EtcdVersion::V3_5
+            .binaries()
+            .etcdctl()
+            .args(["--endpoints", endpoint, "--command-timeout", "30s", "txn"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "txn of keys {i}..");
+        i += 100;
+    }
+}
+
+fn dump(endpoint: &str) -> Vec<(String, String)> {
+    let v = json(endpoint, &["get", "/", "--prefix", "--consistency=s"]);
+    v["kvs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|kv| {
+                    (
+                        kv["key"].as_str().unwrap().to_string(),
+                        kv["value"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn cluster_id(endpoint: &str) -> u64 {
+    json(endpoint, &["endpoint", "status"])[0]["Status"]["header"]["cluster_id"].as_u64().unwrap()
+}
+
+/// Three voting members m1–m3 of one cluster, each serving exactly `want`.
+fn assert_recovered(hosts: &[Host], want: &[(String, String)]) -> u64 {
+    let v = json(&hosts[0].client, &["member", "list"]);
+    let mut ms: Vec<(String, bool)> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or("").to_string(),
+                m["isLearner"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    ms.sort();
+    assert_eq!(
+        ms,
+        vec![("m1".to_string(), false), ("m2".to_string(), false), ("m3".to_string(), false)]
+    );
+    let ids: Vec<u64> = hosts.iter().map(|h| cluster_id(&h.client)).collect();
+    assert!(ids.iter().all(|i| *i == ids[0]), "cluster ids differ: {ids:x?}");
+    for h in hosts {
+        assert!(healthy(&h.client), "{} is not healthy", h.name);
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{} serves the snapshot's data", h.name),
+            || dump(&h.client) == want,
+        );
+    }
+    ids[0]
+}
+
+fn park(h: &Host) {
+    let out = etcdguard()
+        .args(["node", "park", "--timeout", "60s", "--manifests-dir"])
+        .arg(&h.manifests)
+        .output()
+        .unwrap();
+    expect_code(&out, 0, &format!("park {}", h.name));
+}
+
+/// The disaster: m2's and m3's etcd stopped with their data gone; m1 runs without quorum.
+fn lose_quorum(site: &Site) {
+    for h in &site.hosts[1..] {
+        park(h);
+        std::fs::remove_dir_all(&h.data).unwrap();
+    }
+    assert!(!healthy(&site.hosts[0].client), "m1 alone still has quorum");
+}
+
+/// The parked etcd manifest of a host (none when it runs).
+fn parked_etcd_manifest(h: &Host) -> Option<String> {
+    let parent = h.manifests.parent().unwrap();
+    std::fs::read_dir(parent)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("manifests.etcdguard-"))
+        .find_map(|d| std::fs::read_to_string(d.join("etcd.yaml")).ok())
+}
+
+/// What a host looks like from outside: live manifest, parked manifest, data dir present.
+fn host_state(h: &Host) -> (Option<String>, Option<String>, bool) {
+    (
+        std::fs::read_to_string(h.manifests.join("etcd.yaml")).ok(),
+        parked_etcd_manifest(h),
+        h.data.join("member").exists(),
+    )
+}
+
+fn snapshot(site: &Site) -> (PathBuf, Vec<(String, String)>) {
+    let m1 = &site.hosts[0];
+    let mb: usize =
+        std::env::var("ETCDGUARD_RECOVERY_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    load(&m1.client, mb * 1024 * 1024 / 4096, 4096);
+    let snap = site.path().join("snapshot.db");
+    let saved = EtcdVersion::V3_5
+        .binaries()
+        .etcdctl()
+        .args(["--endpoints", &m1.client, "--command-timeout", "300s", "snapshot", "save"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(saved.status.success(), "snapshot save: {}", text(&saved.stderr));
+    let want = dump(&m1.client);
+    assert!(etcdctl(&m1.client, &["put", "/registry/after-the-snapshot", "x"]).status.success());
+    (snap, want)
+}
+
+#[test]
+fn refusals_dry_run_and_full_recovery() {
+    let site = start_site();
+    let (snap, want) = snapshot(&site);
+    let snap_arg = snap.to_str().unwrap();
+
+    // A healthy cluster is refused: nothing to recover, and every later write would be lost.
+    let out = site.recover(&["--snapshot", snap_arg, "--dry-run"]).output().unwrap();
+    expect_code(&out, 17, "recover while the cluster has quorum");
+    assert!(text(&out.stderr).contains("has quorum"), "{}", text(&out.stderr));
+
+    // A host key that does not match known_hosts is refused, with what to do.
+    let wrong = site.path().join("known_hosts_wrong");
+    let other = site.path().join("other_key");
+    let kg = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(kg.status.success());
+    let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let known = std::fs::read_to_string(&site.ssh.known_hosts).unwrap();
+    let mut lines: Vec<String> = known.lines().map(String::from).collect();
+    let k: Vec<&str> = other_pub.split_whitespace().collect();
+    lines[1] = format!("[{}]:{} {} {}", site.hosts[1].addr, site.ssh.port, k[0], k[1]);
+    std::fs::write(&wrong, lines.join("\n") + "\n").unwrap();
+    let out = site
+        .recover(&["--snapshot", snap_arg, "--dry-run", "--known-hosts", wrong.to_str().unwrap()])
+        .output()
+        .unwrap();
+    expect_code(&out, 13, "recover with a known_hosts that does not match");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&site.hosts[1].addr) && err.contains("host key") && err.contains("never"),
+        "{err}"
+    );
+
+    lose_quorum(&site);
+    let before: Vec<_> = site.hosts.iter().map(host_state).collect();
+
+    // The dry run: the plan, and nothing changed on any host.
+    let out = site.recover(&["--snapshot", snap_arg, "--dry-run"]).output().unwrap();
+    expect_code(&out, 0, "recover --dry-run");
+    let stdout = text(&out.stdout);
+    for needle in ["127.0.0.11 (restore)", "Plan:", "node restore --new-cluster", "Dry run"] {
+        assert!(stdout.contains(needle), "{needle:?} missing\n{stdout}");
+    }
+    let out = site.recover(&["--snapshot", snap_arg, "--dry-run", "-w", "json"]).output().unwrap();
+    expect_code(&out, 0, "recover --dry-run -w json");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["restoreHost"], "127.0.0.11");
+    assert_eq!(plan["steps"].as_array().unwrap().len(), 9, "{plan}");
+    assert_eq!(plan["hosts"][1]["facts"]["parked"], true);
+    assert_eq!(plan["hosts"][0]["facts"]["etcdAnswers"], true);
+    assert_eq!(plan["hosts"][0]["facts"]["etcdHealthy"], false);
+    let after: Vec<_> = site.hosts.iter().map(host_state).collect();
+    assert!(before == after, "the dry run changed a host");
+    assert_eq!(site.hosts[0].kubelet.as_ref().unwrap().starts(), 1, "the dry run restarted m1");
+    assert!(!site.path().join("recover-state.json").exists(), "the dry run wrote a state file");
+    assert!(!site.path().join("127.0.0.11/var/tmp").exists(), "the dry run copied the snapshot");
+
+    // The recovery, from the first command to three healthy members.
+    let started = Instant::now();
+    let out = site.recover(&["--snapshot", snap_arg]).output().unwrap();
+    let took = started.elapsed();
+    expect_code(&out, 0, "recover");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("start: [127.0.0.13] node join")
+            && err.contains("done: [127.0.0.13] node join"),
+        "{err}"
+    );
+    assert!(text(&out.stdout).contains("Recovered: 3 healthy members"), "{}", text(&out.stdout));
+    assert_recovered(&site.hosts, &want);
+    let state_file = site.path().join("recover-state.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&state_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    assert_eq!(state["outcome"], "recovered");
+    assert!(state["steps"].as_array().unwrap().iter().all(|s| s["status"] == "done"), "{state}");
+    let copies: Vec<_> =
+        std::fs::read_dir(site.path().join("127.0.0.11/var/tmp")).unwrap().collect();
+    assert!(copies.is_empty(), "the snapshot's copy stays on the restore host");
+    println!(
+        "RECOVERY TIME (cluster recover over ssh, 3 hosts): {:.1} s, snapshot {:.1} MiB, {} keys",
+        took.as_secs_f64(),
+        std::fs::metadata(&snap).unwrap().len() as f64 / 1048576.0,
+        want.len()
+    );
+    // A second run is refused: the cluster is healthy again.
+    let out = site.recover(&["--snapshot", snap_arg, "--dry-run"]).output().unwrap();
+    expect_code(&out, 17, "recover a recovered cluster");
+}
+
+#[test]
+fn a_failed_join_rolls_every_host_back() {
+    let mut site = start_site();
+    let (snap, _) = snapshot(&site);
+    lose_quorum(&site);
+    let m1_data_inode = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&site.hosts[0].data).unwrap().ino()
+    };
+    let before: Vec<_> = site.hosts.iter().map(host_state).collect();
+    // m3's kubelet is dead: its etcd never starts, so its join times out after the add.
+    drop(site.hosts[2].kubelet.take());
+
+    let out = site
+        .recover(&["--snapshot", snap.to_str().unwrap(), "--wait-timeout", "20s"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "the recovery succeeded without m3's kubelet");
+    let err = text(&out.stderr);
+    assert!(err.contains("FAILED: [127.0.0.13] node join"), "{err}");
+    for h in &site.hosts {
+        assert!(
+            err.contains(&format!("rolled back {}", h.addr)),
+            "{} not rolled back\n{err}",
+            h.addr
+        );
+    }
+    assert!(err.contains("each is as it was before the recovery"), "{err}");
+
+    // Every host as it was: m1 runs its old data (the old cluster, the write after the
+    // snapshot), m2 and m3 parked with their original manifests and no data dir.
+    let after: Vec<_> = site.hosts.iter().map(host_state).collect();
+    assert!(before == after, "not as before:\n{before:#?}\n{after:#?}");
+    // m1's etcd runs again on its original data dir (the same directory, not a copy); it
+    // has no quorum, as before, so it serves no requests: its port and its lock are the proof.
+    let m1 = &site.hosts[0];
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&m1.data).unwrap().ino(),
+        m1_data_inode,
+        "m1's original data dir is not back"
+    );
+    let addr = m1.client.trim_start_matches("http://").to_string();
+    wait_until(Duration::from_secs(30), "m1's old etcd listening", || {
+        std::net::TcpStream::connect(&addr).is_ok()
+    });
+    assert!(!healthy(&m1.client), "m1 has quorum after the rollback");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(site.path().join("recover-state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["outcome"], "rolled_back");
+    // Nothing to resume after a rollback.
+    let out = site.recover(&["--snapshot", snap.to_str().unwrap(), "--resume"]).output().unwrap();
+    expect_code(&out, 2, "--resume after a rollback");
+}
+
+#[test]
+fn a_killed_recovery_resumes() {
+    use std::os::unix::process::CommandExt;
+    let site = start_site();
+    let (snap, want) = snapshot(&site);
+    lose_quorum(&site);
+    let state_file = site.path().join("recover-state.json");
+    let mut child = site
+        .recover(&["--snapshot", snap.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Killed (with its ssh clients) once the restore is done, before the joins.
+    wait_until(Duration::from_secs(120), "the restore step done", || {
+        std::fs::read(&state_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|s| {
+                s["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|st| st["kind"] == "restore" && st["status"] == "done")
+            })
+    });
+    // SAFETY: kill(2) with SIGKILL on the process group of the child we started.
+    unsafe {
+        libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+    }
+    let _ = child.wait();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    assert_eq!(state["outcome"], "running");
+    // Without --resume a new recovery is refused while this one is unfinished.
+    let out = site.recover(&["--snapshot", snap.to_str().unwrap()]).output().unwrap();
+    expect_code(&out, 2, "a second recovery over an unfinished one");
+    assert!(text(&out.stderr).contains("--resume"), "{}", text(&out.stderr));
+
+    let out = site.recover(&["--resume"]).output().unwrap();
+    expect_code(&out, 0, "recover --resume");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("node restore --new-cluster") && stdout.contains("(done)"), "{stdout}");
+    let err = text(&out.stderr);
+    assert!(!err.contains("start: [127.0.0.11] node restore"), "the restore ran again\n{err}");
+    assert_recovered(&site.hosts, &want);
+}
