@@ -79,7 +79,9 @@ impl WriteOut {
 pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut value = serde_json::to_value(value)?;
     camel_keys(&mut value);
-    println!("{}", serde_json::to_string_pretty(&value)?);
+    let mut text = serde_json::to_string_pretty(&value)?;
+    text.push('\n');
+    crate::output::stdout_write(text.as_bytes());
     Ok(())
 }
 

@@ -50,8 +50,21 @@ pub fn finish_stdout() -> Option<&'static std::io::Error> {
     STDOUT_ERROR.get()
 }
 
+/// Set by a command whose `-w json` result is one object at the end: its text lines (plans,
+/// progress) go to stderr, so stdout holds only the JSON.
+static TEXT_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on `print!`/`println!` write to stderr; `crate::args::print_json` still writes
+/// to stdout.
+pub fn text_to_stderr() {
+    TEXT_TO_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// `print!`/`println!`.
 pub fn print_stdout(args: std::fmt::Arguments<'_>) {
+    if TEXT_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+        return print_stderr(args);
+    }
     match args.as_str() {
         Some(s) => stdout_write(s.as_bytes()),
         None => stdout_write(std::fmt::format(args).as_bytes()),

@@ -235,14 +235,8 @@ pub fn free_bytes(path: &Path) -> Result<u64, NodeError> {
     while !p.exists() {
         p = p.parent().unwrap_or(Path::new("/"));
     }
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-        .map_err(|_| NodeError::Io(format!("{}: a NUL byte in the path", p.display())))?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: statvfs(3) writes into `st`, which lives for the call; `c` is NUL-terminated.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io("statvfs", p, std::io::Error::last_os_error()));
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    let st = rustix::fs::statvfs(p).map_err(|e| io("statvfs", p, e.into()))?;
+    Ok(st.f_bavail * st.f_frsize)
 }
 
 #[cfg(test)]

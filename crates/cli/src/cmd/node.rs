@@ -2,6 +2,7 @@
 //! check, plan, steps with rollback) is `etcdguard_workflow::node`; this prints the plan and
 //! the outcome.
 
+use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -203,8 +204,7 @@ pub struct NodeRollbackArgs {
     /// Put the manifests back afterwards and wait for etcd's port (the node ran before).
     #[arg(long)]
     pub unpark: bool,
-    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = NodeFormat::Table)]
-    pub write_out: NodeFormat,
+    /// Its dry-run flag and `-w json` are those of `node park`.
     #[command(flatten)]
     pub park: NodeParkArgs,
 }
@@ -252,6 +252,8 @@ pub struct NodeJoinArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub node: NodeFactArgs,
+    #[command(flatten)]
+    pub out: crate::args::WriteOut,
 }
 
 #[derive(Args)]
@@ -271,6 +273,8 @@ pub struct NodeParkArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub node: NodeFactArgs,
+    #[command(flatten)]
+    pub out: crate::args::WriteOut,
 }
 
 #[derive(Args)]
@@ -355,6 +359,8 @@ pub struct NodeRestoreArgs {
     pub force: bool,
     #[command(flatten)]
     pub node: NodeFactArgs,
+    #[command(flatten)]
+    pub out: crate::args::WriteOut,
 }
 
 pub fn run(cmd: NodeCommand) -> Result<()> {
@@ -380,6 +386,7 @@ fn node_preflight(args: NodePreflightArgs) -> Result<()> {
         timeout: Duration::from_secs(60),
         dry_run: true,
         node: NodeFactArgs { node_name: args.node.node_name.clone(), node_ip: args.node.node_ip },
+        out: crate::args::WriteOut { write_out: crate::cmd::backup::TextJson::Text },
     };
     let facts =
         etcdguard_workflow::recover::host_facts(&etcdguard_workflow::recover::FactsOptions {
@@ -461,7 +468,7 @@ fn node_rollback(args: NodeRollbackArgs) -> Result<()> {
     };
     let rb = Rollback::build(&req).map_err(node_error)?;
     let steps = rb.steps();
-    let json = matches!(args.write_out, NodeFormat::Json);
+    let json = args.park.out.json();
     if !json {
         print_steps(&steps, args.park.dry_run);
     }
@@ -519,6 +526,9 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
         encryption_config: args.encryption_config.clone(),
         node: args.node.facts(),
     };
+    if args.out.json() {
+        crate::output::text_to_stderr();
+    }
     let outcome = restore_node(&opts, &mut |event| match event {
         NodeEvent::Note(line) => eprintln!("{line}"),
         NodeEvent::Planned { snapshot, status, plan, members, probes } => {
@@ -553,6 +563,16 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
             print_steps(&plan.steps(), false);
         }
     })?;
+    if args.out.json() {
+        let value = match &outcome {
+            NodeOutcome::DryRun => json!({ "dryRun": true }),
+            NodeOutcome::Restored(plan, timings) => json!({
+                "dryRun": false, "endpoints": plan.etcd.client_addrs,
+                "oldDataDir": plan.old_data_dir, "timings": timings_json(timings),
+            }),
+        };
+        return node_json(&args.out, value);
+    }
     match outcome {
         NodeOutcome::DryRun => println!("Dry run: nothing was changed."),
         NodeOutcome::Restored(plan, timings) => {
@@ -585,6 +605,9 @@ fn node_join(args: NodeJoinArgs) -> Result<()> {
         wait_timeout: args.wait_timeout,
         node: args.node.facts(),
     };
+    if args.out.json() {
+        crate::output::text_to_stderr();
+    }
     let outcome = join_node(&opts, &mut |event| match event {
         JoinEvent::Note(line) => eprintln!("{line}"),
         JoinEvent::Planned { name, peer_urls, steps } => {
@@ -592,6 +615,18 @@ fn node_join(args: NodeJoinArgs) -> Result<()> {
             print_steps(steps, false);
         }
     })?;
+    if args.out.json() {
+        let value = match &outcome {
+            JoinOutcome::DryRun => json!({ "dryRun": true }),
+            JoinOutcome::Joined(j) => json!({
+                "dryRun": false, "name": j.name, "memberID": format!("{:x}", j.id),
+                "learnerPromoted": !j.without_learner, "members": j.members,
+                "endpoints": j.endpoints, "oldDataDir": j.old_data_dir,
+                "timings": steps_json(&j.steps),
+            }),
+        };
+        return node_json(&args.out, value);
+    }
     match outcome {
         JoinOutcome::DryRun => println!("Dry run: nothing was changed."),
         JoinOutcome::Joined(j) => {
@@ -634,12 +669,24 @@ fn print_timings(t: &Timings) {
 }
 
 fn node_park(args: NodeParkArgs) -> Result<()> {
+    if args.out.json() {
+        crate::output::text_to_stderr();
+    }
     let park = Park::build(&park_request(&args)).map_err(node_error)?;
     print_steps(&park.steps(), args.dry_run);
     if args.dry_run {
-        return Ok(());
+        return node_json(&args.out, json!({ "dryRun": true, "steps": park.steps() }));
     }
     let timings = park.execute(&mut |line| eprintln!("{line}")).map_err(node_error)?;
+    if args.out.json() {
+        return node_json(
+            &args.out,
+            json!({
+                "dryRun": false, "steps": park.steps(), "parkedDir": park.parked_dir,
+                "timings": timings_json(&timings),
+            }),
+        );
+    }
     println!(
         "Parked: etcd and the API server are down on this node; their manifests are in {}.",
         park.parked_dir.display()
@@ -650,18 +697,47 @@ fn node_park(args: NodeParkArgs) -> Result<()> {
 }
 
 fn node_unpark(args: NodeParkArgs) -> Result<()> {
+    if args.out.json() {
+        crate::output::text_to_stderr();
+    }
     let Some(unpark) = Unpark::build(&park_request(&args)).map_err(node_error)? else {
         println!("Nothing is parked: etcd's manifest is in {}.", args.manifests_dir.display());
-        return Ok(());
+        return node_json(&args.out, json!({ "dryRun": args.dry_run, "parked": false }));
     };
     print_steps(&unpark.steps(), args.dry_run);
     if args.dry_run {
-        return Ok(());
+        return node_json(&args.out, json!({ "dryRun": true, "steps": unpark.steps() }));
     }
     let timings = unpark.execute(&mut |line| eprintln!("{line}")).map_err(node_error)?;
+    if args.out.json() {
+        return node_json(
+            &args.out,
+            json!({
+                "dryRun": false, "steps": unpark.steps(), "endpoints": unpark.etcd.client_addrs,
+                "timings": timings_json(&timings),
+            }),
+        );
+    }
     println!("Unparked: etcd serves on {} again.", unpark.etcd.client_addrs.join(", "));
     print_timings(&timings);
     Ok(())
+}
+
+/// `-w json`: the command's result as one object on stdout (its text went to stderr).
+fn node_json(out: &crate::args::WriteOut, value: serde_json::Value) -> Result<()> {
+    if out.json() {
+        crate::args::print_json(&value)?;
+    }
+    Ok(())
+}
+
+fn timings_json(t: &Timings) -> serde_json::Value {
+    steps_json(&t.steps)
+}
+
+/// Each step's name and seconds since the command started.
+fn steps_json(steps: &[(String, std::time::Duration)]) -> serde_json::Value {
+    steps.iter().map(|(n, d)| json!({ "step": n, "seconds": d.as_secs_f64() })).collect()
 }
 
 fn park_request(args: &NodeParkArgs) -> ParkRequest {
