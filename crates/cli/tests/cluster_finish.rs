@@ -168,6 +168,15 @@ const SERVING: &str = "kubernetes.io/kubelet-serving";
 fn csrs_gone_hosts_and_node_readiness() {
     let etcd = EtcdServer::start(EtcdVersion::V3_5);
     let api = ApiServer::start(etcd.endpoint(), None);
+    // "The backup the restore used": etcd before the nodes and CSRs below exist.
+    let backup_dir = tempfile::tempdir().unwrap();
+    let backup = backup_dir.path().join("backup.db");
+    let saved = etcdguard()
+        .args(["snapshot", "save", "--endpoints", etcd.endpoint()])
+        .arg(&backup)
+        .output()
+        .unwrap();
+    assert!(saved.status.success(), "{}", text(&saved.stderr));
 
     // Who may create CSRs, as kubeadm sets it up.
     create(
@@ -257,8 +266,18 @@ fn csrs_gone_hosts_and_node_readiness() {
 
     // Dry run: the plan, and nothing changed.
     let before = versions(&api);
-    let (code, report, stderr, took) = finish(&api, &[hosts]);
+    let compare = format!("--compare-with={}", backup.display());
+    let endpoint = format!("--endpoints={}", etcd.endpoint());
+    let (code, report, stderr, took) = finish(&api, &[hosts, &compare, &endpoint]);
     assert_eq!(code, 0, "dry run: {stderr}\n{report:#}");
+    // What changed in etcd since "the backup", per resource: the four Nodes (stored as
+    // `minions`), the seven CSRs, cp-old's Lease; nothing it had was deleted.
+    let changes = report["changesSinceBackup"].as_array().unwrap_or_else(|| panic!("{report:#}"));
+    let of = |r: &str| changes.iter().find(|c| c["resource"] == r).cloned().unwrap_or_default();
+    assert_eq!(of("minions")["added"], 4, "{changes:#?}");
+    assert_eq!(of("certificatesigningrequests")["added"], 7, "{changes:#?}");
+    assert!(of("leases")["added"].as_u64() >= Some(1), "{changes:#?}");
+    assert!(changes.iter().all(|c| c["deleted"] == 0 || c["resource"] == "events"), "{changes:#?}");
     println!("dry run took {took:?}");
     assert_eq!(csr_decisions(&report), expected, "{report:#}");
     for c in report["csrs"].as_array().unwrap() {

@@ -126,3 +126,93 @@ pub fn stored_config(repo: &RepoSpec, id: &str) -> Result<Option<(EncryptionConf
         None => Ok(None),
     }
 }
+
+/// How many keys of one resource were added, deleted or modified between two snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceChanges {
+    /// The resource as its keys name it (`pods`, `apiregistration.k8s.io/apiservices`), or
+    /// the key's first segment for keys outside Kubernetes' layout.
+    pub resource: String,
+    pub added: usize,
+    pub deleted: usize,
+    pub modified: usize,
+}
+
+/// The keys under `/registry/` that differ from `old` to `new`, counted per resource in
+/// resource order. Keys are compared by revision and bytes, so encrypted objects need no keys
+/// (`config` only helps name a resource whose key alone is ambiguous).
+pub fn changes_by_resource(
+    old: &Path,
+    new: &Path,
+    config: Option<&EncryptionConfig>,
+) -> Result<Vec<ResourceChanges>> {
+    use etcdguard_kube::listing::{self, ChangeKind};
+    let (old_file, new_file) = (open_snapshot(old)?, open_snapshot(new)?);
+    let old_db = old_file.db().map_err(|e| db_error(old, e))?;
+    let new_db = new_file.db().map_err(|e| db_error(new, e))?;
+    let corrupt =
+        |path: &Path, e: String| Error::new(Kind::Corrupt, format!("{}: {e}", path.display()));
+    let prefix = b"/registry/";
+    let old_keys =
+        listing::LiveKeys::load(&old_file, &old_db, prefix).map_err(|e| corrupt(old, e))?;
+    let new_keys =
+        listing::LiveKeys::load(&new_file, &new_db, prefix).map_err(|e| corrupt(new, e))?;
+    let mut by: std::collections::BTreeMap<String, ResourceChanges> = Default::default();
+    listing::diff(
+        &old_keys,
+        &new_keys,
+        &listing::Filter::default(),
+        config,
+        false,
+        &mut |c| -> std::result::Result<(), std::convert::Infallible> {
+            let resource = match &c.entry.path {
+                Some(p) => p.resource.clone(),
+                None => String::from_utf8_lossy(&c.key[prefix.len()..])
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            let counts = by
+                .entry(resource.clone())
+                .or_insert_with(|| ResourceChanges { resource, ..Default::default() });
+            match c.kind {
+                ChangeKind::Added => counts.added += 1,
+                ChangeKind::Deleted => counts.deleted += 1,
+                ChangeKind::Modified => counts.modified += 1,
+            }
+            Ok(())
+        },
+    )
+    .unwrap_or_else(|never| match never {});
+    Ok(by.into_values().collect())
+}
+
+/// What changed in the live cluster since `origin` (the snapshot or backup a restore used): a
+/// fresh snapshot of a member of `conn` (a healthy follower, as `snapshot save`), taken into a
+/// private spool under `scratch` (removed afterwards), compared per resource.
+pub fn live_changes_since(
+    origin: &Origin<'_>,
+    conn: &etcdguard_client::ConnectFlags,
+    scratch: &Path,
+    note: &mut dyn FnMut(&str),
+) -> Result<Vec<ResourceChanges>> {
+    let opened = open(origin, None, note)?;
+    let session = crate::backup::connect(conn, note)?;
+    let probes = session.probe_all();
+    let choice =
+        etcdguard_client::choose_member(&probes, &etcdguard_client::SnapshotFrom::Follower)
+            .map_err(crate::error::client_error)?;
+    let (spool, _) = spool::create(scratch)?;
+    let live = spool.path().join("live.db");
+    note(&format!("taking a snapshot of {} to compare", choice.status.endpoint));
+    session
+        .save(
+            &choice.status.endpoint,
+            &etcdguard_client::Destination::File(live.clone()),
+            &mut etcdguard_client::NoProgress,
+        )
+        .map_err(crate::error::client_error)?;
+    changes_by_resource(&opened.snapshot, &live, opened.config.as_ref())
+}

@@ -53,6 +53,39 @@ pub struct FinishArgs {
     pub restore_snapshot_url_file: Option<PathBuf>,
     #[arg(short = 'w', long = "write-out", value_enum, default_value_t = FinishFormat::Table)]
     pub write_out: FinishFormat,
+    /// The snapshot file the restore used (or, with --repo, its backup id or `latest`): at the
+    /// end a fresh snapshot of the live etcd (--endpoints …) is compared with it and what
+    /// changed since is counted per resource (added, deleted, modified keys).
+    #[arg(long, value_name = "SNAPSHOT|ID", help_heading = "What changed since the backup")]
+    pub compare_with: Option<String>,
+    /// The repository holding the backup --compare-with names.
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "compare_with",
+        help_heading = "What changed since the backup"
+    )]
+    pub repo: Option<String>,
+    /// The repository's passphrase file (or ETCDGUARD_PASSPHRASE / _FILE).
+    #[arg(
+        long,
+        env = "ETCDGUARD_PASSPHRASE_FILE",
+        value_name = "FILE",
+        requires = "repo",
+        help_heading = "What changed since the backup"
+    )]
+    pub passphrase_file: Option<PathBuf>,
+    /// Where the fresh snapshot is kept while it is compared (a private directory, removed
+    /// afterwards) [default: the system's temp dir]
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "compare_with",
+        help_heading = "What changed since the backup"
+    )]
+    pub scratch_dir: Option<PathBuf>,
+    #[command(flatten, next_help_heading = "Connection to etcd (for --compare-with; as etcdctl)")]
+    pub conn: crate::cmd::cluster::ConnArgs,
 }
 
 pub fn run(args: FinishArgs) -> Result<()> {
@@ -83,9 +116,48 @@ pub fn run(args: FinishArgs) -> Result<()> {
         };
         Failure::new(code, e.message)
     })?;
+    let changes = match &args.compare_with {
+        None => None,
+        Some(source) => {
+            let repo = args.repo.as_ref().map(|url| {
+                crate::cmd::backup::RepoArg {
+                    repo: url.clone(),
+                    passphrase_file: args.passphrase_file.clone(),
+                    kms_key: None,
+                }
+                .spec()
+            });
+            let scratch = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+            let origin = match &repo {
+                Some(repo) => etcdguard_workflow::inspect::Origin::Backup {
+                    repo,
+                    id: source,
+                    scratch: Some(&scratch),
+                },
+                None => etcdguard_workflow::inspect::Origin::File(std::path::Path::new(source)),
+            };
+            Some(etcdguard_workflow::inspect::live_changes_since(
+                &origin,
+                &args.conn.flags(),
+                &scratch,
+                &mut |line| eprintln!("{line}"),
+            )?)
+        }
+    };
     match args.write_out {
-        FinishFormat::Json => crate::args::print_json(&report)?,
-        FinishFormat::Table => print!("{}", render(&report)),
+        FinishFormat::Json => {
+            let mut value = serde_json::to_value(&report)?;
+            if let Some(c) = &changes {
+                value["changesSinceBackup"] = serde_json::to_value(c)?;
+            }
+            crate::args::print_json(&value)?
+        }
+        FinishFormat::Table => {
+            print!("{}", render(&report));
+            if let Some(c) = &changes {
+                print!("{}", render_changes(c));
+            }
+        }
     }
     if args.apply && !report.pending.is_empty() {
         return Err(Failure::new(
@@ -113,6 +185,27 @@ fn read_url(path: &std::path::Path) -> Result<String, Failure> {
         ));
     }
     Ok(url)
+}
+
+fn render_changes(changes: &[etcdguard_workflow::inspect::ResourceChanges]) -> String {
+    let mut out = String::from("\nChanged in etcd since the backup:\n");
+    if changes.is_empty() {
+        out.push_str("  nothing: every key under /registry/ is as the backup has it\n");
+        return out;
+    }
+    let mut rows = vec![["RESOURCE", "ADDED", "DELETED", "MODIFIED"].map(String::from).to_vec()];
+    for c in changes {
+        rows.push(vec![
+            c.resource.clone(),
+            c.added.to_string(),
+            c.deleted.to_string(),
+            c.modified.to_string(),
+        ]);
+    }
+    for line in table(&rows).lines() {
+        out.push_str(&format!("  {line}\n"));
+    }
+    out
 }
 
 fn render(r: &Report) -> String {
