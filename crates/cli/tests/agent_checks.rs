@@ -113,6 +113,14 @@ fn scrub_finds_a_flipped_bit_and_a_drill_boots_etcd_on_the_restore() {
     let show = etcdguard().args(["backup", "show", &ids[0], "--repo"]).arg(&repo).output().unwrap();
     expect_code(&show, 0, "backup show");
     assert!(text(&show.stdout).contains("backup verified 20"), "{}", text(&show.stdout));
+    // The drill is recorded too: the inventory (`backup list`, the operator's records) shows it.
+    let list =
+        etcdguard().args(["backup", "list", "-w", "json", "--repo"]).arg(&repo).output().unwrap();
+    expect_code(&list, 0, "backup list");
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let drilled = listed[0]["lastDrilled"].as_str().unwrap_or_else(|| panic!("{listed:#}"));
+    let at = chrono::DateTime::parse_from_rfc3339(drilled).unwrap().timestamp() as f64;
+    assert!((unix_now() - at).abs() < 120.0, "lastDrilled {drilled}");
 
     // One bit flipped in the middle of the largest pack: the next scrub finds it.
     let pack =

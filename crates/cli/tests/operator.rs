@@ -33,6 +33,18 @@ fn deploy_crds_equal_what_the_binary_prints() {
         "deploy/crds/etcdguard.io_v1alpha1.yaml is stale: regenerate it with \
          `etcdguard operator crds > deploy/crds/etcdguard.io_v1alpha1.yaml`"
     );
+    // The Helm chart installs the same CRDs from its own crds/ directory.
+    let chart = crds_file()
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("helm/etcdguard/crds/etcdguard.io_v1alpha1.yaml");
+    let in_chart = std::fs::read_to_string(&chart).unwrap_or_default();
+    assert!(
+        in_chart == committed,
+        "{} differs from deploy/crds/etcdguard.io_v1alpha1.yaml: copy it",
+        chart.display()
+    );
 }
 
 /// A running `etcdguard operator`, stopped by PID (SIGTERM) when dropped.

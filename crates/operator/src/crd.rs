@@ -245,6 +245,7 @@ pub struct EtcdBackupScheduleStatus {
     printcolumn(name = "Revision", type_ = "integer", json_path = ".spec.revision"),
     printcolumn(name = "Size", type_ = "integer", json_path = ".spec.size"),
     printcolumn(name = "Verified", type_ = "date", json_path = ".spec.lastVerified"),
+    printcolumn(name = "Drilled", type_ = "date", json_path = ".spec.lastDrilled"),
     printcolumn(name = "Policy", type_ = "string", json_path = ".spec.deletionPolicy")
 )]
 #[serde(rename_all = "camelCase")]
@@ -266,6 +267,10 @@ pub struct EtcdBackupRecordSpec {
     /// scrub), RFC 3339; absent if never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_verified: Option<String>,
+    /// When a restore drill (the agent's `--drill-every`) last passed on it: restored into a
+    /// scratch data dir and, with an etcd binary, booted and read. RFC 3339; absent if never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drilled: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     /// `Retain` (default): deleting this object leaves the backup in the repository (the

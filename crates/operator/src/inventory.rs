@@ -83,6 +83,8 @@ struct Listed {
     snapshot_size: u64,
     verified: bool,
     last_verified: Option<String>,
+    #[serde(default)]
+    last_drilled: Option<String>,
     hostname: Option<String>,
 }
 
@@ -131,6 +133,7 @@ async fn sync_repository(
             snapshot_size: b.snapshot_size,
             verified: b.verified,
             last_verified: b.last_verified,
+            last_drilled: b.last_drilled,
             hostname: b.hostname,
             deletion_policy: None,
         };

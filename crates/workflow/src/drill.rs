@@ -142,6 +142,11 @@ pub fn drill(
     }
     drop(spool);
     drilled.elapsed = started.elapsed();
+    // The inventory (`backup list`, the operator's records) shows it; a read-only or
+    // immutable store that refuses the record does not fail the drill.
+    if let Err(e) = repo.record_drill(&m.id, drilled.booted) {
+        note(&format!("drill: passed, but its record could not be written: {e}"));
+    }
     Ok(Some(drilled))
 }
 

@@ -865,6 +865,8 @@ fn list(args: ListArgs) -> Result<()> {
                         "verified": m.etcd.verified,
                         // When `backup verify` or a scrub last passed on it (None: never).
                         "lastVerified": repo.verification(&m.id).ok().flatten(),
+                        // When a restore drill last passed on it (None: never).
+                        "lastDrilled": repo.drill_record(&m.id).ok().flatten(),
                         "labels": m.labels,
                         "hostname": m.hostname,
                         "authenticated": authenticated,

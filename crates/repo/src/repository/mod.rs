@@ -153,6 +153,10 @@ fn verified_key(id: &str) -> String {
     format!("verified/{id}.json")
 }
 
+fn drilled_key(id: &str) -> String {
+    format!("drilled/{id}.json")
+}
+
 /// Where `backup url` puts a backup's snapshot reassembled as one plain object.
 pub fn export_key(id: &str) -> String {
     format!("exports/{id}/snapshot.db")
@@ -716,6 +720,28 @@ impl Repository {
         self.check_framing(&index, &manifest)?;
         let v = serde_json::json!({"backup": id, "verified": Utc::now(), "tool_version": env!("CARGO_PKG_VERSION")});
         self.store.put(&verified_key(id), Bytes::from(v.to_string()))?;
+        Ok(())
+    }
+
+    /// When a restore drill last passed on this backup (restored into a scratch data dir and,
+    /// when the drill had an etcd binary, booted and read), if one was recorded.
+    pub fn drill_record(&self, id: &str) -> Result<Option<DateTime<Utc>>, RepoError> {
+        match self.store.get(&drilled_key(id)) {
+            Ok(b) => {
+                let v: serde_json::Value = serde_json::from_slice(&b).unwrap_or_default();
+                Ok(v.get("drilled").and_then(|t| t.as_str()).and_then(|t| t.parse().ok()))
+            }
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records a drill that passed on backup `id` (`booted`: etcd started on the restored
+    /// data and answered). Like the verification record, a hint for people and inventories:
+    /// nothing trusts it over a check of the bytes.
+    pub fn record_drill(&self, id: &str, booted: bool) -> Result<(), RepoError> {
+        let v = serde_json::json!({"backup": id, "drilled": Utc::now(), "booted": booted, "tool_version": env!("CARGO_PKG_VERSION")});
+        self.store.put(&drilled_key(id), Bytes::from(v.to_string()))?;
         Ok(())
     }
 }

@@ -21,6 +21,7 @@ impl Repository {
         self.manifest(id)?;
         self.store.delete(&manifest_key(id))?;
         self.store.delete(&verified_key(id))?;
+        self.store.delete(&drilled_key(id))?;
         self.store.delete(&export_key(id))?;
         Ok(())
     }
@@ -182,6 +183,7 @@ impl Repository {
         for id in &remove {
             self.store.delete(&manifest_key(id))?;
             self.store.delete(&verified_key(id))?;
+            self.store.delete(&drilled_key(id))?;
         }
         // 2. Repack partly used packs (stored bytes are copied, not re-encoded).
         let uploader = Uploader::start(self.store.clone());
@@ -273,8 +275,9 @@ impl Repository {
         // 4. Verification records of backups that are gone.
         let remaining: HashSet<String> =
             self.store.list("backups/")?.into_iter().map(|o| o.key).collect();
-        for v in self.store.list("verified/")? {
-            let id = v.key.trim_start_matches("verified/").trim_end_matches(".json");
+        let records = [self.store.list("verified/")?, self.store.list("drilled/")?].concat();
+        for v in records {
+            let id = v.key.split_once('/').map_or("", |(_, name)| name).trim_end_matches(".json");
             if !remaining.contains(&manifest_key(id)) {
                 self.store.delete(&v.key)?;
             }
