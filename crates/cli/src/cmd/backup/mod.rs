@@ -1,0 +1,625 @@
+//! `etcdguard backup …`: snapshots and control-plane files in a deduplicated repository.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::Utc;
+use clap::{Args, Subcommand, ValueEnum};
+use etcdguard_repo::crypto::Passphrase;
+use etcdguard_repo::manifest::{FileKind, Manifest, Source};
+use etcdguard_repo::retention::{parse_duration, Policy};
+use etcdguard_repo::{RepoError, Repository};
+use etcdguard_storage::TrailerCheck;
+use etcdguard_workflow::backup::{self, CreateOptions, KeyEvent, RestoreEvent};
+use etcdguard_workflow::restore::SnapshotRestoreOptions;
+use etcdguard_workflow::{PassphraseSource, RepoSpec};
+use serde_json::json;
+
+use crate::cmd::table;
+use crate::exit::{Code, Failure};
+
+mod delete;
+mod key;
+mod list;
+mod prune;
+mod restore;
+mod show;
+mod unlock;
+mod url;
+mod verify;
+
+use self::{
+    delete::delete, key::key, list::list, prune::prune, restore::restore, show::show,
+    unlock::unlock, url::url, verify::verify,
+};
+pub use delete::DeleteArgs;
+pub use key::KeyArgs;
+pub use list::ListArgs;
+pub use prune::PruneArgs;
+pub use restore::RestoreArgs;
+pub use show::ShowArgs;
+pub use unlock::UnlockArgs;
+pub use url::UrlArgs;
+pub use verify::VerifyArgs;
+
+pub(crate) use etcdguard_workflow::text::{created_line, duration_short, human};
+
+pub(crate) const REPO_HELP: &str = "Repository: a local directory (the default), s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or \
+az://CONTAINER[/PREFIX]. Options go in the query: ?endpoint=http://host:9000&region=us-east-1&path-style=true \
+(S3-compatible servers), ?account=NAME (Azure), ?retries=N; S3 also ?checksum=sha256 (needed by a bucket with \
+Object Lock) and ?sse=AES256|aws:kms[&sse-kms-key-id=KEY] (server-side encryption). Credentials come from the environment and files as \
+the cloud SDKs read them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_PROFILE and ~/.aws/credentials, \
+GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_NAME/AZURE_STORAGE_ACCOUNT_KEY). Without S3 credentials \
+the EC2 instance metadata address is asked for them only for AWS itself and unless AWS_EC2_METADATA_DISABLED=true; \
+requests to another endpoint go unsigned.";
+
+#[derive(Subcommand)]
+pub enum BackupCommand {
+    /// Store a snapshot and control-plane files (PKI, static pod manifests, encryption config) as a new backup.
+    ///
+    /// The snapshot is checked first (sha256 trailer, bbolt structure, etcd schema; a damaged
+    /// snapshot is refused), then cut into page-aligned chunks; only chunks the repository does
+    /// not hold yet are compressed (zstd) and uploaded, so a backup taken after a little churn
+    /// costs a small fraction of the first. The backup appears in `backup list` only once every
+    /// part is stored. A repository is created on first use. Without --from-file the snapshot
+    /// is taken from the live cluster (same connection flags and environment as `snapshot
+    /// save`), spooled to a private scratch file, checked, stored, and the scratch file removed.
+    ///
+    /// Examples:
+    ///   etcdguard backup create --repo s3://etcd-backups/prod-eu --cluster prod-eu \
+    ///       --endpoints https://10.0.0.1:2379 --cacert /etc/kubernetes/pki/etcd/ca.crt \
+    ///       --cert /etc/kubernetes/pki/etcd/healthcheck-client.crt \
+    ///       --key /etc/kubernetes/pki/etcd/healthcheck-client.key --pki-dir /etc/kubernetes/pki
+    ///   etcdguard backup create --repo /var/backups/etcd --from-file /tmp/snapshot.db \
+    ///       --pki-dir /etc/kubernetes/pki --manifests-dir /etc/kubernetes/manifests \
+    ///       --encryption-config /etc/kubernetes/enc/encryption-config.yaml --label env=prod
+    ///   AWS_PROFILE=backup etcdguard backup create --repo s3://etcd-backups/prod-eu --from-file snap.db
+    #[command(verbatim_doc_comment)]
+    Create(CreateArgs),
+    #[command(long_about = crate::cmd::import::IMPORT_HELP, after_help = crate::cmd::import::IMPORT_EXAMPLES)]
+    /// Bring in backups other tools made (OpenShift cluster-backup.sh, etcdctl, k3s/RKE2,
+    /// etcd-druid), with their original times.
+    Import(crate::cmd::import::ImportArgs),
+    /// List the backups in a repository, oldest first.
+    ///
+    /// Example: etcdguard backup list --repo s3://etcd-backups/prod-eu -w json
+    List(ListArgs),
+    /// Show one backup: etcd status at the time, sizes, checksums and the files it holds.
+    ///
+    /// ID is a backup id, a unique prefix of one (4 characters or more) or `latest`.
+    ///
+    /// Example: etcdguard backup show latest --repo /var/backups/etcd
+    Show(ShowArgs),
+    /// Download a backup and check it completely: the snapshot's sha256 (which covers every
+    /// chunk; a damaged one is named), its trailer, bbolt structure and etcd schema (as
+    /// `snapshot verify`), and every file.
+    ///
+    /// A backup that passes is recorded as verified (prune never removes the newest verified
+    /// backup). Exits non-zero when anything is wrong (9 checksum mismatch, 10 damaged).
+    ///
+    /// Example: etcdguard backup verify latest --repo s3://etcd-backups/prod-eu
+    Verify(VerifyArgs),
+    /// Bring a backup back: the snapshot file (byte-identical to the one backed up), new etcd
+    /// data dirs built from it, and the control-plane files with their modes.
+    ///
+    /// With --data-dir (or --cluster-out) the snapshot is downloaded, its sha256 checked, and
+    /// restored as `etcdguard snapshot restore` does, with the same flags. With --to-file the
+    /// snapshot file itself is written (and kept when --data-dir is given too). Nothing
+    /// existing is overwritten.
+    ///
+    /// Examples:
+    ///   etcdguard backup restore latest --repo /var/backups/etcd --data-dir /var/lib/etcd-restored \
+    ///       --bump-revision 1000000000 --mark-compacted --files-to /root/restore-files
+    ///   etcdguard backup restore 3f9a1c2b --repo s3://etcd-backups/prod-eu --to-file /root/snapshot.db
+    #[command(verbatim_doc_comment)]
+    Restore(RestoreArgs),
+    /// Remove one backup from the list. Its data is freed by the next `backup prune`.
+    ///
+    /// Refuses to remove the newest verified backup unless --force is given.
+    ///
+    /// Example: etcdguard backup delete 3f9a1c2b --repo /var/backups/etcd
+    Delete(DeleteArgs),
+    /// Apply a retention policy and free the space of data no remaining backup uses.
+    ///
+    /// Rules as restic's `forget`: --keep-last N keeps the N newest; --keep-hourly/daily/
+    /// weekly/monthly/yearly N keep the newest backup of each of the last N periods (UTC)
+    /// that have one; --keep-within D keeps all taken within D of the newest. A backup kept by
+    /// any rule stays; the newest verified backup always stays. Without rules only unused data
+    /// is removed (after `backup delete`, or left by an interrupted create). Waits for no one:
+    /// fails at once (exit 15) while another etcdguard writes to the repository; locks left
+    /// unrefreshed for 5 minutes (by the storage's clock) are stale and removed.
+    ///
+    /// Examples:
+    ///   etcdguard backup prune --repo /var/backups/etcd --keep-hourly 24 --keep-daily 7 --keep-weekly 4 --dry-run
+    ///   etcdguard backup prune --repo s3://etcd-backups/prod-eu --keep-within 72h --keep-monthly 12
+    #[command(verbatim_doc_comment)]
+    Prune(PruneArgs),
+    /// Read every pack and mend a damaged repository: salvage what damaged packs still hold,
+    /// store lost chunks again from the data at hand, rebuild the index, and name the backups
+    /// that stay unrestorable.
+    ///
+    /// Damage found by `backup verify`, a restore, the agent's scrub or `backup create` is
+    /// recorded in the repository; a create already stores fresh copies of what it reuses.
+    /// Repair goes further: every pack is read whole (a pack is intact when it hashes to its
+    /// name), the sound blobs of damaged packs are copied into new packs, lost chunks are
+    /// looked for in --from-file snapshots, --from-repo repositories and, with --from-live,
+    /// a fresh snapshot of the cluster; then one new index replaces the old ones and the
+    /// damaged packs are removed. Takes the exclusive lock (as prune). Exits 10 while any
+    /// backup stays unrestorable. Run it with --dry-run first.
+    ///
+    /// Examples:
+    ///   etcdguard backup repair --repo /var/backups/etcd --dry-run
+    ///   etcdguard backup repair --repo s3://etcd-backups/prod-eu --from-file /root/snapshot-monday.db
+    ///   etcdguard backup repair --repo /var/backups/etcd --from-live --endpoints https://10.0.0.1:2379 \
+    ///       --cacert ca.crt --cert client.crt --key client.key
+    #[command(verbatim_doc_comment)]
+    Repair(crate::cmd::repair::RepairArgs),
+    /// Remove stale repository locks: those whose holder has not rewritten them for 5 minutes
+    /// by the storage's clock (a killed or disconnected etcdguard), unreadable lock files and
+    /// leftover temporary files. Live locks are kept and listed.
+    ///
+    /// With --remove-all every lock goes, live ones too: only when you know no etcdguard is
+    /// running against the repository (a prune running beside a create can delete data the
+    /// create is about to reference). `backup prune` removes stale locks by itself.
+    ///
+    /// Example: etcdguard backup unlock --repo s3://etcd-backups/prod-eu
+    #[command(verbatim_doc_comment)]
+    Unlock(UnlockArgs),
+    /// Print presigned download URLs (S3, GCS, Azure) of a backup's objects, for restore flows
+    /// that fetch from a URL without credentials.
+    ///
+    /// Example: etcdguard backup url latest --repo s3://etcd-backups/prod-eu --expires 1h
+    Url(UrlArgs),
+    /// The passphrases of an encrypted repository: list, add, remove, passwd.
+    ///
+    /// Each passphrase opens its own key file (`keys/<id>.json`) holding the one master key,
+    /// so a passphrase can be added for a colleague or a vault and removed later without
+    /// re-encrypting anything. The current passphrase comes as for every command
+    /// (ETCDGUARD_PASSPHRASE or --passphrase-file), a new one from ETCDGUARD_NEW_PASSPHRASE or
+    /// --new-passphrase-file.
+    ///
+    /// Examples:
+    ///   etcdguard backup key list --repo s3://etcd-backups/prod-eu
+    ///   etcdguard backup key passwd --repo /var/backups/etcd \
+    ///       --passphrase-file /root/old-pass --new-passphrase-file /root/new-pass
+    #[command(verbatim_doc_comment)]
+    Key(KeyArgs),
+    /// Continuous capture: store every change after the newest full backup, as it happens.
+    ///
+    /// Takes a full backup first when the repository has none (same flags as `backup
+    /// create`), then watches the whole keyspace from the revision after it and stores the
+    /// changes as segments every --segment-interval: a disaster loses at most that much. A
+    /// restart resumes after the last stored revision, with no gap and no duplicate. When
+    /// etcd has compacted past that point the lost range is recorded and a new full backup
+    /// is taken. Auth and membership changes are not in the watch stream: the next full
+    /// backup carries them. `backup restore --at` builds the database at any revision or
+    /// time from a full backup and these changes; `backup log` lists them.
+    ///
+    /// Examples:
+    ///   etcdguard backup follow --repo s3://etcd-backups/prod-eu --full-every 24h \
+    ///       --endpoints https://10.0.0.1:2379,https://10.0.0.2:2379 --cacert … --cert … --key …
+    ///   etcdguard backup follow --repo /var/backups/etcd --until-revision 120345   # scripts, tests
+    #[command(verbatim_doc_comment)]
+    Follow(crate::cmd::capture::FollowArgs),
+    /// The changes stored by continuous capture: revision, time, put or delete, object kind,
+    /// namespace and name. Finds the moment to restore to.
+    ///
+    /// Example — when was namespace prod deleted?
+    ///   etcdguard backup log --repo /var/backups/etcd --key /registry/namespaces/prod
+    ///   etcdguard backup restore --repo /var/backups/etcd --at <that revision - 1> --to-file before.db
+    #[command(verbatim_doc_comment)]
+    Log(crate::cmd::capture::LogArgs),
+    /// Copy backups into a second repository (another bucket, region, cloud or directory),
+    /// with their continuous-capture changes.
+    ///
+    /// Each backup keeps its id and creation time, so both sites list it the same way. Its
+    /// snapshot and files are read from the source (sha256 checked, as `verify` checks them)
+    /// and stored as `backup create` stores them: only chunks the destination lacks are
+    /// uploaded, sealed under the destination's own key, and a backup is listed there only
+    /// once complete, so a copy that was stopped is simply run again. Backups already there
+    /// are skipped; another backup under the same id is refused (exit 14). A backup whose
+    /// source data is damaged is not copied (exit 10 at the end), the others are. The
+    /// destination is created when missing, chunked as the source (encrypted when
+    /// ETCDGUARD_TO_PASSPHRASE or --to-passphrase-file is given; required when the source
+    /// is encrypted). The source is only read.
+    ///
+    /// Examples:
+    ///   etcdguard backup copy --from /var/backups/etcd --to s3://etcd-backups-dr/prod-eu
+    ///   ETCDGUARD_PASSPHRASE=… ETCDGUARD_TO_PASSPHRASE=… etcdguard backup copy \
+    ///       --from s3://etcd-backups/prod-eu --to az://dr/prod-eu?account=drbackups latest
+    #[command(verbatim_doc_comment)]
+    Copy(crate::cmd::copy::CopyArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct RepoArg {
+    #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL", help = REPO_HELP, value_parser = crate::args::repo)]
+    pub repo: String,
+    /// File holding the passphrase of an encrypted repository (or put the passphrase itself in
+    /// ETCDGUARD_PASSPHRASE). A repository that `backup create` makes while a passphrase is
+    /// given is encrypted with it: chunks and files (CA keys included) are sealed with
+    /// XChaCha20-Poly1305 under a key only the passphrase opens. Lose it and the backups are lost.
+    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
+    pub passphrase_file: Option<PathBuf>,
+    /// Unlock an encrypted repository with a key management service instead of a passphrase:
+    /// aws-kms:KEY[?region=R&endpoint=URL] (KEY: key id, alias/NAME or ARN; AWS credentials
+    /// from the environment), for a key file `backup key add --new-kms-key` wrote.
+    #[arg(long, env = "ETCDGUARD_KMS_KEY", value_name = "KMS")]
+    pub kms_key: Option<String>,
+}
+
+impl RepoArg {
+    /// The passphrase from --passphrase-file or ETCDGUARD_PASSPHRASE, if any.
+    fn passphrase(&self) -> Result<Option<Passphrase>, Failure> {
+        read_passphrase(
+            self.passphrase_file.as_deref(),
+            "--passphrase-file",
+            "ETCDGUARD_PASSPHRASE",
+        )
+    }
+
+    /// The repository as the workflows take it; the passphrase is read when one is needed.
+    pub fn spec(&self) -> RepoSpec {
+        let arg = self.clone();
+        RepoSpec {
+            url: self.repo.clone(),
+            passphrase: Arc::new(move || Ok(arg.passphrase()?)),
+            transfer: Default::default(),
+            kms: self.kms_key.clone(),
+        }
+    }
+}
+
+/// `--parallel`: how many packs are fetched (restore, verify) or chunks compressed and
+/// packs uploaded (create) at once.
+#[derive(Args, Clone, Default)]
+pub struct ParallelArg {
+    /// Range reads of packs (restore, verify) or compression threads and uploads (create) at
+    /// once [default: the number of cores, 2 to 8]. More helps against a distant bucket;
+    /// memory grows by about 8 MiB each.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: Option<u16>,
+}
+
+impl ParallelArg {
+    /// The transfer settings, with a progress bar on stderr when it is a terminal.
+    pub fn transfer(&self, limit_rate: Option<u64>) -> etcdguard_repo::repository::Transfer {
+        use std::io::IsTerminal;
+        etcdguard_repo::repository::Transfer {
+            parallel: self.parallel.map(usize::from).unwrap_or(0),
+            limit_rate,
+            compression_level: None,
+            progress: std::io::stderr()
+                .is_terminal()
+                .then(|| Arc::new(Bar::default()) as Arc<dyn etcdguard_repo::repository::Progress>),
+            ..Default::default()
+        }
+    }
+}
+
+/// A progress bar on stderr (bytes, rate, ETA); only made when stderr is a terminal.
+#[derive(Default)]
+struct Bar(std::sync::Mutex<Option<indicatif::ProgressBar>>);
+
+impl etcdguard_repo::repository::Progress for Bar {
+    fn begin(&self, total: Option<u64>) {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            total,
+            indicatif::ProgressDrawTarget::stderr_with_hz(5),
+        );
+        let template = match total {
+            Some(_) => "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            None => "{spinner} {bytes} {binary_bytes_per_sec}",
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style);
+        }
+        if let Some(old) = self.0.lock().unwrap_or_else(|p| p.into_inner()).replace(bar) {
+            old.finish_and_clear();
+        }
+    }
+    fn advance(&self, bytes: u64) {
+        if let Some(b) = &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            b.inc(bytes);
+        }
+    }
+    fn end(&self) {
+        if let Some(b) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn parse_compression_level(s: &str) -> Result<i32, String> {
+    match s.parse::<i32>() {
+        Ok(level) if (-20..=19).contains(&level) && level != 0 => Ok(level),
+        _ => Err(format!(
+            "{s:?}: give a zstd level from -20 (fastest, largest) to 19 (smallest, slowest), not 0"
+        )),
+    }
+}
+
+fn parse_limit_rate(s: &str) -> Result<u64, String> {
+    etcdguard_repo::repository::parse_rate(s)
+}
+
+/// A passphrase from a file (trailing newline dropped) or else from an environment variable.
+pub(crate) fn read_passphrase(
+    file: Option<&Path>,
+    flag: &str,
+    env: &str,
+) -> Result<Option<Passphrase>, Failure> {
+    if let Some(path) = file {
+        // Its mode was checked (with a warning) when the flag was parsed: crate::args.
+        let bytes = std::fs::read(path).map_err(|e| {
+            let code = match e.kind() {
+                std::io::ErrorKind::NotFound => Code::NotFound,
+                std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
+                _ => Code::Failure,
+            };
+            Failure::new(code, format!("{flag} {}: {e}", path.display()))
+        })?;
+        let p = Passphrase::new(bytes);
+        if p.bytes().is_empty() {
+            return Err(Failure::new(
+                Code::Usage,
+                format!("{flag} {}: the file is empty", path.display()),
+            ));
+        }
+        return Ok(Some(p));
+    }
+    match std::env::var_os(env) {
+        Some(v) if !v.is_empty() => Ok(Some(Passphrase::new(
+            std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec(),
+        ))),
+        _ => Ok(None),
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct CreateArgs {
+    #[command(flatten, next_help_heading = "Repository")]
+    pub repo: RepoArg,
+    /// Snapshot file to back up (from `snapshot save` or `etcdctl snapshot save`, or a copied
+    /// member/snap/db). Without it, a snapshot is taken from the live cluster (--endpoints …).
+    #[arg(help_heading = "Snapshot source", long, value_name = "SNAPSHOT")]
+    pub from_file: Option<PathBuf>,
+    /// Live cluster: which member to take the snapshot from (`follower`, `leader` or an endpoint).
+    #[arg(
+        help_heading = "Snapshot source",
+        long,
+        value_name = "follower|leader|ENDPOINT",
+        default_value = "follower",
+        conflicts_with = "from_file"
+    )]
+    pub snapshot_from: etcdguard_client::SnapshotFrom,
+    /// Live cluster: where the snapshot is spooled (and checked) before it is stored (default: the system temp dir).
+    #[arg(help_heading = "Snapshot source", long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
+    #[command(
+        flatten,
+        next_help_heading = "Connection to etcd (flags and ETCDCTL_* variables as etcdctl)"
+    )]
+    pub conn: crate::cmd::cluster::ConnArgs,
+    /// Kubernetes PKI directory (e.g. /etc/kubernetes/pki); stored as pki/…
+    #[arg(help_heading = "What to back up", long, value_name = "DIR")]
+    pub pki_dir: Option<PathBuf>,
+    /// Static pod manifests directory (e.g. /etc/kubernetes/manifests); stored as manifests/…
+    /// The file kube-apiserver.yaml names with --encryption-provider-config (on the host,
+    /// through its hostPath volume) is stored too, unless --encryption-config is given.
+    #[arg(help_heading = "What to back up", long, value_name = "DIR")]
+    pub manifests_dir: Option<PathBuf>,
+    /// Encryption-at-rest configuration (kube-apiserver --encryption-provider-config); stored as encryption-config/…
+    #[arg(help_heading = "What to back up", long, value_name = "FILE")]
+    pub encryption_config: Option<PathBuf>,
+    /// Any other file or directory to keep with the backup (repeatable); stored as files/…
+    /// (FIFOs, sockets and devices are refused; inside a directory they are skipped, with a note).
+    #[arg(help_heading = "What to back up", long = "file", value_name = "PATH")]
+    pub files: Vec<PathBuf>,
+    /// KEY=VALUE label to attach (repeatable).
+    #[arg(help_heading = "What to back up", long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Cluster name shown in `backup list`.
+    #[arg(help_heading = "What to back up", long, value_name = "NAME", value_parser = crate::args::non_empty)]
+    pub cluster: Option<String>,
+    /// Skip the structural and schema check of the snapshot (the sha256 trailer is still checked).
+    #[arg(help_heading = "Backup options", long)]
+    pub skip_verify: bool,
+    #[command(flatten, next_help_heading = "Backup options")]
+    pub parallel: ParallelArg,
+    /// Read the snapshot at most this fast (e.g. 50MiB/s, 800k), so a backup does not
+    /// saturate the node's disk or network; compression and uploads follow.
+    #[arg(long, value_name = "RATE", value_parser = parse_limit_rate)]
+    pub limit_rate: Option<u64>,
+    /// zstd level of the chunks this backup adds [default: the repository's, 1]. Higher is
+    /// smaller and slower (up to 19, e.g. for long-term storage); negative is faster and
+    /// larger (down to -20). Restores read any level; chunks already stored are not redone.
+    #[arg(long, value_name = "LEVEL", allow_negative_numbers = true, value_parser = parse_compression_level)]
+    pub compression_level: Option<i32>,
+    /// Do not read back the stored chunks this backup reuses. By default every pack a backup
+    /// reuses is read whole and checked, and a damaged chunk is stored again from this
+    /// snapshot (and recorded as damaged), so a new backup never depends on damaged data.
+    /// Skipping it saves reading the previous backup's packs (for a distant bucket); a
+    /// damaged chunk then spreads into this backup until a scrub or verify finds it.
+    #[arg(long)]
+    pub trust_stored: bool,
+    /// Chunk size of a new repository (a multiple of the bbolt page size; ignored for an existing one).
+    #[arg(long, value_name = "BYTES", default_value_t = etcdguard_repo::repository::DEFAULT_CHUNK_SIZE, hide = true)]
+    pub chunk_size: u32,
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = TextJson::Text)]
+    pub write_out: TextJson,
+}
+
+impl CreateArgs {
+    /// The library's options from the flags.
+    pub fn options(&self) -> CreateOptions {
+        CreateOptions {
+            repo: RepoSpec {
+                transfer: etcdguard_repo::repository::Transfer {
+                    compression_level: self.compression_level,
+                    trust_stored: self.trust_stored,
+                    ..self.parallel.transfer(self.limit_rate)
+                },
+                ..self.repo.spec()
+            },
+            from_file: self.from_file.clone(),
+            snapshot_from: self.snapshot_from.clone(),
+            scratch_dir: self.scratch_dir.clone(),
+            conn: self.conn.flags(),
+            pki_dir: self.pki_dir.clone(),
+            manifests_dir: self.manifests_dir.clone(),
+            encryption_config: self.encryption_config.clone(),
+            files: self.files.clone(),
+            labels: self.labels.clone(),
+            cluster: self.cluster.clone(),
+            skip_verify: self.skip_verify,
+            chunk_size: self.chunk_size,
+        }
+    }
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?}: expected KEY=VALUE")),
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+pub enum TextJson {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum TableJson {
+    Table,
+    Json,
+}
+
+/// Retention rules, as restic's `forget` has them.
+#[derive(Args, Clone)]
+pub struct KeepArgs {
+    /// Keep the N newest backups.
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    pub keep_last: usize,
+    /// Keep the newest backup of each of the last N hours that have one.
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    pub keep_hourly: usize,
+    /// Keep the newest backup of each of the last N days (UTC) that have one.
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    pub keep_daily: usize,
+    /// Keep the newest backup of each of the last N ISO weeks that have one.
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    pub keep_weekly: usize,
+    /// Keep the newest backup of each of the last N months that have one.
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    pub keep_monthly: usize,
+    /// Keep the newest backup of each of the last N years that have one.
+    #[arg(long, value_name = "N", default_value_t = 0, hide_default_value = true)]
+    pub keep_yearly: usize,
+    /// Keep every backup taken within this long of the newest (e.g. 36h, 7d, 2w).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub keep_within: Option<Duration>,
+}
+
+impl KeepArgs {
+    /// The policy, or `None` when no rule was given.
+    pub fn policy(&self) -> Option<Policy> {
+        let policy = Policy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self.keep_within,
+        };
+        (!policy.is_empty()).then_some(policy)
+    }
+}
+
+pub fn run(cmd: BackupCommand) -> Result<()> {
+    match cmd {
+        BackupCommand::Create(a) => create(a),
+        BackupCommand::Import(a) => crate::cmd::import::import(a),
+        BackupCommand::List(a) => list(a),
+        BackupCommand::Show(a) => show(a),
+        BackupCommand::Verify(a) => verify(a),
+        BackupCommand::Restore(a) => restore(a),
+        BackupCommand::Delete(a) => delete(a),
+        BackupCommand::Prune(a) => prune(a),
+        BackupCommand::Repair(a) => crate::cmd::repair::repair(a),
+        BackupCommand::Unlock(a) => unlock(a),
+        BackupCommand::Url(a) => url(a),
+        BackupCommand::Key(a) => key(a),
+        BackupCommand::Follow(a) => crate::cmd::capture::follow(a),
+        BackupCommand::Log(a) => crate::cmd::capture::log(a),
+        BackupCommand::Copy(a) => crate::cmd::copy::run(a),
+    }
+}
+
+/// Maps a repository error to its exit code; the message is the library's.
+pub(crate) fn failure(e: RepoError) -> Failure {
+    etcdguard_workflow::error::repo_error(e).into()
+}
+
+/// Opens the repository for reading metadata (manifests, index): no passphrase needed.
+fn open_repo(repo: &RepoArg) -> Result<Repository, Failure> {
+    Ok(repo.spec().open()?)
+}
+
+fn resolve(repo: &Repository, id: &str) -> Result<Manifest, Failure> {
+    Ok(etcdguard_workflow::repo::resolve(repo, id)?)
+}
+
+fn create(args: CreateArgs) -> Result<()> {
+    let manifest = backup::create(&args.options(), &mut |note| eprintln!("{note}"))?;
+    match args.write_out {
+        TextJson::Json => crate::args::print_json(&manifest)?,
+        TextJson::Text => println!("{}", created_line(&manifest)),
+    }
+    Ok(())
+}
+
+fn age(created: chrono::DateTime<Utc>) -> String {
+    let secs = (Utc::now() - created).num_seconds().max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn labels_text(m: &Manifest) -> String {
+    m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// Unlocks an encrypted repository when a passphrase is given, so its manifests are
+/// checked; says whether they are (see `Repository::authenticates_manifests`).
+fn unlock_if_given(repo: &mut Repository, arg: &RepoArg) -> Result<bool, Failure> {
+    let spec = arg.spec();
+    if repo.is_encrypted() && spec.passphrase()?.is_some() {
+        spec.unlock(repo)?;
+    }
+    Ok(repo.authenticates_manifests())
+}
+
+/// What `list` and `show` say when an encrypted repository's manifests were not checked.
+const UNAUTHENTICATED_NOTE: &str = "note: without the passphrase the clear fields of these manifests (time, labels, \
+cluster, etcd status) cannot be authenticated: anyone who can write to the repository could have changed them. Give \
+the passphrase (ETCDGUARD_PASSPHRASE or --passphrase-file) to check them";
+
+/// A private scratch directory (locked while it lives, removed on drop); dead ones beside it are swept.
+pub(crate) fn tempfile_in(dir: &Path) -> Result<etcdguard_workflow::spool::Spool, Failure> {
+    Ok(etcdguard_workflow::spool::create(dir)?.0)
+}
+
+/// Writes the snapshot of backup `id` (id, prefix or `latest`) into `dir`; returns its path.
+pub(crate) fn fetch_snapshot(repo: &RepoArg, id: &str, dir: &Path) -> Result<PathBuf, Failure> {
+    Ok(backup::fetch_snapshot(&repo.spec(), id, dir)?)
+}
