@@ -8,14 +8,15 @@
 //! The recovery's wall time is printed (`--nocapture`); the data's size is
 //! `ETCDGUARD_RECOVERY_MB` MiB (default 4).
 
+mod etcdctl_support;
 mod kubelet_support;
 mod live_support;
 mod ssh_support;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
+use etcdctl_support::*;
 use etcdguard_testkit::{free_port, free_port_on, node_host, EtcdVersion};
 use kubelet_support::Kubelet;
 use live_support::*;
@@ -108,83 +109,6 @@ fn start_site() -> Site {
     let addrs: Vec<String> = hosts.iter().map(|h| h.addr.clone()).collect();
     let ssh = SshHosts::start(tmp.path(), &addrs);
     Site { tmp, hosts, ssh }
-}
-
-fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
-    EtcdVersion::V3_5
-        .binaries()
-        .etcdctl()
-        .args(["--endpoints", endpoints, "--command-timeout", "3s", "--dial-timeout", "1s"])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn json(endpoints: &str, args: &[&str]) -> serde_json::Value {
-    let mut a = args.to_vec();
-    a.extend(["-w", "json"]);
-    let out = etcdctl(endpoints, &a);
-    assert!(out.status.success(), "etcdctl {args:?}: {}", text(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn healthy(endpoint: &str) -> bool {
-    etcdctl(endpoint, &["endpoint", "health"]).status.success()
-}
-
-fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Writes `keys` keys of `value_bytes` each, 100 puts per transaction.
-fn load(endpoint: &str, keys: usize, value_bytes: usize) {
-    use std::io::Write;
-    let mut i = 0;
-    while i < keys {
-        let mut script = String::from("\n");
-        for k in i..(i + 100).min(keys) {
-            let fill: String =
-                std::iter::repeat_n(char::from(b'a' + (k % 26) as u8), value_bytes).collect();
-            script.push_str(&format!("put /registry/configmaps/ns{}/cm{k} {fill}\n", k % 7));
-        }
-        script.push_str("\n\n");
-        let mut child = EtcdVersion::V3_5
-            .binaries()
-            .etcdctl()
-            .args(["--endpoints", endpoint, "--command-timeout", "30s", "txn"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-        assert!(child.wait().unwrap().success(), "txn of keys {i}..");
-        i += 100;
-    }
-}
-
-fn dump(endpoint: &str) -> Vec<(String, String)> {
-    let v = json(endpoint, &["get", "/", "--prefix", "--consistency=s"]);
-    v["kvs"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|kv| {
-                    (
-                        kv["key"].as_str().unwrap().to_string(),
-                        kv["value"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn cluster_id(endpoint: &str) -> u64 {
-    json(endpoint, &["endpoint", "status"])[0]["Status"]["header"]["cluster_id"].as_u64().unwrap()
 }
 
 /// Three voting members m1–m3 of one cluster, each serving exactly `want`.

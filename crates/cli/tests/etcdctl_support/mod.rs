@@ -1,0 +1,90 @@
+//! etcdctl as the recovery tests use it: short timeouts against members without quorum,
+//! JSON answers, bulk loads, a member's whole keyspace, waits.
+#![allow(dead_code)]
+
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use etcdguard_testkit::EtcdVersion;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
+    EtcdVersion::V3_5
+        .binaries()
+        .etcdctl()
+        .args(["--endpoints", endpoints, "--command-timeout", "3s", "--dial-timeout", "1s"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn json(endpoints: &str, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend(["-w", "json"]);
+    let out = etcdctl(endpoints, &a);
+    assert!(out.status.success(), "etcdctl {args:?}: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+pub fn healthy(endpoint: &str) -> bool {
+    etcdctl(endpoint, &["endpoint", "health"]).status.success()
+}
+
+pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Writes `keys` Kubernetes-shaped keys of `value_bytes` each, 100 puts per transaction.
+pub fn load(endpoint: &str, keys: usize, value_bytes: usize) {
+    use std::io::Write;
+    let mut i = 0;
+    while i < keys {
+        let mut script = String::from("\n");
+        for k in i..(i + 100).min(keys) {
+            let fill: String =
+                std::iter::repeat_n(char::from(b'a' + (k % 26) as u8), value_bytes).collect();
+            script.push_str(&format!("put /registry/configmaps/ns{}/cm{k} {fill}\n", k % 7));
+        }
+        script.push_str("\n\n");
+        let mut child = EtcdVersion::V3_5
+            .binaries()
+            .etcdctl()
+            .args(["--endpoints", endpoint, "--command-timeout", "30s", "txn"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "txn of keys {i}..");
+        i += 100;
+    }
+}
+
+/// Every key and value under `/` as one member serves them (serializable: its own copy).
+pub fn dump(endpoint: &str) -> Vec<(String, String)> {
+    let v = json(endpoint, &["get", "/", "--prefix", "--consistency=s"]);
+    v["kvs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|kv| {
+                    (
+                        kv["key"].as_str().unwrap().to_string(),
+                        kv["value"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn cluster_id(endpoint: &str) -> u64 {
+    json(endpoint, &["endpoint", "status"])[0]["Status"]["header"]["cluster_id"].as_u64().unwrap()
+}
