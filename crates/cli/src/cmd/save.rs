@@ -129,32 +129,22 @@ pub fn run(args: SaveArgs) -> Result<()> {
     // The line etcdctl prints, then etcdguard's own reading of the file.
     println!("Snapshot saved at {}", path.display());
     if !args.skip_status {
-        print!("{}", file_status(path)?);
+        print!("{}", file_status(path, Format::Simple)?);
     }
     Ok(())
 }
 
 /// The file's status as `snapshot status -w json` prints it.
 fn file_status_json(path: &Path) -> Result<serde_json::Value> {
-    let file = crate::cmd::snapshot::open_snapshot(path)?;
-    let db = file.db().map_err(|e| crate::cmd::snapshot::db_failure(path, e))?;
-    let release = || file.release_resident();
-    let (as_of, _) = etcdguard_storage::Provenance::read(&db).writer();
-    let status = etcdguard_storage::status_as(&db, as_of, Some(&release)).map_err(|e| {
-        Failure::new(
-            Code::Corrupt,
-            format!("{}: saved, but its status cannot be read: {e}", path.display()),
-        )
-    })?;
-    Ok(serde_json::from_str(&status.render(Format::Json))?)
+    Ok(serde_json::from_str(&file_status(path, Format::Json)?)?)
 }
 
-/// `etcdguard snapshot status FILE` (simple format, as the release that wrote it) of the file just written.
-fn file_status(path: &Path) -> Result<String> {
+/// `etcdguard snapshot status FILE` in `format`, as the release that wrote the file just
+/// written prints it (a live 3.6 cluster's file prints 3.6's five columns).
+fn file_status(path: &Path, format: Format) -> Result<String> {
     let file = crate::cmd::snapshot::open_snapshot(path)?;
     let db = file.db().map_err(|e| crate::cmd::snapshot::db_failure(path, e))?;
     let release = || file.release_resident();
-    // As the release that wrote it (a live 3.6 cluster's file prints 3.6's five columns).
     let (as_of, _) = etcdguard_storage::Provenance::read(&db).writer();
     let status = etcdguard_storage::status_as(&db, as_of, Some(&release)).map_err(|e| {
         Failure::new(
@@ -162,5 +152,5 @@ fn file_status(path: &Path) -> Result<String> {
             format!("{}: saved, but its status cannot be read: {e}", path.display()),
         )
     })?;
-    Ok(status.render(Format::Simple))
+    Ok(status.render(format))
 }
