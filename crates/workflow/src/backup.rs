@@ -62,6 +62,34 @@ pub fn connect(flags: &ConnectFlags, note: &mut dyn FnMut(&str)) -> Result<Sessi
     Session::new(cfg).map_err(client_error)
 }
 
+/// A snapshot of the live cluster (a healthy follower, as `snapshot save` picks) in a new
+/// private spool under `scratch`, trailer checked; the spool (and the file) go when it is
+/// dropped. `why` finishes the note that names the member.
+pub(crate) fn snapshot_into_spool(
+    flags: &ConnectFlags,
+    scratch: &Path,
+    why: &str,
+    note: &mut dyn FnMut(&str),
+) -> Result<(spool::Spool, PathBuf)> {
+    let session = connect(flags, note)?;
+    let probes = session.probe_all();
+    let choice = choose_member(&probes, &SnapshotFrom::Follower).map_err(client_error)?;
+    let (dir, _) = spool::create(scratch)?;
+    let path = dir.path().join("snapshot.db");
+    note(&format!(
+        "taking a snapshot of {} (revision {}) {why}",
+        choice.status.endpoint, choice.status.revision
+    ));
+    session
+        .save(
+            &choice.status.endpoint,
+            &etcdguard_client::Destination::File(path.clone()),
+            &mut NoProgress,
+        )
+        .map_err(client_error)?;
+    Ok((dir, path))
+}
+
 /// What `backup create` stores, and where from.
 #[derive(Clone)]
 pub struct CreateOptions {

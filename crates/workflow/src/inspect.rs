@@ -199,20 +199,7 @@ pub fn live_changes_since(
     note: &mut dyn FnMut(&str),
 ) -> Result<Vec<ResourceChanges>> {
     let opened = open(origin, None, note)?;
-    let session = crate::backup::connect(conn, note)?;
-    let probes = session.probe_all();
-    let choice =
-        etcdguard_client::choose_member(&probes, &etcdguard_client::SnapshotFrom::Follower)
-            .map_err(crate::error::client_error)?;
-    let (spool, _) = spool::create(scratch)?;
-    let live = spool.path().join("live.db");
-    note(&format!("taking a snapshot of {} to compare", choice.status.endpoint));
-    session
-        .save(
-            &choice.status.endpoint,
-            &etcdguard_client::Destination::File(live.clone()),
-            &mut etcdguard_client::NoProgress,
-        )
-        .map_err(crate::error::client_error)?;
+    let (_spool, live) =
+        crate::backup::snapshot_into_spool(conn, scratch, "to compare with the backup", note)?;
     changes_by_resource(&opened.snapshot, &live, opened.config.as_ref())
 }

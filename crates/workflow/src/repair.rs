@@ -4,13 +4,12 @@
 
 use std::path::PathBuf;
 
-use etcdguard_client::{choose_member, ConnectFlags, NoProgress, SnapshotFrom};
+use etcdguard_client::ConnectFlags;
 use etcdguard_repo::repository::{RepairReport, RepairSource};
 
-use crate::backup::connect;
-use crate::error::{client_error, Error, Result};
+use crate::backup::snapshot_into_spool;
+use crate::error::{Error, Result};
 use crate::repo::RepoSpec;
-use crate::spool;
 
 pub struct RepairOptions {
     pub repo: RepoSpec,
@@ -37,29 +36,8 @@ pub fn repair(opts: &RepairOptions, note: &mut dyn FnMut(&str)) -> Result<Repair
     // The spool lives until the repair is done.
     let mut spool_dir = None;
     if let Some(flags) = &opts.live {
-        let session = connect(flags, note)?;
-        let probes = session.probe_all();
-        let choice = choose_member(&probes, &SnapshotFrom::Follower).map_err(client_error)?;
         let parent = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
-        let (dir, _) = spool::create(&parent)?;
-        let path = dir.path().join("snapshot.db");
-        let mut file = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)
-        }
-        .map_err(|e| Error::failure(format!("{}: {e}", path.display())))?;
-        note(&format!(
-            "taking a snapshot of {} (revision {}) to look for lost chunks in",
-            choice.status.endpoint, choice.status.revision
-        ));
-        session
-            .save_into(
-                &choice.status.endpoint,
-                &mut file,
-                &path.display().to_string(),
-                &mut NoProgress,
-            )
-            .map_err(client_error)?;
+        let (dir, path) = snapshot_into_spool(flags, &parent, "to look for lost chunks in", note)?;
         files.push(path);
         spool_dir = Some(dir);
     }
