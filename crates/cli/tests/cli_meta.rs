@@ -1,6 +1,8 @@
 //! The command line describing itself: --version, shell completions and man pages come from
 //! the same definitions the parser uses.
 
+mod command_tree;
+
 use std::process::Command;
 
 fn etcdguard(args: &[&str]) -> (bool, String, String) {
@@ -56,28 +58,6 @@ fn man_pages_cover_every_command() {
     }
 }
 
-/// Every leaf and group command path, from each level's `--help`.
-fn command_paths(path: &[String], out: &mut Vec<Vec<String>>) {
-    out.push(path.to_vec());
-    let args: Vec<&str> = path.iter().map(String::as_str).chain(["--help"]).collect();
-    let (_, help, _) = etcdguard(&args);
-    let mut in_commands = false;
-    for line in help.lines() {
-        if line == "Commands:" {
-            in_commands = true;
-        } else if in_commands && line.starts_with("  ") && !line.starts_with("   ") {
-            let word = line.split_whitespace().next().unwrap_or("").to_string();
-            if word != "help" {
-                let mut p = path.to_vec();
-                p.push(word);
-                command_paths(&p, out);
-            }
-        } else if in_commands && !line.starts_with(' ') {
-            in_commands = false;
-        }
-    }
-}
-
 /// What an exit code means, in words its documentation uses (`crates/cli/src/exit.rs`).
 fn meaning(code: u32) -> &'static [&'static str] {
     match code {
@@ -111,13 +91,12 @@ fn every_documented_exit_code_is_the_code_for_what_it_says() {
         assert!(table.contains(&format!(" {code} ")), "exit {code} is not in the --help table");
     }
     // Every "exit N" any command's help mentions is a code whose meaning the sentence names.
-    let mut paths = Vec::new();
-    command_paths(&[], &mut paths);
-    assert!(paths.len() > 40, "{paths:?}");
+    let commands = command_tree::all();
+    assert!(commands.len() > 40, "found only {} commands", commands.len());
     let mut checked = 0;
-    for path in paths {
-        let args: Vec<&str> = path.iter().map(String::as_str).chain(["--help"]).collect();
-        let (_, help, _) = etcdguard(&args);
+    for cmd in commands {
+        let path = &cmd.path;
+        let help = cmd.help();
         let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
         let mut rest = flat.as_str();
         while let Some(at) = rest.find("exit") {

@@ -1,6 +1,8 @@
 //! `-w json` is there on every command that prints a result, and every JSON key is camelCase
 //! (etcdctl's and Kubernetes' convention), whichever command printed it.
 
+mod command_tree;
+
 use std::process::Command;
 
 use etcdguard_testkit::{EtcdServer, EtcdVersion};
@@ -8,39 +10,6 @@ use serde_json::Value;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_etcdguard"))
-}
-
-/// Leaf subcommands (space-separated paths), from each level's `--help`.
-fn leaves(path: &[String]) -> Vec<Vec<String>> {
-    let out = bin().args(path).arg("--help").output().unwrap();
-    let help = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut subs = Vec::new();
-    let mut in_commands = false;
-    for line in help.lines() {
-        if line == "Commands:" {
-            in_commands = true;
-            continue;
-        }
-        if in_commands {
-            if !line.starts_with("  ") {
-                break;
-            }
-            let word = line.split_whitespace().next().unwrap_or("");
-            if line.starts_with("  ") && !line.starts_with("   ") && word != "help" {
-                subs.push(word.to_string());
-            }
-        }
-    }
-    if subs.is_empty() {
-        return vec![path.to_vec()];
-    }
-    subs.into_iter()
-        .flat_map(|s| {
-            let mut p = path.to_vec();
-            p.push(s);
-            leaves(&p)
-        })
-        .collect()
 }
 
 /// Commands that print no result of their own: generated artifacts, daemons, objects in
@@ -51,15 +20,14 @@ const WITHOUT_WRITE_OUT: &[&str] =
 #[test]
 fn every_command_that_prints_a_result_has_write_out_json() {
     let mut missing = Vec::new();
-    let all = leaves(&[]);
-    assert!(all.len() > 30, "found only {} commands: {all:?}", all.len());
-    for path in all {
-        let name = path.join(" ");
+    let leaves: Vec<_> = command_tree::all().into_iter().filter(|c| c.leaf).collect();
+    assert!(leaves.len() > 30, "found only {} commands", leaves.len());
+    for cmd in leaves {
+        let name = cmd.name();
         if WITHOUT_WRITE_OUT.iter().any(|w| name == *w || name.starts_with(&format!("{w} "))) {
             continue;
         }
-        let out = bin().args(&path).arg("--help").output().unwrap();
-        let help = String::from_utf8_lossy(&out.stdout);
+        let help = cmd.help();
         if !help.contains("-w, --write-out") || !help.contains("json") {
             missing.push(name);
         }
