@@ -568,7 +568,7 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
             NodeOutcome::DryRun => json!({ "dryRun": true }),
             NodeOutcome::Restored(plan, timings) => json!({
                 "dryRun": false, "endpoints": plan.etcd.client_addrs,
-                "oldDataDir": plan.old_data_dir, "timings": timings_json(timings),
+                "oldDataDir": plan.old_data_dir, "timings": steps_json(&timings.steps),
             }),
         };
         return node_json(&args.out, value);
@@ -683,7 +683,7 @@ fn node_park(args: NodeParkArgs) -> Result<()> {
             &args.out,
             json!({
                 "dryRun": false, "steps": park.steps(), "parkedDir": park.parked_dir,
-                "timings": timings_json(&timings),
+                "timings": steps_json(&timings.steps),
             }),
         );
     }
@@ -714,7 +714,7 @@ fn node_unpark(args: NodeParkArgs) -> Result<()> {
             &args.out,
             json!({
                 "dryRun": false, "steps": unpark.steps(), "endpoints": unpark.etcd.client_addrs,
-                "timings": timings_json(&timings),
+                "timings": steps_json(&timings.steps),
             }),
         );
     }
@@ -729,10 +729,6 @@ fn node_json(out: &crate::args::WriteOut, value: serde_json::Value) -> Result<()
         crate::args::print_json(&value)?;
     }
     Ok(())
-}
-
-fn timings_json(t: &Timings) -> serde_json::Value {
-    steps_json(&t.steps)
 }
 
 /// Each step's name and seconds since the command started.
