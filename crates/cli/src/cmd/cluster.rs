@@ -494,11 +494,7 @@ fn member_remove(args: MemberRemoveArgs) -> Result<()> {
             eprintln!("warning (--force): {w}");
         }
         if args.out.json() {
-            return print_json(&json!({
-                "dryRun": true, "memberID": format!("{:x}", plan.member.id), "name": plan.member.name,
-                "votersAfter": plan.voters_after, "healthyVotersAfter": plan.healthy_voters_after,
-                "quorumAfter": plan.quorum_after, "warnings": plan.warnings,
-            }));
+            return print_json(&removed_json(&plan, true));
         }
         println!(
             "Would remove member {:x} ({}): {} voting members left, {} healthy, quorum {} (dry run: nothing changed)",
@@ -515,11 +511,7 @@ fn member_remove(args: MemberRemoveArgs) -> Result<()> {
         eprintln!("warning (--force): {w}");
     }
     if args.out.json() {
-        return print_json(&json!({
-            "dryRun": false, "memberID": format!("{:x}", plan.member.id), "name": plan.member.name,
-            "votersAfter": plan.voters_after, "healthyVotersAfter": plan.healthy_voters_after,
-            "quorumAfter": plan.quorum_after, "warnings": plan.warnings,
-        }));
+        return print_json(&removed_json(&plan, false));
     }
     println!(
         "Member {:x} ({}) removed; {} voting members left, {} healthy, quorum {}",
@@ -614,6 +606,14 @@ fn member_promote(args: MemberPromoteArgs) -> Result<()> {
         plan.member.id, plan.member.name, plan.learner_applied, plan.leader_applied
     );
     Ok(())
+}
+
+fn removed_json(plan: &etcdguard_client::RemovePlan, dry_run: bool) -> serde_json::Value {
+    json!({
+        "dryRun": dry_run, "memberID": format!("{:x}", plan.member.id), "name": plan.member.name,
+        "votersAfter": plan.voters_after, "healthyVotersAfter": plan.healthy_voters_after,
+        "quorumAfter": plan.quorum_after, "warnings": plan.warnings,
+    })
 }
 
 fn promoted_json(plan: &etcdguard_client::PromotePlan, dry_run: bool) -> serde_json::Value {
