@@ -245,6 +245,8 @@ struct Remote {
     code: Option<i32>,
     stdout: Vec<u8>,
     stderr_tail: Vec<String>,
+    /// sha256 of what was sent on stdin, when something was.
+    sent_sha256: Option<String>,
 }
 
 fn ssh_error(host: &str, r: &Remote) -> Option<Error> {
@@ -434,13 +436,32 @@ fn run_remote(
 ) -> Result<Remote> {
     let remote = remote_override.unwrap_or_else(|| ssh.etcdguard(args));
     let mut cmd = ssh.command(host, &remote);
-    cmd.stdin(stdin.map(Stdio::from).unwrap_or_else(Stdio::null))
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| {
         Error::failure(format!("starting ssh: {e}"))
             .with_hint("install the OpenSSH client (`ssh` on PATH)")
     })?;
+    // What goes to the host is hashed as it is sent, so the copy can be compared with the
+    // original without reading either file again.
+    let sender = stdin.map(|mut file| {
+        let mut to = child.stdin.take().expect("piped");
+        std::thread::spawn(move || -> std::io::Result<String> {
+            use sha2::Digest;
+            let mut hash = sha2::Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hash.update(&buf[..n]);
+                to.write_all(&buf[..n])?;
+            }
+            Ok(format!("{:x}", hash.finalize()))
+        })
+    });
     let mut out = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
         let mut v = Vec::new();
@@ -459,7 +480,10 @@ fn run_remote(
     let stdout = reader.join().unwrap_or_default();
     let status =
         child.wait().map_err(|e| Error::failure(format!("waiting for ssh to {host}: {e}")))?;
-    Ok(Remote { code: status.code(), stdout, stderr_tail: tail })
+    // A send that broke off is reported by the remote side's exit status; only a whole send
+    // has a digest.
+    let sent_sha256 = sender.and_then(|t| t.join().ok()).and_then(|r| r.ok());
+    Ok(Remote { code: status.code(), stdout, stderr_tail: tail, sent_sha256 })
 }
 
 fn remote_failed(host: &str, what: &str, r: &Remote) -> Error {
@@ -891,26 +915,43 @@ fn run_step(state: &RecoverState, step: &Step, on: &mut dyn FnMut(RecoverEvent<'
             let d = sh_quote(&dest.display().to_string());
             let part = sh_quote(&format!("{}.part", dest.display()));
             let dir = sh_quote(&dest.parent().unwrap_or(Path::new("/")).display().to_string());
-            // umask: the copy holds every secret of the cluster.
-            let remote =
-                format!("umask 077 && mkdir -p -- {dir} && cat > {part} && mv -f -- {part} {d}");
-            check(
+            // umask: the copy holds every secret of the cluster. The copy is hashed where it
+            // lands and compared with what was sent: the original was checked in the plan and
+            // `node restore` checks the copy again, so a third full check would only cost time.
+            let remote = format!(
+                "umask 077 && mkdir -p -- {dir} && cat > {part} && sha256sum -- {part} && mv -f -- {part} {d}"
+            );
+            let r = check(
                 run_remote(ssh, &step.host, &[], Some(f), Some(remote), on)?,
                 "copying the snapshot",
             )?;
-            let facts = facts_of(ssh, &step.host, &host.layout, Some(dest), on)?;
-            let got = facts
-                .snapshot
-                .ok_or_else(|| Error::failure("the copied snapshot was not checked"))?;
-            if let Source::LocalFile { bytes, revision, .. } = &state.source {
-                if got.bytes != *bytes || got.revision != *revision {
-                    return Err(Error::failure(format!("the copy on {} has {} bytes at revision {}, the original {bytes} at {revision}", step.host, got.bytes, got.revision)));
+            let landed = String::from_utf8_lossy(&r.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            match &r.sent_sha256 {
+                Some(sent) if *sent == landed => on(RecoverEvent::Note(&format!(
+                    "  the copy on {} is byte for byte the checked snapshot (sha256 {})",
+                    step.host,
+                    &sent[..16]
+                ))),
+                Some(sent) => {
+                    return Err(Error::failure(format!(
+                        "the copy on {} has sha256 {landed:?}, the original {sent}",
+                        step.host
+                    ))
+                    .with_hint(
+                        "the copy was damaged on its way: run the recovery again with --resume",
+                    ))
+                }
+                None => {
+                    return Err(Error::failure(format!(
+                        "the snapshot could not be read while copying it to {}",
+                        step.host
+                    )))
                 }
             }
-            on(RecoverEvent::Note(&format!(
-                "  the copy verifies on {}: revision {}, {} keys",
-                step.host, got.revision, got.total_keys
-            )));
         }
         StepKind::Park => {
             let mut a = node("park");

@@ -13,8 +13,16 @@ use rcgen::{
 
 /// `etcdguard` with no ETCDCTL_* variables from the caller's environment, and no cloud
 /// instance metadata lookups.
+/// The binary under test: this build's, or `ETCDGUARD_BIN` (the benches point it at a release
+/// build, so a timing is not a debug build's).
+pub fn etcdguard_bin() -> std::path::PathBuf {
+    std::env::var_os("ETCDGUARD_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_etcdguard").into())
+}
+
 pub fn etcdguard() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdguard"));
+    let mut cmd = Command::new(etcdguard_bin());
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("ETCDCTL_") {
             cmd.env_remove(k);

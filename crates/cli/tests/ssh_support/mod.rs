@@ -122,7 +122,8 @@ impl SshHosts {
             "--ssh-option".into(),
             "IdentitiesOnly=yes".into(),
             "--remote-binary".into(),
-            env!("CARGO_BIN_EXE_etcdguard").into(),
+            std::env::var("ETCDGUARD_BIN")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_etcdguard").into()),
         ]
     }
 }
