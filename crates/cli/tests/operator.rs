@@ -6,7 +6,9 @@
 //! and its retention the repository; the inventory follows `backup create`/`backup delete`
 //! run outside the cluster, and a record is deleted with its backup only under
 //! deletionPolicy Delete; of two operator processes only one leads, and the other takes over.
+//! Each serves /livez, /healthz and /metrics (leader or standby, backups by result).
 
+mod agent_support;
 mod backup_support;
 mod live_support;
 
@@ -52,14 +54,18 @@ struct Operator {
     child: Option<Child>,
     log: PathBuf,
     identity: String,
+    /// Where it serves /livez, /healthz and /metrics.
+    port: u16,
 }
 
 impl Operator {
     fn start(api: &ApiServer, dir: &Path, identity: &str, lease_duration: &str) -> Operator {
         let log = dir.join(format!("{identity}.log"));
         let file = std::fs::File::create(&log).unwrap();
+        let port = etcdguard_testkit::free_port();
         let child = etcdguard()
             .args(["operator", "--lease-namespace", "default", "--identity", identity])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--lease-duration", lease_duration, "--inventory-interval", "2s"])
             .arg("--work-dir")
             .arg(dir.join(format!("{identity}-work")))
@@ -76,7 +82,12 @@ impl Operator {
             .stderr(file)
             .spawn()
             .unwrap();
-        Operator { child: Some(child), log, identity: identity.into() }
+        Operator { child: Some(child), log, identity: identity.into(), port }
+    }
+
+    /// One sample of its /metrics, e.g. `etcdguard_operator_leader`.
+    fn metric(&self, sample: &str) -> Option<f64> {
+        agent_support::sample(&agent_support::metrics(self.port), sample)
     }
 
     fn log(&self) -> String {
@@ -293,6 +304,11 @@ fn operator_backups_schedules_and_inventory() {
     assert!(!cond["message"].as_str().unwrap().is_empty());
     assert_eq!(condition(&failed, "Complete").unwrap()["status"], "False");
     assert!(events_for(&api, "unreachable").iter().any(|e| e["type"] == "Warning"));
+    assert_eq!(op.metric("etcdguard_operator_backups_total{result=\"success\"}"), Some(1.0));
+    assert_eq!(op.metric("etcdguard_operator_backups_total{result=\"failure\"}"), Some(1.0));
+    assert!(op.metric("etcdguard_operator_last_backup_success_timestamp_seconds").unwrap() > 0.0);
+    let (status, body) = agent_support::get(op.port, "/healthz").unwrap();
+    assert_eq!(status, 200, "a failed backup is not the operator's ill health: {body}");
 
     // The inventory follows changes made outside the cluster.
     let out = etcdguard()
@@ -468,6 +484,15 @@ fn operator_two_processes_one_leader() {
     );
     assert!(a.leads() != b.leads(), "exactly one leads:\n{}\n{}", a.log(), b.log());
     let (leader, standby) = if first == "op-a" { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    // Both answer their probes; the metrics say which one leads.
+    assert_eq!(leader.metric("etcdguard_operator_leader"), Some(1.0));
+    assert_eq!(standby.metric("etcdguard_operator_leader"), Some(0.0));
+    for op in [&*leader, &*standby] {
+        assert_eq!(agent_support::get(op.port, "/livez").map(|r| r.0), Some(200));
+        let (status, body) = agent_support::get(op.port, "/healthz").unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(agent_support::get(standby.port, "/healthz").unwrap().1.contains("standing by"));
     assert!(standby.log().contains("waiting to lead"));
     // The leader dies without releasing: the standby takes over after the lease runs out.
     let killed = Instant::now();

@@ -143,6 +143,7 @@ async fn reconcile(obj: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action, Er
             set_condition(&mut status.conditions, "Failed", false, "BackupStored", "", generation);
             patch_status(&api, &name, &status).await?;
             ctx.event(obj.as_ref(), false, "BackupStored", msg).await;
+            ctx.stats.backup_finished(true);
             tracing::info!(backup = %format!("{namespace}/{name}"), id = %id, "backup stored");
             if let Some(schedule) = obj.labels().get(SCHEDULE_LABEL) {
                 crate::schedule::after_success(&ctx, &namespace, schedule).await;
@@ -161,6 +162,7 @@ async fn reconcile(obj: Arc<EtcdBackup>, ctx: Arc<Context>) -> Result<Action, Er
             set_condition(&mut status.conditions, "Failed", true, f.reason, &f.message, generation);
             patch_status(&api, &name, &status).await?;
             ctx.event(obj.as_ref(), true, f.reason, f.message.clone()).await;
+            ctx.stats.backup_finished(false);
             tracing::warn!(backup = %format!("{namespace}/{name}"), reason = f.reason, "backup failed: {}", f.message);
         }
     }

@@ -33,8 +33,12 @@ pub fn repository_key(url: &str) -> String {
 
 pub async fn run(ctx: Context) -> Result<(), Error> {
     loop {
-        if let Err(e) = sync_all(&ctx).await {
-            tracing::warn!("inventory: {e}");
+        match sync_all(&ctx).await {
+            Ok(records) => ctx.stats.inventory_pass(Ok(records)),
+            Err(e) => {
+                tracing::warn!("inventory: {e}");
+                ctx.stats.inventory_pass(Err(e.to_string()));
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(ctx.opts.inventory_interval) => {}
@@ -43,7 +47,9 @@ pub async fn run(ctx: Context) -> Result<(), Error> {
     }
 }
 
-async fn sync_all(ctx: &Context) -> Result<(), Error> {
+/// One pass over every repository: how many backups they hold, or the first failure (every
+/// repository is still tried).
+async fn sync_all(ctx: &Context) -> Result<u64, Error> {
     let (backups, schedules): (Api<EtcdBackup>, Api<EtcdBackupSchedule>) = match &ctx.opts.namespace
     {
         Some(ns) => {
@@ -63,12 +69,18 @@ async fn sync_all(ctx: &Context) -> Result<(), Error> {
         let key = repository_key(&b.spec.repository.url);
         repos.entry((ns, key)).or_insert(b.spec.repository.clone());
     }
+    let mut records = 0;
+    let mut failed = None;
     for ((namespace, key), repo) in &repos {
-        if let Err(e) = sync_repository(ctx, namespace, key, repo).await {
-            tracing::warn!(repository = %repo.url, namespace = %namespace, "inventory: {e}");
+        match sync_repository(ctx, namespace, key, repo).await {
+            Ok(n) => records += n,
+            Err(e) => {
+                tracing::warn!(repository = %repo.url, namespace = %namespace, "inventory: {e}");
+                failed.get_or_insert(Error::Spec(format!("{}: {e}", repo.url)));
+            }
         }
     }
-    Ok(())
+    failed.map_or(Ok(records), Err)
 }
 
 /// One backup as `backup list -w json` prints it.
@@ -93,7 +105,7 @@ async fn sync_repository(
     namespace: &str,
     key: &str,
     repo: &RepositorySpec,
-) -> Result<(), Error> {
+) -> Result<u64, Error> {
     let records: Api<EtcdBackupRecord> = Api::namespaced(ctx.client.clone(), namespace);
     let existing: HashMap<String, EtcdBackupRecord> = records
         .list(&ListParams::default().labels(&format!("{REPOSITORY_LABEL}={key}")))
@@ -201,7 +213,7 @@ async fn sync_repository(
             }
         }
     }
-    Ok(())
+    Ok(present.len() as u64)
 }
 
 async fn set_finalizer(

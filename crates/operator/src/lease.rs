@@ -19,6 +19,8 @@ pub struct Elector {
     name: String,
     identity: String,
     duration: Duration,
+    /// Told of every renewal, for `/healthz` and the `leader` metric.
+    pub stats: crate::metrics::Stats,
 }
 
 fn micro_now() -> MicroTime {
@@ -47,6 +49,7 @@ impl Elector {
             name: name.into(),
             identity: identity.into(),
             duration: duration.max(Duration::from_secs(2)),
+            stats: crate::metrics::Stats::default(),
         }
     }
 
@@ -102,7 +105,10 @@ impl Elector {
         let retry = self.duration / 4;
         loop {
             match self.try_acquire_or_renew().await {
-                Ok(true) => return Ok(()),
+                Ok(true) => {
+                    self.stats.lease_renewed(self.duration);
+                    return Ok(());
+                }
                 Ok(false) => {}
                 Err(e) => tracing::warn!("lease {}: {e}", self.name),
             }
@@ -119,7 +125,10 @@ impl Elector {
         loop {
             tokio::time::sleep(period).await;
             match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewed = std::time::Instant::now(),
+                Ok(true) => {
+                    last_renewed = std::time::Instant::now();
+                    self.stats.lease_renewed(self.duration);
+                }
                 Ok(false) => return Err(Error::LostLease(self.name.clone())),
                 Err(e) => tracing::warn!("renewing lease {}: {e}", self.name),
             }

@@ -19,6 +19,7 @@ pub mod backup;
 pub mod crd;
 pub mod inventory;
 pub mod lease;
+pub mod metrics;
 pub mod runner;
 pub mod schedule;
 
@@ -69,6 +70,8 @@ pub struct OperatorOptions {
     pub identity: String,
     /// How long a leader that stopped renewing keeps the lease.
     pub lease_duration: Duration,
+    /// Where `/livez`, `/healthz` and `/metrics` are served (None: not at all).
+    pub listen: Option<String>,
 }
 
 /// What every part of the operator shares.
@@ -85,6 +88,8 @@ pub struct Context {
     /// our own status update: such an object must not be taken twice, nor be marked
     /// interrupted.
     pub taken: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// What this replica has done, for `/healthz` and `/metrics`.
+    pub stats: metrics::Stats,
 }
 
 impl Context {
@@ -170,6 +175,13 @@ async fn run_async(opts: OperatorOptions) -> Result<(), Error> {
             .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
             .map_err(|e| Error::Io(dir.clone(), e))?;
     }
+    let stats = metrics::Stats::default();
+    // Served before the lease is won: a standby answers its probes too.
+    if let Some(listen) = &opts.listen {
+        let addr = metrics::serve(listen, stats.clone())
+            .map_err(|e| Error::Spec(format!("--listen {listen}: {e}")))?;
+        tracing::info!("serving /livez, /healthz and /metrics on http://{addr}");
+    }
     let client = Client::try_default().await.map_err(|e| Error::Config(e.to_string()))?;
     let mut elector = lease::Elector::new(
         client.clone(),
@@ -178,6 +190,7 @@ async fn run_async(opts: OperatorOptions) -> Result<(), Error> {
         &opts.identity,
         opts.lease_duration,
     );
+    elector.stats = stats.clone();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Io("SIGTERM handler".into(), e))?;
     tracing::info!(
@@ -206,6 +219,7 @@ async fn run_async(opts: OperatorOptions) -> Result<(), Error> {
         recorder,
         inventory_wake: Arc::new(tokio::sync::Notify::new()),
         taken: Arc::default(),
+        stats,
     };
     let result = tokio::select! {
         r = elector.keep() => r,

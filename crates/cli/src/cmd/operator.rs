@@ -60,6 +60,16 @@ pub struct RunArgs {
     /// Scratch space for snapshot spools and TLS files from Secrets (private subdirectories).
     #[arg(long, value_name = "DIR", default_value = "/tmp/etcdguard-operator")]
     pub work_dir: PathBuf,
+    /// Serve /livez (the process answers), /healthz (a standby, or a leader that renews its
+    /// Lease and whose last inventory pass succeeded) and Prometheus /metrics here; `off`
+    /// for none.
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:9465",
+        env = "ETCDGUARD_OPERATOR_LISTEN"
+    )]
+    pub listen: String,
     /// Log lines as text or as one JSON object per line.
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -82,6 +92,7 @@ pub fn run(args: OperatorArgs) -> Result<()> {
         lease_name: a.lease_name,
         identity,
         lease_duration: a.lease_duration,
+        listen: Some(a.listen).filter(|l| l != "off"),
     };
     init_logging(a.log_format);
     match etcdguard_operator::run(opts) {
