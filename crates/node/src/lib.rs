@@ -66,6 +66,7 @@ pub mod park;
 pub mod pki;
 pub mod pods;
 pub mod quorum;
+pub mod rancher;
 pub mod ready;
 pub mod rollback;
 pub mod script;
