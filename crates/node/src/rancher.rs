@@ -61,6 +61,20 @@ impl Distro {
     }
 }
 
+/// For a static-pod command run on a k3s/RKE2 server: what to do instead (or nothing).
+pub fn hint_on_this_host() -> String {
+    for distro in [Distro::K3s, Distro::Rke2] {
+        if distro.default_data_dir().join("server/db/etcd").is_dir() {
+            let d = distro.name();
+            return format!(
+                ". This is a {d} server: its etcd has no manifest to park; stop the server ({}) and use `etcdguard node restore --layout {d}`",
+                distro.stop_hint()
+            );
+        }
+    }
+    String::new()
+}
+
 /// The etcd peer port k3s and RKE2 use; not configurable there.
 pub const PEER_PORT: u16 = 2380;
 /// The etcd client port, on the node IP and on 127.0.0.1.

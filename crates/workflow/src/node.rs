@@ -64,9 +64,9 @@ pub enum Layout {
     /// k3s or RKE2 with embedded etcd (`crate::rancher`).
     Rancher {
         distro: etcdguard_node::rancher::Distro,
-        /// The server's `--data-dir` [default: `/var/lib/rancher/<distro>`].
+        /// The server's `--data-dir` (default `/var/lib/rancher/<distro>`).
         data_dir: Option<PathBuf>,
-        /// Its config file [default: `/etc/rancher/<distro>/config.yaml`].
+        /// Its config file (default `/etc/rancher/<distro>/config.yaml`).
         config: Option<PathBuf>,
     },
 }

@@ -68,17 +68,17 @@ pub enum NodeCommand {
     ///
     /// k3s and RKE2 (--layout k3s|rke2): their etcd is embedded in the server, so there is no
     /// manifest and nothing to park: stop the server first (systemctl stop k3s; RKE2:
-    /// systemctl stop rke2-server, then rke2-killall.sh); etcdguard refuses (exit 12) while
+    /// systemctl stop rke2-server, then rke2-killall.sh); etcdguard refuses (exit 11) while
     /// <data-dir>/server/db/etcd is locked or port 2379 answers. It does what `k3s server
     /// --cluster-reset --cluster-reset-restore-path=FILE` does: moves server/db/etcd to
     /// server/db/etcd-old-<unix time>, restores a one-member cluster with the member name of
     /// server/db/etcd/name (or --name) and peer URL https://<node IP>:2380 (--node-ip, else
-    /// node-ip in /etc/rancher/<layout>/config.yaml, else the current member's), refusing
+    /// node-ip in /etc/rancher/<layout>/config.yaml, else the current member's); it refuses
     /// (exit 17) when that disagrees with the member the current data dir or the snapshot
     /// records; writes server/db/reset-flag (the next start then clears the reset, as after
     /// --cluster-reset). A backup that keeps the server token (`backup import --file
-    /// …/server/token`) must match server/token and the config's token (exit 17), and is
-    /// written to server/token when the node has none. Then start the server here, and on
+    /// …/server/token`) must match server/token and the config's token, else it refuses
+    /// (exit 17); it is written to server/token when the node has none. Then start the server here, and on
     /// every other server move server/db aside and start it to rejoin.
     ///
     /// Examples:
