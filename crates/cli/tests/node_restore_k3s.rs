@@ -362,6 +362,13 @@ fn k3s_restores_from_the_repository_and_refuses_what_would_lose_data() {
     assert_eq!(old_dirs(&node).len(), 1);
     assert!(old_dirs(&node)[0].join("member/snap/db").is_file(), "the old data is kept");
     assert_restored(&node, &name, &kvs, revision);
+    // The backup was fetched into a private dir under the data dir, gone now.
+    let left: Vec<_> = std::fs::read_dir(&node.data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".etcdguard-restore-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

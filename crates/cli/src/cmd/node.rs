@@ -78,8 +78,8 @@ pub enum NodeCommand {
     /// records; writes server/db/reset-flag (the next start then clears the reset, as after
     /// --cluster-reset). A backup that keeps the server token (`backup import --file
     /// …/server/token`) must match server/token and the config's token, else it refuses
-    /// (exit 17); it is written to server/token when the node has none. Then start the server here, and on
-    /// every other server move server/db aside and start it to rejoin.
+    /// (exit 17); it is written to server/token when the node has none. Then start the
+    /// server here, and on every other server move server/db aside and start it to rejoin.
     ///
     /// Examples:
     ///   etcdguard node restore /root/snapshot.db --dry-run
