@@ -13,6 +13,10 @@
 //!    SELinux context;
 //! 5. put the manifests back and wait until the new etcd, then the API server, serve.
 //!
+//! k3s and RKE2 servers have no etcd manifest: [`rancher`] plans and carries out their restore
+//! (the embedded etcd's data dir, name file and reset flag; the server is stopped and started by
+//! the operator).
+//!
 //! A failure before step 5 undoes what was done (the old data directory and the manifests go
 //! back, or stay parked when they were parked before), so the node is left as it was.
 //! Nothing is deleted: the old data directory stays beside the new one.
@@ -66,6 +70,7 @@ pub mod park;
 pub mod pki;
 pub mod pods;
 pub mod quorum;
+pub mod rancher;
 pub mod ready;
 pub mod rollback;
 pub mod script;
@@ -293,9 +298,10 @@ pub(crate) fn locate(
                 }
                 0 => {
                     return Err(NodeError::Preflight(format!(
-                        "no {} in {}: is etcd a static pod on this node? Give its manifest with --etcd-manifest",
+                        "no {} in {}: is etcd a static pod on this node? Give its manifest with --etcd-manifest{}",
                         names.join(" or "),
-                        manifests_dir.display()
+                        manifests_dir.display(),
+                        rancher::hint_on_this_host()
                     )))
                 }
                 1 => {

@@ -19,8 +19,8 @@
 //! ClusterVersion, through `storage::keys::newest_live`) before writing, refuses another
 //! z-stream with `Kind::Refused`, warns for a backup of the cluster's first 24 hours, and
 //! writes cluster-backup.sh's two files (tarball built with the `tar` crate from the backup's
-//! newest static-pod-resources revisions) by link into place. What `node restore` would need
-//! for k3s/RKE2 is written down in `docs/design/k3s-node-restore.md`.
+//! newest static-pod-resources revisions) by link into place. `node restore --layout k3s|rke2`
+//! (`rancher`) restores what this imports, with the token it kept.
 
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -8,6 +8,8 @@
 //!   passphrase keys, fetch a backup's snapshot;
 //! - [`restore`]: `snapshot restore` (new data dirs from a snapshot file);
 //! - [`node`]: `node restore` (fetch and check, then the control-plane runbook; `--new-cluster`);
+//! - [`rancher`]: `node restore --layout k3s|rke2` (the server's embedded etcd: k3s's
+//!   `--cluster-reset` restore with the node IP, member and token checks);
 //! - [`join`]: `node join` (a node's etcd joins the restored cluster as a learner, promoted);
 //! - [`agent`]: the loop, its state, `/healthz` and `/metrics`; [`schedule`]: when it runs;
 //!   [`checks`]: what it checks besides backing up: [`scrub`] (re-read stored backups),
@@ -74,6 +76,7 @@ pub mod join;
 pub mod keycheck;
 pub mod node;
 pub mod openshift;
+pub mod rancher;
 pub mod recover;
 pub mod repair;
 pub mod repo;

@@ -51,6 +51,24 @@ pub struct NodeRestoreOptions {
     pub encryption_config: Option<PathBuf>,
     /// This node's name and IP, for manifest values from `valueFrom.fieldRef`.
     pub node: etcdguard_node::NodeFacts,
+    /// Where etcd runs on this node.
+    pub layout: Layout,
+}
+
+/// How etcd is laid out on the node.
+#[derive(Debug, Clone, Default)]
+pub enum Layout {
+    /// A static pod (kubeadm, OpenShift, GKE on-prem …): read from its manifest.
+    #[default]
+    StaticPod,
+    /// k3s or RKE2 with embedded etcd (`crate::rancher`).
+    Rancher {
+        distro: etcdguard_node::rancher::Distro,
+        /// The server's `--data-dir` (default `/var/lib/rancher/<distro>`).
+        data_dir: Option<PathBuf>,
+        /// Its config file (default `/etc/rancher/<distro>/config.yaml`).
+        config: Option<PathBuf>,
+    },
 }
 
 /// What `node restore` does, as it happens.
@@ -65,6 +83,12 @@ pub enum NodeEvent<'a> {
         members: usize,
         probes: &'a [ProbeResult],
     },
+    /// k3s/RKE2: the snapshot is checked and the plan built; nothing is changed yet.
+    RancherPlanned {
+        snapshot: &'a Path,
+        status: &'a Status,
+        plan: &'a etcdguard_node::rancher::RancherPlan,
+    },
 }
 
 /// How a `node restore` that did not fail ended.
@@ -72,6 +96,9 @@ pub enum NodeOutcome {
     DryRun,
     /// etcd (and the API server) serve again with the restored data; how long each wait took.
     Restored(Box<Plan>, Timings),
+    /// k3s/RKE2: the data dir is restored and the reset flag written; the server is the
+    /// operator's to start.
+    RancherRestored(Box<etcdguard_node::rancher::RancherPlan>),
 }
 
 /// Runs `node restore`. On failure before the manifests are back, the node is left as it was.
@@ -81,6 +108,9 @@ pub fn restore_node(
 ) -> Result<NodeOutcome> {
     if (opts.bump_revision > 0) != opts.mark_compacted {
         return Err(Error::usage("--bump-revision and --mark-compacted go together (e.g. --bump-revision 1000000000 --mark-compacted)"));
+    }
+    if let Layout::Rancher { .. } = &opts.layout {
+        return crate::rancher::restore_rancher(opts, on);
     }
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     if opts.new_cluster && opts.initial_cluster.is_some() {
@@ -98,8 +128,8 @@ pub fn restore_node(
     // A backup is fetched first, into a private dir beside the PKI (same filesystem, so the
     // PKI is moved into place, not copied), and removed at the end whatever happens.
     let staging = match (&opts.backup, opts.at) {
-        (_, Some(_)) => Some(fetch_backup(opts, "", &stamp, on)?),
-        (Some(id), None) => Some(fetch_backup(opts, id, &stamp, on)?),
+        (_, Some(_)) => Some(fetch_backup(opts, "", &stamp, &opts.kubernetes_dir, on)?),
+        (Some(id), None) => Some(fetch_backup(opts, id, &stamp, &opts.kubernetes_dir, on)?),
         (None, None) => None,
     };
     let snapshot = match (&staging, &opts.snapshot) {
@@ -281,12 +311,14 @@ fn probe_old_members(
 }
 
 /// A backup fetched for a node restore; the directory goes when this is dropped.
-struct Staging {
+pub(crate) struct Staging {
     dir: PathBuf,
-    snapshot: PathBuf,
+    pub(crate) snapshot: PathBuf,
     pki: Option<PathBuf>,
+    /// The k3s/RKE2 server token the backup keeps (`files/token`), for that layout.
+    pub(crate) token: Option<PathBuf>,
     /// The backed-up file had no sha256 trailer (a copied member/snap/db).
-    no_trailer: bool,
+    pub(crate) no_trailer: bool,
 }
 
 impl Drop for Staging {
@@ -295,10 +327,12 @@ impl Drop for Staging {
     }
 }
 
-fn fetch_backup(
+/// Fetches backup `id` (or the `--at` point) into a private dir in `parent`.
+pub(crate) fn fetch_backup(
     opts: &NodeRestoreOptions,
     id: &str,
     stamp: &str,
+    parent: &Path,
     on: &mut dyn FnMut(NodeEvent<'_>),
 ) -> Result<Staging> {
     use std::os::unix::fs::DirBuilderExt;
@@ -317,7 +351,7 @@ fn fetch_backup(
         Some(p) => p.base.clone(),
         None => resolve(&repo, id)?,
     };
-    let dir = opts.kubernetes_dir.join(format!(".etcdguard-restore-{stamp}"));
+    let dir = parent.join(format!(".etcdguard-restore-{stamp}"));
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&dir)
@@ -326,6 +360,7 @@ fn fetch_backup(
         snapshot: dir.join("snapshot.db"),
         dir,
         pki: None,
+        token: None,
         no_trailer: m.etcd.trailer == "absent",
     };
     on(NodeEvent::Note(&format!(
@@ -347,6 +382,13 @@ fn fetch_backup(
             )));
         }
         None => repo.restore_snapshot_to_file(&index, &m.snapshot, &staging.snapshot, 0o600)?,
+    }
+    let rancher = matches!(opts.layout, Layout::Rancher { .. });
+    if rancher && !m.files.is_empty() {
+        let files = staging.dir.join("files");
+        repo.restore_files(&index, &m, &files)?;
+        // `backup import --file …/server/token` keeps it as files/token.
+        staging.token = Some(files.join("files/token")).filter(|p| p.is_file());
     }
     if opts.restore_pki {
         let files = staging.dir.join("files");

@@ -66,11 +66,28 @@ pub enum NodeCommand {
     /// (Restoring every node with the same snapshot, the same --initial-cluster of all
     /// members and one new --initial-cluster-token also works, but needs all nodes at once.)
     ///
+    /// k3s and RKE2 (--layout k3s|rke2): their etcd is embedded in the server, so there is no
+    /// manifest and nothing to park: stop the server first (systemctl stop k3s; RKE2:
+    /// systemctl stop rke2-server, then rke2-killall.sh); etcdguard refuses (exit 11) while
+    /// <data-dir>/server/db/etcd is locked or port 2379 answers. It does what `k3s server
+    /// --cluster-reset --cluster-reset-restore-path=FILE` does: moves server/db/etcd to
+    /// server/db/etcd-old-<unix time>, restores a one-member cluster with the member name of
+    /// server/db/etcd/name (or --name) and peer URL https://<node IP>:2380 (--node-ip, else
+    /// node-ip in /etc/rancher/<layout>/config.yaml, else the current member's); it refuses
+    /// (exit 17) when that disagrees with the member the current data dir or the snapshot
+    /// records; writes server/db/reset-flag (the next start then clears the reset, as after
+    /// --cluster-reset). A backup that keeps the server token (`backup import --file
+    /// …/server/token`) must match server/token and the config's token, else it refuses
+    /// (exit 17); it is written to server/token when the node has none. Then start the
+    /// server here, and on every other server move server/db aside and start it to rejoin.
+    ///
     /// Examples:
     ///   etcdguard node restore /root/snapshot.db --dry-run
     ///   etcdguard node restore /root/snapshot.db --new-cluster
     ///   etcdguard node restore /root/snapshot.db --bump-revision 1000000000 --mark-compacted
     ///   etcdguard node restore --backup latest --repo s3://etcd-backups/prod --restore-pki
+    ///   systemctl stop k3s && etcdguard node restore --layout k3s --backup latest --repo s3://etcd-backups/k3s
+    ///   etcdguard node restore --layout rke2 /root/on-demand-cp-1-1764000000 --dry-run
     #[command(verbatim_doc_comment)]
     Restore(NodeRestoreArgs),
     /// Stop etcd and the API server on this node, and wait until they are down.
@@ -170,6 +187,17 @@ pub enum NodeCommand {
     ///   etcdguard node rollback --since 20261206T001500Z --unpark
     #[command(verbatim_doc_comment)]
     Rollback(NodeRollbackArgs),
+}
+
+/// Where etcd runs on the node (`node restore --layout`).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NodeLayout {
+    /// A static pod: kubeadm, OpenShift, GKE on-prem and the like (etcd's manifest).
+    StaticPod,
+    /// k3s with embedded etcd.
+    K3s,
+    /// RKE2.
+    Rke2,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -357,10 +385,37 @@ pub struct NodeRestoreArgs {
     /// with, the EncryptionConfiguration (those objects stay unreadable until it has the key).
     #[arg(long)]
     pub force: bool,
+    /// Where etcd runs: static-pod (from etcd's manifest), or k3s / rke2 (embedded etcd
+    /// under --rancher-data-dir; see above).
+    #[arg(long, value_enum, default_value_t = NodeLayout::StaticPod)]
+    pub layout: NodeLayout,
+    /// k3s/RKE2: the server's --data-dir [default: /var/lib/rancher/k3s or /var/lib/rancher/rke2].
+    #[arg(long, value_name = "DIR")]
+    pub rancher_data_dir: Option<PathBuf>,
+    /// k3s/RKE2: the server's config file, read for node-ip and token [default:
+    /// /etc/rancher/k3s/config.yaml or /etc/rancher/rke2/config.yaml].
+    #[arg(long, value_name = "FILE")]
+    pub rancher_config: Option<PathBuf>,
     #[command(flatten)]
     pub node: NodeFactArgs,
     #[command(flatten)]
     pub out: crate::args::WriteOut,
+}
+
+impl NodeRestoreArgs {
+    fn layout(&self) -> etcdguard_workflow::node::Layout {
+        use etcdguard_node::rancher::Distro;
+        let rancher = |distro| etcdguard_workflow::node::Layout::Rancher {
+            distro,
+            data_dir: self.rancher_data_dir.clone(),
+            config: self.rancher_config.clone(),
+        };
+        match self.layout {
+            NodeLayout::StaticPod => etcdguard_workflow::node::Layout::StaticPod,
+            NodeLayout::K3s => rancher(Distro::K3s),
+            NodeLayout::Rke2 => rancher(Distro::Rke2),
+        }
+    }
 }
 
 pub fn run(cmd: NodeCommand) -> Result<()> {
@@ -525,6 +580,7 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
         force: args.force,
         encryption_config: args.encryption_config.clone(),
         node: args.node.facts(),
+        layout: args.layout(),
     };
     if args.out.json() {
         crate::output::text_to_stderr();
@@ -562,6 +618,17 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
             }
             print_steps(&plan.steps(), false);
         }
+        NodeEvent::RancherPlanned { snapshot, status, plan } => {
+            println!(
+                "snapshot {}: revision {}, {} keys; restoring {} member {:?} (one-member cluster)",
+                snapshot.display(),
+                status.revision,
+                status.total_key,
+                plan.distro.name(),
+                plan.name
+            );
+            print_steps(&plan.steps(), false);
+        }
     })?;
     if args.out.json() {
         let value = match &outcome {
@@ -569,6 +636,12 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
             NodeOutcome::Restored(plan, timings) => json!({
                 "dryRun": false, "endpoints": plan.etcd.client_addrs,
                 "oldDataDir": plan.old_data_dir, "timings": steps_json(&timings.steps),
+            }),
+            NodeOutcome::RancherRestored(plan) => json!({
+                "dryRun": false, "layout": plan.distro.name(), "name": plan.name,
+                "peerUrl": plan.restore.initial_advertise_peer_urls,
+                "dataDir": plan.etcd_dir, "oldDataDir": plan.old_dir,
+                "resetFlag": plan.reset_flag,
             }),
         };
         return node_json(&args.out, value);
@@ -588,6 +661,26 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
                 );
             }
             println!("Next: `etcdguard cluster health` (with the healthcheck client certificate), then `kubectl get nodes`.");
+        }
+        NodeOutcome::RancherRestored(plan) => {
+            let d = plan.distro.name();
+            println!(
+                "Restored: {} holds member {:?} ({}) of a one-member cluster; {} is written.",
+                plan.etcd_dir.display(),
+                plan.name,
+                plan.restore.initial_advertise_peer_urls,
+                plan.reset_flag.display()
+            );
+            if let Some(old) = &plan.old_dir {
+                println!(
+                    "The old data dir is kept in {}; remove it once the cluster is healthy.",
+                    old.display()
+                );
+            }
+            println!(
+                "Next: `{}` here; on every other {d} server stop it, move <data-dir>/server/db aside and start it again to rejoin.",
+                plan.distro.start_hint()
+            );
         }
     }
     Ok(())
