@@ -84,11 +84,14 @@ fn versions(api: &ApiServer) -> Vec<String> {
 
 fn finish(api: &ApiServer, args: &[&str]) -> (i32, Value, String, Duration) {
     let started = Instant::now();
+    // The heartbeats here are set once; recover_to_ready.rs has kubelets that keep beating.
+    let mut args = args.to_vec();
+    if !args.iter().any(|a| a.starts_with("--heartbeat-grace")) {
+        args.push("--heartbeat-grace=1h");
+    }
     let out = etcdguard()
         .args(["cluster", "finish", "-w", "json", "--kubeconfig"])
         .arg(api.kubeconfig_path())
-        // The heartbeats here are set once; recover_to_ready.rs has kubelets that keep beating.
-        .args(["--heartbeat-grace=1h"])
         .args(args)
         .env_remove("KUBECONFIG")
         .output()
