@@ -236,6 +236,8 @@ fn csrs_gone_hosts_and_node_readiness() {
     let table = text(&out.stdout);
     assert!(table.contains("boot-intruder") && table.contains("not in --hosts"), "{table}");
     assert!(table.contains("dry run: nothing was changed"), "{table}");
+    assert!(table.contains("HEARTBEAT") && table.contains("Phases:"), "{table}");
+    assert!(table.contains("nodes_ready") && table.contains("total"), "{table}");
 
     // A removal naming a host that is not gone is refused before anything changes.
     let (code, _, stderr, _) = finish(&api, &[hosts, "--apply", "--remove-nodes=cp-1"]);

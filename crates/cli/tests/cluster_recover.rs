@@ -92,7 +92,15 @@ fn refusals_dry_run_and_full_recovery() {
             && err.contains("done: [127.0.0.13] node join"),
         "{err}"
     );
-    assert!(text(&out.stdout).contains("Recovered: 3 healthy members"), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Recovered: 3 healthy members"), "{stdout}");
+    // Each step's time, the preflight's and the total, in a table.
+    for step in ["preflight", "copy_snapshot", "restore", "join", "wait_all_healthy", "total"] {
+        let line =
+            stdout.lines().skip_while(|l| *l != "Times:").find(|l| l.trim().starts_with(step));
+        let secs = line.and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok());
+        assert!(secs.is_some(), "no time for {step}\n{stdout}");
+    }
     assert_recovered(&site.hosts, &want);
     let state_file = site.path().join("recover-state.json");
     use std::os::unix::fs::PermissionsExt;
