@@ -9,57 +9,24 @@
 //! Node addresses are documentation addresses (RFC 5737): the API server refuses loopback
 //! ones in endpoints, and nothing here ever connects to a node.
 
+mod kube_support;
 mod live_support;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use etcdguard_testkit::apiserver::{go_module_dir, ApiServer};
 use etcdguard_testkit::{EtcdServer, EtcdVersion};
+use kube_support::*;
 use live_support::*;
-use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::{json, Value};
 
 /// The openshift/api release whose operator CRDs the test installs (a pseudo-version: the
 /// module has no recent tags).
 const OPENSHIFT_API: &str = "v0.0.0-20251021124544-a2cb0c5d994d";
-
-fn kubectl_stdin(api: &ApiServer, args: &[&str], input: &str) -> std::process::Output {
-    let mut child = api
-        .kubectl()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed:\n{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    out
-}
-
-fn create(api: &ApiServer, obj: &Value, impersonate: &[&str]) {
-    let mut args = vec!["create", "-f", "-"];
-    args.extend_from_slice(impersonate);
-    kubectl_stdin(api, &args, &obj.to_string());
-}
-
-fn get_json(api: &ApiServer, what: &[&str]) -> Value {
-    let out =
-        etcdguard_testkit::run_checked(api.kubectl().arg("get").args(what).args(["-o", "json"]));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 /// A Node with addresses and a Ready condition (`ready`), as a kubelet would report it.
 fn node(api: &ApiServer, name: &str, ip: &str, control_plane: bool, ready: bool) {
@@ -75,11 +42,13 @@ fn node(api: &ApiServer, name: &str, ip: &str, control_plane: bool, ready: bool)
     set_ready(api, name, ip, ready);
 }
 
+/// The Ready condition with a heartbeat of now.
 fn set_ready(api: &ApiServer, name: &str, ip: &str, ready: bool) {
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
     let status = json!({"status": {
         "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
         "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" },
-                        "reason": "Test", "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+                        "reason": "Test", "lastHeartbeatTime": now,
                         "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
     etcdguard_testkit::run_checked(api.kubectl().args([
         "patch",
@@ -90,29 +59,6 @@ fn set_ready(api: &ApiServer, name: &str, ip: &str, ready: bool) {
         "-p",
         &status.to_string(),
     ]));
-}
-
-/// A PKCS#10 request as a kubelet makes it: CN system:node:NAME, O system:nodes, `sans`.
-fn csr_pem(cn: &str, sans: &[&str]) -> String {
-    let mut p =
-        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.distinguished_name.push(DnType::OrganizationName, "system:nodes");
-    p.serialize_request(&KeyPair::generate().unwrap()).unwrap().pem().unwrap()
-}
-
-fn submit_csr(api: &ApiServer, name: &str, signer: &str, pem: &str, as_user: &[&str]) {
-    let usages = if signer.ends_with("kubelet-serving") {
-        json!(["digital signature", "server auth"])
-    } else {
-        json!(["digital signature", "client auth"])
-    };
-    let obj = json!({
-        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
-        "metadata": {"name": name},
-        "spec": {"request": base64::engine::general_purpose::STANDARD.encode(pem),
-                 "signerName": signer, "usages": usages}});
-    create(api, &obj, as_user);
 }
 
 /// resourceVersion of every object the command may touch.
@@ -138,6 +84,11 @@ fn versions(api: &ApiServer) -> Vec<String> {
 
 fn finish(api: &ApiServer, args: &[&str]) -> (i32, Value, String, Duration) {
     let started = Instant::now();
+    // The heartbeats here are set once; recover_to_ready.rs has kubelets that keep beating.
+    let mut args = args.to_vec();
+    if !args.iter().any(|a| a.starts_with("--heartbeat-grace")) {
+        args.push("--heartbeat-grace=1h");
+    }
     let out = etcdguard()
         .args(["cluster", "finish", "-w", "json", "--kubeconfig"])
         .arg(api.kubeconfig_path())
@@ -161,9 +112,6 @@ fn csr_decisions(report: &Value) -> Vec<(String, String)> {
     d
 }
 
-const CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";
-const SERVING: &str = "kubernetes.io/kubelet-serving";
-
 #[test]
 fn csrs_gone_hosts_and_node_readiness() {
     let etcd = EtcdServer::start(EtcdVersion::V3_5);
@@ -178,16 +126,7 @@ fn csrs_gone_hosts_and_node_readiness() {
         .unwrap();
     assert!(saved.status.success(), "{}", text(&saved.stderr));
 
-    // Who may create CSRs, as kubeadm sets it up.
-    create(
-        &api,
-        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": "test-csr-create"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node-bootstrapper"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"},
-                         {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:bootstrappers"}]}),
-        &[],
-    );
+    allow_csr_creation(&api);
     node(&api, "cp-1", "192.0.2.11", true, true);
     node(&api, "cp-2", "192.0.2.12", true, true);
     node(&api, "cp-old", "192.0.2.19", true, false);
@@ -216,13 +155,6 @@ fn csrs_gone_hosts_and_node_readiness() {
         &[],
     );
 
-    let node_user = |n: &str| {
-        vec![
-            format!("--as=system:node:{n}"),
-            "--as-group=system:nodes".into(),
-            "--as-group=system:authenticated".into(),
-        ]
-    };
     let bootstrap = vec![
         "--as=system:bootstrap:abcdef".to_string(),
         "--as-group=system:bootstrappers".into(),
@@ -304,6 +236,8 @@ fn csrs_gone_hosts_and_node_readiness() {
     let table = text(&out.stdout);
     assert!(table.contains("boot-intruder") && table.contains("not in --hosts"), "{table}");
     assert!(table.contains("dry run: nothing was changed"), "{table}");
+    assert!(table.contains("HEARTBEAT") && table.contains("Phases:"), "{table}");
+    assert!(table.contains("nodes_ready") && table.contains("total"), "{table}");
 
     // A removal naming a host that is not gone is refused before anything changes.
     let (code, _, stderr, _) = finish(&api, &[hosts, "--apply", "--remove-nodes=cp-1"]);
@@ -318,10 +252,7 @@ fn csrs_gone_hosts_and_node_readiness() {
     println!("apply took {took:?}");
     for (name, decision) in &expected {
         let csr = get_json(&api, &["csr", name]);
-        let approved = csr["status"]["conditions"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["type"] == "Approved" && c["status"] == "True"));
-        assert_eq!(approved, decision == "approve", "CSR {name}: {csr:#}");
+        assert_eq!(is_approved(&csr), decision == "approve", "CSR {name}: {csr:#}");
     }
     let nodes: Vec<String> = get_json(&api, &["nodes"])["items"]
         .as_array()
@@ -350,6 +281,24 @@ fn csrs_gone_hosts_and_node_readiness() {
     let slice = get_json(&api, &["endpointslice", "kubernetes", "-n", "default"]);
     assert_eq!(slice["endpoints"].as_array().unwrap().len(), 2, "{slice:#}");
     assert!(report["pending"].as_array().unwrap().is_empty(), "{report:#}");
+
+    // The stored Ready condition without a recent heartbeat is not Ready.
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, report, stderr, _) = finish(&api, &[hosts, "--heartbeat-grace=1s"]);
+    assert_eq!(code, 0, "{stderr}");
+    let cp1 = report["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "cp-1").unwrap();
+    assert_eq!(cp1["ready"], false, "{cp1}");
+    assert_eq!(cp1["readyCondition"], true, "{cp1}");
+    assert!(cp1["heartbeatAgeSeconds"].as_f64().unwrap() >= 1.0, "{cp1}");
+    assert!(
+        report["pending"]
+            .to_string()
+            .contains("Node cp-1 is not Ready: its Ready condition is the stored one"),
+        "{report:#}"
+    );
+    let phases: Vec<&str> =
+        report["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(phases, ["api_ready", "csrs", "gone_hosts", "nodes_ready"], "{report:#}");
 
     // A Node that stays NotReady: the wait ends at --wait with exit 1 and says which.
     set_ready(&api, "worker-1", "192.0.2.20", false);

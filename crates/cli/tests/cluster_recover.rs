@@ -11,193 +11,14 @@
 mod etcdctl_support;
 mod kubelet_support;
 mod live_support;
+mod recover_support;
 mod ssh_support;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use etcdctl_support::*;
-use etcdguard_testkit::{free_port, free_port_on, node_host, EtcdVersion};
-use kubelet_support::Kubelet;
 use live_support::*;
-use ssh_support::SshHosts;
-
-struct Host {
-    addr: String,
-    name: String,
-    manifests: PathBuf,
-    data: PathBuf,
-    client: String,
-    kubelet: Option<Kubelet>,
-}
-
-struct Site {
-    tmp: tempfile::TempDir,
-    hosts: Vec<Host>,
-    ssh: SshHosts,
-}
-
-impl Site {
-    fn path(&self) -> &Path {
-        self.tmp.path()
-    }
-
-    fn addrs(&self) -> String {
-        self.hosts.iter().map(|h| h.addr.as_str()).collect::<Vec<_>>().join(",")
-    }
-
-    /// `etcdguard cluster recover` for these hosts, with `extra` flags.
-    fn recover(&self, extra: &[&str]) -> std::process::Command {
-        let mut c = etcdguard();
-        c.args(["cluster", "recover", "--hosts", &self.addrs()])
-            .arg("--manifests-dir")
-            .arg(self.path().join("{host}/etc/kubernetes/manifests"))
-            .arg("--remote-dir")
-            .arg(self.path().join("{host}/var/tmp"))
-            .arg("--state-file")
-            .arg(self.path().join("recover-state.json"))
-            .args(self.ssh.flags())
-            .args(extra);
-        if !extra.contains(&"--wait-timeout") {
-            c.args(["--wait-timeout", "90s"]);
-        }
-        if !extra.contains(&"--known-hosts") {
-            c.arg("--known-hosts").arg(&self.ssh.known_hosts);
-        }
-        c
-    }
-}
-
-/// Three kubeadm-shaped hosts bootstrapping one cluster, and an sshd on each address.
-fn start_site() -> Site {
-    let tmp = tempfile::tempdir().unwrap();
-    let specs: Vec<(String, String, String, String)> = (0..3)
-        .map(|i| {
-            let host = node_host(i);
-            (
-                host.clone(),
-                format!("m{}", i + 1),
-                format!("http://{host}:{}", free_port_on(&host)),
-                format!("http://{host}:{}", free_port_on(&host)),
-            )
-        })
-        .collect();
-    let initial: Vec<String> = specs.iter().map(|(_, n, _, p)| format!("{n}={p}")).collect();
-    let mut hosts = Vec::new();
-    for (addr, name, client, peer) in specs {
-        let root = tmp.path().join(&addr);
-        let manifests = root.join("etc/kubernetes/manifests");
-        std::fs::create_dir_all(&manifests).unwrap();
-        let data = root.join("var/lib/etcd");
-        let etcd_yaml = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: etcd\n  namespace: kube-system\nspec:\n  containers:\n  - command:\n    - etcd\n    - --advertise-client-urls={client}\n    - --data-dir=/var/lib/etcd\n    - --initial-advertise-peer-urls={peer}\n    - --initial-cluster={}\n    - --initial-cluster-state=new\n    - --initial-cluster-token=old-cluster\n    - --listen-client-urls={client}\n    - --listen-peer-urls={peer}\n    - --name={name}\n    image: registry.k8s.io/etcd:3.5.1-0\n    name: etcd\n    volumeMounts:\n    - mountPath: /var/lib/etcd\n      name: etcd-data\n  hostNetwork: true\n  volumes:\n  - hostPath:\n      path: {}\n      type: DirectoryOrCreate\n    name: etcd-data\n",
-            initial.join(","),
-            data.display()
-        );
-        std::fs::write(manifests.join("etcd.yaml"), etcd_yaml).unwrap();
-        std::fs::write(
-            manifests.join("kube-apiserver.yaml"),
-            format!("apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - command:\n    - kube-apiserver\n    - --etcd-servers={client}\n    - --secure-port={}\n    name: kube-apiserver\n", free_port()),
-        )
-        .unwrap();
-        let kubelet = Some(Kubelet::start(manifests.clone(), root.clone()));
-        hosts.push(Host { addr, name, manifests, data, client, kubelet });
-    }
-    for h in &hosts {
-        wait_until(Duration::from_secs(60), &format!("{} healthy", h.name), || healthy(&h.client));
-    }
-    let addrs: Vec<String> = hosts.iter().map(|h| h.addr.clone()).collect();
-    let ssh = SshHosts::start(tmp.path(), &addrs);
-    Site { tmp, hosts, ssh }
-}
-
-/// Three voting members m1–m3 of one cluster, each serving exactly `want`.
-fn assert_recovered(hosts: &[Host], want: &[(String, String)]) -> u64 {
-    let v = json(&hosts[0].client, &["member", "list"]);
-    let mut ms: Vec<(String, bool)> = v["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["name"].as_str().unwrap_or("").to_string(),
-                m["isLearner"].as_bool().unwrap_or(false),
-            )
-        })
-        .collect();
-    ms.sort();
-    assert_eq!(
-        ms,
-        vec![("m1".to_string(), false), ("m2".to_string(), false), ("m3".to_string(), false)]
-    );
-    let ids: Vec<u64> = hosts.iter().map(|h| cluster_id(&h.client)).collect();
-    assert!(ids.iter().all(|i| *i == ids[0]), "cluster ids differ: {ids:x?}");
-    for h in hosts {
-        assert!(healthy(&h.client), "{} is not healthy", h.name);
-        wait_until(
-            Duration::from_secs(60),
-            &format!("{} serves the snapshot's data", h.name),
-            || dump(&h.client) == want,
-        );
-    }
-    ids[0]
-}
-
-fn park(h: &Host) {
-    let out = etcdguard()
-        .args(["node", "park", "--timeout", "60s", "--manifests-dir"])
-        .arg(&h.manifests)
-        .output()
-        .unwrap();
-    expect_code(&out, 0, &format!("park {}", h.name));
-}
-
-/// The disaster: m2's and m3's etcd stopped with their data gone; m1 runs without quorum.
-fn lose_quorum(site: &Site) {
-    for h in &site.hosts[1..] {
-        park(h);
-        std::fs::remove_dir_all(&h.data).unwrap();
-    }
-    assert!(!healthy(&site.hosts[0].client), "m1 alone still has quorum");
-}
-
-/// The parked etcd manifest of a host (none when it runs).
-fn parked_etcd_manifest(h: &Host) -> Option<String> {
-    let parent = h.manifests.parent().unwrap();
-    std::fs::read_dir(parent)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("manifests.etcdguard-"))
-        .find_map(|d| std::fs::read_to_string(d.join("etcd.yaml")).ok())
-}
-
-/// What a host looks like from outside: live manifest, parked manifest, data dir present.
-fn host_state(h: &Host) -> (Option<String>, Option<String>, bool) {
-    (
-        std::fs::read_to_string(h.manifests.join("etcd.yaml")).ok(),
-        parked_etcd_manifest(h),
-        h.data.join("member").exists(),
-    )
-}
-
-fn snapshot(site: &Site) -> (PathBuf, Vec<(String, String)>) {
-    let m1 = &site.hosts[0];
-    let mb: usize =
-        std::env::var("ETCDGUARD_RECOVERY_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
-    load(&m1.client, mb * 1024 * 1024 / 4096, 4096);
-    let snap = site.path().join("snapshot.db");
-    let saved = EtcdVersion::V3_5
-        .binaries()
-        .etcdctl()
-        .args(["--endpoints", &m1.client, "--command-timeout", "300s", "snapshot", "save"])
-        .arg(&snap)
-        .output()
-        .unwrap();
-    assert!(saved.status.success(), "snapshot save: {}", text(&saved.stderr));
-    let want = dump(&m1.client);
-    assert!(etcdctl(&m1.client, &["put", "/registry/after-the-snapshot", "x"]).status.success());
-    (snap, want)
-}
+use recover_support::*;
 
 #[test]
 fn refusals_dry_run_and_full_recovery() {
@@ -271,7 +92,15 @@ fn refusals_dry_run_and_full_recovery() {
             && err.contains("done: [127.0.0.13] node join"),
         "{err}"
     );
-    assert!(text(&out.stdout).contains("Recovered: 3 healthy members"), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Recovered: 3 healthy members"), "{stdout}");
+    // Each step's time, the preflight's and the total, in a table.
+    for step in ["preflight", "copy_snapshot", "restore", "join", "wait_all_healthy", "total"] {
+        let line =
+            stdout.lines().skip_while(|l| *l != "Times:").find(|l| l.trim().starts_with(step));
+        let secs = line.and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok());
+        assert!(secs.is_some(), "no time for {step}\n{stdout}");
+    }
     assert_recovered(&site.hosts, &want);
     let state_file = site.path().join("recover-state.json");
     use std::os::unix::fs::PermissionsExt;

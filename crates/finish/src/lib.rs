@@ -66,6 +66,11 @@ pub struct Options {
     pub wait: Duration,
     /// How often the waits look again.
     pub poll: Duration,
+    /// A Node counts as Ready only when its Ready condition is True and its kubelet's last
+    /// heartbeat (node Lease renewal, else the condition's lastHeartbeatTime) is at most this
+    /// old: a restore brings back the backup's conditions, which say Ready whether or not the
+    /// kubelet reports today. Zero: the condition alone.
+    pub heartbeat_grace: Duration,
     /// HyperShift: `NAMESPACE/NAME` of the HostedCluster (the kubeconfig is then the
     /// management cluster's, and this is the only step).
     pub hosted_cluster: Option<String>,
@@ -131,6 +136,35 @@ pub struct Report {
     pub hosted_cluster: Option<HostedClusterStep>,
     /// What is left to do, one sentence each; empty when the cluster is finished.
     pub pending: Vec<String>,
+    /// Each phase of this run and its wall time, in order.
+    pub phases: Vec<Phase>,
+}
+
+/// One phase of the run and how long it took.
+#[derive(Clone, Debug, Serialize)]
+pub struct Phase {
+    /// `api_ready`, `csrs`, `gone_hosts`, `openshift_rollout`, `hosted_cluster`, `nodes_ready`
+    pub name: String,
+    pub seconds: f64,
+}
+
+/// Times the phases of a run, each from the end of the previous one.
+struct Phases {
+    list: Vec<Phase>,
+    since: Instant,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases { list: Vec::new(), since: Instant::now() }
+    }
+
+    /// Ends the current phase as `name`.
+    fn end(&mut self, name: &str) {
+        let now = Instant::now();
+        self.list.push(Phase { name: name.into(), seconds: (now - self.since).as_secs_f64() });
+        self.since = now;
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -193,7 +227,13 @@ pub struct NodeRevision {
 #[derive(Clone, Debug, Serialize)]
 pub struct NodeState {
     pub name: String,
+    /// Ready condition True and a heartbeat within [`Options::heartbeat_grace`].
     pub ready: bool,
+    /// The Ready condition as stored (it may be the backup's).
+    pub ready_condition: bool,
+    /// Seconds since the kubelet's last heartbeat (Lease renewTime, else the Ready
+    /// condition's lastHeartbeatTime), by this machine's clock; none when neither is set.
+    pub heartbeat_age_seconds: Option<f64>,
 }
 
 /// The kubeconfig to use: the flag, then `$KUBECONFIG` (its first existing file), then the
@@ -308,11 +348,42 @@ fn addresses(node: &Node) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn is_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+fn ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondition> {
+    node.status.as_ref().and_then(|s| s.conditions.as_ref())?.iter().find(|c| c.type_ == "Ready")
+}
+
+/// Each Node's readiness: the Ready condition, and how old the kubelet's last heartbeat is.
+fn node_states(
+    nodes: &[Node],
+    leases: &[Lease],
+    skip: &BTreeSet<String>,
+    grace: Duration,
+) -> Vec<NodeState> {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    nodes
+        .iter()
+        .filter(|n| !skip.contains(&node_name(n)))
+        .map(|n| {
+            let name = node_name(n);
+            let condition = ready_condition(n);
+            let renewed = leases
+                .iter()
+                .find(|l| l.metadata.name.as_deref() == Some(name.as_str()))
+                .and_then(|l| l.spec.as_ref()?.renew_time.as_ref().map(|t| t.0));
+            let heartbeat =
+                renewed.or(condition.and_then(|c| c.last_heartbeat_time.as_ref().map(|t| t.0)));
+            let age = heartbeat
+                .map(|t| (now.as_millisecond() - t.as_millisecond()).max(0) as f64 / 1000.0);
+            let ready_condition = condition.is_some_and(|c| c.status == "True");
+            let fresh = grace.is_zero() || age.is_none_or(|a| a <= grace.as_secs_f64());
+            NodeState {
+                name,
+                ready: ready_condition && fresh,
+                ready_condition,
+                heartbeat_age_seconds: age,
+            }
+        })
+        .collect()
 }
 
 fn node_name(n: &Node) -> String {
@@ -385,9 +456,12 @@ async fn run(
 ) -> Result<Report, Error> {
     let (client, server) = connect(kubeconfig).await?;
     progress(&format!("API server {server} (kubeconfig {})", kubeconfig.display()));
+    let mut phases = Phases::new();
     wait_ready(&client, opts, progress).await?;
+    phases.end("api_ready");
     if let Some(hc) = &opts.hosted_cluster {
         let step = hosted_cluster(&client, opts, hc, progress).await?;
+        phases.end("hosted_cluster");
         let pending = if step.done {
             Vec::new()
         } else {
@@ -403,6 +477,7 @@ async fn run(
             nodes: Vec::new(),
             hosted_cluster: Some(step),
             pending,
+            phases: phases.list,
         });
     }
 
@@ -437,42 +512,7 @@ async fn run(
 
     // Kubelet CSRs.
     let csr_api: Api<CertificateSigningRequest> = Api::all(client.clone());
-    let all_csrs =
-        csr_api.list(&ListParams::default()).await.map_err(|e| kube_err("listing CSRs", e))?.items;
-    let mut csrs = Vec::new();
-    for c in &all_csrs {
-        let conditions = c.status.as_ref().and_then(|s| s.conditions.as_ref());
-        let decided = conditions.is_some_and(|cs| {
-            cs.iter().any(|c| c.type_ == "Approved" || c.type_ == "Denied" || c.type_ == "Failed")
-        });
-        if decided {
-            continue;
-        }
-        let signer = c.spec.signer_name.clone();
-        if signer != CLIENT_SIGNER && signer != SERVING_SIGNER {
-            continue;
-        }
-        let facts = CsrFacts {
-            signer: &signer,
-            username: c.spec.username.as_deref().unwrap_or_default(),
-            groups: c.spec.groups.as_deref().unwrap_or_default(),
-            request_pem: &c.spec.request.0,
-        };
-        let verdict = csr::review(
-            &facts,
-            |name| nodes.iter().find(|n| node_name(n) == name).map(addresses),
-            &opts.hosts,
-        );
-        csrs.push(CsrItem {
-            name: c.metadata.name.clone().unwrap_or_default(),
-            requestor: facts.username.to_string(),
-            signer: signer.clone(),
-            node: verdict.node,
-            decision: if verdict.approve { "approve" } else { "skip" }.into(),
-            reason: verdict.reason,
-            approved: false,
-        });
-    }
+    let mut csrs = review_pending_csrs(&csr_api, &nodes, &opts.hosts, &[]).await?;
 
     let mut gone_nodes = Vec::new();
     let ep_api: Api<Endpoints> = Api::all(client.clone());
@@ -539,46 +579,71 @@ async fn run(
     if opts.apply {
         // CSRs whose node is named in the request and is the requestor.
         for item in csrs.iter_mut().filter(|c| c.decision == "approve") {
-            approve(&csr_api, &item.name).await?;
-            item.approved = true;
-            progress(&format!(
-                "approved CSR {} ({} for {})",
-                item.name,
-                item.signer,
-                item.node.as_deref().unwrap_or("?")
-            ));
+            approve_item(&csr_api, item, "", progress).await?;
         }
+    }
+    phases.end("csrs");
+    if opts.apply {
         for g in gone_nodes.iter_mut().filter(|g| g.decision == "remove") {
             remove_gone_host(&client, g, &all_endpoints, &all_slices).await?;
             g.removed = true;
             progress(&format!("removed Node {} (lease, apiserver endpoints)", g.name));
         }
-        if openshift {
+    }
+    phases.end("gone_hosts");
+    if openshift {
+        if opts.apply {
             rollouts = redeploy(&client, opts, rollouts, progress).await?;
         }
+        phases.end("openshift_rollout");
     }
 
-    // The end: every Node (but the removed ones) Ready; waited for only when applying.
+    // The end: every Node (but the removed ones) Ready with a fresh heartbeat; waited for only
+    // when applying. Kubelets that come back during the wait ask for certificates then: their
+    // requests are judged and approved as the first ones were.
     let removed: BTreeSet<String> =
         gone_nodes.iter().filter(|g| g.removed).map(|g| g.name.clone()).collect();
     let deadline = Instant::now() + opts.wait;
+    let mut last_waiting = String::new();
     let nodes = loop {
-        let now: Vec<NodeState> = node_api
+        let listed = node_api
             .list(&ListParams::default())
             .await
             .map_err(|e| kube_err("listing Nodes", e))?
-            .items
+            .items;
+        let leases = lease_api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| kube_err("listing Leases", e))?;
+        let now = node_states(&listed, &leases.items, &removed, opts.heartbeat_grace);
+        let waiting: Vec<String> = now
             .iter()
-            .filter(|n| !removed.contains(&node_name(n)))
-            .map(|n| NodeState { name: node_name(n), ready: is_ready(n) })
+            .filter(|n| !n.ready)
+            .map(|n| match (n.ready_condition, n.heartbeat_age_seconds) {
+                (true, Some(age)) => format!("{} (no heartbeat for {age:.0} s)", n.name),
+                _ => n.name.clone(),
+            })
             .collect();
-        let waiting: Vec<&str> = now.iter().filter(|n| !n.ready).map(|n| n.name.as_str()).collect();
         if waiting.is_empty() || !opts.apply || Instant::now() >= deadline {
             break now;
         }
-        progress(&format!("waiting for Nodes to be Ready: {}", waiting.join(", ")));
+        let seen: Vec<String> = csrs.iter().map(|c| c.name.clone()).collect();
+        for mut item in review_pending_csrs(&csr_api, &listed, &opts.hosts, &seen).await? {
+            if item.decision == "approve" {
+                approve_item(&csr_api, &mut item, " (arrived during the wait)", progress).await?;
+            } else {
+                progress(&format!("skipped CSR {}: {}", item.name, item.reason));
+            }
+            csrs.push(item);
+        }
+        let line = waiting.join(", ");
+        if line != last_waiting {
+            progress(&format!("waiting for Nodes to be Ready: {line}"));
+            last_waiting = line;
+        }
         tokio::time::sleep(opts.poll.max(Duration::from_millis(200))).await;
     };
+    phases.end("nodes_ready");
 
     for c in &csrs {
         if c.decision == "approve" && !c.approved {
@@ -603,7 +668,14 @@ async fn run(
         }
     }
     for n in nodes.iter().filter(|n| !n.ready) {
-        pending.push(format!("Node {} is not Ready", n.name));
+        pending.push(match (n.ready_condition, n.heartbeat_age_seconds) {
+            (true, Some(age)) => format!(
+                "Node {} is not Ready: its Ready condition is the stored one, the kubelet's last \
+                 heartbeat was {age:.0} s ago (are its pending CSRs approved? is its kubelet running?)",
+                n.name
+            ),
+            _ => format!("Node {} is not Ready", n.name),
+        });
     }
     Ok(Report {
         kubeconfig: kubeconfig.display().to_string(),
@@ -615,7 +687,75 @@ async fn run(
         nodes,
         hosted_cluster: None,
         pending,
+        phases: phases.list,
     })
+}
+
+/// The undecided kubelet CSRs (but those named in `seen`), each with its verdict.
+async fn review_pending_csrs(
+    csr_api: &Api<CertificateSigningRequest>,
+    nodes: &[Node],
+    hosts: &[String],
+    seen: &[String],
+) -> Result<Vec<CsrItem>, Error> {
+    let all_csrs =
+        csr_api.list(&ListParams::default()).await.map_err(|e| kube_err("listing CSRs", e))?.items;
+    let mut csrs = Vec::new();
+    for c in &all_csrs {
+        let name = c.metadata.name.clone().unwrap_or_default();
+        if seen.contains(&name) {
+            continue;
+        }
+        let conditions = c.status.as_ref().and_then(|s| s.conditions.as_ref());
+        let decided = conditions.is_some_and(|cs| {
+            cs.iter().any(|c| c.type_ == "Approved" || c.type_ == "Denied" || c.type_ == "Failed")
+        });
+        if decided {
+            continue;
+        }
+        let signer = c.spec.signer_name.clone();
+        if signer != CLIENT_SIGNER && signer != SERVING_SIGNER {
+            continue;
+        }
+        let facts = CsrFacts {
+            signer: &signer,
+            username: c.spec.username.as_deref().unwrap_or_default(),
+            groups: c.spec.groups.as_deref().unwrap_or_default(),
+            request_pem: &c.spec.request.0,
+        };
+        let verdict = csr::review(
+            &facts,
+            |name| nodes.iter().find(|n| node_name(n) == name).map(addresses),
+            hosts,
+        );
+        csrs.push(CsrItem {
+            name,
+            requestor: facts.username.to_string(),
+            signer: signer.clone(),
+            node: verdict.node,
+            decision: if verdict.approve { "approve" } else { "skip" }.into(),
+            reason: verdict.reason,
+            approved: false,
+        });
+    }
+    Ok(csrs)
+}
+
+async fn approve_item(
+    csr_api: &Api<CertificateSigningRequest>,
+    item: &mut CsrItem,
+    note: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), Error> {
+    approve(csr_api, &item.name).await?;
+    item.approved = true;
+    progress(&format!(
+        "approved CSR {} ({} for {}){note}",
+        item.name,
+        item.signer,
+        item.node.as_deref().unwrap_or("?")
+    ));
+    Ok(())
 }
 
 async fn merge_patch(

@@ -231,6 +231,13 @@ impl ApiServer {
         self.launch();
     }
 
+    /// Stops the server (if it runs) and starts it again over the same etcd, PKI and port, as
+    /// a kubelet restarts a static pod; returns once /readyz says ok (`startup` is its time).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
     /// Stops the server by its PID (SIGTERM, then SIGKILL after 20 s).
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else { return };

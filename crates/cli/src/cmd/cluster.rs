@@ -157,7 +157,11 @@ pub enum ClusterCommand {
     ///   - OpenShift: a fresh spec.forceRedeploymentReason on the etcd, kube-apiserver,
     ///     kube-controller-manager and kube-scheduler operators, then waits until every node
     ///     runs the new revision
-    ///   - every Node Ready (waited for with --apply, up to --wait)
+    ///   - every Node Ready (waited for with --apply, up to --wait): the Ready condition
+    ///     and a kubelet heartbeat within --heartbeat-grace, since a restore brings back the
+    ///     backup's conditions; CSRs that arrive during the wait are judged and approved too
+    ///
+    /// Each phase is timed (the Phases table; `phases` in -w json).
     ///
     /// HyperShift (with the management cluster's kubeconfig): --hosted-cluster NS/NAME
     /// --restore-snapshot-url-file FILE writes the URL of `backup url` into the HostedCluster's
@@ -170,6 +174,8 @@ pub enum ClusterCommand {
     /// Runbook: `node restore` (one node) or `cluster recover` (quorum loss), then:
     ///   etcdguard cluster finish --hosts cp-1,cp-2,cp-3
     ///   etcdguard cluster finish --hosts cp-1,cp-2,cp-3 --apply --remove-nodes cp-old --wait 15m
+    ///   etcdguard cluster finish --hosts cp-1,cp-2,cp-3 --apply --compare-with snap.db \
+    ///       --endpoints https://cp-1:2379 --cacert ca.crt --cert client.crt --key client.key
     ///   etcdguard backup url latest --repo s3://b/p > url.txt
     ///   etcdguard cluster finish --kubeconfig mgmt.kubeconfig --hosted-cluster clusters/prod \
     ///       --restore-snapshot-url-file url.txt --apply

@@ -40,6 +40,11 @@ pub struct FinishArgs {
     /// Bound of each wait (API server ready, rollouts, Nodes Ready), e.g. 90s, 15m
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = etcdguard_repo::retention::parse_duration)]
     pub wait: Duration,
+    /// A Node is Ready when its Ready condition is True and its kubelet's last heartbeat (its
+    /// node Lease's renewal) is at most this old: right after a restore every Node carries the
+    /// backup's conditions, Ready or not today. 0s trusts the condition alone.
+    #[arg(long, value_name = "DURATION", default_value = "40s", value_parser = etcdguard_repo::retention::parse_duration)]
+    pub heartbeat_grace: Duration,
     /// HyperShift, with the management cluster's kubeconfig: the HostedCluster (NAMESPACE/NAME)
     /// whose managed etcd restores from --restore-snapshot-url-file. With --apply its
     /// reconciliation is paused (spec.pausedUntil), spec.etcd.managed.storage.restoreSnapshotURL
@@ -97,6 +102,7 @@ pub fn run(args: FinishArgs) -> Result<()> {
         hosts: args.hosts.clone(),
         remove_nodes: args.remove_nodes.clone(),
         wait: args.wait,
+        heartbeat_grace: args.heartbeat_grace,
         poll: Duration::from_secs(1).min(args.wait / 4).max(Duration::from_millis(100)),
         hosted_cluster: args.hosted_cluster.clone(),
         restore_snapshot_url: match &args.restore_snapshot_url_file {
@@ -105,17 +111,18 @@ pub fn run(args: FinishArgs) -> Result<()> {
         },
         failpoint: std::env::var("ETCDGUARD_FAILPOINT").ok(),
     };
-    let report = etcdguard_finish::finish(&opts, &mut |line| eprintln!("{line}")).map_err(|e| {
-        let code = match e.kind {
-            ErrorKind::Usage => Code::Usage,
-            ErrorKind::NotFound => Code::NotFound,
-            ErrorKind::Unreachable => Code::Unreachable,
-            ErrorKind::TlsOrAuth => Code::TlsOrAuth,
-            ErrorKind::Refused => Code::Refused,
-            ErrorKind::Failure => Code::Failure,
-        };
-        Failure::new(code, e.message)
-    })?;
+    let mut report =
+        etcdguard_finish::finish(&opts, &mut |line| eprintln!("{line}")).map_err(|e| {
+            let code = match e.kind {
+                ErrorKind::Usage => Code::Usage,
+                ErrorKind::NotFound => Code::NotFound,
+                ErrorKind::Unreachable => Code::Unreachable,
+                ErrorKind::TlsOrAuth => Code::TlsOrAuth,
+                ErrorKind::Refused => Code::Refused,
+                ErrorKind::Failure => Code::Failure,
+            };
+            Failure::new(code, e.message)
+        })?;
     let changes = match &args.compare_with {
         None => None,
         Some(source) => {
@@ -127,6 +134,7 @@ pub fn run(args: FinishArgs) -> Result<()> {
                 }
                 .spec()
             });
+            let started = std::time::Instant::now();
             let scratch = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
             let origin = match &repo {
                 Some(repo) => etcdguard_workflow::inspect::Origin::Backup {
@@ -136,12 +144,17 @@ pub fn run(args: FinishArgs) -> Result<()> {
                 },
                 None => etcdguard_workflow::inspect::Origin::File(std::path::Path::new(source)),
             };
-            Some(etcdguard_workflow::inspect::live_changes_since(
+            let changes = etcdguard_workflow::inspect::live_changes_since(
                 &origin,
                 &args.conn.flags(),
                 &scratch,
                 &mut |line| eprintln!("{line}"),
-            )?)
+            )?;
+            report.phases.push(etcdguard_finish::Phase {
+                name: "compare_with_backup".into(),
+                seconds: started.elapsed().as_secs_f64(),
+            });
+            Some(changes)
         }
     };
     match args.write_out {
@@ -157,6 +170,7 @@ pub fn run(args: FinishArgs) -> Result<()> {
             if let Some(c) = &changes {
                 print!("{}", render_changes(c));
             }
+            print!("{}", render_phases(&report.phases));
         }
     }
     if args.apply && !report.pending.is_empty() {
@@ -185,6 +199,19 @@ fn read_url(path: &std::path::Path) -> Result<String, Failure> {
         ));
     }
     Ok(url)
+}
+
+/// The phases and their wall times, with the total.
+fn render_phases(phases: &[etcdguard_finish::Phase]) -> String {
+    let mut rows = vec![vec!["PHASE".to_string(), "SECONDS".to_string()]];
+    for p in phases {
+        rows.push(vec![p.name.clone(), format!("{:.1}", p.seconds)]);
+    }
+    rows.push(vec![
+        "total".into(),
+        format!("{:.1}", phases.iter().map(|p| p.seconds).sum::<f64>()),
+    ]);
+    format!("\nPhases:\n{}", indent(&table(&rows)))
 }
 
 fn render_changes(changes: &[etcdguard_workflow::inspect::ResourceChanges]) -> String {
@@ -293,9 +320,18 @@ fn render(r: &Report) -> String {
         out.push_str(&indent(&table(&rows)));
     }
     out.push_str("\nNodes:\n");
-    let mut rows = vec![vec!["NODE".to_string(), "READY".to_string()]];
+    let mut rows = vec![vec!["NODE".to_string(), "READY".to_string(), "HEARTBEAT".to_string()]];
     for n in &r.nodes {
-        rows.push(vec![n.name.clone(), if n.ready { "yes" } else { "no" }.into()]);
+        let ready = match (n.ready, n.ready_condition) {
+            (true, _) => "yes",
+            (false, true) => "no (stale: the stored condition says Ready)",
+            (false, false) => "no",
+        };
+        let heartbeat = match n.heartbeat_age_seconds {
+            Some(age) => format!("{age:.0} s ago"),
+            None => "-".into(),
+        };
+        rows.push(vec![n.name.clone(), ready.into(), heartbeat]);
     }
     out.push_str(&indent(&table(&rows)));
     if r.pending.is_empty() {

@@ -141,6 +141,25 @@ fn print_plan(s: &RecoverState) {
     }
 }
 
+/// Each step's wall time (from the state file, so a resumed run shows the earlier ones too),
+/// the preflight's and the total of this run.
+fn step_times(state: &RecoverState, preflight: Option<f64>, total: f64) -> String {
+    let mut rows = vec![["STEP", "HOST", "SECONDS"].map(String::from).to_vec()];
+    if let Some(p) = preflight {
+        rows.push(vec!["preflight".into(), "all".into(), format!("{p:.1}")]);
+    }
+    for s in &state.steps {
+        let kind = serde_json::to_value(&s.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let secs = s.seconds.map(|t| format!("{t:.1}")).unwrap_or_else(|| "-".into());
+        rows.push(vec![kind, s.host.clone(), secs]);
+    }
+    rows.push(vec!["total".into(), String::new(), format!("{total:.1}")]);
+    format!("Times:\n{}", table(&rows).lines().map(|l| format!("  {l}\n")).collect::<String>())
+}
+
 pub fn run(args: RecoverArgs) -> Result<()> {
     let json = matches!(args.write_out, NodeFormat::Json);
     let opts = RecoverOptions {
@@ -173,9 +192,12 @@ pub fn run(args: RecoverArgs) -> Result<()> {
         version: crate::cmd::node::version(),
     };
     let started = std::time::Instant::now();
+    // The preflight: from the start until the plan stands (every host asked over SSH).
+    let mut preflight: Option<f64> = None;
     let result = recover(&opts, &mut |event| match event {
         RecoverEvent::Note(line) => eprintln!("{line}"),
         RecoverEvent::Planned(s) => {
+            preflight.get_or_insert(started.elapsed().as_secs_f64());
             if !json {
                 print_plan(s);
             }
@@ -212,8 +234,12 @@ pub fn run(args: RecoverArgs) -> Result<()> {
             return Err(e.into());
         }
     };
+    let total = started.elapsed().as_secs_f64();
     if json {
-        crate::args::print_json(&state)?;
+        let mut value = serde_json::to_value(&state)?;
+        value["preflightSeconds"] = serde_json::json!(preflight);
+        value["totalSeconds"] = serde_json::json!(total);
+        crate::args::print_json(&value)?;
         return Ok(());
     }
     if args.dry_run {
@@ -221,20 +247,12 @@ pub fn run(args: RecoverArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "Recovered: {} healthy members ({}) in {:.1} s; restored on {}.",
+        "Recovered: {} healthy members ({}) in {total:.1} s; restored on {}.",
         state.hosts.len(),
         state.hosts.iter().map(|h| h.facts.member.as_str()).collect::<Vec<_>>().join(", "),
-        started.elapsed().as_secs_f64(),
         state.restore_host
     );
-    let times: Vec<String> = state
-        .steps
-        .iter()
-        .map(|s| {
-            format!("{:?} {} {:.1} s", s.kind, s.host, s.seconds.unwrap_or(0.0)).to_lowercase()
-        })
-        .collect();
-    println!("Times: {}.", times.join(", "));
+    print!("{}", step_times(&state, preflight, total));
     println!("The old data dirs are kept beside the new ones (<data-dir>.etcdguard-<time>); remove them once the cluster is healthy.");
     Ok(())
 }

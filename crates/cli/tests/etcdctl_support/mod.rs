@@ -44,13 +44,19 @@ pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
 /// Writes `keys` Kubernetes-shaped keys of `value_bytes` each, 100 puts per transaction and
 /// four transactions in flight (a 1 GiB load one etcdctl at a time takes ~20 minutes here).
 pub fn load(endpoint: &str, keys: usize, value_bytes: usize) {
+    load_under(endpoint, "/registry/configmaps", keys, value_bytes)
+}
+
+/// [`load`] under `prefix` (`/registry/<resource>`; a resource no API server serves keeps a
+/// live API server from reading the fill, which is not a Kubernetes object).
+pub fn load_under(endpoint: &str, prefix: &str, keys: usize, value_bytes: usize) {
     use std::io::Write;
     let txn = |first: usize| {
         let mut script = String::from("\n");
         for k in first..(first + 100).min(keys) {
             let fill: String =
                 std::iter::repeat_n(char::from(b'a' + (k % 26) as u8), value_bytes).collect();
-            script.push_str(&format!("put /registry/configmaps/ns{}/cm{k} {fill}\n", k % 7));
+            script.push_str(&format!("put {prefix}/ns{}/cm{k} {fill}\n", k % 7));
         }
         script.push_str("\n\n");
         let mut child = EtcdVersion::V3_5
