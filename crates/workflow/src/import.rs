@@ -242,7 +242,7 @@ fn stored_snapshots(opts: &ImportOptions) -> Result<Vec<Stored>> {
 }
 
 fn sha256_of(path: &Path) -> Result<String> {
-    etcdguard_repo::pack::file_sha256(path)
+    etcdguard_repo::id::file_sha256(path)
         .map_err(|e| Error::failure(format!("{}: {e}", path.display())))
 }
 
