@@ -26,7 +26,7 @@ fn azure_round_trip_and_sas_urls() {
         list.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
     assert_eq!(got, vec![first.as_str(), second.as_str()]);
     let dest = work.join("second.db");
-    az(&["backup", "restore", &second, "--repo", repo, "--to-file", dest.to_str().unwrap()]);
+    az(&restore_args(&second, repo, &dest, &[]));
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(&snaps.second).unwrap());
     az(&["backup", "verify", &first, "--repo", repo, "--scratch-dir", work.to_str().unwrap()]);
     let urls = az(&["backup", "url", &second, "--repo", repo, "--expires", "5m", "--objects"]);

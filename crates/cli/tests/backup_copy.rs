@@ -79,25 +79,16 @@ fn copies_go_local_to_s3_to_azure_with_their_ids_and_under_each_destination_key(
     assert!(added[1] * 10 < added[0], "{added:?}");
     // Sealed there: without the passphrase the content does not open.
     let restored = work.join("from-s3.db");
-    let err = fails_with(
-        &mut cmd(None),
-        &["backup", "restore", &first, "--repo", &s3, "--to-file", restored.to_str().unwrap()],
-        16,
-    );
+    let err = fails_with(&mut cmd(None), &restore_args(&first, &s3, &restored, &[]), 16);
     assert!(err.contains("encrypted"), "{err}");
     ok_with(
         cmd(None).env("ETCDGUARD_PASSPHRASE", "s3 site pass"),
-        &[
-            "backup",
-            "restore",
+        &restore_args(
             &first,
-            "--repo",
             &s3,
-            "--to-file",
-            restored.to_str().unwrap(),
-            "--files-to",
-            work.join("files").to_str().unwrap(),
-        ],
+            &restored,
+            &["--files-to", work.join("files").to_str().unwrap()],
+        ),
     );
     assert!(same_file(&restored, &snaps.first), "snapshot restored from the copy differs");
     assert!(same_file(&work.join("files/pki/ca.key"), &pki.join("ca.key")));
@@ -144,7 +135,7 @@ fn copies_go_local_to_s3_to_azure_with_their_ids_and_under_each_destination_key(
     let restored = work.join("from-az.db");
     ok_with(
         cmd(Some(&azurite)).env("ETCDGUARD_PASSPHRASE", "azure site pass"),
-        &["backup", "restore", "latest", "--repo", az, "--to-file", restored.to_str().unwrap()],
+        &restore_args("latest", az, &restored, &[]),
     );
     assert!(same_file(&restored, &snaps.second));
     // The S3 site's passphrase does not open the Azure copy.
@@ -185,17 +176,7 @@ fn a_cut_copy_is_finished_by_the_next_run_and_lists_nothing_half_done() {
     let restored = work.join("r.db");
     ok_with(
         &mut cmd(None),
-        &[
-            "backup",
-            "restore",
-            &id,
-            "--repo",
-            &direct,
-            "--to-file",
-            restored.to_str().unwrap(),
-            "--files-to",
-            work.join("f").to_str().unwrap(),
-        ],
+        &restore_args(&id, &direct, &restored, &["--files-to", work.join("f").to_str().unwrap()]),
     );
     assert!(same_file(&restored, &snaps.first));
     ok_with(
@@ -250,15 +231,7 @@ fn a_damaged_source_blob_fails_only_the_backups_that_use_it() {
     for (id, file) in [(&first, &snaps.first), (&third, &snaps.third)] {
         if copied.contains(id) {
             let restored = work.join(format!("{id}.db"));
-            ok(&[
-                "backup",
-                "restore",
-                id,
-                "--repo",
-                &dest,
-                "--to-file",
-                restored.to_str().unwrap(),
-            ]);
+            ok(&restore_args(id, &dest, &restored, &[]));
             assert!(same_file(&restored, file));
         }
     }
@@ -346,7 +319,7 @@ fn the_agent_copies_each_backup_to_a_second_repository_in_s3() {
     let restored = work.join("r.db");
     ok_with(
         cmd(None).env("ETCDGUARD_TO_PASSPHRASE", "ignored").env("ETCDGUARD_PASSPHRASE", "dr pass"),
-        &["backup", "restore", "latest", "--repo", &s3, "--to-file", restored.to_str().unwrap()],
+        &restore_args("latest", &s3, &restored, &[]),
     );
     assert!(same_file(&restored, &snaps.second));
 }

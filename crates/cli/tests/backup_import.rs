@@ -505,15 +505,7 @@ fn k3s_druid_and_etcdctl_snapshots_come_in_with_their_times() {
     assert_eq!(second["etcd"]["verified"], true);
     // The zipped one restores as the snapshot k3s zipped.
     let restored = work.join("second.db");
-    ok(&[
-        "backup",
-        "restore",
-        list[1]["id"].as_str().unwrap(),
-        "--repo",
-        repo_s,
-        "--to-file",
-        restored.to_str().unwrap(),
-    ]);
+    ok(&restore_args(list[1]["id"].as_str().unwrap(), repo_s, &restored, &[]));
     assert!(std::fs::read(&restored).unwrap() == std::fs::read(&snaps.second).unwrap());
     // Importing the zip again is recognised by the unzipped snapshot's sha256 and time.
     let again = etcdguard()

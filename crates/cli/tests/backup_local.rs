@@ -26,22 +26,9 @@ fn round_trip_with_control_plane_files() {
     let (pki, manifests, enc) = control_plane(&work);
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let out = ok(&create_args(
-        repo_s,
-        &snaps.first,
-        &[
-            "--pki-dir",
-            pki.to_str().unwrap(),
-            "--manifests-dir",
-            manifests.to_str().unwrap(),
-            "--encryption-config",
-            enc.to_str().unwrap(),
-            "--label",
-            "env=test",
-            "--cluster",
-            "kind-1",
-        ],
-    ));
+    let flags = control_plane_flags(&pki, &manifests, Some(&enc));
+    let labels = ["--label", "env=test", "--cluster", "kind-1"];
+    let out = ok(&create_args(repo_s, &snaps.first, &[&flags[..], &labels].concat()));
     let id = created_id(&out);
 
     // Everything in the repository is private: files 0600, directories 0700.
@@ -91,17 +78,7 @@ fn round_trip_with_control_plane_files() {
     // Restore: byte-identical snapshot, files with their modes and the symlink.
     let restored = work.join("restored.db");
     let files = work.join("files");
-    ok(&[
-        "backup",
-        "restore",
-        &id,
-        "--repo",
-        repo_s,
-        "--to-file",
-        restored.to_str().unwrap(),
-        "--files-to",
-        files.to_str().unwrap(),
-    ]);
+    ok(&restore_with_files(&id, repo_s, &restored, &files));
     assert!(
         std::fs::read(&restored).unwrap() == std::fs::read(&snaps.first).unwrap(),
         "restored snapshot differs"
@@ -138,10 +115,7 @@ fn round_trip_with_control_plane_files() {
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
 
     // Nothing is overwritten.
-    let err = fails(
-        &["backup", "restore", &id, "--repo", repo_s, "--to-file", restored.to_str().unwrap()],
-        14,
-    );
+    let err = fails(&restore_args(&id, repo_s, &restored, &[]), 14);
     assert!(err.contains("already exists"), "{err}");
 }
 
@@ -169,7 +143,7 @@ fn churn_costs_little_and_every_backup_restores() {
     }
     for (id, s) in ids.iter().zip([&snaps.first, &snaps.second, &snaps.third]) {
         let dest = work.join(format!("{id}.db"));
-        ok(&["backup", "restore", id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
+        ok(&restore_args(id, repo_s, &dest, &[]));
         assert!(
             std::fs::read(&dest).unwrap() == std::fs::read(s).unwrap(),
             "backup {id} did not restore byte-identical"
@@ -211,7 +185,7 @@ fn verify_passes_then_catches_a_damaged_pack() {
         "{err}"
     );
     let dest = work.join("out.db");
-    fails(&["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()], 10);
+    fails(&restore_args(&id, repo_s, &dest, &[]), 10);
     assert!(!dest.exists(), "a failed restore leaves no file");
     assert_no_temporaries(&work);
 }
@@ -287,7 +261,7 @@ fn delete_and_prune_with_retention() {
     let after = size(&repo.join("packs"));
     assert!(after < before, "prune freed nothing: {before} -> {after}");
     let dest = work.join("third.db");
-    ok(&["backup", "restore", "latest", "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
+    ok(&restore_args("latest", repo_s, &dest, &[]));
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(&snaps.third).unwrap());
     ok(&[
         "backup",
@@ -445,7 +419,7 @@ fn create_from_a_live_cluster() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     let dest = work.join("live.db");
-    ok(&["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
+    ok(&restore_args(&id, repo_s, &dest, &[]));
     let status = run(etcdguard_testkit::EtcdVersion::V3_5
         .binaries()
         .snapshot_tool()
@@ -478,7 +452,7 @@ fn encrypted_repository_seals_ca_keys_and_needs_the_passphrase() {
     let out = run(with_passphrase("correct horse battery").args(create_args(
         repo_s,
         &snaps.first,
-        &["--pki-dir", pki.to_str().unwrap(), "--manifests-dir", manifests.to_str().unwrap()],
+        &control_plane_flags(&pki, &manifests, None),
     )));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
@@ -501,17 +475,7 @@ fn encrypted_repository_seals_ca_keys_and_needs_the_passphrase() {
     assert!(show.contains("encryption xchacha20poly1305"), "{show}");
     let dest = work.join("restored.db");
     let files = work.join("files");
-    let restore = [
-        "backup",
-        "restore",
-        &id,
-        "--repo",
-        repo_s,
-        "--to-file",
-        dest.to_str().unwrap(),
-        "--files-to",
-        files.to_str().unwrap(),
-    ];
+    let restore = restore_with_files(&id, repo_s, &dest, &files);
     let err = fails(&restore, 16);
     assert!(err.contains("ETCDGUARD_PASSPHRASE"), "{err}");
     let err = fails_with(&mut with_passphrase("wrong"), &restore, 16);

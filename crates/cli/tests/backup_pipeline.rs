@@ -19,17 +19,7 @@ fn parallel_restore_round_trips_and_a_damaged_pack_leaves_no_data_dir() {
     let original = std::fs::read(&snaps.second).unwrap();
     for parallel in ["1", "2", "8"] {
         let dest = work.join(format!("out-{parallel}.db"));
-        ok(&[
-            "backup",
-            "restore",
-            &id,
-            "--repo",
-            repo_s,
-            "--to-file",
-            dest.to_str().unwrap(),
-            "--parallel",
-            parallel,
-        ]);
+        ok(&restore_args(&id, repo_s, &dest, &["--parallel", parallel]));
         assert!(
             std::fs::read(&dest).unwrap() == original,
             "--parallel {parallel}: the restored file differs"
@@ -128,7 +118,7 @@ fn compression_level_trades_size_and_restores_the_same() {
         }
         let id = created_id(&ok(&args));
         let dest = work.join(format!("out{}.db", level.unwrap_or("")));
-        ok(&["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
+        ok(&restore_args(&id, repo_s, &dest, &[]));
         assert!(
             std::fs::read(&dest).unwrap() == original,
             "level {level:?}: the restored file differs"

@@ -23,17 +23,6 @@ fn write_manifest(repo: &Path, id: &str, v: &serde_json::Value) {
     std::fs::write(manifest_path(repo, id), serde_json::to_vec_pretty(v).unwrap()).unwrap();
 }
 
-/// `backup restore ID --repo REPO --to-file SNAPSHOT --files-to FILES`.
-fn restore_with_files<'a>(
-    id: &'a str,
-    repo: &'a str,
-    snapshot: &'a Path,
-    files: &'a Path,
-) -> [&'a str; 9] {
-    let (snapshot, files) = (snapshot.to_str().unwrap(), files.to_str().unwrap());
-    ["backup", "restore", id, "--repo", repo, "--to-file", snapshot, "--files-to", files]
-}
-
 fn is_empty_dir(dir: &Path) -> bool {
     std::fs::read_dir(dir).unwrap().next().is_none()
 }
@@ -45,18 +34,8 @@ fn unencrypted_manifest_edits_cannot_write_outside_the_target_or_expose_keys() {
     let (pki, manifests, enc) = control_plane(&work);
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let id = create_from_file(
-        repo_s,
-        &snaps.first,
-        &[
-            "--pki-dir",
-            pki.to_str().unwrap(),
-            "--manifests-dir",
-            manifests.to_str().unwrap(),
-            "--encryption-config",
-            enc.to_str().unwrap(),
-        ],
-    );
+    let id =
+        create_from_file(repo_s, &snaps.first, &control_plane_flags(&pki, &manifests, Some(&enc)));
     let original = read_manifest(&repo, &id);
     let outside = work.join("outside");
     std::fs::create_dir_all(&outside).unwrap();
@@ -148,19 +127,8 @@ fn encrypted_manifest_edits_are_refused() {
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
     let with_pass = || with_passphrase("tamper test passphrase");
-    let id = create_from_file_with(
-        &mut with_pass(),
-        repo_s,
-        &snaps.first,
-        &[
-            "--pki-dir",
-            pki.to_str().unwrap(),
-            "--manifests-dir",
-            manifests.to_str().unwrap(),
-            "--label",
-            "env=prod",
-        ],
-    );
+    let flags = [control_plane_flags(&pki, &manifests, None), vec!["--label", "env=prod"]].concat();
+    let id = create_from_file_with(&mut with_pass(), repo_s, &snaps.first, &flags);
     let original = read_manifest(&repo, &id);
     let stored = std::fs::read_to_string(manifest_path(&repo, &id)).unwrap();
     for secret in ["ca.key", "etcd.yaml", pki.to_str().unwrap(), snaps.first.to_str().unwrap()] {
@@ -368,7 +336,7 @@ fn a_damaged_newest_manifest_makes_latest_fail_instead_of_rolling_back() {
     }
     assert!(!out_file.exists(), "a restore of an older backup was written");
     // The good backup by its id still works.
-    ok(&["backup", "restore", &older, "--repo", repo_s, "--to-file", out_file.to_str().unwrap()]);
+    ok(&restore_args(&older, repo_s, &out_file, &[]));
     // Repaired, `latest` is the newest again.
     std::fs::write(manifest_path(&repo, &newest), &bytes).unwrap();
     let shown: serde_json::Value =
@@ -441,18 +409,7 @@ fn a_truncated_pack_or_unreadable_key_files_are_damage() {
     for p in &packs {
         std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(100).unwrap();
     }
-    let err = fails(
-        &[
-            "backup",
-            "restore",
-            "latest",
-            "--repo",
-            repo_s,
-            "--to-file",
-            work.join("out.db").to_str().unwrap(),
-        ],
-        10,
-    );
+    let err = fails(&restore_args("latest", repo_s, &work.join("out.db"), &[]), 10);
     assert!(err.contains("truncated"), "{err}");
 
     let sealed = work.join("sealed");

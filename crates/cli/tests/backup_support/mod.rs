@@ -119,6 +119,27 @@ pub fn create_args<'a>(repo: &'a str, snapshot: &'a Path, extra: &[&'a str]) -> 
     [&["backup", "create", "--repo", repo, "--from-file", snapshot], extra].concat()
 }
 
+/// The arguments `backup restore ID --repo REPO --to-file FILE EXTRA…`.
+pub fn restore_args<'a>(
+    id: &'a str,
+    repo: &'a str,
+    file: &'a Path,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let file = file.to_str().unwrap();
+    [&["backup", "restore", id, "--repo", repo, "--to-file", file], extra].concat()
+}
+
+/// The arguments `backup restore ID --repo REPO --to-file SNAPSHOT --files-to FILES`.
+pub fn restore_with_files<'a>(
+    id: &'a str,
+    repo: &'a str,
+    snapshot: &'a Path,
+    files: &'a Path,
+) -> Vec<&'a str> {
+    restore_args(id, repo, snapshot, &["--files-to", files.to_str().unwrap()])
+}
+
 /// `backup create --repo REPO --from-file SNAPSHOT EXTRA…`; asserts success and returns the
 /// new backup's id.
 pub fn create_from_file(repo: &str, snapshot: &Path, extra: &[&str]) -> String {
@@ -280,6 +301,21 @@ pub fn control_plane(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&enc, "kind: EncryptionConfiguration\nsecret: c2VjcmV0\n").unwrap();
     std::fs::set_permissions(&enc, std::fs::Permissions::from_mode(0o600)).unwrap();
     (pki, manifests, enc)
+}
+
+/// `backup create`'s flags for [`control_plane`]'s files: `--pki-dir`, `--manifests-dir` and,
+/// when given, `--encryption-config`.
+pub fn control_plane_flags<'a>(
+    pki: &'a Path,
+    manifests: &'a Path,
+    enc: Option<&'a Path>,
+) -> Vec<&'a str> {
+    let mut flags =
+        vec!["--pki-dir", pki.to_str().unwrap(), "--manifests-dir", manifests.to_str().unwrap()];
+    if let Some(enc) = enc {
+        flags.extend(["--encryption-config", enc.to_str().unwrap()]);
+    }
+    flags
 }
 
 /// moto's S3 server on a free loopback port, stopped by PID on drop.
