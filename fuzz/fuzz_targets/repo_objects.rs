@@ -6,7 +6,8 @@
 use std::sync::OnceLock;
 
 use etcdguard_repo::crypto::{KeyFile, Keys};
-use etcdguard_repo::pack::{decode_blob, parse_pack, Encoding, Id, Index, MAX_BLOB_LEN};
+use etcdguard_repo::id::Id;
+use etcdguard_repo::pack::{decode_blob, parse_pack, Encoding, Index, MAX_BLOB_LEN};
 use etcdguard_repo::Manifest;
 use libfuzzer_sys::fuzz_target;
 

@@ -16,7 +16,7 @@ use etcdguard_testkit::{free_port, EtcdServer, EtcdVersion};
 use live_support::*;
 use rcgen::{CertificateParams, DnType, KeyPair};
 
-fn spawn_agent(log: &Path, args: &[String]) -> Agent {
+fn spawn_agent(log: &Path, args: &[&str]) -> Agent {
     let log = std::fs::File::create(log).unwrap();
     let mut cmd = etcdguard();
     cmd.arg("agent").args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
@@ -55,7 +55,7 @@ fn scrub_finds_a_flipped_bit_and_a_drill_boots_etcd_on_the_restore() {
     let port = free_port();
     let etcd35 = EtcdVersion::V3_5.binaries().etcd;
     let log = work.path().join("agent.log");
-    let args: Vec<String> = [
+    let args = [
         "--repo",
         repo.to_str().unwrap(),
         "--endpoints",
@@ -72,10 +72,7 @@ fn scrub_finds_a_flipped_bit_and_a_drill_boots_etcd_on_the_restore() {
         etcd35.to_str().unwrap(),
         "--listen",
         &format!("127.0.0.1:{port}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
     let mut agent = spawn_agent(&log, &args);
     let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
@@ -199,7 +196,7 @@ fn certificate_expiry_in_metrics_health_and_backup_show() {
     .unwrap();
     let port = free_port();
     let log = work.path().join("agent.log");
-    let args: Vec<String> = [
+    let args = [
         "--repo",
         repo.to_str().unwrap(),
         "--endpoints",
@@ -210,10 +207,7 @@ fn certificate_expiry_in_metrics_health_and_backup_show() {
         "1h",
         "--listen",
         &format!("127.0.0.1:{port}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
     let agent = spawn_agent(&log, &args);
     let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let soon_series =
@@ -377,7 +371,7 @@ fn damage_found_by_the_scrub_is_healed_by_the_next_backup() {
     let repo = work.path().join("repo");
     let port = free_port();
     let log = work.path().join("agent.log");
-    let args: Vec<String> = [
+    let args = [
         "--repo",
         repo.to_str().unwrap(),
         "--endpoints",
@@ -388,10 +382,7 @@ fn damage_found_by_the_scrub_is_healed_by_the_next_backup() {
         "1s",
         "--listen",
         &format!("127.0.0.1:{port}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
     let mut agent = spawn_agent(&log, &args);
     let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_for("a backup and a good scrub", Duration::from_secs(60), || {

@@ -8,18 +8,14 @@ mod live_support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use agent_support::{get_raw as get, sample};
-use etcdguard_testkit::{free_port, EtcdServer, EtcdVersion};
+use agent_support::{get_raw as get, one_key_snapshot, sample};
+use etcdguard_testkit::free_port;
 use live_support::*;
 
 #[test]
 fn cron_schedule_runs_on_its_matches_with_json_logs() {
-    let mut server = EtcdServer::start(EtcdVersion::V3_5);
-    server.put(b"/registry/configmaps/default/a", b"1");
     let work = tempfile::tempdir().unwrap();
-    let snap = work.path().join("snap.db");
-    server.snapshot_save(&snap);
-    server.stop();
+    let snap = one_key_snapshot(work.path());
     let repo = work.path().join("repo");
     let port = free_port();
     let started =

@@ -6,7 +6,6 @@
 mod agent_support;
 mod live_support;
 
-use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -63,28 +62,6 @@ fn locks(repo: &Path) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// A server holding ~64 MiB of incompressible values, so a backup takes a while.
-fn big_server() -> EtcdServer {
-    let server = EtcdServer::start(EtcdVersion::V3_5);
-    let dir = tempfile::tempdir().unwrap();
-    let mut urandom = std::fs::File::open("/dev/urandom").unwrap();
-    let mut value = vec![0u8; 1 << 20];
-    let value_file = dir.path().join("value");
-    for i in 0..64 {
-        urandom.read_exact(&mut value).unwrap();
-        std::fs::write(&value_file, &value).unwrap();
-        let stdin = std::fs::File::open(&value_file).unwrap();
-        let out = server
-            .etcdctl()
-            .args(["put", &format!("/registry/configmaps/big/{i:03}")])
-            .stdin(stdin)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "etcdctl put: {}", text(&out.stderr));
-    }
-    server
 }
 
 fn spawn_agent(args: &[&str], extra: impl IntoIterator<Item = String>, log: &Path) -> Agent {
@@ -187,12 +164,8 @@ fn sigterm_mid_backup_stops_within_bound_and_leaves_nothing() {
 /// Idle between runs: SIGTERM and SIGINT each end the agent at once with exit 0.
 #[test]
 fn sigterm_and_sigint_while_idle_exit_zero() {
-    let mut server = EtcdServer::start(EtcdVersion::V3_5);
-    server.put(b"/registry/configmaps/default/a", b"1");
     let work = tempfile::tempdir().unwrap();
-    let snap = work.path().join("snap.db");
-    server.snapshot_save(&snap);
-    server.stop();
+    let snap = one_key_snapshot(work.path());
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let repo = work.path().join(format!("repo-{signal}"));
         let port = free_port();
@@ -227,12 +200,8 @@ fn sigterm_and_sigint_while_idle_exit_zero() {
 /// and health comes back once a prune succeeds.
 #[test]
 fn failing_retention_turns_health_red_after_n_in_a_row() {
-    let mut server = EtcdServer::start(EtcdVersion::V3_5);
-    server.put(b"/registry/configmaps/default/a", b"1");
     let work = tempfile::tempdir().unwrap();
-    let snap = work.path().join("snap.db");
-    server.snapshot_save(&snap);
-    server.stop();
+    let snap = one_key_snapshot(work.path());
     let repo = work.path().join("repo");
     let out = etcdguard()
         .args(["backup", "create", "--repo"])
@@ -321,14 +290,17 @@ fn create_sweeps_dead_spools_and_keeps_live_ones() {
     std::fs::create_dir(&other).unwrap();
 
     let repo = work.path().join("repo");
-    let out = etcdguard()
-        .args(["backup", "create", "--repo"])
-        .arg(&repo)
-        .arg("--scratch-dir")
-        .arg(&scratch)
-        .args(["--endpoints", server.endpoint()])
-        .output()
-        .unwrap();
+    let create = || {
+        etcdguard()
+            .args(["backup", "create", "--repo"])
+            .arg(&repo)
+            .arg("--scratch-dir")
+            .arg(&scratch)
+            .args(["--endpoints", server.endpoint()])
+            .output()
+            .unwrap()
+    };
+    let out = create();
     expect_code(&out, 0, "backup create");
     assert!(!dead.exists(), "the dead spool is still there");
     assert!(
@@ -341,14 +313,7 @@ fn create_sweeps_dead_spools_and_keeps_live_ones() {
     assert_eq!(spools(&scratch), vec![live.clone()], "the run's own spool is gone");
     drop(live_lock);
     // Now its owner is gone too: the next create takes it.
-    let out = etcdguard()
-        .args(["backup", "create", "--repo"])
-        .arg(&repo)
-        .arg("--scratch-dir")
-        .arg(&scratch)
-        .args(["--endpoints", server.endpoint()])
-        .output()
-        .unwrap();
+    let out = create();
     expect_code(&out, 0, "second backup create");
     assert!(spools(&scratch).is_empty());
 }

@@ -12,39 +12,21 @@ fn azure_round_trip_and_sas_urls() {
     azurite.create_container("etcd");
     let work = scratch("azure");
     let repo = "az://etcd/prod";
-    let az = |args: &[&str]| {
-        let out = run(azure_env(&mut etcdguard(), &azurite).args(args));
-        assert!(
-            out.status.success(),
-            "etcdguard {args:?} failed with {}:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+    let on_azure = || {
+        let mut c = etcdguard();
+        azure_env(&mut c, &azurite);
+        c
     };
-    let first = created_id(&az(&[
-        "backup",
-        "create",
-        "--repo",
-        repo,
-        "--from-file",
-        snaps.first.to_str().unwrap(),
-    ]));
-    let second = created_id(&az(&[
-        "backup",
-        "create",
-        "--repo",
-        repo,
-        "--from-file",
-        snaps.second.to_str().unwrap(),
-    ]));
+    let az = |args: &[&str]| ok_with(&mut on_azure(), args);
+    let first = create_from_file_with(&mut on_azure(), repo, &snaps.first, &[]);
+    let second = create_from_file_with(&mut on_azure(), repo, &snaps.second, &[]);
     let list: serde_json::Value =
         serde_json::from_str(&az(&["backup", "list", "--repo", repo, "-w", "json"])).unwrap();
     let got: Vec<&str> =
         list.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
     assert_eq!(got, vec![first.as_str(), second.as_str()]);
     let dest = work.join("second.db");
-    az(&["backup", "restore", &second, "--repo", repo, "--to-file", dest.to_str().unwrap()]);
+    az(&restore_args(&second, repo, &dest, &[]));
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(&snaps.second).unwrap());
     az(&["backup", "verify", &first, "--repo", repo, "--scratch-dir", work.to_str().unwrap()]);
     let urls = az(&["backup", "url", &second, "--repo", repo, "--expires", "5m", "--objects"]);
@@ -59,11 +41,6 @@ fn azure_round_trip_and_sas_urls() {
         "exported snapshot differs"
     );
     // A missing container is a clear error.
-    let out = run(azure_env(&mut etcdguard(), &azurite).args([
-        "backup",
-        "list",
-        "--repo",
-        "az://nope/x",
-    ]));
+    let out = run(on_azure().args(["backup", "list", "--repo", "az://nope/x"]));
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
 }

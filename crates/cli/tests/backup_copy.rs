@@ -52,24 +52,8 @@ fn copies_go_local_to_s3_to_azure_with_their_ids_and_under_each_destination_key(
     let s3 = format!("s3://etcd-dr/etcd?endpoint={}", moto.endpoint);
     let az = "az://far/etcd";
 
-    let first = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        &local,
-        "--from-file",
-        snaps.first.to_str().unwrap(),
-        "--pki-dir",
-        pki.to_str().unwrap(),
-    ]));
-    let second = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        &local,
-        "--from-file",
-        snaps.second.to_str().unwrap(),
-    ]));
+    let first = create_from_file(&local, &snaps.first, &["--pki-dir", pki.to_str().unwrap()]);
+    let second = create_from_file(&local, &snaps.second, &[]);
 
     // Local (plain) to S3, created encrypted with the destination's passphrase.
     let out = ok_with(
@@ -95,25 +79,16 @@ fn copies_go_local_to_s3_to_azure_with_their_ids_and_under_each_destination_key(
     assert!(added[1] * 10 < added[0], "{added:?}");
     // Sealed there: without the passphrase the content does not open.
     let restored = work.join("from-s3.db");
-    let err = fails_with(
-        &mut cmd(None),
-        &["backup", "restore", &first, "--repo", &s3, "--to-file", restored.to_str().unwrap()],
-        16,
-    );
+    let err = fails_with(&mut cmd(None), &restore_args(&first, &s3, &restored, &[]), 16);
     assert!(err.contains("encrypted"), "{err}");
     ok_with(
         cmd(None).env("ETCDGUARD_PASSPHRASE", "s3 site pass"),
-        &[
-            "backup",
-            "restore",
+        &restore_args(
             &first,
-            "--repo",
             &s3,
-            "--to-file",
-            restored.to_str().unwrap(),
-            "--files-to",
-            work.join("files").to_str().unwrap(),
-        ],
+            &restored,
+            &["--files-to", work.join("files").to_str().unwrap()],
+        ),
     );
     assert!(same_file(&restored, &snaps.first), "snapshot restored from the copy differs");
     assert!(same_file(&work.join("files/pki/ca.key"), &pki.join("ca.key")));
@@ -160,7 +135,7 @@ fn copies_go_local_to_s3_to_azure_with_their_ids_and_under_each_destination_key(
     let restored = work.join("from-az.db");
     ok_with(
         cmd(Some(&azurite)).env("ETCDGUARD_PASSPHRASE", "azure site pass"),
-        &["backup", "restore", "latest", "--repo", az, "--to-file", restored.to_str().unwrap()],
+        &restore_args("latest", az, &restored, &[]),
     );
     assert!(same_file(&restored, &snaps.second));
     // The S3 site's passphrase does not open the Azure copy.
@@ -178,16 +153,7 @@ fn a_cut_copy_is_finished_by_the_next_run_and_lists_nothing_half_done() {
     let work = scratch("copy-cut");
     let local = work.join("repo").to_str().unwrap().to_string();
     let direct = format!("s3://etcd-dr/etcd?endpoint={}", moto.endpoint);
-    let id = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        &local,
-        "--from-file",
-        snaps.first.to_str().unwrap(),
-        "--pki-dir",
-        big_dir().to_str().unwrap(),
-    ]));
+    let id = create_from_file(&local, &snaps.first, &["--pki-dir", big_dir().to_str().unwrap()]);
     // The destination "dies" 600 KB into the copy.
     let proxy = CuttingProxy::start(moto.port, 600 * 1024);
     let through = format!("s3://etcd-dr/etcd?endpoint=http://127.0.0.1:{}&retries=1", proxy.port);
@@ -210,17 +176,7 @@ fn a_cut_copy_is_finished_by_the_next_run_and_lists_nothing_half_done() {
     let restored = work.join("r.db");
     ok_with(
         &mut cmd(None),
-        &[
-            "backup",
-            "restore",
-            &id,
-            "--repo",
-            &direct,
-            "--to-file",
-            restored.to_str().unwrap(),
-            "--files-to",
-            work.join("f").to_str().unwrap(),
-        ],
+        &restore_args(&id, &direct, &restored, &["--files-to", work.join("f").to_str().unwrap()]),
     );
     assert!(same_file(&restored, &snaps.first));
     ok_with(
@@ -245,52 +201,18 @@ fn a_damaged_source_blob_fails_only_the_backups_that_use_it() {
     let local = work.join("repo");
     let dest = work.join("dest").to_str().unwrap().to_string();
     let repo = local.to_str().unwrap();
-    let packs = |dir: &Path| -> Vec<std::path::PathBuf> {
-        let mut out = Vec::new();
-        for sub in std::fs::read_dir(dir.join("packs")).unwrap() {
-            for p in std::fs::read_dir(sub.unwrap().path()).unwrap() {
-                out.push(p.unwrap().path());
-            }
-        }
-        out.sort();
-        out
-    };
-    let first = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        repo,
-        "--from-file",
-        snaps.first.to_str().unwrap(),
-    ]));
-    let before = packs(&local);
-    let second = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        repo,
-        "--from-file",
-        snaps.second.to_str().unwrap(),
-    ]));
-    let new_pack = packs(&local)
+    let first = create_from_file(repo, &snaps.first, &[]);
+    let before = pack_files(&local);
+    let second = create_from_file(repo, &snaps.second, &[]);
+    let new_pack = pack_files(&local)
         .into_iter()
         .find(|p| !before.contains(p))
         .expect("the second backup added a pack");
     // The third backup before the damage: a create reads back the packs it reuses and stores
     // fresh copies of damaged chunks, which would heal the second backup here.
-    let third = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        repo,
-        "--from-file",
-        snaps.third.to_str().unwrap(),
-    ]));
+    let third = create_from_file(repo, &snaps.third, &[]);
     // A pack the second backup added holds chunks only it uses: damage one byte in its middle.
-    let mut bytes = std::fs::read(&new_pack).unwrap();
-    let at = bytes.len() / 3;
-    bytes[at] ^= 0x40;
-    std::fs::write(&new_pack, bytes).unwrap();
+    flip_byte(&new_pack, |n| n / 3, 0x40);
 
     let err = fails(&["backup", "copy", "--from", repo, "--to", &dest], 10);
     let pack_name = new_pack.file_name().unwrap().to_str().unwrap();
@@ -309,15 +231,7 @@ fn a_damaged_source_blob_fails_only_the_backups_that_use_it() {
     for (id, file) in [(&first, &snaps.first), (&third, &snaps.third)] {
         if copied.contains(id) {
             let restored = work.join(format!("{id}.db"));
-            ok(&[
-                "backup",
-                "restore",
-                id,
-                "--repo",
-                &dest,
-                "--to-file",
-                restored.to_str().unwrap(),
-            ]);
+            ok(&restore_args(id, &dest, &restored, &[]));
             assert!(same_file(&restored, file));
         }
     }
@@ -333,14 +247,7 @@ fn another_backup_under_the_same_id_at_the_destination_is_refused() {
     let work = scratch("copy-same-id");
     let src = work.join("src").to_str().unwrap().to_string();
     let dest = work.join("dest");
-    let id = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        &src,
-        "--from-file",
-        snaps.first.to_str().unwrap(),
-    ]));
+    let id = create_from_file(&src, &snaps.first, &[]);
     ok(&["backup", "copy", "--from", &src, "--to", dest.to_str().unwrap(), &id[..6]]);
     // Someone edits the copy: it is no longer the same backup, and is not overwritten.
     let manifest = dest.join(format!("backups/{id}.json"));
@@ -384,14 +291,7 @@ fn the_agent_copies_each_backup_to_a_second_repository_in_s3() {
         .unwrap();
     // A backup the agent did not take, older than anything at the destination: the agent
     // copies from the destination's newest on, so it comes along only while the destination is empty.
-    let earlier = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        &local,
-        "--from-file",
-        snaps.first.to_str().unwrap(),
-    ]));
+    let earlier = create_from_file(&local, &snaps.first, &[]);
     let out = run(cmd(None).args([
         "agent",
         "--repo",
@@ -419,7 +319,7 @@ fn the_agent_copies_each_backup_to_a_second_repository_in_s3() {
     let restored = work.join("r.db");
     ok_with(
         cmd(None).env("ETCDGUARD_TO_PASSPHRASE", "ignored").env("ETCDGUARD_PASSPHRASE", "dr pass"),
-        &["backup", "restore", "latest", "--repo", &s3, "--to-file", restored.to_str().unwrap()],
+        &restore_args("latest", &s3, &restored, &[]),
     );
     assert!(same_file(&restored, &snaps.second));
 }

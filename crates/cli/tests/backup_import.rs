@@ -115,6 +115,18 @@ fn tar_list(tarball: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `backup restore ID --repo REPO --format openshift --files-to DIR MORE…`.
+fn openshift_restore<'a>(
+    id: &'a str,
+    repo: &'a str,
+    to: &'a Path,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let to = to.to_str().unwrap();
+    [&["backup", "restore", id, "--repo", repo, "--format", "openshift", "--files-to", to], more]
+        .concat()
+}
+
 fn shown(repo: &str, id: &str) -> serde_json::Value {
     serde_json::from_str(&ok(&["backup", "show", id, "--repo", repo, "-w", "json"])).unwrap()
 }
@@ -216,19 +228,7 @@ fn openshift_cluster_backup_in_and_out() {
 
     // Out again, as cluster-backup.sh writes it, for the node's z-stream.
     let out_dir = work.join("restore-ok");
-    let printed = ok(&[
-        "backup",
-        "restore",
-        &id,
-        "--repo",
-        repo_s,
-        "--format",
-        "openshift",
-        "--files-to",
-        out_dir.to_str().unwrap(),
-        "--node-version",
-        "4.15.3",
-    ]);
+    let printed = ok(&openshift_restore(&id, repo_s, &out_dir, &["--node-version", "4.15.3"]));
     let written_snap = out_dir.join("snapshot_2026-03-01_101500.db");
     let written_tar = out_dir.join("static_kuberesources_2026-03-01_101500.tar.gz");
     assert!(
@@ -291,19 +291,12 @@ fn openshift_cluster_backup_in_and_out() {
     std::fs::write(&mc, r#"{"kind":"MachineConfig","metadata":{"name":"rendered-master-1","annotations":{"machineconfiguration.openshift.io/release-image-version":"4.15.3"}}}"#).unwrap();
     let out_mc = work.join("restore-mc");
     let out = etcdguard()
-        .args([
-            "backup",
-            "restore",
+        .args(openshift_restore(
             "latest",
-            "--repo",
             repo_s,
-            "--format",
-            "openshift",
-            "--files-to",
-            out_mc.to_str().unwrap(),
-            "--machine-config",
-            mc.to_str().unwrap(),
-        ])
+            &out_mc,
+            &["--machine-config", mc.to_str().unwrap()],
+        ))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -314,42 +307,13 @@ fn openshift_cluster_backup_in_and_out() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Written a second time to the same place: refused, nothing overwritten.
-    let err = fails(
-        &[
-            "backup",
-            "restore",
-            "latest",
-            "--repo",
-            repo_s,
-            "--format",
-            "openshift",
-            "--files-to",
-            out_mc.to_str().unwrap(),
-            "--node-version",
-            "4.15.3",
-        ],
-        14,
-    );
+    let err =
+        fails(&openshift_restore("latest", repo_s, &out_mc, &["--node-version", "4.15.3"]), 14);
     assert!(err.contains("already exists"), "{err}");
 
     // Another z-stream: refused (exit 17), nothing written; --force writes with a warning.
     let out_other = work.join("restore-other");
-    let err = fails(
-        &[
-            "backup",
-            "restore",
-            &id,
-            "--repo",
-            repo_s,
-            "--format",
-            "openshift",
-            "--files-to",
-            out_other.to_str().unwrap(),
-            "--node-version",
-            "4.15.4",
-        ],
-        17,
-    );
+    let err = fails(&openshift_restore(&id, repo_s, &out_other, &["--node-version", "4.15.4"]), 17);
     assert!(
         err.contains("is of OpenShift 4.15.3 but this node runs 4.15.4")
             && err.contains("same z-stream"),
@@ -357,20 +321,7 @@ fn openshift_cluster_backup_in_and_out() {
     );
     assert!(!out_other.exists() || std::fs::read_dir(&out_other).unwrap().next().is_none());
     let out = etcdguard()
-        .args([
-            "backup",
-            "restore",
-            &id,
-            "--repo",
-            repo_s,
-            "--format",
-            "openshift",
-            "--files-to",
-            out_other.to_str().unwrap(),
-            "--node-version",
-            "4.15.4",
-            "--force",
-        ])
+        .args(openshift_restore(&id, repo_s, &out_other, &["--node-version", "4.15.4", "--force"]))
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -381,19 +332,12 @@ fn openshift_cluster_backup_in_and_out() {
     );
     // The node's version unknown (no machine config there): refused, saying so.
     let err = fails(
-        &[
-            "backup",
-            "restore",
+        &openshift_restore(
             &id,
-            "--repo",
             repo_s,
-            "--format",
-            "openshift",
-            "--files-to",
-            work.join("restore-unknown").to_str().unwrap(),
-            "--machine-config",
-            work.join("missing").to_str().unwrap(),
-        ],
+            &work.join("restore-unknown"),
+            &["--machine-config", work.join("missing").to_str().unwrap()],
+        ),
         17,
     );
     assert!(
@@ -421,19 +365,7 @@ fn openshift_cluster_backup_in_and_out() {
     assert_eq!(shown(repo_s, "latest")["id"], id.as_str());
     let out_early = work.join("restore-early");
     let out = etcdguard()
-        .args([
-            "backup",
-            "restore",
-            &early,
-            "--repo",
-            repo_s,
-            "--format",
-            "openshift",
-            "--files-to",
-            out_early.to_str().unwrap(),
-            "--node-version",
-            "4.15.3",
-        ])
+        .args(openshift_restore(&early, repo_s, &out_early, &["--node-version", "4.15.3"]))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -442,8 +374,7 @@ fn openshift_cluster_backup_in_and_out() {
     assert!(out_early.join("snapshot_2026-01-01_120000__POSSIBLY_DIRTY__.db").is_file());
 
     // A backup etcdguard took itself, with the four revisions given as --file: the same layout.
-    let mut create =
-        vec!["backup", "create", "--repo", repo_s, "--from-file", snap.to_str().unwrap()];
+    let mut create = create_args(repo_s, &snap, &[]);
     let pods: Vec<String> = [
         "kube-apiserver-pod-7",
         "kube-controller-manager-pod-4",
@@ -458,19 +389,7 @@ fn openshift_cluster_backup_in_and_out() {
     }
     let own = created_id(&ok(&create));
     let out_own = work.join("restore-own");
-    ok(&[
-        "backup",
-        "restore",
-        &own,
-        "--repo",
-        repo_s,
-        "--format",
-        "openshift",
-        "--files-to",
-        out_own.to_str().unwrap(),
-        "--node-version",
-        "4.15.3",
-    ]);
+    ok(&openshift_restore(&own, repo_s, &out_own, &["--node-version", "4.15.3"]));
     let own_tar = std::fs::read_dir(&out_own)
         .unwrap()
         .flatten()
@@ -479,22 +398,8 @@ fn openshift_cluster_backup_in_and_out() {
         .unwrap();
     assert!(tar_list(&own_tar).contains("static-pod-resources/etcd-pod-3/etcd-pod.yaml"));
     // A directory that holds another backup already: cluster-restore.sh could take that one.
-    let err = fails(
-        &[
-            "backup",
-            "restore",
-            &early,
-            "--repo",
-            repo_s,
-            "--format",
-            "openshift",
-            "--files-to",
-            out_own.to_str().unwrap(),
-            "--node-version",
-            "4.15.3",
-        ],
-        14,
-    );
+    let err =
+        fails(&openshift_restore(&early, repo_s, &out_own, &["--node-version", "4.15.3"]), 14);
     assert!(err.contains("restores the last of them by name"), "{err}");
 
     // A backup without static pod resources (a plain snapshot) is refused in this layout.
@@ -513,19 +418,12 @@ fn openshift_cluster_backup_in_and_out() {
     ]);
     let bare = created_id(&out);
     let err = fails(
-        &[
-            "backup",
-            "restore",
+        &openshift_restore(
             &bare,
-            "--repo",
             repo_s,
-            "--format",
-            "openshift",
-            "--files-to",
-            work.join("restore-bare").to_str().unwrap(),
-            "--node-version",
-            "4.15.3",
-        ],
+            &work.join("restore-bare"),
+            &["--node-version", "4.15.3"],
+        ),
         17,
     );
     assert!(err.contains("holds no static pod resources of kube-apiserver, kube-controller-manager, kube-scheduler, etcd"), "{err}");
@@ -607,15 +505,7 @@ fn k3s_druid_and_etcdctl_snapshots_come_in_with_their_times() {
     assert_eq!(second["etcd"]["verified"], true);
     // The zipped one restores as the snapshot k3s zipped.
     let restored = work.join("second.db");
-    ok(&[
-        "backup",
-        "restore",
-        list[1]["id"].as_str().unwrap(),
-        "--repo",
-        repo_s,
-        "--to-file",
-        restored.to_str().unwrap(),
-    ]);
+    ok(&restore_args(list[1]["id"].as_str().unwrap(), repo_s, &restored, &[]));
     assert!(std::fs::read(&restored).unwrap() == std::fs::read(&snaps.second).unwrap());
     // Importing the zip again is recognised by the unzipped snapshot's sha256 and time.
     let again = etcdguard()
@@ -681,10 +571,8 @@ fn k3s_druid_and_etcdctl_snapshots_come_in_with_their_times() {
 
     // A damaged snapshot is refused as `backup create --from-file` refuses it; nothing stored.
     let bad = dir.join("etcd-snapshot-cp-2-1764020000");
-    let mut bytes = std::fs::read(&snaps.first).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0xff;
-    std::fs::write(&bad, bytes).unwrap();
+    std::fs::copy(&snaps.first, &bad).unwrap();
+    flip_byte(&bad, |n| n / 2, 0xff);
     let before = list_json(repo_s).len();
     fails(&["backup", "import", "--repo", repo_s, bad.to_str().unwrap()], 9);
     assert_eq!(list_json(repo_s).len(), before);

@@ -26,24 +26,9 @@ fn round_trip_with_control_plane_files() {
     let (pki, manifests, enc) = control_plane(&work);
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let out = ok(&[
-        "backup",
-        "create",
-        "--repo",
-        repo_s,
-        "--from-file",
-        snaps.first.to_str().unwrap(),
-        "--pki-dir",
-        pki.to_str().unwrap(),
-        "--manifests-dir",
-        manifests.to_str().unwrap(),
-        "--encryption-config",
-        enc.to_str().unwrap(),
-        "--label",
-        "env=test",
-        "--cluster",
-        "kind-1",
-    ]);
+    let flags = control_plane_flags(&pki, &manifests, Some(&enc));
+    let labels = ["--label", "env=test", "--cluster", "kind-1"];
+    let out = ok(&create_args(repo_s, &snaps.first, &[&flags[..], &labels].concat()));
     let id = created_id(&out);
 
     // Everything in the repository is private: files 0600, directories 0700.
@@ -93,17 +78,7 @@ fn round_trip_with_control_plane_files() {
     // Restore: byte-identical snapshot, files with their modes and the symlink.
     let restored = work.join("restored.db");
     let files = work.join("files");
-    ok(&[
-        "backup",
-        "restore",
-        &id,
-        "--repo",
-        repo_s,
-        "--to-file",
-        restored.to_str().unwrap(),
-        "--files-to",
-        files.to_str().unwrap(),
-    ]);
+    ok(&restore_with_files(&id, repo_s, &restored, &files));
     assert!(
         std::fs::read(&restored).unwrap() == std::fs::read(&snaps.first).unwrap(),
         "restored snapshot differs"
@@ -140,10 +115,7 @@ fn round_trip_with_control_plane_files() {
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
 
     // Nothing is overwritten.
-    let err = fails(
-        &["backup", "restore", &id, "--repo", repo_s, "--to-file", restored.to_str().unwrap()],
-        14,
-    );
+    let err = fails(&restore_args(&id, repo_s, &restored, &[]), 14);
     assert!(err.contains("already exists"), "{err}");
 }
 
@@ -155,14 +127,7 @@ fn churn_costs_little_and_every_backup_restores() {
     let repo_s = repo.to_str().unwrap();
     let mut ids = Vec::new();
     for s in [&snaps.first, &snaps.second, &snaps.third] {
-        ids.push(created_id(&ok(&[
-            "backup",
-            "create",
-            "--repo",
-            repo_s,
-            "--from-file",
-            s.to_str().unwrap(),
-        ])));
+        ids.push(create_from_file(repo_s, s, &[]));
     }
     let list = list_json(repo_s);
     assert_eq!(list.iter().map(|b| b["id"].as_str().unwrap().to_string()).collect::<Vec<_>>(), ids);
@@ -178,7 +143,7 @@ fn churn_costs_little_and_every_backup_restores() {
     }
     for (id, s) in ids.iter().zip([&snaps.first, &snaps.second, &snaps.third]) {
         let dest = work.join(format!("{id}.db"));
-        ok(&["backup", "restore", id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
+        ok(&restore_args(id, repo_s, &dest, &[]));
         assert!(
             std::fs::read(&dest).unwrap() == std::fs::read(s).unwrap(),
             "backup {id} did not restore byte-identical"
@@ -192,14 +157,7 @@ fn verify_passes_then_catches_a_damaged_pack() {
     let work = scratch("verify");
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let id = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        repo_s,
-        "--from-file",
-        snaps.second.to_str().unwrap(),
-    ]));
+    let id = create_from_file(repo_s, &snaps.second, &[]);
     let out = ok(&[
         "backup",
         "verify",
@@ -214,17 +172,9 @@ fn verify_passes_then_catches_a_damaged_pack() {
     assert!(ok(&["backup", "show", &id, "--repo", repo_s]).contains("backup verified"));
 
     // Flip one byte in the middle of the largest pack.
-    let mut packs = Vec::new();
-    walk(&repo.join("packs"), &mut packs);
-    let pack = packs
-        .into_iter()
-        .filter(|p| p.is_file())
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    let mut bytes = std::fs::read(&pack).unwrap();
-    let mid = bytes.len() / 3;
-    bytes[mid] ^= 0xff;
-    std::fs::write(&pack, &bytes).unwrap();
+    let pack =
+        pack_files(&repo).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    flip_byte(&pack, |n| n / 3, 0xff);
 
     let err = fails(
         &["backup", "verify", &id, "--repo", repo_s, "--scratch-dir", work.to_str().unwrap()],
@@ -235,14 +185,9 @@ fn verify_passes_then_catches_a_damaged_pack() {
         "{err}"
     );
     let dest = work.join("out.db");
-    fails(&["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()], 10);
+    fails(&restore_args(&id, repo_s, &dest, &[]), 10);
     assert!(!dest.exists(), "a failed restore leaves no file");
-    let leftovers: Vec<_> = std::fs::read_dir(&work)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n.to_string_lossy().starts_with('.'))
-        .collect();
-    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    assert_no_temporaries(&work);
 }
 
 #[test]
@@ -251,25 +196,12 @@ fn damaged_snapshot_is_refused_and_nothing_is_listed() {
     let work = scratch("refuse");
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let mut bytes = std::fs::read(&snaps.first).unwrap();
-    let n = bytes.len();
-    bytes[n / 2] ^= 0x01;
     let bad = work.join("bad.db");
-    std::fs::write(&bad, &bytes).unwrap();
-    let err =
-        fails(&["backup", "create", "--repo", repo_s, "--from-file", bad.to_str().unwrap()], 9);
+    std::fs::copy(&snaps.first, &bad).unwrap();
+    flip_byte(&bad, |n| n / 2, 0x01);
+    let err = fails(&create_args(repo_s, &bad, &[]), 9);
     assert!(err.contains("not backing it up"), "{err}");
-    fails(
-        &[
-            "backup",
-            "create",
-            "--repo",
-            repo_s,
-            "--from-file",
-            work.join("missing.db").to_str().unwrap(),
-        ],
-        3,
-    );
+    fails(&create_args(repo_s, &work.join("missing.db"), &[]), 3);
     // The snapshot was stored while it was checked, but no backup lists it.
     assert!(list_json(repo_s).is_empty());
 }
@@ -282,14 +214,7 @@ fn delete_and_prune_with_retention() {
     let repo_s = repo.to_str().unwrap();
     let mut ids = Vec::new();
     for s in [&snaps.first, &snaps.second, &snaps.third] {
-        ids.push(created_id(&ok(&[
-            "backup",
-            "create",
-            "--repo",
-            repo_s,
-            "--from-file",
-            s.to_str().unwrap(),
-        ])));
+        ids.push(create_from_file(repo_s, s, &[]));
     }
     let size = |dir: &Path| {
         let mut v = Vec::new();
@@ -336,7 +261,7 @@ fn delete_and_prune_with_retention() {
     let after = size(&repo.join("packs"));
     assert!(after < before, "prune freed nothing: {before} -> {after}");
     let dest = work.join("third.db");
-    ok(&["backup", "restore", "latest", "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
+    ok(&restore_args("latest", repo_s, &dest, &[]));
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(&snaps.third).unwrap());
     ok(&[
         "backup",
@@ -364,14 +289,7 @@ fn errors_say_what_and_exit_with_their_code() {
     std::fs::create_dir_all(work.join("empty")).unwrap();
     let err = fails(&["backup", "list", "--repo", work.join("empty").to_str().unwrap()], 3);
     assert!(err.contains("no etcdguard repository"), "{err}");
-    let id = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        repo_s,
-        "--from-file",
-        snaps.first.to_str().unwrap(),
-    ]));
+    let id = create_from_file(repo_s, &snaps.first, &[]);
     let err = fails(&["backup", "show", "ffffffff", "--repo", repo_s], 3);
     assert!(err.contains("backup list"), "{err}");
     fails(&["backup", "show", &id[..2], "--repo", repo_s], 2);
@@ -422,35 +340,13 @@ fn restore_into_a_data_dir_boots_etcd() {
     let work = scratch("data-dir");
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let id = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        repo_s,
-        "--from-file",
-        snaps.second.to_str().unwrap(),
-    ]));
+    let id = create_from_file(repo_s, &snaps.second, &[]);
     let port = etcdguard_testkit::free_port();
     let peer = format!("http://127.0.0.1:{port}");
     let data_dir = work.join("restored/m1.etcd");
     std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
-    ok(&[
-        "backup",
-        "restore",
-        &id[..8],
-        "--repo",
-        repo_s,
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--name",
-        "m1",
-        "--initial-cluster",
-        &format!("m1={peer}"),
-        "--initial-cluster-token",
-        "backup-restore",
-        "--initial-advertise-peer-urls",
-        &peer,
-    ]);
+    let select = [&id[..8], "--repo", repo_s, "--initial-cluster-token", "backup-restore"];
+    restore_one_member(&mut etcdguard(), &select, &data_dir, &peer);
     // Only the data dir: the downloaded snapshot was a temporary file.
     let names: Vec<_> = std::fs::read_dir(data_dir.parent().unwrap())
         .unwrap()
@@ -523,7 +419,7 @@ fn create_from_a_live_cluster() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
     let dest = work.join("live.db");
-    ok(&["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
+    ok(&restore_args(&id, repo_s, &dest, &[]));
     let status = run(etcdguard_testkit::EtcdVersion::V3_5
         .binaries()
         .snapshot_tool()
@@ -553,23 +449,11 @@ fn encrypted_repository_seals_ca_keys_and_needs_the_passphrase() {
     let (pki, manifests, _) = control_plane(&work);
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let with_pass = |p: &str| {
-        let mut c = etcdguard();
-        c.env("ETCDGUARD_PASSPHRASE", p);
-        c
-    };
-    let out = run(with_pass("correct horse battery").args([
-        "backup",
-        "create",
-        "--repo",
+    let out = run(with_passphrase("correct horse battery").args(create_args(
         repo_s,
-        "--from-file",
-        snaps.first.to_str().unwrap(),
-        "--pki-dir",
-        pki.to_str().unwrap(),
-        "--manifests-dir",
-        manifests.to_str().unwrap(),
-    ]));
+        &snaps.first,
+        &control_plane_flags(&pki, &manifests, None),
+    )));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("encrypted with the passphrase"),
@@ -591,27 +475,14 @@ fn encrypted_repository_seals_ca_keys_and_needs_the_passphrase() {
     assert!(show.contains("encryption xchacha20poly1305"), "{show}");
     let dest = work.join("restored.db");
     let files = work.join("files");
-    let restore = [
-        "backup",
-        "restore",
-        &id,
-        "--repo",
-        repo_s,
-        "--to-file",
-        dest.to_str().unwrap(),
-        "--files-to",
-        files.to_str().unwrap(),
-    ];
+    let restore = restore_with_files(&id, repo_s, &dest, &files);
     let err = fails(&restore, 16);
     assert!(err.contains("ETCDGUARD_PASSPHRASE"), "{err}");
-    let err = fails_with(&mut with_pass("wrong"), &restore, 16);
+    let err = fails_with(&mut with_passphrase("wrong"), &restore, 16);
     assert!(err.contains("wrong passphrase"), "{err}");
     assert!(!dest.exists() && !files.exists(), "a refused restore wrote something");
     fails(&["backup", "verify", &id, "--repo", repo_s], 16);
-    fails(
-        &["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()],
-        16,
-    );
+    fails(&create_args(repo_s, &snaps.second, &[]), 16);
 
     // The right passphrase from a file (with the newline `echo` adds) opens everything.
     let pass_file = work.join("passphrase");
@@ -634,17 +505,8 @@ fn encrypted_repository_seals_ca_keys_and_needs_the_passphrase() {
 
     // Later backups deduplicate under the same key; prune needs the key too.
     let out = ok_with(
-        &mut with_pass("correct horse battery"),
-        &[
-            "backup",
-            "create",
-            "--repo",
-            repo_s,
-            "--from-file",
-            snaps.second.to_str().unwrap(),
-            "-w",
-            "json",
-        ],
+        &mut with_passphrase("correct horse battery"),
+        &create_args(repo_s, &snaps.second, &["-w", "json"]),
     );
     let m: serde_json::Value = serde_json::from_str(&out).unwrap();
     let (added, total) =
@@ -652,31 +514,17 @@ fn encrypted_repository_seals_ca_keys_and_needs_the_passphrase() {
     assert!(added * 5 < total, "only {added} of {total} chunks should be new: {out}");
     fails(&["backup", "prune", "--repo", repo_s, "--keep-last", "1"], 16);
     ok_with(
-        &mut with_pass("correct horse battery"),
+        &mut with_passphrase("correct horse battery"),
         &["backup", "prune", "--repo", repo_s, "--keep-last", "1"],
     );
     assert_eq!(list_json(repo_s).len(), 1);
 
     // A passphrase given for a plain repository is refused, not silently ignored.
     let plain = work.join("plain");
-    ok(&[
-        "backup",
-        "create",
-        "--repo",
-        plain.to_str().unwrap(),
-        "--from-file",
-        snaps.first.to_str().unwrap(),
-    ]);
+    ok(&create_args(plain.to_str().unwrap(), &snaps.first, &[]));
     let err = fails_with(
-        &mut with_pass("x"),
-        &[
-            "backup",
-            "create",
-            "--repo",
-            plain.to_str().unwrap(),
-            "--from-file",
-            snaps.first.to_str().unwrap(),
-        ],
+        &mut with_passphrase("x"),
+        &create_args(plain.to_str().unwrap(), &snaps.first, &[]),
         2,
     );
     assert!(err.contains("not encrypted"), "{err}");
@@ -697,10 +545,8 @@ fn passphrases_are_added_changed_and_removed_without_locking_anyone_out() {
         }
         c
     };
-    let id = created_id(&ok_with(
-        &mut as_user("alice's passphrase", None),
-        &["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()],
-    ));
+    let id =
+        create_from_file_with(&mut as_user("alice's passphrase", None), repo_s, &snaps.first, &[]);
     let restore_as = |who: &str, code: i32| {
         let dest = work.join(format!("restored-{}.db", rand_suffix()));
         let args =
@@ -806,21 +652,11 @@ fn passphrases_are_added_changed_and_removed_without_locking_anyone_out() {
     );
     assert!(err.contains("passphrase given opens") || err.contains("last key"), "{err}");
     // New backups still go in, and dedupe against the old ones.
-    ok_with(
-        &mut as_user("bob's new passphrase", None),
-        &["backup", "create", "--repo", repo_s, "--from-file", snaps.second.to_str().unwrap()],
-    );
+    ok_with(&mut as_user("bob's new passphrase", None), &create_args(repo_s, &snaps.second, &[]));
 
     // A plain repository has no keys.
     let plain = work.join("plain");
-    ok(&[
-        "backup",
-        "create",
-        "--repo",
-        plain.to_str().unwrap(),
-        "--from-file",
-        snaps.first.to_str().unwrap(),
-    ]);
+    ok(&create_args(plain.to_str().unwrap(), &snaps.first, &[]));
     let err = fails(&["backup", "key", "list", "--repo", plain.to_str().unwrap()], 2);
     assert!(err.contains("not encrypted"), "{err}");
 }
@@ -930,21 +766,7 @@ fn create_from_live_3_6_and_3_7_restores_and_boots() {
         let peer = format!("http://127.0.0.1:{port}");
         let data_dir = work.join("restored/m1.etcd");
         std::fs::create_dir_all(data_dir.parent().unwrap()).unwrap();
-        ok(&[
-            "backup",
-            "restore",
-            &id,
-            "--repo",
-            repo_s,
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--name",
-            "m1",
-            "--initial-cluster",
-            &format!("m1={peer}"),
-            "--initial-advertise-peer-urls",
-            &peer,
-        ]);
+        restore_one_member(&mut etcdguard(), &[&id, "--repo", repo_s], &data_dir, &peer);
         let db = data_dir.join("member/snap/db");
         let status = run(version
             .binaries()

@@ -9,47 +9,17 @@ use std::path::Path;
 
 use backup_support::*;
 
-fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            files_under(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
-}
-
 #[test]
 fn parallel_restore_round_trips_and_a_damaged_pack_leaves_no_data_dir() {
     let snaps = snapshots();
     let work = scratch("pipeline");
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let id = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        repo_s,
-        "--from-file",
-        snaps.second.to_str().unwrap(),
-        "--parallel",
-        "3",
-    ]));
+    let id = create_from_file(repo_s, &snaps.second, &["--parallel", "3"]);
     let original = std::fs::read(&snaps.second).unwrap();
     for parallel in ["1", "2", "8"] {
         let dest = work.join(format!("out-{parallel}.db"));
-        ok(&[
-            "backup",
-            "restore",
-            &id,
-            "--repo",
-            repo_s,
-            "--to-file",
-            dest.to_str().unwrap(),
-            "--parallel",
-            parallel,
-        ]);
+        ok(&restore_args(&id, repo_s, &dest, &["--parallel", parallel]));
         assert!(
             std::fs::read(&dest).unwrap() == original,
             "--parallel {parallel}: the restored file differs"
@@ -71,15 +41,11 @@ fn parallel_restore_round_trips_and_a_damaged_pack_leaves_no_data_dir() {
     assert!(data.join("member/snap/db").is_file());
 
     // Damage the last pack of the snapshot (fetched after others are already written).
-    let mut packs = Vec::new();
-    files_under(&repo.join("packs"), &mut packs);
+    let mut packs = pack_files(&repo);
     packs.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
     let pack =
         packs.iter().rev().find(|p| std::fs::metadata(p).unwrap().len() > 4096).unwrap().clone();
-    let mut bytes = std::fs::read(&pack).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x5a;
-    std::fs::write(&pack, &bytes).unwrap();
+    flip_byte(&pack, |n| n / 2, 0x5a);
 
     let target = work.join("restore-here");
     let err = fails(
@@ -99,12 +65,7 @@ fn parallel_restore_round_trips_and_a_damaged_pack_leaves_no_data_dir() {
     let name = pack.file_name().unwrap().to_string_lossy().into_owned();
     assert!(err.contains("damaged") && err.contains(&name[..16]), "{err}");
     assert!(!target.exists(), "a failed restore left {}", target.display());
-    let leftovers: Vec<_> = std::fs::read_dir(&work)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n.to_string_lossy().starts_with('.'))
-        .collect();
-    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    assert_no_temporaries(&work);
 }
 
 #[test]
@@ -115,29 +76,15 @@ fn limit_rate_holds_a_create_to_its_rate() {
     // About 1.5 s at the rate (a quarter second of burst), whatever the machine's speed.
     let rate = (size as f64 / 1.5) as u64;
     let started = std::time::Instant::now();
-    ok(&[
-        "backup",
-        "create",
-        "--repo",
+    ok(&create_args(
         work.join("repo").to_str().unwrap(),
-        "--from-file",
-        snaps.first.to_str().unwrap(),
-        "--limit-rate",
-        &rate.to_string(),
-    ]);
+        &snaps.first,
+        &["--limit-rate", &rate.to_string()],
+    ));
     let took = started.elapsed().as_secs_f64();
     assert!(took >= 1.1, "{size} bytes at {rate} B/s took {took:.2} s");
     let err = fails(
-        &[
-            "backup",
-            "create",
-            "--repo",
-            work.join("repo2").to_str().unwrap(),
-            "--from-file",
-            snaps.first.to_str().unwrap(),
-            "--limit-rate",
-            "fast",
-        ],
+        &create_args(work.join("repo2").to_str().unwrap(), &snaps.first, &["--limit-rate", "fast"]),
         2,
     );
     assert!(err.contains("not a rate"), "{err}");
@@ -152,9 +99,7 @@ fn compression_level_trades_size_and_restores_the_same() {
     let work = scratch("compression-level");
     let original = std::fs::read(&snaps.second).unwrap();
     let stored = |repo: &Path| {
-        let mut packs = Vec::new();
-        files_under(&repo.join("packs"), &mut packs);
-        packs.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum::<u64>()
+        pack_files(repo).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum::<u64>()
     };
     let mut sizes = Vec::new();
     for level in [None, Some("19"), Some("-5")] {
@@ -173,7 +118,7 @@ fn compression_level_trades_size_and_restores_the_same() {
         }
         let id = created_id(&ok(&args));
         let dest = work.join(format!("out{}.db", level.unwrap_or("")));
-        ok(&["backup", "restore", &id, "--repo", repo_s, "--to-file", dest.to_str().unwrap()]);
+        ok(&restore_args(&id, repo_s, &dest, &[]));
         assert!(
             std::fs::read(&dest).unwrap() == original,
             "level {level:?}: the restored file differs"
@@ -186,16 +131,11 @@ fn compression_level_trades_size_and_restores_the_same() {
     );
     for bad in ["0", "20", "-21", "max"] {
         let err = fails(
-            &[
-                "backup",
-                "create",
-                "--repo",
+            &create_args(
                 work.join("bad").to_str().unwrap(),
-                "--from-file",
-                snaps.second.to_str().unwrap(),
-                "--compression-level",
-                bad,
-            ],
+                &snaps.second,
+                &["--compression-level", bad],
+            ),
             2,
         );
         assert!(err.contains("zstd level"), "{bad}: {err}");

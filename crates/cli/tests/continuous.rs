@@ -11,33 +11,14 @@
 
 mod backup_support;
 
-use std::io::Write;
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use backup_support::{etcdguard, live_history, run};
+use backup_support::{etcdguard, follow_cmd, live_history, ok_cmd, restore_one_member, run};
 use etcdguard_testkit::{free_port, EtcdServer, EtcdVersion};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-
-fn ok(cmd: &mut std::process::Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn hashkv(server: &EtcdServer, rev: i64) -> u64 {
-    let out =
-        run(server.etcdctl().args(["endpoint", "hashkv", "--rev", &rev.to_string(), "-w", "json"]));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[0]["HashKV"]["hash"].as_u64().unwrap_or_else(|| panic!("no hash: {v}"))
-}
 
 fn dump(server: &EtcdServer, rev: i64) -> Vec<(Value, Value, Value, Value, Value)> {
     let mut cmd = server.etcdctl();
@@ -63,19 +44,6 @@ fn dump(server: &EtcdServer, rev: i64) -> Vec<(Value, Value, Value, Value, Value
         .collect()
 }
 
-fn txn(server: &EtcdServer, ops: &str) {
-    let mut child = server
-        .etcdctl()
-        .args(["txn"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("\n{ops}\n\n").as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
-}
-
 /// Writes until `stop`: one change (or a few in one revision) per step.
 fn write_load(server: &EtcdServer, stop: &AtomicBool, seed: u64) -> u64 {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -89,7 +57,7 @@ fn write_load(server: &EtcdServer, stop: &AtomicBool, seed: u64) -> u64 {
                 server.delete(key.as_bytes());
             }
             1 => {
-                txn(server, &format!("put /registry/t/a{n} x\nput /registry/t/b{n} y\ndel {key}\n"))
+                server.txn(&format!("put /registry/t/a{n} x\nput /registry/t/b{n} y\ndel {key}\n"))
             }
             2 => {
                 server.put_with_lease(
@@ -110,28 +78,16 @@ fn write_load(server: &EtcdServer, stop: &AtomicBool, seed: u64) -> u64 {
     n
 }
 
-fn follow(repo: &str, server: &EtcdServer, extra: &[&str]) -> std::process::Command {
-    let mut cmd = etcdguard();
-    cmd.args([
-        "backup",
-        "follow",
-        "--repo",
-        repo,
-        "--endpoints",
-        server.endpoint(),
-        "--segment-interval",
-        "300ms",
-    ])
-    .args(extra);
-    cmd
-}
-
 fn spawn_follow(repo: &str, server: &EtcdServer) -> Child {
-    follow(repo, server, &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+    follow_cmd(repo, server.endpoint(), &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 fn log_json(repo: &str) -> Vec<Value> {
-    let out = ok(etcdguard().args(["backup", "log", "--repo", repo, "-w", "json"]));
+    let out = ok_cmd(etcdguard().args(["backup", "log", "--repo", repo, "-w", "json"]));
     serde_json::from_str::<Value>(&out).unwrap().as_array().cloned().unwrap()
 }
 
@@ -146,30 +102,11 @@ fn restore_at_and_compare(
     let data_dir = dir.join(format!("m-{}", at.replace([':', '.'], "_")));
     let port = free_port();
     let peer = format!("http://127.0.0.1:{port}");
-    ok(etcdguard().args([
-        "backup",
-        "restore",
-        "--repo",
-        repo,
-        "--at",
-        at,
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--name",
-        "m1",
-        "--initial-cluster",
-        &format!("m1={peer}"),
-        "--initial-advertise-peer-urls",
-        &peer,
-    ]));
+    restore_one_member(&mut etcdguard(), &["--repo", repo, "--at", at], &data_dir, &peer);
     let restored =
         EtcdServer::builder(version).name("m1").data_dir(&data_dir).start_with_peer_port(port);
     assert_eq!(restored.revision(), rev, "restore --at {at}");
-    assert_eq!(
-        hashkv(&restored, rev),
-        hashkv(server, rev),
-        "hashkv at revision {rev} ({version:?})"
-    );
+    assert_eq!(restored.hashkv(rev), server.hashkv(rev), "hashkv at revision {rev} ({version:?})");
     assert_eq!(dump(&restored, 0), dump(server, rev), "get \"\" --prefix at revision {rev}");
 }
 
@@ -207,11 +144,11 @@ fn capture_and_restore(version: EtcdVersion, kills: usize, samples: usize) {
     child.kill().unwrap();
     let _ = child.wait();
     let last = server.revision();
-    ok(&mut follow(repo, &server, &["--until-revision", &last.to_string()]));
+    ok_cmd(&mut follow_cmd(repo, server.endpoint(), &["--until-revision", &last.to_string()]));
 
     // Stored changes == the cluster's own history after the full backup: no gap, no duplicate.
-    let backups: Value = serde_json::from_str(&ok(
-        etcdguard().args(["backup", "list", "--repo", repo, "-w", "json"])
+    let backups: Value = serde_json::from_str(&ok_cmd(
+        etcdguard().args(["backup", "list", "--repo", repo, "-w", "json"]),
     ))
     .unwrap();
     let base_rev = backups[0]["revision"].as_i64().unwrap();
@@ -255,7 +192,7 @@ fn capture_and_restore(version: EtcdVersion, kills: usize, samples: usize) {
     restore_at_and_compare(version, repo, &server, &t, expect, dir.path());
 
     // Dry run: names the full backup and the result, writes nothing.
-    let plan = ok(etcdguard().args([
+    let plan = ok_cmd(etcdguard().args([
         "backup",
         "restore",
         "--repo",
@@ -292,8 +229,11 @@ fn capture_and_restore(version: EtcdVersion, kills: usize, samples: usize) {
     }
     server.compact(server.revision());
     let now = server.revision();
-    let out =
-        ok(&mut follow(repo, &server, &["--until-revision", &now.to_string(), "--for", "60s"]));
+    let out = ok_cmd(&mut follow_cmd(
+        repo,
+        server.endpoint(),
+        &["--until-revision", &now.to_string(), "--for", "60s"],
+    ));
     assert!(out.contains("1 full backups taken, 1 gaps"), "{out}");
     let gaps: Vec<_> = std::fs::read_dir(dir.path().join("repo/gaps")).unwrap().collect();
     assert_eq!(gaps.len(), 1);

@@ -6,7 +6,7 @@ mod backup_support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use backup_support::{etcdguard, run};
+use backup_support::{etcdguard, follow_cmd, run};
 use etcdguard_testkit::{EtcdServer, EtcdVersion};
 use serde_json::Value;
 
@@ -38,17 +38,7 @@ fn restore_at_starts_from_the_given_backup_and_log_shows_a_lost_segment() {
     let repo = dir.path().join("repo");
     let repo = repo.to_str().unwrap();
     let target = server.revision() + 30;
-    let mut follow = etcdguard()
-        .args([
-            "backup",
-            "follow",
-            "--repo",
-            repo,
-            "--endpoints",
-            server.endpoint(),
-            "--segment-interval",
-            "300ms",
-        ])
+    let mut follow = follow_cmd(repo, server.endpoint(), &[])
         .args(["--until-revision", &target.to_string(), "--for", "120s"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -12,12 +12,12 @@ mod backup_support;
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backup_support::{etcdguard, live_history, run, s3_env, Moto};
+use backup_support::{etcdguard, live_history, ok_cmd, restore_one_member, run, s3_env, Moto};
 use etcdguard_testkit::{free_port, EtcdCluster, EtcdServer, EtcdVersion};
 use serde_json::Value;
 
@@ -27,17 +27,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// One `agent --continuous`, killed by PID when dropped.
@@ -154,24 +143,17 @@ fn write_load(servers: &[&EtcdServer], stop: &AtomicBool) -> u64 {
     n
 }
 
-fn hashkv(server: &EtcdServer, rev: i64) -> u64 {
-    let out =
-        run(server.etcdctl().args(["endpoint", "hashkv", "--rev", &rev.to_string(), "-w", "json"]));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[0]["HashKV"]["hash"].as_u64().unwrap_or_else(|| panic!("no hash: {v}"))
-}
-
 /// No gap, no duplicate: the stored changes after the (single) full backup are the live
 /// history up to `last` (the agent's own election key changes after it, when it resigns).
 fn assert_history_matches(repo: &str, live: &EtcdServer, last: i64) -> i64 {
-    let backups: Value = serde_json::from_str(&ok(
-        s3_env(&mut etcdguard()).args(["backup", "list", "--repo", repo, "-w", "json"])
+    let backups: Value = serde_json::from_str(&ok_cmd(
+        s3_env(&mut etcdguard()).args(["backup", "list", "--repo", repo, "-w", "json"]),
     ))
     .unwrap();
     assert_eq!(backups.as_array().unwrap().len(), 1, "one full backup: {backups}");
     let base_rev = backups[0]["revision"].as_i64().unwrap();
-    let log: Value = serde_json::from_str(&ok(
-        s3_env(&mut etcdguard()).args(["backup", "log", "--repo", repo, "-w", "json"])
+    let log: Value = serde_json::from_str(&ok_cmd(
+        s3_env(&mut etcdguard()).args(["backup", "log", "--repo", repo, "-w", "json"]),
     ))
     .unwrap();
     let stored: Vec<(i64, bool, String)> = log
@@ -208,28 +190,14 @@ fn assert_restore_matches(repo: &str, live: &EtcdServer, rev: i64, dir: &Path) {
     let data_dir = dir.join(format!("restored-{rev}"));
     let port = free_port();
     let peer = format!("http://127.0.0.1:{port}");
-    ok(s3_env(&mut etcdguard()).args([
-        "backup",
-        "restore",
-        "--repo",
-        repo,
-        "--at",
-        &rev.to_string(),
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--name",
-        "m1",
-        "--initial-cluster",
-        &format!("m1={peer}"),
-        "--initial-advertise-peer-urls",
-        &peer,
-    ]));
+    let at = rev.to_string();
+    restore_one_member(s3_env(&mut etcdguard()), &["--repo", repo, "--at", &at], &data_dir, &peer);
     let restored = EtcdServer::builder(live.version())
         .name("m1")
         .data_dir(&data_dir)
         .start_with_peer_port(port);
     assert_eq!(restored.revision(), rev);
-    assert_eq!(hashkv(&restored, rev), hashkv(live, rev), "hashkv at revision {rev}");
+    assert_eq!(restored.hashkv(rev), live.hashkv(rev), "hashkv at revision {rev}");
 }
 
 /// The index of the leader and every member's id (in member order), from `endpoint status`.

@@ -8,9 +8,7 @@
 
 mod restore_support;
 
-use std::io::Write;
 use std::ops::ControlFlow;
-use std::process::Stdio;
 use std::time::Duration;
 
 use etcdguard_client::{ConnectConfig, ConnectFlags, Session, WatchUpdate};
@@ -18,18 +16,6 @@ use etcdguard_storage::replay::{replay_snapshot, Event, EventKind, LeaseGrant};
 use etcdguard_testkit::{free_port, EtcdServer, EtcdVersion};
 use restore_support::*;
 use serde_json::Value;
-
-fn hashkv(server: &EtcdServer, rev: i64) -> u64 {
-    let v = json_of(&run_ok(server.etcdctl().args([
-        "endpoint",
-        "hashkv",
-        "--rev",
-        &rev.to_string(),
-        "-w",
-        "json",
-    ])));
-    v[0]["HashKV"]["hash"].as_u64().unwrap_or_else(|| panic!("no hash in {v}"))
-}
 
 /// `get "" --prefix` at `rev` (0: current), keys and values with their revisions.
 fn dump(server: &EtcdServer, rev: i64) -> Vec<Value> {
@@ -40,21 +26,6 @@ fn dump(server: &EtcdServer, rev: i64) -> Vec<Value> {
     }
     let v = json_of(&run_ok(&mut cmd));
     v["kvs"].as_array().cloned().unwrap_or_default()
-}
-
-fn txn(server: &EtcdServer, ops: &str) {
-    let mut child = server
-        .etcdctl()
-        .args(["txn"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // No compares, then the success ops, then no failure ops.
-    child.stdin.take().unwrap().write_all(format!("\n{ops}\n\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "txn: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Every change after `from` up to `to`, read with etcdguard's watch.
@@ -126,7 +97,7 @@ fn point_in_time_restores_equal_the_live_cluster(version: EtcdVersion, samples: 
             3 => {
                 server.delete(format!("/registry/configmaps/ns0/cm{}", i % 20).as_bytes());
             }
-            5 => txn(&server, &format!("put /registry/t/a{i} x{i}\nput /registry/t/b{i} y{i}\ndel /registry/pods/ns1/p{}\n", i % 15)),
+            5 => server.txn(&format!("put /registry/t/a{i} x{i}\nput /registry/t/b{i} y{i}\ndel /registry/pods/ns1/p{}\n", i % 15)),
             _ => {
                 server.put(key.as_bytes(), vec![b'v'; 10 + i * 13].as_slice());
             }
@@ -153,7 +124,7 @@ fn point_in_time_restores_equal_the_live_cluster(version: EtcdVersion, samples: 
         (0..samples).map(|k| r0 + 1 + (k * (span - 1) / (samples - 1).max(1)) as i64).collect();
     revs.dedup();
     for rev in revs {
-        let live_hash = hashkv(&server, rev);
+        let live_hash = server.hashkv(rev);
         let live = dump(&server, rev);
         let out = dir.path().join(format!("at-{rev}.db"));
         let mut feed = events.iter().cloned().map(Ok);
@@ -181,7 +152,7 @@ fn point_in_time_restores_equal_the_live_cluster(version: EtcdVersion, samples: 
         let restored =
             EtcdServer::builder(version).name("m1").data_dir(&data_dir).start_with_peer_port(port);
         assert_eq!(restored.revision(), rev);
-        assert_eq!(hashkv(&restored, rev), live_hash, "hashkv at revision {rev} ({version:?})");
+        assert_eq!(restored.hashkv(rev), live_hash, "hashkv at revision {rev} ({version:?})");
         let got = dump(&restored, 0);
         let strip = |v: &[Value]| {
             v.iter()

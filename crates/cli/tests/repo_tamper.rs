@@ -34,20 +34,8 @@ fn unencrypted_manifest_edits_cannot_write_outside_the_target_or_expose_keys() {
     let (pki, manifests, enc) = control_plane(&work);
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let id = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        repo_s,
-        "--from-file",
-        snaps.first.to_str().unwrap(),
-        "--pki-dir",
-        pki.to_str().unwrap(),
-        "--manifests-dir",
-        manifests.to_str().unwrap(),
-        "--encryption-config",
-        enc.to_str().unwrap(),
-    ]));
+    let id =
+        create_from_file(repo_s, &snaps.first, &control_plane_flags(&pki, &manifests, Some(&enc)));
     let original = read_manifest(&repo, &id);
     let outside = work.join("outside");
     std::fs::create_dir_all(&outside).unwrap();
@@ -68,20 +56,7 @@ fn unencrypted_manifest_edits_cannot_write_outside_the_target_or_expose_keys() {
     files.push(through);
     write_manifest(&repo, &id, &evil);
     let target = work.join("target-1");
-    let err = fails(
-        &[
-            "backup",
-            "restore",
-            &id,
-            "--repo",
-            repo_s,
-            "--to-file",
-            work.join("s1.db").to_str().unwrap(),
-            "--files-to",
-            target.to_str().unwrap(),
-        ],
-        10,
-    );
+    let err = fails(&restore_with_files(&id, repo_s, &work.join("s1.db"), &target), 10);
     assert!(err.contains("symlink"), "{err}");
     assert!(is_empty_dir(&outside), "restore wrote outside its target");
 
@@ -100,20 +75,7 @@ fn unencrypted_manifest_edits_cannot_write_outside_the_target_or_expose_keys() {
     files.push(link);
     write_manifest(&repo, &id, &evil2);
     let target = work.join("target-2");
-    fails(
-        &[
-            "backup",
-            "restore",
-            &id,
-            "--repo",
-            repo_s,
-            "--to-file",
-            work.join("s2.db").to_str().unwrap(),
-            "--files-to",
-            target.to_str().unwrap(),
-        ],
-        10,
-    );
+    fails(&restore_with_files(&id, repo_s, &work.join("s2.db"), &target), 10);
     assert!(is_empty_dir(&outside), "restore wrote outside its target");
 
     // 2. The CA key's (and the encryption config's) mode changed to 0644: restored 0600
@@ -126,17 +88,7 @@ fn unencrypted_manifest_edits_cannot_write_outside_the_target_or_expose_keys() {
     }
     write_manifest(&repo, &id, &loose);
     let target = work.join("target-3");
-    ok(&[
-        "backup",
-        "restore",
-        &id,
-        "--repo",
-        repo_s,
-        "--to-file",
-        work.join("s3.db").to_str().unwrap(),
-        "--files-to",
-        target.to_str().unwrap(),
-    ]);
+    ok(&restore_with_files(&id, repo_s, &work.join("s3.db"), &target));
     let mode =
         |p: &str| std::fs::symlink_metadata(target.join(p)).unwrap().permissions().mode() & 0o777;
     assert_eq!(
@@ -162,17 +114,7 @@ fn unencrypted_manifest_edits_cannot_write_outside_the_target_or_expose_keys() {
     let target = work.join("target-4");
     std::fs::create_dir_all(&target).unwrap();
     std::os::unix::fs::symlink(&outside, target.join("pki")).unwrap();
-    let out = run(etcdguard().args([
-        "backup",
-        "restore",
-        &id,
-        "--repo",
-        repo_s,
-        "--to-file",
-        work.join("s4.db").to_str().unwrap(),
-        "--files-to",
-        target.to_str().unwrap(),
-    ]));
+    let out = run(etcdguard().args(restore_with_files(&id, repo_s, &work.join("s4.db"), &target)));
     assert!(!out.status.success());
     assert!(is_empty_dir(&outside), "restore followed a symlink in the target");
 }
@@ -184,28 +126,9 @@ fn encrypted_manifest_edits_are_refused() {
     let (pki, manifests, _) = control_plane(&work);
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let with_pass = || {
-        let mut c = etcdguard();
-        c.env("ETCDGUARD_PASSPHRASE", "tamper test passphrase");
-        c
-    };
-    let id = created_id(&ok_with(
-        &mut with_pass(),
-        &[
-            "backup",
-            "create",
-            "--repo",
-            repo_s,
-            "--from-file",
-            snaps.first.to_str().unwrap(),
-            "--pki-dir",
-            pki.to_str().unwrap(),
-            "--manifests-dir",
-            manifests.to_str().unwrap(),
-            "--label",
-            "env=prod",
-        ],
-    ));
+    let with_pass = || with_passphrase("tamper test passphrase");
+    let flags = [control_plane_flags(&pki, &manifests, None), vec!["--label", "env=prod"]].concat();
+    let id = create_from_file_with(&mut with_pass(), repo_s, &snaps.first, &flags);
     let original = read_manifest(&repo, &id);
     let stored = std::fs::read_to_string(manifest_path(&repo, &id)).unwrap();
     for secret in ["ca.key", "etcd.yaml", pki.to_str().unwrap(), snaps.first.to_str().unwrap()] {
@@ -276,21 +199,8 @@ fn verify_fails_on_a_damaged_pack_trailer_or_header_and_records_nothing() {
     let work = scratch("tamper-framing");
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let id = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        repo_s,
-        "--from-file",
-        snaps.first.to_str().unwrap(),
-    ]));
-    let mut packs = Vec::new();
-    for sub in std::fs::read_dir(repo.join("packs")).unwrap() {
-        for p in std::fs::read_dir(sub.unwrap().path()).unwrap() {
-            packs.push(p.unwrap().path());
-        }
-    }
-    packs.sort();
+    let id = create_from_file(repo_s, &snaps.first, &[]);
+    let packs = pack_files(&repo);
     let pack = &packs[0];
     let good = std::fs::read(pack).unwrap();
     let n = good.len();
@@ -320,25 +230,11 @@ fn an_encrypted_repository_turned_plain_is_refused_when_a_passphrase_is_given() 
     let work = scratch("tamper-downgrade");
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let with_pass = || {
-        let mut c = etcdguard();
-        c.env("ETCDGUARD_PASSPHRASE", "downgrade test passphrase");
-        c
-    };
-    ok_with(
-        &mut with_pass(),
-        &["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()],
-    );
+    let with_pass = || with_passphrase("downgrade test passphrase");
+    ok_with(&mut with_pass(), &create_args(repo_s, &snaps.first, &[]));
     // The attacker's plain repository in its place: a new unencrypted one, moved over.
     let planted = work.join("planted");
-    let id = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        planted.to_str().unwrap(),
-        "--from-file",
-        snaps.second.to_str().unwrap(),
-    ]));
+    let id = create_from_file(planted.to_str().unwrap(), &snaps.second, &[]);
     std::fs::remove_dir_all(&repo).unwrap();
     std::fs::rename(&planted, &repo).unwrap();
     for args in [
@@ -386,22 +282,8 @@ fn a_damaged_newest_manifest_makes_latest_fail_instead_of_rolling_back() {
     let work = scratch("tamper-latest");
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let older = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        repo_s,
-        "--from-file",
-        snaps.first.to_str().unwrap(),
-    ]));
-    let newest = created_id(&ok(&[
-        "backup",
-        "create",
-        "--repo",
-        repo_s,
-        "--from-file",
-        snaps.second.to_str().unwrap(),
-    ]));
+    let older = create_from_file(repo_s, &snaps.first, &[]);
+    let newest = create_from_file(repo_s, &snaps.second, &[]);
     stamp_manifest(&repo, &older, 60);
     let bytes = std::fs::read(manifest_path(&repo, &newest)).unwrap();
     std::fs::write(manifest_path(&repo, &newest), &bytes[..bytes.len() / 2]).unwrap();
@@ -454,7 +336,7 @@ fn a_damaged_newest_manifest_makes_latest_fail_instead_of_rolling_back() {
     }
     assert!(!out_file.exists(), "a restore of an older backup was written");
     // The good backup by its id still works.
-    ok(&["backup", "restore", &older, "--repo", repo_s, "--to-file", out_file.to_str().unwrap()]);
+    ok(&restore_args(&older, repo_s, &out_file, &[]));
     // Repaired, `latest` is the newest again.
     std::fs::write(manifest_path(&repo, &newest), &bytes).unwrap();
     let shown: serde_json::Value =
@@ -472,24 +354,9 @@ fn list_and_show_mark_unauthenticated_manifests_and_flag_forgeries_with_the_pass
     let work = scratch("tamper-list");
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    let with_pass = || {
-        let mut c = etcdguard();
-        c.env("ETCDGUARD_PASSPHRASE", "list test passphrase");
-        c
-    };
-    let id = created_id(&ok_with(
-        &mut with_pass(),
-        &[
-            "backup",
-            "create",
-            "--repo",
-            repo_s,
-            "--from-file",
-            snaps.first.to_str().unwrap(),
-            "--label",
-            "env=prod",
-        ],
-    ));
+    let with_pass = || with_passphrase("list test passphrase");
+    let id =
+        create_from_file_with(&mut with_pass(), repo_s, &snaps.first, &["--label", "env=prod"]);
     let list = |c: &mut std::process::Command| -> serde_json::Value {
         serde_json::from_str(&ok_with(c, &["backup", "list", "--repo", repo_s, "-w", "json"]))
             .unwrap()
@@ -537,38 +404,19 @@ fn a_truncated_pack_or_unreadable_key_files_are_damage() {
     let work = scratch("tamper-exit-codes");
     let repo = work.join("repo");
     let repo_s = repo.to_str().unwrap();
-    ok(&["backup", "create", "--repo", repo_s, "--from-file", snaps.first.to_str().unwrap()]);
-    let mut packs = Vec::new();
-    for sub in std::fs::read_dir(repo.join("packs")).unwrap() {
-        for p in std::fs::read_dir(sub.unwrap().path()).unwrap() {
-            packs.push(p.unwrap().path());
-        }
-    }
+    ok(&create_args(repo_s, &snaps.first, &[]));
+    let packs = pack_files(&repo);
     for p in &packs {
         std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(100).unwrap();
     }
-    let err = fails(
-        &[
-            "backup",
-            "restore",
-            "latest",
-            "--repo",
-            repo_s,
-            "--to-file",
-            work.join("out.db").to_str().unwrap(),
-        ],
-        10,
-    );
+    let err = fails(&restore_args("latest", repo_s, &work.join("out.db"), &[]), 10);
     assert!(err.contains("truncated"), "{err}");
 
     let sealed = work.join("sealed");
     let sealed_s = sealed.to_str().unwrap();
     let mut with_pass = etcdguard();
     with_pass.env("ETCDGUARD_PASSPHRASE", "exit code passphrase");
-    ok_with(
-        &mut with_pass,
-        &["backup", "create", "--repo", sealed_s, "--from-file", snaps.first.to_str().unwrap()],
-    );
+    ok_with(&mut with_pass, &create_args(sealed_s, &snaps.first, &[]));
     for key in std::fs::read_dir(sealed.join("keys")).unwrap() {
         std::fs::write(key.unwrap().path(), b"{ not a key").unwrap();
     }

@@ -2,34 +2,16 @@
 
 mod live_support;
 
-use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use etcdguard_testkit::{EtcdServer, EtcdVersion};
 use live_support::*;
 
 #[test]
 fn server_killed_mid_stream_leaves_no_file() {
-    let mut server = EtcdServer::start(EtcdVersion::V3_5);
     // ~64 MiB of incompressible values, so the stream cannot finish before the kill.
-    // Loaded with `etcdctl put` (value on stdin): much faster than the JSON gateway for MiB values.
+    let mut server = big_server();
     let dir = tempfile::tempdir().unwrap();
-    let mut urandom = std::fs::File::open("/dev/urandom").unwrap();
-    let mut value = vec![0u8; 1 << 20];
-    let value_file = dir.path().join("value");
-    for i in 0..64 {
-        urandom.read_exact(&mut value).unwrap();
-        std::fs::write(&value_file, &value).unwrap();
-        let stdin = std::fs::File::open(&value_file).unwrap();
-        let out = server
-            .etcdctl()
-            .args(["put", &format!("/registry/configmaps/big/{i:03}")])
-            .stdin(stdin)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "etcdctl put: {}", text(&out.stderr));
-    }
     let dest = dir.path().join("snap.db");
     let part = dir.path().join("snap.db.part");
     let mut child = etcdguard()

@@ -14,10 +14,8 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use crate::crd::{EtcdBackup, EtcdBackupStatus};
+use crate::crd::{EtcdBackup, EtcdBackupStatus, SCHEDULE_LABEL};
 use crate::{now_rfc3339, runner, set_condition, Context, Error};
-
-pub const SCHEDULE_LABEL: &str = "etcdguard.io/schedule";
 
 pub async fn run(ctx: Context) -> Result<(), Error> {
     let api: Api<EtcdBackup> = match &ctx.opts.namespace {

@@ -22,6 +22,14 @@ use serde::{Deserialize, Serialize};
 
 pub const GROUP: &str = "etcdguard.io";
 
+/// On an `EtcdBackup`: the name of the schedule that created it (its history is listed by it).
+pub const SCHEDULE_LABEL: &str = "etcdguard.io/schedule";
+/// On an `EtcdBackupRecord`: which repository it belongs to (`inventory::repository_key`
+/// of its URL).
+pub const REPOSITORY_LABEL: &str = "etcdguard.io/repository";
+/// On an `EtcdBackupRecord`: the id of the backup it stands for.
+pub const BACKUP_ID_LABEL: &str = "etcdguard.io/backup-id";
+
 /// Where backups are stored and how to open the repository.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

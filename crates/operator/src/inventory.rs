@@ -17,12 +17,10 @@ use sha2::Digest;
 
 use crate::crd::{
     DeletionPolicy, EtcdBackup, EtcdBackupRecord, EtcdBackupRecordSpec, EtcdBackupSchedule,
-    RepositorySpec,
+    RepositorySpec, BACKUP_ID_LABEL, REPOSITORY_LABEL,
 };
 use crate::{runner, Context, Error};
 
-pub const REPOSITORY_LABEL: &str = "etcdguard.io/repository";
-pub const BACKUP_ID_LABEL: &str = "etcdguard.io/backup-id";
 pub const DELETE_FINALIZER: &str = "etcdguard.io/delete-backup";
 
 /// A short stable name of a repository URL (labels cannot hold a URL).

@@ -13,8 +13,9 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostPa
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::backup::SCHEDULE_LABEL;
-use crate::crd::{EtcdBackup, EtcdBackupSchedule, EtcdBackupScheduleStatus, RetentionSpec};
+use crate::crd::{
+    EtcdBackup, EtcdBackupSchedule, EtcdBackupScheduleStatus, RetentionSpec, SCHEDULE_LABEL,
+};
 use crate::{runner, set_condition, Context, Error};
 
 /// A running `backup follow` of one schedule.

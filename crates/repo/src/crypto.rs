@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::pack::{hex, Id};
+use crate::id::{hex, Id};
 
 /// `Config::encryption` of an encrypted repository.
 pub const SCHEME: &str = "xchacha20poly1305+hmac-sha256";

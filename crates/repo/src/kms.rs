@@ -225,5 +225,5 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
 }
 
 fn hex(b: &[u8]) -> String {
-    crate::pack::hex(b)
+    crate::id::hex(b)
 }

@@ -90,6 +90,8 @@
 
 mod beneath;
 pub mod crypto;
+pub mod host;
+pub mod id;
 pub mod kms;
 pub mod lock;
 pub mod manifest;

@@ -31,7 +31,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{ObjectInfo, Store, StoreError};
+use crate::host::hostname;
+use crate::store::{ObjectInfo, Store, StoreError, TEMPORARY_FILE_MAX_AGE};
 use crate::RepoError;
 
 /// How long a lock stays valid after its object was last written (by the storage's clock);
@@ -248,19 +249,8 @@ pub fn unlock(store: &dyn Store, remove_all: bool) -> Result<UnlockReport, RepoE
             removed,
         });
     }
-    report.temporaries_removed =
-        store.sweep_temporaries("locks/", crate::repository::TEMPORARY_FILE_MAX_AGE)?;
+    report.temporaries_removed = store.sweep_temporaries("locks/", TEMPORARY_FILE_MAX_AGE)?;
     Ok(report)
-}
-
-pub fn hostname() -> String {
-    let uname = rustix::system::uname();
-    let name = uname.nodename().to_string_lossy();
-    if name.is_empty() {
-        "unknown".into()
-    } else {
-        name.into_owned()
-    }
 }
 
 /// A held lock; released (deleted) on drop.
@@ -359,7 +349,7 @@ impl Lock {
             }
         }
         if exclusive {
-            let _ = store.sweep_temporaries("locks/", crate::repository::TEMPORARY_FILE_MAX_AGE);
+            let _ = store.sweep_temporaries("locks/", TEMPORARY_FILE_MAX_AGE);
         }
         let (tx, rx) = mpsc::channel::<()>();
         let refresh_store = store.clone();

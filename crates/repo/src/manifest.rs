@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::pack::Id;
+use crate::id::Id;
 
 pub const FORMAT_NAME: &str = "etcdguard-repository";
 /// Format of unencrypted repositories and their manifests (and of encrypted repositories

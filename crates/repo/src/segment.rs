@@ -9,7 +9,8 @@
 //! Coverage is proved by arithmetic on the names: see [`chain`].
 
 use crate::crypto::Keys;
-use crate::pack::{blob_id, decode_blob, encode_blob, Encoding, Id};
+use crate::id::Id;
+use crate::pack::{blob_id, decode_blob, encode_blob, Encoding};
 
 const MAGIC: &[u8; 8] = b"EGSEG001";
 const RAW_MAGIC: &[u8; 8] = b"EGSEGV01";

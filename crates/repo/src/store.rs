@@ -23,6 +23,10 @@ use object_store::path::Path as ObjectPath;
 use object_store::signer::Signer;
 use object_store::{ObjectStore, PutPayload};
 
+/// A temporary file (`.tmp-*`, local directories) this old belongs to a killed writer: no
+/// write of one object takes this long, and a lock's lifetime is far shorter.
+pub const TEMPORARY_FILE_MAX_AGE: Duration = Duration::from_secs(60 * 60);
+
 /// What went wrong talking to the storage, sorted by what a user does about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

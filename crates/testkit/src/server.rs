@@ -444,6 +444,38 @@ impl EtcdServer {
         cmd
     }
 
+    /// `etcdctl endpoint hashkv --rev REV`: the hash of the keyspace at `rev`.
+    pub fn hashkv(&self, rev: i64) -> u64 {
+        let out = run_checked(self.etcdctl().args([
+            "endpoint",
+            "hashkv",
+            "--rev",
+            &rev.to_string(),
+            "-w",
+            "json",
+        ]));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("etcdctl hashkv: not JSON");
+        v[0]["HashKV"]["hash"].as_u64().unwrap_or_else(|| panic!("no hash in {v}"))
+    }
+
+    /// `etcdctl txn` with no compares and `ops` (one per line, etcdctl's syntax) as the
+    /// success branch: several changes in one revision.
+    pub fn txn(&self, ops: &str) {
+        use std::io::Write;
+        let mut child = self
+            .etcdctl()
+            .arg("txn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("etcdctl txn");
+        // No compares, then the success ops, then no failure ops.
+        child.stdin.take().unwrap().write_all(format!("\n{ops}\n\n").as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "etcdctl txn: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Takes a snapshot with the real `etcdctl snapshot save`.
     pub fn snapshot_save(&self, path: &Path) {
         run_checked(self.etcdctl().arg("snapshot").arg("save").arg(path));

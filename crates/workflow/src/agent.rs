@@ -146,7 +146,7 @@ impl ElectionSettings {
         let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
         ElectionSettings {
             name: format!("/etcdguard/agent/{hex}"),
-            value: format!("{}/{}", etcdguard_repo::lock::hostname(), std::process::id()),
+            value: format!("{}/{}", etcdguard_repo::host::hostname(), std::process::id()),
             ttl,
         }
     }
@@ -1051,7 +1051,7 @@ fn abandon(repo: &RepoSpec) {
 /// Deletes the lock objects this process holds (same host name and PID).
 fn release_our_locks(store: &dyn etcdguard_repo::Store) {
     let Ok(objects) = store.list("locks/") else { return };
-    let host = etcdguard_repo::lock::hostname();
+    let host = etcdguard_repo::host::hostname();
     for o in objects {
         let Ok(bytes) = store.get(&o.key) else { continue };
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
@@ -1131,7 +1131,7 @@ mod tests {
         let ours = etcdguard_repo::lock::Lock::acquire(store.clone(), false, "backup").unwrap();
         // Another process on this host (only the fields the release looks at matter).
         let theirs = serde_json::json!({
-            "exclusive": false, "purpose": "backup", "hostname": etcdguard_repo::lock::hostname(),
+            "exclusive": false, "purpose": "backup", "hostname": etcdguard_repo::host::hostname(),
             "pid": std::process::id().wrapping_add(1), "created": Utc::now().to_rfc3339(), "refreshed": Utc::now().to_rfc3339(),
         });
         store.put("locks/theirs.json", serde_json::to_vec(&theirs).unwrap().into()).unwrap();

@@ -793,7 +793,7 @@ pub struct RestoreOptions {
     pub data_dir: Option<crate::restore::SnapshotRestoreOptions>,
     /// Point in time: the database as it was at this revision or time, built from the newest
     /// full backup before it (or `id`) and its continuous changes.
-    pub at: Option<crate::capture::At>,
+    pub at: Option<crate::point_in_time::At>,
 }
 
 /// What `backup restore` did, as it happens.
@@ -807,7 +807,10 @@ pub enum RestoreEvent<'a> {
     /// A line for the operator (the encryption key check before a data dir is restored).
     Note(&'a str),
     /// The full backup's changes were replayed up to the point in time.
-    Replayed { plan: &'a crate::capture::AtPlan, replayed: &'a etcdguard_storage::replay::Replayed },
+    Replayed {
+        plan: &'a crate::point_in_time::AtPlan,
+        replayed: &'a etcdguard_storage::replay::Replayed,
+    },
 }
 
 /// Brings a backup back: the snapshot file, data dirs built from it, and the files.
@@ -822,7 +825,7 @@ pub fn restore(
             if repo.is_encrypted() {
                 opts.repo.unlock(&mut repo)?;
             }
-            Some(crate::capture::plan_at(
+            Some(crate::point_in_time::plan_at(
                 &repo,
                 at,
                 (!opts.id.is_empty()).then_some(opts.id.as_str()),
@@ -901,7 +904,7 @@ pub fn restore(
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
-            let replayed = crate::capture::materialize(&repo, plan, &snapshot_path, scratch)?;
+            let replayed = crate::point_in_time::materialize(&repo, plan, &snapshot_path, scratch)?;
             on(RestoreEvent::Replayed { plan, replayed: &replayed });
         }
         None if temporary => {

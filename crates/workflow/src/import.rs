@@ -31,6 +31,7 @@ use etcdguard_repo::manifest::{Import, Manifest, Source};
 
 use crate::backup::{create_imported, CreateOptions, Original};
 use crate::error::{repo_error, Error, Kind, Result};
+use crate::openshift::{cluster_version, newest_revision, ClusterVersion};
 use crate::spool;
 use crate::stop::Stop;
 
@@ -169,9 +170,7 @@ pub fn import(opts: &ImportOptions, on: &mut dyn FnMut(ImportEvent<'_>)) -> Resu
         if f.format == Format::OpenShift {
             // The version `backup list` shows and the z-stream a restore must match; a snapshot
             // too damaged to read is reported by the check that follows.
-            if let Ok(Some(crate::openshift::ClusterVersion { version: Some(v), .. })) =
-                crate::openshift::cluster_version(&snapshot)
-            {
+            if let Ok(Some(ClusterVersion { version: Some(v), .. })) = cluster_version(&snapshot) {
                 labels.insert("openshift.version".into(), v);
             }
         }
@@ -242,7 +241,7 @@ fn stored_snapshots(opts: &ImportOptions) -> Result<Vec<Stored>> {
 }
 
 fn sha256_of(path: &Path) -> Result<String> {
-    etcdguard_repo::pack::file_sha256(path)
+    etcdguard_repo::id::file_sha256(path)
         .map_err(|e| Error::failure(format!("{}: {e}", path.display())))
 }
 
@@ -750,21 +749,6 @@ fn newest_encryption_config(resources: &Path) -> Option<PathBuf> {
     newest_revision(resources, "kube-apiserver")
         .map(|d| d.join("secrets/encryption-config/encryption-config"))
         .filter(|p| p.is_file())
-}
-
-/// `<dir>/<component>-pod-<N>` with the highest N.
-pub(crate) fn newest_revision(dir: &Path, component: &str) -> Option<PathBuf> {
-    let prefix = format!("{component}-pod-");
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let n: u64 = name.strip_prefix(&prefix)?.parse().ok()?;
-            Some((n, e.path()))
-        })
-        .max_by_key(|(n, _)| *n)
-        .map(|(_, p)| p)
 }
 
 #[cfg(test)]

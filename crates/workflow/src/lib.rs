@@ -76,6 +76,7 @@ pub mod join;
 pub mod keycheck;
 pub mod node;
 pub mod openshift;
+pub mod point_in_time;
 pub mod rancher;
 pub mod recover;
 pub mod repair;

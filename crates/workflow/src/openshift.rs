@@ -14,7 +14,6 @@ use chrono::{DateTime, Utc};
 use etcdguard_repo::manifest::Manifest;
 
 use crate::error::{db_error, Error, Kind, Result};
-use crate::import::newest_revision;
 use crate::repo::{resolve, RepoSpec};
 use crate::snapshot::open_snapshot;
 use crate::spool;
@@ -22,6 +21,22 @@ use crate::spool;
 /// The static pods whose resources cluster-backup.sh saves (and cluster-restore.sh reads).
 pub const COMPONENTS: [&str; 4] =
     ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"];
+
+/// The static pod resources of a component's newest revision: `<dir>/<component>-pod-<N>`
+/// with the highest N (`import` reads them from cluster-backup.sh's tarball too).
+pub(crate) fn newest_revision(dir: &Path, component: &str) -> Option<PathBuf> {
+    let prefix = format!("{component}-pod-");
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n: u64 = name.strip_prefix(&prefix)?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, p)| p)
+}
 
 /// Where the machine-config daemon leaves the machine config it applied last (and, before it
 /// first ran, where the machine-config server's copy is); rendered configs carry the release

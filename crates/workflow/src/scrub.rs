@@ -18,8 +18,9 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use etcdguard_repo::id::Id;
 use etcdguard_repo::manifest::Manifest;
-use etcdguard_repo::pack::{Id, Index};
+use etcdguard_repo::pack::Index;
 use etcdguard_repo::{RepoError, Repository};
 
 use crate::backup::check_stored;

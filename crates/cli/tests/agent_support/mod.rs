@@ -3,9 +3,11 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
+
+use etcdguard_testkit::{EtcdServer, EtcdVersion};
 
 use crate::live_support::{etcdguard, expect_code};
 
@@ -95,6 +97,16 @@ pub fn list_ids(repo: &Path) -> Vec<String> {
     expect_code(&out, 0, "backup list");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect()
+}
+
+/// `DIR/snap.db`: a snapshot of a 3.5 server holding one key (the server is stopped).
+pub fn one_key_snapshot(dir: &Path) -> PathBuf {
+    let mut server = EtcdServer::start(EtcdVersion::V3_5);
+    server.put(b"/registry/configmaps/default/a", b"1");
+    let snap = dir.join("snap.db");
+    server.snapshot_save(&snap);
+    server.stop();
+    snap
 }
 
 /// Seconds since the epoch, now.

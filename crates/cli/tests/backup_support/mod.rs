@@ -113,6 +113,131 @@ pub fn created_id(stdout: &str) -> String {
     id
 }
 
+/// The arguments `backup create --repo REPO --from-file SNAPSHOT EXTRA…`.
+pub fn create_args<'a>(repo: &'a str, snapshot: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let snapshot = snapshot.to_str().unwrap();
+    [&["backup", "create", "--repo", repo, "--from-file", snapshot], extra].concat()
+}
+
+/// The arguments `backup restore ID --repo REPO --to-file FILE EXTRA…`.
+pub fn restore_args<'a>(
+    id: &'a str,
+    repo: &'a str,
+    file: &'a Path,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let file = file.to_str().unwrap();
+    [&["backup", "restore", id, "--repo", repo, "--to-file", file], extra].concat()
+}
+
+/// The arguments `backup restore ID --repo REPO --to-file SNAPSHOT --files-to FILES`.
+pub fn restore_with_files<'a>(
+    id: &'a str,
+    repo: &'a str,
+    snapshot: &'a Path,
+    files: &'a Path,
+) -> Vec<&'a str> {
+    restore_args(id, repo, snapshot, &["--files-to", files.to_str().unwrap()])
+}
+
+/// `backup create --repo REPO --from-file SNAPSHOT EXTRA…`; asserts success and returns the
+/// new backup's id.
+pub fn create_from_file(repo: &str, snapshot: &Path, extra: &[&str]) -> String {
+    create_from_file_with(&mut etcdguard(), repo, snapshot, extra)
+}
+
+/// As [`create_from_file`], on a prepared command (a passphrase or credentials in its
+/// environment).
+pub fn create_from_file_with(
+    cmd: &mut Command,
+    repo: &str,
+    snapshot: &Path,
+    extra: &[&str],
+) -> String {
+    created_id(&ok_with(cmd, &create_args(repo, snapshot, extra)))
+}
+
+/// etcdguard with `ETCDGUARD_PASSPHRASE` set.
+pub fn with_passphrase(passphrase: &str) -> Command {
+    let mut c = etcdguard();
+    c.env("ETCDGUARD_PASSPHRASE", passphrase);
+    c
+}
+
+/// Runs a prepared command and asserts success; returns stdout.
+pub fn ok_cmd(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `backup restore SELECT… --data-dir DATA_DIR` as member `m1` of a new one-member cluster
+/// whose peer URL is `peer`; asserts success, returns stdout.
+pub fn restore_one_member(
+    cmd: &mut Command,
+    select: &[&str],
+    data_dir: &Path,
+    peer: &str,
+) -> String {
+    let cluster = format!("m1={peer}");
+    let member = [
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--name",
+        "m1",
+        "--initial-cluster",
+        &cluster,
+        "--initial-advertise-peer-urls",
+        peer,
+    ];
+    ok_with(cmd, &[&["backup", "restore"], select, &member].concat())
+}
+
+/// `backup follow --repo REPO --endpoints ENDPOINT --segment-interval 300ms EXTRA…`, not
+/// started.
+pub fn follow_cmd(repo: &str, endpoint: &str, extra: &[&str]) -> Command {
+    let mut cmd = etcdguard();
+    cmd.args(["backup", "follow", "--repo", repo, "--endpoints", endpoint])
+        .args(["--segment-interval", "300ms"])
+        .args(extra);
+    cmd
+}
+
+/// Asserts that `dir` holds no hidden (temporary) entries: what a failed write leaves.
+pub fn assert_no_temporaries(dir: &Path) {
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+/// Every pack file of a local repository (`packs/<xx>/<id>`), sorted by name.
+pub fn pack_files(repo: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in std::fs::read_dir(repo.join("packs")).unwrap() {
+        for p in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            out.push(p.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Damages a file in place: XORs `mask` into the byte at `at(length)`.
+pub fn flip_byte(path: &Path, at: impl Fn(usize) -> usize, mask: u8) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = at(bytes.len());
+    bytes[i] ^= mask;
+    std::fs::write(path, bytes).unwrap();
+}
+
 /// Every byte stored under `dir`, for "this must not appear in clear" checks.
 pub fn all_bytes_under(dir: &Path) -> Vec<u8> {
     let mut out = Vec::new();
@@ -176,6 +301,21 @@ pub fn control_plane(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&enc, "kind: EncryptionConfiguration\nsecret: c2VjcmV0\n").unwrap();
     std::fs::set_permissions(&enc, std::fs::Permissions::from_mode(0o600)).unwrap();
     (pki, manifests, enc)
+}
+
+/// `backup create`'s flags for [`control_plane`]'s files: `--pki-dir`, `--manifests-dir` and,
+/// when given, `--encryption-config`.
+pub fn control_plane_flags<'a>(
+    pki: &'a Path,
+    manifests: &'a Path,
+    enc: Option<&'a Path>,
+) -> Vec<&'a str> {
+    let mut flags =
+        vec!["--pki-dir", pki.to_str().unwrap(), "--manifests-dir", manifests.to_str().unwrap()];
+    if let Some(enc) = enc {
+        flags.extend(["--encryption-config", enc.to_str().unwrap()]);
+    }
+    flags
 }
 
 /// moto's S3 server on a free loopback port, stopped by PID on drop.

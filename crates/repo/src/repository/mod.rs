@@ -29,10 +29,11 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::crypto::{self, KdfParams, KeyFile, Keys, Passphrase};
-use crate::lock::hostname;
+use crate::host::hostname;
+use crate::id::Id;
 use crate::manifest::*;
-use crate::pack::{Id, Index};
-use crate::store::{Store, StoreError};
+use crate::pack::Index;
+use crate::store::{Store, StoreError, TEMPORARY_FILE_MAX_AGE};
 use crate::RepoError;
 
 /// Default chunk size for new repositories: four 4 KiB bbolt pages. See
@@ -45,9 +46,6 @@ const COMPRESSION_LEVEL: i32 = 1;
 const UPLOADS_IN_FLIGHT: usize = 2;
 /// A range read covers at most this many bytes of one pack.
 const MAX_READ_SPAN: u64 = 16 << 20;
-/// A temporary file (`.tmp-*`, local directories) this old belongs to a killed writer: no
-/// write of one object takes this long, and a lock's lifetime is far shorter.
-pub const TEMPORARY_FILE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 /// What only `create`/`prune` write: under prune's exclusive lock, their temporaries of
 /// any age are a dead writer's.
 const DATA_PREFIXES: [&str; 3] = ["packs/", "index/", "backups/"];

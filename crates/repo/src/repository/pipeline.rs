@@ -19,7 +19,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::crypto::Keys;
-use crate::pack::{decode_blob, open_blob, Encoding, Id, Index, Location};
+use crate::id::Id;
+use crate::pack::{decode_blob, open_blob, Encoding, Index, Location};
 use crate::RepoError;
 
 use super::Repository;

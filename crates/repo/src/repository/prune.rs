@@ -8,9 +8,10 @@ use bytes::Bytes;
 
 use super::writer::Uploader;
 use super::*;
+use crate::id::Id;
 use crate::lock::Lock;
 use crate::manifest::*;
-use crate::pack::{decode_blob, Id, Index, PackBuilder};
+use crate::pack::{decode_blob, Index, PackBuilder};
 use crate::retention::{self, Candidate, Decision, Policy};
 use crate::RepoError;
 

@@ -11,8 +11,9 @@ use std::path::Path;
 use bytes::Bytes;
 
 use super::*;
+use crate::id::{hex, Id};
 use crate::manifest::*;
-use crate::pack::{decode_blob, hex, Id, Index, Location};
+use crate::pack::{decode_blob, Index, Location};
 use crate::RepoError;
 
 use sha2::{Digest, Sha256};

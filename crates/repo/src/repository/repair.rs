@@ -25,8 +25,9 @@ use bytes::Bytes;
 use super::damage::damage_key;
 use super::writer::Uploader;
 use super::*;
+use crate::id::Id;
 use crate::lock::Lock;
-use crate::pack::{blob_id, decode_blob, BlobKind, Id, Index, PackBuilder, PackEntry};
+use crate::pack::{blob_id, decode_blob, BlobKind, Index, PackBuilder, PackEntry};
 
 /// Where repair may find the content of lost blobs.
 pub enum RepairSource<'a> {
@@ -267,7 +268,7 @@ impl Repository {
             match source {
                 RepairSource::File(path) => {
                     let name = path.display().to_string();
-                    let digest = crate::pack::file_sha256(path)
+                    let digest = crate::id::file_sha256(path)
                         .map_err(|e| RepoError::Io(format!("{name}: {e}")))?;
                     let mut sizes: Vec<u32> = chunk_sizes.iter().copied().collect();
                     let exact = whole_parts.get(&digest).copied();

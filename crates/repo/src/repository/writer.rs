@@ -15,9 +15,11 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use super::*;
-use crate::lock::{hostname, Lock};
+use crate::host::hostname;
+use crate::id::{hex, Id};
+use crate::lock::Lock;
 use crate::manifest::*;
-use crate::pack::{encode_blob, hex, BlobKind, Id, Index, PackBuilder};
+use crate::pack::{encode_blob, BlobKind, Index, PackBuilder};
 use crate::store::{Store, StoreError};
 use crate::RepoError;
 

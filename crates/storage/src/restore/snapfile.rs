@@ -133,6 +133,16 @@ mod tests {
     }
 
     #[test]
+    fn the_3_6_flavor_counts_one_failed_v2_lookup() {
+        let cluster = Cluster::new("default=http://localhost:2380", "etcd-cluster").unwrap();
+        let snap = |f| String::from_utf8_lossy(&encode(&cluster, f)).into_owned();
+        assert!(
+            snap(Flavor::V3_5).contains("\"getsFail\":0")
+                && snap(Flavor::V3_6).contains("\"getsFail\":1")
+        );
+    }
+
+    #[test]
     fn members_keyed_by_hex_string_order_indexed_by_id_order() {
         let c = Cluster::new("a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3", "t")
             .unwrap();

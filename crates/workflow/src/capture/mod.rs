@@ -29,19 +29,19 @@
 //! `Session::leases`), retrying a failing store while the watch goes on, so the RPO metric
 //! shows an outage and the segments catch up. `ErrCompacted` means the changes are gone: a new
 //! full backup is taken and the lost range recorded under `gaps/`. `full_every` switches to a
-//! new full backup, the old one's segments closed at the new one's revision. `plan_at` picks
-//! the newest full backup at or before a revision or time (times come from the segments'
-//! per-revision receive times) and the segment chain up to it; `materialize` fetches the full
-//! backup's snapshot and feeds the segments' changes, one segment at a time, to
-//! `storage::replay`; `backup::restore` and `node::restore_node` use it for `--at`. `log` lists
-//! the stored changes with the object's kind and name (`crates/kube`). Every segment is written
-//! by one `SegmentWriter` (lease set, retry with backoff until the store answers or a stop
-//! comes); the RPO it reports counts from the oldest change not stored yet (`pending_since`),
-//! or, with nothing waiting, from the last moment capture knew it had everything (a progress
-//! answer, the newest stored change), so it keeps growing while the store or every endpoint is
-//! down. Two writers may overlap (a leader that lost its lease finishing a segment while its
-//! successor starts): `chain` accepts overlaps and the readers (replay, `log`) take each
-//! revision once.
+//! new full backup, the old one's segments closed at the new one's revision. `plan_at` (in
+//! `point_in_time`, below both `backup` and this module) picks the newest full backup at or
+//! before a revision or time (times come from the segments' per-revision receive times) and the
+//! segment chain up to it; `materialize` fetches the full backup's snapshot and feeds the
+//! segments' changes, one segment at a time, to `storage::replay`; `backup::restore` and
+//! `node::restore_node` use it for `--at`. `log` lists the stored changes with the object's
+//! kind and name (`crates/kube`). Every segment is written by one `SegmentWriter` (lease set,
+//! retry with backoff until the store answers or a stop comes); the RPO it reports counts from
+//! the oldest change not stored yet (`pending_since`), or, with nothing waiting, from the last
+//! moment capture knew it had everything (a progress answer, the newest stored change), so it
+//! keeps growing while the store or every endpoint is down. Two writers may overlap (a leader
+//! that lost its lease finishing a segment while its successor starts): `chain` accepts
+//! overlaps and the readers (replay, `log`) take each revision once.
 //!
 //! `agent --continuous` runs `capture::follow` on a worker thread while the agent leads, with a
 //! `Stop` of its own raised when leadership is lost (or on SIGTERM); a failed capture is
@@ -52,7 +52,6 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -65,12 +64,14 @@ use etcdguard_repo::Repository;
 
 use crate::backup::{connect, create_stoppable, CreateOptions};
 use crate::error::{client_error, Error, Kind, Result};
+use crate::point_in_time::millis;
 use crate::stop::Stop;
 
-mod at;
 mod log;
-pub use at::*;
 pub use log::*;
+// Point-in-time restore lives below both this module and `backup`; its entry points keep
+// their paths here.
+pub use crate::point_in_time::{materialize, plan, plan_at, At, AtPlan};
 
 /// Watch responses held between the watch and the segment writer, at most.
 const WATCH_BACKLOG: usize = 64;
@@ -666,9 +667,4 @@ fn record_gap(
 
 fn bytes_of(v: Vec<u8>) -> bytes::Bytes {
     bytes::Bytes::from(v)
-}
-
-/// A segment's receive time (milliseconds since the epoch) as a time.
-fn millis(ms: i64) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(ms)
 }

@@ -1,7 +1,18 @@
 //! Point-in-time restore: which full backup and segments reach a revision or time
 //! (`plan_at`), and the database built from them (`materialize`).
+//!
+//! Below both [`crate::backup`] (whose restore takes `--at`) and [`crate::capture`] (which
+//! writes the segments and builds on backup's connect and create): it only reads the
+//! repository.
 
-use super::*;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use etcdguard_repo::manifest::Manifest;
+use etcdguard_repo::segment::{chain, Change};
+use etcdguard_repo::Repository;
+
+use crate::error::{Error, Kind, Result};
 
 /// A moment to restore to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,4 +256,9 @@ pub fn materialize(
         ));
     }
     Ok(replayed)
+}
+
+/// A segment's receive time (milliseconds since the epoch) as a time.
+pub(crate) fn millis(ms: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
 }
