@@ -59,18 +59,26 @@ pub fn passphrase_file(s: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// The two output formats of a command whose result is a few lines: `text` for people,
+/// `json` for scripts.
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq, Debug)]
+pub enum TextJson {
+    Text,
+    Json,
+}
+
 /// `-w/--write-out` for commands whose result is a few lines of text: `json` prints one JSON
 /// object instead (camelCase keys, as every JSON output of etcdguard), for scripts.
 #[derive(clap::Args, Clone, Copy, Debug)]
 pub struct WriteOut {
     /// Output format: `text` for people, `json` for scripts (one object, camelCase keys).
-    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = crate::cmd::backup::TextJson::Text)]
-    pub write_out: crate::cmd::backup::TextJson,
+    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = TextJson::Text)]
+    pub write_out: TextJson,
 }
 
 impl WriteOut {
     pub fn json(self) -> bool {
-        self.write_out == crate::cmd::backup::TextJson::Json
+        self.write_out == TextJson::Json
     }
 }
 

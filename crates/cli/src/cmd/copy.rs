@@ -9,8 +9,9 @@ use etcdguard_workflow::copy::{self, CopyEvent, CopyOptions};
 use etcdguard_workflow::RepoSpec;
 use serde_json::json;
 
+use crate::args::TextJson;
 use crate::cmd::backup::{human, REPO_HELP};
-use crate::cmd::backup::{read_passphrase, ParallelArg, TextJson};
+use crate::cmd::backup::{read_passphrase, ParallelArg};
 
 #[derive(Args)]
 pub struct CopyArgs {

@@ -11,7 +11,8 @@ use etcdguard_workflow::import::{Format, ImportEvent, ImportOptions};
 use etcdguard_workflow::RepoSpec;
 use serde_json::json;
 
-use crate::cmd::backup::{ParallelArg, RepoArg, TextJson};
+use crate::args::TextJson;
+use crate::cmd::backup::{ParallelArg, RepoArg};
 
 pub const IMPORT_HELP: &str = "\
 Bring backups other tools made into the repository, each with its original time (the backup's \

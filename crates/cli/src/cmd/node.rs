@@ -386,7 +386,7 @@ fn node_preflight(args: NodePreflightArgs) -> Result<()> {
         timeout: Duration::from_secs(60),
         dry_run: true,
         node: NodeFactArgs { node_name: args.node.node_name.clone(), node_ip: args.node.node_ip },
-        out: crate::args::WriteOut { write_out: crate::cmd::backup::TextJson::Text },
+        out: crate::args::WriteOut { write_out: crate::args::TextJson::Text },
     };
     let facts =
         etcdguard_workflow::recover::host_facts(&etcdguard_workflow::recover::FactsOptions {

@@ -9,7 +9,8 @@ use etcdguard_workflow::repair::{repair as run_repair, RepairOptions};
 use etcdguard_workflow::RepoSpec;
 use serde_json::json;
 
-use crate::cmd::backup::{ParallelArg, RepoArg, TextJson};
+use crate::args::TextJson;
+use crate::cmd::backup::{ParallelArg, RepoArg};
 use crate::cmd::cluster::ConnArgs;
 use crate::cmd::table;
 use crate::exit::{Code, Failure};

@@ -18,6 +18,7 @@ use etcdguard_workflow::restore::SnapshotRestoreOptions;
 use etcdguard_workflow::{PassphraseSource, RepoSpec};
 use serde_json::json;
 
+use crate::args::TextJson;
 use crate::cmd::table;
 use crate::exit::{Code, Failure};
 
@@ -486,12 +487,6 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?}: expected KEY=VALUE")),
     }
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
-pub enum TextJson {
-    Text,
-    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
