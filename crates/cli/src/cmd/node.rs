@@ -277,7 +277,18 @@ pub struct NodeParkArgs {
     pub out: crate::args::WriteOut,
 }
 
+/// The new cluster's flags are `snapshot restore`'s, with the manifest's values as defaults.
 #[derive(Args)]
+#[command(
+    mut_arg("name", |a| a.help("Member name [default: --name of etcd.yaml]")),
+    mut_arg("initial_cluster", |a| {
+        a.help("Every member of the restored cluster [default: --initial-cluster of etcd.yaml]")
+    }),
+    mut_arg("initial_cluster_token", |a| {
+        a.help("Token of the restored cluster [default: etcd.yaml's, else etcd-cluster]")
+    }),
+    mut_arg("initial_advertise_peer_urls", |a| a.help("This member's peer URLs [default: etcd.yaml's]")),
+)]
 pub struct NodeRestoreArgs {
     /// Snapshot file (from `snapshot save`, `backup restore --to-file` or etcdctl); or give
     /// --backup instead.
@@ -319,24 +330,8 @@ pub struct NodeRestoreArgs {
     /// Print the plan (what would be moved, waited for and restored, and where) and stop.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
-    /// Member name [default: --name of etcd.yaml].
-    #[arg(long, value_parser = crate::args::non_empty)]
-    pub name: Option<String>,
-    /// Every member of the restored cluster [default: --initial-cluster of etcd.yaml].
-    #[arg(long, value_name = "NAME=URL,…")]
-    pub initial_cluster: Option<String>,
-    /// Token of the restored cluster [default: etcd.yaml's, else etcd-cluster].
-    #[arg(long, value_name = "TOKEN", value_parser = crate::args::non_empty)]
-    pub initial_cluster_token: Option<String>,
-    /// This member's peer URLs [default: etcd.yaml's].
-    #[arg(long, value_name = "URLS")]
-    pub initial_advertise_peer_urls: Option<String>,
-    /// Raise the revision by this much (needs --mark-compacted); see `snapshot restore --help`.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub bump_revision: u64,
-    /// Mark every revision up to the bumped one compacted (needs --bump-revision).
-    #[arg(long)]
-    pub mark_compacted: bool,
+    #[command(flatten)]
+    pub cluster: crate::cmd::restore::ClusterArgs,
     /// Do not compare the sha256 trailer (for a copied member/snap/db).
     #[arg(long)]
     pub skip_hash_check: bool,
@@ -513,12 +508,12 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
         manifests_dir: args.manifests_dir.clone(),
         etcd_manifest: args.etcd_manifest.clone(),
         dry_run: args.dry_run,
-        name: args.name.clone(),
-        initial_cluster: args.initial_cluster.clone(),
-        initial_cluster_token: args.initial_cluster_token.clone(),
-        initial_advertise_peer_urls: args.initial_advertise_peer_urls.clone(),
-        bump_revision: args.bump_revision,
-        mark_compacted: args.mark_compacted,
+        name: args.cluster.name.clone(),
+        initial_cluster: args.cluster.initial_cluster.clone(),
+        initial_cluster_token: args.cluster.initial_cluster_token.clone(),
+        initial_advertise_peer_urls: args.cluster.initial_advertise_peer_urls.clone(),
+        bump_revision: args.cluster.bump_revision,
+        mark_compacted: args.cluster.mark_compacted,
         skip_hash_check: args.skip_hash_check,
         wait_timeout: args.wait_timeout,
         new_cluster: args.new_cluster,
