@@ -5,8 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use etcdguard_kube::encryption::EncryptionConfig;
-use etcdguard_kube::extract::{ExtractError, ExtractSummary, Extracted, Filter};
+use etcdguard_kube::extract::{ExtractError, ExtractSummary, Extracted};
 use etcdguard_kube::history::Version;
+use etcdguard_kube::listing::ChangeCounts;
+use etcdguard_kube::selector::Filter;
 
 use crate::error::{db_error, Error, Kind, Result};
 use crate::repo::{resolve, RepoSpec};
@@ -91,11 +93,13 @@ pub fn extract_to(
     opened: &Opened,
     prefix: &str,
     filter: &Filter,
+    include_owned: bool,
     sink: &mut dyn FnMut(Extracted) -> std::io::Result<()>,
 ) -> Result<ExtractSummary> {
     let file = open_snapshot(&opened.snapshot)?;
     let db = file.db().map_err(|e| db_error(&opened.snapshot, e))?;
-    etcdguard_kube::extract::extract_to(&file, &db, prefix, filter, opened.config.as_ref(), sink)
+    let config = opened.config.as_ref();
+    etcdguard_kube::extract::extract_to(&file, &db, prefix, filter, include_owned, config, sink)
         .map_err(|e| match e {
             ExtractError::Read(e) => {
                 Error::new(Kind::Corrupt, format!("{}: {e}", opened.snapshot.display()))
@@ -134,9 +138,8 @@ pub struct ResourceChanges {
     /// The resource as its keys name it (`pods`, `apiregistration.k8s.io/apiservices`), or
     /// the key's first segment for keys outside Kubernetes' layout.
     pub resource: String,
-    pub added: usize,
-    pub deleted: usize,
-    pub modified: usize,
+    #[serde(flatten)]
+    pub changes: ChangeCounts,
 }
 
 /// The keys under `/registry/` that differ from `old` to `new`, counted per resource in
@@ -147,7 +150,7 @@ pub fn changes_by_resource(
     new: &Path,
     config: Option<&EncryptionConfig>,
 ) -> Result<Vec<ResourceChanges>> {
-    use etcdguard_kube::listing::{self, ChangeKind};
+    use etcdguard_kube::listing;
     let (old_file, new_file) = (open_snapshot(old)?, open_snapshot(new)?);
     let old_db = old_file.db().map_err(|e| db_error(old, e))?;
     let new_db = new_file.db().map_err(|e| db_error(new, e))?;
@@ -162,7 +165,7 @@ pub fn changes_by_resource(
     listing::diff(
         &old_keys,
         &new_keys,
-        &listing::Filter::default(),
+        &Filter::default(),
         config,
         false,
         &mut |c| -> std::result::Result<(), std::convert::Infallible> {
@@ -177,11 +180,7 @@ pub fn changes_by_resource(
             let counts = by
                 .entry(resource.clone())
                 .or_insert_with(|| ResourceChanges { resource, ..Default::default() });
-            match c.kind {
-                ChangeKind::Added => counts.added += 1,
-                ChangeKind::Deleted => counts.deleted += 1,
-                ChangeKind::Modified => counts.modified += 1,
-            }
+            counts.changes.count(c.kind);
             Ok(())
         },
     )

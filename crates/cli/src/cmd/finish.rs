@@ -197,9 +197,9 @@ fn render_changes(changes: &[etcdguard_workflow::inspect::ResourceChanges]) -> S
     for c in changes {
         rows.push(vec![
             c.resource.clone(),
-            c.added.to_string(),
-            c.deleted.to_string(),
-            c.modified.to_string(),
+            c.changes.added.to_string(),
+            c.changes.deleted.to_string(),
+            c.changes.modified.to_string(),
         ]);
     }
     for line in table(&rows).lines() {

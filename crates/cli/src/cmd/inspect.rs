@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use etcdguard_kube::encryption::{ConfigError, EncryptionConfig};
 use etcdguard_kube::listing::{self, ChangeKind, Entry};
-use etcdguard_kube::selector::Selector;
+use etcdguard_kube::selector::{Filter, Selector};
 use etcdguard_kube::{Encoding, Object};
 use serde_json::json;
 
@@ -96,8 +96,9 @@ pub enum InspectCommand {
     History(HistoryArgs),
 }
 
+/// The flags of `etcdguard_kube::selector::Filter`, and the key prefix.
 #[derive(Args, Clone)]
-pub struct Filter {
+pub struct FilterArgs {
     /// Only keys under this prefix.
     #[arg(long, default_value = "/registry/", value_name = "PREFIX")]
     pub prefix: String,
@@ -188,7 +189,7 @@ impl SchemaDir {
 pub struct ListArgs {
     pub snapshot: PathBuf,
     #[command(flatten)]
-    pub filter: Filter,
+    pub filter: FilterArgs,
     #[command(flatten)]
     pub decryption: Decryption,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = TableJson::Table)]
@@ -264,7 +265,7 @@ pub struct DiffArgs {
     #[command(flatten)]
     pub backups: FromBackups,
     #[command(flatten)]
-    pub filter: Filter,
+    pub filter: FilterArgs,
     #[command(flatten)]
     pub decryption: Decryption,
     #[command(flatten)]
@@ -292,7 +293,7 @@ pub struct ExtractArgs {
     #[command(flatten)]
     pub backups: FromBackups,
     #[command(flatten)]
-    pub filter: Filter,
+    pub filter: FilterArgs,
     /// Objects of every namespace (and cluster-scoped ones).
     #[arg(long, short = 'A', conflicts_with = "namespace")]
     pub all_namespaces: bool,
@@ -349,10 +350,10 @@ pub fn run(cmd: InspectCommand) -> Result<()> {
     }
 }
 
-impl Filter {
+impl FilterArgs {
     /// The library's filter, with `--selector` parsed (once, before any work).
-    fn parsed(&self) -> Result<listing::Filter, Failure> {
-        Ok(listing::Filter {
+    fn parsed(&self) -> Result<Filter, Failure> {
+        Ok(Filter {
             resource: self.resource.clone(),
             namespace: self.namespace.clone(),
             name: self.name.clone(),
@@ -630,7 +631,7 @@ fn diff(args: DiffArgs) -> Result<()> {
         listing::LiveKeys::load(&old_file, &old_db, prefix).map_err(|e| corrupt(&old_path, e))?;
     let new =
         listing::LiveKeys::load(&new_file, &new_db, prefix).map_err(|e| corrupt(&new_path, e))?;
-    let mut counts = [0usize; 3];
+    let mut counts = listing::ChangeCounts::default();
     let mut undecrypted: Vec<(Vec<u8>, String)> = Vec::new();
     let mut array = JsonArray::default();
     let mut table = vec![std::iter::once("").chain(HEADER).map(String::from).collect::<Vec<_>>()];
@@ -642,7 +643,7 @@ fn diff(args: DiffArgs) -> Result<()> {
             if let Some(e) = crate::output::stdout_error() {
                 return Err(std::io::Error::new(e.kind(), e.to_string()).into());
             }
-            counts[c.kind as usize] += 1;
+            counts.count(c.kind);
             if let Some(why) = c.entry.undecrypted() {
                 undecrypted.push((c.key.to_vec(), why));
             }
@@ -708,13 +709,7 @@ fn diff(args: DiffArgs) -> Result<()> {
         DiffFormat::Table => print!("{}", crate::cmd::table(&table)),
         DiffFormat::Yaml => {}
     }
-    let count = |kind: ChangeKind| counts[kind as usize];
-    eprintln!(
-        "{} added, {} deleted, {} modified",
-        count(ChangeKind::Added),
-        count(ChangeKind::Deleted),
-        count(ChangeKind::Modified)
-    );
+    eprintln!("{} added, {} deleted, {} modified", counts.added, counts.deleted, counts.modified);
     // Values that did not decrypt although keys were given: listed, and an error for scripts.
     report_undecrypted(config.as_ref(), &undecrypted)?;
     Ok(())
@@ -799,13 +794,7 @@ fn extract(args: ExtractArgs) -> Result<()> {
     {
         return Err(Failure::new(Code::Usage, "say what to extract: -n NAMESPACE, --resource, --name, -l SELECTOR, or --all-namespaces for everything").into());
     }
-    let filter = etcdguard_kube::extract::Filter {
-        resource: f.resource.clone(),
-        namespace: f.namespace.clone(),
-        name: f.name.clone(),
-        selector: f.selector.as_deref().map(parse_selector).transpose()?,
-        include_owned: args.include_owned,
-    };
+    let filter = f.parsed()?;
     let config = args.decryption.load()?;
     args.schema.activate()?;
     let repo = args.backups.spec();
@@ -854,14 +843,20 @@ fn extract(args: ExtractArgs) -> Result<()> {
             // Refused before anything is read or written when not empty.
             let mut writer = etcdguard_kube::extract::DirWriter::new(dir).map_err(dir_failure)?;
             let mut write_error = None;
-            let result = wf::extract_to(&opened, &args.filter.prefix, &filter, &mut |o| {
-                note_unknown(&o);
-                writer.write(&o).map(drop).map_err(|e| {
-                    let kept = std::io::Error::new(e.kind(), e.to_string());
-                    write_error = Some(e);
-                    kept
-                })
-            });
+            let result = wf::extract_to(
+                &opened,
+                &args.filter.prefix,
+                &filter,
+                args.include_owned,
+                &mut |o| {
+                    note_unknown(&o);
+                    writer.write(&o).map(drop).map_err(|e| {
+                        let kept = std::io::Error::new(e.kind(), e.to_string());
+                        write_error = Some(e);
+                        kept
+                    })
+                },
+            );
             if let Some(e) = write_error {
                 return Err(dir_failure(e).into());
             }
@@ -877,16 +872,22 @@ fn extract(args: ExtractArgs) -> Result<()> {
         }
         None => {
             // Stops at the first failed write: the whole job is output.
-            let streamed = wf::extract_to(&opened, &args.filter.prefix, &filter, &mut |o| {
-                note_unknown(&o);
-                let mut doc = String::from("---\n");
-                doc.push_str(&o.yaml);
-                crate::output::stdout_write(doc.as_bytes());
-                match crate::output::stdout_error() {
-                    Some(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-                    None => Ok(()),
-                }
-            });
+            let streamed = wf::extract_to(
+                &opened,
+                &args.filter.prefix,
+                &filter,
+                args.include_owned,
+                &mut |o| {
+                    note_unknown(&o);
+                    let mut doc = String::from("---\n");
+                    doc.push_str(&o.yaml);
+                    crate::output::stdout_write(doc.as_bytes());
+                    match crate::output::stdout_error() {
+                        Some(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                        None => Ok(()),
+                    }
+                },
+            );
             if streamed.is_err()
                 && crate::output::stdout_error()
                     .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
@@ -936,12 +937,10 @@ fn history(args: HistoryArgs) -> Result<()> {
         ),
         HistoryFormat::Text => {
             for v in &versions {
-                let what = if v.deleted {
-                    "deleted".to_string()
-                } else if v.version == 1 {
-                    "created".to_string()
-                } else {
-                    format!("version {}", v.version)
+                let what = match v.change() {
+                    ChangeKind::Deleted => "deleted".to_string(),
+                    ChangeKind::Added => "created".to_string(),
+                    ChangeKind::Modified => format!("version {}", v.version),
                 };
                 let time = match (&v.time, v.time_source) {
                     (Some(t), Some(src)) => format!("{t} ({src})"),
