@@ -608,13 +608,3 @@ fn unlock_if_given(repo: &mut Repository, arg: &RepoArg) -> Result<bool, Failure
 const UNAUTHENTICATED_NOTE: &str = "note: without the passphrase the clear fields of these manifests (time, labels, \
 cluster, etcd status) cannot be authenticated: anyone who can write to the repository could have changed them. Give \
 the passphrase (ETCDGUARD_PASSPHRASE or --passphrase-file) to check them";
-
-/// A private scratch directory (locked while it lives, removed on drop); dead ones beside it are swept.
-pub(crate) fn tempfile_in(dir: &Path) -> Result<etcdguard_workflow::spool::Spool, Failure> {
-    Ok(etcdguard_workflow::spool::create(dir)?.0)
-}
-
-/// Writes the snapshot of backup `id` (id, prefix or `latest`) into `dir`; returns its path.
-pub(crate) fn fetch_snapshot(repo: &RepoArg, id: &str, dir: &Path) -> Result<PathBuf, Failure> {
-    Ok(backup::fetch_snapshot(&repo.spec(), id, dir)?)
-}
