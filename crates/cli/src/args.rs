@@ -32,6 +32,15 @@ pub fn path(s: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(s))
 }
 
+/// `--etcd-version`: a release line etcdguard knows.
+pub fn release(text: &str) -> Result<etcdguard_storage::Release, String> {
+    use etcdguard_storage::Release;
+    Release::parse(text).ok_or_else(|| {
+        let known: Vec<&str> = Release::ALL.iter().map(|r| r.label()).collect();
+        format!("unknown etcd release line {text:?}; known: {}", known.join(", "))
+    })
+}
+
 /// `--passphrase-file`, `--new-passphrase-file` (and their environment variables): a file
 /// other users can read leaks the passphrase, one they can write lets them choose it. As
 /// ssh does for private keys, say so (at parse time, so every command warns once, whether or

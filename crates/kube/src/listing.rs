@@ -187,7 +187,7 @@ const DIFF_BATCH: usize = 1024;
 const DIFF_BATCH_BYTES: usize = 32 << 20;
 
 /// How a key differs between two snapshots, or one revision of a key from the one before
-/// ([`crate::history::Version::change`]).
+/// (`inspect history`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
     Added,

@@ -116,7 +116,7 @@ pub struct DataDirArgs {
     /// The etcd release (X.Y) that will run the restored members: its etcdutl's file layout
     /// is written, and a snapshot written by a newer release (its storage or cluster
     /// version) is refused with exit 17, since etcd does not downgrade a data dir.
-    #[arg(long, value_name = "X.Y", value_parser = crate::cmd::snapshot::parse_release)]
+    #[arg(long, value_name = "X.Y", value_parser = crate::args::release)]
     pub etcd_version: Option<etcdguard_storage::Release>,
 }
 
