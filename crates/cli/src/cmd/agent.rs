@@ -167,7 +167,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         etcdguard_workflow::RepoSpec {
             url,
             passphrase: std::sync::Arc::new(move || {
-                Ok(crate::cmd::backup::read_passphrase(
+                Ok(crate::args::read_passphrase(
                     file.as_deref(),
                     "--copy-to-passphrase-file",
                     "ETCDGUARD_TO_PASSPHRASE",

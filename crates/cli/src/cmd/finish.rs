@@ -120,7 +120,7 @@ pub fn run(args: FinishArgs) -> Result<()> {
         None => None,
         Some(source) => {
             let repo = args.repo.as_ref().map(|url| {
-                crate::cmd::backup::RepoArg {
+                crate::args::RepoArg {
                     repo: url.clone(),
                     passphrase_file: args.passphrase_file.clone(),
                     kms_key: None,

@@ -12,7 +12,7 @@ use etcdguard_kube::selector::{Filter, Selector};
 use etcdguard_kube::{Encoding, Object};
 use serde_json::json;
 
-use crate::cmd::backup::TableJson;
+use crate::args::TableJson;
 use crate::cmd::snapshot::{db_failure, open_snapshot};
 use crate::exit::{Code, Failure};
 
@@ -246,7 +246,7 @@ impl FromBackups {
     /// The repository, when one was given.
     fn spec(&self) -> Option<etcdguard_workflow::repo::RepoSpec> {
         self.repo.as_ref().map(|url| {
-            crate::cmd::backup::RepoArg {
+            crate::args::RepoArg {
                 repo: url.clone(),
                 passphrase_file: self.passphrase_file.clone(),
                 kms_key: None,

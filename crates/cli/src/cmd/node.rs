@@ -15,7 +15,7 @@ use etcdguard_workflow::error::node_error;
 use etcdguard_workflow::join::{join_node, JoinEvent, JoinOptions, JoinOutcome};
 use etcdguard_workflow::node::{restore_node, NodeEvent, NodeOutcome, NodeRestoreOptions};
 
-use crate::cmd::backup::RepoArg;
+use crate::args::RepoArg;
 use crate::cmd::cluster::ConnArgs;
 
 #[derive(Subcommand)]
@@ -314,7 +314,7 @@ pub struct NodeRestoreArgs {
     #[arg(long, requires = "backup")]
     pub restore_pki: bool,
     #[command(flatten)]
-    pub parallel: crate::cmd::backup::ParallelArg,
+    pub parallel: crate::args::ParallelArg,
     /// Kubernetes configuration directory; the PKI is its pki/.
     #[arg(long, value_name = "DIR", default_value = "/etc/kubernetes")]
     pub kubernetes_dir: PathBuf,

@@ -10,7 +10,7 @@ use etcdguard_workflow::RepoSpec;
 use serde_json::json;
 
 use crate::args::TextJson;
-use crate::cmd::backup::{ParallelArg, RepoArg};
+use crate::args::{ParallelArg, RepoArg};
 use crate::cmd::cluster::ConnArgs;
 use crate::cmd::table;
 use crate::exit::{Code, Failure};

@@ -1,14 +1,13 @@
 //! `etcdguard backup …`: snapshots and control-plane files in a deduplicated repository.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use chrono::Utc;
 use clap::{Args, Subcommand, ValueEnum};
-use etcdguard_repo::crypto::Passphrase;
 use etcdguard_repo::manifest::{FileKind, Manifest, Source};
 use etcdguard_repo::retention::{parse_duration, Policy};
 use etcdguard_repo::{RepoError, Repository};
@@ -18,7 +17,7 @@ use etcdguard_workflow::restore::SnapshotRestoreOptions;
 use etcdguard_workflow::{PassphraseSource, RepoSpec};
 use serde_json::json;
 
-use crate::args::TextJson;
+use crate::args::{read_passphrase, ParallelArg, RepoArg, TableJson, TextJson};
 use crate::cmd::table;
 use crate::exit::{Code, Failure};
 
@@ -47,15 +46,6 @@ pub use url::UrlArgs;
 pub use verify::VerifyArgs;
 
 pub(crate) use etcdguard_workflow::text::{created_line, duration_short, human};
-
-pub(crate) const REPO_HELP: &str = "Repository: a local directory (the default), s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or \
-az://CONTAINER[/PREFIX]. Options go in the query: ?endpoint=http://host:9000&region=us-east-1&path-style=true \
-(S3-compatible servers), ?account=NAME (Azure), ?retries=N; S3 also ?checksum=sha256 (needed by a bucket with \
-Object Lock) and ?sse=AES256|aws:kms[&sse-kms-key-id=KEY] (server-side encryption). Credentials come from the environment and files as \
-the cloud SDKs read them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_PROFILE and ~/.aws/credentials, \
-GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_NAME/AZURE_STORAGE_ACCOUNT_KEY). Without S3 credentials \
-the EC2 instance metadata address is asked for them only for AWS itself and unless AWS_EC2_METADATA_DISABLED=true; \
-requests to another endpoint go unsigned.";
 
 #[derive(Subcommand)]
 pub enum BackupCommand {
@@ -235,105 +225,6 @@ pub enum BackupCommand {
     Copy(crate::cmd::copy::CopyArgs),
 }
 
-#[derive(Args, Clone)]
-pub struct RepoArg {
-    #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL", help = REPO_HELP, value_parser = crate::args::repo)]
-    pub repo: String,
-    /// File holding the passphrase of an encrypted repository (or put the passphrase itself in
-    /// ETCDGUARD_PASSPHRASE). A repository that `backup create` makes while a passphrase is
-    /// given is encrypted with it: chunks and files (CA keys included) are sealed with
-    /// XChaCha20-Poly1305 under a key only the passphrase opens. Lose it and the backups are lost.
-    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
-    pub passphrase_file: Option<PathBuf>,
-    /// Unlock an encrypted repository with a key management service instead of a passphrase:
-    /// aws-kms:KEY[?region=R&endpoint=URL] (KEY: key id, alias/NAME or ARN; AWS credentials
-    /// from the environment), for a key file `backup key add --new-kms-key` wrote.
-    #[arg(long, env = "ETCDGUARD_KMS_KEY", value_name = "KMS")]
-    pub kms_key: Option<String>,
-}
-
-impl RepoArg {
-    /// The passphrase from --passphrase-file or ETCDGUARD_PASSPHRASE, if any.
-    fn passphrase(&self) -> Result<Option<Passphrase>, Failure> {
-        read_passphrase(
-            self.passphrase_file.as_deref(),
-            "--passphrase-file",
-            "ETCDGUARD_PASSPHRASE",
-        )
-    }
-
-    /// The repository as the workflows take it; the passphrase is read when one is needed.
-    pub fn spec(&self) -> RepoSpec {
-        let arg = self.clone();
-        RepoSpec {
-            url: self.repo.clone(),
-            passphrase: Arc::new(move || Ok(arg.passphrase()?)),
-            transfer: Default::default(),
-            kms: self.kms_key.clone(),
-        }
-    }
-}
-
-/// `--parallel`: how many packs are fetched (restore, verify) or chunks compressed and
-/// packs uploaded (create) at once.
-#[derive(Args, Clone, Default)]
-pub struct ParallelArg {
-    /// Range reads of packs (restore, verify) or compression threads and uploads (create) at
-    /// once [default: the number of cores, 2 to 8]. More helps against a distant bucket;
-    /// memory grows by about 8 MiB each.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub parallel: Option<u16>,
-}
-
-impl ParallelArg {
-    /// The transfer settings, with a progress bar on stderr when it is a terminal.
-    pub fn transfer(&self, limit_rate: Option<u64>) -> etcdguard_repo::repository::Transfer {
-        use std::io::IsTerminal;
-        etcdguard_repo::repository::Transfer {
-            parallel: self.parallel.map(usize::from).unwrap_or(0),
-            limit_rate,
-            compression_level: None,
-            progress: std::io::stderr()
-                .is_terminal()
-                .then(|| Arc::new(Bar::default()) as Arc<dyn etcdguard_repo::repository::Progress>),
-            ..Default::default()
-        }
-    }
-}
-
-/// A progress bar on stderr (bytes, rate, ETA); only made when stderr is a terminal.
-#[derive(Default)]
-struct Bar(std::sync::Mutex<Option<indicatif::ProgressBar>>);
-
-impl etcdguard_repo::repository::Progress for Bar {
-    fn begin(&self, total: Option<u64>) {
-        let bar = indicatif::ProgressBar::with_draw_target(
-            total,
-            indicatif::ProgressDrawTarget::stderr_with_hz(5),
-        );
-        let template = match total {
-            Some(_) => "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            None => "{spinner} {bytes} {binary_bytes_per_sec}",
-        };
-        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
-            bar.set_style(style);
-        }
-        if let Some(old) = self.0.lock().unwrap_or_else(|p| p.into_inner()).replace(bar) {
-            old.finish_and_clear();
-        }
-    }
-    fn advance(&self, bytes: u64) {
-        if let Some(b) = &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
-            b.inc(bytes);
-        }
-    }
-    fn end(&self) {
-        if let Some(b) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            b.finish_and_clear();
-        }
-    }
-}
-
 fn parse_compression_level(s: &str) -> Result<i32, String> {
     match s.parse::<i32>() {
         Ok(level) if (-20..=19).contains(&level) && level != 0 => Ok(level),
@@ -345,39 +236,6 @@ fn parse_compression_level(s: &str) -> Result<i32, String> {
 
 fn parse_limit_rate(s: &str) -> Result<u64, String> {
     etcdguard_repo::repository::parse_rate(s)
-}
-
-/// A passphrase from a file (trailing newline dropped) or else from an environment variable.
-pub(crate) fn read_passphrase(
-    file: Option<&Path>,
-    flag: &str,
-    env: &str,
-) -> Result<Option<Passphrase>, Failure> {
-    if let Some(path) = file {
-        // Its mode was checked (with a warning) when the flag was parsed: crate::args.
-        let bytes = std::fs::read(path).map_err(|e| {
-            let code = match e.kind() {
-                std::io::ErrorKind::NotFound => Code::NotFound,
-                std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
-                _ => Code::Failure,
-            };
-            Failure::new(code, format!("{flag} {}: {e}", path.display()))
-        })?;
-        let p = Passphrase::new(bytes);
-        if p.bytes().is_empty() {
-            return Err(Failure::new(
-                Code::Usage,
-                format!("{flag} {}: the file is empty", path.display()),
-            ));
-        }
-        return Ok(Some(p));
-    }
-    match std::env::var_os(env) {
-        Some(v) if !v.is_empty() => Ok(Some(Passphrase::new(
-            std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec(),
-        ))),
-        _ => Ok(None),
-    }
 }
 
 #[derive(Args, Clone)]
@@ -487,12 +345,6 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?}: expected KEY=VALUE")),
     }
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum TableJson {
-    Table,
-    Json,
 }
 
 /// Retention rules, as restic's `forget` has them.

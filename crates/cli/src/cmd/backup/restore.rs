@@ -75,7 +75,7 @@ pub enum RestoreFormat {
 
 pub(super) fn restore(args: RestoreArgs) -> Result<()> {
     if let Some(RestoreFormat::Openshift) = args.format {
-        return crate::cmd::import::restore_openshift(&args);
+        return restore_openshift(&args);
     }
     let into_data_dir = args.data.data_dir.is_some() || args.data.cluster_out.is_some();
     let data_dir = into_data_dir.then(|| SnapshotRestoreOptions {
@@ -134,5 +134,24 @@ pub(super) fn restore(args: RestoreArgs) -> Result<()> {
     if let (false, Some(path)) = (into_data_dir, kept) {
         println!("{}", path.display());
     }
+    Ok(())
+}
+
+/// `backup restore ID --format openshift --files-to DIR`.
+fn restore_openshift(args: &RestoreArgs) -> Result<()> {
+    let dir = args.files_to.clone().expect("clap: --format requires --files-to");
+    let opts = etcdguard_workflow::openshift::OpenShiftRestoreOptions {
+        repo: RepoSpec { transfer: args.parallel.transfer(None), ..args.repo.spec() },
+        id: args.id.clone().unwrap_or_default(),
+        dir,
+        node_version: args.node_version.clone(),
+        machine_config: args.machine_config.clone(),
+        force: args.force,
+        scratch_dir: None,
+    };
+    let w = etcdguard_workflow::openshift::restore(&opts, &mut |n| eprintln!("{n}"))?;
+    eprintln!("backup {} written as cluster-backup.sh writes it; on the recovery control-plane node run: cluster-restore.sh {}", w.manifest.id, opts.dir.display());
+    println!("{}", w.snapshot.display());
+    println!("{}", w.resources.display());
     Ok(())
 }
