@@ -12,7 +12,8 @@ use etcdguard_workflow::checks::ChecksOptions;
 use etcdguard_workflow::schedule::Schedule;
 use etcdguard_workflow::Stop;
 
-use crate::cmd::backup::{CreateArgs, KeepArgs};
+use crate::cmd::backup::create::CreateArgs;
+use crate::cmd::backup::KeepArgs;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum LogFormat {

@@ -14,7 +14,7 @@ use etcdguard_workflow::capture::{
 use etcdguard_workflow::Stop;
 
 use crate::args::{RepoArg, TableJson};
-use crate::cmd::backup::CreateArgs;
+use crate::cmd::backup::create::CreateArgs;
 use crate::cmd::table;
 use etcdguard_workflow::text::human;
 
