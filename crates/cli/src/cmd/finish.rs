@@ -85,7 +85,7 @@ pub struct FinishArgs {
     )]
     pub scratch_dir: Option<PathBuf>,
     #[command(flatten, next_help_heading = "Connection to etcd (for --compare-with; as etcdctl)")]
-    pub conn: crate::cmd::cluster::ConnArgs,
+    pub conn: crate::args::ConnArgs,
 }
 
 pub fn run(args: FinishArgs) -> Result<()> {

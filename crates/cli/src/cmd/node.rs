@@ -15,8 +15,8 @@ use etcdguard_workflow::error::node_error;
 use etcdguard_workflow::join::{join_node, JoinEvent, JoinOptions, JoinOutcome};
 use etcdguard_workflow::node::{restore_node, NodeEvent, NodeOutcome, NodeRestoreOptions};
 
+use crate::args::ConnArgs;
 use crate::args::RepoArg;
-use crate::cmd::cluster::ConnArgs;
 
 #[derive(Subcommand)]
 pub enum NodeCommand {

@@ -48,7 +48,7 @@ pub struct CreateArgs {
         flatten,
         next_help_heading = "Connection to etcd (flags and ETCDCTL_* variables as etcdctl)"
     )]
-    pub conn: crate::cmd::cluster::ConnArgs,
+    pub conn: crate::args::ConnArgs,
     /// Kubernetes PKI directory (e.g. /etc/kubernetes/pki); stored as pki/…
     #[arg(help_heading = "What to back up", long, value_name = "DIR")]
     pub pki_dir: Option<PathBuf>,
