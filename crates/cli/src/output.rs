@@ -54,7 +54,7 @@ pub fn finish_stdout() -> Option<&'static std::io::Error> {
 /// progress) go to stderr, so stdout holds only the JSON.
 static TEXT_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// From now on `print!`/`println!` write to stderr; `crate::args::print_json` still writes
+/// From now on `print!`/`println!` write to stderr; `print_json` (args.rs) still writes
 /// to stdout.
 pub fn text_to_stderr() {
     TEXT_TO_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -40,7 +40,7 @@ use serde_json::Value as Json;
 
 use crate::encryption::EncryptionConfig;
 use crate::render::{plain_value, render, RenderOptions, UNKNOWN_FIELDS_KEY};
-use crate::selector::{labels_of, Selector};
+use crate::selector::{labels_of, Filter};
 use crate::{key_path, KeyPath, Meta, ENCRYPTED_PREFIX};
 
 /// Metadata fields the API server sets; an apply must not carry them.
@@ -56,63 +56,10 @@ pub const LEFT_OUT: [&str; 6] =
 
 const CRDS: &str = "apiextensions.k8s.io/customresourcedefinitions";
 
-/// What to extract. Every set field must match.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    /// `secrets`, `deployments`, `example.com/widgets`, `widgets.example.com` or `widgets`.
-    pub resource: Option<String>,
-    /// Objects of this namespace, and the Namespace object itself.
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    pub selector: Option<Selector>,
-    /// Keep objects a controller owns (`ownerReferences` with `controller: true`); by default
-    /// they are left out, since their controller makes them again (and the garbage collector
-    /// removes copies that name an owner uid that no longer exists).
-    pub include_owned: bool,
-}
-
-impl Filter {
-    fn resource_matches(&self, resource: &str) -> bool {
-        match &self.resource {
-            None => !LEFT_OUT.contains(&resource),
-            Some(r) => resource_is(resource, r),
-        }
-    }
-
-    /// A necessary condition from the key alone, so that only candidates' values are kept.
-    fn may_match_key(&self, key: &str) -> bool {
-        let segments: Vec<&str> = key.split('/').collect();
-        if let Some(name) = &self.name {
-            if segments.last() != Some(&name.as_str()) {
-                return false;
-            }
-        }
-        if let Some(ns) = &self.namespace {
-            if !segments.iter().any(|s| s == ns) {
-                return false;
-            }
-        }
-        if let Some(r) = &self.resource {
-            let last = r.split('/').next_back().unwrap_or(r);
-            let short = last.split('.').next().unwrap_or(last);
-            if !segments.contains(&short) {
-                return false;
-            }
-        }
-        true
-    }
-}
-
-/// `group/resource` as stored in a key, matched against what a user types.
-pub fn resource_is(resource: &str, wanted: &str) -> bool {
-    if resource == wanted || resource.rsplit('/').next() == Some(wanted) {
-        return true;
-    }
-    // `widgets.example.com` for `example.com/widgets`.
-    match resource.split_once('/') {
-        Some((group, name)) => wanted == format!("{name}.{group}"),
-        None => false,
-    }
+/// Whether extract takes objects of `resource` when the filter names none: everything but
+/// [`LEFT_OUT`].
+fn resource_wanted(filter: &Filter, resource: &str) -> bool {
+    filter.resource.is_some() || !LEFT_OUT.contains(&resource)
 }
 
 /// Where an object goes in the apply order.
@@ -399,12 +346,17 @@ fn key_stage(key: &[u8]) -> Stage {
 /// in batches on all cores ([`map_in_file_order`]) and each batch goes to the sink in that
 /// order before the next is rendered. Objects that cannot be rendered (not decrypted, an
 /// encoding not understood) are listed in `skipped`, never fatal; a sink error stops the
-/// extraction.
+/// extraction. `filter`'s namespace takes the Namespace object itself too, and with no
+/// resource named the [`LEFT_OUT`] ones are left out. Objects a controller owns
+/// (`ownerReferences` with `controller: true`) are left out unless `include_owned`, since
+/// their controller makes them again (and the garbage collector removes copies that name an
+/// owner uid that no longer exists).
 pub fn extract_to(
     file: &SnapshotFile,
     db: &etcdguard_bolt::Db<'_>,
     prefix: &str,
     filter: &Filter,
+    include_owned: bool,
     config: Option<&EncryptionConfig>,
     sink: &mut dyn FnMut(Extracted) -> std::io::Result<()>,
 ) -> Result<ExtractSummary, ExtractError> {
@@ -440,8 +392,15 @@ pub fn extract_to(
             for batch in batches {
                 let done = map_in_file_order(file, batch, &|n, value| {
                     let mut why = ExtractSummary::default();
-                    let object =
-                        extract_one(&n.key, value, n.mod_revision, filter, config, &mut why);
+                    let object = extract_one(
+                        &n.key,
+                        value,
+                        n.mod_revision,
+                        filter,
+                        include_owned,
+                        config,
+                        &mut why,
+                    );
                     (object, why)
                 });
                 // The sink failed when nobody receives: stop.
@@ -471,6 +430,7 @@ fn extract_one(
     value: &[u8],
     mod_revision: i64,
     filter: &Filter,
+    include_owned: bool,
     config: Option<&EncryptionConfig>,
     out: &mut ExtractSummary,
 ) -> Option<Extracted> {
@@ -525,7 +485,7 @@ fn extract_one(
     if !object_selected(&path, &rendered.object, filter) {
         return None;
     }
-    if !filter.include_owned && controller_owned(&rendered.object) {
+    if !include_owned && controller_owned(&rendered.object) {
         out.owned += 1;
         return None;
     }
@@ -550,21 +510,12 @@ fn extract_one(
     })
 }
 
-/// Whether an object at `path` passes the filter (labels are checked on `object`).
+/// Whether an object at `path` passes the filter (labels are checked on `object`); `-n NS`
+/// takes the Namespace object NS too.
 fn object_selected(path: &KeyPath, object: &Json, filter: &Filter) -> bool {
-    if !filter.resource_matches(&path.resource) {
-        return false;
-    }
-    if let Some(ns) = &filter.namespace {
-        let the_namespace_itself = path.resource == "namespaces" && &path.name == ns;
-        if &path.namespace != ns && !the_namespace_itself {
-            return false;
-        }
-    }
-    if filter.name.as_ref().is_some_and(|n| n != &path.name) {
-        return false;
-    }
-    filter.selector.as_ref().is_none_or(|s| s.matches(&labels_of(object)))
+    resource_wanted(filter, &path.resource)
+        && filter.selects_path(Some(path), true)
+        && filter.selects_labels(&labels_of(object))
 }
 
 /// For a value that could not be read: selected judging by its key alone (labels unknown).
@@ -756,15 +707,17 @@ mod tests {
         let ev = Filter { resource: Some("events".into()), ..f.clone() };
         assert!(object_selected(&p("events", "payments", "e"), &Json::Null, &ev));
         assert!(
-            resource_is("example.com/widgets", "widgets.example.com")
-                && resource_is("example.com/widgets", "widgets")
+            crate::selector::resource_is("example.com/widgets", "widgets.example.com")
+                && crate::selector::resource_is("example.com/widgets", "widgets")
         );
         assert!(
             f.may_match_key("/registry/namespaces/payments")
                 && !f.may_match_key("/registry/configmaps/other/a")
         );
-        let sel =
-            Filter { selector: Some(Selector::parse("app=web").unwrap()), ..Filter::default() };
+        let sel = Filter {
+            selector: Some(crate::selector::Selector::parse("app=web").unwrap()),
+            ..Filter::default()
+        };
         assert!(object_selected(
             &p("pods", "x", "a"),
             &json!({"metadata": {"labels": {"app": "web"}}}),

@@ -7,6 +7,7 @@ use serde_json::Value as Json;
 
 use crate::encryption::EncryptionConfig;
 use crate::jsondiff::{diff, Op};
+use crate::listing::ChangeKind;
 use crate::render::{plain_value, render, RenderOptions};
 
 /// One revision of the key.
@@ -33,6 +34,17 @@ pub struct Version {
     pub error: Option<String>,
     /// Changes from the previous version in the file (for the oldest, nothing to compare).
     pub changes: Vec<Op>,
+}
+
+impl Version {
+    /// A creation (the first version), a deletion, or a modification.
+    pub fn change(&self) -> ChangeKind {
+        match (self.deleted, self.version) {
+            (true, _) => ChangeKind::Deleted,
+            (false, 1) => ChangeKind::Added,
+            _ => ChangeKind::Modified,
+        }
+    }
 }
 
 /// The revisions of `key` in `db`, oldest first, and how many earlier versions were

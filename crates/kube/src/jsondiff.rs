@@ -4,6 +4,14 @@
 //! paths) that, applied in order to the old value, give the new one. Objects are compared
 //! key by key; arrays element by element over their common length, then elements are added
 //! at the end or removed from the end (last first, so every index stays valid).
+//!
+//! Why not `json_patch::diff` (4.2): its patches apply too, but read worse and change our
+//! output. It lists an object's added and replaced keys (in the new object's order) before
+//! its removed ones, where this walks the old object's keys first (`{"a":1}` to `{"b":2}`:
+//! it gives `add /b, remove /a`; this, `remove /a, add /b`); it removes an array's tail from
+//! the front, so `[a,b,x,y]` to `[a,b]` is `remove /c/2` twice, where this says `remove
+//! /c/3, remove /c/2`, naming each removed element by its index in the old array (which the
+//! unified form shows); and it has no old values, which the unified form needs.
 
 use serde::Serialize;
 use serde_json::Value as Json;

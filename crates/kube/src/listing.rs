@@ -18,7 +18,7 @@ use etcdguard_storage::SnapshotFile;
 use serde::Serialize;
 
 use crate::encryption::EncryptionConfig;
-use crate::selector::Selector;
+use crate::selector::Filter;
 use crate::{decode_stored, key_path, KeyPath, Object};
 
 /// The newest value of one live key, decoded.
@@ -88,39 +88,12 @@ impl Entry {
     }
 }
 
-/// kubectl-like selection: resource (as `extract` reads it: `widgets`, `example.com/widgets`
-/// or `widgets.example.com`), namespace, name, labels.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    pub resource: Option<String>,
-    pub namespace: Option<String>,
-    pub name: Option<String>,
-    /// Matches encrypted objects only once decrypted (their labels are unknown before).
-    pub selector: Option<Selector>,
-}
-
-impl Filter {
-    pub fn matches(&self, e: &Entry) -> bool {
-        let p = e.path.as_ref();
-        if let Some(r) = &self.resource {
-            if !p.is_some_and(|p| crate::extract::resource_is(&p.resource, r)) {
-                return false;
-            }
-        }
-        if self.namespace.as_ref().is_some_and(|ns| p.is_none_or(|p| &p.namespace != ns)) {
-            return false;
-        }
-        if self.name.as_ref().is_some_and(|name| p.is_none_or(|p| &p.name != name)) {
-            return false;
-        }
-        if let Some(sel) = &self.selector {
-            let empty = BTreeMap::new();
-            if !sel.matches(e.object.metadata.as_ref().map_or(&empty, |m| &m.labels)) {
-                return false;
-            }
-        }
-        true
-    }
+/// Whether `filter` selects the entry: its key's resource, namespace and name (a key
+/// outside Kubernetes' layout only when the filter names none), and its labels.
+fn selects(filter: &Filter, e: &Entry) -> bool {
+    let empty = BTreeMap::new();
+    filter.selects_path(e.path.as_ref(), false)
+        && filter.selects_labels(e.object.metadata.as_ref().map_or(&empty, |m| &m.labels))
 }
 
 /// What [`list`] found.
@@ -146,7 +119,7 @@ pub fn list<T: Send>(
     let live = map_newest_live(file, db, &|key| key.starts_with(prefix), &|n, value| {
         let e =
             Entry::decode(&n.key, value, (n.create_revision, n.mod_revision, n.version), config);
-        filter.matches(&e).then(|| (row(&n.key, &e), e.undecrypted()))
+        selects(filter, &e).then(|| (row(&n.key, &e), e.undecrypted()))
     })?;
     let mut listing = Listing { total: live.len(), rows: Vec::new(), undecrypted: Vec::new() };
     for (n, made) in live {
@@ -213,6 +186,8 @@ impl<'f, 'a> LiveKeys<'f, 'a> {
 const DIFF_BATCH: usize = 1024;
 const DIFF_BATCH_BYTES: usize = 32 << 20;
 
+/// How a key differs between two snapshots, or one revision of a key from the one before
+/// (`inspect history`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
     Added,
@@ -239,6 +214,24 @@ impl ChangeKind {
     }
 }
 
+/// How many keys were added, deleted and modified.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ChangeCounts {
+    pub added: usize,
+    pub deleted: usize,
+    pub modified: usize,
+}
+
+impl ChangeCounts {
+    pub fn count(&mut self, kind: ChangeKind) {
+        match kind {
+            ChangeKind::Added => self.added += 1,
+            ChangeKind::Deleted => self.deleted += 1,
+            ChangeKind::Modified => self.modified += 1,
+        }
+    }
+}
+
 /// One key that differs between two snapshots.
 pub struct Change<'c> {
     pub kind: ChangeKind,
@@ -255,7 +248,7 @@ pub struct Change<'c> {
 impl Change<'_> {
     /// Whether `filter` selects the key on either side (a relabelled object still shows).
     pub fn selected_by(&self, filter: &Filter) -> bool {
-        filter.matches(self.entry) || self.old.is_some_and(|o| filter.matches(o))
+        selects(filter, self.entry) || self.old.is_some_and(|o| selects(filter, o))
     }
 }
 
@@ -362,6 +355,7 @@ pub fn diff<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::selector::Selector;
     use crate::{Encoding, Meta};
 
     fn entry(key: &str, labels: &[(&str, &str)]) -> Entry {
@@ -464,9 +458,9 @@ mod tests {
             e
         };
         assert!(
-            grouped.matches(&at("example.com/widgets"))
-                && !grouped.matches(&at("widgets"))
-                && !grouped.matches(&at("other.io/widgets"))
+            selects(&grouped, &at("example.com/widgets"))
+                && !selects(&grouped, &at("widgets"))
+                && !selects(&grouped, &at("other.io/widgets"))
         );
         let secret = entry("/registry/secrets/b/new", &[]);
         let secrets_in_b = Filter {
@@ -479,6 +473,6 @@ mod tests {
             namespace: Some("a".into()),
             ..Filter::default()
         };
-        assert!(secrets_in_b.matches(&secret) && !secrets_in_a.matches(&secret));
+        assert!(selects(&secrets_in_b, &secret) && !selects(&secrets_in_a, &secret));
     }
 }

@@ -1,7 +1,86 @@
-//! Label selectors as `kubectl -l` takes them: `k=v`, `k==v`, `k!=v`, `k`, `!k`,
-//! `k in (a,b)`, `k notin (a,b)`; a comma means AND.
+//! Which objects a command works on, as kubectl selects them: [`Filter`] (resource,
+//! namespace, name, labels) for `inspect list`, `diff` and `extract`, with label selectors as
+//! `kubectl -l` takes them: `k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (a,b)`, `k notin (a,b)`;
+//! a comma means AND.
 
 use std::collections::BTreeMap;
+
+use crate::KeyPath;
+
+/// kubectl-like selection. Every set field must match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// `secrets`, `deployments`, `example.com/widgets`, `widgets.example.com` or `widgets`
+    /// (see [`resource_is`]).
+    pub resource: Option<String>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    /// Matches encrypted objects only once decrypted (their labels are unknown before).
+    pub selector: Option<Selector>,
+}
+
+impl Filter {
+    /// Whether the object at `path` (`None`: a key outside Kubernetes' layout) is of the
+    /// resource, namespace and name asked for. With `namespace_object`, `namespace` also
+    /// takes the Namespace object of that name (`inspect extract`: an apply then creates the
+    /// namespace before its objects).
+    pub fn selects_path(&self, path: Option<&KeyPath>, namespace_object: bool) -> bool {
+        let Some(p) = path else {
+            return self.resource.is_none() && self.namespace.is_none() && self.name.is_none();
+        };
+        if self.resource.as_ref().is_some_and(|r| !resource_is(&p.resource, r)) {
+            return false;
+        }
+        if let Some(ns) = &self.namespace {
+            let the_namespace_itself =
+                namespace_object && p.resource == "namespaces" && &p.name == ns;
+            if &p.namespace != ns && !the_namespace_itself {
+                return false;
+            }
+        }
+        self.name.as_ref().is_none_or(|n| n == &p.name)
+    }
+
+    /// Whether `labels` satisfy the selector (always, without one).
+    pub fn selects_labels(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.selector.as_ref().is_none_or(|s| s.matches(labels))
+    }
+
+    /// A necessary condition from the key alone, so that only candidates' values are read.
+    pub fn may_match_key(&self, key: &str) -> bool {
+        let segments: Vec<&str> = key.split('/').collect();
+        if let Some(name) = &self.name {
+            if segments.last() != Some(&name.as_str()) {
+                return false;
+            }
+        }
+        if let Some(ns) = &self.namespace {
+            if !segments.iter().any(|s| s == ns) {
+                return false;
+            }
+        }
+        if let Some(r) = &self.resource {
+            let last = r.split('/').next_back().unwrap_or(r);
+            let short = last.split('.').next().unwrap_or(last);
+            if !segments.contains(&short) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// `group/resource` as stored in a key, matched against what a user types.
+pub fn resource_is(resource: &str, wanted: &str) -> bool {
+    if resource == wanted || resource.rsplit('/').next() == Some(wanted) {
+        return true;
+    }
+    // `widgets.example.com` for `example.com/widgets`.
+    match resource.split_once('/') {
+        Some((group, name)) => wanted == format!("{name}.{group}"),
+        None => false,
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Term {
@@ -110,6 +189,27 @@ pub fn labels_of(object: &serde_json::Value) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filter_selects_by_key_path() {
+        let at = |r: &str, ns: &str, n: &str| KeyPath {
+            resource: r.into(),
+            namespace: ns.into(),
+            name: n.into(),
+        };
+        let payments = Filter { namespace: Some("payments".into()), ..Filter::default() };
+        let ns_object = at("namespaces", "", "payments");
+        // `-n NS` takes the Namespace object itself only where asked (extract).
+        assert!(payments.selects_path(Some(&ns_object), true));
+        assert!(!payments.selects_path(Some(&ns_object), false));
+        assert!(!payments.selects_path(Some(&at("namespaces", "", "other")), true));
+        let named = Filter { name: Some("db".into()), ..payments.clone() };
+        assert!(named.selects_path(Some(&at("secrets", "payments", "db")), false));
+        assert!(!named.selects_path(Some(&ns_object), true));
+        // A key outside Kubernetes' layout: only an empty filter takes it.
+        assert!(Filter::default().selects_path(None, false));
+        assert!(!payments.selects_path(None, true));
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

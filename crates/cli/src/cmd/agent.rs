@@ -12,7 +12,8 @@ use etcdguard_workflow::checks::ChecksOptions;
 use etcdguard_workflow::schedule::Schedule;
 use etcdguard_workflow::Stop;
 
-use crate::cmd::backup::{CreateArgs, KeepArgs};
+use crate::cmd::backup::create::CreateArgs;
+use crate::cmd::backup::KeepArgs;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -167,7 +168,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
         etcdguard_workflow::RepoSpec {
             url,
             passphrase: std::sync::Arc::new(move || {
-                Ok(crate::cmd::backup::read_passphrase(
+                Ok(crate::args::read_passphrase(
                     file.as_deref(),
                     "--copy-to-passphrase-file",
                     "ETCDGUARD_TO_PASSPHRASE",

@@ -13,8 +13,10 @@ use etcdguard_workflow::capture::{
 };
 use etcdguard_workflow::Stop;
 
-use crate::cmd::backup::{human, CreateArgs, RepoArg, TableJson};
+use crate::args::{RepoArg, TableJson};
+use crate::cmd::backup::create::CreateArgs;
 use crate::cmd::table;
+use etcdguard_workflow::text::human;
 
 #[derive(Args)]
 pub struct FollowArgs {

@@ -1,88 +1,14 @@
-//! `etcdguard cluster health|members|member|defrag|alarm|hashkv`, and the connection flags every
-//! live command shares.
-
-use std::path::PathBuf;
+//! `etcdguard cluster health|members|member|defrag|alarm|hashkv`.
 
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
-use etcdguard_client::{ClientError, ConnectFlags, ErrorKind, MemberStatus, Secret, Session};
+use etcdguard_client::{ClientError, ErrorKind, MemberStatus};
 use etcdguard_storage::status::humanize_bytes;
 use serde_json::json;
 
-use crate::args::print_json;
+use crate::args::{client_failure, print_json, ConnArgs};
 use crate::cmd::table;
 use crate::exit::{Code, Failure};
-
-/// etcdctl's connection flags. Each falls back to the `ETCDCTL_*` variable etcdctl reads,
-/// then to what --etcd-secrets-dir and --etcd-manifest hold.
-#[derive(Args, Clone, Debug, Default)]
-pub struct ConnArgs {
-    /// gRPC endpoints, comma-separated: host:port or http(s)://host:port
-    /// [env: ETCDCTL_ENDPOINTS] [default: 127.0.0.1:2379]
-    #[arg(long, value_delimiter = ',', value_name = "URLS")]
-    pub endpoints: Option<Vec<String>>,
-    /// CA bundle that signed the server certificates [env: ETCDCTL_CACERT]
-    #[arg(long, value_name = "FILE")]
-    pub cacert: Option<PathBuf>,
-    /// Client certificate (PEM) [env: ETCDCTL_CERT]
-    #[arg(long, value_name = "FILE")]
-    pub cert: Option<PathBuf>,
-    /// Client private key (PEM) [env: ETCDCTL_KEY]
-    #[arg(long, value_name = "FILE")]
-    pub key: Option<PathBuf>,
-    /// User name, or name:password [env: ETCDCTL_USER]
-    #[arg(long, value_name = "NAME[:PASSWORD]")]
-    pub user: Option<String>,
-    /// Password for --user [env: ETCDCTL_PASSWORD]
-    #[arg(long, value_name = "PASSWORD")]
-    pub password: Option<String>,
-    /// Time allowed to connect, Go syntax [env: ETCDCTL_DIAL_TIMEOUT] [default: 2s]
-    #[arg(long, value_name = "DURATION")]
-    pub dial_timeout: Option<String>,
-    /// Time allowed for each request, Go syntax [env: ETCDCTL_COMMAND_TIMEOUT] [default: 5s]
-    #[arg(long, value_name = "DURATION")]
-    pub command_timeout: Option<String>,
-    /// etcd's manifest (a static pod such as /etc/kubernetes/manifests/etcd.yaml, or a Pod or
-    /// StatefulSet spec): endpoints from its --advertise-client-urls (else
-    /// --listen-client-urls), --cacert from --trusted-ca-file, --cert/--key from
-    /// --cert-file/--key-file (the peer pair when that certificate is for servers only), on
-    /// the host through its hostPath volumes; used where no flag or ETCDCTL_* variable gives a value
-    #[arg(long, value_name = "FILE")]
-    pub etcd_manifest: Option<PathBuf>,
-    /// A directory of mounted Secrets, as a pod mounts them: --cacert from ca.crt or
-    /// etcd-client-ca.crt, --cert/--key from tls.crt/tls.key or etcd-client.crt/etcd-client.key
-    /// (HyperShift's etcd-client-tls); before --etcd-manifest's files
-    #[arg(long, value_name = "DIR")]
-    pub etcd_secrets_dir: Option<PathBuf>,
-}
-
-impl ConnArgs {
-    /// Resolves flags and environment, prints the notes, and opens a session.
-    pub fn session(&self) -> Result<Session> {
-        Ok(etcdguard_workflow::backup::connect(&self.flags(), &mut |note| eprintln!("{note}"))?)
-    }
-
-    /// The flags as the client library takes them.
-    pub fn flags(&self) -> ConnectFlags {
-        ConnectFlags {
-            endpoints: self.endpoints.clone(),
-            cacert: self.cacert.clone(),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-            user: self.user.clone(),
-            password: self.password.clone().map(Secret::new),
-            dial_timeout: self.dial_timeout.clone(),
-            command_timeout: self.command_timeout.clone(),
-            etcd_manifest: self.etcd_manifest.clone(),
-            etcd_secrets_dir: self.etcd_secrets_dir.clone(),
-        }
-    }
-}
-
-/// Maps a client error to its exit code; the message is the error's own sentence.
-pub fn client_failure(e: ClientError) -> Failure {
-    etcdguard_workflow::error::client_error(e).into()
-}
 
 #[derive(Subcommand)]
 pub enum ClusterCommand {

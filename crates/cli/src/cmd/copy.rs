@@ -9,8 +9,9 @@ use etcdguard_workflow::copy::{self, CopyEvent, CopyOptions};
 use etcdguard_workflow::RepoSpec;
 use serde_json::json;
 
-use crate::cmd::backup::{human, REPO_HELP};
-use crate::cmd::backup::{read_passphrase, ParallelArg, TextJson};
+use crate::args::TextJson;
+use crate::args::{read_passphrase, ParallelArg, REPO_HELP};
+use etcdguard_workflow::text::human;
 
 #[derive(Args)]
 pub struct CopyArgs {

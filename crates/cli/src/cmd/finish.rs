@@ -90,7 +90,7 @@ pub struct FinishArgs {
     )]
     pub scratch_dir: Option<PathBuf>,
     #[command(flatten, next_help_heading = "Connection to etcd (for --compare-with; as etcdctl)")]
-    pub conn: crate::cmd::cluster::ConnArgs,
+    pub conn: crate::args::ConnArgs,
 }
 
 pub fn run(args: FinishArgs) -> Result<()> {
@@ -127,7 +127,7 @@ pub fn run(args: FinishArgs) -> Result<()> {
         None => None,
         Some(source) => {
             let repo = args.repo.as_ref().map(|url| {
-                crate::cmd::backup::RepoArg {
+                crate::args::RepoArg {
                     repo: url.clone(),
                     passphrase_file: args.passphrase_file.clone(),
                     kms_key: None,
@@ -224,9 +224,9 @@ fn render_changes(changes: &[etcdguard_workflow::inspect::ResourceChanges]) -> S
     for c in changes {
         rows.push(vec![
             c.resource.clone(),
-            c.added.to_string(),
-            c.deleted.to_string(),
-            c.modified.to_string(),
+            c.changes.added.to_string(),
+            c.changes.deleted.to_string(),
+            c.changes.modified.to_string(),
         ]);
     }
     for line in table(&rows).lines() {

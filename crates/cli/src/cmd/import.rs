@@ -11,7 +11,8 @@ use etcdguard_workflow::import::{Format, ImportEvent, ImportOptions};
 use etcdguard_workflow::RepoSpec;
 use serde_json::json;
 
-use crate::cmd::backup::{ParallelArg, RepoArg, TextJson};
+use crate::args::TextJson;
+use crate::args::{ParallelArg, RepoArg};
 
 pub const IMPORT_HELP: &str = "\
 Bring backups other tools made into the repository, each with its original time (the backup's \
@@ -186,24 +187,5 @@ pub fn import(args: ImportArgs) -> Result<()> {
             eprintln!("{stored} backup(s) imported, {skipped} already in the repository")
         }
     }
-    Ok(())
-}
-
-/// `backup restore ID --format openshift --files-to DIR`.
-pub fn restore_openshift(args: &crate::cmd::backup::RestoreArgs) -> Result<()> {
-    let dir = args.files_to.clone().expect("clap: --format requires --files-to");
-    let opts = etcdguard_workflow::openshift::OpenShiftRestoreOptions {
-        repo: RepoSpec { transfer: args.parallel.transfer(None), ..args.repo.spec() },
-        id: args.id.clone().unwrap_or_default(),
-        dir,
-        node_version: args.node_version.clone(),
-        machine_config: args.machine_config.clone(),
-        force: args.force,
-        scratch_dir: None,
-    };
-    let w = etcdguard_workflow::openshift::restore(&opts, &mut |n| eprintln!("{n}"))?;
-    eprintln!("backup {} written as cluster-backup.sh writes it; on the recovery control-plane node run: cluster-restore.sh {}", w.manifest.id, opts.dir.display());
-    println!("{}", w.snapshot.display());
-    println!("{}", w.resources.display());
     Ok(())
 }

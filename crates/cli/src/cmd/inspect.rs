@@ -2,17 +2,17 @@
 //! every key comes from `etcdguard_storage::keys`; what each value is from `etcdguard_kube`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use etcdguard_kube::encryption::{ConfigError, EncryptionConfig};
 use etcdguard_kube::listing::{self, ChangeKind, Entry};
-use etcdguard_kube::selector::Selector;
+use etcdguard_kube::selector::{Filter, Selector};
 use etcdguard_kube::{Encoding, Object};
 use serde_json::json;
 
-use crate::cmd::backup::TableJson;
+use crate::args::TableJson;
 use crate::cmd::snapshot::{db_failure, open_snapshot};
 use crate::exit::{Code, Failure};
 
@@ -96,8 +96,9 @@ pub enum InspectCommand {
     History(HistoryArgs),
 }
 
+/// The flags of `etcdguard_kube::selector::Filter`, and the key prefix.
 #[derive(Args, Clone)]
-pub struct Filter {
+pub struct FilterArgs {
     /// Only keys under this prefix.
     #[arg(long, default_value = "/registry/", value_name = "PREFIX")]
     pub prefix: String,
@@ -188,7 +189,7 @@ impl SchemaDir {
 pub struct ListArgs {
     pub snapshot: PathBuf,
     #[command(flatten)]
-    pub filter: Filter,
+    pub filter: FilterArgs,
     #[command(flatten)]
     pub decryption: Decryption,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = TableJson::Table)]
@@ -245,7 +246,7 @@ impl FromBackups {
     /// The repository, when one was given.
     fn spec(&self) -> Option<etcdguard_workflow::repo::RepoSpec> {
         self.repo.as_ref().map(|url| {
-            crate::cmd::backup::RepoArg {
+            crate::args::RepoArg {
                 repo: url.clone(),
                 passphrase_file: self.passphrase_file.clone(),
                 kms_key: None,
@@ -264,7 +265,7 @@ pub struct DiffArgs {
     #[command(flatten)]
     pub backups: FromBackups,
     #[command(flatten)]
-    pub filter: Filter,
+    pub filter: FilterArgs,
     #[command(flatten)]
     pub decryption: Decryption,
     #[command(flatten)]
@@ -292,7 +293,7 @@ pub struct ExtractArgs {
     #[command(flatten)]
     pub backups: FromBackups,
     #[command(flatten)]
-    pub filter: Filter,
+    pub filter: FilterArgs,
     /// Objects of every namespace (and cluster-scoped ones).
     #[arg(long, short = 'A', conflicts_with = "namespace")]
     pub all_namespaces: bool,
@@ -349,10 +350,10 @@ pub fn run(cmd: InspectCommand) -> Result<()> {
     }
 }
 
-impl Filter {
+impl FilterArgs {
     /// The library's filter, with `--selector` parsed (once, before any work).
-    fn parsed(&self) -> Result<listing::Filter, Failure> {
-        Ok(listing::Filter {
+    fn parsed(&self) -> Result<Filter, Failure> {
+        Ok(Filter {
             resource: self.resource.clone(),
             namespace: self.namespace.clone(),
             name: self.name.clone(),
@@ -388,11 +389,8 @@ fn encoding_text(o: &Object) -> String {
 
 /// Lists the values that did not decrypt (key, why) and fails when a config was given; the
 /// objects that did are shown all the same.
-fn report_undecrypted(
-    config: Option<&EncryptionConfig>,
-    failed: &[(Vec<u8>, String)],
-) -> Result<(), Failure> {
-    if config.is_none() || failed.is_empty() {
+fn report_undecrypted(decrypting: bool, failed: &[(Vec<u8>, String)]) -> Result<(), Failure> {
+    if !decrypting || failed.is_empty() {
         return Ok(());
     }
     for (k, err) in failed {
@@ -489,7 +487,7 @@ fn list(args: ListArgs) -> Result<()> {
         print!("{}", crate::cmd::table(&table));
     }
     eprintln!("{selected} object(s) of {} under {}", listed.total, args.filter.prefix);
-    report_undecrypted(config.as_ref(), &listed.undecrypted)?;
+    report_undecrypted(config.is_some(), &listed.undecrypted)?;
     Ok(())
 }
 
@@ -589,134 +587,96 @@ impl JsonArray {
 }
 
 fn diff(args: DiffArgs) -> Result<()> {
-    let prefix = args.filter.prefix.as_bytes();
+    use etcdguard_kube::jsondiff::{to_json_patch, to_unified};
+    use etcdguard_workflow::inspect::{self as wf, Origin};
     let filter = args.filter.parsed()?;
-    let mut _scratch = None;
-    let (old_path, new_path) = match &args.backups.repo {
-        None => (args.old.clone(), args.new.clone()),
-        Some(url) => {
-            use crate::cmd::backup::{fetch_snapshot, tempfile_in, RepoArg};
-            let repo = RepoArg {
-                repo: url.clone(),
-                passphrase_file: args.backups.passphrase_file.clone(),
-                kms_key: None,
-            };
-            let scratch =
-                tempfile_in(&args.backups.scratch_dir.clone().unwrap_or_else(std::env::temp_dir))?;
-            let old = fetch_snapshot(&repo, &args.old.to_string_lossy(), scratch.path())?;
-            let new = fetch_snapshot(&repo, &args.new.to_string_lossy(), scratch.path())?;
-            _scratch = Some(scratch);
-            (old, new)
-        }
-    };
-    let mut config = args.decryption.load()?;
+    let config = args.decryption.load()?;
     args.schema.activate()?;
-    // Backups: the newer one's stored EncryptionConfiguration decrypts when none is given.
-    if let (None, Some(repo)) = (&config, args.backups.spec()) {
-        if let Some((c, source)) =
-            etcdguard_workflow::inspect::stored_config(&repo, &args.new.to_string_lossy())?
-        {
-            eprintln!("decrypting with {source}");
-            config = Some(c);
-        }
-    }
-    let fields = matches!(args.output, DiffFormat::Yaml | DiffFormat::JsonPatch);
-    let (old_file, new_file) = (open_snapshot(&old_path)?, open_snapshot(&new_path)?);
-    let old_db = old_file.db().map_err(|e| db_failure(&old_path, e))?;
-    let new_db = new_file.db().map_err(|e| db_failure(&new_path, e))?;
-    let corrupt =
-        |path: &Path, e: String| Failure::new(Code::Corrupt, format!("{}: {e}", path.display()));
-    let old =
-        listing::LiveKeys::load(&old_file, &old_db, prefix).map_err(|e| corrupt(&old_path, e))?;
-    let new =
-        listing::LiveKeys::load(&new_file, &new_db, prefix).map_err(|e| corrupt(&new_path, e))?;
-    let mut counts = [0usize; 3];
-    let mut undecrypted: Vec<(Vec<u8>, String)> = Vec::new();
+    let repo = args.backups.spec();
+    let (old_id, new_id) = (args.old.to_string_lossy(), args.new.to_string_lossy());
+    let scratch = args.backups.scratch_dir.as_deref();
+    let (old, new) = match &repo {
+        Some(repo) => (
+            Origin::Backup { repo, id: &old_id, scratch },
+            Origin::Backup { repo, id: &new_id, scratch },
+        ),
+        None => (Origin::File(&args.old), Origin::File(&args.new)),
+    };
+    let opts = wf::DiffOptions {
+        old,
+        new,
+        prefix: args.filter.prefix.as_bytes(),
+        filter: &filter,
+        config,
+        fields: matches!(args.output, DiffFormat::Yaml | DiffFormat::JsonPatch),
+    };
     let mut array = JsonArray::default();
     let mut table = vec![std::iter::once("").chain(HEADER).map(String::from).collect::<Vec<_>>()];
     // Changes come in key order, a batch decoded at a time: each is printed (or, for the
     // table, kept as its row) and dropped.
-    let streamed =
-        listing::diff(&old, &new, &filter, config.as_ref(), fields, &mut |c| -> Result<()> {
-            // Stops at the first failed write (a closed pipe): the whole job is output.
-            if let Some(e) = crate::output::stdout_error() {
-                return Err(std::io::Error::new(e.kind(), e.to_string()).into());
-            }
-            counts[c.kind as usize] += 1;
-            if let Some(why) = c.entry.undecrypted() {
-                undecrypted.push((c.key.to_vec(), why));
-            }
-            let key = String::from_utf8_lossy(c.key);
-            match args.output {
-                DiffFormat::Yaml | DiffFormat::JsonPatch => {
-                    use etcdguard_kube::history::comparable;
-                    use etcdguard_kube::jsondiff::{diff as field_diff, to_json_patch, to_unified};
-                    let side = |value: Option<&[u8]>| {
-                        value.map_or(Ok(serde_json::Value::Null), |v| {
-                            comparable(c.key, v, config.as_ref())
-                        })
-                    };
-                    let ops = match (side(c.values.0), side(c.values.1)) {
-                        (Ok(b), Ok(a)) => Ok(field_diff(&b, &a)),
-                        (Err(e), _) | (_, Err(e)) => Err(e),
-                    };
-                    if args.output == DiffFormat::JsonPatch {
-                        let mut v = json!({"key": key, "change": c.kind.word()});
-                        match &ops {
-                            Ok(ops) => v["patch"] = to_json_patch(ops),
-                            Err(err) => v["error"] = json!(err),
-                        }
-                        return array.push(&v);
-                    }
-                    let revisions = match c.old {
-                        Some(o) => {
-                            format!(" (revision {} -> {})", o.mod_revision, c.entry.mod_revision)
-                        }
-                        None => format!(" (revision {})", c.entry.mod_revision),
-                    };
-                    println!("{} {key}{revisions}", c.kind.sign());
-                    match ops {
-                        Ok(ops) if c.kind == ChangeKind::Modified => print!("{}", to_unified(&ops)),
-                        Ok(_) => {}
-                        Err(err) => println!("  (fields not shown: {err})"),
-                    }
+    let mut print = |c: &listing::Change<'_>, ops: Option<wf::FieldChanges>| -> Result<()> {
+        // Stops at the first failed write (a closed pipe): the whole job is output.
+        if let Some(e) = crate::output::stdout_error() {
+            return Err(std::io::Error::new(e.kind(), e.to_string()).into());
+        }
+        let key = String::from_utf8_lossy(c.key);
+        match (args.output, ops) {
+            (DiffFormat::JsonPatch, Some(ops)) => {
+                let mut v = json!({"key": key, "change": c.kind.word()});
+                match &ops {
+                    Ok(ops) => v["patch"] = to_json_patch(ops),
+                    Err(err) => v["error"] = json!(err),
                 }
-                DiffFormat::Json => {
-                    let mut v = c.entry.json(c.key);
-                    v["change"] = json!(c.kind.word());
-                    if let Some(o) = c.old {
-                        v["oldModRevision"] = json!(o.mod_revision);
+                array.push(&v)?;
+            }
+            (DiffFormat::Yaml, Some(ops)) => {
+                let revisions = match c.old {
+                    Some(o) => {
+                        format!(" (revision {} -> {})", o.mod_revision, c.entry.mod_revision)
                     }
-                    array.push(&v)?;
-                }
-                DiffFormat::Table => {
-                    let mut r = vec![c.kind.sign().to_string()];
-                    r.extend(row(c.key, c.entry));
-                    table.push(r);
+                    None => format!(" (revision {})", c.entry.mod_revision),
+                };
+                println!("{} {key}{revisions}", c.kind.sign());
+                match ops {
+                    Ok(ops) if c.kind == ChangeKind::Modified => print!("{}", to_unified(&ops)),
+                    Ok(_) => {}
+                    Err(err) => println!("  (fields not shown: {err})"),
                 }
             }
-            Ok(())
-        });
+            (DiffFormat::Json, _) => {
+                let mut v = c.entry.json(c.key);
+                v["change"] = json!(c.kind.word());
+                if let Some(o) = c.old {
+                    v["oldModRevision"] = json!(o.mod_revision);
+                }
+                array.push(&v)?;
+            }
+            (DiffFormat::Table, _) | (_, None) => {
+                let mut r = vec![c.kind.sign().to_string()];
+                r.extend(row(c.key, c.entry));
+                table.push(r);
+            }
+        }
+        Ok(())
+    };
+    let streamed = wf::diff(opts, &mut |line| eprintln!("{line}"), &mut |c, ops| {
+        print(c, ops).map_err(std::io::Error::other)
+    });
     if streamed.is_err()
         && crate::output::stdout_error().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     {
         crate::output::exit_by_sigpipe();
     }
-    streamed?;
+    let summary = streamed?;
     match args.output {
         DiffFormat::Json | DiffFormat::JsonPatch => array.end(),
         DiffFormat::Table => print!("{}", crate::cmd::table(&table)),
         DiffFormat::Yaml => {}
     }
-    let count = |kind: ChangeKind| counts[kind as usize];
-    eprintln!(
-        "{} added, {} deleted, {} modified",
-        count(ChangeKind::Added),
-        count(ChangeKind::Deleted),
-        count(ChangeKind::Modified)
-    );
+    let counts = summary.counts;
+    eprintln!("{} added, {} deleted, {} modified", counts.added, counts.deleted, counts.modified);
     // Values that did not decrypt although keys were given: listed, and an error for scripts.
-    report_undecrypted(config.as_ref(), &undecrypted)?;
+    report_undecrypted(summary.decrypted, &summary.undecrypted)?;
     Ok(())
 }
 
@@ -799,13 +759,7 @@ fn extract(args: ExtractArgs) -> Result<()> {
     {
         return Err(Failure::new(Code::Usage, "say what to extract: -n NAMESPACE, --resource, --name, -l SELECTOR, or --all-namespaces for everything").into());
     }
-    let filter = etcdguard_kube::extract::Filter {
-        resource: f.resource.clone(),
-        namespace: f.namespace.clone(),
-        name: f.name.clone(),
-        selector: f.selector.as_deref().map(parse_selector).transpose()?,
-        include_owned: args.include_owned,
-    };
+    let filter = f.parsed()?;
     let config = args.decryption.load()?;
     args.schema.activate()?;
     let repo = args.backups.spec();
@@ -854,14 +808,20 @@ fn extract(args: ExtractArgs) -> Result<()> {
             // Refused before anything is read or written when not empty.
             let mut writer = etcdguard_kube::extract::DirWriter::new(dir).map_err(dir_failure)?;
             let mut write_error = None;
-            let result = wf::extract_to(&opened, &args.filter.prefix, &filter, &mut |o| {
-                note_unknown(&o);
-                writer.write(&o).map(drop).map_err(|e| {
-                    let kept = std::io::Error::new(e.kind(), e.to_string());
-                    write_error = Some(e);
-                    kept
-                })
-            });
+            let result = wf::extract_to(
+                &opened,
+                &args.filter.prefix,
+                &filter,
+                args.include_owned,
+                &mut |o| {
+                    note_unknown(&o);
+                    writer.write(&o).map(drop).map_err(|e| {
+                        let kept = std::io::Error::new(e.kind(), e.to_string());
+                        write_error = Some(e);
+                        kept
+                    })
+                },
+            );
             if let Some(e) = write_error {
                 return Err(dir_failure(e).into());
             }
@@ -877,16 +837,22 @@ fn extract(args: ExtractArgs) -> Result<()> {
         }
         None => {
             // Stops at the first failed write: the whole job is output.
-            let streamed = wf::extract_to(&opened, &args.filter.prefix, &filter, &mut |o| {
-                note_unknown(&o);
-                let mut doc = String::from("---\n");
-                doc.push_str(&o.yaml);
-                crate::output::stdout_write(doc.as_bytes());
-                match crate::output::stdout_error() {
-                    Some(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-                    None => Ok(()),
-                }
-            });
+            let streamed = wf::extract_to(
+                &opened,
+                &args.filter.prefix,
+                &filter,
+                args.include_owned,
+                &mut |o| {
+                    note_unknown(&o);
+                    let mut doc = String::from("---\n");
+                    doc.push_str(&o.yaml);
+                    crate::output::stdout_write(doc.as_bytes());
+                    match crate::output::stdout_error() {
+                        Some(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                        None => Ok(()),
+                    }
+                },
+            );
             if streamed.is_err()
                 && crate::output::stdout_error()
                     .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
@@ -936,12 +902,10 @@ fn history(args: HistoryArgs) -> Result<()> {
         ),
         HistoryFormat::Text => {
             for v in &versions {
-                let what = if v.deleted {
-                    "deleted".to_string()
-                } else if v.version == 1 {
-                    "created".to_string()
-                } else {
-                    format!("version {}", v.version)
+                let what = match v.change() {
+                    ChangeKind::Deleted => "deleted".to_string(),
+                    ChangeKind::Added => "created".to_string(),
+                    ChangeKind::Modified => format!("version {}", v.version),
                 };
                 let time = match (&v.time, v.time_source) {
                     (Some(t), Some(src)) => format!("{t} ({src})"),

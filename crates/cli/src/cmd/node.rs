@@ -15,8 +15,8 @@ use etcdguard_workflow::error::node_error;
 use etcdguard_workflow::join::{join_node, JoinEvent, JoinOptions, JoinOutcome};
 use etcdguard_workflow::node::{restore_node, NodeEvent, NodeOutcome, NodeRestoreOptions};
 
-use crate::cmd::backup::RepoArg;
-use crate::cmd::cluster::ConnArgs;
+use crate::args::ConnArgs;
+use crate::args::RepoArg;
 
 #[derive(Subcommand)]
 pub enum NodeCommand {
@@ -305,7 +305,18 @@ pub struct NodeParkArgs {
     pub out: crate::args::WriteOut,
 }
 
+/// The new cluster's flags are `snapshot restore`'s, with the manifest's values as defaults.
 #[derive(Args)]
+#[command(
+    mut_arg("name", |a| a.help("Member name [default: --name of etcd.yaml]")),
+    mut_arg("initial_cluster", |a| {
+        a.help("Every member of the restored cluster [default: --initial-cluster of etcd.yaml]")
+    }),
+    mut_arg("initial_cluster_token", |a| {
+        a.help("Token of the restored cluster [default: etcd.yaml's, else etcd-cluster]")
+    }),
+    mut_arg("initial_advertise_peer_urls", |a| a.help("This member's peer URLs [default: etcd.yaml's]")),
+)]
 pub struct NodeRestoreArgs {
     /// Snapshot file (from `snapshot save`, `backup restore --to-file` or etcdctl); or give
     /// --backup instead.
@@ -331,7 +342,7 @@ pub struct NodeRestoreArgs {
     #[arg(long, requires = "backup")]
     pub restore_pki: bool,
     #[command(flatten)]
-    pub parallel: crate::cmd::backup::ParallelArg,
+    pub parallel: crate::args::ParallelArg,
     /// Kubernetes configuration directory; the PKI is its pki/.
     #[arg(long, value_name = "DIR", default_value = "/etc/kubernetes")]
     pub kubernetes_dir: PathBuf,
@@ -347,24 +358,8 @@ pub struct NodeRestoreArgs {
     /// Print the plan (what would be moved, waited for and restored, and where) and stop.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
-    /// Member name [default: --name of etcd.yaml].
-    #[arg(long, value_parser = crate::args::non_empty)]
-    pub name: Option<String>,
-    /// Every member of the restored cluster [default: --initial-cluster of etcd.yaml].
-    #[arg(long, value_name = "NAME=URL,…")]
-    pub initial_cluster: Option<String>,
-    /// Token of the restored cluster [default: etcd.yaml's, else etcd-cluster].
-    #[arg(long, value_name = "TOKEN", value_parser = crate::args::non_empty)]
-    pub initial_cluster_token: Option<String>,
-    /// This member's peer URLs [default: etcd.yaml's].
-    #[arg(long, value_name = "URLS")]
-    pub initial_advertise_peer_urls: Option<String>,
-    /// Raise the revision by this much (needs --mark-compacted); see `snapshot restore --help`.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub bump_revision: u64,
-    /// Mark every revision up to the bumped one compacted (needs --bump-revision).
-    #[arg(long)]
-    pub mark_compacted: bool,
+    #[command(flatten)]
+    pub cluster: crate::cmd::restore::ClusterArgs,
     /// Do not compare the sha256 trailer (for a copied member/snap/db).
     #[arg(long)]
     pub skip_hash_check: bool,
@@ -441,7 +436,7 @@ fn node_preflight(args: NodePreflightArgs) -> Result<()> {
         timeout: Duration::from_secs(60),
         dry_run: true,
         node: NodeFactArgs { node_name: args.node.node_name.clone(), node_ip: args.node.node_ip },
-        out: crate::args::WriteOut { write_out: crate::cmd::backup::TextJson::Text },
+        out: crate::args::WriteOut { write_out: crate::args::TextJson::Text },
     };
     let facts =
         etcdguard_workflow::recover::host_facts(&etcdguard_workflow::recover::FactsOptions {
@@ -568,12 +563,12 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
         manifests_dir: args.manifests_dir.clone(),
         etcd_manifest: args.etcd_manifest.clone(),
         dry_run: args.dry_run,
-        name: args.name.clone(),
-        initial_cluster: args.initial_cluster.clone(),
-        initial_cluster_token: args.initial_cluster_token.clone(),
-        initial_advertise_peer_urls: args.initial_advertise_peer_urls.clone(),
-        bump_revision: args.bump_revision,
-        mark_compacted: args.mark_compacted,
+        name: args.cluster.name.clone(),
+        initial_cluster: args.cluster.initial_cluster.clone(),
+        initial_cluster_token: args.cluster.initial_cluster_token.clone(),
+        initial_advertise_peer_urls: args.cluster.initial_advertise_peer_urls.clone(),
+        bump_revision: args.cluster.bump_revision,
+        mark_compacted: args.cluster.mark_compacted,
         skip_hash_check: args.skip_hash_check,
         wait_timeout: args.wait_timeout,
         new_cluster: args.new_cluster,

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use etcdguard_node::pki::{self, PkiError, Status};
 use etcdguard_repo::retention::parse_duration;
 
-use crate::cmd::backup::TableJson;
+use crate::args::TableJson;
 use crate::cmd::table;
 use crate::exit::{Code, Failure};
 

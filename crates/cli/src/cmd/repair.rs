@@ -9,8 +9,9 @@ use etcdguard_workflow::repair::{repair as run_repair, RepairOptions};
 use etcdguard_workflow::RepoSpec;
 use serde_json::json;
 
-use crate::cmd::backup::{ParallelArg, RepoArg, TextJson};
-use crate::cmd::cluster::ConnArgs;
+use crate::args::ConnArgs;
+use crate::args::TextJson;
+use crate::args::{ParallelArg, RepoArg};
 use crate::cmd::table;
 use crate::exit::{Code, Failure};
 

@@ -59,48 +59,110 @@ Examples:
 After starting the restored members, `etcdctl endpoint status` shows the new member and
 cluster IDs; the old cluster's members are gone from `etcdctl member list`.";
 
-#[derive(Args, Debug)]
-pub struct RestoreArgs {
-    /// Snapshot file from `snapshot save` (or a copied member/snap/db with --skip-hash-check).
-    pub file: PathBuf,
-    /// Data dir to create for the member named by --name (must not exist, or be empty).
-    #[arg(long, value_name = "DIR", required_unless_present = "cluster_out", value_parser = crate::args::path)]
-    pub data_dir: Option<PathBuf>,
-    /// Put the WAL here instead of <data-dir>/member/wal (must not exist; start etcd with the same --wal-dir).
-    #[arg(long, value_name = "DIR", conflicts_with = "cluster_out", value_parser = crate::args::path)]
-    pub wal_dir: Option<PathBuf>,
+/// This member and the new cluster it belongs to, and the revision flags: the flags every
+/// restore shares (`snapshot restore`, `backup restore`, `node restore`). They have no
+/// defaults here: `DataDirArgs` gives etcdutl's, `node restore` takes the manifest's.
+#[derive(Args, Clone, Debug)]
+pub struct ClusterArgs {
     /// Name of the member being restored; must appear in --initial-cluster.
-    #[arg(long, default_value = "default", conflicts_with = "cluster_out", value_parser = crate::args::non_empty)]
-    pub name: String,
+    #[arg(long, value_parser = crate::args::non_empty)]
+    pub name: Option<String>,
     /// Every member of the new cluster as name=peer-url[,name=peer-url…]
     /// [default: <name>=http://localhost:2380]
     #[arg(long, value_name = "NAME=URL,…")]
     pub initial_cluster: Option<String>,
     /// Token for the new cluster; it goes into every member ID. Use a new one per restore.
-    #[arg(long, default_value = "etcd-cluster", value_name = "TOKEN", value_parser = crate::args::non_empty)]
-    pub initial_cluster_token: String,
+    #[arg(long, value_name = "TOKEN", value_parser = crate::args::non_empty)]
+    pub initial_cluster_token: Option<String>,
     /// This member's peer URLs (comma-separated); must equal its entry in --initial-cluster.
-    #[arg(
-        long,
-        default_value = "http://localhost:2380",
-        value_name = "URLS",
-        conflicts_with = "cluster_out"
-    )]
-    pub initial_advertise_peer_urls: String,
-    /// Do not compare the sha256 trailer (needed for a copied member/snap/db). The database
-    /// structure is still checked.
-    #[arg(long)]
-    pub skip_hash_check: bool,
+    #[arg(long, value_name = "URLS")]
+    pub initial_advertise_peer_urls: Option<String>,
     /// Raise the revision by this much above the snapshot's newest revision (needs --mark-compacted).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub bump_revision: u64,
     /// Mark every revision up to the bumped one compacted (needs --bump-revision).
     #[arg(long)]
     pub mark_compacted: bool,
+}
+
+/// etcdutl's defaults of `--name`, `--initial-cluster-token`, `--initial-advertise-peer-urls`.
+const DEFAULT_NAME: &str = "default";
+const DEFAULT_TOKEN: &str = "etcd-cluster";
+const DEFAULT_PEER_URLS: &str = "http://localhost:2380";
+
+/// Where a restore writes data dirs, for the new cluster of `ClusterArgs` with etcdutl's
+/// defaults: `snapshot restore` and `backup restore --data-dir/--cluster-out`. Which flags
+/// are required or conflict differs between the two (as etcdutl's and ours always did), so
+/// those rules are added where each command flattens this.
+#[derive(Args, Clone, Debug)]
+#[command(
+    mut_arg("name", |a| a.default_value(DEFAULT_NAME)),
+    mut_arg("initial_cluster_token", |a| a.default_value(DEFAULT_TOKEN)),
+    mut_arg("initial_advertise_peer_urls", |a| a.default_value(DEFAULT_PEER_URLS))
+)]
+pub struct DataDirArgs {
+    /// Data dir to create for the member named by --name (must not exist, or be empty).
+    #[arg(long, value_name = "DIR", value_parser = crate::args::path)]
+    pub data_dir: Option<PathBuf>,
+    /// Put the WAL here instead of <data-dir>/member/wal (must not exist; start etcd with the same --wal-dir).
+    #[arg(long, value_name = "DIR", value_parser = crate::args::path)]
+    pub wal_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Write one data dir per member of --initial-cluster, as DIR/<name>, in one run
     /// (instead of --data-dir/--name).
     #[arg(long, value_name = "DIR", value_parser = crate::args::path)]
     pub cluster_out: Option<PathBuf>,
+    /// The etcd release (X.Y) that will run the restored members: its etcdutl's file layout
+    /// is written, and a snapshot written by a newer release (its storage or cluster
+    /// version) is refused with exit 17, since etcd does not downgrade a data dir.
+    #[arg(long, value_name = "X.Y", value_parser = crate::args::release)]
+    pub etcd_version: Option<etcdguard_storage::Release>,
+}
+
+impl DataDirArgs {
+    /// The library's options from these flags; the snapshot file, hash check and
+    /// encryption check are the command's.
+    pub fn options(&self) -> SnapshotRestoreOptions {
+        let c = &self.cluster;
+        SnapshotRestoreOptions {
+            data_dir: self.data_dir.clone(),
+            wal_dir: self.wal_dir.clone(),
+            name: c.name.clone().unwrap_or_else(|| DEFAULT_NAME.into()),
+            initial_cluster: c.initial_cluster.clone(),
+            initial_cluster_token: c
+                .initial_cluster_token
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TOKEN.into()),
+            initial_advertise_peer_urls: c
+                .initial_advertise_peer_urls
+                .clone()
+                .unwrap_or_else(|| DEFAULT_PEER_URLS.into()),
+            bump_revision: c.bump_revision,
+            mark_compacted: c.mark_compacted,
+            cluster_out: self.cluster_out.clone(),
+            etcd_version: self.etcd_version,
+            ..SnapshotRestoreOptions::default()
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(
+    mut_arg("data_dir", |a| a.required_unless_present("cluster_out")),
+    mut_arg("wal_dir", |a| a.conflicts_with("cluster_out")),
+    mut_arg("name", |a| a.conflicts_with("cluster_out")),
+    mut_arg("initial_advertise_peer_urls", |a| a.conflicts_with("cluster_out"))
+)]
+pub struct RestoreArgs {
+    /// Snapshot file from `snapshot save` (or a copied member/snap/db with --skip-hash-check).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    /// Do not compare the sha256 trailer (needed for a copied member/snap/db). The database
+    /// structure is still checked.
+    #[arg(long)]
+    pub skip_hash_check: bool,
     /// The EncryptionConfiguration the restored cluster's API server will use. Before
     /// anything is written, every key name the snapshot's encrypted values use must be in it
     /// and one value per key must decrypt; otherwise the restore is refused (exit 17).
@@ -109,11 +171,6 @@ pub struct RestoreArgs {
     /// Restore although the encryption key check refuses.
     #[arg(long)]
     pub force: bool,
-    /// The etcd release (X.Y) that will run the restored members: its etcdutl's file layout
-    /// is written, and a snapshot written by a newer release (its storage or cluster
-    /// version) is refused with exit 17, since etcd does not downgrade a data dir.
-    #[arg(long, value_name = "X.Y", value_parser = crate::cmd::snapshot::parse_release)]
-    pub etcd_version: Option<etcdguard_storage::Release>,
     /// Accepted for compatibility with etcdutl; has no effect on the files written.
     #[arg(long, value_name = "BYTES", hide = true)]
     pub initial_memory_map_size: Option<u64>,
@@ -137,19 +194,10 @@ pub fn run(args: RestoreArgs) -> Result<()> {
 pub(crate) fn options(args: &RestoreArgs) -> SnapshotRestoreOptions {
     SnapshotRestoreOptions {
         file: args.file.clone(),
-        data_dir: args.data_dir.clone(),
-        wal_dir: args.wal_dir.clone(),
-        name: args.name.clone(),
-        initial_cluster: args.initial_cluster.clone(),
-        initial_cluster_token: args.initial_cluster_token.clone(),
-        initial_advertise_peer_urls: args.initial_advertise_peer_urls.clone(),
         skip_hash_check: args.skip_hash_check,
-        bump_revision: args.bump_revision,
-        mark_compacted: args.mark_compacted,
-        cluster_out: args.cluster_out.clone(),
         encryption_config: args.encryption_config.clone(),
         force: args.force,
-        etcd_version: args.etcd_version,
+        ..args.data.options()
     }
 }
 

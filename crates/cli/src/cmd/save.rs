@@ -10,7 +10,7 @@ use etcdguard_client::{choose_member, ClientError, Destination, Progress, Snapsh
 use etcdguard_storage::status::humanize_bytes;
 use etcdguard_storage::Format;
 
-use crate::cmd::cluster::{client_failure, ConnArgs};
+use crate::args::{client_failure, ConnArgs};
 use crate::exit::{Code, Failure};
 
 #[derive(Args)]
@@ -142,8 +142,8 @@ fn file_status_json(path: &Path) -> Result<serde_json::Value> {
 /// `etcdguard snapshot status FILE` in `format`, as the release that wrote the file just
 /// written prints it (a live 3.6 cluster's file prints 3.6's five columns).
 fn file_status(path: &Path, format: Format) -> Result<String> {
-    let file = crate::cmd::snapshot::open_snapshot(path)?;
-    let db = file.db().map_err(|e| crate::cmd::snapshot::db_failure(path, e))?;
+    let file = etcdguard_workflow::snapshot::open_snapshot(path)?;
+    let db = file.db().map_err(|e| etcdguard_workflow::error::db_error(path, e))?;
     let release = || file.release_resident();
     let (as_of, _) = etcdguard_storage::Provenance::read(&db).writer();
     let status = etcdguard_storage::status_as(&db, as_of, Some(&release)).map_err(|e| {

@@ -59,16 +59,8 @@ pub struct StatusArgs {
     pub skip_hash_check: bool,
     /// Print as etcdutl of this release line does (3.4, 3.5, 3.6 or 3.7; a patch part such
     /// as 3.6.17 is ignored). Default: the line that wrote the snapshot.
-    #[arg(long, value_name = "X.Y", value_parser = parse_release)]
+    #[arg(long, value_name = "X.Y", value_parser = crate::args::release)]
     pub etcd_version: Option<Release>,
-}
-
-/// `--etcd-version`: a release line etcdguard knows.
-pub fn parse_release(text: &str) -> std::result::Result<Release, String> {
-    Release::parse(text).ok_or_else(|| {
-        let known: Vec<&str> = Release::ALL.iter().map(|r| r.label()).collect();
-        format!("unknown etcd release line {text:?}; known: {}", known.join(", "))
-    })
 }
 
 #[derive(Clone, Copy, ValueEnum)]

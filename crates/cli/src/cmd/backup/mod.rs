@@ -1,26 +1,27 @@
 //! `etcdguard backup …`: snapshots and control-plane files in a deduplicated repository.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use chrono::Utc;
 use clap::{Args, Subcommand, ValueEnum};
-use etcdguard_repo::crypto::Passphrase;
 use etcdguard_repo::manifest::{FileKind, Manifest, Source};
 use etcdguard_repo::retention::{parse_duration, Policy};
 use etcdguard_repo::{RepoError, Repository};
 use etcdguard_storage::TrailerCheck;
-use etcdguard_workflow::backup::{self, CreateOptions, KeyEvent, RestoreEvent};
+use etcdguard_workflow::backup::{self, KeyEvent, RestoreEvent};
 use etcdguard_workflow::restore::SnapshotRestoreOptions;
 use etcdguard_workflow::{PassphraseSource, RepoSpec};
 use serde_json::json;
 
+use crate::args::{read_passphrase, ParallelArg, RepoArg, TableJson, TextJson};
 use crate::cmd::table;
 use crate::exit::{Code, Failure};
 
+pub mod create;
 mod delete;
 mod key;
 mod list;
@@ -31,6 +32,7 @@ mod unlock;
 mod url;
 mod verify;
 
+use self::create::{create, CreateArgs};
 use self::{
     delete::delete, key::key, list::list, prune::prune, restore::restore, show::show,
     unlock::unlock, url::url, verify::verify,
@@ -45,16 +47,7 @@ pub use unlock::UnlockArgs;
 pub use url::UrlArgs;
 pub use verify::VerifyArgs;
 
-pub(crate) use etcdguard_workflow::text::{created_line, duration_short, human};
-
-pub(crate) const REPO_HELP: &str = "Repository: a local directory (the default), s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX] or \
-az://CONTAINER[/PREFIX]. Options go in the query: ?endpoint=http://host:9000&region=us-east-1&path-style=true \
-(S3-compatible servers), ?account=NAME (Azure), ?retries=N; S3 also ?checksum=sha256 (needed by a bucket with \
-Object Lock) and ?sse=AES256|aws:kms[&sse-kms-key-id=KEY] (server-side encryption). Credentials come from the environment and files as \
-the cloud SDKs read them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_PROFILE and ~/.aws/credentials, \
-GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_ACCOUNT_NAME/AZURE_STORAGE_ACCOUNT_KEY). Without S3 credentials \
-the EC2 instance metadata address is asked for them only for AWS itself and unless AWS_EC2_METADATA_DISABLED=true; \
-requests to another endpoint go unsigned.";
+pub(crate) use etcdguard_workflow::text::{duration_short, human};
 
 #[derive(Subcommand)]
 pub enum BackupCommand {
@@ -234,272 +227,6 @@ pub enum BackupCommand {
     Copy(crate::cmd::copy::CopyArgs),
 }
 
-#[derive(Args, Clone)]
-pub struct RepoArg {
-    #[arg(long, env = "ETCDGUARD_REPO", value_name = "URL", help = REPO_HELP, value_parser = crate::args::repo)]
-    pub repo: String,
-    /// File holding the passphrase of an encrypted repository (or put the passphrase itself in
-    /// ETCDGUARD_PASSPHRASE). A repository that `backup create` makes while a passphrase is
-    /// given is encrypted with it: chunks and files (CA keys included) are sealed with
-    /// XChaCha20-Poly1305 under a key only the passphrase opens. Lose it and the backups are lost.
-    #[arg(long, env = "ETCDGUARD_PASSPHRASE_FILE", value_name = "FILE", value_parser = crate::args::passphrase_file)]
-    pub passphrase_file: Option<PathBuf>,
-    /// Unlock an encrypted repository with a key management service instead of a passphrase:
-    /// aws-kms:KEY[?region=R&endpoint=URL] (KEY: key id, alias/NAME or ARN; AWS credentials
-    /// from the environment), for a key file `backup key add --new-kms-key` wrote.
-    #[arg(long, env = "ETCDGUARD_KMS_KEY", value_name = "KMS")]
-    pub kms_key: Option<String>,
-}
-
-impl RepoArg {
-    /// The passphrase from --passphrase-file or ETCDGUARD_PASSPHRASE, if any.
-    fn passphrase(&self) -> Result<Option<Passphrase>, Failure> {
-        read_passphrase(
-            self.passphrase_file.as_deref(),
-            "--passphrase-file",
-            "ETCDGUARD_PASSPHRASE",
-        )
-    }
-
-    /// The repository as the workflows take it; the passphrase is read when one is needed.
-    pub fn spec(&self) -> RepoSpec {
-        let arg = self.clone();
-        RepoSpec {
-            url: self.repo.clone(),
-            passphrase: Arc::new(move || Ok(arg.passphrase()?)),
-            transfer: Default::default(),
-            kms: self.kms_key.clone(),
-        }
-    }
-}
-
-/// `--parallel`: how many packs are fetched (restore, verify) or chunks compressed and
-/// packs uploaded (create) at once.
-#[derive(Args, Clone, Default)]
-pub struct ParallelArg {
-    /// Range reads of packs (restore, verify) or compression threads and uploads (create) at
-    /// once [default: the number of cores, 2 to 8]. More helps against a distant bucket;
-    /// memory grows by about 8 MiB each.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub parallel: Option<u16>,
-}
-
-impl ParallelArg {
-    /// The transfer settings, with a progress bar on stderr when it is a terminal.
-    pub fn transfer(&self, limit_rate: Option<u64>) -> etcdguard_repo::repository::Transfer {
-        use std::io::IsTerminal;
-        etcdguard_repo::repository::Transfer {
-            parallel: self.parallel.map(usize::from).unwrap_or(0),
-            limit_rate,
-            compression_level: None,
-            progress: std::io::stderr()
-                .is_terminal()
-                .then(|| Arc::new(Bar::default()) as Arc<dyn etcdguard_repo::repository::Progress>),
-            ..Default::default()
-        }
-    }
-}
-
-/// A progress bar on stderr (bytes, rate, ETA); only made when stderr is a terminal.
-#[derive(Default)]
-struct Bar(std::sync::Mutex<Option<indicatif::ProgressBar>>);
-
-impl etcdguard_repo::repository::Progress for Bar {
-    fn begin(&self, total: Option<u64>) {
-        let bar = indicatif::ProgressBar::with_draw_target(
-            total,
-            indicatif::ProgressDrawTarget::stderr_with_hz(5),
-        );
-        let template = match total {
-            Some(_) => "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            None => "{spinner} {bytes} {binary_bytes_per_sec}",
-        };
-        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
-            bar.set_style(style);
-        }
-        if let Some(old) = self.0.lock().unwrap_or_else(|p| p.into_inner()).replace(bar) {
-            old.finish_and_clear();
-        }
-    }
-    fn advance(&self, bytes: u64) {
-        if let Some(b) = &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
-            b.inc(bytes);
-        }
-    }
-    fn end(&self) {
-        if let Some(b) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            b.finish_and_clear();
-        }
-    }
-}
-
-fn parse_compression_level(s: &str) -> Result<i32, String> {
-    match s.parse::<i32>() {
-        Ok(level) if (-20..=19).contains(&level) && level != 0 => Ok(level),
-        _ => Err(format!(
-            "{s:?}: give a zstd level from -20 (fastest, largest) to 19 (smallest, slowest), not 0"
-        )),
-    }
-}
-
-fn parse_limit_rate(s: &str) -> Result<u64, String> {
-    etcdguard_repo::repository::parse_rate(s)
-}
-
-/// A passphrase from a file (trailing newline dropped) or else from an environment variable.
-pub(crate) fn read_passphrase(
-    file: Option<&Path>,
-    flag: &str,
-    env: &str,
-) -> Result<Option<Passphrase>, Failure> {
-    if let Some(path) = file {
-        // Its mode was checked (with a warning) when the flag was parsed: crate::args.
-        let bytes = std::fs::read(path).map_err(|e| {
-            let code = match e.kind() {
-                std::io::ErrorKind::NotFound => Code::NotFound,
-                std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
-                _ => Code::Failure,
-            };
-            Failure::new(code, format!("{flag} {}: {e}", path.display()))
-        })?;
-        let p = Passphrase::new(bytes);
-        if p.bytes().is_empty() {
-            return Err(Failure::new(
-                Code::Usage,
-                format!("{flag} {}: the file is empty", path.display()),
-            ));
-        }
-        return Ok(Some(p));
-    }
-    match std::env::var_os(env) {
-        Some(v) if !v.is_empty() => Ok(Some(Passphrase::new(
-            std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec(),
-        ))),
-        _ => Ok(None),
-    }
-}
-
-#[derive(Args, Clone)]
-pub struct CreateArgs {
-    #[command(flatten, next_help_heading = "Repository")]
-    pub repo: RepoArg,
-    /// Snapshot file to back up (from `snapshot save` or `etcdctl snapshot save`, or a copied
-    /// member/snap/db). Without it, a snapshot is taken from the live cluster (--endpoints …).
-    #[arg(help_heading = "Snapshot source", long, value_name = "SNAPSHOT")]
-    pub from_file: Option<PathBuf>,
-    /// Live cluster: which member to take the snapshot from (`follower`, `leader` or an endpoint).
-    #[arg(
-        help_heading = "Snapshot source",
-        long,
-        value_name = "follower|leader|ENDPOINT",
-        default_value = "follower",
-        conflicts_with = "from_file"
-    )]
-    pub snapshot_from: etcdguard_client::SnapshotFrom,
-    /// Live cluster: where the snapshot is spooled (and checked) before it is stored (default: the system temp dir).
-    #[arg(help_heading = "Snapshot source", long, value_name = "DIR")]
-    pub scratch_dir: Option<PathBuf>,
-    #[command(
-        flatten,
-        next_help_heading = "Connection to etcd (flags and ETCDCTL_* variables as etcdctl)"
-    )]
-    pub conn: crate::cmd::cluster::ConnArgs,
-    /// Kubernetes PKI directory (e.g. /etc/kubernetes/pki); stored as pki/…
-    #[arg(help_heading = "What to back up", long, value_name = "DIR")]
-    pub pki_dir: Option<PathBuf>,
-    /// Static pod manifests directory (e.g. /etc/kubernetes/manifests); stored as manifests/…
-    /// The file kube-apiserver.yaml names with --encryption-provider-config (on the host,
-    /// through its hostPath volume) is stored too, unless --encryption-config is given.
-    #[arg(help_heading = "What to back up", long, value_name = "DIR")]
-    pub manifests_dir: Option<PathBuf>,
-    /// Encryption-at-rest configuration (kube-apiserver --encryption-provider-config); stored as encryption-config/…
-    #[arg(help_heading = "What to back up", long, value_name = "FILE")]
-    pub encryption_config: Option<PathBuf>,
-    /// Any other file or directory to keep with the backup (repeatable); stored as files/…
-    /// (FIFOs, sockets and devices are refused; inside a directory they are skipped, with a note).
-    #[arg(help_heading = "What to back up", long = "file", value_name = "PATH")]
-    pub files: Vec<PathBuf>,
-    /// KEY=VALUE label to attach (repeatable).
-    #[arg(help_heading = "What to back up", long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
-    pub labels: Vec<(String, String)>,
-    /// Cluster name shown in `backup list`.
-    #[arg(help_heading = "What to back up", long, value_name = "NAME", value_parser = crate::args::non_empty)]
-    pub cluster: Option<String>,
-    /// Skip the structural and schema check of the snapshot (the sha256 trailer is still checked).
-    #[arg(help_heading = "Backup options", long)]
-    pub skip_verify: bool,
-    #[command(flatten, next_help_heading = "Backup options")]
-    pub parallel: ParallelArg,
-    /// Read the snapshot at most this fast (e.g. 50MiB/s, 800k), so a backup does not
-    /// saturate the node's disk or network; compression and uploads follow.
-    #[arg(long, value_name = "RATE", value_parser = parse_limit_rate)]
-    pub limit_rate: Option<u64>,
-    /// zstd level of the chunks this backup adds [default: the repository's, 1]. Higher is
-    /// smaller and slower (up to 19, e.g. for long-term storage); negative is faster and
-    /// larger (down to -20). Restores read any level; chunks already stored are not redone.
-    #[arg(long, value_name = "LEVEL", allow_negative_numbers = true, value_parser = parse_compression_level)]
-    pub compression_level: Option<i32>,
-    /// Do not read back the stored chunks this backup reuses. By default every pack a backup
-    /// reuses is read whole and checked, and a damaged chunk is stored again from this
-    /// snapshot (and recorded as damaged), so a new backup never depends on damaged data.
-    /// Skipping it saves reading the previous backup's packs (for a distant bucket); a
-    /// damaged chunk then spreads into this backup until a scrub or verify finds it.
-    #[arg(long)]
-    pub trust_stored: bool,
-    /// Chunk size of a new repository (a multiple of the bbolt page size; ignored for an existing one).
-    #[arg(long, value_name = "BYTES", default_value_t = etcdguard_repo::repository::DEFAULT_CHUNK_SIZE, hide = true)]
-    pub chunk_size: u32,
-    #[arg(short = 'w', long = "write-out", value_enum, default_value_t = TextJson::Text)]
-    pub write_out: TextJson,
-}
-
-impl CreateArgs {
-    /// The library's options from the flags.
-    pub fn options(&self) -> CreateOptions {
-        CreateOptions {
-            repo: RepoSpec {
-                transfer: etcdguard_repo::repository::Transfer {
-                    compression_level: self.compression_level,
-                    trust_stored: self.trust_stored,
-                    ..self.parallel.transfer(self.limit_rate)
-                },
-                ..self.repo.spec()
-            },
-            from_file: self.from_file.clone(),
-            snapshot_from: self.snapshot_from.clone(),
-            scratch_dir: self.scratch_dir.clone(),
-            conn: self.conn.flags(),
-            pki_dir: self.pki_dir.clone(),
-            manifests_dir: self.manifests_dir.clone(),
-            encryption_config: self.encryption_config.clone(),
-            files: self.files.clone(),
-            labels: self.labels.clone(),
-            cluster: self.cluster.clone(),
-            skip_verify: self.skip_verify,
-            chunk_size: self.chunk_size,
-        }
-    }
-}
-
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{s:?}: expected KEY=VALUE")),
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
-pub enum TextJson {
-    Text,
-    Json,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum TableJson {
-    Table,
-    Json,
-}
-
 /// Retention rules, as restic's `forget` has them.
 #[derive(Args, Clone)]
 pub struct KeepArgs {
@@ -576,15 +303,6 @@ fn resolve(repo: &Repository, id: &str) -> Result<Manifest, Failure> {
     Ok(etcdguard_workflow::repo::resolve(repo, id)?)
 }
 
-fn create(args: CreateArgs) -> Result<()> {
-    let manifest = backup::create(&args.options(), &mut |note| eprintln!("{note}"))?;
-    match args.write_out {
-        TextJson::Json => crate::args::print_json(&manifest)?,
-        TextJson::Text => println!("{}", created_line(&manifest)),
-    }
-    Ok(())
-}
-
 fn age(created: chrono::DateTime<Utc>) -> String {
     let secs = (Utc::now() - created).num_seconds().max(0);
     match secs {
@@ -613,13 +331,3 @@ fn unlock_if_given(repo: &mut Repository, arg: &RepoArg) -> Result<bool, Failure
 const UNAUTHENTICATED_NOTE: &str = "note: without the passphrase the clear fields of these manifests (time, labels, \
 cluster, etcd status) cannot be authenticated: anyone who can write to the repository could have changed them. Give \
 the passphrase (ETCDGUARD_PASSPHRASE or --passphrase-file) to check them";
-
-/// A private scratch directory (locked while it lives, removed on drop); dead ones beside it are swept.
-pub(crate) fn tempfile_in(dir: &Path) -> Result<etcdguard_workflow::spool::Spool, Failure> {
-    Ok(etcdguard_workflow::spool::create(dir)?.0)
-}
-
-/// Writes the snapshot of backup `id` (id, prefix or `latest`) into `dir`; returns its path.
-pub(crate) fn fetch_snapshot(repo: &RepoArg, id: &str, dir: &Path) -> Result<PathBuf, Failure> {
-    Ok(backup::fetch_snapshot(&repo.spec(), id, dir)?)
-}

@@ -3,6 +3,7 @@
 use super::*;
 
 #[derive(Args)]
+#[command(mut_arg("cluster_out", |a| a.conflicts_with("data_dir")))]
 pub struct RestoreArgs {
     #[command(flatten)]
     pub out: crate::args::WriteOut,
@@ -28,47 +29,11 @@ pub struct RestoreArgs {
     pub files_to: Option<PathBuf>,
     #[command(flatten)]
     pub parallel: ParallelArg,
-    /// Restore into this new data dir (as `snapshot restore --data-dir`).
-    #[arg(long, value_name = "DIR", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::path)]
-    pub data_dir: Option<PathBuf>,
-    /// Put the WAL here instead of <data-dir>/member/wal.
-    #[arg(long, value_name = "DIR", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::path)]
-    pub wal_dir: Option<PathBuf>,
-    /// Name of the member being restored; must appear in --initial-cluster.
-    #[arg(long, default_value = "default", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::non_empty)]
-    pub name: String,
-    /// Every member of the new cluster as name=peer-url[,name=peer-url…] [default: <name>=http://localhost:2380]
-    #[arg(
-        long,
-        value_name = "NAME=URL,…",
-        help_heading = "Restore into a data dir (flags of `snapshot restore`)"
+    #[command(
+        flatten,
+        next_help_heading = "Restore into a data dir (flags of `snapshot restore`)"
     )]
-    pub initial_cluster: Option<String>,
-    /// Token for the new cluster; use a new one per restore.
-    #[arg(long, default_value = "etcd-cluster", value_name = "TOKEN", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::non_empty)]
-    pub initial_cluster_token: String,
-    /// This member's peer URLs (comma-separated); must equal its entry in --initial-cluster.
-    #[arg(
-        long,
-        default_value = "http://localhost:2380",
-        value_name = "URLS",
-        help_heading = "Restore into a data dir (flags of `snapshot restore`)"
-    )]
-    pub initial_advertise_peer_urls: String,
-    /// Raise the revision by this much (needs --mark-compacted).
-    #[arg(
-        long,
-        default_value_t = 0,
-        value_name = "N",
-        help_heading = "Restore into a data dir (flags of `snapshot restore`)"
-    )]
-    pub bump_revision: u64,
-    /// Mark every revision up to the bumped one compacted (needs --bump-revision).
-    #[arg(long, help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
-    pub mark_compacted: bool,
-    /// Write one data dir per member of --initial-cluster, as DIR/<name>.
-    #[arg(long, value_name = "DIR", conflicts_with = "data_dir", help_heading = "Restore into a data dir (flags of `snapshot restore`)", value_parser = crate::args::path)]
-    pub cluster_out: Option<PathBuf>,
+    pub data: crate::cmd::restore::DataDirArgs,
     /// The EncryptionConfiguration the restored cluster will use [default: the one stored in
     /// the backup]. Every key name the snapshot's encrypted values use must be in it and one
     /// value per key must decrypt, or the restore is refused (exit 17) before the data dir is made.
@@ -100,10 +65,6 @@ pub struct RestoreArgs {
         help_heading = "OpenShift"
     )]
     pub machine_config: Option<PathBuf>,
-    /// The etcd release (X.Y) that will run the restored members; a backup written by a
-    /// newer release is refused (exit 17).
-    #[arg(long, value_name = "X.Y", value_parser = crate::cmd::snapshot::parse_release, help_heading = "Restore into a data dir (flags of `snapshot restore`)")]
-    pub etcd_version: Option<etcdguard_storage::Release>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -114,24 +75,13 @@ pub enum RestoreFormat {
 
 pub(super) fn restore(args: RestoreArgs) -> Result<()> {
     if let Some(RestoreFormat::Openshift) = args.format {
-        return crate::cmd::import::restore_openshift(&args);
+        return restore_openshift(&args);
     }
-    let into_data_dir = args.data_dir.is_some() || args.cluster_out.is_some();
+    let into_data_dir = args.data.data_dir.is_some() || args.data.cluster_out.is_some();
     let data_dir = into_data_dir.then(|| SnapshotRestoreOptions {
-        file: PathBuf::new(),
-        data_dir: args.data_dir.clone(),
-        wal_dir: args.wal_dir.clone(),
-        name: args.name.clone(),
-        initial_cluster: args.initial_cluster.clone(),
-        initial_cluster_token: args.initial_cluster_token.clone(),
-        initial_advertise_peer_urls: args.initial_advertise_peer_urls.clone(),
-        skip_hash_check: false,
-        bump_revision: args.bump_revision,
-        mark_compacted: args.mark_compacted,
-        cluster_out: args.cluster_out.clone(),
         encryption_config: args.encryption_config.clone(),
         force: args.force,
-        etcd_version: args.etcd_version,
+        ..args.data.options()
     });
     if args.dry_run {
         let at = args.at.expect("clap: --dry-run requires --at");
@@ -184,5 +134,24 @@ pub(super) fn restore(args: RestoreArgs) -> Result<()> {
     if let (false, Some(path)) = (into_data_dir, kept) {
         println!("{}", path.display());
     }
+    Ok(())
+}
+
+/// `backup restore ID --format openshift --files-to DIR`.
+fn restore_openshift(args: &RestoreArgs) -> Result<()> {
+    let dir = args.files_to.clone().expect("clap: --format requires --files-to");
+    let opts = etcdguard_workflow::openshift::OpenShiftRestoreOptions {
+        repo: RepoSpec { transfer: args.parallel.transfer(None), ..args.repo.spec() },
+        id: args.id.clone().unwrap_or_default(),
+        dir,
+        node_version: args.node_version.clone(),
+        machine_config: args.machine_config.clone(),
+        force: args.force,
+        scratch_dir: None,
+    };
+    let w = etcdguard_workflow::openshift::restore(&opts, &mut |n| eprintln!("{n}"))?;
+    eprintln!("backup {} written as cluster-backup.sh writes it; on the recovery control-plane node run: cluster-restore.sh {}", w.manifest.id, opts.dir.display());
+    println!("{}", w.snapshot.display());
+    println!("{}", w.resources.display());
     Ok(())
 }
