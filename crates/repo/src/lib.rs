@@ -62,7 +62,7 @@
 //! cloned where the trailer starts); a worker never runs more than N + 2 runs ahead of the
 //! writer, so a restore holds ~ (N + 2) × 8 MiB whatever the snapshot's size, and the first
 //! error (a damaged pack, a failed write) stops the workers. `backup restore`, `backup verify`,
-//! `node restore --backup` and `fetch_snapshot` all go through it (`read_part_to`). A
+//! `node restore --backup`, drills and `inspect --repo` all go through it (`read_part_to`). A
 //! reassembly into a file hands its pages to the disk every 32 MiB (`sync_file_range`, not
 //! waiting), so the final fsync finds little left; `backup restore` reassembles into a private
 //! scratch file next to the data dir (`restore_snapshot_to_scratch`, no fsync of its own) that

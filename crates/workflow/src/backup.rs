@@ -1086,16 +1086,6 @@ pub fn key_add(
     Ok(())
 }
 
-/// Writes the snapshot of backup `id` (id, prefix or `latest`) into `dir`; returns its path.
-pub fn fetch_snapshot(repo: &RepoSpec, id: &str, dir: &Path) -> Result<PathBuf> {
-    let r = repo.open_unlocked()?;
-    let m = resolve(&r, id)?;
-    let path = dir.join(format!("{}.db", m.id));
-    let index = r.load_index()?;
-    r.restore_snapshot_to_file(&index, &m.snapshot, &path, 0o600)?;
-    Ok(path)
-}
-
 /// Manifest helpers the command line shows.
 pub fn file_count(m: &Manifest) -> usize {
     m.files.iter().filter(|f| f.kind == FileKind::File).count()

@@ -25,7 +25,7 @@
 //! Every multi-step operation lives here, as a function that takes a plain option struct and
 //! returns a typed result: `backup::create` (live or from a file), `verify`, `restore`,
 //! `delete`, `prune`, `export_url`/`object_urls`, the key glue (`key_list`, `key_add`,
-//! `key_remove`), `fetch_snapshot`; `restore::snapshot_restore`; `node::restore_node` (fetch
+//! `key_remove`); `restore::snapshot_restore`; `node::restore_node` (fetch
 //! and check a backup, then `crates/node`'s plan with `snapshot restore`'s code as its restore
 //! step; with `new_cluster` it first reads the snapshot's `members` bucket, `storage::members`,
 //! probes every other old member and refuses with `Kind::Refused` while one answers);
