@@ -61,7 +61,7 @@ pub enum Layout {
     /// A static pod (kubeadm, OpenShift, GKE on-prem …): read from its manifest.
     #[default]
     StaticPod,
-    /// k3s or RKE2 with embedded etcd (`crate::rancher`).
+    /// k3s or RKE2 with embedded etcd (restored by `rancher::restore_rancher`).
     Rancher {
         distro: etcdguard_node::rancher::Distro,
         /// The server's `--data-dir` (default `/var/lib/rancher/<distro>`).
@@ -101,7 +101,8 @@ pub enum NodeOutcome {
     RancherRestored(Box<etcdguard_node::rancher::RancherPlan>),
 }
 
-/// Runs `node restore`. On failure before the manifests are back, the node is left as it was.
+/// Runs `node restore` on a static-pod node (k3s/RKE2: `rancher::restore_rancher`). On failure
+/// before the manifests are back, the node is left as it was.
 pub fn restore_node(
     opts: &NodeRestoreOptions,
     on: &mut dyn FnMut(NodeEvent<'_>),
@@ -109,8 +110,11 @@ pub fn restore_node(
     if (opts.bump_revision > 0) != opts.mark_compacted {
         return Err(Error::usage("--bump-revision and --mark-compacted go together (e.g. --bump-revision 1000000000 --mark-compacted)"));
     }
-    if let Layout::Rancher { .. } = &opts.layout {
-        return crate::rancher::restore_rancher(opts, on);
+    if let Layout::Rancher { distro, .. } = &opts.layout {
+        return Err(Error::usage(format!(
+            "a {} server has no static pod: its restore is rancher::restore_rancher",
+            distro.name()
+        )));
     }
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     if opts.new_cluster && opts.initial_cluster.is_some() {

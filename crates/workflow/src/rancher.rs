@@ -44,10 +44,14 @@ fn members_of(db: &Path) -> Vec<KnownMember> {
         .collect()
 }
 
-pub(crate) fn restore_rancher(
+/// Runs `node restore --layout k3s|rke2`.
+pub fn restore_rancher(
     opts: &NodeRestoreOptions,
     on: &mut dyn FnMut(NodeEvent<'_>),
 ) -> Result<NodeOutcome> {
+    if (opts.bump_revision > 0) != opts.mark_compacted {
+        return Err(Error::usage("--bump-revision and --mark-compacted go together (e.g. --bump-revision 1000000000 --mark-compacted)"));
+    }
     let Layout::Rancher { distro, data_dir, config } = &opts.layout else {
         return Err(Error::usage("not a k3s/RKE2 layout"));
     };

@@ -13,7 +13,8 @@ use etcdguard_node::Timings;
 use etcdguard_repo::retention::parse_duration;
 use etcdguard_workflow::error::node_error;
 use etcdguard_workflow::join::{join_node, JoinEvent, JoinOptions, JoinOutcome};
-use etcdguard_workflow::node::{restore_node, NodeEvent, NodeOutcome, NodeRestoreOptions};
+use etcdguard_workflow::node::{restore_node, Layout, NodeEvent, NodeOutcome, NodeRestoreOptions};
+use etcdguard_workflow::rancher::restore_rancher;
 
 use crate::args::ConnArgs;
 use crate::args::RepoArg;
@@ -580,7 +581,7 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
     if args.out.json() {
         crate::output::text_to_stderr();
     }
-    let outcome = restore_node(&opts, &mut |event| match event {
+    let mut on = |event: NodeEvent<'_>| match event {
         NodeEvent::Note(line) => eprintln!("{line}"),
         NodeEvent::Planned { snapshot, status, plan, members, probes } => {
             println!(
@@ -624,7 +625,12 @@ fn node_restore(args: NodeRestoreArgs) -> Result<()> {
             );
             print_steps(&plan.steps(), false);
         }
-    })?;
+    };
+    // k3s/RKE2 have no static pod: their own flow (the layout picks it).
+    let outcome = match &opts.layout {
+        Layout::StaticPod => restore_node(&opts, &mut on)?,
+        Layout::Rancher { .. } => restore_rancher(&opts, &mut on)?,
+    };
     if args.out.json() {
         let value = match &outcome {
             NodeOutcome::DryRun => json!({ "dryRun": true }),
