@@ -183,7 +183,7 @@ fn join(n: &SimNode, endpoint: &str, extra: &[&str]) -> std::process::Command {
         "--manifests-dir",
         n.mdir(),
         "--wait-timeout",
-        "90s",
+        &wait_timeout(),
     ])
     .args(extra);
     c
@@ -245,7 +245,7 @@ fn quorum_loss_restore_one_then_join_two_on(image: &str) {
                 "--kubernetes-dir",
                 m1.kdir(),
                 "--wait-timeout",
-                "90s",
+                &wait_timeout(),
             ])
             .args(extra)
             .output()
@@ -559,7 +559,7 @@ fn join_rewrites_initial_cluster_env_values() {
             "--kubernetes-dir",
             m1.kdir(),
             "--wait-timeout",
-            "90s",
+            &wait_timeout(),
         ])
         .output()
         .unwrap();

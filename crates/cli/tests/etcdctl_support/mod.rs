@@ -33,7 +33,21 @@ pub fn healthy(endpoint: &str) -> bool {
     etcdctl(endpoint, &["endpoint", "health"]).status.success()
 }
 
+/// How much longer than at the suite's size waits may take: the benches load up to 1 GiB
+/// (`ETCDGUARD_RECOVERY_MB`), and starting a member or catching a learner up grows with it.
+pub fn data_slack() -> u32 {
+    let mb: u32 =
+        std::env::var("ETCDGUARD_RECOVERY_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    1 + mb / 128
+}
+
+/// The `--wait-timeout` of the recovery commands: 90 s at the suite's size.
+pub fn wait_timeout() -> String {
+    format!("{}s", 90 * data_slack())
+}
+
 pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let limit = limit * data_slack();
     let start = Instant::now();
     while !f() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
@@ -81,7 +95,8 @@ pub fn load_under(endpoint: &str, prefix: &str, keys: usize, value_bytes: usize)
 
 /// Every key and value under `/` as one member serves them (serializable: its own copy).
 pub fn dump(endpoint: &str) -> Vec<(String, String)> {
-    let v = json(endpoint, &["get", "/", "--prefix", "--consistency=s"]);
+    // A later --command-timeout wins: a 1 GiB keyspace takes far longer than 3 s to read.
+    let v = json(endpoint, &["--command-timeout", "600s", "get", "/", "--prefix", "--consistency=s"]);
     v["kvs"]
         .as_array()
         .map(|a| {

@@ -51,7 +51,7 @@ impl Site {
             .args(self.ssh.flags())
             .args(extra);
         if !extra.contains(&"--wait-timeout") {
-            c.args(["--wait-timeout", "90s"]);
+            c.args(["--wait-timeout", &wait_timeout()]);
         }
         if !extra.contains(&"--known-hosts") {
             c.arg("--known-hosts").arg(&self.ssh.known_hosts);
