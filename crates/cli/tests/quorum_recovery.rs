@@ -527,13 +527,13 @@ fn quorum_loss_by_hand_for_comparison() {
         wait_until(Duration::from_secs(60), "member healthy", || healthy(&n.client));
     }
     let took = started.elapsed();
-    assert_recovered(&nodes, &want);
     println!(
         "RECOVERY TIME (by hand: etcdutl snapshot restore + etcdctl member add/promote, scripted): {:.1} s from the first command to 3 healthy members, snapshot {:.1} MiB, {} keys",
         took.as_secs_f64(),
         std::fs::metadata(&snap).unwrap().len() as f64 / 1048576.0,
         want.len()
     );
+    assert_recovered(&nodes, &want);
 }
 
 /// A manifest that sets the initial cluster and its state in the env, not as flags: the
