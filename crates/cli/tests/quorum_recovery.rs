@@ -228,7 +228,12 @@ fn quorum_loss_restore_one_then_join_two_on(image: &str) {
     let value_bytes = 4096;
     load(&m1.client, megabytes() * 1024 * 1024 / value_bytes, value_bytes);
     let snap = tmp.path().join("snapshot.db");
-    assert!(etcdctl(&m1.client, &["snapshot", "save", snap.to_str().unwrap()]).status.success());
+    // A later --command-timeout wins over etcdctl()'s 3 s: the benches save up to 1.5 GiB.
+    let saved = etcdctl(
+        &m1.client,
+        &["--command-timeout", "600s", "snapshot", "save", snap.to_str().unwrap()],
+    );
+    assert!(saved.status.success(), "snapshot save: {}", String::from_utf8_lossy(&saved.stderr));
     let want = dump(&m1.client);
     let old_id = cluster_id(&m1.client);
     assert!(etcdctl(&m1.client, &["put", "/registry/after-the-snapshot", "x"]).status.success());
@@ -427,7 +432,12 @@ fn quorum_loss_by_hand_for_comparison() {
     let value_bytes = 4096;
     load(&m1.client, megabytes() * 1024 * 1024 / value_bytes, value_bytes);
     let snap = tmp.path().join("snapshot.db");
-    assert!(etcdctl(&m1.client, &["snapshot", "save", snap.to_str().unwrap()]).status.success());
+    // A later --command-timeout wins over etcdctl()'s 3 s: the benches save up to 1.5 GiB.
+    let saved = etcdctl(
+        &m1.client,
+        &["--command-timeout", "600s", "snapshot", "save", snap.to_str().unwrap()],
+    );
+    assert!(saved.status.success(), "snapshot save: {}", String::from_utf8_lossy(&saved.stderr));
     let want = dump(&m1.client);
     for n in [m2, m3] {
         expect_code(&park(n), 0, "park (the disaster)");
@@ -545,7 +555,12 @@ fn join_rewrites_initial_cluster_env_values() {
     let (m1, m2) = (&nodes[0], &nodes[1]);
     load(&m1.client, 200, 512);
     let snap = tmp.path().join("snapshot.db");
-    assert!(etcdctl(&m1.client, &["snapshot", "save", snap.to_str().unwrap()]).status.success());
+    // A later --command-timeout wins over etcdctl()'s 3 s: the benches save up to 1.5 GiB.
+    let saved = etcdctl(
+        &m1.client,
+        &["--command-timeout", "600s", "snapshot", "save", snap.to_str().unwrap()],
+    );
+    assert!(saved.status.success(), "snapshot save: {}", String::from_utf8_lossy(&saved.stderr));
     let want = dump(&m1.client);
     for n in &nodes {
         expect_code(&park(n), 0, "park all");

@@ -102,19 +102,21 @@ pub fn dump(endpoint: &str) -> Vec<(String, String)> {
     loop {
         // [from, "0") is every key from `from` on that starts with "/"; a later
         // --command-timeout wins over etcdctl()'s 3 s.
-        let v = json(
-            endpoint,
-            &[
-                "--command-timeout",
-                "120s",
-                "get",
-                &from,
-                "0",
-                "--consistency=s",
-                "--limit",
-                &PAGE.to_string(),
-            ],
-        );
+        let limit = PAGE.to_string();
+        let args =
+            ["--command-timeout", "120s", "get", &from, "0", "--consistency=s", "--limit", &limit];
+        let args = [&args[..], &["-w", "json"]].concat();
+        // A member that has just joined may not answer yet (seen at 1 GiB): a few tries.
+        let mut tries = 0;
+        let v: serde_json::Value = loop {
+            let out = etcdctl(endpoint, &args);
+            if out.status.success() {
+                break serde_json::from_slice(&out.stdout).unwrap();
+            }
+            tries += 1;
+            assert!(tries < 5, "etcdctl {args:?}: {}", text(&out.stderr));
+            std::thread::sleep(Duration::from_secs(2));
+        };
         let kvs = v["kvs"].as_array().cloned().unwrap_or_default();
         let skip = usize::from(!all.is_empty()); // a page starts at the last key of the one before
         let n = kvs.len();
