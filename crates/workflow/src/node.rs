@@ -101,6 +101,25 @@ pub enum NodeOutcome {
     RancherRestored(Box<etcdguard_node::rancher::RancherPlan>),
 }
 
+/// Restores `snapshot` into the member `spec` names (the restore step of a node's plan):
+/// the line to show, or why it failed.
+pub(crate) fn restore_member(
+    snapshot: &Path,
+    cluster: &Cluster,
+    options: &Options,
+    spec: &RestoreSpec,
+) -> Result<String> {
+    let dest = Destination::Member {
+        name: spec.name.clone(),
+        data_dir: spec.data_dir.clone(),
+        wal_dir: spec.wal_dir.clone(),
+    };
+    let report = open_snapshot(snapshot).and_then(|snapshot| {
+        restore::restore(&snapshot, cluster, &dest, options).map_err(restore_error)
+    })?;
+    Ok(format!("      restored revision {} (cluster id {:x})", report.revision, report.cluster.id))
+}
+
 /// Runs `node restore` on a static-pod node (k3s/RKE2: `rancher::restore_rancher`). On failure
 /// before the manifests are back, the node is left as it was.
 pub fn restore_node(
@@ -231,20 +250,8 @@ pub fn restore_node(
     let outcome = {
         let on_cell = std::cell::RefCell::new(&mut *on);
         let mut restore_step = |spec: &RestoreSpec| -> Result<(), String> {
-            let dest = Destination::Member {
-                name: spec.name.clone(),
-                data_dir: spec.data_dir.clone(),
-                wal_dir: spec.wal_dir.clone(),
-            };
-            let result = open_snapshot(&snapshot).and_then(|snapshot| {
-                restore::restore(&snapshot, &cluster, &dest, &options).map_err(restore_error)
-            });
-            match result {
-                Ok(report) => {
-                    let line = format!(
-                        "      restored revision {} (cluster id {:x})",
-                        report.revision, report.cluster.id
-                    );
+            match restore_member(&snapshot, &cluster, &options, spec) {
+                Ok(line) => {
                     (on_cell.borrow_mut())(NodeEvent::Note(&line));
                     Ok(())
                 }

@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 use etcdguard_node::quorum::KnownMember;
 use etcdguard_node::rancher::{RancherError, RancherPlan, RancherRequest};
 use etcdguard_node::RestoreSpec;
-use etcdguard_storage::restore::{self, membership, Cluster, Destination, Flavor, Options};
+use etcdguard_storage::restore::{membership, Cluster, Flavor, Options};
 
-use crate::error::{restore_error, Error, Kind, Result};
-use crate::node::{fetch_backup, Layout, NodeEvent, NodeOutcome, NodeRestoreOptions};
+use crate::error::{Error, Kind, Result};
+use crate::node::{
+    fetch_backup, restore_member, Layout, NodeEvent, NodeOutcome, NodeRestoreOptions,
+};
 use crate::snapshot::{check_snapshot, open_snapshot};
 
 fn rancher_error(e: RancherError) -> Error {
@@ -166,20 +168,8 @@ pub fn restore_rancher(
     let outcome = {
         let on_cell = std::cell::RefCell::new(&mut *on);
         let mut restore_step = |spec: &RestoreSpec| -> std::result::Result<(), String> {
-            let dest = Destination::Member {
-                name: spec.name.clone(),
-                data_dir: spec.data_dir.clone(),
-                wal_dir: spec.wal_dir.clone(),
-            };
-            let result = open_snapshot(&snapshot).and_then(|snapshot| {
-                restore::restore(&snapshot, &cluster, &dest, &options).map_err(restore_error)
-            });
-            match result {
-                Ok(report) => {
-                    let line = format!(
-                        "      restored revision {} (cluster id {:x})",
-                        report.revision, report.cluster.id
-                    );
+            match restore_member(&snapshot, &cluster, &options, spec) {
+                Ok(line) => {
                     (on_cell.borrow_mut())(NodeEvent::Note(&line));
                     Ok(())
                 }
