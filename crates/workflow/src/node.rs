@@ -101,6 +101,26 @@ pub enum NodeOutcome {
     RancherRestored(Box<etcdguard_node::rancher::RancherPlan>),
 }
 
+/// The restore's options: the layout of the release that wrote the snapshot (the node's etcd
+/// is that or newer) and the revision flags.
+pub(crate) fn restore_options(
+    snapshot: &Path,
+    opts: &NodeRestoreOptions,
+    skip_hash_check: bool,
+) -> Options {
+    let flavor = open_snapshot(snapshot)
+        .ok()
+        .map(|s| crate::restore::flavor_for(crate::restore::writer_of(&s).as_ref(), None))
+        .unwrap_or(Flavor::V3_5);
+    Options {
+        skip_hash_check,
+        bump_revision: opts.bump_revision,
+        mark_compacted: opts.mark_compacted,
+        flavor,
+        ..Options::default()
+    }
+}
+
 /// Restores `snapshot` into the member `spec` names (the restore step of a node's plan):
 /// the line to show, or why it failed.
 pub(crate) fn restore_member(
@@ -233,18 +253,7 @@ pub fn restore_node(
     if opts.dry_run {
         return Ok(NodeOutcome::DryRun);
     }
-    // The layout of the release that wrote the snapshot (the node's etcd is that or newer).
-    let flavor = open_snapshot(&snapshot)
-        .ok()
-        .map(|s| crate::restore::flavor_for(crate::restore::writer_of(&s).as_ref(), None))
-        .unwrap_or(Flavor::V3_5);
-    let options = Options {
-        skip_hash_check,
-        bump_revision: opts.bump_revision,
-        mark_compacted: opts.mark_compacted,
-        flavor,
-        ..Options::default()
-    };
+    let options = restore_options(&snapshot, opts, skip_hash_check);
     let mut restore_error_seen: Option<Error> = None;
     // The step lines and the restore's own line go out in the order they happen.
     let outcome = {

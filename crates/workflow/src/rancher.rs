@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use etcdguard_node::quorum::KnownMember;
 use etcdguard_node::rancher::{RancherError, RancherPlan, RancherRequest};
 use etcdguard_node::RestoreSpec;
-use etcdguard_storage::restore::{membership, Cluster, Flavor, Options};
+use etcdguard_storage::restore::{membership, Cluster};
 
 use crate::error::{Error, Kind, Result};
 use crate::node::{
-    fetch_backup, restore_member, Layout, NodeEvent, NodeOutcome, NodeRestoreOptions,
+    fetch_backup, restore_member, restore_options, Layout, NodeEvent, NodeOutcome,
+    NodeRestoreOptions,
 };
 use crate::snapshot::{check_snapshot, open_snapshot};
 
@@ -153,17 +154,7 @@ pub fn restore_rancher(
     if opts.dry_run {
         return Ok(NodeOutcome::DryRun);
     }
-    let flavor = open_snapshot(&snapshot)
-        .ok()
-        .map(|s| crate::restore::flavor_for(crate::restore::writer_of(&s).as_ref(), None))
-        .unwrap_or(Flavor::V3_5);
-    let options = Options {
-        skip_hash_check,
-        bump_revision: opts.bump_revision,
-        mark_compacted: opts.mark_compacted,
-        flavor,
-        ..Options::default()
-    };
+    let options = restore_options(&snapshot, opts, skip_hash_check);
     let mut restore_error_seen: Option<Error> = None;
     let outcome = {
         let on_cell = std::cell::RefCell::new(&mut *on);
