@@ -189,11 +189,7 @@ pub fn serve(listen: &str, stats: Stats) -> std::io::Result<std::net::SocketAddr
                     "text/plain; charset=utf-8",
                 ),
             };
-            let mut response = tiny_http::Response::from_string(body).with_status_code(status);
-            if let Ok(header) = tiny_http::Header::from_bytes("Content-Type", content_type) {
-                response = response.with_header(header);
-            }
-            let _ = request.respond(response);
+            etcdguard_workflow::agent::respond(request, status, body, content_type);
         }
     });
     Ok(addr)

@@ -1111,12 +1111,18 @@ fn serve(server: tiny_http::Server, state: Arc<Mutex<State>>) {
                 ),
             }
         };
-        let mut response = tiny_http::Response::from_string(body).with_status_code(status);
-        if let Ok(header) = tiny_http::Header::from_bytes("Content-Type", content_type) {
-            response = response.with_header(header);
-        }
-        let _ = request.respond(response);
+        respond(request, status, body, content_type);
     }
+}
+
+/// Answers one probe or scrape (the agent's and the operator's endpoints); a client that went
+/// away is not an error.
+pub fn respond(request: tiny_http::Request, status: u16, body: String, content_type: &str) {
+    let mut response = tiny_http::Response::from_string(body).with_status_code(status);
+    if let Ok(header) = tiny_http::Header::from_bytes("Content-Type", content_type) {
+        response = response.with_header(header);
+    }
+    let _ = request.respond(response);
 }
 
 #[cfg(test)]

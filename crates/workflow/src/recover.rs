@@ -921,10 +921,16 @@ fn run_step(state: &RecoverState, step: &Step, on: &mut dyn FnMut(RecoverEvent<'
             let remote = format!(
                 "umask 077 && mkdir -p -- {dir} && cat > {part} && sha256sum -- {part} && mv -f -- {part} {d}"
             );
-            let r = check(
-                run_remote(ssh, &step.host, &[], Some(f), Some(remote), on)?,
-                "copying the snapshot",
-            )?;
+            let r = run_remote(ssh, &step.host, &[], Some(f), Some(remote), on)?;
+            // 127 here is a missing shell tool, not a missing etcdguard (remote_failed's hint).
+            if r.code == Some(127) {
+                return Err(Error::new(
+                    Kind::NotFound,
+                    format!("{}: copying the snapshot needs `sha256sum` and `cat` there (coreutils)", step.host),
+                )
+                .with_hint("install coreutils on that host (a `.part` copy may be left in --remote-dir); no host was parked yet"));
+            }
+            let r = check(r, "copying the snapshot")?;
             let landed = String::from_utf8_lossy(&r.stdout)
                 .split_whitespace()
                 .next()
